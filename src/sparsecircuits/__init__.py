@@ -1,0 +1,23 @@
+"""sparsecircuits: transcoders, sparse autoencoders and circuit tracing for transformer LMs."""
+
+from __future__ import annotations
+
+from sparsecircuits.errors import SparseCircuitsError
+
+__version__ = "0.1.0"
+
+__all__ = ["SparseCircuitsError", "__version__", "load_model", "load_transcoders"]
+
+
+def load_model(name_or_path: str = "embedded", **kwargs):  # type: ignore[no-untyped-def]
+    """Return a `ModelAdapter` for a hub id, a local directory, or "embedded"."""
+    from sparsecircuits.models import load_model as _load_model
+
+    return _load_model(name_or_path, **kwargs)
+
+
+def load_transcoders(name_or_path: str = "embedded", **kwargs):  # type: ignore[no-untyped-def]
+    """Return a dict `layer -> Transcoder` for a folder of saved transcoders or "embedded"."""
+    from sparsecircuits.dictionaries import load_transcoders as _load_transcoders
+
+    return _load_transcoders(name_or_path, **kwargs)

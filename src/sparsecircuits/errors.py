@@ -1,0 +1,17 @@
+"""The one error type a user can cause, and how the CLI shows it."""
+
+from __future__ import annotations
+
+
+class SparseCircuitsError(Exception):
+    """A problem the user can fix: bad hook name, wrong dimensions, empty data, bad config.
+
+    The message is one line that says what went wrong and what to do about it. The CLI
+    prints it without a traceback and exits with status 2.
+    """
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise `SparseCircuitsError(message)` unless `condition` holds."""
+    if not condition:
+        raise SparseCircuitsError(message)
