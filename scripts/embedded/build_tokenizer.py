@@ -1,0 +1,115 @@
+"""Train the embedded model's byte-level BPE tokenizer (vocab 4096) and verify task tokens.
+
+Digits are pre-split by the pattern " ?\\d\\d" so a year " 1732" becomes [" 17", "32"] and the
+100 tokens "00".."99" all exist. Task words (names, nouns, parameter names, places, objects)
+are appended to the TOKENIZER's training text (not the model's) so they are single tokens.
+Writes tokenizer.json, tokenizer_config.json, special_tokens_map.json into the shipped folder
+and runs/embedded/train_tokens.npy (uint16 token stream, documents separated by EOS).
+
+Usage: python scripts/embedded/build_tokenizer.py [--vocab 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+from sparsecircuits.tasks import docstring, greater_than, ioi  # noqa: E402
+
+BUILD = ROOT / "runs" / "embedded"
+SHIP = ROOT / "src" / "sparsecircuits" / "models" / "embedded"
+EOS = "<|endoftext|>"
+
+
+def task_words() -> list[str]:
+    """Return every task word with its leading space, as the tasks tokenize them."""
+    words = ioi.NAMES_TRAIN + ioi.NAMES_HELDOUT + ioi.PLACES + ioi.OBJECTS
+    words += greater_than.NOUNS_TRAIN + greater_than.NOUNS_HELDOUT
+    words += docstring.PARAMS_TRAIN + docstring.PARAMS_HELDOUT
+    return [" " + w for w in words] + [f" {c}" for c in greater_than.CENTURIES]
+
+
+def training_texts() -> Iterator[str]:
+    with open(BUILD / "corpus_train.jsonl", encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)["text"]
+    digits = " ".join(f"{y:02d}" for y in range(100))
+    for _ in range(200):
+        yield digits + " " + " ".join(task_words())
+
+
+def build(vocab: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r" ?\d\d"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab, min_frequency=2, special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(training_texts(), trainer=trainer)
+    return tok
+
+
+def verify(tok: Tokenizer) -> list[str]:
+    """Return problems: year tokens / task words that are not single tokens."""
+    problems = []
+    for y in range(100):
+        if len(tok.encode(f"{y:02d}").ids) != 1:
+            problems.append(f"year {y:02d}")
+    if tok.encode(" 1732").tokens != ["Ġ17", "32"]:
+        problems.append(f"' 1732' -> {tok.encode(' 1732').tokens}")
+    problems += [f"word {w!r}" for w in task_words() if len(tok.encode(w).ids) != 1]
+    return problems
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--vocab", type=int, default=4096)
+    args = parser.parse_args()
+    tok = build(args.vocab)
+    problems = verify(tok)
+    print("tokenizer problems:", problems or "none")
+    SHIP.mkdir(parents=True, exist_ok=True)
+    tok.save(str(SHIP / "tokenizer.json"))
+    (SHIP / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS,
+        "model_max_length": 256, "add_prefix_space": False, "clean_up_tokenization_spaces": False,
+    }, indent=2))
+    (SHIP / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}, indent=2))
+
+    eos_id = tok.token_to_id(EOS)
+    texts = [json.loads(line)["text"] for line in open(BUILD / "corpus_train.jsonl", encoding="utf-8")]
+    kinds = [json.loads(line)["kind"] for line in open(BUILD / "corpus_train.jsonl", encoding="utf-8")]
+    stream: list[int] = []
+    per_kind: dict[str, int] = {}
+    for start in range(0, len(texts), 2000):
+        for enc, kind in zip(tok.encode_batch(texts[start : start + 2000]), kinds[start : start + 2000], strict=True):
+            stream.extend(enc.ids)
+            stream.append(eos_id)
+            per_kind[kind] = per_kind.get(kind, 0) + len(enc.ids) + 1
+    arr = np.asarray(stream, dtype=np.uint16)
+    np.save(BUILD / "train_tokens.npy", arr)
+    stats_path = BUILD / "corpus_stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    stats.update({"vocab_size": tok.get_vocab_size(), "train_tokens": int(arr.size),
+                  "train_tokens_by_kind": per_kind, "tokenizer_problems": problems})
+    stats_path.write_text(json.dumps(stats, indent=2))
+    print(json.dumps({k: stats[k] for k in ("vocab_size", "train_tokens", "train_tokens_by_kind")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Input-invariant views of transcoder features: connections, de-embeddings, output logits.
+
+These are the paper's input-invariant factors (Dunefsky et al. 2024, §3.2): the dot product
+`f_dec^{(l',i')} · f_enc^{(l,i)}` between an earlier feature's decoder row and a later feature's
+encoder column (directly, or through a head's OV circuit `W_V^h W_O^h`), the de-embedding
+`W_E f_enc` (which tokens drive a feature directly) and the logit effect `f_dec W_U`.
+
+Norms are folded as the model applies them, without their input-dependent scale: an encoder
+column reading `hook_mlp_in` is multiplied by the ln2 gain (and centred for LayerNorm) to
+give its residual-stream direction; a head's OV is preceded by the ln1 gain (and centring);
+the unembedding by the final norm's gain (and centring). Positional embeddings are left out
+of de-embeddings, as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sparsecircuits.circuits.replacement import ReplacementModel, pull_back_norm
+from sparsecircuits.errors import SparseCircuitsError
+
+
+def encoder_directions(model: ReplacementModel, layer: int, features: Tensor | list[int] | None = None) -> Tensor:
+    """Return residual-stream encoder directions `[n, d]` of transcoder `layer` (all features when None).
+
+    Gain folded (and centred for LayerNorm) for transcoders reading after ln2; scale left out.
+    """
+    tw = model.tc_weights(layer)
+    enc = tw["W_enc"].T if features is None else tw["W_enc"][:, torch.as_tensor(features, dtype=torch.long)].T
+    kind = model.tc_input[layer]
+    if kind == "hook_resid_mid":
+        return enc
+    one = torch.ones(1, dtype=enc.dtype, device=enc.device)
+    return pull_back_norm(enc, model.layer_weights(layer).ln2, one, gain=kind == "hook_mlp_in")
+
+
+def ov_pull_back(model: ReplacementModel, layer: int, head: int, vectors: Tensor) -> Tensor:
+    """Return `[n, d]`: directions at the head's input (resid_pre) that its OV maps onto `vectors [n, d]`.
+
+    `x · result == (ln1-gained x) W_V^h W_O^h · vector` (ln1 gain and centring folded, scale 1).
+    """
+    w = model.layer_weights(layer)
+    in_space = (vectors @ w.W_O[head].T) @ w.W_V[head].T
+    one = torch.ones(1, dtype=vectors.dtype, device=vectors.device)
+    return pull_back_norm(in_space, w.ln1, one, gain=True)
+
+
+def connection_matrix(
+    model: ReplacementModel,
+    src_layer: int,
+    dst_layer: int,
+    head: tuple[int, int] | None = None,
+    src_features: Tensor | list[int] | None = None,
+    dst_features: Tensor | list[int] | None = None,
+) -> Tensor:
+    """Return `[n_src, n_dst]` input-invariant connections `W_dec[src] · f_enc[dst]`.
+
+    With `head = (attn_layer, h)` the connection goes through that head's OV circuit
+    (`W_dec[src] · OV^T f_enc[dst]`); the head must sit between the two transcoders.
+    """
+    enc = encoder_directions(model, dst_layer, dst_features)
+    if head is None:
+        if not model.mlp_write(src_layer) < model.mlp_read(dst_layer):
+            raise SparseCircuitsError(f"MLP {src_layer} does not write before transcoder {dst_layer} reads")
+    else:
+        attn_layer, h = head
+        if not (model.mlp_write(src_layer) < model.attn_read(attn_layer) and model.attn_write(attn_layer) < model.mlp_read(dst_layer)):
+            raise SparseCircuitsError(
+                f"head {attn_layer}.{h} is not between transcoder {src_layer} and transcoder {dst_layer}"
+            )
+        enc = ov_pull_back(model, attn_layer, h, enc)
+    dec = model.tc_weights(src_layer)["W_dec"]
+    if src_features is not None:
+        dec = dec[torch.as_tensor(src_features, dtype=torch.long)]
+    return dec @ enc.T
+
+
+@dataclass
+class TokenScores:
+    """Top / bottom vocabulary tokens of a score vector `[vocab]`."""
+
+    scores: Tensor
+    top: list[tuple[str, float]]
+    bottom: list[tuple[str, float]]
+
+    def to_dict(self) -> dict:
+        """Return the top and bottom lists as JSON-ready data."""
+        return {"top": [[t, round(v, 4)] for t, v in self.top], "bottom": [[t, round(v, 4)] for t, v in self.bottom]}
+
+
+def _token_scores(model: ReplacementModel, scores: Tensor, k: int) -> TokenScores:
+    tokenizer = model.adapter.tokenizer
+    k = min(k, scores.numel())
+    top = torch.topk(scores, k)
+    bottom = torch.topk(-scores, k)
+
+    def text(i: int) -> str:
+        return tokenizer.decode([i])
+
+    return TokenScores(
+        scores=scores,
+        top=[(text(int(i)), float(v)) for v, i in zip(top.values, top.indices)],
+        bottom=[(text(int(i)), float(-v)) for v, i in zip(bottom.values, bottom.indices)],
+    )
+
+
+def deembedding(model: ReplacementModel, layer: int, feature: int, head: tuple[int, int] | None = None, k: int = 10) -> TokenScores:
+    """Return `W_E · f_enc` over the vocabulary (through head `(layer, h)`'s OV when given) with its top-k.
+
+    This is how strongly each token's embedding drives the feature directly (or via the head).
+    """
+    enc = encoder_directions(model, layer, [feature])
+    if head is not None:
+        attn_layer, h = head
+        if not model.attn_write(attn_layer) < model.mlp_read(layer):
+            raise SparseCircuitsError(f"head {attn_layer}.{h} does not write before transcoder {layer} reads")
+        enc = ov_pull_back(model, attn_layer, h, enc)
+    return _token_scores(model, model.W_E @ enc[0], k)
+
+
+def head_deembedding(model: ReplacementModel, layer: int, head: int, vector: Tensor, k: int = 10) -> TokenScores:
+    """Return `W_E · OV^T vector` for a residual `vector [d]` read after head `(layer, head)`."""
+    return _token_scores(model, model.W_E @ ov_pull_back(model, layer, head, vector[None])[0], k)
+
+
+def unembed_directions(model: ReplacementModel, directions: Tensor) -> Tensor:
+    """Return logit effects `[n, vocab]` of adding `directions [n, d]` to the final residual (gain folded, scale 1)."""
+    ln = model.ln_final
+    x = directions - directions.mean(-1, keepdim=True) if ln.kind == "layernorm" else directions
+    return (x * ln.weight) @ model.W_U
+
+
+def feature_logits(model: ReplacementModel, layer: int, feature: int, k: int = 10) -> TokenScores:
+    """Return the direct logit effect `W_dec[feature] · W_U` (final-norm gain folded) with its top-k tokens."""
+    dec = model.tc_weights(layer)["W_dec"][feature]
+    return _token_scores(model, unembed_directions(model, dec[None])[0], k)

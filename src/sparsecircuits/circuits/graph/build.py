@@ -1,0 +1,357 @@
+"""Attribution graphs: direct effects among all active transcoder features of a prompt.
+
+Nodes (circuit-tracer's layout): `[active features (F) | MLP errors (L x T) | token embeddings (T) |
+output logits (K)]`. Errors and tokens are sources only; features and logits are targets. A
+feature target is its transcoder pre-activation `(x - b_in) W_enc[:, f] + b_enc[f]`; a logit target
+is the de-meaned logit `logit_t - mean_v logit_v`. The logits kept are the most likely next tokens
+up to a cumulative probability of `desired_logit_prob` (at most `max_n_logits`).
+
+Everything is computed on the `ReplacementModel`'s frozen linear map: attention patterns, norm
+denominators, MLP errors and feature activations are held at their clean values (a layer without
+a transcoder is one error node per position: its whole, frozen MLP output). The token node is the
+embedding the model adds at that position (token plus learned position embedding where the model
+has one). Features and errors at position 0 (the BOS) are not nodes, as in circuit-tracer.
+
+Edges come from batched reverse-mode passes over ONE forward pass: for a batch of targets the
+gradient is injected at each target's read point (the encoder column at the transcoder input,
+the de-meaned unembedding column at the final norm output) and vmapped backward passes
+(`is_grads_batched`) read the gradients at every MLP output and at the embedding. Then
+
+    edge(feature s -> t) = act_s * (grad_t at MLP_out[layer_s, pos_s]) . W_dec[s]
+    edge(error e -> t)   = (grad_t at MLP_out[layer_e, pos_e]) . error_e
+    edge(token p -> t)   = (grad_t at embed[p]) . embed[p]
+
+so each edge equals the change in the target when the source is removed with everything frozen.
+Rows are computed in blocks of `batch_size` targets and stored sparsely: per row the largest
+edges covering `row_mass` of its absolute sum (all non-zero ones when `row_mass = 1`), plus the
+exact row sum for normalisation. No N x N matrix is ever built.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparsecircuits.circuits.graph import neuronpedia as npd
+from sparsecircuits.circuits.graph.prune import PruneResult, SparseAdjacency, graph_scores, prune_graph
+from sparsecircuits.errors import SparseCircuitsError
+
+
+@dataclass
+class GraphConfig:
+    """How to build and prune an attribution graph."""
+
+    max_n_logits: int = 10
+    desired_logit_prob: float = 0.95
+    batch_size: int = 64  # targets per batched backward pass
+    row_mass: float = 0.999  # per target row, keep the largest |edges| covering this share (1.0 = all)
+    node_threshold: float = 0.8
+    edge_threshold: float = 0.98
+    skip_bos: bool = True  # no feature/error nodes at position 0
+
+    def check(self) -> None:
+        """Raise `SparseCircuitsError` on out-of-range values."""
+        if self.max_n_logits < 1 or self.batch_size < 1:
+            raise SparseCircuitsError("max_n_logits and batch_size must be at least 1")
+        if not 0.0 < self.desired_logit_prob <= 1.0:
+            raise SparseCircuitsError("desired_logit_prob must lie in (0, 1]")
+        if not 0.0 < self.row_mass <= 1.0:
+            raise SparseCircuitsError("row_mass must lie in (0, 1]")
+
+
+@dataclass
+class AttributionGraph:
+    """An unpruned attribution graph: nodes, sparse edges, and what they mean.
+
+    `active_features [F, 3]` (layer, pos, feature index), `activations [F]`, `logit_ids [K]`,
+    `logit_probs [K]`; `adjacency` holds the edges in node order
+    `[features | errors (layer-major, L x T) | tokens | logits]`.
+    """
+
+    prompt: str
+    input_ids: Tensor
+    prompt_tokens: list[str]
+    n_layers: int
+    active_features: Tensor
+    activations: Tensor
+    logit_ids: Tensor
+    logit_probs: Tensor
+    logit_tokens: list[str]
+    adjacency: SparseAdjacency
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_pos(self) -> int:
+        """Prompt length T."""
+        return int(self.input_ids.numel())
+
+    @property
+    def n_features(self) -> int:
+        """Active feature nodes F."""
+        return int(self.active_features.shape[0])
+
+    @property
+    def n_errors(self) -> int:
+        """Error nodes L x T."""
+        return self.n_layers * self.n_pos
+
+    @property
+    def n_nodes(self) -> int:
+        """All nodes N = F + L*T + T + K."""
+        return self.n_features + self.n_errors + self.n_pos + int(self.logit_ids.numel())
+
+    def error_index(self, layer: int, pos: int) -> int:
+        """Node index of the error of `layer` at `pos`."""
+        return self.n_features + layer * self.n_pos + pos
+
+    def token_index(self, pos: int) -> int:
+        """Node index of the token embedding at `pos`."""
+        return self.n_features + self.n_errors + pos
+
+    def logit_index(self, k: int) -> int:
+        """Node index of the k-th logit target."""
+        return self.n_features + self.n_errors + self.n_pos + k
+
+    def feature_index(self, layer: int, pos: int, feature: int) -> int:
+        """Node index of an active feature; raises if it is not active."""
+        hit = ((self.active_features[:, 0] == layer) & (self.active_features[:, 1] == pos)
+               & (self.active_features[:, 2] == feature)).nonzero()
+        if hit.numel() == 0:
+            raise SparseCircuitsError(f"feature {feature} of layer {layer} is not active at position {pos}")
+        return int(hit[0, 0])
+
+    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
+        """Circuit-tracer's influence pruning (see `prune.prune_graph`)."""
+        return prune_graph(self.adjacency, self.logit_probs, self.n_features, self.n_pos,
+                           node_threshold, edge_threshold)
+
+    def scores(self) -> tuple[float, float]:
+        """`(replacement_score, completeness_score)` of the unpruned graph."""
+        return graph_scores(self.adjacency, self.logit_probs, self.n_features, self.n_errors, self.n_pos)
+
+
+def salient_logits(logits: Tensor, max_n_logits: int, desired_prob: float) -> tuple[Tensor, Tensor]:
+    """Most likely tokens of `logits [vocab]` until their cumulative probability reaches
+    `desired_prob` (at most `max_n_logits`): `(ids [K], probs [K])`."""
+    probs = torch.softmax(logits.double(), dim=-1)
+    top = probs.topk(min(max_n_logits, probs.numel()))
+    cumulative = top.values.cumsum(0)
+    k = int(torch.searchsorted(cumulative, torch.tensor([desired_prob], dtype=torch.float64)).item()) + 1
+    k = min(k, top.values.numel())
+    return top.indices[:k], top.values[:k].float()
+
+
+def build_graph(replacement: Any, prompt: str | Tensor, config: GraphConfig | None = None) -> AttributionGraph:
+    """Return the unpruned `AttributionGraph` of `prompt` (text, or input_ids `[T]` / `[1, T]`).
+
+    `replacement` is a `sparsecircuits.circuits.replacement.ReplacementModel`.
+    """
+    from sparsecircuits.circuits.replacement import Multipliers
+
+    cfg = config or GraphConfig()
+    cfg.check()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    adapter = replacement.adapter
+    if isinstance(prompt, str):
+        input_ids = replacement.tokenize(prompt)
+        text = prompt
+    else:
+        input_ids = prompt.reshape(1, -1).to(replacement.device)
+        text = adapter.tokenizer.decode(input_ids[0].tolist())
+    if input_ids.shape[0] != 1:
+        raise SparseCircuitsError("build_graph takes one prompt; call it once per prompt")
+    n_layers, n_pos = replacement.n_layers, int(input_ids.shape[1])
+    state = replacement.run(input_ids)
+    timings["clean_run"] = time.perf_counter() - start
+
+    # ---- nodes
+    first = 1 if cfg.skip_bos and n_pos > 1 else 0
+    feats, acts, dec_scaled = [], [], {}
+    for layer in sorted(replacement.transcoders):
+        layer_acts = state.feature_acts[layer][0, first:]
+        pos, feat = layer_acts.nonzero(as_tuple=True)
+        values = layer_acts[pos, feat]
+        feats.append(torch.stack([torch.full_like(pos, layer), pos + first, feat], dim=1))
+        acts.append(values)
+        dec_scaled[layer] = (pos + first, replacement.tc_weights(layer)["W_dec"][feat] * values[:, None])
+    active = torch.cat(feats) if feats else torch.zeros(0, 3, dtype=torch.long)
+    activations = torch.cat(acts) if acts else torch.zeros(0)
+    logit_ids, logit_probs = salient_logits(state.logits[0, -1], cfg.max_n_logits, cfg.desired_logit_prob)
+    n_feat, n_logits = int(active.shape[0]), int(logit_ids.numel())
+    n_nodes = n_feat + n_layers * n_pos + n_pos + n_logits
+    error_vectors = []
+    for layer in range(n_layers):
+        err = state.errors[layer][0] if layer in replacement.transcoders else state.mlp_out[layer][0]
+        if first:
+            err = torch.cat([torch.zeros_like(err[:1]), err[1:]])
+        error_vectors.append(err)
+    embed = state.embed[0]
+
+    # ---- one forward pass with the frozen linear map, kept for every backward pass
+    mults = Multipliers(
+        embed=torch.ones(1, n_pos, 1, dtype=replacement.dtype, device=replacement.device, requires_grad=True),
+        errors={layer: torch.ones(1, n_pos, 1, dtype=replacement.dtype, device=replacement.device,
+                                  requires_grad=True) for layer in range(n_layers)},
+    )
+    with torch.enable_grad():
+        out = replacement.run_with_multipliers(state, mults, features="frozen")
+    read_points = {layer: out.tc_in[layer] for layer in replacement.transcoders}
+    read_points[n_layers] = out.final_normed
+    sources = [out.mlp_out[layer] for layer in range(n_layers)] + [out.embed]
+    timings["forward"] = time.perf_counter() - start - timings["clean_run"]
+
+    # ---- targets: logits first, then features (by layer, so each batch's backward stays shallow)
+    W_U = replacement.W_U
+    logit_vectors = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T  # [K, d]
+    target_layer = torch.cat([torch.full((n_logits,), n_layers, dtype=torch.long), active[:, 0]])
+    target_pos = torch.cat([torch.full((n_logits,), n_pos - 1, dtype=torch.long), active[:, 1]])
+    target_node = torch.cat([torch.arange(n_logits) + n_nodes - n_logits, torch.arange(n_feat)])
+    enc_cols = {layer: replacement.tc_weights(layer)["W_enc"] for layer in replacement.transcoders}
+
+    def injection(i: int) -> Tensor:
+        if i < n_logits:
+            return logit_vectors[i]
+        layer, _, feature = active[i - n_logits].tolist()
+        return enc_cols[layer][:, feature]
+
+    rows_t, rows_s, rows_w = [], [], []
+    row_abs_sums = torch.zeros(n_nodes, dtype=torch.float64)
+    n_targets = n_logits + n_feat
+    d_model = replacement.d_model
+    for lo in range(0, n_targets, cfg.batch_size):
+        hi = min(n_targets, lo + cfg.batch_size)
+        batch = hi - lo
+        layers_here = sorted(set(target_layer[lo:hi].tolist()))
+        outputs, grad_outputs = [], []
+        for layer in layers_here:
+            grad = torch.zeros(batch, *read_points[layer].shape, dtype=replacement.dtype, device=replacement.device)
+            for b in (target_layer[lo:hi] == layer).nonzero(as_tuple=True)[0].tolist():
+                grad[b, 0, int(target_pos[lo + b])] = injection(lo + b)
+            outputs.append(read_points[layer])
+            grad_outputs.append(grad)
+        grads = torch.autograd.grad(outputs, sources, grad_outputs=grad_outputs, retain_graph=hi < n_targets,
+                                    is_grads_batched=True, allow_unused=True)
+        block = torch.zeros(batch, n_nodes, dtype=torch.float32, device=replacement.device)
+        offset = 0
+        for layer in sorted(dec_scaled):
+            pos, dec = dec_scaled[layer]
+            n_here = int(pos.numel())
+            g = grads[layer]
+            if g is not None and n_here:
+                g = g[:, 0]
+                for c in range(0, n_here, 1024):  # gather in chunks: [batch, chunk, d]
+                    end = min(n_here, c + 1024)
+                    block[:, offset + c : offset + end] = torch.einsum("bnd,nd->bn", g[:, pos[c:end]], dec[c:end])
+            offset += n_here
+        for layer in range(n_layers):
+            g = grads[layer]
+            if g is not None:
+                start_col = n_feat + layer * n_pos
+                block[:, start_col : start_col + n_pos] = (g[:, 0] * error_vectors[layer]).sum(-1)
+        if grads[n_layers] is not None:
+            token_col = n_feat + n_layers * n_pos
+            block[:, token_col : token_col + n_pos] = (grads[n_layers][:, 0] * embed).sum(-1)
+        rows = target_node[lo:hi]
+        t_idx, s_idx, w, sums = _sparsify(block.cpu(), rows, cfg.row_mass)
+        rows_t.append(t_idx)
+        rows_s.append(s_idx)
+        rows_w.append(w)
+        row_abs_sums[rows] = sums
+    timings["backward"] = time.perf_counter() - start - timings["clean_run"] - timings["forward"]
+    del out, read_points, sources
+
+    adjacency = SparseAdjacency(
+        n_nodes=n_nodes,
+        targets=torch.cat(rows_t) if rows_t else torch.zeros(0, dtype=torch.long),
+        sources=torch.cat(rows_s) if rows_s else torch.zeros(0, dtype=torch.long),
+        weights=torch.cat(rows_w) if rows_w else torch.zeros(0),
+        row_abs_sums=row_abs_sums,
+    )
+    tokenizer = adapter.tokenizer
+    ids = input_ids[0].cpu()
+    return AttributionGraph(
+        prompt=text, input_ids=ids,
+        prompt_tokens=[tokenizer.decode([i]) for i in ids.tolist()],
+        n_layers=n_layers, active_features=active.cpu(), activations=activations.cpu(),
+        logit_ids=logit_ids.cpu(), logit_probs=logit_probs.cpu(),
+        logit_tokens=[tokenizer.decode([i]) for i in logit_ids.tolist()],
+        adjacency=adjacency, timings=timings,
+    )
+
+
+def _sparsify(block: Tensor, rows: Tensor, row_mass: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Stored edges of a row block `[B, N]`: per row the largest |entries| covering `row_mass` of
+    its absolute sum. Returns `(targets, sources, weights, exact row abs sums [B])`."""
+    magnitude = block.abs()
+    sums = magnitude.sum(1, dtype=torch.float64)
+    if row_mass >= 1.0:
+        keep = magnitude > 0
+    else:
+        sorted_mag, order = magnitude.sort(dim=1, descending=True)
+        before = sorted_mag.cumsum(1, dtype=torch.float64) - sorted_mag.double()
+        keep_sorted = (before < row_mass * sums[:, None]) & (sorted_mag > 0)
+        keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
+    b, s = keep.nonzero(as_tuple=True)
+    return rows[b], s, block[b, s], sums
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def to_neuronpedia(graph: AttributionGraph, pruned: PruneResult | None = None, *, slug: str = "graph",
+                   scan: str = "", node_threshold: float = 0.8, edge_threshold: float = 0.98,
+                   generation: GraphConfig | None = None, info: dict[str, Any] | None = None) -> npd.NeuronpediaGraph:
+    """The pruned graph in Neuronpedia's graph JSON model (prunes with the thresholds if not given)."""
+    from sparsecircuits import __version__
+
+    pruned = pruned or graph.prune(node_threshold, edge_threshold)
+    n_feat, n_err, n_pos = graph.n_features, graph.n_errors, graph.n_pos
+    cumulative = pruned.cumulative_scores.tolist()
+    nodes: dict[int, npd.GraphNode] = {}
+    for i in pruned.node_mask.nonzero(as_tuple=True)[0].tolist():
+        if i < n_feat:
+            layer, pos, feat = graph.active_features[i].tolist()
+            nodes[i] = npd.feature_node(layer, feat, pos, n_pos, activation=float(graph.activations[i]),
+                                        influence=cumulative[i])
+        elif i < n_feat + n_err:
+            layer, pos = divmod(i - n_feat, n_pos)
+            nodes[i] = npd.error_node(layer, pos, n_pos, graph.prompt_tokens[pos], influence=cumulative[i])
+        elif i < n_feat + n_err + n_pos:
+            pos = i - n_feat - n_err
+            nodes[i] = npd.token_node(int(graph.input_ids[pos]), pos, n_pos, graph.prompt_tokens[pos],
+                                      influence=cumulative[i])
+        else:
+            k = i - n_feat - n_err - n_pos
+            nodes[i] = npd.logit_node(int(graph.logit_ids[k]), n_pos - 1, graph.n_layers, graph.logit_tokens[k],
+                                      float(graph.logit_probs[k]), is_target=k == 0)
+    adj = graph.adjacency
+    kept = pruned.edge_mask.nonzero(as_tuple=True)[0]
+    links = []
+    connected: set[int] = set()
+    for t, s, w in zip(adj.targets[kept].tolist(), adj.sources[kept].tolist(), adj.weights[kept].tolist(), strict=True):
+        if t in nodes and s in nodes:
+            links.append(npd.GraphLink(source=nodes[s].node_id, target=nodes[t].node_id, weight=float(w)))
+            connected.update((t, s))
+    used = [node for i, node in sorted(nodes.items())
+            if i in connected or node.feature_type in (npd.FEATURE_TYPE_EMBEDDING, npd.FEATURE_TYPE_LOGIT)]
+    gen = generation or GraphConfig()
+    metadata = npd.GraphMetadata(
+        slug=slug, scan=scan, prompt_tokens=list(graph.prompt_tokens), prompt=graph.prompt,
+        node_threshold=node_threshold,
+        info=npd.GraphInfo(
+            generator=npd.Generator(name="sparsecircuits", version=__version__),
+            create_time_ms=float(int(time.time() * 1000)), extra=dict(info or {}),
+        ),
+        generation_settings=npd.GenerationSettings(
+            max_n_logits=gen.max_n_logits, desired_logit_prob=gen.desired_logit_prob, batch_size=gen.batch_size,
+            max_feature_nodes=graph.n_features, extra={"row_mass": gen.row_mass, "skip_bos": gen.skip_bos},
+        ),
+        pruning_settings=npd.PruningSettings(node_threshold=node_threshold, edge_threshold=edge_threshold),
+        schema_version=1,
+    )
+    return npd.NeuronpediaGraph(metadata=metadata, qParams=npd.default_qparams(), nodes=used, links=links)

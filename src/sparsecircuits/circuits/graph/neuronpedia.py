@@ -1,0 +1,362 @@
+"""Neuronpedia / Anthropic attribution-graph JSON: dataclasses, export, import, validation.
+
+The format is Neuronpedia's published `graph-schema.json` (copied in `schema/`, see SOURCE.md) plus
+the fields circuit-tracer writes (`transcoder_list`, `schema_version`, node `token_prob`,
+`is_target_logit`, `run_idx`, `reverse_ctx_idx`). Keys this module does not know are kept in each
+object's `extra` dict, so a graph made elsewhere survives import -> export unchanged.
+
+Node ids follow circuit-tracer with the post-#100 error id (no collision with feature ids):
+
+| node       | node_id               | feature                 | layer          | jsNodeId            |
+|------------|-----------------------|-------------------------|----------------|---------------------|
+| feature    | `{layer}_{feat}_{pos}`| cantor(layer, feat)     | `"{layer}"`    | `{layer}_{feat}-0`  |
+| MLP error  | `{layer}_-1_{pos}`    | -1                      | `"{layer}"`    | `{layer}_-1-{pos}`  |
+| embedding  | `E_{token_id}_{pos}`  | pos                     | `"E"`          | `E_{token_id}-{pos}`|
+| logit      | `{L+1}_{vocab}_{pos}` | vocab index             | `"{L+1}"`      | `L_{vocab}-{pos}`   |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sparsecircuits.errors import SparseCircuitsError
+
+FEATURE_TYPE_TRANSCODER = "cross layer transcoder"  # circuit-tracer uses this for per-layer ones too
+FEATURE_TYPE_ERROR = "mlp reconstruction error"
+FEATURE_TYPE_EMBEDDING = "embedding"
+FEATURE_TYPE_LOGIT = "logit"
+
+SCHEMA_FILE = "neuronpedia-graph-schema.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Dataclasses. Every optional field is None when absent from the JSON and is then not written.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Generator:
+    """`metadata.info.generator`: the program that made the graph."""
+
+    name: str | None = None
+    version: str | None = None
+    url: str | None = None
+    email: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GraphInfo:
+    """`metadata.info`: free information shown to the user."""
+
+    description: str | None = None
+    creator_name: str | None = None
+    creator_url: str | None = None
+    source_urls: list[Any] | None = None
+    generator: Generator | None = None
+    create_time_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FeatureDetails:
+    """`metadata.feature_details`: where a viewer fetches feature dashboards."""
+
+    feature_json_base_url: str | None = None
+    neuronpedia_source_set: str | None = None
+    neuronpedia_lorsa_source_set: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationSettings:
+    """`metadata.generation_settings`: how the graph was computed (information only)."""
+
+    max_n_logits: int | None = None
+    desired_logit_prob: float | None = None
+    batch_size: int | None = None
+    max_feature_nodes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PruningSettings:
+    """`metadata.pruning_settings`: thresholds used to prune (information only)."""
+
+    node_threshold: float | None = None
+    edge_threshold: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GraphMetadata:
+    """`metadata`: the prompt and what model/dictionaries the graph belongs to."""
+
+    slug: str
+    scan: str
+    prompt_tokens: list[str]
+    prompt: str
+    feature_details: FeatureDetails | None = None
+    node_threshold: float | None = None
+    info: GraphInfo | None = None
+    generation_settings: GenerationSettings | None = None
+    pruning_settings: PruningSettings | None = None
+    transcoder_list: list[str] | None = None
+    schema_version: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class QParams:
+    """`qParams`: the saved viewer state (pinned subgraph, supernodes, clicked node)."""
+
+    pinnedIds: list[str] | None = None  # noqa: N815 - JSON key
+    supernodes: list[Any] | None = None
+    linkType: str | None = None  # noqa: N815
+    clickedId: str | None = None  # noqa: N815
+    sg_pos: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GraphNode:
+    """One node: a transcoder feature, an MLP error, a token embedding or an output logit."""
+
+    node_id: str
+    feature: int | None
+    layer: str | int
+    ctx_idx: int
+    feature_type: str
+    jsNodeId: str  # noqa: N815
+    clerp: str = ""
+    influence: float | None = None
+    activation: float | None = None
+    token_prob: float | None = None
+    is_target_logit: bool | None = None
+    run_idx: int | None = None
+    reverse_ctx_idx: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GraphLink:
+    """One edge: `weight` = direct effect of `source` on `target` (signed, unnormalised)."""
+
+    source: str
+    target: str
+    weight: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NeuronpediaGraph:
+    """A whole attribution graph as Neuronpedia's graph JSON holds it."""
+
+    metadata: GraphMetadata
+    qParams: QParams = field(default_factory=lambda: default_qparams())  # noqa: N815
+    nodes: list[GraphNode] = field(default_factory=list)
+    links: list[GraphLink] = field(default_factory=list)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready dict (keys in schema order, None-valued optionals left out)."""
+        return export_graph(self)
+
+    def save(self, path: str | Path, *, indent: int | None = None) -> Path:
+        """Write the graph JSON to `path`; return the path."""
+        return save_graph(self, path, indent=indent)
+
+
+def default_qparams() -> QParams:
+    """Return the qParams circuit-tracer writes for a fresh graph."""
+    return QParams(pinnedIds=[], supernodes=[], linkType="both", clickedId="", sg_pos="")
+
+
+# --------------------------------------------------------------------------------------------
+# Generic (de)serialisation of the dataclasses above.
+# --------------------------------------------------------------------------------------------
+
+_NESTED: dict[tuple[type, str], type] = {
+    (GraphInfo, "generator"): Generator,
+    (GraphMetadata, "feature_details"): FeatureDetails,
+    (GraphMetadata, "info"): GraphInfo,
+    (GraphMetadata, "generation_settings"): GenerationSettings,
+    (GraphMetadata, "pruning_settings"): PruningSettings,
+}
+_FLOAT_FIELDS = {"weight", "influence", "activation", "token_prob", "node_threshold", "edge_threshold",
+                 "desired_logit_prob", "create_time_ms"}
+_ALWAYS_WRITTEN = {(GraphNode, "influence"), (GraphNode, "activation")}
+
+
+def _to_mapping(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if f.name == "extra":
+            continue
+        value = getattr(obj, f.name)
+        if value is None and (type(obj), f.name) not in _ALWAYS_WRITTEN and f.default is not dataclasses.MISSING:
+            continue
+        if dataclasses.is_dataclass(value):
+            value = _to_mapping(value)
+        out[f.name] = value
+    out.update(obj.extra)
+    return out
+
+
+def _from_mapping(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise SparseCircuitsError(f"graph JSON: {where} must be an object; fix or regenerate the file")
+    names = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+    missing = [n for n, f in names.items() if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and n not in data]
+    if missing:
+        raise SparseCircuitsError(f"graph JSON: {where} lacks required key(s) {', '.join(missing)}")
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            extra[key] = value
+            continue
+        nested = _NESTED.get((cls, key))
+        if nested is not None and value is not None:
+            value = _from_mapping(nested, value, f"{where}.{key}")
+        elif key in _FLOAT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        kwargs[key] = value
+    return cls(**kwargs, extra=extra)
+
+
+def export_graph(graph: NeuronpediaGraph) -> dict[str, Any]:
+    """Return `graph` as a JSON-ready dict in Neuronpedia's graph schema."""
+    return {
+        "metadata": _to_mapping(graph.metadata),
+        "qParams": _to_mapping(graph.qParams),
+        "nodes": [_to_mapping(n) for n in graph.nodes],
+        "links": [_to_mapping(link) for link in graph.links],
+    }
+
+
+def import_graph(data: dict[str, Any]) -> NeuronpediaGraph:
+    """Return the `NeuronpediaGraph` held by a graph JSON dict (unknown keys kept in `extra`)."""
+    if not isinstance(data, dict):
+        raise SparseCircuitsError("graph JSON must be an object with metadata, qParams, nodes, links")
+    missing = [k for k in ("metadata", "qParams", "nodes", "links") if k not in data]
+    if missing:
+        raise SparseCircuitsError(f"graph JSON lacks {', '.join(missing)}; is this an attribution graph file?")
+    if not isinstance(data["nodes"], list) or not isinstance(data["links"], list):
+        raise SparseCircuitsError("graph JSON: nodes and links must be lists")
+    return NeuronpediaGraph(
+        metadata=_from_mapping(GraphMetadata, data["metadata"], "metadata"),
+        qParams=_from_mapping(QParams, data["qParams"], "qParams"),
+        nodes=[_from_mapping(GraphNode, n, f"nodes[{i}]") for i, n in enumerate(data["nodes"])],
+        links=[_from_mapping(GraphLink, e, f"links[{i}]") for i, e in enumerate(data["links"])],
+    )
+
+
+def save_graph(graph: NeuronpediaGraph, path: str | Path, *, indent: int | None = None) -> Path:
+    """Write `graph` as JSON to `path` (parent folders created); return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(export_graph(graph), indent=indent, allow_nan=False))
+    return path
+
+
+def load_graph(path: str | Path, *, validate: bool = False) -> NeuronpediaGraph:
+    """Read a graph JSON file; with `validate=True` check it against the schema first."""
+    path = Path(path)
+    if not path.is_file():
+        raise SparseCircuitsError(f"graph file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SparseCircuitsError(f"graph file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if validate:
+        validate_graph_json(data)
+    return import_graph(data)
+
+
+@lru_cache(maxsize=1)
+def graph_schema() -> dict[str, Any]:
+    """Return Neuronpedia's graph JSON schema (draft-07) shipped with the package."""
+    return json.loads((Path(__file__).parent / "schema" / SCHEMA_FILE).read_text())
+
+
+def validate_graph_json(data: dict[str, Any]) -> None:
+    """Raise `SparseCircuitsError` naming the first violation if `data` breaks the schema."""
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(graph_schema())
+    error = next(iter(sorted(validator.iter_errors(data), key=lambda e: list(e.path))), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise SparseCircuitsError(f"graph JSON breaks Neuronpedia's schema at {where}: {error.message}")
+
+
+# --------------------------------------------------------------------------------------------
+# Node constructors (ids and labels as circuit-tracer / the Anthropic frontend expect them).
+# --------------------------------------------------------------------------------------------
+
+
+def cantor_pair(layer: int, feature: int) -> int:
+    """Return Neuronpedia's `feature` number for (layer, feature index): (l+f)(l+f+1)/2 + f."""
+    s = layer + feature
+    return s * (s + 1) // 2 + feature
+
+
+def cantor_unpair(number: int) -> tuple[int, int]:
+    """Return (layer, feature index) from a Cantor-paired `feature` number."""
+    import math
+
+    w = (math.isqrt(8 * number + 1) - 1) // 2
+    feature = number - w * (w + 1) // 2
+    return w - feature, feature
+
+
+def feature_node(layer: int, feature: int, pos: int, n_pos: int, *, activation: float | None,
+                 influence: float | None, clerp: str = "") -> GraphNode:
+    """Return the node of transcoder feature `feature` of `layer` at prompt position `pos`."""
+    return GraphNode(
+        node_id=f"{layer}_{feature}_{pos}", feature=cantor_pair(layer, feature), layer=str(layer),
+        ctx_idx=pos, feature_type=FEATURE_TYPE_TRANSCODER, jsNodeId=f"{layer}_{feature}-0", clerp=clerp,
+        influence=influence, activation=activation, token_prob=0.0, is_target_logit=False, run_idx=0,
+        reverse_ctx_idx=n_pos - 1 - pos,
+    )
+
+
+def error_node(layer: int, pos: int, n_pos: int, token: str, *, influence: float | None) -> GraphNode:
+    """Return the node of the MLP reconstruction error of `layer` at position `pos`."""
+    return GraphNode(
+        node_id=f"{layer}_-1_{pos}", feature=-1, layer=str(layer), ctx_idx=pos,
+        feature_type=FEATURE_TYPE_ERROR, jsNodeId=f"{layer}_-1-{pos}", clerp=f'Err: mlp "{token}"',
+        influence=influence, activation=None, token_prob=0.0, is_target_logit=False, run_idx=0,
+        reverse_ctx_idx=n_pos - 1 - pos,
+    )
+
+
+def token_node(token_id: int, pos: int, n_pos: int, token: str, *, influence: float | None) -> GraphNode:
+    """Return the node of the token embedding at position `pos`."""
+    return GraphNode(
+        node_id=f"E_{token_id}_{pos}", feature=pos, layer="E", ctx_idx=pos,
+        feature_type=FEATURE_TYPE_EMBEDDING, jsNodeId=f"E_{token_id}-{pos}", clerp=f'Emb: "{token}"',
+        influence=influence, activation=None, token_prob=0.0, is_target_logit=False, run_idx=0,
+        reverse_ctx_idx=n_pos - 1 - pos,
+    )
+
+
+def logit_node(vocab_idx: int, pos: int, n_layers: int, token: str, prob: float, *,
+               is_target: bool) -> GraphNode:
+    """Return the output-logit node of token `vocab_idx` at the last position `pos`.
+
+    The clerp `Output "<tok>" (p=0.123)` is part of the contract: the Anthropic frontend parses
+    the token and probability out of it.
+    """
+    return GraphNode(
+        node_id=f"{n_layers + 1}_{vocab_idx}_{pos}", feature=vocab_idx, layer=str(n_layers + 1),
+        ctx_idx=pos, feature_type=FEATURE_TYPE_LOGIT, jsNodeId=f"L_{vocab_idx}-{pos}",
+        clerp=f'Output "{token}" (p={prob:.3f})', influence=None, activation=None, token_prob=prob,
+        is_target_logit=is_target, run_idx=0, reverse_ctx_idx=0,
+    )

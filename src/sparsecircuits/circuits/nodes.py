@@ -1,0 +1,124 @@
+"""Circuit nodes: what an attribution is *to*, with paper-style labels and the edit that ablates it.
+
+Labels follow the transcoder paper's reference code: `mlp8tc[89]@5` (transcoder feature 89 of
+layer 8 at position 5), `attn9[1]@6->8` (head 9.1 reading source position 6 into position 8),
+`embed@3`, `err4@8` (transcoder error of layer 4 at position 8), `mlp2@8` (an MLP without a
+transcoder, frozen), `bias` (every bias term together).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from sparsecircuits.circuits.replacement import EmbedEdit, ErrorEdit, Edits, FeatureEdit, HeadEdit
+
+
+@dataclass(frozen=True)
+class FeatureNode:
+    """Transcoder feature `feature` of layer `layer` at position `pos`."""
+
+    layer: int
+    pos: int
+    feature: int
+
+    @property
+    def label(self) -> str:
+        """Return e.g. `mlp3tc[17]@5`."""
+        return f"mlp{self.layer}tc[{self.feature}]@{self.pos}"
+
+    def ablation(self, batch: int | None = None) -> Edits:
+        """Return the edit that zeroes this feature's activation."""
+        return Edits(features=[FeatureEdit(self.layer, self.feature, pos=self.pos, batch=batch)])
+
+
+@dataclass(frozen=True)
+class HeadNode:
+    """Attention head `head` of layer `layer` moving information from `src` to `dest`.
+
+    `dest`/`src` None means every destination / source position.
+    """
+
+    layer: int
+    head: int
+    dest: int | None = None
+    src: int | None = None
+
+    @property
+    def label(self) -> str:
+        """Return e.g. `attn9[1]@6->8` (source 6, destination 8)."""
+        src = "*" if self.src is None else self.src
+        dest = "*" if self.dest is None else self.dest
+        return f"attn{self.layer}[{self.head}]@{src}->{dest}"
+
+    def ablation(self, batch: int | None = None) -> Edits:
+        """Return the edit that zeroes the head's attention weights from src to dest."""
+        return Edits(heads=[HeadEdit(self.layer, self.head, dest=self.dest, src=self.src, batch=batch)])
+
+
+@dataclass(frozen=True)
+class ErrorNode:
+    """Transcoder error (true MLP output minus transcoder output) of `layer` at `pos`.
+
+    For a layer without a transcoder it is the whole (frozen) MLP output.
+    """
+
+    layer: int
+    pos: int
+
+    @property
+    def label(self) -> str:
+        """Return e.g. `err4@8`."""
+        return f"err{self.layer}@{self.pos}"
+
+    def ablation(self, batch: int | None = None) -> Edits:
+        """Return the edit that zeroes this error term."""
+        return Edits(errors=[ErrorEdit(self.layer, pos=self.pos, batch=batch)])
+
+
+@dataclass(frozen=True)
+class EmbedNode:
+    """The token (plus learned positional) embedding at `pos`."""
+
+    pos: int
+
+    @property
+    def label(self) -> str:
+        """Return e.g. `embed@3`."""
+        return f"embed@{self.pos}"
+
+    def ablation(self, batch: int | None = None) -> Edits:
+        """Return the edit that zeroes this embedding."""
+        return Edits(embeds=[EmbedEdit(pos=self.pos, batch=batch)])
+
+
+Node = Union[FeatureNode, HeadNode, ErrorNode, EmbedNode]
+
+
+def node_from_label(label: str) -> Node:
+    """Parse a label written by a node's `label` property back into the node."""
+    import re
+
+    patterns = [
+        (r"mlp(\d+)tc\[(\d+)\]@(\d+)", lambda m: FeatureNode(int(m[1]), int(m[3]), int(m[2]))),
+        (
+            r"attn(\d+)\[(\d+)\]@(\*|\d+)->(\*|\d+)",
+            lambda m: HeadNode(
+                int(m[1]),
+                int(m[2]),
+                dest=None if m[4] == "*" else int(m[4]),
+                src=None if m[3] == "*" else int(m[3]),
+            ),
+        ),
+        (r"err(\d+)@(\d+)", lambda m: ErrorNode(int(m[1]), int(m[2]))),
+        (r"embed@(\d+)", lambda m: EmbedNode(int(m[1]))),
+    ]
+    for pattern, build in patterns:
+        match = re.fullmatch(pattern, label)
+        if match:
+            return build(match)  # type: ignore[no-any-return]
+    from sparsecircuits.errors import SparseCircuitsError
+
+    raise SparseCircuitsError(
+        f"cannot parse node label {label!r}; use mlpLtc[i]@pos, attnL[h]@src->dest, errL@pos or embed@pos"
+    )

@@ -1,0 +1,60 @@
+"""The `sparsecircuits` command line: one module per subcommand, each with `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sparsecircuits import __version__
+from sparsecircuits.errors import SparseCircuitsError
+
+# Subcommand modules under sparsecircuits.cli, in the order `--help` lists them.
+COMMANDS = ["demo", "train", "eval", "tasks"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the top-level parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="sparsecircuits",
+        description="Train transcoders and SAEs, trace circuits through them, and look at them.",
+    )
+    parser.add_argument("--version", action="version", version=f"sparsecircuits {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"sparsecircuits.cli.{name.replace('-', '_')}").register(sub)
+    return parser
+
+
+def _quiet_third_party() -> None:
+    """Silence Hugging Face loading bars and advisory warnings; our own progress bars remain."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        from datasets.utils import logging as ds_logging
+
+        ds_logging.set_verbosity_error()
+        ds_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status (2 for user errors, printed without a traceback)."""
+    parser = build_parser()
+    _quiet_third_party()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SparseCircuitsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""`sparsecircuits tasks`: the circuit-task behaviour of a model on held-out prompts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from sparsecircuits.models import load_model
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `tasks` subcommand."""
+    p = sub.add_parser(
+        "tasks",
+        help="greater-than, IOI and docstring metrics on held-out prompts",
+        description="Measure a model on the classic circuit tasks: greater-than probability "
+        "difference, IOI logit difference and accuracy, docstring top-1 accuracy, prose loss.",
+    )
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--device")
+    p.add_argument("--n", type=int, default=200, help="prompts per task")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the task metrics."""
+    from sparsecircuits.tasks import run_tasks
+
+    adapter = load_model(args.model, device=args.device)
+    result = run_tasks(adapter.forward, adapter.tokenizer, n=args.n, seed=args.seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for task, value in result.items():
+            print(f"{task}: {value}")
+    return 0

@@ -1,0 +1,512 @@
+"""ActivationStore: shuffled training batches of model activations, resumable exactly.
+
+How batches are made
+--------------------
+The store keeps one preallocated buffer per hook, ``[capacity, d]``, and works in *fills*:
+
+1. A fill runs the model over the next whole contexts of the stream (``contexts_per_forward``
+   at a time, ``run_with_cache(..., stop_after_last=True)`` under ``torch.no_grad``), drops
+   the BOS row of each context when ``exclude_bos``, and writes the rows straight into the
+   buffers (no ``torch.cat``). ``capacity = (buffer_tokens // rows_per_context) *
+   rows_per_context`` with ``rows_per_context = context_size - exclude_bos``.
+2. The fill's rows are permuted by a generator seeded from ``(seed, fill_index)``; one
+   permutation is shared by every hook, so row i of ``mlp_in`` and row i of ``mlp_out`` in a
+   batch always come from the same token.
+3. Batches of ``batch_tokens`` rows are gathered through the permutation until the fill is
+   used up; a batch that straddles two fills takes the old fill's last rows and the new
+   fill's first ones. Every batch is thus a uniform draw from ~``buffer_tokens /
+   context_size`` contexts.
+
+This *full-refill* scheme (rather than SAELens' keep-half mixing buffer) was chosen because it
+makes exact resume cheap: a fill is a pure function of (stream position at its start,
+fill_index, seed), so `state_dict()` is four integers plus a config fingerprint, JSON-ready,
+and `load_state_dict()` replays at most one fill's forward passes. Nothing large goes into a
+checkpoint. When the stream runs out, the rows left over after the last full batch are dropped
+and `next_batch` raises `StopIteration`.
+
+Memory
+------
+``memory_bytes() = capacity * sum(hook dims) * bytes per element``
+(at most ``buffer_tokens * sum(dims) * 4`` in float32), plus transient tensors the size of one
+model forward's activations and one output batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from sparsecircuits.data.tokenize import TokenSource, bos_token_id, check_context_size
+from sparsecircuits.errors import SparseCircuitsError
+
+__all__ = ["ActivationStore", "ActivationStoreConfig", "resolve_dtype"]
+
+_STATE_VERSION = 1
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Return the torch dtype named by a config string such as ``"float32"`` or ``"bf16"``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise SparseCircuitsError(
+            f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}"
+        )
+    return _DTYPES[name]
+
+
+@dataclass
+class ActivationStoreConfig:
+    """Settings of an `ActivationStore`.
+
+    context_size: tokens per context (BOS included). contexts_per_forward: contexts per model
+    forward (the model batch). batch_tokens: rows per training batch. buffer_tokens: rows held
+    in the shuffle buffer (rounded down to whole contexts). exclude_bos: drop position 0 of
+    every context. dtype: buffer and batch dtype. seed: shuffle seed. cache_dir: read
+    activations from a folder written by `harvest_to_disk` instead of running the model.
+    device: where the buffer and batches live (default: the model's device; "cpu" for a cache).
+    """
+
+    context_size: int = 128
+    contexts_per_forward: int = 32
+    batch_tokens: int = 4096
+    buffer_tokens: int = 131072
+    exclude_bos: bool = True
+    dtype: str = "float32"
+    seed: int = 0
+    cache_dir: str | None = None
+    device: str | None = None
+
+
+class _RowProducer(Protocol):
+    """Writes activation rows into the store's buffers, from a seekable position."""
+
+    kind: str
+    dims: dict[str, int]
+    position: int  # units consumed so far: contexts (model) or rows (disk cache)
+
+    def capacity(self, buffer_tokens: int) -> int: ...
+
+    def seek(self, position: int) -> None: ...
+
+    def fill(
+        self, buffers: dict[str, Tensor], max_rows: int, token_ids: Tensor | None = None
+    ) -> int: ...
+
+
+def _as_context_rows(contexts: Iterable[Tensor]) -> Iterator[Tensor]:
+    """Yield 1-D contexts from an iterable of ``[context]`` or ``[n, context]`` tensors."""
+    for item in contexts:
+        if item.dim() == 2:
+            yield from item.unbind(0)
+        else:
+            yield item
+
+
+class ModelRows:
+    """Runs the model over a stream of contexts and writes hook activations as rows.
+
+    `position` counts contexts consumed. Seeking restarts a re-iterable stream (e.g. a
+    `TokenSource`) and skips contexts without running the model; a one-shot iterator can only
+    be skipped forward.
+    """
+
+    kind = "model"
+
+    def __init__(
+        self,
+        adapter: Any,
+        contexts: Iterable[Tensor],
+        hooks: list[str],
+        context_size: int,
+        contexts_per_forward: int,
+        exclude_bos: bool,
+    ) -> None:
+        check_context_size(context_size, getattr(adapter, "max_context", None), prepend_bos=False)
+        if contexts_per_forward < 1:
+            raise SparseCircuitsError(
+                f"contexts_per_forward must be at least 1, not {contexts_per_forward}"
+            )
+        if exclude_bos and context_size < 2:
+            raise SparseCircuitsError("exclude_bos needs context_size >= 2")
+        if isinstance(contexts, TokenSource):
+            if contexts.context_size != context_size:
+                raise SparseCircuitsError(
+                    f"the token source packs contexts of {contexts.context_size} tokens but "
+                    f"context_size is {context_size}; make them equal"
+                )
+            if exclude_bos and not contexts.prepend_bos:
+                raise SparseCircuitsError(
+                    "exclude_bos is set but the token source does not prepend BOS; "
+                    "set prepend_bos=True or exclude_bos=False"
+                )
+        self.adapter = adapter
+        self.contexts = contexts
+        self.hooks = list(hooks)
+        self.dims = {hook: int(adapter.hook_dim(hook)) for hook in self.hooks}
+        self.context_size = context_size
+        self.contexts_per_forward = contexts_per_forward
+        self.exclude_bos = exclude_bos
+        self.rows_per_context = context_size - 1 if exclude_bos else context_size
+        self.bos_id = self._bos_id() if exclude_bos else None
+        self.position = 0
+        self._iterator: Iterator[Tensor] | None = None
+
+    def _bos_id(self) -> int | None:
+        if isinstance(self.contexts, TokenSource):
+            return self.contexts.bos_token_id
+        tokenizer = getattr(self.adapter, "tokenizer", None)
+        if tokenizer is None:
+            return None
+        try:
+            return bos_token_id(tokenizer)
+        except SparseCircuitsError:
+            return None
+
+    @property
+    def _reiterable(self) -> bool:
+        return not isinstance(self.contexts, Iterator)
+
+    def capacity(self, buffer_tokens: int) -> int:
+        """Return the buffer rows: the whole contexts that fit in `buffer_tokens`, times rows each."""
+        n_contexts = buffer_tokens // self.rows_per_context
+        if n_contexts < 1:
+            raise SparseCircuitsError(
+                f"buffer of {buffer_tokens} tokens cannot hold one context of "
+                f"{self.rows_per_context} activation rows; raise buffer_tokens"
+            )
+        return n_contexts * self.rows_per_context
+
+    def seek(self, position: int) -> None:
+        """Make the next context read the one at index `position` of the stream."""
+        if self._iterator is not None and position == self.position:
+            return
+        if self._iterator is None or position < self.position:
+            if self._iterator is not None and not self._reiterable:
+                raise SparseCircuitsError(
+                    "cannot rewind a one-shot iterator of contexts; pass a TokenSource to resume"
+                )
+            self._iterator = _as_context_rows(self.contexts)
+            self.position = 0
+        for _ in range(position - self.position):
+            if next(self._iterator, None) is None:
+                raise SparseCircuitsError(
+                    f"the data stream ended after {self.position} contexts, before the resume "
+                    f"position {position}; resume with the same data"
+                )
+            self.position += 1
+
+    def _next_contexts(self, n: int) -> list[Tensor]:
+        if self._iterator is None:
+            self.seek(self.position)
+        assert self._iterator is not None
+        taken: list[Tensor] = []
+        for context in self._iterator:
+            taken.append(context)
+            if len(taken) == n:
+                break
+        self.position += len(taken)
+        return taken
+
+    def fill(
+        self, buffers: dict[str, Tensor], max_rows: int, token_ids: Tensor | None = None
+    ) -> int:
+        """Write the activations of the next ``max_rows // rows_per_context`` contexts (fewer
+        at the end of the stream) into rows ``[0, n)`` of each buffer ``[>= max_rows, d]``;
+        also their token ids into `token_ids` ``[>= max_rows]`` when given. Returns n."""
+        wanted = max_rows // self.rows_per_context
+        rows_written = 0
+        done = 0
+        while done < wanted:
+            requested = min(self.contexts_per_forward, wanted - done)
+            contexts = self._next_contexts(requested)
+            if not contexts:
+                break
+            input_ids = self._stack(contexts)
+            rows_written += self._forward_into(input_ids, buffers, rows_written, token_ids)
+            done += len(contexts)
+            if len(contexts) < requested:
+                break  # the stream is exhausted
+        return rows_written
+
+    def _stack(self, contexts: list[Tensor]) -> Tensor:
+        for context in contexts:
+            if context.dim() != 1 or context.shape[0] != self.context_size:
+                raise SparseCircuitsError(
+                    f"got a context of shape {tuple(context.shape)} but context_size is "
+                    f"{self.context_size}; pack the data with the same context_size"
+                )
+        input_ids = torch.stack(contexts).long()
+        if self.bos_id is not None and not bool((input_ids[:, 0] == self.bos_id).all()):
+            raise SparseCircuitsError(
+                f"exclude_bos is set but a context does not start with BOS (id {self.bos_id}); "
+                "pack with prepend_bos=True or set exclude_bos=False"
+            )
+        return input_ids
+
+    def _forward_into(
+        self, input_ids: Tensor, buffers: dict[str, Tensor], start: int, token_ids: Tensor | None
+    ) -> int:
+        n_contexts = input_ids.shape[0]
+        first = 1 if self.exclude_bos else 0
+        n_rows = n_contexts * self.rows_per_context
+        with torch.no_grad():
+            _, cache = self.adapter.run_with_cache(
+                input_ids.to(self.adapter.device), self.hooks, stop_after_last=True
+            )
+            for hook in self.hooks:
+                if hook not in cache:
+                    raise SparseCircuitsError(
+                        f"the model returned no activations for hook {hook!r}; check the hook name"
+                    )
+                acts = cache[hook]
+                if acts.dim() < 3 or tuple(acts.shape[:2]) != tuple(input_ids.shape):
+                    raise SparseCircuitsError(
+                        f"hook {hook!r} gave activations of shape {tuple(acts.shape)}, not "
+                        f"[batch, pos, ...] for input {tuple(input_ids.shape)}; use a per-token hook"
+                    )
+                acts = acts[:, first:].flatten(2)
+                d = self.dims[hook]
+                if acts.shape[-1] != d:
+                    raise SparseCircuitsError(
+                        f"hook {hook!r} has {acts.shape[-1]} values per token but hook_dim says {d}"
+                    )
+                # One strided copy from the model's tensor into the preallocated buffer.
+                destination = buffers[hook][start : start + n_rows].view(
+                    n_contexts, self.rows_per_context, d
+                )
+                destination.copy_(acts)
+        if token_ids is not None:
+            token_ids[start : start + n_rows].view(n_contexts, self.rows_per_context).copy_(
+                input_ids[:, first:]
+            )
+        return n_rows
+
+
+def _fill_generator(seed: int, fill_index: int) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed((seed * 1_000_003 + fill_index * 7919 + 12345) % (2**63))
+    return generator
+
+
+class ActivationStore:
+    """Shuffled batches ``dict[hook, Tensor [batch_tokens, d]]`` of model activations.
+
+    `contexts` is an iterable of packed contexts (a `TokenSource` is best: it can be replayed
+    for resume; a plain iterator of LongTensors ``[context_size]`` or ``[n, context_size]``
+    works too) or a `CachedActivationSource` (then `adapter` may be None). With
+    ``cfg.cache_dir`` set the store reads that disk cache and ignores `contexts`.
+    See the module docstring for the buffer scheme and memory bound.
+
+    Iterating the store yields batches until the data runs out.
+    """
+
+    def __init__(
+        self,
+        adapter: Any,
+        contexts: Any,
+        hooks: list[str],
+        cfg: ActivationStoreConfig | None = None,
+    ) -> None:
+        from sparsecircuits.data.cache import CachedActivationSource
+
+        cfg = cfg if cfg is not None else ActivationStoreConfig()
+        hooks = list(hooks)
+        if not hooks:
+            raise SparseCircuitsError("no hooks given; name at least one hook to harvest")
+        if len(set(hooks)) != len(hooks):
+            raise SparseCircuitsError(f"hooks {hooks} contain duplicates; list each hook once")
+        if cfg.batch_tokens < 1:
+            raise SparseCircuitsError(f"batch_tokens must be at least 1, not {cfg.batch_tokens}")
+        if cfg.cache_dir is not None:
+            contexts = CachedActivationSource(cfg.cache_dir)
+        self.cfg = cfg
+        self.hooks = hooks
+        self.dtype = resolve_dtype(cfg.dtype)
+        self.producer: _RowProducer
+        if isinstance(contexts, CachedActivationSource):
+            self.producer = contexts.rows(hooks, adapter=adapter)
+            default_device = "cpu"
+        else:
+            if adapter is None:
+                raise SparseCircuitsError("an ActivationStore over contexts needs a model adapter")
+            self.producer = ModelRows(
+                adapter,
+                contexts,
+                hooks,
+                cfg.context_size,
+                cfg.contexts_per_forward,
+                cfg.exclude_bos,
+            )
+            default_device = adapter.device
+        self.device = torch.device(cfg.device if cfg.device is not None else default_device)
+        self.dims = dict(self.producer.dims)
+        self.capacity = self.producer.capacity(cfg.buffer_tokens)
+        if self.capacity < cfg.batch_tokens:
+            raise SparseCircuitsError(
+                f"the shuffle buffer holds {self.capacity} rows, fewer than batch_tokens "
+                f"{cfg.batch_tokens}; raise buffer_tokens (ideally to 16x batch_tokens or more)"
+            )
+        model_device = getattr(getattr(self.producer, "adapter", None), "device", "cpu")
+        # Pinned host memory makes the model's device-to-host copies several times faster.
+        pin = self.device.type == "cpu" and torch.device(model_device).type == "cuda"
+        self.buffers = {
+            hook: torch.empty(
+                self.capacity, d, dtype=self.dtype, device=self.device, pin_memory=pin
+            )
+            for hook, d in self.dims.items()
+        }
+        self._fill_index = 0
+        self._fill_start = 0
+        self._rows_served = 0
+        self._rows_filled: int | None = None  # None: the buffer does not hold fill _fill_index
+        self._permutation: Tensor | None = None
+        self.tokens_served = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivationStore(hooks={self.hooks}, batch_tokens={self.cfg.batch_tokens}, "
+            f"capacity={self.capacity}, {self.memory_bytes() / 2**20:.1f} MiB)"
+        )
+
+    def memory_bytes(self) -> int:
+        """Return the bytes of the shuffle buffers: capacity * sum(dims) * element size."""
+        element = torch.empty((), dtype=self.dtype).element_size()
+        return self.capacity * sum(self.dims.values()) * element
+
+    @property
+    def contexts_consumed(self) -> int:
+        """Units read from the data so far: contexts (model) or rows (disk cache)."""
+        return self.producer.position
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, Tensor]:
+        return self.next_batch()
+
+    def next_batch(self) -> dict[str, Tensor]:
+        """Return the next batch ``{hook: Tensor [batch_tokens, d]}`` on `self.device`.
+
+        Raises `StopIteration` when the data is exhausted, and `SparseCircuitsError` when the
+        data held nothing at all.
+        """
+        parts: list[dict[str, Tensor]] = []
+        needed = self.cfg.batch_tokens
+        while needed > 0:
+            if self._rows_filled is None:
+                self._load_fill()
+            assert self._rows_filled is not None and self._permutation is not None
+            available = self._rows_filled - self._rows_served
+            if available == 0:
+                if self._rows_filled < self.capacity:
+                    raise StopIteration  # the last fill was partial: the data is exhausted
+                self._next_fill()
+                continue
+            take = min(needed, available)
+            index = self._permutation[self._rows_served : self._rows_served + take]
+            parts.append(
+                {hook: buffer.index_select(0, index) for hook, buffer in self.buffers.items()}
+            )
+            self._rows_served += take
+            needed -= take
+        if self._rows_served == self._rows_filled and self._rows_filled == self.capacity:
+            self._next_fill()  # keeps state_dict from pointing at a spent fill
+        self.tokens_served += self.cfg.batch_tokens
+        if len(parts) == 1:
+            return parts[0]
+        return {hook: torch.cat([part[hook] for part in parts]) for hook in self.hooks}
+
+    def _next_fill(self) -> None:
+        self._fill_index += 1
+        self._fill_start = self.producer.position
+        self._rows_served = 0
+        self._rows_filled = None
+        self._permutation = None
+
+    def _load_fill(self) -> None:
+        self.producer.seek(self._fill_start)
+        rows = self.producer.fill(self.buffers, self.capacity)
+        if rows == 0:
+            if self._fill_index == 0:
+                raise SparseCircuitsError(
+                    "the data yielded no activations; check the dataset and context_size"
+                )
+            raise StopIteration
+        generator = _fill_generator(self.cfg.seed, self._fill_index)
+        self._permutation = torch.randperm(rows, generator=generator).to(self.device)
+        self._rows_filled = rows
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {
+            "kind": self.producer.kind,
+            "hooks": list(self.hooks),
+            "batch_tokens": self.cfg.batch_tokens,
+            "capacity": self.capacity,
+            "seed": self.cfg.seed,
+            "context_size": self.cfg.context_size if self.producer.kind == "model" else None,
+            "exclude_bos": self.cfg.exclude_bos if self.producer.kind == "model" else None,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the data position as a JSON-ready dict of ints, strings and lists.
+
+        Loading it into a store built the same way (same data, hooks and config) makes the
+        following batches equal those of an uninterrupted run.
+        """
+        return {
+            "version": _STATE_VERSION,
+            **self._fingerprint(),
+            "fill_index": self._fill_index,
+            "fill_start": self._fill_start,
+            "rows_served": self._rows_served,
+            "tokens_served": self.tokens_served,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a `state_dict()`; the next batch replays at most one fill's forwards."""
+        if state.get("version") != _STATE_VERSION:
+            raise SparseCircuitsError(
+                f"activation store state has version {state.get('version')}, expected "
+                f"{_STATE_VERSION}; resume with the sparsecircuits version that saved it"
+            )
+        for key, value in self._fingerprint().items():
+            saved = state.get(key)
+            if saved != value:
+                raise SparseCircuitsError(
+                    f"cannot resume the activation store: it was saved with {key}={saved!r} but "
+                    f"this store has {key}={value!r}; use the original settings"
+                )
+        self._fill_index = int(state["fill_index"])
+        self._fill_start = int(state["fill_start"])
+        self._rows_served = int(state["rows_served"])
+        self._rows_filled = None
+        self._permutation = None
+        self.tokens_served = int(state["tokens_served"])
+
+    @classmethod
+    def from_cache(
+        cls,
+        folder: str,
+        hooks: list[str],
+        cfg: ActivationStoreConfig | None = None,
+        adapter: Any = None,
+    ) -> ActivationStore:
+        """Return a store that trains from a disk cache written by `harvest_to_disk`."""
+        cfg = dataclasses.replace(cfg or ActivationStoreConfig(), cache_dir=str(folder))
+        return cls(adapter, None, hooks, cfg)

@@ -1,0 +1,217 @@
+"""Tokenize documents and pack them into fixed-length contexts.
+
+Packing policy (the SAELens default, also what the transcoder paper trained on):
+
+* Documents are tokenized without special tokens, in batches (one fast-tokenizer call per
+  batch), and concatenated with one EOS token after every document.
+* The stream is cut into pieces of ``context_size - 1`` tokens and every context starts
+  with BOS, so each context is exactly ``context_size`` long with BOS at position 0. With
+  ``prepend_bos=False`` the pieces are ``context_size`` long and no BOS is added.
+* No token is lost between contexts: the contexts without their BOS, concatenated, are a
+  prefix of the token stream. Only the final piece shorter than a context is dropped.
+* BOS is the tokenizer's ``bos_token_id``, or its ``eos_token_id`` when it has no BOS
+  (GPT-2, Qwen); EOS falls back to BOS likewise.
+
+BOS positions have outlier norms (attention sinks), so `ActivationStore` drops position 0 of
+every context from training activations by default (`ActivationStoreConfig.exclude_bos`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparsecircuits.errors import SparseCircuitsError
+
+__all__ = [
+    "TokenBatcher",
+    "TokenSource",
+    "bos_token_id",
+    "check_context_size",
+    "eos_token_id",
+    "pack_tokens",
+]
+
+
+def bos_token_id(tokenizer: Any) -> int:
+    """Return the id packed contexts start with: BOS, or EOS when the tokenizer has no BOS."""
+    for token_id in (
+        getattr(tokenizer, "bos_token_id", None),
+        getattr(tokenizer, "eos_token_id", None),
+    ):
+        if token_id is not None:
+            return int(token_id)
+    raise SparseCircuitsError(
+        "the tokenizer has neither a BOS nor an EOS token; pack with prepend_bos=False"
+    )
+
+
+def eos_token_id(tokenizer: Any) -> int:
+    """Return the id placed after every document: EOS, or BOS when the tokenizer has no EOS."""
+    for token_id in (
+        getattr(tokenizer, "eos_token_id", None),
+        getattr(tokenizer, "bos_token_id", None),
+    ):
+        if token_id is not None:
+            return int(token_id)
+    raise SparseCircuitsError(
+        "the tokenizer has neither an EOS nor a BOS token to separate documents; use a tokenizer with one"
+    )
+
+
+def check_context_size(
+    context_size: int, max_context: int | None, prepend_bos: bool = True
+) -> None:
+    """Raise `SparseCircuitsError` unless `context_size` fits the model and holds a real token."""
+    smallest = 2 if prepend_bos else 1
+    if context_size < smallest:
+        raise SparseCircuitsError(
+            f"context_size {context_size} is too small; use at least {smallest}"
+        )
+    if max_context is not None and context_size > max_context:
+        raise SparseCircuitsError(
+            f"context_size {context_size} is longer than the model's maximum context {max_context}; "
+            f"use context_size <= {max_context}"
+        )
+
+
+def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def pack_tokens(
+    texts: Iterable[str],
+    tokenizer: Any,
+    context_size: int,
+    prepend_bos: bool = True,
+    *,
+    max_context: int | None = None,
+    tokenize_batch: int = 64,
+    name: str = "source",
+) -> Iterator[Tensor]:
+    """Return an iterator of packed contexts, each a LongTensor ``[context_size]`` (see the
+    module docstring).
+
+    `max_context` is the model's maximum context; a longer `context_size` raises
+    `SparseCircuitsError` right away. The iterator raises `SparseCircuitsError` at exhaustion
+    when the texts held fewer tokens than one context.
+    """
+    check_context_size(context_size, max_context, prepend_bos)
+    bos = bos_token_id(tokenizer) if prepend_bos else None
+    separator = eos_token_id(tokenizer)
+    return _pack(texts, tokenizer, context_size, bos, separator, tokenize_batch, name)
+
+
+def _pack(
+    texts: Iterable[str],
+    tokenizer: Any,
+    context_size: int,
+    bos: int | None,
+    separator: int,
+    tokenize_batch: int,
+    name: str,
+) -> Iterator[Tensor]:
+    body = context_size - 1 if bos is not None else context_size
+    pending: list[int] = []
+    n_tokens = 0
+    n_contexts = 0
+    for batch in _batches(texts, tokenize_batch):
+        encoded = tokenizer(
+            batch, add_special_tokens=False, return_attention_mask=False, verbose=False
+        )["input_ids"]
+        for ids in encoded:
+            pending.extend(ids)
+            pending.append(separator)
+            n_tokens += len(ids) + 1
+        n_full = len(pending) // body
+        if n_full == 0:
+            continue
+        block = torch.tensor(pending[: n_full * body], dtype=torch.long).view(n_full, body)
+        del pending[: n_full * body]
+        if bos is not None:
+            block = torch.cat([torch.full((n_full, 1), bos, dtype=torch.long), block], dim=1)
+        n_contexts += n_full
+        yield from block.unbind(0)
+    if n_contexts == 0:
+        raise SparseCircuitsError(
+            f"dataset {name} yielded only {n_tokens} tokens, fewer than one context of "
+            f"{context_size}; use more text or a smaller context_size"
+        )
+
+
+class TokenSource:
+    """A re-iterable stream of packed contexts: each `iter()` restarts `pack_tokens` on a fresh
+    `text_source.iter_texts()`, so the stream can be replayed to resume at a position.
+
+    Iterating yields LongTensors ``[context_size]``.
+    """
+
+    def __init__(
+        self,
+        text_source: Any,
+        tokenizer: Any,
+        context_size: int,
+        prepend_bos: bool = True,
+        max_context: int | None = None,
+    ) -> None:
+        check_context_size(context_size, max_context, prepend_bos)
+        self.text_source = text_source
+        self.tokenizer = tokenizer
+        self.context_size = context_size
+        self.prepend_bos = prepend_bos
+        self.max_context = max_context
+
+    def __repr__(self) -> str:
+        return f"TokenSource({self.text_source!r}, context_size={self.context_size})"
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """The id at position 0 of every context, or None with ``prepend_bos=False``."""
+        return bos_token_id(self.tokenizer) if self.prepend_bos else None
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return pack_tokens(
+            self.text_source.iter_texts(),
+            self.tokenizer,
+            self.context_size,
+            self.prepend_bos,
+            max_context=self.max_context,
+            name=getattr(self.text_source, "name", repr(self.text_source)),
+        )
+
+
+class TokenBatcher:
+    """Group contexts into model batches: iterating yields LongTensors ``[batch_size, context]``.
+
+    The last batch is smaller when the contexts run out, unless `drop_last`. Re-iterable when
+    `contexts` is (e.g. a `TokenSource`).
+    """
+
+    def __init__(
+        self, contexts: Iterable[Tensor], batch_size: int, drop_last: bool = False
+    ) -> None:
+        if batch_size < 1:
+            raise SparseCircuitsError(f"batch_size must be at least 1, not {batch_size}")
+        self.contexts = contexts
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+
+    def __iter__(self) -> Iterator[Tensor]:
+        rows: list[Tensor] = []
+        for context in self.contexts:
+            rows.append(context)
+            if len(rows) == self.batch_size:
+                yield torch.stack(rows)
+                rows = []
+        if rows and not self.drop_last:
+            yield torch.stack(rows)

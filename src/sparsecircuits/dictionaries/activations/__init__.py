@@ -1,0 +1,31 @@
+"""Activation families, one file each, registered by `DictionaryConfig.architecture` name."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sparsecircuits.dictionaries.activations.base import Activation, ForwardOutput
+from sparsecircuits.dictionaries.activations.relu import ReLUActivation
+from sparsecircuits.dictionaries.activations.topk import TopKActivation
+
+if TYPE_CHECKING:
+    from sparsecircuits.dictionaries.config import DictionaryConfig
+
+ACTIVATIONS: dict[str, type[Activation]] = {
+    cls.name: cls for cls in (ReLUActivation, TopKActivation)
+}
+
+
+def make_activation(cfg: DictionaryConfig) -> Activation:
+    """Return the activation module for `cfg.architecture` (validated by `DictionaryConfig`)."""
+    return ACTIVATIONS[cfg.architecture](cfg)
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "Activation",
+    "ForwardOutput",
+    "ReLUActivation",
+    "TopKActivation",
+    "make_activation",
+]

@@ -1,0 +1,152 @@
+"""What every activation family provides, and `ForwardOutput`, the codes a forward pass returns.
+
+An `Activation` turns the centred input `x_in = x - b_in` into codes (`encode`), and owns the
+family's extra loss terms (`sparsity_loss`, `aux_loss`) and training hooks (`after_step`). The
+`Dictionary` around it owns the weights, decoding and the reconstruction loss, so a new family
+is one file here plus one line in the registry (`activations/__init__.py`).
+
+Hook points, all called by `Dictionary` (the trainer only calls `Dictionary.loss`,
+`before_optimizer_step` and `after_optimizer_step`):
+
+* `encode(dictionary, x_in, dead_mask)` — every forward; returns the codes.
+* `sparsity_loss(dictionary, codes, dead_mask)` — scaled penalty added to the loss.
+* `aux_loss(dictionary, codes, residual, total_variance, dead_mask)` — unscaled; the loss adds
+  `aux_k_coefficient ·` it.
+* `observe(dictionary, codes)` — after each training-mode `loss()` forward (BatchTopK threshold).
+* `after_step(dictionary)` — after each optimizer step.
+* `saelens_architecture` / `extra_cfg` / `saelens_weights` / `adopt_saelens_weights` — io.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from sparsecircuits.dictionaries.kernels import to_dense
+
+if TYPE_CHECKING:
+    from sparsecircuits.dictionaries.base import Dictionary
+    from sparsecircuits.dictionaries.config import DictionaryConfig
+
+
+@dataclass
+class ForwardOutput:
+    """Result of `Dictionary.forward` on `n` tokens.
+
+    `out [n, d_out]` is the reconstruction (None until the dictionary decodes). Dense families
+    fill `dense_acts [n, d_sae]`; TopK-like families fill `values, indices [n, k]` and, when a
+    dead mask was given, `aux_values, aux_indices [n, k_aux]`. `pre_acts [n, d_sae]` is kept
+    where the family computed it with autograd (None on the sparse TopK path).
+    Iterating yields `(out, feature_acts)`.
+    """
+
+    out: Tensor | None = None
+    pre_acts: Tensor | None = None
+    dense_acts: Tensor | None = None
+    values: Tensor | None = None
+    indices: Tensor | None = None
+    aux_values: Tensor | None = None
+    aux_indices: Tensor | None = None
+    d_sae: int = 0
+
+    @property
+    def feature_acts(self) -> Tensor:
+        """Dense feature activations `[n, d_sae]` (built from values/indices when sparse)."""
+        if self.dense_acts is None:
+            assert self.values is not None and self.indices is not None
+            self.dense_acts = to_dense(self.values, self.indices, self.d_sae)
+        return self.dense_acts
+
+    @property
+    def is_sparse(self) -> bool:
+        """True when the codes are held as `values, indices` pairs."""
+        return self.indices is not None
+
+    def l0(self) -> Tensor:
+        """Mean number of nonzero features per token (0-dim)."""
+        if self.values is not None:
+            return (self.values != 0).sum(dim=1).float().mean()
+        return (self.feature_acts != 0).sum(dim=1).float().mean()
+
+    def fired_counts(self) -> Tensor:
+        """Number of tokens in which each latent was nonzero, int64 `[d_sae]`."""
+        if self.values is not None and self.indices is not None:
+            fired = self.indices[self.values != 0]
+            return torch.bincount(fired, minlength=self.d_sae)
+        return (self.feature_acts != 0).sum(dim=0)
+
+    def weighted_l1(self, decoder_norms: Tensor) -> Tensor:
+        """Mean over tokens of `Σ_i |f_i| · ||W_dec[i]||` (0-dim, differentiable)."""
+        if self.values is not None and self.indices is not None:
+            return (self.values.abs() * decoder_norms[self.indices]).sum(dim=1).mean()
+        return (self.feature_acts.abs() * decoder_norms).sum(dim=1).mean()
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        yield self.out
+        yield self.feature_acts
+
+
+class Activation(nn.Module):
+    """Base class of an activation family (ReLU, TopK, ...).
+
+    Subclasses set `name` (the `DictionaryConfig.architecture` value) and implement `encode`;
+    they override `sparsity_loss`, `aux_loss`, `after_step` and `saelens_architecture` when the
+    family needs them. Parameters or buffers a family owns (e.g. JumpReLU thresholds) live on
+    the activation module and are saved with the dictionary.
+    """
+
+    name: ClassVar[str] = ""
+    uses_input_bias: ClassVar[bool] = True  # False: b_in stays zero and frozen (MP centres by b_dec)
+    tied: ClassVar[bool] = False  # True: no W_enc/b_enc, the encoder reads W_dec (MP)
+
+    def __init__(self, cfg: DictionaryConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def encode(
+        self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
+    ) -> ForwardOutput:
+        """Return the codes of `x_in [n, d_in]` (already minus `b_in`); `out` left None."""
+        raise NotImplementedError
+
+    def sparsity_loss(self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None) -> Tensor:
+        """The coefficient-scaled sparsity term added to the loss (0-dim); zero by default."""
+        return dictionary.W_dec.new_zeros(())
+
+    @torch.no_grad()
+    def observe(self, dictionary: Dictionary, codes: ForwardOutput) -> None:
+        """Called by `Dictionary.loss` in training mode with the step's codes (e.g. threshold EMAs)."""
+
+    def aux_loss(
+        self,
+        dictionary: Dictionary,
+        codes: ForwardOutput,
+        residual: Tensor,
+        total_variance: Tensor,
+        dead_mask: Tensor | None,
+    ) -> Tensor:
+        """Unscaled auxiliary loss (0-dim); `residual = target - out` is detached. Zero by default."""
+        return dictionary.W_dec.new_zeros(())
+
+    @torch.no_grad()
+    def after_step(self, dictionary: Dictionary) -> None:
+        """Called after each optimizer step (e.g. to clamp or re-estimate thresholds)."""
+
+    def saelens_architecture(self) -> str | None:
+        """SAELens architecture name for this family and `cfg.kind`, or None when SAELens has none."""
+        return None
+
+    def saelens_weights(self) -> dict[str, Tensor]:
+        """Family tensors in SAELens' naming for `sae_weights.safetensors` (e.g. `threshold`)."""
+        return {}
+
+    def adopt_saelens_weights(self, tensors: dict[str, Tensor]) -> None:
+        """Replace, in place, the SAELens-named family tensors of a loaded folder by our state-dict
+        entries (keeping ours when the `sparsecircuits_weights` file already supplied them)."""
+
+    def extra_cfg(self) -> dict[str, Any]:
+        """Architecture fields SAELens reads from `cfg.json` for this family (e.g. `k`)."""
+        return {}

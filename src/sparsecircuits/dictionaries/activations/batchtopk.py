@@ -1,0 +1,81 @@
+"""BatchTopK (Bussmann et al. 2024): keep the `k · n` largest ReLU'd pre-activations of a batch.
+
+Training mode: `f = ReLU(u) ⊙ 1[u among the top k·n of the batch]`, so k is an average per
+token. Every training `loss()` updates the inference threshold, an EMA of the smallest kept
+activation (`θ ← (1 - threshold_lr) θ + threshold_lr · min kept`, float64 buffer, as SAELens).
+Eval mode: `f = ReLU(u) · 1[u > θ]` — a JumpReLU with one shared threshold, which is how it is
+saved for SAELens ("jumprelu" with `threshold = θ` for every latent). Decoder unit-norm, FVU,
+AuxK as TopK (computed densely).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from sparsecircuits.dictionaries.activations.base import ForwardOutput
+from sparsecircuits.dictionaries.activations.topk import TopKActivation
+from sparsecircuits.dictionaries.kernels import _select_aux
+
+if TYPE_CHECKING:
+    from sparsecircuits.dictionaries.base import Dictionary
+    from sparsecircuits.dictionaries.config import DictionaryConfig
+
+
+class BatchTopKActivation(TopKActivation):
+    """Batch-level TopK in training, a fixed threshold (`threshold` buffer) at inference."""
+
+    name = "batchtopk"
+    threshold: Tensor
+
+    def __init__(self, cfg: DictionaryConfig) -> None:
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.zeros((), dtype=torch.float64, device=cfg.device))
+
+    def encode(self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
+        """Dense codes: batch top-k (training) or thresholded ReLU (eval); AuxK selection when dead."""
+        pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
+        acts = pre_acts.relu()
+        if self.training:
+            flat = acts.flatten()
+            keep = flat.topk(min(self.cfg.k * acts.shape[0], flat.numel()), sorted=False).indices
+            mask = torch.zeros_like(flat, dtype=torch.bool).index_fill_(0, keep, True).view_as(acts)
+        else:
+            mask = pre_acts > self.threshold.to(pre_acts.dtype)
+        codes = ForwardOutput(pre_acts=pre_acts, dense_acts=acts * mask, d_sae=self.cfg.d_sae)
+        if dead_mask is not None:
+            aux_k = min(self.cfg.aux_k or 0, int(dead_mask.sum()))
+            if aux_k > 0:
+                codes.aux_values, codes.aux_indices = _select_aux(pre_acts, dead_mask, aux_k, signed=False)
+        return codes
+
+    @torch.no_grad()
+    def observe(self, dictionary: Dictionary, codes: ForwardOutput) -> None:
+        """EMA of the smallest positive kept activation."""
+        acts = codes.feature_acts
+        positive = acts[acts > 0]
+        if positive.numel():
+            lr = self.cfg.threshold_lr
+            self.threshold.mul_(1 - lr).add_(lr * positive.min().to(torch.float64))
+
+    def saelens_architecture(self) -> str | None:
+        """Saved as JumpReLU: "jumprelu" / "jumprelu_transcoder" / "jumprelu_skip_transcoder"."""
+        return {"sae": "jumprelu", "transcoder": "jumprelu_transcoder", "skip_transcoder": "jumprelu_skip_transcoder"}[
+            self.cfg.kind
+        ]
+
+    def extra_cfg(self) -> dict[str, object]:
+        """JumpReLU needs no extra cfg fields."""
+        return {}
+
+    def saelens_weights(self) -> dict[str, Tensor]:
+        """`threshold [d_sae]` filled with the scalar inference threshold, in the weights' dtype."""
+        return {"threshold": torch.full((self.cfg.d_sae,), float(self.threshold), dtype=self.cfg.torch_dtype)}
+
+    def adopt_saelens_weights(self, tensors: dict[str, Tensor]) -> None:
+        """Drop SAELens' per-latent `threshold` (our scalar comes from sparsecircuits_weights)."""
+        threshold = tensors.pop("threshold", None)
+        if threshold is not None and "activation.threshold" not in tensors:
+            tensors["activation.threshold"] = threshold.max().to(torch.float64)

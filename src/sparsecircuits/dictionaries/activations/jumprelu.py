@@ -1,0 +1,142 @@
+"""JumpReLU (Rajamanoharan et al. 2024; Gemma Scope; Anthropic 2025).
+
+`f_i = u_i · H(u_i - θ_i)` with `u = (x - b_in) W_enc + b_enc` and learned thresholds
+`θ = exp(log_threshold)` (kept positive). The step has no gradient, so training uses
+straight-through estimators with a rectangle kernel `K(z) = 1[|z| < 1/2]` of bandwidth `ε`
+(`jumprelu_bandwidth`):
+
+* JumpReLU output: `∂f/∂u = H(u - θ)`, `∂f/∂θ = -(θ/ε) K((u - θ)/ε)`;
+* the step used for L0: `∂H/∂θ = -(1/ε) K((u - θ)/ε)` (no gradient to u).
+
+Sparsity (`jumprelu_sparsity`): "step" — `l0_coefficient · mean_tokens Σ_i H(u_i - θ_i)`
+(DeepMind's L0); "tanh" — `l0_coefficient · mean_tokens Σ_i tanh(tanh_scale · ||W_dec[i]|| f_i)`
+(Anthropic). Optional pre-activation loss on dead latents,
+`pre_act_loss_coefficient · mean_tokens Σ_{i dead} ReLU(θ_i - u_i) ||W_dec[i]||`.
+Decoder norms are free. Saved for SAELens as "jumprelu" / "jumprelu_transcoder" /
+"jumprelu_skip_transcoder" with `threshold = exp(log_threshold)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from sparsecircuits.dictionaries.activations.base import Activation, ForwardOutput
+
+if TYPE_CHECKING:
+    from sparsecircuits.dictionaries.base import Dictionary
+    from sparsecircuits.dictionaries.config import DictionaryConfig
+
+
+def _rectangle(z: Tensor) -> Tensor:
+    return ((z > -0.5) & (z < 0.5)).to(z.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, pre_acts: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(pre_acts, threshold)
+        ctx.bandwidth = bandwidth
+        return pre_acts * (pre_acts > threshold)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        pre_acts, threshold = ctx.saved_tensors
+        bandwidth = ctx.bandwidth
+        grad_pre = grad_out * (pre_acts > threshold)
+        kernel = _rectangle((pre_acts - threshold) / bandwidth)
+        grad_threshold = -(threshold / bandwidth) * kernel * grad_out
+        return grad_pre, _sum_to(grad_threshold, threshold.shape), None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, pre_acts: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(pre_acts, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre_acts > threshold).to(pre_acts.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
+        pre_acts, threshold = ctx.saved_tensors
+        bandwidth = ctx.bandwidth
+        grad_threshold = -(1.0 / bandwidth) * _rectangle((pre_acts - threshold) / bandwidth) * grad_out
+        return None, _sum_to(grad_threshold, threshold.shape), None
+
+
+def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a broadcast gradient `[..., *shape]` back down to `shape`."""
+    return grad.reshape(-1, *shape).sum(dim=0) if grad.shape != shape else grad
+
+
+def jumprelu(pre_acts: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """`pre_acts · H(pre_acts - threshold)` with the rectangle-kernel STE for `threshold` (broadcast on the last dims)."""
+    return _JumpReLU.apply(pre_acts, threshold, bandwidth)
+
+
+def step(pre_acts: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """`H(pre_acts - threshold)` (float) with the rectangle-kernel STE for `threshold` only."""
+    return _Step.apply(pre_acts, threshold, bandwidth)
+
+
+def tanh_penalty(feature_acts: Tensor, decoder_norms: Tensor, scale: float) -> Tensor:
+    """`mean_tokens Σ_i tanh(scale · ||W_dec[i]|| · f_i)` (0-dim); `feature_acts [n, ..., d_sae]`."""
+    per_token = torch.tanh(scale * feature_acts.abs() * decoder_norms).reshape(feature_acts.shape[0], -1)
+    return per_token.sum(dim=1).mean()
+
+
+class JumpReLUActivation(Activation):
+    """JumpReLU with a learned `log_threshold [d_sae]` parameter."""
+
+    name = "jumprelu"
+
+    def __init__(self, cfg: DictionaryConfig) -> None:
+        super().__init__(cfg)
+        factory: dict[str, Any] = {"dtype": cfg.torch_dtype, "device": cfg.device}
+        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold), **factory))
+
+    @property
+    def threshold(self) -> Tensor:
+        """`exp(log_threshold)`, `[d_sae]`."""
+        return self.log_threshold.exp()
+
+    def encode(self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
+        """Dense codes `u · H(u - θ)`; `pre_acts` kept for the L0 / pre-activation losses."""
+        pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
+        acts = jumprelu(pre_acts, self.threshold, self.cfg.jumprelu_bandwidth)
+        return ForwardOutput(pre_acts=pre_acts, dense_acts=acts, d_sae=self.cfg.d_sae)
+
+    def sparsity_loss(self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None) -> Tensor:
+        """Step-L0 or tanh penalty (see module docstring), plus the dead-latent pre-activation loss."""
+        assert codes.pre_acts is not None
+        cfg = self.cfg
+        threshold = self.threshold
+        norms = dictionary.W_dec.norm(dim=1)
+        if cfg.jumprelu_sparsity == "tanh":
+            penalty = tanh_penalty(codes.feature_acts, norms, cfg.tanh_scale)
+        else:
+            penalty = step(codes.pre_acts, threshold, cfg.jumprelu_bandwidth).sum(dim=1).mean()
+        loss = cfg.l0_coefficient * penalty
+        if cfg.pre_act_loss_coefficient > 0 and dead_mask is not None and bool(dead_mask.any()):
+            shortfall = (threshold - codes.pre_acts).relu() * dead_mask * norms
+            loss = loss + cfg.pre_act_loss_coefficient * shortfall.sum(dim=1).mean()
+        return loss
+
+    def saelens_architecture(self) -> str | None:
+        """"jumprelu" / "jumprelu_transcoder" / "jumprelu_skip_transcoder"."""
+        return {"sae": "jumprelu", "transcoder": "jumprelu_transcoder", "skip_transcoder": "jumprelu_skip_transcoder"}[
+            self.cfg.kind
+        ]
+
+    def saelens_weights(self) -> dict[str, Tensor]:
+        """`threshold = exp(log_threshold)`."""
+        return {"threshold": self.threshold.detach()}
+
+    def adopt_saelens_weights(self, tensors: dict[str, Tensor]) -> None:
+        """Drop SAELens' `threshold`, deriving `activation.log_threshold` from it when absent."""
+        threshold = tensors.pop("threshold", None)
+        if threshold is not None and "activation.log_threshold" not in tensors:
+            tensors["activation.log_threshold"] = threshold.log()

@@ -1,0 +1,43 @@
+"""ReLU + L1: `f = ReLU((x - b_in) W_enc + b_enc)`, penalty `λ · mean_tokens Σ_i f_i ||W_dec[i]||`.
+
+The L1 is weighted by the decoder row norms (Anthropic April-2024 update, SAELens "standard"
+in v6), so the decoder norms are left free (`decoder_norm="free"`) and the model cannot shrink
+the penalty by shrinking activations while growing decoder rows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from sparsecircuits.dictionaries.activations.base import Activation, ForwardOutput
+
+if TYPE_CHECKING:
+    from sparsecircuits.dictionaries.base import Dictionary
+
+
+class ReLUActivation(Activation):
+    """ReLU with a decoder-norm-weighted L1 penalty (`l1_coefficient`)."""
+
+    name = "relu"
+
+    def encode(
+        self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
+    ) -> ForwardOutput:
+        """Dense codes `relu(x_in @ W_enc + b_enc)` with `pre_acts` kept."""
+        pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
+        return ForwardOutput(pre_acts=pre_acts, dense_acts=pre_acts.relu(), d_sae=self.cfg.d_sae)
+
+    def sparsity_loss(self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None) -> Tensor:
+        """`l1_coefficient · mean_tokens Σ_i f_i ||W_dec[i]||` (gradient reaches W_dec norms too)."""
+        return self.cfg.l1_coefficient * codes.weighted_l1(dictionary.W_dec.norm(dim=1))
+
+    def saelens_architecture(self) -> str | None:
+        """ "standard" for SAEs, "transcoder" / "skip_transcoder" for transcoders."""
+        return {
+            "sae": "standard",
+            "transcoder": "transcoder",
+            "skip_transcoder": "skip_transcoder",
+        }[self.cfg.kind]

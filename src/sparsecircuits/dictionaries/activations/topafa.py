@@ -1,0 +1,98 @@
+"""top-AFA (Lee, Davies, Canby & Hockenmaier 2025) and the ε-LBO metric.
+
+Approximate Feature Activation: under ε-quasi-orthogonal unit decoder rows, `||f|| ≈ ||z||`.
+top-AFA picks k per token so the kept activations' norm best matches the input's:
+
+1. `a = ReLU(u)`, `u = (x - b_in) W_enc + b_enc`; target `T = ||x - b_in||₂`;
+2. contributions `s_i = (a_i ||W_dec[i]||)²` sorted descending, `C_j = sqrt(Σ_{r<=j} s_(r))`;
+3. `k(x) = argmin_{1<=j<=k_max} |C_j - T|` (first minimiser), `k_max = cfg.k`
+   (set `k = d_sae` for the uncapped rule);
+4. keep those `k(x)` activations.
+
+Loss: reconstruction (FVU) + `afa_coefficient · mean_tokens (||f ⊙ ||W_dec|| || - T)²` + AuxK.
+The paper's norm-matching term uses the uncentred input; we use the same centred `T` as the
+selection so both terms agree (documented deviation). SAE only. SAELens has no top-AFA: saved as
+the extension "topafa_sae".
+
+`epsilon_lbo(dictionary, x)` is the paper's metric for any dictionary:
+`ε_LBO = | ||z||² - ||f̃||² | / ((h - 1) ||f̃||²)`, `f̃ = [f ⊙ ||W_dec[i]|| ; ||b_dec||]`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from sparsecircuits.dictionaries.activations.base import ForwardOutput
+from sparsecircuits.dictionaries.activations.topk import TopKActivation
+from sparsecircuits.dictionaries.kernels import _select_aux
+
+if TYPE_CHECKING:
+    from sparsecircuits.dictionaries.base import Dictionary
+
+
+def afa_choose_k(contributions: Tensor, target_norm: Tensor, k_max: int) -> tuple[Tensor, Tensor, Tensor]:
+    """top-AFA selection on `contributions [n, m]` (the `s_i`) and `target_norm [n]`.
+
+    Returns `(k [n] int64 in 1..k_max, indices [n, k_max] sorted by contribution, keep [n, k_max]
+    bool with the first k[r] entries of row r True)`.
+    """
+    sorted_s, indices = contributions.topk(k_max, dim=1, sorted=True)
+    cumulative = sorted_s.cumsum(dim=1).clamp_min(0).sqrt()
+    k = (cumulative - target_norm[:, None]).abs().argmin(dim=1) + 1
+    keep = torch.arange(k_max, device=k.device)[None, :] < k[:, None]
+    return k, indices, keep
+
+
+class TopAFAActivation(TopKActivation):
+    """Per-token k by AFA norm matching (at most `cfg.k`), unit decoder, AuxK."""
+
+    name = "topafa"
+
+    def encode(self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
+        """Sparse codes `values, indices [n, k_max]`, zeros past each token's chosen k."""
+        pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
+        acts = pre_acts.relu()
+        with torch.no_grad():
+            contributions = (acts * dictionary.W_dec.norm(dim=1)).pow(2)
+            _, indices, keep = afa_choose_k(contributions, x_in.norm(dim=1), self.cfg.k)
+        values = acts.gather(1, indices) * keep
+        codes = ForwardOutput(pre_acts=pre_acts, values=values, indices=indices, d_sae=self.cfg.d_sae)
+        codes.extras["target_norm"] = x_in.norm(dim=1)
+        if dead_mask is not None:
+            aux_k = min(self.cfg.aux_k or 0, int(dead_mask.sum()))
+            if aux_k > 0:
+                codes.aux_values, codes.aux_indices = _select_aux(pre_acts, dead_mask, aux_k, signed=False)
+        return codes
+
+    def sparsity_loss(self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None) -> Tensor:
+        """`afa_coefficient · mean_tokens (||f ⊙ ||W_dec|| || - ||x - b_in||)²`."""
+        assert codes.values is not None and codes.indices is not None
+        norms = dictionary.W_dec.norm(dim=1)[codes.indices]
+        code_norm = (codes.values * norms).norm(dim=1)
+        target_norm = codes.extras["target_norm"]
+        return self.cfg.afa_coefficient * (code_norm - target_norm).pow(2).mean()
+
+    def saelens_architecture(self) -> str | None:
+        """SAELens has no top-AFA."""
+        return None
+
+    def extra_cfg(self) -> dict[str, object]:
+        """`k` is the cap k_max."""
+        return {"k": self.cfg.k}
+
+
+@torch.no_grad()
+def epsilon_lbo(dictionary: Dictionary, x: Tensor, target: Tensor | None = None) -> Tensor:
+    """Per-token ε-LBO `[n]` of `dictionary` on `x [n, d_in]` (lower is better).
+
+    `z` is `target` when given (transcoders) else `x`; `h = d_sae`.
+    """
+    z = x if target is None else target
+    feature_acts = dictionary.forward(x).feature_acts
+    scaled = feature_acts * dictionary.W_dec.norm(dim=1)
+    f_tilde_sq = scaled.pow(2).sum(dim=1) + dictionary.b_dec.pow(2).sum()
+    h = dictionary.d_sae
+    return (z.pow(2).sum(dim=1) - f_tilde_sq).abs() / ((h - 1) * f_tilde_sq.clamp_min(torch.finfo(z.dtype).tiny))

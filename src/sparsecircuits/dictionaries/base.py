@@ -1,0 +1,318 @@
+"""`Dictionary`: the weights, decoding, reconstruction loss and training hooks shared by every family.
+
+Parameters (SAELens orientation):
+
+* `W_enc [d_in, d_sae]`, `b_enc [d_sae]`: encoder; `b_in [d_in]` is an input bias subtracted
+  before encoding (the input centring of Bricken et al. / the transcoder paper's pre-bias, kept
+  separate from the output bias so SAEs and transcoders share one shape). It is redundant with
+  `b_enc` (`b_enc' = b_enc - b_in @ W_enc`), and `io.save_dictionary` folds it that way for
+  SAELens, which has no input bias.
+* `W_dec [d_sae, d_out]`, `b_dec [d_out]`: decoder and output bias.
+* `W_skip [d_out, d_in]` (skip transcoders only, zero init): `out += x @ W_skip.T` on the raw x.
+
+Initialisation (seeded by `cfg.seed`, drawn on the CPU so every device gets the same numbers):
+`W_dec` rows are random unit vectors times `cfg.decoder_init_norm`; an SAE's encoder is the
+decoder's transpose (sparsify / Anthropic), a transcoder's encoder is an independent random
+matrix with columns of the same norm (its input and output spaces differ). Biases start at zero;
+call `init_biases_from_data` before training.
+
+Decoder norm policy (`cfg.decoder_norm`): "unit" (TopK family) keeps every `W_dec` row at unit
+norm — the trainer calls `before_optimizer_step()` (removes the gradient component parallel to
+each row) and `after_optimizer_step()` (renormalises); "free" (ReLU) leaves norms to the loss,
+whose L1 is weighted by them.
+
+Trainer contract, per step::
+
+    loss, parts = dictionary.loss(x, target, dead_mask=dead_mask)  # dead_mask: bool [d_sae]
+    loss.backward()
+    dictionary.before_optimizer_step()
+    optimizer.step()
+    dictionary.after_optimizer_step()
+
+`parts` holds detached 0-dim tensors `loss, mse, fvu, l0, l1, sparsity, aux, n_dead` and one
+vector, `fired_counts` (int64 `[d_sae]`, tokens of this batch in which each latent fired), which
+the trainer uses to keep its tokens-since-fired counter and hence `dead_mask`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sparsecircuits.dictionaries import kernels
+from sparsecircuits.dictionaries.activations import make_activation
+from sparsecircuits.dictionaries.activations.base import ForwardOutput
+from sparsecircuits.dictionaries.config import DictionaryConfig
+from sparsecircuits.errors import SparseCircuitsError
+
+__all__ = ["Dictionary", "ForwardOutput", "geometric_median"]
+
+
+class Dictionary(nn.Module):
+    """A sparse dictionary `d_in -> d_sae -> d_out` (SAE when `kind == "sae"`, else a transcoder)."""
+
+    W_skip: nn.Parameter | None
+
+    def __init__(self, cfg: DictionaryConfig, init: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, self.d_out
+        factory: dict[str, Any] = {"dtype": cfg.torch_dtype, "device": cfg.device}
+        self.activation = make_activation(cfg)
+        if self.activation.tied:  # the encoder reads W_dec (matching pursuit)
+            self.register_parameter("W_enc", None)
+            self.register_parameter("b_enc", None)
+        else:
+            self.W_enc = nn.Parameter(torch.empty(d_in, d_sae, **factory))
+            self.b_enc = nn.Parameter(torch.zeros(d_sae, **factory))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_out, **factory))
+        self.b_dec = nn.Parameter(torch.zeros(d_out, **factory))
+        self.b_in = nn.Parameter(torch.zeros(d_in, **factory), requires_grad=self.activation.uses_input_bias)
+        if cfg.kind == "skip_transcoder":
+            self.W_skip = nn.Parameter(torch.zeros(d_out, d_in, **factory))
+        else:
+            self.W_skip = None
+        if init:  # loaders pass init=False and fill every tensor themselves
+            self.reset_parameters()
+
+    # ----------------------------------------------------------------- shapes and init
+    @property
+    def d_in(self) -> int:
+        """Input width."""
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        """Number of latents."""
+        return self.cfg.d_sae
+
+    @property
+    def d_out(self) -> int:
+        """Output width (`d_in` for an SAE)."""
+        assert self.cfg.d_out is not None
+        return self.cfg.d_out
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Re-draw the weights from `cfg.seed` (see module docstring) and zero the biases."""
+        cfg = self.cfg
+        generator = torch.Generator().manual_seed(cfg.seed)
+        norm = float(cfg.decoder_init_norm or 1.0)
+        W_dec = torch.randn(self.d_sae, self.d_out, generator=generator)
+        W_dec = W_dec / W_dec.norm(dim=1, keepdim=True) * norm
+        if cfg.kind == "sae":
+            W_enc = W_dec.T.clone()
+        else:
+            W_enc = torch.randn(self.d_in, self.d_sae, generator=generator)
+            W_enc = W_enc / W_enc.norm(dim=0, keepdim=True) * norm
+        self.W_dec.copy_(W_dec)
+        if self.W_enc is not None:
+            self.W_enc.copy_(W_enc)
+            self.b_enc.zero_()
+        self.b_dec.zero_()
+        self.b_in.zero_()
+        if self.W_skip is not None:
+            self.W_skip.zero_()
+
+    @torch.no_grad()
+    def init_biases_from_data(
+        self, x_sample: Tensor, target_sample: Tensor | None = None, geometric_median: bool = False
+    ) -> None:
+        """Set `b_in` to the centre of `x_sample [n, d_in]` and `b_dec` to that of the target.
+
+        The centre is the mean, or the geometric median (Weiszfeld) when `geometric_median`.
+        `target_sample [n, d_out]` defaults to `x_sample` for an SAE and is required otherwise.
+        Families that centre by `b_dec` instead (matching pursuit) keep `b_in` at zero.
+        """
+        x_sample = self._check_input(x_sample).to(self.b_in.dtype)
+        target_sample = self._check_target(x_sample, target_sample).to(self.b_dec.dtype)
+        centre = _geometric_median if geometric_median else _mean
+        if self.activation.uses_input_bias:
+            self.b_in.copy_(centre(x_sample))
+        self.b_dec.copy_(centre(target_sample))
+
+    # ----------------------------------------------------------------- forward pass
+    def encode(self, x: Tensor) -> Tensor:
+        """Dense feature activations `[..., d_sae]` of `x [..., d_in]` (differentiable)."""
+        leading = x.shape[:-1]
+        codes = self.activation.encode(
+            self, self._check_input(x.reshape(-1, x.shape[-1])) - self.b_in, None
+        )
+        return codes.feature_acts.reshape(*leading, self.d_sae)
+
+    def decode(self, feature_acts: Tensor) -> Tensor:
+        """`feature_acts [..., d_sae] @ W_dec + b_dec` -> `[..., d_out]` (the skip term needs x: see `forward`)."""
+        return feature_acts @ self.W_dec + self.b_dec
+
+    def decode_sparse(self, values: Tensor, indices: Tensor, bias: bool = True) -> Tensor:
+        """`Σ_s values[:, s] W_dec[indices[:, s]] (+ b_dec)` for `values, indices [n, k]` -> `[n, d_out]`."""
+        decode = kernels.sparse_decode if self.cfg.sparse_kernels else kernels.dense_decode
+        out = decode(values, indices, self.W_dec)
+        return out + self.b_dec if bias else out
+
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
+        """Encode and decode `x [n, d_in]`: `ForwardOutput` with `out [n, d_out]` and the codes.
+
+        `dead_mask` (bool `[d_sae]`, True = dead) only matters for families with an auxiliary
+        dead-latent loss (TopK's AuxK); it selects the auxiliary codes.
+        """
+        x = self._check_input(x)
+        if x.ndim != 2:
+            raise SparseCircuitsError(
+                f"forward expects [tokens, d_in] activations, got shape {tuple(x.shape)}"
+            )
+        if dead_mask is not None and dead_mask.shape != (self.d_sae,):
+            raise SparseCircuitsError(f"dead_mask must be a bool tensor of shape [{self.d_sae}]")
+        codes = self.activation.encode(self, x - self.b_in, dead_mask)
+        if codes.is_sparse:
+            assert codes.values is not None and codes.indices is not None
+            out = self.decode_sparse(codes.values, codes.indices)
+        else:
+            out = self.decode(codes.feature_acts)
+        if self.W_skip is not None:
+            out = out + x @ self.W_skip.T
+        codes.out = out
+        return codes
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """`forward(x).out` for `x [..., d_in]` of any leading shape -> `[..., d_out]` (for splicing)."""
+        flat = x.reshape(-1, x.shape[-1])
+        out = self.forward(flat).out
+        assert out is not None
+        return out.reshape(*x.shape[:-1], self.d_out)
+
+    # ----------------------------------------------------------------- loss
+    def loss(
+        self, x: Tensor, target: Tensor | None = None, dead_mask: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training loss on `x [n, d_in]` against `target [n, d_out]` (defaults to x for an SAE).
+
+        `loss = recon + sparsity + aux_k_coefficient · aux`, where `recon` is `fvu` or `mse`
+        (`cfg.recon_loss`). Returns `(loss, parts)`; `parts` are detached: 0-dim `loss`, `mse`
+        (mean over tokens of the summed squared error), `fvu`
+        (`Σ(out-target)² / Σ(target-mean(target))²`), `l0`, `l1` (decoder-norm-weighted L1,
+        unscaled), `sparsity` (the scaled penalty in the loss), `aux` (unscaled auxiliary loss),
+        `n_dead`; and `fired_counts` int64 `[d_sae]`.
+        """
+        x = self._check_input(x)
+        target = self._check_target(x, target)
+        fo = self.forward(x, dead_mask=dead_mask)
+        assert fo.out is not None
+        error = fo.out - target
+        squared_error = error.pow(2).sum()
+        total_variance = (
+            (target - target.mean(dim=0)).pow(2).sum().clamp_min(torch.finfo(target.dtype).tiny)
+        )
+        fvu = squared_error / total_variance
+        mse = squared_error / x.shape[0]
+        recon = fvu if self.cfg.recon_loss == "fvu" else mse
+        sparsity = self.activation.sparsity_loss(self, fo, dead_mask)
+        aux = self.activation.aux_loss(self, fo, (-error).detach(), total_variance, dead_mask)
+        if self.training:
+            self.activation.observe(self, fo)
+        loss = recon + sparsity + self.cfg.aux_k_coefficient * aux
+        with torch.no_grad():
+            parts = {
+                "loss": loss.detach(),
+                "mse": mse.detach(),
+                "fvu": fvu.detach(),
+                "l0": fo.l0(),
+                "l1": fo.weighted_l1(self.W_dec.norm(dim=1)).detach(),
+                "sparsity": sparsity.detach(),
+                "aux": aux.detach(),
+                "n_dead": torch.tensor(0 if dead_mask is None else int(dead_mask.sum())),
+                "fired_counts": fo.fired_counts(),
+            }
+        return loss, parts
+
+    # ----------------------------------------------------------------- training hooks
+    def before_optimizer_step(self) -> None:
+        """Call after `backward()`, before `optimizer.step()`: under "unit" decoder norm, remove parallel grads."""
+        if self.cfg.decoder_norm == "unit":
+            self.remove_parallel_grads()
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Call after `optimizer.step()`: renormalise the decoder ("unit") and run family hooks."""
+        if self.cfg.decoder_norm == "unit":
+            self.normalize_decoder()
+        self.activation.after_step(self)
+
+    @torch.no_grad()
+    def remove_parallel_grads(self) -> None:
+        """Project out of `W_dec.grad` the component parallel to each `W_dec` row."""
+        if self.W_dec.grad is None:
+            return
+        unit = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(
+            torch.finfo(self.W_dec.dtype).eps
+        )
+        parallel = (self.W_dec.grad * unit).sum(dim=1, keepdim=True)
+        self.W_dec.grad.sub_(parallel * unit)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale every `W_dec` row to unit L2 norm."""
+        self.W_dec.div_(
+            self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).eps)
+        )
+
+    def decoder_norms(self) -> Tensor:
+        """`||W_dec[i]||` for every latent, `[d_sae]`."""
+        return self.W_dec.norm(dim=1)
+
+    def folded_b_enc(self) -> Tensor:
+        """`b_enc - b_in @ W_enc` `[d_sae]`: the encoder bias of the same map with `b_in = 0`."""
+        assert self.W_enc is not None, "tied dictionaries have no encoder bias"
+        with torch.no_grad():
+            return self.b_enc - self.b_in @ self.W_enc
+
+    # ----------------------------------------------------------------- checks
+    def _check_input(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.d_in:
+            raise SparseCircuitsError(
+                f"input has width {x.shape[-1]} but this dictionary expects d_in={self.d_in} "
+                f"(hook {self.cfg.hook_in!r}); pass activations from the hook it was trained on"
+            )
+        return x.to(self.W_dec.dtype)
+
+    def _check_target(self, x: Tensor, target: Tensor | None) -> Tensor:
+        if target is None:
+            if self.cfg.kind != "sae":
+                raise SparseCircuitsError(
+                    f"a transcoder needs a target: pass the activations at {self.cfg.hook_out!r}"
+                )
+            return x
+        if target.shape[-1] != self.d_out or target.shape[:-1] != x.shape[:-1]:
+            raise SparseCircuitsError(
+                f"target has shape {tuple(target.shape)}, expected {tuple(x.shape[:-1]) + (self.d_out,)}"
+            )
+        return target.to(self.W_dec.dtype)
+
+    def extra_repr(self) -> str:
+        cfg = self.cfg
+        return f"architecture={cfg.architecture}, kind={cfg.kind}, d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={self.d_out}"
+
+
+def _mean(points: Tensor) -> Tensor:
+    return points.mean(dim=0)
+
+
+def _geometric_median(points: Tensor) -> Tensor:
+    return geometric_median(points)
+
+
+@torch.no_grad()
+def geometric_median(points: Tensor, n_iter: int = 20, eps: float = 1e-8) -> Tensor:
+    """Geometric median of `points [n, d]` by Weiszfeld iterations, `[d]` (float64 internally)."""
+    pts = points.double()
+    median = pts.mean(dim=0)
+    for _ in range(n_iter):
+        weights = 1.0 / (pts - median).norm(dim=1).clamp_min(eps)
+        new_median = (weights[:, None] * pts).sum(dim=0) / weights.sum()
+        if (new_median - median).norm() <= eps * (1.0 + median.norm()):
+            median = new_median
+            break
+        median = new_median
+    return median.to(points.dtype)

@@ -1,0 +1,351 @@
+"""Save and load dictionaries in the SAELens v6 folder layout (no pickle anywhere).
+
+A folder holds three files:
+
+* `cfg.json` — SAELens v6 keys (`architecture`, `d_in`, `d_sae`, `d_out`, `dtype`, `device`,
+  `apply_b_dec_to_input: false`, `normalize_activations: "none"`, `reshape_activations`, the
+  family's fields such as `k`, and `metadata{sae_lens_version, model_name, hook_name,
+  hook_name_out, ...}`), the hooks and model name repeated at top level for flat readers, and a
+  `"sparsecircuits"` object with our full `DictionaryConfig` (including the training config).
+* `sae_weights.safetensors` — the SAELens view: `W_enc [d_in, d_sae]`, `b_enc [d_sae]`,
+  `W_dec [d_sae, d_out]`, `b_dec [d_out]` (+ `W_skip [d_out, d_in]`, `threshold [d_sae]` where
+  the family has them). SAELens has no input bias, so `b_enc` here is folded:
+  `b_enc - b_in @ W_enc` (same pre-activations up to float rounding).
+* `sparsecircuits_weights.safetensors` — the tensors of our own parametrisation that the SAELens
+  view folds or lacks (`b_in`, the unfolded `b_enc`, family state such as thresholds). Our
+  loader overlays them, so save -> load is bit-exact; SAELens ignores the file.
+
+Architecture names: SAELens' own where SAELens has the same math — ReLU SAE "standard", ReLU
+transcoder "transcoder", ReLU skip transcoder "skip_transcoder", TopK SAE "topk", and TopK
+transcoder with `d_in == d_out` (every MLP transcoder) also "topk" (SAELens' TopK SAE with
+`apply_b_dec_to_input=false` computes exactly `TopK(x W_enc + b_enc) W_dec + b_dec`; the
+`metadata.hook_name_out` tells SAELens' HookedSAETransformer where to write). SAELens 6.54 has
+no TopK transcoder with `d_in != d_out` nor a TopK skip transcoder: those are saved as the
+documented extensions "topk_transcoder" / "topk_skip_transcoder", loadable by us only.
+
+`load_dictionary` also reads folders written by SAELens itself (standard, topk, transcoder,
+skip_transcoder; an SAE's `apply_b_dec_to_input: true` becomes `b_in = b_dec`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from sparsecircuits.config import from_dict, to_dict
+from sparsecircuits.dictionaries.base import Dictionary
+from sparsecircuits.dictionaries.config import DictionaryConfig
+from sparsecircuits.errors import SparseCircuitsError
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+EXTRA_WEIGHTS_FILENAME = "sparsecircuits_weights.safetensors"
+SAELENS_FORMAT_VERSION = (
+    "6.0.0"  # the cfg.json layout version we write (SAELens >= 6 reads it as v6)
+)
+FORMAT_VERSION = 1
+
+# SAELens architecture -> (our architecture, our kind), for folders SAELens wrote.
+_FROM_SAELENS = {
+    "standard": ("relu", "sae"),
+    "topk": ("topk", "sae"),
+    "transcoder": ("relu", "transcoder"),
+    "skip_transcoder": ("relu", "skip_transcoder"),
+}
+_METADATA_FROM_TRAINING = ("context_size", "prepend_bos", "dataset_path")
+
+
+def saelens_architecture(dictionary: Dictionary) -> tuple[str, bool]:
+    """Return `(architecture name written to cfg.json, whether SAELens can load it)`."""
+    name = dictionary.activation.saelens_architecture()
+    if name is not None:
+        return name, True
+    cfg = dictionary.cfg
+    return f"{cfg.architecture}_{cfg.kind}", False
+
+
+def saelens_cfg(dictionary: Dictionary) -> dict[str, Any]:
+    """The `cfg.json` mapping for `dictionary` (see module docstring)."""
+    cfg = dictionary.cfg
+    architecture, loadable = saelens_architecture(dictionary)
+    metadata: dict[str, Any] = {
+        "sae_lens_version": SAELENS_FORMAT_VERSION,
+        "model_name": cfg.model_name,
+        "hook_name": cfg.hook_in,
+        "hook_name_out": cfg.hook_out,
+        "hook_head_index": None,
+    }
+    for key in _METADATA_FROM_TRAINING:
+        if key in cfg.training:
+            metadata[key] = cfg.training[key]
+    from sparsecircuits import __version__
+
+    return {
+        "architecture": architecture,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "d_out": dictionary.d_out,
+        "dtype": cfg.dtype,
+        "device": cfg.device,
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        **dictionary.activation.extra_cfg(),
+        "model_name": cfg.model_name,
+        "hook_name": cfg.hook_in,
+        "hook_name_out": cfg.hook_out,
+        "metadata": metadata,
+        "sparsecircuits": {
+            "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "saelens_loadable": loadable,
+            "config": to_dict(cfg),
+        },
+    }
+
+
+def saelens_weights(dictionary: Dictionary) -> dict[str, Tensor]:
+    """The SAELens-view tensors (input bias folded into `b_enc`), contiguous on the CPU."""
+    with torch.no_grad():
+        tensors = {
+            "W_enc": dictionary.W_enc,
+            "b_enc": dictionary.folded_b_enc(),
+            "W_dec": dictionary.W_dec,
+            "b_dec": dictionary.b_dec,
+        }
+        if dictionary.W_skip is not None:
+            tensors["W_skip"] = dictionary.W_skip
+        tensors.update(dictionary.activation.saelens_weights())
+        return {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+
+
+def _extra_weights(dictionary: Dictionary, saelens_view: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Our state-dict tensors that the SAELens view lacks or stores differently."""
+    extra = {}
+    for name, tensor in dictionary.state_dict().items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        if name not in saelens_view or not torch.equal(saelens_view[name], tensor):
+            extra[name] = tensor
+    return extra
+
+
+def save_dictionary(dictionary: Dictionary, folder: str | Path) -> Path:
+    """Write `dictionary` to `folder` (created if needed) in SAELens v6 layout; return the folder.
+
+    Saving the same dictionary twice writes byte-identical files.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = saelens_weights(dictionary)
+    save_file(weights, str(folder / WEIGHTS_FILENAME), metadata={"format": "pt"})
+    save_file(
+        _extra_weights(dictionary, weights),
+        str(folder / EXTRA_WEIGHTS_FILENAME),
+        metadata={"format": "pt"},
+    )
+    text = json.dumps(saelens_cfg(dictionary), indent=2, sort_keys=True)
+    (folder / CFG_FILENAME).write_text(text + "\n")
+    return folder
+
+
+def _read_cfg(folder: Path) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise SparseCircuitsError(
+            f"no dictionary folder at {folder}; pass a folder containing {CFG_FILENAME} and {WEIGHTS_FILENAME}"
+        )
+    cfg_path = folder / CFG_FILENAME
+    if not cfg_path.is_file():
+        raise SparseCircuitsError(
+            f"{folder} has no {CFG_FILENAME}; pass a folder written by save_dictionary or SAELens"
+        )
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SparseCircuitsError(
+            f"{cfg_path} is not valid JSON ({exc}); re-save the dictionary"
+        ) from None
+    if not isinstance(raw, dict):
+        raise SparseCircuitsError(f"{cfg_path} must hold a JSON object; re-save the dictionary")
+    return raw
+
+
+def _config_from_saelens(raw: dict[str, Any], where: str) -> DictionaryConfig:
+    """Build our config from a cfg.json written by SAELens (no "sparsecircuits" object)."""
+    architecture = raw.get("architecture", "standard")
+    if architecture not in _FROM_SAELENS:
+        raise SparseCircuitsError(
+            f"{where}: unsupported architecture {architecture!r}; supported: {', '.join(sorted(_FROM_SAELENS))}"
+        )
+    if raw.get("normalize_activations", "none") not in ("none", None):
+        raise SparseCircuitsError(
+            f"{where}: normalize_activations={raw['normalize_activations']!r} is not supported; fold the scaling into the weights first"
+        )
+    ours, kind = _FROM_SAELENS[architecture]
+    metadata = raw.get("metadata") or {}
+    hook_in = metadata.get("hook_name") or raw.get("hook_name") or ""
+    hook_out = metadata.get("hook_name_out") or raw.get("hook_name_out")
+    try:
+        fields: dict[str, Any] = {
+            "architecture": ours,
+            "kind": kind,
+            "d_in": int(raw["d_in"]),
+            "d_sae": int(raw["d_sae"]),
+            "d_out": int(raw["d_out"]) if kind != "sae" else None,
+            "hook_in": hook_in,
+            "hook_out": hook_out if kind != "sae" else None,
+            "model_name": metadata.get("model_name") or raw.get("model_name") or "",
+            "dtype": raw.get("dtype", "float32"),
+            "device": "cpu",
+        }
+        if ours == "topk":
+            fields["k"] = int(raw["k"])
+            if raw.get("rescale_acts_by_decoder_norm"):
+                raise SparseCircuitsError(
+                    f"{where}: rescale_acts_by_decoder_norm=true is not supported; fold the decoder norms first"
+                )
+    except KeyError as exc:
+        raise SparseCircuitsError(
+            f"{where}: cfg.json lacks the key {exc}; re-save the dictionary"
+        ) from None
+    return DictionaryConfig(**fields)
+
+
+def _resolve_device(requested: str | torch.device | None, saved: str) -> str:
+    if requested is not None:
+        return str(requested)
+    if saved.startswith("cuda") and not torch.cuda.is_available():
+        return "cpu"
+    return saved
+
+
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SparseCircuitsError(
+            f"cannot read {path} ({exc}); the file is corrupt, re-save the dictionary"
+        ) from None
+
+
+def load_dictionary(folder: str | Path, device: str | torch.device | None = None) -> Dictionary:
+    """Load the dictionary saved in `folder`; returns an `SAE` or `Transcoder`.
+
+    `device` defaults to the saved device (the CPU when that was CUDA and CUDA is absent).
+    Raises `SparseCircuitsError` for a missing or corrupt folder or an unknown architecture.
+    """
+    from sparsecircuits.dictionaries import make_dictionary
+
+    folder = Path(folder)
+    raw = _read_cfg(folder)
+    where = str(folder)
+    ours = raw.get("sparsecircuits")
+    if isinstance(ours, dict) and isinstance(ours.get("config"), dict):
+        cfg = from_dict(
+            DictionaryConfig,
+            dict(ours["config"]),
+            where=f"{folder / CFG_FILENAME} sparsecircuits.config",
+        )
+    else:
+        cfg = _config_from_saelens(raw, where)
+    cfg.device = _resolve_device(device, cfg.device)
+
+    weights_path = folder / WEIGHTS_FILENAME
+    if not weights_path.is_file():
+        raise SparseCircuitsError(f"{folder} has no {WEIGHTS_FILENAME}; re-save the dictionary")
+    tensors = _load_tensors(weights_path)
+    extra_path = folder / EXTRA_WEIGHTS_FILENAME
+    if extra_path.is_file():
+        tensors.update(_load_tensors(extra_path))
+    elif "b_in" not in tensors:  # written by SAELens: no input bias unless it subtracts b_dec
+        if raw.get("apply_b_dec_to_input") and cfg.kind == "sae" and "b_dec" in tensors:
+            tensors["b_in"] = tensors["b_dec"].clone()
+        elif "W_enc" in tensors:
+            tensors["b_in"] = torch.zeros(tensors["W_enc"].shape[0], dtype=tensors["W_enc"].dtype)
+
+    dictionary = make_dictionary(cfg, init=False)
+    dictionary.activation.adopt_saelens_weights(tensors)
+    expected = dictionary.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise SparseCircuitsError(
+            f"{weights_path}: tensors do not match architecture {cfg.architecture!r}/{cfg.kind!r} "
+            f"(missing {missing or 'none'}, unexpected {unexpected or 'none'}); re-save the dictionary"
+        )
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise SparseCircuitsError(
+                f"{weights_path}: {name} has shape {tuple(tensor.shape)}, config implies {tuple(expected[name].shape)}"
+            )
+    dictionary.load_state_dict({name: t.to(cfg.device) for name, t in tensors.items()})
+    return dictionary
+
+
+def _embedded_transcoders_dir() -> Path:
+    try:
+        from sparsecircuits.models.embedded import embedded_dir  # type: ignore[attr-defined]
+    except ImportError:
+        raise SparseCircuitsError(
+            "the embedded model is not available in this installation; pass a folder of saved transcoders instead"
+        ) from None
+    return Path(embedded_dir()) / "transcoders"
+
+
+def load_transcoders(
+    name_or_path: str | Path = "embedded", device: str | torch.device | None = None
+) -> dict[int, Dictionary]:
+    """Load every transcoder folder under `name_or_path` as `{layer: Dictionary}`, sorted by layer.
+
+    `"embedded"` means the transcoders shipped with the embedded model. The layer comes from
+    `hook_in` (`blocks.{L}.…`), else from the folder name's trailing digits.
+    """
+    root = _embedded_transcoders_dir() if str(name_or_path) == "embedded" else Path(name_or_path)
+    if not root.is_dir():
+        raise SparseCircuitsError(
+            f"no transcoder folder at {root}; pass a folder with one sub-folder per layer"
+        )
+    folders = (
+        [root]
+        if (root / CFG_FILENAME).is_file()
+        else sorted(p for p in root.iterdir() if (p / CFG_FILENAME).is_file())
+    )
+    if not folders:
+        raise SparseCircuitsError(
+            f"{root} holds no saved dictionaries (no sub-folder with {CFG_FILENAME})"
+        )
+    result: dict[int, Dictionary] = {}
+    for folder in folders:
+        dictionary = load_dictionary(folder, device=device)
+        if dictionary.cfg.kind == "sae":
+            raise SparseCircuitsError(
+                f"{folder} holds an SAE, not a transcoder; pass a folder of transcoders"
+            )
+        layer = _layer_of(dictionary, folder)
+        if layer in result:
+            raise SparseCircuitsError(
+                f"{root} holds two transcoders for layer {layer}; keep one per layer"
+            )
+        result[layer] = dictionary
+    return dict(sorted(result.items()))
+
+
+def _layer_of(dictionary: Dictionary, folder: Path) -> int:
+    layer = getattr(dictionary, "layer", None)
+    if layer is not None:
+        return int(layer)
+    digits = ""
+    for char in reversed(folder.name):
+        if not char.isdigit():
+            break
+        digits = char + digits
+    if not digits:
+        raise SparseCircuitsError(
+            f"cannot tell the layer of {folder}: its hook_in {dictionary.cfg.hook_in!r} has no blocks.L and its name no digits"
+        )
+    return int(digits)

@@ -1,0 +1,230 @@
+"""Sparse TopK encode/decode kernels (the training hot path), with dense references.
+
+A TopK dictionary touches only `k` of its `d_sae` latents per token, so after the one dense
+encoder GEMM every other step can work on `(values [n, k], indices [n, k])` pairs:
+
+* `topk_encode` runs `pre_acts = (x_in @ W_enc + b_enc)` without autograd, selects the top k
+  (and, for AuxK, the top `aux_k` among dead latents) and saves only `x_in`, `W_enc` and the
+  indices. Its backward scatters the `[n, k]` gradient through the selected columns only, with
+  `embedding_bag`: `grad_x = Σ_s g[:, s] W_enc[:, idx[:, s]]` is an embedding-bag forward over
+  `W_enc.T`, and `grad_W_enc` is the same sparse pattern's transpose times `x_in`
+  (`_scatter_outer`, a COO sparse-dense matmul).
+  Cost O(n·k·d_in) instead of two dense O(n·d_sae·d_in) GEMMs (sparsify's fused encoder idea).
+  Unlike sparsify's fused encoder, the AuxK selection goes through the same function, so the
+  auxiliary loss also trains the encoder.
+* `sparse_decode` is `embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")`
+  with a custom backward: `grad_values` by gathered row·grad dot products, `grad_W_dec` by a COO
+  sparse-dense matmul (`_scatter_outer`), both O(n·k·d_out).
+
+`topk_encode_dense` / `dense_decode` are the plain-autograd references that tests compare
+against (same forward bits, hence the same indices; gradients equal to rounding).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class TopKCodes(NamedTuple):
+    """Sparse codes: `values`/`indices` `[n, k]`; `aux_values`/`aux_indices` `[n, k_aux]` or None."""
+
+    values: Tensor
+    indices: Tensor
+    aux_values: Tensor | None
+    aux_indices: Tensor | None
+
+
+def _select(pre_acts: Tensor, k: int, signed: bool) -> tuple[Tensor, Tensor]:
+    """Top-k of `pre_acts` rows: ReLU'd largest values, or (signed) largest |value| keeping sign."""
+    if signed:
+        indices = pre_acts.abs().topk(k, dim=-1, sorted=False).indices
+        return pre_acts.gather(-1, indices), indices
+    values, indices = pre_acts.topk(k, dim=-1, sorted=False)
+    return values.relu(), indices
+
+
+def _select_aux(
+    pre_acts: Tensor, aux_mask: Tensor, aux_k: int, signed: bool
+) -> tuple[Tensor, Tensor]:
+    """Top-`aux_k` among the latents where `aux_mask` is True (dead latents), per row."""
+    scores = pre_acts.abs() if signed else pre_acts
+    scores = scores.masked_fill(~aux_mask, float("-inf"))
+    indices = scores.topk(aux_k, dim=-1, sorted=False).indices
+    values = pre_acts.gather(-1, indices)
+    return (values if signed else values.relu()), indices
+
+
+class _TopKEncode(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x_in: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        k: int,
+        aux_mask: Tensor | None,
+        aux_k: int,
+        signed: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        pre_acts = torch.addmm(b_enc, x_in, W_enc)
+        values, indices = _select(pre_acts, k, signed)
+        if aux_mask is not None and aux_k > 0:
+            aux_values, aux_indices = _select_aux(pre_acts, aux_mask, aux_k, signed)
+        else:
+            aux_values = values.new_zeros(values.shape[0], 0)
+            aux_indices = indices.new_zeros(indices.shape[0], 0)
+        ctx.save_for_backward(x_in, W_enc, indices, aux_indices, values, aux_values)
+        ctx.signed = signed
+        ctx.mark_non_differentiable(indices, aux_indices)
+        return values, indices, aux_values, aux_indices
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any,
+        grad_values: Tensor | None,
+        _grad_indices: Tensor | None,
+        grad_aux_values: Tensor | None,
+        _grad_aux_indices: Tensor | None,
+    ) -> tuple[Tensor | None, ...]:
+        x_in, W_enc, indices, aux_indices, values, aux_values = ctx.saved_tensors
+        if grad_values is None:
+            grad_values = torch.zeros_like(values)
+        if grad_aux_values is None:
+            grad_aux_values = torch.zeros_like(aux_values)
+        if not ctx.signed:  # the ReLU after selection passes gradient only where it fired
+            grad_values = grad_values * (values > 0)
+            grad_aux_values = grad_aux_values * (aux_values > 0)
+        all_indices = torch.cat([indices, aux_indices], dim=1)
+        all_grads = torch.cat([grad_values, grad_aux_values], dim=1).contiguous()
+
+        grad_x = F.embedding_bag(
+            all_indices, W_enc.t().contiguous(), per_sample_weights=all_grads, mode="sum"
+        )
+        grad_W_enc = _scatter_outer(all_indices, all_grads, x_in, W_enc.shape[1]).t()
+        grad_b_enc = W_enc.new_zeros(W_enc.shape[1]).index_add_(
+            0, all_indices.reshape(-1), all_grads.reshape(-1)
+        )
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        return (
+            grad_x if need_x else None,
+            grad_W_enc if need_w else None,
+            grad_b_enc if need_b else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def topk_encode(
+    x_in: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    k: int,
+    *,
+    aux_mask: Tensor | None = None,
+    aux_k: int = 0,
+    signed: bool = False,
+) -> TopKCodes:
+    """Sparse TopK encoder with a sparse backward.
+
+    `x_in [n, d_in]` is the (bias-subtracted) input, `W_enc [d_in, d_sae]`, `b_enc [d_sae]`.
+    Returns `TopKCodes` with `values, indices [n, k]` (ReLU'd, or sign-kept when `signed`) and,
+    when `aux_mask [d_sae]` (bool, True = dead) and `aux_k > 0` are given, the top `aux_k`
+    dead latents per row as `aux_values, aux_indices [n, aux_k]`; otherwise those are None.
+    """
+    values, indices, aux_values, aux_indices = _TopKEncode.apply(
+        x_in, W_enc, b_enc, k, aux_mask, aux_k, signed
+    )
+    if aux_mask is None or aux_k <= 0:
+        return TopKCodes(values, indices, None, None)
+    return TopKCodes(values, indices, aux_values, aux_indices)
+
+
+def topk_encode_dense(
+    x_in: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    k: int,
+    *,
+    aux_mask: Tensor | None = None,
+    aux_k: int = 0,
+    signed: bool = False,
+) -> TopKCodes:
+    """Plain-autograd reference for `topk_encode`: same arguments, same forward bits and indices."""
+    pre_acts = torch.addmm(b_enc, x_in, W_enc)
+    values, indices = _select(pre_acts, k, signed)
+    if aux_mask is None or aux_k <= 0:
+        return TopKCodes(values, indices, None, None)
+    aux_values, aux_indices = _select_aux(pre_acts, aux_mask, aux_k, signed)
+    return TopKCodes(values, indices, aux_values, aux_indices)
+
+
+def _scatter_outer(indices: Tensor, weights: Tensor, rows: Tensor, d_sae: int) -> Tensor:
+    """`Σ_{r,s} weights[r, s] · rows[r]` accumulated into row `indices[r, s]`: `[d_sae, d]`.
+
+    This is `S.T @ rows` for the sparse `S [n, d_sae]` holding `weights` at `indices`; a COO
+    sparse-dense matmul does it without a dense `[n, d_sae]` buffer (measured 3-5x faster on CPU
+    than embedding_bag's sort-based weight backward, a dense GEMM, or `index_add_` of outer products).
+    """
+    n, k = indices.shape
+    token = torch.arange(n, device=indices.device).repeat_interleave(k)
+    sparse = torch.sparse_coo_tensor(
+        torch.stack([indices.reshape(-1), token]),
+        weights.reshape(-1),
+        (d_sae, n),
+        check_invariants=False,
+    )
+    return torch.sparse.mm(sparse, rows)
+
+
+class _SparseDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(values, indices, W_dec)
+        return F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, Tensor | None]:  # type: ignore[override]
+        values, indices, W_dec = ctx.saved_tensors
+        grad_values = grad_W_dec = None
+        if ctx.needs_input_grad[0]:
+            # grad_values[r, s] = W_dec[indices[r, s]] · grad_out[r]; torch's embedding-bag
+            # per-sample-weight backward does exactly this gather-dot (faster than a gather + bmm),
+            # and with W_dec detached it skips the sort-based weight backward.
+            with torch.enable_grad():
+                weights = values.detach().requires_grad_(True)
+                out = F.embedding_bag(
+                    indices, W_dec.detach(), per_sample_weights=weights, mode="sum"
+                )
+                (grad_values,) = torch.autograd.grad(out, weights, grad_outputs=grad_out)
+        if ctx.needs_input_grad[2]:
+            grad_W_dec = _scatter_outer(indices, values, grad_out, W_dec.shape[0])
+        return grad_values, None, grad_W_dec
+
+
+def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+    """Return `Σ_s values[:, s] · W_dec[indices[:, s]]` as `[n, d_out]` (no bias).
+
+    `values, indices [n, k]`, `W_dec [d_sae, d_out]`. Forward is an embedding bag; the backward
+    touches only the selected rows: `grad_values` by gathered dot products, `grad_W_dec` by a
+    sparse-dense matmul.
+    """
+    if indices.shape[1] == 0:
+        return W_dec.new_zeros(indices.shape[0], W_dec.shape[1])
+    return _SparseDecode.apply(values.contiguous(), indices, W_dec)
+
+
+def dense_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+    """Plain-autograd reference for `sparse_decode`: scatter to `[n, d_sae]` then matmul."""
+    return to_dense(values, indices, W_dec.shape[0]) @ W_dec
+
+
+def to_dense(values: Tensor, indices: Tensor, d_sae: int) -> Tensor:
+    """Scatter `values [n, k]` at `indices [n, k]` into a dense `[n, d_sae]` tensor (sums repeats)."""
+    dense = values.new_zeros(values.shape[0], d_sae)
+    return dense.scatter_add(1, indices, values)

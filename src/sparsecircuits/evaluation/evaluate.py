@@ -1,0 +1,72 @@
+"""Evaluate dictionaries on a window of held-out tokens: one metrics record per dictionary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sparsecircuits.dictionaries import Dictionary
+from sparsecircuits.evaluation.metrics import reconstruction_metrics
+from sparsecircuits.evaluation.splice import spliced_losses
+from sparsecircuits.models import ModelAdapter
+
+# SAELens's names for the same quantities, written alongside ours.
+SAELENS_ALIASES = {
+    "ce_loss_score": "ce_loss_recovered",
+    "ce_loss_without_sae": "ce_loss_clean",
+    "ce_loss_with_sae": "ce_loss_spliced",
+    "ce_loss_with_ablation": "ce_loss_zero_ablated",
+    "kl_div_with_sae": "kl_div",
+}
+
+
+def harvest_pairs(
+    adapter: ModelAdapter, batches: list[torch.Tensor], hooks: list[str], skip_bos: bool = True
+) -> dict[str, torch.Tensor]:
+    """Return `{hook: activations [tokens, d]}` over all batches (BOS position dropped)."""
+    chunks: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    for ids in batches:
+        _, cache = adapter.run_with_cache(ids, hooks)
+        for h in hooks:
+            act = cache[h][:, 1:] if skip_bos else cache[h]
+            chunks[h].append(act.reshape(-1, act.shape[-1]).float())
+    return {h: torch.cat(v) for h, v in chunks.items()}
+
+
+@torch.no_grad()
+def evaluate_dictionaries(
+    adapter: ModelAdapter, dictionaries: dict[str, Dictionary], batches: list[torch.Tensor]
+) -> list[dict[str, Any]]:
+    """Return one record per dictionary with its identity, reconstruction and CE metrics.
+
+    Keys: `name, kind, architecture, hook_in, hook_out, d_in, d_sae, d_out, k, l0, l1, mse,
+    fvu, explained_variance, cossim, dead_frac, dense_frac, ce_loss_clean, ce_loss_spliced,
+    ce_loss_zero_ablated, ce_loss_mean_ablated, ce_loss_recovered, kl_div` plus SAELens aliases.
+    """
+    hooks = sorted({h for d in dictionaries.values() for h in (d.cfg.hook_in, d.cfg.hook_out)})
+    acts = harvest_pairs(adapter, batches, hooks)
+    records = []
+    for name, dictionary in dictionaries.items():
+        cfg = dictionary.cfg
+        was_training = dictionary.training
+        dictionary.eval()
+        record: dict[str, Any] = {
+            "name": name,
+            "kind": cfg.kind,
+            "architecture": cfg.architecture,
+            "hook_in": cfg.hook_in,
+            "hook_out": cfg.hook_out,
+            "d_in": cfg.d_in,
+            "d_sae": cfg.d_sae,
+            "d_out": cfg.d_out,
+            "k": getattr(cfg, "k", None),
+        }
+        record.update(reconstruction_metrics(dictionary, acts[cfg.hook_in], acts[cfg.hook_out]))
+        mean_out = acts[cfg.hook_out].mean(0)
+        record.update(spliced_losses(adapter, dictionary, batches, mean_out=mean_out))
+        for alias, ours in SAELENS_ALIASES.items():
+            record[alias] = record[ours]
+        dictionary.train(was_training)
+        records.append(record)
+    return records

@@ -1,0 +1,53 @@
+"""Sparsity–faithfulness frontier plots (PNG, matplotlib)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Marker per kind (transcoders round, SAEs triangular); colour per series from the cycle.
+KIND_MARKER = {"transcoder": "o", "skip_transcoder": "s", "cross_layer_transcoder": "D", "sae": "^"}
+
+
+def plot_frontier(
+    records: list[dict[str, Any]],
+    path: str | Path,
+    y: str = "ce_loss_spliced",
+    title: str | None = None,
+    clean_key: str | None = "ce_loss_clean",
+) -> Path:
+    """Draw L0 (x, log scale) against `y` for each (kind, architecture) series; return the path.
+
+    Records are dicts with at least `kind`, `architecture`, `l0` and `y`. When `clean_key` is
+    present in the records a dashed line marks the clean model's value.
+    """
+    path = Path(path)
+    series: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for r in records:
+        series[(r["kind"], r["architecture"])].append((float(r["l0"]), float(r[y])))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for (kind, arch), points in sorted(series.items()):
+        points.sort()
+        xs, ys = zip(*points, strict=True)
+        linestyle = "-" if len(points) > 1 else "none"
+        marker = KIND_MARKER.get(kind, "x")
+        ax.plot(xs, ys, marker=marker, linestyle=linestyle, label=f"{kind} ({arch})", alpha=0.85)
+    if clean_key and records and clean_key in records[0]:
+        ax.axhline(float(records[0][clean_key]), color="black", linestyle="--", lw=1, label="clean model")
+    ax.set_xscale("log")
+    ax.set_xlabel("L0 (active latents per token)")
+    ax.set_ylabel(y.replace("_", " "))
+    ax.set_title(title or f"Sparsity vs {y.replace('_', ' ')}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,263 @@
+"""Dashboards on disk: one `index.json` plus one safetensors file per dictionary.
+
+    DIR/index.json                 {"format", "version", "dictionaries": {name: info}, "tokens": {id: text}}
+    DIR/<file>.safetensors         the `FeatureDashboards` tensors of one dictionary, rows = latents
+
+`DashboardStore` reads single latents lazily (safetensors slices), so a viewer can open
+dictionaries of any width without loading them, and turns a latent into the JSON the viewer shows
+(close to Anthropic's feature format: `examples_quantiles`, `top_logits`, `act_max`, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from sparsecircuits.config import from_dict
+from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.interpret.dashboards import DashboardConfig, FeatureDashboards
+
+FORMAT = "sparsecircuits-dashboards"
+VERSION = 1
+INDEX = "index.json"
+_TENSORS = (
+    "top_acts", "top_token_ids", "top_window_acts", "sample_acts", "sample_token_ids", "sample_window_acts",
+    "fire_counts", "act_sums", "max_acts", "hist_counts", "top_logit_ids", "top_logit_values",
+    "bottom_logit_ids", "bottom_logit_values", "deembed_ids", "deembed_values",
+)
+_SUMMARY = ("fire_counts", "max_acts", "act_sums")
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".safetensors"
+
+
+def save_dashboards(dashboards: dict[str, FeatureDashboards], folder: str | Path) -> Path:
+    """Write every dictionary's dashboards to `folder` (index.json + one safetensors each); return it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {"format": FORMAT, "version": VERSION, "dictionaries": {}, "tokens": {}}
+    for name, dash in dashboards.items():
+        tensors = {key: getattr(dash, key).contiguous() for key in _TENSORS if getattr(dash, key) is not None}
+        tensors["hist_edges"] = dash.hist_edges.contiguous()
+        file = _file_name(name)
+        save_file(tensors, str(folder / file))
+        index["dictionaries"][name] = {
+            "file": file, "hook_in": dash.hook_in, "hook_out": dash.hook_out, "layer": dash.layer,
+            "kind": dash.kind, "d_sae": dash.d_sae, "n_tokens": dash.n_tokens, "model_name": dash.model_name,
+            "config": dataclasses.asdict(dash.config),
+        }
+        index["tokens"].update({str(i): text for i, text in dash.token_strings.items()})
+    (folder / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))
+    return folder
+
+
+def load_dashboards(folder: str | Path) -> DashboardStore:
+    """Open a dashboards folder written by `save_dashboards`."""
+    return DashboardStore(folder)
+
+
+class DashboardStore:
+    """Read access to a dashboards folder: metadata, per-latent JSON, and a browsable table."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        path = self.folder / INDEX
+        if not path.is_file():
+            raise SparseCircuitsError(f"{self.folder} has no {INDEX}; run `sparsecircuits dashboards --out {self.folder}`")
+        index = json.loads(path.read_text())
+        if index.get("format") != FORMAT:
+            raise SparseCircuitsError(f"{path} is not a sparsecircuits dashboards index")
+        self.index = index
+        self.tokens: dict[int, str] = {int(k): v for k, v in index["tokens"].items()}
+        self._summary: dict[str, dict[str, Tensor]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> list[str]:
+        """Dictionary names, in index order."""
+        return list(self.index["dictionaries"])
+
+    def info(self, name: str) -> dict[str, Any]:
+        """The index entry of dictionary `name` (hooks, layer, d_sae, n_tokens, config)."""
+        try:
+            return self.index["dictionaries"][name]
+        except KeyError:
+            raise SparseCircuitsError(f"no dashboards for {name!r}; available: {', '.join(self.names)}") from None
+
+    def name_for_layer(self, layer: int) -> str | None:
+        """The transcoder/dictionary whose `hook_in` is in block `layer` (first one), or None."""
+        for name, info in self.index["dictionaries"].items():
+            if info.get("layer") == layer:
+                return name
+        return None
+
+    def config(self, name: str) -> DashboardConfig:
+        """The `DashboardConfig` the dashboards of `name` were computed with."""
+        return from_dict(DashboardConfig, self.info(name)["config"], where=f"{self.folder / INDEX}")
+
+    def _open(self, name: str) -> Any:
+        return safe_open(str(self.folder / self.info(name)["file"]), framework="pt")
+
+    def _row(self, name: str, key: str, index: int) -> Tensor | None:
+        with self._open(name) as f:
+            if key not in f.keys():
+                return None
+            return f.get_slice(key)[index]
+
+    def summary(self, name: str) -> dict[str, Tensor]:
+        """`fire_counts`, `max_acts`, `act_sums` `[d_sae]` of dictionary `name` (cached)."""
+        with self._lock:
+            if name not in self._summary:
+                with self._open(name) as f:
+                    self._summary[name] = {key: f.get_tensor(key) for key in _SUMMARY}
+            return self._summary[name]
+
+    def _text(self, token_id: int) -> str:
+        return self.tokens.get(int(token_id), f"<{int(token_id)}>")
+
+    def _examples(self, ids: Tensor, window_acts: Tensor, centre_acts: Tensor, left: int) -> list[dict[str, Any]]:
+        examples = []
+        for row_ids, row_acts, centre in zip(ids.tolist(), window_acts.tolist(), centre_acts.tolist(), strict=True):
+            if centre == 0:
+                continue
+            keep = [i for i, t in enumerate(row_ids) if t >= 0]
+            examples.append({
+                "tokens": [self._text(row_ids[i]) for i in keep],
+                "token_ids": [row_ids[i] for i in keep],
+                "tokens_acts_list": [row_acts[i] for i in keep],
+                "train_token_ind": keep.index(left),
+                "activation": centre,
+                "is_repeated_datapoint": False,
+            })
+        return examples
+
+    def feature(self, name: str, index: int) -> dict[str, Any]:
+        """The dashboard of latent `index` of dictionary `name` as a JSON-ready dict."""
+        info = self.info(name)
+        if not 0 <= index < info["d_sae"]:
+            raise SparseCircuitsError(f"feature {index} is out of range for {name} (0..{info['d_sae'] - 1})")
+        cfg = self.config(name)
+        rows: dict[str, Tensor | None] = {}
+        with self._open(name) as f:
+            keys = set(f.keys())
+            for key in _TENSORS:
+                rows[key] = f.get_slice(key)[index] if key in keys else None
+            edges = f.get_tensor("hist_edges")
+        top = self._examples(rows["top_token_ids"], rows["top_window_acts"], rows["top_acts"], cfg.context_left)  # type: ignore[arg-type]
+        sample = self._examples(rows["sample_token_ids"], rows["sample_window_acts"], rows["sample_acts"], cfg.context_left)  # type: ignore[arg-type]
+        sample.sort(key=lambda e: -abs(e["activation"]))
+        groups, quantile_values = _quantile_groups(sample, cfg.n_quantiles)
+        fire_count = int(rows["fire_counts"])  # type: ignore[arg-type]
+        n_tokens = int(info["n_tokens"])
+
+        def tokens_of(key: str) -> list[str]:
+            row = rows.get(key)
+            return [] if row is None else [self._text(i) for i in row.tolist()]
+
+        def values_of(key: str) -> list[float]:
+            row = rows.get(key)
+            return [] if row is None else [float(v) for v in row.tolist()]
+
+        return {
+            "dictionary": name,
+            "transcoder_id": name,
+            "layer": info["layer"],
+            "index": index,
+            "hook_in": info["hook_in"],
+            "hook_out": info["hook_out"],
+            "n_tokens": n_tokens,
+            "fire_count": fire_count,
+            "activation_frequency": fire_count / max(n_tokens, 1),
+            "act_min": 0.0,
+            "act_max": float(rows["max_acts"]),  # type: ignore[arg-type]
+            "mean_active_activation": float(rows["act_sums"]) / max(fire_count, 1),  # type: ignore[arg-type]
+            "examples_quantiles": [{"quantile_name": "Top activations", "examples": top}, *groups],
+            "quantile_values": quantile_values,
+            "histogram": {"edges": [float(e) for e in edges.tolist()],
+                          "counts": [int(c) for c in rows["hist_counts"].tolist()]},  # type: ignore[union-attr]
+            "top_logits": tokens_of("top_logit_ids"),
+            "top_logit_values": values_of("top_logit_values"),
+            "bottom_logits": tokens_of("bottom_logit_ids"),
+            "bottom_logit_values": values_of("bottom_logit_values"),
+            "deembeddings": tokens_of("deembed_ids"),
+            "deembedding_values": values_of("deembed_values"),
+        }
+
+    def table(self, name: str, *, offset: int = 0, limit: int = 50, sort: str = "index",
+              query: str = "", include_dead: bool = True) -> dict[str, Any]:
+        """A page of the feature browser: `{"total", "rows": [{index, density, max_act, top_logits...}]}`.
+
+        `sort` is "index", "density" or "max_act" (both descending); `query` keeps latents whose
+        top logits or top activating tokens contain it (case-insensitive).
+        """
+        if sort not in ("index", "density", "max_act"):
+            raise SparseCircuitsError(f"unknown sort {sort!r}; use index, density or max_act")
+        info = self.info(name)
+        summ = self.summary(name)
+        n_tokens = max(int(info["n_tokens"]), 1)
+        order = torch.arange(info["d_sae"])
+        if not include_dead:
+            order = order[summ["fire_counts"] > 0]
+        if sort == "density":
+            order = order[torch.argsort(summ["fire_counts"][order], descending=True, stable=True)]
+        elif sort == "max_act":
+            order = order[torch.argsort(summ["max_acts"][order], descending=True, stable=True)]
+        if query:
+            order = self._matching(name, order, query.lower())
+        page = order[offset : offset + max(0, min(limit, 500))].tolist()
+        rows = []
+        with self._open(name) as f:
+            keys = set(f.keys())
+            for i in page:
+                top_logits = f.get_slice("top_logit_ids")[i][:5].tolist() if "top_logit_ids" in keys else []
+                ids = f.get_slice("top_token_ids")[i][0].tolist()
+                left = self.config(name).context_left
+                rows.append({
+                    "index": i,
+                    "density": int(summ["fire_counts"][i]) / n_tokens,
+                    "max_act": float(summ["max_acts"][i]),
+                    "top_logits": [self._text(t) for t in top_logits],
+                    "top_token": self._text(ids[left]) if ids[left] >= 0 and summ["fire_counts"][i] > 0 else "",
+                })
+        return {"dictionary": name, "total": len(order), "offset": offset, "rows": rows}
+
+    def _matching(self, name: str, order: Tensor, query: str) -> Tensor:
+        matching_ids = torch.tensor([i for i, text in self.tokens.items() if query in text.lower()], dtype=torch.int64)
+        if matching_ids.numel() == 0:
+            return order[:0]
+        with self._open(name) as f:
+            keys = set(f.keys())
+            centre = self.config(name).context_left
+            hits = torch.isin(f.get_tensor("top_token_ids")[:, :, centre].long(), matching_ids).any(1)
+            if "top_logit_ids" in keys:
+                hits |= torch.isin(f.get_tensor("top_logit_ids"), matching_ids).any(1)
+        return order[hits[order]]
+
+
+def _quantile_groups(sample: list[dict[str, Any]], n_quantiles: int) -> tuple[list[dict[str, Any]], list[float]]:
+    """Split a sample sorted by activation (descending) into equal-count quantile groups, top first."""
+    if not sample:
+        return [], []
+    groups = []
+    values = []
+    n = len(sample)
+    for q in range(n_quantiles):
+        lo, hi = n * q // n_quantiles, n * (q + 1) // n_quantiles
+        chunk = sample[lo:hi]
+        if not chunk:
+            continue
+        pct_hi = 100 - 100 * q // n_quantiles
+        pct_lo = 100 - 100 * (q + 1) // n_quantiles
+        groups.append({"quantile_name": f"Quantile {pct_lo}-{pct_hi}%", "examples": chunk})
+        values.append(float(chunk[-1]["activation"]))
+    return groups, values

@@ -1,0 +1,109 @@
+"""Shared pieces of the circuit tasks: the prompt batch dataclass and tokenizer helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sparsecircuits.errors import SparseCircuitsError
+
+SPLITS = ("train", "heldout")
+
+
+@dataclass
+class TaskPrompts:
+    """A batch of task prompts, right-padded, with the answer position of each prompt.
+
+    `input_ids` is `[n, pos]` (padded with the pad/EOS id); `last_pos[i]` is the index of the
+    last real token of prompt i, where the answer is predicted. Task-specific fields are `None`
+    when a task does not use them: greater-than fills `yy` (`[n]` start year within century)
+    and `year_ids` (`[100]` ids of "00".."99"); IOI fills `io_ids` and `s_ids` (`[n]`);
+    docstring fills `correct_ids` (`[n]`) and `wrong_ids` (`[n, k]`).
+    """
+
+    input_ids: torch.Tensor
+    last_pos: torch.Tensor
+    texts: list[str]
+    answers: list[str]
+    yy: torch.Tensor | None = None
+    year_ids: torch.Tensor | None = None
+    io_ids: torch.Tensor | None = None
+    s_ids: torch.Tensor | None = None
+    correct_ids: torch.Tensor | None = None
+    wrong_ids: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def check_split(split: str) -> None:
+    """Raise unless `split` is "train" or "heldout"."""
+    if split not in SPLITS:
+        raise SparseCircuitsError(f"unknown split {split!r}; use one of {SPLITS}")
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Return the token ids of `text` without special tokens."""
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def single_token_id(tokenizer: Any, text: str) -> int | None:
+    """Return the id if `text` is exactly one token for `tokenizer`, else None."""
+    ids = encode(tokenizer, text)
+    return ids[0] if len(ids) == 1 else None
+
+
+def single_token_words(tokenizer: Any, words: Sequence[str], prefix: str = " ") -> list[str]:
+    """Return the words of `words` that are one token when written as `prefix + word`."""
+    return [w for w in words if single_token_id(tokenizer, prefix + w) is not None]
+
+
+def require_pool(pool: Sequence[str], minimum: int, what: str) -> None:
+    """Raise a SparseCircuitsError when fewer than `minimum` pool entries survive filtering."""
+    if len(pool) < minimum:
+        raise SparseCircuitsError(
+            f"only {len(pool)} {what} are single tokens for this tokenizer (need {minimum}); "
+            "use a tokenizer with a larger vocabulary"
+        )
+
+
+def bos_id(tokenizer: Any) -> int | None:
+    """Return the BOS id (falling back to EOS), or None when the tokenizer has neither."""
+    for attr in ("bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def pad_id(tokenizer: Any) -> int:
+    """Return the id used to right-pad prompts (pad, else EOS, else 0)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def batch_token_lists(
+    tokenizer: Any, token_lists: Sequence[Sequence[int]], prepend_bos: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists; return `(input_ids [n, pos], last_pos [n])`."""
+    start = bos_id(tokenizer) if prepend_bos else None
+    rows = [([start] if start is not None else []) + list(ids) for ids in token_lists]
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    last = torch.tensor([len(r) - 1 for r in rows], dtype=torch.long)
+    return out, last
+
+
+def logits_at_last(logits: torch.Tensor, last_pos: torch.Tensor) -> torch.Tensor:
+    """Select `logits [n, pos, vocab]` at each prompt's `last_pos [n]`; return `[n, vocab]`."""
+    idx = last_pos.to(logits.device).view(-1, 1, 1).expand(-1, 1, logits.shape[-1])
+    return logits.gather(1, idx).squeeze(1)

@@ -1,0 +1,143 @@
+"""Docstring task (Heimersheim & Janiak 2023): predict the next parameter name in a docstring.
+
+    def {method}(self, {p1}, {p2}, {a}, {b}, {c}, {s1}):
+        \"\"\"{Desc words.}
+
+        :param {a}: {w} {w}
+        :param {b}: {w} {w}
+        :param                       -> " {c}"
+
+Shape follows the ACDC defaults (2 undocumented prefix args, 3 matching args, 1 suffix arg).
+Held-out evaluation uses parameter names the docstring training generator never emits.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from sparsecircuits.tasks.common import (
+    TaskPrompts,
+    batch_token_lists,
+    check_split,
+    encode,
+    require_pool,
+    single_token_id,
+    single_token_words,
+)
+
+PARAMS_TRAIN = [
+    "name", "size", "data", "path", "value", "key", "mode", "file", "text", "count",
+    "index", "items", "line", "port", "host", "user", "timeout", "options", "config",
+    "source", "target", "result", "start", "end", "limit", "offset", "level", "default",
+    "prefix", "suffix", "format", "encoding", "buffer", "stream", "node", "parent", "child",
+    "context", "state", "token", "label", "width", "height", "color", "fields", "module",
+    "method", "args", "filename", "number", "length", "flags", "message", "request",
+    "response", "callback", "handler", "obj", "func", "block",
+]
+PARAMS_HELDOUT = [
+    "url", "tag", "query", "table", "row", "column", "group", "order", "step", "scale",
+    "weight", "title", "content", "address", "action", "event", "filter", "pattern",
+    "record", "sender",
+]
+DESC_WORDS = [
+    "return", "the", "value", "of", "a", "new", "list", "for", "each", "item", "in", "given",
+    "object", "set", "get", "current", "default", "create", "update", "remove", "check",
+    "whether", "is", "valid", "read", "write", "from", "to", "file", "string", "number",
+    "process", "all", "data", "with", "and", "or", "an", "input", "output", "load", "save",
+    "first", "last", "next", "time", "user", "field", "name", "type", "size", "format",
+    "make", "build", "copy", "find", "send", "open", "close", "run", "test", "add", "start",
+    "stop", "convert", "parse", "handle", "error", "message", "current", "local", "simple",
+]
+METHOD_VERBS = ["get", "set", "load", "save", "make", "build", "run", "read", "write", "check",
+                "update", "parse", "send", "open", "find", "add", "handle", "process", "create"]
+
+
+def _method_name(rng: random.Random) -> str:
+    return f"{rng.choice(METHOD_VERBS)}_{rng.choice(DESC_WORDS)}"
+
+
+def _desc(rng: random.Random, n_words: int) -> str:
+    words = [rng.choice(DESC_WORDS) for _ in range(n_words)]
+    return " ".join(words).capitalize() + "."
+
+
+def _arg_desc(rng: random.Random) -> str:
+    return f"{rng.choice(DESC_WORDS)} {rng.choice(DESC_WORDS)}"
+
+
+def docstring_training_text(rng: random.Random) -> str:
+    """Return one Python method whose reST docstring documents a contiguous run of its
+    arguments in signature order (training parameter names only)."""
+    n_args = rng.randint(3, 7)
+    args = rng.sample(PARAMS_TRAIN, n_args)
+    first = rng.randint(0, n_args - 2)
+    last = rng.randint(first + 2, n_args)
+    lines = [f"def {_method_name(rng)}(self, {', '.join(args)}):",
+             f'    """{_desc(rng, rng.randint(2, 5))}', ""]
+    lines += [f"    :param {a}: {_arg_desc(rng)}" for a in args[first:last]]
+    lines += ['    """', f"    return {rng.choice(args)}"]
+    return "\n".join(lines) + "\n"
+
+
+def make_docstring_prompts(
+    tokenizer: Any,
+    n: int,
+    seed: int = 0,
+    split: str = "heldout",
+    prepend_bos: bool = True,
+    n_def_prefix_args: int = 2,
+    n_matching_args: int = 3,
+    n_def_suffix_args: int = 1,
+) -> TaskPrompts:
+    """Return `n` docstring prompts ending in "    :param"; the answer is the next argument.
+
+    Fields `correct_ids [n]` (the id of " {c}") and `wrong_ids [n, k]` (ids of every other
+    argument in the signature, k = total args - 1); `last_pos [n]` indexes ":param".
+    """
+    check_split(split)
+    params = single_token_words(tokenizer, PARAMS_HELDOUT if split == "heldout" else PARAMS_TRAIN)
+    n_args = n_def_prefix_args + n_matching_args + n_def_suffix_args
+    require_pool(params, n_args, "docstring parameter names")
+    rng = random.Random(seed)
+    texts, answers, token_lists, correct, wrong = [], [], [], [], []
+    for _ in range(n):
+        args = rng.sample(params, n_args)
+        matching = args[n_def_prefix_args : n_def_prefix_args + n_matching_args]
+        lines = [f"def {_method_name(rng)}(self, {', '.join(args)}):",
+                 f'    """{_desc(rng, 3)}', ""]
+        lines += [f"    :param {a}: {_arg_desc(rng)}" for a in matching[:-1]]
+        lines.append("    :param")
+        text = "\n".join(lines)
+        answer = matching[-1]
+        texts.append(text)
+        answers.append(" " + answer)
+        token_lists.append(encode(tokenizer, text))
+        correct.append(single_token_id(tokenizer, " " + answer))
+        wrong.append([single_token_id(tokenizer, " " + a) for a in args if a != answer])
+    input_ids, last_pos = batch_token_lists(tokenizer, token_lists, prepend_bos)
+    return TaskPrompts(
+        input_ids=input_ids,
+        last_pos=last_pos,
+        texts=texts,
+        answers=answers,
+        correct_ids=torch.tensor(correct, dtype=torch.long),
+        wrong_ids=torch.tensor(wrong, dtype=torch.long),
+        meta={"task": "docstring", "split": split},
+    )
+
+
+def docstring_logit_diff(
+    logits: torch.Tensor, correct_ids: torch.Tensor, wrong_ids: torch.Tensor
+) -> torch.Tensor:
+    """Return `logit(correct) - max logit(wrong args)` per prompt, `[n]`."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    right = logits[rows, correct_ids.to(logits.device)]
+    return right - logits.gather(1, wrong_ids.to(logits.device)).max(-1).values
+
+
+def docstring_accuracy(logits: torch.Tensor, correct_ids: torch.Tensor) -> torch.Tensor:
+    """Return 1.0 where the argmax over the full vocabulary is the correct id, else 0.0; `[n]`."""
+    return (logits.argmax(-1) == correct_ids.to(logits.device)).float()

@@ -1,0 +1,6 @@
+"""Training: many dictionaries from one activation stream, with checkpoints and resume."""
+
+from sparsecircuits.training.config import TrainConfig
+from sparsecircuits.training.trainer import Trainer, TrainingStopped, TrainResult, latest_checkpoint
+
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingStopped", "latest_checkpoint"]

@@ -1,0 +1,39 @@
+"""Training configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    """How dictionaries are optimised.
+
+    `lr=None` picks sparsify's width-scaled default `2e-4 / sqrt(d_sae / 2**14)` per dictionary.
+    The schedule is linear warmup for `warmup_steps`, constant until `decay_start` (a fraction
+    of all steps), then a linear decay to `lr * final_lr_fraction` ("linear"), a cosine decay
+    ("cosine") or no decay ("constant").
+    """
+
+    total_tokens: int = 2_000_000
+    batch_tokens: int = 4096
+    lr: float | None = None
+    warmup_steps: int = 50
+    decay: str = "linear"
+    decay_start: float = 0.8
+    final_lr_fraction: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    grad_clip: float = 1.0
+    dead_tokens: int = 200_000
+    seed: int = 0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    wandb_project: str | None = None
+    quiet: bool = False
+
+    @property
+    def total_steps(self) -> int:
+        """Number of optimiser steps: `total_tokens // batch_tokens` (at least 1)."""
+        return max(1, self.total_tokens // self.batch_tokens)

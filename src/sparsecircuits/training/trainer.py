@@ -1,0 +1,329 @@
+"""The trainer: one activation batch feeds every dictionary; checkpoints, resume, signals, NaN guard."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm import tqdm
+
+from sparsecircuits.config import to_dict
+from sparsecircuits.dictionaries import Dictionary, save_dictionary
+from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.training.config import TrainConfig
+from sparsecircuits.training.schedule import lr_multiplier
+from sparsecircuits.training.state_io import load_state, save_state
+
+CHECKPOINT_PREFIX = "step_"
+
+
+class BatchSource(Protocol):
+    """What the trainer needs from an activation store."""
+
+    def next_batch(self) -> dict[str, torch.Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class TrainingStopped(SparseCircuitsError):
+    """Training stopped early (signal or non-finite loss) after saving a checkpoint."""
+
+    def __init__(self, message: str, checkpoint: Path | None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports: steps, tokens, seconds and the last logged metrics per dictionary."""
+
+    steps: int
+    tokens: int
+    seconds: float
+    final_checkpoint: Path | None
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Training throughput over the whole run (harvest included)."""
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def default_lr(d_sae: int) -> float:
+    """sparsify's width-scaled Adam learning rate, `2e-4 / sqrt(d_sae / 2**14)`."""
+    return 2e-4 / math.sqrt(d_sae / 2**14)
+
+
+class Trainer:
+    """Trains several dictionaries on one stream of activation batches.
+
+    `dictionaries` maps a name (the folder name the dictionary is saved under) to a
+    `Dictionary`; each reads `batch[cfg.hook_in]` and fits `batch[cfg.hook_out]`, so one model
+    forward feeds all of them. Each has its own Adam optimiser and schedule.
+    """
+
+    def __init__(
+        self,
+        store: BatchSource,
+        dictionaries: dict[str, Dictionary],
+        cfg: TrainConfig,
+        out_dir: str | Path | None = None,
+        run_config: dict[str, Any] | None = None,
+    ):
+        if not dictionaries:
+            raise SparseCircuitsError("nothing to train: give at least one dictionary")
+        self.store = store
+        self.dictionaries = dictionaries
+        self.cfg = cfg
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.run_config = run_config or {}
+        self.step = 0
+        self.tokens_seen = 0
+        self.biases_initialised = False
+        self.optimizers = {
+            name: torch.optim.Adam(
+                d.parameters(),
+                lr=cfg.lr or default_lr(d.cfg.d_sae),
+                betas=(cfg.adam_beta1, cfg.adam_beta2),
+            )
+            for name, d in dictionaries.items()
+        }
+        self.base_lrs = {name: opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
+        self.tokens_since_fired = {
+            name: torch.zeros(d.cfg.d_sae, dtype=torch.long, device=d.W_enc.device)
+            for name, d in dictionaries.items()
+        }
+        self._stop_signal: str | None = None
+        self._wandb: Any = None
+        torch.manual_seed(cfg.seed)
+
+    # ----------------------------------------------------------------------------- training
+    def train(self, stop_at_step: int | None = None) -> TrainResult:
+        """Run until `cfg.total_steps` (or `stop_at_step`, schedule unchanged); return a `TrainResult`.
+
+        Raises `TrainingStopped` (after writing a checkpoint) on SIGINT/SIGTERM or when a loss
+        becomes NaN/inf; the checkpoint then holds the last good weights.
+        """
+        start = time.perf_counter()
+        metrics: dict[str, dict[str, float]] = {}
+        self._start_wandb()
+        bar = tqdm(
+            total=self.cfg.total_steps,
+            initial=self.step,
+            disable=self.cfg.quiet,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        with self._signal_guard():
+            last = min(self.cfg.total_steps, stop_at_step or self.cfg.total_steps)
+            while self.step < last:
+                try:
+                    batch = self.store.next_batch()
+                except StopIteration:
+                    bar.write("data exhausted before total_tokens; stopping early")
+                    break
+                metrics = self._train_step(batch)
+                self.step += 1
+                self.tokens_seen += next(iter(batch.values())).shape[0]
+                bar.update(1)
+                if self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps:
+                    self._log(metrics, bar)
+                if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self._stop_signal is not None:
+                    path = self.save_checkpoint()
+                    bar.close()
+                    raise TrainingStopped(
+                        f"{self._stop_signal} received at step {self.step}; checkpoint saved to "
+                        f"{path}; continue with --resume",
+                        path,
+                    )
+        bar.close()
+        final = self.save_checkpoint() if self.out_dir is not None else None
+        if self._wandb is not None:
+            self._wandb.finish()
+        return TrainResult(
+            steps=self.step,
+            tokens=self.tokens_seen,
+            seconds=time.perf_counter() - start,
+            final_checkpoint=final,
+            metrics=metrics,
+        )
+
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+        if not self.biases_initialised:
+            for d in self.dictionaries.values():
+                d.init_biases_from_data(batch[d.cfg.hook_in], batch[d.cfg.hook_out])
+            self.biases_initialised = True
+        factor = lr_multiplier(self.step, self.cfg)
+        metrics: dict[str, dict[str, float]] = {}
+        for name, dictionary in self.dictionaries.items():
+            x = batch[dictionary.cfg.hook_in]
+            target = batch[dictionary.cfg.hook_out]
+            dead_mask = self.tokens_since_fired[name] >= self.cfg.dead_tokens
+            loss, parts = dictionary.loss(x, target, dead_mask=dead_mask)
+            if not torch.isfinite(loss):
+                path = self.save_checkpoint(tag="last_good") if self.out_dir is not None else None
+                where = f"; last good weights saved to {path}" if path else ""
+                raise TrainingStopped(
+                    f"loss of {name} became {loss.item()} at step {self.step}{where}; "
+                    "lower the learning rate or check the activations for inf/NaN",
+                    path,
+                )
+            optimizer = self.optimizers[name]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            dictionary.before_optimizer_step()
+            if self.cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(dictionary.parameters(), self.cfg.grad_clip)
+            for group in optimizer.param_groups:
+                group["lr"] = self.base_lrs[name] * factor
+            optimizer.step()
+            dictionary.after_optimizer_step()
+            fired = parts["fired_counts"] > 0
+            counter = self.tokens_since_fired[name]
+            counter += x.shape[0]
+            counter[fired] = 0
+            metrics[name] = {
+                "loss": float(loss.detach()),
+                "fvu": float(parts["fvu"]),
+                "l0": float(parts["l0"]),
+                "dead_frac": float(dead_mask.float().mean()),
+                "lr": self.base_lrs[name] * factor,
+            }
+            if "aux" in parts:
+                metrics[name]["aux"] = float(parts["aux"])
+        return metrics
+
+    def _log(self, metrics: dict[str, dict[str, float]], bar: tqdm) -> None:
+        first = next(iter(metrics.values()), None)
+        if first is not None:
+            bar.set_postfix(
+                loss=f"{first['loss']:.4g}", l0=f"{first['l0']:.1f}", fvu=f"{first['fvu']:.3f}"
+            )
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            record = {"step": self.step, "tokens": self.tokens_seen, "metrics": metrics}
+            with open(self.out_dir / "train_log.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            flat = {f"{n}/{k}": v for n, m in metrics.items() for k, v in m.items()}
+            self._wandb.log(flat, step=self.step)
+
+    def _start_wandb(self) -> None:
+        if not self.cfg.wandb_project or self._wandb is not None:
+            return
+        try:
+            import wandb  # type: ignore[import-not-found]
+        except ImportError:
+            raise SparseCircuitsError(
+                "wandb_project is set but wandb is not installed; pip install wandb or unset it"
+            ) from None
+        wandb.init(project=self.cfg.wandb_project, config=self.run_config)
+        self._wandb = wandb
+
+    @contextmanager
+    def _signal_guard(self) -> Iterator[None]:
+        """Turn SIGINT/SIGTERM into a request to checkpoint and stop after the current step."""
+
+        def handler(signum: int, _frame: Any) -> None:
+            self._stop_signal = signal.Signals(signum).name
+
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            previous = {}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, tag: str | None = None) -> Path:
+        """Write dictionaries (SAELens layout), optimiser and data state; return the folder.
+
+        The folder is written under a temporary name and renamed when complete, so an
+        interrupted save never leaves a half-written checkpoint behind.
+        """
+        if self.out_dir is None:
+            raise SparseCircuitsError("no out_dir set, so there is nowhere to save a checkpoint")
+        root = self.out_dir / "checkpoints"
+        name = tag or f"{CHECKPOINT_PREFIX}{self.step:09d}"
+        final = root / name
+        tmp = root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for dict_name, dictionary in self.dictionaries.items():
+            save_dictionary(dictionary, tmp / "dictionaries" / dict_name)
+        state = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "biases_initialised": self.biases_initialised,
+            # Raw parameters (the SAELens export may fold biases; resume must be exact).
+            "weights": {n: d.state_dict() for n, d in self.dictionaries.items()},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "tokens_since_fired": self.tokens_since_fired,
+            "store": self.store.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "train_config": to_dict(self.cfg),
+            "run_config": self.run_config,
+        }
+        save_state(state, tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        self._prune_checkpoints(root)
+        return final
+
+    def _prune_checkpoints(self, root: Path) -> None:
+        steps = sorted(root.glob(f"{CHECKPOINT_PREFIX}*"))
+        for old in steps[: max(0, len(steps) - max(1, self.cfg.keep_checkpoints))]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self, folder: str | Path) -> None:
+        """Restore weights, optimisers, counters, RNG and the store's data position."""
+        folder = Path(folder)
+        if not (folder / "trainer_state.json").is_file():
+            raise SparseCircuitsError(
+                f"{folder} is not a sparsecircuits checkpoint (no trainer_state.json)"
+            )
+        state = load_state(folder)
+        for name, dictionary in self.dictionaries.items():
+            weights = state["weights"].get(name)
+            current = dictionary.state_dict()
+            if weights is None or any(
+                weights.get(k) is None or weights[k].shape != v.shape for k, v in current.items()
+            ):
+                raise SparseCircuitsError(
+                    f"checkpoint {folder} does not hold a matching {name!r}; "
+                    "resume with the config that started the run"
+                )
+            dictionary.load_state_dict(weights)
+            self.optimizers[name].load_state_dict(state["optimizers"][name])
+            self.tokens_since_fired[name] = state["tokens_since_fired"][name].to(
+                dictionary.W_enc.device
+            )
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.biases_initialised = bool(state["biases_initialised"])
+        self.store.load_state_dict(state["store"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """Return the newest `step_*` checkpoint folder under `out_dir/checkpoints`, or None."""
+    steps = sorted((Path(out_dir) / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"))
+    return steps[-1] if steps else None

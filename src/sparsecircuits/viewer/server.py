@@ -1,0 +1,326 @@
+"""The local viewer: a stdlib HTTP server for graphs, feature dashboards and interventions.
+
+Routes (all JSON unless noted):
+
+    GET  /                                   the single-page viewer (static/index.html)
+    GET  /static/<file>                      viewer assets (vendored libraries included; no CDN)
+    GET  /api/graphs                         [{id, slug, prompt, scan, n_nodes, n_links}]
+    GET  /api/graphs/<id>                    the graph JSON (Neuronpedia schema)
+    GET  /api/dashboards                     [{name, layer, d_sae, hook_in, hook_out, n_tokens}]
+    GET  /api/dashboards/<name>/features     feature browser page (?offset, limit, sort, q)
+    GET  /api/dashboards/<name>/features/<i> one latent's dashboard
+    GET  /api/layers/<layer>/features/<i>    the same, for the dictionary of block <layer>
+    POST /api/intervene                      {prompt, interventions: [{layer, position, feature,
+                                             mode, value}], n_tokens, temperature, top_k, seed}
+                                             -> baseline and intervened predictions + continuations
+
+Binds 127.0.0.1 by default. Graph ids are looked up in the listing, never joined to paths, so
+requests cannot reach files outside the data folder.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from sparsecircuits.errors import SparseCircuitsError
+
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_BODY = 1 << 20
+NOT_GRAPHS = {"trace.json", "index.json", "graph-metadata.json", "package.json"}
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class HTTPError(Exception):
+    """An error answered with `status` and `{"error": message}`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class _GraphEntry:
+    path: Path
+    mtime: float
+    summary: dict[str, Any]
+
+
+@dataclass
+class ViewerApp:
+    """What the server serves: graphs under `data_dir`, a dashboards folder, an intervention engine.
+
+    `intervention_engine` is a zero-argument factory called once, on the first POST
+    /api/intervene (model loading is slow, and viewing graphs must not need it); it returns an
+    object with `run(request: dict) -> dict` (see `sparsecircuits.circuits.interventions`).
+    """
+
+    data_dir: Path
+    dashboards_dir: Path | None = None
+    intervention_engine: Callable[[], Any] | None = None
+    _graphs: dict[str, _GraphEntry] = field(default_factory=dict)
+    _store: Any = None
+    _engine: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _engine_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if not self.data_dir.is_dir():
+            raise SparseCircuitsError(f"{self.data_dir} is not a folder; pass the folder holding graph JSON files")
+        if self.dashboards_dir is None:
+            for candidate in (self.data_dir / "dashboards", self.data_dir):
+                if (candidate / "index.json").is_file():
+                    self.dashboards_dir = candidate
+                    break
+        if self.dashboards_dir is not None:
+            from sparsecircuits.interpret import load_dashboards
+
+            self._store = load_dashboards(self.dashboards_dir)
+
+    # ------------------------------------------------------------------ graphs
+    def list_graphs(self) -> list[dict[str, Any]]:
+        """Every graph JSON in `data_dir` and its direct sub-folders, newest first."""
+        found = sorted({*self.data_dir.glob("*.json"), *self.data_dir.glob("*/*.json")})
+        listing = []
+        with self._lock:
+            for path in found:
+                if path.name in NOT_GRAPHS:
+                    continue
+                gid = path.relative_to(self.data_dir).as_posix()
+                mtime = path.stat().st_mtime
+                entry = self._graphs.get(gid)
+                if entry is None or entry.mtime != mtime:
+                    summary = _graph_summary(path)
+                    if summary is None:
+                        continue
+                    entry = self._graphs[gid] = _GraphEntry(path, mtime, {"id": gid, **summary})
+                listing.append((mtime, entry.summary))
+        return [summary for _, summary in sorted(listing, key=lambda item: -item[0])]
+
+    def graph_bytes(self, gid: str) -> bytes:
+        """The raw JSON of graph `gid` (an id from `list_graphs`)."""
+        if gid not in self._graphs:
+            self.list_graphs()
+        entry = self._graphs.get(gid)
+        if entry is None:
+            raise HTTPError(HTTPStatus.NOT_FOUND, f"no graph {gid!r}")
+        return entry.path.read_bytes()
+
+    # ------------------------------------------------------------------ dashboards
+    def _require_store(self) -> Any:
+        if self._store is None:
+            raise HTTPError(HTTPStatus.NOT_FOUND, "no dashboards loaded; run `sparsecircuits dashboards` and pass --dashboards")
+        return self._store
+
+    def list_dashboards(self) -> list[dict[str, Any]]:
+        """The dictionaries that have dashboards."""
+        if self._store is None:
+            return []
+        keys = ("layer", "d_sae", "hook_in", "hook_out", "n_tokens", "kind")
+        return [{"name": n, **{k: self._store.info(n).get(k) for k in keys}} for n in self._store.names]
+
+    def feature(self, name: str, index: int) -> dict[str, Any]:
+        """One latent's dashboard."""
+        return self._require_store().feature(name, index)
+
+    def feature_for_layer(self, layer: int, index: int) -> dict[str, Any]:
+        """The dashboard of latent `index` of the dictionary reading block `layer`."""
+        store = self._require_store()
+        name = store.name_for_layer(layer)
+        if name is None:
+            raise HTTPError(HTTPStatus.NOT_FOUND, f"no dashboards for layer {layer}")
+        return store.feature(name, index)
+
+    def table(self, name: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        """A feature-browser page."""
+        def arg(key: str, default: str) -> str:
+            return query.get(key, [default])[0]
+
+        try:
+            offset, limit = int(arg("offset", "0")), int(arg("limit", "50"))
+        except ValueError:
+            raise HTTPError(HTTPStatus.BAD_REQUEST, "offset and limit must be integers") from None
+        return self._require_store().table(name, offset=max(0, offset), limit=limit, sort=arg("sort", "index"),
+                                           query=arg("q", ""), include_dead=arg("dead", "1") != "0")
+
+    # ------------------------------------------------------------------ interventions
+    def intervene(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run an intervention request through the (lazily built) engine."""
+        if self.intervention_engine is None:
+            raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE,
+                            "interventions are off; start the server with --model and --transcoders")
+        with self._engine_lock:  # one model, one request at a time
+            if self._engine is None:
+                self._engine = self.intervention_engine()
+            return self._engine.run(request)
+
+
+def _graph_summary(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or not {"metadata", "nodes", "links"} <= set(data):
+        return None
+    meta = data.get("metadata") or {}
+    return {"slug": meta.get("slug", path.stem), "prompt": meta.get("prompt", ""), "scan": meta.get("scan", ""),
+            "n_nodes": len(data["nodes"]), "n_links": len(data["links"])}
+
+
+def _handler(app: ViewerApp) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "sparsecircuits-viewer"
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            pass  # quiet; the CLI prints the URL once
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            for key, value in SECURITY_HEADERS.items():
+                self.send_header(key, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _json(self, payload: Any, status: int = HTTPStatus.OK) -> None:
+            self._send(status, json.dumps(payload, allow_nan=False).encode(), "application/json; charset=utf-8")
+
+        def _dispatch(self, fn: Callable[[], None]) -> None:
+            try:
+                fn()
+            except HTTPError as exc:
+                self._json({"error": exc.message}, exc.status)
+            except SparseCircuitsError as exc:
+                self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
+            except Exception as exc:  # a viewer must answer, not hang the page
+                self._json({"error": f"{type(exc).__name__}: {exc}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+
+        def do_HEAD(self) -> None:  # noqa: N802 - stdlib name
+            self.do_GET()
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._dispatch(self._get)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._dispatch(self._post)
+
+        def _get(self) -> None:
+            url = urlsplit(self.path)
+            parts = [unquote(p) for p in url.path.split("/") if p]
+            query = parse_qs(url.query)
+            if not parts or parts == ["index.html"]:
+                return self._static("index.html")
+            if parts[0] == "static" and len(parts) >= 2:
+                return self._static("/".join(parts[1:]))
+            if parts[0] != "api":
+                raise HTTPError(HTTPStatus.NOT_FOUND, "not found")
+            route = parts[1:]
+            if route == ["graphs"]:
+                return self._json(app.list_graphs())
+            if len(route) >= 2 and route[0] == "graphs":
+                body = app.graph_bytes("/".join(route[1:]))
+                return self._send(HTTPStatus.OK, body, "application/json; charset=utf-8")
+            if route == ["dashboards"]:
+                return self._json(app.list_dashboards())
+            if len(route) == 3 and route[0] == "dashboards" and route[2] == "features":
+                return self._json(app.table(route[1], query))
+            if len(route) == 4 and route[0] == "dashboards" and route[2] == "features":
+                return self._json(app.feature(route[1], _int(route[3])))
+            if len(route) == 4 and route[0] == "layers" and route[2] == "features":
+                return self._json(app.feature_for_layer(_int(route[1]), _int(route[3])))
+            raise HTTPError(HTTPStatus.NOT_FOUND, f"no API route {url.path}")
+
+        def _post(self) -> None:
+            if urlsplit(self.path).path.rstrip("/") != "/api/intervene":
+                raise HTTPError(HTTPStatus.NOT_FOUND, "not found")
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                raise HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request too large")
+            try:
+                request = json.loads(self.rfile.read(length) or b"{}")
+            except json.JSONDecodeError:
+                raise HTTPError(HTTPStatus.BAD_REQUEST, "body must be JSON") from None
+            if not isinstance(request, dict):
+                raise HTTPError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
+            return self._json(app.intervene(request))
+
+        def _static(self, rel: str) -> None:
+            root = STATIC_DIR.resolve()
+            path = (root / rel).resolve()
+            if root not in path.parents or not path.is_file():
+                raise HTTPError(HTTPStatus.NOT_FOUND, "not found")
+            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            if ctype.startswith("text/") or ctype in ("application/javascript", "text/javascript"):
+                ctype += "; charset=utf-8"
+            self._send(HTTPStatus.OK, path.read_bytes(), ctype)
+
+    return Handler
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, f"{text!r} is not an integer") from None
+
+
+class ViewerServer:
+    """A running viewer: `ViewerServer(app, host, port).start()`; `url`; `stop()`. Port 0 = any free port."""
+
+    def __init__(self, app: ViewerApp, host: str = "127.0.0.1", port: int = 8041) -> None:
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), _handler(app))
+        except OSError as exc:
+            raise SparseCircuitsError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port") from None
+        self.httpd.daemon_threads = True
+        self.app = app
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. http://127.0.0.1:8041/."""
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def start(self) -> ViewerServer:
+        """Serve from a daemon thread; return self."""
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="viewer", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve on this thread until interrupted."""
+        self.httpd.serve_forever()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def graph_url(base: str, graph_id: str) -> str:
+    """The viewer URL that opens `graph_id`."""
+    from urllib.parse import quote
+
+    return f"{base}#graph={quote(graph_id)}"

@@ -1,0 +1,84 @@
+"""Sparse TopK kernels equal the dense reference: outputs, indices and every gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsecircuits.dictionaries import kernels
+
+
+def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
+    """max |actual - expected| <= tol * max |expected| (float32 sums in another order differ by ulps)."""
+    scale = expected.abs().max().clamp_min(1e-12)
+    assert float((actual - expected).abs().max() / scale) <= tol
+
+
+def _inputs(n=20, d_in=10, d_sae=40, d_out=7, dtype=torch.float64):  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(0)
+    make = lambda *s: torch.randn(*s, generator=gen, dtype=dtype).requires_grad_(True)  # noqa: E731
+    return make(n, d_in), make(d_in, d_sae), make(d_sae), make(d_sae, d_out)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("with_aux", [False, True])
+def test_sparse_encode_decode_match_dense(signed: bool, with_aux: bool) -> None:
+    results = []
+    for encode, decode in (
+        (kernels.topk_encode, kernels.sparse_decode),
+        (kernels.topk_encode_dense, kernels.dense_decode),
+    ):
+        x, W_enc, b_enc, W_dec = _inputs(dtype=torch.float32)
+        aux_mask = (torch.arange(40) % 3 == 0) if with_aux else None
+        codes = encode(
+            x, W_enc, b_enc, 5, aux_mask=aux_mask, aux_k=6 if with_aux else 0, signed=signed
+        )
+        out = decode(codes.values, codes.indices, W_dec)
+        loss = out.pow(2).sum() + out.sum()
+        if with_aux:
+            assert codes.aux_values is not None and codes.aux_indices is not None
+            assert bool(aux_mask[codes.aux_indices].all())
+            loss = loss + decode(codes.aux_values, codes.aux_indices, W_dec).pow(2).sum()
+        loss.backward()
+        results.append((codes, out, [t.grad for t in (x, W_enc, b_enc, W_dec)]))
+    (sparse_codes, sparse_out, sparse_grads), (dense_codes, dense_out, dense_grads) = results
+    assert torch.equal(sparse_codes.indices, dense_codes.indices)
+    assert torch.equal(sparse_codes.values, dense_codes.values)
+    torch.testing.assert_close(sparse_out, dense_out, rtol=1e-5, atol=1e-5)
+    for sparse_grad, dense_grad in zip(sparse_grads, dense_grads, strict=True):
+        assert_close_relative(sparse_grad, dense_grad)
+
+
+def test_topk_keeps_exactly_k_and_signed_keeps_signs() -> None:
+    x, W_enc, b_enc, _ = _inputs()
+    pre = torch.addmm(b_enc, x, W_enc).detach()
+    codes = kernels.topk_encode(x, W_enc, b_enc, 5)
+    assert codes.indices.shape == (20, 5)
+    expected = pre.topk(5, dim=1).values.relu()
+    torch.testing.assert_close(codes.values.sort(dim=1).values, expected.sort(dim=1).values)
+    signed = kernels.topk_encode(x, W_enc, b_enc, 5, signed=True)
+    expected_abs = pre.abs().topk(5, dim=1).values
+    torch.testing.assert_close(
+        signed.values.abs().sort(dim=1).values, expected_abs.sort(dim=1).values
+    )
+    assert bool((signed.values == pre.gather(1, signed.indices)).all())
+
+
+def test_gradcheck_sparse_encoder() -> None:
+    x, W_enc, b_enc, W_dec = _inputs(n=4, d_in=3, d_sae=8, d_out=2)
+    aux_mask = torch.tensor([True, False] * 4)
+
+    def fn(x, W_enc, b_enc, W_dec):  # type: ignore[no-untyped-def]
+        codes = kernels.topk_encode(x, W_enc, b_enc, 2, aux_mask=aux_mask, aux_k=2)
+        return kernels.sparse_decode(codes.values, codes.indices, W_dec) + kernels.sparse_decode(
+            codes.aux_values, codes.aux_indices, W_dec
+        )
+
+    assert torch.autograd.gradcheck(fn, (x, W_enc, b_enc, W_dec))
+
+
+def test_to_dense_places_values() -> None:
+    values = torch.tensor([[1.0, 2.0], [3.0, 0.0]])
+    indices = torch.tensor([[0, 3], [2, 1]])
+    dense = kernels.to_dense(values, indices, 4)
+    assert torch.equal(dense, torch.tensor([[1.0, 0, 0, 2.0], [0, 0, 3.0, 0]]))

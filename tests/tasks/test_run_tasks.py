@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsecircuits.models.embedded import embedded_dir
+from sparsecircuits.tasks import run_tasks
+
+
+def test_run_tasks_on_tiny_random_model(tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=16, n_layer=1, n_head=2)
+    model = GPT2LMHeadModel(cfg).eval()
+    res = run_tasks(lambda x: model(input_ids=x).logits, tokenizer, n=8, prose_contexts=4)
+    assert set(res) == {"greater_than", "ioi", "docstring", "prose_loss"}
+    assert set(res["greater_than"]) == {"prob_diff", "n"}
+    assert set(res["ioi"]) == {"logit_diff", "accuracy", "n"}
+    assert set(res["docstring"]) == {"accuracy", "n"}
+    assert -1.0 <= res["greater_than"]["prob_diff"] <= 1.0
+    assert res["ioi"]["n"] == 8 and 0.0 <= res["ioi"]["accuracy"] <= 1.0
+    # a random model is near-uniform: prose loss close to log(vocab)
+    assert abs(res["prose_loss"] - torch.log(torch.tensor(float(len(tokenizer)))).item()) < 1.0
+
+
+@pytest.mark.slow
+def test_shipped_model_meets_task_thresholds():
+    if not (embedded_dir() / "model.safetensors").exists():
+        pytest.skip("embedded model not trained")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_dir()).eval()
+    tok = AutoTokenizer.from_pretrained(embedded_dir())
+    res = run_tasks(lambda x: model(input_ids=x).logits, tok, n=200, seed=0, prose_contexts=50)
+    assert res["greater_than"]["prob_diff"] >= 0.6
+    assert res["ioi"]["logit_diff"] >= 2.5 and res["ioi"]["accuracy"] >= 0.9
+    assert res["docstring"]["accuracy"] >= 0.6
