@@ -74,6 +74,21 @@ def verify(tok: Tokenizer) -> list[str]:
     return problems
 
 
+def write_synthetic_stream(tok: Tokenizer) -> None:
+    """Write runs/embedded/synthetic_tokens.npy: only the generated task documents, EOS-joined.
+
+    train_model.py --synthetic-extra draws part of each batch from it to raise the task share.
+    """
+    eos_id = tok.token_to_id(EOS)
+    stream: list[int] = []
+    with open(BUILD / "corpus_train.jsonl", encoding="utf-8") as f:
+        texts = [d["text"] for d in map(json.loads, f) if d["kind"] == "synthetic"]
+    for enc in tok.encode_batch(texts):
+        stream.extend(enc.ids)
+        stream.append(eos_id)
+    np.save(BUILD / "synthetic_tokens.npy", np.asarray(stream, dtype=np.uint16))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--vocab", type=int, default=4096)
@@ -103,6 +118,7 @@ def main() -> None:
             per_kind[kind] = per_kind.get(kind, 0) + len(enc.ids) + 1
     arr = np.asarray(stream, dtype=np.uint16)
     np.save(BUILD / "train_tokens.npy", arr)
+    write_synthetic_stream(tok)
     stats_path = BUILD / "corpus_stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     stats.update({"vocab_size": tok.get_vocab_size(), "train_tokens": int(arr.size),

@@ -65,23 +65,36 @@ def main() -> None:
     p.add_argument("--ckpt-minutes", type=float, default=4.0)
     p.add_argument("--resume", type=str, default=None, help="folder with a saved model")
     p.add_argument("--data-offset", type=int, default=0, help="skip this many contexts (resume)")
+    p.add_argument("--synthetic-extra", type=int, default=0,
+                   help="contexts per batch drawn from the synthetic-only stream")
     p.add_argument("--no-save", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 matmuls allowed on cuda)")
+    p.add_argument("--ship-dir", default=None, help="where the final model goes (default: the package)")
     args = p.parse_args()
     if (args.minutes is None) == (args.steps is None):
         raise SystemExit("give exactly one of --minutes / --steps")
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
     tokens = torch.from_numpy(np.load(BUILD / "train_tokens.npy").astype(np.int64))
     tokenizer = AutoTokenizer.from_pretrained(SHIP)
     bos = tokenizer.bos_token_id
     span = args.ctx - 1
     n_ctx = tokens.numel() // span
+    synth = torch.from_numpy(np.load(BUILD / "synthetic_tokens.npy").astype(np.int64))
+    n_syn_ctx = synth.numel() // span
+    syn_order = torch.randperm(n_syn_ctx, generator=torch.Generator().manual_seed(args.seed + 1))
+    syn_cursor = args.data_offset
+    n_main = args.batch - args.synthetic_extra
     order = torch.randperm(n_ctx, generator=torch.Generator().manual_seed(args.seed))
     if args.resume:
         model = GPT2LMHeadModel.from_pretrained(args.resume)
     else:
         model = GPT2LMHeadModel(model_config(len(tokenizer)))
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params:,}  contexts {n_ctx:,}  corpus tokens {tokens.numel():,}", flush=True)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -105,11 +118,16 @@ def main() -> None:
         progress = elapsed / (args.minutes * 60) if args.minutes else step / args.steps
         if progress >= 1.0:
             break
-        idx = order[torch.arange(cursor, cursor + args.batch) % n_ctx]
-        cursor += args.batch
+        idx = order[torch.arange(cursor, cursor + n_main) % n_ctx]
+        cursor += n_main
         starts = idx * span
         body = tokens[starts.view(-1, 1) + torch.arange(span).view(1, -1)]
-        batch = torch.cat([torch.full((args.batch, 1), bos), body], dim=1)
+        if args.synthetic_extra:
+            sidx = syn_order[torch.arange(syn_cursor, syn_cursor + args.synthetic_extra) % n_syn_ctx]
+            syn_cursor += args.synthetic_extra
+            sbody = synth[(sidx * span).view(-1, 1) + torch.arange(span).view(1, -1)]
+            body = torch.cat([body, sbody])
+        batch = torch.cat([torch.full((args.batch, 1), bos), body], dim=1).to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, progress)
         loss = model(input_ids=batch, labels=batch).loss
@@ -127,7 +145,7 @@ def main() -> None:
         if not args.no_save and time.time() - last_ckpt > args.ckpt_minutes * 60:
             model.eval()
             with torch.no_grad():
-                res = run_tasks(lambda x: model(input_ids=x).logits, tokenizer, n=60, seed=1,
+                res = run_tasks(lambda x: model(input_ids=x.to(device)).logits.float().cpu(), tokenizer, n=60, seed=1,
                                 prose_contexts=40)
             model.train()
             info = {"step": step, "tokens": seen, "elapsed_s": time.time() - t0, "cursor": cursor,
@@ -142,8 +160,9 @@ def main() -> None:
     model.eval()
     info = {"step": step, "tokens": seen, "elapsed_s": el, "cursor": cursor, "ema_train_loss": ema,
             "n_params": n_params, "args": vars(args)}
+    model.to("cpu")
     save(model, BUILD / "ckpt", info)
-    save(model, SHIP, info)
+    save(model, Path(args.ship_dir) if args.ship_dir else SHIP, info)
     print("FINAL", json.dumps(info), flush=True)
 
 
