@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest browser-deps bench bench-quick embedded clean
+.PHONY: setup demo test lint typecheck pytest browser-deps bench-env bench bench-quick embedded clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,51 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# Browser tests (tests/viewer, marker `browser`): Debian's chromium + chromedriver and the playwright
+# Python package. No `playwright install`: the tests launch /usr/bin/chromium, so no browser download.
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser-deps: $(STAMP)
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; \
+	fi
+	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/pip install -q playwright
+
+# Benchmarks (docs/performance.md). Two environments, because circuit-tracer 0.5.0 pins
+# transformers<=4.57.3 and TransformerLens 2.x (which pins numpy<2), while sparsecircuits,
+# eai-sparsify and SAELens run on the current transformers. torch is installed first and pinned
+# in every step, so no library can pull another (CUDA) build; override BENCH_TORCH for a GPU box.
+BENCH_TORCH ?= torch==2.13.0
+BENCH := .venv-bench
+BENCH_CT := .venv-bench-ct
+
+$(BENCH)/.installed: pyproject.toml
+	test -x $(BENCH)/bin/python || $(PY) -m venv $(BENCH)
+	echo '*' > $(BENCH)/.gitignore
+	$(BENCH)/bin/python -m pip install -q --upgrade pip
+	$(BENCH)/bin/python -m pip install -q $(BENCH_TORCH)
+	$(BENCH)/bin/python -m pip install -q $(BENCH_TORCH) -e . eai-sparsify==1.3.3 sae-lens==6.54.12
+	touch $@
+
+$(BENCH_CT)/.installed: pyproject.toml
+	test -x $(BENCH_CT)/bin/python || $(PY) -m venv $(BENCH_CT)
+	echo '*' > $(BENCH_CT)/.gitignore
+	$(BENCH_CT)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_CT)/bin/python -m pip install -q $(BENCH_TORCH)
+	$(BENCH_CT)/bin/python -m pip install -q $(BENCH_TORCH) -e . circuit-tracer==0.5.0 \
+		transformers==4.57.3 'transformer-lens>=2.16.1,<3' 'pyarrow<22'
+	touch $@
+
+bench-env: $(BENCH)/.installed $(BENCH_CT)/.installed
+
+bench: bench-env
+	mkdir -p out/bench
+	$(BENCH)/bin/python benchmarks/run.py --json --out out/bench/results.jsonl
+
+bench-quick: bench-env
+	mkdir -p out/bench
+	$(BENCH)/bin/python benchmarks/run.py --json --quick --out out/bench/quick.jsonl
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -32,11 +32,10 @@ from sparsecircuits.tasks import docstring, greater_than, ioi  # noqa: E402
 DOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
 BUILD = ROOT / "runs" / "embedded"
 SHIP = ROOT / "src" / "sparsecircuits" / "models" / "embedded"
-SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "ensurepip", "turtledemo",
-             "__pycache__", "tkinter", "pydoc_data", "unittest", "distutils"}
+SKIP_DIRS = {"site-packages", "ensurepip", "__pycache__", "pydoc_data"}
 SKIP_DOCS = {"whatsnew/changelog.rst.txt"}
 HELDOUT_BYTES = 1_200_000
-CODE_CAP_BYTES = 12_000_000
+CODE_CAP_BYTES = 18_000_000
 CODE_FILE_CAP = 250_000
 
 
@@ -77,31 +76,65 @@ def code_documents() -> list[tuple[str, str]]:
     return docs
 
 
-VOCAB_TEMPLATES = [
-    "{A} lives near the {place}.", "{A} likes the {object}.", "{A} read a book about the {noun}.",
-    "Yesterday {A} met {B} in town.", "{A} opened the door and {A} smiled.",
-    "{A} wrote about the {noun} in a letter.", "{A} and {B} are old friends.",
-    "The {param} field was set by {A}.", "{A} asked about the {param} option.",
-    "Everyone remembers the {noun}.", "{A} called {B} after dinner.",
+NAME_TEMPLATES = [
+    "{A} lives near the {place}.",
+    "{A} likes the {object}.",
+    "{A} read a book about the {noun}.",
+    "Yesterday {A} met {B} in town.",
+    "{A} opened the door and {A} smiled.",
+    "{A} wrote about the {noun} in a letter.",
+    "{A} and {B} are old friends.",
+    "Everyone remembers the {noun}.",
+    "{A} called {B} after dinner.",
+    "{A} is a teacher.",
+    "{A} wrote a letter.",
+    "My friend {A} works at the {place}.",
+    "{A} was born in a small town.",
+    "{A} asked {B} a question.",
+    "The {object} belongs to {A}.",
+    "{A} thanked {B}.",
+    "{A} said hello. {A} was happy.",
+    "Ask {A} about it.",
+    "{A} and {B} played chess.",
+]
+CODE_TEMPLATES = [
+    "{p} = {q}\n",
+    "    if {p} is None:\n        {p} = {q}\n",
+    "result = compute({p}, {q})\n",
+    "    self.{p} = {p}\n",
+    "for {p} in {q}:\n    print({p})\n",
+    "return {p}\n",
+    "def {p}_of({q}):\n    return {q}.{p}\n",
+    "{p}s = [{q}]\n",
 ]
 
 
 def vocab_text(rng: random.Random) -> str:
-    """Return a neutral sentence using task vocabulary (held-out entries included)."""
-    names = ioi.NAMES_TRAIN + ioi.NAMES_HELDOUT
-    a, b = rng.sample(names, 2)
-    return rng.choice(VOCAB_TEMPLATES).format(
-        A=a, B=b, place=rng.choice(ioi.PLACES), object=rng.choice(ioi.OBJECTS),
+    """Return a neutral name sentence or code line using task vocabulary.
+
+    Held-out names and parameter names are drawn half of the time so that their embeddings
+    are trained, but never inside an IOI, greater-than or docstring structure.
+    """
+    names_pool = ioi.NAMES_HELDOUT if rng.random() < 0.5 else ioi.NAMES_TRAIN
+    a, b = rng.sample(names_pool, 2)
+    params = docstring.PARAMS_HELDOUT if rng.random() < 0.5 else docstring.PARAMS_TRAIN
+    p, q = rng.sample(params, 2)
+    if rng.random() < 0.3:
+        return rng.choice(CODE_TEMPLATES).format(p=p, q=q)
+    return rng.choice(NAME_TEMPLATES).format(
+        A=a,
+        B=b,
+        place=rng.choice(ioi.PLACES),
+        object=rng.choice(ioi.OBJECTS),
         noun=rng.choice(greater_than.NOUNS_TRAIN + greater_than.NOUNS_HELDOUT),
-        param=rng.choice(docstring.PARAMS_TRAIN + docstring.PARAMS_HELDOUT),
     )
 
 
 GENERATORS = {
-    "greater_than": (greater_than.greater_than_training_text, " ", 0.30),
-    "ioi": (ioi.ioi_training_text, " ", 0.33),
-    "docstring": (docstring.docstring_training_text, "\n", 0.30),
-    "vocab": (vocab_text, " ", 0.07),
+    "greater_than": (greater_than.greater_than_training_text, " ", 0.24),
+    "ioi": (ioi.ioi_training_text, " ", 0.36),
+    "docstring": (docstring.docstring_training_text, "\n", 0.28),
+    "vocab": (vocab_text, " ", 0.12),
 }
 
 
@@ -119,8 +152,12 @@ def synthetic_documents(total_bytes: int, rng: random.Random) -> list[tuple[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--synthetic-frac", type=float, default=0.4,
-                        help="share of training BYTES that is generated task text")
+    parser.add_argument(
+        "--synthetic-frac",
+        type=float,
+        default=0.4,
+        help="share of training BYTES that is generated task text",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -159,8 +196,10 @@ def main() -> None:
         "chars_by_kind": {
             "prose_python_docs": _bytes(train_prose),
             "code_python_stdlib": _bytes(code),
-            **{f"synthetic_{k}": sum(len(t) for r, t in synthetic if r == f"synthetic/{k}")
-               for k in GENERATORS},
+            **{
+                f"synthetic_{k}": sum(len(t) for r, t in synthetic if r == f"synthetic/{k}")
+                for k in GENERATORS
+            },
         },
         "heldout_documents": len(heldout),
         "heldout_chars": _bytes(heldout),

@@ -43,20 +43,25 @@ def training_texts() -> Iterator[str]:
         for line in f:
             yield json.loads(line)["text"]
     digits = " ".join(f"{y:02d}" for y in range(100))
-    for _ in range(200):
+    for _ in range(1500):
         yield digits + " " + " ".join(task_words())
 
 
 def build(vocab: int) -> Tokenizer:
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r" ?\d\d"), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r" ?\d\d"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab, min_frequency=2, special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab,
+        min_frequency=2,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(training_texts(), trainer=trainer)
     return tok
@@ -98,21 +103,38 @@ def main() -> None:
     print("tokenizer problems:", problems or "none")
     SHIP.mkdir(parents=True, exist_ok=True)
     tok.save(str(SHIP / "tokenizer.json"))
-    (SHIP / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS,
-        "model_max_length": 256, "add_prefix_space": False, "clean_up_tokenization_spaces": False,
-    }, indent=2))
-    (SHIP / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}, indent=2))
+    (SHIP / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": EOS,
+                "eos_token": EOS,
+                "unk_token": EOS,
+                "pad_token": EOS,
+                "model_max_length": 256,
+                "add_prefix_space": False,
+                "clean_up_tokenization_spaces": False,
+            },
+            indent=2,
+        )
+    )
+    (SHIP / "special_tokens_map.json").write_text(
+        json.dumps(
+            {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}, indent=2
+        )
+    )
 
     eos_id = tok.token_to_id(EOS)
-    texts = [json.loads(line)["text"] for line in open(BUILD / "corpus_train.jsonl", encoding="utf-8")]
-    kinds = [json.loads(line)["kind"] for line in open(BUILD / "corpus_train.jsonl", encoding="utf-8")]
+    with open(BUILD / "corpus_train.jsonl", encoding="utf-8") as f:
+        docs = [json.loads(line) for line in f]
+    texts = [d["text"] for d in docs]
+    kinds = [d["kind"] for d in docs]
     stream: list[int] = []
     per_kind: dict[str, int] = {}
     for start in range(0, len(texts), 2000):
-        for enc, kind in zip(tok.encode_batch(texts[start : start + 2000]), kinds[start : start + 2000], strict=True):
+        for enc, kind in zip(
+            tok.encode_batch(texts[start : start + 2000]), kinds[start : start + 2000], strict=True
+        ):
             stream.extend(enc.ids)
             stream.append(eos_id)
             per_kind[kind] = per_kind.get(kind, 0) + len(enc.ids) + 1
@@ -121,8 +143,14 @@ def main() -> None:
     write_synthetic_stream(tok)
     stats_path = BUILD / "corpus_stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-    stats.update({"vocab_size": tok.get_vocab_size(), "train_tokens": int(arr.size),
-                  "train_tokens_by_kind": per_kind, "tokenizer_problems": problems})
+    stats.update(
+        {
+            "vocab_size": tok.get_vocab_size(),
+            "train_tokens": int(arr.size),
+            "train_tokens_by_kind": per_kind,
+            "tokenizer_problems": problems,
+        }
+    )
     stats_path.write_text(json.dumps(stats, indent=2))
     print(json.dumps({k: stats[k] for k in ("vocab_size", "train_tokens", "train_tokens_by_kind")}))
 

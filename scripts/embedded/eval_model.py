@@ -36,10 +36,21 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     tok = AutoTokenizer.from_pretrained(embedded_dir())
     t0 = time.time()
-    res = run_tasks(lambda x: model(input_ids=x).logits, tok, n=args.n, seed=args.seed,
-                    split=args.split, prose_contexts=args.prose_contexts)
-    res["settings"] = {"n": args.n, "seed": args.seed, "split": args.split,
-                       "prose_contexts": args.prose_contexts, "seconds": round(time.time() - t0, 1)}
+    res = run_tasks(
+        lambda x: model(input_ids=x).logits,
+        tok,
+        n=args.n,
+        seed=args.seed,
+        split=args.split,
+        prose_contexts=args.prose_contexts,
+    )
+    res["settings"] = {
+        "n": args.n,
+        "seed": args.seed,
+        "split": args.split,
+        "prose_contexts": args.prose_contexts,
+        "seconds": round(time.time() - t0, 1),
+    }
     print(json.dumps(res, indent=2))
     if not args.no_write and args.model == embedded_dir():
         (embedded_dir() / "eval_results.json").write_text(json.dumps(res, indent=2))

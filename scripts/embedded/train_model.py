@@ -37,9 +37,19 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def model_config(vocab: int) -> GPT2Config:
     return GPT2Config(
-        vocab_size=vocab, n_positions=256, n_embd=256, n_layer=4, n_head=4, n_inner=1024,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new",
-        bos_token_id=0, eos_token_id=0, tie_word_embeddings=True,
+        vocab_size=vocab,
+        n_positions=256,
+        n_embd=256,
+        n_layer=4,
+        n_head=4,
+        n_inner=1024,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        activation_function="gelu_new",
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=True,
     )
 
 
@@ -65,11 +75,17 @@ def main() -> None:
     p.add_argument("--ckpt-minutes", type=float, default=4.0)
     p.add_argument("--resume", type=str, default=None, help="folder with a saved model")
     p.add_argument("--data-offset", type=int, default=0, help="skip this many contexts (resume)")
-    p.add_argument("--synthetic-extra", type=int, default=0,
-                   help="contexts per batch drawn from the synthetic-only stream")
+    p.add_argument(
+        "--synthetic-extra",
+        type=int,
+        default=0,
+        help="contexts per batch drawn from the synthetic-only stream",
+    )
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 matmuls allowed on cuda)")
-    p.add_argument("--ship-dir", default=None, help="where the final model goes (default: the package)")
+    p.add_argument(
+        "--ship-dir", default=None, help="where the final model goes (default: the package)"
+    )
     args = p.parse_args()
     if (args.minutes is None) == (args.steps is None):
         raise SystemExit("give exactly one of --minutes / --steps")
@@ -97,11 +113,23 @@ def main() -> None:
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params:,}  contexts {n_ctx:,}  corpus tokens {tokens.numel():,}", flush=True)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95))
+    # Embeddings are not decayed: rare tokens (held-out task words) would otherwise shrink
+    # towards zero between their few occurrences.
+    decay = [
+        p
+        for n, p in model.named_parameters()
+        if p.dim() >= 2 and ".wte" not in n and ".wpe" not in n
+    ]
+    no_decay = [
+        p
+        for n, p in model.named_parameters()
+        if not (p.dim() >= 2 and ".wte" not in n and ".wpe" not in n)
+    ]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+    )
 
     def lr_at(step: int, progress: float) -> float:
         if step < args.warmup:
@@ -123,7 +151,9 @@ def main() -> None:
         starts = idx * span
         body = tokens[starts.view(-1, 1) + torch.arange(span).view(1, -1)]
         if args.synthetic_extra:
-            sidx = syn_order[torch.arange(syn_cursor, syn_cursor + args.synthetic_extra) % n_syn_ctx]
+            sidx = syn_order[
+                torch.arange(syn_cursor, syn_cursor + args.synthetic_extra) % n_syn_ctx
+            ]
             syn_cursor += args.synthetic_extra
             sbody = synth[(sidx * span).view(-1, 1) + torch.arange(span).view(1, -1)]
             body = torch.cat([body, sbody])
@@ -140,26 +170,50 @@ def main() -> None:
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         if step % 10 == 0 or step == 1:
             el = time.time() - t0
-            print(f"step {step} loss {loss.item():.4f} ema {ema:.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                  f"tokens {seen:,} tok/s {seen / el:,.0f} elapsed {el / 60:.1f}m", flush=True)
+            print(
+                f"step {step} loss {loss.item():.4f} ema {ema:.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"tokens {seen:,} tok/s {seen / el:,.0f} elapsed {el / 60:.1f}m",
+                flush=True,
+            )
         if not args.no_save and time.time() - last_ckpt > args.ckpt_minutes * 60:
             model.eval()
             with torch.no_grad():
-                res = run_tasks(lambda x: model(input_ids=x.to(device)).logits.float().cpu(), tokenizer, n=60, seed=1,
-                                prose_contexts=40)
+                res = run_tasks(
+                    lambda x: model(input_ids=x.to(device)).logits.float().cpu(),
+                    tokenizer,
+                    n=60,
+                    seed=1,
+                    prose_contexts=40,
+                )
             model.train()
-            info = {"step": step, "tokens": seen, "elapsed_s": time.time() - t0, "cursor": cursor,
-                    "ema_train_loss": ema, "tasks": res}
+            info = {
+                "step": step,
+                "tokens": seen,
+                "elapsed_s": time.time() - t0,
+                "cursor": cursor,
+                "ema_train_loss": ema,
+                "tasks": res,
+            }
             save(model, BUILD / "ckpt", info)
             print("CKPT", json.dumps(info), flush=True)
             last_ckpt = time.time()
     el = time.time() - t0
-    print(f"done: {step} steps, {seen:,} tokens, {el / 60:.1f} min, {seen / el:,.0f} tok/s", flush=True)
+    print(
+        f"done: {step} steps, {seen:,} tokens, {el / 60:.1f} min, {seen / el:,.0f} tok/s",
+        flush=True,
+    )
     if args.no_save:
         return
     model.eval()
-    info = {"step": step, "tokens": seen, "elapsed_s": el, "cursor": cursor, "ema_train_loss": ema,
-            "n_params": n_params, "args": vars(args)}
+    info = {
+        "step": step,
+        "tokens": seen,
+        "elapsed_s": el,
+        "cursor": cursor,
+        "ema_train_loss": ema,
+        "n_params": n_params,
+        "args": vars(args),
+    }
     model.to("cpu")
     save(model, BUILD / "ckpt", info)
     save(model, Path(args.ship_dir) if args.ship_dir else SHIP, info)

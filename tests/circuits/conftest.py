@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 from sparsecircuits.circuits.replacement import ReplacementModel
 from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
@@ -12,7 +12,9 @@ from sparsecircuits.models.tiny import FAMILIES, build_tiny_model
 
 # (family, parallel_residual) pairs; NeoX is tested with and without its parallel residual.
 VARIANTS = [(f, True) for f in FAMILIES] + [("gpt_neox", False)]
-VARIANT_IDS = [f if f != "gpt_neox" else f"gpt_neox-{'par' if par else 'seq'}" for f, par in VARIANTS]
+VARIANT_IDS = [
+    f if f != "gpt_neox" else f"gpt_neox-{'par' if par else 'seq'}" for f, par in VARIANTS
+]
 
 
 def random_transcoders(adapter, seed: int, skip_layer: int | None = None) -> dict:
@@ -50,16 +52,22 @@ def random_transcoders(adapter, seed: int, skip_layer: int | None = None) -> dic
 def tiny_models(tmp_path_factory, tiny_model_dir):
     """Return {variant id: (ReplacementModel, input_ids [3, 11])}; built once per session."""
     models = {}
-    for (family, parallel), vid in zip(VARIANTS, VARIANT_IDS):
+    for (family, parallel), vid in zip(VARIANTS, VARIANT_IDS, strict=False):
         if parallel:  # the shared session-wide tiny model (build_tiny_model's default)
             folder = tiny_model_dir(family)
         else:
-            folder = build_tiny_model(family, tmp_path_factory.mktemp(vid), parallel_residual=parallel)
+            folder = build_tiny_model(
+                family, tmp_path_factory.mktemp(vid), parallel_residual=parallel
+            )
         adapter = load_model(folder, device="cpu")
         # Odd variants leave layer 1 with its real MLP, so frozen non-transcoder MLPs are tested too.
         skip = 1 if len(models) % 2 else None
-        rm = ReplacementModel(adapter, random_transcoders(adapter, seed=len(models), skip_layer=skip))
-        input_ids = torch.randint(1, adapter.vocab_size, (3, 11), generator=torch.Generator().manual_seed(7))
+        rm = ReplacementModel(
+            adapter, random_transcoders(adapter, seed=len(models), skip_layer=skip)
+        )
+        input_ids = torch.randint(
+            1, adapter.vocab_size, (3, 11), generator=torch.Generator().manual_seed(7)
+        )
         models[vid] = (rm, input_ids)
     return models
 

@@ -17,15 +17,24 @@ def _targets(rm, state):
         A.feature_target(rm, state, last, 3, pos=[6, 9, 10]),
         A.logit_diff_target(rm, state, 5, 9, pos=-1),
         A.direction_target(rm, state, torch.randn(rm.d_model), space="resid", pos=[10, 8, 7]),
-        A.metric_gradient_target(rm, state, lambda logits, rows: torch.log_softmax(logits, -1)[:, 11], "logprob", pos=-1),
+        A.metric_gradient_target(
+            rm, state, lambda logits, rows: torch.log_softmax(logits, -1)[:, 11], "logprob", pos=-1
+        ),
     ]
 
 
 def _nodes(rm, state, target, row=0):
     """A few nodes of every kind that can reach the target's position."""
     b, t = int(target.batch[row]), int(target.pos[row])
-    nodes = [EmbedNode(t), EmbedNode(2), ErrorNode(0, t), ErrorNode(1, t - 1), HeadNode(0, 1, dest=t, src=3),
-             HeadNode(1, 2), HeadNode(rm.n_layers - 1, 0, dest=t)]
+    nodes = [
+        EmbedNode(t),
+        EmbedNode(2),
+        ErrorNode(0, t),
+        ErrorNode(1, t - 1),
+        HeadNode(0, 1, dest=t, src=3),
+        HeadNode(1, 2),
+        HeadNode(rm.n_layers - 1, 0, dest=t),
+    ]
     for layer in rm.transcoders:
         for pos in (t, t - 2):
             active = state.feature_acts[layer][b, pos].nonzero().flatten()
@@ -53,9 +62,14 @@ def test_attribution_equals_ablation_when_frozen(tiny_models, variant, mode):
         for row in (0, 2):
             nodes = _nodes(rm, state, target, row)
             predicted = torch.tensor([attr.node_value(n, row) for n in nodes])
-            effects = ablation_effects(rm, state, target, nodes, row=row, freeze=True, features=mode)
+            effects = ablation_effects(
+                rm, state, target, nodes, row=row, freeze=True, features=mode
+            )
             assert effects.abs().max() > 1e-4  # the check is not vacuous
-            assert max_relative_error(predicted, effects) < 1e-4, (target.label, list(zip(nodes, predicted, effects)))
+            assert max_relative_error(predicted, effects) < 1e-4, (
+                target.label,
+                list(zip(nodes, predicted, effects, strict=False)),
+            )
 
 
 def test_attributions_are_complete(tiny_models, variant):
@@ -80,7 +94,9 @@ def test_pull_backs_carry_the_one_hop_contributions(tiny_models, variant):
     for layer in range(rm.n_layers):
         for head, src in ((0, 0), (1, 4), (3, 9)):
             pulled = A.pull_back_head(rm, state, vec, layer, head, src)
-            torch.testing.assert_close(pulled.value(state), dec.heads[layer][:, head, src], atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(
+                pulled.value(state), dec.heads[layer][:, head, src], atol=1e-6, rtol=1e-5
+            )
     for layer in rm.transcoders:
         feats = state.feature_acts[layer][vec.batch, vec.pos].argmax(-1)
         pulled = A.pull_back_feature(rm, state, vec, layer, feats)
@@ -96,6 +112,18 @@ def test_batched_rows_equal_single_rows(tiny_models):
         one = A.attribute(rm, state, A.logit_target(rm, state, 7, pos=p, batch=[b]))
         torch.testing.assert_close(many.features[0][row], one.features[0][0], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(many.patterns[1][row], one.patterns[1][0], atol=1e-6, rtol=1e-5)
+
+
+def test_chunked_attribution_equals_one_pass(tiny_models):
+    rm, ids = tiny_models["qwen2"]
+    state = rm.run(ids)
+    target = A.logit_target(rm, state, 7, pos=-1)
+    whole = A.attribute(rm, state, target, mode="linear")
+    chunked = A.attribute(rm, state, target, mode="linear", batch_size=2)
+    for layer in whole.features:
+        torch.testing.assert_close(chunked.features[layer], whole.features[layer])
+    torch.testing.assert_close(chunked.patterns[2], whole.patterns[2])
+    torch.testing.assert_close(chunked.bias, whole.bias)
 
 
 def test_metric_target_is_the_first_order_metric(tiny_models):
@@ -119,7 +147,7 @@ def test_top_lists_are_sorted(tiny_models):
     state = rm.run(ids)
     attr = A.attribute(rm, state, A.logit_target(rm, state, 7))
     top = attr.top_features(5, row=1)
-    assert len(top) == 5 and all(abs(a[1]) >= abs(b[1]) for a, b in zip(top, top[1:]))
+    assert len(top) == 5 and all(abs(a[1]) >= abs(b[1]) for a, b in zip(top, top[1:], strict=False))
     assert abs(attr.node_value(top[0][0], 1) - top[0][1]) < 1e-6
     heads = attr.top_heads(3)
     assert len(heads) == 3

@@ -21,7 +21,9 @@ def test_connection_matrix_is_the_input_invariant_factor(tiny_models, variant):
     active = acts.nonzero().flatten()
     scale2 = state.ln2_scale[2][b, t]
     direct = D.connection_matrix(rm, 0, 2, dst_features=[j])[:, 0]
-    torch.testing.assert_close(dec.features[0][0, active] / acts[active] * scale2, direct[active], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        dec.features[0][0, active] / acts[active] * scale2, direct[active], atol=1e-5, rtol=1e-4
+    )
     # through head 1.h from source s: pattern × act × connection / (ln1 scale at s × ln2 scale at t)
     h, s = 2, 6
     via = A.decompose(rm, state, A.pull_back_head(rm, state, vec, 1, h, s))
@@ -29,7 +31,12 @@ def test_connection_matrix_is_the_input_invariant_factor(tiny_models, variant):
     active_s = acts_s.nonzero().flatten()
     factor = state.patterns[1][b, h, t, s] / (scale2 * state.ln1_scale[1][b, s])
     through = D.connection_matrix(rm, 0, 2, head=(1, h), dst_features=[j])[:, 0]
-    torch.testing.assert_close(via.features[0][0, active_s], acts_s[active_s] * through[active_s] * factor, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(
+        via.features[0][0, active_s],
+        acts_s[active_s] * through[active_s] * factor,
+        atol=1e-6,
+        rtol=1e-4,
+    )
 
 
 def test_deembedding_and_feature_logits(tiny_models, variant):
@@ -47,5 +54,9 @@ def test_deembedding_and_feature_logits(tiny_models, variant):
     last = max(rm.transcoders)
     logit_vec = A.logit_target(rm, state, 11, pos=t, batch=[b]).resid_vector(rm, state)
     f = int(state.feature_acts[last][b, t].argmax())
-    expected = (rm.tc_weights(last)["W_dec"][f] * logit_vec.vector[0]).sum() * state.ln_final_scale[b, t, 0]
-    torch.testing.assert_close(D.feature_logits(rm, last, f).scores[11], expected, atol=1e-5, rtol=1e-4)
+    expected = (rm.tc_weights(last)["W_dec"][f] * logit_vec.vector[0]).sum() * state.ln_final_scale[
+        b, t, 0
+    ]
+    torch.testing.assert_close(
+        D.feature_logits(rm, last, f).scores[11], expected, atol=1e-5, rtol=1e-4
+    )

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sparsecircuits.circuits.replacement import (
-    EmbedEdit,
     Edits,
+    EmbedEdit,
     ErrorEdit,
     FeatureEdit,
     HeadEdit,
@@ -29,19 +29,36 @@ def test_caches_equal_the_adapter_hooks(tiny_models, variant):
     state = rm.run(ids)
     names = []
     for layer in range(rm.n_layers):
-        names += [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_mlp_in",
-                  f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.attn.hook_pattern"]
+        names += [
+            f"blocks.{layer}.hook_resid_pre",
+            f"blocks.{layer}.hook_mlp_in",
+            f"blocks.{layer}.hook_mlp_out",
+            f"blocks.{layer}.attn.hook_pattern",
+        ]
     _, cache = rm.adapter.run_with_cache(ids, names, stop_after_last=False)
     for layer in range(rm.n_layers):
-        torch.testing.assert_close(state.resid_pre[layer], cache[f"blocks.{layer}.hook_resid_pre"], atol=2e-5, rtol=1e-4)
-        torch.testing.assert_close(state.mlp_in[layer], cache[f"blocks.{layer}.hook_mlp_in"], atol=2e-5, rtol=1e-4)
-        torch.testing.assert_close(state.mlp_out[layer], cache[f"blocks.{layer}.hook_mlp_out"], atol=2e-5, rtol=1e-4)
-        torch.testing.assert_close(state.patterns[layer], cache[f"blocks.{layer}.attn.hook_pattern"], atol=2e-6, rtol=1e-4)
+        torch.testing.assert_close(
+            state.resid_pre[layer], cache[f"blocks.{layer}.hook_resid_pre"], atol=2e-5, rtol=1e-4
+        )
+        torch.testing.assert_close(
+            state.mlp_in[layer], cache[f"blocks.{layer}.hook_mlp_in"], atol=2e-5, rtol=1e-4
+        )
+        torch.testing.assert_close(
+            state.mlp_out[layer], cache[f"blocks.{layer}.hook_mlp_out"], atol=2e-5, rtol=1e-4
+        )
+        torch.testing.assert_close(
+            state.patterns[layer], cache[f"blocks.{layer}.attn.hook_pattern"], atol=2e-6, rtol=1e-4
+        )
         if layer in rm.transcoders:
             # the error term is exactly what the transcoder misses
             tc = rm.transcoders[layer]
             recon = tc.reconstruct(state.tc_in[layer])
-            torch.testing.assert_close(state.errors[layer], cache[f"blocks.{layer}.hook_mlp_out"] - recon, atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                state.errors[layer],
+                cache[f"blocks.{layer}.hook_mlp_out"] - recon,
+                atol=2e-5,
+                rtol=1e-4,
+            )
 
 
 def test_rerun_without_edits_reproduces_the_clean_run(tiny_models, variant):
@@ -72,7 +89,9 @@ def test_edits_only_touch_their_prompt_and_later_positions(tiny_models):
     ):
         for freeze in (True, False):
             logits = rm.forward_with(state, edits, freeze=freeze)
-            assert torch.equal(logits[0], state.logits[0]) and torch.equal(logits[2], state.logits[2])
+            assert torch.equal(logits[0], state.logits[0]) and torch.equal(
+                logits[2], state.logits[2]
+            )
             assert torch.allclose(logits[1, :4], state.logits[1, :4], atol=1e-6)
             assert (logits[1, 4:] - state.logits[1, 4:]).abs().max() > 1e-6
 
@@ -88,12 +107,24 @@ def test_right_padding_leaves_real_positions_unchanged(tiny_models):
 
 def test_rejects_a_transcoder_for_the_wrong_hook(tiny_models):
     rm, _ = tiny_models["gpt2"]
-    cfg = DictionaryConfig(architecture="relu", kind="transcoder", d_in=rm.d_model, d_sae=8,
-                           hook_in="blocks.0.hook_resid_pre", hook_out="blocks.0.hook_mlp_out")
+    cfg = DictionaryConfig(
+        architecture="relu",
+        kind="transcoder",
+        d_in=rm.d_model,
+        d_sae=8,
+        hook_in="blocks.0.hook_resid_pre",
+        hook_out="blocks.0.hook_mlp_out",
+    )
     with pytest.raises(SparseCircuitsError, match="hook_mlp_out"):
         ReplacementModel(rm.adapter, {0: make_dictionary(cfg)})
-    cfg = DictionaryConfig(architecture="relu", kind="transcoder", d_in=rm.d_model, d_sae=8,
-                           hook_in="blocks.1.hook_mlp_in", hook_out="blocks.1.hook_mlp_out")
+    cfg = DictionaryConfig(
+        architecture="relu",
+        kind="transcoder",
+        d_in=rm.d_model,
+        d_sae=8,
+        hook_in="blocks.1.hook_mlp_in",
+        hook_out="blocks.1.hook_mlp_out",
+    )
     with pytest.raises(SparseCircuitsError, match="layer 0"):
         ReplacementModel(rm.adapter, {0: make_dictionary(cfg)})
 

@@ -36,10 +36,12 @@ def _build(
 
 
 def _randomize(dictionary, seed: int = 0) -> None:  # type: ignore[no-untyped-def]
-    """Give every parameter (biases included) nonzero random values."""
+    """Give every trainable parameter (biases included) nonzero random values (frozen ones stay)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in dictionary.parameters():
+            if not param.requires_grad:
+                continue
             param.copy_(
                 torch.randn(param.shape, generator=gen, dtype=torch.float64).to(param.dtype) * 0.3
             )

@@ -131,7 +131,7 @@ def test_load_transcoders_by_layer(tmp_path: Path, build) -> None:  # type: igno
     loaded = load_transcoders(tmp_path)
     assert list(loaded) == [0, 2] and loaded[2].cfg.hook_out == "blocks.2.hook_mlp_out"
     save_dictionary(build("topk"), tmp_path / "sae")
-    with pytest.raises(SparseCircuitsError, match="not a transcoder"):
+    with pytest.raises(SparseCircuitsError, match="not a per-layer transcoder"):
         load_transcoders(tmp_path)
     with pytest.raises(SparseCircuitsError, match="no transcoder folder"):
         load_transcoders(tmp_path / "nothing")
@@ -148,3 +148,10 @@ def test_load_transcoders_embedded_is_guarded() -> None:
             load_transcoders("embedded")
         return
     pytest.skip("the embedded model exists; its transcoders are tested with it")
+
+
+def test_unserialisable_training_config_is_rejected_before_writing(tmp_path: Path, build) -> None:  # type: ignore[no-untyped-def]
+    dictionary = build("topk", training={"bad": object()})
+    with pytest.raises(SparseCircuitsError, match="JSON"):
+        save_dictionary(dictionary, tmp_path / "x")
+    assert not (tmp_path / "x").exists()

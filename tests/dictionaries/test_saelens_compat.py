@@ -60,3 +60,47 @@ def test_we_load_saelens_saved_saes(
     x = torch.randn(10, 8, generator=gen)
     with torch.no_grad():
         torch.testing.assert_close(ours(x).out, theirs(x), rtol=1e-5, atol=1e-5)
+
+
+VARIANT_CASES = [
+    ("jumprelu", "sae", None, "jumprelu"),
+    ("jumprelu", "transcoder", 9, "jumprelu_transcoder"),
+    ("jumprelu", "skip_transcoder", 9, "jumprelu_skip_transcoder"),
+    ("batchtopk", "sae", None, "jumprelu"),
+    ("batchtopk", "transcoder", 9, "jumprelu_transcoder"),
+    ("abstopk", "sae", None, "abstopk"),
+    ("abstopk", "transcoder", 12, "abstopk"),
+    ("mp", "sae", None, "matching_pursuit"),
+]
+
+
+@pytest.mark.parametrize(("architecture", "kind", "d_out", "saelens_name"), VARIANT_CASES)
+def test_saelens_loads_variants(
+    architecture, kind, d_out, saelens_name, tmp_path: Path, build, randomize, gen
+) -> None:  # type: ignore[no-untyped-def]
+    dictionary = build(architecture, kind, d_out=d_out)
+    randomize(dictionary)
+    with torch.no_grad():
+        if architecture == "jumprelu":
+            dictionary.activation.log_threshold.fill_(-1.0)
+        if architecture == "batchtopk":
+            dictionary.activation.threshold.fill_(0.05)
+        if architecture == "mp":
+            dictionary.normalize_decoder()
+    dictionary.eval()  # BatchTopK and MP save their inference rule
+    save_dictionary(dictionary, tmp_path)
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path), device="cpu")
+    assert theirs.cfg.architecture() == saelens_name
+    x = torch.randn(25, 12, generator=gen)
+    with torch.no_grad():
+        ours_acts, ours_out = dictionary.encode(x), dictionary(x).out
+        theirs_acts, theirs_out = theirs.encode(x), theirs(x)
+    assert (ours_acts != 0).any()
+    torch.testing.assert_close(theirs_acts, ours_acts, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(theirs_out, ours_out, rtol=1e-5, atol=1e-5)
+    # and a folder without our extra file (what SAELens wrote) loads back to the same outputs
+    (tmp_path / "sparsecircuits_weights.safetensors").unlink()
+    reloaded = load_dictionary(tmp_path)
+    reloaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).out, ours_out, rtol=1e-5, atol=1e-5)

@@ -35,17 +35,34 @@ from sparsecircuits.errors import SparseCircuitsError
 def full_graph() -> NeuronpediaGraph:
     """A graph that sets every field the schema names (and circuit-tracer's extras)."""
     meta = GraphMetadata(
-        slug="gt-1", scan="embedded", prompt_tokens=["<bos>", "The", " year"], prompt="The year",
-        feature_details=FeatureDetails(feature_json_base_url="/features", neuronpedia_source_set="tc-16k",
-                                       neuronpedia_lorsa_source_set="lorsa-8x"),
+        slug="gt-1",
+        scan="embedded",
+        prompt_tokens=["<bos>", "The", " year"],
+        prompt="The year",
+        feature_details=FeatureDetails(
+            feature_json_base_url="/features",
+            neuronpedia_source_set="tc-16k",
+            neuronpedia_lorsa_source_set="lorsa-8x",
+        ),
         node_threshold=0.8,
-        info=GraphInfo(description="d", creator_name="me", creator_url="http://x", source_urls=["a"],
-                       generator=Generator(name="sparsecircuits", version="0.1", url="u", email="e"),
-                       create_time_ms=123.0),
-        generation_settings=GenerationSettings(max_n_logits=10, desired_logit_prob=0.95, batch_size=64,
-                                               max_feature_nodes=100, extra={"extra_key": 1}),
+        info=GraphInfo(
+            description="d",
+            creator_name="me",
+            creator_url="http://x",
+            source_urls=["a"],
+            generator=Generator(name="sparsecircuits", version="0.1", url="u", email="e"),
+            create_time_ms=123.0,
+        ),
+        generation_settings=GenerationSettings(
+            max_n_logits=10,
+            desired_logit_prob=0.95,
+            batch_size=64,
+            max_feature_nodes=100,
+            extra={"extra_key": 1},
+        ),
         pruning_settings=PruningSettings(node_threshold=0.8, edge_threshold=0.98),
-        transcoder_list=["a", "b"], schema_version=1,
+        transcoder_list=["a", "b"],
+        schema_version=1,
     )
     nodes = [
         token_node(2, 0, 3, "<bos>", influence=0.1),
@@ -60,8 +77,14 @@ def full_graph() -> NeuronpediaGraph:
         GraphLink(nodes[2].node_id, nodes[4].node_id, -0.5),
         GraphLink(nodes[3].node_id, nodes[4].node_id, 0.25),
     ]
-    qp = QParams(pinnedIds=[nodes[2].node_id], supernodes=[["grp", nodes[2].node_id]], linkType="both",
-                 clickedId=nodes[2].node_id, sg_pos="", extra={"custom": True})
+    qp = QParams(
+        pinnedIds=[nodes[2].node_id],
+        supernodes=[["grp", nodes[2].node_id]],
+        linkType="both",
+        clickedId=nodes[2].node_id,
+        sg_pos="",
+        extra={"custom": True},
+    )
     return NeuronpediaGraph(metadata=meta, qParams=qp, nodes=nodes, links=links)
 
 
@@ -74,8 +97,9 @@ def test_export_validates_against_schema_and_covers_every_schema_field():
         assert key in data["metadata"], key
         for inner in sub.get("properties", {}):
             assert inner in data["metadata"][key], (key, inner)
-    assert set(props["metadata"]["properties"]["info"]["properties"]["generator"]["properties"]) <= set(
-        data["metadata"]["info"]["generator"])
+    assert set(
+        props["metadata"]["properties"]["info"]["properties"]["generator"]["properties"]
+    ) <= set(data["metadata"]["info"]["generator"])
     for key in props["qParams"]["properties"]:
         assert key in data["qParams"]
     for key in props["nodes"]["items"]["properties"]:
@@ -93,10 +117,28 @@ def test_import_export_roundtrip_is_identity():
 
 def test_minimal_graph_roundtrip_and_unknown_keys_kept():
     data = {
-        "metadata": {"slug": "s", "scan": "m", "prompt_tokens": ["a"], "prompt": "a", "mystery": [1]},
+        "metadata": {
+            "slug": "s",
+            "scan": "m",
+            "prompt_tokens": ["a"],
+            "prompt": "a",
+            "mystery": [1],
+        },
         "qParams": {},
-        "nodes": [{"node_id": "E_1_0", "feature": None, "layer": 0, "ctx_idx": 0, "feature_type": "embedding",
-                   "jsNodeId": "E_1-0", "clerp": "", "influence": None, "activation": None, "new": "x"}],
+        "nodes": [
+            {
+                "node_id": "E_1_0",
+                "feature": None,
+                "layer": 0,
+                "ctx_idx": 0,
+                "feature_type": "embedding",
+                "jsNodeId": "E_1-0",
+                "clerp": "",
+                "influence": None,
+                "activation": None,
+                "new": "x",
+            }
+        ],
         "links": [{"source": "E_1_0", "target": "E_1_0", "weight": 2}],
     }
     validate_graph_json(data)
@@ -139,8 +181,12 @@ def test_cantor_pairing_inverts():
 
 
 def test_node_ids_do_not_collide():
-    nodes = [feature_node(1, 3, 2, 4, activation=1.0, influence=0.1), error_node(1, 3, 4, "x", influence=0.1),
-             error_node(0, 1, 4, "x", influence=0.1), feature_node(0, 1, 3, 4, activation=1.0, influence=0.1)]
+    nodes = [
+        feature_node(1, 3, 2, 4, activation=1.0, influence=0.1),
+        error_node(1, 3, 4, "x", influence=0.1),
+        error_node(0, 1, 4, "x", influence=0.1),
+        feature_node(0, 1, 3, 4, activation=1.0, influence=0.1),
+    ]
     assert len({n.node_id for n in nodes}) == 4
     assert len({n.jsNodeId for n in nodes}) == 4
     assert logit_node(5, 3, 4, "x", 0.25, is_target=False).clerp == 'Output "x" (p=0.250)'

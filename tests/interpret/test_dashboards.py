@@ -15,8 +15,16 @@ from sparsecircuits.interpret import (
 )
 from sparsecircuits.models.architectures import apply_gain, normalize
 
-CFG = DashboardConfig(n_top=5, n_samples=6, n_quantiles=3, context_left=3, context_right=2, n_logits=4,
-                      n_deembed=3, hist_bins=12)
+CFG = DashboardConfig(
+    n_top=5,
+    n_samples=6,
+    n_quantiles=3,
+    context_left=3,
+    context_right=2,
+    n_logits=4,
+    n_deembed=3,
+    hist_bins=12,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +35,16 @@ def adapter(tiny_model_dir):
 
 
 def _dictionary(adapter, architecture: str, layer: int, seed: int):
-    cfg = DictionaryConfig(architecture=architecture, kind="transcoder", d_in=adapter.d_model, d_sae=40, k=6,
-                           hook_in=f"blocks.{layer}.hook_mlp_in", hook_out=f"blocks.{layer}.hook_mlp_out",
-                           seed=seed)
+    cfg = DictionaryConfig(
+        architecture=architecture,
+        kind="transcoder",
+        d_in=adapter.d_model,
+        d_sae=40,
+        k=6,
+        hook_in=f"blocks.{layer}.hook_mlp_in",
+        hook_out=f"blocks.{layer}.hook_mlp_out",
+        seed=seed,
+    )
     dictionary = make_dictionary(cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -49,7 +64,10 @@ def data(adapter):
 
 @pytest.fixture(scope="module")
 def dictionaries(adapter):
-    return {"relu-L1": _dictionary(adapter, "relu", 1, 1), "topk-L0": _dictionary(adapter, "topk", 0, 2)}
+    return {
+        "relu-L1": _dictionary(adapter, "relu", 1, 1),
+        "topk-L0": _dictionary(adapter, "topk", 0, 2),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +107,14 @@ def test_streaming_top_examples_equal_brute_force(adapter, dictionaries, data, d
             found = False
             for seq, pos in matches.tolist():
                 lo = pos - CFG.context_left
-                ids = [int(data[seq, q]) if 0 <= q < p else -1 for q in range(lo, pos + CFG.context_right + 1)]
-                wacts = [float(acts[seq, q, f]) if 0 <= q < p else 0.0 for q in range(lo, pos + CFG.context_right + 1)]
+                ids = [
+                    int(data[seq, q]) if 0 <= q < p else -1
+                    for q in range(lo, pos + CFG.context_right + 1)
+                ]
+                wacts = [
+                    float(acts[seq, q, f]) if 0 <= q < p else 0.0
+                    for q in range(lo, pos + CFG.context_right + 1)
+                ]
                 if ids == dash.top_token_ids[f, slot].tolist():
                     torch.testing.assert_close(dash.top_window_acts[f, slot], torch.tensor(wacts))
                     found = True
@@ -117,7 +141,9 @@ def test_logit_and_deembedding_tables(adapter, dictionaries, dashboards):
     rows = (rows - rows.mean(-1, keepdim=True)) * final.weight
     scores = rows @ adapter.W_U
     torch.testing.assert_close(dash.top_logit_values, scores.topk(CFG.n_logits, dim=1).values)
-    torch.testing.assert_close(dash.bottom_logit_values, (-scores).topk(CFG.n_logits, dim=1).values.neg())
+    torch.testing.assert_close(
+        dash.bottom_logit_values, (-scores).topk(CFG.n_logits, dim=1).values.neg()
+    )
     params = adapter.norm("ln2", 1)
     embed = apply_gain(normalize(adapter.W_E, params), params) - dictionary.b_in.detach()
     de = (embed @ dictionary.W_enc.detach()).T
@@ -141,10 +167,15 @@ def test_save_load_feature_json_and_table(tmp_path, dashboards):
     assert first["activation"] == pytest.approx(float(dash.top_acts[f, 0]))
     assert first["tokens_acts_list"][first["train_token_ind"]] == pytest.approx(first["activation"])
     assert len(first["tokens"]) == len(first["tokens_acts_list"]) == len(first["token_ids"])
-    assert first["tokens"][first["train_token_ind"]] == store.tokens[first["token_ids"][first["train_token_ind"]]]
+    assert (
+        first["tokens"][first["train_token_ind"]]
+        == store.tokens[first["token_ids"][first["train_token_ind"]]]
+    )
     assert feature["activation_frequency"] == pytest.approx(float(dash.density[f]))
     assert sum(feature["histogram"]["counts"]) == int(dash.fire_counts[f])
-    assert len(feature["top_logits"]) == CFG.n_logits and len(feature["deembeddings"]) == CFG.n_deembed
+    assert (
+        len(feature["top_logits"]) == CFG.n_logits and len(feature["deembeddings"]) == CFG.n_deembed
+    )
     n_sampled = sum(len(g["examples"]) for g in feature["examples_quantiles"][1:])
     assert n_sampled == min(int(dash.fire_counts[f]), CFG.n_samples)
     acts = [e["activation"] for g in feature["examples_quantiles"][1:] for e in g["examples"]]
@@ -164,7 +195,13 @@ def test_save_load_feature_json_and_table(tmp_path, dashboards):
 
 
 def test_wrong_width_dictionary_is_rejected(adapter, data):
-    cfg = DictionaryConfig(architecture="relu", kind="transcoder", d_in=adapter.d_model + 1, d_sae=8,
-                           hook_in="blocks.0.hook_mlp_in", hook_out="blocks.0.hook_mlp_out")
+    cfg = DictionaryConfig(
+        architecture="relu",
+        kind="transcoder",
+        d_in=adapter.d_model + 1,
+        d_sae=8,
+        hook_in="blocks.0.hook_mlp_in",
+        hook_out="blocks.0.hook_mlp_out",
+    )
     with pytest.raises(SparseCircuitsError, match="d_in"):
         compute_dashboards(adapter, {"bad": make_dictionary(cfg)}, [data], CFG)

@@ -161,3 +161,13 @@ def test_bfloat16_model_runs_every_hook(tiny_model_dir):
     assert adapter.dtype == torch.bfloat16 and logits.dtype == torch.bfloat16
     assert all(act.dtype == torch.bfloat16 for act in cache.values())
     assert all(torch.isfinite(act.float()).all() for act in cache.values())
+
+
+def test_splice_output_of_the_wrong_width_is_a_clear_error(tiny_adapter):
+    ids = tiny_adapter.tokenize("the cat sat")
+    for name in ("blocks.0.hook_mlp_out", "blocks.0.attn.hook_z"):
+        with (
+            pytest.raises(SparseCircuitsError, match="same shape"),
+            tiny_adapter.splice(name, name, lambda act: act[..., :-1]),
+        ):
+            tiny_adapter.forward(ids)

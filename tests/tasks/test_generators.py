@@ -4,8 +4,14 @@ import random
 
 import torch
 
-from sparsecircuits.tasks import make_docstring_prompts, make_greater_than_prompts, make_ioi_prompts
-from sparsecircuits.tasks import docstring, greater_than, ioi
+from sparsecircuits.tasks import (
+    docstring,
+    greater_than,
+    ioi,
+    make_docstring_prompts,
+    make_greater_than_prompts,
+    make_ioi_prompts,
+)
 from sparsecircuits.tasks.greater_than import is_heldout_year
 
 
@@ -13,7 +19,10 @@ def test_year_tokens_are_single_two_digit_tokens(tokenizer):
     ids = greater_than.year_token_ids(tokenizer)
     assert ids.shape == (100,) and len(set(ids.tolist())) == 100
     assert [tokenizer.decode([i]) for i in ids.tolist()] == [f"{y:02d}" for y in range(100)]
-    assert tokenizer.convert_ids_to_tokens(tokenizer.encode(" 1732", add_special_tokens=False)) == ["Ġ17", "32"]
+    assert tokenizer.convert_ids_to_tokens(tokenizer.encode(" 1732", add_special_tokens=False)) == [
+        "Ġ17",
+        "32",
+    ]
 
 
 def test_greater_than_prompts_end_in_century_token(tokenizer):
@@ -79,7 +88,11 @@ def test_docstring_answer_is_next_argument(tokenizer):
     assert p.wrong_ids.shape == (20, 5)
     for i, text in enumerate(p.texts):
         sig = text.split("(self, ")[1].split(")")[0].split(", ")
-        documented = [line.split(":param ")[1].split(":")[0] for line in text.splitlines() if ":param " in line]
+        documented = [
+            line.split(":param ")[1].split(":")[0]
+            for line in text.splitlines()
+            if ":param " in line
+        ]
         answer = p.answers[i].strip()
         assert sig.index(answer) == sig.index(documented[-1]) + 1
         assert text.endswith("    :param")
@@ -95,7 +108,11 @@ def test_docstring_training_text_never_uses_heldout_params():
         text = docstring.docstring_training_text(rng)
         sig = text.split("(self, ")[1].split(")")[0].split(", ")
         assert not held & set(sig)
-        documented = [line.split(":param ")[1].split(":")[0] for line in text.splitlines() if ":param " in line]
+        documented = [
+            line.split(":param ")[1].split(":")[0]
+            for line in text.splitlines()
+            if ":param " in line
+        ]
         first = sig.index(documented[0])
         assert documented == sig[first : first + len(documented)]
 
@@ -105,5 +122,10 @@ def test_train_split_prompts_use_train_pools(tokenizer):
     assert all(a.strip() in ioi.NAMES_TRAIN for a in p.answers)
     g = make_greater_than_prompts(tokenizer, 10, seed=0, split="train")
     assert g.yy is not None
-    assert all(not is_heldout_year(int(t.rsplit(" ", 1)[1]), int(y)) for t, y in zip(g.texts, g.yy.tolist(), strict=True))
-    assert torch.equal(make_ioi_prompts(tokenizer, 10, seed=0, split="train").input_ids, p.input_ids)
+    assert all(
+        not is_heldout_year(int(t.rsplit(" ", 1)[1]), int(y))
+        for t, y in zip(g.texts, g.yy.tolist(), strict=True)
+    )
+    assert torch.equal(
+        make_ioi_prompts(tokenizer, 10, seed=0, split="train").input_ids, p.input_ids
+    )

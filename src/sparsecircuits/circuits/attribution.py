@@ -69,7 +69,11 @@ class ResidVector:
         f = torch.as_tensor(factor, dtype=self.vector.dtype, device=self.vector.device)
         f = f.reshape(-1) if f.ndim else f
         return ResidVector(
-            self.read, self.batch, self.pos, self.vector * (f[:, None] if f.ndim else f), self.constant * f
+            self.read,
+            self.batch,
+            self.pos,
+            self.vector * (f[:, None] if f.ndim else f),
+            self.constant * f,
         )
 
 
@@ -95,6 +99,20 @@ class Target:
     def __len__(self) -> int:
         return int(self.batch.shape[0])
 
+    def take(self, rows: slice | Tensor) -> Target:
+        """Return the target restricted to some of its rows."""
+        return Target(
+            self.kind,
+            self.label,
+            self.batch[rows],
+            self.pos[rows],
+            layer=self.layer,
+            feature=self.feature,
+            direction=None if self.direction is None else self.direction[rows],
+            constant=None if self.constant is None else self.constant[rows],
+            meta=self.meta,
+        )
+
     def evaluate(self, state: ReplacementState, rows: Tensor | None = None) -> Tensor:
         """Return the target's value `[n]` on `state`; `rows` = the state rows (default `batch`)."""
         rows = self.batch if rows is None else rows
@@ -110,11 +128,15 @@ class Target:
         if self.kind == "feature":
             assert self.layer is not None and self.feature is not None
             layer, f = self.layer, self.feature
-            vector, constant = feature_input_form(model, state, layer, torch.full_like(self.batch, f), self.batch, self.pos)
+            vector, constant = feature_input_form(
+                model, state, layer, torch.full_like(self.batch, f), self.batch, self.pos
+            )
             return ResidVector(model.mlp_read(layer), self.batch, self.pos, vector, constant)
         assert self.direction is not None and self.constant is not None
         if self.kind == "resid":
-            return ResidVector(model.final_read, self.batch, self.pos, self.direction, self.constant)
+            return ResidVector(
+                model.final_read, self.batch, self.pos, self.direction, self.constant
+            )
         ln = model.ln_final
         scale = state.ln_final_scale[self.batch, self.pos]
         vector = pull_back_norm(self.direction, ln, scale, gain=True)
@@ -123,7 +145,12 @@ class Target:
 
 
 def feature_input_form(
-    model: ReplacementModel, state: ReplacementState, layer: int, features: Tensor, batch: Tensor, pos: Tensor
+    model: ReplacementModel,
+    state: ReplacementState,
+    layer: int,
+    features: Tensor,
+    batch: Tensor,
+    pos: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """Return `(vector [n, d], constant [n])` with `pre_f = vector · resid_at(mlp_read) + constant`.
 
@@ -144,17 +171,27 @@ def feature_input_form(
     return vector, constant
 
 
-def _rows(state: ReplacementState, pos: int | Sequence[int] | Tensor, batch: Sequence[int] | Tensor | None) -> tuple[Tensor, Tensor]:
+def _rows(
+    state: ReplacementState, pos: int | Sequence[int] | Tensor, batch: Sequence[int] | Tensor | None
+) -> tuple[Tensor, Tensor]:
     device = state.input_ids.device
-    batch_t = torch.arange(state.n_prompts, device=device) if batch is None else torch.as_tensor(batch, dtype=torch.long, device=device).reshape(-1)
+    batch_t = (
+        torch.arange(state.n_prompts, device=device)
+        if batch is None
+        else torch.as_tensor(batch, dtype=torch.long, device=device).reshape(-1)
+    )
     pos_t = torch.as_tensor(pos, dtype=torch.long, device=device).reshape(-1)
     if pos_t.numel() == 1:
         pos_t = pos_t.expand(batch_t.numel()).clone()
     if pos_t.numel() != batch_t.numel():
-        raise SparseCircuitsError(f"got {pos_t.numel()} positions for {batch_t.numel()} prompts; give one position or one per prompt")
+        raise SparseCircuitsError(
+            f"got {pos_t.numel()} positions for {batch_t.numel()} prompts; give one position or one per prompt"
+        )
     pos_t = torch.where(pos_t < 0, pos_t + state.n_pos, pos_t)
     if int(pos_t.min()) < 0 or int(pos_t.max()) >= state.n_pos:
-        raise SparseCircuitsError(f"target position out of range for prompts of {state.n_pos} tokens")
+        raise SparseCircuitsError(
+            f"target position out of range for prompts of {state.n_pos} tokens"
+        )
     if int(batch_t.min()) < 0 or int(batch_t.max()) >= state.n_prompts:
         raise SparseCircuitsError(f"prompt index out of range for a batch of {state.n_prompts}")
     return batch_t, pos_t
@@ -171,9 +208,13 @@ def feature_target(
     """Target: pre-activation of transcoder `layer`'s `feature` at `pos` (one or per prompt)."""
     tw = model.tc_weights(layer)
     if not 0 <= feature < tw["W_enc"].shape[1]:
-        raise SparseCircuitsError(f"feature {feature} out of range; layer {layer} has {tw['W_enc'].shape[1]} features")
+        raise SparseCircuitsError(
+            f"feature {feature} out of range; layer {layer} has {tw['W_enc'].shape[1]} features"
+        )
     b, p = _rows(state, pos, batch)
-    return Target("feature", f"mlp{layer}tc[{feature}] pre-activation", b, p, layer=layer, feature=feature)
+    return Target(
+        "feature", f"mlp{layer}tc[{feature}] pre-activation", b, p, layer=layer, feature=feature
+    )
 
 
 def unembed_target(
@@ -199,7 +240,9 @@ def _token_id(model: ReplacementModel, token: int | str) -> int:
         return token
     ids = model.adapter.tokenizer.encode(token, add_special_tokens=False)
     if len(ids) != 1:
-        raise SparseCircuitsError(f"{token!r} is {len(ids)} tokens for this tokenizer; give a single-token string or an id")
+        raise SparseCircuitsError(
+            f"{token!r} is {len(ids)} tokens for this tokenizer; give a single-token string or an id"
+        )
     return int(ids[0])
 
 
@@ -288,7 +331,9 @@ def greater_than_target(
     def metric(logits: Tensor, rows: Tensor) -> Tensor:
         return greater_than_prob_diff(logits, yy[rows], year_ids)
 
-    return metric_gradient_target(model, state, metric, "greater-than prob. diff. (linearised)", last_pos)
+    return metric_gradient_target(
+        model, state, metric, "greater-than prob. diff. (linearised)", last_pos
+    )
 
 
 # ---------------------------------------------------------------------------- one-hop decomposition
@@ -353,30 +398,41 @@ class Decomposition:
         out: list[Contribution] = []
         first = 1 if ignore_bos else 0
         if pos >= first:
-            out.append(Contribution(f"embed@{pos}", float(self.embed[row]), EmbedNode(pos), row, "embed"))
+            out.append(
+                Contribution(f"embed@{pos}", float(self.embed[row]), EmbedNode(pos), row, "embed")
+            )
         for layer, values in self.features.items():
             if pos < first:
                 continue
             nz = values[row].nonzero().flatten()
-            for f, v in zip(nz.tolist(), values[row, nz].tolist()):
-                node = FeatureNode(layer, pos, f)
-                out.append(Contribution(node.label, v, node, row, "feature"))
+            for f, v in zip(nz.tolist(), values[row, nz].tolist(), strict=False):
+                fnode = FeatureNode(layer, pos, f)
+                out.append(Contribution(fnode.label, v, fnode, row, "feature"))
         for layer, values in self.heads.items():
             h_idx, s_idx = values[row].nonzero(as_tuple=True)
-            for h, s, v in zip(h_idx.tolist(), s_idx.tolist(), values[row, h_idx, s_idx].tolist()):
+            for h, s, v in zip(
+                h_idx.tolist(), s_idx.tolist(), values[row, h_idx, s_idx].tolist(), strict=False
+            ):
                 if s < first:
                     continue
-                node = HeadNode(layer, h, dest=pos, src=s)
-                out.append(Contribution(node.label, v, node, row, "head"))
+                hnode = HeadNode(layer, h, dest=pos, src=s)
+                out.append(Contribution(hnode.label, v, hnode, row, "head"))
         for layer, values in self.errors.items():
-            node = ErrorNode(layer, pos)
-            out.append(Contribution(node.label, float(values[row]), node, row, "error"))
+            enode = ErrorNode(layer, pos)
+            out.append(Contribution(enode.label, float(values[row]), enode, row, "error"))
         for layer, values in self.skips.items():
             out.append(Contribution(f"skip{layer}@{pos}", float(values[row]), None, row, "skip"))
         out.append(Contribution("bias", float(self.bias[row]), None, row, "bias"))
         return out
 
-    def top(self, k: int = 10, row: int = 0, by: Literal["value", "abs"] = "abs", kinds: Sequence[str] | None = None, ignore_bos: bool = False) -> list[Contribution]:
+    def top(
+        self,
+        k: int = 10,
+        row: int = 0,
+        by: Literal["value", "abs"] = "abs",
+        kinds: Sequence[str] | None = None,
+        ignore_bos: bool = False,
+    ) -> list[Contribution]:
         """Return the `k` largest contributions of one row (by value or |value|), optionally of some kinds."""
         items = self.contributions(row, ignore_bos=ignore_bos)
         if kinds is not None:
@@ -385,7 +441,9 @@ class Decomposition:
         return sorted(items, key=key, reverse=True)[:k]
 
 
-def decompose(model: ReplacementModel, state: ReplacementState, source: ResidVector) -> Decomposition:
+def decompose(
+    model: ReplacementModel, state: ReplacementState, source: ResidVector
+) -> Decomposition:
     """Split `source.vector · resid_at(source.read)` into one-hop contributions (see `Decomposition`)."""
     b, t, v = source.batch, source.pos, source.vector
     embed = (state.embed[b, t] * v).sum(-1)
@@ -417,15 +475,26 @@ def decompose(model: ReplacementModel, state: ReplacementState, source: ResidVec
 
 
 def pull_back_head(
-    model: ReplacementModel, state: ReplacementState, source: ResidVector, layer: int, head: int, src: Tensor | int
+    model: ReplacementModel,
+    state: ReplacementState,
+    source: ResidVector,
+    layer: int,
+    head: int,
+    src: Tensor | int,
 ) -> ResidVector:
     """Return the vector at `resid_pre[layer]` of position `src` whose value is head `(layer, head)`'s
     one-hop contribution from `src` to `source` (pattern and ln1 scale frozen; value biases and
     the ln1 bias go into the constant). `src` is one position or one per row."""
     if not model.attn_write(layer) < source.read:
-        raise SparseCircuitsError(f"attention layer {layer} does not write before read point {source.read}")
+        raise SparseCircuitsError(
+            f"attention layer {layer} does not write before read point {source.read}"
+        )
     w = model.layer_weights(layer)
-    src_t = torch.as_tensor(src, dtype=torch.long, device=source.pos.device).reshape(-1).expand(source.batch.numel())
+    src_t = (
+        torch.as_tensor(src, dtype=torch.long, device=source.pos.device)
+        .reshape(-1)
+        .expand(source.batch.numel())
+    )
     pattern = state.patterns[layer][source.batch, head, source.pos, src_t]  # [n]
     wo_v = source.vector @ w.W_O[head].T  # [n, d_head]
     in_space = pattern[:, None] * (wo_v @ w.W_V[head].T)  # [n, d]: in ln1-output space
@@ -438,17 +507,31 @@ def pull_back_head(
 
 
 def pull_back_feature(
-    model: ReplacementModel, state: ReplacementState, source: ResidVector, layer: int, feature: int | Tensor
+    model: ReplacementModel,
+    state: ReplacementState,
+    source: ResidVector,
+    layer: int,
+    feature: int | Tensor,
 ) -> ResidVector:
     """Return the vector at transcoder `layer`'s input whose value is feature's one-hop contribution
     `act × (W_dec[f] · v)` to `source` (the feature's pre-activation times its clean gain)."""
     if not model.mlp_write(layer) < source.read:
-        raise SparseCircuitsError(f"MLP layer {layer} does not write before read point {source.read}")
-    f = torch.as_tensor(feature, dtype=torch.long, device=source.pos.device).reshape(-1).expand(source.batch.numel())
+        raise SparseCircuitsError(
+            f"MLP layer {layer} does not write before read point {source.read}"
+        )
+    f = (
+        torch.as_tensor(feature, dtype=torch.long, device=source.pos.device)
+        .reshape(-1)
+        .expand(source.batch.numel())
+    )
     tw = model.tc_weights(layer)
-    weight = (tw["W_dec"][f] * source.vector).sum(-1) * state.feature_gain[layer][source.batch, source.pos, f]
+    weight = (tw["W_dec"][f] * source.vector).sum(-1) * state.feature_gain[layer][
+        source.batch, source.pos, f
+    ]
     vector, constant = feature_input_form(model, state, layer, f, source.batch, source.pos)
-    return ResidVector(model.mlp_read(layer), source.batch, source.pos, vector * weight[:, None], constant * weight)
+    return ResidVector(
+        model.mlp_read(layer), source.batch, source.pos, vector * weight[:, None], constant * weight
+    )
 
 
 # ---------------------------------------------------------------------------- exact total attributions
@@ -496,7 +579,9 @@ class Attribution:
             edges = edges[:, node.src : node.src + 1]
         return float(edges.sum())
 
-    def top_features(self, k: int = 10, row: int | None = None, by: Literal["value", "abs"] = "abs") -> list[tuple[FeatureNode, float]]:
+    def top_features(
+        self, k: int = 10, row: int | None = None, by: Literal["value", "abs"] = "abs"
+    ) -> list[tuple[FeatureNode, float]]:
         """Return the `k` largest feature attributions of one row, or summed over rows when `row` is None."""
         scored: list[tuple[FeatureNode, float]] = []
         for layer, t in self.features.items():
@@ -505,7 +590,9 @@ class Attribution:
             key = flat if by == "value" else flat.abs()
             top = torch.topk(key, min(k, flat.numel())).indices
             d_sae = values.shape[-1]
-            scored += [(FeatureNode(layer, int(i) // d_sae, int(i) % d_sae), float(flat[i])) for i in top]
+            scored += [
+                (FeatureNode(layer, int(i) // d_sae, int(i) % d_sae), float(flat[i])) for i in top
+            ]
         key_fn = (lambda x: x[1]) if by == "value" else (lambda x: abs(x[1]))
         return sorted(scored, key=key_fn, reverse=True)[:k]
 
@@ -528,15 +615,32 @@ def attribute(
     target: Target,
     mode: Literal["frozen", "linear"] = "frozen",
     patterns: bool = True,
+    batch_size: int | None = None,
 ) -> Attribution:
-    """Return exact gradient × activation attributions of `target` (one backward for all rows).
+    """Return exact gradient × activation attributions of `target` (one backward per chunk of rows).
 
     `mode` "frozen": every transcoder feature is held (direct effects, graph edges); "linear":
     features follow their pre-activations with frozen gains (total effects through features).
-    `patterns=False` skips the per-edge attention attributions (saves memory).
+    `patterns=False` skips the per-edge attention attributions (saves memory); `batch_size`
+    bounds the rows per backward pass (memory), None means all at once.
     """
     if mode not in ("frozen", "linear"):
         raise SparseCircuitsError(f'mode must be "frozen" or "linear", got {mode!r}')
+    if batch_size is not None and len(target) > batch_size:
+        parts = [
+            attribute(model, state, target.take(slice(i, i + batch_size)), mode, patterns)
+            for i in range(0, len(target), batch_size)
+        ]
+        return Attribution(
+            target,
+            mode,
+            torch.cat([a.value for a in parts]),
+            torch.cat([a.embed for a in parts]),
+            {k: torch.cat([a.features[k] for a in parts]) for k in parts[0].features},
+            {k: torch.cat([a.errors[k] for a in parts]) for k in parts[0].errors},
+            {k: torch.cat([a.patterns[k] for a in parts]) for k in parts[0].patterns},
+            torch.cat([a.bias for a in parts]),
+        )
     sub = state.select(target.batch)
     n, p = sub.n_prompts, sub.n_pos
     rows = torch.arange(n, device=target.batch.device)
@@ -545,14 +649,24 @@ def attribute(
         embed=_unit((n, p, 1), like),
         features={layer: _unit(t.shape, like) for layer, t in sub.feature_acts.items()},
         errors={layer: _unit((n, p, 1), like) for layer in range(model.n_layers)},
-        patterns={layer: _unit(t.shape, like) for layer, t in enumerate(sub.patterns)} if patterns else {},
+        patterns={layer: _unit(t.shape, like) for layer, t in enumerate(sub.patterns)}
+        if patterns
+        else {},
     )
     with torch.enable_grad():
         out = model.run_with_multipliers(sub, mults, features=mode)
         value = target.evaluate(out, rows)
-        leaves = [mults.embed] + list(mults.features.values()) + list(mults.errors.values()) + list(mults.patterns.values())
-        grads = torch.autograd.grad(value.sum(), leaves, allow_unused=True)
-    grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves)]
+        assert mults.embed is not None
+        leaves: list[Tensor] = (
+            [mults.embed]
+            + list(mults.features.values())
+            + list(mults.errors.values())
+            + list(mults.patterns.values())
+        )
+        raw = torch.autograd.grad(value.sum(), leaves, allow_unused=True)
+    grads = [
+        torch.zeros_like(leaf) if g is None else g for g, leaf in zip(raw, leaves, strict=False)
+    ]
     it = iter(grads)
     embed = next(it).squeeze(-1)
     features = {layer: next(it) for layer in mults.features}
@@ -560,8 +674,13 @@ def attribute(
     pattern_attr = {layer: next(it) for layer in mults.patterns}
     zero = Multipliers(
         embed=torch.zeros(n, p, 1, dtype=like.dtype, device=like.device),
-        features={layer: torch.zeros_like(t) for layer, t in sub.feature_acts.items()} if mode == "frozen" else {},
-        errors={layer: torch.zeros(n, p, 1, dtype=like.dtype, device=like.device) for layer in range(model.n_layers)},
+        features={layer: torch.zeros_like(t) for layer, t in sub.feature_acts.items()}
+        if mode == "frozen"
+        else {},
+        errors={
+            layer: torch.zeros(n, p, 1, dtype=like.dtype, device=like.device)
+            for layer in range(model.n_layers)
+        },
     )
     with torch.no_grad():
         bias = target.evaluate(model.run_with_multipliers(sub, zero, features=mode), rows)
@@ -585,3 +704,80 @@ def target_rows(target: Target, row: int, copies: int) -> Target:
         constant=None if target.constant is None else target.constant[row].expand(copies).clone(),
         meta=target.meta,
     )
+
+
+# ---------------------------------------------------------------------------- target specs (CLI)
+
+TARGET_SPEC_HELP = (
+    "logit:TOKEN | logit-diff:GOOD,BAD | feature:LAYER:INDEX | greater-than, where a token is a JSON "
+    'string (" 40") or an integer id, e.g. logit-diff:" 40"," 20"'
+)
+
+
+def _spec_tokens(text: str) -> list[int | str]:
+    import json
+    import re
+
+    out: list[int | str] = []
+    for quoted, bare in re.findall(r'\s*(?:"((?:[^"\\]|\\.)*)"|([^,]+))\s*(?:,|$)', text):
+        if quoted:
+            out.append(json.loads(f'"{quoted}"'))
+        elif bare.strip().isdigit():
+            out.append(int(bare))
+        elif bare.strip():
+            out.append(bare)
+    return out
+
+
+def parse_target_spec(spec: str) -> tuple[str, list[int | str]]:
+    """Return `(kind, arguments)` of a target spec (see `TARGET_SPEC_HELP`); raise on a bad spec."""
+    kind, _, rest = spec.partition(":")
+    if kind == "greater-than" and not rest:
+        return kind, []
+    if kind == "feature":
+        parts = rest.split(":")
+        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+            return kind, [int(parts[0]), int(parts[1])]
+    elif kind in ("logit", "logit-diff"):
+        tokens = _spec_tokens(rest)
+        if len(tokens) == (1 if kind == "logit" else 2):
+            return kind, tokens
+    raise SparseCircuitsError(f"cannot parse target {spec!r}; use {TARGET_SPEC_HELP}")
+
+
+def target_from_spec(
+    model: ReplacementModel,
+    state: ReplacementState,
+    spec: str,
+    pos: Tensor,
+    texts: Sequence[str] | None = None,
+) -> Target:
+    """Build the `Target` a spec names, at `pos [n]` of every prompt.
+
+    "greater-than" reads each prompt's start year from its first four-digit number in `texts`.
+    """
+    import re
+
+    kind, args = parse_target_spec(spec)
+    if kind == "logit":
+        return logit_target(model, state, args[0], pos)
+    if kind == "logit-diff":
+        return logit_diff_target(model, state, args[0], args[1], pos)
+    if kind == "feature":
+        return feature_target(model, state, int(args[0]), int(args[1]), pos)
+    from sparsecircuits.tasks.greater_than import year_token_ids
+
+    if texts is None:
+        raise SparseCircuitsError(
+            "the greater-than target needs the prompt texts to read the start years"
+        )
+    years = []
+    for text in texts:
+        match = re.search(r"\b\d{4}\b", text)
+        if match is None:
+            raise SparseCircuitsError(
+                f"no four-digit start year in prompt {text!r}; write e.g. 'from the year 1732 to the year 17'"
+            )
+        years.append(int(match.group(0)[2:]))
+    year_ids = year_token_ids(model.adapter.tokenizer)
+    return greater_than_target(model, state, torch.tensor(years), year_ids, pos)

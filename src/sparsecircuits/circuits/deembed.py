@@ -23,13 +23,19 @@ from sparsecircuits.circuits.replacement import ReplacementModel, pull_back_norm
 from sparsecircuits.errors import SparseCircuitsError
 
 
-def encoder_directions(model: ReplacementModel, layer: int, features: Tensor | list[int] | None = None) -> Tensor:
+def encoder_directions(
+    model: ReplacementModel, layer: int, features: Tensor | list[int] | None = None
+) -> Tensor:
     """Return residual-stream encoder directions `[n, d]` of transcoder `layer` (all features when None).
 
     Gain folded (and centred for LayerNorm) for transcoders reading after ln2; scale left out.
     """
     tw = model.tc_weights(layer)
-    enc = tw["W_enc"].T if features is None else tw["W_enc"][:, torch.as_tensor(features, dtype=torch.long)].T
+    enc = (
+        tw["W_enc"].T
+        if features is None
+        else tw["W_enc"][:, torch.as_tensor(features, dtype=torch.long)].T
+    )
     kind = model.tc_input[layer]
     if kind == "hook_resid_mid":
         return enc
@@ -64,10 +70,15 @@ def connection_matrix(
     enc = encoder_directions(model, dst_layer, dst_features)
     if head is None:
         if not model.mlp_write(src_layer) < model.mlp_read(dst_layer):
-            raise SparseCircuitsError(f"MLP {src_layer} does not write before transcoder {dst_layer} reads")
+            raise SparseCircuitsError(
+                f"MLP {src_layer} does not write before transcoder {dst_layer} reads"
+            )
     else:
         attn_layer, h = head
-        if not (model.mlp_write(src_layer) < model.attn_read(attn_layer) and model.attn_write(attn_layer) < model.mlp_read(dst_layer)):
+        if not (
+            model.mlp_write(src_layer) < model.attn_read(attn_layer)
+            and model.attn_write(attn_layer) < model.mlp_read(dst_layer)
+        ):
             raise SparseCircuitsError(
                 f"head {attn_layer}.{h} is not between transcoder {src_layer} and transcoder {dst_layer}"
             )
@@ -88,7 +99,10 @@ class TokenScores:
 
     def to_dict(self) -> dict:
         """Return the top and bottom lists as JSON-ready data."""
-        return {"top": [[t, round(v, 4)] for t, v in self.top], "bottom": [[t, round(v, 4)] for t, v in self.bottom]}
+        return {
+            "top": [[t, round(v, 4)] for t, v in self.top],
+            "bottom": [[t, round(v, 4)] for t, v in self.bottom],
+        }
 
 
 def _token_scores(model: ReplacementModel, scores: Tensor, k: int) -> TokenScores:
@@ -102,12 +116,20 @@ def _token_scores(model: ReplacementModel, scores: Tensor, k: int) -> TokenScore
 
     return TokenScores(
         scores=scores,
-        top=[(text(int(i)), float(v)) for v, i in zip(top.values, top.indices)],
-        bottom=[(text(int(i)), float(-v)) for v, i in zip(bottom.values, bottom.indices)],
+        top=[(text(int(i)), float(v)) for v, i in zip(top.values, top.indices, strict=False)],
+        bottom=[
+            (text(int(i)), float(-v)) for v, i in zip(bottom.values, bottom.indices, strict=False)
+        ],
     )
 
 
-def deembedding(model: ReplacementModel, layer: int, feature: int, head: tuple[int, int] | None = None, k: int = 10) -> TokenScores:
+def deembedding(
+    model: ReplacementModel,
+    layer: int,
+    feature: int,
+    head: tuple[int, int] | None = None,
+    k: int = 10,
+) -> TokenScores:
     """Return `W_E · f_enc` over the vocabulary (through head `(layer, h)`'s OV when given) with its top-k.
 
     This is how strongly each token's embedding drives the feature directly (or via the head).
@@ -116,12 +138,16 @@ def deembedding(model: ReplacementModel, layer: int, feature: int, head: tuple[i
     if head is not None:
         attn_layer, h = head
         if not model.attn_write(attn_layer) < model.mlp_read(layer):
-            raise SparseCircuitsError(f"head {attn_layer}.{h} does not write before transcoder {layer} reads")
+            raise SparseCircuitsError(
+                f"head {attn_layer}.{h} does not write before transcoder {layer} reads"
+            )
         enc = ov_pull_back(model, attn_layer, h, enc)
     return _token_scores(model, model.W_E @ enc[0], k)
 
 
-def head_deembedding(model: ReplacementModel, layer: int, head: int, vector: Tensor, k: int = 10) -> TokenScores:
+def head_deembedding(
+    model: ReplacementModel, layer: int, head: int, vector: Tensor, k: int = 10
+) -> TokenScores:
     """Return `W_E · OV^T vector` for a residual `vector [d]` read after head `(layer, head)`."""
     return _token_scores(model, model.W_E @ ov_pull_back(model, layer, head, vector[None])[0], k)
 

@@ -8,10 +8,10 @@ transcoder, frozen), `bias` (every bias term together).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
 
-from sparsecircuits.circuits.replacement import EmbedEdit, ErrorEdit, Edits, FeatureEdit, HeadEdit
+from sparsecircuits.circuits.replacement import Edits, EmbedEdit, ErrorEdit, FeatureEdit, HeadEdit
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,9 @@ class HeadNode:
 
     def ablation(self, batch: int | None = None) -> Edits:
         """Return the edit that zeroes the head's attention weights from src to dest."""
-        return Edits(heads=[HeadEdit(self.layer, self.head, dest=self.dest, src=self.src, batch=batch)])
+        return Edits(
+            heads=[HeadEdit(self.layer, self.head, dest=self.dest, src=self.src, batch=batch)]
+        )
 
 
 @dataclass(frozen=True)
@@ -92,14 +94,14 @@ class EmbedNode:
         return Edits(embeds=[EmbedEdit(pos=self.pos, batch=batch)])
 
 
-Node = Union[FeatureNode, HeadNode, ErrorNode, EmbedNode]
+Node = FeatureNode | HeadNode | ErrorNode | EmbedNode
 
 
 def node_from_label(label: str) -> Node:
     """Parse a label written by a node's `label` property back into the node."""
     import re
 
-    patterns = [
+    patterns: list[tuple[str, Callable[[re.Match[str]], Node]]] = [
         (r"mlp(\d+)tc\[(\d+)\]@(\d+)", lambda m: FeatureNode(int(m[1]), int(m[3]), int(m[2]))),
         (
             r"attn(\d+)\[(\d+)\]@(\*|\d+)->(\*|\d+)",
@@ -116,7 +118,7 @@ def node_from_label(label: str) -> Node:
     for pattern, build in patterns:
         match = re.fullmatch(pattern, label)
         if match:
-            return build(match)  # type: ignore[no-any-return]
+            return build(match)
     from sparsecircuits.errors import SparseCircuitsError
 
     raise SparseCircuitsError(

@@ -31,6 +31,7 @@ from sparsecircuits.circuits.attribution import (
     pull_back_feature,
     pull_back_head,
 )
+from sparsecircuits.circuits.nodes import FeatureNode, HeadNode
 from sparsecircuits.circuits.replacement import ReplacementModel, ReplacementState
 from sparsecircuits.errors import SparseCircuitsError
 
@@ -100,17 +101,15 @@ def _children(
     out = []
     for c in candidates:
         n = c.node
-        if c.kind == "feature":
-            layer, feat = n.layer, n.feature  # type: ignore[union-attr]
+        if isinstance(n, FeatureNode):
+            act = float(state.feature_acts[n.layer][batch, pos, n.feature])
             out.append(
-                PathNode(
-                    "feature", f"mlp{layer}tc[{feat}]@{pos}", c.value, layer, pos, feat,
-                    activation=float(state.feature_acts[layer][batch, pos, feat]),
-                )
+                PathNode("feature", n.label, c.value, n.layer, pos, n.feature, activation=act)
             )
-        elif c.kind == "head":
-            layer, head, src = n.layer, n.head, n.src  # type: ignore[union-attr]
-            out.append(PathNode("head", f"attn{layer}[{head}]@{src}", c.value, layer, src, head, src=src, dest=pos))
+        elif isinstance(n, HeadNode):
+            assert n.src is not None
+            key = f"attn{n.layer}[{n.head}]@{n.src}"
+            out.append(PathNode("head", key, c.value, n.layer, n.src, n.head, src=n.src, dest=pos))
         elif c.kind == "embed":
             out.append(PathNode("embed", f"embed@{pos}", c.value, None, pos))
         else:
@@ -119,7 +118,9 @@ def _children(
     return out
 
 
-def _child_vector(model: ReplacementModel, state: ReplacementState, parent: ResidVector, child: PathNode) -> ResidVector | None:
+def _child_vector(
+    model: ReplacementModel, state: ReplacementState, parent: ResidVector, child: PathNode
+) -> ResidVector | None:
     if child.kind == "feature":
         return pull_back_feature(model, state, parent, child.layer, child.index)  # type: ignore[arg-type]
     if child.kind == "head":
@@ -193,8 +194,13 @@ def search_paths(
         if not frontier:
             break
     params = {
-        "num_iters": num_iters, "num_branches": num_branches, "min_contrib": min_contrib,
-        "min_fraction": min_fraction, "ignore_bos": ignore_bos, "cap": cap, "rank": rank,
+        "num_iters": num_iters,
+        "num_branches": num_branches,
+        "min_contrib": min_contrib,
+        "min_fraction": min_fraction,
+        "ignore_bos": ignore_bos,
+        "cap": cap,
+        "rank": rank,
     }
     return PathSearchResult(levels, expansions, target.label, row, int(target.batch[row]), params)
 
@@ -249,7 +255,9 @@ class CircuitGraph:
         edges = {(e["source"], e["target"]): float(e["weight"]) for e in data["edges"]}
         return cls(nodes, edges, data.get("metadata", {}))
 
-    def top_nodes(self, k: int = 10, kinds: Sequence[str] = ("feature", "head", "embed")) -> list[GraphNode]:
+    def top_nodes(
+        self, k: int = 10, kinds: Sequence[str] = ("feature", "head", "embed")
+    ) -> list[GraphNode]:
         """Return the `k` nodes of `kinds` with the largest |contrib|."""
         nodes = [n for n in self.nodes.values() if n.kind in kinds]
         return sorted(nodes, key=lambda n: abs(n.contrib), reverse=True)[:k]
@@ -268,7 +276,9 @@ def paths_to_graph(
 
     def node_for(p: PathNode) -> GraphNode:
         if p.key not in nodes:
-            nodes[p.key] = GraphNode(p.key, p.kind, 0.0, p.layer, p.pos, p.index, p.src, [], p.activation)
+            nodes[p.key] = GraphNode(
+                p.key, p.kind, 0.0, p.layer, p.pos, p.index, p.src, [], p.activation
+            )
         return nodes[p.key]
 
     all_paths = result.all_paths()
@@ -290,18 +300,25 @@ def paths_to_graph(
             kept_children[prefix[:-1]] = kept_children.get(prefix[:-1], 0.0) + child.contrib
     if error_nodes:
         for prefix, exp in result.expansions.items():
-            parent = prefix[-1]
-            if parent not in nodes:
+            parent_key = prefix[-1]
+            if parent_key not in nodes:
                 continue
             prune = exp.contrib - exp.error - exp.bias - kept_children.get(prefix, 0.0)
             for kind, value in (("err", exp.error), ("bias", exp.bias), ("prune", prune)):
-                key = f"{kind}:{parent}"
-                p = nodes[parent]
+                key = f"{kind}:{parent_key}"
+                owner = nodes[parent_key]
                 if key not in nodes:
-                    nodes[key] = GraphNode(key, kind, 0.0, p.layer, p.pos, parent=parent)
+                    nodes[key] = GraphNode(
+                        key, kind, 0.0, owner.layer, owner.pos, parent=parent_key
+                    )
                 nodes[key].contrib += value
-                edges[(key, parent)] = edges.get((key, parent), 0.0) + value
-    info = {"target": result.target_label, "row": result.row, "prompt_index": result.prompt_index, **result.params}
+                edges[(key, parent_key)] = edges.get((key, parent_key), 0.0) + value
+    info = {
+        "target": result.target_label,
+        "row": result.row,
+        "prompt_index": result.prompt_index,
+        **result.params,
+    }
     info.update(meta or {})
     return CircuitGraph(nodes, edges, info)
 
@@ -329,7 +346,13 @@ def _node_y(node: GraphNode, n_layers: int) -> float:
     return float("nan")
 
 
-def plot_graph(graph: CircuitGraph, path: str | Path, tokens: Sequence[str] | None = None, n_layers: int | None = None, max_labels: int = 40) -> Path:
+def plot_graph(
+    graph: CircuitGraph,
+    path: str | Path,
+    tokens: Sequence[str] | None = None,
+    n_layers: int | None = None,
+    max_labels: int = 40,
+) -> Path:
     """Draw the graph as a PNG: x = token position, y = layer (attention 2L, MLP 2L+1), error nodes
     beside their parent; edge width ∝ |weight|, blue positive, red negative. Returns the path."""
     import matplotlib
@@ -337,44 +360,100 @@ def plot_graph(graph: CircuitGraph, path: str | Path, tokens: Sequence[str] | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n_layers = n_layers or int(graph.meta.get("n_layers", 1 + max((n.layer or 0) for n in graph.nodes.values())))
+    n_layers = n_layers or int(
+        graph.meta.get("n_layers", 1 + max((n.layer or 0) for n in graph.nodes.values()))
+    )
+    main = sorted(
+        (n for n in graph.nodes.values() if n.parent is None), key=lambda n: -abs(n.contrib)
+    )
+    groups: dict[tuple[int, float], list[GraphNode]] = {}
+    for node in main:
+        groups.setdefault((node.pos, _node_y(node, n_layers)), []).append(node)
+    n_pos = max([len(tokens or [])] + [n.pos + 1 for n in main])
+    # each position gets a column as wide as its most crowded row, so nodes never overlap
+    widths = [1.0] * n_pos
+    for (pos, _), members in groups.items():
+        widths[pos] = max(widths[pos], 0.55 * len(members))
+    centres, left = [], 0.0
+    for w in widths:
+        centres.append(left + w / 2)
+        left += w
     coords: dict[str, tuple[float, float]] = {}
-    slots: dict[tuple[int, float], int] = {}
-    main = [n for n in graph.nodes.values() if n.parent is None]
-    for node in sorted(main, key=lambda n: -abs(n.contrib)):
-        y = _node_y(node, n_layers)
-        slot = slots.get((node.pos, y), 0)
-        slots[(node.pos, y)] = slot + 1
-        coords[node.key] = (node.pos + 0.18 * slot, y)
+    for (pos, y), members in groups.items():
+        step = widths[pos] / max(len(members), 1)
+        for i, node in enumerate(members):
+            coords[node.key] = (centres[pos] - widths[pos] / 2 + step * (i + 0.5), y)
     for node in graph.nodes.values():
         if node.parent is not None and node.parent in coords:
             px, py = coords[node.parent]
-            offset = {"err": -0.3, "bias": -0.15, "prune": 0.0}.get(node.kind, 0.0)
-            coords[node.key] = (px - 0.35, py - 0.45 + offset)
-    width = max(8.0, 1.1 * (1 + max((x for x, _ in coords.values()), default=1)))
-    fig, ax = plt.subplots(figsize=(width, 1.0 * (2 * n_layers + 3)))
+            offset = {"err": -0.12, "bias": 0.0, "prune": 0.12}.get(node.kind, 0.0)
+            coords[node.key] = (px + offset, py - 0.45)
+    fig, ax = plt.subplots(figsize=(min(40.0, max(8.0, 0.9 * left)), 1.0 * (2 * n_layers + 3)))
     max_w = max((abs(w) for w in graph.edges.values()), default=1.0) or 1.0
     for (child, parent), w in graph.edges.items():
         if child not in coords or parent not in coords:
             continue
         (x0, y0), (x1, y1) = coords[child], coords[parent]
-        ax.plot([x0, x1], [y0, y1], color="tab:blue" if w >= 0 else "tab:red", alpha=0.6, linewidth=0.4 + 5 * abs(w) / max_w, zorder=1)
+        ax.plot(
+            [x0, x1],
+            [y0, y1],
+            color="tab:blue" if w >= 0 else "tab:red",
+            alpha=0.6,
+            linewidth=0.4 + 5 * abs(w) / max_w,
+            zorder=1,
+        )
     max_c = max((abs(n.contrib) for n in graph.nodes.values()), default=1.0) or 1.0
-    colors = {"target": "black", "feature": "tab:orange", "head": "tab:green", "embed": "tab:purple",
-              "skip": "tab:olive", "err": "tab:gray", "bias": "lightgray", "prune": "silver"}
-    ranked = sorted((n for n in graph.nodes.values() if n.parent is None), key=lambda n: -abs(n.contrib))
-    labelled = {n.key for n in ranked[:max_labels]}
+    colors = {
+        "target": "black",
+        "feature": "tab:orange",
+        "head": "tab:green",
+        "embed": "tab:purple",
+        "skip": "tab:olive",
+        "err": "tab:gray",
+        "bias": "lightgray",
+        "prune": "silver",
+    }
+    labelled = {n.key for n in main[:max_labels]}
     for node in graph.nodes.values():
         if node.key not in coords:
             continue
         x, y = coords[node.key]
-        ax.scatter([x], [y], s=30 + 300 * abs(node.contrib) / max_c, color=colors.get(node.kind, "gray"), zorder=2, edgecolors="black", linewidths=0.3)
+        size = 12 if node.parent is not None else 30 + 300 * abs(node.contrib) / max_c
+        ax.scatter(
+            [x],
+            [y],
+            s=size,
+            marker="s" if node.parent is not None else "o",
+            color=colors.get(node.kind, "gray"),
+            zorder=2,
+            edgecolors="black",
+            linewidths=0.3,
+        )
         if node.key in labelled:
-            ax.annotate(f"{node.key}\n{node.contrib:.2g}", (x, y), fontsize=6, ha="center", va="bottom", xytext=(0, 5), textcoords="offset points")
-    ax.set_yticks([-1] + [2 * i for i in range(n_layers)] + [2 * i + 1 for i in range(n_layers)] + [2 * n_layers + 0.5])
-    ax.set_yticklabels(["embed"] + [f"attn{i}" for i in range(n_layers)] + [f"mlp{i}" for i in range(n_layers)] + ["target"])
+            ax.annotate(
+                f"{node.key} ({node.contrib:.2g})",
+                (x, y),
+                fontsize=6,
+                ha="left",
+                va="bottom",
+                rotation=35,
+                xytext=(2, 4),
+                textcoords="offset points",
+            )
+    ax.set_yticks(
+        [-1]
+        + [2 * i for i in range(n_layers)]
+        + [2 * i + 1 for i in range(n_layers)]
+        + [2 * n_layers + 0.5]
+    )
+    ax.set_yticklabels(
+        ["embed"]
+        + [f"attn{i}" for i in range(n_layers)]
+        + [f"mlp{i}" for i in range(n_layers)]
+        + ["target"]
+    )
     if tokens is not None:
-        ax.set_xticks(range(len(tokens)))
+        ax.set_xticks(centres[: len(tokens)])
         ax.set_xticklabels([repr(t)[1:-1] for t in tokens], rotation=60, fontsize=7)
     ax.set_title(f"paths to {graph.meta.get('target', 'target')}", fontsize=9)
     ax.grid(alpha=0.2)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -83,7 +83,10 @@ class HeadEdit:
 
 @dataclass
 class ErrorEdit:
-    """Multiply the error term of `layer` at `pos` (None: all) by `scale` (0: remove it)."""
+    """Multiply the error term of `layer` at `pos` (None: all) by `scale` (0: remove it).
+
+    For a layer without a transcoder the whole (frozen) MLP output is scaled.
+    """
 
     layer: int
     pos: int | None = None
@@ -217,7 +220,7 @@ class ReplacementState:
     def select(self, index: Tensor | Sequence[int]) -> ReplacementState:
         """Return the state of prompts `index` (repeats allowed: used to batch many targets)."""
         index = torch.as_tensor(index, dtype=torch.long, device=self.input_ids.device)
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Tensor):
@@ -230,7 +233,7 @@ class ReplacementState:
 
     def detach(self) -> ReplacementState:
         """Return the same state with every tensor detached from autograd."""
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Tensor):
@@ -355,7 +358,7 @@ class ReplacementModel:
         self._skip = {
             layer: tc.W_skip.detach().to(self.device, dtype)
             for layer, tc in self.transcoders.items()
-            if getattr(tc, "W_skip", None) is not None
+            if tc.W_skip is not None
         }
         config = adapter.model.config
         layer_types = getattr(config, "layer_types", None)
@@ -381,7 +384,9 @@ class ReplacementModel:
                     ln1=_cast_norm(adapter.norm("ln1", layer), dtype),
                     ln2=_cast_norm(adapter.norm("ln2", layer), dtype),
                     attn_scale=adapter.attn_scale(layer),
-                    qk_norms=None if qk is None else (_cast_norm(qk[0], dtype), _cast_norm(qk[1], dtype)),
+                    qk_norms=None
+                    if qk is None
+                    else (_cast_norm(qk[0], dtype), _cast_norm(qk[1], dtype)),
                     sliding_window=None if layer_window is None else int(layer_window),
                 )
             )
@@ -397,10 +402,14 @@ class ReplacementModel:
 
     def _check_transcoder(self, layer: int, tc: Dictionary) -> None:
         if not 0 <= layer < self.n_layers:
-            raise SparseCircuitsError(f"transcoder for layer {layer}, but the model has layers 0..{self.n_layers - 1}")
+            raise SparseCircuitsError(
+                f"transcoder for layer {layer}, but the model has layers 0..{self.n_layers - 1}"
+            )
         hook_in, hook_out = tc.cfg.hook_in, tc.cfg.hook_out
         if tc.cfg.kind == "sae":
-            raise SparseCircuitsError(f"layer {layer}: got an SAE; a ReplacementModel needs transcoders")
+            raise SparseCircuitsError(
+                f"layer {layer}: got an SAE; a ReplacementModel needs transcoders"
+            )
         valid_in = [f"blocks.{layer}.{s}" for s in TRANSCODER_INPUTS]
         if self.parallel_residual:
             valid_in = valid_in[:2]
@@ -471,7 +480,9 @@ class ReplacementModel:
         The logits equal the model's. `freeze` becomes the state's default for `forward_with`.
         """
         input_ids = self._check_ids(input_ids)
-        state = self._forward(input_ids, clean=None, freeze=False, features="live", edits=None, mults=None)
+        state = self._forward(
+            input_ids, clean=None, freeze=False, features="live", edits=None, mults=None
+        )
         state.frozen = freeze
         return state
 
@@ -525,8 +536,12 @@ class ReplacementModel:
         if features not in FEATURE_MODES:
             raise SparseCircuitsError(f"features must be one of {FEATURE_MODES}, got {features!r}")
         if features == "linear" and not freeze:
-            raise SparseCircuitsError('features="linear" needs freeze=True (gains are taken at the clean point)')
-        out = self._forward(state.input_ids, clean=state, freeze=freeze, features=features, edits=edits, mults=mults)
+            raise SparseCircuitsError(
+                'features="linear" needs freeze=True (gains are taken at the clean point)'
+            )
+        out = self._forward(
+            state.input_ids, clean=state, freeze=freeze, features=features, edits=edits, mults=mults
+        )
         out.frozen = state.frozen
         return out
 
@@ -534,7 +549,9 @@ class ReplacementModel:
 
     def _check_ids(self, input_ids: Tensor) -> Tensor:
         if not isinstance(input_ids, Tensor) or input_ids.ndim != 2:
-            raise SparseCircuitsError("input_ids must be an integer tensor [batch, pos]; tokenize prompts first")
+            raise SparseCircuitsError(
+                "input_ids must be an integer tensor [batch, pos]; tokenize prompts first"
+            )
         if input_ids.shape[1] > self.adapter.max_context:
             raise SparseCircuitsError(
                 f"prompts of {input_ids.shape[1]} tokens exceed max_context {self.adapter.max_context}; shorten them"
@@ -547,7 +564,9 @@ class ReplacementModel:
             embed = embed + self.W_pos[: input_ids.shape[1]][None]
         return embed
 
-    def _live_pattern(self, layer: int, attn_in: Tensor, rotary: tuple[Tensor, Tensor] | None) -> Tensor:
+    def _live_pattern(
+        self, layer: int, attn_in: Tensor, rotary: tuple[Tensor, Tensor] | None
+    ) -> Tensor:
         w = self._layers[layer]
         q = torch.einsum("bpd,hde->bphe", attn_in, w.W_Q) + w.b_Q
         k = torch.einsum("bpd,hde->bphe", attn_in, w.W_K) + w.b_K
@@ -580,7 +599,7 @@ class ReplacementModel:
         mults = mults or Multipliers()
         b, p = input_ids.shape
         embed = self._embed(input_ids)
-        embed = _scale_positions(embed, edits.embeds, lambda e: (e.batch, e.pos, e.scale))
+        embed = _scale_positions(embed, edits.embeds)
         if mults.embed is not None:
             embed = embed * mults.embed
         rotary = None
@@ -591,18 +610,31 @@ class ReplacementModel:
         caches: dict[str, list[Tensor]] = {
             k: []
             for k in (
-                "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_in", "mlp_out",
-                "ln1_scale", "ln2_scale", "values", "patterns",
+                "resid_pre",
+                "resid_mid",
+                "resid_post",
+                "attn_out",
+                "mlp_in",
+                "mlp_out",
+                "ln1_scale",
+                "ln2_scale",
+                "values",
+                "patterns",
             )
         }
         tc_caches: dict[str, dict[int, Tensor]] = {
-            k: {} for k in ("tc_in", "feature_pre", "feature_acts", "feature_gain", "tc_out", "errors")
+            k: {}
+            for k in ("tc_in", "feature_pre", "feature_acts", "feature_gain", "tc_out", "errors")
         }
         resid = embed
         for layer in range(self.n_layers):
             w = self._layers[layer]
             resid_pre = resid
-            scale1 = clean.ln1_scale[layer] if (freeze and clean is not None) else norm_scale(resid_pre, w.ln1)
+            scale1 = (
+                clean.ln1_scale[layer]
+                if (freeze and clean is not None)
+                else norm_scale(resid_pre, w.ln1)
+            )
             attn_in = apply_norm_gain(normalize_with_scale(resid_pre, w.ln1, scale1), w.ln1)
             values = torch.einsum("bpd,hde->bphe", attn_in, w.W_V) + w.b_V
             if freeze and clean is not None:
@@ -616,13 +648,19 @@ class ReplacementModel:
             attn_out = torch.einsum("bqhe,hed->bqd", z, w.W_O) + w.b_O
             resid_mid = resid_pre + attn_out
             mlp_read = resid_pre if self.parallel_residual else resid_mid
-            scale2 = clean.ln2_scale[layer] if (freeze and clean is not None) else norm_scale(mlp_read, w.ln2)
+            scale2 = (
+                clean.ln2_scale[layer]
+                if (freeze and clean is not None)
+                else norm_scale(mlp_read, w.ln2)
+            )
             normalized2 = normalize_with_scale(mlp_read, w.ln2, scale2)
             mlp_in = apply_norm_gain(normalized2, w.ln2)
             if layer in self.transcoders:
-                tc_in = {"hook_mlp_in": mlp_in, "ln2.hook_normalized": normalized2, "hook_resid_mid": resid_mid}[
-                    self.tc_input[layer]
-                ]
+                tc_in = {
+                    "hook_mlp_in": mlp_in,
+                    "ln2.hook_normalized": normalized2,
+                    "hook_resid_mid": resid_mid,
+                }[self.tc_input[layer]]
                 mlp_out = self._transcoder_layer(
                     layer, tc_in, mlp_in, clean, features, edits, mults, tc_caches
                 )
@@ -631,17 +669,32 @@ class ReplacementModel:
                     mlp_out = clean.mlp_out[layer]
                 else:
                     mlp_out = self._mlps[layer](mlp_in).to(self.dtype)
+                # Without a transcoder the whole MLP output plays the error term's role.
+                mlp_out = _scale_positions(mlp_out, [e for e in edits.errors if e.layer == layer])
                 if layer in mults.errors:
                     mlp_out = mlp_out * mults.errors[layer]
             resid = resid_mid + mlp_out
             for name, value in (
-                ("resid_pre", resid_pre), ("resid_mid", resid_mid), ("resid_post", resid),
-                ("attn_out", attn_out), ("mlp_in", mlp_in), ("mlp_out", mlp_out),
-                ("ln1_scale", scale1), ("ln2_scale", scale2), ("values", values), ("patterns", pattern),
+                ("resid_pre", resid_pre),
+                ("resid_mid", resid_mid),
+                ("resid_post", resid),
+                ("attn_out", attn_out),
+                ("mlp_in", mlp_in),
+                ("mlp_out", mlp_out),
+                ("ln1_scale", scale1),
+                ("ln2_scale", scale2),
+                ("values", values),
+                ("patterns", pattern),
             ):
                 caches[name].append(value)
-        scale_f = clean.ln_final_scale if (freeze and clean is not None) else norm_scale(resid, self.ln_final)
-        final_normed = apply_norm_gain(normalize_with_scale(resid, self.ln_final, scale_f), self.ln_final)
+        scale_f = (
+            clean.ln_final_scale
+            if (freeze and clean is not None)
+            else norm_scale(resid, self.ln_final)
+        )
+        final_normed = apply_norm_gain(
+            normalize_with_scale(resid, self.ln_final, scale_f), self.ln_final
+        )
         logits = final_normed @ self.W_U + self.b_U
         return ReplacementState(
             input_ids=input_ids,
@@ -685,13 +738,17 @@ class ReplacementModel:
             tc_out = tc_out + tc_in @ self._skip[layer].T
         if clean is None:
             error = self._mlps[layer](mlp_in).to(self.dtype) - tc_out
-            gain = torch.where(acts != 0, acts / torch.where(pre != 0, pre, torch.ones_like(pre)), torch.zeros_like(acts))
+            gain = torch.where(
+                acts != 0,
+                acts / torch.where(pre != 0, pre, torch.ones_like(pre)),
+                torch.zeros_like(acts),
+            )
         else:
             error = clean.errors[layer]
             gain = clean.feature_gain[layer]
         if layer in edits.drop_errors:
             error = torch.zeros_like(error)
-        error = _scale_positions(error, [e for e in edits.errors if e.layer == layer], lambda e: (e.batch, e.pos, e.scale))
+        error = _scale_positions(error, [e for e in edits.errors if e.layer == layer])
         if layer in mults.errors:
             error = error * mults.errors[layer]
         caches["tc_in"][layer] = tc_in
@@ -710,15 +767,14 @@ def _index(batch: int | None, pos: int | None) -> tuple[slice | int, slice | int
     return (slice(None) if batch is None else batch, slice(None) if pos is None else pos)
 
 
-def _scale_positions(x: Tensor, edits: Sequence[object], unpack: Callable[[object], tuple]) -> Tensor:
+def _scale_positions(x: Tensor, edits: Sequence[ErrorEdit | EmbedEdit]) -> Tensor:
     """Return `x [b,p,d]` with `x[batch, pos] *= scale` for each edit (out of place)."""
     if not edits:
         return x
     factor = torch.ones(x.shape[0], x.shape[1], 1, dtype=x.dtype, device=x.device)
     for edit in edits:
-        batch, pos, scale = unpack(edit)
-        bi, pi = _index(batch, pos)
-        factor[bi, pi] = factor[bi, pi] * scale
+        bi, pi = _index(edit.batch, edit.pos)
+        factor[bi, pi] = factor[bi, pi] * edit.scale
     return x * factor
 
 
@@ -740,7 +796,11 @@ def _set_features(acts: Tensor, edits: Sequence[FeatureEdit]) -> Tensor:
     acts = acts.clone()
     for e in edits:
         bi, pi = _index(e.batch, e.pos)
-        feats = e.feature if isinstance(e.feature, int) else torch.as_tensor(list(e.feature), dtype=torch.long)
+        feats = (
+            e.feature
+            if isinstance(e.feature, int)
+            else torch.as_tensor(list(e.feature), dtype=torch.long)
+        )
         view = acts[bi, pi]
         view[..., feats] = e.value
         acts[bi, pi] = view

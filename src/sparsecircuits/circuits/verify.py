@@ -65,7 +65,9 @@ def pearson(x: Sequence[float] | Tensor, y: Sequence[float] | Tensor) -> float:
     return float((a * b).sum()) / denom if denom > 0 else float("nan")
 
 
-def max_relative_error(attributions: Sequence[float] | Tensor, effects: Sequence[float] | Tensor) -> float:
+def max_relative_error(
+    attributions: Sequence[float] | Tensor, effects: Sequence[float] | Tensor
+) -> float:
     """Return `max |a - e| / max |e|` (nan for no rows)."""
     a = torch.as_tensor(attributions, dtype=torch.float64)
     e = torch.as_tensor(effects, dtype=torch.float64)
@@ -120,10 +122,23 @@ def verify_nodes(
     if attributions is None:
         attr = attribute(model, state, target, mode=mode)
         attributions = [attr.node_value(node, row) for node in nodes]
-    effects = ablation_effects(model, state, target, nodes, row, freeze=freeze, features=mode if freeze else "live")
-    rows = [VerificationRow(node.label, float(a), float(e)) for node, a, e in zip(nodes, attributions, effects.tolist())]
-    setting = f"{'frozen' if freeze else 'live'} attention/norms, {mode if freeze else 'live'} features"
-    return VerificationReport(target.label, setting, rows, pearson(attributions, effects), max_relative_error(attributions, effects))
+    effects = ablation_effects(
+        model, state, target, nodes, row, freeze=freeze, features=mode if freeze else "live"
+    )
+    rows = [
+        VerificationRow(node.label, float(a), float(e))
+        for node, a, e in zip(nodes, attributions, effects.tolist(), strict=False)
+    ]
+    setting = (
+        f"{'frozen' if freeze else 'live'} attention/norms, {mode if freeze else 'live'} features"
+    )
+    return VerificationReport(
+        target.label,
+        setting,
+        rows,
+        pearson(attributions, effects),
+        max_relative_error(attributions, effects),
+    )
 
 
 def graph_node_to_node(node: GraphNode) -> Node | None:
@@ -148,7 +163,11 @@ class GraphVerification:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
-        return {"exact": self.exact.to_dict(), "graph": self.graph.to_dict(), "live": self.live.to_dict()}
+        return {
+            "exact": self.exact.to_dict(),
+            "graph": self.graph.to_dict(),
+            "live": self.live.to_dict(),
+        }
 
 
 def verify_graph(
@@ -167,7 +186,9 @@ def verify_graph(
     attr = attribute(model, state, target, mode="linear")
     exact_attr = [attr.node_value(n, row) for n in nodes]
     exact = verify_nodes(model, state, target, nodes, exact_attr, row, mode="linear")
-    graph_report = verify_nodes(model, state, target, nodes, [g.contrib for g, _ in pairs], row, mode="linear")
+    graph_report = verify_nodes(
+        model, state, target, nodes, [g.contrib for g, _ in pairs], row, mode="linear"
+    )
     graph_report.setting += " (graph path sums)"
     live = verify_nodes(model, state, target, nodes, exact_attr, row, freeze=False)
     return GraphVerification(exact, graph_report, live)

@@ -403,8 +403,8 @@ class ActivationStore:
     def next_batch(self) -> dict[str, Tensor]:
         """Return the next batch ``{hook: Tensor [batch_tokens, d]}`` on `self.device`.
 
-        Raises `StopIteration` when the data is exhausted, and `SparseCircuitsError` when the
-        data held nothing at all.
+        Raises `StopIteration` when the data is exhausted (inside a generator, catch it: PEP
+        479 turns it into RuntimeError), and `SparseCircuitsError` when the data held nothing.
         """
         parts: list[dict[str, Tensor]] = []
         needed = self.cfg.batch_tokens

@@ -15,34 +15,61 @@ See `base.py` for the per-step trainer contract.
 from __future__ import annotations
 
 from sparsecircuits.dictionaries.activations import ACTIVATIONS, Activation
+from sparsecircuits.dictionaries.activations.topafa import epsilon_lbo
 from sparsecircuits.dictionaries.base import Dictionary, ForwardOutput, geometric_median
+from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
 from sparsecircuits.dictionaries.config import DictionaryConfig
-from sparsecircuits.dictionaries.io import load_dictionary, load_transcoders, save_dictionary
+from sparsecircuits.dictionaries.io import (
+    load_dictionary,
+    load_sparse_coder,
+    load_transcoders,
+    save_dictionary,
+)
 from sparsecircuits.dictionaries.sae import SAE
 from sparsecircuits.dictionaries.transcoder import Transcoder
+from sparsecircuits.errors import SparseCircuitsError
 
 
 def make_dictionary(cfg: DictionaryConfig, init: bool = True) -> Dictionary:
-    """Return an `SAE` (kind "sae") or a `Transcoder` (kind "transcoder"/"skip_transcoder") for `cfg`.
+    """Return an `SAE` (kind "sae") or a `Transcoder` ("transcoder"/"skip_transcoder") for `cfg`.
 
-    `init=False` skips the random initialisation (the tensors are left uninitialised; loaders use it).
+    `init=False` skips the random initialisation (loaders fill every tensor themselves). A
+    cross-layer transcoder (kind "clt") has its own class: use `make_sparse_coder` or
+    `CrossLayerTranscoder(cfg)`.
     """
     if cfg.kind == "sae":
         return SAE(cfg, init=init)
+    if cfg.kind == "clt":
+        raise SparseCircuitsError(
+            "kind 'clt' builds a CrossLayerTranscoder: use make_sparse_coder(cfg) or CrossLayerTranscoder(cfg)"
+        )
     return Transcoder(cfg, init=init)
+
+
+def make_sparse_coder(
+    cfg: DictionaryConfig, init: bool = True
+) -> Dictionary | CrossLayerTranscoder:
+    """Any kind, cross-layer transcoders included: `make_dictionary` or `CrossLayerTranscoder`."""
+    if cfg.kind == "clt":
+        return CrossLayerTranscoder(cfg, init=init)
+    return make_dictionary(cfg, init=init)
 
 
 __all__ = [
     "ACTIVATIONS",
     "SAE",
     "Activation",
+    "CrossLayerTranscoder",
     "Dictionary",
     "DictionaryConfig",
     "ForwardOutput",
+    "epsilon_lbo",
     "Transcoder",
     "geometric_median",
     "load_dictionary",
+    "load_sparse_coder",
     "load_transcoders",
     "make_dictionary",
+    "make_sparse_coder",
     "save_dictionary",
 ]

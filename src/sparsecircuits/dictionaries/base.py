@@ -21,8 +21,9 @@ norm — the trainer calls `before_optimizer_step()` (removes the gradient compo
 each row) and `after_optimizer_step()` (renormalises); "free" (ReLU) leaves norms to the loss,
 whose L1 is weighted by them.
 
-Trainer contract, per step::
+Trainer contract, per step (identical for `CrossLayerTranscoder`, with a layer axis)::
 
+    x, target = dictionary.inputs_from(batch)                      # batch: {hook: [n, d]}
     loss, parts = dictionary.loss(x, target, dead_mask=dead_mask)  # dead_mask: bool [d_sae]
     loss.backward()
     dictionary.before_optimizer_step()
@@ -36,6 +37,7 @@ the trainer uses to keep its tokens-since-fired counter and hence `dead_mask`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -69,7 +71,9 @@ class Dictionary(nn.Module):
             self.b_enc = nn.Parameter(torch.zeros(d_sae, **factory))
         self.W_dec = nn.Parameter(torch.empty(d_sae, d_out, **factory))
         self.b_dec = nn.Parameter(torch.zeros(d_out, **factory))
-        self.b_in = nn.Parameter(torch.zeros(d_in, **factory), requires_grad=self.activation.uses_input_bias)
+        self.b_in = nn.Parameter(
+            torch.zeros(d_in, **factory), requires_grad=self.activation.uses_input_bias
+        )
         if cfg.kind == "skip_transcoder":
             self.W_skip = nn.Parameter(torch.zeros(d_out, d_in, **factory))
         else:
@@ -91,7 +95,6 @@ class Dictionary(nn.Module):
     @property
     def d_out(self) -> int:
         """Output width (`d_in` for an SAE)."""
-        assert self.cfg.d_out is not None
         return self.cfg.d_out
 
     @torch.no_grad()
@@ -132,6 +135,43 @@ class Dictionary(nn.Module):
         if self.activation.uses_input_bias:
             self.b_in.copy_(centre(x_sample))
         self.b_dec.copy_(centre(target_sample))
+        if self.cfg.kind != "sae" and self.W_enc is not None:
+            self._shrink_untrained_output(x_sample, target_sample)
+
+    @torch.no_grad()
+    def _shrink_untrained_output(self, x_sample: Tensor, target_sample: Tensor) -> None:
+        """Scale the encoder so the untrained output is at most 10% of the target's spread.
+
+        A transcoder's random features do not predict its target, so whatever they write at
+        init is pure error: with unit-norm decoder rows and a random encoder that error is
+        several times the target's variance (FVU ≫ 1) and the first hundreds of steps are
+        spent undoing it. Activations scale linearly with the encoder (TopK picks the same
+        latents), so one rescale of `W_enc`/`b_enc` fixes it.
+        """
+        written = self.forward(x_sample).out - self.b_dec
+        spread = (target_sample - self.b_dec).norm(dim=-1).mean()
+        size = written.norm(dim=-1).mean()
+        if size > 0.1 * spread > 0:
+            factor = 0.1 * spread / size
+            self.W_enc.mul_(factor)
+            self.b_enc.mul_(factor)
+
+    # ----------------------------------------------------------------- data plumbing
+    def hook_names(self) -> list[str]:
+        """The hooks this dictionary reads: `[hook_in]` for an SAE, `[hook_in, hook_out]` otherwise."""
+        return (
+            [self.cfg.hook_in] if self.cfg.kind == "sae" else [self.cfg.hook_in, self.cfg.hook_out]
+        )
+
+    def inputs_from(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """`(x, target)` for `loss` from a `{hook: [n, d]}` batch (target None for an SAE)."""
+        missing = [hook for hook in self.hook_names() if hook not in batch]
+        if missing:
+            raise SparseCircuitsError(
+                f"the batch lacks hook(s) {', '.join(missing)} needed by this dictionary"
+            )
+        x = batch[self.cfg.hook_in]
+        return (x, None) if self.cfg.kind == "sae" else (x, batch[self.hook_names()[1]])
 
     # ----------------------------------------------------------------- forward pass
     def encode(self, x: Tensor) -> Tensor:

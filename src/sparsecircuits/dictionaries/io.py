@@ -40,6 +40,7 @@ from torch import Tensor
 
 from sparsecircuits.config import from_dict, to_dict
 from sparsecircuits.dictionaries.base import Dictionary
+from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
 from sparsecircuits.dictionaries.config import DictionaryConfig
 from sparsecircuits.errors import SparseCircuitsError
 
@@ -55,14 +56,21 @@ FORMAT_VERSION = 1
 _FROM_SAELENS = {
     "standard": ("relu", "sae"),
     "topk": ("topk", "sae"),
+    "abstopk": ("abstopk", "sae"),
+    "jumprelu": ("jumprelu", "sae"),
+    "matching_pursuit": ("mp", "sae"),
     "transcoder": ("relu", "transcoder"),
     "skip_transcoder": ("relu", "skip_transcoder"),
+    "jumprelu_transcoder": ("jumprelu", "transcoder"),
+    "jumprelu_skip_transcoder": ("jumprelu", "skip_transcoder"),
 }
 _METADATA_FROM_TRAINING = ("context_size", "prepend_bos", "dataset_path")
 
 
-def saelens_architecture(dictionary: Dictionary) -> tuple[str, bool]:
+def saelens_architecture(dictionary: Dictionary | CrossLayerTranscoder) -> tuple[str, bool]:
     """Return `(architecture name written to cfg.json, whether SAELens can load it)`."""
+    if isinstance(dictionary, CrossLayerTranscoder):
+        return f"clt_{dictionary.cfg.architecture}", False
     name = dictionary.activation.saelens_architecture()
     if name is not None:
         return name, True
@@ -70,7 +78,7 @@ def saelens_architecture(dictionary: Dictionary) -> tuple[str, bool]:
     return f"{cfg.architecture}_{cfg.kind}", False
 
 
-def saelens_cfg(dictionary: Dictionary) -> dict[str, Any]:
+def saelens_cfg(dictionary: Dictionary | CrossLayerTranscoder) -> dict[str, Any]:
     """The `cfg.json` mapping for `dictionary` (see module docstring)."""
     cfg = dictionary.cfg
     architecture, loadable = saelens_architecture(dictionary)
@@ -96,7 +104,11 @@ def saelens_cfg(dictionary: Dictionary) -> dict[str, Any]:
         "apply_b_dec_to_input": False,
         "normalize_activations": "none",
         "reshape_activations": "none",
-        **dictionary.activation.extra_cfg(),
+        **(
+            {}
+            if isinstance(dictionary, CrossLayerTranscoder)
+            else dictionary.activation.extra_cfg()
+        ),
         "model_name": cfg.model_name,
         "hook_name": cfg.hook_in,
         "hook_name_out": cfg.hook_out,
@@ -110,22 +122,29 @@ def saelens_cfg(dictionary: Dictionary) -> dict[str, Any]:
     }
 
 
-def saelens_weights(dictionary: Dictionary) -> dict[str, Tensor]:
-    """The SAELens-view tensors (input bias folded into `b_enc`), contiguous on the CPU."""
-    with torch.no_grad():
-        tensors = {
-            "W_enc": dictionary.W_enc,
-            "b_enc": dictionary.folded_b_enc(),
-            "W_dec": dictionary.W_dec,
-            "b_dec": dictionary.b_dec,
+def saelens_weights(dictionary: Dictionary | CrossLayerTranscoder) -> dict[str, Tensor]:
+    """The SAELens-view tensors (input bias folded into `b_enc`), contiguous on the CPU.
+
+    A cross-layer transcoder has no SAELens view: its whole state dict is returned.
+    """
+    if isinstance(dictionary, CrossLayerTranscoder):
+        return {
+            name: t.detach().to("cpu").contiguous() for name, t in dictionary.state_dict().items()
         }
+    with torch.no_grad():
+        tensors: dict[str, Tensor] = {"W_dec": dictionary.W_dec, "b_dec": dictionary.b_dec}
+        if dictionary.W_enc is not None:  # tied (matching pursuit) dictionaries have no encoder
+            tensors["W_enc"] = dictionary.W_enc
+            tensors["b_enc"] = dictionary.folded_b_enc()
         if dictionary.W_skip is not None:
             tensors["W_skip"] = dictionary.W_skip
         tensors.update(dictionary.activation.saelens_weights())
         return {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
 
 
-def _extra_weights(dictionary: Dictionary, saelens_view: dict[str, Tensor]) -> dict[str, Tensor]:
+def _extra_weights(
+    dictionary: Dictionary | CrossLayerTranscoder, saelens_view: dict[str, Tensor]
+) -> dict[str, Tensor]:
     """Our state-dict tensors that the SAELens view lacks or stores differently."""
     extra = {}
     for name, tensor in dictionary.state_dict().items():
@@ -135,21 +154,28 @@ def _extra_weights(dictionary: Dictionary, saelens_view: dict[str, Tensor]) -> d
     return extra
 
 
-def save_dictionary(dictionary: Dictionary, folder: str | Path) -> Path:
+def save_dictionary(dictionary: Dictionary | CrossLayerTranscoder, folder: str | Path) -> Path:
     """Write `dictionary` to `folder` (created if needed) in SAELens v6 layout; return the folder.
 
     Saving the same dictionary twice writes byte-identical files.
     """
     folder = Path(folder)
+    try:
+        text = json.dumps(saelens_cfg(dictionary), indent=2, sort_keys=True)
+    except TypeError as exc:
+        raise SparseCircuitsError(
+            f"cannot save {folder}: the config holds a value JSON cannot store ({exc}); "
+            "keep cfg.training to plain numbers, strings, lists and dicts"
+        ) from None
     folder.mkdir(parents=True, exist_ok=True)
     weights = saelens_weights(dictionary)
     save_file(weights, str(folder / WEIGHTS_FILENAME), metadata={"format": "pt"})
-    save_file(
-        _extra_weights(dictionary, weights),
-        str(folder / EXTRA_WEIGHTS_FILENAME),
-        metadata={"format": "pt"},
-    )
-    text = json.dumps(saelens_cfg(dictionary), indent=2, sort_keys=True)
+    extra = _extra_weights(dictionary, weights)
+    extra_path = folder / EXTRA_WEIGHTS_FILENAME
+    if extra:
+        save_file(extra, str(extra_path), metadata={"format": "pt"})
+    elif extra_path.exists():  # a stale file from an earlier save would override these weights
+        extra_path.unlink()
     (folder / CFG_FILENAME).write_text(text + "\n")
     return folder
 
@@ -203,7 +229,11 @@ def _config_from_saelens(raw: dict[str, Any], where: str) -> DictionaryConfig:
             "dtype": raw.get("dtype", "float32"),
             "device": "cpu",
         }
-        if ours == "topk":
+        if ours == "mp":
+            fields["mp_residual_threshold"] = float(raw.get("residual_threshold", 1e-2))
+            fields["mp_max_iterations"] = raw.get("max_iterations")
+            fields["k"] = min(32, int(raw["d_sae"]))
+        if ours in ("topk", "abstopk"):
             fields["k"] = int(raw["k"])
             if raw.get("rescale_acts_by_decoder_norm"):
                 raise SparseCircuitsError(
@@ -233,13 +263,51 @@ def _load_tensors(path: Path) -> dict[str, Tensor]:
         ) from None
 
 
+def _complete_saelens_tensors(
+    dictionary: Dictionary, raw: dict[str, Any], tensors: dict[str, Tensor]
+) -> None:
+    """Turn SAELens-view tensors into our state dict in place (no-op after our own save)."""
+    dictionary.activation.adopt_saelens_weights(tensors)
+    if "b_in" in tensors:
+        return
+    # written by SAELens: its only input bias is b_dec, subtracted when apply_b_dec_to_input
+    apply_b_dec = bool(raw.get("apply_b_dec_to_input")) and dictionary.cfg.kind == "sae"
+    if dictionary.activation.uses_input_bias:
+        tensors["b_in"] = (
+            tensors["b_dec"].clone()
+            if apply_b_dec and "b_dec" in tensors
+            else torch.zeros(dictionary.d_in, dtype=tensors["W_dec"].dtype)
+        )
+    else:  # matching pursuit centres by b_dec itself; SAELens skips b_dec entirely without apply_b_dec
+        tensors["b_in"] = torch.zeros(dictionary.d_in, dtype=tensors["W_dec"].dtype)
+        if not apply_b_dec and "b_dec" in tensors:
+            tensors["b_dec"] = torch.zeros_like(tensors["b_dec"])
+
+
 def load_dictionary(folder: str | Path, device: str | torch.device | None = None) -> Dictionary:
-    """Load the dictionary saved in `folder`; returns an `SAE` or `Transcoder`.
+    """Load the SAE or transcoder saved in `folder` (see `load_sparse_coder` for any kind).
+
+    `device` defaults to the saved device (the CPU when that was CUDA and CUDA is absent).
+    Raises `SparseCircuitsError` for a missing or corrupt folder, an unknown architecture, or a
+    cross-layer transcoder.
+    """
+    loaded = load_sparse_coder(folder, device=device)
+    if not isinstance(loaded, Dictionary):
+        raise SparseCircuitsError(
+            f"{folder} holds a cross-layer transcoder: load it with load_sparse_coder"
+        )
+    return loaded
+
+
+def load_sparse_coder(
+    folder: str | Path, device: str | torch.device | None = None
+) -> Dictionary | CrossLayerTranscoder:
+    """Load the dictionary saved in `folder`; returns an `SAE`, `Transcoder` or `CrossLayerTranscoder`.
 
     `device` defaults to the saved device (the CPU when that was CUDA and CUDA is absent).
     Raises `SparseCircuitsError` for a missing or corrupt folder or an unknown architecture.
     """
-    from sparsecircuits.dictionaries import make_dictionary
+    from sparsecircuits.dictionaries import make_sparse_coder
 
     folder = Path(folder)
     raw = _read_cfg(folder)
@@ -262,14 +330,10 @@ def load_dictionary(folder: str | Path, device: str | torch.device | None = None
     extra_path = folder / EXTRA_WEIGHTS_FILENAME
     if extra_path.is_file():
         tensors.update(_load_tensors(extra_path))
-    elif "b_in" not in tensors:  # written by SAELens: no input bias unless it subtracts b_dec
-        if raw.get("apply_b_dec_to_input") and cfg.kind == "sae" and "b_dec" in tensors:
-            tensors["b_in"] = tensors["b_dec"].clone()
-        elif "W_enc" in tensors:
-            tensors["b_in"] = torch.zeros(tensors["W_enc"].shape[0], dtype=tensors["W_enc"].dtype)
 
-    dictionary = make_dictionary(cfg, init=False)
-    dictionary.activation.adopt_saelens_weights(tensors)
+    dictionary = make_sparse_coder(cfg, init=False)
+    if isinstance(dictionary, Dictionary):
+        _complete_saelens_tensors(dictionary, raw, tensors)
     expected = dictionary.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -321,10 +385,10 @@ def load_transcoders(
         )
     result: dict[int, Dictionary] = {}
     for folder in folders:
-        dictionary = load_dictionary(folder, device=device)
-        if dictionary.cfg.kind == "sae":
+        dictionary = load_sparse_coder(folder, device=device)
+        if not isinstance(dictionary, Dictionary) or dictionary.cfg.kind == "sae":
             raise SparseCircuitsError(
-                f"{folder} holds an SAE, not a transcoder; pass a folder of transcoders"
+                f"{folder} holds a {dictionary.cfg.kind}, not a per-layer transcoder; pass a folder of transcoders"
             )
         layer = _layer_of(dictionary, folder)
         if layer in result:

@@ -5,7 +5,7 @@ encoder GEMM every other step can work on `(values [n, k], indices [n, k])` pair
 
 * `topk_encode` runs `pre_acts = (x_in @ W_enc + b_enc)` without autograd, selects the top k
   (and, for AuxK, the top `aux_k` among dead latents) and saves only `x_in`, `W_enc` and the
-  indices. Its backward scatters the `[n, k]` gradient through the selected columns only, with
+  selected values and indices. Its backward scatters the `[n, k]` gradient through the selected columns only, with
   `embedding_bag`: `grad_x = Σ_s g[:, s] W_enc[:, idx[:, s]]` is an embedding-bag forward over
   `W_enc.T`, and `grad_W_enc` is the same sparse pattern's transpose times `x_in`
   (`_scatter_outer`, a COO sparse-dense matmul).
@@ -50,12 +50,17 @@ def _select(pre_acts: Tensor, k: int, signed: bool) -> tuple[Tensor, Tensor]:
 def _select_aux(
     pre_acts: Tensor, aux_mask: Tensor, aux_k: int, signed: bool
 ) -> tuple[Tensor, Tensor]:
-    """Top-`aux_k` among the latents where `aux_mask` is True (dead latents), per row."""
-    scores = pre_acts.abs() if signed else pre_acts
-    scores = scores.masked_fill(~aux_mask, float("-inf"))
-    indices = scores.topk(aux_k, dim=-1, sorted=False).indices
-    values = pre_acts.gather(-1, indices)
-    return (values if signed else values.relu()), indices
+    """Top-`aux_k` among the latents where `aux_mask` is True (dead latents), per row.
+
+    Works on the dead columns only (`aux_k <= #dead` is the caller's job), so its cost scales
+    with the number of dead latents rather than `d_sae`.
+    """
+    dead = aux_mask.nonzero().squeeze(1)
+    dead_pre = pre_acts.index_select(-1, dead)
+    scores = dead_pre.abs() if signed else dead_pre
+    chosen = scores.topk(aux_k, dim=-1, sorted=False).indices
+    values = dead_pre.gather(-1, chosen)
+    return (values if signed else values.relu()), dead[chosen]
 
 
 class _TopKEncode(torch.autograd.Function):
@@ -101,18 +106,22 @@ class _TopKEncode(torch.autograd.Function):
         all_indices = torch.cat([indices, aux_indices], dim=1)
         all_grads = torch.cat([grad_values, grad_aux_values], dim=1).contiguous()
 
-        grad_x = F.embedding_bag(
-            all_indices, W_enc.t().contiguous(), per_sample_weights=all_grads, mode="sum"
-        )
-        grad_W_enc = _scatter_outer(all_indices, all_grads, x_in, W_enc.shape[1]).t()
-        grad_b_enc = W_enc.new_zeros(W_enc.shape[1]).index_add_(
-            0, all_indices.reshape(-1), all_grads.reshape(-1)
-        )
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = grad_W_enc = grad_b_enc = None
+        if need_x:
+            grad_x = F.embedding_bag(
+                all_indices, W_enc.t().contiguous(), per_sample_weights=all_grads, mode="sum"
+            )
+        if need_w:
+            grad_W_enc = _scatter_outer(all_indices, all_grads, x_in, W_enc.shape[1]).t()
+        if need_b:
+            grad_b_enc = W_enc.new_zeros(W_enc.shape[1]).index_add_(
+                0, all_indices.reshape(-1), all_grads.reshape(-1)
+            )
         return (
-            grad_x if need_x else None,
-            grad_W_enc if need_w else None,
-            grad_b_enc if need_b else None,
+            grad_x,
+            grad_W_enc,
+            grad_b_enc,
             None,
             None,
             None,

@@ -1,8 +1,8 @@
 """Feature interpretation: dashboards (top examples, quantiles, histograms, logits, de-embeddings).
 
-    dashboards = compute_dashboards(adapter, {"layer0": transcoder}, token_batches)
-    save_dashboards(dashboards, "out/dashboards")
-    store = load_dashboards("out/dashboards"); store.feature("layer0", 17)
+dashboards = compute_dashboards(adapter, {"layer0": transcoder}, token_batches)
+save_dashboards(dashboards, "out/dashboards")
+store = load_dashboards("out/dashboards"); store.feature("layer0", 17)
 """
 
 from __future__ import annotations

@@ -27,7 +27,13 @@ from tqdm import tqdm
 from sparsecircuits.errors import SparseCircuitsError
 
 # Hooks whose activation is added straight into the residual stream, so W_dec @ W_U is meaningful.
-RESIDUAL_WRITERS = ("hook_mlp_out", "hook_attn_out", "hook_resid_pre", "hook_resid_mid", "hook_resid_post")
+RESIDUAL_WRITERS = (
+    "hook_mlp_out",
+    "hook_attn_out",
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+)
 
 
 @dataclass
@@ -44,7 +50,9 @@ class DashboardConfig:
     hist_bins: int = 48
     hist_log10_min: float = -3.0
     hist_log10_max: float = 3.0
-    skip_first_position: bool = True  # packed contexts start with BOS, whose activations are outliers
+    skip_first_position: bool = (
+        True  # packed contexts start with BOS, whose activations are outliers
+    )
     seed: int = 0
 
     @property
@@ -104,7 +112,9 @@ class _Accumulator:
         window = cfg.window
         self.cfg = cfg
         self.d_sae = d_sae
-        self.top_acts = torch.zeros(d_sae, 0, device=device)
+        self.top_acts = torch.zeros(
+            d_sae, 0, device=device
+        )  # kept entries grow to n_top / n_samples
         self.top_ids = torch.zeros(d_sae, 0, window, dtype=torch.int32, device=device)
         self.top_wacts = torch.zeros(d_sae, 0, window, device=device)
         self.sample_keys = torch.zeros(d_sae, 0, device=device)
@@ -117,80 +127,149 @@ class _Accumulator:
         self.hist = torch.zeros(d_sae * cfg.hist_bins, dtype=torch.int64, device=device)
         self.n_tokens = 0
 
-    def update(self, acts: Tensor, input_ids: Tensor, valid: Tensor, generator: torch.Generator) -> None:
-        """Fold one batch in: `acts [b, p, d_sae]`, `input_ids [b, p]`, `valid [b, p]` bool."""
+    def update(
+        self, acts: Tensor, input_ids: Tensor, valid: Tensor, generator: torch.Generator
+    ) -> None:
+        """Fold one batch in: `acts [b, p, d_sae]`, `input_ids [b, p]`, `valid [b, p]` bool.
+
+        Works on the firing entries only (sorted per latent), so its cost follows the number of
+        non-zero activations, not `tokens x d_sae`.
+        """
         cfg = self.cfg
         acts = acts * valid[..., None]
         flat = acts.reshape(-1, self.d_sae)
-        n = flat.shape[0]
         self.n_tokens += int(valid.sum())
-        firing = flat != 0
-        self.fire_counts += firing.sum(0)
-        self.act_sums += flat.sum(0, dtype=torch.float64)
-        self.max_acts = torch.maximum(self.max_acts, flat.max(0).values)
-        self._histogram(flat, firing)
+        token_idx, feat_idx = (flat != 0).nonzero(as_tuple=True)
+        values = flat[token_idx, feat_idx]
+        self.fire_counts += torch.bincount(feat_idx, minlength=self.d_sae)
+        self.act_sums.index_add_(0, feat_idx, values.double())
+        self.max_acts = self.max_acts.scatter_reduce(0, feat_idx, values, reduce="amax")
+        self._histogram(values, feat_idx)
 
-        k = min(cfg.n_top, n)
-        values, rows = flat.topk(k, dim=0)  # [k, d_sae]
-        ids, wacts = _windows(acts, input_ids, rows, cfg.context_left, cfg.context_right)
+        rows, keys = _per_latent_top(feat_idx, token_idx, values, self.d_sae, cfg.n_top, empty=0.0)
         self.top_acts, self.top_ids, self.top_wacts = _merge(
-            self.top_acts, self.top_ids, self.top_wacts, values.T, ids, wacts, cfg.n_top,
-            others=(),
+            self.top_acts, self.top_ids, self.top_wacts, keys, rows, acts, input_ids, cfg
         )
 
-        s = min(cfg.n_samples, n)
-        keys = torch.rand(flat.shape, generator=generator, device="cpu").to(flat.device)
-        keys = torch.where(firing, keys, torch.full_like(keys, -1.0))
-        key_values, rows = keys.topk(s, dim=0)
-        sample_acts = flat.gather(0, rows)
-        ids, wacts = _windows(acts, input_ids, rows, cfg.context_left, cfg.context_right)
-        merged = _merge(self.sample_keys, self.sample_ids, self.sample_wacts, key_values.T, ids, wacts,
-                        cfg.n_samples, others=((self.sample_acts, sample_acts.T),))
-        self.sample_keys, self.sample_ids, self.sample_wacts, self.sample_acts = merged
+        random_keys = torch.rand(values.shape, generator=generator).to(values.device)
+        rows, keys = _per_latent_top(
+            feat_idx, token_idx, random_keys, self.d_sae, cfg.n_samples, empty=-1.0
+        )
+        sample_acts = torch.where(
+            keys >= 0,
+            flat[rows, torch.arange(self.d_sae, device=flat.device)[:, None]],
+            torch.zeros_like(keys),
+        )
+        self.sample_keys, self.sample_ids, self.sample_wacts, self.sample_acts = _merge(
+            self.sample_keys,
+            self.sample_ids,
+            self.sample_wacts,
+            keys,
+            rows,
+            acts,
+            input_ids,
+            cfg,
+            other=(self.sample_acts, sample_acts),
+        )
 
-    def _histogram(self, flat: Tensor, firing: Tensor) -> None:
+    def _histogram(self, values: Tensor, feat_idx: Tensor) -> None:
         cfg = self.cfg
-        token_idx, feat_idx = firing.nonzero(as_tuple=True)
-        if token_idx.numel() == 0:
+        if values.numel() == 0:
             return
-        log_act = flat[token_idx, feat_idx].abs().log10()
         span = cfg.hist_log10_max - cfg.hist_log10_min
-        bins = ((log_act - cfg.hist_log10_min) / span * cfg.hist_bins).floor().clamp(0, cfg.hist_bins - 1)
-        self.hist += torch.bincount(feat_idx * cfg.hist_bins + bins.long(), minlength=self.hist.numel())
+        bins = (
+            ((values.abs().log10() - cfg.hist_log10_min) / span * cfg.hist_bins)
+            .floor()
+            .clamp(0, cfg.hist_bins - 1)
+        )
+        self.hist += torch.bincount(
+            feat_idx * cfg.hist_bins + bins.long(), minlength=self.hist.numel()
+        )
 
 
-def _windows(acts: Tensor, input_ids: Tensor, rows: Tensor, left: int, right: int) -> tuple[Tensor, Tensor]:
-    """Windows around flat token indices `rows [k, d_sae]` of a batch.
+def _descending_bits(values: Tensor) -> Tensor:
+    """int64 in [0, 2^32) that sorts ascending as float32 `values` sort descending."""
+    bits = values.float().contiguous().view(torch.int32).long()
+    ordered = torch.where(bits >= 0, bits, -(2**31) - bits)  # monotonic in the float value
+    return (2**31 - 1) - ordered
 
-    Returns token ids `[d_sae, k, window]` (int32, -1 outside the context) and the latent's own
-    activation on each window token `[d_sae, k, window]`.
+
+def _per_latent_top(
+    feat_idx: Tensor, token_idx: Tensor, keys: Tensor, d_sae: int, size: int, empty: float
+) -> tuple[Tensor, Tensor]:
+    """The `size` firing tokens with the largest `keys` for every latent.
+
+    Returns `rows [d_sae, size]` (flat token indices; 0 in empty slots) and their keys
+    `[d_sae, size]` (`empty` in empty slots). One int64 sort on (latent, key descending) groups
+    the entries; an entry's rank inside its group decides its slot.
+    """
+    order = torch.sort((feat_idx << 32) | _descending_bits(keys)).indices
+    feats = feat_idx[order]
+    counts = torch.bincount(feats, minlength=d_sae)
+    group_start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(feats.numel(), device=feats.device) - group_start[feats]
+    keep = rank < size
+    rows = torch.zeros(d_sae, size, dtype=torch.long, device=keys.device)
+    out_keys = torch.full((d_sae, size), empty, dtype=keys.dtype, device=keys.device)
+    rows[feats[keep], rank[keep]] = token_idx[order][keep]
+    out_keys[feats[keep], rank[keep]] = keys[order][keep]
+    return rows, out_keys
+
+
+def _windows(
+    acts: Tensor, input_ids: Tensor, rows: Tensor, features: Tensor, left: int, right: int
+) -> tuple[Tensor, Tensor]:
+    """Windows around flat token indices `rows [n]` of a batch, for latents `features [n]`.
+
+    Returns token ids `[n, window]` (int32, -1 outside the context) and the latent's own
+    activation on each window token `[n, window]`.
     """
     b, p, d_sae = acts.shape
     seq, pos = rows // p, rows % p
-    offsets = torch.arange(-left, right + 1, device=acts.device)
-    window_pos = pos[..., None] + offsets  # [k, d_sae, W]
+    window_pos = pos[:, None] + torch.arange(-left, right + 1, device=acts.device)
     inside = (window_pos >= 0) & (window_pos < p)
-    token_flat = seq[..., None] * p + window_pos.clamp(0, p - 1)
+    token_flat = seq[:, None] * p + window_pos.clamp(0, p - 1)
     ids = input_ids.reshape(-1)[token_flat].to(torch.int32).masked_fill(~inside, -1)
-    feature = torch.arange(d_sae, device=acts.device)[None, :, None]
-    window_acts = acts.reshape(-1)[token_flat * d_sae + feature].masked_fill(~inside, 0.0)
-    return ids.permute(1, 0, 2), window_acts.permute(1, 0, 2)
+    window_acts = acts.reshape(-1)[token_flat * d_sae + features[:, None]].masked_fill(~inside, 0.0)
+    return ids, window_acts
 
 
 def _merge(
-    keys: Tensor, ids: Tensor, wacts: Tensor, new_keys: Tensor, new_ids: Tensor, new_wacts: Tensor,
-    size: int, others: tuple[tuple[Tensor, Tensor], ...],
+    keys: Tensor,
+    ids: Tensor,
+    wacts: Tensor,
+    new_keys: Tensor,
+    new_rows: Tensor,
+    acts: Tensor,
+    input_ids: Tensor,
+    cfg: DashboardConfig,
+    other: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, ...]:
-    """Keep, per latent, the `size` entries with the largest keys among old and new ones."""
-    all_keys = torch.cat([keys, new_keys], dim=1)
-    kept_keys, order = all_keys.topk(min(size, all_keys.shape[1]), dim=1)
-    window_order = order[..., None].expand(-1, -1, ids.shape[-1])
-    out: list[Tensor] = [
-        kept_keys,
-        torch.cat([ids, new_ids], dim=1).gather(1, window_order),
-        torch.cat([wacts, new_wacts], dim=1).gather(1, window_order),
-    ]
-    out.extend(torch.cat([old, new], dim=1).gather(1, order) for old, new in others)
+    """Keep, per latent, the entries with the largest keys among the kept and the new ones.
+
+    Windows are cut from the batch only for new entries that made it in, which after the first
+    batches are few.
+    """
+    size, n_old = new_keys.shape[1], keys.shape[1]
+    kept_keys, order = torch.cat([keys, new_keys], dim=1).topk(size, dim=1)
+    window = cfg.window
+    if n_old:
+        old_slot = order.clamp(max=n_old - 1)[..., None].expand(-1, -1, window)
+        out_ids, out_wacts = ids.gather(1, old_slot), wacts.gather(1, old_slot)
+    else:
+        out_ids = torch.empty(order.shape + (window,), dtype=torch.int32, device=order.device)
+        out_wacts = torch.empty(order.shape + (window,), dtype=wacts.dtype, device=order.device)
+    feature, slot = (order >= n_old).nonzero(as_tuple=True)
+    rows = new_rows[feature, order[feature, slot] - n_old]
+    new_ids, new_wacts = _windows(
+        acts, input_ids, rows, feature, cfg.context_left, cfg.context_right
+    )
+    out_ids[feature, slot] = new_ids
+    out_wacts[feature, slot] = new_wacts
+    out = [kept_keys, out_ids, out_wacts]
+    if other is not None:
+        old, new = other
+        out.append(torch.cat([old, new], dim=1).gather(1, order))
     return tuple(out)
 
 
@@ -212,7 +291,9 @@ def compute_dashboards(
     cfg = config or DashboardConfig()
     if not dictionaries:
         raise SparseCircuitsError("compute_dashboards got no dictionaries; pass at least one")
-    hooks = sorted({d.cfg.hook_in for d in dictionaries.values()}, key=lambda h: adapter.hook_point(h).order)
+    hooks = sorted(
+        {d.cfg.hook_in for d in dictionaries.values()}, key=lambda h: adapter.hook_point(h).order
+    )
     for name, dictionary in dictionaries.items():
         if adapter.hook_dim(dictionary.cfg.hook_in) != dictionary.d_in:
             raise SparseCircuitsError(
@@ -255,7 +336,9 @@ def compute_dashboards(
     return results
 
 
-def _finish(name: str, dictionary: Any, acc: _Accumulator, adapter: Any, cfg: DashboardConfig) -> FeatureDashboards:
+def _finish(
+    name: str, dictionary: Any, acc: _Accumulator, adapter: Any, cfg: DashboardConfig
+) -> FeatureDashboards:
     dcfg = dictionary.cfg
     edges = torch.logspace(cfg.hist_log10_min, cfg.hist_log10_max, cfg.hist_bins + 1)
     # Slots never filled (latent fired fewer times than the sample size) carry key -1: blank them.
@@ -263,18 +346,35 @@ def _finish(name: str, dictionary: Any, acc: _Accumulator, adapter: Any, cfg: Da
     sample_acts = acc.sample_acts.masked_fill(empty, 0.0)
     sample_ids = acc.sample_ids.masked_fill(empty[..., None], -1)
     dash = FeatureDashboards(
-        name=name, hook_in=dcfg.hook_in, hook_out=dcfg.hook_out, layer=_layer(dcfg.hook_in),
-        kind=dcfg.kind, d_sae=dictionary.d_sae, n_tokens=acc.n_tokens, config=cfg,
-        top_acts=acc.top_acts.cpu(), top_token_ids=acc.top_ids.cpu(), top_window_acts=acc.top_wacts.cpu(),
-        sample_acts=sample_acts.cpu(), sample_token_ids=sample_ids.cpu(),
+        name=name,
+        hook_in=dcfg.hook_in,
+        hook_out=dcfg.hook_out,
+        layer=_layer(dcfg.hook_in),
+        kind=dcfg.kind,
+        d_sae=dictionary.d_sae,
+        n_tokens=acc.n_tokens,
+        config=cfg,
+        top_acts=acc.top_acts.cpu(),
+        top_token_ids=acc.top_ids.cpu(),
+        top_window_acts=acc.top_wacts.cpu(),
+        sample_acts=sample_acts.cpu(),
+        sample_token_ids=sample_ids.cpu(),
         sample_window_acts=acc.sample_wacts.masked_fill(empty[..., None], 0.0).cpu(),
-        fire_counts=acc.fire_counts.cpu(), act_sums=acc.act_sums.cpu(), max_acts=acc.max_acts.cpu(),
-        hist_counts=acc.hist.view(dictionary.d_sae, cfg.hist_bins).cpu(), hist_edges=edges,
+        fire_counts=acc.fire_counts.cpu(),
+        act_sums=acc.act_sums.cpu(),
+        max_acts=acc.max_acts.cpu(),
+        hist_counts=acc.hist.view(dictionary.d_sae, cfg.hist_bins).cpu(),
+        hist_edges=edges,
         model_name=getattr(adapter, "name", ""),
     )
     logits = output_logit_tables(adapter, dictionary, cfg.n_logits)
     if logits is not None:
-        dash.top_logit_ids, dash.top_logit_values, dash.bottom_logit_ids, dash.bottom_logit_values = logits
+        (
+            dash.top_logit_ids,
+            dash.top_logit_values,
+            dash.bottom_logit_ids,
+            dash.bottom_logit_values,
+        ) = logits
     deembed = deembedding_tables(adapter, dictionary, cfg.n_deembed)
     if deembed is not None:
         dash.deembed_ids, dash.deembed_values = deembed
@@ -291,7 +391,9 @@ def _chunk_size(vocab: int) -> int:
 
 
 @torch.no_grad()
-def output_logit_tables(adapter: Any, dictionary: Any, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+def output_logit_tables(
+    adapter: Any, dictionary: Any, n: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """Top and bottom `n` direct logit effects of each latent's decoder row.
 
     The row goes through the final norm as a direction (LayerNorm centring, gain; the scale is a
@@ -306,13 +408,20 @@ def output_logit_tables(adapter: Any, dictionary: Any, n: int) -> tuple[Tensor, 
     n = min(n, W_U.shape[1])
     outs: list[list[Tensor]] = [[], [], [], []]
     for start in range(0, dictionary.d_sae, _chunk_size(W_U.shape[1])):
-        rows = dictionary.W_dec[start : start + _chunk_size(W_U.shape[1])].detach().float().to(W_U.device)
+        rows = (
+            dictionary.W_dec[start : start + _chunk_size(W_U.shape[1])]
+            .detach()
+            .float()
+            .to(W_U.device)
+        )
         if final.kind == "layernorm":
             rows = rows - rows.mean(-1, keepdim=True)
         scores = (rows * final.weight.float()) @ W_U
         top = scores.topk(n, dim=1)
         bottom = scores.topk(n, dim=1, largest=False)
-        for out, t in zip(outs, (top.indices, top.values, bottom.indices, bottom.values), strict=True):
+        for out, t in zip(
+            outs, (top.indices, top.values, bottom.indices, bottom.values), strict=True
+        ):
             out.append(t.cpu())
     return tuple(torch.cat(o) for o in outs)  # type: ignore[return-value]
 
@@ -353,7 +462,13 @@ def deembedding_tables(adapter: Any, dictionary: Any, n: int) -> tuple[Tensor, T
 
 
 def _referenced_ids(dash: FeatureDashboards) -> set[int]:
-    tensors = [dash.top_token_ids, dash.sample_token_ids, dash.top_logit_ids, dash.bottom_logit_ids, dash.deembed_ids]
+    tensors = [
+        dash.top_token_ids,
+        dash.sample_token_ids,
+        dash.top_logit_ids,
+        dash.bottom_logit_ids,
+        dash.deembed_ids,
+    ]
     ids: set[int] = set()
     for t in tensors:
         if t is not None:

@@ -30,9 +30,22 @@ FORMAT = "sparsecircuits-dashboards"
 VERSION = 1
 INDEX = "index.json"
 _TENSORS = (
-    "top_acts", "top_token_ids", "top_window_acts", "sample_acts", "sample_token_ids", "sample_window_acts",
-    "fire_counts", "act_sums", "max_acts", "hist_counts", "top_logit_ids", "top_logit_values",
-    "bottom_logit_ids", "bottom_logit_values", "deembed_ids", "deembed_values",
+    "top_acts",
+    "top_token_ids",
+    "top_window_acts",
+    "sample_acts",
+    "sample_token_ids",
+    "sample_window_acts",
+    "fire_counts",
+    "act_sums",
+    "max_acts",
+    "hist_counts",
+    "top_logit_ids",
+    "top_logit_values",
+    "bottom_logit_ids",
+    "bottom_logit_values",
+    "deembed_ids",
+    "deembed_values",
 )
 _SUMMARY = ("fire_counts", "max_acts", "act_sums")
 
@@ -47,13 +60,23 @@ def save_dashboards(dashboards: dict[str, FeatureDashboards], folder: str | Path
     folder.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {"format": FORMAT, "version": VERSION, "dictionaries": {}, "tokens": {}}
     for name, dash in dashboards.items():
-        tensors = {key: getattr(dash, key).contiguous() for key in _TENSORS if getattr(dash, key) is not None}
+        tensors = {
+            key: getattr(dash, key).contiguous()
+            for key in _TENSORS
+            if getattr(dash, key) is not None
+        }
         tensors["hist_edges"] = dash.hist_edges.contiguous()
         file = _file_name(name)
         save_file(tensors, str(folder / file))
         index["dictionaries"][name] = {
-            "file": file, "hook_in": dash.hook_in, "hook_out": dash.hook_out, "layer": dash.layer,
-            "kind": dash.kind, "d_sae": dash.d_sae, "n_tokens": dash.n_tokens, "model_name": dash.model_name,
+            "file": file,
+            "hook_in": dash.hook_in,
+            "hook_out": dash.hook_out,
+            "layer": dash.layer,
+            "kind": dash.kind,
+            "d_sae": dash.d_sae,
+            "n_tokens": dash.n_tokens,
+            "model_name": dash.model_name,
             "config": dataclasses.asdict(dash.config),
         }
         index["tokens"].update({str(i): text for i, text in dash.token_strings.items()})
@@ -73,7 +96,9 @@ class DashboardStore:
         self.folder = Path(folder)
         path = self.folder / INDEX
         if not path.is_file():
-            raise SparseCircuitsError(f"{self.folder} has no {INDEX}; run `sparsecircuits dashboards --out {self.folder}`")
+            raise SparseCircuitsError(
+                f"{self.folder} has no {INDEX}; run `sparsecircuits dashboards --out {self.folder}`"
+            )
         index = json.loads(path.read_text())
         if index.get("format") != FORMAT:
             raise SparseCircuitsError(f"{path} is not a sparsecircuits dashboards index")
@@ -92,7 +117,9 @@ class DashboardStore:
         try:
             return self.index["dictionaries"][name]
         except KeyError:
-            raise SparseCircuitsError(f"no dashboards for {name!r}; available: {', '.join(self.names)}") from None
+            raise SparseCircuitsError(
+                f"no dashboards for {name!r}; available: {', '.join(self.names)}"
+            ) from None
 
     def name_for_layer(self, layer: int) -> str | None:
         """The transcoder/dictionary whose `hook_in` is in block `layer` (first one), or None."""
@@ -108,12 +135,6 @@ class DashboardStore:
     def _open(self, name: str) -> Any:
         return safe_open(str(self.folder / self.info(name)["file"]), framework="pt")
 
-    def _row(self, name: str, key: str, index: int) -> Tensor | None:
-        with self._open(name) as f:
-            if key not in f.keys():
-                return None
-            return f.get_slice(key)[index]
-
     def summary(self, name: str) -> dict[str, Tensor]:
         """`fire_counts`, `max_acts`, `act_sums` `[d_sae]` of dictionary `name` (cached)."""
         with self._lock:
@@ -125,27 +146,35 @@ class DashboardStore:
     def _text(self, token_id: int) -> str:
         return self.tokens.get(int(token_id), f"<{int(token_id)}>")
 
-    def _examples(self, ids: Tensor, window_acts: Tensor, centre_acts: Tensor, left: int) -> list[dict[str, Any]]:
+    def _examples(
+        self, ids: Tensor, window_acts: Tensor, centre_acts: Tensor, left: int
+    ) -> list[dict[str, Any]]:
         examples = []
-        for row_ids, row_acts, centre in zip(ids.tolist(), window_acts.tolist(), centre_acts.tolist(), strict=True):
+        for row_ids, row_acts, centre in zip(
+            ids.tolist(), window_acts.tolist(), centre_acts.tolist(), strict=True
+        ):
             if centre == 0:
                 continue
             keep = [i for i, t in enumerate(row_ids) if t >= 0]
-            examples.append({
-                "tokens": [self._text(row_ids[i]) for i in keep],
-                "token_ids": [row_ids[i] for i in keep],
-                "tokens_acts_list": [row_acts[i] for i in keep],
-                "train_token_ind": keep.index(left),
-                "activation": centre,
-                "is_repeated_datapoint": False,
-            })
+            examples.append(
+                {
+                    "tokens": [self._text(row_ids[i]) for i in keep],
+                    "token_ids": [row_ids[i] for i in keep],
+                    "tokens_acts_list": [row_acts[i] for i in keep],
+                    "train_token_ind": keep.index(left),
+                    "activation": centre,
+                    "is_repeated_datapoint": False,
+                }
+            )
         return examples
 
     def feature(self, name: str, index: int) -> dict[str, Any]:
         """The dashboard of latent `index` of dictionary `name` as a JSON-ready dict."""
         info = self.info(name)
         if not 0 <= index < info["d_sae"]:
-            raise SparseCircuitsError(f"feature {index} is out of range for {name} (0..{info['d_sae'] - 1})")
+            raise SparseCircuitsError(
+                f"feature {index} is out of range for {name} (0..{info['d_sae'] - 1})"
+            )
         cfg = self.config(name)
         rows: dict[str, Tensor | None] = {}
         with self._open(name) as f:
@@ -153,11 +182,21 @@ class DashboardStore:
             for key in _TENSORS:
                 rows[key] = f.get_slice(key)[index] if key in keys else None
             edges = f.get_tensor("hist_edges")
-        top = self._examples(rows["top_token_ids"], rows["top_window_acts"], rows["top_acts"], cfg.context_left)  # type: ignore[arg-type]
-        sample = self._examples(rows["sample_token_ids"], rows["sample_window_acts"], rows["sample_acts"], cfg.context_left)  # type: ignore[arg-type]
+
+        def row(key: str) -> Tensor:
+            value = rows[key]
+            if value is None:
+                raise SparseCircuitsError(f"{self.folder} lacks {key}; recompute the dashboards")
+            return value
+
+        left = cfg.context_left
+        top = self._examples(row("top_token_ids"), row("top_window_acts"), row("top_acts"), left)
+        sample = self._examples(
+            row("sample_token_ids"), row("sample_window_acts"), row("sample_acts"), left
+        )
         sample.sort(key=lambda e: -abs(e["activation"]))
         groups, quantile_values = _quantile_groups(sample, cfg.n_quantiles)
-        fire_count = int(rows["fire_counts"])  # type: ignore[arg-type]
+        fire_count = int(row("fire_counts"))
         n_tokens = int(info["n_tokens"])
 
         def tokens_of(key: str) -> list[str]:
@@ -179,12 +218,14 @@ class DashboardStore:
             "fire_count": fire_count,
             "activation_frequency": fire_count / max(n_tokens, 1),
             "act_min": 0.0,
-            "act_max": float(rows["max_acts"]),  # type: ignore[arg-type]
-            "mean_active_activation": float(rows["act_sums"]) / max(fire_count, 1),  # type: ignore[arg-type]
+            "act_max": float(row("max_acts")),
+            "mean_active_activation": float(row("act_sums")) / max(fire_count, 1),
             "examples_quantiles": [{"quantile_name": "Top activations", "examples": top}, *groups],
             "quantile_values": quantile_values,
-            "histogram": {"edges": [float(e) for e in edges.tolist()],
-                          "counts": [int(c) for c in rows["hist_counts"].tolist()]},  # type: ignore[union-attr]
+            "histogram": {
+                "edges": [float(e) for e in edges.tolist()],
+                "counts": [int(c) for c in row("hist_counts").tolist()],
+            },
             "top_logits": tokens_of("top_logit_ids"),
             "top_logit_values": values_of("top_logit_values"),
             "bottom_logits": tokens_of("bottom_logit_ids"),
@@ -193,8 +234,16 @@ class DashboardStore:
             "deembedding_values": values_of("deembed_values"),
         }
 
-    def table(self, name: str, *, offset: int = 0, limit: int = 50, sort: str = "index",
-              query: str = "", include_dead: bool = True) -> dict[str, Any]:
+    def table(
+        self,
+        name: str,
+        *,
+        offset: int = 0,
+        limit: int = 50,
+        sort: str = "index",
+        query: str = "",
+        include_dead: bool = True,
+    ) -> dict[str, Any]:
         """A page of the feature browser: `{"total", "rows": [{index, density, max_act, top_logits...}]}`.
 
         `sort` is "index", "density" or "max_act" (both descending); `query` keeps latents whose
@@ -219,32 +268,44 @@ class DashboardStore:
         with self._open(name) as f:
             keys = set(f.keys())
             for i in page:
-                top_logits = f.get_slice("top_logit_ids")[i][:5].tolist() if "top_logit_ids" in keys else []
+                top_logits = (
+                    f.get_slice("top_logit_ids")[i][:5].tolist() if "top_logit_ids" in keys else []
+                )
                 ids = f.get_slice("top_token_ids")[i][0].tolist()
                 left = self.config(name).context_left
-                rows.append({
-                    "index": i,
-                    "density": int(summ["fire_counts"][i]) / n_tokens,
-                    "max_act": float(summ["max_acts"][i]),
-                    "top_logits": [self._text(t) for t in top_logits],
-                    "top_token": self._text(ids[left]) if ids[left] >= 0 and summ["fire_counts"][i] > 0 else "",
-                })
+                rows.append(
+                    {
+                        "index": i,
+                        "density": int(summ["fire_counts"][i]) / n_tokens,
+                        "max_act": float(summ["max_acts"][i]),
+                        "top_logits": [self._text(t) for t in top_logits],
+                        "top_token": self._text(ids[left])
+                        if ids[left] >= 0 and summ["fire_counts"][i] > 0
+                        else "",
+                    }
+                )
         return {"dictionary": name, "total": len(order), "offset": offset, "rows": rows}
 
     def _matching(self, name: str, order: Tensor, query: str) -> Tensor:
-        matching_ids = torch.tensor([i for i, text in self.tokens.items() if query in text.lower()], dtype=torch.int64)
+        matching_ids = torch.tensor(
+            [i for i, text in self.tokens.items() if query in text.lower()], dtype=torch.int64
+        )
         if matching_ids.numel() == 0:
             return order[:0]
         with self._open(name) as f:
             keys = set(f.keys())
             centre = self.config(name).context_left
-            hits = torch.isin(f.get_tensor("top_token_ids")[:, :, centre].long(), matching_ids).any(1)
+            hits = torch.isin(f.get_tensor("top_token_ids")[:, :, centre].long(), matching_ids).any(
+                1
+            )
             if "top_logit_ids" in keys:
                 hits |= torch.isin(f.get_tensor("top_logit_ids"), matching_ids).any(1)
         return order[hits[order]]
 
 
-def _quantile_groups(sample: list[dict[str, Any]], n_quantiles: int) -> tuple[list[dict[str, Any]], list[float]]:
+def _quantile_groups(
+    sample: list[dict[str, Any]], n_quantiles: int
+) -> tuple[list[dict[str, Any]], list[float]]:
     """Split a sample sorted by activation (descending) into equal-count quantile groups, top first."""
     if not sample:
         return [], []

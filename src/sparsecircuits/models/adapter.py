@@ -240,10 +240,14 @@ class ModelAdapter:
         def flat(act: Tensor) -> Tensor:
             return act.flatten(-2) if act.ndim == 4 else act
 
+        def unflat(out: Tensor, act: Tensor) -> Tensor:
+            # Only hook_z is 4-D; a wrong shape is left for the hook's shape check to report.
+            return out.reshape(act.shape) if act.ndim == 4 and out.shape == flat(act).shape else out
+
         if point_in == point_out:
 
             def replace_same(act: Tensor) -> Tensor:
-                return fn(flat(act)).reshape(act.shape)
+                return unflat(fn(flat(act)), act)
 
             with self._attached([(point_out, replace_same)]):
                 yield self
@@ -257,7 +261,7 @@ class ModelAdapter:
         def replace_output(act: Tensor) -> Tensor:
             if "in" not in seen:
                 raise RuntimeError(f"splice: {hook_in} did not run before {hook_out}")
-            return fn(seen.pop("in")).reshape(act.shape)
+            return unflat(fn(seen.pop("in")), act)
 
         with self._attached([(point_in, keep_input), (point_out, replace_output)]):
             yield self

@@ -16,8 +16,9 @@ blocks.L.attn.hook_pattern attn                        inside the attention func
                                                        (`hooks.ATTN_IMPLEMENTATION`)
 blocks.L.attn.hook_z       attn_out_proj               forward input, viewed [b,p,h,d_head]
 blocks.L.hook_attn_out     attn                        forward output[0]
-blocks.L.hook_resid_mid    block + attn                resid_pre + attn_out; a replacement
-                                                       is written back through attn_out
+blocks.L.hook_resid_mid    ln1 + attn                  ln1's input (= resid_pre) + attn_out;
+                                                       a replacement is written back as
+                                                       attn_out = new - resid_pre
 blocks.L.ln2.hook_...      ln2                         as ln1
 blocks.L.hook_mlp_in       mlp                         forward input
 blocks.L.hook_mlp_out      mlp                         forward output
@@ -48,7 +49,7 @@ PositionalKind = Literal["learned", "rotary"]
 
 @dataclass(frozen=True)
 class ModelDims:
-    """Sizes read from a model config (and its modules where configs disagree across versions)."""
+    """Sizes read from a model config."""
 
     n_layers: int
     d_model: int

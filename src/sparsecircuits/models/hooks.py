@@ -219,7 +219,7 @@ def _on_normalized(module: nn.Module, params: NormParams, fn: HookFn) -> Handle:
 def _on_z(out_proj: nn.Module, n_heads: int, d_head: int, fn: HookFn) -> Handle:
     def pre_hook(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         flat = _first_input(args, kwargs)
-        z = flat.view(*flat.shape[:-1], n_heads, d_head)
+        z = flat.reshape(*flat.shape[:-1], n_heads, d_head)
         new = _replacement(fn(z), z)
         if new is None:
             return None

@@ -51,7 +51,9 @@ def _device_of(model_forward: ModelForward) -> torch.device | None:
 
 
 @torch.no_grad()
-def answer_logits(model_forward: ModelForward, prompts: TaskPrompts, batch_size: int = 64) -> torch.Tensor:
+def answer_logits(
+    model_forward: ModelForward, prompts: TaskPrompts, batch_size: int = 64
+) -> torch.Tensor:
     """Run the prompts through the model; return float logits at each `last_pos`, `[n, vocab]`."""
     out = []
     for start in range(0, len(prompts), batch_size):
@@ -63,7 +65,9 @@ def answer_logits(model_forward: ModelForward, prompts: TaskPrompts, batch_size:
     return torch.cat(out)
 
 
-def prose_contexts(tokenizer: Any, n_contexts: int = 200, context: int = 128, path: Path | None = None) -> torch.Tensor:
+def prose_contexts(
+    tokenizer: Any, n_contexts: int = 200, context: int = 128, path: Path | None = None
+) -> torch.Tensor:
     """Return `[k, context]` contexts (BOS + context-1 tokens) packed from the held-out prose.
 
     `path` defaults to the shipped `heldout.jsonl`; k <= n_contexts when the text runs out.
@@ -73,7 +77,9 @@ def prose_contexts(tokenizer: Any, n_contexts: int = 200, context: int = 128, pa
 
         path = embedded_dir() / "heldout.jsonl"
     if not path.exists():
-        raise SparseCircuitsError(f"held-out prose {path} is missing; rebuild with scripts/embedded/build_all.py")
+        raise SparseCircuitsError(
+            f"held-out prose {path} is missing; rebuild with scripts/embedded/build_all.py"
+        )
     start = bos_id(tokenizer)
     sep = [start] if start is not None else []
     stream: list[int] = []

@@ -62,7 +62,7 @@ def single_token_words(tokenizer: Any, words: Sequence[str], prefix: str = " ") 
     return [w for w in words if single_token_id(tokenizer, prefix + w) is not None]
 
 
-def require_pool(pool: Sequence[str], minimum: int, what: str) -> None:
+def require_pool(pool: Sequence[object], minimum: int, what: str) -> None:
     """Raise a SparseCircuitsError when fewer than `minimum` pool entries survive filtering."""
     if len(pool) < minimum:
         raise SparseCircuitsError(

@@ -23,18 +23,78 @@ from sparsecircuits.tasks.common import (
 )
 
 NOUNS_TRAIN = [
-    "war", "battle", "conflict", "campaign", "struggle", "dispute", "reign", "rule",
-    "dynasty", "empire", "expedition", "journey", "voyage", "plague", "famine", "drought",
-    "crisis", "revolution", "rebellion", "uprising", "movement", "reform", "program",
-    "project", "study", "trial", "case", "treaty", "alliance", "union", "partnership",
-    "contract", "agreement", "tour", "festival", "season", "era", "period", "age",
-    "boom", "decline", "depression", "recession", "collapse", "occupation", "strike",
-    "protest", "riot", "mission", "exile", "marriage", "career", "tenure", "office",
+    "war",
+    "battle",
+    "conflict",
+    "campaign",
+    "struggle",
+    "dispute",
+    "reign",
+    "rule",
+    "dynasty",
+    "empire",
+    "expedition",
+    "journey",
+    "voyage",
+    "plague",
+    "famine",
+    "drought",
+    "crisis",
+    "revolution",
+    "rebellion",
+    "uprising",
+    "movement",
+    "reform",
+    "program",
+    "project",
+    "study",
+    "trial",
+    "case",
+    "treaty",
+    "alliance",
+    "union",
+    "partnership",
+    "contract",
+    "agreement",
+    "tour",
+    "festival",
+    "season",
+    "era",
+    "period",
+    "age",
+    "boom",
+    "decline",
+    "depression",
+    "recession",
+    "collapse",
+    "occupation",
+    "strike",
+    "protest",
+    "riot",
+    "mission",
+    "exile",
+    "marriage",
+    "career",
+    "tenure",
+    "office",
 ]
 NOUNS_HELDOUT = [
-    "siege", "crusade", "invasion", "pilgrimage", "schism", "truce", "ceasefire",
-    "embargo", "blockade", "regime", "government", "administration", "presidency",
-    "boycott", "feud", "migration",
+    "siege",
+    "crusade",
+    "invasion",
+    "pilgrimage",
+    "schism",
+    "truce",
+    "ceasefire",
+    "embargo",
+    "blockade",
+    "regime",
+    "government",
+    "administration",
+    "presidency",
+    "boycott",
+    "feud",
+    "migration",
 ]
 CENTURIES = list(range(11, 20))
 TRAIN_TEMPLATES = [
@@ -101,7 +161,9 @@ def make_greater_than_prompts(
     check_split(split)
     nouns = single_token_words(tokenizer, NOUNS_HELDOUT if split == "heldout" else NOUNS_TRAIN)
     require_pool(nouns, 1, "greater-than nouns")
-    years = [(xx, yy) for xx, yy in _year_pool(split) if _splits_as_century_and_year(tokenizer, xx, yy)]
+    years = [
+        (xx, yy) for xx, yy in _year_pool(split) if _splits_as_century_and_year(tokenizer, xx, yy)
+    ]
     require_pool(years, 1, "start years")
     year_ids = year_token_ids(tokenizer)
     rng = random.Random(seed)

@@ -81,7 +81,9 @@ class ViewerApp:
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         if not self.data_dir.is_dir():
-            raise SparseCircuitsError(f"{self.data_dir} is not a folder; pass the folder holding graph JSON files")
+            raise SparseCircuitsError(
+                f"{self.data_dir} is not a folder; pass the folder holding graph JSON files"
+            )
         if self.dashboards_dir is None:
             for candidate in (self.data_dir / "dashboards", self.data_dir):
                 if (candidate / "index.json").is_file():
@@ -124,7 +126,10 @@ class ViewerApp:
     # ------------------------------------------------------------------ dashboards
     def _require_store(self) -> Any:
         if self._store is None:
-            raise HTTPError(HTTPStatus.NOT_FOUND, "no dashboards loaded; run `sparsecircuits dashboards` and pass --dashboards")
+            raise HTTPError(
+                HTTPStatus.NOT_FOUND,
+                "no dashboards loaded; run `sparsecircuits dashboards` and pass --dashboards",
+            )
         return self._store
 
     def list_dashboards(self) -> list[dict[str, Any]]:
@@ -132,7 +137,9 @@ class ViewerApp:
         if self._store is None:
             return []
         keys = ("layer", "d_sae", "hook_in", "hook_out", "n_tokens", "kind")
-        return [{"name": n, **{k: self._store.info(n).get(k) for k in keys}} for n in self._store.names]
+        return [
+            {"name": n, **{k: self._store.info(n).get(k) for k in keys}} for n in self._store.names
+        ]
 
     def feature(self, name: str, index: int) -> dict[str, Any]:
         """One latent's dashboard."""
@@ -148,6 +155,7 @@ class ViewerApp:
 
     def table(self, name: str, query: dict[str, list[str]]) -> dict[str, Any]:
         """A feature-browser page."""
+
         def arg(key: str, default: str) -> str:
             return query.get(key, [default])[0]
 
@@ -155,15 +163,23 @@ class ViewerApp:
             offset, limit = int(arg("offset", "0")), int(arg("limit", "50"))
         except ValueError:
             raise HTTPError(HTTPStatus.BAD_REQUEST, "offset and limit must be integers") from None
-        return self._require_store().table(name, offset=max(0, offset), limit=limit, sort=arg("sort", "index"),
-                                           query=arg("q", ""), include_dead=arg("dead", "1") != "0")
+        return self._require_store().table(
+            name,
+            offset=max(0, offset),
+            limit=limit,
+            sort=arg("sort", "index"),
+            query=arg("q", ""),
+            include_dead=arg("dead", "1") != "0",
+        )
 
     # ------------------------------------------------------------------ interventions
     def intervene(self, request: dict[str, Any]) -> dict[str, Any]:
         """Run an intervention request through the (lazily built) engine."""
         if self.intervention_engine is None:
-            raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE,
-                            "interventions are off; start the server with --model and --transcoders")
+            raise HTTPError(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "interventions are off; start the server with --model and --transcoders",
+            )
         with self._engine_lock:  # one model, one request at a time
             if self._engine is None:
                 self._engine = self.intervention_engine()
@@ -178,8 +194,13 @@ def _graph_summary(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or not {"metadata", "nodes", "links"} <= set(data):
         return None
     meta = data.get("metadata") or {}
-    return {"slug": meta.get("slug", path.stem), "prompt": meta.get("prompt", ""), "scan": meta.get("scan", ""),
-            "n_nodes": len(data["nodes"]), "n_links": len(data["links"])}
+    return {
+        "slug": meta.get("slug", path.stem),
+        "prompt": meta.get("prompt", ""),
+        "scan": meta.get("scan", ""),
+        "n_nodes": len(data["nodes"]),
+        "n_links": len(data["links"]),
+    }
 
 
 def _handler(app: ViewerApp) -> type[BaseHTTPRequestHandler]:
@@ -202,7 +223,11 @@ def _handler(app: ViewerApp) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
 
         def _json(self, payload: Any, status: int = HTTPStatus.OK) -> None:
-            self._send(status, json.dumps(payload, allow_nan=False).encode(), "application/json; charset=utf-8")
+            self._send(
+                status,
+                json.dumps(payload, allow_nan=False).encode(),
+                "application/json; charset=utf-8",
+            )
 
         def _dispatch(self, fn: Callable[[], None]) -> None:
             try:
@@ -212,7 +237,9 @@ def _handler(app: ViewerApp) -> type[BaseHTTPRequestHandler]:
             except SparseCircuitsError as exc:
                 self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
             except Exception as exc:  # a viewer must answer, not hang the page
-                self._json({"error": f"{type(exc).__name__}: {exc}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+                self._json(
+                    {"error": f"{type(exc).__name__}: {exc}"}, HTTPStatus.INTERNAL_SERVER_ERROR
+                )
 
         def do_HEAD(self) -> None:  # noqa: N802 - stdlib name
             self.do_GET()
@@ -290,7 +317,9 @@ class ViewerServer:
         try:
             self.httpd = ThreadingHTTPServer((host, port), _handler(app))
         except OSError as exc:
-            raise SparseCircuitsError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port") from None
+            raise SparseCircuitsError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port"
+            ) from None
         self.httpd.daemon_threads = True
         self.app = app
         self._thread: threading.Thread | None = None
@@ -299,6 +328,7 @@ class ViewerServer:
     def url(self) -> str:
         """The base URL, e.g. http://127.0.0.1:8041/."""
         host, port = self.httpd.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"http://{host}:{port}/"
 
     def start(self) -> ViewerServer:

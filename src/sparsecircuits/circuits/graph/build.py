@@ -37,7 +37,12 @@ import torch
 from torch import Tensor
 
 from sparsecircuits.circuits.graph import neuronpedia as npd
-from sparsecircuits.circuits.graph.prune import PruneResult, SparseAdjacency, graph_scores, prune_graph
+from sparsecircuits.circuits.graph.prune import (
+    PruneResult,
+    SparseAdjacency,
+    graph_scores,
+    prune_graph,
+)
 from sparsecircuits.errors import SparseCircuitsError
 
 
@@ -48,7 +53,9 @@ class GraphConfig:
     max_n_logits: int = 10
     desired_logit_prob: float = 0.95
     batch_size: int = 64  # targets per batched backward pass
-    row_mass: float = 0.999  # per target row, keep the largest |edges| covering this share (1.0 = all)
+    row_mass: float = (
+        0.999  # per target row, keep the largest |edges| covering this share (1.0 = all)
+    )
     node_threshold: float = 0.8
     edge_threshold: float = 0.98
     skip_bos: bool = True  # no feature/error nodes at position 0
@@ -118,20 +125,33 @@ class AttributionGraph:
 
     def feature_index(self, layer: int, pos: int, feature: int) -> int:
         """Node index of an active feature; raises if it is not active."""
-        hit = ((self.active_features[:, 0] == layer) & (self.active_features[:, 1] == pos)
-               & (self.active_features[:, 2] == feature)).nonzero()
+        hit = (
+            (self.active_features[:, 0] == layer)
+            & (self.active_features[:, 1] == pos)
+            & (self.active_features[:, 2] == feature)
+        ).nonzero()
         if hit.numel() == 0:
-            raise SparseCircuitsError(f"feature {feature} of layer {layer} is not active at position {pos}")
+            raise SparseCircuitsError(
+                f"feature {feature} of layer {layer} is not active at position {pos}"
+            )
         return int(hit[0, 0])
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
         """Circuit-tracer's influence pruning (see `prune.prune_graph`)."""
-        return prune_graph(self.adjacency, self.logit_probs, self.n_features, self.n_pos,
-                           node_threshold, edge_threshold)
+        return prune_graph(
+            self.adjacency,
+            self.logit_probs,
+            self.n_features,
+            self.n_pos,
+            node_threshold,
+            edge_threshold,
+        )
 
     def scores(self) -> tuple[float, float]:
         """`(replacement_score, completeness_score)` of the unpruned graph."""
-        return graph_scores(self.adjacency, self.logit_probs, self.n_features, self.n_errors, self.n_pos)
+        return graph_scores(
+            self.adjacency, self.logit_probs, self.n_features, self.n_errors, self.n_pos
+        )
 
 
 def salient_logits(logits: Tensor, max_n_logits: int, desired_prob: float) -> tuple[Tensor, Tensor]:
@@ -140,12 +160,19 @@ def salient_logits(logits: Tensor, max_n_logits: int, desired_prob: float) -> tu
     probs = torch.softmax(logits.double(), dim=-1)
     top = probs.topk(min(max_n_logits, probs.numel()))
     cumulative = top.values.cumsum(0)
-    k = int(torch.searchsorted(cumulative, torch.tensor([desired_prob], dtype=torch.float64)).item()) + 1
+    k = (
+        int(
+            torch.searchsorted(cumulative, torch.tensor([desired_prob], dtype=torch.float64)).item()
+        )
+        + 1
+    )
     k = min(k, top.values.numel())
     return top.indices[:k], top.values[:k].float()
 
 
-def build_graph(replacement: Any, prompt: str | Tensor, config: GraphConfig | None = None) -> AttributionGraph:
+def build_graph(
+    replacement: Any, prompt: str | Tensor, config: GraphConfig | None = None
+) -> AttributionGraph:
     """Return the unpruned `AttributionGraph` of `prompt` (text, or input_ids `[T]` / `[1, T]`).
 
     `replacement` is a `sparsecircuits.circuits.replacement.ReplacementModel`.
@@ -171,32 +198,41 @@ def build_graph(replacement: Any, prompt: str | Tensor, config: GraphConfig | No
 
     # ---- nodes
     first = 1 if cfg.skip_bos and n_pos > 1 else 0
-    feats, acts, dec_scaled = [], [], {}
+    feats, acts, decoders = [], [], {}
     for layer in sorted(replacement.transcoders):
         layer_acts = state.feature_acts[layer][0, first:]
-        pos, feat = layer_acts.nonzero(as_tuple=True)
+        pos, feat = layer_acts.nonzero(as_tuple=True)  # sorted by position, then feature
         values = layer_acts[pos, feat]
         feats.append(torch.stack([torch.full_like(pos, layer), pos + first, feat], dim=1))
         acts.append(values)
-        dec_scaled[layer] = (pos + first, replacement.tc_weights(layer)["W_dec"][feat] * values[:, None])
+        decoders[layer] = _position_groups(
+            pos + first, replacement.tc_weights(layer)["W_dec"][feat] * values[:, None], n_pos
+        )
     active = torch.cat(feats) if feats else torch.zeros(0, 3, dtype=torch.long)
     activations = torch.cat(acts) if acts else torch.zeros(0)
-    logit_ids, logit_probs = salient_logits(state.logits[0, -1], cfg.max_n_logits, cfg.desired_logit_prob)
+    logit_ids, logit_probs = salient_logits(
+        state.logits[0, -1], cfg.max_n_logits, cfg.desired_logit_prob
+    )
     n_feat, n_logits = int(active.shape[0]), int(logit_ids.numel())
     n_nodes = n_feat + n_layers * n_pos + n_pos + n_logits
     error_vectors = []
     for layer in range(n_layers):
-        err = state.errors[layer][0] if layer in replacement.transcoders else state.mlp_out[layer][0]
+        err = (
+            state.errors[layer][0] if layer in replacement.transcoders else state.mlp_out[layer][0]
+        )
         if first:
             err = torch.cat([torch.zeros_like(err[:1]), err[1:]])
         error_vectors.append(err)
     embed = state.embed[0]
 
     # ---- one forward pass with the frozen linear map, kept for every backward pass
+    def unit(shape: tuple[int, ...]) -> Tensor:
+        return torch.ones(
+            shape, dtype=replacement.dtype, device=replacement.device, requires_grad=True
+        )
+
     mults = Multipliers(
-        embed=torch.ones(1, n_pos, 1, dtype=replacement.dtype, device=replacement.device, requires_grad=True),
-        errors={layer: torch.ones(1, n_pos, 1, dtype=replacement.dtype, device=replacement.device,
-                                  requires_grad=True) for layer in range(n_layers)},
+        embed=unit((1, n_pos, 1)), errors={layer: unit((1, n_pos, 1)) for layer in range(n_layers)}
     )
     with torch.enable_grad():
         out = replacement.run_with_multipliers(state, mults, features="frozen")
@@ -205,49 +241,53 @@ def build_graph(replacement: Any, prompt: str | Tensor, config: GraphConfig | No
     sources = [out.mlp_out[layer] for layer in range(n_layers)] + [out.embed]
     timings["forward"] = time.perf_counter() - start - timings["clean_run"]
 
-    # ---- targets: logits first, then features (by layer, so each batch's backward stays shallow)
+    # ---- targets: logits first, then features by layer (each batch's backward stays shallow).
+    # The injected gradient is the target's input direction at its read point.
     W_U = replacement.W_U
-    logit_vectors = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T  # [K, d]
+    injections = [(W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T]  # de-meaned logits [K, d]
+    for layer in sorted(replacement.transcoders):
+        layer_feats = active[active[:, 0] == layer, 2].to(replacement.device)
+        injections.append(replacement.tc_weights(layer)["W_enc"][:, layer_feats].T)
+    injection = torch.cat(injections)  # [n_targets, d]
     target_layer = torch.cat([torch.full((n_logits,), n_layers, dtype=torch.long), active[:, 0]])
     target_pos = torch.cat([torch.full((n_logits,), n_pos - 1, dtype=torch.long), active[:, 1]])
     target_node = torch.cat([torch.arange(n_logits) + n_nodes - n_logits, torch.arange(n_feat)])
-    enc_cols = {layer: replacement.tc_weights(layer)["W_enc"] for layer in replacement.transcoders}
-
-    def injection(i: int) -> Tensor:
-        if i < n_logits:
-            return logit_vectors[i]
-        layer, _, feature = active[i - n_logits].tolist()
-        return enc_cols[layer][:, feature]
 
     rows_t, rows_s, rows_w = [], [], []
     row_abs_sums = torch.zeros(n_nodes, dtype=torch.float64)
     n_targets = n_logits + n_feat
-    d_model = replacement.d_model
+    feature_offsets = torch.tensor([0] + [int(decoders[k][2].numel()) for k in sorted(decoders)])
+    feature_offsets = feature_offsets.cumsum(0).tolist()
     for lo in range(0, n_targets, cfg.batch_size):
         hi = min(n_targets, lo + cfg.batch_size)
         batch = hi - lo
-        layers_here = sorted(set(target_layer[lo:hi].tolist()))
         outputs, grad_outputs = [], []
-        for layer in layers_here:
-            grad = torch.zeros(batch, *read_points[layer].shape, dtype=replacement.dtype, device=replacement.device)
-            for b in (target_layer[lo:hi] == layer).nonzero(as_tuple=True)[0].tolist():
-                grad[b, 0, int(target_pos[lo + b])] = injection(lo + b)
+        for layer in sorted(set(target_layer[lo:hi].tolist())):
+            slots = (target_layer[lo:hi] == layer).nonzero(as_tuple=True)[0]
+            grad = torch.zeros(
+                batch, *read_points[layer].shape, dtype=replacement.dtype, device=replacement.device
+            )
+            grad[slots, 0, target_pos[lo + slots]] = injection[lo + slots]
             outputs.append(read_points[layer])
             grad_outputs.append(grad)
-        grads = torch.autograd.grad(outputs, sources, grad_outputs=grad_outputs, retain_graph=hi < n_targets,
-                                    is_grads_batched=True, allow_unused=True)
+        grads = torch.autograd.grad(
+            outputs,
+            sources,
+            grad_outputs=grad_outputs,
+            retain_graph=hi < n_targets,
+            is_grads_batched=True,
+            allow_unused=True,
+        )
         block = torch.zeros(batch, n_nodes, dtype=torch.float32, device=replacement.device)
-        offset = 0
-        for layer in sorted(dec_scaled):
-            pos, dec = dec_scaled[layer]
-            n_here = int(pos.numel())
+        for i, layer in enumerate(sorted(decoders)):
             g = grads[layer]
-            if g is not None and n_here:
-                g = g[:, 0]
-                for c in range(0, n_here, 1024):  # gather in chunks: [batch, chunk, d]
-                    end = min(n_here, c + 1024)
-                    block[:, offset + c : offset + end] = torch.einsum("bnd,nd->bn", g[:, pos[c:end]], dec[c:end])
-            offset += n_here
+            if g is None:
+                continue
+            positions, dec_padded, columns = decoders[layer]
+            # [pos, batch, d] x [pos, d, max features per position] -> the feature columns
+            per_pos = torch.bmm(g[:, 0, positions].transpose(0, 1), dec_padded.transpose(1, 2))
+            flat = per_pos.permute(1, 0, 2).reshape(batch, -1)
+            block[:, feature_offsets[i] : feature_offsets[i + 1]] = flat[:, columns]
         for layer in range(n_layers):
             g = grads[layer]
             if g is not None:
@@ -275,16 +315,43 @@ def build_graph(replacement: Any, prompt: str | Tensor, config: GraphConfig | No
     tokenizer = adapter.tokenizer
     ids = input_ids[0].cpu()
     return AttributionGraph(
-        prompt=text, input_ids=ids,
+        prompt=text,
+        input_ids=ids,
         prompt_tokens=[tokenizer.decode([i]) for i in ids.tolist()],
-        n_layers=n_layers, active_features=active.cpu(), activations=activations.cpu(),
-        logit_ids=logit_ids.cpu(), logit_probs=logit_probs.cpu(),
+        n_layers=n_layers,
+        active_features=active.cpu(),
+        activations=activations.cpu(),
+        logit_ids=logit_ids.cpu(),
+        logit_probs=logit_probs.cpu(),
         logit_tokens=[tokenizer.decode([i]) for i in logit_ids.tolist()],
-        adjacency=adjacency, timings=timings,
+        adjacency=adjacency,
+        timings=timings,
     )
 
 
-def _sparsify(block: Tensor, rows: Tensor, row_mass: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _position_groups(pos: Tensor, rows: Tensor, n_pos: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Group feature rows `[n, d]` (sorted by `pos [n]`) per position for one batched matmul.
+
+    Returns `(positions [P], padded [P, m, d], columns [n])`: the positions holding features,
+    their rows padded to the largest count m, and where each feature lands in the flattened
+    `[P * m]` result.
+    """
+    counts = torch.bincount(pos, minlength=n_pos)
+    positions = counts.nonzero(as_tuple=True)[0]
+    width = int(counts.max()) if pos.numel() else 0
+    slot_of_pos = torch.full((n_pos,), -1, dtype=torch.long)
+    slot_of_pos[positions] = torch.arange(positions.numel())
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(pos.numel()) - starts[pos]
+    columns = slot_of_pos[pos] * width + rank
+    padded = rows.new_zeros(positions.numel(), width, rows.shape[1])
+    padded[slot_of_pos[pos], rank] = rows
+    return positions.to(rows.device), padded, columns.to(rows.device)
+
+
+def _sparsify(
+    block: Tensor, rows: Tensor, row_mass: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Stored edges of a row block `[B, N]`: per row the largest |entries| covering `row_mass` of
     its absolute sum. Returns `(targets, sources, weights, exact row abs sums [B])`."""
     magnitude = block.abs()
@@ -303,9 +370,17 @@ def _sparsify(block: Tensor, rows: Tensor, row_mass: float) -> tuple[Tensor, Ten
 # ------------------------------------------------------------------------------ export
 
 
-def to_neuronpedia(graph: AttributionGraph, pruned: PruneResult | None = None, *, slug: str = "graph",
-                   scan: str = "", node_threshold: float = 0.8, edge_threshold: float = 0.98,
-                   generation: GraphConfig | None = None, info: dict[str, Any] | None = None) -> npd.NeuronpediaGraph:
+def to_neuronpedia(
+    graph: AttributionGraph,
+    pruned: PruneResult | None = None,
+    *,
+    slug: str = "graph",
+    scan: str = "",
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    generation: GraphConfig | None = None,
+    info: dict[str, Any] | None = None,
+) -> npd.NeuronpediaGraph:
     """The pruned graph in Neuronpedia's graph JSON model (prunes with the thresholds if not given)."""
     from sparsecircuits import __version__
 
@@ -316,42 +391,83 @@ def to_neuronpedia(graph: AttributionGraph, pruned: PruneResult | None = None, *
     for i in pruned.node_mask.nonzero(as_tuple=True)[0].tolist():
         if i < n_feat:
             layer, pos, feat = graph.active_features[i].tolist()
-            nodes[i] = npd.feature_node(layer, feat, pos, n_pos, activation=float(graph.activations[i]),
-                                        influence=cumulative[i])
+            nodes[i] = npd.feature_node(
+                layer,
+                feat,
+                pos,
+                n_pos,
+                activation=float(graph.activations[i]),
+                influence=cumulative[i],
+            )
         elif i < n_feat + n_err:
             layer, pos = divmod(i - n_feat, n_pos)
-            nodes[i] = npd.error_node(layer, pos, n_pos, graph.prompt_tokens[pos], influence=cumulative[i])
+            nodes[i] = npd.error_node(
+                layer, pos, n_pos, graph.prompt_tokens[pos], influence=cumulative[i]
+            )
         elif i < n_feat + n_err + n_pos:
             pos = i - n_feat - n_err
-            nodes[i] = npd.token_node(int(graph.input_ids[pos]), pos, n_pos, graph.prompt_tokens[pos],
-                                      influence=cumulative[i])
+            nodes[i] = npd.token_node(
+                int(graph.input_ids[pos]),
+                pos,
+                n_pos,
+                graph.prompt_tokens[pos],
+                influence=cumulative[i],
+            )
         else:
             k = i - n_feat - n_err - n_pos
-            nodes[i] = npd.logit_node(int(graph.logit_ids[k]), n_pos - 1, graph.n_layers, graph.logit_tokens[k],
-                                      float(graph.logit_probs[k]), is_target=k == 0)
+            nodes[i] = npd.logit_node(
+                int(graph.logit_ids[k]),
+                n_pos - 1,
+                graph.n_layers,
+                graph.logit_tokens[k],
+                float(graph.logit_probs[k]),
+                is_target=k == 0,
+            )
     adj = graph.adjacency
     kept = pruned.edge_mask.nonzero(as_tuple=True)[0]
     links = []
     connected: set[int] = set()
-    for t, s, w in zip(adj.targets[kept].tolist(), adj.sources[kept].tolist(), adj.weights[kept].tolist(), strict=True):
+    for t, s, w in zip(
+        adj.targets[kept].tolist(),
+        adj.sources[kept].tolist(),
+        adj.weights[kept].tolist(),
+        strict=True,
+    ):
         if t in nodes and s in nodes:
-            links.append(npd.GraphLink(source=nodes[s].node_id, target=nodes[t].node_id, weight=float(w)))
+            links.append(
+                npd.GraphLink(source=nodes[s].node_id, target=nodes[t].node_id, weight=float(w))
+            )
             connected.update((t, s))
-    used = [node for i, node in sorted(nodes.items())
-            if i in connected or node.feature_type in (npd.FEATURE_TYPE_EMBEDDING, npd.FEATURE_TYPE_LOGIT)]
+    used = [
+        node
+        for i, node in sorted(nodes.items())
+        if i in connected
+        or node.feature_type in (npd.FEATURE_TYPE_EMBEDDING, npd.FEATURE_TYPE_LOGIT)
+    ]
     gen = generation or GraphConfig()
     metadata = npd.GraphMetadata(
-        slug=slug, scan=scan, prompt_tokens=list(graph.prompt_tokens), prompt=graph.prompt,
+        slug=slug,
+        scan=scan,
+        prompt_tokens=list(graph.prompt_tokens),
+        prompt=graph.prompt,
         node_threshold=node_threshold,
         info=npd.GraphInfo(
             generator=npd.Generator(name="sparsecircuits", version=__version__),
-            create_time_ms=float(int(time.time() * 1000)), extra=dict(info or {}),
+            create_time_ms=float(int(time.time() * 1000)),
+            extra=dict(info or {}),
         ),
         generation_settings=npd.GenerationSettings(
-            max_n_logits=gen.max_n_logits, desired_logit_prob=gen.desired_logit_prob, batch_size=gen.batch_size,
-            max_feature_nodes=graph.n_features, extra={"row_mass": gen.row_mass, "skip_bos": gen.skip_bos},
+            max_n_logits=gen.max_n_logits,
+            desired_logit_prob=gen.desired_logit_prob,
+            batch_size=gen.batch_size,
+            max_feature_nodes=graph.n_features,
+            extra={"row_mass": gen.row_mass, "skip_bos": gen.skip_bos},
         ),
-        pruning_settings=npd.PruningSettings(node_threshold=node_threshold, edge_threshold=edge_threshold),
+        pruning_settings=npd.PruningSettings(
+            node_threshold=node_threshold, edge_threshold=edge_threshold
+        ),
         schema_version=1,
     )
-    return npd.NeuronpediaGraph(metadata=metadata, qParams=npd.default_qparams(), nodes=used, links=links)
+    return npd.NeuronpediaGraph(
+        metadata=metadata, qParams=npd.default_qparams(), nodes=used, links=links
+    )

@@ -26,7 +26,9 @@ from typing import Any
 
 from sparsecircuits.errors import SparseCircuitsError
 
-FEATURE_TYPE_TRANSCODER = "cross layer transcoder"  # circuit-tracer uses this for per-layer ones too
+FEATURE_TYPE_TRANSCODER = (
+    "cross layer transcoder"  # circuit-tracer uses this for per-layer ones too
+)
 FEATURE_TYPE_ERROR = "mlp reconstruction error"
 FEATURE_TYPE_EMBEDDING = "embedding"
 FEATURE_TYPE_LOGIT = "logit"
@@ -187,8 +189,16 @@ _NESTED: dict[tuple[type, str], type] = {
     (GraphMetadata, "generation_settings"): GenerationSettings,
     (GraphMetadata, "pruning_settings"): PruningSettings,
 }
-_FLOAT_FIELDS = {"weight", "influence", "activation", "token_prob", "node_threshold", "edge_threshold",
-                 "desired_logit_prob", "create_time_ms"}
+_FLOAT_FIELDS = {
+    "weight",
+    "influence",
+    "activation",
+    "token_prob",
+    "node_threshold",
+    "edge_threshold",
+    "desired_logit_prob",
+    "create_time_ms",
+}
 _ALWAYS_WRITTEN = {(GraphNode, "influence"), (GraphNode, "activation")}
 
 
@@ -198,7 +208,11 @@ def _to_mapping(obj: Any) -> dict[str, Any]:
         if f.name == "extra":
             continue
         value = getattr(obj, f.name)
-        if value is None and (type(obj), f.name) not in _ALWAYS_WRITTEN and f.default is not dataclasses.MISSING:
+        if (
+            value is None
+            and (type(obj), f.name) not in _ALWAYS_WRITTEN
+            and f.default is not dataclasses.MISSING
+        ):
             continue
         if dataclasses.is_dataclass(value):
             value = _to_mapping(value)
@@ -209,10 +223,17 @@ def _to_mapping(obj: Any) -> dict[str, Any]:
 
 def _from_mapping(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
-        raise SparseCircuitsError(f"graph JSON: {where} must be an object; fix or regenerate the file")
+        raise SparseCircuitsError(
+            f"graph JSON: {where} must be an object; fix or regenerate the file"
+        )
     names = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
-    missing = [n for n, f in names.items() if f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING and n not in data]
+    missing = [
+        n
+        for n, f in names.items()
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and n not in data
+    ]
     if missing:
         raise SparseCircuitsError(f"graph JSON: {where} lacks required key(s) {', '.join(missing)}")
     kwargs: dict[str, Any] = {}
@@ -243,10 +264,14 @@ def export_graph(graph: NeuronpediaGraph) -> dict[str, Any]:
 def import_graph(data: dict[str, Any]) -> NeuronpediaGraph:
     """Return the `NeuronpediaGraph` held by a graph JSON dict (unknown keys kept in `extra`)."""
     if not isinstance(data, dict):
-        raise SparseCircuitsError("graph JSON must be an object with metadata, qParams, nodes, links")
+        raise SparseCircuitsError(
+            "graph JSON must be an object with metadata, qParams, nodes, links"
+        )
     missing = [k for k in ("metadata", "qParams", "nodes", "links") if k not in data]
     if missing:
-        raise SparseCircuitsError(f"graph JSON lacks {', '.join(missing)}; is this an attribution graph file?")
+        raise SparseCircuitsError(
+            f"graph JSON lacks {', '.join(missing)}; is this an attribution graph file?"
+        )
     if not isinstance(data["nodes"], list) or not isinstance(data["links"], list):
         raise SparseCircuitsError("graph JSON: nodes and links must be lists")
     return NeuronpediaGraph(
@@ -273,7 +298,9 @@ def load_graph(path: str | Path, *, validate: bool = False) -> NeuronpediaGraph:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise SparseCircuitsError(f"graph file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise SparseCircuitsError(
+            f"graph file {path} is not valid JSON ({exc.msg} at line {exc.lineno})"
+        ) from None
     if validate:
         validate_graph_json(data)
     return import_graph(data)
@@ -293,7 +320,9 @@ def validate_graph_json(data: dict[str, Any]) -> None:
     error = next(iter(sorted(validator.iter_errors(data), key=lambda e: list(e.path))), None)
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise SparseCircuitsError(f"graph JSON breaks Neuronpedia's schema at {where}: {error.message}")
+        raise SparseCircuitsError(
+            f"graph JSON breaks Neuronpedia's schema at {where}: {error.message}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,47 +345,96 @@ def cantor_unpair(number: int) -> tuple[int, int]:
     return w - feature, feature
 
 
-def feature_node(layer: int, feature: int, pos: int, n_pos: int, *, activation: float | None,
-                 influence: float | None, clerp: str = "") -> GraphNode:
+def feature_node(
+    layer: int,
+    feature: int,
+    pos: int,
+    n_pos: int,
+    *,
+    activation: float | None,
+    influence: float | None,
+    clerp: str = "",
+) -> GraphNode:
     """Return the node of transcoder feature `feature` of `layer` at prompt position `pos`."""
     return GraphNode(
-        node_id=f"{layer}_{feature}_{pos}", feature=cantor_pair(layer, feature), layer=str(layer),
-        ctx_idx=pos, feature_type=FEATURE_TYPE_TRANSCODER, jsNodeId=f"{layer}_{feature}-0", clerp=clerp,
-        influence=influence, activation=activation, token_prob=0.0, is_target_logit=False, run_idx=0,
+        node_id=f"{layer}_{feature}_{pos}",
+        feature=cantor_pair(layer, feature),
+        layer=str(layer),
+        ctx_idx=pos,
+        feature_type=FEATURE_TYPE_TRANSCODER,
+        jsNodeId=f"{layer}_{feature}-0",
+        clerp=clerp,
+        influence=influence,
+        activation=activation,
+        token_prob=0.0,
+        is_target_logit=False,
+        run_idx=0,
         reverse_ctx_idx=n_pos - 1 - pos,
     )
 
 
-def error_node(layer: int, pos: int, n_pos: int, token: str, *, influence: float | None) -> GraphNode:
+def error_node(
+    layer: int, pos: int, n_pos: int, token: str, *, influence: float | None
+) -> GraphNode:
     """Return the node of the MLP reconstruction error of `layer` at position `pos`."""
     return GraphNode(
-        node_id=f"{layer}_-1_{pos}", feature=-1, layer=str(layer), ctx_idx=pos,
-        feature_type=FEATURE_TYPE_ERROR, jsNodeId=f"{layer}_-1-{pos}", clerp=f'Err: mlp "{token}"',
-        influence=influence, activation=None, token_prob=0.0, is_target_logit=False, run_idx=0,
+        node_id=f"{layer}_-1_{pos}",
+        feature=-1,
+        layer=str(layer),
+        ctx_idx=pos,
+        feature_type=FEATURE_TYPE_ERROR,
+        jsNodeId=f"{layer}_-1-{pos}",
+        clerp=f'Err: mlp "{token}"',
+        influence=influence,
+        activation=None,
+        token_prob=0.0,
+        is_target_logit=False,
+        run_idx=0,
         reverse_ctx_idx=n_pos - 1 - pos,
     )
 
 
-def token_node(token_id: int, pos: int, n_pos: int, token: str, *, influence: float | None) -> GraphNode:
+def token_node(
+    token_id: int, pos: int, n_pos: int, token: str, *, influence: float | None
+) -> GraphNode:
     """Return the node of the token embedding at position `pos`."""
     return GraphNode(
-        node_id=f"E_{token_id}_{pos}", feature=pos, layer="E", ctx_idx=pos,
-        feature_type=FEATURE_TYPE_EMBEDDING, jsNodeId=f"E_{token_id}-{pos}", clerp=f'Emb: "{token}"',
-        influence=influence, activation=None, token_prob=0.0, is_target_logit=False, run_idx=0,
+        node_id=f"E_{token_id}_{pos}",
+        feature=pos,
+        layer="E",
+        ctx_idx=pos,
+        feature_type=FEATURE_TYPE_EMBEDDING,
+        jsNodeId=f"E_{token_id}-{pos}",
+        clerp=f'Emb: "{token}"',
+        influence=influence,
+        activation=None,
+        token_prob=0.0,
+        is_target_logit=False,
+        run_idx=0,
         reverse_ctx_idx=n_pos - 1 - pos,
     )
 
 
-def logit_node(vocab_idx: int, pos: int, n_layers: int, token: str, prob: float, *,
-               is_target: bool) -> GraphNode:
+def logit_node(
+    vocab_idx: int, pos: int, n_layers: int, token: str, prob: float, *, is_target: bool
+) -> GraphNode:
     """Return the output-logit node of token `vocab_idx` at the last position `pos`.
 
     The clerp `Output "<tok>" (p=0.123)` is part of the contract: the Anthropic frontend parses
     the token and probability out of it.
     """
     return GraphNode(
-        node_id=f"{n_layers + 1}_{vocab_idx}_{pos}", feature=vocab_idx, layer=str(n_layers + 1),
-        ctx_idx=pos, feature_type=FEATURE_TYPE_LOGIT, jsNodeId=f"L_{vocab_idx}-{pos}",
-        clerp=f'Output "{token}" (p={prob:.3f})', influence=None, activation=None, token_prob=prob,
-        is_target_logit=is_target, run_idx=0, reverse_ctx_idx=0,
+        node_id=f"{n_layers + 1}_{vocab_idx}_{pos}",
+        feature=vocab_idx,
+        layer=str(n_layers + 1),
+        ctx_idx=pos,
+        feature_type=FEATURE_TYPE_LOGIT,
+        jsNodeId=f"L_{vocab_idx}-{pos}",
+        clerp=f'Output "{token}" (p={prob:.3f})',
+        influence=None,
+        activation=None,
+        token_prob=prob,
+        is_target_logit=is_target,
+        run_idx=0,
+        reverse_ctx_idx=0,
     )

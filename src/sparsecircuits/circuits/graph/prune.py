@@ -66,8 +66,13 @@ class SparseAdjacency:
     def from_dense(cls, matrix: Tensor) -> SparseAdjacency:
         """Every non-zero entry of a dense `[n, n]` adjacency (rows = targets)."""
         targets, sources = matrix.nonzero(as_tuple=True)
-        return cls(matrix.shape[0], targets, sources, matrix[targets, sources],
-                   matrix.abs().sum(1, dtype=torch.float64))
+        return cls(
+            matrix.shape[0],
+            targets,
+            sources,
+            matrix[targets, sources],
+            matrix.abs().sum(1, dtype=torch.float64),
+        )
 
 
 def normalized_weights(adj: SparseAdjacency) -> Tensor:
@@ -75,13 +80,21 @@ def normalized_weights(adj: SparseAdjacency) -> Tensor:
     return adj.weights.abs().double() / adj.row_abs_sums[adj.targets].clamp_min(1e-10)
 
 
-def compute_influence(targets: Tensor, sources: Tensor, values: Tensor, n_nodes: int, weights: Tensor,
-                      max_iter: int = 1000) -> Tensor:
+def compute_influence(
+    targets: Tensor,
+    sources: Tensor,
+    values: Tensor,
+    n_nodes: int,
+    weights: Tensor,
+    max_iter: int = 1000,
+) -> Tensor:
     """`w A + w A^2 + ...` for the sparse matrix `A[targets, sources] = values`; `[n_nodes]` float64."""
     values = values.double()
 
     def step(vector: Tensor) -> Tensor:
-        return torch.zeros(n_nodes, dtype=torch.float64).index_add_(0, sources, vector[targets] * values)
+        return torch.zeros(n_nodes, dtype=torch.float64).index_add_(
+            0, sources, vector[targets] * values
+        )
 
     current = step(weights.double())
     influence = current.clone()
@@ -90,7 +103,9 @@ def compute_influence(targets: Tensor, sources: Tensor, values: Tensor, n_nodes:
             return influence
         current = step(current)
         influence += current
-    raise SparseCircuitsError(f"influence did not converge in {max_iter} steps: the graph has a cycle")
+    raise SparseCircuitsError(
+        f"influence did not converge in {max_iter} steps: the graph has a cycle"
+    )
 
 
 def find_threshold(scores: Tensor, threshold: float) -> float:
@@ -102,7 +117,9 @@ def find_threshold(scores: Tensor, threshold: float) -> float:
     if sorted_scores.numel() == 0 or float(total) <= 0:
         return 0.0
     cumulative = torch.cumsum(sorted_scores, 0) / total
-    index = int(torch.searchsorted(cumulative, torch.tensor([threshold], dtype=torch.float64)).item())
+    index = int(
+        torch.searchsorted(cumulative, torch.tensor([threshold], dtype=torch.float64)).item()
+    )
     n_nonzero = int((sorted_scores > 0).sum())
     index = min(index, max(n_nonzero - 1, 0))
     return float(sorted_scores[index])
@@ -122,12 +139,18 @@ def logit_weight_vector(n_nodes: int, logit_probs: Tensor) -> Tensor:
     """`[n_nodes]` float64: the logit probabilities on the last K nodes, 0 elsewhere."""
     weights = torch.zeros(n_nodes, dtype=torch.float64)
     if logit_probs.numel():
-        weights[-logit_probs.numel():] = logit_probs.double()
+        weights[-logit_probs.numel() :] = logit_probs.double()
     return weights
 
 
-def prune_graph(adj: SparseAdjacency, logit_probs: Tensor, n_features: int, n_tokens: int,
-                node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
+def prune_graph(
+    adj: SparseAdjacency,
+    logit_probs: Tensor,
+    n_features: int,
+    n_tokens: int,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+) -> PruneResult:
     """Prune by influence on the logits (see module docstring); node layout `[F | errors | T | K]`."""
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= value <= 1.0:
@@ -137,7 +160,9 @@ def prune_graph(adj: SparseAdjacency, logit_probs: Tensor, n_features: int, n_to
     logit_weights = logit_weight_vector(n, logit_probs)
     always = n - n_logits - n_tokens  # tokens and logits start here
 
-    node_influence = compute_influence(adj.targets, adj.sources, normalized_weights(adj), n, logit_weights)
+    node_influence = compute_influence(
+        adj.targets, adj.sources, normalized_weights(adj), n, logit_weights
+    )
     node_mask = node_influence >= find_threshold(node_influence, node_threshold)
     node_mask[always:] = True
 
@@ -175,8 +200,9 @@ def prune_graph(adj: SparseAdjacency, logit_probs: Tensor, n_features: int, n_to
     return PruneResult(node_mask, edge_mask, cumulative_scores, node_influence)
 
 
-def graph_scores(adj: SparseAdjacency, logit_probs: Tensor, n_features: int, n_errors: int,
-                 n_tokens: int) -> tuple[float, float]:
+def graph_scores(
+    adj: SparseAdjacency, logit_probs: Tensor, n_features: int, n_errors: int, n_tokens: int
+) -> tuple[float, float]:
     """`(replacement_score, completeness_score)` of the unpruned graph (see module docstring)."""
     n = adj.n_nodes
     logit_weights = logit_weight_vector(n, logit_probs)
@@ -188,7 +214,11 @@ def graph_scores(adj: SparseAdjacency, logit_probs: Tensor, n_features: int, n_e
     denominator = token_influence + error_influence
     replacement = float(token_influence / denominator) if float(denominator) > 0 else 0.0
     from_error = (adj.sources >= err_lo) & (adj.sources < err_hi)
-    error_fraction = torch.zeros(n, dtype=torch.float64).index_add_(0, adj.targets[from_error], normalized[from_error])
+    error_fraction = torch.zeros(n, dtype=torch.float64).index_add_(
+        0, adj.targets[from_error], normalized[from_error]
+    )
     output_influence = influence + logit_weights
-    completeness = float(((1 - error_fraction) * output_influence).sum() / output_influence.sum().clamp_min(1e-300))
+    completeness = float(
+        ((1 - error_fraction) * output_influence).sum() / output_influence.sum().clamp_min(1e-300)
+    )
     return replacement, completeness

@@ -18,5 +18,5 @@ class AbsTopKActivation(TopKActivation):
     signed = True
 
     def saelens_architecture(self) -> str | None:
-        """"abstopk" (SAELens 6.54) for SAEs and for transcoders with `d_in == d_out`."""
+        """ "abstopk" (SAELens 6.54) for SAEs and for transcoders with `d_in == d_out`."""
         return "abstopk" if super().saelens_architecture() == "topk" else None

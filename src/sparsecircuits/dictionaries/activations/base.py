@@ -19,7 +19,7 @@ Hook points, all called by `Dictionary` (the trainer only calls `Dictionary.loss
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -51,6 +51,9 @@ class ForwardOutput:
     aux_values: Tensor | None = None
     aux_indices: Tensor | None = None
     d_sae: int = 0
+    extras: dict[str, Tensor] = field(
+        default_factory=dict
+    )  # family-specific tensors for its losses
 
     @property
     def feature_acts(self) -> Tensor:
@@ -99,7 +102,9 @@ class Activation(nn.Module):
     """
 
     name: ClassVar[str] = ""
-    uses_input_bias: ClassVar[bool] = True  # False: b_in stays zero and frozen (MP centres by b_dec)
+    uses_input_bias: ClassVar[bool] = (
+        True  # False: b_in stays zero and frozen (MP centres by b_dec)
+    )
     tied: ClassVar[bool] = False  # True: no W_enc/b_enc, the encoder reads W_dec (MP)
 
     def __init__(self, cfg: DictionaryConfig) -> None:
@@ -112,7 +117,9 @@ class Activation(nn.Module):
         """Return the codes of `x_in [n, d_in]` (already minus `b_in`); `out` left None."""
         raise NotImplementedError
 
-    def sparsity_loss(self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None) -> Tensor:
+    def sparsity_loss(
+        self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None
+    ) -> Tensor:
         """The coefficient-scaled sparsity term added to the loss (0-dim); zero by default."""
         return dictionary.W_dec.new_zeros(())
 

@@ -34,7 +34,9 @@ class BatchTopKActivation(TopKActivation):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.zeros((), dtype=torch.float64, device=cfg.device))
 
-    def encode(self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
+    def encode(
+        self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
+    ) -> ForwardOutput:
         """Dense codes: batch top-k (training) or thresholded ReLU (eval); AuxK selection when dead."""
         pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
         acts = pre_acts.relu()
@@ -48,7 +50,9 @@ class BatchTopKActivation(TopKActivation):
         if dead_mask is not None:
             aux_k = min(self.cfg.aux_k or 0, int(dead_mask.sum()))
             if aux_k > 0:
-                codes.aux_values, codes.aux_indices = _select_aux(pre_acts, dead_mask, aux_k, signed=False)
+                codes.aux_values, codes.aux_indices = _select_aux(
+                    pre_acts, dead_mask, aux_k, signed=False
+                )
         return codes
 
     @torch.no_grad()
@@ -62,9 +66,11 @@ class BatchTopKActivation(TopKActivation):
 
     def saelens_architecture(self) -> str | None:
         """Saved as JumpReLU: "jumprelu" / "jumprelu_transcoder" / "jumprelu_skip_transcoder"."""
-        return {"sae": "jumprelu", "transcoder": "jumprelu_transcoder", "skip_transcoder": "jumprelu_skip_transcoder"}[
-            self.cfg.kind
-        ]
+        return {
+            "sae": "jumprelu",
+            "transcoder": "jumprelu_transcoder",
+            "skip_transcoder": "jumprelu_skip_transcoder",
+        }[self.cfg.kind]
 
     def extra_cfg(self) -> dict[str, object]:
         """JumpReLU needs no extra cfg fields."""
@@ -72,7 +78,11 @@ class BatchTopKActivation(TopKActivation):
 
     def saelens_weights(self) -> dict[str, Tensor]:
         """`threshold [d_sae]` filled with the scalar inference threshold, in the weights' dtype."""
-        return {"threshold": torch.full((self.cfg.d_sae,), float(self.threshold), dtype=self.cfg.torch_dtype)}
+        return {
+            "threshold": torch.full(
+                (self.cfg.d_sae,), float(self.threshold), dtype=self.cfg.torch_dtype
+            )
+        }
 
     def adopt_saelens_weights(self, tensors: dict[str, Tensor]) -> None:
         """Drop SAELens' per-latent `threshold` (our scalar comes from sparsecircuits_weights)."""

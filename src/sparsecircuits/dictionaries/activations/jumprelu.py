@@ -63,7 +63,9 @@ class _Step(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
         pre_acts, threshold = ctx.saved_tensors
         bandwidth = ctx.bandwidth
-        grad_threshold = -(1.0 / bandwidth) * _rectangle((pre_acts - threshold) / bandwidth) * grad_out
+        grad_threshold = (
+            -(1.0 / bandwidth) * _rectangle((pre_acts - threshold) / bandwidth) * grad_out
+        )
         return None, _sum_to(grad_threshold, threshold.shape), None
 
 
@@ -84,7 +86,9 @@ def step(pre_acts: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
 
 def tanh_penalty(feature_acts: Tensor, decoder_norms: Tensor, scale: float) -> Tensor:
     """`mean_tokens Σ_i tanh(scale · ||W_dec[i]|| · f_i)` (0-dim); `feature_acts [n, ..., d_sae]`."""
-    per_token = torch.tanh(scale * feature_acts.abs() * decoder_norms).reshape(feature_acts.shape[0], -1)
+    per_token = torch.tanh(scale * feature_acts.abs() * decoder_norms).reshape(
+        feature_acts.shape[0], -1
+    )
     return per_token.sum(dim=1).mean()
 
 
@@ -96,20 +100,26 @@ class JumpReLUActivation(Activation):
     def __init__(self, cfg: DictionaryConfig) -> None:
         super().__init__(cfg)
         factory: dict[str, Any] = {"dtype": cfg.torch_dtype, "device": cfg.device}
-        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold), **factory))
+        self.log_threshold = nn.Parameter(
+            torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold), **factory)
+        )
 
     @property
     def threshold(self) -> Tensor:
         """`exp(log_threshold)`, `[d_sae]`."""
         return self.log_threshold.exp()
 
-    def encode(self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
+    def encode(
+        self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
+    ) -> ForwardOutput:
         """Dense codes `u · H(u - θ)`; `pre_acts` kept for the L0 / pre-activation losses."""
         pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
         acts = jumprelu(pre_acts, self.threshold, self.cfg.jumprelu_bandwidth)
         return ForwardOutput(pre_acts=pre_acts, dense_acts=acts, d_sae=self.cfg.d_sae)
 
-    def sparsity_loss(self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None) -> Tensor:
+    def sparsity_loss(
+        self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None
+    ) -> Tensor:
         """Step-L0 or tanh penalty (see module docstring), plus the dead-latent pre-activation loss."""
         assert codes.pre_acts is not None
         cfg = self.cfg
@@ -126,10 +136,12 @@ class JumpReLUActivation(Activation):
         return loss
 
     def saelens_architecture(self) -> str | None:
-        """"jumprelu" / "jumprelu_transcoder" / "jumprelu_skip_transcoder"."""
-        return {"sae": "jumprelu", "transcoder": "jumprelu_transcoder", "skip_transcoder": "jumprelu_skip_transcoder"}[
-            self.cfg.kind
-        ]
+        """ "jumprelu" / "jumprelu_transcoder" / "jumprelu_skip_transcoder"."""
+        return {
+            "sae": "jumprelu",
+            "transcoder": "jumprelu_transcoder",
+            "skip_transcoder": "jumprelu_skip_transcoder",
+        }[self.cfg.kind]
 
     def saelens_weights(self) -> dict[str, Tensor]:
         """`threshold = exp(log_threshold)`."""

@@ -30,7 +30,9 @@ class ReLUActivation(Activation):
         pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
         return ForwardOutput(pre_acts=pre_acts, dense_acts=pre_acts.relu(), d_sae=self.cfg.d_sae)
 
-    def sparsity_loss(self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None) -> Tensor:
+    def sparsity_loss(
+        self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None
+    ) -> Tensor:
         """`l1_coefficient · mean_tokens Σ_i f_i ||W_dec[i]||` (gradient reaches W_dec norms too)."""
         return self.cfg.l1_coefficient * codes.weighted_l1(dictionary.W_dec.norm(dim=1))
 

@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from sparsecircuits.dictionaries.base import Dictionary
 
 
-def afa_choose_k(contributions: Tensor, target_norm: Tensor, k_max: int) -> tuple[Tensor, Tensor, Tensor]:
+def afa_choose_k(
+    contributions: Tensor, target_norm: Tensor, k_max: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """top-AFA selection on `contributions [n, m]` (the `s_i`) and `target_norm [n]`.
 
     Returns `(k [n] int64 in 1..k_max, indices [n, k_max] sorted by contribution, keep [n, k_max]
@@ -51,7 +53,9 @@ class TopAFAActivation(TopKActivation):
 
     name = "topafa"
 
-    def encode(self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
+    def encode(
+        self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
+    ) -> ForwardOutput:
         """Sparse codes `values, indices [n, k_max]`, zeros past each token's chosen k."""
         pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
         acts = pre_acts.relu()
@@ -59,15 +63,21 @@ class TopAFAActivation(TopKActivation):
             contributions = (acts * dictionary.W_dec.norm(dim=1)).pow(2)
             _, indices, keep = afa_choose_k(contributions, x_in.norm(dim=1), self.cfg.k)
         values = acts.gather(1, indices) * keep
-        codes = ForwardOutput(pre_acts=pre_acts, values=values, indices=indices, d_sae=self.cfg.d_sae)
+        codes = ForwardOutput(
+            pre_acts=pre_acts, values=values, indices=indices, d_sae=self.cfg.d_sae
+        )
         codes.extras["target_norm"] = x_in.norm(dim=1)
         if dead_mask is not None:
             aux_k = min(self.cfg.aux_k or 0, int(dead_mask.sum()))
             if aux_k > 0:
-                codes.aux_values, codes.aux_indices = _select_aux(pre_acts, dead_mask, aux_k, signed=False)
+                codes.aux_values, codes.aux_indices = _select_aux(
+                    pre_acts, dead_mask, aux_k, signed=False
+                )
         return codes
 
-    def sparsity_loss(self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None) -> Tensor:
+    def sparsity_loss(
+        self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None
+    ) -> Tensor:
         """`afa_coefficient · mean_tokens (||f ⊙ ||W_dec|| || - ||x - b_in||)²`."""
         assert codes.values is not None and codes.indices is not None
         norms = dictionary.W_dec.norm(dim=1)[codes.indices]
@@ -95,4 +105,6 @@ def epsilon_lbo(dictionary: Dictionary, x: Tensor, target: Tensor | None = None)
     scaled = feature_acts * dictionary.W_dec.norm(dim=1)
     f_tilde_sq = scaled.pow(2).sum(dim=1) + dictionary.b_dec.pow(2).sum()
     h = dictionary.d_sae
-    return (z.pow(2).sum(dim=1) - f_tilde_sq).abs() / ((h - 1) * f_tilde_sq.clamp_min(torch.finfo(z.dtype).tiny))
+    return (z.pow(2).sum(dim=1) - f_tilde_sq).abs() / (
+        (h - 1) * f_tilde_sq.clamp_min(torch.finfo(z.dtype).tiny)
+    )

@@ -1,5 +1,5 @@
 // sparsecircuits viewer. Every piece of data (tokens, labels, dataset text) reaches the page
-// through textContent or a canvas label, never through innerHTML, so dataset text stays text.
+// through textContent or a canvas label, never as HTML markup, so dataset text stays text.
 "use strict";
 
 (function () {
@@ -92,7 +92,7 @@
 
   // ------------------------------------------------------------------ graph drawing
   function layout(nodes) {
-    const DX = 16, GAP = 28, DY = 70;
+    const DX = 16, GAP = 28;
     const cells = new Map();
     let maxCtx = 0;
     for (const n of nodes) {
@@ -109,6 +109,10 @@
     const starts = [];
     let x = 0;
     for (let c = 0; c <= maxCtx; c++) { starts.push(x); x += widths[c] * DX + GAP; }
+    // Spread the rows so the drawing roughly matches the pane's aspect ratio.
+    const pane = $("cy").getBoundingClientRect();
+    const rows = Math.max(1, ...nodes.map(layerRank));
+    const DY = Math.max(60, (x * (pane.height || 600) / (pane.width || 900)) / rows);
     const positions = new Map();
     for (const [key, list] of cells) {
       const [ctx, rank] = key.split(":").map((v) => parseInt(v, 10));
@@ -187,7 +191,6 @@
     applyFilters();
     cy.fit(undefined, 20);
     $("iv-prompt").value = graph.metadata.prompt || "";
-    $("graph-stats").textContent = graph.nodes.length + " nodes, " + graph.links.length + " edges";
     window.viewer.cy = cy;
   }
 

@@ -1,0 +1,248 @@
+"""Attribution-graph time and memory: our `build_graph` vs circuit-tracer's `attribute`.
+
+Both build the full unpruned graph of one prompt — every active feature a target, logit
+targets up to 0.95 cumulative probability (at most 10) — on the same model and the same
+per-layer TopK transcoders (random init, biases centred on real activations), each library at
+its default targets-per-backward batch (ours 64, circuit-tracer 512). Model and transcoder
+loading are not timed.
+
+Every measurement runs in its own worker process (`run.py --worker graph ...`), so peaks do
+not mask each other: the worker warms up on an 8-token prompt, resets the kernel's peak-RSS mark
+(`/proc/self/clear_refs`), builds the graph, and reports the seconds and the peak RSS growth
+over the build (`graph_peak_delta_mb`, GPU: peak allocated growth); the parent adds the worker
+process's whole peak RSS from `os.wait4`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import third_party
+from benchmarks.common import (
+    BenchOptions,
+    current_rss_mb,
+    emit,
+    load_adapter,
+    log,
+    model_source,
+    peak_rss_mb,
+    ratio,
+    reset_peak_rss,
+    skipped,
+    synchronize,
+    text_contexts,
+)
+
+LIBRARIES = ("sparsecircuits", "circuit-tracer")
+D_SAE = 4096
+REPO = Path(__file__).resolve().parent.parent
+
+
+def lengths(quick: bool, max_context: int) -> list[int]:
+    """Prompt lengths (BOS included): 17 (and 65, 256 in the full run)."""
+    wanted = [17] if quick else [17, 65, 256]
+    return [min(n, max_context) for n in wanted]
+
+
+def make_transcoders(adapter: Any, k: int, d_sae: int) -> dict[int, Any]:
+    """One random-init TopK transcoder per layer, biases centred on real activations."""
+    from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+
+    ids = text_contexts(adapter, 8, 64).to(adapter.device)
+    hooks = [f"blocks.{layer}.{h}" for layer in range(adapter.n_layers)
+             for h in ("hook_mlp_in", "hook_mlp_out")]
+    with torch.no_grad():
+        _, cache = adapter.run_with_cache(ids, hooks, stop_after_last=False)
+    transcoders = {}
+    for layer in range(adapter.n_layers):
+        hook_in, hook_out = f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out"
+        cfg = DictionaryConfig(architecture="topk", kind="transcoder", d_in=adapter.d_model,
+                               d_sae=d_sae, d_out=adapter.d_model, hook_in=hook_in,
+                               hook_out=hook_out, k=k, seed=layer, device=str(adapter.device))
+        tc = make_dictionary(cfg).to(adapter.device)
+        tc.init_biases_from_data(cache[hook_in].reshape(-1, adapter.d_model).float(),
+                                 cache[hook_out].reshape(-1, adapter.d_model).float())
+        transcoders[layer] = tc
+    return transcoders
+
+
+def _ours(adapter: Any, transcoders: dict[int, Any]) -> tuple[Any, Any]:
+    from sparsecircuits.circuits.graph.build import GraphConfig, build_graph
+    from sparsecircuits.circuits.replacement import ReplacementModel
+
+    replacement = ReplacementModel(adapter, transcoders)
+    config = GraphConfig()
+
+    def build(ids: torch.Tensor) -> dict[str, Any]:
+        graph = build_graph(replacement, ids, config)
+        return {"n_features": graph.n_features, "n_nodes": graph.n_nodes,
+                "n_edges": int(graph.adjacency.weights.numel()), "batch_size": config.batch_size}
+
+    return build, replacement
+
+
+def _theirs(adapter: Any, transcoders: dict[int, Any]) -> tuple[Any, Any]:
+    model = third_party.circuit_tracer_model(adapter, transcoders)
+    batch_size = 512  # attribute()'s default
+    probe = text_contexts(adapter, 1, 16).to(adapter.device)
+    with torch.no_grad():
+        diff = (model(probe) - adapter.forward(probe)).abs().max().item()
+    if diff > 1e-3:
+        raise RuntimeError(f"circuit-tracer's model differs from the HF model (max |logit diff| {diff:.2e})")
+
+    def build(ids: torch.Tensor) -> dict[str, Any]:
+        graph = third_party.circuit_tracer_attribute(model, ids, batch_size)
+        n_nodes = int(graph.adjacency_matrix.shape[0])
+        return {"n_features": int(graph.selected_features.numel()), "n_nodes": n_nodes,
+                "n_edges": int((graph.adjacency_matrix != 0).sum()), "batch_size": batch_size}
+
+    return build, model
+
+
+def worker(options: BenchOptions, library: str, n_tokens: int, k: int) -> dict[str, Any]:
+    """Build one graph in this process; return its measurements (run in a child process)."""
+    torch.manual_seed(0)
+    adapter = load_adapter(options)
+    transcoders = make_transcoders(adapter, k, D_SAE)
+    build, _keep = (_ours if library == "sparsecircuits" else _theirs)(adapter, transcoders)
+    ids = text_contexts(adapter, 1, n_tokens)[0].to(adapter.device)
+    build(ids[: min(8, n_tokens)])  # warm-up
+    synchronize(options.device)
+    before_mb = current_rss_mb()
+    setup_peak_mb = peak_rss_mb()
+    reset_peak_rss()
+    gpu_before = 0
+    if options.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        gpu_before = torch.cuda.memory_allocated()
+    start = time.perf_counter()
+    info = build(ids)
+    synchronize(options.device)
+    seconds = time.perf_counter() - start
+    build_peak_mb = peak_rss_mb()
+    out = {"seconds": seconds, "graph_peak_delta_mb": build_peak_mb - before_mb,
+           "process_peak_rss_mb": max(setup_peak_mb, build_peak_mb), "n_layers": adapter.n_layers,
+           **info}
+    if options.device.startswith("cuda"):
+        out["graph_peak_gpu_delta_mb"] = (torch.cuda.max_memory_allocated() - gpu_before) / 2**20
+    return out
+
+
+def worker_python(library: str) -> str:
+    """The interpreter a library's worker runs in.
+
+    circuit-tracer pins transformers<=4.57.3 (and TransformerLens 2.x), which cannot share an
+    environment with the rest, so its worker runs in `.venv-bench-ct` when that exists
+    (override with SC_BENCH_CT_PYTHON); everything else runs in this interpreter.
+    """
+    if library == "circuit-tracer":
+        override = os.environ.get("SC_BENCH_CT_PYTHON")
+        if override:
+            return override
+        ct = REPO / ".venv-bench-ct" / "bin" / "python"
+        if ct.exists():
+            return str(ct)
+    return sys.executable
+
+
+def why_unavailable(library: str) -> str | None:
+    """None when `library` imports in its worker interpreter, else why not."""
+    if library == "sparsecircuits":
+        try:
+            import sparsecircuits.circuits.graph.build  # noqa: F401
+            import sparsecircuits.circuits.replacement  # noqa: F401
+        except ImportError as exc:
+            return f"graph builder not available ({exc})"
+        return None
+    python = worker_python(library)
+    if python == sys.executable:
+        return third_party.available_circuit_tracer()
+    check = subprocess.run([python, "-c", "import circuit_tracer"], capture_output=True, text=True)
+    if check.returncode != 0:
+        last = (check.stderr.strip().splitlines() or ["?"])[-1]
+        return f"circuit-tracer not importable in {python}: {last[:200]}; run `make bench-env`"
+    return None
+
+
+def _spawn(options: BenchOptions, library: str, n_tokens: int, k: int, timeout_s: float
+           ) -> tuple[dict[str, Any] | None, float, str]:
+    """Run one worker; return (its result or None, its peak RSS in MiB, error text)."""
+    cmd = [worker_python(library), "-m", "benchmarks.run", "--worker", "graph", "--library", library,
+           "--n-tokens", str(n_tokens), "--graph-k", str(k), "--device", options.device,
+           "--dtype", options.dtype, "--model", model_source(options),
+           "--workdir", str(options.workdir)] + (["--tf32"] if options.tf32 else [])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env,
+                            text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None, 0.0, f"timed out after {timeout_s:.0f} s"
+    # The worker reports its own whole-life peak (VmHWM before and after its reset).
+    result = None
+    for line in stdout.splitlines():
+        if line.startswith("{"):
+            result = json.loads(line)
+    if proc.returncode != 0 or result is None:
+        tail = " | ".join(stderr.strip().splitlines()[-3:])
+        return None, 0.0, f"worker failed (exit {proc.returncode}): {tail[-400:]}"
+    return result, float(result.get("process_peak_rss_mb", 0.0)), ""
+
+
+def run(options: BenchOptions, k: int, max_context: int) -> None:
+    """Emit graph records (seconds, memory) per library and length, and their ratios."""
+    why_ours, why_theirs = why_unavailable("sparsecircuits"), why_unavailable("circuit-tracer")
+    libraries = [lib for lib, why in zip(LIBRARIES, (why_ours, why_theirs), strict=True) if why is None]
+    for n_tokens in lengths(options.quick, max_context):
+        config = {**options.base_config(), "n_tokens": n_tokens, "n_layers": None, "d_sae": D_SAE,
+                  "k": k, "architecture": "topk"}
+        for lib, why in zip(LIBRARIES, (why_ours, why_theirs), strict=True):
+            if why is not None:
+                skipped("graph", lib, config, why)
+        samples: dict[str, list[dict[str, Any]]] = {lib: [] for lib in libraries}
+        peaks: dict[str, float] = {}
+        repeats = 1 if n_tokens > 100 or options.quick else 2
+        for _ in range(repeats):
+            for lib in libraries:
+                log(f"graph {lib} n_tokens={n_tokens}")
+                result, peak, error = _spawn(options, lib, n_tokens, k, timeout_s=900)
+                if result is None:
+                    skipped("graph", lib, config, error)
+                    continue
+                samples[lib].append(result)
+                peaks[lib] = max(peaks.get(lib, 0.0), peak)
+        summary = {}
+        for lib, results in samples.items():
+            if not results:
+                continue
+            results.sort(key=lambda r: r["seconds"])
+            median = results[len(results) // 2]
+            summary[lib] = median
+            cfg = {**config, "n_layers": median.get("n_layers"), "batch_size": median["batch_size"]}
+            emit({"name": "graph", "library": lib, "config": cfg,
+                  "seconds": round(median["seconds"], 3),
+                  "graph_peak_delta_mb": round(median["graph_peak_delta_mb"], 1),
+                  **({"graph_peak_gpu_delta_mb": round(median["graph_peak_gpu_delta_mb"], 1)}
+                     if "graph_peak_gpu_delta_mb" in median else {}),
+                  "peak_rss_mb": round(peaks[lib], 1),
+                  "n_features": median["n_features"], "n_nodes": median["n_nodes"],
+                  "n_edges": median["n_edges"]})
+        if len(summary) == 2:
+            ours, theirs = summary["sparsecircuits"], summary["circuit-tracer"]
+            short = {"n_tokens": n_tokens, "k": k, "d_sae": D_SAE}
+            ratio("graph_time", "circuit-tracer", short, theirs["seconds"] / ours["seconds"])
+            key = "graph_peak_gpu_delta_mb" if "graph_peak_gpu_delta_mb" in ours else "graph_peak_delta_mb"
+            ratio("graph_memory", "circuit-tracer", {**short, "measure": key},
+                  max(theirs[key], 1.0) / max(ours[key], 1.0))
+            ratio("graph_memory", "circuit-tracer", {**short, "measure": "process_peak_rss_mb"},
+                  peaks["circuit-tracer"] / peaks["sparsecircuits"])

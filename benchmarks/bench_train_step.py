@@ -1,0 +1,210 @@
+"""Dictionary train-step throughput with the activations already in memory.
+
+One step = loss + backward + optimizer step (+ each library's per-step bookkeeping) on a batch
+of `batch_tokens` real activations of the benchmark model (layer 1 `hook_mlp_in` /
+`hook_mlp_out`, d_in 256). Ours runs through `Trainer.train(stop_at_step=...)` with a store that
+returns the same batch, so every per-step cost of our trainer is counted (loss parts, the dead-
+latent counter, grad clipping, the lr schedule, the decoder renormalisation).
+
+Also measured: the encoder GEMM alone (`[batch, d_in] @ [d_in, d_sae]`), the ceiling any
+dense-encoder step is bounded by, expressed as tokens/s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from benchmarks import third_party
+from benchmarks.common import (
+    BenchOptions,
+    emit,
+    log,
+    memory_fields,
+    peak_rss_mb,
+    ratio,
+    reset_peak_device_memory,
+    reset_peak_rss,
+    skipped,
+    synchronize,
+    time_interleaved,
+)
+
+BATCH_TOKENS = 4096
+LAYER = 1
+
+
+class RepeatBatch:
+    """A `BatchSource` that serves the same in-memory batch forever."""
+
+    def __init__(self, batch: dict[str, torch.Tensor]):
+        self.batch = batch
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """The batch."""
+        return self.batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing to save."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
+
+
+def harvest_batch(adapter: Any, n_tokens: int, layer: int) -> dict[str, torch.Tensor]:
+    """`{hook_mlp_in, hook_mlp_out}` activations `[n_tokens, d]` of layer `layer`."""
+    from benchmarks.common import text_contexts
+
+    context = 128
+    n_contexts = math.ceil(n_tokens / (context - 1))
+    ids = text_contexts(adapter, n_contexts, context)
+    hooks = [f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out"]
+    out: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    with torch.no_grad():
+        for chunk in ids.split(16):
+            _, cache = adapter.run_with_cache(chunk.to(adapter.device), hooks, stop_after_last=True)
+            for h in hooks:
+                out[h].append(cache[h][:, 1:].reshape(-1, cache[h].shape[-1]).float())
+    return {h: torch.cat(v)[:n_tokens].contiguous() for h, v in out.items()}
+
+
+def configs(quick: bool) -> list[dict[str, Any]]:
+    """The (kind, architecture, d_sae, k) grid."""
+    widths = [4096] if quick else [4096, 16384, 65536]
+    grid = []
+    for d_sae in widths:
+        for kind in ("transcoder", "sae"):
+            grid.append({"kind": kind, "architecture": "relu", "d_sae": d_sae, "k": None})
+            for k in (32, 128):
+                grid.append({"kind": kind, "architecture": "topk", "d_sae": d_sae, "k": k})
+    return grid
+
+
+def our_step(spec: dict[str, Any], batch: dict[str, torch.Tensor], options: BenchOptions
+             ) -> Callable[[], None]:
+    """A closure running one step of our `Trainer` on `spec`'s dictionary."""
+    from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+    from sparsecircuits.training import Trainer, TrainConfig
+
+    hook_in, hook_out = f"blocks.{LAYER}.hook_mlp_in", f"blocks.{LAYER}.hook_mlp_out"
+    if spec["kind"] == "sae":
+        hook_in = hook_out
+    d_in = batch[hook_in].shape[1]
+    cfg = DictionaryConfig(
+        architecture=spec["architecture"], kind=spec["kind"], d_in=d_in, d_sae=spec["d_sae"],
+        d_out=batch[hook_out].shape[1], hook_in=hook_in, hook_out=hook_out,
+        k=spec["k"] or 32, dtype=options.dtype, device=options.device,
+    )
+    dictionary = make_dictionary(cfg)
+    train_cfg = TrainConfig(total_tokens=10**15, batch_tokens=BATCH_TOKENS, quiet=True,
+                            log_every=10**9)
+    trainer = Trainer(RepeatBatch(batch), {"d": dictionary}, train_cfg)
+
+    def step() -> None:
+        trainer.train(stop_at_step=trainer.step + 1)
+
+    return step
+
+
+def step_memory(step: Callable[[], None], device: str) -> float:
+    """Peak RSS growth (MiB) over one call of `step` (GPU: peak allocated)."""
+    synchronize(device)
+    if device.startswith("cuda"):
+        reset_peak_device_memory(device)
+        before = torch.cuda.memory_allocated()
+        step()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    from benchmarks.common import current_rss_mb
+
+    reset_peak_rss()
+    before = current_rss_mb()
+    step()
+    return peak_rss_mb() - before
+
+
+def run(adapter: Any, options: BenchOptions) -> None:
+    """Emit train-step records for our trainer, sparsify, SAELens, and the GEMM ceiling."""
+    batch = harvest_batch(adapter, BATCH_TOKENS, LAYER)
+    batch = {h: t.to(options.device) for h, t in batch.items()}
+    mlp_in, mlp_out = batch[f"blocks.{LAYER}.hook_mlp_in"], batch[f"blocks.{LAYER}.hook_mlp_out"]
+    d_in = mlp_in.shape[1]
+    why_sparsify = third_party.available_sparsify()
+    why_saelens = third_party.available_saelens()
+
+    ceilings: dict[int, float] = {}
+    for spec in configs(options.quick):
+        d_sae, k = spec["d_sae"], spec["k"]
+        config = {**options.base_config(), "kind": spec["kind"], "architecture": spec["architecture"],
+                  "d_in": d_in, "d_sae": d_sae, "k": k, "batch_tokens": BATCH_TOKENS}
+        log(f"train_step {config}")
+        reset_peak_rss()
+        lr = 2e-4 / math.sqrt(d_sae / 2**14)
+        x = mlp_in if spec["kind"] == "transcoder" else mlp_out
+        fns: dict[str, Callable[[], None]] = {"sparsecircuits": our_step(spec, batch, options)}
+        if spec["architecture"] == "topk":
+            if why_sparsify is None:
+                fns["eai-sparsify"] = third_party.sparsify_step(
+                    spec["kind"], d_in, d_sae, k, x, mlp_out, options.torch_dtype, lr)
+            else:
+                skipped("train_step", "eai-sparsify", config, why_sparsify)
+        if spec["kind"] == "sae" and why_saelens is None:
+            autocast = options.dtype == "bfloat16"
+            saelens_dtype = "float32"  # SAELens trains fp32 weights; bf16 is its autocast
+            fns["sae-lens"] = third_party.saelens_step(
+                spec["architecture"], d_in, d_sae, k or 32, x, saelens_dtype, lr,
+                autocast=autocast)
+            if spec["architecture"] == "topk" and not autocast:
+                fns["sae-lens:sparse"] = third_party.saelens_step(
+                    "topk", d_in, d_sae, k, x, saelens_dtype, lr, sparse_activations=True)
+        elif spec["kind"] == "sae":
+            skipped("train_step", "sae-lens", config, why_saelens or "")
+        else:
+            skipped("train_step", "sae-lens", config,
+                    "SAELens has no transcoder training (its transcoders are load/inference only)")
+        if d_sae not in ceilings:
+            W = torch.randn(d_in, d_sae, device=options.device, dtype=options.torch_dtype)
+            xs = mlp_in.to(options.torch_dtype)
+            fns["ceiling"] = lambda xs=xs, W=W: xs @ W
+        deltas = {}
+        for name in list(fns):
+            try:
+                deltas[name] = step_memory(fns[name], options.device)
+            except Exception as exc:  # noqa: BLE001 - a library failing is a result, not a crash
+                if name == "sparsecircuits":
+                    raise
+                library, _, option = name.partition(":")
+                first = (str(exc).splitlines() or [""])[0][:200]
+                skipped("train_step", library, {**config, **({"option": option} if option else {})},
+                        f"{type(exc).__name__} in its train step: {first}")
+                del fns[name]
+        seconds = time_interleaved(fns, options.device, options.repeats, options.min_time_s)
+        mem = memory_fields(options.device)
+        if "ceiling" in seconds:
+            ceilings[d_sae] = BATCH_TOKENS / seconds.pop("ceiling")
+            emit({"name": "matmul_ceiling", "library": "torch",
+                  "config": {**options.base_config(), "shape": [BATCH_TOKENS, d_in, d_sae]},
+                  "tokens_per_s": round(ceilings[d_sae], 1),
+                  "tflops": round(2 * BATCH_TOKENS * d_in * d_sae / (BATCH_TOKENS / ceilings[d_sae]) / 1e12, 3),
+                  **mem})
+        speeds = {name: BATCH_TOKENS / s for name, s in seconds.items()}
+        for name, s in seconds.items():
+            library, _, option = name.partition(":")
+            emit({"name": "train_step", "library": library,
+                  "config": {**config, **({"option": option} if option else {})},
+                  "tokens_per_s": round(speeds[name], 1), "seconds": round(s, 5),
+                  "step_peak_delta_mb": round(deltas[name], 1), **mem})
+        ours = speeds["sparsecircuits"]
+        short = {"kind": spec["kind"], "architecture": spec["architecture"], "d_sae": d_sae, "k": k}
+        for name, theirs in speeds.items():
+            if name == "sparsecircuits":
+                continue
+            library, _, option = name.partition(":")
+            ratio("train_step", library, {**short, **({"option": option} if option else {})},
+                  ours / theirs)
+        ratio("train_step", "ceiling", short, ours / ceilings[d_sae])
+        del fns

@@ -1,0 +1,140 @@
+"""Run the sparsecircuits benchmarks and print one JSON object per line.
+
+    python benchmarks/run.py --json            # full suite (< 30 min on 2 CPU cores)
+    python benchmarks/run.py --json --quick    # d_sae 4k, a 17-token graph (< 5 min)
+    python benchmarks/run.py --json --only train_step,graph --device cuda --dtype bfloat16
+
+Records: `{"name", "library", "config", "tokens_per_s" | "seconds", "peak_rss_mb", ...}`, then
+`{"kind": "ratio", "what", "vs", "config", "ratio"}` lines (ours/theirs for speed, theirs/ours
+for memory: above 1 means sparsecircuits is ahead). The first line describes the machine.
+eai-sparsify, SAELens and circuit-tracer are compared when importable (`make bench-env`);
+otherwise their lines say "skipped" and why. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from benchmarks import common
+
+GROUPS = ("harvest", "train_step", "end_to_end", "graph")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line flags."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="print JSON lines only (the default format)")
+    p.add_argument("--quick", action="store_true", help="d_sae 4k and a 17-token graph only")
+    p.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated subset of {GROUPS}")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (CUDA)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds")
+    p.add_argument("--model", default="auto",
+                   help="'auto' (embedded model if installed, else a tiny GPT-2 of its shape), "
+                        "'embedded', 'tiny', or a local model folder")
+    p.add_argument("--graph-k", type=int, default=32, help="TopK k of the graph transcoders")
+    p.add_argument("--workdir", default=None, help="scratch folder (default: a new temp folder)")
+    p.add_argument("--out", default=None, help="also write the JSON lines to this file")
+    # internal: one graph measurement in a fresh process
+    p.add_argument("--worker", choices=("graph",), help=argparse.SUPPRESS)
+    p.add_argument("--library", help=argparse.SUPPRESS)
+    p.add_argument("--n-tokens", type=int, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def options_from(args: argparse.Namespace) -> common.BenchOptions:
+    """`BenchOptions` from the parsed flags."""
+    opts = common.BenchOptions(quick=args.quick, device=args.device, dtype=args.dtype,
+                               tf32=args.tf32, model=args.model)
+    if args.repeats is not None:
+        opts.repeats = args.repeats
+    elif args.quick:
+        opts.repeats, opts.min_time_s = 3, 0.25
+    if args.workdir:
+        opts.workdir = Path(args.workdir)
+        opts.workdir.mkdir(parents=True, exist_ok=True)
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected benchmark groups; return the exit code."""
+    args = parse_args(argv)
+    options = options_from(args)
+    common.apply_precision(options)
+    if args.worker == "graph":
+        from benchmarks import bench_graph
+
+        with common.redirect_library_output():
+            result = bench_graph.worker(options, args.library, args.n_tokens, args.graph_k)
+        print(json.dumps(result), flush=True)
+        return 0
+
+    groups = [g.strip() for g in args.only.split(",") if g.strip()]
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        print(f"error: unknown group(s) {unknown}; choose from {GROUPS}", file=sys.stderr)
+        return 2
+    out_file = open(args.out, "w") if args.out else None  # noqa: SIM115 - closed below
+    if out_file is not None:
+        tee = _Tee(sys.stdout, out_file)
+        common._JSON_OUT = tee  # type: ignore[assignment]
+    start = time.perf_counter()
+    with common.redirect_library_output():
+        common.emit({"name": "machine", "library": "-", "config": options.base_config(),
+                     "machine": common.machine_summary(), "versions": common.library_versions(),
+                     "quick": options.quick, "model": common.model_label(common.model_source(options)),
+                     "peak_rss_mb": round(common.peak_rss_mb(), 1)})
+        adapter = common.load_adapter(options)
+        if "harvest" in groups:
+            from benchmarks import bench_harvest
+
+            bench_harvest.run(adapter, options)
+        if "train_step" in groups:
+            from benchmarks import bench_train_step
+
+            bench_train_step.run(adapter, options)
+        if "end_to_end" in groups:
+            from benchmarks import bench_end_to_end
+
+            bench_end_to_end.run(adapter, options)
+        if "graph" in groups:
+            from benchmarks import bench_graph
+
+            bench_graph.run(options, args.graph_k, adapter.max_context)
+        common.emit({"name": "total", "library": "-", "config": options.base_config(),
+                     "seconds": round(time.perf_counter() - start, 1),
+                     "peak_rss_mb": round(common.peak_rss_mb(), 1)})
+    if out_file is not None:
+        out_file.close()
+    return 0
+
+
+class _Tee:
+    """Write to two text streams."""
+
+    def __init__(self, *streams: object):
+        self.streams = streams
+
+    def write(self, text: str) -> None:
+        for stream in self.streams:
+            stream.write(text)  # type: ignore[attr-defined]
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,685 @@
+"""Greater-than case study (Dunefsky et al. 2024 §5.2; Hanna et al. 2023) on a model with transcoders.
+
+On held-out prompts "The {noun} lasted from the year XXYY to the year XX" the metric is the
+probability difference PD = Σ_{y>YY} p(y) − Σ_{y≤YY} p(y) over the 100 two-digit tokens. The
+study
+
+1. measures PD for the model and for the pure replacement (every transcoder, no error terms);
+2. attributes the linearised PD (its gradient direction in logit space) to every transcoder
+   feature, attention head and error term with attention, norms and errors frozen and features
+   following their pre-activations ("linear" mode), averaged over prompts;
+3. ablates the 10 most important features (zero activation, live model) and 10 random active
+   ones, reporting the fraction of clean PD removed;
+4. checks attribution against intervention for the top nodes (frozen: exact; live: correlation);
+5. describes the top features (de-embeddings, output logits, top activating held-out examples,
+   activation against the start year) and heads (source positions, OV de-embedding);
+6. compares features with neurons at the most important layer: keep the top-k (by variance over
+   prompts) transcoder features or MLP neurons at the answer position and mean-ablate the rest;
+7. runs the greedy path search on one prompt and saves its graph.
+
+`run_greater_than(cfg, out)` writes summary.json, report.md and PNG plots to `out`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparsecircuits.circuits import deembed
+from sparsecircuits.circuits.attribution import Attribution, attribute, greater_than_target
+from sparsecircuits.circuits.nodes import FeatureNode, HeadNode, Node
+from sparsecircuits.circuits.paths import (
+    graph_tokens,
+    path_strings,
+    paths_to_graph,
+    plot_graph,
+    search_paths,
+)
+from sparsecircuits.circuits.replacement import (
+    Edits,
+    ErrorEdit,
+    FeatureEdit,
+    ReplacementModel,
+    ReplacementState,
+    pull_back_norm,
+)
+from sparsecircuits.circuits.verify import max_relative_error, pearson, verify_graph
+from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.models import ModelAdapter
+from sparsecircuits.tasks.common import TaskPrompts, logits_at_last
+from sparsecircuits.tasks.greater_than import greater_than_prob_diff, make_greater_than_prompts
+
+# Output projection of the MLP (its input is the neuron activations), per family.
+_MLP_DOWN = {
+    "gpt2": "c_proj",
+    "gpt_neox": "dense_4h_to_h",
+    "llama": "down_proj",
+    "qwen3": "down_proj",
+}
+
+
+@dataclass
+class GreaterThanConfig:
+    """Settings of the greater-than case study (defaults run in about a minute on 2 CPU cores)."""
+
+    model: str = "embedded"
+    transcoders: str = "embedded"
+    n_prompts: int = 64
+    seed: int = 0
+    top_k: int = 10
+    n_random: int = 10
+    random_draws: int = 5
+    max_k: int = 32
+    corpus_contexts: int = 48
+    context_size: int = 64
+    examples_per_feature: int = 5
+    path_iters: int = 3
+    path_branches: int = 12
+    device: str | None = None
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _prompts(adapter: ModelAdapter, n: int, seed: int) -> TaskPrompts:
+    """Held-out prompts, keeping only the most common length so positions align across prompts."""
+    prompts = make_greater_than_prompts(adapter.tokenizer, n, seed=seed, split="heldout")
+    lengths = prompts.last_pos.tolist()
+    common = Counter(lengths).most_common(1)[0][0]
+    keep = torch.tensor([i for i, p in enumerate(lengths) if p == common])
+    if len(keep) < len(lengths):
+        prompts = TaskPrompts(
+            input_ids=prompts.input_ids[keep][:, : common + 1],
+            last_pos=prompts.last_pos[keep],
+            texts=[prompts.texts[i] for i in keep.tolist()],
+            answers=[prompts.answers[i] for i in keep.tolist()],
+            yy=prompts.yy[keep] if prompts.yy is not None else None,
+            year_ids=prompts.year_ids,
+            meta=prompts.meta,
+        )
+    return prompts
+
+
+def _pd(logits: Tensor, prompts: TaskPrompts) -> Tensor:
+    assert prompts.yy is not None and prompts.year_ids is not None
+    return greater_than_prob_diff(
+        logits_at_last(logits, prompts.last_pos), prompts.yy, prompts.year_ids
+    )
+
+
+def _feature_edits(nodes: list[FeatureNode]) -> Edits:
+    return Edits(features=[FeatureEdit(n.layer, n.feature, pos=n.pos) for n in nodes])
+
+
+def _mean_feature_scores(attr: Attribution) -> dict[int, Tensor]:
+    return {layer: t.mean(0) for layer, t in attr.features.items()}
+
+
+def _top_features(scores: dict[int, Tensor], k: int) -> list[tuple[FeatureNode, float]]:
+    ranked: list[tuple[FeatureNode, float]] = []
+    for layer, t in scores.items():
+        flat = t.flatten()
+        top = torch.topk(flat, min(k, flat.numel()))
+        d_sae = t.shape[-1]
+        ranked += [
+            (FeatureNode(layer, int(i) // d_sae, int(i) % d_sae), float(v))
+            for v, i in zip(top.values, top.indices, strict=False)
+        ]
+    return sorted(ranked, key=lambda x: -x[1])[:k]
+
+
+def _token(adapter: ModelAdapter, token_id: int) -> str:
+    return adapter.tokenizer.decode([int(token_id)])
+
+
+# ---------------------------------------------------------------------------- interventions
+
+
+def _drop_fraction(
+    model: ReplacementModel,
+    state: ReplacementState,
+    prompts: TaskPrompts,
+    edits: Edits,
+    pd_clean: float,
+) -> float:
+    pd = float(_pd(model.forward_with(state, edits, freeze=False), prompts).mean())
+    return (pd_clean - pd) / pd_clean
+
+
+def _random_active_features(
+    state: ReplacementState, n: int, rng: random.Random
+) -> list[FeatureNode]:
+    candidates: list[tuple[int, int, int]] = []
+    for layer, acts in state.feature_acts.items():
+        active = (acts[:, 1:] != 0).any(0).nonzero()  # [m, 2] (pos - 1, feature); BOS excluded
+        candidates += [(layer, int(p) + 1, int(f)) for p, f in active.tolist()]
+    if len(candidates) < n:
+        raise SparseCircuitsError(
+            f"only {len(candidates)} active features on these prompts; need {n}"
+        )
+    return [FeatureNode(*c) for c in rng.sample(candidates, n)]
+
+
+def _node_checks(
+    model: ReplacementModel,
+    state: ReplacementState,
+    prompts: TaskPrompts,
+    target_attr: Attribution,
+    nodes: Sequence[Node],
+) -> dict[str, Any]:
+    """Per node (ablated on every prompt): mean attribution, frozen effect on the linearised PD
+    (exact) and live effect on the true PD."""
+    target = target_attr.target
+    clean_target = target.evaluate(state)
+    pd_clean = _pd(state.logits, prompts)
+    rows: list[dict[str, Any]] = []
+    for node in nodes:
+        attribution = sum(target_attr.node_value(node, r) for r in range(len(target))) / len(target)
+        edits = node.ablation()
+        frozen = target.evaluate(model.run_with(state, edits, freeze=True, features="linear"))
+        live_pd = _pd(model.forward_with(state, edits, freeze=False), prompts)
+        rows.append(
+            {
+                "node": node.label,
+                "attribution": attribution,
+                "frozen_effect": float((clean_target - frozen).mean()),
+                "live_pd_effect": float((pd_clean - live_pd).mean()),
+            }
+        )
+    a = [float(r["attribution"]) for r in rows]
+    frozen_effects = [float(r["frozen_effect"]) for r in rows]
+    live = [float(r["live_pd_effect"]) for r in rows]
+    return {
+        "rows": rows,
+        "frozen": {
+            "pearson": pearson(a, frozen_effects),
+            "max_rel_error": max_relative_error(a, frozen_effects),
+        },
+        "live": {"pearson": pearson(a, live), "max_rel_error": max_relative_error(a, live)},
+    }
+
+
+# ---------------------------------------------------------------------------- features vs neurons
+
+
+def _mlp_down(adapter: ModelAdapter, layer: int) -> torch.nn.Module:
+    mlp = adapter.blocks[layer].get_submodule(adapter.spec.mlp)
+    name = _MLP_DOWN.get(adapter.family)
+    if name is None:
+        raise SparseCircuitsError(f"no neuron access for family {adapter.family}")
+    return mlp.get_submodule(name)
+
+
+@torch.no_grad()
+def _neuron_acts(adapter: ModelAdapter, input_ids: Tensor, layer: int, last: int) -> Tensor:
+    seen: dict[str, Tensor] = {}
+
+    def grab(_module: torch.nn.Module, args: tuple) -> None:
+        seen["h"] = args[0][:, last].detach().clone()
+
+    handle = _mlp_down(adapter, layer).register_forward_pre_hook(grab)
+    try:
+        adapter.forward(input_ids)
+    finally:
+        handle.remove()
+    return seen["h"].float()
+
+
+@torch.no_grad()
+def _pd_keep_neurons(
+    adapter: ModelAdapter, prompts: TaskPrompts, layer: int, last: int, keep: Tensor, mean: Tensor
+) -> float:
+    def replace(_module: torch.nn.Module, args: tuple) -> tuple:
+        hidden = args[0].clone()
+        at_last = hidden[:, last]
+        hidden[:, last] = torch.where(keep, at_last, mean.to(at_last.dtype))
+        return (hidden, *args[1:])
+
+    handle = _mlp_down(adapter, layer).register_forward_pre_hook(replace)
+    try:
+        logits = adapter.forward(prompts.input_ids)
+    finally:
+        handle.remove()
+    return float(_pd(logits, prompts).mean())
+
+
+def features_vs_neurons(
+    model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, layer: int, max_k: int
+) -> dict[int, dict[str, float]]:
+    """Kept fraction of clean PD when only the top-k features / neurons of `layer` (by variance over
+    prompts at the answer position) keep their values and the rest take their mean (k = 1..max_k).
+
+    Features: the layer's MLP is the pure transcoder at the answer position (its error removed
+    there); neurons: the real MLP. Everything downstream is recomputed (live model).
+    """
+    last = int(prompts.last_pos[0])
+    pd_clean = float(_pd(state.logits, prompts).mean())
+    acts = state.feature_acts[layer][:, last]
+    f_mean, f_order = acts.mean(0), torch.argsort(acts.var(0), descending=True)
+    neurons = _neuron_acts(model.adapter, prompts.input_ids, layer, last)
+    n_mean, n_order = neurons.mean(0), torch.argsort(neurons.var(0), descending=True)
+    results: dict[int, dict[str, float]] = {}
+    for k in range(1, max_k + 1):
+        keep_f = torch.zeros_like(f_mean, dtype=torch.bool)
+        keep_f[f_order[:k]] = True
+
+        def mean_ablate(a: Tensor, keep: Tensor = keep_f) -> Tensor:
+            a = a.clone()
+            a[:, last] = torch.where(keep, a[:, last], f_mean)
+            return a
+
+        edits = Edits(feature_fns={layer: mean_ablate}, errors=[ErrorEdit(layer, pos=last)])
+        pd_f = float(_pd(model.forward_with(state, edits, freeze=False), prompts).mean())
+        keep_n = torch.zeros_like(n_mean, dtype=torch.bool)
+        keep_n[n_order[:k]] = True
+        pd_n = _pd_keep_neurons(model.adapter, prompts, layer, last, keep_n, n_mean)
+        results[k] = {"features": pd_f / pd_clean, "neurons": pd_n / pd_clean}
+    return results
+
+
+# ---------------------------------------------------------------------------- descriptions
+
+
+@torch.no_grad()
+def top_activating_examples(
+    model: ReplacementModel,
+    nodes: list[FeatureNode],
+    contexts: int,
+    context_size: int,
+    per_feature: int,
+    batch: int = 16,
+) -> dict[str, list[dict[str, Any]]]:
+    """Top activating held-out corpus windows for each feature (one pass over `contexts` contexts)."""
+    from sparsecircuits.data.sources import EmbeddedSource
+    from sparsecircuits.data.tokenize import pack_tokens
+
+    adapter = model.adapter
+    contexts_ids = []
+    for ids in pack_tokens(
+        EmbeddedSource().iter_texts(),
+        adapter.tokenizer,
+        context_size,
+        max_context=adapter.max_context,
+    ):
+        contexts_ids.append(ids)
+        if len(contexts_ids) >= contexts:
+            break
+    all_ids = torch.stack(contexts_ids).to(model.device)
+    acts: dict[str, list[Tensor]] = {node.label: [] for node in nodes}
+    for start in range(0, len(all_ids), batch):
+        state = model.run(all_ids[start : start + batch])
+        for node in nodes:
+            acts[node.label].append(state.feature_acts[node.layer][:, :, node.feature].cpu())
+    out: dict[str, list[dict[str, Any]]] = {}
+    for node in nodes:
+        values = torch.cat(acts[node.label])  # [contexts, pos]
+        values[:, 0] = 0  # BOS
+        top = torch.topk(values.flatten(), min(per_feature, values.numel()))
+        rows = []
+        for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=False):
+            if v <= 0:
+                break
+            c, p = divmod(i, values.shape[1])
+            left = adapter.tokenizer.decode(all_ids[c, max(1, p - 10) : p].tolist())
+            tok = adapter.tokenizer.decode([int(all_ids[c, p])])
+            right = adapter.tokenizer.decode(all_ids[c, p + 1 : p + 3].tolist())
+            rows.append({"activation": round(v, 4), "text": f"{left}[[{tok}]]{right}"})
+        out[node.label] = rows
+    return out
+
+
+def _year_profile(
+    model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, node: FeatureNode
+) -> dict[str, Any]:
+    """Feature activation vs start year YY, and the feature's direct logit effect on the year tokens."""
+    assert prompts.yy is not None and prompts.year_ids is not None
+    acts = state.feature_acts[node.layer][:, node.pos, node.feature]
+    dla = deembed.feature_logits(model, node.layer, node.feature).scores[
+        prompts.year_ids.to(model.device)
+    ]
+    return {"yy": prompts.yy.tolist(), "activation": acts.tolist(), "year_logits": dla.tolist()}
+
+
+# ---------------------------------------------------------------------------- plots and report
+
+
+def _plot_features_vs_neurons(results: dict[int, dict[str, float]], layer: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted(results)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(
+        ks, [results[k]["features"] for k in ks], marker="o", label=f"transcoder {layer} features"
+    )
+    ax.plot(ks, [results[k]["neurons"] for k in ks], marker="s", label=f"MLP {layer} neurons")
+    ax.axhline(1.0, color="gray", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("k kept (rest mean-ablated at the answer position)")
+    ax.set_ylabel("fraction of clean prob. diff.")
+    ax.set_title("greater-than: features vs neurons")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_top(features: list[dict[str, Any]], heads: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f["node"] for f in features] + [h["node"] for h in heads]
+    values = [f["attribution"] for f in features] + [h["attribution"] for h in heads]
+    colors = ["tab:orange"] * len(features) + ["tab:green"] * len(heads)
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(labels) + 1.5))
+    ax.barh(range(len(labels))[::-1], values, color=colors)
+    ax.set_yticks(range(len(labels))[::-1])
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_xlabel("mean attribution to the linearised prob. diff.")
+    ax.set_title("top features (orange) and heads (green)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_year_profiles(profiles: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = list(profiles.items())[:3]
+    fig, axes = plt.subplots(len(items), 2, figsize=(9, 2.4 * len(items)), squeeze=False)
+    for row, (label, prof) in enumerate(items):
+        axes[row][0].scatter(prof["yy"], prof["activation"], s=10)
+        axes[row][0].set_title(f"{label}: activation vs start year YY", fontsize=8)
+        axes[row][1].bar(range(100), prof["year_logits"], width=1.0)
+        axes[row][1].set_title(f"{label}: direct logit effect on '00'..'99'", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def _report(summary: dict[str, Any]) -> str:
+    s = summary
+    lines = [
+        "# Greater-than circuit with transcoders",
+        "",
+        f"Model `{s['model']}`, transcoders at layers {s['transcoder_layers']}, {s['n_prompts']} held-out prompts "
+        f'(e.g. "{s["example_prompt"]}"). Runtime {s["runtime_s"]:.0f} s.',
+        "",
+        "## Probability difference",
+        "",
+        f"* clean model: **{s['prob_diff_clean']:.4f}**",
+        f"* all MLPs replaced by transcoders (no error terms): **{s['prob_diff_replacement']:.4f}**",
+        f"* ablating the {len(s['top_features'])} most important features removes **{s['top10_ablation_drop']:.1%}** of the clean PD",
+        f"* ablating {s['config']['n_random']} random active features removes **{s['random10_ablation_drop']:.1%}** "
+        f"(mean of {len(s['random10_drops'])} draws: {', '.join(f'{d:.1%}' for d in s['random10_drops'])})",
+        "",
+        "## Attribution vs intervention (top nodes, each ablated on every prompt)",
+        "",
+        f"* frozen attention/norms/errors, linear features, linearised PD: Pearson r = "
+        f"{_fmt(s['attribution_vs_intervention']['pearson'])}, max relative error = {_fmt(s['attribution_vs_intervention']['max_rel_error'])}",
+        f"* live model, true PD: Pearson r = {_fmt(s['attribution_vs_live_pd']['pearson'])}",
+        "",
+        "| node | attribution | frozen effect | live PD effect |",
+        "|---|---|---|---|",
+    ]
+    for row in s["node_checks"]:
+        lines.append(
+            f"| {row['node']} | {row['attribution']:.4f} | {row['frozen_effect']:.4f} | {row['live_pd_effect']:.4f} |"
+        )
+    lines += ["", "![top attributions](top_attributions.png)", "", "## Top features", ""]
+    for f in s["top_features"]:
+        lines += [
+            f"### {f['node']} (mean attribution {f['attribution']:.4f}, mean activation {f['mean_activation']:.3f})",
+            "",
+            f"* de-embedding (top tokens): {', '.join(repr(t) for t, _ in f['deembedding']['top'][:8])}",
+            f"* output logits (top tokens): {', '.join(repr(t) for t, _ in f['logits']['top'][:8])}",
+            f"* year-token logits correlate with YY order: r = {_fmt(f['year_logit_trend'])}",
+        ]
+        for ex in f["examples"][:3]:
+            lines.append(f"* held-out example ({ex['activation']:.2f}): `{ex['text']}`")
+        lines.append("")
+    lines += ["![year profiles](year_profiles.png)", "", "## Top heads", ""]
+    for h in s["top_heads"]:
+        srcs = ", ".join(f"{t!r}@{p} ({v:.3f})" for p, t, v in h["top_sources"])
+        lines.append(
+            f"* {h['node']}: attribution {h['attribution']:.4f}; main sources {srcs}; "
+            f"OV de-embedding of the PD direction: {', '.join(repr(t) for t, _ in h['ov_deembedding']['top'][:6])}"
+        )
+    fvn = s["features_vs_neurons"]
+    lines += [
+        "",
+        f"## Features vs neurons (layer {s['features_vs_neurons_layer']})",
+        "",
+        "Keep the top-k (by variance over prompts) transcoder features or MLP neurons at the answer position, "
+        "mean-ablate the rest; fraction of clean PD kept:",
+        "",
+        "| k | features | neurons |",
+        "|---|---|---|",
+    ]
+    for k in (1, 2, 4, 8, 16, 32):
+        if str(k) in fvn:
+            lines.append(f"| {k} | {fvn[str(k)]['features']:.3f} | {fvn[str(k)]['neurons']:.3f} |")
+    lines += [
+        "",
+        "![features vs neurons](features_vs_neurons.png)",
+        "",
+        "## Path search (prompt 0)",
+        "",
+        f"Graph: `graph.json`, ![graph](graph.png). Top-node verification (exact frozen): max rel. error "
+        f"{_fmt(s['graph_verification']['exact']['max_rel_error'])}; path-sum vs ablation Pearson "
+        f"{_fmt(s['graph_verification']['graph']['pearson'])}; live Pearson {_fmt(s['graph_verification']['live']['pearson'])}.",
+        "",
+        "```",
+        *s["top_paths"],
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- main entry
+
+
+def run_greater_than(
+    cfg: GreaterThanConfig,
+    out: str | Path,
+    adapter: ModelAdapter | None = None,
+    transcoders: dict | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run the case study, write `out`/summary.json, report.md, plots and graph.json; return the summary."""
+    from sparsecircuits.dictionaries import load_transcoders
+    from sparsecircuits.models import load_model
+
+    started = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        if not quiet:
+            print(f"[{time.time() - started:5.1f}s] {msg}", flush=True)
+
+    adapter = adapter or load_model(cfg.model, device=cfg.device)
+    transcoders = (
+        transcoders
+        if transcoders is not None
+        else load_transcoders(cfg.transcoders, device=adapter.device)
+    )
+    model = ReplacementModel(adapter, transcoders)
+    prompts = _prompts(adapter, cfg.n_prompts, cfg.seed)
+    assert prompts.yy is not None and prompts.year_ids is not None
+    state = model.run(prompts.input_ids)
+    pd_clean_t = _pd(adapter.forward(prompts.input_ids), prompts)
+    pd_clean = float(pd_clean_t.mean())
+    if pd_clean <= 0.05:
+        raise SparseCircuitsError(
+            f"the model barely does greater-than (PD {pd_clean:.3f}); use a model that solves the task"
+        )
+    pd_replacement = float(
+        _pd(
+            model.forward_with(state, Edits(drop_errors=set(transcoders)), freeze=False), prompts
+        ).mean()
+    )
+    log(f"PD clean {pd_clean:.4f}, replacement {pd_replacement:.4f}")
+
+    target = greater_than_target(model, state, prompts.yy, prompts.year_ids, prompts.last_pos)
+    attr = attribute(model, state, target, mode="linear", batch_size=16)
+    scores = _mean_feature_scores(attr)
+    top = _top_features(scores, cfg.top_k)
+    top_nodes = [n for n, _ in top]
+    head_scores = {layer: t.mean(0) for layer, t in attr.heads().items()}  # [h]
+    head_list = sorted(
+        (
+            (HeadNode(layer, h), float(v[h]))
+            for layer, v in head_scores.items()
+            for h in range(v.shape[0])
+        ),
+        key=lambda x: -abs(x[1]),
+    )[:5]
+    log(
+        f"attributed: top feature {top[0][0].label} ({top[0][1]:.4f}), top head {head_list[0][0].label}"
+    )
+
+    top_drop = _drop_fraction(model, state, prompts, _feature_edits(top_nodes), pd_clean)
+    rng = random.Random(cfg.seed)
+    random_drops = [
+        _drop_fraction(
+            model,
+            state,
+            prompts,
+            _feature_edits(_random_active_features(state, cfg.n_random, rng)),
+            pd_clean,
+        )
+        for _ in range(cfg.random_draws)
+    ]
+    log(
+        f"ablation: top-{cfg.top_k} removes {top_drop:.1%}, random removes {sum(random_drops) / len(random_drops):.1%}"
+    )
+
+    checks = _node_checks(model, state, prompts, attr, list(top_nodes) + [h for h, _ in head_list])
+    log(f"attribution vs intervention (frozen): {checks['frozen']}")
+
+    # descriptions
+    examples = top_activating_examples(
+        model, top_nodes, cfg.corpus_contexts, cfg.context_size, cfg.examples_per_feature
+    )
+    feature_rows, profiles = [], {}
+    for node, value in top:
+        prof = _year_profile(model, state, prompts, node)
+        profiles[node.label] = prof
+        trend = pearson(list(range(100)), prof["year_logits"])
+        feature_rows.append(
+            {
+                "node": node.label,
+                "layer": node.layer,
+                "pos": node.pos,
+                "feature": node.feature,
+                "token": _token(adapter, int(prompts.input_ids[0, node.pos])),
+                "attribution": value,
+                "mean_activation": float(
+                    state.feature_acts[node.layer][:, node.pos, node.feature].mean()
+                ),
+                "deembedding": deembed.deembedding(model, node.layer, node.feature, k=10).to_dict(),
+                "logits": deembed.feature_logits(model, node.layer, node.feature, k=10).to_dict(),
+                "year_logit_trend": None if trend != trend else trend,
+                "examples": examples.get(node.label, []),
+            }
+        )
+    # the PD direction in the final residual stream (final-norm gain folded, scale left out)
+    assert target.direction is not None
+    one = torch.ones(1, dtype=model.dtype, device=model.device)
+    pd_direction = pull_back_norm(target.direction.mean(0), model.ln_final, one)
+    head_rows = []
+    for head_node, value in head_list:
+        per_src = attr.patterns[head_node.layer][:, head_node.head].sum(1).mean(0)  # [src]
+        srcs = torch.topk(per_src, min(3, per_src.numel()))
+        head_rows.append(
+            {
+                "node": head_node.label,
+                "attribution": value,
+                "top_sources": [
+                    (int(p), _token(adapter, int(prompts.input_ids[0, int(p)])), float(v))
+                    for v, p in zip(srcs.values, srcs.indices, strict=False)
+                ],
+                "ov_deembedding": deembed.head_deembedding(
+                    model, head_node.layer, head_node.head, pd_direction, k=8
+                ).to_dict(),
+            }
+        )
+
+    # features vs neurons at the layer with the largest positive feature attribution
+    layer_totals = {layer: float(t.clamp_min(0).sum()) for layer, t in scores.items()}
+    fvn_layer = max(layer_totals, key=lambda layer: layer_totals[layer])
+    fvn = features_vs_neurons(model, state, prompts, fvn_layer, cfg.max_k)
+    log(f"features vs neurons at layer {fvn_layer}: k=1 {fvn[1]}, k={cfg.max_k} {fvn[cfg.max_k]}")
+
+    # path search on prompt 0
+    result = search_paths(
+        model, state, target, row=0, num_iters=cfg.path_iters, num_branches=cfg.path_branches
+    )
+    tokens = graph_tokens(model, state, 0)
+    graph = paths_to_graph(
+        result, meta={"prompt": prompts.texts[0], "tokens": tokens, "n_layers": model.n_layers}
+    )
+    graph.save_json(out / "graph.json")
+    plot_graph(graph, out / "graph.png", tokens=tokens, n_layers=model.n_layers)
+    graph_check = verify_graph(model, state, target, graph, top_n=10)
+
+    summary: dict[str, Any] = {
+        "model": adapter.name,
+        "transcoder_layers": sorted(transcoders),
+        "n_prompts": len(prompts),
+        "example_prompt": prompts.texts[0],
+        "prob_diff_clean": pd_clean,
+        "prob_diff_replacement": pd_replacement,
+        "top10_ablation_drop": top_drop,
+        "random10_ablation_drop": sum(random_drops) / len(random_drops),
+        "random10_drops": random_drops,
+        "attribution_vs_intervention": checks["frozen"],
+        "attribution_vs_live_pd": checks["live"],
+        "node_checks": checks["rows"],
+        "top_features": feature_rows,
+        "top_heads": head_rows,
+        "features_vs_neurons_layer": fvn_layer,
+        "features_vs_neurons": {str(k): v for k, v in fvn.items()},
+        "graph_verification": graph_check.to_dict(),
+        "top_paths": path_strings(result, 15),
+        "config": asdict(cfg),
+    }
+    summary["runtime_s"] = time.time() - started
+    _plot_features_vs_neurons(fvn, fvn_layer, out / "features_vs_neurons.png")
+    _plot_top(feature_rows, head_rows, out / "top_attributions.png")
+    _plot_year_profiles(profiles, out / "year_profiles.png")
+    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1))
+    (out / "report.md").write_text(_report(summary))
+    log(f"wrote {out}/summary.json and report.md")
+    return summary
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

@@ -1,0 +1,64 @@
+"""`sparsecircuits case-study`: reproduce the transcoder paper's circuit case studies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `case-study` subcommand (with `greater-than`)."""
+    p = sub.add_parser(
+        "case-study",
+        help="circuit case studies with transcoders (greater-than)",
+        description="Run a case study of the transcoder paper on a model with transcoders.",
+    )
+    studies = p.add_subparsers(dest="study", required=True, metavar="STUDY")
+    gt = studies.add_parser(
+        "greater-than",
+        help="the greater-than circuit: attributions, ablations, features vs neurons, paths",
+        description="Find the features and heads behind the greater-than probability difference on "
+        "held-out prompts; writes summary.json, report.md, plots and graph.json to --out.",
+    )
+    gt.add_argument("--model", default="embedded")
+    gt.add_argument("--transcoders", default="embedded")
+    gt.add_argument("--n-prompts", type=int, default=64)
+    gt.add_argument("--max-k", type=int, default=32, help="features-vs-neurons: largest k")
+    gt.add_argument(
+        "--corpus-contexts", type=int, default=48, help="held-out contexts for top examples"
+    )
+    gt.add_argument("--seed", type=int, default=0)
+    gt.add_argument("--device")
+    gt.add_argument("--out", default="runs/case-study/greater-than")
+    gt.add_argument("--quiet", action="store_true")
+    gt.set_defaults(func=run_greater_than_cli)
+
+
+def run_greater_than_cli(args: argparse.Namespace) -> int:
+    """Run the greater-than case study and print the headline numbers."""
+    from sparsecircuits.circuits.case_studies.greater_than import (
+        GreaterThanConfig,
+        run_greater_than,
+    )
+
+    cfg = GreaterThanConfig(
+        model=args.model,
+        transcoders=args.transcoders,
+        n_prompts=args.n_prompts,
+        max_k=args.max_k,
+        corpus_contexts=args.corpus_contexts,
+        seed=args.seed,
+        device=args.device,
+    )
+    summary = run_greater_than(cfg, args.out, quiet=args.quiet)
+    keys = (
+        "prob_diff_clean",
+        "prob_diff_replacement",
+        "top10_ablation_drop",
+        "random10_ablation_drop",
+        "attribution_vs_intervention",
+        "features_vs_neurons_layer",
+    )
+    print(json.dumps({k: summary[k] for k in keys}, indent=1))
+    print(f"report: {args.out}/report.md")
+    return 0

@@ -1,0 +1,107 @@
+"""Matching pursuit (Costa, Fel, Lubana, Tolooshams & Ba 2025; SAELens "matching_pursuit").
+
+A tied dictionary: the unit-norm rows `d_j` of `W_dec` are both analysis and synthesis atoms
+(no `W_enc`/`b_enc`; `b_in` stays zero because the input is centred by `b_dec`). From
+`r⁰ = x - b_dec`, each step picks `j = argmax_j ReLU(<d_j, r>)`, adds `α = ReLU(<d_j, r>)` to
+`f_j` (atoms may repeat) and sets `r ← r - α d_j`; `out = f W_dec + b_dec`. With unit rows the
+new residual is orthogonal to the chosen atom and `||r||² ` drops by `α²`.
+
+Training mode runs exactly `k` steps. Eval mode runs until the residual norm is below
+`mp_residual_threshold`, the support stops changing, or `mp_max_iterations` (default `d_in`)
+steps — SAELens' inference rule, so saved SAEs give the same codes there. Gradients flow
+through the `α`s and residual updates; selections are constants. Loss: FVU only (sparsity is
+the step count). No AuxK (known gap: no dead-atom revival).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from sparsecircuits.dictionaries.activations.base import Activation, ForwardOutput
+
+if TYPE_CHECKING:
+    from sparsecircuits.dictionaries.base import Dictionary
+
+
+def matching_pursuit(
+    residual: Tensor,
+    atoms: Tensor,
+    n_steps: int,
+    residual_threshold: float = 0.0,
+    stop_on_duplicate_support: bool = False,
+) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
+    """Run matching pursuit on `residual [n, d]` over `atoms [m, d]` (unit rows).
+
+    Returns `(codes [n, m], final residual [n, d], the chosen atom per step (list of [n] int64),
+    the residual norm after each step [steps, n])`. Rows stop (α masked to 0) once their residual
+    norm is below `residual_threshold` or, with `stop_on_duplicate_support`, once a step leaves
+    their support unchanged.
+    """
+    n, m = residual.shape[0], atoms.shape[0]
+    codes = residual.new_zeros(n, m)
+    done = torch.zeros(n, dtype=torch.bool, device=residual.device)
+    support = torch.zeros(n, m, dtype=torch.bool, device=residual.device)
+    chosen: list[Tensor] = []
+    norms: list[Tensor] = []
+    for _ in range(n_steps):
+        with torch.no_grad():
+            index = (residual @ atoms.T).argmax(dim=1)
+        atom = atoms[index]
+        alpha = (residual * atom).sum(dim=1, keepdim=True).relu() * (~done)[:, None]
+        codes = codes.scatter_add(1, index[:, None], alpha)
+        residual = residual - alpha * atom
+        chosen.append(index)
+        with torch.no_grad():
+            norms.append(residual.norm(dim=1))
+            if residual_threshold > 0:
+                done = done | (norms[-1] < residual_threshold)
+            if stop_on_duplicate_support:
+                new_support = codes != 0
+                done = done | (new_support == support).all(dim=1)
+                support = new_support
+            if bool(done.all()):
+                break
+    return codes, residual, chosen, torch.stack(norms) if norms else residual.new_zeros(0, n)
+
+
+class MatchingPursuitActivation(Activation):
+    """Greedy residual-guided encoder over the tied, unit-norm decoder."""
+
+    name = "mp"
+    uses_input_bias = False
+    tied = True
+
+    def encode(
+        self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
+    ) -> ForwardOutput:
+        """Dense codes from `k` MP steps (training) or the adaptive inference rule (eval)."""
+        cfg = self.cfg
+        residual = x_in - dictionary.b_dec
+        if self.training:
+            codes, *_ = matching_pursuit(residual, dictionary.W_dec, cfg.k)
+        else:
+            codes, *_ = matching_pursuit(
+                residual,
+                dictionary.W_dec,
+                cfg.mp_max_iterations or cfg.d_in,
+                residual_threshold=cfg.mp_residual_threshold,
+                stop_on_duplicate_support=True,
+            )
+        return ForwardOutput(dense_acts=codes, d_sae=cfg.d_sae)
+
+    def saelens_architecture(self) -> str | None:
+        """ "matching_pursuit" (SAE only)."""
+        return "matching_pursuit"
+
+    def extra_cfg(self) -> dict[str, Any]:
+        """SAELens MP reads the stopping rule; it centres the input by `b_dec`."""
+        cfg = self.cfg
+        return {
+            "apply_b_dec_to_input": True,
+            "residual_threshold": cfg.mp_residual_threshold,
+            "max_iterations": cfg.mp_max_iterations,
+            "stop_on_duplicate_support": True,
+        }

@@ -1,0 +1,395 @@
+"""Data-parallel training over several processes (torchrun + torch.distributed).
+
+    torchrun --nproc_per_node 2 -m sparsecircuits.training.distributed --config run.yaml
+
+Every rank holds a full copy of every dictionary and its optimiser. Per step:
+
+* **harvest, sharded**: rank r runs the model on contexts r, r + W, r + 2W, ... of the stream
+  (`ShardedContexts`, W = world size) with its own shuffle buffer, and serves batches of
+  `batch_tokens / W` rows, so one step still trains on `batch_tokens` tokens in all;
+* **gradients averaged**: after `loss.backward()` the trainer calls
+  `dictionary.before_optimizer_step()`; `DistributedTrainer` wraps that method on each of its
+  dictionaries so it first all-reduces (averages) all the dictionary's gradients in one flat
+  buffer. Every rank then takes the same Adam step and the replicas stay identical without a
+  broadcast (the weights start identical: they are drawn from the config's seed, and rank 0's
+  copy is broadcast once to be sure);
+* **statistics global**: the data-initialised biases are averaged across ranks (the mean of
+  equal-sized shards' means is the mean of the whole batch), the tokens-since-fired counters
+  count all ranks' tokens and a latent counts as fired if it fired on any rank, so dead-latent
+  masks (AuxK) agree everywhere;
+* **one writer**: rank 0 alone writes checkpoints, logs and final dictionaries; the others wait
+  at a barrier. A stop signal on any rank stops all of them at the same step.
+
+With `recon_loss="mse"` (ReLU/JumpReLU default, or set it) this is exactly single-process
+training on the concatenated batches; the TopK default `"fvu"` divides each rank's squared
+error by its own shard's variance (as sparsify's DDP does), which differs from the global FVU
+only in that denominator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from sparsecircuits.config import from_dict, read_config_file, to_dict
+from sparsecircuits.dictionaries import Dictionary, save_dictionary
+from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.training.config import TrainConfig
+from sparsecircuits.training.trainer import BatchSource, Trainer, TrainResult, latest_checkpoint
+
+__all__ = [
+    "DistributedContext",
+    "DistributedTrainer",
+    "ShardedContexts",
+    "all_reduce_gradients",
+    "distributed_train_run",
+    "init_distributed",
+    "main",
+]
+
+
+@dataclass
+class DistributedContext:
+    """Where this process sits: `rank` of `world_size`, its `local_rank` and device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the only rank that writes files and logs."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        """True when a process group with more than one rank is running."""
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+def init_distributed(
+    backend: str | None = None, device: str | None = None, timeout_s: float = 1800.0
+) -> DistributedContext:
+    """Join the process group torchrun describes in the environment; return this rank's context.
+
+    Without torchrun's variables (`WORLD_SIZE` unset or 1) this is a one-process context and
+    nothing is initialised. The backend defaults to NCCL when CUDA is available, else gloo; the
+    device to `cuda:{LOCAL_RANK}` under NCCL, else "cpu". A rank stuck longer than `timeout_s`
+    in a collective (e.g. because another rank died) raises instead of hanging forever.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size <= 1:
+        return DistributedContext(device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not dist.is_available():
+        raise SparseCircuitsError("this torch build has no torch.distributed; train with one process")
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if device is None:
+        device = f"cuda:{local_rank}" if backend == "nccl" else "cpu"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return DistributedContext(rank, world_size, local_rank, backend, device)
+
+
+class ShardedContexts:
+    """Every `world_size`-th context of `contexts`, starting at `rank`; re-iterable.
+
+    Only whole rounds of `world_size` contexts are dealt, so every rank gets the same number
+    of contexts and no rank runs out of data while another still waits for it. Items may be
+    `[context]` or `[n, context]` tensors (the latter are split into contexts first).
+    """
+
+    def __init__(self, contexts: Iterable[torch.Tensor], rank: int, world_size: int):
+        if not 0 <= rank < world_size:
+            raise SparseCircuitsError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.contexts, self.rank, self.world_size = contexts, rank, world_size
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        round_: list[torch.Tensor] = []
+        for item in self.contexts:
+            for context in item.unbind(0) if item.dim() == 2 else (item,):
+                round_.append(context)
+                if len(round_) == self.world_size:
+                    yield round_[self.rank]
+                    round_ = []
+
+
+def _dictionary_grads(dictionary: Dictionary) -> list[torch.Tensor]:
+    return [p.grad for p in dictionary.parameters() if p.grad is not None]
+
+
+def all_reduce_gradients(dictionary: Dictionary, world_size: int) -> None:
+    """Average every gradient of `dictionary` over all ranks, in place, with one collective.
+
+    The gradients are packed into one flat buffer (one all-reduce per dictionary rather than one
+    per tensor) and unpacked again. Every rank must hold gradients for the same parameters.
+    """
+    grads = _dictionary_grads(dictionary)
+    if world_size <= 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat.div_(world_size)
+    offset = 0
+    for grad in grads:
+        n = grad.numel()
+        grad.copy_(flat[offset : offset + n].view_as(grad))
+        offset += n
+
+
+@torch.no_grad()
+def average_parameters(dictionary: Dictionary, world_size: int) -> None:
+    """Replace every parameter of `dictionary` by its mean over all ranks (one collective)."""
+    params = list(dictionary.parameters())
+    if world_size <= 1 or not params:
+        return
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat.div_(world_size)
+    offset = 0
+    for p in params:
+        p.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+@torch.no_grad()
+def broadcast_parameters(dictionary: Dictionary, src: int = 0) -> None:
+    """Overwrite every rank's parameters and buffers with rank `src`'s."""
+    for tensor in [*dictionary.parameters(), *dictionary.buffers()]:
+        dist.broadcast(tensor.data, src=src)
+
+
+class DistributedTrainer(Trainer):
+    """`Trainer` for one rank of a data-parallel run (see the module docstring).
+
+    `store` yields this rank's batches of `cfg.batch_tokens / world_size` rows; `cfg` keeps the
+    global batch size, so steps, schedules and token counts match a one-process run. Only rank 0
+    writes `out_dir`.
+    """
+
+    def __init__(
+        self,
+        store: BatchSource,
+        dictionaries: dict[str, Dictionary],
+        cfg: TrainConfig,
+        context: DistributedContext,
+        out_dir: str | Path | None = None,
+        run_config: dict[str, Any] | None = None,
+    ):
+        self.context = context
+        if not context.is_main:
+            cfg.quiet = True
+            cfg.wandb_project = None
+        super().__init__(store, dictionaries, cfg, out_dir=out_dir, run_config=run_config)
+        if context.enabled:
+            for dictionary in dictionaries.values():
+                broadcast_parameters(dictionary)
+                self._reduce_before_step(dictionary)
+
+    def _reduce_before_step(self, dictionary: Dictionary) -> None:
+        # The trainer calls before_optimizer_step() right after backward(): average the
+        # gradients there, then run the dictionary's own hook on the averaged gradients.
+        own_hook = dictionary.before_optimizer_step
+        world_size = self.context.world_size
+
+        def before_optimizer_step() -> None:
+            all_reduce_gradients(dictionary, world_size)
+            own_hook()
+
+        dictionary.before_optimizer_step = before_optimizer_step  # type: ignore[method-assign]
+
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+        if not self.context.enabled:
+            return super()._train_step(batch)
+        if not self.biases_initialised:
+            for d in self.dictionaries.values():
+                d.init_biases_from_data(batch[d.cfg.hook_in], batch[d.cfg.hook_out])
+                average_parameters(d, self.context.world_size)
+            self.biases_initialised = True
+        before = {name: counter.clone() for name, counter in self.tokens_since_fired.items()}
+        metrics = super()._train_step(batch)
+        local_tokens = next(iter(batch.values())).shape[0]
+        self._merge_fired(before, local_tokens * self.context.world_size)
+        # Trainer.train adds this rank's rows after each step; count every rank's.
+        self.tokens_seen += local_tokens * (self.context.world_size - 1)
+        self._sync_stop_signal()
+        return self._average_metrics(metrics)
+
+    def _merge_fired(self, before: dict[str, torch.Tensor], global_tokens: int) -> None:
+        # After a step a local counter is 0 exactly where the latent fired on this rank.
+        for name, counter in self.tokens_since_fired.items():
+            fired = (counter == 0).to(torch.int32)
+            dist.all_reduce(fired, op=dist.ReduceOp.MAX)
+            counter.copy_(torch.where(fired.bool(), torch.zeros_like(counter),
+                                      before[name] + global_tokens))
+
+    def _sync_stop_signal(self) -> None:
+        flag = torch.tensor([1 if self._stop_signal else 0], device=self._device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if int(flag) and self._stop_signal is None:
+            self._stop_signal = "SIGTERM (on another rank)"
+
+    def _average_metrics(self, metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        names = sorted(metrics)
+        keys = [k for k in ("loss", "fvu", "l0", "aux") if all(k in metrics[n] for n in names)]
+        if not names or not keys:
+            return metrics
+        values = torch.tensor([[metrics[n][k] for k in keys] for n in names], dtype=torch.float64,
+                              device=self._device())
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= self.context.world_size
+        for i, n in enumerate(names):
+            for j, k in enumerate(keys):
+                metrics[n][k] = float(values[i, j])
+        return metrics
+
+    def _device(self) -> torch.device:
+        return next(iter(self.dictionaries.values())).W_dec.device
+
+    def save_checkpoint(self, tag: str | None = None) -> Path:
+        """Rank 0 writes the checkpoint; every rank waits for it and returns its folder."""
+        if self.context.is_main:
+            path = super().save_checkpoint(tag)
+        else:
+            if self.out_dir is None:
+                raise SparseCircuitsError("no out_dir set, so there is nowhere to save a checkpoint")
+            path = self.out_dir / "checkpoints" / (tag or f"step_{self.step:09d}")
+        if self.context.enabled:
+            dist.barrier()
+        return path
+
+    def _log(self, metrics: dict[str, dict[str, float]], bar: Any) -> None:
+        if self.context.is_main:
+            super()._log(metrics, bar)
+
+
+def _local_batch_tokens(batch_tokens: int, world_size: int) -> int:
+    if batch_tokens % world_size:
+        raise SparseCircuitsError(
+            f"batch_tokens {batch_tokens} does not split evenly over {world_size} ranks; "
+            f"use a multiple of {world_size}"
+        )
+    return batch_tokens // world_size
+
+
+def distributed_train_run(
+    cfg: Any, context: DistributedContext, resume: bool = False, quiet: bool = False
+) -> tuple[dict[str, Dictionary], TrainResult]:
+    """Train `cfg` (a `sparsecircuits.runs.RunConfig`) data-parallel on this rank.
+
+    Mirrors `runs.train_run`: the same dictionaries, held-out contexts and outputs, but this
+    rank harvests only its shard of the contexts and rank 0 alone writes `cfg.out`. Returns the
+    trained dictionaries (identical on every rank) and the `TrainResult`.
+    """
+    from sparsecircuits.data import ActivationStore, ActivationStoreConfig
+    from sparsecircuits.models import load_model
+    from sparsecircuits.runs import (
+        TrainingContexts,
+        build_dictionaries,
+        context_stream,
+        torch_dtype,
+    )
+
+    out = Path(cfg.out)
+    adapter = load_model(cfg.model, device=context.device, dtype=torch_dtype(cfg.dtype))
+    train_cfg = cfg.train_config()
+    if quiet:
+        train_cfg.quiet = True
+    dictionaries = build_dictionaries(adapter, cfg.specs(), cfg.seed)
+    hooks = sorted({h for d in dictionaries.values() for h in (d.cfg.hook_in, d.cfg.hook_out)})
+    store_cfg = ActivationStoreConfig(
+        context_size=cfg.context_size,
+        contexts_per_forward=max(1, math.ceil(cfg.contexts_per_forward / context.world_size)),
+        batch_tokens=_local_batch_tokens(train_cfg.batch_tokens, context.world_size),
+        buffer_tokens=max(1, cfg.buffer_tokens // context.world_size),
+        seed=cfg.seed,
+    )
+    contexts = ShardedContexts(
+        TrainingContexts(
+            context_stream(adapter, cfg.dataset, cfg.context_size), cfg.eval_contexts, cfg.data_epochs
+        ),
+        context.rank,
+        context.world_size,
+    )
+    store = ActivationStore(adapter, contexts, hooks, store_cfg)
+    run_record = {**to_dict(cfg), "distributed": {"world_size": context.world_size,
+                                                  "backend": context.backend}}
+    for d in dictionaries.values():
+        d.cfg.training = run_record
+    trainer = DistributedTrainer(store, dictionaries, train_cfg, context, out_dir=out,
+                                 run_config=run_record)
+    if resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            raise SparseCircuitsError(f"--resume given but {out}/checkpoints holds no checkpoint")
+        trainer.load_checkpoint(ckpt)
+    if context.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_config.json").write_text(json.dumps(run_record, indent=2))
+    result = trainer.train()
+    if context.is_main:
+        for name, d in dictionaries.items():
+            save_dictionary(d, out / "dictionaries" / name)
+    if context.enabled:
+        dist.barrier()
+    return dictionaries, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`torchrun ... -m sparsecircuits.training.distributed --config run.yaml [--resume]`."""
+    from sparsecircuits.runs import RunConfig
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sparsecircuits.training.distributed",
+        description="Data-parallel dictionary training; launch with torchrun --nproc_per_node N.",
+    )
+    parser.add_argument("--config", required=True, help="run config (.yaml/.json), as for `train`")
+    parser.add_argument("--out", default=None, help="override the config's output folder")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    parser.add_argument("--backend", default=None, choices=("gloo", "nccl"),
+                        help="default: nccl with CUDA, else gloo")
+    parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK under nccl, else cpu")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        mapping = read_config_file(args.config)
+        if args.out:
+            mapping["out"] = args.out
+        cfg = from_dict(RunConfig, mapping, where=str(args.config))
+        context = init_distributed(args.backend, args.device or cfg.device)
+        cfg.device = context.device
+        dictionaries, result = distributed_train_run(cfg, context, resume=args.resume,
+                                                     quiet=args.quiet)
+    except SparseCircuitsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if context.is_main:
+        for name in dictionaries:
+            print(json.dumps({"name": name, "steps": result.steps, "tokens": result.tokens,
+                              "world_size": context.world_size,
+                              "tokens_per_s": round(result.tokens_per_s, 1),
+                              **result.metrics.get(name, {})}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""The local viewer: `ViewerApp` (what to serve) and `ViewerServer` (stdlib HTTP, offline assets)."""
+
+from __future__ import annotations
+
+from sparsecircuits.viewer.server import STATIC_DIR, ViewerApp, ViewerServer, graph_url
+
+__all__ = ["STATIC_DIR", "ViewerApp", "ViewerServer", "graph_url"]

@@ -1,0 +1,195 @@
+"""Attribution graphs: every edge equals an intervention with everything frozen; export validates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsecircuits.circuits.graph.build import (
+    GraphConfig,
+    build_graph,
+    salient_logits,
+    to_neuronpedia,
+)
+from sparsecircuits.circuits.graph.neuronpedia import export_graph, validate_graph_json
+from sparsecircuits.circuits.replacement import (
+    Edits,
+    EmbedEdit,
+    ErrorEdit,
+    FeatureEdit,
+    Multipliers,
+    ReplacementModel,
+)
+from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+
+PROMPT = "The cat saw the house in the year 1732"
+
+
+def _transcoders(adapter, architecture: str, layers, d_sae: int = 48, k: int = 5):
+    out = {}
+    for layer in layers:
+        cfg = DictionaryConfig(
+            architecture=architecture,
+            kind="transcoder",
+            d_in=adapter.d_model,
+            d_sae=d_sae,
+            k=k,
+            hook_in=f"blocks.{layer}.hook_mlp_in",
+            hook_out=f"blocks.{layer}.hook_mlp_out",
+            seed=layer + 7,
+        )
+        tc = make_dictionary(cfg)
+        gen = torch.Generator().manual_seed(layer)
+        with torch.no_grad():
+            tc.b_enc.copy_(torch.randn(d_sae, generator=gen) * 0.2)
+            tc.b_dec.copy_(torch.randn(adapter.d_model, generator=gen) * 0.1)
+        out[layer] = tc
+    return out
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def replacement(request, tiny_model_dir):
+    from sparsecircuits.models import load_model
+
+    adapter = load_model(tiny_model_dir(request.param), device="cpu")
+    architecture = "topk" if request.param == "gpt2" else "relu"
+    layers = (
+        range(adapter.n_layers) if request.param == "gpt2" else [0, 2]
+    )  # llama: layer 1 has no transcoder
+    return ReplacementModel(adapter, _transcoders(adapter, architecture, layers))
+
+
+def _target_values(rm, graph, state) -> torch.Tensor:
+    """Every target's value: feature pre-activations and de-meaned logits, in node order."""
+    values = torch.zeros(graph.n_nodes, dtype=torch.float64)
+    for i, (layer, pos, feat) in enumerate(graph.active_features.tolist()):
+        values[i] = float(state.feature_pre[layer][0, pos, feat])
+    logits = state.logits[0, -1].double()
+    for k, token in enumerate(graph.logit_ids.tolist()):
+        values[graph.logit_index(k)] = logits[token] - logits.mean()
+    return values
+
+
+def _ablated(rm, state, graph, source: int):
+    """Frozen re-run with source node `source` removed."""
+    n_feat, n_pos = graph.n_features, graph.n_pos
+    if source < n_feat:
+        layer, pos, feat = graph.active_features[source].tolist()
+        return rm.run_with(
+            state,
+            Edits(features=[FeatureEdit(layer, feat, pos=pos, value=0.0)]),
+            freeze=True,
+            features="frozen",
+        )
+    if source < n_feat + graph.n_errors:
+        layer, pos = divmod(source - n_feat, n_pos)
+        if layer in rm.transcoders:
+            return rm.run_with(
+                state,
+                Edits(errors=[ErrorEdit(layer, pos=pos, scale=0.0)]),
+                freeze=True,
+                features="frozen",
+            )
+        # a layer without a transcoder: its error node is the whole frozen MLP output
+        errors = {lay: torch.ones(1, n_pos, 1) for lay in range(rm.n_layers)}
+        errors[layer][0, pos] = 0.0
+        with torch.no_grad():
+            return rm.run_with_multipliers(state, Multipliers(errors=errors))
+    pos = source - n_feat - graph.n_errors
+    return rm.run_with(
+        state, Edits(embeds=[EmbedEdit(pos=pos, scale=0.0)]), freeze=True, features="frozen"
+    )
+
+
+def test_every_edge_equals_a_frozen_ablation(replacement):
+    rm = replacement
+    graph = build_graph(rm, PROMPT, GraphConfig(row_mass=1.0, batch_size=7))
+    state = rm.run(graph.input_ids[None])
+    clean = _target_values(rm, graph, state)
+    dense = graph.adjacency.to_dense().double()
+    assert graph.n_features > 10 and graph.adjacency.nnz > 100
+    n_sources = graph.n_nodes - graph.logit_ids.numel()
+    checked = 0
+    bos_errors = {graph.error_index(layer, 0) for layer in range(rm.n_layers)}
+    for source in range(n_sources):
+        if (
+            source in bos_errors
+        ):  # not nodes (as in circuit-tracer): their effect is left out, like a bias
+            continue
+        change = clean - _target_values(rm, graph, _ablated(rm, state, graph, source))
+        torch.testing.assert_close(change, dense[:, source], atol=2e-5, rtol=1e-4)
+        checked += int((dense[:, source] != 0).sum())
+    assert checked == graph.adjacency.nnz
+    # rows hold only targets; sources at BOS (pos 0) carry nothing
+    n_feat = graph.n_features
+    assert (graph.active_features[:, 1] > 0).all()
+    assert not dense[:, [graph.error_index(layer, 0) for layer in range(rm.n_layers)]].any()
+    assert not dense[n_feat : n_feat + graph.n_errors + graph.n_pos].any()
+    assert torch.allclose(graph.adjacency.row_abs_sums, dense.abs().sum(1))
+
+
+def test_truncated_rows_keep_exact_weights_and_sums(replacement):
+    full = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0))
+    cut = build_graph(replacement, PROMPT, GraphConfig(row_mass=0.9, batch_size=5))
+    assert cut.adjacency.nnz < full.adjacency.nnz
+    dense_full = full.adjacency.to_dense()
+    torch.testing.assert_close(
+        cut.adjacency.weights,
+        dense_full[cut.adjacency.targets, cut.adjacency.sources],
+        atol=1e-6,
+        rtol=1e-5,
+    )
+    torch.testing.assert_close(
+        cut.adjacency.row_abs_sums, full.adjacency.row_abs_sums, atol=1e-5, rtol=1e-5
+    )
+    kept = torch.zeros(full.n_nodes, dtype=torch.float64).index_add_(
+        0, cut.adjacency.targets, cut.adjacency.weights.abs().double()
+    )
+    rows = full.adjacency.row_abs_sums > 0
+    assert (kept[rows] >= 0.9 * full.adjacency.row_abs_sums[rows] - 1e-6).all()
+
+
+def test_salient_logits_cut_at_cumulative_probability():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.1, 0.05, 0.05]))
+    ids, probs = salient_logits(logits, 10, 0.8)
+    assert ids.tolist() == [0, 1] and torch.allclose(probs, torch.tensor([0.5, 0.3]))
+    ids, _ = salient_logits(logits, 10, 0.95)
+    assert len(ids) == 4
+    ids, _ = salient_logits(logits, 2, 0.99)
+    assert len(ids) == 2
+
+
+def test_export_is_valid_neuronpedia_json_with_pruned_nodes(replacement):
+    graph = build_graph(replacement, PROMPT)
+    pruned = graph.prune(0.8, 0.98)
+    model = to_neuronpedia(graph, pruned, slug="t", scan="tiny")
+    data = export_graph(model)
+    validate_graph_json(data)
+    ids = {n["node_id"] for n in data["nodes"]}
+    assert all(link["source"] in ids and link["target"] in ids for link in data["links"])
+    kinds = {n["feature_type"] for n in data["nodes"]}
+    assert (
+        {"embedding", "logit"}
+        <= kinds
+        <= {"embedding", "logit", "cross layer transcoder", "mlp reconstruction error"}
+    )
+    if (
+        len(replacement.transcoders) == replacement.n_layers
+    ):  # random llama graphs may prune every feature
+        assert "cross layer transcoder" in kinds
+    assert sum(n["feature_type"] == "embedding" for n in data["nodes"]) == graph.n_pos
+    logits = [n for n in data["nodes"] if n["feature_type"] == "logit"]
+    assert len(logits) == graph.logit_ids.numel() and logits[0]["is_target_logit"]
+    assert data["metadata"]["prompt_tokens"] == graph.prompt_tokens
+    # links carry the raw adjacency weights
+    dense = graph.adjacency.to_dense()
+    index = {}
+    for i, (layer, pos, feat) in enumerate(graph.active_features.tolist()):
+        index[f"{layer}_{feat}_{pos}"] = i
+    for link in data["links"][:50]:
+        if link["source"] in index and link["target"] in index:
+            assert link["weight"] == pytest.approx(
+                float(dense[index[link["target"]], index[link["source"]]])
+            )
+    replacement_score, completeness = graph.scores()
+    assert 0.0 <= replacement_score <= 1.0 and 0.0 <= completeness <= 1.0
