@@ -39,15 +39,33 @@ def our_fit(adapter: Any, contexts: Any, steps: int, options: BenchOptions) -> i
     """Train our transcoder for `steps` steps on `contexts`; return tokens trained."""
     from sparsecircuits.data import ActivationStore, ActivationStoreConfig
     from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
-    from sparsecircuits.training import Trainer, TrainConfig
+    from sparsecircuits.training import TrainConfig, Trainer
 
     hooks = [f"blocks.{LAYER}.hook_mlp_in", f"blocks.{LAYER}.hook_mlp_out"]
-    cfg = DictionaryConfig(architecture="topk", kind="transcoder", d_in=adapter.hook_dim(hooks[0]),
-                           d_sae=D_SAE, d_out=adapter.hook_dim(hooks[1]), hook_in=hooks[0],
-                           hook_out=hooks[1], k=K, dtype=options.dtype, device=options.device)
-    store = ActivationStore(adapter, contexts, hooks, ActivationStoreConfig(
-        context_size=CONTEXT_SIZE, contexts_per_forward=CONTEXTS_PER_STEP, batch_tokens=4096,
-        buffer_tokens=65536, dtype=options.dtype))
+    cfg = DictionaryConfig(
+        architecture="topk",
+        kind="transcoder",
+        d_in=adapter.hook_dim(hooks[0]),
+        d_sae=D_SAE,
+        d_out=adapter.hook_dim(hooks[1]),
+        hook_in=hooks[0],
+        hook_out=hooks[1],
+        k=K,
+        dtype=options.dtype,
+        device=options.device,
+    )
+    store = ActivationStore(
+        adapter,
+        contexts,
+        hooks,
+        ActivationStoreConfig(
+            context_size=CONTEXT_SIZE,
+            contexts_per_forward=CONTEXTS_PER_STEP,
+            batch_tokens=4096,
+            buffer_tokens=65536,
+            dtype=options.dtype,
+        ),
+    )
     train_cfg = TrainConfig(total_tokens=steps * 4096, batch_tokens=4096, quiet=True, log_every=50)
     result = Trainer(store, {"tc": make_dictionary(cfg)}, train_cfg).train()
     return result.tokens
@@ -59,9 +77,17 @@ def run(adapter: Any, options: BenchOptions) -> None:
     repeats = 2 if options.quick else 3
     contexts = text_contexts(adapter, (steps + 2) * CONTEXTS_PER_STEP + 64, CONTEXT_SIZE)
     ours_contexts = list(contexts.unbind(0))
-    config = {**options.base_config(), "kind": "transcoder", "architecture": "topk",
-              "layer": LAYER, "d_sae": D_SAE, "k": K, "batch_tokens": 4096, "steps": steps,
-              "context_size": CONTEXT_SIZE}
+    config = {
+        **options.base_config(),
+        "kind": "transcoder",
+        "architecture": "topk",
+        "layer": LAYER,
+        "d_sae": D_SAE,
+        "k": K,
+        "batch_tokens": 4096,
+        "steps": steps,
+        "context_size": CONTEXT_SIZE,
+    }
     log(f"end_to_end {config}")
     fits = {"sparsecircuits": lambda: our_fit(adapter, ours_contexts, steps, options)}
     why = third_party.available_sparsify()
@@ -69,10 +95,19 @@ def run(adapter: Any, options: BenchOptions) -> None:
         save_dir = tempfile.mkdtemp(prefix="sparsify-e2e-", dir=options.workdir)
         n_ctx = steps * CONTEXTS_PER_STEP
         fits["eai-sparsify"] = third_party.sparsify_fit(
-            model_source(options), LAYER, contexts[:n_ctx], D_SAE, K, CONTEXTS_PER_STEP, save_dir,
-            options.device)
+            model_source(options),
+            LAYER,
+            contexts[:n_ctx],
+            D_SAE,
+            K,
+            CONTEXTS_PER_STEP,
+            save_dir,
+            options.device,
+        )
     else:
-        skipped("end_to_end", "eai-sparsify", config, why or "sparsify's trainer is fp32 (+ autocast)")
+        skipped(
+            "end_to_end", "eai-sparsify", config, why or "sparsify's trainer is fp32 (+ autocast)"
+        )
     warm = {name: fit for name, fit in fits.items()}
     for fit in warm.values():  # warm-up: first-call allocations, thread pools
         fit()
@@ -89,9 +124,21 @@ def run(adapter: Any, options: BenchOptions) -> None:
     for name, times in samples.items():
         seconds = statistics.median(times)
         speeds[name] = tokens[name] / seconds
-        emit({"name": "end_to_end", "library": name, "config": config,
-              "tokens_per_s": round(speeds[name], 1), "seconds": round(seconds, 3),
-              "tokens": tokens[name], **mem})
+        emit(
+            {
+                "name": "end_to_end",
+                "library": name,
+                "config": config,
+                "tokens_per_s": round(speeds[name], 1),
+                "seconds": round(seconds, 3),
+                "tokens": tokens[name],
+                **mem,
+            }
+        )
     if "eai-sparsify" in speeds:
-        ratio("end_to_end", "eai-sparsify", {"d_sae": D_SAE, "k": K, "layer": LAYER},
-              speeds["sparsecircuits"] / speeds["eai-sparsify"])
+        ratio(
+            "end_to_end",
+            "eai-sparsify",
+            {"d_sae": D_SAE, "k": K, "layer": LAYER},
+            speeds["sparsecircuits"] / speeds["eai-sparsify"],
+        )

@@ -57,19 +57,33 @@ def make_transcoders(adapter: Any, k: int, d_sae: int) -> dict[int, Any]:
     from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
 
     ids = text_contexts(adapter, 8, 64).to(adapter.device)
-    hooks = [f"blocks.{layer}.{h}" for layer in range(adapter.n_layers)
-             for h in ("hook_mlp_in", "hook_mlp_out")]
+    hooks = [
+        f"blocks.{layer}.{h}"
+        for layer in range(adapter.n_layers)
+        for h in ("hook_mlp_in", "hook_mlp_out")
+    ]
     with torch.no_grad():
         _, cache = adapter.run_with_cache(ids, hooks, stop_after_last=False)
     transcoders = {}
     for layer in range(adapter.n_layers):
         hook_in, hook_out = f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out"
-        cfg = DictionaryConfig(architecture="topk", kind="transcoder", d_in=adapter.d_model,
-                               d_sae=d_sae, d_out=adapter.d_model, hook_in=hook_in,
-                               hook_out=hook_out, k=k, seed=layer, device=str(adapter.device))
+        cfg = DictionaryConfig(
+            architecture="topk",
+            kind="transcoder",
+            d_in=adapter.d_model,
+            d_sae=d_sae,
+            d_out=adapter.d_model,
+            hook_in=hook_in,
+            hook_out=hook_out,
+            k=k,
+            seed=layer,
+            device=str(adapter.device),
+        )
         tc = make_dictionary(cfg).to(adapter.device)
-        tc.init_biases_from_data(cache[hook_in].reshape(-1, adapter.d_model).float(),
-                                 cache[hook_out].reshape(-1, adapter.d_model).float())
+        tc.init_biases_from_data(
+            cache[hook_in].reshape(-1, adapter.d_model).float(),
+            cache[hook_out].reshape(-1, adapter.d_model).float(),
+        )
         transcoders[layer] = tc
     return transcoders
 
@@ -83,8 +97,12 @@ def _ours(adapter: Any, transcoders: dict[int, Any]) -> tuple[Any, Any]:
 
     def build(ids: torch.Tensor) -> dict[str, Any]:
         graph = build_graph(replacement, ids, config)
-        return {"n_features": graph.n_features, "n_nodes": graph.n_nodes,
-                "n_edges": int(graph.adjacency.weights.numel()), "batch_size": config.batch_size}
+        return {
+            "n_features": graph.n_features,
+            "n_nodes": graph.n_nodes,
+            "n_edges": int(graph.adjacency.weights.numel()),
+            "batch_size": config.batch_size,
+        }
 
     return build, replacement
 
@@ -96,13 +114,19 @@ def _theirs(adapter: Any, transcoders: dict[int, Any]) -> tuple[Any, Any]:
     with torch.no_grad():
         diff = (model(probe) - adapter.forward(probe)).abs().max().item()
     if diff > 1e-3:
-        raise RuntimeError(f"circuit-tracer's model differs from the HF model (max |logit diff| {diff:.2e})")
+        raise RuntimeError(
+            f"circuit-tracer's model differs from the HF model (max |logit diff| {diff:.2e})"
+        )
 
     def build(ids: torch.Tensor) -> dict[str, Any]:
         graph = third_party.circuit_tracer_attribute(model, ids, batch_size)
         n_nodes = int(graph.adjacency_matrix.shape[0])
-        return {"n_features": int(graph.selected_features.numel()), "n_nodes": n_nodes,
-                "n_edges": int((graph.adjacency_matrix != 0).sum()), "batch_size": batch_size}
+        return {
+            "n_features": int(graph.selected_features.numel()),
+            "n_nodes": n_nodes,
+            "n_edges": int((graph.adjacency_matrix != 0).sum()),
+            "batch_size": batch_size,
+        }
 
     return build, model
 
@@ -128,9 +152,13 @@ def worker(options: BenchOptions, library: str, n_tokens: int, k: int) -> dict[s
     synchronize(options.device)
     seconds = time.perf_counter() - start
     build_peak_mb = peak_rss_mb()
-    out = {"seconds": seconds, "graph_peak_delta_mb": build_peak_mb - before_mb,
-           "process_peak_rss_mb": max(setup_peak_mb, build_peak_mb), "n_layers": adapter.n_layers,
-           **info}
+    out = {
+        "seconds": seconds,
+        "graph_peak_delta_mb": build_peak_mb - before_mb,
+        "process_peak_rss_mb": max(setup_peak_mb, build_peak_mb),
+        "n_layers": adapter.n_layers,
+        **info,
+    }
     if options.device.startswith("cuda"):
         out["graph_peak_gpu_delta_mb"] = (torch.cuda.max_memory_allocated() - gpu_before) / 2**20
     return out
@@ -172,16 +200,38 @@ def why_unavailable(library: str) -> str | None:
     return None
 
 
-def _spawn(options: BenchOptions, library: str, n_tokens: int, k: int, timeout_s: float
-           ) -> tuple[dict[str, Any] | None, float, str]:
+def _spawn(
+    options: BenchOptions, library: str, n_tokens: int, k: int, timeout_s: float
+) -> tuple[dict[str, Any] | None, float, str]:
     """Run one worker; return (its result or None, its peak RSS in MiB, error text)."""
-    cmd = [worker_python(library), "-m", "benchmarks.run", "--worker", "graph", "--library", library,
-           "--n-tokens", str(n_tokens), "--graph-k", str(k), "--device", options.device,
-           "--dtype", options.dtype, "--model", model_source(options),
-           "--workdir", str(options.workdir)] + (["--tf32"] if options.tf32 else [])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env,
-                            text=True)
+    cmd = [
+        worker_python(library),
+        "-m",
+        "benchmarks.run",
+        "--worker",
+        "graph",
+        "--library",
+        library,
+        "--n-tokens",
+        str(n_tokens),
+        "--graph-k",
+        str(k),
+        "--device",
+        options.device,
+        "--dtype",
+        options.dtype,
+        "--model",
+        model_source(options),
+        "--workdir",
+        str(options.workdir),
+    ] + (["--tf32"] if options.tf32 else [])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env, text=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -202,10 +252,18 @@ def _spawn(options: BenchOptions, library: str, n_tokens: int, k: int, timeout_s
 def run(options: BenchOptions, k: int, max_context: int) -> None:
     """Emit graph records (seconds, memory) per library and length, and their ratios."""
     why_ours, why_theirs = why_unavailable("sparsecircuits"), why_unavailable("circuit-tracer")
-    libraries = [lib for lib, why in zip(LIBRARIES, (why_ours, why_theirs), strict=True) if why is None]
+    libraries = [
+        lib for lib, why in zip(LIBRARIES, (why_ours, why_theirs), strict=True) if why is None
+    ]
     for n_tokens in lengths(options.quick, max_context):
-        config = {**options.base_config(), "n_tokens": n_tokens, "n_layers": None, "d_sae": D_SAE,
-                  "k": k, "architecture": "topk"}
+        config = {
+            **options.base_config(),
+            "n_tokens": n_tokens,
+            "n_layers": None,
+            "d_sae": D_SAE,
+            "k": k,
+            "architecture": "topk",
+        }
         for lib, why in zip(LIBRARIES, (why_ours, why_theirs), strict=True):
             if why is not None:
                 skipped("graph", lib, config, why)
@@ -229,20 +287,42 @@ def run(options: BenchOptions, k: int, max_context: int) -> None:
             median = results[len(results) // 2]
             summary[lib] = median
             cfg = {**config, "n_layers": median.get("n_layers"), "batch_size": median["batch_size"]}
-            emit({"name": "graph", "library": lib, "config": cfg,
-                  "seconds": round(median["seconds"], 3),
-                  "graph_peak_delta_mb": round(median["graph_peak_delta_mb"], 1),
-                  **({"graph_peak_gpu_delta_mb": round(median["graph_peak_gpu_delta_mb"], 1)}
-                     if "graph_peak_gpu_delta_mb" in median else {}),
-                  "peak_rss_mb": round(peaks[lib], 1),
-                  "n_features": median["n_features"], "n_nodes": median["n_nodes"],
-                  "n_edges": median["n_edges"]})
+            emit(
+                {
+                    "name": "graph",
+                    "library": lib,
+                    "config": cfg,
+                    "seconds": round(median["seconds"], 3),
+                    "graph_peak_delta_mb": round(median["graph_peak_delta_mb"], 1),
+                    **(
+                        {"graph_peak_gpu_delta_mb": round(median["graph_peak_gpu_delta_mb"], 1)}
+                        if "graph_peak_gpu_delta_mb" in median
+                        else {}
+                    ),
+                    "peak_rss_mb": round(peaks[lib], 1),
+                    "n_features": median["n_features"],
+                    "n_nodes": median["n_nodes"],
+                    "n_edges": median["n_edges"],
+                }
+            )
         if len(summary) == 2:
             ours, theirs = summary["sparsecircuits"], summary["circuit-tracer"]
             short = {"n_tokens": n_tokens, "k": k, "d_sae": D_SAE}
             ratio("graph_time", "circuit-tracer", short, theirs["seconds"] / ours["seconds"])
-            key = "graph_peak_gpu_delta_mb" if "graph_peak_gpu_delta_mb" in ours else "graph_peak_delta_mb"
-            ratio("graph_memory", "circuit-tracer", {**short, "measure": key},
-                  max(theirs[key], 1.0) / max(ours[key], 1.0))
-            ratio("graph_memory", "circuit-tracer", {**short, "measure": "process_peak_rss_mb"},
-                  peaks["circuit-tracer"] / peaks["sparsecircuits"])
+            key = (
+                "graph_peak_gpu_delta_mb"
+                if "graph_peak_gpu_delta_mb" in ours
+                else "graph_peak_delta_mb"
+            )
+            ratio(
+                "graph_memory",
+                "circuit-tracer",
+                {**short, "measure": key},
+                max(theirs[key], 1.0) / max(ours[key], 1.0),
+            )
+            ratio(
+                "graph_memory",
+                "circuit-tracer",
+                {**short, "measure": "process_peak_rss_mb"},
+                peaks["circuit-tracer"] / peaks["sparsecircuits"],
+            )

@@ -16,6 +16,7 @@ shuffle gather) over a stream of contexts.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -72,32 +73,55 @@ def run(adapter: Any, options: BenchOptions) -> None:
     model = adapter.model
     for layer in layers:
         hooks = [f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out"]
-        config = {**options.base_config(), "layer": layer, "n_layers": adapter.n_layers,
-                  "hooks": hooks, "batch": [CONTEXTS, CONTEXT_SIZE]}
+        config = {
+            **options.base_config(),
+            "layer": layer,
+            "n_layers": adapter.n_layers,
+            "hooks": hooks,
+            "batch": [CONTEXTS, CONTEXT_SIZE],
+        }
         log(f"harvest {config}")
         bare = bare_forward_to(adapter, layer)
-        fns = {
-            "ours": lambda hooks=hooks: adapter.run_with_cache(ids, hooks, stop_after_last=True),
-            "bare-stop": lambda bare=bare: bare(ids),
-            "bare-full": lambda: model(input_ids=ids, use_cache=False),
+        fns: dict[str, Callable[[], Any]] = {
+            "ours": partial(adapter.run_with_cache, ids, hooks, stop_after_last=True),
+            "bare-stop": partial(bare, ids),
+            "bare-full": partial(model, input_ids=ids, use_cache=False),
         }
         reset_peak_rss()
         with torch.no_grad():
             seconds = time_interleaved(fns, options.device, options.repeats, options.min_time_s)
         mem = memory_fields(options.device)
         speeds = {name: n_tokens / s for name, s in seconds.items()}
-        labels = {"ours": ("harvest", "sparsecircuits"),
-                  "bare-stop": ("harvest_bare_stop", "transformers"),
-                  "bare-full": ("harvest_bare_full", "transformers")}
+        labels = {
+            "ours": ("harvest", "sparsecircuits"),
+            "bare-stop": ("harvest_bare_stop", "transformers"),
+            "bare-full": ("harvest_bare_full", "transformers"),
+        }
         for name, speed in speeds.items():
             record_name, library = labels[name]
-            emit({"name": record_name, "library": library, "config": config,
-                  "tokens_per_s": round(speed, 1), "seconds": round(seconds[name], 5), **mem})
+            emit(
+                {
+                    "name": record_name,
+                    "library": library,
+                    "config": config,
+                    "tokens_per_s": round(speed, 1),
+                    "seconds": round(seconds[name], 5),
+                    **mem,
+                }
+            )
         short = {"layer": layer, "n_layers": adapter.n_layers}
-        ratio("harvest", "bare-forward", {**short, "bare": "stop_after_layer"},
-              speeds["ours"] / speeds["bare-stop"])
-        ratio("harvest", "bare-forward", {**short, "bare": "full_forward"},
-              speeds["ours"] / speeds["bare-full"])
+        ratio(
+            "harvest",
+            "bare-forward",
+            {**short, "bare": "stop_after_layer"},
+            speeds["ours"] / speeds["bare-stop"],
+        )
+        ratio(
+            "harvest",
+            "bare-forward",
+            {**short, "bare": "full_forward"},
+            speeds["ours"] / speeds["bare-full"],
+        )
     run_store(adapter, options)
 
 
@@ -108,9 +132,16 @@ def run_store(adapter: Any, options: BenchOptions) -> None:
     layer = min(1, adapter.n_layers - 1)
     hooks = [f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out"]
     n_batches = 8 if options.quick else 24
-    cfg = ActivationStoreConfig(context_size=CONTEXT_SIZE, contexts_per_forward=CONTEXTS,
-                                batch_tokens=4096, buffer_tokens=65536, dtype="float32")
-    contexts = text_contexts(adapter, (n_batches + 1) * 4096 // (CONTEXT_SIZE - 1) + 1, CONTEXT_SIZE)
+    cfg = ActivationStoreConfig(
+        context_size=CONTEXT_SIZE,
+        contexts_per_forward=CONTEXTS,
+        batch_tokens=4096,
+        buffer_tokens=65536,
+        dtype="float32",
+    )
+    contexts = text_contexts(
+        adapter, (n_batches + 1) * 4096 // (CONTEXT_SIZE - 1) + 1, CONTEXT_SIZE
+    )
     import time
 
     reset_peak_rss()
@@ -119,8 +150,20 @@ def run_store(adapter: Any, options: BenchOptions) -> None:
     for _ in range(n_batches):
         store.next_batch()
     seconds = time.perf_counter() - start
-    emit({"name": "harvest_store", "library": "sparsecircuits",
-          "config": {**options.base_config(), "layer": layer, "hooks": hooks, "batch_tokens": 4096,
-                     "buffer_tokens": 65536, "batches": n_batches},
-          "tokens_per_s": round(n_batches * 4096 / seconds, 1), "seconds": round(seconds, 3),
-          **memory_fields(options.device)})
+    emit(
+        {
+            "name": "harvest_store",
+            "library": "sparsecircuits",
+            "config": {
+                **options.base_config(),
+                "layer": layer,
+                "hooks": hooks,
+                "batch_tokens": 4096,
+                "buffer_tokens": 65536,
+                "batches": n_batches,
+            },
+            "tokens_per_s": round(n_batches * 4096 / seconds, 1),
+            "seconds": round(seconds, 3),
+            **memory_fields(options.device),
+        }
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -84,24 +85,33 @@ def configs(quick: bool) -> list[dict[str, Any]]:
     return grid
 
 
-def our_step(spec: dict[str, Any], batch: dict[str, torch.Tensor], options: BenchOptions
-             ) -> Callable[[], None]:
+def our_step(
+    spec: dict[str, Any], batch: dict[str, torch.Tensor], options: BenchOptions
+) -> Callable[[], None]:
     """A closure running one step of our `Trainer` on `spec`'s dictionary."""
     from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
-    from sparsecircuits.training import Trainer, TrainConfig
+    from sparsecircuits.training import TrainConfig, Trainer
 
     hook_in, hook_out = f"blocks.{LAYER}.hook_mlp_in", f"blocks.{LAYER}.hook_mlp_out"
     if spec["kind"] == "sae":
         hook_in = hook_out
     d_in = batch[hook_in].shape[1]
     cfg = DictionaryConfig(
-        architecture=spec["architecture"], kind=spec["kind"], d_in=d_in, d_sae=spec["d_sae"],
-        d_out=batch[hook_out].shape[1], hook_in=hook_in, hook_out=hook_out,
-        k=spec["k"] or 32, dtype=options.dtype, device=options.device,
+        architecture=spec["architecture"],
+        kind=spec["kind"],
+        d_in=d_in,
+        d_sae=spec["d_sae"],
+        d_out=batch[hook_out].shape[1],
+        hook_in=hook_in,
+        hook_out=hook_out,
+        k=spec["k"] or 32,
+        dtype=options.dtype,
+        device=options.device,
     )
     dictionary = make_dictionary(cfg)
-    train_cfg = TrainConfig(total_tokens=10**15, batch_tokens=BATCH_TOKENS, quiet=True,
-                            log_every=10**9)
+    train_cfg = TrainConfig(
+        total_tokens=10**15, batch_tokens=BATCH_TOKENS, quiet=True, log_every=10**9
+    )
     trainer = Trainer(RepeatBatch(batch), {"d": dictionary}, train_cfg)
 
     def step() -> None:
@@ -115,10 +125,10 @@ def step_memory(step: Callable[[], None], device: str) -> float:
     synchronize(device)
     if device.startswith("cuda"):
         reset_peak_device_memory(device)
-        before = torch.cuda.memory_allocated()
+        allocated = torch.cuda.memory_allocated()
         step()
         synchronize(device)
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
+        return (torch.cuda.max_memory_allocated() - allocated) / 2**20
     from benchmarks.common import current_rss_mb
 
     reset_peak_rss()
@@ -139,37 +149,50 @@ def run(adapter: Any, options: BenchOptions) -> None:
     ceilings: dict[int, float] = {}
     for spec in configs(options.quick):
         d_sae, k = spec["d_sae"], spec["k"]
-        config = {**options.base_config(), "kind": spec["kind"], "architecture": spec["architecture"],
-                  "d_in": d_in, "d_sae": d_sae, "k": k, "batch_tokens": BATCH_TOKENS}
+        config = {
+            **options.base_config(),
+            "kind": spec["kind"],
+            "architecture": spec["architecture"],
+            "d_in": d_in,
+            "d_sae": d_sae,
+            "k": k,
+            "batch_tokens": BATCH_TOKENS,
+        }
         log(f"train_step {config}")
         reset_peak_rss()
         lr = 2e-4 / math.sqrt(d_sae / 2**14)
         x = mlp_in if spec["kind"] == "transcoder" else mlp_out
-        fns: dict[str, Callable[[], None]] = {"sparsecircuits": our_step(spec, batch, options)}
+        fns: dict[str, Callable[[], Any]] = {"sparsecircuits": our_step(spec, batch, options)}
         if spec["architecture"] == "topk":
             if why_sparsify is None:
                 fns["eai-sparsify"] = third_party.sparsify_step(
-                    spec["kind"], d_in, d_sae, k, x, mlp_out, options.torch_dtype, lr)
+                    spec["kind"], d_in, d_sae, k, x, mlp_out, options.torch_dtype, lr
+                )
             else:
                 skipped("train_step", "eai-sparsify", config, why_sparsify)
         if spec["kind"] == "sae" and why_saelens is None:
             autocast = options.dtype == "bfloat16"
             saelens_dtype = "float32"  # SAELens trains fp32 weights; bf16 is its autocast
             fns["sae-lens"] = third_party.saelens_step(
-                spec["architecture"], d_in, d_sae, k or 32, x, saelens_dtype, lr,
-                autocast=autocast)
+                spec["architecture"], d_in, d_sae, k or 32, x, saelens_dtype, lr, autocast=autocast
+            )
             if spec["architecture"] == "topk" and not autocast:
                 fns["sae-lens:sparse"] = third_party.saelens_step(
-                    "topk", d_in, d_sae, k, x, saelens_dtype, lr, sparse_activations=True)
+                    "topk", d_in, d_sae, k, x, saelens_dtype, lr, sparse_activations=True
+                )
         elif spec["kind"] == "sae":
             skipped("train_step", "sae-lens", config, why_saelens or "")
         else:
-            skipped("train_step", "sae-lens", config,
-                    "SAELens has no transcoder training (its transcoders are load/inference only)")
+            skipped(
+                "train_step",
+                "sae-lens",
+                config,
+                "SAELens has no transcoder training (its transcoders are load/inference only)",
+            )
         if d_sae not in ceilings:
             W = torch.randn(d_in, d_sae, device=options.device, dtype=options.torch_dtype)
             xs = mlp_in.to(options.torch_dtype)
-            fns["ceiling"] = lambda xs=xs, W=W: xs @ W
+            fns["ceiling"] = partial(torch.matmul, xs, W)
         deltas = {}
         for name in list(fns):
             try:
@@ -179,32 +202,54 @@ def run(adapter: Any, options: BenchOptions) -> None:
                     raise
                 library, _, option = name.partition(":")
                 first = (str(exc).splitlines() or [""])[0][:200]
-                skipped("train_step", library, {**config, **({"option": option} if option else {})},
-                        f"{type(exc).__name__} in its train step: {first}")
+                skipped(
+                    "train_step",
+                    library,
+                    {**config, **({"option": option} if option else {})},
+                    f"{type(exc).__name__} in its train step: {first}",
+                )
                 del fns[name]
         seconds = time_interleaved(fns, options.device, options.repeats, options.min_time_s)
         mem = memory_fields(options.device)
         if "ceiling" in seconds:
             ceilings[d_sae] = BATCH_TOKENS / seconds.pop("ceiling")
-            emit({"name": "matmul_ceiling", "library": "torch",
-                  "config": {**options.base_config(), "shape": [BATCH_TOKENS, d_in, d_sae]},
-                  "tokens_per_s": round(ceilings[d_sae], 1),
-                  "tflops": round(2 * BATCH_TOKENS * d_in * d_sae / (BATCH_TOKENS / ceilings[d_sae]) / 1e12, 3),
-                  **mem})
+            emit(
+                {
+                    "name": "matmul_ceiling",
+                    "library": "torch",
+                    "config": {**options.base_config(), "shape": [BATCH_TOKENS, d_in, d_sae]},
+                    "tokens_per_s": round(ceilings[d_sae], 1),
+                    "tflops": round(
+                        2 * BATCH_TOKENS * d_in * d_sae / (BATCH_TOKENS / ceilings[d_sae]) / 1e12, 3
+                    ),
+                    **mem,
+                }
+            )
         speeds = {name: BATCH_TOKENS / s for name, s in seconds.items()}
         for name, s in seconds.items():
             library, _, option = name.partition(":")
-            emit({"name": "train_step", "library": library,
-                  "config": {**config, **({"option": option} if option else {})},
-                  "tokens_per_s": round(speeds[name], 1), "seconds": round(s, 5),
-                  "step_peak_delta_mb": round(deltas[name], 1), **mem})
+            emit(
+                {
+                    "name": "train_step",
+                    "library": library,
+                    "config": {**config, **({"option": option} if option else {})},
+                    "tokens_per_s": round(speeds[name], 1),
+                    "seconds": round(s, 5),
+                    "step_peak_delta_mb": round(deltas[name], 1),
+                    **mem,
+                }
+            )
         ours = speeds["sparsecircuits"]
         short = {"kind": spec["kind"], "architecture": spec["architecture"], "d_sae": d_sae, "k": k}
         for name, theirs in speeds.items():
             if name == "sparsecircuits":
                 continue
             library, _, option = name.partition(":")
-            ratio("train_step", library, {**short, **({"option": option} if option else {})},
-                  ours / theirs)
+            ratio(
+                "train_step",
+                library,
+                {**short, **({"option": option} if option else {})},
+                ours / theirs,
+            )
         ratio("train_step", "ceiling", short, ours / ceilings[d_sae])
         del fns

@@ -74,7 +74,14 @@ def skipped(name: str, library: str, config: dict[str, Any], reason: str) -> dic
 def ratio(what: str, vs: str, config: dict[str, Any], value: float, **extra: Any) -> dict[str, Any]:
     """Emit a ratio record: ours/theirs for speeds, theirs/ours for memory (>1 = we win)."""
     return emit(
-        {"kind": "ratio", "what": what, "vs": vs, "config": config, "ratio": round(value, 3), **extra}
+        {
+            "kind": "ratio",
+            "what": what,
+            "vs": vs,
+            "config": config,
+            "ratio": round(value, 3),
+            **extra,
+        }
     )
 
 
@@ -245,8 +252,14 @@ def library_versions() -> dict[str, str | None]:
     from importlib import metadata
 
     out: dict[str, str | None] = {}
-    for dist in ("sparsecircuits", "eai-sparsify", "sae-lens", "circuit-tracer", "transformers",
-                 "transformer-lens"):
+    for dist in (
+        "sparsecircuits",
+        "eai-sparsify",
+        "sae-lens",
+        "circuit-tracer",
+        "transformers",
+        "transformer-lens",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -271,8 +284,9 @@ def tiny_gpt2_folder(workdir: Path) -> Path:
 
     folder = workdir / "tiny-gpt2-256"
     if not (folder / "config.json").is_file():
-        build_tiny_model("gpt2", folder, d_model=256, n_layers=4, n_heads=4, vocab_size=4096,
-                         max_context=256)
+        build_tiny_model(
+            "gpt2", folder, d_model=256, n_layers=4, n_heads=4, vocab_size=4096, max_context=256
+        )
     return folder
 
 
@@ -303,8 +317,9 @@ def model_label(path: str) -> str:
     return "embedded" if "models/embedded" in path.replace(os.sep, "/") else Path(path).name
 
 
-def random_contexts(vocab_size: int, n_contexts: int, context_size: int, seed: int = 0,
-                    bos_id: int = 0) -> torch.Tensor:
+def random_contexts(
+    vocab_size: int, n_contexts: int, context_size: int, seed: int = 0, bos_id: int = 0
+) -> torch.Tensor:
     """`[n_contexts, context_size]` random token ids, each context starting with BOS."""
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, vocab_size, (n_contexts, context_size), generator=generator)
@@ -317,8 +332,12 @@ def text_contexts(adapter: Any, n_contexts: int, context_size: int) -> torch.Ten
     try:
         from sparsecircuits.data import TokenSource, make_source
 
-        source = TokenSource(make_source("embedded"), adapter.tokenizer, context_size,
-                             max_context=adapter.max_context)
+        source = TokenSource(
+            make_source("embedded"),
+            adapter.tokenizer,
+            context_size,
+            max_context=adapter.max_context,
+        )
         contexts = []
         for ctx in source:
             contexts.append(ctx)

@@ -27,7 +27,7 @@ import torch
 
 from benchmarks import common
 
-GROUPS = ("harvest", "train_step", "end_to_end", "graph")
+GROUPS = ("harvest", "train_step", "breakdown", "end_to_end", "graph")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,9 +40,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (CUDA)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds")
-    p.add_argument("--model", default="auto",
-                   help="'auto' (embedded model if installed, else a tiny GPT-2 of its shape), "
-                        "'embedded', 'tiny', or a local model folder")
+    p.add_argument(
+        "--model",
+        default="auto",
+        help="'auto' (embedded model if installed, else a tiny GPT-2 of its shape), "
+        "'embedded', 'tiny', or a local model folder",
+    )
     p.add_argument("--graph-k", type=int, default=32, help="TopK k of the graph transcoders")
     p.add_argument("--workdir", default=None, help="scratch folder (default: a new temp folder)")
     p.add_argument("--out", default=None, help="also write the JSON lines to this file")
@@ -55,8 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def options_from(args: argparse.Namespace) -> common.BenchOptions:
     """`BenchOptions` from the parsed flags."""
-    opts = common.BenchOptions(quick=args.quick, device=args.device, dtype=args.dtype,
-                               tf32=args.tf32, model=args.model)
+    opts = common.BenchOptions(
+        quick=args.quick, device=args.device, dtype=args.dtype, tf32=args.tf32, model=args.model
+    )
     if args.repeats is not None:
         opts.repeats = args.repeats
     elif args.quick:
@@ -91,10 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         common._JSON_OUT = tee  # type: ignore[assignment]
     start = time.perf_counter()
     with common.redirect_library_output():
-        common.emit({"name": "machine", "library": "-", "config": options.base_config(),
-                     "machine": common.machine_summary(), "versions": common.library_versions(),
-                     "quick": options.quick, "model": common.model_label(common.model_source(options)),
-                     "peak_rss_mb": round(common.peak_rss_mb(), 1)})
+        common.emit(
+            {
+                "name": "machine",
+                "library": "-",
+                "config": options.base_config(),
+                "machine": common.machine_summary(),
+                "versions": common.library_versions(),
+                "quick": options.quick,
+                "model": common.model_label(common.model_source(options)),
+                "peak_rss_mb": round(common.peak_rss_mb(), 1),
+            }
+        )
         adapter = common.load_adapter(options)
         if "harvest" in groups:
             from benchmarks import bench_harvest
@@ -104,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import bench_train_step
 
             bench_train_step.run(adapter, options)
+        if "breakdown" in groups:
+            from benchmarks import bench_breakdown
+
+            bench_breakdown.run(adapter, options)
         if "end_to_end" in groups:
             from benchmarks import bench_end_to_end
 
@@ -112,9 +128,15 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import bench_graph
 
             bench_graph.run(options, args.graph_k, adapter.max_context)
-        common.emit({"name": "total", "library": "-", "config": options.base_config(),
-                     "seconds": round(time.perf_counter() - start, 1),
-                     "peak_rss_mb": round(common.peak_rss_mb(), 1)})
+        common.emit(
+            {
+                "name": "total",
+                "library": "-",
+                "config": options.base_config(),
+                "seconds": round(time.perf_counter() - start, 1),
+                "peak_rss_mb": round(common.peak_rss_mb(), 1),
+            }
+        )
     if out_file is not None:
         out_file.close()
     return 0

@@ -31,8 +31,10 @@ def _why_missing(module: str, dist: str) -> str | None:
         with redirect_library_output():
             importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001 - any import failure means "not measurable"
-        return (f"{dist} not importable ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
-                "run `make bench-env` and use .venv-bench/bin/python")
+        return (
+            f"{dist} not importable ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+            "run `make bench-env` and use .venv-bench/bin/python"
+        )
     return None
 
 
@@ -55,7 +57,13 @@ def available_circuit_tracer() -> str | None:
 
 
 def sparsify_step(
-    kind: str, d_in: int, d_sae: int, k: int, x: Tensor, target: Tensor, dtype: torch.dtype,
+    kind: str,
+    d_in: int,
+    d_sae: int,
+    k: int,
+    x: Tensor,
+    target: Tensor,
+    dtype: torch.dtype,
     lr: float,
 ) -> Callable[[], None]:
     """One sparsify training step on the in-memory batch, as a closure."""
@@ -87,16 +95,23 @@ def sparsify_step(
 
 
 def sparsify_fit(
-    model_dir: str, hook_layer: int, contexts: Tensor, d_sae: int, k: int, batch_contexts: int,
-    save_dir: str, device: str,
+    model_dir: str,
+    hook_layer: int,
+    contexts: Tensor,
+    d_sae: int,
+    k: int,
+    batch_contexts: int,
+    save_dir: str,
+    device: str,
 ) -> Callable[[], int]:
     """A closure running sparsify's `Trainer.fit()` over `contexts`; returns tokens trained."""
     with redirect_library_output():
         import datasets
-        from sparsify import SparseCoderConfig, Trainer, TrainConfig
+        from sparsify import SparseCoderConfig, TrainConfig, Trainer
         from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = model.to(device)
     dataset = datasets.Dataset.from_dict({"input_ids": contexts.tolist()}).with_format("torch")
 
     def fit() -> int:
@@ -121,8 +136,16 @@ def sparsify_fit(
 
 
 def saelens_step(
-    architecture: str, d_in: int, d_sae: int, k: int, x: Tensor, dtype: str, lr: float,
-    sparse_activations: bool = False, l1_coefficient: float = 1e-3, autocast: bool = False,
+    architecture: str,
+    d_in: int,
+    d_sae: int,
+    k: int,
+    x: Tensor,
+    dtype: str,
+    lr: float,
+    sparse_activations: bool = False,
+    l1_coefficient: float = 1e-3,
+    autocast: bool = False,
 ) -> Callable[[], None]:
     """One `SAETrainer.step` of a SAELens TopK (or standard ReLU) training SAE, as a closure."""
     with redirect_library_output():
@@ -135,17 +158,33 @@ def saelens_step(
     torch.manual_seed(0)
     sae: Any
     if architecture == "topk":
-        sae = TopKTrainingSAE(TopKTrainingSAEConfig(
-            d_in=d_in, d_sae=d_sae, k=k, dtype=dtype, device=device,
-            use_sparse_activations=sparse_activations,
-        ))
+        sae = TopKTrainingSAE(
+            TopKTrainingSAEConfig(
+                d_in=d_in,
+                d_sae=d_sae,
+                k=k,
+                dtype=dtype,
+                device=device,
+                use_sparse_activations=sparse_activations,
+            )
+        )
     else:
-        sae = StandardTrainingSAE(StandardTrainingSAEConfig(
-            d_in=d_in, d_sae=d_sae, dtype=dtype, device=device, l1_coefficient=l1_coefficient,
-        ))
+        sae = StandardTrainingSAE(
+            StandardTrainingSAEConfig(
+                d_in=d_in,
+                d_sae=d_sae,
+                dtype=dtype,
+                device=device,
+                l1_coefficient=l1_coefficient,
+            )
+        )
     trainer_cfg = SAETrainerConfig(
-        total_training_samples=10**12, train_batch_size_samples=x.shape[0], lr=lr, lr_end=lr / 10,
-        device=device, autocast=autocast,
+        total_training_samples=10**12,
+        train_batch_size_samples=x.shape[0],
+        lr=lr,
+        lr_end=lr / 10,
+        device=device,
+        autocast=autocast,
     )
     with redirect_library_output():
         trainer = SAETrainer(trainer_cfg, sae, data_provider=iter(()))
@@ -180,15 +219,26 @@ def circuit_tracer_model(adapter: Any, transcoders: dict[int, Any]) -> Any:
     hf = adapter.model
     config = hf.config
     if getattr(config, "model_type", "") != "gpt2":
-        raise NotImplementedError(f"only GPT-2 is converted for circuit-tracer, not {config.model_type}")
+        raise NotImplementedError(
+            f"only GPT-2 is converted for circuit-tracer, not {config.model_type}"
+        )
     device = adapter.device
     dtype = torch.float32
     tl_cfg = HookedTransformerConfig(
-        n_layers=config.n_layer, d_model=config.n_embd, d_head=config.n_embd // config.n_head,
-        n_heads=config.n_head, d_mlp=config.n_inner or 4 * config.n_embd, d_vocab=config.vocab_size,
-        n_ctx=config.n_positions, act_fn=config.activation_function, normalization_type="LN",
-        eps=config.layer_norm_epsilon, positional_embedding_type="standard",
-        original_architecture="GPT2LMHeadModel", dtype=dtype, device=str(device),
+        n_layers=config.n_layer,
+        d_model=config.n_embd,
+        d_head=config.n_embd // config.n_head,
+        n_heads=config.n_head,
+        d_mlp=config.n_inner or 4 * config.n_embd,
+        d_vocab=config.vocab_size,
+        n_ctx=config.n_positions,
+        act_fn=config.activation_function,
+        normalization_type="LN",
+        eps=config.layer_norm_epsilon,
+        positional_embedding_type="standard",
+        original_architecture="GPT2LMHeadModel",
+        dtype=dtype,
+        device=str(device),
         default_prepend_bos=False,
     )
     layers = {}
@@ -200,18 +250,25 @@ def circuit_tracer_model(adapter: Any, transcoders: dict[int, Any]) -> Any:
             activation = torch.nn.ReLU()
         else:
             raise NotImplementedError(f"no circuit-tracer activation for {architecture}")
-        slt = SingleLayerTranscoder(tc.d_in, tc.d_sae, activation, layer, device=device, dtype=dtype)
+        slt = SingleLayerTranscoder(
+            tc.d_in, tc.d_sae, activation, layer, device=device, dtype=dtype
+        )
         with torch.no_grad():
             slt.W_enc.copy_(tc.W_enc.detach().T)
             slt.b_enc.copy_(tc.folded_b_enc())  # our input bias folded into the encoder bias
             slt.W_dec.copy_(tc.W_dec.detach())
             slt.b_dec.copy_(tc.b_dec.detach())
         layers[layer] = slt
-    transcoder_set = TranscoderSet(layers, feature_input_hook="mlp.hook_in",
-                                   feature_output_hook="mlp.hook_out", scan="sparsecircuits-bench")
+    transcoder_set = TranscoderSet(
+        layers,
+        feature_input_hook="mlp.hook_in",
+        feature_output_hook="mlp.hook_out",
+        scan="sparsecircuits-bench",
+    )
     with redirect_library_output():
-        model = ReplacementModel.from_config(tl_cfg, transcoder_set, backend="transformerlens",
-                                             tokenizer=adapter.tokenizer)
+        model = ReplacementModel.from_config(
+            tl_cfg, transcoder_set, backend="transformerlens", tokenizer=adapter.tokenizer
+        )
         state = convert_gpt2_weights(hf, tl_cfg)
     # from_config has already wrapped each MLP and the unembedding (`old_mlp`, `old_unembed`).
     renamed = {}
@@ -223,9 +280,13 @@ def circuit_tracer_model(adapter: Any, transcoders: dict[int, Any]) -> Any:
     renamed.setdefault("unembed.old_unembed.b_U", torch.zeros(config.vocab_size))  # GPT-2 has none
     missing, unexpected = model.load_state_dict(renamed, strict=False)
     params = {name for name, _ in model.named_parameters()}
-    not_loaded = [name for name in missing if name in params and not name.startswith("transcoders.")]
+    not_loaded = [
+        name for name in missing if name in params and not name.startswith("transcoders.")
+    ]
     if unexpected or not_loaded:
-        raise RuntimeError(f"weight conversion mismatch: unexpected {unexpected}, missing {not_loaded}")
+        raise RuntimeError(
+            f"weight conversion mismatch: unexpected {unexpected}, missing {not_loaded}"
+        )
     model.to(device)
     return model
 
@@ -235,5 +296,6 @@ def circuit_tracer_attribute(model: Any, input_ids: Tensor, batch_size: int) -> 
     with redirect_library_output():
         from circuit_tracer import attribute
 
-        return attribute(input_ids, model, batch_size=batch_size, max_feature_nodes=None,
-                         verbose=False)
+        return attribute(
+            input_ids, model, batch_size=batch_size, max_feature_nodes=None, verbose=False
+        )

@@ -193,3 +193,41 @@ def test_export_is_valid_neuronpedia_json_with_pruned_nodes(replacement):
             )
     replacement_score, completeness = graph.scores()
     assert 0.0 <= replacement_score <= 1.0 and 0.0 <= completeness <= 1.0
+
+
+def test_long_prompt_uses_prefix_buckets_and_stays_exact(replacement):
+    """40 tokens: targets are grouped into prompt prefixes; sampled columns still equal ablations."""
+    rm = replacement
+    prompt = " ".join([PROMPT] * 4)
+    graph = build_graph(rm, prompt, GraphConfig(row_mass=1.0, batch_size=32))
+    assert graph.n_pos >= 32  # at least two prefix buckets
+    state = rm.run(graph.input_ids[None])
+    clean = _target_values(rm, graph, state)
+    dense = graph.adjacency.to_dense().double()
+    gen = torch.Generator().manual_seed(0)
+    n_sources = graph.n_nodes - graph.logit_ids.numel()
+    bos_errors = {graph.error_index(layer, 0) for layer in range(rm.n_layers)}
+    picks = [
+        i for i in torch.randperm(n_sources, generator=gen)[:25].tolist() if i not in bos_errors
+    ]
+    picks += [graph.token_index(graph.n_pos - 2), graph.n_features - 1]
+    for source in picks:
+        change = clean - _target_values(rm, graph, _ablated(rm, state, graph, source))
+        torch.testing.assert_close(change, dense[:, source], atol=2e-5, rtol=1e-4)
+
+
+def test_edge_cap_per_row(replacement):
+    capped = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0, max_edges_per_row=3))
+    counts = torch.bincount(capped.adjacency.targets.long(), minlength=capped.n_nodes)
+    assert counts.max() == 3
+    full = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0))
+    dense = full.adjacency.to_dense()
+    for row in capped.adjacency.targets.unique().tolist():
+        top = dense[row].abs().topk(min(3, int((dense[row] != 0).sum()))).values
+        mine = (
+            capped.adjacency.weights[capped.adjacency.targets == row]
+            .abs()
+            .sort(descending=True)
+            .values
+        )
+        torch.testing.assert_close(mine, top)

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
-from sparsecircuits.training import Trainer, TrainConfig
+from sparsecircuits.training import TrainConfig, Trainer
 from sparsecircuits.training.distributed import ShardedContexts
 
 D, D_SAE, BATCH, STEPS = 8, 128, 32, 6
@@ -132,9 +132,22 @@ def test_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           str(script), str(out), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(script),
+        str(out),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -176,10 +189,12 @@ def test_sharded_contexts_deal_whole_rounds() -> None:
 def test_one_process_context_is_plain_trainer() -> None:
     from sparsecircuits.training.distributed import DistributedContext, DistributedTrainer
 
-    d = make_dictionary(DictionaryConfig(architecture="relu", kind="sae", d_in=D, d_sae=D_SAE,
-                                         hook_in="in", seed=0))
-    ref = make_dictionary(DictionaryConfig(architecture="relu", kind="sae", d_in=D, d_sae=D_SAE,
-                                           hook_in="in", seed=0))
+    d = make_dictionary(
+        DictionaryConfig(architecture="relu", kind="sae", d_in=D, d_sae=D_SAE, hook_in="in", seed=0)
+    )
+    ref = make_dictionary(
+        DictionaryConfig(architecture="relu", kind="sae", d_in=D, d_sae=D_SAE, hook_in="in", seed=0)
+    )
 
     class Same:
         def next_batch(self):

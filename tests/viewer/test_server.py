@@ -47,6 +47,22 @@ def test_app_js_never_writes_html():
         assert sink not in source, sink
 
 
+def test_large_answers_are_gzipped_when_accepted(viewer_server, monkeypatch):
+    import gzip
+
+    from sparsecircuits.viewer import server as server_module
+
+    monkeypatch.setattr(server_module, "GZIP_ABOVE", 100)
+    request = urllib.request.Request(viewer_server.url + "api/graphs/graph.json",
+                                     headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.headers["Content-Encoding"] == "gzip"
+        data = json.loads(gzip.decompress(response.read()))
+    assert data["metadata"]["slug"] == "xss-graph"
+    status, headers, body = fetch(viewer_server, "/api/graphs/graph.json")  # no Accept-Encoding
+    assert headers["Content-Encoding"] is None and json.loads(body) == data
+
+
 def test_graph_listing_and_fetch(viewer_server, viewer_data):
     status, _, body = fetch(viewer_server, "/api/graphs")
     graphs = json.loads(body)

@@ -321,18 +321,49 @@ def metric_gradient_target(
 
 
 def greater_than_target(
-    model: ReplacementModel, state: ReplacementState, yy: Tensor, year_ids: Tensor, last_pos: Tensor
+    model: ReplacementModel,
+    state: ReplacementState,
+    yy: Tensor,
+    year_ids: Tensor,
+    last_pos: Tensor,
+    kind: Literal["prob_diff", "logit_diff"] = "prob_diff",
 ) -> Target:
-    """Target: gradient direction of the greater-than probability difference at each prompt's last token."""
+    """Target for greater-than at each prompt's last token.
+
+    "prob_diff": the gradient direction of the probability difference (its first-order change);
+    "logit_diff": mean logit of the years after YY minus mean logit of the years up to YY
+    (linear in the logits, so it does not saturate when the model is confident).
+    """
     from sparsecircuits.tasks.greater_than import greater_than_prob_diff
 
     yy = yy.to(model.device)
+    years = torch.arange(100, device=model.device)
 
-    def metric(logits: Tensor, rows: Tensor) -> Tensor:
+    def prob_diff(logits: Tensor, rows: Tensor) -> Tensor:
         return greater_than_prob_diff(logits, yy[rows], year_ids)
 
-    return metric_gradient_target(
-        model, state, metric, "greater-than prob. diff. (linearised)", last_pos
+    def logit_diff(logits: Tensor, rows: Tensor) -> Tensor:
+        year_logits = logits[:, year_ids.to(logits.device)]
+        later = (years[None, :] > yy[rows][:, None]).to(logits.dtype)
+        earlier = 1 - later
+        return (year_logits * later).sum(-1) / later.sum(-1).clamp_min(1) - (
+            year_logits * earlier
+        ).sum(-1) / earlier.sum(-1).clamp_min(1)
+
+    if kind == "prob_diff":
+        return metric_gradient_target(
+            model, state, prob_diff, "greater-than prob. diff. (linearised)", last_pos
+        )
+    if kind == "logit_diff":
+        return metric_gradient_target(
+            model,
+            state,
+            logit_diff,
+            "greater-than mean logit diff. (later - earlier years)",
+            last_pos,
+        )
+    raise SparseCircuitsError(
+        f'greater-than target kind must be "prob_diff" or "logit_diff", got {kind!r}'
     )
 
 

@@ -10,7 +10,9 @@ from sparsecircuits import __version__
 from sparsecircuits.errors import SparseCircuitsError
 
 # Subcommand modules under sparsecircuits.cli, in the order `--help` lists them.
-COMMANDS = ["demo", "train", "eval", "tasks"]
+COMMANDS = [
+    "demo", "train", "eval", "sweep", "tasks", "paths", "case-study", "trace", "dashboards", "serve",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--corpus-contexts", type=int, default=48, help="held-out contexts for top examples"
     )
     gt.add_argument("--seed", type=int, default=0)
+    gt.add_argument(
+        "--target",
+        choices=["prob_diff", "logit_diff"],
+        default="prob_diff",
+        help="what to attribute: the prob. diff.'s gradient direction, or the mean logit diff.",
+    )
     gt.add_argument("--device")
     gt.add_argument("--out", default="runs/case-study/greater-than")
     gt.add_argument("--quiet", action="store_true")
@@ -48,6 +54,7 @@ def run_greater_than_cli(args: argparse.Namespace) -> int:
         max_k=args.max_k,
         corpus_contexts=args.corpus_contexts,
         seed=args.seed,
+        target=args.target,
         device=args.device,
     )
     summary = run_greater_than(cfg, args.out, quiet=args.quiet)

@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.999,
         help="per target, keep the largest edges covering this share of |row| (1 = all)",
     )
+    p.add_argument(
+        "--max-edges-per-row", type=int, help="cap on stored edges per target (bounds memory)"
+    )
     p.add_argument("--port", type=int, default=8041, help="port printed in the viewer URL")
     p.set_defaults(func=run)
 
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         desired_logit_prob=args.desired_logit_prob,
         batch_size=args.batch_size,
         row_mass=args.row_mass,
+        max_edges_per_row=args.max_edges_per_row,
         node_threshold=args.node_threshold,
         edge_threshold=args.edge_threshold,
     )

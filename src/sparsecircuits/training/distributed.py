@@ -96,7 +96,9 @@ def init_distributed(
     if world_size <= 1:
         return DistributedContext(device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not dist.is_available():
-        raise SparseCircuitsError("this torch build has no torch.distributed; train with one process")
+        raise SparseCircuitsError(
+            "this torch build has no torch.distributed; train with one process"
+        )
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if device is None:
         device = f"cuda:{local_rank}" if backend == "nccl" else "cpu"
@@ -236,8 +238,9 @@ class DistributedTrainer(Trainer):
         for name, counter in self.tokens_since_fired.items():
             fired = (counter == 0).to(torch.int32)
             dist.all_reduce(fired, op=dist.ReduceOp.MAX)
-            counter.copy_(torch.where(fired.bool(), torch.zeros_like(counter),
-                                      before[name] + global_tokens))
+            counter.copy_(
+                torch.where(fired.bool(), torch.zeros_like(counter), before[name] + global_tokens)
+            )
 
     def _sync_stop_signal(self) -> None:
         flag = torch.tensor([1 if self._stop_signal else 0], device=self._device())
@@ -250,8 +253,11 @@ class DistributedTrainer(Trainer):
         keys = [k for k in ("loss", "fvu", "l0", "aux") if all(k in metrics[n] for n in names)]
         if not names or not keys:
             return metrics
-        values = torch.tensor([[metrics[n][k] for k in keys] for n in names], dtype=torch.float64,
-                              device=self._device())
+        values = torch.tensor(
+            [[metrics[n][k] for k in keys] for n in names],
+            dtype=torch.float64,
+            device=self._device(),
+        )
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= self.context.world_size
         for i, n in enumerate(names):
@@ -268,7 +274,9 @@ class DistributedTrainer(Trainer):
             path = super().save_checkpoint(tag)
         else:
             if self.out_dir is None:
-                raise SparseCircuitsError("no out_dir set, so there is nowhere to save a checkpoint")
+                raise SparseCircuitsError(
+                    "no out_dir set, so there is nowhere to save a checkpoint"
+                )
             path = self.out_dir / "checkpoints" / (tag or f"step_{self.step:09d}")
         if self.context.enabled:
             dist.barrier()
@@ -322,18 +330,23 @@ def distributed_train_run(
     )
     contexts = ShardedContexts(
         TrainingContexts(
-            context_stream(adapter, cfg.dataset, cfg.context_size), cfg.eval_contexts, cfg.data_epochs
+            context_stream(adapter, cfg.dataset, cfg.context_size),
+            cfg.eval_contexts,
+            cfg.data_epochs,
         ),
         context.rank,
         context.world_size,
     )
     store = ActivationStore(adapter, contexts, hooks, store_cfg)
-    run_record = {**to_dict(cfg), "distributed": {"world_size": context.world_size,
-                                                  "backend": context.backend}}
+    run_record = {
+        **to_dict(cfg),
+        "distributed": {"world_size": context.world_size, "backend": context.backend},
+    }
     for d in dictionaries.values():
         d.cfg.training = run_record
-    trainer = DistributedTrainer(store, dictionaries, train_cfg, context, out_dir=out,
-                                 run_config=run_record)
+    trainer = DistributedTrainer(
+        store, dictionaries, train_cfg, context, out_dir=out, run_config=run_record
+    )
     if resume:
         ckpt = latest_checkpoint(out)
         if ckpt is None:
@@ -362,9 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="run config (.yaml/.json), as for `train`")
     parser.add_argument("--out", default=None, help="override the config's output folder")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    parser.add_argument("--backend", default=None, choices=("gloo", "nccl"),
-                        help="default: nccl with CUDA, else gloo")
-    parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK under nccl, else cpu")
+    parser.add_argument(
+        "--backend",
+        default=None,
+        choices=("gloo", "nccl"),
+        help="default: nccl with CUDA, else gloo",
+    )
+    parser.add_argument(
+        "--device", default=None, help="default: cuda:LOCAL_RANK under nccl, else cpu"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -374,8 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = from_dict(RunConfig, mapping, where=str(args.config))
         context = init_distributed(args.backend, args.device or cfg.device)
         cfg.device = context.device
-        dictionaries, result = distributed_train_run(cfg, context, resume=args.resume,
-                                                     quiet=args.quiet)
+        dictionaries, result = distributed_train_run(
+            cfg, context, resume=args.resume, quiet=args.quiet
+        )
     except SparseCircuitsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -384,10 +404,18 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
     if context.is_main:
         for name in dictionaries:
-            print(json.dumps({"name": name, "steps": result.steps, "tokens": result.tokens,
-                              "world_size": context.world_size,
-                              "tokens_per_s": round(result.tokens_per_s, 1),
-                              **result.metrics.get(name, {})}))
+            print(
+                json.dumps(
+                    {
+                        "name": name,
+                        "steps": result.steps,
+                        "tokens": result.tokens,
+                        "world_size": context.world_size,
+                        "tokens_per_s": round(result.tokens_per_s, 1),
+                        **result.metrics.get(name, {}),
+                    }
+                )
+            )
     return 0
 
 

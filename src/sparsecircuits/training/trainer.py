@@ -60,6 +60,10 @@ class TrainResult:
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
+def _device_of(dictionary: Dictionary) -> torch.device:
+    return next(dictionary.parameters()).device
+
+
 def default_lr(d_sae: int) -> float:
     """sparsify's width-scaled Adam learning rate, `2e-4 / sqrt(d_sae / 2**14)`."""
     return 2e-4 / math.sqrt(d_sae / 2**14)
@@ -100,10 +104,9 @@ class Trainer:
             for name, d in dictionaries.items()
         }
         self.base_lrs = {name: opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
-        self.tokens_since_fired = {
-            name: torch.zeros(d.cfg.d_sae, dtype=torch.long, device=d.W_enc.device)
-            for name, d in dictionaries.items()
-        }
+        # Tokens since each latent last fired; shaped like `parts["fired_counts"]` ([d_sae], or
+        # [layers, d_sae] for a cross-layer transcoder), so it is created at the first step.
+        self.tokens_since_fired: dict[str, torch.Tensor | None] = dict.fromkeys(dictionaries)
         self._stop_signal: str | None = None
         self._wandb: Any = None
         torch.manual_seed(cfg.seed)
@@ -165,14 +168,14 @@ class Trainer:
     def _train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
         if not self.biases_initialised:
             for d in self.dictionaries.values():
-                d.init_biases_from_data(batch[d.cfg.hook_in], batch[d.cfg.hook_out])
+                d.init_biases_from_data(*d.inputs_from(batch))
             self.biases_initialised = True
         factor = lr_multiplier(self.step, self.cfg)
         metrics: dict[str, dict[str, float]] = {}
         for name, dictionary in self.dictionaries.items():
-            x = batch[dictionary.cfg.hook_in]
-            target = batch[dictionary.cfg.hook_out]
-            dead_mask = self.tokens_since_fired[name] >= self.cfg.dead_tokens
+            x, target = dictionary.inputs_from(batch)
+            counter = self.tokens_since_fired[name]
+            dead_mask = None if counter is None else counter >= self.cfg.dead_tokens
             loss, parts = dictionary.loss(x, target, dead_mask=dead_mask)
             if not torch.isfinite(loss):
                 path = self.save_checkpoint(tag="last_good") if self.out_dir is not None else None
@@ -193,14 +196,15 @@ class Trainer:
             optimizer.step()
             dictionary.after_optimizer_step()
             fired = parts["fired_counts"] > 0
-            counter = self.tokens_since_fired[name]
+            if counter is None:
+                counter = self.tokens_since_fired[name] = torch.zeros_like(parts["fired_counts"])
             counter += x.shape[0]
             counter[fired] = 0
             metrics[name] = {
                 "loss": float(loss.detach()),
                 "fvu": float(parts["fvu"]),
                 "l0": float(parts["l0"]),
-                "dead_frac": float(dead_mask.float().mean()),
+                "dead_frac": 0.0 if dead_mask is None else float(dead_mask.float().mean()),
                 "lr": self.base_lrs[name] * factor,
             }
             if "aux" in parts:
@@ -313,8 +317,9 @@ class Trainer:
                 )
             dictionary.load_state_dict(weights)
             self.optimizers[name].load_state_dict(state["optimizers"][name])
-            self.tokens_since_fired[name] = state["tokens_since_fired"][name].to(
-                dictionary.W_enc.device
+            counter = state["tokens_since_fired"][name]
+            self.tokens_since_fired[name] = (
+                None if counter is None else counter.to(_device_of(dictionary))
             )
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])

@@ -20,6 +20,7 @@ requests cannot reach files outside the data folder.
 
 from __future__ import annotations
 
+import gzip
 import json
 import mimetypes
 import threading
@@ -35,6 +36,7 @@ from sparsecircuits.errors import SparseCircuitsError
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY = 1 << 20
+GZIP_ABOVE = 256 << 10  # compress larger answers (graph JSON) when the client accepts it
 NOT_GRAPHS = {"trace.json", "index.json", "graph-metadata.json", "package.json"}
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -214,6 +216,10 @@ def _handler(app: ViewerApp) -> type[BaseHTTPRequestHandler]:
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            accepts = self.headers.get("Accept-Encoding", "")
+            if len(body) > GZIP_ABOVE and "gzip" in accepts:
+                body = gzip.compress(body, compresslevel=5)
+                self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             for key, value in SECURITY_HEADERS.items():

@@ -84,6 +84,7 @@ class GreaterThanConfig:
     examples_per_feature: int = 5
     path_iters: int = 3
     path_branches: int = 12
+    target: str = "prob_diff"  # or "logit_diff" (linear, does not saturate)
     device: str | None = None
 
 
@@ -434,9 +435,12 @@ def _report(summary: dict[str, Any]) -> str:
         "",
         "## Attribution vs intervention (top nodes, each ablated on every prompt)",
         "",
-        f"* frozen attention/norms/errors, linear features, linearised PD: Pearson r = "
+        f"Attribution target: {s['target']}.",
+        "",
+        f"* frozen attention/norms/errors, linear features, same target: Pearson r = "
         f"{_fmt(s['attribution_vs_intervention']['pearson'])}, max relative error = {_fmt(s['attribution_vs_intervention']['max_rel_error'])}",
-        f"* live model, true PD: Pearson r = {_fmt(s['attribution_vs_live_pd']['pearson'])}",
+        f"* live model, true PD: Pearson r = {_fmt(s['attribution_vs_live_pd']['pearson'])} "
+        "(attributions are in target units, PD effects in probability units)",
         "",
         "| node | attribution | frozen effect | live PD effect |",
         "|---|---|---|---|",
@@ -541,7 +545,14 @@ def run_greater_than(
     )
     log(f"PD clean {pd_clean:.4f}, replacement {pd_replacement:.4f}")
 
-    target = greater_than_target(model, state, prompts.yy, prompts.year_ids, prompts.last_pos)
+    target = greater_than_target(
+        model,
+        state,
+        prompts.yy,
+        prompts.year_ids,
+        prompts.last_pos,
+        kind=cfg.target,  # type: ignore[arg-type]
+    )
     attr = attribute(model, state, target, mode="linear", batch_size=16)
     scores = _mean_feature_scores(attr)
     top = _top_features(scores, cfg.top_k)
@@ -663,6 +674,7 @@ def run_greater_than(
         "features_vs_neurons": {str(k): v for k, v in fvn.items()},
         "graph_verification": graph_check.to_dict(),
         "top_paths": path_strings(result, 15),
+        "target": target.label,
         "config": asdict(cfg),
     }
     summary["runtime_s"] = time.time() - started

@@ -53,9 +53,8 @@ class GraphConfig:
     max_n_logits: int = 10
     desired_logit_prob: float = 0.95
     batch_size: int = 64  # targets per batched backward pass
-    row_mass: float = (
-        0.999  # per target row, keep the largest |edges| covering this share (1.0 = all)
-    )
+    row_mass: float = 0.999  # per row, keep the largest |edges| covering this share (1 = all)
+    max_edges_per_row: int | None = None  # and at most this many (bounds memory, long prompts)
     node_threshold: float = 0.8
     edge_threshold: float = 0.98
     skip_bos: bool = True  # no feature/error nodes at position 0
@@ -68,6 +67,8 @@ class GraphConfig:
             raise SparseCircuitsError("desired_logit_prob must lie in (0, 1]")
         if not 0.0 < self.row_mass <= 1.0:
             raise SparseCircuitsError("row_mass must lie in (0, 1]")
+        if self.max_edges_per_row is not None and self.max_edges_per_row < 1:
+            raise SparseCircuitsError("max_edges_per_row must be at least 1 (or None for no cap)")
 
 
 @dataclass
@@ -177,8 +178,6 @@ def build_graph(
 
     `replacement` is a `sparsecircuits.circuits.replacement.ReplacementModel`.
     """
-    from sparsecircuits.circuits.replacement import Multipliers
-
     cfg = config or GraphConfig()
     cfg.check()
     timings: dict[str, float] = {}
@@ -203,16 +202,17 @@ def build_graph(
         layer_acts = state.feature_acts[layer][0, first:]
         pos, feat = layer_acts.nonzero(as_tuple=True)  # sorted by position, then feature
         values = layer_acts[pos, feat]
-        feats.append(torch.stack([torch.full_like(pos, layer), pos + first, feat], dim=1))
-        acts.append(values)
-        decoders[layer] = _position_groups(
-            pos + first, replacement.tc_weights(layer)["W_dec"][feat] * values[:, None], n_pos
-        )
+        pos, feat = pos.cpu() + first, feat.cpu()  # index bookkeeping stays on the CPU
+        feats.append(torch.stack([torch.full_like(pos, layer), pos, feat], dim=1))
+        acts.append(values.cpu())
+        decoded = replacement.tc_weights(layer)["W_dec"][feat.to(values.device)] * values[:, None]
+        decoders[layer] = _position_groups(pos, decoded, n_pos)
     active = torch.cat(feats) if feats else torch.zeros(0, 3, dtype=torch.long)
     activations = torch.cat(acts) if acts else torch.zeros(0)
     logit_ids, logit_probs = salient_logits(
         state.logits[0, -1], cfg.max_n_logits, cfg.desired_logit_prob
     )
+    logit_ids, logit_probs = logit_ids.cpu(), logit_probs.cpu()
     n_feat, n_logits = int(active.shape[0]), int(logit_ids.numel())
     n_nodes = n_feat + n_layers * n_pos + n_pos + n_logits
     error_vectors = []
@@ -225,26 +225,11 @@ def build_graph(
         error_vectors.append(err)
     embed = state.embed[0]
 
-    # ---- one forward pass with the frozen linear map, kept for every backward pass
-    def unit(shape: tuple[int, ...]) -> Tensor:
-        return torch.ones(
-            shape, dtype=replacement.dtype, device=replacement.device, requires_grad=True
-        )
-
-    mults = Multipliers(
-        embed=unit((1, n_pos, 1)), errors={layer: unit((1, n_pos, 1)) for layer in range(n_layers)}
-    )
-    with torch.enable_grad():
-        out = replacement.run_with_multipliers(state, mults, features="frozen")
-    read_points = {layer: out.tc_in[layer] for layer in replacement.transcoders}
-    read_points[n_layers] = out.final_normed
-    sources = [out.mlp_out[layer] for layer in range(n_layers)] + [out.embed]
-    timings["forward"] = time.perf_counter() - start - timings["clean_run"]
-
     # ---- targets: logits first, then features by layer (each batch's backward stays shallow).
     # The injected gradient is the target's input direction at its read point.
     W_U = replacement.W_U
-    injections = [(W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T]  # de-meaned logits [K, d]
+    de_meaned = W_U[:, logit_ids.to(W_U.device)] - W_U.mean(1, keepdim=True)
+    injections = [de_meaned.T]  # [K, d]
     for layer in sorted(replacement.transcoders):
         layer_feats = active[active[:, 0] == layer, 2].to(replacement.device)
         injections.append(replacement.tc_weights(layer)["W_enc"][:, layer_feats].T)
@@ -253,62 +238,60 @@ def build_graph(
     target_pos = torch.cat([torch.full((n_logits,), n_pos - 1, dtype=torch.long), active[:, 1]])
     target_node = torch.cat([torch.arange(n_logits) + n_nodes - n_logits, torch.arange(n_feat)])
 
+    # The model is causal, so a target at position q only needs the prompt up to q: targets are
+    # grouped by prompt prefix and each group runs backward through the shorter prefix only.
+    n_buckets = max(1, min(8, n_pos // 16))
+    ends = torch.tensor([-(-n_pos * (i + 1) // n_buckets) for i in range(n_buckets)])
+    bucket = torch.searchsorted(ends, target_pos, right=True)
+    order = torch.sort(bucket, stable=True).indices
+
     rows_t, rows_s, rows_w = [], [], []
     row_abs_sums = torch.zeros(n_nodes, dtype=torch.float64)
-    n_targets = n_logits + n_feat
-    feature_offsets = torch.tensor([0] + [int(decoders[k][2].numel()) for k in sorted(decoders)])
-    feature_offsets = feature_offsets.cumsum(0).tolist()
-    for lo in range(0, n_targets, cfg.batch_size):
-        hi = min(n_targets, lo + cfg.batch_size)
-        batch = hi - lo
-        outputs, grad_outputs = [], []
-        for layer in sorted(set(target_layer[lo:hi].tolist())):
-            slots = (target_layer[lo:hi] == layer).nonzero(as_tuple=True)[0]
-            grad = torch.zeros(
-                batch, *read_points[layer].shape, dtype=replacement.dtype, device=replacement.device
+    feature_counts = [int(decoders[k][2].numel()) for k in sorted(decoders)]
+    feature_offsets = [sum(feature_counts[:i]) for i in range(len(feature_counts) + 1)]
+    timings["forward"] = 0.0
+    for index, end in enumerate(ends.tolist()):
+        members = order[bucket[order] == index]
+        if members.numel() == 0:
+            continue
+        tick = time.perf_counter()
+        prefix_state = state if end == n_pos else None
+        read_points, sources = _frozen_forward(replacement, input_ids[:, :end], prefix_state)
+        timings["forward"] += time.perf_counter() - tick
+        for lo in range(0, int(members.numel()), cfg.batch_size):
+            batch_targets = members[lo : lo + cfg.batch_size]
+            last = lo + cfg.batch_size >= members.numel()
+            block = _row_block(
+                replacement,
+                batch_targets,
+                read_points,
+                sources,
+                last,
+                n_nodes,
+                end,
+                target_layer,
+                target_pos,
+                injection,
+                decoders,
+                feature_offsets,
+                error_vectors,
+                embed,
             )
-            grad[slots, 0, target_pos[lo + slots]] = injection[lo + slots]
-            outputs.append(read_points[layer])
-            grad_outputs.append(grad)
-        grads = torch.autograd.grad(
-            outputs,
-            sources,
-            grad_outputs=grad_outputs,
-            retain_graph=hi < n_targets,
-            is_grads_batched=True,
-            allow_unused=True,
-        )
-        block = torch.zeros(batch, n_nodes, dtype=torch.float32, device=replacement.device)
-        for i, layer in enumerate(sorted(decoders)):
-            g = grads[layer]
-            if g is None:
-                continue
-            positions, dec_padded, columns = decoders[layer]
-            # [pos, batch, d] x [pos, d, max features per position] -> the feature columns
-            per_pos = torch.bmm(g[:, 0, positions].transpose(0, 1), dec_padded.transpose(1, 2))
-            flat = per_pos.permute(1, 0, 2).reshape(batch, -1)
-            block[:, feature_offsets[i] : feature_offsets[i + 1]] = flat[:, columns]
-        for layer in range(n_layers):
-            g = grads[layer]
-            if g is not None:
-                start_col = n_feat + layer * n_pos
-                block[:, start_col : start_col + n_pos] = (g[:, 0] * error_vectors[layer]).sum(-1)
-        if grads[n_layers] is not None:
-            token_col = n_feat + n_layers * n_pos
-            block[:, token_col : token_col + n_pos] = (grads[n_layers][:, 0] * embed).sum(-1)
-        rows = target_node[lo:hi]
-        t_idx, s_idx, w, sums = _sparsify(block.cpu(), rows, cfg.row_mass)
-        rows_t.append(t_idx)
-        rows_s.append(s_idx)
-        rows_w.append(w)
-        row_abs_sums[rows] = sums
+            rows = target_node[batch_targets]
+            t_idx, s_idx, w, sums = _sparsify(
+                block.cpu(), rows, cfg.row_mass, cfg.max_edges_per_row
+            )
+            rows_t.append(t_idx)
+            rows_s.append(s_idx)
+            rows_w.append(w)
+            row_abs_sums[rows] = sums
+        del read_points, sources
     timings["backward"] = time.perf_counter() - start - timings["clean_run"] - timings["forward"]
-    del out, read_points, sources
 
     adjacency = SparseAdjacency(
         n_nodes=n_nodes,
-        targets=torch.cat(rows_t) if rows_t else torch.zeros(0, dtype=torch.long),
-        sources=torch.cat(rows_s) if rows_s else torch.zeros(0, dtype=torch.long),
+        targets=torch.cat(rows_t) if rows_t else torch.zeros(0, dtype=torch.int32),
+        sources=torch.cat(rows_s) if rows_s else torch.zeros(0, dtype=torch.int32),
         weights=torch.cat(rows_w) if rows_w else torch.zeros(0),
         row_abs_sums=row_abs_sums,
     )
@@ -329,6 +312,98 @@ def build_graph(
     )
 
 
+def _frozen_forward(
+    replacement: Any, input_ids: Tensor, state: Any = None
+) -> tuple[dict[int, Tensor], list[Tensor]]:
+    """One frozen forward pass of `input_ids [1, T]` (clean `state` given or computed) kept for
+    many backward passes.
+
+    Returns the read points (`{layer: transcoder input}`, `{n_layers: final norm output}`) where
+    targets inject their gradient, and the sources (every MLP output, then the embedding) where
+    edges are read.
+    """
+    from sparsecircuits.circuits.replacement import Multipliers
+
+    n_pos, n_layers = int(input_ids.shape[1]), replacement.n_layers
+
+    def unit() -> Tensor:
+        return torch.ones(
+            (1, n_pos, 1), dtype=replacement.dtype, device=replacement.device, requires_grad=True
+        )
+
+    state = replacement.run(input_ids) if state is None else state
+    mults = Multipliers(embed=unit(), errors={layer: unit() for layer in range(n_layers)})
+    with torch.enable_grad():
+        out = replacement.run_with_multipliers(state, mults, features="frozen")
+    read_points = {layer: out.tc_in[layer] for layer in replacement.transcoders}
+    read_points[n_layers] = out.final_normed
+    return read_points, [out.mlp_out[layer] for layer in range(n_layers)] + [out.embed]
+
+
+def _row_block(
+    replacement: Any,
+    targets: Tensor,
+    read_points: dict[int, Tensor],
+    sources: list[Tensor],
+    last: bool,
+    n_nodes: int,
+    prefix: int,
+    target_layer: Tensor,
+    target_pos: Tensor,
+    injection: Tensor,
+    decoders: dict[int, tuple[Tensor, Tensor, Tensor]],
+    feature_offsets: list[int],
+    error_vectors: list[Tensor],
+    embed: Tensor,
+) -> Tensor:
+    """Dense edge rows `[len(targets), n_nodes]` of a batch of targets, from one vmapped backward."""
+    batch, n_layers = int(targets.numel()), replacement.n_layers
+    outputs, grad_outputs = [], []
+    for layer in sorted(set(target_layer[targets].tolist())):
+        slots = (target_layer[targets] == layer).nonzero(as_tuple=True)[0]
+        grad = torch.zeros(
+            batch, *read_points[layer].shape, dtype=replacement.dtype, device=replacement.device
+        )
+        grad[slots, 0, target_pos[targets[slots]]] = injection[targets[slots]]
+        outputs.append(read_points[layer])
+        grad_outputs.append(grad)
+    grads = torch.autograd.grad(
+        outputs,
+        sources,
+        grad_outputs=grad_outputs,
+        retain_graph=not last,
+        is_grads_batched=True,
+        allow_unused=True,
+    )
+    block = torch.zeros(batch, n_nodes, dtype=torch.float32, device=replacement.device)
+    n_feat = feature_offsets[-1]
+    n_pos = int(embed.shape[0])
+    for i, layer in enumerate(sorted(decoders)):
+        g = grads[layer]
+        if g is None:
+            continue
+        positions, dec_padded, columns = decoders[layer]
+        inside = positions < prefix  # features later than the prefix get no edge
+        # [pos, batch, d] x [pos, d, max features per position] -> the feature columns
+        per_pos = torch.zeros(
+            positions.numel(), batch, dec_padded.shape[1], dtype=g.dtype, device=g.device
+        )
+        per_pos[inside] = torch.bmm(
+            g[:, 0, positions[inside]].transpose(0, 1), dec_padded[inside].transpose(1, 2)
+        )
+        flat = per_pos.permute(1, 0, 2).reshape(batch, -1)
+        block[:, feature_offsets[i] : feature_offsets[i + 1]] = flat[:, columns]
+    for layer in range(n_layers):
+        g = grads[layer]
+        if g is not None:
+            col = n_feat + layer * n_pos
+            block[:, col : col + prefix] = (g[:, 0] * error_vectors[layer][:prefix]).sum(-1)
+    if grads[n_layers] is not None:
+        col = n_feat + n_layers * n_pos
+        block[:, col : col + prefix] = (grads[n_layers][:, 0] * embed[:prefix]).sum(-1)
+    return block
+
+
 def _position_groups(pos: Tensor, rows: Tensor, n_pos: int) -> tuple[Tensor, Tensor, Tensor]:
     """Group feature rows `[n, d]` (sorted by `pos [n]`) per position for one batched matmul.
 
@@ -336,6 +411,7 @@ def _position_groups(pos: Tensor, rows: Tensor, n_pos: int) -> tuple[Tensor, Ten
     their rows padded to the largest count m, and where each feature lands in the flattened
     `[P * m]` result.
     """
+    pos = pos.cpu()
     counts = torch.bincount(pos, minlength=n_pos)
     positions = counts.nonzero(as_tuple=True)[0]
     width = int(counts.max()) if pos.numel() else 0
@@ -350,21 +426,24 @@ def _position_groups(pos: Tensor, rows: Tensor, n_pos: int) -> tuple[Tensor, Ten
 
 
 def _sparsify(
-    block: Tensor, rows: Tensor, row_mass: float
+    block: Tensor, rows: Tensor, row_mass: float, max_edges: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Stored edges of a row block `[B, N]`: per row the largest |entries| covering `row_mass` of
-    its absolute sum. Returns `(targets, sources, weights, exact row abs sums [B])`."""
+    its absolute sum, at most `max_edges` of them. Returns `(targets, sources, weights, exact row
+    abs sums [B])`; indices int32."""
     magnitude = block.abs()
     sums = magnitude.sum(1, dtype=torch.float64)
-    if row_mass >= 1.0:
+    if row_mass >= 1.0 and max_edges is None:
         keep = magnitude > 0
     else:
         sorted_mag, order = magnitude.sort(dim=1, descending=True)
         before = sorted_mag.cumsum(1, dtype=torch.float64) - sorted_mag.double()
         keep_sorted = (before < row_mass * sums[:, None]) & (sorted_mag > 0)
+        if max_edges is not None:
+            keep_sorted[:, max_edges:] = False
         keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
     b, s = keep.nonzero(as_tuple=True)
-    return rows[b], s, block[b, s], sums
+    return rows[b].int(), s.int(), block[b, s], sums
 
 
 # ------------------------------------------------------------------------------ export
@@ -461,7 +540,11 @@ def to_neuronpedia(
             desired_logit_prob=gen.desired_logit_prob,
             batch_size=gen.batch_size,
             max_feature_nodes=graph.n_features,
-            extra={"row_mass": gen.row_mass, "skip_bos": gen.skip_bos},
+            extra={
+                "row_mass": gen.row_mass,
+                "max_edges_per_row": gen.max_edges_per_row,
+                "skip_bos": gen.skip_bos,
+            },
         ),
         pruning_settings=npd.PruningSettings(
             node_threshold=node_threshold, edge_threshold=edge_threshold

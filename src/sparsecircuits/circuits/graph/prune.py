@@ -41,7 +41,7 @@ from sparsecircuits.errors import SparseCircuitsError
 class SparseAdjacency:
     """Stored edges of an `n_nodes`-node graph in COO form (no dense N x N matrix anywhere).
 
-    `targets`, `sources` `[nnz]` int64, `weights` `[nnz]` float32 (signed direct effects),
+    `targets`, `sources` `[nnz]` int32, `weights` `[nnz]` float32 (signed direct effects),
     `row_abs_sums [n_nodes]` float64: the exact sum of |A[target, :]| over all sources, stored or not.
     """
 
@@ -68,8 +68,8 @@ class SparseAdjacency:
         targets, sources = matrix.nonzero(as_tuple=True)
         return cls(
             matrix.shape[0],
-            targets,
-            sources,
+            targets.int(),
+            sources.int(),
             matrix[targets, sources],
             matrix.abs().sum(1, dtype=torch.float64),
         )

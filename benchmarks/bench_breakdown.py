@@ -1,0 +1,200 @@
+"""Where a TopK train step spends its time: a torch.profiler breakdown plus kernel alternatives.
+
+For our TopK transcoder step (the same `Trainer` step as `bench_train_step`), records the
+self time of the heaviest operators over a few profiled steps (`train_step_breakdown`), and
+times candidate replacements of the hot kernels side by side on the same tensors
+(`kernel_alternative`), so a kernel change can be argued from numbers:
+
+* top-k selection: `torch.topk(sorted=False)` vs a threshold from `kthvalue`;
+* encoder backward input gradient: `embedding_bag` over `W_enc.T.contiguous()` (a copy of the
+  encoder every step) vs the same with a cached transpose vs a CSR sparse-dense matmul;
+* weight gradients: a COO `torch.sparse.mm` built per call (what `_scatter_outer` does, twice per
+  step with the same indices) vs a CSR matrix built once and reused, vs sort + `index_add_`;
+* the optimizer: `torch.optim.Adam` default (foreach) vs `fused=True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.bench_train_step import BATCH_TOKENS, LAYER, harvest_batch, our_step
+from benchmarks.common import BenchOptions, emit, log, time_interleaved
+
+TOP_OPS = 12
+
+
+def profile_step(step: Callable[[], None], n_steps: int) -> list[dict[str, Any]]:
+    """Self CPU (or CUDA) time per operator over `n_steps` calls of `step`, heaviest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        for _ in range(n_steps):
+            step()
+    rows = []
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", 0) or 0
+        rows.append(
+            {
+                "op": event.key,
+                "self_cpu_ms": event.self_cpu_time_total / 1000 / n_steps,
+                "self_device_ms": device_us / 1000 / n_steps,
+                "calls": event.count // n_steps,
+            }
+        )
+    key = "self_device_ms" if torch.cuda.is_available() else "self_cpu_ms"
+    rows.sort(key=lambda r: r[key], reverse=True)
+    total = sum(r[key] for r in rows)
+    for r in rows:
+        r["share"] = round(r[key] / total, 3) if total else 0.0
+        r["self_cpu_ms"] = round(r["self_cpu_ms"], 3)
+        r["self_device_ms"] = round(r["self_device_ms"], 3)
+    return rows[:TOP_OPS]
+
+
+def _coo_outer(
+    indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, d_sae: int
+) -> torch.Tensor:
+    n, k = indices.shape
+    token = torch.arange(n, device=indices.device).repeat_interleave(k)
+    sparse = torch.sparse_coo_tensor(
+        torch.stack([indices.reshape(-1), token]),
+        weights.reshape(-1),
+        (d_sae, n),
+        check_invariants=False,
+    )
+    return torch.sparse.mm(sparse, rows)
+
+
+def _csr_by_latent(
+    indices: torch.Tensor, d_sae: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sort order, crow pointers and token columns of the `[d_sae, n]` pattern (built once)."""
+    n, k = indices.shape
+    flat = indices.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=d_sae)
+    crow = torch.zeros(d_sae + 1, dtype=torch.int64, device=indices.device)
+    crow[1:] = counts.cumsum(0)
+    cols = (order // k).to(torch.int64)
+    return order, crow, cols
+
+
+def _csr_outer(
+    pattern: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    weights: torch.Tensor,
+    rows: torch.Tensor,
+    d_sae: int,
+) -> torch.Tensor:
+    order, crow, cols = pattern
+    values = weights.reshape(-1)[order]
+    csr = torch.sparse_csr_tensor(crow, cols, values, (d_sae, rows.shape[0]))
+    return csr @ rows
+
+
+def _index_add_outer(
+    indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, d_sae: int
+) -> torch.Tensor:
+    n, k = indices.shape
+    contributions = (weights.unsqueeze(2) * rows.unsqueeze(1)).reshape(n * k, -1)
+    return rows.new_zeros(d_sae, rows.shape[1]).index_add_(0, indices.reshape(-1), contributions)
+
+
+def alternatives(d_sae: int, k: int, x: torch.Tensor, options: BenchOptions) -> None:
+    """Time candidate kernels on one batch; emit one record per kernel family."""
+    device, dtype = options.device, options.torch_dtype
+    n, d = x.shape
+    g = torch.Generator(device="cpu").manual_seed(0)
+    W_enc = (torch.randn(d, d_sae, generator=g) / d**0.5).to(device, dtype)
+    b_enc = torch.zeros(d_sae, device=device, dtype=dtype)
+    xs = x.to(dtype)
+    pre = torch.addmm(b_enc, xs, W_enc)
+    values, indices = pre.topk(k, dim=-1, sorted=False)
+    grads = torch.randn(n, k, device=device, dtype=dtype)
+    W_t = W_enc.t().contiguous()
+    pattern = _csr_by_latent(indices, d_sae)
+    families: dict[str, dict[str, Callable[[], Any]]] = {
+        "encoder_matmul": {"addmm": lambda: torch.addmm(b_enc, xs, W_enc)},
+        "topk_select": {
+            "topk_unsorted": lambda: pre.topk(k, dim=-1, sorted=False),
+            "kthvalue_threshold": lambda: (
+                pre >= pre.kthvalue(d_sae - k + 1, dim=-1, keepdim=True).values
+            ),
+        },
+        "encoder_grad_x": {
+            "embedding_bag_copy_WT": lambda: F.embedding_bag(
+                indices, W_enc.t().contiguous(), per_sample_weights=grads, mode="sum"
+            ),
+            "embedding_bag_cached_WT": lambda: F.embedding_bag(
+                indices, W_t, per_sample_weights=grads, mode="sum"
+            ),
+            "gather_bmm": lambda: torch.bmm(grads.unsqueeze(1), W_t[indices]).squeeze(1),
+        },
+        "weight_grad": {
+            "coo_sparse_mm_per_call": lambda: _coo_outer(indices, grads, xs, d_sae),
+            "csr_pattern_reused": lambda: _csr_outer(pattern, grads, xs, d_sae),
+            "csr_pattern_built": lambda: _csr_outer(
+                _csr_by_latent(indices, d_sae), grads, xs, d_sae
+            ),
+            "index_add_outer": lambda: _index_add_outer(indices, grads, xs, d_sae),
+        },
+        "decode_forward": {
+            "embedding_bag": lambda: F.embedding_bag(
+                indices, W_t, per_sample_weights=values, mode="sum"
+            ),
+        },
+    }
+    params = [torch.nn.Parameter(W_enc.clone()), torch.nn.Parameter(W_t.clone())]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizers = {"adam_foreach": torch.optim.Adam(params, lr=1e-4)}
+    try:
+        optimizers["adam_fused"] = torch.optim.Adam(params, lr=1e-4, fused=True)
+    except (RuntimeError, TypeError) as exc:
+        log(f"fused Adam unavailable: {exc}")
+    families["adam_step"] = {name: opt.step for name, opt in optimizers.items()}
+    for family, fns in families.items():
+        seconds = time_interleaved(fns, device, options.repeats, options.min_time_s)
+        emit(
+            {
+                "name": "kernel_alternative",
+                "library": "torch",
+                "config": {
+                    **options.base_config(),
+                    "family": family,
+                    "d_sae": d_sae,
+                    "k": k,
+                    "batch_tokens": n,
+                    "d_in": d,
+                },
+                "ms": {name: round(s * 1000, 3) for name, s in seconds.items()},
+            }
+        )
+
+
+def run(adapter: Any, options: BenchOptions) -> None:
+    """Emit the step breakdown and kernel alternatives for TopK at d_sae 4k (and 16k)."""
+    batch = {
+        h: t.to(options.device) for h, t in harvest_batch(adapter, BATCH_TOKENS, LAYER).items()
+    }
+    widths = [4096] if options.quick else [4096, 16384]
+    for d_sae in widths:
+        spec = {"kind": "transcoder", "architecture": "topk", "d_sae": d_sae, "k": 32}
+        log(f"breakdown {spec}")
+        rows = profile_step(our_step(spec, batch, options), n_steps=3)
+        emit(
+            {
+                "name": "train_step_breakdown",
+                "library": "sparsecircuits",
+                "config": {**options.base_config(), **spec, "batch_tokens": BATCH_TOKENS},
+                "top_ops": rows,
+            }
+        )
+        alternatives(d_sae, 32, batch[f"blocks.{LAYER}.hook_mlp_in"], options)

@@ -1,0 +1,141 @@
+"""`sparsecircuits sweep`: every dictionary variant at several sparsities, one layer, one forward."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sparsecircuits.cli.common import add_run_arguments, run_config_from_args
+from sparsecircuits.dictionaries.config import SAE_ONLY
+from sparsecircuits.evaluation import evaluate_dictionaries, plot_frontier
+from sparsecircuits.runs import eval_batches, train_run
+
+DEFAULT_OUT = "out/sweep"
+SWEEP_LAYER = 1
+D_SAE = 2048
+
+
+def default_grid(layer: int = SWEEP_LAYER, d_sae: int = D_SAE) -> list[dict[str, Any]]:
+    """Return the default sweep: each activation family at a few sparsities, transcoder and SAE.
+
+    TopK-like families (topk, batchtopk, abstopk, top-AFA's cap, matching pursuit's steps) are
+    set by k; ReLU by its L1 coefficient; JumpReLU by its L0 coefficient. A TopK skip
+    transcoder rides along at k=32.
+    """
+    per_kind: list[dict[str, Any]] = []
+    per_kind += [{"architecture": "topk", "k": k} for k in (16, 32, 64)]
+    per_kind += [{"architecture": "batchtopk", "k": 32}]
+    per_kind += [{"architecture": "abstopk", "k": 32}]
+    per_kind += [{"architecture": "topafa", "k": 64}]
+    per_kind += [{"architecture": "mp", "k": k} for k in (16, 32)]
+    per_kind += [{"architecture": "relu", "l1_coefficient": c} for c in (3e-3, 1e-2)]
+    per_kind += [
+        {"architecture": "jumprelu", "extra": {"l0_coefficient": c}} for c in (3e-3, 1e-2)
+    ]
+    grid = []
+    for kind in ("transcoder", "sae"):
+        for spec in per_kind:
+            if kind != "sae" and spec["architecture"] in SAE_ONLY:
+                continue
+            grid.append({"kind": kind, "layer": layer, "d_sae": d_sae, **spec})
+    grid.append({"kind": "skip_transcoder", "architecture": "topk", "k": 32, "layer": layer, "d_sae": d_sae})
+    for spec in grid:
+        sparsity = spec.get("k") if "k" in spec else spec.get("l1_coefficient", spec.get("extra", {}).get("l0_coefficient"))
+        spec["name"] = f"{spec['kind']}-{spec['architecture']}-{sparsity}"
+    return grid
+
+
+SWEEP_RUN: dict[str, Any] = {
+    "model": "embedded",
+    "dataset": "embedded",
+    "context_size": 128,
+    "dictionaries": default_grid(),
+    "train": {"total_tokens": 300_000, "batch_tokens": 4096, "lr": 3e-3, "warmup_steps": 10},
+    "eval_contexts": 48,
+    "data_epochs": 2,
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `sweep` subcommand."""
+    p = sub.add_parser(
+        "sweep",
+        help="train every dictionary variant at several sparsities on one layer; frontier plots",
+        description="Train a grid of dictionary variants (ReLU, TopK, BatchTopK, JumpReLU, AbsTopK, "
+        "top-AFA, matching pursuit; transcoders, skip transcoders and SAEs) on one layer from one "
+        "model forward, evaluate them, and write frontier.json, frontier_*.png and table.md.",
+    )
+    add_run_arguments(p, default_out=DEFAULT_OUT)
+    p.set_defaults(func=run)
+
+
+def matched_l0_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pair each TopK transcoder with the TopK SAE of the same k: spliced CE loss side by side."""
+    saes = {r["k"]: r for r in records if r["kind"] == "sae" and r["architecture"] == "topk"}
+    rows = []
+    for tc in records:
+        if tc["kind"] == "transcoder" and tc["architecture"] == "topk" and tc["k"] in saes:
+            sae = saes[tc["k"]]
+            rows.append({
+                "k": tc["k"],
+                "transcoder_l0": tc["l0"], "sae_l0": sae["l0"],
+                "transcoder_ce_spliced": tc["ce_loss_spliced"], "sae_ce_spliced": sae["ce_loss_spliced"],
+                "transcoder_ce_recovered": tc["ce_loss_recovered"], "sae_ce_recovered": sae["ce_loss_recovered"],
+                "transcoder_better": tc["ce_loss_spliced"] < sae["ce_loss_spliced"],
+            })
+    return sorted(rows, key=lambda r: r["k"])
+
+
+def write_sweep_report(out: Path, records: list[dict[str, Any]], seconds: float) -> None:
+    """Write frontier.json, frontier_{fvu,ce}_{transcoders,saes}.png and table.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier.json").write_text(json.dumps(records, indent=2))
+    groups = {
+        "transcoders": [r for r in records if r["kind"] != "sae"],
+        "saes": [r for r in records if r["kind"] == "sae"],
+    }
+    for label, group in groups.items():
+        if not group:
+            continue
+        plot_frontier(group, out / f"frontier_fvu_{label}.png", y="fvu", clean_key=None,
+                      title=f"L0 vs FVU ({label})")
+        plot_frontier(group, out / f"frontier_ce_{label}.png", y="ce_loss_recovered", clean_key=None,
+                      title=f"L0 vs CE loss recovered ({label})")
+    lines = [
+        "| name | kind | architecture | L0 | FVU | CE recovered | CE spliced | dead |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(records, key=lambda r: (r["kind"], r["architecture"], r["l0"])):
+        lines.append(
+            f"| {r['name']} | {r['kind']} | {r['architecture']} | {r['l0']:.1f} | {r['fvu']:.3f} | "
+            f"{100 * r['ce_loss_recovered']:.1f}% | {r['ce_loss_spliced']:.3f} | {100 * r['dead_frac']:.0f}% |"
+        )
+    pairs = matched_l0_comparison(records)
+    if pairs:
+        lines += ["", "Matched L0 (TopK, same k): spliced CE loss, transcoder vs SAE on the MLP output.", "",
+                  "| k | transcoder CE | SAE CE | transcoder recovered | SAE recovered | transcoder better |",
+                  "|---|---|---|---|---|---|"]
+        for p in pairs:
+            lines.append(
+                f"| {p['k']} | {p['transcoder_ce_spliced']:.3f} | {p['sae_ce_spliced']:.3f} | "
+                f"{100 * p['transcoder_ce_recovered']:.1f}% | {100 * p['sae_ce_recovered']:.1f}% | "
+                f"{'yes' if p['transcoder_better'] else 'no'} |"
+            )
+    lines += ["", f"{len(records)} dictionaries, {seconds:.0f} s wall clock."]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train the grid, evaluate, write the report; print the table."""
+    start = time.perf_counter()
+    cfg = run_config_from_args(args, default_out=DEFAULT_OUT, base=SWEEP_RUN)
+    dictionaries, _, adapter = train_run(cfg, quiet=args.quiet)
+    records = evaluate_dictionaries(adapter, dictionaries,
+                                    eval_batches(adapter, cfg.dataset, cfg.context_size, cfg.eval_contexts))
+    out = Path(cfg.out)
+    write_sweep_report(out, records, time.perf_counter() - start)
+    print((out / "table.md").read_text())
+    return 0

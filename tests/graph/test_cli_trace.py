@@ -1,0 +1,118 @@
+"""`sparsecircuits trace` on a tiny model: graph.json validates, trace.json has the numbers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from sparsecircuits.circuits.graph.neuronpedia import validate_graph_json
+from sparsecircuits.cli import dashboards as dashboards_cli
+from sparsecircuits.cli import serve as serve_cli
+from sparsecircuits.cli import trace as trace_cli
+from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary, save_dictionary
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sparsecircuits")
+    sub = p.add_subparsers()
+    for module in (trace_cli, dashboards_cli, serve_cli):
+        module.register(sub)
+    return p
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_model_dir, tmp_path_factory):
+    model = tiny_model_dir("gpt2")
+    folder = tmp_path_factory.mktemp("transcoders")
+    for layer in range(3):
+        cfg = DictionaryConfig(
+            architecture="topk",
+            kind="transcoder",
+            d_in=32,
+            d_sae=40,
+            k=4,
+            hook_in=f"blocks.{layer}.hook_mlp_in",
+            hook_out=f"blocks.{layer}.hook_mlp_out",
+            seed=layer,
+        )
+        save_dictionary(make_dictionary(cfg), folder / f"layer{layer}")
+    return model, folder
+
+
+def test_trace_writes_graph_and_report(saved, tmp_path, capsys):
+    model, transcoders = saved
+    args = parser().parse_args(
+        [
+            "trace",
+            "The cat saw the house in the year 17",
+            "--model",
+            str(model),
+            "--transcoders",
+            str(transcoders),
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert args.func(args) == 0
+    graph = json.loads((tmp_path / "graph.json").read_text())
+    validate_graph_json(graph)
+    assert graph["metadata"]["slug"] == "the-cat-saw-the-house-in-the-year-17"
+    report = json.loads((tmp_path / "trace.json").read_text())
+    for key in (
+        "seconds",
+        "peak_rss_mb",
+        "n_nodes",
+        "n_edges",
+        "replacement_score",
+        "completeness_score",
+    ):
+        assert key in report, key
+    assert report["n_nodes"] == len(graph["nodes"]) and report["n_edges"] == len(graph["links"])
+    assert 0 <= report["replacement_score"] <= 1 and report["peak_rss_mb"] > 0
+    out = capsys.readouterr().out
+    assert "http://127.0.0.1:8041/#graph=graph.json" in out
+
+
+def test_dashboards_cli(saved, tmp_path, capsys):
+    model, transcoders = saved
+    text = tmp_path / "text.txt"
+    text.write_text("the cat saw the house in the year 1999. " * 200)
+    args = parser().parse_args(
+        [
+            "dashboards",
+            "--model",
+            str(model),
+            "--transcoders",
+            str(transcoders),
+            "--dataset",
+            str(text),
+            "--tokens",
+            "2000",
+            "--context-size",
+            "32",
+            "--out",
+            str(tmp_path / "dash"),
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert args.func(args) == 0
+    index = json.loads((tmp_path / "dash" / "index.json").read_text())
+    assert sorted(index["dictionaries"]) == ["layer0", "layer1", "layer2"]
+    assert index["dictionaries"]["layer1"]["n_tokens"] > 1000
+    assert '"name": "layer2"' in capsys.readouterr().out
+
+
+def test_serve_arguments():
+    args = parser().parse_args(["serve", "somewhere"])
+    assert (args.host, args.port, args.model, args.no_interventions) == (
+        "127.0.0.1",
+        8041,
+        "embedded",
+        False,
+    )
