@@ -10,7 +10,10 @@ times candidate replacements of the hot kernels side by side on the same tensors
   encoder every step) vs the same with a cached transpose vs a CSR sparse-dense matmul;
 * weight gradients: a COO `torch.sparse.mm` built per call (what `_scatter_outer` does, twice per
   step with the same indices) vs a CSR matrix built once and reused, vs sort + `index_add_`;
-* the optimizer: `torch.optim.Adam` default (foreach) vs `fused=True`.
+* the optimizer: `torch.optim.Adam` default (foreach) vs `fused=True`;
+* the encoder forward: bias via `addmm` vs a bias row in the GEMM; the whole `[n, d_sae]`
+  pre-activation then top-k vs exact chunked variants (row blocks; column blocks + a final
+  top-k over the candidates) that never hold `[n, d_sae]` (time and peak RSS growth).
 """
 
 from __future__ import annotations
@@ -107,26 +110,76 @@ def _index_add_outer(
     return rows.new_zeros(d_sae, rows.shape[1]).index_add_(0, indices.reshape(-1), contributions)
 
 
+def _encode_full(xs: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.addmm(b, xs, W).topk(k, dim=-1, sorted=False).indices
+
+
+def _encode_row_chunks(
+    xs: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int, rows: int
+) -> torch.Tensor:
+    """Exact top-k indices computed `rows` tokens at a time: never holds `[n, d_sae]`."""
+    out = torch.empty(xs.shape[0], k, dtype=torch.int64, device=xs.device)
+    for start in range(0, xs.shape[0], rows):
+        chunk = torch.addmm(b, xs[start : start + rows], W)
+        out[start : start + rows] = chunk.topk(k, dim=-1, sorted=False).indices
+    return out
+
+
+def _encode_col_chunks(
+    xs: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int, cols: int
+) -> torch.Tensor:
+    """Exact top-k: per column block keep its top k, then the top k of the candidates."""
+    values, indices = [], []
+    for start in range(0, W.shape[1], cols):
+        block = torch.addmm(b[start : start + cols], xs, W[:, start : start + cols])
+        v, i = block.topk(k, dim=-1, sorted=False)
+        values.append(v)
+        indices.append(i + start)
+    best = torch.cat(values, 1).topk(k, dim=-1, sorted=False).indices
+    return torch.cat(indices, 1).gather(1, best)
+
+
+def _peak_delta_mb(fn: Callable[[], Any]) -> float:
+    from benchmarks.common import current_rss_mb, peak_rss_mb, reset_peak_rss
+
+    reset_peak_rss()
+    before = current_rss_mb()
+    fn()
+    return round(peak_rss_mb() - before, 1)
+
+
 def alternatives(d_sae: int, k: int, x: torch.Tensor, options: BenchOptions) -> None:
     """Time candidate kernels on one batch; emit one record per kernel family."""
     device, dtype = options.device, options.torch_dtype
     n, d = x.shape
     g = torch.Generator(device="cpu").manual_seed(0)
     W_enc = (torch.randn(d, d_sae, generator=g) / d**0.5).to(device, dtype)
-    b_enc = torch.zeros(d_sae, device=device, dtype=dtype)
+    b_enc = (0.1 * torch.randn(d_sae, generator=g)).to(device, dtype)
     xs = x.to(dtype)
     pre = torch.addmm(b_enc, xs, W_enc)
     values, indices = pre.topk(k, dim=-1, sorted=False)
     grads = torch.randn(n, k, device=device, dtype=dtype)
     W_t = W_enc.t().contiguous()
     pattern = _csr_by_latent(indices, d_sae)
+    x_aug = torch.cat([xs, torch.ones(n, 1, device=device, dtype=dtype)], 1)
+    W_aug = torch.cat([W_enc, b_enc[None]], 0)
     families: dict[str, dict[str, Callable[[], Any]]] = {
-        "encoder_matmul": {"addmm": lambda: torch.addmm(b_enc, xs, W_enc)},
+        "encoder_matmul": {
+            "addmm_bias": lambda: torch.addmm(b_enc, xs, W_enc),
+            "mm_no_bias": lambda: torch.mm(xs, W_enc),
+            "mm_bias_as_row": lambda: torch.mm(x_aug, W_aug),
+        },
         "topk_select": {
             "topk_unsorted": lambda: pre.topk(k, dim=-1, sorted=False),
             "kthvalue_threshold": lambda: (
                 pre >= pre.kthvalue(d_sae - k + 1, dim=-1, keepdim=True).values
             ),
+        },
+        "encode_forward": {
+            "full_addmm_topk": lambda: _encode_full(xs, W_enc, b_enc, k),
+            "row_chunks_1024": lambda: _encode_row_chunks(xs, W_enc, b_enc, k, 1024),
+            "row_chunks_256": lambda: _encode_row_chunks(xs, W_enc, b_enc, k, 256),
+            "col_chunks_2048": lambda: _encode_col_chunks(xs, W_enc, b_enc, k, 2048),
         },
         "encoder_grad_x": {
             "embedding_bag_copy_WT": lambda: F.embedding_bag(
@@ -135,7 +188,6 @@ def alternatives(d_sae: int, k: int, x: torch.Tensor, options: BenchOptions) -> 
             "embedding_bag_cached_WT": lambda: F.embedding_bag(
                 indices, W_t, per_sample_weights=grads, mode="sum"
             ),
-            "gather_bmm": lambda: torch.bmm(grads.unsqueeze(1), W_t[indices]).squeeze(1),
         },
         "weight_grad": {
             "coo_sparse_mm_per_call": lambda: _coo_outer(indices, grads, xs, d_sae),
@@ -160,21 +212,30 @@ def alternatives(d_sae: int, k: int, x: torch.Tensor, options: BenchOptions) -> 
     except (RuntimeError, TypeError) as exc:
         log(f"fused Adam unavailable: {exc}")
     families["adam_step"] = {name: opt.step for name, opt in optimizers.items()}
+    reference = _encode_full(xs, W_enc, b_enc, k).sort(1).values
+    for name, fn in families["encode_forward"].items():  # the chunked encoders must be exact
+        if not torch.equal(fn().sort(1).values, reference):
+            log(f"warning: {name} selects different latents than the full encoder")
     for family, fns in families.items():
+        extra: dict[str, Any] = {}
+        if family == "encode_forward" and not device.startswith("cuda"):
+            extra["peak_delta_mb"] = {name: _peak_delta_mb(fn) for name, fn in fns.items()}
         seconds = time_interleaved(fns, device, options.repeats, options.min_time_s)
+        config = {
+            **options.base_config(),
+            "family": family,
+            "d_sae": d_sae,
+            "k": k,
+            "batch_tokens": n,
+            "d_in": d,
+        }
         emit(
             {
                 "name": "kernel_alternative",
                 "library": "torch",
-                "config": {
-                    **options.base_config(),
-                    "family": family,
-                    "d_sae": d_sae,
-                    "k": k,
-                    "batch_tokens": n,
-                    "d_in": d,
-                },
+                "config": config,
                 "ms": {name: round(s * 1000, 3) for name, s in seconds.items()},
+                **extra,
             }
         )
 
@@ -184,7 +245,7 @@ def run(adapter: Any, options: BenchOptions) -> None:
     batch = {
         h: t.to(options.device) for h, t in harvest_batch(adapter, BATCH_TOKENS, LAYER).items()
     }
-    widths = [4096] if options.quick else [4096, 16384]
+    widths = [4096] if options.quick else [4096, 16384, 65536]
     for d_sae in widths:
         spec = {"kind": "transcoder", "architecture": "topk", "d_sae": d_sae, "k": 32}
         log(f"breakdown {spec}")

@@ -204,27 +204,31 @@ def _spawn(
     options: BenchOptions, library: str, n_tokens: int, k: int, timeout_s: float
 ) -> tuple[dict[str, Any] | None, float, str]:
     """Run one worker; return (its result or None, its peak RSS in MiB, error text)."""
-    cmd = [
-        worker_python(library),
-        "-m",
-        "benchmarks.run",
-        "--worker",
-        "graph",
-        "--library",
-        library,
-        "--n-tokens",
-        str(n_tokens),
-        "--graph-k",
-        str(k),
-        "--device",
-        options.device,
-        "--dtype",
-        options.dtype,
-        "--model",
-        model_source(options),
-        "--workdir",
-        str(options.workdir),
-    ] + (["--tf32"] if options.tf32 else [])
+    cmd = (
+        [
+            worker_python(library),
+            "-m",
+            "benchmarks.run",
+            "--worker",
+            "graph",
+            "--library",
+            library,
+            "--n-tokens",
+            str(n_tokens),
+            "--graph-k",
+            str(k),
+            "--device",
+            options.device,
+            "--dtype",
+            options.dtype,
+            "--model",
+            model_source(options),
+            "--workdir",
+            str(options.workdir),
+        ]
+        + (["--tf32"] if options.tf32 else [])
+        + (["--threads", str(options.threads)] if options.threads else [])
+    )
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),

@@ -38,6 +38,7 @@ class BenchOptions:
     repeats: int = 5
     min_time_s: float = 0.4
     model: str = "auto"  # "auto" | "embedded" | "tiny" | a local model folder
+    threads: int | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sc-bench-")))
 
     @property
@@ -47,7 +48,12 @@ class BenchOptions:
 
     def base_config(self) -> dict[str, Any]:
         """Fields every record's `config` carries."""
-        return {"device": self.device, "dtype": self.dtype, "tf32": self.tf32}
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "tf32": self.tf32,
+            "threads": torch.get_num_threads(),
+        }
 
 
 # ------------------------------------------------------------------------------------ output
@@ -269,6 +275,8 @@ def library_versions() -> dict[str, str | None]:
 
 def apply_precision(options: BenchOptions) -> None:
     """Set TF32 (CUDA) and CPU thread settings from the options."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
     if options.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = options.tf32
         torch.backends.cudnn.allow_tf32 = options.tf32

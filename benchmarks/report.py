@@ -1,6 +1,6 @@
 """Turn `run.py --json` output into the Markdown tables of docs/performance.md.
 
-    python benchmarks/report.py out/bench/results.jsonl > table.md
+python benchmarks/report.py out/bench/results.jsonl > table.md
 """
 
 from __future__ import annotations
@@ -35,17 +35,33 @@ def _cfg(config: dict[str, Any], skip: tuple[str, ...] = ("device", "dtype", "tf
 
 def tables(records: list[dict[str, Any]]) -> str:
     """Markdown: measurements, then ratios, then skipped measurements."""
-    lines = ["| benchmark | library | config | tokens/s | seconds | peak RSS MiB | extra |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| benchmark | library | config | tokens/s | seconds | peak RSS MiB | extra |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in records:
-        if r.get("kind") == "ratio" or "skipped" in r or r["name"] in (
-            "machine", "total", "train_step_breakdown", "kernel_alternative"):
+        if (
+            r.get("kind") == "ratio"
+            or "skipped" in r
+            or r["name"] in ("machine", "total", "train_step_breakdown", "kernel_alternative")
+        ):
             continue
-        extra = {k: r[k] for k in ("step_peak_delta_mb", "graph_peak_delta_mb", "n_features",
-                                   "n_nodes", "tflops") if k in r}
-        lines.append(f"| {r['name']} | {r['library']} | {_cfg(r['config'])} | "
-                     f"{_fmt(r.get('tokens_per_s'))} | {_fmt(r.get('seconds'))} | "
-                     f"{_fmt(r.get('peak_rss_mb'))} | {_cfg(extra)} |")
+        extra: dict[str, Any] = {
+            k: r[k]
+            for k in (
+                "step_peak_delta_mb",
+                "graph_peak_delta_mb",
+                "n_features",
+                "n_nodes",
+                "tflops",
+            )
+            if k in r
+        }
+        lines.append(
+            f"| {r['name']} | {r['library']} | {_cfg(r['config'])} | "
+            f"{_fmt(r.get('tokens_per_s'))} | {_fmt(r.get('seconds'))} | "
+            f"{_fmt(r.get('peak_rss_mb'))} | {_cfg(extra)} |"
+        )
     lines += ["", "| what | vs | config | ratio (>1: sparsecircuits ahead) |", "|---|---|---|---|"]
     for r in records:
         if r.get("kind") == "ratio":
@@ -65,8 +81,14 @@ def tables(records: list[dict[str, Any]]) -> str:
     for r in records:
         if r["name"] == "train_step_breakdown":
             c = r["config"]
-            lines += ["", f"Step breakdown, {c['kind']} {c['architecture']} d_sae={c['d_sae']} "
-                      f"k={c['k']} (self time per step):", "", "| op | ms | share |", "|---|---|---|"]
+            lines += [
+                "",
+                f"Step breakdown, {c['kind']} {c['architecture']} d_sae={c['d_sae']} "
+                f"k={c['k']} (self time per step):",
+                "",
+                "| op | ms | share |",
+                "|---|---|---|",
+            ]
             for op in r["top_ops"]:
                 ms = op["self_device_ms"] or op["self_cpu_ms"]
                 lines.append(f"| {op['op']} | {ms:.2f} | {100 * op['share']:.1f}% |")

@@ -41,6 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (CUDA)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds")
     p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice, one per core)",
+    )
+    p.add_argument(
         "--model",
         default="auto",
         help="'auto' (embedded model if installed, else a tiny GPT-2 of its shape), "

@@ -23,9 +23,13 @@ SHIP = ROOT / "src" / "sparsecircuits" / "models" / "embedded" / "transcoders"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", default=str(ROOT / "runs" / "embedded_transcoders"))
-    parser.add_argument("--contexts", type=int, default=64, help="held-out contexts for the metrics")
+    parser.add_argument(
+        "--contexts", type=int, default=64, help="held-out contexts for the metrics"
+    )
     args = parser.parse_args()
     source = Path(args.run) / "dictionaries"
     shutil.rmtree(SHIP, ignore_errors=True)
@@ -34,13 +38,31 @@ def main() -> None:
         shutil.copytree(folder, SHIP / folder.name)
     adapter = load_model("embedded", device="cpu")
     dictionaries = load_dictionaries([str(SHIP)], device="cpu")
-    records = evaluate_dictionaries(adapter, dictionaries, eval_batches(adapter, "embedded", 128, args.contexts))
-    keep = ("name", "hook_in", "hook_out", "d_sae", "k", "l0", "fvu", "explained_variance", "dead_frac",
-            "ce_loss_clean", "ce_loss_spliced", "ce_loss_zero_ablated", "ce_loss_recovered", "kl_div")
+    records = evaluate_dictionaries(
+        adapter, dictionaries, eval_batches(adapter, "embedded", 128, args.contexts)
+    )
+    keep = (
+        "name",
+        "hook_in",
+        "hook_out",
+        "d_sae",
+        "k",
+        "l0",
+        "fvu",
+        "explained_variance",
+        "dead_frac",
+        "ce_loss_clean",
+        "ce_loss_spliced",
+        "ce_loss_zero_ablated",
+        "ce_loss_recovered",
+        "kl_div",
+    )
     table = [{k: r[k] for k in keep} for r in records]
     (SHIP / "metrics.json").write_text(json.dumps(table, indent=2) + "\n")
     for r in table:
-        print(f"{r['name']}: L0 {r['l0']:.1f}  FVU {r['fvu']:.3f}  CE recovered {100 * r['ce_loss_recovered']:.1f}%")
+        print(
+            f"{r['name']}: L0 {r['l0']:.1f}  FVU {r['fvu']:.3f}  CE recovered {100 * r['ce_loss_recovered']:.1f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """Return the mapping stored in a YAML or JSON file (empty file -> {})."""
     path = Path(path)
     if not path.is_file():
-        raise SparseCircuitsError(f"config file {path} does not exist; pass an existing .yaml or .json file")
+        raise SparseCircuitsError(
+            f"config file {path} does not exist; pass an existing .yaml or .json file"
+        )
     text = path.read_text()
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,9 @@ from sparsecircuits.dictionaries import (
     save_dictionary,
 )
 from sparsecircuits.errors import SparseCircuitsError
-from sparsecircuits.evaluation import evaluate_dictionaries, plot_frontier
+from sparsecircuits.evaluation import plot_frontier
 from sparsecircuits.models import ModelAdapter, load_model
-from sparsecircuits.training import Trainer, TrainConfig, TrainResult, latest_checkpoint
+from sparsecircuits.training import TrainConfig, Trainer, TrainResult, latest_checkpoint
 
 KINDS = ("transcoder", "sae", "skip_transcoder")
 
@@ -50,7 +50,9 @@ class DictionarySpec:
     def resolved_hooks(self) -> tuple[str, str]:
         """Return `(hook_in, hook_out)` after applying the kind's defaults."""
         if self.kind not in KINDS:
-            raise SparseCircuitsError(f"unknown dictionary kind {self.kind!r}; use one of {', '.join(KINDS)}")
+            raise SparseCircuitsError(
+                f"unknown dictionary kind {self.kind!r}; use one of {', '.join(KINDS)}"
+            )
         if self.kind == "sae":
             hook = self.hook_in or self.hook_out or f"blocks.{self.layer}.hook_mlp_out"
             return hook, hook
@@ -113,7 +115,9 @@ def build_dictionaries(
         hook_in, hook_out = spec.resolved_hooks()
         name = spec.resolved_name()
         if name in out:
-            raise SparseCircuitsError(f"two dictionaries are named {name!r}; give each a distinct name")
+            raise SparseCircuitsError(
+                f"two dictionaries are named {name!r}; give each a distinct name"
+            )
         cfg = DictionaryConfig(
             architecture=spec.architecture,
             kind=spec.kind,
@@ -218,7 +222,9 @@ def train_run(
     return dictionaries, result, adapter
 
 
-def load_dictionaries(paths: list[str], device: str | torch.device | None = None) -> dict[str, Dictionary]:
+def load_dictionaries(
+    paths: list[str], device: str | torch.device | None = None
+) -> dict[str, Dictionary]:
     """Return `{name: Dictionary}` from dictionary folders or folders holding several of them."""
     found: dict[str, Dictionary] = {}
     for p in map(Path, paths):
@@ -228,7 +234,9 @@ def load_dictionaries(paths: list[str], device: str | torch.device | None = None
             for sub in sorted(p.glob("*/cfg.json")):
                 found[sub.parent.name] = load_dictionary(sub.parent, device=device)
         else:
-            raise SparseCircuitsError(f"{p} holds no saved dictionary (no cfg.json); pass a dictionary folder")
+            raise SparseCircuitsError(
+                f"{p} holds no saved dictionary (no cfg.json); pass a dictionary folder"
+            )
     return found
 
 

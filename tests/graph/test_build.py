@@ -12,6 +12,7 @@ from sparsecircuits.circuits.graph.build import (
     to_neuronpedia,
 )
 from sparsecircuits.circuits.graph.neuronpedia import export_graph, validate_graph_json
+from sparsecircuits.circuits.graph.prune import graph_scores
 from sparsecircuits.circuits.replacement import (
     Edits,
     EmbedEdit,
@@ -191,8 +192,12 @@ def test_export_is_valid_neuronpedia_json_with_pruned_nodes(replacement):
             assert link["weight"] == pytest.approx(
                 float(dense[index[link["target"]], index[link["source"]]])
             )
-    replacement_score, completeness = graph.scores()
+    replacement_score, completeness = graph.scores()  # reuses the influence `prune` computed
     assert 0.0 <= replacement_score <= 1.0 and 0.0 <= completeness <= 1.0
+    fresh = graph_scores(
+        graph.adjacency, graph.logit_probs, graph.n_features, graph.n_errors, graph.n_pos
+    )
+    assert fresh == pytest.approx((replacement_score, completeness))
 
 
 def test_long_prompt_uses_prefix_buckets_and_stays_exact(replacement):

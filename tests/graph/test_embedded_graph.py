@@ -7,7 +7,13 @@ import torch
 
 from sparsecircuits.circuits.graph.build import GraphConfig, build_graph, to_neuronpedia
 from sparsecircuits.circuits.graph.neuronpedia import export_graph, validate_graph_json
-from sparsecircuits.circuits.replacement import Edits, EmbedEdit, ErrorEdit, FeatureEdit, ReplacementModel
+from sparsecircuits.circuits.replacement import (
+    Edits,
+    EmbedEdit,
+    ErrorEdit,
+    FeatureEdit,
+    ReplacementModel,
+)
 from sparsecircuits.models.embedded import embedded_dir
 
 EMBEDDED = embedded_dir()
@@ -21,7 +27,9 @@ def test_embedded_graph_edges_equal_frozen_ablations():
 
     adapter = load_model("embedded", device="cpu")
     rm = ReplacementModel(adapter, load_transcoders("embedded", device="cpu"))
-    graph = build_graph(rm, "The war lasted from the year 1732 to the year 17", GraphConfig(row_mass=1.0))
+    graph = build_graph(
+        rm, "The war lasted from the year 1732 to the year 17", GraphConfig(row_mass=1.0)
+    )
     state = rm.run(graph.input_ids[None])
     dense = graph.adjacency.to_dense().double()
 
@@ -37,8 +45,18 @@ def test_embedded_graph_edges_equal_frozen_ablations():
     clean = targets(state)
     gen = torch.Generator().manual_seed(0)
     features = torch.randperm(graph.n_features, generator=gen)[:12].tolist()
-    edits = [Edits(features=[FeatureEdit(*graph.active_features[i, [0, 2]].tolist(),
-                                         pos=int(graph.active_features[i, 1]), value=0.0)]) for i in features]
+    edits = [
+        Edits(
+            features=[
+                FeatureEdit(
+                    *graph.active_features[i, [0, 2]].tolist(),
+                    pos=int(graph.active_features[i, 1]),
+                    value=0.0,
+                )
+            ]
+        )
+        for i in features
+    ]
     columns = list(features)
     for layer, pos in ((0, 3), (2, graph.n_pos - 1)):
         edits.append(Edits(errors=[ErrorEdit(layer, pos=pos, scale=0.0)]))

@@ -16,8 +16,16 @@ class SyntheticStore:
     `nan_at` contain NaN; `signal_at` sends SIGTERM to this process while producing that batch.
     """
 
-    def __init__(self, d: int = 16, batch: int = 64, seed: int = 0, hook_in: str = "in",
-                 hook_out: str = "out", nan_at: int | None = None, signal_at: int | None = None):
+    def __init__(
+        self,
+        d: int = 16,
+        batch: int = 64,
+        seed: int = 0,
+        hook_in: str = "in",
+        hook_out: str = "out",
+        nan_at: int | None = None,
+        signal_at: int | None = None,
+    ):
         self.d, self.batch, self.seed = d, batch, seed
         self.hook_in, self.hook_out = hook_in, hook_out
         self.nan_at, self.signal_at = nan_at, signal_at

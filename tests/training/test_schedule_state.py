@@ -22,7 +22,9 @@ def test_warmup_plateau_linear_decay() -> None:
 
 
 def test_cosine_and_unknown_decay() -> None:
-    cfg = TrainConfig(total_tokens=100, batch_tokens=1, warmup_steps=0, decay="cosine", decay_start=0.0)
+    cfg = TrainConfig(
+        total_tokens=100, batch_tokens=1, warmup_steps=0, decay="cosine", decay_start=0.0
+    )
     assert lr_multiplier(0, cfg) == pytest.approx(1.0)
     assert lr_multiplier(50, cfg) == pytest.approx(0.5, abs=0.02)
     with pytest.raises(SparseCircuitsError, match="unknown lr decay"):
@@ -41,4 +43,6 @@ def test_state_round_trip_keeps_types(tmp_path: Path) -> None:
     assert set(back["opt"]["state"]) == {0, 1}
     opt2 = torch.optim.Adam(model.parameters())
     opt2.load_state_dict(back["opt"])
-    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(
+        opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"]
+    )

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sparsecircuits.dictionaries import DictionaryConfig, load_dictionary, make_dictionary
-from sparsecircuits.training import Trainer, TrainConfig, TrainingStopped, latest_checkpoint
+from sparsecircuits.training import TrainConfig, Trainer, TrainingStopped, latest_checkpoint
 
 _spec = importlib.util.spec_from_file_location("fakes", Path(__file__).with_name("fakes.py"))
 fakes = importlib.util.module_from_spec(_spec)
@@ -20,21 +20,52 @@ D = 16
 
 
 def make_dicts(seed: int = 0) -> dict:
-    tc = make_dictionary(DictionaryConfig(architecture="topk", kind="transcoder", d_in=D, d_sae=64,
-                                          d_out=D, hook_in="in", hook_out="out", k=4, seed=seed))
-    sae = make_dictionary(DictionaryConfig(architecture="relu", kind="sae", d_in=D, d_sae=64,
-                                           d_out=D, hook_in="in", hook_out="in",
-                                           l1_coefficient=1e-3, seed=seed + 1))
+    tc = make_dictionary(
+        DictionaryConfig(
+            architecture="topk",
+            kind="transcoder",
+            d_in=D,
+            d_sae=64,
+            d_out=D,
+            hook_in="in",
+            hook_out="out",
+            k=4,
+            seed=seed,
+        )
+    )
+    sae = make_dictionary(
+        DictionaryConfig(
+            architecture="relu",
+            kind="sae",
+            d_in=D,
+            d_sae=64,
+            d_out=D,
+            hook_in="in",
+            hook_out="in",
+            l1_coefficient=1e-3,
+            seed=seed + 1,
+        )
+    )
     return {"tc": tc, "sae": sae}
 
 
 def cfg(steps: int, lr: float = 3e-3, **kw) -> TrainConfig:
-    return TrainConfig(total_tokens=64 * steps, batch_tokens=64, lr=lr, warmup_steps=3,
-                       decay_start=0.5, quiet=True, dead_tokens=256, **kw)
+    return TrainConfig(
+        total_tokens=64 * steps,
+        batch_tokens=64,
+        lr=lr,
+        warmup_steps=3,
+        decay_start=0.5,
+        quiet=True,
+        dead_tokens=256,
+        **kw,
+    )
 
 
 def weights(dicts: dict) -> dict[str, torch.Tensor]:
-    return {f"{n}.{k}": v.detach().clone() for n, d in dicts.items() for k, v in d.state_dict().items()}
+    return {
+        f"{n}.{k}": v.detach().clone() for n, d in dicts.items() for k, v in d.state_dict().items()
+    }
 
 
 def test_training_reduces_fvu(tmp_path: Path) -> None:
@@ -96,8 +127,12 @@ def test_sigterm_checkpoints_then_resume_finishes(tmp_path: Path) -> None:
 
 
 def test_checkpoint_layout_and_pruning(tmp_path: Path) -> None:
-    trainer = Trainer(SyntheticStore(d=D), make_dicts(), cfg(12, checkpoint_every=3, keep_checkpoints=2),
-                      out_dir=tmp_path)
+    trainer = Trainer(
+        SyntheticStore(d=D),
+        make_dicts(),
+        cfg(12, checkpoint_every=3, keep_checkpoints=2),
+        out_dir=tmp_path,
+    )
     trainer.train()
     steps = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
     assert len(steps) == 2 and steps[-1].endswith("12")

@@ -306,6 +306,12 @@ def pull_back_norm(vector: Tensor, params: NormParams, scale: Tensor, gain: bool
     return u / scale
 
 
+def _per_head(x: Tensor, weight: Tensor) -> Tensor:
+    """`x [b,p,d]` times per-head `weight [h,d,e]` -> `[b,p,h,e]` (one matmul)."""
+    h, d, e = weight.shape
+    return (x @ weight.permute(1, 0, 2).reshape(d, h * e)).view(*x.shape[:-1], h, e)
+
+
 def _rotate_half(x: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -568,8 +574,8 @@ class ReplacementModel:
         self, layer: int, attn_in: Tensor, rotary: tuple[Tensor, Tensor] | None
     ) -> Tensor:
         w = self._layers[layer]
-        q = torch.einsum("bpd,hde->bphe", attn_in, w.W_Q) + w.b_Q
-        k = torch.einsum("bpd,hde->bphe", attn_in, w.W_K) + w.b_K
+        q = _per_head(attn_in, w.W_Q) + w.b_Q
+        k = _per_head(attn_in, w.W_K) + w.b_K
         if w.qk_norms is not None:
             q_norm, k_norm = w.qk_norms
             q = apply_norm_gain(normalize_with_scale(q, q_norm, norm_scale(q, q_norm)), q_norm)
@@ -577,7 +583,7 @@ class ReplacementModel:
         if rotary is not None:
             cos, sin = rotary
             q, k = _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin)
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * w.attn_scale
+        scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) * w.attn_scale
         p = scores.shape[-1]
         pos = torch.arange(p, device=scores.device)
         allowed = pos[None, :] <= pos[:, None]
@@ -636,7 +642,7 @@ class ReplacementModel:
                 else norm_scale(resid_pre, w.ln1)
             )
             attn_in = apply_norm_gain(normalize_with_scale(resid_pre, w.ln1, scale1), w.ln1)
-            values = torch.einsum("bpd,hde->bphe", attn_in, w.W_V) + w.b_V
+            values = _per_head(attn_in, w.W_V) + w.b_V
             if freeze and clean is not None:
                 pattern = clean.patterns[layer]
             else:
@@ -644,8 +650,8 @@ class ReplacementModel:
             pattern = _edit_pattern(pattern, [e for e in edits.heads if e.layer == layer])
             if layer in mults.patterns:
                 pattern = pattern * mults.patterns[layer]
-            z = torch.einsum("bhqk,bkhe->bqhe", pattern, values)
-            attn_out = torch.einsum("bqhe,hed->bqd", z, w.W_O) + w.b_O
+            z = torch.matmul(pattern, values.transpose(1, 2)).transpose(1, 2)  # [b, q, h, e]
+            attn_out = z.flatten(2) @ w.W_O.flatten(0, 1) + w.b_O
             resid_mid = resid_pre + attn_out
             mlp_read = resid_pre if self.parallel_residual else resid_mid
             scale2 = (

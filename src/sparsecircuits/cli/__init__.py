@@ -11,7 +11,16 @@ from sparsecircuits.errors import SparseCircuitsError
 
 # Subcommand modules under sparsecircuits.cli, in the order `--help` lists them.
 COMMANDS = [
-    "demo", "train", "eval", "sweep", "tasks", "paths", "case-study", "trace", "dashboards", "serve",
+    "demo",
+    "train",
+    "eval",
+    "sweep",
+    "tasks",
+    "paths",
+    "case-study",
+    "trace",
+    "dashboards",
+    "serve",
 ]
 
 

@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     gt.add_argument("--seed", type=int, default=0)
     gt.add_argument(
         "--target",
-        choices=["prob_diff", "logit_diff"],
-        default="prob_diff",
+        choices=["logit_diff", "prob_diff"],
+        default="logit_diff",
         help="what to attribute: the prob. diff.'s gradient direction, or the mean logit diff.",
     )
     gt.add_argument("--device")

@@ -13,12 +13,16 @@ def add_run_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None:
     """Add the flags that override a `RunConfig` (model, data, one dictionary, training)."""
     p.add_argument("--config", help="YAML or JSON file with RunConfig fields (flags override it)")
     p.add_argument("--model", help='hub id, local model folder, or "embedded" (default)')
-    p.add_argument("--dataset", help='"embedded", a .txt/.jsonl/.parquet file or folder, or hf:NAME[:split]')
+    p.add_argument(
+        "--dataset", help='"embedded", a .txt/.jsonl/.parquet file or folder, or hf:NAME[:split]'
+    )
     p.add_argument("--out", default=None, help=f"output folder (default {default_out})")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--context-size", type=int)
-    p.add_argument("--kind", choices=["transcoder", "sae", "skip_transcoder"], help="one dictionary's kind")
+    p.add_argument(
+        "--kind", choices=["transcoder", "sae", "skip_transcoder"], help="one dictionary's kind"
+    )
     p.add_argument("--architecture", help="activation: topk, relu, ...")
     p.add_argument("--layer", type=int)
     p.add_argument("--d-sae", type=int)
@@ -32,14 +36,21 @@ def add_run_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run_config_from_args(args: argparse.Namespace, *, default_out: str, base: dict[str, Any] | None = None) -> RunConfig:
+def run_config_from_args(
+    args: argparse.Namespace, *, default_out: str, base: dict[str, Any] | None = None
+) -> RunConfig:
     """Return the `RunConfig` from `base`, then `--config`, then flags (later wins)."""
     data: dict[str, Any] = dict(base or {})
     if args.config:
         data.update(read_config_file(args.config))
     for flag, key in (
-        ("model", "model"), ("dataset", "dataset"), ("out", "out"), ("device", "device"),
-        ("dtype", "dtype"), ("context_size", "context_size"), ("seed", "seed"),
+        ("model", "model"),
+        ("dataset", "dataset"),
+        ("out", "out"),
+        ("device", "device"),
+        ("dtype", "dtype"),
+        ("context_size", "context_size"),
+        ("seed", "seed"),
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -47,7 +58,9 @@ def run_config_from_args(args: argparse.Namespace, *, default_out: str, base: di
     data.setdefault("out", default_out)
     train = dict(data.get("train", {}))
     for flag, key in (
-        ("tokens", "total_tokens"), ("batch_tokens", "batch_tokens"), ("lr", "lr"),
+        ("tokens", "total_tokens"),
+        ("batch_tokens", "batch_tokens"),
+        ("lr", "lr"),
         ("checkpoint_every", "checkpoint_every"),
     ):
         value = getattr(args, flag)
@@ -57,8 +70,12 @@ def run_config_from_args(args: argparse.Namespace, *, default_out: str, base: di
     overrides = {
         key: getattr(args, flag)
         for flag, key in (
-            ("kind", "kind"), ("architecture", "architecture"), ("layer", "layer"),
-            ("d_sae", "d_sae"), ("k", "k"), ("l1", "l1_coefficient"),
+            ("kind", "kind"),
+            ("architecture", "architecture"),
+            ("layer", "layer"),
+            ("d_sae", "d_sae"),
+            ("k", "k"),
+            ("l1", "l1_coefficient"),
         )
         if getattr(args, flag) is not None
     }

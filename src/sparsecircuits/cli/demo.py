@@ -63,9 +63,19 @@ def run(args: argparse.Namespace) -> int:
         f"dictionaries), {seconds:.0f} s wall clock in all.\n"
     )
     write_report(out, records, title=f"sparsecircuits demo on {adapter.name}", extra_md=extra)
-    (out / "run.json").write_text(json.dumps({"seconds": seconds, "train_tokens": result.tokens,
-                                              "train_tokens_per_s": result.tokens_per_s}, indent=2))
+    (out / "run.json").write_text(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "train_tokens": result.tokens,
+                "train_tokens_per_s": result.tokens_per_s,
+            },
+            indent=2,
+        )
+    )
     for r in records:
-        print(f"{r['name']:<36} L0 {r['l0']:6.1f}  FVU {r['fvu']:.3f}  CE recovered {100 * r['ce_loss_recovered']:5.1f}%")
+        print(
+            f"{r['name']:<36} L0 {r['l0']:6.1f}  FVU {r['fvu']:.3f}  CE recovered {100 * r['ce_loss_recovered']:5.1f}%"
+        )
     print(f"report: {out}/summary.md  ({seconds:.0f} s)")
     return 0

@@ -32,18 +32,22 @@ def default_grid(layer: int = SWEEP_LAYER, d_sae: int = D_SAE) -> list[dict[str,
     per_kind += [{"architecture": "topafa", "k": 64}]
     per_kind += [{"architecture": "mp", "k": k} for k in (16, 32)]
     per_kind += [{"architecture": "relu", "l1_coefficient": c} for c in (3e-3, 1e-2)]
-    per_kind += [
-        {"architecture": "jumprelu", "extra": {"l0_coefficient": c}} for c in (3e-3, 1e-2)
-    ]
+    per_kind += [{"architecture": "jumprelu", "extra": {"l0_coefficient": c}} for c in (3e-3, 1e-2)]
     grid = []
     for kind in ("transcoder", "sae"):
         for spec in per_kind:
             if kind != "sae" and spec["architecture"] in SAE_ONLY:
                 continue
             grid.append({"kind": kind, "layer": layer, "d_sae": d_sae, **spec})
-    grid.append({"kind": "skip_transcoder", "architecture": "topk", "k": 32, "layer": layer, "d_sae": d_sae})
+    grid.append(
+        {"kind": "skip_transcoder", "architecture": "topk", "k": 32, "layer": layer, "d_sae": d_sae}
+    )
     for spec in grid:
-        sparsity = spec.get("k") if "k" in spec else spec.get("l1_coefficient", spec.get("extra", {}).get("l0_coefficient"))
+        sparsity = (
+            spec.get("k")
+            if "k" in spec
+            else spec.get("l1_coefficient", spec.get("extra", {}).get("l0_coefficient"))
+        )
         spec["name"] = f"{spec['kind']}-{spec['architecture']}-{sparsity}"
     return grid
 
@@ -79,13 +83,18 @@ def matched_l0_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]
     for tc in records:
         if tc["kind"] == "transcoder" and tc["architecture"] == "topk" and tc["k"] in saes:
             sae = saes[tc["k"]]
-            rows.append({
-                "k": tc["k"],
-                "transcoder_l0": tc["l0"], "sae_l0": sae["l0"],
-                "transcoder_ce_spliced": tc["ce_loss_spliced"], "sae_ce_spliced": sae["ce_loss_spliced"],
-                "transcoder_ce_recovered": tc["ce_loss_recovered"], "sae_ce_recovered": sae["ce_loss_recovered"],
-                "transcoder_better": tc["ce_loss_spliced"] < sae["ce_loss_spliced"],
-            })
+            rows.append(
+                {
+                    "k": tc["k"],
+                    "transcoder_l0": tc["l0"],
+                    "sae_l0": sae["l0"],
+                    "transcoder_ce_spliced": tc["ce_loss_spliced"],
+                    "sae_ce_spliced": sae["ce_loss_spliced"],
+                    "transcoder_ce_recovered": tc["ce_loss_recovered"],
+                    "sae_ce_recovered": sae["ce_loss_recovered"],
+                    "transcoder_better": tc["ce_loss_spliced"] < sae["ce_loss_spliced"],
+                }
+            )
     return sorted(rows, key=lambda r: r["k"])
 
 
@@ -100,10 +109,20 @@ def write_sweep_report(out: Path, records: list[dict[str, Any]], seconds: float)
     for label, group in groups.items():
         if not group:
             continue
-        plot_frontier(group, out / f"frontier_fvu_{label}.png", y="fvu", clean_key=None,
-                      title=f"L0 vs FVU ({label})")
-        plot_frontier(group, out / f"frontier_ce_{label}.png", y="ce_loss_recovered", clean_key=None,
-                      title=f"L0 vs CE loss recovered ({label})")
+        plot_frontier(
+            group,
+            out / f"frontier_fvu_{label}.png",
+            y="fvu",
+            clean_key=None,
+            title=f"L0 vs FVU ({label})",
+        )
+        plot_frontier(
+            group,
+            out / f"frontier_ce_{label}.png",
+            y="ce_loss_recovered",
+            clean_key=None,
+            title=f"L0 vs CE loss recovered ({label})",
+        )
     lines = [
         "| name | kind | architecture | L0 | FVU | CE recovered | CE spliced | dead |",
         "|---|---|---|---|---|---|---|---|",
@@ -115,9 +134,13 @@ def write_sweep_report(out: Path, records: list[dict[str, Any]], seconds: float)
         )
     pairs = matched_l0_comparison(records)
     if pairs:
-        lines += ["", "Matched L0 (TopK, same k): spliced CE loss, transcoder vs SAE on the MLP output.", "",
-                  "| k | transcoder CE | SAE CE | transcoder recovered | SAE recovered | transcoder better |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Matched L0 (TopK, same k): spliced CE loss, transcoder vs SAE on the MLP output.",
+            "",
+            "| k | transcoder CE | SAE CE | transcoder recovered | SAE recovered | transcoder better |",
+            "|---|---|---|---|---|---|",
+        ]
         for p in pairs:
             lines.append(
                 f"| {p['k']} | {p['transcoder_ce_spliced']:.3f} | {p['sae_ce_spliced']:.3f} | "
@@ -133,8 +156,11 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     cfg = run_config_from_args(args, default_out=DEFAULT_OUT, base=SWEEP_RUN)
     dictionaries, _, adapter = train_run(cfg, quiet=args.quiet)
-    records = evaluate_dictionaries(adapter, dictionaries,
-                                    eval_batches(adapter, cfg.dataset, cfg.context_size, cfg.eval_contexts))
+    records = evaluate_dictionaries(
+        adapter,
+        dictionaries,
+        eval_batches(adapter, cfg.dataset, cfg.context_size, cfg.eval_contexts),
+    )
     out = Path(cfg.out)
     write_sweep_report(out, records, time.perf_counter() - start)
     print((out / "table.md").read_text())

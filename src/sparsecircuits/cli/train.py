@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "flags override the file. Several dictionaries listed in the config share one model forward.",
     )
     add_run_arguments(p, default_out=DEFAULT_OUT)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
+    )
     p.set_defaults(func=run)
 
 
@@ -29,7 +31,16 @@ def run(args: argparse.Namespace) -> int:
     cfg = run_config_from_args(args, default_out=DEFAULT_OUT)
     dictionaries, result, _ = train_run(cfg, resume=args.resume, quiet=args.quiet)
     for name in dictionaries:
-        print(json.dumps({"name": name, "steps": result.steps, "tokens": result.tokens,
-                          "tokens_per_s": round(result.tokens_per_s, 1), **result.metrics.get(name, {})}))
+        print(
+            json.dumps(
+                {
+                    "name": name,
+                    "steps": result.steps,
+                    "tokens": result.tokens,
+                    "tokens_per_s": round(result.tokens_per_s, 1),
+                    **result.metrics.get(name, {}),
+                }
+            )
+        )
     print(f"saved to {cfg.out}/dictionaries/")
     return 0

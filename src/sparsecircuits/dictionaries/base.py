@@ -148,7 +148,9 @@ class Dictionary(nn.Module):
         spent undoing it. Activations scale linearly with the encoder (TopK picks the same
         latents), so one rescale of `W_enc`/`b_enc` fixes it.
         """
-        written = self.forward(x_sample).out - self.b_dec
+        out = self.forward(x_sample).out
+        assert out is not None
+        written = out - self.b_dec
         spread = (target_sample - self.b_dec).norm(dim=-1).mean()
         size = written.norm(dim=-1).mean()
         if size > 0.1 * spread > 0:

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 # Marker per kind (transcoders round, SAEs triangular); colour per series from the cycle.
 KIND_MARKER = {"transcoder": "o", "skip_transcoder": "s", "cross_layer_transcoder": "D", "sae": "^"}
@@ -39,8 +40,12 @@ def plot_frontier(
         marker = KIND_MARKER.get(kind, "x")
         ax.plot(xs, ys, marker=marker, linestyle=linestyle, label=f"{kind} ({arch})", alpha=0.85)
     if clean_key and records and clean_key in records[0]:
-        ax.axhline(float(records[0][clean_key]), color="black", linestyle="--", lw=1, label="clean model")
+        ax.axhline(
+            float(records[0][clean_key]), color="black", linestyle="--", lw=1, label="clean model"
+        )
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel(y.replace("_", " "))
     ax.set_title(title or f"Sparsity vs {y.replace('_', ' ')}")

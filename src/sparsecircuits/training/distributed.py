@@ -13,17 +13,20 @@ Every rank holds a full copy of every dictionary and its optimiser. Per step:
   buffer. Every rank then takes the same Adam step and the replicas stay identical without a
   broadcast (the weights start identical: they are drawn from the config's seed, and rank 0's
   copy is broadcast once to be sure);
-* **statistics global**: the data-initialised biases are averaged across ranks (the mean of
-  equal-sized shards' means is the mean of the whole batch), the tokens-since-fired counters
-  count all ranks' tokens and a latent counts as fired if it fired on any rank, so dead-latent
-  masks (AuxK) agree everywhere;
+* **statistics global**: the data-dependent initialisation (bias centres, the transcoder
+  encoder rescale) runs on the all-gathered first batch, so it equals one process's; the
+  tokens-since-fired counters count all ranks' tokens and a latent counts as fired if it fired
+  on any rank, so dead-latent masks (AuxK) agree everywhere; floating-point buffers a family
+  updates from data (BatchTopK's threshold EMA) are averaged over ranks after every step;
 * **one writer**: rank 0 alone writes checkpoints, logs and final dictionaries; the others wait
   at a barrier. A stop signal on any rank stops all of them at the same step.
 
-With `recon_loss="mse"` (ReLU/JumpReLU default, or set it) this is exactly single-process
-training on the concatenated batches; the TopK default `"fvu"` divides each rank's squared
-error by its own shard's variance (as sparsify's DDP does), which differs from the global FVU
-only in that denominator.
+With `recon_loss="mse"` (ReLU/JumpReLU default, or set it) and no AuxK term this is exactly
+single-process training on the concatenated batches. Where it is not: the TopK default
+`"fvu"` and the AuxK loss divide each rank's squared error by its own shard's variance (as
+sparsify's DDP does), which differs from the global value only in that denominator; BatchTopK
+selects its top k·batch within each rank's shard and its threshold is the mean of the ranks'
+EMAs.
 """
 
 from __future__ import annotations
@@ -156,18 +159,30 @@ def all_reduce_gradients(dictionary: Dictionary, world_size: int) -> None:
 
 
 @torch.no_grad()
-def average_parameters(dictionary: Dictionary, world_size: int) -> None:
-    """Replace every parameter of `dictionary` by its mean over all ranks (one collective)."""
-    params = list(dictionary.parameters())
-    if world_size <= 1 or not params:
+def average_buffers(dictionary: Dictionary, world_size: int) -> None:
+    """Average the floating-point buffers of `dictionary` over all ranks (one collective).
+
+    Buffers that a family updates from each step's data (e.g. BatchTopK's threshold EMA) would
+    otherwise drift apart between ranks; the mean keeps the replicas identical. Dictionaries
+    without floating-point buffers cost nothing.
+    """
+    buffers = [b for b in dictionary.buffers() if b.is_floating_point()]
+    if world_size <= 1 or not buffers:
         return
-    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    flat = torch.cat([b.reshape(-1).to(torch.float64) for b in buffers])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat.div_(world_size)
     offset = 0
-    for p in params:
-        p.copy_(flat[offset : offset + p.numel()].view_as(p))
-        offset += p.numel()
+    for b in buffers:
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
+def all_gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Every rank's `rows [n, ...]` concatenated in rank order (equal `n` on all ranks)."""
+    parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, rows.contiguous())
+    return torch.cat(parts)
 
 
 @torch.no_grad()
@@ -220,12 +235,19 @@ class DistributedTrainer(Trainer):
         if not self.context.enabled:
             return super()._train_step(batch)
         if not self.biases_initialised:
+            # Data-dependent init (centres, the transcoder encoder rescale) sees the global
+            # first batch on every rank, exactly as one process would.
+            everything = {hook: all_gather_rows(rows) for hook, rows in batch.items()}
             for d in self.dictionaries.values():
-                d.init_biases_from_data(batch[d.cfg.hook_in], batch[d.cfg.hook_out])
-                average_parameters(d, self.context.world_size)
+                d.init_biases_from_data(*d.inputs_from(everything))
             self.biases_initialised = True
-        before = {name: counter.clone() for name, counter in self.tokens_since_fired.items()}
+        before = {
+            name: None if counter is None else counter.clone()
+            for name, counter in self.tokens_since_fired.items()
+        }
         metrics = super()._train_step(batch)
+        for d in self.dictionaries.values():
+            average_buffers(d, self.context.world_size)
         local_tokens = next(iter(batch.values())).shape[0]
         self._merge_fired(before, local_tokens * self.context.world_size)
         # Trainer.train adds this rank's rows after each step; count every rank's.
@@ -233,14 +255,17 @@ class DistributedTrainer(Trainer):
         self._sync_stop_signal()
         return self._average_metrics(metrics)
 
-    def _merge_fired(self, before: dict[str, torch.Tensor], global_tokens: int) -> None:
-        # After a step a local counter is 0 exactly where the latent fired on this rank.
+    def _merge_fired(self, before: dict[str, torch.Tensor | None], global_tokens: int) -> None:
+        # After a step a local counter is 0 exactly where the latent fired on this rank
+        # (counters start as None and are created by the first step).
         for name, counter in self.tokens_since_fired.items():
+            if counter is None:
+                continue
             fired = (counter == 0).to(torch.int32)
             dist.all_reduce(fired, op=dist.ReduceOp.MAX)
-            counter.copy_(
-                torch.where(fired.bool(), torch.zeros_like(counter), before[name] + global_tokens)
-            )
+            previous = before[name]
+            unfired = global_tokens + (0 if previous is None else previous)
+            counter.copy_(torch.where(fired.bool(), torch.zeros_like(counter), unfired))
 
     def _sync_stop_signal(self) -> None:
         flag = torch.tensor([1 if self._stop_signal else 0], device=self._device())

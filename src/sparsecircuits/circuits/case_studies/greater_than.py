@@ -77,14 +77,16 @@ class GreaterThanConfig:
     seed: int = 0
     top_k: int = 10
     n_random: int = 10
-    random_draws: int = 5
+    random_draws: int = 3
     max_k: int = 32
-    corpus_contexts: int = 48
+    corpus_contexts: int = 32
     context_size: int = 64
     examples_per_feature: int = 5
     path_iters: int = 3
     path_branches: int = 12
-    target: str = "prob_diff"  # or "logit_diff" (linear, does not saturate)
+    # What attributions rank: "logit_diff" (mean logit of later minus earlier years; linear, so it
+    # stays informative when the model is confident) or "prob_diff" (the PD's gradient direction).
+    target: str = "logit_diff"
     device: str | None = None
 
 
@@ -170,6 +172,30 @@ def _random_active_features(
     return [FeatureNode(*c) for c in rng.sample(candidates, n)]
 
 
+def _per_prompt_top_edits(attr: Attribution, k: int) -> Edits:
+    """Zero, in each prompt, that prompt's own `k` features with the largest attribution."""
+    edits: list[FeatureEdit] = []
+    for row in range(len(attr.target)):
+        prompt = int(attr.target.batch[row])
+        for node, _ in attr.top_features(k, row=row, by="value"):
+            edits.append(FeatureEdit(node.layer, node.feature, pos=node.pos, batch=prompt))
+    return Edits(features=edits)
+
+
+def _per_prompt_random_edits(state: ReplacementState, k: int, rng: random.Random) -> Edits:
+    """Zero, in each prompt, `k` of its active features (BOS excluded) drawn uniformly."""
+    edits: list[FeatureEdit] = []
+    for prompt in range(state.n_prompts):
+        candidates = [
+            (layer, int(p) + 1, int(f))
+            for layer, acts in state.feature_acts.items()
+            for p, f in (acts[prompt, 1:] != 0).nonzero().tolist()
+        ]
+        for layer, pos, feature in rng.sample(candidates, min(k, len(candidates))):
+            edits.append(FeatureEdit(layer, feature, pos=pos, batch=prompt))
+    return Edits(features=edits)
+
+
 def _node_checks(
     model: ReplacementModel,
     state: ReplacementState,
@@ -177,8 +203,9 @@ def _node_checks(
     target_attr: Attribution,
     nodes: Sequence[Node],
 ) -> dict[str, Any]:
-    """Per node (ablated on every prompt): mean attribution, frozen effect on the linearised PD
-    (exact) and live effect on the true PD."""
+    """Per node, ablated on every prompt: mean attribution; its effect on the target with attention,
+    norms and errors frozen and features linear (exact); its effect on the target and on the true
+    PD in the live model."""
     target = target_attr.target
     clean_target = target.evaluate(state)
     pd_clean = _pd(state.logits, prompts)
@@ -187,25 +214,27 @@ def _node_checks(
         attribution = sum(target_attr.node_value(node, r) for r in range(len(target))) / len(target)
         edits = node.ablation()
         frozen = target.evaluate(model.run_with(state, edits, freeze=True, features="linear"))
-        live_pd = _pd(model.forward_with(state, edits, freeze=False), prompts)
+        live = model.run_with(state, edits, freeze=False)
         rows.append(
             {
                 "node": node.label,
                 "attribution": attribution,
                 "frozen_effect": float((clean_target - frozen).mean()),
-                "live_pd_effect": float((pd_clean - live_pd).mean()),
+                "live_effect": float((clean_target - target.evaluate(live)).mean()),
+                "live_pd_effect": float((pd_clean - _pd(live.logits, prompts)).mean()),
             }
         )
     a = [float(r["attribution"]) for r in rows]
-    frozen_effects = [float(r["frozen_effect"]) for r in rows]
-    live = [float(r["live_pd_effect"]) for r in rows]
+
+    def compare(key: str) -> dict[str, float]:
+        effects = [float(r[key]) for r in rows]
+        return {"pearson": pearson(a, effects), "max_rel_error": max_relative_error(a, effects)}
+
     return {
         "rows": rows,
-        "frozen": {
-            "pearson": pearson(a, frozen_effects),
-            "max_rel_error": max_relative_error(a, frozen_effects),
-        },
-        "live": {"pearson": pearson(a, live), "max_rel_error": max_relative_error(a, live)},
+        "frozen": compare("frozen_effect"),
+        "live": compare("live_effect"),
+        "live_pd": compare("live_pd_effect"),
     }
 
 
@@ -429,9 +458,24 @@ def _report(summary: dict[str, Any]) -> str:
         "",
         f"* clean model: **{s['prob_diff_clean']:.4f}**",
         f"* all MLPs replaced by transcoders (no error terms): **{s['prob_diff_replacement']:.4f}**",
-        f"* ablating the {len(s['top_features'])} most important features removes **{s['top10_ablation_drop']:.1%}** of the clean PD",
-        f"* ablating {s['config']['n_random']} random active features removes **{s['random10_ablation_drop']:.1%}** "
-        f"(mean of {len(s['random10_drops'])} draws: {', '.join(f'{d:.1%}' for d in s['random10_drops'])})",
+        f"* ablating the {s['config']['top_k']} features with the largest mean attribution (same features in "
+        f"every prompt) removes **{s['top10_ablation_drop']:.1%}** of the clean PD",
+        f"* ablating, in each prompt, {s['config']['n_random']} random features active in that prompt removes "
+        f"**{s['random10_ablation_drop']:.1%}** (mean of {len(s['random10_drops'])} draws: "
+        f"{', '.join(f'{d:.1%}' for d in s['random10_drops'])})",
+        "",
+        "| ranking target | same top features in every prompt | each prompt's own top features |",
+        "|---|---|---|",
+        *[
+            f"| {kind} | {v['same_features_every_prompt']:.1%} | {v['each_prompts_own_top']:.1%} |"
+            for kind, v in s["ablation_variants"]["top10_by_target"].items()
+        ],
+        "",
+        f"{s['config']['n_random']} random features active in some prompt, ablated everywhere: "
+        f"{s['ablation_variants']['random10_active_somewhere_every_prompt']:.1%}.",
+        "",
+        "Ablations zero feature activations; attention, norms and all later transcoders are recomputed "
+        "(live model), error terms stay at their clean values.",
         "",
         "## Attribution vs intervention (top nodes, each ablated on every prompt)",
         "",
@@ -439,15 +483,18 @@ def _report(summary: dict[str, Any]) -> str:
         "",
         f"* frozen attention/norms/errors, linear features, same target: Pearson r = "
         f"{_fmt(s['attribution_vs_intervention']['pearson'])}, max relative error = {_fmt(s['attribution_vs_intervention']['max_rel_error'])}",
+        f"* live model (attention, norms and features recomputed), same target: Pearson r = "
+        f"{_fmt(s['attribution_vs_live']['pearson'])}, max relative error = {_fmt(s['attribution_vs_live']['max_rel_error'])}",
         f"* live model, true PD: Pearson r = {_fmt(s['attribution_vs_live_pd']['pearson'])} "
-        "(attributions are in target units, PD effects in probability units)",
+        "(PD effects are in probability units and saturate: PD is near 1)",
         "",
-        "| node | attribution | frozen effect | live PD effect |",
-        "|---|---|---|---|",
+        "| node | attribution | frozen effect | live effect | live PD effect |",
+        "|---|---|---|---|---|",
     ]
     for row in s["node_checks"]:
         lines.append(
-            f"| {row['node']} | {row['attribution']:.4f} | {row['frozen_effect']:.4f} | {row['live_pd_effect']:.4f} |"
+            f"| {row['node']} | {row['attribution']:.4f} | {row['frozen_effect']:.4f} | "
+            f"{row['live_effect']:.4f} | {row['live_pd_effect']:.4f} |"
         )
     lines += ["", "![top attributions](top_attributions.png)", "", "## Top features", ""]
     for f in s["top_features"]:
@@ -570,9 +617,17 @@ def run_greater_than(
         f"attributed: top feature {top[0][0].label} ({top[0][1]:.4f}), top head {head_list[0][0].label}"
     )
 
-    top_drop = _drop_fraction(model, state, prompts, _feature_edits(top_nodes), pd_clean)
+    # Ablations. Headline: the k features with the largest mean attribution to the configured
+    # target, zeroed in every prompt, vs k random features active in each prompt. Variants: each
+    # prompt's own top-k, and rankings by the other greater-than target.
     rng = random.Random(cfg.seed)
     random_drops = [
+        _drop_fraction(
+            model, state, prompts, _per_prompt_random_edits(state, cfg.n_random, rng), pd_clean
+        )
+        for _ in range(cfg.random_draws)
+    ]
+    global_random = [
         _drop_fraction(
             model,
             state,
@@ -582,8 +637,40 @@ def run_greater_than(
         )
         for _ in range(cfg.random_draws)
     ]
+    variants: dict[str, dict[str, float]] = {}
+    for kind in dict.fromkeys([cfg.target, "prob_diff", "logit_diff"]):
+        kind_attr = (
+            attr
+            if kind == cfg.target
+            else attribute(
+                model,
+                state,
+                greater_than_target(
+                    model,
+                    state,
+                    prompts.yy,
+                    prompts.year_ids,
+                    prompts.last_pos,
+                    kind=kind,  # type: ignore[arg-type]
+                ),
+                mode="linear",
+                patterns=False,
+                batch_size=16,
+            )
+        )
+        kind_top = [n for n, _ in _top_features(_mean_feature_scores(kind_attr), cfg.top_k)]
+        variants[kind] = {
+            "same_features_every_prompt": _drop_fraction(
+                model, state, prompts, _feature_edits(kind_top), pd_clean
+            ),
+            "each_prompts_own_top": _drop_fraction(
+                model, state, prompts, _per_prompt_top_edits(kind_attr, cfg.top_k), pd_clean
+            ),
+        }
+    top_drop = variants[cfg.target]["same_features_every_prompt"]
     log(
-        f"ablation: top-{cfg.top_k} removes {top_drop:.1%}, random removes {sum(random_drops) / len(random_drops):.1%}"
+        f"ablation: top-{cfg.top_k} removes {top_drop:.1%}, {cfg.n_random} random active per prompt "
+        f"{sum(random_drops) / len(random_drops):.1%}; variants {variants}"
     )
 
     checks = _node_checks(model, state, prompts, attr, list(top_nodes) + [h for h, _ in head_list])
@@ -637,8 +724,10 @@ def run_greater_than(
             }
         )
 
-    # features vs neurons at the layer with the largest positive feature attribution
-    layer_totals = {layer: float(t.clamp_min(0).sum()) for layer, t in scores.items()}
+    # The layer whose features at the answer position carry the most positive attribution (the
+    # paper's MLP10 in GPT-2): the answer position is where the features-vs-neurons edit acts.
+    last = int(prompts.last_pos[0])
+    layer_totals = {layer: float(t[last].clamp_min(0).sum()) for layer, t in scores.items()}
     fvn_layer = max(layer_totals, key=lambda layer: layer_totals[layer])
     fvn = features_vs_neurons(model, state, prompts, fvn_layer, cfg.max_k)
     log(f"features vs neurons at layer {fvn_layer}: k=1 {fvn[1]}, k={cfg.max_k} {fvn[cfg.max_k]}")
@@ -665,8 +754,13 @@ def run_greater_than(
         "top10_ablation_drop": top_drop,
         "random10_ablation_drop": sum(random_drops) / len(random_drops),
         "random10_drops": random_drops,
+        "ablation_variants": {
+            "top10_by_target": variants,
+            "random10_active_somewhere_every_prompt": sum(global_random) / len(global_random),
+        },
         "attribution_vs_intervention": checks["frozen"],
-        "attribution_vs_live_pd": checks["live"],
+        "attribution_vs_live": checks["live"],
+        "attribution_vs_live_pd": checks["live_pd"],
         "node_checks": checks["rows"],
         "top_features": feature_rows,
         "top_heads": head_rows,

@@ -91,6 +91,7 @@ class AttributionGraph:
     logit_tokens: list[str]
     adjacency: SparseAdjacency
     timings: dict[str, float] = field(default_factory=dict)
+    _node_influence: Tensor | None = field(default=None, init=False, repr=False)
 
     @property
     def n_pos(self) -> int:
@@ -139,7 +140,7 @@ class AttributionGraph:
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
         """Circuit-tracer's influence pruning (see `prune.prune_graph`)."""
-        return prune_graph(
+        result = prune_graph(
             self.adjacency,
             self.logit_probs,
             self.n_features,
@@ -147,11 +148,18 @@ class AttributionGraph:
             node_threshold,
             edge_threshold,
         )
+        self._node_influence = result.node_influence
+        return result
 
     def scores(self) -> tuple[float, float]:
         """`(replacement_score, completeness_score)` of the unpruned graph."""
         return graph_scores(
-            self.adjacency, self.logit_probs, self.n_features, self.n_errors, self.n_pos
+            self.adjacency,
+            self.logit_probs,
+            self.n_features,
+            self.n_errors,
+            self.n_pos,
+            node_influence=self._node_influence,
         )
 
 
@@ -397,10 +405,14 @@ def _row_block(
         g = grads[layer]
         if g is not None:
             col = n_feat + layer * n_pos
-            block[:, col : col + prefix] = (g[:, 0] * error_vectors[layer][:prefix]).sum(-1)
+            block[:, col : col + prefix] = torch.einsum(
+                "bpd,pd->bp", g[:, 0], error_vectors[layer][:prefix]
+            )
     if grads[n_layers] is not None:
         col = n_feat + n_layers * n_pos
-        block[:, col : col + prefix] = (grads[n_layers][:, 0] * embed[:prefix]).sum(-1)
+        block[:, col : col + prefix] = torch.einsum(
+            "bpd,pd->bp", grads[n_layers][:, 0], embed[:prefix]
+        )
     return block
 
 

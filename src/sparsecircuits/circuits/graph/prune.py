@@ -201,13 +201,22 @@ def prune_graph(
 
 
 def graph_scores(
-    adj: SparseAdjacency, logit_probs: Tensor, n_features: int, n_errors: int, n_tokens: int
+    adj: SparseAdjacency,
+    logit_probs: Tensor,
+    n_features: int,
+    n_errors: int,
+    n_tokens: int,
+    node_influence: Tensor | None = None,
 ) -> tuple[float, float]:
-    """`(replacement_score, completeness_score)` of the unpruned graph (see module docstring)."""
+    """`(replacement_score, completeness_score)` of the unpruned graph (see module docstring).
+
+    `node_influence` (from `prune_graph`) saves recomputing the influence."""
     n = adj.n_nodes
     logit_weights = logit_weight_vector(n, logit_probs)
     normalized = normalized_weights(adj)
-    influence = compute_influence(adj.targets, adj.sources, normalized, n, logit_weights)
+    influence = node_influence  # the unpruned graph's, as `prune_graph` returns it
+    if influence is None:
+        influence = compute_influence(adj.targets, adj.sources, normalized, n, logit_weights)
     err_lo, err_hi = n_features, n_features + n_errors
     token_influence = influence[err_hi : err_hi + n_tokens].sum()
     error_influence = influence[err_lo:err_hi].sum()
