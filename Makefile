@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest browser-deps bench-env bench bench-quick embedded clean
+.PHONY: setup demo test lint typecheck pytest browser-deps compat-deps bench-env bench bench-quick embedded clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,17 @@ browser-deps: $(STAMP)
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; \
 	fi
 	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/pip install -q playwright
+
+# SAELens, so the test that loads our dictionaries with `sae_lens.SAE.load_from_disk` runs.
+compat-deps: $(STAMP)
+	@$(BIN)/python -c "import sae_lens" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0 -e '.[compat]'
+
+# Rebuild the embedded model (corpus -> tokenizer -> model; a GPU makes the model step minutes)
+# and its transcoders. See src/sparsecircuits/models/embedded/MODEL_CARD.md.
+embedded: $(STAMP)
+	$(BIN)/python scripts/embedded/build_all.py
+	$(BIN)/sparsecircuits train --config configs/embedded_transcoders.yaml
+	$(BIN)/python scripts/embedded/ship_transcoders.py
 
 # Benchmarks (docs/performance.md). Two environments, because circuit-tracer 0.5.0 pins
 # transformers<=4.57.3 and TransformerLens 2.x (which pins numpy<2), while sparsecircuits,

@@ -80,6 +80,7 @@ def test_bad_target_specs_are_user_errors():
             parse_target_spec(spec)
     assert parse_target_spec('logit-diff:" 40"," 20"') == ("logit-diff", [" 40", " 20"])
     assert parse_target_spec("feature:3:17") == ("feature", [3, 17])
+    assert parse_target_spec("greater-than-logits") == ("greater-than-logits", [])
 
 
 def test_case_study_parser_has_greater_than():

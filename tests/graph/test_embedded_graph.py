@@ -44,7 +44,7 @@ def test_embedded_graph_edges_equal_frozen_ablations():
 
     clean = targets(state)
     gen = torch.Generator().manual_seed(0)
-    features = torch.randperm(graph.n_features, generator=gen)[:12].tolist()
+    features = torch.randperm(graph.n_features, generator=gen)[:6].tolist()
     edits = [
         Edits(
             features=[

@@ -53,8 +53,9 @@ def test_large_answers_are_gzipped_when_accepted(viewer_server, monkeypatch):
     from sparsecircuits.viewer import server as server_module
 
     monkeypatch.setattr(server_module, "GZIP_ABOVE", 100)
-    request = urllib.request.Request(viewer_server.url + "api/graphs/graph.json",
-                                     headers={"Accept-Encoding": "gzip"})
+    request = urllib.request.Request(
+        viewer_server.url + "api/graphs/graph.json", headers={"Accept-Encoding": "gzip"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         assert response.headers["Content-Encoding"] == "gzip"
         data = json.loads(gzip.decompress(response.read()))

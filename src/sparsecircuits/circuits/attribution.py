@@ -740,8 +740,9 @@ def target_rows(target: Target, row: int, copies: int) -> Target:
 # ---------------------------------------------------------------------------- target specs (CLI)
 
 TARGET_SPEC_HELP = (
-    "logit:TOKEN | logit-diff:GOOD,BAD | feature:LAYER:INDEX | greater-than, where a token is a JSON "
-    'string (" 40") or an integer id, e.g. logit-diff:" 40"," 20"'
+    "logit:TOKEN | logit-diff:GOOD,BAD | feature:LAYER:INDEX | greater-than (the prob. diff.'s "
+    "gradient) | greater-than-logits (mean logit of later minus earlier years), where a token is a "
+    'JSON string (" 40") or an integer id, e.g. logit-diff:" 40"," 20"'
 )
 
 
@@ -763,7 +764,7 @@ def _spec_tokens(text: str) -> list[int | str]:
 def parse_target_spec(spec: str) -> tuple[str, list[int | str]]:
     """Return `(kind, arguments)` of a target spec (see `TARGET_SPEC_HELP`); raise on a bad spec."""
     kind, _, rest = spec.partition(":")
-    if kind == "greater-than" and not rest:
+    if kind in ("greater-than", "greater-than-logits") and not rest:
         return kind, []
     if kind == "feature":
         parts = rest.split(":")
@@ -811,4 +812,7 @@ def target_from_spec(
             )
         years.append(int(match.group(0)[2:]))
     year_ids = year_token_ids(model.adapter.tokenizer)
-    return greater_than_target(model, state, torch.tensor(years), year_ids, pos)
+    gt_kind: Literal["prob_diff", "logit_diff"] = (
+        "prob_diff" if kind == "greater-than" else "logit_diff"
+    )
+    return greater_than_target(model, state, torch.tensor(years), year_ids, pos, kind=gt_kind)

@@ -15,7 +15,7 @@ from sparsecircuits.runs import eval_batches, train_run
 
 DEFAULT_OUT = "out/sweep"
 SWEEP_LAYER = 1
-D_SAE = 2048
+D_SAE = 1024
 
 
 def default_grid(layer: int = SWEEP_LAYER, d_sae: int = D_SAE) -> list[dict[str, Any]]:
@@ -26,11 +26,12 @@ def default_grid(layer: int = SWEEP_LAYER, d_sae: int = D_SAE) -> list[dict[str,
     transcoder rides along at k=32.
     """
     per_kind: list[dict[str, Any]] = []
-    per_kind += [{"architecture": "topk", "k": k} for k in (16, 32, 64)]
-    per_kind += [{"architecture": "batchtopk", "k": 32}]
-    per_kind += [{"architecture": "abstopk", "k": 32}]
-    per_kind += [{"architecture": "topafa", "k": 64}]
-    per_kind += [{"architecture": "mp", "k": k} for k in (16, 32)]
+    per_kind += [{"architecture": "topk", "k": k} for k in (16, 32)]
+    per_kind += [{"architecture": "batchtopk", "k": k} for k in (16, 32)]
+    per_kind += [{"architecture": "abstopk", "k": k} for k in (16, 32)]
+    per_kind += [{"architecture": "topafa", "k": k} for k in (32, 64)]
+    # Inference stops after k steps too (the adaptive stop alone would run up to d_in steps).
+    per_kind += [{"architecture": "mp", "k": k, "extra": {"mp_max_iterations": k}} for k in (8, 16)]
     per_kind += [{"architecture": "relu", "l1_coefficient": c} for c in (3e-3, 1e-2)]
     per_kind += [{"architecture": "jumprelu", "extra": {"l0_coefficient": c}} for c in (3e-3, 1e-2)]
     grid = []

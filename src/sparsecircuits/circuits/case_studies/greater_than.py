@@ -35,7 +35,14 @@ import torch
 from torch import Tensor
 
 from sparsecircuits.circuits import deembed
-from sparsecircuits.circuits.attribution import Attribution, attribute, greater_than_target
+from sparsecircuits.circuits.attribution import (
+    Attribution,
+    ResidVector,
+    attribute,
+    decompose,
+    greater_than_target,
+    pull_back_head,
+)
 from sparsecircuits.circuits.nodes import FeatureNode, HeadNode, Node
 from sparsecircuits.circuits.paths import (
     graph_tokens,
@@ -379,6 +386,31 @@ def _year_profile(
     return {"yy": prompts.yy.tolist(), "activation": acts.tolist(), "year_logits": dla.tolist()}
 
 
+def _head_source_features(
+    model: ReplacementModel,
+    state: ReplacementState,
+    target_vec: ResidVector,
+    head: HeadNode,
+    src: int,
+    k: int = 5,
+) -> list[dict[str, Any]]:
+    """Transcoder features at `src` that drive the target through `head` directly (paper Eq. 8
+    composed with Eq. 7), mean over prompts, with their top de-embedding tokens."""
+    pulled = pull_back_head(model, state, target_vec, head.layer, head.head, src)
+    dec = decompose(model, state, pulled)
+    ranked = _top_features({layer: t.mean(0)[None] for layer, t in dec.features.items()}, k)
+    return [
+        {
+            "node": FeatureNode(node.layer, src, node.feature).label,
+            "contribution": value,
+            "deembedding": [
+                t for t, _ in deembed.deembedding(model, node.layer, node.feature, k=5).top
+            ],
+        }
+        for node, value in ranked
+    ]
+
+
 # ---------------------------------------------------------------------------- plots and report
 
 
@@ -511,10 +543,12 @@ def _report(summary: dict[str, Any]) -> str:
     lines += ["![year profiles](year_profiles.png)", "", "## Top heads", ""]
     for h in s["top_heads"]:
         srcs = ", ".join(f"{t!r}@{p} ({v:.3f})" for p, t, v in h["top_sources"])
-        lines.append(
-            f"* {h['node']}: attribution {h['attribution']:.4f}; main sources {srcs}; "
-            f"OV de-embedding of the PD direction: {', '.join(repr(t) for t, _ in h['ov_deembedding']['top'][:6])}"
-        )
+        lines.append(f"* {h['node']}: attribution {h['attribution']:.4f}; main sources {srcs}")
+        for f in h["source_features"][:3]:
+            lines.append(
+                f"  * reads {f['node']} ({f['contribution']:.4f} directly to the target), "
+                f"de-embedding {', '.join(repr(t) for t in f['deembedding'])}"
+            )
     fvn = s["features_vs_neurons"]
     lines += [
         "",
@@ -706,6 +740,7 @@ def run_greater_than(
     assert target.direction is not None
     one = torch.ones(1, dtype=model.dtype, device=model.device)
     pd_direction = pull_back_norm(target.direction.mean(0), model.ln_final, one)
+    target_vec = target.resid_vector(model, state)
     head_rows = []
     for head_node, value in head_list:
         per_src = attr.patterns[head_node.layer][:, head_node.head].sum(1).mean(0)  # [src]
@@ -721,6 +756,9 @@ def run_greater_than(
                 "ov_deembedding": deembed.head_deembedding(
                     model, head_node.layer, head_node.head, pd_direction, k=8
                 ).to_dict(),
+                "source_features": _head_source_features(
+                    model, state, target_vec, head_node, int(srcs.indices[0])
+                ),
             }
         )
 
