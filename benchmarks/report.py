@@ -71,7 +71,7 @@ def tables(records: list[dict[str, Any]]) -> str:
         lines += ["", "| skipped | library | config | why |", "|---|---|---|---|"]
         for r in skipped:
             lines.append(f"| {r['name']} | {r['library']} | {_cfg(r['config'])} | {r['skipped']} |")
-    alternatives = [r for r in records if r["name"] == "kernel_alternative"]
+    alternatives = [r for r in records if r.get("name") == "kernel_alternative"]
     if alternatives:
         lines += ["", "| kernel family | d_sae | k | candidates (ms) |", "|---|---|---|---|"]
         for r in alternatives:
@@ -79,7 +79,7 @@ def tables(records: list[dict[str, Any]]) -> str:
             ms = ", ".join(f"{name} {value:g}" for name, value in r["ms"].items())
             lines.append(f"| {c['family']} | {c['d_sae']} | {c['k']} | {ms} |")
     for r in records:
-        if r["name"] == "train_step_breakdown":
+        if r.get("name") == "train_step_breakdown":
             c = r["config"]
             lines += [
                 "",

@@ -65,7 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def options_from(args: argparse.Namespace) -> common.BenchOptions:
     """`BenchOptions` from the parsed flags."""
     opts = common.BenchOptions(
-        quick=args.quick, device=args.device, dtype=args.dtype, tf32=args.tf32, model=args.model
+        quick=args.quick,
+        device=args.device,
+        dtype=args.dtype,
+        tf32=args.tf32,
+        model=args.model,
+        threads=args.threads,
     )
     if args.repeats is not None:
         opts.repeats = args.repeats
