@@ -19,6 +19,7 @@ times candidate replacements of the hot kernels side by side on the same tensors
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -240,12 +241,55 @@ def alternatives(d_sae: int, k: int, x: torch.Tensor, options: BenchOptions) -> 
         )
 
 
+def _step_variants(
+    spec: dict[str, Any], batch: dict[str, torch.Tensor], options: BenchOptions
+) -> dict[str, Callable[[], None]]:
+    """Our trainer's step as shipped, and with its Adam swapped for `fused=True` (same maths)."""
+    from benchmarks.bench_train_step import RepeatBatch
+    from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+    from sparsecircuits.training import TrainConfig, Trainer
+
+    hook_in, hook_out = f"blocks.{LAYER}.hook_mlp_in", f"blocks.{LAYER}.hook_mlp_out"
+    steps: dict[str, Callable[[], None]] = {}
+    for variant in ("shipped", "fused_adam"):
+        cfg = DictionaryConfig(
+            architecture="topk",
+            kind=spec["kind"],
+            d_in=batch[hook_in].shape[1],
+            d_sae=spec["d_sae"],
+            d_out=batch[hook_out].shape[1],
+            hook_in=hook_in,
+            hook_out=hook_out,
+            k=spec["k"],
+            dtype=options.dtype,
+            device=options.device,
+        )
+        train_cfg = TrainConfig(
+            total_tokens=10**15, batch_tokens=BATCH_TOKENS, quiet=True, log_every=10**9
+        )
+        trainer = Trainer(RepeatBatch(batch), {"d": make_dictionary(cfg)}, train_cfg)
+        if variant == "fused_adam":
+            old = trainer.optimizers["d"]
+            trainer.optimizers["d"] = torch.optim.Adam(
+                trainer.dictionaries["d"].parameters(),
+                lr=old.param_groups[0]["lr"],
+                betas=old.param_groups[0]["betas"],
+                fused=True,
+            )
+        steps[variant] = partial(_one_step, trainer)
+    return steps
+
+
+def _one_step(trainer: Any) -> None:
+    trainer.train(stop_at_step=trainer.step + 1)
+
+
 def run(adapter: Any, options: BenchOptions) -> None:
     """Emit the step breakdown and kernel alternatives for TopK at d_sae 4k (and 16k)."""
     batch = {
         h: t.to(options.device) for h, t in harvest_batch(adapter, BATCH_TOKENS, LAYER).items()
     }
-    widths = [4096] if options.quick else [4096, 16384, 65536]
+    widths = [4096] if options.quick else [4096, 65536]
     for d_sae in widths:
         spec = {"kind": "transcoder", "architecture": "topk", "d_sae": d_sae, "k": 32}
         log(f"breakdown {spec}")
@@ -258,4 +302,19 @@ def run(adapter: Any, options: BenchOptions) -> None:
                 "top_ops": rows,
             }
         )
+        try:
+            variants = _step_variants(spec, batch, options)
+            seconds = time_interleaved(
+                variants, options.device, options.repeats, options.min_time_s
+            )
+            emit(
+                {
+                    "name": "train_step_variant",
+                    "library": "sparsecircuits",
+                    "config": {**options.base_config(), **spec, "batch_tokens": BATCH_TOKENS},
+                    "tokens_per_s": {n: round(BATCH_TOKENS / t, 1) for n, t in seconds.items()},
+                }
+            )
+        except (RuntimeError, TypeError) as exc:  # fused Adam missing for this device/dtype
+            log(f"fused-Adam variant not measured: {exc}")
         alternatives(d_sae, 32, batch[f"blocks.{LAYER}.hook_mlp_in"], options)
