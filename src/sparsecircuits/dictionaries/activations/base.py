@@ -19,6 +19,7 @@ Hook points, all called by `Dictionary` (the trainer only calls `Dictionary.loss
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -92,7 +93,7 @@ class ForwardOutput:
         yield self.feature_acts
 
 
-class Activation(nn.Module):
+class Activation(nn.Module, ABC):
     """Base class of an activation family (ReLU, TopK, ...).
 
     Subclasses set `name` (the `DictionaryConfig.architecture` value) and implement `encode`;
@@ -111,11 +112,11 @@ class Activation(nn.Module):
         super().__init__()
         self.cfg = cfg
 
+    @abstractmethod
     def encode(
         self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
     ) -> ForwardOutput:
         """Return the codes of `x_in [n, d_in]` (already minus `b_in`); `out` left None."""
-        raise NotImplementedError
 
     def sparsity_loss(
         self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None
