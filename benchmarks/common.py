@@ -186,10 +186,11 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _iterations_for(fn: Callable[[], Any], device: str, min_time_s: float) -> int:
-    """Run `fn` once (warm-up) and return how many calls fill about `min_time_s`."""
-    fn()
-    synchronize(device)
+def _iterations_for(fn: Callable[[], Any], device: str, min_time_s: float, warm: bool) -> int:
+    """Run `fn` once (warm-up, unless `warm`) and return how many calls fill about `min_time_s`."""
+    if not warm:
+        fn()
+        synchronize(device)
     start = time.perf_counter()
     fn()
     synchronize(device)
@@ -198,15 +199,20 @@ def _iterations_for(fn: Callable[[], Any], device: str, min_time_s: float) -> in
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], Any]], device: str, repeats: int, min_time_s: float
+    fns: dict[str, Callable[[], Any]],
+    device: str,
+    repeats: int,
+    min_time_s: float,
+    warm: bool = False,
 ) -> dict[str, float]:
     """Median seconds per call of each function, measured in interleaved rounds.
 
     Each function is warmed up and calibrated to about `min_time_s` per round; then every
     round times each function in turn, so slow drifts of the machine's load hit all of them
-    alike. Returns `{name: median seconds per call}`.
+    alike. `warm=True` skips the warm-up call (the caller already ran each function). Returns
+    `{name: median seconds per call}`.
     """
-    iterations = {name: _iterations_for(fn, device, min_time_s) for name, fn in fns.items()}
+    iterations = {name: _iterations_for(fn, device, min_time_s, warm) for name, fn in fns.items()}
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
