@@ -334,6 +334,17 @@ class ReplacementModel:
     (float32 by default) on the adapter's device.
     """
 
+    @classmethod
+    def load(
+        cls, model: str = "embedded", transcoders: str = "embedded", device: str | None = None
+    ) -> ReplacementModel:
+        """Return the replacement model of `load_model(model)` with `load_transcoders(transcoders)`."""
+        from sparsecircuits.dictionaries import load_transcoders
+        from sparsecircuits.models import load_model
+
+        adapter = load_model(model, device=device)
+        return cls(adapter, load_transcoders(transcoders, device=adapter.device))
+
     def __init__(
         self,
         adapter: ModelAdapter,

@@ -67,14 +67,11 @@ def run(args: argparse.Namespace) -> int:
     from sparsecircuits.circuits.attribution import parse_target_spec, target_from_spec
     from sparsecircuits.circuits.replacement import ReplacementModel
     from sparsecircuits.circuits.verify import verify_graph
-    from sparsecircuits.dictionaries import load_transcoders
     from sparsecircuits.errors import SparseCircuitsError
-    from sparsecircuits.models import load_model
 
     parse_target_spec(args.target)  # fail fast on a bad spec
-    adapter = load_model(args.model, device=args.device)
-    transcoders = load_transcoders(args.transcoders, device=adapter.device)
-    model = ReplacementModel(adapter, transcoders)
+    model = ReplacementModel.load(args.model, args.transcoders, device=args.device)
+    adapter = model.adapter
     texts = args.prompt
     if not texts:
         from sparsecircuits.tasks.greater_than import make_greater_than_prompts

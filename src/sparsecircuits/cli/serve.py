@@ -39,13 +39,8 @@ def engine_factory(model: str, transcoders: str, device: str | None) -> Any:
     def build() -> Any:
         from sparsecircuits.circuits.interventions import InterventionEngine
         from sparsecircuits.circuits.replacement import ReplacementModel
-        from sparsecircuits.dictionaries import load_transcoders
-        from sparsecircuits.models import load_model
 
-        adapter = load_model(model, device=device)
-        return InterventionEngine(
-            ReplacementModel(adapter, load_transcoders(transcoders, device=adapter.device))
-        )
+        return InterventionEngine(ReplacementModel.load(model, transcoders, device=device))
 
     return build
 

@@ -69,12 +69,9 @@ def run(args: argparse.Namespace) -> int:
     from sparsecircuits.circuits.graph.build import GraphConfig, build_graph, to_neuronpedia
     from sparsecircuits.circuits.graph.neuronpedia import save_graph
     from sparsecircuits.circuits.replacement import ReplacementModel
-    from sparsecircuits.dictionaries import load_transcoders
-    from sparsecircuits.models import load_model
 
-    adapter = load_model(args.model, device=args.device)
-    transcoders = load_transcoders(args.transcoders, device=adapter.device)
-    replacement = ReplacementModel(adapter, transcoders)
+    replacement = ReplacementModel.load(args.model, args.transcoders, device=args.device)
+    adapter = replacement.adapter
     loaded = time.perf_counter()
     config = GraphConfig(
         max_n_logits=args.max_n_logits,
