@@ -73,8 +73,8 @@ def our_fit(adapter: Any, contexts: Any, steps: int, options: BenchOptions) -> i
 
 def run(adapter: Any, options: BenchOptions) -> None:
     """Emit end-to-end tokens/s for ours and sparsify, and their ratio."""
-    steps = 12 if options.quick else 32
-    repeats = 2 if options.quick else 3
+    steps = 12 if options.quick else 24
+    repeats = 2
     contexts = text_contexts(adapter, (steps + 2) * CONTEXTS_PER_STEP + 64, CONTEXT_SIZE)
     ours_contexts = list(contexts.unbind(0))
     config = {

@@ -273,7 +273,7 @@ def run(options: BenchOptions, k: int, max_context: int) -> None:
                 skipped("graph", lib, config, why)
         samples: dict[str, list[dict[str, Any]]] = {lib: [] for lib in libraries}
         peaks: dict[str, float] = {}
-        repeats = 1 if n_tokens > 100 or options.quick else 2
+        repeats = 1 if n_tokens > 20 or options.quick else 2
         for _ in range(repeats):
             for lib in libraries:
                 log(f"graph {lib} n_tokens={n_tokens}")

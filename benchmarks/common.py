@@ -264,6 +264,21 @@ def library_versions() -> dict[str, str | None]:
     from importlib import metadata
 
     out: dict[str, str | None] = {}
+    ct_python = Path(__file__).resolve().parent.parent / ".venv-bench-ct" / "bin" / "python"
+    ct_python = Path(os.environ.get("SC_BENCH_CT_PYTHON", ct_python))
+    if ct_python.exists() and Path(sys.prefix).resolve() != ct_python.parent.parent.resolve():
+        import subprocess
+
+        probe = subprocess.run(
+            [
+                str(ct_python),
+                "-c",
+                "import importlib.metadata as m; print(m.version('circuit-tracer'))",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        out["circuit-tracer (.venv-bench-ct)"] = probe.stdout.strip() or None
     for dist in (
         "sparsecircuits",
         "eai-sparsify",
