@@ -8,7 +8,7 @@ import torch
 
 from sparsecircuits.dictionaries import Dictionary
 from sparsecircuits.evaluation.metrics import reconstruction_metrics
-from sparsecircuits.evaluation.splice import spliced_losses
+from sparsecircuits.evaluation.splice import Baseline, baseline_losses, spliced_losses
 from sparsecircuits.models import ModelAdapter
 
 # SAELens's names for the same quantities, written alongside ours.
@@ -47,6 +47,7 @@ def evaluate_dictionaries(
     hooks = sorted({h for d in dictionaries.values() for h in (d.cfg.hook_in, d.cfg.hook_out)})
     acts = harvest_pairs(adapter, batches, hooks)
     records = []
+    baselines: dict[str, Baseline] = {}  # clean and ablated runs, shared by dictionaries per hook
     for name, dictionary in dictionaries.items():
         cfg = dictionary.cfg
         was_training = dictionary.training
@@ -63,8 +64,12 @@ def evaluate_dictionaries(
             "k": getattr(cfg, "k", None),
         }
         record.update(reconstruction_metrics(dictionary, acts[cfg.hook_in], acts[cfg.hook_out]))
-        mean_out = acts[cfg.hook_out].mean(0)
-        record.update(spliced_losses(adapter, dictionary, batches, mean_out=mean_out))
+        if cfg.hook_out not in baselines:
+            mean_out = acts[cfg.hook_out].mean(0)
+            baselines[cfg.hook_out] = baseline_losses(adapter, batches, cfg.hook_out, mean_out)
+        record.update(
+            spliced_losses(adapter, dictionary, batches, baseline=baselines[cfg.hook_out])
+        )
         for alias, ours in SAELENS_ALIASES.items():
             record[alias] = record[ours]
         dictionary.train(was_training)

@@ -1,0 +1,96 @@
+"""Spliced CE losses: exact splices recover everything, and the cached baseline changes nothing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+from sparsecircuits.evaluation import evaluate_dictionaries, spliced_losses
+from sparsecircuits.evaluation.splice import baseline_losses, mean_activation
+from sparsecircuits.models import load_model
+
+
+@pytest.fixture(scope="module")
+def gpt2(tiny_model_dir):  # type: ignore[no-untyped-def]
+    return load_model(tiny_model_dir("gpt2"), device="cpu")
+
+
+def _batches(vocab: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randint(1, vocab, (3, 10), generator=gen) for _ in range(2)]
+
+
+def _transcoder(adapter, seed: int = 0):  # type: ignore[no-untyped-def]
+    torch.manual_seed(seed)
+    cfg = DictionaryConfig(
+        architecture="topk",
+        kind="transcoder",
+        d_in=adapter.d_model,
+        d_sae=64,
+        k=4,
+        hook_in="blocks.1.ln2.hook_normalized",
+        hook_out="blocks.1.hook_mlp_out",
+        model_name="tiny",
+    )
+    tc = make_dictionary(cfg).eval()
+    with torch.no_grad():  # transcoders start with a zero decoder; give them distinct outputs
+        for param in tc.parameters():
+            param.copy_(torch.randn_like(param) * 0.2)
+    return tc
+
+
+class _Exact(torch.nn.Module):
+    """Stands in for a dictionary whose reconstruction is the true MLP output (cached per call)."""
+
+    def __init__(self, adapter, batches, cfg):  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.cfg = cfg
+        self.outs = [
+            adapter.run_with_cache(ids, [cfg.hook_out])[1][cfg.hook_out] for ids in batches
+        ]
+        self.i = 0
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.outs[self.i % len(self.outs)]
+        self.i += 1
+        return out
+
+
+def test_an_exact_splice_recovers_all_the_loss(gpt2):  # type: ignore[no-untyped-def]
+    batches = _batches(gpt2.vocab_size)
+    exact = _Exact(gpt2, batches, _transcoder(gpt2).cfg)
+    out = spliced_losses(gpt2, exact, batches)  # type: ignore[arg-type]
+    assert out["ce_loss_spliced"] == pytest.approx(out["ce_loss_clean"], abs=1e-5)
+    assert out["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert abs(out["kl_div"]) < 1e-5
+
+
+def test_baseline_cache_and_memory_cap_give_the_same_numbers(gpt2):  # type: ignore[no-untyped-def]
+    batches = _batches(gpt2.vocab_size)
+    tc = _transcoder(gpt2)
+    hook = tc.cfg.hook_out
+    mean_out = mean_activation(gpt2, batches, hook)
+    cached = baseline_losses(gpt2, batches, hook, mean_out)
+    capped = baseline_losses(gpt2, batches, hook, mean_out, max_cache_bytes=0)
+    assert cached.clean_logprobs is not None and capped.clean_logprobs is None
+    fresh = spliced_losses(gpt2, tc, batches)
+    for baseline in (cached, capped):
+        reused = spliced_losses(gpt2, tc, batches, baseline=baseline)
+        for key, value in fresh.items():
+            assert reused[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    # The ablations really ablate: zeroing an MLP output changes the loss.
+    assert not math.isclose(fresh["ce_loss_zero_ablated"], fresh["ce_loss_clean"])
+
+
+def test_evaluate_dictionaries_shares_baselines_between_dictionaries(gpt2):  # type: ignore[no-untyped-def]
+    batches = _batches(gpt2.vocab_size)
+    dicts = {"a": _transcoder(gpt2, 0), "b": _transcoder(gpt2, 1)}
+    records = {r["name"]: r for r in evaluate_dictionaries(gpt2, dicts, batches)}
+    for name, tc in dicts.items():
+        alone = spliced_losses(gpt2, tc, batches)
+        assert records[name]["ce_loss_spliced"] == pytest.approx(alone["ce_loss_spliced"], rel=1e-6)
+        assert records[name]["ce_loss_clean"] == pytest.approx(alone["ce_loss_clean"], rel=1e-6)
+    assert records["a"]["ce_loss_spliced"] != records["b"]["ce_loss_spliced"]
