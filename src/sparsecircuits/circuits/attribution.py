@@ -4,7 +4,8 @@ The paper's factorisation (Dunefsky et al. 2024, Eq. 7-8): with attention patter
 denominators frozen, a quantity read from the residual stream is `v · resid + const`, and
 
 * a transcoder feature i of an earlier layer at the same position contributes
-  `act_i (input-dependent) × (W_dec[i] · v) (input-invariant)`;
+  `act_i (input-dependent) × (W_dec[i] · v) (input-invariant)` (for a cross-layer transcoder,
+  `W_dec[i]` is the sum of its decoder blocks into the MLPs written before the read);
 * head h of an earlier layer, from source s, contributes
   `pattern[h, t, s] × (value_s W_O^h · v)`; pulling `v` back through the head gives a new vector
   at `resid_pre` of position s (`pull_back_head`);
@@ -494,7 +495,8 @@ def decompose(
         if model.mlp_write(layer) < source.read:
             if layer in model.transcoders:
                 tw = model.tc_weights(layer)
-                features[layer] = state.feature_acts[layer][b, t] * (v @ tw["W_dec"].T)
+                projections = model.decoder_projections(layer, v, source.read)
+                features[layer] = state.feature_acts[layer][b, t] * projections
                 bias = bias + v @ tw["b_dec"]
                 errors[layer] = (state.errors[layer][b, t] * v).sum(-1)
                 skip = model.skip_weight(layer)
@@ -545,7 +547,9 @@ def pull_back_feature(
     feature: int | Tensor,
 ) -> ResidVector:
     """Return the vector at transcoder `layer`'s input whose value is feature's one-hop contribution
-    `act × (W_dec[f] · v)` to `source` (the feature's pre-activation times its clean gain)."""
+    `act × (W_dec[f] · v)` to `source` (the feature's pre-activation times its clean gain).
+
+    `W_dec[f]` sums a cross-layer transcoder's decoder blocks written before `source.read`."""
     if not model.mlp_write(layer) < source.read:
         raise SparseCircuitsError(
             f"MLP layer {layer} does not write before read point {source.read}"
@@ -555,8 +559,8 @@ def pull_back_feature(
         .reshape(-1)
         .expand(source.batch.numel())
     )
-    tw = model.tc_weights(layer)
-    weight = (tw["W_dec"][f] * source.vector).sum(-1) * state.feature_gain[layer][
+    decoded = model.decoder_vectors(layer, f, before_read=source.read)  # [n, d]
+    weight = (decoded * source.vector).sum(-1) * state.feature_gain[layer][
         source.batch, source.pos, f
     ]
     vector, constant = feature_input_form(model, state, layer, f, source.batch, source.pos)

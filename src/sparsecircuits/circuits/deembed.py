@@ -5,6 +5,9 @@ These are the paper's input-invariant factors (Dunefsky et al. 2024, §3.2): the
 encoder column (directly, or through a head's OV circuit `W_V^h W_O^h`), the de-embedding
 `W_E f_enc` (which tokens drive a feature directly) and the logit effect `f_dec W_U`.
 
+For a cross-layer transcoder `f_dec` is the sum of the feature's decoder blocks into the MLPs
+that write before the reader (all of them for the logits; see `ReplacementModel.decoder_vectors`).
+
 Norms are folded as the model applies them, without their input-dependent scale: an encoder
 column reading `hook_mlp_in` is multiplied by the ln2 gain (and centred for LayerNorm) to
 give its residual-stream direction; a head's OV is preceded by the ln1 gain (and centring);
@@ -65,7 +68,9 @@ def connection_matrix(
     """Return `[n_src, n_dst]` input-invariant connections `W_dec[src] · f_enc[dst]`.
 
     With `head = (attn_layer, h)` the connection goes through that head's OV circuit
-    (`W_dec[src] · OV^T f_enc[dst]`); the head must sit between the two transcoders.
+    (`W_dec[src] · OV^T f_enc[dst]`); the head must sit between the two transcoders. A
+    cross-layer transcoder's `W_dec[src]` sums its blocks into the MLPs written before the
+    reader (the destination transcoder, or the head).
     """
     enc = encoder_directions(model, dst_layer, dst_features)
     if head is None:
@@ -73,6 +78,7 @@ def connection_matrix(
             raise SparseCircuitsError(
                 f"MLP {src_layer} does not write before transcoder {dst_layer} reads"
             )
+        read = model.mlp_read(dst_layer)
     else:
         attn_layer, h = head
         if not (
@@ -83,9 +89,9 @@ def connection_matrix(
                 f"head {attn_layer}.{h} is not between transcoder {src_layer} and transcoder {dst_layer}"
             )
         enc = ov_pull_back(model, attn_layer, h, enc)
-    dec = model.tc_weights(src_layer)["W_dec"]
-    if src_features is not None:
-        dec = dec[torch.as_tensor(src_features, dtype=torch.long)]
+        read = model.attn_read(attn_layer)
+    features = None if src_features is None else torch.as_tensor(src_features, dtype=torch.long)
+    dec = model.decoder_vectors(src_layer, features, before_read=read)
     return dec @ enc.T
 
 
@@ -160,6 +166,9 @@ def unembed_directions(model: ReplacementModel, directions: Tensor) -> Tensor:
 
 
 def feature_logits(model: ReplacementModel, layer: int, feature: int, k: int = 10) -> TokenScores:
-    """Return the direct logit effect `W_dec[feature] · W_U` (final-norm gain folded) with its top-k tokens."""
-    dec = model.tc_weights(layer)["W_dec"][feature]
+    """Return the direct logit effect `W_dec[feature] · W_U` (final-norm gain folded) with its top-k tokens.
+
+    For a cross-layer transcoder `W_dec[feature]` sums the feature's decoder blocks (every one
+    reaches the unembedding)."""
+    dec = model.decoder_vectors(layer, feature)
     return _token_scores(model, unembed_directions(model, dec[None])[0], k)

@@ -10,6 +10,17 @@ window). At every layer that has a transcoder the MLP output is
 so `run(input_ids)` reproduces the model's logits exactly. Layers without a transcoder keep
 their real MLP (frozen to its clean output under `freeze`).
 
+Cross-layer transcoders. A `CrossLayerTranscoder` may stand in for the per-layer transcoders: the
+features of its layer ℓ are encoded from layer ℓ's MLP input and write `act · W_dec[ℓ][:, t-ℓ]`
+into the MLP output of every layer t >= ℓ, so
+
+    mlp_out_t = Σ_{ℓ <= t} acts_ℓ W_dec[ℓ][:, t-ℓ] + b_dec[t] + error_t.
+
+Every layer the CLT covers is a "transcoder layer" (a source of features and an MLP that is
+replaced). Per source layer the model keeps its decoder blocks, `decoders(layer) ->
+[(target layer, W_dec block [d_sae, d])]` (one block, to its own layer, for a per-layer
+transcoder); `decoder_vectors` sums a feature's blocks over the targets a reader sees.
+
 Freezing. `forward_with(state, edits, freeze=True)` re-runs the prompt with the attention
 patterns, the norm denominators (LayerNorm's `sqrt(var + eps)`, RMSNorm's `sqrt(mean(x²) + eps)`;
 the LayerNorm mean is still subtracted, which is linear) and the error terms taken from the clean
@@ -41,7 +52,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from sparsecircuits.dictionaries import Dictionary
+from sparsecircuits.dictionaries import CrossLayerTranscoder, Dictionary
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models import ModelAdapter, NormParams
 
@@ -326,32 +337,39 @@ def _apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class ReplacementModel:
-    """The adapter's model with `transcoders` (layer -> Transcoder) in place of those MLPs.
+    """The adapter's model with transcoders in place of its MLPs.
 
-    `run(input_ids)` returns the clean `ReplacementState` (exact model logits);
+    `transcoders` is `{layer: Transcoder}` (per-layer transcoders, skip transcoders included) or
+    one `CrossLayerTranscoder` (also accepted as `{layer: clt}` over exactly the layers it
+    covers). `run(input_ids)` returns the clean `ReplacementState` (exact model logits);
     `forward_with(state, edits)` / `run_with(state, edits)` re-run it with edits under frozen
     attention, norms and errors (see module docstring). All computation is in `dtype`
     (float32 by default) on the adapter's device.
+
+    `transcoders` maps every transcoder layer to the module holding its features (the CLT itself
+    for each layer a CLT covers); `clt` is the cross-layer transcoder or None.
     """
 
     @classmethod
     def load(
         cls, model: str = "embedded", transcoders: str = "embedded", device: str | None = None
     ) -> ReplacementModel:
-        """Return the replacement model of `load_model(model)` with `load_transcoders(transcoders)`."""
-        from sparsecircuits.dictionaries import load_transcoders
+        """Return the replacement model of `load_model(model)` with `load_circuit_transcoders(transcoders)`
+        (a folder of per-layer transcoders, a saved cross-layer transcoder, or "embedded")."""
+        from sparsecircuits.dictionaries import load_circuit_transcoders
         from sparsecircuits.models import load_model
 
         adapter = load_model(model, device=device)
-        return cls(adapter, load_transcoders(transcoders, device=adapter.device))
+        return cls(adapter, load_circuit_transcoders(transcoders, device=adapter.device))
 
     def __init__(
         self,
         adapter: ModelAdapter,
-        transcoders: Mapping[int, Dictionary],
+        transcoders: Mapping[int, Dictionary | CrossLayerTranscoder] | CrossLayerTranscoder,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        """Check that each transcoder maps `blocks.L.<MLP input>` to `blocks.L.hook_mlp_out` of this model."""
+        """Check that each transcoder maps `blocks.L.<MLP input>` to `blocks.L.hook_mlp_out` of
+        this model (per layer of a cross-layer transcoder: its input hook to its output hook)."""
         self.adapter = adapter
         self.dtype = dtype
         self.device = adapter.device
@@ -359,24 +377,37 @@ class ReplacementModel:
         self.n_heads = adapter.n_heads
         self.d_model = adapter.d_model
         self.parallel_residual = bool(adapter.parallel_residual)
-        self.transcoders: dict[int, Dictionary] = {}
+        per_layer, clt, clt_keys = self._split_transcoders(transcoders)
+        self.transcoders: dict[int, Dictionary | CrossLayerTranscoder] = {}
+        self.clt: CrossLayerTranscoder | None = clt
         self.tc_input: dict[int, str] = {}
-        for layer, tc in sorted(transcoders.items()):
-            self._check_transcoder(int(layer), tc)
-            self.transcoders[int(layer)] = tc
-            self.tc_input[int(layer)] = tc.cfg.hook_in.split(".", 2)[2]
-        self._tc_weights = {
-            layer: {
+        self._tc_weights: dict[int, dict[str, Tensor]] = {}
+        self._skip: dict[int, Tensor] = {}
+        # source layer -> [(target layer, block [d_sae, d])]; target layer -> [(source, block)]
+        self._decoders: dict[int, list[tuple[int, Tensor]]] = {}
+        self._writers: dict[int, list[tuple[int, Tensor]]] = {}
+        self._clt_index: dict[int, int] = {}  # model layer -> the CLT's own layer index
+        for layer, tc in sorted(per_layer.items()):
+            self._check_transcoder(layer, tc)
+            self.transcoders[layer] = tc
+            self.tc_input[layer] = tc.cfg.hook_in.split(".", 2)[2]
+            weights = {
                 name: getattr(tc, name).detach().to(self.device, dtype)
                 for name in ("W_enc", "b_enc", "W_dec", "b_dec", "b_in")
             }
-            for layer, tc in self.transcoders.items()
-        }
-        self._skip = {
-            layer: tc.W_skip.detach().to(self.device, dtype)
-            for layer, tc in self.transcoders.items()
-            if tc.W_skip is not None
-        }
+            self._tc_weights[layer] = weights
+            self._decoders[layer] = [(layer, weights["W_dec"])]
+            self._writers[layer] = [(layer, weights["W_dec"])]
+            if tc.W_skip is not None:
+                self._skip[layer] = tc.W_skip.detach().to(self.device, dtype)
+        if clt is not None:
+            covered = self._add_clt(clt, set(per_layer))
+            if clt_keys is not None and clt_keys != covered:
+                raise SparseCircuitsError(
+                    f"the cross-layer transcoder covers layers {covered} but was given for layers "
+                    f"{clt_keys}; pass the CrossLayerTranscoder itself"
+                )
+        self.transcoders = dict(sorted(self.transcoders.items()))
         config = adapter.model.config
         layer_types = getattr(config, "layer_types", None)
         window = getattr(config, "sliding_window", None)
@@ -441,17 +472,166 @@ class ReplacementModel:
                 f"d_model {self.d_model}; use transcoders trained on this model"
             )
 
+    @staticmethod
+    def _split_transcoders(
+        transcoders: Mapping[int, Dictionary | CrossLayerTranscoder] | CrossLayerTranscoder | Any,
+    ) -> tuple[dict[int, Dictionary], CrossLayerTranscoder | None, list[int] | None]:
+        """Return `({layer: per-layer transcoder}, the cross-layer transcoder or None, the sorted
+        layers it was given for in a mapping or None)`."""
+        if isinstance(transcoders, CrossLayerTranscoder):
+            return {}, transcoders, None
+        if isinstance(transcoders, Dictionary):
+            what = "an SAE" if transcoders.cfg.kind == "sae" else "a single transcoder"
+            raise SparseCircuitsError(
+                f"got {what}; a ReplacementModel needs {{layer: Transcoder}} or one CrossLayerTranscoder"
+            )
+        if not isinstance(transcoders, Mapping):
+            raise SparseCircuitsError(
+                "transcoders must be {layer: Transcoder} or one CrossLayerTranscoder, "
+                f"got {type(transcoders).__name__}"
+            )
+        per_layer: dict[int, Dictionary] = {}
+        clt_layers: dict[int, tuple[CrossLayerTranscoder, list[int]]] = {}
+        for layer, tc in transcoders.items():
+            if isinstance(tc, CrossLayerTranscoder):
+                clt_layers.setdefault(id(tc), (tc, []))[1].append(int(layer))
+            elif isinstance(tc, Dictionary):
+                per_layer[int(layer)] = tc
+            else:
+                raise SparseCircuitsError(
+                    f"layer {layer}: expected a transcoder, got {type(tc).__name__}"
+                )
+        if len(clt_layers) > 1:
+            raise SparseCircuitsError(
+                "got several cross-layer transcoders; a ReplacementModel takes at most one"
+            )
+        if not clt_layers:
+            return per_layer, None, None
+        clt, keys = next(iter(clt_layers.values()))
+        return per_layer, clt, sorted(keys)
+
+    def _add_clt(self, clt: CrossLayerTranscoder, taken: set[int]) -> list[int]:
+        """Check `clt` against this model, register its per-layer encoders and decoder blocks, and
+        return the model layers it covers."""
+        hooks_in, hooks_out = clt.cfg.layer_hooks()
+        valid = TRANSCODER_INPUTS[:2] if self.parallel_residual else TRANSCODER_INPUTS
+        layers: list[int] = []
+        for index, (hook_in, hook_out) in enumerate(zip(hooks_in, hooks_out, strict=True)):
+            layer = _clt_model_layer(hook_out)
+            suffix = hook_in.split(".", 2)[2] if hook_in.count(".") >= 2 else ""
+            if (
+                not 0 <= layer < self.n_layers
+                or hook_out != f"blocks.{layer}.hook_mlp_out"
+                or hook_in != f"blocks.{layer}.{suffix}"
+                or suffix not in valid
+                or (layers and layer <= layers[-1])
+            ):
+                raise SparseCircuitsError(
+                    f"cross-layer transcoder layer {index} maps {hook_in} -> {hook_out}; a ReplacementModel "
+                    f"needs blocks.L.{{{'|'.join(valid)}}} -> blocks.L.hook_mlp_out with L increasing "
+                    f"over its layers and within 0..{self.n_layers - 1}"
+                )
+            if layer in taken:
+                raise SparseCircuitsError(
+                    f"layer {layer} has both a per-layer transcoder and the cross-layer transcoder; keep one"
+                )
+            layers.append(layer)
+            self.tc_input[layer] = suffix
+        if clt.d_in != self.d_model or clt.d_out != self.d_model:
+            raise SparseCircuitsError(
+                f"the cross-layer transcoder is {clt.d_in} -> {clt.d_out} wide but the model has "
+                f"d_model {self.d_model}; use one trained on this model"
+            )
+        cast = {
+            name: getattr(clt, name).detach().to(self.device, self.dtype)
+            for name in ("W_enc", "b_enc", "b_in", "b_dec")
+        }
+        for index, layer in enumerate(layers):
+            self.transcoders[layer] = clt
+            self._clt_index[layer] = index
+            self._tc_weights[layer] = {name: t[index] for name, t in cast.items()}
+            W_dec = clt.W_dec[index].detach().to(self.device, self.dtype)
+            self._decoders[layer] = [
+                (target, W_dec[:, offset].contiguous())
+                for offset, target in enumerate(layers[index:])
+            ]
+            for target, block in self._decoders[layer]:
+                self._writers.setdefault(target, []).append((layer, block))
+        return layers
+
     def layer_weights(self, layer: int) -> _Layer:
         """Return the cached attention weights and norms of `layer` (TransformerLens orientation)."""
         return self._layers[layer]
 
     def tc_weights(self, layer: int) -> dict[str, Tensor]:
-        """Return the transcoder of `layer`'s `W_enc, b_enc, W_dec, b_dec, b_in` in `dtype` (detached)."""
+        """Return the transcoder of `layer`'s `W_enc [d, d_sae], b_enc [d_sae], b_in [d], b_dec [d]`
+        in `dtype` (detached); per-layer transcoders also `W_dec [d_sae, d]`.
+
+        `b_dec` is the bias added to this layer's MLP output. A cross-layer transcoder's decoder
+        has one block per target layer: read it with `decoders` / `decoder_vectors`.
+        """
         if layer not in self._tc_weights:
             raise SparseCircuitsError(
                 f"layer {layer} has no transcoder; layers with transcoders: {sorted(self.transcoders)}"
             )
         return self._tc_weights[layer]
+
+    def decoders(self, layer: int) -> list[tuple[int, Tensor]]:
+        """Return `[(target layer, W_dec block [d_sae, d])]`: where the features of `layer` write.
+
+        One block (to `layer` itself) for a per-layer transcoder; for a cross-layer transcoder one
+        per layer it covers from `layer` on, in increasing order.
+        """
+        if layer not in self._decoders:
+            raise SparseCircuitsError(
+                f"layer {layer} has no transcoder; layers with transcoders: {sorted(self.transcoders)}"
+            )
+        return self._decoders[layer]
+
+    def decoder_projections(self, layer: int, vectors: Tensor, before_read: int) -> Tensor:
+        """Return `[n, d_sae]`: `vectors [n, d] · decoder_vectors(layer, None, before_read)[f]` for every
+        feature f (one matmul per decoder block, without summing the blocks first)."""
+        out: Tensor | None = None
+        for target, block in self.decoders(layer):
+            if self.mlp_write(target) < before_read:
+                projection = vectors @ block.T
+                out = projection if out is None else out + projection
+        if out is None:
+            d_sae = self.tc_weights(layer)["W_enc"].shape[1]
+            return vectors.new_zeros(vectors.shape[0], d_sae)
+        return out
+
+    def decoder_vectors(
+        self,
+        layer: int,
+        features: int | Sequence[int] | Tensor | None = None,
+        before_read: int | None = None,
+    ) -> Tensor:
+        """Return the features' total write into the residual stream as a reader at `before_read` sees it.
+
+        The sum of the features' decoder rows over the target layers whose MLP writes before read
+        point `before_read` (all targets when None). Shape `[d]` for an int feature, `[n, d]` for
+        `n` features, `[d_sae, d]` for None (every feature). Zeros when no block writes before it.
+        """
+        blocks = [
+            block
+            for target, block in self.decoders(layer)
+            if before_read is None or self.mlp_write(target) < before_read
+        ]
+        if features is None:
+            index: int | Tensor | slice = slice(None)
+        elif isinstance(features, int):
+            index = features
+        else:
+            index = torch.as_tensor(features, dtype=torch.long, device=self.device)
+        if not blocks:
+            d_sae = self.tc_weights(layer)["W_enc"].shape[1]
+            rows = torch.zeros(d_sae, self.d_model, dtype=self.dtype, device=self.device)
+            return rows[index]
+        out = blocks[0][index]
+        for block in blocks[1:]:
+            out = out + block[index]
+        return out
 
     def skip_weight(self, layer: int) -> Tensor | None:
         """Return `W_skip [d_out, d_in]` of a skip transcoder, else None."""
@@ -740,7 +920,11 @@ class ReplacementModel:
         if clean is None or features == "live":
             tc = self.transcoders[layer]
             with torch.no_grad():
-                acts = tc.encode(tc_in.to(tc.W_enc.dtype)).to(self.dtype)
+                if isinstance(tc, CrossLayerTranscoder):
+                    x = tc_in.to(tc.W_enc.device, tc.W_enc.dtype)
+                    acts = tc.encode_layer(x, self._clt_index[layer]).to(self.device, self.dtype)
+                else:
+                    acts = tc.encode(tc_in.to(tc.W_enc.dtype)).to(self.dtype)
         elif features == "frozen":
             acts = clean.feature_acts[layer]
         else:
@@ -750,7 +934,12 @@ class ReplacementModel:
             acts = edits.feature_fns[layer](acts)
         if layer in mults.features:
             acts = acts * mults.features[layer]
-        tc_out = acts @ tw["W_dec"] + tw["b_dec"]
+        # Sources before `layer` (a cross-layer transcoder's) already sit, edited, in the cache.
+        caches["feature_acts"][layer] = acts
+        writers = self._writers[layer]
+        tc_out = caches["feature_acts"][writers[0][0]] @ writers[0][1] + tw["b_dec"]
+        for source, block in writers[1:]:
+            tc_out = tc_out + caches["feature_acts"][source] @ block
         if layer in self._skip:
             tc_out = tc_out + tc_in @ self._skip[layer].T
         if clean is None:
@@ -770,11 +959,18 @@ class ReplacementModel:
             error = error * mults.errors[layer]
         caches["tc_in"][layer] = tc_in
         caches["feature_pre"][layer] = pre
-        caches["feature_acts"][layer] = acts
         caches["feature_gain"][layer] = gain
         caches["tc_out"][layer] = tc_out
         caches["errors"][layer] = error
         return tc_out + error
+
+
+def _clt_model_layer(hook: str) -> int:
+    """The model layer L of a cross-layer transcoder's hook `blocks.L.<...>` (-1 if none)."""
+    parts = hook.split(".")
+    if len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit():
+        return int(parts[1])
+    return -1
 
 
 # ---------------------------------------------------------------------------- edit helpers

@@ -17,9 +17,10 @@ from __future__ import annotations
 from sparsecircuits.dictionaries.activations import ACTIVATIONS, Activation
 from sparsecircuits.dictionaries.activations.topafa import epsilon_lbo
 from sparsecircuits.dictionaries.base import Dictionary, ForwardOutput, geometric_median
-from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
+from sparsecircuits.dictionaries.clt import CLTLayerView, CrossLayerTranscoder
 from sparsecircuits.dictionaries.config import DictionaryConfig
 from sparsecircuits.dictionaries.io import (
+    load_circuit_transcoders,
     load_dictionary,
     load_sparse_coder,
     load_transcoders,
@@ -57,6 +58,7 @@ def make_sparse_coder(
 
 __all__ = [
     "ACTIVATIONS",
+    "CLTLayerView",
     "SAE",
     "Activation",
     "CrossLayerTranscoder",
@@ -66,6 +68,7 @@ __all__ = [
     "epsilon_lbo",
     "Transcoder",
     "geometric_median",
+    "load_circuit_transcoders",
     "load_dictionary",
     "load_sparse_coder",
     "load_transcoders",

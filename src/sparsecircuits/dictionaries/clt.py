@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -138,12 +139,14 @@ class CrossLayerTranscoder(nn.Module):
         """`(x_ℓ - b_in,ℓ) W_enc,ℓ + b_enc,ℓ` for `x [n, L, d_in]` -> `[n, L, d_sae]`."""
         return torch.einsum("nld,lds->nls", x - self.b_in, self.W_enc) + self.b_enc
 
-    def activate(self, pre_acts: Tensor) -> Tensor:
-        """The per-layer activation on `pre_acts [n, L, d_sae]`."""
+    def activate(self, pre_acts: Tensor, layer: int | None = None) -> Tensor:
+        """The per-layer activation on `pre_acts [n, L, d_sae]`, or on one layer's `[..., d_sae]`
+        when `layer` is given; returns the same shape."""
         cfg = self.cfg
         if cfg.architecture == "jumprelu":
             assert self.log_threshold is not None
-            return jumprelu(pre_acts, self.log_threshold.exp(), cfg.jumprelu_bandwidth)
+            log_threshold = self.log_threshold if layer is None else self.log_threshold[layer]
+            return jumprelu(pre_acts, log_threshold.exp(), cfg.jumprelu_bandwidth)
         if cfg.architecture == "topk":
             values, indices = pre_acts.topk(cfg.k, dim=-1, sorted=False)
             return torch.zeros_like(pre_acts).scatter(-1, indices, values.relu())
@@ -152,6 +155,32 @@ class CrossLayerTranscoder(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """Feature activations `[n, L, d_sae]` of `x [n, L, d_in]`."""
         return self.activate(self.pre_acts(self._check(x)[0]))
+
+    def encode_layer(self, x: Tensor, layer: int) -> Tensor:
+        """Feature activations `[..., d_sae]` of layer `layer`'s latents from its input `x [..., d_in]`.
+
+        The same per-layer computation as `encode` (which needs every layer's input at once), for
+        callers that run the layers one after another.
+        """
+        if not 0 <= layer < self.n_layers:
+            raise SparseCircuitsError(
+                f"layer {layer} is out of range for a cross-layer transcoder over {self.n_layers} layers"
+            )
+        if x.shape[-1] != self.d_in:
+            raise SparseCircuitsError(
+                f"layer {layer} of this cross-layer transcoder expects inputs of width {self.d_in}, got {x.shape[-1]}"
+            )
+        x = x.to(self.W_enc.dtype)
+        pre_acts = (x - self.b_in[layer]) @ self.W_enc[layer] + self.b_enc[layer]
+        return self.activate(pre_acts, layer)
+
+    def layer_view(self, layer: int) -> CLTLayerView:
+        """Return layer `layer`'s latents seen as one per-layer dictionary (see `CLTLayerView`)."""
+        if not 0 <= layer < self.n_layers:
+            raise SparseCircuitsError(
+                f"layer {layer} is out of range for a cross-layer transcoder over {self.n_layers} layers"
+            )
+        return CLTLayerView(self, layer)
 
     def decode(self, feature_acts: Tensor) -> Tensor:
         """`ŷ [n, L, d_out]` from `feature_acts [n, L, d_sae]` (causal sum over source layers + b_dec)."""
@@ -277,3 +306,60 @@ class CrossLayerTranscoder(nn.Module):
     def extra_repr(self) -> str:
         cfg = self.cfg
         return f"architecture={cfg.architecture}, n_layers={cfg.n_layers}, d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={self.d_out}"
+
+
+class CLTLayerView:
+    """The latents of one layer of a `CrossLayerTranscoder`, shaped like a per-layer dictionary for
+    per-latent tools (dashboards).
+
+    `cfg` is the CLT's config with that layer's hooks filled in (`kind` stays "clt");
+    `encode(x [..., d_in]) -> [..., d_sae]`; `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `b_in [d_in]`
+    are the layer's own. `W_dec [d_sae, d_out]` is each latent's total write into the residual
+    stream: the sum of its decoder blocks over every MLP output it writes to, which is what its
+    direct effect on the logits reads.
+    """
+
+    def __init__(self, clt: CrossLayerTranscoder, layer: int) -> None:
+        hooks_in, hooks_out = clt.cfg.layer_hooks()
+        self.clt = clt
+        self.layer = layer
+        self.cfg = replace(clt.cfg, hook_in=hooks_in[layer], hook_out=hooks_out[layer])
+
+    @property
+    def d_in(self) -> int:
+        """Input width."""
+        return self.clt.d_in
+
+    @property
+    def d_sae(self) -> int:
+        """Latents in this layer."""
+        return self.clt.d_sae
+
+    @property
+    def d_out(self) -> int:
+        """Output width (of each MLP output written)."""
+        return self.clt.d_out
+
+    @property
+    def W_enc(self) -> Tensor:
+        """This layer's encoder `[d_in, d_sae]`."""
+        return self.clt.W_enc[self.layer]
+
+    @property
+    def b_enc(self) -> Tensor:
+        """This layer's encoder bias `[d_sae]`."""
+        return self.clt.b_enc[self.layer]
+
+    @property
+    def b_in(self) -> Tensor:
+        """This layer's input bias `[d_in]`."""
+        return self.clt.b_in[self.layer]
+
+    @property
+    def W_dec(self) -> Tensor:
+        """Each latent's decoder blocks summed over the layers it writes to, `[d_sae, d_out]`."""
+        return self.clt.W_dec[self.layer].sum(dim=1)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Feature activations `[..., d_sae]` of this layer's input `x [..., d_in]`."""
+        return self.clt.encode_layer(x, self.layer)

@@ -386,7 +386,12 @@ def load_transcoders(
     result: dict[int, Dictionary] = {}
     for folder in folders:
         dictionary = load_sparse_coder(folder, device=device)
-        if not isinstance(dictionary, Dictionary) or dictionary.cfg.kind == "sae":
+        if isinstance(dictionary, CrossLayerTranscoder):
+            raise SparseCircuitsError(
+                f"{folder} holds a cross-layer transcoder, not a per-layer transcoder; load it with "
+                "load_circuit_transcoders (or pass its folder alone to ReplacementModel.load)"
+            )
+        if dictionary.cfg.kind == "sae":
             raise SparseCircuitsError(
                 f"{folder} holds a {dictionary.cfg.kind}, not a per-layer transcoder; pass a folder of transcoders"
             )
@@ -397,6 +402,37 @@ def load_transcoders(
             )
         result[layer] = dictionary
     return dict(sorted(result.items()))
+
+
+def _holds_clt(folder: Path) -> bool:
+    """Whether `folder/cfg.json` describes a cross-layer transcoder (read without loading weights)."""
+    ours = _read_cfg(folder).get("sparsecircuits")
+    config = ours.get("config") if isinstance(ours, dict) else None
+    return isinstance(config, dict) and config.get("kind") == "clt"
+
+
+def load_circuit_transcoders(
+    name_or_path: str | Path = "embedded", device: str | torch.device | None = None
+) -> dict[int, Dictionary] | CrossLayerTranscoder:
+    """Load what a replacement model replaces its MLPs with: a saved cross-layer transcoder, or
+    per-layer transcoders.
+
+    Returns the `CrossLayerTranscoder` when `name_or_path` is a saved CLT folder or a folder whose
+    only saved dictionary is one; otherwise `load_transcoders(name_or_path)` (`{layer: Dictionary}`).
+    """
+    if str(name_or_path) != "embedded":
+        root = Path(name_or_path)
+        if root.is_dir():
+            folders = (
+                [root]
+                if (root / CFG_FILENAME).is_file()
+                else [p for p in root.iterdir() if (p / CFG_FILENAME).is_file()]
+            )
+            if len(folders) == 1 and _holds_clt(folders[0]):
+                loaded = load_sparse_coder(folders[0], device=device)
+                assert isinstance(loaded, CrossLayerTranscoder)
+                return loaded
+    return load_transcoders(name_or_path, device=device)
 
 
 def _layer_of(dictionary: Dictionary, folder: Path) -> int:

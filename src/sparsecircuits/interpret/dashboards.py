@@ -286,11 +286,13 @@ def compute_dashboards(
 
     `token_batches` yields `input_ids [batch, pos]`; each batch runs the model once (stopping after
     the last hooked layer) and feeds every dictionary reading one of its `hook_in`s. Stops after
-    `max_tokens` tokens when given.
+    `max_tokens` tokens when given. A `CrossLayerTranscoder` gives one entry per layer,
+    `"{name}.layer{i}"`, whose output logits are those of each latent's summed decoder blocks.
     """
     cfg = config or DashboardConfig()
     if not dictionaries:
         raise SparseCircuitsError("compute_dashboards got no dictionaries; pass at least one")
+    dictionaries = _per_layer(dictionaries)
     hooks = sorted(
         {d.cfg.hook_in for d in dictionaries.values()}, key=lambda h: adapter.hook_point(h).order
     )
@@ -334,6 +336,20 @@ def compute_dashboards(
     for dash in results.values():
         dash.token_strings = {i: strings[i] for i in _referenced_ids(dash)}
     return results
+
+
+def _per_layer(dictionaries: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace each cross-layer transcoder by its per-layer views (`"{name}.layer{i}"`)."""
+    from sparsecircuits.dictionaries import CrossLayerTranscoder
+
+    out: dict[str, Any] = {}
+    for name, dictionary in dictionaries.items():
+        if isinstance(dictionary, CrossLayerTranscoder):
+            for layer in range(dictionary.n_layers):
+                out[f"{name}.layer{layer}"] = dictionary.layer_view(layer)
+        else:
+            out[name] = dictionary
+    return out
 
 
 def _finish(

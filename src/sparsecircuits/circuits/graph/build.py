@@ -17,11 +17,14 @@ gradient is injected at each target's read point (the encoder column at the tran
 the de-meaned unembedding column at the final norm output) and vmapped backward passes
 (`is_grads_batched`) read the gradients at every MLP output and at the embedding. Then
 
-    edge(feature s -> t) = act_s * (grad_t at MLP_out[layer_s, pos_s]) . W_dec[s]
+    edge(feature s -> t) = act_s * Σ_u (grad_t at MLP_out[u, pos_s]) . W_dec[s -> u]
     edge(error e -> t)   = (grad_t at MLP_out[layer_e, pos_e]) . error_e
     edge(token p -> t)   = (grad_t at embed[p]) . embed[p]
 
-so each edge equals the change in the target when the source is removed with everything frozen.
+where `W_dec[s -> u]` is the decoder block through which feature s writes into MLP output u:
+its own layer only for a per-layer transcoder, every layer from its own on for a cross-layer
+transcoder. So each edge equals the change in the target when the source is removed with
+everything frozen.
 Rows are computed in blocks of `batch_size` targets and stored sparsely: per row the largest
 edges covering `row_mass` of its absolute sum (all non-zero ones when `row_mass = 1`), plus the
 exact row sum for normalisation. No N x N matrix is ever built.
@@ -213,8 +216,11 @@ def build_graph(
         pos, feat = pos.cpu() + first, feat.cpu()  # index bookkeeping stays on the CPU
         feats.append(torch.stack([torch.full_like(pos, layer), pos, feat], dim=1))
         acts.append(values.cpu())
-        decoded = replacement.tc_weights(layer)["W_dec"][feat.to(values.device)] * values[:, None]
-        decoders[layer] = _position_groups(pos, decoded, n_pos)
+        index = feat.to(values.device)
+        decoders[layer] = [
+            (target, *_position_groups(pos, block[index] * values[:, None], n_pos))
+            for target, block in replacement.decoders(layer)
+        ]
     active = torch.cat(feats) if feats else torch.zeros(0, 3, dtype=torch.long)
     activations = torch.cat(acts) if acts else torch.zeros(0)
     logit_ids, logit_probs = salient_logits(
@@ -255,7 +261,7 @@ def build_graph(
 
     rows_t, rows_s, rows_w = [], [], []
     row_abs_sums = torch.zeros(n_nodes, dtype=torch.float64)
-    feature_counts = [int(decoders[k][2].numel()) for k in sorted(decoders)]
+    feature_counts = [int(decoders[k][0][3].numel()) for k in sorted(decoders)]
     feature_offsets = [sum(feature_counts[:i]) for i in range(len(feature_counts) + 1)]
     timings["forward"] = 0.0
     for index, end in enumerate(ends.tolist()):
@@ -359,7 +365,7 @@ def _row_block(
     target_layer: Tensor,
     target_pos: Tensor,
     injection: Tensor,
-    decoders: dict[int, tuple[Tensor, Tensor, Tensor]],
+    decoders: dict[int, list[tuple[int, Tensor, Tensor, Tensor]]],
     feature_offsets: list[int],
     error_vectors: list[Tensor],
     embed: Tensor,
@@ -387,18 +393,27 @@ def _row_block(
     n_feat = feature_offsets[-1]
     n_pos = int(embed.shape[0])
     for i, layer in enumerate(sorted(decoders)):
-        g = grads[layer]
-        if g is None:
+        # Sum over the MLP outputs the source layer writes to (one for a per-layer transcoder).
+        per_pos: Tensor | None = None
+        for target, positions, dec_padded, _ in decoders[layer]:
+            g = grads[target]
+            if g is None:
+                continue
+            inside = positions < prefix  # features later than the prefix get no edge
+            # [pos, batch, d] x [pos, d, max features per position] -> the feature columns
+            written = torch.bmm(
+                g[:, 0, positions[inside]].transpose(0, 1), dec_padded[inside].transpose(1, 2)
+            )
+            if per_pos is None:
+                per_pos = torch.zeros(
+                    positions.numel(), batch, dec_padded.shape[1], dtype=g.dtype, device=g.device
+                )
+                per_pos[inside] = written
+            else:
+                per_pos[inside] += written
+        if per_pos is None:
             continue
-        positions, dec_padded, columns = decoders[layer]
-        inside = positions < prefix  # features later than the prefix get no edge
-        # [pos, batch, d] x [pos, d, max features per position] -> the feature columns
-        per_pos = torch.zeros(
-            positions.numel(), batch, dec_padded.shape[1], dtype=g.dtype, device=g.device
-        )
-        per_pos[inside] = torch.bmm(
-            g[:, 0, positions[inside]].transpose(0, 1), dec_padded[inside].transpose(1, 2)
-        )
+        columns = decoders[layer][0][3]
         flat = per_pos.permute(1, 0, 2).reshape(batch, -1)
         block[:, feature_offsets[i] : feature_offsets[i + 1]] = flat[:, columns]
     for layer in range(n_layers):
