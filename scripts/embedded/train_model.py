@@ -81,6 +81,11 @@ def main() -> None:
         default=0,
         help="contexts per batch drawn from the synthetic-only stream",
     )
+    p.add_argument(
+        "--synthetic-file",
+        default="synthetic_tokens.npy",
+        help="token file under runs/embedded for --synthetic-extra (task_stream_tokens.npy: v2)",
+    )
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 matmuls allowed on cuda)")
     p.add_argument(
@@ -98,7 +103,7 @@ def main() -> None:
     bos = tokenizer.bos_token_id
     span = args.ctx - 1
     n_ctx = tokens.numel() // span
-    synth = torch.from_numpy(np.load(BUILD / "synthetic_tokens.npy").astype(np.int64))
+    synth = torch.from_numpy(np.load(BUILD / args.synthetic_file).astype(np.int64))
     n_syn_ctx = synth.numel() // span
     syn_order = torch.randperm(n_syn_ctx, generator=torch.Generator().manual_seed(args.seed + 1))
     syn_cursor = args.data_offset

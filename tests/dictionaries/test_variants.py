@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -213,7 +214,14 @@ def test_batchtopk_train_batch_k_then_threshold(gen: torch.Generator) -> None:
     assert float(dictionary.activation.threshold) == 0.0
     dictionary.loss(x)
     min_kept = float(acts.detach()[acts.detach() > 0].min())
-    assert float(dictionary.activation.threshold) == pytest.approx(0.5 * min_kept)
+    # The first observation starts the EMA (no weight left on the initial zero) ...
+    assert float(dictionary.activation.threshold) == pytest.approx(min_kept)
+    x2 = torch.randn(16, 10, generator=gen)
+    acts2 = dictionary.encode(x2).detach()
+    dictionary.loss(x2)
+    min_kept2 = float(acts2[acts2 > 0].min())
+    # ... later ones move it by threshold_lr.
+    assert float(dictionary.activation.threshold) == pytest.approx(0.5 * min_kept + 0.5 * min_kept2)
     dictionary.eval()
     pre = (x - dictionary.b_in) @ dictionary.W_enc + dictionary.b_enc
     expected = pre.relu() * (pre > dictionary.activation.threshold.float())
@@ -221,6 +229,21 @@ def test_batchtopk_train_batch_k_then_threshold(gen: torch.Generator) -> None:
 
 
 # ---------------------------------------------------------------- JumpReLU STE
+@pytest.mark.parametrize("architecture", ["relu", "jumprelu"])
+def test_init_l0_sets_the_starting_l0_from_data_quantiles(architecture, gen):  # type: ignore[no-untyped-def]
+    cfg = DictionaryConfig(architecture=architecture, d_in=16, d_sae=64, hook_in="h", init_l0=8.0)
+    dictionary = make_dictionary(cfg)
+    x = torch.randn(2000, 16, generator=gen) * 3 + 1
+    dictionary.init_biases_from_data(x)
+    l0 = float((dictionary.encode(x) != 0).sum(1).float().mean())
+    assert l0 == pytest.approx(8.0, rel=0.05)
+    plain = make_dictionary(replace(cfg, init_l0=0.0))
+    plain.init_biases_from_data(x)
+    assert float((plain.encode(x) != 0).sum(1).float().mean()) > 16
+    with pytest.raises(SparseCircuitsError, match="init_l0"):
+        replace(cfg, init_l0=-1.0)
+
+
 def test_jumprelu_threshold_gradients_follow_rectangle_kernel() -> None:
     cfg = DictionaryConfig(
         architecture="jumprelu",

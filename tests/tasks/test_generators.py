@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from sparsecircuits.tasks import (
@@ -72,14 +73,33 @@ def test_ioi_orders_abba_and_baba():
     assert baba == "When John and Mary went to the store, John gave a drink to Mary"
 
 
-def test_ioi_training_text_never_uses_heldout_names_or_templates():
+@pytest.mark.parametrize("compositional", [0.0, 0.8])
+def test_ioi_training_text_never_uses_heldout_names_or_templates(compositional):
     rng = random.Random(0)
-    held = set(ioi.NAMES_HELDOUT)
-    text = " ".join(ioi.ioi_training_text(rng) for _ in range(3000))
+    held = set(ioi.NAMES_HELDOUT) | set(ioi.PLACES_HELDOUT) | set(ioi.OBJECTS_HELDOUT)
+    sentences = [ioi.ioi_training_text(rng, compositional) for _ in range(3000)]
+    text = " ".join(sentences)
     words = set(text.replace(",", " ").replace(".", " ").split())
     assert not held & words
     assert "busy when" not in text and "After the lunch" not in text
+    if compositional:
+        assert not any(w in text for w in ioi.HELDOUT_TEMPLATE_WORDS)
     assert not set(ioi.NAMES_TRAIN) & held
+    assert not (set(ioi.PLACES) | set(ioi.OBJECTS)) & held
+
+
+def test_compositional_templates_are_many_valid_and_never_heldout():
+    rng = random.Random(1)
+    templates = {ioi.compositional_template(rng) for _ in range(5000)}
+    assert len(templates) > 1000
+    assert not templates & set(ioi.TEMPLATES_HELDOUT)
+    for template in templates:
+        head, tail = template.split(" and ", 1)
+        assert head.endswith("{B}") and tail.startswith("{A}")
+        assert tail.count("{B}") == 1 and template.endswith(" to {A}")
+        sentence = ioi.ioi_sentence(template, "Mary", "John", "store", "drink", "ABBA")
+        assert sentence.endswith("John") is False and sentence.count("John") == 2
+        assert sentence.count("Mary") == 2 and "{" not in sentence
 
 
 def test_docstring_answer_is_next_argument(tokenizer):
@@ -129,3 +149,30 @@ def test_train_split_prompts_use_train_pools(tokenizer):
     assert torch.equal(
         make_ioi_prompts(tokenizer, 10, seed=0, split="train").input_ids, p.input_ids
     )
+
+
+def test_word_pool_sentences_keep_the_ioi_shape_and_skip_heldout_words():
+    rng = random.Random(3)
+    pool = ["kettle", "river", "bridge", "tree", "lamp"] + ioi.NAMES_HELDOUT + ioi.OBJECTS_HELDOUT
+    sentences = [
+        ioi.ioi_training_text(rng, 0.5, word_pool=pool, word_share=1.0) for _ in range(300)
+    ]
+    held = set(ioi.NAMES_HELDOUT) | set(ioi.OBJECTS_HELDOUT)
+    for sentence in sentences:
+        words = sentence.rstrip(".").replace(",", " ").split()
+        assert not held & set(words)
+        io = words[-1]
+        assert io in pool and sentence.count(f" {io}") + sentence.startswith(io) == 2
+
+
+def test_docstring_extra_params_never_draw_heldout_names():
+    rng = random.Random(4)
+    extra = ["kettle", "river"] + docstring.PARAMS_HELDOUT
+    text = "".join(
+        docstring.docstring_training_text(rng, extra, extra_share=1.0) for _ in range(500)
+    )
+    assert "kettle" in text
+    signatures = [line for line in text.splitlines() if line.startswith("def ")]
+    for line in signatures:
+        args = line.split("(self, ")[1].split(")")[0].split(", ")
+        assert not set(args) & set(docstring.PARAMS_HELDOUT)

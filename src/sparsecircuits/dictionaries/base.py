@@ -137,6 +137,7 @@ class Dictionary(nn.Module):
         self.b_dec.copy_(centre(target_sample))
         if self.cfg.kind != "sae" and self.W_enc is not None:
             self._shrink_untrained_output(x_sample, target_sample)
+        self.activation.init_from_data(self, x_sample - self.b_in)
 
     @torch.no_grad()
     def _shrink_untrained_output(self, x_sample: Tensor, target_sample: Tensor) -> None:

@@ -53,6 +53,9 @@ class DictionaryConfig:
     hook_out: str = ""  # "": hook_in
     k: int = 32
     l1_coefficient: float = 1e-3
+    # ReLU / JumpReLU: > 0 starts training at this L0 (encoder bias / thresholds set from the
+    # first batch's pre-activation quantiles); 0 keeps the plain init
+    init_l0: float = 0.0
     aux_k: int = -1  # -1: d_in // 2; 0: AuxK off
     aux_k_coefficient: float = 1.0 / 32.0
     dead_tokens_threshold: int = 10_000_000
@@ -153,6 +156,8 @@ class DictionaryConfig:
             )
         if self.jumprelu_bandwidth <= 0 or self.jumprelu_init_threshold <= 0:
             raise SparseCircuitsError("jumprelu_bandwidth and jumprelu_init_threshold must be > 0")
+        if self.init_l0 < 0:
+            raise SparseCircuitsError("init_l0 must be >= 0 (0: the plain initialisation)")
         if self.l1_coefficient < 0 or self.aux_k_coefficient < 0 or self.l0_coefficient < 0:
             raise SparseCircuitsError(
                 "l1_coefficient, l0_coefficient and aux_k_coefficient must be >= 0"

@@ -14,6 +14,7 @@ Held-out evaluation uses parameter names the docstring training generator never 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -424,11 +425,22 @@ def _arg_desc(rng: random.Random) -> str:
     return f"{rng.choice(DESC_WORDS)} {rng.choice(DESC_WORDS)}"
 
 
-def docstring_training_text(rng: random.Random) -> str:
+def docstring_training_text(
+    rng: random.Random, extra_params: Sequence[str] = (), extra_share: float = 0.0
+) -> str:
     """Return one Python method whose reST docstring documents a contiguous run of its
-    arguments in signature order (training parameter names only)."""
+    arguments in signature order (training parameter names only).
+
+    With probability `extra_share` the names are drawn from `PARAMS_TRAIN` plus `extra_params`
+    (e.g. every identifier-like token of a tokenizer), so that copying the next argument has to
+    work for any name; names in `PARAMS_HELDOUT` are never drawn.
+    """
     n_args = rng.randint(3, 7)
-    args = rng.sample(PARAMS_TRAIN, n_args)
+    pool: Sequence[str] = PARAMS_TRAIN
+    if extra_params and rng.random() < extra_share:
+        held = set(PARAMS_HELDOUT)
+        pool = list(PARAMS_TRAIN) + [p for p in extra_params if p not in held]
+    args = rng.sample(pool, n_args)
     first = rng.randint(0, n_args - 2)
     last = rng.randint(first + 2, n_args)
     lines = [

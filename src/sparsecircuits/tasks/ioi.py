@@ -8,6 +8,7 @@ Held-out evaluation uses names and templates that the IOI training generator nev
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -251,6 +252,9 @@ NAMES_HELDOUT = [
 ]
 PLACES = ["store", "garden", "restaurant", "school", "hospital", "office", "house", "station"]
 OBJECTS = ["ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack"]
+# Held-out prompts use places and objects that no IOI training sentence contains.
+PLACES_HELDOUT = ["library", "park", "museum", "beach", "bakery", "market"]
+OBJECTS_HELDOUT = ["book", "letter", "cake", "hat", "ticket", "camera", "flower", "pencil"]
 
 # BABA order: {B} {A} ... {B} ... {A}; ABBA swaps the first two name slots.
 TEMPLATES_TRAIN = [
@@ -270,6 +274,67 @@ TEMPLATES_HELDOUT = [
     "After the lunch, {B} and {A} went to the {PLACE}. {B} gave a {OBJECT} to {A}",
     "Then, {B} and {A} were working at the {PLACE}. {B} decided to give a {OBJECT} to {A}",
 ]
+# Words of the held-out templates that the compositional training grammar never uses, so a
+# held-out template is new in its wording as well as in its whole.
+HELDOUT_TEMPLATE_WORDS = ["busy", "offered", "lunch", "working", "decided to give a"]
+
+# The compositional grammar behind most training sentences: thousands of templates, so the
+# model has to learn the rule (the name that is not repeated) rather than a template.
+_SUBORDINATE = ["When", "After", "While", "Once", "As soon as", "Because", "Since", "Before"]
+_SENTENCE_LEADS = [
+    "Then,", "Yesterday", "Later,", "Earlier,", "Today", "This morning,", "On Sunday,",
+    "Last week,", "In the evening,", "", "Friends", "Afterwards,", "One day,", "Next,",
+]  # fmt: skip
+_ACTIVITIES = [
+    "went to the {PLACE}", "arrived at the {PLACE}", "were at the {PLACE}",
+    "walked to the {PLACE}", "met at the {PLACE}", "stayed at the {PLACE}",
+    "had dinner at the {PLACE}", "came back from the {PLACE}", "looked around the {PLACE}",
+    "waited at the {PLACE}", "left the {PLACE}", "visited the {PLACE}", "drove to the {PLACE}",
+    "sat in the {PLACE}", "spent the day at the {PLACE}", "were talking at the {PLACE}",
+    "got to the {PLACE}", "ran to the {PLACE}", "were cleaning the {PLACE}",
+    "had a long day at the {PLACE}",
+]  # fmt: skip
+_PLACE_FIRST = [
+    "At the {PLACE}, {B} and {A} {CHAT}.",
+    "The {PLACE} was {ADJ} when {B} and {A} {ARRIVE}.",
+    "Inside the {PLACE}, {B} and {A} {CHAT}.",
+    "It was {ADJ} at the {PLACE}, so {B} and {A} {CHAT}.",
+]
+_CHAT = ["talked for hours", "sat down", "waited", "laughed", "had a chat", "looked around"]
+_ADJ = ["quiet", "crowded", "empty", "warm", "cold", "noisy", "dark", "full"]
+_ARRIVE = ["came in", "walked in", "showed up", "got there", "sat down", "left"]
+_MIDS = ["", "", "", "Later, ", "Then ", "After a while, ", "Soon, ", "In the end, "]
+_GIVES = [
+    "gave", "handed", "passed", "brought", "sent", "showed", "threw", "lent", "sold", "mailed",
+    "returned", "tossed", "wanted to give", "tried to hand", "forgot to give",
+    "was happy to give", "went on to give", "chose to give",
+]  # fmt: skip
+
+
+def compositional_template(rng: random.Random) -> str:
+    """Return a random BABA-form IOI template from the training grammar (never a held-out one).
+
+    The result has `{B} and {A}` as its first " and ", then `{B}` once more, and ends "to {A}".
+    """
+    give = f"{{B}} {rng.choice(_GIVES)} {rng.choice(['a', 'the'])} {{OBJECT}} to {{A}}"
+    form = rng.random()
+    if form < 0.35:
+        act = rng.choice(_ACTIVITIES)
+        return f"{rng.choice(_SUBORDINATE)} {{B}} and {{A}} {act}, {give}"
+    if form < 0.75:
+        lead = rng.choice(_SENTENCE_LEADS)
+        act = rng.choice(_ACTIVITIES)
+        mid = rng.choice(_MIDS)
+        return f"{lead} {{B}} and {{A}} {act}. {mid}{give}".lstrip()
+    opening = rng.choice(_PLACE_FIRST).format(
+        PLACE="{PLACE}",
+        A="{A}",
+        B="{B}",
+        CHAT=rng.choice(_CHAT),
+        ADJ=rng.choice(_ADJ),
+        ARRIVE=rng.choice(_ARRIVE),
+    )
+    return f"{opening} {rng.choice(_MIDS)}{give}"
 
 
 def _fill(template: str, io: str, s: str, place: str, obj: str, order: str) -> str:
@@ -289,17 +354,32 @@ def ioi_sentence(template: str, io: str, s: str, place: str, obj: str, order: st
     return _fill(template, io, s, place, obj, order)
 
 
-def ioi_training_text(rng: random.Random) -> str:
-    """Return one complete IOI sentence (with answer and full stop) from training pools only."""
-    io, s = rng.sample(NAMES_TRAIN, 2)
-    text = ioi_sentence(
-        rng.choice(TEMPLATES_TRAIN),
-        io,
-        s,
-        rng.choice(PLACES),
-        rng.choice(OBJECTS),
-        rng.choice(["ABBA", "BABA"]),
+def ioi_training_text(
+    rng: random.Random,
+    compositional: float = 0.0,
+    word_pool: Sequence[str] = (),
+    word_share: float = 0.0,
+) -> str:
+    """Return one complete IOI sentence (with answer and full stop) from training pools only.
+
+    With probability `compositional` the template comes from `compositional_template`, else
+    from `TEMPLATES_TRAIN` (the v1 model was trained with `compositional=0`). With probability
+    `word_share` the two "names", the place and the object are arbitrary words of `word_pool`
+    instead ("When kettle and river went to the bridge, kettle gave a tree to river"), which
+    teaches the rule for any token rather than for the training names; held-out names, places
+    and objects are never drawn from it.
+    """
+    template = (
+        compositional_template(rng) if rng.random() < compositional else rng.choice(TEMPLATES_TRAIN)
     )
+    if word_pool and rng.random() < word_share:
+        held = set(NAMES_HELDOUT) | set(PLACES_HELDOUT) | set(OBJECTS_HELDOUT)
+        # four distinct words: a place or object equal to a name would break the task
+        io, s, place, obj = rng.sample([w for w in word_pool if w not in held], 4)
+    else:
+        io, s = rng.sample(NAMES_TRAIN, 2)
+        place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
+    text = ioi_sentence(template, io, s, place, obj, rng.choice(["ABBA", "BABA"]))
     return text + "."
 
 
@@ -314,9 +394,10 @@ def make_ioi_prompts(
     check_split(split)
     names = single_token_words(tokenizer, NAMES_HELDOUT if split == "heldout" else NAMES_TRAIN)
     require_pool(names, 2, "IOI names")
-    places = single_token_words(tokenizer, PLACES) or PLACES
-    objects = single_token_words(tokenizer, OBJECTS) or OBJECTS
-    templates = TEMPLATES_HELDOUT if split == "heldout" else TEMPLATES_TRAIN
+    held = split == "heldout"
+    places = PLACES_HELDOUT if held else PLACES
+    objects = OBJECTS_HELDOUT if held else OBJECTS
+    templates = TEMPLATES_HELDOUT if held else TEMPLATES_TRAIN
     rng = random.Random(seed)
     texts, answers, token_lists, io_ids, s_ids = [], [], [], [], []
     for i in range(n):

@@ -140,6 +140,10 @@ class Activation(nn.Module, ABC):
         return dictionary.W_dec.new_zeros(())
 
     @torch.no_grad()
+    def init_from_data(self, dictionary: Dictionary, x_in: Tensor) -> None:
+        """Called once by `init_biases_from_data` with `x_in [n, d_in]` (minus `b_in`); no-op by default."""
+
+    @torch.no_grad()
     def after_step(self, dictionary: Dictionary) -> None:
         """Called after each optimizer step (e.g. to clamp or re-estimate thresholds)."""
 
@@ -158,3 +162,19 @@ class Activation(nn.Module, ABC):
     def extra_cfg(self) -> dict[str, Any]:
         """Architecture fields SAELens reads from `cfg.json` for this family (e.g. `k`)."""
         return {}
+
+
+def firing_quantiles(dictionary: Dictionary, x_in: Tensor, l0: float) -> Tensor:
+    """Per latent, the pre-activation value `[d_sae]` exceeded on `l0 / d_sae` of `x_in [n, d_in]`.
+
+    Thresholding every latent there makes the batch's mean L0 about `l0`. Parameters and weight
+    updates move pre-activations by roughly the learning rate per step, so over a short run the
+    starting L0 of a ReLU or JumpReLU dictionary largely persists; `cfg.init_l0` chooses it
+    instead of leaving it to the activation scale.
+    """
+    assert dictionary.W_enc is not None
+    pre = torch.addmm(dictionary.b_enc, x_in.to(dictionary.W_enc.dtype), dictionary.W_enc)
+    n = pre.shape[0]
+    # kthvalue, not quantile: torch.quantile refuses inputs above 2**24 elements
+    rank = min(max(round(n * (1.0 - l0 / pre.shape[1])), 1), n)
+    return pre.kthvalue(rank, dim=0).values

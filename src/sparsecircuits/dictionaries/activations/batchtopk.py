@@ -2,7 +2,8 @@
 
 Training mode: `f = ReLU(u) ⊙ 1[u among the top k·n of the batch]`, so k is an average per
 token. Every training `loss()` updates the inference threshold, an EMA of the smallest kept
-activation (`θ ← (1 - threshold_lr) θ + threshold_lr · min kept`, float64 buffer, as SAELens).
+activation (`θ ← (1 - threshold_lr) θ + threshold_lr · min kept`, float64 buffer, as SAELens,
+but started at the first batch's value instead of 0).
 Eval mode: `f = ReLU(u) · 1[u > θ]` — a JumpReLU with one shared threshold, which is how it is
 saved for SAELens ("jumprelu" with `threshold = θ` for every latent). Decoder unit-norm, FVU,
 AuxK as TopK (computed densely).
@@ -57,12 +58,21 @@ class BatchTopKActivation(TopKActivation):
 
     @torch.no_grad()
     def observe(self, dictionary: Dictionary, codes: ForwardOutput) -> None:
-        """EMA of the smallest positive kept activation."""
+        """EMA of the smallest positive kept activation, started at the first observation.
+
+        Starting the EMA at zero (as SAELens does) leaves `(1 - lr)^steps` of its weight on that
+        zero: after a 70-step run the threshold is half the batch cut-off and eval L0 is several
+        times k. A trained threshold is never exactly 0, so 0 marks "not observed yet".
+        """
         acts = codes.feature_acts
         positive = acts[acts > 0]
         if positive.numel():
+            smallest = positive.min().to(torch.float64)
+            if float(self.threshold) == 0.0:
+                self.threshold.copy_(smallest)
+                return
             lr = self.cfg.threshold_lr
-            self.threshold.mul_(1 - lr).add_(lr * positive.min().to(torch.float64))
+            self.threshold.mul_(1 - lr).add_(lr * smallest)
 
     def saelens_architecture(self) -> str | None:
         """Saved as JumpReLU: "jumprelu" / "jumprelu_transcoder" / "jumprelu_skip_transcoder"."""

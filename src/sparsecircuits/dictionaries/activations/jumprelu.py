@@ -24,7 +24,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from sparsecircuits.dictionaries.activations.base import Activation, ForwardOutput
+from sparsecircuits.dictionaries.activations.base import (
+    Activation,
+    ForwardOutput,
+    firing_quantiles,
+)
 
 if TYPE_CHECKING:
     from sparsecircuits.dictionaries.base import Dictionary
@@ -108,6 +112,14 @@ class JumpReLUActivation(Activation):
     def threshold(self) -> Tensor:
         """`exp(log_threshold)`, `[d_sae]`."""
         return self.log_threshold.exp()
+
+    @torch.no_grad()
+    def init_from_data(self, dictionary: Dictionary, x_in: Tensor) -> None:
+        """With `cfg.init_l0 > 0`, put each threshold at the pre-activation quantile of `x_in`
+        `[n, d_in]` where the latent fires on `init_l0 / d_sae` of the tokens."""
+        if self.cfg.init_l0 > 0 and dictionary.W_enc is not None:
+            theta = firing_quantiles(dictionary, x_in, self.cfg.init_l0).clamp_min(1e-6)
+            self.log_threshold.copy_(theta.log().to(self.log_threshold.dtype))
 
     def encode(
         self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None

@@ -12,7 +12,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from sparsecircuits.dictionaries.activations.base import Activation, ForwardOutput
+from sparsecircuits.dictionaries.activations.base import (
+    Activation,
+    ForwardOutput,
+    firing_quantiles,
+)
 
 if TYPE_CHECKING:
     from sparsecircuits.dictionaries.base import Dictionary
@@ -29,6 +33,13 @@ class ReLUActivation(Activation):
         """Dense codes `relu(x_in @ W_enc + b_enc)` with `pre_acts` kept."""
         pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
         return ForwardOutput(pre_acts=pre_acts, dense_acts=pre_acts.relu(), d_sae=self.cfg.d_sae)
+
+    @torch.no_grad()
+    def init_from_data(self, dictionary: Dictionary, x_in: Tensor) -> None:
+        """With `cfg.init_l0 > 0`, lower each encoder bias by the pre-activation quantile of
+        `x_in [n, d_in]` where the latent fires on `init_l0 / d_sae` of the tokens."""
+        if self.cfg.init_l0 > 0:
+            dictionary.b_enc.sub_(firing_quantiles(dictionary, x_in, self.cfg.init_l0))
 
     def sparsity_loss(
         self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None
