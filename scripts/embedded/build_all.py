@@ -37,6 +37,9 @@ def main() -> None:
     )
     p.add_argument("--skip-corpus", action="store_true")
     p.add_argument("--skip-tokenizer", action="store_true")
+    p.add_argument(
+        "--skip-finetune", action="store_true", help="stop at v1 (no task-stream fine-tunes)"
+    )
     args = p.parse_args()
     if args.device is None:
         import torch
@@ -81,7 +84,34 @@ def main() -> None:
             "2",
         ]
     run("train_model.py", *budget, *train)
+    if not args.skip_finetune:
+        finetune_v2()
     run("eval_model.py", "--n", "200", "--seed", "0")
+
+
+# v2: two CPU fine-tunes of the v1 weights on the task stream of build_task_stream.py
+# (compositional IOI, arbitrary-word IOI slots and docstring names), each batch half from the
+# full corpus. Step-exact: (stream seed, train seed, steps, lr, warmup).
+FINETUNE_STAGES = [(4, 5, 1100, "5e-4", 30), (6, 6, 500, "3e-4", 10)]
+
+
+def finetune_v2() -> None:
+    """Fine-tune the freshly trained model (in the package folder) in place, stage by stage."""
+    ship = HERE.parents[1] / "src" / "sparsecircuits" / "models" / "embedded"
+    stage_dir = HERE.parents[1] / "runs" / "embedded" / "finetune"
+    source = ship
+    for i, (stream_seed, seed, steps, lr, warmup) in enumerate(FINETUNE_STAGES):
+        run("build_task_stream.py", "--mb", "12", "--seed", str(stream_seed))
+        target = stage_dir / f"stage{i + 1}"
+        last = i == len(FINETUNE_STAGES) - 1
+        run(
+            "train_model.py",
+            *("--steps", str(steps), "--batch", "32", "--synthetic-extra", "16"),
+            *("--synthetic-file", "task_stream_tokens.npy", "--resume", str(source)),
+            *("--lr", lr, "--warmup", str(warmup), "--seed", str(seed), "--threads", "2"),
+            *("--ckpt-minutes", "30", "--ship-dir", str(ship if last else target)),
+        )
+        source = target
 
 
 if __name__ == "__main__":

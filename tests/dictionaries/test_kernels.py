@@ -22,13 +22,14 @@ def _inputs(n=20, d_in=10, d_sae=40, d_out=7, dtype=torch.float64):  # type: ign
 
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("with_aux", [False, True])
-def test_sparse_encode_decode_match_dense(signed: bool, with_aux: bool) -> None:
+@pytest.mark.parametrize("n", [20, 600])  # 600 rows: three encoder chunks of at most 256
+def test_sparse_encode_decode_match_dense(signed: bool, with_aux: bool, n: int) -> None:
     results = []
     for encode, decode in (
         (kernels.topk_encode, kernels.sparse_decode),
         (kernels.topk_encode_dense, kernels.dense_decode),
     ):
-        x, W_enc, b_enc, W_dec = _inputs(dtype=torch.float32)
+        x, W_enc, b_enc, W_dec = _inputs(n=n, dtype=torch.float32)
         aux_mask = (torch.arange(40) % 3 == 0) if with_aux else None
         codes = encode(
             x, W_enc, b_enc, 5, aux_mask=aux_mask, aux_k=6 if with_aux else 0, signed=signed
@@ -82,3 +83,12 @@ def test_to_dense_places_values() -> None:
     indices = torch.tensor([[0, 3], [2, 1]])
     dense = kernels.to_dense(values, indices, 4)
     assert torch.equal(dense, torch.tensor([[1.0, 0, 0, 2.0], [0, 0, 3.0, 0]]))
+
+
+def test_chunked_selection_equals_whole_batch_topk() -> None:
+    x, W_enc, b_enc, _ = _inputs(n=700, d_in=16, d_sae=64, dtype=torch.float32)
+    with torch.no_grad():
+        codes = kernels.topk_encode(x, W_enc, b_enc, 6)
+        whole = torch.addmm(b_enc, x, W_enc).topk(6, dim=-1).indices
+    assert kernels.encode_rows(700, 64) < 700
+    assert torch.equal(codes.indices.sort(-1).values, whole.sort(-1).values)

@@ -22,8 +22,10 @@ def default_grid(layer: int = SWEEP_LAYER, d_sae: int = D_SAE) -> list[dict[str,
     """Return the default sweep: each activation family at a few sparsities, transcoder and SAE.
 
     TopK-like families (topk, batchtopk, abstopk, top-AFA's cap, matching pursuit's steps) are
-    set by k; ReLU by its L1 coefficient; JumpReLU by its L0 coefficient. A TopK skip
-    transcoder rides along at k=32.
+    set by k. ReLU and JumpReLU start at L0 = `init_l0` (16 or 32; encoder bias / thresholds
+    from the first batch's quantiles) with a sparsity coefficient that holds them near it: in
+    a 300k-token run their parameters move too little for the coefficient alone to set the L0
+    (from the plain init they stayed at L0 280-670). A TopK skip transcoder rides along at k=32.
     """
     per_kind: list[dict[str, Any]] = []
     per_kind += [{"architecture": "topk", "k": k} for k in (16, 32)]
@@ -32,8 +34,13 @@ def default_grid(layer: int = SWEEP_LAYER, d_sae: int = D_SAE) -> list[dict[str,
     per_kind += [{"architecture": "topafa", "k": k} for k in (32, 64)]
     # Inference stops after k steps too (the adaptive stop alone would run up to d_in steps).
     per_kind += [{"architecture": "mp", "k": k, "extra": {"mp_max_iterations": k}} for k in (8, 16)]
-    per_kind += [{"architecture": "relu", "l1_coefficient": c} for c in (3e-3, 1e-2)]
-    per_kind += [{"architecture": "jumprelu", "extra": {"l0_coefficient": c}} for c in (3e-3, 1e-2)]
+    per_kind += [
+        {"architecture": "relu", "l1_coefficient": 1.0, "extra": {"init_l0": n}} for n in (16, 32)
+    ]
+    per_kind += [
+        {"architecture": "jumprelu", "extra": {"l0_coefficient": 0.3, "init_l0": n}}
+        for n in (16, 32)
+    ]
     grid = []
     for kind in ("transcoder", "sae"):
         for spec in per_kind:
@@ -44,11 +51,7 @@ def default_grid(layer: int = SWEEP_LAYER, d_sae: int = D_SAE) -> list[dict[str,
         {"kind": "skip_transcoder", "architecture": "topk", "k": 32, "layer": layer, "d_sae": d_sae}
     )
     for spec in grid:
-        sparsity = (
-            spec.get("k")
-            if "k" in spec
-            else spec.get("l1_coefficient", spec.get("extra", {}).get("l0_coefficient"))
-        )
+        sparsity = spec["k"] if "k" in spec else f"l0init{spec['extra']['init_l0']}"
         spec["name"] = f"{spec['kind']}-{spec['architecture']}-{sparsity}"
     return grid
 
