@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,18 +14,22 @@ import torch
 from sparsecircuits.config import from_dict, to_dict
 from sparsecircuits.data import ActivationStore, ActivationStoreConfig, TokenSource, make_source
 from sparsecircuits.dictionaries import (
-    Dictionary,
+    CrossLayerTranscoder,
     DictionaryConfig,
-    load_dictionary,
-    make_dictionary,
+    SparseCoder,
+    load_sparse_coder,
+    make_sparse_coder,
     save_dictionary,
 )
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.evaluation import plot_frontier
+from sparsecircuits.evaluation.splice import check_clt_hooks
 from sparsecircuits.models import ModelAdapter, load_model
 from sparsecircuits.training import TrainConfig, Trainer, TrainResult, latest_checkpoint
 
-KINDS = ("transcoder", "sae", "skip_transcoder")
+KINDS = ("transcoder", "sae", "skip_transcoder", "clt")
+CLT_HOOK_IN = "blocks.{layer}.hook_mlp_in"
+CLT_HOOK_OUT = "blocks.{layer}.hook_mlp_out"
 
 
 @dataclass
@@ -33,7 +37,10 @@ class DictionarySpec:
     """One dictionary to train. Hooks default from `kind` and `layer`.
 
     transcoder / skip_transcoder: `blocks.{layer}.hook_mlp_in → blocks.{layer}.hook_mlp_out`;
-    sae: `blocks.{layer}.hook_mlp_out` (the same point a transcoder writes, so the two compare).
+    sae: `blocks.{layer}.hook_mlp_out` (the same point a transcoder writes, so the two compare);
+    clt (cross-layer transcoder): the templates `blocks.{layer}.hook_mlp_in →
+    blocks.{layer}.hook_mlp_out` over layers `0 .. n_layers - 1` (`n_layers` None: every layer of
+    the model; `layer` must stay 0). `n_layers` is for kind clt only.
     """
 
     kind: str = "transcoder"
@@ -45,14 +52,25 @@ class DictionarySpec:
     hook_in: str | None = None
     hook_out: str | None = None
     name: str | None = None
+    n_layers: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved_hooks(self) -> tuple[str, str]:
-        """Return `(hook_in, hook_out)` after applying the kind's defaults."""
+        """Return `(hook_in, hook_out)` after applying the kind's defaults.
+
+        For a cross-layer transcoder these are `{layer}` templates; raises `SparseCircuitsError`
+        when its hooks are not templates or are one and the same hook (an SAE's).
+        """
         if self.kind not in KINDS:
             raise SparseCircuitsError(
                 f"unknown dictionary kind {self.kind!r}; use one of {', '.join(KINDS)}"
             )
+        if self.kind != "clt" and (self.n_layers is not None or "n_layers" in self.extra):
+            raise SparseCircuitsError(
+                f"n_layers is for cross-layer transcoders only (kind clt), not kind {self.kind!r}; remove it"
+            )
+        if self.kind == "clt":
+            return self._clt_hooks()
         if self.kind == "sae":
             hook = self.hook_in or self.hook_out or f"blocks.{self.layer}.hook_mlp_out"
             return hook, hook
@@ -61,11 +79,52 @@ class DictionarySpec:
             self.hook_out or f"blocks.{self.layer}.hook_mlp_out",
         )
 
-    def resolved_name(self) -> str:
-        """Return the folder name: given, or `{kind}-{architecture}-L{layer}-{d_sae}-k{k}`."""
+    def _clt_hooks(self) -> tuple[str, str]:
+        if self.layer != 0:
+            raise SparseCircuitsError(
+                f"a cross-layer transcoder covers layers 0..n_layers-1 and takes no layer (got layer={self.layer}); "
+                "remove layer and set n_layers"
+            )
+        hook_in, hook_out = self.hook_in or CLT_HOOK_IN, self.hook_out or CLT_HOOK_OUT
+        for hook in (hook_in, hook_out):
+            if "{layer}" not in hook:
+                raise SparseCircuitsError(
+                    f"a cross-layer transcoder's hooks are templates with {{layer}}, like {CLT_HOOK_IN} "
+                    f"-> {CLT_HOOK_OUT}; got {hook!r}"
+                )
+        if hook_in == hook_out:
+            raise SparseCircuitsError(
+                f"a cross-layer transcoder reads one hook and writes a later one, but hook_in and hook_out "
+                f"are both {hook_in!r} (an SAE's hooks); use kind sae, or set hook_out"
+            )
+        return hook_in, hook_out
+
+    def resolved_n_layers(self, model_layers: int) -> int:
+        """Return the layers a cross-layer transcoder spans: `n_layers` (or `extra["n_layers"]`),
+        else every layer of a model with `model_layers` layers; raise when out of range."""
+        n_layers = self.n_layers if self.n_layers is not None else self.extra.get("n_layers")
+        if n_layers is None:
+            return model_layers
+        if not isinstance(n_layers, int) or not 1 <= n_layers <= model_layers:
+            raise SparseCircuitsError(
+                f"n_layers={n_layers!r} is out of range for this model, which has {model_layers} layers; "
+                f"use 1..{model_layers} (or leave it unset for all of them)"
+            )
+        return n_layers
+
+    def resolved_name(self, n_layers: int | None = None) -> str:
+        """Return the folder name: given, or `{kind}-{architecture}-L{layer}-{d_sae}-k{k}`.
+
+        A cross-layer transcoder over layers 0..N-1 is `clt-{architecture}-L0-{N-1}-{d_sae}-k{k}`;
+        `n_layers` is the resolved count (else the spec's own, else "all").
+        """
         if self.name:
             return self.name
         sparsity = f"k{self.k}" if self.architecture != "relu" else f"l1-{self.l1_coefficient:g}"
+        if self.kind == "clt":
+            count = n_layers or self.n_layers or self.extra.get("n_layers")
+            layers = f"L0-{count - 1}" if count else "Lall"
+            return f"{self.kind}-{self.architecture}-{layers}-{self.d_sae}-{sparsity}"
         return f"{self.kind}-{self.architecture}-L{self.layer}-{self.d_sae}-{sparsity}"
 
 
@@ -108,12 +167,28 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def build_dictionaries(
     adapter: ModelAdapter, specs: list[DictionarySpec], seed: int
-) -> dict[str, Dictionary]:
-    """Return `{name: Dictionary}` sized from the model's hook dimensions."""
-    out: dict[str, Dictionary] = {}
+) -> dict[str, SparseCoder]:
+    """Return `{name: Dictionary or CrossLayerTranscoder}` sized from the model's hook dimensions.
+
+    A cross-layer transcoder takes its widths from layer 0's hooks; every layer's hooks must
+    exist with those widths, each layer's input coming before its output.
+    """
+    out: dict[str, SparseCoder] = {}
     for i, spec in enumerate(specs):
         hook_in, hook_out = spec.resolved_hooks()
-        name = spec.resolved_name()
+        extra = dict(spec.extra)
+        n_layers = None
+        if spec.kind == "clt":
+            n_layers = extra["n_layers"] = spec.resolved_n_layers(adapter.n_layers)
+            layer_hooks = (
+                [hook_in.format(layer=layer) for layer in range(n_layers)],
+                [hook_out.format(layer=layer) for layer in range(n_layers)],
+            )
+            check_clt_hooks(adapter, *layer_hooks)
+            width_in, width_out = layer_hooks[0][0], layer_hooks[1][0]
+        else:
+            width_in, width_out = hook_in, hook_out
+        name = spec.resolved_name(n_layers)
         if name in out:
             raise SparseCircuitsError(
                 f"two dictionaries are named {name!r}; give each a distinct name"
@@ -121,9 +196,9 @@ def build_dictionaries(
         cfg = DictionaryConfig(
             architecture=spec.architecture,
             kind=spec.kind,
-            d_in=adapter.hook_dim(hook_in),
+            d_in=adapter.hook_dim(width_in),
             d_sae=spec.d_sae,
-            d_out=adapter.hook_dim(hook_out),
+            d_out=adapter.hook_dim(width_out),
             hook_in=hook_in,
             hook_out=hook_out,
             k=spec.k,
@@ -131,10 +206,18 @@ def build_dictionaries(
             model_name=adapter.name,
             seed=seed + i,
             device=str(adapter.device),
-            **spec.extra,
+            **extra,
         )
-        out[name] = make_dictionary(cfg).to(adapter.device)
+        dictionary = make_sparse_coder(cfg).to(adapter.device)
+        if isinstance(dictionary, CrossLayerTranscoder):
+            _check_clt_widths(adapter, name, dictionary)
+        out[name] = dictionary
     return out
+
+
+def store_hooks(dictionaries: Mapping[str, SparseCoder]) -> list[str]:
+    """Return every hook the dictionaries read or fit (each CLT layer's hooks included), sorted."""
+    return sorted({hook for d in dictionaries.values() for hook in d.hook_names()})
 
 
 def context_stream(adapter: ModelAdapter, dataset: str, context_size: int) -> TokenSource:
@@ -178,10 +261,11 @@ def eval_batches(
 
 def train_run(
     cfg: RunConfig, resume: bool = False, quiet: bool = False, adapter: ModelAdapter | None = None
-) -> tuple[dict[str, Dictionary], TrainResult, ModelAdapter]:
+) -> tuple[dict[str, SparseCoder], TrainResult, ModelAdapter]:
     """Train every dictionary of `cfg` from one activation stream; save them under `cfg.out`.
 
-    Returns the trained dictionaries, the `TrainResult` and the model adapter. Final
+    Returns the trained dictionaries (cross-layer transcoders included: the store harvests every
+    layer hook they read), the `TrainResult` and the model adapter. Final
     dictionaries land in `cfg.out/dictionaries/<name>/` (SAELens layout); checkpoints in
     `cfg.out/checkpoints/`.
     """
@@ -192,7 +276,7 @@ def train_run(
     if quiet:
         train_cfg.quiet = True
     dictionaries = build_dictionaries(adapter, specs, cfg.seed)
-    hooks = sorted({h for d in dictionaries.values() for h in (d.cfg.hook_in, d.cfg.hook_out)})
+    hooks = store_hooks(dictionaries)
     store_cfg = ActivationStoreConfig(
         context_size=cfg.context_size,
         contexts_per_forward=cfg.contexts_per_forward,
@@ -224,15 +308,16 @@ def train_run(
 
 def load_dictionaries(
     paths: list[str], device: str | torch.device | None = None
-) -> dict[str, Dictionary]:
-    """Return `{name: Dictionary}` from dictionary folders or folders holding several of them."""
-    found: dict[str, Dictionary] = {}
+) -> dict[str, SparseCoder]:
+    """Return `{name: Dictionary or CrossLayerTranscoder}` from dictionary folders or folders
+    holding several of them."""
+    found: dict[str, SparseCoder] = {}
     for p in map(Path, paths):
         if (p / "cfg.json").is_file():
-            found[p.name] = load_dictionary(p, device=device)
+            found[p.name] = load_sparse_coder(p, device=device)
         elif p.is_dir() and any(p.glob("*/cfg.json")):
             for sub in sorted(p.glob("*/cfg.json")):
-                found[sub.parent.name] = load_dictionary(sub.parent, device=device)
+                found[sub.parent.name] = load_sparse_coder(sub.parent, device=device)
         else:
             raise SparseCircuitsError(
                 f"{p} holds no saved dictionary (no cfg.json); pass a dictionary folder"
@@ -240,20 +325,55 @@ def load_dictionaries(
     return found
 
 
-def check_compatible(adapter: ModelAdapter, dictionaries: dict[str, Dictionary]) -> None:
-    """Raise if a dictionary's hooks or widths do not match the model."""
+def check_compatible(adapter: ModelAdapter, dictionaries: Mapping[str, SparseCoder]) -> None:
+    """Raise if a dictionary's hooks or widths do not match the model.
+
+    A cross-layer transcoder is checked at every layer it spans (and must fit in the model).
+    """
     for name, d in dictionaries.items():
-        for hook, dim in ((d.cfg.hook_in, d.cfg.d_in), (d.cfg.hook_out, d.cfg.d_out)):
-            model_dim = adapter.hook_dim(hook)
-            if model_dim != dim:
+        if isinstance(d, CrossLayerTranscoder):
+            if d.n_layers > adapter.n_layers:
                 raise SparseCircuitsError(
-                    f"dictionary {name} expects width {dim} at {hook} but the model has {model_dim}; "
-                    "use the model it was trained on"
+                    f"dictionary {name} is a cross-layer transcoder over {d.n_layers} layers but the model "
+                    f"has {adapter.n_layers}; use the model it was trained on"
                 )
+            check_clt_hooks(adapter, *d.cfg.layer_hooks())
+            _check_clt_widths(adapter, name, d)
+            continue
+        for hook, dim in ((d.cfg.hook_in, d.cfg.d_in), (d.cfg.hook_out, d.cfg.d_out)):
+            _check_width(adapter, name, hook, dim)
+
+
+def _check_width(adapter: ModelAdapter, name: str, hook: str, dim: int) -> None:
+    model_dim = adapter.hook_dim(hook)
+    if model_dim != dim:
+        raise SparseCircuitsError(
+            f"dictionary {name} expects width {dim} at {hook} but the model has {model_dim}; "
+            "use the model it was trained on"
+        )
+
+
+def _check_clt_widths(adapter: ModelAdapter, name: str, clt: CrossLayerTranscoder) -> None:
+    hooks_in, hooks_out = clt.cfg.layer_hooks()
+    for hook in hooks_in:
+        _check_width(adapter, name, hook, clt.d_in)
+    for hook in hooks_out:
+        _check_width(adapter, name, hook, clt.d_out)
+
+
+def _hooks_cell(record: dict[str, Any]) -> str:
+    """`hook_in → hook_out`; a CLT's templates shown over its layer range (`blocks.{0..3}.…`)."""
+    hooks = f"{record['hook_in']} → {record['hook_out']}"
+    n_layers = record.get("n_layers")
+    return hooks.replace("{layer}", f"{{0..{n_layers - 1}}}") if n_layers else hooks
 
 
 def write_report(out: Path, records: list[dict[str, Any]], title: str, extra_md: str = "") -> None:
-    """Write `metrics.json`, `frontier.png` and `summary.md` for evaluated dictionaries."""
+    """Write `metrics.json`, `frontier.png` and `summary.md` for evaluated dictionaries.
+
+    A cross-layer transcoder's row shows its totals (L0 summed over layers, FVU pooled) and a
+    table per CLT below lists its layers.
+    """
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(records, indent=2))
     plot_frontier(records, out / "frontier.png", title=title)
@@ -265,9 +385,25 @@ def write_report(out: Path, records: list[dict[str, Any]], title: str, extra_md:
     ]
     for r in records:
         lines.append(
-            f"| {r['name']} | {r['kind']} | {r['architecture']} | {r['hook_in']} → {r['hook_out']} | "
+            f"| {r['name']} | {r['kind']} | {r['architecture']} | {_hooks_cell(r)} | "
             f"{r['d_sae']} | {r['l0']:.1f} | {r['fvu']:.3f} | {r['ce_loss_clean']:.3f} | "
             f"{r['ce_loss_spliced']:.3f} | {r['ce_loss_zero_ablated']:.3f} | "
             f"{100 * r['ce_loss_recovered']:.1f}% | {r['kl_div']:.4f} |"
         )
+    for r in records:
+        if not r.get("layers"):
+            continue
+        lines += [
+            "",
+            f"## {r['name']} by layer (spliced at every layer at once)",
+            "",
+            "| layer | hook in → out | L0 | FVU | cos sim | dead | dense |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for layer in r["layers"]:
+            lines.append(
+                f"| {layer['layer']} | {layer['hook_in']} → {layer['hook_out']} | {layer['l0']:.1f} | "
+                f"{layer['fvu']:.3f} | {layer['cossim']:.3f} | {100 * layer['dead_frac']:.1f}% | "
+                f"{100 * layer['dense_frac']:.1f}% |"
+            )
     (out / "summary.md").write_text("\n".join(lines) + "\n\n" + extra_md)

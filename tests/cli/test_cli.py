@@ -107,8 +107,106 @@ def test_resume_without_checkpoint_is_a_clear_error(
     assert code == 2 and "holds no checkpoint" in err and "Traceback" not in err
 
 
+def test_train_then_eval_a_cross_layer_transcoder(
+    setup: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = yaml.safe_load(setup["config"].read_text())
+    config["dictionaries"] = [
+        {"kind": "clt", "architecture": "topk", "n_layers": 2, "d_sae": 32, "k": 4},
+        {"kind": "transcoder", "architecture": "topk", "layer": 0, "d_sae": 32, "k": 4},
+    ]
+    config["train"] = {"total_tokens": 2048, "batch_tokens": 256, "lr": 3e-3}
+    path = setup["root"] / "clt.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = setup["root"] / "clt-run"
+    code, stdout, err = run_cli(
+        ["train", "--config", str(path), "--out", str(out), "--quiet"], capsys
+    )
+    assert code == 0, err
+    lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert {line["name"] for line in lines} == {"clt-topk-L0-1-32-k4", "transcoder-topk-L0-32-k4"}
+    saved = json.loads((out / "dictionaries" / "clt-topk-L0-1-32-k4" / "cfg.json").read_text())
+    assert saved["architecture"] == "clt_topk"
+    eval_out = setup["root"] / "clt-eval"
+    eval_args = ["--model", setup["model"], "--dataset", str(setup["data"])]
+    eval_args += ["--context-size", "32", "--contexts", "4", "--out", str(eval_out)]
+    code, _, err = run_cli(["eval", str(out / "dictionaries"), *eval_args], capsys)
+    assert code == 0, err
+    records = {r["name"]: r for r in json.loads((eval_out / "metrics.json").read_text())}
+    clt = records["clt-topk-L0-1-32-k4"]
+    assert clt["kind"] == "clt" and clt["n_layers"] == 2
+    assert [layer["hook_out"] for layer in clt["layers"]] == [
+        "blocks.0.hook_mlp_out",
+        "blocks.1.hook_mlp_out",
+    ]
+    assert clt["l0"] == pytest.approx(sum(layer["l0"] for layer in clt["layers"]))
+    assert clt["l0"] <= 8.0 + 1e-6 and clt["kl_div"] >= 0 and clt["fvu"] >= 0
+    assert clt["ce_loss_clean"] == pytest.approx(
+        records["transcoder-topk-L0-32-k4"]["ce_loss_clean"]
+    )
+    summary = (eval_out / "summary.md").read_text()
+    assert "blocks.{0..1}.hook_mlp_in" in summary and "clt-topk-L0-1-32-k4 by layer" in summary
+    # one CLT folder on its own evaluates too
+    code, stdout, err = run_cli(
+        ["eval", str(out / "dictionaries" / "clt-topk-L0-1-32-k4"), *eval_args], capsys
+    )
+    assert code == 0, err
+    assert json.loads(stdout)[0]["ce_loss_spliced"] == pytest.approx(clt["ce_loss_spliced"])
+    # dashboards take the saved CLT too (one entry per layer)
+    code, stdout, err = run_cli(
+        [
+            "dashboards",
+            "--model",
+            setup["model"],
+            "--dictionary",
+            str(out / "dictionaries" / "clt-topk-L0-1-32-k4"),
+            "--dataset",
+            str(setup["data"]),
+            "--tokens",
+            "256",
+            "--context-size",
+            "32",
+            "--out",
+            str(setup["root"] / "clt-dash"),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    names = {json.loads(line)["name"] for line in stdout.splitlines() if line.startswith("{")}
+    assert names == {"clt-topk-L0-1-32-k4.layer0", "clt-topk-L0-1-32-k4.layer1"}
+
+
+def test_eval_rejects_a_clt_deeper_than_the_model(
+    setup: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sparsecircuits.dictionaries import DictionaryConfig, make_sparse_coder, save_dictionary
+
+    folder = setup["root"] / "deep-clt"
+    cfg = DictionaryConfig(
+        architecture="topk",
+        kind="clt",
+        d_in=32,
+        d_sae=8,
+        k=2,
+        n_layers=4,
+        hook_in="blocks.{layer}.hook_mlp_in",
+        hook_out="blocks.{layer}.hook_mlp_out",
+    )
+    save_dictionary(make_sparse_coder(cfg), folder)
+    code, _, err = run_cli(
+        ["eval", str(folder), "--model", setup["model"], "--dataset", str(setup["data"])],
+        capsys,
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "cross-layer transcoder over 4 layers but the model has 3" in err
+
+
 BAD_INPUTS = [
     ({"dictionaries": [{"kind": "sae", "hook_in": "blocks.1.hook_nonsense"}]}, "hook"),
+    ({"dictionaries": [{"kind": "clt", "n_layers": 7}]}, "n_layers=7 is out of range"),
+    ({"dictionaries": [{"kind": "clt", "hook_in": "blocks.{layer}.hook_mlp_out"}]}, "kind sae"),
+    ({"dictionaries": [{"kind": "clt", "hook_out": "blocks.2.hook_mlp_out"}]}, "{layer}"),
     ({"dictionaries": [{"kind": "transcoder", "layer": 1, "colour": "red"}]}, "unknown key"),
     ({"learning_rate": 0.1}, "unknown key"),
     ({"train": {"total_tokens": 100, "momentum": 0.9}}, "unknown key"),

@@ -21,10 +21,15 @@ def add_run_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--context-size", type=int)
     p.add_argument(
-        "--kind", choices=["transcoder", "sae", "skip_transcoder"], help="one dictionary's kind"
+        "--kind",
+        choices=["transcoder", "sae", "skip_transcoder", "clt"],
+        help="one dictionary's kind (clt: a cross-layer transcoder over layers 0..n_layers-1)",
     )
     p.add_argument("--architecture", help="activation: topk, relu, ...")
     p.add_argument("--layer", type=int)
+    p.add_argument(
+        "--n-layers", type=int, help="layers a cross-layer transcoder spans (default: all)"
+    )
     p.add_argument("--d-sae", type=int)
     p.add_argument("--k", type=int)
     p.add_argument("--l1", type=float, help="L1 coefficient (relu)")
@@ -73,6 +78,7 @@ def run_config_from_args(
             ("kind", "kind"),
             ("architecture", "architecture"),
             ("layer", "layer"),
+            ("n_layers", "n_layers"),
             ("d_sae", "d_sae"),
             ("k", "k"),
             ("l1", "l1_coefficient"),

@@ -30,6 +30,10 @@ from sparsecircuits.dictionaries.sae import SAE
 from sparsecircuits.dictionaries.transcoder import Transcoder
 from sparsecircuits.errors import SparseCircuitsError
 
+# Anything a training run, an evaluation or a saved folder can hold: a per-layer dictionary or a
+# cross-layer transcoder (`load_sparse_coder`, `make_sparse_coder`).
+SparseCoder = Dictionary | CrossLayerTranscoder
+
 
 def make_dictionary(cfg: DictionaryConfig, init: bool = True) -> Dictionary:
     """Return an `SAE` (kind "sae") or a `Transcoder` ("transcoder"/"skip_transcoder") for `cfg`.
@@ -60,6 +64,7 @@ __all__ = [
     "ACTIVATIONS",
     "CLTLayerView",
     "SAE",
+    "SparseCoder",
     "Activation",
     "CrossLayerTranscoder",
     "Dictionary",

@@ -121,10 +121,10 @@ class CrossLayerTranscoder(nn.Module):
 
     @torch.no_grad()
     def init_biases_from_data(
-        self, x_sample: Tensor, target_sample: Tensor, geometric_median: bool = False
+        self, x_sample: Tensor, target_sample: Tensor | None, geometric_median: bool = False
     ) -> None:
         """`b_in[ℓ]` / `b_dec[ℓ]` = centre (mean or geometric median) of each layer's inputs / targets."""
-        x_sample, target_sample = self._check(x_sample, target_sample)
+        x_sample, target_sample = self._check(x_sample, _required(target_sample))
         centre = _geometric_median if geometric_median else _mean
         for layer in range(self.n_layers):
             self.b_in[layer].copy_(centre(x_sample[:, layer]))
@@ -202,12 +202,13 @@ class CrossLayerTranscoder(nn.Module):
 
     # ----------------------------------------------------------------- loss
     def loss(
-        self, x: Tensor, target: Tensor, dead_mask: Tensor | None = None
+        self, x: Tensor, target: Tensor | None, dead_mask: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """As `Dictionary.loss` with a layer axis: `mse` sums the per-layer MSEs, `fvu` averages the
         per-layer FVUs, `l0` counts active latents per token over all layers, `fired_counts` is
-        `[L, d_sae]`, `dead_mask` is `[L, d_sae]`."""
-        x, target = self._check(x, target)
+        `[L, d_sae]`, `dead_mask` is `[L, d_sae]`. `target [n, L, d_out]` is required (None only
+        type-matches `Dictionary.loss`, whose SAEs default it to x)."""
+        x, target = self._check(x, _required(target))
         if dead_mask is not None and dead_mask.shape != (self.n_layers, self.d_sae):
             raise SparseCircuitsError(
                 f"dead_mask must be a bool tensor of shape [{self.n_layers}, {self.d_sae}]"
@@ -306,6 +307,14 @@ class CrossLayerTranscoder(nn.Module):
     def extra_repr(self) -> str:
         cfg = self.cfg
         return f"architecture={cfg.architecture}, n_layers={cfg.n_layers}, d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={self.d_out}"
+
+
+def _required(target: Tensor | None) -> Tensor:
+    if target is None:
+        raise SparseCircuitsError(
+            "a cross-layer transcoder fits its output hooks: pass target [tokens, n_layers, d_out]"
+        )
+    return target
 
 
 class CLTLayerView:

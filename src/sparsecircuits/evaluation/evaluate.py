@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from sparsecircuits.dictionaries import Dictionary
+from sparsecircuits.dictionaries import CrossLayerTranscoder, SparseCoder
 from sparsecircuits.evaluation.metrics import reconstruction_metrics
-from sparsecircuits.evaluation.splice import Baseline, baseline_losses, spliced_losses
+from sparsecircuits.evaluation.splice import (
+    Baseline,
+    baseline_losses,
+    check_clt_hooks,
+    spliced_hooks,
+    spliced_losses,
+)
 from sparsecircuits.models import ModelAdapter
 
 # SAELens's names for the same quantities, written alongside ours.
@@ -36,18 +43,27 @@ def harvest_pairs(
 
 @torch.no_grad()
 def evaluate_dictionaries(
-    adapter: ModelAdapter, dictionaries: dict[str, Dictionary], batches: list[torch.Tensor]
+    adapter: ModelAdapter, dictionaries: Mapping[str, SparseCoder], batches: list[torch.Tensor]
 ) -> list[dict[str, Any]]:
     """Return one record per dictionary with its identity, reconstruction and CE metrics.
 
-    Keys: `name, kind, architecture, hook_in, hook_out, d_in, d_sae, d_out, k, l0, l1, mse,
-    fvu, explained_variance, cossim, dead_frac, dense_frac, ce_loss_clean, ce_loss_spliced,
-    ce_loss_zero_ablated, ce_loss_mean_ablated, ce_loss_recovered, kl_div` plus SAELens aliases.
+    `batches` are token tensors `[b, p]`. Keys: `name, kind, architecture, hook_in, hook_out,
+    d_in, d_sae, d_out, k, l0, l1, mse, fvu, explained_variance, cossim, dead_frac, dense_frac,
+    ce_loss_clean, ce_loss_spliced, ce_loss_zero_ablated, ce_loss_mean_ablated,
+    ce_loss_recovered, ce_loss_recovered_vs_mean, kl_div` plus SAELens aliases. A
+    `CrossLayerTranscoder` adds `n_layers` and `layers` (per-layer reconstruction metrics), has
+    `{layer}` templates as hooks and totals over its layers (see `clt_reconstruction_metrics`);
+    its CE losses splice, and ablate, all its layers' outputs at once. Dictionaries writing the
+    same hooks share one clean and ablated baseline.
     """
-    hooks = sorted({h for d in dictionaries.values() for h in (d.cfg.hook_in, d.cfg.hook_out)})
+    for d in dictionaries.values():
+        if isinstance(d, CrossLayerTranscoder):
+            check_clt_hooks(adapter, *d.cfg.layer_hooks())
+    hooks = sorted({h for d in dictionaries.values() for h in d.hook_names()})
     acts = harvest_pairs(adapter, batches, hooks)
     records = []
-    baselines: dict[str, Baseline] = {}  # clean and ablated runs, shared by dictionaries per hook
+    # Clean and ablated runs, shared by the dictionaries that write the same set of hooks.
+    baselines: dict[tuple[str, ...], Baseline] = {}
     for name, dictionary in dictionaries.items():
         cfg = dictionary.cfg
         was_training = dictionary.training
@@ -63,13 +79,24 @@ def evaluate_dictionaries(
             "d_out": cfg.d_out,
             "k": getattr(cfg, "k", None),
         }
-        record.update(reconstruction_metrics(dictionary, acts[cfg.hook_in], acts[cfg.hook_out]))
-        if cfg.hook_out not in baselines:
-            mean_out = acts[cfg.hook_out].mean(0)
-            baselines[cfg.hook_out] = baseline_losses(adapter, batches, cfg.hook_out, mean_out)
-        record.update(
-            spliced_losses(adapter, dictionary, batches, baseline=baselines[cfg.hook_out])
-        )
+        hooks_out = spliced_hooks(dictionary)
+        if isinstance(dictionary, CrossLayerTranscoder):
+            record["n_layers"] = dictionary.n_layers
+            x, target = dictionary.inputs_from(acts)
+            record.update(reconstruction_metrics(dictionary, x, target))
+            del x, target
+        else:
+            record.update(reconstruction_metrics(dictionary, acts[cfg.hook_in], acts[cfg.hook_out]))
+        if hooks_out not in baselines:
+            if len(hooks_out) == 1:
+                baseline = baseline_losses(
+                    adapter, batches, hooks_out[0], acts[hooks_out[0]].mean(0)
+                )
+            else:
+                means = {hook: acts[hook].mean(0) for hook in hooks_out}
+                baseline = baseline_losses(adapter, batches, hooks_out, means)
+            baselines[hooks_out] = baseline
+        record.update(spliced_losses(adapter, dictionary, batches, baseline=baselines[hooks_out]))
         for alias, ours in SAELENS_ALIASES.items():
             record[alias] = record[ours]
         dictionary.train(was_training)

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 # Marker per kind (transcoders round, SAEs triangular); colour per series from the cycle.
-KIND_MARKER = {"transcoder": "o", "skip_transcoder": "s", "cross_layer_transcoder": "D", "sae": "^"}
+KIND_MARKER = {"transcoder": "o", "skip_transcoder": "s", "clt": "D", "sae": "^"}
 
 
 def plot_frontier(

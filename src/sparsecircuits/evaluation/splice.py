@@ -1,14 +1,23 @@
-"""Next-token loss with a dictionary spliced into the model, against clean and ablated runs."""
+"""Next-token loss with a dictionary spliced into the model, against clean and ablated runs.
+
+A per-layer dictionary replaces its `hook_out` with its reconstruction of `hook_in`. A
+cross-layer transcoder replaces every MLP output it writes *at once* (`clt_splice`): at layer t
+the output becomes `ŷ_t = Σ_{ℓ <= t} a_ℓ W_dec,ℓ[:, t - ℓ] + b_dec,t`, where each `a_ℓ` encodes
+the layer-ℓ input of the same (spliced) forward pass. Its clean and ablated baselines ablate all
+those outputs together.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from sparsecircuits.dictionaries import Dictionary
+from sparsecircuits.dictionaries import CrossLayerTranscoder, SparseCoder
+from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models import ModelAdapter
 
 
@@ -23,7 +32,8 @@ def _next_token_ce_and_logprobs(
 
 @dataclass
 class Baseline:
-    """What every dictionary spliced at one hook compares against, computed once per hook.
+    """What every dictionary spliced at one set of hooks compares against, computed once per set
+    (one hook for a per-layer dictionary, every written layer for a cross-layer transcoder).
 
     `clean_logprobs` holds `[b, p-1, vocab]` per batch, or is None when keeping them would pass
     the memory cap (the clean forward is then rerun per dictionary for the KL); the sums are
@@ -40,14 +50,124 @@ class Baseline:
 
 def mean_activation(adapter: ModelAdapter, batches: list[torch.Tensor], hook: str) -> torch.Tensor:
     """Return the mean activation `[d]` at `hook` over every position of `batches`."""
-    total, count = None, 0
+    return mean_activations(adapter, batches, [hook])[hook]
+
+
+def mean_activations(
+    adapter: ModelAdapter, batches: list[torch.Tensor], hooks: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Return `{hook: mean activation [d]}` over every position of `batches` (one pass for all)."""
+    totals: dict[str, torch.Tensor] = {}
+    count = 0
     for ids in batches:
-        _, cache = adapter.run_with_cache(ids, [hook])
-        act = cache[hook].reshape(-1, cache[hook].shape[-1]).float()
-        total = act.sum(0) if total is None else total + act.sum(0)
-        count += act.shape[0]
-    assert total is not None
-    return total / count
+        _, cache = adapter.run_with_cache(ids, list(hooks))
+        for hook in hooks:
+            act = cache[hook].reshape(-1, cache[hook].shape[-1]).float()
+            totals[hook] = act.sum(0) if hook not in totals else totals[hook] + act.sum(0)
+        count += ids.shape[0] * ids.shape[1]
+    if not totals:
+        raise SparseCircuitsError("no batches to average activations over; pass token batches")
+    return {hook: total / count for hook, total in totals.items()}
+
+
+def spliced_hooks(dictionary: SparseCoder) -> tuple[str, ...]:
+    """Return the hooks a splice of `dictionary` replaces: `(hook_out,)`, or every CLT layer's."""
+    if isinstance(dictionary, CrossLayerTranscoder):
+        return tuple(dictionary.cfg.layer_hooks()[1])
+    return (dictionary.cfg.hook_out,)
+
+
+def check_clt_hooks(
+    adapter: ModelAdapter, hooks_in: Sequence[str], hooks_out: Sequence[str]
+) -> None:
+    """Raise unless a CLT's per-layer hooks can be spliced into `adapter`'s forward pass.
+
+    Every name must be a hook of the model (not an attention pattern), the input and output
+    hooks distinct from each other and between layers, and each layer's input must come before
+    its output.
+    """
+    points_in = [adapter.hook_point(hook) for hook in hooks_in]
+    points_out = [adapter.hook_point(hook) for hook in hooks_out]
+    names = [*hooks_in, *hooks_out]
+    if len(set(names)) != len(names):
+        raise SparseCircuitsError(
+            "a cross-layer transcoder needs distinct hooks per layer and between input and output; "
+            f"got inputs {list(hooks_in)} and outputs {list(hooks_out)}"
+        )
+    for point_in, point_out in zip(points_in, points_out, strict=True):
+        for point in (point_in, point_out):
+            if point.kind == "attn.hook_pattern":
+                raise SparseCircuitsError(
+                    f"a cross-layer transcoder cannot read or write {point.name}; use residual or MLP hooks"
+                )
+        if point_in.order >= point_out.order:
+            raise SparseCircuitsError(
+                f"a cross-layer transcoder reads {point_in.name} after it writes {point_out.name}; "
+                "each layer's hook_in must come before its hook_out"
+            )
+
+
+@contextlib.contextmanager
+def clt_splice(adapter: ModelAdapter, clt: CrossLayerTranscoder) -> Iterator[ModelAdapter]:
+    """Context manager: every MLP output `clt` writes becomes its reconstruction, all at once.
+
+    In each forward pass the input hook of layer ℓ (`[b, p, d_in]`) is encoded to `a_ℓ` and its
+    decoder blocks are added to the pending outputs of layers t >= ℓ; the output hook of layer t
+    (`[b, p, d_out]`) is replaced by `ŷ_t = b_dec,t + Σ_{ℓ <= t} a_ℓ W_dec,ℓ[:, t - ℓ]`, summed in
+    the order `CrossLayerTranscoder.decode` uses. The inputs are those of the spliced pass, so
+    reconstruction errors propagate as they would in a replacement model.
+    """
+    hooks_in, hooks_out = clt.cfg.layer_hooks()
+    check_clt_hooks(adapter, hooks_in, hooks_out)
+    n_layers, d_out = clt.n_layers, clt.d_out
+    pending: list[torch.Tensor | None] = [None] * n_layers  # ŷ_t, [b·p, d_out]
+    read = [0]  # layers whose input this forward pass has encoded
+
+    def encode(layer: int) -> Callable[[torch.Tensor], None]:
+        def fn(act: torch.Tensor) -> None:
+            if layer == 0:  # a new forward pass
+                pending[:] = [None] * n_layers
+                read[0] = 0
+            if read[0] != layer:
+                raise RuntimeError(f"clt_splice: {hooks_in[layer]} ran out of layer order")
+            flat = act.reshape(-1, act.shape[-1])
+            n = flat.shape[0]
+            feature_acts = clt.encode_layer(flat, layer)
+            written = (feature_acts @ clt.W_dec[layer].flatten(1)).view(n, n_layers - layer, d_out)
+            for target in range(layer, n_layers):
+                before = pending[target]
+                start = clt.b_dec[target].expand(n, -1) if before is None else before
+                pending[target] = start + written[:, target - layer]
+            read[0] = layer + 1
+
+        return fn
+
+    def replace(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def fn(act: torch.Tensor) -> torch.Tensor:
+            out = pending[layer]
+            if read[0] <= layer or out is None:
+                raise RuntimeError(f"clt_splice: {hooks_out[layer]} ran before {hooks_in[layer]}")
+            pending[layer] = None
+            return out.reshape(act.shape).to(act.dtype)
+
+        return fn
+
+    hook_fns: dict[str, Callable[[torch.Tensor], torch.Tensor | None]] = {}
+    for layer in range(n_layers):
+        hook_fns[hooks_in[layer]] = encode(layer)
+        hook_fns[hooks_out[layer]] = replace(layer)
+    with adapter.hooks(hook_fns):
+        yield adapter
+
+
+def _splice(adapter: ModelAdapter, dictionary: SparseCoder) -> contextlib.AbstractContextManager:
+    if isinstance(dictionary, CrossLayerTranscoder):
+        return clt_splice(adapter, dictionary)
+
+    def reconstruct(act: torch.Tensor) -> torch.Tensor:
+        return dictionary.reconstruct(act).to(act.dtype)
+
+    return adapter.splice(dictionary.cfg.hook_in, dictionary.cfg.hook_out, reconstruct)
 
 
 # Cached clean log-probs above this size are dropped (a 50k vocabulary at 8k tokens is 1.6 GB).
@@ -58,26 +178,40 @@ MAX_CACHED_LOGPROB_BYTES = 512 * 2**20
 def baseline_losses(
     adapter: ModelAdapter,
     batches: list[torch.Tensor],
-    hook_out: str,
-    mean_out: torch.Tensor,
+    hook_out: str | Sequence[str],
+    mean_out: torch.Tensor | Mapping[str, torch.Tensor],
     max_cache_bytes: int = MAX_CACHED_LOGPROB_BYTES,
 ) -> Baseline:
     """Run the clean model and the zero- and mean-ablated model at `hook_out` once.
 
-    Returns a `Baseline`; its clean log-probs are kept only if they fit in `max_cache_bytes`.
+    `hook_out` is one hook with `mean_out [d]`, or several (a CLT's outputs) ablated together
+    with `mean_out = {hook: [d]}`. Returns a `Baseline`; its clean log-probs are kept only if
+    they fit in `max_cache_bytes`.
     """
+    hooks_out = [hook_out] if isinstance(hook_out, str) else list(hook_out)
+    means = mean_out if isinstance(mean_out, Mapping) else {hooks_out[0]: mean_out}
+    missing = [hook for hook in hooks_out if hook not in means]
+    if isinstance(hook_out, str) != isinstance(mean_out, torch.Tensor) or missing:
+        raise SparseCircuitsError(
+            "baseline_losses takes one hook with a mean tensor, or several hooks with {hook: mean}"
+        )
 
-    def replace_mean(act: torch.Tensor) -> torch.Tensor:
-        return mean_out.to(act.dtype).expand_as(act).clone()
+    def replace_mean(hook: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        def fn(act: torch.Tensor) -> torch.Tensor:
+            return means[hook].to(act.dtype).expand_as(act).clone()
+
+        return fn
 
     replace_zero: Callable[[torch.Tensor], torch.Tensor] = torch.zeros_like
+    zero_hooks = dict.fromkeys(hooks_out, replace_zero)
+    mean_hooks = {hook: replace_mean(hook) for hook in hooks_out}
     logprobs: list[torch.Tensor] | None = []
     kept_bytes, clean, zero, mean, n_tokens = 0, 0.0, 0.0, 0.0, 0
     for ids in batches:
         clean_ce, clean_lp = _next_token_ce_and_logprobs(adapter.forward(ids), ids)
-        with adapter.hooks({hook_out: replace_zero}):
+        with adapter.hooks(zero_hooks):
             zero_ce, _ = _next_token_ce_and_logprobs(adapter.forward(ids), ids)
-        with adapter.hooks({hook_out: replace_mean}):
+        with adapter.hooks(mean_hooks):
             mean_ce, _ = _next_token_ce_and_logprobs(adapter.forward(ids), ids)
         kept_bytes += clean_lp.numel() * clean_lp.element_size()
         logprobs = (
@@ -95,28 +229,43 @@ def baseline_losses(
 @torch.no_grad()
 def spliced_losses(
     adapter: ModelAdapter,
-    dictionary: Dictionary,
+    dictionary: SparseCoder,
     batches: list[torch.Tensor],
-    mean_out: torch.Tensor | None = None,
+    mean_out: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
     baseline: Baseline | None = None,
 ) -> dict[str, float]:
     """Return CE losses of the clean, spliced, zero-ablated and mean-ablated model, and KL.
 
-    `batches` are token tensors `[b, p]`. The dictionary reads `cfg.hook_in` and its output
-    replaces `cfg.hook_out`. `mean_out [d_out]` is the activation used for mean ablation (the
-    mean of `hook_out` over the window when None). `baseline` (from `baseline_losses` on the
-    same batches and hook) skips recomputing the clean and ablated runs. `ce_loss_recovered` is
-    `(CE_zero − CE_spliced) / (CE_zero − CE_clean)`; `kl_div` is the mean over predicted tokens
-    of KL(clean ‖ spliced).
+    `batches` are token tensors `[b, p]`. A dictionary reads `cfg.hook_in` and its output
+    replaces `cfg.hook_out`; a `CrossLayerTranscoder` replaces all its layers' outputs at once
+    (`clt_splice`) and is ablated at all of them. `mean_out` is the activation used for mean
+    ablation, `[d_out]` (a CLT: `{hook_out: [d_out]}` per layer); the mean over the window when
+    None. `baseline` (from `baseline_losses` on the same batches and hooks) skips recomputing
+    the clean and ablated runs. Returns `ce_loss_clean`, `ce_loss_spliced`,
+    `ce_loss_zero_ablated`, `ce_loss_mean_ablated` (mean CE per predicted token),
+    `ce_loss_recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean)`, the same against the
+    mean ablation (`ce_loss_recovered_vs_mean`), and `kl_div`, the mean over predicted tokens of
+    KL(clean ‖ spliced).
     """
-    hook_in, hook_out = dictionary.cfg.hook_in, dictionary.cfg.hook_out
     if baseline is None:
-        if mean_out is None:
-            mean_out = mean_activation(adapter, batches, hook_out)
-        baseline = baseline_losses(adapter, batches, hook_out, mean_out)
-
-    def reconstruct(act: torch.Tensor) -> torch.Tensor:
-        return dictionary.reconstruct(act).to(act.dtype)
+        hooks_out = spliced_hooks(dictionary)
+        if isinstance(dictionary, CrossLayerTranscoder):
+            means = (
+                mean_out if mean_out is not None else mean_activations(adapter, batches, hooks_out)
+            )
+            if not isinstance(means, Mapping):
+                raise SparseCircuitsError(
+                    "mean_out of a cross-layer transcoder is {hook_out: mean [d_out]} per layer"
+                )
+            baseline = baseline_losses(adapter, batches, hooks_out, means)
+        else:
+            if mean_out is None:
+                mean_out = mean_activation(adapter, batches, hooks_out[0])
+            if not isinstance(mean_out, torch.Tensor):
+                raise SparseCircuitsError(
+                    "mean_out of a per-layer dictionary is one tensor [d_out]"
+                )
+            baseline = baseline_losses(adapter, batches, hooks_out[0], mean_out)
 
     spliced, kl = 0.0, 0.0
     for i, ids in enumerate(batches):
@@ -124,7 +273,7 @@ def spliced_losses(
             clean_lp = baseline.clean_logprobs[i]
         else:
             _, clean_lp = _next_token_ce_and_logprobs(adapter.forward(ids), ids)
-        with adapter.splice(hook_in, hook_out, reconstruct):
+        with _splice(adapter, dictionary):
             spliced_ce, spliced_lp = _next_token_ce_and_logprobs(adapter.forward(ids), ids)
         spliced += float(spliced_ce)
         kl += float((clean_lp.exp() * (clean_lp - spliced_lp)).sum())

@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 
 from sparsecircuits.config import from_dict, read_config_file, to_dict
-from sparsecircuits.dictionaries import Dictionary, save_dictionary
+from sparsecircuits.dictionaries import SparseCoder, save_dictionary
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.training.config import TrainConfig
 from sparsecircuits.training.trainer import BatchSource, Trainer, TrainResult, latest_checkpoint
@@ -135,11 +135,11 @@ class ShardedContexts:
                     round_ = []
 
 
-def _dictionary_grads(dictionary: Dictionary) -> list[torch.Tensor]:
+def _dictionary_grads(dictionary: SparseCoder) -> list[torch.Tensor]:
     return [p.grad for p in dictionary.parameters() if p.grad is not None]
 
 
-def all_reduce_gradients(dictionary: Dictionary, world_size: int) -> None:
+def all_reduce_gradients(dictionary: SparseCoder, world_size: int) -> None:
     """Average every gradient of `dictionary` over all ranks, in place, with one collective.
 
     The gradients are packed into one flat buffer (one all-reduce per dictionary rather than one
@@ -159,7 +159,7 @@ def all_reduce_gradients(dictionary: Dictionary, world_size: int) -> None:
 
 
 @torch.no_grad()
-def average_buffers(dictionary: Dictionary, world_size: int) -> None:
+def average_buffers(dictionary: SparseCoder, world_size: int) -> None:
     """Average the floating-point buffers of `dictionary` over all ranks (one collective).
 
     Buffers that a family updates from each step's data (e.g. BatchTopK's threshold EMA) would
@@ -186,7 +186,7 @@ def all_gather_rows(rows: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def broadcast_parameters(dictionary: Dictionary, src: int = 0) -> None:
+def broadcast_parameters(dictionary: SparseCoder, src: int = 0) -> None:
     """Overwrite every rank's parameters and buffers with rank `src`'s."""
     for tensor in [*dictionary.parameters(), *dictionary.buffers()]:
         dist.broadcast(tensor.data, src=src)
@@ -203,7 +203,7 @@ class DistributedTrainer(Trainer):
     def __init__(
         self,
         store: BatchSource,
-        dictionaries: dict[str, Dictionary],
+        dictionaries: dict[str, SparseCoder],
         cfg: TrainConfig,
         context: DistributedContext,
         out_dir: str | Path | None = None,
@@ -219,7 +219,7 @@ class DistributedTrainer(Trainer):
                 broadcast_parameters(dictionary)
                 self._reduce_before_step(dictionary)
 
-    def _reduce_before_step(self, dictionary: Dictionary) -> None:
+    def _reduce_before_step(self, dictionary: SparseCoder) -> None:
         # The trainer calls before_optimizer_step() right after backward(): average the
         # gradients there, then run the dictionary's own hook on the averaged gradients.
         own_hook = dictionary.before_optimizer_step
@@ -291,7 +291,7 @@ class DistributedTrainer(Trainer):
         return metrics
 
     def _device(self) -> torch.device:
-        return next(iter(self.dictionaries.values())).W_dec.device
+        return next(iter(self.dictionaries.values())).b_dec.device
 
     def save_checkpoint(self, tag: str | None = None) -> Path:
         """Rank 0 writes the checkpoint; every rank waits for it and returns its folder."""
@@ -323,7 +323,7 @@ def _local_batch_tokens(batch_tokens: int, world_size: int) -> int:
 
 def distributed_train_run(
     cfg: Any, context: DistributedContext, resume: bool = False, quiet: bool = False
-) -> tuple[dict[str, Dictionary], TrainResult]:
+) -> tuple[dict[str, SparseCoder], TrainResult]:
     """Train `cfg` (a `sparsecircuits.runs.RunConfig`) data-parallel on this rank.
 
     Mirrors `runs.train_run`: the same dictionaries, held-out contexts and outputs, but this
@@ -336,6 +336,7 @@ def distributed_train_run(
         TrainingContexts,
         build_dictionaries,
         context_stream,
+        store_hooks,
         torch_dtype,
     )
 
@@ -345,7 +346,7 @@ def distributed_train_run(
     if quiet:
         train_cfg.quiet = True
     dictionaries = build_dictionaries(adapter, cfg.specs(), cfg.seed)
-    hooks = sorted({h for d in dictionaries.values() for h in (d.cfg.hook_in, d.cfg.hook_out)})
+    hooks = store_hooks(dictionaries)
     store_cfg = ActivationStoreConfig(
         context_size=cfg.context_size,
         contexts_per_forward=max(1, math.ceil(cfg.contexts_per_forward / context.world_size)),
