@@ -16,6 +16,7 @@ process's whole peak RSS from `os.wait4`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -259,6 +260,7 @@ def run(options: BenchOptions, k: int, max_context: int) -> None:
     libraries = [
         lib for lib, why in zip(LIBRARIES, (why_ours, why_theirs), strict=True) if why is None
     ]
+    deltas: dict[str, list[tuple[int, float]]] = {lib: [] for lib in libraries}
     for n_tokens in lengths(options.quick, max_context):
         config = {
             **options.base_config(),
@@ -290,6 +292,7 @@ def run(options: BenchOptions, k: int, max_context: int) -> None:
             results.sort(key=lambda r: r["seconds"])
             median = results[len(results) // 2]
             summary[lib] = median
+            deltas[lib].append((n_tokens, float(median["graph_peak_delta_mb"])))
             cfg = {**config, "n_layers": median.get("n_layers"), "batch_size": median["batch_size"]}
             emit(
                 {
@@ -329,4 +332,25 @@ def run(options: BenchOptions, k: int, max_context: int) -> None:
                 "circuit-tracer",
                 {**short, "measure": "process_peak_rss_mb"},
                 peaks["circuit-tracer"] / peaks["sparsecircuits"],
+            )
+    for lib, points in deltas.items():
+        emit_growth(lib, points)
+
+
+def emit_growth(library: str, points: list[tuple[int, float]]) -> None:
+    """Emit how a library's graph memory grows with the prompt: the exponent `b` of
+    `memory ∝ tokens^b` between consecutive lengths (2 = quadratic)."""
+    for (n0, m0), (n1, m1) in zip(points, points[1:], strict=False):
+        if m0 > 0 and m1 > 0:
+            emit(
+                {
+                    "name": "graph_memory_growth",
+                    "library": library,
+                    "config": {
+                        "from_tokens": n0,
+                        "to_tokens": n1,
+                        "measure": "graph_peak_delta_mb",
+                    },
+                    "exponent": round(math.log(m1 / m0) / math.log(n1 / n0), 3),
+                }
             )

@@ -1,11 +1,14 @@
-"""What the per-row edge cap of `GraphConfig.max_edges_per_row` costs an attribution graph.
+"""What bounding an attribution graph's stored edges costs: `GraphConfig.edge_budget` (the
+default, 50M edges in all) and `max_edges_per_row`.
 
-For prompts of the embedded corpus (shipped transcoders) it builds each graph uncapped and
-capped, prunes both the default way, and prints one JSON line per (length, cap): stored edges,
-the pruned graph's nodes and their overlap with the uncapped graph's (Jaccard), the largest
-change of any node's influence, and the replacement / completeness scores.
+For prompts of the embedded corpus (shipped transcoders) it builds each graph exactly (no
+budget, no cap) and bounded, prunes both the default way, and prints one JSON line per (length,
+setting): seconds, stored edges, peak RSS growth, the pruned graph's nodes and their overlap
+with the exact graph's (Jaccard), the largest change of any node's influence, and the
+replacement / completeness scores.
 
-Usage: python benchmarks/graph_edge_cap.py [--lengths 17,65] [--caps 256,1024]
+Usage: python benchmarks/graph_edge_cap.py [--lengths 65,256] [--budgets 50000000]
+                                           [--caps 1024]
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import text_contexts  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    current_rss_mb,
+    peak_rss_mb,
+    release_free_memory,
+    reset_peak_rss,
+    text_contexts,
+)
 from sparsecircuits.circuits.graph.build import GraphConfig, build_graph  # noqa: E402
 from sparsecircuits.circuits.replacement import ReplacementModel  # noqa: E402
 
@@ -46,25 +55,38 @@ def _summary(graph, reference_nodes=None, reference_influence=None):  # type: ig
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--lengths", default="17,65")
-    parser.add_argument("--caps", default="256,1024")
+    parser.add_argument("--lengths", default="65,256")
+    parser.add_argument("--budgets", default="50000000")
+    parser.add_argument("--caps", default="")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rm = ReplacementModel.load("embedded", "embedded", device="cpu")
+    settings = [("edge_budget", int(b)) for b in args.budgets.split(",") if b]
+    settings += [("max_edges_per_row", int(c)) for c in args.caps.split(",") if c]
     for n_tokens in (int(x) for x in args.lengths.split(",")):
         ids = text_contexts(rm.adapter, 1, n_tokens)[0]
-        start = time.perf_counter()
-        full = build_graph(rm, ids, GraphConfig(max_edges_per_row=None))
-        seconds = time.perf_counter() - start
+        full, seconds, peak = _timed(rm, ids, GraphConfig(edge_budget=None))
         ref, ref_nodes, ref_influence = _summary(full)
-        print(json.dumps({"n_tokens": n_tokens, "cap": None, "seconds": round(seconds, 2), **ref}))
-        for cap in (int(x) for x in args.caps.split(",")):
-            start = time.perf_counter()
-            graph = build_graph(rm, ids, GraphConfig(max_edges_per_row=cap))
-            seconds = time.perf_counter() - start
+        print(json.dumps({"n_tokens": n_tokens, "setting": "exact", **seconds, **peak, **ref}))
+        del full
+        for key, value in settings:
+            config = GraphConfig(**{"edge_budget": None, key: value})
+            graph, seconds, peak = _timed(rm, ids, config)
             out, _, _ = _summary(graph, ref_nodes, ref_influence)
-            print(json.dumps({"n_tokens": n_tokens, "cap": cap, "seconds": round(seconds, 2), **out}))
+            row = {"n_tokens": n_tokens, "setting": f"{key}={value}", **seconds, **peak, **out}
+            print(json.dumps(row), flush=True)
+
+
+def _timed(rm, ids, config):  # type: ignore[no-untyped-def]
+    """Build one graph; return it, its seconds and its peak RSS growth (MiB)."""
+    release_free_memory()
+    before = current_rss_mb()
+    reset_peak_rss()
+    start = time.perf_counter()
+    graph = build_graph(rm, ids, config)
+    seconds = {"seconds": round(time.perf_counter() - start, 2)}
+    return graph, seconds, {"graph_peak_delta_mb": round(peak_rss_mb() - before, 1)}
 
 
 if __name__ == "__main__":

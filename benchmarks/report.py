@@ -54,6 +54,7 @@ def tables(records: list[dict[str, Any]]) -> str:
                 "n_features",
                 "n_nodes",
                 "tflops",
+                "exponent",
             )
             if k in r
         }

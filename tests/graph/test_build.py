@@ -22,6 +22,7 @@ from sparsecircuits.circuits.replacement import (
     ReplacementModel,
 )
 from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+from sparsecircuits.errors import SparseCircuitsError
 
 PROMPT = "The cat saw the house in the year 1732"
 
@@ -104,7 +105,7 @@ def _ablated(rm, state, graph, source: int):
 
 def test_every_edge_equals_a_frozen_ablation(replacement):
     rm = replacement
-    graph = build_graph(rm, PROMPT, GraphConfig(row_mass=1.0, batch_size=7))
+    graph = build_graph(rm, PROMPT, GraphConfig(row_mass=1.0, batch_size=7, max_edges_per_row=None))
     state = rm.run(graph.input_ids[None])
     clean = _target_values(rm, graph, state)
     dense = graph.adjacency.to_dense().double()
@@ -130,7 +131,7 @@ def test_every_edge_equals_a_frozen_ablation(replacement):
 
 
 def test_truncated_rows_keep_exact_weights_and_sums(replacement):
-    full = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0))
+    full = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0, max_edges_per_row=None))
     cut = build_graph(replacement, PROMPT, GraphConfig(row_mass=0.9, batch_size=5))
     assert cut.adjacency.nnz < full.adjacency.nnz
     dense_full = full.adjacency.to_dense()
@@ -204,7 +205,9 @@ def test_long_prompt_uses_prefix_buckets_and_stays_exact(replacement):
     """40 tokens: targets are grouped into prompt prefixes; sampled columns still equal ablations."""
     rm = replacement
     prompt = " ".join([PROMPT] * 4)
-    graph = build_graph(rm, prompt, GraphConfig(row_mass=1.0, batch_size=32))
+    graph = build_graph(
+        rm, prompt, GraphConfig(row_mass=1.0, batch_size=32, max_edges_per_row=None)
+    )
     assert graph.n_pos >= 32  # at least two prefix buckets
     state = rm.run(graph.input_ids[None])
     clean = _target_values(rm, graph, state)
@@ -225,7 +228,7 @@ def test_edge_cap_per_row(replacement):
     capped = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0, max_edges_per_row=3))
     counts = torch.bincount(capped.adjacency.targets.long(), minlength=capped.n_nodes)
     assert counts.max() == 3
-    full = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0))
+    full = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0, max_edges_per_row=None))
     dense = full.adjacency.to_dense()
     for row in capped.adjacency.targets.unique().tolist():
         top = dense[row].abs().topk(min(3, int((dense[row] != 0).sum()))).values
@@ -236,3 +239,18 @@ def test_edge_cap_per_row(replacement):
             .values
         )
         torch.testing.assert_close(mine, top)
+
+
+def test_edge_budget_caps_rows_only_when_it_binds(replacement):
+    assert GraphConfig(edge_budget=10**9).row_cap(n_targets=10, n_nodes=50) is None
+    assert GraphConfig(edge_budget=100).row_cap(n_targets=10, n_nodes=50) == 10
+    assert GraphConfig(edge_budget=100, max_edges_per_row=4).row_cap(10, 50) == 4
+    assert GraphConfig(edge_budget=None).row_cap(10, 50) is None
+    full = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0, edge_budget=None))
+    n_targets = full.n_features + int(full.logit_ids.numel())
+    budget = 4 * n_targets
+    small = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0, edge_budget=budget))
+    assert small.adjacency.weights.numel() <= budget < full.adjacency.weights.numel()
+    torch.testing.assert_close(small.adjacency.row_abs_sums, full.adjacency.row_abs_sums)
+    with pytest.raises(SparseCircuitsError, match="edge_budget"):
+        GraphConfig(edge_budget=0).check()

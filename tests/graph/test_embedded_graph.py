@@ -28,7 +28,9 @@ def test_embedded_graph_edges_equal_frozen_ablations():
     adapter = load_model("embedded", device="cpu")
     rm = ReplacementModel(adapter, load_transcoders("embedded", device="cpu"))
     graph = build_graph(
-        rm, "The war lasted from the year 1732 to the year 17", GraphConfig(row_mass=1.0)
+        rm,
+        "The war lasted from the year 1732 to the year 17",
+        GraphConfig(row_mass=1.0, max_edges_per_row=None),
     )
     state = rm.run(graph.input_ids[None])
     dense = graph.adjacency.to_dense().double()

@@ -45,7 +45,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="per target, keep the largest edges covering this share of |row| (1 = all)",
     )
     p.add_argument(
-        "--max-edges-per-row", type=int, help="cap on stored edges per target (bounds memory)"
+        "--max-edges-per-row",
+        type=int,
+        help="cap on stored edges per target (default: none; the edge budget applies)",
+    )
+    p.add_argument(
+        "--edge-budget",
+        type=int,
+        default=50_000_000,
+        help="most edges stored in all (each row keeps at most budget / targets; about 12 bytes "
+        "each); bounds memory on long prompts (default %(default)s; 0: none, the exact graph)",
     )
     p.add_argument("--port", type=int, default=8041, help="port printed in the viewer URL")
     p.set_defaults(func=run)
@@ -79,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         row_mass=args.row_mass,
         max_edges_per_row=args.max_edges_per_row,
+        edge_budget=args.edge_budget or None,
         node_threshold=args.node_threshold,
         edge_threshold=args.edge_threshold,
     )

@@ -26,8 +26,9 @@ its own layer only for a per-layer transcoder, every layer from its own on for a
 transcoder. So each edge equals the change in the target when the source is removed with
 everything frozen.
 Rows are computed in blocks of `batch_size` targets and stored sparsely: per row the largest
-edges covering `row_mass` of its absolute sum (all non-zero ones when `row_mass = 1`), plus the
-exact row sum for normalisation. No N x N matrix is ever built.
+edges covering `row_mass` of its absolute sum (all non-zero ones when `row_mass = 1`), at most
+`edge_budget / n_targets` of them (and `max_edges_per_row`), plus the exact row sum for
+normalisation. No N x N matrix is ever built, and past the budget storage grows linearly.
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ class GraphConfig:
     desired_logit_prob: float = 0.95
     batch_size: int = 64  # targets per batched backward pass
     row_mass: float = 0.999  # per row, keep the largest |edges| covering this share (1 = all)
-    max_edges_per_row: int | None = None  # and at most this many (bounds memory, long prompts)
+    max_edges_per_row: int | None = None  # and at most this many per row (None: no cap)
+    # and at most this many stored edges in all: each row keeps at most
+    # edge_budget // n_targets, so short prompts are stored whole and long ones stop growing
+    # quadratically (50M edges = 600 MB; benchmarks/graph_edge_cap.py measures the effect)
+    edge_budget: int | None = 50_000_000
     node_threshold: float = 0.8
     edge_threshold: float = 0.98
     skip_bos: bool = True  # no feature/error nodes at position 0
@@ -72,6 +77,17 @@ class GraphConfig:
             raise SparseCircuitsError("row_mass must lie in (0, 1]")
         if self.max_edges_per_row is not None and self.max_edges_per_row < 1:
             raise SparseCircuitsError("max_edges_per_row must be at least 1 (or None for no cap)")
+        if self.edge_budget is not None and self.edge_budget < 1:
+            raise SparseCircuitsError("edge_budget must be at least 1 (or None for no budget)")
+
+    def row_cap(self, n_targets: int, n_nodes: int) -> int | None:
+        """Edges a row may keep: the tighter of `max_edges_per_row` and the budget's share;
+        None when neither binds (a row cannot hold more than `n_nodes`)."""
+        caps = [c for c in (self.max_edges_per_row,) if c is not None]
+        if self.edge_budget is not None:
+            caps.append(max(1, self.edge_budget // max(n_targets, 1)))
+        cap = min(caps) if caps else None
+        return None if cap is None or cap >= n_nodes else cap
 
 
 @dataclass
@@ -251,6 +267,7 @@ def build_graph(
     target_layer = torch.cat([torch.full((n_logits,), n_layers, dtype=torch.long), active[:, 0]])
     target_pos = torch.cat([torch.full((n_logits,), n_pos - 1, dtype=torch.long), active[:, 1]])
     target_node = torch.cat([torch.arange(n_logits) + n_nodes - n_logits, torch.arange(n_feat)])
+    row_cap = cfg.row_cap(int(target_node.numel()), n_nodes)
 
     # The model is causal, so a target at position q only needs the prompt up to q: targets are
     # grouped by prompt prefix and each group runs backward through the shorter prefix only.
@@ -292,9 +309,7 @@ def build_graph(
                 embed,
             )
             rows = target_node[batch_targets]
-            t_idx, s_idx, w, sums = _sparsify(
-                block.cpu(), rows, cfg.row_mass, cfg.max_edges_per_row
-            )
+            t_idx, s_idx, w, sums = _sparsify(block.cpu(), rows, cfg.row_mass, row_cap)
             rows_t.append(t_idx)
             rows_s.append(s_idx)
             rows_w.append(w)
@@ -570,6 +585,7 @@ def to_neuronpedia(
             extra={
                 "row_mass": gen.row_mass,
                 "max_edges_per_row": gen.max_edges_per_row,
+                "edge_budget": gen.edge_budget,
                 "skip_bos": gen.skip_bos,
             },
         ),
