@@ -11,19 +11,8 @@ from sparsecircuits.dictionaries import CrossLayerTranscoder, DictionaryConfig, 
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.evaluation import evaluate_dictionaries, spliced_losses
 from sparsecircuits.evaluation.splice import clt_splice
-from sparsecircuits.models import load_model
 
 IDENTITY_KEYS = {"name", "kind", "hook_in", "hook_out", "n_layers", "layers"}
-
-
-@pytest.fixture(scope="module")
-def gpt2(tiny_model_dir):  # type: ignore[no-untyped-def]
-    return load_model(tiny_model_dir("gpt2"), device="cpu")
-
-
-def _batches(vocab: int) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    return [torch.randint(1, vocab, (3, 10), generator=gen) for _ in range(2)]
 
 
 def _randomise(module: torch.nn.Module, seed: int, scale: float = 0.2) -> None:
@@ -56,7 +45,9 @@ def _clt(adapter, n_layers: int, architecture: str = "topk", seed: int = 0) -> C
 
 
 @pytest.mark.parametrize("architecture", ["topk", "relu", "jumprelu"])
-def test_one_layer_clt_gives_exactly_the_transcoders_metrics(gpt2, architecture: str) -> None:  # type: ignore[no-untyped-def]
+def test_one_layer_clt_gives_exactly_the_transcoders_metrics(
+    gpt2, batches, architecture: str
+) -> None:  # type: ignore[no-untyped-def]
     clt = _clt(gpt2, 1, architecture)
     transcoder = make_sparse_coder(
         DictionaryConfig(
@@ -78,7 +69,6 @@ def test_one_layer_clt_gives_exactly_the_transcoders_metrics(gpt2, architecture:
         transcoder.b_dec.copy_(clt.b_dec[0])
         if clt.log_threshold is not None:
             transcoder.activation.log_threshold.copy_(clt.log_threshold[0])
-    batches = _batches(gpt2.vocab_size)
     records = evaluate_dictionaries(gpt2, {"clt": clt, "tc": transcoder}, batches)
     by_name = {r["name"]: r for r in records}
     clt_record, tc_record = by_name["clt"], by_name["tc"]
@@ -110,9 +100,8 @@ def _manual_ce(adapter, ids: torch.Tensor, hook_fns) -> float:  # type: ignore[n
     return float(-logprobs.gather(-1, ids[:, 1:, None]).sum())
 
 
-def test_two_layer_clt_splice_equals_hand_written_hooks(gpt2) -> None:  # type: ignore[no-untyped-def]
+def test_two_layer_clt_splice_equals_hand_written_hooks(gpt2, batches) -> None:  # type: ignore[no-untyped-def]
     clt = _clt(gpt2, 2, seed=3)
-    batches = _batches(gpt2.vocab_size)
     W0, W1 = clt.W_dec[0].detach(), clt.W_dec[1].detach()
     b_dec = clt.b_dec.detach()
 
@@ -186,13 +175,12 @@ def test_two_layer_clt_splice_equals_hand_written_hooks(gpt2) -> None:  # type: 
     torch.testing.assert_close(streams[0], streams[1], rtol=1e-6, atol=1e-6)
 
 
-def test_a_clt_that_writes_nothing_equals_ablating_every_layer(gpt2) -> None:  # type: ignore[no-untyped-def]
+def test_a_clt_that_writes_nothing_equals_ablating_every_layer(gpt2, batches) -> None:  # type: ignore[no-untyped-def]
     clt = _clt(gpt2, gpt2.n_layers)
     with torch.no_grad():
         for W_dec in clt.W_dec:
             W_dec.zero_()
         clt.b_dec.zero_()
-    batches = _batches(gpt2.vocab_size)
     (record,) = evaluate_dictionaries(gpt2, {"clt": clt}, batches)
     assert record["ce_loss_spliced"] == pytest.approx(record["ce_loss_zero_ablated"], abs=1e-6)
     assert record["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-5)
@@ -210,7 +198,7 @@ def test_a_clt_that_writes_nothing_equals_ablating_every_layer(gpt2) -> None:  #
     assert record["ce_loss_zero_ablated"] != pytest.approx(record["ce_loss_clean"], abs=1e-3)
 
 
-def test_clt_with_hooks_it_cannot_splice_is_a_clear_error(gpt2) -> None:  # type: ignore[no-untyped-def]
+def test_clt_with_hooks_it_cannot_splice_is_a_clear_error(gpt2, batches) -> None:  # type: ignore[no-untyped-def]
     clt = make_sparse_coder(
         DictionaryConfig(
             architecture="topk",
@@ -224,4 +212,4 @@ def test_clt_with_hooks_it_cannot_splice_is_a_clear_error(gpt2) -> None:  # type
         )
     )
     with pytest.raises(SparseCircuitsError, match="must come before"):
-        evaluate_dictionaries(gpt2, {"clt": clt}, _batches(gpt2.vocab_size))
+        evaluate_dictionaries(gpt2, {"clt": clt}, batches)

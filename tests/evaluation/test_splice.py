@@ -10,17 +10,6 @@ import torch
 from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
 from sparsecircuits.evaluation import evaluate_dictionaries, spliced_losses
 from sparsecircuits.evaluation.splice import baseline_losses, mean_activation
-from sparsecircuits.models import load_model
-
-
-@pytest.fixture(scope="module")
-def gpt2(tiny_model_dir):  # type: ignore[no-untyped-def]
-    return load_model(tiny_model_dir("gpt2"), device="cpu")
-
-
-def _batches(vocab: int) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    return [torch.randint(1, vocab, (3, 10), generator=gen) for _ in range(2)]
 
 
 def _transcoder(adapter, seed: int = 0):  # type: ignore[no-untyped-def]
@@ -59,8 +48,7 @@ class _Exact(torch.nn.Module):
         return out
 
 
-def test_an_exact_splice_recovers_all_the_loss(gpt2):  # type: ignore[no-untyped-def]
-    batches = _batches(gpt2.vocab_size)
+def test_an_exact_splice_recovers_all_the_loss(gpt2, batches):  # type: ignore[no-untyped-def]
     exact = _Exact(gpt2, batches, _transcoder(gpt2).cfg)
     out = spliced_losses(gpt2, exact, batches)  # type: ignore[arg-type]
     assert out["ce_loss_spliced"] == pytest.approx(out["ce_loss_clean"], abs=1e-5)
@@ -68,8 +56,7 @@ def test_an_exact_splice_recovers_all_the_loss(gpt2):  # type: ignore[no-untyped
     assert abs(out["kl_div"]) < 1e-5
 
 
-def test_baseline_cache_and_memory_cap_give_the_same_numbers(gpt2):  # type: ignore[no-untyped-def]
-    batches = _batches(gpt2.vocab_size)
+def test_baseline_cache_and_memory_cap_give_the_same_numbers(gpt2, batches):  # type: ignore[no-untyped-def]
     tc = _transcoder(gpt2)
     hook = tc.cfg.hook_out
     mean_out = mean_activation(gpt2, batches, hook)
@@ -85,8 +72,7 @@ def test_baseline_cache_and_memory_cap_give_the_same_numbers(gpt2):  # type: ign
     assert not math.isclose(fresh["ce_loss_zero_ablated"], fresh["ce_loss_clean"])
 
 
-def test_evaluate_dictionaries_shares_baselines_between_dictionaries(gpt2):  # type: ignore[no-untyped-def]
-    batches = _batches(gpt2.vocab_size)
+def test_evaluate_dictionaries_shares_baselines_between_dictionaries(gpt2, batches):  # type: ignore[no-untyped-def]
     dicts = {"a": _transcoder(gpt2, 0), "b": _transcoder(gpt2, 1)}
     records = {r["name"]: r for r in evaluate_dictionaries(gpt2, dicts, batches)}
     for name, tc in dicts.items():

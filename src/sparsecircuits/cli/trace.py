@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model", default="embedded", help='hub id, local model folder, or "embedded" (default)'
     )
     p.add_argument(
-        "--transcoders", default="embedded", help='folder of per-layer transcoders, or "embedded"'
+        "--transcoders",
+        default="embedded",
+        help='folder of per-layer transcoders or a cross-layer transcoder, or "embedded"',
     )
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--slug", help="graph name inside the JSON (default: from the prompt)")
@@ -52,9 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--edge-budget",
         type=int,
-        default=50_000_000,
         help="most edges stored in all (each row keeps at most budget / targets; about 12 bytes "
-        "each); bounds memory on long prompts (default %(default)s; 0: none, the exact graph)",
+        "each); bounds memory on long prompts but changes pruning (default: none, the exact graph)",
     )
     p.add_argument("--port", type=int, default=8041, help="port printed in the viewer URL")
     p.set_defaults(func=run)
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         row_mass=args.row_mass,
         max_edges_per_row=args.max_edges_per_row,
-        edge_budget=args.edge_budget or None,
+        edge_budget=args.edge_budget,
         node_threshold=args.node_threshold,
         edge_threshold=args.edge_threshold,
     )

@@ -59,10 +59,11 @@ class GraphConfig:
     batch_size: int = 64  # targets per batched backward pass
     row_mass: float = 0.999  # per row, keep the largest |edges| covering this share (1 = all)
     max_edges_per_row: int | None = None  # and at most this many per row (None: no cap)
-    # and at most this many stored edges in all: each row keeps at most
-    # edge_budget // n_targets, so short prompts are stored whole and long ones stop growing
-    # quadratically (50M edges = 600 MB; benchmarks/graph_edge_cap.py measures the effect)
-    edge_budget: int | None = 50_000_000
+    # and at most this many stored edges in all (each row keeps at most edge_budget //
+    # n_targets; ~12 bytes an edge): bounds storage on long prompts, but dropped edges change
+    # influence pruning (benchmarks/graph_edge_cap.py: at 256 tokens a 50M budget kept 42 % of
+    # the exact graph's pruned nodes), so it is off by default
+    edge_budget: int | None = None
     node_threshold: float = 0.8
     edge_threshold: float = 0.98
     skip_bos: bool = True  # no feature/error nodes at position 0
