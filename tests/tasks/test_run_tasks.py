@@ -46,9 +46,15 @@ def test_shipped_model_loads_and_does_greater_than(shipped_results):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="known miss of the held-out IOI/docstring targets; see MODEL_CARD.md", strict=False
-)
-def test_shipped_model_meets_ioi_and_docstring_targets(shipped_results):
-    assert shipped_results["ioi"]["logit_diff"] >= 2.5 and shipped_results["ioi"]["accuracy"] >= 0.9
+def test_shipped_model_meets_the_docstring_and_ioi_logit_diff_targets(shipped_results):
     assert shipped_results["docstring"]["accuracy"] >= 0.6
+    assert shipped_results["ioi"]["logit_diff"] >= 2.5
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="known miss of the held-out IOI accuracy target (87% < 90%); see MODEL_CARD.md",
+    strict=False,
+)
+def test_shipped_model_meets_the_ioi_accuracy_target(shipped_results):
+    assert shipped_results["ioi"]["accuracy"] >= 0.9
