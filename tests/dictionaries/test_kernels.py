@@ -91,4 +91,5 @@ def test_chunked_selection_equals_whole_batch_topk() -> None:
         codes = kernels.topk_encode(x, W_enc, b_enc, 6)
         whole = torch.addmm(b_enc, x, W_enc).topk(6, dim=-1).indices
     assert kernels.encode_rows(700, 64) < 700
+    assert kernels.encode_rows(700, 64, "cuda") == 700  # accelerators take the whole batch
     assert torch.equal(codes.indices.sort(-1).values, whole.sort(-1).values)

@@ -63,18 +63,21 @@ def _select_aux(
     return (values if signed else values.relu()), dead[chosen]
 
 
-def encode_rows(n_rows: int, d_sae: int) -> int:
-    """Rows per encoder chunk, so top-k reads `[rows, d_sae]` pre-activations while they are
-    still in cache. Measured on 2 CPU cores (benchmarks/bench_breakdown.py, GEMM + top-k): 256
-    rows 10% faster than the whole batch at d_sae 4k; at 64k 256 rows gained nothing and 1024
-    rows 6% (smaller blocks cost the GEMM more than the cache saves)."""
+def encode_rows(n_rows: int, d_sae: int, device_type: str = "cpu") -> int:
+    """Return the rows per encoder chunk, so top-k reads `[rows, d_sae]` pre-activations while
+    they are still in cache. Measured on 2 CPU cores (benchmarks/bench_breakdown.py, GEMM +
+    top-k): 256 rows 10% faster than the whole batch at d_sae 4k; at 64k 256 rows gained nothing
+    and 1024 rows 6% (smaller blocks cost the GEMM more than the cache saves). Accelerators
+    take the whole batch: there a chunk is only more kernel launches."""
+    if device_type != "cpu":
+        return n_rows
     return min(n_rows, 256 if d_sae <= 8192 else 1024)
 
 
 def pre_activations(x_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
     """`x_in @ W_enc + b_enc` `[n, d_sae]`, computed in the same row chunks as `topk_encode`
     so the dense reference sees the very same bits (GEMM blocking can change the last bit)."""
-    rows = encode_rows(x_in.shape[0], W_enc.shape[1])
+    rows = encode_rows(x_in.shape[0], W_enc.shape[1], x_in.device.type)
     if rows >= x_in.shape[0]:
         return torch.addmm(b_enc, x_in, W_enc)
     return torch.cat([torch.addmm(b_enc, part, W_enc) for part in x_in.split(rows)])
@@ -90,7 +93,7 @@ def _encode_select(
     signed: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Encoder GEMM and top-k selection chunk by chunk of rows, never holding `[n, d_sae]`."""
-    rows = encode_rows(x_in.shape[0], W_enc.shape[1])
+    rows = encode_rows(x_in.shape[0], W_enc.shape[1], x_in.device.type)
     use_aux = aux_mask is not None and aux_k > 0
     parts: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
     for part in x_in.split(rows):
