@@ -9,7 +9,7 @@ import torch
 
 from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
 from sparsecircuits.evaluation import evaluate_dictionaries, spliced_losses
-from sparsecircuits.evaluation.splice import baseline_losses, mean_activation
+from sparsecircuits.evaluation.splice import baseline_losses, mean_activations
 
 
 def _transcoder(adapter, seed: int = 0):  # type: ignore[no-untyped-def]
@@ -59,9 +59,9 @@ def test_an_exact_splice_recovers_all_the_loss(gpt2, batches):  # type: ignore[n
 def test_baseline_cache_and_memory_cap_give_the_same_numbers(gpt2, batches):  # type: ignore[no-untyped-def]
     tc = _transcoder(gpt2)
     hook = tc.cfg.hook_out
-    mean_out = mean_activation(gpt2, batches, hook)
-    cached = baseline_losses(gpt2, batches, hook, mean_out)
-    capped = baseline_losses(gpt2, batches, hook, mean_out, max_cache_bytes=0)
+    means = mean_activations(gpt2, batches, [hook])
+    cached = baseline_losses(gpt2, batches, [hook], means)
+    capped = baseline_losses(gpt2, batches, [hook], means, max_cache_bytes=0)
     assert cached.clean_logprobs is not None and capped.clean_logprobs is None
     fresh = spliced_losses(gpt2, tc, batches)
     for baseline in (cached, capped):

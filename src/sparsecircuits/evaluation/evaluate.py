@@ -88,14 +88,8 @@ def evaluate_dictionaries(
         else:
             record.update(reconstruction_metrics(dictionary, acts[cfg.hook_in], acts[cfg.hook_out]))
         if hooks_out not in baselines:
-            if len(hooks_out) == 1:
-                baseline = baseline_losses(
-                    adapter, batches, hooks_out[0], acts[hooks_out[0]].mean(0)
-                )
-            else:
-                means = {hook: acts[hook].mean(0) for hook in hooks_out}
-                baseline = baseline_losses(adapter, batches, hooks_out, means)
-            baselines[hooks_out] = baseline
+            means = {hook: acts[hook].mean(0) for hook in hooks_out}
+            baselines[hooks_out] = baseline_losses(adapter, batches, hooks_out, means)
         record.update(spliced_losses(adapter, dictionary, batches, baseline=baselines[hooks_out]))
         for alias, ours in SAELENS_ALIASES.items():
             record[alias] = record[ours]

@@ -48,11 +48,6 @@ class Baseline:
     n_tokens: int
 
 
-def mean_activation(adapter: ModelAdapter, batches: list[torch.Tensor], hook: str) -> torch.Tensor:
-    """Return the mean activation `[d]` at `hook` over every position of `batches`."""
-    return mean_activations(adapter, batches, [hook])[hook]
-
-
 def mean_activations(
     adapter: ModelAdapter, batches: list[torch.Tensor], hooks: Sequence[str]
 ) -> dict[str, torch.Tensor]:
@@ -178,23 +173,17 @@ MAX_CACHED_LOGPROB_BYTES = 512 * 2**20
 def baseline_losses(
     adapter: ModelAdapter,
     batches: list[torch.Tensor],
-    hook_out: str | Sequence[str],
-    mean_out: torch.Tensor | Mapping[str, torch.Tensor],
+    hooks_out: Sequence[str],
+    means: Mapping[str, torch.Tensor],
     max_cache_bytes: int = MAX_CACHED_LOGPROB_BYTES,
 ) -> Baseline:
-    """Run the clean model and the zero- and mean-ablated model at `hook_out` once.
-
-    `hook_out` is one hook with `mean_out [d]`, or several (a CLT's outputs) ablated together
-    with `mean_out = {hook: [d]}`. Returns a `Baseline`; its clean log-probs are kept only if
+    """Run the clean model and the model with every hook of `hooks_out` zero- or mean-ablated
+    (`means = {hook: [d]}`) once. Returns a `Baseline`; its clean log-probs are kept only if
     they fit in `max_cache_bytes`.
     """
-    hooks_out = [hook_out] if isinstance(hook_out, str) else list(hook_out)
-    means = mean_out if isinstance(mean_out, Mapping) else {hooks_out[0]: mean_out}
     missing = [hook for hook in hooks_out if hook not in means]
-    if isinstance(hook_out, str) != isinstance(mean_out, torch.Tensor) or missing:
-        raise SparseCircuitsError(
-            "baseline_losses takes one hook with a mean tensor, or several hooks with {hook: mean}"
-        )
+    if missing:
+        raise SparseCircuitsError(f"baseline_losses has no mean for {', '.join(missing)}")
 
     def replace_mean(hook: str) -> Callable[[torch.Tensor], torch.Tensor]:
         def fn(act: torch.Tensor) -> torch.Tensor:
@@ -249,23 +238,18 @@ def spliced_losses(
     """
     if baseline is None:
         hooks_out = spliced_hooks(dictionary)
-        if isinstance(dictionary, CrossLayerTranscoder):
-            means = (
-                mean_out if mean_out is not None else mean_activations(adapter, batches, hooks_out)
-            )
-            if not isinstance(means, Mapping):
-                raise SparseCircuitsError(
-                    "mean_out of a cross-layer transcoder is {hook_out: mean [d_out]} per layer"
-                )
-            baseline = baseline_losses(adapter, batches, hooks_out, means)
+        means: Mapping[str, torch.Tensor]
+        if mean_out is None:
+            means = mean_activations(adapter, batches, hooks_out)
+        elif isinstance(mean_out, Mapping):
+            means = mean_out
+        elif len(hooks_out) == 1:
+            means = {hooks_out[0]: mean_out}
         else:
-            if mean_out is None:
-                mean_out = mean_activation(adapter, batches, hooks_out[0])
-            if not isinstance(mean_out, torch.Tensor):
-                raise SparseCircuitsError(
-                    "mean_out of a per-layer dictionary is one tensor [d_out]"
-                )
-            baseline = baseline_losses(adapter, batches, hooks_out[0], mean_out)
+            raise SparseCircuitsError(
+                "mean_out of a cross-layer transcoder is {hook_out: mean [d_out]} per layer"
+            )
+        baseline = baseline_losses(adapter, batches, hooks_out, means)
 
     spliced, kl = 0.0, 0.0
     for i, ids in enumerate(batches):
