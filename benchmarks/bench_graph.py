@@ -42,7 +42,9 @@ from benchmarks.common import (
     text_contexts,
 )
 
-LIBRARIES = ("sparsecircuits", "circuit-tracer")
+# contenders: our exact full graph, our streamed pruned graph (`store="influential"`: same
+# pruned graph and scores, linear memory), circuit-tracer's dense `attribute`
+CONTENDERS = ("sparsecircuits", "sparsecircuits:influential", "circuit-tracer")
 D_SAE = 4096
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,6 +53,12 @@ def lengths(quick: bool, max_context: int) -> list[int]:
     """Prompt lengths (BOS included): 17 (and 65, 256 in the full run)."""
     wanted = [17] if quick else [17, 65, 256]
     return [min(n, max_context) for n in wanted]
+
+
+def library_of(contender: str) -> tuple[str, str]:
+    """`(library, store)` of a contender name ("sparsecircuits:influential")."""
+    library, _, store = contender.partition(":")
+    return library, store or ("all" if library == "sparsecircuits" else "dense")
 
 
 def make_transcoders(adapter: Any, k: int, d_sae: int) -> dict[int, Any]:
@@ -89,12 +97,12 @@ def make_transcoders(adapter: Any, k: int, d_sae: int) -> dict[int, Any]:
     return transcoders
 
 
-def _ours(adapter: Any, transcoders: dict[int, Any]) -> tuple[Any, Any]:
+def _ours(adapter: Any, transcoders: dict[int, Any], store: str) -> tuple[Any, Any]:
     from sparsecircuits.circuits.graph.build import GraphConfig, build_graph
     from sparsecircuits.circuits.replacement import ReplacementModel
 
     replacement = ReplacementModel(adapter, transcoders)
-    config = GraphConfig()
+    config = GraphConfig(store=store)
 
     def build(ids: torch.Tensor) -> dict[str, Any]:
         graph = build_graph(replacement, ids, config)
@@ -108,7 +116,7 @@ def _ours(adapter: Any, transcoders: dict[int, Any]) -> tuple[Any, Any]:
     return build, replacement
 
 
-def _theirs(adapter: Any, transcoders: dict[int, Any]) -> tuple[Any, Any]:
+def _theirs(adapter: Any, transcoders: dict[int, Any], _store: str) -> tuple[Any, Any]:
     model = third_party.circuit_tracer_model(adapter, transcoders)
     batch_size = 512  # attribute()'s default
     probe = text_contexts(adapter, 1, 16).to(adapter.device)
@@ -132,12 +140,14 @@ def _theirs(adapter: Any, transcoders: dict[int, Any]) -> tuple[Any, Any]:
     return build, model
 
 
-def worker(options: BenchOptions, library: str, n_tokens: int, k: int) -> dict[str, Any]:
+def worker(options: BenchOptions, contender: str, n_tokens: int, k: int) -> dict[str, Any]:
     """Build one graph in this process; return its measurements (run in a child process)."""
     torch.manual_seed(0)
     adapter = load_adapter(options)
     transcoders = make_transcoders(adapter, k, D_SAE)
-    build, _keep = (_ours if library == "sparsecircuits" else _theirs)(adapter, transcoders)
+    library, store = library_of(contender)
+    make = _ours if library == "sparsecircuits" else _theirs
+    build, _keep = make(adapter, transcoders, store)
     ids = text_contexts(adapter, 1, n_tokens)[0].to(adapter.device)
     build(ids[: min(8, n_tokens)])  # warm-up
     synchronize(options.device)
@@ -165,14 +175,14 @@ def worker(options: BenchOptions, library: str, n_tokens: int, k: int) -> dict[s
     return out
 
 
-def worker_python(library: str) -> str:
+def worker_python(contender: str) -> str:
     """The interpreter a library's worker runs in.
 
     circuit-tracer pins transformers<=4.57.3 (and TransformerLens 2.x), which cannot share an
     environment with the rest, so its worker runs in `.venv-bench-ct` when that exists
     (override with SC_BENCH_CT_PYTHON); everything else runs in this interpreter.
     """
-    if library == "circuit-tracer":
+    if library_of(contender)[0] == "circuit-tracer":
         override = os.environ.get("SC_BENCH_CT_PYTHON")
         if override:
             return override
@@ -182,16 +192,16 @@ def worker_python(library: str) -> str:
     return sys.executable
 
 
-def why_unavailable(library: str) -> str | None:
-    """None when `library` imports in its worker interpreter, else why not."""
-    if library == "sparsecircuits":
+def why_unavailable(contender: str) -> str | None:
+    """None when the contender's library imports in its worker interpreter, else why not."""
+    if library_of(contender)[0] == "sparsecircuits":
         try:
             import sparsecircuits.circuits.graph.build  # noqa: F401
             import sparsecircuits.circuits.replacement  # noqa: F401
         except ImportError as exc:
             return f"graph builder not available ({exc})"
         return None
-    python = worker_python(library)
+    python = worker_python(contender)
     if python == sys.executable:
         return third_party.available_circuit_tracer()
     check = subprocess.run([python, "-c", "import circuit_tracer"], capture_output=True, text=True)
@@ -202,18 +212,18 @@ def why_unavailable(library: str) -> str | None:
 
 
 def _spawn(
-    options: BenchOptions, library: str, n_tokens: int, k: int, timeout_s: float
+    options: BenchOptions, contender: str, n_tokens: int, k: int, timeout_s: float
 ) -> tuple[dict[str, Any] | None, float, str]:
     """Run one worker; return (its result or None, its peak RSS in MiB, error text)."""
     cmd = (
         [
-            worker_python(library),
+            worker_python(contender),
             "-m",
             "benchmarks.run",
             "--worker",
             "graph",
             "--library",
-            library,
+            contender,
             "--n-tokens",
             str(n_tokens),
             "--graph-k",
@@ -254,13 +264,13 @@ def _spawn(
     return result, float(result.get("process_peak_rss_mb", 0.0)), ""
 
 
-def run(options: BenchOptions, k: int, max_context: int) -> None:
-    """Emit graph records (seconds, memory) per library and length, and their ratios."""
-    why_ours, why_theirs = why_unavailable("sparsecircuits"), why_unavailable("circuit-tracer")
-    libraries = [
-        lib for lib, why in zip(LIBRARIES, (why_ours, why_theirs), strict=True) if why is None
-    ]
-    deltas: dict[str, list[tuple[int, float]]] = {lib: [] for lib in libraries}
+def run(options: BenchOptions, k: int, max_context: int, theirs_max_tokens: int) -> None:
+    """Emit graph records (seconds, memory) per contender and length, and their ratios.
+
+    circuit-tracer runs only up to `theirs_max_tokens` (its 256-token graph alone takes ~10
+    minutes on 2 CPU cores); ours runs at every length, in both storage modes."""
+    why = {c: why_unavailable(c) for c in CONTENDERS}
+    deltas: dict[str, list[tuple[int, float]]] = {c: [] for c in CONTENDERS if why[c] is None}
     for n_tokens in lengths(options.quick, max_context):
         config = {
             **options.base_config(),
@@ -270,34 +280,48 @@ def run(options: BenchOptions, k: int, max_context: int) -> None:
             "k": k,
             "architecture": "topk",
         }
-        for lib, why in zip(LIBRARIES, (why_ours, why_theirs), strict=True):
-            if why is not None:
-                skipped("graph", lib, config, why)
-        samples: dict[str, list[dict[str, Any]]] = {lib: [] for lib in libraries}
+        contenders = []
+        for contender in CONTENDERS:
+            library, store = library_of(contender)
+            if why[contender] is not None:
+                skipped("graph", library, {**config, "store": store}, why[contender] or "")
+            elif library == "circuit-tracer" and n_tokens > theirs_max_tokens:
+                reason = f"circuit-tracer runs up to {theirs_max_tokens} tokens (--graph-theirs-max)"
+                skipped("graph", library, {**config, "store": store}, reason)
+            else:
+                contenders.append(contender)
+        samples: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
         peaks: dict[str, float] = {}
         repeats = 1 if n_tokens > 20 or options.quick else 2
         for _ in range(repeats):
-            for lib in libraries:
-                log(f"graph {lib} n_tokens={n_tokens}")
-                result, peak, error = _spawn(options, lib, n_tokens, k, timeout_s=900)
+            for contender in contenders:
+                log(f"graph {contender} n_tokens={n_tokens}")
+                result, peak, error = _spawn(options, contender, n_tokens, k, timeout_s=900)
                 if result is None:
-                    skipped("graph", lib, config, error)
+                    library, store = library_of(contender)
+                    skipped("graph", library, {**config, "store": store}, error)
                     continue
-                samples[lib].append(result)
-                peaks[lib] = max(peaks.get(lib, 0.0), peak)
+                samples[contender].append(result)
+                peaks[contender] = max(peaks.get(contender, 0.0), peak)
         summary = {}
-        for lib, results in samples.items():
+        for contender, results in samples.items():
             if not results:
                 continue
             results.sort(key=lambda r: r["seconds"])
             median = results[len(results) // 2]
-            summary[lib] = median
-            deltas[lib].append((n_tokens, float(median["graph_peak_delta_mb"])))
-            cfg = {**config, "n_layers": median.get("n_layers"), "batch_size": median["batch_size"]}
+            summary[contender] = median
+            deltas[contender].append((n_tokens, float(median["graph_peak_delta_mb"])))
+            library, store = library_of(contender)
+            cfg = {
+                **config,
+                "n_layers": median.get("n_layers"),
+                "batch_size": median["batch_size"],
+                "store": store,
+            }
             emit(
                 {
                     "name": "graph",
-                    "library": lib,
+                    "library": library,
                     "config": cfg,
                     "seconds": round(median["seconds"], 3),
                     "graph_peak_delta_mb": round(median["graph_peak_delta_mb"], 1),
@@ -306,15 +330,18 @@ def run(options: BenchOptions, k: int, max_context: int) -> None:
                         if "graph_peak_gpu_delta_mb" in median
                         else {}
                     ),
-                    "peak_rss_mb": round(peaks[lib], 1),
+                    "peak_rss_mb": round(peaks[contender], 1),
                     "n_features": median["n_features"],
                     "n_nodes": median["n_nodes"],
                     "n_edges": median["n_edges"],
                 }
             )
-        if len(summary) == 2:
-            ours, theirs = summary["sparsecircuits"], summary["circuit-tracer"]
-            short = {"n_tokens": n_tokens, "k": k, "d_sae": D_SAE}
+        theirs = summary.get("circuit-tracer")
+        for contender in ("sparsecircuits", "sparsecircuits:influential"):
+            ours = summary.get(contender)
+            if theirs is None or ours is None:
+                continue
+            short = {"n_tokens": n_tokens, "k": k, "d_sae": D_SAE, "store": library_of(contender)[1]}
             ratio("graph_time", "circuit-tracer", short, theirs["seconds"] / ours["seconds"])
             key = (
                 "graph_peak_gpu_delta_mb"
@@ -331,16 +358,21 @@ def run(options: BenchOptions, k: int, max_context: int) -> None:
                 "graph_memory",
                 "circuit-tracer",
                 {**short, "measure": "process_peak_rss_mb"},
-                peaks["circuit-tracer"] / peaks["sparsecircuits"],
+                peaks["circuit-tracer"] / peaks[contender],
             )
-    for lib, points in deltas.items():
-        emit_growth(lib, points)
+    for contender, points in deltas.items():
+        emit_growth(contender, points)
 
 
-def emit_growth(library: str, points: list[tuple[int, float]]) -> None:
-    """Emit how a library's graph memory grows with the prompt: the exponent `b` of
-    `memory ∝ tokens^b` between consecutive lengths (2 = quadratic)."""
-    for (n0, m0), (n1, m1) in zip(points, points[1:], strict=False):
+def emit_growth(contender: str, points: list[tuple[int, float]]) -> None:
+    """Emit how a contender's graph memory grows with the prompt: the exponent `b` of
+    `memory ∝ tokens^b` between consecutive lengths and from the first to the last
+    (2 = quadratic)."""
+    library, store = library_of(contender)
+    pairs = list(zip(points, points[1:], strict=False))
+    if len(points) > 2:
+        pairs.append((points[0], points[-1]))
+    for (n0, m0), (n1, m1) in pairs:
         if m0 > 0 and m1 > 0:
             emit(
                 {
@@ -349,6 +381,7 @@ def emit_growth(library: str, points: list[tuple[int, float]]) -> None:
                     "config": {
                         "from_tokens": n0,
                         "to_tokens": n1,
+                        "store": store,
                         "measure": "graph_peak_delta_mb",
                     },
                     "exponent": round(math.log(m1 / m0) / math.log(n1 / n0), 3),

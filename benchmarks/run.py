@@ -53,6 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "'embedded', 'tiny', or a local model folder",
     )
     p.add_argument("--graph-k", type=int, default=32, help="TopK k of the graph transcoders")
+    p.add_argument(
+        "--graph-theirs-max",
+        type=int,
+        default=65,
+        help="longest prompt circuit-tracer's graph is built for (default 65: its 256-token "
+        "graph alone takes ~10 minutes on 2 cores; pass 256 to include it)",
+    )
     p.add_argument("--workdir", default=None, help="scratch folder (default: a new temp folder)")
     p.add_argument("--out", default=None, help="also write the JSON lines to this file")
     # internal: one graph measurement in a fresh process
@@ -138,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if "graph" in groups:
             from benchmarks import bench_graph
 
-            bench_graph.run(options, args.graph_k, adapter.max_context)
+            bench_graph.run(options, args.graph_k, adapter.max_context, args.graph_theirs_max)
         common.emit(
             {
                 "name": "total",

@@ -254,3 +254,38 @@ def test_edge_budget_caps_rows_only_when_it_binds(replacement):
     torch.testing.assert_close(small.adjacency.row_abs_sums, full.adjacency.row_abs_sums)
     with pytest.raises(SparseCircuitsError, match="edge_budget"):
         GraphConfig(edge_budget=0).check()
+
+
+def _edge_set(graph, pruned) -> dict[tuple[int, int], float]:
+    adj, keep = graph.adjacency, pruned.edge_mask
+    return {
+        (t, s): w
+        for t, s, w in zip(
+            adj.targets[keep].tolist(), adj.sources[keep].tolist(), adj.weights[keep].tolist()
+        )
+    }
+
+
+@pytest.mark.parametrize("row_mass", [1.0, 0.95])
+def test_streamed_graph_prunes_exactly_like_the_full_graph(replacement, row_mass):
+    """store="influential" keeps O(nodes) memory, yet influence, scores, pruned nodes and kept
+    edges equal those of the full graph (also with truncated rows, and over prefix buckets)."""
+    prompt = " ".join([PROMPT] * 4)
+    full = build_graph(replacement, prompt, GraphConfig(row_mass=row_mass, batch_size=16))
+    streamed = build_graph(
+        replacement, prompt, GraphConfig(row_mass=row_mass, batch_size=16, store="influential")
+    )
+    assert streamed.adjacency.nnz < full.adjacency.nnz
+    for threshold in (0.8, 0.5):
+        a, b = full.prune(threshold, 0.98), streamed.prune(threshold, 0.98)
+        torch.testing.assert_close(b.node_influence, a.node_influence, rtol=1e-5, atol=1e-12)
+        assert torch.equal(a.node_mask, b.node_mask)
+        mine, theirs = _edge_set(streamed, b), _edge_set(full, a)
+        assert mine.keys() == theirs.keys() and len(mine) > 0
+        for key, weight in theirs.items():
+            assert mine[key] == pytest.approx(weight, rel=1e-4, abs=1e-6)
+    assert streamed.scores() == pytest.approx(full.scores(), rel=1e-6)
+    with pytest.raises(SparseCircuitsError, match="rebuild it with store='all'"):
+        streamed.prune(0.9, 0.98)
+    with pytest.raises(SparseCircuitsError, match="store must be"):
+        GraphConfig(store="some").check()

@@ -77,6 +77,32 @@ def test_trace_writes_graph_and_report(saved, tmp_path, capsys):
     assert "http://127.0.0.1:8041/#graph=graph.json" in out
 
 
+def test_trace_store_modes_write_the_same_pruned_graph(saved, tmp_path):
+    """--store influential (the default) keeps only the pruned graph's rows; graph.json is the
+    same as from the full graph."""
+    model, transcoders = saved
+    graphs = {}
+    for store in ("all", "influential"):
+        args = parser().parse_args(
+            [
+                "trace",
+                "The cat saw the house in the year 17 and the cat",
+                *("--model", str(model), "--transcoders", str(transcoders)),
+                *("--out", str(tmp_path / store), "--device", "cpu", "--store", store),
+            ]
+        )
+        assert args.func(args) == 0
+        graphs[store] = json.loads((tmp_path / store / "graph.json").read_text())
+        report = json.loads((tmp_path / store / "trace.json").read_text())
+        assert report["config"]["store"] == store
+    full, streamed = graphs["all"], graphs["influential"]
+    assert [n["node_id"] for n in full["nodes"]] == [n["node_id"] for n in streamed["nodes"]]
+    links = {(lk["source"], lk["target"]): lk["weight"] for lk in full["links"]}
+    assert links.keys() == {(lk["source"], lk["target"]) for lk in streamed["links"]}
+    for lk in streamed["links"]:
+        assert lk["weight"] == pytest.approx(links[(lk["source"], lk["target"])], rel=1e-4, abs=1e-6)
+
+
 def test_dashboards_cli(saved, tmp_path, capsys):
     model, transcoders = saved
     text = tmp_path / "text.txt"

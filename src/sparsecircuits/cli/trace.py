@@ -57,6 +57,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="most edges stored in all (each row keeps at most budget / targets; about 12 bytes "
         "each); bounds memory on long prompts but changes pruning (default: none, the exact graph)",
     )
+    p.add_argument(
+        "--store",
+        choices=["influential", "all"],
+        default="influential",
+        help="influential (default): stream the rows and keep only the edges among nodes passing "
+        "--node-threshold (same graph.json, memory linear in the prompt); all: keep every row",
+    )
     p.add_argument("--port", type=int, default=8041, help="port printed in the viewer URL")
     p.set_defaults(func=run)
 
@@ -92,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         edge_budget=args.edge_budget,
         node_threshold=args.node_threshold,
         edge_threshold=args.edge_threshold,
+        store=args.store,
     )
     graph = build_graph(replacement, args.prompt, config)
     built = time.perf_counter()

@@ -44,7 +44,9 @@ from sparsecircuits.circuits.graph import neuronpedia as npd
 from sparsecircuits.circuits.graph.prune import (
     PruneResult,
     SparseAdjacency,
+    find_threshold,
     graph_scores,
+    logit_weight_vector,
     prune_graph,
 )
 from sparsecircuits.errors import SparseCircuitsError
@@ -61,12 +63,18 @@ class GraphConfig:
     max_edges_per_row: int | None = None  # and at most this many per row (None: no cap)
     # and at most this many stored edges in all (each row keeps at most edge_budget //
     # n_targets; ~12 bytes an edge): bounds storage on long prompts, but dropped edges change
-    # influence pruning (benchmarks/graph_edge_cap.py: at 256 tokens a 50M budget kept 42 % of
+    # influence pruning (benchmarks/graph_storage.py: at 256 tokens a 50M budget kept 42 % of
     # the exact graph's pruned nodes), so it is off by default
     edge_budget: int | None = None
     node_threshold: float = 0.8
     edge_threshold: float = 0.98
     skip_bos: bool = True  # no feature/error nodes at position 0
+    # "all": keep every target's row (the full graph; re-prune at any threshold).
+    # "influential": stream the rows in reverse layer order, computing the exact influence on
+    # the fly, then recompute and keep only the rows among nodes passing `node_threshold`:
+    # the same pruned graph and scores in memory linear in the prompt (one extra backward
+    # per kept target); pruning at a higher node threshold then needs a rebuild
+    store: str = "all"
 
     def check(self) -> None:
         """Raise `SparseCircuitsError` on out-of-range values."""
@@ -80,6 +88,10 @@ class GraphConfig:
             raise SparseCircuitsError("max_edges_per_row must be at least 1 (or None for no cap)")
         if self.edge_budget is not None and self.edge_budget < 1:
             raise SparseCircuitsError("edge_budget must be at least 1 (or None for no budget)")
+        if self.store not in ("all", "influential"):
+            raise SparseCircuitsError(f'store must be "all" or "influential", got {self.store!r}')
+        if not 0.0 <= self.node_threshold <= 1.0 or not 0.0 <= self.edge_threshold <= 1.0:
+            raise SparseCircuitsError("node_threshold and edge_threshold must lie in [0, 1]")
 
     def row_cap(self, n_targets: int, n_nodes: int) -> int | None:
         """Edges a row may keep: the tighter of `max_edges_per_row` and the budget's share;
@@ -98,6 +110,11 @@ class AttributionGraph:
     `active_features [F, 3]` (layer, pos, feature index), `activations [F]`, `logit_ids [K]`,
     `logit_probs [K]`; `adjacency` holds the edges in node order
     `[features | errors (layer-major, L x T) | tokens | logits]`.
+
+    Built with `store="influential"`, `adjacency` holds only the edges among the nodes that
+    passed `stored_node_threshold`, and `full_influence` / `full_scores` hold the full graph's
+    node influence `[n_nodes]` and `(replacement, completeness)` scores, computed while
+    streaming; pruning at that threshold or a lower one gives the full graph's result.
     """
 
     prompt: str
@@ -111,6 +128,9 @@ class AttributionGraph:
     logit_tokens: list[str]
     adjacency: SparseAdjacency
     timings: dict[str, float] = field(default_factory=dict)
+    full_influence: Tensor | None = None
+    stored_node_threshold: float | None = None
+    full_scores: tuple[float, float] | None = None
     _node_influence: Tensor | None = field(default=None, init=False, repr=False)
 
     @property
@@ -160,6 +180,12 @@ class AttributionGraph:
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
         """Circuit-tracer's influence pruning (see `prune.prune_graph`)."""
+        stored = self.stored_node_threshold
+        if stored is not None and node_threshold > stored:
+            raise SparseCircuitsError(
+                f"this graph kept only the nodes passing node_threshold {stored}; prune at "
+                f"{stored} or lower, or rebuild it with store='all' (or a higher node_threshold)"
+            )
         result = prune_graph(
             self.adjacency,
             self.logit_probs,
@@ -167,12 +193,15 @@ class AttributionGraph:
             self.n_pos,
             node_threshold,
             edge_threshold,
+            node_influence=self.full_influence,
         )
         self._node_influence = result.node_influence
         return result
 
     def scores(self) -> tuple[float, float]:
         """`(replacement_score, completeness_score)` of the unpruned graph."""
+        if self.full_scores is not None:
+            return self.full_scores
         return graph_scores(
             self.adjacency,
             self.logit_probs,
@@ -264,70 +293,38 @@ def build_graph(
     for layer in sorted(replacement.transcoders):
         layer_feats = active[active[:, 0] == layer, 2].to(replacement.device)
         injections.append(replacement.tc_weights(layer)["W_enc"][:, layer_feats].T)
-    injection = torch.cat(injections)  # [n_targets, d]
-    target_layer = torch.cat([torch.full((n_logits,), n_layers, dtype=torch.long), active[:, 0]])
-    target_pos = torch.cat([torch.full((n_logits,), n_pos - 1, dtype=torch.long), active[:, 1]])
-    target_node = torch.cat([torch.arange(n_logits) + n_nodes - n_logits, torch.arange(n_feat)])
-    row_cap = cfg.row_cap(int(target_node.numel()), n_nodes)
-
-    # The model is causal, so a target at position q only needs the prompt up to q: targets are
-    # grouped by prompt prefix and each group runs backward through the shorter prefix only.
-    n_buckets = max(1, min(8, n_pos // 16))
-    ends = torch.tensor([-(-n_pos * (i + 1) // n_buckets) for i in range(n_buckets)])
-    bucket = torch.searchsorted(ends, target_pos, right=True)
-    order = torch.sort(bucket, stable=True).indices
-
-    rows_t, rows_s, rows_w = [], [], []
-    row_abs_sums = torch.zeros(n_nodes, dtype=torch.float64)
     feature_counts = [int(decoders[k][0][3].numel()) for k in sorted(decoders)]
-    feature_offsets = [sum(feature_counts[:i]) for i in range(len(feature_counts) + 1)]
+    rows = _RowMaker(
+        replacement=replacement,
+        input_ids=input_ids,
+        state=state,
+        n_nodes=n_nodes,
+        injection=torch.cat(injections),  # [n_targets, d]
+        target_layer=torch.cat([torch.full((n_logits,), n_layers, dtype=torch.long), active[:, 0]]),
+        target_pos=torch.cat([torch.full((n_logits,), n_pos - 1, dtype=torch.long), active[:, 1]]),
+        target_node=torch.cat([torch.arange(n_logits) + n_nodes - n_logits, torch.arange(n_feat)]),
+        decoders=decoders,
+        feature_offsets=[sum(feature_counts[:i]) for i in range(len(feature_counts) + 1)],
+        error_vectors=error_vectors,
+        embed=embed,
+        batch_size=cfg.batch_size,
+        timings=timings,
+    )
+    row_cap = cfg.row_cap(int(rows.target_node.numel()), n_nodes)
     timings["forward"] = 0.0
-    for index, end in enumerate(ends.tolist()):
-        members = order[bucket[order] == index]
-        if members.numel() == 0:
-            continue
-        tick = time.perf_counter()
-        prefix_state = state if end == n_pos else None
-        read_points, sources = _frozen_forward(replacement, input_ids[:, :end], prefix_state)
-        timings["forward"] += time.perf_counter() - tick
-        for lo in range(0, int(members.numel()), cfg.batch_size):
-            batch_targets = members[lo : lo + cfg.batch_size]
-            last = lo + cfg.batch_size >= members.numel()
-            block = _row_block(
-                replacement,
-                batch_targets,
-                read_points,
-                sources,
-                last,
-                n_nodes,
-                end,
-                target_layer,
-                target_pos,
-                injection,
-                decoders,
-                feature_offsets,
-                error_vectors,
-                embed,
-            )
-            rows = target_node[batch_targets]
-            t_idx, s_idx, w, sums = _sparsify(block.cpu(), rows, cfg.row_mass, row_cap)
-            rows_t.append(t_idx)
-            rows_s.append(s_idx)
-            rows_w.append(w)
-            row_abs_sums[rows] = sums
-        del read_points, sources
+    streamed: _Streamed | None = None
+    if cfg.store == "all":
+        adjacency = _store_all_rows(rows, cfg.row_mass, row_cap)
+    else:
+        streamed = _stream_influence(
+            rows, cfg, row_cap, n_feat, n_layers * n_pos, n_pos, logit_probs
+        )
+        adjacency = _store_kept_rows(rows, streamed.node_mask, cfg.row_mass, row_cap, streamed)
     timings["backward"] = time.perf_counter() - start - timings["clean_run"] - timings["forward"]
 
-    adjacency = SparseAdjacency(
-        n_nodes=n_nodes,
-        targets=torch.cat(rows_t) if rows_t else torch.zeros(0, dtype=torch.int32),
-        sources=torch.cat(rows_s) if rows_s else torch.zeros(0, dtype=torch.int32),
-        weights=torch.cat(rows_w) if rows_w else torch.zeros(0),
-        row_abs_sums=row_abs_sums,
-    )
     tokenizer = adapter.tokenizer
     ids = input_ids[0].cpu()
-    return AttributionGraph(
+    graph = AttributionGraph(
         prompt=text,
         input_ids=ids,
         prompt_tokens=[tokenizer.decode([i]) for i in ids.tolist()],
@@ -339,6 +336,190 @@ def build_graph(
         logit_tokens=[tokenizer.decode([i]) for i in logit_ids.tolist()],
         adjacency=adjacency,
         timings=timings,
+    )
+    if streamed is not None:
+        graph.full_influence = streamed.influence
+        graph.stored_node_threshold = cfg.node_threshold
+        graph.full_scores = streamed.scores
+    return graph
+
+
+@dataclass
+class _RowMaker:
+    """What computing edge rows needs: the clean run, the targets and the source read-outs.
+
+    Target `i` (`0 <= i < n_targets`: logits first, then features in node order) is node
+    `target_node[i]`, read at `(target_layer[i], target_pos[i])` along `injection[i]`.
+    """
+
+    replacement: Any
+    input_ids: Tensor
+    state: Any
+    n_nodes: int
+    injection: Tensor
+    target_layer: Tensor
+    target_pos: Tensor
+    target_node: Tensor
+    decoders: dict[int, list[tuple[int, Tensor, Tensor, Tensor]]]
+    feature_offsets: list[int]
+    error_vectors: list[Tensor]
+    embed: Tensor
+    batch_size: int
+    timings: dict[str, float]
+
+    def bucket_ends(self) -> Tensor:
+        """Prefix lengths `[n_buckets]`: targets at a position q only need the prompt up to q."""
+        n_pos = int(self.input_ids.shape[1])
+        n_buckets = max(1, min(8, n_pos // 16))
+        return torch.tensor([-(-n_pos * (i + 1) // n_buckets) for i in range(n_buckets)])
+
+    def blocks(self, groups: list[Tensor]) -> Any:
+        """Yield `(nodes [B], dense rows [B, n_nodes] on the CPU)` for each group of target
+        indices, in order, in batches of `batch_size`.
+
+        The model is causal, so each group is split by prompt prefix and runs backward through
+        the shorter prefix only; a prefix's frozen forward is built when first needed and
+        dropped after its last use, so groups may come in any order (e.g. layer by layer).
+        """
+        ends = self.bucket_ends()
+        n_pos = int(self.input_ids.shape[1])
+        schedule = []
+        for group in groups:
+            bucket = torch.searchsorted(ends, self.target_pos[group], right=True)
+            for index in range(int(ends.numel())):
+                members = group[bucket == index]
+                for lo in range(0, int(members.numel()), self.batch_size):
+                    schedule.append((index, members[lo : lo + self.batch_size]))
+        last_use = {index: step for step, (index, _) in enumerate(schedule)}
+        forwards: dict[int, tuple[dict[int, Tensor], list[Tensor]]] = {}
+        for step, (index, batch) in enumerate(schedule):
+            end = int(ends[index])
+            if index not in forwards:
+                tick = time.perf_counter()
+                forwards[index] = _frozen_forward(
+                    self.replacement,
+                    self.input_ids[:, :end],
+                    self.state if end == n_pos else None,
+                )
+                self.timings["forward"] = self.timings.get("forward", 0.0) + (
+                    time.perf_counter() - tick
+                )
+            read_points, sources = forwards[index]
+            last = last_use[index] == step
+            block = _row_block(
+                self.replacement,
+                batch,
+                read_points,
+                sources,
+                last,
+                self.n_nodes,
+                end,
+                self.target_layer,
+                self.target_pos,
+                self.injection,
+                self.decoders,
+                self.feature_offsets,
+                self.error_vectors,
+                self.embed,
+            )
+            if last:
+                del forwards[index]
+            yield self.target_node[batch], block.cpu()
+
+
+def _store_all_rows(rows: _RowMaker, row_mass: float, row_cap: int | None) -> SparseAdjacency:
+    """Every target's (truncated) row: the full sparse adjacency."""
+    rows_t, rows_s, rows_w = [], [], []
+    row_abs_sums = torch.zeros(rows.n_nodes, dtype=torch.float64)
+    for nodes, block in rows.blocks([torch.arange(int(rows.target_node.numel()))]):
+        t_idx, s_idx, w, sums = _sparsify(block, nodes, row_mass, row_cap)
+        rows_t.append(t_idx)
+        rows_s.append(s_idx)
+        rows_w.append(w)
+        row_abs_sums[nodes] = sums
+    return SparseAdjacency(
+        n_nodes=rows.n_nodes,
+        targets=torch.cat(rows_t) if rows_t else torch.zeros(0, dtype=torch.int32),
+        sources=torch.cat(rows_s) if rows_s else torch.zeros(0, dtype=torch.int32),
+        weights=torch.cat(rows_w) if rows_w else torch.zeros(0),
+        row_abs_sums=row_abs_sums,
+    )
+
+
+@dataclass
+class _Streamed:
+    """Pass one of `store="influential"`: exact influence, scores and row sums, no edges kept."""
+
+    influence: Tensor  # [n_nodes] float64, as `prune.compute_influence` on the full graph
+    node_mask: Tensor  # [n_nodes] bool: the nodes passing the node threshold
+    row_abs_sums: Tensor  # [n_nodes] float64
+    scores: tuple[float, float]  # (replacement, completeness) of the full graph
+
+
+def _stream_influence(
+    rows: _RowMaker,
+    cfg: GraphConfig,
+    row_cap: int | None,
+    n_features: int,
+    n_errors: int,
+    n_tokens: int,
+    logit_probs: Tensor,
+) -> _Streamed:
+    """Influence on the logits without storing the adjacency: rows come in reverse topological
+    order (logits, then features from the last layer down; a feature only reads lower layers),
+    so a row's target influence is final when the row is computed and is pushed onto its
+    sources at once: `influence[s] += (influence[t] + w[t]) * |A[t, s]| / sum|A[t, :]|`, the
+    terms of `w A + w A^2 + ...` grouped by target. Rows are truncated exactly as stored rows
+    would be, so every number equals the full graph's."""
+    n = rows.n_nodes
+    logit_weights = logit_weight_vector(n, logit_probs)
+    influence = torch.zeros(n, dtype=torch.float64)
+    row_abs_sums = torch.zeros(n, dtype=torch.float64)
+    error_fraction = torch.zeros(n, dtype=torch.float64)
+    layers = rows.target_layer
+    groups = [(layers == layer).nonzero(as_tuple=True)[0] for layer in layers.unique().flip(0)]
+    for nodes, block in rows.blocks(groups):
+        t_idx, s_idx, w, sums = _sparsify(block, nodes, cfg.row_mass, row_cap)
+        row_abs_sums[nodes] = sums
+        t_idx, s_idx = t_idx.long(), s_idx.long()
+        normalized = w.abs().double() / row_abs_sums[t_idx].clamp_min(1e-10)
+        influence.index_add_(0, s_idx, normalized * (influence + logit_weights)[t_idx])
+        from_error = (s_idx >= n_features) & (s_idx < n_features + n_errors)
+        error_fraction.index_add_(0, t_idx[from_error], normalized[from_error])
+    node_mask = influence >= find_threshold(influence, cfg.node_threshold)
+    node_mask[n - int(logit_probs.numel()) - n_tokens :] = True
+    err_hi = n_features + n_errors
+    token_influence = influence[err_hi : err_hi + n_tokens].sum()
+    denominator = token_influence + influence[n_features:err_hi].sum()
+    replacement = float(token_influence / denominator) if float(denominator) > 0 else 0.0
+    output = influence + logit_weights
+    completeness = float(((1 - error_fraction) * output).sum() / output.sum().clamp_min(1e-300))
+    return _Streamed(influence, node_mask, row_abs_sums, (replacement, completeness))
+
+
+def _store_kept_rows(
+    rows: _RowMaker,
+    node_mask: Tensor,
+    row_mass: float,
+    row_cap: int | None,
+    streamed: _Streamed,
+) -> SparseAdjacency:
+    """Pass two: recompute the rows of the kept targets and store their edges from kept sources
+    (the same truncation as pass one, so they are the full graph's edges among kept nodes)."""
+    kept_targets = node_mask[rows.target_node].nonzero(as_tuple=True)[0]
+    rows_t, rows_s, rows_w = [], [], []
+    for nodes, block in rows.blocks([kept_targets]):
+        t_idx, s_idx, w, _ = _sparsify(block, nodes, row_mass, row_cap)
+        keep = node_mask[s_idx.long()]
+        rows_t.append(t_idx[keep])
+        rows_s.append(s_idx[keep])
+        rows_w.append(w[keep])
+    return SparseAdjacency(
+        n_nodes=rows.n_nodes,
+        targets=torch.cat(rows_t) if rows_t else torch.zeros(0, dtype=torch.int32),
+        sources=torch.cat(rows_s) if rows_s else torch.zeros(0, dtype=torch.int32),
+        weights=torch.cat(rows_w) if rows_w else torch.zeros(0),
+        row_abs_sums=streamed.row_abs_sums,
     )
 
 
@@ -588,6 +769,7 @@ def to_neuronpedia(
                 "max_edges_per_row": gen.max_edges_per_row,
                 "edge_budget": gen.edge_budget,
                 "skip_bos": gen.skip_bos,
+                "store": gen.store,
             },
         ),
         pruning_settings=npd.PruningSettings(

@@ -150,8 +150,12 @@ def prune_graph(
     n_tokens: int,
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
+    node_influence: Tensor | None = None,
 ) -> PruneResult:
-    """Prune by influence on the logits (see module docstring); node layout `[F | errors | T | K]`."""
+    """Prune by influence on the logits (see module docstring); node layout `[F | errors | T | K]`.
+
+    `node_influence [n_nodes]`, when given, is the full graph's influence (for an adjacency that
+    holds only the edges among the nodes passing the threshold; see `GraphConfig.store`)."""
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= value <= 1.0:
             raise SparseCircuitsError(f"{name} must lie in [0, 1], got {value}")
@@ -160,9 +164,10 @@ def prune_graph(
     logit_weights = logit_weight_vector(n, logit_probs)
     always = n - n_logits - n_tokens  # tokens and logits start here
 
-    node_influence = compute_influence(
-        adj.targets, adj.sources, normalized_weights(adj), n, logit_weights
-    )
+    if node_influence is None:
+        node_influence = compute_influence(
+            adj.targets, adj.sources, normalized_weights(adj), n, logit_weights
+        )
     node_mask = node_influence >= find_threshold(node_influence, node_threshold)
     node_mask[always:] = True
 

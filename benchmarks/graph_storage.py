@@ -1,14 +1,15 @@
-"""What bounding an attribution graph's stored edges costs: `GraphConfig.edge_budget` (the
-default, 50M edges in all) and `max_edges_per_row`.
+"""What an attribution graph's storage options cost and change: `GraphConfig.store =
+"influential"` (stream the rows, keep only the edges among nodes passing the node threshold),
+`edge_budget` and `max_edges_per_row` (bounded rows), each against the full exact graph.
 
-For prompts of the embedded corpus (shipped transcoders) it builds each graph exactly (no
-budget, no cap) and bounded, prunes both the default way, and prints one JSON line per (length,
-setting): seconds, stored edges, peak RSS growth, the pruned graph's nodes and their overlap
-with the exact graph's (Jaccard), the largest change of any node's influence, and the
-replacement / completeness scores.
+For prompts of the embedded corpus (shipped transcoders) it builds each graph exactly (every
+row, no budget, no cap) and with each setting, prunes both the default way, and prints one JSON
+line per (length, setting): seconds, stored edges, peak RSS growth, the pruned graph's nodes and
+their overlap with the exact graph's (Jaccard), the largest change of any node's influence, and
+the replacement / completeness scores.
 
-Usage: python benchmarks/graph_edge_cap.py [--lengths 65,256] [--budgets 50000000]
-                                           [--caps 1024]
+Usage: python benchmarks/graph_storage.py [--lengths 65,256] [--stores influential]
+                                          [--budgets 50000000] [--caps 1024]
 """
 
 from __future__ import annotations
@@ -56,13 +57,15 @@ def _summary(graph, reference_nodes=None, reference_influence=None):  # type: ig
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lengths", default="65,256")
+    parser.add_argument("--stores", default="influential")
     parser.add_argument("--budgets", default="50000000")
     parser.add_argument("--caps", default="")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rm = ReplacementModel.load("embedded", "embedded", device="cpu")
-    settings = [("edge_budget", int(b)) for b in args.budgets.split(",") if b]
+    settings: list[tuple[str, object]] = [("store", v) for v in args.stores.split(",") if v]
+    settings += [("edge_budget", int(b)) for b in args.budgets.split(",") if b]
     settings += [("max_edges_per_row", int(c)) for c in args.caps.split(",") if c]
     for n_tokens in (int(x) for x in args.lengths.split(",")):
         ids = text_contexts(rm.adapter, 1, n_tokens)[0]
