@@ -286,7 +286,9 @@ def run(options: BenchOptions, k: int, max_context: int, theirs_max_tokens: int)
             if why[contender] is not None:
                 skipped("graph", library, {**config, "store": store}, why[contender] or "")
             elif library == "circuit-tracer" and n_tokens > theirs_max_tokens:
-                reason = f"circuit-tracer runs up to {theirs_max_tokens} tokens (--graph-theirs-max)"
+                reason = (
+                    f"circuit-tracer runs up to {theirs_max_tokens} tokens (--graph-theirs-max)"
+                )
                 skipped("graph", library, {**config, "store": store}, reason)
             else:
                 contenders.append(contender)
@@ -341,7 +343,12 @@ def run(options: BenchOptions, k: int, max_context: int, theirs_max_tokens: int)
             ours = summary.get(contender)
             if theirs is None or ours is None:
                 continue
-            short = {"n_tokens": n_tokens, "k": k, "d_sae": D_SAE, "store": library_of(contender)[1]}
+            short = {
+                "n_tokens": n_tokens,
+                "k": k,
+                "d_sae": D_SAE,
+                "store": library_of(contender)[1],
+            }
             ratio("graph_time", "circuit-tracer", short, theirs["seconds"] / ours["seconds"])
             key = (
                 "graph_peak_gpu_delta_mb"

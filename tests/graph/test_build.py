@@ -261,7 +261,10 @@ def _edge_set(graph, pruned) -> dict[tuple[int, int], float]:
     return {
         (t, s): w
         for t, s, w in zip(
-            adj.targets[keep].tolist(), adj.sources[keep].tolist(), adj.weights[keep].tolist()
+            adj.targets[keep].tolist(),
+            adj.sources[keep].tolist(),
+            adj.weights[keep].tolist(),
+            strict=True,
         )
     }
 

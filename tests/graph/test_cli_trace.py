@@ -100,7 +100,9 @@ def test_trace_store_modes_write_the_same_pruned_graph(saved, tmp_path):
     links = {(lk["source"], lk["target"]): lk["weight"] for lk in full["links"]}
     assert links.keys() == {(lk["source"], lk["target"]) for lk in streamed["links"]}
     for lk in streamed["links"]:
-        assert lk["weight"] == pytest.approx(links[(lk["source"], lk["target"])], rel=1e-4, abs=1e-6)
+        assert lk["weight"] == pytest.approx(
+            links[(lk["source"], lk["target"])], rel=1e-4, abs=1e-6
+        )
 
 
 def test_dashboards_cli(saved, tmp_path, capsys):
