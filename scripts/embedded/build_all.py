@@ -93,6 +93,9 @@ def main() -> None:
 # (compositional IOI, arbitrary-word IOI slots and docstring names), each batch half from the
 # full corpus. Step-exact: (stream seed, train seed, steps, lr, warmup). A second stage
 # (stream 6, seed 6, 500 steps at 3e-4) lowered held-out IOI accuracy (87% -> 84%); not shipped.
+# Nor did a stage whose grammar put arbitrary words in the giving-verb and adjective slots of
+# 30% of templates (stream 7, seed 7, 600 steps at 3e-4): 85.5%, the held-out "busy ... offered"
+# template still 62% (the model answers the first name in its BABA prompts).
 FINETUNE_STAGES = [(4, 5, 1100, "5e-4", 30)]
 
 

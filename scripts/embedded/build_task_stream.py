@@ -52,12 +52,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mb", type=float, default=12.0, help="megabytes of text to generate")
     parser.add_argument("--seed", type=int, default=2)
-    parser.add_argument(
-        "--verb-share",
-        type=float,
-        default=0.0,
-        help="share of grammar templates whose giving verb and adjective are arbitrary words",
-    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     tok = Tokenizer.from_file(str(SHIP / "tokenizer.json"))
@@ -67,9 +61,7 @@ def main() -> None:
     word_pool = [w for w in extra if w not in held_words]
     generators = {
         "ioi": (
-            lambda r: ioi.ioi_training_text(
-                r, 0.85, word_pool=word_pool, word_share=0.5, verb_share=args.verb_share
-            ),
+            lambda r: ioi.ioi_training_text(r, 0.85, word_pool=word_pool, word_share=0.5),
             " ",
             0.45,
         ),
@@ -107,7 +99,6 @@ def main() -> None:
         "docstring_extra_names": len(extra),
         "ioi_word_pool": len(word_pool),
         "seed": args.seed,
-        "verb_share": args.verb_share,
     }
     (BUILD / "task_stream_stats.json").write_text(json.dumps(stats, indent=2))
     print(json.dumps(stats))

@@ -311,21 +311,12 @@ _GIVES = [
 ]  # fmt: skip
 
 
-def compositional_template(
-    rng: random.Random, word_pool: Sequence[str] = (), word_share: float = 0.0
-) -> str:
+def compositional_template(rng: random.Random) -> str:
     """Return a random BABA-form IOI template from the training grammar (never a held-out one).
 
     The result has `{B} and {A}` as its first " and ", then `{B}` once more, and ends "to {A}".
-    With probability `word_share` the giving verb and the place-first adjective are arbitrary
-    words of `word_pool` ("{B} kettle a {OBJECT} to {A}"), so the rule does not hang on the
-    verbs it has seen (held-out templates use verbs the grammar never does); the RNG is only
-    consumed for this when `word_pool` is given, so streams built without it do not change.
     """
-    verb, adjective = rng.choice(_GIVES), None
-    if word_pool and rng.random() < word_share:
-        verb, adjective = rng.sample(_usable_words(word_pool, template_words=True), 2)
-    give = f"{{B}} {verb} {rng.choice(['a', 'the'])} {{OBJECT}} to {{A}}"
+    give = f"{{B}} {rng.choice(_GIVES)} {rng.choice(['a', 'the'])} {{OBJECT}} to {{A}}"
     form = rng.random()
     if form < 0.35:
         act = rng.choice(_ACTIVITIES)
@@ -340,7 +331,7 @@ def compositional_template(
         A="{A}",
         B="{B}",
         CHAT=rng.choice(_CHAT),
-        ADJ=adjective or rng.choice(_ADJ),
+        ADJ=rng.choice(_ADJ),
         ARRIVE=rng.choice(_ARRIVE),
     )
     return f"{opening} {rng.choice(_MIDS)}{give}"
@@ -363,22 +354,11 @@ def ioi_sentence(template: str, io: str, s: str, place: str, obj: str, order: st
     return _fill(template, io, s, place, obj, order)
 
 
-def _usable_words(word_pool: Sequence[str], template_words: bool = False) -> list[str]:
-    """`word_pool` without held-out names, places and objects (and, with `template_words`, the
-    words of held-out templates: the v2 stream's name slots did not exclude those, and its
-    stream must stay reproducible)."""
-    held = set(NAMES_HELDOUT) | set(PLACES_HELDOUT) | set(OBJECTS_HELDOUT)
-    if template_words:
-        held |= {w for phrase in HELDOUT_TEMPLATE_WORDS for w in phrase.split()}
-    return [w for w in word_pool if w not in held]
-
-
 def ioi_training_text(
     rng: random.Random,
     compositional: float = 0.0,
     word_pool: Sequence[str] = (),
     word_share: float = 0.0,
-    verb_share: float = 0.0,
 ) -> str:
     """Return one complete IOI sentence (with answer and full stop) from training pools only.
 
@@ -389,15 +369,13 @@ def ioi_training_text(
     teaches the rule for any token rather than for the training names; held-out names, places
     and objects are never drawn from it.
     """
-    verbs = word_pool if verb_share > 0 else ()
     template = (
-        compositional_template(rng, verbs, verb_share)
-        if rng.random() < compositional
-        else rng.choice(TEMPLATES_TRAIN)
+        compositional_template(rng) if rng.random() < compositional else rng.choice(TEMPLATES_TRAIN)
     )
     if word_pool and rng.random() < word_share:
+        held = set(NAMES_HELDOUT) | set(PLACES_HELDOUT) | set(OBJECTS_HELDOUT)
         # four distinct words: a place or object equal to a name would break the task
-        io, s, place, obj = rng.sample(_usable_words(word_pool), 4)
+        io, s, place, obj = rng.sample([w for w in word_pool if w not in held], 4)
     else:
         io, s = rng.sample(NAMES_TRAIN, 2)
         place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
