@@ -93,3 +93,80 @@ def test_chunked_selection_equals_whole_batch_topk() -> None:
     assert kernels.encode_rows(700, 64) < 700
     assert kernels.encode_rows(700, 64, "cuda") == 700  # accelerators take the whole batch
     assert torch.equal(codes.indices.sort(-1).values, whole.sort(-1).values)
+
+
+@pytest.fixture
+def bf16_selection():
+    previous = kernels.set_topk_selection("bf16")
+    yield
+    kernels.set_topk_selection(previous)
+
+
+@pytest.mark.parametrize("with_aux", [False, True])
+def test_verified_bf16_selection_equals_the_fp32_top_k(bf16_selection, with_aux: bool) -> None:
+    """The bf16-candidate selection gives the fp32 top-k (same indices per row), values equal to
+    fp32 rounding, and the dense reference's gradients."""
+    results = []
+    for encode, decode in (
+        (kernels.topk_encode, kernels.sparse_decode),
+        (kernels.topk_encode_dense, kernels.dense_decode),
+    ):
+        gen = torch.Generator().manual_seed(3)
+        x = torch.randn(600, 32, generator=gen).requires_grad_(True)
+        W_enc = (torch.randn(32, 512, generator=gen) / 6).requires_grad_(True)
+        b_enc = (torch.randn(512, generator=gen) * 0.1).requires_grad_(True)
+        W_dec = torch.randn(512, 24, generator=gen).requires_grad_(True)
+        assert kernels._bf16_selection(x, W_enc, 8, signed=False)
+        aux_mask = (torch.arange(512) % 5 == 0) if with_aux else None
+        codes = encode(x, W_enc, b_enc, 8, aux_mask=aux_mask, aux_k=6 if with_aux else 0)
+        out = decode(codes.values, codes.indices, W_dec)
+        loss = out.pow(2).sum()
+        if with_aux:
+            assert codes.aux_values is not None and codes.aux_indices is not None
+            loss = loss + decode(codes.aux_values, codes.aux_indices, W_dec).pow(2).sum()
+        loss.backward()
+        results.append((codes, out, [t.grad for t in (x, W_enc, b_enc, W_dec)]))
+    (fast, fast_out, fast_grads), (ref, ref_out, ref_grads) = results
+    order_fast, order_ref = fast.indices.argsort(1), ref.indices.argsort(1)
+    assert torch.equal(fast.indices.gather(1, order_fast), ref.indices.gather(1, order_ref))
+    torch.testing.assert_close(
+        fast.values.gather(1, order_fast), ref.values.gather(1, order_ref), rtol=1e-5, atol=1e-6
+    )
+    if with_aux:
+        assert torch.equal(fast.aux_indices.sort(1).values, ref.aux_indices.sort(1).values)
+    torch.testing.assert_close(fast_out, ref_out, rtol=1e-5, atol=1e-5)
+    for fast_grad, ref_grad in zip(fast_grads, ref_grads, strict=True):
+        assert_close_relative(fast_grad, ref_grad)
+
+
+def test_verified_selection_falls_back_to_fp32_on_near_ties() -> None:
+    """Columns equal up to 1e-4 cannot be ordered in bf16: the bound check fails those rows,
+    they are recomputed in fp32, and the result is still the fp32 top-k."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 16, generator=gen)
+    base = torch.randn(16, 1, generator=gen)
+    W_enc = base + 1e-4 * torch.randn(16, 256, generator=gen)
+    b_enc = torch.zeros(256)
+    selector = kernels._Bf16Selector(W_enc, b_enc, 4, W_enc.t().contiguous())
+    values, indices = selector(x)
+    assert selector.fallback_rows > 0
+    expected = torch.addmm(b_enc, x, W_enc).topk(4, dim=-1)
+    assert torch.equal(indices.sort(1).values, expected.indices.sort(1).values)
+    torch.testing.assert_close(values.sort(1).values, expected.values.sort(1).values)
+
+
+def test_selection_modes() -> None:
+    x, W = torch.randn(8, 4), torch.randn(4, 64)
+    previous = kernels.set_topk_selection("auto")
+    try:
+        assert not kernels._bf16_selection(x, W, 2, signed=False)  # d_sae < 8192: fp32
+        kernels.set_topk_selection("bf16")
+        assert kernels._bf16_selection(x, W, 2, signed=False)
+        assert not kernels._bf16_selection(x, W, 2, signed=True)  # AbsTopK stays fp32
+        assert not kernels._bf16_selection(x.double(), W.double(), 2, signed=False)
+        kernels.set_topk_selection("fp32")
+        assert not kernels._bf16_selection(x, W, 2, signed=False)
+        with pytest.raises(ValueError, match="topk selection"):
+            kernels.set_topk_selection("int8")
+    finally:
+        kernels.set_topk_selection(previous)
