@@ -14,12 +14,15 @@ times candidate replacements of the hot kernels side by side on the same tensors
 * the encoder forward: bias via `addmm` vs a bias row in the GEMM; the whole `[n, d_sae]`
   pre-activation then top-k vs exact chunked variants (row blocks; column blocks + a final
   top-k over the candidates) that never hold `[n, d_sae]` (time and peak RSS growth).
+
+And the whole step with each TopK selection mode (`train_step_variant`: fp32 top-k vs the
+verified bf16 candidate selection, at d_sae 4k and 16k), with the bf16 selection's fallback
+rate and its agreement with the fp32 top-k on the real batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import torch
@@ -244,40 +247,50 @@ def alternatives(d_sae: int, k: int, x: torch.Tensor, options: BenchOptions) -> 
 def _step_variants(
     spec: dict[str, Any], batch: dict[str, torch.Tensor], options: BenchOptions
 ) -> dict[str, Callable[[], None]]:
-    """Our trainer's step as shipped, and with its Adam swapped for `fused=True` (same maths)."""
-    from benchmarks.bench_train_step import RepeatBatch
-    from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
-    from sparsecircuits.training import TrainConfig, Trainer
+    """Our trainer's step with each TopK selection mode (fp32 top-k; verified bf16 candidates)."""
+    from sparsecircuits.dictionaries import kernels
 
-    hook_in, hook_out = f"blocks.{LAYER}.hook_mlp_in", f"blocks.{LAYER}.hook_mlp_out"
-    steps: dict[str, Callable[[], None]] = {}
-    for variant in ("shipped", "fused_adam"):
-        cfg = DictionaryConfig(
-            architecture="topk",
-            kind=spec["kind"],
-            d_in=batch[hook_in].shape[1],
-            d_sae=spec["d_sae"],
-            d_out=batch[hook_out].shape[1],
-            hook_in=hook_in,
-            hook_out=hook_out,
-            k=spec["k"],
-            dtype=options.dtype,
-            device=options.device,
+    def with_selection(step: Callable[[], None], mode: str) -> Callable[[], None]:
+        def run() -> None:
+            previous = kernels.set_topk_selection(mode)
+            try:
+                step()
+            finally:
+                kernels.set_topk_selection(previous)
+
+        return run
+
+    return {
+        f"selection_{mode}": with_selection(our_step(spec, batch, options), mode)
+        for mode in ("fp32", "bf16")
+    }
+
+
+def selection_check(d_sae: int, k: int, x: torch.Tensor) -> dict[str, Any]:
+    """The verified bf16 selection on a real batch: share of rows that needed the fp32
+    fallback, and agreement of its top-k with the fp32 top-k (1.0 = every row identical)."""
+    from sparsecircuits.dictionaries import DictionaryConfig, kernels, make_dictionary
+
+    cfg = DictionaryConfig(
+        architecture="topk", kind="sae", d_in=x.shape[1], d_sae=d_sae, k=k, seed=0
+    )
+    sae = make_dictionary(cfg)
+    sae.init_biases_from_data(x, x)
+    with torch.no_grad():
+        x_in = (x - sae.b_in).contiguous()
+        W, b = sae.W_enc.detach(), sae.b_enc.detach()
+        selector = kernels._Bf16Selector(W, b, k, W.t().contiguous())
+        rows = kernels.encode_rows(x_in.shape[0], d_sae)
+        fast = torch.cat([selector(part)[1] for part in x_in.split(rows)])
+        exact = torch.cat(
+            [torch.addmm(b, part, W).topk(k, dim=-1).indices for part in x_in.split(rows)]
         )
-        train_cfg = TrainConfig(
-            total_tokens=10**15, batch_tokens=BATCH_TOKENS, quiet=True, log_every=10**9
-        )
-        trainer = Trainer(RepeatBatch(batch), {"d": make_dictionary(cfg)}, train_cfg)
-        if variant == "fused_adam":
-            old = trainer.optimizers["d"]
-            trainer.optimizers["d"] = torch.optim.Adam(
-                trainer.dictionaries["d"].parameters(),
-                lr=old.param_groups[0]["lr"],
-                betas=old.param_groups[0]["betas"],
-                fused=True,
-            )
-        steps[variant] = partial(_one_step, trainer)
-    return steps
+    same = (fast.sort(1).values == exact.sort(1).values).all(1).float().mean()
+    return {
+        "fallback_row_share": round(selector.fallback_rows / x_in.shape[0], 4),
+        "rows_identical_to_fp32": round(float(same), 4),
+        "margin": kernels._margin(k),
+    }
 
 
 def _one_step(trainer: Any) -> None:
@@ -289,7 +302,7 @@ def run(adapter: Any, options: BenchOptions) -> None:
     batch = {
         h: t.to(options.device) for h, t in harvest_batch(adapter, BATCH_TOKENS, LAYER).items()
     }
-    widths = [4096] if options.quick else [4096, 65536]
+    widths = [4096] if options.quick else [4096, 16384]
     for d_sae in widths:
         spec = {"kind": "transcoder", "architecture": "topk", "d_sae": d_sae, "k": 32}
         log(f"breakdown {spec}")
@@ -302,10 +315,13 @@ def run(adapter: Any, options: BenchOptions) -> None:
                 "top_ops": rows,
             }
         )
-        try:
-            variants = _step_variants(spec, batch, options)
+        x = batch[f"blocks.{LAYER}.hook_mlp_in"]
+        if options.device == "cpu" and options.dtype == "float32":
             seconds = time_interleaved(
-                variants, options.device, options.repeats, options.min_time_s
+                _step_variants(spec, batch, options),
+                options.device,
+                options.repeats,
+                options.min_time_s,
             )
             emit(
                 {
@@ -313,8 +329,8 @@ def run(adapter: Any, options: BenchOptions) -> None:
                     "library": "sparsecircuits",
                     "config": {**options.base_config(), **spec, "batch_tokens": BATCH_TOKENS},
                     "tokens_per_s": {n: round(BATCH_TOKENS / t, 1) for n, t in seconds.items()},
+                    "bf16_selection": selection_check(d_sae, 32, x),
                 }
             )
-        except (RuntimeError, TypeError) as exc:  # fused Adam missing for this device/dtype
-            log(f"fused-Adam variant not measured: {exc}")
-        alternatives(d_sae, 32, batch[f"blocks.{LAYER}.hook_mlp_in"], options)
+        if d_sae == widths[0]:
+            alternatives(d_sae, 32, x, options)

@@ -158,6 +158,12 @@ def run(adapter: Any, options: BenchOptions) -> None:
             "k": k,
             "batch_tokens": BATCH_TOKENS,
         }
+        if spec["architecture"] == "topk":
+            from sparsecircuits.dictionaries import kernels
+
+            config["selection"] = kernels.selection_for(
+                d_sae, k, options.device.split(":")[0], options.torch_dtype
+            )
         log(f"train_step {config}")
         reset_peak_rss()
         lr = 2e-4 / math.sqrt(d_sae / 2**14)

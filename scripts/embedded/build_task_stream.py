@@ -52,6 +52,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mb", type=float, default=12.0, help="megabytes of text to generate")
     parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument(
+        "--word-share",
+        type=float,
+        default=0.5,
+        help="share of IOI sentences whose names, place and object are arbitrary vocabulary words",
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     tok = Tokenizer.from_file(str(SHIP / "tokenizer.json"))
@@ -61,7 +67,7 @@ def main() -> None:
     word_pool = [w for w in extra if w not in held_words]
     generators = {
         "ioi": (
-            lambda r: ioi.ioi_training_text(r, 0.85, word_pool=word_pool, word_share=0.5),
+            lambda r: ioi.ioi_training_text(r, 0.85, word_pool=word_pool, word_share=args.word_share),
             " ",
             0.45,
         ),
@@ -99,6 +105,7 @@ def main() -> None:
         "docstring_extra_names": len(extra),
         "ioi_word_pool": len(word_pool),
         "seed": args.seed,
+        "word_share": args.word_share,
     }
     (BUILD / "task_stream_stats.json").write_text(json.dumps(stats, indent=2))
     print(json.dumps(stats))

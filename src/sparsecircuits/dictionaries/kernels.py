@@ -81,19 +81,27 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _bf16_selection(x_in: Tensor, W_enc: Tensor, k: int, signed: bool) -> bool:
-    """Whether `_encode_select` uses the verified bf16 selection for these inputs."""
+def selection_for(
+    d_sae: int, k: int, device_type: str, dtype: torch.dtype, signed: bool = False
+) -> str:
+    """The selection a TopK encoder of this shape uses now: "bf16" (verified) or "fp32"."""
     mode = _selection if _selection in SELECTION_MODES else "auto"
     eligible = (
         mode != "fp32"
         and not signed
-        and x_in.device.type == "cpu"
-        and x_in.dtype == W_enc.dtype == torch.float32
-        and k + _margin(k) < W_enc.shape[1]
+        and device_type == "cpu"
+        and dtype == torch.float32
+        and k + _margin(k) < d_sae
     )
-    if mode == "bf16" or not eligible:
-        return eligible
-    return W_enc.shape[1] >= _BF16_MIN_D_SAE and cpu_has_fast_bf16()
+    if eligible and (mode == "bf16" or (d_sae >= _BF16_MIN_D_SAE and cpu_has_fast_bf16())):
+        return "bf16"
+    return "fp32"
+
+
+def _bf16_selection(x_in: Tensor, W_enc: Tensor, k: int, signed: bool) -> bool:
+    """Whether `_encode_select` uses the verified bf16 selection for these inputs."""
+    dtype = x_in.dtype if x_in.dtype == W_enc.dtype else torch.float64
+    return selection_for(W_enc.shape[1], k, x_in.device.type, dtype, signed) == "bf16"
 
 
 def _margin(k: int) -> int:
