@@ -55,6 +55,10 @@ class ForwardOutput:
     extras: dict[str, Tensor] = field(
         default_factory=dict
     )  # family-specific tensors for its losses
+    # dense families: one `!= 0` pass shared by `l0` and `fired_counts`, and the last
+    # `weighted_l1` (the loss and its logged metric ask for the same number)
+    _nonzero: Tensor | None = field(default=None, repr=False)
+    _l1_cache: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     @property
     def feature_acts(self) -> Tensor:
@@ -69,24 +73,38 @@ class ForwardOutput:
         """True when the codes are held as `values, indices` pairs."""
         return self.indices is not None
 
+    def _nonzero_mask(self) -> Tensor:
+        if self._nonzero is None:
+            self._nonzero = self.feature_acts.detach() != 0
+        return self._nonzero
+
     def l0(self) -> Tensor:
         """Mean number of nonzero features per token (0-dim)."""
         if self.values is not None:
             return (self.values != 0).sum(dim=1).float().mean()
-        return (self.feature_acts != 0).sum(dim=1).float().mean()
+        mask = self._nonzero_mask()
+        return mask.sum().float() / max(mask.shape[0], 1)
 
     def fired_counts(self) -> Tensor:
         """Number of tokens in which each latent was nonzero, int64 `[d_sae]`."""
         if self.values is not None and self.indices is not None:
             fired = self.indices[self.values != 0]
             return torch.bincount(fired, minlength=self.d_sae)
-        return (self.feature_acts != 0).sum(dim=0)
+        return self._nonzero_mask().sum(dim=0)
 
     def weighted_l1(self, decoder_norms: Tensor) -> Tensor:
-        """Mean over tokens of `Σ_i |f_i| · ||W_dec[i]||` (0-dim, differentiable)."""
+        """Mean over tokens of `Σ_i |f_i| · ||W_dec[i]||` (0-dim, differentiable).
+
+        A second call with equal norms (the logged metric after the loss term) returns the first
+        result instead of another pass over the dense activations."""
         if self.values is not None and self.indices is not None:
             return (self.values.abs() * decoder_norms[self.indices]).sum(dim=1).mean()
-        return (self.feature_acts.abs() * decoder_norms).sum(dim=1).mean()
+        cached = self._l1_cache
+        if cached is not None and torch.equal(cached[0], decoder_norms.detach()):
+            return cached[1] if torch.is_grad_enabled() else cached[1].detach()
+        l1 = (self.feature_acts.abs() @ decoder_norms).mean()
+        self._l1_cache = (decoder_norms.detach(), l1)
+        return l1
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         yield self.out

@@ -30,9 +30,10 @@ class ReLUActivation(Activation):
     def encode(
         self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
     ) -> ForwardOutput:
-        """Dense codes `relu(x_in @ W_enc + b_enc)` with `pre_acts` kept."""
+        """Dense codes `relu(x_in @ W_enc + b_enc)` (pre-activations not kept: the ReLU's
+        backward needs only its output, so `[n, d_sae]` of memory is freed at once)."""
         pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
-        return ForwardOutput(pre_acts=pre_acts, dense_acts=pre_acts.relu(), d_sae=self.cfg.d_sae)
+        return ForwardOutput(dense_acts=torch.relu(pre_acts), d_sae=self.cfg.d_sae)
 
     @torch.no_grad()
     def init_from_data(self, dictionary: Dictionary, x_in: Tensor) -> None:
