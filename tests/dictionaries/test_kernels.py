@@ -170,3 +170,18 @@ def test_selection_modes() -> None:
             kernels.set_topk_selection("int8")
     finally:
         kernels.set_topk_selection(previous)
+
+
+@pytest.mark.parametrize(
+    ("width", "k"), [(4096, 32), (16384, 32), (4096, 128), (1000, 7), (512, 64)]
+)
+def test_blocked_row_topk_equals_torch_topk(width: int, k: int) -> None:
+    """The strided-block top-k returns exactly torch.topk's elements (random rows: no ties)."""
+    scores = torch.randn(40, width, generator=torch.Generator().manual_seed(width + k))
+    values, indices = kernels.row_topk(scores, k)
+    expected = scores.topk(k, dim=-1)
+    assert torch.equal(indices.sort(1).values, expected.indices.sort(1).values)
+    assert torch.equal(values.sort(1).values, expected.values.sort(1).values)
+    assert torch.equal(scores.gather(1, indices), values)
+    if width == 4096 and k == 32:
+        assert kernels._groups(width, k) == 16  # the blocked path ran

@@ -144,7 +144,7 @@ class _Bf16Selector:
         """`(values, indices) [rows, k]` of `part [rows, d_in]`: exact fp32 top-k (un-ReLU'd)."""
         u, k = self.U, self.k
         scores = torch.addmm(self.b_bf, part.to(torch.bfloat16), self.W_bf)
-        cand_scores, cand = scores.topk(k + _margin(k), dim=-1, sorted=False)
+        cand_scores, cand = row_topk(scores, k + _margin(k))
         exact = gather_dot(self.W_t, cand, part) + self.b[cand]
         values, pos = exact.topk(k, dim=-1, sorted=False)
         indices = cand.gather(1, pos)
@@ -160,17 +160,51 @@ class _Bf16Selector:
             rows = failed.nonzero(as_tuple=True)[0]
             self.fallback_rows += int(rows.numel())
             pre = torch.addmm(self.b, part[rows], self.W)
-            redo_values, redo_indices = pre.topk(k, dim=-1, sorted=False)
+            redo_values, redo_indices = row_topk(pre, k)
             values[rows], indices[rows] = redo_values, redo_indices
         return values, indices
+
+
+def _groups(width: int, k: int) -> int:
+    """How many strided groups `row_topk` splits a row of `width` into (1: plain top-k).
+
+    Blocks of `G` elements (`G` = groups) with `width / G >= 8k` blocks per row measured fastest
+    on 2 CPU cores (benchmarks/bench_breakdown.py): 26-42 % less than `torch.topk` at 4k-16k."""
+    groups = 1
+    while groups < 16 and width % (2 * groups) == 0 and width // (2 * groups) >= 8 * k:
+        groups *= 2
+    return groups
+
+
+def row_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """`scores.topk(k, dim=-1, sorted=False)` for `scores [n, width]`, exact, but faster on CPU.
+
+    The row is cut into `width / G` strided blocks (block j = elements j, j + width/G, ...);
+    a block's maximum is an elementwise max of G contiguous slices (vectorised), and the top k
+    elements of a row all lie in the k blocks with the largest maxima (a block outside those
+    has its maximum, hence every element, below k larger elements). So one top-k over the block
+    maxima and one over the `G·k` gathered candidates replace the top-k over the whole row.
+    Ties may pick other, equal-valued, elements than `torch.topk`. Returns `(values, indices)`.
+    """
+    n, width = scores.shape
+    groups = _groups(width, k)
+    if groups == 1 or scores.device.type != "cpu":
+        return scores.topk(k, dim=-1, sorted=False)
+    blocks = width // groups
+    grouped = scores.view(n, groups, blocks)
+    top_blocks = grouped.amax(1).topk(k, dim=-1, sorted=False).indices  # [n, k]
+    candidates = grouped.gather(2, top_blocks[:, None, :].expand(n, groups, k)).reshape(n, -1)
+    values, pos = candidates.topk(k, dim=-1, sorted=False)
+    indices = (pos // k) * blocks + top_blocks.gather(1, pos % k)
+    return values, indices
 
 
 def _select(pre_acts: Tensor, k: int, signed: bool) -> tuple[Tensor, Tensor]:
     """Top-k of `pre_acts` rows: ReLU'd largest values, or (signed) largest |value| keeping sign."""
     if signed:
-        indices = pre_acts.abs().topk(k, dim=-1, sorted=False).indices
+        indices = row_topk(pre_acts.abs(), k)[1]
         return pre_acts.gather(-1, indices), indices
-    values, indices = pre_acts.topk(k, dim=-1, sorted=False)
+    values, indices = row_topk(pre_acts, k)
     return values.relu(), indices
 
 
