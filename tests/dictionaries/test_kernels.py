@@ -185,3 +185,22 @@ def test_blocked_row_topk_equals_torch_topk(width: int, k: int) -> None:
     assert torch.equal(scores.gather(1, indices), values)
     if width == 4096 and k == 32:
         assert kernels._groups(width, k) == 16  # the blocked path ran
+
+
+@pytest.mark.parametrize("x_needs_grad", [False, True])
+def test_fused_input_bias_gradients_match_dense(x_needs_grad: bool) -> None:
+    """With `b_in` handed to the kernel, its gradient (W_enc @ grad_b_enc when x is data, the
+    input gradient's row sum otherwise) equals the dense reference's."""
+    grads = []
+    for encode in (kernels.topk_encode, kernels.topk_encode_dense):
+        x, W_enc, b_enc, W_dec = _inputs(n=300, dtype=torch.float32)
+        x = x.detach().requires_grad_(x_needs_grad)
+        b_in = torch.randn(10, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        codes = encode(x, W_enc, b_enc, 5, aux_mask=torch.arange(40) % 4 == 0, aux_k=3, b_in=b_in)
+        assert codes.aux_values is not None and codes.aux_indices is not None
+        loss = kernels.sparse_decode(codes.values, codes.indices, W_dec).pow(2).sum()
+        loss = loss + kernels.sparse_decode(codes.aux_values, codes.aux_indices, W_dec).sum()
+        loss.backward()
+        grads.append([b_in.grad, W_enc.grad, b_enc.grad] + ([x.grad] if x_needs_grad else []))
+    for fast, ref in zip(*grads, strict=True):
+        assert_close_relative(fast, ref)

@@ -180,8 +180,8 @@ class Dictionary(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """Dense feature activations `[..., d_sae]` of `x [..., d_in]` (differentiable)."""
         leading = x.shape[:-1]
-        codes = self.activation.encode(
-            self, self._check_input(x.reshape(-1, x.shape[-1])) - self.b_in, None
+        codes = self.activation.encode_input(
+            self, self._check_input(x.reshape(-1, x.shape[-1])), None
         )
         return codes.feature_acts.reshape(*leading, self.d_sae)
 
@@ -208,7 +208,7 @@ class Dictionary(nn.Module):
             )
         if dead_mask is not None and dead_mask.shape != (self.d_sae,):
             raise SparseCircuitsError(f"dead_mask must be a bool tensor of shape [{self.d_sae}]")
-        codes = self.activation.encode(self, x - self.b_in, dead_mask)
+        codes = self.activation.encode_input(self, x, dead_mask)
         if codes.is_sparse:
             assert codes.values is not None and codes.indices is not None
             out = self.decode_sparse(codes.values, codes.indices)

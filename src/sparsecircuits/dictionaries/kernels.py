@@ -294,7 +294,8 @@ class _TopKEncode(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
-        x_in: Tensor,
+        x: Tensor,
+        b_in: Tensor | None,
         W_enc: Tensor,
         b_enc: Tensor,
         k: int,
@@ -302,6 +303,7 @@ class _TopKEncode(torch.autograd.Function):
         aux_k: int,
         signed: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x_in = x if b_in is None else (x - b_in).contiguous()
         selector = None
         W_t = None
         if _bf16_selection(x_in, W_enc, k, signed):
@@ -337,21 +339,25 @@ class _TopKEncode(torch.autograd.Function):
         all_indices = torch.cat([indices, aux_indices], dim=1)
         all_grads = torch.cat([grad_values, grad_aux_values], dim=1).contiguous()
 
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = grad_W_enc = grad_b_enc = None
+        need_x, need_b_in, need_w, need_b = ctx.needs_input_grad[:4]
+        grad_x = grad_b_in = grad_W_enc = grad_b_enc = None
         if need_x:
             W_t = ctx.W_t if ctx.W_t is not None else W_enc.t().contiguous()
             grad_x = F.embedding_bag(all_indices, W_t, per_sample_weights=all_grads, mode="sum")
         if need_w:
             grad_W_enc = _scatter_outer(all_indices, all_grads, x_in, W_enc.shape[1]).t()
-        if need_b:
+        if need_b or need_b_in:
             grad_b_enc = W_enc.new_zeros(W_enc.shape[1]).index_add_(
                 0, all_indices.reshape(-1), all_grads.reshape(-1)
             )
+        if need_b_in:
+            # Σ_rows of grad_x is W_enc @ grad_b_enc: no [n, d_in] gradient when x is data
+            grad_b_in = -(grad_x.sum(0) if grad_x is not None else W_enc @ grad_b_enc)
         return (
             grad_x,
+            grad_b_in,
             grad_W_enc,
-            grad_b_enc,
+            grad_b_enc if need_b else None,
             None,
             None,
             None,
@@ -368,16 +374,19 @@ def topk_encode(
     aux_mask: Tensor | None = None,
     aux_k: int = 0,
     signed: bool = False,
+    b_in: Tensor | None = None,
 ) -> TopKCodes:
     """Sparse TopK encoder with a sparse backward.
 
-    `x_in [n, d_in]` is the (bias-subtracted) input, `W_enc [d_in, d_sae]`, `b_enc [d_sae]`.
+    `x_in [n, d_in]` is the (bias-subtracted) input, `W_enc [d_in, d_sae]`, `b_enc [d_sae]`;
+    with `b_in [d_in]` given, `x_in` is the raw input and `x_in - b_in` is encoded (the
+    gradient of `b_in` then needs no `[n, d_in]` input gradient when `x_in` is data).
     Returns `TopKCodes` with `values, indices [n, k]` (ReLU'd, or sign-kept when `signed`) and,
     when `aux_mask [d_sae]` (bool, True = dead) and `aux_k > 0` are given, the top `aux_k`
     dead latents per row as `aux_values, aux_indices [n, aux_k]`; otherwise those are None.
     """
     values, indices, aux_values, aux_indices = _TopKEncode.apply(
-        x_in, W_enc, b_enc, k, aux_mask, aux_k, signed
+        x_in, b_in, W_enc, b_enc, k, aux_mask, aux_k, signed
     )
     if aux_mask is None or aux_k <= 0:
         return TopKCodes(values, indices, None, None)
@@ -393,8 +402,11 @@ def topk_encode_dense(
     aux_mask: Tensor | None = None,
     aux_k: int = 0,
     signed: bool = False,
+    b_in: Tensor | None = None,
 ) -> TopKCodes:
     """Plain-autograd reference for `topk_encode`: same arguments, same forward bits and indices."""
+    if b_in is not None:
+        x_in = (x_in - b_in).contiguous()
     pre_acts = pre_activations(x_in, W_enc, b_enc)
     values, indices = _select(pre_acts, k, signed)
     if aux_mask is None or aux_k <= 0:

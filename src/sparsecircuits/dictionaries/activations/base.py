@@ -136,6 +136,13 @@ class Activation(nn.Module, ABC):
     ) -> ForwardOutput:
         """Return the codes of `x_in [n, d_in]` (already minus `b_in`); `out` left None."""
 
+    def encode_input(
+        self, dictionary: Dictionary, x: Tensor, dead_mask: Tensor | None
+    ) -> ForwardOutput:
+        """The codes of the raw input `x [n, d_in]`: `encode(x - b_in)` unless a family's
+        kernel takes `b_in` itself (TopK: its gradient then skips the input gradient)."""
+        return self.encode(dictionary, x - dictionary.b_in, dead_mask)
+
     def sparsity_loss(
         self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None
     ) -> Tensor:

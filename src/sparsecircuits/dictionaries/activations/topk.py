@@ -35,6 +35,24 @@ class TopKActivation(Activation):
         self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
     ) -> ForwardOutput:
         """Sparse codes `values, indices [n, k]` (+ AuxK selection when `dead_mask` has dead latents)."""
+        return self._encode(dictionary, x_in, dead_mask, None)
+
+    def encode_input(
+        self, dictionary: Dictionary, x: Tensor, dead_mask: Tensor | None
+    ) -> ForwardOutput:
+        """`encode(x - b_in)` with `b_in` handed to the kernel (families that override `encode`
+        keep the generic path)."""
+        if type(self).encode is not TopKActivation.encode:
+            return super().encode_input(dictionary, x, dead_mask)
+        return self._encode(dictionary, x, dead_mask, dictionary.b_in)
+
+    def _encode(
+        self,
+        dictionary: Dictionary,
+        x: Tensor,
+        dead_mask: Tensor | None,
+        b_in: Tensor | None,
+    ) -> ForwardOutput:
         aux_k = 0
         aux_mask = None
         if dead_mask is not None:
@@ -43,13 +61,14 @@ class TopKActivation(Activation):
             aux_mask = dead_mask if aux_k > 0 else None
         encode = kernels.topk_encode if self.cfg.sparse_kernels else kernels.topk_encode_dense
         codes = encode(
-            x_in,
+            x,
             dictionary.W_enc,
             dictionary.b_enc,
             self.cfg.k,
             aux_mask=aux_mask,
             aux_k=aux_k,
             signed=self.signed,
+            b_in=b_in,
         )
         return ForwardOutput(
             values=codes.values,
