@@ -336,8 +336,11 @@ class _TopKEncode(torch.autograd.Function):
         if not ctx.signed:  # the ReLU after selection passes gradient only where it fired
             grad_values = grad_values * (values > 0)
             grad_aux_values = grad_aux_values * (aux_values > 0)
-        all_indices = torch.cat([indices, aux_indices], dim=1)
-        all_grads = torch.cat([grad_values, grad_aux_values], dim=1).contiguous()
+        if aux_indices.shape[1] == 0:  # no dead latents: skip two [n, k] copies
+            all_indices, all_grads = indices, grad_values.contiguous()
+        else:
+            all_indices = torch.cat([indices, aux_indices], dim=1)
+            all_grads = torch.cat([grad_values, grad_aux_values], dim=1).contiguous()
 
         need_x, need_b_in, need_w, need_b = ctx.needs_input_grad[:4]
         grad_x = grad_b_in = grad_W_enc = grad_b_enc = None
