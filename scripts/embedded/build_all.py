@@ -96,6 +96,8 @@ def main() -> None:
 # Nor did a stage whose grammar put arbitrary words in the giving-verb and adjective slots of
 # 30% of templates (stream 7, seed 7, 600 steps at 3e-4): 85.5%, the held-out "busy ... offered"
 # template still 62% (the model answers the first name in its BABA prompts).
+# Nor did re-running stage 1 from v1 with arbitrary words in 80% of the IOI sentences instead of
+# 50% (build_task_stream.py --word-share 0.8): 84.0%.
 FINETUNE_STAGES = [(4, 5, 1100, "5e-4", 30)]
 
 
