@@ -52,7 +52,11 @@ class TopKCodes(NamedTuple):
 
 SELECTION_MODES = ("auto", "fp32", "bf16")
 _selection = os.environ.get("SPARSECIRCUITS_TOPK_SELECTION", "auto")
-_BF16_MIN_D_SAE = 8192  # below this the extra candidates' top-k costs what the GEMM saves
+# Where the verified bf16 selection pays (whole train step, 2 cores, d_in 256): d_sae 16k
+# k 32 +38 %, k 64 +16 %, k 128 -16 %; d_sae 4k k 32 -14 % (the extra candidates' top-k costs
+# more than the GEMM saves)
+_BF16_MIN_D_SAE = 8192
+_BF16_MAX_K = 64
 
 
 def set_topk_selection(mode: str) -> str:
@@ -61,7 +65,7 @@ def set_topk_selection(mode: str) -> str:
     `fp32`: top-k of the fp32 pre-activations. `bf16`: verified bf16 candidate selection
     (module docstring) wherever the inputs are fp32 on a CPU. `auto` (default, also from the
     environment variable `SPARSECIRCUITS_TOPK_SELECTION`): `bf16` where the CPU has native bf16
-    matmuls and `d_sae >= 8192`, else `fp32`. All modes give the same top-k.
+    matmuls, `d_sae >= 8192` and `k <= 64`, else `fp32`. All modes give the same top-k.
     """
     global _selection
     if mode not in SELECTION_MODES:
@@ -93,7 +97,8 @@ def selection_for(
         and dtype == torch.float32
         and k + _margin(k) < d_sae
     )
-    if eligible and (mode == "bf16" or (d_sae >= _BF16_MIN_D_SAE and cpu_has_fast_bf16())):
+    pays = d_sae >= _BF16_MIN_D_SAE and k <= _BF16_MAX_K and cpu_has_fast_bf16()
+    if eligible and (mode == "bf16" or pays):
         return "bf16"
     return "fp32"
 
