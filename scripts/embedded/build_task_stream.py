@@ -67,7 +67,9 @@ def main() -> None:
     word_pool = [w for w in extra if w not in held_words]
     generators = {
         "ioi": (
-            lambda r: ioi.ioi_training_text(r, 0.85, word_pool=word_pool, word_share=args.word_share),
+            lambda r: ioi.ioi_training_text(
+                r, 0.85, word_pool=word_pool, word_share=args.word_share
+            ),
             " ",
             0.45,
         ),
