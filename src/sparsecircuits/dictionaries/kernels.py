@@ -105,8 +105,9 @@ def selection_for(
 
 def _bf16_selection(x_in: Tensor, W_enc: Tensor, k: int, signed: bool) -> bool:
     """Whether `_encode_select` uses the verified bf16 selection for these inputs."""
-    dtype = x_in.dtype if x_in.dtype == W_enc.dtype else torch.float64
-    return selection_for(W_enc.shape[1], k, x_in.device.type, dtype, signed) == "bf16"
+    if x_in.dtype != W_enc.dtype:
+        return False
+    return selection_for(W_enc.shape[1], k, x_in.device.type, x_in.dtype, signed) == "bf16"
 
 
 def _margin(k: int) -> int:
