@@ -224,7 +224,12 @@ def _select_aux(
     with the number of dead latents rather than `d_sae`.
     """
     dead = aux_mask.nonzero().squeeze(1)
-    dead_pre = pre_acts.index_select(-1, dead)
+    return _select_dead(pre_acts.index_select(-1, dead), dead, aux_k, signed)
+
+
+def _select_dead(dead_pre: Tensor, dead: Tensor, aux_k: int, signed: bool) -> tuple[Tensor, Tensor]:
+    """Top-`aux_k` of the dead latents' pre-activations `dead_pre [n, #dead]` (columns of the
+    latents `dead [#dead]`): values (ReLU'd unless `signed`) and latent indices `[n, aux_k]`."""
     scores = dead_pre.abs() if signed else dead_pre
     chosen = scores.topk(aux_k, dim=-1, sorted=False).indices
     values = dead_pre.gather(-1, chosen)
@@ -278,10 +283,9 @@ def _encode_select(
             values, indices = selector(part)
             values = values.relu()
             aux = (None, None)
-            if dead is not None:
+            if dead is not None:  # fp32 GEMM over the dead columns only
                 dead_pre = torch.addmm(b_enc[dead], part, W_enc[:, dead])
-                chosen = dead_pre.topk(aux_k, dim=-1, sorted=False).indices
-                aux = (dead_pre.gather(-1, chosen).relu(), dead[chosen])
+                aux = _select_dead(dead_pre, dead, aux_k, signed=False)
         parts.append((values, indices, *aux))
     if len(parts) == 1:
         return parts[0]
