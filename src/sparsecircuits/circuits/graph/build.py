@@ -44,10 +44,11 @@ from sparsecircuits.circuits.graph import neuronpedia as npd
 from sparsecircuits.circuits.graph.prune import (
     PruneResult,
     SparseAdjacency,
-    find_threshold,
     graph_scores,
+    influential_nodes,
     logit_weight_vector,
     prune_graph,
+    scores_from,
 )
 from sparsecircuits.errors import SparseCircuitsError
 
@@ -313,13 +314,19 @@ def build_graph(
     row_cap = cfg.row_cap(int(rows.target_node.numel()), n_nodes)
     timings["forward"] = 0.0
     streamed: _Streamed | None = None
+    all_targets = torch.arange(int(rows.target_node.numel()))
     if cfg.store == "all":
-        adjacency = _store_all_rows(rows, cfg.row_mass, row_cap)
+        sums = torch.zeros(n_nodes, dtype=torch.float64)
+        adjacency = _collect_edges(rows, all_targets, cfg.row_mass, row_cap, sums)
     else:
         streamed = _stream_influence(
             rows, cfg, row_cap, n_feat, n_layers * n_pos, n_pos, logit_probs
         )
-        adjacency = _store_kept_rows(rows, streamed.node_mask, cfg.row_mass, row_cap, streamed)
+        # pass two: recompute the kept targets' rows, store their edges from kept sources
+        kept = all_targets[streamed.node_mask[rows.target_node]]
+        adjacency = _collect_edges(
+            rows, kept, cfg.row_mass, row_cap, streamed.row_abs_sums, streamed.node_mask
+        )
     timings["backward"] = time.perf_counter() - start - timings["clean_run"] - timings["forward"]
 
     tokenizer = adapter.tokenizer
@@ -427,16 +434,27 @@ class _RowMaker:
             yield self.target_node[batch], block.cpu()
 
 
-def _store_all_rows(rows: _RowMaker, row_mass: float, row_cap: int | None) -> SparseAdjacency:
-    """Every target's (truncated) row: the full sparse adjacency."""
+def _collect_edges(
+    rows: _RowMaker,
+    targets: Tensor,
+    row_mass: float,
+    row_cap: int | None,
+    row_abs_sums: Tensor,
+    source_mask: Tensor | None = None,
+) -> SparseAdjacency:
+    """The (truncated) rows of `targets` (indices into the target list) as a sparse adjacency,
+    keeping only edges from `source_mask` nodes when given; each row's exact |sum| is written
+    into `row_abs_sums [n_nodes]`, which the adjacency keeps."""
     rows_t, rows_s, rows_w = [], [], []
-    row_abs_sums = torch.zeros(rows.n_nodes, dtype=torch.float64)
-    for nodes, block in rows.blocks([torch.arange(int(rows.target_node.numel()))]):
+    for nodes, block in rows.blocks([targets]):
         t_idx, s_idx, w, sums = _sparsify(block, nodes, row_mass, row_cap)
+        row_abs_sums[nodes] = sums
+        if source_mask is not None:
+            keep = source_mask[s_idx.long()]
+            t_idx, s_idx, w = t_idx[keep], s_idx[keep], w[keep]
         rows_t.append(t_idx)
         rows_s.append(s_idx)
         rows_w.append(w)
-        row_abs_sums[nodes] = sums
     return SparseAdjacency(
         n_nodes=rows.n_nodes,
         targets=torch.cat(rows_t) if rows_t else torch.zeros(0, dtype=torch.int32),
@@ -486,41 +504,11 @@ def _stream_influence(
         influence.index_add_(0, s_idx, normalized * (influence + logit_weights)[t_idx])
         from_error = (s_idx >= n_features) & (s_idx < n_features + n_errors)
         error_fraction.index_add_(0, t_idx[from_error], normalized[from_error])
-    node_mask = influence >= find_threshold(influence, cfg.node_threshold)
-    node_mask[n - int(logit_probs.numel()) - n_tokens :] = True
-    err_hi = n_features + n_errors
-    token_influence = influence[err_hi : err_hi + n_tokens].sum()
-    denominator = token_influence + influence[n_features:err_hi].sum()
-    replacement = float(token_influence / denominator) if float(denominator) > 0 else 0.0
-    output = influence + logit_weights
-    completeness = float(((1 - error_fraction) * output).sum() / output.sum().clamp_min(1e-300))
-    return _Streamed(influence, node_mask, row_abs_sums, (replacement, completeness))
-
-
-def _store_kept_rows(
-    rows: _RowMaker,
-    node_mask: Tensor,
-    row_mass: float,
-    row_cap: int | None,
-    streamed: _Streamed,
-) -> SparseAdjacency:
-    """Pass two: recompute the rows of the kept targets and store their edges from kept sources
-    (the same truncation as pass one, so they are the full graph's edges among kept nodes)."""
-    kept_targets = node_mask[rows.target_node].nonzero(as_tuple=True)[0]
-    rows_t, rows_s, rows_w = [], [], []
-    for nodes, block in rows.blocks([kept_targets]):
-        t_idx, s_idx, w, _ = _sparsify(block, nodes, row_mass, row_cap)
-        keep = node_mask[s_idx.long()]
-        rows_t.append(t_idx[keep])
-        rows_s.append(s_idx[keep])
-        rows_w.append(w[keep])
-    return SparseAdjacency(
-        n_nodes=rows.n_nodes,
-        targets=torch.cat(rows_t) if rows_t else torch.zeros(0, dtype=torch.int32),
-        sources=torch.cat(rows_s) if rows_s else torch.zeros(0, dtype=torch.int32),
-        weights=torch.cat(rows_w) if rows_w else torch.zeros(0),
-        row_abs_sums=streamed.row_abs_sums,
+    node_mask = influential_nodes(
+        influence, cfg.node_threshold, n_tokens + int(logit_probs.numel())
     )
+    scores = scores_from(influence, error_fraction, logit_weights, n_features, n_errors, n_tokens)
+    return _Streamed(influence, node_mask, row_abs_sums, scores)
 
 
 def _frozen_forward(

@@ -143,6 +143,14 @@ def logit_weight_vector(n_nodes: int, logit_probs: Tensor) -> Tensor:
     return weights
 
 
+def influential_nodes(influence: Tensor, node_threshold: float, n_always: int) -> Tensor:
+    """`[n_nodes]` bool: nodes whose influence reaches `find_threshold(influence,
+    node_threshold)`, plus the last `n_always` nodes (tokens and logits) always."""
+    mask = influence >= find_threshold(influence, node_threshold)
+    mask[influence.numel() - n_always :] = True
+    return mask
+
+
 def prune_graph(
     adj: SparseAdjacency,
     logit_probs: Tensor,
@@ -168,8 +176,7 @@ def prune_graph(
         node_influence = compute_influence(
             adj.targets, adj.sources, normalized_weights(adj), n, logit_weights
         )
-    node_mask = node_influence >= find_threshold(node_influence, node_threshold)
-    node_mask[always:] = True
+    node_mask = influential_nodes(node_influence, node_threshold, n_tokens + n_logits)
 
     kept = node_mask[adj.targets] & node_mask[adj.sources]
     t, s = adj.targets[kept], adj.sources[kept]
@@ -223,14 +230,27 @@ def graph_scores(
     if influence is None:
         influence = compute_influence(adj.targets, adj.sources, normalized, n, logit_weights)
     err_lo, err_hi = n_features, n_features + n_errors
-    token_influence = influence[err_hi : err_hi + n_tokens].sum()
-    error_influence = influence[err_lo:err_hi].sum()
-    denominator = token_influence + error_influence
-    replacement = float(token_influence / denominator) if float(denominator) > 0 else 0.0
     from_error = (adj.sources >= err_lo) & (adj.sources < err_hi)
     error_fraction = torch.zeros(n, dtype=torch.float64).index_add_(
         0, adj.targets[from_error], normalized[from_error]
     )
+    return scores_from(influence, error_fraction, logit_weights, n_features, n_errors, n_tokens)
+
+
+def scores_from(
+    influence: Tensor,
+    error_fraction: Tensor,
+    logit_weights: Tensor,
+    n_features: int,
+    n_errors: int,
+    n_tokens: int,
+) -> tuple[float, float]:
+    """`(replacement, completeness)` from node influence, each target's normalised incoming
+    weight from error nodes and the logit weights (all `[n_nodes]` float64)."""
+    err_lo, err_hi = n_features, n_features + n_errors
+    token_influence = influence[err_hi : err_hi + n_tokens].sum()
+    denominator = token_influence + influence[err_lo:err_hi].sum()
+    replacement = float(token_influence / denominator) if float(denominator) > 0 else 0.0
     output_influence = influence + logit_weights
     completeness = float(
         ((1 - error_fraction) * output_influence).sum() / output_influence.sum().clamp_min(1e-300)
