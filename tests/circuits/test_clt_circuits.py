@@ -129,7 +129,7 @@ def test_live_edit_of_a_layer0_feature_changes_later_mlp_outputs_by_its_blocks(a
 # ---------------------------------------------------------------------------- one-layer CLT
 
 
-def test_one_layer_clt_equals_the_per_layer_transcoder(adapter):
+def test_one_layer_clt_equals_the_per_layer_transcoder(adapter, copy_one_layer_clt):
     layer = 1  # hooks without "{layer}": the one CLT layer sits at model layer 1
     clt = make_clt(
         adapter,
@@ -148,12 +148,7 @@ def test_one_layer_clt_equals_the_per_layer_transcoder(adapter):
             hook_out=f"blocks.{layer}.hook_mlp_out",
         )
     )
-    with torch.no_grad():
-        tc.W_enc.copy_(clt.W_enc[0])
-        tc.b_enc.copy_(clt.b_enc[0])
-        tc.b_in.copy_(clt.b_in[0])
-        tc.W_dec.copy_(clt.W_dec[0][:, 0])
-        tc.b_dec.copy_(clt.b_dec[0])
+    copy_one_layer_clt(clt, tc)
     rm_clt, rm_tc = ReplacementModel(adapter, clt), ReplacementModel(adapter, {layer: tc})
     assert sorted(rm_clt.transcoders) == [layer] and rm_clt.clt is clt
     ids = rm_tc.tokenize(PROMPT)

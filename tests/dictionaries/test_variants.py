@@ -276,8 +276,8 @@ def test_jumprelu_threshold_gradients_follow_rectangle_kernel() -> None:
     [("relu", "step"), ("jumprelu", "tanh"), ("jumprelu", "step"), ("topk", "step")],
 )
 def test_clt_with_one_layer_equals_a_transcoder(
-    architecture: str, sparsity: str, gen: torch.Generator
-) -> None:
+    architecture: str, sparsity: str, gen: torch.Generator, copy_one_layer_clt
+) -> None:  # type: ignore[no-untyped-def]
     common = {
         "architecture": architecture,
         "d_in": 8,
@@ -309,14 +309,9 @@ def test_clt_with_one_layer_equals_a_transcoder(
     with torch.no_grad():
         for param in clt.parameters():
             param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
-        transcoder.W_enc.copy_(clt.W_enc[0])
-        transcoder.b_enc.copy_(clt.b_enc[0])
-        transcoder.b_in.copy_(clt.b_in[0])
-        transcoder.W_dec.copy_(clt.W_dec[0][:, 0])
-        transcoder.b_dec.copy_(clt.b_dec[0])
         if architecture == "jumprelu":
             clt.log_threshold.copy_(torch.full_like(clt.log_threshold, -1.5))
-            transcoder.activation.log_threshold.copy_(clt.log_threshold[0])
+    copy_one_layer_clt(clt, transcoder)
     batch = {
         "blocks.0.hook_mlp_in": torch.randn(20, 8, generator=gen),
         "blocks.0.hook_mlp_out": torch.randn(20, 6, generator=gen),

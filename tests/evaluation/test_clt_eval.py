@@ -46,7 +46,7 @@ def _clt(adapter, n_layers: int, architecture: str = "topk", seed: int = 0) -> C
 
 @pytest.mark.parametrize("architecture", ["topk", "relu", "jumprelu"])
 def test_one_layer_clt_gives_exactly_the_transcoders_metrics(
-    gpt2, batches, architecture: str
+    gpt2, batches, copy_one_layer_clt, architecture: str
 ) -> None:  # type: ignore[no-untyped-def]
     clt = _clt(gpt2, 1, architecture)
     transcoder = make_sparse_coder(
@@ -61,14 +61,7 @@ def test_one_layer_clt_gives_exactly_the_transcoders_metrics(
             model_name="tiny",
         )
     ).eval()
-    with torch.no_grad():
-        transcoder.W_enc.copy_(clt.W_enc[0])
-        transcoder.b_enc.copy_(clt.b_enc[0])
-        transcoder.b_in.copy_(clt.b_in[0])
-        transcoder.W_dec.copy_(clt.W_dec[0][:, 0])
-        transcoder.b_dec.copy_(clt.b_dec[0])
-        if clt.log_threshold is not None:
-            transcoder.activation.log_threshold.copy_(clt.log_threshold[0])
+    copy_one_layer_clt(clt, transcoder)
     records = evaluate_dictionaries(gpt2, {"clt": clt, "tc": transcoder}, batches)
     by_name = {r["name"]: r for r in records}
     clt_record, tc_record = by_name["clt"], by_name["tc"]
