@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sparsecircuits.dictionaries import kernels
+from sparsecircuits.errors import SparseCircuitsError
 
 
 def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
@@ -168,6 +169,9 @@ def test_selection_modes() -> None:
         assert not kernels._bf16_selection(x, W, 2, signed=False)
         with pytest.raises(ValueError, match="topk selection"):
             kernels.set_topk_selection("int8")
+        kernels._selection = "int8"  # as from a mistyped SPARSECIRCUITS_TOPK_SELECTION
+        with pytest.raises(SparseCircuitsError, match="SPARSECIRCUITS_TOPK_SELECTION"):
+            kernels.selection_for(16384, 32, "cpu", torch.float32)
     finally:
         kernels.set_topk_selection(previous)
 

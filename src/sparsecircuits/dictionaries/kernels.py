@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sparsecircuits.errors import SparseCircuitsError
+
 
 class TopKCodes(NamedTuple):
     """Sparse codes: `values`/`indices` `[n, k]`; `aux_values`/`aux_indices` `[n, k_aux]` or None."""
@@ -89,7 +91,12 @@ def selection_for(
     d_sae: int, k: int, device_type: str, dtype: torch.dtype, signed: bool = False
 ) -> str:
     """The selection a TopK encoder of this shape uses now: "bf16" (verified) or "fp32"."""
-    mode = _selection if _selection in SELECTION_MODES else "auto"
+    mode = _selection
+    if mode not in SELECTION_MODES:  # only the environment variable can set a bad value
+        raise SparseCircuitsError(
+            f"SPARSECIRCUITS_TOPK_SELECTION must be one of {', '.join(SELECTION_MODES)}, "
+            f"got {mode!r}"
+        )
     eligible = (
         mode != "fp32"
         and not signed
