@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsecircuits.dictionaries import kernels
+from sparsecircuits.dictionaries import cpu_topk, kernels
 from sparsecircuits.errors import SparseCircuitsError
 
 
@@ -87,12 +87,12 @@ def test_to_dense_places_values() -> None:
 
 
 def test_chunked_selection_equals_whole_batch_topk() -> None:
-    x, W_enc, b_enc, _ = _inputs(n=700, d_in=16, d_sae=64, dtype=torch.float32)
+    x, W_enc, b_enc, _ = _inputs(n=2500, d_in=16, d_sae=64, dtype=torch.float32)
     with torch.no_grad():
         codes = kernels.topk_encode(x, W_enc, b_enc, 6)
         whole = torch.addmm(b_enc, x, W_enc).topk(6, dim=-1).indices
-    assert kernels.encode_rows(700, 64) < 700
-    assert kernels.encode_rows(700, 64, "cuda") == 700  # accelerators take the whole batch
+    assert kernels.encode_rows(2500, 64) < 2500
+    assert kernels.encode_rows(2500, 64, "cuda") == 2500  # accelerators take the whole batch
     assert torch.equal(codes.indices.sort(-1).values, whole.sort(-1).values)
 
 
@@ -160,7 +160,7 @@ def test_selection_modes() -> None:
     x, W = torch.randn(8, 4), torch.randn(4, 64)
     previous = kernels.set_topk_selection("auto")
     try:
-        assert not kernels._bf16_selection(x, W, 2, signed=False)  # d_sae < 8192: fp32
+        assert not kernels._bf16_selection(x, W, 2, signed=False)  # d_sae < 4096: fp32
         kernels.set_topk_selection("bf16")
         assert kernels._bf16_selection(x, W, 2, signed=False)
         assert not kernels._bf16_selection(x, W, 2, signed=True)  # AbsTopK stays fp32
@@ -176,19 +176,60 @@ def test_selection_modes() -> None:
         kernels.set_topk_selection(previous)
 
 
+@pytest.mark.parametrize("numba", [True, False])
 @pytest.mark.parametrize(
-    ("width", "k"), [(4096, 32), (16384, 32), (4096, 128), (1000, 7), (512, 64)]
+    ("width", "k"), [(4096, 32), (16384, 32), (4096, 128), (4096, 72), (1000, 7), (512, 64)]
 )
-def test_blocked_row_topk_equals_torch_topk(width: int, k: int) -> None:
-    """The strided-block top-k returns exactly torch.topk's elements (random rows: no ties)."""
+def test_row_topk_equals_torch_topk(width: int, k: int, numba: bool) -> None:
+    """Both CPU top-k paths (the numba segment kernel, the strided-block torch ops) return
+    exactly torch.topk's elements (random rows: no ties)."""
     scores = torch.randn(40, width, generator=torch.Generator().manual_seed(width + k))
-    values, indices = kernels.row_topk(scores, k)
+    previous = cpu_topk.set_enabled(numba)
+    try:
+        values, indices = kernels.row_topk(scores, k)
+        numba_ran = cpu_topk.supports(scores, k)
+    finally:
+        cpu_topk.set_enabled(previous)
     expected = scores.topk(k, dim=-1)
     assert torch.equal(indices.sort(1).values, expected.indices.sort(1).values)
     assert torch.equal(values.sort(1).values, expected.values.sort(1).values)
     assert torch.equal(scores.gather(1, indices), values)
     if width == 4096 and k == 32:
-        assert kernels._groups(width, k) == 16  # the blocked path ran
+        assert numba_ran == numba  # the numba kernel ran, or the strided blocks
+        assert kernels._groups(width, k) == 16
+
+
+@pytest.mark.parametrize("k", [1, 16, 72])
+def test_numba_topk_on_bf16_bits_and_ties(k: int) -> None:
+    """The numba kernel on bf16 rows (compared through integer keys of the bits, negatives and
+    zeros included) keeps torch.topk's values; with many equal values it still returns k
+    distinct positions holding the k largest values."""
+    g = torch.Generator().manual_seed(k)
+    scores = (torch.randn(64, 2048, generator=g) * 3).to(torch.bfloat16)  # bf16: many ties
+    scores[0] = -scores[0].abs()  # an all-negative row
+    scores[1, :] = 0.0
+    scores[1, 5] = -0.0
+    values, indices = cpu_topk.row_topk(scores, k)
+    assert values.dtype == torch.float32
+    expected = scores.float().topk(k, dim=-1).values
+    assert torch.equal(values.sort(1).values, expected.sort(1).values)
+    assert torch.equal(scores.float().gather(1, indices), values)
+    assert all(len(set(row.tolist())) == k for row in indices)
+
+
+def test_numba_gather_dot_matches_torch() -> None:
+    """The numba gather-dot (with and without bias) equals the embedding-bag one to rounding."""
+    g = torch.Generator().manual_seed(0)
+    table, rows = torch.randn(500, 64, generator=g), torch.randn(30, 64, generator=g)
+    idx, bias = torch.randint(0, 500, (30, 9), generator=g), torch.randn(500, generator=g)
+    expected = (table[idx] * rows[:, None]).sum(-1)
+    torch.testing.assert_close(kernels.gather_dot(table, idx, rows), expected)
+    torch.testing.assert_close(kernels.gather_dot(table, idx, rows, bias), expected + bias[idx])
+    previous = cpu_topk.set_enabled(False)
+    try:
+        torch.testing.assert_close(kernels.gather_dot(table, idx, rows, bias), expected + bias[idx])
+    finally:
+        cpu_topk.set_enabled(previous)
 
 
 @pytest.mark.parametrize("x_needs_grad", [False, True])

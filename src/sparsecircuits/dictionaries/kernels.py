@@ -20,7 +20,7 @@ encoder GEMM every other step can work on `(values [n, k], indices [n, k])` pair
 against (same forward bits, hence the same indices; gradients equal to rounding).
 
 **Verified low-precision selection** (`set_topk_selection`, on by default where it pays: CPUs
-with native bf16 matmuls, `d_sae >= 8192` and `k <= 64`). The top-k *selection* runs on a bf16 GEMM (2.5-3x the
+with native bf16 matmuls, `d_sae >= 4096` (8192 without numba) and `k <= 64`). The top-k *selection* runs on a bf16 GEMM (2.5-3x the
 fp32 GEMM's speed on AVX-512-BF16/AMX cores), keeping `k + margin` candidates per row; their
 pre-activations are recomputed in fp32 (gather-dot, O(n·(k+margin)·d_in)) and the top k taken
 among them. A rigorous rounding bound then checks each row: if the k-th exact value exceeds the
@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sparsecircuits.dictionaries import cpu_topk
 from sparsecircuits.errors import SparseCircuitsError
 
 
@@ -54,10 +55,12 @@ class TopKCodes(NamedTuple):
 
 SELECTION_MODES = ("auto", "fp32", "bf16")
 _selection = os.environ.get("SPARSECIRCUITS_TOPK_SELECTION", "auto")
-# Where the verified bf16 selection pays (whole train step, 2 cores, d_in 256): d_sae 16k
-# k 32 +38 %, k 64 +16 %, k 128 -16 %; d_sae 4k k 32 -14 % (the extra candidates' top-k costs
-# more than the GEMM saves)
-_BF16_MIN_D_SAE = 8192
+# Where the verified bf16 selection pays (whole train step, 2 cores, d_in 256, against fp32
+# selection with the same top-k kernel). Numba top-k: d_sae 4k k 32 +36 %, 16k k 32 +65 %,
+# 64k k 32 +57 %; k 128 -2 % (4k) / -8 % (16k). Torch top-k: 16k k 32 +38 %, k 64 +16 %,
+# k 128 -16 %; 4k k 32 -14 % (there the extra candidates' top-k cost more than the GEMM saved).
+_BF16_MIN_D_SAE = 4096
+_BF16_MIN_D_SAE_TORCH = 8192
 _BF16_MAX_K = 64
 
 
@@ -67,7 +70,7 @@ def set_topk_selection(mode: str) -> str:
     `fp32`: top-k of the fp32 pre-activations. `bf16`: verified bf16 candidate selection
     (module docstring) wherever the inputs are fp32 on a CPU. `auto` (default, also from the
     environment variable `SPARSECIRCUITS_TOPK_SELECTION`): `bf16` where the CPU has native bf16
-    matmuls, `d_sae >= 8192` and `k <= 64`, else `fp32`. All modes give the same top-k.
+    matmuls, `d_sae >= 4096` (8192 without numba) and `k <= 64`, else `fp32`. All modes give the same top-k.
     """
     global _selection
     if mode not in SELECTION_MODES:
@@ -104,7 +107,8 @@ def selection_for(
         and dtype == torch.float32
         and k + _margin(k) < d_sae
     )
-    pays = d_sae >= _BF16_MIN_D_SAE and k <= _BF16_MAX_K and cpu_has_fast_bf16()
+    min_d_sae = _BF16_MIN_D_SAE if cpu_topk.available() else _BF16_MIN_D_SAE_TORCH
+    pays = d_sae >= min_d_sae and k <= _BF16_MAX_K and cpu_has_fast_bf16()
     if eligible and (mode == "bf16" or pays):
         return "bf16"
     return "fp32"
@@ -124,10 +128,18 @@ def _margin(k: int) -> int:
     return 32 + k // 4
 
 
-def gather_dot(table: Tensor, indices: Tensor, rows: Tensor) -> Tensor:
-    """`out[r, c] = table[indices[r, c]] · rows[r]`: `[n, c]` from `table [m, d]`,
-    `indices [n, c]`, `rows [n, d]`, without materialising the `[n, c, d]` gather (torch's
-    embedding-bag per-sample-weight backward is exactly this gather-dot)."""
+def gather_dot(table: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`out[r, c] = table[indices[r, c]] · rows[r] (+ bias[indices[r, c]])`: `[n, c]` from
+    `table [m, d]`, `indices [n, c]`, `rows [n, d]`, `bias [m]`, without materialising the
+    `[n, c, d]` gather: the numba kernel on CPU (fp32), else torch's embedding-bag
+    per-sample-weight backward, which is exactly this gather-dot. No autograd."""
+    if cpu_topk.supports_gather(table, indices, rows):
+        return cpu_topk.gather_dot(table, indices, rows, bias)
+    dots = _gather_dot_torch(table, indices, rows)
+    return dots if bias is None else dots + bias[indices]
+
+
+def _gather_dot_torch(table: Tensor, indices: Tensor, rows: Tensor) -> Tensor:
     with torch.enable_grad():
         weights = torch.ones(indices.shape, dtype=rows.dtype, device=rows.device)
         weights.requires_grad_(True)
@@ -159,7 +171,7 @@ class _Bf16Selector:
         u, k = self.U, self.k
         scores = torch.addmm(self.b_bf, part.to(torch.bfloat16), self.W_bf)
         cand_scores, cand = row_topk(scores, k + _margin(k))
-        exact = gather_dot(self.W_t, cand, part) + self.b[cand]
+        exact = gather_dot(self.W_t, cand, part, self.b)
         values, pos = exact.topk(k, dim=-1, sorted=False)
         indices = cand.gather(1, pos)
         last = cand_scores.min(dim=1).values.float()
@@ -191,7 +203,19 @@ def _groups(width: int, k: int) -> int:
 
 
 def row_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """`scores.topk(k, dim=-1, sorted=False)` for `scores [n, width]`, exact, but faster on CPU.
+    """`scores.topk(k, dim=-1, sorted=False)` for `scores [n, width]`, exact, but faster on CPU:
+    the numba kernel (`cpu_topk.row_topk`, fp32 values) where it applies, else `blocked_topk`.
+    Returns `(values, indices)` `[n, k]`, differentiable in `scores` like `torch.topk`."""
+    if cpu_topk.supports(scores, k):
+        values, indices = cpu_topk.row_topk(scores, k)
+        if scores.requires_grad:  # the kernel's values carry no graph: gather them from it
+            values = scores.gather(1, indices)
+        return values, indices
+    return blocked_topk(scores, k)
+
+
+def blocked_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """`scores.topk(k, dim=-1, sorted=False)` in torch ops, faster on CPU.
 
     The row is cut into `width / G` strided blocks (block j = elements j, j + width/G, ...);
     a block's maximum is an elementwise max of G contiguous slices (vectorised), and the top k
@@ -244,14 +268,23 @@ def _select_dead(dead_pre: Tensor, dead: Tensor, aux_k: int, signed: bool) -> tu
 
 
 def encode_rows(n_rows: int, d_sae: int, device_type: str = "cpu") -> int:
-    """Return the rows per encoder chunk, so top-k reads `[rows, d_sae]` pre-activations while
-    they are still in cache. Measured on 2 CPU cores (benchmarks/bench_breakdown.py, GEMM +
-    top-k): 256 rows 10% faster than the whole batch at d_sae 4k; at 64k 256 rows gained nothing
-    and 1024 rows 6% (smaller blocks cost the GEMM more than the cache saves). Accelerators
-    take the whole batch: there a chunk is only more kernel launches."""
+    """Return the rows per fp32 encoder chunk, so top-k reads `[rows, d_sae]` pre-activations
+    while they are still in cache. Measured on 2 CPU cores (whole TopK step, k 32): with the
+    numba top-k, 1024 rows beat 256 by 6 % at d_sae 4k and 8 % at 16k, 256 beat 1024 by 5 % at
+    64k; with torch's top-k, 256 rows were 10 % faster than the whole batch at 4k and 1024 rows
+    6 % at 64k. Accelerators take the whole batch: there a chunk is only more kernel launches."""
     if device_type != "cpu":
         return n_rows
+    if cpu_topk.available():
+        return min(n_rows, 1024 if d_sae <= 16384 else 256)
     return min(n_rows, 256 if d_sae <= 8192 else 1024)
+
+
+def selection_rows(n_rows: int, d_sae: int) -> int:
+    """Rows per chunk of the verified bf16 selection: 2048 at d_sae <= 4k, else 512 (whole
+    step, 2 cores, k 32: 2048 rows 3 % faster than 1024 and 23 % than 256 at 4k; 512 best at
+    16k and 64k, where the bf16 GEMM's weight packing per call weighs less)."""
+    return min(n_rows, 2048 if d_sae <= 4096 else 512)
 
 
 def pre_activations(x_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
@@ -277,7 +310,10 @@ def _encode_select(
 
     With `selector` (a `_Bf16Selector`) the main top-k comes from the verified bf16 selection
     and the AuxK selection from an fp32 GEMM over the dead columns only."""
-    rows = encode_rows(x_in.shape[0], W_enc.shape[1], x_in.device.type)
+    if selector is None:
+        rows = encode_rows(x_in.shape[0], W_enc.shape[1], x_in.device.type)
+    else:
+        rows = selection_rows(x_in.shape[0], W_enc.shape[1])
     use_aux = aux_mask is not None and aux_k > 0
     dead = aux_mask.nonzero().squeeze(1) if use_aux and selector is not None else None  # type: ignore[union-attr]
     parts: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
