@@ -73,8 +73,11 @@ $(BENCH_CT)/.installed: pyproject.toml
 	echo '*' > $(BENCH_CT)/.gitignore
 	$(BENCH_CT)/bin/python -m pip install -q --upgrade pip
 	$(BENCH_CT)/bin/python -m pip install -q $(BENCH_TORCH)
-	$(BENCH_CT)/bin/python -m pip install -q $(BENCH_TORCH) -e . circuit-tracer==0.5.0 \
-		transformers==4.57.3 'transformer-lens>=2.16.1,<3' 'pyarrow<22'
+	$(BENCH_CT)/bin/python -m pip install -q $(BENCH_TORCH) circuit-tracer==0.5.0 \
+		transformers==4.57.3 'transformer-lens>=2.16.1,<3' 'pyarrow<22' numba
+	# sparsecircuits itself asks for transformers>=5; its worker here needs only the modules
+	# circuit-tracer's environment already has, so it goes in without its dependencies
+	$(BENCH_CT)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
 bench-env: $(BENCH)/.installed $(BENCH_CT)/.installed

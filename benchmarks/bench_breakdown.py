@@ -16,8 +16,9 @@ times candidate replacements of the hot kernels side by side on the same tensors
   top-k over the candidates) that never hold `[n, d_sae]` (time and peak RSS growth).
 
 And the whole step with each TopK selection mode (`train_step_variant`: fp32 top-k vs the
-verified bf16 candidate selection, at d_sae 4k and 16k), with the bf16 selection's fallback
-rate and its agreement with the fp32 top-k on the real batch.
+verified bf16 candidate selection, each with the numba CPU kernels and with torch ops only, at
+d_sae 4k and 16k), with the bf16 selection's fallback rate and its agreement with the fp32
+top-k on the real batch.
 """
 
 from __future__ import annotations
@@ -154,6 +155,8 @@ def _peak_delta_mb(fn: Callable[[], Any]) -> float:
 
 def alternatives(d_sae: int, k: int, x: torch.Tensor, options: BenchOptions) -> None:
     """Time candidate kernels on one batch; emit one record per kernel family."""
+    from sparsecircuits.dictionaries import cpu_topk, kernels
+
     device, dtype = options.device, options.torch_dtype
     n, d = x.shape
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -167,6 +170,7 @@ def alternatives(d_sae: int, k: int, x: torch.Tensor, options: BenchOptions) -> 
     pattern = _csr_by_latent(indices, d_sae)
     x_aug = torch.cat([xs, torch.ones(n, 1, device=device, dtype=dtype)], 1)
     W_aug = torch.cat([W_enc, b_enc[None]], 0)
+    pre_bf16 = pre.to(torch.bfloat16)
     families: dict[str, dict[str, Callable[[], Any]]] = {
         "encoder_matmul": {
             "addmm_bias": lambda: torch.addmm(b_enc, xs, W_enc),
@@ -175,6 +179,15 @@ def alternatives(d_sae: int, k: int, x: torch.Tensor, options: BenchOptions) -> 
         },
         "topk_select": {
             "topk_unsorted": lambda: pre.topk(k, dim=-1, sorted=False),
+            "blocked_torch": lambda: kernels.blocked_topk(pre, k),
+            **(
+                {
+                    "numba_segments": lambda: cpu_topk.row_topk(pre, k),
+                    "numba_segments_bf16_input": lambda: cpu_topk.row_topk(pre_bf16, k),
+                }
+                if cpu_topk.supports(pre, k)
+                else {}
+            ),
             "kthvalue_threshold": lambda: (
                 pre >= pre.kthvalue(d_sae - k + 1, dim=-1, keepdim=True).values
             ),
@@ -247,22 +260,28 @@ def alternatives(d_sae: int, k: int, x: torch.Tensor, options: BenchOptions) -> 
 def _step_variants(
     spec: dict[str, Any], batch: dict[str, torch.Tensor], options: BenchOptions
 ) -> dict[str, Callable[[], None]]:
-    """Our trainer's step with each TopK selection mode (fp32 top-k; verified bf16 candidates)."""
-    from sparsecircuits.dictionaries import kernels
+    """Our trainer's step with each TopK selection mode (fp32 top-k; verified bf16 candidates),
+    each with the numba CPU kernels and with the torch-only path."""
+    from sparsecircuits.dictionaries import cpu_topk, kernels
 
-    def with_selection(step: Callable[[], None], mode: str) -> Callable[[], None]:
+    def variant(step: Callable[[], None], mode: str, numba: bool) -> Callable[[], None]:
         def run() -> None:
             previous = kernels.set_topk_selection(mode)
+            was = cpu_topk.set_enabled(numba)
             try:
                 step()
             finally:
                 kernels.set_topk_selection(previous)
+                cpu_topk.set_enabled(was)
 
         return run
 
     return {
-        f"selection_{mode}": with_selection(our_step(spec, batch, options), mode)
+        f"selection_{mode}_{'numba' if numba else 'torch'}": variant(
+            our_step(spec, batch, options), mode, numba
+        )
         for mode in ("fp32", "bf16")
+        for numba in (True, False)
     }
 
 

@@ -209,7 +209,9 @@ def row_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     idx = np.empty((n, k), np.int64)
     if s.dtype == torch.bfloat16:
         keys = np.empty((n, k), np.int32)
-        kernels.topk_bf16(s.view(torch.int16).numpy().view(np.uint16), k, segment_length(s.shape[1], k), keys, idx)
+        kernels.topk_bf16(
+            s.view(torch.int16).numpy().view(np.uint16), k, segment_length(s.shape[1], k), keys, idx
+        )
         return _bf16_from_keys(keys), torch.from_numpy(idx)
     values = np.empty((n, k), np.float32)
     kernels.topk_f32(s.numpy(), k, segment_length(s.shape[1], k), values, idx)
@@ -228,9 +230,7 @@ def supports_gather(table: Tensor, indices: Tensor, rows: Tensor) -> bool:
     )
 
 
-def gather_dot(
-    table: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | None = None
-) -> Tensor:
+def gather_dot(table: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | None = None) -> Tensor:
     """`out[r, c] = table[indices[r, c]] . rows[r] (+ bias[indices[r, c]])` `[n, c]` (fp32,
     CPU) from `table [m, d]`, `indices [n, c]` (int64), `rows [n, d]`, `bias [m]`. Call
     `supports_gather` first. No autograd."""
