@@ -16,12 +16,14 @@ each over the row, parallel over rows:
 
 bf16 values are compared through a monotone integer key of their bits (no conversion pass).
 Results are exact: the same top-k *values* as `torch.topk` (among equal values, either index).
-The kernels compile on first use (a few seconds) and are cached next to this file.
+The kernels compile on first use (~10 s) and numba caches them on disk beside
+`_numba_kernels.py` (`__pycache__`), so later processes load them in well under a second.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 import numpy as np
@@ -29,126 +31,27 @@ import torch
 from torch import Tensor
 
 SEGMENT = 32
+# numba's fallback threading layer ("workqueue", where no OpenMP/TBB runtime loads) aborts on
+# concurrent parallel launches from two Python threads; the kernels take turns
+_LAUNCH = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
 def _numba() -> Any:
-    """The compiled kernels (a namespace), or None where numba is not installed."""
+    """The kernels module (`_numba_kernels`), or None where numba is not installed."""
     try:
         import numba
+
+        from sparsecircuits.dictionaries import _numba_kernels
     except ImportError:  # pragma: no cover - numba is a dependency; this is the safety net
         return None
-    return _compile(numba)
+    _numba_kernels.numba = numba  # type: ignore[attr-defined]
+    return _numba_kernels
 
 
 def available() -> bool:
     """True when the numba kernels can run (numba importable)."""
     return _numba() is not None
-
-
-def _compile(numba: Any) -> Any:
-    njit, prange = numba.njit, numba.prange
-
-    @njit(inline="always")
-    def f32_key(v: Any) -> Any:
-        return v
-
-    @njit(inline="always")
-    def bf16_key(v: Any) -> Any:
-        # sign-magnitude bits -> unsigned order: flip all bits of negatives, set the sign bit
-        # of positives, so larger floats get larger integers
-        x = np.int32(v)
-        return x ^ (0x8000 | ((x >> 15) * 0x7FFF))
-
-    @njit(inline="always")
-    def select_top(v: Any, ix: Any, count: int, k: int) -> None:
-        # Hoare quickselect, descending: afterwards v[:k] hold the k largest of v[:count]
-        lo, hi, t = 0, count - 1, k - 1
-        while lo < hi:
-            pivot = v[(lo + hi) // 2]
-            i, j = lo, hi
-            while i <= j:
-                while v[i] > pivot:
-                    i += 1
-                while v[j] < pivot:
-                    j -= 1
-                if i <= j:
-                    v[i], v[j] = v[j], v[i]
-                    ix[i], ix[j] = ix[j], ix[i]
-                    i += 1
-                    j -= 1
-            if t <= j:
-                hi = j
-            elif t >= i:
-                lo = i
-            else:
-                break
-
-    def make_topk(key: Any, key_dtype: Any) -> Any:
-        @njit(parallel=True, fastmath=True, boundscheck=False, nogil=True)
-        def topk_rows(scores: Any, k: int, seg: int, out_keys: Any, out_idx: Any) -> None:
-            n, w = scores.shape
-            nseg = w // seg
-            for r in prange(n):
-                row = scores[r]
-                # segment s = elements s, s + nseg, s + 2·nseg, ...: its maximum is an
-                # elementwise max of SEGMENT contiguous slices (vectorises)
-                seg_max = np.empty(nseg, key_dtype)
-                for s in range(nseg):
-                    seg_max[s] = key(row[s])
-                for j in range(1, seg):
-                    base = j * nseg
-                    for s in range(nseg):
-                        seg_max[s] = max(seg_max[s], key(row[base + s]))
-                ranked = seg_max.copy()
-                order = np.arange(nseg)
-                select_top(ranked, order, nseg, k)
-                tau = ranked[0]
-                for a in range(1, k):
-                    tau = min(tau, ranked[a])
-                cap = 0
-                for s in range(nseg):
-                    if seg_max[s] >= tau:
-                        cap += seg
-                cand = np.empty(cap, key_dtype)
-                cand_idx = np.empty(cap, np.int64)
-                c = 0
-                for s in range(nseg):
-                    if seg_max[s] >= tau:
-                        for t in range(s, w, nseg):
-                            x = key(row[t])
-                            if x >= tau:
-                                cand[c] = x
-                                cand_idx[c] = t
-                                c += 1
-                select_top(cand, cand_idx, c, k)
-                for a in range(k):
-                    out_keys[r, a] = cand[a]
-                    out_idx[r, a] = cand_idx[a]
-
-        return topk_rows
-
-    @njit(parallel=True, fastmath=True, boundscheck=False, nogil=True)
-    def gather_dot(table: Any, idx: Any, rows: Any, bias: Any, out: Any) -> None:
-        n, c = idx.shape
-        d = rows.shape[1]
-        with_bias = bias.shape[0] > 0
-        for r in prange(n):
-            x = rows[r]
-            for j in range(c):
-                w = table[idx[r, j]]
-                acc = np.float32(0.0)
-                for t in range(d):
-                    acc += w[t] * x[t]
-                out[r, j] = acc + bias[idx[r, j]] if with_bias else acc
-
-    class Kernels:
-        topk_f32 = make_topk(f32_key, np.float32)
-        topk_bf16 = make_topk(bf16_key, np.int32)
-        gather_dot_bias = gather_dot
-
-    Kernels.numba = numba  # type: ignore[attr-defined]
-    return Kernels
 
 
 _enabled = True
@@ -209,12 +112,18 @@ def row_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     idx = np.empty((n, k), np.int64)
     if s.dtype == torch.bfloat16:
         keys = np.empty((n, k), np.int32)
-        kernels.topk_bf16(
-            s.view(torch.int16).numpy().view(np.uint16), k, segment_length(s.shape[1], k), keys, idx
-        )
+        with _LAUNCH:
+            kernels.topk_rows(
+                s.view(torch.int16).numpy().view(np.uint16),
+                k,
+                segment_length(s.shape[1], k),
+                keys,
+                idx,
+            )
         return _bf16_from_keys(keys), torch.from_numpy(idx)
     values = np.empty((n, k), np.float32)
-    kernels.topk_f32(s.numpy(), k, segment_length(s.shape[1], k), values, idx)
+    with _LAUNCH:
+        kernels.topk_rows(s.numpy(), k, segment_length(s.shape[1], k), values, idx)
     return torch.from_numpy(values), torch.from_numpy(idx)
 
 
@@ -238,11 +147,12 @@ def gather_dot(table: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | None
     _threads()
     out = np.empty(tuple(indices.shape), np.float32)
     no_bias = np.empty(0, np.float32)
-    kernels.gather_dot_bias(
-        table.detach().contiguous().numpy(),
-        indices.contiguous().numpy(),
-        rows.detach().contiguous().numpy(),
-        no_bias if bias is None else bias.detach().contiguous().numpy(),
-        out,
-    )
+    with _LAUNCH:
+        kernels.gather_dot_bias(
+            table.detach().contiguous().numpy(),
+            indices.contiguous().numpy(),
+            rows.detach().contiguous().numpy(),
+            no_bias if bias is None else bias.detach().contiguous().numpy(),
+            out,
+        )
     return torch.from_numpy(out)

@@ -1,0 +1,121 @@
+"""The numba kernels behind `cpu_topk` (imported only when numba is installed).
+
+Module-level `@njit(cache=True)` functions, so compiled code is cached on disk beside this file
+and later processes skip the compile. `order_key` is overloaded per input dtype: fp32 values
+are their own key; uint16 bf16 bits map to an int32 that orders like the float.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+
+def order_key(v):  # type: ignore[no-untyped-def]  # numba matches the overloads' bare signature
+    """A number that orders like the value `v` (fp32: itself; uint16 bf16 bits: an int32)."""
+    raise NotImplementedError  # only the compiled overload runs
+
+
+@overload(order_key, inline="always")
+def _order_key(v):  # type: ignore[no-untyped-def]  # (signatures must match exactly)
+    if isinstance(v, types.Float):
+        return lambda v: v
+    if isinstance(v, types.Integer) and v.bitwidth == 16:
+
+        def bf16_key(v):  # type: ignore[no-untyped-def]
+            # sign-magnitude bits -> integer order: flip all bits of negatives, set the sign
+            # bit of positives, so larger floats get larger integers
+            x = np.int32(v)
+            return x ^ (0x8000 | ((x >> 15) * 0x7FFF))
+
+        return bf16_key
+    return None
+
+
+@njit(inline="always", cache=True)
+def _select_top(v: Any, ix: Any, count: int, k: int) -> None:
+    # Hoare quickselect, descending: afterwards v[:k] hold the k largest of v[:count]
+    lo, hi, t = 0, count - 1, k - 1
+    while lo < hi:
+        pivot = v[(lo + hi) // 2]
+        i, j = lo, hi
+        while i <= j:
+            while v[i] > pivot:
+                i += 1
+            while v[j] < pivot:
+                j -= 1
+            if i <= j:
+                v[i], v[j] = v[j], v[i]
+                ix[i], ix[j] = ix[j], ix[i]
+                i += 1
+                j -= 1
+        if t <= j:
+            hi = j
+        elif t >= i:
+            lo = i
+        else:
+            break
+
+
+@njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)
+def topk_rows(scores: Any, k: int, seg: int, out_keys: Any, out_idx: Any) -> None:
+    """Top `k` keys of each row of `scores [n, w]` into `out_keys, out_idx [n, k]` (unsorted);
+    segments of `seg` strided elements (`w % seg == 0`, `k <= w / seg`)."""
+    n, w = scores.shape
+    nseg = w // seg
+    for r in prange(n):
+        row = scores[r]
+        # segment s = elements s, s + nseg, s + 2·nseg, ...: its maximum is an elementwise
+        # max of `seg` contiguous slices (vectorises)
+        seg_max = np.full(nseg, order_key(row[0]))
+        for s in range(nseg):
+            seg_max[s] = order_key(row[s])
+        for j in range(1, seg):
+            base = j * nseg
+            for s in range(nseg):
+                seg_max[s] = max(seg_max[s], order_key(row[base + s]))
+        ranked = seg_max.copy()
+        order = np.arange(nseg)
+        _select_top(ranked, order, nseg, k)
+        tau = ranked[0]
+        for a in range(1, k):
+            tau = min(tau, ranked[a])
+        # every top-k element is >= tau and sits in a segment whose maximum is >= tau
+        cap = 0
+        for s in range(nseg):
+            if seg_max[s] >= tau:
+                cap += seg
+        cand = np.empty(cap, seg_max.dtype)
+        cand_idx = np.empty(cap, np.int64)
+        c = 0
+        for s in range(nseg):
+            if seg_max[s] >= tau:
+                for t in range(s, w, nseg):
+                    x = order_key(row[t])
+                    if x >= tau:
+                        cand[c] = x
+                        cand_idx[c] = t
+                        c += 1
+        _select_top(cand, cand_idx, c, k)
+        for a in range(k):
+            out_keys[r, a] = cand[a]
+            out_idx[r, a] = cand_idx[a]
+
+
+@njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)
+def gather_dot_bias(table: Any, idx: Any, rows: Any, bias: Any, out: Any) -> None:
+    """`out[r, c] = table[idx[r, c]] . rows[r] (+ bias[idx[r, c]] when `bias` is non-empty)`."""
+    n, c = idx.shape
+    d = rows.shape[1]
+    with_bias = bias.shape[0] > 0
+    for r in prange(n):
+        x = rows[r]
+        for j in range(c):
+            w = table[idx[r, j]]
+            acc = np.float32(0.0)
+            for t in range(d):
+                acc += w[t] * x[t]
+            out[r, j] = acc + bias[idx[r, j]] if with_bias else acc
