@@ -58,7 +58,13 @@ def main() -> None:
         default=0.5,
         help="share of IOI sentences whose names, place and object are arbitrary vocabulary words",
     )
+    parser.add_argument(
+        "--more-verbs",
+        action="store_true",
+        help="draw IOI giving verbs from the training list plus ioi.GIVES_MORE",
+    )
     args = parser.parse_args()
+    gives = tuple(ioi._GIVES) + (tuple(ioi.GIVES_MORE) if args.more_verbs else ())
     rng = random.Random(args.seed)
     tok = Tokenizer.from_file(str(SHIP / "tokenizer.json"))
     extra = identifier_tokens(tok)
@@ -68,7 +74,7 @@ def main() -> None:
     generators = {
         "ioi": (
             lambda r: ioi.ioi_training_text(
-                r, 0.85, word_pool=word_pool, word_share=args.word_share
+                r, 0.85, word_pool=word_pool, word_share=args.word_share, gives=gives
             ),
             " ",
             0.45,
@@ -108,6 +114,7 @@ def main() -> None:
         "ioi_word_pool": len(word_pool),
         "seed": args.seed,
         "word_share": args.word_share,
+        "more_verbs": args.more_verbs,
     }
     (BUILD / "task_stream_stats.json").write_text(json.dumps(stats, indent=2))
     print(json.dumps(stats))

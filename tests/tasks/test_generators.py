@@ -73,17 +73,23 @@ def test_ioi_orders_abba_and_baba():
     assert baba == "When John and Mary went to the store, John gave a drink to Mary"
 
 
-@pytest.mark.parametrize("compositional", [0.0, 0.8])
-def test_ioi_training_text_never_uses_heldout_names_or_templates(compositional):
+@pytest.mark.parametrize(
+    ("compositional", "gives"),
+    [(0.0, tuple(ioi._GIVES)), (0.8, tuple(ioi._GIVES)), (0.8, tuple(ioi.GIVES_MORE))],
+)
+def test_ioi_training_text_never_uses_heldout_names_or_templates(compositional, gives):
     rng = random.Random(0)
     held = set(ioi.NAMES_HELDOUT) | set(ioi.PLACES_HELDOUT) | set(ioi.OBJECTS_HELDOUT)
-    sentences = [ioi.ioi_training_text(rng, compositional) for _ in range(3000)]
+    sentences = [ioi.ioi_training_text(rng, compositional, gives=gives) for _ in range(3000)]
     text = " ".join(sentences)
     words = set(text.replace(",", " ").replace(".", " ").split())
     assert not held & words
     assert "busy when" not in text and "After the lunch" not in text
     if compositional:
         assert not any(w in text for w in ioi.HELDOUT_TEMPLATE_WORDS)
+        assert "offer" not in text
+        if gives == tuple(ioi.GIVES_MORE):  # the verb list reaches the sentences
+            assert any(f" {verb} " in text for verb in ("delivered", "handed over", "wrote"))
     assert not set(ioi.NAMES_TRAIN) & held
     assert not (set(ioi.PLACES) | set(ioi.OBJECTS)) & held
 

@@ -20,11 +20,12 @@ encoder GEMM every other step can work on `(values [n, k], indices [n, k])` pair
 against (same forward bits, hence the same indices; gradients equal to rounding).
 
 **Verified low-precision selection** (`set_topk_selection`, on by default where it pays: CPUs
-with native bf16 matmuls, `d_sae >= 4096` (8192 without numba) and `k <= 64`). The top-k *selection* runs on a bf16 GEMM (2.5-3x the
-fp32 GEMM's speed on AVX-512-BF16/AMX cores), keeping `k + margin` candidates per row; their
-pre-activations are recomputed in fp32 (gather-dot, O(n·(k+margin)·d_in)) and the top k taken
-among them. A rigorous rounding bound then checks each row: if the k-th exact value exceeds the
-largest value any non-candidate can have (`last candidate's bf16 score + bound`), the row's
+with native bf16 matmuls, `d_sae >= 4096` (8192 without numba) and `k <= 64`). The top-k
+*selection* runs on a bf16 GEMM (2.5-3x the fp32 GEMM's speed on AVX-512-BF16/AMX cores),
+keeping `k + margin` candidates per row; their pre-activations are recomputed in fp32
+(gather-dot, O(n·(k+margin)·d_in)) and the top k taken among them. A rigorous rounding bound
+then checks each row: if the k-th exact value exceeds the largest value any non-candidate can
+have (`last candidate's bf16 score + bound`), the row's
 top-k is exactly the fp32 one; rows that fail (near-ties, rare) are recomputed in fp32. So the
 result is the fp32 top-k, not an approximation; values agree with the dense reference to fp32
 rounding (another summation order), indices except where two pre-activations tie to ~1e-6.
@@ -70,7 +71,8 @@ def set_topk_selection(mode: str) -> str:
     `fp32`: top-k of the fp32 pre-activations. `bf16`: verified bf16 candidate selection
     (module docstring) wherever the inputs are fp32 on a CPU. `auto` (default, also from the
     environment variable `SPARSECIRCUITS_TOPK_SELECTION`): `bf16` where the CPU has native bf16
-    matmuls, `d_sae >= 4096` (8192 without numba) and `k <= 64`, else `fp32`. All modes give the same top-k.
+    matmuls, `d_sae >= 4096` (8192 without numba) and `k <= 64`, else `fp32`. All modes give
+    the same top-k.
     """
     global _selection
     if mode not in SELECTION_MODES:

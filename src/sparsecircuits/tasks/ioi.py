@@ -310,13 +310,26 @@ _GIVES = [
     "was happy to give", "went on to give", "chose to give",
 ]  # fmt: skip
 
+# More transfer verbs (none of them "offer"), so the rule holds for verbs a template never used:
+# the v2 model answered S on half the BABA prompts of a held-out template whose only new word
+# that mattered was its verb (with "gave" in its place it was right on 80 %).
+GIVES_MORE = [
+    "delivered", "paid", "awarded", "granted", "fed", "loaned", "promised", "assigned", "served",
+    "posted", "shipped", "forwarded", "left", "donated", "presented", "slid", "kicked", "rolled",
+    "carried", "took", "emailed", "wrote", "read", "sang", "brought back", "gave back",
+    "handed over", "passed along", "sent over", "threw back", "was about to give",
+    "agreed to hand", "promised to send", "had to give", "wanted to send", "chose to hand",
+    "quickly gave", "then passed", "finally handed", "happily sent", "lent out", "showed off",
+]  # fmt: skip
 
-def compositional_template(rng: random.Random) -> str:
-    """Return a random BABA-form IOI template from the training grammar (never a held-out one).
+
+def compositional_template(rng: random.Random, gives: Sequence[str] = tuple(_GIVES)) -> str:
+    """Return a random BABA-form IOI template from the training grammar (never a held-out one),
+    its giving verb drawn from `gives`.
 
     The result has `{B} and {A}` as its first " and ", then `{B}` once more, and ends "to {A}".
     """
-    give = f"{{B}} {rng.choice(_GIVES)} {rng.choice(['a', 'the'])} {{OBJECT}} to {{A}}"
+    give = f"{{B}} {rng.choice(gives)} {rng.choice(['a', 'the'])} {{OBJECT}} to {{A}}"
     form = rng.random()
     if form < 0.35:
         act = rng.choice(_ACTIVITIES)
@@ -359,6 +372,7 @@ def ioi_training_text(
     compositional: float = 0.0,
     word_pool: Sequence[str] = (),
     word_share: float = 0.0,
+    gives: Sequence[str] = tuple(_GIVES),
 ) -> str:
     """Return one complete IOI sentence (with answer and full stop) from training pools only.
 
@@ -370,7 +384,9 @@ def ioi_training_text(
     and objects are never drawn from it.
     """
     template = (
-        compositional_template(rng) if rng.random() < compositional else rng.choice(TEMPLATES_TRAIN)
+        compositional_template(rng, gives)
+        if rng.random() < compositional
+        else rng.choice(TEMPLATES_TRAIN)
     )
     if word_pool and rng.random() < word_share:
         held = set(NAMES_HELDOUT) | set(PLACES_HELDOUT) | set(OBJECTS_HELDOUT)
