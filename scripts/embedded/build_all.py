@@ -98,6 +98,11 @@ def main() -> None:
 # template still 62% (the model answers the first name in its BABA prompts).
 # Nor did re-running stage 1 from v1 with arbitrary words in 80% of the IOI sentences instead of
 # 50% (build_task_stream.py --word-share 0.8): 84.0%.
+# Diagnosis (session 4): in that template only the verb matters: with "gave" for "offered" v2 is
+# right on 80% of its BABA prompts (40% as held out; "quiet" for "busy" or "came in" for
+# "arrived" change nothing). Stage 1 from v1 with 60 giving verbs instead of 18 (stream seed 8,
+# build_task_stream.py --more-verbs, ioi.GIVES_MORE; otherwise v2's recipe) did not carry over to
+# "offered": 82.5% overall, that template's BABA prompts 31%.
 FINETUNE_STAGES = [(4, 5, 1100, "5e-4", 30)]
 
 
