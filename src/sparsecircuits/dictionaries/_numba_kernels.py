@@ -15,8 +15,12 @@ from numba.extending import overload
 
 
 def order_key(v):  # type: ignore[no-untyped-def]  # numba matches the overloads' bare signature
-    """A number that orders like the value `v` (fp32: itself; uint16 bf16 bits: an int32)."""
-    raise NotImplementedError  # only the compiled overload runs
+    """A number that orders like the value `v`: an fp32 value is its own key; the uint16 bits of
+    a bf16 map to an int32 (the Python form; compiled kernels use the overload below)."""
+    if isinstance(v, (np.uint16, np.int16)):
+        x = int(np.uint16(v))
+        return x ^ (0x8000 | ((x >> 15) * 0x7FFF))
+    return v
 
 
 @overload(order_key, inline="always")
@@ -33,6 +37,10 @@ def _order_key(v):  # type: ignore[no-untyped-def]  # (signatures must match exa
 
         return bf16_key
     return None
+
+
+# fastmath without "nnan": a NaN must not turn comparisons into poison (runaway quickselect)
+_NO_NAN_ASSUMPTION = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
 @njit(inline="always", cache=True)
@@ -60,7 +68,7 @@ def _select_top(v: Any, ix: Any, count: int, k: int) -> None:
             break
 
 
-@njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)
+@njit(parallel=True, fastmath=_NO_NAN_ASSUMPTION, boundscheck=False, nogil=True, cache=True)
 def topk_rows(scores: Any, k: int, seg: int, out_keys: Any, out_idx: Any) -> None:
     """Top `k` keys of each row of `scores [n, w]` into `out_keys, out_idx [n, k]` (unsorted);
     segments of `seg` strided elements (`w % seg == 0`, `k <= w / seg`)."""
@@ -99,10 +107,15 @@ def topk_rows(scores: Any, k: int, seg: int, out_keys: Any, out_idx: Any) -> Non
                         cand[c] = x
                         cand_idx[c] = t
                         c += 1
-        _select_top(cand, cand_idx, c, k)
-        for a in range(k):
-            out_keys[r, a] = cand[a]
-            out_idx[r, a] = cand_idx[a]
+        if c >= k:
+            _select_top(cand, cand_idx, c, k)
+            for a in range(k):
+                out_keys[r, a] = cand[a]
+                out_idx[r, a] = cand_idx[a]
+        else:  # only NaNs (every comparison false) get here: valid indices, NaN values
+            for a in range(k):
+                out_keys[r, a] = order_key(row[a])
+                out_idx[r, a] = a
 
 
 @njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)

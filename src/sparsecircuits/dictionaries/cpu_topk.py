@@ -1,7 +1,7 @@
 """Numba CPU kernels for the TopK hot path: exact row top-k and gather-dot rescoring.
 
 `torch.topk` on a CPU spends ~2 ns per element of a `[n, d_sae]` pre-activation block (about
-a third of a TopK train step at d_sae 4k); these kernels do the same selections in one pass
+a quarter of a TopK train step at d_sae 4k); these kernels do the same selections in one pass
 each over the row, parallel over rows:
 
 * `row_topk` (fp32, or bf16 as raw bits): the row is cut into `width / SEGMENT` strided
@@ -16,6 +16,7 @@ each over the row, parallel over rows:
 
 bf16 values are compared through a monotone integer key of their bits (no conversion pass).
 Results are exact: the same top-k *values* as `torch.topk` (among equal values, either index).
+A row with NaNs gets valid indices but no defined order (the kernels compile with fastmath).
 The kernels compile on first use (~10 s) and numba caches them on disk beside
 `_numba_kernels.py` (`__pycache__`), so later processes load them in well under a second.
 """
