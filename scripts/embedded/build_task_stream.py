@@ -48,6 +48,29 @@ def identifier_tokens(tok: Tokenizer) -> list[str]:
     return sorted(words)
 
 
+# Neutral sentences with the held-out IOI templates' own words ("offered" is three tokens,
+# " of" "fer" "ed", and occurs 14 times in the corpus), never in an IOI structure: no names, no
+# repeated subject. The same policy as held-out names in `build_corpus.vocab_text`.
+TEMPLATE_WORD_SENTENCES = [
+    "The shop offered a discount to every customer.", "The {place} offered a free {object}.",
+    "They offered help.", "The library offered a course on {noun}s.",
+    "The {place} was busy.", "Everyone was busy with the {noun}.", "It was a busy day.",
+    "We had lunch at noon.", "After lunch, the team met again.", "The lunch was late.",
+    "She was working on the {noun}.", "They were working late at the {place}.",
+    "He decided to give a talk.", "The team decided to give a demo.",
+    "The guests arrived early.", "The train arrived at the {place}.",
+]  # fmt: skip
+
+
+def template_word_text(rng: random.Random) -> str:
+    """One neutral sentence using a held-out IOI template's wording (see above)."""
+    return rng.choice(TEMPLATE_WORD_SENTENCES).format(
+        place=rng.choice(ioi.PLACES),
+        object=rng.choice(ioi.OBJECTS),
+        noun=rng.choice(greater_than.NOUNS_TRAIN),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mb", type=float, default=12.0, help="megabytes of text to generate")
@@ -62,6 +85,12 @@ def main() -> None:
         "--more-verbs",
         action="store_true",
         help="draw IOI giving verbs from the training list plus ioi.GIVES_MORE",
+    )
+    parser.add_argument(
+        "--template-words",
+        type=float,
+        default=0.0,
+        help="share of the stream given to TEMPLATE_WORD_SENTENCES (taken from the vocabulary part)",
     )
     args = parser.parse_args()
     gives = tuple(ioi._GIVES) + (tuple(ioi.GIVES_MORE) if args.more_verbs else ())
@@ -85,8 +114,10 @@ def main() -> None:
             0.30,
         ),
         "greater_than": (greater_than.greater_than_training_text, " ", 0.12),
-        "vocab": (vocab_text, " ", 0.13),
+        "vocab": (vocab_text, " ", 0.13 - args.template_words),
     }
+    if args.template_words:
+        generators["template_words"] = (template_word_text, " ", args.template_words)
     total = int(args.mb * 1e6)
     docs: list[tuple[str, str]] = []
     for kind, (fn, sep, share) in generators.items():
@@ -115,6 +146,7 @@ def main() -> None:
         "seed": args.seed,
         "word_share": args.word_share,
         "more_verbs": args.more_verbs,
+        "template_words": args.template_words,
     }
     (BUILD / "task_stream_stats.json").write_text(json.dumps(stats, indent=2))
     print(json.dumps(stats))
