@@ -103,6 +103,12 @@ def main() -> None:
 # "arrived" change nothing). Stage 1 from v1 with 60 giving verbs instead of 18 (stream seed 8,
 # build_task_stream.py --more-verbs, ioi.GIVES_MORE; otherwise v2's recipe) did not carry over to
 # "offered": 82.5% overall, that template's BABA prompts 31%.
+# " offered" is three tokens (" of" "fer" "ed") and occurs 14 times in the corpus. Stage 1 from
+# v1 with 4% of the stream given to neutral sentences using the held-out templates' words (never
+# in an IOI structure, as held-out names already are; build_task_stream.py --template-words 0.04,
+# stream seed 9, otherwise v2's recipe) came closest: 89.0% (seed 0; 87.0% at seed 1, where v2
+# has 84.5%), that template's BABA prompts 47%; GT 0.960, docstring 64.0%, prose 2.717. Still
+# under 90%, so not shipped (runs/embedded/v5).
 FINETUNE_STAGES = [(4, 5, 1100, "5e-4", 30)]
 
 
