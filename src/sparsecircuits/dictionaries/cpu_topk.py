@@ -98,7 +98,7 @@ def _threads() -> None:
 
 
 def _bf16_from_keys(keys: np.ndarray) -> Tensor:
-    """Invert `bf16_key`: int32 keys `[n, k]` -> the bf16 values as fp32 `[n, k]`."""
+    """Invert `_numba_kernels.order_key` on bf16 bits: int32 keys `[n, k]` -> fp32 values `[n, k]`."""
     bits = np.where(keys >= 0x8000, keys ^ 0x8000, keys ^ 0xFFFF).astype(np.uint32) << 16
     return torch.from_numpy(bits.view(np.float32))
 
