@@ -109,6 +109,8 @@ def main() -> None:
 # stream seed 9, otherwise v2's recipe) came closest: 89.0% (seed 0; 87.0% at seed 1, where v2
 # has 84.5%), that template's BABA prompts 47%; GT 0.960, docstring 64.0%, prose 2.717. Still
 # under 90%, so not shipped (runs/embedded/v5).
+# Doubling that share (--template-words 0.08, stream seed 10): 87.0% (seed 1: 83.0%), docstring
+# 69.5%, GT 0.961; not shipped (runs/embedded/v6).
 FINETUNE_STAGES = [(4, 5, 1100, "5e-4", 30)]
 
 
