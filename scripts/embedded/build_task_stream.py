@@ -93,7 +93,7 @@ def main() -> None:
         help="share of the stream given to TEMPLATE_WORD_SENTENCES (taken from the vocabulary part)",
     )
     args = parser.parse_args()
-    gives = tuple(ioi._GIVES) + (tuple(ioi.GIVES_MORE) if args.more_verbs else ())
+    gives = ioi.GIVES + (ioi.GIVES_MORE if args.more_verbs else ())
     rng = random.Random(args.seed)
     tok = Tokenizer.from_file(str(SHIP / "tokenizer.json"))
     extra = identifier_tokens(tok)

@@ -75,7 +75,7 @@ def test_ioi_orders_abba_and_baba():
 
 @pytest.mark.parametrize(
     ("compositional", "gives"),
-    [(0.0, tuple(ioi._GIVES)), (0.8, tuple(ioi._GIVES)), (0.8, tuple(ioi.GIVES_MORE))],
+    [(0.0, ioi.GIVES), (0.8, ioi.GIVES), (0.8, ioi.GIVES_MORE)],
 )
 def test_ioi_training_text_never_uses_heldout_names_or_templates(compositional, gives):
     rng = random.Random(0)
@@ -88,7 +88,7 @@ def test_ioi_training_text_never_uses_heldout_names_or_templates(compositional, 
     if compositional:
         assert not any(w in text for w in ioi.HELDOUT_TEMPLATE_WORDS)
         assert "offer" not in text
-        if gives == tuple(ioi.GIVES_MORE):  # the verb list reaches the sentences
+        if gives == ioi.GIVES_MORE:  # the verb list reaches the sentences
             assert any(f" {verb} " in text for verb in ("delivered", "handed over", "wrote"))
     assert not set(ioi.NAMES_TRAIN) & held
     assert not (set(ioi.PLACES) | set(ioi.OBJECTS)) & held

@@ -23,8 +23,10 @@ The kernels compile on first use (~10 s) and numba caches them on disk beside
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -41,12 +43,9 @@ _LAUNCH = threading.Lock()
 def _numba() -> Any:
     """The kernels module (`_numba_kernels`), or None where numba is not installed."""
     try:
-        import numba
-
         from sparsecircuits.dictionaries import _numba_kernels
     except ImportError:  # pragma: no cover - numba is a dependency; this is the safety net
         return None
-    _numba_kernels.numba = numba  # type: ignore[attr-defined]
     return _numba_kernels
 
 
@@ -90,11 +89,13 @@ def segment_length(width: int, k: int) -> int:
     return seg
 
 
-def _threads() -> None:
+@contextlib.contextmanager
+def _launch() -> Iterator[Any]:
+    """The kernels module, on torch's thread count, one launch at a time (see `_LAUNCH`)."""
     kernels = _numba()
-    want = min(torch.get_num_threads(), kernels.numba.config.NUMBA_NUM_THREADS)
-    if kernels.numba.get_num_threads() != want:
-        kernels.numba.set_num_threads(want)
+    kernels.use_threads(torch.get_num_threads())
+    with _LAUNCH:
+        yield kernels
 
 
 def _bf16_from_keys(keys: np.ndarray) -> Tensor:
@@ -106,25 +107,18 @@ def _bf16_from_keys(keys: np.ndarray) -> Tensor:
 def row_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top `k` of each row of `scores [n, width]` (fp32 or bf16, CPU): `(values, indices)`
     `[n, k]`, unsorted; values are fp32 (bf16 values converted exactly). Call `supports` first."""
-    kernels = _numba()
-    _threads()
     s = scores.detach().contiguous()
     n = s.shape[0]
+    seg = segment_length(s.shape[1], k)
     idx = np.empty((n, k), np.int64)
     if s.dtype == torch.bfloat16:
         keys = np.empty((n, k), np.int32)
-        with _LAUNCH:
-            kernels.topk_rows(
-                s.view(torch.int16).numpy().view(np.uint16),
-                k,
-                segment_length(s.shape[1], k),
-                keys,
-                idx,
-            )
+        with _launch() as kernels:
+            kernels.topk_rows(s.view(torch.int16).numpy().view(np.uint16), k, seg, keys, idx)
         return _bf16_from_keys(keys), torch.from_numpy(idx)
     values = np.empty((n, k), np.float32)
-    with _LAUNCH:
-        kernels.topk_rows(s.numpy(), k, segment_length(s.shape[1], k), values, idx)
+    with _launch() as kernels:
+        kernels.topk_rows(s.numpy(), k, seg, values, idx)
     return torch.from_numpy(values), torch.from_numpy(idx)
 
 
@@ -144,11 +138,9 @@ def gather_dot(table: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | None
     """`out[r, c] = table[indices[r, c]] . rows[r] (+ bias[indices[r, c]])` `[n, c]` (fp32,
     CPU) from `table [m, d]`, `indices [n, c]` (int64), `rows [n, d]`, `bias [m]`. Call
     `supports_gather` first. No autograd."""
-    kernels = _numba()
-    _threads()
     out = np.empty(tuple(indices.shape), np.float32)
     no_bias = np.empty(0, np.float32)
-    with _LAUNCH:
+    with _launch() as kernels:
         kernels.gather_dot_bias(
             table.detach().contiguous().numpy(),
             indices.contiguous().numpy(),

@@ -304,26 +304,27 @@ _CHAT = ["talked for hours", "sat down", "waited", "laughed", "had a chat", "loo
 _ADJ = ["quiet", "crowded", "empty", "warm", "cold", "noisy", "dark", "full"]
 _ARRIVE = ["came in", "walked in", "showed up", "got there", "sat down", "left"]
 _MIDS = ["", "", "", "Later, ", "Then ", "After a while, ", "Soon, ", "In the end, "]
-_GIVES = [
+# The grammar's giving verbs.
+GIVES = (
     "gave", "handed", "passed", "brought", "sent", "showed", "threw", "lent", "sold", "mailed",
     "returned", "tossed", "wanted to give", "tried to hand", "forgot to give",
     "was happy to give", "went on to give", "chose to give",
-]  # fmt: skip
+)  # fmt: skip
 
 # More transfer verbs (none of them "offer"), so the rule holds for verbs a template never used:
-# the v2 model answered S on half the BABA prompts of a held-out template whose only new word
-# that mattered was its verb (with "gave" in its place it was right on 80 %).
-GIVES_MORE = [
+# the v2 model was right on only 40 % of the BABA prompts of a held-out template whose only new
+# word that mattered was its verb (80 % with "gave" in its place).
+GIVES_MORE = (
     "delivered", "paid", "awarded", "granted", "fed", "loaned", "promised", "assigned", "served",
     "posted", "shipped", "forwarded", "left", "donated", "presented", "slid", "kicked", "rolled",
     "carried", "took", "emailed", "wrote", "read", "sang", "brought back", "gave back",
     "handed over", "passed along", "sent over", "threw back", "was about to give",
     "agreed to hand", "promised to send", "had to give", "wanted to send", "chose to hand",
     "quickly gave", "then passed", "finally handed", "happily sent", "lent out", "showed off",
-]  # fmt: skip
+)  # fmt: skip
 
 
-def compositional_template(rng: random.Random, gives: Sequence[str] = tuple(_GIVES)) -> str:
+def compositional_template(rng: random.Random, gives: Sequence[str] = GIVES) -> str:
     """Return a random BABA-form IOI template from the training grammar (never a held-out one),
     its giving verb drawn from `gives`.
 
@@ -372,7 +373,7 @@ def ioi_training_text(
     compositional: float = 0.0,
     word_pool: Sequence[str] = (),
     word_share: float = 0.0,
-    gives: Sequence[str] = tuple(_GIVES),
+    gives: Sequence[str] = GIVES,
 ) -> str:
     """Return one complete IOI sentence (with answer and full stop) from training pools only.
 
