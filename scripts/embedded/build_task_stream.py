@@ -36,6 +36,27 @@ BUILD = ROOT / "runs" / "embedded"
 SHIP = ROOT / "src" / "sparsecircuits" / "models" / "embedded"
 
 
+# Capitalised words the IOI grammar uses as sentence openers: a "name" equal to one would read
+# as grammar.
+GRAMMAR_WORDS = {"After", "When", "While", "Then", "Friends", "Yesterday", "Later", "At", "The"}
+GRAMMAR_WORDS |= {"Once", "As", "Because", "Since", "Before", "Today", "This", "On", "Last"}
+GRAMMAR_WORDS |= {"In", "One", "Next", "Afterwards", "Earlier", "Inside", "It", "Soon"}
+
+
+def capitalised_tokens(tok: Tokenizer) -> list[str]:
+    """Return capitalised alphabetic single-token words (" Name" form, 2+ letters): training
+    names and other proper nouns or code words; held-out names and the IOI grammar's own
+    sentence openers excluded."""
+    held = set(ioi.NAMES_HELDOUT) | GRAMMAR_WORDS
+    words = []
+    for piece in tok.get_vocab():
+        word = piece[1:]
+        is_word = piece.startswith("Ġ") and word.isascii() and word.isalpha() and word[0].isupper()
+        if is_word and len(word) >= 2 and word not in held:
+            words.append(word)
+    return sorted(words)
+
+
 def identifier_tokens(tok: Tokenizer) -> list[str]:
     """Return lowercase alphabetic single-token words (" name" form, 3+ letters), held-out excluded."""
     held = set(docstring.PARAMS_HELDOUT)
@@ -60,6 +81,34 @@ TEMPLATE_WORD_SENTENCES = [
     "He decided to give a talk.", "The team decided to give a demo.",
     "The guests arrived early.", "The train arrived at the {place}.",
 ]  # fmt: skip
+
+
+# One-name recall: a name mentioned once and predicted again later, as any name is in real text.
+# Held-out names are drawn half of the time: the v5 model boosted an in-context training name's
+# logit 18 above an absent one, a held-out name's only 5 (it had never had to copy them). Only one
+# name per sentence, so there is nothing to tell apart and never an IOI structure.
+RECALL_SENTENCES = [
+    "{A} went to the {place}. Everyone at the {place} waved to {A}.",
+    "{A} found a {object}. The {object} now belongs to {A}.",
+    "This is {A}. Please say hello to {A}.",
+    "{A} wrote a letter, and the letter was signed by {A}.",
+    "When {A} arrived, the {place} sent a {object} to {A}.",
+    "{A} was at the {place}. Later, someone gave a {object} to {A}.",
+    "The {object} was for {A}, so they handed it to {A}.",
+    "{A} called twice. Nobody answered {A}.",
+    "Ask {A}: the {object} is with {A}.",
+    "{A} likes the {place}. The staff know {A} well.",
+    "A {object} was waiting for {A} when {A} came home.",
+    "We met {A} at the {place}, and we talked to {A} for hours.",
+]
+
+
+def recall_text(rng: random.Random) -> str:
+    """One single-name recall sentence (see above); half of the names are held-out ones."""
+    names = ioi.NAMES_HELDOUT if rng.random() < 0.5 else ioi.NAMES_TRAIN
+    return rng.choice(RECALL_SENTENCES).format(
+        A=rng.choice(names), place=rng.choice(ioi.PLACES), object=rng.choice(ioi.OBJECTS)
+    )
 
 
 def template_word_text(rng: random.Random) -> str:
@@ -92,6 +141,18 @@ def main() -> None:
         default=0.0,
         help="share of the stream given to TEMPLATE_WORD_SENTENCES (taken from the vocabulary part)",
     )
+    parser.add_argument(
+        "--caps-share",
+        type=float,
+        default=0.0,
+        help="share of the arbitrary-word IOI sentences whose two names are capitalised tokens",
+    )
+    parser.add_argument(
+        "--recall",
+        type=float,
+        default=0.0,
+        help="share of the stream given to RECALL_SENTENCES (taken from the vocabulary part)",
+    )
     args = parser.parse_args()
     gives = ioi.GIVES + (ioi.GIVES_MORE if args.more_verbs else ())
     rng = random.Random(args.seed)
@@ -100,10 +161,17 @@ def main() -> None:
     held_words = {w.lower() for w in ioi.PLACES_HELDOUT + ioi.OBJECTS_HELDOUT}
     held_words |= set(greater_than.NOUNS_HELDOUT)
     word_pool = [w for w in extra if w not in held_words]
+    caps_pool = capitalised_tokens(tok) if args.caps_share else []
     generators = {
         "ioi": (
             lambda r: ioi.ioi_training_text(
-                r, 0.85, word_pool=word_pool, word_share=args.word_share, gives=gives
+                r,
+                0.85,
+                word_pool=word_pool,
+                word_share=args.word_share,
+                gives=gives,
+                name_pool=caps_pool,
+                name_share=args.caps_share,
             ),
             " ",
             0.45,
@@ -114,8 +182,10 @@ def main() -> None:
             0.30,
         ),
         "greater_than": (greater_than.greater_than_training_text, " ", 0.12),
-        "vocab": (vocab_text, " ", 0.13 - args.template_words),
+        "vocab": (vocab_text, " ", 0.13 - args.template_words - args.recall),
     }
+    if args.recall:
+        generators["recall"] = (recall_text, " ", args.recall)
     if args.template_words:
         generators["template_words"] = (template_word_text, " ", args.template_words)
     total = int(args.mb * 1e6)
@@ -147,6 +217,9 @@ def main() -> None:
         "word_share": args.word_share,
         "more_verbs": args.more_verbs,
         "template_words": args.template_words,
+        "caps_share": args.caps_share,
+        "recall": args.recall,
+        "caps_pool": len(caps_pool),
     }
     (BUILD / "task_stream_stats.json").write_text(json.dumps(stats, indent=2))
     print(json.dumps(stats))

@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from sparsecircuits.tasks import run_tasks  # noqa: E402
+from sparsecircuits.tasks import ioi, run_tasks  # noqa: E402
 
 BUILD = ROOT / "runs" / "embedded"
 SHIP = ROOT / "src" / "sparsecircuits" / "models" / "embedded"
@@ -62,6 +63,43 @@ def save(model: GPT2LMHeadModel, folder: Path, info: dict) -> None:
     (folder / "train_info.json").write_text(json.dumps(info, indent=2))
 
 
+def balance_name_embeddings(
+    model: GPT2LMHeadModel, tokenizer: Any, recenter: bool, freeze: bool
+) -> None:
+    """Remove what the embeddings learnt about which names the IOI text used, and keep it out.
+
+    Pretraining put the training names (and only them) in IOI sentences; their embeddings share
+    an offset from every other name (v5: |mean(train) - mean(held-out)| 1.07, as large as the
+    mean itself) and the IOI circuit keys on it, so names it never saw in IOI are copied weakly.
+    `recenter` shifts the training-name rows so that their mean equals the mean of every other
+    capitalised word token of the vocabulary (a reference that does not single out any held-out
+    list); `freeze` zeroes those rows' gradient so the fine-tune cannot grow the offset again.
+    """
+    vocab = tokenizer.get_vocab()
+    train = sorted({vocab["Ġ" + n] for n in ioi.NAMES_TRAIN if "Ġ" + n in vocab})
+    others = sorted(
+        i
+        for piece, i in vocab.items()
+        if piece.startswith("Ġ")
+        and piece[1:].isascii()
+        and piece[1:].isalpha()
+        and piece[1].isupper()
+        and len(piece) > 2
+        and i not in set(train)
+    )
+    weight = model.transformer.wte.weight
+    rows = torch.tensor(train)
+    if recenter:
+        with torch.no_grad():
+            offset = weight[rows].mean(0) - weight[torch.tensor(others)].mean(0)
+            weight[rows] -= offset
+        print(f"recentred {len(train)} names on {len(others)} tokens, |offset| {offset.norm():.3f}")
+    if freeze:
+        mask = torch.ones(weight.shape[0], 1)
+        mask[rows] = 0.0
+        weight.register_hook(lambda grad: grad * mask.to(grad.device))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--minutes", type=float, default=None)
@@ -85,6 +123,16 @@ def main() -> None:
         "--synthetic-file",
         default="synthetic_tokens.npy",
         help="token file under runs/embedded for --synthetic-extra (task_stream_tokens.npy: v2)",
+    )
+    p.add_argument(
+        "--recenter-names",
+        action="store_true",
+        help="move the training names' mean embedding onto that of every other capitalised token",
+    )
+    p.add_argument(
+        "--freeze-names",
+        action="store_true",
+        help="keep the training names' embedding rows fixed (no gradient)",
     )
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 matmuls allowed on cuda)")
@@ -113,6 +161,8 @@ def main() -> None:
         model = GPT2LMHeadModel.from_pretrained(args.resume)
     else:
         model = GPT2LMHeadModel(model_config(len(tokenizer)))
+    if args.recenter_names or args.freeze_names:
+        balance_name_embeddings(model, tokenizer, args.recenter_names, args.freeze_names)
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     model.to(device)

@@ -171,6 +171,29 @@ def test_word_pool_sentences_keep_the_ioi_shape_and_skip_heldout_words():
         assert io in pool and sentence.count(f" {io}") + sentence.startswith(io) == 2
 
 
+def test_name_pool_fills_both_names_and_skips_heldout_names():
+    rng = random.Random(5)
+    words = ["kettle", "river", "bridge", "tree", "lamp"]
+    caps = ["Python", "Windows", "Unix"] + ioi.NAMES_HELDOUT
+    sentences = [
+        ioi.ioi_training_text(
+            rng, 0.5, word_pool=words, word_share=1.0, name_pool=caps, name_share=1.0
+        )
+        for _ in range(300)
+    ]
+    for sentence in sentences:
+        tokens = sentence.rstrip(".").replace(",", " ").split()
+        assert not set(ioi.NAMES_HELDOUT) & set(tokens)
+        io = tokens[-1]
+        assert io in caps and sentence.count(f" {io}") + sentence.startswith(io) == 2
+        assert sum(t in caps for t in tokens) == 4  # IO and S twice each
+    # without a name pool the random stream is the one earlier models were trained on
+    ra, rb = random.Random(6), random.Random(6)
+    a = [ioi.ioi_training_text(ra, 0.5, words, 1.0) for _ in range(20)]
+    b = [ioi.ioi_training_text(rb, 0.5, words, 1.0, name_pool=()) for _ in range(20)]
+    assert a == b
+
+
 def test_docstring_extra_params_never_draw_heldout_names():
     rng = random.Random(4)
     extra = ["kettle", "river"] + docstring.PARAMS_HELDOUT

@@ -374,6 +374,8 @@ def ioi_training_text(
     word_pool: Sequence[str] = (),
     word_share: float = 0.0,
     gives: Sequence[str] = GIVES,
+    name_pool: Sequence[str] = (),
+    name_share: float = 0.0,
 ) -> str:
     """Return one complete IOI sentence (with answer and full stop) from training pools only.
 
@@ -382,7 +384,9 @@ def ioi_training_text(
     `word_share` the two "names", the place and the object are arbitrary words of `word_pool`
     instead ("When kettle and river went to the bridge, kettle gave a tree to river"), which
     teaches the rule for any token rather than for the training names; held-out names, places
-    and objects are never drawn from it.
+    and objects are never drawn from it. Of those arbitrary-word sentences, a `name_share` draw
+    their two names from `name_pool` instead (capitalised tokens: copying a lowercase word
+    generalises to unseen lowercase words far better than to unseen capitalised names).
     """
     template = (
         compositional_template(rng, gives)
@@ -393,6 +397,8 @@ def ioi_training_text(
         held = set(NAMES_HELDOUT) | set(PLACES_HELDOUT) | set(OBJECTS_HELDOUT)
         # four distinct words: a place or object equal to a name would break the task
         io, s, place, obj = rng.sample([w for w in word_pool if w not in held], 4)
+        if name_pool and rng.random() < name_share:
+            io, s = rng.sample([w for w in name_pool if w not in held], 2)
     else:
         io, s = rng.sample(NAMES_TRAIN, 2)
         place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
