@@ -95,9 +95,35 @@ def balance_name_embeddings(
             weight[rows] -= offset
         print(f"recentred {len(train)} names on {len(others)} tokens, |offset| {offset.norm():.3f}")
     if freeze:
-        mask = torch.ones(weight.shape[0], 1)
-        mask[rows] = 0.0
-        weight.register_hook(lambda grad: grad * mask.to(grad.device))
+        freeze_rows(weight, rows)
+
+
+def freeze_rows(weight: torch.Tensor, rows: torch.Tensor) -> None:
+    """Zero the gradient of `rows` of an embedding matrix `[vocab, d]` from now on."""
+    mask = torch.ones(weight.shape[0], 1)
+    mask[rows] = 0.0
+    weight.register_hook(lambda grad: grad * mask.to(grad.device))
+
+
+def randomise_name_embeddings(model: GPT2LMHeadModel, tokenizer: Any, seed: int) -> None:
+    """Replace every IOI name token's embedding (both pools) with a fresh iid Gaussian vector of
+    the same per-entry scale, zero mean, and freeze it.
+
+    Names become interchangeable symbols: no embedding can carry which names the IOI text used
+    (the membership offset that pretraining wrote into the training names), so a name never seen
+    in an IOI sentence looks to the circuit exactly like one that was. Held-out names are
+    treated the same as training names, never put into IOI text.
+    """
+    vocab = tokenizer.get_vocab()
+    names = ioi.NAMES_TRAIN + ioi.NAMES_HELDOUT
+    rows = torch.tensor(sorted({vocab["Ġ" + n] for n in names if "Ġ" + n in vocab}))
+    weight = model.transformer.wte.weight
+    with torch.no_grad():
+        scale = weight[rows].std().item()
+        gen = torch.Generator().manual_seed(seed + 17)
+        weight[rows] = torch.randn(len(rows), weight.shape[1], generator=gen) * scale
+    freeze_rows(weight, rows)
+    print(f"random frozen embeddings for {len(rows)} name tokens (scale {scale:.3f})")
 
 
 def main() -> None:
@@ -134,6 +160,12 @@ def main() -> None:
         action="store_true",
         help="keep the training names' embedding rows fixed (no gradient)",
     )
+    p.add_argument(
+        "--random-name-embeddings",
+        action="store_true",
+        help="give every IOI name token (training and held-out pools alike) a fresh random, "
+        "frozen embedding",
+    )
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 matmuls allowed on cuda)")
     p.add_argument(
@@ -163,6 +195,8 @@ def main() -> None:
         model = GPT2LMHeadModel(model_config(len(tokenizer)))
     if args.recenter_names or args.freeze_names:
         balance_name_embeddings(model, tokenizer, args.recenter_names, args.freeze_names)
+    if args.random_name_embeddings:
+        randomise_name_embeddings(model, tokenizer, args.seed)
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     model.to(device)
