@@ -66,27 +66,26 @@ def save(model: GPT2LMHeadModel, folder: Path, info: dict) -> None:
 def balance_name_embeddings(
     model: GPT2LMHeadModel, tokenizer: Any, recenter: bool, freeze: bool
 ) -> None:
-    """Remove what the embeddings learnt about which names the IOI text used, and keep it out.
+    """Try to remove what the embeddings learnt about which names the IOI text used.
 
     Pretraining put the training names (and only them) in IOI sentences; their embeddings share
-    an offset from every other name (v5: |mean(train) - mean(held-out)| 1.07, as large as the
+    an offset from the held-out names (v5: |mean(train) - mean(held-out)| 1.07, as large as the
     mean itself) and the IOI circuit keys on it, so names it never saw in IOI are copied weakly.
     `recenter` shifts the training-name rows so that their mean equals the mean of every other
     capitalised word token of the vocabulary (a reference that does not single out any held-out
-    list); `freeze` zeroes those rows' gradient so the fine-tune cannot grow the offset again.
+    list); `freeze` zeroes those rows' gradient so the fine-tune cannot grow an offset again.
+    Measured (v9): that reference direction is nearly orthogonal to the held-out offset (cosine
+    0.2), which stays at 1.07; held-out IOI 81.9 %.
     """
     vocab = tokenizer.get_vocab()
     train = sorted({vocab["Ġ" + n] for n in ioi.NAMES_TRAIN if "Ġ" + n in vocab})
-    others = sorted(
+    capitalised = {
         i
         for piece, i in vocab.items()
-        if piece.startswith("Ġ")
-        and piece[1:].isascii()
-        and piece[1:].isalpha()
-        and piece[1].isupper()
-        and len(piece) > 2
-        and i not in set(train)
-    )
+        if piece.startswith("Ġ") and piece[1:].isascii() and piece[1:].isalpha()
+        if piece[1].isupper() and len(piece) > 2
+    }
+    others = sorted(capitalised - set(train))
     weight = model.transformer.wte.weight
     rows = torch.tensor(train)
     if recenter:
@@ -112,7 +111,9 @@ def randomise_name_embeddings(model: GPT2LMHeadModel, tokenizer: Any, seed: int)
     Names become interchangeable symbols: no embedding can carry which names the IOI text used
     (the membership offset that pretraining wrote into the training names), so a name never seen
     in an IOI sentence looks to the circuit exactly like one that was. Held-out names are
-    treated the same as training names, never put into IOI text.
+    treated the same as training names, never put into IOI text. Measured (v10): the circuit
+    then tells names apart past the embedding (training names logit diff 6.5, held-out 3.4);
+    held-out IOI 70.6 %.
     """
     vocab = tokenizer.get_vocab()
     names = ioi.NAMES_TRAIN + ioi.NAMES_HELDOUT
