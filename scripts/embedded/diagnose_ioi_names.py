@@ -9,7 +9,8 @@ Prints JSON with three measurements on one model (default: the shipped embedded 
   names: how far the circuit lifts an in-context name above an absent one.
 * `membership_shift`: held-out IOI (`run_tasks`, n = `--n`) after adding `alpha` times the
   difference of the mean *input* embeddings (training names minus held-out names) to the
-  held-out names only; the output side is left as it is (a shift common to IO and S cannot
+  held-out names only (controls: alpha -0.5, and a random direction as long as half the
+  offset); the output side is left as it is (a shift common to IO and S cannot
   change their logit difference). A diagnosis, never a way to build the model: it uses the
   held-out list.
 
@@ -128,10 +129,14 @@ def main() -> None:
     offset = weight[train_ids].mean(0) - weight[held_ids].mean(0)
     report["membership_offset_norm"] = round(offset.norm().item(), 3)
     report["train_names_mean_norm"] = round(weight[train_ids].mean(0).norm().item(), 3)
+    random_dir = torch.randn(offset.shape, generator=torch.Generator().manual_seed(0))
+    shifts = {"0.0": 0.0 * offset, "0.5": 0.5 * offset, "1.0": offset, "-0.5": -0.5 * offset}
+    # control: a random direction as long as half the offset
+    shifts["random_0.5"] = random_dir / random_dir.norm() * 0.5 * offset.norm()
     report["membership_shift"] = []
-    for alpha in (0.0, 0.5, 1.0):
+    for alpha, shift in shifts.items():
         shifted = weight.clone()
-        shifted[held_ids] += alpha * offset
+        shifted[held_ids] += shift
 
         def shifted_forward(x: torch.Tensor, e: torch.Tensor = shifted) -> torch.Tensor:
             hidden = model.transformer(inputs_embeds=e[x]).last_hidden_state
