@@ -9,8 +9,9 @@ Prints JSON with three measurements on one model (default: the shipped embedded 
   names: how far the circuit lifts an in-context name above an absent one.
 * `membership_shift`: held-out IOI (`run_tasks`, n = `--n`) after adding `alpha` times the
   difference of the mean *input* embeddings (training names minus held-out names) to the
-  held-out names only (controls: alpha -0.5, and a random direction as long as half the
-  offset); the output side is left as it is (a shift common to IO and S cannot
+  held-out names only (controls: alpha -0.5; a random direction as long as half the offset;
+  half the offset measured on one half of the held-out names, added to the other half only);
+  the output side is left as it is (a shift common to IO and S cannot
   change their logit difference). A diagnosis, never a way to build the model: it uses the
   held-out list.
 
@@ -133,10 +134,16 @@ def main() -> None:
     shifts = {"0.0": 0.0 * offset, "0.5": 0.5 * offset, "1.0": offset, "-0.5": -0.5 * offset}
     # control: a random direction as long as half the offset
     shifts["random_0.5"] = random_dir / random_dir.norm() * 0.5 * offset.norm()
+    # split half: the offset measured on the first half of the held-out names, added to the
+    # other half only (all held-out names still evaluated)
+    first, second = held_ids[: len(held_ids) // 2], held_ids[len(held_ids) // 2 :]
+    half_offset = weight[train_ids].mean(0) - weight[first].mean(0)
+    cases = [(alpha, held_ids, shift) for alpha, shift in shifts.items()]
+    cases.append(("split_half_0.5", second, 0.5 * half_offset))
     report["membership_shift"] = []
-    for alpha, shift in shifts.items():
+    for alpha, rows, shift in cases:
         shifted = weight.clone()
-        shifted[held_ids] += shift
+        shifted[rows] += shift
 
         def shifted_forward(x: torch.Tensor, e: torch.Tensor = shifted) -> torch.Tensor:
             hidden = model.transformer(inputs_embeds=e[x]).last_hidden_state
