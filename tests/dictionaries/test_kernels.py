@@ -269,3 +269,15 @@ def test_numba_topk_rows_of_nans_give_valid_indices() -> None:
     values, indices = cpu_topk.row_topk(scores, 8)
     assert int(indices.min()) >= 0 and int(indices.max()) < 1024
     assert torch.equal(values[0].sort().values, scores[0].topk(8).values.sort().values)
+
+
+def test_disabled_numba_kernels_take_the_torch_tuning_too() -> None:
+    """`cpu_topk.set_enabled(False)` is the torch path whole: its chunk sizes, not the kernels'."""
+    previous = cpu_topk.set_enabled(False)
+    try:
+        assert not cpu_topk.active()
+        assert kernels.encode_rows(4096, 4096) == 256
+    finally:
+        cpu_topk.set_enabled(previous)
+    if cpu_topk.available():
+        assert kernels.encode_rows(4096, 4096) == 1024

@@ -58,24 +58,29 @@ _enabled = True
 
 
 def set_enabled(enabled: bool) -> bool:
-    """Turn the numba kernels on or off (off: callers use their torch paths, as without numba);
-    returns the previous setting. For benchmarks and tests that compare the two."""
+    """Turn the numba kernels on or off (off: callers use their torch paths and tuning, as
+    without numba); returns the previous setting. For benchmarks and tests that compare the two."""
     global _enabled
     previous, _enabled = _enabled, enabled
     return previous
+
+
+def active() -> bool:
+    """True when the kernels are installed and enabled: the one switch callers consult, for
+    the kernels themselves and for the chunk sizes and thresholds tuned to them."""
+    return _enabled and available()
 
 
 def supports(scores: Tensor, k: int) -> bool:
     """Whether `row_topk` can take `scores` (CPU, fp32/bf16, 2-D, width a multiple of
     `SEGMENT`, `k <= width / SEGMENT`)."""
     return (
-        _enabled
-        and scores.device.type == "cpu"
+        scores.device.type == "cpu"
         and scores.dim() == 2
         and scores.dtype in (torch.float32, torch.bfloat16)
         and scores.shape[1] % SEGMENT == 0
         and 0 < k <= scores.shape[1] // SEGMENT
-        and available()
+        and active()
     )
 
 
@@ -125,12 +130,11 @@ def row_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 def supports_gather(table: Tensor, indices: Tensor, rows: Tensor) -> bool:
     """Whether `gather_dot` can take these tensors (CPU, fp32 table and rows, int64 indices)."""
     return (
-        _enabled
-        and table.device.type == "cpu"
+        table.device.type == "cpu"
         and table.dtype == rows.dtype == torch.float32
         and indices.dtype == torch.int64
         and indices.dim() == 2
-        and available()
+        and active()
     )
 
 

@@ -109,7 +109,7 @@ def selection_for(
         and dtype == torch.float32
         and k + _margin(k) < d_sae
     )
-    min_d_sae = _BF16_MIN_D_SAE if cpu_topk.available() else _BF16_MIN_D_SAE_TORCH
+    min_d_sae = _BF16_MIN_D_SAE if cpu_topk.active() else _BF16_MIN_D_SAE_TORCH
     pays = d_sae >= min_d_sae and k <= _BF16_MAX_K and cpu_has_fast_bf16()
     if eligible and (mode == "bf16" or pays):
         return "bf16"
@@ -277,7 +277,7 @@ def encode_rows(n_rows: int, d_sae: int, device_type: str = "cpu") -> int:
     6 % at 64k. Accelerators take the whole batch: there a chunk is only more kernel launches."""
     if device_type != "cpu":
         return n_rows
-    if cpu_topk.available():
+    if cpu_topk.active():
         return min(n_rows, 1024 if d_sae <= 16384 else 256)
     return min(n_rows, 256 if d_sae <= 8192 else 1024)
 
