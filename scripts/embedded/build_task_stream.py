@@ -18,6 +18,7 @@ import argparse
 import json
 import random
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -43,18 +44,22 @@ GRAMMAR_WORDS |= {"Once", "As", "Because", "Since", "Before", "Today", "This", "
 GRAMMAR_WORDS |= {"In", "One", "Next", "Afterwards", "Earlier", "Inside", "It", "Soon"}
 
 
+def capitalised_words(vocab: Mapping[str, int]) -> dict[str, int]:
+    """Return {word: token id} for every capitalised ASCII-alphabetic single-token word of 2+
+    letters in " Word" form (training and held-out names, other proper nouns, code words)."""
+    return {
+        piece[1:]: i
+        for piece, i in vocab.items()
+        if piece.startswith("Ġ") and piece[1:].isascii() and piece[1:].isalpha()
+        if piece[1].isupper() and len(piece) > 2
+    }
+
+
 def capitalised_tokens(tok: Tokenizer) -> list[str]:
-    """Return capitalised alphabetic single-token words (" Name" form, 2+ letters): training
-    names and other proper nouns or code words; held-out names and the IOI grammar's own
-    sentence openers excluded."""
+    """Return the `capitalised_words` minus held-out names and the IOI grammar's own sentence
+    openers, sorted."""
     held = set(ioi.NAMES_HELDOUT) | GRAMMAR_WORDS
-    words = []
-    for piece in tok.get_vocab():
-        word = piece[1:]
-        is_word = piece.startswith("Ġ") and word.isascii() and word.isalpha() and word[0].isupper()
-        if is_word and len(word) >= 2 and word not in held:
-            words.append(word)
-    return sorted(words)
+    return sorted(w for w in capitalised_words(tok.get_vocab()) if w not in held)
 
 
 def identifier_tokens(tok: Tokenizer) -> list[str]:

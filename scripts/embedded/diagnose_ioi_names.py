@@ -34,6 +34,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from build_task_stream import capitalised_words  # noqa: E402
+
 from sparsecircuits.models.embedded import embedded_dir  # noqa: E402
 from sparsecircuits.tasks import ioi, run_tasks  # noqa: E402
 from sparsecircuits.tasks.common import batch_token_lists, encode  # noqa: E402
@@ -42,6 +46,7 @@ from sparsecircuits.tasks.common import batch_token_lists, encode  # noqa: E402
 def word_pools(vocab: dict[str, int]) -> dict[str, list[str]]:
     """Return single-token word pools (" word" form) by kind; held-out task words excluded."""
     spaced = [p[1:] for p in vocab if p.startswith("Ġ") and p[1:].isascii() and p[1:].isalpha()]
+    capitalised = capitalised_words(vocab)
     train, held = set(ioi.NAMES_TRAIN), set(ioi.NAMES_HELDOUT)
     held_words = set(ioi.PLACES_HELDOUT + ioi.OBJECTS_HELDOUT)
     return {
@@ -51,7 +56,7 @@ def word_pools(vocab: dict[str, int]) -> dict[str, list[str]]:
             w for w in spaced if w.islower() and len(w) >= 3 and w not in held_words
         ),
         "other_capitalised": sorted(
-            w for w in spaced if w[0].isupper() and len(w) >= 3 and w not in train | held
+            w for w in capitalised if len(w) >= 3 and w not in train | held
         ),
     }
 

@@ -29,6 +29,10 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from build_task_stream import capitalised_words  # noqa: E402
+
 from sparsecircuits.tasks import ioi, run_tasks  # noqa: E402
 
 BUILD = ROOT / "runs" / "embedded"
@@ -79,13 +83,7 @@ def balance_name_embeddings(
     """
     vocab = tokenizer.get_vocab()
     train = sorted({vocab["Ġ" + n] for n in ioi.NAMES_TRAIN if "Ġ" + n in vocab})
-    capitalised = {
-        i
-        for piece, i in vocab.items()
-        if piece.startswith("Ġ") and piece[1:].isascii() and piece[1:].isalpha()
-        if piece[1].isupper() and len(piece) > 2
-    }
-    others = sorted(capitalised - set(train))
+    others = sorted(set(capitalised_words(vocab).values()) - set(train))
     weight = model.transformer.wte.weight
     rows = torch.tensor(train)
     if recenter:
