@@ -288,12 +288,12 @@ def _step_variants(
 def selection_check(d_sae: int, k: int, x: torch.Tensor) -> dict[str, Any]:
     """The verified bf16 selection on a real batch: share of rows that needed the fp32
     fallback, and agreement of its top-k with the fp32 top-k (1.0 = every row identical)."""
-    from sparsecircuits.dictionaries import DictionaryConfig, kernels, make_dictionary
+    from sparsecircuits.dictionaries import DictionaryConfig, kernels, make
 
     cfg = DictionaryConfig(
         architecture="topk", kind="sae", d_in=x.shape[1], d_sae=d_sae, k=k, seed=0
     )
-    sae = make_dictionary(cfg)
+    sae = make(cfg)
     sae.init_biases_from_data(x, x)
     with torch.no_grad():
         x_in = (x - sae.b_in).contiguous()

@@ -38,7 +38,7 @@ CONTEXTS_PER_STEP = 32
 def our_fit(adapter: Any, contexts: Any, steps: int, options: BenchOptions) -> int:
     """Train our transcoder for `steps` steps on `contexts`; return tokens trained."""
     from sparsecircuits.data import ActivationStore, ActivationStoreConfig
-    from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+    from sparsecircuits.dictionaries import DictionaryConfig, make
     from sparsecircuits.training import TrainConfig, Trainer
 
     hooks = [f"blocks.{LAYER}.hook_mlp_in", f"blocks.{LAYER}.hook_mlp_out"]
@@ -67,7 +67,7 @@ def our_fit(adapter: Any, contexts: Any, steps: int, options: BenchOptions) -> i
         ),
     )
     train_cfg = TrainConfig(total_tokens=steps * 4096, batch_tokens=4096, quiet=True, log_every=50)
-    result = Trainer(store, {"tc": make_dictionary(cfg)}, train_cfg).train()
+    result = Trainer(store, {"tc": make(cfg)}, train_cfg).train()
     return result.tokens
 
 

@@ -63,7 +63,7 @@ def library_of(contender: str) -> tuple[str, str]:
 
 def make_transcoders(adapter: Any, k: int, d_sae: int) -> dict[int, Any]:
     """One random-init TopK transcoder per layer, biases centred on real activations."""
-    from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+    from sparsecircuits.dictionaries import DictionaryConfig, make
 
     ids = text_contexts(adapter, 8, 64).to(adapter.device)
     hooks = [
@@ -88,7 +88,7 @@ def make_transcoders(adapter: Any, k: int, d_sae: int) -> dict[int, Any]:
             seed=layer,
             device=str(adapter.device),
         )
-        tc = make_dictionary(cfg).to(adapter.device)
+        tc = make(cfg).to(adapter.device)
         tc.init_biases_from_data(
             cache[hook_in].reshape(-1, adapter.d_model).float(),
             cache[hook_out].reshape(-1, adapter.d_model).float(),

@@ -89,7 +89,7 @@ def our_step(
     spec: dict[str, Any], batch: dict[str, torch.Tensor], options: BenchOptions
 ) -> Callable[[], None]:
     """A closure running one step of our `Trainer` on `spec`'s dictionary."""
-    from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+    from sparsecircuits.dictionaries import DictionaryConfig, make
     from sparsecircuits.training import TrainConfig, Trainer
 
     hook_in, hook_out = f"blocks.{LAYER}.hook_mlp_in", f"blocks.{LAYER}.hook_mlp_out"
@@ -108,7 +108,7 @@ def our_step(
         dtype=options.dtype,
         device=options.device,
     )
-    dictionary = make_dictionary(cfg)
+    dictionary = make(cfg)
     train_cfg = TrainConfig(
         total_tokens=10**15, batch_tokens=BATCH_TOKENS, quiet=True, log_every=10**9
     )

@@ -12,8 +12,7 @@ import torch
 from sparsecircuits.dictionaries import (
     CrossLayerTranscoder,
     Dictionary,
-    load_dictionary,
-    load_sparse_coder,
+    load,
 )
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models import load_model
@@ -77,8 +76,8 @@ def test_train_run_trains_a_clt_and_a_transcoder_from_one_forward(
     assert clt.cfg.hook_in == "blocks.{layer}.hook_mlp_in" and clt.d_in == gpt2.d_model
     assert clt.cfg.training["dictionaries"][0]["kind"] == "clt"
     folder = Path(cfg.out) / "dictionaries"
-    loaded_clt = load_sparse_coder(folder / "clt-topk-L0-1-32-k4")
-    loaded_tc = load_dictionary(folder / "transcoder-topk-L1-32-k4")
+    loaded_clt = load(folder / "clt-topk-L0-1-32-k4")
+    loaded_tc = load(folder / "transcoder-topk-L1-32-k4")
     for trained, loaded in (
         (clt, loaded_clt),
         (dictionaries["transcoder-topk-L1-32-k4"], loaded_tc),
@@ -122,7 +121,7 @@ BAD_SPECS = [
     ),
     ({"kind": "clt", "hook_in": "blocks.{layer}.hook_nonsense"}, "unknown hook name"),
     ({"kind": "clt", "layer": 1}, "takes no layer"),
-    ({"kind": "clt", "architecture": "batchtopk"}, "supports architectures"),
+    ({"kind": "clt", "architecture": "mp"}, "for SAEs only"),
     ({"kind": "transcoder", "n_layers": 2}, "n_layers is for cross-layer"),
 ]
 
@@ -136,9 +135,9 @@ def test_bad_clt_spec_is_one_clear_error(gpt2, spec: dict, expected: str) -> Non
 
 
 def test_check_compatible_rejects_a_clt_deeper_than_the_model(gpt2) -> None:  # type: ignore[no-untyped-def]
-    from sparsecircuits.dictionaries import DictionaryConfig, make_sparse_coder
+    from sparsecircuits.dictionaries import DictionaryConfig, make
 
-    clt = make_sparse_coder(
+    clt = make(
         DictionaryConfig(
             architecture="topk",
             kind="clt",

@@ -17,7 +17,8 @@ def load_model(name_or_path: str = "embedded", **kwargs):  # type: ignore[no-unt
 
 
 def load_transcoders(name_or_path: str = "embedded", **kwargs):  # type: ignore[no-untyped-def]
-    """Return a dict `layer -> Transcoder` for a folder of saved transcoders or "embedded"."""
+    """Return the transcoder set (per-layer transcoders, a `{layer: transcoder}` mapping, or a
+    cross-layer transcoder) saved in a folder, or "embedded"'s shipped transcoders."""
     from sparsecircuits.dictionaries import load_transcoders as _load_transcoders
 
     return _load_transcoders(name_or_path, **kwargs)

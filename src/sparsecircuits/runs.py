@@ -14,16 +14,15 @@ import torch
 from sparsecircuits.config import from_dict, to_dict
 from sparsecircuits.data import ActivationStore, ActivationStoreConfig, TokenSource, make_source
 from sparsecircuits.dictionaries import (
-    CrossLayerTranscoder,
     DictionaryConfig,
     SparseCoder,
-    load_sparse_coder,
-    make_sparse_coder,
+    load,
+    make,
     save_dictionary,
 )
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.evaluation import plot_frontier
-from sparsecircuits.evaluation.splice import check_clt_hooks
+from sparsecircuits.evaluation.splice import check_splice_hooks
 from sparsecircuits.models import ModelAdapter, load_model
 from sparsecircuits.training import TrainConfig, Trainer, TrainResult, latest_checkpoint
 
@@ -168,26 +167,19 @@ def torch_dtype(name: str) -> torch.dtype:
 def build_dictionaries(
     adapter: ModelAdapter, specs: list[DictionarySpec], seed: int
 ) -> dict[str, SparseCoder]:
-    """Return `{name: Dictionary or CrossLayerTranscoder}` sized from the model's hook dimensions.
+    """Return `{name: dictionary}` sized from the model's hook dimensions.
 
     A cross-layer transcoder takes its widths from layer 0's hooks; every layer's hooks must
-    exist with those widths, each layer's input coming before its output.
+    exist with those widths, each layer's input coming before its output (`check_compatible`).
     """
     out: dict[str, SparseCoder] = {}
     for i, spec in enumerate(specs):
         hook_in, hook_out = spec.resolved_hooks()
         extra = dict(spec.extra)
         n_layers = None
-        if spec.kind == "clt":
+        if "{layer}" in hook_in:  # a template over layers 0..n_layers-1
             n_layers = extra["n_layers"] = spec.resolved_n_layers(adapter.n_layers)
-            layer_hooks = (
-                [hook_in.format(layer=layer) for layer in range(n_layers)],
-                [hook_out.format(layer=layer) for layer in range(n_layers)],
-            )
-            check_clt_hooks(adapter, *layer_hooks)
-            width_in, width_out = layer_hooks[0][0], layer_hooks[1][0]
-        else:
-            width_in, width_out = hook_in, hook_out
+        width_in, width_out = hook_in.format(layer=0), hook_out.format(layer=0)
         name = spec.resolved_name(n_layers)
         if name in out:
             raise SparseCircuitsError(
@@ -208,9 +200,8 @@ def build_dictionaries(
             device=str(adapter.device),
             **extra,
         )
-        dictionary = make_sparse_coder(cfg).to(adapter.device)
-        if isinstance(dictionary, CrossLayerTranscoder):
-            _check_clt_widths(adapter, name, dictionary)
+        dictionary = make(cfg).to(adapter.device)
+        check_compatible(adapter, {name: dictionary})
         out[name] = dictionary
     return out
 
@@ -309,15 +300,14 @@ def train_run(
 def load_dictionaries(
     paths: list[str], device: str | torch.device | None = None
 ) -> dict[str, SparseCoder]:
-    """Return `{name: Dictionary or CrossLayerTranscoder}` from dictionary folders or folders
-    holding several of them."""
+    """Return `{name: dictionary}` from dictionary folders or folders holding several of them."""
     found: dict[str, SparseCoder] = {}
     for p in map(Path, paths):
         if (p / "cfg.json").is_file():
-            found[p.name] = load_sparse_coder(p, device=device)
+            found[p.name] = load(p, device=device)
         elif p.is_dir() and any(p.glob("*/cfg.json")):
             for sub in sorted(p.glob("*/cfg.json")):
-                found[sub.parent.name] = load_sparse_coder(sub.parent, device=device)
+                found[sub.parent.name] = load(sub.parent, device=device)
         else:
             raise SparseCircuitsError(
                 f"{p} holds no saved dictionary (no cfg.json); pass a dictionary folder"
@@ -326,22 +316,20 @@ def load_dictionaries(
 
 
 def check_compatible(adapter: ModelAdapter, dictionaries: Mapping[str, SparseCoder]) -> None:
-    """Raise if a dictionary's hooks or widths do not match the model.
-
-    A cross-layer transcoder is checked at every layer it spans (and must fit in the model).
-    """
+    """Raise if a dictionary's hooks or widths do not match the model: every layer's hooks
+    must exist with the dictionary's widths and be splicable (`check_splice_hooks`)."""
     for name, d in dictionaries.items():
-        if isinstance(d, CrossLayerTranscoder):
-            if d.n_layers > adapter.n_layers:
-                raise SparseCircuitsError(
-                    f"dictionary {name} is a cross-layer transcoder over {d.n_layers} layers but the model "
-                    f"has {adapter.n_layers}; use the model it was trained on"
-                )
-            check_clt_hooks(adapter, *d.cfg.layer_hooks())
-            _check_clt_widths(adapter, name, d)
-            continue
-        for hook, dim in ((d.cfg.hook_in, d.cfg.d_in), (d.cfg.hook_out, d.cfg.d_out)):
-            _check_width(adapter, name, hook, dim)
+        hooks_in, hooks_out = d.cfg.layer_hooks()
+        if len(hooks_in) > adapter.n_layers:
+            raise SparseCircuitsError(
+                f"dictionary {name} is a cross-layer transcoder over {len(hooks_in)} layers but the "
+                f"model has {adapter.n_layers}; use the model it was trained on"
+            )
+        check_splice_hooks(adapter, hooks_in, hooks_out)
+        for hook in hooks_in:
+            _check_width(adapter, name, hook, d.cfg.d_in)
+        for hook in hooks_out:
+            _check_width(adapter, name, hook, d.cfg.d_out)
 
 
 def _check_width(adapter: ModelAdapter, name: str, hook: str, dim: int) -> None:
@@ -351,14 +339,6 @@ def _check_width(adapter: ModelAdapter, name: str, hook: str, dim: int) -> None:
             f"dictionary {name} expects width {dim} at {hook} but the model has {model_dim}; "
             "use the model it was trained on"
         )
-
-
-def _check_clt_widths(adapter: ModelAdapter, name: str, clt: CrossLayerTranscoder) -> None:
-    hooks_in, hooks_out = clt.cfg.layer_hooks()
-    for hook in hooks_in:
-        _check_width(adapter, name, hook, clt.d_in)
-    for hook in hooks_out:
-        _check_width(adapter, name, hook, clt.d_out)
 
 
 def _hooks_cell(record: dict[str, Any]) -> str:

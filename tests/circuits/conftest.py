@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sparsecircuits.circuits.replacement import ReplacementModel
-from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+from sparsecircuits.dictionaries import DictionaryConfig, make
 from sparsecircuits.models import load_model
 from sparsecircuits.models.tiny import FAMILIES, build_tiny_model
 
@@ -36,7 +36,7 @@ def random_transcoders(adapter, seed: int, skip_layer: int | None = None) -> dic
             k=6,
             seed=seed + layer,
         )
-        tc = make_dictionary(cfg)
+        tc = make(cfg)
         with torch.no_grad():
             tc.W_dec.mul_(3.0)
             tc.b_enc.copy_(0.1 * torch.randn(tc.b_enc.shape, generator=generator))

@@ -11,7 +11,7 @@ from sparsecircuits.circuits.verify import ablation_effects, max_relative_error
 
 
 def _targets(rm, state):
-    last = max(rm.transcoders)
+    last = max(rm.feature_layers)
     torch.manual_seed(0)
     return [
         A.feature_target(rm, state, last, 3, pos=[6, 9, 10]),
@@ -35,7 +35,7 @@ def _nodes(rm, state, target, row=0):
         HeadNode(1, 2),
         HeadNode(rm.n_layers - 1, 0, dest=t),
     ]
-    for layer in rm.transcoders:
+    for layer in rm.feature_layers:
         for pos in (t, t - 2):
             active = state.feature_acts[layer][b, pos].nonzero().flatten()
             nodes += [FeatureNode(layer, pos, int(f)) for f in active[:2]]
@@ -97,7 +97,7 @@ def test_pull_backs_carry_the_one_hop_contributions(tiny_models, variant):
             torch.testing.assert_close(
                 pulled.value(state), dec.heads[layer][:, head, src], atol=1e-6, rtol=1e-5
             )
-    for layer in rm.transcoders:
+    for layer in rm.feature_layers:
         feats = state.feature_acts[layer][vec.batch, vec.pos].argmax(-1)
         pulled = A.pull_back_feature(rm, state, vec, layer, feats)
         expected = dec.features[layer].gather(1, feats[:, None]).squeeze(1)

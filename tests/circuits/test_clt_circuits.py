@@ -21,7 +21,7 @@ from sparsecircuits.circuits.verify import verify_nodes
 from sparsecircuits.dictionaries import (
     CrossLayerTranscoder,
     DictionaryConfig,
-    make_dictionary,
+    make,
     save_dictionary,
 )
 from sparsecircuits.errors import SparseCircuitsError
@@ -138,7 +138,7 @@ def test_one_layer_clt_equals_the_per_layer_transcoder(adapter, copy_one_layer_c
         hook_out=f"blocks.{layer}.hook_mlp_out",
         d_sae=32,
     )
-    tc = make_dictionary(
+    tc = make(
         DictionaryConfig(
             architecture="relu",
             kind="transcoder",
@@ -150,7 +150,7 @@ def test_one_layer_clt_equals_the_per_layer_transcoder(adapter, copy_one_layer_c
     )
     copy_one_layer_clt(clt, tc)
     rm_clt, rm_tc = ReplacementModel(adapter, clt), ReplacementModel(adapter, {layer: tc})
-    assert sorted(rm_clt.transcoders) == [layer] and rm_clt.clt is clt
+    assert rm_clt.feature_layers == [layer] and rm_clt.transcoders is clt
     ids = rm_tc.tokenize(PROMPT)
     s_clt, s_tc = rm_clt.run(ids), rm_tc.run(ids)
     torch.testing.assert_close(s_clt.feature_acts[layer], s_tc.feature_acts[layer])
@@ -350,14 +350,14 @@ def test_load_accepts_a_saved_clt_folder(adapter, tiny_model_dir, tmp_path):
     expected = ReplacementModel(adapter, clt).run(ids).logits
     for where in (folder, folder.parent):
         rm = ReplacementModel.load(str(tiny_model_dir("gpt2")), str(where), device="cpu")
-        assert isinstance(rm.clt, CrossLayerTranscoder) and sorted(rm.transcoders) == [0, 1, 2]
+        assert isinstance(rm.transcoders, CrossLayerTranscoder) and rm.feature_layers == [0, 1, 2]
         torch.testing.assert_close(rm.run(ids).logits, expected)
 
 
 def test_a_mapping_over_the_clt_layers_is_accepted(adapter):
     clt = make_clt(adapter)
     rm = ReplacementModel(adapter, {layer: clt for layer in range(adapter.n_layers)})
-    assert rm.clt is clt and [target for target, _ in rm.decoders(1)] == [1, 2]
+    assert rm.transcoders is clt and [target for target, _ in rm.decoders(1)] == [1, 2]
 
 
 def _one_line_error(adapter, transcoders) -> str:
@@ -377,7 +377,7 @@ def test_mismatched_clts_and_saes_give_one_clear_error(adapter):
     assert "increasing" in _one_line_error(adapter, same_hook)
     clt = make_clt(adapter)
     assert "covers layers" in _one_line_error(adapter, {0: clt})
-    sae = make_dictionary(
+    sae = make(
         DictionaryConfig(
             architecture="relu",
             kind="sae",

@@ -10,7 +10,7 @@ from sparsecircuits.circuits import deembed as D
 
 def test_connection_matrix_is_the_input_invariant_factor(tiny_models, variant):
     rm, ids = tiny_models[variant]
-    if not {0, 2} <= set(rm.transcoders):
+    if not {0, 2} <= set(rm.feature_layers):
         return
     state = rm.run(ids)
     b, t, j = 1, 9, 5
@@ -43,7 +43,7 @@ def test_deembedding_and_feature_logits(tiny_models, variant):
     rm, ids = tiny_models[variant]
     state = rm.run(ids)
     b, t = 0, 7
-    layer0 = min(rm.transcoders)
+    layer0 = min(rm.feature_layers)
     vec = A.feature_target(rm, state, layer0, 4, pos=t, batch=[b]).resid_vector(rm, state)
     scores = D.deembedding(rm, layer0, 4, k=5)
     token = int(ids[b, t])
@@ -51,10 +51,10 @@ def test_deembedding_and_feature_logits(tiny_models, variant):
     torch.testing.assert_close(scores.scores[token], expected, atol=1e-5, rtol=1e-4)
     assert scores.top[0][1] == float(scores.scores.max())
     # feature logits: W_dec · (unembedding pulled back through the final norm), scale removed
-    last = max(rm.transcoders)
+    last = max(rm.feature_layers)
     logit_vec = A.logit_target(rm, state, 11, pos=t, batch=[b]).resid_vector(rm, state)
     f = int(state.feature_acts[last][b, t].argmax())
-    expected = (rm.tc_weights(last)["W_dec"][f] * logit_vec.vector[0]).sum() * state.ln_final_scale[
+    expected = (rm.decoders(last)[0][1][f] * logit_vec.vector[0]).sum() * state.ln_final_scale[
         b, t, 0
     ]
     torch.testing.assert_close(

@@ -13,7 +13,7 @@ from sparsecircuits.circuits.replacement import (
     HeadEdit,
     ReplacementModel,
 )
-from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+from sparsecircuits.dictionaries import DictionaryConfig, make
 from sparsecircuits.errors import SparseCircuitsError
 
 
@@ -49,7 +49,7 @@ def test_caches_equal_the_adapter_hooks(tiny_models, variant):
         torch.testing.assert_close(
             state.patterns[layer], cache[f"blocks.{layer}.attn.hook_pattern"], atol=2e-6, rtol=1e-4
         )
-        if layer in rm.transcoders:
+        if layer in rm.feature_layers:
             # the error term is exactly what the transcoder misses
             tc = rm.transcoders[layer]
             recon = tc.reconstruct(state.tc_in[layer])
@@ -72,14 +72,14 @@ def test_rerun_without_edits_reproduces_the_clean_run(tiny_models, variant):
 def test_dropping_errors_changes_the_output(tiny_models):
     rm, ids = tiny_models["gpt2"]
     state = rm.run(ids)
-    logits = rm.forward_with(state, Edits(drop_errors=set(rm.transcoders)), freeze=False)
+    logits = rm.forward_with(state, Edits(drop_errors=set(rm.feature_layers)), freeze=False)
     assert (logits - state.logits).abs().max() > 1e-2
 
 
 def test_edits_only_touch_their_prompt_and_later_positions(tiny_models):
     rm, ids = tiny_models["llama"]
     state = rm.run(ids)
-    layer = min(rm.transcoders)
+    layer = min(rm.feature_layers)
     active = int(state.feature_acts[layer][1, 4].nonzero()[0])
     for edits in (
         Edits(features=[FeatureEdit(layer, active, pos=4, batch=1, value=3.0)]),
@@ -116,7 +116,7 @@ def test_rejects_a_transcoder_for_the_wrong_hook(tiny_models):
         hook_out="blocks.0.hook_mlp_out",
     )
     with pytest.raises(SparseCircuitsError, match="hook_mlp_out"):
-        ReplacementModel(rm.adapter, {0: make_dictionary(cfg)})
+        ReplacementModel(rm.adapter, {0: make(cfg)})
     cfg = DictionaryConfig(
         architecture="relu",
         kind="transcoder",
@@ -126,7 +126,7 @@ def test_rejects_a_transcoder_for_the_wrong_hook(tiny_models):
         hook_out="blocks.1.hook_mlp_out",
     )
     with pytest.raises(SparseCircuitsError, match="layer 0"):
-        ReplacementModel(rm.adapter, {0: make_dictionary(cfg)})
+        ReplacementModel(rm.adapter, {0: make(cfg)})
 
 
 def test_select_repeats_prompts(tiny_models):

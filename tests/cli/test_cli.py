@@ -180,7 +180,7 @@ def test_train_then_eval_a_cross_layer_transcoder(
 def test_eval_rejects_a_clt_deeper_than_the_model(
     setup: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sparsecircuits.dictionaries import DictionaryConfig, make_sparse_coder, save_dictionary
+    from sparsecircuits.dictionaries import DictionaryConfig, make, save_dictionary
 
     folder = setup["root"] / "deep-clt"
     cfg = DictionaryConfig(
@@ -193,7 +193,7 @@ def test_eval_rejects_a_clt_deeper_than_the_model(
         hook_in="blocks.{layer}.hook_mlp_in",
         hook_out="blocks.{layer}.hook_mlp_out",
     )
-    save_dictionary(make_sparse_coder(cfg), folder)
+    save_dictionary(make(cfg), folder)
     code, _, err = run_cli(
         ["eval", str(folder), "--model", setup["model"], "--dataset", str(setup["data"])],
         capsys,
@@ -240,11 +240,11 @@ def test_bad_input_gives_one_clear_line(
 def test_eval_rejects_dictionary_of_another_width(
     setup: dict, capsys: pytest.CaptureFixture[str], tiny_model_dir: Callable[[str], Path]
 ) -> None:
-    from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary, save_dictionary
+    from sparsecircuits.dictionaries import DictionaryConfig, make, save_dictionary
 
     folder = setup["root"] / "wrong"
     save_dictionary(
-        make_dictionary(
+        make(
             DictionaryConfig(
                 architecture="topk",
                 kind="sae",

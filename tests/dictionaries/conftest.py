@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+from sparsecircuits.dictionaries import DictionaryConfig, make
 
 
 def _build(
@@ -32,7 +32,7 @@ def _build(
         **hooks,
         **kw,
     )
-    return make_dictionary(cfg)
+    return make(cfg)
 
 
 def _randomize(dictionary, seed: int = 0) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,8 @@ import time
 import torch
 
 sys.path.insert(0, "src")
-from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary  # noqa: E402
+from sparsecircuits.dictionaries import DictionaryConfig  # noqa: E402
+from sparsecircuits.dictionaries import make as make_coder  # noqa: E402
 
 res: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
 
@@ -29,7 +30,7 @@ def bench(f, reps, device):
     return (time.perf_counter() - t) / reps
 
 
-def make(kind, d_in, d_sae, k, device, sparse):
+def build(kind, d_in, d_sae, k, device, sparse):
     cfg = DictionaryConfig(
         architecture="topk",
         kind=kind,
@@ -41,7 +42,7 @@ def make(kind, d_in, d_sae, k, device, sparse):
         hook_in="a",
         hook_out=None if kind == "sae" else "b",
     )
-    return make_dictionary(cfg)
+    return make_coder(cfg)
 
 
 if torch.cuda.is_available():
@@ -53,7 +54,7 @@ if torch.cuda.is_available():
         dead[::5] = True
         grads, losses = [], []
         for sparse in (True, False):
-            d = make(kind, 64, 1024, 16, "cuda", sparse)
+            d = build(kind, 64, 1024, 16, "cuda", sparse)
             g2 = torch.Generator().manual_seed(1)
             with torch.no_grad():
                 for p in d.parameters():
@@ -69,7 +70,7 @@ if torch.cuda.is_available():
 
 
 def throughput(device, d_in, d_sae, k, n, sparse, reps, dead_fraction=0.1):
-    d = make("sae", d_in, d_sae, k, device, sparse)
+    d = build("sae", d_in, d_sae, k, device, sparse)
     opt = torch.optim.Adam(d.parameters(), lr=1e-4)
     x = torch.randn(n, d_in, device=device)
     dead = torch.zeros(d_sae, dtype=torch.bool, device=device)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from sparsecircuits.dictionaries import (
-    SAE,
+    CrossLayerTranscoder,
+    Dictionary,
     DictionaryConfig,
-    Transcoder,
     geometric_median,
-    make_dictionary,
+    make,
 )
 from sparsecircuits.errors import SparseCircuitsError
 
@@ -20,7 +20,7 @@ from sparsecircuits.errors import SparseCircuitsError
 def test_shapes_and_loss_parts(architecture: str, kind: str, gen: torch.Generator, build) -> None:
     d_out = None if kind == "sae" else 9
     dictionary = build(architecture, kind, d_out=d_out)
-    assert isinstance(dictionary, SAE if kind == "sae" else Transcoder)
+    assert isinstance(dictionary, Dictionary) and dictionary.cfg.kind == kind
     x = torch.randn(30, 12, generator=gen)
     target = None if kind == "sae" else torch.randn(30, 9, generator=gen)
     out_dim = 12 if kind == "sae" else 9
@@ -200,8 +200,16 @@ def test_make_dictionary_and_dtype(build) -> None:
     cfg = DictionaryConfig(
         architecture="relu", kind="transcoder", d_in=4, d_sae=8, d_out=6, dtype="float64"
     )
-    transcoder = make_dictionary(cfg)
-    assert isinstance(transcoder, Transcoder) and transcoder.W_dec.dtype == torch.float64
+    transcoder = make(cfg)
+    assert isinstance(transcoder, Dictionary) and transcoder.W_dec.dtype == torch.float64
     assert transcoder.W_skip is None and build("relu", "skip_transcoder").W_skip.shape == (12, 12)
-    with pytest.raises(SparseCircuitsError):
-        SAE(cfg)
+    clt_cfg = DictionaryConfig(
+        architecture="relu",
+        kind="clt",
+        d_in=4,
+        d_sae=8,
+        n_layers=2,
+        hook_in="blocks.{layer}.a",
+        hook_out="blocks.{layer}.b",
+    )
+    assert isinstance(make(clt_cfg), CrossLayerTranscoder)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sparsecircuits.dictionaries import load_dictionary, load_transcoders, save_dictionary
+from sparsecircuits.dictionaries import load, load_transcoders, save_dictionary
 from sparsecircuits.dictionaries.io import CFG_FILENAME, EXTRA_WEIGHTS_FILENAME, WEIGHTS_FILENAME
 from sparsecircuits.errors import SparseCircuitsError
 
@@ -35,7 +35,7 @@ def test_round_trip_is_bit_exact(
     )
     randomize(dictionary)
     save_dictionary(dictionary, tmp_path / "a")
-    loaded = load_dictionary(tmp_path / "a")
+    loaded = load(tmp_path / "a")
     assert type(loaded) is type(dictionary) and loaded.cfg == dictionary.cfg
     original, restored = dictionary.state_dict(), loaded.state_dict()
     assert original.keys() == restored.keys()
@@ -68,7 +68,7 @@ def test_extensions_are_named_and_flagged(tmp_path: Path, build) -> None:  # typ
     for folder, name in (("t", "topk_transcoder"), ("s", "topk_skip_transcoder")):
         raw = json.loads((tmp_path / folder / CFG_FILENAME).read_text())
         assert raw["architecture"] == name and raw["sparsecircuits"]["saelens_loadable"] is False
-        assert load_dictionary(tmp_path / folder).cfg.architecture == "topk"
+        assert load(tmp_path / folder).cfg.architecture == "topk"
 
 
 @pytest.mark.parametrize(("architecture", "kind"), CASES)
@@ -79,7 +79,7 @@ def test_folded_input_bias_gives_same_outputs(
     randomize(dictionary)
     save_dictionary(dictionary, tmp_path)
     (tmp_path / EXTRA_WEIGHTS_FILENAME).unlink()  # what SAELens sees: b_in folded into b_enc
-    folded = load_dictionary(tmp_path)
+    folded = load(tmp_path)
     assert float(folded.b_in.detach().abs().max()) == 0.0
     x = torch.randn(25, 12, generator=gen)
     torch.testing.assert_close(folded(x).out, dictionary(x).out, rtol=1e-5, atol=1e-5)
@@ -88,36 +88,36 @@ def test_folded_input_bias_gives_same_outputs(
 
 def test_bad_folders_raise_clear_errors(tmp_path: Path, build) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SparseCircuitsError, match="no dictionary folder"):
-        load_dictionary(tmp_path / "missing")
+        load(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(SparseCircuitsError, match="no cfg.json"):
-        load_dictionary(tmp_path / "empty")
+        load(tmp_path / "empty")
     save_dictionary(build("topk"), tmp_path / "good")
     cfg_path = tmp_path / "good" / CFG_FILENAME
     good_cfg = cfg_path.read_text()
     cfg_path.write_text("{not json")
     with pytest.raises(SparseCircuitsError, match="not valid JSON"):
-        load_dictionary(tmp_path / "good")
+        load(tmp_path / "good")
     raw = json.loads(good_cfg)
     raw["sparsecircuits"]["config"]["architecture"] = "mystery"
     cfg_path.write_text(json.dumps(raw))
     with pytest.raises(SparseCircuitsError, match="unknown dictionary architecture"):
-        load_dictionary(tmp_path / "good")
+        load(tmp_path / "good")
     del raw["sparsecircuits"]
     raw["architecture"] = "mystery"
     cfg_path.write_text(json.dumps(raw))
     with pytest.raises(SparseCircuitsError, match="unsupported architecture"):
-        load_dictionary(tmp_path / "good")
+        load(tmp_path / "good")
     cfg_path.write_text(good_cfg)
     (tmp_path / "good" / WEIGHTS_FILENAME).write_bytes(b"garbage")
     with pytest.raises(SparseCircuitsError, match="corrupt"):
-        load_dictionary(tmp_path / "good")
+        load(tmp_path / "good")
     save_dictionary(build("topk"), tmp_path / "good")
     weights = load_file(str(tmp_path / "good" / WEIGHTS_FILENAME))
     weights["W_dec"] = weights["W_dec"][:5].contiguous()
     save_file(weights, str(tmp_path / "good" / WEIGHTS_FILENAME))
     with pytest.raises(SparseCircuitsError, match="W_dec has shape"):
-        load_dictionary(tmp_path / "good")
+        load(tmp_path / "good")
 
 
 def test_load_transcoders_by_layer(tmp_path: Path, build) -> None:  # type: ignore[no-untyped-def]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsecircuits.dictionaries import load_dictionary, save_dictionary
+from sparsecircuits.dictionaries import load, save_dictionary
 
 sae_lens = pytest.importorskip("sae_lens")
 
@@ -56,7 +56,7 @@ def test_we_load_saelens_saved_saes(
         for param in theirs.parameters():
             param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
     theirs.save_model(str(tmp_path))
-    ours = load_dictionary(tmp_path)
+    ours = load(tmp_path)
     x = torch.randn(10, 8, generator=gen)
     with torch.no_grad():
         torch.testing.assert_close(ours(x).out, theirs(x), rtol=1e-5, atol=1e-5)
@@ -100,7 +100,7 @@ def test_saelens_loads_variants(
     torch.testing.assert_close(theirs_out, ours_out, rtol=1e-5, atol=1e-5)
     # and a folder without our extra file (what SAELens wrote) loads back to the same outputs
     (tmp_path / "sparsecircuits_weights.safetensors").unlink()
-    reloaded = load_dictionary(tmp_path)
+    reloaded = load(tmp_path)
     reloaded.eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x).out, ours_out, rtol=1e-5, atol=1e-5)

@@ -14,10 +14,8 @@ from sparsecircuits.dictionaries import (
     CrossLayerTranscoder,
     DictionaryConfig,
     epsilon_lbo,
-    load_dictionary,
-    load_sparse_coder,
-    make_dictionary,
-    make_sparse_coder,
+    load,
+    make,
     save_dictionary,
 )
 from sparsecircuits.dictionaries.activations.mp import matching_pursuit
@@ -30,7 +28,7 @@ ALL_SAE_ARCHITECTURES = ["relu", "topk", "batchtopk", "jumprelu", "abstopk", "to
 def identity_dictionary(architecture: str, m: int = 6, **kw):  # type: ignore[no-untyped-def]
     """An SAE whose pre-activations equal its input: W_enc = I, every bias zero."""
     cfg = DictionaryConfig(architecture=architecture, d_in=m, d_sae=m, hook_in="h", **kw)
-    dictionary = make_dictionary(cfg)
+    dictionary = make(cfg)
     with torch.no_grad():
         dictionary.W_enc.copy_(torch.eye(m))
         dictionary.W_dec.copy_(torch.eye(m))
@@ -136,7 +134,7 @@ def test_mp_dictionary_train_and_inference_modes(gen: torch.Generator) -> None:
     cfg = DictionaryConfig(
         architecture="mp", d_in=8, d_sae=32, k=3, hook_in="h", mp_residual_threshold=1e-3
     )
-    mp = make_dictionary(cfg)
+    mp = make(cfg)
     assert mp.W_enc is None and not mp.b_in.requires_grad
     x = torch.randn(20, 8, generator=gen)
     mp.init_biases_from_data(x)
@@ -174,7 +172,7 @@ def test_topafa_chosen_k_minimises_criterion(gen: torch.Generator) -> None:
 
 def test_topafa_dictionary_uses_norm_matching_k(gen: torch.Generator) -> None:
     cfg = DictionaryConfig(architecture="topafa", d_in=10, d_sae=40, k=40, hook_in="h")
-    dictionary = make_dictionary(cfg)
+    dictionary = make(cfg)
     x = torch.randn(30, 10, generator=gen)
     fo = dictionary(x)
     acts = fo.feature_acts
@@ -204,7 +202,7 @@ def test_batchtopk_train_batch_k_then_threshold(gen: torch.Generator) -> None:
     cfg = DictionaryConfig(
         architecture="batchtopk", d_in=10, d_sae=40, k=3, hook_in="h", threshold_lr=0.5
     )
-    dictionary = make_dictionary(cfg)
+    dictionary = make(cfg)
     with torch.no_grad():
         dictionary.b_enc.fill_(5.0)  # all pre-activations positive
     x = torch.randn(16, 10, generator=gen)
@@ -232,12 +230,12 @@ def test_batchtopk_train_batch_k_then_threshold(gen: torch.Generator) -> None:
 @pytest.mark.parametrize("architecture", ["relu", "jumprelu"])
 def test_init_l0_sets_the_starting_l0_from_data_quantiles(architecture, gen):  # type: ignore[no-untyped-def]
     cfg = DictionaryConfig(architecture=architecture, d_in=16, d_sae=64, hook_in="h", init_l0=8.0)
-    dictionary = make_dictionary(cfg)
+    dictionary = make(cfg)
     x = torch.randn(2000, 16, generator=gen) * 3 + 1
     dictionary.init_biases_from_data(x)
     l0 = float((dictionary.encode(x) != 0).sum(1).float().mean())
     assert l0 == pytest.approx(8.0, rel=0.05)
-    plain = make_dictionary(replace(cfg, init_l0=0.0))
+    plain = make(replace(cfg, init_l0=0.0))
     plain.init_biases_from_data(x)
     assert float((plain.encode(x) != 0).sum(1).float().mean()) > 16
     with pytest.raises(SparseCircuitsError, match="init_l0"):
@@ -288,7 +286,7 @@ def test_clt_with_one_layer_equals_a_transcoder(
         "l1_coefficient": 0.1,
         "l0_coefficient": 0.1,
     }
-    clt = make_sparse_coder(
+    clt = make(
         DictionaryConfig(
             kind="clt",
             n_layers=1,
@@ -297,7 +295,7 @@ def test_clt_with_one_layer_equals_a_transcoder(
             **common,
         )
     )
-    transcoder = make_dictionary(
+    transcoder = make(
         DictionaryConfig(
             kind="transcoder",
             hook_in="blocks.0.hook_mlp_in",
@@ -310,7 +308,8 @@ def test_clt_with_one_layer_equals_a_transcoder(
         for param in clt.parameters():
             param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
         if architecture == "jumprelu":
-            clt.log_threshold.copy_(torch.full_like(clt.log_threshold, -1.5))
+            for activation in clt.activations:
+                activation.log_threshold.fill_(-1.5)
     copy_one_layer_clt(clt, transcoder)
     batch = {
         "blocks.0.hook_mlp_in": torch.randn(20, 8, generator=gen),
@@ -341,7 +340,7 @@ def test_clt_is_causal_and_uses_concatenated_norms(gen: torch.Generator) -> None
         hook_in="blocks.{layer}.ln2.hook_normalized",
         hook_out="blocks.{layer}.hook_mlp_out",
     )
-    clt = make_sparse_coder(cfg)
+    clt = make(cfg)
     assert [tuple(w.shape) for w in clt.W_dec] == [(7, 3, 4), (7, 2, 4), (7, 1, 4)]
     assert clt.hook_names()[0] == "blocks.0.ln2.hook_normalized" and len(clt.hook_names()) == 6
     acts = torch.zeros(2, 3, 7)
@@ -372,7 +371,7 @@ def test_clt_unit_decoder_norm(gen: torch.Generator) -> None:
         hook_in="a{layer}",
         hook_out="b{layer}",
     )
-    clt = make_sparse_coder(cfg)
+    clt = make(cfg)
     torch.testing.assert_close(clt.decoder_norms(), torch.ones(2, 7))
     loss, _ = clt.loss(torch.randn(10, 2, 5, generator=gen), torch.randn(10, 2, 5, generator=gen))
     loss.backward()
@@ -392,6 +391,7 @@ VARIANTS = [(a, "sae") for a in ALL_SAE_ARCHITECTURES] + [
     ("abstopk", "transcoder"),
     ("jumprelu", "clt"),
     ("topk", "clt"),
+    ("abstopk", "clt"),
 ]
 
 
@@ -409,7 +409,7 @@ def _variant(architecture: str, kind: str):  # type: ignore[no-untyped-def]
             else {"hook_in": "blocks.0.hook_resid_post"}
         )
     )
-    return make_sparse_coder(
+    return make(
         DictionaryConfig(
             architecture=architecture,
             kind=kind,
@@ -469,13 +469,8 @@ def test_variant_save_load_round_trip(architecture: str, kind: str, tmp_path: Pa
     if architecture == "batchtopk":
         dictionary.activation.threshold.fill_(0.123456789)
     save_dictionary(dictionary, tmp_path / "a")
-    loaded = load_sparse_coder(tmp_path / "a")
+    loaded = load(tmp_path / "a")
     assert type(loaded) is type(dictionary) and loaded.cfg == dictionary.cfg
-    if kind == "clt":
-        with pytest.raises(SparseCircuitsError, match="load_sparse_coder"):
-            load_dictionary(tmp_path / "a")
-        with pytest.raises(SparseCircuitsError, match="make_sparse_coder"):
-            make_dictionary(dictionary.cfg)
     for (name, original), restored in zip(
         dictionary.state_dict().items(), loaded.state_dict().values(), strict=True
     ):

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparsecircuits.dictionaries import CrossLayerTranscoder, DictionaryConfig, make_sparse_coder
+from sparsecircuits.dictionaries import CrossLayerTranscoder, DictionaryConfig, make
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.evaluation import evaluate_dictionaries, spliced_losses
-from sparsecircuits.evaluation.splice import clt_splice
+from sparsecircuits.evaluation.splice import splice
 
 IDENTITY_KEYS = {"name", "kind", "hook_in", "hook_out", "n_layers", "layers"}
 
@@ -23,7 +23,7 @@ def _randomise(module: torch.nn.Module, seed: int, scale: float = 0.2) -> None:
 
 
 def _clt(adapter, n_layers: int, architecture: str = "topk", seed: int = 0) -> CrossLayerTranscoder:  # type: ignore[no-untyped-def]
-    clt = make_sparse_coder(
+    clt = make(
         DictionaryConfig(
             architecture=architecture,
             kind="clt",
@@ -38,9 +38,10 @@ def _clt(adapter, n_layers: int, architecture: str = "topk", seed: int = 0) -> C
     )
     assert isinstance(clt, CrossLayerTranscoder)
     _randomise(clt, seed)
-    if clt.log_threshold is not None:
+    if architecture == "jumprelu":
         with torch.no_grad():
-            clt.log_threshold.fill_(-1.5)
+            for activation in clt.activations:
+                activation.log_threshold.fill_(-1.5)
     return clt.eval()
 
 
@@ -49,7 +50,7 @@ def test_one_layer_clt_gives_exactly_the_transcoders_metrics(
     gpt2, batches, copy_one_layer_clt, architecture: str
 ) -> None:  # type: ignore[no-untyped-def]
     clt = _clt(gpt2, 1, architecture)
-    transcoder = make_sparse_coder(
+    transcoder = make(
         DictionaryConfig(
             architecture=architecture,
             kind="transcoder",
@@ -160,7 +161,7 @@ def test_two_layer_clt_splice_equals_hand_written_hooks(gpt2, batches) -> None: 
     def keep(act: torch.Tensor) -> None:
         streams.append(act)
 
-    with torch.no_grad(), clt_splice(gpt2, clt), gpt2.hooks({"blocks.1.hook_resid_pre": keep}):
+    with torch.no_grad(), splice(gpt2, clt), gpt2.hooks({"blocks.1.hook_resid_pre": keep}):
         gpt2.forward(ids)
     replace_layer0 = {"blocks.0.hook_mlp_out": lambda act: forward_out.reshape(act.shape)}
     with torch.no_grad(), gpt2.hooks({**replace_layer0, "blocks.1.hook_resid_pre": keep}):
@@ -192,7 +193,7 @@ def test_a_clt_that_writes_nothing_equals_ablating_every_layer(gpt2, batches) ->
 
 
 def test_clt_with_hooks_it_cannot_splice_is_a_clear_error(gpt2, batches) -> None:  # type: ignore[no-untyped-def]
-    clt = make_sparse_coder(
+    clt = make(
         DictionaryConfig(
             architecture="topk",
             kind="clt",

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+from sparsecircuits.dictionaries import DictionaryConfig, make
 from sparsecircuits.evaluation import evaluate_dictionaries, spliced_losses
 from sparsecircuits.evaluation.splice import baseline_losses, mean_activations
 
@@ -24,7 +24,7 @@ def _transcoder(adapter, seed: int = 0):  # type: ignore[no-untyped-def]
         hook_out="blocks.1.hook_mlp_out",
         model_name="tiny",
     )
-    tc = make_dictionary(cfg).eval()
+    tc = make(cfg).eval()
     with torch.no_grad():  # transcoders start with a zero decoder; give them distinct outputs
         for param in tc.parameters():
             param.copy_(torch.randn_like(param) * 0.2)
@@ -41,11 +41,12 @@ class _Exact(torch.nn.Module):
             adapter.run_with_cache(ids, [cfg.hook_out])[1][cfg.hook_out] for ids in batches
         ]
         self.i = 0
+        self.layers, self.d_in = [0], cfg.d_in
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def layer_writes(self, x: torch.Tensor, layer: int) -> torch.Tensor:
         out = self.outs[self.i % len(self.outs)]
         self.i += 1
-        return out
+        return out.reshape(x.shape[0], 1, -1)
 
 
 def test_an_exact_splice_recovers_all_the_loss(gpt2, batches):  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ from sparsecircuits.circuits.replacement import (
     Multipliers,
     ReplacementModel,
 )
-from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+from sparsecircuits.dictionaries import DictionaryConfig, make
 from sparsecircuits.errors import SparseCircuitsError
 
 PROMPT = "The cat saw the house in the year 1732"
@@ -40,7 +40,7 @@ def _transcoders(adapter, architecture: str, layers, d_sae: int = 48, k: int = 5
             hook_out=f"blocks.{layer}.hook_mlp_out",
             seed=layer + 7,
         )
-        tc = make_dictionary(cfg)
+        tc = make(cfg)
         gen = torch.Generator().manual_seed(layer)
         with torch.no_grad():
             tc.b_enc.copy_(torch.randn(d_sae, generator=gen) * 0.2)
@@ -85,7 +85,7 @@ def _ablated(rm, state, graph, source: int):
         )
     if source < n_feat + graph.n_errors:
         layer, pos = divmod(source - n_feat, n_pos)
-        if layer in rm.transcoders:
+        if layer in rm.feature_layers:
             return rm.run_with(
                 state,
                 Edits(errors=[ErrorEdit(layer, pos=pos, scale=0.0)]),
@@ -176,7 +176,7 @@ def test_export_is_valid_neuronpedia_json_with_pruned_nodes(replacement):
         <= {"embedding", "logit", "cross layer transcoder", "mlp reconstruction error"}
     )
     if (
-        len(replacement.transcoders) == replacement.n_layers
+        len(replacement.feature_layers) == replacement.n_layers
     ):  # random llama graphs may prune every feature
         assert "cross layer transcoder" in kinds
     assert sum(n["feature_type"] == "embedding" for n in data["nodes"]) == graph.n_pos

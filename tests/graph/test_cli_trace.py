@@ -11,7 +11,7 @@ from sparsecircuits.circuits.graph.neuronpedia import validate_graph_json
 from sparsecircuits.cli import dashboards as dashboards_cli
 from sparsecircuits.cli import serve as serve_cli
 from sparsecircuits.cli import trace as trace_cli
-from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary, save_dictionary
+from sparsecircuits.dictionaries import DictionaryConfig, make, save_dictionary
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def saved(tiny_model_dir, tmp_path_factory):
             hook_out=f"blocks.{layer}.hook_mlp_out",
             seed=layer,
         )
-        save_dictionary(make_dictionary(cfg), folder / f"layer{layer}")
+        save_dictionary(make(cfg), folder / f"layer{layer}")
     return model, folder
 
 

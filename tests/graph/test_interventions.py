@@ -8,7 +8,7 @@ import torch
 from sparsecircuits.circuits.graph.build import GraphConfig, build_graph
 from sparsecircuits.circuits.interventions import FeatureIntervention, InterventionEngine, intervene
 from sparsecircuits.circuits.replacement import ReplacementModel
-from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+from sparsecircuits.dictionaries import DictionaryConfig, make
 from sparsecircuits.errors import SparseCircuitsError
 
 PROMPT = "The dog found two books in the year 1999"
@@ -31,7 +31,7 @@ def rm(tiny_model_dir):
             hook_out=f"blocks.{layer}.hook_mlp_out",
             seed=layer,
         )
-        transcoders[layer] = make_dictionary(cfg)
+        transcoders[layer] = make(cfg)
     return ReplacementModel(adapter, transcoders)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+from sparsecircuits.dictionaries import DictionaryConfig, make
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.interpret import (
     DashboardConfig,
@@ -45,7 +45,7 @@ def _dictionary(adapter, architecture: str, layer: int, seed: int):
         hook_out=f"blocks.{layer}.hook_mlp_out",
         seed=seed,
     )
-    dictionary = make_dictionary(cfg)
+    dictionary = make(cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         dictionary.b_enc.copy_(torch.randn(40, generator=gen) * 0.3 - 0.2)
@@ -204,4 +204,4 @@ def test_wrong_width_dictionary_is_rejected(adapter, data):
         hook_out="blocks.0.hook_mlp_out",
     )
     with pytest.raises(SparseCircuitsError, match="d_in"):
-        compute_dashboards(adapter, {"bad": make_dictionary(cfg)}, [data], CFG)
+        compute_dashboards(adapter, {"bad": make(cfg)}, [data], CFG)

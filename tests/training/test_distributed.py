@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+from sparsecircuits.dictionaries import DictionaryConfig, make
 from sparsecircuits.training import TrainConfig, Trainer
 from sparsecircuits.training.distributed import ShardedContexts
 
@@ -63,16 +63,16 @@ WORKER = textwrap.dedent(
 CASE = textwrap.dedent(
     f"""
     import torch
-    from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+    from sparsecircuits.dictionaries import DictionaryConfig, make
     from sparsecircuits.training import TrainConfig
 
     D, D_SAE, BATCH, STEPS = {D}, {D_SAE}, {BATCH}, {STEPS}
 
     def build():
-        topk = make_dictionary(DictionaryConfig(architecture="topk", kind="transcoder", d_in=D,
+        topk = make(DictionaryConfig(architecture="topk", kind="transcoder", d_in=D,
             d_sae=D_SAE, d_out=D, hook_in="in", hook_out="out", k=4, recon_loss="mse",
             aux_k_coefficient=0.0, seed=1))
-        relu = make_dictionary(DictionaryConfig(architecture="relu", kind="sae", d_in=D,
+        relu = make(DictionaryConfig(architecture="relu", kind="sae", d_in=D,
             d_sae=D_SAE, hook_in="in", l1_coefficient=1e-2, seed=2))
         return {{"topk": topk, "relu": relu}}
 
@@ -189,10 +189,10 @@ def test_sharded_contexts_deal_whole_rounds() -> None:
 def test_one_process_context_is_plain_trainer() -> None:
     from sparsecircuits.training.distributed import DistributedContext, DistributedTrainer
 
-    d = make_dictionary(
+    d = make(
         DictionaryConfig(architecture="relu", kind="sae", d_in=D, d_sae=D_SAE, hook_in="in", seed=0)
     )
-    ref = make_dictionary(
+    ref = make(
         DictionaryConfig(architecture="relu", kind="sae", d_in=D, d_sae=D_SAE, hook_in="in", seed=0)
     )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsecircuits.dictionaries import DictionaryConfig, load_dictionary, make_dictionary
+from sparsecircuits.dictionaries import DictionaryConfig, load, make
 from sparsecircuits.training import TrainConfig, Trainer, TrainingStopped, latest_checkpoint
 
 _spec = importlib.util.spec_from_file_location("fakes", Path(__file__).with_name("fakes.py"))
@@ -20,7 +20,7 @@ D = 16
 
 
 def make_dicts(seed: int = 0) -> dict:
-    tc = make_dictionary(
+    tc = make(
         DictionaryConfig(
             architecture="topk",
             kind="transcoder",
@@ -33,7 +33,7 @@ def make_dicts(seed: int = 0) -> dict:
             seed=seed,
         )
     )
-    sae = make_dictionary(
+    sae = make(
         DictionaryConfig(
             architecture="relu",
             kind="sae",
@@ -107,7 +107,7 @@ def test_nan_loss_stops_and_keeps_last_good_weights(tmp_path: Path) -> None:
     with pytest.raises(TrainingStopped, match="lower the learning rate") as info:
         trainer.train()
     assert trainer.step == 5
-    saved = load_dictionary(info.value.checkpoint / "dictionaries" / "tc")
+    saved = load(info.value.checkpoint / "dictionaries" / "tc")
     x = torch.randn(8, D)
     assert torch.allclose(saved(x).out, dicts["tc"](x).out, atol=1e-5)
     assert all(torch.isfinite(p).all() for p in dicts["tc"].parameters())

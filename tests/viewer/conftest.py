@@ -18,7 +18,7 @@ XSS_PROMPT = 'The cat <img src=x onerror="window.__xss=3"> saw the house in the 
 
 
 def _transcoders(adapter):
-    from sparsecircuits.dictionaries import DictionaryConfig, make_dictionary
+    from sparsecircuits.dictionaries import DictionaryConfig, make
 
     out = {}
     for layer in range(adapter.n_layers):
@@ -32,7 +32,7 @@ def _transcoders(adapter):
             hook_out=f"blocks.{layer}.hook_mlp_out",
             seed=layer,
         )
-        out[layer] = make_dictionary(cfg)
+        out[layer] = make(cfg)
     return out
 
 

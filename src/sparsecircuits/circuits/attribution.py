@@ -157,9 +157,9 @@ def feature_input_form(
 
     The norm before the transcoder is frozen at `state`'s scale for each (batch, pos) row.
     """
-    tw = model.tc_weights(layer)
-    enc = tw["W_enc"][:, features].T  # [n, d_in]
-    constant = tw["b_enc"][features] - enc @ tw["b_in"]
+    encoder = model.encoder(layer)
+    enc = encoder.W_enc[:, features].T  # [n, d_in]
+    constant = encoder.b_enc[features] - enc @ encoder.b_in
     kind = model.tc_input[layer]
     if kind == "hook_resid_mid":
         return enc, constant
@@ -207,10 +207,10 @@ def feature_target(
     batch: Sequence[int] | Tensor | None = None,
 ) -> Target:
     """Target: pre-activation of transcoder `layer`'s `feature` at `pos` (one or per prompt)."""
-    tw = model.tc_weights(layer)
-    if not 0 <= feature < tw["W_enc"].shape[1]:
+    d_sae = model.d_sae(layer)
+    if not 0 <= feature < d_sae:
         raise SparseCircuitsError(
-            f"feature {feature} out of range; layer {layer} has {tw['W_enc'].shape[1]} features"
+            f"feature {feature} out of range; layer {layer} has {d_sae} features"
         )
     b, p = _rows(state, pos, batch)
     return Target(
@@ -493,11 +493,10 @@ def decompose(
             heads[layer] = pattern * per_src
             bias = bias + v @ w.b_O
         if model.mlp_write(layer) < source.read:
-            if layer in model.transcoders:
-                tw = model.tc_weights(layer)
+            if layer in model.feature_layers:
                 projections = model.decoder_projections(layer, v, source.read)
                 features[layer] = state.feature_acts[layer][b, t] * projections
-                bias = bias + v @ tw["b_dec"]
+                bias = bias + v @ model.output_bias(layer)
                 errors[layer] = (state.errors[layer][b, t] * v).sum(-1)
                 skip = model.skip_weight(layer)
                 if skip is not None:

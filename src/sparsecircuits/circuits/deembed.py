@@ -33,12 +33,8 @@ def encoder_directions(
 
     Gain folded (and centred for LayerNorm) for transcoders reading after ln2; scale left out.
     """
-    tw = model.tc_weights(layer)
-    enc = (
-        tw["W_enc"].T
-        if features is None
-        else tw["W_enc"][:, torch.as_tensor(features, dtype=torch.long)].T
-    )
+    W_enc = model.encoder(layer).W_enc
+    enc = W_enc.T if features is None else W_enc[:, torch.as_tensor(features, dtype=torch.long)].T
     kind = model.tc_input[layer]
     if kind == "hook_resid_mid":
         return enc

@@ -82,11 +82,11 @@ def _check(rm: Any, interventions: Sequence[FeatureIntervention], n_prompt: int)
             raise SparseCircuitsError(
                 f"unknown intervention mode {iv.mode!r}; use one of {', '.join(MODES)}"
             )
-        if iv.layer not in rm.transcoders:
+        if iv.layer not in rm.feature_layers:
             raise SparseCircuitsError(
-                f"layer {iv.layer} has no transcoder; intervene on layers {sorted(rm.transcoders)}"
+                f"layer {iv.layer} has no transcoder; intervene on layers {rm.feature_layers}"
             )
-        d_sae = rm.transcoders[iv.layer].d_sae
+        d_sae = rm.d_sae(iv.layer)
         if not 0 <= iv.feature < d_sae:
             raise SparseCircuitsError(
                 f"feature {iv.feature} is out of range for layer {iv.layer} (0..{d_sae - 1})"

@@ -10,14 +10,14 @@ window). At every layer that has a transcoder the MLP output is
 so `run(input_ids)` reproduces the model's logits exactly. Layers without a transcoder keep
 their real MLP (frozen to its clean output under `freeze`).
 
-Cross-layer transcoders. A `CrossLayerTranscoder` may stand in for the per-layer transcoders: the
-features of its layer ℓ are encoded from layer ℓ's MLP input and write `act · W_dec[ℓ][:, t-ℓ]`
-into the MLP output of every layer t >= ℓ, so
+The transcoders are a `TranscoderSet` (`dictionaries/transcoders.py`): per-layer transcoders or
+a cross-layer transcoder, whose layer-ℓ features are encoded from layer ℓ's MLP input and write
+`act · W_dec block` into the MLP output of every layer t >= ℓ, so
 
-    mlp_out_t = Σ_{ℓ <= t} acts_ℓ W_dec[ℓ][:, t-ℓ] + b_dec[t] + error_t.
+    mlp_out_t = Σ_{ℓ <= t} acts_ℓ W_dec[ℓ → t] + b_dec[t] + error_t.
 
-Every layer the CLT covers is a "transcoder layer" (a source of features and an MLP that is
-replaced). Per source layer the model keeps its decoder blocks, `decoders(layer) ->
+Every layer of the set is a "transcoder layer" (a source of features and an MLP that is
+replaced). Per source layer the model keeps the set's decoder blocks, `decoders(layer) ->
 [(target layer, W_dec block [d_sae, d])]` (one block, to its own layer, for a per-layer
 transcoder); `decoder_vectors` sums a feature's blocks over the targets a reader sees.
 
@@ -52,7 +52,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from sparsecircuits.dictionaries import CrossLayerTranscoder, Dictionary
+from sparsecircuits.dictionaries import (
+    Dictionary,
+    EncoderWeights,
+    TranscoderSet,
+    as_transcoder_set,
+    load_transcoders,
+)
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models import ModelAdapter, NormParams
 
@@ -339,37 +345,33 @@ def _apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class ReplacementModel:
     """The adapter's model with transcoders in place of its MLPs.
 
-    `transcoders` is `{layer: Transcoder}` (per-layer transcoders, skip transcoders included) or
-    one `CrossLayerTranscoder` (also accepted as `{layer: clt}` over exactly the layers it
-    covers). `run(input_ids)` returns the clean `ReplacementState` (exact model logits);
-    `forward_with(state, edits)` / `run_with(state, edits)` re-run it with edits under frozen
-    attention, norms and errors (see module docstring). All computation is in `dtype`
-    (float32 by default) on the adapter's device.
-
-    `transcoders` maps every transcoder layer to the module holding its features (the CLT itself
-    for each layer a CLT covers); `clt` is the cross-layer transcoder or None.
+    `transcoders` is a `TranscoderSet` (per-layer transcoders, skip transcoders included, or
+    one cross-layer transcoder), or a `{layer: transcoder}` mapping. `run(input_ids)` returns
+    the clean `ReplacementState` (exact model logits); `forward_with(state, edits)` /
+    `run_with(state, edits)` re-run it with edits under frozen attention, norms and errors (see
+    module docstring). All computation is in `dtype` (float32 by default) on the adapter's
+    device. `feature_layers` lists the transcoder layers.
     """
 
     @classmethod
     def load(
         cls, model: str = "embedded", transcoders: str = "embedded", device: str | None = None
     ) -> ReplacementModel:
-        """Return the replacement model of `load_model(model)` with `load_circuit_transcoders(transcoders)`
+        """Return the replacement model of `load_model(model)` with `load_transcoders(transcoders)`
         (a folder of per-layer transcoders, a saved cross-layer transcoder, or "embedded")."""
-        from sparsecircuits.dictionaries import load_circuit_transcoders
         from sparsecircuits.models import load_model
 
         adapter = load_model(model, device=device)
-        return cls(adapter, load_circuit_transcoders(transcoders, device=adapter.device))
+        return cls(adapter, load_transcoders(transcoders, device=adapter.device))
 
     def __init__(
         self,
         adapter: ModelAdapter,
-        transcoders: Mapping[int, Dictionary | CrossLayerTranscoder] | CrossLayerTranscoder,
+        transcoders: TranscoderSet | Mapping[int, Dictionary],
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        """Check that each transcoder maps `blocks.L.<MLP input>` to `blocks.L.hook_mlp_out` of
-        this model (per layer of a cross-layer transcoder: its input hook to its output hook)."""
+        """Check that each transcoder layer L maps `blocks.L.<MLP input>` to `blocks.L.hook_mlp_out`
+        of this model with the model's width."""
         self.adapter = adapter
         self.dtype = dtype
         self.device = adapter.device
@@ -377,67 +379,23 @@ class ReplacementModel:
         self.n_heads = adapter.n_heads
         self.d_model = adapter.d_model
         self.parallel_residual = bool(adapter.parallel_residual)
-        per_layer, clt, clt_keys = self._split_transcoders(transcoders)
-        self.transcoders: dict[int, Dictionary | CrossLayerTranscoder] = {}
-        self.clt: CrossLayerTranscoder | None = clt
+        self.transcoders = as_transcoder_set(transcoders)
+        self.feature_layers: list[int] = self.transcoders.layers
+        if self.feature_layers != sorted(set(self.feature_layers)):
+            raise SparseCircuitsError(
+                f"the transcoders' layers {self.feature_layers} must be distinct and increasing"
+            )
         self.tc_input: dict[int, str] = {}
-        self._tc_weights: dict[int, dict[str, Tensor]] = {}
+        self._encoders: dict[int, EncoderWeights] = {}
+        self._output_bias: dict[int, Tensor] = {}
         self._skip: dict[int, Tensor] = {}
         # source layer -> [(target layer, block [d_sae, d])]; target layer -> [(source, block)]
         self._decoders: dict[int, list[tuple[int, Tensor]]] = {}
         self._writers: dict[int, list[tuple[int, Tensor]]] = {}
-        self._clt_index: dict[int, int] = {}  # model layer -> the CLT's own layer index
-        for layer, tc in sorted(per_layer.items()):
-            self._check_transcoder(layer, tc)
-            self.transcoders[layer] = tc
-            self.tc_input[layer] = tc.cfg.hook_in.split(".", 2)[2]
-            weights = {
-                name: getattr(tc, name).detach().to(self.device, dtype)
-                for name in ("W_enc", "b_enc", "W_dec", "b_dec", "b_in")
-            }
-            self._tc_weights[layer] = weights
-            self._decoders[layer] = [(layer, weights["W_dec"])]
-            self._writers[layer] = [(layer, weights["W_dec"])]
-            if tc.W_skip is not None:
-                self._skip[layer] = tc.W_skip.detach().to(self.device, dtype)
-        if clt is not None:
-            covered = self._add_clt(clt, set(per_layer))
-            if clt_keys is not None and clt_keys != covered:
-                raise SparseCircuitsError(
-                    f"the cross-layer transcoder covers layers {covered} but was given for layers "
-                    f"{clt_keys}; pass the CrossLayerTranscoder itself"
-                )
-        self.transcoders = dict(sorted(self.transcoders.items()))
-        config = adapter.model.config
-        layer_types = getattr(config, "layer_types", None)
-        window = getattr(config, "sliding_window", None)
-        self._layers: list[_Layer] = []
-        for layer in range(self.n_layers):
-            w = adapter.attention_weights(layer)
-            qk = adapter.qk_norms(layer)
-            if layer_types is not None:
-                layer_window = window if layer_types[layer] == "sliding_attention" else None
-            else:
-                layer_window = window
-            self._layers.append(
-                _Layer(
-                    W_Q=w.W_Q.to(dtype),
-                    W_K=w.W_K.to(dtype),
-                    W_V=w.W_V.to(dtype),
-                    W_O=w.W_O.to(dtype),
-                    b_Q=w.b_Q.to(dtype),
-                    b_K=w.b_K.to(dtype),
-                    b_V=w.b_V.to(dtype),
-                    b_O=w.b_O.to(dtype),
-                    ln1=_cast_norm(adapter.norm("ln1", layer), dtype),
-                    ln2=_cast_norm(adapter.norm("ln2", layer), dtype),
-                    attn_scale=adapter.attn_scale(layer),
-                    qk_norms=None
-                    if qk is None
-                    else (_cast_norm(qk[0], dtype), _cast_norm(qk[1], dtype)),
-                    sliding_window=None if layer_window is None else int(layer_window),
-                )
-            )
+        for layer in self.feature_layers:
+            self.tc_input[layer] = self._check_transcoder(layer)
+            self._cache_transcoder(layer)
+        self._layers = [self._layer_weights(layer) for layer in range(self.n_layers)]
         self.ln_final = _cast_norm(adapter.norm("ln_final"), dtype)
         self.W_E = adapter.W_E.to(dtype)
         W_pos = adapter.W_pos
@@ -446,135 +404,95 @@ class ReplacementModel:
         self.b_U = adapter.b_U.to(dtype)
         self._mlps = [block.get_submodule(adapter.spec.mlp) for block in adapter.blocks]
 
+    def _layer_weights(self, layer: int) -> _Layer:
+        """Attention weights and norms of `layer`, cast to `dtype`."""
+        adapter, dtype = self.adapter, self.dtype
+        w = adapter.attention_weights(layer)
+        qk = adapter.qk_norms(layer)
+        return _Layer(
+            W_Q=w.W_Q.to(dtype),
+            W_K=w.W_K.to(dtype),
+            W_V=w.W_V.to(dtype),
+            W_O=w.W_O.to(dtype),
+            b_Q=w.b_Q.to(dtype),
+            b_K=w.b_K.to(dtype),
+            b_V=w.b_V.to(dtype),
+            b_O=w.b_O.to(dtype),
+            ln1=_cast_norm(adapter.norm("ln1", layer), dtype),
+            ln2=_cast_norm(adapter.norm("ln2", layer), dtype),
+            attn_scale=adapter.attn_scale(layer),
+            qk_norms=None if qk is None else (_cast_norm(qk[0], dtype), _cast_norm(qk[1], dtype)),
+            sliding_window=adapter.sliding_window(layer),
+        )
+
+    def _cache_transcoder(self, layer: int) -> None:
+        """Keep layer `layer`'s transcoder weights detached, in `dtype`, on the model's device."""
+
+        def cast(t: Tensor) -> Tensor:
+            return t.detach().to(self.device, self.dtype)
+
+        encoder = self.transcoders.encoder(layer)
+        self._encoders[layer] = EncoderWeights(
+            cast(encoder.W_enc), cast(encoder.b_enc), cast(encoder.b_in)
+        )
+        self._output_bias[layer] = cast(self.transcoders.output_bias(layer))
+        skip = self.transcoders.skip(layer)
+        if skip is not None:
+            self._skip[layer] = cast(skip)
+        self._decoders[layer] = [
+            (target, cast(block).contiguous()) for target, block in self.transcoders.decoders(layer)
+        ]
+        for target, block in self._decoders[layer]:
+            self._writers.setdefault(target, []).append((layer, block))
+
     # ------------------------------------------------------------------ checks and accessors
 
-    def _check_transcoder(self, layer: int, tc: Dictionary) -> None:
+    def _check_transcoder(self, layer: int) -> str:
+        """Raise unless transcoder layer `layer` fits this model; return its input hook's suffix."""
         if not 0 <= layer < self.n_layers:
             raise SparseCircuitsError(
                 f"transcoder for layer {layer}, but the model has layers 0..{self.n_layers - 1}"
             )
-        hook_in, hook_out = tc.cfg.hook_in, tc.cfg.hook_out
-        if tc.cfg.kind == "sae":
-            raise SparseCircuitsError(
-                f"layer {layer}: got an SAE; a ReplacementModel needs transcoders"
-            )
+        hook_in, hook_out = self.transcoders.hook_in(layer), self.transcoders.hook_out(layer)
         valid_in = [f"blocks.{layer}.{s}" for s in TRANSCODER_INPUTS]
         if self.parallel_residual:
             valid_in = valid_in[:2]
         if hook_in not in valid_in or hook_out != f"blocks.{layer}.hook_mlp_out":
             raise SparseCircuitsError(
                 f"transcoder for layer {layer} maps {hook_in} -> {hook_out}; a ReplacementModel needs "
-                f"one of {', '.join(valid_in)} -> blocks.{layer}.hook_mlp_out"
+                f"one of {', '.join(valid_in)} -> blocks.{layer}.hook_mlp_out (each transcoder layer "
+                "reads and writes its own block, layers increasing)"
             )
-        if tc.d_in != self.d_model or tc.d_out != self.d_model:
+        encoder = self.transcoders.encoder(layer)
+        d_in, d_out = encoder.W_enc.shape[0], self.transcoders.output_bias(layer).shape[-1]
+        if d_in != self.d_model or d_out != self.d_model:
             raise SparseCircuitsError(
-                f"transcoder for layer {layer} is {tc.d_in} -> {tc.d_out} wide but the model has "
+                f"transcoder for layer {layer} is {d_in} -> {d_out} wide but the model has "
                 f"d_model {self.d_model}; use transcoders trained on this model"
             )
-
-    @staticmethod
-    def _split_transcoders(
-        transcoders: Mapping[int, Dictionary | CrossLayerTranscoder] | CrossLayerTranscoder | Any,
-    ) -> tuple[dict[int, Dictionary], CrossLayerTranscoder | None, list[int] | None]:
-        """Return `({layer: per-layer transcoder}, the cross-layer transcoder or None, the sorted
-        layers it was given for in a mapping or None)`."""
-        if isinstance(transcoders, CrossLayerTranscoder):
-            return {}, transcoders, None
-        if isinstance(transcoders, Dictionary):
-            what = "an SAE" if transcoders.cfg.kind == "sae" else "a single transcoder"
-            raise SparseCircuitsError(
-                f"got {what}; a ReplacementModel needs {{layer: Transcoder}} or one CrossLayerTranscoder"
-            )
-        if not isinstance(transcoders, Mapping):
-            raise SparseCircuitsError(
-                "transcoders must be {layer: Transcoder} or one CrossLayerTranscoder, "
-                f"got {type(transcoders).__name__}"
-            )
-        per_layer: dict[int, Dictionary] = {}
-        clt_layers: dict[int, tuple[CrossLayerTranscoder, list[int]]] = {}
-        for layer, tc in transcoders.items():
-            if isinstance(tc, CrossLayerTranscoder):
-                clt_layers.setdefault(id(tc), (tc, []))[1].append(int(layer))
-            elif isinstance(tc, Dictionary):
-                per_layer[int(layer)] = tc
-            else:
-                raise SparseCircuitsError(
-                    f"layer {layer}: expected a transcoder, got {type(tc).__name__}"
-                )
-        if len(clt_layers) > 1:
-            raise SparseCircuitsError(
-                "got several cross-layer transcoders; a ReplacementModel takes at most one"
-            )
-        if not clt_layers:
-            return per_layer, None, None
-        clt, keys = next(iter(clt_layers.values()))
-        return per_layer, clt, sorted(keys)
-
-    def _add_clt(self, clt: CrossLayerTranscoder, taken: set[int]) -> list[int]:
-        """Check `clt` against this model, register its per-layer encoders and decoder blocks, and
-        return the model layers it covers."""
-        hooks_in, hooks_out = clt.cfg.layer_hooks()
-        valid = TRANSCODER_INPUTS[:2] if self.parallel_residual else TRANSCODER_INPUTS
-        layers: list[int] = []
-        for index, (hook_in, hook_out) in enumerate(zip(hooks_in, hooks_out, strict=True)):
-            layer = _clt_model_layer(hook_out)
-            suffix = hook_in.split(".", 2)[2] if hook_in.count(".") >= 2 else ""
-            if (
-                not 0 <= layer < self.n_layers
-                or hook_out != f"blocks.{layer}.hook_mlp_out"
-                or hook_in != f"blocks.{layer}.{suffix}"
-                or suffix not in valid
-                or (layers and layer <= layers[-1])
-            ):
-                raise SparseCircuitsError(
-                    f"cross-layer transcoder layer {index} maps {hook_in} -> {hook_out}; a ReplacementModel "
-                    f"needs blocks.L.{{{'|'.join(valid)}}} -> blocks.L.hook_mlp_out with L increasing "
-                    f"over its layers and within 0..{self.n_layers - 1}"
-                )
-            if layer in taken:
-                raise SparseCircuitsError(
-                    f"layer {layer} has both a per-layer transcoder and the cross-layer transcoder; keep one"
-                )
-            layers.append(layer)
-            self.tc_input[layer] = suffix
-        if clt.d_in != self.d_model or clt.d_out != self.d_model:
-            raise SparseCircuitsError(
-                f"the cross-layer transcoder is {clt.d_in} -> {clt.d_out} wide but the model has "
-                f"d_model {self.d_model}; use one trained on this model"
-            )
-        cast = {
-            name: getattr(clt, name).detach().to(self.device, self.dtype)
-            for name in ("W_enc", "b_enc", "b_in", "b_dec")
-        }
-        for index, layer in enumerate(layers):
-            self.transcoders[layer] = clt
-            self._clt_index[layer] = index
-            self._tc_weights[layer] = {name: t[index] for name, t in cast.items()}
-            W_dec = clt.W_dec[index].detach().to(self.device, self.dtype)
-            self._decoders[layer] = [
-                (target, W_dec[:, offset].contiguous())
-                for offset, target in enumerate(layers[index:])
-            ]
-            for target, block in self._decoders[layer]:
-                self._writers.setdefault(target, []).append((layer, block))
-        return layers
+        return hook_in.split(".", 2)[2]
 
     def layer_weights(self, layer: int) -> _Layer:
         """Return the cached attention weights and norms of `layer` (TransformerLens orientation)."""
         return self._layers[layer]
 
-    def tc_weights(self, layer: int) -> dict[str, Tensor]:
-        """Return the transcoder of `layer`'s `W_enc [d, d_sae], b_enc [d_sae], b_in [d], b_dec [d]`
-        in `dtype` (detached); per-layer transcoders also `W_dec [d_sae, d]`.
-
-        `b_dec` is the bias added to this layer's MLP output. A cross-layer transcoder's decoder
-        has one block per target layer: read it with `decoders` / `decoder_vectors`.
-        """
-        if layer not in self._tc_weights:
+    def encoder(self, layer: int) -> EncoderWeights:
+        """Return the transcoder of `layer`'s encoder (`W_enc [d, d_sae]`, `b_enc [d_sae]`,
+        `b_in [d]`) in `dtype`, detached."""
+        if layer not in self._encoders:
             raise SparseCircuitsError(
-                f"layer {layer} has no transcoder; layers with transcoders: {sorted(self.transcoders)}"
+                f"layer {layer} has no transcoder; layers with transcoders: {self.feature_layers}"
             )
-        return self._tc_weights[layer]
+        return self._encoders[layer]
+
+    def output_bias(self, layer: int) -> Tensor:
+        """Return the bias `[d]` the transcoders add to `layer`'s MLP output (`b_dec`)."""
+        self.encoder(layer)
+        return self._output_bias[layer]
+
+    def d_sae(self, layer: int) -> int:
+        """Number of features of transcoder layer `layer`."""
+        return int(self.encoder(layer).W_enc.shape[1])
 
     def decoders(self, layer: int) -> list[tuple[int, Tensor]]:
         """Return `[(target layer, W_dec block [d_sae, d])]`: where the features of `layer` write.
@@ -582,10 +500,7 @@ class ReplacementModel:
         One block (to `layer` itself) for a per-layer transcoder; for a cross-layer transcoder one
         per layer it covers from `layer` on, in increasing order.
         """
-        if layer not in self._decoders:
-            raise SparseCircuitsError(
-                f"layer {layer} has no transcoder; layers with transcoders: {sorted(self.transcoders)}"
-            )
+        self.encoder(layer)
         return self._decoders[layer]
 
     def decoder_projections(self, layer: int, vectors: Tensor, before_read: int) -> Tensor:
@@ -597,8 +512,7 @@ class ReplacementModel:
                 projection = vectors @ block.T
                 out = projection if out is None else out + projection
         if out is None:
-            d_sae = self.tc_weights(layer)["W_enc"].shape[1]
-            return vectors.new_zeros(vectors.shape[0], d_sae)
+            return vectors.new_zeros(vectors.shape[0], self.d_sae(layer))
         return out
 
     def decoder_vectors(
@@ -625,8 +539,9 @@ class ReplacementModel:
         else:
             index = torch.as_tensor(features, dtype=torch.long, device=self.device)
         if not blocks:
-            d_sae = self.tc_weights(layer)["W_enc"].shape[1]
-            rows = torch.zeros(d_sae, self.d_model, dtype=self.dtype, device=self.device)
+            rows = torch.zeros(
+                self.d_sae(layer), self.d_model, dtype=self.dtype, device=self.device
+            )
             return rows[index]
         out = blocks[0][index]
         for block in blocks[1:]:
@@ -659,10 +574,6 @@ class ReplacementModel:
     def mlp_write(layer: int) -> int:
         """Write point of MLP `layer`."""
         return 2 * layer + 1
-
-    def feature_input_vector(self, layer: int, feature: int | Tensor) -> Tensor:
-        """Return the encoder column(s) `[d]` / `[n, d]` in the transcoder's input space."""
-        return self.tc_weights(layer)["W_enc"][:, feature].T
 
     # ------------------------------------------------------------------ public runs
 
@@ -852,7 +763,7 @@ class ReplacementModel:
             )
             normalized2 = normalize_with_scale(mlp_read, w.ln2, scale2)
             mlp_in = apply_norm_gain(normalized2, w.ln2)
-            if layer in self.transcoders:
+            if layer in self._encoders:
                 tc_in = {
                     "hook_mlp_in": mlp_in,
                     "ln2.hook_normalized": normalized2,
@@ -915,16 +826,11 @@ class ReplacementModel:
         mults: Multipliers,
         caches: dict[str, dict[int, Tensor]],
     ) -> Tensor:
-        tw = self._tc_weights[layer]
-        pre = (tc_in - tw["b_in"]) @ tw["W_enc"] + tw["b_enc"]
+        encoder = self._encoders[layer]
+        pre = (tc_in - encoder.b_in) @ encoder.W_enc + encoder.b_enc
         if clean is None or features == "live":
-            tc = self.transcoders[layer]
             with torch.no_grad():
-                if isinstance(tc, CrossLayerTranscoder):
-                    x = tc_in.to(tc.W_enc.device, tc.W_enc.dtype)
-                    acts = tc.encode_layer(x, self._clt_index[layer]).to(self.device, self.dtype)
-                else:
-                    acts = tc.encode(tc_in.to(tc.W_enc.dtype)).to(self.dtype)
+                acts = self.transcoders.encode_layer(tc_in, layer).to(self.device, self.dtype)
         elif features == "frozen":
             acts = clean.feature_acts[layer]
         else:
@@ -937,7 +843,7 @@ class ReplacementModel:
         # Sources before `layer` (a cross-layer transcoder's) already sit, edited, in the cache.
         caches["feature_acts"][layer] = acts
         writers = self._writers[layer]
-        tc_out = caches["feature_acts"][writers[0][0]] @ writers[0][1] + tw["b_dec"]
+        tc_out = caches["feature_acts"][writers[0][0]] @ writers[0][1] + self._output_bias[layer]
         for source, block in writers[1:]:
             tc_out = tc_out + caches["feature_acts"][source] @ block
         if layer in self._skip:
@@ -963,14 +869,6 @@ class ReplacementModel:
         caches["tc_out"][layer] = tc_out
         caches["errors"][layer] = error
         return tc_out + error
-
-
-def _clt_model_layer(hook: str) -> int:
-    """The model layer L of a cross-layer transcoder's hook `blocks.L.<...>` (-1 if none)."""
-    parts = hook.split(".")
-    if len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit():
-        return int(parts[1])
-    return -1
 
 
 # ---------------------------------------------------------------------------- edit helpers

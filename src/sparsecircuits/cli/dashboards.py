@@ -51,19 +51,21 @@ def run(args: argparse.Namespace) -> int:
     """Compute and save the dashboards; print a one-line summary per dictionary."""
     import torch
 
-    from sparsecircuits.dictionaries import load_transcoders
+    from sparsecircuits.dictionaries import PerLayerTranscoders, SparseCoder, load_transcoders
     from sparsecircuits.interpret import DashboardConfig, compute_dashboards, save_dashboards
     from sparsecircuits.models import load_model
     from sparsecircuits.runs import check_compatible, context_stream, load_dictionaries
 
     adapter = load_model(args.model, device=args.device)
+    dictionaries: dict[str, SparseCoder]
     if args.dictionary:
         dictionaries = load_dictionaries(args.dictionary, device=adapter.device)
     else:
-        dictionaries = {
-            f"layer{layer}": tc
-            for layer, tc in load_transcoders(args.transcoders, device=adapter.device).items()
-        }
+        transcoders = load_transcoders(args.transcoders, device=adapter.device)
+        if isinstance(transcoders, PerLayerTranscoders):
+            dictionaries = {f"layer{layer}": tc for layer, tc in transcoders.items()}
+        else:  # a cross-layer transcoder: one dashboard set per layer
+            dictionaries = {Path(args.transcoders).name or "transcoders": transcoders}
     check_compatible(adapter, dictionaries)
     n_contexts = max(1, args.tokens // args.context_size)
     contexts = itertools.islice(

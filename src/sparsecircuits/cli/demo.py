@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from sparsecircuits.cli.common import add_run_arguments, run_config_from_args
-from sparsecircuits.dictionaries import load_transcoders
+from sparsecircuits.dictionaries import PerLayerTranscoders, load_transcoders
 from sparsecircuits.evaluation import evaluate_dictionaries
 from sparsecircuits.runs import eval_batches, train_run, write_report
 
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     evaluated = dict(dictionaries)
     if cfg.model == "embedded":
         layer = adapter.hook_layer(next(iter(dictionaries.values())).cfg.hook_in)
-        shipped = load_transcoders("embedded", device=adapter.device).get(layer)
+        transcoders = load_transcoders("embedded", device=adapter.device)
+        shipped = transcoders.get(layer) if isinstance(transcoders, PerLayerTranscoders) else None
         if shipped is not None:
             evaluated[f"shipped-transcoder-L{layer}"] = shipped
     records = evaluate_dictionaries(adapter, evaluated, batches)

@@ -1,83 +1,71 @@
-"""Sparse dictionaries — SAEs and transcoders — with SAELens-compatible save/load.
+"""Sparse dictionaries — SAEs, transcoders and cross-layer transcoders — with SAELens-compatible
+save/load.
 
 Public API::
 
     cfg = DictionaryConfig(architecture="topk", kind="transcoder", d_in=256, d_sae=4096,
-                           hook_in="blocks.0.hook_mlp_in", hook_out="blocks.0.hook_mlp_out", k=32)
-    tc = make_dictionary(cfg)               # SAE or Transcoder
+                           hook_in="blocks.0.mlp.hook_in", hook_out="blocks.0.hook_mlp_out", k=32)
+    tc = make(cfg)                          # a Dictionary (a CrossLayerTranscoder for kind "clt")
     tc.init_biases_from_data(mlp_in, mlp_out)
     loss, parts = tc.loss(mlp_in, mlp_out, dead_mask=dead)
-    save_dictionary(tc, "out/blocks.0"); tc2 = load_dictionary("out/blocks.0")
+    save_dictionary(tc, "out/blocks.0"); tc2 = load("out/blocks.0")
+    transcoders = load_transcoders("embedded")   # a TranscoderSet for circuits
 
-See `base.py` for the per-step trainer contract.
+See `base.py` for the per-step trainer contract and `transcoders.py` for the transcoder-set
+interface the circuit code uses.
 """
 
 from __future__ import annotations
 
 from sparsecircuits.dictionaries.activations import ACTIVATIONS, Activation
 from sparsecircuits.dictionaries.activations.topafa import epsilon_lbo
-from sparsecircuits.dictionaries.base import Dictionary, ForwardOutput, geometric_median
-from sparsecircuits.dictionaries.clt import CLTLayerView, CrossLayerTranscoder
-from sparsecircuits.dictionaries.config import DictionaryConfig
-from sparsecircuits.dictionaries.io import (
-    load_circuit_transcoders,
-    load_dictionary,
-    load_sparse_coder,
-    load_transcoders,
-    save_dictionary,
+from sparsecircuits.dictionaries.base import (
+    Dictionary,
+    EncoderWeights,
+    ForwardOutput,
+    geometric_median,
 )
-from sparsecircuits.dictionaries.sae import SAE
-from sparsecircuits.dictionaries.transcoder import Transcoder
-from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.dictionaries.clt import CLTLayer, CrossLayerTranscoder
+from sparsecircuits.dictionaries.config import DictionaryConfig
+from sparsecircuits.dictionaries.io import load, load_transcoders, save_dictionary
+from sparsecircuits.dictionaries.transcoders import (
+    PerLayerTranscoders,
+    TranscoderSet,
+    as_transcoder_set,
+)
 
-# Anything a training run, an evaluation or a saved folder can hold: a per-layer dictionary or a
-# cross-layer transcoder (`load_sparse_coder`, `make_sparse_coder`).
+# Anything a training run, an evaluation or a saved folder can hold.
 SparseCoder = Dictionary | CrossLayerTranscoder
 
 
-def make_dictionary(cfg: DictionaryConfig, init: bool = True) -> Dictionary:
-    """Return an `SAE` (kind "sae") or a `Transcoder` ("transcoder"/"skip_transcoder") for `cfg`.
+def make(cfg: DictionaryConfig, init: bool = True) -> SparseCoder:
+    """Return the dictionary `cfg` describes: a `CrossLayerTranscoder` for kind "clt", else a
+    `Dictionary` (SAE, transcoder or skip transcoder).
 
-    `init=False` skips the random initialisation (loaders fill every tensor themselves). A
-    cross-layer transcoder (kind "clt") has its own class: use `make_sparse_coder` or
-    `CrossLayerTranscoder(cfg)`.
+    `init=False` skips the random initialisation (loaders fill every tensor themselves).
     """
-    if cfg.kind == "sae":
-        return SAE(cfg, init=init)
-    if cfg.kind == "clt":
-        raise SparseCircuitsError(
-            "kind 'clt' builds a CrossLayerTranscoder: use make_sparse_coder(cfg) or CrossLayerTranscoder(cfg)"
-        )
-    return Transcoder(cfg, init=init)
-
-
-def make_sparse_coder(
-    cfg: DictionaryConfig, init: bool = True
-) -> Dictionary | CrossLayerTranscoder:
-    """Any kind, cross-layer transcoders included: `make_dictionary` or `CrossLayerTranscoder`."""
     if cfg.kind == "clt":
         return CrossLayerTranscoder(cfg, init=init)
-    return make_dictionary(cfg, init=init)
+    return Dictionary(cfg, init=init)
 
 
 __all__ = [
     "ACTIVATIONS",
-    "CLTLayerView",
-    "SAE",
-    "SparseCoder",
     "Activation",
+    "CLTLayer",
     "CrossLayerTranscoder",
     "Dictionary",
     "DictionaryConfig",
+    "EncoderWeights",
     "ForwardOutput",
+    "PerLayerTranscoders",
+    "SparseCoder",
+    "TranscoderSet",
+    "as_transcoder_set",
     "epsilon_lbo",
-    "Transcoder",
     "geometric_median",
-    "load_circuit_transcoders",
-    "load_dictionary",
-    "load_sparse_coder",
+    "load",
     "load_transcoders",
-    "make_dictionary",
-    "make_sparse_coder",
+    "make",
     "save_dictionary",
 ]

@@ -38,7 +38,8 @@ the trainer uses to keep its tokens-since-fired counter and hence `dead_mask`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -46,10 +47,25 @@ from torch import Tensor, nn
 from sparsecircuits.dictionaries import kernels
 from sparsecircuits.dictionaries.activations import make_activation
 from sparsecircuits.dictionaries.activations.base import ForwardOutput
-from sparsecircuits.dictionaries.config import DictionaryConfig
+from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
 from sparsecircuits.errors import SparseCircuitsError
 
-__all__ = ["Dictionary", "ForwardOutput", "geometric_median"]
+if TYPE_CHECKING:
+    from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
+
+__all__ = ["Dictionary", "EncoderWeights", "ForwardOutput", "geometric_median"]
+
+
+@dataclass(frozen=True)
+class EncoderWeights:
+    """One layer's encoder: `pre_acts = (x - b_in) @ W_enc + b_enc`.
+
+    `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `b_in [d_in]` (the tensors themselves, not copies).
+    """
+
+    W_enc: Tensor
+    b_enc: Tensor
+    b_in: Tensor
 
 
 class Dictionary(nn.Module):
@@ -103,13 +119,11 @@ class Dictionary(nn.Module):
         cfg = self.cfg
         generator = torch.Generator().manual_seed(cfg.seed)
         norm = float(cfg.decoder_init_norm or 1.0)
-        W_dec = torch.randn(self.d_sae, self.d_out, generator=generator)
-        W_dec = W_dec / W_dec.norm(dim=1, keepdim=True) * norm
+        W_dec = random_unit_vectors((self.d_sae, self.d_out), (1,), generator) * norm
         if cfg.kind == "sae":
             W_enc = W_dec.T.clone()
         else:
-            W_enc = torch.randn(self.d_in, self.d_sae, generator=generator)
-            W_enc = W_enc / W_enc.norm(dim=0, keepdim=True) * norm
+            W_enc = random_unit_vectors((self.d_in, self.d_sae), (0,), generator) * norm
         self.W_dec.copy_(W_dec)
         if self.W_enc is not None:
             self.W_enc.copy_(W_enc)
@@ -136,28 +150,8 @@ class Dictionary(nn.Module):
             self.b_in.copy_(centre(x_sample))
         self.b_dec.copy_(centre(target_sample))
         if self.cfg.kind != "sae" and self.W_enc is not None:
-            self._shrink_untrained_output(x_sample, target_sample)
+            shrink_untrained_output(self, x_sample, target_sample)
         self.activation.init_from_data(self, x_sample - self.b_in)
-
-    @torch.no_grad()
-    def _shrink_untrained_output(self, x_sample: Tensor, target_sample: Tensor) -> None:
-        """Scale the encoder so the untrained output is at most 10% of the target's spread.
-
-        A transcoder's random features do not predict its target, so whatever they write at
-        init is pure error: with unit-norm decoder rows and a random encoder that error is
-        several times the target's variance (FVU ≫ 1) and the first hundreds of steps are
-        spent undoing it. Activations scale linearly with the encoder (TopK picks the same
-        latents), so one rescale of `W_enc`/`b_enc` fixes it.
-        """
-        out = self.forward(x_sample).out
-        assert out is not None
-        written = out - self.b_dec
-        spread = (target_sample - self.b_dec).norm(dim=-1).mean()
-        size = written.norm(dim=-1).mean()
-        if size > 0.1 * spread > 0:
-            factor = 0.1 * spread / size
-            self.W_enc.mul_(factor)
-            self.b_enc.mul_(factor)
 
     # ----------------------------------------------------------------- data plumbing
     def hook_names(self) -> list[str]:
@@ -218,6 +212,50 @@ class Dictionary(nn.Module):
             out = out + x @ self.W_skip.T
         codes.out = out
         return codes
+
+    # ----------------------------------------------------------------- per-layer view
+    # A per-layer dictionary is the one-layer case of a cross-layer transcoder: these methods
+    # match `CrossLayerTranscoder`'s, so splicing and dashboards treat both alike. `layer` is
+    # the model layer (`layers[0]`; None means that one).
+    @property
+    def layers(self) -> list[int]:
+        """`[L]` for hooks named `blocks.L.…` (the output hook's layer), else `[0]`."""
+        layer = hook_layer(self.cfg.hook_out)
+        layer = hook_layer(self.cfg.hook_in) if layer is None else layer
+        return [0 if layer is None else layer]
+
+    def encode_layer(self, x: Tensor, layer: int | None = None) -> Tensor:
+        """Feature activations `[..., d_sae]` of `x [..., d_in]` (`encode`)."""
+        self._check_layer(layer)
+        return self.encode(x)
+
+    def encoder(self, layer: int | None = None) -> EncoderWeights:
+        """The encoder (`W_enc`, `b_enc`, `b_in`); a tied dictionary has none."""
+        self._check_layer(layer)
+        if self.W_enc is None:
+            raise SparseCircuitsError(
+                f"a {self.cfg.architecture!r} dictionary has no encoder matrix (it encodes with its decoder)"
+            )
+        return EncoderWeights(self.W_enc, self.b_enc, self.b_in)
+
+    def decoders(self, layer: int | None = None) -> list[tuple[int, Tensor]]:
+        """`[(its layer, W_dec [d_sae, d_out])]`: where the features write."""
+        self._check_layer(layer)
+        return [(self.layers[0], self.W_dec)]
+
+    def layer_writes(self, x: Tensor, layer: int | None = None) -> Tensor:
+        """What the input `x [n, d_in]` writes to each output the dictionary replaces:
+        `[n, 1, d_out]`, the reconstruction (bias and skip term included)."""
+        self._check_layer(layer)
+        out = self.forward(x).out
+        assert out is not None
+        return out[:, None]
+
+    def _check_layer(self, layer: int | None) -> None:
+        if layer is not None and layer != self.layers[0]:
+            raise SparseCircuitsError(
+                f"this dictionary covers layer {self.layers[0]} only (got layer {layer})"
+            )
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """`forward(x).out` for `x [..., d_in]` of any leading shape -> `[..., d_out]` (for splicing)."""
@@ -286,20 +324,12 @@ class Dictionary(nn.Module):
     @torch.no_grad()
     def remove_parallel_grads(self) -> None:
         """Project out of `W_dec.grad` the component parallel to each `W_dec` row."""
-        if self.W_dec.grad is None:
-            return
-        unit = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(
-            torch.finfo(self.W_dec.dtype).eps
-        )
-        parallel = (self.W_dec.grad * unit).sum(dim=1, keepdim=True)
-        self.W_dec.grad.sub_(parallel * unit)
+        remove_parallel_grad(self.W_dec)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Rescale every `W_dec` row to unit L2 norm."""
-        self.W_dec.div_(
-            self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).eps)
-        )
+        normalize_rows(self.W_dec)
 
     def decoder_norms(self) -> Tensor:
         """`||W_dec[i]||` for every latent, `[d_sae]`."""
@@ -336,6 +366,56 @@ class Dictionary(nn.Module):
     def extra_repr(self) -> str:
         cfg = self.cfg
         return f"architecture={cfg.architecture}, kind={cfg.kind}, d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={self.d_out}"
+
+
+def random_unit_vectors(
+    shape: tuple[int, ...], dims: tuple[int, ...], generator: torch.Generator
+) -> Tensor:
+    """A `randn(shape)` draw from `generator` (on the CPU) scaled to unit norm over `dims`."""
+    fresh = torch.randn(shape, generator=generator)
+    return fresh / fresh.norm(dim=dims, keepdim=True)
+
+
+@torch.no_grad()
+def remove_parallel_grad(weight: Tensor) -> None:
+    """Project out of `weight.grad` (`[rows, ...]`) the component parallel to each row of `weight`
+    (a row is everything after the first axis), in place; no-op without a gradient."""
+    if weight.grad is None:
+        return
+    rows, grad = weight.flatten(1), weight.grad.flatten(1)
+    unit = rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(rows.dtype).eps)
+    grad.sub_((grad * unit).sum(dim=1, keepdim=True) * unit)
+
+
+@torch.no_grad()
+def normalize_rows(weight: Tensor) -> None:
+    """Rescale each row of `weight` (`[rows, ...]`, a row is everything after the first axis) to unit norm, in place."""
+    norms = weight.flatten(1).norm(dim=1).clamp_min(torch.finfo(weight.dtype).eps)
+    weight.div_(norms.view(-1, *([1] * (weight.ndim - 1))))
+
+
+@torch.no_grad()
+def shrink_untrained_output(
+    coder: Dictionary | CrossLayerTranscoder, x_sample: Tensor, target_sample: Tensor
+) -> None:
+    """Scale a transcoder's encoder so its untrained output is at most 10% of the target's spread.
+
+    A transcoder's random features do not predict its target, so whatever they write at init
+    is pure error: with unit-norm decoder rows and a random encoder that error is several
+    times the target's variance (FVU ≫ 1) and the first hundreds of steps are spent undoing
+    it. Activations scale linearly with the encoder (TopK picks the same latents), so one
+    rescale of `W_enc`/`b_enc` fixes it. `coder` is a `Dictionary` or a cross-layer
+    transcoder (`x_sample`/`target_sample` then carry its layer axis).
+    """
+    out = coder.forward(x_sample).out
+    assert out is not None
+    written = out - coder.b_dec
+    spread = (target_sample - coder.b_dec).norm(dim=-1).mean()
+    size = written.norm(dim=-1).mean()
+    if size > 0.1 * spread > 0:
+        factor = 0.1 * spread / size
+        coder.W_enc.mul_(factor)
+        coder.b_enc.mul_(factor)
 
 
 def _mean(points: Tensor) -> Tensor:

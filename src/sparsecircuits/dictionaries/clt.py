@@ -3,46 +3,120 @@
 Layer-ℓ latents read that layer's MLP input and write to the MLP outputs of layer ℓ and every
 later layer:
 
-    a_ℓ = σ((x_ℓ - b_in,ℓ) W_enc,ℓ + b_enc,ℓ)
+    a_ℓ = σ_ℓ((x_ℓ - b_in,ℓ) W_enc,ℓ + b_enc,ℓ)
     ŷ_t = Σ_{ℓ <= t} a_ℓ W_dec,ℓ[:, t - ℓ] + b_dec,t
 
 Shapes: `W_enc [L, d_in, d_sae]`, `b_enc [L, d_sae]`, `b_in [L, d_in]`, `b_dec [L, d_out]`, and
 one decoder per source layer, `W_dec[ℓ] [d_sae, L - ℓ, d_out]` (only the causal blocks are
-stored). σ is ReLU, JumpReLU (`log_threshold [L, d_sae]`) or TopK per layer
-(`cfg.architecture`). The sparsity penalty uses the norm of each latent's *concatenated*
-decoder vectors `||W_dec[ℓ][i]||` (over all layers it writes to): tanh by default
-(`l0_coefficient · mean_tokens Σ_{ℓ,i} tanh(tanh_scale · ||W_dec[ℓ][i]|| a_ℓi)`), step-L0 when
-`jumprelu_sparsity="step"`, decoder-norm-weighted L1 for ReLU (`l1_coefficient`).
-Under `decoder_norm="unit"` (TopK) the concatenated vectors are kept at unit norm.
+stored).
 
-It follows the `Dictionary` interface with a layer axis: `x [n, L, d_in]`, `target
+σ_ℓ is any activation family a `Dictionary` has (`cfg.architecture`), one `Activation` module
+per layer (`activations[ℓ]`, holding that layer's family state such as JumpReLU thresholds).
+Each sees its layer through `CLTLayer`, which has the attributes a `Dictionary` gives its
+activation, with the layer's decoder blocks concatenated into one `[d_sae, (L - ℓ) d_out]`
+matrix. So a latent's decoder norm is the norm of its *concatenated* decoder vectors (over all
+layers it writes to), which weights the sparsity penalties and is kept at unit norm under
+`decoder_norm="unit"`; TopK runs on the same sparse kernels; AuxK regresses the residual of
+every output the layer writes. The loss is the `Dictionary` loss with a layer axis: `fvu`
+averages the per-layer FVUs, `mse` sums the per-layer MSEs, penalties sum over layers.
+
+It follows the `Dictionary` trainer contract with a layer axis: `x [n, L, d_in]`, `target
 [n, L, d_out]`, `dead_mask [L, d_sae]`, `feature_acts [n, L, d_sae]`. `inputs_from(batch)` stacks
-the per-layer hook activations (`cfg.layer_hooks()`), so a trainer can treat it like any
-dictionary. With `n_layers == 1` it computes exactly a per-layer transcoder. SAELens has no CLT
-format: saved as the extension "clt_<architecture>" (full state in `sae_weights.safetensors`).
+the per-layer hook activations (`cfg.layer_hooks()`). As a transcoder set (`transcoders.py`) its
+layers are the model layers its hooks name. With `n_layers == 1` it computes exactly a per-layer transcoder. SAELens has
+no CLT format: saved as the extension "clt_<architecture>" (full state in
+`sae_weights.safetensors`, family state stacked over layers, e.g. `log_threshold [L, d_sae]`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
+from sparsecircuits.dictionaries import kernels
+from sparsecircuits.dictionaries.activations import Activation, make_activation
 from sparsecircuits.dictionaries.activations.base import ForwardOutput
-from sparsecircuits.dictionaries.activations.jumprelu import jumprelu, step, tanh_penalty
-from sparsecircuits.dictionaries.base import _geometric_median, _mean
-from sparsecircuits.dictionaries.config import DictionaryConfig
+from sparsecircuits.dictionaries.base import (
+    EncoderWeights,
+    _geometric_median,
+    _mean,
+    normalize_rows,
+    random_unit_vectors,
+    remove_parallel_grad,
+    shrink_untrained_output,
+)
+from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
 from sparsecircuits.errors import SparseCircuitsError
 
 
-class CrossLayerTranscoder(nn.Module):
-    """Cross-layer transcoder over `cfg.n_layers` layers (`kind="clt"`)."""
+class CLTLayer:
+    """Layer ℓ of a cross-layer transcoder as its activation sees it: the attributes a
+    `Dictionary` gives its `Activation`, as differentiable views of the CLT's parameters.
 
-    log_threshold: nn.Parameter | None
+    `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `b_in [d_in]`; `W_dec [d_sae, (L - ℓ) d_out]` (the
+    layer's decoder blocks side by side); `d_out = (L - ℓ) d_out`.
+    """
+
+    def __init__(self, clt: CrossLayerTranscoder, layer: int) -> None:
+        self.clt, self.layer, self.cfg = clt, layer, clt.cfg
+
+    @property
+    def W_enc(self) -> Tensor:
+        """Layer encoder `[d_in, d_sae]`."""
+        return self.clt.W_enc[self.layer]
+
+    @property
+    def b_enc(self) -> Tensor:
+        """Layer encoder bias `[d_sae]`."""
+        return self.clt.b_enc[self.layer]
+
+    @property
+    def b_in(self) -> Tensor:
+        """Layer input bias `[d_in]`."""
+        return self.clt.b_in[self.layer]
+
+    @property
+    def W_dec(self) -> Tensor:
+        """Layer decoder blocks side by side, `[d_sae, (L - ℓ) · d_out]`."""
+        return self.clt.W_dec[self.layer].flatten(1)
+
+    @property
+    def d_in(self) -> int:
+        """Input width."""
+        return self.clt.d_in
+
+    @property
+    def d_sae(self) -> int:
+        """Latents in this layer."""
+        return self.clt.d_sae
+
+    @property
+    def d_out(self) -> int:
+        """Width of everything this layer writes, `(L - ℓ) · d_out`."""
+        return (self.clt.n_layers - self.layer) * self.clt.d_out
+
+    def decoder_norms(self) -> Tensor:
+        """Norm of each latent's concatenated decoder vectors, `[d_sae]`."""
+        return self.W_dec.norm(dim=1)
+
+    def decode_sparse(self, values: Tensor, indices: Tensor, bias: bool = False) -> Tensor:
+        """`Σ_s values[:, s] W_dec[indices[:, s]]` -> `[n, (L - ℓ) d_out]` (a layer has no own bias)."""
+        decode = kernels.sparse_decode if self.cfg.sparse_kernels else kernels.dense_decode
+        return decode(values, indices, self.W_dec)
+
+    def decode(self, codes: ForwardOutput) -> Tensor:
+        """What `codes` write, `[n, (L - ℓ) d_out]` (sparse kernels for sparse codes)."""
+        if codes.is_sparse:
+            assert codes.values is not None and codes.indices is not None
+            return self.decode_sparse(codes.values, codes.indices)
+        return codes.feature_acts @ self.W_dec
+
+
+class CrossLayerTranscoder(nn.Module):
+    """Cross-layer transcoder over `cfg.n_layers` layers (`kind="clt"`), any activation family."""
 
     def __init__(self, cfg: DictionaryConfig, init: bool = True) -> None:
         super().__init__()
@@ -53,16 +127,18 @@ class CrossLayerTranscoder(nn.Module):
         factory: dict[str, Any] = {"dtype": cfg.torch_dtype, "device": cfg.device}
         self.W_enc = nn.Parameter(torch.empty(L, d_in, d_sae, **factory))
         self.b_enc = nn.Parameter(torch.zeros(L, d_sae, **factory))
+        self.activations = nn.ModuleList(make_activation(cfg) for _ in range(L))
+        if self.family[0].tied or not self.family[0].uses_input_bias:
+            raise SparseCircuitsError(
+                f"architecture {cfg.architecture!r} encodes with its decoder; a cross-layer transcoder needs an encoder"
+            )
         self.b_in = nn.Parameter(torch.zeros(L, d_in, **factory))
         self.b_dec = nn.Parameter(torch.zeros(L, d_out, **factory))
         self.W_dec = nn.ParameterList(
             [nn.Parameter(torch.empty(d_sae, L - source, d_out, **factory)) for source in range(L)]
         )
-        if cfg.architecture == "jumprelu":
-            init_log = math.log(cfg.jumprelu_init_threshold)
-            self.log_threshold = nn.Parameter(torch.full((L, d_sae), init_log, **factory))
-        else:
-            self.log_threshold = None
+        self.register_state_dict_post_hook(_stack_family_state)
+        self.register_load_state_dict_pre_hook(_unstack_family_state)
         if init:
             self.reset_parameters()
 
@@ -86,20 +162,33 @@ class CrossLayerTranscoder(nn.Module):
         """Number of layers L."""
         return self.cfg.n_layers
 
+    @property
+    def family(self) -> list[Activation]:
+        """The per-layer activation modules (`activations`), typed."""
+        return [cast(Activation, activation) for activation in self.activations]
+
+    def layer(self, index: int) -> CLTLayer:
+        """The weights of the CLT's `index`-th layer (0..L-1) as its activation sees them."""
+        if not 0 <= index < self.n_layers:
+            raise SparseCircuitsError(
+                f"layer index {index} is out of range for a cross-layer transcoder over {self.n_layers} layers"
+            )
+        return CLTLayer(self, index)
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Seeded init: concatenated decoder vectors of norm `decoder_init_norm`, encoder columns likewise."""
+        """Seeded init: concatenated decoder vectors of norm `decoder_init_norm`, encoder columns
+        likewise, biases zero, each layer's family state reset."""
         generator = torch.Generator().manual_seed(self.cfg.seed)
         norm = float(self.cfg.decoder_init_norm or 1.0)
         for W_dec in self.W_dec:
-            fresh = torch.randn(W_dec.shape, generator=generator)
-            W_dec.copy_(fresh / fresh.flatten(1).norm(dim=1)[:, None, None] * norm)
-        fresh = torch.randn(self.W_enc.shape, generator=generator)
-        self.W_enc.copy_(fresh / fresh.norm(dim=1, keepdim=True) * norm)
+            W_dec.copy_(random_unit_vectors(tuple(W_dec.shape), (1, 2), generator) * norm)
+        self.W_enc.copy_(random_unit_vectors(tuple(self.W_enc.shape), (1,), generator) * norm)
         for bias in (self.b_enc, self.b_in, self.b_dec):
             bias.zero_()
-        if self.log_threshold is not None:
-            self.log_threshold.fill_(math.log(self.cfg.jumprelu_init_threshold))
+        fresh = make_activation(self.cfg).state_dict()
+        for activation in self.activations:
+            activation.load_state_dict(fresh)
 
     # ----------------------------------------------------------------- data plumbing
     def hook_names(self) -> list[str]:
@@ -123,89 +212,147 @@ class CrossLayerTranscoder(nn.Module):
     def init_biases_from_data(
         self, x_sample: Tensor, target_sample: Tensor | None, geometric_median: bool = False
     ) -> None:
-        """`b_in[ℓ]` / `b_dec[ℓ]` = centre (mean or geometric median) of each layer's inputs / targets."""
+        """`b_in[ℓ]` / `b_dec[ℓ]` = centre (mean or geometric median) of each layer's inputs /
+        targets; then the untrained output is shrunk as a transcoder's is, and each layer's
+        family initialises from its centred inputs."""
         x_sample, target_sample = self._check(x_sample, _required(target_sample))
         centre = _geometric_median if geometric_median else _mean
         for layer in range(self.n_layers):
             self.b_in[layer].copy_(centre(x_sample[:, layer]))
             self.b_dec[layer].copy_(centre(target_sample[:, layer]))
+        shrink_untrained_output(self, x_sample, target_sample)
+        for layer, activation in enumerate(self.family):
+            activation.init_from_data(self.layer(layer), x_sample[:, layer] - self.b_in[layer])
 
     # ----------------------------------------------------------------- forward pass
     def decoder_norms(self) -> Tensor:
         """Norm of each latent's concatenated decoder vectors, `[L, d_sae]` (differentiable)."""
         return torch.stack([W_dec.flatten(1).norm(dim=1) for W_dec in self.W_dec])
 
-    def pre_acts(self, x: Tensor) -> Tensor:
-        """`(x_ℓ - b_in,ℓ) W_enc,ℓ + b_enc,ℓ` for `x [n, L, d_in]` -> `[n, L, d_sae]`."""
-        return torch.einsum("nld,lds->nls", x - self.b_in, self.W_enc) + self.b_enc
+    def _codes(self, x: Tensor, dead_mask: Tensor | None) -> list[ForwardOutput]:
+        """Each layer's codes of `x [n, L, d_in]` (`dead_mask [L, d_sae]` selects AuxK codes)."""
+        return [
+            activation.encode_input(
+                self.layer(layer), x[:, layer], None if dead_mask is None else dead_mask[layer]
+            )
+            for layer, activation in enumerate(self.family)
+        ]
 
-    def activate(self, pre_acts: Tensor, layer: int | None = None) -> Tensor:
-        """The per-layer activation on `pre_acts [n, L, d_sae]`, or on one layer's `[..., d_sae]`
-        when `layer` is given; returns the same shape."""
-        cfg = self.cfg
-        if cfg.architecture == "jumprelu":
-            assert self.log_threshold is not None
-            log_threshold = self.log_threshold if layer is None else self.log_threshold[layer]
-            return jumprelu(pre_acts, log_threshold.exp(), cfg.jumprelu_bandwidth)
-        if cfg.architecture == "topk":
-            values, indices = pre_acts.topk(cfg.k, dim=-1, sorted=False)
-            return torch.zeros_like(pre_acts).scatter(-1, indices, values.relu())
-        return pre_acts.relu()
+    def _decode_codes(self, codes: list[ForwardOutput], n: int) -> Tensor:
+        """`ŷ [n, L, d_out]` from each layer's codes of `n` tokens (causal sum over source
+        layers + b_dec)."""
+        out = self.b_dec.expand(n, -1, -1).clone()
+        for source, layer_codes in enumerate(codes):
+            written = self.layer(source).decode(layer_codes)
+            out[:, source:] = out[:, source:] + written.view(n, self.n_layers - source, self.d_out)
+        return out
 
     def encode(self, x: Tensor) -> Tensor:
         """Feature activations `[n, L, d_sae]` of `x [n, L, d_in]`."""
-        return self.activate(self.pre_acts(self._check(x)[0]))
+        return torch.stack([c.feature_acts for c in self._codes(self._check(x)[0], None)], dim=1)
 
     def encode_layer(self, x: Tensor, layer: int) -> Tensor:
-        """Feature activations `[..., d_sae]` of layer `layer`'s latents from its input `x [..., d_in]`.
+        """Feature activations `[..., d_sae]` of model layer `layer`'s latents from its input
+        `x [..., d_in]`.
 
         The same per-layer computation as `encode` (which needs every layer's input at once), for
         callers that run the layers one after another.
         """
-        if not 0 <= layer < self.n_layers:
-            raise SparseCircuitsError(
-                f"layer {layer} is out of range for a cross-layer transcoder over {self.n_layers} layers"
-            )
+        index = self._index(layer)
         if x.shape[-1] != self.d_in:
             raise SparseCircuitsError(
                 f"layer {layer} of this cross-layer transcoder expects inputs of width {self.d_in}, got {x.shape[-1]}"
             )
-        x = x.to(self.W_enc.dtype)
-        pre_acts = (x - self.b_in[layer]) @ self.W_enc[layer] + self.b_enc[layer]
-        return self.activate(pre_acts, layer)
+        flat = x.reshape(-1, self.d_in).to(self.W_enc.device, self.W_enc.dtype)
+        codes = self.family[index].encode_input(self.layer(index), flat, None)
+        return codes.feature_acts.reshape(*x.shape[:-1], self.d_sae)
 
-    def layer_view(self, layer: int) -> CLTLayerView:
-        """Return layer `layer`'s latents seen as one per-layer dictionary (see `CLTLayerView`)."""
-        if not 0 <= layer < self.n_layers:
-            raise SparseCircuitsError(
-                f"layer {layer} is out of range for a cross-layer transcoder over {self.n_layers} layers"
-            )
-        return CLTLayerView(self, layer)
+    def layer_writes(self, x: Tensor, layer: int) -> Tensor:
+        """What model layer `layer`'s input `x [n, d_in]` writes to its own output and every later
+        one the CLT covers: `[n, L - index, d_out]`, with that layer's `b_dec` added to its own."""
+        index = self._index(layer)
+        codes = self.family[index].encode_input(self.layer(index), x.to(self.W_enc.dtype), None)
+        written = self.layer(index).decode(codes).view(x.shape[0], -1, self.d_out)
+        bias = torch.zeros_like(self.b_dec[index:])
+        bias[0] = self.b_dec[index]
+        return written + bias
 
     def decode(self, feature_acts: Tensor) -> Tensor:
         """`ŷ [n, L, d_out]` from `feature_acts [n, L, d_sae]` (causal sum over source layers + b_dec)."""
-        n = feature_acts.shape[0]
-        out = self.b_dec.expand(n, -1, -1).clone()
-        for source, W_dec in enumerate(self.W_dec):
-            written = feature_acts[:, source] @ W_dec.flatten(1)
-            out[:, source:] = out[:, source:] + written.view(n, self.n_layers - source, self.d_out)
-        return out
+        codes = [
+            ForwardOutput(dense_acts=feature_acts[:, layer], d_sae=self.d_sae)
+            for layer in range(self.n_layers)
+        ]
+        return self._decode_codes(codes, feature_acts.shape[0])
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
-        """`ForwardOutput` with `out [n, L, d_out]`, `dense_acts`/`pre_acts [n, L, d_sae]`."""
+        """`ForwardOutput` with `out [n, L, d_out]` and `dense_acts [n, L, d_sae]`."""
         x = self._check(x)[0]
-        pre_acts = self.pre_acts(x)
-        acts = self.activate(pre_acts)
+        return self._output(self._codes(x, dead_mask), x.shape[0])
+
+    def _output(self, codes: list[ForwardOutput], n: int) -> ForwardOutput:
+        pre_acts = [c.pre_acts for c in codes]
         return ForwardOutput(
-            out=self.decode(acts), pre_acts=pre_acts, dense_acts=acts, d_sae=self.d_sae
+            out=self._decode_codes(codes, n),
+            pre_acts=None if any(p is None for p in pre_acts) else torch.stack(pre_acts, dim=1),  # type: ignore[arg-type]
+            dense_acts=torch.stack([c.feature_acts for c in codes], dim=1),
+            d_sae=self.d_sae,
         )
+
+    # ----------------------------------------------------------------- the transcoder-set view
+    @property
+    def layers(self) -> list[int]:
+        """The model layers this CLT covers, one per CLT layer: `L` of each output hook
+        `blocks.L.…` (the CLT layer's index where a hook names no layer)."""
+        hooks_out = self.cfg.layer_hooks()[1]
+        found = [hook_layer(hook) for hook in hooks_out]
+        return [i if layer is None else layer for i, layer in enumerate(found)]
+
+    def _index(self, layer: int) -> int:
+        """The CLT layer index of model layer `layer`."""
+        layers = self.layers
+        if layer not in layers:
+            raise SparseCircuitsError(
+                f"layer {layer} is not covered by this cross-layer transcoder (layers {layers})"
+            )
+        return layers.index(layer)
+
+    def hook_in(self, layer: int) -> str:
+        """The hook model layer `layer`'s latents read."""
+        return self.cfg.layer_hooks()[0][self._index(layer)]
+
+    def hook_out(self, layer: int) -> str:
+        """The hook whose value model layer `layer`'s output replaces."""
+        return self.cfg.layer_hooks()[1][self._index(layer)]
+
+    def encoder(self, layer: int) -> EncoderWeights:
+        """Model layer `layer`'s encoder (views of `W_enc`, `b_enc`, `b_in`)."""
+        index = self._index(layer)
+        return EncoderWeights(self.W_enc[index], self.b_enc[index], self.b_in[index])
+
+    def decoders(self, layer: int) -> list[tuple[int, Tensor]]:
+        """`[(target model layer, W_dec block [d_sae, d_out])]` for `layer` and every later layer
+        the CLT covers."""
+        index = self._index(layer)
+        W_dec = self.W_dec[index]
+        targets = self.layers[index:]
+        return [(target, W_dec[:, offset]) for offset, target in enumerate(targets)]
+
+    def skip(self, layer: int) -> Tensor | None:
+        """A CLT has no skip connection: None."""
+        self._index(layer)
+        return None
+
+    def output_bias(self, layer: int) -> Tensor:
+        """The `b_dec` row `[d_out]` added to model layer `layer`'s output."""
+        return self.b_dec[self._index(layer)]
 
     # ----------------------------------------------------------------- loss
     def loss(
         self, x: Tensor, target: Tensor | None, dead_mask: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """As `Dictionary.loss` with a layer axis: `mse` sums the per-layer MSEs, `fvu` averages the
-        per-layer FVUs, `l0` counts active latents per token over all layers, `fired_counts` is
+        """As `Dictionary.loss` with a layer axis: `fvu` averages the per-layer FVUs, `mse` sums
+        the per-layer MSEs, `l0`/`l1` and the penalties sum over layers, `fired_counts` is
         `[L, d_sae]`, `dead_mask` is `[L, d_sae]`. `target [n, L, d_out]` is required (None only
         type-matches `Dictionary.loss`, whose SAEs default it to x)."""
         x, target = self._check(x, _required(target))
@@ -213,51 +360,48 @@ class CrossLayerTranscoder(nn.Module):
             raise SparseCircuitsError(
                 f"dead_mask must be a bool tensor of shape [{self.n_layers}, {self.d_sae}]"
             )
-        fo = self.forward(x)
-        assert fo.out is not None and fo.pre_acts is not None
-        acts = fo.feature_acts
-        squared_error = (fo.out - target).pow(2).sum(dim=(0, 2))  # [L]
+        codes = self._codes(x, dead_mask)
+        fo = self._output(codes, x.shape[0])
+        assert fo.out is not None
+        error = fo.out - target
+        squared_error = error.pow(2).sum(dim=(0, 2))  # [L]
         tiny = torch.finfo(target.dtype).tiny
         total_variance = (target - target.mean(dim=0)).pow(2).sum(dim=(0, 2)).clamp_min(tiny)
         fvu = (squared_error / total_variance).mean()
         mse = squared_error.sum() / x.shape[0]
         recon = fvu if self.cfg.recon_loss == "fvu" else mse
-        norms = self.decoder_norms()
-        sparsity = self._sparsity(fo.pre_acts, acts, norms, dead_mask)
-        loss = recon + sparsity
+        residual = (-error).detach()
+        sparsity = fo.out.new_zeros(())
+        aux = fo.out.new_zeros(())
+        for layer, (activation, layer_codes) in enumerate(zip(self.family, codes, strict=True)):
+            view = self.layer(layer)
+            dead = None if dead_mask is None else dead_mask[layer]
+            sparsity = sparsity + activation.sparsity_loss(view, layer_codes, dead)
+            aux = aux + activation.aux_loss(
+                view,
+                layer_codes,
+                residual[:, layer:].flatten(1),
+                total_variance[layer:].sum(),
+                dead,
+            )
+            if self.training:
+                activation.observe(view, layer_codes)
+        loss = recon + sparsity + self.cfg.aux_k_coefficient * aux
         with torch.no_grad():
             parts = {
                 "loss": loss.detach(),
                 "mse": mse.detach(),
                 "fvu": fvu.detach(),
-                "l0": (acts != 0).sum(dim=(1, 2)).float().mean(),
-                "l1": (acts.abs() * norms).sum(dim=(1, 2)).mean().detach(),
+                "l0": torch.stack([c.l0() for c in codes]).sum(),
+                "l1": torch.stack(
+                    [c.weighted_l1(self.layer(i).decoder_norms()) for i, c in enumerate(codes)]
+                ).sum(),
                 "sparsity": sparsity.detach(),
-                "aux": torch.zeros(()),
+                "aux": aux.detach(),
                 "n_dead": torch.tensor(0 if dead_mask is None else int(dead_mask.sum())),
-                "fired_counts": (acts != 0).sum(dim=0),
+                "fired_counts": torch.stack([c.fired_counts() for c in codes]),
             }
         return loss, parts
-
-    def _sparsity(
-        self, pre_acts: Tensor, acts: Tensor, norms: Tensor, dead_mask: Tensor | None
-    ) -> Tensor:
-        cfg = self.cfg
-        if cfg.architecture == "topk":
-            return acts.new_zeros(())
-        if cfg.architecture == "relu":
-            return cfg.l1_coefficient * (acts.abs() * norms).sum(dim=(1, 2)).mean()
-        assert self.log_threshold is not None
-        threshold = self.log_threshold.exp()
-        if cfg.jumprelu_sparsity == "tanh":
-            penalty = tanh_penalty(acts, norms, cfg.tanh_scale)
-        else:
-            penalty = step(pre_acts, threshold, cfg.jumprelu_bandwidth).sum(dim=(1, 2)).mean()
-        loss = cfg.l0_coefficient * penalty
-        if cfg.pre_act_loss_coefficient > 0 and dead_mask is not None and bool(dead_mask.any()):
-            shortfall = (threshold - pre_acts).relu() * dead_mask * norms
-            loss = loss + cfg.pre_act_loss_coefficient * shortfall.sum(dim=(1, 2)).mean()
-        return loss
 
     # ----------------------------------------------------------------- training hooks
     def before_optimizer_step(self) -> None:
@@ -267,27 +411,23 @@ class CrossLayerTranscoder(nn.Module):
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        """Under "unit" decoder norm, renormalise the concatenated decoder vectors."""
+        """Under "unit" decoder norm, renormalise the concatenated decoder vectors; run family hooks."""
         if self.cfg.decoder_norm == "unit":
             self.normalize_decoder()
+        for layer, activation in enumerate(self.family):
+            activation.after_step(self.layer(layer))
 
     @torch.no_grad()
     def remove_parallel_grads(self) -> None:
         """Project out of each `W_dec[ℓ].grad` row the component parallel to that (concatenated) row."""
         for W_dec in self.W_dec:
-            if W_dec.grad is None:
-                continue
-            flat, grad = W_dec.flatten(1), W_dec.grad.flatten(1)
-            unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(torch.finfo(flat.dtype).eps)
-            grad.sub_((grad * unit).sum(dim=1, keepdim=True) * unit)
+            remove_parallel_grad(W_dec)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Rescale each latent's concatenated decoder vector to unit norm."""
         for W_dec in self.W_dec:
-            W_dec.div_(
-                W_dec.flatten(1).norm(dim=1).clamp_min(torch.finfo(W_dec.dtype).eps)[:, None, None]
-            )
+            normalize_rows(W_dec)
 
     def _check(self, x: Tensor, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
         expected = (self.n_layers, self.d_in)
@@ -317,58 +457,29 @@ def _required(target: Tensor | None) -> Tensor:
     return target
 
 
-class CLTLayerView:
-    """The latents of one layer of a `CrossLayerTranscoder`, shaped like a per-layer dictionary for
-    per-latent tools (dashboards).
+def _family_keys(clt: nn.Module) -> list[str]:
+    """Names of the per-layer family tensors (`activations.0.<name>` -> `<name>`)."""
+    first = cast(nn.ModuleList, clt.activations)[0]
+    return list(first.state_dict())
 
-    `cfg` is the CLT's config with that layer's hooks filled in (`kind` stays "clt");
-    `encode(x [..., d_in]) -> [..., d_sae]`; `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `b_in [d_in]`
-    are the layer's own. `W_dec [d_sae, d_out]` is each latent's total write into the residual
-    stream: the sum of its decoder blocks over every MLP output it writes to, which is what its
-    direct effect on the logits reads.
-    """
 
-    def __init__(self, clt: CrossLayerTranscoder, layer: int) -> None:
-        hooks_in, hooks_out = clt.cfg.layer_hooks()
-        self.clt = clt
-        self.layer = layer
-        self.cfg = replace(clt.cfg, hook_in=hooks_in[layer], hook_out=hooks_out[layer])
+def _stack_family_state(
+    module: nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    """State-dict hook: `activations.ℓ.<name> [...]` -> one `<name> [L, ...]` (the saved layout)."""
+    n_layers = len(cast(nn.ModuleList, module.activations))
+    for name in _family_keys(module):
+        per_layer = [state.pop(f"{prefix}activations.{layer}.{name}") for layer in range(n_layers)]
+        state[prefix + name] = torch.stack(per_layer)
 
-    @property
-    def d_in(self) -> int:
-        """Input width."""
-        return self.clt.d_in
 
-    @property
-    def d_sae(self) -> int:
-        """Latents in this layer."""
-        return self.clt.d_sae
-
-    @property
-    def d_out(self) -> int:
-        """Output width (of each MLP output written)."""
-        return self.clt.d_out
-
-    @property
-    def W_enc(self) -> Tensor:
-        """This layer's encoder `[d_in, d_sae]`."""
-        return self.clt.W_enc[self.layer]
-
-    @property
-    def b_enc(self) -> Tensor:
-        """This layer's encoder bias `[d_sae]`."""
-        return self.clt.b_enc[self.layer]
-
-    @property
-    def b_in(self) -> Tensor:
-        """This layer's input bias `[d_in]`."""
-        return self.clt.b_in[self.layer]
-
-    @property
-    def W_dec(self) -> Tensor:
-        """Each latent's decoder blocks summed over the layers it writes to, `[d_sae, d_out]`."""
-        return self.clt.W_dec[self.layer].sum(dim=1)
-
-    def encode(self, x: Tensor) -> Tensor:
-        """Feature activations `[..., d_sae]` of this layer's input `x [..., d_in]`."""
-        return self.clt.encode_layer(x, self.layer)
+def _unstack_family_state(
+    module: nn.Module, state: dict[str, Any], prefix: str, *args: Any
+) -> None:
+    """Load-state-dict pre-hook: the inverse of `_stack_family_state`."""
+    for name in _family_keys(module):
+        stacked = state.pop(prefix + name, None)
+        if stacked is None:
+            continue
+        for layer, tensor in enumerate(stacked.unbind(0)):
+            state[f"{prefix}activations.{layer}.{name}"] = tensor

@@ -26,7 +26,6 @@ from sparsecircuits.errors import SparseCircuitsError
 
 KINDS = ("sae", "transcoder", "skip_transcoder", "clt")
 SAE_ONLY = ("topafa", "mp")  # need the input to be the target (AFA norm target; tied MP dictionary)
-CLT_ARCHITECTURES = ("relu", "jumprelu", "topk")
 TOPK_FAMILY = ("topk", "batchtopk", "abstopk", "topafa", "mp")
 DTYPES = {
     "float32": torch.float32,
@@ -113,13 +112,8 @@ class DictionaryConfig:
             raise SparseCircuitsError(
                 f"architecture {self.architecture!r} is for SAEs only (kind='sae')"
             )
-        if self.kind == "clt":
-            if self.architecture not in CLT_ARCHITECTURES:
-                raise SparseCircuitsError(
-                    f"a cross-layer transcoder supports architectures {', '.join(CLT_ARCHITECTURES)} (got {self.architecture!r})"
-                )
-            if self.n_layers < 1:
-                raise SparseCircuitsError(f"n_layers must be >= 1 (got {self.n_layers})")
+        if self.kind == "clt" and self.n_layers < 1:
+            raise SparseCircuitsError(f"n_layers must be >= 1 (got {self.n_layers})")
         self.d_out = self.d_out or self.d_in
         self.hook_out = self.hook_out or self.hook_in
         if self.d_out <= 0:
@@ -172,11 +166,6 @@ class DictionaryConfig:
         """The `torch.dtype` named by `dtype`."""
         return DTYPES[self.dtype]
 
-    @property
-    def is_transcoder(self) -> bool:
-        """True for transcoders (input and output hooks differ in role even when equal in size)."""
-        return self.kind != "sae"
-
     def layer_hooks(self) -> tuple[list[str], list[str]]:
         """Input and output hook names per layer of a cross-layer transcoder (templates filled with
         `{layer}`; a hook without the placeholder is used for every layer)."""
@@ -184,3 +173,11 @@ class DictionaryConfig:
         return [self.hook_in.format(layer=i) for i in layers], [
             self.hook_out.format(layer=i) for i in layers
         ]
+
+
+def hook_layer(hook: str) -> int | None:
+    """The layer L of a hook named `blocks.L.…`, else None."""
+    parts = hook.split(".")
+    if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit():
+        return int(parts[1])
+    return None

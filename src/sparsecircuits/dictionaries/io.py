@@ -23,7 +23,7 @@ transcoder with `d_in == d_out` (every MLP transcoder) also "topk" (SAELens' Top
 no TopK transcoder with `d_in != d_out` nor a TopK skip transcoder: those are saved as the
 documented extensions "topk_transcoder" / "topk_skip_transcoder", loadable by us only.
 
-`load_dictionary` also reads folders written by SAELens itself (standard, topk, transcoder,
+`load` also reads folders written by SAELens itself (standard, topk, transcoder,
 skip_transcoder; an SAE's `apply_b_dec_to_input: true` becomes `b_in = b_dec`).
 """
 
@@ -41,8 +41,10 @@ from torch import Tensor
 from sparsecircuits.config import from_dict, to_dict
 from sparsecircuits.dictionaries.base import Dictionary
 from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
-from sparsecircuits.dictionaries.config import DictionaryConfig
+from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
+from sparsecircuits.dictionaries.transcoders import PerLayerTranscoders
 from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.models.embedded import embedded_dir
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -284,30 +286,16 @@ def _complete_saelens_tensors(
             tensors["b_dec"] = torch.zeros_like(tensors["b_dec"])
 
 
-def load_dictionary(folder: str | Path, device: str | torch.device | None = None) -> Dictionary:
-    """Load the SAE or transcoder saved in `folder` (see `load_sparse_coder` for any kind).
-
-    `device` defaults to the saved device (the CPU when that was CUDA and CUDA is absent).
-    Raises `SparseCircuitsError` for a missing or corrupt folder, an unknown architecture, or a
-    cross-layer transcoder.
-    """
-    loaded = load_sparse_coder(folder, device=device)
-    if not isinstance(loaded, Dictionary):
-        raise SparseCircuitsError(
-            f"{folder} holds a cross-layer transcoder: load it with load_sparse_coder"
-        )
-    return loaded
-
-
-def load_sparse_coder(
+def load(
     folder: str | Path, device: str | torch.device | None = None
 ) -> Dictionary | CrossLayerTranscoder:
-    """Load the dictionary saved in `folder`; returns an `SAE`, `Transcoder` or `CrossLayerTranscoder`.
+    """Load the dictionary saved in `folder` (ours or SAELens'): a `Dictionary` (SAE,
+    transcoder, skip transcoder) or a `CrossLayerTranscoder`.
 
     `device` defaults to the saved device (the CPU when that was CUDA and CUDA is absent).
     Raises `SparseCircuitsError` for a missing or corrupt folder or an unknown architecture.
     """
-    from sparsecircuits.dictionaries import make_sparse_coder
+    from sparsecircuits.dictionaries import make
 
     folder = Path(folder)
     raw = _read_cfg(folder)
@@ -331,7 +319,7 @@ def load_sparse_coder(
     if extra_path.is_file():
         tensors.update(_load_tensors(extra_path))
 
-    dictionary = make_sparse_coder(cfg, init=False)
+    dictionary = make(cfg, init=False)
     if isinstance(dictionary, Dictionary):
         _complete_saelens_tensors(dictionary, raw, tensors)
     expected = dictionary.state_dict()
@@ -351,28 +339,21 @@ def load_sparse_coder(
     return dictionary
 
 
-def _embedded_transcoders_dir() -> Path:
-    try:
-        from sparsecircuits.models.embedded import embedded_dir  # type: ignore[attr-defined]
-    except ImportError:
-        raise SparseCircuitsError(
-            "the embedded model is not available in this installation; pass a folder of saved transcoders instead"
-        ) from None
-    return Path(embedded_dir()) / "transcoders"
-
-
 def load_transcoders(
     name_or_path: str | Path = "embedded", device: str | torch.device | None = None
-) -> dict[int, Dictionary]:
-    """Load every transcoder folder under `name_or_path` as `{layer: Dictionary}`, sorted by layer.
+) -> PerLayerTranscoders | CrossLayerTranscoder:
+    """Load the transcoder set in `name_or_path` (see `transcoders.TranscoderSet`).
 
-    `"embedded"` means the transcoders shipped with the embedded model. The layer comes from
-    `hook_in` (`blocks.{L}.…`), else from the folder name's trailing digits.
+    `"embedded"` means the transcoders shipped with the embedded model. A saved cross-layer
+    transcoder's folder (or a folder whose only saved dictionary is one) gives the
+    `CrossLayerTranscoder`; a folder of per-layer transcoder folders (or one such folder) gives
+    `PerLayerTranscoders`, each layer read from `hook_in` (`blocks.{L}.…`), else from the folder
+    name's trailing digits.
     """
-    root = _embedded_transcoders_dir() if str(name_or_path) == "embedded" else Path(name_or_path)
+    root = embedded_dir() / "transcoders" if str(name_or_path) == "embedded" else Path(name_or_path)
     if not root.is_dir():
         raise SparseCircuitsError(
-            f"no transcoder folder at {root}; pass a folder with one sub-folder per layer"
+            f"no transcoder folder at {root}; pass a folder with one sub-folder per layer or a saved cross-layer transcoder"
         )
     folders = (
         [root]
@@ -385,15 +366,17 @@ def load_transcoders(
         )
     result: dict[int, Dictionary] = {}
     for folder in folders:
-        dictionary = load_sparse_coder(folder, device=device)
+        dictionary = load(folder, device=device)
         if isinstance(dictionary, CrossLayerTranscoder):
-            raise SparseCircuitsError(
-                f"{folder} holds a cross-layer transcoder, not a per-layer transcoder; load it with "
-                "load_circuit_transcoders (or pass its folder alone to ReplacementModel.load)"
-            )
+            if len(folders) > 1:
+                raise SparseCircuitsError(
+                    f"{root} holds a cross-layer transcoder ({folder.name}) beside other dictionaries; "
+                    "pass the cross-layer transcoder's folder alone"
+                )
+            return dictionary
         if dictionary.cfg.kind == "sae":
             raise SparseCircuitsError(
-                f"{folder} holds a {dictionary.cfg.kind}, not a per-layer transcoder; pass a folder of transcoders"
+                f"{folder} holds an SAE, not a per-layer transcoder; pass a folder of transcoders"
             )
         layer = _layer_of(dictionary, folder)
         if layer in result:
@@ -401,44 +384,13 @@ def load_transcoders(
                 f"{root} holds two transcoders for layer {layer}; keep one per layer"
             )
         result[layer] = dictionary
-    return dict(sorted(result.items()))
-
-
-def _holds_clt(folder: Path) -> bool:
-    """Whether `folder/cfg.json` describes a cross-layer transcoder (read without loading weights)."""
-    ours = _read_cfg(folder).get("sparsecircuits")
-    config = ours.get("config") if isinstance(ours, dict) else None
-    return isinstance(config, dict) and config.get("kind") == "clt"
-
-
-def load_circuit_transcoders(
-    name_or_path: str | Path = "embedded", device: str | torch.device | None = None
-) -> dict[int, Dictionary] | CrossLayerTranscoder:
-    """Load what a replacement model replaces its MLPs with: a saved cross-layer transcoder, or
-    per-layer transcoders.
-
-    Returns the `CrossLayerTranscoder` when `name_or_path` is a saved CLT folder or a folder whose
-    only saved dictionary is one; otherwise `load_transcoders(name_or_path)` (`{layer: Dictionary}`).
-    """
-    if str(name_or_path) != "embedded":
-        root = Path(name_or_path)
-        if root.is_dir():
-            folders = (
-                [root]
-                if (root / CFG_FILENAME).is_file()
-                else [p for p in root.iterdir() if (p / CFG_FILENAME).is_file()]
-            )
-            if len(folders) == 1 and _holds_clt(folders[0]):
-                loaded = load_sparse_coder(folders[0], device=device)
-                assert isinstance(loaded, CrossLayerTranscoder)
-                return loaded
-    return load_transcoders(name_or_path, device=device)
+    return PerLayerTranscoders(result)
 
 
 def _layer_of(dictionary: Dictionary, folder: Path) -> int:
-    layer = getattr(dictionary, "layer", None)
+    layer = hook_layer(dictionary.cfg.hook_in)
     if layer is not None:
-        return int(layer)
+        return layer
     digits = ""
     for char in reversed(folder.name):
         if not char.isdigit():

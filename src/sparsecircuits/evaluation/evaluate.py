@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 
-from sparsecircuits.dictionaries import CrossLayerTranscoder, SparseCoder
+from sparsecircuits.dictionaries import SparseCoder
 from sparsecircuits.evaluation.metrics import reconstruction_metrics
 from sparsecircuits.evaluation.splice import (
     Baseline,
     baseline_losses,
-    check_clt_hooks,
+    check_splice_hooks,
     spliced_hooks,
     spliced_losses,
 )
@@ -51,14 +51,14 @@ def evaluate_dictionaries(
     d_in, d_sae, d_out, k, l0, l1, mse, fvu, explained_variance, cossim, dead_frac, dense_frac,
     ce_loss_clean, ce_loss_spliced, ce_loss_zero_ablated, ce_loss_mean_ablated,
     ce_loss_recovered, ce_loss_recovered_vs_mean, kl_div` plus SAELens aliases. A
-    `CrossLayerTranscoder` adds `n_layers` and `layers` (per-layer reconstruction metrics), has
-    `{layer}` templates as hooks and totals over its layers (see `clt_reconstruction_metrics`);
-    its CE losses splice, and ablate, all its layers' outputs at once. Dictionaries writing the
+    dictionary over several layers (a cross-layer transcoder) adds `n_layers` and `layers`
+    (per-layer reconstruction metrics), has `{layer}` templates as hooks and totals over its
+    layers (see `reconstruction_metrics`); its CE losses splice, and ablate, all its layers'
+    outputs at once. Dictionaries writing the
     same hooks share one clean and ablated baseline.
     """
     for d in dictionaries.values():
-        if isinstance(d, CrossLayerTranscoder):
-            check_clt_hooks(adapter, *d.cfg.layer_hooks())
+        check_splice_hooks(adapter, *d.cfg.layer_hooks())
     hooks = sorted({h for d in dictionaries.values() for h in d.hook_names()})
     acts = harvest_pairs(adapter, batches, hooks)
     records = []
@@ -80,13 +80,11 @@ def evaluate_dictionaries(
             "k": getattr(cfg, "k", None),
         }
         hooks_out = spliced_hooks(dictionary)
-        if isinstance(dictionary, CrossLayerTranscoder):
-            record["n_layers"] = dictionary.n_layers
-            x, target = dictionary.inputs_from(acts)
-            record.update(reconstruction_metrics(dictionary, x, target))
-            del x, target
-        else:
-            record.update(reconstruction_metrics(dictionary, acts[cfg.hook_in], acts[cfg.hook_out]))
+        x, target = dictionary.inputs_from(acts)
+        if x.ndim == 3:  # a layer axis
+            record["n_layers"] = x.shape[1]
+        record.update(reconstruction_metrics(dictionary, x, x if target is None else target))
+        del x, target
         if hooks_out not in baselines:
             means = {hook: acts[hook].mean(0) for hook in hooks_out}
             baselines[hooks_out] = baseline_losses(adapter, batches, hooks_out, means)

@@ -1,10 +1,10 @@
 """Next-token loss with a dictionary spliced into the model, against clean and ablated runs.
 
-A per-layer dictionary replaces its `hook_out` with its reconstruction of `hook_in`. A
-cross-layer transcoder replaces every MLP output it writes *at once* (`clt_splice`): at layer t
-the output becomes `ŷ_t = Σ_{ℓ <= t} a_ℓ W_dec,ℓ[:, t - ℓ] + b_dec,t`, where each `a_ℓ` encodes
-the layer-ℓ input of the same (spliced) forward pass. Its clean and ablated baselines ablate all
-those outputs together.
+A dictionary replaces every output hook it writes *at once* (`splice`): at layer t the output
+becomes `ŷ_t = Σ_{ℓ <= t} a_ℓ W_dec,ℓ[:, t - ℓ] + b_dec,t`, where each `a_ℓ` encodes the layer-ℓ
+input of the same (spliced) forward pass. A per-layer dictionary is the one-layer case: its
+`hook_out` becomes its reconstruction of `hook_in`. The clean and ablated baselines ablate all
+the written outputs together.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sparsecircuits.dictionaries import CrossLayerTranscoder, SparseCoder
+from sparsecircuits.dictionaries import SparseCoder
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models import ModelAdapter
 
@@ -66,103 +66,102 @@ def mean_activations(
 
 
 def spliced_hooks(dictionary: SparseCoder) -> tuple[str, ...]:
-    """Return the hooks a splice of `dictionary` replaces: `(hook_out,)`, or every CLT layer's."""
-    if isinstance(dictionary, CrossLayerTranscoder):
-        return tuple(dictionary.cfg.layer_hooks()[1])
-    return (dictionary.cfg.hook_out,)
+    """Return the hooks a splice of `dictionary` replaces: its output hook, one per layer."""
+    return tuple(dictionary.cfg.layer_hooks()[1])
 
 
-def check_clt_hooks(
+def check_splice_hooks(
     adapter: ModelAdapter, hooks_in: Sequence[str], hooks_out: Sequence[str]
 ) -> None:
-    """Raise unless a CLT's per-layer hooks can be spliced into `adapter`'s forward pass.
+    """Raise unless a dictionary reading `hooks_in` and writing `hooks_out` (one pair per layer)
+    can be spliced into `adapter`'s forward pass.
 
-    Every name must be a hook of the model (not an attention pattern), the input and output
-    hooks distinct from each other and between layers, and each layer's input must come before
-    its output.
+    Every name must be a hook of the model (not an attention pattern); hooks may not repeat
+    across layers; each layer's input must come before its output or be that same hook (an SAE).
     """
     points_in = [adapter.hook_point(hook) for hook in hooks_in]
     points_out = [adapter.hook_point(hook) for hook in hooks_out]
-    names = [*hooks_in, *hooks_out]
-    if len(set(names)) != len(names):
+    per_layer = [{hook_in, hook_out} for hook_in, hook_out in zip(hooks_in, hooks_out, strict=True)]
+    if sum(len(hooks) for hooks in per_layer) != len(set().union(*per_layer)):
         raise SparseCircuitsError(
-            "a cross-layer transcoder needs distinct hooks per layer and between input and output; "
+            "a dictionary spanning several layers needs distinct hooks per layer; "
             f"got inputs {list(hooks_in)} and outputs {list(hooks_out)}"
         )
     for point_in, point_out in zip(points_in, points_out, strict=True):
         for point in (point_in, point_out):
             if point.kind == "attn.hook_pattern":
                 raise SparseCircuitsError(
-                    f"a cross-layer transcoder cannot read or write {point.name}; use residual or MLP hooks"
+                    f"cannot splice a dictionary at {point.name}; use residual, MLP or attention-output hooks"
                 )
-        if point_in.order >= point_out.order:
+        if point_in.order > point_out.order:
             raise SparseCircuitsError(
-                f"a cross-layer transcoder reads {point_in.name} after it writes {point_out.name}; "
+                f"a dictionary reads {point_in.name} after it writes {point_out.name}; "
                 "each layer's hook_in must come before its hook_out"
             )
 
 
 @contextlib.contextmanager
-def clt_splice(adapter: ModelAdapter, clt: CrossLayerTranscoder) -> Iterator[ModelAdapter]:
-    """Context manager: every MLP output `clt` writes becomes its reconstruction, all at once.
+def splice(adapter: ModelAdapter, dictionary: SparseCoder) -> Iterator[ModelAdapter]:
+    """Context manager: every output hook of `dictionary` becomes its reconstruction, all at once.
 
-    In each forward pass the input hook of layer ℓ (`[b, p, d_in]`) is encoded to `a_ℓ` and its
-    decoder blocks are added to the pending outputs of layers t >= ℓ; the output hook of layer t
-    (`[b, p, d_out]`) is replaced by `ŷ_t = b_dec,t + Σ_{ℓ <= t} a_ℓ W_dec,ℓ[:, t - ℓ]`, summed in
-    the order `CrossLayerTranscoder.decode` uses. The inputs are those of the spliced pass, so
-    reconstruction errors propagate as they would in a replacement model.
+    Per layer ℓ of the dictionary (one for a per-layer dictionary), the input hook (`[b, p,
+    d_in]`, or hook_z's `[b, p, heads, d_head]`) is encoded and its writes are added to the
+    pending outputs of layers t >= ℓ (`layer_writes`); the output hook of layer t is replaced by
+    `ŷ_t = b_dec,t + Σ_{ℓ <= t} (what layer ℓ writes to t)`. For a per-layer dictionary that is
+    its reconstruction; an SAE reads and replaces one hook. The inputs are those of the spliced
+    pass, so reconstruction errors propagate as they would in a replacement model.
     """
-    hooks_in, hooks_out = clt.cfg.layer_hooks()
-    check_clt_hooks(adapter, hooks_in, hooks_out)
-    n_layers, d_out = clt.n_layers, clt.d_out
+    hooks_in, hooks_out = dictionary.cfg.layer_hooks()
+    check_splice_hooks(adapter, hooks_in, hooks_out)
+    layers, n_layers = dictionary.layers, len(hooks_in)
     pending: list[torch.Tensor | None] = [None] * n_layers  # ŷ_t, [b·p, d_out]
     read = [0]  # layers whose input this forward pass has encoded
 
-    def encode(layer: int) -> Callable[[torch.Tensor], None]:
+    def encode(index: int) -> Callable[[torch.Tensor], None]:
         def fn(act: torch.Tensor) -> None:
-            if layer == 0:  # a new forward pass
+            if index == 0:  # a new forward pass
                 pending[:] = [None] * n_layers
                 read[0] = 0
-            if read[0] != layer:
-                raise RuntimeError(f"clt_splice: {hooks_in[layer]} ran out of layer order")
-            flat = act.reshape(-1, act.shape[-1])
-            n = flat.shape[0]
-            feature_acts = clt.encode_layer(flat, layer)
-            written = (feature_acts @ clt.W_dec[layer].flatten(1)).view(n, n_layers - layer, d_out)
-            for target in range(layer, n_layers):
-                before = pending[target]
-                start = clt.b_dec[target].expand(n, -1) if before is None else before
-                pending[target] = start + written[:, target - layer]
-            read[0] = layer + 1
+            if read[0] != index:
+                raise RuntimeError(f"splice: {hooks_in[index]} ran out of layer order")
+            written = dictionary.layer_writes(act.reshape(-1, dictionary.d_in), layers[index])
+            for offset in range(written.shape[1]):
+                before = pending[index + offset]
+                block = written[:, offset]
+                pending[index + offset] = block if before is None else before + block
+            read[0] = index + 1
 
         return fn
 
-    def replace(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def replace(index: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def fn(act: torch.Tensor) -> torch.Tensor:
-            out = pending[layer]
-            if read[0] <= layer or out is None:
-                raise RuntimeError(f"clt_splice: {hooks_out[layer]} ran before {hooks_in[layer]}")
-            pending[layer] = None
+            out = pending[index]
+            if read[0] <= index or out is None:
+                raise RuntimeError(f"splice: {hooks_out[index]} ran before {hooks_in[index]}")
+            pending[index] = None
             return out.reshape(act.shape).to(act.dtype)
 
         return fn
 
     hook_fns: dict[str, Callable[[torch.Tensor], torch.Tensor | None]] = {}
-    for layer in range(n_layers):
-        hook_fns[hooks_in[layer]] = encode(layer)
-        hook_fns[hooks_out[layer]] = replace(layer)
+    for index in range(n_layers):
+        if hooks_in[index] == hooks_out[index]:
+            hook_fns[hooks_in[index]] = _encode_then_replace(encode(index), replace(index))
+        else:
+            hook_fns[hooks_in[index]] = encode(index)
+            hook_fns[hooks_out[index]] = replace(index)
     with adapter.hooks(hook_fns):
         yield adapter
 
 
-def _splice(adapter: ModelAdapter, dictionary: SparseCoder) -> contextlib.AbstractContextManager:
-    if isinstance(dictionary, CrossLayerTranscoder):
-        return clt_splice(adapter, dictionary)
+def _encode_then_replace(
+    encode: Callable[[torch.Tensor], None], replace: Callable[[torch.Tensor], torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    def fn(act: torch.Tensor) -> torch.Tensor:
+        encode(act)
+        return replace(act)
 
-    def reconstruct(act: torch.Tensor) -> torch.Tensor:
-        return dictionary.reconstruct(act).to(act.dtype)
-
-    return adapter.splice(dictionary.cfg.hook_in, dictionary.cfg.hook_out, reconstruct)
+    return fn
 
 
 # Cached clean log-probs above this size are dropped (a 50k vocabulary at 8k tokens is 1.6 GB).
@@ -226,8 +225,8 @@ def spliced_losses(
     """Return CE losses of the clean, spliced, zero-ablated and mean-ablated model, and KL.
 
     `batches` are token tensors `[b, p]`. A dictionary reads `cfg.hook_in` and its output
-    replaces `cfg.hook_out`; a `CrossLayerTranscoder` replaces all its layers' outputs at once
-    (`clt_splice`) and is ablated at all of them. `mean_out` is the activation used for mean
+    replaces `cfg.hook_out`; a cross-layer transcoder replaces all its layers' outputs at once
+    (`splice`) and is ablated at all of them. `mean_out` is the activation used for mean
     ablation, `[d_out]` (a CLT: `{hook_out: [d_out]}` per layer); the mean over the window when
     None. `baseline` (from `baseline_losses` on the same batches and hooks) skips recomputing
     the clean and ablated runs. Returns `ce_loss_clean`, `ce_loss_spliced`,
@@ -257,7 +256,7 @@ def spliced_losses(
             clean_lp = baseline.clean_logprobs[i]
         else:
             _, clean_lp = _next_token_ce_and_logprobs(adapter.forward(ids), ids)
-        with _splice(adapter, dictionary):
+        with splice(adapter, dictionary):
             spliced_ce, spliced_lp = _next_token_ce_and_logprobs(adapter.forward(ids), ids)
         spliced += float(spliced_ce)
         kl += float((clean_lp.exp() * (clean_lp - spliced_lp)).sum())

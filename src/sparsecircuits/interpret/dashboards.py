@@ -15,16 +15,21 @@ sampling: the k largest of i.i.d. uniform keys over the active tokens is a unifo
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from sparsecircuits.errors import SparseCircuitsError
+
+if TYPE_CHECKING:
+    from sparsecircuits.dictionaries import SparseCoder
+    from sparsecircuits.models import ModelAdapter
 
 # Hooks whose activation is added straight into the residual stream, so W_dec @ W_U is meaningful.
 RESIDUAL_WRITERS = (
@@ -273,9 +278,53 @@ def _merge(
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class FeatureLayer:
+    """One layer of a dictionary's features, as dashboards read them.
+
+    `encode(x [n, d_in]) -> [n, d_sae]`; `W_enc [d_in, d_sae]` and `b_in [d_in]` (None for a
+    dictionary that encodes with its decoder); `W_dec [d_sae, d_out]` is each latent's total
+    write (its decoder blocks summed over every output it writes to).
+    """
+
+    hook_in: str
+    hook_out: str
+    kind: str
+    d_in: int
+    d_sae: int
+    d_out: int
+    encode: Callable[[Tensor], Tensor]
+    W_enc: Tensor | None
+    b_in: Tensor | None
+    W_dec: Tensor
+
+
+def feature_layers(name: str, dictionary: SparseCoder) -> dict[str, FeatureLayer]:
+    """`{name: FeatureLayer}` for a per-layer dictionary; `{"{name}.layer{i}": ...}` per layer of
+    a dictionary over several layers."""
+    hooks_in, hooks_out = dictionary.cfg.layer_hooks()
+    out: dict[str, FeatureLayer] = {}
+    for index, layer in enumerate(dictionary.layers):
+        encoder = None if dictionary.W_enc is None else dictionary.encoder(layer)
+        key = name if len(hooks_in) == 1 else f"{name}.layer{index}"
+        out[key] = FeatureLayer(
+            hook_in=hooks_in[index],
+            hook_out=hooks_out[index],
+            kind=dictionary.cfg.kind,
+            d_in=dictionary.d_in,
+            d_sae=dictionary.d_sae,
+            d_out=dictionary.d_out,
+            encode=functools.partial(dictionary.encode_layer, layer=layer),
+            W_enc=None if encoder is None else encoder.W_enc,
+            b_in=None if encoder is None else encoder.b_in,
+            W_dec=functools.reduce(torch.add, [block for _, block in dictionary.decoders(layer)]),
+        )
+    return out
+
+
 def compute_dashboards(
-    adapter: Any,
-    dictionaries: Mapping[str, Any],
+    adapter: ModelAdapter,
+    dictionaries: Mapping[str, SparseCoder],
     token_batches: Iterable[Tensor],
     config: DashboardConfig | None = None,
     *,
@@ -286,24 +335,27 @@ def compute_dashboards(
 
     `token_batches` yields `input_ids [batch, pos]`; each batch runs the model once (stopping after
     the last hooked layer) and feeds every dictionary reading one of its `hook_in`s. Stops after
-    `max_tokens` tokens when given. A `CrossLayerTranscoder` gives one entry per layer,
-    `"{name}.layer{i}"`, whose output logits are those of each latent's summed decoder blocks.
+    `max_tokens` tokens when given. A dictionary over several layers (a cross-layer transcoder)
+    gives one entry per layer, `"{name}.layer{i}"`, whose output logits are those of each
+    latent's summed decoder blocks (see `feature_layers`).
     """
     cfg = config or DashboardConfig()
     if not dictionaries:
         raise SparseCircuitsError("compute_dashboards got no dictionaries; pass at least one")
-    dictionaries = _per_layer(dictionaries)
-    hooks = sorted(
-        {d.cfg.hook_in for d in dictionaries.values()}, key=lambda h: adapter.hook_point(h).order
-    )
-    for name, dictionary in dictionaries.items():
-        if adapter.hook_dim(dictionary.cfg.hook_in) != dictionary.d_in:
+    layers = {
+        key: layer
+        for name, dictionary in dictionaries.items()
+        for key, layer in feature_layers(name, dictionary).items()
+    }
+    hooks = sorted({f.hook_in for f in layers.values()}, key=lambda h: adapter.hook_point(h).order)
+    for name, f in layers.items():
+        if adapter.hook_dim(f.hook_in) != f.d_in:
             raise SparseCircuitsError(
-                f"dictionary {name} reads {dictionary.cfg.hook_in} with d_in={dictionary.d_in}, but the model's "
-                f"width there is {adapter.hook_dim(dictionary.cfg.hook_in)}; use dictionaries trained on this model"
+                f"dictionary {name} reads {f.hook_in} with d_in={f.d_in}, but the model's "
+                f"width there is {adapter.hook_dim(f.hook_in)}; use dictionaries trained on this model"
             )
     device = adapter.device
-    accs = {name: _Accumulator(d.d_sae, cfg, device) for name, d in dictionaries.items()}
+    accs = {name: _Accumulator(f.d_sae, cfg, device) for name, f in layers.items()}
     generator = torch.Generator().manual_seed(cfg.seed)
     seen_ids: set[int] = set()
     n_seen = 0
@@ -319,9 +371,9 @@ def compute_dashboards(
             valid = torch.ones(input_ids.shape, dtype=torch.bool, device=device)
             if cfg.skip_first_position:
                 valid[:, 0] = False
-            for name, dictionary in dictionaries.items():
-                mlp_in = cache[dictionary.cfg.hook_in]
-                acts = dictionary.encode(mlp_in.reshape(-1, mlp_in.shape[-1])).float()
+            for name, f in layers.items():
+                mlp_in = cache[f.hook_in]
+                acts = f.encode(mlp_in.reshape(-1, mlp_in.shape[-1])).float()
                 accs[name].update(acts.reshape(*input_ids.shape, -1), input_ids, valid, generator)
             n_seen += input_ids.numel()
             bar.update(input_ids.numel())
@@ -329,8 +381,8 @@ def compute_dashboards(
     if n_seen == 0:
         raise SparseCircuitsError("the dataset gave no token batches; pass a non-empty dataset")
     results: dict[str, FeatureDashboards] = {}
-    for name, dictionary in dictionaries.items():
-        results[name] = _finish(name, dictionary, accs[name], adapter, cfg)
+    for name, f in layers.items():
+        results[name] = _finish(name, f, accs[name], adapter, cfg)
         seen_ids.update(_referenced_ids(results[name]))
     strings = _token_strings(adapter.tokenizer, seen_ids)
     for dash in results.values():
@@ -338,24 +390,14 @@ def compute_dashboards(
     return results
 
 
-def _per_layer(dictionaries: Mapping[str, Any]) -> dict[str, Any]:
-    """Replace each cross-layer transcoder by its per-layer views (`"{name}.layer{i}"`)."""
-    from sparsecircuits.dictionaries import CrossLayerTranscoder
-
-    out: dict[str, Any] = {}
-    for name, dictionary in dictionaries.items():
-        if isinstance(dictionary, CrossLayerTranscoder):
-            for layer in range(dictionary.n_layers):
-                out[f"{name}.layer{layer}"] = dictionary.layer_view(layer)
-        else:
-            out[name] = dictionary
-    return out
-
-
 def _finish(
-    name: str, dictionary: Any, acc: _Accumulator, adapter: Any, cfg: DashboardConfig
+    name: str,
+    dictionary: FeatureLayer,
+    acc: _Accumulator,
+    adapter: ModelAdapter,
+    cfg: DashboardConfig,
 ) -> FeatureDashboards:
-    dcfg = dictionary.cfg
+    dcfg = dictionary
     edges = torch.logspace(cfg.hist_log10_min, cfg.hist_log10_max, cfg.hist_bins + 1)
     # Slots never filled (latent fired fewer times than the sample size) carry key -1: blank them.
     empty = acc.sample_keys < 0
@@ -408,7 +450,7 @@ def _chunk_size(vocab: int) -> int:
 
 @torch.no_grad()
 def output_logit_tables(
-    adapter: Any, dictionary: Any, n: int
+    adapter: ModelAdapter, dictionary: FeatureLayer, n: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """Top and bottom `n` direct logit effects of each latent's decoder row.
 
@@ -416,7 +458,7 @@ def output_logit_tables(
     per-token constant) and `W_U`. Returns `(top_ids, top_values, bottom_ids, bottom_values)`, each
     `[d_sae, n]`, or None when the dictionary does not write to the residual stream.
     """
-    kind = adapter.hook_point(dictionary.cfg.hook_out).kind
+    kind = adapter.hook_point(dictionary.hook_out).kind
     if kind not in RESIDUAL_WRITERS or dictionary.d_out != adapter.d_model:
         return None
     final = adapter.norm("ln_final")
@@ -443,7 +485,9 @@ def output_logit_tables(
 
 
 @torch.no_grad()
-def deembedding_tables(adapter: Any, dictionary: Any, n: int) -> tuple[Tensor, Tensor] | None:
+def deembedding_tables(
+    adapter: ModelAdapter, dictionary: FeatureLayer, n: int
+) -> tuple[Tensor, Tensor] | None:
     """The `n` tokens whose embedding most excites each latent: `W_E` through the input hook's
     norm (full norm for `hook_mlp_in`, unscaled for `ln2.hook_normalized`, none for residual
     hooks), minus `b_in`, then `W_enc`. Returns `(ids, values)` `[d_sae, n]`, or None when the
@@ -451,7 +495,9 @@ def deembedding_tables(adapter: Any, dictionary: Any, n: int) -> tuple[Tensor, T
     """
     from sparsecircuits.models.architectures import apply_gain, normalize
 
-    point = adapter.hook_point(dictionary.cfg.hook_in)
+    if dictionary.W_enc is None or dictionary.b_in is None:
+        return None
+    point = adapter.hook_point(dictionary.hook_in)
     W_E = adapter.W_E.float()
     if point.kind == "hook_mlp_in":
         params = adapter.norm("ln2", point.layer)

@@ -374,6 +374,12 @@ class ModelAdapter:
         """Return the factor multiplying q.k in `layer` (1/sqrt(d_head) unless the model says otherwise)."""
         return float(self._parts.blocks[self._layer(layer)].attn.scaling)
 
+    def sliding_window(self, layer: int) -> int | None:
+        """Return how many positions back attention in `layer` may look (itself included), or
+        None when it sees the whole prefix."""
+        windows = self._dims.sliding_windows
+        return windows[self._layer(layer)] if windows else None
+
     def qk_norms(self, layer: int) -> tuple[NormParams, NormParams] | None:
         """Return the per-head RMSNorms applied to queries and keys before RoPE (Qwen3), else None."""
         if self.spec.qk_norms is None:

@@ -60,6 +60,8 @@ class ModelDims:
     vocab_size: int
     max_context: int
     parallel_residual: bool
+    # per layer: attention looks back at most this many positions (None: the whole prefix)
+    sliding_windows: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,20 @@ def _llama_dims(config: Any) -> ModelDims:
         vocab_size=config.vocab_size,
         max_context=config.max_position_embeddings,
         parallel_residual=False,
+        sliding_windows=_sliding_windows(config, config.num_hidden_layers),
     )
+
+
+def _sliding_windows(config: Any, n_layers: int) -> tuple[int | None, ...]:
+    """Per layer, the config's `sliding_window` where that layer slides (`layer_types` names
+    "sliding_attention" layers; without it every layer uses the window), else None."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if window is None:
+        return (None,) * n_layers
+    if layer_types is None:
+        return (int(window),) * n_layers
+    return tuple(int(window) if kind == "sliding_attention" else None for kind in layer_types)
 
 
 def _split_heads(proj: Any, n_heads: int, d_head: int, repeat: int) -> tuple[Tensor, Tensor]:

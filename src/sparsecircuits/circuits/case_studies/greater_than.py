@@ -26,7 +26,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from sparsecircuits.circuits.replacement import (
     pull_back_norm,
 )
 from sparsecircuits.circuits.verify import max_relative_error, pearson, verify_graph
+from sparsecircuits.dictionaries import Dictionary, TranscoderSet
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models import ModelAdapter
 from sparsecircuits.tasks.common import TaskPrompts, logits_at_last
@@ -588,7 +589,7 @@ def run_greater_than(
     cfg: GreaterThanConfig,
     out: str | Path,
     adapter: ModelAdapter | None = None,
-    transcoders: dict | None = None,
+    transcoders: TranscoderSet | Mapping[int, Dictionary] | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Run the case study, write `out`/summary.json, report.md, plots and graph.json; return the summary."""
@@ -604,11 +605,8 @@ def run_greater_than(
             print(f"[{time.time() - started:5.1f}s] {msg}", flush=True)
 
     adapter = adapter or load_model(cfg.model, device=cfg.device)
-    transcoders = (
-        transcoders
-        if transcoders is not None
-        else load_transcoders(cfg.transcoders, device=adapter.device)
-    )
+    if transcoders is None:
+        transcoders = load_transcoders(cfg.transcoders, device=adapter.device)
     model = ReplacementModel(adapter, transcoders)
     prompts = _prompts(adapter, cfg.n_prompts, cfg.seed)
     assert prompts.yy is not None and prompts.year_ids is not None
@@ -621,7 +619,8 @@ def run_greater_than(
         )
     pd_replacement = float(
         _pd(
-            model.forward_with(state, Edits(drop_errors=set(transcoders)), freeze=False), prompts
+            model.forward_with(state, Edits(drop_errors=set(model.feature_layers)), freeze=False),
+            prompts,
         ).mean()
     )
     log(f"PD clean {pd_clean:.4f}, replacement {pd_replacement:.4f}")
@@ -784,7 +783,7 @@ def run_greater_than(
 
     summary: dict[str, Any] = {
         "model": adapter.name,
-        "transcoder_layers": sorted(transcoders),
+        "transcoder_layers": model.feature_layers,
         "n_prompts": len(prompts),
         "example_prompt": prompts.texts[0],
         "prob_diff_clean": pd_clean,

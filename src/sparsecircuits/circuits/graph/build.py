@@ -256,7 +256,7 @@ def build_graph(
     # ---- nodes
     first = 1 if cfg.skip_bos and n_pos > 1 else 0
     feats, acts, decoders = [], [], {}
-    for layer in sorted(replacement.transcoders):
+    for layer in replacement.feature_layers:
         layer_acts = state.feature_acts[layer][0, first:]
         pos, feat = layer_acts.nonzero(as_tuple=True)  # sorted by position, then feature
         values = layer_acts[pos, feat]
@@ -279,7 +279,9 @@ def build_graph(
     error_vectors = []
     for layer in range(n_layers):
         err = (
-            state.errors[layer][0] if layer in replacement.transcoders else state.mlp_out[layer][0]
+            state.errors[layer][0]
+            if layer in replacement.feature_layers
+            else state.mlp_out[layer][0]
         )
         if first:
             err = torch.cat([torch.zeros_like(err[:1]), err[1:]])
@@ -291,9 +293,9 @@ def build_graph(
     W_U = replacement.W_U
     de_meaned = W_U[:, logit_ids.to(W_U.device)] - W_U.mean(1, keepdim=True)
     injections = [de_meaned.T]  # [K, d]
-    for layer in sorted(replacement.transcoders):
+    for layer in replacement.feature_layers:
         layer_feats = active[active[:, 0] == layer, 2].to(replacement.device)
-        injections.append(replacement.tc_weights(layer)["W_enc"][:, layer_feats].T)
+        injections.append(replacement.encoder(layer).W_enc[:, layer_feats].T)
     feature_counts = [int(decoders[k][0][3].numel()) for k in sorted(decoders)]
     rows = _RowMaker(
         replacement=replacement,
@@ -534,7 +536,7 @@ def _frozen_forward(
     mults = Multipliers(embed=unit(), errors={layer: unit() for layer in range(n_layers)})
     with torch.enable_grad():
         out = replacement.run_with_multipliers(state, mults, features="frozen")
-    read_points = {layer: out.tc_in[layer] for layer in replacement.transcoders}
+    read_points = {layer: out.tc_in[layer] for layer in replacement.feature_layers}
     read_points[n_layers] = out.final_normed
     return read_points, [out.mlp_out[layer] for layer in range(n_layers)] + [out.embed]
 

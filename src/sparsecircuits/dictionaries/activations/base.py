@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -29,8 +29,38 @@ from torch import Tensor, nn
 from sparsecircuits.dictionaries.kernels import to_dense
 
 if TYPE_CHECKING:
-    from sparsecircuits.dictionaries.base import Dictionary
     from sparsecircuits.dictionaries.config import DictionaryConfig
+
+
+class Owner(Protocol):
+    """What an activation reads from the dictionary that owns it: a `Dictionary`, or one layer
+    of a cross-layer transcoder (`clt.CLTLayer`, whose `W_dec` is the layer's decoder blocks side
+    by side). `W_enc [d_in, d_sae]` and `b_enc [d_sae]` are None for tied families."""
+
+    cfg: DictionaryConfig
+
+    @property
+    def W_enc(self) -> Tensor | Any: ...
+
+    @property
+    def b_enc(self) -> Tensor | Any: ...
+
+    @property
+    def b_in(self) -> Tensor: ...
+
+    @property
+    def W_dec(self) -> Tensor: ...
+
+    @property
+    def d_sae(self) -> int: ...
+
+    def decoder_norms(self) -> Tensor:
+        """`||W_dec[i]||` per latent, `[d_sae]`."""
+        ...
+
+    def decode_sparse(self, values: Tensor, indices: Tensor, bias: bool = True) -> Tensor:
+        """`Σ_s values[:, s] W_dec[indices[:, s]]` (+ the owner's bias when it has one)."""
+        ...
 
 
 @dataclass
@@ -131,31 +161,27 @@ class Activation(nn.Module, ABC):
         self.cfg = cfg
 
     @abstractmethod
-    def encode(
-        self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
-    ) -> ForwardOutput:
+    def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Return the codes of `x_in [n, d_in]` (already minus `b_in`); `out` left None."""
 
-    def encode_input(
-        self, dictionary: Dictionary, x: Tensor, dead_mask: Tensor | None
-    ) -> ForwardOutput:
+    def encode_input(self, dictionary: Owner, x: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """The codes of the raw input `x [n, d_in]`: `encode(x - b_in)` unless a family's
         kernel takes `b_in` itself (TopK: its gradient then skips the input gradient)."""
         return self.encode(dictionary, x - dictionary.b_in, dead_mask)
 
     def sparsity_loss(
-        self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None
+        self, dictionary: Owner, codes: ForwardOutput, dead_mask: Tensor | None
     ) -> Tensor:
         """The coefficient-scaled sparsity term added to the loss (0-dim); zero by default."""
         return dictionary.W_dec.new_zeros(())
 
     @torch.no_grad()
-    def observe(self, dictionary: Dictionary, codes: ForwardOutput) -> None:
+    def observe(self, dictionary: Owner, codes: ForwardOutput) -> None:
         """Called by `Dictionary.loss` in training mode with the step's codes (e.g. threshold EMAs)."""
 
     def aux_loss(
         self,
-        dictionary: Dictionary,
+        dictionary: Owner,
         codes: ForwardOutput,
         residual: Tensor,
         total_variance: Tensor,
@@ -165,11 +191,11 @@ class Activation(nn.Module, ABC):
         return dictionary.W_dec.new_zeros(())
 
     @torch.no_grad()
-    def init_from_data(self, dictionary: Dictionary, x_in: Tensor) -> None:
+    def init_from_data(self, dictionary: Owner, x_in: Tensor) -> None:
         """Called once by `init_biases_from_data` with `x_in [n, d_in]` (minus `b_in`); no-op by default."""
 
     @torch.no_grad()
-    def after_step(self, dictionary: Dictionary) -> None:
+    def after_step(self, dictionary: Owner) -> None:
         """Called after each optimizer step (e.g. to clamp or re-estimate thresholds)."""
 
     def saelens_architecture(self) -> str | None:
@@ -189,7 +215,7 @@ class Activation(nn.Module, ABC):
         return {}
 
 
-def firing_quantiles(dictionary: Dictionary, x_in: Tensor, l0: float) -> Tensor:
+def firing_quantiles(dictionary: Owner, x_in: Tensor, l0: float) -> Tensor:
     """Per latent, the pre-activation value `[d_sae]` exceeded on `l0 / d_sae` of `x_in [n, d_in]`.
 
     Thresholding every latent there makes the batch's mean L0 about `l0`. Parameters and weight

@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from sparsecircuits.dictionaries.activations.base import ForwardOutput
+from sparsecircuits.dictionaries.activations.base import ForwardOutput, Owner
 from sparsecircuits.dictionaries.activations.topk import TopKActivation
 from sparsecircuits.dictionaries.kernels import _select_aux
 
 if TYPE_CHECKING:
-    from sparsecircuits.dictionaries.base import Dictionary
     from sparsecircuits.dictionaries.config import DictionaryConfig
 
 
@@ -35,9 +34,7 @@ class BatchTopKActivation(TopKActivation):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.zeros((), dtype=torch.float64, device=cfg.device))
 
-    def encode(
-        self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
-    ) -> ForwardOutput:
+    def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Dense codes: batch top-k (training) or thresholded ReLU (eval); AuxK selection when dead."""
         pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
         acts = pre_acts.relu()
@@ -57,7 +54,7 @@ class BatchTopKActivation(TopKActivation):
         return codes
 
     @torch.no_grad()
-    def observe(self, dictionary: Dictionary, codes: ForwardOutput) -> None:
+    def observe(self, dictionary: Owner, codes: ForwardOutput) -> None:
         """EMA of the smallest positive kept activation, started at the first observation.
 
         Starting the EMA at zero (as SAELens does) leaves `(1 - lr)^steps` of its weight on that

@@ -27,11 +27,11 @@ from torch import Tensor, nn
 from sparsecircuits.dictionaries.activations.base import (
     Activation,
     ForwardOutput,
+    Owner,
     firing_quantiles,
 )
 
 if TYPE_CHECKING:
-    from sparsecircuits.dictionaries.base import Dictionary
     from sparsecircuits.dictionaries.config import DictionaryConfig
 
 
@@ -114,23 +114,21 @@ class JumpReLUActivation(Activation):
         return self.log_threshold.exp()
 
     @torch.no_grad()
-    def init_from_data(self, dictionary: Dictionary, x_in: Tensor) -> None:
+    def init_from_data(self, dictionary: Owner, x_in: Tensor) -> None:
         """With `cfg.init_l0 > 0`, put each threshold at the pre-activation quantile of `x_in`
         `[n, d_in]` where the latent fires on `init_l0 / d_sae` of the tokens."""
         if self.cfg.init_l0 > 0 and dictionary.W_enc is not None:
             theta = firing_quantiles(dictionary, x_in, self.cfg.init_l0).clamp_min(1e-6)
             self.log_threshold.copy_(theta.log().to(self.log_threshold.dtype))
 
-    def encode(
-        self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
-    ) -> ForwardOutput:
+    def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Dense codes `u · H(u - θ)`; `pre_acts` kept for the L0 / pre-activation losses."""
         pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
         acts = jumprelu(pre_acts, self.threshold, self.cfg.jumprelu_bandwidth)
         return ForwardOutput(pre_acts=pre_acts, dense_acts=acts, d_sae=self.cfg.d_sae)
 
     def sparsity_loss(
-        self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None
+        self, dictionary: Owner, codes: ForwardOutput, dead_mask: Tensor | None
     ) -> Tensor:
         """Step-L0 or tanh penalty (see module docstring), plus the dead-latent pre-activation loss."""
         assert codes.pre_acts is not None

@@ -15,12 +15,12 @@ the step count). No AuxK (known gap: no dead-atom revival).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
 
-from sparsecircuits.dictionaries.activations.base import Activation, ForwardOutput
+from sparsecircuits.dictionaries.activations.base import Activation, ForwardOutput, Owner
 
 if TYPE_CHECKING:
     from sparsecircuits.dictionaries.base import Dictionary
@@ -74,12 +74,10 @@ class MatchingPursuitActivation(Activation):
     uses_input_bias = False
     tied = True
 
-    def encode(
-        self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
-    ) -> ForwardOutput:
+    def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Dense codes from `k` MP steps (training) or the adaptive inference rule (eval)."""
         cfg = self.cfg
-        residual = x_in - dictionary.b_dec
+        residual = x_in - cast("Dictionary", dictionary).b_dec  # SAE-only family: a Dictionary
         if self.training:
             codes, *_ = matching_pursuit(residual, dictionary.W_dec, cfg.k)
         else:

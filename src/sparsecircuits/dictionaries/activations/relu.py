@@ -7,19 +7,15 @@ the penalty by shrinking activations while growing decoder rows.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from sparsecircuits.dictionaries.activations.base import (
     Activation,
     ForwardOutput,
+    Owner,
     firing_quantiles,
 )
-
-if TYPE_CHECKING:
-    from sparsecircuits.dictionaries.base import Dictionary
 
 
 class ReLUActivation(Activation):
@@ -27,23 +23,21 @@ class ReLUActivation(Activation):
 
     name = "relu"
 
-    def encode(
-        self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
-    ) -> ForwardOutput:
+    def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Dense codes `relu(x_in @ W_enc + b_enc)` (pre-activations not kept: the ReLU's
         backward needs only its output, so `[n, d_sae]` of memory is freed at once)."""
         pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
         return ForwardOutput(dense_acts=torch.relu(pre_acts), d_sae=self.cfg.d_sae)
 
     @torch.no_grad()
-    def init_from_data(self, dictionary: Dictionary, x_in: Tensor) -> None:
+    def init_from_data(self, dictionary: Owner, x_in: Tensor) -> None:
         """With `cfg.init_l0 > 0`, lower each encoder bias by the pre-activation quantile of
         `x_in [n, d_in]` where the latent fires on `init_l0 / d_sae` of the tokens."""
         if self.cfg.init_l0 > 0:
             dictionary.b_enc.sub_(firing_quantiles(dictionary, x_in, self.cfg.init_l0))
 
     def sparsity_loss(
-        self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None
+        self, dictionary: Owner, codes: ForwardOutput, dead_mask: Tensor | None
     ) -> Tensor:
         """`l1_coefficient · mean_tokens Σ_i f_i ||W_dec[i]||` (gradient reaches W_dec norms too)."""
         return self.cfg.l1_coefficient * codes.weighted_l1(dictionary.W_dec.norm(dim=1))

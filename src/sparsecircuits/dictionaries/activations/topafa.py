@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from sparsecircuits.dictionaries.activations.base import ForwardOutput
+from sparsecircuits.dictionaries.activations.base import ForwardOutput, Owner
 from sparsecircuits.dictionaries.activations.topk import TopKActivation
 from sparsecircuits.dictionaries.kernels import _select_aux
 
@@ -53,9 +53,7 @@ class TopAFAActivation(TopKActivation):
 
     name = "topafa"
 
-    def encode(
-        self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
-    ) -> ForwardOutput:
+    def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Sparse codes `values, indices [n, k_max]`, zeros past each token's chosen k."""
         pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
         acts = pre_acts.relu()
@@ -76,7 +74,7 @@ class TopAFAActivation(TopKActivation):
         return codes
 
     def sparsity_loss(
-        self, dictionary: Dictionary, codes: ForwardOutput, dead_mask: Tensor | None
+        self, dictionary: Owner, codes: ForwardOutput, dead_mask: Tensor | None
     ) -> Tensor:
         """`afa_coefficient · mean_tokens (||f ⊙ ||W_dec|| || - ||x - b_in||)²`."""
         assert codes.values is not None and codes.indices is not None

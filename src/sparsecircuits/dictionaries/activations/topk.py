@@ -14,15 +14,12 @@ The loss adds `aux_k_coefficient · aux` (1/32 by default). Unlike sparsify, `ê
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
 from sparsecircuits.dictionaries import kernels
-from sparsecircuits.dictionaries.activations.base import Activation, ForwardOutput
-
-if TYPE_CHECKING:
-    from sparsecircuits.dictionaries.base import Dictionary
+from sparsecircuits.dictionaries.activations.base import Activation, ForwardOutput, Owner
 
 
 class TopKActivation(Activation):
@@ -31,15 +28,11 @@ class TopKActivation(Activation):
     name = "topk"
     signed = False
 
-    def encode(
-        self, dictionary: Dictionary, x_in: Tensor, dead_mask: Tensor | None
-    ) -> ForwardOutput:
+    def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Sparse codes `values, indices [n, k]` (+ AuxK selection when `dead_mask` has dead latents)."""
         return self._encode(dictionary, x_in, dead_mask, None)
 
-    def encode_input(
-        self, dictionary: Dictionary, x: Tensor, dead_mask: Tensor | None
-    ) -> ForwardOutput:
+    def encode_input(self, dictionary: Owner, x: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """`encode(x - b_in)` with `b_in` handed to the kernel (families that override `encode`
         keep the generic path)."""
         if type(self).encode is not TopKActivation.encode:
@@ -48,7 +41,7 @@ class TopKActivation(Activation):
 
     def _encode(
         self,
-        dictionary: Dictionary,
+        dictionary: Owner,
         x: Tensor,
         dead_mask: Tensor | None,
         b_in: Tensor | None,
@@ -80,7 +73,7 @@ class TopKActivation(Activation):
 
     def aux_loss(
         self,
-        dictionary: Dictionary,
+        dictionary: Owner,
         codes: ForwardOutput,
         residual: Tensor,
         total_variance: Tensor,
