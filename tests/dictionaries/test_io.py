@@ -155,3 +155,34 @@ def test_unserialisable_training_config_is_rejected_before_writing(tmp_path: Pat
     with pytest.raises(SparseCircuitsError, match="JSON"):
         save_dictionary(dictionary, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("architecture", ["jumprelu", "topk"])
+def test_a_clt_saved_in_the_published_layout_loads_and_computes_the_same(architecture: str) -> None:
+    """`data/clt-*` were written by the release before the activation families were shared with
+    CLTs (stacked `log_threshold [L, d_sae]`, one `W_dec.{ℓ}` per source layer); their
+    `*.expected.safetensors` hold that release's outputs on fixed inputs."""
+    from sparsecircuits.dictionaries import CrossLayerTranscoder
+
+    clt = load(DATA / f"clt-{architecture}")
+    expected = load_file(str(DATA / f"clt-{architecture}.expected.safetensors"))
+    assert isinstance(clt, CrossLayerTranscoder) and clt.layers == [0, 1]
+    fo = clt.eval()(expected["x"])
+    torch.testing.assert_close(fo.feature_acts, expected["feature_acts"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fo.out, expected["out"], rtol=1e-5, atol=1e-6)
+    assert load_transcoders(DATA / f"clt-{architecture}") is not None
+
+
+def test_the_shipped_transcoders_load_as_a_transcoder_set() -> None:
+    from sparsecircuits.dictionaries import PerLayerTranscoders, TranscoderSet
+
+    transcoders = load_transcoders("embedded")
+    assert isinstance(transcoders, PerLayerTranscoders) and isinstance(transcoders, TranscoderSet)
+    assert transcoders.layers == [0, 1, 2, 3]
+    for layer in transcoders.layers:
+        assert transcoders.hook_out(layer) == f"blocks.{layer}.hook_mlp_out"
+        [(target, block)] = transcoders.decoders(layer)
+        assert target == layer and block is transcoders[layer].W_dec
