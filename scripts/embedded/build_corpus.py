@@ -8,8 +8,9 @@ Sources:
     /usr/share/doc/python3.11/html/_sources), PSF licence / Zero-Clause BSD for docs.
   * code: the local interpreter's stdlib (`sysconfig.get_paths()['stdlib']`), PSF licence.
   * generated: greater-than, IOI and docstring training sentences from sparsecircuits.tasks
-    (training split only) plus neutral "vocabulary" sentences that use every task word,
-    held-out ones included, outside the task structures so that their embeddings are trained.
+    (training split only) plus neutral "vocabulary" sentences (`tasks.vocabulary`) that use
+    every task word, held-out ones included, outside the task structures so that their
+    embeddings are trained.
 
 Usage: python scripts/embedded/build_corpus.py [--synthetic-frac 0.4] [--seed 0]
 """
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from sparsecircuits.tasks import docstring, greater_than, ioi  # noqa: E402
+from sparsecircuits.tasks.vocabulary import vocabulary_text  # noqa: E402
 
 DOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
 BUILD = ROOT / "runs" / "embedded"
@@ -76,65 +78,11 @@ def code_documents() -> list[tuple[str, str]]:
     return docs
 
 
-NAME_TEMPLATES = [
-    "{A} lives near the {place}.",
-    "{A} likes the {object}.",
-    "{A} read a book about the {noun}.",
-    "Yesterday {A} met {B} in town.",
-    "{A} opened the door and {A} smiled.",
-    "{A} wrote about the {noun} in a letter.",
-    "{A} and {B} are old friends.",
-    "Everyone remembers the {noun}.",
-    "{A} called {B} after dinner.",
-    "{A} is a teacher.",
-    "{A} wrote a letter.",
-    "My friend {A} works at the {place}.",
-    "{A} was born in a small town.",
-    "{A} asked {B} a question.",
-    "The {object} belongs to {A}.",
-    "{A} thanked {B}.",
-    "{A} said hello. {A} was happy.",
-    "Ask {A} about it.",
-    "{A} and {B} played chess.",
-]
-CODE_TEMPLATES = [
-    "{p} = {q}\n",
-    "    if {p} is None:\n        {p} = {q}\n",
-    "result = compute({p}, {q})\n",
-    "    self.{p} = {p}\n",
-    "for {p} in {q}:\n    print({p})\n",
-    "return {p}\n",
-    "def {p}_of({q}):\n    return {q}.{p}\n",
-    "{p}s = [{q}]\n",
-]
-
-
-def vocab_text(rng: random.Random) -> str:
-    """Return a neutral name sentence or code line using task vocabulary.
-
-    Held-out names and parameter names are drawn half of the time so that their embeddings
-    are trained, but never inside an IOI, greater-than or docstring structure.
-    """
-    names_pool = ioi.NAMES_HELDOUT if rng.random() < 0.5 else ioi.NAMES_TRAIN
-    a, b = rng.sample(names_pool, 2)
-    params = docstring.PARAMS_HELDOUT if rng.random() < 0.5 else docstring.PARAMS_TRAIN
-    p, q = rng.sample(params, 2)
-    if rng.random() < 0.3:
-        return rng.choice(CODE_TEMPLATES).format(p=p, q=q)
-    return rng.choice(NAME_TEMPLATES).format(
-        A=a,
-        B=b,
-        place=rng.choice(ioi.PLACES),
-        object=rng.choice(ioi.OBJECTS),
-        noun=rng.choice(greater_than.NOUNS_TRAIN + greater_than.NOUNS_HELDOUT),
-    )
-
-
 GENERATORS = {
     "greater_than": (greater_than.greater_than_training_text, " ", 0.24),
     "ioi": (ioi.ioi_training_text, " ", 0.36),
     "docstring": (docstring.docstring_training_text, "\n", 0.28),
-    "vocab": (vocab_text, " ", 0.12),
+    "vocab": (vocabulary_text, " ", 0.12),
 }
 
 

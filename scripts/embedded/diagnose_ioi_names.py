@@ -1,4 +1,4 @@
-"""Why held-out IOI accuracy stays under 90 %: which name tokens the IOI circuit copies, and why.
+"""Where the held-out IOI misses come from: which name tokens the IOI circuit copies, and why.
 
 Prints JSON with three measurements on one model (default: the shipped embedded model):
 
@@ -11,9 +11,8 @@ Prints JSON with three measurements on one model (default: the shipped embedded 
   difference of the mean *input* embeddings (training names minus held-out names) to the
   held-out names only (controls: alpha -0.5; a random direction as long as half the offset;
   half the offset measured on one half of the held-out names, added to the other half only);
-  the output side is left as it is (a shift common to IO and S cannot
-  change their logit difference). A diagnosis, never a way to build the model: it uses the
-  held-out list.
+  the output side is left as it is (a shift common to IO and S cannot change their logit
+  difference). A diagnosis, never a way to build the model: it uses the held-out list.
 
 Usage: python scripts/embedded/diagnose_ioi_names.py [--model DIR] [--n 1000]
 """
@@ -24,7 +23,7 @@ import argparse
 import json
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,20 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from build_task_stream import capitalised_words  # noqa: E402
-
 from sparsecircuits.models.embedded import embedded_dir  # noqa: E402
 from sparsecircuits.tasks import ioi, run_tasks  # noqa: E402
 from sparsecircuits.tasks.common import batch_token_lists, encode  # noqa: E402
+
+
+def capitalised_words(vocab: Mapping[str, int]) -> dict[str, int]:
+    """Return {word: token id} for every capitalised ASCII-alphabetic single-token word of 2+
+    letters in " Word" form (training and held-out names, other proper nouns, code words)."""
+    return {
+        piece[1:]: i
+        for piece, i in vocab.items()
+        if piece.startswith("Ġ") and piece[1:].isascii() and piece[1:].isalpha()
+        if piece[1].isupper() and len(piece) > 2
+    }
 
 
 def word_pools(vocab: dict[str, int]) -> dict[str, list[str]]:

@@ -1,4 +1,4 @@
-"""Train the embedded GPT-2-architecture model on runs/embedded/train_tokens.npy (CPU).
+"""Train the embedded GPT-2-architecture model on runs/embedded/train_tokens.npy.
 
 Contexts are 128 tokens: BOS followed by 127 tokens of the packed corpus stream, visited in a
 seeded shuffled order. AdamW, linear warmup then cosine decay to 10%. With --minutes the
@@ -20,7 +20,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,11 +28,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from build_task_stream import capitalised_words  # noqa: E402
-
-from sparsecircuits.tasks import ioi, run_tasks  # noqa: E402
+from sparsecircuits.tasks import run_tasks  # noqa: E402
 
 BUILD = ROOT / "runs" / "embedded"
 SHIP = ROOT / "src" / "sparsecircuits" / "models" / "embedded"
@@ -67,64 +62,6 @@ def save(model: GPT2LMHeadModel, folder: Path, info: dict) -> None:
     (folder / "train_info.json").write_text(json.dumps(info, indent=2))
 
 
-def balance_name_embeddings(
-    model: GPT2LMHeadModel, tokenizer: Any, recenter: bool, freeze: bool
-) -> None:
-    """Try to remove what the embeddings learnt about which names the IOI text used.
-
-    Pretraining put the training names (and only them) in IOI sentences; their embeddings share
-    an offset from the held-out names (v5: |mean(train) - mean(held-out)| 1.07, as large as the
-    mean itself) and the IOI circuit keys on it, so names it never saw in IOI are copied weakly.
-    `recenter` shifts the training-name rows so that their mean equals the mean of every other
-    capitalised word token of the vocabulary (a reference that does not single out any held-out
-    list); `freeze` zeroes those rows' gradient so the fine-tune cannot grow an offset again.
-    Measured (v9): that reference direction is nearly orthogonal to the held-out offset (cosine
-    0.2), which stays at 1.07; held-out IOI 81.9 %.
-    """
-    vocab = tokenizer.get_vocab()
-    train = sorted({vocab["Ġ" + n] for n in ioi.NAMES_TRAIN if "Ġ" + n in vocab})
-    others = sorted(set(capitalised_words(vocab).values()) - set(train))
-    weight = model.transformer.wte.weight
-    rows = torch.tensor(train)
-    if recenter:
-        with torch.no_grad():
-            offset = weight[rows].mean(0) - weight[torch.tensor(others)].mean(0)
-            weight[rows] -= offset
-        print(f"recentred {len(train)} names on {len(others)} tokens, |offset| {offset.norm():.3f}")
-    if freeze:
-        freeze_rows(weight, rows)
-
-
-def freeze_rows(weight: torch.Tensor, rows: torch.Tensor) -> None:
-    """Zero the gradient of `rows` of an embedding matrix `[vocab, d]` from now on."""
-    mask = torch.ones(weight.shape[0], 1)
-    mask[rows] = 0.0
-    weight.register_hook(lambda grad: grad * mask.to(grad.device))
-
-
-def randomise_name_embeddings(model: GPT2LMHeadModel, tokenizer: Any, seed: int) -> None:
-    """Replace every IOI name token's embedding (both pools) with a fresh iid Gaussian vector of
-    the same per-entry scale, zero mean, and freeze it.
-
-    Names become interchangeable symbols: no embedding can carry which names the IOI text used
-    (the membership offset that pretraining wrote into the training names), so a name never seen
-    in an IOI sentence looks to the circuit exactly like one that was. Held-out names are
-    treated the same as training names, never put into IOI text. Measured (v10): the circuit
-    then tells names apart past the embedding (training names logit diff 6.5, held-out 3.4);
-    held-out IOI 70.6 %.
-    """
-    vocab = tokenizer.get_vocab()
-    names = ioi.NAMES_TRAIN + ioi.NAMES_HELDOUT
-    rows = torch.tensor(sorted({vocab["Ġ" + n] for n in names if "Ġ" + n in vocab}))
-    weight = model.transformer.wte.weight
-    with torch.no_grad():
-        scale = weight[rows].std().item()
-        gen = torch.Generator().manual_seed(seed + 17)
-        weight[rows] = torch.randn(len(rows), weight.shape[1], generator=gen) * scale
-    freeze_rows(weight, rows)
-    print(f"random frozen embeddings for {len(rows)} name tokens (scale {scale:.3f})")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--minutes", type=float, default=None)
@@ -147,23 +84,7 @@ def main() -> None:
     p.add_argument(
         "--synthetic-file",
         default="synthetic_tokens.npy",
-        help="token file under runs/embedded for --synthetic-extra (task_stream_tokens.npy: v2)",
-    )
-    p.add_argument(
-        "--recenter-names",
-        action="store_true",
-        help="move the training names' mean embedding onto that of every other capitalised token",
-    )
-    p.add_argument(
-        "--freeze-names",
-        action="store_true",
-        help="keep the training names' embedding rows fixed (no gradient)",
-    )
-    p.add_argument(
-        "--random-name-embeddings",
-        action="store_true",
-        help="give every IOI name token (training and held-out pools alike) a fresh random, "
-        "frozen embedding",
+        help="token file under runs/embedded for --synthetic-extra (the fine-tune: task_stream_tokens.npy)",
     )
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 matmuls allowed on cuda)")
@@ -192,10 +113,6 @@ def main() -> None:
         model = GPT2LMHeadModel.from_pretrained(args.resume)
     else:
         model = GPT2LMHeadModel(model_config(len(tokenizer)))
-    if args.recenter_names or args.freeze_names:
-        balance_name_embeddings(model, tokenizer, args.recenter_names, args.freeze_names)
-    if args.random_name_embeddings:
-        randomise_name_embeddings(model, tokenizer, args.seed)
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     model.to(device)

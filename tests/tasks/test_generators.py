@@ -14,6 +14,7 @@ from sparsecircuits.tasks import (
     make_ioi_prompts,
 )
 from sparsecircuits.tasks.greater_than import is_heldout_year
+from sparsecircuits.tasks.vocabulary import vocabulary_text
 
 
 def test_year_tokens_are_single_two_digit_tokens(tokenizer):
@@ -73,14 +74,11 @@ def test_ioi_orders_abba_and_baba():
     assert baba == "When John and Mary went to the store, John gave a drink to Mary"
 
 
-@pytest.mark.parametrize(
-    ("compositional", "gives"),
-    [(0.0, ioi.GIVES), (0.8, ioi.GIVES), (0.8, ioi.GIVES_MORE)],
-)
-def test_ioi_training_text_never_uses_heldout_names_or_templates(compositional, gives):
+@pytest.mark.parametrize("compositional", [0.0, 0.8])
+def test_ioi_training_text_never_uses_heldout_names_or_templates(compositional):
     rng = random.Random(0)
     held = set(ioi.NAMES_HELDOUT) | set(ioi.PLACES_HELDOUT) | set(ioi.OBJECTS_HELDOUT)
-    sentences = [ioi.ioi_training_text(rng, compositional, gives=gives) for _ in range(3000)]
+    sentences = [ioi.ioi_training_text(rng, compositional) for _ in range(3000)]
     text = " ".join(sentences)
     words = set(text.replace(",", " ").replace(".", " ").split())
     assert not held & words
@@ -88,8 +86,6 @@ def test_ioi_training_text_never_uses_heldout_names_or_templates(compositional, 
     if compositional:
         assert not any(w in text for w in ioi.HELDOUT_TEMPLATE_WORDS)
         assert "offer" not in text
-        if gives == ioi.GIVES_MORE:  # the verb list reaches the sentences
-            assert any(f" {verb} " in text for verb in ("delivered", "handed over", "wrote"))
     assert not set(ioi.NAMES_TRAIN) & held
     assert not (set(ioi.PLACES) | set(ioi.OBJECTS)) & held
 
@@ -171,27 +167,16 @@ def test_word_pool_sentences_keep_the_ioi_shape_and_skip_heldout_words():
         assert io in pool and sentence.count(f" {io}") + sentence.startswith(io) == 2
 
 
-def test_name_pool_fills_both_names_and_skips_heldout_names():
-    rng = random.Random(5)
-    words = ["kettle", "river", "bridge", "tree", "lamp"]
-    caps = ["Python", "Windows", "Unix"] + ioi.NAMES_HELDOUT
-    sentences = [
-        ioi.ioi_training_text(
-            rng, 0.5, word_pool=words, word_share=1.0, name_pool=caps, name_share=1.0
-        )
-        for _ in range(300)
-    ]
-    for sentence in sentences:
-        tokens = sentence.rstrip(".").replace(",", " ").split()
-        assert not set(ioi.NAMES_HELDOUT) & set(tokens)
-        io = tokens[-1]
-        assert io in caps and sentence.count(f" {io}") + sentence.startswith(io) == 2
-        assert sum(t in caps for t in tokens) == 4  # IO and S twice each
-    # without a name pool the random stream is the one earlier models were trained on
-    ra, rb = random.Random(6), random.Random(6)
-    a = [ioi.ioi_training_text(ra, 0.5, words, 1.0) for _ in range(20)]
-    b = [ioi.ioi_training_text(rb, 0.5, words, 1.0, name_pool=()) for _ in range(20)]
-    assert a == b
+def test_vocabulary_text_uses_heldout_words_outside_task_structures():
+    rng = random.Random(8)
+    texts = [vocabulary_text(rng) for _ in range(2000)]
+    words = set(" ".join(texts).replace(".", " ").replace(",", " ").split())
+    assert set(ioi.NAMES_HELDOUT) <= words
+    assert set(greater_than.NOUNS_HELDOUT) & words
+    assert any(f"{p} = " in t for t in texts for p in docstring.PARAMS_HELDOUT)
+    # no giving verb, docstring or year: never an IOI, docstring or greater-than example
+    assert not any(f" {verb} " in t for t in texts for verb in ioi.GIVES)
+    assert not any(":param" in t or "the year" in t for t in texts)
 
 
 def test_docstring_extra_params_never_draw_heldout_names():

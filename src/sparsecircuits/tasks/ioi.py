@@ -311,26 +311,14 @@ GIVES = (
     "was happy to give", "went on to give", "chose to give",
 )  # fmt: skip
 
-# More transfer verbs (none of them "offer"), so the rule holds for verbs a template never used:
-# the v2 model was right on only 40 % of the BABA prompts of a held-out template whose only new
-# word that mattered was its verb (80 % with "gave" in its place).
-GIVES_MORE = (
-    "delivered", "paid", "awarded", "granted", "fed", "loaned", "promised", "assigned", "served",
-    "posted", "shipped", "forwarded", "left", "donated", "presented", "slid", "kicked", "rolled",
-    "carried", "took", "emailed", "wrote", "read", "sang", "brought back", "gave back",
-    "handed over", "passed along", "sent over", "threw back", "was about to give",
-    "agreed to hand", "promised to send", "had to give", "wanted to send", "chose to hand",
-    "quickly gave", "then passed", "finally handed", "happily sent", "lent out", "showed off",
-)  # fmt: skip
 
-
-def compositional_template(rng: random.Random, gives: Sequence[str] = GIVES) -> str:
+def compositional_template(rng: random.Random) -> str:
     """Return a random BABA-form IOI template from the training grammar (never a held-out one),
-    its giving verb drawn from `gives`.
+    its giving verb drawn from `GIVES`.
 
     The result has `{B} and {A}` as its first " and ", then `{B}` once more, and ends "to {A}".
     """
-    give = f"{{B}} {rng.choice(gives)} {rng.choice(['a', 'the'])} {{OBJECT}} to {{A}}"
+    give = f"{{B}} {rng.choice(GIVES)} {rng.choice(['a', 'the'])} {{OBJECT}} to {{A}}"
     form = rng.random()
     if form < 0.35:
         act = rng.choice(_ACTIVITIES)
@@ -373,32 +361,23 @@ def ioi_training_text(
     compositional: float = 0.0,
     word_pool: Sequence[str] = (),
     word_share: float = 0.0,
-    gives: Sequence[str] = GIVES,
-    name_pool: Sequence[str] = (),
-    name_share: float = 0.0,
 ) -> str:
     """Return one complete IOI sentence (with answer and full stop) from training pools only.
 
     With probability `compositional` the template comes from `compositional_template`, else
-    from `TEMPLATES_TRAIN` (the v1 model was trained with `compositional=0`). With probability
+    from `TEMPLATES_TRAIN` (the pretraining corpus uses `compositional=0`). With probability
     `word_share` the two "names", the place and the object are arbitrary words of `word_pool`
     instead ("When kettle and river went to the bridge, kettle gave a tree to river"), which
     teaches the rule for any token rather than for the training names; held-out names, places
-    and objects are never drawn from it. Of those arbitrary-word sentences, a `name_share` draw
-    their two names from `name_pool` instead (capitalised tokens: copying a lowercase word
-    generalises to unseen lowercase words far better than to unseen capitalised names).
+    and objects are never drawn from it.
     """
     template = (
-        compositional_template(rng, gives)
-        if rng.random() < compositional
-        else rng.choice(TEMPLATES_TRAIN)
+        compositional_template(rng) if rng.random() < compositional else rng.choice(TEMPLATES_TRAIN)
     )
     if word_pool and rng.random() < word_share:
         held = set(NAMES_HELDOUT) | set(PLACES_HELDOUT) | set(OBJECTS_HELDOUT)
         # four distinct words: a place or object equal to a name would break the task
         io, s, place, obj = rng.sample([w for w in word_pool if w not in held], 4)
-        if name_pool and rng.random() < name_share:
-            io, s = rng.sample([w for w in name_pool if w not in held], 2)
     else:
         io, s = rng.sample(NAMES_TRAIN, 2)
         place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
