@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsecircuits.circuits.graph.build import GraphConfig, build_graph, to_neuronpedia
-from sparsecircuits.circuits.graph.neuronpedia import export_graph, validate_graph_json
+from sparsecircuits.circuits.graph.build import GraphConfig, build_graph
+from sparsecircuits.circuits.graph.neuronpedia import (
+    export_graph,
+    to_neuronpedia,
+    validate_graph_json,
+)
 from sparsecircuits.circuits.replacement import (
     Edits,
     EmbedEdit,

@@ -83,8 +83,8 @@ def peak_rss_mb() -> float:
 def run(args: argparse.Namespace) -> int:
     """Trace, write graph.json + trace.json, print a summary and the viewer URL."""
     start = time.perf_counter()
-    from sparsecircuits.circuits.graph.build import GraphConfig, build_graph, to_neuronpedia
-    from sparsecircuits.circuits.graph.neuronpedia import save_graph
+    from sparsecircuits.circuits.graph.build import GraphConfig, build_graph
+    from sparsecircuits.circuits.graph.neuronpedia import save_graph, to_neuronpedia
     from sparsecircuits.circuits.replacement import ReplacementModel
 
     replacement = ReplacementModel.load(args.model, args.transcoders, device=args.device)
