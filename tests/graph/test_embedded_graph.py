@@ -34,7 +34,7 @@ def test_embedded_graph_edges_equal_frozen_ablations():
     graph = build_graph(
         rm,
         "The war lasted from the year 1732 to the year 17",
-        GraphConfig(row_mass=1.0, max_edges_per_row=None),
+        GraphConfig(row_mass=1.0, max_edges_per_row=None, store="all"),
     )
     state = rm.run(graph.input_ids[None])
     dense = graph.adjacency.to_dense().double()

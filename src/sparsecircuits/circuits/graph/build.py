@@ -37,7 +37,7 @@ normalisation. No N x N matrix is ever built, and past the budget storage grows 
    token embeddings and the salient logits;
 3. targets: logits, then features by layer, each with the direction injected at its read point;
 4. edge rows: every row kept (`store="all"`), or streamed once for the exact influence and only
-   the rows among influential nodes recomputed and kept (`store="influential"`);
+   the rows among influential nodes recomputed and kept (`store="influential"`, the default);
 5. the `AttributionGraph`.
 """
 
@@ -65,30 +65,64 @@ from sparsecircuits.errors import SparseCircuitsError
 if TYPE_CHECKING:
     from sparsecircuits.circuits.replacement import ReplacementModel, ReplacementState
 
+STORES = ("influential", "all")
+
 
 @dataclass
 class GraphConfig:
-    """How to build and prune an attribution graph."""
+    """How to build and prune an attribution graph.
 
-    max_n_logits: int = 10
-    desired_logit_prob: float = 0.95
-    batch_size: int = 64  # targets per batched backward pass
-    row_mass: float = 0.999  # per row, keep the largest |edges| covering this share (1 = all)
-    max_edges_per_row: int | None = None  # and at most this many per row (None: no cap)
-    # and at most this many stored edges in all (each row keeps at most edge_budget //
-    # n_targets; ~12 bytes an edge): bounds storage on long prompts, but dropped edges change
-    # influence pruning (benchmarks/graph_storage.py: at 256 tokens a 50M budget kept 42 % of
-    # the exact graph's pruned nodes), so it is off by default
-    edge_budget: int | None = None
-    node_threshold: float = 0.8
-    edge_threshold: float = 0.98
-    skip_bos: bool = True  # no feature/error nodes at position 0
-    # "all": keep every target's row (the full graph; re-prune at any threshold).
-    # "influential": stream the rows in reverse layer order, computing the exact influence on
-    # the fly, then recompute and keep only the rows among nodes passing `node_threshold`:
-    # the same pruned graph and scores in memory linear in the prompt (one extra backward
-    # per kept target); pruning at a higher node threshold then needs a rebuild
-    store: str = "all"
+    `sparsecircuits trace` has one flag per field (`--max-n-logits`, ...) with the field's
+    default, type and `help`."""
+
+    max_n_logits: int = field(default=10, metadata={"help": "most output logits traced"})
+    desired_logit_prob: float = field(
+        default=0.95,
+        metadata={"help": "trace the most likely next tokens up to this cumulative probability"},
+    )
+    batch_size: int = field(default=64, metadata={"help": "targets per backward pass"})
+    row_mass: float = field(
+        default=0.999,
+        metadata={
+            "help": "per target, keep the largest edges covering this share of |row| (1 = all)"
+        },
+    )
+    max_edges_per_row: int | None = field(
+        default=None,
+        metadata={"help": "cap on stored edges per target (None: no cap; the edge budget applies)"},
+    )
+    # Dropped edges change influence pruning (benchmarks/graph_storage.py: at 256 tokens a 50M
+    # budget kept 42 % of the exact graph's pruned nodes), so there is no budget by default.
+    edge_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "most edges stored in all (each row keeps at most budget / targets; about 12 "
+            "bytes each); bounds memory on long prompts but changes pruning (None: the exact graph)"
+        },
+    )
+    node_threshold: float = field(
+        default=0.8,
+        metadata={"help": "pruning: keep the nodes covering this share of the logits' influence"},
+    )
+    edge_threshold: float = field(
+        default=0.98,
+        metadata={"help": "pruning: keep the edges covering this share of the influence"},
+    )
+    skip_bos: bool = field(
+        default=True, metadata={"help": "no feature or error nodes at position 0 (the BOS)"}
+    )
+    # "influential" streams the rows in reverse layer order, computing the exact influence on
+    # the fly, then recomputes the rows among the nodes passing `node_threshold` (one extra
+    # backward per kept target); pruning at a higher node threshold then needs a rebuild.
+    store: str = field(
+        default="influential",
+        metadata={
+            "help": "influential: keep only the edges among nodes passing the node threshold (the "
+            "same pruned graph and scores, memory linear in the prompt); all: keep every row (the "
+            "full graph, which can be re-pruned at any threshold)",
+            "choices": STORES,
+        },
+    )
 
     def check(self) -> None:
         """Raise `SparseCircuitsError` on out-of-range values."""
@@ -102,7 +136,7 @@ class GraphConfig:
             raise SparseCircuitsError("max_edges_per_row must be at least 1 (or None for no cap)")
         if self.edge_budget is not None and self.edge_budget < 1:
             raise SparseCircuitsError("edge_budget must be at least 1 (or None for no budget)")
-        if self.store not in ("all", "influential"):
+        if self.store not in STORES:
             raise SparseCircuitsError(f'store must be "all" or "influential", got {self.store!r}')
         if not 0.0 <= self.node_threshold <= 1.0 or not 0.0 <= self.edge_threshold <= 1.0:
             raise SparseCircuitsError("node_threshold and edge_threshold must lie in [0, 1]")
