@@ -333,9 +333,8 @@ def _prompt_ids(replacement: ReplacementModel, prompt: str | Tensor) -> tuple[Te
     return input_ids, text
 
 
-# One entry per MLP output a source layer's features write to:
-# (target layer, positions [P], activation-scaled decoder rows [P, m, d], columns [F_layer])
-# (see `_position_groups`).
+# Per transcoder layer, one entry per MLP output its features write to: (target layer,
+# positions [P], activation-scaled decoder rows [P, m, d], columns [F_layer]); see _position_groups.
 _Decoders = dict[int, list[tuple[int, Tensor, Tensor, Tensor]]]
 
 
@@ -358,27 +357,27 @@ class _Nodes:
 
     @property
     def n_features(self) -> int:
-        """F."""
+        """Active feature nodes F."""
         return int(self.active.shape[0])
 
     @property
     def n_pos(self) -> int:
-        """T."""
+        """Prompt length T."""
         return int(self.embed.shape[0])
 
     @property
     def n_errors(self) -> int:
-        """L x T."""
+        """Error nodes L x T."""
         return len(self.error_vectors) * self.n_pos
 
     @property
     def n_logits(self) -> int:
-        """K."""
+        """Logit nodes K."""
         return int(self.logit_ids.numel())
 
     @property
     def n_nodes(self) -> int:
-        """N = F + L*T + T + K."""
+        """All nodes N = F + L*T + T + K."""
         return self.n_features + self.n_errors + self.n_pos + self.n_logits
 
 
