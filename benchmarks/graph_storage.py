@@ -69,12 +69,12 @@ def main() -> None:
     settings += [("max_edges_per_row", int(c)) for c in args.caps.split(",") if c]
     for n_tokens in (int(x) for x in args.lengths.split(",")):
         ids = text_contexts(rm.adapter, 1, n_tokens)[0]
-        full, seconds, peak = _timed(rm, ids, GraphConfig(edge_budget=None))
+        full, seconds, peak = _timed(rm, ids, GraphConfig(edge_budget=None, store="all"))
         ref, ref_nodes, ref_influence = _summary(full)
         print(json.dumps({"n_tokens": n_tokens, "setting": "exact", **seconds, **peak, **ref}))
         del full
         for key, value in settings:
-            config = GraphConfig(**{"edge_budget": None, key: value})
+            config = GraphConfig(**{"edge_budget": None, "store": "all", key: value})
             graph, seconds, peak = _timed(rm, ids, config)
             out, _, _ = _summary(graph, ref_nodes, ref_influence)
             row = {"n_tokens": n_tokens, "setting": f"{key}={value}", **seconds, **peak, **out}

@@ -156,7 +156,7 @@ def test_one_layer_clt_equals_the_per_layer_transcoder(adapter, copy_one_layer_c
     torch.testing.assert_close(s_clt.feature_acts[layer], s_tc.feature_acts[layer])
     torch.testing.assert_close(s_clt.errors[layer], s_tc.errors[layer])
 
-    config = GraphConfig(row_mass=1.0, batch_size=16, max_edges_per_row=None)
+    config = GraphConfig(row_mass=1.0, batch_size=16, max_edges_per_row=None, store="all")
     g_clt, g_tc = build_graph(rm_clt, PROMPT, config), build_graph(rm_tc, PROMPT, config)
     assert torch.equal(g_clt.active_features, g_tc.active_features)
     assert g_clt.n_features > 5
@@ -200,7 +200,9 @@ def _target_values(graph, state) -> torch.Tensor:
 
 def test_clt_graph_edges_equal_frozen_ablations(clt_model):
     rm, clt = clt_model
-    graph = build_graph(rm, PROMPT, GraphConfig(row_mass=1.0, batch_size=9, max_edges_per_row=None))
+    graph = build_graph(
+        rm, PROMPT, GraphConfig(row_mass=1.0, batch_size=9, max_edges_per_row=None, store="all")
+    )
     state = rm.run(graph.input_ids[None])
     clean = _target_values(graph, state)
     dense = graph.adjacency.to_dense().double()

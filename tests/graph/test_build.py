@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsecircuits.circuits.graph.build import (
-    GraphConfig,
-    build_graph,
-    salient_logits,
+from sparsecircuits.circuits.graph.build import GraphConfig, build_graph, salient_logits
+from sparsecircuits.circuits.graph.neuronpedia import (
+    export_graph,
     to_neuronpedia,
+    validate_graph_json,
 )
-from sparsecircuits.circuits.graph.neuronpedia import export_graph, validate_graph_json
 from sparsecircuits.circuits.graph.prune import graph_scores
 from sparsecircuits.circuits.replacement import (
     Edits,
@@ -105,7 +104,9 @@ def _ablated(rm, state, graph, source: int):
 
 def test_every_edge_equals_a_frozen_ablation(replacement):
     rm = replacement
-    graph = build_graph(rm, PROMPT, GraphConfig(row_mass=1.0, batch_size=7, max_edges_per_row=None))
+    graph = build_graph(
+        rm, PROMPT, GraphConfig(row_mass=1.0, batch_size=7, max_edges_per_row=None, store="all")
+    )
     state = rm.run(graph.input_ids[None])
     clean = _target_values(rm, graph, state)
     dense = graph.adjacency.to_dense().double()
@@ -131,8 +132,10 @@ def test_every_edge_equals_a_frozen_ablation(replacement):
 
 
 def test_truncated_rows_keep_exact_weights_and_sums(replacement):
-    full = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0, max_edges_per_row=None))
-    cut = build_graph(replacement, PROMPT, GraphConfig(row_mass=0.9, batch_size=5))
+    full = build_graph(
+        replacement, PROMPT, GraphConfig(row_mass=1.0, max_edges_per_row=None, store="all")
+    )
+    cut = build_graph(replacement, PROMPT, GraphConfig(row_mass=0.9, batch_size=5, store="all"))
     assert cut.adjacency.nnz < full.adjacency.nnz
     dense_full = full.adjacency.to_dense()
     torch.testing.assert_close(
@@ -162,7 +165,7 @@ def test_salient_logits_cut_at_cumulative_probability():
 
 
 def test_export_is_valid_neuronpedia_json_with_pruned_nodes(replacement):
-    graph = build_graph(replacement, PROMPT)
+    graph = build_graph(replacement, PROMPT, GraphConfig(store="all"))
     pruned = graph.prune(0.8, 0.98)
     model = to_neuronpedia(graph, pruned, slug="t", scan="tiny")
     data = export_graph(model)
@@ -206,7 +209,7 @@ def test_long_prompt_uses_prefix_buckets_and_stays_exact(replacement):
     rm = replacement
     prompt = " ".join([PROMPT] * 4)
     graph = build_graph(
-        rm, prompt, GraphConfig(row_mass=1.0, batch_size=32, max_edges_per_row=None)
+        rm, prompt, GraphConfig(row_mass=1.0, batch_size=32, max_edges_per_row=None, store="all")
     )
     assert graph.n_pos >= 32  # at least two prefix buckets
     state = rm.run(graph.input_ids[None])
@@ -225,10 +228,14 @@ def test_long_prompt_uses_prefix_buckets_and_stays_exact(replacement):
 
 
 def test_edge_cap_per_row(replacement):
-    capped = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0, max_edges_per_row=3))
+    capped = build_graph(
+        replacement, PROMPT, GraphConfig(row_mass=1.0, max_edges_per_row=3, store="all")
+    )
     counts = torch.bincount(capped.adjacency.targets.long(), minlength=capped.n_nodes)
     assert counts.max() == 3
-    full = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0, max_edges_per_row=None))
+    full = build_graph(
+        replacement, PROMPT, GraphConfig(row_mass=1.0, max_edges_per_row=None, store="all")
+    )
     dense = full.adjacency.to_dense()
     for row in capped.adjacency.targets.unique().tolist():
         top = dense[row].abs().topk(min(3, int((dense[row] != 0).sum()))).values
@@ -246,10 +253,14 @@ def test_edge_budget_caps_rows_only_when_it_binds(replacement):
     assert GraphConfig(edge_budget=100).row_cap(n_targets=10, n_nodes=50) == 10
     assert GraphConfig(edge_budget=100, max_edges_per_row=4).row_cap(10, 50) == 4
     assert GraphConfig(edge_budget=None).row_cap(10, 50) is None
-    full = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0, edge_budget=None))
+    full = build_graph(
+        replacement, PROMPT, GraphConfig(row_mass=1.0, edge_budget=None, store="all")
+    )
     n_targets = full.n_features + int(full.logit_ids.numel())
     budget = 4 * n_targets
-    small = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0, edge_budget=budget))
+    small = build_graph(
+        replacement, PROMPT, GraphConfig(row_mass=1.0, edge_budget=budget, store="all")
+    )
     assert small.adjacency.weights.numel() <= budget < full.adjacency.weights.numel()
     torch.testing.assert_close(small.adjacency.row_abs_sums, full.adjacency.row_abs_sums)
     with pytest.raises(SparseCircuitsError, match="edge_budget"):
@@ -274,7 +285,9 @@ def test_streamed_graph_prunes_exactly_like_the_full_graph(replacement, row_mass
     """store="influential" keeps O(nodes) memory, yet influence, scores, pruned nodes and kept
     edges equal those of the full graph (also with truncated rows, and over prefix buckets)."""
     prompt = " ".join([PROMPT] * 4)
-    full = build_graph(replacement, prompt, GraphConfig(row_mass=row_mass, batch_size=16))
+    full = build_graph(
+        replacement, prompt, GraphConfig(row_mass=row_mass, batch_size=16, store="all")
+    )
     streamed = build_graph(
         replacement, prompt, GraphConfig(row_mass=row_mass, batch_size=16, store="influential")
     )

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from sparsecircuits.circuits.graph.build import GraphConfig
 from sparsecircuits.circuits.graph.neuronpedia import validate_graph_json
 from sparsecircuits.cli import dashboards as dashboards_cli
 from sparsecircuits.cli import serve as serve_cli
@@ -103,6 +104,19 @@ def test_trace_store_modes_write_the_same_pruned_graph(saved, tmp_path):
         assert lk["weight"] == pytest.approx(
             links[(lk["source"], lk["target"])], rel=1e-4, abs=1e-6
         )
+
+
+def test_trace_flags_are_the_graph_config_fields():
+    """One flag per GraphConfig field, defaulting to the field's default."""
+    args = parser().parse_args(["trace", "a prompt"])
+    assert trace_cli.config_from_args(args, GraphConfig) == GraphConfig()
+    args = parser().parse_args(
+        ["trace", "a prompt", "--store", "all", "--no-skip-bos", "--edge-budget", "100"]
+    )
+    config = trace_cli.config_from_args(args, GraphConfig)
+    assert (config.store, config.skip_bos, config.edge_budget) == ("all", False, 100)
+    with pytest.raises(SystemExit):
+        parser().parse_args(["trace", "a prompt", "--store", "some"])
 
 
 def test_dashboards_cli(saved, tmp_path, capsys):

@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsecircuits.circuits.graph.build import GraphConfig, build_graph, to_neuronpedia
-from sparsecircuits.circuits.graph.neuronpedia import export_graph, validate_graph_json
+from sparsecircuits.circuits.graph.build import GraphConfig, build_graph
+from sparsecircuits.circuits.graph.neuronpedia import (
+    export_graph,
+    to_neuronpedia,
+    validate_graph_json,
+)
 from sparsecircuits.circuits.replacement import (
     Edits,
     EmbedEdit,
@@ -30,7 +34,7 @@ def test_embedded_graph_edges_equal_frozen_ablations():
     graph = build_graph(
         rm,
         "The war lasted from the year 1732 to the year 17",
-        GraphConfig(row_mass=1.0, max_edges_per_row=None),
+        GraphConfig(row_mass=1.0, max_edges_per_row=None, store="all"),
     )
     state = rm.run(graph.input_ids[None])
     dense = graph.adjacency.to_dense().double()

@@ -50,7 +50,7 @@ def test_no_intervention_reproduces_the_model_and_its_greedy_continuation(rm):
 
 
 def test_frozen_ablation_of_a_feature_equals_its_graph_edges_to_logits(rm):
-    graph = build_graph(rm, PROMPT, GraphConfig(row_mass=1.0, max_edges_per_row=None))
+    graph = build_graph(rm, PROMPT, GraphConfig(row_mass=1.0, max_edges_per_row=None, store="all"))
     dense = graph.adjacency.to_dense()
     baseline = intervene(rm, PROMPT, [], freeze=True).logits[-1].double()
     checked = 0

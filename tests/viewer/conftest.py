@@ -39,8 +39,8 @@ def _transcoders(adapter):
 @pytest.fixture(scope="session")
 def viewer_data(tiny_model_dir, tmp_path_factory):
     """`SimpleNamespace(dir, dashboards, rm, graph_id)` for a tiny GPT-2 with random transcoders."""
-    from sparsecircuits.circuits.graph.build import build_graph, to_neuronpedia
-    from sparsecircuits.circuits.graph.neuronpedia import save_graph
+    from sparsecircuits.circuits.graph.build import build_graph
+    from sparsecircuits.circuits.graph.neuronpedia import save_graph, to_neuronpedia
     from sparsecircuits.circuits.replacement import ReplacementModel
     from sparsecircuits.interpret import DashboardConfig, compute_dashboards, save_dashboards
     from sparsecircuits.models import load_model

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from sparsecircuits.errors import SparseCircuitsError
+
+if TYPE_CHECKING:
+    from sparsecircuits.circuits.replacement import ReplacementModel
 
 MODES = ("set", "scale", "ablate")
 MAX_NEW_TOKENS = 128
@@ -76,7 +79,9 @@ class InterventionResult:
         }
 
 
-def _check(rm: Any, interventions: Sequence[FeatureIntervention], n_prompt: int) -> None:
+def _check(
+    rm: ReplacementModel, interventions: Sequence[FeatureIntervention], n_prompt: int
+) -> None:
     for iv in interventions:
         if iv.mode not in MODES:
             raise SparseCircuitsError(
@@ -123,7 +128,7 @@ def _feature_fns(
 
 
 def edited_logits(
-    rm: Any,
+    rm: ReplacementModel,
     input_ids: Tensor,
     interventions: Sequence[FeatureIntervention],
     n_prompt: int,
@@ -140,7 +145,7 @@ def edited_logits(
 
 
 def intervene(
-    rm: Any,
+    rm: ReplacementModel,
     prompt: str | Tensor,
     interventions: Sequence[FeatureIntervention] = (),
     *,
@@ -205,7 +210,7 @@ def intervene(
 class InterventionEngine:
     """Answers the viewer's POST /api/intervene requests with a `ReplacementModel`."""
 
-    def __init__(self, rm: Any, max_prompt_tokens: int = 256) -> None:
+    def __init__(self, rm: ReplacementModel, max_prompt_tokens: int = 256) -> None:
         self.rm = rm
         self.max_prompt_tokens = max_prompt_tokens
 

@@ -346,6 +346,18 @@ def _node_y(node: GraphNode, n_layers: int) -> float:
     return float("nan")
 
 
+_NODE_COLORS = {
+    "target": "black",
+    "feature": "tab:orange",
+    "head": "tab:green",
+    "embed": "tab:purple",
+    "skip": "tab:olive",
+    "err": "tab:gray",
+    "bias": "lightgray",
+    "prune": "silver",
+}
+
+
 def plot_graph(
     graph: CircuitGraph,
     path: str | Path,
@@ -366,6 +378,29 @@ def plot_graph(
     main = sorted(
         (n for n in graph.nodes.values() if n.parent is None), key=lambda n: -abs(n.contrib)
     )
+    coords, centres, width = _layout(graph, main, tokens, n_layers)
+    fig, ax = plt.subplots(figsize=(min(40.0, max(8.0, 0.9 * width)), 1.0 * (2 * n_layers + 3)))
+    _draw_edges(ax, graph, coords)
+    _draw_nodes(ax, graph, coords, labelled={n.key for n in main[:max_labels]})
+    _label_axes(ax, n_layers, centres, tokens)
+    ax.set_title(f"paths to {graph.meta.get('target', 'target')}", fontsize=9)
+    ax.grid(alpha=0.2)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _layout(
+    graph: CircuitGraph,
+    main: list[GraphNode],
+    tokens: Sequence[str] | None,
+    n_layers: int,
+) -> tuple[dict[str, tuple[float, float]], list[float], float]:
+    """`(coords {key: (x, y)}, column centre per position, total width)`: the `main` nodes
+    (no parent) spread across their position's column, each error node just below its parent."""
     groups: dict[tuple[int, float], list[GraphNode]] = {}
     for node in main:
         groups.setdefault((node.pos, _node_y(node, n_layers)), []).append(node)
@@ -388,7 +423,11 @@ def plot_graph(
             px, py = coords[node.parent]
             offset = {"err": -0.12, "bias": 0.0, "prune": 0.12}.get(node.kind, 0.0)
             coords[node.key] = (px + offset, py - 0.45)
-    fig, ax = plt.subplots(figsize=(min(40.0, max(8.0, 0.9 * left)), 1.0 * (2 * n_layers + 3)))
+    return coords, centres, left
+
+
+def _draw_edges(ax: Any, graph: CircuitGraph, coords: dict[str, tuple[float, float]]) -> None:
+    """One line per edge between placed nodes: width ∝ |weight|, blue positive, red negative."""
     max_w = max((abs(w) for w in graph.edges.values()), default=1.0) or 1.0
     for (child, parent), w in graph.edges.items():
         if child not in coords or parent not in coords:
@@ -402,18 +441,14 @@ def plot_graph(
             linewidth=0.4 + 5 * abs(w) / max_w,
             zorder=1,
         )
+
+
+def _draw_nodes(
+    ax: Any, graph: CircuitGraph, coords: dict[str, tuple[float, float]], labelled: set[str]
+) -> None:
+    """Main nodes as circles sized by |contrib|, error nodes as small squares; `labelled` keys
+    get their key and contribution written beside them."""
     max_c = max((abs(n.contrib) for n in graph.nodes.values()), default=1.0) or 1.0
-    colors = {
-        "target": "black",
-        "feature": "tab:orange",
-        "head": "tab:green",
-        "embed": "tab:purple",
-        "skip": "tab:olive",
-        "err": "tab:gray",
-        "bias": "lightgray",
-        "prune": "silver",
-    }
-    labelled = {n.key for n in main[:max_labels]}
     for node in graph.nodes.values():
         if node.key not in coords:
             continue
@@ -424,7 +459,7 @@ def plot_graph(
             [y],
             s=size,
             marker="s" if node.parent is not None else "o",
-            color=colors.get(node.kind, "gray"),
+            color=_NODE_COLORS.get(node.kind, "gray"),
             zorder=2,
             edgecolors="black",
             linewidths=0.3,
@@ -440,6 +475,10 @@ def plot_graph(
                 xytext=(2, 4),
                 textcoords="offset points",
             )
+
+
+def _label_axes(ax: Any, n_layers: int, centres: list[float], tokens: Sequence[str] | None) -> None:
+    """Layer names on the y axis, the prompt's tokens (when given) on the x axis."""
     ax.set_yticks(
         [-1]
         + [2 * i for i in range(n_layers)]
@@ -455,14 +494,6 @@ def plot_graph(
     if tokens is not None:
         ax.set_xticks(centres[: len(tokens)])
         ax.set_xticklabels([repr(t)[1:-1] for t in tokens], rotation=60, fontsize=7)
-    ax.set_title(f"paths to {graph.meta.get('target', 'target')}", fontsize=9)
-    ax.grid(alpha=0.2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def graph_tokens(model: ReplacementModel, state: ReplacementState, prompt_index: int) -> list[str]:

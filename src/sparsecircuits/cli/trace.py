@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import resource
 import sys
 import time
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from sparsecircuits.circuits.graph.build import GraphConfig
+
+C = TypeVar("C")
 DEFAULT_OUT = "runs/trace"
+SUMMARY_KEYS = (
+    "n_tokens",
+    "seconds",
+    "peak_rss_mb",
+    "n_nodes",
+    "n_edges",
+    "replacement_score",
+    "completeness_score",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `trace` subcommand."""
+    """Add the `trace` subcommand: its own flags plus one per `GraphConfig` field."""
     p = sub.add_parser(
         "trace",
         help="build the attribution graph of a prompt (Neuronpedia graph JSON)",
@@ -35,37 +49,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--slug", help="graph name inside the JSON (default: from the prompt)")
-    p.add_argument("--node-threshold", type=float, default=0.8)
-    p.add_argument("--edge-threshold", type=float, default=0.98)
-    p.add_argument("--max-n-logits", type=int, default=10)
-    p.add_argument("--desired-logit-prob", type=float, default=0.95)
-    p.add_argument("--batch-size", type=int, default=64, help="targets per backward pass")
-    p.add_argument(
-        "--row-mass",
-        type=float,
-        default=0.999,
-        help="per target, keep the largest edges covering this share of |row| (1 = all)",
-    )
-    p.add_argument(
-        "--max-edges-per-row",
-        type=int,
-        help="cap on stored edges per target (default: none; the edge budget applies)",
-    )
-    p.add_argument(
-        "--edge-budget",
-        type=int,
-        help="most edges stored in all (each row keeps at most budget / targets; about 12 bytes "
-        "each); bounds memory on long prompts but changes pruning (default: none, the exact graph)",
-    )
-    p.add_argument(
-        "--store",
-        choices=["influential", "all"],
-        default="influential",
-        help="influential (default): stream the rows and keep only the edges among nodes passing "
-        "--node-threshold (same graph.json, memory linear in the prompt); all: keep every row",
-    )
+    add_config_flags(p, GraphConfig)
     p.add_argument("--port", type=int, default=8041, help="port printed in the viewer URL")
     p.set_defaults(func=run)
+
+
+def add_config_flags(p: argparse.ArgumentParser, config_class: type) -> None:
+    """Add one flag per field of the dataclass `config_class`: `--field-name` with the field's
+    type, default, `help` and `choices` (from its metadata); a bool field gives
+    `--field-name / --no-field-name`."""
+    hints = typing.get_type_hints(config_class)
+    for f in dataclasses.fields(config_class):
+        kind = hints[f.name]
+        kind = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None
+        kwargs: dict[str, Any] = {"type": kind, "choices": f.metadata.get("choices")}
+        if kind is bool:
+            kwargs = {"action": argparse.BooleanOptionalAction}
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=f.default,
+            help=f.metadata.get("help", "").replace("%", "%%") + " (default: %(default)s)",
+            **kwargs,
+        )
+
+
+def config_from_args(args: argparse.Namespace, config_class: type[C]) -> C:
+    """The `config_class` instance of the flags `add_config_flags` added."""
+    fields = dataclasses.fields(config_class)  # type: ignore[arg-type]  # C is a dataclass
+    return config_class(**{f.name: getattr(args, f.name) for f in fields})
 
 
 def slugify(text: str) -> str:
@@ -83,36 +95,25 @@ def peak_rss_mb() -> float:
 def run(args: argparse.Namespace) -> int:
     """Trace, write graph.json + trace.json, print a summary and the viewer URL."""
     start = time.perf_counter()
-    from sparsecircuits.circuits.graph.build import GraphConfig, build_graph, to_neuronpedia
-    from sparsecircuits.circuits.graph.neuronpedia import save_graph
+    from sparsecircuits.circuits.graph.build import build_graph
+    from sparsecircuits.circuits.graph.neuronpedia import save_graph, to_neuronpedia
     from sparsecircuits.circuits.replacement import ReplacementModel
 
     replacement = ReplacementModel.load(args.model, args.transcoders, device=args.device)
     adapter = replacement.adapter
     loaded = time.perf_counter()
-    config = GraphConfig(
-        max_n_logits=args.max_n_logits,
-        desired_logit_prob=args.desired_logit_prob,
-        batch_size=args.batch_size,
-        row_mass=args.row_mass,
-        max_edges_per_row=args.max_edges_per_row,
-        edge_budget=args.edge_budget,
-        node_threshold=args.node_threshold,
-        edge_threshold=args.edge_threshold,
-        store=args.store,
-    )
+    config = config_from_args(args, GraphConfig)
     graph = build_graph(replacement, args.prompt, config)
     built = time.perf_counter()
-    pruned = graph.prune(args.node_threshold, args.edge_threshold)
+    pruned = graph.prune(config.node_threshold, config.edge_threshold)
     replacement_score, completeness_score = graph.scores()
-    slug = args.slug or slugify(args.prompt)
     model = to_neuronpedia(
         graph,
         pruned,
-        slug=slug,
+        slug=args.slug or slugify(args.prompt),
         scan=adapter.name,
-        node_threshold=args.node_threshold,
-        edge_threshold=args.edge_threshold,
+        node_threshold=config.node_threshold,
+        edge_threshold=config.edge_threshold,
         generation=config,
     )
     out = Path(args.out)
@@ -142,22 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
         report["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(adapter.device) / 2**20, 1)
     (out / "trace.json").write_text(json.dumps(report, indent=2))
-    print(
-        json.dumps(
-            {
-                k: report[k]
-                for k in (
-                    "n_tokens",
-                    "seconds",
-                    "peak_rss_mb",
-                    "n_nodes",
-                    "n_edges",
-                    "replacement_score",
-                    "completeness_score",
-                )
-            }
-        )
-    )
+    print(json.dumps({k: report[k] for k in SUMMARY_KEYS}))
     print(f"wrote {out / 'graph.json'}")
     print(
         f"view: sparsecircuits serve {out} --port {args.port}  ->  http://127.0.0.1:{args.port}/#graph=graph.json"

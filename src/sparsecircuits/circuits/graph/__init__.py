@@ -8,6 +8,7 @@ from sparsecircuits.circuits.graph.neuronpedia import (
     import_graph,
     load_graph,
     save_graph,
+    to_neuronpedia,
     validate_graph_json,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "import_graph",
     "load_graph",
     "save_graph",
+    "to_neuronpedia",
     "validate_graph_json",
 ]

@@ -29,18 +29,28 @@ Rows are computed in blocks of `batch_size` targets and stored sparsely: per row
 edges covering `row_mass` of its absolute sum (all non-zero ones when `row_mass = 1`), at most
 `edge_budget / n_targets` of them (and `max_edges_per_row`), plus the exact row sum for
 normalisation. No N x N matrix is ever built, and past the budget storage grows linearly.
+
+`build_graph` in steps:
+
+1. one clean run of the prompt (the values everything is frozen at);
+2. nodes: the active features with their activation-scaled decoder rows, the error vectors, the
+   token embeddings and the salient logits;
+3. targets: logits, then features by layer, each with the direction injected at its read point;
+4. edge rows: every row kept (`store="all"`), or streamed once for the exact influence and only
+   the rows among influential nodes recomputed and kept (`store="influential"`, the default);
+5. the `AttributionGraph`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from sparsecircuits.circuits.graph import neuronpedia as npd
 from sparsecircuits.circuits.graph.prune import (
     PruneResult,
     SparseAdjacency,
@@ -52,30 +62,67 @@ from sparsecircuits.circuits.graph.prune import (
 )
 from sparsecircuits.errors import SparseCircuitsError
 
+if TYPE_CHECKING:
+    from sparsecircuits.circuits.replacement import ReplacementModel, ReplacementState
+
+STORES = ("influential", "all")
+
 
 @dataclass
 class GraphConfig:
-    """How to build and prune an attribution graph."""
+    """How to build and prune an attribution graph.
 
-    max_n_logits: int = 10
-    desired_logit_prob: float = 0.95
-    batch_size: int = 64  # targets per batched backward pass
-    row_mass: float = 0.999  # per row, keep the largest |edges| covering this share (1 = all)
-    max_edges_per_row: int | None = None  # and at most this many per row (None: no cap)
-    # and at most this many stored edges in all (each row keeps at most edge_budget //
-    # n_targets; ~12 bytes an edge): bounds storage on long prompts, but dropped edges change
-    # influence pruning (benchmarks/graph_storage.py: at 256 tokens a 50M budget kept 42 % of
-    # the exact graph's pruned nodes), so it is off by default
-    edge_budget: int | None = None
-    node_threshold: float = 0.8
-    edge_threshold: float = 0.98
-    skip_bos: bool = True  # no feature/error nodes at position 0
-    # "all": keep every target's row (the full graph; re-prune at any threshold).
-    # "influential": stream the rows in reverse layer order, computing the exact influence on
-    # the fly, then recompute and keep only the rows among nodes passing `node_threshold`:
-    # the same pruned graph and scores in memory linear in the prompt (one extra backward
-    # per kept target); pruning at a higher node threshold then needs a rebuild
-    store: str = "all"
+    `sparsecircuits trace` has one flag per field (`--max-n-logits`, ...) with the field's
+    default, type and `help`."""
+
+    max_n_logits: int = field(default=10, metadata={"help": "most output logits traced"})
+    desired_logit_prob: float = field(
+        default=0.95,
+        metadata={"help": "trace the most likely next tokens up to this cumulative probability"},
+    )
+    batch_size: int = field(default=64, metadata={"help": "targets per backward pass"})
+    row_mass: float = field(
+        default=0.999,
+        metadata={
+            "help": "per target, keep the largest edges covering this share of |row| (1 = all)"
+        },
+    )
+    max_edges_per_row: int | None = field(
+        default=None,
+        metadata={"help": "cap on stored edges per target (None: no cap; the edge budget applies)"},
+    )
+    # Dropped edges change influence pruning (benchmarks/graph_storage.py: at 256 tokens a 50M
+    # budget kept 42 % of the exact graph's pruned nodes), so there is no budget by default.
+    edge_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "most edges stored in all (each row keeps at most budget / targets; about 12 "
+            "bytes each); bounds memory on long prompts but changes pruning (None: the exact graph)"
+        },
+    )
+    node_threshold: float = field(
+        default=0.8,
+        metadata={"help": "pruning: keep the nodes covering this share of the logits' influence"},
+    )
+    edge_threshold: float = field(
+        default=0.98,
+        metadata={"help": "pruning: keep the edges covering this share of the influence"},
+    )
+    skip_bos: bool = field(
+        default=True, metadata={"help": "no feature or error nodes at position 0 (the BOS)"}
+    )
+    # "influential" streams the rows in reverse layer order, computing the exact influence on
+    # the fly, then recomputes the rows among the nodes passing `node_threshold` (one extra
+    # backward per kept target); pruning at a higher node threshold then needs a rebuild.
+    store: str = field(
+        default="influential",
+        metadata={
+            "help": "influential: keep only the edges among nodes passing the node threshold (the "
+            "same pruned graph and scores, memory linear in the prompt); all: keep every row (the "
+            "full graph, which can be re-pruned at any threshold)",
+            "choices": STORES,
+        },
+    )
 
     def check(self) -> None:
         """Raise `SparseCircuitsError` on out-of-range values."""
@@ -89,7 +136,7 @@ class GraphConfig:
             raise SparseCircuitsError("max_edges_per_row must be at least 1 (or None for no cap)")
         if self.edge_budget is not None and self.edge_budget < 1:
             raise SparseCircuitsError("edge_budget must be at least 1 (or None for no budget)")
-        if self.store not in ("all", "influential"):
+        if self.store not in STORES:
             raise SparseCircuitsError(f'store must be "all" or "influential", got {self.store!r}')
         if not 0.0 <= self.node_threshold <= 1.0 or not 0.0 <= self.edge_threshold <= 1.0:
             raise SparseCircuitsError("node_threshold and edge_threshold must lie in [0, 1]")
@@ -230,31 +277,143 @@ def salient_logits(logits: Tensor, max_n_logits: int, desired_prob: float) -> tu
 
 
 def build_graph(
-    replacement: Any, prompt: str | Tensor, config: GraphConfig | None = None
+    replacement: ReplacementModel, prompt: str | Tensor, config: GraphConfig | None = None
 ) -> AttributionGraph:
-    """Return the unpruned `AttributionGraph` of `prompt` (text, or input_ids `[T]` / `[1, T]`).
-
-    `replacement` is a `sparsecircuits.circuits.replacement.ReplacementModel`.
-    """
+    """Return the unpruned `AttributionGraph` of `prompt` (text, or input_ids `[T]` / `[1, T]`),
+    built in the steps of the module docstring."""
     cfg = config or GraphConfig()
     cfg.check()
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    adapter = replacement.adapter
+    # 1. one clean run
+    input_ids, text = _prompt_ids(replacement, prompt)
+    state = replacement.run(input_ids)
+    timings["clean_run"] = time.perf_counter() - start
+    # 2. nodes
+    nodes = _graph_nodes(replacement, state, cfg, int(input_ids.shape[1]))
+    # 3. targets
+    rows = _RowMaker.for_targets(replacement, input_ids, state, nodes, cfg.batch_size, timings)
+    # 4. edge rows
+    timings["forward"] = 0.0
+    adjacency, streamed = _edges(rows, cfg)
+    timings["backward"] = time.perf_counter() - start - timings["clean_run"] - timings["forward"]
+    # 5. the graph
+    tokenizer = replacement.adapter.tokenizer
+    ids = input_ids[0].cpu()
+    graph = AttributionGraph(
+        prompt=text,
+        input_ids=ids,
+        prompt_tokens=[tokenizer.decode([i]) for i in ids.tolist()],
+        n_layers=replacement.n_layers,
+        active_features=nodes.active.cpu(),
+        activations=nodes.activations.cpu(),
+        logit_ids=nodes.logit_ids.cpu(),
+        logit_probs=nodes.logit_probs.cpu(),
+        logit_tokens=[tokenizer.decode([i]) for i in nodes.logit_ids.tolist()],
+        adjacency=adjacency,
+        timings=timings,
+    )
+    if streamed is not None:
+        graph.full_influence = streamed.influence
+        graph.stored_node_threshold = cfg.node_threshold
+        graph.full_scores = streamed.scores
+    return graph
+
+
+def _prompt_ids(replacement: ReplacementModel, prompt: str | Tensor) -> tuple[Tensor, str]:
+    """`(input_ids [1, T] on the model's device, prompt text)` of a text or token prompt."""
     if isinstance(prompt, str):
         input_ids = replacement.tokenize(prompt)
         text = prompt
     else:
         input_ids = prompt.reshape(1, -1).to(replacement.device)
-        text = adapter.tokenizer.decode(input_ids[0].tolist())
+        text = replacement.adapter.tokenizer.decode(input_ids[0].tolist())
     if input_ids.shape[0] != 1:
         raise SparseCircuitsError("build_graph takes one prompt; call it once per prompt")
-    n_layers, n_pos = replacement.n_layers, int(input_ids.shape[1])
-    state = replacement.run(input_ids)
-    timings["clean_run"] = time.perf_counter() - start
+    return input_ids, text
 
-    # ---- nodes
+
+# Per transcoder layer, one entry per MLP output its features write to: (target layer,
+# positions [P], activation-scaled decoder rows [P, m, d], columns [F_layer]); see _position_groups.
+_Decoders = dict[int, list[tuple[int, Tensor, Tensor, Tensor]]]
+
+
+@dataclass
+class _Nodes:
+    """The nodes of one clean run and the vectors their edges are read with.
+
+    `active [F, 3]` (layer, pos, feature) and `activations [F]` on the CPU, in node order;
+    `decoders` per transcoder layer; `error_vectors` one `[T, d]` per layer (zero at a skipped
+    BOS); `embed [T, d]` the token embeddings; `logit_ids [K]`, `logit_probs [K]` on the CPU.
+    """
+
+    active: Tensor
+    activations: Tensor
+    decoders: _Decoders
+    error_vectors: list[Tensor]
+    embed: Tensor
+    logit_ids: Tensor
+    logit_probs: Tensor
+
+    @property
+    def n_features(self) -> int:
+        """Active feature nodes F."""
+        return int(self.active.shape[0])
+
+    @property
+    def n_pos(self) -> int:
+        """Prompt length T."""
+        return int(self.embed.shape[0])
+
+    @property
+    def n_errors(self) -> int:
+        """Error nodes L x T."""
+        return len(self.error_vectors) * self.n_pos
+
+    @property
+    def n_logits(self) -> int:
+        """Logit nodes K."""
+        return int(self.logit_ids.numel())
+
+    @property
+    def n_nodes(self) -> int:
+        """All nodes N = F + L*T + T + K."""
+        return self.n_features + self.n_errors + self.n_pos + self.n_logits
+
+
+def _graph_nodes(
+    replacement: ReplacementModel, state: ReplacementState, cfg: GraphConfig, n_pos: int
+) -> _Nodes:
+    """Step 2: the nodes of the clean run `state` of a `n_pos`-token prompt."""
     first = 1 if cfg.skip_bos and n_pos > 1 else 0
+    active, activations, decoders = _feature_nodes(replacement, state, first, n_pos)
+    logit_ids, logit_probs = salient_logits(
+        state.logits[0, -1], cfg.max_n_logits, cfg.desired_logit_prob
+    )
+    error_vectors = []
+    for layer in range(replacement.n_layers):
+        err = (
+            state.errors[layer][0] if layer in replacement.feature_layers else state.mlp_out[layer][0]
+        )
+        if first:
+            err = torch.cat([torch.zeros_like(err[:1]), err[1:]])
+        error_vectors.append(err)
+    return _Nodes(
+        active=active,
+        activations=activations,
+        decoders=decoders,
+        error_vectors=error_vectors,
+        embed=state.embed[0],
+        logit_ids=logit_ids.cpu(),
+        logit_probs=logit_probs.cpu(),
+    )
+
+
+def _feature_nodes(
+    replacement: ReplacementModel, state: ReplacementState, first: int, n_pos: int
+) -> tuple[Tensor, Tensor, _Decoders]:
+    """The features active from position `first` on: `(active [F, 3], activations [F],
+    decoders)`, by layer, then position, then feature index."""
     feats, acts, decoders = [], [], {}
     for layer in replacement.feature_layers:
         layer_acts = state.feature_acts[layer][0, first:]
@@ -270,111 +429,93 @@ def build_graph(
         ]
     active = torch.cat(feats) if feats else torch.zeros(0, 3, dtype=torch.long)
     activations = torch.cat(acts) if acts else torch.zeros(0)
-    logit_ids, logit_probs = salient_logits(
-        state.logits[0, -1], cfg.max_n_logits, cfg.desired_logit_prob
-    )
-    logit_ids, logit_probs = logit_ids.cpu(), logit_probs.cpu()
-    n_feat, n_logits = int(active.shape[0]), int(logit_ids.numel())
-    n_nodes = n_feat + n_layers * n_pos + n_pos + n_logits
-    error_vectors = []
-    for layer in range(n_layers):
-        err = (
-            state.errors[layer][0]
-            if layer in replacement.feature_layers
-            else state.mlp_out[layer][0]
-        )
-        if first:
-            err = torch.cat([torch.zeros_like(err[:1]), err[1:]])
-        error_vectors.append(err)
-    embed = state.embed[0]
+    return active, activations, decoders
 
-    # ---- targets: logits first, then features by layer (each batch's backward stays shallow).
-    # The injected gradient is the target's input direction at its read point.
-    W_U = replacement.W_U
-    de_meaned = W_U[:, logit_ids.to(W_U.device)] - W_U.mean(1, keepdim=True)
-    injections = [de_meaned.T]  # [K, d]
-    for layer in replacement.feature_layers:
-        layer_feats = active[active[:, 0] == layer, 2].to(replacement.device)
-        injections.append(replacement.encoder(layer).W_enc[:, layer_feats].T)
-    feature_counts = [int(decoders[k][0][3].numel()) for k in sorted(decoders)]
-    rows = _RowMaker(
-        replacement=replacement,
-        input_ids=input_ids,
-        state=state,
-        n_nodes=n_nodes,
-        injection=torch.cat(injections),  # [n_targets, d]
-        target_layer=torch.cat([torch.full((n_logits,), n_layers, dtype=torch.long), active[:, 0]]),
-        target_pos=torch.cat([torch.full((n_logits,), n_pos - 1, dtype=torch.long), active[:, 1]]),
-        target_node=torch.cat([torch.arange(n_logits) + n_nodes - n_logits, torch.arange(n_feat)]),
-        decoders=decoders,
-        feature_offsets=[sum(feature_counts[:i]) for i in range(len(feature_counts) + 1)],
-        error_vectors=error_vectors,
-        embed=embed,
-        batch_size=cfg.batch_size,
-        timings=timings,
-    )
-    row_cap = cfg.row_cap(int(rows.target_node.numel()), n_nodes)
-    timings["forward"] = 0.0
-    streamed: _Streamed | None = None
-    all_targets = torch.arange(int(rows.target_node.numel()))
+
+def _edges(rows: _RowMaker, cfg: GraphConfig) -> tuple[SparseAdjacency, _Streamed | None]:
+    """Step 4: the stored edges, and for `store="influential"` what streaming computed."""
+    nodes = rows.nodes
+    n_targets = int(rows.target_node.numel())
+    row_cap = cfg.row_cap(n_targets, nodes.n_nodes)
+    all_targets = torch.arange(n_targets)
     if cfg.store == "all":
-        sums = torch.zeros(n_nodes, dtype=torch.float64)
-        adjacency = _collect_edges(rows, all_targets, cfg.row_mass, row_cap, sums)
-    else:
-        streamed = _stream_influence(
-            rows, cfg, row_cap, n_feat, n_layers * n_pos, n_pos, logit_probs
-        )
-        # pass two: recompute the kept targets' rows, store their edges from kept sources
-        kept = all_targets[streamed.node_mask[rows.target_node]]
-        adjacency = _collect_edges(
-            rows, kept, cfg.row_mass, row_cap, streamed.row_abs_sums, streamed.node_mask
-        )
-    timings["backward"] = time.perf_counter() - start - timings["clean_run"] - timings["forward"]
-
-    tokenizer = adapter.tokenizer
-    ids = input_ids[0].cpu()
-    graph = AttributionGraph(
-        prompt=text,
-        input_ids=ids,
-        prompt_tokens=[tokenizer.decode([i]) for i in ids.tolist()],
-        n_layers=n_layers,
-        active_features=active.cpu(),
-        activations=activations.cpu(),
-        logit_ids=logit_ids.cpu(),
-        logit_probs=logit_probs.cpu(),
-        logit_tokens=[tokenizer.decode([i]) for i in logit_ids.tolist()],
-        adjacency=adjacency,
-        timings=timings,
+        sums = torch.zeros(nodes.n_nodes, dtype=torch.float64)
+        return _collect_edges(rows, all_targets, cfg.row_mass, row_cap, sums), None
+    streamed = _stream_influence(
+        rows, cfg, row_cap, nodes.n_features, nodes.n_errors, nodes.n_pos, nodes.logit_probs
     )
-    if streamed is not None:
-        graph.full_influence = streamed.influence
-        graph.stored_node_threshold = cfg.node_threshold
-        graph.full_scores = streamed.scores
-    return graph
+    # pass two: recompute the kept targets' rows, store their edges from kept sources
+    kept = all_targets[streamed.node_mask[rows.target_node]]
+    adjacency = _collect_edges(
+        rows, kept, cfg.row_mass, row_cap, streamed.row_abs_sums, streamed.node_mask
+    )
+    return adjacency, streamed
 
 
 @dataclass
 class _RowMaker:
-    """What computing edge rows needs: the clean run, the targets and the source read-outs.
+    """Computes edge rows: holds the clean run, the nodes, the targets and the timings.
 
     Target `i` (`0 <= i < n_targets`: logits first, then features in node order) is node
     `target_node[i]`, read at `(target_layer[i], target_pos[i])` along `injection[i]`.
     """
 
-    replacement: Any
+    replacement: ReplacementModel
     input_ids: Tensor
-    state: Any
-    n_nodes: int
+    state: ReplacementState
+    nodes: _Nodes
     injection: Tensor
     target_layer: Tensor
     target_pos: Tensor
     target_node: Tensor
-    decoders: dict[int, list[tuple[int, Tensor, Tensor, Tensor]]]
     feature_offsets: list[int]
-    error_vectors: list[Tensor]
-    embed: Tensor
     batch_size: int
     timings: dict[str, float]
+
+    @classmethod
+    def for_targets(
+        cls,
+        replacement: ReplacementModel,
+        input_ids: Tensor,
+        state: ReplacementState,
+        nodes: _Nodes,
+        batch_size: int,
+        timings: dict[str, float],
+    ) -> _RowMaker:
+        """Step 3: the targets, logits first, then features by layer (each batch's backward
+        stays shallow); the gradient injected is the target's input direction at its read point."""
+        n_layers, n_pos = replacement.n_layers, nodes.n_pos
+        n_feat, n_logits, n_nodes = nodes.n_features, nodes.n_logits, nodes.n_nodes
+        active = nodes.active
+        W_U = replacement.W_U
+        de_meaned = W_U[:, nodes.logit_ids.to(W_U.device)] - W_U.mean(1, keepdim=True)
+        injections = [de_meaned.T]  # [K, d]
+        for layer in replacement.feature_layers:
+            layer_feats = active[active[:, 0] == layer, 2].to(replacement.device)
+            injections.append(replacement.encoder(layer).W_enc[:, layer_feats].T)
+        feature_counts = [int(nodes.decoders[k][0][3].numel()) for k in sorted(nodes.decoders)]
+        logit_layer = torch.full((n_logits,), n_layers, dtype=torch.long)
+        logit_pos = torch.full((n_logits,), n_pos - 1, dtype=torch.long)
+        return cls(
+            replacement=replacement,
+            input_ids=input_ids,
+            state=state,
+            nodes=nodes,
+            injection=torch.cat(injections),  # [n_targets, d]
+            target_layer=torch.cat([logit_layer, active[:, 0]]),
+            target_pos=torch.cat([logit_pos, active[:, 1]]),
+            target_node=torch.cat(
+                [torch.arange(n_logits) + n_nodes - n_logits, torch.arange(n_feat)]
+            ),
+            feature_offsets=[sum(feature_counts[:i]) for i in range(len(feature_counts) + 1)],
+            batch_size=batch_size,
+            timings=timings,
+        )
+
+    @property
+    def n_nodes(self) -> int:
+        """N, the width of a row."""
+        return self.nodes.n_nodes
 
     def bucket_ends(self) -> Tensor:
         """Prefix lengths `[n_buckets]`: targets at a position q only need the prompt up to q."""
@@ -382,7 +523,7 @@ class _RowMaker:
         n_buckets = max(1, min(8, n_pos // 16))
         return torch.tensor([-(-n_pos * (i + 1) // n_buckets) for i in range(n_buckets)])
 
-    def blocks(self, groups: list[Tensor]) -> Any:
+    def blocks(self, groups: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield `(nodes [B], dense rows [B, n_nodes] on the CPU)` for each group of target
         indices, in order, in batches of `batch_size`.
 
@@ -415,25 +556,103 @@ class _RowMaker:
                 )
             read_points, sources = forwards[index]
             last = last_use[index] == step
-            block = _row_block(
-                self.replacement,
-                batch,
-                read_points,
-                sources,
-                last,
-                self.n_nodes,
-                end,
-                self.target_layer,
-                self.target_pos,
-                self.injection,
-                self.decoders,
-                self.feature_offsets,
-                self.error_vectors,
-                self.embed,
-            )
+            block = self.row_block(batch, read_points, sources, last, end)
             if last:
                 del forwards[index]
             yield self.target_node[batch], block.cpu()
+
+    def row_block(
+        self,
+        targets: Tensor,
+        read_points: dict[int, Tensor],
+        sources: list[Tensor],
+        last: bool,
+        prefix: int,
+    ) -> Tensor:
+        """Dense edge rows `[len(targets), n_nodes]` of a batch of targets (indices into the
+        target list) from one vmapped backward through the frozen forward of the first `prefix`
+        tokens (its `read_points` and `sources`; `last`: that forward's last use)."""
+        grads = self._backward(targets, read_points, sources, last)
+        batch, n_layers = int(targets.numel()), self.replacement.n_layers
+        block = torch.zeros(
+            batch, self.n_nodes, dtype=torch.float32, device=self.replacement.device
+        )
+        decoders, feature_offsets = self.nodes.decoders, self.feature_offsets
+        n_feat = feature_offsets[-1]
+        n_pos = self.nodes.n_pos
+        for i, layer in enumerate(sorted(decoders)):
+            # Sum over the MLP outputs the source layer writes to (one for a per-layer transcoder).
+            per_pos: Tensor | None = None
+            for target, positions, dec_padded, _ in decoders[layer]:
+                g = grads[target]
+                if g is None:
+                    continue
+                inside = positions < prefix  # features later than the prefix get no edge
+                # [pos, batch, d] x [pos, d, max features per position] -> the feature columns
+                written = torch.bmm(
+                    g[:, 0, positions[inside]].transpose(0, 1), dec_padded[inside].transpose(1, 2)
+                )
+                if per_pos is None:
+                    per_pos = torch.zeros(
+                        positions.numel(),
+                        batch,
+                        dec_padded.shape[1],
+                        dtype=g.dtype,
+                        device=g.device,
+                    )
+                    per_pos[inside] = written
+                else:
+                    per_pos[inside] += written
+            if per_pos is None:
+                continue
+            columns = decoders[layer][0][3]
+            flat = per_pos.permute(1, 0, 2).reshape(batch, -1)
+            block[:, feature_offsets[i] : feature_offsets[i + 1]] = flat[:, columns]
+        for layer in range(n_layers):
+            g = grads[layer]
+            if g is not None:
+                col = n_feat + layer * n_pos
+                block[:, col : col + prefix] = torch.einsum(
+                    "bpd,pd->bp", g[:, 0], self.nodes.error_vectors[layer][:prefix]
+                )
+        g = grads[n_layers]
+        if g is not None:
+            col = n_feat + n_layers * n_pos
+            block[:, col : col + prefix] = torch.einsum(
+                "bpd,pd->bp", g[:, 0], self.nodes.embed[:prefix]
+            )
+        return block
+
+    def _backward(
+        self,
+        targets: Tensor,
+        read_points: dict[int, Tensor],
+        sources: list[Tensor],
+        last: bool,
+    ) -> tuple[Tensor | None, ...]:
+        """The gradients `[B, 1, prefix, d]` at every source (None where a source is unused) of
+        the batch of `targets`, from one vmapped backward."""
+        batch = int(targets.numel())
+        outputs, grad_outputs = [], []
+        for layer in sorted(set(self.target_layer[targets].tolist())):
+            slots = (self.target_layer[targets] == layer).nonzero(as_tuple=True)[0]
+            grad = torch.zeros(
+                batch,
+                *read_points[layer].shape,
+                dtype=self.replacement.dtype,
+                device=self.replacement.device,
+            )
+            grad[slots, 0, self.target_pos[targets[slots]]] = self.injection[targets[slots]]
+            outputs.append(read_points[layer])
+            grad_outputs.append(grad)
+        return torch.autograd.grad(
+            outputs,
+            sources,
+            grad_outputs=grad_outputs,
+            retain_graph=not last,
+            is_grads_batched=True,
+            allow_unused=True,
+        )
 
 
 def _collect_edges(
@@ -514,7 +733,7 @@ def _stream_influence(
 
 
 def _frozen_forward(
-    replacement: Any, input_ids: Tensor, state: Any = None
+    replacement: ReplacementModel, input_ids: Tensor, state: ReplacementState | None = None
 ) -> tuple[dict[int, Tensor], list[Tensor]]:
     """One frozen forward pass of `input_ids [1, T]` (clean `state` given or computed) kept for
     many backward passes.
@@ -539,83 +758,6 @@ def _frozen_forward(
     read_points = {layer: out.tc_in[layer] for layer in replacement.feature_layers}
     read_points[n_layers] = out.final_normed
     return read_points, [out.mlp_out[layer] for layer in range(n_layers)] + [out.embed]
-
-
-def _row_block(
-    replacement: Any,
-    targets: Tensor,
-    read_points: dict[int, Tensor],
-    sources: list[Tensor],
-    last: bool,
-    n_nodes: int,
-    prefix: int,
-    target_layer: Tensor,
-    target_pos: Tensor,
-    injection: Tensor,
-    decoders: dict[int, list[tuple[int, Tensor, Tensor, Tensor]]],
-    feature_offsets: list[int],
-    error_vectors: list[Tensor],
-    embed: Tensor,
-) -> Tensor:
-    """Dense edge rows `[len(targets), n_nodes]` of a batch of targets, from one vmapped backward."""
-    batch, n_layers = int(targets.numel()), replacement.n_layers
-    outputs, grad_outputs = [], []
-    for layer in sorted(set(target_layer[targets].tolist())):
-        slots = (target_layer[targets] == layer).nonzero(as_tuple=True)[0]
-        grad = torch.zeros(
-            batch, *read_points[layer].shape, dtype=replacement.dtype, device=replacement.device
-        )
-        grad[slots, 0, target_pos[targets[slots]]] = injection[targets[slots]]
-        outputs.append(read_points[layer])
-        grad_outputs.append(grad)
-    grads = torch.autograd.grad(
-        outputs,
-        sources,
-        grad_outputs=grad_outputs,
-        retain_graph=not last,
-        is_grads_batched=True,
-        allow_unused=True,
-    )
-    block = torch.zeros(batch, n_nodes, dtype=torch.float32, device=replacement.device)
-    n_feat = feature_offsets[-1]
-    n_pos = int(embed.shape[0])
-    for i, layer in enumerate(sorted(decoders)):
-        # Sum over the MLP outputs the source layer writes to (one for a per-layer transcoder).
-        per_pos: Tensor | None = None
-        for target, positions, dec_padded, _ in decoders[layer]:
-            g = grads[target]
-            if g is None:
-                continue
-            inside = positions < prefix  # features later than the prefix get no edge
-            # [pos, batch, d] x [pos, d, max features per position] -> the feature columns
-            written = torch.bmm(
-                g[:, 0, positions[inside]].transpose(0, 1), dec_padded[inside].transpose(1, 2)
-            )
-            if per_pos is None:
-                per_pos = torch.zeros(
-                    positions.numel(), batch, dec_padded.shape[1], dtype=g.dtype, device=g.device
-                )
-                per_pos[inside] = written
-            else:
-                per_pos[inside] += written
-        if per_pos is None:
-            continue
-        columns = decoders[layer][0][3]
-        flat = per_pos.permute(1, 0, 2).reshape(batch, -1)
-        block[:, feature_offsets[i] : feature_offsets[i + 1]] = flat[:, columns]
-    for layer in range(n_layers):
-        g = grads[layer]
-        if g is not None:
-            col = n_feat + layer * n_pos
-            block[:, col : col + prefix] = torch.einsum(
-                "bpd,pd->bp", g[:, 0], error_vectors[layer][:prefix]
-            )
-    if grads[n_layers] is not None:
-        col = n_feat + n_layers * n_pos
-        block[:, col : col + prefix] = torch.einsum(
-            "bpd,pd->bp", grads[n_layers][:, 0], embed[:prefix]
-        )
-    return block
 
 
 def _position_groups(pos: Tensor, rows: Tensor, n_pos: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -658,115 +800,3 @@ def _sparsify(
         keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
     b, s = keep.nonzero(as_tuple=True)
     return rows[b].int(), s.int(), block[b, s], sums
-
-
-# ------------------------------------------------------------------------------ export
-
-
-def to_neuronpedia(
-    graph: AttributionGraph,
-    pruned: PruneResult | None = None,
-    *,
-    slug: str = "graph",
-    scan: str = "",
-    node_threshold: float = 0.8,
-    edge_threshold: float = 0.98,
-    generation: GraphConfig | None = None,
-    info: dict[str, Any] | None = None,
-) -> npd.NeuronpediaGraph:
-    """The pruned graph in Neuronpedia's graph JSON model (prunes with the thresholds if not given)."""
-    from sparsecircuits import __version__
-
-    pruned = pruned or graph.prune(node_threshold, edge_threshold)
-    n_feat, n_err, n_pos = graph.n_features, graph.n_errors, graph.n_pos
-    cumulative = pruned.cumulative_scores.tolist()
-    nodes: dict[int, npd.GraphNode] = {}
-    for i in pruned.node_mask.nonzero(as_tuple=True)[0].tolist():
-        if i < n_feat:
-            layer, pos, feat = graph.active_features[i].tolist()
-            nodes[i] = npd.feature_node(
-                layer,
-                feat,
-                pos,
-                n_pos,
-                activation=float(graph.activations[i]),
-                influence=cumulative[i],
-            )
-        elif i < n_feat + n_err:
-            layer, pos = divmod(i - n_feat, n_pos)
-            nodes[i] = npd.error_node(
-                layer, pos, n_pos, graph.prompt_tokens[pos], influence=cumulative[i]
-            )
-        elif i < n_feat + n_err + n_pos:
-            pos = i - n_feat - n_err
-            nodes[i] = npd.token_node(
-                int(graph.input_ids[pos]),
-                pos,
-                n_pos,
-                graph.prompt_tokens[pos],
-                influence=cumulative[i],
-            )
-        else:
-            k = i - n_feat - n_err - n_pos
-            nodes[i] = npd.logit_node(
-                int(graph.logit_ids[k]),
-                n_pos - 1,
-                graph.n_layers,
-                graph.logit_tokens[k],
-                float(graph.logit_probs[k]),
-                is_target=k == 0,
-            )
-    adj = graph.adjacency
-    kept = pruned.edge_mask.nonzero(as_tuple=True)[0]
-    links = []
-    connected: set[int] = set()
-    for t, s, w in zip(
-        adj.targets[kept].tolist(),
-        adj.sources[kept].tolist(),
-        adj.weights[kept].tolist(),
-        strict=True,
-    ):
-        if t in nodes and s in nodes:
-            links.append(
-                npd.GraphLink(source=nodes[s].node_id, target=nodes[t].node_id, weight=float(w))
-            )
-            connected.update((t, s))
-    used = [
-        node
-        for i, node in sorted(nodes.items())
-        if i in connected
-        or node.feature_type in (npd.FEATURE_TYPE_EMBEDDING, npd.FEATURE_TYPE_LOGIT)
-    ]
-    gen = generation or GraphConfig()
-    metadata = npd.GraphMetadata(
-        slug=slug,
-        scan=scan,
-        prompt_tokens=list(graph.prompt_tokens),
-        prompt=graph.prompt,
-        node_threshold=node_threshold,
-        info=npd.GraphInfo(
-            generator=npd.Generator(name="sparsecircuits", version=__version__),
-            create_time_ms=float(int(time.time() * 1000)),
-            extra=dict(info or {}),
-        ),
-        generation_settings=npd.GenerationSettings(
-            max_n_logits=gen.max_n_logits,
-            desired_logit_prob=gen.desired_logit_prob,
-            batch_size=gen.batch_size,
-            max_feature_nodes=graph.n_features,
-            extra={
-                "row_mass": gen.row_mass,
-                "max_edges_per_row": gen.max_edges_per_row,
-                "edge_budget": gen.edge_budget,
-                "skip_bos": gen.skip_bos,
-                "store": gen.store,
-            },
-        ),
-        pruning_settings=npd.PruningSettings(
-            node_threshold=node_threshold, edge_threshold=edge_threshold
-        ),
-        schema_version=1,
-    )
-    return npd.NeuronpediaGraph(
-        metadata=metadata, qParams=npd.default_qparams(), nodes=used, links=links
-    )

@@ -1,4 +1,5 @@
-"""Neuronpedia / Anthropic attribution-graph JSON: dataclasses, export, import, validation.
+"""Neuronpedia / Anthropic attribution-graph JSON: dataclasses, export, import, validation, and
+`to_neuronpedia` (a pruned `AttributionGraph` in this format).
 
 The format is Neuronpedia's published `graph-schema.json` (copied in `schema/`, see SOURCE.md) plus
 the fields circuit-tracer writes (`transcoder_list`, `schema_version`, node `token_prob`,
@@ -19,12 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparsecircuits.errors import SparseCircuitsError
+
+if TYPE_CHECKING:
+    from sparsecircuits.circuits.graph.build import AttributionGraph, GraphConfig
+    from sparsecircuits.circuits.graph.prune import PruneResult
 
 FEATURE_TYPE_TRANSCODER = (
     "cross layer transcoder"  # circuit-tracer uses this for per-layer ones too
@@ -437,4 +443,155 @@ def logit_node(
         is_target_logit=is_target,
         run_idx=0,
         reverse_ctx_idx=0,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# From an attribution graph.
+# --------------------------------------------------------------------------------------------
+
+
+def to_neuronpedia(
+    graph: AttributionGraph,
+    pruned: PruneResult | None = None,
+    *,
+    slug: str = "graph",
+    scan: str = "",
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    generation: GraphConfig | None = None,
+    info: dict[str, Any] | None = None,
+) -> NeuronpediaGraph:
+    """Return the pruned `graph` in Neuronpedia's graph JSON model (pruned with the thresholds
+    when `pruned` is not given): the kept nodes with a kept link, every token and logit node, and
+    the kept links between them. `generation` is the `GraphConfig` the graph was built with."""
+    pruned = pruned or graph.prune(node_threshold, edge_threshold)
+    nodes = _kept_nodes(graph, pruned)
+    links, connected = _kept_links(graph, pruned, nodes)
+    used = [
+        node
+        for i, node in sorted(nodes.items())
+        if i in connected or node.feature_type in (FEATURE_TYPE_EMBEDDING, FEATURE_TYPE_LOGIT)
+    ]
+    metadata = _metadata(
+        graph,
+        slug=slug,
+        scan=scan,
+        node_threshold=node_threshold,
+        edge_threshold=edge_threshold,
+        generation=generation,
+        info=info,
+    )
+    return NeuronpediaGraph(metadata=metadata, qParams=default_qparams(), nodes=used, links=links)
+
+
+def _kept_nodes(graph: AttributionGraph, pruned: PruneResult) -> dict[int, GraphNode]:
+    """`{node index: node}` of the nodes `pruned` keeps (see `AttributionGraph` for the order)."""
+    n_feat, n_err, n_pos = graph.n_features, graph.n_errors, graph.n_pos
+    cumulative = pruned.cumulative_scores.tolist()
+    nodes: dict[int, GraphNode] = {}
+    for i in pruned.node_mask.nonzero(as_tuple=True)[0].tolist():
+        if i < n_feat:
+            layer, pos, feat = graph.active_features[i].tolist()
+            nodes[i] = feature_node(
+                layer,
+                feat,
+                pos,
+                n_pos,
+                activation=float(graph.activations[i]),
+                influence=cumulative[i],
+            )
+        elif i < n_feat + n_err:
+            layer, pos = divmod(i - n_feat, n_pos)
+            nodes[i] = error_node(
+                layer, pos, n_pos, graph.prompt_tokens[pos], influence=cumulative[i]
+            )
+        elif i < n_feat + n_err + n_pos:
+            pos = i - n_feat - n_err
+            nodes[i] = token_node(
+                int(graph.input_ids[pos]),
+                pos,
+                n_pos,
+                graph.prompt_tokens[pos],
+                influence=cumulative[i],
+            )
+        else:
+            k = i - n_feat - n_err - n_pos
+            nodes[i] = logit_node(
+                int(graph.logit_ids[k]),
+                n_pos - 1,
+                graph.n_layers,
+                graph.logit_tokens[k],
+                float(graph.logit_probs[k]),
+                is_target=k == 0,
+            )
+    return nodes
+
+
+def _kept_links(
+    graph: AttributionGraph, pruned: PruneResult, nodes: dict[int, GraphNode]
+) -> tuple[list[GraphLink], set[int]]:
+    """The links of the edges `pruned` keeps between `nodes`, and the node indices they touch."""
+    adj = graph.adjacency
+    kept = pruned.edge_mask.nonzero(as_tuple=True)[0]
+    links = []
+    connected: set[int] = set()
+    for t, s, w in zip(
+        adj.targets[kept].tolist(),
+        adj.sources[kept].tolist(),
+        adj.weights[kept].tolist(),
+        strict=True,
+    ):
+        if t in nodes and s in nodes:
+            links.append(
+                GraphLink(source=nodes[s].node_id, target=nodes[t].node_id, weight=float(w))
+            )
+            connected.update((t, s))
+    return links, connected
+
+
+def _metadata(
+    graph: AttributionGraph,
+    *,
+    slug: str,
+    scan: str,
+    node_threshold: float,
+    edge_threshold: float,
+    generation: GraphConfig | None,
+    info: dict[str, Any] | None,
+) -> GraphMetadata:
+    """The graph's `metadata`: prompt, generator, generation and pruning settings."""
+    # imported here so that reading and writing graph JSON does not load the builder (and torch)
+    from sparsecircuits import __version__
+    from sparsecircuits.circuits.graph.build import GraphConfig
+
+    gen = generation or GraphConfig()
+    return GraphMetadata(
+        slug=slug,
+        scan=scan,
+        prompt_tokens=list(graph.prompt_tokens),
+        prompt=graph.prompt,
+        node_threshold=node_threshold,
+        info=GraphInfo(
+            generator=Generator(name="sparsecircuits", version=__version__),
+            create_time_ms=float(int(time.time() * 1000)),
+            extra=dict(info or {}),
+        ),
+        generation_settings=GenerationSettings(
+            max_n_logits=gen.max_n_logits,
+            desired_logit_prob=gen.desired_logit_prob,
+            batch_size=gen.batch_size,
+            max_feature_nodes=graph.n_features,
+            extra={
+                "row_mass": gen.row_mass,
+                "max_edges_per_row": gen.max_edges_per_row,
+                "edge_budget": gen.edge_budget,
+                "skip_bos": gen.skip_bos,
+                "store": gen.store,
+            },
+        ),
+        pruning_settings=PruningSettings(
+            node_threshold=node_threshold, edge_threshold=edge_threshold
+        ),
+        schema_version=1,
     )
