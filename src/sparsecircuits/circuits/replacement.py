@@ -45,13 +45,25 @@ layer L reads at `2L`, its MLP at `2L + 1` (`2L` with a parallel residual), the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from sparsecircuits.circuits.edits import (
+    Edits,
+    EmbedEdit,
+    ErrorEdit,
+    FeatureEdit,
+    HeadEdit,
+    Multipliers,
+    edit_pattern,
+    scale_positions,
+    set_features,
+)
+from sparsecircuits.circuits.state import BlockRecord, ReplacementState, TranscoderRecord
 from sparsecircuits.dictionaries import (
     Dictionary,
     EncoderWeights,
@@ -61,205 +73,35 @@ from sparsecircuits.dictionaries import (
 )
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models import ModelAdapter, NormParams
+from sparsecircuits.models.architectures import (
+    apply_gain,
+    norm_scale,
+    normalize_with_scale,
+    pull_back_norm,
+)
+
+__all__ = [
+    "FEATURE_MODES",
+    "TRANSCODER_INPUTS",
+    "EmbedEdit",
+    "ErrorEdit",
+    "FeatureEdit",
+    "FeatureMode",
+    "HeadEdit",
+    "Edits",
+    "Multipliers",
+    "ReplacementModel",
+    "ReplacementState",
+    "apply_gain",
+    "norm_scale",
+    "normalize_with_scale",
+    "pull_back_norm",
+]
 
 FeatureMode = Literal["frozen", "linear", "live"]
 FEATURE_MODES = ("frozen", "linear", "live")
 # Where a transcoder may read its input, as the suffix of `blocks.L.<suffix>`.
 TRANSCODER_INPUTS = ("hook_mlp_in", "ln2.hook_normalized", "hook_resid_mid")
-
-
-# ---------------------------------------------------------------------------- edits
-
-
-@dataclass
-class FeatureEdit:
-    """Set feature(s) `feature` of `layer` to `value` at `pos` (None: all) of prompt `batch` (None: all)."""
-
-    layer: int
-    feature: int | Sequence[int]
-    pos: int | None = None
-    value: float = 0.0
-    batch: int | None = None
-
-
-@dataclass
-class HeadEdit:
-    """Multiply head `head` of `layer`'s attention weights dest<-src by `scale` (0: ablate).
-
-    `dest`/`src`/`batch` None means all. The weights are not renormalised, so scale 0 removes
-    exactly what the head moved from src to dest (its value vectors, biases included).
-    """
-
-    layer: int
-    head: int
-    dest: int | None = None
-    src: int | None = None
-    batch: int | None = None
-    scale: float = 0.0
-
-
-@dataclass
-class ErrorEdit:
-    """Multiply the error term of `layer` at `pos` (None: all) by `scale` (0: remove it).
-
-    For a layer without a transcoder the whole (frozen) MLP output is scaled.
-    """
-
-    layer: int
-    pos: int | None = None
-    batch: int | None = None
-    scale: float = 0.0
-
-
-@dataclass
-class EmbedEdit:
-    """Multiply the input embedding (token + learned position) at `pos` by `scale`."""
-
-    pos: int | None = None
-    batch: int | None = None
-    scale: float = 0.0
-
-
-@dataclass
-class Edits:
-    """Interventions applied by `ReplacementModel.forward_with`.
-
-    `feature_fns[layer]` maps that layer's activations `[b, p, d_sae]` to new ones (after the
-    point edits are applied), e.g. for mean ablation. `drop_errors` lists layers whose error
-    term is removed everywhere (the pure transcoder output is used).
-    """
-
-    features: list[FeatureEdit] = field(default_factory=list)
-    heads: list[HeadEdit] = field(default_factory=list)
-    errors: list[ErrorEdit] = field(default_factory=list)
-    embeds: list[EmbedEdit] = field(default_factory=list)
-    feature_fns: dict[int, Callable[[Tensor], Tensor]] = field(default_factory=dict)
-    drop_errors: set[int] = field(default_factory=set)
-
-    def __add__(self, other: Edits) -> Edits:
-        return Edits(
-            features=self.features + other.features,
-            heads=self.heads + other.heads,
-            errors=self.errors + other.errors,
-            embeds=self.embeds + other.embeds,
-            feature_fns={**self.feature_fns, **other.feature_fns},
-            drop_errors=self.drop_errors | other.drop_errors,
-        )
-
-
-@dataclass
-class Multipliers:
-    """Unit tensors multiplied into the forward pass so that d(target)/d(multiplier) = attribution.
-
-    Each is None (absent) or a tensor of ones with `requires_grad`: `embed [b,p,1]`,
-    `features[L] [b,p,d_sae]`, `errors[L] [b,p,1]` (whole MLP output for layers without a
-    transcoder), `patterns[L] [b,h,q,k]`.
-    """
-
-    embed: Tensor | None = None
-    features: dict[int, Tensor] = field(default_factory=dict)
-    errors: dict[int, Tensor] = field(default_factory=dict)
-    patterns: dict[int, Tensor] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------- state
-
-
-@dataclass
-class ReplacementState:
-    """Everything a replacement-model run computed, batched over prompts (`b` prompts, `p` positions).
-
-    Per layer (lists indexed by layer): `resid_pre`, `resid_mid`, `resid_post`, `attn_out`,
-    `mlp_in` (what the MLP / transcoder sees after ln2 and its gain), `mlp_out` (what was
-    added to the residual) `[b,p,d]`; `ln1_scale`, `ln2_scale` `[b,p,1]` (norm denominators);
-    `values [b,p,h,d_head]` (value vectors, bias included); `patterns [b,h,q,k]`.
-    Per transcoder layer (dicts): `tc_in` (the transcoder's input), `feature_pre`,
-    `feature_acts`, `feature_gain` (`act/pre` where active, else 0) `[b,p,d_sae]`; `tc_out`,
-    `errors` `[b,p,d]`. Global: `input_ids [b,p]`, `embed [b,p,d]` (token + learned position),
-    `ln_final_scale [b,p,1]`, `final_normed [b,p,d]` (ln_final output, gain applied),
-    `logits [b,p,vocab]`. `frozen` is the default `freeze` of `forward_with`.
-    """
-
-    input_ids: Tensor
-    embed: Tensor
-    resid_pre: list[Tensor]
-    resid_mid: list[Tensor]
-    resid_post: list[Tensor]
-    attn_out: list[Tensor]
-    mlp_in: list[Tensor]
-    mlp_out: list[Tensor]
-    ln1_scale: list[Tensor]
-    ln2_scale: list[Tensor]
-    values: list[Tensor]
-    patterns: list[Tensor]
-    tc_in: dict[int, Tensor]
-    feature_pre: dict[int, Tensor]
-    feature_acts: dict[int, Tensor]
-    feature_gain: dict[int, Tensor]
-    tc_out: dict[int, Tensor]
-    errors: dict[int, Tensor]
-    ln_final_scale: Tensor
-    final_normed: Tensor
-    logits: Tensor
-    parallel_residual: bool = False
-    frozen: bool = True
-
-    @property
-    def n_prompts(self) -> int:
-        """Number of prompts (batch size)."""
-        return int(self.input_ids.shape[0])
-
-    @property
-    def n_pos(self) -> int:
-        """Number of positions."""
-        return int(self.input_ids.shape[1])
-
-    @property
-    def n_layers(self) -> int:
-        """Number of layers."""
-        return len(self.resid_pre)
-
-    @property
-    def resid_final(self) -> Tensor:
-        """Residual stream after the last block `[b,p,d]` (input of ln_final)."""
-        return self.resid_post[-1]
-
-    def resid_at(self, read: int) -> Tensor:
-        """Return the residual stream `[b,p,d]` that reader `read` sees (see module docstring)."""
-        n = self.n_layers
-        if not 0 <= read <= 2 * n:
-            raise SparseCircuitsError(f"read point {read} is out of range 0..{2 * n}")
-        if read == 2 * n:
-            return self.resid_final
-        layer, odd = divmod(read, 2)
-        return self.resid_mid[layer] if odd else self.resid_pre[layer]
-
-    def select(self, index: Tensor | Sequence[int]) -> ReplacementState:
-        """Return the state of prompts `index` (repeats allowed: used to batch many targets)."""
-        index = torch.as_tensor(index, dtype=torch.long, device=self.input_ids.device)
-        values: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Tensor):
-                values[f.name] = value.index_select(0, index)
-            elif isinstance(value, list):
-                values[f.name] = [t.index_select(0, index) for t in value]
-            elif isinstance(value, dict):
-                values[f.name] = {k: t.index_select(0, index) for k, t in value.items()}
-        return replace(self, **values)
-
-    def detach(self) -> ReplacementState:
-        """Return the same state with every tensor detached from autograd."""
-        values: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Tensor):
-                values[f.name] = value.detach()
-            elif isinstance(value, list):
-                values[f.name] = [t.detach() for t in value]
-            elif isinstance(value, dict):
-                values[f.name] = {k: t.detach() for k, t in value.items()}
-        return replace(self, **values)
 
 
 # ---------------------------------------------------------------------------- model
@@ -289,38 +131,6 @@ def _cast_norm(params: NormParams, dtype: torch.dtype) -> NormParams:
         bias=None if params.bias is None else params.bias.to(dtype),
         eps=params.eps,
     )
-
-
-def norm_scale(x: Tensor, params: NormParams) -> Tensor:
-    """Return the norm's denominator `[..., 1]`: sqrt(var + eps) (LayerNorm) or sqrt(mean(x²) + eps)."""
-    if params.kind == "layernorm":
-        return torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + params.eps)
-    return torch.sqrt(x.pow(2).mean(-1, keepdim=True) + params.eps)
-
-
-def normalize_with_scale(x: Tensor, params: NormParams, scale: Tensor) -> Tensor:
-    """Return the norm's output before its gain, dividing by a given `scale` (linear in x)."""
-    if params.kind == "layernorm":
-        x = x - x.mean(-1, keepdim=True)
-    return x / scale
-
-
-def apply_norm_gain(normalized: Tensor, params: NormParams) -> Tensor:
-    """Return `normalized * weight (+ bias)`."""
-    out = normalized * params.weight
-    return out if params.bias is None else out + params.bias
-
-
-def pull_back_norm(vector: Tensor, params: NormParams, scale: Tensor, gain: bool = True) -> Tensor:
-    """Return the residual-space vector u with `u · x == vector · (norm(x) - bias)` at a frozen scale.
-
-    `vector [..., d]` lives after the norm (after its gain when `gain`, else before);
-    `scale [..., 1]` is the frozen denominator. LayerNorm's mean subtraction is included.
-    """
-    u = vector * params.weight if gain else vector
-    if params.kind == "layernorm":
-        u = u - u.mean(-1, keepdim=True)
-    return u / scale
 
 
 def _per_head(x: Tensor, weight: Tensor) -> Tensor:
@@ -680,8 +490,8 @@ class ReplacementModel:
         k = _per_head(attn_in, w.W_K) + w.b_K
         if w.qk_norms is not None:
             q_norm, k_norm = w.qk_norms
-            q = apply_norm_gain(normalize_with_scale(q, q_norm, norm_scale(q, q_norm)), q_norm)
-            k = apply_norm_gain(normalize_with_scale(k, k_norm, norm_scale(k, k_norm)), k_norm)
+            q = apply_gain(normalize_with_scale(q, q_norm, norm_scale(q, q_norm)), q_norm)
+            k = apply_gain(normalize_with_scale(k, k_norm, norm_scale(k, k_norm)), k_norm)
         if rotary is not None:
             cos, sin = rotary
             q, k = _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin)
@@ -703,216 +513,140 @@ class ReplacementModel:
         edits: Edits | None,
         mults: Multipliers | None,
     ) -> ReplacementState:
-        edits = edits or Edits()
-        mults = mults or Multipliers()
-        b, p = input_ids.shape
-        embed = self._embed(input_ids)
-        embed = _scale_positions(embed, edits.embeds)
-        if mults.embed is not None:
-            embed = embed * mults.embed
-        rotary = None
+        run = _Pass(clean, freeze, features, edits or Edits(), mults or Multipliers())
+        embed = scale_positions(self._embed(input_ids), run.edits.embeds)
+        if run.mults.embed is not None:
+            embed = embed * run.mults.embed
         if self.adapter.positional == "rotary" and not freeze:
-            cs = self.adapter.rotary_cos_sin(torch.arange(p, device=self.device))
+            cs = self.adapter.rotary_cos_sin(torch.arange(input_ids.shape[1], device=self.device))
             if cs is not None:
-                rotary = (cs[0].to(self.dtype), cs[1].to(self.dtype))
-        caches: dict[str, list[Tensor]] = {
-            k: []
-            for k in (
-                "resid_pre",
-                "resid_mid",
-                "resid_post",
-                "attn_out",
-                "mlp_in",
-                "mlp_out",
-                "ln1_scale",
-                "ln2_scale",
-                "values",
-                "patterns",
-            )
-        }
-        tc_caches: dict[str, dict[int, Tensor]] = {
-            k: {}
-            for k in ("tc_in", "feature_pre", "feature_acts", "feature_gain", "tc_out", "errors")
-        }
+                run.rotary = (cs[0].to(self.dtype), cs[1].to(self.dtype))
+        blocks: list[BlockRecord] = []
         resid = embed
         for layer in range(self.n_layers):
-            w = self._layers[layer]
-            resid_pre = resid
-            scale1 = (
-                clean.ln1_scale[layer]
-                if (freeze and clean is not None)
-                else norm_scale(resid_pre, w.ln1)
-            )
-            attn_in = apply_norm_gain(normalize_with_scale(resid_pre, w.ln1, scale1), w.ln1)
-            values = _per_head(attn_in, w.W_V) + w.b_V
-            if freeze and clean is not None:
-                pattern = clean.patterns[layer]
-            else:
-                pattern = self._live_pattern(layer, attn_in, rotary)
-            pattern = _edit_pattern(pattern, [e for e in edits.heads if e.layer == layer])
-            if layer in mults.patterns:
-                pattern = pattern * mults.patterns[layer]
-            z = torch.matmul(pattern, values.transpose(1, 2)).transpose(1, 2)  # [b, q, h, e]
-            attn_out = z.flatten(2) @ w.W_O.flatten(0, 1) + w.b_O
-            resid_mid = resid_pre + attn_out
-            mlp_read = resid_pre if self.parallel_residual else resid_mid
-            scale2 = (
-                clean.ln2_scale[layer]
-                if (freeze and clean is not None)
-                else norm_scale(mlp_read, w.ln2)
-            )
-            normalized2 = normalize_with_scale(mlp_read, w.ln2, scale2)
-            mlp_in = apply_norm_gain(normalized2, w.ln2)
-            if layer in self._encoders:
-                tc_in = {
-                    "hook_mlp_in": mlp_in,
-                    "ln2.hook_normalized": normalized2,
-                    "hook_resid_mid": resid_mid,
-                }[self.tc_input[layer]]
-                mlp_out = self._transcoder_layer(
-                    layer, tc_in, mlp_in, clean, features, edits, mults, tc_caches
-                )
-            else:
-                if clean is not None and freeze:
-                    mlp_out = clean.mlp_out[layer]
-                else:
-                    mlp_out = self._mlps[layer](mlp_in).to(self.dtype)
-                # Without a transcoder the whole MLP output plays the error term's role.
-                mlp_out = _scale_positions(mlp_out, [e for e in edits.errors if e.layer == layer])
-                if layer in mults.errors:
-                    mlp_out = mlp_out * mults.errors[layer]
-            resid = resid_mid + mlp_out
-            for name, value in (
-                ("resid_pre", resid_pre),
-                ("resid_mid", resid_mid),
-                ("resid_post", resid),
-                ("attn_out", attn_out),
-                ("mlp_in", mlp_in),
-                ("mlp_out", mlp_out),
-                ("ln1_scale", scale1),
-                ("ln2_scale", scale2),
-                ("values", values),
-                ("patterns", pattern),
-            ):
-                caches[name].append(value)
-        scale_f = (
-            clean.ln_final_scale
-            if (freeze and clean is not None)
-            else norm_scale(resid, self.ln_final)
-        )
-        final_normed = apply_norm_gain(
+            blocks.append(self._block(layer, resid, run))
+            resid = blocks[-1].resid_post
+        frozen = run.frozen
+        scale_f = frozen.ln_final_scale if frozen else norm_scale(resid, self.ln_final)
+        final_normed = apply_gain(
             normalize_with_scale(resid, self.ln_final, scale_f), self.ln_final
         )
         logits = final_normed @ self.W_U + self.b_U
-        return ReplacementState(
-            input_ids=input_ids,
-            embed=embed,
-            **caches,  # type: ignore[arg-type]
-            **tc_caches,  # type: ignore[arg-type]
-            ln_final_scale=scale_f,
-            final_normed=final_normed,
-            logits=logits,
-            parallel_residual=self.parallel_residual,
+        return ReplacementState.assemble(
+            input_ids,
+            embed,
+            blocks,
+            run.transcoders,
+            scale_f,
+            final_normed,
+            logits,
+            self.parallel_residual,
         )
 
-    def _transcoder_layer(
-        self,
-        layer: int,
-        tc_in: Tensor,
-        mlp_in: Tensor,
-        clean: ReplacementState | None,
-        features: FeatureMode,
-        edits: Edits,
-        mults: Multipliers,
-        caches: dict[str, dict[int, Tensor]],
-    ) -> Tensor:
+    def _block(self, layer: int, resid_pre: Tensor, run: _Pass) -> BlockRecord:
+        """One block of the forward pass from its input residual `[b,p,d]`."""
+        w, frozen = self._layers[layer], run.frozen
+        scale1 = frozen.ln1_scale[layer] if frozen else norm_scale(resid_pre, w.ln1)
+        attn_in = apply_gain(normalize_with_scale(resid_pre, w.ln1, scale1), w.ln1)
+        values = _per_head(attn_in, w.W_V) + w.b_V
+        pattern = (
+            frozen.patterns[layer] if frozen else self._live_pattern(layer, attn_in, run.rotary)
+        )
+        pattern = edit_pattern(pattern, [e for e in run.edits.heads if e.layer == layer])
+        if layer in run.mults.patterns:
+            pattern = pattern * run.mults.patterns[layer]
+        z = torch.matmul(pattern, values.transpose(1, 2)).transpose(1, 2)  # [b, q, h, e]
+        attn_out = z.flatten(2) @ w.W_O.flatten(0, 1) + w.b_O
+        resid_mid = resid_pre + attn_out
+        mlp_read = resid_pre if self.parallel_residual else resid_mid
+        scale2 = frozen.ln2_scale[layer] if frozen else norm_scale(mlp_read, w.ln2)
+        normalized2 = normalize_with_scale(mlp_read, w.ln2, scale2)
+        mlp_in = apply_gain(normalized2, w.ln2)
+        if layer in self._encoders:
+            tc_in = {
+                "hook_mlp_in": mlp_in,
+                "ln2.hook_normalized": normalized2,
+                "hook_resid_mid": resid_mid,
+            }[self.tc_input[layer]]
+            mlp_out = self._transcoder_layer(layer, tc_in, mlp_in, run)
+        else:
+            mlp_out = self._mlp_layer(layer, mlp_in, run)
+        return BlockRecord(
+            resid_pre,
+            resid_mid,
+            resid_mid + mlp_out,
+            attn_out,
+            mlp_in,
+            mlp_out,
+            scale1,
+            scale2,
+            values,
+            pattern,
+        )
+
+    def _mlp_layer(self, layer: int, mlp_in: Tensor, run: _Pass) -> Tensor:
+        """The real MLP's output (the clean one when frozen); it plays the error term's role."""
+        if run.frozen:
+            mlp_out = run.frozen.mlp_out[layer]
+        else:
+            mlp_out = self._mlps[layer](mlp_in).to(self.dtype)
+        mlp_out = scale_positions(mlp_out, [e for e in run.edits.errors if e.layer == layer])
+        if layer in run.mults.errors:
+            mlp_out = mlp_out * run.mults.errors[layer]
+        return mlp_out
+
+    def _transcoder_layer(self, layer: int, tc_in: Tensor, mlp_in: Tensor, run: _Pass) -> Tensor:
+        """The transcoders' output plus the error term at `layer`; records the layer in `run`."""
+        clean, edits, mults = run.clean, run.edits, run.mults
         encoder = self._encoders[layer]
         pre = (tc_in - encoder.b_in) @ encoder.W_enc + encoder.b_enc
-        if clean is None or features == "live":
+        if clean is None or run.features == "live":
             with torch.no_grad():
                 acts = self.transcoders.encode_layer(tc_in, layer).to(self.device, self.dtype)
-        elif features == "frozen":
+        elif run.features == "frozen":
             acts = clean.feature_acts[layer]
         else:
             acts = clean.feature_gain[layer] * pre
-        acts = _set_features(acts, [e for e in edits.features if e.layer == layer])
+        acts = set_features(acts, [e for e in edits.features if e.layer == layer])
         if layer in edits.feature_fns:
             acts = edits.feature_fns[layer](acts)
         if layer in mults.features:
             acts = acts * mults.features[layer]
-        # Sources before `layer` (a cross-layer transcoder's) already sit, edited, in the cache.
-        caches["feature_acts"][layer] = acts
-        writers = self._writers[layer]
-        tc_out = caches["feature_acts"][writers[0][0]] @ writers[0][1] + self._output_bias[layer]
-        for source, block in writers[1:]:
-            tc_out = tc_out + caches["feature_acts"][source] @ block
+        run.feature_acts[layer] = acts  # sources before `layer` (a CLT's) are already there, edited
+        tc_out = self._output_bias[layer]
+        for source, block in self._writers[layer]:
+            tc_out = tc_out + run.feature_acts[source] @ block
         if layer in self._skip:
             tc_out = tc_out + tc_in @ self._skip[layer].T
         if clean is None:
             error = self._mlps[layer](mlp_in).to(self.dtype) - tc_out
-            gain = torch.where(
-                acts != 0,
-                acts / torch.where(pre != 0, pre, torch.ones_like(pre)),
-                torch.zeros_like(acts),
-            )
+            safe_pre = torch.where(pre != 0, pre, torch.ones_like(pre))
+            gain = torch.where(acts != 0, acts / safe_pre, torch.zeros_like(acts))
         else:
-            error = clean.errors[layer]
-            gain = clean.feature_gain[layer]
+            error, gain = clean.errors[layer], clean.feature_gain[layer]
         if layer in edits.drop_errors:
             error = torch.zeros_like(error)
-        error = _scale_positions(error, [e for e in edits.errors if e.layer == layer])
+        error = scale_positions(error, [e for e in edits.errors if e.layer == layer])
         if layer in mults.errors:
             error = error * mults.errors[layer]
-        caches["tc_in"][layer] = tc_in
-        caches["feature_pre"][layer] = pre
-        caches["feature_gain"][layer] = gain
-        caches["tc_out"][layer] = tc_out
-        caches["errors"][layer] = error
+        run.transcoders[layer] = TranscoderRecord(tc_in, pre, acts, gain, tc_out, error)
         return tc_out + error
 
 
-# ---------------------------------------------------------------------------- edit helpers
+@dataclass
+class _Pass:
+    """The settings of one forward pass and what it has recorded so far."""
 
+    clean: ReplacementState | None
+    freeze: bool
+    features: FeatureMode
+    edits: Edits
+    mults: Multipliers
+    rotary: tuple[Tensor, Tensor] | None = None
+    feature_acts: dict[int, Tensor] = field(default_factory=dict)
+    transcoders: dict[int, TranscoderRecord] = field(default_factory=dict)
 
-def _index(batch: int | None, pos: int | None) -> tuple[slice | int, slice | int]:
-    return (slice(None) if batch is None else batch, slice(None) if pos is None else pos)
-
-
-def _scale_positions(x: Tensor, edits: Sequence[ErrorEdit | EmbedEdit]) -> Tensor:
-    """Return `x [b,p,d]` with `x[batch, pos] *= scale` for each edit (out of place)."""
-    if not edits:
-        return x
-    factor = torch.ones(x.shape[0], x.shape[1], 1, dtype=x.dtype, device=x.device)
-    for edit in edits:
-        bi, pi = _index(edit.batch, edit.pos)
-        factor[bi, pi] = factor[bi, pi] * edit.scale
-    return x * factor
-
-
-def _edit_pattern(pattern: Tensor, edits: Sequence[HeadEdit]) -> Tensor:
-    if not edits:
-        return pattern
-    factor = torch.ones_like(pattern)
-    for e in edits:
-        bi = slice(None) if e.batch is None else e.batch
-        di = slice(None) if e.dest is None else e.dest
-        si = slice(None) if e.src is None else e.src
-        factor[bi, e.head, di, si] = factor[bi, e.head, di, si] * e.scale
-    return pattern * factor
-
-
-def _set_features(acts: Tensor, edits: Sequence[FeatureEdit]) -> Tensor:
-    if not edits:
-        return acts
-    acts = acts.clone()
-    for e in edits:
-        bi, pi = _index(e.batch, e.pos)
-        feats = (
-            e.feature
-            if isinstance(e.feature, int)
-            else torch.as_tensor(list(e.feature), dtype=torch.long)
-        )
-        view = acts[bi, pi]
-        view[..., feats] = e.value
-        acts[bi, pi] = view
-    return acts
+    @property
+    def frozen(self) -> ReplacementState | None:
+        """The clean state whose attention, norms and MLP outputs this pass reuses, if any."""
+        return self.clean if self.freeze else None

@@ -363,3 +363,33 @@ def apply_gain(normalized: Tensor, params: NormParams) -> Tensor:
         out = normalized * params.weight
         return out if params.bias is None else out + params.bias
     return params.weight * normalized
+
+
+# Frozen-scale norm math: a norm is linear in x once its denominator is held fixed, which is
+# what replacement models and attributions use.
+
+
+def norm_scale(x: Tensor, params: NormParams) -> Tensor:
+    """Return the norm's denominator `[..., 1]`: sqrt(var + eps) (LayerNorm) or sqrt(mean(x²) + eps)."""
+    if params.kind == "layernorm":
+        return torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + params.eps)
+    return torch.sqrt(x.pow(2).mean(-1, keepdim=True) + params.eps)
+
+
+def normalize_with_scale(x: Tensor, params: NormParams, scale: Tensor) -> Tensor:
+    """Return the norm's output before its gain, dividing by a given `scale` (linear in x)."""
+    if params.kind == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+    return x / scale
+
+
+def pull_back_norm(vector: Tensor, params: NormParams, scale: Tensor, gain: bool = True) -> Tensor:
+    """Return the residual-space vector u with `u · x == vector · (norm(x) - bias)` at a frozen scale.
+
+    `vector [..., d]` lives after the norm (after its gain when `gain`, else before);
+    `scale [..., 1]` is the frozen denominator. LayerNorm's mean subtraction is included.
+    """
+    u = vector * params.weight if gain else vector
+    if params.kind == "layernorm":
+        u = u - u.mean(-1, keepdim=True)
+    return u / scale

@@ -393,7 +393,9 @@ def _graph_nodes(
     error_vectors = []
     for layer in range(replacement.n_layers):
         err = (
-            state.errors[layer][0] if layer in replacement.feature_layers else state.mlp_out[layer][0]
+            state.errors[layer][0]
+            if layer in replacement.feature_layers
+            else state.mlp_out[layer][0]
         )
         if first:
             err = torch.cat([torch.zeros_like(err[:1]), err[1:]])

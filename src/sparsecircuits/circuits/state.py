@@ -1,0 +1,178 @@
+"""`ReplacementState`: everything one replacement-model run computed, and the records its
+forward pass assembles it from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparsecircuits.errors import SparseCircuitsError
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    """What one block computed: residuals, attention and MLP outputs `[b,p,d]`, norm scales
+    `[b,p,1]`, values `[b,p,h,d_head]`, pattern `[b,h,q,k]` (see `ReplacementState`)."""
+
+    resid_pre: Tensor
+    resid_mid: Tensor
+    resid_post: Tensor
+    attn_out: Tensor
+    mlp_in: Tensor
+    mlp_out: Tensor
+    ln1_scale: Tensor
+    ln2_scale: Tensor
+    values: Tensor
+    pattern: Tensor
+
+
+@dataclass(frozen=True)
+class TranscoderRecord:
+    """What one transcoder layer computed: `tc_in [b,p,d]`, `feature_pre`, `feature_acts`,
+    `feature_gain [b,p,d_sae]`, `tc_out`, `error [b,p,d]`."""
+
+    tc_in: Tensor
+    feature_pre: Tensor
+    feature_acts: Tensor
+    feature_gain: Tensor
+    tc_out: Tensor
+    error: Tensor
+
+
+@dataclass
+class ReplacementState:
+    """Everything a replacement-model run computed, batched over prompts (`b` prompts, `p` positions).
+
+    Per layer (lists indexed by layer): `resid_pre`, `resid_mid`, `resid_post`, `attn_out`,
+    `mlp_in` (what the MLP / transcoder sees after ln2 and its gain), `mlp_out` (what was
+    added to the residual) `[b,p,d]`; `ln1_scale`, `ln2_scale` `[b,p,1]` (norm denominators);
+    `values [b,p,h,d_head]` (value vectors, bias included); `patterns [b,h,q,k]`.
+    Per transcoder layer (dicts): `tc_in` (the transcoder's input), `feature_pre`,
+    `feature_acts`, `feature_gain` (`act/pre` where active, else 0) `[b,p,d_sae]`; `tc_out`,
+    `errors` `[b,p,d]`. Global: `input_ids [b,p]`, `embed [b,p,d]` (token + learned position),
+    `ln_final_scale [b,p,1]`, `final_normed [b,p,d]` (ln_final output, gain applied),
+    `logits [b,p,vocab]`. `frozen` is the default `freeze` of `forward_with`.
+    """
+
+    input_ids: Tensor
+    embed: Tensor
+    resid_pre: list[Tensor]
+    resid_mid: list[Tensor]
+    resid_post: list[Tensor]
+    attn_out: list[Tensor]
+    mlp_in: list[Tensor]
+    mlp_out: list[Tensor]
+    ln1_scale: list[Tensor]
+    ln2_scale: list[Tensor]
+    values: list[Tensor]
+    patterns: list[Tensor]
+    tc_in: dict[int, Tensor]
+    feature_pre: dict[int, Tensor]
+    feature_acts: dict[int, Tensor]
+    feature_gain: dict[int, Tensor]
+    tc_out: dict[int, Tensor]
+    errors: dict[int, Tensor]
+    ln_final_scale: Tensor
+    final_normed: Tensor
+    logits: Tensor
+    parallel_residual: bool = False
+    frozen: bool = True
+
+    @classmethod
+    def assemble(
+        cls,
+        input_ids: Tensor,
+        embed: Tensor,
+        blocks: Sequence[BlockRecord],
+        transcoders: dict[int, TranscoderRecord],
+        ln_final_scale: Tensor,
+        final_normed: Tensor,
+        logits: Tensor,
+        parallel_residual: bool,
+    ) -> ReplacementState:
+        """The state of one run from its per-block and per-transcoder-layer records."""
+        return cls(
+            input_ids=input_ids,
+            embed=embed,
+            resid_pre=[b.resid_pre for b in blocks],
+            resid_mid=[b.resid_mid for b in blocks],
+            resid_post=[b.resid_post for b in blocks],
+            attn_out=[b.attn_out for b in blocks],
+            mlp_in=[b.mlp_in for b in blocks],
+            mlp_out=[b.mlp_out for b in blocks],
+            ln1_scale=[b.ln1_scale for b in blocks],
+            ln2_scale=[b.ln2_scale for b in blocks],
+            values=[b.values for b in blocks],
+            patterns=[b.pattern for b in blocks],
+            tc_in={layer: t.tc_in for layer, t in transcoders.items()},
+            feature_pre={layer: t.feature_pre for layer, t in transcoders.items()},
+            feature_acts={layer: t.feature_acts for layer, t in transcoders.items()},
+            feature_gain={layer: t.feature_gain for layer, t in transcoders.items()},
+            tc_out={layer: t.tc_out for layer, t in transcoders.items()},
+            errors={layer: t.error for layer, t in transcoders.items()},
+            ln_final_scale=ln_final_scale,
+            final_normed=final_normed,
+            logits=logits,
+            parallel_residual=parallel_residual,
+        )
+
+    @property
+    def n_prompts(self) -> int:
+        """Number of prompts (batch size)."""
+        return int(self.input_ids.shape[0])
+
+    @property
+    def n_pos(self) -> int:
+        """Number of positions."""
+        return int(self.input_ids.shape[1])
+
+    @property
+    def n_layers(self) -> int:
+        """Number of layers."""
+        return len(self.resid_pre)
+
+    @property
+    def resid_final(self) -> Tensor:
+        """Residual stream after the last block `[b,p,d]` (input of ln_final)."""
+        return self.resid_post[-1]
+
+    def resid_at(self, read: int) -> Tensor:
+        """Return the residual stream `[b,p,d]` that reader `read` sees (see module docstring)."""
+        n = self.n_layers
+        if not 0 <= read <= 2 * n:
+            raise SparseCircuitsError(f"read point {read} is out of range 0..{2 * n}")
+        if read == 2 * n:
+            return self.resid_final
+        layer, odd = divmod(read, 2)
+        return self.resid_mid[layer] if odd else self.resid_pre[layer]
+
+    def select(self, index: Tensor | Sequence[int]) -> ReplacementState:
+        """Return the state of prompts `index` (repeats allowed: used to batch many targets)."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.input_ids.device)
+        values: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                values[f.name] = value.index_select(0, index)
+            elif isinstance(value, list):
+                values[f.name] = [t.index_select(0, index) for t in value]
+            elif isinstance(value, dict):
+                values[f.name] = {k: t.index_select(0, index) for k, t in value.items()}
+        return replace(self, **values)
+
+    def detach(self) -> ReplacementState:
+        """Return the same state with every tensor detached from autograd."""
+        values: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                values[f.name] = value.detach()
+            elif isinstance(value, list):
+                values[f.name] = [t.detach() for t in value]
+            elif isinstance(value, dict):
+                values[f.name] = {k: t.detach() for k, t in value.items()}
+        return replace(self, **values)
