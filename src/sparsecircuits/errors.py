@@ -10,8 +10,3 @@ class SparseCircuitsError(Exception):
     prints it without a traceback and exits with status 2.
     """
 
-
-def check(condition: bool, message: str) -> None:
-    """Raise `SparseCircuitsError(message)` unless `condition` holds."""
-    if not condition:
-        raise SparseCircuitsError(message)

@@ -82,7 +82,7 @@ class Trainer:
     """Trains several dictionaries on one stream of activation batches.
 
     `dictionaries` maps a name (the folder name the dictionary is saved under) to a
-    `Dictionary` or a `CrossLayerTranscoder`; each takes `(x, target)` from the batch with
+    `Dictionary` or a cross-layer transcoder; each takes `(x, target)` from the batch with
     `inputs_from` (a CLT stacks its layers' hooks), so one model forward feeds all of them.
     Each has its own Adam optimiser and schedule.
     """
