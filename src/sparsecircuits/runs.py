@@ -79,7 +79,7 @@ class DictionarySpec:
     def check_keys(cls, mapping: Mapping[str, Any], where: str) -> None:
         """Raise `SparseCircuitsError` for an unknown architecture or key in `mapping` (read from
         `where`): the keys are the spec's fields and `DictionaryConfig`'s, less `FROM_RUN`."""
-        valid, accepted = DictionaryConfig.keys(mapping.get("architecture", cls.architecture))
+        valid, accepted = DictionaryConfig.known_keys(mapping.get("architecture", cls.architecture))
         own = _spec_fields()
         unknown = set(mapping) - own - (accepted - set(FROM_RUN))
         if unknown:

@@ -109,7 +109,7 @@ class DictionaryConfig:
         self._resolve(family)
 
     @classmethod
-    def keys(cls, architecture: str) -> tuple[list[str], set[str]]:
+    def known_keys(cls, architecture: str) -> tuple[list[str], set[str]]:
         """`(valid, accepted)` keys of a config of `architecture`: the shared fields and the
         family's settings; those plus every other family's settings and `IGNORED_KEYS`."""
         family = activation_family(architecture)
@@ -123,7 +123,7 @@ class DictionaryConfig:
     def check_keys(cls, mapping: Mapping[str, Any], where: str) -> None:
         """Raise `SparseCircuitsError` for an unknown architecture or key in `mapping` (read from
         `where`), naming the valid keys."""
-        valid, accepted = cls.keys(mapping.get("architecture", cls.architecture))
+        valid, accepted = cls.known_keys(mapping.get("architecture", cls.architecture))
         unknown = set(mapping) - accepted
         if unknown:
             raise unknown_keys_error(unknown, valid, where)
