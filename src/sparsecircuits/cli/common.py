@@ -79,6 +79,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None:
         kwargs = dict(kwargs)
         if "help" in kwargs:
             kwargs["help"] = kwargs["help"].format(default_out=default_out)
+        if "choices" not in kwargs:  # the flag's own name in --help, not the dest
+            kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
         p.add_argument(flag, dest=f"{section}.{key}", type=_field_type(section, key), **kwargs)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
