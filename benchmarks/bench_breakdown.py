@@ -16,9 +16,8 @@ times candidate replacements of the hot kernels side by side on the same tensors
   top-k over the candidates) that never hold `[n, d_sae]` (time and peak RSS growth).
 
 And the whole step with each TopK selection mode (`train_step_variant`: fp32 top-k vs the
-verified bf16 candidate selection, each with the numba CPU kernels and with torch ops only, at
-d_sae 4k and 16k), with the bf16 selection's fallback rate and its agreement with the fp32
-top-k on the real batch.
+verified bf16 candidate selection, at d_sae 4k and 16k), with the bf16 selection's fallback
+rate and its agreement with the fp32 top-k on the real batch.
 """
 
 from __future__ import annotations
@@ -260,28 +259,22 @@ def alternatives(d_sae: int, k: int, x: torch.Tensor, options: BenchOptions) -> 
 def _step_variants(
     spec: dict[str, Any], batch: dict[str, torch.Tensor], options: BenchOptions
 ) -> dict[str, Callable[[], None]]:
-    """Our trainer's step with each TopK selection mode (fp32 top-k; verified bf16 candidates),
-    each with the numba CPU kernels and with the torch-only path."""
-    from sparsecircuits.dictionaries import cpu_topk, kernels
+    """Our trainer's step with each TopK selection mode (fp32 top-k; verified bf16 candidates)."""
+    from sparsecircuits.dictionaries import kernels
 
-    def variant(step: Callable[[], None], mode: str, numba: bool) -> Callable[[], None]:
+    def variant(step: Callable[[], None], mode: str) -> Callable[[], None]:
         def run() -> None:
             previous = kernels.set_topk_selection(mode)
-            was = cpu_topk.set_enabled(numba)
             try:
                 step()
             finally:
                 kernels.set_topk_selection(previous)
-                cpu_topk.set_enabled(was)
 
         return run
 
     return {
-        f"selection_{mode}_{'numba' if numba else 'torch'}": variant(
-            our_step(spec, batch, options), mode, numba
-        )
+        f"selection_{mode}": variant(our_step(spec, batch, options), mode)
         for mode in ("fp32", "bf16")
-        for numba in (True, False)
     }
 
 

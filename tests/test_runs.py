@@ -108,7 +108,6 @@ def test_clt_spec_defaults_to_every_layer(gpt2) -> None:  # type: ignore[no-unty
 BAD_SPECS = [
     ({"kind": "clt", "n_layers": 4}, "out of range"),
     ({"kind": "clt", "n_layers": 0}, "out of range"),
-    ({"kind": "clt", "extra": {"n_layers": 9}}, "out of range"),
     ({"kind": "clt", "hook_in": "blocks.1.hook_mlp_in"}, "templates with {layer}"),
     ({"kind": "clt", "hook_in": "blocks.{layer}.hook_mlp_out"}, "use kind sae"),
     (

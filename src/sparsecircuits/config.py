@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,14 +16,29 @@ T = TypeVar("T")
 
 
 def from_dict(cls: type[T], mapping: dict[str, Any], *, where: str = "config") -> T:
-    """Return `cls(**mapping)`; raise `SparseCircuitsError` naming any unknown key."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(mapping) - names)
-    if unknown:
-        raise SparseCircuitsError(
-            f"unknown key(s) {', '.join(unknown)} in {where}; valid keys: {', '.join(sorted(names))}"
-        )
+    """Return `cls(**mapping)`; raise `SparseCircuitsError` naming any unknown key.
+
+    The valid keys are the dataclass fields, unless `cls` checks them itself with a classmethod
+    `check_keys(mapping, where)` (a dictionary config, whose keys depend on its family).
+    """
+    check_keys = getattr(cls, "check_keys", None)
+    if check_keys is not None:
+        check_keys(mapping, where)
+    else:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(mapping) - names
+        if unknown:
+            raise unknown_keys_error(unknown, names, where)
     return cls(**mapping)
+
+
+def unknown_keys_error(
+    unknown: Iterable[str], valid: Iterable[str], where: str
+) -> SparseCircuitsError:
+    """The error for the keys `unknown` found in `where`, listing the `valid` ones."""
+    return SparseCircuitsError(
+        f"unknown key(s) {', '.join(sorted(unknown))} in {where}; valid keys: {', '.join(sorted(valid))}"
+    )
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -46,5 +62,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Return a JSON-ready dict of a config dataclass."""
-    return dataclasses.asdict(config)
+    """Return a JSON-ready dict of a config dataclass (its own `as_dict()` where it has one: a
+    dictionary config writes its family's settings flat)."""
+    as_dict = getattr(config, "as_dict", None)
+    return as_dict() if as_dict is not None else dataclasses.asdict(config)

@@ -9,4 +9,3 @@ class SparseCircuitsError(Exception):
     The message is one line that says what went wrong and what to do about it. The CLI
     prints it without a traceback and exits with status 2.
     """
-

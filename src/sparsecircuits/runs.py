@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sparsecircuits.config import from_dict, to_dict
+from sparsecircuits.config import from_dict, to_dict, unknown_keys_error
 from sparsecircuits.data import ActivationStore, ActivationStoreConfig, TokenSource, make_source
 from sparsecircuits.dictionaries import (
     DictionaryConfig,
@@ -20,6 +20,8 @@ from sparsecircuits.dictionaries import (
     make,
     save_dictionary,
 )
+from sparsecircuits.dictionaries.activations import ActivationParams
+from sparsecircuits.dictionaries.config import activation_family
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.evaluation import plot_frontier
 from sparsecircuits.evaluation.splice import check_splice_hooks
@@ -31,28 +33,62 @@ CLT_HOOK_IN = "blocks.{layer}.hook_mlp_in"
 CLT_HOOK_OUT = "blocks.{layer}.hook_mlp_out"
 
 
-@dataclass
-class DictionarySpec:
-    """One dictionary to train. Hooks default from `kind` and `layer`.
+# `DictionaryConfig` keys a spec leaves to the model (widths, name) and to the run
+FROM_RUN = ("d_in", "d_out", "model_name", "device", "seed", "training")
 
-    transcoder / skip_transcoder: `blocks.{layer}.hook_mlp_in → blocks.{layer}.hook_mlp_out`;
-    sae: `blocks.{layer}.hook_mlp_out` (the same point a transcoder writes, so the two compare);
-    clt (cross-layer transcoder): the templates `blocks.{layer}.hook_mlp_in →
-    blocks.{layer}.hook_mlp_out` over layers `0 .. n_layers - 1` (`n_layers` None: every layer of
-    the model; `layer` must stay 0). `n_layers` is for kind clt only.
+
+@dataclass(init=False)
+class DictionarySpec:
+    """One dictionary to train: a `DictionaryConfig` whose widths come from the model.
+
+    Written flat, like the config: the fields below, and in `settings` every other key a
+    `DictionaryConfig` of this architecture takes (the family's own, such as `k`; shared ones,
+    such as `decoder_norm`), checked as the config checks them when the spec is made and
+    validated when the dictionary is built. The model gives `d_in`, `d_out` and `model_name`,
+    the run `device` and `seed`.
+
+    Hooks default from `kind` and `layer`. transcoder / skip_transcoder:
+    `blocks.{layer}.hook_mlp_in → blocks.{layer}.hook_mlp_out`; sae: `blocks.{layer}.hook_mlp_out`
+    (the same point a transcoder writes, so the two compare); clt (cross-layer transcoder): the
+    templates `blocks.{layer}.hook_mlp_in → blocks.{layer}.hook_mlp_out` over layers
+    `0 .. n_layers - 1` (`n_layers` None: every layer of the model; `layer` must stay 0).
+    `n_layers` is for kind clt only.
     """
 
     kind: str = "transcoder"
     architecture: str = "topk"
     layer: int = 0
     d_sae: int = 2048
-    k: int = 32
-    l1_coefficient: float = 1e-3
     hook_in: str | None = None
     hook_out: str | None = None
     name: str | None = None
     n_layers: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, **values: Any) -> None:
+        """The spec's fields from `values`; the other keys go to `settings`."""
+        self.check_keys(values, where="DictionarySpec")
+        own = _spec_fields()
+        for f in fields(self):
+            if f.name in own:
+                setattr(self, f.name, values.get(f.name, f.default))
+        self.settings = {key: value for key, value in values.items() if key not in own}
+
+    @classmethod
+    def check_keys(cls, mapping: Mapping[str, Any], where: str) -> None:
+        """Raise `SparseCircuitsError` for an unknown architecture or key in `mapping` (read from
+        `where`): the keys are the spec's fields and `DictionaryConfig`'s, less `FROM_RUN`."""
+        valid, accepted = DictionaryConfig.known_keys(mapping.get("architecture", cls.architecture))
+        own = _spec_fields()
+        unknown = set(mapping) - own - (accepted - set(FROM_RUN))
+        if unknown:
+            raise unknown_keys_error(unknown, own | (set(valid) - set(FROM_RUN)), where)
+
+    def params(self) -> ActivationParams:
+        """The family's settings given in this spec, defaults elsewhere (unresolved)."""
+        family = activation_family(self.architecture)
+        names = {f.name for f in fields(family.Params)}
+        return family.Params(**{k: v for k, v in self.settings.items() if k in names})
 
     def resolved_hooks(self) -> tuple[str, str]:
         """Return `(hook_in, hook_out)` after applying the kind's defaults.
@@ -64,7 +100,7 @@ class DictionarySpec:
             raise SparseCircuitsError(
                 f"unknown dictionary kind {self.kind!r}; use one of {', '.join(KINDS)}"
             )
-        if self.kind != "clt" and (self.n_layers is not None or "n_layers" in self.extra):
+        if self.kind != "clt" and self.n_layers is not None:
             raise SparseCircuitsError(
                 f"n_layers is for cross-layer transcoders only (kind clt), not kind {self.kind!r}; remove it"
             )
@@ -99,9 +135,9 @@ class DictionarySpec:
         return hook_in, hook_out
 
     def resolved_n_layers(self, model_layers: int) -> int:
-        """Return the layers a cross-layer transcoder spans: `n_layers` (or `extra["n_layers"]`),
-        else every layer of a model with `model_layers` layers; raise when out of range."""
-        n_layers = self.n_layers if self.n_layers is not None else self.extra.get("n_layers")
+        """Return the layers a cross-layer transcoder spans: `n_layers`, else every layer of a
+        model with `model_layers` layers; raise when out of range."""
+        n_layers = self.n_layers
         if n_layers is None:
             return model_layers
         if not isinstance(n_layers, int) or not 1 <= n_layers <= model_layers:
@@ -112,19 +148,20 @@ class DictionarySpec:
         return n_layers
 
     def resolved_name(self, n_layers: int | None = None) -> str:
-        """Return the folder name: given, or `{kind}-{architecture}-L{layer}-{d_sae}-k{k}`.
+        """Return the folder name: given, or `{kind}-{architecture}-L{layer}-{d_sae}-{sparsity}`
+        with the family's sparsity tag (`k32`, `l1-0.001`, ...; left out when it has none).
 
-        A cross-layer transcoder over layers 0..N-1 is `clt-{architecture}-L0-{N-1}-{d_sae}-k{k}`;
+        A cross-layer transcoder over layers 0..N-1 is `clt-{architecture}-L0-{N-1}-{d_sae}-…`;
         `n_layers` is the resolved count (else the spec's own, else "all").
         """
         if self.name:
             return self.name
-        sparsity = f"k{self.k}" if self.architecture != "relu" else f"l1-{self.l1_coefficient:g}"
+        layers = f"L{self.layer}"
         if self.kind == "clt":
-            count = n_layers or self.n_layers or self.extra.get("n_layers")
+            count = n_layers or self.n_layers
             layers = f"L0-{count - 1}" if count else "Lall"
-            return f"{self.kind}-{self.architecture}-{layers}-{self.d_sae}-{sparsity}"
-        return f"{self.kind}-{self.architecture}-L{self.layer}-{self.d_sae}-{sparsity}"
+        parts = [self.kind, self.architecture, layers, str(self.d_sae), self.params().tag()]
+        return "-".join(part for part in parts if part)
 
 
 @dataclass
@@ -156,6 +193,11 @@ class RunConfig:
         return from_dict(TrainConfig, {"seed": self.seed, **self.train}, where="train")
 
 
+def _spec_fields() -> set[str]:
+    """`DictionarySpec`'s own keys (its fields but `settings`)."""
+    return {f.name for f in fields(DictionarySpec)} - {"settings"}
+
+
 def torch_dtype(name: str) -> torch.dtype:
     """Return the torch dtype called `name` ("float32", "bfloat16", "float16")."""
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -175,10 +217,10 @@ def build_dictionaries(
     out: dict[str, SparseCoder] = {}
     for i, spec in enumerate(specs):
         hook_in, hook_out = spec.resolved_hooks()
-        extra = dict(spec.extra)
+        settings = dict(spec.settings)
         n_layers = None
         if "{layer}" in hook_in:  # a template over layers 0..n_layers-1
-            n_layers = extra["n_layers"] = spec.resolved_n_layers(adapter.n_layers)
+            n_layers = settings["n_layers"] = spec.resolved_n_layers(adapter.n_layers)
         width_in, width_out = hook_in.format(layer=0), hook_out.format(layer=0)
         name = spec.resolved_name(n_layers)
         if name in out:
@@ -193,12 +235,10 @@ def build_dictionaries(
             d_out=adapter.hook_dim(width_out),
             hook_in=hook_in,
             hook_out=hook_out,
-            k=spec.k,
-            l1_coefficient=spec.l1_coefficient,
             model_name=adapter.name,
             seed=seed + i,
             device=str(adapter.device),
-            **extra,
+            **settings,
         )
         dictionary = make(cfg).to(adapter.device)
         check_compatible(adapter, {name: dictionary})

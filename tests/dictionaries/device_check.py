@@ -1,5 +1,6 @@
 """Device check (not a pytest module): sparse == dense on CUDA, and TopK train-step throughput."""
 
+import contextlib
 import json
 import os
 import sys
@@ -8,7 +9,7 @@ import time
 import torch
 
 sys.path.insert(0, "src")
-from sparsecircuits.dictionaries import DictionaryConfig  # noqa: E402
+from sparsecircuits.dictionaries import DictionaryConfig, kernels  # noqa: E402
 from sparsecircuits.dictionaries import make as make_coder  # noqa: E402
 
 res: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
@@ -30,7 +31,12 @@ def bench(f, reps, device):
     return (time.perf_counter() - t) / reps
 
 
-def build(kind, d_in, d_sae, k, device, sparse):
+def kernel_path(sparse):
+    """The sparse kernels, or (`sparse=False`) the dense reference they are checked against."""
+    return contextlib.nullcontext() if sparse else kernels.dense_reference()
+
+
+def make(kind, d_in, d_sae, k, device):
     cfg = DictionaryConfig(
         architecture="topk",
         kind=kind,
@@ -38,7 +44,6 @@ def build(kind, d_in, d_sae, k, device, sparse):
         d_sae=d_sae,
         k=k,
         device=device,
-        sparse_kernels=sparse,
         hook_in="a",
         hook_out=None if kind == "sae" else "b",
     )
@@ -54,13 +59,14 @@ if torch.cuda.is_available():
         dead[::5] = True
         grads, losses = [], []
         for sparse in (True, False):
-            d = build(kind, 64, 1024, 16, "cuda", sparse)
+            d = make(kind, 64, 1024, 16, "cuda")
             g2 = torch.Generator().manual_seed(1)
             with torch.no_grad():
                 for p in d.parameters():
                     p.copy_(torch.randn(p.shape, generator=g2).cuda() * 0.3)
-            loss, parts = d.loss(x, y, dead_mask=dead)
-            loss.backward()
+            with kernel_path(sparse):
+                loss, parts = d.loss(x, y, dead_mask=dead)
+                loss.backward()
             losses.append(float(loss))
             grads.append([p.grad.clone() for p in d.parameters()])
         res[f"cuda_{kind}_max_rel_grad_diff"] = max(
@@ -70,7 +76,7 @@ if torch.cuda.is_available():
 
 
 def throughput(device, d_in, d_sae, k, n, sparse, reps, dead_fraction=0.1):
-    d = build("sae", d_in, d_sae, k, device, sparse)
+    d = make("sae", d_in, d_sae, k, device)
     opt = torch.optim.Adam(d.parameters(), lr=1e-4)
     x = torch.randn(n, d_in, device=device)
     dead = torch.zeros(d_sae, dtype=torch.bool, device=device)
@@ -84,7 +90,8 @@ def throughput(device, d_in, d_sae, k, n, sparse, reps, dead_fraction=0.1):
         opt.step()
         d.after_optimizer_step()
 
-    return round(n / bench(step, reps, device))
+    with kernel_path(sparse):
+        return round(n / bench(step, reps, device))
 
 
 def gemm_topk(device, d_in, d_sae, k, n, reps):

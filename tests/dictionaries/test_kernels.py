@@ -181,15 +181,16 @@ def test_selection_modes() -> None:
     ("width", "k"), [(4096, 32), (16384, 32), (4096, 128), (4096, 72), (1000, 7), (512, 64)]
 )
 def test_row_topk_equals_torch_topk(width: int, k: int, numba: bool) -> None:
-    """Both CPU top-k paths (the numba segment kernel, the strided-block torch ops) return
-    exactly torch.topk's elements (random rows: no ties)."""
+    """Both CPU top-k paths (`row_topk`: the numba segment kernel where it applies; the
+    strided-block torch ops it falls back to) return exactly torch.topk's elements (random
+    rows: no ties)."""
     scores = torch.randn(40, width, generator=torch.Generator().manual_seed(width + k))
-    previous = cpu_topk.set_enabled(numba)
-    try:
+    if numba:
         values, indices = kernels.row_topk(scores, k)
         numba_ran = cpu_topk.supports(scores, k)
-    finally:
-        cpu_topk.set_enabled(previous)
+    else:
+        values, indices = kernels.blocked_topk(scores, k)
+        numba_ran = False
     expected = scores.topk(k, dim=-1)
     assert torch.equal(indices.sort(1).values, expected.indices.sort(1).values)
     assert torch.equal(values.sort(1).values, expected.values.sort(1).values)
@@ -225,11 +226,9 @@ def test_numba_gather_dot_matches_torch() -> None:
     expected = (table[idx] * rows[:, None]).sum(-1)
     torch.testing.assert_close(kernels.gather_dot(table, idx, rows), expected)
     torch.testing.assert_close(kernels.gather_dot(table, idx, rows, bias), expected + bias[idx])
-    previous = cpu_topk.set_enabled(False)
-    try:
-        torch.testing.assert_close(kernels.gather_dot(table, idx, rows, bias), expected + bias[idx])
-    finally:
-        cpu_topk.set_enabled(previous)
+    torch.testing.assert_close(
+        kernels._gather_dot_torch(table, idx, rows) + bias[idx], expected + bias[idx]
+    )
 
 
 @pytest.mark.parametrize("x_needs_grad", [False, True])
@@ -271,13 +270,24 @@ def test_numba_topk_rows_of_nans_give_valid_indices() -> None:
     assert torch.equal(values[0].sort().values, scores[0].topk(8).values.sort().values)
 
 
-def test_disabled_numba_kernels_take_the_torch_tuning_too() -> None:
-    """`cpu_topk.set_enabled(False)` is the torch path whole: its chunk sizes, not the kernels'."""
-    previous = cpu_topk.set_enabled(False)
-    try:
-        assert not cpu_topk.active()
-        assert kernels.encode_rows(4096, 4096) == 256
-    finally:
-        cpu_topk.set_enabled(previous)
-    if cpu_topk.available():
-        assert kernels.encode_rows(4096, 4096) == 1024
+def test_encoder_chunks_follow_d_sae() -> None:
+    """1024-row chunks up to d_sae 16k, 256 rows beyond; fewer rows than that: one chunk."""
+    assert kernels.encode_rows(4096, 4096) == 1024
+    assert kernels.encode_rows(4096, 65536) == 256
+    assert kernels.encode_rows(300, 4096) == 300
+
+
+def test_dense_reference_runs_topk_encode_and_sparse_decode_densely() -> None:
+    """Inside `dense_reference()` the sparse entry points give the references' results (their
+    autograd graph: no custom backward); outside, the sparse kernels again."""
+    x, W_enc, b_enc, W_dec = _inputs(dtype=torch.float32)
+    with kernels.dense_reference():
+        codes = kernels.topk_encode(x, W_enc, b_enc, 5)
+        out = kernels.sparse_decode(codes.values, codes.indices, W_dec)
+    dense = kernels.topk_encode_dense(x, W_enc, b_enc, 5)
+    assert torch.equal(codes.values, dense.values) and torch.equal(codes.indices, dense.indices)
+    assert "TopKEncode" not in type(codes.values.grad_fn).__name__
+    assert "SparseDecode" not in type(out.grad_fn).__name__
+    assert not kernels._dense_reference
+    sparse = kernels.topk_encode(x, W_enc, b_enc, 5)
+    assert "TopKEncode" in type(sparse.values.grad_fn).__name__

@@ -3,41 +3,85 @@
 from __future__ import annotations
 
 import argparse
+import types
+import typing
 from typing import Any
 
 from sparsecircuits.config import from_dict, read_config_file
-from sparsecircuits.runs import RunConfig
+from sparsecircuits.dictionaries.activations import ACTIVATIONS
+from sparsecircuits.runs import KINDS, DictionarySpec, RunConfig
+from sparsecircuits.training import TrainConfig
+
+# The flags that override a `RunConfig`: (flag, the config it sets: "run" for `RunConfig`,
+# "train" for its `TrainConfig`, "dictionary" for every `DictionarySpec`; the key there;
+# argparse keywords). A flag's type is its key's field type.
+RUN_FLAGS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    ("--model", "run", "model", {"help": 'hub id, local model folder, or "embedded" (default)'}),
+    (
+        "--dataset",
+        "run",
+        "dataset",
+        {"help": '"embedded", a .txt/.jsonl/.parquet file or folder, or hf:NAME[:split]'},
+    ),
+    ("--out", "run", "out", {"help": "output folder (default {default_out})"}),
+    ("--device", "run", "device", {"help": "cpu, cuda, cuda:1 ... (default: cuda if available)"}),
+    ("--dtype", "run", "dtype", {"choices": ["float32", "bfloat16", "float16"]}),
+    ("--context-size", "run", "context_size", {}),
+    (
+        "--kind",
+        "dictionary",
+        "kind",
+        {
+            "choices": list(KINDS),
+            "help": "one dictionary's kind (clt: a cross-layer transcoder over layers 0..n_layers-1)",
+        },
+    ),
+    ("--architecture", "dictionary", "architecture", {"help": "activation: topk, relu, ..."}),
+    ("--layer", "dictionary", "layer", {}),
+    (
+        "--n-layers",
+        "dictionary",
+        "n_layers",
+        {"help": "layers a cross-layer transcoder spans (default: all)"},
+    ),
+    ("--d-sae", "dictionary", "d_sae", {}),
+    ("--k", "dictionary", "k", {}),
+    ("--l1", "dictionary", "l1_coefficient", {"help": "L1 coefficient (relu)"}),
+    ("--tokens", "train", "total_tokens", {"help": "training tokens"}),
+    ("--batch-tokens", "train", "batch_tokens", {}),
+    ("--lr", "train", "lr", {}),
+    ("--checkpoint-every", "train", "checkpoint_every", {"help": "steps between checkpoints"}),
+    ("--seed", "run", "seed", {}),
+)
+
+
+def _field_type(section: str, key: str) -> Any:
+    """The type of `key` in the config `section` sets (a family setting for "dictionary");
+    `X | None` gives `X`."""
+    owners: dict[str, list[type]] = {
+        "run": [RunConfig],
+        "train": [TrainConfig],
+        "dictionary": [DictionarySpec, *(family.Params for family in ACTIVATIONS.values())],
+    }
+    for owner in owners[section]:
+        hint = typing.get_type_hints(owner).get(key)
+        if hint is not None:
+            if isinstance(hint, types.UnionType):
+                return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+            return hint
+    raise KeyError(f"no field {key!r} in the {section} config")
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None:
-    """Add the flags that override a `RunConfig` (model, data, one dictionary, training)."""
+    """Add `--config`, the flags of `RUN_FLAGS` and `--quiet`."""
     p.add_argument("--config", help="YAML or JSON file with RunConfig fields (flags override it)")
-    p.add_argument("--model", help='hub id, local model folder, or "embedded" (default)')
-    p.add_argument(
-        "--dataset", help='"embedded", a .txt/.jsonl/.parquet file or folder, or hf:NAME[:split]'
-    )
-    p.add_argument("--out", default=None, help=f"output folder (default {default_out})")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--context-size", type=int)
-    p.add_argument(
-        "--kind",
-        choices=["transcoder", "sae", "skip_transcoder", "clt"],
-        help="one dictionary's kind (clt: a cross-layer transcoder over layers 0..n_layers-1)",
-    )
-    p.add_argument("--architecture", help="activation: topk, relu, ...")
-    p.add_argument("--layer", type=int)
-    p.add_argument(
-        "--n-layers", type=int, help="layers a cross-layer transcoder spans (default: all)"
-    )
-    p.add_argument("--d-sae", type=int)
-    p.add_argument("--k", type=int)
-    p.add_argument("--l1", type=float, help="L1 coefficient (relu)")
-    p.add_argument("--tokens", type=int, help="training tokens")
-    p.add_argument("--batch-tokens", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    p.add_argument("--seed", type=int)
+    for flag, section, key, kwargs in RUN_FLAGS:
+        kwargs = dict(kwargs)
+        if "help" in kwargs:
+            kwargs["help"] = kwargs["help"].format(default_out=default_out)
+        if "choices" not in kwargs:  # the flag's own name in --help, not the dest
+            kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
+        p.add_argument(flag, dest=f"{section}.{key}", type=_field_type(section, key), **kwargs)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -48,44 +92,15 @@ def run_config_from_args(
     data: dict[str, Any] = dict(base or {})
     if args.config:
         data.update(read_config_file(args.config))
-    for flag, key in (
-        ("model", "model"),
-        ("dataset", "dataset"),
-        ("out", "out"),
-        ("device", "device"),
-        ("dtype", "dtype"),
-        ("context_size", "context_size"),
-        ("seed", "seed"),
-    ):
-        value = getattr(args, flag)
+    given: dict[str, dict[str, Any]] = {"run": {}, "train": {}, "dictionary": {}}
+    for _, section, key, _ in RUN_FLAGS:
+        value = getattr(args, f"{section}.{key}")
         if value is not None:
-            data[key] = value
+            given[section][key] = value
+    data.update(given["run"])
     data.setdefault("out", default_out)
-    train = dict(data.get("train", {}))
-    for flag, key in (
-        ("tokens", "total_tokens"),
-        ("batch_tokens", "batch_tokens"),
-        ("lr", "lr"),
-        ("checkpoint_every", "checkpoint_every"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            train[key] = value
-    data["train"] = train
-    overrides = {
-        key: getattr(args, flag)
-        for flag, key in (
-            ("kind", "kind"),
-            ("architecture", "architecture"),
-            ("layer", "layer"),
-            ("n_layers", "n_layers"),
-            ("d_sae", "d_sae"),
-            ("k", "k"),
-            ("l1", "l1_coefficient"),
-        )
-        if getattr(args, flag) is not None
-    }
-    if overrides:
+    data["train"] = {**data.get("train", {}), **given["train"]}
+    if given["dictionary"]:
         dicts = data.get("dictionaries") or [{}]
-        data["dictionaries"] = [{**d, **overrides} for d in dicts]
+        data["dictionaries"] = [{**d, **given["dictionary"]} for d in dicts]
     return from_dict(RunConfig, data, where=args.config or "flags")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsecircuits.cli.common import add_run_arguments, run_config_from_args
-from sparsecircuits.dictionaries.config import SAE_ONLY
+from sparsecircuits.dictionaries.activations import ACTIVATIONS
 from sparsecircuits.evaluation import evaluate_dictionaries, plot_frontier
 from sparsecircuits.runs import eval_batches, train_run
 
@@ -31,31 +31,26 @@ def default_grid(layer: int = SWEEP_LAYER, d_sae: int = D_SAE) -> list[dict[str,
     per_kind += [{"architecture": "topk", "k": k} for k in (16, 32)]
     # A 73-step run: the default threshold EMA (0.01) would average over the whole run while
     # activation scales still move (eval L0 0.5-2x k); 0.1 follows the end of training.
-    per_kind += [
-        {"architecture": "batchtopk", "k": k, "extra": {"threshold_lr": 0.1}} for k in (16, 32)
-    ]
+    per_kind += [{"architecture": "batchtopk", "k": k, "threshold_lr": 0.1} for k in (16, 32)]
     per_kind += [{"architecture": "abstopk", "k": k} for k in (16, 32)]
     per_kind += [{"architecture": "topafa", "k": k} for k in (32, 64)]
     # Inference stops after k steps too (the adaptive stop alone would run up to d_in steps).
-    per_kind += [{"architecture": "mp", "k": k, "extra": {"mp_max_iterations": k}} for k in (8, 16)]
+    per_kind += [{"architecture": "mp", "k": k, "mp_max_iterations": k} for k in (8, 16)]
+    per_kind += [{"architecture": "relu", "l1_coefficient": 1.0, "init_l0": n} for n in (16, 32)]
     per_kind += [
-        {"architecture": "relu", "l1_coefficient": 1.0, "extra": {"init_l0": n}} for n in (16, 32)
-    ]
-    per_kind += [
-        {"architecture": "jumprelu", "extra": {"l0_coefficient": 0.3, "init_l0": n}}
-        for n in (16, 32)
+        {"architecture": "jumprelu", "l0_coefficient": 0.3, "init_l0": n} for n in (16, 32)
     ]
     grid = []
     for kind in ("transcoder", "sae"):
         for spec in per_kind:
-            if kind != "sae" and spec["architecture"] in SAE_ONLY:
+            if kind != "sae" and ACTIVATIONS[spec["architecture"]].sae_only:
                 continue
             grid.append({"kind": kind, "layer": layer, "d_sae": d_sae, **spec})
     grid.append(
         {"kind": "skip_transcoder", "architecture": "topk", "k": 32, "layer": layer, "d_sae": d_sae}
     )
     for spec in grid:
-        sparsity = spec["k"] if "k" in spec else f"l0init{spec['extra']['init_l0']}"
+        sparsity = spec["k"] if "k" in spec else f"l0init{spec['init_l0']}"
         spec["name"] = f"{spec['kind']}-{spec['architecture']}-{sparsity}"
     return grid
 

@@ -1,4 +1,4 @@
-"""The numba kernels behind `cpu_topk` (imported only when numba is installed).
+"""The numba kernels behind `cpu_topk` (imported on their first use).
 
 Module-level `@njit(cache=True)` functions, so compiled code is cached on disk beside this file
 and later processes skip the compile. `order_key` is overloaded per input dtype: fp32 values

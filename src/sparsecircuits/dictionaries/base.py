@@ -185,8 +185,7 @@ class Dictionary(nn.Module):
 
     def decode_sparse(self, values: Tensor, indices: Tensor, bias: bool = True) -> Tensor:
         """`Σ_s values[:, s] W_dec[indices[:, s]] (+ b_dec)` for `values, indices [n, k]` -> `[n, d_out]`."""
-        decode = kernels.sparse_decode if self.cfg.sparse_kernels else kernels.dense_decode
-        out = decode(values, indices, self.W_dec)
+        out = kernels.sparse_decode(values, indices, self.W_dec)
         return out + self.b_dec if bias else out
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:

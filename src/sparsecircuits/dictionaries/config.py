@@ -1,96 +1,134 @@
 """`DictionaryConfig`: everything needed to build (and rebuild from disk) a sparse dictionary.
 
-Fields left at 0 / "" (or None) are filled in `__post_init__` from the architecture and kind:
+A config holds what every dictionary has (architecture, kind, shapes, hooks, dtype, device,
+seed, the decoder and reconstruction-loss policies) and, in `params`, the settings of its
+activation family, declared by the family (`Activation.Params`: `k` for TopK,
+`l1_coefficient` for ReLU, ...). Both are written flat, in YAML and as keywords
+(`DictionaryConfig(architecture="topk", d_in=256, d_sae=4096, k=32)`), and `cfg.k` reads the
+family's setting. A key of another family is accepted and ignored (a sweep's shared defaults, a
+saved config that lists every family's settings); a key no family knows is an error that names
+the valid keys.
+
+Fields left at 0 / "" (or None) are filled in from the family and the kind:
 
 * `d_out`, `hook_out`: equal `d_in`, `hook_in` for an SAE.
-* `aux_k`: `d_in // 2` (sparsify's AuxK default; `k_aux` in Gao et al.); 0 turns AuxK off.
-* `mp_max_iterations`: `d_in` (SAELens' default for matching-pursuit inference).
-* `decoder_norm`: "unit" for the TopK family (rows of `W_dec` kept at unit norm, the gradient
-  parallel to each row removed), "free" for ReLU/JumpReLU (norms free, the sparsity penalty is
-  weighted by them).
-* `recon_loss`: "fvu" for the TopK family (sparsify: scale-free), "mse" for ReLU/JumpReLU
-  (SAELens: sum over dims, mean over tokens — so SAELens L1 coefficients carry over).
+* `decoder_norm`: the family's `default_decoder_norm`: "unit" for the TopK family (rows of
+  `W_dec` kept at unit norm, the gradient parallel to each row removed), "free" for
+  ReLU/JumpReLU (norms free, the sparsity penalty is weighted by them).
+* `recon_loss`: the family's `default_recon_loss`: "fvu" for the TopK family (sparsify:
+  scale-free), "mse" for ReLU/JumpReLU (SAELens: sum over dims, mean over tokens — so SAELens
+  L1 coefficients carry over).
 * `decoder_init_norm`: 1.0 under "unit"; 0.1 under "free" (Anthropic's April-2024 heuristic,
   also SAELens `decoder_init_norm`): a small decoder keeps the untrained output small next to the
   target, which matters most for transcoders whose target is not their input.
+* the family's settings, by its `Params.resolve` (TopK `aux_k`: `d_in // 2`; matching pursuit
+  `mp_max_iterations`: `d_in`; JumpReLU `jumprelu_sparsity`: "tanh" for a CLT, else "step").
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from sparsecircuits.config import unknown_keys_error
+from sparsecircuits.dictionaries.activations import ACTIVATIONS, Activation, ActivationParams
 from sparsecircuits.errors import SparseCircuitsError
 
 KINDS = ("sae", "transcoder", "skip_transcoder", "clt")
-SAE_ONLY = ("topafa", "mp")  # need the input to be the target (AFA norm target; tied MP dictionary)
-TOPK_FAMILY = ("topk", "batchtopk", "abstopk", "topafa", "mp")
 DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
+# Keys a saved config may hold that set nothing on a dictionary (the TopK kernel choice is
+# `kernels.set_topk_selection`; dead latents are counted by `TrainConfig.dead_tokens`): ignored.
+IGNORED_KEYS = ("sparse_kernels", "dead_tokens_threshold")
 
 
-@dataclass
+def activation_family(architecture: str) -> type[Activation]:
+    """The `Activation` class registered as `architecture`; raises `SparseCircuitsError` if none."""
+    if architecture not in ACTIVATIONS:
+        raise SparseCircuitsError(
+            f"unknown dictionary architecture {architecture!r}; use one of {', '.join(sorted(ACTIVATIONS))}"
+        )
+    return ACTIVATIONS[architecture]
+
+
+def setting_names(family: type[Activation]) -> list[str]:
+    """The names of `family`'s own settings (fields of its `Params`)."""
+    return [f.name for f in dataclasses.fields(family.Params)]
+
+
+@dataclass(init=False)
 class DictionaryConfig:
-    """Architecture, shapes, hooks and loss coefficients of one sparse dictionary.
+    """Architecture, kind, shapes, hooks and shared training knobs of one sparse dictionary,
+    plus its family's settings in `params` (see the module docstring).
 
-    Zero / empty values mean "derive it" (see the module docstring); `None` is accepted for them
-    too, so YAML `null` works.
+    Zero / empty values mean "derive it"; `None` is accepted for them too, so YAML `null` works.
     """
 
-    architecture: str = "topk"  # relu | topk | batchtopk | jumprelu | abstopk | topafa | mp
+    architecture: str = "topk"  # a name in `activations.ACTIVATIONS`
     kind: str = "sae"  # sae | transcoder | skip_transcoder | clt (cross-layer transcoder)
     d_in: int = 0
     d_sae: int = 0
     d_out: int = 0  # 0: d_in
     hook_in: str = ""
     hook_out: str = ""  # "": hook_in
-    k: int = 32
-    l1_coefficient: float = 1e-3
-    # ReLU / JumpReLU: > 0 starts training at this L0 (encoder bias / thresholds set from the
-    # first batch's pre-activation quantiles); 0 keeps the plain init
-    init_l0: float = 0.0
-    aux_k: int = -1  # -1: d_in // 2; 0: AuxK off
-    aux_k_coefficient: float = 1.0 / 32.0
-    dead_tokens_threshold: int = 10_000_000
+    # cross-layer transcoder: number of layers; hook_in/hook_out hold "{layer}" templates
+    n_layers: int = 1
     model_name: str = ""
     dtype: str = "float32"
     device: str = "cpu"
-    decoder_norm: str = ""  # "unit" | "free"; "": by architecture
-    decoder_init_norm: float = 0.0  # 0: 1.0 under "unit", 0.1 under "free"
-    recon_loss: str = ""  # "fvu" | "mse"; "": by architecture
-    sparse_kernels: bool = True  # TopK: embedding-bag kernels; False = dense reference path
-    # JumpReLU (Rajamanoharan et al. 2024; SAELens defaults) and the CLT penalty
-    l0_coefficient: float = 1.0
-    jumprelu_bandwidth: float = 0.05
-    jumprelu_init_threshold: float = 0.01
-    jumprelu_sparsity: str = ""  # "step" (L0) | "tanh" (Anthropic); "": tanh for clt, else step
-    tanh_scale: float = 4.0
-    pre_act_loss_coefficient: float = 0.0  # Anthropic's pre-activation loss on dead latents (3e-6)
-    # BatchTopK: EMA rate of the inference threshold (min kept activation)
-    threshold_lr: float = 0.01
-    # top-AFA: weight of (||f ⊙ ||W_dec|| || - ||x - b_in||)^2; k is the cap on the per-token k
-    afa_coefficient: float = 1.0 / 32.0
-    # matching pursuit: train with k steps; inference stops at this residual norm / support repeat
-    mp_residual_threshold: float = 1e-2
-    mp_max_iterations: int = 0  # 0: d_in
-    # cross-layer transcoder: number of layers; hook_in/hook_out hold "{layer}" templates
-    n_layers: int = 1
     seed: int = 0
+    decoder_norm: str = ""  # "unit" | "free"; "": the family's default
+    decoder_init_norm: float = 0.0  # 0: 1.0 under "unit", 0.1 under "free"
+    recon_loss: str = ""  # "fvu" | "mse"; "": the family's default
+    aux_k_coefficient: float = 1.0 / 32.0  # weight of the family's auxiliary loss (TopK: AuxK)
+    params: ActivationParams = field(default_factory=ActivationParams)
     training: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        from sparsecircuits.dictionaries.activations import ACTIVATIONS
+    def __init__(self, params: ActivationParams | None = None, **values: Any) -> None:
+        """Shared fields from `values`, the family's settings from the rest of `values` over
+        `params` (a family's settings, as `dataclasses.replace` passes them)."""
+        self.check_keys(values, where="DictionaryConfig")
+        for f in dataclasses.fields(self):
+            if f.name != "params":
+                setattr(self, f.name, values[f.name] if f.name in values else _default(f))
+        family = activation_family(self.architecture)
+        given = dataclasses.asdict(params) if params is not None else {}
+        own = setting_names(family)
+        settings = {key: value for key, value in {**given, **values}.items() if key in own}
+        self.params = family.Params(**settings)
+        self._resolve(family)
 
-        if self.architecture not in ACTIVATIONS:
-            raise SparseCircuitsError(
-                f"unknown dictionary architecture {self.architecture!r}; use one of {', '.join(sorted(ACTIVATIONS))}"
-            )
+    @classmethod
+    def known_keys(cls, architecture: str) -> tuple[list[str], set[str]]:
+        """`(valid, accepted)` keys of a config of `architecture`: the shared fields and the
+        family's settings; those plus every other family's settings and `IGNORED_KEYS`."""
+        family = activation_family(architecture)
+        valid = [f.name for f in dataclasses.fields(cls) if f.name != "params"]
+        valid += setting_names(family)
+        accepted = set(valid) | set(IGNORED_KEYS)
+        accepted.update(name for other in ACTIVATIONS.values() for name in setting_names(other))
+        return valid, accepted
+
+    @classmethod
+    def check_keys(cls, mapping: Mapping[str, Any], where: str) -> None:
+        """Raise `SparseCircuitsError` for an unknown architecture or key in `mapping` (read from
+        `where`), naming the valid keys."""
+        valid, accepted = cls.known_keys(mapping.get("architecture", cls.architecture))
+        unknown = set(mapping) - accepted
+        if unknown:
+            raise unknown_keys_error(unknown, valid, where)
+
+    def _resolve(self, family: type[Activation]) -> None:
+        """Check the values and fill the derived ones (module docstring)."""
         if self.kind not in KINDS:
             raise SparseCircuitsError(
                 f"unknown dictionary kind {self.kind!r}; use one of {', '.join(KINDS)}"
@@ -108,7 +146,7 @@ class DictionaryConfig:
                 raise SparseCircuitsError(
                     "an SAE reads and writes one hook: leave hook_out unset or equal to hook_in"
                 )
-        if self.architecture in SAE_ONLY and self.kind != "sae":
+        if family.sae_only and self.kind != "sae":
             raise SparseCircuitsError(
                 f"architecture {self.architecture!r} is for SAEs only (kind='sae')"
             )
@@ -118,48 +156,60 @@ class DictionaryConfig:
         self.hook_out = self.hook_out or self.hook_in
         if self.d_out <= 0:
             raise SparseCircuitsError(f"d_out must be positive (got {self.d_out})")
-        topk_family = self.architecture in TOPK_FAMILY
-        if topk_family and not 0 < self.k <= self.d_sae:
-            raise SparseCircuitsError(f"k must be in 1..d_sae={self.d_sae} (got k={self.k})")
-        if self.aux_k is None or self.aux_k < 0:
-            self.aux_k = max(1, self.d_in // 2)
-        self.aux_k = min(self.aux_k, self.d_sae)
-        self.decoder_norm = self.decoder_norm or ("unit" if topk_family else "free")
+        self.params.resolve(self)
+        self.decoder_norm = self.decoder_norm or family.default_decoder_norm
         if self.decoder_norm not in ("unit", "free"):
             raise SparseCircuitsError(
                 f"decoder_norm must be 'unit' or 'free' (got {self.decoder_norm!r})"
             )
-        self.recon_loss = self.recon_loss or ("fvu" if topk_family else "mse")
+        self.recon_loss = self.recon_loss or family.default_recon_loss
         if self.recon_loss not in ("fvu", "mse"):
             raise SparseCircuitsError(
                 f"recon_loss must be 'fvu' or 'mse' (got {self.recon_loss!r})"
             )
         if not self.decoder_init_norm:
             self.decoder_init_norm = 1.0 if self.decoder_norm == "unit" else 0.1
-        self.mp_max_iterations = self.mp_max_iterations or self.d_in
         if self.dtype not in DTYPES:
             raise SparseCircuitsError(
                 f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}"
             )
-        self.jumprelu_sparsity = self.jumprelu_sparsity or (
-            "tanh" if self.kind == "clt" else "step"
-        )
-        if self.jumprelu_sparsity not in ("step", "tanh"):
-            raise SparseCircuitsError(
-                f"jumprelu_sparsity must be 'step' or 'tanh' (got {self.jumprelu_sparsity!r})"
-            )
-        if self.jumprelu_bandwidth <= 0 or self.jumprelu_init_threshold <= 0:
-            raise SparseCircuitsError("jumprelu_bandwidth and jumprelu_init_threshold must be > 0")
-        if self.init_l0 < 0:
-            raise SparseCircuitsError("init_l0 must be >= 0 (0: the plain initialisation)")
-        if self.l1_coefficient < 0 or self.aux_k_coefficient < 0 or self.l0_coefficient < 0:
-            raise SparseCircuitsError(
-                "l1_coefficient, l0_coefficient and aux_k_coefficient must be >= 0"
-            )
+        if self.aux_k_coefficient < 0:
+            raise SparseCircuitsError("aux_k_coefficient must be >= 0")
         if not isinstance(self.training, dict):
             raise SparseCircuitsError(
                 "training must be a mapping (the training config saved with the dictionary)"
             )
+
+    def __getattr__(self, name: str) -> Any:
+        """A family setting read flat: `cfg.k` is `cfg.params.k`."""
+        params = self.__dict__.get("params")
+        if params is not None and name in {f.name for f in dataclasses.fields(params)}:
+            return getattr(params, name)
+        raise AttributeError(
+            f"DictionaryConfig of architecture {self.__dict__.get('architecture')!r} has no "
+            f"field or setting {name!r}"
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A family setting written flat: `cfg.k = 8` sets `cfg.params.k`."""
+        params = self.__dict__.get("params")
+        if name in _SHARED or name == "params" or params is None:
+            object.__setattr__(self, name, value)
+        elif name in {f.name for f in dataclasses.fields(params)}:
+            setattr(params, name, value)
+        else:
+            raise AttributeError(
+                f"{name!r} is no field of DictionaryConfig and no setting of architecture "
+                f"{self.architecture!r}"
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The config as flat JSON-ready keys, as YAML writes it: the shared fields and the
+        family's settings (what `DictionaryConfig(**...)` rebuilds)."""
+        out = {name: getattr(self, name) for name in _SHARED if name != "training"}
+        out.update(dataclasses.asdict(self.params))
+        out["training"] = copy.deepcopy(self.training)
+        return out
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -173,6 +223,15 @@ class DictionaryConfig:
         return [self.hook_in.format(layer=i) for i in layers], [
             self.hook_out.format(layer=i) for i in layers
         ]
+
+
+_SHARED = tuple(f.name for f in dataclasses.fields(DictionaryConfig) if f.name != "params")
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def hook_layer(hook: str) -> int | None:

@@ -41,34 +41,10 @@ _LAUNCH = threading.Lock()
 
 @functools.lru_cache(maxsize=1)
 def _numba() -> Any:
-    """The kernels module (`_numba_kernels`), or None where numba is not installed."""
-    try:
-        from sparsecircuits.dictionaries import _numba_kernels
-    except ImportError:  # pragma: no cover - numba is a dependency; this is the safety net
-        return None
+    """The kernels module (`_numba_kernels`), imported on first use (importing numba is slow)."""
+    from sparsecircuits.dictionaries import _numba_kernels
+
     return _numba_kernels
-
-
-def available() -> bool:
-    """True when the numba kernels can run (numba importable)."""
-    return _numba() is not None
-
-
-_enabled = True
-
-
-def set_enabled(enabled: bool) -> bool:
-    """Turn the numba kernels on or off (off: callers use their torch paths and tuning, as
-    without numba); returns the previous setting. For benchmarks and tests that compare the two."""
-    global _enabled
-    previous, _enabled = _enabled, enabled
-    return previous
-
-
-def active() -> bool:
-    """True when the kernels are installed and enabled: the one switch callers consult, for
-    the kernels themselves and for the chunk sizes and thresholds tuned to them."""
-    return _enabled and available()
 
 
 def supports(scores: Tensor, k: int) -> bool:
@@ -80,7 +56,6 @@ def supports(scores: Tensor, k: int) -> bool:
         and scores.dtype in (torch.float32, torch.bfloat16)
         and scores.shape[1] % SEGMENT == 0
         and 0 < k <= scores.shape[1] // SEGMENT
-        and active()
     )
 
 
@@ -134,7 +109,6 @@ def supports_gather(table: Tensor, indices: Tensor, rows: Tensor) -> bool:
         and table.dtype == rows.dtype == torch.float32
         and indices.dtype == torch.int64
         and indices.dim() == 2
-        and active()
     )
 
 

@@ -17,10 +17,15 @@ encoder GEMM every other step can work on `(values [n, k], indices [n, k])` pair
   sparse-dense matmul (`_scatter_outer`), both O(n·k·d_out).
 
 `topk_encode_dense` / `dense_decode` are the plain-autograd references that tests compare
-against (same forward bits, hence the same indices; gradients equal to rounding).
+against (same forward bits, hence the same indices; gradients equal to rounding); inside
+`with dense_reference():` a whole dictionary runs on them.
 
-**Verified low-precision selection** (`set_topk_selection`, on by default where it pays: CPUs
-with native bf16 matmuls, `d_sae >= 4096` (8192 without numba) and `k <= 64`). The top-k
+On CPU the row top-k and the gather-dot rescoring run as numba kernels (`cpu_topk`); the torch
+ops here (`blocked_topk`, `_gather_dot_torch`) take the shapes and devices those do not.
+
+**Verified low-precision selection** (`set_topk_selection`, the one runtime switch, also set by
+the environment variable `SPARSECIRCUITS_TOPK_SELECTION`; on by default where it pays: CPUs
+with native bf16 matmuls, `d_sae >= 4096` and `k <= 64`). The top-k
 *selection* runs on a bf16 GEMM (2.5-3x the fp32 GEMM's speed on AVX-512-BF16/AMX cores),
 keeping `k + margin` candidates per row; their pre-activations are recomputed in fp32
 (gather-dot, O(n·(k+margin)·d_in)) and the top k taken among them. A rigorous rounding bound
@@ -33,8 +38,10 @@ rounding (another summation order), indices except where two pre-activations tie
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -57,12 +64,11 @@ class TopKCodes(NamedTuple):
 SELECTION_MODES = ("auto", "fp32", "bf16")
 _selection = os.environ.get("SPARSECIRCUITS_TOPK_SELECTION", "auto")
 # Where the verified bf16 selection pays (whole train step, 2 cores, d_in 256, against fp32
-# selection with the same top-k kernel). Numba top-k: d_sae 4k k 32 +36 %, 16k k 32 +65 %,
-# 64k k 32 +57 %; k 128 -2 % (4k) / -8 % (16k). Torch top-k: 16k k 32 +38 %, k 64 +16 %,
-# k 128 -16 %; 4k k 32 -14 % (there the extra candidates' top-k cost more than the GEMM saved).
+# selection, both with the numba top-k): d_sae 4k k 32 +36 %, 16k k 32 +65 %, 64k k 32 +57 %;
+# k 128 -2 % (4k) / -8 % (16k).
 _BF16_MIN_D_SAE = 4096
-_BF16_MIN_D_SAE_TORCH = 8192
 _BF16_MAX_K = 64
+_dense_reference = False
 
 
 def set_topk_selection(mode: str) -> str:
@@ -71,8 +77,7 @@ def set_topk_selection(mode: str) -> str:
     `fp32`: top-k of the fp32 pre-activations. `bf16`: verified bf16 candidate selection
     (module docstring) wherever the inputs are fp32 on a CPU. `auto` (default, also from the
     environment variable `SPARSECIRCUITS_TOPK_SELECTION`): `bf16` where the CPU has native bf16
-    matmuls, `d_sae >= 4096` (8192 without numba) and `k <= 64`, else `fp32`. All modes give
-    the same top-k.
+    matmuls, `d_sae >= 4096` and `k <= 64`, else `fp32`. All modes give the same top-k.
     """
     global _selection
     if mode not in SELECTION_MODES:
@@ -109,8 +114,7 @@ def selection_for(
         and dtype == torch.float32
         and k + _margin(k) < d_sae
     )
-    min_d_sae = _BF16_MIN_D_SAE if cpu_topk.active() else _BF16_MIN_D_SAE_TORCH
-    pays = d_sae >= min_d_sae and k <= _BF16_MAX_K and cpu_has_fast_bf16()
+    pays = d_sae >= _BF16_MIN_D_SAE and k <= _BF16_MAX_K and cpu_has_fast_bf16()
     if eligible and (mode == "bf16" or pays):
         return "bf16"
     return "fp32"
@@ -271,15 +275,12 @@ def _select_dead(dead_pre: Tensor, dead: Tensor, aux_k: int, signed: bool) -> tu
 
 def encode_rows(n_rows: int, d_sae: int, device_type: str = "cpu") -> int:
     """Return the rows per fp32 encoder chunk, so top-k reads `[rows, d_sae]` pre-activations
-    while they are still in cache. Measured on 2 CPU cores (whole TopK step, k 32): with the
-    numba top-k, 1024 rows beat 256 by 6 % at d_sae 4k and 8 % at 16k, 256 beat 1024 by 5 % at
-    64k; with torch's top-k, 256 rows were 10 % faster than the whole batch at 4k and 1024 rows
-    6 % at 64k. Accelerators take the whole batch: there a chunk is only more kernel launches."""
+    while they are still in cache. Measured on 2 CPU cores (whole TopK step, k 32, numba
+    top-k): 1024 rows beat 256 by 6 % at d_sae 4k and 8 % at 16k, 256 beat 1024 by 5 % at 64k.
+    Accelerators take the whole batch: there a chunk is only more kernel launches."""
     if device_type != "cpu":
         return n_rows
-    if cpu_topk.active():
-        return min(n_rows, 1024 if d_sae <= 16384 else 256)
-    return min(n_rows, 256 if d_sae <= 8192 else 1024)
+    return min(n_rows, 1024 if d_sae <= 16384 else 256)
 
 
 def selection_rows(n_rows: int, d_sae: int) -> int:
@@ -443,7 +444,12 @@ def topk_encode(
     Returns `TopKCodes` with `values, indices [n, k]` (ReLU'd, or sign-kept when `signed`) and,
     when `aux_mask [d_sae]` (bool, True = dead) and `aux_k > 0` are given, the top `aux_k`
     dead latents per row as `aux_values, aux_indices [n, aux_k]`; otherwise those are None.
+    Inside `dense_reference()`, `topk_encode_dense` does the work.
     """
+    if _dense_reference:
+        return topk_encode_dense(
+            x_in, W_enc, b_enc, k, aux_mask=aux_mask, aux_k=aux_k, signed=signed, b_in=b_in
+        )
     values, indices, aux_values, aux_indices = _TopKEncode.apply(
         x_in, b_in, W_enc, b_enc, k, aux_mask, aux_k, signed
     )
@@ -515,11 +521,26 @@ def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
 
     `values, indices [n, k]`, `W_dec [d_sae, d_out]`. Forward is an embedding bag; the backward
     touches only the selected rows: `grad_values` by gathered dot products, `grad_W_dec` by a
-    sparse-dense matmul.
+    sparse-dense matmul. Inside `dense_reference()`, `dense_decode` does the work.
     """
+    if _dense_reference:
+        return dense_decode(values, indices, W_dec)
     if indices.shape[1] == 0:
         return W_dec.new_zeros(indices.shape[0], W_dec.shape[1])
     return _SparseDecode.apply(values.contiguous(), indices, W_dec)
+
+
+@contextlib.contextmanager
+def dense_reference() -> Iterator[None]:
+    """Within the block, `topk_encode` and `sparse_decode` run their plain-autograd references
+    (`topk_encode_dense`, `dense_decode`): how a test runs a whole dictionary densely to compare
+    it with the sparse kernels."""
+    global _dense_reference
+    previous, _dense_reference = _dense_reference, True
+    try:
+        yield
+    finally:
+        _dense_reference = previous
 
 
 def dense_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:

@@ -1,11 +1,19 @@
-"""Activation families, one file each, registered by `DictionaryConfig.architecture` name."""
+"""Activation families, one file each, registered by `DictionaryConfig.architecture` name.
+
+Registering a family is one entry in `ACTIVATIONS` (`ACTIVATIONS[cls.name] = cls`); its settings,
+defaults and validation come with the class (`Activation.Params`).
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from sparsecircuits.dictionaries.activations.abstopk import AbsTopKActivation
-from sparsecircuits.dictionaries.activations.base import Activation, ForwardOutput
+from sparsecircuits.dictionaries.activations.base import (
+    Activation,
+    ActivationParams,
+    ForwardOutput,
+)
 from sparsecircuits.dictionaries.activations.batchtopk import BatchTopKActivation
 from sparsecircuits.dictionaries.activations.jumprelu import JumpReLUActivation
 from sparsecircuits.dictionaries.activations.mp import MatchingPursuitActivation
@@ -39,6 +47,7 @@ __all__ = [
     "ACTIVATIONS",
     "AbsTopKActivation",
     "Activation",
+    "ActivationParams",
     "BatchTopKActivation",
     "ForwardOutput",
     "JumpReLUActivation",

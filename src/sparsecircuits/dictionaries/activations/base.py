@@ -5,6 +5,11 @@ family's extra loss terms (`sparsity_loss`, `aux_loss`) and training hooks (`aft
 `Dictionary` around it owns the weights, decoding and the reconstruction loss, so a new family
 is one file here plus one line in the registry (`activations/__init__.py`).
 
+What a family needs from the config it declares itself: its settings as a `Params` dataclass
+(fields with defaults, `resolve` for shape-dependent defaults and validation; `DictionaryConfig`
+routes the family's flat keys there and exposes them as `cfg.k`, ...), and class-level facts:
+`default_decoder_norm`, `default_recon_loss`, `sae_only`, `uses_input_bias`, `tied`.
+
 Hook points, all called by `Dictionary` (the trainer only calls `Dictionary.loss`,
 `before_optimizer_step` and `after_optimizer_step`):
 
@@ -27,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from sparsecircuits.dictionaries.kernels import to_dense
+from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
     from sparsecircuits.dictionaries.config import DictionaryConfig
@@ -141,24 +147,54 @@ class ForwardOutput:
         yield self.feature_acts
 
 
+@dataclass
+class ActivationParams:
+    """A family's own settings (none here): one field with its default per setting.
+
+    The field names are the flat config keys (`k`, `jumprelu_bandwidth`, ...), so they must not
+    reuse a `DictionaryConfig` field name.
+    """
+
+    def resolve(self, cfg: DictionaryConfig) -> None:
+        """Fill the defaults that depend on `cfg`'s shapes or kind, and raise
+        `SparseCircuitsError` for an invalid value (nothing to do here)."""
+
+    def tag(self) -> str:
+        """The sparsity setting as a short label for run names (e.g. "k32"); "" when none."""
+        return ""
+
+
+def require_nonnegative(params: ActivationParams, *names: str) -> None:
+    """Raise `SparseCircuitsError` when a setting among `names` of `params` is negative."""
+    negative = [name for name in names if getattr(params, name) < 0]
+    if negative:
+        raise SparseCircuitsError(f"{' and '.join(negative)} must be >= 0")
+
+
 class Activation(nn.Module, ABC):
     """Base class of an activation family (ReLU, TopK, ...).
 
     Subclasses set `name` (the `DictionaryConfig.architecture` value) and implement `encode`;
     they override `sparsity_loss`, `aux_loss`, `after_step` and `saelens_architecture` when the
-    family needs them. Parameters or buffers a family owns (e.g. JumpReLU thresholds) live on
-    the activation module and are saved with the dictionary.
+    family needs them, and set `Params` when it has settings (read as `self.params`).
+    Parameters or buffers a family owns (e.g. JumpReLU thresholds) live on the activation module
+    and are saved with the dictionary.
     """
 
     name: ClassVar[str] = ""
-    uses_input_bias: ClassVar[bool] = (
-        True  # False: b_in stays zero and frozen (MP centres by b_dec)
-    )
+    Params: ClassVar[type[ActivationParams]] = ActivationParams
+    # "unit": W_dec rows kept at unit norm (activations carry the scale); "free": the loss sets them
+    default_decoder_norm: ClassVar[str] = "free"
+    default_recon_loss: ClassVar[str] = "mse"  # "fvu" (scale-free) | "mse" (SAELens' sum over dims)
+    sae_only: ClassVar[bool] = False  # True: the input must be the target (kind "sae")
+    uses_input_bias: ClassVar[bool] = True  # False: b_in kept zero, frozen (MP centres by b_dec)
     tied: ClassVar[bool] = False  # True: no W_enc/b_enc, the encoder reads W_dec (MP)
+    params: ActivationParams
 
     def __init__(self, cfg: DictionaryConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.params = cfg.params
 
     @abstractmethod
     def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
@@ -220,7 +256,7 @@ def firing_quantiles(dictionary: Owner, x_in: Tensor, l0: float) -> Tensor:
 
     Thresholding every latent there makes the batch's mean L0 about `l0`. Parameters and weight
     updates move pre-activations by roughly the learning rate per step, so over a short run the
-    starting L0 of a ReLU or JumpReLU dictionary largely persists; `cfg.init_l0` chooses it
+    starting L0 of a ReLU or JumpReLU dictionary largely persists; the `init_l0` setting chooses it
     instead of leaving it to the activation scale.
     """
     assert dictionary.W_enc is not None

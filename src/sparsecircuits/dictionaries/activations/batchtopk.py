@@ -11,23 +11,34 @@ AuxK as TopK (computed densely).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from sparsecircuits.dictionaries.activations.base import ForwardOutput, Owner
-from sparsecircuits.dictionaries.activations.topk import TopKActivation
+from sparsecircuits.dictionaries.activations.topk import TopKActivation, TopKParams
 from sparsecircuits.dictionaries.kernels import _select_aux
 
 if TYPE_CHECKING:
     from sparsecircuits.dictionaries.config import DictionaryConfig
 
 
+@dataclass
+class BatchTopKParams(TopKParams):
+    """TopK's settings (`k` is the mean per token) and the inference threshold's EMA rate."""
+
+    threshold_lr: float = 0.01
+
+
 class BatchTopKActivation(TopKActivation):
     """Batch-level TopK in training, a fixed threshold (`threshold` buffer) at inference."""
 
     name = "batchtopk"
+    Params = BatchTopKParams
+    fused_input_bias = False
+    params: BatchTopKParams
     threshold: Tensor
 
     def __init__(self, cfg: DictionaryConfig) -> None:
@@ -40,13 +51,13 @@ class BatchTopKActivation(TopKActivation):
         acts = pre_acts.relu()
         if self.training:
             flat = acts.flatten()
-            keep = flat.topk(min(self.cfg.k * acts.shape[0], flat.numel()), sorted=False).indices
+            keep = flat.topk(min(self.params.k * acts.shape[0], flat.numel()), sorted=False).indices
             mask = torch.zeros_like(flat, dtype=torch.bool).index_fill_(0, keep, True).view_as(acts)
         else:
             mask = pre_acts > self.threshold.to(pre_acts.dtype)
         codes = ForwardOutput(pre_acts=pre_acts, dense_acts=acts * mask, d_sae=self.cfg.d_sae)
         if dead_mask is not None:
-            aux_k = min(self.cfg.aux_k or 0, int(dead_mask.sum()))
+            aux_k = min(self.params.aux_k or 0, int(dead_mask.sum()))
             if aux_k > 0:
                 codes.aux_values, codes.aux_indices = _select_aux(
                     pre_acts, dead_mask, aux_k, signed=False
@@ -68,7 +79,7 @@ class BatchTopKActivation(TopKActivation):
             if float(self.threshold) == 0.0:
                 self.threshold.copy_(smallest)
                 return
-            lr = self.cfg.threshold_lr
+            lr = self.params.threshold_lr
             self.threshold.mul_(1 - lr).add_(lr * smallest)
 
     def saelens_architecture(self) -> str | None:

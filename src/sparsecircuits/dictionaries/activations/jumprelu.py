@@ -19,6 +19,7 @@ Decoder norms are free. Saved for SAELens as "jumprelu" / "jumprelu_transcoder" 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,10 +27,13 @@ from torch import Tensor, nn
 
 from sparsecircuits.dictionaries.activations.base import (
     Activation,
+    ActivationParams,
     ForwardOutput,
     Owner,
     firing_quantiles,
+    require_nonnegative,
 )
+from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
     from sparsecircuits.dictionaries.config import DictionaryConfig
@@ -96,16 +100,46 @@ def tanh_penalty(feature_acts: Tensor, decoder_norms: Tensor, scale: float) -> T
     return per_token.sum(dim=1).mean()
 
 
+@dataclass
+class JumpReLUParams(ActivationParams):
+    """Rajamanoharan et al. 2024 / SAELens defaults; the sparsity penalty (module docstring)."""
+
+    init_l0: float = 0.0  # > 0: thresholds set so training starts at this L0 (see ReLU)
+    l0_coefficient: float = 1.0
+    jumprelu_bandwidth: float = 0.05
+    jumprelu_init_threshold: float = 0.01
+    jumprelu_sparsity: str = ""  # "step" (L0) | "tanh" (Anthropic); "": tanh for a CLT, else step
+    tanh_scale: float = 4.0
+    pre_act_loss_coefficient: float = 0.0  # Anthropic's pre-activation loss on dead latents (3e-6)
+
+    def resolve(self, cfg: DictionaryConfig) -> None:
+        """Fill `jumprelu_sparsity` from `cfg.kind`; check the values."""
+        self.jumprelu_sparsity = self.jumprelu_sparsity or ("tanh" if cfg.kind == "clt" else "step")
+        if self.jumprelu_sparsity not in ("step", "tanh"):
+            raise SparseCircuitsError(
+                f"jumprelu_sparsity must be 'step' or 'tanh' (got {self.jumprelu_sparsity!r})"
+            )
+        if self.jumprelu_bandwidth <= 0 or self.jumprelu_init_threshold <= 0:
+            raise SparseCircuitsError("jumprelu_bandwidth and jumprelu_init_threshold must be > 0")
+        require_nonnegative(self, "init_l0", "l0_coefficient")
+
+    def tag(self) -> str:
+        """ "l0-{l0_coefficient}"."""
+        return f"l0-{self.l0_coefficient:g}"
+
+
 class JumpReLUActivation(Activation):
     """JumpReLU with a learned `log_threshold [d_sae]` parameter."""
 
     name = "jumprelu"
+    Params = JumpReLUParams
+    params: JumpReLUParams
 
     def __init__(self, cfg: DictionaryConfig) -> None:
         super().__init__(cfg)
         factory: dict[str, Any] = {"dtype": cfg.torch_dtype, "device": cfg.device}
         self.log_threshold = nn.Parameter(
-            torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold), **factory)
+            torch.full((cfg.d_sae,), math.log(self.params.jumprelu_init_threshold), **factory)
         )
 
     @property
@@ -115,16 +149,16 @@ class JumpReLUActivation(Activation):
 
     @torch.no_grad()
     def init_from_data(self, dictionary: Owner, x_in: Tensor) -> None:
-        """With `cfg.init_l0 > 0`, put each threshold at the pre-activation quantile of `x_in`
+        """With `init_l0 > 0`, put each threshold at the pre-activation quantile of `x_in`
         `[n, d_in]` where the latent fires on `init_l0 / d_sae` of the tokens."""
-        if self.cfg.init_l0 > 0 and dictionary.W_enc is not None:
-            theta = firing_quantiles(dictionary, x_in, self.cfg.init_l0).clamp_min(1e-6)
+        if self.params.init_l0 > 0 and dictionary.W_enc is not None:
+            theta = firing_quantiles(dictionary, x_in, self.params.init_l0).clamp_min(1e-6)
             self.log_threshold.copy_(theta.log().to(self.log_threshold.dtype))
 
     def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Dense codes `u · H(u - θ)`; `pre_acts` kept for the L0 / pre-activation losses."""
         pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
-        acts = jumprelu(pre_acts, self.threshold, self.cfg.jumprelu_bandwidth)
+        acts = jumprelu(pre_acts, self.threshold, self.params.jumprelu_bandwidth)
         return ForwardOutput(pre_acts=pre_acts, dense_acts=acts, d_sae=self.cfg.d_sae)
 
     def sparsity_loss(
@@ -132,17 +166,17 @@ class JumpReLUActivation(Activation):
     ) -> Tensor:
         """Step-L0 or tanh penalty (see module docstring), plus the dead-latent pre-activation loss."""
         assert codes.pre_acts is not None
-        cfg = self.cfg
+        params = self.params
         threshold = self.threshold
         norms = dictionary.W_dec.norm(dim=1)
-        if cfg.jumprelu_sparsity == "tanh":
-            penalty = tanh_penalty(codes.feature_acts, norms, cfg.tanh_scale)
+        if params.jumprelu_sparsity == "tanh":
+            penalty = tanh_penalty(codes.feature_acts, norms, params.tanh_scale)
         else:
-            penalty = step(codes.pre_acts, threshold, cfg.jumprelu_bandwidth).sum(dim=1).mean()
-        loss = cfg.l0_coefficient * penalty
-        if cfg.pre_act_loss_coefficient > 0 and dead_mask is not None and bool(dead_mask.any()):
+            penalty = step(codes.pre_acts, threshold, params.jumprelu_bandwidth).sum(dim=1).mean()
+        loss = params.l0_coefficient * penalty
+        if params.pre_act_loss_coefficient > 0 and dead_mask is not None and bool(dead_mask.any()):
             shortfall = (threshold - codes.pre_acts).relu() * dead_mask * norms
-            loss = loss + cfg.pre_act_loss_coefficient * shortfall.sum(dim=1).mean()
+            loss = loss + params.pre_act_loss_coefficient * shortfall.sum(dim=1).mean()
         return loss
 
     def saelens_architecture(self) -> str | None:

@@ -15,15 +15,23 @@ the step count). No AuxK (known gap: no dead-atom revival).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
 
-from sparsecircuits.dictionaries.activations.base import Activation, ForwardOutput, Owner
+from sparsecircuits.dictionaries.activations.base import (
+    Activation,
+    ActivationParams,
+    ForwardOutput,
+    Owner,
+)
+from sparsecircuits.dictionaries.activations.topk import check_k
 
 if TYPE_CHECKING:
     from sparsecircuits.dictionaries.base import Dictionary
+    from sparsecircuits.dictionaries.config import DictionaryConfig
 
 
 def matching_pursuit(
@@ -67,28 +75,51 @@ def matching_pursuit(
     return codes, residual, chosen, torch.stack(norms) if norms else residual.new_zeros(0, n)
 
 
+@dataclass
+class MatchingPursuitParams(ActivationParams):
+    """Training steps and the inference stopping rule."""
+
+    k: int = 32  # steps per token in training
+    mp_residual_threshold: float = 1e-2  # inference stops below this residual norm
+    mp_max_iterations: int = 0  # inference step cap; 0: d_in (SAELens' default)
+
+    def resolve(self, cfg: DictionaryConfig) -> None:
+        """Check `k`; fill `mp_max_iterations` from `d_in`."""
+        check_k(self.k, cfg.d_sae)
+        self.mp_max_iterations = self.mp_max_iterations or cfg.d_in
+
+    def tag(self) -> str:
+        """ "k{k}"."""
+        return f"k{self.k}"
+
+
 class MatchingPursuitActivation(Activation):
     """Greedy residual-guided encoder over the tied, unit-norm decoder."""
 
     name = "mp"
+    Params = MatchingPursuitParams
+    default_decoder_norm = "unit"
+    default_recon_loss = "fvu"
+    sae_only = True  # one tied dictionary reads and writes the same space
     uses_input_bias = False
     tied = True
+    params: MatchingPursuitParams
 
     def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Dense codes from `k` MP steps (training) or the adaptive inference rule (eval)."""
-        cfg = self.cfg
+        params = self.params
         residual = x_in - cast("Dictionary", dictionary).b_dec  # SAE-only family: a Dictionary
         if self.training:
-            codes, *_ = matching_pursuit(residual, dictionary.W_dec, cfg.k)
+            codes, *_ = matching_pursuit(residual, dictionary.W_dec, params.k)
         else:
             codes, *_ = matching_pursuit(
                 residual,
                 dictionary.W_dec,
-                cfg.mp_max_iterations or cfg.d_in,
-                residual_threshold=cfg.mp_residual_threshold,
+                params.mp_max_iterations or self.cfg.d_in,
+                residual_threshold=params.mp_residual_threshold,
                 stop_on_duplicate_support=True,
             )
-        return ForwardOutput(dense_acts=codes, d_sae=cfg.d_sae)
+        return ForwardOutput(dense_acts=codes, d_sae=self.cfg.d_sae)
 
     def saelens_architecture(self) -> str | None:
         """ "matching_pursuit" (SAE only)."""
@@ -96,10 +127,10 @@ class MatchingPursuitActivation(Activation):
 
     def extra_cfg(self) -> dict[str, Any]:
         """SAELens MP reads the stopping rule; it centres the input by `b_dec`."""
-        cfg = self.cfg
+        params = self.params
         return {
             "apply_b_dec_to_input": True,
-            "residual_threshold": cfg.mp_residual_threshold,
-            "max_iterations": cfg.mp_max_iterations,
+            "residual_threshold": params.mp_residual_threshold,
+            "max_iterations": params.mp_max_iterations,
             "stop_on_duplicate_support": True,
         }

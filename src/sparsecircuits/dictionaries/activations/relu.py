@@ -7,21 +7,49 @@ the penalty by shrinking activations while growing decoder rows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from sparsecircuits.dictionaries.activations.base import (
     Activation,
+    ActivationParams,
     ForwardOutput,
     Owner,
     firing_quantiles,
+    require_nonnegative,
 )
+
+if TYPE_CHECKING:
+    from sparsecircuits.dictionaries.config import DictionaryConfig
+
+
+@dataclass
+class ReLUParams(ActivationParams):
+    """The L1 coefficient and the starting L0."""
+
+    l1_coefficient: float = 1e-3
+    # > 0: start training at this L0 (encoder bias set from the first batch's pre-activation
+    # quantiles); 0 keeps the plain init
+    init_l0: float = 0.0
+
+    def resolve(self, cfg: DictionaryConfig) -> None:
+        """Both settings must be >= 0."""
+        require_nonnegative(self, "l1_coefficient", "init_l0")
+
+    def tag(self) -> str:
+        """ "l1-{l1_coefficient}"."""
+        return f"l1-{self.l1_coefficient:g}"
 
 
 class ReLUActivation(Activation):
     """ReLU with a decoder-norm-weighted L1 penalty (`l1_coefficient`)."""
 
     name = "relu"
+    Params = ReLUParams
+    params: ReLUParams
 
     def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Dense codes `relu(x_in @ W_enc + b_enc)` (pre-activations not kept: the ReLU's
@@ -31,16 +59,16 @@ class ReLUActivation(Activation):
 
     @torch.no_grad()
     def init_from_data(self, dictionary: Owner, x_in: Tensor) -> None:
-        """With `cfg.init_l0 > 0`, lower each encoder bias by the pre-activation quantile of
+        """With `init_l0 > 0`, lower each encoder bias by the pre-activation quantile of
         `x_in [n, d_in]` where the latent fires on `init_l0 / d_sae` of the tokens."""
-        if self.cfg.init_l0 > 0:
-            dictionary.b_enc.sub_(firing_quantiles(dictionary, x_in, self.cfg.init_l0))
+        if self.params.init_l0 > 0:
+            dictionary.b_enc.sub_(firing_quantiles(dictionary, x_in, self.params.init_l0))
 
     def sparsity_loss(
         self, dictionary: Owner, codes: ForwardOutput, dead_mask: Tensor | None
     ) -> Tensor:
         """`l1_coefficient · mean_tokens Σ_i f_i ||W_dec[i]||` (gradient reaches W_dec norms too)."""
-        return self.cfg.l1_coefficient * codes.weighted_l1(dictionary.W_dec.norm(dim=1))
+        return self.params.l1_coefficient * codes.weighted_l1(dictionary.W_dec.norm(dim=1))
 
     def saelens_architecture(self) -> str | None:
         """ "standard" for SAEs, "transcoder" / "skip_transcoder" for transcoders."""

@@ -5,7 +5,7 @@ top-AFA picks k per token so the kept activations' norm best matches the input's
 
 1. `a = ReLU(u)`, `u = (x - b_in) W_enc + b_enc`; target `T = ||x - b_in||₂`;
 2. contributions `s_i = (a_i ||W_dec[i]||)²` sorted descending, `C_j = sqrt(Σ_{r<=j} s_(r))`;
-3. `k(x) = argmin_{1<=j<=k_max} |C_j - T|` (first minimiser), `k_max = cfg.k`
+3. `k(x) = argmin_{1<=j<=k_max} |C_j - T|` (first minimiser), `k_max` the setting `k`
    (set `k = d_sae` for the uncapped rule);
 4. keep those `k(x)` activations.
 
@@ -20,13 +20,14 @@ the extension "topafa_sae".
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from sparsecircuits.dictionaries.activations.base import ForwardOutput, Owner
-from sparsecircuits.dictionaries.activations.topk import TopKActivation
+from sparsecircuits.dictionaries.activations.topk import TopKActivation, TopKParams
 from sparsecircuits.dictionaries.kernels import _select_aux
 
 if TYPE_CHECKING:
@@ -48,10 +49,21 @@ def afa_choose_k(
     return k, indices, keep
 
 
+@dataclass
+class TopAFAParams(TopKParams):
+    """TopK's settings (`k` is the cap k_max) and the norm-matching term's weight."""
+
+    afa_coefficient: float = 1.0 / 32.0
+
+
 class TopAFAActivation(TopKActivation):
-    """Per-token k by AFA norm matching (at most `cfg.k`), unit decoder, AuxK."""
+    """Per-token k by AFA norm matching (at most `k`), unit decoder, AuxK."""
 
     name = "topafa"
+    Params = TopAFAParams
+    sae_only = True  # the norm target is the input
+    fused_input_bias = False
+    params: TopAFAParams
 
     def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Sparse codes `values, indices [n, k_max]`, zeros past each token's chosen k."""
@@ -59,14 +71,14 @@ class TopAFAActivation(TopKActivation):
         acts = pre_acts.relu()
         with torch.no_grad():
             contributions = (acts * dictionary.W_dec.norm(dim=1)).pow(2)
-            _, indices, keep = afa_choose_k(contributions, x_in.norm(dim=1), self.cfg.k)
+            _, indices, keep = afa_choose_k(contributions, x_in.norm(dim=1), self.params.k)
         values = acts.gather(1, indices) * keep
         codes = ForwardOutput(
             pre_acts=pre_acts, values=values, indices=indices, d_sae=self.cfg.d_sae
         )
         codes.extras["target_norm"] = x_in.norm(dim=1)
         if dead_mask is not None:
-            aux_k = min(self.cfg.aux_k or 0, int(dead_mask.sum()))
+            aux_k = min(self.params.aux_k or 0, int(dead_mask.sum()))
             if aux_k > 0:
                 codes.aux_values, codes.aux_indices = _select_aux(
                     pre_acts, dead_mask, aux_k, signed=False
@@ -81,7 +93,7 @@ class TopAFAActivation(TopKActivation):
         norms = dictionary.W_dec.norm(dim=1)[codes.indices]
         code_norm = (codes.values * norms).norm(dim=1)
         target_norm = codes.extras["target_norm"]
-        return self.cfg.afa_coefficient * (code_norm - target_norm).pow(2).mean()
+        return self.params.afa_coefficient * (code_norm - target_norm).pow(2).mean()
 
     def saelens_architecture(self) -> str | None:
         """SAELens has no top-AFA."""
@@ -89,7 +101,7 @@ class TopAFAActivation(TopKActivation):
 
     def extra_cfg(self) -> dict[str, object]:
         """`k` is the cap k_max."""
-        return {"k": self.cfg.k}
+        return {"k": self.params.k}
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@
 are kept at unit norm (`decoder_norm="unit"`), so activations carry the scale.
 
 AuxK (dead-latent revival, Gao et al. §A.2 as in sparsify): given `dead_mask [d_sae]` (True =
-no firing for `dead_tokens_threshold` tokens, tracked by the trainer), take per token the top
+no firing for `TrainConfig.dead_tokens` tokens, tracked by the trainer), take per token the top
 `k_aux = min(aux_k, #dead)` ReLU'd pre-activations among dead latents, decode them without
 bias, and regress the detached residual `e = target - out`:
 `aux = min(#dead / aux_k, 1) · Σ (ê - e)² / Σ (target - mean(target))²`.
@@ -14,28 +14,69 @@ The loss adds `aux_k_coefficient · aux` (1/32 by default). Unlike sparsify, `ê
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from sparsecircuits.dictionaries import kernels
-from sparsecircuits.dictionaries.activations.base import Activation, ForwardOutput, Owner
+from sparsecircuits.dictionaries.activations.base import (
+    Activation,
+    ActivationParams,
+    ForwardOutput,
+    Owner,
+)
+from sparsecircuits.errors import SparseCircuitsError
+
+if TYPE_CHECKING:
+    from sparsecircuits.dictionaries.config import DictionaryConfig
+
+
+def check_k(k: int, d_sae: int) -> None:
+    """Raise `SparseCircuitsError` unless `1 <= k <= d_sae`."""
+    if not 0 < k <= d_sae:
+        raise SparseCircuitsError(f"k must be in 1..d_sae={d_sae} (got k={k})")
+
+
+@dataclass
+class TopKParams(ActivationParams):
+    """Settings of the TopK family."""
+
+    k: int = 32  # latents kept per token
+    aux_k: int = -1  # AuxK latents per token (k_aux); -1: d_in // 2 (sparsify's default); 0: off
+
+    def resolve(self, cfg: DictionaryConfig) -> None:
+        """Check `k`; fill `aux_k` from `d_in`, at most `d_sae`."""
+        check_k(self.k, cfg.d_sae)
+        if self.aux_k is None or self.aux_k < 0:
+            self.aux_k = max(1, cfg.d_in // 2)
+        self.aux_k = min(self.aux_k, cfg.d_sae)
+
+    def tag(self) -> str:
+        """ "k{k}"."""
+        return f"k{self.k}"
 
 
 class TopKActivation(Activation):
-    """TopK then ReLU, sparse kernels by default (`cfg.sparse_kernels`), AuxK for dead latents."""
+    """TopK then ReLU on the sparse kernels (`kernels.topk_encode`), AuxK for dead latents."""
 
     name = "topk"
+    Params = TopKParams
+    default_decoder_norm = "unit"
+    default_recon_loss = "fvu"
     signed = False
+    # True: `encode` is this class's kernel path, which takes `b_in` itself (its gradient then
+    # skips the input gradient); a subclass with its own `encode` sets False
+    fused_input_bias = True
+    params: TopKParams
 
     def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Sparse codes `values, indices [n, k]` (+ AuxK selection when `dead_mask` has dead latents)."""
         return self._encode(dictionary, x_in, dead_mask, None)
 
     def encode_input(self, dictionary: Owner, x: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
-        """`encode(x - b_in)` with `b_in` handed to the kernel (families that override `encode`
-        keep the generic path)."""
-        if type(self).encode is not TopKActivation.encode:
+        """`encode(x - b_in)`, with `b_in` handed to the kernel under `fused_input_bias`."""
+        if not self.fused_input_bias:
             return super().encode_input(dictionary, x, dead_mask)
         return self._encode(dictionary, x, dead_mask, dictionary.b_in)
 
@@ -50,14 +91,13 @@ class TopKActivation(Activation):
         aux_mask = None
         if dead_mask is not None:
             n_dead = int(dead_mask.sum())
-            aux_k = min(self.cfg.aux_k or 0, n_dead)
+            aux_k = min(self.params.aux_k or 0, n_dead)
             aux_mask = dead_mask if aux_k > 0 else None
-        encode = kernels.topk_encode if self.cfg.sparse_kernels else kernels.topk_encode_dense
-        codes = encode(
+        codes = kernels.topk_encode(
             x,
             dictionary.W_enc,
             dictionary.b_enc,
-            self.cfg.k,
+            self.params.k,
             aux_mask=aux_mask,
             aux_k=aux_k,
             signed=self.signed,
@@ -83,7 +123,7 @@ class TopKActivation(Activation):
         if codes.aux_values is None or codes.aux_indices is None or dead_mask is None:
             return dictionary.W_dec.new_zeros(())
         n_dead = float(dead_mask.sum())
-        scale = min(n_dead / float(self.cfg.aux_k or 1), 1.0)
+        scale = min(n_dead / float(self.params.aux_k or 1), 1.0)
         residual_hat = dictionary.decode_sparse(codes.aux_values, codes.aux_indices, bias=False)
         return scale * (residual_hat - residual).pow(2).sum() / total_variance
 
@@ -98,4 +138,4 @@ class TopKActivation(Activation):
 
     def extra_cfg(self) -> dict[str, Any]:
         """`k` and `rescale_acts_by_decoder_norm=False` for SAELens' TopK config."""
-        return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
+        return {"k": self.params.k, "rescale_acts_by_decoder_norm": False}
