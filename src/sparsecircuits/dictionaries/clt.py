@@ -104,8 +104,7 @@ class CLTLayer:
 
     def decode_sparse(self, values: Tensor, indices: Tensor, bias: bool = False) -> Tensor:
         """`Σ_s values[:, s] W_dec[indices[:, s]]` -> `[n, (L - ℓ) d_out]` (a layer has no own bias)."""
-        decode = kernels.sparse_decode if self.cfg.sparse_kernels else kernels.dense_decode
-        return decode(values, indices, self.W_dec)
+        return kernels.sparse_decode(values, indices, self.W_dec)
 
     def decode(self, codes: ForwardOutput) -> Tensor:
         """What `codes` write, `[n, (L - ℓ) d_out]` (sparse kernels for sparse codes)."""
