@@ -21,7 +21,7 @@ from sparsecircuits.dictionaries import (
     save_dictionary,
 )
 from sparsecircuits.dictionaries.activations import ActivationParams
-from sparsecircuits.dictionaries.config import activation_family
+from sparsecircuits.dictionaries.config import activation_family, spans_layers
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.evaluation import plot_frontier
 from sparsecircuits.evaluation.splice import check_splice_hooks
@@ -100,11 +100,11 @@ class DictionarySpec:
             raise SparseCircuitsError(
                 f"unknown dictionary kind {self.kind!r}; use one of {', '.join(KINDS)}"
             )
-        if self.kind != "clt" and self.n_layers is not None:
+        if not spans_layers(self.kind) and self.n_layers is not None:
             raise SparseCircuitsError(
                 f"n_layers is for cross-layer transcoders only (kind clt), not kind {self.kind!r}; remove it"
             )
-        if self.kind == "clt":
+        if spans_layers(self.kind):
             return self._clt_hooks()
         if self.kind == "sae":
             hook = self.hook_in or self.hook_out or f"blocks.{self.layer}.hook_mlp_out"
@@ -157,7 +157,7 @@ class DictionarySpec:
         if self.name:
             return self.name
         layers = f"L{self.layer}"
-        if self.kind == "clt":
+        if spans_layers(self.kind):
             count = n_layers or self.n_layers
             layers = f"L0-{count - 1}" if count else "Lall"
         parts = [self.kind, self.architecture, layers, str(self.d_sae), self.params().tag()]

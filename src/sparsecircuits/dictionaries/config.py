@@ -240,3 +240,9 @@ def hook_layer(hook: str) -> int | None:
     if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit():
         return int(parts[1])
     return None
+
+
+def spans_layers(kind: str) -> bool:
+    """Whether a dictionary of `kind` spans several layers (a cross-layer transcoder, whose hooks
+    are `{layer}` templates)."""
+    return kind == "clt"
