@@ -65,14 +65,6 @@ from sparsecircuits.models import ModelAdapter
 from sparsecircuits.tasks.common import TaskPrompts, logits_at_last
 from sparsecircuits.tasks.greater_than import greater_than_prob_diff, make_greater_than_prompts
 
-# Output projection of the MLP (its input is the neuron activations), per family.
-_MLP_DOWN = {
-    "gpt2": "c_proj",
-    "gpt_neox": "dense_4h_to_h",
-    "llama": "down_proj",
-    "qwen3": "down_proj",
-}
-
 
 @dataclass
 class GreaterThanConfig:
@@ -248,12 +240,9 @@ def _node_checks(
 # ---------------------------------------------------------------------------- features vs neurons
 
 
-def _mlp_down(adapter: ModelAdapter, layer: int) -> torch.nn.Module:
-    mlp = adapter.blocks[layer].get_submodule(adapter.spec.mlp)
-    name = _MLP_DOWN.get(adapter.family)
-    if name is None:
-        raise SparseCircuitsError(f"no neuron access for family {adapter.family}")
-    return mlp.get_submodule(name)
+def _mlp_out_proj(adapter: ModelAdapter, layer: int) -> torch.nn.Module:
+    """The MLP's output projection at `layer`; its input is the neuron activations."""
+    return adapter.blocks[layer].get_submodule(adapter.spec.mlp_out_proj)
 
 
 @torch.no_grad()
@@ -263,7 +252,7 @@ def _neuron_acts(adapter: ModelAdapter, input_ids: Tensor, layer: int, last: int
     def grab(_module: torch.nn.Module, args: tuple) -> None:
         seen["h"] = args[0][:, last].detach().clone()
 
-    handle = _mlp_down(adapter, layer).register_forward_pre_hook(grab)
+    handle = _mlp_out_proj(adapter, layer).register_forward_pre_hook(grab)
     try:
         adapter.forward(input_ids)
     finally:
@@ -281,7 +270,7 @@ def _pd_keep_neurons(
         hidden[:, last] = torch.where(keep, at_last, mean.to(at_last.dtype))
         return (hidden, *args[1:])
 
-    handle = _mlp_down(adapter, layer).register_forward_pre_hook(replace)
+    handle = _mlp_out_proj(adapter, layer).register_forward_pre_hook(replace)
     try:
         logits = adapter.forward(prompts.input_ids)
     finally:
