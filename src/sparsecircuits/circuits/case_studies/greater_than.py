@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -38,9 +38,10 @@ from sparsecircuits.circuits import deembed
 from sparsecircuits.circuits.attribution import (
     Attribution,
     ResidVector,
+    Target,
     attribute,
     decompose,
-    greater_than_target,
+    metric_gradient_target,
     pull_back_head,
 )
 from sparsecircuits.circuits.nodes import FeatureNode, HeadNode, Node
@@ -87,6 +88,54 @@ class GreaterThanConfig:
     # stays informative when the model is confident) or "prob_diff" (the PD's gradient direction).
     target: str = "logit_diff"
     device: str | None = None
+
+
+# ---------------------------------------------------------------------------- target
+
+
+def greater_than_target(
+    model: ReplacementModel,
+    state: ReplacementState,
+    yy: Tensor,
+    year_ids: Tensor,
+    last_pos: Tensor,
+    kind: Literal["prob_diff", "logit_diff"] = "prob_diff",
+) -> Target:
+    """Target for greater-than at each prompt's last token.
+
+    "prob_diff": the gradient direction of the probability difference (its first-order change);
+    "logit_diff": mean logit of the years after YY minus mean logit of the years up to YY
+    (linear in the logits, so it does not saturate when the model is confident).
+    """
+    yy = yy.to(model.device)
+    years = torch.arange(100, device=model.device)
+
+    def prob_diff(logits: Tensor, rows: Tensor) -> Tensor:
+        return greater_than_prob_diff(logits, yy[rows], year_ids)
+
+    def logit_diff(logits: Tensor, rows: Tensor) -> Tensor:
+        year_logits = logits[:, year_ids.to(logits.device)]
+        later = (years[None, :] > yy[rows][:, None]).to(logits.dtype)
+        earlier = 1 - later
+        return (year_logits * later).sum(-1) / later.sum(-1).clamp_min(1) - (
+            year_logits * earlier
+        ).sum(-1) / earlier.sum(-1).clamp_min(1)
+
+    if kind == "prob_diff":
+        return metric_gradient_target(
+            model, state, prob_diff, "greater-than prob. diff. (linearised)", last_pos
+        )
+    if kind == "logit_diff":
+        return metric_gradient_target(
+            model,
+            state,
+            logit_diff,
+            "greater-than mean logit diff. (later - earlier years)",
+            last_pos,
+        )
+    raise SparseCircuitsError(
+        f'greater-than target kind must be "prob_diff" or "logit_diff", got {kind!r}'
+    )
 
 
 # ---------------------------------------------------------------------------- helpers
