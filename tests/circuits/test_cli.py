@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from sparsecircuits.circuits.attribution import parse_target_spec
 from sparsecircuits.cli import case_study as case_study_cli
 from sparsecircuits.cli import paths as paths_cli
+from sparsecircuits.cli.targets import parse_target_spec
 from sparsecircuits.dictionaries import save_dictionary
 from sparsecircuits.errors import SparseCircuitsError
 

@@ -9,6 +9,7 @@ import torch
 
 import sparsecircuits.models.embedded as embedded_pkg
 from sparsecircuits.circuits import attribution as A
+from sparsecircuits.circuits.case_studies.greater_than import greater_than_target
 from sparsecircuits.circuits.nodes import FeatureNode, HeadNode
 from sparsecircuits.circuits.verify import ablation_effects, max_relative_error
 
@@ -36,7 +37,7 @@ def test_replacement_is_exact_and_attribution_equals_ablation(embedded):
     torch.testing.assert_close(
         state.logits, model.adapter.forward(prompts.input_ids), atol=1e-4, rtol=1e-4
     )
-    target = A.greater_than_target(model, state, prompts.yy, prompts.year_ids, prompts.last_pos)
+    target = greater_than_target(model, state, prompts.yy, prompts.year_ids, prompts.last_pos)
     attr = A.attribute(model, state, target, mode="linear")
     nodes = [n for n, _ in attr.top_features(8, row=0)] + [h for h, _ in attr.top_heads(4, row=0)]
     predicted = torch.tensor([attr.node_value(n, 0) for n in nodes])

@@ -84,6 +84,32 @@ def test_mlp_hooks_are_what_the_mlp_reads_and_writes(tiny_adapter):
         torch.testing.assert_close(gained, mlp_in, rtol=0, atol=1e-5)
 
 
+def test_mlp_out_proj_reads_the_neurons_and_writes_mlp_out(tiny_adapter):
+    ids = token_ids(tiny_adapter)
+    names = [f"blocks.{layer}.hook_mlp_out" for layer in range(tiny_adapter.n_layers)]
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(layer):
+        def hook(_module, args, output):
+            seen[layer] = (args[0], output)
+
+        return hook
+
+    handles = [
+        block.get_submodule(tiny_adapter.spec.mlp_out_proj).register_forward_hook(record(layer))
+        for layer, block in enumerate(tiny_adapter.blocks)
+    ]
+    try:
+        _, cache = tiny_adapter.run_with_cache(ids, names)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert sorted(seen) == list(range(tiny_adapter.n_layers))
+    for layer, (neurons, out) in seen.items():
+        assert neurons.shape[-1] == tiny_adapter.d_mlp
+        assert torch.equal(out, cache[f"blocks.{layer}.hook_mlp_out"])
+
+
 def test_normalized_hooks_are_normalized(tiny_adapter):
     ids = token_ids(tiny_adapter)
     _, cache = every_hook_cache(tiny_adapter, ids)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from sparsecircuits.circuits.attribution import TARGET_SPEC_HELP
+from sparsecircuits.cli.targets import TARGET_SPEC_HELP, parse_target_spec, target_from_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +64,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Search, write the graph and its verification; print a short JSON summary."""
     from sparsecircuits.circuits import paths as P
-    from sparsecircuits.circuits.attribution import parse_target_spec, target_from_spec
     from sparsecircuits.circuits.replacement import ReplacementModel
     from sparsecircuits.circuits.verify import verify_graph
     from sparsecircuits.errors import SparseCircuitsError

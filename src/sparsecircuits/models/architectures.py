@@ -2,8 +2,10 @@
 
 A family table names, as dotted module paths, the modules that carry every canonical hook site
 (token embedding, the block list, and inside each block the two norms, the attention module,
-its output projection and the MLP; then the final norm and the unembedding). `hooks.py` turns
-those sites into hooks the same way for every family:
+its output projection and the MLP; then the final norm and the unembedding), plus the MLP's
+output projection, whose input is the MLP's neuron activations (no hook site; read where neurons
+are compared with dictionary features). `hooks.py` turns the hook sites into hooks the same way
+for every family:
 
 =========================  ==========================  ======================================
 hook name                  module (role in the table)  how it is read / replaced
@@ -106,6 +108,7 @@ class ArchitectureSpec:
     attn_out_proj: str
     ln2: str
     mlp: str
+    mlp_out_proj: str  # the MLP's output projection; its input is the neuron activations
     ln_final: str
     unembed: str
     rotary_emb: str | None
@@ -169,6 +172,7 @@ GPT2 = ArchitectureSpec(
     attn_out_proj="attn.c_proj",
     ln2="ln_2",
     mlp="mlp",
+    mlp_out_proj="mlp.c_proj",
     ln_final="transformer.ln_f",
     unembed="lm_head",
     rotary_emb=None,
@@ -223,6 +227,7 @@ GPT_NEOX = ArchitectureSpec(
     attn_out_proj="attention.dense",
     ln2="post_attention_layernorm",
     mlp="mlp",
+    mlp_out_proj="mlp.dense_4h_to_h",
     ln_final="gpt_neox.final_layer_norm",
     unembed="lm_head",
     rotary_emb="gpt_neox.rotary_emb",
@@ -302,6 +307,7 @@ def _llama_like(
         attn_out_proj="self_attn.o_proj",
         ln2="post_attention_layernorm",
         mlp="mlp",
+        mlp_out_proj="mlp.down_proj",
         ln_final="model.norm",
         unembed="lm_head",
         rotary_emb="model.rotary_emb",

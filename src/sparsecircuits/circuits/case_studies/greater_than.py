@@ -17,19 +17,20 @@ study
    prompts) transcoder features or MLP neurons at the answer position and mean-ablate the rest;
 7. runs the greedy path search on one prompt and saves its graph.
 
-`run_greater_than(cfg, out)` writes summary.json, report.md and PNG plots to `out`.
+`run_greater_than(cfg, out)` runs these steps in order (one function each) and writes
+summary.json, report.md and PNG plots to `out` (`greater_than_report.py` writes the last three).
+`greater_than_target` is the study's target: the linearised PD or the mean logit difference.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -38,11 +39,13 @@ from sparsecircuits.circuits import deembed
 from sparsecircuits.circuits.attribution import (
     Attribution,
     ResidVector,
+    Target,
     attribute,
     decompose,
-    greater_than_target,
+    metric_gradient_target,
     pull_back_head,
 )
+from sparsecircuits.circuits.case_studies.greater_than_report import write_results
 from sparsecircuits.circuits.nodes import FeatureNode, HeadNode, Node
 from sparsecircuits.circuits.paths import (
     graph_tokens,
@@ -66,14 +69,6 @@ from sparsecircuits.models import ModelAdapter
 from sparsecircuits.tasks.common import TaskPrompts, logits_at_last
 from sparsecircuits.tasks.greater_than import greater_than_prob_diff, make_greater_than_prompts
 
-# Output projection of the MLP (its input is the neuron activations), per family.
-_MLP_DOWN = {
-    "gpt2": "c_proj",
-    "gpt_neox": "dense_4h_to_h",
-    "llama": "down_proj",
-    "qwen3": "down_proj",
-}
-
 
 @dataclass
 class GreaterThanConfig:
@@ -96,6 +91,56 @@ class GreaterThanConfig:
     # stays informative when the model is confident) or "prob_diff" (the PD's gradient direction).
     target: str = "logit_diff"
     device: str | None = None
+
+
+# ---------------------------------------------------------------------------- target
+
+
+def greater_than_target(
+    model: ReplacementModel,
+    state: ReplacementState,
+    yy: Tensor,
+    year_ids: Tensor,
+    last_pos: Tensor,
+    kind: Literal["prob_diff", "logit_diff"] = "prob_diff",
+) -> Target:
+    """Target for greater-than at each prompt's last token `last_pos [n]`.
+
+    `yy [n]`: the prompts' two-digit start years; `year_ids [100]`: the token ids of "00".."99".
+
+    "prob_diff": the gradient direction of the probability difference (its first-order change);
+    "logit_diff": mean logit of the years after YY minus mean logit of the years up to YY
+    (linear in the logits, so it does not saturate when the model is confident).
+    """
+    yy = yy.to(model.device)
+    years = torch.arange(100, device=model.device)
+
+    def prob_diff(logits: Tensor, rows: Tensor) -> Tensor:
+        return greater_than_prob_diff(logits, yy[rows], year_ids)
+
+    def logit_diff(logits: Tensor, rows: Tensor) -> Tensor:
+        year_logits = logits[:, year_ids.to(logits.device)]
+        later = (years[None, :] > yy[rows][:, None]).to(logits.dtype)
+        earlier = 1 - later
+        return (year_logits * later).sum(-1) / later.sum(-1).clamp_min(1) - (
+            year_logits * earlier
+        ).sum(-1) / earlier.sum(-1).clamp_min(1)
+
+    if kind == "prob_diff":
+        return metric_gradient_target(
+            model, state, prob_diff, "greater-than prob. diff. (linearised)", last_pos
+        )
+    if kind == "logit_diff":
+        return metric_gradient_target(
+            model,
+            state,
+            logit_diff,
+            "greater-than mean logit diff. (later - earlier years)",
+            last_pos,
+        )
+    raise SparseCircuitsError(
+        f'greater-than target kind must be "prob_diff" or "logit_diff", got {kind!r}'
+    )
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -213,7 +258,9 @@ def _node_checks(
 ) -> dict[str, Any]:
     """Per node, ablated on every prompt: mean attribution; its effect on the target with attention,
     norms and errors frozen and features linear (exact); its effect on the target and on the true
-    PD in the live model."""
+    PD in the live model; and how well attributions predict each effect (Pearson r, max relative
+    error). Returns the study's summary entries "attribution_vs_intervention" (frozen),
+    "attribution_vs_live", "attribution_vs_live_pd" and "node_checks" (the rows)."""
     target = target_attr.target
     clean_target = target.evaluate(state)
     pd_clean = _pd(state.logits, prompts)
@@ -239,22 +286,19 @@ def _node_checks(
         return {"pearson": pearson(a, effects), "max_rel_error": max_relative_error(a, effects)}
 
     return {
-        "rows": rows,
-        "frozen": compare("frozen_effect"),
-        "live": compare("live_effect"),
-        "live_pd": compare("live_pd_effect"),
+        "attribution_vs_intervention": compare("frozen_effect"),
+        "attribution_vs_live": compare("live_effect"),
+        "attribution_vs_live_pd": compare("live_pd_effect"),
+        "node_checks": rows,
     }
 
 
 # ---------------------------------------------------------------------------- features vs neurons
 
 
-def _mlp_down(adapter: ModelAdapter, layer: int) -> torch.nn.Module:
-    mlp = adapter.blocks[layer].get_submodule(adapter.spec.mlp)
-    name = _MLP_DOWN.get(adapter.family)
-    if name is None:
-        raise SparseCircuitsError(f"no neuron access for family {adapter.family}")
-    return mlp.get_submodule(name)
+def _mlp_out_proj(adapter: ModelAdapter, layer: int) -> torch.nn.Module:
+    """The MLP's output projection at `layer`; its input is the neuron activations."""
+    return adapter.blocks[layer].get_submodule(adapter.spec.mlp_out_proj)
 
 
 @torch.no_grad()
@@ -264,7 +308,7 @@ def _neuron_acts(adapter: ModelAdapter, input_ids: Tensor, layer: int, last: int
     def grab(_module: torch.nn.Module, args: tuple) -> None:
         seen["h"] = args[0][:, last].detach().clone()
 
-    handle = _mlp_down(adapter, layer).register_forward_pre_hook(grab)
+    handle = _mlp_out_proj(adapter, layer).register_forward_pre_hook(grab)
     try:
         adapter.forward(input_ids)
     finally:
@@ -282,7 +326,7 @@ def _pd_keep_neurons(
         hidden[:, last] = torch.where(keep, at_last, mean.to(at_last.dtype))
         return (hidden, *args[1:])
 
-    handle = _mlp_down(adapter, layer).register_forward_pre_hook(replace)
+    handle = _mlp_out_proj(adapter, layer).register_forward_pre_hook(replace)
     try:
         logits = adapter.forward(prompts.input_ids)
     finally:
@@ -412,174 +456,270 @@ def _head_source_features(
     ]
 
 
-# ---------------------------------------------------------------------------- plots and report
+# ---------------------------------------------------------------------------- the steps
+# Steps 1, 3, 4, 6 and 7 return their entries of the summary (summary.json) in the order they are
+# saved; step 2 returns what the later steps need; step 5 returns the rows of its two entries.
 
 
-def _plot_features_vs_neurons(results: dict[int, dict[str, float]], layer: int, path: Path) -> None:
-    import matplotlib
+@dataclass
+class _Attributions:
+    """Step 2: the target, its attribution, mean feature scores and the top features and heads."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    target: Target
+    attribution: Attribution
+    scores: dict[int, Tensor]  # layer -> [pos, d_sae], mean over prompts
+    top_features: list[tuple[FeatureNode, float]]
+    top_heads: list[tuple[HeadNode, float]]
 
-    ks = sorted(results)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(
-        ks, [results[k]["features"] for k in ks], marker="o", label=f"transcoder {layer} features"
-    )
-    ax.plot(ks, [results[k]["neurons"] for k in ks], marker="s", label=f"MLP {layer} neurons")
-    ax.axhline(1.0, color="gray", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("k kept (rest mean-ablated at the answer position)")
-    ax.set_ylabel("fraction of clean prob. diff.")
-    ax.set_title("greater-than: features vs neurons")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    @property
+    def nodes(self) -> list[Node]:
+        """The top features, then the top heads."""
+        nodes: list[Node] = [n for n, _ in self.top_features]
+        return nodes + [h for h, _ in self.top_heads]
 
 
-def _plot_top(features: list[dict[str, Any]], heads: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f["node"] for f in features] + [h["node"] for h in heads]
-    values = [f["attribution"] for f in features] + [h["attribution"] for h in heads]
-    colors = ["tab:orange"] * len(features) + ["tab:green"] * len(heads)
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(labels) + 1.5))
-    ax.barh(range(len(labels))[::-1], values, color=colors)
-    ax.set_yticks(range(len(labels))[::-1])
-    ax.set_yticklabels(labels, fontsize=7)
-    ax.set_xlabel("mean attribution to the linearised prob. diff.")
-    ax.set_title("top features (orange) and heads (green)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_year_profiles(profiles: dict[str, dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    items = list(profiles.items())[:3]
-    fig, axes = plt.subplots(len(items), 2, figsize=(9, 2.4 * len(items)), squeeze=False)
-    for row, (label, prof) in enumerate(items):
-        axes[row][0].scatter(prof["yy"], prof["activation"], s=10)
-        axes[row][0].set_title(f"{label}: activation vs start year YY", fontsize=8)
-        axes[row][1].bar(range(100), prof["year_logits"], width=1.0)
-        axes[row][1].set_title(f"{label}: direct logit effect on '00'..'99'", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _fmt(x: Any) -> str:
-    return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
-
-
-def _report(summary: dict[str, Any]) -> str:
-    s = summary
-    lines = [
-        "# Greater-than circuit with transcoders",
-        "",
-        f"Model `{s['model']}`, transcoders at layers {s['transcoder_layers']}, {s['n_prompts']} held-out prompts "
-        f'(e.g. "{s["example_prompt"]}"). Runtime {s["runtime_s"]:.0f} s.',
-        "",
-        "## Probability difference",
-        "",
-        f"* clean model: **{s['prob_diff_clean']:.4f}**",
-        f"* all MLPs replaced by transcoders (no error terms): **{s['prob_diff_replacement']:.4f}**",
-        f"* ablating the {s['config']['top_k']} features with the largest mean attribution (same features in "
-        f"every prompt) removes **{s['top10_ablation_drop']:.1%}** of the clean PD",
-        f"* ablating, in each prompt, {s['config']['n_random']} random features active in that prompt removes "
-        f"**{s['random10_ablation_drop']:.1%}** (mean of {len(s['random10_drops'])} draws: "
-        f"{', '.join(f'{d:.1%}' for d in s['random10_drops'])})",
-        "",
-        "| ranking target | same top features in every prompt | each prompt's own top features |",
-        "|---|---|---|",
-        *[
-            f"| {kind} | {v['same_features_every_prompt']:.1%} | {v['each_prompts_own_top']:.1%} |"
-            for kind, v in s["ablation_variants"]["top10_by_target"].items()
-        ],
-        "",
-        f"{s['config']['n_random']} random features active in some prompt, ablated everywhere: "
-        f"{s['ablation_variants']['random10_active_somewhere_every_prompt']:.1%}.",
-        "",
-        "Ablations zero feature activations; attention, norms and all later transcoders are recomputed "
-        "(live model), error terms stay at their clean values.",
-        "",
-        "## Attribution vs intervention (top nodes, each ablated on every prompt)",
-        "",
-        f"Attribution target: {s['target']}.",
-        "",
-        f"* frozen attention/norms/errors, linear features, same target: Pearson r = "
-        f"{_fmt(s['attribution_vs_intervention']['pearson'])}, max relative error = {_fmt(s['attribution_vs_intervention']['max_rel_error'])}",
-        f"* live model (attention, norms and features recomputed), same target: Pearson r = "
-        f"{_fmt(s['attribution_vs_live']['pearson'])}, max relative error = {_fmt(s['attribution_vs_live']['max_rel_error'])}",
-        f"* live model, true PD: Pearson r = {_fmt(s['attribution_vs_live_pd']['pearson'])} "
-        "(PD effects are in probability units and saturate: PD is near 1)",
-        "",
-        "| node | attribution | frozen effect | live effect | live PD effect |",
-        "|---|---|---|---|---|",
-    ]
-    for row in s["node_checks"]:
-        lines.append(
-            f"| {row['node']} | {row['attribution']:.4f} | {row['frozen_effect']:.4f} | "
-            f"{row['live_effect']:.4f} | {row['live_pd_effect']:.4f} |"
+def _measure_prob_diff(
+    model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, layers: set[int]
+) -> dict[str, float]:
+    """Step 1: PD of the model, and of the replacement with the error terms of `layers` dropped."""
+    clean = float(_pd(model.adapter.forward(prompts.input_ids), prompts).mean())
+    if clean <= 0.05:
+        raise SparseCircuitsError(
+            f"the model barely does greater-than (PD {clean:.3f}); use a model that solves the task"
         )
-    lines += ["", "![top attributions](top_attributions.png)", "", "## Top features", ""]
-    for f in s["top_features"]:
-        lines += [
-            f"### {f['node']} (mean attribution {f['attribution']:.4f}, mean activation {f['mean_activation']:.3f})",
-            "",
-            f"* de-embedding (top tokens): {', '.join(repr(t) for t, _ in f['deembedding']['top'][:8])}",
-            f"* output logits (top tokens): {', '.join(repr(t) for t, _ in f['logits']['top'][:8])}",
-            f"* year-token logits correlate with YY order: r = {_fmt(f['year_logit_trend'])}",
-        ]
-        for ex in f["examples"][:3]:
-            lines.append(f"* held-out example ({ex['activation']:.2f}): `{ex['text']}`")
-        lines.append("")
-    lines += ["![year profiles](year_profiles.png)", "", "## Top heads", ""]
-    for h in s["top_heads"]:
-        srcs = ", ".join(f"{t!r}@{p} ({v:.3f})" for p, t, v in h["top_sources"])
-        lines.append(f"* {h['node']}: attribution {h['attribution']:.4f}; main sources {srcs}")
-        for f in h["source_features"][:3]:
-            lines.append(
-                f"  * reads {f['node']} ({f['contribution']:.4f} directly to the target), "
-                f"de-embedding {', '.join(repr(t) for t in f['deembedding'])}"
+    edits = Edits(drop_errors=layers)
+    replacement = float(_pd(model.forward_with(state, edits, freeze=False), prompts).mean())
+    return {"prob_diff_clean": clean, "prob_diff_replacement": replacement}
+
+
+def _gt_target(
+    model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, kind: str
+) -> Target:
+    assert prompts.yy is not None and prompts.year_ids is not None
+    return greater_than_target(
+        model,
+        state,
+        prompts.yy,
+        prompts.year_ids,
+        prompts.last_pos,
+        kind=kind,  # type: ignore[arg-type]
+    )
+
+
+def _top_heads(attr: Attribution, k: int) -> list[tuple[HeadNode, float]]:
+    """The `k` heads with the largest |mean attribution| over prompts."""
+    head_scores = {layer: t.mean(0) for layer, t in attr.heads().items()}  # [h]
+    return sorted(
+        (
+            (HeadNode(layer, h), float(v[h]))
+            for layer, v in head_scores.items()
+            for h in range(v.shape[0])
+        ),
+        key=lambda x: -abs(x[1]),
+    )[:k]
+
+
+def _attribute(
+    model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, cfg: GreaterThanConfig
+) -> _Attributions:
+    """Step 2: attribute the configured target ("linear" features), mean over prompts."""
+    target = _gt_target(model, state, prompts, cfg.target)
+    attr = attribute(model, state, target, mode="linear", batch_size=16)
+    scores = _mean_feature_scores(attr)
+    top = _top_features(scores, cfg.top_k)
+    return _Attributions(target, attr, scores, top, _top_heads(attr, 5))
+
+
+def _ranking_variants(
+    model: ReplacementModel,
+    state: ReplacementState,
+    prompts: TaskPrompts,
+    cfg: GreaterThanConfig,
+    attr: Attribution,
+    pd_clean: float,
+) -> dict[str, dict[str, float]]:
+    """Per ranking target (the configured one first): drop from its top-k features zeroed in every
+    prompt, and from each prompt's own top-k."""
+    variants: dict[str, dict[str, float]] = {}
+    for kind in dict.fromkeys([cfg.target, "prob_diff", "logit_diff"]):
+        kind_attr = (
+            attr
+            if kind == cfg.target
+            else attribute(
+                model,
+                state,
+                _gt_target(model, state, prompts, kind),
+                mode="linear",
+                patterns=False,
+                batch_size=16,
             )
-    fvn = s["features_vs_neurons"]
-    lines += [
-        "",
-        f"## Features vs neurons (layer {s['features_vs_neurons_layer']})",
-        "",
-        "Keep the top-k (by variance over prompts) transcoder features or MLP neurons at the answer position, "
-        "mean-ablate the rest; fraction of clean PD kept:",
-        "",
-        "| k | features | neurons |",
-        "|---|---|---|",
+        )
+        kind_top = [n for n, _ in _top_features(_mean_feature_scores(kind_attr), cfg.top_k)]
+        variants[kind] = {
+            "same_features_every_prompt": _drop_fraction(
+                model, state, prompts, _feature_edits(kind_top), pd_clean
+            ),
+            "each_prompts_own_top": _drop_fraction(
+                model, state, prompts, _per_prompt_top_edits(kind_attr, cfg.top_k), pd_clean
+            ),
+        }
+    return variants
+
+
+def _ablate(
+    model: ReplacementModel,
+    state: ReplacementState,
+    prompts: TaskPrompts,
+    cfg: GreaterThanConfig,
+    attr: Attribution,
+    pd_clean: float,
+) -> dict[str, Any]:
+    """Step 3: zero features in the live model and measure the fraction of clean PD removed.
+
+    Headline: the k features with the largest mean attribution to the configured target, zeroed
+    in every prompt, vs k random features active in each prompt. Variants: each prompt's own
+    top-k, and rankings by the other greater-than target.
+    """
+    rng = random.Random(cfg.seed)
+    random_drops = [
+        _drop_fraction(
+            model, state, prompts, _per_prompt_random_edits(state, cfg.n_random, rng), pd_clean
+        )
+        for _ in range(cfg.random_draws)
     ]
-    for k in (1, 2, 4, 8, 16, 32):
-        if str(k) in fvn:
-            lines.append(f"| {k} | {fvn[str(k)]['features']:.3f} | {fvn[str(k)]['neurons']:.3f} |")
-    lines += [
-        "",
-        "![features vs neurons](features_vs_neurons.png)",
-        "",
-        "## Path search (prompt 0)",
-        "",
-        f"Graph: `graph.json`, ![graph](graph.png). Top-node verification (exact frozen): max rel. error "
-        f"{_fmt(s['graph_verification']['exact']['max_rel_error'])}; path-sum vs ablation Pearson "
-        f"{_fmt(s['graph_verification']['graph']['pearson'])}; live Pearson {_fmt(s['graph_verification']['live']['pearson'])}.",
-        "",
-        "```",
-        *s["top_paths"],
-        "```",
-        "",
+    global_random = [
+        _drop_fraction(
+            model,
+            state,
+            prompts,
+            _feature_edits(_random_active_features(state, cfg.n_random, rng)),
+            pd_clean,
+        )
+        for _ in range(cfg.random_draws)
     ]
-    return "\n".join(lines)
+    variants = _ranking_variants(model, state, prompts, cfg, attr, pd_clean)
+    return {
+        "top10_ablation_drop": variants[cfg.target]["same_features_every_prompt"],
+        "random10_ablation_drop": sum(random_drops) / len(random_drops),
+        "random10_drops": random_drops,
+        "ablation_variants": {
+            "top10_by_target": variants,
+            "random10_active_somewhere_every_prompt": sum(global_random) / len(global_random),
+        },
+    }
+
+
+def _describe_features(
+    model: ReplacementModel,
+    state: ReplacementState,
+    prompts: TaskPrompts,
+    cfg: GreaterThanConfig,
+    top: list[tuple[FeatureNode, float]],
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Step 5 (features): summary rows of the top features, and their activation / year-logit
+    profiles by node label."""
+    examples = top_activating_examples(
+        model, [n for n, _ in top], cfg.corpus_contexts, cfg.context_size, cfg.examples_per_feature
+    )
+    rows, profiles = [], {}
+    for node, value in top:
+        prof = _year_profile(model, state, prompts, node)
+        profiles[node.label] = prof
+        trend = pearson(list(range(100)), prof["year_logits"])
+        acts = state.feature_acts[node.layer][:, node.pos, node.feature]
+        rows.append(
+            {
+                "node": node.label,
+                "layer": node.layer,
+                "pos": node.pos,
+                "feature": node.feature,
+                "token": _token(model.adapter, int(prompts.input_ids[0, node.pos])),
+                "attribution": value,
+                "mean_activation": float(acts.mean()),
+                "deembedding": deembed.deembedding(model, node.layer, node.feature, k=10).to_dict(),
+                "logits": deembed.feature_logits(model, node.layer, node.feature, k=10).to_dict(),
+                "year_logit_trend": None if trend != trend else trend,
+                "examples": examples.get(node.label, []),
+            }
+        )
+    return rows, profiles
+
+
+def _describe_heads(
+    model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, found: _Attributions
+) -> list[dict[str, Any]]:
+    """Step 5 (heads): summary rows of the top heads (main sources, OV de-embedding, source
+    features)."""
+    # the PD direction in the final residual stream (final-norm gain folded, scale left out)
+    assert found.target.direction is not None
+    one = torch.ones(1, dtype=model.dtype, device=model.device)
+    pd_direction = pull_back_norm(found.target.direction.mean(0), model.ln_final, one)
+    target_vec = found.target.resid_vector(model, state)
+    rows = []
+    for head_node, value in found.top_heads:
+        per_src = found.attribution.patterns[head_node.layer][:, head_node.head].sum(1).mean(0)
+        srcs = torch.topk(per_src, min(3, per_src.numel()))  # over source positions
+        rows.append(
+            {
+                "node": head_node.label,
+                "attribution": value,
+                "top_sources": [
+                    (int(p), _token(model.adapter, int(prompts.input_ids[0, int(p)])), float(v))
+                    for v, p in zip(srcs.values, srcs.indices, strict=False)
+                ],
+                "ov_deembedding": deembed.head_deembedding(
+                    model, head_node.layer, head_node.head, pd_direction, k=8
+                ).to_dict(),
+                "source_features": _head_source_features(
+                    model, state, target_vec, head_node, int(srcs.indices[0])
+                ),
+            }
+        )
+    return rows
+
+
+def _compare_with_neurons(
+    model: ReplacementModel,
+    state: ReplacementState,
+    prompts: TaskPrompts,
+    scores: dict[int, Tensor],
+    max_k: int,
+) -> dict[str, Any]:
+    """Step 6: `features_vs_neurons` at the layer whose features at the answer position carry the
+    most positive attribution (the paper's MLP10 in GPT-2), the position the edit acts on."""
+    last = int(prompts.last_pos[0])
+    layer_totals = {layer: float(t[last].clamp_min(0).sum()) for layer, t in scores.items()}
+    layer = max(layer_totals, key=lambda layer: layer_totals[layer])
+    kept = features_vs_neurons(model, state, prompts, layer, max_k)
+    return {
+        "features_vs_neurons_layer": layer,
+        "features_vs_neurons": {str(k): v for k, v in kept.items()},
+    }
+
+
+def _search_paths(
+    model: ReplacementModel,
+    state: ReplacementState,
+    prompts: TaskPrompts,
+    cfg: GreaterThanConfig,
+    target: Target,
+    out: Path,
+) -> dict[str, Any]:
+    """Step 7: greedy path search on prompt 0; writes `out`/graph.json and graph.png.
+
+    Returns the graph's verification by ablation and the top 15 paths as strings.
+    """
+    result = search_paths(
+        model, state, target, row=0, num_iters=cfg.path_iters, num_branches=cfg.path_branches
+    )
+    tokens = graph_tokens(model, state, 0)
+    graph = paths_to_graph(
+        result, meta={"prompt": prompts.texts[0], "tokens": tokens, "n_layers": model.n_layers}
+    )
+    graph.save_json(out / "graph.json")
+    plot_graph(graph, out / "graph.png", tokens=tokens, n_layers=model.n_layers)
+    check = verify_graph(model, state, target, graph, top_n=10)
+    return {"graph_verification": check.to_dict(), "top_paths": path_strings(result, 15)}
 
 
 # ---------------------------------------------------------------------------- main entry
@@ -609,220 +749,47 @@ def run_greater_than(
         transcoders = load_transcoders(cfg.transcoders, device=adapter.device)
     model = ReplacementModel(adapter, transcoders)
     prompts = _prompts(adapter, cfg.n_prompts, cfg.seed)
-    assert prompts.yy is not None and prompts.year_ids is not None
     state = model.run(prompts.input_ids)
-    pd_clean_t = _pd(adapter.forward(prompts.input_ids), prompts)
-    pd_clean = float(pd_clean_t.mean())
-    if pd_clean <= 0.05:
-        raise SparseCircuitsError(
-            f"the model barely does greater-than (PD {pd_clean:.3f}); use a model that solves the task"
-        )
-    pd_replacement = float(
-        _pd(
-            model.forward_with(state, Edits(drop_errors=set(model.feature_layers)), freeze=False),
-            prompts,
-        ).mean()
-    )
-    log(f"PD clean {pd_clean:.4f}, replacement {pd_replacement:.4f}")
 
-    target = greater_than_target(
-        model,
-        state,
-        prompts.yy,
-        prompts.year_ids,
-        prompts.last_pos,
-        kind=cfg.target,  # type: ignore[arg-type]
-    )
-    attr = attribute(model, state, target, mode="linear", batch_size=16)
-    scores = _mean_feature_scores(attr)
-    top = _top_features(scores, cfg.top_k)
-    top_nodes = [n for n, _ in top]
-    head_scores = {layer: t.mean(0) for layer, t in attr.heads().items()}  # [h]
-    head_list = sorted(
-        (
-            (HeadNode(layer, h), float(v[h]))
-            for layer, v in head_scores.items()
-            for h in range(v.shape[0])
-        ),
-        key=lambda x: -abs(x[1]),
-    )[:5]
+    pd = _measure_prob_diff(model, state, prompts, set(model.feature_layers))
+    log(f"PD clean {pd['prob_diff_clean']:.4f}, replacement {pd['prob_diff_replacement']:.4f}")
+    found = _attribute(model, state, prompts, cfg)
+    (top, value), top_head = found.top_features[0], found.top_heads[0][0]
+    log(f"attributed: top feature {top.label} ({value:.4f}), top head {top_head.label}")
+    ablations = _ablate(model, state, prompts, cfg, found.attribution, pd["prob_diff_clean"])
     log(
-        f"attributed: top feature {top[0][0].label} ({top[0][1]:.4f}), top head {head_list[0][0].label}"
+        f"ablation: top-{cfg.top_k} removes {ablations['top10_ablation_drop']:.1%}, {cfg.n_random} "
+        f"random active per prompt {ablations['random10_ablation_drop']:.1%}; "
+        f"variants {ablations['ablation_variants']['top10_by_target']}"
     )
-
-    # Ablations. Headline: the k features with the largest mean attribution to the configured
-    # target, zeroed in every prompt, vs k random features active in each prompt. Variants: each
-    # prompt's own top-k, and rankings by the other greater-than target.
-    rng = random.Random(cfg.seed)
-    random_drops = [
-        _drop_fraction(
-            model, state, prompts, _per_prompt_random_edits(state, cfg.n_random, rng), pd_clean
-        )
-        for _ in range(cfg.random_draws)
-    ]
-    global_random = [
-        _drop_fraction(
-            model,
-            state,
-            prompts,
-            _feature_edits(_random_active_features(state, cfg.n_random, rng)),
-            pd_clean,
-        )
-        for _ in range(cfg.random_draws)
-    ]
-    variants: dict[str, dict[str, float]] = {}
-    for kind in dict.fromkeys([cfg.target, "prob_diff", "logit_diff"]):
-        kind_attr = (
-            attr
-            if kind == cfg.target
-            else attribute(
-                model,
-                state,
-                greater_than_target(
-                    model,
-                    state,
-                    prompts.yy,
-                    prompts.year_ids,
-                    prompts.last_pos,
-                    kind=kind,  # type: ignore[arg-type]
-                ),
-                mode="linear",
-                patterns=False,
-                batch_size=16,
-            )
-        )
-        kind_top = [n for n, _ in _top_features(_mean_feature_scores(kind_attr), cfg.top_k)]
-        variants[kind] = {
-            "same_features_every_prompt": _drop_fraction(
-                model, state, prompts, _feature_edits(kind_top), pd_clean
-            ),
-            "each_prompts_own_top": _drop_fraction(
-                model, state, prompts, _per_prompt_top_edits(kind_attr, cfg.top_k), pd_clean
-            ),
-        }
-    top_drop = variants[cfg.target]["same_features_every_prompt"]
+    checks = _node_checks(model, state, prompts, found.attribution, found.nodes)
+    log(f"attribution vs intervention (frozen): {checks['attribution_vs_intervention']}")
+    features, profiles = _describe_features(model, state, prompts, cfg, found.top_features)
+    heads = _describe_heads(model, state, prompts, found)
+    neurons = _compare_with_neurons(model, state, prompts, found.scores, cfg.max_k)
+    kept = neurons["features_vs_neurons"]
     log(
-        f"ablation: top-{cfg.top_k} removes {top_drop:.1%}, {cfg.n_random} random active per prompt "
-        f"{sum(random_drops) / len(random_drops):.1%}; variants {variants}"
+        f"features vs neurons at layer {neurons['features_vs_neurons_layer']}: "
+        f"k=1 {kept['1']}, k={cfg.max_k} {kept[str(cfg.max_k)]}"
     )
+    paths = _search_paths(model, state, prompts, cfg, found.target, out)
 
-    checks = _node_checks(model, state, prompts, attr, list(top_nodes) + [h for h, _ in head_list])
-    log(f"attribution vs intervention (frozen): {checks['frozen']}")
-
-    # descriptions
-    examples = top_activating_examples(
-        model, top_nodes, cfg.corpus_contexts, cfg.context_size, cfg.examples_per_feature
-    )
-    feature_rows, profiles = [], {}
-    for node, value in top:
-        prof = _year_profile(model, state, prompts, node)
-        profiles[node.label] = prof
-        trend = pearson(list(range(100)), prof["year_logits"])
-        feature_rows.append(
-            {
-                "node": node.label,
-                "layer": node.layer,
-                "pos": node.pos,
-                "feature": node.feature,
-                "token": _token(adapter, int(prompts.input_ids[0, node.pos])),
-                "attribution": value,
-                "mean_activation": float(
-                    state.feature_acts[node.layer][:, node.pos, node.feature].mean()
-                ),
-                "deembedding": deembed.deembedding(model, node.layer, node.feature, k=10).to_dict(),
-                "logits": deembed.feature_logits(model, node.layer, node.feature, k=10).to_dict(),
-                "year_logit_trend": None if trend != trend else trend,
-                "examples": examples.get(node.label, []),
-            }
-        )
-    # the PD direction in the final residual stream (final-norm gain folded, scale left out)
-    assert target.direction is not None
-    one = torch.ones(1, dtype=model.dtype, device=model.device)
-    pd_direction = pull_back_norm(target.direction.mean(0), model.ln_final, one)
-    target_vec = target.resid_vector(model, state)
-    head_rows = []
-    for head_node, value in head_list:
-        per_src = attr.patterns[head_node.layer][:, head_node.head].sum(1).mean(0)  # [src]
-        srcs = torch.topk(per_src, min(3, per_src.numel()))
-        head_rows.append(
-            {
-                "node": head_node.label,
-                "attribution": value,
-                "top_sources": [
-                    (int(p), _token(adapter, int(prompts.input_ids[0, int(p)])), float(v))
-                    for v, p in zip(srcs.values, srcs.indices, strict=False)
-                ],
-                "ov_deembedding": deembed.head_deembedding(
-                    model, head_node.layer, head_node.head, pd_direction, k=8
-                ).to_dict(),
-                "source_features": _head_source_features(
-                    model, state, target_vec, head_node, int(srcs.indices[0])
-                ),
-            }
-        )
-
-    # The layer whose features at the answer position carry the most positive attribution (the
-    # paper's MLP10 in GPT-2): the answer position is where the features-vs-neurons edit acts.
-    last = int(prompts.last_pos[0])
-    layer_totals = {layer: float(t[last].clamp_min(0).sum()) for layer, t in scores.items()}
-    fvn_layer = max(layer_totals, key=lambda layer: layer_totals[layer])
-    fvn = features_vs_neurons(model, state, prompts, fvn_layer, cfg.max_k)
-    log(f"features vs neurons at layer {fvn_layer}: k=1 {fvn[1]}, k={cfg.max_k} {fvn[cfg.max_k]}")
-
-    # path search on prompt 0
-    result = search_paths(
-        model, state, target, row=0, num_iters=cfg.path_iters, num_branches=cfg.path_branches
-    )
-    tokens = graph_tokens(model, state, 0)
-    graph = paths_to_graph(
-        result, meta={"prompt": prompts.texts[0], "tokens": tokens, "n_layers": model.n_layers}
-    )
-    graph.save_json(out / "graph.json")
-    plot_graph(graph, out / "graph.png", tokens=tokens, n_layers=model.n_layers)
-    graph_check = verify_graph(model, state, target, graph, top_n=10)
-
-    summary: dict[str, Any] = {
+    summary = {
         "model": adapter.name,
         "transcoder_layers": model.feature_layers,
         "n_prompts": len(prompts),
         "example_prompt": prompts.texts[0],
-        "prob_diff_clean": pd_clean,
-        "prob_diff_replacement": pd_replacement,
-        "top10_ablation_drop": top_drop,
-        "random10_ablation_drop": sum(random_drops) / len(random_drops),
-        "random10_drops": random_drops,
-        "ablation_variants": {
-            "top10_by_target": variants,
-            "random10_active_somewhere_every_prompt": sum(global_random) / len(global_random),
-        },
-        "attribution_vs_intervention": checks["frozen"],
-        "attribution_vs_live": checks["live"],
-        "attribution_vs_live_pd": checks["live_pd"],
-        "node_checks": checks["rows"],
-        "top_features": feature_rows,
-        "top_heads": head_rows,
-        "features_vs_neurons_layer": fvn_layer,
-        "features_vs_neurons": {str(k): v for k, v in fvn.items()},
-        "graph_verification": graph_check.to_dict(),
-        "top_paths": path_strings(result, 15),
-        "target": target.label,
+        **pd,
+        **ablations,
+        **checks,
+        "top_features": features,
+        "top_heads": heads,
+        **neurons,
+        **paths,
+        "target": found.target.label,
         "config": asdict(cfg),
+        "runtime_s": time.time() - started,
     }
-    summary["runtime_s"] = time.time() - started
-    _plot_features_vs_neurons(fvn, fvn_layer, out / "features_vs_neurons.png")
-    _plot_top(feature_rows, head_rows, out / "top_attributions.png")
-    _plot_year_profiles(profiles, out / "year_profiles.png")
-    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1))
-    (out / "report.md").write_text(_report(summary))
+    write_results(summary, profiles, out)
     log(f"wrote {out}/summary.json and report.md")
     return summary
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value

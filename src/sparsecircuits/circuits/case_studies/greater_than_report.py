@@ -1,0 +1,237 @@
+"""What the greater-than case study writes: summary.json, a markdown report and three plots.
+
+Everything is read from the study's summary dict (see `greater_than.run_greater_than`), except
+the per-feature activation profiles, which are plotted but not saved.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def write_results(summary: dict[str, Any], profiles: dict[str, dict[str, Any]], out: Path) -> None:
+    """Write the plots, `out`/summary.json (NaN as null) and `out`/report.md."""
+    neurons = {int(k): v for k, v in summary["features_vs_neurons"].items()}
+    _plot_features_vs_neurons(
+        neurons, summary["features_vs_neurons_layer"], out / "features_vs_neurons.png"
+    )
+    _plot_top(summary["top_features"], summary["top_heads"], out / "top_attributions.png")
+    _plot_year_profiles(profiles, out / "year_profiles.png")
+    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1))
+    (out / "report.md").write_text(report_markdown(summary))
+
+
+def report_markdown(summary: dict[str, Any]) -> str:
+    """Return the markdown report of a study summary (it links the PNGs written beside it)."""
+    lines = [
+        *_prob_diff_section(summary),
+        *_checks_section(summary),
+        *_features_section(summary),
+        *_heads_section(summary),
+        *_neurons_section(summary),
+        *_paths_section(summary),
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- report sections
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def _prob_diff_section(s: dict[str, Any]) -> list[str]:
+    return [
+        "# Greater-than circuit with transcoders",
+        "",
+        f"Model `{s['model']}`, transcoders at layers {s['transcoder_layers']}, {s['n_prompts']} held-out prompts "
+        f'(e.g. "{s["example_prompt"]}"). Runtime {s["runtime_s"]:.0f} s.',
+        "",
+        "## Probability difference",
+        "",
+        f"* clean model: **{s['prob_diff_clean']:.4f}**",
+        f"* all MLPs replaced by transcoders (no error terms): **{s['prob_diff_replacement']:.4f}**",
+        f"* ablating the {s['config']['top_k']} features with the largest mean attribution (same features in "
+        f"every prompt) removes **{s['top10_ablation_drop']:.1%}** of the clean PD",
+        f"* ablating, in each prompt, {s['config']['n_random']} random features active in that prompt removes "
+        f"**{s['random10_ablation_drop']:.1%}** (mean of {len(s['random10_drops'])} draws: "
+        f"{', '.join(f'{d:.1%}' for d in s['random10_drops'])})",
+        "",
+        "| ranking target | same top features in every prompt | each prompt's own top features |",
+        "|---|---|---|",
+        *[
+            f"| {kind} | {v['same_features_every_prompt']:.1%} | {v['each_prompts_own_top']:.1%} |"
+            for kind, v in s["ablation_variants"]["top10_by_target"].items()
+        ],
+        "",
+        f"{s['config']['n_random']} random features active in some prompt, ablated everywhere: "
+        f"{s['ablation_variants']['random10_active_somewhere_every_prompt']:.1%}.",
+        "",
+        "Ablations zero feature activations; attention, norms and all later transcoders are recomputed "
+        "(live model), error terms stay at their clean values.",
+        "",
+    ]
+
+
+def _checks_section(s: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Attribution vs intervention (top nodes, each ablated on every prompt)",
+        "",
+        f"Attribution target: {s['target']}.",
+        "",
+        f"* frozen attention/norms/errors, linear features, same target: Pearson r = "
+        f"{_fmt(s['attribution_vs_intervention']['pearson'])}, max relative error = {_fmt(s['attribution_vs_intervention']['max_rel_error'])}",
+        f"* live model (attention, norms and features recomputed), same target: Pearson r = "
+        f"{_fmt(s['attribution_vs_live']['pearson'])}, max relative error = {_fmt(s['attribution_vs_live']['max_rel_error'])}",
+        f"* live model, true PD: Pearson r = {_fmt(s['attribution_vs_live_pd']['pearson'])} "
+        "(PD effects are in probability units and saturate: PD is near 1)",
+        "",
+        "| node | attribution | frozen effect | live effect | live PD effect |",
+        "|---|---|---|---|---|",
+    ]
+    for row in s["node_checks"]:
+        lines.append(
+            f"| {row['node']} | {row['attribution']:.4f} | {row['frozen_effect']:.4f} | "
+            f"{row['live_effect']:.4f} | {row['live_pd_effect']:.4f} |"
+        )
+    return [*lines, "", "![top attributions](top_attributions.png)", ""]
+
+
+def _features_section(s: dict[str, Any]) -> list[str]:
+    lines = ["## Top features", ""]
+    for f in s["top_features"]:
+        lines += [
+            f"### {f['node']} (mean attribution {f['attribution']:.4f}, mean activation {f['mean_activation']:.3f})",
+            "",
+            f"* de-embedding (top tokens): {', '.join(repr(t) for t, _ in f['deembedding']['top'][:8])}",
+            f"* output logits (top tokens): {', '.join(repr(t) for t, _ in f['logits']['top'][:8])}",
+            f"* year-token logits correlate with YY order: r = {_fmt(f['year_logit_trend'])}",
+        ]
+        for ex in f["examples"][:3]:
+            lines.append(f"* held-out example ({ex['activation']:.2f}): `{ex['text']}`")
+        lines.append("")
+    return [*lines, "![year profiles](year_profiles.png)", ""]
+
+
+def _heads_section(s: dict[str, Any]) -> list[str]:
+    lines = ["## Top heads", ""]
+    for h in s["top_heads"]:
+        srcs = ", ".join(f"{t!r}@{p} ({v:.3f})" for p, t, v in h["top_sources"])
+        lines.append(f"* {h['node']}: attribution {h['attribution']:.4f}; main sources {srcs}")
+        for f in h["source_features"][:3]:
+            lines.append(
+                f"  * reads {f['node']} ({f['contribution']:.4f} directly to the target), "
+                f"de-embedding {', '.join(repr(t) for t in f['deembedding'])}"
+            )
+    return lines
+
+
+def _neurons_section(s: dict[str, Any]) -> list[str]:
+    fvn = s["features_vs_neurons"]
+    lines = [
+        "",
+        f"## Features vs neurons (layer {s['features_vs_neurons_layer']})",
+        "",
+        "Keep the top-k (by variance over prompts) transcoder features or MLP neurons at the answer position, "
+        "mean-ablate the rest; fraction of clean PD kept:",
+        "",
+        "| k | features | neurons |",
+        "|---|---|---|",
+    ]
+    for k in (1, 2, 4, 8, 16, 32):
+        if str(k) in fvn:
+            lines.append(f"| {k} | {fvn[str(k)]['features']:.3f} | {fvn[str(k)]['neurons']:.3f} |")
+    return [*lines, "", "![features vs neurons](features_vs_neurons.png)", ""]
+
+
+def _paths_section(s: dict[str, Any]) -> list[str]:
+    check = s["graph_verification"]
+    return [
+        "## Path search (prompt 0)",
+        "",
+        f"Graph: `graph.json`, ![graph](graph.png). Top-node verification (exact frozen): max rel. error "
+        f"{_fmt(check['exact']['max_rel_error'])}; path-sum vs ablation Pearson "
+        f"{_fmt(check['graph']['pearson'])}; live Pearson {_fmt(check['live']['pearson'])}.",
+        "",
+        "```",
+        *s["top_paths"],
+        "```",
+        "",
+    ]
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def _plot_features_vs_neurons(results: dict[int, dict[str, float]], layer: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted(results)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(
+        ks, [results[k]["features"] for k in ks], marker="o", label=f"transcoder {layer} features"
+    )
+    ax.plot(ks, [results[k]["neurons"] for k in ks], marker="s", label=f"MLP {layer} neurons")
+    ax.axhline(1.0, color="gray", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("k kept (rest mean-ablated at the answer position)")
+    ax.set_ylabel("fraction of clean prob. diff.")
+    ax.set_title("greater-than: features vs neurons")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_top(features: list[dict[str, Any]], heads: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f["node"] for f in features] + [h["node"] for h in heads]
+    values = [f["attribution"] for f in features] + [h["attribution"] for h in heads]
+    colors = ["tab:orange"] * len(features) + ["tab:green"] * len(heads)
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(labels) + 1.5))
+    ax.barh(range(len(labels))[::-1], values, color=colors)
+    ax.set_yticks(range(len(labels))[::-1])
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_xlabel("mean attribution to the linearised prob. diff.")
+    ax.set_title("top features (orange) and heads (green)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_year_profiles(profiles: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = list(profiles.items())[:3]
+    fig, axes = plt.subplots(len(items), 2, figsize=(9, 2.4 * len(items)), squeeze=False)
+    for row, (label, prof) in enumerate(items):
+        axes[row][0].scatter(prof["yy"], prof["activation"], s=10)
+        axes[row][0].set_title(f"{label}: activation vs start year YY", fontsize=8)
+        axes[row][1].bar(range(100), prof["year_logits"], width=1.0)
+        axes[row][1].set_title(f"{label}: direct logit effect on '00'..'99'", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with NaN floats replaced by None, so the JSON is standard."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

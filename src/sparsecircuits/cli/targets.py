@@ -1,0 +1,99 @@
+"""Target specs on the command line (`--target`): parse a spec and build the `Target` it names."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+from sparsecircuits.errors import SparseCircuitsError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from sparsecircuits.circuits.attribution import Target
+    from sparsecircuits.circuits.replacement import ReplacementModel, ReplacementState
+
+TARGET_SPEC_HELP = (
+    "logit:TOKEN | logit-diff:GOOD,BAD | feature:LAYER:INDEX | greater-than (the prob. diff.'s "
+    "gradient) | greater-than-logits (mean logit of later minus earlier years), where a token is a "
+    'JSON string (" 40") or an integer id, e.g. logit-diff:" 40"," 20"'
+)
+
+
+def _spec_tokens(text: str) -> list[int | str]:
+    out: list[int | str] = []
+    for quoted, bare in re.findall(r'\s*(?:"((?:[^"\\]|\\.)*)"|([^,]+))\s*(?:,|$)', text):
+        if quoted:
+            out.append(json.loads(f'"{quoted}"'))
+        elif bare.strip().isdigit():
+            out.append(int(bare))
+        elif bare.strip():
+            out.append(bare)
+    return out
+
+
+def parse_target_spec(spec: str) -> tuple[str, list[int | str]]:
+    """Return `(kind, arguments)` of a target spec (see `TARGET_SPEC_HELP`); raise on a bad spec."""
+    kind, _, rest = spec.partition(":")
+    if kind in ("greater-than", "greater-than-logits") and not rest:
+        return kind, []
+    if kind == "feature":
+        parts = rest.split(":")
+        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+            return kind, [int(parts[0]), int(parts[1])]
+    elif kind in ("logit", "logit-diff"):
+        tokens = _spec_tokens(rest)
+        if len(tokens) == (1 if kind == "logit" else 2):
+            return kind, tokens
+    raise SparseCircuitsError(f"cannot parse target {spec!r}; use {TARGET_SPEC_HELP}")
+
+
+def _start_years(texts: Sequence[str]) -> list[int]:
+    """The two-digit start year YY of each prompt: its first four-digit number, last two digits."""
+    years = []
+    for text in texts:
+        match = re.search(r"\b\d{4}\b", text)
+        if match is None:
+            raise SparseCircuitsError(
+                f"no four-digit start year in prompt {text!r}; write e.g. 'from the year 1732 to the year 17'"
+            )
+        years.append(int(match.group(0)[2:]))
+    return years
+
+
+def target_from_spec(
+    model: ReplacementModel,
+    state: ReplacementState,
+    spec: str,
+    pos: Tensor,
+    texts: Sequence[str] | None = None,
+) -> Target:
+    """Build the `Target` a spec names, at `pos [n]` of every prompt.
+
+    "greater-than" reads each prompt's start year from its first four-digit number in `texts`.
+    """
+    import torch
+
+    from sparsecircuits.circuits.attribution import feature_target, logit_diff_target, logit_target
+    from sparsecircuits.circuits.case_studies.greater_than import greater_than_target
+    from sparsecircuits.tasks.greater_than import year_token_ids
+
+    kind, args = parse_target_spec(spec)
+    if kind == "logit":
+        return logit_target(model, state, args[0], pos)
+    if kind == "logit-diff":
+        return logit_diff_target(model, state, args[0], args[1], pos)
+    if kind == "feature":
+        return feature_target(model, state, int(args[0]), int(args[1]), pos)
+    if texts is None:
+        raise SparseCircuitsError(
+            "the greater-than target needs the prompt texts to read the start years"
+        )
+    years = _start_years(texts)
+    year_ids = year_token_ids(model.adapter.tokenizer)
+    gt_kind: Literal["prob_diff", "logit_diff"] = (
+        "prob_diff" if kind == "greater-than" else "logit_diff"
+    )
+    return greater_than_target(model, state, torch.tensor(years), year_ids, pos, kind=gt_kind)
