@@ -36,13 +36,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
 
 from sparsecircuits.data.tokenize import TokenSource, bos_token_id, check_context_size
 from sparsecircuits.errors import SparseCircuitsError
+
+if TYPE_CHECKING:
+    from sparsecircuits.models import ModelAdapter
 
 __all__ = ["ActivationStore", "ActivationStoreConfig", "resolve_dtype"]
 
@@ -130,7 +133,7 @@ class ModelRows:
 
     def __init__(
         self,
-        adapter: Any,
+        adapter: ModelAdapter,
         contexts: Iterable[Tensor],
         hooks: list[str],
         context_size: int,
@@ -318,7 +321,7 @@ class ActivationStore:
 
     def __init__(
         self,
-        adapter: Any,
+        adapter: ModelAdapter | None,
         contexts: Any,
         hooks: list[str],
         cfg: ActivationStoreConfig | None = None,
@@ -341,7 +344,7 @@ class ActivationStore:
         self.producer: _RowProducer
         if isinstance(contexts, CachedActivationSource):
             self.producer = contexts.rows(hooks, adapter=adapter)
-            default_device = "cpu"
+            default_device: str | torch.device = "cpu"
         else:
             if adapter is None:
                 raise SparseCircuitsError("an ActivationStore over contexts needs a model adapter")
@@ -505,7 +508,7 @@ class ActivationStore:
         folder: str,
         hooks: list[str],
         cfg: ActivationStoreConfig | None = None,
-        adapter: Any = None,
+        adapter: ModelAdapter | None = None,
     ) -> ActivationStore:
         """Return a store that trains from a disk cache written by `harvest_to_disk`."""
         cfg = dataclasses.replace(cfg or ActivationStoreConfig(), cache_dir=str(folder))
