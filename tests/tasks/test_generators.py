@@ -64,7 +64,8 @@ def test_ioi_answer_is_the_non_repeated_name(tokenizer):
         assert text.endswith(" to")
         assert tokenizer.decode([int(p.input_ids[i, p.last_pos[i]])]) == " to"
         assert (p.input_ids[i, p.last_pos[i] + 1 :] == tokenizer.eos_token_id).all()
-    assert p.texts[0].split(",")[0].split()[-1] != p.texts[1].split(",")[0].split()[-1] or True
+    # the prompts vary: many different answers and subjects over 30 draws
+    assert len(set(p.answers)) > 5 and len({int(t) for t in p.s_ids}) > 5
 
 
 def test_ioi_orders_abba_and_baba():
