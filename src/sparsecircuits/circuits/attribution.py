@@ -35,9 +35,9 @@ from sparsecircuits.circuits.replacement import (
     Multipliers,
     ReplacementModel,
     ReplacementState,
-    pull_back_norm,
 )
 from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.models.architectures import pull_back_norm
 
 TargetKind = Literal["feature", "unembed", "resid"]
 

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparsecircuits.circuits.replacement import ReplacementModel, pull_back_norm
+from sparsecircuits.circuits.replacement import ReplacementModel
 from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.models.architectures import pull_back_norm
 
 
 def encoder_directions(

@@ -73,12 +73,7 @@ from sparsecircuits.dictionaries import (
 )
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models import ModelAdapter, NormParams
-from sparsecircuits.models.architectures import (
-    apply_gain,
-    norm_scale,
-    normalize_with_scale,
-    pull_back_norm,
-)
+from sparsecircuits.models.architectures import apply_gain, norm_scale, normalize_with_scale
 
 __all__ = [
     "FEATURE_MODES",
@@ -92,10 +87,6 @@ __all__ = [
     "Multipliers",
     "ReplacementModel",
     "ReplacementState",
-    "apply_gain",
-    "norm_scale",
-    "normalize_with_scale",
-    "pull_back_norm",
 ]
 
 FeatureMode = Literal["frozen", "linear", "live"]
@@ -203,8 +194,8 @@ class ReplacementModel:
         self._decoders: dict[int, list[tuple[int, Tensor]]] = {}
         self._writers: dict[int, list[tuple[int, Tensor]]] = {}
         for layer in self.feature_layers:
-            self.tc_input[layer] = self._check_transcoder(layer)
             self._cache_transcoder(layer)
+            self.tc_input[layer] = self._check_transcoder(layer)
         self._layers = [self._layer_weights(layer) for layer in range(self.n_layers)]
         self.ln_final = _cast_norm(adapter.norm("ln_final"), dtype)
         self.W_E = adapter.W_E.to(dtype)
@@ -258,7 +249,8 @@ class ReplacementModel:
     # ------------------------------------------------------------------ checks and accessors
 
     def _check_transcoder(self, layer: int) -> str:
-        """Raise unless transcoder layer `layer` fits this model; return its input hook's suffix."""
+        """Raise unless transcoder layer `layer` (cached) fits this model; return its input
+        hook's suffix."""
         if not 0 <= layer < self.n_layers:
             raise SparseCircuitsError(
                 f"transcoder for layer {layer}, but the model has layers 0..{self.n_layers - 1}"
@@ -273,8 +265,7 @@ class ReplacementModel:
                 f"one of {', '.join(valid_in)} -> blocks.{layer}.hook_mlp_out (each transcoder layer "
                 "reads and writes its own block, layers increasing)"
             )
-        encoder = self.transcoders.encoder(layer)
-        d_in, d_out = encoder.W_enc.shape[0], self.transcoders.output_bias(layer).shape[-1]
+        d_in, d_out = self._encoders[layer].W_enc.shape[0], self._output_bias[layer].shape[-1]
         if d_in != self.d_model or d_out != self.d_model:
             raise SparseCircuitsError(
                 f"transcoder for layer {layer} is {d_in} -> {d_out} wide but the model has "

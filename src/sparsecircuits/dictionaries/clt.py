@@ -57,7 +57,7 @@ class CLTLayer:
     `Dictionary` gives its `Activation`, as differentiable views of the CLT's parameters.
 
     `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `b_in [d_in]`; `W_dec [d_sae, (L - ℓ) d_out]` (the
-    layer's decoder blocks side by side); `d_out = (L - ℓ) d_out`.
+    layer's decoder blocks side by side).
     """
 
     def __init__(self, clt: CrossLayerTranscoder, layer: int) -> None:
@@ -84,19 +84,9 @@ class CLTLayer:
         return self.clt.W_dec[self.layer].flatten(1)
 
     @property
-    def d_in(self) -> int:
-        """Input width."""
-        return self.clt.d_in
-
-    @property
     def d_sae(self) -> int:
         """Latents in this layer."""
         return self.clt.d_sae
-
-    @property
-    def d_out(self) -> int:
-        """Width of everything this layer writes, `(L - ℓ) · d_out`."""
-        return (self.clt.n_layers - self.layer) * self.clt.d_out
 
     def decoder_norms(self) -> Tensor:
         """Norm of each latent's concatenated decoder vectors, `[d_sae]`."""
@@ -126,7 +116,9 @@ class CrossLayerTranscoder(nn.Module):
         factory: dict[str, Any] = {"dtype": cfg.torch_dtype, "device": cfg.device}
         self.W_enc = nn.Parameter(torch.empty(L, d_in, d_sae, **factory))
         self.b_enc = nn.Parameter(torch.zeros(L, d_sae, **factory))
-        self.activations = nn.ModuleList(make_activation(cfg) for _ in range(L))
+        # `family` holds the same modules as `activations`, typed (ModuleList items are `Module`)
+        self.family: list[Activation] = [make_activation(cfg) for _ in range(L)]
+        self.activations = nn.ModuleList(self.family)
         if self.family[0].tied or not self.family[0].uses_input_bias:
             raise SparseCircuitsError(
                 f"architecture {cfg.architecture!r} encodes with its decoder; a cross-layer transcoder needs an encoder"
@@ -161,11 +153,6 @@ class CrossLayerTranscoder(nn.Module):
         """Number of layers L."""
         return self.cfg.n_layers
 
-    @property
-    def family(self) -> list[Activation]:
-        """The per-layer activation modules (`activations`), typed."""
-        return [cast(Activation, activation) for activation in self.activations]
-
     def layer(self, index: int) -> CLTLayer:
         """The weights of the CLT's `index`-th layer (0..L-1) as its activation sees them."""
         if not 0 <= index < self.n_layers:
@@ -186,7 +173,7 @@ class CrossLayerTranscoder(nn.Module):
         for bias in (self.b_enc, self.b_in, self.b_dec):
             bias.zero_()
         fresh = make_activation(self.cfg).state_dict()
-        for activation in self.activations:
+        for activation in self.family:
             activation.load_state_dict(fresh)
 
     # ----------------------------------------------------------------- data plumbing
@@ -272,9 +259,8 @@ class CrossLayerTranscoder(nn.Module):
         index = self._index(layer)
         codes = self.family[index].encode_input(self.layer(index), x.to(self.W_enc.dtype), None)
         written = self.layer(index).decode(codes).view(x.shape[0], -1, self.d_out)
-        bias = torch.zeros_like(self.b_dec[index:])
-        bias[0] = self.b_dec[index]
-        return written + bias
+        written[:, 0] += self.b_dec[index]
+        return written
 
     def decode(self, feature_acts: Tensor) -> Tensor:
         """`ŷ [n, L, d_out]` from `feature_acts [n, L, d_sae]` (causal sum over source layers + b_dec)."""

@@ -60,12 +60,12 @@ from sparsecircuits.circuits.replacement import (
     FeatureEdit,
     ReplacementModel,
     ReplacementState,
-    pull_back_norm,
 )
 from sparsecircuits.circuits.verify import max_relative_error, pearson, verify_graph
 from sparsecircuits.dictionaries import Dictionary, TranscoderSet
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models import ModelAdapter
+from sparsecircuits.models.architectures import pull_back_norm
 from sparsecircuits.tasks.common import TaskPrompts, logits_at_last
 from sparsecircuits.tasks.greater_than import greater_than_prob_diff, make_greater_than_prompts
 
