@@ -14,7 +14,7 @@ import torch
 from sparsecircuits.circuits import attribution as A
 from sparsecircuits.circuits import deembed as D
 from sparsecircuits.circuits.graph.build import GraphConfig, build_graph
-from sparsecircuits.circuits.interventions import FeatureIntervention, edited_logits
+from sparsecircuits.circuits.interventions import edited_logits
 from sparsecircuits.circuits.paths import search_paths
 from sparsecircuits.circuits.replacement import Edits, ErrorEdit, FeatureEdit, ReplacementModel
 from sparsecircuits.circuits.verify import verify_nodes
@@ -118,7 +118,7 @@ def test_live_edit_of_a_layer0_feature_changes_later_mlp_outputs_by_its_blocks(a
     pos = 4
     f = int(state.feature_acts[0][0, pos].argmax())
     act = float(state.feature_acts[0][0, pos, f])
-    edited = rm.run_with(state, Edits(features=[FeatureEdit(0, f, pos=pos)]), features="frozen")
+    edited = rm.run_with(state, Edits(features=[FeatureEdit(0, pos, f)]), features="frozen")
     for target in range(adapter.n_layers):
         change = state.mlp_out[target][0, pos] - edited.mlp_out[target][0, pos]
         torch.testing.assert_close(
@@ -218,7 +218,7 @@ def test_clt_graph_edges_equal_frozen_ablations(clt_model):
     for source in range(n_feat):
         layer, pos, feat = graph.active_features[source].tolist()
         edited = rm.run_with(
-            state, Edits(features=[FeatureEdit(layer, feat, pos=pos)]), features="frozen"
+            state, Edits(features=[FeatureEdit(layer, pos, feat)]), features="frozen"
         )
         effect = clean - _target_values(graph, edited)
         edge = dense[:, source]
@@ -313,10 +313,8 @@ def test_feature_interventions_on_a_clt_layer(clt_model):
     state = rm.run(ids)
     pos = 3
     f = int(state.feature_acts[0][0, pos].argmax())
-    ablated = edited_logits(
-        rm, ids, [FeatureIntervention(0, pos, f, "ablate")], ids.shape[1], freeze=True
-    )
-    expected = rm.forward_with(state, Edits(features=[FeatureEdit(0, f, pos=pos)]))
+    ablated = edited_logits(rm, ids, [FeatureEdit(0, pos, f, "ablate")], ids.shape[1], freeze=True)
+    expected = rm.forward_with(state, Edits(features=[FeatureEdit(0, pos, f)]))
     torch.testing.assert_close(ablated, expected)
     assert not torch.allclose(ablated[0, -1], state.logits[0, -1])
 

@@ -82,7 +82,7 @@ def test_edits_only_touch_their_prompt_and_later_positions(tiny_models):
     layer = min(rm.feature_layers)
     active = int(state.feature_acts[layer][1, 4].nonzero()[0])
     for edits in (
-        Edits(features=[FeatureEdit(layer, active, pos=4, batch=1, value=3.0)]),
+        Edits(features=[FeatureEdit(layer, 4, active, batch=1, value=3.0)]),
         Edits(heads=[HeadEdit(0, 1, dest=4, src=2, batch=1)]),
         Edits(errors=[ErrorEdit(layer, pos=4, batch=1)]),
         Edits(embeds=[EmbedEdit(pos=4, batch=1)]),

@@ -78,7 +78,7 @@ def _ablated(rm, state, graph, source: int):
         layer, pos, feat = graph.active_features[source].tolist()
         return rm.run_with(
             state,
-            Edits(features=[FeatureEdit(layer, feat, pos=pos, value=0.0)]),
+            Edits(features=[FeatureEdit(layer, pos, feat, value=0.0)]),
             freeze=True,
             features="frozen",
         )

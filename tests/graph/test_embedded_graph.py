@@ -52,15 +52,7 @@ def test_embedded_graph_edges_equal_frozen_ablations():
     gen = torch.Generator().manual_seed(0)
     features = torch.randperm(graph.n_features, generator=gen)[:6].tolist()
     edits = [
-        Edits(
-            features=[
-                FeatureEdit(
-                    *graph.active_features[i, [0, 2]].tolist(),
-                    pos=int(graph.active_features[i, 1]),
-                    value=0.0,
-                )
-            ]
-        )
+        Edits(features=[FeatureEdit(*graph.active_features[i].tolist(), value=0.0)])
         for i in features
     ]
     columns = list(features)

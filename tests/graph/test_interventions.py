@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sparsecircuits.circuits.edits import FeatureEdit
 from sparsecircuits.circuits.graph.build import GraphConfig, build_graph
-from sparsecircuits.circuits.interventions import FeatureIntervention, InterventionEngine, intervene
+from sparsecircuits.circuits.interventions import InterventionEngine, intervene
 from sparsecircuits.circuits.replacement import ReplacementModel
 from sparsecircuits.dictionaries import DictionaryConfig, make
 from sparsecircuits.errors import SparseCircuitsError
@@ -57,7 +58,7 @@ def test_frozen_ablation_of_a_feature_equals_its_graph_edges_to_logits(rm):
     for i in range(0, graph.n_features, max(1, graph.n_features // 8)):
         layer, pos, feat = graph.active_features[i].tolist()
         ablated = (
-            intervene(rm, PROMPT, [FeatureIntervention(layer, pos, feat, "ablate")], freeze=True)
+            intervene(rm, PROMPT, [FeatureEdit(layer, pos, feat, "ablate")], freeze=True)
             .logits[-1]
             .double()
         )
@@ -73,17 +74,17 @@ def test_modes_agree_and_change_predictions(rm):
     layer, pos, feat = graph.active_features[-1].tolist()
     act = float(graph.activations[-1])
     base = intervene(rm, PROMPT).logits
-    same = intervene(rm, PROMPT, [FeatureIntervention(layer, pos, feat, "scale", 1.0)]).logits
+    same = intervene(rm, PROMPT, [FeatureEdit(layer, pos, feat, "scale", 1.0)]).logits
     torch.testing.assert_close(same, base)
-    ablate = intervene(rm, PROMPT, [FeatureIntervention(layer, pos, feat, "ablate")]).logits
-    zero = intervene(rm, PROMPT, [FeatureIntervention(layer, pos, feat, "scale", 0.0)]).logits
-    set_value = intervene(rm, PROMPT, [FeatureIntervention(layer, pos, feat, "set", act)]).logits
+    ablate = intervene(rm, PROMPT, [FeatureEdit(layer, pos, feat, "ablate")]).logits
+    zero = intervene(rm, PROMPT, [FeatureEdit(layer, pos, feat, "scale", 0.0)]).logits
+    set_value = intervene(rm, PROMPT, [FeatureEdit(layer, pos, feat, "set", act)]).logits
     torch.testing.assert_close(ablate, zero)
     torch.testing.assert_close(set_value, base, atol=1e-5, rtol=1e-5)
-    one = intervene(rm, PROMPT, [FeatureIntervention(layer, pos, feat, "set", 50.0)]).logits
+    one = intervene(rm, PROMPT, [FeatureEdit(layer, pos, feat, "set", 50.0)]).logits
     torch.testing.assert_close(one[:pos], base[:pos])  # causal: earlier positions unchanged
     assert not torch.allclose(one[pos], base[pos], atol=1e-3)
-    everywhere = intervene(rm, PROMPT, [FeatureIntervention(layer, None, feat, "set", 50.0)]).logits
+    everywhere = intervene(rm, PROMPT, [FeatureEdit(layer, None, feat, "set", 50.0)]).logits
     assert not torch.allclose(everywhere[0], base[0], atol=1e-3)
 
 
@@ -95,13 +96,13 @@ def test_sampling_is_seeded(rm):
 
 def test_bad_requests_raise(rm):
     with pytest.raises(SparseCircuitsError, match="no transcoder"):
-        intervene(rm, PROMPT, [FeatureIntervention(9, 1, 0)])
+        intervene(rm, PROMPT, [FeatureEdit(9, 1, 0)])
     with pytest.raises(SparseCircuitsError, match="out of range"):
-        intervene(rm, PROMPT, [FeatureIntervention(0, 1, 10_000)])
+        intervene(rm, PROMPT, [FeatureEdit(0, 1, 10_000)])
     with pytest.raises(SparseCircuitsError, match="outside the prompt"):
-        intervene(rm, PROMPT, [FeatureIntervention(0, 99, 0)])
+        intervene(rm, PROMPT, [FeatureEdit(0, 99, 0)])
     with pytest.raises(SparseCircuitsError, match="mode"):
-        intervene(rm, PROMPT, [FeatureIntervention(0, 1, 0, "boost")])
+        intervene(rm, PROMPT, [FeatureEdit(0, 1, 0, "boost")])
 
 
 def test_engine_answers_viewer_requests(rm):

@@ -9,16 +9,32 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from sparsecircuits.errors import SparseCircuitsError
+
+FEATURE_EDIT_MODES = ("set", "scale", "ablate")
+
 
 @dataclass
 class FeatureEdit:
-    """Set feature(s) `feature` of `layer` to `value` at `pos` (None: all) of prompt `batch` (None: all)."""
+    """Edit feature(s) `feature` of transcoder layer `layer` at position `pos` (None: every
+    position) of prompt `batch` (None: every prompt).
+
+    `mode` "set" makes the activation `value`, "scale" multiplies it by `value`, "ablate" makes
+    it 0. The default (set to 0) ablates.
+    """
 
     layer: int
+    pos: int | None
     feature: int | Sequence[int]
-    pos: int | None = None
+    mode: str = "set"
     value: float = 0.0
     batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in FEATURE_EDIT_MODES:
+            raise SparseCircuitsError(
+                f"unknown feature edit mode {self.mode!r}; use one of {', '.join(FEATURE_EDIT_MODES)}"
+            )
 
 
 @dataclass
@@ -129,8 +145,8 @@ def edit_pattern(pattern: Tensor, edits: Sequence[HeadEdit]) -> Tensor:
     return pattern * factor
 
 
-def set_features(acts: Tensor, edits: Sequence[FeatureEdit]) -> Tensor:
-    """Return `acts [b,p,d_sae]` with each feature edit's value set (a copy when edited)."""
+def edit_features(acts: Tensor, edits: Sequence[FeatureEdit]) -> Tensor:
+    """Return `acts [b,p,d_sae]` with each feature edit applied in order (a copy when edited)."""
     if not edits:
         return acts
     acts = acts.clone()
@@ -142,6 +158,9 @@ def set_features(acts: Tensor, edits: Sequence[FeatureEdit]) -> Tensor:
             else torch.as_tensor(list(e.feature), dtype=torch.long)
         )
         view = acts[bi, pi]
-        view[..., feats] = e.value
+        if e.mode == "scale":
+            view[..., feats] = view[..., feats] * e.value
+        else:
+            view[..., feats] = 0.0 if e.mode == "ablate" else e.value
         acts[bi, pi] = view
     return acts

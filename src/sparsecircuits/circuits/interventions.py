@@ -1,50 +1,41 @@
 """Feature interventions on the replacement model: ablate, scale or set transcoder features.
 
-An intervention is `(layer, position, feature, value)` with a mode:
+An intervention is a `FeatureEdit(layer, pos, feature, mode, value)` (`edits.py`) with a mode:
 
 * `"set"`: the feature's activation becomes `value`;
 * `"scale"`: it is multiplied by `value`;
 * `"ablate"`: it becomes 0.
 
-`position` indexes the prompt (negative counts from its end); None means every position,
-generated tokens included. By default effects propagate (`freeze=False`: attention, norms and
+`pos` indexes the prompt (negative counts from its end); None means every position,
+generated tokens included. The viewer sends them as JSON `{layer, position, feature, mode,
+value}` (`InterventionEngine`). By default effects propagate (`freeze=False`: attention, norms and
 downstream transcoder features are recomputed; error terms stay at their clean values). With
 `freeze=True` attention patterns, norm denominators and all other features stay at their clean
 values, so the change in the logits is the intervention's *direct* effect — the quantity the
 attribution-graph edges into logits measure.
 
-    result = intervene(rm, "The war lasted from 1732 to 17", [FeatureIntervention(2, 5, 113, "ablate")],
+    result = intervene(rm, "The war lasted from 1732 to 17", [FeatureEdit(2, 5, 113, "ablate")],
                        n_tokens=5)
     result.top[0].token, result.continuation
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from sparsecircuits.circuits.edits import Edits, FeatureEdit
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
     from sparsecircuits.circuits.replacement import ReplacementModel
 
-MODES = ("set", "scale", "ablate")
 MAX_NEW_TOKENS = 128
-
-
-@dataclass
-class FeatureIntervention:
-    """Edit transcoder feature `feature` of `layer` at prompt `position` (None: every position)."""
-
-    layer: int
-    position: int | None
-    feature: int
-    mode: str = "set"
-    value: float = 0.0
 
 
 @dataclass
@@ -79,75 +70,47 @@ class InterventionResult:
         }
 
 
-def _check(
-    rm: ReplacementModel, interventions: Sequence[FeatureIntervention], n_prompt: int
-) -> None:
+def _check(rm: ReplacementModel, interventions: Sequence[FeatureEdit], n_prompt: int) -> None:
     for iv in interventions:
-        if iv.mode not in MODES:
-            raise SparseCircuitsError(
-                f"unknown intervention mode {iv.mode!r}; use one of {', '.join(MODES)}"
-            )
         if iv.layer not in rm.feature_layers:
             raise SparseCircuitsError(
                 f"layer {iv.layer} has no transcoder; intervene on layers {rm.feature_layers}"
             )
         d_sae = rm.d_sae(iv.layer)
-        if not 0 <= iv.feature < d_sae:
+        features = [iv.feature] if isinstance(iv.feature, int) else list(iv.feature)
+        if not all(0 <= feature < d_sae for feature in features):
             raise SparseCircuitsError(
                 f"feature {iv.feature} is out of range for layer {iv.layer} (0..{d_sae - 1})"
             )
-        if iv.position is not None and not -n_prompt <= iv.position < n_prompt:
+        if iv.pos is not None and not -n_prompt <= iv.pos < n_prompt:
             raise SparseCircuitsError(
-                f"position {iv.position} is outside the prompt ({n_prompt} tokens, BOS included at 0)"
+                f"position {iv.pos} is outside the prompt ({n_prompt} tokens, BOS included at 0)"
             )
-
-
-def _feature_fns(
-    interventions: Sequence[FeatureIntervention], n_prompt: int
-) -> dict[int, Callable[[Tensor], Tensor]]:
-    by_layer: dict[int, list[FeatureIntervention]] = {}
-    for iv in interventions:
-        by_layer.setdefault(iv.layer, []).append(iv)
-
-    def make(edits: list[FeatureIntervention]) -> Callable[[Tensor], Tensor]:
-        def apply(acts: Tensor) -> Tensor:
-            acts = acts.clone()
-            for iv in edits:
-                pos: int | slice = slice(None) if iv.position is None else iv.position % n_prompt
-                if iv.mode == "ablate":
-                    acts[:, pos, iv.feature] = 0.0
-                elif iv.mode == "scale":
-                    acts[:, pos, iv.feature] = acts[:, pos, iv.feature] * iv.value
-                else:
-                    acts[:, pos, iv.feature] = iv.value
-            return acts
-
-        return apply
-
-    return {layer: make(edits) for layer, edits in by_layer.items()}
 
 
 def edited_logits(
     rm: ReplacementModel,
     input_ids: Tensor,
-    interventions: Sequence[FeatureIntervention],
+    interventions: Sequence[FeatureEdit],
     n_prompt: int,
     freeze: bool = False,
 ) -> Tensor:
-    """Logits `[b, T, vocab]` of `input_ids [b, T]` with `interventions` applied (see module docstring)."""
-    from sparsecircuits.circuits.replacement import Edits
-
+    """Logits `[b, T, vocab]` of `input_ids [b, T]` with `interventions` applied (see module
+    docstring); a negative `pos` counts from the end of the `n_prompt`-token prompt."""
     state = rm.run(input_ids, freeze=freeze)
     if not interventions:
         return state.logits
-    edits = Edits(feature_fns=_feature_fns(interventions, n_prompt))
-    return rm.forward_with(state, edits, freeze=freeze)
+    anchored = [
+        iv if iv.pos is None else dataclasses.replace(iv, pos=iv.pos % n_prompt)
+        for iv in interventions
+    ]
+    return rm.forward_with(state, Edits(features=anchored), freeze=freeze)
 
 
 def intervene(
     rm: ReplacementModel,
     prompt: str | Tensor,
-    interventions: Sequence[FeatureIntervention] = (),
+    interventions: Sequence[FeatureEdit] = (),
     *,
     n_tokens: int = 0,
     temperature: float = 0.0,
@@ -227,9 +190,9 @@ class InterventionEngine:
             )
         try:
             interventions = [
-                FeatureIntervention(
+                FeatureEdit(
                     layer=int(item["layer"]),
-                    position=None if item.get("position") is None else int(item["position"]),
+                    pos=None if item.get("position") is None else int(item["position"]),
                     feature=int(item["feature"]),
                     mode=str(item.get("mode", "set")),
                     value=float(item.get("value", 0.0)),

@@ -29,7 +29,7 @@ class FeatureNode:
 
     def ablation(self, batch: int | None = None) -> Edits:
         """Return the edit that zeroes this feature's activation."""
-        return Edits(features=[FeatureEdit(self.layer, self.feature, pos=self.pos, batch=batch)])
+        return Edits(features=[FeatureEdit(self.layer, self.pos, self.feature, batch=batch)])
 
 
 @dataclass(frozen=True)

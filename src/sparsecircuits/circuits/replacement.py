@@ -59,9 +59,9 @@ from sparsecircuits.circuits.edits import (
     FeatureEdit,
     HeadEdit,
     Multipliers,
+    edit_features,
     edit_pattern,
     scale_positions,
-    set_features,
 )
 from sparsecircuits.circuits.state import BlockRecord, ReplacementState, TranscoderRecord
 from sparsecircuits.dictionaries import (
@@ -598,7 +598,7 @@ class ReplacementModel:
             acts = clean.feature_acts[layer]
         else:
             acts = clean.feature_gain[layer] * pre
-        acts = set_features(acts, [e for e in edits.features if e.layer == layer])
+        acts = edit_features(acts, [e for e in edits.features if e.layer == layer])
         if layer in edits.feature_fns:
             acts = edits.feature_fns[layer](acts)
         if layer in mults.features:

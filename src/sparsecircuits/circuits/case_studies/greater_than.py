@@ -173,7 +173,7 @@ def _pd(logits: Tensor, prompts: TaskPrompts) -> Tensor:
 
 
 def _feature_edits(nodes: list[FeatureNode]) -> Edits:
-    return Edits(features=[FeatureEdit(n.layer, n.feature, pos=n.pos) for n in nodes])
+    return Edits(features=[FeatureEdit(n.layer, n.pos, n.feature) for n in nodes])
 
 
 def _mean_feature_scores(attr: Attribution) -> dict[int, Tensor]:
@@ -231,7 +231,7 @@ def _per_prompt_top_edits(attr: Attribution, k: int) -> Edits:
     for row in range(len(attr.target)):
         prompt = int(attr.target.batch[row])
         for node, _ in attr.top_features(k, row=row, by="value"):
-            edits.append(FeatureEdit(node.layer, node.feature, pos=node.pos, batch=prompt))
+            edits.append(FeatureEdit(node.layer, node.pos, node.feature, batch=prompt))
     return Edits(features=edits)
 
 
@@ -245,7 +245,7 @@ def _per_prompt_random_edits(state: ReplacementState, k: int, rng: random.Random
             for p, f in (acts[prompt, 1:] != 0).nonzero().tolist()
         ]
         for layer, pos, feature in rng.sample(candidates, min(k, len(candidates))):
-            edits.append(FeatureEdit(layer, feature, pos=pos, batch=prompt))
+            edits.append(FeatureEdit(layer, pos, feature, batch=prompt))
     return Edits(features=edits)
 
 
