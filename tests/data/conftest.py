@@ -50,6 +50,12 @@ class FakeAdapter:
         self.name = "fake-model"
         self.calls: list[dict] = []
 
+    @property
+    def bos_token_id(self) -> int | None:
+        from sparsecircuits.models.tokens import bos_token_id
+
+        return None if self.tokenizer is None else bos_token_id(self.tokenizer)
+
     def hook_dim(self, name: str) -> int:
         if name not in self.DIMS:
             raise KeyError(name)

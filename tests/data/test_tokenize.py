@@ -84,3 +84,21 @@ def test_token_batcher(helpers, tokenizer):
     assert torch.equal(torch.cat(batches), torch.stack(contexts))
     dropped = list(TokenBatcher(contexts, 4, drop_last=True))
     assert len(dropped) == len(contexts) // 4
+
+
+def test_one_bos_rule_for_a_tokenizer_without_bos(helpers) -> None:
+    """The tokenizer has no BOS but the model config does: packed contexts start with the
+    config's id, as the adapter's prompts do; without a config the rule falls back to EOS."""
+    from types import SimpleNamespace
+
+    from sparsecircuits.models.tokens import bos_token_id
+
+    tokenizer = helpers.make_tokenizer(with_bos=False)
+    config = SimpleNamespace(bos_token_id=7)
+    assert tokenizer.bos_token_id is None and bos_token_id(tokenizer) == tokenizer.eos_token_id
+    assert bos_token_id(tokenizer, config) == 7
+    texts = [helpers.words(0, 40)]
+    contexts = list(pack_tokens(texts, tokenizer, 8, model_config=config))
+    assert {int(c[0]) for c in contexts} == {7}
+    source = TokenSource(None, tokenizer, 8, model_config=config)
+    assert source.bos_token_id == 7

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
-from sparsecircuits.data.tokenize import TokenSource, bos_token_id, check_context_size
+from sparsecircuits.data.tokenize import TokenSource, check_context_size
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
@@ -173,13 +173,7 @@ class ModelRows:
     def _bos_id(self) -> int | None:
         if isinstance(self.contexts, TokenSource):
             return self.contexts.bos_token_id
-        tokenizer = getattr(self.adapter, "tokenizer", None)
-        if tokenizer is None:
-            return None
-        try:
-            return bos_token_id(tokenizer)
-        except SparseCircuitsError:
-            return None
+        return self.adapter.bos_token_id
 
     @property
     def _reiterable(self) -> bool:

@@ -9,8 +9,8 @@ Packing policy (the SAELens default, also what the transcoder paper trained on):
   ``prepend_bos=False`` the pieces are ``context_size`` long and no BOS is added.
 * No token is lost between contexts: the contexts without their BOS, concatenated, are a
   prefix of the token stream. Only the final piece shorter than a context is dropped.
-* BOS is the tokenizer's ``bos_token_id``, or its ``eos_token_id`` when it has no BOS
-  (GPT-2, Qwen); EOS falls back to BOS likewise.
+* BOS follows the one rule of ``models.tokens.bos_token_id`` (the tokenizer's BOS, else the
+  model config's, else EOS: GPT-2 and Qwen have no BOS); EOS falls back to BOS likewise.
 
 BOS positions have outlier norms (attention sinks), so `ActivationStore` drops position 0 of
 every context from training activations by default (`ActivationStoreConfig.exclude_bos`).
@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.models.tokens import bos_token_id as models_bos_token_id
 
 __all__ = [
     "TokenBatcher",
@@ -36,17 +37,15 @@ __all__ = [
 ]
 
 
-def bos_token_id(tokenizer: Any) -> int:
-    """Return the id packed contexts start with: BOS, or EOS when the tokenizer has no BOS."""
-    for token_id in (
-        getattr(tokenizer, "bos_token_id", None),
-        getattr(tokenizer, "eos_token_id", None),
-    ):
-        if token_id is not None:
-            return int(token_id)
-    raise SparseCircuitsError(
-        "the tokenizer has neither a BOS nor an EOS token; pack with prepend_bos=False"
-    )
+def bos_token_id(tokenizer: Any, config: Any = None) -> int:
+    """Return the id packed contexts start with (`models.tokens.bos_token_id`: the tokenizer's
+    BOS, else the model config's, else EOS); raise when there is none."""
+    token_id = models_bos_token_id(tokenizer, config)
+    if token_id is None:
+        raise SparseCircuitsError(
+            "the tokenizer has neither a BOS nor an EOS token; pack with prepend_bos=False"
+        )
+    return token_id
 
 
 def eos_token_id(tokenizer: Any) -> int:
@@ -98,16 +97,18 @@ def pack_tokens(
     max_context: int | None = None,
     tokenize_batch: int = 64,
     name: str = "source",
+    model_config: Any = None,
 ) -> Iterator[Tensor]:
     """Return an iterator of packed contexts, each a LongTensor ``[context_size]`` (see the
     module docstring).
 
     `max_context` is the model's maximum context; a longer `context_size` raises
     `SparseCircuitsError` right away. The iterator raises `SparseCircuitsError` at exhaustion
-    when the texts held fewer tokens than one context.
+    when the texts held fewer tokens than one context. `model_config` (the model's config) lets
+    the BOS rule fall back to the model's BOS id.
     """
     check_context_size(context_size, max_context, prepend_bos)
-    bos = bos_token_id(tokenizer) if prepend_bos else None
+    bos = bos_token_id(tokenizer, model_config) if prepend_bos else None
     separator = eos_token_id(tokenizer)
     return _pack(texts, tokenizer, context_size, bos, separator, tokenize_batch, name)
 
@@ -163,10 +164,12 @@ class TokenSource:
         context_size: int,
         prepend_bos: bool = True,
         max_context: int | None = None,
+        model_config: Any = None,
     ) -> None:
         check_context_size(context_size, max_context, prepend_bos)
         self.text_source = text_source
         self.tokenizer = tokenizer
+        self.model_config = model_config
         self.context_size = context_size
         self.prepend_bos = prepend_bos
         self.max_context = max_context
@@ -177,7 +180,7 @@ class TokenSource:
     @property
     def bos_token_id(self) -> int | None:
         """The id at position 0 of every context, or None with ``prepend_bos=False``."""
-        return bos_token_id(self.tokenizer) if self.prepend_bos else None
+        return bos_token_id(self.tokenizer, self.model_config) if self.prepend_bos else None
 
     def __iter__(self) -> Iterator[Tensor]:
         return pack_tokens(
@@ -187,6 +190,7 @@ class TokenSource:
             self.prepend_bos,
             max_context=self.max_context,
             name=getattr(self.text_source, "name", repr(self.text_source)),
+            model_config=self.model_config,
         )
 
 

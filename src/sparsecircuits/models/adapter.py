@@ -27,6 +27,7 @@ from sparsecircuits.models.hooks import (
     parse_hook_name,
     to_attention_implementation,
 )
+from sparsecircuits.models.tokens import bos_token_id
 
 
 class _StopForward(Exception):
@@ -270,13 +271,9 @@ class ModelAdapter:
 
     @property
     def bos_token_id(self) -> int | None:
-        """Return the id prepended as BOS: tokenizer's BOS, else the config's, else EOS."""
-        for source in (self.tokenizer, self.model.config):
-            token_id = getattr(source, "bos_token_id", None)
-            if token_id is not None:
-                return int(token_id)
-        eos = getattr(self.tokenizer, "eos_token_id", None)
-        return None if eos is None else int(eos)
+        """Return the id prepended as BOS (`tokens.bos_token_id`: tokenizer's BOS, else the
+        model config's, else EOS)."""
+        return bos_token_id(self.tokenizer, self.model.config)
 
     def tokenize(self, texts: str | Sequence[str], prepend_bos: bool = True) -> Tensor:
         """Return input_ids [len(texts), longest] on self.device (LongTensor).

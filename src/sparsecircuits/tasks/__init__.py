@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from sparsecircuits.errors import SparseCircuitsError
-from sparsecircuits.tasks.common import TaskPrompts, bos_id, logits_at_last
+from sparsecircuits.models.tokens import bos_token_id
+from sparsecircuits.tasks.common import TaskPrompts, logits_at_last
 from sparsecircuits.tasks.docstring import (
     docstring_accuracy,
     docstring_logit_diff,
@@ -80,7 +81,7 @@ def prose_contexts(
         raise SparseCircuitsError(
             f"held-out prose {path} is missing; rebuild with scripts/embedded/build_all.py"
         )
-    start = bos_id(tokenizer)
+    start = bos_token_id(tokenizer)
     sep = [start] if start is not None else []
     stream: list[int] = []
     need = n_contexts * (context - len(sep))

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.models.tokens import bos_token_id
 
 SPLITS = ("train", "heldout")
 
@@ -71,15 +72,6 @@ def require_pool(pool: Sequence[object], minimum: int, what: str) -> None:
         )
 
 
-def bos_id(tokenizer: Any) -> int | None:
-    """Return the BOS id (falling back to EOS), or None when the tokenizer has neither."""
-    for attr in ("bos_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value)
-    return None
-
-
 def pad_id(tokenizer: Any) -> int:
     """Return the id used to right-pad prompts (pad, else EOS, else 0)."""
     for attr in ("pad_token_id", "eos_token_id"):
@@ -93,7 +85,7 @@ def batch_token_lists(
     tokenizer: Any, token_lists: Sequence[Sequence[int]], prepend_bos: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token lists; return `(input_ids [n, pos], last_pos [n])`."""
-    start = bos_id(tokenizer) if prepend_bos else None
+    start = bos_token_id(tokenizer) if prepend_bos else None
     rows = [([start] if start is not None else []) + list(ids) for ids in token_lists]
     width = max(len(r) for r in rows)
     out = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)
