@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -157,7 +157,7 @@ class AttributionGraph:
 
     `active_features [F, 3]` (layer, pos, feature index), `activations [F]`, `logit_ids [K]`,
     `logit_probs [K]`; `adjacency` holds the edges in node order
-    `[features | errors (layer-major, L x T) | tokens | logits]`.
+    `[features | errors (layer-major, L x T) | tokens | logits]`; `config` is what built it.
 
     Built with `store="influential"`, `adjacency` holds only the edges among the nodes that
     passed `stored_node_threshold`, and `full_influence` / `full_scores` hold the full graph's
@@ -175,11 +175,16 @@ class AttributionGraph:
     logit_probs: Tensor
     logit_tokens: list[str]
     adjacency: SparseAdjacency
+    config: GraphConfig = field(default_factory=GraphConfig)
     timings: dict[str, float] = field(default_factory=dict)
     full_influence: Tensor | None = None
-    stored_node_threshold: float | None = None
     full_scores: tuple[float, float] | None = None
     _node_influence: Tensor | None = field(default=None, init=False, repr=False)
+
+    @property
+    def stored_node_threshold(self) -> float | None:
+        """The node threshold the stored edges were kept at (None: every row is stored)."""
+        return self.config.node_threshold if self.config.store == "influential" else None
 
     @property
     def n_pos(self) -> int:
@@ -281,7 +286,7 @@ def build_graph(
 ) -> AttributionGraph:
     """Return the unpruned `AttributionGraph` of `prompt` (text, or input_ids `[T]` / `[1, T]`),
     built in the steps of the module docstring."""
-    cfg = config or GraphConfig()
+    cfg = replace(config) if config else GraphConfig()  # a copy: the graph keeps it
     cfg.check()
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -300,7 +305,7 @@ def build_graph(
     # 5. the graph
     tokenizer = replacement.adapter.tokenizer
     ids = input_ids[0].cpu()
-    graph = AttributionGraph(
+    return AttributionGraph(
         prompt=text,
         input_ids=ids,
         prompt_tokens=[tokenizer.decode([i]) for i in ids.tolist()],
@@ -311,13 +316,11 @@ def build_graph(
         logit_probs=nodes.logit_probs.cpu(),
         logit_tokens=[tokenizer.decode([i]) for i in nodes.logit_ids.tolist()],
         adjacency=adjacency,
+        config=cfg,
         timings=timings,
+        full_influence=None if streamed is None else streamed.influence,
+        full_scores=None if streamed is None else streamed.scores,
     )
-    if streamed is not None:
-        graph.full_influence = streamed.influence
-        graph.stored_node_threshold = cfg.node_threshold
-        graph.full_scores = streamed.scores
-    return graph
 
 
 def _prompt_ids(replacement: ReplacementModel, prompt: str | Tensor) -> tuple[Tensor, str]:
