@@ -446,9 +446,7 @@ def _edges(rows: _RowMaker, cfg: GraphConfig) -> tuple[SparseAdjacency, _Streame
     if cfg.store == "all":
         sums = torch.zeros(nodes.n_nodes, dtype=torch.float64)
         return _collect_edges(rows, all_targets, cfg.row_mass, row_cap, sums), None
-    streamed = _stream_influence(
-        rows, cfg, row_cap, nodes.n_features, nodes.n_errors, nodes.n_pos, nodes.logit_probs
-    )
+    streamed = _stream_influence(rows, cfg, row_cap)
     # pass two: recompute the kept targets' rows, store their edges from kept sources
     kept = all_targets[streamed.node_mask[rows.target_node]]
     adjacency = _collect_edges(
@@ -700,23 +698,16 @@ class _Streamed:
     scores: tuple[float, float]  # (replacement, completeness) of the full graph
 
 
-def _stream_influence(
-    rows: _RowMaker,
-    cfg: GraphConfig,
-    row_cap: int | None,
-    n_features: int,
-    n_errors: int,
-    n_tokens: int,
-    logit_probs: Tensor,
-) -> _Streamed:
+def _stream_influence(rows: _RowMaker, cfg: GraphConfig, row_cap: int | None) -> _Streamed:
     """Influence on the logits without storing the adjacency: rows come in reverse topological
     order (logits, then features from the last layer down; a feature only reads lower layers),
     so a row's target influence is final when the row is computed and is pushed onto its
     sources at once: `influence[s] += (influence[t] + w[t]) * |A[t, s]| / sum|A[t, :]|`, the
     terms of `w A + w A^2 + ...` grouped by target. Rows are truncated exactly as stored rows
     would be, so every number equals the full graph's."""
-    n = rows.n_nodes
-    logit_weights = logit_weight_vector(n, logit_probs)
+    n, n_features, n_errors = rows.nodes.n_nodes, rows.nodes.n_features, rows.nodes.n_errors
+    n_tokens, n_logits = rows.nodes.n_pos, rows.nodes.n_logits
+    logit_weights = logit_weight_vector(n, rows.nodes.logit_probs)
     influence = torch.zeros(n, dtype=torch.float64)
     row_abs_sums = torch.zeros(n, dtype=torch.float64)
     error_fraction = torch.zeros(n, dtype=torch.float64)
@@ -730,9 +721,7 @@ def _stream_influence(
         influence.index_add_(0, s_idx, normalized * (influence + logit_weights)[t_idx])
         from_error = (s_idx >= n_features) & (s_idx < n_features + n_errors)
         error_fraction.index_add_(0, t_idx[from_error], normalized[from_error])
-    node_mask = influential_nodes(
-        influence, cfg.node_threshold, n_tokens + int(logit_probs.numel())
-    )
+    node_mask = influential_nodes(influence, cfg.node_threshold, n_tokens + n_logits)
     scores = scores_from(influence, error_fraction, logit_weights, n_features, n_errors, n_tokens)
     return _Streamed(influence, node_mask, row_abs_sums, scores)
 
