@@ -515,11 +515,6 @@ class _RowMaker:
             timings=timings,
         )
 
-    @property
-    def n_nodes(self) -> int:
-        """N, the width of a row."""
-        return self.nodes.n_nodes
-
     def bucket_ends(self) -> Tensor:
         """Prefix lengths `[n_buckets]`: targets at a position q only need the prompt up to q."""
         n_pos = int(self.input_ids.shape[1])
@@ -578,7 +573,7 @@ class _RowMaker:
         grads = self._backward(targets, read_points, sources, last)
         batch, n_layers = int(targets.numel()), self.replacement.n_layers
         block = torch.zeros(
-            batch, self.n_nodes, dtype=torch.float32, device=self.replacement.device
+            batch, self.nodes.n_nodes, dtype=torch.float32, device=self.replacement.device
         )
         decoders, feature_offsets = self.nodes.decoders, self.feature_offsets
         n_feat = feature_offsets[-1]
@@ -680,7 +675,7 @@ def _collect_edges(
         rows_s.append(s_idx)
         rows_w.append(w)
     return SparseAdjacency(
-        n_nodes=rows.n_nodes,
+        n_nodes=rows.nodes.n_nodes,
         targets=torch.cat(rows_t) if rows_t else torch.zeros(0, dtype=torch.int32),
         sources=torch.cat(rows_s) if rows_s else torch.zeros(0, dtype=torch.int32),
         weights=torch.cat(rows_w) if rows_w else torch.zeros(0),
