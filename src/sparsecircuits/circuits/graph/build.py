@@ -111,9 +111,8 @@ class GraphConfig:
     skip_bos: bool = field(
         default=True, metadata={"help": "no feature or error nodes at position 0 (the BOS)"}
     )
-    # "influential" streams the rows in reverse layer order, computing the exact influence on
-    # the fly, then recomputes the rows among the nodes passing `node_threshold` (one extra
-    # backward per kept target); pruning at a higher node threshold then needs a rebuild.
+    # "influential" (step 4 of the module docstring) costs one more backward per kept target,
+    # and pruning at a higher node threshold then needs a rebuild.
     store: str = field(
         default="influential",
         metadata={
