@@ -631,8 +631,9 @@ class _RowMaker:
         the batch of `targets`, from one vmapped backward."""
         batch = int(targets.numel())
         outputs, grad_outputs = [], []
-        for layer in sorted(set(self.target_layer[targets].tolist())):
-            slots = (self.target_layer[targets] == layer).nonzero(as_tuple=True)[0]
+        layers = self.target_layer[targets]
+        for layer in sorted(set(layers.tolist())):
+            slots = (layers == layer).nonzero(as_tuple=True)[0]
             grad = torch.zeros(
                 batch,
                 *read_points[layer].shape,
