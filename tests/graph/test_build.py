@@ -165,7 +165,7 @@ def test_salient_logits_cut_at_cumulative_probability():
 
 
 def test_export_is_valid_neuronpedia_json_with_pruned_nodes(replacement):
-    graph = build_graph(replacement, PROMPT, GraphConfig(store="all"))
+    graph = build_graph(replacement, PROMPT, GraphConfig(store="all", batch_size=16))
     pruned = graph.prune(0.8, 0.98)
     model = to_neuronpedia(graph, pruned, slug="t", scan="tiny")
     data = export_graph(model)
@@ -186,6 +186,8 @@ def test_export_is_valid_neuronpedia_json_with_pruned_nodes(replacement):
     logits = [n for n in data["nodes"] if n["feature_type"] == "logit"]
     assert len(logits) == graph.logit_ids.numel() and logits[0]["is_target_logit"]
     assert data["metadata"]["prompt_tokens"] == graph.prompt_tokens
+    settings = data["metadata"]["generation_settings"]  # the config the graph was built with
+    assert (settings["batch_size"], settings["store"]) == (16, "all")
     # links carry the raw adjacency weights
     dense = graph.adjacency.to_dense()
     index = {}

@@ -63,18 +63,12 @@ def test_trace_writes_graph_and_report(saved, tmp_path, capsys):
     validate_graph_json(graph)
     assert graph["metadata"]["slug"] == "the-cat-saw-the-house-in-the-year-17"
     report = json.loads((tmp_path / "trace.json").read_text())
-    for key in (
-        "seconds",
-        "peak_rss_mb",
-        "n_nodes",
-        "n_edges",
-        "replacement_score",
-        "completeness_score",
-    ):
-        assert key in report, key
     assert report["n_nodes"] == len(graph["nodes"]) and report["n_edges"] == len(graph["links"])
     assert 0 <= report["replacement_score"] <= 1 and report["peak_rss_mb"] > 0
+    assert 0 <= report["completeness_score"] <= 1 and report["seconds"] > 0
     out = capsys.readouterr().out
+    summary = json.loads(out.splitlines()[0])  # the printed line repeats trace.json's numbers
+    assert summary["n_nodes"] == report["n_nodes"] and summary.items() <= report.items()
     assert "http://127.0.0.1:8041/#graph=graph.json" in out
 
 

@@ -114,7 +114,6 @@ def run(args: argparse.Namespace) -> int:
         scan=adapter.name,
         node_threshold=config.node_threshold,
         edge_threshold=config.edge_threshold,
-        generation=config,
     )
     out = Path(args.out)
     save_graph(model, out / "graph.json")

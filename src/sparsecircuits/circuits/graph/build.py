@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -111,9 +111,8 @@ class GraphConfig:
     skip_bos: bool = field(
         default=True, metadata={"help": "no feature or error nodes at position 0 (the BOS)"}
     )
-    # "influential" streams the rows in reverse layer order, computing the exact influence on
-    # the fly, then recomputes the rows among the nodes passing `node_threshold` (one extra
-    # backward per kept target); pruning at a higher node threshold then needs a rebuild.
+    # "influential" (step 4 of the module docstring) costs one more backward per kept target,
+    # and pruning at a higher node threshold then needs a rebuild.
     store: str = field(
         default="influential",
         metadata={
@@ -157,7 +156,7 @@ class AttributionGraph:
 
     `active_features [F, 3]` (layer, pos, feature index), `activations [F]`, `logit_ids [K]`,
     `logit_probs [K]`; `adjacency` holds the edges in node order
-    `[features | errors (layer-major, L x T) | tokens | logits]`.
+    `[features | errors (layer-major, L x T) | tokens | logits]`; `config` is what built it.
 
     Built with `store="influential"`, `adjacency` holds only the edges among the nodes that
     passed `stored_node_threshold`, and `full_influence` / `full_scores` hold the full graph's
@@ -175,11 +174,16 @@ class AttributionGraph:
     logit_probs: Tensor
     logit_tokens: list[str]
     adjacency: SparseAdjacency
+    config: GraphConfig = field(default_factory=GraphConfig)
     timings: dict[str, float] = field(default_factory=dict)
     full_influence: Tensor | None = None
-    stored_node_threshold: float | None = None
     full_scores: tuple[float, float] | None = None
     _node_influence: Tensor | None = field(default=None, init=False, repr=False)
+
+    @property
+    def stored_node_threshold(self) -> float | None:
+        """The node threshold the stored edges were kept at (None: every row is stored)."""
+        return self.config.node_threshold if self.config.store == "influential" else None
 
     @property
     def n_pos(self) -> int:
@@ -281,7 +285,7 @@ def build_graph(
 ) -> AttributionGraph:
     """Return the unpruned `AttributionGraph` of `prompt` (text, or input_ids `[T]` / `[1, T]`),
     built in the steps of the module docstring."""
-    cfg = config or GraphConfig()
+    cfg = replace(config) if config else GraphConfig()  # a copy: the graph keeps it
     cfg.check()
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -300,24 +304,22 @@ def build_graph(
     # 5. the graph
     tokenizer = replacement.adapter.tokenizer
     ids = input_ids[0].cpu()
-    graph = AttributionGraph(
+    return AttributionGraph(
         prompt=text,
         input_ids=ids,
         prompt_tokens=[tokenizer.decode([i]) for i in ids.tolist()],
         n_layers=replacement.n_layers,
-        active_features=nodes.active.cpu(),
-        activations=nodes.activations.cpu(),
-        logit_ids=nodes.logit_ids.cpu(),
-        logit_probs=nodes.logit_probs.cpu(),
+        active_features=nodes.active,
+        activations=nodes.activations,
+        logit_ids=nodes.logit_ids,
+        logit_probs=nodes.logit_probs,
         logit_tokens=[tokenizer.decode([i]) for i in nodes.logit_ids.tolist()],
         adjacency=adjacency,
+        config=cfg,
         timings=timings,
+        full_influence=None if streamed is None else streamed.influence,
+        full_scores=None if streamed is None else streamed.scores,
     )
-    if streamed is not None:
-        graph.full_influence = streamed.influence
-        graph.stored_node_threshold = cfg.node_threshold
-        graph.full_scores = streamed.scores
-    return graph
 
 
 def _prompt_ids(replacement: ReplacementModel, prompt: str | Tensor) -> tuple[Tensor, str]:
@@ -443,9 +445,7 @@ def _edges(rows: _RowMaker, cfg: GraphConfig) -> tuple[SparseAdjacency, _Streame
     if cfg.store == "all":
         sums = torch.zeros(nodes.n_nodes, dtype=torch.float64)
         return _collect_edges(rows, all_targets, cfg.row_mass, row_cap, sums), None
-    streamed = _stream_influence(
-        rows, cfg, row_cap, nodes.n_features, nodes.n_errors, nodes.n_pos, nodes.logit_probs
-    )
+    streamed = _stream_influence(rows, cfg, row_cap)
     # pass two: recompute the kept targets' rows, store their edges from kept sources
     kept = all_targets[streamed.node_mask[rows.target_node]]
     adjacency = _collect_edges(
@@ -514,11 +514,6 @@ class _RowMaker:
             timings=timings,
         )
 
-    @property
-    def n_nodes(self) -> int:
-        """N, the width of a row."""
-        return self.nodes.n_nodes
-
     def bucket_ends(self) -> Tensor:
         """Prefix lengths `[n_buckets]`: targets at a position q only need the prompt up to q."""
         n_pos = int(self.input_ids.shape[1])
@@ -577,7 +572,7 @@ class _RowMaker:
         grads = self._backward(targets, read_points, sources, last)
         batch, n_layers = int(targets.numel()), self.replacement.n_layers
         block = torch.zeros(
-            batch, self.n_nodes, dtype=torch.float32, device=self.replacement.device
+            batch, self.nodes.n_nodes, dtype=torch.float32, device=self.replacement.device
         )
         decoders, feature_offsets = self.nodes.decoders, self.feature_offsets
         n_feat = feature_offsets[-1]
@@ -636,8 +631,9 @@ class _RowMaker:
         the batch of `targets`, from one vmapped backward."""
         batch = int(targets.numel())
         outputs, grad_outputs = [], []
-        for layer in sorted(set(self.target_layer[targets].tolist())):
-            slots = (self.target_layer[targets] == layer).nonzero(as_tuple=True)[0]
+        layers = self.target_layer[targets]
+        for layer in sorted(set(layers.tolist())):
+            slots = (layers == layer).nonzero(as_tuple=True)[0]
             grad = torch.zeros(
                 batch,
                 *read_points[layer].shape,
@@ -679,7 +675,7 @@ def _collect_edges(
         rows_s.append(s_idx)
         rows_w.append(w)
     return SparseAdjacency(
-        n_nodes=rows.n_nodes,
+        n_nodes=rows.nodes.n_nodes,
         targets=torch.cat(rows_t) if rows_t else torch.zeros(0, dtype=torch.int32),
         sources=torch.cat(rows_s) if rows_s else torch.zeros(0, dtype=torch.int32),
         weights=torch.cat(rows_w) if rows_w else torch.zeros(0),
@@ -697,23 +693,16 @@ class _Streamed:
     scores: tuple[float, float]  # (replacement, completeness) of the full graph
 
 
-def _stream_influence(
-    rows: _RowMaker,
-    cfg: GraphConfig,
-    row_cap: int | None,
-    n_features: int,
-    n_errors: int,
-    n_tokens: int,
-    logit_probs: Tensor,
-) -> _Streamed:
+def _stream_influence(rows: _RowMaker, cfg: GraphConfig, row_cap: int | None) -> _Streamed:
     """Influence on the logits without storing the adjacency: rows come in reverse topological
     order (logits, then features from the last layer down; a feature only reads lower layers),
     so a row's target influence is final when the row is computed and is pushed onto its
     sources at once: `influence[s] += (influence[t] + w[t]) * |A[t, s]| / sum|A[t, :]|`, the
     terms of `w A + w A^2 + ...` grouped by target. Rows are truncated exactly as stored rows
     would be, so every number equals the full graph's."""
-    n = rows.n_nodes
-    logit_weights = logit_weight_vector(n, logit_probs)
+    n, n_features, n_errors = rows.nodes.n_nodes, rows.nodes.n_features, rows.nodes.n_errors
+    n_tokens, n_logits = rows.nodes.n_pos, rows.nodes.n_logits
+    logit_weights = logit_weight_vector(n, rows.nodes.logit_probs)
     influence = torch.zeros(n, dtype=torch.float64)
     row_abs_sums = torch.zeros(n, dtype=torch.float64)
     error_fraction = torch.zeros(n, dtype=torch.float64)
@@ -727,9 +716,7 @@ def _stream_influence(
         influence.index_add_(0, s_idx, normalized * (influence + logit_weights)[t_idx])
         from_error = (s_idx >= n_features) & (s_idx < n_features + n_errors)
         error_fraction.index_add_(0, t_idx[from_error], normalized[from_error])
-    node_mask = influential_nodes(
-        influence, cfg.node_threshold, n_tokens + int(logit_probs.numel())
-    )
+    node_mask = influential_nodes(influence, cfg.node_threshold, n_tokens + n_logits)
     scores = scores_from(influence, error_fraction, logit_weights, n_features, n_errors, n_tokens)
     return _Streamed(influence, node_mask, row_abs_sums, scores)
 

@@ -26,10 +26,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sparsecircuits import __version__
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
-    from sparsecircuits.circuits.graph.build import AttributionGraph, GraphConfig
+    from sparsecircuits.circuits.graph.build import AttributionGraph
     from sparsecircuits.circuits.graph.prune import PruneResult
 
 FEATURE_TYPE_TRANSCODER = (
@@ -459,12 +460,11 @@ def to_neuronpedia(
     scan: str = "",
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
-    generation: GraphConfig | None = None,
     info: dict[str, Any] | None = None,
 ) -> NeuronpediaGraph:
     """Return the pruned `graph` in Neuronpedia's graph JSON model (pruned with the thresholds
     when `pruned` is not given): the kept nodes with a kept link, every token and logit node, and
-    the kept links between them. `generation` is the `GraphConfig` the graph was built with."""
+    the kept links between them; the metadata records `graph.config` and the thresholds."""
     pruned = pruned or graph.prune(node_threshold, edge_threshold)
     nodes = _kept_nodes(graph, pruned)
     links, connected = _kept_links(graph, pruned, nodes)
@@ -473,14 +473,35 @@ def to_neuronpedia(
         for i, node in sorted(nodes.items())
         if i in connected or node.feature_type in (FEATURE_TYPE_EMBEDDING, FEATURE_TYPE_LOGIT)
     ]
-    metadata = _metadata(
-        graph,
+    gen = graph.config
+    metadata = GraphMetadata(
         slug=slug,
         scan=scan,
+        prompt_tokens=list(graph.prompt_tokens),
+        prompt=graph.prompt,
         node_threshold=node_threshold,
-        edge_threshold=edge_threshold,
-        generation=generation,
-        info=info,
+        info=GraphInfo(
+            generator=Generator(name="sparsecircuits", version=__version__),
+            create_time_ms=float(int(time.time() * 1000)),
+            extra=dict(info or {}),
+        ),
+        generation_settings=GenerationSettings(
+            max_n_logits=gen.max_n_logits,
+            desired_logit_prob=gen.desired_logit_prob,
+            batch_size=gen.batch_size,
+            max_feature_nodes=graph.n_features,
+            extra={
+                "row_mass": gen.row_mass,
+                "max_edges_per_row": gen.max_edges_per_row,
+                "edge_budget": gen.edge_budget,
+                "skip_bos": gen.skip_bos,
+                "store": gen.store,
+            },
+        ),
+        pruning_settings=PruningSettings(
+            node_threshold=node_threshold, edge_threshold=edge_threshold
+        ),
+        schema_version=1,
     )
     return NeuronpediaGraph(metadata=metadata, qParams=default_qparams(), nodes=used, links=links)
 
@@ -548,50 +569,3 @@ def _kept_links(
             )
             connected.update((t, s))
     return links, connected
-
-
-def _metadata(
-    graph: AttributionGraph,
-    *,
-    slug: str,
-    scan: str,
-    node_threshold: float,
-    edge_threshold: float,
-    generation: GraphConfig | None,
-    info: dict[str, Any] | None,
-) -> GraphMetadata:
-    """The graph's `metadata`: prompt, generator, generation and pruning settings."""
-    # imported here so that reading and writing graph JSON does not load the builder (and torch)
-    from sparsecircuits import __version__
-    from sparsecircuits.circuits.graph.build import GraphConfig
-
-    gen = generation or GraphConfig()
-    return GraphMetadata(
-        slug=slug,
-        scan=scan,
-        prompt_tokens=list(graph.prompt_tokens),
-        prompt=graph.prompt,
-        node_threshold=node_threshold,
-        info=GraphInfo(
-            generator=Generator(name="sparsecircuits", version=__version__),
-            create_time_ms=float(int(time.time() * 1000)),
-            extra=dict(info or {}),
-        ),
-        generation_settings=GenerationSettings(
-            max_n_logits=gen.max_n_logits,
-            desired_logit_prob=gen.desired_logit_prob,
-            batch_size=gen.batch_size,
-            max_feature_nodes=graph.n_features,
-            extra={
-                "row_mass": gen.row_mass,
-                "max_edges_per_row": gen.max_edges_per_row,
-                "edge_budget": gen.edge_budget,
-                "skip_bos": gen.skip_bos,
-                "store": gen.store,
-            },
-        ),
-        pruning_settings=PruningSettings(
-            node_threshold=node_threshold, edge_threshold=edge_threshold
-        ),
-        schema_version=1,
-    )
