@@ -1,4 +1,6 @@
-"""Device check (not a pytest module): sparse == dense on CUDA, and TopK train-step throughput."""
+"""Device check for a CUDA machine: sparse == dense TopK gradients on CUDA, and TopK train-step
+throughput; writes `$OUT/device_check.json`. Run `python benchmarks/device_check.py` from the
+repository root (the package installed, or `src` on the path)."""
 
 import contextlib
 import json
