@@ -21,7 +21,7 @@ from sparsecircuits.dictionaries import (
     save_dictionary,
 )
 from sparsecircuits.dictionaries.activations import ActivationParams
-from sparsecircuits.dictionaries.config import activation_family, spans_layers
+from sparsecircuits.dictionaries.config import activation_family, family_params, spans_layers
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.evaluation import plot_frontier
 from sparsecircuits.evaluation.splice import check_splice_hooks
@@ -86,9 +86,7 @@ class DictionarySpec:
 
     def params(self) -> ActivationParams:
         """The family's settings given in this spec, defaults elsewhere (unresolved)."""
-        family = activation_family(self.architecture)
-        names = {f.name for f in fields(family.Params)}
-        return family.Params(**{k: v for k, v in self.settings.items() if k in names})
+        return family_params(activation_family(self.architecture), self.settings)
 
     def resolved_hooks(self) -> tuple[str, str]:
         """Return `(hook_in, hook_out)` after applying the kind's defaults.

@@ -65,6 +65,13 @@ def setting_names(family: type[Activation]) -> list[str]:
     return [f.name for f in dataclasses.fields(family.Params)]
 
 
+def family_params(family: type[Activation], values: Mapping[str, Any]) -> ActivationParams:
+    """`family.Params` from the keys of `values` that are its settings (the others ignored),
+    unresolved."""
+    own = setting_names(family)
+    return family.Params(**{key: value for key, value in values.items() if key in own})
+
+
 @dataclass(init=False)
 class DictionaryConfig:
     """Architecture, kind, shapes, hooks and shared training knobs of one sparse dictionary,
@@ -101,9 +108,7 @@ class DictionaryConfig:
             setattr(self, name, values[name] if name in values else _default(f))
         family = activation_family(self.architecture)
         given = dataclasses.asdict(params) if params is not None else {}
-        own = setting_names(family)
-        settings = {key: value for key, value in {**given, **values}.items() if key in own}
-        self.params = family.Params(**settings)
+        self.params = family_params(family, {**given, **values})
         self._resolve(family)
 
     @classmethod
