@@ -98,12 +98,12 @@ class DictionarySpec:
             raise SparseCircuitsError(
                 f"unknown dictionary kind {self.kind!r}; use one of {', '.join(KINDS)}"
             )
-        if not spans_layers(self.kind) and self.n_layers is not None:
+        if spans_layers(self.kind):
+            return self._clt_hooks()
+        if self.n_layers is not None:
             raise SparseCircuitsError(
                 f"n_layers is for cross-layer transcoders only (kind clt), not kind {self.kind!r}; remove it"
             )
-        if spans_layers(self.kind):
-            return self._clt_hooks()
         if self.kind == "sae":
             hook = self.hook_in or self.hook_out or f"blocks.{self.layer}.hook_mlp_out"
             return hook, hook
