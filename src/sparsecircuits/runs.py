@@ -21,7 +21,7 @@ from sparsecircuits.dictionaries import (
     save_dictionary,
 )
 from sparsecircuits.dictionaries.activations import ActivationParams
-from sparsecircuits.dictionaries.config import activation_family, spans_layers
+from sparsecircuits.dictionaries.config import activation_family, family_params, spans_layers
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.evaluation import plot_frontier
 from sparsecircuits.evaluation.splice import check_splice_hooks
@@ -86,9 +86,7 @@ class DictionarySpec:
 
     def params(self) -> ActivationParams:
         """The family's settings given in this spec, defaults elsewhere (unresolved)."""
-        family = activation_family(self.architecture)
-        names = {f.name for f in fields(family.Params)}
-        return family.Params(**{k: v for k, v in self.settings.items() if k in names})
+        return family_params(activation_family(self.architecture), self.settings)
 
     def resolved_hooks(self) -> tuple[str, str]:
         """Return `(hook_in, hook_out)` after applying the kind's defaults.
@@ -100,12 +98,12 @@ class DictionarySpec:
             raise SparseCircuitsError(
                 f"unknown dictionary kind {self.kind!r}; use one of {', '.join(KINDS)}"
             )
-        if not spans_layers(self.kind) and self.n_layers is not None:
+        if spans_layers(self.kind):
+            return self._clt_hooks()
+        if self.n_layers is not None:
             raise SparseCircuitsError(
                 f"n_layers is for cross-layer transcoders only (kind clt), not kind {self.kind!r}; remove it"
             )
-        if spans_layers(self.kind):
-            return self._clt_hooks()
         if self.kind == "sae":
             hook = self.hook_in or self.hook_out or f"blocks.{self.layer}.hook_mlp_out"
             return hook, hook

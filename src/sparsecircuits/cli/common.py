@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import types
-import typing
 from typing import Any
 
 from sparsecircuits.config import from_dict, read_config_file
-from sparsecircuits.dictionaries.activations import ACTIVATIONS
-from sparsecircuits.runs import KINDS, DictionarySpec, RunConfig
-from sparsecircuits.training import TrainConfig
+from sparsecircuits.runs import KINDS, RunConfig
 
 # The flags that override a `RunConfig`: (flag, the config it sets: "run" for `RunConfig`,
 # "train" for its `TrainConfig`, "dictionary" for every `DictionarySpec`; the key there;
-# argparse keywords). A flag's type is its key's field type.
+# argparse keywords, `type` the key's field type).
 RUN_FLAGS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("--model", "run", "model", {"help": 'hub id, local model folder, or "embedded" (default)'}),
     (
@@ -26,7 +22,7 @@ RUN_FLAGS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("--out", "run", "out", {"help": "output folder (default {default_out})"}),
     ("--device", "run", "device", {"help": "cpu, cuda, cuda:1 ... (default: cuda if available)"}),
     ("--dtype", "run", "dtype", {"choices": ["float32", "bfloat16", "float16"]}),
-    ("--context-size", "run", "context_size", {}),
+    ("--context-size", "run", "context_size", {"type": int}),
     (
         "--kind",
         "dictionary",
@@ -37,39 +33,27 @@ RUN_FLAGS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
         },
     ),
     ("--architecture", "dictionary", "architecture", {"help": "activation: topk, relu, ..."}),
-    ("--layer", "dictionary", "layer", {}),
+    ("--layer", "dictionary", "layer", {"type": int}),
     (
         "--n-layers",
         "dictionary",
         "n_layers",
-        {"help": "layers a cross-layer transcoder spans (default: all)"},
+        {"type": int, "help": "layers a cross-layer transcoder spans (default: all)"},
     ),
-    ("--d-sae", "dictionary", "d_sae", {}),
-    ("--k", "dictionary", "k", {}),
-    ("--l1", "dictionary", "l1_coefficient", {"help": "L1 coefficient (relu)"}),
-    ("--tokens", "train", "total_tokens", {"help": "training tokens"}),
-    ("--batch-tokens", "train", "batch_tokens", {}),
-    ("--lr", "train", "lr", {}),
-    ("--checkpoint-every", "train", "checkpoint_every", {"help": "steps between checkpoints"}),
-    ("--seed", "run", "seed", {}),
+    ("--d-sae", "dictionary", "d_sae", {"type": int}),
+    ("--k", "dictionary", "k", {"type": int}),
+    ("--l1", "dictionary", "l1_coefficient", {"type": float, "help": "L1 coefficient (relu)"}),
+    ("--tokens", "train", "total_tokens", {"type": int, "help": "training tokens"}),
+    ("--batch-tokens", "train", "batch_tokens", {"type": int}),
+    ("--lr", "train", "lr", {"type": float}),
+    (
+        "--checkpoint-every",
+        "train",
+        "checkpoint_every",
+        {"type": int, "help": "steps between checkpoints"},
+    ),
+    ("--seed", "run", "seed", {"type": int}),
 )
-
-
-def _field_type(section: str, key: str) -> Any:
-    """The type of `key` in the config `section` sets (a family setting for "dictionary");
-    `X | None` gives `X`."""
-    owners: dict[str, list[type]] = {
-        "run": [RunConfig],
-        "train": [TrainConfig],
-        "dictionary": [DictionarySpec, *(family.Params for family in ACTIVATIONS.values())],
-    }
-    for owner in owners[section]:
-        hint = typing.get_type_hints(owner).get(key)
-        if hint is not None:
-            if isinstance(hint, types.UnionType):
-                return next(arg for arg in typing.get_args(hint) if arg is not type(None))
-            return hint
-    raise KeyError(f"no field {key!r} in the {section} config")
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None:
@@ -81,7 +65,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None:
             kwargs["help"] = kwargs["help"].format(default_out=default_out)
         if "choices" not in kwargs:  # the flag's own name in --help, not the dest
             kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
-        p.add_argument(flag, dest=f"{section}.{key}", type=_field_type(section, key), **kwargs)
+        p.add_argument(flag, dest=f"{section}.{key}", **kwargs)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

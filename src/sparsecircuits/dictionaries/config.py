@@ -65,6 +65,13 @@ def setting_names(family: type[Activation]) -> list[str]:
     return [f.name for f in dataclasses.fields(family.Params)]
 
 
+def family_params(family: type[Activation], values: Mapping[str, Any]) -> ActivationParams:
+    """`family.Params` from the keys of `values` that are its settings (the others ignored),
+    unresolved."""
+    own = setting_names(family)
+    return family.Params(**{key: value for key, value in values.items() if key in own})
+
+
 @dataclass(init=False)
 class DictionaryConfig:
     """Architecture, kind, shapes, hooks and shared training knobs of one sparse dictionary,
@@ -97,23 +104,18 @@ class DictionaryConfig:
         """Shared fields from `values`, the family's settings from the rest of `values` over
         `params` (a family's settings, as `dataclasses.replace` passes them)."""
         self.check_keys(values, where="DictionaryConfig")
-        for f in dataclasses.fields(self):
-            if f.name != "params":
-                setattr(self, f.name, values[f.name] if f.name in values else _default(f))
+        for name, f in _SHARED.items():
+            setattr(self, name, values[name] if name in values else _default(f))
         family = activation_family(self.architecture)
         given = dataclasses.asdict(params) if params is not None else {}
-        own = setting_names(family)
-        settings = {key: value for key, value in {**given, **values}.items() if key in own}
-        self.params = family.Params(**settings)
+        self.params = family_params(family, {**given, **values})
         self._resolve(family)
 
     @classmethod
     def known_keys(cls, architecture: str) -> tuple[list[str], set[str]]:
         """`(valid, accepted)` keys of a config of `architecture`: the shared fields and the
         family's settings; those plus every other family's settings and `IGNORED_KEYS`."""
-        family = activation_family(architecture)
-        valid = [f.name for f in dataclasses.fields(cls) if f.name != "params"]
-        valid += setting_names(family)
+        valid = [*_SHARED, *setting_names(activation_family(architecture))]
         accepted = set(valid) | set(IGNORED_KEYS)
         accepted.update(name for other in ACTIVATIONS.values() for name in setting_names(other))
         return valid, accepted
@@ -183,7 +185,7 @@ class DictionaryConfig:
     def __getattr__(self, name: str) -> Any:
         """A family setting read flat: `cfg.k` is `cfg.params.k`."""
         params = self.__dict__.get("params")
-        if params is not None and name in {f.name for f in dataclasses.fields(params)}:
+        if params is not None and name in params.__dataclass_fields__:
             return getattr(params, name)
         raise AttributeError(
             f"DictionaryConfig of architecture {self.__dict__.get('architecture')!r} has no "
@@ -193,9 +195,9 @@ class DictionaryConfig:
     def __setattr__(self, name: str, value: Any) -> None:
         """A family setting written flat: `cfg.k = 8` sets `cfg.params.k`."""
         params = self.__dict__.get("params")
-        if name in _SHARED or name == "params" or params is None:
+        if params is None or name in _SHARED or name == "params":
             object.__setattr__(self, name, value)
-        elif name in {f.name for f in dataclasses.fields(params)}:
+        elif name in params.__dataclass_fields__:
             setattr(params, name, value)
         else:
             raise AttributeError(
@@ -225,7 +227,8 @@ class DictionaryConfig:
         ]
 
 
-_SHARED = tuple(f.name for f in dataclasses.fields(DictionaryConfig) if f.name != "params")
+# the fields every config has, by name (all but `params`)
+_SHARED = {f.name: f for f in dataclasses.fields(DictionaryConfig) if f.name != "params"}
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:

@@ -24,7 +24,6 @@ The kernels compile on first use (~10 s) and numba caches them on disk beside
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -37,14 +36,6 @@ SEGMENT = 32
 # numba's fallback threading layer ("workqueue", where no OpenMP/TBB runtime loads) aborts on
 # concurrent parallel launches from two Python threads; the kernels take turns
 _LAUNCH = threading.Lock()
-
-
-@functools.lru_cache(maxsize=1)
-def _numba() -> Any:
-    """The kernels module (`_numba_kernels`), imported on first use (importing numba is slow)."""
-    from sparsecircuits.dictionaries import _numba_kernels
-
-    return _numba_kernels
 
 
 def supports(scores: Tensor, k: int) -> bool:
@@ -71,8 +62,10 @@ def segment_length(width: int, k: int) -> int:
 
 @contextlib.contextmanager
 def _launch() -> Iterator[Any]:
-    """The kernels module, on torch's thread count, one launch at a time (see `_LAUNCH`)."""
-    kernels = _numba()
+    """The kernels module, on torch's thread count, one launch at a time (see `_LAUNCH`).
+    Imported here, on first use: importing numba is slow."""
+    from sparsecircuits.dictionaries import _numba_kernels as kernels
+
     kernels.use_threads(torch.get_num_threads())
     with _LAUNCH:
         yield kernels

@@ -23,14 +23,13 @@ against (same forward bits, hence the same indices; gradients equal to rounding)
 On CPU the row top-k and the gather-dot rescoring run as numba kernels (`cpu_topk`); the torch
 ops here (`blocked_topk`, `_gather_dot_torch`) take the shapes and devices those do not.
 
-**Verified low-precision selection** (`set_topk_selection`, the one runtime switch, also set by
-the environment variable `SPARSECIRCUITS_TOPK_SELECTION`; on by default where it pays: CPUs
-with native bf16 matmuls, `d_sae >= 4096` and `k <= 64`). The top-k
-*selection* runs on a bf16 GEMM (2.5-3x the fp32 GEMM's speed on AVX-512-BF16/AMX cores),
-keeping `k + margin` candidates per row; their pre-activations are recomputed in fp32
-(gather-dot, O(n·(k+margin)·d_in)) and the top k taken among them. A rigorous rounding bound
-then checks each row: if the k-th exact value exceeds the largest value any non-candidate can
-have (`last candidate's bf16 score + bound`), the row's
+**Verified low-precision selection** (`set_topk_selection`, or the environment variable
+`SPARSECIRCUITS_TOPK_SELECTION`; on by default where it pays: CPUs with native bf16 matmuls,
+`d_sae >= 4096` and `k <= 64`). The top-k *selection* runs on a bf16 GEMM (2.5-3x the fp32
+GEMM's speed on AVX-512-BF16/AMX cores), keeping `k + margin` candidates per row; their
+pre-activations are recomputed in fp32 (gather-dot, O(n·(k+margin)·d_in)) and the top k taken
+among them. A rigorous rounding bound then checks each row: if the k-th exact value exceeds the
+largest value any non-candidate can have (`last candidate's bf16 score + bound`), the row's
 top-k is exactly the fp32 one; rows that fail (near-ties, rare) are recomputed in fp32. So the
 result is the fp32 top-k, not an approximation; values agree with the dense reference to fp32
 rounding (another summation order), indices except where two pre-activations tie to ~1e-6.

@@ -19,7 +19,6 @@ from torch import Tensor
 
 from sparsecircuits.dictionaries.activations.base import ForwardOutput, Owner
 from sparsecircuits.dictionaries.activations.topk import TopKActivation, TopKParams
-from sparsecircuits.dictionaries.kernels import _select_aux
 
 if TYPE_CHECKING:
     from sparsecircuits.dictionaries.config import DictionaryConfig
@@ -56,13 +55,7 @@ class BatchTopKActivation(TopKActivation):
         else:
             mask = pre_acts > self.threshold.to(pre_acts.dtype)
         codes = ForwardOutput(pre_acts=pre_acts, dense_acts=acts * mask, d_sae=self.cfg.d_sae)
-        if dead_mask is not None:
-            aux_k = min(self.params.aux_k or 0, int(dead_mask.sum()))
-            if aux_k > 0:
-                codes.aux_values, codes.aux_indices = _select_aux(
-                    pre_acts, dead_mask, aux_k, signed=False
-                )
-        return codes
+        return self._with_dense_aux(codes, pre_acts, dead_mask)
 
     @torch.no_grad()
     def observe(self, dictionary: Owner, codes: ForwardOutput) -> None:

@@ -115,7 +115,7 @@ class MatchingPursuitActivation(Activation):
             codes, *_ = matching_pursuit(
                 residual,
                 dictionary.W_dec,
-                params.mp_max_iterations or self.cfg.d_in,
+                params.mp_max_iterations,
                 residual_threshold=params.mp_residual_threshold,
                 stop_on_duplicate_support=True,
             )

@@ -28,7 +28,6 @@ from torch import Tensor
 
 from sparsecircuits.dictionaries.activations.base import ForwardOutput, Owner
 from sparsecircuits.dictionaries.activations.topk import TopKActivation, TopKParams
-from sparsecircuits.dictionaries.kernels import _select_aux
 
 if TYPE_CHECKING:
     from sparsecircuits.dictionaries.base import Dictionary
@@ -77,13 +76,7 @@ class TopAFAActivation(TopKActivation):
             pre_acts=pre_acts, values=values, indices=indices, d_sae=self.cfg.d_sae
         )
         codes.extras["target_norm"] = x_in.norm(dim=1)
-        if dead_mask is not None:
-            aux_k = min(self.params.aux_k or 0, int(dead_mask.sum()))
-            if aux_k > 0:
-                codes.aux_values, codes.aux_indices = _select_aux(
-                    pre_acts, dead_mask, aux_k, signed=False
-                )
-        return codes
+        return self._with_dense_aux(codes, pre_acts, dead_mask)
 
     def sparsity_loss(
         self, dictionary: Owner, codes: ForwardOutput, dead_mask: Tensor | None

@@ -87,18 +87,13 @@ class TopKActivation(Activation):
         dead_mask: Tensor | None,
         b_in: Tensor | None,
     ) -> ForwardOutput:
-        aux_k = 0
-        aux_mask = None
-        if dead_mask is not None:
-            n_dead = int(dead_mask.sum())
-            aux_k = min(self.params.aux_k or 0, n_dead)
-            aux_mask = dead_mask if aux_k > 0 else None
+        aux_k = self._aux_k(dead_mask)
         codes = kernels.topk_encode(
             x,
             dictionary.W_enc,
             dictionary.b_enc,
             self.params.k,
-            aux_mask=aux_mask,
+            aux_mask=dead_mask if aux_k > 0 else None,
             aux_k=aux_k,
             signed=self.signed,
             b_in=b_in,
@@ -110,6 +105,22 @@ class TopKActivation(Activation):
             aux_indices=codes.aux_indices,
             d_sae=self.cfg.d_sae,
         )
+
+    def _aux_k(self, dead_mask: Tensor | None) -> int:
+        """AuxK latents per token this step: `min(aux_k, #dead)`, 0 without a dead mask."""
+        return 0 if dead_mask is None else min(self.params.aux_k, int(dead_mask.sum()))
+
+    def _with_dense_aux(
+        self, codes: ForwardOutput, pre_acts: Tensor, dead_mask: Tensor | None
+    ) -> ForwardOutput:
+        """`codes` plus the AuxK selection from the whole `pre_acts [n, d_sae]` (for the
+        subclasses that compute them densely)."""
+        aux_k = self._aux_k(dead_mask)
+        if dead_mask is not None and aux_k > 0:
+            codes.aux_values, codes.aux_indices = kernels._select_aux(
+                pre_acts, dead_mask, aux_k, signed=False
+            )
+        return codes
 
     def aux_loss(
         self,
