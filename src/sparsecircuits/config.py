@@ -8,11 +8,38 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 import yaml
 
 from sparsecircuits.errors import SparseCircuitsError
 
 T = TypeVar("T")
+
+# The dtypes a config may name, with the short spellings accepted for them.
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+DTYPE_ALIASES = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """The canonical name (`"float32"`, `"bfloat16"`, ...) of a dtype or of a config string such
+    as `"bf16"` or `"torch.float16"`; raise `SparseCircuitsError` for anything else."""
+    name = str(dtype).removeprefix("torch.")
+    name = DTYPE_ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise SparseCircuitsError(
+            f"unknown dtype {dtype!r}; use one of {', '.join([*DTYPES, *DTYPE_ALIASES])}"
+        )
+    return name
+
+
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The `torch.dtype` a config string (or dtype) names (see `dtype_name`)."""
+    return DTYPES[dtype_name(dtype)]
 
 
 def from_dict(cls: type[T], mapping: dict[str, Any], *, where: str = "config") -> T:

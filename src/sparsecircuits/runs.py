@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from sparsecircuits.config import from_dict, to_dict, unknown_keys_error
+from sparsecircuits.config import from_dict, to_dict, torch_dtype, unknown_keys_error
 from sparsecircuits.data import ActivationStore, ActivationStoreConfig, TokenSource, make_source
 from sparsecircuits.dictionaries import (
     DictionaryConfig,
@@ -21,14 +21,18 @@ from sparsecircuits.dictionaries import (
     save_dictionary,
 )
 from sparsecircuits.dictionaries.activations import ActivationParams
-from sparsecircuits.dictionaries.config import activation_family, family_params, spans_layers
+from sparsecircuits.dictionaries.config import (
+    KINDS,
+    activation_family,
+    family_params,
+    spans_layers,
+)
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.evaluation import plot_frontier
 from sparsecircuits.evaluation.splice import check_splice_hooks
 from sparsecircuits.models import ModelAdapter, load_model
 from sparsecircuits.training import TrainConfig, Trainer, TrainResult, latest_checkpoint
 
-KINDS = ("transcoder", "sae", "skip_transcoder", "clt")
 CLT_HOOK_IN = "blocks.{layer}.hook_mlp_in"
 CLT_HOOK_OUT = "blocks.{layer}.hook_mlp_out"
 
@@ -196,14 +200,6 @@ def _spec_fields() -> set[str]:
     return {f.name for f in fields(DictionarySpec)} - {"settings"}
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    """Return the torch dtype called `name` ("float32", "bfloat16", "float16")."""
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise SparseCircuitsError(f"unknown dtype {name!r}; use one of {', '.join(dtypes)}")
-    return dtypes[name]
-
-
 def build_dictionaries(
     adapter: ModelAdapter, specs: list[DictionarySpec], seed: int
 ) -> dict[str, SparseCoder]:
@@ -252,7 +248,11 @@ def store_hooks(dictionaries: Mapping[str, SparseCoder]) -> list[str]:
 def context_stream(adapter: ModelAdapter, dataset: str, context_size: int) -> TokenSource:
     """Return a re-iterable stream of packed token contexts `[context_size]` from a dataset spec."""
     return TokenSource(
-        make_source(dataset), adapter.tokenizer, context_size, max_context=adapter.max_context
+        make_source(dataset),
+        adapter.tokenizer,
+        context_size,
+        max_context=adapter.max_context,
+        model_config=adapter.model.config,
     )
 
 

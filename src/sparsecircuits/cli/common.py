@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from sparsecircuits.config import from_dict, read_config_file
-from sparsecircuits.runs import KINDS, RunConfig
+from sparsecircuits.dictionaries.config import KINDS
+from sparsecircuits.runs import RunConfig
 
 # The flags that override a `RunConfig`: (flag, the config it sets: "run" for `RunConfig`,
 # "train" for its `TrainConfig`, "dictionary" for every `DictionarySpec`; the key there;

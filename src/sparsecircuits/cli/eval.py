@@ -6,15 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+from sparsecircuits.config import torch_dtype
 from sparsecircuits.evaluation import evaluate_dictionaries
 from sparsecircuits.models import load_model
-from sparsecircuits.runs import (
-    check_compatible,
-    eval_batches,
-    load_dictionaries,
-    torch_dtype,
-    write_report,
-)
+from sparsecircuits.runs import check_compatible, eval_batches, load_dictionaries, write_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:

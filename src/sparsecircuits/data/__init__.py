@@ -15,7 +15,7 @@ from sparsecircuits.data.sources import (
     TextSource,
     make_source,
 )
-from sparsecircuits.data.store import ActivationStore, ActivationStoreConfig, resolve_dtype
+from sparsecircuits.data.store import ActivationStore, ActivationStoreConfig
 from sparsecircuits.data.tokenize import (
     TokenBatcher,
     TokenSource,
@@ -41,5 +41,4 @@ __all__ = [
     "harvest_to_disk",
     "make_source",
     "pack_tokens",
-    "resolve_dtype",
 ]

@@ -28,7 +28,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from sparsecircuits.data.store import ModelRows, resolve_dtype
+from sparsecircuits.config import torch_dtype
+from sparsecircuits.data.store import ModelRows
 from sparsecircuits.data.tokenize import TokenSource
 from sparsecircuits.errors import SparseCircuitsError
 
@@ -94,7 +95,7 @@ def harvest_to_disk(
         context_size, contexts = _peek_context_size(contexts)
     producer = ModelRows(adapter, contexts, hooks, context_size, contexts_per_forward, exclude_bos)
     shard_rows = producer.capacity(shard_tokens)
-    buffer_dtype = resolve_dtype(dtype)
+    buffer_dtype = torch_dtype(dtype)
     pin = torch.device(producer.adapter.device).type == "cuda"
     # Two sets of shard buffers: the model fills one while a thread writes the other to disk.
     buffer_sets = [_shard_buffers(producer.dims, shard_rows, buffer_dtype, pin) for _ in range(2)]
@@ -219,7 +220,7 @@ class CachedActivationSource:
         self.manifest = manifest
         self.hooks: dict[str, int] = {str(k): int(v) for k, v in manifest["hooks"].items()}
         self.n_tokens = int(manifest["n_tokens"])
-        self.dtype = resolve_dtype(manifest["dtype"])
+        self.dtype = torch_dtype(manifest["dtype"])
         self.model_name = str(manifest.get("model_name"))
         self.context_size = int(manifest["context_size"])
         self.shards = [(self.folder / s["file"], int(s["n_tokens"])) for s in manifest["shards"]]

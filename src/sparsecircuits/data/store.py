@@ -41,36 +41,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
+from sparsecircuits.config import torch_dtype
 from sparsecircuits.data.tokenize import TokenSource, check_context_size
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
     from sparsecircuits.models import ModelAdapter
 
-__all__ = ["ActivationStore", "ActivationStoreConfig", "resolve_dtype"]
+__all__ = ["ActivationStore", "ActivationStoreConfig"]
 
 _STATE_VERSION = 1
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
-}
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """Return the torch dtype named by a config string such as ``"float32"`` or ``"bf16"``."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    if name not in _DTYPES:
-        raise SparseCircuitsError(
-            f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}"
-        )
-    return _DTYPES[name]
 
 
 @dataclass
@@ -334,7 +314,7 @@ class ActivationStore:
             contexts = CachedActivationSource(cfg.cache_dir)
         self.cfg = cfg
         self.hooks = hooks
-        self.dtype = resolve_dtype(cfg.dtype)
+        self.dtype = torch_dtype(cfg.dtype)
         self.producer: _RowProducer
         if isinstance(contexts, CachedActivationSource):
             self.producer = contexts.rows(hooks, adapter=adapter)

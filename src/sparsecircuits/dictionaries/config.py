@@ -35,17 +35,11 @@ from typing import Any
 
 import torch
 
-from sparsecircuits.config import unknown_keys_error
+from sparsecircuits.config import dtype_name, torch_dtype, unknown_keys_error
 from sparsecircuits.dictionaries.activations import ACTIVATIONS, Activation, ActivationParams
 from sparsecircuits.errors import SparseCircuitsError
 
 KINDS = ("sae", "transcoder", "skip_transcoder", "clt")
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 # Keys a saved config may hold that set nothing on a dictionary (the TopK kernel choice is
 # `kernels.set_topk_selection`; dead latents are counted by `TrainConfig.dead_tokens`): ignored.
 IGNORED_KEYS = ("sparse_kernels", "dead_tokens_threshold")
@@ -171,10 +165,7 @@ class DictionaryConfig:
             )
         if not self.decoder_init_norm:
             self.decoder_init_norm = 1.0 if self.decoder_norm == "unit" else 0.1
-        if self.dtype not in DTYPES:
-            raise SparseCircuitsError(
-                f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}"
-            )
+        self.dtype = dtype_name(self.dtype)  # cfg.json keeps the canonical name SAELens reads
         if self.aux_k_coefficient < 0:
             raise SparseCircuitsError("aux_k_coefficient must be >= 0")
         if not isinstance(self.training, dict):
@@ -216,7 +207,7 @@ class DictionaryConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         """The `torch.dtype` named by `dtype`."""
-        return DTYPES[self.dtype]
+        return torch_dtype(self.dtype)
 
     def layer_hooks(self) -> tuple[list[str], list[str]]:
         """Input and output hook names per layer of a cross-layer transcoder (templates filled with

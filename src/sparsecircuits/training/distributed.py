@@ -330,6 +330,7 @@ def distributed_train_run(
     rank harvests only its shard of the contexts and rank 0 alone writes `cfg.out`. Returns the
     trained dictionaries (identical on every rank) and the `TrainResult`.
     """
+    from sparsecircuits.config import torch_dtype
     from sparsecircuits.data import ActivationStore, ActivationStoreConfig
     from sparsecircuits.models import load_model
     from sparsecircuits.runs import (
@@ -337,7 +338,6 @@ def distributed_train_run(
         build_dictionaries,
         context_stream,
         store_hooks,
-        torch_dtype,
     )
 
     out = Path(cfg.out)
