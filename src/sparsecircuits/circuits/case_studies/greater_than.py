@@ -530,16 +530,37 @@ def _attribute(
     return _Attributions(target, attr, scores, top, _top_heads(attr, 5))
 
 
-def _ranking_variants(
+def _ablate(
     model: ReplacementModel,
     state: ReplacementState,
     prompts: TaskPrompts,
     cfg: GreaterThanConfig,
     attr: Attribution,
     pd_clean: float,
-) -> dict[str, dict[str, float]]:
-    """Per ranking target (the configured one first): drop from its top-k features zeroed in every
-    prompt, and from each prompt's own top-k."""
+) -> dict[str, Any]:
+    """Step 3: zero features in the live model and measure the fraction of clean PD removed.
+
+    Headline: the k features with the largest mean attribution to the configured target, zeroed
+    in every prompt, vs k random features active in each prompt. Variants, per ranking target
+    (the configured one first): its top-k zeroed in every prompt, and each prompt's own top-k.
+    """
+    rng = random.Random(cfg.seed)
+    random_drops = [
+        _drop_fraction(
+            model, state, prompts, _per_prompt_random_edits(state, cfg.n_random, rng), pd_clean
+        )
+        for _ in range(cfg.random_draws)
+    ]
+    global_random = [
+        _drop_fraction(
+            model,
+            state,
+            prompts,
+            _feature_edits(_random_active_features(state, cfg.n_random, rng)),
+            pd_clean,
+        )
+        for _ in range(cfg.random_draws)
+    ]
     variants: dict[str, dict[str, float]] = {}
     for kind in dict.fromkeys([cfg.target, "prob_diff", "logit_diff"]):
         kind_attr = (
@@ -563,41 +584,6 @@ def _ranking_variants(
                 model, state, prompts, _per_prompt_top_edits(kind_attr, cfg.top_k), pd_clean
             ),
         }
-    return variants
-
-
-def _ablate(
-    model: ReplacementModel,
-    state: ReplacementState,
-    prompts: TaskPrompts,
-    cfg: GreaterThanConfig,
-    attr: Attribution,
-    pd_clean: float,
-) -> dict[str, Any]:
-    """Step 3: zero features in the live model and measure the fraction of clean PD removed.
-
-    Headline: the k features with the largest mean attribution to the configured target, zeroed
-    in every prompt, vs k random features active in each prompt. Variants: each prompt's own
-    top-k, and rankings by the other greater-than target.
-    """
-    rng = random.Random(cfg.seed)
-    random_drops = [
-        _drop_fraction(
-            model, state, prompts, _per_prompt_random_edits(state, cfg.n_random, rng), pd_clean
-        )
-        for _ in range(cfg.random_draws)
-    ]
-    global_random = [
-        _drop_fraction(
-            model,
-            state,
-            prompts,
-            _feature_edits(_random_active_features(state, cfg.n_random, rng)),
-            pd_clean,
-        )
-        for _ in range(cfg.random_draws)
-    ]
-    variants = _ranking_variants(model, state, prompts, cfg, attr, pd_clean)
     return {
         "top10_ablation_drop": variants[cfg.target]["same_features_every_prompt"],
         "random10_ablation_drop": sum(random_drops) / len(random_drops),
