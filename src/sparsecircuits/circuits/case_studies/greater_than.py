@@ -479,15 +479,15 @@ class _Attributions:
 
 
 def _measure_prob_diff(
-    model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, layers: set[int]
+    model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts
 ) -> dict[str, float]:
-    """Step 1: PD of the model, and of the replacement with the error terms of `layers` dropped."""
+    """Step 1: PD of the model, and of the replacement with every transcoder's error dropped."""
     clean = float(_pd(model.adapter.forward(prompts.input_ids), prompts).mean())
     if clean <= 0.05:
         raise SparseCircuitsError(
             f"the model barely does greater-than (PD {clean:.3f}); use a model that solves the task"
         )
-    edits = Edits(drop_errors=layers)
+    edits = Edits(drop_errors=set(model.feature_layers))
     replacement = float(_pd(model.forward_with(state, edits, freeze=False), prompts).mean())
     return {"prob_diff_clean": clean, "prob_diff_replacement": replacement}
 
@@ -737,7 +737,7 @@ def run_greater_than(
     prompts = _prompts(adapter, cfg.n_prompts, cfg.seed)
     state = model.run(prompts.input_ids)
 
-    pd = _measure_prob_diff(model, state, prompts, set(model.feature_layers))
+    pd = _measure_prob_diff(model, state, prompts)
     log(f"PD clean {pd['prob_diff_clean']:.4f}, replacement {pd['prob_diff_replacement']:.4f}")
     found = _attribute(model, state, prompts, cfg)
     (top, value), top_head = found.top_features[0], found.top_heads[0][0]
