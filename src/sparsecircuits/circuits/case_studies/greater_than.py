@@ -463,10 +463,9 @@ def _head_source_features(
 
 @dataclass
 class _Attributions:
-    """Step 2: the target, its attribution, mean feature scores and the top features and heads."""
+    """Step 2: the target's attribution, mean feature scores and the top features and heads."""
 
-    target: Target
-    attribution: Attribution
+    attribution: Attribution  # .target: the configured target
     scores: dict[int, Tensor]  # layer -> [pos, d_sae], mean over prompts
     top_features: list[tuple[FeatureNode, float]]
     top_heads: list[tuple[HeadNode, float]]
@@ -527,7 +526,7 @@ def _attribute(
     attr = attribute(model, state, target, mode="linear", batch_size=16)
     scores = _mean_feature_scores(attr)
     top = _top_features(scores, cfg.top_k)
-    return _Attributions(target, attr, scores, top, _top_heads(attr, 5))
+    return _Attributions(attr, scores, top, _top_heads(attr, 5))
 
 
 def _ablate(
@@ -637,10 +636,11 @@ def _describe_heads(
     """Step 5 (heads): summary rows of the top heads (main sources, OV de-embedding, source
     features)."""
     # the PD direction in the final residual stream (final-norm gain folded, scale left out)
-    assert found.target.direction is not None
+    target = found.attribution.target
+    assert target.direction is not None
     one = torch.ones(1, dtype=model.dtype, device=model.device)
-    pd_direction = pull_back_norm(found.target.direction.mean(0), model.ln_final, one)
-    target_vec = found.target.resid_vector(model, state)
+    pd_direction = pull_back_norm(target.direction.mean(0), model.ln_final, one)
+    target_vec = target.resid_vector(model, state)
     rows = []
     for head_node, value in found.top_heads:
         per_src = found.attribution.patterns[head_node.layer][:, head_node.head].sum(1).mean(0)
@@ -758,7 +758,7 @@ def run_greater_than(
         f"features vs neurons at layer {neurons['features_vs_neurons_layer']}: "
         f"k=1 {kept['1']}, k={cfg.max_k} {kept[str(cfg.max_k)]}"
     )
-    paths = _search_paths(model, state, prompts, cfg, found.target, out)
+    paths = _search_paths(model, state, prompts, cfg, found.attribution.target, out)
 
     summary = {
         "model": adapter.name,
@@ -772,7 +772,7 @@ def run_greater_than(
         "top_heads": heads,
         **neurons,
         **paths,
-        "target": found.target.label,
+        "target": found.attribution.target.label,
         "config": asdict(cfg),
         "runtime_s": time.time() - started,
     }
