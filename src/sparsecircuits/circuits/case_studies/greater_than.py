@@ -505,28 +505,21 @@ def _gt_target(
     )
 
 
-def _top_heads(attr: Attribution, k: int) -> list[tuple[HeadNode, float]]:
-    """The `k` heads with the largest |mean attribution| over prompts."""
-    head_scores = {layer: t.mean(0) for layer, t in attr.heads().items()}  # [h]
-    return sorted(
-        (
-            (HeadNode(layer, h), float(v[h]))
-            for layer, v in head_scores.items()
-            for h in range(v.shape[0])
-        ),
-        key=lambda x: -abs(x[1]),
-    )[:k]
-
-
 def _attribute(
     model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, cfg: GreaterThanConfig
 ) -> _Attributions:
-    """Step 2: attribute the configured target ("linear" features), mean over prompts."""
+    """Step 2: attribute the configured target ("linear" features), mean over prompts; the
+    `cfg.top_k` features with the largest mean attribution and the 5 heads with the largest |mean|."""
     target = _gt_target(model, state, prompts, cfg.target)
     attr = attribute(model, state, target, mode="linear", batch_size=16)
     scores = _mean_feature_scores(attr)
-    top = _top_features(scores, cfg.top_k)
-    return _Attributions(attr, scores, top, _top_heads(attr, 5))
+    heads = [
+        (HeadNode(layer, h), float(v))
+        for layer, t in attr.heads().items()  # [n, h]
+        for h, v in enumerate(t.mean(0))
+    ]
+    top_heads = sorted(heads, key=lambda x: -abs(x[1]))[:5]
+    return _Attributions(attr, scores, _top_features(scores, cfg.top_k), top_heads)
 
 
 def _ablate(
