@@ -419,18 +419,6 @@ def top_activating_examples(
     return out
 
 
-def _year_profile(
-    model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, node: FeatureNode
-) -> dict[str, Any]:
-    """Feature activation vs start year YY, and the feature's direct logit effect on the year tokens."""
-    assert prompts.yy is not None and prompts.year_ids is not None
-    acts = state.feature_acts[node.layer][:, node.pos, node.feature]
-    dla = deembed.feature_logits(model, node.layer, node.feature).scores[
-        prompts.year_ids.to(model.device)
-    ]
-    return {"yy": prompts.yy.tolist(), "activation": acts.tolist(), "year_logits": dla.tolist()}
-
-
 def _head_source_features(
     model: ReplacementModel,
     state: ReplacementState,
@@ -594,17 +582,23 @@ def _describe_features(
     cfg: GreaterThanConfig,
     top: list[tuple[FeatureNode, float]],
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Step 5 (features): summary rows of the top features, and their activation / year-logit
-    profiles by node label."""
+    """Step 5 (features): summary rows of the top features, and their profiles by node label:
+    activation against the start year YY, direct logit effect on the year tokens."""
+    assert prompts.yy is not None and prompts.year_ids is not None
     examples = top_activating_examples(
         model, [n for n, _ in top], cfg.corpus_contexts, cfg.context_size, cfg.examples_per_feature
     )
     rows, profiles = [], {}
     for node, value in top:
-        prof = _year_profile(model, state, prompts, node)
-        profiles[node.label] = prof
-        trend = pearson(list(range(100)), prof["year_logits"])
         acts = state.feature_acts[node.layer][:, node.pos, node.feature]
+        logits = deembed.feature_logits(model, node.layer, node.feature, k=10)
+        year_logits = logits.scores[prompts.year_ids.to(model.device)].tolist()
+        profiles[node.label] = {
+            "yy": prompts.yy.tolist(),
+            "activation": acts.tolist(),
+            "year_logits": year_logits,
+        }
+        trend = pearson(list(range(100)), year_logits)
         rows.append(
             {
                 "node": node.label,
@@ -615,7 +609,7 @@ def _describe_features(
                 "attribution": value,
                 "mean_activation": float(acts.mean()),
                 "deembedding": deembed.deembedding(model, node.layer, node.feature, k=10).to_dict(),
-                "logits": deembed.feature_logits(model, node.layer, node.feature, k=10).to_dict(),
+                "logits": logits.to_dict(),
                 "year_logit_trend": None if trend != trend else trend,
                 "examples": examples.get(node.label, []),
             }
