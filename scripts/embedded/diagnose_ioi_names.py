@@ -23,7 +23,7 @@ import argparse
 import json
 import random
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +38,9 @@ from sparsecircuits.tasks import ioi, run_tasks  # noqa: E402
 from sparsecircuits.tasks.common import batch_token_lists, encode  # noqa: E402
 
 
-def capitalised_words(vocab: Mapping[str, int]) -> dict[str, int]:
-    """Return {word: token id} for every capitalised ASCII-alphabetic single-token word of 2+
-    letters in " Word" form (training and held-out names, other proper nouns, code words)."""
-    return {
-        piece[1:]: i
-        for piece, i in vocab.items()
-        if piece.startswith("Ġ") and piece[1:].isascii() and piece[1:].isalpha()
-        if piece[1].isupper() and len(piece) > 2
-    }
-
-
 def word_pools(vocab: dict[str, int]) -> dict[str, list[str]]:
     """Return single-token word pools (" word" form) by kind; held-out task words excluded."""
     spaced = [p[1:] for p in vocab if p.startswith("Ġ") and p[1:].isascii() and p[1:].isalpha()]
-    capitalised = capitalised_words(vocab)
     train, held = set(ioi.NAMES_TRAIN), set(ioi.NAMES_HELDOUT)
     held_words = set(ioi.PLACES_HELDOUT + ioi.OBJECTS_HELDOUT)
     return {
@@ -62,7 +50,7 @@ def word_pools(vocab: dict[str, int]) -> dict[str, list[str]]:
             w for w in spaced if w.islower() and len(w) >= 3 and w not in held_words
         ),
         "other_capitalised": sorted(
-            w for w in capitalised if len(w) >= 3 and w not in train | held
+            w for w in spaced if w[0].isupper() and len(w) >= 3 and w not in train | held
         ),
     }
 

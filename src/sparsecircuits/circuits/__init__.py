@@ -1,9 +1,10 @@
 """Circuit analysis with transcoders (Dunefsky, Chlenski & Nanda 2024).
 
 * `replacement`: `ReplacementModel` — the LM with transcoders, exact error terms, frozen
-  attention / norms, edits (`Edits`, `FeatureEdit`, `HeadEdit`, ...).
-* `attribution`: targets (feature pre-activation, logit, logit difference, direction, the
-  greater-than metric), one-hop decompositions (features, heads × source positions, embeddings,
+  attention / norms; `edits` (`Edits`, `FeatureEdit`, `HeadEdit`, ...); `state`
+  (`ReplacementState`).
+* `attribution`: targets (feature pre-activation, logit, logit difference, direction, metric
+  gradient), one-hop decompositions (features, heads × source positions, embeddings,
   errors, biases) and exact gradient × activation attributions.
 * `deembed`: input-invariant connections, de-embeddings and feature logits.
 * `paths`: the paper's greedy path search, path → graph merge with error nodes, JSON and PNG.

@@ -50,19 +50,6 @@ def parse_target_spec(spec: str) -> tuple[str, list[int | str]]:
     raise SparseCircuitsError(f"cannot parse target {spec!r}; use {TARGET_SPEC_HELP}")
 
 
-def _start_years(texts: Sequence[str]) -> list[int]:
-    """The two-digit start year YY of each prompt: its first four-digit number, last two digits."""
-    years = []
-    for text in texts:
-        match = re.search(r"\b\d{4}\b", text)
-        if match is None:
-            raise SparseCircuitsError(
-                f"no four-digit start year in prompt {text!r}; write e.g. 'from the year 1732 to the year 17'"
-            )
-        years.append(int(match.group(0)[2:]))
-    return years
-
-
 def target_from_spec(
     model: ReplacementModel,
     state: ReplacementState,
@@ -91,7 +78,14 @@ def target_from_spec(
         raise SparseCircuitsError(
             "the greater-than target needs the prompt texts to read the start years"
         )
-    years = _start_years(texts)
+    years = []  # each prompt's two-digit start year YY
+    for text in texts:
+        match = re.search(r"\b\d{4}\b", text)
+        if match is None:
+            raise SparseCircuitsError(
+                f"no four-digit start year in prompt {text!r}; write e.g. 'from the year 1732 to the year 17'"
+            )
+        years.append(int(match.group(0)[2:]))
     year_ids = year_token_ids(model.adapter.tokenizer)
     gt_kind: Literal["prob_diff", "logit_diff"] = (
         "prob_diff" if kind == "greater-than" else "logit_diff"

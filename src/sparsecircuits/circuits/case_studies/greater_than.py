@@ -419,18 +419,6 @@ def top_activating_examples(
     return out
 
 
-def _year_profile(
-    model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, node: FeatureNode
-) -> dict[str, Any]:
-    """Feature activation vs start year YY, and the feature's direct logit effect on the year tokens."""
-    assert prompts.yy is not None and prompts.year_ids is not None
-    acts = state.feature_acts[node.layer][:, node.pos, node.feature]
-    dla = deembed.feature_logits(model, node.layer, node.feature).scores[
-        prompts.year_ids.to(model.device)
-    ]
-    return {"yy": prompts.yy.tolist(), "activation": acts.tolist(), "year_logits": dla.tolist()}
-
-
 def _head_source_features(
     model: ReplacementModel,
     state: ReplacementState,
@@ -463,10 +451,9 @@ def _head_source_features(
 
 @dataclass
 class _Attributions:
-    """Step 2: the target, its attribution, mean feature scores and the top features and heads."""
+    """Step 2: the target's attribution, mean feature scores and the top features and heads."""
 
-    target: Target
-    attribution: Attribution
+    attribution: Attribution  # .target: the configured target
     scores: dict[int, Tensor]  # layer -> [pos, d_sae], mean over prompts
     top_features: list[tuple[FeatureNode, float]]
     top_heads: list[tuple[HeadNode, float]]
@@ -479,15 +466,15 @@ class _Attributions:
 
 
 def _measure_prob_diff(
-    model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, layers: set[int]
+    model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts
 ) -> dict[str, float]:
-    """Step 1: PD of the model, and of the replacement with the error terms of `layers` dropped."""
+    """Step 1: PD of the model, and of the replacement with every transcoder's error dropped."""
     clean = float(_pd(model.adapter.forward(prompts.input_ids), prompts).mean())
     if clean <= 0.05:
         raise SparseCircuitsError(
             f"the model barely does greater-than (PD {clean:.3f}); use a model that solves the task"
         )
-    edits = Edits(drop_errors=layers)
+    edits = Edits(drop_errors=set(model.feature_layers))
     replacement = float(_pd(model.forward_with(state, edits, freeze=False), prompts).mean())
     return {"prob_diff_clean": clean, "prob_diff_replacement": replacement}
 
@@ -506,40 +493,54 @@ def _gt_target(
     )
 
 
-def _top_heads(attr: Attribution, k: int) -> list[tuple[HeadNode, float]]:
-    """The `k` heads with the largest |mean attribution| over prompts."""
-    head_scores = {layer: t.mean(0) for layer, t in attr.heads().items()}  # [h]
-    return sorted(
-        (
-            (HeadNode(layer, h), float(v[h]))
-            for layer, v in head_scores.items()
-            for h in range(v.shape[0])
-        ),
-        key=lambda x: -abs(x[1]),
-    )[:k]
-
-
 def _attribute(
     model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, cfg: GreaterThanConfig
 ) -> _Attributions:
-    """Step 2: attribute the configured target ("linear" features), mean over prompts."""
+    """Step 2: attribute the configured target ("linear" features), mean over prompts; the
+    `cfg.top_k` features with the largest mean attribution and the 5 heads with the largest |mean|."""
     target = _gt_target(model, state, prompts, cfg.target)
     attr = attribute(model, state, target, mode="linear", batch_size=16)
     scores = _mean_feature_scores(attr)
-    top = _top_features(scores, cfg.top_k)
-    return _Attributions(target, attr, scores, top, _top_heads(attr, 5))
+    heads = [
+        (HeadNode(layer, h), float(v))
+        for layer, t in attr.heads().items()  # [n, h]
+        for h, v in enumerate(t.mean(0))
+    ]
+    top_heads = sorted(heads, key=lambda x: -abs(x[1]))[:5]
+    return _Attributions(attr, scores, _top_features(scores, cfg.top_k), top_heads)
 
 
-def _ranking_variants(
+def _ablate(
     model: ReplacementModel,
     state: ReplacementState,
     prompts: TaskPrompts,
     cfg: GreaterThanConfig,
     attr: Attribution,
     pd_clean: float,
-) -> dict[str, dict[str, float]]:
-    """Per ranking target (the configured one first): drop from its top-k features zeroed in every
-    prompt, and from each prompt's own top-k."""
+) -> dict[str, Any]:
+    """Step 3: zero features in the live model and measure the fraction of clean PD removed.
+
+    Headline: the k features with the largest mean attribution to the configured target, zeroed
+    in every prompt, vs k random features active in each prompt. Variants, per ranking target
+    (the configured one first): its top-k zeroed in every prompt, and each prompt's own top-k.
+    """
+    rng = random.Random(cfg.seed)
+    random_drops = [
+        _drop_fraction(
+            model, state, prompts, _per_prompt_random_edits(state, cfg.n_random, rng), pd_clean
+        )
+        for _ in range(cfg.random_draws)
+    ]
+    global_random = [
+        _drop_fraction(
+            model,
+            state,
+            prompts,
+            _feature_edits(_random_active_features(state, cfg.n_random, rng)),
+            pd_clean,
+        )
+        for _ in range(cfg.random_draws)
+    ]
     variants: dict[str, dict[str, float]] = {}
     for kind in dict.fromkeys([cfg.target, "prob_diff", "logit_diff"]):
         kind_attr = (
@@ -563,41 +564,6 @@ def _ranking_variants(
                 model, state, prompts, _per_prompt_top_edits(kind_attr, cfg.top_k), pd_clean
             ),
         }
-    return variants
-
-
-def _ablate(
-    model: ReplacementModel,
-    state: ReplacementState,
-    prompts: TaskPrompts,
-    cfg: GreaterThanConfig,
-    attr: Attribution,
-    pd_clean: float,
-) -> dict[str, Any]:
-    """Step 3: zero features in the live model and measure the fraction of clean PD removed.
-
-    Headline: the k features with the largest mean attribution to the configured target, zeroed
-    in every prompt, vs k random features active in each prompt. Variants: each prompt's own
-    top-k, and rankings by the other greater-than target.
-    """
-    rng = random.Random(cfg.seed)
-    random_drops = [
-        _drop_fraction(
-            model, state, prompts, _per_prompt_random_edits(state, cfg.n_random, rng), pd_clean
-        )
-        for _ in range(cfg.random_draws)
-    ]
-    global_random = [
-        _drop_fraction(
-            model,
-            state,
-            prompts,
-            _feature_edits(_random_active_features(state, cfg.n_random, rng)),
-            pd_clean,
-        )
-        for _ in range(cfg.random_draws)
-    ]
-    variants = _ranking_variants(model, state, prompts, cfg, attr, pd_clean)
     return {
         "top10_ablation_drop": variants[cfg.target]["same_features_every_prompt"],
         "random10_ablation_drop": sum(random_drops) / len(random_drops),
@@ -616,17 +582,23 @@ def _describe_features(
     cfg: GreaterThanConfig,
     top: list[tuple[FeatureNode, float]],
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Step 5 (features): summary rows of the top features, and their activation / year-logit
-    profiles by node label."""
+    """Step 5 (features): summary rows of the top features, and their profiles by node label:
+    activation against the start year YY, direct logit effect on the year tokens."""
+    assert prompts.yy is not None and prompts.year_ids is not None
     examples = top_activating_examples(
         model, [n for n, _ in top], cfg.corpus_contexts, cfg.context_size, cfg.examples_per_feature
     )
     rows, profiles = [], {}
     for node, value in top:
-        prof = _year_profile(model, state, prompts, node)
-        profiles[node.label] = prof
-        trend = pearson(list(range(100)), prof["year_logits"])
         acts = state.feature_acts[node.layer][:, node.pos, node.feature]
+        logits = deembed.feature_logits(model, node.layer, node.feature, k=10)
+        year_logits = logits.scores[prompts.year_ids.to(model.device)].tolist()
+        profiles[node.label] = {
+            "yy": prompts.yy.tolist(),
+            "activation": acts.tolist(),
+            "year_logits": year_logits,
+        }
+        trend = pearson(list(range(100)), year_logits)
         rows.append(
             {
                 "node": node.label,
@@ -637,7 +609,7 @@ def _describe_features(
                 "attribution": value,
                 "mean_activation": float(acts.mean()),
                 "deembedding": deembed.deembedding(model, node.layer, node.feature, k=10).to_dict(),
-                "logits": deembed.feature_logits(model, node.layer, node.feature, k=10).to_dict(),
+                "logits": logits.to_dict(),
                 "year_logit_trend": None if trend != trend else trend,
                 "examples": examples.get(node.label, []),
             }
@@ -651,10 +623,11 @@ def _describe_heads(
     """Step 5 (heads): summary rows of the top heads (main sources, OV de-embedding, source
     features)."""
     # the PD direction in the final residual stream (final-norm gain folded, scale left out)
-    assert found.target.direction is not None
+    target = found.attribution.target
+    assert target.direction is not None
     one = torch.ones(1, dtype=model.dtype, device=model.device)
-    pd_direction = pull_back_norm(found.target.direction.mean(0), model.ln_final, one)
-    target_vec = found.target.resid_vector(model, state)
+    pd_direction = pull_back_norm(target.direction.mean(0), model.ln_final, one)
+    target_vec = target.resid_vector(model, state)
     rows = []
     for head_node, value in found.top_heads:
         per_src = found.attribution.patterns[head_node.layer][:, head_node.head].sum(1).mean(0)
@@ -751,7 +724,7 @@ def run_greater_than(
     prompts = _prompts(adapter, cfg.n_prompts, cfg.seed)
     state = model.run(prompts.input_ids)
 
-    pd = _measure_prob_diff(model, state, prompts, set(model.feature_layers))
+    pd = _measure_prob_diff(model, state, prompts)
     log(f"PD clean {pd['prob_diff_clean']:.4f}, replacement {pd['prob_diff_replacement']:.4f}")
     found = _attribute(model, state, prompts, cfg)
     (top, value), top_head = found.top_features[0], found.top_heads[0][0]
@@ -772,7 +745,7 @@ def run_greater_than(
         f"features vs neurons at layer {neurons['features_vs_neurons_layer']}: "
         f"k=1 {kept['1']}, k={cfg.max_k} {kept[str(cfg.max_k)]}"
     )
-    paths = _search_paths(model, state, prompts, cfg, found.target, out)
+    paths = _search_paths(model, state, prompts, cfg, found.attribution.target, out)
 
     summary = {
         "model": adapter.name,
@@ -786,7 +759,7 @@ def run_greater_than(
         "top_heads": heads,
         **neurons,
         **paths,
-        "target": found.target.label,
+        "target": found.attribution.target.label,
         "config": asdict(cfg),
         "runtime_s": time.time() - started,
     }

@@ -25,26 +25,8 @@ def write_results(summary: dict[str, Any], profiles: dict[str, dict[str, Any]], 
 
 def report_markdown(summary: dict[str, Any]) -> str:
     """Return the markdown report of a study summary (it links the PNGs written beside it)."""
+    s = summary
     lines = [
-        *_prob_diff_section(summary),
-        *_checks_section(summary),
-        *_features_section(summary),
-        *_heads_section(summary),
-        *_neurons_section(summary),
-        *_paths_section(summary),
-    ]
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------- report sections
-
-
-def _fmt(x: Any) -> str:
-    return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
-
-
-def _prob_diff_section(s: dict[str, Any]) -> list[str]:
-    return [
         "# Greater-than circuit with transcoders",
         "",
         f"Model `{s['model']}`, transcoders at layers {s['transcoder_layers']}, {s['n_prompts']} held-out prompts "
@@ -73,11 +55,6 @@ def _prob_diff_section(s: dict[str, Any]) -> list[str]:
         "Ablations zero feature activations; attention, norms and all later transcoders are recomputed "
         "(live model), error terms stay at their clean values.",
         "",
-    ]
-
-
-def _checks_section(s: dict[str, Any]) -> list[str]:
-    lines = [
         "## Attribution vs intervention (top nodes, each ablated on every prompt)",
         "",
         f"Attribution target: {s['target']}.",
@@ -91,17 +68,17 @@ def _checks_section(s: dict[str, Any]) -> list[str]:
         "",
         "| node | attribution | frozen effect | live effect | live PD effect |",
         "|---|---|---|---|---|",
-    ]
-    for row in s["node_checks"]:
-        lines.append(
+        *[
             f"| {row['node']} | {row['attribution']:.4f} | {row['frozen_effect']:.4f} | "
             f"{row['live_effect']:.4f} | {row['live_pd_effect']:.4f} |"
-        )
-    return [*lines, "", "![top attributions](top_attributions.png)", ""]
-
-
-def _features_section(s: dict[str, Any]) -> list[str]:
-    lines = ["## Top features", ""]
+            for row in s["node_checks"]
+        ],
+        "",
+        "![top attributions](top_attributions.png)",
+        "",
+        "## Top features",
+        "",
+    ]
     for f in s["top_features"]:
         lines += [
             f"### {f['node']} (mean attribution {f['attribution']:.4f}, mean activation {f['mean_activation']:.3f})",
@@ -109,15 +86,13 @@ def _features_section(s: dict[str, Any]) -> list[str]:
             f"* de-embedding (top tokens): {', '.join(repr(t) for t, _ in f['deembedding']['top'][:8])}",
             f"* output logits (top tokens): {', '.join(repr(t) for t, _ in f['logits']['top'][:8])}",
             f"* year-token logits correlate with YY order: r = {_fmt(f['year_logit_trend'])}",
+            *[
+                f"* held-out example ({ex['activation']:.2f}): `{ex['text']}`"
+                for ex in f["examples"][:3]
+            ],
+            "",
         ]
-        for ex in f["examples"][:3]:
-            lines.append(f"* held-out example ({ex['activation']:.2f}): `{ex['text']}`")
-        lines.append("")
-    return [*lines, "![year profiles](year_profiles.png)", ""]
-
-
-def _heads_section(s: dict[str, Any]) -> list[str]:
-    lines = ["## Top heads", ""]
+    lines += ["![year profiles](year_profiles.png)", "", "## Top heads", ""]
     for h in s["top_heads"]:
         srcs = ", ".join(f"{t!r}@{p} ({v:.3f})" for p, t, v in h["top_sources"])
         lines.append(f"* {h['node']}: attribution {h['attribution']:.4f}; main sources {srcs}")
@@ -126,12 +101,8 @@ def _heads_section(s: dict[str, Any]) -> list[str]:
                 f"  * reads {f['node']} ({f['contribution']:.4f} directly to the target), "
                 f"de-embedding {', '.join(repr(t) for t in f['deembedding'])}"
             )
-    return lines
-
-
-def _neurons_section(s: dict[str, Any]) -> list[str]:
-    fvn = s["features_vs_neurons"]
-    lines = [
+    fvn, check = s["features_vs_neurons"], s["graph_verification"]
+    lines += [
         "",
         f"## Features vs neurons (layer {s['features_vs_neurons_layer']})",
         "",
@@ -140,16 +111,14 @@ def _neurons_section(s: dict[str, Any]) -> list[str]:
         "",
         "| k | features | neurons |",
         "|---|---|---|",
-    ]
-    for k in (1, 2, 4, 8, 16, 32):
-        if str(k) in fvn:
-            lines.append(f"| {k} | {fvn[str(k)]['features']:.3f} | {fvn[str(k)]['neurons']:.3f} |")
-    return [*lines, "", "![features vs neurons](features_vs_neurons.png)", ""]
-
-
-def _paths_section(s: dict[str, Any]) -> list[str]:
-    check = s["graph_verification"]
-    return [
+        *[
+            f"| {k} | {fvn[str(k)]['features']:.3f} | {fvn[str(k)]['neurons']:.3f} |"
+            for k in (1, 2, 4, 8, 16, 32)
+            if str(k) in fvn
+        ],
+        "",
+        "![features vs neurons](features_vs_neurons.png)",
+        "",
         "## Path search (prompt 0)",
         "",
         f"Graph: `graph.json`, ![graph](graph.png). Top-node verification (exact frozen): max rel. error "
@@ -161,6 +130,11 @@ def _paths_section(s: dict[str, Any]) -> list[str]:
         "```",
         "",
     ]
+    return "\n".join(lines)
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
 # ---------------------------------------------------------------------------- plots
