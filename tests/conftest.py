@@ -40,21 +40,3 @@ def tiny_adapter(tiny_model_dir: Callable[[str], Path], tiny_family: str):
     from sparsecircuits.models import load_model
 
     return load_model(tiny_model_dir(tiny_family), device="cpu")
-
-
-@pytest.fixture(scope="session")
-def copy_one_layer_clt():
-    """Return `copy(clt, transcoder)`: give a per-layer transcoder a one-layer CLT's weights
-    (encoder, biases, its only decoder block, its activation's state such as JumpReLU
-    thresholds), so the two compute the same map."""
-
-    def copy(clt, transcoder) -> None:  # type: ignore[no-untyped-def]
-        with torch.no_grad():
-            transcoder.W_enc.copy_(clt.W_enc[0])
-            transcoder.b_enc.copy_(clt.b_enc[0])
-            transcoder.b_in.copy_(clt.b_in[0])
-            transcoder.W_dec.copy_(clt.W_dec[0][:, 0])
-            transcoder.b_dec.copy_(clt.b_dec[0])
-            transcoder.activation.load_state_dict(clt.activations[0].state_dict())
-
-    return copy

@@ -27,6 +27,7 @@ from sparsecircuits.dictionaries import (
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.interpret import DashboardConfig, compute_dashboards
 from sparsecircuits.models import load_model
+from testkit import copy_one_layer_clt
 
 PROMPT = "The cat saw the house in the year 1732"
 
@@ -129,7 +130,7 @@ def test_live_edit_of_a_layer0_feature_changes_later_mlp_outputs_by_its_blocks(a
 # ---------------------------------------------------------------------------- one-layer CLT
 
 
-def test_one_layer_clt_equals_the_per_layer_transcoder(adapter, copy_one_layer_clt):
+def test_one_layer_clt_equals_the_per_layer_transcoder(adapter):
     layer = 1  # hooks without "{layer}": the one CLT layer sits at model layer 1
     clt = make_clt(
         adapter,

@@ -16,13 +16,14 @@ from sparsecircuits.dictionaries import (
     make,
 )
 from sparsecircuits.errors import SparseCircuitsError
+from testkit import build_dictionary, randomize_parameters
 
 
 @pytest.mark.parametrize("architecture", ["relu", "topk"])
 @pytest.mark.parametrize("kind", ["sae", "transcoder", "skip_transcoder"])
-def test_shapes_and_loss_parts(architecture: str, kind: str, gen: torch.Generator, build) -> None:
+def test_shapes_and_loss_parts(architecture: str, kind: str, gen: torch.Generator) -> None:
     d_out = None if kind == "sae" else 9
-    dictionary = build(architecture, kind, d_out=d_out)
+    dictionary = build_dictionary(architecture, kind, d_out=d_out)
     assert isinstance(dictionary, Dictionary) and dictionary.cfg.kind == kind
     x = torch.randn(30, 12, generator=gen)
     target = None if kind == "sae" else torch.randn(30, 9, generator=gen)
@@ -43,8 +44,8 @@ def test_shapes_and_loss_parts(architecture: str, kind: str, gen: torch.Generato
     assert int(parts["fired_counts"].sum()) == round(float(parts["l0"]) * 30)
 
 
-def test_transcoder_needs_target_and_widths_are_checked(gen: torch.Generator, build) -> None:
-    transcoder = build("topk", "transcoder", d_out=9)
+def test_transcoder_needs_target_and_widths_are_checked(gen: torch.Generator) -> None:
+    transcoder = build_dictionary("topk", "transcoder", d_out=9)
     x = torch.randn(4, 12, generator=gen)
     with pytest.raises(SparseCircuitsError, match="target"):
         transcoder.loss(x)
@@ -72,8 +73,8 @@ def test_config_errors() -> None:
     assert DictionaryConfig(architecture="relu", d_in=4, d_sae=8).decoder_norm == "free"
 
 
-def test_topk_keeps_exactly_k_nonzeros(gen: torch.Generator, build) -> None:
-    dictionary = build("topk", k=5)
+def test_topk_keeps_exactly_k_nonzeros(gen: torch.Generator) -> None:
+    dictionary = build_dictionary("topk", k=5)
     with torch.no_grad():
         dictionary.b_enc.fill_(10.0)  # every pre-activation positive, so exactly k survive the ReLU
     acts = dictionary.encode(torch.randn(50, 12, generator=gen))
@@ -81,14 +82,14 @@ def test_topk_keeps_exactly_k_nonzeros(gen: torch.Generator, build) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sae", "transcoder", "skip_transcoder"])
-def test_sparse_path_equals_dense_path(kind: str, gen: torch.Generator, build, randomize) -> None:
+def test_sparse_path_equals_dense_path(kind: str, gen: torch.Generator) -> None:
     x = torch.randn(40, 12, generator=gen)
     target = torch.randn(40, 12, generator=gen) if kind != "sae" else None
     dead_mask = torch.arange(48) % 4 == 0
     results = []
     for sparse in (True, False):
-        dictionary = build("topk", kind, d_out=12 if kind != "sae" else None)
-        randomize(dictionary)
+        dictionary = build_dictionary("topk", kind, d_out=12 if kind != "sae" else None)
+        randomize_parameters(dictionary)
         with contextlib.nullcontext() if sparse else kernels.dense_reference():
             loss, parts = dictionary.loss(x, target, dead_mask=dead_mask)
             loss.backward()
@@ -105,9 +106,9 @@ def test_sparse_path_equals_dense_path(kind: str, gen: torch.Generator, build, r
         assert float((sparse_param.grad - dense_param.grad).abs().max() / scale) <= 1e-5, name
 
 
-def test_relu_l1_is_weighted_by_decoder_norms(gen: torch.Generator, build, randomize) -> None:
-    dictionary = build("relu", l1_coefficient=0.5)
-    randomize(dictionary)
+def test_relu_l1_is_weighted_by_decoder_norms(gen: torch.Generator) -> None:
+    dictionary = build_dictionary("relu", l1_coefficient=0.5)
+    randomize_parameters(dictionary)
     x = torch.randn(20, 12, generator=gen)
     _, parts = dictionary.loss(x)
     acts = dictionary.encode(x)
@@ -122,12 +123,10 @@ def test_relu_l1_is_weighted_by_decoder_norms(gen: torch.Generator, build, rando
     torch.testing.assert_close(doubled["loss"], (mse + doubled["sparsity"]).detach())
 
 
-def test_decoder_normalisation_and_parallel_grad_removal(
-    gen: torch.Generator, build, randomize
-) -> None:
-    dictionary = build("topk")
+def test_decoder_normalisation_and_parallel_grad_removal(gen: torch.Generator) -> None:
+    dictionary = build_dictionary("topk")
     torch.testing.assert_close(dictionary.W_dec.norm(dim=1), torch.ones(48))
-    randomize(dictionary)
+    randomize_parameters(dictionary)
     x = torch.randn(30, 12, generator=gen)
     loss, _ = dictionary.loss(x)
     loss.backward()
@@ -143,19 +142,17 @@ def test_decoder_normalisation_and_parallel_grad_removal(
     torch.testing.assert_close(dictionary.W_dec.norm(dim=1), torch.ones(48))
 
 
-def test_relu_decoder_norms_stay_free(gen: torch.Generator, build, randomize) -> None:
-    dictionary = build("relu")
-    randomize(dictionary)
+def test_relu_decoder_norms_stay_free(gen: torch.Generator) -> None:
+    dictionary = build_dictionary("relu")
+    randomize_parameters(dictionary)
     norms = dictionary.W_dec.norm(dim=1).clone()
     dictionary.after_optimizer_step()
     assert torch.equal(dictionary.W_dec.norm(dim=1), norms)
 
 
-def test_auxk_zero_without_dead_and_positive_with_dead(
-    gen: torch.Generator, build, randomize
-) -> None:
-    dictionary = build("topk")
-    randomize(dictionary)
+def test_auxk_zero_without_dead_and_positive_with_dead(gen: torch.Generator) -> None:
+    dictionary = build_dictionary("topk")
+    randomize_parameters(dictionary)
     x = torch.randn(30, 12, generator=gen)
     _, none_given = dictionary.loss(x)
     _, none_dead = dictionary.loss(x, dead_mask=torch.zeros(48, dtype=torch.bool))
@@ -170,8 +167,8 @@ def test_auxk_zero_without_dead_and_positive_with_dead(
     assert float(dictionary.W_enc.grad[:, :20].abs().sum()) > 0  # AuxK trains dead encoders too
 
 
-def test_init_biases_from_data(gen: torch.Generator, build) -> None:
-    transcoder = build("topk", "transcoder", d_out=9)
+def test_init_biases_from_data(gen: torch.Generator) -> None:
+    transcoder = build_dictionary("topk", "transcoder", d_out=9)
     x = torch.randn(200, 12, generator=gen) + 3.0
     y = torch.randn(200, 9, generator=gen) - 2.0
     transcoder.init_biases_from_data(x, y)
@@ -191,22 +188,24 @@ def test_geometric_median_resists_outliers(gen: torch.Generator) -> None:
     assert float(directions.sum(0).norm()) < 1e-3 * len(points)
 
 
-def test_init_is_seeded_and_sae_encoder_is_decoder_transpose(build) -> None:
-    a, b = build("topk", seed=3), build("topk", seed=3)
+def test_init_is_seeded_and_sae_encoder_is_decoder_transpose() -> None:
+    a, b = build_dictionary("topk", seed=3), build_dictionary("topk", seed=3)
     assert torch.equal(a.W_dec, b.W_dec)
-    assert not torch.equal(a.W_dec, build("topk", seed=4).W_dec)
+    assert not torch.equal(a.W_dec, build_dictionary("topk", seed=4).W_dec)
     assert torch.equal(a.W_enc, a.W_dec.T)
-    relu = build("relu")
+    relu = build_dictionary("relu")
     torch.testing.assert_close(relu.W_dec.norm(dim=1), torch.full((48,), 0.1))
 
 
-def test_make_dictionary_and_dtype(build) -> None:
+def test_make_dictionary_and_dtype() -> None:
     cfg = DictionaryConfig(
         architecture="relu", kind="transcoder", d_in=4, d_sae=8, d_out=6, dtype="float64"
     )
     transcoder = make(cfg)
     assert isinstance(transcoder, Dictionary) and transcoder.W_dec.dtype == torch.float64
-    assert transcoder.W_skip is None and build("relu", "skip_transcoder").W_skip.shape == (12, 12)
+    assert transcoder.W_skip is None and build_dictionary(
+        "relu", "skip_transcoder"
+    ).W_skip.shape == (12, 12)
     clt_cfg = DictionaryConfig(
         architecture="relu",
         kind="clt",

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from sparsecircuits.dictionaries import load, load_transcoders, save_dictionary
 from sparsecircuits.dictionaries.io import CFG_FILENAME, EXTRA_WEIGHTS_FILENAME, WEIGHTS_FILENAME
 from sparsecircuits.errors import SparseCircuitsError
+from testkit import build_dictionary, randomize_parameters
 
 CASES = [
     ("relu", "sae"),
@@ -24,16 +25,14 @@ CASES = [
 
 
 @pytest.mark.parametrize(("architecture", "kind"), CASES)
-def test_round_trip_is_bit_exact(
-    architecture: str, kind: str, tmp_path: Path, build, randomize, gen
-) -> None:  # type: ignore[no-untyped-def]
-    dictionary = build(
+def test_round_trip_is_bit_exact(architecture: str, kind: str, tmp_path: Path, gen) -> None:  # type: ignore[no-untyped-def]
+    dictionary = build_dictionary(
         architecture,
         kind,
         d_out=None if kind == "sae" else 9,
         training={"lr": 1e-3, "context_size": 64},
     )
-    randomize(dictionary)
+    randomize_parameters(dictionary)
     save_dictionary(dictionary, tmp_path / "a")
     loaded = load(tmp_path / "a")
     assert type(loaded) is type(dictionary) and loaded.cfg == dictionary.cfg
@@ -48,8 +47,10 @@ def test_round_trip_is_bit_exact(
         assert (tmp_path / "a" / filename).read_bytes() == (tmp_path / "b" / filename).read_bytes()
 
 
-def test_cfg_json_has_saelens_keys(tmp_path: Path, build) -> None:  # type: ignore[no-untyped-def]
-    save_dictionary(build("topk", "transcoder", d_out=12, training={"context_size": 64}), tmp_path)
+def test_cfg_json_has_saelens_keys(tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    save_dictionary(
+        build_dictionary("topk", "transcoder", d_out=12, training={"context_size": 64}), tmp_path
+    )
     raw = json.loads((tmp_path / CFG_FILENAME).read_text())
     assert raw["architecture"] == "topk" and raw["k"] == 4 and raw["d_out"] == 12
     assert raw["apply_b_dec_to_input"] is False and raw["normalize_activations"] == "none"
@@ -62,9 +63,9 @@ def test_cfg_json_has_saelens_keys(tmp_path: Path, build) -> None:  # type: igno
     assert sorted(weights) == ["W_dec", "W_enc", "b_dec", "b_enc"]
 
 
-def test_extensions_are_named_and_flagged(tmp_path: Path, build) -> None:  # type: ignore[no-untyped-def]
-    save_dictionary(build("topk", "transcoder", d_out=9), tmp_path / "t")
-    save_dictionary(build("topk", "skip_transcoder", d_out=12), tmp_path / "s")
+def test_extensions_are_named_and_flagged(tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    save_dictionary(build_dictionary("topk", "transcoder", d_out=9), tmp_path / "t")
+    save_dictionary(build_dictionary("topk", "skip_transcoder", d_out=12), tmp_path / "s")
     for folder, name in (("t", "topk_transcoder"), ("s", "topk_skip_transcoder")):
         raw = json.loads((tmp_path / folder / CFG_FILENAME).read_text())
         assert raw["architecture"] == name and raw["sparsecircuits"]["saelens_loadable"] is False
@@ -73,10 +74,10 @@ def test_extensions_are_named_and_flagged(tmp_path: Path, build) -> None:  # typ
 
 @pytest.mark.parametrize(("architecture", "kind"), CASES)
 def test_folded_input_bias_gives_same_outputs(
-    architecture: str, kind: str, tmp_path: Path, build, randomize, gen
+    architecture: str, kind: str, tmp_path: Path, gen
 ) -> None:  # type: ignore[no-untyped-def]
-    dictionary = build(architecture, kind, d_out=None if kind == "sae" else 9)
-    randomize(dictionary)
+    dictionary = build_dictionary(architecture, kind, d_out=None if kind == "sae" else 9)
+    randomize_parameters(dictionary)
     save_dictionary(dictionary, tmp_path)
     (tmp_path / EXTRA_WEIGHTS_FILENAME).unlink()  # what SAELens sees: b_in folded into b_enc
     folded = load(tmp_path)
@@ -86,13 +87,13 @@ def test_folded_input_bias_gives_same_outputs(
     torch.testing.assert_close(folded.encode(x), dictionary.encode(x), rtol=1e-5, atol=1e-5)
 
 
-def test_bad_folders_raise_clear_errors(tmp_path: Path, build) -> None:  # type: ignore[no-untyped-def]
+def test_bad_folders_raise_clear_errors(tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SparseCircuitsError, match="no dictionary folder"):
         load(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(SparseCircuitsError, match="no cfg.json"):
         load(tmp_path / "empty")
-    save_dictionary(build("topk"), tmp_path / "good")
+    save_dictionary(build_dictionary("topk"), tmp_path / "good")
     cfg_path = tmp_path / "good" / CFG_FILENAME
     good_cfg = cfg_path.read_text()
     cfg_path.write_text("{not json")
@@ -112,7 +113,7 @@ def test_bad_folders_raise_clear_errors(tmp_path: Path, build) -> None:  # type:
     (tmp_path / "good" / WEIGHTS_FILENAME).write_bytes(b"garbage")
     with pytest.raises(SparseCircuitsError, match="corrupt"):
         load(tmp_path / "good")
-    save_dictionary(build("topk"), tmp_path / "good")
+    save_dictionary(build_dictionary("topk"), tmp_path / "good")
     weights = load_file(str(tmp_path / "good" / WEIGHTS_FILENAME))
     weights["W_dec"] = weights["W_dec"][:5].contiguous()
     save_file(weights, str(tmp_path / "good" / WEIGHTS_FILENAME))
@@ -120,9 +121,9 @@ def test_bad_folders_raise_clear_errors(tmp_path: Path, build) -> None:  # type:
         load(tmp_path / "good")
 
 
-def test_load_transcoders_by_layer(tmp_path: Path, build) -> None:  # type: ignore[no-untyped-def]
+def test_load_transcoders_by_layer(tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     for layer in (2, 0):
-        transcoder = build("topk", "transcoder", d_out=12)
+        transcoder = build_dictionary("topk", "transcoder", d_out=12)
         transcoder.cfg.hook_in, transcoder.cfg.hook_out = (
             f"blocks.{layer}.hook_mlp_in",
             f"blocks.{layer}.hook_mlp_out",
@@ -130,7 +131,7 @@ def test_load_transcoders_by_layer(tmp_path: Path, build) -> None:  # type: igno
         save_dictionary(transcoder, tmp_path / f"layer_{layer}")
     loaded = load_transcoders(tmp_path)
     assert list(loaded) == [0, 2] and loaded[2].cfg.hook_out == "blocks.2.hook_mlp_out"
-    save_dictionary(build("topk"), tmp_path / "sae")
+    save_dictionary(build_dictionary("topk"), tmp_path / "sae")
     with pytest.raises(SparseCircuitsError, match="not a per-layer transcoder"):
         load_transcoders(tmp_path)
     with pytest.raises(SparseCircuitsError, match="no transcoder folder"):
@@ -150,8 +151,8 @@ def test_load_transcoders_embedded_is_guarded() -> None:
     pytest.skip("the embedded model exists; its transcoders are tested with it")
 
 
-def test_unserialisable_training_config_is_rejected_before_writing(tmp_path: Path, build) -> None:  # type: ignore[no-untyped-def]
-    dictionary = build("topk", training={"bad": object()})
+def test_unserialisable_training_config_is_rejected_before_writing(tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dictionary = build_dictionary("topk", training={"bad": object()})
     with pytest.raises(SparseCircuitsError, match="JSON"):
         save_dictionary(dictionary, tmp_path / "x")
     assert not (tmp_path / "x").exists()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sparsecircuits.dictionaries import load, save_dictionary
+from testkit import build_dictionary, randomize_parameters
 
 sae_lens = pytest.importorskip("sae_lens")
 
@@ -22,10 +23,10 @@ CASES = [
 
 @pytest.mark.parametrize(("architecture", "kind", "d_out", "saelens_name"), CASES)
 def test_saelens_loads_our_folders(
-    architecture, kind, d_out, saelens_name, tmp_path: Path, build, randomize, gen
+    architecture, kind, d_out, saelens_name, tmp_path: Path, gen
 ) -> None:  # type: ignore[no-untyped-def]
-    dictionary = build(architecture, kind, d_out=d_out)
-    randomize(dictionary)
+    dictionary = build_dictionary(architecture, kind, d_out=d_out)
+    randomize_parameters(dictionary)
     save_dictionary(dictionary, tmp_path)
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path), device="cpu")
     assert theirs.cfg.architecture() == saelens_name
@@ -76,10 +77,10 @@ VARIANT_CASES = [
 
 @pytest.mark.parametrize(("architecture", "kind", "d_out", "saelens_name"), VARIANT_CASES)
 def test_saelens_loads_variants(
-    architecture, kind, d_out, saelens_name, tmp_path: Path, build, randomize, gen
+    architecture, kind, d_out, saelens_name, tmp_path: Path, gen
 ) -> None:  # type: ignore[no-untyped-def]
-    dictionary = build(architecture, kind, d_out=d_out)
-    randomize(dictionary)
+    dictionary = build_dictionary(architecture, kind, d_out=d_out)
+    randomize_parameters(dictionary)
     with torch.no_grad():
         if architecture == "jumprelu":
             dictionary.activation.log_threshold.fill_(-1.0)

@@ -21,6 +21,7 @@ from sparsecircuits.dictionaries import (
 from sparsecircuits.dictionaries.activations.mp import matching_pursuit
 from sparsecircuits.dictionaries.activations.topafa import afa_choose_k
 from sparsecircuits.errors import SparseCircuitsError
+from testkit import copy_one_layer_clt
 
 ALL_SAE_ARCHITECTURES = ["relu", "topk", "batchtopk", "jumprelu", "abstopk", "topafa", "mp"]
 
@@ -274,7 +275,7 @@ def test_jumprelu_threshold_gradients_follow_rectangle_kernel() -> None:
     [("relu", "step"), ("jumprelu", "tanh"), ("jumprelu", "step"), ("topk", "step")],
 )
 def test_clt_with_one_layer_equals_a_transcoder(
-    architecture: str, sparsity: str, gen: torch.Generator, copy_one_layer_clt
+    architecture: str, sparsity: str, gen: torch.Generator
 ) -> None:  # type: ignore[no-untyped-def]
     common = {
         "architecture": architecture,

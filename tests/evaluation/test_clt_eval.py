@@ -11,6 +11,7 @@ from sparsecircuits.dictionaries import CrossLayerTranscoder, DictionaryConfig, 
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.evaluation import evaluate_dictionaries, spliced_losses
 from sparsecircuits.evaluation.splice import splice
+from testkit import copy_one_layer_clt
 
 IDENTITY_KEYS = {"name", "kind", "hook_in", "hook_out", "n_layers", "layers"}
 
@@ -47,7 +48,7 @@ def _clt(adapter, n_layers: int, architecture: str = "topk", seed: int = 0) -> C
 
 @pytest.mark.parametrize("architecture", ["topk", "relu", "jumprelu"])
 def test_one_layer_clt_gives_exactly_the_transcoders_metrics(
-    gpt2, batches, copy_one_layer_clt, architecture: str
+    gpt2, batches, architecture: str
 ) -> None:  # type: ignore[no-untyped-def]
     clt = _clt(gpt2, 1, architecture)
     transcoder = make(

@@ -4,7 +4,6 @@ edit."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +26,7 @@ from sparsecircuits.dictionaries.activations.base import (
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.runs import DictionarySpec
 from sparsecircuits.training import TrainConfig, Trainer
-
-_spec = importlib.util.spec_from_file_location("fakes", Path(__file__).with_name("fakes.py"))
-fakes = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fakes)  # type: ignore[union-attr]
+from testkit import SyntheticStore
 
 D = 16
 
@@ -85,7 +81,7 @@ def test_the_family_setting_is_routed_and_validated(shrink_family: None) -> None
 
 
 def _first_batch_loss(dictionary) -> float:  # type: ignore[no-untyped-def]
-    x, target = dictionary.inputs_from(fakes.SyntheticStore(d=D).next_batch())
+    x, target = dictionary.inputs_from(SyntheticStore(d=D).next_batch())
     with torch.no_grad():
         return float(dictionary.loss(x, target)[0])
 
@@ -99,9 +95,7 @@ def test_a_new_family_trains_saves_and_loads(
         total_tokens=64 * 120, batch_tokens=64, lr=1e-2, warmup_steps=3, quiet=True, seed=0
     )
     before = _first_batch_loss(dictionary)
-    result = Trainer(
-        fakes.SyntheticStore(d=D), {"new": dictionary}, train, out_dir=tmp_path
-    ).train()
+    result = Trainer(SyntheticStore(d=D), {"new": dictionary}, train, out_dir=tmp_path).train()
     assert result.steps == 120
     assert result.metrics["new"]["fvu"] < 0.5
     assert _first_batch_loss(dictionary) < before

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,11 +9,7 @@ import torch
 
 from sparsecircuits.dictionaries import DictionaryConfig, load, make
 from sparsecircuits.training import TrainConfig, Trainer, TrainingStopped, latest_checkpoint
-
-_spec = importlib.util.spec_from_file_location("fakes", Path(__file__).with_name("fakes.py"))
-fakes = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fakes)  # type: ignore[union-attr]
-SyntheticStore = fakes.SyntheticStore
+from testkit import SyntheticStore
 
 D = 16
 

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from testkit import topk_transcoders
+
 # Dataset and prompt text that would run script if any of it reached innerHTML.
 XSS_TEXTS = [
     "<script>window.__xss = 1</script> the cat saw the house",
@@ -15,25 +17,6 @@ XSS_TEXTS = [
     "<b>bold</b> & <i>it</i> in the year 1999 or 42",
 ]
 XSS_PROMPT = 'The cat <img src=x onerror="window.__xss=3"> saw the house in the year 17'
-
-
-def _transcoders(adapter):
-    from sparsecircuits.dictionaries import DictionaryConfig, make
-
-    out = {}
-    for layer in range(adapter.n_layers):
-        cfg = DictionaryConfig(
-            architecture="topk",
-            kind="transcoder",
-            d_in=adapter.d_model,
-            d_sae=32,
-            k=4,
-            hook_in=f"blocks.{layer}.hook_mlp_in",
-            hook_out=f"blocks.{layer}.hook_mlp_out",
-            seed=layer,
-        )
-        out[layer] = make(cfg)
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +29,7 @@ def viewer_data(tiny_model_dir, tmp_path_factory):
     from sparsecircuits.models import load_model
 
     adapter = load_model(tiny_model_dir("gpt2"), device="cpu")
-    transcoders = _transcoders(adapter)
+    transcoders = topk_transcoders(adapter, d_sae=32, k=4)
     rm = ReplacementModel(adapter, transcoders)
     folder = tmp_path_factory.mktemp("viewer")
     graph = build_graph(rm, XSS_PROMPT)

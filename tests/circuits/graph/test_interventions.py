@@ -9,8 +9,8 @@ from sparsecircuits.circuits.edits import FeatureEdit
 from sparsecircuits.circuits.graph.build import GraphConfig, build_graph
 from sparsecircuits.circuits.interventions import InterventionEngine, intervene
 from sparsecircuits.circuits.replacement import ReplacementModel
-from sparsecircuits.dictionaries import DictionaryConfig, make
 from sparsecircuits.errors import SparseCircuitsError
+from testkit import topk_transcoders
 
 PROMPT = "The dog found two books in the year 1999"
 
@@ -20,20 +20,7 @@ def rm(tiny_model_dir):
     from sparsecircuits.models import load_model
 
     adapter = load_model(tiny_model_dir("gpt2"), device="cpu")
-    transcoders = {}
-    for layer in range(adapter.n_layers):
-        cfg = DictionaryConfig(
-            architecture="topk",
-            kind="transcoder",
-            d_in=adapter.d_model,
-            d_sae=48,
-            k=6,
-            hook_in=f"blocks.{layer}.hook_mlp_in",
-            hook_out=f"blocks.{layer}.hook_mlp_out",
-            seed=layer,
-        )
-        transcoders[layer] = make(cfg)
-    return ReplacementModel(adapter, transcoders)
+    return ReplacementModel(adapter, topk_transcoders(adapter, d_sae=48, k=6))
 
 
 def test_no_intervention_reproduces_the_model_and_its_greedy_continuation(rm):

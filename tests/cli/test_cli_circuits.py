@@ -12,6 +12,7 @@ from sparsecircuits.cli import paths as paths_cli
 from sparsecircuits.cli.targets import parse_target_spec
 from sparsecircuits.dictionaries import save_dictionary
 from sparsecircuits.errors import SparseCircuitsError
+from testkit import random_transcoders
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,13 +24,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, tiny_model_dir, make_transcoders):
+def saved(tmp_path_factory, tiny_model_dir):
     from sparsecircuits.models import load_model
 
     folder = tiny_model_dir("gpt2")
     adapter = load_model(folder, device="cpu")
     tc_dir = tmp_path_factory.mktemp("tcs")
-    for layer, tc in make_transcoders(adapter, seed=3).items():
+    for layer, tc in random_transcoders(adapter, seed=3).items():
         save_dictionary(tc, tc_dir / f"layer{layer}")
     return folder, tc_dir
 

@@ -1,0 +1,160 @@
+"""Helpers the tests share (importable: `tests/` is on pytest's `pythonpath`): a deterministic
+in-memory activation source for trainer tests, dictionary and transcoder builders, and
+weight copies between equivalent dictionaries."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import torch
+
+from sparsecircuits.dictionaries import DictionaryConfig, make
+
+
+class SyntheticStore:
+    """Yields `{hook_in: x, hook_out: f(x)}` batches; batch i depends only on (seed, i).
+
+    `x` is sparse-ish low-rank data so a dictionary can actually learn it. `nan_at` makes batch
+    `nan_at` contain NaN; `signal_at` sends SIGTERM to this process while producing that batch.
+    """
+
+    def __init__(
+        self,
+        d: int = 16,
+        batch: int = 64,
+        seed: int = 0,
+        hook_in: str = "in",
+        hook_out: str = "out",
+        nan_at: int | None = None,
+        signal_at: int | None = None,
+    ):
+        self.d, self.batch, self.seed = d, batch, seed
+        self.hook_in, self.hook_out = hook_in, hook_out
+        self.nan_at, self.signal_at = nan_at, signal_at
+        self.position = 0
+        g = torch.Generator().manual_seed(1234)
+        self.atoms = torch.randn(4 * d, d, generator=g)
+        self.mix = torch.randn(d, d, generator=g) / d**0.5
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.position)
+        codes = torch.rand(self.batch, self.atoms.shape[0], generator=g)
+        codes = codes * (codes > 0.97)
+        x = codes @ self.atoms
+        if self.position == self.nan_at:
+            x[0, 0] = float("nan")
+        if self.position == self.signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.position += 1
+        y = torch.tanh(x @ self.mix)
+        return {self.hook_in: x, self.hook_out: y}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])
+
+
+def build_dictionary(
+    architecture: str = "topk",
+    kind: str = "sae",
+    d_in: int = 12,
+    d_sae: int = 48,
+    d_out: int | None = None,
+    **kw,
+):  # type: ignore[no-untyped-def]
+    """A fresh dictionary of `architecture`/`kind` on the hooks of layer 1 (k 4 by default)."""
+    hooks = (
+        {"hook_in": "blocks.1.hook_mlp_in", "hook_out": "blocks.1.hook_mlp_out"}
+        if kind != "sae"
+        else {"hook_in": "blocks.1.hook_resid_post"}
+    )
+    cfg = DictionaryConfig(
+        architecture=architecture,
+        kind=kind,
+        d_in=d_in,
+        d_sae=d_sae,
+        d_out=d_out,
+        k=kw.pop("k", 4),
+        model_name="tiny",
+        **hooks,
+        **kw,
+    )
+    return make(cfg)
+
+
+def randomize_parameters(dictionary, seed: int = 0) -> None:  # type: ignore[no-untyped-def]
+    """Give every trainable parameter (biases included) nonzero random values (frozen ones stay)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in dictionary.parameters():
+            if not param.requires_grad:
+                continue
+            param.copy_(
+                torch.randn(param.shape, generator=gen, dtype=torch.float64).to(param.dtype) * 0.3
+            )
+
+
+def topk_transcoders(adapter, d_sae: int, k: int) -> dict:  # type: ignore[no-untyped-def]
+    """`{layer: TopK transcoder hook_mlp_in -> hook_mlp_out}` for every layer, seeded by layer."""
+    return {
+        layer: make(
+            DictionaryConfig(
+                architecture="topk",
+                kind="transcoder",
+                d_in=adapter.d_model,
+                d_sae=d_sae,
+                k=k,
+                hook_in=f"blocks.{layer}.hook_mlp_in",
+                hook_out=f"blocks.{layer}.hook_mlp_out",
+                seed=layer,
+            )
+        )
+        for layer in range(adapter.n_layers)
+    }
+
+
+def random_transcoders(adapter, seed: int, skip_layer: int | None = None) -> dict:
+    """Transcoders for every layer but `skip_layer`: TopK on hook_mlp_in, a ReLU skip transcoder on
+    ln2.hook_normalized, ReLU on hook_mlp_in; all biases random so bias handling is tested."""
+    generator = torch.Generator().manual_seed(seed)
+    result = {}
+    for layer in range(adapter.n_layers):
+        if layer == skip_layer:
+            continue
+        kind = layer % 3
+        cfg = DictionaryConfig(
+            architecture="topk" if kind == 0 else "relu",
+            kind="skip_transcoder" if kind == 1 else "transcoder",
+            d_in=adapter.d_model,
+            d_sae=48,
+            hook_in=f"blocks.{layer}.{'ln2.hook_normalized' if kind == 1 else 'hook_mlp_in'}",
+            hook_out=f"blocks.{layer}.hook_mlp_out",
+            k=6,
+            seed=seed + layer,
+        )
+        tc = make(cfg)
+        with torch.no_grad():
+            tc.W_dec.mul_(3.0)
+            tc.b_enc.copy_(0.1 * torch.randn(tc.b_enc.shape, generator=generator))
+            tc.b_in.copy_(0.1 * torch.randn(tc.b_in.shape, generator=generator))
+            tc.b_dec.copy_(0.1 * torch.randn(tc.b_dec.shape, generator=generator))
+            if tc.W_skip is not None:
+                tc.W_skip.copy_(0.1 * torch.randn(tc.W_skip.shape, generator=generator))
+        result[layer] = tc
+    return result
+
+
+def copy_one_layer_clt(clt, transcoder) -> None:  # type: ignore[no-untyped-def]
+    """Give a per-layer transcoder a one-layer CLT's weights (encoder, biases, its only decoder
+    block, its activation's state such as JumpReLU thresholds), so the two compute the same map."""
+    with torch.no_grad():
+        transcoder.W_enc.copy_(clt.W_enc[0])
+        transcoder.b_enc.copy_(clt.b_enc[0])
+        transcoder.b_in.copy_(clt.b_in[0])
+        transcoder.W_dec.copy_(clt.W_dec[0][:, 0])
+        transcoder.b_dec.copy_(clt.b_dec[0])
+        transcoder.activation.load_state_dict(clt.activations[0].state_dict())
