@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sparsecircuits.evaluation import evaluate_dictionaries
 from sparsecircuits.models import load_model
-from sparsecircuits.runs import eval_batches, load_dictionaries
+from sparsecircuits.pipelines import eval_batches, load_dictionaries
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIP = ROOT / "src" / "sparsecircuits" / "models" / "embedded" / "transcoders"

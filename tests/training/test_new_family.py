@@ -24,7 +24,7 @@ from sparsecircuits.dictionaries.activations.base import (
     require_nonnegative,
 )
 from sparsecircuits.errors import SparseCircuitsError
-from sparsecircuits.runs import DictionarySpec
+from sparsecircuits.pipelines import DictionarySpec
 from sparsecircuits.training import TrainConfig, Trainer
 from testkit import SyntheticStore
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from sparsecircuits.config import from_dict, read_config_file
 from sparsecircuits.dictionaries.config import KINDS
-from sparsecircuits.runs import RunConfig
+from sparsecircuits.pipelines import RunConfig
 
 # The flags that override a `RunConfig`: (flag, the config it sets: "run" for `RunConfig`,
 # "train" for its `TrainConfig`, "dictionary" for every `DictionarySpec`; the key there;

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from sparsecircuits.dictionaries import PerLayerTranscoders, SparseCoder, load_transcoders
     from sparsecircuits.interpret import DashboardConfig, compute_dashboards, save_dashboards
     from sparsecircuits.models import load_model
-    from sparsecircuits.runs import check_compatible, context_stream, load_dictionaries
+    from sparsecircuits.pipelines import check_compatible, context_stream, load_dictionaries
 
     adapter = load_model(args.model, device=args.device)
     dictionaries: dict[str, SparseCoder]

@@ -10,7 +10,7 @@ from pathlib import Path
 from sparsecircuits.cli.common import add_run_arguments, run_config_from_args
 from sparsecircuits.dictionaries import PerLayerTranscoders, load_transcoders
 from sparsecircuits.evaluation import evaluate_dictionaries
-from sparsecircuits.runs import eval_batches, train_run, write_report
+from sparsecircuits.pipelines import eval_batches, train_run, write_report
 
 DEFAULT_OUT = "out/demo"
 DEMO_LAYER = 1

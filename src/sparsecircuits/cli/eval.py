@@ -9,7 +9,7 @@ from pathlib import Path
 from sparsecircuits.config import torch_dtype
 from sparsecircuits.evaluation import evaluate_dictionaries
 from sparsecircuits.models import load_model
-from sparsecircuits.runs import check_compatible, eval_batches, load_dictionaries, write_report
+from sparsecircuits.pipelines import check_compatible, eval_batches, load_dictionaries, write_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -3,67 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 from sparsecircuits.cli.common import add_run_arguments, run_config_from_args
-from sparsecircuits.dictionaries.activations import ACTIVATIONS
-from sparsecircuits.evaluation import evaluate_dictionaries, plot_frontier
-from sparsecircuits.runs import eval_batches, train_run
+from sparsecircuits.evaluation import evaluate_dictionaries
+from sparsecircuits.pipelines.sweep import SWEEP_RUN, write_sweep_report
+from sparsecircuits.pipelines.train import eval_batches, train_run
 
 DEFAULT_OUT = "out/sweep"
-SWEEP_LAYER = 1
-D_SAE = 1024
-
-
-def default_grid(layer: int = SWEEP_LAYER, d_sae: int = D_SAE) -> list[dict[str, Any]]:
-    """Return the default sweep: each activation family at a few sparsities, transcoder and SAE.
-
-    TopK-like families (topk, batchtopk, abstopk, top-AFA's cap, matching pursuit's steps) are
-    set by k (BatchTopK's inference-threshold EMA at rate 0.1). ReLU and JumpReLU start at L0 = `init_l0` (16 or 32; encoder bias / thresholds
-    from the first batch's quantiles) with a sparsity coefficient that holds them near it: in
-    a 300k-token run their parameters move too little for the coefficient alone to set the L0
-    (from the plain init they stayed at L0 280-670). A TopK skip transcoder rides along at k=32.
-    """
-    per_kind: list[dict[str, Any]] = []
-    per_kind += [{"architecture": "topk", "k": k} for k in (16, 32)]
-    # A 73-step run: the default threshold EMA (0.01) would average over the whole run while
-    # activation scales still move (eval L0 0.5-2x k); 0.1 follows the end of training.
-    per_kind += [{"architecture": "batchtopk", "k": k, "threshold_lr": 0.1} for k in (16, 32)]
-    per_kind += [{"architecture": "abstopk", "k": k} for k in (16, 32)]
-    per_kind += [{"architecture": "topafa", "k": k} for k in (32, 64)]
-    # Inference stops after k steps too (the adaptive stop alone would run up to d_in steps).
-    per_kind += [{"architecture": "mp", "k": k, "mp_max_iterations": k} for k in (8, 16)]
-    per_kind += [{"architecture": "relu", "l1_coefficient": 1.0, "init_l0": n} for n in (16, 32)]
-    per_kind += [
-        {"architecture": "jumprelu", "l0_coefficient": 0.3, "init_l0": n} for n in (16, 32)
-    ]
-    grid = []
-    for kind in ("transcoder", "sae"):
-        for spec in per_kind:
-            if kind != "sae" and ACTIVATIONS[spec["architecture"]].sae_only:
-                continue
-            grid.append({"kind": kind, "layer": layer, "d_sae": d_sae, **spec})
-    grid.append(
-        {"kind": "skip_transcoder", "architecture": "topk", "k": 32, "layer": layer, "d_sae": d_sae}
-    )
-    for spec in grid:
-        sparsity = spec["k"] if "k" in spec else f"l0init{spec['init_l0']}"
-        spec["name"] = f"{spec['kind']}-{spec['architecture']}-{sparsity}"
-    return grid
-
-
-SWEEP_RUN: dict[str, Any] = {
-    "model": "embedded",
-    "dataset": "embedded",
-    "context_size": 128,
-    "dictionaries": default_grid(),
-    "train": {"total_tokens": 300_000, "batch_tokens": 4096, "lr": 3e-3, "warmup_steps": 10},
-    "eval_contexts": 48,
-    "data_epochs": 2,
-}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -77,81 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_run_arguments(p, default_out=DEFAULT_OUT)
     p.set_defaults(func=run)
-
-
-def matched_l0_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pair each TopK transcoder with the TopK SAE of the same k: spliced CE loss side by side."""
-    saes = {r["k"]: r for r in records if r["kind"] == "sae" and r["architecture"] == "topk"}
-    rows = []
-    for tc in records:
-        if tc["kind"] == "transcoder" and tc["architecture"] == "topk" and tc["k"] in saes:
-            sae = saes[tc["k"]]
-            rows.append(
-                {
-                    "k": tc["k"],
-                    "transcoder_l0": tc["l0"],
-                    "sae_l0": sae["l0"],
-                    "transcoder_ce_spliced": tc["ce_loss_spliced"],
-                    "sae_ce_spliced": sae["ce_loss_spliced"],
-                    "transcoder_ce_recovered": tc["ce_loss_recovered"],
-                    "sae_ce_recovered": sae["ce_loss_recovered"],
-                    "transcoder_better": tc["ce_loss_spliced"] < sae["ce_loss_spliced"],
-                }
-            )
-    return sorted(rows, key=lambda r: r["k"])
-
-
-def write_sweep_report(out: Path, records: list[dict[str, Any]], seconds: float) -> None:
-    """Write frontier.json, frontier_{fvu,ce}_{transcoders,saes}.png and table.md."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "frontier.json").write_text(json.dumps(records, indent=2))
-    groups = {
-        "transcoders": [r for r in records if r["kind"] != "sae"],
-        "saes": [r for r in records if r["kind"] == "sae"],
-    }
-    for label, group in groups.items():
-        if not group:
-            continue
-        plot_frontier(
-            group,
-            out / f"frontier_fvu_{label}.png",
-            y="fvu",
-            clean_key=None,
-            title=f"L0 vs FVU ({label})",
-        )
-        plot_frontier(
-            group,
-            out / f"frontier_ce_{label}.png",
-            y="ce_loss_recovered",
-            clean_key=None,
-            title=f"L0 vs CE loss recovered ({label})",
-        )
-    lines = [
-        "| name | kind | architecture | L0 | FVU | CE recovered | CE spliced | dead |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in sorted(records, key=lambda r: (r["kind"], r["architecture"], r["l0"])):
-        lines.append(
-            f"| {r['name']} | {r['kind']} | {r['architecture']} | {r['l0']:.1f} | {r['fvu']:.3f} | "
-            f"{100 * r['ce_loss_recovered']:.1f}% | {r['ce_loss_spliced']:.3f} | {100 * r['dead_frac']:.0f}% |"
-        )
-    pairs = matched_l0_comparison(records)
-    if pairs:
-        lines += [
-            "",
-            "Matched L0 (TopK, same k): spliced CE loss, transcoder vs SAE on the MLP output.",
-            "",
-            "| k | transcoder CE | SAE CE | transcoder recovered | SAE recovered | transcoder better |",
-            "|---|---|---|---|---|---|",
-        ]
-        for p in pairs:
-            lines.append(
-                f"| {p['k']} | {p['transcoder_ce_spliced']:.3f} | {p['sae_ce_spliced']:.3f} | "
-                f"{100 * p['transcoder_ce_recovered']:.1f}% | {100 * p['sae_ce_recovered']:.1f}% | "
-                f"{'yes' if p['transcoder_better'] else 'no'} |"
-            )
-    lines += ["", f"{len(records)} dictionaries, {seconds:.0f} s wall clock."]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from sparsecircuits.cli.common import add_run_arguments, run_config_from_args
-from sparsecircuits.runs import train_run
+from sparsecircuits.pipelines import train_run
 
 DEFAULT_OUT = "runs/train"
 

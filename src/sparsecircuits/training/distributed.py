@@ -1,16 +1,15 @@
 """Data-parallel training over several processes (torchrun + torch.distributed).
 
-    torchrun --nproc_per_node 2 -m sparsecircuits.training.distributed --config run.yaml
+    torchrun --nproc_per_node 2 -m sparsecircuits.pipelines.distributed --config run.yaml
 
 Every rank holds a full copy of every dictionary and its optimiser. Per step:
 
 * **harvest, sharded**: rank r runs the model on contexts r, r + W, r + 2W, ... of the stream
   (`ShardedContexts`, W = world size) with its own shuffle buffer, and serves batches of
   `batch_tokens / W` rows, so one step still trains on `batch_tokens` tokens in all;
-* **gradients averaged**: after `loss.backward()` the trainer calls
-  `dictionary.before_optimizer_step()`; `DistributedTrainer` wraps that method on each of its
-  dictionaries so it first all-reduces (averages) all the dictionary's gradients in one flat
-  buffer. Every rank then takes the same Adam step and the replicas stay identical without a
+* **gradients averaged**: after `loss.backward()` the trainer calls its `reduce_gradients`
+  hook, which `DistributedTrainer` fills with one flat all-reduce (average) of all the
+  dictionary's gradients, before the dictionary's own `before_optimizer_step`. Every rank then takes the same Adam step and the replicas stay identical without a
   broadcast (the weights start identical: they are drawn from the config's seed, and rank 0's
   copy is broadcast once to be sure);
 * **statistics global**: the data-dependent initialisation (bias centres, the transcoder
@@ -31,11 +30,7 @@ EMAs.
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -45,20 +40,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sparsecircuits.config import from_dict, read_config_file, to_dict
-from sparsecircuits.dictionaries import SparseCoder, save_dictionary
+from sparsecircuits.dictionaries import SparseCoder
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.training.config import TrainConfig
-from sparsecircuits.training.trainer import BatchSource, Trainer, TrainResult, latest_checkpoint
+from sparsecircuits.training.trainer import BatchSource, Trainer
 
 __all__ = [
     "DistributedContext",
     "DistributedTrainer",
     "ShardedContexts",
     "all_reduce_gradients",
-    "distributed_train_run",
     "init_distributed",
-    "main",
 ]
 
 
@@ -217,19 +209,11 @@ class DistributedTrainer(Trainer):
         if context.enabled:
             for dictionary in dictionaries.values():
                 broadcast_parameters(dictionary)
-                self._reduce_before_step(dictionary)
 
-    def _reduce_before_step(self, dictionary: SparseCoder) -> None:
-        # The trainer calls before_optimizer_step() right after backward(): average the
-        # gradients there, then run the dictionary's own hook on the averaged gradients.
-        own_hook = dictionary.before_optimizer_step
-        world_size = self.context.world_size
-
-        def before_optimizer_step() -> None:
-            all_reduce_gradients(dictionary, world_size)
-            own_hook()
-
-        dictionary.before_optimizer_step = before_optimizer_step  # type: ignore[method-assign]
+    def reduce_gradients(self, dictionary: SparseCoder) -> None:
+        """Average the dictionary's gradients over the ranks (one flat all-reduce)."""
+        if self.context.enabled:
+            all_reduce_gradients(dictionary, self.context.world_size)
 
     def _train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
         if not self.context.enabled:
@@ -310,140 +294,3 @@ class DistributedTrainer(Trainer):
     def _log(self, metrics: dict[str, dict[str, float]], bar: Any) -> None:
         if self.context.is_main:
             super()._log(metrics, bar)
-
-
-def _local_batch_tokens(batch_tokens: int, world_size: int) -> int:
-    if batch_tokens % world_size:
-        raise SparseCircuitsError(
-            f"batch_tokens {batch_tokens} does not split evenly over {world_size} ranks; "
-            f"use a multiple of {world_size}"
-        )
-    return batch_tokens // world_size
-
-
-def distributed_train_run(
-    cfg: Any, context: DistributedContext, resume: bool = False, quiet: bool = False
-) -> tuple[dict[str, SparseCoder], TrainResult]:
-    """Train `cfg` (a `sparsecircuits.runs.RunConfig`) data-parallel on this rank.
-
-    Mirrors `runs.train_run`: the same dictionaries, held-out contexts and outputs, but this
-    rank harvests only its shard of the contexts and rank 0 alone writes `cfg.out`. Returns the
-    trained dictionaries (identical on every rank) and the `TrainResult`.
-    """
-    from sparsecircuits.config import torch_dtype
-    from sparsecircuits.data import ActivationStore, ActivationStoreConfig
-    from sparsecircuits.models import load_model
-    from sparsecircuits.runs import (
-        TrainingContexts,
-        build_dictionaries,
-        context_stream,
-        store_hooks,
-    )
-
-    out = Path(cfg.out)
-    adapter = load_model(cfg.model, device=context.device, dtype=torch_dtype(cfg.dtype))
-    train_cfg = cfg.train_config()
-    if quiet:
-        train_cfg.quiet = True
-    dictionaries = build_dictionaries(adapter, cfg.specs(), cfg.seed)
-    hooks = store_hooks(dictionaries)
-    store_cfg = ActivationStoreConfig(
-        context_size=cfg.context_size,
-        contexts_per_forward=max(1, math.ceil(cfg.contexts_per_forward / context.world_size)),
-        batch_tokens=_local_batch_tokens(train_cfg.batch_tokens, context.world_size),
-        buffer_tokens=max(1, cfg.buffer_tokens // context.world_size),
-        seed=cfg.seed,
-    )
-    contexts = ShardedContexts(
-        TrainingContexts(
-            context_stream(adapter, cfg.dataset, cfg.context_size),
-            cfg.eval_contexts,
-            cfg.data_epochs,
-        ),
-        context.rank,
-        context.world_size,
-    )
-    store = ActivationStore(adapter, contexts, hooks, store_cfg)
-    run_record = {
-        **to_dict(cfg),
-        "distributed": {"world_size": context.world_size, "backend": context.backend},
-    }
-    for d in dictionaries.values():
-        d.cfg.training = run_record
-    trainer = DistributedTrainer(
-        store, dictionaries, train_cfg, context, out_dir=out, run_config=run_record
-    )
-    if resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise SparseCircuitsError(f"--resume given but {out}/checkpoints holds no checkpoint")
-        trainer.load_checkpoint(ckpt)
-    if context.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run_config.json").write_text(json.dumps(run_record, indent=2))
-    result = trainer.train()
-    if context.is_main:
-        for name, d in dictionaries.items():
-            save_dictionary(d, out / "dictionaries" / name)
-    if context.enabled:
-        dist.barrier()
-    return dictionaries, result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`torchrun ... -m sparsecircuits.training.distributed --config run.yaml [--resume]`."""
-    from sparsecircuits.runs import RunConfig
-
-    parser = argparse.ArgumentParser(
-        prog="python -m sparsecircuits.training.distributed",
-        description="Data-parallel dictionary training; launch with torchrun --nproc_per_node N.",
-    )
-    parser.add_argument("--config", required=True, help="run config (.yaml/.json), as for `train`")
-    parser.add_argument("--out", default=None, help="override the config's output folder")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    parser.add_argument(
-        "--backend",
-        default=None,
-        choices=("gloo", "nccl"),
-        help="default: nccl with CUDA, else gloo",
-    )
-    parser.add_argument(
-        "--device", default=None, help="default: cuda:LOCAL_RANK under nccl, else cpu"
-    )
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        mapping = read_config_file(args.config)
-        if args.out:
-            mapping["out"] = args.out
-        cfg = from_dict(RunConfig, mapping, where=str(args.config))
-        context = init_distributed(args.backend, args.device or cfg.device)
-        cfg.device = context.device
-        dictionaries, result = distributed_train_run(
-            cfg, context, resume=args.resume, quiet=args.quiet
-        )
-    except SparseCircuitsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    if context.is_main:
-        for name in dictionaries:
-            print(
-                json.dumps(
-                    {
-                        "name": name,
-                        "steps": result.steps,
-                        "tokens": result.tokens,
-                        "world_size": context.world_size,
-                        "tokens_per_s": round(result.tokens_per_s, 1),
-                        **result.metrics.get(name, {}),
-                    }
-                )
-            )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -176,6 +176,10 @@ class Trainer:
             metrics=metrics,
         )
 
+    def reduce_gradients(self, dictionary: SparseCoder) -> None:
+        """Called after `backward()`, before the dictionary's own `before_optimizer_step`: a
+        data-parallel trainer averages the gradients over its ranks here; nothing by default."""
+
     def _train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
         if not self.biases_initialised:
             for d in self.dictionaries.values():
@@ -199,6 +203,7 @@ class Trainer:
             optimizer = self.optimizers[name]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.reduce_gradients(dictionary)
             dictionary.before_optimizer_step()
             if self.cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(dictionary.parameters(), self.cfg.grad_clip)

@@ -1,15 +1,18 @@
-"""Run configs and the train/eval pipelines the CLI drives (model → store → trainer → evaluator)."""
+"""Run configs and the training pipeline the CLI drives (model → store → trainer), with the
+loaders and checks `eval` and `dashboards` use."""
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from sparsecircuits.config import from_dict, to_dict, torch_dtype, unknown_keys_error
 from sparsecircuits.data import ActivationStore, ActivationStoreConfig, TokenSource, make_source
@@ -28,10 +31,14 @@ from sparsecircuits.dictionaries.config import (
     spans_layers,
 )
 from sparsecircuits.errors import SparseCircuitsError
-from sparsecircuits.evaluation import plot_frontier
 from sparsecircuits.evaluation.splice import check_splice_hooks
 from sparsecircuits.models import ModelAdapter, load_model
 from sparsecircuits.training import TrainConfig, Trainer, TrainResult, latest_checkpoint
+from sparsecircuits.training.distributed import (
+    DistributedContext,
+    DistributedTrainer,
+    ShardedContexts,
+)
 
 CLT_HOOK_IN = "blocks.{layer}.hook_mlp_in"
 CLT_HOOK_OUT = "blocks.{layer}.hook_mlp_out"
@@ -289,50 +296,82 @@ def eval_batches(
 
 
 def train_run(
-    cfg: RunConfig, resume: bool = False, quiet: bool = False, adapter: ModelAdapter | None = None
+    cfg: RunConfig,
+    resume: bool = False,
+    quiet: bool = False,
+    adapter: ModelAdapter | None = None,
+    context: DistributedContext | None = None,
 ) -> tuple[dict[str, SparseCoder], TrainResult, ModelAdapter]:
     """Train every dictionary of `cfg` from one activation stream; save them under `cfg.out`.
 
     Returns the trained dictionaries (cross-layer transcoders included: the store harvests every
-    layer hook they read), the `TrainResult` and the model adapter. Final
-    dictionaries land in `cfg.out/dictionaries/<name>/` (SAELens layout); checkpoints in
-    `cfg.out/checkpoints/`.
+    layer hook they read), the `TrainResult` and the model adapter. Final dictionaries land in
+    `cfg.out/dictionaries/<name>/` (SAELens layout); checkpoints in `cfg.out/checkpoints/`.
+
+    With a `DistributedContext` this process is one rank of a data-parallel run
+    (`training/distributed.py`): it harvests its shard of the contexts into a buffer of its share
+    of the batch, trains with `DistributedTrainer`, and only rank 0 writes `cfg.out`; the
+    dictionaries come back identical on every rank.
     """
     out = Path(cfg.out)
-    adapter = adapter or load_model(cfg.model, device=cfg.device, dtype=torch_dtype(cfg.dtype))
-    specs = cfg.specs()
+    device = cfg.device if context is None else context.device
+    adapter = adapter or load_model(cfg.model, device=device, dtype=torch_dtype(cfg.dtype))
+    world = 1 if context is None else context.world_size
+    is_main = context is None or context.is_main
     train_cfg = cfg.train_config()
     if quiet:
         train_cfg.quiet = True
-    dictionaries = build_dictionaries(adapter, specs, cfg.seed)
-    hooks = store_hooks(dictionaries)
+    dictionaries = build_dictionaries(adapter, cfg.specs(), cfg.seed)
     store_cfg = ActivationStoreConfig(
         context_size=cfg.context_size,
-        contexts_per_forward=cfg.contexts_per_forward,
-        batch_tokens=train_cfg.batch_tokens,
-        buffer_tokens=cfg.buffer_tokens,
+        contexts_per_forward=max(1, math.ceil(cfg.contexts_per_forward / world)),
+        batch_tokens=_local_batch_tokens(train_cfg.batch_tokens, world),
+        buffer_tokens=max(1, cfg.buffer_tokens // world),
         seed=cfg.seed,
     )
     # The first `eval_contexts` contexts are held out for evaluation (see `eval_batches`).
-    contexts = TrainingContexts(
+    contexts: Iterable[torch.Tensor] = TrainingContexts(
         context_stream(adapter, cfg.dataset, cfg.context_size), cfg.eval_contexts, cfg.data_epochs
     )
-    store = ActivationStore(adapter, contexts, hooks, store_cfg)
     run_record = to_dict(cfg)
+    if context is not None:
+        contexts = ShardedContexts(contexts, context.rank, world)
+        run_record["distributed"] = {"world_size": world, "backend": context.backend}
+    store = ActivationStore(adapter, contexts, store_hooks(dictionaries), store_cfg)
     for d in dictionaries.values():
         d.cfg.training = run_record
-    trainer = Trainer(store, dictionaries, train_cfg, out_dir=out, run_config=run_record)
+    trainer = (
+        Trainer(store, dictionaries, train_cfg, out_dir=out, run_config=run_record)
+        if context is None
+        else DistributedTrainer(
+            store, dictionaries, train_cfg, context, out_dir=out, run_config=run_record
+        )
+    )
     if resume:
         ckpt = latest_checkpoint(out)
         if ckpt is None:
             raise SparseCircuitsError(f"--resume given but {out}/checkpoints holds no checkpoint")
         trainer.load_checkpoint(ckpt)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run_config.json").write_text(json.dumps(run_record, indent=2))
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_config.json").write_text(json.dumps(run_record, indent=2))
     result = trainer.train()
-    for name, d in dictionaries.items():
-        save_dictionary(d, out / "dictionaries" / name)
+    if is_main:
+        for name, d in dictionaries.items():
+            save_dictionary(d, out / "dictionaries" / name)
+    if context is not None and context.enabled:
+        dist.barrier()
     return dictionaries, result, adapter
+
+
+def _local_batch_tokens(batch_tokens: int, world_size: int) -> int:
+    """This rank's share of a step's `batch_tokens`; raise unless it splits evenly."""
+    if batch_tokens % world_size:
+        raise SparseCircuitsError(
+            f"batch_tokens {batch_tokens} does not split evenly over {world_size} ranks; "
+            f"use a multiple of {world_size}"
+        )
+    return batch_tokens // world_size
 
 
 def load_dictionaries(
@@ -377,51 +416,3 @@ def _check_width(adapter: ModelAdapter, name: str, hook: str, dim: int) -> None:
             f"dictionary {name} expects width {dim} at {hook} but the model has {model_dim}; "
             "use the model it was trained on"
         )
-
-
-def _hooks_cell(record: dict[str, Any]) -> str:
-    """`hook_in → hook_out`; a CLT's templates shown over its layer range (`blocks.{0..3}.…`)."""
-    hooks = f"{record['hook_in']} → {record['hook_out']}"
-    n_layers = record.get("n_layers")
-    return hooks.replace("{layer}", f"{{0..{n_layers - 1}}}") if n_layers else hooks
-
-
-def write_report(out: Path, records: list[dict[str, Any]], title: str, extra_md: str = "") -> None:
-    """Write `metrics.json`, `frontier.png` and `summary.md` for evaluated dictionaries.
-
-    A cross-layer transcoder's row shows its totals (L0 summed over layers, FVU pooled) and a
-    table per CLT below lists its layers.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(records, indent=2))
-    plot_frontier(records, out / "frontier.png", title=title)
-    lines = [
-        f"# {title}",
-        "",
-        "| name | kind | arch | hook in → out | d_sae | L0 | FVU | CE clean | CE spliced | CE zero-abl. | CE recovered | KL |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in records:
-        lines.append(
-            f"| {r['name']} | {r['kind']} | {r['architecture']} | {_hooks_cell(r)} | "
-            f"{r['d_sae']} | {r['l0']:.1f} | {r['fvu']:.3f} | {r['ce_loss_clean']:.3f} | "
-            f"{r['ce_loss_spliced']:.3f} | {r['ce_loss_zero_ablated']:.3f} | "
-            f"{100 * r['ce_loss_recovered']:.1f}% | {r['kl_div']:.4f} |"
-        )
-    for r in records:
-        if not r.get("layers"):
-            continue
-        lines += [
-            "",
-            f"## {r['name']} by layer (spliced at every layer at once)",
-            "",
-            "| layer | hook in → out | L0 | FVU | cos sim | dead | dense |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for layer in r["layers"]:
-            lines.append(
-                f"| {layer['layer']} | {layer['hook_in']} → {layer['hook_out']} | {layer['l0']:.1f} | "
-                f"{layer['fvu']:.3f} | {layer['cossim']:.3f} | {100 * layer['dead_frac']:.1f}% | "
-                f"{100 * layer['dense_frac']:.1f}% |"
-            )
-    (out / "summary.md").write_text("\n".join(lines) + "\n\n" + extra_md)

@@ -17,7 +17,7 @@ from sparsecircuits.dictionaries import (
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models import load_model
 from sparsecircuits.models.tiny import tokenizer_corpus
-from sparsecircuits.runs import (
+from sparsecircuits.pipelines import (
     DictionarySpec,
     RunConfig,
     build_dictionaries,
