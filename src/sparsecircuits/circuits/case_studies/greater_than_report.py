@@ -25,8 +25,18 @@ def write_results(summary: dict[str, Any], profiles: dict[str, dict[str, Any]], 
 
 def report_markdown(summary: dict[str, Any]) -> str:
     """Return the markdown report of a study summary (it links the PNGs written beside it)."""
-    s = summary
-    lines = [
+    sections = (
+        _prob_diff_section,
+        _attribution_section,
+        _features_and_heads_section,
+        _neurons_and_paths_section,
+    )
+    return "\n".join(line for section in sections for line in section(summary))
+
+
+def _prob_diff_section(s: dict[str, Any]) -> list[str]:
+    """The title and the probability-difference / ablation section."""
+    return [
         "# Greater-than circuit with transcoders",
         "",
         f"Model `{s['model']}`, transcoders at layers {s['transcoder_layers']}, {s['n_prompts']} held-out prompts "
@@ -55,6 +65,12 @@ def report_markdown(summary: dict[str, Any]) -> str:
         "Ablations zero feature activations; attention, norms and all later transcoders are recomputed "
         "(live model), error terms stay at their clean values.",
         "",
+    ]
+
+
+def _attribution_section(s: dict[str, Any]) -> list[str]:
+    """Attribution against intervention on the top nodes."""
+    return [
         "## Attribution vs intervention (top nodes, each ablated on every prompt)",
         "",
         f"Attribution target: {s['target']}.",
@@ -76,9 +92,12 @@ def report_markdown(summary: dict[str, Any]) -> str:
         "",
         "![top attributions](top_attributions.png)",
         "",
-        "## Top features",
-        "",
     ]
+
+
+def _features_and_heads_section(s: dict[str, Any]) -> list[str]:
+    """The top features (de-embeddings, logits, examples) and the top heads."""
+    lines = ["## Top features", ""]
     for f in s["top_features"]:
         lines += [
             f"### {f['node']} (mean attribution {f['attribution']:.4f}, mean activation {f['mean_activation']:.3f})",
@@ -101,8 +120,13 @@ def report_markdown(summary: dict[str, Any]) -> str:
                 f"  * reads {f['node']} ({f['contribution']:.4f} directly to the target), "
                 f"de-embedding {', '.join(repr(t) for t in f['deembedding'])}"
             )
+    return lines
+
+
+def _neurons_and_paths_section(s: dict[str, Any]) -> list[str]:
+    """Features against neurons, and the path search of prompt 0."""
     fvn, check = s["features_vs_neurons"], s["graph_verification"]
-    lines += [
+    return [
         "",
         f"## Features vs neurons (layer {s['features_vs_neurons_layer']})",
         "",
@@ -130,7 +154,6 @@ def report_markdown(summary: dict[str, Any]) -> str:
         "```",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _fmt(x: Any) -> str:
