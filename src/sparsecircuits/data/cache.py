@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -32,6 +32,9 @@ from sparsecircuits.config import torch_dtype
 from sparsecircuits.data.store import ModelRows
 from sparsecircuits.data.tokenize import TokenSource
 from sparsecircuits.errors import SparseCircuitsError
+
+if TYPE_CHECKING:
+    from sparsecircuits.models import ModelAdapter
 
 __all__ = ["CachedActivationSource", "MANIFEST_NAME", "harvest_to_disk"]
 
@@ -62,7 +65,7 @@ def _peek_context_size(contexts: Iterable[Tensor]) -> tuple[int, Iterable[Tensor
 
 
 def harvest_to_disk(
-    adapter: Any,
+    adapter: ModelAdapter,
     contexts: Iterable[Tensor],
     hooks: list[str],
     folder: str | Path,
@@ -238,7 +241,7 @@ class CachedActivationSource:
     def __repr__(self) -> str:
         return f"CachedActivationSource({str(self.folder)!r}, {self.n_tokens} tokens, hooks={list(self.hooks)})"
 
-    def check_hooks(self, hooks: list[str], adapter: Any = None) -> None:
+    def check_hooks(self, hooks: list[str], adapter: ModelAdapter | None = None) -> None:
         """Raise `SparseCircuitsError` unless every hook is cached with the adapter's dim."""
         absent = [hook for hook in hooks if hook not in self.hooks]
         if absent:
@@ -297,7 +300,7 @@ class CachedActivationSource:
                 break
         return written
 
-    def rows(self, hooks: list[str], adapter: Any = None) -> CachedRows:
+    def rows(self, hooks: list[str], adapter: ModelAdapter | None = None) -> CachedRows:
         """Return the row producer an `ActivationStore` reads this cache through."""
         self.check_hooks(hooks, adapter)
         return CachedRows(self, hooks)

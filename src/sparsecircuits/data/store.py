@@ -46,6 +46,7 @@ from sparsecircuits.data.tokenize import TokenSource, check_context_size
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
+    from sparsecircuits.data.cache import CachedActivationSource
     from sparsecircuits.models import ModelAdapter
 
 __all__ = ["ActivationStore", "ActivationStoreConfig"]
@@ -296,7 +297,7 @@ class ActivationStore:
     def __init__(
         self,
         adapter: ModelAdapter | None,
-        contexts: Any,
+        contexts: Iterable[Tensor] | CachedActivationSource | None,
         hooks: list[str],
         cfg: ActivationStoreConfig | None = None,
     ) -> None:
@@ -320,8 +321,10 @@ class ActivationStore:
             self.producer = contexts.rows(hooks, adapter=adapter)
             default_device: str | torch.device = "cpu"
         else:
-            if adapter is None:
-                raise SparseCircuitsError("an ActivationStore over contexts needs a model adapter")
+            if adapter is None or contexts is None:
+                raise SparseCircuitsError(
+                    "an ActivationStore over contexts needs a model adapter and contexts"
+                )
             self.producer = ModelRows(
                 adapter,
                 contexts,

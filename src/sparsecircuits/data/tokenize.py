@@ -19,13 +19,16 @@ every context from training activations by default (`ActivationStoreConfig.exclu
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models.tokens import bos_token_id as models_bos_token_id
+
+if TYPE_CHECKING:
+    from sparsecircuits.data.sources import TextSource
 
 __all__ = [
     "TokenBatcher",
@@ -159,7 +162,7 @@ class TokenSource:
 
     def __init__(
         self,
-        text_source: Any,
+        text_source: TextSource,
         tokenizer: Any,
         context_size: int,
         prepend_bos: bool = True,

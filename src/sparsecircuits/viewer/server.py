@@ -29,10 +29,14 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from sparsecircuits.errors import SparseCircuitsError
+
+if TYPE_CHECKING:
+    from sparsecircuits.circuits.interventions import InterventionEngine
+    from sparsecircuits.interpret.store import DashboardStore
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY = 1 << 20
@@ -73,10 +77,10 @@ class ViewerApp:
 
     data_dir: Path
     dashboards_dir: Path | None = None
-    intervention_engine: Callable[[], Any] | None = None
+    intervention_engine: Callable[[], InterventionEngine] | None = None
     _graphs: dict[str, _GraphEntry] = field(default_factory=dict)
-    _store: Any = None
-    _engine: Any = None
+    _store: DashboardStore | None = None
+    _engine: InterventionEngine | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _engine_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -126,7 +130,7 @@ class ViewerApp:
         return entry.path.read_bytes()
 
     # ------------------------------------------------------------------ dashboards
-    def _require_store(self) -> Any:
+    def _require_store(self) -> DashboardStore:
         if self._store is None:
             raise HTTPError(
                 HTTPStatus.NOT_FOUND,
