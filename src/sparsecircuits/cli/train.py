@@ -31,16 +31,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = run_config_from_args(args, default_out=DEFAULT_OUT)
     dictionaries, result, _ = train_run(cfg, resume=args.resume, quiet=args.quiet)
     for name in dictionaries:
-        print(
-            json.dumps(
-                {
-                    "name": name,
-                    "steps": result.steps,
-                    "tokens": result.tokens,
-                    "tokens_per_s": round(result.tokens_per_s, 1),
-                    **result.metrics.get(name, {}),
-                }
-            )
-        )
+        print(json.dumps(result.record(name)))
     print(f"saved to {cfg.out}/dictionaries/")
     return 0

@@ -59,18 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
     if context.is_main:
         for name in dictionaries:
-            print(
-                json.dumps(
-                    {
-                        "name": name,
-                        "steps": result.steps,
-                        "tokens": result.tokens,
-                        "world_size": context.world_size,
-                        "tokens_per_s": round(result.tokens_per_s, 1),
-                        **result.metrics.get(name, {}),
-                    }
-                )
-            )
+            print(json.dumps({**result.record(name), "world_size": context.world_size}))
     return 0
 
 

@@ -59,6 +59,16 @@ class TrainResult:
         """Training throughput over the whole run (harvest included)."""
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
+    def record(self, name: str) -> dict[str, Any]:
+        """`{name, steps, tokens, tokens_per_s, <last metrics of dictionary name>}` (JSON-ready)."""
+        return {
+            "name": name,
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            **self.metrics.get(name, {}),
+        }
+
 
 def _device_of(dictionary: SparseCoder) -> torch.device:
     return next(dictionary.parameters()).device
