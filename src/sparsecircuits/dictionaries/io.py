@@ -42,6 +42,7 @@ from sparsecircuits.config import from_dict, to_dict
 from sparsecircuits.dictionaries.base import Dictionary
 from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
 from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
+from sparsecircuits.dictionaries.presets import resolve_source
 from sparsecircuits.dictionaries.transcoders import PerLayerTranscoders
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models.embedded import embedded_dir
@@ -297,7 +298,7 @@ def load(
     """
     from sparsecircuits.dictionaries import make
 
-    folder = Path(folder)
+    folder = resolve_source(folder)
     raw = _read_cfg(folder)
     where = str(folder)
     ours = raw.get("sparsecircuits")
@@ -350,7 +351,11 @@ def load_transcoders(
     `PerLayerTranscoders`, each layer read from `hook_in` (`blocks.{L}.…`), else from the folder
     name's trailing digits.
     """
-    root = embedded_dir() / "transcoders" if str(name_or_path) == "embedded" else Path(name_or_path)
+    root = (
+        embedded_dir() / "transcoders"
+        if str(name_or_path) == "embedded"
+        else resolve_source(name_or_path)
+    )
     if not root.is_dir():
         raise SparseCircuitsError(
             f"no transcoder folder at {root}; pass a folder with one sub-folder per layer or a saved cross-layer transcoder"

@@ -1,4 +1,4 @@
-"""load_model: the embedded model, a local HF folder, or a hub id -> ModelAdapter."""
+"""load_model: the embedded model, a local HF folder, or a hub model (cached) -> ModelAdapter."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.hub import is_hub_ref, model_folder, parse_hub_id
 from sparsecircuits.models.adapter import ModelAdapter
 from sparsecircuits.models.architectures import spec_for_model_type
 from sparsecircuits.models.hooks import ATTN_IMPLEMENTATION, register_attention
@@ -64,16 +65,21 @@ def load_model(
     """Load a causal LM and return its ModelAdapter (eval mode, parameters frozen).
 
     `name_or_path`: "embedded" (the shipped model), a local folder written by
-    `save_pretrained` (loaded with local_files_only), or a Hugging Face hub id.
-    `device`: None means cuda when available, else cpu. `dtype`: parameter dtype.
+    `save_pretrained`, a Hugging Face hub id or `hf://ORG/REPO[/SUBPATH][@REVISION]` (only
+    its config, tokenizer and safetensors files are fetched into the hub cache; offline, the
+    cache must hold them). `device`: None means cuda when available, else cpu. `dtype`:
+    parameter dtype.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     name = str(name_or_path)
+    source: Path
     if name == EMBEDDED:
-        source, local = embedded_model_dir(), True
+        source = embedded_model_dir()
+    elif is_hub_ref(name):
+        source = model_folder(name)
     elif Path(name).expanduser().is_dir():
-        source, local = Path(name).expanduser(), True
+        source = Path(name).expanduser()
         if not (source / "config.json").is_file():
             raise SparseCircuitsError(
                 f"{source} has no config.json; pass a folder written by save_pretrained"
@@ -83,13 +89,13 @@ def load_model(
             f"model directory {name} does not exist; pass an existing folder or a hub id"
         )
     else:
-        source, local = name, False  # type: ignore[assignment]
+        source = model_folder(parse_hub_id(name))
     target = resolve_device(device)
 
     try:
-        config = AutoConfig.from_pretrained(source, local_files_only=local)
+        config = AutoConfig.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise _load_error(name, local, exc) from None
+        raise _load_error(source, exc) from None
     spec_for_model_type(config.model_type)  # unsupported architecture: fail before loading weights
 
     register_attention()
@@ -97,21 +103,17 @@ def load_model(
         model: Any = AutoModelForCausalLM.from_pretrained(
             source,
             config=config,
-            local_files_only=local,
+            local_files_only=True,
             dtype=dtype,
             attn_implementation=ATTN_IMPLEMENTATION,
         )
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise _load_error(name, local, exc) from None
+        raise _load_error(source, exc) from None
     model.to(target)
     return ModelAdapter(model, tokenizer, name=name)
 
 
-def _load_error(name: str, local: bool, exc: Exception) -> SparseCircuitsError:
+def _load_error(source: Path, exc: Exception) -> SparseCircuitsError:
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if local:
-        return SparseCircuitsError(f"could not load the model in {name}: {first_line}")
-    return SparseCircuitsError(
-        f"could not load hub model {name!r} ({first_line}); download it first and pass its local directory"
-    )
+    return SparseCircuitsError(f"could not load the model in {source}: {first_line}")

@@ -30,6 +30,7 @@ from sparsecircuits.dictionaries.config import (
     family_params,
     spans_layers,
 )
+from sparsecircuits.dictionaries.presets import resolve_source
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.evaluation.splice import check_splice_hooks
 from sparsecircuits.models import ModelAdapter, load_model
@@ -379,7 +380,7 @@ def load_dictionaries(
 ) -> dict[str, SparseCoder]:
     """Return `{name: dictionary}` from dictionary folders or folders holding several of them."""
     found: dict[str, SparseCoder] = {}
-    for p in map(Path, paths):
+    for p in map(resolve_source, paths):  # a preset or hf:// reference: its local folder
         if (p / "cfg.json").is_file():
             found[p.name] = load(p, device=device)
         elif p.is_dir() and any(p.glob("*/cfg.json")):
