@@ -146,33 +146,31 @@ def _download_bars() -> Iterator[None]:
             disable_progress_bars()
 
 
-def _fetch_command(repo_id: str, revision: str | None, files: Sequence[str], patterns: bool) -> str:
-    words = ["hf", "download", repo_id]
-    for name in files:
-        words += ["--include", f"'{name}'"] if patterns else [name]
-    if revision:
-        words += ["--revision", revision]
-    return " ".join(words)
-
-
 def _missing_error(
     repo_id: str,
     revision: str | None,
     missing: Sequence[str],
     *,
-    patterns: bool = False,
+    include: Sequence[str] = (),
     reason: str | None = None,
 ) -> SparseCircuitsError:
-    """The one-line error naming what the cache lacks and how to fetch it."""
-    shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    """The one-line error naming what the cache lacks and how to fetch it: rerun with network
+    access, or `hf download` the files (`include`: patterns instead of the few missing names)."""
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
     if reason is None:
         reason = (
             "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face hub could not be reached"
         )
+    how = "rerun with network access (HF_HUB_OFFLINE unset) to download what is missing"
+    words = [f"--include '{pattern}'" for pattern in include]
+    if not include and len(missing) <= 3:
+        words = list(missing)
+    if words:
+        revision_flag = [f"--revision {revision}"] if revision else []
+        how += f", or run: hf download {' '.join([repo_id, *words, *revision_flag])}"
     return SparseCircuitsError(
-        f"{HUB_PREFIX}{repo_id}: {shown} not in the Hugging Face cache {hub_cache_dir()} and {reason}; "
-        f"fetch {'them' if len(missing) > 1 or patterns else 'it'} with network access (unset HF_HUB_OFFLINE) "
-        f"or run: {_fetch_command(repo_id, revision, missing, patterns)}"
+        f"{HUB_PREFIX}{repo_id}: missing from the Hugging Face cache {hub_cache_dir()}: {shown} "
+        f"({reason}); {how}"
     )
 
 
@@ -249,10 +247,18 @@ def _snapshot_root(local_file: Path, repo_path: str) -> Path:
 
 
 def fetch_patterns(
-    ref: HubRef, allow: Sequence[str], ignore: Sequence[str] = (), what: str = "files"
+    ref: HubRef,
+    allow: Sequence[str],
+    ignore: Sequence[str],
+    missing: Sequence[str],
+    include: Sequence[str],
 ) -> Path:
     """`snapshot_download` of the files under `ref.subpath` matching `allow` and not `ignore`;
-    return the local folder of `ref` (the snapshot folder joined with the subpath)."""
+    return the local folder of `ref` (the snapshot folder joined with the subpath).
+
+    `missing` names the files and `include` the `hf download` patterns for the error raised
+    when nothing of it is cached offline.
+    """
     from huggingface_hub import errors, snapshot_download
 
     allow_patterns = [ref.under(p) for p in allow]
@@ -265,18 +271,12 @@ def fetch_patterns(
                 ignore_patterns=[ref.under(p) for p in ignore] or None,
             )
     except errors.LocalEntryNotFoundError:
-        raise _missing_error(ref.repo_id, ref.revision, allow_patterns, patterns=True) from None
+        root = None
     except (errors.HfHubHTTPError, errors.HFValidationError, ValueError) as exc:
         raise _hub_error(ref.repo_id, ref.revision, exc) from None
-    folder = Path(str(root)) / ref.subpath
-    if not folder.exists():
-        raise _missing_error(
-            ref.repo_id,
-            ref.revision,
-            allow_patterns,
-            patterns=True,
-            reason=f"the snapshot holds no {what} under {ref.subpath or 'its root'}",
-        )
+    folder = Path(str(root)) / ref.subpath if root is not None else None
+    if folder is None or not folder.exists():
+        raise _missing_error(ref.repo_id, ref.revision, missing, include=include)
     return folder
 
 
@@ -287,7 +287,11 @@ def model_folder(ref: HubRef | str) -> Path:
     `SparseCircuitsError` naming what is missing when the cache lacks a part of the model.
     """
     ref = parse_hub_ref(ref) if isinstance(ref, str) else ref
-    folder = fetch_patterns(ref, MODEL_PATTERNS, ignore=("*/*",), what="model files")
+    essentials = ["config.json", "tokenizer.json", "model.safetensors"]
+    include = [ref.under(p) for p in ("*.json", "*.safetensors", "tokenizer*")]
+    folder = fetch_patterns(
+        ref, MODEL_PATTERNS, ("*/*",), [ref.under(n) for n in essentials], include
+    )
     missing = [] if (folder / "config.json").is_file() else ["config.json"]
     if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
         missing.append("tokenizer.json")
@@ -297,10 +301,11 @@ def model_folder(ref: HubRef | str) -> Path:
             ref.repo_id,
             ref.revision,
             [ref.under(name) for name in missing],
+            include=include,
             reason=(
                 "HF_HUB_OFFLINE is set"
                 if _offline()
-                else "the repository has no such files (sparsecircuits reads safetensors weights only)"
+                else "the repository has no such files; sparsecircuits reads safetensors weights only"
             ),
         )
     return folder
@@ -328,16 +333,16 @@ def dictionary_path(ref: HubRef | str) -> Path:
     ref = parse_hub_ref(ref) if isinstance(ref, str) else ref
     if ref.subpath.endswith(DICTIONARY_SUFFIXES):
         return fetch_files(ref.repo_id, [ref.subpath], ref.revision) / ref.subpath
-    folder = fetch_patterns(ref, DICTIONARY_PATTERNS, DICTIONARY_IGNORE, what="dictionary files")
+    place = f"the dictionary files under {ref.subpath or 'the repository root'}"
+    include = [ref.under(p) for p in DICTIONARY_PATTERNS]
+    folder = fetch_patterns(ref, DICTIONARY_PATTERNS, DICTIONARY_IGNORE, [place], include)
     if not any(p.is_file() and p.suffix in DICTIONARY_SUFFIXES for p in folder.rglob("*")):
         raise _missing_error(
             ref.repo_id,
             ref.revision,
-            [ref.under(p) for p in DICTIONARY_PATTERNS],
-            patterns=True,
-            reason="the cached snapshot holds no dictionary files there"
-            if _offline()
-            else "the repository holds no dictionary files there",
+            [place],
+            include=include,
+            reason="the cached snapshot holds none" if _offline() else "the repository holds none",
         )
     fetch_listed_files(folder / "config.yaml")
     return folder

@@ -51,15 +51,13 @@ def test_unsupported_architecture_fails_before_loading_weights(tmp_path):
         load_model(tmp_path, device="cpu")
 
 
-def test_hub_id_failure_says_to_pass_a_local_directory(monkeypatch):
-    import transformers
+def test_hub_id_missing_from_the_offline_cache_says_how_to_fetch_it(tmp_path, monkeypatch):
+    from hubkit import use_offline_cache
 
-    def offline(*args, **kwargs):
-        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
-
-    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline)
+    use_offline_cache(tmp_path, monkeypatch)
     with pytest.raises(
-        SparseCircuitsError, match="could not load hub model 'someorg/some-model'.*local directory"
+        SparseCircuitsError,
+        match=r"hf://someorg/some-model: missing from the Hugging Face cache .*: config.json.*hf download someorg/some-model",
     ):
         load_model("someorg/some-model", device="cpu")
 

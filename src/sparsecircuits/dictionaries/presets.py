@@ -223,9 +223,12 @@ def resolve_source(name_or_path: str | os.PathLike[str]) -> Path:
 def preset_folder(preset: Preset) -> Path:
     """Fetch `preset`'s files (what the cache lacks) and return its folder (module docstring)."""
     files = preset.files
-    if preset.config_lists_files and _config_lists_files(preset):
-        files = tuple(name for name in files if name == "config.yaml")
-    snapshot = hub.fetch_files(preset.repo_id, files, preset.revision, optional=preset.optional)
+    try:
+        if preset.config_lists_files and _config_lists_files(preset):
+            files = tuple(name for name in files if name == "config.yaml")
+        snapshot = hub.fetch_files(preset.repo_id, files, preset.revision, optional=preset.optional)
+    except SparseCircuitsError as exc:
+        raise SparseCircuitsError(f"preset {preset.name}: {exc}") from None
     present = [n for n in (*preset.files, *preset.optional) if (snapshot / n).is_file()]
     return _link_view(preset.name, snapshot, present)
 
