@@ -10,7 +10,8 @@ __all__ = ["SparseCircuitsError", "__version__", "load_model", "load_transcoders
 
 
 def load_model(name_or_path: str = "embedded", **kwargs):  # type: ignore[no-untyped-def]
-    """Return a `ModelAdapter` for a hub id, a local directory, or "embedded"."""
+    """Return a `ModelAdapter` for a hub id or `hf://ORG/REPO[/SUBPATH]` (fetched into the
+    Hugging Face cache), a local directory, or "embedded"."""
     from sparsecircuits.models import load_model as _load_model
 
     return _load_model(name_or_path, **kwargs)
@@ -18,7 +19,8 @@ def load_model(name_or_path: str = "embedded", **kwargs):  # type: ignore[no-unt
 
 def load_transcoders(name_or_path: str = "embedded", **kwargs):  # type: ignore[no-untyped-def]
     """Return the transcoder set (per-layer transcoders, a `{layer: transcoder}` mapping, or a
-    cross-layer transcoder) saved in a folder, or "embedded"'s shipped transcoders."""
+    cross-layer transcoder) saved in a folder, at `hf://ORG/REPO[/SUBPATH]`, named by a preset
+    (`sparsecircuits.dictionaries.presets.PRESETS`), or "embedded"'s shipped transcoders."""
     from sparsecircuits.dictionaries import load_transcoders as _load_transcoders
 
     return _load_transcoders(name_or_path, **kwargs)

@@ -13,7 +13,12 @@ from sparsecircuits.pipelines import RunConfig
 # "train" for its `TrainConfig`, "dictionary" for every `DictionarySpec`; the key there;
 # argparse keywords, `type` the key's field type).
 RUN_FLAGS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
-    ("--model", "run", "model", {"help": 'hub id, local model folder, or "embedded" (default)'}),
+    (
+        "--model",
+        "run",
+        "model",
+        {"help": 'hub id, hf://ORG/REPO[/SUBPATH], local model folder, or "embedded" (default)'},
+    ),
     (
         "--dataset",
         "run",

@@ -22,13 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--model", default="embedded")
     p.add_argument(
-        "--transcoders", default="embedded", help='folder of per-layer transcoders, or "embedded"'
+        "--transcoders",
+        default="embedded",
+        help='folder of per-layer transcoders, hf://ORG/REPO[/SUBPATH], a preset, or "embedded"',
     )
     p.add_argument(
         "--dictionary",
         action="append",
         default=[],
-        help="a saved dictionary folder (or a folder of several); repeatable; replaces --transcoders",
+        help="a saved dictionary folder (or a folder of several), hf://ORG/REPO[/SUBPATH] or a preset; "
+        "repeatable; replaces --transcoders",
     )
     p.add_argument(
         "--dataset",

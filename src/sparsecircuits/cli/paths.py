@@ -20,9 +20,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "greater-than metric) on a prompt with the transcoder paper's greedy path search; writes "
         "graph.json, graph.png, paths.txt and verification.json (ablations of the top nodes) to --out.",
     )
-    p.add_argument("--model", default="embedded", help='hub id, local model folder, or "embedded"')
     p.add_argument(
-        "--transcoders", default="embedded", help='folder of saved transcoders, or "embedded"'
+        "--model",
+        default="embedded",
+        help='hub id, hf://ORG/REPO[/SUBPATH], local model folder, or "embedded"',
+    )
+    p.add_argument(
+        "--transcoders",
+        default="embedded",
+        help='folder of saved transcoders, hf://ORG/REPO[/SUBPATH], a preset, or "embedded"',
     )
     p.add_argument(
         "--prompt", action="append", help="prompt text (repeatable; default: greater-than prompts)"

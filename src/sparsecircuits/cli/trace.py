@@ -40,12 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", help="the prompt (a BOS token is prepended)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument(
-        "--model", default="embedded", help='hub id, local model folder, or "embedded" (default)'
+        "--model",
+        default="embedded",
+        help='hub id, hf://ORG/REPO[/SUBPATH], local model folder, or "embedded" (default)',
     )
     p.add_argument(
         "--transcoders",
         default="embedded",
-        help='folder of per-layer transcoders or a cross-layer transcoder, or "embedded"',
+        help="folder of per-layer transcoders or a cross-layer transcoder, hf://ORG/REPO[/SUBPATH], "
+        'a preset (sparsecircuits presets), or "embedded"',
     )
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--slug", help="graph name inside the JSON (default: from the prompt)")
