@@ -214,6 +214,12 @@ def test_preset_folder_holds_exactly_its_files(cache, tmp_path, monkeypatch):
         match=r"preset test-set: hf://org/scope: missing from the Hugging Face cache .*: layer_2/a/cfg.json \(",
     ):
         P.resolve_source("test-set")
+    fewer = tuple(n for n in chosen if n.startswith("layer_0/"))
+    monkeypatch.setitem(P.PRESETS, "test-set", dataclasses.replace(longer, files=fewer))
+    assert P.resolve_source("test-set") == folder  # same commit: the folder is remade
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == (
+        sorted(fewer)
+    )
 
 
 def test_circuit_tracer_config_list_is_fetched(cache, monkeypatch):

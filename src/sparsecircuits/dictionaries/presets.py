@@ -245,9 +245,10 @@ def _config_lists_files(preset: Preset) -> bool:
 
 
 def _link_view(name: str, snapshot: Path, files: list[str]) -> Path:
-    """`<cache>/presets/NAME/COMMIT` with a link per file into `snapshot` (made once)."""
+    """`<cache>/presets/NAME/COMMIT` with a link per file into `snapshot` (made once; remade
+    when its files differ from `files`)."""
     view = hub.sparsecircuits_cache_dir() / "presets" / name / snapshot.name
-    if all((view / f).is_file() for f in files):
+    if _view_holds(view, files):
         return view
     view.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{snapshot.name}-", dir=view.parent))
@@ -255,12 +256,24 @@ def _link_view(name: str, snapshot: Path, files: list[str]) -> Path:
         target = staging / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            target.symlink_to((snapshot / rel).resolve())
+            target.symlink_to(snapshot / rel)
         except OSError:  # no symlinks on this file system
             shutil.copyfile(snapshot / rel, target)
     shutil.rmtree(view, ignore_errors=True)
-    staging.rename(view)
+    try:
+        staging.rename(view)
+    except OSError:  # another process made it first
+        shutil.rmtree(staging, ignore_errors=True)
+        if not _view_holds(view, files):
+            raise
     return view
+
+
+def _view_holds(view: Path, files: list[str]) -> bool:
+    if not view.is_dir():
+        return False
+    present = {p.relative_to(view).as_posix() for p in view.rglob("*") if not p.is_dir()}
+    return present == set(files) and all((view / f).is_file() for f in files)
 
 
 def preset_table() -> list[dict[str, str]]:
