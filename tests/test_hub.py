@@ -257,3 +257,64 @@ def test_preset_table_is_consistent():
         layer_files = [f for f in preset.files if f != "config.yaml"]
         assert len(layer_files) == per_layer * (last + 1), preset.name
         assert len(set(preset.files)) == len(preset.files)
+
+
+def test_preset_with_set_hooks_gets_a_circuit_tracer_config(cache, monkeypatch):
+    """Per-layer files with no set description: the preset folder lists them in layer order in
+    a circuit-tracer config.yaml (the form of circuit-tracer's own Gemma-2-2B set)."""
+    import yaml
+
+    files = {f"layer_{i}/width_16k/average_l0_{9 - i}/params.npz": bytes([i]) for i in range(3)}
+    add_repo(cache, "org/scope", files)
+    _small_preset(
+        monkeypatch,
+        repo_id="org/scope",
+        files=tuple(files),
+        set_hooks=("ln2.hook_normalized", "hook_mlp_out"),
+    )
+    folder = P.resolve_source("test-set")
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config == {
+        "model_kind": "transcoder_set",
+        "model_name": "org/model",
+        "feature_input_hook": "ln2.hook_normalized",
+        "feature_output_hook": "hook_mlp_out",
+        "transcoders": list(files),
+    }
+    assert [(folder / f).read_bytes() for f in config["transcoders"]] == [b"\0", b"\1", b"\2"]
+    assert P.resolve_source("test-set") == folder
+
+
+# preset -> (SAELens release, the ids of the preset's choice, the file in each id's folder)
+SAELENS_RELEASES = {
+    "gemma-scope-2b-transcoders": ("gemma-scope-2b-pt-transcoders", "", "/params.npz"),
+    "gemma-scope-2b-res-saes": ("gemma-scope-2b-pt-res-canonical", "width_16k", "/params.npz"),
+    "gemma-scope-2b-mlp-saes": ("gemma-scope-2b-pt-mlp-canonical", "width_16k", "/params.npz"),
+    "gemma-scope-2-1b-transcoders": (
+        "gemma-scope-2-1b-pt-transcoders-all",
+        "width_16k_l0_small_affine",
+        "/params.safetensors",
+    ),
+    "gemma-scope-2-270m-transcoders": (
+        "gemma-scope-2-270m-pt-transcoders-all",
+        "width_16k_l0_small_affine",
+        "/params.safetensors",
+    ),
+    "qwen3-0.6b-transcoders": ("mwhanna-qwen3-0.6b-transcoders-lowl0", "", ""),
+    "qwen3-1.7b-transcoders": ("mwhanna-qwen3-1.7b-transcoders-lowl0", "", ""),
+    "qwen3-4b-transcoders": ("mwhanna-qwen3-4b-transcoders", "", ""),
+    "qwen3-8b-transcoders": ("mwhanna-qwen3-8b-transcoders", "", ""),
+    "qwen3-14b-transcoders": ("mwhanna-qwen3-14b-transcoders-lowl0", "", ""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAELENS_RELEASES))
+def test_preset_matches_the_saelens_release(name):
+    """Repository and files equal SAELens' registry (`pretrained_saes.yaml`) where it is installed."""
+    directory = pytest.importorskip("sae_lens.loading.pretrained_saes_directory")
+    release_name, id_part, suffix = SAELENS_RELEASES[name]
+    release = directory.get_pretrained_saes_directory()[release_name]
+    preset = P.PRESETS[name]
+    assert release.repo_id == preset.repo_id
+    files = {path + suffix for sae_id, path in release.saes_map.items() if id_part in sae_id}
+    assert files == {f for f in preset.files if f != "config.yaml"}

@@ -42,6 +42,10 @@ class Preset:
     revision: str | None = None
     # circuit-tracer sets: config.yaml may list the layer files (`transcoders:`) instead
     config_lists_files: bool = False
+    # per-layer files with no set description in the repository: (input, output) hooks in
+    # circuit-tracer's vocabulary; the preset folder then gets a circuit-tracer `config.yaml`
+    # listing `files` in layer order (what circuit-tracer's own Gemma-2-2B set does)
+    set_hooks: tuple[str, str] | None = None
 
 
 # Gemma Scope 2B transcoders: width 16k, the average_l0 per layer that circuit-tracer's
@@ -58,7 +62,9 @@ _GEMMA_SCOPE_MLP_L0 = (
 )  # fmt: skip
 
 
-def _gemma_scope(name: str, repo: str, kind: str, l0s: tuple[int, ...]) -> Preset:
+def _gemma_scope(
+    name: str, repo: str, kind: str, l0s: tuple[int, ...], set_hooks: tuple[str, str] | None = None
+) -> Preset:
     return Preset(
         name=name,
         repo_id=repo,
@@ -69,6 +75,7 @@ def _gemma_scope(name: str, repo: str, kind: str, l0s: tuple[int, ...]) -> Prese
         files=tuple(
             f"layer_{layer}/width_16k/average_l0_{l0}/params.npz" for layer, l0 in enumerate(l0s)
         ),
+        set_hooks=set_hooks,
     )
 
 
@@ -119,6 +126,8 @@ PRESETS: dict[str, Preset] = {
             "google/gemma-scope-2b-pt-transcoders",
             "transcoders",
             _GEMMA_SCOPE_TRANSCODER_L0,
+            # the Gemma Scope model card's sites: RMSNorm output before its gain -> MLP output
+            ("ln2.hook_normalized", "hook_mlp_out"),
         ),
         _gemma_scope(
             "gemma-scope-2b-res-saes",
@@ -230,7 +239,23 @@ def preset_folder(preset: Preset) -> Path:
     except SparseCircuitsError as exc:
         raise SparseCircuitsError(f"preset {preset.name}: {exc}") from None
     present = [n for n in (*preset.files, *preset.optional) if (snapshot / n).is_file()]
-    return _link_view(preset.name, snapshot, present)
+    written = {"config.yaml": _set_config(preset)} if preset.set_hooks else {}
+    return _link_view(preset.name, snapshot, present, written)
+
+
+def _set_config(preset: Preset) -> str:
+    """circuit-tracer's `config.yaml` for a per-layer set: its files in layer order."""
+    import yaml
+
+    assert preset.set_hooks is not None
+    config = {
+        "model_kind": "transcoder_set",
+        "model_name": preset.model,
+        "feature_input_hook": preset.set_hooks[0],
+        "feature_output_hook": preset.set_hooks[1],
+        "transcoders": list(preset.files),
+    }
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def _config_lists_files(preset: Preset) -> bool:
@@ -244,11 +269,11 @@ def _config_lists_files(preset: Preset) -> bool:
     return bool(hub.fetch_listed_files(snapshot / "config.yaml"))
 
 
-def _link_view(name: str, snapshot: Path, files: list[str]) -> Path:
-    """`<cache>/presets/NAME/COMMIT` with a link per file into `snapshot` (made once; remade
-    when its files differ from `files`)."""
+def _link_view(name: str, snapshot: Path, files: list[str], written: dict[str, str]) -> Path:
+    """`<cache>/presets/NAME/COMMIT` with a link per file into `snapshot` and the `written`
+    files ({name: text}); made once, remade when its contents differ."""
     view = hub.sparsecircuits_cache_dir() / "presets" / name / snapshot.name
-    if _view_holds(view, files):
+    if _view_holds(view, files, written):
         return view
     view.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{snapshot.name}-", dir=view.parent))
@@ -259,21 +284,27 @@ def _link_view(name: str, snapshot: Path, files: list[str]) -> Path:
             target.symlink_to(snapshot / rel)
         except OSError:  # no symlinks on this file system
             shutil.copyfile(snapshot / rel, target)
+    for rel, text in written.items():
+        (staging / rel).write_text(text)
     shutil.rmtree(view, ignore_errors=True)
     try:
         staging.rename(view)
     except OSError:  # another process made it first
         shutil.rmtree(staging, ignore_errors=True)
-        if not _view_holds(view, files):
+        if not _view_holds(view, files, written):
             raise
     return view
 
 
-def _view_holds(view: Path, files: list[str]) -> bool:
+def _view_holds(view: Path, files: list[str], written: dict[str, str]) -> bool:
     if not view.is_dir():
         return False
     present = {p.relative_to(view).as_posix() for p in view.rglob("*") if not p.is_dir()}
-    return present == set(files) and all((view / f).is_file() for f in files)
+    return (
+        present == {*files, *written}
+        and all((view / f).is_file() for f in files)
+        and all((view / f).read_text() == text for f, text in written.items())
+    )
 
 
 def preset_table() -> list[dict[str, str]]:
