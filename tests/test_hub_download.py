@@ -36,6 +36,14 @@ REPOS = {
         "pytorch_model.bin": b"pickle",
         "original/consolidated.safetensors": b"other",
     },
+    "org/sparsify": {
+        "run/config.json": b'{"transcode": true}',
+        "run/state.pt": b"state",
+        "run/optimizer_0.pt": b"state",
+        "run/layers.3.mlp/cfg.json": b'{"k": 4}',
+        "run/layers.3.mlp/sae.safetensors": b"s" * 100,
+        "run/layers.4.mlp/sae.safetensors": b"t" * 100,
+    },
     "org/listing": {
         "config.yaml": b"transcoders:\n  - hf://org/scope/layer_1/width_16k/average_l0_7/params.npz\n"
     },
@@ -50,6 +58,7 @@ calls = {
     "scope": lambda: hub.fetch_files("org/scope", ["layer_0/width_16k/average_l0_9/params.npz"]),
     "model": lambda: hub.model_folder("hf://org/model"),
     "listing": lambda: hub.dictionary_path("hf://org/listing"),
+    "sparsify": lambda: hub.dictionary_path("hf://org/sparsify/run/layers.3.mlp"),
     "no_file": lambda: hub.fetch_files("org/set", ["W_enc_9.safetensors"]),
     "no_repo": lambda: hub.dictionary_path("hf://org/absent"),
 }
@@ -100,7 +109,7 @@ def _downloaded(log: list[str], repo: str) -> set[str]:
 def test_only_the_needed_files_are_downloaded_then_work_offline(fake_hub, tmp_path):
     endpoint, log = fake_hub
     log.clear()
-    calls = ("set", "scope", "model", "listing", "no_file", "no_repo")
+    calls = ("set", "scope", "model", "listing", "sparsify", "no_file", "no_repo")
     online, stderr = _run(_env(tmp_path, endpoint, offline=False), *calls)
     assert _downloaded(log, "org/set") == {
         "config.yaml",
@@ -112,14 +121,19 @@ def test_only_the_needed_files_are_downloaded_then_work_offline(fake_hub, tmp_pa
         "layer_1/width_16k/average_l0_7/params.npz",  # listed by org/listing's config.yaml
     }
     assert _downloaded(log, "org/model") == {"config.json", "tokenizer.json", "model.safetensors"}
+    assert _downloaded(log, "org/sparsify") == {
+        "run/config.json",  # the run's config: whether the coder transcodes
+        "run/layers.3.mlp/cfg.json",
+        "run/layers.3.mlp/sae.safetensors",
+    }
     assert "Fetching 3 files" in stderr  # huggingface_hub's progress bar is shown
     assert online["no_file"] == "error: hf://org/set has no file W_enc_9.safetensors"
     assert online["no_repo"].startswith("error: no hub repository org/absent")
     assert (Path(online["set"]) / "W_enc_0.safetensors").read_bytes() == b"e" * 3000
 
     log.clear()
-    offline, _ = _run(_env(tmp_path, endpoint, offline=True), *calls[:4])
-    assert offline == {name: online[name] for name in calls[:4]}
+    offline, _ = _run(_env(tmp_path, endpoint, offline=True), *calls[:5])
+    assert offline == {name: online[name] for name in calls[:5]}
     assert log == []  # nothing asked of the hub
 
 

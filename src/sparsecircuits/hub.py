@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,14 +328,17 @@ def dictionary_path(ref: HubRef | str) -> Path:
     """A local file or folder with the dictionary (or transcoder set) of `ref`.
 
     A subpath ending in a dictionary file suffix is fetched alone; otherwise the dictionary
-    files under the subpath (`DICTIONARY_PATTERNS` less `DICTIONARY_IGNORE`) are. Files that a
-    circuit-tracer `config.yaml` there lists as `hf://` URIs are fetched as well.
+    files under the subpath (`DICTIONARY_PATTERNS` less `DICTIONARY_IGNORE`) are, with the
+    parent folder's `config.json` if there is one (a sparsify run's training config, which
+    tells whether its older coders transcode). Files that a circuit-tracer `config.yaml` there
+    lists as `hf://` URIs are fetched as well.
     """
     ref = parse_hub_ref(ref) if isinstance(ref, str) else ref
     if ref.subpath.endswith(DICTIONARY_SUFFIXES):
         return fetch_files(ref.repo_id, [ref.subpath], ref.revision) / ref.subpath
     place = f"the dictionary files under {ref.subpath or 'the repository root'}"
-    include = [ref.under(p) for p in DICTIONARY_PATTERNS]
+    run_config = posixpath.join(posixpath.dirname(ref.subpath), "config.json")
+    include = [ref.under(p) for p in DICTIONARY_PATTERNS] + ([run_config] if ref.subpath else [])
     folder = fetch_patterns(ref, DICTIONARY_PATTERNS, DICTIONARY_IGNORE, [place], include)
     if not any(p.is_file() and p.suffix in DICTIONARY_SUFFIXES for p in folder.rglob("*")):
         raise _missing_error(
@@ -344,6 +348,12 @@ def dictionary_path(ref: HubRef | str) -> Path:
             include=include,
             reason="the cached snapshot holds none" if _offline() else "the repository holds none",
         )
+    if ref.subpath:  # a sparsify hookpoint folder: its run's config.json says if it transcodes
+        parent = posixpath.dirname(ref.subpath)
+        with contextlib.suppress(SparseCircuitsError):
+            fetch_files(
+                ref.repo_id, [], ref.revision, optional=[posixpath.join(parent, "config.json")]
+            )
     fetch_listed_files(folder / "config.yaml")
     return folder
 
