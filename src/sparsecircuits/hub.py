@@ -213,12 +213,16 @@ def fetch_files(
 
     snapshot: Path | None = None
     missing: list[str] = []
+    cache_only = False  # after one file found the hub unreachable, spare the rest its retries
     with _download_bars():
         for name in [*files, *optional]:
             required = name not in optional or name in files
             try:
-                local = Path(hf_hub_download(repo_id, name, revision=revision))
+                local = Path(
+                    hf_hub_download(repo_id, name, revision=revision, local_files_only=cache_only)
+                )
             except errors.LocalEntryNotFoundError:
+                cache_only = True
                 if required:
                     missing.append(name)
                 continue
