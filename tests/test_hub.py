@@ -206,6 +206,10 @@ def test_preset_folder_holds_exactly_its_files(cache, tmp_path, monkeypatch):
     )
     assert folder.is_relative_to(tmp_path / "sc" / "presets" / "test-set")
     assert P.resolve_source("test-set") == folder  # made once, reused
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "test-set").mkdir()
+    assert P.resolve_source("test-set") == Path("test-set")  # a folder of that name wins
+    monkeypatch.chdir(saved)
     assert load(folder / "layer_1" / "a", device="cpu").cfg.d_in == 8
     longer = dataclasses.replace(P.PRESETS["test-set"], files=(*chosen, "layer_2/a/cfg.json"))
     monkeypatch.setitem(P.PRESETS, "test-set", longer)

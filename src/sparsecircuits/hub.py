@@ -14,6 +14,7 @@ command that fetches it.
   `transcoders:` list names `hf://` files elsewhere has those files fetched too.
 * `fetch_files(repo_id, files, revision, optional) -> Path`: exact files; the snapshot folder.
 * `local_file(uri) -> Path`: one `hf://ORG/REPO/FILE[?revision=R]` file (for format readers).
+* `hub_cache_dir()`, `sparsecircuits_cache_dir()` (ours: preset folders).
 """
 
 from __future__ import annotations

@@ -220,9 +220,10 @@ PRESETS: dict[str, Preset] = {
 
 def resolve_source(name_or_path: str | os.PathLike[str]) -> Path:
     """The local path of a dictionary source: a preset name or an `hf://` reference is
-    fetched (only its files) and resolved; a path is returned as it is."""
+    fetched (only its files) and resolved; a path is returned as it is (an existing path wins
+    over a preset of the same name)."""
     text = os.fspath(name_or_path)
-    if text in PRESETS:
+    if text in PRESETS and not Path(text).exists():
         return preset_folder(PRESETS[text])
     if hub.is_hub_ref(text):
         return hub.dictionary_path(text)
