@@ -77,7 +77,9 @@ def test_attribution_equals_ablation_when_frozen(tiny_models, variant, mode):
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("hook_in", TRANSCODER_INPUTS)
-def test_every_transcoder_input_hook_is_read_and_attributed_exactly(tiny_model_dir, family, hook_in):
+def test_every_transcoder_input_hook_is_read_and_attributed_exactly(
+    tiny_model_dir, family, hook_in
+):
     """Each input name reads what the adapter's hook of that name carries (TransformerLens's
     meaning; LayerNorm and RMSNorm differ for ln2.hook_normalized), and attribution through the
     pre-MLP norm at that point equals the frozen ablation."""

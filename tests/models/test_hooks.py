@@ -145,7 +145,9 @@ def test_ln1_normalized_times_gain_is_the_attention_input(tiny_adapter):
     _, cache = every_hook_cache(tiny_adapter, ids)
     for layer, block in enumerate(tiny_adapter.blocks):
         ln1 = block.get_submodule(tiny_adapter.spec.ln1)
-        gained = norm_output(tiny_adapter, cache[f"blocks.{layer}.ln1.hook_normalized"], "ln1", layer)
+        gained = norm_output(
+            tiny_adapter, cache[f"blocks.{layer}.ln1.hook_normalized"], "ln1", layer
+        )
         torch.testing.assert_close(
             gained, ln1(cache[f"blocks.{layer}.hook_resid_pre"]), rtol=0, atol=1e-5
         )
@@ -187,7 +189,9 @@ def test_W_V_and_pattern_rebuild_z(tiny_adapter):
     ids = token_ids(tiny_adapter)
     _, cache = every_hook_cache(tiny_adapter, ids)
     for layer in range(tiny_adapter.n_layers):
-        attn_in = norm_output(tiny_adapter, cache[f"blocks.{layer}.ln1.hook_normalized"], "ln1", layer)
+        attn_in = norm_output(
+            tiny_adapter, cache[f"blocks.{layer}.ln1.hook_normalized"], "ln1", layer
+        )
         weights = tiny_adapter.attention_weights(layer)
         v = torch.einsum("bpm,hmd->bphd", attn_in, weights.W_V) + weights.b_V
         z = torch.einsum("bhqk,bkhd->bqhd", cache[f"blocks.{layer}.attn.hook_pattern"], v)
@@ -213,7 +217,9 @@ def test_W_Q_W_K_rebuild_pattern(tiny_adapter):
     rotary = tiny_adapter.rotary_cos_sin(torch.arange(n_pos))
     assert (rotary is None) == (tiny_adapter.family == "gpt2")
     for layer in range(tiny_adapter.n_layers):
-        attn_in = norm_output(tiny_adapter, cache[f"blocks.{layer}.ln1.hook_normalized"], "ln1", layer)
+        attn_in = norm_output(
+            tiny_adapter, cache[f"blocks.{layer}.ln1.hook_normalized"], "ln1", layer
+        )
         w = tiny_adapter.attention_weights(layer)
         q = torch.einsum("bpm,hmd->bphd", attn_in, w.W_Q) + w.b_Q
         k = torch.einsum("bpm,hmd->bphd", attn_in, w.W_K) + w.b_K
