@@ -106,7 +106,14 @@ def test_format_1_normalized_hooks(tmp_path: Path, tiny_model_dir) -> None:  # t
 
 def test_a_saelens_folder_keeps_transformer_lens_names(tmp_path: Path) -> None:
     """No "sparsecircuits" object: the hooks are TransformerLens's (hook_mlp_in = the residual)."""
-    for hook in ("blocks.0.hook_mlp_in", "blocks.0.ln2.hook_normalized", "blocks.0.mlp.hook_in"):
+    hooks = (
+        "blocks.0.hook_resid_mid",
+        "blocks.0.hook_mlp_in",
+        "blocks.0.ln2.hook_normalized",
+        "blocks.0.mlp.hook_in",
+        "blocks.0.hook_mlp_out",
+    )
+    for hook in hooks:
         folder = tmp_path / hook
         save_dictionary(build_dictionary("topk", "transcoder", d_out=12), folder)
         raw = json.loads((folder / CFG_FILENAME).read_text())
