@@ -14,7 +14,9 @@ environments, one step each:
         into the transformers model there and into a HookedTransformer without weight processing
         (fold_ln, center_writing_weights, center_unembed and fold_value_biases all off, and
         use_hook_mlp_in on), runs the same prompt and prints the max abs difference of every
-        hook name both define; exit status 1 when one exceeds --tolerance (1e-5, fp32).
+        hook name both define (`mlp.hook_in` / `mlp.hook_out`: the input and output of
+        TransformerLens's MLP module, where circuit-tracer defines them); exit status 1 when one
+        exceeds --tolerance (1e-5, fp32).
 
 `make crosscheck` runs both. Only this file's `dump` imports sparsecircuits.
 """
@@ -247,6 +249,26 @@ def _transformer_lens_model(family: str, hf_model: Any, work: Path) -> Any:
     return model.eval()
 
 
+def _run_with_mlp_module_hooks(model: Any, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """TransformerLens's logits and cache, plus `blocks.L.mlp.hook_in` / `mlp.hook_out`: the input
+    and output of its MLP module, where circuit-tracer wraps the MLP to define them."""
+    extra: dict[str, torch.Tensor] = {}
+    handles = []
+    for layer, block in enumerate(model.blocks):
+
+        def keep(_module: Any, args: Any, output: torch.Tensor, layer: int = layer) -> None:
+            extra[f"blocks.{layer}.mlp.hook_in"] = args[0]
+            extra[f"blocks.{layer}.mlp.hook_out"] = output
+
+        handles.append(block.mlp.register_forward_hook(keep))
+    try:
+        logits, cache = model.run_with_cache(ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, {**dict(cache.items()), **extra}
+
+
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
@@ -272,7 +294,7 @@ def compare(folder: Path, tolerance: float) -> int:
         ids = prompt()
         with torch.no_grad():
             hf_logits = hf_model(ids).logits
-            tl_logits, cache = model.run_with_cache(ids)
+            tl_logits, cache = _run_with_mlp_module_hooks(model, ids)
         # the two references agree with each other first, or the comparison means nothing
         diffs = {"logits (TransformerLens vs transformers)": _max_diff(tl_logits, hf_logits)}
         if status != "ok":  # still shows whether the TransformerLens side is ready for it
