@@ -50,9 +50,12 @@ def test_every_shared_hook_equals_transformer_lens(tmp_path: Path) -> None:
     for family in ("gpt2", "gpt_neox", "llama"):
         assert report[family]["status"] == "ok", report[family]
         diffs = report[family]["max_abs_diff"]
-        for hook in (
-            "blocks.1.hook_mlp_in",
-            "blocks.1.ln2.hook_normalized",
-            "blocks.1.hook_mlp_out",
-        ):
+        kinds = (
+            "hook_mlp_in",
+            "ln2.hook_normalized",
+            "mlp.hook_in",
+            "mlp.hook_out",
+            "hook_mlp_out",
+        )
+        for hook in (f"blocks.1.{kind}" for kind in kinds):
             assert diffs[hook] <= 1e-5, (family, hook, diffs[hook])
