@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest browser-deps compat-deps bench-env bench bench-quick embedded clean
+.PHONY: setup demo test lint typecheck pytest browser-deps compat-deps bench-env bench bench-quick crosscheck embedded clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -89,6 +89,15 @@ bench: bench-env
 bench-quick: bench-env
 	mkdir -p out/bench
 	$(BENCH)/bin/python benchmarks/run.py --json --quick --out out/bench/quick.jsonl
+
+# Cross-checks against independent implementations on the same weights. Hooks: every hook of ours
+# on tiny random GPT-2, GPT-NeoX, Llama and Gemma-2 models against TransformerLens's hook of the
+# same name (unprocessed weights, max abs difference <= 1e-5 in fp32); ours are dumped here,
+# TransformerLens runs in the circuit-tracer environment, which pins its transformers.
+CROSSCHECK := out/crosscheck
+crosscheck: $(STAMP) $(BENCH_CT)/.installed
+	$(BIN)/python scripts/crosscheck/hooks_vs_transformer_lens.py dump --out $(CROSSCHECK)/hooks
+	$(BENCH_CT)/bin/python scripts/crosscheck/hooks_vs_transformer_lens.py compare --dir $(CROSSCHECK)/hooks
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

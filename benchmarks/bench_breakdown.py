@@ -327,7 +327,7 @@ def run(adapter: Any, options: BenchOptions) -> None:
                 "top_ops": rows,
             }
         )
-        x = batch[f"blocks.{LAYER}.hook_mlp_in"]
+        x = batch[f"blocks.{LAYER}.mlp.hook_in"]
         if options.device == "cpu" and options.dtype == "float32":
             seconds = time_interleaved(
                 _step_variants(spec, batch, options),

@@ -41,7 +41,7 @@ def our_fit(adapter: Any, contexts: Any, steps: int, options: BenchOptions) -> i
     from sparsecircuits.dictionaries import DictionaryConfig, make
     from sparsecircuits.training import TrainConfig, Trainer
 
-    hooks = [f"blocks.{LAYER}.hook_mlp_in", f"blocks.{LAYER}.hook_mlp_out"]
+    hooks = [f"blocks.{LAYER}.mlp.hook_in", f"blocks.{LAYER}.hook_mlp_out"]
     cfg = DictionaryConfig(
         architecture="topk",
         kind="transcoder",

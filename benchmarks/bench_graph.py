@@ -69,13 +69,13 @@ def make_transcoders(adapter: Any, k: int, d_sae: int) -> dict[int, Any]:
     hooks = [
         f"blocks.{layer}.{h}"
         for layer in range(adapter.n_layers)
-        for h in ("hook_mlp_in", "hook_mlp_out")
+        for h in ("mlp.hook_in", "hook_mlp_out")
     ]
     with torch.no_grad():
         _, cache = adapter.run_with_cache(ids, hooks, stop_after_last=False)
     transcoders = {}
     for layer in range(adapter.n_layers):
-        hook_in, hook_out = f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out"
+        hook_in, hook_out = f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.hook_mlp_out"
         cfg = DictionaryConfig(
             architecture="topk",
             kind="transcoder",

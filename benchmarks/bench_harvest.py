@@ -1,6 +1,6 @@
 """Harvest throughput: `ModelAdapter.run_with_cache` vs the bare HF model.
 
-For a hooked layer L (`blocks.L.hook_mlp_in` + `blocks.L.hook_mlp_out`, what a transcoder
+For a hooked layer L (`blocks.L.mlp.hook_in` + `blocks.L.hook_mlp_out`, what a transcoder
 trains on) three things run on the same `[32, 128]` token batch under `torch.no_grad()`:
 
 * ours: `adapter.run_with_cache(ids, hooks, stop_after_last=True)`;
@@ -72,7 +72,7 @@ def run(adapter: Any, options: BenchOptions) -> None:
     layers = sorted({min(1, adapter.n_layers - 1), adapter.n_layers - 1})
     model = adapter.model
     for layer in layers:
-        hooks = [f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out"]
+        hooks = [f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.hook_mlp_out"]
         config = {
             **options.base_config(),
             "layer": layer,
@@ -130,7 +130,7 @@ def run_store(adapter: Any, options: BenchOptions) -> None:
     from sparsecircuits.data import ActivationStore, ActivationStoreConfig
 
     layer = min(1, adapter.n_layers - 1)
-    hooks = [f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out"]
+    hooks = [f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.hook_mlp_out"]
     n_batches = 8 if options.quick else 24
     cfg = ActivationStoreConfig(
         context_size=CONTEXT_SIZE,

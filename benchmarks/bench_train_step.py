@@ -1,7 +1,7 @@
 """Dictionary train-step throughput with the activations already in memory.
 
 One step = loss + backward + optimizer step (+ each library's per-step bookkeeping) on a batch
-of `batch_tokens` real activations of the benchmark model (layer 1 `hook_mlp_in` /
+of `batch_tokens` real activations of the benchmark model (layer 1 `mlp.hook_in` /
 `hook_mlp_out`, d_in 256). Ours runs through `Trainer.train(stop_at_step=...)` with a store that
 returns the same batch, so every per-step cost of our trainer is counted (loss parts, the dead-
 latent counter, grad clipping, the lr schedule, the decoder renormalisation).
@@ -57,13 +57,13 @@ class RepeatBatch:
 
 
 def harvest_batch(adapter: Any, n_tokens: int, layer: int) -> dict[str, torch.Tensor]:
-    """`{hook_mlp_in, hook_mlp_out}` activations `[n_tokens, d]` of layer `layer`."""
+    """`{mlp.hook_in, hook_mlp_out}` activations `[n_tokens, d]` of layer `layer`."""
     from benchmarks.common import text_contexts
 
     context = 128
     n_contexts = math.ceil(n_tokens / (context - 1))
     ids = text_contexts(adapter, n_contexts, context)
-    hooks = [f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out"]
+    hooks = [f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.hook_mlp_out"]
     out: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     with torch.no_grad():
         for chunk in ids.split(16):
@@ -92,7 +92,7 @@ def our_step(
     from sparsecircuits.dictionaries import DictionaryConfig, make
     from sparsecircuits.training import TrainConfig, Trainer
 
-    hook_in, hook_out = f"blocks.{LAYER}.hook_mlp_in", f"blocks.{LAYER}.hook_mlp_out"
+    hook_in, hook_out = f"blocks.{LAYER}.mlp.hook_in", f"blocks.{LAYER}.hook_mlp_out"
     if spec["kind"] == "sae":
         hook_in = hook_out
     d_in = batch[hook_in].shape[1]
@@ -141,7 +141,7 @@ def run(adapter: Any, options: BenchOptions) -> None:
     """Emit train-step records for our trainer, sparsify, SAELens, and the GEMM ceiling."""
     batch = harvest_batch(adapter, BATCH_TOKENS, LAYER)
     batch = {h: t.to(options.device) for h, t in batch.items()}
-    mlp_in, mlp_out = batch[f"blocks.{LAYER}.hook_mlp_in"], batch[f"blocks.{LAYER}.hook_mlp_out"]
+    mlp_in, mlp_out = batch[f"blocks.{LAYER}.mlp.hook_in"], batch[f"blocks.{LAYER}.hook_mlp_out"]
     d_in = mlp_in.shape[1]
     why_sparsify = third_party.available_sparsify()
     why_saelens = third_party.available_saelens()

@@ -68,7 +68,7 @@ def build_dictionary(
 ):  # type: ignore[no-untyped-def]
     """A fresh dictionary of `architecture`/`kind` on the hooks of layer 1 (k 4 by default)."""
     hooks = (
-        {"hook_in": "blocks.1.hook_mlp_in", "hook_out": "blocks.1.hook_mlp_out"}
+        {"hook_in": "blocks.1.mlp.hook_in", "hook_out": "blocks.1.mlp.hook_out"}
         if kind != "sae"
         else {"hook_in": "blocks.1.hook_resid_post"}
     )
@@ -99,7 +99,7 @@ def randomize_parameters(dictionary, seed: int = 0) -> None:  # type: ignore[no-
 
 
 def topk_transcoders(adapter, d_sae: int, k: int) -> dict:  # type: ignore[no-untyped-def]
-    """`{layer: TopK transcoder hook_mlp_in -> hook_mlp_out}` for every layer, seeded by layer."""
+    """`{layer: TopK transcoder mlp.hook_in -> mlp.hook_out}` for every layer, seeded by layer."""
     return {
         layer: make(
             DictionaryConfig(
@@ -108,8 +108,8 @@ def topk_transcoders(adapter, d_sae: int, k: int) -> dict:  # type: ignore[no-un
                 d_in=adapter.d_model,
                 d_sae=d_sae,
                 k=k,
-                hook_in=f"blocks.{layer}.hook_mlp_in",
-                hook_out=f"blocks.{layer}.hook_mlp_out",
+                hook_in=f"blocks.{layer}.mlp.hook_in",
+                hook_out=f"blocks.{layer}.mlp.hook_out",
                 seed=layer,
             )
         )
@@ -117,9 +117,16 @@ def topk_transcoders(adapter, d_sae: int, k: int) -> dict:  # type: ignore[no-un
     }
 
 
-def random_transcoders(adapter, seed: int, skip_layer: int | None = None) -> dict:
-    """Transcoders for every layer but `skip_layer`: TopK on hook_mlp_in, a ReLU skip transcoder on
-    ln2.hook_normalized, ReLU on hook_mlp_in; all biases random so bias handling is tested."""
+INPUT_BY_KIND = ("mlp.hook_in", "ln2.hook_normalized", "hook_mlp_in")
+
+
+def random_transcoders(
+    adapter, seed: int, skip_layer: int | None = None, hook_in: str | None = None
+) -> dict:
+    """Transcoders for every layer but `skip_layer`, by layer % 3: TopK on the MLP's input
+    `mlp.hook_in` -> `mlp.hook_out`, a ReLU skip transcoder on `ln2.hook_normalized`, ReLU on the
+    residual `hook_mlp_in`; all biases random so bias handling is tested. `hook_in` (a suffix of
+    `blocks.L.`) makes every layer read there instead."""
     generator = torch.Generator().manual_seed(seed)
     result = {}
     for layer in range(adapter.n_layers):
@@ -131,8 +138,8 @@ def random_transcoders(adapter, seed: int, skip_layer: int | None = None) -> dic
             kind="skip_transcoder" if kind == 1 else "transcoder",
             d_in=adapter.d_model,
             d_sae=48,
-            hook_in=f"blocks.{layer}.{'ln2.hook_normalized' if kind == 1 else 'hook_mlp_in'}",
-            hook_out=f"blocks.{layer}.hook_mlp_out",
+            hook_in=f"blocks.{layer}.{hook_in or INPUT_BY_KIND[kind]}",
+            hook_out=f"blocks.{layer}.{'mlp.hook_out' if kind == 0 else 'hook_mlp_out'}",
             k=6,
             seed=seed + layer,
         )

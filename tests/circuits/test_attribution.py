@@ -7,7 +7,10 @@ import torch
 
 from sparsecircuits.circuits import attribution as A
 from sparsecircuits.circuits.nodes import EmbedNode, ErrorNode, FeatureNode, HeadNode
+from sparsecircuits.circuits.replacement import TRANSCODER_INPUTS, ReplacementModel
 from sparsecircuits.circuits.verify import ablation_effects, max_relative_error
+from sparsecircuits.models import load_model
+from testkit import random_transcoders
 
 
 def _targets(rm, state):
@@ -70,6 +73,31 @@ def test_attribution_equals_ablation_when_frozen(tiny_models, variant, mode):
                 target.label,
                 list(zip(nodes, predicted, effects, strict=False)),
             )
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("hook_in", TRANSCODER_INPUTS)
+def test_every_transcoder_input_hook_is_read_and_attributed_exactly(
+    tiny_model_dir, family, hook_in
+):
+    """Each input name reads what the adapter's hook of that name carries (TransformerLens's
+    meaning; LayerNorm and RMSNorm differ for ln2.hook_normalized), and attribution through the
+    pre-MLP norm at that point equals the frozen ablation."""
+    adapter = load_model(tiny_model_dir(family), device="cpu")
+    rm = ReplacementModel(adapter, random_transcoders(adapter, seed=3, hook_in=hook_in))
+    ids = torch.randint(1, adapter.vocab_size, (3, 11), generator=torch.Generator().manual_seed(7))
+    state = rm.run(ids)
+    names = [rm.transcoders.hook_in(layer) for layer in rm.feature_layers]
+    _, cache = adapter.run_with_cache(ids, names)
+    for layer, name in zip(rm.feature_layers, names, strict=True):
+        torch.testing.assert_close(state.tc_in[layer], cache[name], atol=2e-5, rtol=1e-4)
+    target = A.feature_target(rm, state, max(rm.feature_layers), 3, pos=[6, 9, 10])
+    attr = A.attribute(rm, state, target, mode="frozen")
+    nodes = _nodes(rm, state, target)
+    predicted = torch.tensor([attr.node_value(n, 0) for n in nodes])
+    effects = ablation_effects(rm, state, target, nodes, row=0, freeze=True, features="frozen")
+    assert effects.abs().max() > 1e-4
+    assert max_relative_error(predicted, effects) < 1e-4
 
 
 def test_attributions_are_complete(tiny_models, variant):

@@ -19,7 +19,8 @@ def test_connection_matrix_is_the_input_invariant_factor(tiny_models, variant):
     dec = A.decompose(rm, state, vec)
     acts = state.feature_acts[0][b, t]
     active = acts.nonzero().flatten()
-    scale2 = state.ln2_scale[2][b, t]
+    # a transcoder reading the residual itself (hook_mlp_in) sees no norm scale
+    scale2 = state.ln2_scale[2][b, t] if rm.tc_stage[2] != "residual" else 1.0
     direct = D.connection_matrix(rm, 0, 2, dst_features=[j])[:, 0]
     torch.testing.assert_close(
         dec.features[0][0, active] / acts[active] * scale2, direct[active], atol=1e-5, rtol=1e-4
@@ -47,7 +48,8 @@ def test_deembedding_and_feature_logits(tiny_models, variant):
     vec = A.feature_target(rm, state, layer0, 4, pos=t, batch=[b]).resid_vector(rm, state)
     scores = D.deembedding(rm, layer0, 4, k=5)
     token = int(ids[b, t])
-    expected = (rm.W_E[token] * vec.vector[0]).sum() * state.ln2_scale[layer0][b, t, 0]
+    scale = state.ln2_scale[layer0][b, t, 0] if rm.tc_stage[layer0] != "residual" else 1.0
+    expected = (rm.W_E[token] * vec.vector[0]).sum() * scale
     torch.testing.assert_close(scores.scores[token], expected, atol=1e-5, rtol=1e-4)
     assert scores.top[0][1] == float(scores.scores.max())
     # feature logits: W_dec · (unembedding pulled back through the final norm), scale removed

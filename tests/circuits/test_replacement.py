@@ -31,17 +31,18 @@ def test_caches_equal_the_adapter_hooks(tiny_models, variant):
     for layer in range(rm.n_layers):
         names += [
             f"blocks.{layer}.hook_resid_pre",
-            f"blocks.{layer}.hook_mlp_in",
+            f"blocks.{layer}.mlp.hook_in",
             f"blocks.{layer}.hook_mlp_out",
             f"blocks.{layer}.attn.hook_pattern",
         ]
+    names += [rm.transcoders.hook_in(layer) for layer in rm.feature_layers]
     _, cache = rm.adapter.run_with_cache(ids, names, stop_after_last=False)
     for layer in range(rm.n_layers):
         torch.testing.assert_close(
             state.resid_pre[layer], cache[f"blocks.{layer}.hook_resid_pre"], atol=2e-5, rtol=1e-4
         )
         torch.testing.assert_close(
-            state.mlp_in[layer], cache[f"blocks.{layer}.hook_mlp_in"], atol=2e-5, rtol=1e-4
+            state.mlp_in[layer], cache[f"blocks.{layer}.mlp.hook_in"], atol=2e-5, rtol=1e-4
         )
         torch.testing.assert_close(
             state.mlp_out[layer], cache[f"blocks.{layer}.hook_mlp_out"], atol=2e-5, rtol=1e-4
@@ -50,6 +51,10 @@ def test_caches_equal_the_adapter_hooks(tiny_models, variant):
             state.patterns[layer], cache[f"blocks.{layer}.attn.hook_pattern"], atol=2e-6, rtol=1e-4
         )
         if layer in rm.feature_layers:
+            # the transcoder reads what the adapter's hook of that name carries
+            torch.testing.assert_close(
+                state.tc_in[layer], cache[rm.transcoders.hook_in(layer)], atol=2e-5, rtol=1e-4
+            )
             # the error term is exactly what the transcoder misses
             tc = rm.transcoders[layer]
             recon = tc.reconstruct(state.tc_in[layer])

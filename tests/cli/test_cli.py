@@ -136,8 +136,8 @@ def test_train_then_eval_a_cross_layer_transcoder(
     clt = records["clt-topk-L0-1-32-k4"]
     assert clt["kind"] == "clt" and clt["n_layers"] == 2
     assert [layer["hook_out"] for layer in clt["layers"]] == [
-        "blocks.0.hook_mlp_out",
-        "blocks.1.hook_mlp_out",
+        "blocks.0.mlp.hook_out",
+        "blocks.1.mlp.hook_out",
     ]
     assert clt["l0"] == pytest.approx(sum(layer["l0"] for layer in clt["layers"]))
     assert clt["l0"] <= 8.0 + 1e-6 and clt["kl_div"] >= 0 and clt["fvu"] >= 0
@@ -145,7 +145,7 @@ def test_train_then_eval_a_cross_layer_transcoder(
         records["transcoder-topk-L0-32-k4"]["ce_loss_clean"]
     )
     summary = (eval_out / "summary.md").read_text()
-    assert "blocks.{0..1}.hook_mlp_in" in summary and "clt-topk-L0-1-32-k4 by layer" in summary
+    assert "blocks.{0..1}.mlp.hook_in" in summary and "clt-topk-L0-1-32-k4 by layer" in summary
     # one CLT folder on its own evaluates too
     code, stdout, err = run_cli(
         ["eval", str(out / "dictionaries" / "clt-topk-L0-1-32-k4"), *eval_args], capsys
@@ -205,7 +205,7 @@ def test_eval_rejects_a_clt_deeper_than_the_model(
 BAD_INPUTS = [
     ({"dictionaries": [{"kind": "sae", "hook_in": "blocks.1.hook_nonsense"}]}, "hook"),
     ({"dictionaries": [{"kind": "clt", "n_layers": 7}]}, "n_layers=7 is out of range"),
-    ({"dictionaries": [{"kind": "clt", "hook_in": "blocks.{layer}.hook_mlp_out"}]}, "kind sae"),
+    ({"dictionaries": [{"kind": "clt", "hook_in": "blocks.{layer}.mlp.hook_out"}]}, "kind sae"),
     ({"dictionaries": [{"kind": "clt", "hook_out": "blocks.2.hook_mlp_out"}]}, "{layer}"),
     ({"dictionaries": [{"kind": "transcoder", "layer": 1, "colour": "red"}]}, "unknown key"),
     ({"learning_rate": 0.1}, "unknown key"),

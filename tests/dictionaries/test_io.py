@@ -54,8 +54,9 @@ def test_cfg_json_has_saelens_keys(tmp_path: Path) -> None:  # type: ignore[no-u
     raw = json.loads((tmp_path / CFG_FILENAME).read_text())
     assert raw["architecture"] == "topk" and raw["k"] == 4 and raw["d_out"] == 12
     assert raw["apply_b_dec_to_input"] is False and raw["normalize_activations"] == "none"
-    assert raw["metadata"]["hook_name"] == "blocks.1.hook_mlp_in"
-    assert raw["metadata"]["hook_name_out"] == "blocks.1.hook_mlp_out"
+    assert raw["metadata"]["hook_name"] == "blocks.1.mlp.hook_in"
+    assert raw["sparsecircuits"]["hook_format"] == 2
+    assert raw["metadata"]["hook_name_out"] == "blocks.1.mlp.hook_out"
     assert raw["metadata"]["context_size"] == 64 and raw["metadata"]["sae_lens_version"] >= "6"
     assert raw["sparsecircuits"]["config"]["training"] == {"context_size": 64}
     assert raw["sparsecircuits"]["saelens_loadable"] is True
@@ -184,6 +185,7 @@ def test_the_shipped_transcoders_load_as_a_transcoder_set() -> None:
     assert isinstance(transcoders, PerLayerTranscoders) and isinstance(transcoders, TranscoderSet)
     assert transcoders.layers == [0, 1, 2, 3]
     for layer in transcoders.layers:
-        assert transcoders.hook_out(layer) == f"blocks.{layer}.hook_mlp_out"
+        assert transcoders.hook_in(layer) == f"blocks.{layer}.mlp.hook_in"
+        assert transcoders.hook_out(layer) == f"blocks.{layer}.mlp.hook_out"
         [(target, block)] = transcoders.decoders(layer)
         assert target == layer and block is transcoders[layer].W_dec

@@ -41,8 +41,8 @@ def _dictionary(adapter, architecture: str, layer: int, seed: int):
         d_in=adapter.d_model,
         d_sae=40,
         k=6,
-        hook_in=f"blocks.{layer}.hook_mlp_in",
-        hook_out=f"blocks.{layer}.hook_mlp_out",
+        hook_in=f"blocks.{layer}.mlp.hook_in",
+        hook_out=f"blocks.{layer}.mlp.hook_out",
         seed=seed,
     )
     dictionary = make(cfg)

@@ -33,6 +33,14 @@ def every_hook_cache(adapter, ids):
     return adapter.run_with_cache(ids, adapter.hook_names(), stop_after_last=False)
 
 
+def norm_output(adapter, normalized, norm, layer=None):
+    """The norm's output from its `hook_normalized` (TransformerLens: LayerNorm's already has its
+    gain and bias, RMSNorm's is before its gain)."""
+    if adapter.norm_kind == "layernorm":
+        return normalized
+    return apply_gain(normalized, adapter.norm(norm, layer))
+
+
 def test_resid_hooks_equal_hf_hidden_states(tiny_adapter):
     ids = token_ids(tiny_adapter)
     hidden = tiny_adapter.model(ids, output_hidden_states=True, use_cache=False).hidden_states
@@ -47,7 +55,7 @@ def test_resid_hooks_equal_hf_hidden_states(tiny_adapter):
     for layer in range(tiny_adapter.n_layers - 1):
         assert torch.equal(cache[f"blocks.{layer}.hook_resid_post"], hidden[layer + 1])
     # HF's last hidden state is after the final norm.
-    final = apply_gain(cache["ln_final.hook_normalized"], tiny_adapter.norm("ln_final"))
+    final = norm_output(tiny_adapter, cache["ln_final.hook_normalized"], "ln_final")
     torch.testing.assert_close(final, hidden[-1], rtol=0, atol=1e-5)
 
 
@@ -73,14 +81,16 @@ def test_mlp_hooks_are_what_the_mlp_reads_and_writes(tiny_adapter):
     for layer, block in enumerate(tiny_adapter.blocks):
         ln2 = block.get_submodule(tiny_adapter.spec.ln2)
         mlp = block.get_submodule(tiny_adapter.spec.mlp)
-        # NeoX's parallel MLP reads the block input, every other family the stream after attention.
+        get = lambda kind, L=layer: cache[f"blocks.{L}.{kind}"]  # noqa: E731
+        # hook_mlp_in is the residual ln2 reads: NeoX's parallel MLP reads the block input, every
+        # other family the stream after attention (TransformerLens's hook_mlp_in)
         stream = "hook_resid_pre" if tiny_adapter.parallel_residual else "hook_resid_mid"
-        mlp_in = cache[f"blocks.{layer}.hook_mlp_in"]
-        assert torch.equal(mlp_in, ln2(cache[f"blocks.{layer}.{stream}"]))
-        assert torch.equal(cache[f"blocks.{layer}.hook_mlp_out"], mlp(mlp_in))
-        gained = apply_gain(
-            cache[f"blocks.{layer}.ln2.hook_normalized"], tiny_adapter.norm("ln2", layer)
-        )
+        assert torch.equal(get("hook_mlp_in"), get(stream))
+        mlp_in = get("mlp.hook_in")
+        assert torch.equal(mlp_in, ln2(get("hook_mlp_in")))
+        assert torch.equal(get("mlp.hook_out"), mlp(mlp_in))
+        assert torch.equal(get("hook_mlp_out"), get("mlp.hook_out"))
+        gained = norm_output(tiny_adapter, get("ln2.hook_normalized"), "ln2", layer)
         torch.testing.assert_close(gained, mlp_in, rtol=0, atol=1e-5)
 
 
@@ -117,9 +127,13 @@ def test_normalized_hooks_are_normalized(tiny_adapter):
     assert len(names) == 2 * tiny_adapter.n_layers + 1
     for name in names:
         normalized = cache[name]
-        if tiny_adapter.norm_kind == "layernorm":
+        if tiny_adapter.norm_kind == "layernorm":  # with its gain and bias: undo them
+            point = tiny_adapter.hook_point(name)
+            norm = "ln_final" if point.layer is None else point.kind.split(".")[0]
+            params = tiny_adapter.norm(norm, point.layer)
+            normalized = (normalized - params.bias) / params.weight
             torch.testing.assert_close(
-                normalized.mean(-1), torch.zeros(normalized.shape[:-1]), atol=1e-5, rtol=0
+                normalized.mean(-1), torch.zeros(normalized.shape[:-1]), atol=1e-4, rtol=0
             )
         torch.testing.assert_close(
             normalized.pow(2).mean(-1), torch.ones(normalized.shape[:-1]), atol=1e-3, rtol=0
@@ -131,8 +145,8 @@ def test_ln1_normalized_times_gain_is_the_attention_input(tiny_adapter):
     _, cache = every_hook_cache(tiny_adapter, ids)
     for layer, block in enumerate(tiny_adapter.blocks):
         ln1 = block.get_submodule(tiny_adapter.spec.ln1)
-        gained = apply_gain(
-            cache[f"blocks.{layer}.ln1.hook_normalized"], tiny_adapter.norm("ln1", layer)
+        gained = norm_output(
+            tiny_adapter, cache[f"blocks.{layer}.ln1.hook_normalized"], "ln1", layer
         )
         torch.testing.assert_close(
             gained, ln1(cache[f"blocks.{layer}.hook_resid_pre"]), rtol=0, atol=1e-5
@@ -175,8 +189,8 @@ def test_W_V_and_pattern_rebuild_z(tiny_adapter):
     ids = token_ids(tiny_adapter)
     _, cache = every_hook_cache(tiny_adapter, ids)
     for layer in range(tiny_adapter.n_layers):
-        attn_in = apply_gain(
-            cache[f"blocks.{layer}.ln1.hook_normalized"], tiny_adapter.norm("ln1", layer)
+        attn_in = norm_output(
+            tiny_adapter, cache[f"blocks.{layer}.ln1.hook_normalized"], "ln1", layer
         )
         weights = tiny_adapter.attention_weights(layer)
         v = torch.einsum("bpm,hmd->bphd", attn_in, weights.W_V) + weights.b_V
@@ -203,8 +217,8 @@ def test_W_Q_W_K_rebuild_pattern(tiny_adapter):
     rotary = tiny_adapter.rotary_cos_sin(torch.arange(n_pos))
     assert (rotary is None) == (tiny_adapter.family == "gpt2")
     for layer in range(tiny_adapter.n_layers):
-        attn_in = apply_gain(
-            cache[f"blocks.{layer}.ln1.hook_normalized"], tiny_adapter.norm("ln1", layer)
+        attn_in = norm_output(
+            tiny_adapter, cache[f"blocks.{layer}.ln1.hook_normalized"], "ln1", layer
         )
         w = tiny_adapter.attention_weights(layer)
         q = torch.einsum("bpm,hmd->bphd", attn_in, w.W_Q) + w.b_Q
@@ -240,7 +254,7 @@ def test_embedding_and_unembedding_weights(tiny_adapter):
         assert torch.equal(rebuilt, cache["blocks.0.hook_resid_pre"])
     else:
         assert torch.equal(cache["hook_embed"], cache["blocks.0.hook_resid_pre"])
-    final = apply_gain(cache["ln_final.hook_normalized"], tiny_adapter.norm("ln_final"))
+    final = norm_output(tiny_adapter, cache["ln_final.hook_normalized"], "ln_final")
     torch.testing.assert_close(
         final @ tiny_adapter.W_U + tiny_adapter.b_U, logits, rtol=0, atol=1e-4
     )
@@ -280,10 +294,10 @@ def test_splice_zero_and_transcoder_identity(tiny_adapter):
     ):
         assert (tiny_adapter.forward(ids) - base).abs().max() > 1e-3
     mlp = tiny_adapter.blocks[layer].get_submodule(tiny_adapter.spec.mlp)
-    with tiny_adapter.splice(f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out", mlp):
+    with tiny_adapter.splice(f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.mlp.hook_out", mlp):
         assert torch.equal(tiny_adapter.forward(ids), base)
     with tiny_adapter.splice(
-        f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out", lambda x: 2 * mlp(x)
+        f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.hook_mlp_out", lambda x: 2 * mlp(x)
     ):
         assert (tiny_adapter.forward(ids) - base).abs().max() > 1e-3
 
@@ -451,7 +465,8 @@ def test_parallel_and_sequential_neox_define_mlp_in_differently(tiny_model_dir, 
         ids = token_ids(adapter)
         _, cache = every_hook_cache(adapter, ids)
         ln2 = adapter.blocks[1].get_submodule(adapter.spec.ln2)
-        assert torch.equal(cache["blocks.1.hook_mlp_in"], ln2(cache[f"blocks.1.{stream}"]))
+        assert torch.equal(cache["blocks.1.hook_mlp_in"], cache[f"blocks.1.{stream}"])
+        assert torch.equal(cache["blocks.1.mlp.hook_in"], ln2(cache[f"blocks.1.{stream}"]))
         torch.testing.assert_close(
             cache["blocks.1.hook_resid_post"],
             cache["blocks.1.hook_resid_mid"] + cache["blocks.1.hook_mlp_out"],

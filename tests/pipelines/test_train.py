@@ -69,11 +69,11 @@ def test_train_run_trains_a_clt_and_a_transcoder_from_one_forward(
     assert set(dictionaries) == {"clt-topk-L0-1-32-k4", "transcoder-topk-L1-32-k4"}
     assert result.steps == 8 and set(result.metrics) == set(dictionaries)
     # every harvest forward fed both: it asked for all four CLT hooks and the transcoder's
-    needed = {f"blocks.{layer}.hook_mlp_{io}" for layer in (0, 1) for io in ("in", "out")}
+    needed = {f"blocks.{layer}.mlp.hook_{io}" for layer in (0, 1) for io in ("in", "out")}
     assert requested and all(set(hooks) == needed for hooks in requested)
     clt = dictionaries["clt-topk-L0-1-32-k4"]
     assert isinstance(clt, CrossLayerTranscoder) and clt.n_layers == 2
-    assert clt.cfg.hook_in == "blocks.{layer}.hook_mlp_in" and clt.d_in == gpt2.d_model
+    assert clt.cfg.hook_in == "blocks.{layer}.mlp.hook_in" and clt.d_in == gpt2.d_model
     assert clt.cfg.training["dictionaries"][0]["kind"] == "clt"
     folder = Path(cfg.out) / "dictionaries"
     loaded_clt = load(folder / "clt-topk-L0-1-32-k4")
@@ -102,14 +102,14 @@ def test_clt_spec_defaults_to_every_layer(gpt2) -> None:  # type: ignore[no-unty
     ).items()
     assert isinstance(clt, CrossLayerTranscoder)
     assert clt.n_layers == gpt2.n_layers == 3 and name == "clt-topk-L0-2-16-k2"
-    assert clt.cfg.layer_hooks()[1][-1] == "blocks.2.hook_mlp_out"
+    assert clt.cfg.layer_hooks()[1][-1] == "blocks.2.mlp.hook_out"
 
 
 BAD_SPECS = [
     ({"kind": "clt", "n_layers": 4}, "out of range"),
     ({"kind": "clt", "n_layers": 0}, "out of range"),
     ({"kind": "clt", "hook_in": "blocks.1.hook_mlp_in"}, "templates with {layer}"),
-    ({"kind": "clt", "hook_in": "blocks.{layer}.hook_mlp_out"}, "use kind sae"),
+    ({"kind": "clt", "hook_in": "blocks.{layer}.mlp.hook_out"}, "use kind sae"),
     (
         {
             "kind": "clt",

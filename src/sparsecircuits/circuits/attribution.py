@@ -160,12 +160,12 @@ def feature_input_form(
     encoder = model.encoder(layer)
     enc = encoder.W_enc[:, features].T  # [n, d_in]
     constant = encoder.b_enc[features] - enc @ encoder.b_in
-    kind = model.tc_input[layer]
-    if kind == "hook_resid_mid":
+    stage = model.tc_stage[layer]
+    if stage == "residual":
         return enc, constant
     ln2 = model.layer_weights(layer).ln2
     scale = state.ln2_scale[layer][batch, pos]
-    gain = kind == "hook_mlp_in"
+    gain = stage == "gained"
     vector = pull_back_norm(enc, ln2, scale, gain=gain)
     if gain and ln2.bias is not None:
         constant = constant + enc @ ln2.bias

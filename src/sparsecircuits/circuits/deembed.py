@@ -9,8 +9,8 @@ For a cross-layer transcoder `f_dec` is the sum of the feature's decoder blocks 
 that write before the reader (all of them for the logits; see `ReplacementModel.decoder_vectors`).
 
 Norms are folded as the model applies them, without their input-dependent scale: an encoder
-column reading `hook_mlp_in` is multiplied by the ln2 gain (and centred for LayerNorm) to
-give its residual-stream direction; a head's OV is preceded by the ln1 gain (and centring);
+column reading the MLP's input (`mlp.hook_in`) is multiplied by the ln2 gain (and centred for
+LayerNorm) to give its residual-stream direction; a head's OV is preceded by the ln1 gain (and centring);
 the unembedding by the final norm's gain (and centring). Positional embeddings are left out
 of de-embeddings, as in the paper.
 """
@@ -36,11 +36,11 @@ def encoder_directions(
     """
     W_enc = model.encoder(layer).W_enc
     enc = W_enc.T if features is None else W_enc[:, torch.as_tensor(features, dtype=torch.long)].T
-    kind = model.tc_input[layer]
-    if kind == "hook_resid_mid":
+    stage = model.tc_stage[layer]
+    if stage == "residual":
         return enc
     one = torch.ones(1, dtype=enc.dtype, device=enc.device)
-    return pull_back_norm(enc, model.layer_weights(layer).ln2, one, gain=kind == "hook_mlp_in")
+    return pull_back_norm(enc, model.layer_weights(layer).ln2, one, gain=stage == "gained")
 
 
 def ov_pull_back(model: ReplacementModel, layer: int, head: int, vectors: Tensor) -> Tensor:

@@ -74,10 +74,12 @@ from sparsecircuits.dictionaries import (
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models import ModelAdapter, NormParams
 from sparsecircuits.models.architectures import apply_gain, norm_scale, normalize_with_scale
+from sparsecircuits.models.hooks import NormStage, pre_mlp_norm_stage
 
 __all__ = [
     "FEATURE_MODES",
     "TRANSCODER_INPUTS",
+    "TRANSCODER_OUTPUTS",
     "EmbedEdit",
     "ErrorEdit",
     "FeatureEdit",
@@ -91,8 +93,10 @@ __all__ = [
 
 FeatureMode = Literal["frozen", "linear", "live"]
 FEATURE_MODES = ("frozen", "linear", "live")
-# Where a transcoder may read its input, as the suffix of `blocks.L.<suffix>`.
-TRANSCODER_INPUTS = ("hook_mlp_in", "ln2.hook_normalized", "hook_resid_mid")
+# Where a transcoder may read its input and write its output, as suffixes of `blocks.L.<suffix>`
+# (`hook_resid_mid` only without a parallel residual, where it is the MLP's residual input).
+TRANSCODER_INPUTS = ("mlp.hook_in", "ln2.hook_normalized", "hook_mlp_in", "hook_resid_mid")
+TRANSCODER_OUTPUTS = ("mlp.hook_out", "hook_mlp_out")
 
 
 # ---------------------------------------------------------------------------- model
@@ -171,8 +175,8 @@ class ReplacementModel:
         transcoders: TranscoderSet | Mapping[int, Dictionary],
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        """Check that each transcoder layer L maps `blocks.L.<MLP input>` to `blocks.L.hook_mlp_out`
-        of this model with the model's width."""
+        """Check that each transcoder layer L maps `blocks.L.<MLP input>` to `blocks.L.<MLP output>`
+        (`TRANSCODER_INPUTS`, `TRANSCODER_OUTPUTS`) of this model with the model's width."""
         self.adapter = adapter
         self.dtype = dtype
         self.device = adapter.device
@@ -187,6 +191,9 @@ class ReplacementModel:
                 f"the transcoders' layers {self.feature_layers} must be distinct and increasing"
             )
         self.tc_input: dict[int, str] = {}
+        # per transcoder layer: its input is the pre-MLP norm's input, or its output before or
+        # after the gain (`models.hooks.pre_mlp_norm_stage`)
+        self.tc_stage: dict[int, NormStage] = {}
         self._encoders: dict[int, EncoderWeights] = {}
         self._output_bias: dict[int, Tensor] = {}
         self._skip: dict[int, Tensor] = {}
@@ -196,6 +203,9 @@ class ReplacementModel:
         for layer in self.feature_layers:
             self._cache_transcoder(layer)
             self.tc_input[layer] = self._check_transcoder(layer)
+            stage = pre_mlp_norm_stage(self.tc_input[layer], adapter.norm_kind)
+            assert stage is not None  # every TRANSCODER_INPUTS suffix has a stage
+            self.tc_stage[layer] = stage
         self._layers = [self._layer_weights(layer) for layer in range(self.n_layers)]
         self.ln_final = _cast_norm(adapter.norm("ln_final"), dtype)
         self.W_E = adapter.W_E.to(dtype)
@@ -258,12 +268,13 @@ class ReplacementModel:
         hook_in, hook_out = self.transcoders.hook_in(layer), self.transcoders.hook_out(layer)
         valid_in = [f"blocks.{layer}.{s}" for s in TRANSCODER_INPUTS]
         if self.parallel_residual:
-            valid_in = valid_in[:2]
-        if hook_in not in valid_in or hook_out != f"blocks.{layer}.hook_mlp_out":
+            valid_in.remove(f"blocks.{layer}.hook_resid_mid")
+        valid_out = [f"blocks.{layer}.{s}" for s in TRANSCODER_OUTPUTS]
+        if hook_in not in valid_in or hook_out not in valid_out:
             raise SparseCircuitsError(
                 f"transcoder for layer {layer} maps {hook_in} -> {hook_out}; a ReplacementModel needs "
-                f"one of {', '.join(valid_in)} -> blocks.{layer}.hook_mlp_out (each transcoder layer "
-                "reads and writes its own block, layers increasing)"
+                f"one of {', '.join(valid_in)} -> one of {', '.join(valid_out)} (each transcoder "
+                "layer reads and writes its own block, layers increasing)"
             )
         d_in, d_out = self._encoders[layer].W_enc.shape[0], self._output_bias[layer].shape[-1]
         if d_in != self.d_model or d_out != self.d_model:
@@ -554,11 +565,8 @@ class ReplacementModel:
         normalized2 = normalize_with_scale(mlp_read, w.ln2, scale2)
         mlp_in = apply_gain(normalized2, w.ln2)
         if layer in self._encoders:
-            tc_in = {
-                "hook_mlp_in": mlp_in,
-                "ln2.hook_normalized": normalized2,
-                "hook_resid_mid": resid_mid,
-            }[self.tc_input[layer]]
+            stage = self.tc_stage[layer]
+            tc_in = {"residual": mlp_read, "normalized": normalized2, "gained": mlp_in}[stage]
             mlp_out = self._transcoder_layer(layer, tc_in, mlp_in, run)
         else:
             mlp_out = self._mlp_layer(layer, mlp_in, run)

@@ -41,7 +41,7 @@ __all__ = ["CachedActivationSource", "MANIFEST_NAME", "harvest_to_disk"]
 MANIFEST_NAME = "manifest.json"
 TOKEN_IDS_KEY = "_token_ids"
 _FORMAT = "sparsecircuits-activation-cache"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: hook names mean what TransformerLens means (README "Hook names")
 _log = logging.getLogger("sparsecircuits")
 
 

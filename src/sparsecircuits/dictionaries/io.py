@@ -6,7 +6,8 @@ A folder holds three files:
   `apply_b_dec_to_input: false`, `normalize_activations: "none"`, `reshape_activations`, the
   family's fields such as `k`, and `metadata{sae_lens_version, model_name, hook_name,
   hook_name_out, ...}`), the hooks and model name repeated at top level for flat readers, and a
-  `"sparsecircuits"` object with our full `DictionaryConfig` (including the training config).
+  `"sparsecircuits"` object with our full `DictionaryConfig` (including the training config)
+  and its `hook_format` (`models.hook_formats`: folders without it are read as format 1).
 * `sae_weights.safetensors` — the SAELens view: `W_enc [d_in, d_sae]`, `b_enc [d_sae]`,
   `W_dec [d_sae, d_out]`, `b_dec [d_out]` (+ `W_skip [d_out, d_in]`, `threshold [d_sae]` where
   the family has them). SAELens has no input bias, so `b_enc` here is folded:
@@ -46,6 +47,7 @@ from sparsecircuits.dictionaries.presets import resolve_source
 from sparsecircuits.dictionaries.transcoders import PerLayerTranscoders
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models.embedded import embedded_dir
+from sparsecircuits.models.hook_formats import HOOK_FORMAT, hooks_from_format_1
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -118,6 +120,7 @@ def saelens_cfg(dictionary: Dictionary | CrossLayerTranscoder) -> dict[str, Any]
         "metadata": metadata,
         "sparsecircuits": {
             "format_version": FORMAT_VERSION,
+            "hook_format": HOOK_FORMAT,
             "library_version": __version__,
             "saelens_loadable": loadable,
             "config": to_dict(cfg),
@@ -308,6 +311,10 @@ def load(
             dict(ours["config"]),
             where=f"{folder / CFG_FILENAME} sparsecircuits.config",
         )
+        if ours.get("hook_format", 1) == 1:
+            cfg.hook_in, cfg.hook_out = hooks_from_format_1(
+                cfg.hook_in, cfg.hook_out, cfg.model_name, where
+            )
     else:
         cfg = _config_from_saelens(raw, where)
     cfg.device = _resolve_device(device, cfg.device)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 # Hooks whose activation is added straight into the residual stream, so W_dec @ W_U is meaningful.
 RESIDUAL_WRITERS = (
     "hook_mlp_out",
+    "mlp.hook_out",  # the same tensor as hook_mlp_out in families without a post-MLP norm
     "hook_attn_out",
     "hook_resid_pre",
     "hook_resid_mid",
@@ -489,22 +490,24 @@ def deembedding_tables(
     adapter: ModelAdapter, dictionary: FeatureLayer, n: int
 ) -> tuple[Tensor, Tensor] | None:
     """The `n` tokens whose embedding most excites each latent: `W_E` through the input hook's
-    norm (full norm for `hook_mlp_in`, unscaled for `ln2.hook_normalized`, none for residual
-    hooks), minus `b_in`, then `W_enc`. Returns `(ids, values)` `[d_sae, n]`, or None when the
-    dictionary reads something other than the residual stream or an MLP input.
+    norm (full norm for the MLP's input `mlp.hook_in`, up to the gain for `ln2.hook_normalized`
+    as TransformerLens defines it, none for residual hooks), minus `b_in`, then `W_enc`. Returns
+    `(ids, values)` `[d_sae, n]`, or None when the dictionary reads something other than the
+    residual stream or an MLP input.
     """
     from sparsecircuits.models.architectures import apply_gain, normalize
+    from sparsecircuits.models.hooks import pre_mlp_norm_stage
 
     if dictionary.W_enc is None or dictionary.b_in is None:
         return None
     point = adapter.hook_point(dictionary.hook_in)
     W_E = adapter.W_E.float()
-    if point.kind == "hook_mlp_in":
+    stage = pre_mlp_norm_stage(point.kind, adapter.norm_kind)
+    if stage in ("normalized", "gained"):
         params = adapter.norm("ln2", point.layer)
-        embed = apply_gain(normalize(W_E, params), params).float()
-    elif point.kind == "ln2.hook_normalized":
-        embed = normalize(W_E, adapter.norm("ln2", point.layer)).float()
-    elif point.kind in ("hook_embed", "hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
+        embed = normalize(W_E, params)
+        embed = (apply_gain(embed, params) if stage == "gained" else embed).float()
+    elif stage == "residual" or point.kind in ("hook_embed", "hook_resid_pre", "hook_resid_post"):
         embed = W_E
     else:
         return None

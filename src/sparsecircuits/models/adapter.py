@@ -35,23 +35,29 @@ class _StopForward(Exception):
 
 
 class ModelAdapter:
-    """An HF causal LM seen through canonical TransformerLens hook names.
+    """An HF causal LM seen through TransformerLens hook names (`hooks.HOOK_MEANINGS`).
 
     Fields: `model`, `tokenizer`, `name`, `family`, `device`, `dtype`, `n_layers`, `d_model`,
     `n_heads`, `n_kv_heads`, `d_head`, `d_mlp`, `vocab_size`, `max_context`,
     `parallel_residual`, `norm_kind`, `positional`.
 
-    Hook definitions (all `[batch, pos, d_model]` unless stated):
+    Hook definitions (all `[batch, pos, d_model]` unless stated), as TransformerLens defines
+    them on the same unprocessed weights:
     * `hook_embed`: token embeddings `W_E[input_ids]` only (GPT-2's learned positions are added
       after it; `blocks.0.hook_resid_pre` is their sum, `W_pos` gives the position table).
     * `blocks.L.hook_resid_mid = resid_pre + attn_out`; so `resid_post = resid_mid + mlp_out`
-      for every family. With NeoX's parallel residual the MLP does *not* read it: its input
-      is `ln2(resid_pre)`, still exactly `hook_mlp_in`.
+      for every family.
+    * `blocks.L.hook_mlp_in`: the residual the pre-MLP norm reads: `hook_resid_mid`, or
+      `hook_resid_pre` with NeoX's parallel residual.
+    * `blocks.L.mlp.hook_in` / `blocks.L.mlp.hook_out`: the MLP module's input (the pre-MLP
+      norm's output with its gain) and output; `hook_mlp_out` is what the block adds to the
+      residual.
     * `blocks.L.attn.hook_z [b, p, n_heads, d_head]`: input of the attention output projection
       (`attn_out = z @ W_O + b_O` summed over heads). `splice` flattens it to
       `[b, p, n_heads * d_head]`, which is also `hook_dim`.
     * `blocks.L.attn.hook_pattern [b, n_heads, q_pos, k_pos]`: post-softmax probabilities.
-    * `*.hook_normalized`: the norm's output before its gain (and bias).
+    * `*.hook_normalized`: a LayerNorm's output with its gain and bias; an RMSNorm's output
+      before its gain.
     """
 
     def __init__(self, model: Any, tokenizer: Any, name: str = "model") -> None:
@@ -225,7 +231,7 @@ class ModelAdapter:
 
         Both are `[batch, pos, d]` (hook_z flattened to `[batch, pos, n_heads * d_head]`).
         `hook_in` may equal `hook_out` (an SAE) or come earlier in the forward pass
-        (a transcoder: `blocks.L.hook_mlp_in` -> `blocks.L.hook_mlp_out`).
+        (a transcoder: `blocks.L.mlp.hook_in` -> `blocks.L.mlp.hook_out`).
         """
         point_in, point_out = self.hook_point(hook_in), self.hook_point(hook_out)
         for point in (point_in, point_out):

@@ -12,8 +12,9 @@ hook name                  module (role in the table)  how it is read / replaced
 =========================  ==========================  ======================================
 hook_embed                 embed                       forward output
 blocks.L.hook_resid_pre    block                       forward input `hidden_states`
-blocks.L.ln1.hook_...      ln1                         recomputed from its input; replacement
-                                                       re-applies the gain (and bias)
+blocks.L.ln1.hook_...      ln1                         LayerNorm: forward output; RMSNorm:
+                                                       recomputed from its input before the
+                                                       gain, a replacement re-applies it
 blocks.L.attn.hook_pattern attn                        inside the attention function
                                                        (`hooks.ATTN_IMPLEMENTATION`)
 blocks.L.attn.hook_z       attn_out_proj               forward input, viewed [b,p,h,d_head]
@@ -21,8 +22,10 @@ blocks.L.hook_attn_out     attn                        forward output[0]
 blocks.L.hook_resid_mid    ln1 + attn                  ln1's input (= resid_pre) + attn_out;
                                                        a replacement is written back as
                                                        attn_out = new - resid_pre
+blocks.L.hook_mlp_in       ln2                         forward input
 blocks.L.ln2.hook_...      ln2                         as ln1
-blocks.L.hook_mlp_in       mlp                         forward input
+blocks.L.mlp.hook_in       mlp                         forward input
+blocks.L.mlp.hook_out      mlp                         forward output
 blocks.L.hook_mlp_out      mlp                         forward output
 blocks.L.hook_resid_post   block                       forward output
 ln_final.hook_normalized   ln_final                    as ln1

@@ -9,6 +9,9 @@ attention function), so models are run with our own attention implementation,
 `ATTN_IMPLEMENTATION`: it calls HF's SDPA function unchanged unless a layer has a pattern hook,
 and then computes softmax(q k^T * scale + mask) explicitly so the pattern can be read and
 replaced. HF builds its masks for it exactly as for SDPA.
+
+Every name means what it means in TransformerLens for the same unfolded model (no weight
+processing), plus circuit-tracer's `mlp.hook_in` / `mlp.hook_out`; `HOOK_MEANINGS` states each.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +27,7 @@ from torch import Tensor, nn
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models.architectures import (
     ArchitectureSpec,
-    NormParams,
+    NormKind,
     apply_gain,
     norm_params,
     normalize,
@@ -43,11 +46,55 @@ BLOCK_HOOKS: tuple[str, ...] = (
     "attn.hook_z",
     "hook_attn_out",
     "hook_resid_mid",
-    "ln2.hook_normalized",
     "hook_mlp_in",
+    "ln2.hook_normalized",
+    "mlp.hook_in",
+    "mlp.hook_out",
     "hook_mlp_out",
     "hook_resid_post",
 )
+
+# What each hook carries (`[batch, pos, d_model]` unless stated); README's hook table says the same.
+HOOK_MEANINGS: dict[str, str] = {
+    "hook_embed": "token embeddings W_E[input_ids] (learned positions are added after it)",
+    "hook_resid_pre": "the block's input residual stream",
+    "ln1.hook_normalized": "the pre-attention norm's output as TransformerLens defines it: "
+    "LayerNorm with its gain and bias, RMSNorm before its gain",
+    "attn.hook_pattern": "attention probabilities [batch, n_heads, q_pos, k_pos]",
+    "attn.hook_z": "per-head attention values mixed by the pattern [batch, pos, n_heads, d_head]",
+    "hook_attn_out": "attention's contribution to the residual stream",
+    "hook_resid_mid": "hook_resid_pre + hook_attn_out",
+    "hook_mlp_in": "the residual stream the pre-MLP norm reads (hook_resid_mid; "
+    "hook_resid_pre with a parallel residual)",
+    "ln2.hook_normalized": "the pre-MLP norm's output as TransformerLens defines it: "
+    "LayerNorm with its gain and bias, RMSNorm before its gain",
+    "mlp.hook_in": "the MLP module's input: the pre-MLP norm's output with its gain (and bias)",
+    "mlp.hook_out": "the MLP module's output, before any post-MLP norm",
+    "hook_mlp_out": "the MLP's contribution to the residual stream",
+    "hook_resid_post": "the block's output residual stream",
+    "ln_final.hook_normalized": "the final norm's output as TransformerLens defines it: "
+    "LayerNorm with its gain and bias, RMSNorm before its gain",
+}
+
+NormStage = Literal["residual", "normalized", "gained"]
+
+
+def pre_mlp_norm_stage(kind: str, norm_kind: NormKind) -> NormStage | None:
+    """Where hook `kind` (a `BLOCK_HOOKS` suffix) sits around the pre-MLP norm, or None.
+
+    "residual": the norm's input (`hook_mlp_in`, `hook_resid_mid`); "normalized": its output
+    before the gain (`ln2.hook_normalized` of an RMSNorm model); "gained": its output with gain
+    (and bias), the MLP's input (`mlp.hook_in`, `ln2.hook_normalized` of a LayerNorm model).
+    """
+    if kind in ("hook_mlp_in", "hook_resid_mid"):
+        return "residual"
+    if kind == "mlp.hook_in":
+        return "gained"
+    if kind == "ln2.hook_normalized":
+        return "gained" if norm_kind == "layernorm" else "normalized"
+    return None
+
+
 _BLOCK_RE = re.compile(r"blocks\.(\d+)\.(.+)")
 
 
@@ -207,7 +254,14 @@ def _on_output(module: nn.Module, fn: HookFn) -> Handle:
     return module.register_forward_hook(post_hook)
 
 
-def _on_normalized(module: nn.Module, params: NormParams, fn: HookFn) -> Handle:
+def _on_normalized(module: nn.Module, norm_kind: NormKind, fn: HookFn) -> Handle:
+    # TransformerLens takes LayerNorm's hook_normalized after the gain and bias, RMSNorm's before
+    # the gain: a LayerNorm site is the module's output, an RMSNorm one is recomputed from its
+    # input and a replacement has the gain re-applied.
+    if norm_kind == "layernorm":
+        return _on_output(module, fn)
+    params = norm_params(module, norm_kind)
+
     def post_hook(_: nn.Module, args: tuple[Any, ...], output: Tensor) -> Any:
         normalized = normalize(args[0], params)
         new = _replacement(fn(normalized), normalized)
@@ -283,7 +337,7 @@ def attach(parts: ModelParts, point: HookPoint, fn: HookFn) -> list[Handle]:
     if point.layer is None:
         if kind == "hook_embed":
             return [_on_output(parts.embed, fn)]
-        return [_on_normalized(parts.ln_final, norm_params(parts.ln_final, spec.norm_kind), fn)]
+        return [_on_normalized(parts.ln_final, spec.norm_kind, fn)]
     modules = parts.blocks[point.layer]
     if kind == "hook_resid_pre":
         return [_on_input(modules.block, fn)]
@@ -294,17 +348,19 @@ def attach(parts: ModelParts, point: HookPoint, fn: HookFn) -> list[Handle]:
     if kind == "hook_resid_mid":
         return _on_resid_mid(modules, fn)
     if kind == "hook_mlp_in":
+        return [_on_input(modules.ln2, fn)]
+    if kind == "mlp.hook_in":
         return [_on_input(modules.mlp, fn)]
-    if kind == "hook_mlp_out":
+    if kind in ("mlp.hook_out", "hook_mlp_out"):
         return [_on_output(modules.mlp, fn)]
     if kind == "attn.hook_z":
         return [_on_z(modules.attn_out_proj, parts.n_heads, parts.d_head, fn)]
     if kind == "attn.hook_pattern":
         return [_PatternHandle(modules.attn, fn)]
     if kind == "ln1.hook_normalized":
-        return [_on_normalized(modules.ln1, norm_params(modules.ln1, spec.norm_kind), fn)]
+        return [_on_normalized(modules.ln1, spec.norm_kind, fn)]
     if kind == "ln2.hook_normalized":
-        return [_on_normalized(modules.ln2, norm_params(modules.ln2, spec.norm_kind), fn)]
+        return [_on_normalized(modules.ln2, spec.norm_kind, fn)]
     raise AssertionError(f"unhandled hook kind {kind}")
 
 

@@ -41,8 +41,9 @@ from sparsecircuits.training.distributed import (
     ShardedContexts,
 )
 
-CLT_HOOK_IN = "blocks.{layer}.hook_mlp_in"
-CLT_HOOK_OUT = "blocks.{layer}.hook_mlp_out"
+# Hook templates of a transcoder (a cross-layer one uses them for every layer it covers).
+TRANSCODER_HOOK_IN = "blocks.{layer}.mlp.hook_in"
+TRANSCODER_HOOK_OUT = "blocks.{layer}.mlp.hook_out"
 
 
 # `DictionaryConfig` keys a spec leaves to the model (widths, name) and to the run
@@ -59,10 +60,10 @@ class DictionarySpec:
     validated when the dictionary is built. The model gives `d_in`, `d_out` and `model_name`,
     the run `device` and `seed`.
 
-    Hooks default from `kind` and `layer`. transcoder / skip_transcoder:
-    `blocks.{layer}.hook_mlp_in → blocks.{layer}.hook_mlp_out`; sae: `blocks.{layer}.hook_mlp_out`
-    (the same point a transcoder writes, so the two compare); clt (cross-layer transcoder): the
-    templates `blocks.{layer}.hook_mlp_in → blocks.{layer}.hook_mlp_out` over layers
+    Hooks default from `kind` and `layer`. transcoder / skip_transcoder: the MLP module's own
+    input and output, `blocks.{layer}.mlp.hook_in → blocks.{layer}.mlp.hook_out`; sae:
+    `blocks.{layer}.hook_mlp_out` (what the MLP adds to the residual); clt (cross-layer
+    transcoder): the templates `blocks.{layer}.mlp.hook_in → blocks.{layer}.mlp.hook_out` over layers
     `0 .. n_layers - 1` (`n_layers` None: every layer of the model; `layer` must stay 0).
     `n_layers` is for kind clt only.
     """
@@ -120,8 +121,8 @@ class DictionarySpec:
             hook = self.hook_in or self.hook_out or f"blocks.{self.layer}.hook_mlp_out"
             return hook, hook
         return (
-            self.hook_in or f"blocks.{self.layer}.hook_mlp_in",
-            self.hook_out or f"blocks.{self.layer}.hook_mlp_out",
+            self.hook_in or TRANSCODER_HOOK_IN.format(layer=self.layer),
+            self.hook_out or TRANSCODER_HOOK_OUT.format(layer=self.layer),
         )
 
     def _clt_hooks(self) -> tuple[str, str]:
@@ -130,12 +131,12 @@ class DictionarySpec:
                 f"a cross-layer transcoder covers layers 0..n_layers-1 and takes no layer (got layer={self.layer}); "
                 "remove layer and set n_layers"
             )
-        hook_in, hook_out = self.hook_in or CLT_HOOK_IN, self.hook_out or CLT_HOOK_OUT
+        hook_in, hook_out = self.hook_in or TRANSCODER_HOOK_IN, self.hook_out or TRANSCODER_HOOK_OUT
         for hook in (hook_in, hook_out):
             if "{layer}" not in hook:
                 raise SparseCircuitsError(
-                    f"a cross-layer transcoder's hooks are templates with {{layer}}, like {CLT_HOOK_IN} "
-                    f"-> {CLT_HOOK_OUT}; got {hook!r}"
+                    f"a cross-layer transcoder's hooks are templates with {{layer}}, like {TRANSCODER_HOOK_IN} "
+                    f"-> {TRANSCODER_HOOK_OUT}; got {hook!r}"
                 )
         if hook_in == hook_out:
             raise SparseCircuitsError(
