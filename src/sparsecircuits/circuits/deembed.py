@@ -10,9 +10,10 @@ that write before the reader (all of them for the logits; see `ReplacementModel.
 
 Norms are folded as the model applies them, without their input-dependent scale: an encoder
 column reading `hook_mlp_in` is multiplied by the ln2 gain (and centred for LayerNorm) to
-give its residual-stream direction; a head's OV is preceded by the ln1 gain (and centring);
-the unembedding by the final norm's gain (and centring). Positional embeddings are left out
-of de-embeddings, as in the paper.
+give its residual-stream direction; a head's OV is preceded by the ln1 gain (and centring) and,
+for Gemma, followed by the post-attention norm's gain; the unembedding by the final norm's gain
+(and centring). Positional embeddings are left out of de-embeddings, as in the paper; Gemma's
+embedding scale sqrt(d_model) is in `W_E`.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ def encoder_directions(
 def ov_pull_back(model: ReplacementModel, layer: int, head: int, vectors: Tensor) -> Tensor:
     """Return `[n, d]`: directions at the head's input (resid_pre) that its OV maps onto `vectors [n, d]`.
 
-    `x · result == (ln1-gained x) W_V^h W_O^h · vector` (ln1 gain and centring folded, scale 1).
+    `x · result == (ln1-gained x) W_V^h W_O^h · vector` (ln1 gain and centring folded, scale 1;
+    a post-attention norm's gain too).
     """
     w = model.layer_weights(layer)
-    in_space = (vectors @ w.W_O[head].T) @ w.W_V[head].T
     one = torch.ones(1, dtype=vectors.dtype, device=vectors.device)
+    if w.ln1_post is not None:
+        vectors = pull_back_norm(vectors, w.ln1_post, one, gain=True)
+    in_space = (vectors @ w.W_O[head].T) @ w.W_V[head].T
     return pull_back_norm(in_space, w.ln1, one, gain=True)
 
 
@@ -159,7 +163,7 @@ def unembed_directions(model: ReplacementModel, directions: Tensor) -> Tensor:
     """Return logit effects `[n, vocab]` of adding `directions [n, d]` to the final residual (gain folded, scale 1)."""
     ln = model.ln_final
     x = directions - directions.mean(-1, keepdim=True) if ln.kind == "layernorm" else directions
-    return (x * ln.weight) @ model.W_U
+    return (x * ln.gain) @ model.W_U
 
 
 def feature_logits(model: ReplacementModel, layer: int, feature: int, k: int = 10) -> TokenScores:

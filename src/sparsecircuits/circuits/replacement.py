@@ -2,8 +2,10 @@
 
 The model is re-implemented as one functional forward pass from the weight accessors of
 `ModelAdapter` (GPT-2, GPT-NeoX with parallel residual and partial rotary, Llama / Qwen2 /
-Qwen3 / Mistral with RoPE, grouped-query attention, RMSNorm, Qwen3's q/k norms, Mistral's sliding
-window). At every layer that has a transcoder the MLP output is
+Qwen3 / Mistral with RoPE (Llama-3's scaled RoPE included), grouped-query attention, RMSNorm,
+Qwen3's q/k norms, Mistral's sliding window; Gemma-2 / Gemma-3 with their scaled embeddings,
+norms around attention and MLP, attention-score and logit soft-capping, per-layer sliding
+windows and Gemma-3's per-layer rotary bases). At every layer that has a transcoder the MLP output is
 
     mlp_out = transcoder(x) + error,    error = true MLP(x) - transcoder(x)   (from the clean run)
 
@@ -21,10 +23,20 @@ replaced). Per source layer the model keeps the set's decoder blocks, `decoders(
 [(target layer, W_dec block [d_sae, d])]` (one block, to its own layer, for a per-layer
 transcoder); `decoder_vectors` sums a feature's blocks over the targets a reader sees.
 
+Gemma. The MLP output is what joins the residual stream, after the post-MLP norm (Gemma Scope
+transcoders write there), so a transcoder replaces MLP and post-norm together. Attention
+output passes through the post-attention norm: `attn_out = ln1_post(z W_O + b_O)`, its
+denominator frozen like every other norm, so each head's share stays additive. Soft-capped
+attention scores are computed explicitly (`c · tanh(s / c)` before the mask); frozen patterns
+need nothing more. The state's `logits` are the model's, after the final soft-cap;
+`final_normed @ W_U + b_U` are the logits before it, which attribution targets read (as
+circuit-tracer attributes Gemma's pre-cap logits): the cap is the one non-linearity after the
+residual stream and would make logit targets non-additive.
+
 Freezing. `forward_with(state, edits, freeze=True)` re-runs the prompt with the attention
-patterns, the norm denominators (LayerNorm's `sqrt(var + eps)`, RMSNorm's `sqrt(mean(x²) + eps)`;
-the LayerNorm mean is still subtracted, which is linear) and the error terms taken from the clean
-`state`. Transcoder features then follow `features`:
+patterns, the norm denominators (LayerNorm's `sqrt(var + eps)`, RMSNorm's `sqrt(mean(x²) + eps)`,
+Gemma's post-norms included; the LayerNorm mean is still subtracted, which is linear) and the
+error terms taken from the clean `state`. Transcoder features then follow `features`:
 
 * `"frozen"`: activations held at their clean values (edits apply on top): the map from
   (embeddings, feature activations, errors, biases) to every downstream quantity is affine, and
@@ -74,6 +86,7 @@ from sparsecircuits.dictionaries import (
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models import ModelAdapter, NormParams
 from sparsecircuits.models.architectures import apply_gain, norm_scale, normalize_with_scale
+from sparsecircuits.models.hooks import softcap
 
 __all__ = [
     "FEATURE_MODES",
@@ -93,6 +106,9 @@ FeatureMode = Literal["frozen", "linear", "live"]
 FEATURE_MODES = ("frozen", "linear", "live")
 # Where a transcoder may read its input, as the suffix of `blocks.L.<suffix>`.
 TRANSCODER_INPUTS = ("hook_mlp_in", "ln2.hook_normalized", "hook_resid_mid")
+# Where it may write: what joins the residual, or the MLP's own output where that is the same
+# tensor (every family without a post-MLP norm).
+TRANSCODER_OUTPUTS = ("hook_mlp_out", "mlp.hook_out")
 
 
 # ---------------------------------------------------------------------------- model
@@ -113,15 +129,9 @@ class _Layer:
     attn_scale: float
     qk_norms: tuple[NormParams, NormParams] | None
     sliding_window: int | None
-
-
-def _cast_norm(params: NormParams, dtype: torch.dtype) -> NormParams:
-    return NormParams(
-        kind=params.kind,
-        weight=params.weight.to(dtype),
-        bias=None if params.bias is None else params.bias.to(dtype),
-        eps=params.eps,
-    )
+    ln1_post: NormParams | None = None  # Gemma: between attention and the residual
+    ln2_post: NormParams | None = None  # Gemma: between the MLP and the residual
+    attn_softcap: float | None = None
 
 
 def _per_head(x: Tensor, weight: Tensor) -> Tensor:
@@ -197,7 +207,8 @@ class ReplacementModel:
             self._cache_transcoder(layer)
             self.tc_input[layer] = self._check_transcoder(layer)
         self._layers = [self._layer_weights(layer) for layer in range(self.n_layers)]
-        self.ln_final = _cast_norm(adapter.norm("ln_final"), dtype)
+        self.ln_final = adapter.norm("ln_final").to(dtype)
+        self.logit_softcap = adapter.logit_softcap
         self.W_E = adapter.W_E.to(dtype)
         W_pos = adapter.W_pos
         self.W_pos = None if W_pos is None else W_pos.to(dtype)
@@ -210,6 +221,7 @@ class ReplacementModel:
         adapter, dtype = self.adapter, self.dtype
         w = adapter.attention_weights(layer)
         qk = adapter.qk_norms(layer)
+        ln1_post, ln2_post = adapter.post_norm("attn", layer), adapter.post_norm("mlp", layer)
         return _Layer(
             W_Q=w.W_Q.to(dtype),
             W_K=w.W_K.to(dtype),
@@ -219,11 +231,14 @@ class ReplacementModel:
             b_K=w.b_K.to(dtype),
             b_V=w.b_V.to(dtype),
             b_O=w.b_O.to(dtype),
-            ln1=_cast_norm(adapter.norm("ln1", layer), dtype),
-            ln2=_cast_norm(adapter.norm("ln2", layer), dtype),
+            ln1=adapter.norm("ln1", layer).to(dtype),
+            ln2=adapter.norm("ln2", layer).to(dtype),
             attn_scale=adapter.attn_scale(layer),
-            qk_norms=None if qk is None else (_cast_norm(qk[0], dtype), _cast_norm(qk[1], dtype)),
+            qk_norms=None if qk is None else (qk[0].to(dtype), qk[1].to(dtype)),
             sliding_window=adapter.sliding_window(layer),
+            ln1_post=None if ln1_post is None else ln1_post.to(dtype),
+            ln2_post=None if ln2_post is None else ln2_post.to(dtype),
+            attn_softcap=adapter.attn_softcap(layer),
         )
 
     def _cache_transcoder(self, layer: int) -> None:
@@ -259,11 +274,15 @@ class ReplacementModel:
         valid_in = [f"blocks.{layer}.{s}" for s in TRANSCODER_INPUTS]
         if self.parallel_residual:
             valid_in = valid_in[:2]
-        if hook_in not in valid_in or hook_out != f"blocks.{layer}.hook_mlp_out":
+        # with a post-MLP norm the MLP's own output is not what joins the residual
+        outputs = TRANSCODER_OUTPUTS[:1] if self._layers_post_mlp(layer) else TRANSCODER_OUTPUTS
+        valid_out = [f"blocks.{layer}.{s}" for s in outputs]
+        if hook_in not in valid_in or hook_out not in valid_out:
             raise SparseCircuitsError(
                 f"transcoder for layer {layer} maps {hook_in} -> {hook_out}; a ReplacementModel needs "
-                f"one of {', '.join(valid_in)} -> blocks.{layer}.hook_mlp_out (each transcoder layer "
-                "reads and writes its own block, layers increasing)"
+                f"one of {', '.join(valid_in)} -> {' or '.join(valid_out)} (each transcoder layer "
+                "reads and writes its own block, layers increasing; with a post-MLP norm, "
+                "transcoders write what joins the residual, as Gemma Scope's do)"
             )
         d_in, d_out = self._encoders[layer].W_enc.shape[0], self._output_bias[layer].shape[-1]
         if d_in != self.d_model or d_out != self.d_model:
@@ -272,6 +291,9 @@ class ReplacementModel:
                 f"d_model {self.d_model}; use transcoders trained on this model"
             )
         return hook_in.split(".", 2)[2]
+
+    def _layers_post_mlp(self, layer: int) -> bool:
+        return self.adapter.post_norm("mlp", layer) is not None
 
     def layer_weights(self, layer: int) -> _Layer:
         """Return the cached attention weights and norms of `layer` (TransformerLens orientation)."""
@@ -467,6 +489,11 @@ class ReplacementModel:
             )
         return input_ids.to(self.device)
 
+    def cap_logits(self, logits: Tensor) -> Tensor:
+        """Return the model's logits from the logits before its final soft-cap (Gemma), else
+        `logits` unchanged."""
+        return logits if self.logit_softcap is None else softcap(logits, self.logit_softcap)
+
     def _embed(self, input_ids: Tensor) -> Tensor:
         embed = self.W_E[input_ids]
         if self.W_pos is not None:
@@ -476,6 +503,7 @@ class ReplacementModel:
     def _live_pattern(
         self, layer: int, attn_in: Tensor, rotary: tuple[Tensor, Tensor] | None
     ) -> Tensor:
+        """Attention probabilities `[b,h,q,k]` of `layer` recomputed from its input."""
         w = self._layers[layer]
         q = _per_head(attn_in, w.W_Q) + w.b_Q
         k = _per_head(attn_in, w.W_K) + w.b_K
@@ -487,6 +515,8 @@ class ReplacementModel:
             cos, sin = rotary
             q, k = _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin)
         scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) * w.attn_scale
+        if w.attn_softcap is not None:
+            scores = softcap(scores, w.attn_softcap)
         p = scores.shape[-1]
         pos = torch.arange(p, device=scores.device)
         allowed = pos[None, :] <= pos[:, None]
@@ -509,9 +539,11 @@ class ReplacementModel:
         if run.mults.embed is not None:
             embed = embed * run.mults.embed
         if self.adapter.positional == "rotary" and not freeze:
-            cs = self.adapter.rotary_cos_sin(torch.arange(input_ids.shape[1], device=self.device))
-            if cs is not None:
-                run.rotary = (cs[0].to(self.dtype), cs[1].to(self.dtype))
+            positions = torch.arange(input_ids.shape[1], device=self.device)
+            for layer in range(self.n_layers):
+                cs = self.adapter.rotary_cos_sin(positions, layer)
+                if cs is not None:
+                    run.rotary[layer] = (cs[0].to(self.dtype), cs[1].to(self.dtype))
         blocks: list[BlockRecord] = []
         resid = embed
         for layer in range(self.n_layers):
@@ -522,7 +554,7 @@ class ReplacementModel:
         final_normed = apply_gain(
             normalize_with_scale(resid, self.ln_final, scale_f), self.ln_final
         )
-        logits = final_normed @ self.W_U + self.b_U
+        logits = self.cap_logits(final_normed @ self.W_U + self.b_U)
         return ReplacementState.assemble(
             input_ids,
             embed,
@@ -541,13 +573,22 @@ class ReplacementModel:
         attn_in = apply_gain(normalize_with_scale(resid_pre, w.ln1, scale1), w.ln1)
         values = _per_head(attn_in, w.W_V) + w.b_V
         pattern = (
-            frozen.patterns[layer] if frozen else self._live_pattern(layer, attn_in, run.rotary)
+            frozen.patterns[layer]
+            if frozen
+            else self._live_pattern(layer, attn_in, run.rotary.get(layer))
         )
         pattern = edit_pattern(pattern, [e for e in run.edits.heads if e.layer == layer])
         if layer in run.mults.patterns:
             pattern = pattern * run.mults.patterns[layer]
         z = torch.matmul(pattern, values.transpose(1, 2)).transpose(1, 2)  # [b, q, h, e]
         attn_out = z.flatten(2) @ w.W_O.flatten(0, 1) + w.b_O
+        scale1_post = None
+        if w.ln1_post is not None:
+            scale1_post = frozen.ln1_post_scale[layer] if frozen else None
+            if scale1_post is None:
+                scale1_post = norm_scale(attn_out, w.ln1_post)
+            normalized = normalize_with_scale(attn_out, w.ln1_post, scale1_post)
+            attn_out = apply_gain(normalized, w.ln1_post)
         resid_mid = resid_pre + attn_out
         mlp_read = resid_pre if self.parallel_residual else resid_mid
         scale2 = frozen.ln2_scale[layer] if frozen else norm_scale(mlp_read, w.ln2)
@@ -573,6 +614,7 @@ class ReplacementModel:
             scale2,
             values,
             pattern,
+            scale1_post,
         )
 
     def _mlp_layer(self, layer: int, mlp_in: Tensor, run: _Pass) -> Tensor:
@@ -580,11 +622,20 @@ class ReplacementModel:
         if run.frozen:
             mlp_out = run.frozen.mlp_out[layer]
         else:
-            mlp_out = self._mlps[layer](mlp_in).to(self.dtype)
+            mlp_out = self._mlp(layer, mlp_in)
         mlp_out = scale_positions(mlp_out, [e for e in run.edits.errors if e.layer == layer])
         if layer in run.mults.errors:
             mlp_out = mlp_out * run.mults.errors[layer]
         return mlp_out
+
+    def _mlp(self, layer: int, mlp_in: Tensor) -> Tensor:
+        """What the real MLP of `layer` adds to the residual for `mlp_in` (Gemma: after its
+        post-norm, recomputed), in `dtype`."""
+        out = self._mlps[layer](mlp_in).to(self.dtype)
+        post = self._layers[layer].ln2_post
+        if post is not None:
+            out = apply_gain(normalize_with_scale(out, post, norm_scale(out, post)), post)
+        return out
 
     def _transcoder_layer(self, layer: int, tc_in: Tensor, mlp_in: Tensor, run: _Pass) -> Tensor:
         """The transcoders' output plus the error term at `layer`; records the layer in `run`."""
@@ -610,7 +661,7 @@ class ReplacementModel:
         if layer in self._skip:
             tc_out = tc_out + tc_in @ self._skip[layer].T
         if clean is None:
-            error = self._mlps[layer](mlp_in).to(self.dtype) - tc_out
+            error = self._mlp(layer, mlp_in) - tc_out
             safe_pre = torch.where(pre != 0, pre, torch.ones_like(pre))
             gain = torch.where(acts != 0, acts / safe_pre, torch.zeros_like(acts))
         else:
@@ -633,7 +684,7 @@ class _Pass:
     features: FeatureMode
     edits: Edits
     mults: Multipliers
-    rotary: tuple[Tensor, Tensor] | None = None
+    rotary: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # per layer
     feature_acts: dict[int, Tensor] = field(default_factory=dict)
     transcoders: dict[int, TranscoderRecord] = field(default_factory=dict)
 
