@@ -24,12 +24,16 @@ def test_connection_matrix_is_the_input_invariant_factor(tiny_models, variant):
     torch.testing.assert_close(
         dec.features[0][0, active] / acts[active] * scale2, direct[active], atol=1e-5, rtol=1e-4
     )
-    # through head 1.h from source s: pattern × act × connection / (ln1 scale at s × ln2 scale at t)
+    # through head 1.h from source s: pattern × act × connection / (ln1 scale at s × ln2 scale at
+    # t), and for Gemma also / the post-attention norm's scale at t
     h, s = 2, 6
     via = A.decompose(rm, state, A.pull_back_head(rm, state, vec, 1, h, s))
     acts_s = state.feature_acts[0][b, s]
     active_s = acts_s.nonzero().flatten()
     factor = state.patterns[1][b, h, t, s] / (scale2 * state.ln1_scale[1][b, s])
+    post_scale = state.ln1_post_scale[1]
+    if post_scale is not None:
+        factor = factor / post_scale[b, t]
     through = D.connection_matrix(rm, 0, 2, head=(1, h), dst_features=[j])[:, 0]
     torch.testing.assert_close(
         via.features[0][0, active_s],

@@ -24,6 +24,28 @@ def test_logits_equal_the_hf_model(tiny_models, variant):
     assert torch.allclose(state.logits, hf, atol=5e-5), (state.logits - hf).abs().max()
 
 
+def test_logits_equal_an_independent_eager_hf_model(tiny_models, variant):
+    """Against HF's own eager attention (not our attention function): the logits, and for
+    Gemma-2 also the logits before the final soft-cap (the HF model with the cap removed)."""
+    import transformers
+
+    rm, ids = tiny_models[variant]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        rm.adapter.name, attn_implementation="eager", dtype=torch.float32
+    )
+    state = rm.run(ids)
+    with torch.no_grad():
+        expected = hf(ids, use_cache=False).logits
+        torch.testing.assert_close(state.logits, expected, atol=5e-5, rtol=0)
+        cap = getattr(hf.config, "final_logit_softcapping", None)
+        assert (cap is not None) == variant.startswith("gemma2")
+        hf.config.final_logit_softcapping = None
+        uncapped = hf(ids, use_cache=False).logits
+    torch.testing.assert_close(state.final_normed @ rm.W_U + rm.b_U, uncapped, atol=5e-5, rtol=0)
+    if cap is not None:  # the cap bites on these tiny models
+        assert (uncapped - expected).abs().max() > 0.1
+
+
 def test_caches_equal_the_adapter_hooks(tiny_models, variant):
     rm, ids = tiny_models[variant]
     state = rm.run(ids)
@@ -127,6 +149,26 @@ def test_rejects_a_transcoder_for_the_wrong_hook(tiny_models):
     )
     with pytest.raises(SparseCircuitsError, match="layer 0"):
         ReplacementModel(rm.adapter, {0: make(cfg)})
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_mlp_hook_out_transcoders_only_where_it_joins_the_residual(tiny_models, family):
+    """`mlp.hook_out` is what joins the residual unless a post-MLP norm follows (Gemma)."""
+    rm, ids = tiny_models[family]
+    cfg = DictionaryConfig(
+        architecture="relu",
+        kind="transcoder",
+        d_in=rm.d_model,
+        d_sae=8,
+        hook_in="blocks.0.hook_mlp_in",
+        hook_out="blocks.0.mlp.hook_out",
+    )
+    if family == "gemma2":
+        with pytest.raises(SparseCircuitsError, match="post-MLP norm"):
+            ReplacementModel(rm.adapter, {0: make(cfg)})
+    else:
+        state = ReplacementModel(rm.adapter, {0: make(cfg)}).run(ids)
+        torch.testing.assert_close(state.logits, rm.adapter.forward(ids), atol=5e-5, rtol=0)
 
 
 def test_select_repeats_prompts(tiny_models):

@@ -48,7 +48,7 @@ def _transcoders(adapter, architecture: str, layers, d_sae: int = 48, k: int = 5
     return out
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+@pytest.fixture(scope="module", params=["gpt2", "llama", "llama3", "gemma2", "gemma3_text"])
 def replacement(request, tiny_model_dir):
     from sparsecircuits.models import load_model
 
@@ -56,16 +56,17 @@ def replacement(request, tiny_model_dir):
     architecture = "topk" if request.param == "gpt2" else "relu"
     layers = (
         range(adapter.n_layers) if request.param == "gpt2" else [0, 2]
-    )  # llama: layer 1 has no transcoder
+    )  # the others: layer 1 has no transcoder
     return ReplacementModel(adapter, _transcoders(adapter, architecture, layers))
 
 
 def _target_values(rm, graph, state) -> torch.Tensor:
-    """Every target's value: feature pre-activations and de-meaned logits, in node order."""
+    """Every target's value: feature pre-activations and de-meaned logits (before a final
+    soft-cap), in node order."""
     values = torch.zeros(graph.n_nodes, dtype=torch.float64)
     for i, (layer, pos, feat) in enumerate(graph.active_features.tolist()):
         values[i] = float(state.feature_pre[layer][0, pos, feat])
-    logits = state.logits[0, -1].double()
+    logits = (state.final_normed[0, -1] @ rm.W_U + rm.b_U).double()
     for k, token in enumerate(graph.logit_ids.tolist()):
         values[graph.logit_index(k)] = logits[token] - logits.mean()
     return values
