@@ -117,9 +117,12 @@ def topk_transcoders(adapter, d_sae: int, k: int) -> dict:  # type: ignore[no-un
     }
 
 
-def random_transcoders(adapter, seed: int, skip_layer: int | None = None) -> dict:
+def random_transcoders(
+    adapter, seed: int, skip_layer: int | None = None, hook_out: str = "hook_mlp_out"
+) -> dict:
     """Transcoders for every layer but `skip_layer`: TopK on hook_mlp_in, a ReLU skip transcoder on
-    ln2.hook_normalized, ReLU on hook_mlp_in; all biases random so bias handling is tested."""
+    ln2.hook_normalized, ReLU on hook_mlp_in; all biases random so bias handling is tested.
+    They write `blocks.L.<hook_out>`."""
     generator = torch.Generator().manual_seed(seed)
     result = {}
     for layer in range(adapter.n_layers):
@@ -132,7 +135,7 @@ def random_transcoders(adapter, seed: int, skip_layer: int | None = None) -> dic
             d_in=adapter.d_model,
             d_sae=48,
             hook_in=f"blocks.{layer}.{'ln2.hook_normalized' if kind == 1 else 'hook_mlp_in'}",
-            hook_out=f"blocks.{layer}.hook_mlp_out",
+            hook_out=f"blocks.{layer}.{hook_out}",
             k=6,
             seed=seed + layer,
         )

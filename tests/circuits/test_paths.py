@@ -11,7 +11,7 @@ from sparsecircuits.circuits import paths as P
 from sparsecircuits.circuits.verify import verify_graph
 
 
-@pytest.fixture(params=["gpt2", "gemma2"])
+@pytest.fixture(params=["gpt2", "gemma2", "gemma2-mlp.hook_out"])
 def searched(tiny_models, request):
     rm, ids = tiny_models[request.param]
     state = rm.run(ids)

@@ -55,6 +55,7 @@ def test_caches_equal_the_adapter_hooks(tiny_models, variant):
             f"blocks.{layer}.hook_resid_pre",
             f"blocks.{layer}.hook_mlp_in",
             f"blocks.{layer}.hook_mlp_out",
+            f"blocks.{layer}.mlp.hook_out",
             f"blocks.{layer}.attn.hook_pattern",
         ]
     _, cache = rm.adapter.run_with_cache(ids, names, stop_after_last=False)
@@ -77,7 +78,7 @@ def test_caches_equal_the_adapter_hooks(tiny_models, variant):
             recon = tc.reconstruct(state.tc_in[layer])
             torch.testing.assert_close(
                 state.errors[layer],
-                cache[f"blocks.{layer}.hook_mlp_out"] - recon,
+                cache[rm.transcoders.hook_out(layer)] - recon,
                 atol=2e-5,
                 rtol=1e-4,
             )
@@ -151,24 +152,19 @@ def test_rejects_a_transcoder_for_the_wrong_hook(tiny_models):
         ReplacementModel(rm.adapter, {0: make(cfg)})
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2"])
-def test_mlp_hook_out_transcoders_only_where_it_joins_the_residual(tiny_models, family):
-    """`mlp.hook_out` is what joins the residual unless a post-MLP norm follows (Gemma)."""
-    rm, ids = tiny_models[family]
+def test_cross_layer_transcoders_before_a_post_mlp_norm_are_refused(tiny_models):
+    rm, _ = tiny_models["gemma2"]
     cfg = DictionaryConfig(
         architecture="relu",
-        kind="transcoder",
+        kind="clt",
         d_in=rm.d_model,
         d_sae=8,
-        hook_in="blocks.0.hook_mlp_in",
-        hook_out="blocks.0.mlp.hook_out",
+        n_layers=rm.n_layers,
+        hook_in="blocks.{layer}.hook_mlp_in",
+        hook_out="blocks.{layer}.mlp.hook_out",
     )
-    if family == "gemma2":
-        with pytest.raises(SparseCircuitsError, match="post-MLP norm"):
-            ReplacementModel(rm.adapter, {0: make(cfg)})
-    else:
-        state = ReplacementModel(rm.adapter, {0: make(cfg)}).run(ids)
-        torch.testing.assert_close(state.logits, rm.adapter.forward(ids), atol=5e-5, rtol=0)
+    with pytest.raises(SparseCircuitsError, match="cross-layer transcoders here must write"):
+        ReplacementModel(rm.adapter, make(cfg))
 
 
 def test_select_repeats_prompts(tiny_models):

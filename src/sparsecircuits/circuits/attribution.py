@@ -151,7 +151,11 @@ class Target:
 
 
 def attn_output_vector(
-    model: ReplacementModel, state: ReplacementState, layer: int, vector: Tensor, batch: Tensor,
+    model: ReplacementModel,
+    state: ReplacementState,
+    layer: int,
+    vector: Tensor,
+    batch: Tensor,
     pos: Tensor,
 ) -> Tensor:
     """Return `[n, d]`: the functional `vector [n, d]` (read from the residual at rows `batch`,
@@ -469,13 +473,14 @@ def decompose(
             bias = bias + v_attn @ w.b_O
         if model.mlp_write(layer) < source.read:
             if layer in model.feature_layers:
-                projections = model.decoder_projections(layer, v, source.read)
+                v_mlp = model.post_mlp_map(state, layer, v, b, t)
+                projections = model.decoder_projections(layer, v_mlp, source.read)
                 features[layer] = state.feature_acts[layer][b, t] * projections
-                bias = bias + v @ model.output_bias(layer)
-                errors[layer] = (state.errors[layer][b, t] * v).sum(-1)
+                bias = bias + v_mlp @ model.output_bias(layer)
+                errors[layer] = (state.errors[layer][b, t] * v_mlp).sum(-1)
                 skip = model.skip_weight(layer)
                 if skip is not None:
-                    skips[layer] = ((state.tc_in[layer][b, t] @ skip.T) * v).sum(-1)
+                    skips[layer] = ((state.tc_in[layer][b, t] @ skip.T) * v_mlp).sum(-1)
             else:
                 errors[layer] = (state.mlp_out[layer][b, t] * v).sum(-1)
     return Decomposition(source, embed, features, heads, errors, skips, bias)
@@ -535,9 +540,8 @@ def pull_back_feature(
         .expand(source.batch.numel())
     )
     decoded = model.decoder_vectors(layer, f, before_read=source.read)  # [n, d]
-    weight = (decoded * source.vector).sum(-1) * state.feature_gain[layer][
-        source.batch, source.pos, f
-    ]
+    v_mlp = model.post_mlp_map(state, layer, source.vector, source.batch, source.pos)
+    weight = (decoded * v_mlp).sum(-1) * state.feature_gain[layer][source.batch, source.pos, f]
     vector, constant = feature_input_form(model, state, layer, f, source.batch, source.pos)
     return ResidVector(
         model.mlp_read(layer), source.batch, source.pos, vector * weight[:, None], constant * weight

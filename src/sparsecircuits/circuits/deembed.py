@@ -11,8 +11,9 @@ that write before the reader (all of them for the logits; see `ReplacementModel.
 Norms are folded as the model applies them, without their input-dependent scale: an encoder
 column reading `hook_mlp_in` is multiplied by the ln2 gain (and centred for LayerNorm) to
 give its residual-stream direction; a head's OV is preceded by the ln1 gain (and centring) and,
-for Gemma, followed by the post-attention norm's gain; the unembedding by the final norm's gain
-(and centring). Positional embeddings are left out of de-embeddings, as in the paper; Gemma's
+for Gemma, followed by the post-attention norm's gain; a decoder row written before Gemma's
+post-MLP norm (a transcoder on `mlp.hook_out`) is multiplied by that norm's gain; the
+unembedding is preceded by the final norm's gain (and centring). Positional embeddings are left out of de-embeddings, as in the paper; Gemma's
 embedding scale sqrt(d_model) is in `W_E`.
 """
 
@@ -42,6 +43,19 @@ def encoder_directions(
         return enc
     one = torch.ones(1, dtype=enc.dtype, device=enc.device)
     return pull_back_norm(enc, model.layer_weights(layer).ln2, one, gain=kind == "hook_mlp_in")
+
+
+def residual_decoders(
+    model: ReplacementModel,
+    layer: int,
+    features: Tensor | list[int] | int | None = None,
+    before_read: int | None = None,
+) -> Tensor:
+    """Return `model.decoder_vectors(layer, features, before_read)` as directions in the residual
+    stream: times the gain of a post-MLP norm the transcoder writes before (scale left out)."""
+    dec = model.decoder_vectors(layer, features, before_read=before_read)
+    post = model.transcoder_post_norm(layer)
+    return dec if post is None else dec * post.gain
 
 
 def ov_pull_back(model: ReplacementModel, layer: int, head: int, vectors: Tensor) -> Tensor:
@@ -92,7 +106,7 @@ def connection_matrix(
         enc = ov_pull_back(model, attn_layer, h, enc)
         read = model.attn_read(attn_layer)
     features = None if src_features is None else torch.as_tensor(src_features, dtype=torch.long)
-    dec = model.decoder_vectors(src_layer, features, before_read=read)
+    dec = residual_decoders(model, src_layer, features, before_read=read)
     return dec @ enc.T
 
 
@@ -171,5 +185,5 @@ def feature_logits(model: ReplacementModel, layer: int, feature: int, k: int = 1
 
     For a cross-layer transcoder `W_dec[feature]` sums the feature's decoder blocks (every one
     reaches the unembedding)."""
-    dec = model.decoder_vectors(layer, feature)
+    dec = residual_decoders(model, layer, feature)
     return _token_scores(model, unembed_directions(model, dec[None])[0], k)

@@ -23,8 +23,12 @@ replaced). Per source layer the model keeps the set's decoder blocks, `decoders(
 [(target layer, W_dec block [d_sae, d])]` (one block, to its own layer, for a per-layer
 transcoder); `decoder_vectors` sums a feature's blocks over the targets a reader sees.
 
-Gemma. The MLP output is what joins the residual stream, after the post-MLP norm (Gemma Scope
-transcoders write there), so a transcoder replaces MLP and post-norm together. Attention
+Gemma. The MLP output is what joins the residual stream, after the post-MLP norm. A transcoder
+writing `blocks.L.hook_mlp_out` (as Gemma Scope's do) replaces MLP and post-norm together; one
+writing `blocks.L.mlp.hook_out` replaces the MLP alone (circuit-tracer's `mlp.hook_out`), and
+its output, error included, then passes through the post-MLP norm, whose denominator is frozen
+like every other norm's (so a feature writes `act · W_dec ⊙ gain / scale[pos]` into the
+residual; `post_mlp_map`). Such a transcoder must be per-layer. Attention
 output passes through the post-attention norm: `attn_out = ln1_post(z W_O + b_O)`, its
 denominator frozen like every other norm, so each head's share stays additive. Soft-capped
 attention scores are computed explicitly (`c · tanh(s / c)` before the mask); frozen patterns
@@ -197,6 +201,7 @@ class ReplacementModel:
                 f"the transcoders' layers {self.feature_layers} must be distinct and increasing"
             )
         self.tc_input: dict[int, str] = {}
+        self.tc_output: dict[int, str] = {}
         self._encoders: dict[int, EncoderWeights] = {}
         self._output_bias: dict[int, Tensor] = {}
         self._skip: dict[int, Tensor] = {}
@@ -205,8 +210,14 @@ class ReplacementModel:
         self._writers: dict[int, list[tuple[int, Tensor]]] = {}
         for layer in self.feature_layers:
             self._cache_transcoder(layer)
-            self.tc_input[layer] = self._check_transcoder(layer)
+            self.tc_input[layer], self.tc_output[layer] = self._check_transcoder(layer)
         self._layers = [self._layer_weights(layer) for layer in range(self.n_layers)]
+        # transcoder layers whose output still passes through a post-MLP norm
+        self._post_mlp: dict[int, NormParams] = {}
+        for layer, output in self.tc_output.items():
+            post = self._layers[layer].ln2_post
+            if output == "mlp.hook_out" and post is not None:
+                self._post_mlp[layer] = post
         self.ln_final = adapter.norm("ln_final").to(dtype)
         self.logit_softcap = adapter.logit_softcap
         self.W_E = adapter.W_E.to(dtype)
@@ -263,9 +274,9 @@ class ReplacementModel:
 
     # ------------------------------------------------------------------ checks and accessors
 
-    def _check_transcoder(self, layer: int) -> str:
-        """Raise unless transcoder layer `layer` (cached) fits this model; return its input
-        hook's suffix."""
+    def _check_transcoder(self, layer: int) -> tuple[str, str]:
+        """Raise unless transcoder layer `layer` (cached) fits this model; return its input and
+        output hooks' suffixes."""
         if not 0 <= layer < self.n_layers:
             raise SparseCircuitsError(
                 f"transcoder for layer {layer}, but the model has layers 0..{self.n_layers - 1}"
@@ -274,15 +285,19 @@ class ReplacementModel:
         valid_in = [f"blocks.{layer}.{s}" for s in TRANSCODER_INPUTS]
         if self.parallel_residual:
             valid_in = valid_in[:2]
-        # with a post-MLP norm the MLP's own output is not what joins the residual
-        outputs = TRANSCODER_OUTPUTS[:1] if self._layers_post_mlp(layer) else TRANSCODER_OUTPUTS
-        valid_out = [f"blocks.{layer}.{s}" for s in outputs]
+        valid_out = [f"blocks.{layer}.{s}" for s in TRANSCODER_OUTPUTS]
         if hook_in not in valid_in or hook_out not in valid_out:
             raise SparseCircuitsError(
                 f"transcoder for layer {layer} maps {hook_in} -> {hook_out}; a ReplacementModel needs "
                 f"one of {', '.join(valid_in)} -> {' or '.join(valid_out)} (each transcoder layer "
-                "reads and writes its own block, layers increasing; with a post-MLP norm, "
-                "transcoders write what joins the residual, as Gemma Scope's do)"
+                "reads and writes its own block, layers increasing)"
+            )
+        post_mlp = self.adapter.post_norm("mlp", layer) is not None
+        targets = [target for target, _ in self._decoders[layer]]
+        if post_mlp and hook_out == valid_out[1] and targets != [layer]:
+            raise SparseCircuitsError(
+                f"the cross-layer transcoder writes {hook_out}, before this model's post-MLP "
+                f"norm; cross-layer transcoders here must write blocks.{layer}.hook_mlp_out"
             )
         d_in, d_out = self._encoders[layer].W_enc.shape[0], self._output_bias[layer].shape[-1]
         if d_in != self.d_model or d_out != self.d_model:
@@ -290,10 +305,25 @@ class ReplacementModel:
                 f"transcoder for layer {layer} is {d_in} -> {d_out} wide but the model has "
                 f"d_model {self.d_model}; use transcoders trained on this model"
             )
-        return hook_in.split(".", 2)[2]
+        return hook_in.split(".", 2)[2], hook_out.split(".", 2)[2]
 
-    def _layers_post_mlp(self, layer: int) -> bool:
-        return self.adapter.post_norm("mlp", layer) is not None
+    def transcoder_post_norm(self, layer: int) -> NormParams | None:
+        """Return the post-MLP norm transcoder `layer`'s output still passes through (Gemma, a
+        transcoder writing `mlp.hook_out`), else None."""
+        return self._post_mlp.get(layer)
+
+    def post_mlp_map(
+        self, state: ReplacementState, layer: int, vectors: Tensor, batch: Tensor, pos: Tensor
+    ) -> Tensor:
+        """Return `vectors [n, d]` (transcoder `layer`'s output space, rows `batch`, `pos`) as
+        they join the residual stream: `vectors ⊙ gain / scale` through a post-MLP norm frozen at
+        `state`'s scale when the transcoder writes before it, else `vectors`. The map is
+        diagonal, so it also carries a residual functional back to the transcoder's output."""
+        post = self._post_mlp.get(layer)
+        scale = state.ln2_post_scale[layer] if post is not None else None
+        if post is None or scale is None:
+            return vectors
+        return apply_gain(normalize_with_scale(vectors, post, scale[batch, pos]), post)
 
     def layer_weights(self, layer: int) -> _Layer:
         """Return the cached attention weights and norms of `layer` (TransformerLens orientation)."""
@@ -569,6 +599,7 @@ class ReplacementModel:
     def _block(self, layer: int, resid_pre: Tensor, run: _Pass) -> BlockRecord:
         """One block of the forward pass from its input residual `[b,p,d]`."""
         w, frozen = self._layers[layer], run.frozen
+        scale2_post: Tensor | None = None
         scale1 = frozen.ln1_scale[layer] if frozen else norm_scale(resid_pre, w.ln1)
         attn_in = apply_gain(normalize_with_scale(resid_pre, w.ln1, scale1), w.ln1)
         values = _per_head(attn_in, w.W_V) + w.b_V
@@ -601,6 +632,12 @@ class ReplacementModel:
                 "hook_resid_mid": resid_mid,
             }[self.tc_input[layer]]
             mlp_out = self._transcoder_layer(layer, tc_in, mlp_in, run)
+            post = self._post_mlp.get(layer)
+            if post is not None:
+                scale2_post = frozen.ln2_post_scale[layer] if frozen else None
+                if scale2_post is None:
+                    scale2_post = norm_scale(mlp_out, post)
+                mlp_out = apply_gain(normalize_with_scale(mlp_out, post, scale2_post), post)
         else:
             mlp_out = self._mlp_layer(layer, mlp_in, run)
         return BlockRecord(
@@ -615,25 +652,24 @@ class ReplacementModel:
             values,
             pattern,
             scale1_post,
+            scale2_post,
         )
 
     def _mlp_layer(self, layer: int, mlp_in: Tensor, run: _Pass) -> Tensor:
         """The real MLP's output (the clean one when frozen); it plays the error term's role."""
-        if run.frozen:
-            mlp_out = run.frozen.mlp_out[layer]
-        else:
-            mlp_out = self._mlp(layer, mlp_in)
+        mlp_out = run.frozen.mlp_out[layer] if run.frozen else self._mlp(layer, mlp_in)
         mlp_out = scale_positions(mlp_out, [e for e in run.edits.errors if e.layer == layer])
         if layer in run.mults.errors:
             mlp_out = mlp_out * run.mults.errors[layer]
         return mlp_out
 
     def _mlp(self, layer: int, mlp_in: Tensor) -> Tensor:
-        """What the real MLP of `layer` adds to the residual for `mlp_in` (Gemma: after its
-        post-norm, recomputed), in `dtype`."""
+        """What the real MLP of `layer` writes for `mlp_in`, in `dtype`: into the residual (Gemma:
+        after its post-norm, recomputed), or before that norm when the layer's transcoder
+        writes there."""
         out = self._mlps[layer](mlp_in).to(self.dtype)
         post = self._layers[layer].ln2_post
-        if post is not None:
+        if post is not None and layer not in self._post_mlp:
             out = apply_gain(normalize_with_scale(out, post, norm_scale(out, post)), post)
         return out
 

@@ -17,7 +17,8 @@ from sparsecircuits.errors import SparseCircuitsError
 class BlockRecord:
     """What one block computed: residuals, attention and MLP outputs `[b,p,d]`, norm scales
     `[b,p,1]`, values `[b,p,h,d_head]`, pattern `[b,h,q,k]`, the post-attention norm's scale
-    `[b,p,1]` (None without one) (see `ReplacementState`)."""
+    `[b,p,1]` and the post-MLP norm's where it is outside the transcoder (else None) (see
+    `ReplacementState`)."""
 
     resid_pre: Tensor
     resid_mid: Tensor
@@ -30,6 +31,7 @@ class BlockRecord:
     values: Tensor
     pattern: Tensor
     ln1_post_scale: Tensor | None = None
+    ln2_post_scale: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,9 @@ class ReplacementState:
     added to the residual) `[b,p,d]`; `ln1_scale`, `ln2_scale` `[b,p,1]` (norm denominators);
     `values [b,p,h,d_head]` (value vectors, bias included); `patterns [b,h,q,k]`;
     `ln1_post_scale [b,p,1]` (the post-attention norm's denominator; None for families without
-    one). `attn_out` is after that norm (what joins the residual).
+    one). `attn_out` is after that norm (what joins the residual). `ln2_post_scale [b,p,1]`:
+    the post-MLP norm's denominator at transcoder layers writing before that norm (None
+    elsewhere); there `tc_out` and `errors` are before the norm, `mlp_out` after it.
     Per transcoder layer (dicts): `tc_in` (the transcoder's input), `feature_pre`,
     `feature_acts`, `feature_gain` (`act/pre` where active, else 0) `[b,p,d_sae]`; `tc_out`,
     `errors` `[b,p,d]`. Global: `input_ids [b,p]`, `embed [b,p,d]` (token + learned position),
@@ -85,6 +89,7 @@ class ReplacementState:
     final_normed: Tensor
     logits: Tensor
     ln1_post_scale: list[Tensor | None] = field(default_factory=list)
+    ln2_post_scale: list[Tensor | None] = field(default_factory=list)
     parallel_residual: bool = False
     frozen: bool = True
 
@@ -124,6 +129,7 @@ class ReplacementState:
             final_normed=final_normed,
             logits=logits,
             ln1_post_scale=[b.ln1_post_scale for b in blocks],
+            ln2_post_scale=[b.ln2_post_scale for b in blocks],
             parallel_residual=parallel_residual,
         )
 
