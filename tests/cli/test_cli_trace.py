@@ -73,7 +73,7 @@ def test_trace_writes_graph_and_report(saved, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "family", ["llama3", "gemma2", "gemma3_text", "gemma2-mlp.hook_out"]
+    "family", ["llama3", "gemma2", "gemma3_text", "gemma3", "gemma2-mlp.hook_out"]
 )
 def test_trace_on_every_new_family_writes_a_valid_graph(tiny_model_dir, tmp_path, family):
     """A local random-weight folder of each family with random per-layer TopK transcoders saved

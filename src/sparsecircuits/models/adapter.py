@@ -63,7 +63,8 @@ class ModelAdapter:
         """Wrap a loaded HF causal LM (put in eval mode, params frozen, attention made hookable)."""
         config = model.config
         self.spec: ArchitectureSpec = spec_for_model_type(config.model_type)
-        dims = self._dims = self.spec.dims(config)
+        self._text_config: Any = config.get_text_config()
+        dims = self._dims = self.spec.dims(self._text_config)
         to_attention_implementation(model)
         model.eval()
         model.requires_grad_(False)
@@ -386,14 +387,14 @@ class ModelAdapter:
         scaling and before the mask (Gemma-2), else None."""
         self._layer(layer)
         key = self.spec.attn_softcap_key
-        cap = None if key is None else getattr(self.model.config, key, None)
+        cap = None if key is None else getattr(self._text_config, key, None)
         return None if cap is None else float(cap)
 
     @property
     def logit_softcap(self) -> float | None:
         """Return c when the model soft-caps its logits, `c * tanh(logits / c)` (Gemma), else None."""
         key = self.spec.logit_softcap_key
-        cap = None if key is None else getattr(self.model.config, key, None)
+        cap = None if key is None else getattr(self._text_config, key, None)
         return None if cap is None else float(cap)
 
     def sliding_window(self, layer: int) -> int | None:
@@ -455,7 +456,7 @@ class ModelAdapter:
         positions = positions.to(self.device).reshape(1, -1)
         probe = torch.zeros(1, dtype=self.dtype, device=self.device)
         if self.spec.rotary_by_layer_type:
-            layer_type = self.model.config.layer_types[self._layer(layer or 0)]
+            layer_type = self._text_config.layer_types[self._layer(layer or 0)]
             cos, sin = rotary(probe, positions, layer_type)
         else:
             cos, sin = rotary(probe, positions)

@@ -126,7 +126,10 @@ class AttentionWeights:
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
-    """The table for one family. Module paths are dotted; block-relative ones start at a block."""
+    """The table for one family. Module paths are dotted; block-relative ones start at a block.
+
+    `dims` and the config keys read the text model's config (`config.get_text_config()`: the
+    config itself, or an image-text model's `text_config`)."""
 
     family: str
     model_types: tuple[str, ...]
@@ -372,24 +375,30 @@ def _gemma_dims(config: Any) -> ModelDims:
     return _llama_dims(config)
 
 
-def _gemma(family: str, model_types: tuple[str, ...], gemma3: bool) -> ArchitectureSpec:
+def _gemma(
+    family: str,
+    model_types: tuple[str, ...],
+    gemma3: bool,
+    text_model: str = "model",
+    logit_softcap: bool = True,
+) -> ArchitectureSpec:
     # HF's `post_attention_layernorm` is Gemma's post-attention output norm (in Llama it is the
     # pre-MLP norm); the pre-MLP norm is `pre_feedforward_layernorm`.
     return ArchitectureSpec(
         family=family,
         model_types=model_types,
-        embed="model.embed_tokens",
+        embed=f"{text_model}.embed_tokens",
         pos_embed=None,
-        blocks="model.layers",
+        blocks=f"{text_model}.layers",
         ln1="input_layernorm",
         attn="self_attn",
         attn_out_proj="self_attn.o_proj",
         ln2="pre_feedforward_layernorm",
         mlp="mlp",
         mlp_out_proj="mlp.down_proj",
-        ln_final="model.norm",
+        ln_final=f"{text_model}.norm",
         unembed="lm_head",
-        rotary_emb="model.rotary_emb",
+        rotary_emb=f"{text_model}.rotary_emb",
         norm_kind="rmsnorm",
         positional="rotary",
         dims=_gemma_dims,
@@ -400,7 +409,7 @@ def _gemma(family: str, model_types: tuple[str, ...], gemma3: bool) -> Architect
         mlp_post_norm="post_feedforward_layernorm",
         # transformers 5 passes Gemma-3's attn_logit_softcapping to no attention function
         attn_softcap_key=None if gemma3 else "attn_logit_softcapping",
-        logit_softcap_key="final_logit_softcapping",
+        logit_softcap_key="final_logit_softcapping" if logit_softcap else None,
         rotary_by_layer_type=gemma3,
     )
 
@@ -408,8 +417,21 @@ def _gemma(family: str, model_types: tuple[str, ...], gemma3: bool) -> Architect
 GEMMA2 = _gemma("gemma2", ("gemma2",), gemma3=False)
 # Gemma-3 text models (270m, 1b, and the language model of a 4b+ checkpoint saved on its own)
 GEMMA3 = _gemma("gemma3", ("gemma3_text",), gemma3=True)
+# Gemma-3 4b+ checkpoints (image-text; only the text path is hooked). Their settings live in
+# `config.text_config`; transformers 5 applies no final logit soft-cap in this class.
+GEMMA3_MULTIMODAL = _gemma(
+    "gemma3", ("gemma3",), gemma3=True, text_model="model.language_model", logit_softcap=False
+)
 
-ARCHITECTURES: tuple[ArchitectureSpec, ...] = (GPT2, GPT_NEOX, LLAMA, QWEN3, GEMMA2, GEMMA3)
+ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
+    GPT2,
+    GPT_NEOX,
+    LLAMA,
+    QWEN3,
+    GEMMA2,
+    GEMMA3,
+    GEMMA3_MULTIMODAL,
+)
 
 
 def supported_model_types() -> list[str]:

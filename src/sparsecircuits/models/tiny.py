@@ -8,7 +8,8 @@ Besides one model per family, `llama3` is a Llama with Llama-3's scaled RoPE (or
 8, so positions past 8 are scaled), `gemma2` soft-caps attention scores and logits at small
 values so the caps bite and alternates sliding (window 4) and global layers, and
 `gemma3_text` has q/k norms, two sliding layers then a global one with its own rotary base and
-linear RoPE scaling (as Gemma-3 4b+ does).
+linear RoPE scaling (as Gemma-3 4b+ does); `gemma3` is the same language model inside Gemma-3's
+image-text class (as 4b+ checkpoints are saved), with a tiny vision tower.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ FAMILIES: tuple[str, ...] = (
     "llama3",
     "gemma2",
     "gemma3_text",
+    "gemma3",
 )
 SPECIAL_TOKEN = "<|endoftext|>"
 _MIN_VOCAB = 300
@@ -215,15 +217,35 @@ def _config(
         return transformers.Gemma2Config(
             attn_logit_softcapping=5.0, final_logit_softcapping=3.0, **gemma
         )
-    if family == "gemma3_text":
+    if family in ("gemma3_text", "gemma3"):
         layer_types = ["sliding_attention"] * (n_layers - 1) + ["full_attention"]
-        return transformers.Gemma3TextConfig(
+        text = transformers.Gemma3TextConfig(
             layer_types=layer_types,
             rope_parameters={
                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                 "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
             },
             **gemma,
+        )
+        if family == "gemma3_text":
+            return text
+        # the image-text class of Gemma-3 4b+, with a one-layer vision tower never run on text
+        vision = transformers.SiglipVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=4,
+        )
+        return transformers.Gemma3Config(
+            text_config=text,
+            vision_config=vision,
+            mm_tokens_per_image=4,
+            boi_token_index=vocab_size - 3,
+            eoi_token_index=vocab_size - 2,
+            image_token_index=vocab_size - 1,
+            **common,
         )
     raise SparseCircuitsError(
         f"unknown tiny model family {family!r}; use one of: {', '.join(FAMILIES)}"
