@@ -290,9 +290,9 @@ def build_tiny_model(
             f"vocab_size {vocab_size} is too small for a byte-level BPE; use at least {_MIN_VOCAB}"
         )
     config = _config(family, vocab_size, n_layers, d_model, n_heads, max_context, parallel_residual)
-    config.initializer_range = (
-        0.2  # larger than HF's 0.02 so attention patterns are far from uniform
-    )
+    # larger than HF's 0.02 so attention patterns are far from uniform (an image-text config
+    # keeps its own value in its text config)
+    config.initializer_range = config.get_text_config().initializer_range = 0.2
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
