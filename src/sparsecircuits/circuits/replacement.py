@@ -138,6 +138,14 @@ class _Layer:
     attn_softcap: float | None = None
 
 
+def _through_norm(x: Tensor, params: NormParams, scale: Tensor | None) -> tuple[Tensor, Tensor]:
+    """`x [..., d]` through a norm whose denominator is `scale [..., 1]` (x's own when None):
+    returns (output, the scale used)."""
+    if scale is None:
+        scale = norm_scale(x, params)
+    return apply_gain(normalize_with_scale(x, params, scale), params), scale
+
+
 def _per_head(x: Tensor, weight: Tensor) -> Tensor:
     """`x [b,p,d]` times per-head `weight [h,d,e]` -> `[b,p,h,e]` (one matmul)."""
     h, d, e = weight.shape
@@ -323,7 +331,7 @@ class ReplacementModel:
         scale = state.ln2_post_scale[layer] if post is not None else None
         if post is None or scale is None:
             return vectors
-        return apply_gain(normalize_with_scale(vectors, post, scale[batch, pos]), post)
+        return _through_norm(vectors, post, scale[batch, pos])[0]
 
     def layer_weights(self, layer: int) -> _Layer:
         """Return the cached attention weights and norms of `layer` (TransformerLens orientation)."""
@@ -379,6 +387,8 @@ class ReplacementModel:
         The sum of the features' decoder rows over the target layers whose MLP writes before read
         point `before_read` (all targets when None). Shape `[d]` for an int feature, `[n, d]` for
         `n` features, `[d_sae, d]` for None (every feature). Zeros when no block writes before it.
+        A transcoder writing before Gemma's post-MLP norm reaches the residual through that norm
+        (`post_mlp_map`); the rows here are before it.
         """
         blocks = [
             block
@@ -615,11 +625,8 @@ class ReplacementModel:
         attn_out = z.flatten(2) @ w.W_O.flatten(0, 1) + w.b_O
         scale1_post = None
         if w.ln1_post is not None:
-            scale1_post = frozen.ln1_post_scale[layer] if frozen else None
-            if scale1_post is None:
-                scale1_post = norm_scale(attn_out, w.ln1_post)
-            normalized = normalize_with_scale(attn_out, w.ln1_post, scale1_post)
-            attn_out = apply_gain(normalized, w.ln1_post)
+            frozen_scale = frozen.ln1_post_scale[layer] if frozen else None
+            attn_out, scale1_post = _through_norm(attn_out, w.ln1_post, frozen_scale)
         resid_mid = resid_pre + attn_out
         mlp_read = resid_pre if self.parallel_residual else resid_mid
         scale2 = frozen.ln2_scale[layer] if frozen else norm_scale(mlp_read, w.ln2)
@@ -634,10 +641,8 @@ class ReplacementModel:
             mlp_out = self._transcoder_layer(layer, tc_in, mlp_in, run)
             post = self._post_mlp.get(layer)
             if post is not None:
-                scale2_post = frozen.ln2_post_scale[layer] if frozen else None
-                if scale2_post is None:
-                    scale2_post = norm_scale(mlp_out, post)
-                mlp_out = apply_gain(normalize_with_scale(mlp_out, post, scale2_post), post)
+                frozen_scale = frozen.ln2_post_scale[layer] if frozen else None
+                mlp_out, scale2_post = _through_norm(mlp_out, post, frozen_scale)
         else:
             mlp_out = self._mlp_layer(layer, mlp_in, run)
         return BlockRecord(
@@ -670,7 +675,7 @@ class ReplacementModel:
         out = self._mlps[layer](mlp_in).to(self.dtype)
         post = self._layers[layer].ln2_post
         if post is not None and layer not in self._post_mlp:
-            out = apply_gain(normalize_with_scale(out, post, norm_scale(out, post)), post)
+            out, _ = _through_norm(out, post, None)
         return out
 
     def _transcoder_layer(self, layer: int, tc_in: Tensor, mlp_in: Tensor, run: _Pass) -> Tensor:
