@@ -4,8 +4,8 @@ Nodes (circuit-tracer's layout): `[active features (F) | MLP errors (L x T) | to
 output logits (K)]`. Errors and tokens are sources only; features and logits are targets. A
 feature target is its transcoder pre-activation `(x - b_in) W_enc[:, f] + b_enc[f]`; a logit target
 is the de-meaned logit `logit_t - mean_v logit_v`, taken before a final soft-cap (Gemma), as
-circuit-tracer does; the salient logits are chosen by the capped (the model's) probabilities. The logits kept are the most likely next tokens
-up to a cumulative probability of `desired_logit_prob` (at most `max_n_logits`).
+circuit-tracer does. The logits kept are the most likely next tokens (by the model's, capped,
+probabilities) up to a cumulative probability of `desired_logit_prob` (at most `max_n_logits`).
 
 Everything is computed on the `ReplacementModel`'s frozen linear map: attention patterns, norm
 denominators, MLP errors and feature activations are held at their clean values (a layer without
