@@ -121,13 +121,20 @@ INPUT_BY_KIND = ("mlp.hook_in", "ln2.hook_normalized", "hook_mlp_in")
 
 
 def random_transcoders(
-    adapter, seed: int, skip_layer: int | None = None, hook_in: str | None = None
+    adapter,
+    seed: int,
+    skip_layer: int | None = None,
+    hook_in: str | None = None,
+    hook_out: str | None = None,
 ) -> dict:
     """Transcoders for every layer but `skip_layer`, by layer % 3: TopK on the MLP's input
-    `mlp.hook_in` -> `mlp.hook_out`, a ReLU skip transcoder on `ln2.hook_normalized`, ReLU on the
-    residual `hook_mlp_in`; all biases random so bias handling is tested. `hook_in` (a suffix of
-    `blocks.L.`) makes every layer read there instead."""
+    `mlp.hook_in` -> `mlp.hook_out` (`hook_mlp_out` on a model with a post-MLP norm), a ReLU
+    skip transcoder on `ln2.hook_normalized`, ReLU on the residual `hook_mlp_in`, the last two
+    writing `hook_mlp_out`; all biases random so bias handling is tested. `hook_in` / `hook_out`
+    (suffixes of `blocks.L.`) make every layer read / write there instead."""
     generator = torch.Generator().manual_seed(seed)
+    first_out = "mlp.hook_out" if adapter.spec.mlp_post_norm is None else "hook_mlp_out"
+    default_out = (first_out, "hook_mlp_out")
     result = {}
     for layer in range(adapter.n_layers):
         if layer == skip_layer:
@@ -139,7 +146,7 @@ def random_transcoders(
             d_in=adapter.d_model,
             d_sae=48,
             hook_in=f"blocks.{layer}.{hook_in or INPUT_BY_KIND[kind]}",
-            hook_out=f"blocks.{layer}.{'mlp.hook_out' if kind == 0 else 'hook_mlp_out'}",
+            hook_out=f"blocks.{layer}.{hook_out or default_out[kind > 0]}",
             k=6,
             seed=seed + layer,
         )

@@ -15,6 +15,9 @@ VARIANTS = [(f, True) for f in FAMILIES] + [("gpt_neox", False)]
 VARIANT_IDS = [
     f if f != "gpt_neox" else f"gpt_neox-{'par' if par else 'seq'}" for f, par in VARIANTS
 ]
+# Gemma-2 again with transcoders writing the MLP's own output, before its post-MLP norm.
+VARIANTS.append(("gemma2", True))
+VARIANT_IDS.append("gemma2-mlp.hook_out")
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +25,7 @@ def tiny_models(tmp_path_factory, tiny_model_dir):
     """Return {variant id: (ReplacementModel, input_ids [3, 11])}; built once per session."""
     models = {}
     for (family, parallel), vid in zip(VARIANTS, VARIANT_IDS, strict=False):
+        hook_out = "mlp.hook_out" if vid.endswith("mlp.hook_out") else "hook_mlp_out"
         if parallel:  # the shared session-wide tiny model (build_tiny_model's default)
             folder = tiny_model_dir(family)
         else:
@@ -32,7 +36,8 @@ def tiny_models(tmp_path_factory, tiny_model_dir):
         # Odd variants leave layer 1 with its real MLP, so frozen non-transcoder MLPs are tested too.
         skip = 1 if len(models) % 2 else None
         rm = ReplacementModel(
-            adapter, random_transcoders(adapter, seed=len(models), skip_layer=skip)
+            adapter,
+            random_transcoders(adapter, seed=len(models), skip_layer=skip, hook_out=hook_out),
         )
         input_ids = torch.randint(
             1, adapter.vocab_size, (3, 11), generator=torch.Generator().manual_seed(7)

@@ -154,20 +154,26 @@ def test_chunked_attribution_equals_one_pass(tiny_models):
     torch.testing.assert_close(chunked.bias, whole.bias)
 
 
-def test_metric_target_is_the_first_order_metric(tiny_models):
-    rm, ids = tiny_models["gpt2"]
+@pytest.mark.parametrize("family", ["gpt2", "gemma2"])
+def test_metric_target_is_the_first_order_metric(tiny_models, family):
+    """The target is linear in the logits before Gemma's final soft-cap: its gradient goes
+    through the cap."""
+    rm, ids = tiny_models[family]
     state = rm.run(ids)
+    cap = getattr(rm.adapter.model.config, "final_logit_softcapping", None)
+    assert (cap is not None) == (family == "gemma2")
 
     def metric(logits, rows):
         return torch.softmax(logits, -1)[:, 3] - torch.softmax(logits, -1)[:, 4]
 
     target = A.metric_gradient_target(rm, state, metric, "p3-p4", pos=-1)
-    logits = state.logits[:, -1]
+    linear = state.final_normed[:, -1] @ rm.adapter.W_U
     with torch.enable_grad():
-        x = logits.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(metric(x, None).sum(), x)
-    torch.testing.assert_close(target.evaluate(state), (g * logits).sum(-1), atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(target.meta["metric_value"], metric(logits, None))
+        x = linear.clone().requires_grad_(True)
+        capped = x if cap is None else cap * torch.tanh(x / cap)
+        (g,) = torch.autograd.grad(metric(capped, None).sum(), x)
+    torch.testing.assert_close(target.evaluate(state), (g * linear).sum(-1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(target.meta["metric_value"], metric(state.logits[:, -1], None))
 
 
 def test_top_lists_are_sorted(tiny_models):

@@ -11,9 +11,9 @@ from sparsecircuits.circuits import paths as P
 from sparsecircuits.circuits.verify import verify_graph
 
 
-@pytest.fixture
-def searched(tiny_models):
-    rm, ids = tiny_models["gpt2"]
+@pytest.fixture(params=["gpt2", "gemma2", "gemma2-mlp.hook_out"])
+def searched(tiny_models, request):
+    rm, ids = tiny_models[request.param]
     state = rm.run(ids)
     target = A.logit_diff_target(rm, state, 5, 9, pos=-1)
     result = P.search_paths(rm, state, target, row=1, num_iters=3, num_branches=6, rank="abs")

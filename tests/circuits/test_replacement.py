@@ -24,6 +24,28 @@ def test_logits_equal_the_hf_model(tiny_models, variant):
     assert torch.allclose(state.logits, hf, atol=5e-5), (state.logits - hf).abs().max()
 
 
+def test_logits_equal_an_independent_eager_hf_model(tiny_models, variant):
+    """Against HF's own eager attention (not our attention function): the logits, and for
+    Gemma-2 also the logits before the final soft-cap (the HF model with the cap removed)."""
+    import transformers
+
+    rm, ids = tiny_models[variant]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        rm.adapter.name, attn_implementation="eager", dtype=torch.float32
+    )
+    state = rm.run(ids)
+    with torch.no_grad():
+        expected = hf(ids, use_cache=False).logits
+        torch.testing.assert_close(state.logits, expected, atol=5e-5, rtol=0)
+        cap = getattr(hf.config, "final_logit_softcapping", None)
+        assert (cap is not None) == variant.startswith("gemma2")
+        hf.config.final_logit_softcapping = None
+        uncapped = hf(ids, use_cache=False).logits
+    torch.testing.assert_close(state.final_normed @ rm.W_U + rm.b_U, uncapped, atol=5e-5, rtol=0)
+    if cap is not None:  # the cap bites on these tiny models
+        assert (uncapped - expected).abs().max() > 0.1
+
+
 def test_caches_equal_the_adapter_hooks(tiny_models, variant):
     rm, ids = tiny_models[variant]
     state = rm.run(ids)
@@ -33,6 +55,7 @@ def test_caches_equal_the_adapter_hooks(tiny_models, variant):
             f"blocks.{layer}.hook_resid_pre",
             f"blocks.{layer}.mlp.hook_in",
             f"blocks.{layer}.hook_mlp_out",
+            f"blocks.{layer}.mlp.hook_out",
             f"blocks.{layer}.attn.hook_pattern",
         ]
     names += [rm.transcoders.hook_in(layer) for layer in rm.feature_layers]
@@ -60,7 +83,7 @@ def test_caches_equal_the_adapter_hooks(tiny_models, variant):
             recon = tc.reconstruct(state.tc_in[layer])
             torch.testing.assert_close(
                 state.errors[layer],
-                cache[f"blocks.{layer}.hook_mlp_out"] - recon,
+                cache[rm.transcoders.hook_out(layer)] - recon,
                 atol=2e-5,
                 rtol=1e-4,
             )
@@ -132,6 +155,21 @@ def test_rejects_a_transcoder_for_the_wrong_hook(tiny_models):
     )
     with pytest.raises(SparseCircuitsError, match="layer 0"):
         ReplacementModel(rm.adapter, {0: make(cfg)})
+
+
+def test_cross_layer_transcoders_before_a_post_mlp_norm_are_refused(tiny_models):
+    rm, _ = tiny_models["gemma2"]
+    cfg = DictionaryConfig(
+        architecture="relu",
+        kind="clt",
+        d_in=rm.d_model,
+        d_sae=8,
+        n_layers=rm.n_layers,
+        hook_in="blocks.{layer}.hook_mlp_in",
+        hook_out="blocks.{layer}.mlp.hook_out",
+    )
+    with pytest.raises(SparseCircuitsError, match="cross-layer transcoders here must write"):
+        ReplacementModel(rm.adapter, make(cfg))
 
 
 def test_select_repeats_prompts(tiny_models):

@@ -34,7 +34,7 @@ def saved(tiny_model_dir, tmp_path_factory):
             d_in=32,
             d_sae=40,
             k=4,
-            hook_in=f"blocks.{layer}.hook_mlp_in",
+            hook_in=f"blocks.{layer}.mlp.hook_in",
             hook_out=f"blocks.{layer}.hook_mlp_out",
             seed=layer,
         )
@@ -70,6 +70,44 @@ def test_trace_writes_graph_and_report(saved, tmp_path, capsys):
     summary = json.loads(out.splitlines()[0])  # the printed line repeats trace.json's numbers
     assert summary["n_nodes"] == report["n_nodes"] and summary.items() <= report.items()
     assert "http://127.0.0.1:8041/#graph=graph.json" in out
+
+
+@pytest.mark.parametrize(
+    "family", ["llama3", "gemma2", "gemma3_text", "gemma3", "gemma2-mlp.hook_out"]
+)
+def test_trace_on_every_new_family_writes_a_valid_graph(tiny_model_dir, tmp_path, family):
+    """A local random-weight folder of each family with random per-layer TopK transcoders saved
+    by our writer (the last writes Gemma's MLP output before its post-norm)."""
+    name, _, hook_out = family.partition("-")
+    model = tiny_model_dir(name)
+    transcoders = tmp_path / "transcoders"
+    for layer in range(3):
+        cfg = DictionaryConfig(
+            architecture="topk",
+            kind="transcoder",
+            d_in=32,
+            d_sae=40,
+            k=4,
+            hook_in=f"blocks.{layer}.mlp.hook_in",
+            hook_out=f"blocks.{layer}.{hook_out or 'hook_mlp_out'}",
+            seed=layer,
+        )
+        save_dictionary(make(cfg), transcoders / f"layer{layer}")
+    args = parser().parse_args(
+        [
+            "trace",
+            "The cat saw the house in the year 17",
+            *("--model", str(model), "--transcoders", str(transcoders)),
+            *("--out", str(tmp_path / "out"), "--device", "cpu"),
+        ]
+    )
+    assert args.func(args) == 0
+    graph = json.loads((tmp_path / "out" / "graph.json").read_text())
+    validate_graph_json(graph)
+    kinds = {node["feature_type"] for node in graph["nodes"]}
+    assert {"cross layer transcoder", "logit", "embedding"} <= kinds, kinds
+    report = json.loads((tmp_path / "out" / "trace.json").read_text())
+    assert 0 <= report["replacement_score"] <= 1 and report["n_edges"] == len(graph["links"])
 
 
 def test_trace_store_modes_write_the_same_pruned_graph(saved, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -49,9 +50,21 @@ class _Exact(torch.nn.Module):
         return out.reshape(x.shape[0], 1, -1)
 
 
-def test_an_exact_splice_recovers_all_the_loss(gpt2, batches):  # type: ignore[no-untyped-def]
-    exact = _Exact(gpt2, batches, _transcoder(gpt2).cfg)
-    out = spliced_losses(gpt2, exact, batches)  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    "family", ["gpt2", "llama3", "gemma2", "gemma3_text", "gemma2-mlp.hook_out"]
+)
+def test_an_exact_splice_recovers_all_the_loss(tiny_model_dir, batches, family):  # type: ignore[no-untyped-def]
+    """Also on Gemma, writing what joins the residual or the MLP's own output (before its
+    post-norm)."""
+    from sparsecircuits.models import load_model
+
+    name, _, hook_out = family.partition("-")
+    adapter = load_model(tiny_model_dir(name), device="cpu")
+    cfg = _transcoder(adapter).cfg
+    if hook_out:
+        cfg = replace(cfg, hook_out=f"blocks.1.{hook_out}")
+    exact = _Exact(adapter, batches, cfg)
+    out = spliced_losses(adapter, exact, batches)  # type: ignore[arg-type]
     assert out["ce_loss_spliced"] == pytest.approx(out["ce_loss_clean"], abs=1e-5)
     assert out["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
     assert abs(out["kl_div"]) < 1e-5

@@ -27,11 +27,11 @@ CFG = DashboardConfig(
 )
 
 
-@pytest.fixture(scope="module")
-def adapter(tiny_model_dir):
+@pytest.fixture(scope="module", params=["gpt2", "gemma2"])
+def adapter(tiny_model_dir, request):
     from sparsecircuits.models import load_model
 
-    return load_model(tiny_model_dir("gpt2"), device="cpu")
+    return load_model(tiny_model_dir(request.param), device="cpu")
 
 
 def _dictionary(adapter, architecture: str, layer: int, seed: int):
@@ -138,7 +138,10 @@ def test_logit_and_deembedding_tables(adapter, dictionaries, dashboards):
     dash = dashboards["relu-L1"]
     final = adapter.norm("ln_final")
     rows = dictionary.W_dec.detach()
-    rows = (rows - rows.mean(-1, keepdim=True)) * final.weight
+    if final.kind == "layernorm":
+        rows = rows - rows.mean(-1, keepdim=True)
+    gain = final.weight + 1 if adapter.family.startswith("gemma") else final.weight
+    rows = rows * gain  # Gemma's norms multiply by 1 + weight
     scores = rows @ adapter.W_U
     torch.testing.assert_close(dash.top_logit_values, scores.topk(CFG.n_logits, dim=1).values)
     torch.testing.assert_close(

@@ -152,11 +152,17 @@ def test_gradients_flow_through_a_spliced_function(tiny_adapter):
     assert scale.grad is not None and scale.grad.abs() > 0
 
 
-def test_bfloat16_model_runs_every_hook(tiny_model_dir):
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_bfloat16_model_runs_every_hook(tiny_model_dir, family):
     from sparsecircuits.models import load_model
 
-    adapter = load_model(tiny_model_dir("llama"), device="cpu", dtype=torch.bfloat16)
+    adapter = load_model(tiny_model_dir(family), device="cpu", dtype=torch.bfloat16)
     ids = adapter.tokenize("the cat sat on the mat")
+    # identity hooks stay exact in bf16 (a pattern hook leaves SDPA, so it is left out)
+    names = [name for name in adapter.hook_names() if "pattern" not in name]
+    with adapter.hooks({name: lambda act: act for name in names}):
+        base = adapter.forward(ids)
+    assert torch.equal(base, adapter.forward(ids))
     logits, cache = adapter.run_with_cache(ids, adapter.hook_names(), stop_after_last=False)
     assert adapter.dtype == torch.bfloat16 and logits.dtype == torch.bfloat16
     assert all(act.dtype == torch.bfloat16 for act in cache.values())
@@ -171,3 +177,51 @@ def test_splice_output_of_the_wrong_width_is_a_clear_error(tiny_adapter):
             tiny_adapter.splice(name, name, lambda act: act[..., :-1]),
         ):
             tiny_adapter.forward(ids)
+
+
+def test_llama3_rope_is_scaled_past_the_original_context(tiny_model_dir):
+    """The tiny Llama-3 (original context 8) rotates with the scaled frequencies, so the tests
+    comparing it with Hugging Face exercise the scaling."""
+    from sparsecircuits.models import load_model
+
+    adapter = load_model(tiny_model_dir("llama3"), device="cpu")
+    positions = torch.arange(20)
+    rotary = adapter.rotary_cos_sin(positions)
+    assert rotary is not None
+    d_head, theta = adapter.d_head, 500000.0
+    unscaled = positions[:, None] / theta ** (torch.arange(0, d_head, 2) / d_head)
+    unscaled_cos = torch.cat([unscaled, unscaled], -1).cos()
+    assert torch.equal(rotary[0][0], unscaled_cos[0])
+    assert (rotary[0][9:] - unscaled_cos[9:]).abs().max() > 0.1
+
+
+def test_gemma_accessors(tiny_model_dir):
+    """Gemma's norms multiply by 1 + weight, tokens are scaled by sqrt(d_model), Gemma-3 rotates
+    local and global layers differently, Gemma-2 soft-caps."""
+    from sparsecircuits.models import load_model
+
+    gemma2 = load_model(tiny_model_dir("gemma2"), device="cpu")
+    gemma3 = load_model(tiny_model_dir("gemma3_text"), device="cpu")
+    for adapter in (gemma2, gemma3):
+        block = adapter.blocks[1]
+        for params, module in (
+            (adapter.norm("ln1", 1), block.input_layernorm),
+            (adapter.norm("ln2", 1), block.pre_feedforward_layernorm),
+            (adapter.post_norm("attn", 1), block.post_attention_layernorm),
+            (adapter.post_norm("mlp", 1), block.post_feedforward_layernorm),
+        ):
+            assert params is not None and torch.equal(params.gain, 1 + module.weight)
+        raw = adapter.model.get_submodule(adapter.spec.embed).weight
+        assert torch.equal(adapter.W_E, raw * adapter.d_model**0.5)
+    assert (gemma2.attn_softcap(0), gemma2.logit_softcap) == (5.0, 3.0)
+    assert (gemma3.attn_softcap(0), gemma3.logit_softcap) == (None, None)
+    assert [gemma2.sliding_window(layer) for layer in range(3)] == [4, None, 4]
+    assert [gemma3.sliding_window(layer) for layer in range(3)] == [4, 4, None]
+    positions = torch.arange(12)
+    local, global_ = gemma3.rotary_cos_sin(positions, 0), gemma3.rotary_cos_sin(positions, 2)
+    assert local is not None and global_ is not None
+    assert (local[0] - global_[0]).abs().max() > 0.1
+    assert gemma3.qk_norms(0) is not None and gemma2.qk_norms(0) is None
+    assert load_model(tiny_model_dir("llama"), device="cpu").post_norm("mlp", 0) is None
+    with pytest.raises(SparseCircuitsError, match="not a norm"):
+        gemma2.post_norm("ln2", 0)

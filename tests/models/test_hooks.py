@@ -41,6 +41,20 @@ def norm_output(adapter, normalized, norm, layer=None):
     return apply_gain(normalized, adapter.norm(norm, layer))
 
 
+def post_norm_module(adapter, which: str, layer: int):
+    """The HF module between attention ("attn") / the MLP ("mlp") and the residual (Gemma's
+    post-norms), or the identity."""
+    path = adapter.spec.attn_post_norm if which == "attn" else adapter.spec.mlp_post_norm
+    return (lambda x: x) if path is None else adapter.blocks[layer].get_submodule(path)
+
+
+def allowed_positions(adapter, layer: int, n_pos: int) -> torch.Tensor:
+    """`[q, k]` bool: where attention of `layer` may look (causal, within its sliding window)."""
+    window = adapter.sliding_window(layer) or n_pos
+    q, k = torch.arange(n_pos)[:, None], torch.arange(n_pos)[None, :]
+    return (k <= q) & (k > q - window)
+
+
 def test_resid_hooks_equal_hf_hidden_states(tiny_adapter):
     ids = token_ids(tiny_adapter)
     hidden = tiny_adapter.model(ids, output_hidden_states=True, use_cache=False).hidden_states
@@ -88,15 +102,20 @@ def test_mlp_hooks_are_what_the_mlp_reads_and_writes(tiny_adapter):
         assert torch.equal(get("hook_mlp_in"), get(stream))
         mlp_in = get("mlp.hook_in")
         assert torch.equal(mlp_in, ln2(get("hook_mlp_in")))
-        assert torch.equal(get("mlp.hook_out"), mlp(mlp_in))
-        assert torch.equal(get("hook_mlp_out"), get("mlp.hook_out"))
+        mlp_own = get("mlp.hook_out")
+        assert torch.equal(mlp_own, mlp(mlp_in))
+        # what joins the residual: Gemma's post-MLP norm of the MLP's output, else that output
+        post = post_norm_module(tiny_adapter, "mlp", layer)
+        assert torch.equal(get("hook_mlp_out"), post(mlp_own))
+        if tiny_adapter.spec.mlp_post_norm is not None:
+            assert not torch.allclose(mlp_own, get("hook_mlp_out"))
         gained = norm_output(tiny_adapter, get("ln2.hook_normalized"), "ln2", layer)
         torch.testing.assert_close(gained, mlp_in, rtol=0, atol=1e-5)
 
 
 def test_mlp_out_proj_reads_the_neurons_and_writes_mlp_out(tiny_adapter):
     ids = token_ids(tiny_adapter)
-    names = [f"blocks.{layer}.hook_mlp_out" for layer in range(tiny_adapter.n_layers)]
+    names = [f"blocks.{layer}.mlp.hook_out" for layer in range(tiny_adapter.n_layers)]
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def record(layer):
@@ -117,7 +136,7 @@ def test_mlp_out_proj_reads_the_neurons_and_writes_mlp_out(tiny_adapter):
     assert sorted(seen) == list(range(tiny_adapter.n_layers))
     for layer, (neurons, out) in seen.items():
         assert neurons.shape[-1] == tiny_adapter.d_mlp
-        assert torch.equal(out, cache[f"blocks.{layer}.hook_mlp_out"])
+        assert torch.equal(out, cache[f"blocks.{layer}.mlp.hook_out"])
 
 
 def test_normalized_hooks_are_normalized(tiny_adapter):
@@ -157,11 +176,8 @@ def test_pattern_is_causal_probability(tiny_adapter):
     ids = token_ids(tiny_adapter)
     _, cache = every_hook_cache(tiny_adapter, ids)
     n_pos = ids.shape[1]
-    window = getattr(tiny_adapter.model.config, "sliding_window", None) or n_pos
-    q = torch.arange(n_pos)[:, None]
-    k = torch.arange(n_pos)[None, :]
-    forbidden = (k > q) | (k <= q - window)
     for layer in range(tiny_adapter.n_layers):
+        forbidden = ~allowed_positions(tiny_adapter, layer, n_pos)
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"]
         assert pattern.shape == (len(TEXTS), tiny_adapter.n_heads, n_pos, n_pos)
         torch.testing.assert_close(
@@ -180,6 +196,7 @@ def test_z_times_W_O_is_attn_out(tiny_adapter):
         rebuilt = torch.einsum("bphd,hdm->bpm", z, tiny_adapter.W_O(layer)) + tiny_adapter.b_O(
             layer
         )
+        rebuilt = post_norm_module(tiny_adapter, "attn", layer)(rebuilt)
         torch.testing.assert_close(
             rebuilt, cache[f"blocks.{layer}.hook_attn_out"], rtol=0, atol=1e-5
         )
@@ -211,12 +228,10 @@ def test_W_Q_W_K_rebuild_pattern(tiny_adapter):
     ids = token_ids(tiny_adapter)
     _, cache = every_hook_cache(tiny_adapter, ids)
     n_pos = ids.shape[1]
-    window = getattr(tiny_adapter.model.config, "sliding_window", None) or n_pos
-    q_pos, k_pos = torch.arange(n_pos)[:, None], torch.arange(n_pos)[None, :]
-    allowed = (k_pos <= q_pos) & (k_pos > q_pos - window)
-    rotary = tiny_adapter.rotary_cos_sin(torch.arange(n_pos))
-    assert (rotary is None) == (tiny_adapter.family == "gpt2")
     for layer in range(tiny_adapter.n_layers):
+        allowed = allowed_positions(tiny_adapter, layer, n_pos)
+        rotary = tiny_adapter.rotary_cos_sin(torch.arange(n_pos), layer)
+        assert (rotary is None) == (tiny_adapter.family == "gpt2")
         attn_in = norm_output(
             tiny_adapter, cache[f"blocks.{layer}.ln1.hook_normalized"], "ln1", layer
         )
@@ -224,7 +239,7 @@ def test_W_Q_W_K_rebuild_pattern(tiny_adapter):
         q = torch.einsum("bpm,hmd->bphd", attn_in, w.W_Q) + w.b_Q
         k = torch.einsum("bpm,hmd->bphd", attn_in, w.W_K) + w.b_K
         norms = tiny_adapter.qk_norms(layer)
-        assert (norms is not None) == (tiny_adapter.family == "qwen3")
+        assert (norms is not None) == (tiny_adapter.family in ("qwen3", "gemma3"))
         if norms is not None:
             from sparsecircuits.models.architectures import normalize
 
@@ -235,6 +250,10 @@ def test_W_Q_W_K_rebuild_pattern(tiny_adapter):
         if rotary is not None:
             q, k = _rotate(q, *rotary), _rotate(k, *rotary)
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * tiny_adapter.attn_scale(layer)
+        cap = tiny_adapter.attn_softcap(layer)
+        assert (cap is not None) == (tiny_adapter.family == "gemma2")
+        if cap is not None:
+            scores = cap * torch.tanh(scores / cap)
         pattern = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
         torch.testing.assert_close(
             pattern, cache[f"blocks.{layer}.attn.hook_pattern"], rtol=0, atol=1e-5
@@ -255,9 +274,12 @@ def test_embedding_and_unembedding_weights(tiny_adapter):
     else:
         assert torch.equal(cache["hook_embed"], cache["blocks.0.hook_resid_pre"])
     final = norm_output(tiny_adapter, cache["ln_final.hook_normalized"], "ln_final")
-    torch.testing.assert_close(
-        final @ tiny_adapter.W_U + tiny_adapter.b_U, logits, rtol=0, atol=1e-4
-    )
+    rebuilt = final @ tiny_adapter.W_U + tiny_adapter.b_U
+    cap = tiny_adapter.logit_softcap
+    assert (cap is not None) == (tiny_adapter.family == "gemma2")
+    if cap is not None:
+        rebuilt = cap * torch.tanh(rebuilt / cap)
+    torch.testing.assert_close(rebuilt, logits, rtol=0, atol=1e-4)
 
 
 def test_identity_hooks_leave_logits_unchanged(tiny_adapter):
@@ -294,6 +316,11 @@ def test_splice_zero_and_transcoder_identity(tiny_adapter):
     ):
         assert (tiny_adapter.forward(ids) - base).abs().max() > 1e-3
     mlp = tiny_adapter.blocks[layer].get_submodule(tiny_adapter.spec.mlp)
+    post = post_norm_module(tiny_adapter, "mlp", layer)
+    with tiny_adapter.splice(
+        f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.hook_mlp_out", lambda x: post(mlp(x))
+    ):
+        assert torch.equal(tiny_adapter.forward(ids), base)
     with tiny_adapter.splice(f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.mlp.hook_out", mlp):
         assert torch.equal(tiny_adapter.forward(ids), base)
     with tiny_adapter.splice(

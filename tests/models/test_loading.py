@@ -16,9 +16,11 @@ from sparsecircuits.models.tiny import FAMILIES, build_tiny_model
 
 
 def test_supported_model_types_cover_every_tiny_family():
-    assert set(FAMILIES) <= set(supported_model_types())
+    # "llama3" is a Llama (model type "llama") with Llama-3's scaled RoPE
+    assert set(FAMILIES) - {"llama3"} <= set(supported_model_types())
+    assert {"gemma2", "gemma3", "gemma3_text"} <= set(supported_model_types())
     with pytest.raises(
-        SparseCircuitsError, match="not supported; use one of: gpt2, gpt_neox, llama"
+        SparseCircuitsError, match="not supported; use one of: gemma2, gemma3, gemma3_text, gpt2"
     ):
         spec_for_model_type("bert")
 

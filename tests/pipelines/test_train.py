@@ -32,15 +32,17 @@ def gpt2(tiny_model_dir: Callable[[str], Path]):  # type: ignore[no-untyped-def]
     return load_model(tiny_model_dir("gpt2"), device="cpu")
 
 
+@pytest.mark.parametrize("family", ["gpt2", "gemma2"])
 def test_train_run_trains_a_clt_and_a_transcoder_from_one_forward(
-    gpt2,  # type: ignore[no-untyped-def]
+    family: str,
     tiny_model_dir: Callable[[str], Path],
     tmp_path: Path,
 ) -> None:
+    gpt2 = load_model(tiny_model_dir(family), device="cpu")  # the adapter harvested from
     data = tmp_path / "data.txt"
     data.write_text("\n\n".join(tokenizer_corpus(300, seed=5)))
     cfg = RunConfig(
-        model=str(tiny_model_dir("gpt2")),
+        model=str(tiny_model_dir(family)),
         dataset=str(data),
         out=str(tmp_path / "run"),
         device="cpu",

@@ -19,6 +19,11 @@ effects to float precision (see `verify`).
 A `Target` is what is explained: a feature's pre-activation, a logit, a logit difference, a
 direction read after the final norm (e.g. the gradient of a task metric), or a direction in the
 final residual stream. Targets are batched: row r explains prompt `batch[r]` at `pos[r]`.
+Logits are read before a final soft-cap (Gemma), as circuit-tracer does: the cap is not linear.
+
+Gemma's post-attention norm sits between a head and the residual: with its denominator frozen,
+a residual vector `v` read after attention layer L at position t is `v ⊙ gain / scale[t]` in
+the heads' output space (`attn_output_vector`), before the `W_O` pull-back.
 """
 
 from __future__ import annotations
@@ -143,6 +148,24 @@ class Target:
         vector = pull_back_norm(self.direction, ln, scale, gain=True)
         constant = self.constant + (0 if ln.bias is None else self.direction @ ln.bias)
         return ResidVector(model.final_read, self.batch, self.pos, vector, constant)
+
+
+def attn_output_vector(
+    model: ReplacementModel,
+    state: ReplacementState,
+    layer: int,
+    vector: Tensor,
+    batch: Tensor,
+    pos: Tensor,
+) -> Tensor:
+    """Return `[n, d]`: the functional `vector [n, d]` (read from the residual at rows `batch`,
+    `pos`) as it applies to attention `layer`'s output before its post-norm, the norm frozen at
+    `state`'s scale (Gemma); `vector` itself for families without a post-attention norm."""
+    post = model.layer_weights(layer).ln1_post
+    scale = state.ln1_post_scale[layer] if post is not None else None
+    if post is None or scale is None:
+        return vector
+    return pull_back_norm(vector, post, scale[batch, pos], gain=True)
 
 
 def feature_input_form(
@@ -310,12 +333,14 @@ def metric_gradient_target(
     """Target: the first-order (linearised) metric, `g · logits` with `g = ∂metric/∂logits` at the clean run.
 
     `metric(logits [n, vocab], batch [n]) -> [n]` is evaluated at each row's position. The
-    target's change under an intervention is the metric's first-order change.
+    target's change under an intervention is the metric's first-order change. With a final
+    soft-cap (Gemma) `g` is taken w.r.t. the logits before the cap, which the target reads.
     """
     b, p = _rows(state, pos, batch)
     with torch.enable_grad():
-        logits = state.logits[b, p].detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(metric(logits, b).sum(), logits)
+        linear = state.final_normed[b, p] @ model.W_U + model.b_U
+        linear = linear.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(metric(model.cap_logits(linear), b).sum(), linear)
     target = unembed_target(model, state, grad, label, p, b)
     target.meta["metric_value"] = metric(state.logits[b, p], b).detach()
     return target
@@ -440,20 +465,22 @@ def decompose(
     for layer in range(model.n_layers):
         if model.attn_write(layer) < source.read:
             w = model.layer_weights(layer)
-            wo_v = torch.einsum("hed,nd->nhe", w.W_O, v)
+            v_attn = attn_output_vector(model, state, layer, v, b, t)
+            wo_v = torch.einsum("hed,nd->nhe", w.W_O, v_attn)
             per_src = torch.einsum("nshe,nhe->nhs", state.values[layer][b], wo_v)
             pattern = state.patterns[layer][b, :, t, :]  # [n, h, p]
             heads[layer] = pattern * per_src
-            bias = bias + v @ w.b_O
+            bias = bias + v_attn @ w.b_O
         if model.mlp_write(layer) < source.read:
             if layer in model.feature_layers:
-                projections = model.decoder_projections(layer, v, source.read)
+                v_mlp = model.post_mlp_map(state, layer, v, b, t)
+                projections = model.decoder_projections(layer, v_mlp, source.read)
                 features[layer] = state.feature_acts[layer][b, t] * projections
-                bias = bias + v @ model.output_bias(layer)
-                errors[layer] = (state.errors[layer][b, t] * v).sum(-1)
+                bias = bias + v_mlp @ model.output_bias(layer)
+                errors[layer] = (state.errors[layer][b, t] * v_mlp).sum(-1)
                 skip = model.skip_weight(layer)
                 if skip is not None:
-                    skips[layer] = ((state.tc_in[layer][b, t] @ skip.T) * v).sum(-1)
+                    skips[layer] = ((state.tc_in[layer][b, t] @ skip.T) * v_mlp).sum(-1)
             else:
                 errors[layer] = (state.mlp_out[layer][b, t] * v).sum(-1)
     return Decomposition(source, embed, features, heads, errors, skips, bias)
@@ -481,7 +508,8 @@ def pull_back_head(
         .expand(source.batch.numel())
     )
     pattern = state.patterns[layer][source.batch, head, source.pos, src_t]  # [n]
-    wo_v = source.vector @ w.W_O[head].T  # [n, d_head]
+    v_attn = attn_output_vector(model, state, layer, source.vector, source.batch, source.pos)
+    wo_v = v_attn @ w.W_O[head].T  # [n, d_head]
     in_space = pattern[:, None] * (wo_v @ w.W_V[head].T)  # [n, d]: in ln1-output space
     scale = state.ln1_scale[layer][source.batch, src_t]
     vector = pull_back_norm(in_space, w.ln1, scale, gain=True)
@@ -512,9 +540,8 @@ def pull_back_feature(
         .expand(source.batch.numel())
     )
     decoded = model.decoder_vectors(layer, f, before_read=source.read)  # [n, d]
-    weight = (decoded * source.vector).sum(-1) * state.feature_gain[layer][
-        source.batch, source.pos, f
-    ]
+    v_mlp = model.post_mlp_map(state, layer, source.vector, source.batch, source.pos)
+    weight = (decoded * v_mlp).sum(-1) * state.feature_gain[layer][source.batch, source.pos, f]
     vector, constant = feature_input_form(model, state, layer, f, source.batch, source.pos)
     return ResidVector(
         model.mlp_read(layer), source.batch, source.pos, vector * weight[:, None], constant * weight

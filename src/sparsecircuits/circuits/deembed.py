@@ -10,9 +10,11 @@ that write before the reader (all of them for the logits; see `ReplacementModel.
 
 Norms are folded as the model applies them, without their input-dependent scale: an encoder
 column reading the MLP's input (`mlp.hook_in`) is multiplied by the ln2 gain (and centred for
-LayerNorm) to give its residual-stream direction; a head's OV is preceded by the ln1 gain (and centring);
-the unembedding by the final norm's gain (and centring). Positional embeddings are left out
-of de-embeddings, as in the paper.
+LayerNorm) to give its residual-stream direction; a head's OV is preceded by the ln1 gain (and
+centring) and, for Gemma, followed by the post-attention norm's gain; a decoder row written
+before Gemma's post-MLP norm (a transcoder on `mlp.hook_out`) is multiplied by that norm's gain;
+the unembedding is preceded by the final norm's gain (and centring). Positional embeddings are
+left out of de-embeddings, as in the paper; Gemma's embedding scale sqrt(d_model) is in `W_E`.
 """
 
 from __future__ import annotations
@@ -43,14 +45,30 @@ def encoder_directions(
     return pull_back_norm(enc, model.layer_weights(layer).ln2, one, gain=stage == "gained")
 
 
+def residual_decoders(
+    model: ReplacementModel,
+    layer: int,
+    features: Tensor | list[int] | int | None = None,
+    before_read: int | None = None,
+) -> Tensor:
+    """Return `model.decoder_vectors(layer, features, before_read)` as directions in the residual
+    stream: times the gain of a post-MLP norm the transcoder writes before (scale left out)."""
+    dec = model.decoder_vectors(layer, features, before_read=before_read)
+    post = model.transcoder_post_norm(layer)
+    return dec if post is None else dec * post.gain
+
+
 def ov_pull_back(model: ReplacementModel, layer: int, head: int, vectors: Tensor) -> Tensor:
     """Return `[n, d]`: directions at the head's input (resid_pre) that its OV maps onto `vectors [n, d]`.
 
-    `x · result == (ln1-gained x) W_V^h W_O^h · vector` (ln1 gain and centring folded, scale 1).
+    `x · result == (ln1-gained x) W_V^h W_O^h · vector` (ln1 gain and centring folded, scale 1;
+    a post-attention norm's gain too).
     """
     w = model.layer_weights(layer)
-    in_space = (vectors @ w.W_O[head].T) @ w.W_V[head].T
     one = torch.ones(1, dtype=vectors.dtype, device=vectors.device)
+    if w.ln1_post is not None:
+        vectors = pull_back_norm(vectors, w.ln1_post, one, gain=True)
+    in_space = (vectors @ w.W_O[head].T) @ w.W_V[head].T
     return pull_back_norm(in_space, w.ln1, one, gain=True)
 
 
@@ -88,7 +106,7 @@ def connection_matrix(
         enc = ov_pull_back(model, attn_layer, h, enc)
         read = model.attn_read(attn_layer)
     features = None if src_features is None else torch.as_tensor(src_features, dtype=torch.long)
-    dec = model.decoder_vectors(src_layer, features, before_read=read)
+    dec = residual_decoders(model, src_layer, features, before_read=read)
     return dec @ enc.T
 
 
@@ -159,7 +177,7 @@ def unembed_directions(model: ReplacementModel, directions: Tensor) -> Tensor:
     """Return logit effects `[n, vocab]` of adding `directions [n, d]` to the final residual (gain folded, scale 1)."""
     ln = model.ln_final
     x = directions - directions.mean(-1, keepdim=True) if ln.kind == "layernorm" else directions
-    return (x * ln.weight) @ model.W_U
+    return (x * ln.gain) @ model.W_U
 
 
 def feature_logits(model: ReplacementModel, layer: int, feature: int, k: int = 10) -> TokenScores:
@@ -167,5 +185,5 @@ def feature_logits(model: ReplacementModel, layer: int, feature: int, k: int = 1
 
     For a cross-layer transcoder `W_dec[feature]` sums the feature's decoder blocks (every one
     reaches the unembedding)."""
-    dec = model.decoder_vectors(layer, feature)
+    dec = residual_decoders(model, layer, feature)
     return _token_scores(model, unembed_directions(model, dec[None])[0], k)

@@ -2,8 +2,10 @@
 
 The model is re-implemented as one functional forward pass from the weight accessors of
 `ModelAdapter` (GPT-2, GPT-NeoX with parallel residual and partial rotary, Llama / Qwen2 /
-Qwen3 / Mistral with RoPE, grouped-query attention, RMSNorm, Qwen3's q/k norms, Mistral's sliding
-window). At every layer that has a transcoder the MLP output is
+Qwen3 / Mistral with RoPE (Llama-3's scaled RoPE included), grouped-query attention, RMSNorm,
+Qwen3's q/k norms, Mistral's sliding window; Gemma-2 / Gemma-3 with their scaled embeddings,
+norms around attention and MLP, attention-score and logit soft-capping, per-layer sliding
+windows and Gemma-3's per-layer rotary bases). At every layer that has a transcoder the MLP output is
 
     mlp_out = transcoder(x) + error,    error = true MLP(x) - transcoder(x)   (from the clean run)
 
@@ -21,10 +23,24 @@ replaced). Per source layer the model keeps the set's decoder blocks, `decoders(
 [(target layer, W_dec block [d_sae, d])]` (one block, to its own layer, for a per-layer
 transcoder); `decoder_vectors` sums a feature's blocks over the targets a reader sees.
 
+Gemma. The MLP output is what joins the residual stream, after the post-MLP norm. A transcoder
+writing `blocks.L.hook_mlp_out` (as Gemma Scope's do) replaces MLP and post-norm together; one
+writing `blocks.L.mlp.hook_out` replaces the MLP alone (circuit-tracer's `mlp.hook_out`), and
+its output, error included, then passes through the post-MLP norm, whose denominator is frozen
+like every other norm's (so a feature writes `act · W_dec ⊙ gain / scale[pos]` into the
+residual; `post_mlp_map`). Such a transcoder must be per-layer. Attention
+output passes through the post-attention norm: `attn_out = ln1_post(z W_O + b_O)`, its
+denominator frozen like every other norm, so each head's share stays additive. Soft-capped
+attention scores are computed explicitly (`c · tanh(s / c)` before the mask); frozen patterns
+need nothing more. The state's `logits` are the model's, after the final soft-cap;
+`final_normed @ W_U + b_U` are the logits before it, which attribution targets read (as
+circuit-tracer attributes Gemma's pre-cap logits): the cap is the one non-linearity after the
+residual stream and would make logit targets non-additive.
+
 Freezing. `forward_with(state, edits, freeze=True)` re-runs the prompt with the attention
-patterns, the norm denominators (LayerNorm's `sqrt(var + eps)`, RMSNorm's `sqrt(mean(x²) + eps)`;
-the LayerNorm mean is still subtracted, which is linear) and the error terms taken from the clean
-`state`. Transcoder features then follow `features`:
+patterns, the norm denominators (LayerNorm's `sqrt(var + eps)`, RMSNorm's `sqrt(mean(x²) + eps)`,
+Gemma's post-norms included; the LayerNorm mean is still subtracted, which is linear) and the
+error terms taken from the clean `state`. Transcoder features then follow `features`:
 
 * `"frozen"`: activations held at their clean values (edits apply on top): the map from
   (embeddings, feature activations, errors, biases) to every downstream quantity is affine, and
@@ -74,7 +90,7 @@ from sparsecircuits.dictionaries import (
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models import ModelAdapter, NormParams
 from sparsecircuits.models.architectures import apply_gain, norm_scale, normalize_with_scale
-from sparsecircuits.models.hooks import NormStage, pre_mlp_norm_stage
+from sparsecircuits.models.hooks import NormStage, pre_mlp_norm_stage, softcap
 
 __all__ = [
     "FEATURE_MODES",
@@ -93,10 +109,12 @@ __all__ = [
 
 FeatureMode = Literal["frozen", "linear", "live"]
 FEATURE_MODES = ("frozen", "linear", "live")
-# Where a transcoder may read its input and write its output, as suffixes of `blocks.L.<suffix>`
-# (`hook_resid_mid` only without a parallel residual, where it is the MLP's residual input).
+# Where a transcoder may read its input, as the suffix of `blocks.L.<suffix>` (`hook_resid_mid`
+# only without a parallel residual, where it is the MLP's residual input).
 TRANSCODER_INPUTS = ("mlp.hook_in", "ln2.hook_normalized", "hook_mlp_in", "hook_resid_mid")
-TRANSCODER_OUTPUTS = ("mlp.hook_out", "hook_mlp_out")
+# Where it may write: what joins the residual, or the MLP's own output where that is the same
+# tensor (every family without a post-MLP norm).
+TRANSCODER_OUTPUTS = ("hook_mlp_out", "mlp.hook_out")
 
 
 # ---------------------------------------------------------------------------- model
@@ -117,15 +135,17 @@ class _Layer:
     attn_scale: float
     qk_norms: tuple[NormParams, NormParams] | None
     sliding_window: int | None
+    ln1_post: NormParams | None = None  # Gemma: between attention and the residual
+    ln2_post: NormParams | None = None  # Gemma: between the MLP and the residual
+    attn_softcap: float | None = None
 
 
-def _cast_norm(params: NormParams, dtype: torch.dtype) -> NormParams:
-    return NormParams(
-        kind=params.kind,
-        weight=params.weight.to(dtype),
-        bias=None if params.bias is None else params.bias.to(dtype),
-        eps=params.eps,
-    )
+def _through_norm(x: Tensor, params: NormParams, scale: Tensor | None) -> tuple[Tensor, Tensor]:
+    """`x [..., d]` through a norm whose denominator is `scale [..., 1]` (x's own when None):
+    returns (output, the scale used)."""
+    if scale is None:
+        scale = norm_scale(x, params)
+    return apply_gain(normalize_with_scale(x, params, scale), params), scale
 
 
 def _per_head(x: Tensor, weight: Tensor) -> Tensor:
@@ -194,6 +214,7 @@ class ReplacementModel:
         # per transcoder layer: its input is the pre-MLP norm's input, or its output before or
         # after the gain (`models.hooks.pre_mlp_norm_stage`)
         self.tc_stage: dict[int, NormStage] = {}
+        self.tc_output: dict[int, str] = {}
         self._encoders: dict[int, EncoderWeights] = {}
         self._output_bias: dict[int, Tensor] = {}
         self._skip: dict[int, Tensor] = {}
@@ -202,12 +223,19 @@ class ReplacementModel:
         self._writers: dict[int, list[tuple[int, Tensor]]] = {}
         for layer in self.feature_layers:
             self._cache_transcoder(layer)
-            self.tc_input[layer] = self._check_transcoder(layer)
+            self.tc_input[layer], self.tc_output[layer] = self._check_transcoder(layer)
             stage = pre_mlp_norm_stage(self.tc_input[layer], adapter.norm_kind)
             assert stage is not None  # every TRANSCODER_INPUTS suffix has a stage
             self.tc_stage[layer] = stage
         self._layers = [self._layer_weights(layer) for layer in range(self.n_layers)]
-        self.ln_final = _cast_norm(adapter.norm("ln_final"), dtype)
+        # transcoder layers whose output still passes through a post-MLP norm
+        self._post_mlp: dict[int, NormParams] = {}
+        for layer, output in self.tc_output.items():
+            post = self._layers[layer].ln2_post
+            if output == "mlp.hook_out" and post is not None:
+                self._post_mlp[layer] = post
+        self.ln_final = adapter.norm("ln_final").to(dtype)
+        self.logit_softcap = adapter.logit_softcap
         self.W_E = adapter.W_E.to(dtype)
         W_pos = adapter.W_pos
         self.W_pos = None if W_pos is None else W_pos.to(dtype)
@@ -220,6 +248,7 @@ class ReplacementModel:
         adapter, dtype = self.adapter, self.dtype
         w = adapter.attention_weights(layer)
         qk = adapter.qk_norms(layer)
+        ln1_post, ln2_post = adapter.post_norm("attn", layer), adapter.post_norm("mlp", layer)
         return _Layer(
             W_Q=w.W_Q.to(dtype),
             W_K=w.W_K.to(dtype),
@@ -229,11 +258,14 @@ class ReplacementModel:
             b_K=w.b_K.to(dtype),
             b_V=w.b_V.to(dtype),
             b_O=w.b_O.to(dtype),
-            ln1=_cast_norm(adapter.norm("ln1", layer), dtype),
-            ln2=_cast_norm(adapter.norm("ln2", layer), dtype),
+            ln1=adapter.norm("ln1", layer).to(dtype),
+            ln2=adapter.norm("ln2", layer).to(dtype),
             attn_scale=adapter.attn_scale(layer),
-            qk_norms=None if qk is None else (_cast_norm(qk[0], dtype), _cast_norm(qk[1], dtype)),
+            qk_norms=None if qk is None else (qk[0].to(dtype), qk[1].to(dtype)),
             sliding_window=adapter.sliding_window(layer),
+            ln1_post=None if ln1_post is None else ln1_post.to(dtype),
+            ln2_post=None if ln2_post is None else ln2_post.to(dtype),
+            attn_softcap=adapter.attn_softcap(layer),
         )
 
     def _cache_transcoder(self, layer: int) -> None:
@@ -258,9 +290,9 @@ class ReplacementModel:
 
     # ------------------------------------------------------------------ checks and accessors
 
-    def _check_transcoder(self, layer: int) -> str:
-        """Raise unless transcoder layer `layer` (cached) fits this model; return its input
-        hook's suffix."""
+    def _check_transcoder(self, layer: int) -> tuple[str, str]:
+        """Raise unless transcoder layer `layer` (cached) fits this model; return its input and
+        output hooks' suffixes."""
         if not 0 <= layer < self.n_layers:
             raise SparseCircuitsError(
                 f"transcoder for layer {layer}, but the model has layers 0..{self.n_layers - 1}"
@@ -273,8 +305,15 @@ class ReplacementModel:
         if hook_in not in valid_in or hook_out not in valid_out:
             raise SparseCircuitsError(
                 f"transcoder for layer {layer} maps {hook_in} -> {hook_out}; a ReplacementModel needs "
-                f"one of {', '.join(valid_in)} -> one of {', '.join(valid_out)} (each transcoder "
-                "layer reads and writes its own block, layers increasing)"
+                f"one of {', '.join(valid_in)} -> {' or '.join(valid_out)} (each transcoder layer "
+                "reads and writes its own block, layers increasing)"
+            )
+        post_mlp = self.adapter.post_norm("mlp", layer) is not None
+        targets = [target for target, _ in self._decoders[layer]]
+        if post_mlp and hook_out == valid_out[1] and targets != [layer]:
+            raise SparseCircuitsError(
+                f"the cross-layer transcoder writes {hook_out}, before this model's post-MLP "
+                f"norm; cross-layer transcoders here must write blocks.{layer}.hook_mlp_out"
             )
         d_in, d_out = self._encoders[layer].W_enc.shape[0], self._output_bias[layer].shape[-1]
         if d_in != self.d_model or d_out != self.d_model:
@@ -282,7 +321,25 @@ class ReplacementModel:
                 f"transcoder for layer {layer} is {d_in} -> {d_out} wide but the model has "
                 f"d_model {self.d_model}; use transcoders trained on this model"
             )
-        return hook_in.split(".", 2)[2]
+        return hook_in.split(".", 2)[2], hook_out.split(".", 2)[2]
+
+    def transcoder_post_norm(self, layer: int) -> NormParams | None:
+        """Return the post-MLP norm transcoder `layer`'s output still passes through (Gemma, a
+        transcoder writing `mlp.hook_out`), else None."""
+        return self._post_mlp.get(layer)
+
+    def post_mlp_map(
+        self, state: ReplacementState, layer: int, vectors: Tensor, batch: Tensor, pos: Tensor
+    ) -> Tensor:
+        """Return `vectors [n, d]` (transcoder `layer`'s output space, rows `batch`, `pos`) as
+        they join the residual stream: `vectors ⊙ gain / scale` through a post-MLP norm frozen at
+        `state`'s scale when the transcoder writes before it, else `vectors`. The map is
+        diagonal, so it also carries a residual functional back to the transcoder's output."""
+        post = self._post_mlp.get(layer)
+        scale = state.ln2_post_scale[layer] if post is not None else None
+        if post is None or scale is None:
+            return vectors
+        return _through_norm(vectors, post, scale[batch, pos])[0]
 
     def layer_weights(self, layer: int) -> _Layer:
         """Return the cached attention weights and norms of `layer` (TransformerLens orientation)."""
@@ -338,6 +395,8 @@ class ReplacementModel:
         The sum of the features' decoder rows over the target layers whose MLP writes before read
         point `before_read` (all targets when None). Shape `[d]` for an int feature, `[n, d]` for
         `n` features, `[d_sae, d]` for None (every feature). Zeros when no block writes before it.
+        A transcoder writing before Gemma's post-MLP norm reaches the residual through that norm
+        (`post_mlp_map`); the rows here are before it.
         """
         blocks = [
             block
@@ -478,6 +537,11 @@ class ReplacementModel:
             )
         return input_ids.to(self.device)
 
+    def cap_logits(self, logits: Tensor) -> Tensor:
+        """Return the model's logits from the logits before its final soft-cap (Gemma), else
+        `logits` unchanged."""
+        return logits if self.logit_softcap is None else softcap(logits, self.logit_softcap)
+
     def _embed(self, input_ids: Tensor) -> Tensor:
         embed = self.W_E[input_ids]
         if self.W_pos is not None:
@@ -487,6 +551,7 @@ class ReplacementModel:
     def _live_pattern(
         self, layer: int, attn_in: Tensor, rotary: tuple[Tensor, Tensor] | None
     ) -> Tensor:
+        """Attention probabilities `[b,h,q,k]` of `layer` recomputed from its input."""
         w = self._layers[layer]
         q = _per_head(attn_in, w.W_Q) + w.b_Q
         k = _per_head(attn_in, w.W_K) + w.b_K
@@ -498,6 +563,8 @@ class ReplacementModel:
             cos, sin = rotary
             q, k = _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin)
         scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) * w.attn_scale
+        if w.attn_softcap is not None:
+            scores = softcap(scores, w.attn_softcap)
         p = scores.shape[-1]
         pos = torch.arange(p, device=scores.device)
         allowed = pos[None, :] <= pos[:, None]
@@ -520,9 +587,11 @@ class ReplacementModel:
         if run.mults.embed is not None:
             embed = embed * run.mults.embed
         if self.adapter.positional == "rotary" and not freeze:
-            cs = self.adapter.rotary_cos_sin(torch.arange(input_ids.shape[1], device=self.device))
-            if cs is not None:
-                run.rotary = (cs[0].to(self.dtype), cs[1].to(self.dtype))
+            positions = torch.arange(input_ids.shape[1], device=self.device)
+            for layer in range(self.n_layers):
+                cs = self.adapter.rotary_cos_sin(positions, layer)
+                if cs is not None:
+                    run.rotary[layer] = (cs[0].to(self.dtype), cs[1].to(self.dtype))
         blocks: list[BlockRecord] = []
         resid = embed
         for layer in range(self.n_layers):
@@ -533,7 +602,7 @@ class ReplacementModel:
         final_normed = apply_gain(
             normalize_with_scale(resid, self.ln_final, scale_f), self.ln_final
         )
-        logits = final_normed @ self.W_U + self.b_U
+        logits = self.cap_logits(final_normed @ self.W_U + self.b_U)
         return ReplacementState.assemble(
             input_ids,
             embed,
@@ -548,17 +617,24 @@ class ReplacementModel:
     def _block(self, layer: int, resid_pre: Tensor, run: _Pass) -> BlockRecord:
         """One block of the forward pass from its input residual `[b,p,d]`."""
         w, frozen = self._layers[layer], run.frozen
+        scale2_post: Tensor | None = None
         scale1 = frozen.ln1_scale[layer] if frozen else norm_scale(resid_pre, w.ln1)
         attn_in = apply_gain(normalize_with_scale(resid_pre, w.ln1, scale1), w.ln1)
         values = _per_head(attn_in, w.W_V) + w.b_V
         pattern = (
-            frozen.patterns[layer] if frozen else self._live_pattern(layer, attn_in, run.rotary)
+            frozen.patterns[layer]
+            if frozen
+            else self._live_pattern(layer, attn_in, run.rotary.get(layer))
         )
         pattern = edit_pattern(pattern, [e for e in run.edits.heads if e.layer == layer])
         if layer in run.mults.patterns:
             pattern = pattern * run.mults.patterns[layer]
         z = torch.matmul(pattern, values.transpose(1, 2)).transpose(1, 2)  # [b, q, h, e]
         attn_out = z.flatten(2) @ w.W_O.flatten(0, 1) + w.b_O
+        scale1_post = None
+        if w.ln1_post is not None:
+            frozen_scale = frozen.ln1_post_scale[layer] if frozen else None
+            attn_out, scale1_post = _through_norm(attn_out, w.ln1_post, frozen_scale)
         resid_mid = resid_pre + attn_out
         mlp_read = resid_pre if self.parallel_residual else resid_mid
         scale2 = frozen.ln2_scale[layer] if frozen else norm_scale(mlp_read, w.ln2)
@@ -568,6 +644,10 @@ class ReplacementModel:
             stage = self.tc_stage[layer]
             tc_in = {"residual": mlp_read, "normalized": normalized2, "gained": mlp_in}[stage]
             mlp_out = self._transcoder_layer(layer, tc_in, mlp_in, run)
+            post = self._post_mlp.get(layer)
+            if post is not None:
+                frozen_scale = frozen.ln2_post_scale[layer] if frozen else None
+                mlp_out, scale2_post = _through_norm(mlp_out, post, frozen_scale)
         else:
             mlp_out = self._mlp_layer(layer, mlp_in, run)
         return BlockRecord(
@@ -581,18 +661,27 @@ class ReplacementModel:
             scale2,
             values,
             pattern,
+            scale1_post,
+            scale2_post,
         )
 
     def _mlp_layer(self, layer: int, mlp_in: Tensor, run: _Pass) -> Tensor:
         """The real MLP's output (the clean one when frozen); it plays the error term's role."""
-        if run.frozen:
-            mlp_out = run.frozen.mlp_out[layer]
-        else:
-            mlp_out = self._mlps[layer](mlp_in).to(self.dtype)
+        mlp_out = run.frozen.mlp_out[layer] if run.frozen else self._mlp(layer, mlp_in)
         mlp_out = scale_positions(mlp_out, [e for e in run.edits.errors if e.layer == layer])
         if layer in run.mults.errors:
             mlp_out = mlp_out * run.mults.errors[layer]
         return mlp_out
+
+    def _mlp(self, layer: int, mlp_in: Tensor) -> Tensor:
+        """What the real MLP of `layer` writes for `mlp_in`, in `dtype`: into the residual (Gemma:
+        after its post-norm, recomputed), or before that norm when the layer's transcoder
+        writes there."""
+        out = self._mlps[layer](mlp_in).to(self.dtype)
+        post = self._layers[layer].ln2_post
+        if post is not None and layer not in self._post_mlp:
+            out, _ = _through_norm(out, post, None)
+        return out
 
     def _transcoder_layer(self, layer: int, tc_in: Tensor, mlp_in: Tensor, run: _Pass) -> Tensor:
         """The transcoders' output plus the error term at `layer`; records the layer in `run`."""
@@ -618,7 +707,7 @@ class ReplacementModel:
         if layer in self._skip:
             tc_out = tc_out + tc_in @ self._skip[layer].T
         if clean is None:
-            error = self._mlps[layer](mlp_in).to(self.dtype) - tc_out
+            error = self._mlp(layer, mlp_in) - tc_out
             safe_pre = torch.where(pre != 0, pre, torch.ones_like(pre))
             gain = torch.where(acts != 0, acts / safe_pre, torch.zeros_like(acts))
         else:
@@ -641,7 +730,7 @@ class _Pass:
     features: FeatureMode
     edits: Edits
     mults: Multipliers
-    rotary: tuple[Tensor, Tensor] | None = None
+    rotary: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # per layer
     feature_acts: dict[int, Tensor] = field(default_factory=dict)
     transcoders: dict[int, TranscoderRecord] = field(default_factory=dict)
 

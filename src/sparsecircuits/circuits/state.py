@@ -4,7 +4,7 @@ forward pass assembles it from."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -16,7 +16,9 @@ from sparsecircuits.errors import SparseCircuitsError
 @dataclass(frozen=True)
 class BlockRecord:
     """What one block computed: residuals, attention and MLP outputs `[b,p,d]`, norm scales
-    `[b,p,1]`, values `[b,p,h,d_head]`, pattern `[b,h,q,k]` (see `ReplacementState`)."""
+    `[b,p,1]`, values `[b,p,h,d_head]`, pattern `[b,h,q,k]`, the post-attention norm's scale
+    `[b,p,1]` and the post-MLP norm's where it is outside the transcoder (else None) (see
+    `ReplacementState`)."""
 
     resid_pre: Tensor
     resid_mid: Tensor
@@ -28,6 +30,8 @@ class BlockRecord:
     ln2_scale: Tensor
     values: Tensor
     pattern: Tensor
+    ln1_post_scale: Tensor | None = None
+    ln2_post_scale: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -50,12 +54,17 @@ class ReplacementState:
     Per layer (lists indexed by layer): `resid_pre`, `resid_mid`, `resid_post`, `attn_out`,
     `mlp_in` (what the MLP / transcoder sees after ln2 and its gain), `mlp_out` (what was
     added to the residual) `[b,p,d]`; `ln1_scale`, `ln2_scale` `[b,p,1]` (norm denominators);
-    `values [b,p,h,d_head]` (value vectors, bias included); `patterns [b,h,q,k]`.
+    `values [b,p,h,d_head]` (value vectors, bias included); `patterns [b,h,q,k]`;
+    `ln1_post_scale [b,p,1]` (the post-attention norm's denominator; None for families without
+    one). `attn_out` is after that norm (what joins the residual). `ln2_post_scale [b,p,1]`:
+    the post-MLP norm's denominator at transcoder layers writing before that norm (None
+    elsewhere); there `tc_out` and `errors` are before the norm, `mlp_out` after it.
     Per transcoder layer (dicts): `tc_in` (the transcoder's input), `feature_pre`,
     `feature_acts`, `feature_gain` (`act/pre` where active, else 0) `[b,p,d_sae]`; `tc_out`,
     `errors` `[b,p,d]`. Global: `input_ids [b,p]`, `embed [b,p,d]` (token + learned position),
     `ln_final_scale [b,p,1]`, `final_normed [b,p,d]` (ln_final output, gain applied),
-    `logits [b,p,vocab]`. `frozen` is the default `freeze` of `forward_with`.
+    `logits [b,p,vocab]` (the model's, after Gemma's final soft-cap; before it they are
+    `final_normed @ W_U + b_U`). `frozen` is the default `freeze` of `forward_with`.
     """
 
     input_ids: Tensor
@@ -79,6 +88,8 @@ class ReplacementState:
     ln_final_scale: Tensor
     final_normed: Tensor
     logits: Tensor
+    ln1_post_scale: list[Tensor | None] = field(default_factory=list)
+    ln2_post_scale: list[Tensor | None] = field(default_factory=list)
     parallel_residual: bool = False
     frozen: bool = True
 
@@ -117,6 +128,8 @@ class ReplacementState:
             ln_final_scale=ln_final_scale,
             final_normed=final_normed,
             logits=logits,
+            ln1_post_scale=[b.ln1_post_scale for b in blocks],
+            ln2_post_scale=[b.ln2_post_scale for b in blocks],
             parallel_residual=parallel_residual,
         )
 
@@ -159,7 +172,7 @@ class ReplacementState:
             if isinstance(value, Tensor):
                 values[f.name] = value.index_select(0, index)
             elif isinstance(value, list):
-                values[f.name] = [t.index_select(0, index) for t in value]
+                values[f.name] = [None if t is None else t.index_select(0, index) for t in value]
             elif isinstance(value, dict):
                 values[f.name] = {k: t.index_select(0, index) for k, t in value.items()}
         return replace(self, **values)
@@ -172,7 +185,7 @@ class ReplacementState:
             if isinstance(value, Tensor):
                 values[f.name] = value.detach()
             elif isinstance(value, list):
-                values[f.name] = [t.detach() for t in value]
+                values[f.name] = [None if t is None else t.detach() for t in value]
             elif isinstance(value, dict):
                 values[f.name] = {k: t.detach() for k, t in value.items()}
         return replace(self, **values)

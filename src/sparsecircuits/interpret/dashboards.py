@@ -475,7 +475,7 @@ def output_logit_tables(
         )
         if final.kind == "layernorm":
             rows = rows - rows.mean(-1, keepdim=True)
-        scores = (rows * final.weight.float()) @ W_U
+        scores = (rows * final.gain.float()) @ W_U
         top = scores.topk(n, dim=1)
         bottom = scores.topk(n, dim=1, largest=False)
         for out, t in zip(

@@ -45,6 +45,11 @@ class ModelAdapter:
     them on the same unprocessed weights:
     * `hook_embed`: token embeddings `W_E[input_ids]` only (GPT-2's learned positions are added
       after it; `blocks.0.hook_resid_pre` is their sum, `W_pos` gives the position table).
+      Gemma scales them by sqrt(d_model) in the model dtype; `W_E` includes that scale.
+    * `blocks.L.hook_attn_out`, `blocks.L.hook_mlp_out`: what attention / the MLP add to the
+      residual stream; for Gemma that is the output of the post-attention / post-MLP norm.
+      `blocks.L.mlp.hook_out` is the MLP module's own output, before any post-norm (the same
+      tensor as `hook_mlp_out` for families without one).
     * `blocks.L.hook_resid_mid = resid_pre + attn_out`; so `resid_post = resid_mid + mlp_out`
       for every family.
     * `blocks.L.hook_mlp_in`: the residual the pre-MLP norm reads: `hook_resid_mid`, or
@@ -64,7 +69,8 @@ class ModelAdapter:
         """Wrap a loaded HF causal LM (put in eval mode, params frozen, attention made hookable)."""
         config = model.config
         self.spec: ArchitectureSpec = spec_for_model_type(config.model_type)
-        dims = self._dims = self.spec.dims(config)
+        self._text_config: Any = config.get_text_config()
+        dims = self._dims = self.spec.dims(self._text_config)
         to_attention_implementation(model)
         model.eval()
         model.requires_grad_(False)
@@ -325,8 +331,13 @@ class ModelAdapter:
 
     @property
     def W_E(self) -> Tensor:
-        """Return the token embedding matrix [vocab, d_model]."""
-        return self._parts.embed.weight.detach()
+        """Return the token embedding matrix [vocab, d_model]: what a token adds to the residual
+        stream (Gemma's `embed_scale`, sqrt(d_model) cast to the model dtype, included)."""
+        weight = self._parts.embed.weight.detach()
+        scale = getattr(self._parts.embed, "embed_scale", None)
+        if scale is None:
+            return weight
+        return weight * scale.to(weight.dtype)
 
     @property
     def W_pos(self) -> Tensor | None:
@@ -377,6 +388,21 @@ class ModelAdapter:
         """Return the factor multiplying q.k in `layer` (1/sqrt(d_head) unless the model says otherwise)."""
         return float(self._parts.blocks[self._layer(layer)].attn.scaling)
 
+    def attn_softcap(self, layer: int) -> float | None:
+        """Return c when `layer` soft-caps its attention scores, `c * tanh(scores / c)` after
+        scaling and before the mask (Gemma-2), else None."""
+        self._layer(layer)
+        key = self.spec.attn_softcap_key
+        cap = None if key is None else getattr(self._text_config, key, None)
+        return None if cap is None else float(cap)
+
+    @property
+    def logit_softcap(self) -> float | None:
+        """Return c when the model soft-caps its logits, `c * tanh(logits / c)` (Gemma), else None."""
+        key = self.spec.logit_softcap_key
+        cap = None if key is None else getattr(self._text_config, key, None)
+        return None if cap is None else float(cap)
+
     def sliding_window(self, layer: int) -> int | None:
         """Return how many positions back attention in `layer` may look (itself included), or
         None when it sees the whole prefix."""
@@ -384,39 +410,62 @@ class ModelAdapter:
         return windows[self._layer(layer)] if windows else None
 
     def qk_norms(self, layer: int) -> tuple[NormParams, NormParams] | None:
-        """Return the per-head RMSNorms applied to queries and keys before RoPE (Qwen3), else None."""
+        """Return the per-head RMSNorms applied to queries and keys before RoPE (Qwen3, Gemma-3),
+        else None."""
         if self.spec.qk_norms is None:
             return None
         attn = self._parts.blocks[self._layer(layer)].attn
         q_path, k_path = self.spec.qk_norms
+        offset = self.spec.norm_offset
         return (
-            norm_params(attn.get_submodule(q_path), "rmsnorm"),
-            norm_params(attn.get_submodule(k_path), "rmsnorm"),
+            norm_params(attn.get_submodule(q_path), "rmsnorm", offset),
+            norm_params(attn.get_submodule(k_path), "rmsnorm", offset),
         )
 
     def norm(self, which: str, layer: int | None = None) -> NormParams:
         """Return kind, gain, bias and eps of "ln1" / "ln2" (give `layer`) or "ln_final"."""
+        offset = self.spec.norm_offset
         if which == "ln_final":
-            return norm_params(self._parts.ln_final, self.norm_kind)
+            return norm_params(self._parts.ln_final, self.norm_kind, offset)
         if which not in ("ln1", "ln2") or layer is None:
             raise SparseCircuitsError(
                 f"norm({which!r}, {layer}) is not a norm; use 'ln1'/'ln2' with a layer, or 'ln_final'"
             )
         modules = self._parts.blocks[self._layer(layer)]
-        return norm_params(modules.ln1 if which == "ln1" else modules.ln2, self.norm_kind)
+        return norm_params(modules.ln1 if which == "ln1" else modules.ln2, self.norm_kind, offset)
 
-    def rotary_cos_sin(self, positions: Tensor) -> tuple[Tensor, Tensor] | None:
+    def post_norm(self, which: str, layer: int) -> NormParams | None:
+        """Return the norm between "attn" / "mlp" of `layer` and the residual stream (Gemma's
+        post-attention and post-feedforward norms), or None when the family has none."""
+        if which not in ("attn", "mlp"):
+            raise SparseCircuitsError(f"post_norm({which!r}) is not a norm; use 'attn' or 'mlp'")
+        path = self.spec.attn_post_norm if which == "attn" else self.spec.mlp_post_norm
+        if path is None:
+            return None
+        block = self._parts.blocks[self._layer(layer)].block
+        return norm_params(block.get_submodule(path), self.norm_kind, self.spec.norm_offset)
+
+    def rotary_cos_sin(
+        self, positions: Tensor, layer: int | None = None
+    ) -> tuple[Tensor, Tensor] | None:
         """Return RoPE (cos, sin), each [len(positions), rotary_dim], for rotary models, else None.
 
         A rotated vector is `x[..., :r] * cos + rotate_half(x[..., :r]) * sin` on its first
         r = rotary_dim dims (NeoX rotates only a fraction of each head), the rest unchanged.
+        Scaled RoPE (Llama-3's "llama3" type, linear, ...) comes from the model's own rotary
+        module. Gemma-3 rotates local (sliding) and global layers with different bases: give
+        `layer` there (without it, the first layer's).
         """
         if self.spec.rotary_emb is None:
             return None
         rotary: Any = self.model.get_submodule(self.spec.rotary_emb)
         positions = positions.to(self.device).reshape(1, -1)
         probe = torch.zeros(1, dtype=self.dtype, device=self.device)
-        cos, sin = rotary(probe, positions)
+        if self.spec.rotary_by_layer_type:
+            layer_type = self._text_config.layer_types[self._layer(layer or 0)]
+            cos, sin = rotary(probe, positions, layer_type)
+        else:
+            cos, sin = rotary(probe, positions)
         return cos[0], sin[0]
 
     def _layer(self, layer: int) -> int:

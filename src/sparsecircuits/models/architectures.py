@@ -18,18 +18,27 @@ blocks.L.ln1.hook_...      ln1                         LayerNorm: forward output
 blocks.L.attn.hook_pattern attn                        inside the attention function
                                                        (`hooks.ATTN_IMPLEMENTATION`)
 blocks.L.attn.hook_z       attn_out_proj               forward input, viewed [b,p,h,d_head]
-blocks.L.hook_attn_out     attn                        forward output[0]
-blocks.L.hook_resid_mid    ln1 + attn                  ln1's input (= resid_pre) + attn_out;
+blocks.L.hook_attn_out     attn_post_norm or attn      forward output (Gemma: the post-attention
+                                                       norm's output, what is added)
+blocks.L.hook_resid_mid    ln1 + attn_out module       ln1's input (= resid_pre) + attn_out;
                                                        a replacement is written back as
                                                        attn_out = new - resid_pre
 blocks.L.hook_mlp_in       ln2                         forward input
 blocks.L.ln2.hook_...      ln2                         as ln1
 blocks.L.mlp.hook_in       mlp                         forward input
-blocks.L.mlp.hook_out      mlp                         forward output
-blocks.L.hook_mlp_out      mlp                         forward output
+blocks.L.mlp.hook_out      mlp                         forward output (before any post-norm)
+blocks.L.hook_mlp_out      mlp_post_norm or mlp        forward output (Gemma: the post-MLP
+                                                       norm's output, what is added)
 blocks.L.hook_resid_post   block                       forward output
 ln_final.hook_normalized   ln_final                    as ln1
 =========================  ==========================  ======================================
+
+Gemma-2/3 differ from the pre-norm families in five ways the tables carry: norms store their
+gain as `1 + weight` (`norm_offset`), token embeddings are scaled by sqrt(d_model) inside the
+embedding module (so `hook_embed` and `W_E` include the scale), attention and MLP outputs pass
+through a post-norm before they join the residual (`attn_post_norm`, `mlp_post_norm`), attention
+scores and final logits may be soft-capped (`attn_softcap_key`, `logit_softcap_key`), and
+Gemma-3 gives local and global layers their own rotary base (`rotary_by_layer_type`).
 
 The weight accessors return views of the model's parameters in TransformerLens orientation:
 `W_Q/W_K/W_V [n_heads, d_model, d_head]` (grouped-query key/value heads repeated so that query
@@ -71,16 +80,36 @@ class ModelDims:
 
 @dataclass(frozen=True)
 class NormParams:
-    """A norm's parameters: `out = normalized * weight (+ bias)`.
+    """A norm's parameters: `out = normalized * gain (+ bias)`, `gain = weight + offset`.
 
     `normalized` is `(x - mean) / sqrt(var + eps)` for LayerNorm and `x / sqrt(mean(x^2) + eps)`
     for RMSNorm (computed in fp32, cast back to the input dtype). `bias` is None for RMSNorm.
+    `offset` is 1 for Gemma, whose norms store the gain as `1 + weight`, else 0.
     """
 
     kind: NormKind
     weight: Tensor
     bias: Tensor | None
     eps: float
+    offset: float = 0.0
+
+    @property
+    def gain(self) -> Tensor:
+        """Return the multiplier `[d]` applied after normalising (`weight + offset`, added in fp32
+        as Gemma does, in the weight's dtype)."""
+        if self.offset == 0.0:
+            return self.weight
+        return (self.weight.float() + self.offset).to(self.weight.dtype)
+
+    def to(self, dtype: torch.dtype) -> NormParams:
+        """Return the same norm with its tensors cast to `dtype`."""
+        return NormParams(
+            kind=self.kind,
+            weight=self.weight.to(dtype),
+            bias=None if self.bias is None else self.bias.to(dtype),
+            eps=self.eps,
+            offset=self.offset,
+        )
 
 
 @dataclass(frozen=True)
@@ -99,7 +128,10 @@ class AttentionWeights:
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
-    """The table for one family. Module paths are dotted; block-relative ones start at a block."""
+    """The table for one family. Module paths are dotted; block-relative ones start at a block.
+
+    `dims` and the config keys read the text model's config (`config.get_text_config()`: the
+    config itself, or an image-text model's `text_config`)."""
 
     family: str
     model_types: tuple[str, ...]
@@ -120,6 +152,12 @@ class ArchitectureSpec:
     dims: Callable[[Any], ModelDims]
     attention_weights: Callable[[Any, ModelDims], AttentionWeights]
     qk_norms: tuple[str, str] | None = None  # attn-relative paths of per-head q/k norms, if any
+    norm_offset: float = 0.0  # norms multiply by `offset + weight` (Gemma: 1)
+    attn_post_norm: str | None = None  # block-relative norm between attention and the residual
+    mlp_post_norm: str | None = None  # block-relative norm between the MLP and the residual
+    attn_softcap_key: str | None = None  # config key: scores -> cap * tanh(scores / cap)
+    logit_softcap_key: str | None = None  # config key: logits -> cap * tanh(logits / cap)
+    rotary_by_layer_type: bool = False  # the rotary module takes the layer type (Gemma-3)
 
 
 def _zeros_like_heads(weight: Tensor, n_heads: int, d_head: int) -> Tensor:
@@ -326,7 +364,76 @@ LLAMA = _llama_like("llama", ("llama", "qwen2", "mistral"))
 # Qwen3 RMS-normalises each query and key head (over d_head) before the rotary embedding.
 QWEN3 = _llama_like("qwen3", ("qwen3",), qk_norms=("q_norm", "k_norm"))
 
-ARCHITECTURES: tuple[ArchitectureSpec, ...] = (GPT2, GPT_NEOX, LLAMA, QWEN3)
+
+# ---------------------------------------------------------------- Gemma-2 / Gemma-3
+
+
+def _gemma_dims(config: Any) -> ModelDims:
+    if getattr(config, "use_bidirectional_attention", False):
+        raise SparseCircuitsError(
+            "this Gemma config sets use_bidirectional_attention (an embedding model); only causal "
+            "language models can be hooked"
+        )
+    return _llama_dims(config)
+
+
+def _gemma(
+    family: str,
+    model_types: tuple[str, ...],
+    gemma3: bool,
+    text_model: str = "model",
+    logit_softcap: bool = True,
+) -> ArchitectureSpec:
+    # HF's `post_attention_layernorm` is Gemma's post-attention output norm (in Llama it is the
+    # pre-MLP norm); the pre-MLP norm is `pre_feedforward_layernorm`.
+    return ArchitectureSpec(
+        family=family,
+        model_types=model_types,
+        embed=f"{text_model}.embed_tokens",
+        pos_embed=None,
+        blocks=f"{text_model}.layers",
+        ln1="input_layernorm",
+        attn="self_attn",
+        attn_out_proj="self_attn.o_proj",
+        ln2="pre_feedforward_layernorm",
+        mlp="mlp",
+        mlp_out_proj="mlp.down_proj",
+        ln_final=f"{text_model}.norm",
+        unembed="lm_head",
+        rotary_emb=f"{text_model}.rotary_emb",
+        norm_kind="rmsnorm",
+        positional="rotary",
+        dims=_gemma_dims,
+        attention_weights=_llama_attention,
+        qk_norms=("q_norm", "k_norm") if gemma3 else None,
+        norm_offset=1.0,
+        attn_post_norm="post_attention_layernorm",
+        mlp_post_norm="post_feedforward_layernorm",
+        # transformers 5 passes Gemma-3's attn_logit_softcapping to no attention function
+        attn_softcap_key=None if gemma3 else "attn_logit_softcapping",
+        logit_softcap_key="final_logit_softcapping" if logit_softcap else None,
+        rotary_by_layer_type=gemma3,
+    )
+
+
+GEMMA2 = _gemma("gemma2", ("gemma2",), gemma3=False)
+# Gemma-3 text models (270m, 1b, and the language model of a 4b+ checkpoint saved on its own)
+GEMMA3 = _gemma("gemma3", ("gemma3_text",), gemma3=True)
+# Gemma-3 4b+ checkpoints (image-text; only the text path is hooked). Their settings live in
+# `config.text_config`; transformers 5 applies no final logit soft-cap in this class.
+GEMMA3_MULTIMODAL = _gemma(
+    "gemma3", ("gemma3",), gemma3=True, text_model="model.language_model", logit_softcap=False
+)
+
+ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
+    GPT2,
+    GPT_NEOX,
+    LLAMA,
+    QWEN3,
+    GEMMA2,
+    GEMMA3,
+    GEMMA3_MULTIMODAL,
+)
 
 
 def supported_model_types() -> list[str]:
@@ -344,8 +451,9 @@ def spec_for_model_type(model_type: str) -> ArchitectureSpec:
     )
 
 
-def norm_params(module: Any, kind: NormKind) -> NormParams:
-    """Return the gain, bias and eps of a LayerNorm or an HF RMSNorm module."""
+def norm_params(module: Any, kind: NormKind, offset: float = 0.0) -> NormParams:
+    """Return the weight, bias and eps of a LayerNorm or an HF RMSNorm module (`offset`: see
+    `NormParams`)."""
     eps = getattr(module, "eps", None)
     if eps is None:
         eps = module.variance_epsilon
@@ -355,6 +463,7 @@ def norm_params(module: Any, kind: NormKind) -> NormParams:
         weight=module.weight.detach(),
         bias=None if bias is None else bias.detach(),
         eps=float(eps),
+        offset=offset,
     )
 
 
@@ -367,11 +476,11 @@ def normalize(x: Tensor, params: NormParams) -> Tensor:
 
 
 def apply_gain(normalized: Tensor, params: NormParams) -> Tensor:
-    """Return `normalized * weight (+ bias)`: the norm's output for a given normalized input."""
+    """Return `normalized * gain (+ bias)`: the norm's output for a given normalized input."""
     if params.kind == "layernorm":
-        out = normalized * params.weight
+        out = normalized * params.gain
         return out if params.bias is None else out + params.bias
-    return params.weight * normalized
+    return params.gain * normalized
 
 
 # Frozen-scale norm math: a norm is linear in x once its denominator is held fixed, which is
@@ -398,7 +507,7 @@ def pull_back_norm(vector: Tensor, params: NormParams, scale: Tensor, gain: bool
     `vector [..., d]` lives after the norm (after its gain when `gain`, else before);
     `scale [..., 1]` is the frozen denominator. LayerNorm's mean subtraction is included.
     """
-    u = vector * params.weight if gain else vector
+    u = vector * params.gain if gain else vector
     if params.kind == "layernorm":
         u = u - u.mean(-1, keepdim=True)
     return u / scale

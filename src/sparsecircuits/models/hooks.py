@@ -6,9 +6,10 @@ so identity hooks are bit-exact.
 
 `attn.hook_pattern` cannot be reached with module hooks (the probabilities live inside the
 attention function), so models are run with our own attention implementation,
-`ATTN_IMPLEMENTATION`: it calls HF's SDPA function unchanged unless a layer has a pattern hook,
-and then computes softmax(q k^T * scale + mask) explicitly so the pattern can be read and
-replaced. HF builds its masks for it exactly as for SDPA.
+`ATTN_IMPLEMENTATION`: it calls HF's SDPA function unchanged unless a layer has a pattern hook
+or soft-caps its scores (Gemma-2; SDPA has no soft-cap), and then computes
+softmax(softcap(q k^T * scale) + mask) explicitly, with `softcap(s) = c * tanh(s / c)`, so the
+pattern can be read and replaced. HF builds its masks for it exactly as for SDPA.
 
 Every name means what it means in TransformerLens for the same unfolded model (no weight
 processing), plus circuit-tracer's `mlp.hook_in` / `mlp.hook_out`; `HOOK_MEANINGS` states each.
@@ -56,13 +57,15 @@ BLOCK_HOOKS: tuple[str, ...] = (
 
 # What each hook carries (`[batch, pos, d_model]` unless stated); README's hook table says the same.
 HOOK_MEANINGS: dict[str, str] = {
-    "hook_embed": "token embeddings W_E[input_ids] (learned positions are added after it)",
+    "hook_embed": "token embeddings W_E[input_ids] (Gemma's x sqrt(d_model) included; learned "
+    "positions are added after it)",
     "hook_resid_pre": "the block's input residual stream",
     "ln1.hook_normalized": "the pre-attention norm's output as TransformerLens defines it: "
     "LayerNorm with its gain and bias, RMSNorm before its gain",
     "attn.hook_pattern": "attention probabilities [batch, n_heads, q_pos, k_pos]",
     "attn.hook_z": "per-head attention values mixed by the pattern [batch, pos, n_heads, d_head]",
-    "hook_attn_out": "attention's contribution to the residual stream",
+    "hook_attn_out": "attention's contribution to the residual stream (after Gemma's "
+    "post-attention norm)",
     "hook_resid_mid": "hook_resid_pre + hook_attn_out",
     "hook_mlp_in": "the residual stream the pre-MLP norm reads (hook_resid_mid; "
     "hook_resid_pre with a parallel residual)",
@@ -70,7 +73,7 @@ HOOK_MEANINGS: dict[str, str] = {
     "LayerNorm with its gain and bias, RMSNorm before its gain",
     "mlp.hook_in": "the MLP module's input: the pre-MLP norm's output with its gain (and bias)",
     "mlp.hook_out": "the MLP module's output, before any post-MLP norm",
-    "hook_mlp_out": "the MLP's contribution to the residual stream",
+    "hook_mlp_out": "the MLP's contribution to the residual stream (after Gemma's post-MLP norm)",
     "hook_resid_post": "the block's output residual stream",
     "ln_final.hook_normalized": "the final norm's output as TransformerLens defines it: "
     "LayerNorm with its gain and bias, RMSNorm before its gain",
@@ -150,6 +153,8 @@ class BlockModules:
     attn_out_proj: nn.Module
     ln2: nn.Module
     mlp: nn.Module
+    attn_out: nn.Module  # whose output joins the residual: the post-attention norm, else attn
+    mlp_out: nn.Module  # whose output joins the residual: the post-MLP norm, else mlp
 
 
 @dataclass(frozen=True)
@@ -187,6 +192,8 @@ class ModelParts:
                 attn_out_proj=get(block, spec.attn_out_proj),
                 ln2=get(block, spec.ln2),
                 mlp=get(block, spec.mlp),
+                attn_out=get(block, spec.attn_post_norm or spec.attn),
+                mlp_out=get(block, spec.mlp_post_norm or spec.mlp),
             )
             for block in get(model, spec.blocks)  # type: ignore[attr-defined]
         )
@@ -254,13 +261,13 @@ def _on_output(module: nn.Module, fn: HookFn) -> Handle:
     return module.register_forward_hook(post_hook)
 
 
-def _on_normalized(module: nn.Module, norm_kind: NormKind, fn: HookFn) -> Handle:
+def _on_normalized(module: nn.Module, spec: ArchitectureSpec, fn: HookFn) -> Handle:
     # TransformerLens takes LayerNorm's hook_normalized after the gain and bias, RMSNorm's before
     # the gain: a LayerNorm site is the module's output, an RMSNorm one is recomputed from its
     # input and a replacement has the gain re-applied.
-    if norm_kind == "layernorm":
+    if spec.norm_kind == "layernorm":
         return _on_output(module, fn)
-    params = norm_params(module, norm_kind)
+    params = norm_params(module, spec.norm_kind, spec.norm_offset)
 
     def post_hook(_: nn.Module, args: tuple[Any, ...], output: Tensor) -> Any:
         normalized = normalize(args[0], params)
@@ -297,7 +304,7 @@ def _on_resid_mid(modules: BlockModules, fn: HookFn) -> list[Handle]:
         new = _replacement(fn(resid_mid), resid_mid)
         return None if new is None else new - resid_pre
 
-    return [_on_input(modules.ln1, keep_resid_pre), _on_output(modules.attn, on_attn_out)]
+    return [_on_input(modules.ln1, keep_resid_pre), _on_output(modules.attn_out, on_attn_out)]
 
 
 class _PatternHandle:
@@ -337,30 +344,32 @@ def attach(parts: ModelParts, point: HookPoint, fn: HookFn) -> list[Handle]:
     if point.layer is None:
         if kind == "hook_embed":
             return [_on_output(parts.embed, fn)]
-        return [_on_normalized(parts.ln_final, spec.norm_kind, fn)]
+        return [_on_normalized(parts.ln_final, spec, fn)]
     modules = parts.blocks[point.layer]
     if kind == "hook_resid_pre":
         return [_on_input(modules.block, fn)]
     if kind == "hook_resid_post":
         return [_on_output(modules.block, fn)]
     if kind == "hook_attn_out":
-        return [_on_output(modules.attn, fn)]
+        return [_on_output(modules.attn_out, fn)]
     if kind == "hook_resid_mid":
         return _on_resid_mid(modules, fn)
     if kind == "hook_mlp_in":
         return [_on_input(modules.ln2, fn)]
     if kind == "mlp.hook_in":
         return [_on_input(modules.mlp, fn)]
-    if kind in ("mlp.hook_out", "hook_mlp_out"):
+    if kind == "mlp.hook_out":
         return [_on_output(modules.mlp, fn)]
+    if kind == "hook_mlp_out":
+        return [_on_output(modules.mlp_out, fn)]
     if kind == "attn.hook_z":
         return [_on_z(modules.attn_out_proj, parts.n_heads, parts.d_head, fn)]
     if kind == "attn.hook_pattern":
         return [_PatternHandle(modules.attn, fn)]
     if kind == "ln1.hook_normalized":
-        return [_on_normalized(modules.ln1, spec.norm_kind, fn)]
+        return [_on_normalized(modules.ln1, spec, fn)]
     if kind == "ln2.hook_normalized":
-        return [_on_normalized(modules.ln2, spec.norm_kind, fn)]
+        return [_on_normalized(modules.ln2, spec, fn)]
     raise AssertionError(f"unhandled hook kind {kind}")
 
 
@@ -375,15 +384,22 @@ def _attention(
     attention_mask: Tensor | None,
     **kwargs: Any,
 ) -> tuple[Tensor, Tensor | None]:
-    """HF attention-interface function: SDPA unless this layer has pattern hooks."""
+    """HF attention-interface function: SDPA unless this layer has pattern hooks or soft-caps."""
     pattern_fns = module.__dict__.get(_PATTERN_FNS)
-    if not pattern_fns:
+    softcap = kwargs.get("softcap")
+    if not pattern_fns and softcap is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return _attention_with_pattern(
-        query, key, value, attention_mask, kwargs.get("scaling"), pattern_fns
+        query, key, value, attention_mask, kwargs.get("scaling"), pattern_fns or [], softcap
     )
+
+
+def softcap(x: Tensor, cap: float) -> Tensor:
+    """Return `cap * tanh(x / cap)` (Gemma's soft-capping of attention scores and logits), in the
+    order of operations HF uses."""
+    return torch.tanh(x / cap) * cap
 
 
 def _attention_with_pattern(
@@ -393,8 +409,10 @@ def _attention_with_pattern(
     attention_mask: Tensor | None,
     scaling: float | None,
     pattern_fns: list[HookFn],
+    cap: float | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """query [b,h,q,dh], key/value [b,kv,k,dh] -> (output [b,q,h,dh], pattern [b,h,q,k])."""
+    """query [b,h,q,dh], key/value [b,kv,k,dh] -> (output [b,q,h,dh], pattern [b,h,q,k]);
+    scores are soft-capped at `cap` (before the mask) when given."""
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:  # grouped-query attention: query head h reads kv head h // n_rep
         key = key.repeat_interleave(n_rep, dim=1)
@@ -402,6 +420,8 @@ def _attention_with_pattern(
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if cap is not None:
+        scores = softcap(scores, cap)
     q_len, k_len = scores.shape[-2:]
     # finfo.min rather than -inf keeps fully masked (padding) rows finite.
     masked = torch.finfo(scores.dtype).min

@@ -3,6 +3,13 @@
 For tests and examples: 3 layers, d_model 32, 4 heads (2 kv heads where the family has GQA),
 weights drawn with a fixed seed, norm gains and all biases randomised so that tests of gains
 and biases can fail. A byte-level BPE tokenizer trained on built-in sentences ships with it.
+
+Besides one model per family, `llama3` is a Llama with Llama-3's scaled RoPE (original context
+8, so positions past 8 are scaled), `gemma2` soft-caps attention scores and logits at small
+values so the caps bite and alternates sliding (window 4) and global layers, and
+`gemma3_text` has q/k norms, two sliding layers then a global one with its own rotary base and
+linear RoPE scaling (as Gemma-3 4b+ does); `gemma3` is the same language model inside Gemma-3's
+image-text class (as 4b+ checkpoints are saved), with a tiny vision tower.
 """
 
 from __future__ import annotations
@@ -17,7 +24,18 @@ from torch import nn
 
 from sparsecircuits.errors import SparseCircuitsError
 
-FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "mistral")
+FAMILIES: tuple[str, ...] = (
+    "gpt2",
+    "gpt_neox",
+    "llama",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "llama3",
+    "gemma2",
+    "gemma3_text",
+    "gemma3",
+)
 SPECIAL_TOKEN = "<|endoftext|>"
 _MIN_VOCAB = 300
 
@@ -176,6 +194,59 @@ def _config(
         return transformers.MistralConfig(
             sliding_window=8, **llama_like
         )  # short window is exercised by tests
+    if family == "llama3":
+        return transformers.LlamaConfig(
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 32.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8,
+            },
+            **llama_like,
+        )
+    gemma: dict[str, Any] = {
+        **llama_like,
+        "pad_token_id": None,
+        "query_pre_attn_scalar": 12,  # differs from head_dim: a wrong scale fails the tests
+        "sliding_window": 4,
+        "hidden_activation": "gelu_pytorch_tanh",
+    }
+    if family == "gemma2":
+        return transformers.Gemma2Config(
+            attn_logit_softcapping=5.0, final_logit_softcapping=3.0, **gemma
+        )
+    if family in ("gemma3_text", "gemma3"):
+        layer_types = ["sliding_attention"] * (n_layers - 1) + ["full_attention"]
+        text = transformers.Gemma3TextConfig(
+            layer_types=layer_types,
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+            },
+            **gemma,
+        )
+        if family == "gemma3_text":
+            return text
+        # the image-text class of Gemma-3 4b+, with a one-layer vision tower never run on text
+        vision = transformers.SiglipVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=4,
+        )
+        return transformers.Gemma3Config(
+            text_config=text,
+            vision_config=vision,
+            mm_tokens_per_image=4,
+            boi_token_index=vocab_size - 3,
+            eoi_token_index=vocab_size - 2,
+            image_token_index=vocab_size - 1,
+            **common,
+        )
     raise SparseCircuitsError(
         f"unknown tiny model family {family!r}; use one of: {', '.join(FAMILIES)}"
     )
@@ -219,9 +290,9 @@ def build_tiny_model(
             f"vocab_size {vocab_size} is too small for a byte-level BPE; use at least {_MIN_VOCAB}"
         )
     config = _config(family, vocab_size, n_layers, d_model, n_heads, max_context, parallel_residual)
-    config.initializer_range = (
-        0.2  # larger than HF's 0.02 so attention patterns are far from uniform
-    )
+    # larger than HF's 0.02 so attention patterns are far from uniform (an image-text config
+    # keeps its own value in its text config)
+    config.initializer_range = config.get_text_config().initializer_range = 0.2
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)

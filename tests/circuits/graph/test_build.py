@@ -26,7 +26,9 @@ from sparsecircuits.errors import SparseCircuitsError
 PROMPT = "The cat saw the house in the year 1732"
 
 
-def _transcoders(adapter, architecture: str, layers, d_sae: int = 48, k: int = 5):
+def _transcoders(
+    adapter, architecture: str, layers, d_sae: int = 48, k: int = 5, hook_out: str = "hook_mlp_out"
+):
     out = {}
     for layer in layers:
         cfg = DictionaryConfig(
@@ -36,7 +38,7 @@ def _transcoders(adapter, architecture: str, layers, d_sae: int = 48, k: int = 5
             d_sae=d_sae,
             k=k,
             hook_in=f"blocks.{layer}.hook_mlp_in",
-            hook_out=f"blocks.{layer}.hook_mlp_out",
+            hook_out=f"blocks.{layer}.{hook_out}",
             seed=layer + 7,
         )
         tc = make(cfg)
@@ -48,24 +50,31 @@ def _transcoders(adapter, architecture: str, layers, d_sae: int = 48, k: int = 5
     return out
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+@pytest.fixture(
+    scope="module",
+    params=["gpt2", "llama", "llama3", "gemma2", "gemma3_text", "gemma2-mlp.hook_out"],
+)
 def replacement(request, tiny_model_dir):
+    """The last: transcoders writing the MLP's own output, before Gemma's post-MLP norm."""
     from sparsecircuits.models import load_model
 
-    adapter = load_model(tiny_model_dir(request.param), device="cpu")
-    architecture = "topk" if request.param == "gpt2" else "relu"
+    family, _, hook_out = request.param.partition("-")
+    adapter = load_model(tiny_model_dir(family), device="cpu")
+    architecture = "topk" if family == "gpt2" else "relu"
     layers = (
-        range(adapter.n_layers) if request.param == "gpt2" else [0, 2]
-    )  # llama: layer 1 has no transcoder
-    return ReplacementModel(adapter, _transcoders(adapter, architecture, layers))
+        range(adapter.n_layers) if family == "gpt2" else [0, 2]
+    )  # the others: layer 1 has no transcoder
+    transcoders = _transcoders(adapter, architecture, layers, hook_out=hook_out or "hook_mlp_out")
+    return ReplacementModel(adapter, transcoders)
 
 
 def _target_values(rm, graph, state) -> torch.Tensor:
-    """Every target's value: feature pre-activations and de-meaned logits, in node order."""
+    """Every target's value: feature pre-activations and de-meaned logits (before a final
+    soft-cap), in node order."""
     values = torch.zeros(graph.n_nodes, dtype=torch.float64)
     for i, (layer, pos, feat) in enumerate(graph.active_features.tolist()):
         values[i] = float(state.feature_pre[layer][0, pos, feat])
-    logits = state.logits[0, -1].double()
+    logits = (state.final_normed[0, -1] @ rm.W_U + rm.b_U).double()
     for k, token in enumerate(graph.logit_ids.tolist()):
         values[graph.logit_index(k)] = logits[token] - logits.mean()
     return values

@@ -15,11 +15,11 @@ from testkit import topk_transcoders
 PROMPT = "The dog found two books in the year 1999"
 
 
-@pytest.fixture(scope="module")
-def rm(tiny_model_dir):
+@pytest.fixture(scope="module", params=["gpt2", "gemma2"])
+def rm(tiny_model_dir, request):
     from sparsecircuits.models import load_model
 
-    adapter = load_model(tiny_model_dir("gpt2"), device="cpu")
+    adapter = load_model(tiny_model_dir(request.param), device="cpu")
     return ReplacementModel(adapter, topk_transcoders(adapter, d_sae=48, k=6))
 
 
@@ -40,11 +40,17 @@ def test_no_intervention_reproduces_the_model_and_its_greedy_continuation(rm):
 def test_frozen_ablation_of_a_feature_equals_its_graph_edges_to_logits(rm):
     graph = build_graph(rm, PROMPT, GraphConfig(row_mass=1.0, max_edges_per_row=None, store="all"))
     dense = graph.adjacency.to_dense()
-    baseline = intervene(rm, PROMPT, [], freeze=True).logits[-1].double()
+    # graph edges reach the logits before Gemma's final soft-cap: undo it
+    cap = getattr(rm.adapter.model.config, "final_logit_softcapping", None)
+
+    def uncapped(logits):
+        return logits if cap is None else cap * torch.atanh(logits / cap)
+
+    baseline = uncapped(intervene(rm, PROMPT, [], freeze=True).logits[-1].double())
     checked = 0
     for i in range(0, graph.n_features, max(1, graph.n_features // 8)):
         layer, pos, feat = graph.active_features[i].tolist()
-        ablated = (
+        ablated = uncapped(
             intervene(rm, PROMPT, [FeatureEdit(layer, pos, feat, "ablate")], freeze=True)
             .logits[-1]
             .double()

@@ -3,8 +3,9 @@
 Nodes (circuit-tracer's layout): `[active features (F) | MLP errors (L x T) | token embeddings (T) |
 output logits (K)]`. Errors and tokens are sources only; features and logits are targets. A
 feature target is its transcoder pre-activation `(x - b_in) W_enc[:, f] + b_enc[f]`; a logit target
-is the de-meaned logit `logit_t - mean_v logit_v`. The logits kept are the most likely next tokens
-up to a cumulative probability of `desired_logit_prob` (at most `max_n_logits`).
+is the de-meaned logit `logit_t - mean_v logit_v`, taken before a final soft-cap (Gemma), as
+circuit-tracer does. The logits kept are the most likely next tokens (by the model's, capped,
+probabilities) up to a cumulative probability of `desired_logit_prob` (at most `max_n_logits`).
 
 Everything is computed on the `ReplacementModel`'s frozen linear map: attention patterns, norm
 denominators, MLP errors and feature activations are held at their clean values (a layer without
@@ -389,6 +390,8 @@ def _graph_nodes(
     """Step 2: the nodes of the clean run `state` of a `n_pos`-token prompt."""
     first = 1 if cfg.skip_bos and n_pos > 1 else 0
     active, activations, decoders = _feature_nodes(replacement, state, first, n_pos)
+    prompt = torch.zeros(n_pos, dtype=torch.long, device=replacement.device)
+    positions = torch.arange(n_pos, device=replacement.device)
     logit_ids, logit_probs = salient_logits(
         state.logits[0, -1], cfg.max_n_logits, cfg.desired_logit_prob
     )
@@ -399,6 +402,8 @@ def _graph_nodes(
             if layer in replacement.feature_layers
             else state.mlp_out[layer][0]
         )
+        # an error written before a post-MLP norm (Gemma) joins the residual through it
+        err = replacement.post_mlp_map(state, layer, err, prompt, positions)
         if first:
             err = torch.cat([torch.zeros_like(err[:1]), err[1:]])
         error_vectors.append(err)
@@ -426,9 +431,20 @@ def _feature_nodes(
         pos, feat = pos.cpu() + first, feat.cpu()  # index bookkeeping stays on the CPU
         feats.append(torch.stack([torch.full_like(pos, layer), pos, feat], dim=1))
         acts.append(values.cpu())
-        index = feat.to(values.device)
+        index, rows_pos = feat.to(values.device), pos.to(values.device)
+        prompt = torch.zeros_like(rows_pos)
         decoders[layer] = [
-            (target, *_position_groups(pos, block[index] * values[:, None], n_pos))
+            (
+                target,
+                *_position_groups(
+                    pos,
+                    # as the rows join the residual (through a frozen post-MLP norm, Gemma)
+                    replacement.post_mlp_map(
+                        state, target, block[index] * values[:, None], prompt, rows_pos
+                    ),
+                    n_pos,
+                ),
+            )
             for target, block in replacement.decoders(layer)
         ]
     active = torch.cat(feats) if feats else torch.zeros(0, 3, dtype=torch.long)
