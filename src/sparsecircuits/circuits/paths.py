@@ -21,8 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from sparsecircuits.circuits.attribution import (
     Decomposition,
     ResidVector,
@@ -500,9 +498,3 @@ def graph_tokens(model: ReplacementModel, state: ReplacementState, prompt_index:
     """Return the decoded tokens of one prompt (for plot axes and metadata)."""
     tokenizer = model.adapter.tokenizer
     return [tokenizer.decode([int(t)]) for t in state.input_ids[prompt_index]]
-
-
-def feature_nodes_tensor(graph: CircuitGraph) -> torch.Tensor:
-    """Return `[n, 3]` (layer, pos, feature) of the graph's feature nodes."""
-    rows = [(n.layer, n.pos, n.index) for n in graph.nodes.values() if n.kind == "feature"]
-    return torch.tensor(rows, dtype=torch.long).reshape(-1, 3)

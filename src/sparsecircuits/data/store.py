@@ -369,11 +369,6 @@ class ActivationStore:
         element = torch.empty((), dtype=self.dtype).element_size()
         return self.capacity * sum(self.dims.values()) * element
 
-    @property
-    def contexts_consumed(self) -> int:
-        """Units read from the data so far: contexts (model) or rows (disk cache)."""
-        return self.producer.position
-
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         return self
 

@@ -16,7 +16,6 @@ sampling: the k largest of i.i.d. uniform keys over the active tokens is a unifo
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -544,13 +543,3 @@ def _token_strings(tokenizer: Any, ids: set[int]) -> dict[int, str]:
         return {}
     texts = tokenizer.batch_decode([[i] for i in ordered], clean_up_tokenization_spaces=False)
     return dict(zip(ordered, texts, strict=True))
-
-
-def quantile_edges(n_quantiles: int) -> list[float]:
-    """Fractions splitting a sample into `n_quantiles` equal-count groups, e.g. [0, .2, ..., 1]."""
-    return [i / n_quantiles for i in range(n_quantiles + 1)]
-
-
-def log_bin_centres(edges: Tensor) -> list[float]:
-    """Geometric centres of log-spaced histogram bins."""
-    return [math.sqrt(float(a) * float(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
