@@ -33,19 +33,12 @@ if TYPE_CHECKING:
     from sparsecircuits.circuits.graph.build import AttributionGraph
     from sparsecircuits.circuits.graph.prune import PruneResult
 
-FEATURE_TYPE_TRANSCODER = (
-    "cross layer transcoder"  # circuit-tracer uses this for per-layer ones too
-)
+FEATURE_TYPE_TRANSCODER = "cross layer transcoder"  # circuit-tracer's name for per-layer ones too
 FEATURE_TYPE_ERROR = "mlp reconstruction error"
 FEATURE_TYPE_EMBEDDING = "embedding"
 FEATURE_TYPE_LOGIT = "logit"
 
 SCHEMA_FILE = "neuronpedia-graph-schema.json"
-
-
-# --------------------------------------------------------------------------------------------
-# Dataclasses. Every optional field is None when absent from the JSON and is then not written.
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -184,10 +177,6 @@ def default_qparams() -> QParams:
     """Return the qParams circuit-tracer writes for a fresh graph."""
     return QParams(pinnedIds=[], supernodes=[], linkType="both", clickedId="", sg_pos="")
 
-
-# --------------------------------------------------------------------------------------------
-# Generic (de)serialisation of the dataclasses above.
-# --------------------------------------------------------------------------------------------
 
 _NESTED: dict[tuple[type, str], type] = {
     (GraphInfo, "generator"): Generator,
@@ -332,11 +321,6 @@ def validate_graph_json(data: dict[str, Any]) -> None:
         )
 
 
-# --------------------------------------------------------------------------------------------
-# Node constructors (ids and labels as circuit-tracer / the Anthropic frontend expect them).
-# --------------------------------------------------------------------------------------------
-
-
 def cantor_pair(layer: int, feature: int) -> int:
     """Return Neuronpedia's `feature` number for (layer, feature index): (l+f)(l+f+1)/2 + f."""
     s = layer + feature
@@ -352,6 +336,28 @@ def cantor_unpair(number: int) -> tuple[int, int]:
     return w - feature, feature
 
 
+def _node(
+    node_id: str,
+    feature: int,
+    layer: str,
+    pos: int,
+    feature_type: str,
+    js_node_id: str,
+    clerp: str,
+    **fields: Any,
+) -> GraphNode:
+    """A node with circuit-tracer's defaults for one run (`fields` override them)."""
+    defaults: dict[str, Any] = {
+        "activation": None,
+        "token_prob": 0.0,
+        "is_target_logit": False,
+        "run_idx": 0,
+    }
+    return GraphNode(
+        node_id, feature, layer, pos, feature_type, js_node_id, clerp, **(defaults | fields)
+    )
+
+
 def feature_node(
     layer: int,
     feature: int,
@@ -363,19 +369,16 @@ def feature_node(
     clerp: str = "",
 ) -> GraphNode:
     """Return the node of transcoder feature `feature` of `layer` at prompt position `pos`."""
-    return GraphNode(
-        node_id=f"{layer}_{feature}_{pos}",
-        feature=cantor_pair(layer, feature),
-        layer=str(layer),
-        ctx_idx=pos,
-        feature_type=FEATURE_TYPE_TRANSCODER,
-        jsNodeId=f"{layer}_{feature}-0",
-        clerp=clerp,
+    return _node(
+        f"{layer}_{feature}_{pos}",
+        cantor_pair(layer, feature),
+        str(layer),
+        pos,
+        FEATURE_TYPE_TRANSCODER,
+        f"{layer}_{feature}-0",
+        clerp,
         influence=influence,
         activation=activation,
-        token_prob=0.0,
-        is_target_logit=False,
-        run_idx=0,
         reverse_ctx_idx=n_pos - 1 - pos,
     )
 
@@ -384,19 +387,15 @@ def error_node(
     layer: int, pos: int, n_pos: int, token: str, *, influence: float | None
 ) -> GraphNode:
     """Return the node of the MLP reconstruction error of `layer` at position `pos`."""
-    return GraphNode(
-        node_id=f"{layer}_-1_{pos}",
-        feature=-1,
-        layer=str(layer),
-        ctx_idx=pos,
-        feature_type=FEATURE_TYPE_ERROR,
-        jsNodeId=f"{layer}_-1-{pos}",
-        clerp=f'Err: mlp "{token}"',
+    return _node(
+        f"{layer}_-1_{pos}",
+        -1,
+        str(layer),
+        pos,
+        FEATURE_TYPE_ERROR,
+        f"{layer}_-1-{pos}",
+        f'Err: mlp "{token}"',
         influence=influence,
-        activation=None,
-        token_prob=0.0,
-        is_target_logit=False,
-        run_idx=0,
         reverse_ctx_idx=n_pos - 1 - pos,
     )
 
@@ -405,19 +404,15 @@ def token_node(
     token_id: int, pos: int, n_pos: int, token: str, *, influence: float | None
 ) -> GraphNode:
     """Return the node of the token embedding at position `pos`."""
-    return GraphNode(
-        node_id=f"E_{token_id}_{pos}",
-        feature=pos,
-        layer="E",
-        ctx_idx=pos,
-        feature_type=FEATURE_TYPE_EMBEDDING,
-        jsNodeId=f"E_{token_id}-{pos}",
-        clerp=f'Emb: "{token}"',
+    return _node(
+        f"E_{token_id}_{pos}",
+        pos,
+        "E",
+        pos,
+        FEATURE_TYPE_EMBEDDING,
+        f"E_{token_id}-{pos}",
+        f'Emb: "{token}"',
         influence=influence,
-        activation=None,
-        token_prob=0.0,
-        is_target_logit=False,
-        run_idx=0,
         reverse_ctx_idx=n_pos - 1 - pos,
     )
 
@@ -430,26 +425,19 @@ def logit_node(
     The clerp `Output "<tok>" (p=0.123)` is part of the contract: the Anthropic frontend parses
     the token and probability out of it.
     """
-    return GraphNode(
-        node_id=f"{n_layers + 1}_{vocab_idx}_{pos}",
-        feature=vocab_idx,
-        layer=str(n_layers + 1),
-        ctx_idx=pos,
-        feature_type=FEATURE_TYPE_LOGIT,
-        jsNodeId=f"L_{vocab_idx}-{pos}",
-        clerp=f'Output "{token}" (p={prob:.3f})',
+    return _node(
+        f"{n_layers + 1}_{vocab_idx}_{pos}",
+        vocab_idx,
+        str(n_layers + 1),
+        pos,
+        FEATURE_TYPE_LOGIT,
+        f"L_{vocab_idx}-{pos}",
+        f'Output "{token}" (p={prob:.3f})',
         influence=None,
-        activation=None,
         token_prob=prob,
         is_target_logit=is_target,
-        run_idx=0,
         reverse_ctx_idx=0,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# From an attribution graph.
-# --------------------------------------------------------------------------------------------
 
 
 def to_neuronpedia(
