@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from sparsecircuits.dictionaries import kernels
-from sparsecircuits.dictionaries.activations import make_activation
+from sparsecircuits.dictionaries.activations import Activation, make_activation
 from sparsecircuits.dictionaries.activations.base import ForwardOutput
 from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
 from sparsecircuits.errors import SparseCircuitsError
@@ -53,7 +53,7 @@ from sparsecircuits.errors import SparseCircuitsError
 if TYPE_CHECKING:
     from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
 
-__all__ = ["Dictionary", "EncoderWeights", "ForwardOutput", "geometric_median"]
+__all__ = ["Dictionary", "EncoderWeights", "ForwardOutput", "SparseCoder", "geometric_median"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,74 @@ class EncoderWeights:
     b_in: Tensor
 
 
-class Dictionary(nn.Module):
+class SparseCoder(nn.Module):
+    """What `Dictionary` and `CrossLayerTranscoder` share: the widths, the decoder-norm policy
+    and its training hooks (a CLT latent's decoder row is its concatenated decoder vectors)."""
+
+    cfg: DictionaryConfig
+
+    @property
+    def d_in(self) -> int:
+        """Input width (per layer)."""
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        """Number of latents (per layer)."""
+        return self.cfg.d_sae
+
+    @property
+    def d_out(self) -> int:
+        """Output width (per layer; `d_in` for an SAE)."""
+        return self.cfg.d_out
+
+    def decoder_weights(self) -> list[Tensor]:
+        """The decoder matrices whose rows (everything after the first axis) are latents."""
+        raise NotImplementedError
+
+    def family_views(self) -> list[tuple[Activation, Any]]:
+        """`(activation, the owner it sees)` per layer."""
+        raise NotImplementedError
+
+    def before_optimizer_step(self) -> None:
+        """Call after `backward()`, before `optimizer.step()`: under "unit" decoder norm, remove parallel grads."""
+        if self.cfg.decoder_norm == "unit":
+            self.remove_parallel_grads()
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Call after `optimizer.step()`: renormalise the decoder ("unit") and run family hooks."""
+        if self.cfg.decoder_norm == "unit":
+            self.normalize_decoder()
+        for activation, owner in self.family_views():
+            activation.after_step(owner)
+
+    @torch.no_grad()
+    def remove_parallel_grads(self) -> None:
+        """Project out of each decoder row's gradient the component parallel to that row."""
+        for weight in self.decoder_weights():
+            remove_parallel_grad(weight)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale every decoder row to unit L2 norm."""
+        for weight in self.decoder_weights():
+            normalize_rows(weight)
+
+    def extra_repr(self) -> str:
+        cfg = self.cfg
+        return f"architecture={cfg.architecture}, kind={cfg.kind}, n_layers={cfg.n_layers}, d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={self.d_out}"
+
+
+def loss_parts(dead_mask: Tensor | None, **parts: Tensor) -> dict[str, Tensor]:
+    """`parts` detached, with `n_dead` (0-dim) from `dead_mask`: the `parts` of a `loss`."""
+    n_dead = torch.tensor(0 if dead_mask is None else int(dead_mask.sum()))
+    out = {name: value.detach() for name, value in parts.items()}
+    fired_counts = out.pop("fired_counts")
+    return out | {"n_dead": n_dead, "fired_counts": fired_counts}
+
+
+class Dictionary(SparseCoder):
     """A sparse dictionary `d_in -> d_sae -> d_out` (SAE when `kind == "sae"`, else a transcoder)."""
 
     W_skip: nn.Parameter | None
@@ -97,21 +164,13 @@ class Dictionary(nn.Module):
         if init:  # loaders pass init=False and fill every tensor themselves
             self.reset_parameters()
 
-    # ----------------------------------------------------------------- shapes and init
-    @property
-    def d_in(self) -> int:
-        """Input width."""
-        return self.cfg.d_in
+    def decoder_weights(self) -> list[Tensor]:
+        """`[W_dec]`."""
+        return [self.W_dec]
 
-    @property
-    def d_sae(self) -> int:
-        """Number of latents."""
-        return self.cfg.d_sae
-
-    @property
-    def d_out(self) -> int:
-        """Output width (`d_in` for an SAE)."""
-        return self.cfg.d_out
+    def family_views(self) -> list[tuple[Activation, Any]]:
+        """`[(activation, self)]`."""
+        return [(self.activation, self)]
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -145,10 +204,9 @@ class Dictionary(nn.Module):
         """
         x_sample = self._check_input(x_sample).to(self.b_in.dtype)
         target_sample = self._check_target(x_sample, target_sample).to(self.b_dec.dtype)
-        centre = _geometric_median if geometric_median else _mean
         if self.activation.uses_input_bias:
-            self.b_in.copy_(centre(x_sample))
-        self.b_dec.copy_(centre(target_sample))
+            self.b_in.copy_(centre(x_sample, geometric_median))
+        self.b_dec.copy_(centre(target_sample, geometric_median))
         if self.cfg.kind != "sae" and self.W_enc is not None:
             shrink_untrained_output(self, x_sample, target_sample)
         self.activation.init_from_data(self, x_sample - self.b_in)
@@ -294,41 +352,17 @@ class Dictionary(nn.Module):
             self.activation.observe(self, fo)
         loss = recon + sparsity + self.cfg.aux_k_coefficient * aux
         with torch.no_grad():
-            parts = {
-                "loss": loss.detach(),
-                "mse": mse.detach(),
-                "fvu": fvu.detach(),
-                "l0": fo.l0(),
-                "l1": fo.weighted_l1(self.W_dec.norm(dim=1)).detach(),
-                "sparsity": sparsity.detach(),
-                "aux": aux.detach(),
-                "n_dead": torch.tensor(0 if dead_mask is None else int(dead_mask.sum())),
-                "fired_counts": fo.fired_counts(),
-            }
-        return loss, parts
-
-    # ----------------------------------------------------------------- training hooks
-    def before_optimizer_step(self) -> None:
-        """Call after `backward()`, before `optimizer.step()`: under "unit" decoder norm, remove parallel grads."""
-        if self.cfg.decoder_norm == "unit":
-            self.remove_parallel_grads()
-
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        """Call after `optimizer.step()`: renormalise the decoder ("unit") and run family hooks."""
-        if self.cfg.decoder_norm == "unit":
-            self.normalize_decoder()
-        self.activation.after_step(self)
-
-    @torch.no_grad()
-    def remove_parallel_grads(self) -> None:
-        """Project out of `W_dec.grad` the component parallel to each `W_dec` row."""
-        remove_parallel_grad(self.W_dec)
-
-    @torch.no_grad()
-    def normalize_decoder(self) -> None:
-        """Rescale every `W_dec` row to unit L2 norm."""
-        normalize_rows(self.W_dec)
+            return loss, loss_parts(
+                dead_mask,
+                loss=loss,
+                mse=mse,
+                fvu=fvu,
+                l0=fo.l0(),
+                l1=fo.weighted_l1(self.W_dec.norm(dim=1)),
+                sparsity=sparsity,
+                aux=aux,
+                fired_counts=fo.fired_counts(),
+            )
 
     def decoder_norms(self) -> Tensor:
         """`||W_dec[i]||` for every latent, `[d_sae]`."""
@@ -361,10 +395,6 @@ class Dictionary(nn.Module):
                 f"target has shape {tuple(target.shape)}, expected {tuple(x.shape[:-1]) + (self.d_out,)}"
             )
         return target.to(self.W_dec.dtype)
-
-    def extra_repr(self) -> str:
-        cfg = self.cfg
-        return f"architecture={cfg.architecture}, kind={cfg.kind}, d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={self.d_out}"
 
 
 def random_unit_vectors(
@@ -417,12 +447,9 @@ def shrink_untrained_output(
         coder.b_enc.mul_(factor)
 
 
-def _mean(points: Tensor) -> Tensor:
-    return points.mean(dim=0)
-
-
-def _geometric_median(points: Tensor) -> Tensor:
-    return geometric_median(points)
+def centre(points: Tensor, geometric: bool) -> Tensor:
+    """The centre `[d]` of `points [n, d]`: the geometric median when `geometric`, else the mean."""
+    return geometric_median(points) if geometric else points.mean(dim=0)
 
 
 @torch.no_grad()

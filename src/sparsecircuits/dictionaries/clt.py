@@ -41,11 +41,10 @@ from sparsecircuits.dictionaries.activations import Activation, make_activation
 from sparsecircuits.dictionaries.activations.base import ForwardOutput
 from sparsecircuits.dictionaries.base import (
     EncoderWeights,
-    _geometric_median,
-    _mean,
-    normalize_rows,
+    SparseCoder,
+    centre,
+    loss_parts,
     random_unit_vectors,
-    remove_parallel_grad,
     shrink_untrained_output,
 )
 from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
@@ -104,7 +103,7 @@ class CLTLayer:
         return codes.feature_acts @ self.W_dec
 
 
-class CrossLayerTranscoder(nn.Module):
+class CrossLayerTranscoder(SparseCoder):
     """Cross-layer transcoder over `cfg.n_layers` layers (`kind="clt"`), any activation family."""
 
     def __init__(self, cfg: DictionaryConfig, init: bool = True) -> None:
@@ -132,21 +131,6 @@ class CrossLayerTranscoder(nn.Module):
         self.register_load_state_dict_pre_hook(_unstack_family_state)
         if init:
             self.reset_parameters()
-
-    @property
-    def d_in(self) -> int:
-        """Input width per layer."""
-        return self.cfg.d_in
-
-    @property
-    def d_sae(self) -> int:
-        """Latents per layer."""
-        return self.cfg.d_sae
-
-    @property
-    def d_out(self) -> int:
-        """Output width per layer."""
-        return self.cfg.d_out
 
     @property
     def n_layers(self) -> int:
@@ -202,10 +186,9 @@ class CrossLayerTranscoder(nn.Module):
         targets; then the untrained output is shrunk as a transcoder's is, and each layer's
         family initialises from its centred inputs."""
         x_sample, target_sample = self._check(x_sample, _required(target_sample))
-        centre = _geometric_median if geometric_median else _mean
         for layer in range(self.n_layers):
-            self.b_in[layer].copy_(centre(x_sample[:, layer]))
-            self.b_dec[layer].copy_(centre(target_sample[:, layer]))
+            self.b_in[layer].copy_(centre(x_sample[:, layer], geometric_median))
+            self.b_dec[layer].copy_(centre(target_sample[:, layer], geometric_median))
         shrink_untrained_output(self, x_sample, target_sample)
         for layer, activation in enumerate(self.family):
             activation.init_from_data(self.layer(layer), x_sample[:, layer] - self.b_in[layer])
@@ -373,46 +356,27 @@ class CrossLayerTranscoder(nn.Module):
                 activation.observe(view, layer_codes)
         loss = recon + sparsity + self.cfg.aux_k_coefficient * aux
         with torch.no_grad():
-            parts = {
-                "loss": loss.detach(),
-                "mse": mse.detach(),
-                "fvu": fvu.detach(),
-                "l0": torch.stack([c.l0() for c in codes]).sum(),
-                "l1": torch.stack(
+            return loss, loss_parts(
+                dead_mask,
+                loss=loss,
+                mse=mse,
+                fvu=fvu,
+                l0=torch.stack([c.l0() for c in codes]).sum(),
+                l1=torch.stack(
                     [c.weighted_l1(self.layer(i).decoder_norms()) for i, c in enumerate(codes)]
                 ).sum(),
-                "sparsity": sparsity.detach(),
-                "aux": aux.detach(),
-                "n_dead": torch.tensor(0 if dead_mask is None else int(dead_mask.sum())),
-                "fired_counts": torch.stack([c.fired_counts() for c in codes]),
-            }
-        return loss, parts
+                sparsity=sparsity,
+                aux=aux,
+                fired_counts=torch.stack([c.fired_counts() for c in codes]),
+            )
 
-    # ----------------------------------------------------------------- training hooks
-    def before_optimizer_step(self) -> None:
-        """Under "unit" decoder norm, remove the gradient parallel to each concatenated decoder vector."""
-        if self.cfg.decoder_norm == "unit":
-            self.remove_parallel_grads()
+    def decoder_weights(self) -> list[Tensor]:
+        """`W_dec[ℓ] [d_sae, L - ℓ, d_out]` for every layer ℓ."""
+        return list(self.W_dec)
 
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        """Under "unit" decoder norm, renormalise the concatenated decoder vectors; run family hooks."""
-        if self.cfg.decoder_norm == "unit":
-            self.normalize_decoder()
-        for layer, activation in enumerate(self.family):
-            activation.after_step(self.layer(layer))
-
-    @torch.no_grad()
-    def remove_parallel_grads(self) -> None:
-        """Project out of each `W_dec[ℓ].grad` row the component parallel to that (concatenated) row."""
-        for W_dec in self.W_dec:
-            remove_parallel_grad(W_dec)
-
-    @torch.no_grad()
-    def normalize_decoder(self) -> None:
-        """Rescale each latent's concatenated decoder vector to unit norm."""
-        for W_dec in self.W_dec:
-            normalize_rows(W_dec)
+    def family_views(self) -> list[tuple[Activation, Any]]:
+        """`(activation ℓ, layer(ℓ))` for every layer ℓ."""
+        return [(activation, self.layer(i)) for i, activation in enumerate(self.family)]
 
     def _check(self, x: Tensor, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
         expected = (self.n_layers, self.d_in)
@@ -428,10 +392,6 @@ class CrossLayerTranscoder(nn.Module):
                 f"target has shape {tuple(target.shape)}, expected {(x.shape[0], self.n_layers, self.d_out)}"
             )
         return x, target.to(self.W_enc.dtype)
-
-    def extra_repr(self) -> str:
-        cfg = self.cfg
-        return f"architecture={cfg.architecture}, n_layers={cfg.n_layers}, d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={self.d_out}"
 
 
 def _required(target: Tensor | None) -> Tensor:
