@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 import torch
 from torch import Tensor, nn
@@ -35,38 +35,14 @@ from sparsecircuits.dictionaries.kernels import to_dense
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
+    from sparsecircuits.dictionaries.base import Dictionary
+    from sparsecircuits.dictionaries.clt import CLTLayer
     from sparsecircuits.dictionaries.config import DictionaryConfig
 
 
-class Owner(Protocol):
-    """What an activation reads from the dictionary that owns it: a `Dictionary`, or one layer
-    of a cross-layer transcoder (`clt.CLTLayer`, whose `W_dec` is the layer's decoder blocks side
-    by side). `W_enc [d_in, d_sae]` and `b_enc [d_sae]` are None for tied families."""
-
-    cfg: DictionaryConfig
-
-    @property
-    def W_enc(self) -> Tensor: ...
-
-    @property
-    def b_enc(self) -> Tensor: ...
-
-    @property
-    def b_in(self) -> Tensor: ...
-
-    @property
-    def W_dec(self) -> Tensor: ...
-
-    @property
-    def d_sae(self) -> int: ...
-
-    def decoder_norms(self) -> Tensor:
-        """`||W_dec[i]||` per latent, `[d_sae]`."""
-        ...
-
-    def decode_sparse(self, values: Tensor, indices: Tensor, bias: bool = True) -> Tensor:
-        """`Σ_s values[:, s] W_dec[indices[:, s]]` (+ the owner's bias when it has one)."""
-        ...
+# What an activation reads its weights from: a `Dictionary`, or one layer of a cross-layer
+# transcoder (`CLTLayer`, whose `W_dec` is the layer's decoder blocks side by side).
+Owner = Union["Dictionary", "CLTLayer"]
 
 
 @dataclass

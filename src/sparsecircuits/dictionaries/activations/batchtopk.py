@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from sparsecircuits.dictionaries.activations.base import ForwardOutput, Owner
+from sparsecircuits.dictionaries.activations.jumprelu import JumpReLUActivation
 from sparsecircuits.dictionaries.activations.topk import TopKActivation, TopKParams
 
 if TYPE_CHECKING:
@@ -75,13 +76,7 @@ class BatchTopKActivation(TopKActivation):
             lr = self.params.threshold_lr
             self.threshold.mul_(1 - lr).add_(lr * smallest)
 
-    def saelens_architecture(self) -> str | None:
-        """Saved as JumpReLU: "jumprelu" / "jumprelu_transcoder" / "jumprelu_skip_transcoder"."""
-        return {
-            "sae": "jumprelu",
-            "transcoder": "jumprelu_transcoder",
-            "skip_transcoder": "jumprelu_skip_transcoder",
-        }[self.cfg.kind]
+    saelens_architecture = JumpReLUActivation.saelens_architecture  # saved as a JumpReLU
 
     def extra_cfg(self) -> dict[str, object]:
         """JumpReLU needs no extra cfg fields."""
