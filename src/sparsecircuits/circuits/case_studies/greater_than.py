@@ -1,33 +1,15 @@
 """Greater-than case study (Dunefsky et al. 2024 §5.2; Hanna et al. 2023) on a model with transcoders.
 
-On held-out prompts "The {noun} lasted from the year XXYY to the year XX" the metric is the
-probability difference PD = Σ_{y>YY} p(y) − Σ_{y≤YY} p(y) over the 100 two-digit tokens. The
-study
-
-1. measures PD for the model and for the pure replacement (every transcoder, no error terms);
-2. attributes the linearised PD (its gradient direction in logit space) to every transcoder
-   feature, attention head and error term with attention, norms and errors frozen and features
-   following their pre-activations ("linear" mode), averaged over prompts;
-3. ablates the 10 most important features (zero activation, live model) and 10 random active
-   ones, reporting the fraction of clean PD removed;
-4. checks attribution against intervention for the top nodes (frozen: exact; live: correlation);
-5. describes the top features (de-embeddings, output logits, top activating held-out examples,
-   activation against the start year) and heads (source positions, OV de-embedding);
-6. compares features with neurons at the most important layer: keep the top-k (by variance over
-   prompts) transcoder features or MLP neurons at the answer position and mean-ablate the rest;
-7. runs the greedy path search on one prompt and saves its graph.
-
-`run_greater_than(cfg, out)` runs these steps in order (one function each) and writes
-summary.json, report.md and PNG plots to `out` (`greater_than_report.py` writes the last three).
-`greater_than_target` is the study's target: the linearised PD or the mean logit difference.
-"""
+`run_greater_than` runs the steps (one function each: PD, attribution, ablations, attribution vs
+intervention, feature and head descriptions, features vs neurons, path search) and writes the
+summary, report and plots (docs/architecture.md, "circuits")."""
 
 from __future__ import annotations
 
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -93,9 +75,6 @@ class GreaterThanConfig:
     device: str | None = None
 
 
-# ---------------------------------------------------------------------------- target
-
-
 def greater_than_target(
     model: ReplacementModel,
     state: ReplacementState,
@@ -126,24 +105,15 @@ def greater_than_target(
             year_logits * earlier
         ).sum(-1) / earlier.sum(-1).clamp_min(1)
 
-    if kind == "prob_diff":
-        return metric_gradient_target(
-            model, state, prob_diff, "greater-than prob. diff. (linearised)", last_pos
+    metrics = {
+        "prob_diff": (prob_diff, "greater-than prob. diff. (linearised)"),
+        "logit_diff": (logit_diff, "greater-than mean logit diff. (later - earlier years)"),
+    }
+    if kind not in metrics:
+        raise SparseCircuitsError(
+            f'greater-than target kind must be "prob_diff" or "logit_diff", got {kind!r}'
         )
-    if kind == "logit_diff":
-        return metric_gradient_target(
-            model,
-            state,
-            logit_diff,
-            "greater-than mean logit diff. (later - earlier years)",
-            last_pos,
-        )
-    raise SparseCircuitsError(
-        f'greater-than target kind must be "prob_diff" or "logit_diff", got {kind!r}'
-    )
-
-
-# ---------------------------------------------------------------------------- helpers
+    return metric_gradient_target(model, state, *metrics[kind], last_pos)
 
 
 def _prompts(adapter: ModelAdapter, n: int, seed: int) -> TaskPrompts:
@@ -197,9 +167,6 @@ def _token(adapter: ModelAdapter, token_id: int) -> str:
     return adapter.tokenizer.decode([int(token_id)])
 
 
-# ---------------------------------------------------------------------------- interventions
-
-
 def _drop_fraction(
     model: ReplacementModel,
     state: ReplacementState,
@@ -211,13 +178,23 @@ def _drop_fraction(
     return (pd_clean - pd) / pd_clean
 
 
+def _active_features(state: ReplacementState, prompt: int | None) -> list[tuple[int, int, int]]:
+    """`(layer, pos, feature)` active in `prompt` (None: in any prompt), BOS excluded."""
+    return [
+        (layer, p + 1, f)
+        for layer, acts in state.feature_acts.items()
+        for p, f in (acts[:, 1:] if prompt is None else acts[prompt, 1:][None])
+        .ne(0)
+        .any(0)
+        .nonzero()
+        .tolist()
+    ]
+
+
 def _random_active_features(
     state: ReplacementState, n: int, rng: random.Random
 ) -> list[FeatureNode]:
-    candidates: list[tuple[int, int, int]] = []
-    for layer, acts in state.feature_acts.items():
-        active = (acts[:, 1:] != 0).any(0).nonzero()  # [m, 2] (pos - 1, feature); BOS excluded
-        candidates += [(layer, int(p) + 1, int(f)) for p, f in active.tolist()]
+    candidates = _active_features(state, None)
     if len(candidates) < n:
         raise SparseCircuitsError(
             f"only {len(candidates)} active features on these prompts; need {n}"
@@ -239,11 +216,7 @@ def _per_prompt_random_edits(state: ReplacementState, k: int, rng: random.Random
     """Zero, in each prompt, `k` of its active features (BOS excluded) drawn uniformly."""
     edits: list[FeatureEdit] = []
     for prompt in range(state.n_prompts):
-        candidates = [
-            (layer, int(p) + 1, int(f))
-            for layer, acts in state.feature_acts.items()
-            for p, f in (acts[prompt, 1:] != 0).nonzero().tolist()
-        ]
+        candidates = _active_features(state, prompt)
         for layer, pos, feature in rng.sample(candidates, min(k, len(candidates))):
             edits.append(FeatureEdit(layer, pos, feature, batch=prompt))
     return Edits(features=edits)
@@ -293,45 +266,23 @@ def _node_checks(
     }
 
 
-# ---------------------------------------------------------------------------- features vs neurons
-
-
-def _mlp_out_proj(adapter: ModelAdapter, layer: int) -> torch.nn.Module:
-    """The MLP's output projection at `layer`; its input is the neuron activations."""
-    return adapter.blocks[layer].get_submodule(adapter.spec.mlp_out_proj)
-
-
 @torch.no_grad()
-def _neuron_acts(adapter: ModelAdapter, input_ids: Tensor, layer: int, last: int) -> Tensor:
-    seen: dict[str, Tensor] = {}
+def _with_neurons(
+    adapter: ModelAdapter, input_ids: Tensor, layer: int, hook: Callable[[Tensor], Tensor | None]
+) -> Tensor:
+    """Logits of `input_ids` with `hook` run on (and, if it returns a tensor, replacing) the
+    neuron activations of `layer` (the input of the MLP's output projection)."""
 
-    def grab(_module: torch.nn.Module, args: tuple) -> None:
-        seen["h"] = args[0][:, last].detach().clone()
+    def pre_hook(_module: torch.nn.Module, args: tuple) -> tuple | None:
+        hidden = hook(args[0])
+        return None if hidden is None else (hidden, *args[1:])
 
-    handle = _mlp_out_proj(adapter, layer).register_forward_pre_hook(grab)
+    proj = adapter.blocks[layer].get_submodule(adapter.spec.mlp_out_proj)
+    handle = proj.register_forward_pre_hook(pre_hook)
     try:
-        adapter.forward(input_ids)
+        return adapter.forward(input_ids)
     finally:
         handle.remove()
-    return seen["h"].float()
-
-
-@torch.no_grad()
-def _pd_keep_neurons(
-    adapter: ModelAdapter, prompts: TaskPrompts, layer: int, last: int, keep: Tensor, mean: Tensor
-) -> float:
-    def replace(_module: torch.nn.Module, args: tuple) -> tuple:
-        hidden = args[0].clone()
-        at_last = hidden[:, last]
-        hidden[:, last] = torch.where(keep, at_last, mean.to(at_last.dtype))
-        return (hidden, *args[1:])
-
-    handle = _mlp_out_proj(adapter, layer).register_forward_pre_hook(replace)
-    try:
-        logits = adapter.forward(prompts.input_ids)
-    finally:
-        handle.remove()
-    return float(_pd(logits, prompts).mean())
 
 
 def features_vs_neurons(
@@ -347,7 +298,11 @@ def features_vs_neurons(
     pd_clean = float(_pd(state.logits, prompts).mean())
     acts = state.feature_acts[layer][:, last]
     f_mean, f_order = acts.mean(0), torch.argsort(acts.var(0), descending=True)
-    neurons = _neuron_acts(model.adapter, prompts.input_ids, layer, last)
+    seen: list[Tensor] = []
+    _with_neurons(
+        model.adapter, prompts.input_ids, layer, lambda h: seen.append(h[:, last].clone())
+    )
+    neurons = seen[0].float()
     n_mean, n_order = neurons.mean(0), torch.argsort(neurons.var(0), descending=True)
     results: dict[int, dict[str, float]] = {}
     for k in range(1, max_k + 1):
@@ -363,12 +318,16 @@ def features_vs_neurons(
         pd_f = float(_pd(model.forward_with(state, edits, freeze=False), prompts).mean())
         keep_n = torch.zeros_like(n_mean, dtype=torch.bool)
         keep_n[n_order[:k]] = True
-        pd_n = _pd_keep_neurons(model.adapter, prompts, layer, last, keep_n, n_mean)
+
+        def keep_neurons(hidden: Tensor, keep: Tensor = keep_n) -> Tensor:
+            hidden = hidden.clone()
+            hidden[:, last] = torch.where(keep, hidden[:, last], n_mean.to(hidden.dtype))
+            return hidden
+
+        logits = _with_neurons(model.adapter, prompts.input_ids, layer, keep_neurons)
+        pd_n = float(_pd(logits, prompts).mean())
         results[k] = {"features": pd_f / pd_clean, "neurons": pd_n / pd_clean}
     return results
-
-
-# ---------------------------------------------------------------------------- descriptions
 
 
 @torch.no_grad()
@@ -442,11 +401,6 @@ def _head_source_features(
         }
         for node, value in ranked
     ]
-
-
-# ---------------------------------------------------------------------------- the steps
-# Steps 1, 3, 4, 6 and 7 return their entries of the summary (summary.json) in the order they are
-# saved; step 2 returns what the later steps need; step 5 returns the rows of its two entries.
 
 
 @dataclass
@@ -693,9 +647,6 @@ def _search_paths(
     plot_graph(graph, out / "graph.png", tokens=tokens, n_layers=model.n_layers)
     check = verify_graph(model, state, target, graph, top_n=10)
     return {"graph_verification": check.to_dict(), "top_paths": path_strings(result, 15)}
-
-
-# ---------------------------------------------------------------------------- main entry
 
 
 def run_greater_than(
