@@ -365,10 +365,7 @@ def plot_graph(
 ) -> Path:
     """Draw the graph as a PNG: x = token position, y = layer (attention 2L, MLP 2L+1), error nodes
     beside their parent; edge width ∝ |weight|, blue positive, red negative. Returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sparsecircuits.evaluation.plots import saved_figure
 
     n_layers = n_layers or int(
         graph.meta.get("n_layers", 1 + max((n.layer or 0) for n in graph.nodes.values()))
@@ -377,18 +374,14 @@ def plot_graph(
         (n for n in graph.nodes.values() if n.parent is None), key=lambda n: -abs(n.contrib)
     )
     coords, centres, width = _layout(graph, main, tokens, n_layers)
-    fig, ax = plt.subplots(figsize=(min(40.0, max(8.0, 0.9 * width)), 1.0 * (2 * n_layers + 3)))
-    _draw_edges(ax, graph, coords)
-    _draw_nodes(ax, graph, coords, labelled={n.key for n in main[:max_labels]})
-    _label_axes(ax, n_layers, centres, tokens)
-    ax.set_title(f"paths to {graph.meta.get('target', 'target')}", fontsize=9)
-    ax.grid(alpha=0.2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    size = (min(40.0, max(8.0, 0.9 * width)), 1.0 * (2 * n_layers + 3))
+    with saved_figure(path, figsize=size, dpi=110) as (_, ax):
+        _draw_edges(ax, graph, coords)
+        _draw_nodes(ax, graph, coords, labelled={n.key for n in main[:max_labels]})
+        _label_axes(ax, n_layers, centres, tokens)
+        ax.set_title(f"paths to {graph.meta.get('target', 'target')}", fontsize=9)
+        ax.grid(alpha=0.2)
+    return Path(path)
 
 
 def _layout(
