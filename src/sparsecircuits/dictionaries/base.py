@@ -53,7 +53,7 @@ from sparsecircuits.errors import SparseCircuitsError
 if TYPE_CHECKING:
     from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
 
-__all__ = ["Dictionary", "EncoderWeights", "ForwardOutput", "SparseCoder", "geometric_median"]
+__all__ = ["CoderBase", "Dictionary", "EncoderWeights", "ForwardOutput", "geometric_median"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class EncoderWeights:
     b_in: Tensor
 
 
-class SparseCoder(nn.Module):
+class CoderBase(nn.Module):
     """What `Dictionary` and `CrossLayerTranscoder` share: the widths, the decoder-norm policy
     and its training hooks (a CLT latent's decoder row is its concatenated decoder vectors)."""
 
@@ -135,7 +135,7 @@ def loss_parts(dead_mask: Tensor | None, **parts: Tensor) -> dict[str, Tensor]:
     return out | {"n_dead": n_dead, "fired_counts": fired_counts}
 
 
-class Dictionary(SparseCoder):
+class Dictionary(CoderBase):
     """A sparse dictionary `d_in -> d_sae -> d_out` (SAE when `kind == "sae"`, else a transcoder)."""
 
     W_skip: nn.Parameter | None

@@ -40,8 +40,8 @@ from sparsecircuits.dictionaries import kernels
 from sparsecircuits.dictionaries.activations import Activation, make_activation
 from sparsecircuits.dictionaries.activations.base import ForwardOutput
 from sparsecircuits.dictionaries.base import (
+    CoderBase,
     EncoderWeights,
-    SparseCoder,
     centre,
     loss_parts,
     random_unit_vectors,
@@ -103,7 +103,7 @@ class CLTLayer:
         return codes.feature_acts @ self.W_dec
 
 
-class CrossLayerTranscoder(SparseCoder):
+class CrossLayerTranscoder(CoderBase):
     """Cross-layer transcoder over `cfg.n_layers` layers (`kind="clt"`), any activation family."""
 
     def __init__(self, cfg: DictionaryConfig, init: bool = True) -> None:
