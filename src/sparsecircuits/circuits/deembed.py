@@ -1,19 +1,5 @@
-"""Input-invariant views of transcoder features: connections, de-embeddings, output logits.
-
-These are the paper's input-invariant factors (Dunefsky et al. 2024, §3.2): the dot product
-`f_dec^{(l',i')} · f_enc^{(l,i)}` between an earlier feature's decoder row and a later feature's
-encoder column (directly, or through a head's OV circuit `W_V^h W_O^h`), the de-embedding
-`W_E f_enc` (which tokens drive a feature directly) and the logit effect `f_dec W_U`.
-
-For a cross-layer transcoder `f_dec` is the sum of the feature's decoder blocks into the MLPs
-that write before the reader (all of them for the logits; see `ReplacementModel.decoder_vectors`).
-
-Norms are folded as the model applies them, without their input-dependent scale: an encoder
-column reading `hook_mlp_in` is multiplied by the ln2 gain (and centred for LayerNorm) to
-give its residual-stream direction; a head's OV is preceded by the ln1 gain (and centring);
-the unembedding by the final norm's gain (and centring). Positional embeddings are left out
-of de-embeddings, as in the paper.
-"""
+"""Input-invariant views of transcoder features: connections, de-embeddings, output logits
+(Dunefsky et al. 2024 §3.2; norm folding in docs/internals.md)."""
 
 from __future__ import annotations
 

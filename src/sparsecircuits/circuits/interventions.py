@@ -1,23 +1,5 @@
-"""Feature interventions on the replacement model: ablate, scale or set transcoder features.
-
-An intervention is a `FeatureEdit(layer, pos, feature, mode, value)` (`edits.py`) with a mode:
-
-* `"set"`: the feature's activation becomes `value`;
-* `"scale"`: it is multiplied by `value`;
-* `"ablate"`: it becomes 0.
-
-`pos` indexes the prompt (negative counts from its end); None means every position,
-generated tokens included. The viewer sends them as JSON `{layer, position, feature, mode,
-value}` (`InterventionEngine`). By default effects propagate (`freeze=False`: attention, norms and
-downstream transcoder features are recomputed; error terms stay at their clean values). With
-`freeze=True` attention patterns, norm denominators and all other features stay at their clean
-values, so the change in the logits is the intervention's *direct* effect — the quantity the
-attribution-graph edges into logits measure.
-
-    result = intervene(rm, "The war lasted from 1732 to 17", [FeatureEdit(2, 5, 113, "ablate")],
-                       n_tokens=5)
-    result.top[0].token, result.continuation
-"""
+"""Feature interventions on the replacement model: ablate, scale or set transcoder features
+(modes and frozen/live propagation in docs/internals.md)."""
 
 from __future__ import annotations
 

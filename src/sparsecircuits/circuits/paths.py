@@ -1,17 +1,5 @@
-"""The paper's greedy path search and path -> graph merge (Dunefsky et al. 2024, App. D.5, Alg. 1-2).
-
-`search_paths` starts from a target's frozen-norm vector and, for `num_iters` rounds, expands
-every current path's newest node by its top `num_branches` one-hop contributors (transcoder
-features at the same position, attention heads × source positions, the embedding), then keeps
-the `num_branches` best new paths overall, ranked by the newest node's contribution. A node's
-contribution along a path is its share of the target (`act × W_dec·v` for a feature, `pattern ×
-value W_O·v` for a head, `embed·v` for the embedding), so the children of an expanded node plus
-its error, bias and pruning terms sum to the node's own contribution.
-
-`paths_to_graph` merges the paths into a graph whose edges sum contributions over distinct path
-prefixes, and adds per-node error children: `err` (transcoder errors and MLPs without a
-transcoder), `bias` (biases and constants) and `prune` (what the kept children miss).
-"""
+"""The paper's greedy path search and path -> graph merge (Dunefsky et al. 2024, App. D.5,
+Alg. 1-2; docs/internals.md)."""
 
 from __future__ import annotations
 

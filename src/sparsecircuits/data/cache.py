@@ -1,16 +1,5 @@
-"""Disk cache of activations: harvest once, train many dictionaries (sweeps) from it.
-
-Layout of a cache folder::
-
-    manifest.json               written last; its presence marks a complete harvest
-    shard_00000.safetensors     one tensor per hook [rows, d] and "_token_ids" [rows] (int32)
-    shard_00001.safetensors
-    ...
-
-Rows are in stream order (context by context, BOS rows dropped when ``exclude_bos``), so a
-row can be traced back to its token; the `ActivationStore` reading the cache shuffles them
-with the same buffer scheme, batches and resume API as when it runs the model.
-"""
+"""Disk cache of activations: harvest once, train many dictionaries (sweeps) from it (folder layout
+in docs/internals.md)."""
 
 from __future__ import annotations
 

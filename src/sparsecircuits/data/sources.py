@@ -1,19 +1,5 @@
-"""Text sources: where the documents that feed harvesting come from.
-
-Every source has `iter_texts() -> Iterator[str]`, yields one document per item in a fixed,
-deterministic order (files sorted by path, datasets in stored order), skips empty documents,
-and raises `SparseCircuitsError` when it yields no text at all. Being deterministic and
-re-iterable is what lets `ActivationStore` resume at an exact data position.
-
-File formats (`FileSource`):
-
-* ``.txt``: the whole file is one document, or one document per blank-line-separated
-  paragraph with ``split="paragraph"``.
-* ``.jsonl``: one JSON object per line; the document is the ``text_field`` value.
-* ``.parquet``: the ``text_field`` column, read in record batches (never the whole file).
-
-Each may be gzip-compressed (``.txt.gz``, ``.jsonl.gz``).
-"""
+"""Text sources: where the documents that feed harvesting come from (deterministic, re-iterable;
+formats in docs/internals.md)."""
 
 from __future__ import annotations
 

@@ -1,35 +1,5 @@
-"""ActivationStore: shuffled training batches of model activations, resumable exactly.
-
-How batches are made
---------------------
-The store keeps one preallocated buffer per hook, ``[capacity, d]``, and works in *fills*:
-
-1. A fill runs the model over the next whole contexts of the stream (``contexts_per_forward``
-   at a time, ``run_with_cache(..., stop_after_last=True)`` under ``torch.no_grad``), drops
-   the BOS row of each context when ``exclude_bos``, and writes the rows straight into the
-   buffers (no ``torch.cat``). ``capacity = (buffer_tokens // rows_per_context) *
-   rows_per_context`` with ``rows_per_context = context_size - exclude_bos``.
-2. The fill's rows are permuted by a generator seeded from ``(seed, fill_index)``; one
-   permutation is shared by every hook, so row i of ``mlp_in`` and row i of ``mlp_out`` in a
-   batch always come from the same token.
-3. Batches of ``batch_tokens`` rows are gathered through the permutation until the fill is
-   used up; a batch that straddles two fills takes the old fill's last rows and the new
-   fill's first ones. Every batch is thus a uniform draw from ~``buffer_tokens /
-   context_size`` contexts.
-
-This *full-refill* scheme (rather than SAELens' keep-half mixing buffer) was chosen because it
-makes exact resume cheap: a fill is a pure function of (stream position at its start,
-fill_index, seed), so `state_dict()` is four integers plus a config fingerprint, JSON-ready,
-and `load_state_dict()` replays at most one fill's forward passes. Nothing large goes into a
-checkpoint. When the stream runs out, the rows left over after the last full batch are dropped
-and `next_batch` raises `StopIteration`.
-
-Memory
-------
-``memory_bytes() = capacity * sum(hook dims) * bytes per element``
-(at most ``buffer_tokens * sum(dims) * 4`` in float32), plus transient tensors the size of one
-model forward's activations and one output batch.
-"""
+"""ActivationStore: shuffled training batches of model activations, resumable exactly (the fill
+scheme and its memory in docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -289,7 +259,7 @@ class ActivationStore:
     for resume; a plain iterator of LongTensors ``[context_size]`` or ``[n, context_size]``
     works too) or a `CachedActivationSource` (then `adapter` may be None). With
     ``cfg.cache_dir`` set the store reads that disk cache and ignores `contexts`.
-    See the module docstring for the buffer scheme and memory bound.
+    See docs/internals.md for the buffer scheme and memory bound.
 
     Iterating the store yields batches until the data runs out.
     """

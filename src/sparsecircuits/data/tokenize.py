@@ -1,20 +1,5 @@
-"""Tokenize documents and pack them into fixed-length contexts.
-
-Packing policy (the SAELens default, also what the transcoder paper trained on):
-
-* Documents are tokenized without special tokens, in batches (one fast-tokenizer call per
-  batch), and concatenated with one EOS token after every document.
-* The stream is cut into pieces of ``context_size - 1`` tokens and every context starts
-  with BOS, so each context is exactly ``context_size`` long with BOS at position 0. With
-  ``prepend_bos=False`` the pieces are ``context_size`` long and no BOS is added.
-* No token is lost between contexts: the contexts without their BOS, concatenated, are a
-  prefix of the token stream. Only the final piece shorter than a context is dropped.
-* BOS follows the one rule of ``models.tokens.bos_token_id`` (the tokenizer's BOS, else the
-  model config's, else EOS: GPT-2 and Qwen have no BOS); EOS falls back to BOS likewise.
-
-BOS positions have outlier norms (attention sinks), so `ActivationStore` drops position 0 of
-every context from training activations by default (`ActivationStoreConfig.exclude_bos`).
-"""
+"""Tokenize documents and pack them into fixed-length contexts (packing and BOS policy in
+docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -102,8 +87,8 @@ def pack_tokens(
     name: str = "source",
     model_config: Any = None,
 ) -> Iterator[Tensor]:
-    """Return an iterator of packed contexts, each a LongTensor ``[context_size]`` (see the
-    module docstring).
+    """Return an iterator of packed contexts, each a LongTensor ``[context_size]``
+    (docs/internals.md).
 
     `max_context` is the model's maximum context; a longer `context_size` raises
     `SparseCircuitsError` right away. The iterator raises `SparseCircuitsError` at exhaustion

@@ -1,39 +1,5 @@
-"""`Dictionary`: the weights, decoding, reconstruction loss and training hooks shared by every family.
-
-Parameters (SAELens orientation):
-
-* `W_enc [d_in, d_sae]`, `b_enc [d_sae]`: encoder; `b_in [d_in]` is an input bias subtracted
-  before encoding (the input centring of Bricken et al. / the transcoder paper's pre-bias, kept
-  separate from the output bias so SAEs and transcoders share one shape). It is redundant with
-  `b_enc` (`b_enc' = b_enc - b_in @ W_enc`), and `io.save_dictionary` folds it that way for
-  SAELens, which has no input bias.
-* `W_dec [d_sae, d_out]`, `b_dec [d_out]`: decoder and output bias.
-* `W_skip [d_out, d_in]` (skip transcoders only, zero init): `out += x @ W_skip.T` on the raw x.
-
-Initialisation (seeded by `cfg.seed`, drawn on the CPU so every device gets the same numbers):
-`W_dec` rows are random unit vectors times `cfg.decoder_init_norm`; an SAE's encoder is the
-decoder's transpose (sparsify / Anthropic), a transcoder's encoder is an independent random
-matrix with columns of the same norm (its input and output spaces differ). Biases start at zero;
-call `init_biases_from_data` before training.
-
-Decoder norm policy (`cfg.decoder_norm`): "unit" (TopK family) keeps every `W_dec` row at unit
-norm — the trainer calls `before_optimizer_step()` (removes the gradient component parallel to
-each row) and `after_optimizer_step()` (renormalises); "free" (ReLU) leaves norms to the loss,
-whose L1 is weighted by them.
-
-Trainer contract, per step (identical for `CrossLayerTranscoder`, with a layer axis)::
-
-    x, target = dictionary.inputs_from(batch)                      # batch: {hook: [n, d]}
-    loss, parts = dictionary.loss(x, target, dead_mask=dead_mask)  # dead_mask: bool [d_sae]
-    loss.backward()
-    dictionary.before_optimizer_step()
-    optimizer.step()
-    dictionary.after_optimizer_step()
-
-`parts` holds detached 0-dim tensors `loss, mse, fvu, l0, l1, sparsity, aux, n_dead` and one
-vector, `fired_counts` (int64 `[d_sae]`, tokens of this batch in which each latent fired), which
-the trainer uses to keep its tokens-since-fired counter and hence `dead_mask`.
-"""
+"""`Dictionary`: the weights, decoding, reconstruction loss and training hooks shared by every family
+(parameters, initialisation and the trainer contract in docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -174,7 +140,7 @@ class Dictionary(CoderBase):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Re-draw the weights from `cfg.seed` (see module docstring) and zero the biases."""
+        """Re-draw the weights from `cfg.seed` (docs/internals.md) and zero the biases."""
         cfg = self.cfg
         generator = torch.Generator().manual_seed(cfg.seed)
         norm = float(cfg.decoder_init_norm or 1.0)

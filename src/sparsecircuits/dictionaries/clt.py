@@ -1,32 +1,5 @@
-"""`CrossLayerTranscoder` (Ameisen, Lindsey et al. 2025, "Circuit Tracing").
-
-Layer-ℓ latents read that layer's MLP input and write to the MLP outputs of layer ℓ and every
-later layer:
-
-    a_ℓ = σ_ℓ((x_ℓ - b_in,ℓ) W_enc,ℓ + b_enc,ℓ)
-    ŷ_t = Σ_{ℓ <= t} a_ℓ W_dec,ℓ[:, t - ℓ] + b_dec,t
-
-Shapes: `W_enc [L, d_in, d_sae]`, `b_enc [L, d_sae]`, `b_in [L, d_in]`, `b_dec [L, d_out]`, and
-one decoder per source layer, `W_dec[ℓ] [d_sae, L - ℓ, d_out]` (only the causal blocks are
-stored).
-
-σ_ℓ is any activation family a `Dictionary` has (`cfg.architecture`), one `Activation` module
-per layer (`activations[ℓ]`, holding that layer's family state such as JumpReLU thresholds).
-Each sees its layer through `CLTLayer`, which has the attributes a `Dictionary` gives its
-activation, with the layer's decoder blocks concatenated into one `[d_sae, (L - ℓ) d_out]`
-matrix. So a latent's decoder norm is the norm of its *concatenated* decoder vectors (over all
-layers it writes to), which weights the sparsity penalties and is kept at unit norm under
-`decoder_norm="unit"`; TopK runs on the same sparse kernels; AuxK regresses the residual of
-every output the layer writes. The loss is the `Dictionary` loss with a layer axis: `fvu`
-averages the per-layer FVUs, `mse` sums the per-layer MSEs, penalties sum over layers.
-
-It follows the `Dictionary` trainer contract with a layer axis: `x [n, L, d_in]`, `target
-[n, L, d_out]`, `dead_mask [L, d_sae]`, `feature_acts [n, L, d_sae]`. `inputs_from(batch)` stacks
-the per-layer hook activations (`cfg.layer_hooks()`). As a transcoder set (`transcoders.py`) its
-layers are the model layers its hooks name. With `n_layers == 1` it computes exactly a per-layer transcoder. SAELens has
-no CLT format: saved as the extension "clt_<architecture>" (full state in
-`sae_weights.safetensors`, family state stacked over layers, e.g. `log_threshold [L, d_sae]`).
-"""
+"""`CrossLayerTranscoder` (Ameisen, Lindsey et al. 2025, "Circuit Tracing"): layer-ℓ latents write
+every output t >= ℓ, with any activation family (docs/internals.md)."""
 
 from __future__ import annotations
 

@@ -1,39 +1,5 @@
-"""Sparse TopK encode/decode kernels (the training hot path), with dense references.
-
-A TopK dictionary touches only `k` of its `d_sae` latents per token, so after the one dense
-encoder GEMM every other step can work on `(values [n, k], indices [n, k])` pairs:
-
-* `topk_encode` runs `pre_acts = (x_in @ W_enc + b_enc)` without autograd, selects the top k
-  (and, for AuxK, the top `aux_k` among dead latents) and saves only `x_in`, `W_enc` and the
-  selected values and indices. Its backward scatters the `[n, k]` gradient through the selected columns only, with
-  `embedding_bag`: `grad_x = Σ_s g[:, s] W_enc[:, idx[:, s]]` is an embedding-bag forward over
-  `W_enc.T`, and `grad_W_enc` is the same sparse pattern's transpose times `x_in`
-  (`_scatter_outer`, a COO sparse-dense matmul).
-  Cost O(n·k·d_in) instead of two dense O(n·d_sae·d_in) GEMMs (sparsify's fused encoder idea).
-  Unlike sparsify's fused encoder, the AuxK selection goes through the same function, so the
-  auxiliary loss also trains the encoder.
-* `sparse_decode` is `embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")`
-  with a custom backward: `grad_values` by gathered row·grad dot products, `grad_W_dec` by a COO
-  sparse-dense matmul (`_scatter_outer`), both O(n·k·d_out).
-
-`topk_encode_dense` / `dense_decode` are the plain-autograd references that tests compare
-against (same forward bits, hence the same indices; gradients equal to rounding); inside
-`with dense_reference():` a whole dictionary runs on them.
-
-On CPU the row top-k and the gather-dot rescoring run as numba kernels (`cpu_topk`); the torch
-ops here (`blocked_topk`, `_gather_dot_torch`) take the shapes and devices those do not.
-
-**Verified low-precision selection** (`set_topk_selection`, or the environment variable
-`SPARSECIRCUITS_TOPK_SELECTION`; on by default where it pays: CPUs with native bf16 matmuls,
-`d_sae >= 4096` and `k <= 64`). The top-k *selection* runs on a bf16 GEMM (2.5-3x the fp32
-GEMM's speed on AVX-512-BF16/AMX cores), keeping `k + margin` candidates per row; their
-pre-activations are recomputed in fp32 (gather-dot, O(n·(k+margin)·d_in)) and the top k taken
-among them. A rigorous rounding bound then checks each row: if the k-th exact value exceeds the
-largest value any non-candidate can have (`last candidate's bf16 score + bound`), the row's
-top-k is exactly the fp32 one; rows that fail (near-ties, rare) are recomputed in fp32. So the
-result is the fp32 top-k, not an approximation; values agree with the dense reference to fp32
-rounding (another summation order), indices except where two pre-activations tie to ~1e-6.
-"""
+"""Sparse TopK encode/decode kernels (the training hot path), with dense references and the
+verified bf16 selection (docs/internals.md, docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -74,7 +40,7 @@ def set_topk_selection(mode: str) -> str:
     """Set how TopK encoders select (`auto` | `fp32` | `bf16`); returns the previous mode.
 
     `fp32`: top-k of the fp32 pre-activations. `bf16`: verified bf16 candidate selection
-    (module docstring) wherever the inputs are fp32 on a CPU. `auto` (default, also from the
+    (docs/internals.md) wherever the inputs are fp32 on a CPU. `auto` (default, also from the
     environment variable `SPARSECIRCUITS_TOPK_SELECTION`): `bf16` where the CPU has native bf16
     matmuls, `d_sae >= 4096` and `k <= 64`, else `fp32`. All modes give the same top-k.
     """
@@ -154,7 +120,7 @@ def _gather_dot_torch(table: Tensor, indices: Tensor, rows: Tensor) -> Tensor:
 
 
 class _Bf16Selector:
-    """Verified bf16 top-k selection for one encoder call (see the module docstring)."""
+    """Verified bf16 top-k selection for one encoder call (docs/internals.md)."""
 
     U = 2.0**-8  # bf16 unit roundoff
 

@@ -1,17 +1,5 @@
-"""Feature dashboards for every latent of one or more dictionaries, from ONE pass over a dataset.
-
-Per latent: the top activating examples (a context window around the token, with the latent's
-activation on every window token), a uniform random sample of its activating tokens (grouped into
-activation quantiles when shown), a histogram of log10 activation, firing density, mean and
-max activation, and two weight-based views — output logits (`W_dec` through the final norm's gain
-and `W_U`, for dictionaries writing to the residual stream) and de-embeddings (`W_E` through the
-input hook's norm, then `W_enc`).
-
-The hot path keeps fixed-size tensors per dictionary and updates them per batch with one
-`torch.topk` over the batch's candidates concatenated with the kept ones: no Python loop runs
-over latents. The random sample uses the same update with random priority keys (priority
-sampling: the k largest of i.i.d. uniform keys over the active tokens is a uniform sample).
-"""
+"""Feature dashboards for every latent of one or more dictionaries, from ONE pass over a dataset
+(what a dashboard holds in docs/internals.md)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""Dashboards on disk: one `index.json` plus one safetensors file per dictionary.
-
-    DIR/index.json                 {"format", "version", "dictionaries": {name: info}, "tokens": {id: text}}
-    DIR/<file>.safetensors         the `FeatureDashboards` tensors of one dictionary, rows = latents
-
-`DashboardStore` reads single latents lazily (safetensors slices), so a viewer can open
-dictionaries of any width without loading them, and turns a latent into the JSON the viewer shows
-(close to Anthropic's feature format: `examples_quantiles`, `top_logits`, `act_max`, ...).
-"""
+"""Dashboards on disk: one `index.json` plus one safetensors file per dictionary, read latent by
+latent (docs/internals.md)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,5 @@
-"""Docstring task (Heimersheim & Janiak 2023): predict the next parameter name in a docstring.
-
-    def {method}(self, {p1}, {p2}, {a}, {b}, {c}, {s1}):
-        \"\"\"{Desc words.}
-
-        :param {a}: {w} {w}
-        :param {b}: {w} {w}
-        :param                       -> " {c}"
-
-Shape follows the ACDC defaults (2 undocumented prefix args, 3 matching args, 1 suffix arg).
-Held-out evaluation uses parameter names the docstring training generator never emits.
-"""
+"""Docstring task (Heimersheim & Janiak 2023): predict the next parameter name in a docstring
+(prompt shape in docs/internals.md)."""
 
 from __future__ import annotations
 

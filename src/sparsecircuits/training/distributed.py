@@ -1,32 +1,5 @@
-"""Data-parallel training over several processes (torchrun + torch.distributed).
-
-    torchrun --nproc_per_node 2 -m sparsecircuits.pipelines.distributed --config run.yaml
-
-Every rank holds a full copy of every dictionary and its optimiser. Per step:
-
-* **harvest, sharded**: rank r runs the model on contexts r, r + W, r + 2W, ... of the stream
-  (`ShardedContexts`, W = world size) with its own shuffle buffer, and serves batches of
-  `batch_tokens / W` rows, so one step still trains on `batch_tokens` tokens in all;
-* **gradients averaged**: after `loss.backward()` the trainer calls its `reduce_gradients`
-  hook, which `DistributedTrainer` fills with one flat all-reduce (average) of all the
-  dictionary's gradients, before the dictionary's own `before_optimizer_step`. Every rank then takes the same Adam step and the replicas stay identical without a
-  broadcast (the weights start identical: they are drawn from the config's seed, and rank 0's
-  copy is broadcast once to be sure);
-* **statistics global**: the data-dependent initialisation (bias centres, the transcoder
-  encoder rescale) runs on the all-gathered first batch, so it equals one process's; the
-  tokens-since-fired counters count all ranks' tokens and a latent counts as fired if it fired
-  on any rank, so dead-latent masks (AuxK) agree everywhere; floating-point buffers a family
-  updates from data (BatchTopK's threshold EMA) are averaged over ranks after every step;
-* **one writer**: rank 0 alone writes checkpoints, logs and final dictionaries; the others wait
-  at a barrier. A stop signal on any rank stops all of them at the same step.
-
-With `recon_loss="mse"` (ReLU/JumpReLU default, or set it) and no AuxK term this is exactly
-single-process training on the concatenated batches. Where it is not: the TopK default
-`"fvu"` and the AuxK loss divide each rank's squared error by its own shard's variance (as
-sparsify's DDP does), which differs from the global value only in that denominator; BatchTopK
-selects its top k·batch within each rank's shard and its threshold is the mean of the ranks'
-EMAs.
-"""
+"""Data-parallel training over several processes (torchrun + torch.distributed; what is sharded,
+averaged and global in docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -185,7 +158,7 @@ def broadcast_parameters(dictionary: SparseCoder, src: int = 0) -> None:
 
 
 class DistributedTrainer(Trainer):
-    """`Trainer` for one rank of a data-parallel run (see the module docstring).
+    """`Trainer` for one rank of a data-parallel run (docs/internals.md).
 
     `store` yields this rank's batches of `cfg.batch_tokens / world_size` rows; `cfg` keeps the
     global batch size, so steps, schedules and token counts match a one-process run. Only rank 0

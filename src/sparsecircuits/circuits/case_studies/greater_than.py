@@ -2,7 +2,7 @@
 
 `run_greater_than` runs the steps (one function each: PD, attribution, ablations, attribution vs
 intervention, feature and head descriptions, features vs neurons, path search) and writes the
-summary, report and plots (docs/architecture.md, "circuits")."""
+summary, report and plots (docs/internals.md)."""
 
 from __future__ import annotations
 

@@ -1,20 +1,5 @@
 """Neuronpedia / Anthropic attribution-graph JSON: dataclasses, export, import, validation, and
-`to_neuronpedia` (a pruned `AttributionGraph` in this format).
-
-The format is Neuronpedia's published `graph-schema.json` (copied in `schema/`, see SOURCE.md) plus
-the fields circuit-tracer writes (`transcoder_list`, `schema_version`, node `token_prob`,
-`is_target_logit`, `run_idx`, `reverse_ctx_idx`). Keys this module does not know are kept in each
-object's `extra` dict, so a graph made elsewhere survives import -> export unchanged.
-
-Node ids follow circuit-tracer with the post-#100 error id (no collision with feature ids):
-
-| node       | node_id               | feature                 | layer          | jsNodeId            |
-|------------|-----------------------|-------------------------|----------------|---------------------|
-| feature    | `{layer}_{feat}_{pos}`| cantor(layer, feat)     | `"{layer}"`    | `{layer}_{feat}-0`  |
-| MLP error  | `{layer}_-1_{pos}`    | -1                      | `"{layer}"`    | `{layer}_-1-{pos}`  |
-| embedding  | `E_{token_id}_{pos}`  | pos                     | `"E"`          | `E_{token_id}-{pos}`|
-| logit      | `{L+1}_{vocab}_{pos}` | vocab index             | `"{L+1}"`      | `L_{vocab}-{pos}`   |
-"""
+`to_neuronpedia`; unknown keys survive in `extra` (node ids in docs/internals.md)."""
 
 from __future__ import annotations
 

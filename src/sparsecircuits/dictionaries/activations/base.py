@@ -1,26 +1,5 @@
-"""What every activation family provides, and `ForwardOutput`, the codes a forward pass returns.
-
-An `Activation` turns the centred input `x_in = x - b_in` into codes (`encode`), and owns the
-family's extra loss terms (`sparsity_loss`, `aux_loss`) and training hooks (`after_step`). The
-`Dictionary` around it owns the weights, decoding and the reconstruction loss, so a new family
-is one file here plus one line in the registry (`activations/__init__.py`).
-
-What a family needs from the config it declares itself: its settings as a `Params` dataclass
-(fields with defaults, `resolve` for shape-dependent defaults and validation; `DictionaryConfig`
-routes the family's flat keys there and exposes them as `cfg.k`, ...), and class-level facts:
-`default_decoder_norm`, `default_recon_loss`, `sae_only`, `uses_input_bias`, `tied`.
-
-Hook points, all called by `Dictionary` (the trainer only calls `Dictionary.loss`,
-`before_optimizer_step` and `after_optimizer_step`):
-
-* `encode(dictionary, x_in, dead_mask)` — every forward; returns the codes.
-* `sparsity_loss(dictionary, codes, dead_mask)` — scaled penalty added to the loss.
-* `aux_loss(dictionary, codes, residual, total_variance, dead_mask)` — unscaled; the loss adds
-  `aux_k_coefficient ·` it.
-* `observe(dictionary, codes)` — after each training-mode `loss()` forward (BatchTopK threshold).
-* `after_step(dictionary)` — after each optimizer step.
-* `saelens_architecture` / `extra_cfg` / `saelens_weights` / `adopt_saelens_weights` — io.
-"""
+"""What every activation family provides, and `ForwardOutput`, the codes a forward pass returns
+(the hook points in docs/internals.md)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""BatchTopK (Bussmann et al. 2024): keep the `k · n` largest ReLU'd pre-activations of a batch.
-
-Training mode: `f = ReLU(u) ⊙ 1[u among the top k·n of the batch]`, so k is an average per
-token. Every training `loss()` updates the inference threshold, an EMA of the smallest kept
-activation (`θ ← (1 - threshold_lr) θ + threshold_lr · min kept`, float64 buffer, as SAELens,
-but started at the first batch's value instead of 0).
-Eval mode: `f = ReLU(u) · 1[u > θ]` — a JumpReLU with one shared threshold, which is how it is
-saved for SAELens ("jumprelu" with `threshold = θ` for every latent). Decoder unit-norm, FVU,
-AuxK as TopK (computed densely).
-"""
+"""BatchTopK (Bussmann et al. 2024): keep the `k · n` largest ReLU'd pre-activations of a batch;
+a thresholded ReLU at eval (docs/internals.md)."""
 
 from __future__ import annotations
 

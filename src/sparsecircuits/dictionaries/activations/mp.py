@@ -1,17 +1,5 @@
-"""Matching pursuit (Costa, Fel, Lubana, Tolooshams & Ba 2025; SAELens "matching_pursuit").
-
-A tied dictionary: the unit-norm rows `d_j` of `W_dec` are both analysis and synthesis atoms
-(no `W_enc`/`b_enc`; `b_in` stays zero because the input is centred by `b_dec`). From
-`r⁰ = x - b_dec`, each step picks `j = argmax_j ReLU(<d_j, r>)`, adds `α = ReLU(<d_j, r>)` to
-`f_j` (atoms may repeat) and sets `r ← r - α d_j`; `out = f W_dec + b_dec`. With unit rows the
-new residual is orthogonal to the chosen atom and `||r||² ` drops by `α²`.
-
-Training mode runs exactly `k` steps. Eval mode runs until the residual norm is below
-`mp_residual_threshold`, the support stops changing, or `mp_max_iterations` (default `d_in`)
-steps — SAELens' inference rule, so saved SAEs give the same codes there. Gradients flow
-through the `α`s and residual updates; selections are constants. Loss: FVU only (sparsity is
-the step count). No AuxK (known gap: no dead-atom revival).
-"""
+"""Matching pursuit (Costa, Fel, Lubana, Tolooshams & Ba 2025; SAELens "matching_pursuit"): a
+tied dictionary encoding greedily with its decoder (docs/internals.md)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
-"""TopK (Gao et al. 2024, sparsify): keep the k largest pre-activations per token, then ReLU.
-
-`f = ReLU(TopK_k((x - b_in) W_enc + b_enc))`. There is no sparsity penalty; the decoder rows
-are kept at unit norm (`decoder_norm="unit"`), so activations carry the scale.
-
-AuxK (dead-latent revival, Gao et al. §A.2 as in sparsify): given `dead_mask [d_sae]` (True =
-no firing for `TrainConfig.dead_tokens` tokens, tracked by the trainer), take per token the top
-`k_aux = min(aux_k, #dead)` ReLU'd pre-activations among dead latents, decode them without
-bias, and regress the detached residual `e = target - out`:
-`aux = min(#dead / aux_k, 1) · Σ (ê - e)² / Σ (target - mean(target))²`.
-The loss adds `aux_k_coefficient · aux` (1/32 by default). Unlike sparsify, `ê` does not add
-`b_dec` (sparsify issue #132) and the gradient reaches the encoder, not only the decoder.
-"""
+"""TopK (Gao et al. 2024, sparsify): keep the k largest pre-activations per token, then ReLU;
+AuxK revives dead latents (docs/internals.md)."""
 
 from __future__ import annotations
 
