@@ -95,6 +95,25 @@ def batch_token_lists(
     return out, last
 
 
+def build_prompts(
+    tokenizer: Any,
+    texts: list[str],
+    answers: list[str],
+    prepend_bos: bool,
+    meta: dict[str, Any],
+    **fields: Any,
+) -> TaskPrompts:
+    """Return the `TaskPrompts` of `texts` (tokenized, right-padded); the task `fields` (ids or
+    lists of ids, turned into long tensors) are set as given."""
+    token_lists = [encode(tokenizer, text) for text in texts]
+    input_ids, last_pos = batch_token_lists(tokenizer, token_lists, prepend_bos)
+    tensors = {
+        name: value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.long)
+        for name, value in fields.items()
+    }
+    return TaskPrompts(input_ids, last_pos, texts, answers, meta=meta, **tensors)
+
+
 def logits_at_last(logits: torch.Tensor, last_pos: torch.Tensor) -> torch.Tensor:
     """Select `logits [n, pos, vocab]` at each prompt's `last_pos [n]`; return `[n, vocab]`."""
     idx = last_pos.to(logits.device).view(-1, 1, 1).expand(-1, 1, logits.shape[-1])

@@ -11,9 +11,8 @@ import torch
 
 from sparsecircuits.tasks.common import (
     TaskPrompts,
-    batch_token_lists,
+    build_prompts,
     check_split,
-    encode,
     require_pool,
     single_token_id,
     single_token_words,
@@ -463,7 +462,7 @@ def make_docstring_prompts(
     n_args = n_def_prefix_args + n_matching_args + n_def_suffix_args
     require_pool(params, n_args, "docstring parameter names")
     rng = random.Random(seed)
-    texts, answers, token_lists, correct, wrong = [], [], [], [], []
+    texts, answers, correct, wrong = [], [], [], []
     for _ in range(n):
         args = rng.sample(params, n_args)
         matching = args[n_def_prefix_args : n_def_prefix_args + n_matching_args]
@@ -474,22 +473,14 @@ def make_docstring_prompts(
         ]
         lines += [f"    :param {a}: {_arg_desc(rng)}" for a in matching[:-1]]
         lines.append("    :param")
-        text = "\n".join(lines)
         answer = matching[-1]
-        texts.append(text)
+        texts.append("\n".join(lines))
         answers.append(" " + answer)
-        token_lists.append(encode(tokenizer, text))
         correct.append(single_token_id(tokenizer, " " + answer))
         wrong.append([single_token_id(tokenizer, " " + a) for a in args if a != answer])
-    input_ids, last_pos = batch_token_lists(tokenizer, token_lists, prepend_bos)
-    return TaskPrompts(
-        input_ids=input_ids,
-        last_pos=last_pos,
-        texts=texts,
-        answers=answers,
-        correct_ids=torch.tensor(correct, dtype=torch.long),
-        wrong_ids=torch.tensor(wrong, dtype=torch.long),
-        meta={"task": "docstring", "split": split},
+    meta = {"task": "docstring", "split": split}
+    return build_prompts(
+        tokenizer, texts, answers, prepend_bos, meta, correct_ids=correct, wrong_ids=wrong
     )
 
 

@@ -14,7 +14,7 @@ import torch
 
 from sparsecircuits.tasks.common import (
     TaskPrompts,
-    batch_token_lists,
+    build_prompts,
     check_split,
     encode,
     require_pool,
@@ -167,24 +167,14 @@ def make_greater_than_prompts(
     require_pool(years, 1, "start years")
     year_ids = year_token_ids(tokenizer)
     rng = random.Random(seed)
-    texts, token_lists, yys, answers = [], [], [], []
+    texts, yys, answers = [], [], []
     for _ in range(n):
         xx, yy = rng.choice(years)
-        text = EVAL_TEMPLATE.format(noun=rng.choice(nouns), xx=xx, yy=f"{yy:02d}")
-        texts.append(text)
-        token_lists.append(encode(tokenizer, text))
+        texts.append(EVAL_TEMPLATE.format(noun=rng.choice(nouns), xx=xx, yy=f"{yy:02d}"))
         yys.append(yy)
         answers.append(f">{yy:02d}")
-    input_ids, last_pos = batch_token_lists(tokenizer, token_lists, prepend_bos)
-    return TaskPrompts(
-        input_ids=input_ids,
-        last_pos=last_pos,
-        texts=texts,
-        answers=answers,
-        yy=torch.tensor(yys, dtype=torch.long),
-        year_ids=year_ids,
-        meta={"task": "greater_than", "split": split},
-    )
+    meta = {"task": "greater_than", "split": split}
+    return build_prompts(tokenizer, texts, answers, prepend_bos, meta, yy=yys, year_ids=year_ids)
 
 
 def greater_than_prob_diff(

@@ -15,9 +15,8 @@ import torch
 
 from sparsecircuits.tasks.common import (
     TaskPrompts,
-    batch_token_lists,
+    build_prompts,
     check_split,
-    encode,
     require_pool,
     single_token_id,
     single_token_words,
@@ -401,7 +400,7 @@ def make_ioi_prompts(
     objects = OBJECTS_HELDOUT if held else OBJECTS
     templates = TEMPLATES_HELDOUT if held else TEMPLATES_TRAIN
     rng = random.Random(seed)
-    texts, answers, token_lists, io_ids, s_ids = [], [], [], [], []
+    texts, answers, io_ids, s_ids = [], [], [], []
     for i in range(n):
         io, s = rng.sample(names, 2)
         order = "ABBA" if i % 2 == 0 else "BABA"
@@ -411,19 +410,10 @@ def make_ioi_prompts(
         prompt = full[: -len(" " + io)]
         texts.append(prompt)
         answers.append(" " + io)
-        token_lists.append(encode(tokenizer, prompt))
         io_ids.append(single_token_id(tokenizer, " " + io))
         s_ids.append(single_token_id(tokenizer, " " + s))
-    input_ids, last_pos = batch_token_lists(tokenizer, token_lists, prepend_bos)
-    return TaskPrompts(
-        input_ids=input_ids,
-        last_pos=last_pos,
-        texts=texts,
-        answers=answers,
-        io_ids=torch.tensor(io_ids, dtype=torch.long),
-        s_ids=torch.tensor(s_ids, dtype=torch.long),
-        meta={"task": "ioi", "split": split},
-    )
+    meta = {"task": "ioi", "split": split}
+    return build_prompts(tokenizer, texts, answers, prepend_bos, meta, io_ids=io_ids, s_ids=s_ids)
 
 
 def ioi_logit_diff(logits: torch.Tensor, io_ids: torch.Tensor, s_ids: torch.Tensor) -> torch.Tensor:
