@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Union
@@ -114,9 +115,11 @@ class ActivationParams:
         """Fill the defaults that depend on `cfg`'s shapes or kind, and raise
         `SparseCircuitsError` for an invalid value (nothing to do here)."""
 
+    tag_format: ClassVar[str] = ""  # the run-name label, a format of the settings ("k{k}")
+
     def tag(self) -> str:
         """The sparsity setting as a short label for run names (e.g. "k32"); "" when none."""
-        return ""
+        return self.tag_format.format(**dataclasses.asdict(self))
 
 
 def require_nonnegative(params: ActivationParams, *names: str) -> None:

@@ -89,6 +89,7 @@ def tanh_penalty(feature_acts: Tensor, decoder_norms: Tensor, scale: float) -> T
 class JumpReLUParams(ActivationParams):
     """Rajamanoharan et al. 2024 / SAELens defaults; the sparsity penalty (docs/internals.md)."""
 
+    tag_format = "l0-{l0_coefficient:g}"
     init_l0: float = 0.0  # > 0: thresholds set so training starts at this L0 (see ReLU)
     l0_coefficient: float = 1.0
     jumprelu_bandwidth: float = 0.05
@@ -107,10 +108,6 @@ class JumpReLUParams(ActivationParams):
         if self.jumprelu_bandwidth <= 0 or self.jumprelu_init_threshold <= 0:
             raise SparseCircuitsError("jumprelu_bandwidth and jumprelu_init_threshold must be > 0")
         require_nonnegative(self, "init_l0", "l0_coefficient")
-
-    def tag(self) -> str:
-        """ "l0-{l0_coefficient}"."""
-        return f"l0-{self.l0_coefficient:g}"
 
 
 class JumpReLUActivation(Activation):

@@ -67,6 +67,7 @@ def matching_pursuit(
 class MatchingPursuitParams(ActivationParams):
     """Training steps and the inference stopping rule."""
 
+    tag_format = "k{k}"
     k: int = 32  # steps per token in training
     mp_residual_threshold: float = 1e-2  # inference stops below this residual norm
     mp_max_iterations: int = 0  # inference step cap; 0: d_in (SAELens' default)
@@ -75,10 +76,6 @@ class MatchingPursuitParams(ActivationParams):
         """Check `k`; fill `mp_max_iterations` from `d_in`."""
         check_k(self.k, cfg.d_sae)
         self.mp_max_iterations = self.mp_max_iterations or cfg.d_in
-
-    def tag(self) -> str:
-        """ "k{k}"."""
-        return f"k{self.k}"
 
 
 class MatchingPursuitActivation(Activation):

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 class ReLUParams(ActivationParams):
     """The L1 coefficient and the starting L0."""
 
+    tag_format = "l1-{l1_coefficient:g}"
     l1_coefficient: float = 1e-3
     # > 0: start training at this L0 (encoder bias set from the first batch's pre-activation
     # quantiles); 0 keeps the plain init
@@ -38,10 +39,6 @@ class ReLUParams(ActivationParams):
     def resolve(self, cfg: DictionaryConfig) -> None:
         """Both settings must be >= 0."""
         require_nonnegative(self, "l1_coefficient", "init_l0")
-
-    def tag(self) -> str:
-        """ "l1-{l1_coefficient}"."""
-        return f"l1-{self.l1_coefficient:g}"
 
 
 class ReLUActivation(Activation):

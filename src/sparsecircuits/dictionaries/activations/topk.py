@@ -31,6 +31,7 @@ def check_k(k: int, d_sae: int) -> None:
 class TopKParams(ActivationParams):
     """Settings of the TopK family."""
 
+    tag_format = "k{k}"
     k: int = 32  # latents kept per token
     aux_k: int = -1  # AuxK latents per token (k_aux); -1: d_in // 2 (sparsify's default); 0: off
 
@@ -40,10 +41,6 @@ class TopKParams(ActivationParams):
         if self.aux_k is None or self.aux_k < 0:
             self.aux_k = max(1, cfg.d_in // 2)
         self.aux_k = min(self.aux_k, cfg.d_sae)
-
-    def tag(self) -> str:
-        """ "k{k}"."""
-        return f"k{self.k}"
 
 
 class TopKActivation(Activation):
