@@ -300,16 +300,8 @@ def _encode_select(
         parts.append((values, indices, *aux))
     if len(parts) == 1:
         return parts[0]
-    values = torch.cat([p[0] for p in parts])
-    indices = torch.cat([p[1] for p in parts])
-    if not use_aux:
-        return values, indices, None, None
-    return (
-        values,
-        indices,
-        torch.cat([p[2] for p in parts]),  # type: ignore[misc]
-        torch.cat([p[3] for p in parts]),  # type: ignore[misc]
-    )
+    columns = zip(*parts, strict=True)
+    return tuple(None if c[0] is None else torch.cat(c) for c in columns)  # type: ignore[return-value]
 
 
 class _TopKEncode(torch.autograd.Function):
@@ -378,16 +370,7 @@ class _TopKEncode(torch.autograd.Function):
         if need_b_in:
             # Σ_rows of grad_x is W_enc @ grad_b_enc: no [n, d_in] gradient when x is data
             grad_b_in = -(grad_x.sum(0) if grad_x is not None else W_enc @ grad_b_enc)
-        return (
-            grad_x,
-            grad_b_in,
-            grad_W_enc,
-            grad_b_enc if need_b else None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return (grad_x, grad_b_in, grad_W_enc, grad_b_enc if need_b else None) + (None,) * 4
 
 
 def topk_encode(
