@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from sparsecircuits.dictionaries.config import hook_layer
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
@@ -42,9 +43,8 @@ class DashboardConfig:
     hist_bins: int = 48
     hist_log10_min: float = -3.0
     hist_log10_max: float = 3.0
-    skip_first_position: bool = (
-        True  # packed contexts start with BOS, whose activations are outliers
-    )
+    # packed contexts start with BOS, whose activations are outliers
+    skip_first_position: bool = True
     seed: int = 0
 
     @property
@@ -104,9 +104,8 @@ class _Accumulator:
         window = cfg.window
         self.cfg = cfg
         self.d_sae = d_sae
-        self.top_acts = torch.zeros(
-            d_sae, 0, device=device
-        )  # kept entries grow to n_top / n_samples
+        # kept entries grow to n_top / n_samples
+        self.top_acts = torch.zeros(d_sae, 0, device=device)
         self.top_ids = torch.zeros(d_sae, 0, window, dtype=torch.int32, device=device)
         self.top_wacts = torch.zeros(d_sae, 0, window, device=device)
         self.sample_keys = torch.zeros(d_sae, 0, device=device)
@@ -384,7 +383,6 @@ def _finish(
     adapter: ModelAdapter,
     cfg: DashboardConfig,
 ) -> FeatureDashboards:
-    dcfg = dictionary
     edges = torch.logspace(cfg.hist_log10_min, cfg.hist_log10_max, cfg.hist_bins + 1)
     # Slots never filled (latent fired fewer times than the sample size) carry key -1: blank them.
     empty = acc.sample_keys < 0
@@ -392,10 +390,10 @@ def _finish(
     sample_ids = acc.sample_ids.masked_fill(empty[..., None], -1)
     dash = FeatureDashboards(
         name=name,
-        hook_in=dcfg.hook_in,
-        hook_out=dcfg.hook_out,
-        layer=_layer(dcfg.hook_in),
-        kind=dcfg.kind,
+        hook_in=dictionary.hook_in,
+        hook_out=dictionary.hook_out,
+        layer=hook_layer(dictionary.hook_in),
+        kind=dictionary.kind,
         d_sae=dictionary.d_sae,
         n_tokens=acc.n_tokens,
         config=cfg,
@@ -412,23 +410,16 @@ def _finish(
         hist_edges=edges,
         model_name=getattr(adapter, "name", ""),
     )
-    logits = output_logit_tables(adapter, dictionary, cfg.n_logits)
-    if logits is not None:
-        (
-            dash.top_logit_ids,
-            dash.top_logit_values,
-            dash.bottom_logit_ids,
-            dash.bottom_logit_values,
-        ) = logits
-    deembed = deembedding_tables(adapter, dictionary, cfg.n_deembed)
-    if deembed is not None:
-        dash.deembed_ids, dash.deembed_values = deembed
+    tables = {
+        ("top_logit_ids", "top_logit_values", "bottom_logit_ids", "bottom_logit_values"): (
+            output_logit_tables(adapter, dictionary, cfg.n_logits)
+        ),
+        ("deembed_ids", "deembed_values"): deembedding_tables(adapter, dictionary, cfg.n_deembed),
+    }
+    for names, values in tables.items():
+        for name, value in zip(names, values or (None,) * len(names), strict=True):
+            setattr(dash, name, value)
     return dash
-
-
-def _layer(hook: str) -> int | None:
-    parts = hook.split(".")
-    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
 
 
 def _chunk_size(vocab: int) -> int:
