@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from sparsecircuits.config import torch_dtype
+from sparsecircuits.config import dtype_name, torch_dtype
 from sparsecircuits.data.store import ModelRows
 from sparsecircuits.data.tokenize import TokenSource
 from sparsecircuits.errors import SparseCircuitsError
@@ -32,10 +32,6 @@ TOKEN_IDS_KEY = "_token_ids"
 _FORMAT = "sparsecircuits-activation-cache"
 _FORMAT_VERSION = 1
 _log = logging.getLogger("sparsecircuits")
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _peek_context_size(contexts: Iterable[Tensor]) -> tuple[int, Iterable[Tensor]]:
@@ -140,7 +136,7 @@ def harvest_to_disk(
         "version": _FORMAT_VERSION,
         "model_name": str(getattr(adapter, "name", "unknown")),
         "hooks": dict(producer.dims),
-        "dtype": _dtype_name(buffer_dtype),
+        "dtype": dtype_name(buffer_dtype),
         "n_tokens": rows_total,
         "context_size": context_size,
         "exclude_bos": exclude_bos,
