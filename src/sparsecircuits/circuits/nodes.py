@@ -1,10 +1,5 @@
-"""Circuit nodes: what an attribution is *to*, with paper-style labels and the edit that ablates it.
-
-Labels follow the transcoder paper's reference code: `mlp8tc[89]@5` (transcoder feature 89 of
-layer 8 at position 5), `attn9[1]@6->8` (head 9.1 reading source position 6 into position 8),
-`embed@3`, `err4@8` (transcoder error of layer 4 at position 8), `mlp2@8` (an MLP without a
-transcoder, frozen), `bias` (every bias term together).
-"""
+"""Circuit nodes: what an attribution is *to*, with paper-style labels (`mlp8tc[89]@5`,
+`attn9[1]@6->8`, ...; docs/internals.md) and the edit that ablates it."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""Next-token loss with a dictionary spliced into the model, against clean and ablated runs.
-
-A dictionary replaces every output hook it writes *at once* (`splice`): at layer t the output
-becomes `ŷ_t = Σ_{ℓ <= t} a_ℓ W_dec,ℓ[:, t - ℓ] + b_dec,t`, where each `a_ℓ` encodes the layer-ℓ
-input of the same (spliced) forward pass. A per-layer dictionary is the one-layer case: its
-`hook_out` becomes its reconstruction of `hook_in`. The clean and ablated baselines ablate all
-the written outputs together.
-"""
+"""Next-token loss with a dictionary spliced into the model (every output it writes at once),
+against clean and ablated runs (docs/internals.md)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""Neutral training sentences that use every task word, held-out ones included.
-
-The task training generators never put a held-out IOI name, greater-than noun or docstring
-parameter name into a task structure, so without other training text their embeddings would
-stay untrained. `vocabulary_text` writes them into plain sentences and code lines instead
-("Lily is a teacher.", "    self.url = url"), never in an IOI, greater-than or docstring form.
-The embedded model's corpus and fine-tune stream mix these in.
-"""
+"""Neutral training sentences that use every task word, held-out ones included, never in a task
+form (docs/internals.md)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""What the greater-than case study writes: summary.json, a markdown report and three plots.
-
-Everything is read from the study's summary dict (see `greater_than.run_greater_than`), except
-the per-feature activation profiles, which are plotted but not saved.
-"""
+"""What the greater-than case study writes: summary.json, a markdown report and three plots."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""ReLU + L1: `f = ReLU((x - b_in) W_enc + b_enc)`, penalty `λ · mean_tokens Σ_i f_i ||W_dec[i]||`.
-
-The L1 is weighted by the decoder row norms (Anthropic April-2024 update, SAELens "standard"
-in v6), so the decoder norms are left free (`decoder_norm="free"`) and the model cannot shrink
-the penalty by shrinking activations while growing decoder rows.
-"""
+"""ReLU + L1: `f = ReLU((x - b_in) W_enc + b_enc)`, penalty `λ · mean_tokens Σ_i f_i ||W_dec[i]||`
+(decoder-norm-weighted, so decoder norms stay free; docs/internals.md)."""
 
 from __future__ import annotations
 
