@@ -178,15 +178,12 @@ def baseline_losses(
     if missing:
         raise SparseCircuitsError(f"baseline_losses has no mean for {', '.join(missing)}")
 
-    def replace_mean(hook: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        def fn(act: torch.Tensor) -> torch.Tensor:
-            return means[hook].to(act.dtype).expand_as(act).clone()
-
-        return fn
-
     replace_zero: Callable[[torch.Tensor], torch.Tensor] = torch.zeros_like
     zero_hooks = dict.fromkeys(hooks_out, replace_zero)
-    mean_hooks = {hook: replace_mean(hook) for hook in hooks_out}
+    mean_hooks = {
+        hook: lambda act, m=means[hook]: m.to(act.dtype).expand_as(act).clone()
+        for hook in hooks_out
+    }
     logprobs: list[torch.Tensor] | None = []
     kept_bytes, clean, zero, mean, n_tokens = 0, 0.0, 0.0, 0.0, 0
     for ids in batches:
@@ -255,25 +252,24 @@ def spliced_losses(
         spliced += float(spliced_ce)
         kl += float((clean_lp.exp() * (clean_lp - spliced_lp)).sum())
     n = baseline.n_tokens
-    ce = {
-        "clean": baseline.clean / n,
-        "spliced": spliced / n,
-        "zero": baseline.zero / n,
-        "mean": baseline.mean / n,
-        "kl": kl / n,
-    }
-    denom = ce["zero"] - ce["clean"]
-    recovered = (ce["zero"] - ce["spliced"]) / denom if abs(denom) > 1e-12 else float("nan")
-    mean_denom = ce["mean"] - ce["clean"]
-    recovered_mean = (
-        (ce["mean"] - ce["spliced"]) / mean_denom if abs(mean_denom) > 1e-12 else float("nan")
+    clean, zero, mean, spliced = (
+        baseline.clean / n,
+        baseline.zero / n,
+        baseline.mean / n,
+        spliced / n,
     )
     return {
-        "ce_loss_clean": ce["clean"],
-        "ce_loss_spliced": ce["spliced"],
-        "ce_loss_zero_ablated": ce["zero"],
-        "ce_loss_mean_ablated": ce["mean"],
-        "ce_loss_recovered": recovered,
-        "ce_loss_recovered_vs_mean": recovered_mean,
-        "kl_div": ce["kl"],
+        "ce_loss_clean": clean,
+        "ce_loss_spliced": spliced,
+        "ce_loss_zero_ablated": zero,
+        "ce_loss_mean_ablated": mean,
+        "ce_loss_recovered": _recovered(zero, clean, spliced),
+        "ce_loss_recovered_vs_mean": _recovered(mean, clean, spliced),
+        "kl_div": kl / n,
     }
+
+
+def _recovered(ablated: float, clean: float, spliced: float) -> float:
+    """`(ablated - spliced) / (ablated - clean)`; NaN when the ablation changes nothing."""
+    denom = ablated - clean
+    return (ablated - spliced) / denom if abs(denom) > 1e-12 else float("nan")
