@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -16,7 +16,7 @@ from sparsecircuits.data.tokenize import TokenSource, check_context_size
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
-    from sparsecircuits.data.cache import CachedActivationSource
+    from sparsecircuits.data.cache import CachedActivationSource, CachedRows
     from sparsecircuits.models import ModelAdapter
 
 __all__ = ["ActivationStore", "ActivationStoreConfig"]
@@ -45,22 +45,6 @@ class ActivationStoreConfig:
     seed: int = 0
     cache_dir: str | None = None
     device: str | None = None
-
-
-class _RowProducer(Protocol):
-    """Writes activation rows into the store's buffers, from a seekable position."""
-
-    kind: str
-    dims: dict[str, int]
-    position: int  # units consumed so far: contexts (model) or rows (disk cache)
-
-    def capacity(self, buffer_tokens: int) -> int: ...
-
-    def seek(self, position: int) -> None: ...
-
-    def fill(
-        self, buffers: dict[str, Tensor], max_rows: int, token_ids: Tensor | None = None
-    ) -> int: ...
 
 
 def _as_context_rows(contexts: Iterable[Tensor]) -> Iterator[Tensor]:
@@ -286,7 +270,8 @@ class ActivationStore:
         self.cfg = cfg
         self.hooks = hooks
         self.dtype = torch_dtype(cfg.dtype)
-        self.producer: _RowProducer
+        # writes activation rows into the buffers, from a seekable position
+        self.producer: ModelRows | CachedRows
         if isinstance(contexts, CachedActivationSource):
             self.producer = contexts.rows(hooks, adapter=adapter)
             default_device: str | torch.device = "cpu"
