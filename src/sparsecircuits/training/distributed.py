@@ -100,47 +100,32 @@ class ShardedContexts:
                     round_ = []
 
 
-def _dictionary_grads(dictionary: SparseCoder) -> list[torch.Tensor]:
-    return [p.grad for p in dictionary.parameters() if p.grad is not None]
-
-
-def all_reduce_gradients(dictionary: SparseCoder, world_size: int) -> None:
-    """Average every gradient of `dictionary` over all ranks, in place, with one collective.
-
-    The gradients are packed into one flat buffer (one all-reduce per dictionary rather than one
-    per tensor) and unpacked again. Every rank must hold gradients for the same parameters.
-    """
-    grads = _dictionary_grads(dictionary)
-    if world_size <= 1 or not grads:
+def _average(tensors: list[torch.Tensor], world_size: int, dtype: torch.dtype | None) -> None:
+    """Replace every tensor by its mean over all ranks, in place, with one flat all-reduce
+    (summed in `dtype`, else each tensor's own)."""
+    if world_size <= 1 or not tensors:
         return
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([t.reshape(-1).to(dtype or t.dtype) for t in tensors])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat.div_(world_size)
     offset = 0
-    for grad in grads:
-        n = grad.numel()
-        grad.copy_(flat[offset : offset + n].view_as(grad))
-        offset += n
+    for tensor in tensors:
+        tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()
+
+
+def all_reduce_gradients(dictionary: SparseCoder, world_size: int) -> None:
+    """Average every gradient of `dictionary` over all ranks, in place, with one collective
+    (every rank must hold gradients for the same parameters)."""
+    _average([p.grad for p in dictionary.parameters() if p.grad is not None], world_size, None)
 
 
 @torch.no_grad()
 def average_buffers(dictionary: SparseCoder, world_size: int) -> None:
-    """Average the floating-point buffers of `dictionary` over all ranks (one collective).
-
-    Buffers that a family updates from each step's data (e.g. BatchTopK's threshold EMA) would
-    otherwise drift apart between ranks; the mean keeps the replicas identical. Dictionaries
-    without floating-point buffers cost nothing.
-    """
+    """Average the floating-point buffers of `dictionary` (e.g. BatchTopK's threshold EMA, which
+    each rank updates from its own data) over all ranks, in float64 (one collective)."""
     buffers = [b for b in dictionary.buffers() if b.is_floating_point()]
-    if world_size <= 1 or not buffers:
-        return
-    flat = torch.cat([b.reshape(-1).to(torch.float64) for b in buffers])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat.div_(world_size)
-    offset = 0
-    for b in buffers:
-        b.copy_(flat[offset : offset + b.numel()].view_as(b))
-        offset += b.numel()
+    _average(buffers, world_size, torch.float64)
 
 
 def all_gather_rows(rows: torch.Tensor) -> torch.Tensor:
