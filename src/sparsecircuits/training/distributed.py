@@ -237,14 +237,7 @@ class DistributedTrainer(Trainer):
 
     def save_checkpoint(self, tag: str | None = None) -> Path:
         """Rank 0 writes the checkpoint; every rank waits for it and returns its folder."""
-        if self.context.is_main:
-            path = super().save_checkpoint(tag)
-        else:
-            if self.out_dir is None:
-                raise SparseCircuitsError(
-                    "no out_dir set, so there is nowhere to save a checkpoint"
-                )
-            path = self.out_dir / "checkpoints" / (tag or f"step_{self.step:09d}")
+        path = super().save_checkpoint(tag) if self.context.is_main else self.checkpoint_folder(tag)
         if self.context.enabled:
             dist.barrier()
         return path

@@ -290,12 +290,9 @@ class Trainer:
         The folder is written under a temporary name and renamed when complete, so an
         interrupted save never leaves a half-written checkpoint behind.
         """
-        if self.out_dir is None:
-            raise SparseCircuitsError("no out_dir set, so there is nowhere to save a checkpoint")
-        root = self.out_dir / "checkpoints"
-        name = tag or f"{CHECKPOINT_PREFIX}{self.step:09d}"
-        final = root / name
-        tmp = root / f".{name}.tmp"
+        final = self.checkpoint_folder(tag)
+        root = final.parent
+        tmp = root / f".{final.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         for dict_name, dictionary in self.dictionaries.items():
             save_dictionary(dictionary, tmp / "dictionaries" / dict_name)
@@ -317,6 +314,12 @@ class Trainer:
         tmp.rename(final)
         self._prune_checkpoints(root)
         return final
+
+    def checkpoint_folder(self, tag: str | None = None) -> Path:
+        """`out_dir/checkpoints/<tag or step_NNNNNNNNN>`: where `save_checkpoint` writes."""
+        if self.out_dir is None:
+            raise SparseCircuitsError("no out_dir set, so there is nowhere to save a checkpoint")
+        return self.out_dir / "checkpoints" / (tag or f"{CHECKPOINT_PREFIX}{self.step:09d}")
 
     def _prune_checkpoints(self, root: Path) -> None:
         steps = sorted(root.glob(f"{CHECKPOINT_PREFIX}*"))
