@@ -77,8 +77,8 @@ def edited_logits(
     n_prompt: int,
     freeze: bool = False,
 ) -> Tensor:
-    """Logits `[b, T, vocab]` of `input_ids [b, T]` with `interventions` applied (see module
-    docstring); a negative `pos` counts from the end of the `n_prompt`-token prompt."""
+    """Logits `[b, T, vocab]` of `input_ids [b, T]` with `interventions` applied
+    (docs/internals.md); a negative `pos` counts from the end of the `n_prompt`-token prompt."""
     state = rm.run(input_ids, freeze=freeze)
     if not interventions:
         return state.logits
@@ -181,27 +181,22 @@ class InterventionEngine:
                 )
                 for item in raw
             ]
-            n_tokens = int(request.get("n_tokens", 8))
-            temperature = float(request.get("temperature", 0.0))
-            top_k = max(1, min(int(request.get("top_k", 10)), 50))
-            seed = int(request.get("seed", 0))
+            kwargs: dict[str, Any] = {
+                "n_tokens": int(request.get("n_tokens", 8)),
+                "temperature": float(request.get("temperature", 0.0)),
+                "top_k": max(1, min(int(request.get("top_k", 10)), 50)),
+                "seed": int(request.get("seed", 0)),
+                "freeze": bool(request.get("freeze", False)),
+            }
         except (KeyError, TypeError, ValueError) as exc:
             raise SparseCircuitsError(
                 f"bad intervention request ({exc}); give integers for layer/position/feature"
             ) from None
-        freeze = bool(request.get("freeze", False))
         input_ids = self.rm.tokenize(prompt)
         if input_ids.shape[1] > self.max_prompt_tokens:
             raise SparseCircuitsError(
                 f"prompt is {input_ids.shape[1]} tokens; the viewer accepts {self.max_prompt_tokens}"
             )
-        kwargs: dict[str, Any] = {
-            "n_tokens": n_tokens,
-            "temperature": temperature,
-            "top_k": top_k,
-            "seed": seed,
-            "freeze": freeze,
-        }
         baseline = intervene(self.rm, input_ids, [], **kwargs)
         edited = intervene(self.rm, input_ids, interventions, **kwargs)
         tokenizer = self.rm.adapter.tokenizer
