@@ -154,11 +154,7 @@ class GraphVerification:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
-        return {
-            "exact": self.exact.to_dict(),
-            "graph": self.graph.to_dict(),
-            "live": self.live.to_dict(),
-        }
+        return {key: getattr(self, key).to_dict() for key in ("exact", "graph", "live")}
 
 
 def verify_graph(

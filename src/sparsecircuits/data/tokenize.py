@@ -4,7 +4,7 @@ docs/internals.md)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -14,6 +14,8 @@ from sparsecircuits.models.tokens import bos_token_id as models_bos_token_id
 
 if TYPE_CHECKING:
     from sparsecircuits.data.sources import TextSource
+
+T = TypeVar("T")
 
 __all__ = [
     "TokenBatcher",
@@ -65,10 +67,11 @@ def check_context_size(
         )
 
 
-def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for text in texts:
-        batch.append(text)
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items (the last one shorter when the items run out)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
         if len(batch) == size:
             yield batch
             batch = []
@@ -199,11 +202,6 @@ class TokenBatcher:
         self.drop_last = drop_last
 
     def __iter__(self) -> Iterator[Tensor]:
-        rows: list[Tensor] = []
-        for context in self.contexts:
-            rows.append(context)
-            if len(rows) == self.batch_size:
+        for rows in _batches(self.contexts, self.batch_size):
+            if len(rows) == self.batch_size or not self.drop_last:
                 yield torch.stack(rows)
-                rows = []
-        if rows and not self.drop_last:
-            yield torch.stack(rows)
