@@ -191,9 +191,6 @@ def search_paths(
     return PathSearchResult(levels, expansions, target.label, row, int(target.batch[row]), params)
 
 
-# ---------------------------------------------------------------------------- graph
-
-
 @dataclass
 class GraphNode:
     """A merged graph node: `contrib` is summed over the distinct path prefixes that end at it."""
@@ -315,9 +312,6 @@ def path_strings(result: PathSearchResult, limit: int | None = None) -> list[str
     for path in sorted(result.all_paths(), key=lambda p: -abs(p[-1].contrib))[:limit]:
         lines.append(" <- ".join(f"{p.key} ({p.contrib:.3g})" for p in reversed(path)))
     return lines
-
-
-# ---------------------------------------------------------------------------- drawing
 
 
 def _node_y(node: GraphNode, n_layers: int) -> float:

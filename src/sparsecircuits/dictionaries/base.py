@@ -177,7 +177,6 @@ class Dictionary(CoderBase):
             shrink_untrained_output(self, x_sample, target_sample)
         self.activation.init_from_data(self, x_sample - self.b_in)
 
-    # ----------------------------------------------------------------- data plumbing
     def hook_names(self) -> list[str]:
         """The hooks this dictionary reads: `[hook_in]` for an SAE, `[hook_in, hook_out]` otherwise."""
         return (
@@ -194,7 +193,6 @@ class Dictionary(CoderBase):
         x = batch[self.cfg.hook_in]
         return (x, None) if self.cfg.kind == "sae" else (x, batch[self.hook_names()[1]])
 
-    # ----------------------------------------------------------------- forward pass
     def encode(self, x: Tensor) -> Tensor:
         """Dense feature activations `[..., d_sae]` of `x [..., d_in]` (differentiable)."""
         leading = x.shape[:-1]
@@ -236,7 +234,6 @@ class Dictionary(CoderBase):
         codes.out = out
         return codes
 
-    # ----------------------------------------------------------------- per-layer view
     # A per-layer dictionary is the one-layer case of a cross-layer transcoder: these methods
     # match `CrossLayerTranscoder`'s, so splicing and dashboards treat both alike. `layer` is
     # the model layer (`layers[0]`; None means that one).
@@ -287,7 +284,6 @@ class Dictionary(CoderBase):
         assert out is not None
         return out.reshape(*x.shape[:-1], self.d_out)
 
-    # ----------------------------------------------------------------- loss
     def loss(
         self, x: Tensor, target: Tensor | None = None, dead_mask: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -340,7 +336,6 @@ class Dictionary(CoderBase):
         with torch.no_grad():
             return self.b_enc - self.b_in @ self.W_enc
 
-    # ----------------------------------------------------------------- checks
     def _check_input(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.d_in:
             raise SparseCircuitsError(

@@ -133,7 +133,6 @@ class CrossLayerTranscoder(CoderBase):
         for activation in self.family:
             activation.load_state_dict(fresh)
 
-    # ----------------------------------------------------------------- data plumbing
     def hook_names(self) -> list[str]:
         """Every hook the CLT reads (inputs then outputs, per layer)."""
         hooks_in, hooks_out = self.cfg.layer_hooks()
@@ -166,7 +165,6 @@ class CrossLayerTranscoder(CoderBase):
         for layer, activation in enumerate(self.family):
             activation.init_from_data(self.layer(layer), x_sample[:, layer] - self.b_in[layer])
 
-    # ----------------------------------------------------------------- forward pass
     def decoder_norms(self) -> Tensor:
         """Norm of each latent's concatenated decoder vectors, `[L, d_sae]` (differentiable)."""
         return torch.stack([W_dec.flatten(1).norm(dim=1) for W_dec in self.W_dec])
@@ -240,7 +238,6 @@ class CrossLayerTranscoder(CoderBase):
             d_sae=self.d_sae,
         )
 
-    # ----------------------------------------------------------------- the transcoder-set view
     @property
     def layers(self) -> list[int]:
         """The model layers this CLT covers, one per CLT layer: `L` of each output hook
@@ -288,7 +285,6 @@ class CrossLayerTranscoder(CoderBase):
         """The `b_dec` row `[d_out]` added to model layer `layer`'s output."""
         return self.b_dec[self._index(layer)]
 
-    # ----------------------------------------------------------------- loss
     def loss(
         self, x: Tensor, target: Tensor | None, dead_mask: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:

@@ -73,8 +73,6 @@ class PerLayerTranscoders(Mapping[int, Dictionary]):
         self._by_layer = dict(sorted(checked.items()))
 
     def __getitem__(self, layer: int) -> Dictionary:
-        if layer not in self._by_layer:
-            raise KeyError(layer)
         return self._by_layer[layer]
 
     def __iter__(self) -> Iterator[int]:

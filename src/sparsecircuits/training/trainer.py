@@ -132,7 +132,6 @@ class Trainer:
         self._wandb: Any = None
         torch.manual_seed(cfg.seed)
 
-    # ----------------------------------------------------------------------------- training
     def train(self, stop_at_step: int | None = None) -> TrainResult:
         """Run until `cfg.total_steps` (or `stop_at_step`, schedule unchanged); return a `TrainResult`.
 
@@ -283,7 +282,6 @@ class Trainer:
             for sig, old in previous.items():
                 signal.signal(sig, old)
 
-    # ----------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, tag: str | None = None) -> Path:
         """Write dictionaries (SAELens layout), optimiser and data state; return the folder.
 
