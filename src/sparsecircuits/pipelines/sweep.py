@@ -95,20 +95,12 @@ def write_sweep_report(out: Path, records: list[dict[str, Any]], seconds: float)
     for label, group in groups.items():
         if not group:
             continue
-        plot_frontier(
-            group,
-            out / f"frontier_fvu_{label}.png",
-            y="fvu",
-            clean_key=None,
-            title=f"L0 vs FVU ({label})",
-        )
-        plot_frontier(
-            group,
-            out / f"frontier_ce_{label}.png",
-            y="ce_loss_recovered",
-            clean_key=None,
-            title=f"L0 vs CE loss recovered ({label})",
-        )
+        for short, y, what in (
+            ("fvu", "fvu", "FVU"),
+            ("ce", "ce_loss_recovered", "CE loss recovered"),
+        ):
+            path = out / f"frontier_{short}_{label}.png"
+            plot_frontier(group, path, y=y, clean_key=None, title=f"L0 vs {what} ({label})")
     lines = [
         "| name | kind | architecture | L0 | FVU | CE recovered | CE spliced | dead |",
         "|---|---|---|---|---|---|---|---|",
