@@ -163,22 +163,10 @@ def default_qparams() -> QParams:
     return QParams(pinnedIds=[], supernodes=[], linkType="both", clickedId="", sg_pos="")
 
 
-_NESTED: dict[tuple[type, str], type] = {
-    (GraphInfo, "generator"): Generator,
-    (GraphMetadata, "feature_details"): FeatureDetails,
-    (GraphMetadata, "info"): GraphInfo,
-    (GraphMetadata, "generation_settings"): GenerationSettings,
-    (GraphMetadata, "pruning_settings"): PruningSettings,
-}
-_FLOAT_FIELDS = {
-    "weight",
-    "influence",
-    "activation",
-    "token_prob",
-    "node_threshold",
-    "edge_threshold",
-    "desired_logit_prob",
-    "create_time_ms",
+# the nested objects, by the type name their fields are annotated with
+_NESTED = {
+    c.__name__: c
+    for c in (Generator, GraphInfo, FeatureDetails, GenerationSettings, PruningSettings)
 }
 _ALWAYS_WRITTEN = {(GraphNode, "influence"), (GraphNode, "activation")}
 
@@ -223,10 +211,10 @@ def _from_mapping(cls: type, data: Any, where: str) -> Any:
         if key not in names:
             extra[key] = value
             continue
-        nested = _NESTED.get((cls, key))
-        if nested is not None and value is not None:
-            value = _from_mapping(nested, value, f"{where}.{key}")
-        elif key in _FLOAT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+        annotated = str(names[key].type).split(" | ")[0]  # "float", "Generator", "list[str]", ...
+        if annotated in _NESTED and value is not None:
+            value = _from_mapping(_NESTED[annotated], value, f"{where}.{key}")
+        elif annotated == "float" and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         kwargs[key] = value
     return cls(**kwargs, extra=extra)
