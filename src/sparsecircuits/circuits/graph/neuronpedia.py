@@ -149,10 +149,6 @@ class NeuronpediaGraph:
     nodes: list[GraphNode] = field(default_factory=list)
     links: list[GraphLink] = field(default_factory=list)
 
-    def to_json_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready dict (keys in schema order, None-valued optionals left out)."""
-        return export_graph(self)
-
     def save(self, path: str | Path, *, indent: int | None = None) -> Path:
         """Write the graph JSON to `path`; return the path."""
         return save_graph(self, path, indent=indent)
