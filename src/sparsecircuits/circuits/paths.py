@@ -129,12 +129,10 @@ def search_paths(
 ) -> PathSearchResult:
     """Run the greedy beam search for target row `row`; return the kept paths and expansions.
 
-    `num_iters` path lengths beyond the root; `num_branches` children per node and paths kept
-    per iteration; children below `min_contrib` or `min_fraction × |target|` are dropped.
-    `rank="value"` follows the paper (largest positive contributions); "abs" keeps negative ones
-    too. `ignore_bos` skips position 0. `cap` caps a child's contribution at the smallest
-    feature contribution on its path (the paper's zero-ablation approximation: a ReLU feature
-    cannot lose more than its activation); capped graphs are no longer additive.
+    `num_iters` path lengths beyond the root; `num_branches` children per node and paths kept per
+    round; children below `min_contrib` or `min_fraction × |target|` are dropped. `rank="value"`
+    (the paper) keeps positive contributions, "abs" negative ones too; `ignore_bos` skips position
+    0; `cap` caps a child at the smallest feature contribution on its path (no longer additive).
     """
     if num_iters < 1 or num_branches < 1:
         raise SparseCircuitsError("num_iters and num_branches must be at least 1")

@@ -64,13 +64,12 @@ def harvest_to_disk(
     overwrite: bool = False,
     progress: bool = True,
 ) -> CachedActivationSource:
-    """Run the model over `contexts` and write `n_tokens` activation rows per hook to `folder`.
+    """Run the model over `contexts` and write `n_tokens` activation rows per hook to `folder`;
+    return its `CachedActivationSource`.
 
-    Each shard holds ``shard_tokens`` rows rounded down to whole contexts (the last one fewer).
-    Host memory: two shards of buffers (``2 * shard_tokens * sum(dims) * element size``), as a
-    writer thread saves one shard while the model fills the next.
-    `context_size` defaults to the contexts' length. When the data ends early the cache holds
-    what there was and a warning is logged. Returns the `CachedActivationSource` of the folder.
+    Shards hold ``shard_tokens`` rows (whole contexts); host memory is two shards of buffers, as a
+    writer thread saves one while the model fills the next. `context_size` defaults to the contexts'
+    length; when the data ends early the cache holds what there was (with a warning).
     """
     hooks = list(hooks)
     if not hooks or len(set(hooks)) != len(hooks):

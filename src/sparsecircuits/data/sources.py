@@ -93,14 +93,9 @@ def _resolve_files(path_or_glob: str | Path) -> list[Path]:
 
 
 class FileSource:
-    """Documents from local ``.txt`` / ``.jsonl`` / ``.parquet`` files.
-
-    `path_or_glob` is a file, a directory (searched recursively for supported files) or a
-    glob pattern; files are read in sorted path order. `text_field` names the JSON key or
-    parquet column holding the text. `split` applies to ``.txt`` files only: ``"document"``
-    (default) makes each file one document, ``"paragraph"`` makes each blank-line-separated
-    paragraph one document.
-    """
+    """Documents from local ``.txt`` / ``.jsonl`` / ``.parquet`` files: a file, a directory (searched
+    recursively) or a glob, read in sorted path order. `text_field` names the JSON key or parquet
+    column; `split` (``.txt`` only) makes each file (``"document"``) or paragraph one document."""
 
     def __init__(
         self, path_or_glob: str | Path, text_field: str = "text", split: str = "document"

@@ -26,15 +26,10 @@ _STATE_VERSION = 1
 
 @dataclass
 class ActivationStoreConfig:
-    """Settings of an `ActivationStore`.
-
-    context_size: tokens per context (BOS included). contexts_per_forward: contexts per model
-    forward (the model batch). batch_tokens: rows per training batch. buffer_tokens: rows held
-    in the shuffle buffer (rounded down to whole contexts). exclude_bos: drop position 0 of
-    every context. dtype: buffer and batch dtype. seed: shuffle seed. cache_dir: read
-    activations from a folder written by `harvest_to_disk` instead of running the model.
-    device: where the buffer and batches live (default: the model's device; "cpu" for a cache).
-    """
+    """Settings of an `ActivationStore`: tokens per context (BOS included), contexts per model
+    forward, rows per batch, rows in the shuffle buffer (whole contexts), whether to drop position 0,
+    the buffer dtype, the shuffle seed, a `harvest_to_disk` folder to read instead of running the
+    model, and the device (default: the model's; "cpu" for a cache)."""
 
     context_size: int = 128
     contexts_per_forward: int = 32
@@ -237,15 +232,12 @@ def _fill_generator(seed: int, fill_index: int) -> torch.Generator:
 
 
 class ActivationStore:
-    """Shuffled batches ``dict[hook, Tensor [batch_tokens, d]]`` of model activations.
+    """Shuffled batches ``dict[hook, Tensor [batch_tokens, d]]`` of model activations; iterating
+    yields them until the data runs out (docs/internals.md).
 
-    `contexts` is an iterable of packed contexts (a `TokenSource` is best: it can be replayed
-    for resume; a plain iterator of LongTensors ``[context_size]`` or ``[n, context_size]``
-    works too) or a `CachedActivationSource` (then `adapter` may be None). With
-    ``cfg.cache_dir`` set the store reads that disk cache and ignores `contexts`.
-    See docs/internals.md for the buffer scheme and memory bound.
-
-    Iterating the store yields batches until the data runs out.
+    `contexts`: packed contexts (best a `TokenSource`, which can be replayed to resume; or an iterator
+    of ``[context_size]`` / ``[n, context_size]`` LongTensors) or a `CachedActivationSource` (then
+    `adapter` may be None); ``cfg.cache_dir`` reads that disk cache instead.
     """
 
     def __init__(

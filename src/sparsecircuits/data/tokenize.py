@@ -90,13 +90,10 @@ def pack_tokens(
     name: str = "source",
     model_config: Any = None,
 ) -> Iterator[Tensor]:
-    """Return an iterator of packed contexts, each a LongTensor ``[context_size]``
-    (docs/internals.md).
+    """Return an iterator of packed LongTensor contexts ``[context_size]`` (docs/internals.md).
 
-    `max_context` is the model's maximum context; a longer `context_size` raises
-    `SparseCircuitsError` right away. The iterator raises `SparseCircuitsError` at exhaustion
-    when the texts held fewer tokens than one context. `model_config` (the model's config) lets
-    the BOS rule fall back to the model's BOS id.
+    A `context_size` over `max_context` raises at once; texts shorter than one context raise at
+    exhaustion. `model_config` lets the BOS rule fall back to the model's BOS id.
     """
     check_context_size(context_size, max_context, prepend_bos)
     bos = bos_token_id(tokenizer, model_config) if prepend_bos else None

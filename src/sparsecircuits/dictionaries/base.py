@@ -287,14 +287,11 @@ class Dictionary(CoderBase):
     def loss(
         self, x: Tensor, target: Tensor | None = None, dead_mask: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Training loss on `x [n, d_in]` against `target [n, d_out]` (defaults to x for an SAE).
+        """Training loss on `x [n, d_in]` vs `target [n, d_out]` (x for an SAE): `(loss, parts)`.
 
-        `loss = recon + sparsity + aux_k_coefficient · aux`, where `recon` is `fvu` or `mse`
-        (`cfg.recon_loss`). Returns `(loss, parts)`; `parts` are detached: 0-dim `loss`, `mse`
-        (mean over tokens of the summed squared error), `fvu`
-        (`Σ(out-target)² / Σ(target-mean(target))²`), `l0`, `l1` (decoder-norm-weighted L1,
-        unscaled), `sparsity` (the scaled penalty in the loss), `aux` (unscaled auxiliary loss),
-        `n_dead`; and `fired_counts` int64 `[d_sae]`.
+        `loss = recon + sparsity + aux_k_coefficient · aux`, `recon` being `fvu` or `mse`
+        (`cfg.recon_loss`). `parts` are detached: 0-dim `loss`, `mse` (squared error per token),
+        `fvu`, `l0`, `l1` (decoder-norm-weighted), `sparsity`, `aux`, `n_dead`, `fired_counts [d_sae]`.
         """
         x = self._check_input(x)
         target = self._check_target(x, target)
@@ -390,12 +387,9 @@ def shrink_untrained_output(
 ) -> None:
     """Scale a transcoder's encoder so its untrained output is at most 10% of the target's spread.
 
-    A transcoder's random features do not predict its target, so whatever they write at init
-    is pure error: with unit-norm decoder rows and a random encoder that error is several
-    times the target's variance (FVU ≫ 1) and the first hundreds of steps are spent undoing
-    it. Activations scale linearly with the encoder (TopK picks the same latents), so one
-    rescale of `W_enc`/`b_enc` fixes it. `coder` is a `Dictionary` or a cross-layer
-    transcoder (`x_sample`/`target_sample` then carry its layer axis).
+    Random features do not predict a transcoder's target, so their init output is pure error
+    (FVU ≫ 1); activations scale linearly with the encoder, so one rescale of `W_enc`/`b_enc` fixes
+    it. `coder` is a `Dictionary` or a cross-layer transcoder (samples then carry its layer axis).
     """
     out = coder.forward(x_sample).out
     assert out is not None

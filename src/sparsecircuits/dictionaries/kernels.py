@@ -37,13 +37,9 @@ _dense_reference = False
 
 
 def set_topk_selection(mode: str) -> str:
-    """Set how TopK encoders select (`auto` | `fp32` | `bf16`); returns the previous mode.
-
-    `fp32`: top-k of the fp32 pre-activations. `bf16`: verified bf16 candidate selection
-    (docs/internals.md) wherever the inputs are fp32 on a CPU. `auto` (default, also from the
-    environment variable `SPARSECIRCUITS_TOPK_SELECTION`): `bf16` where the CPU has native bf16
-    matmuls, `d_sae >= 4096` and `k <= 64`, else `fp32`. All modes give the same top-k.
-    """
+    """Set how TopK encoders select (`auto` | `fp32` | `bf16`); returns the previous mode. `auto`
+    (default, also from `SPARSECIRCUITS_TOPK_SELECTION`) uses the verified bf16 selection on CPUs
+    with native bf16, `d_sae >= 4096` and `k <= 64`; all modes give the same top-k."""
     global _selection
     if mode not in SELECTION_MODES:
         raise ValueError(f"topk selection must be one of {SELECTION_MODES}, got {mode!r}")
@@ -186,14 +182,11 @@ def row_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def blocked_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """`scores.topk(k, dim=-1, sorted=False)` in torch ops, faster on CPU.
+    """`scores.topk(k, dim=-1, sorted=False)` in torch ops, faster on CPU: `(values, indices)`.
 
-    The row is cut into `width / G` strided blocks (block j = elements j, j + width/G, ...);
-    a block's maximum is an elementwise max of G contiguous slices (vectorised), and the top k
-    elements of a row all lie in the k blocks with the largest maxima (a block outside those
-    has its maximum, hence every element, below k larger elements). So one top-k over the block
-    maxima and one over the `G·k` gathered candidates replace the top-k over the whole row.
-    Ties may pick other, equal-valued, elements than `torch.topk`. Returns `(values, indices)`.
+    The top k of a row lie in the k strided blocks with the largest maxima, so one top-k over the
+    block maxima and one over the `G·k` gathered candidates replace the top-k over the row (ties
+    may pick other equal-valued elements than `torch.topk`).
     """
     n, width = scores.shape
     groups = _groups(width, k)
@@ -384,16 +377,11 @@ def topk_encode(
     signed: bool = False,
     b_in: Tensor | None = None,
 ) -> TopKCodes:
-    """Sparse TopK encoder with a sparse backward.
-
-    `x_in [n, d_in]` is the (bias-subtracted) input, `W_enc [d_in, d_sae]`, `b_enc [d_sae]`;
-    with `b_in [d_in]` given, `x_in` is the raw input and `x_in - b_in` is encoded (the
-    gradient of `b_in` then needs no `[n, d_in]` input gradient when `x_in` is data).
-    Returns `TopKCodes` with `values, indices [n, k]` (ReLU'd, or sign-kept when `signed`) and,
-    when `aux_mask [d_sae]` (bool, True = dead) and `aux_k > 0` are given, the top `aux_k`
-    dead latents per row as `aux_values, aux_indices [n, aux_k]`; otherwise those are None.
-    Inside `dense_reference()`, `topk_encode_dense` does the work.
-    """
+    """Sparse TopK encoder with a sparse backward: `TopKCodes` of `x_in [n, d_in]` through
+    `W_enc [d_in, d_sae]`, `b_enc [d_sae]` (minus `b_in [d_in]` first when given, without an
+    `[n, d_in]` input gradient): `values, indices [n, k]` (ReLU'd, or sign-kept when `signed`) and,
+    with `aux_mask [d_sae]` (True = dead) and `aux_k > 0`, `aux_values, aux_indices [n, aux_k]`
+    (else None). Inside `dense_reference()`, `topk_encode_dense` does the work."""
     if _dense_reference:
         return topk_encode_dense(
             x_in, W_enc, b_enc, k, aux_mask=aux_mask, aux_k=aux_k, signed=signed, b_in=b_in

@@ -26,13 +26,10 @@ def _next_token_ce_and_logprobs(
 
 @dataclass
 class Baseline:
-    """What every dictionary spliced at one set of hooks compares against, computed once per set
-    (one hook for a per-layer dictionary, every written layer for a cross-layer transcoder).
+    """The clean and ablated runs every dictionary spliced at one set of hooks compares against.
 
-    `clean_logprobs` holds `[b, p-1, vocab]` per batch, or is None when keeping them would pass
-    the memory cap (the clean forward is then rerun per dictionary for the KL); the sums are
-    summed CE over predicted tokens of the clean, zero-ablated and mean-ablated model;
-    `n_tokens` counts those tokens.
+    `clean_logprobs`: `[b, p-1, vocab]` per batch, or None past the memory cap (the clean forward
+    is then rerun for the KL); `clean`, `zero`, `mean`: summed CE over `n_tokens` predicted tokens.
     """
 
     clean_logprobs: list[torch.Tensor] | None
@@ -98,12 +95,9 @@ def check_splice_hooks(
 def splice(adapter: ModelAdapter, dictionary: SparseCoder) -> Iterator[ModelAdapter]:
     """Context manager: every output hook of `dictionary` becomes its reconstruction, all at once.
 
-    Per layer ℓ of the dictionary (one for a per-layer dictionary), the input hook (`[b, p,
-    d_in]`, or hook_z's `[b, p, heads, d_head]`) is encoded and its writes are added to the
-    pending outputs of layers t >= ℓ (`layer_writes`); the output hook of layer t is replaced by
-    `ŷ_t = b_dec,t + Σ_{ℓ <= t} (what layer ℓ writes to t)`. For a per-layer dictionary that is
-    its reconstruction; an SAE reads and replaces one hook. The inputs are those of the spliced
-    pass, so reconstruction errors propagate as they would in a replacement model.
+    Each layer ℓ's input hook (`[b, p, d_in]`, or hook_z's `[b, p, heads, d_head]`) is encoded and its
+    `layer_writes` added to the pending outputs of layers t >= ℓ; output t is replaced by `ŷ_t`. The
+    inputs are those of the spliced pass, so errors propagate as in a replacement model.
     """
     hooks_in, hooks_out = dictionary.cfg.layer_hooks()
     check_splice_hooks(adapter, hooks_in, hooks_out)
@@ -213,18 +207,13 @@ def spliced_losses(
     mean_out: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
     baseline: Baseline | None = None,
 ) -> dict[str, float]:
-    """Return CE losses of the clean, spliced, zero-ablated and mean-ablated model, and KL.
+    """Return `ce_loss_clean`, `ce_loss_spliced`, `ce_loss_zero_ablated`, `ce_loss_mean_ablated`
+    (mean CE per predicted token of `batches [b, p]`), `ce_loss_recovered = (CE_zero − CE_spliced) /
+    (CE_zero − CE_clean)`, `ce_loss_recovered_vs_mean` and `kl_div` (mean KL(clean ‖ spliced)).
 
-    `batches` are token tensors `[b, p]`. A dictionary reads `cfg.hook_in` and its output
-    replaces `cfg.hook_out`; a cross-layer transcoder replaces all its layers' outputs at once
-    (`splice`) and is ablated at all of them. `mean_out` is the activation used for mean
-    ablation, `[d_out]` (a CLT: `{hook_out: [d_out]}` per layer); the mean over the window when
-    None. `baseline` (from `baseline_losses` on the same batches and hooks) skips recomputing
-    the clean and ablated runs. Returns `ce_loss_clean`, `ce_loss_spliced`,
-    `ce_loss_zero_ablated`, `ce_loss_mean_ablated` (mean CE per predicted token),
-    `ce_loss_recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean)`, the same against the
-    mean ablation (`ce_loss_recovered_vs_mean`), and `kl_div`, the mean over predicted tokens of
-    KL(clean ‖ spliced).
+    A cross-layer transcoder is spliced (`splice`) and ablated at all its outputs at once. `mean_out`
+    (`[d_out]`; a CLT: `{hook_out: [d_out]}`) is the mean-ablation value, the window's mean when None;
+    `baseline` (`baseline_losses` on the same batches and hooks) skips the clean and ablated runs.
     """
     if baseline is None:
         hooks_out = spliced_hooks(dictionary)

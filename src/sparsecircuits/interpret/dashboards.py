@@ -57,10 +57,9 @@ class DashboardConfig:
 class FeatureDashboards:
     """The dashboards of one dictionary, as tensors indexed by latent (`d_sae` first).
 
-    `*_token_ids` windows hold -1 outside the context. `top_acts`/`sample_acts` are the
-    activations at the centre token (0 = empty slot). `hist_counts [d_sae, hist_bins]` counts
-    tokens per log10 |activation| bin (edges in `hist_edges`). Logit/de-embedding tables are None
-    when not meaningful for the dictionary's hooks.
+    Windows hold -1 outside the context; `top_acts`/`sample_acts` are centre-token activations (0 =
+    empty slot); `hist_counts [d_sae, hist_bins]` counts log10 |activation| bins (`hist_edges`).
+    Logit / de-embedding tables are None where the hooks make them meaningless.
     """
 
     name: str
@@ -317,14 +316,9 @@ def compute_dashboards(
     max_tokens: int | None = None,
     progress: bool = False,
 ) -> dict[str, FeatureDashboards]:
-    """Return `{name: FeatureDashboards}` for every dictionary, from one pass over `token_batches`.
-
-    `token_batches` yields `input_ids [batch, pos]`; each batch runs the model once (stopping after
-    the last hooked layer) and feeds every dictionary reading one of its `hook_in`s. Stops after
-    `max_tokens` tokens when given. A dictionary over several layers (a cross-layer transcoder)
-    gives one entry per layer, `"{name}.layer{i}"`, whose output logits are those of each
-    latent's summed decoder blocks (see `feature_layers`).
-    """
+    """Return `{name: FeatureDashboards}` for every dictionary, from one pass over `token_batches`
+    (`input_ids [batch, pos]`, one model forward each, up to `max_tokens`). A cross-layer
+    transcoder gives one entry per layer, `"{name}.layer{i}"` (see `feature_layers`)."""
     cfg = config or DashboardConfig()
     if not dictionaries:
         raise SparseCircuitsError("compute_dashboards got no dictionaries; pass at least one")

@@ -15,14 +15,10 @@ D_SAE = 1024
 
 
 def default_grid(layer: int = SWEEP_LAYER, d_sae: int = D_SAE) -> list[dict[str, Any]]:
-    """Return the default sweep: each activation family at a few sparsities, transcoder and SAE.
-
-    TopK-like families (topk, batchtopk, abstopk, top-AFA's cap, matching pursuit's steps) are
-    set by k (BatchTopK's inference-threshold EMA at rate 0.1). ReLU and JumpReLU start at L0 = `init_l0` (16 or 32; encoder bias / thresholds
-    from the first batch's quantiles) with a sparsity coefficient that holds them near it: in
-    a 300k-token run their parameters move too little for the coefficient alone to set the L0
-    (from the plain init they stayed at L0 280-670). A TopK skip transcoder rides along at k=32.
-    """
+    """Return the default sweep: each activation family at a few sparsities, as transcoder and SAE,
+    plus a TopK skip transcoder. TopK-like families are set by k; ReLU and JumpReLU start at
+    `init_l0` 16 or 32, with a coefficient that holds them there (in a 300k-token run the
+    coefficient alone cannot move L0 from its init)."""
     per_kind: list[dict[str, Any]] = []
     per_kind += [{"architecture": "topk", "k": k} for k in (16, 32)]
     # A 73-step run: the default threshold EMA (0.01) would average over the whole run while

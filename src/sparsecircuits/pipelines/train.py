@@ -52,18 +52,11 @@ FROM_RUN = ("d_in", "d_out", "model_name", "device", "seed", "training")
 class DictionarySpec:
     """One dictionary to train: a `DictionaryConfig` whose widths come from the model.
 
-    Written flat, like the config: the fields below, and in `settings` every other key a
-    `DictionaryConfig` of this architecture takes (the family's own, such as `k`; shared ones,
-    such as `decoder_norm`), checked as the config checks them when the spec is made and
-    validated when the dictionary is built. The model gives `d_in`, `d_out` and `model_name`,
-    the run `device` and `seed`.
-
-    Hooks default from `kind` and `layer`. transcoder / skip_transcoder:
-    `blocks.{layer}.hook_mlp_in → blocks.{layer}.hook_mlp_out`; sae: `blocks.{layer}.hook_mlp_out`
-    (the same point a transcoder writes, so the two compare); clt (cross-layer transcoder): the
-    templates `blocks.{layer}.hook_mlp_in → blocks.{layer}.hook_mlp_out` over layers
-    `0 .. n_layers - 1` (`n_layers` None: every layer of the model; `layer` must stay 0).
-    `n_layers` is for kind clt only.
+    Written flat: the fields below, and in `settings` every other `DictionaryConfig` key of this
+    architecture (checked as the config checks them). The model gives `d_in`, `d_out`,
+    `model_name`; the run `device` and `seed`. Hooks default from `kind` and `layer`: a transcoder
+    `blocks.{layer}.hook_mlp_in → hook_mlp_out`, an SAE `hook_mlp_out`, a clt the same templates
+    over layers `0 .. n_layers - 1` (`n_layers` is for kind clt only; None: every layer).
     """
 
     kind: str = "transcoder"
@@ -302,17 +295,10 @@ def train_run(
     adapter: ModelAdapter | None = None,
     context: DistributedContext | None = None,
 ) -> tuple[dict[str, SparseCoder], TrainResult, ModelAdapter]:
-    """Train every dictionary of `cfg` from one activation stream; save them under `cfg.out`.
-
-    Returns the trained dictionaries (cross-layer transcoders included: the store harvests every
-    layer hook they read), the `TrainResult` and the model adapter. Final dictionaries land in
-    `cfg.out/dictionaries/<name>/` (SAELens layout); checkpoints in `cfg.out/checkpoints/`.
-
-    With a `DistributedContext` this process is one rank of a data-parallel run
-    (`training/distributed.py`): it harvests its shard of the contexts into a buffer of its share
-    of the batch, trains with `DistributedTrainer`, and only rank 0 writes `cfg.out`; the
-    dictionaries come back identical on every rank.
-    """
+    """Train every dictionary of `cfg` from one activation stream; return them, the `TrainResult`
+    and the adapter. Final dictionaries land in `cfg.out/dictionaries/<name>/`, checkpoints in
+    `cfg.out/checkpoints/`. With a `DistributedContext` this process is one rank of a data-parallel
+    run: it harvests its shard, trains with `DistributedTrainer`, and only rank 0 writes `cfg.out`."""
     out = Path(cfg.out)
     device = cfg.device if context is None else context.device
     adapter = adapter or load_model(cfg.model, device=device, dtype=torch_dtype(cfg.dtype))

@@ -361,14 +361,11 @@ def ioi_training_text(
     word_pool: Sequence[str] = (),
     word_share: float = 0.0,
 ) -> str:
-    """Return one complete IOI sentence (with answer and full stop) from training pools only.
+    """Return one complete IOI sentence (answer and full stop included) from training pools only.
 
-    With probability `compositional` the template comes from `compositional_template`, else
-    from `TEMPLATES_TRAIN` (the pretraining corpus uses `compositional=0`). With probability
-    `word_share` the two "names", the place and the object are arbitrary words of `word_pool`
-    instead ("When kettle and river went to the bridge, kettle gave a tree to river"), which
-    teaches the rule for any token rather than for the training names; held-out names, places
-    and objects are never drawn from it.
+    The template comes from `compositional_template` with probability `compositional`, else from
+    `TEMPLATES_TRAIN`; with probability `word_share` the names, place and object are words of
+    `word_pool` instead, so the rule is learned for any token (held-out words never drawn).
     """
     template = (
         compositional_template(rng) if rng.random() < compositional else rng.choice(TEMPLATES_TRAIN)

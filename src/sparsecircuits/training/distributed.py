@@ -51,13 +51,9 @@ class DistributedContext:
 def init_distributed(
     backend: str | None = None, device: str | None = None, timeout_s: float = 1800.0
 ) -> DistributedContext:
-    """Join the process group torchrun describes in the environment; return this rank's context.
-
-    Without torchrun's variables (`WORLD_SIZE` unset or 1) this is a one-process context and
-    nothing is initialised. The backend defaults to NCCL when CUDA is available, else gloo; the
-    device to `cuda:{LOCAL_RANK}` under NCCL, else "cpu". A rank stuck longer than `timeout_s`
-    in a collective (e.g. because another rank died) raises instead of hanging forever.
-    """
+    """Join the process group torchrun describes in the environment; return this rank's context
+    (a one-process context without torchrun's `WORLD_SIZE`). Backend: NCCL with CUDA, else gloo;
+    device: `cuda:{LOCAL_RANK}` under NCCL, else "cpu"; a collective stuck over `timeout_s` raises."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

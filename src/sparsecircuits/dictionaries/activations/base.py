@@ -27,13 +27,11 @@ Owner = Union["Dictionary", "CLTLayer"]
 
 @dataclass
 class ForwardOutput:
-    """Result of `Dictionary.forward` on `n` tokens.
+    """Result of `Dictionary.forward` on `n` tokens; iterating yields `(out, feature_acts)`.
 
-    `out [n, d_out]` is the reconstruction (None until the dictionary decodes). Dense families
-    fill `dense_acts [n, d_sae]`; TopK-like families fill `values, indices [n, k]` and, when a
-    dead mask was given, `aux_values, aux_indices [n, k_aux]`. `pre_acts [n, d_sae]` is kept
-    where the family computed it with autograd (None on the sparse TopK path).
-    Iterating yields `(out, feature_acts)`.
+    `out [n, d_out]` (None until decoded); dense families fill `dense_acts [n, d_sae]`, TopK-like ones
+    `values, indices [n, k]` (and `aux_values, aux_indices [n, k_aux]` with a dead mask);
+    `pre_acts [n, d_sae]` where the family computed it with autograd.
     """
 
     out: Tensor | None = None
@@ -130,14 +128,9 @@ def require_nonnegative(params: ActivationParams, *names: str) -> None:
 
 
 class Activation(nn.Module, ABC):
-    """Base class of an activation family (ReLU, TopK, ...).
-
-    Subclasses set `name` (the `DictionaryConfig.architecture` value) and implement `encode`;
-    they override `sparsity_loss`, `aux_loss`, `after_step` and `saelens_architecture` when the
-    family needs them, and set `Params` when it has settings (read as `self.params`).
-    Parameters or buffers a family owns (e.g. JumpReLU thresholds) live on the activation module
-    and are saved with the dictionary.
-    """
+    """Base class of an activation family (ReLU, TopK, ...): sets `name` (the `architecture`
+    value), implements `encode`, overrides the loss and training hooks it needs and sets `Params`
+    when it has settings (`self.params`); its parameters and buffers are saved with the dictionary."""
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[ActivationParams]] = ActivationParams
@@ -210,13 +203,9 @@ class Activation(nn.Module, ABC):
 
 
 def firing_quantiles(dictionary: Owner, x_in: Tensor, l0: float) -> Tensor:
-    """Per latent, the pre-activation value `[d_sae]` exceeded on `l0 / d_sae` of `x_in [n, d_in]`.
-
-    Thresholding every latent there makes the batch's mean L0 about `l0`. Parameters and weight
-    updates move pre-activations by roughly the learning rate per step, so over a short run the
-    starting L0 of a ReLU or JumpReLU dictionary largely persists; the `init_l0` setting chooses it
-    instead of leaving it to the activation scale.
-    """
+    """Per latent, the pre-activation value `[d_sae]` exceeded on `l0 / d_sae` of `x_in [n, d_in]`:
+    thresholds there start a ReLU or JumpReLU dictionary at mean L0 ≈ `l0` (`init_l0`), which a
+    short run largely keeps."""
     assert dictionary.W_enc is not None
     pre = torch.addmm(dictionary.b_enc, x_in.to(dictionary.W_enc.dtype), dictionary.W_enc)
     n = pre.shape[0]

@@ -29,13 +29,10 @@ def matching_pursuit(
     residual_threshold: float = 0.0,
     stop_on_duplicate_support: bool = False,
 ) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
-    """Run matching pursuit on `residual [n, d]` over `atoms [m, d]` (unit rows).
-
-    Returns `(codes [n, m], final residual [n, d], the chosen atom per step (list of [n] int64),
-    the residual norm after each step [steps, n])`. Rows stop (α masked to 0) once their residual
-    norm is below `residual_threshold` or, with `stop_on_duplicate_support`, once a step leaves
-    their support unchanged.
-    """
+    """Run matching pursuit on `residual [n, d]` over unit-row `atoms [m, d]`: `(codes [n, m], final
+    residual [n, d], chosen atom per step (list of [n] int64), residual norm per step [steps, n])`.
+    A row stops once its residual norm is below `residual_threshold` or, with
+    `stop_on_duplicate_support`, once a step leaves its support unchanged."""
     n, m = residual.shape[0], atoms.shape[0]
     codes = residual.new_zeros(n, m)
     done = torch.zeros(n, dtype=torch.bool, device=residual.device)
