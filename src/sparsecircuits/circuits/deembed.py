@@ -48,13 +48,9 @@ def connection_matrix(
     src_features: Tensor | list[int] | None = None,
     dst_features: Tensor | list[int] | None = None,
 ) -> Tensor:
-    """Return `[n_src, n_dst]` input-invariant connections `W_dec[src] · f_enc[dst]`.
-
-    With `head = (attn_layer, h)` the connection goes through that head's OV circuit
-    (`W_dec[src] · OV^T f_enc[dst]`); the head must sit between the two transcoders. A
-    cross-layer transcoder's `W_dec[src]` sums its blocks into the MLPs written before the
-    reader (the destination transcoder, or the head).
-    """
+    """Return `[n_src, n_dst]` input-invariant connections `W_dec[src] · f_enc[dst]`, through the
+    OV circuit of `head = (attn_layer, h)` when given (it must sit between the two transcoders); a
+    cross-layer transcoder's `W_dec[src]` sums its blocks written before the reader."""
     enc = encoder_directions(model, dst_layer, dst_features)
     if head is None:
         if not model.mlp_write(src_layer) < model.mlp_read(dst_layer):

@@ -32,11 +32,8 @@ class Prediction:
 
 @dataclass
 class InterventionResult:
-    """What the (edited) replacement model does with a prompt.
-
-    `logits [T, vocab]` over the prompt, `top` the most likely next tokens after it, and the
-    greedy (temperature 0) or sampled continuation of `n_tokens` tokens.
-    """
+    """What the (edited) replacement model does with a prompt: `logits [T, vocab]`, the `top` next
+    tokens, and the greedy (temperature 0) or sampled continuation."""
 
     logits: Tensor
     top: list[Prediction]
@@ -100,12 +97,9 @@ def intervene(
     seed: int = 0,
     freeze: bool = False,
 ) -> InterventionResult:
-    """Run `prompt` through the replacement model `rm` with `interventions`.
-
-    Returns the prompt's logits, the `top_k` next-token predictions and `n_tokens` generated
-    tokens (greedy at temperature 0, else sampled with `seed`). Generation recomputes the whole
-    sequence each step (no KV cache): fine for the short prompts this is meant for.
-    """
+    """Run `prompt` through the replacement model `rm` with `interventions`: its logits, the `top_k`
+    next tokens and `n_tokens` generated ones (greedy at temperature 0, else sampled with `seed`;
+    each step reruns the whole sequence)."""
     tokenizer = rm.adapter.tokenizer
     input_ids = (
         rm.tokenize(prompt) if isinstance(prompt, str) else prompt.reshape(1, -1).to(rm.device)

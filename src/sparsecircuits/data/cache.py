@@ -177,11 +177,8 @@ def _progress_bar(total: int, enabled: bool) -> Any:
 
 
 class CachedActivationSource:
-    """A folder written by `harvest_to_disk`, checked and ready to read.
-
-    Attributes: `folder`, `manifest` (the parsed JSON), `hooks` (hook -> dim), `n_tokens`,
-    `dtype` (torch dtype), `model_name`, `context_size`.
-    """
+    """A folder written by `harvest_to_disk`, checked and ready to read: `folder`, `manifest`,
+    `hooks` (hook -> dim), `n_tokens`, `dtype`, `model_name`, `context_size`."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)

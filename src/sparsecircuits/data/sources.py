@@ -188,12 +188,8 @@ _LOCAL_BUILDERS = {
 
 
 class HFDatasetSource:
-    """Documents from a Hugging Face `datasets` dataset: a hub id, a local data folder or
-    file, or a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`.
-
-    Hub ids need network access; without it loading raises `SparseCircuitsError`. `config`
-    is the dataset's configuration name (e.g. ``"wikitext-103-raw-v1"``).
-    """
+    """Documents from a Hugging Face `datasets` dataset: a hub id (needs network access), a local
+    data folder or file, or a `save_to_disk` folder; `config` is its configuration name."""
 
     def __init__(
         self,
@@ -300,12 +296,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 class EmbeddedSource:
-    """The held-out corpus shipped with the embedded model.
-
-    Reads ``heldout.jsonl`` (field ``text``) or ``heldout.txt`` (one document per
-    blank-line-separated paragraph) from `folder`, by default
-    `sparsecircuits.models.embedded.embedded_dir()`.
-    """
+    """The held-out corpus shipped with the embedded model: ``heldout.jsonl`` (field ``text``) or
+    ``heldout.txt`` (paragraphs) from `folder`, by default `models.embedded.embedded_dir()`."""
 
     def __init__(self, folder: str | Path | None = None) -> None:
         self.folder = Path(folder) if folder is not None else None
@@ -340,13 +332,9 @@ class EmbeddedSource:
 
 
 def make_source(spec: str | Path) -> TextSource:
-    """Return the `TextSource` a command-line data spec names.
-
-    * ``"embedded"``: the embedded model's held-out corpus (`EmbeddedSource`).
-    * ``"hf:NAME"``, ``"hf:NAME:SPLIT"``, ``"hf:NAME:CONFIG:SPLIT"``: `HFDatasetSource`.
-    * a folder written by `datasets` ``save_to_disk``: `HFDatasetSource`.
-    * any other file, folder or glob: `FileSource`.
-    """
+    """Return the `TextSource` a command-line data spec names: ``"embedded"`` (`EmbeddedSource`),
+    ``"hf:NAME[:CONFIG][:SPLIT]"`` or a ``save_to_disk`` folder (`HFDatasetSource`), any other file,
+    folder or glob (`FileSource`)."""
     text = str(spec)
     if text == "embedded":
         return EmbeddedSource()

@@ -52,12 +52,9 @@ def _as_context_rows(contexts: Iterable[Tensor]) -> Iterator[Tensor]:
 
 
 class ModelRows:
-    """Runs the model over a stream of contexts and writes hook activations as rows.
-
-    `position` counts contexts consumed. Seeking restarts a re-iterable stream (e.g. a
-    `TokenSource`) and skips contexts without running the model; a one-shot iterator can only
-    be skipped forward.
-    """
+    """Runs the model over a stream of contexts and writes hook activations as rows; `position`
+    counts contexts. Seeking replays a re-iterable stream without running the model; a one-shot
+    iterator only skips forward."""
 
     kind = "model"
 
@@ -323,11 +320,8 @@ class ActivationStore:
         return self.next_batch()
 
     def next_batch(self) -> dict[str, Tensor]:
-        """Return the next batch ``{hook: Tensor [batch_tokens, d]}`` on `self.device`.
-
-        Raises `StopIteration` when the data is exhausted (inside a generator, catch it: PEP
-        479 turns it into RuntimeError), and `SparseCircuitsError` when the data held nothing.
-        """
+        """Return the next batch ``{hook: Tensor [batch_tokens, d]}`` on `self.device`; raise
+        `StopIteration` when the data is exhausted, `SparseCircuitsError` when it held nothing."""
         parts: list[dict[str, Tensor]] = []
         needed = self.cfg.batch_tokens
         while needed > 0:
@@ -386,11 +380,8 @@ class ActivationStore:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the data position as a JSON-ready dict of ints, strings and lists.
-
-        Loading it into a store built the same way (same data, hooks and config) makes the
-        following batches equal those of an uninterrupted run.
-        """
+        """Return the data position as a JSON-ready dict: a store built the same way that loads it
+        continues with the batches of an uninterrupted run."""
         return {
             "version": _STATE_VERSION,
             **self._fingerprint(),

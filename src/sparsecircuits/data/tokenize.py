@@ -139,11 +139,8 @@ def _pack(
 
 
 class TokenSource:
-    """A re-iterable stream of packed contexts: each `iter()` restarts `pack_tokens` on a fresh
-    `text_source.iter_texts()`, so the stream can be replayed to resume at a position.
-
-    Iterating yields LongTensors ``[context_size]``.
-    """
+    """A re-iterable stream of packed contexts (LongTensors ``[context_size]``): each `iter()`
+    restarts `pack_tokens` on a fresh `text_source.iter_texts()`, so it can be replayed to resume."""
 
     def __init__(
         self,
@@ -183,11 +180,8 @@ class TokenSource:
 
 
 class TokenBatcher:
-    """Group contexts into model batches: iterating yields LongTensors ``[batch_size, context]``.
-
-    The last batch is smaller when the contexts run out, unless `drop_last`. Re-iterable when
-    `contexts` is (e.g. a `TokenSource`).
-    """
+    """Group contexts into model batches, LongTensors ``[batch_size, context]`` (the last one
+    smaller unless `drop_last`); re-iterable when `contexts` is."""
 
     def __init__(
         self, contexts: Iterable[Tensor], batch_size: int, drop_last: bool = False

@@ -26,10 +26,7 @@ SparseCoder = Dictionary | CrossLayerTranscoder
 
 def make(cfg: DictionaryConfig, init: bool = True) -> SparseCoder:
     """Return the dictionary `cfg` describes: a `CrossLayerTranscoder` for kind "clt", else a
-    `Dictionary` (SAE, transcoder or skip transcoder).
-
-    `init=False` skips the random initialisation (loaders fill every tensor themselves).
-    """
+    `Dictionary`; `init=False` skips the random initialisation (loaders fill every tensor)."""
     if cfg.kind == "clt":
         return CrossLayerTranscoder(cfg, init=init)
     return Dictionary(cfg, init=init)

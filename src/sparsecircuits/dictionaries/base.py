@@ -162,12 +162,9 @@ class Dictionary(CoderBase):
     def init_biases_from_data(
         self, x_sample: Tensor, target_sample: Tensor | None = None, geometric_median: bool = False
     ) -> None:
-        """Set `b_in` to the centre of `x_sample [n, d_in]` and `b_dec` to that of the target.
-
-        The centre is the mean, or the geometric median (Weiszfeld) when `geometric_median`.
-        `target_sample [n, d_out]` defaults to `x_sample` for an SAE and is required otherwise.
-        Families that centre by `b_dec` instead (matching pursuit) keep `b_in` at zero.
-        """
+        """Set `b_in` and `b_dec` to the centres (mean, or Weiszfeld geometric median) of `x_sample
+        [n, d_in]` and of `target_sample [n, d_out]` (x for an SAE); families centring by `b_dec`
+        (matching pursuit) keep `b_in` at zero."""
         x_sample = self._check_input(x_sample).to(self.b_in.dtype)
         target_sample = self._check_target(x_sample, target_sample).to(self.b_dec.dtype)
         if self.activation.uses_input_bias:
@@ -211,11 +208,8 @@ class Dictionary(CoderBase):
         return out + self.b_dec if bias else out
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
-        """Encode and decode `x [n, d_in]`: `ForwardOutput` with `out [n, d_out]` and the codes.
-
-        `dead_mask` (bool `[d_sae]`, True = dead) only matters for families with an auxiliary
-        dead-latent loss (TopK's AuxK); it selects the auxiliary codes.
-        """
+        """Encode and decode `x [n, d_in]`: `ForwardOutput` with `out [n, d_out]` and the codes;
+        `dead_mask` (bool `[d_sae]`, True = dead) selects the auxiliary codes of TopK's AuxK."""
         x = self._check_input(x)
         if x.ndim != 2:
             raise SparseCircuitsError(

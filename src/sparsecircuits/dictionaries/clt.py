@@ -25,12 +25,9 @@ from sparsecircuits.errors import SparseCircuitsError
 
 
 class CLTLayer:
-    """Layer ℓ of a cross-layer transcoder as its activation sees it: the attributes a
-    `Dictionary` gives its `Activation`, as differentiable views of the CLT's parameters.
-
-    `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `b_in [d_in]`; `W_dec [d_sae, (L - ℓ) d_out]` (the
-    layer's decoder blocks side by side).
-    """
+    """Layer ℓ of a cross-layer transcoder as its activation sees it (differentiable views):
+    `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `b_in [d_in]`, and `W_dec [d_sae, (L - ℓ) d_out]`, the
+    layer's decoder blocks side by side."""
 
     def __init__(self, clt: CrossLayerTranscoder, layer: int) -> None:
         self.clt, self.layer, self.cfg = clt, layer, clt.cfg
@@ -193,11 +190,7 @@ class CrossLayerTranscoder(CoderBase):
 
     def encode_layer(self, x: Tensor, layer: int) -> Tensor:
         """Feature activations `[..., d_sae]` of model layer `layer`'s latents from its input
-        `x [..., d_in]`.
-
-        The same per-layer computation as `encode` (which needs every layer's input at once), for
-        callers that run the layers one after another.
-        """
+        `x [..., d_in]`: `encode`'s per-layer computation, for callers running layers one by one."""
         index = self._index(layer)
         if x.shape[-1] != self.d_in:
             raise SparseCircuitsError(

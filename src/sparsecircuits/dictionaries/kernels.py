@@ -213,11 +213,8 @@ def _select(pre_acts: Tensor, k: int, signed: bool) -> tuple[Tensor, Tensor]:
 def _select_aux(
     pre_acts: Tensor, aux_mask: Tensor, aux_k: int, signed: bool
 ) -> tuple[Tensor, Tensor]:
-    """Top-`aux_k` among the latents where `aux_mask` is True (dead latents), per row.
-
-    Works on the dead columns only (`aux_k <= #dead` is the caller's job), so its cost scales
-    with the number of dead latents rather than `d_sae`.
-    """
+    """Top-`aux_k` per row among the latents where `aux_mask` is True, computed on those columns
+    only (`aux_k <= #dead` is the caller's job)."""
     dead = aux_mask.nonzero().squeeze(1)
     return _select_dead(pre_acts.index_select(-1, dead), dead, aux_k, signed)
 
@@ -417,12 +414,8 @@ def topk_encode_dense(
 
 
 def _scatter_outer(indices: Tensor, weights: Tensor, rows: Tensor, d_sae: int) -> Tensor:
-    """`Σ_{r,s} weights[r, s] · rows[r]` accumulated into row `indices[r, s]`: `[d_sae, d]`.
-
-    This is `S.T @ rows` for the sparse `S [n, d_sae]` holding `weights` at `indices`; a COO
-    sparse-dense matmul does it without a dense `[n, d_sae]` buffer (measured 3-5x faster on CPU
-    than embedding_bag's sort-based weight backward, a dense GEMM, or `index_add_` of outer products).
-    """
+    """`Σ_{r,s} weights[r, s] · rows[r]` into row `indices[r, s]` of `[d_sae, d]`: `S.T @ rows` for
+    the sparse `S [n, d_sae]`, as a COO sparse-dense matmul (3-5x faster on CPU than alternatives)."""
     n, k = indices.shape
     token = torch.arange(n, device=indices.device).repeat_interleave(k)
     sparse = torch.sparse_coo_tensor(
@@ -453,12 +446,9 @@ class _SparseDecode(torch.autograd.Function):
 
 
 def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
-    """Return `Σ_s values[:, s] · W_dec[indices[:, s]]` as `[n, d_out]` (no bias).
-
-    `values, indices [n, k]`, `W_dec [d_sae, d_out]`. Forward is an embedding bag; the backward
-    touches only the selected rows: `grad_values` by gathered dot products, `grad_W_dec` by a
-    sparse-dense matmul. Inside `dense_reference()`, `dense_decode` does the work.
-    """
+    """Return `Σ_s values[:, s] · W_dec[indices[:, s]]` as `[n, d_out]` (no bias) for `values,
+    indices [n, k]`: an embedding bag whose backward touches only the selected rows (inside
+    `dense_reference()`, `dense_decode`)."""
     if _dense_reference:
         return dense_decode(values, indices, W_dec)
     if indices.shape[1] == 0:

@@ -129,12 +129,8 @@ class PerLayerTranscoders(Mapping[int, Dictionary]):
 def as_transcoder_set(
     transcoders: TranscoderSet | Mapping[int, Dictionary | CrossLayerTranscoder] | object,
 ) -> TranscoderSet:
-    """Return `transcoders` as a `TranscoderSet`.
-
-    Accepts a transcoder set, a `{layer: transcoder}` mapping, or `{layer: clt}` over exactly the
-    layers the one cross-layer transcoder covers. Raises `SparseCircuitsError` for anything else
-    (a single transcoder, an SAE, a mix of per-layer and cross-layer transcoders).
-    """
+    """Return `transcoders` (a transcoder set, `{layer: transcoder}`, or `{layer: clt}` over exactly
+    the CLT's layers) as a `TranscoderSet`; raise `SparseCircuitsError` for anything else."""
     if isinstance(transcoders, PerLayerTranscoders | CrossLayerTranscoder):
         return transcoders
     if isinstance(transcoders, Dictionary):

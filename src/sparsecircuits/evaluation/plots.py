@@ -39,11 +39,8 @@ def plot_frontier(
     title: str | None = None,
     clean_key: str | None = "ce_loss_clean",
 ) -> Path:
-    """Draw L0 (x, log scale) against `y` for each (kind, architecture) series; return the path.
-
-    Records are dicts with at least `kind`, `architecture`, `l0` and `y`. When `clean_key` is
-    present in the records a dashed line marks the clean model's value.
-    """
+    """Draw L0 (x, log scale) against `y` for each (kind, architecture) series of `records`, with
+    a dashed clean-model line when they hold `clean_key`; return the path."""
     path = Path(path)
     series: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for r in records:

@@ -65,11 +65,8 @@ def check_splice_hooks(
     adapter: ModelAdapter, hooks_in: Sequence[str], hooks_out: Sequence[str]
 ) -> None:
     """Raise unless a dictionary reading `hooks_in` and writing `hooks_out` (one pair per layer)
-    can be spliced into `adapter`'s forward pass.
-
-    Every name must be a hook of the model (not an attention pattern); hooks may not repeat
-    across layers; each layer's input must come before its output or be that same hook (an SAE).
-    """
+    can be spliced: model hooks (no attention pattern), distinct across layers, each input no later
+    than its output."""
     points_in = [adapter.hook_point(hook) for hook in hooks_in]
     points_out = [adapter.hook_point(hook) for hook in hooks_out]
     per_layer = [{hook_in, hook_out} for hook_in, hook_out in zip(hooks_in, hooks_out, strict=True)]

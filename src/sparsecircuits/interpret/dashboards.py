@@ -120,11 +120,8 @@ class _Accumulator:
     def update(
         self, acts: Tensor, input_ids: Tensor, valid: Tensor, generator: torch.Generator
     ) -> None:
-        """Fold one batch in: `acts [b, p, d_sae]`, `input_ids [b, p]`, `valid [b, p]` bool.
-
-        Works on the firing entries only (sorted per latent), so its cost follows the number of
-        non-zero activations, not `tokens x d_sae`.
-        """
+        """Fold one batch in (`acts [b, p, d_sae]`, `input_ids [b, p]`, `valid [b, p]` bool), at a
+        cost that follows the non-zero activations."""
         cfg = self.cfg
         acts = acts * valid[..., None]
         flat = acts.reshape(-1, self.d_sae)
@@ -187,12 +184,8 @@ def _descending_bits(values: Tensor) -> Tensor:
 def _per_latent_top(
     feat_idx: Tensor, token_idx: Tensor, keys: Tensor, d_sae: int, size: int, empty: float
 ) -> tuple[Tensor, Tensor]:
-    """The `size` firing tokens with the largest `keys` for every latent.
-
-    Returns `rows [d_sae, size]` (flat token indices; 0 in empty slots) and their keys
-    `[d_sae, size]` (`empty` in empty slots). One int64 sort on (latent, key descending) groups
-    the entries; an entry's rank inside its group decides its slot.
-    """
+    """The `size` firing tokens with the largest `keys` per latent: `rows [d_sae, size]` (flat token
+    indices, 0 when empty) and their keys (`empty` when empty), from one sort on (latent, key)."""
     order = torch.sort((feat_idx << 32) | _descending_bits(keys)).indices
     feats = feat_idx[order]
     counts = torch.bincount(feats, minlength=d_sae)
@@ -209,11 +202,8 @@ def _per_latent_top(
 def _windows(
     acts: Tensor, input_ids: Tensor, rows: Tensor, features: Tensor, left: int, right: int
 ) -> tuple[Tensor, Tensor]:
-    """Windows around flat token indices `rows [n]` of a batch, for latents `features [n]`.
-
-    Returns token ids `[n, window]` (int32, -1 outside the context) and the latent's own
-    activation on each window token `[n, window]`.
-    """
+    """Windows around flat token indices `rows [n]` for latents `features [n]`: token ids
+    `[n, window]` (int32, -1 outside the context) and the latent's activation on them."""
     b, p, d_sae = acts.shape
     seq, pos = rows // p, rows % p
     window_pos = pos[:, None] + torch.arange(-left, right + 1, device=acts.device)
@@ -235,11 +225,8 @@ def _merge(
     cfg: DashboardConfig,
     other: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, ...]:
-    """Keep, per latent, the entries with the largest keys among the kept and the new ones.
-
-    Windows are cut from the batch only for new entries that made it in, which after the first
-    batches are few.
-    """
+    """Keep, per latent, the entries with the largest keys among the kept and the new ones (windows
+    are cut only for new entries that made it in)."""
     size, n_old = new_keys.shape[1], keys.shape[1]
     kept_keys, order = torch.cat([keys, new_keys], dim=1).topk(size, dim=1)
     window = cfg.window
@@ -265,12 +252,9 @@ def _merge(
 
 @dataclass(frozen=True)
 class FeatureLayer:
-    """One layer of a dictionary's features, as dashboards read them.
-
-    `encode(x [n, d_in]) -> [n, d_sae]`; `W_enc [d_in, d_sae]` and `b_in [d_in]` (None for a
-    dictionary that encodes with its decoder); `W_dec [d_sae, d_out]` is each latent's total
-    write (its decoder blocks summed over every output it writes to).
-    """
+    """One layer of a dictionary's features, as dashboards read them: `encode(x [n, d_in]) -> [n,
+    d_sae]`, `W_enc [d_in, d_sae]` and `b_in [d_in]` (None when tied), and `W_dec [d_sae, d_out]`,
+    each latent's decoder blocks summed."""
 
     hook_in: str
     hook_out: str
@@ -424,12 +408,9 @@ def _chunk_size(vocab: int) -> int:
 def output_logit_tables(
     adapter: ModelAdapter, dictionary: FeatureLayer, n: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """Top and bottom `n` direct logit effects of each latent's decoder row.
-
-    The row goes through the final norm as a direction (LayerNorm centring, gain; the scale is a
-    per-token constant) and `W_U`. Returns `(top_ids, top_values, bottom_ids, bottom_values)`, each
-    `[d_sae, n]`, or None when the dictionary does not write to the residual stream.
-    """
+    """Top and bottom `n` direct logit effects of each latent's decoder row through the final norm
+    (centring, gain) and `W_U`: `(top_ids, top_values, bottom_ids, bottom_values)`, each
+    `[d_sae, n]`, or None when the dictionary does not write to the residual stream."""
     kind = adapter.hook_point(dictionary.hook_out).kind
     if kind not in RESIDUAL_WRITERS or dictionary.d_out != adapter.d_model:
         return None

@@ -93,11 +93,8 @@ class DictionarySpec:
         return family_params(activation_family(self.architecture), self.settings)
 
     def resolved_hooks(self) -> tuple[str, str]:
-        """Return `(hook_in, hook_out)` after applying the kind's defaults.
-
-        For a cross-layer transcoder these are `{layer}` templates; raises `SparseCircuitsError`
-        when its hooks are not templates or are one and the same hook (an SAE's).
-        """
+        """Return `(hook_in, hook_out)` with the kind's defaults (`{layer}` templates for a
+        cross-layer transcoder, which must be templates and two different hooks)."""
         if self.kind not in KINDS:
             raise SparseCircuitsError(
                 f"unknown dictionary kind {self.kind!r}; use one of {', '.join(KINDS)}"
@@ -150,12 +147,8 @@ class DictionarySpec:
         return n_layers
 
     def resolved_name(self, n_layers: int | None = None) -> str:
-        """Return the folder name: given, or `{kind}-{architecture}-L{layer}-{d_sae}-{sparsity}`
-        with the family's sparsity tag (`k32`, `l1-0.001`, ...; left out when it has none).
-
-        A cross-layer transcoder over layers 0..N-1 is `clt-{architecture}-L0-{N-1}-{d_sae}-…`;
-        `n_layers` is the resolved count (else the spec's own, else "all").
-        """
+        """Return the folder name: given, or `{kind}-{architecture}-L{layer}-{d_sae}-{tag}` (`k32`,
+        `l1-0.001`, ...); a CLT over `n_layers` (resolved, else its own) is `clt-…-L0-{N-1}-…`."""
         if self.name:
             return self.name
         layers = f"L{self.layer}"
@@ -203,11 +196,8 @@ def _spec_fields() -> set[str]:
 def build_dictionaries(
     adapter: ModelAdapter, specs: list[DictionarySpec], seed: int
 ) -> dict[str, SparseCoder]:
-    """Return `{name: dictionary}` sized from the model's hook dimensions.
-
-    A cross-layer transcoder takes its widths from layer 0's hooks; every layer's hooks must
-    exist with those widths, each layer's input coming before its output (`check_compatible`).
-    """
+    """Return `{name: dictionary}` sized from the model's hook dimensions (a cross-layer
+    transcoder from layer 0's, every layer checked by `check_compatible`)."""
     out: dict[str, SparseCoder] = {}
     for i, spec in enumerate(specs):
         hook_in, hook_out = spec.resolved_hooks()

@@ -417,13 +417,9 @@ def _arg_desc(rng: random.Random) -> str:
 def docstring_training_text(
     rng: random.Random, extra_params: Sequence[str] = (), extra_share: float = 0.0
 ) -> str:
-    """Return one Python method whose reST docstring documents a contiguous run of its
-    arguments in signature order (training parameter names only).
-
-    With probability `extra_share` the names are drawn from `PARAMS_TRAIN` plus `extra_params`
-    (e.g. every identifier-like token of a tokenizer), so that copying the next argument has to
-    work for any name; names in `PARAMS_HELDOUT` are never drawn.
-    """
+    """Return one Python method whose reST docstring documents a contiguous run of its arguments;
+    its names are `PARAMS_TRAIN`, or with probability `extra_share` also `extra_params` (so copying
+    works for any name), never `PARAMS_HELDOUT`."""
     n_args = rng.randint(3, 7)
     pool: Sequence[str] = PARAMS_TRAIN
     if extra_params and rng.random() < extra_share:
@@ -452,11 +448,8 @@ def make_docstring_prompts(
     n_matching_args: int = 3,
     n_def_suffix_args: int = 1,
 ) -> TaskPrompts:
-    """Return `n` docstring prompts ending in "    :param"; the answer is the next argument.
-
-    Fields `correct_ids [n]` (the id of " {c}") and `wrong_ids [n, k]` (ids of every other
-    argument in the signature, k = total args - 1); `last_pos [n]` indexes ":param".
-    """
+    """Return `n` docstring prompts ending in "    :param" (`last_pos [n]`): `correct_ids [n]`, the
+    next argument, and `wrong_ids [n, k]`, the signature's other arguments."""
     check_split(split)
     params = single_token_words(tokenizer, PARAMS_HELDOUT if split == "heldout" else PARAMS_TRAIN)
     n_args = n_def_prefix_args + n_matching_args + n_def_suffix_args

@@ -384,11 +384,8 @@ def ioi_training_text(
 def make_ioi_prompts(
     tokenizer: Any, n: int, seed: int = 0, split: str = "heldout", prepend_bos: bool = True
 ) -> TaskPrompts:
-    """Return `n` IOI prompts ending just before the indirect object (half ABBA, half BABA).
-
-    Fields `io_ids [n]` and `s_ids [n]` hold the single-token ids of " IO" and " S";
-    `last_pos [n]` indexes the final " to" (prompts differ in length across templates).
-    """
+    """Return `n` IOI prompts ending just before the indirect object (half ABBA, half BABA):
+    `io_ids`, `s_ids [n]` (ids of " IO", " S"), `last_pos [n]` at the final " to"."""
     check_split(split)
     names = single_token_words(tokenizer, NAMES_HELDOUT if split == "heldout" else NAMES_TRAIN)
     require_pool(names, 2, "IOI names")

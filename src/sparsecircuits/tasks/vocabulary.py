@@ -41,11 +41,8 @@ CODE_TEMPLATES = [
 
 
 def vocabulary_text(rng: random.Random) -> str:
-    """Return a neutral name sentence or code line using task vocabulary.
-
-    Held-out names and parameter names are drawn half of the time so that their embeddings
-    are trained, but never inside an IOI, greater-than or docstring structure.
-    """
+    """Return a neutral name sentence or code line; held-out names and parameter names half of the
+    time (never in a task structure), so their embeddings are trained."""
     names_pool = ioi.NAMES_HELDOUT if rng.random() < 0.5 else ioi.NAMES_TRAIN
     a, b = rng.sample(names_pool, 2)
     params = docstring.PARAMS_HELDOUT if rng.random() < 0.5 else docstring.PARAMS_TRAIN

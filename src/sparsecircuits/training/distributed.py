@@ -74,12 +74,8 @@ def init_distributed(
 
 
 class ShardedContexts:
-    """Every `world_size`-th context of `contexts`, starting at `rank`; re-iterable.
-
-    Only whole rounds of `world_size` contexts are dealt, so every rank gets the same number
-    of contexts and no rank runs out of data while another still waits for it. Items may be
-    `[context]` or `[n, context]` tensors (the latter are split into contexts first).
-    """
+    """Every `world_size`-th context of `contexts` (`[context]` or `[n, context]` items), starting
+    at `rank`, in whole rounds so every rank gets as many; re-iterable."""
 
     def __init__(self, contexts: Iterable[torch.Tensor], rank: int, world_size: int):
         if not 0 <= rank < world_size:
@@ -139,12 +135,8 @@ def broadcast_parameters(dictionary: SparseCoder, src: int = 0) -> None:
 
 
 class DistributedTrainer(Trainer):
-    """`Trainer` for one rank of a data-parallel run (docs/internals.md).
-
-    `store` yields this rank's batches of `cfg.batch_tokens / world_size` rows; `cfg` keeps the
-    global batch size, so steps, schedules and token counts match a one-process run. Only rank 0
-    writes `out_dir`.
-    """
+    """`Trainer` for one rank of a data-parallel run (docs/internals.md): `store` yields this rank's
+    `cfg.batch_tokens / world_size` rows, `cfg` keeps global sizes; only rank 0 writes `out_dir`."""
 
     def __init__(
         self,

@@ -89,13 +89,8 @@ def default_lr(d_sae: int) -> float:
 
 
 class Trainer:
-    """Trains several dictionaries on one stream of activation batches.
-
-    `dictionaries` maps a name (the folder name the dictionary is saved under) to a
-    `Dictionary` or a cross-layer transcoder; each takes `(x, target)` from the batch with
-    `inputs_from` (a CLT stacks its layers' hooks), so one model forward feeds all of them.
-    Each has its own Adam optimiser and schedule.
-    """
+    """Trains several dictionaries (`{folder name: Dictionary or CLT}`) on one stream of activation
+    batches, each from its `inputs_from(batch)` with its own Adam optimiser and schedule."""
 
     def __init__(
         self,
@@ -133,11 +128,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:
-        """Run until `cfg.total_steps` (or `stop_at_step`, schedule unchanged); return a `TrainResult`.
-
-        Raises `TrainingStopped` (after writing a checkpoint) on SIGINT/SIGTERM or when a loss
-        becomes NaN/inf; the checkpoint then holds the last good weights.
-        """
+        """Run until `cfg.total_steps` (or `stop_at_step`); return a `TrainResult`. SIGINT/SIGTERM or
+        a NaN/inf loss raise `TrainingStopped` after a checkpoint (of the last good weights)."""
         start = time.perf_counter()
         metrics: dict[str, dict[str, float]] = {}
         self._start_wandb()
@@ -283,11 +275,8 @@ class Trainer:
                 signal.signal(sig, old)
 
     def save_checkpoint(self, tag: str | None = None) -> Path:
-        """Write dictionaries (SAELens layout), optimiser and data state; return the folder.
-
-        The folder is written under a temporary name and renamed when complete, so an
-        interrupted save never leaves a half-written checkpoint behind.
-        """
+        """Write dictionaries (SAELens layout), optimiser and data state to a temporary folder, then
+        rename it (never half-written); return the folder."""
         final = self.checkpoint_folder(tag)
         root = final.parent
         tmp = root / f".{final.name}.tmp"

@@ -83,14 +83,10 @@ def greater_than_target(
     last_pos: Tensor,
     kind: Literal["prob_diff", "logit_diff"] = "prob_diff",
 ) -> Target:
-    """Target for greater-than at each prompt's last token `last_pos [n]`.
-
-    `yy [n]`: the prompts' two-digit start years; `year_ids [100]`: the token ids of "00".."99".
-
-    "prob_diff": the gradient direction of the probability difference (its first-order change);
-    "logit_diff": mean logit of the years after YY minus mean logit of the years up to YY
-    (linear in the logits, so it does not saturate when the model is confident).
-    """
+    """Target for greater-than at each prompt's last token `last_pos [n]`, from the start years
+    `yy [n]` and the ids of "00".."99" `year_ids [100]`: "prob_diff", the probability difference's
+    gradient direction, or "logit_diff", mean logit of the years after YY minus those up to YY
+    (linear in the logits, so it does not saturate when the model is confident)."""
     yy = yy.to(model.device)
     years = torch.arange(100, device=model.device)
 
@@ -288,12 +284,9 @@ def _with_neurons(
 def features_vs_neurons(
     model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, layer: int, max_k: int
 ) -> dict[int, dict[str, float]]:
-    """Kept fraction of clean PD when only the top-k features / neurons of `layer` (by variance over
-    prompts at the answer position) keep their values and the rest take their mean (k = 1..max_k).
-
-    Features: the layer's MLP is the pure transcoder at the answer position (its error removed
-    there); neurons: the real MLP. Everything downstream is recomputed (live model).
-    """
+    """Kept fraction of clean PD, for k = 1..max_k, when only the top-k features / neurons of `layer`
+    (by variance over prompts at the answer position) keep their values and the rest their mean.
+    Features replace the layer's MLP there (its error removed); downstream is recomputed (live)."""
     last = int(prompts.last_pos[0])
     pd_clean = float(_pd(state.logits, prompts).mean())
     acts = state.feature_acts[layer][:, last]
@@ -472,12 +465,9 @@ def _ablate(
     attr: Attribution,
     pd_clean: float,
 ) -> dict[str, Any]:
-    """Step 3: zero features in the live model and measure the fraction of clean PD removed.
-
-    Headline: the k features with the largest mean attribution to the configured target, zeroed
-    in every prompt, vs k random features active in each prompt. Variants, per ranking target
-    (the configured one first): its top-k zeroed in every prompt, and each prompt's own top-k.
-    """
+    """Step 3: fraction of clean PD removed by zeroing features in the live model: the top-k by
+    mean attribution in every prompt vs k random active features per prompt, and per ranking target
+    its top-k in every prompt and each prompt's own top-k."""
     rng = random.Random(cfg.seed)
     random_drops = [
         _drop_fraction(

@@ -389,11 +389,8 @@ def token_node(
 def logit_node(
     vocab_idx: int, pos: int, n_layers: int, token: str, prob: float, *, is_target: bool
 ) -> GraphNode:
-    """Return the output-logit node of token `vocab_idx` at the last position `pos`.
-
-    The clerp `Output "<tok>" (p=0.123)` is part of the contract: the Anthropic frontend parses
-    the token and probability out of it.
-    """
+    """Return the output-logit node of token `vocab_idx` at the last position `pos`; the Anthropic
+    frontend parses token and probability out of its clerp `Output "<tok>" (p=0.123)`."""
     return _node(
         f"{n_layers + 1}_{vocab_idx}_{pos}",
         vocab_idx,

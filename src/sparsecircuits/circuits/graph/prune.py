@@ -13,11 +13,9 @@ from sparsecircuits.errors import SparseCircuitsError
 
 @dataclass
 class SparseAdjacency:
-    """Stored edges of an `n_nodes`-node graph in COO form (no dense N x N matrix anywhere).
-
-    `targets`, `sources` `[nnz]` int32, `weights` `[nnz]` float32 (signed direct effects),
-    `row_abs_sums [n_nodes]` float64: the exact sum of |A[target, :]| over all sources, stored or not.
-    """
+    """Stored edges of an `n_nodes`-node graph in COO form: `targets`, `sources` `[nnz]` int32,
+    `weights` `[nnz]` float32 (signed direct effects), and `row_abs_sums [n_nodes]` float64, the exact
+    sum of |A[target, :]| over all sources, stored or not."""
 
     n_nodes: int
     targets: Tensor

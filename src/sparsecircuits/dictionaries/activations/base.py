@@ -103,11 +103,8 @@ class ForwardOutput:
 
 @dataclass
 class ActivationParams:
-    """A family's own settings (none here): one field with its default per setting.
-
-    The field names are the flat config keys (`k`, `jumprelu_bandwidth`, ...), so they must not
-    reuse a `DictionaryConfig` field name.
-    """
+    """A family's own settings (none here), one field with its default each; the names are the flat
+    config keys (`k`, ...), so they must not reuse a `DictionaryConfig` field name."""
 
     def resolve(self, cfg: DictionaryConfig) -> None:
         """Fill the defaults that depend on `cfg`'s shapes or kind, and raise

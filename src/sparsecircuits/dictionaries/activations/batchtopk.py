@@ -52,12 +52,8 @@ class BatchTopKActivation(TopKActivation):
 
     @torch.no_grad()
     def observe(self, dictionary: Owner, codes: ForwardOutput) -> None:
-        """EMA of the smallest positive kept activation, started at the first observation.
-
-        Starting the EMA at zero (as SAELens does) leaves `(1 - lr)^steps` of its weight on that
-        zero: after a 70-step run the threshold is half the batch cut-off and eval L0 is several
-        times k. A trained threshold is never exactly 0, so 0 marks "not observed yet".
-        """
+        """EMA of the smallest positive kept activation, started at the first observation (a zero
+        start, as SAELens', leaves a short run's threshold far too low; 0 = "not observed")."""
         acts = codes.feature_acts
         positive = acts[acts > 0]
         if positive.numel():

@@ -18,11 +18,8 @@ if TYPE_CHECKING:
 def afa_choose_k(
     contributions: Tensor, target_norm: Tensor, k_max: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """top-AFA selection on `contributions [n, m]` (the `s_i`) and `target_norm [n]`.
-
-    Returns `(k [n] int64 in 1..k_max, indices [n, k_max] sorted by contribution, keep [n, k_max]
-    bool with the first k[r] entries of row r True)`.
-    """
+    """top-AFA selection on `contributions [n, m]` (the `s_i`) and `target_norm [n]`: `(k [n] int64
+    in 1..k_max, indices [n, k_max] by contribution, keep [n, k_max] bool: first k[r] of row r)`."""
     sorted_s, indices = contributions.topk(k_max, dim=1, sorted=True)
     cumulative = sorted_s.cumsum(dim=1).clamp_min(0).sqrt()
     k = (cumulative - target_norm[:, None]).abs().argmin(dim=1) + 1
