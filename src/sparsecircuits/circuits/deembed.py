@@ -91,20 +91,13 @@ class TokenScores:
 
 
 def _token_scores(model: ReplacementModel, scores: Tensor, k: int) -> TokenScores:
-    tokenizer = model.adapter.tokenizer
+    decode = model.adapter.tokenizer.decode
     k = min(k, scores.numel())
-    top = torch.topk(scores, k)
-    bottom = torch.topk(-scores, k)
-
-    def text(i: int) -> str:
-        return tokenizer.decode([i])
-
+    top, bottom = torch.topk(scores, k), torch.topk(-scores, k)
     return TokenScores(
         scores=scores,
-        top=[(text(int(i)), float(v)) for v, i in zip(top.values, top.indices, strict=False)],
-        bottom=[
-            (text(int(i)), float(-v)) for v, i in zip(bottom.values, bottom.indices, strict=False)
-        ],
+        top=[(decode([int(i)]), float(v)) for v, i in zip(*top, strict=False)],
+        bottom=[(decode([int(i)]), float(-v)) for v, i in zip(*bottom, strict=False)],
     )
 
 

@@ -78,10 +78,11 @@ def _children(
 ) -> list[PathNode]:
     pos = int(dec.source.pos[0])
     batch = int(dec.source.batch[0])
-    candidates = []
-    for c in dec.contributions(0, ignore_bos=ignore_bos):
-        if c.kind in ("feature", "head", "embed", "skip"):
-            candidates.append(c)
+    candidates = [
+        c
+        for c in dec.contributions(0, ignore_bos=ignore_bos)
+        if c.kind in ("feature", "head", "embed", "skip")
+    ]
     key_fn = (lambda c: c.value) if rank == "value" else (lambda c: abs(c.value))
     candidates = sorted(candidates, key=key_fn, reverse=True)[:k]
     out = []

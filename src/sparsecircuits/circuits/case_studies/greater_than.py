@@ -6,6 +6,7 @@ summary, report and plots (docs/internals.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections import Counter
@@ -119,14 +120,13 @@ def _prompts(adapter: ModelAdapter, n: int, seed: int) -> TaskPrompts:
     common = Counter(lengths).most_common(1)[0][0]
     keep = torch.tensor([i for i, p in enumerate(lengths) if p == common])
     if len(keep) < len(lengths):
-        prompts = TaskPrompts(
+        prompts = dataclasses.replace(
+            prompts,
             input_ids=prompts.input_ids[keep][:, : common + 1],
             last_pos=prompts.last_pos[keep],
             texts=[prompts.texts[i] for i in keep.tolist()],
             answers=[prompts.answers[i] for i in keep.tolist()],
             yy=prompts.yy[keep] if prompts.yy is not None else None,
-            year_ids=prompts.year_ids,
-            meta=prompts.meta,
         )
     return prompts
 
