@@ -43,11 +43,8 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def from_dict(cls: type[T], mapping: dict[str, Any], *, where: str = "config") -> T:
-    """Return `cls(**mapping)`; raise `SparseCircuitsError` naming any unknown key.
-
-    The valid keys are the dataclass fields, unless `cls` checks them itself with a classmethod
-    `check_keys(mapping, where)` (a dictionary config, whose keys depend on its family).
-    """
+    """Return `cls(**mapping)`; raise `SparseCircuitsError` naming any unknown key (the keys are the
+    dataclass fields, or what `cls.check_keys(mapping, where)` accepts)."""
     check_keys = getattr(cls, "check_keys", None)
     if check_keys is not None:
         check_keys(mapping, where)

@@ -4,8 +4,5 @@ from __future__ import annotations
 
 
 class SparseCircuitsError(Exception):
-    """A problem the user can fix: bad hook name, wrong dimensions, empty data, bad config.
-
-    The message is one line that says what went wrong and what to do about it. The CLI
-    prints it without a traceback and exits with status 2.
-    """
+    """A problem the user can fix (bad hook name, wrong dimensions, empty data, bad config), in one
+    line saying what to do; the CLI prints it without a traceback and exits with status 2."""

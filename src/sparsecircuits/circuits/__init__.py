@@ -1,18 +1,5 @@
-"""Circuit analysis with transcoders (Dunefsky, Chlenski & Nanda 2024).
-
-* `replacement`: `ReplacementModel` — the LM with transcoders, exact error terms, frozen
-  attention / norms; `edits` (`Edits`, `FeatureEdit`, `HeadEdit`, ...); `state`
-  (`ReplacementState`).
-* `attribution`: targets (feature pre-activation, logit, logit difference, direction, metric
-  gradient), one-hop decompositions (features, heads × source positions, embeddings,
-  errors, biases) and exact gradient × activation attributions.
-* `deembed`: input-invariant connections, de-embeddings and feature logits.
-* `paths`: the paper's greedy path search, path → graph merge with error nodes, JSON and PNG.
-* `verify`: ablation checks of attributions.
-* `graph`: full attribution graphs (Neuronpedia JSON).
-
-Submodules are imported lazily so `import sparsecircuits.circuits` stays cheap.
-"""
+"""Circuit analysis with transcoders (Dunefsky, Chlenski & Nanda 2024): replacement model, attribution,
+paths, graphs, interventions, case studies; submodules import lazily (docs/internals.md)."""
 
 from __future__ import annotations
 

@@ -1,21 +1,5 @@
-"""Input-invariant views of transcoder features: connections, de-embeddings, output logits.
-
-These are the paper's input-invariant factors (Dunefsky et al. 2024, §3.2): the dot product
-`f_dec^{(l',i')} · f_enc^{(l,i)}` between an earlier feature's decoder row and a later feature's
-encoder column (directly, or through a head's OV circuit `W_V^h W_O^h`), the de-embedding
-`W_E f_enc` (which tokens drive a feature directly) and the logit effect `f_dec W_U`.
-
-For a cross-layer transcoder `f_dec` is the sum of the feature's decoder blocks into the MLPs
-that write before the reader (all of them for the logits; see `ReplacementModel.decoder_vectors`).
-
-Norms are folded as the model applies them, without their input-dependent scale: an encoder
-column reading the MLP's input (`mlp.hook_in`) is multiplied by the ln2 gain (and centred for
-LayerNorm) to give its residual-stream direction; a head's OV is preceded by the ln1 gain (and
-centring) and, for Gemma, followed by the post-attention norm's gain; a decoder row written
-before Gemma's post-MLP norm (a transcoder on `mlp.hook_out`) is multiplied by that norm's gain;
-the unembedding is preceded by the final norm's gain (and centring). Positional embeddings are
-left out of de-embeddings, as in the paper; Gemma's embedding scale sqrt(d_model) is in `W_E`.
-"""
+"""Input-invariant views of transcoder features: connections, de-embeddings, output logits
+(Dunefsky et al. 2024 §3.2; norm folding in docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -80,13 +64,9 @@ def connection_matrix(
     src_features: Tensor | list[int] | None = None,
     dst_features: Tensor | list[int] | None = None,
 ) -> Tensor:
-    """Return `[n_src, n_dst]` input-invariant connections `W_dec[src] · f_enc[dst]`.
-
-    With `head = (attn_layer, h)` the connection goes through that head's OV circuit
-    (`W_dec[src] · OV^T f_enc[dst]`); the head must sit between the two transcoders. A
-    cross-layer transcoder's `W_dec[src]` sums its blocks into the MLPs written before the
-    reader (the destination transcoder, or the head).
-    """
+    """Return `[n_src, n_dst]` input-invariant connections `W_dec[src] · f_enc[dst]`, through the
+    OV circuit of `head = (attn_layer, h)` when given (it must sit between the two transcoders); a
+    cross-layer transcoder's `W_dec[src]` sums its blocks written before the reader."""
     enc = encoder_directions(model, dst_layer, dst_features)
     if head is None:
         if not model.mlp_write(src_layer) < model.mlp_read(dst_layer):
@@ -127,20 +107,13 @@ class TokenScores:
 
 
 def _token_scores(model: ReplacementModel, scores: Tensor, k: int) -> TokenScores:
-    tokenizer = model.adapter.tokenizer
+    decode = model.adapter.tokenizer.decode
     k = min(k, scores.numel())
-    top = torch.topk(scores, k)
-    bottom = torch.topk(-scores, k)
-
-    def text(i: int) -> str:
-        return tokenizer.decode([i])
-
+    top, bottom = torch.topk(scores, k), torch.topk(-scores, k)
     return TokenScores(
         scores=scores,
-        top=[(text(int(i)), float(v)) for v, i in zip(top.values, top.indices, strict=False)],
-        bottom=[
-            (text(int(i)), float(-v)) for v, i in zip(bottom.values, bottom.indices, strict=False)
-        ],
+        top=[(decode([int(i)]), float(v)) for v, i in zip(*top, strict=False)],
+        bottom=[(decode([int(i)]), float(-v)) for v, i in zip(*bottom, strict=False)],
     )
 
 

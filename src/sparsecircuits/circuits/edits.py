@@ -16,12 +16,8 @@ FEATURE_EDIT_MODES = ("set", "scale", "ablate")
 
 @dataclass
 class FeatureEdit:
-    """Edit feature(s) `feature` of transcoder layer `layer` at position `pos` (None: every
-    position) of prompt `batch` (None: every prompt).
-
-    `mode` "set" makes the activation `value`, "scale" multiplies it by `value`, "ablate" makes
-    it 0. The default (set to 0) ablates.
-    """
+    """Edit feature(s) `feature` of transcoder layer `layer` at position `pos` of prompt `batch`
+    (None: all): "set" to `value` (the default, 0, ablates), "scale" by `value`, or "ablate"."""
 
     layer: int
     pos: int | None
@@ -39,11 +35,8 @@ class FeatureEdit:
 
 @dataclass
 class HeadEdit:
-    """Multiply head `head` of `layer`'s attention weights dest<-src by `scale` (0: ablate).
-
-    `dest`/`src`/`batch` None means all. The weights are not renormalised, so scale 0 removes
-    exactly what the head moved from src to dest (its value vectors, biases included).
-    """
+    """Multiply head `head` of `layer`'s attention weights dest<-src by `scale` (0: ablate;
+    `dest`/`src`/`batch` None: all), unrenormalised: scale 0 removes exactly what the head moved."""
 
     layer: int
     head: int
@@ -77,12 +70,9 @@ class EmbedEdit:
 
 @dataclass
 class Edits:
-    """Interventions applied by `ReplacementModel.forward_with`.
-
-    `feature_fns[layer]` maps that layer's activations `[b, p, d_sae]` to new ones (after the
-    point edits are applied), e.g. for mean ablation. `drop_errors` lists layers whose error
-    term is removed everywhere (the pure transcoder output is used).
-    """
+    """Interventions applied by `ReplacementModel.forward_with`: point edits, `feature_fns[layer]`
+    mapping that layer's activations `[b, p, d_sae]` after them (e.g. mean ablation), and
+    `drop_errors`, layers whose error term is removed everywhere."""
 
     features: list[FeatureEdit] = field(default_factory=list)
     heads: list[HeadEdit] = field(default_factory=list)
@@ -104,12 +94,9 @@ class Edits:
 
 @dataclass
 class Multipliers:
-    """Unit tensors multiplied into the forward pass so that d(target)/d(multiplier) = attribution.
-
-    Each is None (absent) or a tensor of ones with `requires_grad`: `embed [b,p,1]`,
-    `features[L] [b,p,d_sae]`, `errors[L] [b,p,1]` (whole MLP output for layers without a
-    transcoder), `patterns[L] [b,h,q,k]`.
-    """
+    """Unit tensors (ones with `requires_grad`, or None) multiplied into the forward pass so that
+    d(target)/d(multiplier) = attribution: `embed [b,p,1]`, `features[L] [b,p,d_sae]`,
+    `errors[L] [b,p,1]` (the whole MLP output without a transcoder), `patterns[L] [b,h,q,k]`."""
 
     embed: Tensor | None = None
     features: dict[int, Tensor] = field(default_factory=dict)

@@ -1,23 +1,5 @@
-"""Feature interventions on the replacement model: ablate, scale or set transcoder features.
-
-An intervention is a `FeatureEdit(layer, pos, feature, mode, value)` (`edits.py`) with a mode:
-
-* `"set"`: the feature's activation becomes `value`;
-* `"scale"`: it is multiplied by `value`;
-* `"ablate"`: it becomes 0.
-
-`pos` indexes the prompt (negative counts from its end); None means every position,
-generated tokens included. The viewer sends them as JSON `{layer, position, feature, mode,
-value}` (`InterventionEngine`). By default effects propagate (`freeze=False`: attention, norms and
-downstream transcoder features are recomputed; error terms stay at their clean values). With
-`freeze=True` attention patterns, norm denominators and all other features stay at their clean
-values, so the change in the logits is the intervention's *direct* effect — the quantity the
-attribution-graph edges into logits measure.
-
-    result = intervene(rm, "The war lasted from 1732 to 17", [FeatureEdit(2, 5, 113, "ablate")],
-                       n_tokens=5)
-    result.top[0].token, result.continuation
-"""
+"""Feature interventions on the replacement model: ablate, scale or set transcoder features
+(modes and frozen/live propagation in docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -50,11 +32,8 @@ class Prediction:
 
 @dataclass
 class InterventionResult:
-    """What the (edited) replacement model does with a prompt.
-
-    `logits [T, vocab]` over the prompt, `top` the most likely next tokens after it, and the
-    greedy (temperature 0) or sampled continuation of `n_tokens` tokens.
-    """
+    """What the (edited) replacement model does with a prompt: `logits [T, vocab]`, the `top` next
+    tokens, and the greedy (temperature 0) or sampled continuation."""
 
     logits: Tensor
     top: list[Prediction]
@@ -95,8 +74,8 @@ def edited_logits(
     n_prompt: int,
     freeze: bool = False,
 ) -> Tensor:
-    """Logits `[b, T, vocab]` of `input_ids [b, T]` with `interventions` applied (see module
-    docstring); a negative `pos` counts from the end of the `n_prompt`-token prompt."""
+    """Logits `[b, T, vocab]` of `input_ids [b, T]` with `interventions` applied
+    (docs/internals.md); a negative `pos` counts from the end of the `n_prompt`-token prompt."""
     state = rm.run(input_ids, freeze=freeze)
     if not interventions:
         return state.logits
@@ -118,12 +97,9 @@ def intervene(
     seed: int = 0,
     freeze: bool = False,
 ) -> InterventionResult:
-    """Run `prompt` through the replacement model `rm` with `interventions`.
-
-    Returns the prompt's logits, the `top_k` next-token predictions and `n_tokens` generated
-    tokens (greedy at temperature 0, else sampled with `seed`). Generation recomputes the whole
-    sequence each step (no KV cache): fine for the short prompts this is meant for.
-    """
+    """Run `prompt` through the replacement model `rm` with `interventions`: its logits, the `top_k`
+    next tokens and `n_tokens` generated ones (greedy at temperature 0, else sampled with `seed`;
+    each step reruns the whole sequence)."""
     tokenizer = rm.adapter.tokenizer
     input_ids = (
         rm.tokenize(prompt) if isinstance(prompt, str) else prompt.reshape(1, -1).to(rm.device)
@@ -199,27 +175,22 @@ class InterventionEngine:
                 )
                 for item in raw
             ]
-            n_tokens = int(request.get("n_tokens", 8))
-            temperature = float(request.get("temperature", 0.0))
-            top_k = max(1, min(int(request.get("top_k", 10)), 50))
-            seed = int(request.get("seed", 0))
+            kwargs: dict[str, Any] = {
+                "n_tokens": int(request.get("n_tokens", 8)),
+                "temperature": float(request.get("temperature", 0.0)),
+                "top_k": max(1, min(int(request.get("top_k", 10)), 50)),
+                "seed": int(request.get("seed", 0)),
+                "freeze": bool(request.get("freeze", False)),
+            }
         except (KeyError, TypeError, ValueError) as exc:
             raise SparseCircuitsError(
                 f"bad intervention request ({exc}); give integers for layer/position/feature"
             ) from None
-        freeze = bool(request.get("freeze", False))
         input_ids = self.rm.tokenize(prompt)
         if input_ids.shape[1] > self.max_prompt_tokens:
             raise SparseCircuitsError(
                 f"prompt is {input_ids.shape[1]} tokens; the viewer accepts {self.max_prompt_tokens}"
             )
-        kwargs: dict[str, Any] = {
-            "n_tokens": n_tokens,
-            "temperature": temperature,
-            "top_k": top_k,
-            "seed": seed,
-            "freeze": freeze,
-        }
         baseline = intervene(self.rm, input_ids, [], **kwargs)
         edited = intervene(self.rm, input_ids, interventions, **kwargs)
         tokenizer = self.rm.adapter.tokenizer

@@ -1,14 +1,8 @@
-"""Circuit nodes: what an attribution is *to*, with paper-style labels and the edit that ablates it.
-
-Labels follow the transcoder paper's reference code: `mlp8tc[89]@5` (transcoder feature 89 of
-layer 8 at position 5), `attn9[1]@6->8` (head 9.1 reading source position 6 into position 8),
-`embed@3`, `err4@8` (transcoder error of layer 4 at position 8), `mlp2@8` (an MLP without a
-transcoder, frozen), `bias` (every bias term together).
-"""
+"""Circuit nodes: what an attribution is *to*, with paper-style labels (`mlp8tc[89]@5`,
+`attn9[1]@6->8`, ...; docs/internals.md) and the edit that ablates it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sparsecircuits.circuits.replacement import Edits, EmbedEdit, ErrorEdit, FeatureEdit, HeadEdit
@@ -95,32 +89,3 @@ class EmbedNode:
 
 
 Node = FeatureNode | HeadNode | ErrorNode | EmbedNode
-
-
-def node_from_label(label: str) -> Node:
-    """Parse a label written by a node's `label` property back into the node."""
-    import re
-
-    patterns: list[tuple[str, Callable[[re.Match[str]], Node]]] = [
-        (r"mlp(\d+)tc\[(\d+)\]@(\d+)", lambda m: FeatureNode(int(m[1]), int(m[3]), int(m[2]))),
-        (
-            r"attn(\d+)\[(\d+)\]@(\*|\d+)->(\*|\d+)",
-            lambda m: HeadNode(
-                int(m[1]),
-                int(m[2]),
-                dest=None if m[4] == "*" else int(m[4]),
-                src=None if m[3] == "*" else int(m[3]),
-            ),
-        ),
-        (r"err(\d+)@(\d+)", lambda m: ErrorNode(int(m[1]), int(m[2]))),
-        (r"embed@(\d+)", lambda m: EmbedNode(int(m[1]))),
-    ]
-    for pattern, build in patterns:
-        match = re.fullmatch(pattern, label)
-        if match:
-            return build(match)
-    from sparsecircuits.errors import SparseCircuitsError
-
-    raise SparseCircuitsError(
-        f"cannot parse node label {label!r}; use mlpLtc[i]@pos, attnL[h]@src->dest, errL@pos or embed@pos"
-    )

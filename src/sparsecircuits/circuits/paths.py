@@ -1,17 +1,5 @@
-"""The paper's greedy path search and path -> graph merge (Dunefsky et al. 2024, App. D.5, Alg. 1-2).
-
-`search_paths` starts from a target's frozen-norm vector and, for `num_iters` rounds, expands
-every current path's newest node by its top `num_branches` one-hop contributors (transcoder
-features at the same position, attention heads × source positions, the embedding), then keeps
-the `num_branches` best new paths overall, ranked by the newest node's contribution. A node's
-contribution along a path is its share of the target (`act × W_dec·v` for a feature, `pattern ×
-value W_O·v` for a head, `embed·v` for the embedding), so the children of an expanded node plus
-its error, bias and pruning terms sum to the node's own contribution.
-
-`paths_to_graph` merges the paths into a graph whose edges sum contributions over distinct path
-prefixes, and adds per-node error children: `err` (transcoder errors and MLPs without a
-transcoder), `bias` (biases and constants) and `prune` (what the kept children miss).
-"""
+"""The paper's greedy path search and path -> graph merge (Dunefsky et al. 2024, App. D.5,
+Alg. 1-2; docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -20,8 +8,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-import torch
 
 from sparsecircuits.circuits.attribution import (
     Decomposition,
@@ -92,10 +78,11 @@ def _children(
 ) -> list[PathNode]:
     pos = int(dec.source.pos[0])
     batch = int(dec.source.batch[0])
-    candidates = []
-    for c in dec.contributions(0, ignore_bos=ignore_bos):
-        if c.kind in ("feature", "head", "embed", "skip"):
-            candidates.append(c)
+    candidates = [
+        c
+        for c in dec.contributions(0, ignore_bos=ignore_bos)
+        if c.kind in ("feature", "head", "embed", "skip")
+    ]
     key_fn = (lambda c: c.value) if rank == "value" else (lambda c: abs(c.value))
     candidates = sorted(candidates, key=key_fn, reverse=True)[:k]
     out = []
@@ -143,12 +130,10 @@ def search_paths(
 ) -> PathSearchResult:
     """Run the greedy beam search for target row `row`; return the kept paths and expansions.
 
-    `num_iters` path lengths beyond the root; `num_branches` children per node and paths kept
-    per iteration; children below `min_contrib` or `min_fraction × |target|` are dropped.
-    `rank="value"` follows the paper (largest positive contributions); "abs" keeps negative ones
-    too. `ignore_bos` skips position 0. `cap` caps a child's contribution at the smallest
-    feature contribution on its path (the paper's zero-ablation approximation: a ReLU feature
-    cannot lose more than its activation); capped graphs are no longer additive.
+    `num_iters` path lengths beyond the root; `num_branches` children per node and paths kept per
+    round; children below `min_contrib` or `min_fraction × |target|` are dropped. `rank="value"`
+    (the paper) keeps positive contributions, "abs" negative ones too; `ignore_bos` skips position
+    0; `cap` caps a child at the smallest feature contribution on its path (no longer additive).
     """
     if num_iters < 1 or num_branches < 1:
         raise SparseCircuitsError("num_iters and num_branches must be at least 1")
@@ -203,9 +188,6 @@ def search_paths(
         "rank": rank,
     }
     return PathSearchResult(levels, expansions, target.label, row, int(target.batch[row]), params)
-
-
-# ---------------------------------------------------------------------------- graph
 
 
 @dataclass
@@ -331,9 +313,6 @@ def path_strings(result: PathSearchResult, limit: int | None = None) -> list[str
     return lines
 
 
-# ---------------------------------------------------------------------------- drawing
-
-
 def _node_y(node: GraphNode, n_layers: int) -> float:
     if node.kind == "target":
         return 2 * n_layers + 0.5
@@ -367,10 +346,7 @@ def plot_graph(
 ) -> Path:
     """Draw the graph as a PNG: x = token position, y = layer (attention 2L, MLP 2L+1), error nodes
     beside their parent; edge width ∝ |weight|, blue positive, red negative. Returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sparsecircuits.evaluation.plots import saved_figure
 
     n_layers = n_layers or int(
         graph.meta.get("n_layers", 1 + max((n.layer or 0) for n in graph.nodes.values()))
@@ -379,18 +355,14 @@ def plot_graph(
         (n for n in graph.nodes.values() if n.parent is None), key=lambda n: -abs(n.contrib)
     )
     coords, centres, width = _layout(graph, main, tokens, n_layers)
-    fig, ax = plt.subplots(figsize=(min(40.0, max(8.0, 0.9 * width)), 1.0 * (2 * n_layers + 3)))
-    _draw_edges(ax, graph, coords)
-    _draw_nodes(ax, graph, coords, labelled={n.key for n in main[:max_labels]})
-    _label_axes(ax, n_layers, centres, tokens)
-    ax.set_title(f"paths to {graph.meta.get('target', 'target')}", fontsize=9)
-    ax.grid(alpha=0.2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    size = (min(40.0, max(8.0, 0.9 * width)), 1.0 * (2 * n_layers + 3))
+    with saved_figure(path, figsize=size, dpi=110) as (_, ax):
+        _draw_edges(ax, graph, coords)
+        _draw_nodes(ax, graph, coords, labelled={n.key for n in main[:max_labels]})
+        _label_axes(ax, n_layers, centres, tokens)
+        ax.set_title(f"paths to {graph.meta.get('target', 'target')}", fontsize=9)
+        ax.grid(alpha=0.2)
+    return Path(path)
 
 
 def _layout(
@@ -500,9 +472,3 @@ def graph_tokens(model: ReplacementModel, state: ReplacementState, prompt_index:
     """Return the decoded tokens of one prompt (for plot axes and metadata)."""
     tokenizer = model.adapter.tokenizer
     return [tokenizer.decode([int(t)]) for t in state.input_ids[prompt_index]]
-
-
-def feature_nodes_tensor(graph: CircuitGraph) -> torch.Tensor:
-    """Return `[n, 3]` (layer, pos, feature) of the graph's feature nodes."""
-    rows = [(n.layer, n.pos, n.index) for n in graph.nodes.values() if n.kind == "feature"]
-    return torch.tensor(rows, dtype=torch.long).reshape(-1, 3)

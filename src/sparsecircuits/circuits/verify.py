@@ -1,14 +1,5 @@
-"""Check attributions by intervention: ablate each node, compare the target's change.
-
-With attention patterns, norm denominators and errors frozen, the replacement model is affine in
-each node, so the exact attribution of a node equals minus the change of the target when the
-node alone is ablated (feature set to 0, head edge zeroed, error / embedding removed). The
-path-search graph's node contributions only cover the kept paths, and live (unfrozen)
-interventions include attention and norm changes, so those are compared by correlation.
-
-`max_rel_error` is `max_i |attribution_i - effect_i| / max_i |effect_i|` (relative to the
-largest effect, so tiny effects do not blow it up); `effect_i` is minus the target change.
-"""
+"""Check attributions by intervention: ablate each node, compare the target's change
+(docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -163,11 +154,7 @@ class GraphVerification:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
-        return {
-            "exact": self.exact.to_dict(),
-            "graph": self.graph.to_dict(),
-            "live": self.live.to_dict(),
-        }
+        return {key: getattr(self, key).to_dict() for key in ("exact", "graph", "live")}
 
 
 def verify_graph(

@@ -52,8 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute and save the dashboards; print a one-line summary per dictionary."""
-    import torch
-
+    from sparsecircuits.data import TokenBatcher
     from sparsecircuits.dictionaries import PerLayerTranscoders, SparseCoder, load_transcoders
     from sparsecircuits.interpret import DashboardConfig, compute_dashboards, save_dashboards
     from sparsecircuits.models import load_model
@@ -72,17 +71,11 @@ def run(args: argparse.Namespace) -> int:
     check_compatible(adapter, dictionaries)
     n_contexts = max(1, args.tokens // args.context_size)
     contexts = itertools.islice(
-        iter(context_stream(adapter, args.dataset, args.context_size)), n_contexts
+        context_stream(adapter, args.dataset, args.context_size), n_contexts
     )
-
-    def batches():
-        while chunk := list(itertools.islice(contexts, args.batch_size)):
-            yield torch.stack(chunk)
-
+    batches = TokenBatcher(contexts, args.batch_size)
     config = DashboardConfig(n_top=args.n_top, n_samples=args.n_samples)
-    dashboards = compute_dashboards(
-        adapter, dictionaries, batches(), config, progress=not args.quiet
-    )
+    dashboards = compute_dashboards(adapter, dictionaries, batches, config, progress=not args.quiet)
     folder = save_dashboards(dashboards, Path(args.out))
     for name, dash in dashboards.items():
         alive = int((dash.fire_counts > 0).sum())

@@ -1,9 +1,4 @@
-"""Data: text sources, tokenize + pack, and the ActivationStore that feeds dictionary training.
-
-text source (`make_source`) -> packed contexts (`TokenSource` / `pack_tokens`) ->
-`ActivationStore` (model forward, shuffle buffer, exact resume) or `harvest_to_disk` ->
-`CachedActivationSource` -> `ActivationStore`.
-"""
+"""Data: text sources, tokenize + pack, and the ActivationStore that feeds dictionary training."""
 
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
-"""Disk cache of activations: harvest once, train many dictionaries (sweeps) from it.
-
-Layout of a cache folder::
-
-    manifest.json               written last; its presence marks a complete harvest
-    shard_00000.safetensors     one tensor per hook [rows, d] and "_token_ids" [rows] (int32)
-    shard_00001.safetensors
-    ...
-
-Rows are in stream order (context by context, BOS rows dropped when ``exclude_bos``), so a
-row can be traced back to its token; the `ActivationStore` reading the cache shuffles them
-with the same buffer scheme, batches and resume API as when it runs the model.
-"""
+"""Disk cache of activations: harvest once, train many dictionaries (sweeps) from it (folder layout
+in docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -28,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from sparsecircuits.config import torch_dtype
+from sparsecircuits.config import dtype_name, torch_dtype
 from sparsecircuits.data.store import ModelRows
 from sparsecircuits.data.tokenize import TokenSource
 from sparsecircuits.errors import SparseCircuitsError
@@ -43,10 +32,6 @@ TOKEN_IDS_KEY = "_token_ids"
 _FORMAT = "sparsecircuits-activation-cache"
 _FORMAT_VERSION = 2  # 2: hook names mean what TransformerLens means (README "Hook names")
 _log = logging.getLogger("sparsecircuits")
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _peek_context_size(contexts: Iterable[Tensor]) -> tuple[int, Iterable[Tensor]]:
@@ -79,13 +64,12 @@ def harvest_to_disk(
     overwrite: bool = False,
     progress: bool = True,
 ) -> CachedActivationSource:
-    """Run the model over `contexts` and write `n_tokens` activation rows per hook to `folder`.
+    """Run the model over `contexts` and write `n_tokens` activation rows per hook to `folder`;
+    return its `CachedActivationSource`.
 
-    Each shard holds ``shard_tokens`` rows rounded down to whole contexts (the last one fewer).
-    Host memory: two shards of buffers (``2 * shard_tokens * sum(dims) * element size``), as a
-    writer thread saves one shard while the model fills the next.
-    `context_size` defaults to the contexts' length. When the data ends early the cache holds
-    what there was and a warning is logged. Returns the `CachedActivationSource` of the folder.
+    Shards hold ``shard_tokens`` rows (whole contexts); host memory is two shards of buffers, as a
+    writer thread saves one while the model fills the next. `context_size` defaults to the contexts'
+    length; when the data ends early the cache holds what there was (with a warning).
     """
     hooks = list(hooks)
     if not hooks or len(set(hooks)) != len(hooks):
@@ -151,7 +135,7 @@ def harvest_to_disk(
         "version": _FORMAT_VERSION,
         "model_name": str(getattr(adapter, "name", "unknown")),
         "hooks": dict(producer.dims),
-        "dtype": _dtype_name(buffer_dtype),
+        "dtype": dtype_name(buffer_dtype),
         "n_tokens": rows_total,
         "context_size": context_size,
         "exclude_bos": exclude_bos,
@@ -193,11 +177,8 @@ def _progress_bar(total: int, enabled: bool) -> Any:
 
 
 class CachedActivationSource:
-    """A folder written by `harvest_to_disk`, checked and ready to read.
-
-    Attributes: `folder`, `manifest` (the parsed JSON), `hooks` (hook -> dim), `n_tokens`,
-    `dtype` (torch dtype), `model_name`, `context_size`.
-    """
+    """A folder written by `harvest_to_disk`, checked and ready to read: `folder`, `manifest`,
+    `hooks` (hook -> dim), `n_tokens`, `dtype`, `model_name`, `context_size`."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)

@@ -1,19 +1,5 @@
-"""Text sources: where the documents that feed harvesting come from.
-
-Every source has `iter_texts() -> Iterator[str]`, yields one document per item in a fixed,
-deterministic order (files sorted by path, datasets in stored order), skips empty documents,
-and raises `SparseCircuitsError` when it yields no text at all. Being deterministic and
-re-iterable is what lets `ActivationStore` resume at an exact data position.
-
-File formats (`FileSource`):
-
-* ``.txt``: the whole file is one document, or one document per blank-line-separated
-  paragraph with ``split="paragraph"``.
-* ``.jsonl``: one JSON object per line; the document is the ``text_field`` value.
-* ``.parquet``: the ``text_field`` column, read in record batches (never the whole file).
-
-Each may be gzip-compressed (``.txt.gz``, ``.jsonl.gz``).
-"""
+"""Text sources: where the documents that feed harvesting come from (deterministic, re-iterable;
+formats in docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -107,14 +93,9 @@ def _resolve_files(path_or_glob: str | Path) -> list[Path]:
 
 
 class FileSource:
-    """Documents from local ``.txt`` / ``.jsonl`` / ``.parquet`` files.
-
-    `path_or_glob` is a file, a directory (searched recursively for supported files) or a
-    glob pattern; files are read in sorted path order. `text_field` names the JSON key or
-    parquet column holding the text. `split` applies to ``.txt`` files only: ``"document"``
-    (default) makes each file one document, ``"paragraph"`` makes each blank-line-separated
-    paragraph one document.
-    """
+    """Documents from local ``.txt`` / ``.jsonl`` / ``.parquet`` files: a file, a directory (searched
+    recursively) or a glob, read in sorted path order. `text_field` names the JSON key or parquet
+    column; `split` (``.txt`` only) makes each file (``"document"``) or paragraph one document."""
 
     def __init__(
         self, path_or_glob: str | Path, text_field: str = "text", split: str = "document"
@@ -207,12 +188,8 @@ _LOCAL_BUILDERS = {
 
 
 class HFDatasetSource:
-    """Documents from a Hugging Face `datasets` dataset: a hub id, a local data folder or
-    file, or a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`.
-
-    Hub ids need network access; without it loading raises `SparseCircuitsError`. `config`
-    is the dataset's configuration name (e.g. ``"wikitext-103-raw-v1"``).
-    """
+    """Documents from a Hugging Face `datasets` dataset: a hub id (needs network access), a local
+    data folder or file, or a `save_to_disk` folder; `config` is its configuration name."""
 
     def __init__(
         self,
@@ -319,12 +296,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 class EmbeddedSource:
-    """The held-out corpus shipped with the embedded model.
-
-    Reads ``heldout.jsonl`` (field ``text``) or ``heldout.txt`` (one document per
-    blank-line-separated paragraph) from `folder`, by default
-    `sparsecircuits.models.embedded.embedded_dir()`.
-    """
+    """The held-out corpus shipped with the embedded model: ``heldout.jsonl`` (field ``text``) or
+    ``heldout.txt`` (paragraphs) from `folder`, by default `models.embedded.embedded_dir()`."""
 
     def __init__(self, folder: str | Path | None = None) -> None:
         self.folder = Path(folder) if folder is not None else None
@@ -359,13 +332,9 @@ class EmbeddedSource:
 
 
 def make_source(spec: str | Path) -> TextSource:
-    """Return the `TextSource` a command-line data spec names.
-
-    * ``"embedded"``: the embedded model's held-out corpus (`EmbeddedSource`).
-    * ``"hf:NAME"``, ``"hf:NAME:SPLIT"``, ``"hf:NAME:CONFIG:SPLIT"``: `HFDatasetSource`.
-    * a folder written by `datasets` ``save_to_disk``: `HFDatasetSource`.
-    * any other file, folder or glob: `FileSource`.
-    """
+    """Return the `TextSource` a command-line data spec names: ``"embedded"`` (`EmbeddedSource`),
+    ``"hf:NAME[:CONFIG][:SPLIT]"`` or a ``save_to_disk`` folder (`HFDatasetSource`), any other file,
+    folder or glob (`FileSource`)."""
     text = str(spec)
     if text == "embedded":
         return EmbeddedSource()

@@ -1,42 +1,12 @@
-"""ActivationStore: shuffled training batches of model activations, resumable exactly.
-
-How batches are made
---------------------
-The store keeps one preallocated buffer per hook, ``[capacity, d]``, and works in *fills*:
-
-1. A fill runs the model over the next whole contexts of the stream (``contexts_per_forward``
-   at a time, ``run_with_cache(..., stop_after_last=True)`` under ``torch.no_grad``), drops
-   the BOS row of each context when ``exclude_bos``, and writes the rows straight into the
-   buffers (no ``torch.cat``). ``capacity = (buffer_tokens // rows_per_context) *
-   rows_per_context`` with ``rows_per_context = context_size - exclude_bos``.
-2. The fill's rows are permuted by a generator seeded from ``(seed, fill_index)``; one
-   permutation is shared by every hook, so row i of ``mlp_in`` and row i of ``mlp_out`` in a
-   batch always come from the same token.
-3. Batches of ``batch_tokens`` rows are gathered through the permutation until the fill is
-   used up; a batch that straddles two fills takes the old fill's last rows and the new
-   fill's first ones. Every batch is thus a uniform draw from ~``buffer_tokens /
-   context_size`` contexts.
-
-This *full-refill* scheme (rather than SAELens' keep-half mixing buffer) was chosen because it
-makes exact resume cheap: a fill is a pure function of (stream position at its start,
-fill_index, seed), so `state_dict()` is four integers plus a config fingerprint, JSON-ready,
-and `load_state_dict()` replays at most one fill's forward passes. Nothing large goes into a
-checkpoint. When the stream runs out, the rows left over after the last full batch are dropped
-and `next_batch` raises `StopIteration`.
-
-Memory
-------
-``memory_bytes() = capacity * sum(hook dims) * bytes per element``
-(at most ``buffer_tokens * sum(dims) * 4`` in float32), plus transient tensors the size of one
-model forward's activations and one output batch.
-"""
+"""ActivationStore: shuffled training batches of model activations, resumable exactly (the fill
+scheme and its memory in docs/internals.md)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -46,7 +16,7 @@ from sparsecircuits.data.tokenize import TokenSource, check_context_size
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
-    from sparsecircuits.data.cache import CachedActivationSource
+    from sparsecircuits.data.cache import CachedActivationSource, CachedRows
     from sparsecircuits.models import ModelAdapter
 
 __all__ = ["ActivationStore", "ActivationStoreConfig"]
@@ -56,15 +26,10 @@ _STATE_VERSION = 1
 
 @dataclass
 class ActivationStoreConfig:
-    """Settings of an `ActivationStore`.
-
-    context_size: tokens per context (BOS included). contexts_per_forward: contexts per model
-    forward (the model batch). batch_tokens: rows per training batch. buffer_tokens: rows held
-    in the shuffle buffer (rounded down to whole contexts). exclude_bos: drop position 0 of
-    every context. dtype: buffer and batch dtype. seed: shuffle seed. cache_dir: read
-    activations from a folder written by `harvest_to_disk` instead of running the model.
-    device: where the buffer and batches live (default: the model's device; "cpu" for a cache).
-    """
+    """Settings of an `ActivationStore`: tokens per context (BOS included), contexts per model
+    forward, rows per batch, rows in the shuffle buffer (whole contexts), whether to drop position 0,
+    the buffer dtype, the shuffle seed, a `harvest_to_disk` folder to read instead of running the
+    model, and the device (default: the model's; "cpu" for a cache)."""
 
     context_size: int = 128
     contexts_per_forward: int = 32
@@ -77,22 +42,6 @@ class ActivationStoreConfig:
     device: str | None = None
 
 
-class _RowProducer(Protocol):
-    """Writes activation rows into the store's buffers, from a seekable position."""
-
-    kind: str
-    dims: dict[str, int]
-    position: int  # units consumed so far: contexts (model) or rows (disk cache)
-
-    def capacity(self, buffer_tokens: int) -> int: ...
-
-    def seek(self, position: int) -> None: ...
-
-    def fill(
-        self, buffers: dict[str, Tensor], max_rows: int, token_ids: Tensor | None = None
-    ) -> int: ...
-
-
 def _as_context_rows(contexts: Iterable[Tensor]) -> Iterator[Tensor]:
     """Yield 1-D contexts from an iterable of ``[context]`` or ``[n, context]`` tensors."""
     for item in contexts:
@@ -103,12 +52,9 @@ def _as_context_rows(contexts: Iterable[Tensor]) -> Iterator[Tensor]:
 
 
 class ModelRows:
-    """Runs the model over a stream of contexts and writes hook activations as rows.
-
-    `position` counts contexts consumed. Seeking restarts a re-iterable stream (e.g. a
-    `TokenSource`) and skips contexts without running the model; a one-shot iterator can only
-    be skipped forward.
-    """
+    """Runs the model over a stream of contexts and writes hook activations as rows; `position`
+    counts contexts. Seeking replays a re-iterable stream without running the model; a one-shot
+    iterator only skips forward."""
 
     kind = "model"
 
@@ -283,15 +229,12 @@ def _fill_generator(seed: int, fill_index: int) -> torch.Generator:
 
 
 class ActivationStore:
-    """Shuffled batches ``dict[hook, Tensor [batch_tokens, d]]`` of model activations.
+    """Shuffled batches ``dict[hook, Tensor [batch_tokens, d]]`` of model activations; iterating
+    yields them until the data runs out (docs/internals.md).
 
-    `contexts` is an iterable of packed contexts (a `TokenSource` is best: it can be replayed
-    for resume; a plain iterator of LongTensors ``[context_size]`` or ``[n, context_size]``
-    works too) or a `CachedActivationSource` (then `adapter` may be None). With
-    ``cfg.cache_dir`` set the store reads that disk cache and ignores `contexts`.
-    See the module docstring for the buffer scheme and memory bound.
-
-    Iterating the store yields batches until the data runs out.
+    `contexts`: packed contexts (best a `TokenSource`, which can be replayed to resume; or an iterator
+    of ``[context_size]`` / ``[n, context_size]`` LongTensors) or a `CachedActivationSource` (then
+    `adapter` may be None); ``cfg.cache_dir`` reads that disk cache instead.
     """
 
     def __init__(
@@ -316,7 +259,8 @@ class ActivationStore:
         self.cfg = cfg
         self.hooks = hooks
         self.dtype = torch_dtype(cfg.dtype)
-        self.producer: _RowProducer
+        # writes activation rows into the buffers, from a seekable position
+        self.producer: ModelRows | CachedRows
         if isinstance(contexts, CachedActivationSource):
             self.producer = contexts.rows(hooks, adapter=adapter)
             default_device: str | torch.device = "cpu"
@@ -369,11 +313,6 @@ class ActivationStore:
         element = torch.empty((), dtype=self.dtype).element_size()
         return self.capacity * sum(self.dims.values()) * element
 
-    @property
-    def contexts_consumed(self) -> int:
-        """Units read from the data so far: contexts (model) or rows (disk cache)."""
-        return self.producer.position
-
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         return self
 
@@ -381,11 +320,8 @@ class ActivationStore:
         return self.next_batch()
 
     def next_batch(self) -> dict[str, Tensor]:
-        """Return the next batch ``{hook: Tensor [batch_tokens, d]}`` on `self.device`.
-
-        Raises `StopIteration` when the data is exhausted (inside a generator, catch it: PEP
-        479 turns it into RuntimeError), and `SparseCircuitsError` when the data held nothing.
-        """
+        """Return the next batch ``{hook: Tensor [batch_tokens, d]}`` on `self.device`; raise
+        `StopIteration` when the data is exhausted, `SparseCircuitsError` when it held nothing."""
         parts: list[dict[str, Tensor]] = []
         needed = self.cfg.batch_tokens
         while needed > 0:
@@ -444,11 +380,8 @@ class ActivationStore:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the data position as a JSON-ready dict of ints, strings and lists.
-
-        Loading it into a store built the same way (same data, hooks and config) makes the
-        following batches equal those of an uninterrupted run.
-        """
+        """Return the data position as a JSON-ready dict: a store built the same way that loads it
+        continues with the batches of an uninterrupted run."""
         return {
             "version": _STATE_VERSION,
             **self._fingerprint(),

@@ -1,25 +1,10 @@
-"""Tokenize documents and pack them into fixed-length contexts.
-
-Packing policy (the SAELens default, also what the transcoder paper trained on):
-
-* Documents are tokenized without special tokens, in batches (one fast-tokenizer call per
-  batch), and concatenated with one EOS token after every document.
-* The stream is cut into pieces of ``context_size - 1`` tokens and every context starts
-  with BOS, so each context is exactly ``context_size`` long with BOS at position 0. With
-  ``prepend_bos=False`` the pieces are ``context_size`` long and no BOS is added.
-* No token is lost between contexts: the contexts without their BOS, concatenated, are a
-  prefix of the token stream. Only the final piece shorter than a context is dropped.
-* BOS follows the one rule of ``models.tokens.bos_token_id`` (the tokenizer's BOS, else the
-  model config's, else EOS: GPT-2 and Qwen have no BOS); EOS falls back to BOS likewise.
-
-BOS positions have outlier norms (attention sinks), so `ActivationStore` drops position 0 of
-every context from training activations by default (`ActivationStoreConfig.exclude_bos`).
-"""
+"""Tokenize documents and pack them into fixed-length contexts (packing and BOS policy in
+docs/internals.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -29,6 +14,8 @@ from sparsecircuits.models.tokens import bos_token_id as models_bos_token_id
 
 if TYPE_CHECKING:
     from sparsecircuits.data.sources import TextSource
+
+T = TypeVar("T")
 
 __all__ = [
     "TokenBatcher",
@@ -80,10 +67,11 @@ def check_context_size(
         )
 
 
-def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for text in texts:
-        batch.append(text)
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items (the last one shorter when the items run out)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
         if len(batch) == size:
             yield batch
             batch = []
@@ -102,13 +90,10 @@ def pack_tokens(
     name: str = "source",
     model_config: Any = None,
 ) -> Iterator[Tensor]:
-    """Return an iterator of packed contexts, each a LongTensor ``[context_size]`` (see the
-    module docstring).
+    """Return an iterator of packed LongTensor contexts ``[context_size]`` (docs/internals.md).
 
-    `max_context` is the model's maximum context; a longer `context_size` raises
-    `SparseCircuitsError` right away. The iterator raises `SparseCircuitsError` at exhaustion
-    when the texts held fewer tokens than one context. `model_config` (the model's config) lets
-    the BOS rule fall back to the model's BOS id.
+    A `context_size` over `max_context` raises at once; texts shorter than one context raise at
+    exhaustion. `model_config` lets the BOS rule fall back to the model's BOS id.
     """
     check_context_size(context_size, max_context, prepend_bos)
     bos = bos_token_id(tokenizer, model_config) if prepend_bos else None
@@ -154,11 +139,8 @@ def _pack(
 
 
 class TokenSource:
-    """A re-iterable stream of packed contexts: each `iter()` restarts `pack_tokens` on a fresh
-    `text_source.iter_texts()`, so the stream can be replayed to resume at a position.
-
-    Iterating yields LongTensors ``[context_size]``.
-    """
+    """A re-iterable stream of packed contexts (LongTensors ``[context_size]``): each `iter()`
+    restarts `pack_tokens` on a fresh `text_source.iter_texts()`, so it can be replayed to resume."""
 
     def __init__(
         self,
@@ -198,11 +180,8 @@ class TokenSource:
 
 
 class TokenBatcher:
-    """Group contexts into model batches: iterating yields LongTensors ``[batch_size, context]``.
-
-    The last batch is smaller when the contexts run out, unless `drop_last`. Re-iterable when
-    `contexts` is (e.g. a `TokenSource`).
-    """
+    """Group contexts into model batches, LongTensors ``[batch_size, context]`` (the last one
+    smaller unless `drop_last`); re-iterable when `contexts` is."""
 
     def __init__(
         self, contexts: Iterable[Tensor], batch_size: int, drop_last: bool = False
@@ -214,11 +193,6 @@ class TokenBatcher:
         self.drop_last = drop_last
 
     def __iter__(self) -> Iterator[Tensor]:
-        rows: list[Tensor] = []
-        for context in self.contexts:
-            rows.append(context)
-            if len(rows) == self.batch_size:
+        for rows in _batches(self.contexts, self.batch_size):
+            if len(rows) == self.batch_size or not self.drop_last:
                 yield torch.stack(rows)
-                rows = []
-        if rows and not self.drop_last:
-            yield torch.stack(rows)

@@ -1,19 +1,5 @@
 """Sparse dictionaries — SAEs, transcoders and cross-layer transcoders — with SAELens-compatible
-save/load.
-
-Public API::
-
-    cfg = DictionaryConfig(architecture="topk", kind="transcoder", d_in=256, d_sae=4096,
-                           hook_in="blocks.0.mlp.hook_in", hook_out="blocks.0.hook_mlp_out", k=32)
-    tc = make(cfg)                          # a Dictionary (a CrossLayerTranscoder for kind "clt")
-    tc.init_biases_from_data(mlp_in, mlp_out)
-    loss, parts = tc.loss(mlp_in, mlp_out, dead_mask=dead)
-    save_dictionary(tc, "out/blocks.0"); tc2 = load("out/blocks.0")
-    transcoders = load_transcoders("embedded")   # a TranscoderSet for circuits
-
-See `base.py` for the per-step trainer contract and `transcoders.py` for the transcoder-set
-interface the circuit code uses.
-"""
+save/load (usage in docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -40,10 +26,7 @@ SparseCoder = Dictionary | CrossLayerTranscoder
 
 def make(cfg: DictionaryConfig, init: bool = True) -> SparseCoder:
     """Return the dictionary `cfg` describes: a `CrossLayerTranscoder` for kind "clt", else a
-    `Dictionary` (SAE, transcoder or skip transcoder).
-
-    `init=False` skips the random initialisation (loaders fill every tensor themselves).
-    """
+    `Dictionary`; `init=False` skips the random initialisation (loaders fill every tensor)."""
     if cfg.kind == "clt":
         return CrossLayerTranscoder(cfg, init=init)
     return Dictionary(cfg, init=init)

@@ -1,9 +1,4 @@
-"""The numba kernels behind `cpu_topk` (imported on their first use).
-
-Module-level `@njit(cache=True)` functions, so compiled code is cached on disk beside this file
-and later processes skip the compile. `order_key` is overloaded per input dtype: fp32 values
-are their own key; uint16 bf16 bits map to an int32 that orders like the float.
-"""
+"""The numba kernels behind `cpu_topk` (imported on their first use; compiled code cached on disk)."""
 
 from __future__ import annotations
 

@@ -1,39 +1,5 @@
-"""`Dictionary`: the weights, decoding, reconstruction loss and training hooks shared by every family.
-
-Parameters (SAELens orientation):
-
-* `W_enc [d_in, d_sae]`, `b_enc [d_sae]`: encoder; `b_in [d_in]` is an input bias subtracted
-  before encoding (the input centring of Bricken et al. / the transcoder paper's pre-bias, kept
-  separate from the output bias so SAEs and transcoders share one shape). It is redundant with
-  `b_enc` (`b_enc' = b_enc - b_in @ W_enc`), and `io.save_dictionary` folds it that way for
-  SAELens, which has no input bias.
-* `W_dec [d_sae, d_out]`, `b_dec [d_out]`: decoder and output bias.
-* `W_skip [d_out, d_in]` (skip transcoders only, zero init): `out += x @ W_skip.T` on the raw x.
-
-Initialisation (seeded by `cfg.seed`, drawn on the CPU so every device gets the same numbers):
-`W_dec` rows are random unit vectors times `cfg.decoder_init_norm`; an SAE's encoder is the
-decoder's transpose (sparsify / Anthropic), a transcoder's encoder is an independent random
-matrix with columns of the same norm (its input and output spaces differ). Biases start at zero;
-call `init_biases_from_data` before training.
-
-Decoder norm policy (`cfg.decoder_norm`): "unit" (TopK family) keeps every `W_dec` row at unit
-norm — the trainer calls `before_optimizer_step()` (removes the gradient component parallel to
-each row) and `after_optimizer_step()` (renormalises); "free" (ReLU) leaves norms to the loss,
-whose L1 is weighted by them.
-
-Trainer contract, per step (identical for `CrossLayerTranscoder`, with a layer axis)::
-
-    x, target = dictionary.inputs_from(batch)                      # batch: {hook: [n, d]}
-    loss, parts = dictionary.loss(x, target, dead_mask=dead_mask)  # dead_mask: bool [d_sae]
-    loss.backward()
-    dictionary.before_optimizer_step()
-    optimizer.step()
-    dictionary.after_optimizer_step()
-
-`parts` holds detached 0-dim tensors `loss, mse, fvu, l0, l1, sparsity, aux, n_dead` and one
-vector, `fired_counts` (int64 `[d_sae]`, tokens of this batch in which each latent fired), which
-the trainer uses to keep its tokens-since-fired counter and hence `dead_mask`.
-"""
+"""`Dictionary`: the weights, decoding, reconstruction loss and training hooks shared by every family
+(parameters, initialisation and the trainer contract in docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -45,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from sparsecircuits.dictionaries import kernels
-from sparsecircuits.dictionaries.activations import make_activation
+from sparsecircuits.dictionaries.activations import Activation, make_activation
 from sparsecircuits.dictionaries.activations.base import ForwardOutput
 from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
 from sparsecircuits.errors import SparseCircuitsError
@@ -53,7 +19,7 @@ from sparsecircuits.errors import SparseCircuitsError
 if TYPE_CHECKING:
     from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
 
-__all__ = ["Dictionary", "EncoderWeights", "ForwardOutput", "geometric_median"]
+__all__ = ["CoderBase", "Dictionary", "EncoderWeights", "ForwardOutput", "geometric_median"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +34,74 @@ class EncoderWeights:
     b_in: Tensor
 
 
-class Dictionary(nn.Module):
+class CoderBase(nn.Module):
+    """What `Dictionary` and `CrossLayerTranscoder` share: the widths, the decoder-norm policy
+    and its training hooks (a CLT latent's decoder row is its concatenated decoder vectors)."""
+
+    cfg: DictionaryConfig
+
+    @property
+    def d_in(self) -> int:
+        """Input width (per layer)."""
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        """Number of latents (per layer)."""
+        return self.cfg.d_sae
+
+    @property
+    def d_out(self) -> int:
+        """Output width (per layer; `d_in` for an SAE)."""
+        return self.cfg.d_out
+
+    def decoder_weights(self) -> list[Tensor]:
+        """The decoder matrices whose rows (everything after the first axis) are latents."""
+        raise NotImplementedError
+
+    def family_views(self) -> list[tuple[Activation, Any]]:
+        """`(activation, the owner it sees)` per layer."""
+        raise NotImplementedError
+
+    def before_optimizer_step(self) -> None:
+        """Call after `backward()`, before `optimizer.step()`: under "unit" decoder norm, remove parallel grads."""
+        if self.cfg.decoder_norm == "unit":
+            self.remove_parallel_grads()
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Call after `optimizer.step()`: renormalise the decoder ("unit") and run family hooks."""
+        if self.cfg.decoder_norm == "unit":
+            self.normalize_decoder()
+        for activation, owner in self.family_views():
+            activation.after_step(owner)
+
+    @torch.no_grad()
+    def remove_parallel_grads(self) -> None:
+        """Project out of each decoder row's gradient the component parallel to that row."""
+        for weight in self.decoder_weights():
+            remove_parallel_grad(weight)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale every decoder row to unit L2 norm."""
+        for weight in self.decoder_weights():
+            normalize_rows(weight)
+
+    def extra_repr(self) -> str:
+        cfg = self.cfg
+        return f"architecture={cfg.architecture}, kind={cfg.kind}, n_layers={cfg.n_layers}, d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={self.d_out}"
+
+
+def loss_parts(dead_mask: Tensor | None, **parts: Tensor) -> dict[str, Tensor]:
+    """`parts` detached, with `n_dead` (0-dim) from `dead_mask`: the `parts` of a `loss`."""
+    n_dead = torch.tensor(0 if dead_mask is None else int(dead_mask.sum()))
+    out = {name: value.detach() for name, value in parts.items()}
+    fired_counts = out.pop("fired_counts")
+    return out | {"n_dead": n_dead, "fired_counts": fired_counts}
+
+
+class Dictionary(CoderBase):
     """A sparse dictionary `d_in -> d_sae -> d_out` (SAE when `kind == "sae"`, else a transcoder)."""
 
     W_skip: nn.Parameter | None
@@ -97,25 +130,17 @@ class Dictionary(nn.Module):
         if init:  # loaders pass init=False and fill every tensor themselves
             self.reset_parameters()
 
-    # ----------------------------------------------------------------- shapes and init
-    @property
-    def d_in(self) -> int:
-        """Input width."""
-        return self.cfg.d_in
+    def decoder_weights(self) -> list[Tensor]:
+        """`[W_dec]`."""
+        return [self.W_dec]
 
-    @property
-    def d_sae(self) -> int:
-        """Number of latents."""
-        return self.cfg.d_sae
-
-    @property
-    def d_out(self) -> int:
-        """Output width (`d_in` for an SAE)."""
-        return self.cfg.d_out
+    def family_views(self) -> list[tuple[Activation, Any]]:
+        """`[(activation, self)]`."""
+        return [(self.activation, self)]
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Re-draw the weights from `cfg.seed` (see module docstring) and zero the biases."""
+        """Re-draw the weights from `cfg.seed` (docs/internals.md) and zero the biases."""
         cfg = self.cfg
         generator = torch.Generator().manual_seed(cfg.seed)
         norm = float(cfg.decoder_init_norm or 1.0)
@@ -137,23 +162,18 @@ class Dictionary(nn.Module):
     def init_biases_from_data(
         self, x_sample: Tensor, target_sample: Tensor | None = None, geometric_median: bool = False
     ) -> None:
-        """Set `b_in` to the centre of `x_sample [n, d_in]` and `b_dec` to that of the target.
-
-        The centre is the mean, or the geometric median (Weiszfeld) when `geometric_median`.
-        `target_sample [n, d_out]` defaults to `x_sample` for an SAE and is required otherwise.
-        Families that centre by `b_dec` instead (matching pursuit) keep `b_in` at zero.
-        """
+        """Set `b_in` and `b_dec` to the centres (mean, or Weiszfeld geometric median) of `x_sample
+        [n, d_in]` and of `target_sample [n, d_out]` (x for an SAE); families centring by `b_dec`
+        (matching pursuit) keep `b_in` at zero."""
         x_sample = self._check_input(x_sample).to(self.b_in.dtype)
         target_sample = self._check_target(x_sample, target_sample).to(self.b_dec.dtype)
-        centre = _geometric_median if geometric_median else _mean
         if self.activation.uses_input_bias:
-            self.b_in.copy_(centre(x_sample))
-        self.b_dec.copy_(centre(target_sample))
+            self.b_in.copy_(centre(x_sample, geometric_median))
+        self.b_dec.copy_(centre(target_sample, geometric_median))
         if self.cfg.kind != "sae" and self.W_enc is not None:
             shrink_untrained_output(self, x_sample, target_sample)
         self.activation.init_from_data(self, x_sample - self.b_in)
 
-    # ----------------------------------------------------------------- data plumbing
     def hook_names(self) -> list[str]:
         """The hooks this dictionary reads: `[hook_in]` for an SAE, `[hook_in, hook_out]` otherwise."""
         return (
@@ -170,7 +190,6 @@ class Dictionary(nn.Module):
         x = batch[self.cfg.hook_in]
         return (x, None) if self.cfg.kind == "sae" else (x, batch[self.hook_names()[1]])
 
-    # ----------------------------------------------------------------- forward pass
     def encode(self, x: Tensor) -> Tensor:
         """Dense feature activations `[..., d_sae]` of `x [..., d_in]` (differentiable)."""
         leading = x.shape[:-1]
@@ -189,11 +208,8 @@ class Dictionary(nn.Module):
         return out + self.b_dec if bias else out
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
-        """Encode and decode `x [n, d_in]`: `ForwardOutput` with `out [n, d_out]` and the codes.
-
-        `dead_mask` (bool `[d_sae]`, True = dead) only matters for families with an auxiliary
-        dead-latent loss (TopK's AuxK); it selects the auxiliary codes.
-        """
+        """Encode and decode `x [n, d_in]`: `ForwardOutput` with `out [n, d_out]` and the codes;
+        `dead_mask` (bool `[d_sae]`, True = dead) selects the auxiliary codes of TopK's AuxK."""
         x = self._check_input(x)
         if x.ndim != 2:
             raise SparseCircuitsError(
@@ -212,7 +228,6 @@ class Dictionary(nn.Module):
         codes.out = out
         return codes
 
-    # ----------------------------------------------------------------- per-layer view
     # A per-layer dictionary is the one-layer case of a cross-layer transcoder: these methods
     # match `CrossLayerTranscoder`'s, so splicing and dashboards treat both alike. `layer` is
     # the model layer (`layers[0]`; None means that one).
@@ -263,18 +278,14 @@ class Dictionary(nn.Module):
         assert out is not None
         return out.reshape(*x.shape[:-1], self.d_out)
 
-    # ----------------------------------------------------------------- loss
     def loss(
         self, x: Tensor, target: Tensor | None = None, dead_mask: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Training loss on `x [n, d_in]` against `target [n, d_out]` (defaults to x for an SAE).
+        """Training loss on `x [n, d_in]` vs `target [n, d_out]` (x for an SAE): `(loss, parts)`.
 
-        `loss = recon + sparsity + aux_k_coefficient · aux`, where `recon` is `fvu` or `mse`
-        (`cfg.recon_loss`). Returns `(loss, parts)`; `parts` are detached: 0-dim `loss`, `mse`
-        (mean over tokens of the summed squared error), `fvu`
-        (`Σ(out-target)² / Σ(target-mean(target))²`), `l0`, `l1` (decoder-norm-weighted L1,
-        unscaled), `sparsity` (the scaled penalty in the loss), `aux` (unscaled auxiliary loss),
-        `n_dead`; and `fired_counts` int64 `[d_sae]`.
+        `loss = recon + sparsity + aux_k_coefficient · aux`, `recon` being `fvu` or `mse`
+        (`cfg.recon_loss`). `parts` are detached: 0-dim `loss`, `mse` (squared error per token),
+        `fvu`, `l0`, `l1` (decoder-norm-weighted), `sparsity`, `aux`, `n_dead`, `fired_counts [d_sae]`.
         """
         x = self._check_input(x)
         target = self._check_target(x, target)
@@ -294,41 +305,17 @@ class Dictionary(nn.Module):
             self.activation.observe(self, fo)
         loss = recon + sparsity + self.cfg.aux_k_coefficient * aux
         with torch.no_grad():
-            parts = {
-                "loss": loss.detach(),
-                "mse": mse.detach(),
-                "fvu": fvu.detach(),
-                "l0": fo.l0(),
-                "l1": fo.weighted_l1(self.W_dec.norm(dim=1)).detach(),
-                "sparsity": sparsity.detach(),
-                "aux": aux.detach(),
-                "n_dead": torch.tensor(0 if dead_mask is None else int(dead_mask.sum())),
-                "fired_counts": fo.fired_counts(),
-            }
-        return loss, parts
-
-    # ----------------------------------------------------------------- training hooks
-    def before_optimizer_step(self) -> None:
-        """Call after `backward()`, before `optimizer.step()`: under "unit" decoder norm, remove parallel grads."""
-        if self.cfg.decoder_norm == "unit":
-            self.remove_parallel_grads()
-
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        """Call after `optimizer.step()`: renormalise the decoder ("unit") and run family hooks."""
-        if self.cfg.decoder_norm == "unit":
-            self.normalize_decoder()
-        self.activation.after_step(self)
-
-    @torch.no_grad()
-    def remove_parallel_grads(self) -> None:
-        """Project out of `W_dec.grad` the component parallel to each `W_dec` row."""
-        remove_parallel_grad(self.W_dec)
-
-    @torch.no_grad()
-    def normalize_decoder(self) -> None:
-        """Rescale every `W_dec` row to unit L2 norm."""
-        normalize_rows(self.W_dec)
+            return loss, loss_parts(
+                dead_mask,
+                loss=loss,
+                mse=mse,
+                fvu=fvu,
+                l0=fo.l0(),
+                l1=fo.weighted_l1(self.W_dec.norm(dim=1)),
+                sparsity=sparsity,
+                aux=aux,
+                fired_counts=fo.fired_counts(),
+            )
 
     def decoder_norms(self) -> Tensor:
         """`||W_dec[i]||` for every latent, `[d_sae]`."""
@@ -340,7 +327,6 @@ class Dictionary(nn.Module):
         with torch.no_grad():
             return self.b_enc - self.b_in @ self.W_enc
 
-    # ----------------------------------------------------------------- checks
     def _check_input(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.d_in:
             raise SparseCircuitsError(
@@ -361,10 +347,6 @@ class Dictionary(nn.Module):
                 f"target has shape {tuple(target.shape)}, expected {tuple(x.shape[:-1]) + (self.d_out,)}"
             )
         return target.to(self.W_dec.dtype)
-
-    def extra_repr(self) -> str:
-        cfg = self.cfg
-        return f"architecture={cfg.architecture}, kind={cfg.kind}, d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={self.d_out}"
 
 
 def random_unit_vectors(
@@ -399,12 +381,9 @@ def shrink_untrained_output(
 ) -> None:
     """Scale a transcoder's encoder so its untrained output is at most 10% of the target's spread.
 
-    A transcoder's random features do not predict its target, so whatever they write at init
-    is pure error: with unit-norm decoder rows and a random encoder that error is several
-    times the target's variance (FVU ≫ 1) and the first hundreds of steps are spent undoing
-    it. Activations scale linearly with the encoder (TopK picks the same latents), so one
-    rescale of `W_enc`/`b_enc` fixes it. `coder` is a `Dictionary` or a cross-layer
-    transcoder (`x_sample`/`target_sample` then carry its layer axis).
+    Random features do not predict a transcoder's target, so their init output is pure error
+    (FVU ≫ 1); activations scale linearly with the encoder, so one rescale of `W_enc`/`b_enc` fixes
+    it. `coder` is a `Dictionary` or a cross-layer transcoder (samples then carry its layer axis).
     """
     out = coder.forward(x_sample).out
     assert out is not None
@@ -417,12 +396,9 @@ def shrink_untrained_output(
         coder.b_enc.mul_(factor)
 
 
-def _mean(points: Tensor) -> Tensor:
-    return points.mean(dim=0)
-
-
-def _geometric_median(points: Tensor) -> Tensor:
-    return geometric_median(points)
+def centre(points: Tensor, geometric: bool) -> Tensor:
+    """The centre `[d]` of `points [n, d]`: the geometric median when `geometric`, else the mean."""
+    return geometric_median(points) if geometric else points.mean(dim=0)
 
 
 @torch.no_grad()

@@ -1,32 +1,5 @@
-"""`CrossLayerTranscoder` (Ameisen, Lindsey et al. 2025, "Circuit Tracing").
-
-Layer-ℓ latents read that layer's MLP input and write to the MLP outputs of layer ℓ and every
-later layer:
-
-    a_ℓ = σ_ℓ((x_ℓ - b_in,ℓ) W_enc,ℓ + b_enc,ℓ)
-    ŷ_t = Σ_{ℓ <= t} a_ℓ W_dec,ℓ[:, t - ℓ] + b_dec,t
-
-Shapes: `W_enc [L, d_in, d_sae]`, `b_enc [L, d_sae]`, `b_in [L, d_in]`, `b_dec [L, d_out]`, and
-one decoder per source layer, `W_dec[ℓ] [d_sae, L - ℓ, d_out]` (only the causal blocks are
-stored).
-
-σ_ℓ is any activation family a `Dictionary` has (`cfg.architecture`), one `Activation` module
-per layer (`activations[ℓ]`, holding that layer's family state such as JumpReLU thresholds).
-Each sees its layer through `CLTLayer`, which has the attributes a `Dictionary` gives its
-activation, with the layer's decoder blocks concatenated into one `[d_sae, (L - ℓ) d_out]`
-matrix. So a latent's decoder norm is the norm of its *concatenated* decoder vectors (over all
-layers it writes to), which weights the sparsity penalties and is kept at unit norm under
-`decoder_norm="unit"`; TopK runs on the same sparse kernels; AuxK regresses the residual of
-every output the layer writes. The loss is the `Dictionary` loss with a layer axis: `fvu`
-averages the per-layer FVUs, `mse` sums the per-layer MSEs, penalties sum over layers.
-
-It follows the `Dictionary` trainer contract with a layer axis: `x [n, L, d_in]`, `target
-[n, L, d_out]`, `dead_mask [L, d_sae]`, `feature_acts [n, L, d_sae]`. `inputs_from(batch)` stacks
-the per-layer hook activations (`cfg.layer_hooks()`). As a transcoder set (`transcoders.py`) its
-layers are the model layers its hooks name. With `n_layers == 1` it computes exactly a per-layer transcoder. SAELens has
-no CLT format: saved as the extension "clt_<architecture>" (full state in
-`sae_weights.safetensors`, family state stacked over layers, e.g. `log_threshold [L, d_sae]`).
-"""
+"""`CrossLayerTranscoder` (Ameisen, Lindsey et al. 2025, "Circuit Tracing"): layer-ℓ latents write
+every output t >= ℓ, with any activation family (docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -40,12 +13,11 @@ from sparsecircuits.dictionaries import kernels
 from sparsecircuits.dictionaries.activations import Activation, make_activation
 from sparsecircuits.dictionaries.activations.base import ForwardOutput
 from sparsecircuits.dictionaries.base import (
+    CoderBase,
     EncoderWeights,
-    _geometric_median,
-    _mean,
-    normalize_rows,
+    centre,
+    loss_parts,
     random_unit_vectors,
-    remove_parallel_grad,
     shrink_untrained_output,
 )
 from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
@@ -53,12 +25,9 @@ from sparsecircuits.errors import SparseCircuitsError
 
 
 class CLTLayer:
-    """Layer ℓ of a cross-layer transcoder as its activation sees it: the attributes a
-    `Dictionary` gives its `Activation`, as differentiable views of the CLT's parameters.
-
-    `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `b_in [d_in]`; `W_dec [d_sae, (L - ℓ) d_out]` (the
-    layer's decoder blocks side by side).
-    """
+    """Layer ℓ of a cross-layer transcoder as its activation sees it (differentiable views):
+    `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `b_in [d_in]`, and `W_dec [d_sae, (L - ℓ) d_out]`, the
+    layer's decoder blocks side by side."""
 
     def __init__(self, clt: CrossLayerTranscoder, layer: int) -> None:
         self.clt, self.layer, self.cfg = clt, layer, clt.cfg
@@ -104,7 +73,7 @@ class CLTLayer:
         return codes.feature_acts @ self.W_dec
 
 
-class CrossLayerTranscoder(nn.Module):
+class CrossLayerTranscoder(CoderBase):
     """Cross-layer transcoder over `cfg.n_layers` layers (`kind="clt"`), any activation family."""
 
     def __init__(self, cfg: DictionaryConfig, init: bool = True) -> None:
@@ -134,21 +103,6 @@ class CrossLayerTranscoder(nn.Module):
             self.reset_parameters()
 
     @property
-    def d_in(self) -> int:
-        """Input width per layer."""
-        return self.cfg.d_in
-
-    @property
-    def d_sae(self) -> int:
-        """Latents per layer."""
-        return self.cfg.d_sae
-
-    @property
-    def d_out(self) -> int:
-        """Output width per layer."""
-        return self.cfg.d_out
-
-    @property
     def n_layers(self) -> int:
         """Number of layers L."""
         return self.cfg.n_layers
@@ -176,7 +130,6 @@ class CrossLayerTranscoder(nn.Module):
         for activation in self.family:
             activation.load_state_dict(fresh)
 
-    # ----------------------------------------------------------------- data plumbing
     def hook_names(self) -> list[str]:
         """Every hook the CLT reads (inputs then outputs, per layer)."""
         hooks_in, hooks_out = self.cfg.layer_hooks()
@@ -202,15 +155,13 @@ class CrossLayerTranscoder(nn.Module):
         targets; then the untrained output is shrunk as a transcoder's is, and each layer's
         family initialises from its centred inputs."""
         x_sample, target_sample = self._check(x_sample, _required(target_sample))
-        centre = _geometric_median if geometric_median else _mean
         for layer in range(self.n_layers):
-            self.b_in[layer].copy_(centre(x_sample[:, layer]))
-            self.b_dec[layer].copy_(centre(target_sample[:, layer]))
+            self.b_in[layer].copy_(centre(x_sample[:, layer], geometric_median))
+            self.b_dec[layer].copy_(centre(target_sample[:, layer], geometric_median))
         shrink_untrained_output(self, x_sample, target_sample)
         for layer, activation in enumerate(self.family):
             activation.init_from_data(self.layer(layer), x_sample[:, layer] - self.b_in[layer])
 
-    # ----------------------------------------------------------------- forward pass
     def decoder_norms(self) -> Tensor:
         """Norm of each latent's concatenated decoder vectors, `[L, d_sae]` (differentiable)."""
         return torch.stack([W_dec.flatten(1).norm(dim=1) for W_dec in self.W_dec])
@@ -239,11 +190,7 @@ class CrossLayerTranscoder(nn.Module):
 
     def encode_layer(self, x: Tensor, layer: int) -> Tensor:
         """Feature activations `[..., d_sae]` of model layer `layer`'s latents from its input
-        `x [..., d_in]`.
-
-        The same per-layer computation as `encode` (which needs every layer's input at once), for
-        callers that run the layers one after another.
-        """
+        `x [..., d_in]`: `encode`'s per-layer computation, for callers running layers one by one."""
         index = self._index(layer)
         if x.shape[-1] != self.d_in:
             raise SparseCircuitsError(
@@ -284,7 +231,6 @@ class CrossLayerTranscoder(nn.Module):
             d_sae=self.d_sae,
         )
 
-    # ----------------------------------------------------------------- the transcoder-set view
     @property
     def layers(self) -> list[int]:
         """The model layers this CLT covers, one per CLT layer: `L` of each output hook
@@ -332,7 +278,6 @@ class CrossLayerTranscoder(nn.Module):
         """The `b_dec` row `[d_out]` added to model layer `layer`'s output."""
         return self.b_dec[self._index(layer)]
 
-    # ----------------------------------------------------------------- loss
     def loss(
         self, x: Tensor, target: Tensor | None, dead_mask: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -373,46 +318,27 @@ class CrossLayerTranscoder(nn.Module):
                 activation.observe(view, layer_codes)
         loss = recon + sparsity + self.cfg.aux_k_coefficient * aux
         with torch.no_grad():
-            parts = {
-                "loss": loss.detach(),
-                "mse": mse.detach(),
-                "fvu": fvu.detach(),
-                "l0": torch.stack([c.l0() for c in codes]).sum(),
-                "l1": torch.stack(
+            return loss, loss_parts(
+                dead_mask,
+                loss=loss,
+                mse=mse,
+                fvu=fvu,
+                l0=torch.stack([c.l0() for c in codes]).sum(),
+                l1=torch.stack(
                     [c.weighted_l1(self.layer(i).decoder_norms()) for i, c in enumerate(codes)]
                 ).sum(),
-                "sparsity": sparsity.detach(),
-                "aux": aux.detach(),
-                "n_dead": torch.tensor(0 if dead_mask is None else int(dead_mask.sum())),
-                "fired_counts": torch.stack([c.fired_counts() for c in codes]),
-            }
-        return loss, parts
+                sparsity=sparsity,
+                aux=aux,
+                fired_counts=torch.stack([c.fired_counts() for c in codes]),
+            )
 
-    # ----------------------------------------------------------------- training hooks
-    def before_optimizer_step(self) -> None:
-        """Under "unit" decoder norm, remove the gradient parallel to each concatenated decoder vector."""
-        if self.cfg.decoder_norm == "unit":
-            self.remove_parallel_grads()
+    def decoder_weights(self) -> list[Tensor]:
+        """`W_dec[ℓ] [d_sae, L - ℓ, d_out]` for every layer ℓ."""
+        return list(self.W_dec)
 
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        """Under "unit" decoder norm, renormalise the concatenated decoder vectors; run family hooks."""
-        if self.cfg.decoder_norm == "unit":
-            self.normalize_decoder()
-        for layer, activation in enumerate(self.family):
-            activation.after_step(self.layer(layer))
-
-    @torch.no_grad()
-    def remove_parallel_grads(self) -> None:
-        """Project out of each `W_dec[ℓ].grad` row the component parallel to that (concatenated) row."""
-        for W_dec in self.W_dec:
-            remove_parallel_grad(W_dec)
-
-    @torch.no_grad()
-    def normalize_decoder(self) -> None:
-        """Rescale each latent's concatenated decoder vector to unit norm."""
-        for W_dec in self.W_dec:
-            normalize_rows(W_dec)
+    def family_views(self) -> list[tuple[Activation, Any]]:
+        """`(activation ℓ, layer(ℓ))` for every layer ℓ."""
+        return [(activation, self.layer(i)) for i, activation in enumerate(self.family)]
 
     def _check(self, x: Tensor, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
         expected = (self.n_layers, self.d_in)
@@ -428,10 +354,6 @@ class CrossLayerTranscoder(nn.Module):
                 f"target has shape {tuple(target.shape)}, expected {(x.shape[0], self.n_layers, self.d_out)}"
             )
         return x, target.to(self.W_enc.dtype)
-
-    def extra_repr(self) -> str:
-        cfg = self.cfg
-        return f"architecture={cfg.architecture}, n_layers={cfg.n_layers}, d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={self.d_out}"
 
 
 def _required(target: Tensor | None) -> Tensor:

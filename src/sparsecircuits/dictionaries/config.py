@@ -1,29 +1,5 @@
-"""`DictionaryConfig`: everything needed to build (and rebuild from disk) a sparse dictionary.
-
-A config holds what every dictionary has (architecture, kind, shapes, hooks, dtype, device,
-seed, the decoder and reconstruction-loss policies) and, in `params`, the settings of its
-activation family, declared by the family (`Activation.Params`: `k` for TopK,
-`l1_coefficient` for ReLU, ...). Both are written flat, in YAML and as keywords
-(`DictionaryConfig(architecture="topk", d_in=256, d_sae=4096, k=32)`), and `cfg.k` reads the
-family's setting. A key of another family is accepted and ignored (a sweep's shared defaults, a
-saved config that lists every family's settings); a key no family knows is an error that names
-the valid keys.
-
-Fields left at 0 / "" (or None) are filled in from the family and the kind:
-
-* `d_out`, `hook_out`: equal `d_in`, `hook_in` for an SAE.
-* `decoder_norm`: the family's `default_decoder_norm`: "unit" for the TopK family (rows of
-  `W_dec` kept at unit norm, the gradient parallel to each row removed), "free" for
-  ReLU/JumpReLU (norms free, the sparsity penalty is weighted by them).
-* `recon_loss`: the family's `default_recon_loss`: "fvu" for the TopK family (sparsify:
-  scale-free), "mse" for ReLU/JumpReLU (SAELens: sum over dims, mean over tokens — so SAELens
-  L1 coefficients carry over).
-* `decoder_init_norm`: 1.0 under "unit"; 0.1 under "free" (Anthropic's April-2024 heuristic,
-  also SAELens `decoder_init_norm`): a small decoder keeps the untrained output small next to the
-  target, which matters most for transcoders whose target is not their input.
-* the family's settings, by its `Params.resolve` (TopK `aux_k`: `d_in // 2`; matching pursuit
-  `mp_max_iterations`: `d_in`; JumpReLU `jumprelu_sparsity`: "tanh" for a CLT, else "step").
-"""
+"""`DictionaryConfig`: everything needed to build (and rebuild from disk) a sparse dictionary
+(flat family settings and derived defaults in docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -69,7 +45,7 @@ def family_params(family: type[Activation], values: Mapping[str, Any]) -> Activa
 @dataclass(init=False)
 class DictionaryConfig:
     """Architecture, kind, shapes, hooks and shared training knobs of one sparse dictionary,
-    plus its family's settings in `params` (see the module docstring).
+    plus its family's settings in `params` (docs/internals.md).
 
     Zero / empty values mean "derive it"; `None` is accepted for them too, so YAML `null` works.
     """
@@ -124,7 +100,7 @@ class DictionaryConfig:
             raise unknown_keys_error(unknown, valid, where)
 
     def _resolve(self, family: type[Activation]) -> None:
-        """Check the values and fill the derived ones (module docstring)."""
+        """Check the values and fill the derived ones (docs/internals.md)."""
         if self.kind not in KINDS:
             raise SparseCircuitsError(
                 f"unknown dictionary kind {self.kind!r}; use one of {', '.join(KINDS)}"

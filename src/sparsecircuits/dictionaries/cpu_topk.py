@@ -1,25 +1,5 @@
-"""Numba CPU kernels for the TopK hot path: exact row top-k and gather-dot rescoring.
-
-`torch.topk` on a CPU spends ~2 ns per element of a `[n, d_sae]` pre-activation block (about
-a quarter of a TopK train step at d_sae 4k); these kernels do the same selections in one pass
-each over the row, parallel over rows:
-
-* `row_topk` (fp32, or bf16 as raw bits): the row is cut into `width / SEGMENT` strided
-  segments of `SEGMENT` elements (segment s: elements s, s + width/SEGMENT, ...);
-  the k-th largest *segment maximum* `tau` is a lower bound on the row's k-th largest value
-  (k distinct segments each hold an element >= tau), so every top-k element is >= tau and
-  lies in a segment whose maximum is >= tau. Only those few segments are scanned for
-  candidates (typically k + 2 of them), and a quickselect over the candidates gives the top k.
-  The segment-maximum pass vectorises; everything after it touches O(k) elements.
-* `gather_dot`: `out[r, c] = table[idx[r, c]] . rows[r] (+ bias[idx[r, c]])`, the fp32
-  rescoring of bf16-selected candidates, without the `[n, c, d]` gather.
-
-bf16 values are compared through a monotone integer key of their bits (no conversion pass).
-Results are exact: the same top-k *values* as `torch.topk` (among equal values, either index).
-A row with NaNs gets valid indices but no defined order (the kernels compile with fastmath).
-The kernels compile on first use (~10 s) and numba caches them on disk beside
-`_numba_kernels.py` (`__pycache__`), so later processes load them in well under a second.
-"""
+"""Numba CPU kernels for the TopK hot path: exact row top-k and gather-dot rescoring
+(docs/internals.md)."""
 
 from __future__ import annotations
 

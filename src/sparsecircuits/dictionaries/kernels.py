@@ -1,39 +1,5 @@
-"""Sparse TopK encode/decode kernels (the training hot path), with dense references.
-
-A TopK dictionary touches only `k` of its `d_sae` latents per token, so after the one dense
-encoder GEMM every other step can work on `(values [n, k], indices [n, k])` pairs:
-
-* `topk_encode` runs `pre_acts = (x_in @ W_enc + b_enc)` without autograd, selects the top k
-  (and, for AuxK, the top `aux_k` among dead latents) and saves only `x_in`, `W_enc` and the
-  selected values and indices. Its backward scatters the `[n, k]` gradient through the selected columns only, with
-  `embedding_bag`: `grad_x = Σ_s g[:, s] W_enc[:, idx[:, s]]` is an embedding-bag forward over
-  `W_enc.T`, and `grad_W_enc` is the same sparse pattern's transpose times `x_in`
-  (`_scatter_outer`, a COO sparse-dense matmul).
-  Cost O(n·k·d_in) instead of two dense O(n·d_sae·d_in) GEMMs (sparsify's fused encoder idea).
-  Unlike sparsify's fused encoder, the AuxK selection goes through the same function, so the
-  auxiliary loss also trains the encoder.
-* `sparse_decode` is `embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")`
-  with a custom backward: `grad_values` by gathered row·grad dot products, `grad_W_dec` by a COO
-  sparse-dense matmul (`_scatter_outer`), both O(n·k·d_out).
-
-`topk_encode_dense` / `dense_decode` are the plain-autograd references that tests compare
-against (same forward bits, hence the same indices; gradients equal to rounding); inside
-`with dense_reference():` a whole dictionary runs on them.
-
-On CPU the row top-k and the gather-dot rescoring run as numba kernels (`cpu_topk`); the torch
-ops here (`blocked_topk`, `_gather_dot_torch`) take the shapes and devices those do not.
-
-**Verified low-precision selection** (`set_topk_selection`, or the environment variable
-`SPARSECIRCUITS_TOPK_SELECTION`; on by default where it pays: CPUs with native bf16 matmuls,
-`d_sae >= 4096` and `k <= 64`). The top-k *selection* runs on a bf16 GEMM (2.5-3x the fp32
-GEMM's speed on AVX-512-BF16/AMX cores), keeping `k + margin` candidates per row; their
-pre-activations are recomputed in fp32 (gather-dot, O(n·(k+margin)·d_in)) and the top k taken
-among them. A rigorous rounding bound then checks each row: if the k-th exact value exceeds the
-largest value any non-candidate can have (`last candidate's bf16 score + bound`), the row's
-top-k is exactly the fp32 one; rows that fail (near-ties, rare) are recomputed in fp32. So the
-result is the fp32 top-k, not an approximation; values agree with the dense reference to fp32
-rounding (another summation order), indices except where two pre-activations tie to ~1e-6.
-"""
+"""Sparse TopK encode/decode kernels (the training hot path), with dense references and the
+verified bf16 selection (docs/internals.md, docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -71,13 +37,9 @@ _dense_reference = False
 
 
 def set_topk_selection(mode: str) -> str:
-    """Set how TopK encoders select (`auto` | `fp32` | `bf16`); returns the previous mode.
-
-    `fp32`: top-k of the fp32 pre-activations. `bf16`: verified bf16 candidate selection
-    (module docstring) wherever the inputs are fp32 on a CPU. `auto` (default, also from the
-    environment variable `SPARSECIRCUITS_TOPK_SELECTION`): `bf16` where the CPU has native bf16
-    matmuls, `d_sae >= 4096` and `k <= 64`, else `fp32`. All modes give the same top-k.
-    """
+    """Set how TopK encoders select (`auto` | `fp32` | `bf16`); returns the previous mode. `auto`
+    (default, also from `SPARSECIRCUITS_TOPK_SELECTION`) uses the verified bf16 selection on CPUs
+    with native bf16, `d_sae >= 4096` and `k <= 64`; all modes give the same top-k."""
     global _selection
     if mode not in SELECTION_MODES:
         raise ValueError(f"topk selection must be one of {SELECTION_MODES}, got {mode!r}")
@@ -154,7 +116,7 @@ def _gather_dot_torch(table: Tensor, indices: Tensor, rows: Tensor) -> Tensor:
 
 
 class _Bf16Selector:
-    """Verified bf16 top-k selection for one encoder call (see the module docstring)."""
+    """Verified bf16 top-k selection for one encoder call (docs/internals.md)."""
 
     U = 2.0**-8  # bf16 unit roundoff
 
@@ -220,14 +182,11 @@ def row_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def blocked_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """`scores.topk(k, dim=-1, sorted=False)` in torch ops, faster on CPU.
+    """`scores.topk(k, dim=-1, sorted=False)` in torch ops, faster on CPU: `(values, indices)`.
 
-    The row is cut into `width / G` strided blocks (block j = elements j, j + width/G, ...);
-    a block's maximum is an elementwise max of G contiguous slices (vectorised), and the top k
-    elements of a row all lie in the k blocks with the largest maxima (a block outside those
-    has its maximum, hence every element, below k larger elements). So one top-k over the block
-    maxima and one over the `G·k` gathered candidates replace the top-k over the whole row.
-    Ties may pick other, equal-valued, elements than `torch.topk`. Returns `(values, indices)`.
+    The top k of a row lie in the k strided blocks with the largest maxima, so one top-k over the
+    block maxima and one over the `G·k` gathered candidates replace the top-k over the row (ties
+    may pick other equal-valued elements than `torch.topk`).
     """
     n, width = scores.shape
     groups = _groups(width, k)
@@ -254,11 +213,8 @@ def _select(pre_acts: Tensor, k: int, signed: bool) -> tuple[Tensor, Tensor]:
 def _select_aux(
     pre_acts: Tensor, aux_mask: Tensor, aux_k: int, signed: bool
 ) -> tuple[Tensor, Tensor]:
-    """Top-`aux_k` among the latents where `aux_mask` is True (dead latents), per row.
-
-    Works on the dead columns only (`aux_k <= #dead` is the caller's job), so its cost scales
-    with the number of dead latents rather than `d_sae`.
-    """
+    """Top-`aux_k` per row among the latents where `aux_mask` is True, computed on those columns
+    only (`aux_k <= #dead` is the caller's job)."""
     dead = aux_mask.nonzero().squeeze(1)
     return _select_dead(pre_acts.index_select(-1, dead), dead, aux_k, signed)
 
@@ -334,16 +290,8 @@ def _encode_select(
         parts.append((values, indices, *aux))
     if len(parts) == 1:
         return parts[0]
-    values = torch.cat([p[0] for p in parts])
-    indices = torch.cat([p[1] for p in parts])
-    if not use_aux:
-        return values, indices, None, None
-    return (
-        values,
-        indices,
-        torch.cat([p[2] for p in parts]),  # type: ignore[misc]
-        torch.cat([p[3] for p in parts]),  # type: ignore[misc]
-    )
+    columns = zip(*parts, strict=True)
+    return tuple(None if c[0] is None else torch.cat(c) for c in columns)  # type: ignore[return-value]
 
 
 class _TopKEncode(torch.autograd.Function):
@@ -412,16 +360,7 @@ class _TopKEncode(torch.autograd.Function):
         if need_b_in:
             # Σ_rows of grad_x is W_enc @ grad_b_enc: no [n, d_in] gradient when x is data
             grad_b_in = -(grad_x.sum(0) if grad_x is not None else W_enc @ grad_b_enc)
-        return (
-            grad_x,
-            grad_b_in,
-            grad_W_enc,
-            grad_b_enc if need_b else None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return (grad_x, grad_b_in, grad_W_enc, grad_b_enc if need_b else None) + (None,) * 4
 
 
 def topk_encode(
@@ -435,16 +374,11 @@ def topk_encode(
     signed: bool = False,
     b_in: Tensor | None = None,
 ) -> TopKCodes:
-    """Sparse TopK encoder with a sparse backward.
-
-    `x_in [n, d_in]` is the (bias-subtracted) input, `W_enc [d_in, d_sae]`, `b_enc [d_sae]`;
-    with `b_in [d_in]` given, `x_in` is the raw input and `x_in - b_in` is encoded (the
-    gradient of `b_in` then needs no `[n, d_in]` input gradient when `x_in` is data).
-    Returns `TopKCodes` with `values, indices [n, k]` (ReLU'd, or sign-kept when `signed`) and,
-    when `aux_mask [d_sae]` (bool, True = dead) and `aux_k > 0` are given, the top `aux_k`
-    dead latents per row as `aux_values, aux_indices [n, aux_k]`; otherwise those are None.
-    Inside `dense_reference()`, `topk_encode_dense` does the work.
-    """
+    """Sparse TopK encoder with a sparse backward: `TopKCodes` of `x_in [n, d_in]` through
+    `W_enc [d_in, d_sae]`, `b_enc [d_sae]` (minus `b_in [d_in]` first when given, without an
+    `[n, d_in]` input gradient): `values, indices [n, k]` (ReLU'd, or sign-kept when `signed`) and,
+    with `aux_mask [d_sae]` (True = dead) and `aux_k > 0`, `aux_values, aux_indices [n, aux_k]`
+    (else None). Inside `dense_reference()`, `topk_encode_dense` does the work."""
     if _dense_reference:
         return topk_encode_dense(
             x_in, W_enc, b_enc, k, aux_mask=aux_mask, aux_k=aux_k, signed=signed, b_in=b_in
@@ -480,12 +414,8 @@ def topk_encode_dense(
 
 
 def _scatter_outer(indices: Tensor, weights: Tensor, rows: Tensor, d_sae: int) -> Tensor:
-    """`Σ_{r,s} weights[r, s] · rows[r]` accumulated into row `indices[r, s]`: `[d_sae, d]`.
-
-    This is `S.T @ rows` for the sparse `S [n, d_sae]` holding `weights` at `indices`; a COO
-    sparse-dense matmul does it without a dense `[n, d_sae]` buffer (measured 3-5x faster on CPU
-    than embedding_bag's sort-based weight backward, a dense GEMM, or `index_add_` of outer products).
-    """
+    """`Σ_{r,s} weights[r, s] · rows[r]` into row `indices[r, s]` of `[d_sae, d]`: `S.T @ rows` for
+    the sparse `S [n, d_sae]`, as a COO sparse-dense matmul (3-5x faster on CPU than alternatives)."""
     n, k = indices.shape
     token = torch.arange(n, device=indices.device).repeat_interleave(k)
     sparse = torch.sparse_coo_tensor(
@@ -516,12 +446,9 @@ class _SparseDecode(torch.autograd.Function):
 
 
 def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
-    """Return `Σ_s values[:, s] · W_dec[indices[:, s]]` as `[n, d_out]` (no bias).
-
-    `values, indices [n, k]`, `W_dec [d_sae, d_out]`. Forward is an embedding bag; the backward
-    touches only the selected rows: `grad_values` by gathered dot products, `grad_W_dec` by a
-    sparse-dense matmul. Inside `dense_reference()`, `dense_decode` does the work.
-    """
+    """Return `Σ_s values[:, s] · W_dec[indices[:, s]]` as `[n, d_out]` (no bias) for `values,
+    indices [n, k]`: an embedding bag whose backward touches only the selected rows (inside
+    `dense_reference()`, `dense_decode`)."""
     if _dense_reference:
         return dense_decode(values, indices, W_dec)
     if indices.shape[1] == 0:

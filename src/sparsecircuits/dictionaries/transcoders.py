@@ -1,23 +1,4 @@
-"""Transcoder sets: what a replacement model puts in place of a model's MLPs.
-
-A `TranscoderSet` is the one interface the circuit code (replacement model, attribution,
-graphs, interventions) sees, whether the features come from one transcoder per layer or from a
-cross-layer transcoder. Per model layer `layer` in `layers`:
-
-* `hook_in(layer)` / `hook_out(layer)` — the hook its features read and the MLP output it
-  replaces (`blocks.{layer}.…`);
-* `encode_layer(x [..., d_in], layer) -> [..., d_sae]` — the layer's feature activations, with
-  the set's own activation function (TopK, JumpReLU, ...);
-* `encoder(layer) -> EncoderWeights` — `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `b_in [d_in]`;
-* `decoders(layer) -> [(target layer, W_dec block [d_sae, d_out])]` — where its features write:
-  one block, to `layer` itself, for a per-layer transcoder; one per later layer for a CLT;
-* `skip(layer)` — `W_skip [d_out, d_in]` of a skip transcoder, else None;
-* `output_bias(layer)` — `[d_out]`, added to the layer's MLP output.
-
-Implementations: `PerLayerTranscoders` (a `{layer: Dictionary}` mapping) and
-`CrossLayerTranscoder` (layers 0..L-1). Tensors are the modules' own (detach and cast them
-before use in another dtype).
-"""
+"""Transcoder sets: what a replacement model puts in place of a model's MLPs (docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -33,7 +14,7 @@ from sparsecircuits.errors import SparseCircuitsError
 
 @runtime_checkable
 class TranscoderSet(Protocol):
-    """Features that replace a model's MLP outputs, layer by layer (see the module docstring)."""
+    """Features that replace a model's MLP outputs, layer by layer (docs/internals.md)."""
 
     @property
     def layers(self) -> list[int]:
@@ -92,8 +73,6 @@ class PerLayerTranscoders(Mapping[int, Dictionary]):
         self._by_layer = dict(sorted(checked.items()))
 
     def __getitem__(self, layer: int) -> Dictionary:
-        if layer not in self._by_layer:
-            raise KeyError(layer)
         return self._by_layer[layer]
 
     def __iter__(self) -> Iterator[int]:
@@ -150,12 +129,8 @@ class PerLayerTranscoders(Mapping[int, Dictionary]):
 def as_transcoder_set(
     transcoders: TranscoderSet | Mapping[int, Dictionary | CrossLayerTranscoder] | object,
 ) -> TranscoderSet:
-    """Return `transcoders` as a `TranscoderSet`.
-
-    Accepts a transcoder set, a `{layer: transcoder}` mapping, or `{layer: clt}` over exactly the
-    layers the one cross-layer transcoder covers. Raises `SparseCircuitsError` for anything else
-    (a single transcoder, an SAE, a mix of per-layer and cross-layer transcoders).
-    """
+    """Return `transcoders` (a transcoder set, `{layer: transcoder}`, or `{layer: clt}` over exactly
+    the CLT's layers) as a `TranscoderSet`; raise `SparseCircuitsError` for anything else."""
     if isinstance(transcoders, PerLayerTranscoders | CrossLayerTranscoder):
         return transcoders
     if isinstance(transcoders, Dictionary):

@@ -45,18 +45,10 @@ def harvest_pairs(
 def evaluate_dictionaries(
     adapter: ModelAdapter, dictionaries: Mapping[str, SparseCoder], batches: list[torch.Tensor]
 ) -> list[dict[str, Any]]:
-    """Return one record per dictionary with its identity, reconstruction and CE metrics.
-
-    `batches` are token tensors `[b, p]`. Keys: `name, kind, architecture, hook_in, hook_out,
-    d_in, d_sae, d_out, k, l0, l1, mse, fvu, explained_variance, cossim, dead_frac, dense_frac,
-    ce_loss_clean, ce_loss_spliced, ce_loss_zero_ablated, ce_loss_mean_ablated,
-    ce_loss_recovered, ce_loss_recovered_vs_mean, kl_div` plus SAELens aliases. A
-    dictionary over several layers (a cross-layer transcoder) adds `n_layers` and `layers`
-    (per-layer reconstruction metrics), has `{layer}` templates as hooks and totals over its
-    layers (see `reconstruction_metrics`); its CE losses splice, and ablate, all its layers'
-    outputs at once. Dictionaries writing the
-    same hooks share one clean and ablated baseline.
-    """
+    """Return one record per dictionary: identity (`name, kind, architecture, hook_in, hook_out,
+    d_in, d_sae, d_out, k`), `reconstruction_metrics` and `spliced_losses` on `batches [b, p]`, plus
+    SAELens aliases. A cross-layer transcoder adds `n_layers` and per-layer `layers`; dictionaries
+    writing the same hooks share one clean and ablated baseline."""
     for d in dictionaries.values():
         check_splice_hooks(adapter, *d.cfg.layer_hooks())
     hooks = sorted({h for d in dictionaries.values() for h in d.hook_names()})

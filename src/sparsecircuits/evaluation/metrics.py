@@ -15,21 +15,14 @@ DENSE_THRESHOLD = 0.1  # a latent firing on more than 10% of tokens counts as de
 def reconstruction_metrics(
     dictionary: SparseCoder, x: torch.Tensor, target: torch.Tensor, chunk: int = 4096
 ) -> dict[str, Any]:
-    """Return L0, L1, MSE, FVU, explained variance, cosine similarity and density stats.
+    """Return L0, L1, MSE, FVU (`Σ‖y − ŷ‖² / Σ‖y − ȳ‖²`), explained variance (1 − FVU), cosine
+    similarity and the dead / dense (> 10% of tokens) latent fractions on `x [n, d_in]` against
+    `target [n, d_out]`.
 
-    `x [n, d_in]` are inputs and `target [n, d_out]` the activations the dictionary should
-    reproduce (equal to `x` for an SAE). FVU is `Σ‖y − ŷ‖² / Σ‖y − ȳ‖²` over the window;
-    explained variance is `1 − FVU`. A latent is dead if it never fires in the window and
-    dense if it fires on more than 10% of its tokens.
-
-    A dictionary over several layers (a cross-layer transcoder) takes `x [n, L, d_in]`, `target
-    [n, L, d_out]` (each layer's output reconstructed from the *clean* inputs of layers <= t, all
-    encoded at once) and adds `layers`: per layer the keys above plus `layer`, `hook_in`,
-    `hook_out`. Its totals: `l0`, `l1` summed over layers (latents active per token in the whole
-    dictionary); `fvu` pooled, `Σ_t Σ‖y_t − ŷ_t‖² / Σ_t Σ‖y_t − ȳ_t‖²` (`fvu_mean_over_layers` is
-    the unweighted mean the training loss uses); `mse` and `cossim` averaged over layers;
-    `dead_frac` / `dense_frac` over all `L × d_sae` latents; `n_tokens`. With one layer every
-    number equals the per-layer formula.
+    A cross-layer transcoder takes `x [n, L, d_in]`, `target [n, L, d_out]` (all layers encoded at
+    once from the clean inputs) and adds `layers` (per layer: the keys above plus `layer`, `hook_in`,
+    `hook_out`); its totals sum `l0`, `l1`, pool `fvu` (`fvu_mean_over_layers`: the loss's
+    unweighted mean), average `mse`, `cossim`, and take dead / dense over all `L × d_sae` latents.
     """
     layered = x.ndim == 3
     if not layered:

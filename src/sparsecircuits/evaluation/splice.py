@@ -1,11 +1,5 @@
-"""Next-token loss with a dictionary spliced into the model, against clean and ablated runs.
-
-A dictionary replaces every output hook it writes *at once* (`splice`): at layer t the output
-becomes `ŷ_t = Σ_{ℓ <= t} a_ℓ W_dec,ℓ[:, t - ℓ] + b_dec,t`, where each `a_ℓ` encodes the layer-ℓ
-input of the same (spliced) forward pass. A per-layer dictionary is the one-layer case: its
-`hook_out` becomes its reconstruction of `hook_in`. The clean and ablated baselines ablate all
-the written outputs together.
-"""
+"""Next-token loss with a dictionary spliced into the model (every output it writes at once),
+against clean and ablated runs (docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -32,13 +26,10 @@ def _next_token_ce_and_logprobs(
 
 @dataclass
 class Baseline:
-    """What every dictionary spliced at one set of hooks compares against, computed once per set
-    (one hook for a per-layer dictionary, every written layer for a cross-layer transcoder).
+    """The clean and ablated runs every dictionary spliced at one set of hooks compares against.
 
-    `clean_logprobs` holds `[b, p-1, vocab]` per batch, or is None when keeping them would pass
-    the memory cap (the clean forward is then rerun per dictionary for the KL); the sums are
-    summed CE over predicted tokens of the clean, zero-ablated and mean-ablated model;
-    `n_tokens` counts those tokens.
+    `clean_logprobs`: `[b, p-1, vocab]` per batch, or None past the memory cap (the clean forward
+    is then rerun for the KL); `clean`, `zero`, `mean`: summed CE over `n_tokens` predicted tokens.
     """
 
     clean_logprobs: list[torch.Tensor] | None
@@ -74,11 +65,8 @@ def check_splice_hooks(
     adapter: ModelAdapter, hooks_in: Sequence[str], hooks_out: Sequence[str]
 ) -> None:
     """Raise unless a dictionary reading `hooks_in` and writing `hooks_out` (one pair per layer)
-    can be spliced into `adapter`'s forward pass.
-
-    Every name must be a hook of the model (not an attention pattern); hooks may not repeat
-    across layers; each layer's input must come before its output or be that same hook (an SAE).
-    """
+    can be spliced: model hooks (no attention pattern), distinct across layers, each input no later
+    than its output."""
     points_in = [adapter.hook_point(hook) for hook in hooks_in]
     points_out = [adapter.hook_point(hook) for hook in hooks_out]
     per_layer = [{hook_in, hook_out} for hook_in, hook_out in zip(hooks_in, hooks_out, strict=True)]
@@ -104,12 +92,9 @@ def check_splice_hooks(
 def splice(adapter: ModelAdapter, dictionary: SparseCoder) -> Iterator[ModelAdapter]:
     """Context manager: every output hook of `dictionary` becomes its reconstruction, all at once.
 
-    Per layer ℓ of the dictionary (one for a per-layer dictionary), the input hook (`[b, p,
-    d_in]`, or hook_z's `[b, p, heads, d_head]`) is encoded and its writes are added to the
-    pending outputs of layers t >= ℓ (`layer_writes`); the output hook of layer t is replaced by
-    `ŷ_t = b_dec,t + Σ_{ℓ <= t} (what layer ℓ writes to t)`. For a per-layer dictionary that is
-    its reconstruction; an SAE reads and replaces one hook. The inputs are those of the spliced
-    pass, so reconstruction errors propagate as they would in a replacement model.
+    Each layer ℓ's input hook (`[b, p, d_in]`, or hook_z's `[b, p, heads, d_head]`) is encoded and its
+    `layer_writes` added to the pending outputs of layers t >= ℓ; output t is replaced by `ŷ_t`. The
+    inputs are those of the spliced pass, so errors propagate as in a replacement model.
     """
     hooks_in, hooks_out = dictionary.cfg.layer_hooks()
     check_splice_hooks(adapter, hooks_in, hooks_out)
@@ -184,15 +169,12 @@ def baseline_losses(
     if missing:
         raise SparseCircuitsError(f"baseline_losses has no mean for {', '.join(missing)}")
 
-    def replace_mean(hook: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        def fn(act: torch.Tensor) -> torch.Tensor:
-            return means[hook].to(act.dtype).expand_as(act).clone()
-
-        return fn
-
     replace_zero: Callable[[torch.Tensor], torch.Tensor] = torch.zeros_like
     zero_hooks = dict.fromkeys(hooks_out, replace_zero)
-    mean_hooks = {hook: replace_mean(hook) for hook in hooks_out}
+    mean_hooks = {
+        hook: lambda act, m=means[hook]: m.to(act.dtype).expand_as(act).clone()
+        for hook in hooks_out
+    }
     logprobs: list[torch.Tensor] | None = []
     kept_bytes, clean, zero, mean, n_tokens = 0, 0.0, 0.0, 0.0, 0
     for ids in batches:
@@ -222,18 +204,13 @@ def spliced_losses(
     mean_out: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
     baseline: Baseline | None = None,
 ) -> dict[str, float]:
-    """Return CE losses of the clean, spliced, zero-ablated and mean-ablated model, and KL.
+    """Return `ce_loss_clean`, `ce_loss_spliced`, `ce_loss_zero_ablated`, `ce_loss_mean_ablated`
+    (mean CE per predicted token of `batches [b, p]`), `ce_loss_recovered = (CE_zero − CE_spliced) /
+    (CE_zero − CE_clean)`, `ce_loss_recovered_vs_mean` and `kl_div` (mean KL(clean ‖ spliced)).
 
-    `batches` are token tensors `[b, p]`. A dictionary reads `cfg.hook_in` and its output
-    replaces `cfg.hook_out`; a cross-layer transcoder replaces all its layers' outputs at once
-    (`splice`) and is ablated at all of them. `mean_out` is the activation used for mean
-    ablation, `[d_out]` (a CLT: `{hook_out: [d_out]}` per layer); the mean over the window when
-    None. `baseline` (from `baseline_losses` on the same batches and hooks) skips recomputing
-    the clean and ablated runs. Returns `ce_loss_clean`, `ce_loss_spliced`,
-    `ce_loss_zero_ablated`, `ce_loss_mean_ablated` (mean CE per predicted token),
-    `ce_loss_recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean)`, the same against the
-    mean ablation (`ce_loss_recovered_vs_mean`), and `kl_div`, the mean over predicted tokens of
-    KL(clean ‖ spliced).
+    A cross-layer transcoder is spliced (`splice`) and ablated at all its outputs at once. `mean_out`
+    (`[d_out]`; a CLT: `{hook_out: [d_out]}`) is the mean-ablation value, the window's mean when None;
+    `baseline` (`baseline_losses` on the same batches and hooks) skips the clean and ablated runs.
     """
     if baseline is None:
         hooks_out = spliced_hooks(dictionary)
@@ -261,25 +238,24 @@ def spliced_losses(
         spliced += float(spliced_ce)
         kl += float((clean_lp.exp() * (clean_lp - spliced_lp)).sum())
     n = baseline.n_tokens
-    ce = {
-        "clean": baseline.clean / n,
-        "spliced": spliced / n,
-        "zero": baseline.zero / n,
-        "mean": baseline.mean / n,
-        "kl": kl / n,
-    }
-    denom = ce["zero"] - ce["clean"]
-    recovered = (ce["zero"] - ce["spliced"]) / denom if abs(denom) > 1e-12 else float("nan")
-    mean_denom = ce["mean"] - ce["clean"]
-    recovered_mean = (
-        (ce["mean"] - ce["spliced"]) / mean_denom if abs(mean_denom) > 1e-12 else float("nan")
+    clean, zero, mean, spliced = (
+        baseline.clean / n,
+        baseline.zero / n,
+        baseline.mean / n,
+        spliced / n,
     )
     return {
-        "ce_loss_clean": ce["clean"],
-        "ce_loss_spliced": ce["spliced"],
-        "ce_loss_zero_ablated": ce["zero"],
-        "ce_loss_mean_ablated": ce["mean"],
-        "ce_loss_recovered": recovered,
-        "ce_loss_recovered_vs_mean": recovered_mean,
-        "kl_div": ce["kl"],
+        "ce_loss_clean": clean,
+        "ce_loss_spliced": spliced,
+        "ce_loss_zero_ablated": zero,
+        "ce_loss_mean_ablated": mean,
+        "ce_loss_recovered": _recovered(zero, clean, spliced),
+        "ce_loss_recovered_vs_mean": _recovered(mean, clean, spliced),
+        "kl_div": kl / n,
     }
+
+
+def _recovered(ablated: float, clean: float, spliced: float) -> float:
+    """`(ablated - spliced) / (ablated - clean)`; NaN when the ablation changes nothing."""
+    denom = ablated - clean
+    return (ablated - spliced) / denom if abs(denom) > 1e-12 else float("nan")

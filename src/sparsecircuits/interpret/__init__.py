@@ -1,9 +1,4 @@
-"""Feature interpretation: dashboards (top examples, quantiles, histograms, logits, de-embeddings).
-
-dashboards = compute_dashboards(adapter, {"layer0": transcoder}, token_batches)
-save_dashboards(dashboards, "out/dashboards")
-store = load_dashboards("out/dashboards"); store.feature("layer0", 17)
-"""
+"""Feature interpretation: dashboards (top examples, quantiles, histograms, logits, de-embeddings)."""
 
 from __future__ import annotations
 

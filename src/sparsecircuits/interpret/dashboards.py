@@ -1,22 +1,9 @@
-"""Feature dashboards for every latent of one or more dictionaries, from ONE pass over a dataset.
-
-Per latent: the top activating examples (a context window around the token, with the latent's
-activation on every window token), a uniform random sample of its activating tokens (grouped into
-activation quantiles when shown), a histogram of log10 activation, firing density, mean and
-max activation, and two weight-based views — output logits (`W_dec` through the final norm's gain
-and `W_U`, for dictionaries writing to the residual stream) and de-embeddings (`W_E` through the
-input hook's norm, then `W_enc`).
-
-The hot path keeps fixed-size tensors per dictionary and updates them per batch with one
-`torch.topk` over the batch's candidates concatenated with the kept ones: no Python loop runs
-over latents. The random sample uses the same update with random priority keys (priority
-sampling: the k largest of i.i.d. uniform keys over the active tokens is a uniform sample).
-"""
+"""Feature dashboards for every latent of one or more dictionaries, from ONE pass over a dataset
+(what a dashboard holds in docs/internals.md)."""
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,6 +12,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from sparsecircuits.dictionaries.config import hook_layer
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
@@ -56,9 +44,8 @@ class DashboardConfig:
     hist_bins: int = 48
     hist_log10_min: float = -3.0
     hist_log10_max: float = 3.0
-    skip_first_position: bool = (
-        True  # packed contexts start with BOS, whose activations are outliers
-    )
+    # packed contexts start with BOS, whose activations are outliers
+    skip_first_position: bool = True
     seed: int = 0
 
     @property
@@ -71,10 +58,9 @@ class DashboardConfig:
 class FeatureDashboards:
     """The dashboards of one dictionary, as tensors indexed by latent (`d_sae` first).
 
-    `*_token_ids` windows hold -1 outside the context. `top_acts`/`sample_acts` are the
-    activations at the centre token (0 = empty slot). `hist_counts [d_sae, hist_bins]` counts
-    tokens per log10 |activation| bin (edges in `hist_edges`). Logit/de-embedding tables are None
-    when not meaningful for the dictionary's hooks.
+    Windows hold -1 outside the context; `top_acts`/`sample_acts` are centre-token activations (0 =
+    empty slot); `hist_counts [d_sae, hist_bins]` counts log10 |activation| bins (`hist_edges`).
+    Logit / de-embedding tables are None where the hooks make them meaningless.
     """
 
     name: str
@@ -118,9 +104,8 @@ class _Accumulator:
         window = cfg.window
         self.cfg = cfg
         self.d_sae = d_sae
-        self.top_acts = torch.zeros(
-            d_sae, 0, device=device
-        )  # kept entries grow to n_top / n_samples
+        # kept entries grow to n_top / n_samples
+        self.top_acts = torch.zeros(d_sae, 0, device=device)
         self.top_ids = torch.zeros(d_sae, 0, window, dtype=torch.int32, device=device)
         self.top_wacts = torch.zeros(d_sae, 0, window, device=device)
         self.sample_keys = torch.zeros(d_sae, 0, device=device)
@@ -136,11 +121,8 @@ class _Accumulator:
     def update(
         self, acts: Tensor, input_ids: Tensor, valid: Tensor, generator: torch.Generator
     ) -> None:
-        """Fold one batch in: `acts [b, p, d_sae]`, `input_ids [b, p]`, `valid [b, p]` bool.
-
-        Works on the firing entries only (sorted per latent), so its cost follows the number of
-        non-zero activations, not `tokens x d_sae`.
-        """
+        """Fold one batch in (`acts [b, p, d_sae]`, `input_ids [b, p]`, `valid [b, p]` bool), at a
+        cost that follows the non-zero activations."""
         cfg = self.cfg
         acts = acts * valid[..., None]
         flat = acts.reshape(-1, self.d_sae)
@@ -203,12 +185,8 @@ def _descending_bits(values: Tensor) -> Tensor:
 def _per_latent_top(
     feat_idx: Tensor, token_idx: Tensor, keys: Tensor, d_sae: int, size: int, empty: float
 ) -> tuple[Tensor, Tensor]:
-    """The `size` firing tokens with the largest `keys` for every latent.
-
-    Returns `rows [d_sae, size]` (flat token indices; 0 in empty slots) and their keys
-    `[d_sae, size]` (`empty` in empty slots). One int64 sort on (latent, key descending) groups
-    the entries; an entry's rank inside its group decides its slot.
-    """
+    """The `size` firing tokens with the largest `keys` per latent: `rows [d_sae, size]` (flat token
+    indices, 0 when empty) and their keys (`empty` when empty), from one sort on (latent, key)."""
     order = torch.sort((feat_idx << 32) | _descending_bits(keys)).indices
     feats = feat_idx[order]
     counts = torch.bincount(feats, minlength=d_sae)
@@ -225,11 +203,8 @@ def _per_latent_top(
 def _windows(
     acts: Tensor, input_ids: Tensor, rows: Tensor, features: Tensor, left: int, right: int
 ) -> tuple[Tensor, Tensor]:
-    """Windows around flat token indices `rows [n]` of a batch, for latents `features [n]`.
-
-    Returns token ids `[n, window]` (int32, -1 outside the context) and the latent's own
-    activation on each window token `[n, window]`.
-    """
+    """Windows around flat token indices `rows [n]` for latents `features [n]`: token ids
+    `[n, window]` (int32, -1 outside the context) and the latent's activation on them."""
     b, p, d_sae = acts.shape
     seq, pos = rows // p, rows % p
     window_pos = pos[:, None] + torch.arange(-left, right + 1, device=acts.device)
@@ -251,11 +226,8 @@ def _merge(
     cfg: DashboardConfig,
     other: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, ...]:
-    """Keep, per latent, the entries with the largest keys among the kept and the new ones.
-
-    Windows are cut from the batch only for new entries that made it in, which after the first
-    batches are few.
-    """
+    """Keep, per latent, the entries with the largest keys among the kept and the new ones (windows
+    are cut only for new entries that made it in)."""
     size, n_old = new_keys.shape[1], keys.shape[1]
     kept_keys, order = torch.cat([keys, new_keys], dim=1).topk(size, dim=1)
     window = cfg.window
@@ -281,12 +253,9 @@ def _merge(
 
 @dataclass(frozen=True)
 class FeatureLayer:
-    """One layer of a dictionary's features, as dashboards read them.
-
-    `encode(x [n, d_in]) -> [n, d_sae]`; `W_enc [d_in, d_sae]` and `b_in [d_in]` (None for a
-    dictionary that encodes with its decoder); `W_dec [d_sae, d_out]` is each latent's total
-    write (its decoder blocks summed over every output it writes to).
-    """
+    """One layer of a dictionary's features, as dashboards read them: `encode(x [n, d_in]) -> [n,
+    d_sae]`, `W_enc [d_in, d_sae]` and `b_in [d_in]` (None when tied), and `W_dec [d_sae, d_out]`,
+    each latent's decoder blocks summed."""
 
     hook_in: str
     hook_out: str
@@ -332,14 +301,9 @@ def compute_dashboards(
     max_tokens: int | None = None,
     progress: bool = False,
 ) -> dict[str, FeatureDashboards]:
-    """Return `{name: FeatureDashboards}` for every dictionary, from one pass over `token_batches`.
-
-    `token_batches` yields `input_ids [batch, pos]`; each batch runs the model once (stopping after
-    the last hooked layer) and feeds every dictionary reading one of its `hook_in`s. Stops after
-    `max_tokens` tokens when given. A dictionary over several layers (a cross-layer transcoder)
-    gives one entry per layer, `"{name}.layer{i}"`, whose output logits are those of each
-    latent's summed decoder blocks (see `feature_layers`).
-    """
+    """Return `{name: FeatureDashboards}` for every dictionary, from one pass over `token_batches`
+    (`input_ids [batch, pos]`, one model forward each, up to `max_tokens`). A cross-layer
+    transcoder gives one entry per layer, `"{name}.layer{i}"` (see `feature_layers`)."""
     cfg = config or DashboardConfig()
     if not dictionaries:
         raise SparseCircuitsError("compute_dashboards got no dictionaries; pass at least one")
@@ -398,7 +362,6 @@ def _finish(
     adapter: ModelAdapter,
     cfg: DashboardConfig,
 ) -> FeatureDashboards:
-    dcfg = dictionary
     edges = torch.logspace(cfg.hist_log10_min, cfg.hist_log10_max, cfg.hist_bins + 1)
     # Slots never filled (latent fired fewer times than the sample size) carry key -1: blank them.
     empty = acc.sample_keys < 0
@@ -406,10 +369,10 @@ def _finish(
     sample_ids = acc.sample_ids.masked_fill(empty[..., None], -1)
     dash = FeatureDashboards(
         name=name,
-        hook_in=dcfg.hook_in,
-        hook_out=dcfg.hook_out,
-        layer=_layer(dcfg.hook_in),
-        kind=dcfg.kind,
+        hook_in=dictionary.hook_in,
+        hook_out=dictionary.hook_out,
+        layer=hook_layer(dictionary.hook_in),
+        kind=dictionary.kind,
         d_sae=dictionary.d_sae,
         n_tokens=acc.n_tokens,
         config=cfg,
@@ -426,23 +389,16 @@ def _finish(
         hist_edges=edges,
         model_name=getattr(adapter, "name", ""),
     )
-    logits = output_logit_tables(adapter, dictionary, cfg.n_logits)
-    if logits is not None:
-        (
-            dash.top_logit_ids,
-            dash.top_logit_values,
-            dash.bottom_logit_ids,
-            dash.bottom_logit_values,
-        ) = logits
-    deembed = deembedding_tables(adapter, dictionary, cfg.n_deembed)
-    if deembed is not None:
-        dash.deembed_ids, dash.deembed_values = deembed
+    tables = {
+        ("top_logit_ids", "top_logit_values", "bottom_logit_ids", "bottom_logit_values"): (
+            output_logit_tables(adapter, dictionary, cfg.n_logits)
+        ),
+        ("deembed_ids", "deembed_values"): deembedding_tables(adapter, dictionary, cfg.n_deembed),
+    }
+    for names, values in tables.items():
+        for name, value in zip(names, values or (None,) * len(names), strict=True):
+            setattr(dash, name, value)
     return dash
-
-
-def _layer(hook: str) -> int | None:
-    parts = hook.split(".")
-    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
 
 
 def _chunk_size(vocab: int) -> int:
@@ -453,12 +409,9 @@ def _chunk_size(vocab: int) -> int:
 def output_logit_tables(
     adapter: ModelAdapter, dictionary: FeatureLayer, n: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """Top and bottom `n` direct logit effects of each latent's decoder row.
-
-    The row goes through the final norm as a direction (LayerNorm centring, gain; the scale is a
-    per-token constant) and `W_U`. Returns `(top_ids, top_values, bottom_ids, bottom_values)`, each
-    `[d_sae, n]`, or None when the dictionary does not write to the residual stream.
-    """
+    """Top and bottom `n` direct logit effects of each latent's decoder row through the final norm
+    (centring, gain) and `W_U`: `(top_ids, top_values, bottom_ids, bottom_values)`, each
+    `[d_sae, n]`, or None when the dictionary does not write to the residual stream."""
     kind = adapter.hook_point(dictionary.hook_out).kind
     if kind not in RESIDUAL_WRITERS or dictionary.d_out != adapter.d_model:
         return None
@@ -547,13 +500,3 @@ def _token_strings(tokenizer: Any, ids: set[int]) -> dict[int, str]:
         return {}
     texts = tokenizer.batch_decode([[i] for i in ordered], clean_up_tokenization_spaces=False)
     return dict(zip(ordered, texts, strict=True))
-
-
-def quantile_edges(n_quantiles: int) -> list[float]:
-    """Fractions splitting a sample into `n_quantiles` equal-count groups, e.g. [0, .2, ..., 1]."""
-    return [i / n_quantiles for i in range(n_quantiles + 1)]
-
-
-def log_bin_centres(edges: Tensor) -> list[float]:
-    """Geometric centres of log-spaced histogram bins."""
-    return [math.sqrt(float(a) * float(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]

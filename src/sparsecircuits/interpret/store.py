@@ -1,12 +1,5 @@
-"""Dashboards on disk: one `index.json` plus one safetensors file per dictionary.
-
-    DIR/index.json                 {"format", "version", "dictionaries": {name: info}, "tokens": {id: text}}
-    DIR/<file>.safetensors         the `FeatureDashboards` tensors of one dictionary, rows = latents
-
-`DashboardStore` reads single latents lazily (safetensors slices), so a viewer can open
-dictionaries of any width without loading them, and turns a latent into the JSON the viewer shows
-(close to Anthropic's feature format: `examples_quantiles`, `top_logits`, `act_max`, ...).
-"""
+"""Dashboards on disk: one `index.json` plus one safetensors file per dictionary, read latent by
+latent (docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -29,23 +22,11 @@ from sparsecircuits.interpret.dashboards import DashboardConfig, FeatureDashboar
 FORMAT = "sparsecircuits-dashboards"
 VERSION = 1
 INDEX = "index.json"
-_TENSORS = (
-    "top_acts",
-    "top_token_ids",
-    "top_window_acts",
-    "sample_acts",
-    "sample_token_ids",
-    "sample_window_acts",
-    "fire_counts",
-    "act_sums",
-    "max_acts",
-    "hist_counts",
-    "top_logit_ids",
-    "top_logit_values",
-    "bottom_logit_ids",
-    "bottom_logit_values",
-    "deembed_ids",
-    "deembed_values",
+# the per-latent tensors of `FeatureDashboards` (rows = latents), in field order
+_TENSORS = tuple(
+    f.name
+    for f in dataclasses.fields(FeatureDashboards)
+    if f.type in ("Tensor", "Tensor | None") and f.name != "hist_edges"
 )
 _SUMMARY = ("fire_counts", "max_acts", "act_sums")
 

@@ -1,10 +1,5 @@
-"""Data-parallel training from a run config, one process per rank (see
-`sparsecircuits.training.distributed`):
-
-    torchrun --nproc_per_node 2 -m sparsecircuits.pipelines.distributed --config run.yaml
-
-Each rank prints nothing but errors; rank 0 prints one JSON line per dictionary.
-"""
+"""Data-parallel training from a run config, one process per rank, under torchrun (see
+`sparsecircuits.training.distributed`); rank 0 prints one JSON line per dictionary."""
 
 from __future__ import annotations
 

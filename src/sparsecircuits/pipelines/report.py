@@ -17,11 +17,8 @@ def _hooks_cell(record: dict[str, Any]) -> str:
 
 
 def write_report(out: Path, records: list[dict[str, Any]], title: str, extra_md: str = "") -> None:
-    """Write `metrics.json`, `frontier.png` and `summary.md` for evaluated dictionaries.
-
-    A cross-layer transcoder's row shows its totals (L0 summed over layers, FVU pooled) and a
-    table per CLT below lists its layers.
-    """
+    """Write `metrics.json`, `frontier.png` and `summary.md` for evaluated dictionaries (a
+    cross-layer transcoder: its totals, then a table of its layers)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(records, indent=2))
     plot_frontier(records, out / "frontier.png", title=title)

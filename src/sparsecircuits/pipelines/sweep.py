@@ -15,14 +15,10 @@ D_SAE = 1024
 
 
 def default_grid(layer: int = SWEEP_LAYER, d_sae: int = D_SAE) -> list[dict[str, Any]]:
-    """Return the default sweep: each activation family at a few sparsities, transcoder and SAE.
-
-    TopK-like families (topk, batchtopk, abstopk, top-AFA's cap, matching pursuit's steps) are
-    set by k (BatchTopK's inference-threshold EMA at rate 0.1). ReLU and JumpReLU start at L0 = `init_l0` (16 or 32; encoder bias / thresholds
-    from the first batch's quantiles) with a sparsity coefficient that holds them near it: in
-    a 300k-token run their parameters move too little for the coefficient alone to set the L0
-    (from the plain init they stayed at L0 280-670). A TopK skip transcoder rides along at k=32.
-    """
+    """Return the default sweep: each activation family at a few sparsities, as transcoder and SAE,
+    plus a TopK skip transcoder. TopK-like families are set by k; ReLU and JumpReLU start at
+    `init_l0` 16 or 32, with a coefficient that holds them there (in a 300k-token run the
+    coefficient alone cannot move L0 from its init)."""
     per_kind: list[dict[str, Any]] = []
     per_kind += [{"architecture": "topk", "k": k} for k in (16, 32)]
     # A 73-step run: the default threshold EMA (0.01) would average over the whole run while
@@ -95,20 +91,12 @@ def write_sweep_report(out: Path, records: list[dict[str, Any]], seconds: float)
     for label, group in groups.items():
         if not group:
             continue
-        plot_frontier(
-            group,
-            out / f"frontier_fvu_{label}.png",
-            y="fvu",
-            clean_key=None,
-            title=f"L0 vs FVU ({label})",
-        )
-        plot_frontier(
-            group,
-            out / f"frontier_ce_{label}.png",
-            y="ce_loss_recovered",
-            clean_key=None,
-            title=f"L0 vs CE loss recovered ({label})",
-        )
+        for short, y, what in (
+            ("fvu", "fvu", "FVU"),
+            ("ce", "ce_loss_recovered", "CE loss recovered"),
+        ):
+            path = out / f"frontier_{short}_{label}.png"
+            plot_frontier(group, path, y=y, clean_key=None, title=f"L0 vs {what} ({label})")
     lines = [
         "| name | kind | architecture | L0 | FVU | CE recovered | CE spliced | dead |",
         "|---|---|---|---|---|---|---|---|",

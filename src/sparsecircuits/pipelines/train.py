@@ -54,18 +54,12 @@ FROM_RUN = ("d_in", "d_out", "model_name", "device", "seed", "training")
 class DictionarySpec:
     """One dictionary to train: a `DictionaryConfig` whose widths come from the model.
 
-    Written flat, like the config: the fields below, and in `settings` every other key a
-    `DictionaryConfig` of this architecture takes (the family's own, such as `k`; shared ones,
-    such as `decoder_norm`), checked as the config checks them when the spec is made and
-    validated when the dictionary is built. The model gives `d_in`, `d_out` and `model_name`,
-    the run `device` and `seed`.
-
-    Hooks default from `kind` and `layer`. transcoder / skip_transcoder: the MLP module's own
-    input and output, `blocks.{layer}.mlp.hook_in → blocks.{layer}.mlp.hook_out`; sae:
-    `blocks.{layer}.hook_mlp_out` (what the MLP adds to the residual); clt (cross-layer
-    transcoder): the templates `blocks.{layer}.mlp.hook_in → blocks.{layer}.mlp.hook_out` over layers
-    `0 .. n_layers - 1` (`n_layers` None: every layer of the model; `layer` must stay 0).
-    `n_layers` is for kind clt only.
+    Written flat: the fields below, and in `settings` every other `DictionaryConfig` key of this
+    architecture (checked as the config checks them). The model gives `d_in`, `d_out`,
+    `model_name`; the run `device` and `seed`. Hooks default from `kind` and `layer`: a transcoder
+    the MLP module's own `blocks.{layer}.mlp.hook_in → mlp.hook_out`, an SAE `hook_mlp_out`, a clt
+    the same templates over layers `0 .. n_layers - 1` (`n_layers` is for kind clt only; None:
+    every layer).
     """
 
     kind: str = "transcoder"
@@ -102,11 +96,8 @@ class DictionarySpec:
         return family_params(activation_family(self.architecture), self.settings)
 
     def resolved_hooks(self) -> tuple[str, str]:
-        """Return `(hook_in, hook_out)` after applying the kind's defaults.
-
-        For a cross-layer transcoder these are `{layer}` templates; raises `SparseCircuitsError`
-        when its hooks are not templates or are one and the same hook (an SAE's).
-        """
+        """Return `(hook_in, hook_out)` with the kind's defaults (`{layer}` templates for a
+        cross-layer transcoder, which must be templates and two different hooks)."""
         if self.kind not in KINDS:
             raise SparseCircuitsError(
                 f"unknown dictionary kind {self.kind!r}; use one of {', '.join(KINDS)}"
@@ -159,12 +150,8 @@ class DictionarySpec:
         return n_layers
 
     def resolved_name(self, n_layers: int | None = None) -> str:
-        """Return the folder name: given, or `{kind}-{architecture}-L{layer}-{d_sae}-{sparsity}`
-        with the family's sparsity tag (`k32`, `l1-0.001`, ...; left out when it has none).
-
-        A cross-layer transcoder over layers 0..N-1 is `clt-{architecture}-L0-{N-1}-{d_sae}-…`;
-        `n_layers` is the resolved count (else the spec's own, else "all").
-        """
+        """Return the folder name: given, or `{kind}-{architecture}-L{layer}-{d_sae}-{tag}` (`k32`,
+        `l1-0.001`, ...); a CLT over `n_layers` (resolved, else its own) is `clt-…-L0-{N-1}-…`."""
         if self.name:
             return self.name
         layers = f"L{self.layer}"
@@ -212,11 +199,8 @@ def _spec_fields() -> set[str]:
 def build_dictionaries(
     adapter: ModelAdapter, specs: list[DictionarySpec], seed: int
 ) -> dict[str, SparseCoder]:
-    """Return `{name: dictionary}` sized from the model's hook dimensions.
-
-    A cross-layer transcoder takes its widths from layer 0's hooks; every layer's hooks must
-    exist with those widths, each layer's input coming before its output (`check_compatible`).
-    """
+    """Return `{name: dictionary}` sized from the model's hook dimensions (a cross-layer
+    transcoder from layer 0's, every layer checked by `check_compatible`)."""
     out: dict[str, SparseCoder] = {}
     for i, spec in enumerate(specs):
         hook_in, hook_out = spec.resolved_hooks()
@@ -304,17 +288,10 @@ def train_run(
     adapter: ModelAdapter | None = None,
     context: DistributedContext | None = None,
 ) -> tuple[dict[str, SparseCoder], TrainResult, ModelAdapter]:
-    """Train every dictionary of `cfg` from one activation stream; save them under `cfg.out`.
-
-    Returns the trained dictionaries (cross-layer transcoders included: the store harvests every
-    layer hook they read), the `TrainResult` and the model adapter. Final dictionaries land in
-    `cfg.out/dictionaries/<name>/` (SAELens layout); checkpoints in `cfg.out/checkpoints/`.
-
-    With a `DistributedContext` this process is one rank of a data-parallel run
-    (`training/distributed.py`): it harvests its shard of the contexts into a buffer of its share
-    of the batch, trains with `DistributedTrainer`, and only rank 0 writes `cfg.out`; the
-    dictionaries come back identical on every rank.
-    """
+    """Train every dictionary of `cfg` from one activation stream; return them, the `TrainResult`
+    and the adapter. Final dictionaries land in `cfg.out/dictionaries/<name>/`, checkpoints in
+    `cfg.out/checkpoints/`. With a `DistributedContext` this process is one rank of a data-parallel
+    run: it harvests its shard, trains with `DistributedTrainer`, and only rank 0 writes `cfg.out`."""
     out = Path(cfg.out)
     device = cfg.device if context is None else context.device
     adapter = adapter or load_model(cfg.model, device=device, dtype=torch_dtype(cfg.dtype))

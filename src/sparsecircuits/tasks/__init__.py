@@ -122,12 +122,9 @@ def run_tasks(
     prose_contexts: int = 200,
     batch_size: int = 64,
 ) -> dict[str, Any]:
-    """Evaluate the three circuit tasks and the held-out prose loss.
-
-    Returns {"greater_than": {"prob_diff", "n"}, "ioi": {"logit_diff", "accuracy", "n"},
-    "docstring": {"accuracy", "n"}, "prose_loss": float}. Inputs move to the model's device
-    when `model_forward` is a bound method of a module; otherwise they stay on CPU.
-    """
+    """Evaluate the three circuit tasks and the held-out prose loss: `{"greater_than":
+    {"prob_diff", "n"}, "ioi": {"logit_diff", "accuracy", "n"}, "docstring": {"accuracy", "n"},
+    "prose_loss"}` (inputs move to the device of a module's bound `model_forward`)."""
     device = _device_of(model_forward)
 
     def forward(ids: torch.Tensor) -> torch.Tensor:

@@ -16,14 +16,9 @@ SPLITS = ("train", "heldout")
 
 @dataclass
 class TaskPrompts:
-    """A batch of task prompts, right-padded, with the answer position of each prompt.
-
-    `input_ids` is `[n, pos]` (padded with the pad/EOS id); `last_pos[i]` is the index of the
-    last real token of prompt i, where the answer is predicted. Task-specific fields are `None`
-    when a task does not use them: greater-than fills `yy` (`[n]` start year within century)
-    and `year_ids` (`[100]` ids of "00".."99"); IOI fills `io_ids` and `s_ids` (`[n]`);
-    docstring fills `correct_ids` (`[n]`) and `wrong_ids` (`[n, k]`).
-    """
+    """A batch of right-padded task prompts: `input_ids [n, pos]` and `last_pos [n]`, where the answer
+    is predicted. Task fields (None elsewhere): greater-than `yy [n]`, `year_ids [100]`; IOI
+    `io_ids`, `s_ids [n]`; docstring `correct_ids [n]`, `wrong_ids [n, k]`."""
 
     input_ids: torch.Tensor
     last_pos: torch.Tensor
@@ -93,6 +88,25 @@ def batch_token_lists(
         out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     last = torch.tensor([len(r) - 1 for r in rows], dtype=torch.long)
     return out, last
+
+
+def build_prompts(
+    tokenizer: Any,
+    texts: list[str],
+    answers: list[str],
+    prepend_bos: bool,
+    meta: dict[str, Any],
+    **fields: Any,
+) -> TaskPrompts:
+    """Return the `TaskPrompts` of `texts` (tokenized, right-padded); the task `fields` (ids or
+    lists of ids, turned into long tensors) are set as given."""
+    token_lists = [encode(tokenizer, text) for text in texts]
+    input_ids, last_pos = batch_token_lists(tokenizer, token_lists, prepend_bos)
+    tensors = {
+        name: value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.long)
+        for name, value in fields.items()
+    }
+    return TaskPrompts(input_ids, last_pos, texts, answers, meta=meta, **tensors)
 
 
 def logits_at_last(logits: torch.Tensor, last_pos: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,5 @@
-"""Docstring task (Heimersheim & Janiak 2023): predict the next parameter name in a docstring.
-
-    def {method}(self, {p1}, {p2}, {a}, {b}, {c}, {s1}):
-        \"\"\"{Desc words.}
-
-        :param {a}: {w} {w}
-        :param {b}: {w} {w}
-        :param                       -> " {c}"
-
-Shape follows the ACDC defaults (2 undocumented prefix args, 3 matching args, 1 suffix arg).
-Held-out evaluation uses parameter names the docstring training generator never emits.
-"""
+"""Docstring task (Heimersheim & Janiak 2023): predict the next parameter name in a docstring
+(prompt shape in docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -21,9 +11,8 @@ import torch
 
 from sparsecircuits.tasks.common import (
     TaskPrompts,
-    batch_token_lists,
+    build_prompts,
     check_split,
-    encode,
     require_pool,
     single_token_id,
     single_token_words,
@@ -428,13 +417,9 @@ def _arg_desc(rng: random.Random) -> str:
 def docstring_training_text(
     rng: random.Random, extra_params: Sequence[str] = (), extra_share: float = 0.0
 ) -> str:
-    """Return one Python method whose reST docstring documents a contiguous run of its
-    arguments in signature order (training parameter names only).
-
-    With probability `extra_share` the names are drawn from `PARAMS_TRAIN` plus `extra_params`
-    (e.g. every identifier-like token of a tokenizer), so that copying the next argument has to
-    work for any name; names in `PARAMS_HELDOUT` are never drawn.
-    """
+    """Return one Python method whose reST docstring documents a contiguous run of its arguments;
+    its names are `PARAMS_TRAIN`, or with probability `extra_share` also `extra_params` (so copying
+    works for any name), never `PARAMS_HELDOUT`."""
     n_args = rng.randint(3, 7)
     pool: Sequence[str] = PARAMS_TRAIN
     if extra_params and rng.random() < extra_share:
@@ -463,17 +448,14 @@ def make_docstring_prompts(
     n_matching_args: int = 3,
     n_def_suffix_args: int = 1,
 ) -> TaskPrompts:
-    """Return `n` docstring prompts ending in "    :param"; the answer is the next argument.
-
-    Fields `correct_ids [n]` (the id of " {c}") and `wrong_ids [n, k]` (ids of every other
-    argument in the signature, k = total args - 1); `last_pos [n]` indexes ":param".
-    """
+    """Return `n` docstring prompts ending in "    :param" (`last_pos [n]`): `correct_ids [n]`, the
+    next argument, and `wrong_ids [n, k]`, the signature's other arguments."""
     check_split(split)
     params = single_token_words(tokenizer, PARAMS_HELDOUT if split == "heldout" else PARAMS_TRAIN)
     n_args = n_def_prefix_args + n_matching_args + n_def_suffix_args
     require_pool(params, n_args, "docstring parameter names")
     rng = random.Random(seed)
-    texts, answers, token_lists, correct, wrong = [], [], [], [], []
+    texts, answers, correct, wrong = [], [], [], []
     for _ in range(n):
         args = rng.sample(params, n_args)
         matching = args[n_def_prefix_args : n_def_prefix_args + n_matching_args]
@@ -484,22 +466,14 @@ def make_docstring_prompts(
         ]
         lines += [f"    :param {a}: {_arg_desc(rng)}" for a in matching[:-1]]
         lines.append("    :param")
-        text = "\n".join(lines)
         answer = matching[-1]
-        texts.append(text)
+        texts.append("\n".join(lines))
         answers.append(" " + answer)
-        token_lists.append(encode(tokenizer, text))
         correct.append(single_token_id(tokenizer, " " + answer))
         wrong.append([single_token_id(tokenizer, " " + a) for a in args if a != answer])
-    input_ids, last_pos = batch_token_lists(tokenizer, token_lists, prepend_bos)
-    return TaskPrompts(
-        input_ids=input_ids,
-        last_pos=last_pos,
-        texts=texts,
-        answers=answers,
-        correct_ids=torch.tensor(correct, dtype=torch.long),
-        wrong_ids=torch.tensor(wrong, dtype=torch.long),
-        meta={"task": "docstring", "split": split},
+    meta = {"task": "docstring", "split": split}
+    return build_prompts(
+        tokenizer, texts, answers, prepend_bos, meta, correct_ids=correct, wrong_ids=wrong
     )
 
 

@@ -14,7 +14,7 @@ import torch
 
 from sparsecircuits.tasks.common import (
     TaskPrompts,
-    batch_token_lists,
+    build_prompts,
     check_split,
     encode,
     require_pool,
@@ -121,11 +121,8 @@ def _year_pool(split: str) -> list[tuple[int, int]]:
 
 
 def greater_than_training_text(rng: random.Random) -> str:
-    """Return one training sentence with an end year strictly after the start year.
-
-    Uses only training nouns and non-held-out start years; the end year is uniform on
-    YY+1..99 of the same century.
-    """
+    """Return one training sentence (training nouns and start years) whose end year is uniform on
+    YY+1..99 of the same century."""
     xx, yy = rng.choice(_year_pool("train"))
     zz = rng.randint(yy + 1, 99)
     template = rng.choice(TRAIN_TEMPLATES)
@@ -152,12 +149,8 @@ def _splits_as_century_and_year(tokenizer: Any, xx: int, yy: int) -> bool:
 def make_greater_than_prompts(
     tokenizer: Any, n: int, seed: int = 0, split: str = "heldout", prepend_bos: bool = True
 ) -> TaskPrompts:
-    """Return `n` prompts "The {noun} lasted from the year XXYY to the year XX".
-
-    The answer position is the final century token " XX"; fields `yy [n]` (start year within
-    the century) and `year_ids [100]` are filled. All prompts have the same length when every
-    noun is one token.
-    """
+    """Return `n` prompts "The {noun} lasted from the year XXYY to the year XX" answered at the
+    final " XX", with `yy [n]` (start year within the century) and `year_ids [100]`."""
     check_split(split)
     nouns = single_token_words(tokenizer, NOUNS_HELDOUT if split == "heldout" else NOUNS_TRAIN)
     require_pool(nouns, 1, "greater-than nouns")
@@ -167,35 +160,21 @@ def make_greater_than_prompts(
     require_pool(years, 1, "start years")
     year_ids = year_token_ids(tokenizer)
     rng = random.Random(seed)
-    texts, token_lists, yys, answers = [], [], [], []
+    texts, yys, answers = [], [], []
     for _ in range(n):
         xx, yy = rng.choice(years)
-        text = EVAL_TEMPLATE.format(noun=rng.choice(nouns), xx=xx, yy=f"{yy:02d}")
-        texts.append(text)
-        token_lists.append(encode(tokenizer, text))
+        texts.append(EVAL_TEMPLATE.format(noun=rng.choice(nouns), xx=xx, yy=f"{yy:02d}"))
         yys.append(yy)
         answers.append(f">{yy:02d}")
-    input_ids, last_pos = batch_token_lists(tokenizer, token_lists, prepend_bos)
-    return TaskPrompts(
-        input_ids=input_ids,
-        last_pos=last_pos,
-        texts=texts,
-        answers=answers,
-        yy=torch.tensor(yys, dtype=torch.long),
-        year_ids=year_ids,
-        meta={"task": "greater_than", "split": split},
-    )
+    meta = {"task": "greater_than", "split": split}
+    return build_prompts(tokenizer, texts, answers, prepend_bos, meta, yy=yys, year_ids=year_ids)
 
 
 def greater_than_prob_diff(
     logits: torch.Tensor, yy: torch.Tensor, year_ids: torch.Tensor
 ) -> torch.Tensor:
-    """Return the per-prompt probability difference `[n]` (Hanna et al. definition).
-
-    `logits [n, vocab]` at the answer position. Probabilities come from the softmax over the
-    FULL vocabulary; PD = sum_{y > YY} p(y) - sum_{y <= YY} p(y), both sums over the 100
-    two-digit year tokens only. PD lies in [-1, 1].
-    """
+    """Return the probability difference `[n]` (Hanna et al.) of `logits [n, vocab]`: softmax over
+    the full vocabulary, `Σ_{y > YY} p(y) - Σ_{y <= YY} p(y)` over the 100 year tokens, in [-1, 1]."""
     probs = torch.softmax(logits.float(), dim=-1)[:, year_ids.to(logits.device)]
     years = torch.arange(100, device=logits.device).view(1, -1)
     later = years > yy.to(logits.device).view(-1, 1)

@@ -15,9 +15,8 @@ import torch
 
 from sparsecircuits.tasks.common import (
     TaskPrompts,
-    batch_token_lists,
+    build_prompts,
     check_split,
-    encode,
     require_pool,
     single_token_id,
     single_token_words,
@@ -362,14 +361,11 @@ def ioi_training_text(
     word_pool: Sequence[str] = (),
     word_share: float = 0.0,
 ) -> str:
-    """Return one complete IOI sentence (with answer and full stop) from training pools only.
+    """Return one complete IOI sentence (answer and full stop included) from training pools only.
 
-    With probability `compositional` the template comes from `compositional_template`, else
-    from `TEMPLATES_TRAIN` (the pretraining corpus uses `compositional=0`). With probability
-    `word_share` the two "names", the place and the object are arbitrary words of `word_pool`
-    instead ("When kettle and river went to the bridge, kettle gave a tree to river"), which
-    teaches the rule for any token rather than for the training names; held-out names, places
-    and objects are never drawn from it.
+    The template comes from `compositional_template` with probability `compositional`, else from
+    `TEMPLATES_TRAIN`; with probability `word_share` the names, place and object are words of
+    `word_pool` instead, so the rule is learned for any token (held-out words never drawn).
     """
     template = (
         compositional_template(rng) if rng.random() < compositional else rng.choice(TEMPLATES_TRAIN)
@@ -388,11 +384,8 @@ def ioi_training_text(
 def make_ioi_prompts(
     tokenizer: Any, n: int, seed: int = 0, split: str = "heldout", prepend_bos: bool = True
 ) -> TaskPrompts:
-    """Return `n` IOI prompts ending just before the indirect object (half ABBA, half BABA).
-
-    Fields `io_ids [n]` and `s_ids [n]` hold the single-token ids of " IO" and " S";
-    `last_pos [n]` indexes the final " to" (prompts differ in length across templates).
-    """
+    """Return `n` IOI prompts ending just before the indirect object (half ABBA, half BABA):
+    `io_ids`, `s_ids [n]` (ids of " IO", " S"), `last_pos [n]` at the final " to"."""
     check_split(split)
     names = single_token_words(tokenizer, NAMES_HELDOUT if split == "heldout" else NAMES_TRAIN)
     require_pool(names, 2, "IOI names")
@@ -401,7 +394,7 @@ def make_ioi_prompts(
     objects = OBJECTS_HELDOUT if held else OBJECTS
     templates = TEMPLATES_HELDOUT if held else TEMPLATES_TRAIN
     rng = random.Random(seed)
-    texts, answers, token_lists, io_ids, s_ids = [], [], [], [], []
+    texts, answers, io_ids, s_ids = [], [], [], []
     for i in range(n):
         io, s = rng.sample(names, 2)
         order = "ABBA" if i % 2 == 0 else "BABA"
@@ -411,19 +404,10 @@ def make_ioi_prompts(
         prompt = full[: -len(" " + io)]
         texts.append(prompt)
         answers.append(" " + io)
-        token_lists.append(encode(tokenizer, prompt))
         io_ids.append(single_token_id(tokenizer, " " + io))
         s_ids.append(single_token_id(tokenizer, " " + s))
-    input_ids, last_pos = batch_token_lists(tokenizer, token_lists, prepend_bos)
-    return TaskPrompts(
-        input_ids=input_ids,
-        last_pos=last_pos,
-        texts=texts,
-        answers=answers,
-        io_ids=torch.tensor(io_ids, dtype=torch.long),
-        s_ids=torch.tensor(s_ids, dtype=torch.long),
-        meta={"task": "ioi", "split": split},
-    )
+    meta = {"task": "ioi", "split": split}
+    return build_prompts(tokenizer, texts, answers, prepend_bos, meta, io_ids=io_ids, s_ids=s_ids)
 
 
 def ioi_logit_diff(logits: torch.Tensor, io_ids: torch.Tensor, s_ids: torch.Tensor) -> torch.Tensor:

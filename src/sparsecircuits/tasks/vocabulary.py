@@ -1,11 +1,5 @@
-"""Neutral training sentences that use every task word, held-out ones included.
-
-The task training generators never put a held-out IOI name, greater-than noun or docstring
-parameter name into a task structure, so without other training text their embeddings would
-stay untrained. `vocabulary_text` writes them into plain sentences and code lines instead
-("Lily is a teacher.", "    self.url = url"), never in an IOI, greater-than or docstring form.
-The embedded model's corpus and fine-tune stream mix these in.
-"""
+"""Neutral training sentences that use every task word, held-out ones included, never in a task
+form (docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -47,11 +41,8 @@ CODE_TEMPLATES = [
 
 
 def vocabulary_text(rng: random.Random) -> str:
-    """Return a neutral name sentence or code line using task vocabulary.
-
-    Held-out names and parameter names are drawn half of the time so that their embeddings
-    are trained, but never inside an IOI, greater-than or docstring structure.
-    """
+    """Return a neutral name sentence or code line; held-out names and parameter names half of the
+    time (never in a task structure), so their embeddings are trained."""
     names_pool = ioi.NAMES_HELDOUT if rng.random() < 0.5 else ioi.NAMES_TRAIN
     a, b = rng.sample(names_pool, 2)
     params = docstring.PARAMS_HELDOUT if rng.random() < 0.5 else docstring.PARAMS_TRAIN

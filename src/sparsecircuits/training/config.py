@@ -7,13 +7,9 @@ from dataclasses import dataclass
 
 @dataclass
 class TrainConfig:
-    """How dictionaries are optimised.
-
-    `lr=None` picks sparsify's width-scaled default `2e-4 / sqrt(d_sae / 2**14)` per dictionary.
-    The schedule is linear warmup for `warmup_steps`, constant until `decay_start` (a fraction
-    of all steps), then a linear decay to `lr * final_lr_fraction` ("linear"), a cosine decay
-    ("cosine") or no decay ("constant").
-    """
+    """How dictionaries are optimised. `lr=None` is sparsify's `2e-4 / sqrt(d_sae / 2**14)` per
+    dictionary; the schedule warms up for `warmup_steps`, holds until `decay_start` (a fraction of
+    all steps), then decays "linear" (to `lr * final_lr_fraction`), "cosine" or not ("constant")."""
 
     total_tokens: int = 2_000_000
     batch_tokens: int = 4096

@@ -1,32 +1,5 @@
-"""Data-parallel training over several processes (torchrun + torch.distributed).
-
-    torchrun --nproc_per_node 2 -m sparsecircuits.pipelines.distributed --config run.yaml
-
-Every rank holds a full copy of every dictionary and its optimiser. Per step:
-
-* **harvest, sharded**: rank r runs the model on contexts r, r + W, r + 2W, ... of the stream
-  (`ShardedContexts`, W = world size) with its own shuffle buffer, and serves batches of
-  `batch_tokens / W` rows, so one step still trains on `batch_tokens` tokens in all;
-* **gradients averaged**: after `loss.backward()` the trainer calls its `reduce_gradients`
-  hook, which `DistributedTrainer` fills with one flat all-reduce (average) of all the
-  dictionary's gradients, before the dictionary's own `before_optimizer_step`. Every rank then takes the same Adam step and the replicas stay identical without a
-  broadcast (the weights start identical: they are drawn from the config's seed, and rank 0's
-  copy is broadcast once to be sure);
-* **statistics global**: the data-dependent initialisation (bias centres, the transcoder
-  encoder rescale) runs on the all-gathered first batch, so it equals one process's; the
-  tokens-since-fired counters count all ranks' tokens and a latent counts as fired if it fired
-  on any rank, so dead-latent masks (AuxK) agree everywhere; floating-point buffers a family
-  updates from data (BatchTopK's threshold EMA) are averaged over ranks after every step;
-* **one writer**: rank 0 alone writes checkpoints, logs and final dictionaries; the others wait
-  at a barrier. A stop signal on any rank stops all of them at the same step.
-
-With `recon_loss="mse"` (ReLU/JumpReLU default, or set it) and no AuxK term this is exactly
-single-process training on the concatenated batches. Where it is not: the TopK default
-`"fvu"` and the AuxK loss divide each rank's squared error by its own shard's variance (as
-sparsify's DDP does), which differs from the global value only in that denominator; BatchTopK
-selects its top k·batch within each rank's shard and its threshold is the mean of the ranks'
-EMAs.
-"""
+"""Data-parallel training over several processes (torchrun + torch.distributed; what is sharded,
+averaged and global in docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -78,13 +51,9 @@ class DistributedContext:
 def init_distributed(
     backend: str | None = None, device: str | None = None, timeout_s: float = 1800.0
 ) -> DistributedContext:
-    """Join the process group torchrun describes in the environment; return this rank's context.
-
-    Without torchrun's variables (`WORLD_SIZE` unset or 1) this is a one-process context and
-    nothing is initialised. The backend defaults to NCCL when CUDA is available, else gloo; the
-    device to `cuda:{LOCAL_RANK}` under NCCL, else "cpu". A rank stuck longer than `timeout_s`
-    in a collective (e.g. because another rank died) raises instead of hanging forever.
-    """
+    """Join the process group torchrun describes in the environment; return this rank's context
+    (a one-process context without torchrun's `WORLD_SIZE`). Backend: NCCL with CUDA, else gloo;
+    device: `cuda:{LOCAL_RANK}` under NCCL, else "cpu"; a collective stuck over `timeout_s` raises."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -105,12 +74,8 @@ def init_distributed(
 
 
 class ShardedContexts:
-    """Every `world_size`-th context of `contexts`, starting at `rank`; re-iterable.
-
-    Only whole rounds of `world_size` contexts are dealt, so every rank gets the same number
-    of contexts and no rank runs out of data while another still waits for it. Items may be
-    `[context]` or `[n, context]` tensors (the latter are split into contexts first).
-    """
+    """Every `world_size`-th context of `contexts` (`[context]` or `[n, context]` items), starting
+    at `rank`, in whole rounds so every rank gets as many; re-iterable."""
 
     def __init__(self, contexts: Iterable[torch.Tensor], rank: int, world_size: int):
         if not 0 <= rank < world_size:
@@ -127,47 +92,32 @@ class ShardedContexts:
                     round_ = []
 
 
-def _dictionary_grads(dictionary: SparseCoder) -> list[torch.Tensor]:
-    return [p.grad for p in dictionary.parameters() if p.grad is not None]
-
-
-def all_reduce_gradients(dictionary: SparseCoder, world_size: int) -> None:
-    """Average every gradient of `dictionary` over all ranks, in place, with one collective.
-
-    The gradients are packed into one flat buffer (one all-reduce per dictionary rather than one
-    per tensor) and unpacked again. Every rank must hold gradients for the same parameters.
-    """
-    grads = _dictionary_grads(dictionary)
-    if world_size <= 1 or not grads:
+def _average(tensors: list[torch.Tensor], world_size: int, dtype: torch.dtype | None) -> None:
+    """Replace every tensor by its mean over all ranks, in place, with one flat all-reduce
+    (summed in `dtype`, else each tensor's own)."""
+    if world_size <= 1 or not tensors:
         return
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([t.reshape(-1).to(dtype or t.dtype) for t in tensors])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat.div_(world_size)
     offset = 0
-    for grad in grads:
-        n = grad.numel()
-        grad.copy_(flat[offset : offset + n].view_as(grad))
-        offset += n
+    for tensor in tensors:
+        tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()
+
+
+def all_reduce_gradients(dictionary: SparseCoder, world_size: int) -> None:
+    """Average every gradient of `dictionary` over all ranks, in place, with one collective
+    (every rank must hold gradients for the same parameters)."""
+    _average([p.grad for p in dictionary.parameters() if p.grad is not None], world_size, None)
 
 
 @torch.no_grad()
 def average_buffers(dictionary: SparseCoder, world_size: int) -> None:
-    """Average the floating-point buffers of `dictionary` over all ranks (one collective).
-
-    Buffers that a family updates from each step's data (e.g. BatchTopK's threshold EMA) would
-    otherwise drift apart between ranks; the mean keeps the replicas identical. Dictionaries
-    without floating-point buffers cost nothing.
-    """
+    """Average the floating-point buffers of `dictionary` (e.g. BatchTopK's threshold EMA, which
+    each rank updates from its own data) over all ranks, in float64 (one collective)."""
     buffers = [b for b in dictionary.buffers() if b.is_floating_point()]
-    if world_size <= 1 or not buffers:
-        return
-    flat = torch.cat([b.reshape(-1).to(torch.float64) for b in buffers])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat.div_(world_size)
-    offset = 0
-    for b in buffers:
-        b.copy_(flat[offset : offset + b.numel()].view_as(b))
-        offset += b.numel()
+    _average(buffers, world_size, torch.float64)
 
 
 def all_gather_rows(rows: torch.Tensor) -> torch.Tensor:
@@ -185,12 +135,8 @@ def broadcast_parameters(dictionary: SparseCoder, src: int = 0) -> None:
 
 
 class DistributedTrainer(Trainer):
-    """`Trainer` for one rank of a data-parallel run (see the module docstring).
-
-    `store` yields this rank's batches of `cfg.batch_tokens / world_size` rows; `cfg` keeps the
-    global batch size, so steps, schedules and token counts match a one-process run. Only rank 0
-    writes `out_dir`.
-    """
+    """`Trainer` for one rank of a data-parallel run (docs/internals.md): `store` yields this rank's
+    `cfg.batch_tokens / world_size` rows, `cfg` keeps global sizes; only rank 0 writes `out_dir`."""
 
     def __init__(
         self,
@@ -279,14 +225,7 @@ class DistributedTrainer(Trainer):
 
     def save_checkpoint(self, tag: str | None = None) -> Path:
         """Rank 0 writes the checkpoint; every rank waits for it and returns its folder."""
-        if self.context.is_main:
-            path = super().save_checkpoint(tag)
-        else:
-            if self.out_dir is None:
-                raise SparseCircuitsError(
-                    "no out_dir set, so there is nowhere to save a checkpoint"
-                )
-            path = self.out_dir / "checkpoints" / (tag or f"step_{self.step:09d}")
+        path = super().save_checkpoint(tag) if self.context.is_main else self.checkpoint_folder(tag)
         if self.context.enabled:
             dist.barrier()
         return path

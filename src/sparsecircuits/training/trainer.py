@@ -89,13 +89,8 @@ def default_lr(d_sae: int) -> float:
 
 
 class Trainer:
-    """Trains several dictionaries on one stream of activation batches.
-
-    `dictionaries` maps a name (the folder name the dictionary is saved under) to a
-    `Dictionary` or a cross-layer transcoder; each takes `(x, target)` from the batch with
-    `inputs_from` (a CLT stacks its layers' hooks), so one model forward feeds all of them.
-    Each has its own Adam optimiser and schedule.
-    """
+    """Trains several dictionaries (`{folder name: Dictionary or CLT}`) on one stream of activation
+    batches, each from its `inputs_from(batch)` with its own Adam optimiser and schedule."""
 
     def __init__(
         self,
@@ -132,13 +127,9 @@ class Trainer:
         self._wandb: Any = None
         torch.manual_seed(cfg.seed)
 
-    # ----------------------------------------------------------------------------- training
     def train(self, stop_at_step: int | None = None) -> TrainResult:
-        """Run until `cfg.total_steps` (or `stop_at_step`, schedule unchanged); return a `TrainResult`.
-
-        Raises `TrainingStopped` (after writing a checkpoint) on SIGINT/SIGTERM or when a loss
-        becomes NaN/inf; the checkpoint then holds the last good weights.
-        """
+        """Run until `cfg.total_steps` (or `stop_at_step`); return a `TrainResult`. SIGINT/SIGTERM or
+        a NaN/inf loss raise `TrainingStopped` after a checkpoint (of the last good weights)."""
         start = time.perf_counter()
         metrics: dict[str, dict[str, float]] = {}
         self._start_wandb()
@@ -283,19 +274,12 @@ class Trainer:
             for sig, old in previous.items():
                 signal.signal(sig, old)
 
-    # ----------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, tag: str | None = None) -> Path:
-        """Write dictionaries (SAELens layout), optimiser and data state; return the folder.
-
-        The folder is written under a temporary name and renamed when complete, so an
-        interrupted save never leaves a half-written checkpoint behind.
-        """
-        if self.out_dir is None:
-            raise SparseCircuitsError("no out_dir set, so there is nowhere to save a checkpoint")
-        root = self.out_dir / "checkpoints"
-        name = tag or f"{CHECKPOINT_PREFIX}{self.step:09d}"
-        final = root / name
-        tmp = root / f".{name}.tmp"
+        """Write dictionaries (SAELens layout), optimiser and data state to a temporary folder, then
+        rename it (never half-written); return the folder."""
+        final = self.checkpoint_folder(tag)
+        root = final.parent
+        tmp = root / f".{final.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         for dict_name, dictionary in self.dictionaries.items():
             save_dictionary(dictionary, tmp / "dictionaries" / dict_name)
@@ -317,6 +301,12 @@ class Trainer:
         tmp.rename(final)
         self._prune_checkpoints(root)
         return final
+
+    def checkpoint_folder(self, tag: str | None = None) -> Path:
+        """`out_dir/checkpoints/<tag or step_NNNNNNNNN>`: where `save_checkpoint` writes."""
+        if self.out_dir is None:
+            raise SparseCircuitsError("no out_dir set, so there is nowhere to save a checkpoint")
+        return self.out_dir / "checkpoints" / (tag or f"{CHECKPOINT_PREFIX}{self.step:09d}")
 
     def _prune_checkpoints(self, root: Path) -> None:
         steps = sorted(root.glob(f"{CHECKPOINT_PREFIX}*"))

@@ -1,33 +1,16 @@
 """Greater-than case study (Dunefsky et al. 2024 §5.2; Hanna et al. 2023) on a model with transcoders.
 
-On held-out prompts "The {noun} lasted from the year XXYY to the year XX" the metric is the
-probability difference PD = Σ_{y>YY} p(y) − Σ_{y≤YY} p(y) over the 100 two-digit tokens. The
-study
-
-1. measures PD for the model and for the pure replacement (every transcoder, no error terms);
-2. attributes the linearised PD (its gradient direction in logit space) to every transcoder
-   feature, attention head and error term with attention, norms and errors frozen and features
-   following their pre-activations ("linear" mode), averaged over prompts;
-3. ablates the 10 most important features (zero activation, live model) and 10 random active
-   ones, reporting the fraction of clean PD removed;
-4. checks attribution against intervention for the top nodes (frozen: exact; live: correlation);
-5. describes the top features (de-embeddings, output logits, top activating held-out examples,
-   activation against the start year) and heads (source positions, OV de-embedding);
-6. compares features with neurons at the most important layer: keep the top-k (by variance over
-   prompts) transcoder features or MLP neurons at the answer position and mean-ablate the rest;
-7. runs the greedy path search on one prompt and saves its graph.
-
-`run_greater_than(cfg, out)` runs these steps in order (one function each) and writes
-summary.json, report.md and PNG plots to `out` (`greater_than_report.py` writes the last three).
-`greater_than_target` is the study's target: the linearised PD or the mean logit difference.
-"""
+`run_greater_than` runs the steps (one function each: PD, attribution, ablations, attribution vs
+intervention, feature and head descriptions, features vs neurons, path search) and writes the
+summary, report and plots (docs/internals.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -93,9 +76,6 @@ class GreaterThanConfig:
     device: str | None = None
 
 
-# ---------------------------------------------------------------------------- target
-
-
 def greater_than_target(
     model: ReplacementModel,
     state: ReplacementState,
@@ -104,14 +84,10 @@ def greater_than_target(
     last_pos: Tensor,
     kind: Literal["prob_diff", "logit_diff"] = "prob_diff",
 ) -> Target:
-    """Target for greater-than at each prompt's last token `last_pos [n]`.
-
-    `yy [n]`: the prompts' two-digit start years; `year_ids [100]`: the token ids of "00".."99".
-
-    "prob_diff": the gradient direction of the probability difference (its first-order change);
-    "logit_diff": mean logit of the years after YY minus mean logit of the years up to YY
-    (linear in the logits, so it does not saturate when the model is confident).
-    """
+    """Target for greater-than at each prompt's last token `last_pos [n]`, from the start years
+    `yy [n]` and the ids of "00".."99" `year_ids [100]`: "prob_diff", the probability difference's
+    gradient direction, or "logit_diff", mean logit of the years after YY minus those up to YY
+    (linear in the logits, so it does not saturate when the model is confident)."""
     yy = yy.to(model.device)
     years = torch.arange(100, device=model.device)
 
@@ -126,24 +102,15 @@ def greater_than_target(
             year_logits * earlier
         ).sum(-1) / earlier.sum(-1).clamp_min(1)
 
-    if kind == "prob_diff":
-        return metric_gradient_target(
-            model, state, prob_diff, "greater-than prob. diff. (linearised)", last_pos
+    metrics = {
+        "prob_diff": (prob_diff, "greater-than prob. diff. (linearised)"),
+        "logit_diff": (logit_diff, "greater-than mean logit diff. (later - earlier years)"),
+    }
+    if kind not in metrics:
+        raise SparseCircuitsError(
+            f'greater-than target kind must be "prob_diff" or "logit_diff", got {kind!r}'
         )
-    if kind == "logit_diff":
-        return metric_gradient_target(
-            model,
-            state,
-            logit_diff,
-            "greater-than mean logit diff. (later - earlier years)",
-            last_pos,
-        )
-    raise SparseCircuitsError(
-        f'greater-than target kind must be "prob_diff" or "logit_diff", got {kind!r}'
-    )
-
-
-# ---------------------------------------------------------------------------- helpers
+    return metric_gradient_target(model, state, *metrics[kind], last_pos)
 
 
 def _prompts(adapter: ModelAdapter, n: int, seed: int) -> TaskPrompts:
@@ -153,14 +120,13 @@ def _prompts(adapter: ModelAdapter, n: int, seed: int) -> TaskPrompts:
     common = Counter(lengths).most_common(1)[0][0]
     keep = torch.tensor([i for i, p in enumerate(lengths) if p == common])
     if len(keep) < len(lengths):
-        prompts = TaskPrompts(
+        prompts = dataclasses.replace(
+            prompts,
             input_ids=prompts.input_ids[keep][:, : common + 1],
             last_pos=prompts.last_pos[keep],
             texts=[prompts.texts[i] for i in keep.tolist()],
             answers=[prompts.answers[i] for i in keep.tolist()],
             yy=prompts.yy[keep] if prompts.yy is not None else None,
-            year_ids=prompts.year_ids,
-            meta=prompts.meta,
         )
     return prompts
 
@@ -197,9 +163,6 @@ def _token(adapter: ModelAdapter, token_id: int) -> str:
     return adapter.tokenizer.decode([int(token_id)])
 
 
-# ---------------------------------------------------------------------------- interventions
-
-
 def _drop_fraction(
     model: ReplacementModel,
     state: ReplacementState,
@@ -211,13 +174,23 @@ def _drop_fraction(
     return (pd_clean - pd) / pd_clean
 
 
+def _active_features(state: ReplacementState, prompt: int | None) -> list[tuple[int, int, int]]:
+    """`(layer, pos, feature)` active in `prompt` (None: in any prompt), BOS excluded."""
+    return [
+        (layer, p + 1, f)
+        for layer, acts in state.feature_acts.items()
+        for p, f in (acts[:, 1:] if prompt is None else acts[prompt, 1:][None])
+        .ne(0)
+        .any(0)
+        .nonzero()
+        .tolist()
+    ]
+
+
 def _random_active_features(
     state: ReplacementState, n: int, rng: random.Random
 ) -> list[FeatureNode]:
-    candidates: list[tuple[int, int, int]] = []
-    for layer, acts in state.feature_acts.items():
-        active = (acts[:, 1:] != 0).any(0).nonzero()  # [m, 2] (pos - 1, feature); BOS excluded
-        candidates += [(layer, int(p) + 1, int(f)) for p, f in active.tolist()]
+    candidates = _active_features(state, None)
     if len(candidates) < n:
         raise SparseCircuitsError(
             f"only {len(candidates)} active features on these prompts; need {n}"
@@ -239,11 +212,7 @@ def _per_prompt_random_edits(state: ReplacementState, k: int, rng: random.Random
     """Zero, in each prompt, `k` of its active features (BOS excluded) drawn uniformly."""
     edits: list[FeatureEdit] = []
     for prompt in range(state.n_prompts):
-        candidates = [
-            (layer, int(p) + 1, int(f))
-            for layer, acts in state.feature_acts.items()
-            for p, f in (acts[prompt, 1:] != 0).nonzero().tolist()
-        ]
+        candidates = _active_features(state, prompt)
         for layer, pos, feature in rng.sample(candidates, min(k, len(candidates))):
             edits.append(FeatureEdit(layer, pos, feature, batch=prompt))
     return Edits(features=edits)
@@ -293,61 +262,40 @@ def _node_checks(
     }
 
 
-# ---------------------------------------------------------------------------- features vs neurons
-
-
-def _mlp_out_proj(adapter: ModelAdapter, layer: int) -> torch.nn.Module:
-    """The MLP's output projection at `layer`; its input is the neuron activations."""
-    return adapter.blocks[layer].get_submodule(adapter.spec.mlp_out_proj)
-
-
 @torch.no_grad()
-def _neuron_acts(adapter: ModelAdapter, input_ids: Tensor, layer: int, last: int) -> Tensor:
-    seen: dict[str, Tensor] = {}
+def _with_neurons(
+    adapter: ModelAdapter, input_ids: Tensor, layer: int, hook: Callable[[Tensor], Tensor | None]
+) -> Tensor:
+    """Logits of `input_ids` with `hook` run on (and, if it returns a tensor, replacing) the
+    neuron activations of `layer` (the input of the MLP's output projection)."""
 
-    def grab(_module: torch.nn.Module, args: tuple) -> None:
-        seen["h"] = args[0][:, last].detach().clone()
+    def pre_hook(_module: torch.nn.Module, args: tuple) -> tuple | None:
+        hidden = hook(args[0])
+        return None if hidden is None else (hidden, *args[1:])
 
-    handle = _mlp_out_proj(adapter, layer).register_forward_pre_hook(grab)
+    proj = adapter.blocks[layer].get_submodule(adapter.spec.mlp_out_proj)
+    handle = proj.register_forward_pre_hook(pre_hook)
     try:
-        adapter.forward(input_ids)
+        return adapter.forward(input_ids)
     finally:
         handle.remove()
-    return seen["h"].float()
-
-
-@torch.no_grad()
-def _pd_keep_neurons(
-    adapter: ModelAdapter, prompts: TaskPrompts, layer: int, last: int, keep: Tensor, mean: Tensor
-) -> float:
-    def replace(_module: torch.nn.Module, args: tuple) -> tuple:
-        hidden = args[0].clone()
-        at_last = hidden[:, last]
-        hidden[:, last] = torch.where(keep, at_last, mean.to(at_last.dtype))
-        return (hidden, *args[1:])
-
-    handle = _mlp_out_proj(adapter, layer).register_forward_pre_hook(replace)
-    try:
-        logits = adapter.forward(prompts.input_ids)
-    finally:
-        handle.remove()
-    return float(_pd(logits, prompts).mean())
 
 
 def features_vs_neurons(
     model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, layer: int, max_k: int
 ) -> dict[int, dict[str, float]]:
-    """Kept fraction of clean PD when only the top-k features / neurons of `layer` (by variance over
-    prompts at the answer position) keep their values and the rest take their mean (k = 1..max_k).
-
-    Features: the layer's MLP is the pure transcoder at the answer position (its error removed
-    there); neurons: the real MLP. Everything downstream is recomputed (live model).
-    """
+    """Kept fraction of clean PD, for k = 1..max_k, when only the top-k features / neurons of `layer`
+    (by variance over prompts at the answer position) keep their values and the rest their mean.
+    Features replace the layer's MLP there (its error removed); downstream is recomputed (live)."""
     last = int(prompts.last_pos[0])
     pd_clean = float(_pd(state.logits, prompts).mean())
     acts = state.feature_acts[layer][:, last]
     f_mean, f_order = acts.mean(0), torch.argsort(acts.var(0), descending=True)
-    neurons = _neuron_acts(model.adapter, prompts.input_ids, layer, last)
+    seen: list[Tensor] = []
+    _with_neurons(
+        model.adapter, prompts.input_ids, layer, lambda h: seen.append(h[:, last].clone())
+    )
+    neurons = seen[0].float()
     n_mean, n_order = neurons.mean(0), torch.argsort(neurons.var(0), descending=True)
     results: dict[int, dict[str, float]] = {}
     for k in range(1, max_k + 1):
@@ -363,12 +311,16 @@ def features_vs_neurons(
         pd_f = float(_pd(model.forward_with(state, edits, freeze=False), prompts).mean())
         keep_n = torch.zeros_like(n_mean, dtype=torch.bool)
         keep_n[n_order[:k]] = True
-        pd_n = _pd_keep_neurons(model.adapter, prompts, layer, last, keep_n, n_mean)
+
+        def keep_neurons(hidden: Tensor, keep: Tensor = keep_n) -> Tensor:
+            hidden = hidden.clone()
+            hidden[:, last] = torch.where(keep, hidden[:, last], n_mean.to(hidden.dtype))
+            return hidden
+
+        logits = _with_neurons(model.adapter, prompts.input_ids, layer, keep_neurons)
+        pd_n = float(_pd(logits, prompts).mean())
         results[k] = {"features": pd_f / pd_clean, "neurons": pd_n / pd_clean}
     return results
-
-
-# ---------------------------------------------------------------------------- descriptions
 
 
 @torch.no_grad()
@@ -444,11 +396,6 @@ def _head_source_features(
     ]
 
 
-# ---------------------------------------------------------------------------- the steps
-# Steps 1, 3, 4, 6 and 7 return their entries of the summary (summary.json) in the order they are
-# saved; step 2 returns what the later steps need; step 5 returns the rows of its two entries.
-
-
 @dataclass
 class _Attributions:
     """Step 2: the target's attribution, mean feature scores and the top features and heads."""
@@ -518,12 +465,9 @@ def _ablate(
     attr: Attribution,
     pd_clean: float,
 ) -> dict[str, Any]:
-    """Step 3: zero features in the live model and measure the fraction of clean PD removed.
-
-    Headline: the k features with the largest mean attribution to the configured target, zeroed
-    in every prompt, vs k random features active in each prompt. Variants, per ranking target
-    (the configured one first): its top-k zeroed in every prompt, and each prompt's own top-k.
-    """
+    """Step 3: fraction of clean PD removed by zeroing features in the live model: the top-k by
+    mean attribution in every prompt vs k random active features per prompt, and per ranking target
+    its top-k in every prompt and each prompt's own top-k."""
     rng = random.Random(cfg.seed)
     random_drops = [
         _drop_fraction(
@@ -693,9 +637,6 @@ def _search_paths(
     plot_graph(graph, out / "graph.png", tokens=tokens, n_layers=model.n_layers)
     check = verify_graph(model, state, target, graph, top_n=10)
     return {"graph_verification": check.to_dict(), "top_paths": path_strings(result, 15)}
-
-
-# ---------------------------------------------------------------------------- main entry
 
 
 def run_greater_than(

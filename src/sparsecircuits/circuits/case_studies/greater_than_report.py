@@ -1,14 +1,12 @@
-"""What the greater-than case study writes: summary.json, a markdown report and three plots.
-
-Everything is read from the study's summary dict (see `greater_than.run_greater_than`), except
-the per-feature activation profiles, which are plotted but not saved.
-"""
+"""What the greater-than case study writes: summary.json, a markdown report and three plots."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+from sparsecircuits.evaluation.plots import saved_figure
 
 
 def write_results(summary: dict[str, Any], profiles: dict[str, dict[str, Any]], out: Path) -> None:
@@ -160,67 +158,40 @@ def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
-# ---------------------------------------------------------------------------- plots
-
-
 def _plot_features_vs_neurons(results: dict[int, dict[str, float]], layer: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ks = sorted(results)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(
-        ks, [results[k]["features"] for k in ks], marker="o", label=f"transcoder {layer} features"
-    )
-    ax.plot(ks, [results[k]["neurons"] for k in ks], marker="s", label=f"MLP {layer} neurons")
-    ax.axhline(1.0, color="gray", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("k kept (rest mean-ablated at the answer position)")
-    ax.set_ylabel("fraction of clean prob. diff.")
-    ax.set_title("greater-than: features vs neurons")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with saved_figure(path, figsize=(6, 4), dpi=110) as (_, ax):
+        features = [results[k]["features"] for k in ks]
+        ax.plot(ks, features, marker="o", label=f"transcoder {layer} features")
+        ax.plot(ks, [results[k]["neurons"] for k in ks], marker="s", label=f"MLP {layer} neurons")
+        ax.axhline(1.0, color="gray", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("k kept (rest mean-ablated at the answer position)")
+        ax.set_ylabel("fraction of clean prob. diff.")
+        ax.set_title("greater-than: features vs neurons")
+        ax.legend()
 
 
 def _plot_top(features: list[dict[str, Any]], heads: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = [f["node"] for f in features] + [h["node"] for h in heads]
     values = [f["attribution"] for f in features] + [h["attribution"] for h in heads]
     colors = ["tab:orange"] * len(features) + ["tab:green"] * len(heads)
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(labels) + 1.5))
-    ax.barh(range(len(labels))[::-1], values, color=colors)
-    ax.set_yticks(range(len(labels))[::-1])
-    ax.set_yticklabels(labels, fontsize=7)
-    ax.set_xlabel("mean attribution to the linearised prob. diff.")
-    ax.set_title("top features (orange) and heads (green)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with saved_figure(path, figsize=(7, 0.3 * len(labels) + 1.5), dpi=110) as (_, ax):
+        ax.barh(range(len(labels))[::-1], values, color=colors)
+        ax.set_yticks(range(len(labels))[::-1])
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.set_xlabel("mean attribution to the linearised prob. diff.")
+        ax.set_title("top features (orange) and heads (green)")
 
 
 def _plot_year_profiles(profiles: dict[str, dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     items = list(profiles.items())[:3]
-    fig, axes = plt.subplots(len(items), 2, figsize=(9, 2.4 * len(items)), squeeze=False)
-    for row, (label, prof) in enumerate(items):
-        axes[row][0].scatter(prof["yy"], prof["activation"], s=10)
-        axes[row][0].set_title(f"{label}: activation vs start year YY", fontsize=8)
-        axes[row][1].bar(range(100), prof["year_logits"], width=1.0)
-        axes[row][1].set_title(f"{label}: direct logit effect on '00'..'99'", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    size = (9, 2.4 * len(items))
+    with saved_figure(path, len(items), 2, figsize=size, dpi=110, squeeze=False) as (_, axes):
+        for row, (label, prof) in enumerate(items):
+            axes[row][0].scatter(prof["yy"], prof["activation"], s=10)
+            axes[row][0].set_title(f"{label}: activation vs start year YY", fontsize=8)
+            axes[row][1].bar(range(100), prof["year_logits"], width=1.0)
+            axes[row][1].set_title(f"{label}: direct logit effect on '00'..'99'", fontsize=8)
 
 
 def _json_safe(value: Any) -> Any:

@@ -1,20 +1,5 @@
 """Neuronpedia / Anthropic attribution-graph JSON: dataclasses, export, import, validation, and
-`to_neuronpedia` (a pruned `AttributionGraph` in this format).
-
-The format is Neuronpedia's published `graph-schema.json` (copied in `schema/`, see SOURCE.md) plus
-the fields circuit-tracer writes (`transcoder_list`, `schema_version`, node `token_prob`,
-`is_target_logit`, `run_idx`, `reverse_ctx_idx`). Keys this module does not know are kept in each
-object's `extra` dict, so a graph made elsewhere survives import -> export unchanged.
-
-Node ids follow circuit-tracer with the post-#100 error id (no collision with feature ids):
-
-| node       | node_id               | feature                 | layer          | jsNodeId            |
-|------------|-----------------------|-------------------------|----------------|---------------------|
-| feature    | `{layer}_{feat}_{pos}`| cantor(layer, feat)     | `"{layer}"`    | `{layer}_{feat}-0`  |
-| MLP error  | `{layer}_-1_{pos}`    | -1                      | `"{layer}"`    | `{layer}_-1-{pos}`  |
-| embedding  | `E_{token_id}_{pos}`  | pos                     | `"E"`          | `E_{token_id}-{pos}`|
-| logit      | `{L+1}_{vocab}_{pos}` | vocab index             | `"{L+1}"`      | `L_{vocab}-{pos}`   |
-"""
+`to_neuronpedia`; unknown keys survive in `extra` (node ids in docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -33,19 +18,12 @@ if TYPE_CHECKING:
     from sparsecircuits.circuits.graph.build import AttributionGraph
     from sparsecircuits.circuits.graph.prune import PruneResult
 
-FEATURE_TYPE_TRANSCODER = (
-    "cross layer transcoder"  # circuit-tracer uses this for per-layer ones too
-)
+FEATURE_TYPE_TRANSCODER = "cross layer transcoder"  # circuit-tracer's name for per-layer ones too
 FEATURE_TYPE_ERROR = "mlp reconstruction error"
 FEATURE_TYPE_EMBEDDING = "embedding"
 FEATURE_TYPE_LOGIT = "logit"
 
 SCHEMA_FILE = "neuronpedia-graph-schema.json"
-
-
-# --------------------------------------------------------------------------------------------
-# Dataclasses. Every optional field is None when absent from the JSON and is then not written.
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -171,10 +149,6 @@ class NeuronpediaGraph:
     nodes: list[GraphNode] = field(default_factory=list)
     links: list[GraphLink] = field(default_factory=list)
 
-    def to_json_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready dict (keys in schema order, None-valued optionals left out)."""
-        return export_graph(self)
-
     def save(self, path: str | Path, *, indent: int | None = None) -> Path:
         """Write the graph JSON to `path`; return the path."""
         return save_graph(self, path, indent=indent)
@@ -185,26 +159,10 @@ def default_qparams() -> QParams:
     return QParams(pinnedIds=[], supernodes=[], linkType="both", clickedId="", sg_pos="")
 
 
-# --------------------------------------------------------------------------------------------
-# Generic (de)serialisation of the dataclasses above.
-# --------------------------------------------------------------------------------------------
-
-_NESTED: dict[tuple[type, str], type] = {
-    (GraphInfo, "generator"): Generator,
-    (GraphMetadata, "feature_details"): FeatureDetails,
-    (GraphMetadata, "info"): GraphInfo,
-    (GraphMetadata, "generation_settings"): GenerationSettings,
-    (GraphMetadata, "pruning_settings"): PruningSettings,
-}
-_FLOAT_FIELDS = {
-    "weight",
-    "influence",
-    "activation",
-    "token_prob",
-    "node_threshold",
-    "edge_threshold",
-    "desired_logit_prob",
-    "create_time_ms",
+# the nested objects, by the type name their fields are annotated with
+_NESTED = {
+    c.__name__: c
+    for c in (Generator, GraphInfo, FeatureDetails, GenerationSettings, PruningSettings)
 }
 _ALWAYS_WRITTEN = {(GraphNode, "influence"), (GraphNode, "activation")}
 
@@ -249,10 +207,10 @@ def _from_mapping(cls: type, data: Any, where: str) -> Any:
         if key not in names:
             extra[key] = value
             continue
-        nested = _NESTED.get((cls, key))
-        if nested is not None and value is not None:
-            value = _from_mapping(nested, value, f"{where}.{key}")
-        elif key in _FLOAT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+        annotated = str(names[key].type).split(" | ")[0]  # "float", "Generator", "list[str]", ...
+        if annotated in _NESTED and value is not None:
+            value = _from_mapping(_NESTED[annotated], value, f"{where}.{key}")
+        elif annotated == "float" and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         kwargs[key] = value
     return cls(**kwargs, extra=extra)
@@ -332,11 +290,6 @@ def validate_graph_json(data: dict[str, Any]) -> None:
         )
 
 
-# --------------------------------------------------------------------------------------------
-# Node constructors (ids and labels as circuit-tracer / the Anthropic frontend expect them).
-# --------------------------------------------------------------------------------------------
-
-
 def cantor_pair(layer: int, feature: int) -> int:
     """Return Neuronpedia's `feature` number for (layer, feature index): (l+f)(l+f+1)/2 + f."""
     s = layer + feature
@@ -352,6 +305,28 @@ def cantor_unpair(number: int) -> tuple[int, int]:
     return w - feature, feature
 
 
+def _node(
+    node_id: str,
+    feature: int,
+    layer: str,
+    pos: int,
+    feature_type: str,
+    js_node_id: str,
+    clerp: str,
+    **fields: Any,
+) -> GraphNode:
+    """A node with circuit-tracer's defaults for one run (`fields` override them)."""
+    defaults: dict[str, Any] = {
+        "activation": None,
+        "token_prob": 0.0,
+        "is_target_logit": False,
+        "run_idx": 0,
+    }
+    return GraphNode(
+        node_id, feature, layer, pos, feature_type, js_node_id, clerp, **(defaults | fields)
+    )
+
+
 def feature_node(
     layer: int,
     feature: int,
@@ -363,19 +338,16 @@ def feature_node(
     clerp: str = "",
 ) -> GraphNode:
     """Return the node of transcoder feature `feature` of `layer` at prompt position `pos`."""
-    return GraphNode(
-        node_id=f"{layer}_{feature}_{pos}",
-        feature=cantor_pair(layer, feature),
-        layer=str(layer),
-        ctx_idx=pos,
-        feature_type=FEATURE_TYPE_TRANSCODER,
-        jsNodeId=f"{layer}_{feature}-0",
-        clerp=clerp,
+    return _node(
+        f"{layer}_{feature}_{pos}",
+        cantor_pair(layer, feature),
+        str(layer),
+        pos,
+        FEATURE_TYPE_TRANSCODER,
+        f"{layer}_{feature}-0",
+        clerp,
         influence=influence,
         activation=activation,
-        token_prob=0.0,
-        is_target_logit=False,
-        run_idx=0,
         reverse_ctx_idx=n_pos - 1 - pos,
     )
 
@@ -384,19 +356,15 @@ def error_node(
     layer: int, pos: int, n_pos: int, token: str, *, influence: float | None
 ) -> GraphNode:
     """Return the node of the MLP reconstruction error of `layer` at position `pos`."""
-    return GraphNode(
-        node_id=f"{layer}_-1_{pos}",
-        feature=-1,
-        layer=str(layer),
-        ctx_idx=pos,
-        feature_type=FEATURE_TYPE_ERROR,
-        jsNodeId=f"{layer}_-1-{pos}",
-        clerp=f'Err: mlp "{token}"',
+    return _node(
+        f"{layer}_-1_{pos}",
+        -1,
+        str(layer),
+        pos,
+        FEATURE_TYPE_ERROR,
+        f"{layer}_-1-{pos}",
+        f'Err: mlp "{token}"',
         influence=influence,
-        activation=None,
-        token_prob=0.0,
-        is_target_logit=False,
-        run_idx=0,
         reverse_ctx_idx=n_pos - 1 - pos,
     )
 
@@ -405,19 +373,15 @@ def token_node(
     token_id: int, pos: int, n_pos: int, token: str, *, influence: float | None
 ) -> GraphNode:
     """Return the node of the token embedding at position `pos`."""
-    return GraphNode(
-        node_id=f"E_{token_id}_{pos}",
-        feature=pos,
-        layer="E",
-        ctx_idx=pos,
-        feature_type=FEATURE_TYPE_EMBEDDING,
-        jsNodeId=f"E_{token_id}-{pos}",
-        clerp=f'Emb: "{token}"',
+    return _node(
+        f"E_{token_id}_{pos}",
+        pos,
+        "E",
+        pos,
+        FEATURE_TYPE_EMBEDDING,
+        f"E_{token_id}-{pos}",
+        f'Emb: "{token}"',
         influence=influence,
-        activation=None,
-        token_prob=0.0,
-        is_target_logit=False,
-        run_idx=0,
         reverse_ctx_idx=n_pos - 1 - pos,
     )
 
@@ -425,31 +389,21 @@ def token_node(
 def logit_node(
     vocab_idx: int, pos: int, n_layers: int, token: str, prob: float, *, is_target: bool
 ) -> GraphNode:
-    """Return the output-logit node of token `vocab_idx` at the last position `pos`.
-
-    The clerp `Output "<tok>" (p=0.123)` is part of the contract: the Anthropic frontend parses
-    the token and probability out of it.
-    """
-    return GraphNode(
-        node_id=f"{n_layers + 1}_{vocab_idx}_{pos}",
-        feature=vocab_idx,
-        layer=str(n_layers + 1),
-        ctx_idx=pos,
-        feature_type=FEATURE_TYPE_LOGIT,
-        jsNodeId=f"L_{vocab_idx}-{pos}",
-        clerp=f'Output "{token}" (p={prob:.3f})',
+    """Return the output-logit node of token `vocab_idx` at the last position `pos`; the Anthropic
+    frontend parses token and probability out of its clerp `Output "<tok>" (p=0.123)`."""
+    return _node(
+        f"{n_layers + 1}_{vocab_idx}_{pos}",
+        vocab_idx,
+        str(n_layers + 1),
+        pos,
+        FEATURE_TYPE_LOGIT,
+        f"L_{vocab_idx}-{pos}",
+        f'Output "{token}" (p={prob:.3f})',
         influence=None,
-        activation=None,
         token_prob=prob,
         is_target_logit=is_target,
-        run_idx=0,
         reverse_ctx_idx=0,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# From an attribution graph.
-# --------------------------------------------------------------------------------------------
 
 
 def to_neuronpedia(

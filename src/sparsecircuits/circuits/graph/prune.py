@@ -1,31 +1,5 @@
-"""Influence, pruning and graph scores on a sparse adjacency (circuit-tracer's definitions).
-
-Node order everywhere: `[features (F) | errors (L*T) | tokens (T) | logits (K)]`; an edge
-`(target, source, weight)` is the direct effect of `source` on `target` (`A[target, source]`).
-
-Definitions (identical to circuit-tracer's `graph.py`, computed on stored edges only):
-
-* `normalize(A)`: `|A|` with each row divided by its sum (clamped at 1e-10). The row sum is the
-  *exact* sum over all sources (`SparseAdjacency.row_abs_sums`), also for rows whose smallest
-  edges were not stored, so stored normalised weights are the exact ones.
-* `influence(A, w) = w A + w A^2 + ...` (finite: the graph is a DAG), `w` = logit probabilities
-  on logit nodes, 0 elsewhere.
-* `find_threshold(scores, t)`: sort descending, normalised cumulative sum, the score at
-  `searchsorted(cum, t)` (clamped to the last non-zero score).
-* `prune_graph`: keep nodes with influence >= the node threshold (tokens and logits always);
-  re-normalise the pruned matrix over its surviving entries; edge score = normalised weight x
-  (target influence in the pruned graph + its logit weight); keep edges >= the edge threshold;
-  then repeatedly drop feature/error nodes without kept outgoing edges and feature nodes
-  without kept incoming edges. `cumulative_scores` (the node's rank in cumulative influence)
-  becomes the JSON node `influence`.
-* `graph_scores`: replacement = token influence / (token + error influence); completeness =
-  sum over nodes of (1 - normalised incoming weight from errors) x (influence + logit weight),
-  divided by the sum of (influence + logit weight).
-
-Edges dropped when a row is truncated (`row_mass < 1` in the builder) are treated as absent: each
-normalised row then sums to at least `row_mass`, so influences are underestimated by at most a
-factor `(1 - row_mass)` per hop. With `row_mass = 1` every result equals the dense computation.
-"""
+"""Influence, pruning and graph scores on a sparse adjacency, as circuit-tracer defines them
+(definitions in docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -39,11 +13,9 @@ from sparsecircuits.errors import SparseCircuitsError
 
 @dataclass
 class SparseAdjacency:
-    """Stored edges of an `n_nodes`-node graph in COO form (no dense N x N matrix anywhere).
-
-    `targets`, `sources` `[nnz]` int32, `weights` `[nnz]` float32 (signed direct effects),
-    `row_abs_sums [n_nodes]` float64: the exact sum of |A[target, :]| over all sources, stored or not.
-    """
+    """Stored edges of an `n_nodes`-node graph in COO form: `targets`, `sources` `[nnz]` int32,
+    `weights` `[nnz]` float32 (signed direct effects), and `row_abs_sums [n_nodes]` float64, the exact
+    sum of |A[target, :]| over all sources, stored or not."""
 
     n_nodes: int
     targets: Tensor
@@ -160,7 +132,7 @@ def prune_graph(
     edge_threshold: float = 0.98,
     node_influence: Tensor | None = None,
 ) -> PruneResult:
-    """Prune by influence on the logits (see module docstring); node layout `[F | errors | T | K]`.
+    """Prune by influence on the logits (docs/internals.md); node layout `[F | errors | T | K]`.
 
     `node_influence [n_nodes]`, when given, is the full graph's influence (for an adjacency that
     holds only the edges among the nodes passing the threshold; see `GraphConfig.store`)."""
@@ -220,7 +192,7 @@ def graph_scores(
     n_tokens: int,
     node_influence: Tensor | None = None,
 ) -> tuple[float, float]:
-    """`(replacement_score, completeness_score)` of the unpruned graph (see module docstring).
+    """`(replacement_score, completeness_score)` of the unpruned graph (docs/internals.md).
 
     `node_influence` (from `prune_graph`) saves recomputing the influence."""
     n = adj.n_nodes

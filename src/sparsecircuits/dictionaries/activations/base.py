@@ -1,32 +1,12 @@
-"""What every activation family provides, and `ForwardOutput`, the codes a forward pass returns.
-
-An `Activation` turns the centred input `x_in = x - b_in` into codes (`encode`), and owns the
-family's extra loss terms (`sparsity_loss`, `aux_loss`) and training hooks (`after_step`). The
-`Dictionary` around it owns the weights, decoding and the reconstruction loss, so a new family
-is one file here plus one line in the registry (`activations/__init__.py`).
-
-What a family needs from the config it declares itself: its settings as a `Params` dataclass
-(fields with defaults, `resolve` for shape-dependent defaults and validation; `DictionaryConfig`
-routes the family's flat keys there and exposes them as `cfg.k`, ...), and class-level facts:
-`default_decoder_norm`, `default_recon_loss`, `sae_only`, `uses_input_bias`, `tied`.
-
-Hook points, all called by `Dictionary` (the trainer only calls `Dictionary.loss`,
-`before_optimizer_step` and `after_optimizer_step`):
-
-* `encode(dictionary, x_in, dead_mask)` — every forward; returns the codes.
-* `sparsity_loss(dictionary, codes, dead_mask)` — scaled penalty added to the loss.
-* `aux_loss(dictionary, codes, residual, total_variance, dead_mask)` — unscaled; the loss adds
-  `aux_k_coefficient ·` it.
-* `observe(dictionary, codes)` — after each training-mode `loss()` forward (BatchTopK threshold).
-* `after_step(dictionary)` — after each optimizer step.
-* `saelens_architecture` / `extra_cfg` / `saelens_weights` / `adopt_saelens_weights` — io.
-"""
+"""What every activation family provides, and `ForwardOutput`, the codes a forward pass returns
+(the hook points in docs/internals.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 import torch
 from torch import Tensor, nn
@@ -35,49 +15,23 @@ from sparsecircuits.dictionaries.kernels import to_dense
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
+    from sparsecircuits.dictionaries.base import Dictionary
+    from sparsecircuits.dictionaries.clt import CLTLayer
     from sparsecircuits.dictionaries.config import DictionaryConfig
 
 
-class Owner(Protocol):
-    """What an activation reads from the dictionary that owns it: a `Dictionary`, or one layer
-    of a cross-layer transcoder (`clt.CLTLayer`, whose `W_dec` is the layer's decoder blocks side
-    by side). `W_enc [d_in, d_sae]` and `b_enc [d_sae]` are None for tied families."""
-
-    cfg: DictionaryConfig
-
-    @property
-    def W_enc(self) -> Tensor: ...
-
-    @property
-    def b_enc(self) -> Tensor: ...
-
-    @property
-    def b_in(self) -> Tensor: ...
-
-    @property
-    def W_dec(self) -> Tensor: ...
-
-    @property
-    def d_sae(self) -> int: ...
-
-    def decoder_norms(self) -> Tensor:
-        """`||W_dec[i]||` per latent, `[d_sae]`."""
-        ...
-
-    def decode_sparse(self, values: Tensor, indices: Tensor, bias: bool = True) -> Tensor:
-        """`Σ_s values[:, s] W_dec[indices[:, s]]` (+ the owner's bias when it has one)."""
-        ...
+# What an activation reads its weights from: a `Dictionary`, or one layer of a cross-layer
+# transcoder (`CLTLayer`, whose `W_dec` is the layer's decoder blocks side by side).
+Owner = Union["Dictionary", "CLTLayer"]
 
 
 @dataclass
 class ForwardOutput:
-    """Result of `Dictionary.forward` on `n` tokens.
+    """Result of `Dictionary.forward` on `n` tokens; iterating yields `(out, feature_acts)`.
 
-    `out [n, d_out]` is the reconstruction (None until the dictionary decodes). Dense families
-    fill `dense_acts [n, d_sae]`; TopK-like families fill `values, indices [n, k]` and, when a
-    dead mask was given, `aux_values, aux_indices [n, k_aux]`. `pre_acts [n, d_sae]` is kept
-    where the family computed it with autograd (None on the sparse TopK path).
-    Iterating yields `(out, feature_acts)`.
+    `out [n, d_out]` (None until decoded); dense families fill `dense_acts [n, d_sae]`, TopK-like ones
+    `values, indices [n, k]` (and `aux_values, aux_indices [n, k_aux]` with a dead mask);
+    `pre_acts [n, d_sae]` where the family computed it with autograd.
     """
 
     out: Tensor | None = None
@@ -149,19 +103,18 @@ class ForwardOutput:
 
 @dataclass
 class ActivationParams:
-    """A family's own settings (none here): one field with its default per setting.
-
-    The field names are the flat config keys (`k`, `jumprelu_bandwidth`, ...), so they must not
-    reuse a `DictionaryConfig` field name.
-    """
+    """A family's own settings (none here), one field with its default each; the names are the flat
+    config keys (`k`, ...), so they must not reuse a `DictionaryConfig` field name."""
 
     def resolve(self, cfg: DictionaryConfig) -> None:
         """Fill the defaults that depend on `cfg`'s shapes or kind, and raise
         `SparseCircuitsError` for an invalid value (nothing to do here)."""
 
+    tag_format: ClassVar[str] = ""  # the run-name label, a format of the settings ("k{k}")
+
     def tag(self) -> str:
         """The sparsity setting as a short label for run names (e.g. "k32"); "" when none."""
-        return ""
+        return self.tag_format.format(**dataclasses.asdict(self))
 
 
 def require_nonnegative(params: ActivationParams, *names: str) -> None:
@@ -172,14 +125,9 @@ def require_nonnegative(params: ActivationParams, *names: str) -> None:
 
 
 class Activation(nn.Module, ABC):
-    """Base class of an activation family (ReLU, TopK, ...).
-
-    Subclasses set `name` (the `DictionaryConfig.architecture` value) and implement `encode`;
-    they override `sparsity_loss`, `aux_loss`, `after_step` and `saelens_architecture` when the
-    family needs them, and set `Params` when it has settings (read as `self.params`).
-    Parameters or buffers a family owns (e.g. JumpReLU thresholds) live on the activation module
-    and are saved with the dictionary.
-    """
+    """Base class of an activation family (ReLU, TopK, ...): sets `name` (the `architecture`
+    value), implements `encode`, overrides the loss and training hooks it needs and sets `Params`
+    when it has settings (`self.params`); its parameters and buffers are saved with the dictionary."""
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[ActivationParams]] = ActivationParams
@@ -252,13 +200,9 @@ class Activation(nn.Module, ABC):
 
 
 def firing_quantiles(dictionary: Owner, x_in: Tensor, l0: float) -> Tensor:
-    """Per latent, the pre-activation value `[d_sae]` exceeded on `l0 / d_sae` of `x_in [n, d_in]`.
-
-    Thresholding every latent there makes the batch's mean L0 about `l0`. Parameters and weight
-    updates move pre-activations by roughly the learning rate per step, so over a short run the
-    starting L0 of a ReLU or JumpReLU dictionary largely persists; the `init_l0` setting chooses it
-    instead of leaving it to the activation scale.
-    """
+    """Per latent, the pre-activation value `[d_sae]` exceeded on `l0 / d_sae` of `x_in [n, d_in]`:
+    thresholds there start a ReLU or JumpReLU dictionary at mean L0 ≈ `l0` (`init_l0`), which a
+    short run largely keeps."""
     assert dictionary.W_enc is not None
     pre = torch.addmm(dictionary.b_enc, x_in.to(dictionary.W_enc.dtype), dictionary.W_enc)
     n = pre.shape[0]

@@ -1,13 +1,5 @@
-"""BatchTopK (Bussmann et al. 2024): keep the `k · n` largest ReLU'd pre-activations of a batch.
-
-Training mode: `f = ReLU(u) ⊙ 1[u among the top k·n of the batch]`, so k is an average per
-token. Every training `loss()` updates the inference threshold, an EMA of the smallest kept
-activation (`θ ← (1 - threshold_lr) θ + threshold_lr · min kept`, float64 buffer, as SAELens,
-but started at the first batch's value instead of 0).
-Eval mode: `f = ReLU(u) · 1[u > θ]` — a JumpReLU with one shared threshold, which is how it is
-saved for SAELens ("jumprelu" with `threshold = θ` for every latent). Decoder unit-norm, FVU,
-AuxK as TopK (computed densely).
-"""
+"""BatchTopK (Bussmann et al. 2024): keep the `k · n` largest ReLU'd pre-activations of a batch;
+a thresholded ReLU at eval (docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -18,6 +10,7 @@ import torch
 from torch import Tensor
 
 from sparsecircuits.dictionaries.activations.base import ForwardOutput, Owner
+from sparsecircuits.dictionaries.activations.jumprelu import JumpReLUActivation
 from sparsecircuits.dictionaries.activations.topk import TopKActivation, TopKParams
 
 if TYPE_CHECKING:
@@ -59,12 +52,8 @@ class BatchTopKActivation(TopKActivation):
 
     @torch.no_grad()
     def observe(self, dictionary: Owner, codes: ForwardOutput) -> None:
-        """EMA of the smallest positive kept activation, started at the first observation.
-
-        Starting the EMA at zero (as SAELens does) leaves `(1 - lr)^steps` of its weight on that
-        zero: after a 70-step run the threshold is half the batch cut-off and eval L0 is several
-        times k. A trained threshold is never exactly 0, so 0 marks "not observed yet".
-        """
+        """EMA of the smallest positive kept activation, started at the first observation (a zero
+        start, as SAELens', leaves a short run's threshold far too low; 0 = "not observed")."""
         acts = codes.feature_acts
         positive = acts[acts > 0]
         if positive.numel():
@@ -75,13 +64,7 @@ class BatchTopKActivation(TopKActivation):
             lr = self.params.threshold_lr
             self.threshold.mul_(1 - lr).add_(lr * smallest)
 
-    def saelens_architecture(self) -> str | None:
-        """Saved as JumpReLU: "jumprelu" / "jumprelu_transcoder" / "jumprelu_skip_transcoder"."""
-        return {
-            "sae": "jumprelu",
-            "transcoder": "jumprelu_transcoder",
-            "skip_transcoder": "jumprelu_skip_transcoder",
-        }[self.cfg.kind]
+    saelens_architecture = JumpReLUActivation.saelens_architecture  # saved as a JumpReLU
 
     def extra_cfg(self) -> dict[str, object]:
         """JumpReLU needs no extra cfg fields."""

@@ -1,20 +1,5 @@
-"""JumpReLU (Rajamanoharan et al. 2024; Gemma Scope; Anthropic 2025).
-
-`f_i = u_i · H(u_i - θ_i)` with `u = (x - b_in) W_enc + b_enc` and learned thresholds
-`θ = exp(log_threshold)` (kept positive). The step has no gradient, so training uses
-straight-through estimators with a rectangle kernel `K(z) = 1[|z| < 1/2]` of bandwidth `ε`
-(`jumprelu_bandwidth`):
-
-* JumpReLU output: `∂f/∂u = H(u - θ)`, `∂f/∂θ = -(θ/ε) K((u - θ)/ε)`;
-* the step used for L0: `∂H/∂θ = -(1/ε) K((u - θ)/ε)` (no gradient to u).
-
-Sparsity (`jumprelu_sparsity`): "step" — `l0_coefficient · mean_tokens Σ_i H(u_i - θ_i)`
-(DeepMind's L0); "tanh" — `l0_coefficient · mean_tokens Σ_i tanh(tanh_scale · ||W_dec[i]|| f_i)`
-(Anthropic). Optional pre-activation loss on dead latents,
-`pre_act_loss_coefficient · mean_tokens Σ_{i dead} ReLU(θ_i - u_i) ||W_dec[i]||`.
-Decoder norms are free. Saved for SAELens as "jumprelu" / "jumprelu_transcoder" /
-"jumprelu_skip_transcoder" with `threshold = exp(log_threshold)`.
-"""
+"""JumpReLU (Rajamanoharan et al. 2024; Gemma Scope; Anthropic 2025): learned thresholds trained
+by straight-through estimators (docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -102,8 +87,9 @@ def tanh_penalty(feature_acts: Tensor, decoder_norms: Tensor, scale: float) -> T
 
 @dataclass
 class JumpReLUParams(ActivationParams):
-    """Rajamanoharan et al. 2024 / SAELens defaults; the sparsity penalty (module docstring)."""
+    """Rajamanoharan et al. 2024 / SAELens defaults; the sparsity penalty (docs/internals.md)."""
 
+    tag_format = "l0-{l0_coefficient:g}"
     init_l0: float = 0.0  # > 0: thresholds set so training starts at this L0 (see ReLU)
     l0_coefficient: float = 1.0
     jumprelu_bandwidth: float = 0.05
@@ -122,10 +108,6 @@ class JumpReLUParams(ActivationParams):
         if self.jumprelu_bandwidth <= 0 or self.jumprelu_init_threshold <= 0:
             raise SparseCircuitsError("jumprelu_bandwidth and jumprelu_init_threshold must be > 0")
         require_nonnegative(self, "init_l0", "l0_coefficient")
-
-    def tag(self) -> str:
-        """ "l0-{l0_coefficient}"."""
-        return f"l0-{self.l0_coefficient:g}"
 
 
 class JumpReLUActivation(Activation):
@@ -164,7 +146,7 @@ class JumpReLUActivation(Activation):
     def sparsity_loss(
         self, dictionary: Owner, codes: ForwardOutput, dead_mask: Tensor | None
     ) -> Tensor:
-        """Step-L0 or tanh penalty (see module docstring), plus the dead-latent pre-activation loss."""
+        """Step-L0 or tanh penalty (docs/internals.md), plus the dead-latent pre-activation loss."""
         assert codes.pre_acts is not None
         params = self.params
         threshold = self.threshold

@@ -1,17 +1,5 @@
-"""Matching pursuit (Costa, Fel, Lubana, Tolooshams & Ba 2025; SAELens "matching_pursuit").
-
-A tied dictionary: the unit-norm rows `d_j` of `W_dec` are both analysis and synthesis atoms
-(no `W_enc`/`b_enc`; `b_in` stays zero because the input is centred by `b_dec`). From
-`r⁰ = x - b_dec`, each step picks `j = argmax_j ReLU(<d_j, r>)`, adds `α = ReLU(<d_j, r>)` to
-`f_j` (atoms may repeat) and sets `r ← r - α d_j`; `out = f W_dec + b_dec`. With unit rows the
-new residual is orthogonal to the chosen atom and `||r||² ` drops by `α²`.
-
-Training mode runs exactly `k` steps. Eval mode runs until the residual norm is below
-`mp_residual_threshold`, the support stops changing, or `mp_max_iterations` (default `d_in`)
-steps — SAELens' inference rule, so saved SAEs give the same codes there. Gradients flow
-through the `α`s and residual updates; selections are constants. Loss: FVU only (sparsity is
-the step count). No AuxK (known gap: no dead-atom revival).
-"""
+"""Matching pursuit (Costa, Fel, Lubana, Tolooshams & Ba 2025; SAELens "matching_pursuit"): a
+tied dictionary encoding greedily with its decoder (docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -41,13 +29,10 @@ def matching_pursuit(
     residual_threshold: float = 0.0,
     stop_on_duplicate_support: bool = False,
 ) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
-    """Run matching pursuit on `residual [n, d]` over `atoms [m, d]` (unit rows).
-
-    Returns `(codes [n, m], final residual [n, d], the chosen atom per step (list of [n] int64),
-    the residual norm after each step [steps, n])`. Rows stop (α masked to 0) once their residual
-    norm is below `residual_threshold` or, with `stop_on_duplicate_support`, once a step leaves
-    their support unchanged.
-    """
+    """Run matching pursuit on `residual [n, d]` over unit-row `atoms [m, d]`: `(codes [n, m], final
+    residual [n, d], chosen atom per step (list of [n] int64), residual norm per step [steps, n])`.
+    A row stops once its residual norm is below `residual_threshold` or, with
+    `stop_on_duplicate_support`, once a step leaves its support unchanged."""
     n, m = residual.shape[0], atoms.shape[0]
     codes = residual.new_zeros(n, m)
     done = torch.zeros(n, dtype=torch.bool, device=residual.device)
@@ -79,6 +64,7 @@ def matching_pursuit(
 class MatchingPursuitParams(ActivationParams):
     """Training steps and the inference stopping rule."""
 
+    tag_format = "k{k}"
     k: int = 32  # steps per token in training
     mp_residual_threshold: float = 1e-2  # inference stops below this residual norm
     mp_max_iterations: int = 0  # inference step cap; 0: d_in (SAELens' default)
@@ -87,10 +73,6 @@ class MatchingPursuitParams(ActivationParams):
         """Check `k`; fill `mp_max_iterations` from `d_in`."""
         check_k(self.k, cfg.d_sae)
         self.mp_max_iterations = self.mp_max_iterations or cfg.d_in
-
-    def tag(self) -> str:
-        """ "k{k}"."""
-        return f"k{self.k}"
 
 
 class MatchingPursuitActivation(Activation):

@@ -1,9 +1,5 @@
-"""ReLU + L1: `f = ReLU((x - b_in) W_enc + b_enc)`, penalty `λ · mean_tokens Σ_i f_i ||W_dec[i]||`.
-
-The L1 is weighted by the decoder row norms (Anthropic April-2024 update, SAELens "standard"
-in v6), so the decoder norms are left free (`decoder_norm="free"`) and the model cannot shrink
-the penalty by shrinking activations while growing decoder rows.
-"""
+"""ReLU + L1: `f = ReLU((x - b_in) W_enc + b_enc)`, penalty `λ · mean_tokens Σ_i f_i ||W_dec[i]||`
+(decoder-norm-weighted, so decoder norms stay free; docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -30,6 +26,7 @@ if TYPE_CHECKING:
 class ReLUParams(ActivationParams):
     """The L1 coefficient and the starting L0."""
 
+    tag_format = "l1-{l1_coefficient:g}"
     l1_coefficient: float = 1e-3
     # > 0: start training at this L0 (encoder bias set from the first batch's pre-activation
     # quantiles); 0 keeps the plain init
@@ -38,10 +35,6 @@ class ReLUParams(ActivationParams):
     def resolve(self, cfg: DictionaryConfig) -> None:
         """Both settings must be >= 0."""
         require_nonnegative(self, "l1_coefficient", "init_l0")
-
-    def tag(self) -> str:
-        """ "l1-{l1_coefficient}"."""
-        return f"l1-{self.l1_coefficient:g}"
 
 
 class ReLUActivation(Activation):

@@ -1,22 +1,4 @@
-"""top-AFA (Lee, Davies, Canby & Hockenmaier 2025) and the ε-LBO metric.
-
-Approximate Feature Activation: under ε-quasi-orthogonal unit decoder rows, `||f|| ≈ ||z||`.
-top-AFA picks k per token so the kept activations' norm best matches the input's:
-
-1. `a = ReLU(u)`, `u = (x - b_in) W_enc + b_enc`; target `T = ||x - b_in||₂`;
-2. contributions `s_i = (a_i ||W_dec[i]||)²` sorted descending, `C_j = sqrt(Σ_{r<=j} s_(r))`;
-3. `k(x) = argmin_{1<=j<=k_max} |C_j - T|` (first minimiser), `k_max` the setting `k`
-   (set `k = d_sae` for the uncapped rule);
-4. keep those `k(x)` activations.
-
-Loss: reconstruction (FVU) + `afa_coefficient · mean_tokens (||f ⊙ ||W_dec|| || - T)²` + AuxK.
-The paper's norm-matching term uses the uncentred input; we use the same centred `T` as the
-selection so both terms agree (documented deviation). SAE only. SAELens has no top-AFA: saved as
-the extension "topafa_sae".
-
-`epsilon_lbo(dictionary, x)` is the paper's metric for any dictionary:
-`ε_LBO = | ||z||² - ||f̃||² | / ((h - 1) ||f̃||²)`, `f̃ = [f ⊙ ||W_dec[i]|| ; ||b_dec||]`.
-"""
+"""top-AFA (Lee, Davies, Canby & Hockenmaier 2025) and the ε-LBO metric (docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -36,11 +18,8 @@ if TYPE_CHECKING:
 def afa_choose_k(
     contributions: Tensor, target_norm: Tensor, k_max: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """top-AFA selection on `contributions [n, m]` (the `s_i`) and `target_norm [n]`.
-
-    Returns `(k [n] int64 in 1..k_max, indices [n, k_max] sorted by contribution, keep [n, k_max]
-    bool with the first k[r] entries of row r True)`.
-    """
+    """top-AFA selection on `contributions [n, m]` (the `s_i`) and `target_norm [n]`: `(k [n] int64
+    in 1..k_max, indices [n, k_max] by contribution, keep [n, k_max] bool: first k[r] of row r)`."""
     sorted_s, indices = contributions.topk(k_max, dim=1, sorted=True)
     cumulative = sorted_s.cumsum(dim=1).clamp_min(0).sqrt()
     k = (cumulative - target_norm[:, None]).abs().argmin(dim=1) + 1

@@ -1,16 +1,5 @@
-"""TopK (Gao et al. 2024, sparsify): keep the k largest pre-activations per token, then ReLU.
-
-`f = ReLU(TopK_k((x - b_in) W_enc + b_enc))`. There is no sparsity penalty; the decoder rows
-are kept at unit norm (`decoder_norm="unit"`), so activations carry the scale.
-
-AuxK (dead-latent revival, Gao et al. §A.2 as in sparsify): given `dead_mask [d_sae]` (True =
-no firing for `TrainConfig.dead_tokens` tokens, tracked by the trainer), take per token the top
-`k_aux = min(aux_k, #dead)` ReLU'd pre-activations among dead latents, decode them without
-bias, and regress the detached residual `e = target - out`:
-`aux = min(#dead / aux_k, 1) · Σ (ê - e)² / Σ (target - mean(target))²`.
-The loss adds `aux_k_coefficient · aux` (1/32 by default). Unlike sparsify, `ê` does not add
-`b_dec` (sparsify issue #132) and the gradient reaches the encoder, not only the decoder.
-"""
+"""TopK (Gao et al. 2024, sparsify): keep the k largest pre-activations per token, then ReLU;
+AuxK revives dead latents (docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -42,6 +31,7 @@ def check_k(k: int, d_sae: int) -> None:
 class TopKParams(ActivationParams):
     """Settings of the TopK family."""
 
+    tag_format = "k{k}"
     k: int = 32  # latents kept per token
     aux_k: int = -1  # AuxK latents per token (k_aux); -1: d_in // 2 (sparsify's default); 0: off
 
@@ -51,10 +41,6 @@ class TopKParams(ActivationParams):
         if self.aux_k is None or self.aux_k < 0:
             self.aux_k = max(1, cfg.d_in // 2)
         self.aux_k = min(self.aux_k, cfg.d_sae)
-
-    def tag(self) -> str:
-        """ "k{k}"."""
-        return f"k{self.k}"
 
 
 class TopKActivation(Activation):
