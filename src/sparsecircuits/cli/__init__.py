@@ -21,6 +21,7 @@ COMMANDS = [
     "trace",
     "dashboards",
     "serve",
+    "convert",
 ]
 
 

@@ -40,9 +40,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals([(_ConfigFields, CONFIG_CLASS)]):
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SparseCircuitsError(
-            f"{path}: refused to unpickle ({first}); only tensors, dicts, lists, numbers, "
+            f"{path}: refused to unpickle ({_refusal(exc)}); only tensors, dicts, lists, numbers, "
             "strings and the transcoder paper's config are read from a .pt file"
         ) from None
     except (OSError, RuntimeError, EOFError, ValueError) as exc:
@@ -56,6 +55,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(fields, dict):
         raise SparseCircuitsError(f"{path}: its 'cfg' is neither the paper's config nor a dict")
     return {"cfg": fields, "state_dict": raw["state_dict"]}
+
+
+def _refusal(exc: Exception) -> str:
+    """The line of torch's refusal that names what was refused (not its advice to unpickle)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if any(word in line for word in ("global", "GLOBAL", "Can only", "Trying to")):
+            return line.rstrip(".")
+    return type(exc).__name__
 
 
 def read(path: Path, device: str | torch.device | None) -> Dictionary:
