@@ -39,14 +39,14 @@ CPU = torch.device("cpu")
 D_TC, K = 32, 4
 
 
-def randomize(module: torch.nn.Module, seed: int) -> None:
+def randomize(module: torch.nn.Module, seed: int, scale: float = 0.4) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
             if "threshold" in name:
                 p.copy_(torch.rand(p.shape, generator=g) * 0.3 + 0.05)
             else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.4)
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
 def plt_outputs(transcoders, x: torch.Tensor) -> dict[str, torch.Tensor]:

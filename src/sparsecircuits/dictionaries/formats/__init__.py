@@ -80,12 +80,15 @@ def detect(path: Path) -> str:
         return "sparsify"
     if (path / "cfg.json").is_file() or not any(path.iterdir()):
         return "saelens"
-    if circuit_tracer.is_layout(path):
-        return "circuit-tracer"
     if (path / "params.npz").is_file():
         return "gemma-scope"
-    if (path / "params.safetensors").is_file() or gemma_scope.gemma_scope_2_clt_files(path):
+    has_config = (path / circuit_tracer.CONFIG_FILENAME).is_file()
+    if (path / "params.safetensors").is_file() or (
+        not has_config and gemma_scope.gemma_scope_2_clt_files(path)
+    ):
         return "gemma-scope-2"
+    if circuit_tracer.is_layout(path):
+        return "circuit-tracer"
     subfolders = [p for p in path.iterdir() if p.is_dir()]
     if any(sparsify.is_coder(p) for p in subfolders):
         return "sparsify"
@@ -141,8 +144,7 @@ def read_set(path: Path, fmt: str, device: str | torch.device | None) -> Transco
     if fmt == "circuit-tracer" and path.is_dir():
         return circuit_tracer.read(path, device)
     if fmt == "gemma-scope-2" and path.is_dir() and not (path / "params.safetensors").is_file():
-        files = gemma_scope.gemma_scope_2_clt_files(path)
-        return gemma_scope.read_gemma_scope_2_clt(files, device, str(path))
+        return gemma_scope.read_gemma_scope_2_folder(path, device)
     dictionary = read_dictionary(path, fmt, device)
     if isinstance(dictionary, CrossLayerTranscoder):
         return dictionary

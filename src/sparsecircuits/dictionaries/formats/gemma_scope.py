@@ -35,6 +35,7 @@ from sparsecircuits.dictionaries.formats.common import (
     read_mapping,
     read_tensors,
 )
+from sparsecircuits.dictionaries.transcoders import PerLayerTranscoders
 from sparsecircuits.errors import SparseCircuitsError
 
 # lower-case spellings SAELens' Gemma Scope loaders accept, -> our names
@@ -209,6 +210,21 @@ def gemma_scope_2_clt_files(folder: Path) -> list[Path]:
             return []
         numbered.append((int(digits[-1]), file))
     return [file for _, file in sorted(numbered)]
+
+
+def read_gemma_scope_2_folder(
+    folder: Path, device: str | torch.device | None
+) -> CrossLayerTranscoder | PerLayerTranscoders:
+    """A folder of Gemma Scope 2 files, one per layer (`…layer_L….safetensors`): a cross-layer
+    transcoder when their `w_dec` are 3-D, else one transcoder per layer."""
+    files = gemma_scope_2_clt_files(folder)
+    if not files:
+        raise SparseCircuitsError(f"{folder} holds no Gemma Scope 2 layer files")
+    first = read_tensors(files[0])
+    if first["w_dec"].ndim == 3:
+        return read_gemma_scope_2_clt(files, device, str(folder))
+    coders = [read_gemma_scope_2(file, device) for file in files]
+    return PerLayerTranscoders({coder.layers[0]: coder for coder in coders})
 
 
 def read_gemma_scope_2_clt(
