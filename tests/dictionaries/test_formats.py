@@ -23,11 +23,11 @@ from sparsecircuits.dictionaries import (
     CrossLayerTranscoder,
     DictionaryConfig,
     PerLayerTranscoders,
+    formats,
     load,
     load_transcoders,
     make,
 )
-from sparsecircuits.dictionaries import formats
 from sparsecircuits.dictionaries.formats import hooks
 from sparsecircuits.errors import SparseCircuitsError
 from testkit import build_dictionary, randomize_parameters
@@ -37,7 +37,10 @@ D = 12
 
 def _transcoder(architecture: str, kind: str = "transcoder", layer: int = 0, zero_b_in=True, **kw):  # type: ignore[no-untyped-def]
     coder = build_dictionary(architecture, kind, d_in=D, d_sae=24, d_out=D, **kw)
-    coder.cfg.hook_in, coder.cfg.hook_out = f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.mlp.hook_out"
+    coder.cfg.hook_in, coder.cfg.hook_out = (
+        f"blocks.{layer}.mlp.hook_in",
+        f"blocks.{layer}.mlp.hook_out",
+    )
     randomize_parameters(coder, seed=layer)
     if zero_b_in:
         with torch.no_grad():
@@ -150,8 +153,12 @@ def test_writers_fold_the_input_bias(tmp_path: Path, gen) -> None:  # type: igno
 def test_writers_refuse_what_the_format_cannot_hold(tmp_path: Path) -> None:
     with pytest.raises(SparseCircuitsError, match="sparsify holds TopK coders only"):
         formats.write(_transcoder("relu"), "sparsify", tmp_path / "a")
-    with pytest.raises(SparseCircuitsError, match="every layer from 0|one transcoder per layer from 0"):
-        formats.write(PerLayerTranscoders({1: _transcoder("relu", layer=1)}), "circuit-tracer", tmp_path / "b")
+    with pytest.raises(
+        SparseCircuitsError, match="every layer from 0|one transcoder per layer from 0"
+    ):
+        formats.write(
+            PerLayerTranscoders({1: _transcoder("relu", layer=1)}), "circuit-tracer", tmp_path / "b"
+        )
     with pytest.raises(SparseCircuitsError, match="circuit-tracer has no 'topk' cross-layer"):
         formats.write(_clt("topk"), "circuit-tracer", tmp_path / "c")
     with pytest.warns(UserWarning, match="applies no ReLU"):
@@ -162,7 +169,10 @@ def test_writers_refuse_what_the_format_cannot_hold(tmp_path: Path) -> None:
 def test_unknown_layout_names_what_was_found_and_what_is_accepted(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hi")
     for call in (load, load_transcoders):
-        with pytest.raises(SparseCircuitsError, match=r"found: notes\.txt.*accepted: .*SAELens.*sparsify.*circuit-tracer.*Gemma Scope"):
+        with pytest.raises(
+            SparseCircuitsError,
+            match=r"found: notes\.txt.*accepted: .*SAELens.*sparsify.*circuit-tracer.*Gemma Scope",
+        ):
             call(tmp_path)
     (tmp_path / "weights.bin").write_bytes(b"0")
     with pytest.raises(SparseCircuitsError, match="holds no dictionary format"):
@@ -233,7 +243,9 @@ def _gemma_scope_arrays(d_in: int, d_sae: int, gen: torch.Generator) -> dict[str
     return {k: v.numpy() for k, v in arrays.items()}
 
 
-def _gemma_scope_reference(a: dict[str, np.ndarray], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _gemma_scope_reference(
+    a: dict[str, np.ndarray], x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gemma Scope's JumpReLU (§1.2, as SAELens runs it): `relu(u)·1[u > θ]`, no input bias."""
     t = {k: torch.from_numpy(v) for k, v in a.items()}
     u = x @ t["W_enc"] + t["b_enc"]
@@ -252,10 +264,16 @@ def test_gemma_scope_npz_sites_and_outputs(tmp_path: Path, gen) -> None:  # type
         np.savez(path, **{k.lower() if path is res else k: v for k, v in arrays.items()})
     transcoder, sae = load(tc), load(res.parent)
     assert (transcoder.cfg.kind, transcoder.cfg.hook_in, transcoder.cfg.hook_out) == (
-        "transcoder", "blocks.4.ln2.hook_normalized", "blocks.4.hook_mlp_out")
+        "transcoder",
+        "blocks.4.ln2.hook_normalized",
+        "blocks.4.hook_mlp_out",
+    )
     assert transcoder.cfg.model_name == "google/gemma-2-2b"
     assert (sae.cfg.kind, sae.cfg.hook_in, sae.cfg.model_name) == (
-        "sae", "blocks.7.hook_resid_post", "google/gemma-2-9b-it")
+        "sae",
+        "blocks.7.hook_resid_post",
+        "google/gemma-2-9b-it",
+    )
     acts, out = _gemma_scope_reference(arrays, x)
     with torch.no_grad():
         for coder in (transcoder, sae):
@@ -282,13 +300,23 @@ def test_gemma_scope_2_affine_transcoder(tmp_path: Path, gen) -> None:  # type: 
     folder = tmp_path / "gemma-scope-2-1b-pt/transcoder_all/layer_6_width_16k_l0_small_affine"
     folder.mkdir(parents=True)
     save_file(arrays, str(folder / "params.safetensors"))
-    (folder / "config.json").write_text(json.dumps({
-        "architecture": "jump_relu", "model_name": "gemma-v3-1b-pt", "affine_connection": True,
-        "hf_hook_point_in": "model.layers.6.pre_feedforward_layernorm.output",
-        "hf_hook_point_out": "model.layers.6.post_feedforward_layernorm.output"}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": "jump_relu",
+                "model_name": "gemma-v3-1b-pt",
+                "affine_connection": True,
+                "hf_hook_point_in": "model.layers.6.pre_feedforward_layernorm.output",
+                "hf_hook_point_out": "model.layers.6.post_feedforward_layernorm.output",
+            }
+        )
+    )
     coder = load(folder)
     assert (coder.cfg.kind, coder.cfg.hook_in, coder.cfg.hook_out) == (
-        "skip_transcoder", "blocks.6.mlp.hook_in", "blocks.6.hook_mlp_out")
+        "skip_transcoder",
+        "blocks.6.mlp.hook_in",
+        "blocks.6.hook_mlp_out",
+    )
     x = torch.randn(30, D, generator=gen)
     u = x @ arrays["w_enc"] + arrays["b_enc"]
     acts = torch.relu(u) * (u > arrays["threshold"])
@@ -315,9 +343,17 @@ def _paper_checkpoint(path: Path, gen: torch.Generator, transcoder: bool = True)
     module.LanguageModelSAERunnerConfig = LanguageModelSAERunnerConfig  # type: ignore[attr-defined]
     cfg = LanguageModelSAERunnerConfig()
     cfg.__dict__.update(
-        model_name="gpt2-small", hook_point="blocks.5.ln2.hook_normalized", hook_point_layer=5,
-        out_hook_point="blocks.5.hook_mlp_out", d_in=D, d_out=D, d_sae=32, is_transcoder=transcoder,
-        dtype=torch.float32, device="cpu", l1_coefficient=1.4e-4,
+        model_name="gpt2-small",
+        hook_point="blocks.5.ln2.hook_normalized",
+        hook_point_layer=5,
+        out_hook_point="blocks.5.hook_mlp_out",
+        d_in=D,
+        d_out=D,
+        d_sae=32,
+        is_transcoder=transcoder,
+        dtype=torch.float32,
+        device="cpu",
+        l1_coefficient=1.4e-4,
     )
     state = {
         "W_enc": torch.randn(D, 32, generator=gen) * 0.4,
@@ -376,7 +412,10 @@ def test_sparsify_run_loads_as_a_transcoder_set(tmp_path: Path) -> None:
     coders = PerLayerTranscoders({layer: _transcoder("topk", layer=layer) for layer in (0, 2)})
     formats.write(coders, "sparsify", tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "config.json", "layers.0.mlp", "layers.2.mlp"]
+        "config.json",
+        "layers.0.mlp",
+        "layers.2.mlp",
+    ]
     loaded = load_transcoders(tmp_path / "run")
     assert isinstance(loaded, PerLayerTranscoders) and loaded.layers == [0, 2]
     with pytest.raises(SparseCircuitsError, match="holds 2 sparsify coders"):
@@ -413,10 +452,17 @@ def test_sparsify_early_transcoder_keeps_its_input_convention(tmp_path: Path, ge
 
 def test_convert_command(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     src = tmp_path / "saelens"
-    formats.write(PerLayerTranscoders({0: _transcoder("topk"), 1: _transcoder("topk", layer=1)}), "saelens", src)
+    formats.write(
+        PerLayerTranscoders({0: _transcoder("topk"), 1: _transcoder("topk", layer=1)}),
+        "saelens",
+        src,
+    )
     assert cli_main(["convert", str(src), str(tmp_path / "sp"), "--to", "sparsify"]) == 0
     assert "wrote" in capsys.readouterr().out
-    assert cli_main(["convert", str(tmp_path / "sp"), str(tmp_path / "ct"), "--to", "circuit-tracer"]) == 0
+    assert (
+        cli_main(["convert", str(tmp_path / "sp"), str(tmp_path / "ct"), "--to", "circuit-tracer"])
+        == 0
+    )
     assert load_transcoders(tmp_path / "ct").layers == [0, 1]
     assert cli_main(["convert", str(src), str(tmp_path / "ct"), "--to", "saelens"]) == 2
     assert "not empty" in capsys.readouterr().err

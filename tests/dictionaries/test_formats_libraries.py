@@ -94,8 +94,10 @@ MEASURED: list[tuple[float, float]] = []  # (max |diff|, scale) of each comparis
 def _log(name: str, acts: float, outs: float) -> None:
     worst = max(MEASURED, key=lambda m: m[0])
     MEASURED.clear()
-    print(f"{name}: relative max |diff| activations {acts:.1e}, reconstructions {outs:.1e}; "
-          f"largest absolute {worst[0]:.1e} at output scale {worst[1]:.1f}")
+    print(
+        f"{name}: relative max |diff| activations {acts:.1e}, reconstructions {outs:.1e}; "
+        f"largest absolute {worst[0]:.1e} at output scale {worst[1]:.1f}"
+    )
 
 
 def _inputs(folder: Path, n_layers: int | None, seed: int) -> torch.Tensor:
@@ -126,7 +128,10 @@ def _our_plt(kind: str) -> PerLayerTranscoders:
             d_out=D,
             **({"topk_relu": False} if kind == "topk" else {}),
         )
-        coder.cfg.hook_in, coder.cfg.hook_out = f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.mlp.hook_out"
+        coder.cfg.hook_in, coder.cfg.hook_out = (
+            f"blocks.{layer}.mlp.hook_in",
+            f"blocks.{layer}.mlp.hook_out",
+        )
         randomize_parameters(coder, seed=layer)  # nonzero b_in: the writer must fold it
         if kind == "topk":
             with torch.no_grad():
@@ -163,11 +168,19 @@ def _gemma_scope_files(root: Path, gen: torch.Generator) -> dict[str, Path]:
     files = {}
     npz = root / "gs1" / "gemma-scope-2b-pt-transcoders/layer_0/width_16k/average_l0_76/params.npz"
     npz.parent.mkdir(parents=True)
-    np.savez(npz, **{"W" + k[1:] if k.startswith("w_") else k: v.numpy() for k, v in arrays().items()})
+    np.savez(
+        npz, **{"W" + k[1:] if k.startswith("w_") else k: v.numpy() for k, v in arrays().items()}
+    )
     files["gemma-scope"] = npz
     for affine in (False, True):
         name = "layer_0_width_16k_l0_small" + ("_affine" if affine else "")
-        path = root / f"gs2-{affine}" / "gemma-scope-2-1b-pt/transcoder_all" / name / "params.safetensors"
+        path = (
+            root
+            / f"gs2-{affine}"
+            / "gemma-scope-2-1b-pt/transcoder_all"
+            / name
+            / "params.safetensors"
+        )
         path.parent.mkdir(parents=True)
         tensors = arrays()
         if affine:
@@ -227,7 +240,9 @@ def _compare_set(coder: Any, folder: Path, n_layers: int) -> tuple[float, float]
         if isinstance(coder, CrossLayerTranscoder):
             recon = coder(x.transpose(0, 1)).out.transpose(0, 1)
             for layer in range(n_layers):
-                acts = max(acts, max_diff(coder.encode_layer(x[layer], layer), theirs[f"acts_{layer}"]))
+                acts = max(
+                    acts, max_diff(coder.encode_layer(x[layer], layer), theirs[f"acts_{layer}"])
+                )
                 outs = max(outs, max_diff(recon[layer], theirs[f"out_{layer}"]))
         else:
             for layer in range(n_layers):
@@ -243,7 +258,10 @@ def test_we_read_circuit_tracer_sets(kind, circuit_tracer_runs: Path) -> None:  
     folder = circuit_tracer_runs / f"made-plt-{kind}"
     coder = load_transcoders(folder / "set")
     assert isinstance(coder, PerLayerTranscoders) and coder.layers == [0, 1]
-    assert (coder.hook_in(1), coder.hook_out(1)) == ("blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out")
+    assert (coder.hook_in(1), coder.hook_out(1)) == (
+        "blocks.1.mlp.hook_in",
+        "blocks.1.mlp.hook_out",
+    )
     expected = {"relu": "relu", "skip": "relu", "jumprelu": "jumprelu", "topk": "topk"}[kind]
     assert coder[0].cfg.architecture == expected
     if kind == "topk":
@@ -277,7 +295,9 @@ def test_circuit_tracer_reads_our_clts(kind, circuit_tracer_runs: Path) -> None:
     assert max(_compare_set(_our_clt(kind), folder, 3)) <= TOLERANCE
 
 
-@pytest.mark.parametrize("name", ["gemma-scope", "gemma-scope-2-False", "gemma-scope-2-True", "gemma-scope-2-clt"])
+@pytest.mark.parametrize(
+    "name", ["gemma-scope", "gemma-scope-2-False", "gemma-scope-2-True", "gemma-scope-2-clt"]
+)
 def test_gemma_scope_reads_agree_with_circuit_tracer(name, circuit_tracer_runs: Path) -> None:  # type: ignore[no-untyped-def]
     folder = circuit_tracer_runs / f"gs-{name}"
     source = Path((folder / "source").read_text())
@@ -297,7 +317,9 @@ SPARSIFY_MADE = ["sae", "transcoder", "skip_transcoder"]
 
 
 def _our_sparsify(kind: str) -> Any:
-    coder = build_dictionary("topk", kind, d_in=D, d_sae=40, d_out=None if kind == "sae" else D, k=5)
+    coder = build_dictionary(
+        "topk", kind, d_in=D, d_sae=40, d_out=None if kind == "sae" else D, k=5
+    )
     randomize_parameters(coder, seed=2)  # b_in differs from b_dec (SAE) and from 0: folded
     coder.cfg.hook_in = "blocks.3.hook_resid_post" if kind == "sae" else "blocks.3.mlp.hook_in"
     coder.cfg.hook_out = coder.cfg.hook_in if kind == "sae" else "blocks.3.mlp.hook_out"
@@ -334,7 +356,9 @@ def test_we_read_sparsify_coders(kind, sparsify_runs: Path) -> None:  # type: ig
     hookpoint = "layers.2" if kind == "sae" else "layers.2.mlp"
     coder = load(folder / "run" / hookpoint)
     assert coder.cfg.kind == kind
-    assert coder.cfg.hook_in == ("blocks.2.hook_resid_post" if kind == "sae" else "blocks.2.mlp.hook_in")
+    assert coder.cfg.hook_in == (
+        "blocks.2.hook_resid_post" if kind == "sae" else "blocks.2.mlp.hook_in"
+    )
     assert max(_compare_sparsify(coder, folder, hookpoint)) <= TOLERANCE
 
 
@@ -357,7 +381,9 @@ SAELENS_SAVED = [
 
 
 @pytest.mark.parametrize(("cfg_cls", "sae_cls", "architecture", "kind"), SAELENS_SAVED)
-def test_we_read_folders_saelens_saves(cfg_cls, sae_cls, architecture, kind, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_we_read_folders_saelens_saves(
+    cfg_cls, sae_cls, architecture, kind, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     """`SAE.save_model` of SAELens 6.54.12's own classes (standard/topk SAEs: test_saelens_compat)."""
     sae_lens = pytest.importorskip("sae_lens")
     extra = {} if kind == "sae" else {"d_out": 20, "apply_b_dec_to_input": False}

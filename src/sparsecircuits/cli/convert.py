@@ -48,5 +48,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     count = len(coder) if isinstance(coder, formats.PerLayerTranscoders) else 1
-    print(f"read {src} ({fmt}), wrote {out} ({args.to}, {count} dictionar{'y' if count == 1 else 'ies'})")
+    print(
+        f"read {src} ({fmt}), wrote {out} ({args.to}, {count} dictionar{'y' if count == 1 else 'ies'})"
+    )
     return 0

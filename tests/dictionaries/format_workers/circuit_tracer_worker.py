@@ -19,8 +19,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors.torch import load_file, save_file
-
 from circuit_tracer.transcoder.activation_functions import JumpReLU, TopK
 from circuit_tracer.transcoder.cross_layer_transcoder import (
     CrossLayerTranscoder,
@@ -34,6 +32,7 @@ from circuit_tracer.transcoder.single_layer_transcoder import (
     load_gemma_scope_transcoder,
     load_transcoder_set,
 )
+from safetensors.torch import load_file, save_file
 
 CPU = torch.device("cpu")
 D_TC, K = 32, 4
@@ -83,41 +82,89 @@ def run(action: str, folder: Path, arg: str | None) -> None:
             else:
                 act = F.relu
             transcoders[layer] = SingleLayerTranscoder(
-                d_model, D_TC, act, layer, skip_connection=kind == "skip", device=CPU, dtype=torch.float32
+                d_model,
+                D_TC,
+                act,
+                layer,
+                skip_connection=kind == "skip",
+                device=CPU,
+                dtype=torch.float32,
             )
             randomize(transcoders[layer], seed=10 + layer)
         tset = TranscoderSet(transcoders, "mlp.hook_in", "mlp.hook_out", scan="test")
         tset.to_safetensors(str(folder / "set"))
-        config = {"model_kind": "transcoder_set", "model_name": "tiny", "feature_input_hook": "mlp.hook_in",
-                  "feature_output_hook": "mlp.hook_out"}
-        if kind == "topk":  # the config keys circuit-tracer reads for TopK sets (after 0.5.0, PR #94)
+        config = {
+            "model_kind": "transcoder_set",
+            "model_name": "tiny",
+            "feature_input_hook": "mlp.hook_in",
+            "feature_output_hook": "mlp.hook_out",
+        }
+        if (
+            kind == "topk"
+        ):  # the config keys circuit-tracer reads for TopK sets (after 0.5.0, PR #94)
             config.update(activation="topk", k=K)
         (folder / "set" / "config.yaml").write_text(yaml.safe_dump(config))
         result = plt_outputs(tset, x)
     elif action == "make-clt":
         kind = arg
-        clt = CrossLayerTranscoder(n_layers, D_TC, d_model, activation_function="jump_relu" if kind == "jumprelu" else "relu",
-                                   lazy_decoder=False, lazy_encoder=False, device=CPU, dtype=torch.float32)
+        clt = CrossLayerTranscoder(
+            n_layers,
+            D_TC,
+            d_model,
+            activation_function="jump_relu" if kind == "jumprelu" else "relu",
+            lazy_decoder=False,
+            lazy_encoder=False,
+            device=CPU,
+            dtype=torch.float32,
+        )
         randomize(clt, seed=20)
         clt.to_safetensors(str(folder / "set"))
-        (folder / "set" / "config.yaml").write_text(yaml.safe_dump({
-            "model_kind": "cross_layer_transcoder", "model_name": "tiny",
-            "feature_input_hook": "hook_resid_mid", "feature_output_hook": "hook_mlp_out"}))
+        (folder / "set" / "config.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "model_kind": "cross_layer_transcoder",
+                    "model_name": "tiny",
+                    "feature_input_hook": "hook_resid_mid",
+                    "feature_output_hook": "hook_mlp_out",
+                }
+            )
+        )
         result = clt_outputs(clt, x)
     elif action == "load-plt":
         config = yaml.safe_load((folder / "set" / "config.yaml").read_text())
-        paths = {layer: str(folder / "set" / f"layer_{layer}.safetensors") for layer in range(n_layers)}
-        tset = load_transcoder_set(paths, "test", config["feature_input_hook"], config["feature_output_hook"],
-                                   device=CPU, dtype=torch.float32, lazy_encoder=False, lazy_decoder=False)
-        if config.get("activation") == "topk":  # 0.5.0's loader ignores `activation`; later ones build TopK(k)
+        paths = {
+            layer: str(folder / "set" / f"layer_{layer}.safetensors") for layer in range(n_layers)
+        }
+        tset = load_transcoder_set(
+            paths,
+            "test",
+            config["feature_input_hook"],
+            config["feature_output_hook"],
+            device=CPU,
+            dtype=torch.float32,
+            lazy_encoder=False,
+            lazy_decoder=False,
+        )
+        if (
+            config.get("activation") == "topk"
+        ):  # 0.5.0's loader ignores `activation`; later ones build TopK(k)
             for transcoder in tset:
                 transcoder.activation_function = TopK(int(config["k"]))
         result = plt_outputs(tset, x)
-        result["hooks"] = torch.tensor([ord(c) for c in config["feature_input_hook"] + ">" + config["feature_output_hook"]])
+        result["hooks"] = torch.tensor(
+            [ord(c) for c in config["feature_input_hook"] + ">" + config["feature_output_hook"]]
+        )
     elif action == "load-clt":
         config = yaml.safe_load((folder / "set" / "config.yaml").read_text())
-        clt = load_clt(str(folder / "set"), config["feature_input_hook"], config["feature_output_hook"],
-                       device=CPU, dtype=torch.float32, lazy_decoder=False, lazy_encoder=False)
+        clt = load_clt(
+            str(folder / "set"),
+            config["feature_input_hook"],
+            config["feature_output_hook"],
+            device=CPU,
+            dtype=torch.float32,
+            lazy_decoder=False,
+            lazy_encoder=False,
+        )
         result = clt_outputs(clt, x)
     elif action == "load-gemma-scope":
         transcoder = load_gemma_scope_transcoder(arg, 0, device=CPU, dtype=torch.float32)
@@ -126,7 +173,9 @@ def run(action: str, folder: Path, arg: str | None) -> None:
         transcoder = load_gemma_scope_2_transcoder(arg, 0, device=CPU, dtype=torch.float32)
         result = plt_outputs([transcoder], x)
     elif action == "load-gemma-scope-2-clt":
-        files = sorted((folder / "set").glob("layer_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
+        files = sorted(
+            (folder / "set").glob("layer_*.safetensors"), key=lambda p: int(p.stem.split("_")[1])
+        )
         paths = {i: str(p) for i, p in enumerate(files)}
         # its loader reads range(max(keys)) layers (one short): pass the last path twice
         paths[len(files)] = paths[len(files) - 1]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-
 from sparsify import SparseCoder, SparseCoderConfig
 
 D_SAE, K = 40, 5
@@ -36,8 +35,12 @@ def run(action: str, folder: Path, arg: str | None) -> None:
     x = load_file(str(folder / "x.safetensors"))["x"]
     if action == "make":
         variant = arg
-        cfg = SparseCoderConfig(num_latents=D_SAE, k=K, transcode=variant != "sae",
-                                skip_connection=variant == "skip_transcoder")
+        cfg = SparseCoderConfig(
+            num_latents=D_SAE,
+            k=K,
+            transcode=variant != "sae",
+            skip_connection=variant == "skip_transcoder",
+        )
         coder = SparseCoder(x.shape[1], cfg, dtype=torch.float32)
         g = torch.Generator().manual_seed(3)
         with torch.no_grad():

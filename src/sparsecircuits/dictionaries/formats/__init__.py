@@ -27,6 +27,7 @@ from sparsecircuits.dictionaries.formats import (
     sparsify,
     transcoder_circuits,
 )
+from sparsecircuits.dictionaries.formats.common import read_mapping
 from sparsecircuits.dictionaries.transcoders import PerLayerTranscoders
 from sparsecircuits.errors import SparseCircuitsError
 
@@ -116,7 +117,7 @@ def read_dictionary(path: Path, fmt: str, device: str | torch.device | None) -> 
         return sparsify.read(folders[0], device)
     if fmt == "circuit-tracer" and path.is_file():
         config_path = path.parent / circuit_tracer.CONFIG_FILENAME
-        config = circuit_tracer.read_mapping(config_path) if config_path.is_file() else {}
+        config = read_mapping(config_path) if config_path.is_file() else {}
         layer = _trailing_number(path.stem)
         return circuit_tracer.read_layer_file(path, layer, config, None, device)
     found = read_set(path, fmt, device)

@@ -29,8 +29,10 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors.torch import save_file
 from torch import Tensor
 
+from sparsecircuits.dictionaries.activations import Activation, JumpReLUActivation
 from sparsecircuits.dictionaries.base import Dictionary
 from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
 from sparsecircuits.dictionaries.formats import gemma_scope, hooks
@@ -40,6 +42,7 @@ from sparsecircuits.dictionaries.formats.common import (
     combine,
     cpu,
     log_threshold,
+    own_block,
     read_mapping,
     read_tensors,
 )
@@ -79,12 +82,18 @@ def _their_hook(hook: str) -> str:
 
 
 # ------------------------------------------------------------------------------------- reading
-def read(folder: Path, device: str | torch.device | None) -> PerLayerTranscoders | CrossLayerTranscoder:
+def read(
+    folder: Path, device: str | torch.device | None
+) -> PerLayerTranscoders | CrossLayerTranscoder:
     """The transcoder set in the circuit-tracer folder `folder`."""
     config = _config(folder)
     kind = config.get("model_kind")
     if kind is None:
-        kind = "cross_layer_transcoder" if (folder / "W_enc_0.safetensors").is_file() else "transcoder_set"
+        kind = (
+            "cross_layer_transcoder"
+            if (folder / "W_enc_0.safetensors").is_file()
+            else "transcoder_set"
+        )
     if kind == "cross_layer_transcoder":
         files = gemma_scope.gemma_scope_2_clt_files(folder)
         if "transcoders" in config:
@@ -109,7 +118,9 @@ def read(folder: Path, device: str | torch.device | None) -> PerLayerTranscoders
 def _listed_files(folder: Path, config: dict[str, Any]) -> list[Path]:
     entries = config["transcoders"]
     if not isinstance(entries, list) or not entries:
-        raise SparseCircuitsError(f"{folder / CONFIG_FILENAME}: transcoders must be a non-empty list of paths")
+        raise SparseCircuitsError(
+            f"{folder / CONFIG_FILENAME}: transcoders must be a non-empty list of paths"
+        )
     files = []
     for entry in entries:
         if not isinstance(entry, str):
@@ -126,7 +137,9 @@ def _listed_files(folder: Path, config: dict[str, Any]) -> list[Path]:
         if not path.is_absolute() and (folder / path).exists():
             path = folder / path
         if not path.is_file():
-            raise SparseCircuitsError(f"{folder / CONFIG_FILENAME} lists {entry}, which does not exist")
+            raise SparseCircuitsError(
+                f"{folder / CONFIG_FILENAME} lists {entry}, which does not exist"
+            )
         files.append(path)
     return files
 
@@ -157,7 +170,11 @@ def read_layer_file(
     hooks from the set's `config`."""
     hook_in = _our_hook(str(config.get("feature_input_hook", "mlp.hook_in")), layer)
     hook_out = _our_hook(str(config.get("feature_output_hook", "mlp.hook_out")), layer)
-    site = {"hook_in": hook_in, "hook_out": hook_out, "model_name": str(config.get("model_name") or "")}
+    site = {
+        "hook_in": hook_in,
+        "hook_out": hook_out,
+        "model_name": str(config.get("model_name") or ""),
+    }
     if file.suffix == ".npz" or gemma_scope.is_gemma_scope_2_file(file):
         read_one = gemma_scope.read_npz if file.suffix == ".npz" else gemma_scope.read_gemma_scope_2
         dictionary = read_one(file, device)
@@ -183,7 +200,12 @@ def read_layer_file(
         "W_dec": raw["W_dec"],
         "b_dec": raw["b_dec"],
     }
-    fields: dict[str, Any] = {**site, "d_in": int(d_in), "d_sae": int(d_sae), "d_out": int(raw["W_dec"].shape[1])}
+    fields: dict[str, Any] = {
+        **site,
+        "d_in": int(d_in),
+        "d_sae": int(d_sae),
+        "d_out": int(raw["W_dec"].shape[1]),
+    }
     if config.get("activation") == "topk" or "k" in raw:
         k = config.get("k", int(raw["k"]) if "k" in raw else None)
         if k is None:
@@ -194,7 +216,9 @@ def read_layer_file(
         tensors["activation.log_threshold"] = log_threshold(raw[THRESHOLD_KEY], where)
     else:
         if THRESHOLD_KEY in raw:
-            raise SparseCircuitsError(f"{where}: config says activation relu but the file has a threshold")
+            raise SparseCircuitsError(
+                f"{where}: config says activation relu but the file has a threshold"
+            )
         fields["architecture"] = "relu"
     fields["kind"] = "transcoder"
     if "W_skip" in raw:
@@ -205,7 +229,9 @@ def read_layer_file(
     return built
 
 
-def _read_clt(folder: Path, config: dict[str, Any], device: str | torch.device | None) -> CrossLayerTranscoder:
+def _read_clt(
+    folder: Path, config: dict[str, Any], device: str | torch.device | None
+) -> CrossLayerTranscoder:
     numbers = sorted(
         int(m.group(1))
         for p in folder.glob("W_enc_*.safetensors")
@@ -316,16 +342,8 @@ def _write_set(transcoders: PerLayerTranscoders, out: Path) -> Path:
             )
     elif first.architecture == "relu":
         config["activation"] = "relu"
-    from sparsecircuits.config import to_dict
-    from sparsecircuits import __version__
-
-    config[OWN_KEY] = {
-        "library_version": __version__,
-        "layers": {str(layer): to_dict(transcoders[layer].cfg) for layer in layers},
-    }
+    config[OWN_KEY] = own_block({layer: transcoders[layer] for layer in layers})
     out.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
     for layer in layers:
         save_file(_layer_tensors(transcoders[layer]), str(out / f"layer_{layer}.safetensors"))
     (out / CONFIG_FILENAME).write_text(yaml.safe_dump(config, sort_keys=False))
@@ -341,19 +359,21 @@ def _layer_tensors(transcoder: Dictionary) -> dict[str, Tensor]:
             "b_dec": cpu(transcoder.b_dec),
         }
         if transcoder.cfg.architecture == "jumprelu":
-            tensors[THRESHOLD_KEY] = cpu(transcoder.activation.threshold)
+            tensors[THRESHOLD_KEY] = cpu(_threshold(transcoder.activation))
         if transcoder.W_skip is not None:
             tensors["W_skip"] = cpu(transcoder.W_skip)
     return tensors
 
 
+def _threshold(activation: Activation) -> Tensor:
+    """The JumpReLU thresholds `θ = exp(log θ)` `[d_sae]` circuit-tracer stores."""
+    assert isinstance(activation, JumpReLUActivation)
+    return activation.threshold
+
+
 def _write_clt(clt: CrossLayerTranscoder, out: Path) -> Path:
     cfg = clt.cfg
     _check_family(cfg, "cross-layer transcoder")
-    from safetensors.torch import save_file
-
-    from sparsecircuits.dictionaries.formats.common import own_block
-
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         for i in range(cfg.n_layers):
@@ -363,7 +383,7 @@ def _write_clt(clt: CrossLayerTranscoder, out: Path) -> Path:
                 f"b_dec_{i}": cpu(clt.b_dec[i]),
             }
             if cfg.architecture == "jumprelu":
-                enc[f"threshold_{i}"] = cpu(clt.family[i].threshold)  # type: ignore[attr-defined]
+                enc[f"threshold_{i}"] = cpu(_threshold(clt.family[i]))
             save_file(enc, str(out / f"W_enc_{i}.safetensors"))
             save_file({f"W_dec_{i}": cpu(clt.W_dec[i])}, str(out / f"W_dec_{i}.safetensors"))
     config = {

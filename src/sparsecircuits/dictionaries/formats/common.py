@@ -109,12 +109,16 @@ def stored_config(raw: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def own_block(dictionary: Dictionary | CrossLayerTranscoder) -> dict[str, Any]:
-    """What writers store under `OWN_KEY`: our library version and the full config."""
+def own_block(coder: Dictionary | CrossLayerTranscoder | dict[int, Dictionary]) -> dict[str, Any]:
+    """What writers store under `OWN_KEY`: our library version and the full config (`config`),
+    or one config per layer (`layers`, keyed by the layer as a string) for a set."""
     from sparsecircuits import __version__
     from sparsecircuits.config import to_dict
 
-    return {"library_version": __version__, "config": to_dict(dictionary.cfg)}
+    if isinstance(coder, dict):
+        configs = {str(layer): to_dict(one.cfg) for layer, one in coder.items()}
+        return {"library_version": __version__, "layers": configs}
+    return {"library_version": __version__, "config": to_dict(coder.cfg)}
 
 
 # config fields a library's tensors and config determine; a stored config supplies the rest

@@ -61,7 +61,9 @@ def read_npz(path: Path, device: str | torch.device | None) -> Dictionary:
         with np.load(path, allow_pickle=False) as npz:
             raw = {key: torch.from_numpy(np.array(npz[key])) for key in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise SparseCircuitsError(f"cannot read {path} as a Gemma Scope params.npz ({exc})") from None
+        raise SparseCircuitsError(
+            f"cannot read {path} as a Gemma Scope params.npz ({exc})"
+        ) from None
     tensors: dict[str, Tensor] = {}
     for key, tensor in raw.items():
         ours = _NPZ_KEYS.get(key.lower())
@@ -92,7 +94,11 @@ def _gemma_scope_1_site(path: Path) -> dict[str, Any]:
     layer = _layer(path)
     if layer is None:
         raise SparseCircuitsError(f"{path}: no layer_L in the path; keep the repository layout")
-    model = f"google/gemma-2-{found.group(1)}" + ("-it" if found.group(2) == "it" else "") if found else ""
+    model = (
+        f"google/gemma-2-{found.group(1)}" + ("-it" if found.group(2) == "it" else "")
+        if found
+        else ""
+    )
     if site == "transcoders":
         hook_in = hooks.to_ours("gemma_scope", "transcoder:in", layer)
         hook_out = hooks.to_ours("gemma_scope", "transcoder:out", layer)
@@ -102,7 +108,10 @@ def _gemma_scope_1_site(path: Path) -> dict[str, Any]:
 
 
 def _jumprelu(
-    fields: dict[str, Any], tensors: dict[str, Tensor], where: str, device: str | torch.device | None
+    fields: dict[str, Any],
+    tensors: dict[str, Tensor],
+    where: str,
+    device: str | torch.device | None,
 ) -> Dictionary:
     """A JumpReLU `Dictionary` from `W_enc [d_in, d_sae]`, `W_dec`, `b_enc`, `b_dec`,
     `threshold` and optional `W_skip [d_out, d_in]` (no input bias)."""
@@ -150,7 +159,10 @@ def _gemma_scope_2_fields(path: Path, transcoder: bool = False) -> dict[str, Any
     text = path.as_posix()
     layer = _layer(path)
     found = _GS2_REPO.search(text)
-    model = str(raw.get("model_name") or (f"google/gemma-3-{found.group(1)}-{found.group(2)}" if found else ""))
+    model = str(
+        raw.get("model_name")
+        or (f"google/gemma-3-{found.group(1)}-{found.group(2)}" if found else "")
+    )
     hook_in = hook_out = None
     if raw.get("hf_hook_point_in"):
         hook_in = hooks.to_ours("huggingface", str(raw["hf_hook_point_in"]))
