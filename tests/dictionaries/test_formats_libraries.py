@@ -402,3 +402,99 @@ def test_we_read_folders_saelens_saves(
         outs = max_diff(ours(x).out, theirs(x))
     _log(f"saelens {sae_cls}", acts, outs)
     assert max(acts, outs) <= TOLERANCE
+
+
+# ------------------------------------------------------------------------------- Gemma Scope in SAELens
+GEMMA_SCOPE_CASES = [
+    # (repo, folder, SAELens loader, our hook_in, our hook_out)
+    ("google/gemma-scope-2b-pt-res", "layer_3/width_16k/average_l0_40", "gemma_2_sae_huggingface_loader",
+     "blocks.3.hook_resid_post", None),
+    ("google/gemma-scope-2b-pt-mlp", "layer_3/width_16k/average_l0_40", "gemma_2_sae_huggingface_loader",
+     "blocks.3.hook_mlp_out", None),
+    ("google/gemma-scope-9b-pt-att", "layer_3/width_16k/average_l0_40", "gemma_2_sae_huggingface_loader",
+     "blocks.3.attn.hook_z", None),
+    ("google/gemma-scope-2b-pt-transcoders", "layer_3/width_16k/average_l0_40",
+     "gemma_2_transcoder_huggingface_loader", "blocks.3.ln2.hook_normalized", "blocks.3.hook_mlp_out"),
+    ("google/gemma-scope-2-1b-pt", "transcoder_all/layer_3_width_16k_l0_small_affine",
+     "gemma_3_sae_huggingface_loader", "blocks.3.mlp.hook_in", "blocks.3.hook_mlp_out"),
+    ("google/gemma-scope-2-1b-pt", "resid_post/layer_3_width_16k_l0_small",
+     "gemma_3_sae_huggingface_loader", "blocks.3.hook_resid_post", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("repo", "folder", "loader", "hook_in", "hook_out"), GEMMA_SCOPE_CASES)
+def test_gemma_scope_reads_agree_with_saelens_loaders(  # type: ignore[no-untyped-def]
+    repo, folder, loader, hook_in, hook_out, tmp_path: Path, monkeypatch
+) -> None:
+    """SAELens' own Gemma Scope loaders read the same files (a local stand-in for the hub): same
+    sites, same outputs. Gemma Scope 2 transcoders read `pre_feedforward_layernorm.output` (the
+    MLP input with the norm's gain), our `mlp.hook_in`; SAELens names it `hook_mlp_in`, so for
+    them the test compares the Hugging Face hook point it records."""
+    pytest.importorskip("sae_lens")
+    from huggingface_hub.errors import EntryNotFoundError
+    from safetensors import safe_open
+    from sae_lens import SAE
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+    from sae_lens.loading.pretrained_sae_loaders import handle_config_defaulting
+
+    from sparsecircuits.dictionaries.formats import hooks
+
+    gen = torch.Generator().manual_seed(12)
+    hub = tmp_path / "hub"
+    target = hub / repo / folder
+    target.mkdir(parents=True)
+    arrays = {
+        "w_enc": torch.randn(D, D_TC, generator=gen) * 0.4,
+        "w_dec": torch.randn(D_TC, D, generator=gen) * 0.4,
+        "b_enc": torch.randn(D_TC, generator=gen) * 0.2,
+        "b_dec": torch.randn(D, generator=gen) * 0.2,
+        "threshold": torch.rand(D_TC, generator=gen) * 0.3 + 0.01,
+    }
+    if "gemma-scope-2-" in repo:
+        if "affine" in folder:
+            arrays["affine_skip_connection"] = torch.randn(D, D, generator=gen) * 0.3
+        path = target / "params.safetensors"
+        save_file(arrays, str(path))
+    else:
+        path = target / "params.npz"
+        np.savez(path, **{k: v.numpy() for k, v in arrays.items()})
+
+    def local_download(repo_id: str, filename: str, subfolder: str | None = None, **_: Any) -> str:
+        found = hub / repo_id / (subfolder or "") / filename
+        if not found.is_file():
+            raise EntryNotFoundError(f"{found} not in the local hub")
+        return str(found)
+
+    def local_shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
+        with safe_open(str(hub / repo_id / filename), framework="pt") as f:
+            return {key: list(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
+
+    monkeypatch.setattr(loaders, "hf_hub_download", local_download)
+    monkeypatch.setattr(loaders, "get_safetensors_tensor_shapes", local_shapes)
+    overrides = {"d_in": D, "d_sae": D_TC, **({"d_out": D} if hook_out else {})}
+    if "att" in repo:  # their hook_z SAEs reshape [..., heads, d_head] inputs; ours take them flat
+        overrides["reshape_activations"] = "none"
+    raw_cfg, state_dict, _ = getattr(loaders, loader)(
+        repo, folder, device="cpu", cfg_overrides=overrides
+    )
+    cfg_dict = handle_config_defaulting(dict(raw_cfg))  # then as SAE.from_pretrained builds it
+    sae_cfg = SAE.get_sae_config_class_for_architecture(cfg_dict["architecture"]).from_dict(
+        cfg_dict
+    )
+    theirs = SAE.get_sae_class_for_architecture(sae_cfg.architecture())(sae_cfg)
+    theirs.process_state_dict_for_loading(state_dict)
+    theirs.load_state_dict(state_dict)
+
+    ours = load(path)
+    assert (ours.cfg.hook_in, ours.cfg.hook_out if hook_out else None) == (hook_in, hook_out)
+    if "gemma-scope-2-" in repo:
+        assert hooks.to_ours("huggingface", raw_cfg["hf_hook_name"]) == hook_in
+    else:
+        assert theirs.cfg.metadata.hook_name == hook_in
+        assert getattr(theirs.cfg.metadata, "hook_name_out", None) in (None, hook_out)
+    x = torch.randn(N, D, generator=gen)
+    with torch.no_grad():
+        acts = max_diff(ours.encode(x), theirs.encode(x))
+        outs = max_diff(ours(x).out, theirs(x))
+    _log(f"saelens {loader} {repo.split('/')[1]}", acts, outs)
+    assert max(acts, outs) <= TOLERANCE

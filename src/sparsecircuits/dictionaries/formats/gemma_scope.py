@@ -69,6 +69,13 @@ def read_npz(path: Path, device: str | torch.device | None) -> Dictionary:
         ours = _NPZ_KEYS.get(key.lower())
         if ours is not None:
             tensors[ours] = tensor
+        elif key == "scaling_factor" and bool((tensor == 1).all()):
+            continue  # a fine-tuning scale of 1 changes nothing (SAELens drops it too)
+        else:
+            raise SparseCircuitsError(
+                f"{path}: unexpected array {key!r} in a Gemma Scope params.npz (a scaling_factor "
+                "other than 1, or not Gemma Scope); expected W_enc, W_dec, b_enc, b_dec, threshold"
+            )
     missing = sorted({"W_enc", "W_dec", "b_enc", "b_dec", "threshold"} - set(tensors))
     if missing:
         raise SparseCircuitsError(
