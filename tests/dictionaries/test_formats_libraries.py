@@ -432,10 +432,10 @@ def test_gemma_scope_reads_agree_with_saelens_loaders(  # type: ignore[no-untype
     them the test compares the Hugging Face hook point it records."""
     pytest.importorskip("sae_lens")
     from huggingface_hub.errors import EntryNotFoundError
-    from safetensors import safe_open
     from sae_lens import SAE
     from sae_lens.loading import pretrained_sae_loaders as loaders
     from sae_lens.loading.pretrained_sae_loaders import handle_config_defaulting
+    from safetensors import safe_open
 
     from sparsecircuits.dictionaries.formats import hooks
 

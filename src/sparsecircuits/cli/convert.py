@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Gemma Scope 1/2, the transcoder paper's .pt) and write it to OUT in the format --to "
         "names. A folder of several dictionaries (a transcoder set) is written as a set.",
     )
-    p.add_argument("src", help="a dictionary folder or file, or a transcoder set's folder")
+    p.add_argument(
+        "src", help='a dictionary folder or file, a transcoder set\'s folder, or "embedded"'
+    )
     p.add_argument("out", help="output folder (created)")
     p.add_argument("--to", required=True, choices=["saelens", "circuit-tracer", "sparsify"])
     p.set_defaults(func=run)
@@ -30,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
     from sparsecircuits.dictionaries import formats, load, load_transcoders
 
     src, out = Path(args.src), Path(args.out)
+    if args.src == "embedded":  # the embedded model's transcoders, as --transcoders takes them
+        from sparsecircuits.models.embedded import embedded_dir
+
+        src = embedded_dir() / "transcoders"
     if not src.exists():
         raise SparseCircuitsError(f"no dictionary at {src}; pass a folder or file to convert")
     if out.exists() and any(out.iterdir()):
