@@ -466,3 +466,36 @@ def test_convert_command(tmp_path: Path, capsys) -> None:  # type: ignore[no-unt
     assert load_transcoders(tmp_path / "ct").layers == [0, 1]
     assert cli_main(["convert", str(src), str(tmp_path / "ct"), "--to", "saelens"]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_unreadable_library_files_are_refused(tmp_path: Path) -> None:
+    coder = _transcoder("topk")
+    formats.write(coder, "sparsify", tmp_path / "sp")
+    cfg_path = tmp_path / "sp" / "layers.0.mlp" / "cfg.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["activation"] = "groupmax"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(SparseCircuitsError, match="groupmax"):
+        load(tmp_path / "sp")
+    formats.write(PerLayerTranscoders({0: _transcoder("relu")}), "circuit-tracer", tmp_path / "ct")
+    layer = tmp_path / "ct" / "layer_0.safetensors"
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(layer))
+    tensors["threshold"] = torch.ones(
+        24
+    )  # circuit-tracer reads a threshold only as activation_function.threshold
+    save_file(tensors, str(layer))
+    with pytest.raises(SparseCircuitsError, match="unknown \\['threshold'\\]"):
+        load_transcoders(tmp_path / "ct")
+
+
+def test_topk_without_relu_trains(gen) -> None:  # type: ignore[no-untyped-def]
+    coder = build_dictionary("topk", "transcoder", d_in=D, d_sae=24, d_out=D, k=4, topk_relu=False)
+    x, target = torch.randn(16, D, generator=gen), torch.randn(16, D, generator=gen)
+    dead = torch.zeros(24, dtype=torch.bool)
+    dead[:6] = True
+    loss, parts = coder.loss(x, target, dead_mask=dead)
+    loss.backward()
+    assert coder.W_enc.grad is not None and coder.W_enc.grad.abs().sum() > 0
+    assert parts["aux"] > 0
