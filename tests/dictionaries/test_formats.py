@@ -174,6 +174,8 @@ def test_unknown_layout_names_what_was_found_and_what_is_accepted(tmp_path: Path
             match=r"found: notes\.txt.*accepted: .*SAELens.*sparsify.*circuit-tracer.*Gemma Scope",
         ):
             call(tmp_path)
+    formats.write(_transcoder("topk"), "sparsify", tmp_path / "sp")
+    assert load(tmp_path / "sp" / "layers.0.mlp" / "sae.safetensors").cfg.kind == "transcoder"
     (tmp_path / "weights.bin").write_bytes(b"0")
     with pytest.raises(SparseCircuitsError, match="holds no dictionary format"):
         load(tmp_path / "weights.bin")

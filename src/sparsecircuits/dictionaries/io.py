@@ -301,7 +301,7 @@ def load(
     """
     from sparsecircuits.dictionaries import formats, make
 
-    folder = Path(folder)
+    folder = formats.resolve(Path(folder))
     fmt = formats.detect(folder)
     if fmt != "saelens":
         return formats.read_dictionary(folder, fmt, device)
@@ -362,6 +362,7 @@ def load_transcoders(
     from sparsecircuits.dictionaries import formats
 
     root = embedded_dir() / "transcoders" if str(name_or_path) == "embedded" else Path(name_or_path)
+    root = formats.resolve(root)
     if root.exists():
         fmt = formats.detect(root)
         if fmt not in ("saelens", "sparsify"):  # those two: one sub-folder per dictionary

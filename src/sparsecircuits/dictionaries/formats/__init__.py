@@ -58,6 +58,15 @@ def _unknown(path: Path) -> SparseCircuitsError:
     )
 
 
+# files that name their folder's dictionary rather than being one
+_FOLDER_FILES = ("cfg.json", "sae_weights.safetensors", "sae.safetensors", "config.yaml")
+
+
+def resolve(path: Path) -> Path:
+    """`path`, or its folder when it is one of the files a folder format is made of."""
+    return path.parent if path.is_file() and path.name in _FOLDER_FILES else path
+
+
 def detect(path: Path) -> str:
     """The name (a key of `FORMATS`) of the format `path` holds.
 
