@@ -501,3 +501,34 @@ def test_topk_without_relu_trains(gen) -> None:  # type: ignore[no-untyped-def]
     loss.backward()
     assert coder.W_enc.grad is not None and coder.W_enc.grad.abs().sum() > 0
     assert parts["aux"] > 0
+
+
+def test_circuit_tracer_config_listing_gemma_scope_files(tmp_path: Path, gen) -> None:  # type: ignore[no-untyped-def]
+    """The shape of circuit-tracer's Gemma-2 set config (`mwhanna/gemma-scope-transcoders`,
+    §1.4/§1.6): `transcoders:` lists one `params.npz` per layer, hooks in `config.yaml`."""
+    paths = []
+    for layer in range(2):
+        path = (
+            tmp_path
+            / f"gemma-scope-2b-pt-transcoders/layer_{layer}/width_16k/average_l0_5/params.npz"
+        )
+        path.parent.mkdir(parents=True)
+        np.savez(path, **_gemma_scope_arrays(D, 32, gen))
+        paths.append(str(path.relative_to(tmp_path)))
+    (tmp_path / "config.yaml").write_text(
+        "model_kind: transcoder_set\nmodel_name: google/gemma-2-2b\n"
+        "feature_input_hook: ln2.hook_normalized\nfeature_output_hook: hook_mlp_out\n"
+        "transcoders:\n" + "".join(f"  - {p}\n" for p in paths)
+    )
+    loaded = load_transcoders(tmp_path)
+    assert isinstance(loaded, PerLayerTranscoders) and loaded.layers == [0, 1]
+    assert (loaded.hook_in(1), loaded.hook_out(1)) == (
+        "blocks.1.ln2.hook_normalized",
+        "blocks.1.hook_mlp_out",
+    )
+    (tmp_path / "config.yaml").write_text(
+        "model_kind: transcoder_set\nfeature_input_hook: x\nfeature_output_hook: y\n"
+        "transcoders:\n  - hf://google/gemma-scope-2b-pt-transcoders/layer_0/params.npz\n"
+    )
+    with pytest.raises(SparseCircuitsError, match="download the set first"):
+        load_transcoders(tmp_path)

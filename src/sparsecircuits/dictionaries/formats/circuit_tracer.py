@@ -59,7 +59,8 @@ WRITABLE = ("relu", "jumprelu", "topk")
 def is_layout(folder: Path) -> bool:
     """Whether `folder` looks like a circuit-tracer set (its config, or its file names)."""
     if (folder / CONFIG_FILENAME).is_file():
-        return "model_kind" in _config(folder) or "transcoders" in _config(folder)
+        config = _config(folder)
+        return "model_kind" in config or "transcoders" in config
     return (folder / "layer_0.safetensors").is_file() or (folder / "W_enc_0.safetensors").is_file()
 
 
@@ -99,7 +100,14 @@ def read(
         if "transcoders" in config:
             files = _listed_files(folder, config)
         if files and gemma_scope.is_gemma_scope_2_file(files[0]):
-            return gemma_scope.read_gemma_scope_2_clt(files, device, str(folder))
+            clt = gemma_scope.read_gemma_scope_2_clt(files, device, str(folder))
+            for key, field in (
+                ("feature_input_hook", "hook_in"),
+                ("feature_output_hook", "hook_out"),
+            ):
+                if key in config:
+                    setattr(clt.cfg, field, _our_hook(str(config[key]), "{layer}"))
+            return clt
         return _read_clt(folder, config, device)
     if kind != "transcoder_set":
         raise SparseCircuitsError(
