@@ -22,6 +22,7 @@ COMMANDS = [
     "dashboards",
     "serve",
     "presets",
+    "convert",
 ]
 
 

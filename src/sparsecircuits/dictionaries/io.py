@@ -25,7 +25,9 @@ no TopK transcoder with `d_in != d_out` nor a TopK skip transcoder: those are sa
 documented extensions "topk_transcoder" / "topk_skip_transcoder", loadable by us only.
 
 `load` also reads folders written by SAELens itself (standard, topk, transcoder,
-skip_transcoder; an SAE's `apply_b_dec_to_input: true` becomes `b_in = b_dec`).
+skip_transcoder; an SAE's `apply_b_dec_to_input: true` becomes `b_in = b_dec`), and, through
+`formats`, every other published format it detects (sparsify, circuit-tracer, Gemma Scope 1 and
+2, the transcoder paper's `.pt`).
 """
 
 from __future__ import annotations
@@ -293,15 +295,20 @@ def _complete_saelens_tensors(
 def load(
     folder: str | Path, device: str | torch.device | None = None
 ) -> Dictionary | CrossLayerTranscoder:
-    """Load the dictionary saved in `folder` (ours or SAELens'): a `Dictionary` (SAE,
-    transcoder, skip transcoder) or a `CrossLayerTranscoder`.
+    """Load the dictionary saved in `folder` (ours or SAELens'; or a folder or file of any
+    format `formats.detect` knows): a `Dictionary` (SAE, transcoder, skip transcoder) or a
+    `CrossLayerTranscoder`.
 
-    `device` defaults to the saved device (the CPU when that was CUDA and CUDA is absent).
-    Raises `SparseCircuitsError` for a missing or corrupt folder or an unknown architecture.
+    `device` defaults to the saved device (the CPU when that was CUDA and CUDA is absent; the
+    CPU for other formats). Raises `SparseCircuitsError` for a missing or corrupt folder, an
+    unknown layout or an unknown architecture.
     """
-    from sparsecircuits.dictionaries import make
+    from sparsecircuits.dictionaries import formats, make
 
-    folder = resolve_source(folder)
+    folder = formats.resolve(resolve_source(folder))
+    fmt = formats.detect(folder)
+    if fmt != "saelens":
+        return formats.read_dictionary(folder, fmt, device)
     raw = _read_cfg(folder)
     where = str(folder)
     ours = raw.get("sparsecircuits")
@@ -356,13 +363,22 @@ def load_transcoders(
     transcoder's folder (or a folder whose only saved dictionary is one) gives the
     `CrossLayerTranscoder`; a folder of per-layer transcoder folders (or one such folder) gives
     `PerLayerTranscoders`, each layer read from `hook_in` (`blocks.{L}.…`), else from the folder
-    name's trailing digits.
+    name's trailing digits. A sparsify run (one hookpoint folder per layer), a circuit-tracer
+    set (per-layer or cross-layer), a Gemma Scope 2 cross-layer transcoder, or a single
+    transcoder file of another format load as well (`formats`).
     """
+    from sparsecircuits.dictionaries import formats
+
     root = (
         embedded_dir() / "transcoders"
         if str(name_or_path) == "embedded"
         else resolve_source(name_or_path)
     )
+    root = formats.resolve(root)
+    if root.exists():
+        fmt = formats.detect(root)
+        if fmt not in ("saelens", "sparsify"):  # those two: one sub-folder per dictionary
+            return formats.read_set(root, fmt, device)
     if not root.is_dir():
         raise SparseCircuitsError(
             f"no transcoder folder at {root}; pass a folder with one sub-folder per layer or a saved cross-layer transcoder"

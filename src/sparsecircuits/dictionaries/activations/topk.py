@@ -1,5 +1,6 @@
-"""TopK (Gao et al. 2024, sparsify): keep the k largest pre-activations per token, then ReLU;
-AuxK revives dead latents (docs/internals.md)."""
+"""TopK (Gao et al. 2024, sparsify): keep the k largest pre-activations per token, then ReLU
+(`topk_relu=False`: circuit-tracer's TopK, signs kept); AuxK revives dead latents
+(docs/internals.md)."""
 
 from __future__ import annotations
 
@@ -34,10 +35,16 @@ class TopKParams(ActivationParams):
     tag_format = "k{k}"
     k: int = 32  # latents kept per token
     aux_k: int = -1  # AuxK latents per token (k_aux); -1: d_in // 2 (sparsify's default); 0: off
+    # False: no ReLU after the selection (circuit-tracer's TopK; architecture "topk" only)
+    topk_relu: bool = True
 
     def resolve(self, cfg: DictionaryConfig) -> None:
-        """Check `k`; fill `aux_k` from `d_in`, at most `d_sae`."""
+        """Check `k` and `topk_relu`; fill `aux_k` from `d_in`, at most `d_sae`."""
         check_k(self.k, cfg.d_sae)
+        if not self.topk_relu and cfg.architecture != "topk":
+            raise SparseCircuitsError(
+                f"topk_relu=false is a setting of architecture 'topk' only (got {cfg.architecture!r})"
+            )
         if self.aux_k is None or self.aux_k < 0:
             self.aux_k = max(1, cfg.d_in // 2)
         self.aux_k = min(self.aux_k, cfg.d_sae)
@@ -58,13 +65,25 @@ class TopKActivation(Activation):
 
     def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Sparse codes `values, indices [n, k]` (+ AuxK selection when `dead_mask` has dead latents)."""
+        if not self.params.topk_relu:
+            return self._encode_signed_values(dictionary, x_in, dead_mask)
         return self._encode(dictionary, x_in, dead_mask, None)
 
     def encode_input(self, dictionary: Owner, x: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """`encode(x - b_in)`, with `b_in` handed to the kernel under `fused_input_bias`."""
-        if not self.fused_input_bias:
+        if not self.fused_input_bias or not self.params.topk_relu:
             return super().encode_input(dictionary, x, dead_mask)
         return self._encode(dictionary, x, dead_mask, dictionary.b_in)
+
+    def _encode_signed_values(
+        self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None
+    ) -> ForwardOutput:
+        """`topk_relu=False`: the k largest pre-activations, values kept as they are (dense
+        autograd; AuxK from the same pre-activations)."""
+        pre_acts = kernels.pre_activations(x_in, dictionary.W_enc, dictionary.b_enc)
+        values, indices = pre_acts.topk(self.params.k, dim=-1, sorted=False)
+        codes = ForwardOutput(values=values, indices=indices, d_sae=self.cfg.d_sae)
+        return self._with_dense_aux(codes, pre_acts, dead_mask)
 
     def _encode(
         self,
@@ -129,6 +148,8 @@ class TopKActivation(Activation):
         TopK SAE with `apply_b_dec_to_input=False` is `TopK(x W_enc + b_enc) W_dec + b_dec`);
         None otherwise (SAELens 6.54 has no TopK transcoder)."""
         cfg = self.cfg
+        if not self.params.topk_relu:  # SAELens' TopK applies a ReLU
+            return None
         if cfg.kind == "sae" or (cfg.kind == "transcoder" and cfg.d_in == cfg.d_out):
             return "topk"
         return None

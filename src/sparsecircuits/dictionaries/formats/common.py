@@ -1,0 +1,144 @@
+"""What every format reader and writer shares: building our dictionary from tensors already in
+our parametrisation, thresholds, file reading, the stored sparsecircuits config block."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+from sparsecircuits.config import dtype_name
+from sparsecircuits.dictionaries.base import Dictionary
+from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
+from sparsecircuits.dictionaries.config import DictionaryConfig
+from sparsecircuits.dictionaries.io import _load_tensors, _resolve_device
+from sparsecircuits.errors import SparseCircuitsError
+
+# the key under which writers store our own config beside a library's (ignored by the library)
+OWN_KEY = "sparsecircuits"
+
+
+def build(
+    fields: dict[str, Any],
+    tensors: dict[str, Tensor],
+    where: str,
+    device: str | torch.device | None,
+) -> Dictionary | CrossLayerTranscoder:
+    """Our dictionary from config `fields` and a complete state dict `tensors` in our naming
+    (`W_enc [d_in, d_sae]`, `b_in`, `b_enc`, `W_dec`, `b_dec`, ...; a CLT's family state
+    stacked). dtype is that of `W_dec`; `device` defaults to the CPU.
+
+    Raises `SparseCircuitsError` naming `where` when the tensors do not fit the config.
+    """
+    fields = {"dtype": dtype_name(_decoder(tensors).dtype), **fields}
+    fields["device"] = _resolve_device(device, "cpu")
+    try:
+        cfg = DictionaryConfig(**fields)
+    except TypeError as exc:  # pragma: no cover - fields are ours
+        raise SparseCircuitsError(f"{where}: {exc}") from None
+    dictionary: Dictionary | CrossLayerTranscoder = (
+        CrossLayerTranscoder(cfg, init=False) if cfg.kind == "clt" else Dictionary(cfg, init=False)
+    )
+    expected = dictionary.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise SparseCircuitsError(
+            f"{where}: tensors do not match a {cfg.architecture} {cfg.kind} "
+            f"(missing {missing or 'none'}, unexpected {unexpected or 'none'})"
+        )
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise SparseCircuitsError(
+                f"{where}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}"
+            )
+    dictionary.load_state_dict(
+        {name: t.to(device=cfg.device, dtype=expected[name].dtype) for name, t in tensors.items()}
+    )
+    return dictionary
+
+
+def _decoder(tensors: dict[str, Tensor]) -> Tensor:
+    return tensors["W_dec"] if "W_dec" in tensors else tensors["W_dec.0"]
+
+
+def log_threshold(threshold: Tensor, where: str) -> Tensor:
+    """`log θ` for our JumpReLU from a stored threshold `θ [..., d_sae]`.
+
+    Every library's JumpReLU agrees with ours for `θ ≥ 0` (§1.2: `relu(u)·1[u > θ]` and
+    `u·1[u > θ]` differ only where `θ < 0`), so a negative threshold is refused. A zero threshold
+    becomes the smallest normal float of its dtype: the outputs then differ only for
+    pre-activations in `(0, tiny]`, by at most `tiny`.
+    """
+    if bool((threshold < 0).any()):
+        count = int((threshold < 0).sum())
+        raise SparseCircuitsError(
+            f"{where}: {count} JumpReLU thresholds are negative; that activation keeps negative "
+            "pre-activations, which our JumpReLU (log-threshold) cannot represent"
+        )
+    tiny = torch.finfo(threshold.dtype).tiny
+    return threshold.clamp_min(tiny).log()
+
+
+def read_tensors(path: Path) -> dict[str, Tensor]:
+    """All tensors of a safetensors file on the CPU (`SparseCircuitsError` when unreadable)."""
+    return _load_tensors(path)
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """A JSON (`.json`) or YAML file holding one mapping."""
+    try:
+        text = path.read_text()
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SparseCircuitsError(f"cannot read {path} ({exc})") from None
+    if not isinstance(raw, dict):
+        raise SparseCircuitsError(f"{path} must hold a mapping")
+    return raw
+
+
+def stored_config(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """Our config as a writer stored it under `OWN_KEY` in a library's config (None if absent)."""
+    own = raw.get(OWN_KEY)
+    if isinstance(own, dict) and isinstance(own.get("config"), dict):
+        return dict(own["config"])
+    return None
+
+
+def own_block(coder: Dictionary | CrossLayerTranscoder | dict[int, Dictionary]) -> dict[str, Any]:
+    """What writers store under `OWN_KEY`: our library version and the full config (`config`),
+    or one config per layer (`layers`, keyed by the layer as a string) for a set."""
+    from sparsecircuits import __version__
+    from sparsecircuits.config import to_dict
+
+    if isinstance(coder, dict):
+        configs = {str(layer): to_dict(one.cfg) for layer, one in coder.items()}
+        return {"library_version": __version__, "layers": configs}
+    return {"library_version": __version__, "config": to_dict(coder.cfg)}
+
+
+# config fields a library's tensors and config determine; a stored config supplies the rest
+_FROM_LIBRARY = ("architecture", "kind", "d_in", "d_sae", "d_out", "n_layers", "k", "topk_relu")
+
+
+def combine(derived: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
+    """Config fields for `build`: those a reader `derived` from the library's files, over our
+    stored config when a writer of ours left one (so hooks, model name, training record and
+    family settings survive a round trip); the library's word wins on architecture and shapes."""
+    if stored is None:
+        return derived
+    fields = {key: value for key, value in stored.items() if key not in ("device", "dtype")}
+    fields.update({key: derived[key] for key in _FROM_LIBRARY if key in derived})
+    for key in ("hook_in", "hook_out", "model_name"):
+        if not fields.get(key) and derived.get(key):
+            fields[key] = derived[key]
+    return fields
+
+
+def cpu(tensor: Tensor) -> Tensor:
+    """`tensor` detached, contiguous, on the CPU (what safetensors writes)."""
+    return tensor.detach().to("cpu").contiguous()
