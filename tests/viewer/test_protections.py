@@ -129,7 +129,13 @@ def test_oversized_body_is_refused_before_it_is_read(viewer_server):
 
 @pytest.mark.parametrize(
     ("length", "code"),
-    [("-1", b" 400 "), ("-100000000", b" 400 "), ("1e3", b" 400 "), (" ", b" 411 "), (None, b" 411 ")],
+    [
+        ("-1", b" 400 "),
+        ("-100000000", b" 400 "),
+        ("1e3", b" 400 "),
+        (" ", b" 411 "),
+        (None, b" 411 "),
+    ],
 )
 def test_negative_or_missing_content_length_is_refused(viewer_server, length, code):
     # the connection stays open: before the fix a -1 read the socket until it closed

@@ -27,6 +27,7 @@ finite numbers of bounded size, bounded nesting and well-formed text.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hmac
 import json
@@ -40,10 +41,10 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from sparsecircuits.errors import SparseCircuitsError
@@ -369,7 +370,9 @@ def _handler(app: ViewerApp, guard: RequestGuard) -> type[BaseHTTPRequestHandler
             self.send_header("Cache-Control", "no-store")
             for key, value in {**SECURITY_HEADERS, **(headers or {})}.items():
                 self.send_header(key, value)
-            if status >= 400 and self.command == "POST":  # the body may be unread: drop the connection
+            if (
+                status >= 400 and self.command == "POST"
+            ):  # the body may be unread: drop the connection
                 self.send_header("Connection", "close")
                 self.close_connection = True
             self.end_headers()
@@ -407,10 +410,8 @@ def _handler(app: ViewerApp, guard: RequestGuard) -> type[BaseHTTPRequestHandler
             if auth.lower().startswith("token "):
                 candidates.append(auth[6:].strip())
             cookie = SimpleCookie()
-            try:
+            with contextlib.suppress(CookieError):  # a malformed cookie header: no token there
                 cookie.load(self.headers.get("Cookie", ""))
-            except CookieError:
-                pass
             if guard.cookie_name in cookie:
                 candidates.append(cookie[guard.cookie_name].value)
             if not any(guard.token_matches(c) for c in candidates):
