@@ -51,7 +51,13 @@ RUN_FLAGS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
         "--checkpoint-every",
         "train",
         "checkpoint_every",
-        {"type": int, "help": "steps between checkpoints"},
+        {"type": int, "help": "steps between checkpoints (default 0: by time only)"},
+    ),
+    (
+        "--checkpoint-minutes",
+        "train",
+        "checkpoint_minutes",
+        {"type": float, "help": "minutes between checkpoints (default 10; 0: off)"},
     ),
     ("--seed", "run", "seed", {"type": int}),
 )

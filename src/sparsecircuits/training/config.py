@@ -13,6 +13,10 @@ class TrainConfig:
     The schedule is linear warmup for `warmup_steps`, constant until `decay_start` (a fraction
     of all steps), then a linear decay to `lr * final_lr_fraction` ("linear"), a cosine decay
     ("cosine") or no decay ("constant").
+
+    With an output folder a checkpoint is written every `checkpoint_every` steps (0: off) and
+    whenever `checkpoint_minutes` have passed since the last one (0: off), so by default a killed
+    run loses at most ten minutes; `keep_checkpoints` of the run's most recent ones are kept.
     """
 
     total_tokens: int = 2_000_000
@@ -28,6 +32,7 @@ class TrainConfig:
     dead_tokens: int = 200_000
     seed: int = 0
     checkpoint_every: int = 0
+    checkpoint_minutes: float = 10.0
     keep_checkpoints: int = 2
     log_every: int = 10
     wandb_project: str | None = None
