@@ -17,7 +17,7 @@ from sparsecircuits.cli import main
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models.tiny import tokenizer_corpus
 from sparsecircuits.pipelines import RunConfig, train_run
-from sparsecircuits.training import Trainer, TrainConfig, latest_checkpoint
+from sparsecircuits.training import TrainConfig, Trainer, latest_checkpoint
 from sparsecircuits.training.checkpoints import list_checkpoints
 from testkit import SyntheticStore, build_dictionary
 
