@@ -43,6 +43,7 @@ from sparsecircuits.dictionaries.base import Dictionary
 from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
 from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
 from sparsecircuits.dictionaries.transcoders import PerLayerTranscoders
+from sparsecircuits.dictionaries.validate import check_parameters
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models.embedded import embedded_dir
 
@@ -318,6 +319,7 @@ def load(
     extra_path = folder / EXTRA_WEIGHTS_FILENAME
     if extra_path.is_file():
         tensors.update(_load_tensors(extra_path))
+    check_parameters(tensors, where=str(weights_path))
 
     dictionary = make(cfg, init=False)
     if isinstance(dictionary, Dictionary):
