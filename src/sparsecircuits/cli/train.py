@@ -25,11 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue this run (same settings) from its furthest checkpoint in --out",
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start afresh even though --out holds another run's checkpoints (deletes them)",
-    )
     p.set_defaults(func=run)
 
 
