@@ -115,6 +115,13 @@ class Trainer:
     ):
         if not dictionaries:
             raise SparseCircuitsError("nothing to train: give at least one dictionary")
+        for name, d in dictionaries.items():
+            if any(p.dtype == torch.float16 for p in d.parameters()):
+                raise SparseCircuitsError(
+                    f"dictionary {name} is float16, which Adam cannot train (its second moments "
+                    "underflow to 0 and the first step gives NaN); train in bfloat16 or float32 "
+                    "(dtype in the dictionary's settings) and convert afterwards"
+                )
         self.store = store
         self.dictionaries = dictionaries
         self.cfg = cfg
