@@ -172,3 +172,23 @@ def copy_one_layer_clt(clt, transcoder) -> None:  # type: ignore[no-untyped-def]
         transcoder.W_dec.copy_(clt.W_dec[0][:, 0])
         transcoder.b_dec.copy_(clt.b_dec[0])
         transcoder.activation.load_state_dict(clt.activations[0].state_dict())
+
+
+def train_killed_inside(args: list[str], where: str, call: int) -> None:
+    """Run `sparsecircuits ARGS` in this (child) process and SIGKILL it on the `call`-th call of
+    `where`: "save_state" (a checkpoint's dictionaries written, its trainer state not yet) or
+    "fsync_tree" (a checkpoint complete under its temporary name, not yet renamed)."""
+    from sparsecircuits.cli import main
+    from sparsecircuits.training import trainer
+
+    original = getattr(trainer, where)
+    calls = [0]
+
+    def killing(*a: Any, **kw: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == call:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*a, **kw)
+
+    setattr(trainer, where, killing)
+    main(args)

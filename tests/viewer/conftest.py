@@ -21,7 +21,7 @@ XSS_PROMPT = 'The cat <img src=x onerror="window.__xss=3"> saw the house in the 
 
 @pytest.fixture(scope="session")
 def viewer_data(tiny_model_dir, tmp_path_factory):
-    """`SimpleNamespace(dir, dashboards, rm, graph_id)` for a tiny GPT-2 with random transcoders."""
+    """`SimpleNamespace(dir, rm, graph, graph_id, dashboards)` for a tiny GPT-2 with random transcoders."""
     from sparsecircuits.circuits.graph.build import build_graph
     from sparsecircuits.circuits.graph.neuronpedia import save_graph, to_neuronpedia
     from sparsecircuits.circuits.replacement import ReplacementModel
@@ -45,7 +45,9 @@ def viewer_data(tiny_model_dir, tmp_path_factory):
     save_dashboards(dashboards, folder / "dashboards")
     (folder / "trace.json").write_text("{}")  # not a graph: must not be listed
     (folder / "notes.json").write_text("[1, 2]")
-    return SimpleNamespace(dir=folder, rm=rm, graph=graph, graph_id="graph.json")
+    return SimpleNamespace(
+        dir=folder, rm=rm, graph=graph, graph_id="graph.json", dashboards=dashboards
+    )
 
 
 @pytest.fixture(scope="session")

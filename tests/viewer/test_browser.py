@@ -62,8 +62,9 @@ def page(viewer_server):
         page = context.new_page()
         page.errors = []  # type: ignore[attr-defined]
         page.on("pageerror", lambda exc: page.errors.append(str(exc)))  # type: ignore[attr-defined]
-        page.goto(viewer_server.url)
+        page.goto(viewer_server.open_url)  # the token URL, as the CLI prints it
         page.wait_for_function("window.viewer && window.viewer.ready === true", timeout=30_000)
+        assert "token=" not in page.url  # the token went into a cookie; the API calls carry it
         yield page
         context.close()
         browser.close()

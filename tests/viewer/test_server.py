@@ -13,13 +13,13 @@ from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.viewer import STATIC_DIR, ViewerApp, ViewerServer
 
 
-def fetch(server, path, data=None, method=None):
-    """(status, headers, body bytes) of a request to the test server."""
+def fetch(server, path, data=None, method=None, headers=None):
+    """(status, headers, body bytes) of a request to the test server, with its token."""
+    sent = {"Content-Type": "application/json"} if data else {}
+    if server.token:
+        sent["Authorization"] = f"token {server.token}"
     request = urllib.request.Request(
-        server.url.rstrip("/") + path,
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json"} if data else {},
+        server.url.rstrip("/") + path, data=data, method=method, headers={**sent, **(headers or {})}
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -54,7 +54,8 @@ def test_large_answers_are_gzipped_when_accepted(viewer_server, monkeypatch):
 
     monkeypatch.setattr(server_module, "GZIP_ABOVE", 100)
     request = urllib.request.Request(
-        viewer_server.url + "api/graphs/graph.json", headers={"Accept-Encoding": "gzip"}
+        viewer_server.url + "api/graphs/graph.json",
+        headers={"Accept-Encoding": "gzip", "Authorization": f"token {viewer_server.token}"},
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         assert response.headers["Content-Encoding"] == "gzip"

@@ -56,14 +56,20 @@ RUN_FLAGS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
         "--checkpoint-every",
         "train",
         "checkpoint_every",
-        {"type": int, "help": "steps between checkpoints"},
+        {"type": int, "help": "steps between checkpoints (default 0: by time only)"},
+    ),
+    (
+        "--checkpoint-minutes",
+        "train",
+        "checkpoint_minutes",
+        {"type": float, "help": "minutes between checkpoints (default 10; 0: off)"},
     ),
     ("--seed", "run", "seed", {"type": int}),
 )
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None:
-    """Add `--config`, the flags of `RUN_FLAGS` and `--quiet`."""
+    """Add `--config`, the flags of `RUN_FLAGS`, `--overwrite` and `--quiet`."""
     p.add_argument("--config", help="YAML or JSON file with RunConfig fields (flags override it)")
     for flag, section, key, kwargs in RUN_FLAGS:
         kwargs = dict(kwargs)
@@ -72,6 +78,11 @@ def add_run_arguments(p: argparse.ArgumentParser, *, default_out: str) -> None:
         if "choices" not in kwargs:  # the flag's own name in --help, not the dest
             kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
         p.add_argument(flag, dest=f"{section}.{key}", **kwargs)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh even though --out holds another run's checkpoints (deletes them)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -23,6 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="127.0.0.1",
         help="interface to bind (default 127.0.0.1: this machine only)",
     )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this host name (repeatable; 127.0.0.1, localhost, [::1] "
+        "always work); other Host headers are refused, against DNS rebinding",
+    )
+    p.add_argument(
+        "--no-token",
+        action="store_true",
+        help="serve without the random access token (only for local scripts that cannot send it)",
+    )
     p.add_argument("--dashboards", help="dashboards folder written by `sparsecircuits dashboards`")
     p.add_argument(
         "--model", default="embedded", help="model for interventions (loaded on first use)"
@@ -56,10 +69,12 @@ def run(args: argparse.Namespace) -> int:
         if args.no_interventions
         else engine_factory(args.model, args.transcoders, args.device),
     )
-    server = ViewerServer(app, args.host, args.port)
+    server = ViewerServer(
+        app, args.host, args.port, allowed_hosts=args.allow_host, require_token=not args.no_token
+    )
     graphs = app.list_graphs()
     print(f"{len(graphs)} graph(s), dashboards: {app.dashboards_dir or 'none'}")
-    print(f"viewer at {server.url}  (Ctrl-C to stop)", flush=True)
+    print(f"viewer at {server.open_url}  (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

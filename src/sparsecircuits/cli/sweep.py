@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     """Train the grid, evaluate, write the report; print the table."""
     start = time.perf_counter()
     cfg = run_config_from_args(args, default_out=DEFAULT_OUT, base=SWEEP_RUN)
-    dictionaries, _, adapter = train_run(cfg, quiet=args.quiet)
+    dictionaries, _, adapter = train_run(cfg, quiet=args.quiet, overwrite=args.overwrite)
     records = evaluate_dictionaries(
         adapter,
         dictionaries,

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_run_arguments(p, default_out=DEFAULT_OUT)
     p.add_argument(
-        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
+        "--resume",
+        action="store_true",
+        help="continue this run (same settings) from its furthest checkpoint in --out",
     )
     p.set_defaults(func=run)
 
@@ -29,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train; print one JSON line per dictionary with its final training metrics."""
     cfg = run_config_from_args(args, default_out=DEFAULT_OUT)
-    dictionaries, result, _ = train_run(cfg, resume=args.resume, quiet=args.quiet)
+    dictionaries, result, _ = train_run(
+        cfg, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite
+    )
     for name in dictionaries:
         print(json.dumps(result.record(name)))
     print(f"saved to {cfg.out}/dictionaries/")

@@ -47,6 +47,7 @@ from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
 from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
 from sparsecircuits.dictionaries.presets import resolve_source
 from sparsecircuits.dictionaries.transcoders import PerLayerTranscoders
+from sparsecircuits.dictionaries.validate import check_parameters
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models.embedded import embedded_dir
 from sparsecircuits.models.hook_formats import HOOK_FORMAT, hooks_from_format_1
@@ -333,6 +334,7 @@ def load(
     extra_path = folder / EXTRA_WEIGHTS_FILENAME
     if extra_path.is_file():
         tensors.update(_load_tensors(extra_path))
+    check_parameters(tensors, where=str(weights_path))
 
     dictionary = make(cfg, init=False)
     if isinstance(dictionary, Dictionary):

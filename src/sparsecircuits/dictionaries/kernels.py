@@ -177,7 +177,8 @@ def row_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
         values, indices = cpu_topk.row_topk(scores, k)
         if scores.requires_grad:  # the kernel's values carry no graph: gather them from it
             values = scores.gather(1, indices)
-        return values, indices
+        # the kernel returns fp32; bf16 scores' values are exact in bf16, so this loses nothing
+        return values.to(scores.dtype), indices
     return blocked_topk(scores, k)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from sparsecircuits.config import from_dict
 from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.files import atomic_output, atomic_write_text
 from sparsecircuits.interpret.dashboards import DashboardConfig, FeatureDashboards
 
 FORMAT = "sparsecircuits-dashboards"
@@ -29,6 +31,7 @@ _TENSORS = tuple(
     if f.type in ("Tensor", "Tensor | None") and f.name != "hist_edges"
 )
 _SUMMARY = ("fire_counts", "max_acts", "act_sums")
+_COPY = re.compile(r".+\.[0-9a-f]{8}\.safetensors")  # a file written beside one the index named
 
 
 def _file_name(name: str) -> str:
@@ -36,9 +39,19 @@ def _file_name(name: str) -> str:
 
 
 def save_dashboards(dashboards: dict[str, FeatureDashboards], folder: str | Path) -> Path:
-    """Write every dictionary's dashboards to `folder` (index.json + one safetensors each); return it."""
+    """Write every dictionary's dashboards to `folder` (index.json + one safetensors each); return it.
+
+    Crash-safe: each file is written atomically, `index.json` last, and files the current index
+    names are never overwritten (a new copy gets another name), so a reader sees the old set or
+    the new one whole; files only the old index named are removed at the end.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        previous = json.loads((folder / INDEX).read_text())
+        old_files = {str(info["file"]) for info in previous["dictionaries"].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        old_files = set()
     index: dict[str, Any] = {"format": FORMAT, "version": VERSION, "dictionaries": {}, "tokens": {}}
     for name, dash in dashboards.items():
         tensors = {
@@ -48,7 +61,10 @@ def save_dashboards(dashboards: dict[str, FeatureDashboards], folder: str | Path
         }
         tensors["hist_edges"] = dash.hist_edges.contiguous()
         file = _file_name(name)
-        save_file(tensors, str(folder / file))
+        if file in old_files:
+            file = file.removesuffix(".safetensors") + f".{secrets.token_hex(4)}.safetensors"
+        with atomic_output(folder / file) as temporary:
+            save_file(tensors, str(temporary))
         index["dictionaries"][name] = {
             "file": file,
             "hook_in": dash.hook_in,
@@ -61,7 +77,11 @@ def save_dashboards(dashboards: dict[str, FeatureDashboards], folder: str | Path
             "config": dataclasses.asdict(dash.config),
         }
         index["tokens"].update({str(i): text for i, text in dash.token_strings.items()})
-    (folder / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))
+    atomic_write_text(folder / INDEX, json.dumps(index, indent=1, sort_keys=True))
+    new_files = {info["file"] for info in index["dictionaries"].values()}
+    for path in folder.glob("*.safetensors"):  # replaced files, and copies of a write that died
+        if path.name not in new_files and (path.name in old_files or _COPY.fullmatch(path.name)):
+            path.unlink(missing_ok=True)
     return folder
 
 

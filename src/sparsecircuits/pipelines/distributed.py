@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--device", default=None, help="default: cuda:LOCAL_RANK under nccl, else cpu"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace another run's checkpoints in --out"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         context = init_distributed(args.backend, args.device or cfg.device)
         cfg.device = context.device
         dictionaries, result, _ = train_run(
-            cfg, resume=args.resume, quiet=args.quiet, context=context
+            cfg, resume=args.resume, quiet=args.quiet, context=context, overwrite=args.overwrite
         )
     except SparseCircuitsError as exc:
         print(f"error: {exc}", file=sys.stderr)

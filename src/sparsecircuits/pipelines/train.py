@@ -33,8 +33,15 @@ from sparsecircuits.dictionaries.config import (
 from sparsecircuits.dictionaries.presets import resolve_source
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.evaluation.splice import check_splice_hooks
+from sparsecircuits.files import atomic_write_text
 from sparsecircuits.models import ModelAdapter, load_model
-from sparsecircuits.training import TrainConfig, Trainer, TrainResult, latest_checkpoint
+from sparsecircuits.training import TrainConfig, Trainer, TrainResult
+from sparsecircuits.training.checkpoints import (
+    checkpoint_to_resume,
+    claim_folder,
+    fingerprint,
+    run_settings,
+)
 from sparsecircuits.training.distributed import (
     DistributedContext,
     DistributedTrainer,
@@ -287,19 +294,34 @@ def train_run(
     quiet: bool = False,
     adapter: ModelAdapter | None = None,
     context: DistributedContext | None = None,
+    overwrite: bool = False,
 ) -> tuple[dict[str, SparseCoder], TrainResult, ModelAdapter]:
     """Train every dictionary of `cfg` from one activation stream; return them, the `TrainResult`
     and the adapter. Final dictionaries land in `cfg.out/dictionaries/<name>/`, checkpoints in
     `cfg.out/checkpoints/`. With a `DistributedContext` this process is one rank of a data-parallel
-    run: it harvests its shard, trains with `DistributedTrainer`, and only rank 0 writes `cfg.out`."""
+    run: it harvests its shard, trains with `DistributedTrainer`, and only rank 0 writes `cfg.out`.
+    Checkpoints belong to their run (`training/checkpoints.py`): `resume` continues this run's
+    furthest checkpoint and refuses other runs'; a fresh run refuses a folder holding another
+    run's checkpoints unless `overwrite` (which deletes them first)."""
+    if resume and overwrite:
+        raise SparseCircuitsError(
+            "--resume continues the checkpoints --overwrite deletes; give one"
+        )
     out = Path(cfg.out)
-    device = cfg.device if context is None else context.device
-    adapter = adapter or load_model(cfg.model, device=device, dtype=torch_dtype(cfg.dtype))
     world = 1 if context is None else context.world_size
     is_main = context is None or context.is_main
     train_cfg = cfg.train_config()
     if quiet:
         train_cfg.quiet = True
+    run_record = to_dict(cfg)
+    if context is not None:
+        run_record["distributed"] = {"world_size": world, "backend": context.backend}
+    settings = run_settings(to_dict(train_cfg), run_record)
+    resume_from = checkpoint_to_resume(out, fingerprint(settings), settings) if resume else None
+    if resume_from is None and is_main:  # checked before the model loads
+        claim_folder(out, fingerprint(settings), settings, overwrite)
+    device = cfg.device if context is None else context.device
+    adapter = adapter or load_model(cfg.model, device=device, dtype=torch_dtype(cfg.dtype))
     dictionaries = build_dictionaries(adapter, cfg.specs(), cfg.seed)
     store_cfg = ActivationStoreConfig(
         context_size=cfg.context_size,
@@ -312,10 +334,8 @@ def train_run(
     contexts: Iterable[torch.Tensor] = TrainingContexts(
         context_stream(adapter, cfg.dataset, cfg.context_size), cfg.eval_contexts, cfg.data_epochs
     )
-    run_record = to_dict(cfg)
     if context is not None:
         contexts = ShardedContexts(contexts, context.rank, world)
-        run_record["distributed"] = {"world_size": world, "backend": context.backend}
     store = ActivationStore(adapter, contexts, store_hooks(dictionaries), store_cfg)
     for d in dictionaries.values():
         d.cfg.training = run_record
@@ -326,14 +346,10 @@ def train_run(
             store, dictionaries, train_cfg, context, out_dir=out, run_config=run_record
         )
     )
-    if resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise SparseCircuitsError(f"--resume given but {out}/checkpoints holds no checkpoint")
-        trainer.load_checkpoint(ckpt)
+    if resume_from is not None:
+        trainer.load_checkpoint(resume_from)
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run_config.json").write_text(json.dumps(run_record, indent=2))
+        atomic_write_text(out / "run_config.json", json.dumps(run_record, indent=2))
     result = trainer.train()
     if is_main:
         for name, d in dictionaries.items():

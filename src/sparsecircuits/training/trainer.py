@@ -19,11 +19,19 @@ from tqdm import tqdm
 from sparsecircuits.config import to_dict
 from sparsecircuits.dictionaries import SparseCoder, save_dictionary
 from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.files import fsync_folder, fsync_tree
+from sparsecircuits.training.checkpoints import (
+    CHECKPOINT_PREFIX,
+    RUN_FILE,
+    fingerprint,
+    prune_checkpoints,
+    run_record,
+    run_settings,
+    settings_difference,
+)
 from sparsecircuits.training.config import TrainConfig
 from sparsecircuits.training.schedule import lr_multiplier
 from sparsecircuits.training.state_io import load_state, save_state
-
-CHECKPOINT_PREFIX = "step_"
 
 
 class BatchSource(Protocol):
@@ -102,11 +110,22 @@ class Trainer:
     ):
         if not dictionaries:
             raise SparseCircuitsError("nothing to train: give at least one dictionary")
+        for name, d in dictionaries.items():
+            if any(p.dtype == torch.float16 for p in d.parameters()):
+                raise SparseCircuitsError(
+                    f"dictionary {name} is float16, which Adam cannot train (its second moments "
+                    "underflow to 0 and the first step gives NaN); train in bfloat16 or float32 "
+                    "(dtype in the dictionary's settings) and convert afterwards"
+                )
         self.store = store
         self.dictionaries = dictionaries
         self.cfg = cfg
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_config = run_config or {}
+        # the run's identity: checkpoints record it, resume and clean-up compare it
+        self.settings = run_settings(to_dict(cfg), self.run_config)
+        self.fingerprint = fingerprint(self.settings)
+        self._last_save = time.monotonic()
         self.step = 0
         self.tokens_seen = 0
         self.biases_initialised = False
@@ -155,7 +174,7 @@ class Trainer:
                 bar.update(1)
                 if self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps:
                     self._log(metrics, bar)
-                if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                if self._checkpoint_due():
                     self.save_checkpoint()
                 if self._stop_signal is not None:
                     path = self.save_checkpoint()
@@ -176,6 +195,16 @@ class Trainer:
             final_checkpoint=final,
             metrics=metrics,
         )
+
+    def _checkpoint_due(self) -> bool:
+        """Whether a periodic checkpoint is due: every `checkpoint_every` steps, or when
+        `checkpoint_minutes` have passed since the last one (only with an `out_dir`)."""
+        if self.out_dir is None:
+            return False
+        every, minutes = self.cfg.checkpoint_every, self.cfg.checkpoint_minutes
+        if every and self.step % every == 0:
+            return True
+        return bool(minutes) and time.monotonic() - self._last_save >= 60 * minutes
 
     def reduce_gradients(self, dictionary: SparseCoder) -> None:
         """Called after `backward()`, before the dictionary's own `before_optimizer_step`: a
@@ -276,10 +305,12 @@ class Trainer:
 
     def save_checkpoint(self, tag: str | None = None) -> Path:
         """Write dictionaries (SAELens layout), optimiser and data state to a temporary folder, then
-        rename it (never half-written); return the folder."""
+        flush and rename it (never half-written); return the folder. It holds `run.json`, this
+        run's settings and fingerprint; clean-up keeps this run's `keep_checkpoints` most recent
+        checkpoints and never touches another run's."""
         final = self.checkpoint_folder(tag)
-        root = final.parent
-        tmp = root / f".{final.name}.tmp"
+        root, name = final.parent, final.name
+        tmp = root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         for dict_name, dictionary in self.dictionaries.items():
             save_dictionary(dictionary, tmp / "dictionaries" / dict_name)
@@ -297,9 +328,18 @@ class Trainer:
             "run_config": self.run_config,
         }
         save_state(state, tmp)
-        shutil.rmtree(final, ignore_errors=True)
+        (tmp / RUN_FILE).write_text(run_record(self.fingerprint, self.settings, self.step))
+        fsync_tree(tmp)
+        if final.exists():  # the same step saved again: set the earlier copy aside first
+            stale = root / f".{name}.old"
+            shutil.rmtree(stale, ignore_errors=True)
+            final.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.rename(final)
-        self._prune_checkpoints(root)
+        fsync_folder(root)
+        self._last_save = time.monotonic()
+        if tag is None:
+            prune_checkpoints(root.parent, self.fingerprint, self.cfg.keep_checkpoints)
         return final
 
     def checkpoint_folder(self, tag: str | None = None) -> Path:
@@ -308,17 +348,22 @@ class Trainer:
             raise SparseCircuitsError("no out_dir set, so there is nowhere to save a checkpoint")
         return self.out_dir / "checkpoints" / (tag or f"{CHECKPOINT_PREFIX}{self.step:09d}")
 
-    def _prune_checkpoints(self, root: Path) -> None:
-        steps = sorted(root.glob(f"{CHECKPOINT_PREFIX}*"))
-        for old in steps[: max(0, len(steps) - max(1, self.cfg.keep_checkpoints))]:
-            shutil.rmtree(old, ignore_errors=True)
-
     def load_checkpoint(self, folder: str | Path) -> None:
         """Restore weights, optimisers, counters, RNG and the store's data position."""
         folder = Path(folder)
         if not (folder / "trainer_state.json").is_file():
             raise SparseCircuitsError(
                 f"{folder} is not a sparsecircuits checkpoint (no trainer_state.json)"
+            )
+        try:
+            record = json.loads((folder / RUN_FILE).read_text())
+        except (OSError, ValueError):
+            record = {}
+        if record.get("fingerprint") != self.fingerprint:
+            raise SparseCircuitsError(
+                f"checkpoint {folder} belongs to a run with other settings "
+                f"({settings_difference(record.get('settings'), self.settings)}); "
+                "resume with the settings that started it"
             )
         state = load_state(folder)
         for name, dictionary in self.dictionaries.items():
@@ -342,9 +387,3 @@ class Trainer:
         self.biases_initialised = bool(state["biases_initialised"])
         self.store.load_state_dict(state["store"])
         torch.set_rng_state(state["torch_rng"])
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """Return the newest `step_*` checkpoint folder under `out_dir/checkpoints`, or None."""
-    steps = sorted((Path(out_dir) / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"))
-    return steps[-1] if steps else None

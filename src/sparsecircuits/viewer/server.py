@@ -14,23 +14,38 @@ Routes (all JSON unless noted):
                                              mode, value}], n_tokens, temperature, top_k, seed}
                                              -> baseline and intervened predictions + continuations
 
-Binds 127.0.0.1 by default. Graph ids are looked up in the listing, never joined to paths, so
-requests cannot reach files outside the data folder.
+Binds 127.0.0.1 by default. Graph ids are looked up in the listing, never joined to paths, and
+symlinks that lead out of the data folder are skipped, so requests cannot reach files outside it.
+
+Protections, after Jupyter's server (see `RequestGuard`): every request must name an allowed
+`Host` (127.0.0.1, localhost, [::1] or `--allow-host`, with the server's port: no DNS rebinding);
+API requests from a browser must come from the viewer's own origin; the page and the API need the
+server's random token (`?token=` in the printed URL, then a cookie; or `Authorization: token T`);
+POST bodies are JSON only, at most `MAX_BODY` bytes, read within `READ_TIMEOUT` seconds, with
+finite numbers of bounded size, bounded nesting and well-formed text.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hmac
 import json
+import math
 import mimetypes
+import secrets
+import sys
 import threading
-from collections.abc import Callable
+import time
+import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from sparsecircuits.errors import SparseCircuitsError
 
@@ -40,6 +55,11 @@ if TYPE_CHECKING:
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY = 1 << 20
+READ_TIMEOUT = 10.0  # seconds a client may take to send a request (headers or body)
+MAX_DEPTH = 16  # nesting of an intervention request's JSON
+MAX_NUMBER = 1e6  # largest magnitude of a float in a request (activations, temperature)
+MAX_INT = 2**31 - 1  # largest magnitude of an integer in a request (layers, positions, seeds)
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 GZIP_ABOVE = 256 << 10  # compress larger answers (graph JSON) when the client accepts it
 NOT_GRAPHS = {"trace.json", "index.json", "graph-metadata.json", "package.json"}
 SECURITY_HEADERS = {
@@ -107,7 +127,7 @@ class ViewerApp:
         listing = []
         with self._lock:
             for path in found:
-                if path.name in NOT_GRAPHS:
+                if path.name in NOT_GRAPHS or not self._inside(path):
                     continue
                 gid = path.relative_to(self.data_dir).as_posix()
                 mtime = path.stat().st_mtime
@@ -125,9 +145,14 @@ class ViewerApp:
         if gid not in self._graphs:
             self.list_graphs()
         entry = self._graphs.get(gid)
-        if entry is None:
+        if entry is None or not self._inside(entry.path):
             raise HTTPError(HTTPStatus.NOT_FOUND, f"no graph {gid!r}")
         return entry.path.read_bytes()
+
+    def _inside(self, path: Path) -> bool:
+        """Whether `path`, symlinks followed, is a file inside `data_dir`."""
+        root = self.data_dir.resolve()
+        return root in path.resolve().parents and path.is_file()
 
     # ------------------------------------------------------------------ dashboards
     def _require_store(self) -> DashboardStore:
@@ -209,15 +234,132 @@ def _graph_summary(path: Path) -> dict[str, Any] | None:
     }
 
 
-def _handler(app: ViewerApp) -> type[BaseHTTPRequestHandler]:
+@dataclass
+class RequestGuard:
+    """Who may talk to a viewer: the `Host` names it answers to, its port and its token.
+
+    `hosts` are bare names ("127.0.0.1", "localhost", "::1", ...); a request's `Host` header must
+    name one of them with `port`. `token` None turns the token check off (`--no-token`).
+    """
+
+    hosts: frozenset[str]
+    port: int
+    token: str | None
+
+    @property
+    def cookie_name(self) -> str:
+        """The token cookie's name; per port, since cookies are shared by every port of a host."""
+        return f"sparsecircuits-token-{self.port}"
+
+    def check_host(self, header: str | None) -> None:
+        """Raise `HTTPError` 403 unless `header` (the request's `Host`) names an allowed host and this port."""
+        name, port = _split_host(header or "")
+        if name not in self.hosts or port != self.port:
+            raise HTTPError(
+                HTTPStatus.FORBIDDEN,
+                f"host {header!r} is not allowed; open the viewer at 127.0.0.1:{self.port} "
+                "or start it with --allow-host",
+            )
+
+    def check_origin(self, origin: str | None, fetch_site: str | None) -> None:
+        """Raise `HTTPError` 403 when a browser sent the request from another site.
+
+        Requests without an `Origin` header (command-line clients, same-origin GETs) pass; the
+        token guards them."""
+        if fetch_site in ("cross-site", "same-site"):
+            raise HTTPError(HTTPStatus.FORBIDDEN, "cross-origin requests are refused")
+        if origin is None:
+            return
+        url = urlsplit(origin)
+        name, port = _split_host(url.netloc)
+        if url.scheme != "http" or name not in self.hosts or port != self.port:
+            raise HTTPError(HTTPStatus.FORBIDDEN, "cross-origin requests are refused")
+
+    def token_matches(self, given: str | None) -> bool:
+        """Whether `given` is this server's token (always true with the token check off)."""
+        if self.token is None:
+            return True
+        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+
+def _split_host(netloc: str) -> tuple[str, int]:
+    """`(name, port)` of a `Host` header or an origin's netloc; port 80 when absent."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        name, _, rest = netloc[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, _, port_text = netloc.partition(":")
+    if not port_text:
+        return name, 80
+    return (name, int(port_text)) if port_text.isdigit() and port_text.isascii() else (name, -1)
+
+
+def parse_request_body(raw: bytes) -> dict[str, Any]:
+    """The JSON object in a POST body; raise `HTTPError` 400 with a short reason when it is not
+    valid UTF-8 JSON, nests deeper than `MAX_DEPTH`, holds a number that is not finite or larger
+    than `MAX_NUMBER` (floats) / `MAX_INT` (integers), or a string with a lone surrogate."""
+
+    def bad(reason: str) -> HTTPError:
+        return HTTPError(HTTPStatus.BAD_REQUEST, reason)
+
+    def constant(name: str) -> Any:
+        raise bad(f"{name} is not allowed; numbers must be finite")
+
+    def number(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value) or abs(value) > MAX_NUMBER:
+            raise bad(f"number {text[:20]} is out of range (at most {MAX_NUMBER:g} in magnitude)")
+        return value
+
+    def integer(text: str) -> int:
+        if len(text) > 12 or abs(int(text)) > MAX_INT:
+            raise bad(f"integer {text[:20]} is out of range (at most {MAX_INT} in magnitude)")
+        return int(text)
+
+    try:
+        request = json.loads(
+            raw.decode("utf-8"), parse_constant=constant, parse_float=number, parse_int=integer
+        )
+    except RecursionError:
+        raise bad(f"JSON nests too deeply (at most {MAX_DEPTH} levels)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise bad("body must be JSON in UTF-8") from None
+    if not isinstance(request, dict):
+        raise bad("body must be a JSON object")
+    _check_tree(request, 0, bad)
+    return request
+
+
+def _check_tree(value: Any, depth: int, bad: Callable[[str], HTTPError]) -> None:
+    if depth > MAX_DEPTH:
+        raise bad(f"JSON nests too deeply (at most {MAX_DEPTH} levels)")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad("text holds a lone surrogate (\\ud800-\\udfff); send valid Unicode") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_tree(key, depth + 1, bad)
+            _check_tree(item, depth + 1, bad)
+    elif isinstance(value, list):
+        for item in value:
+            _check_tree(item, depth + 1, bad)
+
+
+def _handler(app: ViewerApp, guard: RequestGuard) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "sparsecircuits-viewer"
         protocol_version = "HTTP/1.1"
+        timeout = READ_TIMEOUT  # socket timeout: a silent client cannot hold a thread forever
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
             pass  # quiet; the CLI prints the URL once
 
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
+        def _send(
+            self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             accepts = self.headers.get("Accept-Encoding", "")
@@ -226,8 +368,13 @@ def _handler(app: ViewerApp) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
-            for key, value in SECURITY_HEADERS.items():
+            for key, value in {**SECURITY_HEADERS, **(headers or {})}.items():
                 self.send_header(key, value)
+            if (
+                status >= 400 and self.command == "POST"
+            ):  # the body may be unread: drop the connection
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
@@ -241,14 +388,37 @@ def _handler(app: ViewerApp) -> type[BaseHTTPRequestHandler]:
 
         def _dispatch(self, fn: Callable[[], None]) -> None:
             try:
+                guard.check_host(self.headers.get("Host"))
                 fn()
             except HTTPError as exc:
                 self._json({"error": exc.message}, exc.status)
             except SparseCircuitsError as exc:
                 self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
-            except Exception as exc:  # a viewer must answer, not hang the page
+            except Exception:  # a viewer must answer, not hang the page; details stay server-side
+                traceback.print_exc(file=sys.stderr)
                 self._json(
-                    {"error": f"{type(exc).__name__}: {exc}"}, HTTPStatus.INTERNAL_SERVER_ERROR
+                    {"error": "internal error; see the viewer's terminal"},
+                    HTTPStatus.INTERNAL_SERVER_ERROR,
+                )
+
+        def _authorise(self, query: dict[str, list[str]]) -> None:
+            """Raise 403 unless the request carries the token (query, header or cookie)."""
+            if guard.token is None:
+                return
+            candidates = list(query.get("token", []))
+            auth = self.headers.get("Authorization", "")
+            if auth.lower().startswith("token "):
+                candidates.append(auth[6:].strip())
+            cookie = SimpleCookie()
+            with contextlib.suppress(CookieError):  # a malformed cookie header: no token there
+                cookie.load(self.headers.get("Cookie", ""))
+            if guard.cookie_name in cookie:
+                candidates.append(cookie[guard.cookie_name].value)
+            if not any(guard.token_matches(c) for c in candidates):
+                raise HTTPError(
+                    HTTPStatus.FORBIDDEN,
+                    "missing or wrong token; open the URL with ?token=... that "
+                    "`sparsecircuits serve` printed",
                 )
 
         def do_HEAD(self) -> None:  # noqa: N802 - stdlib name
@@ -264,12 +434,16 @@ def _handler(app: ViewerApp) -> type[BaseHTTPRequestHandler]:
             url = urlsplit(self.path)
             parts = [unquote(p) for p in url.path.split("/") if p]
             query = parse_qs(url.query)
+            if parts and parts[0] == "static" and len(parts) >= 2:
+                return self._static("/".join(parts[1:]))  # public assets, no data: no token
+            self._authorise(query)
             if not parts or parts == ["index.html"]:
+                if "token" in query:  # keep the token in a cookie, out of the address bar
+                    return self._enter(url.path, query)
                 return self._static("index.html")
-            if parts[0] == "static" and len(parts) >= 2:
-                return self._static("/".join(parts[1:]))
             if parts[0] != "api":
                 raise HTTPError(HTTPStatus.NOT_FOUND, "not found")
+            guard.check_origin(self.headers.get("Origin"), self.headers.get("Sec-Fetch-Site"))
             route = parts[1:]
             if route == ["graphs"]:
                 return self._json(app.list_graphs())
@@ -286,19 +460,58 @@ def _handler(app: ViewerApp) -> type[BaseHTTPRequestHandler]:
                 return self._json(app.feature_for_layer(_int(route[1]), _int(route[3])))
             raise HTTPError(HTTPStatus.NOT_FOUND, f"no API route {url.path}")
 
+        def _enter(self, path: str, query: dict[str, list[str]]) -> None:
+            """Set the token cookie and redirect to `path` without the token (the URL fragment,
+            such as #graph=..., survives the redirect)."""
+            rest = urlencode({k: v for k, v in query.items() if k != "token"}, doseq=True)
+            cookie = f"{guard.cookie_name}={guard.token}; Path=/; HttpOnly; SameSite=Strict"
+            headers = {"Location": path + (f"?{rest}" if rest else ""), "Set-Cookie": cookie}
+            self._send(HTTPStatus.FOUND, b"", "text/plain; charset=utf-8", headers)
+
         def _post(self) -> None:
-            if urlsplit(self.path).path.rstrip("/") != "/api/intervene":
+            url = urlsplit(self.path)
+            if url.path.rstrip("/") != "/api/intervene":
                 raise HTTPError(HTTPStatus.NOT_FOUND, "not found")
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                raise HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request too large")
-            try:
-                request = json.loads(self.rfile.read(length) or b"{}")
-            except json.JSONDecodeError:
-                raise HTTPError(HTTPStatus.BAD_REQUEST, "body must be JSON") from None
-            if not isinstance(request, dict):
-                raise HTTPError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
+            guard.check_origin(self.headers.get("Origin"), self.headers.get("Sec-Fetch-Site"))
+            self._authorise(parse_qs(url.query))
+            ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                raise HTTPError(
+                    HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the body as application/json"
+                )
+            request = parse_request_body(self._read_body())
             return self._json(app.intervene(request))
+
+        def _read_body(self) -> bytes:
+            """The request body: `Content-Length` bytes (a non-negative integer of at most
+            `MAX_BODY`), all read within `READ_TIMEOUT` seconds."""
+            if self.headers.get("Transfer-Encoding"):
+                raise HTTPError(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length, not chunks")
+            text = (self.headers.get("Content-Length") or "").strip()
+            if not text:
+                raise HTTPError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+            if not (text.isascii() and text.isdigit()):
+                raise HTTPError(HTTPStatus.BAD_REQUEST, "Content-Length must be a byte count")
+            length = int(text)
+            if length > MAX_BODY:
+                raise HTTPError(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request over {MAX_BODY} bytes"
+                )
+            deadline = time.monotonic() + READ_TIMEOUT
+            chunks: list[bytes] = []
+            remaining = length
+            try:
+                while remaining:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+                    chunk = self.rfile.read1(min(remaining, 1 << 16))
+                    if not chunk:
+                        raise HTTPError(HTTPStatus.BAD_REQUEST, "body shorter than Content-Length")
+                    chunks.append(chunk)
+                    remaining -= len(chunk)
+            except TimeoutError:
+                raise HTTPError(HTTPStatus.REQUEST_TIMEOUT, "request body too slow") from None
+            return b"".join(chunks)
 
         def _static(self, rel: str) -> None:
             root = STATIC_DIR.resolve()
@@ -321,15 +534,37 @@ def _int(text: str) -> int:
 
 
 class ViewerServer:
-    """A running viewer: `ViewerServer(app, host, port).start()`; `url`; `stop()`. Port 0 = any free port."""
+    """A running viewer: `ViewerServer(app, host, port).start()`; `open_url`; `stop()`. Port 0 =
+    any free port.
 
-    def __init__(self, app: ViewerApp, host: str = "127.0.0.1", port: int = 8041) -> None:
+    It answers requests whose `Host` is 127.0.0.1, localhost, [::1], `host` (unless a wildcard
+    such as 0.0.0.0) or one of `allowed_hosts`, with its port. With `require_token` (default) the
+    page and the API need `token`, a fresh random string: `open_url` carries it.
+    """
+
+    def __init__(
+        self,
+        app: ViewerApp,
+        host: str = "127.0.0.1",
+        port: int = 8041,
+        *,
+        allowed_hosts: Iterable[str] = (),
+        require_token: bool = True,
+    ) -> None:
+        self.token = secrets.token_urlsafe(32) if require_token else None
+        # the port is known once bound; the handler reads the guard per request
+        self.guard = RequestGuard(frozenset(), port, self.token)
         try:
-            self.httpd = ThreadingHTTPServer((host, port), _handler(app))
+            self.httpd = ThreadingHTTPServer((host, port), _handler(app, self.guard))
         except OSError as exc:
             raise SparseCircuitsError(
                 f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port"
             ) from None
+        names = {*LOCAL_HOSTS, *(h.strip("[]").lower() for h in allowed_hosts)}
+        if host not in ("", "0.0.0.0", "::"):
+            names.add(host.strip("[]").lower())
+        self.guard.hosts = frozenset(names)
+        self.guard.port = int(self.httpd.server_address[1])
         self.httpd.daemon_threads = True
         self.app = app
         self._thread: threading.Thread | None = None
@@ -340,6 +575,11 @@ class ViewerServer:
         host, port = self.httpd.server_address[:2]
         host = host.decode() if isinstance(host, bytes) else host
         return f"http://{host}:{port}/"
+
+    @property
+    def open_url(self) -> str:
+        """The URL to open in a browser: `url` with `?token=` (just `url` without a token)."""
+        return self.url if self.token is None else f"{self.url}?token={self.token}"
 
     def start(self) -> ViewerServer:
         """Serve from a daemon thread; return self."""

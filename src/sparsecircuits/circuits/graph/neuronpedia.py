@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparsecircuits import __version__
 from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.files import atomic_write_text
 
 if TYPE_CHECKING:
     from sparsecircuits.circuits.graph.build import AttributionGraph
@@ -248,11 +249,9 @@ def import_graph(data: dict[str, Any]) -> NeuronpediaGraph:
 
 
 def save_graph(graph: NeuronpediaGraph, path: str | Path, *, indent: int | None = None) -> Path:
-    """Write `graph` as JSON to `path` (parent folders created); return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(export_graph(graph), indent=indent, allow_nan=False))
-    return path
+    """Write `graph` as JSON to `path` (parent folders created) atomically: a reader such as the
+    viewer sees the previous file or the whole new one, never a part; return the path."""
+    return atomic_write_text(path, json.dumps(export_graph(graph), indent=indent, allow_nan=False))
 
 
 def load_graph(path: str | Path, *, validate: bool = False) -> NeuronpediaGraph:
