@@ -63,7 +63,7 @@ def weights(dictionaries: dict) -> dict[str, torch.Tensor]:
 
 
 def synthetic_store() -> SyntheticStore:
-    return SyntheticStore(d=16, hook_in="blocks.1.hook_mlp_in", hook_out="blocks.1.hook_mlp_out")
+    return SyntheticStore(d=16, hook_in="blocks.1.mlp.hook_in", hook_out="blocks.1.mlp.hook_out")
 
 
 def transcoder():  # type: ignore[no-untyped-def]
