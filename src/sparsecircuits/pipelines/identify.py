@@ -165,7 +165,9 @@ def run_identify(
     for seed in range(cfg.seeds):
         t0 = time.perf_counter()
         torch.manual_seed(seed)
-        sae = train_shared_sae(pool[sae_training_rows(len(pool), cfg.n_train_prompts, seed)], code_cfg, seed)
+        sae = train_shared_sae(
+            pool[sae_training_rows(len(pool), cfg.n_train_prompts, seed)], code_cfg, seed
+        )
         pos_codes, neg_codes = discrete_codes(sae, pos_out), discrete_codes(sae, neg_out)
         nodes = node_scores(pos_codes, neg_codes)
         pair_matrix = edge_scores(pos_codes, neg_codes)
@@ -173,7 +175,9 @@ def run_identify(
         edge_nodes = edge_node_scores(pair_matrix)
         seconds = time.perf_counter() - t0
         if canonical_truth is not None:
-            seed_extra = {"canonical_node_roc_auc": ranking_metrics(nodes, canonical_truth)["roc_auc"]}
+            seed_extra = {
+                "canonical_node_roc_auc": ranking_metrics(nodes, canonical_truth)["roc_auc"]
+            }
         else:
             seed_extra = {}
         per_seed.append(
@@ -181,7 +185,9 @@ def run_identify(
                 **_prefixed("node", ranking_metrics(nodes, gt_heads)),
                 **_prefixed("edge", ranking_metrics(edges, gt_edges)),
                 "edge_node_roc_auc": ranking_metrics(edge_nodes, gt_heads)["roc_auc"],
-                "distinct_codes": float(len(set(pos_codes.flatten().tolist()) | set(neg_codes.flatten().tolist()))),
+                "distinct_codes": float(
+                    len(set(pos_codes.flatten().tolist()) | set(neg_codes.flatten().tolist()))
+                ),
                 "seconds": seconds + outputs_seconds,
                 **seed_extra,
             }
@@ -231,7 +237,9 @@ def run_identify(
             "edges": "layer-ordered pairs (h1 in an earlier layer than h2) of ground-truth heads; "
             "candidates: every layer-ordered pair",
             "n_edges": int(gt_edges.sum()),
-            "effects_kl": {head_label(i, n_heads): float(v) for i, v in enumerate(patching.normalised_kl())},
+            "effects_kl": {
+                head_label(i, n_heads): float(v) for i, v in enumerate(patching.normalised_kl())
+            },
             "effects_metric": {
                 head_label(i, n_heads): float(v / patching.full_metric_drop)
                 if patching.full_metric_drop

@@ -120,9 +120,11 @@ def docstring_negatives(tokenizer: Any, prompts: TaskPrompts, seed: int = 0) -> 
         n_doc = len(_PARAM.findall(text))
         require_pool(pool, n_args + n_doc, "docstring parameter names")
         drawn = rng.sample(pool, n_args + n_doc)
-        args, docs = drawn[:n_args], iter(drawn[n_args:])
+        args, docs = drawn[:n_args], drawn[n_args:]
         text = text[: sig.start(1)] + ", ".join(args) + text[sig.end(1) :]
-        texts.append(_PARAM.sub(lambda _m: f":param {next(docs)}:", text))
+        pieces = _PARAM.split(text)  # text, name, text, name, ..., text
+        pieces[1::2] = docs
+        texts.append("".join(p if i % 2 == 0 else f":param {p}:" for i, p in enumerate(pieces)))
     return _retokenized(tokenizer, prompts, texts, "docstring_random_random")
 
 

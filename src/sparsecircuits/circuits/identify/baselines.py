@@ -14,7 +14,7 @@ absolute value.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -26,6 +26,17 @@ from sparsecircuits.circuits.identify.task_pairs import TaskPairs, pair_batch
 from sparsecircuits.circuits.replacement import ReplacementModel
 from sparsecircuits.dictionaries import Dictionary, TranscoderSet
 from sparsecircuits.models import ModelAdapter
+
+
+def _leaf_hook(name: str, leaves: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
+    """Return a hook that swaps the activation for a detached leaf (stored in `leaves[name]`)
+    so the metric's gradient with respect to it can be taken."""
+
+    def fn(z: Tensor) -> Tensor:
+        leaves[name] = z.detach().requires_grad_(True)
+        return leaves[name]
+
+    return fn
 
 
 def attribution_patching(adapter: ModelAdapter, pairs: TaskPairs, batch_size: int = 64) -> Tensor:
@@ -40,15 +51,8 @@ def attribution_patching(adapter: ModelAdapter, pairs: TaskPairs, batch_size: in
         with torch.no_grad():
             _, neg_cache = adapter.run_with_cache(neg_ids.to(adapter.device), names)
         leaves: dict[str, Tensor] = {}
-
-        def leaf(name: str):  # type: ignore[no-untyped-def]
-            def fn(z: Tensor) -> Tensor:
-                leaves[name] = z.detach().requires_grad_(True)
-                return leaves[name]
-
-            return fn
-
-        with torch.enable_grad(), adapter.hooks({name: leaf(name) for name in names}):
+        hooks = {name: _leaf_hook(name, leaves) for name in names}
+        with torch.enable_grad(), adapter.hooks(hooks):
             metric = pairs.metric(final_logits(adapter, pos_ids, last), rows).sum()
             grads = torch.autograd.grad(metric, [leaves[name] for name in names])
         for layer, (name, grad) in enumerate(zip(names, grads, strict=True)):

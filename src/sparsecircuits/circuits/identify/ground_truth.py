@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,7 +32,7 @@ from sparsecircuits.models import ModelAdapter
 
 # ACDC's canonical circuits (seed-methods §9.1-9.3): GPT-2 small IOI (26 heads) and
 # greater-than (9 heads), attn-only-4l docstring (6 heads); "layer.head".
-CANONICAL_HEADS: dict[str, dict[str, object]] = {
+CANONICAL_HEADS: dict[str, dict[str, Any]] = {
     "ioi": {
         "model": "gpt2",
         "shape": [12, 12],
@@ -71,7 +72,7 @@ def canonical_mask(task: str, n_layers: int, n_heads: int) -> Tensor:
     """Return the canonical head set of `task` as a bool mask `[n_layers * n_heads]`
     (layer-major); only meaningful for the model the set was found on."""
     mask = torch.zeros(n_layers * n_heads, dtype=torch.bool)
-    for label in CANONICAL_HEADS[task]["heads"]:  # type: ignore[union-attr]
+    for label in CANONICAL_HEADS[task]["heads"]:
         layer, head = (int(p) for p in str(label).split("."))
         mask[layer * n_heads + head] = True
     return mask

@@ -58,7 +58,12 @@ def take(prompts: TaskPrompts, index: Tensor) -> TaskPrompts:
     picked: dict[str, Any] = {}
     for f in fields(prompts):
         value = getattr(prompts, f.name)
-        if isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == n and f.name != "year_ids":
+        if (
+            isinstance(value, Tensor)
+            and value.ndim >= 1
+            and value.shape[0] == n
+            and f.name != "year_ids"
+        ):
             picked[f.name] = value[index]
         elif isinstance(value, list):
             picked[f.name] = [value[i] for i in index.tolist()]
