@@ -164,7 +164,6 @@ def run_identify(
     edge_curves: dict[str, tuple[list[float], list[float]]] = {}
     for seed in range(cfg.seeds):
         t0 = time.perf_counter()
-        torch.manual_seed(seed)
         sae = train_shared_sae(
             pool[sae_training_rows(len(pool), cfg.n_train_prompts, seed)], code_cfg, seed
         )
