@@ -134,13 +134,18 @@ def run_identify(
     patching = patch_heads(adapter, pairs)
     gt_heads = ground_truth_heads(patching, cfg.threshold)
     if not bool(gt_heads.any()) or bool(gt_heads.all()):
+        effects = patching.normalised_kl()
+        top = torch.argsort(effects, descending=True)[:5].tolist()
+        listed = ", ".join(f"{head_label(i, n_heads)}: {float(effects[i]):.3f}" for i in top)
         raise SparseCircuitsError(
             f"the patching ground truth at --threshold {cfg.threshold} holds "
-            f"{int(gt_heads.sum())} of {gt_heads.numel()} heads; choose a threshold that "
-            "separates heads (normalised effects are in summary ground_truth.effects)"
+            f"{int(gt_heads.sum())} of {gt_heads.numel()} heads; choose a --threshold that "
+            f"separates heads (largest normalised effects: {listed})"
         )
     candidates = layer_ordered_pairs(n_layers, n_heads)
     gt_edges = ground_truth_edges(gt_heads, candidates)
+    if not bool(gt_edges.any()):
+        say("the ground truth has no layer-ordered head pair: edge metrics will be NaN")
 
     say(f"ground truth: {int(gt_heads.sum())} heads ({patching.seconds:.1f} s); head outputs")
     t0 = time.perf_counter()

@@ -83,3 +83,15 @@ def test_cli_rejects_a_threshold_out_of_range(tmp_path: Path, capsys) -> None:
 
     assert main(["identify", "ioi", "--out", str(tmp_path), "--threshold", "2"]) == 2
     assert "threshold" in capsys.readouterr().err
+
+
+def test_cli_names_the_effects_when_the_threshold_keeps_no_head(
+    planted_model: Path, tmp_path: Path, capsys
+) -> None:
+    from sparsecircuits.cli import main
+
+    argv = ["identify", "greater-than", "--out", str(tmp_path), "--model", str(planted_model)]
+    argv += ["--transcoders", "none", "--n-prompts", "6", "--threshold", "0.999", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--threshold" in err and "largest normalised effects: " in err
