@@ -19,6 +19,7 @@ COMMANDS = [
     "paths",
     "case-study",
     "trace",
+    "identify",
     "dashboards",
     "serve",
     "presets",

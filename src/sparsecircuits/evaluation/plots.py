@@ -71,3 +71,26 @@ def plot_frontier(
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     return path
+
+
+def plot_roc(
+    curves: dict[str, tuple[list[float], list[float]]], path: str | Path, title: str = "ROC"
+) -> Path:
+    """Draw ROC curves `{label: (fpr, tpr)}` with the chance diagonal; return the path."""
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(5.0, 5.0), dpi=120)
+    for label, (fpr, tpr) in curves.items():
+        ax.plot(fpr, tpr, label=label, alpha=0.85)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", lw=1, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
