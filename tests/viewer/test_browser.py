@@ -228,29 +228,48 @@ HIDDEN_EDGES_JS = """(id) => window.viewer.cy.getElementById(id).connectedEdges(
     [e, e.source(), e.target()].some((x) => x.style('display') === 'none')).length"""
 
 
-def test_every_edge_of_the_hovered_node_is_drawn(page):
+def test_every_edge_of_the_hovered_or_selected_node_is_drawn(page):
     page.click("#tabs button[data-tab=node]")
     page.fill("#edge-threshold", "99")
     page.dispatch_event("#edge-threshold", "input")
     page.evaluate("window.viewer.selectNode(null)")
     node_id = page.evaluate(
-        """() => window.viewer.cy.nodes().filter((n) => n.data('kind') === 'feature')
+        """() => window.viewer.cy.nodes().filter((n) => n.data('kind') === 'feature' && !n.hasClass('hidden'))
               .sort((a, b) => b.connectedEdges().length - a.connectedEdges().length)[0].id()"""
     )
-    hidden_before = page.evaluate(
-        HIDDEN_EDGES_JS,
-        node_id,
+    n_edges = page.evaluate(
+        "(id) => window.viewer.cy.getElementById(id).connectedEdges().length", node_id
     )
-    assert hidden_before > 0, "the 99 % threshold should hide some edges of this node"
-    page.evaluate("(id) => window.viewer.hoverNode(id)", node_id)
-    hidden_after = page.evaluate(
-        HIDDEN_EDGES_JS,
-        node_id,
-    )
-    assert hidden_after == 0
-    page.evaluate("window.viewer.hoverNode(null)")
+    assert page.evaluate(HIDDEN_EDGES_JS, node_id) > 0, "99 % should hide some of its edges"
+    # hover: all its edges on the overlay canvas, whatever the threshold
+    _hover_node(page, node_id)
+    assert page.evaluate("window.viewer.state.hovered") == node_id
+    assert page.evaluate("window.viewer.state.overlayEdges") == n_edges
+    page.evaluate("(id) => window.viewer.cy.getElementById(id).emit('mouseout')", node_id)
+    assert page.evaluate("window.viewer.state.overlayEdges") == 0
+    # selection: its edges and their ends are shown in the graph itself
+    page.evaluate("(id) => window.viewer.selectNode(id)", node_id)
+    assert page.evaluate(HIDDEN_EDGES_JS, node_id) == 0
+    page.evaluate("window.viewer.selectNode(null)")
+    assert page.evaluate(HIDDEN_EDGES_JS, node_id) > 0
     page.fill("#edge-threshold", "0")
     page.dispatch_event("#edge-threshold", "input")
+
+
+def _hover_node(page, node_id: str) -> None:
+    """A real mouse move onto the node."""
+    point = page.evaluate(
+        """(id) => {
+            const cy = window.viewer.cy; const node = cy.getElementById(id);
+            cy.zoom(2.5); cy.center(node);
+            const p = node.renderedPosition(); const r = document.getElementById('cy').getBoundingClientRect();
+            return {x: r.left + p.x, y: r.top + p.y};
+        }""",
+        node_id,
+    )
+    page.mouse.move(point["x"] - 30, point["y"] - 30)
+    page.mouse.move(point["x"], point["y"], steps=3)
+    page.wait_for_function("(id) => window.viewer.state.hovered === id", arg=node_id)
 
 
 def test_automatic_labels_show_and_edits_persist_as_text(page, viewer_data):

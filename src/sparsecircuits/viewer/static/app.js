@@ -41,7 +41,7 @@
     hovered: null, dashboards: [], browser: { offset: 0, limit: 25 }, edgeWeights: [],
     dashboardCache: new Map(), inLinks: new Map(), outLinks: new Map(),
     autoLabels: {}, clerps: {}, supernodes: [], grouping: new Set(), layoutInfo: null,
-    scores: null, focus: null,
+    scores: null, focus: null, overlayEdges: 0,
   };
 
   let cy = null;
@@ -95,7 +95,7 @@
   function nodeLabel(n) {
     const kind = nodeKind(n);
     const tokens = promptTokens();
-    if (kind === "embedding") return visible(tokens[n.ctx_idx] !== undefined ? tokens[n.ctx_idx] : n.clerp);
+    if (kind === "embedding") return ""; // the token strip under the column names it
     if (kind === "logit") return visible(logitToken(n)) + " " + fmt(n.token_prob, 2);
     if (kind === "error") return "err";
     return featureLabel(n);
@@ -251,6 +251,7 @@
     });
     state.edgeWeights = graph.links.map((l) => Math.abs(l.weight)).sort((a, b) => a - b);
     if (cy) cy.destroy();
+    const big = graph.nodes.length > 2000; // cheaper node drawing
     cy = cytoscape({
       container: $("cy"),
       elements: elements,
@@ -264,7 +265,7 @@
         { selector: "node", style: {
           "width": 12, "height": 12, "background-color": "data(color)", "label": "data(label)",
           "font-size": 6, "text-valign": "bottom", "text-margin-y": 1, "min-zoomed-font-size": 6,
-          "text-wrap": "ellipsis", "text-max-width": CELL.dx - 2, "border-width": 1, "border-color": "#555" } },
+          "text-wrap": "ellipsis", "text-max-width": CELL.dx - 2, "border-width": big ? 0 : 1, "border-color": "#555" } },
         { selector: "node[kind = 'error']", style: { "shape": "rectangle" } },
         { selector: "node[kind = 'embedding']", style: { "shape": "round-rectangle", "width": 20, "font-size": 8,
           "text-max-width": CELL.minCol } },
@@ -298,6 +299,7 @@
     cy.on("mouseover", "node", (evt) => hoverNode(evt.target.id()));
     cy.on("mouseout", "node", () => hoverNode(null));
     cy.on("tap", (evt) => { if (evt.target === cy) selectNode(null); });
+    cy.on("viewport", () => { if (state.hovered) drawOverlay(); });
     renderPrompt();
     applySupernodes();
     renderPinned();
@@ -359,7 +361,7 @@
     const shown = real.not(".hidden").length;
     const shownEdges = cy.edges().not(".hidden").length;
     $("graph-stats").textContent = shown + "/" + real.length + " nodes, " + shownEdges + "/" + cy.edges().length + " edges";
-    setFocus(state.hovered || state.selected);
+    setFocus(state.selected);
     stateChanged();
   }
 
@@ -384,10 +386,44 @@
     state.focus = { all, unhidden };
   }
 
+  // Hovering draws the node's edges on an overlay canvas: restyling the graph would redraw every
+  // node, which is what makes hover slow on large graphs.
+  function drawOverlay() {
+    const canvas = $("overlay");
+    const box = $("cy").getBoundingClientRect();
+    const ratio = window.devicePixelRatio || 1;
+    if (canvas.width !== Math.round(box.width * ratio) || canvas.height !== Math.round(box.height * ratio)) {
+      canvas.width = Math.round(box.width * ratio);
+      canvas.height = Math.round(box.height * ratio);
+      canvas.style.width = box.width + "px";
+      canvas.style.height = box.height + "px";
+    }
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, box.width, box.height);
+    state.overlayEdges = 0;
+    const id = state.hovered;
+    if (!id || !cy) return;
+    const node = cy.getElementById(id);
+    if (node.empty()) return;
+    const zoom = cy.zoom();
+    const ends = new Map();
+    node.connectedEdges().forEach((edge) => {
+      const a = edge.source().renderedPosition(), b = edge.target().renderedPosition();
+      ctx.strokeStyle = edge.data("color");
+      ctx.lineWidth = Math.max(1, edge.data("width") * Math.min(1, zoom * 2));
+      ctx.beginPath(); ctx.moveTo(a.x, a.y); ctx.lineTo(b.x, b.y); ctx.stroke();
+      state.overlayEdges += 1;
+      ends.set(edge.source().id(), a); ends.set(edge.target().id(), b);
+    });
+    ctx.fillStyle = "rgba(26,32,44,0.85)";
+    for (const p of ends.values()) { ctx.beginPath(); ctx.arc(p.x, p.y, Math.max(2.5, 6 * zoom), 0, 2 * Math.PI); ctx.fill(); }
+  }
+
   function hoverNode(id) {
     if (!cy) return;
     state.hovered = id;
-    setFocus(id || state.selected);
+    drawOverlay();
     if (id) showNode(id, false);
     else if (state.selected) showNode(state.selected, true);
   }
