@@ -149,3 +149,60 @@ def test_subgraph_state_saves_beside_the_graph_and_reloads(viewer_server, viewer
         assert fetch(viewer_server, "/api/subgraph?graph=../x", b"{}", "POST")[0] == 404
     finally:
         path.unlink(missing_ok=True)
+
+
+# Reads circuit-tracer's feature-file layout as its frontend does (index.json.gz, byte ranges,
+# 4-byte little-endian length, zlib JSON) and validates each record with circuit-tracer's own
+# pydantic feature model.
+CT_FEATURES_WORKER = r"""
+import gzip, json, struct, sys, zlib
+from pathlib import Path
+from circuit_tracer.frontend.feature_models import Model
+
+root = Path(sys.argv[1])
+index = json.loads(gzip.decompress((root / "index.json.gz").read_bytes()))
+out = {}
+for layer, entry in enumerate(index):
+    if entry["filename"] is None:
+        continue
+    data = (root / entry["filename"]).read_bytes()
+    offsets = entry["offsets"]
+    for f in range(len(offsets) - 1):
+        chunk = data[offsets[f]:offsets[f + 1]]
+        (n,) = struct.unpack("<I", chunk[:4])
+        record = json.loads(zlib.decompress(chunk[4:4 + n]))
+        Model(**record)
+        out[f"{layer}_{f}"] = record
+print(json.dumps(out))
+"""
+
+
+def test_feature_files_open_in_circuit_tracers_layout(viewer_data, tmp_path):
+    from sparsecircuits.interpret import load_dashboards
+    from sparsecircuits.interpret.feature_files import write_feature_files
+
+    if not CT_PYTHON.is_file():
+        pytest.skip("circuit-tracer's environment (.venv-bench-ct) is absent")
+    store = load_dashboards(viewer_data.dir / "dashboards")
+    folder = write_feature_files(store, tmp_path)
+    done = subprocess.run(
+        [str(CT_PYTHON), "-c", CT_FEATURES_WORKER, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = json.loads(done.stdout)
+    name = store.names[0]
+    layer, d_sae = store.info(name)["layer"], store.info(name)["d_sae"]
+    assert sum(key.startswith(f"{layer}_") for key in records) == d_sae
+    for index in (0, d_sae - 1):
+        ours = store.feature(name, index)
+        theirs = records[f"{layer}_{index}"]
+        assert theirs["index"] == index and theirs["top_logits"] == ours["top_logits"]
+        assert theirs["act_max"] == pytest.approx(ours["act_max"])
+        assert theirs["histogram"] == [float(c) for c in ours["histogram"]["counts"]]
+        assert [len(q["examples"]) for q in theirs["examples_quantiles"]] == [
+            len(q["examples"]) for q in ours["examples_quantiles"]
+        ]

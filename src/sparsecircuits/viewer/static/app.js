@@ -352,8 +352,7 @@
         node.toggleClass("hidden", hide);
       });
       cy.edges().forEach((edge) => {
-        const both = subgraphOnly && inSubgraph.has(edge.data("source")) && inSubgraph.has(edge.data("target"));
-        const hide = (!both && Math.abs(edge.data("weight")) < edgeThr) || edge.source().hasClass("hidden") || edge.target().hasClass("hidden");
+        const hide = Math.abs(edge.data("weight")) < edgeThr || edge.source().hasClass("hidden") || edge.target().hasClass("hidden");
         edge.toggleClass("hidden", hide);
       });
     });
