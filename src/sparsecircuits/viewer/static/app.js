@@ -101,6 +101,13 @@
     return featureLabel(n);
   }
 
+  // A node's text in lists: the label, or the token for an embedding.
+  function nodeText(n) {
+    const tokens = promptTokens();
+    if (nodeKind(n) === "embedding") return visible(tokens[n.ctx_idx] ?? n.clerp ?? "");
+    return nodeLabel(n);
+  }
+
   function nodeTitle(n) {
     const kind = nodeKind(n);
     if (kind === "feature") return "Feature L" + n.layer + " #" + featureIndex(n) + " @ pos " + n.ctx_idx;
@@ -507,7 +514,7 @@
     for (const id of state.pinned) {
       const n = state.nodesById.get(id);
       if (!n) continue;
-      const li = el("li", nodeTitle(n) + " — " + nodeLabel(n));
+      const li = el("li", nodeTitle(n) + " — " + nodeText(n));
       li.className = "clickable";
       li.addEventListener("click", () => selectNode(id));
       list.appendChild(li);
@@ -692,7 +699,7 @@
     links.slice().sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight)).slice(0, 8).forEach((l) => {
       const other = state.nodesById.get(l[end]);
       if (!other) return;
-      const li = el("li", fmt(l.weight) + "  " + nodeTitle(other) + " — " + nodeLabel(other));
+      const li = el("li", fmt(l.weight) + "  " + nodeTitle(other) + " — " + nodeText(other));
       li.addEventListener("click", () => selectNode(other.node_id));
       ul.appendChild(li);
     });
