@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -169,12 +170,17 @@ def test_train_then_eval_a_cross_layer_transcoder(
             "--out",
             str(setup["root"] / "clt-dash"),
             "--quiet",
+            "--circuit-tracer-features",
         ],
         capsys,
     )
     assert code == 0, err
     names = {json.loads(line)["name"] for line in stdout.splitlines() if line.startswith("{")}
     assert names == {"clt-topk-L0-1-32-k4.layer0", "clt-topk-L0-1-32-k4.layer1"}
+    index = json.loads(
+        gzip.decompress((setup["root"] / "clt-dash" / "features" / "index.json.gz").read_bytes())
+    )
+    assert [len(entry["offsets"]) for entry in index] == [33, 33]  # d_sae + 1 per layer
 
 
 def test_eval_rejects_a_clt_deeper_than_the_model(

@@ -47,6 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--circuit-tracer-features",
+        action="store_true",
+        help="also write OUT/features/ in circuit-tracer's feature-file layout (index.json.gz + .bin)",
+    )
     p.set_defaults(func=run)
 
 
@@ -84,5 +89,10 @@ def run(args: argparse.Namespace) -> int:
                 {"name": name, "d_sae": dash.d_sae, "n_tokens": dash.n_tokens, "alive": alive}
             )
         )
+    if args.circuit_tracer_features:
+        from sparsecircuits.interpret import load_dashboards
+        from sparsecircuits.interpret.feature_files import write_feature_files
+
+        print(f"wrote {write_feature_files(load_dashboards(folder), folder)}")
     print(f"wrote {folder}; view with: sparsecircuits serve DIR --dashboards {folder}")
     return 0

@@ -287,6 +287,39 @@ class DashboardStore:
                 )
         return {"dictionary": name, "total": len(order), "offset": offset, "rows": rows}
 
+    def labels(self, name: str, indices: list[int], n_tokens: int = 3) -> dict[int, str]:
+        """An automatic label per latent of `indices`: `"<top tokens> → <top logits>"`.
+
+        The top tokens are the most frequent centre tokens of the latent's top activating
+        examples (most frequent first); the top logits are its strongest output tokens
+        (de-embedding). Dead latents get `"dead"`.
+        """
+        info = self.info(name)
+        summ = self.summary(name)
+        centre = self.config(name).context_left
+        out: dict[int, str] = {}
+        with self._open(name) as f:
+            keys = set(f.keys())
+            for i in sorted({int(i) for i in indices if 0 <= int(i) < info["d_sae"]}):
+                if summ["fire_counts"][i] <= 0:
+                    out[i] = "dead"
+                    continue
+                counts: dict[str, int] = {}
+                for ids in f.get_slice("top_token_ids")[i].tolist():
+                    if ids[centre] >= 0:
+                        text = self._text(ids[centre]).strip() or repr(self._text(ids[centre]))
+                        counts[text] = counts.get(text, 0) + 1
+                fires = sorted(counts, key=lambda t: -counts[t])[:n_tokens]
+                logits: list[str] = []
+                if "top_logit_ids" in keys:
+                    ids = f.get_slice("top_logit_ids")[i][:n_tokens].tolist()
+                    logits = [self._text(t).strip() or repr(self._text(t)) for t in ids]
+                label = " · ".join(fires)
+                if logits:
+                    label += " → " + " · ".join(logits)
+                out[i] = label
+        return out
+
     def _matching(self, name: str, order: Tensor, query: str) -> Tensor:
         matching_ids = torch.tensor(
             [i for i, text in self.tokens.items() if query in text.lower()], dtype=torch.int64

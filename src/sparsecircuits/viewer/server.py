@@ -10,6 +10,10 @@ Routes (all JSON unless noted):
     GET  /api/dashboards/<name>/features     feature browser page (?offset, limit, sort, q)
     GET  /api/dashboards/<name>/features/<i> one latent's dashboard
     GET  /api/layers/<layer>/features/<i>    the same, for the dictionary of block <layer>
+    GET  /api/labels?graph=<id>              {"<layer>_<feature>": automatic label} from dashboards
+    GET  /api/scores?graph=<id>&pinned=a,b   replacement/completeness scores of the (sub)graph
+    GET  /api/subgraph?graph=<id>            the saved subgraph state ({} when none)
+    POST /api/subgraph?graph=<id>            save it (JSON) to <graph>.subgraph.json beside the graph
     POST /api/intervene                      {prompt, interventions: [{layer, position, feature,
                                              mode, value}], n_tokens, temperature, top_k, seed}
                                              -> baseline and intervened predictions + continuations
@@ -48,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.files import atomic_write_text
 
 if TYPE_CHECKING:
     from sparsecircuits.circuits.interventions import InterventionEngine
@@ -68,6 +73,34 @@ SECURITY_HEADERS = {
     "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
 }
+
+
+SUBGRAPH_SUFFIX = ".subgraph.json"
+SCORED_FEATURE_TYPES = {"cross layer transcoder", "per layer transcoder"}
+MAX_SUBGRAPH_ITEMS = 100_000
+
+
+def _check_subgraph_state(state: Any) -> None:
+    """Raise `HTTPError(400)` unless `state` is a subgraph state object of plain JSON values."""
+
+    def bad(message: str) -> HTTPError:
+        return HTTPError(HTTPStatus.BAD_REQUEST, f"subgraph state: {message}")
+
+    if not isinstance(state, dict):
+        raise bad("must be a JSON object")
+    pinned = state.get("pinnedIds", [])
+    if not isinstance(pinned, list) or not all(isinstance(p, str) for p in pinned):
+        raise bad("pinnedIds must be a list of node ids")
+    supernodes = state.get("supernodes", [])
+    if not isinstance(supernodes, list) or not all(
+        isinstance(g, list) and g and all(isinstance(x, str) for x in g) for g in supernodes
+    ):
+        raise bad("supernodes must be a list of [label, node_id, ...] lists")
+    clerps = state.get("clerps", {})
+    if not isinstance(clerps, dict) or not all(isinstance(v, str) for v in clerps.values()):
+        raise bad("clerps must map feature keys to label strings")
+    if len(pinned) + len(supernodes) + len(clerps) > MAX_SUBGRAPH_ITEMS:
+        raise bad("too many entries")
 
 
 class HTTPError(Exception):
@@ -153,6 +186,61 @@ class ViewerApp:
         """Whether `path`, symlinks followed, is a file inside `data_dir`."""
         root = self.data_dir.resolve()
         return root in path.resolve().parents and path.is_file()
+
+    # ------------------------------------------------------------------ subgraphs
+    def _graph_path(self, gid: str) -> Path:
+        self.graph_bytes(gid)  # 404 for unknown ids
+        return self._graphs[gid].path
+
+    def subgraph_path(self, gid: str) -> Path:
+        """Where the subgraph state of graph `gid` is saved: `<graph stem>.subgraph.json` beside it."""
+        path = self._graph_path(gid)
+        return path.with_name(path.stem + SUBGRAPH_SUFFIX)
+
+    def load_subgraph(self, gid: str) -> dict[str, Any]:
+        """The saved subgraph state of graph `gid`, `{}` when none was saved."""
+        path = self.subgraph_path(gid)
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def save_subgraph(self, gid: str, state: Any) -> dict[str, Any]:
+        """Check `state` and write it atomically beside graph `gid`; returns `{"saved": file name}`."""
+        _check_subgraph_state(state)
+        path = self.subgraph_path(gid)
+        atomic_write_text(path, json.dumps(state, indent=1, allow_nan=False))
+        return {"saved": path.name}
+
+    def labels(self, gid: str) -> dict[str, str]:
+        """`{"<layer>_<feature>": label}` for every feature node of graph `gid` with dashboards."""
+        if self._store is None:
+            return {}
+        graph = json.loads(self.graph_bytes(gid))
+        wanted: dict[int, set[int]] = {}
+        for node in graph["nodes"]:
+            parts = str(node.get("node_id", "")).split("_")
+            if node.get("feature_type") in SCORED_FEATURE_TYPES and len(parts) == 3:
+                try:
+                    wanted.setdefault(int(parts[0]), set()).add(int(parts[1]))
+                except ValueError:
+                    continue
+        out: dict[str, str] = {}
+        for layer, indices in wanted.items():
+            name = self._store.name_for_layer(layer)
+            if name is not None:
+                for index, label in self._store.labels(name, sorted(indices)).items():
+                    out[f"{layer}_{index}"] = label
+        return out
+
+    def scores(self, gid: str, pinned: list[str]) -> dict[str, Any]:
+        """Replacement and completeness scores of graph `gid`, restricted to `pinned` when given."""
+        from sparsecircuits.circuits.graph.scores import graph_scores
+
+        return graph_scores(json.loads(self.graph_bytes(gid)), pinned)
 
     # ------------------------------------------------------------------ dashboards
     def _require_store(self) -> DashboardStore:
@@ -450,6 +538,8 @@ def _handler(app: ViewerApp, guard: RequestGuard) -> type[BaseHTTPRequestHandler
             if len(route) >= 2 and route[0] == "graphs":
                 body = app.graph_bytes("/".join(route[1:]))
                 return self._send(HTTPStatus.OK, body, "application/json; charset=utf-8")
+            if route in (["labels"], ["scores"], ["subgraph"]):
+                return self._json(_subgraph_get(app, route[0], query))
             if route == ["dashboards"]:
                 return self._json(app.list_dashboards())
             if len(route) == 3 and route[0] == "dashboards" and route[2] == "features":
@@ -470,16 +560,20 @@ def _handler(app: ViewerApp, guard: RequestGuard) -> type[BaseHTTPRequestHandler
 
         def _post(self) -> None:
             url = urlsplit(self.path)
-            if url.path.rstrip("/") != "/api/intervene":
+            route = url.path.rstrip("/")
+            if route not in ("/api/intervene", "/api/subgraph"):
                 raise HTTPError(HTTPStatus.NOT_FOUND, "not found")
             guard.check_origin(self.headers.get("Origin"), self.headers.get("Sec-Fetch-Site"))
-            self._authorise(parse_qs(url.query))
+            query = parse_qs(url.query)
+            self._authorise(query)
             ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if ctype != "application/json":
                 raise HTTPError(
                     HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the body as application/json"
                 )
             request = parse_request_body(self._read_body())
+            if route == "/api/subgraph":
+                return self._json(app.save_subgraph(_graph_arg(query), request))
             return self._json(app.intervene(request))
 
         def _read_body(self) -> bytes:
@@ -524,6 +618,24 @@ def _handler(app: ViewerApp, guard: RequestGuard) -> type[BaseHTTPRequestHandler
             self._send(HTTPStatus.OK, path.read_bytes(), ctype)
 
     return Handler
+
+
+def _graph_arg(query: dict[str, list[str]]) -> str:
+    gid = query.get("graph", [""])[0]
+    if not gid:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, "pass ?graph=<graph id>")
+    return gid
+
+
+def _subgraph_get(app: ViewerApp, what: str, query: dict[str, list[str]]) -> Any:
+    """The answer to GET /api/labels, /api/scores or /api/subgraph."""
+    gid = _graph_arg(query)
+    if what == "labels":
+        return app.labels(gid)
+    if what == "scores":
+        pinned = [p for p in query.get("pinned", [""])[0].split(",") if p]
+        return app.scores(gid, pinned)
+    return app.load_subgraph(gid)
 
 
 def _int(text: str) -> int:

@@ -39,7 +39,9 @@
   const state = {
     graph: null, graphId: null, nodesById: new Map(), pinned: new Set(), selected: null,
     hovered: null, dashboards: [], browser: { offset: 0, limit: 25 }, edgeWeights: [],
-    dashboardCache: new Map(),
+    dashboardCache: new Map(), inLinks: new Map(), outLinks: new Map(),
+    autoLabels: {}, clerps: {}, supernodes: [], grouping: new Set(), layoutInfo: null,
+    scores: null, focus: null, overlayEdges: 0,
   };
 
   let cy = null;
@@ -60,6 +62,12 @@
     return parts.length >= 3 ? parseInt(parts[parts.length - 2], 10) : null;
   }
 
+  // The key labels are stored under: one label per feature, shared by its positions.
+  function featureKey(n) {
+    return n.layer + "_" + featureIndex(n);
+  }
+
+  // Row of a node: embeddings 0, block l at l + 1, logits (layer n_layers + 1) on top.
   function layerRank(n) {
     if (n.layer === "E") return 0;
     const value = parseInt(n.layer, 10);
@@ -71,13 +79,33 @@
     return m ? m[1] : String(n.feature);
   }
 
+  function promptTokens() {
+    return (state.graph && state.graph.metadata.prompt_tokens) || [];
+  }
+
+  // A feature's label: the user's edit, else the graph's clerp, else the automatic label.
+  function featureLabel(n) {
+    const key = featureKey(n);
+    if (state.clerps[key]) return state.clerps[key];
+    if (n.clerp) return n.clerp;
+    if (state.autoLabels[key]) return state.autoLabels[key];
+    return "L" + n.layer + "#" + featureIndex(n);
+  }
+
   function nodeLabel(n) {
     const kind = nodeKind(n);
-    const tokens = (state.graph && state.graph.metadata.prompt_tokens) || [];
-    if (kind === "embedding") return visible(tokens[n.ctx_idx] !== undefined ? tokens[n.ctx_idx] : n.clerp);
+    const tokens = promptTokens();
+    if (kind === "embedding") return ""; // the token strip under the column names it
     if (kind === "logit") return visible(logitToken(n)) + " " + fmt(n.token_prob, 2);
     if (kind === "error") return "err";
-    return n.clerp ? n.clerp : "L" + n.layer + "#" + featureIndex(n);
+    return featureLabel(n);
+  }
+
+  // A node's text in lists: the label, or the token for an embedding.
+  function nodeText(n) {
+    const tokens = promptTokens();
+    if (nodeKind(n) === "embedding") return visible(tokens[n.ctx_idx] ?? n.clerp ?? "");
+    return nodeLabel(n);
   }
 
   function nodeTitle(n) {
@@ -88,47 +116,118 @@
     return "Output logit";
   }
 
+  // The prompt tokens this feature is active on in this graph (one node per position).
+  function firesOn(n) {
+    const key = featureKey(n);
+    const tokens = promptTokens();
+    const out = [];
+    for (const m of state.graph.nodes) {
+      if (nodeKind(m) === "feature" && featureKey(m) === key) out.push(visible(tokens[m.ctx_idx] ?? "?") + "@" + m.ctx_idx);
+    }
+    return out;
+  }
+
   const COLORS = { feature: "#f6ad55", error: "#a0aec0", embedding: "#68d391", logit: "#63b3ed" };
 
-  // ------------------------------------------------------------------ graph drawing
-  function layout(nodes) {
-    const DX = 16, GAP = 28;
+  // ------------------------------------------------------------------ layout
+  // One column per prompt token, one row per layer (embeddings at the bottom, logits on top);
+  // the nodes of one (layer, token) cell are packed in a grid inside it, most influential first.
+  const CELL = { dx: 30, dy: 26, perRow: 6, colGap: 24, rowGap: 34, minCol: 60 };
+
+  function layout(nodes, nTokens) {
     const cells = new Map();
-    let maxCtx = 0;
+    let maxRank = 0;
     for (const n of nodes) {
-      const key = n.ctx_idx + ":" + layerRank(n);
+      const rank = layerRank(n);
+      maxRank = Math.max(maxRank, rank);
+      const key = n.ctx_idx + ":" + rank;
       if (!cells.has(key)) cells.set(key, []);
       cells.get(key).push(n);
-      maxCtx = Math.max(maxCtx, n.ctx_idx);
     }
-    const widths = new Array(maxCtx + 1).fill(1);
+    const nCols = Math.max(nTokens, 1 + Math.max(0, ...nodes.map((n) => n.ctx_idx)));
+    const perCol = new Array(nCols).fill(1);
+    const subRows = new Array(maxRank + 1).fill(1);
     for (const [key, list] of cells) {
-      const ctx = parseInt(key.split(":")[0], 10);
-      widths[ctx] = Math.max(widths[ctx], list.length);
+      const [ctx, rank] = key.split(":").map((v) => parseInt(v, 10));
+      perCol[ctx] = Math.max(perCol[ctx], Math.min(list.length, CELL.perRow));
     }
-    const starts = [];
+    for (const [key, list] of cells) {
+      const [ctx, rank] = key.split(":").map((v) => parseInt(v, 10));
+      subRows[rank] = Math.max(subRows[rank], Math.ceil(list.length / perCol[ctx]));
+    }
+    const columns = [];
     let x = 0;
-    for (let c = 0; c <= maxCtx; c++) { starts.push(x); x += widths[c] * DX + GAP; }
-    // Spread the rows so the drawing roughly matches the pane's aspect ratio.
-    const pane = $("cy").getBoundingClientRect();
-    const rows = Math.max(1, ...nodes.map(layerRank));
-    const DY = Math.max(60, (x * (pane.height || 600) / (pane.width || 900)) / rows);
+    for (let c = 0; c < nCols; c++) {
+      const width = Math.max(CELL.minCol, perCol[c] * CELL.dx);
+      columns.push({ x0: x, x1: x + width });
+      x += width + CELL.colGap;
+    }
+    const rows = [];
+    let y = 0; // rows grow upwards: y decreases
+    for (let r = 0; r <= maxRank; r++) {
+      const height = subRows[r] * CELL.dy;
+      rows.push({ y0: y - height, y1: y });
+      y -= height + CELL.rowGap;
+    }
     const positions = new Map();
     for (const [key, list] of cells) {
       const [ctx, rank] = key.split(":").map((v) => parseInt(v, 10));
-      list.sort((a, b) => (a.influence ?? 0) - (b.influence ?? 0));
-      const offset = (widths[ctx] - list.length) * DX / 2;
-      list.forEach((n, i) => positions.set(n.node_id, { x: starts[ctx] + offset + i * DX, y: -rank * DY }));
+      list.sort((a, b) => (a.influence ?? 1) - (b.influence ?? 1));
+      const per = perCol[ctx];
+      const col = columns[ctx], row = rows[rank];
+      const used = Math.min(list.length, per);
+      const left = (col.x0 + col.x1) / 2 - (used - 1) * CELL.dx / 2;
+      list.forEach((n, i) => {
+        const cx = left + (i % per) * CELL.dx;
+        const cyy = row.y1 - CELL.dy / 2 - Math.floor(i / per) * CELL.dy;
+        positions.set(n.node_id, { x: cx, y: cyy });
+      });
     }
-    return positions;
+    return { positions, columns, rows };
   }
 
-  function drawGraph(graph) {
+  // ------------------------------------------------------------------ graph drawing
+  function edgeStyle(weight, maxW) {
+    const rel = Math.min(1, Math.abs(weight) / maxW);
+    const alpha = (0.3 + 0.7 * rel).toFixed(3);
+    return {
+      width: 0.5 + 5 * Math.sqrt(rel),
+      color: weight >= 0 ? "rgba(43,108,176," + alpha + ")" : "rgba(197,48,48," + alpha + ")",
+    };
+  }
+
+  // Hide all but about this many strongest edges until the user asks for more.
+  const DEFAULT_EDGES = 150;
+
+  function defaultEdgePct(nLinks) {
+    if (nLinks <= DEFAULT_EDGES) return 0;
+    return Math.min(99, Math.floor(100 * (1 - DEFAULT_EDGES / nLinks)));
+  }
+
+  function drawGraph(graph, saved) {
     state.graph = graph;
     state.nodesById = new Map(graph.nodes.map((n) => [n.node_id, n]));
-    state.pinned = new Set((graph.qParams && graph.qParams.pinnedIds) || []);
+    state.inLinks = new Map();
+    state.outLinks = new Map();
+    for (const l of graph.links) {
+      if (!state.inLinks.has(l.target)) state.inLinks.set(l.target, []);
+      if (!state.outLinks.has(l.source)) state.outLinks.set(l.source, []);
+      state.inLinks.get(l.target).push(l);
+      state.outLinks.get(l.source).push(l);
+    }
+    const q = graph.qParams || {};
+    state.pinned = new Set(saved.pinnedIds || q.pinnedIds || []);
+    state.supernodes = (saved.supernodes || q.supernodes || []).filter((g) => Array.isArray(g) && g.length > 1).map((g) => g.slice());
+    state.clerps = Object.assign({}, saved.clerps || {});
+    state.grouping = new Set();
     state.selected = null;
-    const positions = layout(graph.nodes);
+    state.focus = null;
+    $("edge-threshold").value = String(saved.edgeThreshold ?? defaultEdgePct(graph.links.length));
+    $("node-threshold").value = String(saved.pruningThreshold ?? 0.8);
+    $("subgraph-only").checked = !!saved.subgraphOnly;
+    const tokens = promptTokens();
+    const { positions, columns, rows } = layout(graph.nodes, tokens.length);
+    state.layoutInfo = { columns, rows };
     const maxW = Math.max(1e-12, ...graph.links.map((l) => Math.abs(l.weight)));
     const elements = [];
     for (const n of graph.nodes) {
@@ -140,68 +239,100 @@
         classes: state.pinned.has(n.node_id) ? "pinned" : "",
       });
     }
+    // the token strip: one label under each column, moving with the graph
+    const bottom = rows[0].y1 + 22;
+    columns.forEach((c, i) => {
+      elements.push({
+        group: "nodes", selectable: false, grabbable: false,
+        data: { id: "tok:" + i, label: visible(tokens[i] ?? ""), kind: "token-label" },
+        position: { x: (c.x0 + c.x1) / 2, y: bottom }, classes: "token-label",
+      });
+    });
     graph.links.forEach((l, i) => {
       if (!state.nodesById.has(l.source) || !state.nodesById.has(l.target)) return;
-      const rel = Math.abs(l.weight) / maxW;
+      const s = edgeStyle(l.weight, maxW);
       elements.push({
         group: "edges",
-        data: {
-          id: "e" + i, source: l.source, target: l.target, weight: l.weight,
-          width: 0.4 + 5 * Math.sqrt(rel),
-          color: l.weight >= 0 ? "rgba(43,108,176," + (0.25 + 0.75 * rel) + ")" : "rgba(197,48,48," + (0.25 + 0.75 * rel) + ")",
-        },
+        data: { id: "e" + i, source: l.source, target: l.target, weight: l.weight, width: s.width, color: s.color },
       });
     });
     state.edgeWeights = graph.links.map((l) => Math.abs(l.weight)).sort((a, b) => a - b);
     if (cy) cy.destroy();
+    const big = graph.nodes.length > 2000; // cheaper node drawing
     cy = cytoscape({
       container: $("cy"),
       elements: elements,
       layout: { name: "preset" },
       wheelSensitivity: 0.3,
-      minZoom: 0.05,
+      minZoom: 0.02,
       maxZoom: 6,
+      textureOnViewport: graph.nodes.length > 2000,
+      hideEdgesOnViewport: graph.links.length > 20000,
       style: [
         { selector: "node", style: {
-          "width": 11, "height": 11, "background-color": "data(color)", "label": "data(label)",
-          "font-size": 7, "text-valign": "bottom", "text-margin-y": 2, "min-zoomed-font-size": 5,
-          "border-width": 1, "border-color": "#555" } },
+          "width": 12, "height": 12, "background-color": "data(color)", "label": "data(label)",
+          "font-size": 6, "text-valign": "bottom", "text-margin-y": 1, "min-zoomed-font-size": 6,
+          "text-wrap": "ellipsis", "text-max-width": CELL.dx - 2, "border-width": big ? 0 : 1, "border-color": "#555" } },
         { selector: "node[kind = 'error']", style: { "shape": "rectangle" } },
-        { selector: "node[kind = 'embedding']", style: { "shape": "round-rectangle", "width": 18, "font-size": 9 } },
-        { selector: "node[kind = 'logit']", style: { "shape": "hexagon", "width": 18, "height": 14, "font-size": 9,
-          "text-valign": "top", "text-margin-y": -2 } },
+        { selector: "node[kind = 'embedding']", style: { "shape": "round-rectangle", "width": 20, "font-size": 8,
+          "text-max-width": CELL.minCol } },
+        { selector: "node[kind = 'logit']", style: { "shape": "hexagon", "width": 16, "height": 14, "font-size": 8,
+          "text-valign": "top", "text-halign": "right", "text-rotation": -0.9, "text-margin-x": -4, "text-margin-y": -2,
+          "text-max-width": 120 } },
+        { selector: "node.token-label", style: { "width": 1, "height": 1, "background-opacity": 0, "border-width": 0,
+          "font-size": 11, "text-valign": "center", "text-max-width": CELL.minCol + CELL.colGap, "events": "no",
+          "color": "#222", "font-family": "monospace", "min-zoomed-font-size": 3 } },
+        { selector: ":parent", style: { "background-color": "#fefcbf", "background-opacity": 0.35, "border-color": "#b7791f",
+          "border-width": 1, "label": "data(label)", "text-valign": "top", "font-size": 10, "font-weight": "bold",
+          "text-max-width": 400, "padding": 6, "shape": "round-rectangle" } },
         { selector: "node.pinned", style: { "border-width": 3, "border-color": "#d69e2e" } },
+        { selector: "node.grouping", style: { "border-width": 3, "border-color": "#805ad5", "border-style": "dashed" } },
         { selector: "node:selected", style: { "border-width": 3, "border-color": "#1a202c" } },
         { selector: "edge", style: { "width": "data(width)", "line-color": "data(color)", "curve-style": "straight",
-          "opacity": 0.7 } },
-        { selector: ".faded", style: { "opacity": 0.07 } },
+          "opacity": 0.75 } },
         { selector: ".hidden", style: { "display": "none" } },
+        { selector: "node.focus", style: { "border-width": 2, "border-color": "#2d3748" } },
+        { selector: "edge.focus", style: { "opacity": 1, "z-index": 10 } },
       ],
     });
     cy.on("tap", "node", (evt) => {
       const id = evt.target.id();
-      if (evt.originalEvent && evt.originalEvent.shiftKey) togglePin(id);
+      if (!state.nodesById.has(id)) return;
+      const e = evt.originalEvent || {};
+      if (e.ctrlKey || e.metaKey || e.altKey) { toggleGrouping(id); return; }
+      if (e.shiftKey) togglePin(id);
       selectNode(id);
     });
     cy.on("mouseover", "node", (evt) => hoverNode(evt.target.id()));
     cy.on("mouseout", "node", () => hoverNode(null));
     cy.on("tap", (evt) => { if (evt.target === cy) selectNode(null); });
+    cy.on("viewport", () => { if (state.hovered) drawOverlay(); });
     renderPrompt();
+    applySupernodes();
     renderPinned();
     applyFilters();
     cy.fit(undefined, 20);
     $("iv-prompt").value = graph.metadata.prompt || "";
     window.viewer.cy = cy;
+    if (saved.clickedId && state.nodesById.has(saved.clickedId)) selectNode(saved.clickedId);
   }
 
   function renderPrompt() {
     const box = $("prompt");
     clear(box);
-    const tokens = state.graph.metadata.prompt_tokens || [];
-    tokens.forEach((t, i) => {
+    promptTokens().forEach((t, i) => {
       const span = el("span", visible(t), "tok");
       span.title = "position " + i;
       box.appendChild(span);
+    });
+  }
+
+  function refreshLabels() {
+    if (!cy) return;
+    cy.batch(() => {
+      for (const n of state.graph.nodes) {
+        if (nodeKind(n) === "feature") cy.getElementById(n.node_id).data("label", nodeLabel(n));
+      }
     });
   }
 
@@ -213,15 +344,18 @@
     $("edge-threshold-value").textContent = edgePct + "%";
     const weights = state.edgeWeights;
     const edgeThr = weights.length && edgePct > 0 ? weights[Math.min(weights.length - 1, Math.floor(edgePct / 100 * weights.length))] : 0;
-    const subgraphOnly = $("subgraph-only").checked && state.pinned.size > 0;
+    const inSubgraph = subgraphIds();
+    const subgraphOnly = $("subgraph-only").checked && inSubgraph.size > 0;
+    setFocus(null);
     cy.batch(() => {
       cy.nodes().forEach((node) => {
         const n = state.nodesById.get(node.id());
+        if (!n) return; // token labels and supernode boxes
         const kind = nodeKind(n);
         let hide = false;
         if ((kind === "feature" || kind === "error") && n.influence !== null && n.influence !== undefined && n.influence > nodeThr) hide = true;
-        if (subgraphOnly && !state.pinned.has(n.node_id)) hide = true;
-        if (state.pinned.has(n.node_id) && !subgraphOnly) hide = false;
+        if (subgraphOnly && !inSubgraph.has(n.node_id)) hide = true;
+        if (inSubgraph.has(n.node_id)) hide = false;
         node.toggleClass("hidden", hide);
       });
       cy.edges().forEach((edge) => {
@@ -229,23 +363,75 @@
         edge.toggleClass("hidden", hide);
       });
     });
-    const shown = cy.nodes().not(".hidden").length;
+    const real = cy.nodes().filter((n) => state.nodesById.has(n.id()));
+    const shown = real.not(".hidden").length;
     const shownEdges = cy.edges().not(".hidden").length;
-    $("graph-stats").textContent = shown + "/" + cy.nodes().length + " nodes, " + shownEdges + "/" + cy.edges().length + " edges";
+    $("graph-stats").textContent = shown + "/" + real.length + " nodes, " + shownEdges + "/" + cy.edges().length + " edges";
+    setFocus(state.selected);
+    stateChanged();
+  }
+
+  // Every edge of the hovered (else the selected) node is drawn, whatever the thresholds.
+  function setFocus(id) {
+    if (state.focus) {
+      state.focus.all.removeClass("focus");
+      state.focus.unhidden.addClass("hidden");
+    }
+    state.focus = null;
+    if (!id || !cy) return;
+    const node = cy.getElementById(id);
+    if (node.empty()) return;
+    const all = node.closedNeighborhood();
+    // in the subgraph-only view, only edges between shown nodes
+    const onlySubgraph = $("subgraph-only").checked && subgraphIds().size > 0;
+    const unhidden = onlySubgraph
+      ? all.edges(".hidden").filter((e) => !e.source().hasClass("hidden") && !e.target().hasClass("hidden"))
+      : all.filter(".hidden");
+    unhidden.removeClass("hidden");
+    all.addClass("focus");
+    state.focus = { all, unhidden };
+  }
+
+  // Hovering draws the node's edges on an overlay canvas: restyling the graph would redraw every
+  // node, which is what makes hover slow on large graphs.
+  function drawOverlay() {
+    const canvas = $("overlay");
+    const box = $("cy").getBoundingClientRect();
+    const ratio = window.devicePixelRatio || 1;
+    if (canvas.width !== Math.round(box.width * ratio) || canvas.height !== Math.round(box.height * ratio)) {
+      canvas.width = Math.round(box.width * ratio);
+      canvas.height = Math.round(box.height * ratio);
+      canvas.style.width = box.width + "px";
+      canvas.style.height = box.height + "px";
+    }
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, box.width, box.height);
+    state.overlayEdges = 0;
+    const id = state.hovered;
+    if (!id || !cy) return;
+    const node = cy.getElementById(id);
+    if (node.empty()) return;
+    const zoom = cy.zoom();
+    const ends = new Map();
+    node.connectedEdges().forEach((edge) => {
+      const a = edge.source().renderedPosition(), b = edge.target().renderedPosition();
+      ctx.strokeStyle = edge.data("color");
+      ctx.lineWidth = Math.max(1, edge.data("width") * Math.min(1, zoom * 2));
+      ctx.beginPath(); ctx.moveTo(a.x, a.y); ctx.lineTo(b.x, b.y); ctx.stroke();
+      state.overlayEdges += 1;
+      ends.set(edge.source().id(), a); ends.set(edge.target().id(), b);
+    });
+    ctx.fillStyle = "rgba(26,32,44,0.85)";
+    for (const p of ends.values()) { ctx.beginPath(); ctx.arc(p.x, p.y, Math.max(2.5, 6 * zoom), 0, 2 * Math.PI); ctx.fill(); }
   }
 
   function hoverNode(id) {
     if (!cy) return;
     state.hovered = id;
-    cy.elements().removeClass("faded");
-    if (id) {
-      const node = cy.getElementById(id);
-      const keep = node.closedNeighborhood();
-      cy.elements().not(keep).addClass("faded");
-      showNode(id);
-    } else if (state.selected) {
-      showNode(state.selected);
-    }
+    drawOverlay();
+    if (id) showNode(id, false);
+    else if (state.selected) showNode(state.selected, true);
   }
 
   function selectNode(id) {
@@ -254,10 +440,12 @@
       cy.nodes().unselect();
       if (id) cy.getElementById(id).select();
     }
+    setFocus(id);
     if (id) {
-      showNode(id);
+      showNode(id, true);
       activateTab("node");
     }
+    stateChanged();
   }
 
   function togglePin(id) {
@@ -267,43 +455,217 @@
     applyFilters();
   }
 
+  function toggleGrouping(id) {
+    if (state.grouping.has(id)) state.grouping.delete(id); else state.grouping.add(id);
+    if (cy) cy.getElementById(id).toggleClass("grouping", state.grouping.has(id));
+    renderPinned();
+  }
+
+  // ------------------------------------------------------------------ subgraph: pins, supernodes, scores
+  // Nodes of the subgraph: the pins and every member of a supernode.
+  function subgraphIds() {
+    const ids = new Set(state.pinned);
+    for (const g of state.supernodes) for (const id of g.slice(1)) ids.add(id);
+    return ids;
+  }
+
+  function groupSelected(name) {
+    const ids = Array.from(state.grouping).filter((id) => state.nodesById.has(id));
+    if (ids.length < 1) return false;
+    const label = String(name || "").trim() || "supernode " + (state.supernodes.length + 1);
+    // a node belongs to one supernode at most
+    state.supernodes = state.supernodes.map((g) => [g[0], ...g.slice(1).filter((id) => !state.grouping.has(id))]).filter((g) => g.length > 1);
+    state.supernodes.push([label, ...ids]);
+    for (const id of ids) cy.getElementById(id).removeClass("grouping");
+    state.grouping.clear();
+    applySupernodes();
+    renderPinned();
+    applyFilters();
+    return true;
+  }
+
+  function ungroup(index) {
+    state.supernodes.splice(index, 1);
+    applySupernodes();
+    renderPinned();
+    applyFilters();
+  }
+
+  // Supernodes are drawn as boxes (compound parents) around their members, which keep their places.
+  function applySupernodes() {
+    if (!cy) return;
+    cy.batch(() => {
+      cy.nodes().filter((n) => n.isChild()).move({ parent: null });
+      cy.nodes(".supernode").remove();
+      state.supernodes.forEach((g, i) => {
+        const pid = "super:" + i;
+        cy.add({ group: "nodes", data: { id: pid, label: g[0], kind: "supernode" }, classes: "supernode" });
+        for (const id of g.slice(1)) {
+          const node = cy.getElementById(id);
+          if (node.nonempty()) node.move({ parent: pid });
+        }
+      });
+    });
+  }
+
   function renderPinned() {
     const list = $("pinned-list");
     clear(list);
     for (const id of state.pinned) {
       const n = state.nodesById.get(id);
       if (!n) continue;
-      const li = el("li", nodeTitle(n) + " — " + nodeLabel(n));
+      const li = el("li", nodeTitle(n) + " — " + nodeText(n));
       li.className = "clickable";
       li.addEventListener("click", () => selectNode(id));
       list.appendChild(li);
+    }
+    const groups = $("supernode-list");
+    clear(groups);
+    state.supernodes.forEach((g, i) => {
+      const li = el("li");
+      li.appendChild(el("strong", g[0]));
+      li.appendChild(el("span", " (" + (g.length - 1) + " nodes) "));
+      const b = el("button", "ungroup");
+      b.type = "button";
+      b.addEventListener("click", () => ungroup(i));
+      li.appendChild(b);
+      groups.appendChild(li);
+    });
+    $("grouping-count").textContent = state.grouping.size + " selected";
+  }
+
+  function currentState() {
+    return {
+      pinnedIds: Array.from(state.pinned),
+      supernodes: state.supernodes.map((g) => g.slice()),
+      clerps: Object.assign({}, state.clerps),
+      pruningThreshold: parseFloat($("node-threshold").value),
+      edgeThreshold: parseInt($("edge-threshold").value, 10),
+      subgraphOnly: $("subgraph-only").checked,
+      clickedId: state.selected || "",
+    };
+  }
+
+  // The URL carries the whole subgraph state (Neuronpedia's qParams names), so a link reopens it.
+  function stateToHash(s) {
+    const p = new URLSearchParams();
+    p.set("graph", state.graphId);
+    if (s.pinnedIds.length) p.set("pinnedIds", s.pinnedIds.join(","));
+    if (s.supernodes.length) p.set("supernodes", JSON.stringify(s.supernodes));
+    if (Object.keys(s.clerps).length) p.set("clerps", JSON.stringify(s.clerps));
+    p.set("pruningThreshold", String(s.pruningThreshold));
+    p.set("edgeThreshold", String(s.edgeThreshold));
+    if (s.subgraphOnly) p.set("subgraphOnly", "1");
+    if (s.clickedId) p.set("clickedId", s.clickedId);
+    return "#" + p.toString();
+  }
+
+  function stateFromHash(hash) {
+    const p = new URLSearchParams(hash.replace(/^#/, ""));
+    const out = {};
+    const json = (key) => { try { return JSON.parse(p.get(key)); } catch (e) { return undefined; } };
+    if (p.has("pinnedIds")) out.pinnedIds = p.get("pinnedIds").split(",").filter(Boolean);
+    if (p.has("supernodes")) { const v = json("supernodes"); if (Array.isArray(v)) out.supernodes = v.filter((g) => Array.isArray(g) && g.every((x) => typeof x === "string")); }
+    if (p.has("clerps")) { const v = json("clerps"); if (v && typeof v === "object" && !Array.isArray(v)) out.clerps = Object.fromEntries(Object.entries(v).filter(([, x]) => typeof x === "string")); }
+    if (p.has("pruningThreshold")) out.pruningThreshold = parseFloat(p.get("pruningThreshold"));
+    if (p.has("edgeThreshold")) out.edgeThreshold = parseInt(p.get("edgeThreshold"), 10);
+    if (p.has("subgraphOnly")) out.subgraphOnly = p.get("subgraphOnly") === "1";
+    if (p.has("clickedId")) out.clickedId = p.get("clickedId");
+    return out;
+  }
+
+  let scoresTimer = null;
+  let lastScoredPins = null;
+  function stateChanged() {
+    if (!state.graph) return;
+    const s = currentState();
+    history.replaceState(null, "", stateToHash(s));
+    const pins = Array.from(subgraphIds()).sort().join(",");
+    if (pins !== lastScoredPins) {
+      lastScoredPins = pins;
+      clearTimeout(scoresTimer);
+      scoresTimer = setTimeout(() => loadScores(pins), 150);
+    }
+  }
+
+  async function loadScores(pins) {
+    const gid = state.graphId;
+    const query = "/api/scores?graph=" + encodeURIComponent(gid);
+    try {
+      const whole = await api(query);
+      const sub = pins ? await api(query + "&pinned=" + encodeURIComponent(pins)) : null;
+      if (gid !== state.graphId) return;
+      state.scores = { graph: whole, subgraph: sub };
+      const box = $("scores");
+      clear(box);
+      const line = (name, s) => box.appendChild(el("div", name + ": replacement " + fmt(s.replacement) + " · completeness " + fmt(s.completeness)));
+      line("Graph", whole);
+      if (sub) line("Subgraph (" + sub.n_features + " features)", sub);
+    } catch (err) {
+      $("scores").textContent = "scores unavailable: " + err.message;
+    }
+  }
+
+  async function saveSubgraph() {
+    const s = currentState();
+    $("save-status").textContent = "saving…";
+    try {
+      const r = await api("/api/subgraph?graph=" + encodeURIComponent(state.graphId), {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(s),
+      });
+      $("save-status").textContent = "saved to " + r.saved;
+    } catch (err) {
+      $("save-status").textContent = "not saved: " + err.message;
     }
   }
 
   // ------------------------------------------------------------------ node panel
   let showToken = 0;
-  function showNode(id) {
+  function showNode(id, full) {
     const n = state.nodesById.get(id);
     if (!n) return;
     const token = ++showToken;
     const panel = $("node-panel");
     clear(panel);
     panel.appendChild(el("h3", nodeTitle(n)));
-    const tokens = state.graph.metadata.prompt_tokens || [];
+    const tokens = promptTokens();
     const stats = el("div", null, "stats");
     if (tokens[n.ctx_idx] !== undefined) stats.appendChild(el("span", "token: " + visible(tokens[n.ctx_idx])));
     if (n.activation !== null && n.activation !== undefined) stats.appendChild(el("span", "activation: " + fmt(n.activation)));
     if (n.influence !== null && n.influence !== undefined) stats.appendChild(el("span", "cum. influence: " + fmt(n.influence)));
     if (nodeKind(n) === "logit") stats.appendChild(el("span", "p = " + fmt(n.token_prob)));
     panel.appendChild(stats);
-    if (n.clerp) panel.appendChild(el("div", n.clerp, "muted"));
+    if (nodeKind(n) === "feature") {
+      const label = el("div", featureLabel(n), "node-label");
+      label.id = "node-label";
+      panel.appendChild(label);
+      const auto = state.autoLabels[featureKey(n)];
+      if (auto) panel.appendChild(el("div", "automatic: " + auto, "muted"));
+      panel.appendChild(el("div", "fires in this prompt on: " + firesOn(n).join(" "), "muted"));
+      const row = el("div", null, "row");
+      const input = el("input");
+      input.id = "label-input";
+      input.type = "text";
+      input.value = state.clerps[featureKey(n)] || "";
+      input.placeholder = "your label";
+      const save = el("button", "Set label");
+      save.type = "button";
+      save.id = "label-save";
+      save.addEventListener("click", () => setLabel(n, input.value));
+      input.addEventListener("keydown", (e) => { if (e.key === "Enter") setLabel(n, input.value); });
+      row.appendChild(input);
+      row.appendChild(save);
+      panel.appendChild(row);
+    } else if (n.clerp) {
+      panel.appendChild(el("div", n.clerp, "muted"));
+    }
     const pin = el("button", state.pinned.has(id) ? "Unpin" : "Pin");
     pin.type = "button";
-    pin.addEventListener("click", () => { togglePin(id); showNode(id); });
+    pin.addEventListener("click", () => { togglePin(id); showNode(id, true); });
     panel.appendChild(pin);
-    panel.appendChild(edgeList("Strongest inputs", state.graph.links.filter((l) => l.target === id), "source"));
-    panel.appendChild(edgeList("Strongest outputs", state.graph.links.filter((l) => l.source === id), "target"));
-    if (nodeKind(n) === "feature") {
+    panel.appendChild(edgeList("Strongest inputs", state.inLinks.get(id) || [], "source"));
+    panel.appendChild(edgeList("Strongest outputs", state.outLinks.get(id) || [], "target"));
+    if (nodeKind(n) === "feature" && full) {
       const box = el("div");
       box.id = "dashboard";
       panel.appendChild(box);
@@ -311,7 +673,7 @@
       const index = featureIndex(n);
       loadDashboard(layer, index).then((d) => {
         if (token !== showToken) return;
-        renderDashboard(box, d);
+        renderDashboard(box, d, featureLabel(n));
       }).catch((err) => {
         if (token !== showToken) return;
         box.appendChild(el("p", "No dashboard: " + err.message, "muted"));
@@ -319,14 +681,25 @@
     }
   }
 
+  function setLabel(n, text) {
+    const key = featureKey(n);
+    const value = String(text).trim();
+    if (value) state.clerps[key] = value; else delete state.clerps[key];
+    refreshLabels();
+    renderPinned();
+    showNode(n.node_id, true);
+    stateChanged();
+    saveSubgraph();
+  }
+
   function edgeList(title, links, end) {
     const wrap = el("div");
-    wrap.appendChild(el("h4", title));
+    wrap.appendChild(el("h4", title + " (" + links.length + ")"));
     const ul = el("ul", null, "edges");
     links.slice().sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight)).slice(0, 8).forEach((l) => {
       const other = state.nodesById.get(l[end]);
       if (!other) return;
-      const li = el("li", fmt(l.weight) + "  " + nodeTitle(other) + " — " + nodeLabel(other));
+      const li = el("li", fmt(l.weight) + "  " + nodeTitle(other) + " — " + nodeText(other));
       li.addEventListener("click", () => selectNode(other.node_id));
       ul.appendChild(li);
     });
@@ -398,9 +771,10 @@
     return row;
   }
 
-  function renderDashboard(box, d) {
+  function renderDashboard(box, d, label) {
     clear(box);
     box.appendChild(el("h3", d.dictionary + " · feature " + d.index));
+    if (label) box.appendChild(el("div", label, "node-label dashboard-label"));
     const stats = el("div", null, "stats");
     stats.appendChild(el("span", "density " + fmt(100 * d.activation_frequency, 3) + "%"));
     stats.appendChild(el("span", "max " + fmt(d.act_max)));
@@ -534,12 +908,27 @@
     document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t.id === "tab-" + name));
   }
 
-  async function openGraph(id) {
+  async function openGraph(id, hashState) {
     state.graphId = id;
     $("graph-select").value = id;
-    history.replaceState(null, "", "#graph=" + encodeURIComponent(id));
+    const gq = "?graph=" + encodeURIComponent(id);
     try {
-      drawGraph(await api("/api/graphs/" + id.split("/").map(encodeURIComponent).join("/")));
+      const graph = await api("/api/graphs/" + id.split("/").map(encodeURIComponent).join("/"));
+      // the URL's state wins over the saved file, which wins over the graph's own qParams
+      let saved = {};
+      try { saved = await api("/api/subgraph" + gq); } catch (err) { saved = {}; }
+      const fromUrl = hashState || {};
+      const merged = Object.assign({}, saved, fromUrl);
+      lastScoredPins = null;
+      drawGraph(graph, merged);
+      api("/api/labels" + gq).then((labels) => {
+        if (state.graphId !== id) return;
+        state.autoLabels = labels || {};
+        refreshLabels();
+        renderPinned();
+        if (state.selected) showNode(state.selected, true);
+        window.viewer.labelsReady = true;
+      }).catch(() => { window.viewer.labelsReady = true; });
     } catch (err) {
       $("graph-stats").textContent = "cannot load graph: " + err.message;
     }
@@ -555,8 +944,10 @@
       if (cy) cy.nodes().removeClass("pinned");
       renderPinned(); applyFilters();
     });
+    $("group-selected").addEventListener("click", () => { groupSelected($("supernode-name").value); $("supernode-name").value = ""; });
+    $("save-subgraph").addEventListener("click", saveSubgraph);
     $("fit").addEventListener("click", () => cy && cy.fit(cy.elements().not(".hidden"), 20));
-    $("graph-select").addEventListener("change", (e) => openGraph(e.target.value));
+    $("graph-select").addEventListener("change", (e) => { state.autoLabels = {}; openGraph(e.target.value, {}); });
     $("browser-go").addEventListener("click", () => { state.browser.offset = 0; loadBrowser(); });
     $("browser-query").addEventListener("keydown", (e) => { if (e.key === "Enter") { state.browser.offset = 0; loadBrowser(); } });
     $("browser-sort").addEventListener("change", () => { state.browser.offset = 0; loadBrowser(); });
@@ -592,11 +983,15 @@
     }
     const wanted = new URLSearchParams(location.hash.slice(1)).get("graph");
     const first = graphs.find((g) => g.id === wanted) || graphs[0];
-    if (first) await openGraph(first.id);
+    if (first) await openGraph(first.id, first.id === wanted ? stateFromHash(location.hash) : {});
     else $("graph-stats").textContent = "no graphs in this folder";
     window.viewer.ready = true;
   }
 
-  window.viewer = { state: state, cy: null, ready: false, selectNode: selectNode, togglePin: togglePin };
+  window.viewer = {
+    state: state, cy: null, ready: false, labelsReady: false, selectNode: selectNode, togglePin: togglePin,
+    toggleGrouping: toggleGrouping, groupSelected: groupSelected, currentState: currentState,
+    hoverNode: hoverNode, saveSubgraph: saveSubgraph,
+  };
   init().catch((err) => { $("graph-stats").textContent = "error: " + err.message; window.viewer.ready = true; });
 })();
