@@ -147,7 +147,7 @@ def test_five_thousand_node_graph_hovers_under_100ms(tmp_path):
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
             # bypass_csp lets Playwright's helpers evaluate (the page's CSP forbids eval)
             page = browser.new_page(viewport={"width": 1400, "height": 900}, bypass_csp=True)
-            page.goto(server.url)
+            page.goto(server.open_url)
             page.wait_for_function("window.viewer && window.viewer.ready === true", timeout=120_000)
             assert page.evaluate("window.viewer.state.graph.nodes.length") == len(graph["nodes"])
             load_ms = page.evaluate("performance.now()")
