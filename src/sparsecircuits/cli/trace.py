@@ -10,10 +10,15 @@ import resource
 import sys
 import time
 import typing
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sparsecircuits.circuits.graph.build import GraphConfig
+from sparsecircuits.cli.common import (
+    add_overwrite_argument,
+    check_prompt,
+    port_number,
+    prepare_out,
+)
 
 C = TypeVar("C")
 DEFAULT_OUT = "runs/trace"
@@ -53,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--slug", help="graph name inside the JSON (default: from the prompt)")
     add_config_flags(p, GraphConfig)
-    p.add_argument("--port", type=int, default=8041, help="port printed in the viewer URL")
+    p.add_argument("--port", type=port_number, default=8041, help="port printed in the viewer URL")
+    add_overwrite_argument(p)
     p.set_defaults(func=run)
 
 
@@ -102,10 +108,13 @@ def run(args: argparse.Namespace) -> int:
     from sparsecircuits.circuits.graph.neuronpedia import save_graph, to_neuronpedia
     from sparsecircuits.circuits.replacement import ReplacementModel
 
+    check_prompt(args.prompt)
+    out = prepare_out(args.out, ("graph.json", "trace.json"), args.overwrite)
+    config = config_from_args(args, GraphConfig)
+    config.check()
     replacement = ReplacementModel.load(args.model, args.transcoders, device=args.device)
     adapter = replacement.adapter
     loaded = time.perf_counter()
-    config = config_from_args(args, GraphConfig)
     graph = build_graph(replacement, args.prompt, config)
     built = time.perf_counter()
     pruned = graph.prune(config.node_threshold, config.edge_threshold)
@@ -118,7 +127,6 @@ def run(args: argparse.Namespace) -> int:
         node_threshold=config.node_threshold,
         edge_threshold=config.edge_threshold,
     )
-    out = Path(args.out)
     save_graph(model, out / "graph.json")
     done = time.perf_counter()
     report: dict[str, Any] = {
