@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from sparsecircuits.circuits.graph.build import build_graph
     from sparsecircuits.circuits.graph.neuronpedia import save_graph, to_neuronpedia
     from sparsecircuits.circuits.replacement import ReplacementModel
+    from sparsecircuits.hub import model_id
 
     check_prompt(args.prompt)
     out = prepare_out(args.out, ("graph.json", "trace.json"), args.overwrite)
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         graph,
         pruned,
         slug=args.slug or slugify(args.prompt),
-        scan=adapter.name,
+        scan=model_id(adapter.name),
         node_threshold=config.node_threshold,
         edge_threshold=config.edge_threshold,
     )
