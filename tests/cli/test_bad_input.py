@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import sparsecircuits
 from sparsecircuits.cli import main
 from sparsecircuits.dictionaries import DictionaryConfig, make, save_dictionary
 from sparsecircuits.models.tiny import tokenizer_corpus
@@ -446,7 +449,7 @@ CASES = [
     Case(
         "trace-out-under-a-file", [*TRACE, "--out", "{tmp}/f/g"], "under the file", write("f", "x")
     ),
-    Case("trace-out-read-only-system", [*TRACE, "--out", "/proc/sparsecircuits"], "/proc"),
+    Case("trace-out-read-only-system", [*TRACE, "--out", "/proc/sc"], "cannot write in /proc"),
     Case(
         "convert-out-not-empty",
         ["convert", "{dictionary}", "{tmp}/out", "--to", "saelens"],
@@ -524,3 +527,22 @@ def test_the_table_covers_every_subcommand() -> None:
     assert set(COMMANDS) <= covered, set(COMMANDS) - covered
     assert len(CASES) >= 40
     assert len({case.id for case in CASES}) == len(CASES)
+
+
+def test_the_module_entry_point_gives_one_line(tmp_path: Path) -> None:
+    """`python -m sparsecircuits` in its own process: status 2, one `error:` line on stderr (no
+    warnings from the libraries it imports), nothing written."""
+    src = Path(sparsecircuits.__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    args = ["train", "--lr", "-0.001", "--tokens", "1", "--out", str(tmp_path / "out")]
+    done = subprocess.run(
+        [sys.executable, "-m", "sparsecircuits", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "lr" in done.stderr and not any(tmp_path.iterdir())

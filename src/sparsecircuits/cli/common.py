@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
@@ -141,7 +142,8 @@ def check_prompt(text: str, flag: str = "the prompt") -> str:
 
 def check_out_folder(out: str | Path) -> Path:
     """Return `out` as a path; raise `SparseCircuitsError` when it is a file, lies under a file,
-    or would be created in (or is) a folder this process cannot write to."""
+    or would be created in (or is) a folder this process cannot write to (found by creating and
+    removing an empty folder there; nothing else is written)."""
     path = Path(out)
     existing = path
     while not existing.exists() and existing != existing.parent:
@@ -149,10 +151,12 @@ def check_out_folder(out: str | Path) -> Path:
     if not existing.is_dir():
         where = "is a file" if existing == path else f"lies under the file {existing}"
         raise SparseCircuitsError(f"--out {path} {where}; pass a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    try:  # a probe, not os.access: it also sees read-only file systems
+        os.rmdir(tempfile.mkdtemp(prefix=".sparsecircuits-probe-", dir=existing))
+    except OSError as exc:
         raise SparseCircuitsError(
-            f"--out {path}: cannot write in {existing}; pass a folder you can write to"
-        )
+            f"--out {path}: cannot write in {existing} ({exc.strerror}); pass a folder you can write to"
+        ) from None
     return path
 
 
