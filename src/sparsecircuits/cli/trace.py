@@ -10,15 +10,10 @@ import resource
 import sys
 import time
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sparsecircuits.circuits.graph.build import GraphConfig
-from sparsecircuits.cli.common import (
-    add_overwrite_argument,
-    check_prompt,
-    port_number,
-    prepare_out,
-)
 
 C = TypeVar("C")
 DEFAULT_OUT = "runs/trace"
@@ -35,6 +30,8 @@ SUMMARY_KEYS = (
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `trace` subcommand: its own flags plus one per `GraphConfig` field."""
+    from sparsecircuits.cli.common import add_overwrite_argument, port_number
+
     p = sub.add_parser(
         "trace",
         help="build the attribution graph of a prompt (Neuronpedia graph JSON)",
@@ -103,19 +100,21 @@ def peak_rss_mb() -> float:
 
 def run(args: argparse.Namespace) -> int:
     """Trace, write graph.json + trace.json, print a summary and the viewer URL."""
+    from sparsecircuits.cli.common import check_prompt, prepare_out
+    from sparsecircuits.hub import model_id
+
+    check_prompt(args.prompt)  # the input and --out are checked before the model loads
+    config_from_args(args, GraphConfig).check()
+    prepare_out(args.out, ("graph.json", "trace.json"), args.overwrite)
     start = time.perf_counter()
     from sparsecircuits.circuits.graph.build import build_graph
     from sparsecircuits.circuits.graph.neuronpedia import save_graph, to_neuronpedia
     from sparsecircuits.circuits.replacement import ReplacementModel
-    from sparsecircuits.hub import model_id
 
-    check_prompt(args.prompt)
-    out = prepare_out(args.out, ("graph.json", "trace.json"), args.overwrite)
-    config = config_from_args(args, GraphConfig)
-    config.check()
     replacement = ReplacementModel.load(args.model, args.transcoders, device=args.device)
     adapter = replacement.adapter
     loaded = time.perf_counter()
+    config = config_from_args(args, GraphConfig)
     graph = build_graph(replacement, args.prompt, config)
     built = time.perf_counter()
     pruned = graph.prune(config.node_threshold, config.edge_threshold)
@@ -128,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         node_threshold=config.node_threshold,
         edge_threshold=config.edge_threshold,
     )
+    out = Path(args.out)
     save_graph(model, out / "graph.json")
     done = time.perf_counter()
     report: dict[str, Any] = {
