@@ -322,3 +322,23 @@ def test_preset_matches_the_saelens_release(name):
     assert release.repo_id == preset.repo_id
     files = {path + suffix for sae_id, path in release.saes_map.items() if id_part in sae_id}
     assert files == {f for f in preset.files if f != "config.yaml"}
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("hf://google/gemma-2-2b/sub@main", "google/gemma-2-2b"),
+        ("EleutherAI/pythia-70m@step1000", "EleutherAI/pythia-70m"),
+        ("gpt2", "gpt2"),
+        ("embedded", "embedded"),
+    ],
+)
+def test_model_id_of_hub_names(name: str, expected: str) -> None:
+    assert hub.model_id(name) == expected
+
+
+def test_model_id_of_a_local_folder_is_its_name_not_its_path(tmp_path: Path) -> None:
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    assert hub.model_id(str(folder)) == "my-model"
+    assert hub.model_id(str(folder) + "/") == "my-model"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,7 +55,55 @@ def from_dict(cls: type[T], mapping: dict[str, Any], *, where: str = "config") -
         unknown = set(mapping) - names
         if unknown:
             raise unknown_keys_error(unknown, names, where)
+    check_types(cls, mapping, where)
     return cls(**mapping)
+
+
+# The field types `check_types` checks, by the name it gives them in its error.
+_PLAIN_TYPES = {int: "an integer", float: "a number", str: "text", bool: "true or false"}
+
+
+def check_types(cls: type, mapping: dict[str, Any], where: str) -> None:
+    """Raise `SparseCircuitsError` naming the first key of `mapping` whose value does not have
+    the type of `cls`'s field of that name (int, float, str, bool, list, dict, or `X | None` of
+    them; an int counts as a float, a bool as neither); keys that are not fields pass."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # annotations naming types only imported for type checkers
+        return
+    for key, value in mapping.items():
+        allowed = _allowed_types(hints.get(key))
+        if allowed is None or any(_is_a(value, kind) for kind in allowed):
+            continue
+        wanted = " or ".join(
+            _PLAIN_TYPES.get(kind, "none" if kind is type(None) else f"a {kind.__name__}")
+            for kind in allowed
+        )
+        hint = ""
+        if float in allowed and isinstance(value, str):
+            hint = " (YAML reads 3e-3 as text: write 0.003 or 3.0e-3)"
+        raise SparseCircuitsError(f"{key} in {where} is {value!r}; it must be {wanted}{hint}")
+
+
+def _allowed_types(hint: Any) -> list[type] | None:
+    """The plain types a field annotation allows, or None when it is not only made of them."""
+    if hint is None:
+        return None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        parts = [_allowed_types(arg) for arg in typing.get_args(hint)]
+        if any(part is None for part in parts):
+            return None
+        return [kind for part in parts if part is not None for kind in part]
+    kind = typing.get_origin(hint) or hint
+    return [kind] if kind in (*_PLAIN_TYPES, list, dict, type(None)) else None
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, int | float)
+    return isinstance(value, kind)
 
 
 def unknown_keys_error(
@@ -72,7 +122,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise SparseCircuitsError(
             f"config file {path} does not exist; pass an existing .yaml or .json file"
         )
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SparseCircuitsError(
+            f"config file {path} is not UTF-8 text; pass a .yaml or .json file"
+        ) from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

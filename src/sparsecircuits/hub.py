@@ -117,6 +117,18 @@ def parse_hub_id(name: str) -> HubRef:
     return HubRef(repo_id, "", revision or None)
 
 
+def model_id(name: str) -> str:
+    """The id a model is known by outside this machine (a graph's `metadata.scan`): the repo id of
+    a hub model (`hf://ORG/REPO/...` or `ORG/REPO@REV` give `ORG/REPO`), the folder name of a
+    local one (never its path), "embedded" for the shipped model."""
+    if is_hub_ref(name):
+        return parse_hub_ref(name).repo_id
+    path = Path(name).expanduser()
+    if name == "embedded" or not (path.is_absolute() or path.exists() or name.startswith(".")):
+        return parse_hub_id(name).repo_id
+    return path.resolve().name
+
+
 def hub_cache_dir() -> Path:
     """The folder huggingface_hub caches into (`HF_HUB_CACHE`, else `HF_HOME/hub`)."""
     from huggingface_hub import constants

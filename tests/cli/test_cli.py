@@ -149,7 +149,8 @@ def test_train_then_eval_a_cross_layer_transcoder(
     assert "blocks.{0..1}.mlp.hook_in" in summary and "clt-topk-L0-1-32-k4 by layer" in summary
     # one CLT folder on its own evaluates too
     code, stdout, err = run_cli(
-        ["eval", str(out / "dictionaries" / "clt-topk-L0-1-32-k4"), *eval_args], capsys
+        ["eval", str(out / "dictionaries" / "clt-topk-L0-1-32-k4"), *eval_args, "--overwrite"],
+        capsys,
     )
     assert code == 0, err
     assert json.loads(stdout)[0]["ce_loss_spliced"] == pytest.approx(clt["ce_loss_spliced"])

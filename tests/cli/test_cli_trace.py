@@ -62,6 +62,7 @@ def test_trace_writes_graph_and_report(saved, tmp_path, capsys):
     graph = json.loads((tmp_path / "graph.json").read_text())
     validate_graph_json(graph)
     assert graph["metadata"]["slug"] == "the-cat-saw-the-house-in-the-year-17"
+    assert graph["metadata"]["scan"] == model.name  # the model's id, not its local path
     report = json.loads((tmp_path / "trace.json").read_text())
     assert report["n_nodes"] == len(graph["nodes"]) and report["n_edges"] == len(graph["links"])
     assert 0 <= report["replacement_score"] <= 1 and report["peak_rss_mb"] > 0

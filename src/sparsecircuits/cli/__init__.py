@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
 
 from sparsecircuits import __version__
 from sparsecircuits.errors import SparseCircuitsError
@@ -27,9 +28,18 @@ COMMANDS = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one `error:` line (status 2), like every other
+    error the CLI reports; subcommand parsers are of this class too."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        """Print `error: MESSAGE (see PROG --help)` on stderr and exit with status 2."""
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sparsecircuits",
         description="Train transcoders and SAEs, trace circuits through them, and look at them.",
     )
@@ -55,6 +65,12 @@ def _quiet_third_party() -> None:
         pass
 
 
+def os_error_line(exc: OSError) -> str:
+    """One line for a file-system error: what failed, on which path, and what to check."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}; check the path and its permissions"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (2 for user errors, printed without a traceback)."""
     parser = build_parser()
@@ -64,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SparseCircuitsError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the user named cannot be read or written
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

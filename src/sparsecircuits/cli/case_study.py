@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from sparsecircuits.cli.common import add_overwrite_argument, at_least, prepare_out
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `case-study` subcommand (with `greater-than`)."""
@@ -22,10 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     gt.add_argument("--model", default="embedded")
     gt.add_argument("--transcoders", default="embedded")
-    gt.add_argument("--n-prompts", type=int, default=64)
-    gt.add_argument("--max-k", type=int, default=32, help="features-vs-neurons: largest k")
+    gt.add_argument("--n-prompts", type=at_least(2), default=64)
+    gt.add_argument("--max-k", type=at_least(1), default=32, help="features-vs-neurons: largest k")
     gt.add_argument(
-        "--corpus-contexts", type=int, default=48, help="held-out contexts for top examples"
+        "--corpus-contexts", type=at_least(1), default=48, help="held-out contexts for top examples"
     )
     gt.add_argument("--seed", type=int, default=0)
     gt.add_argument(
@@ -37,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gt.add_argument("--device")
     gt.add_argument("--out", default="runs/case-study/greater-than")
     gt.add_argument("--quiet", action="store_true")
+    add_overwrite_argument(gt)
     gt.set_defaults(func=run_greater_than_cli)
 
 
@@ -47,6 +50,8 @@ def run_greater_than_cli(args: argparse.Namespace) -> int:
         run_greater_than,
     )
 
+    writes = ("summary.json", "report.md", "graph.json")
+    prepare_out(args.out, writes, args.overwrite)
     cfg = GreaterThanConfig(
         model=args.model,
         transcoders=args.transcoders,

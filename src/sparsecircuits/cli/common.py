@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from sparsecircuits.config import from_dict, read_config_file
 from sparsecircuits.dictionaries.config import KINDS
+from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.pipelines import RunConfig
 
 # The flags that override a `RunConfig`: (flag, the config it sets: "run" for `RunConfig`,
@@ -104,4 +110,82 @@ def run_config_from_args(
     if given["dictionary"]:
         dicts = data.get("dictionaries") or [{}]
         data["dictionaries"] = [{**d, **given["dictionary"]} for d in dicts]
-    return from_dict(RunConfig, data, where=args.config or "flags")
+    cfg = from_dict(RunConfig, data, where=args.config or "flags")
+    check_out_folder(cfg.out)
+    return cfg
+
+
+def at_least(least: int) -> Any:
+    """An argparse `type`: an integer of at least `least`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give {least} or more")
+        return value
+
+    return parse
+
+
+def port_number(text: str) -> int:
+    """An argparse `type`: a TCP port, 1..65535."""
+    value = at_least(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; a port is 1..65535")
+    return value
+
+
+def check_prompt(text: str, flag: str = "the prompt") -> str:
+    """Return `text`; raise `SparseCircuitsError` when it is blank or holds a control character
+    (other than tab and newline), which tokenizers pass through as unreadable tokens."""
+    if not text.strip():
+        raise SparseCircuitsError(f"{flag} is empty; give the text to trace")
+    for i, char in enumerate(text):
+        if unicodedata.category(char) == "Cc" and char not in "\t\n\r":
+            raise SparseCircuitsError(
+                f"{flag} holds the control character U+{ord(char):04X} at position {i}; remove it"
+            )
+    return text
+
+
+def check_out_folder(out: str | Path) -> Path:
+    """Return `out` as a path; raise `SparseCircuitsError` when it is a file, lies under a file,
+    or would be created in (or is) a folder this process cannot write to (found by creating and
+    removing an empty folder there; nothing else is written)."""
+    path = Path(out)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under the file {existing}"
+        raise SparseCircuitsError(f"--out {path} {where}; pass a folder")
+    try:  # a probe, not os.access: it also sees read-only file systems
+        os.rmdir(tempfile.mkdtemp(prefix=".sparsecircuits-probe-", dir=existing))
+    except OSError as exc:
+        raise SparseCircuitsError(
+            f"--out {path}: cannot write in {existing} ({exc.strerror}); pass a folder you can write to"
+        ) from None
+    return path
+
+
+def add_overwrite_argument(p: argparse.ArgumentParser) -> None:
+    """Add `--overwrite`, which lets `prepare_out` replace an earlier run's results."""
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the results an earlier run left in --out"
+    )
+
+
+def prepare_out(out: str | Path, writes: Iterable[str], overwrite: bool) -> Path:
+    """Return `out` as a path once it is a writable folder (see `check_out_folder`) holding none
+    of the files `writes` names, unless `overwrite`; never writes anything."""
+    path = check_out_folder(out)
+    earlier = [name for name in writes if (path / name).exists()]
+    if earlier and not overwrite:
+        raise SparseCircuitsError(
+            f"{path} already holds {', '.join(earlier)} from an earlier run; pass another --out, "
+            "or --overwrite to replace them"
+        )
+    return path

@@ -7,6 +7,8 @@ import itertools
 import json
 from pathlib import Path
 
+from sparsecircuits.cli.common import add_overwrite_argument, at_least, prepare_out
+
 DEFAULT_OUT = "runs/dashboards"
 
 
@@ -38,12 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="embedded",
         help='"embedded", a text/jsonl/parquet path, or hf:NAME[:split]',
     )
-    p.add_argument("--tokens", type=int, default=200_000, help="tokens to read (default 200000)")
-    p.add_argument("--context-size", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16, help="contexts per forward pass")
-    p.add_argument("--n-top", type=int, default=20, help="top activating examples per latent")
     p.add_argument(
-        "--n-samples", type=int, default=40, help="random activating examples per latent"
+        "--tokens", type=at_least(1), default=200_000, help="tokens to read (default 200000)"
+    )
+    p.add_argument("--context-size", type=at_least(2), default=128)
+    p.add_argument("--batch-size", type=at_least(1), default=16, help="contexts per forward pass")
+    p.add_argument(
+        "--n-top", type=at_least(1), default=20, help="top activating examples per latent"
+    )
+    p.add_argument(
+        "--n-samples", type=at_least(0), default=40, help="random activating examples per latent"
     )
     p.add_argument("--device")
     p.add_argument("--quiet", action="store_true")
@@ -52,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write OUT/features/ in circuit-tracer's feature-file layout (index.json.gz + .bin)",
     )
+    add_overwrite_argument(p)
     p.set_defaults(func=run)
 
 
@@ -63,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from sparsecircuits.models import load_model
     from sparsecircuits.pipelines import check_compatible, context_stream, load_dictionaries
 
+    out = prepare_out(args.out, ("index.json",), args.overwrite)
     adapter = load_model(args.model, device=args.device)
     dictionaries: dict[str, SparseCoder]
     if args.dictionary:
@@ -81,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     batches = TokenBatcher(contexts, args.batch_size)
     config = DashboardConfig(n_top=args.n_top, n_samples=args.n_samples)
     dashboards = compute_dashboards(adapter, dictionaries, batches, config, progress=not args.quiet)
-    folder = save_dashboards(dashboards, Path(args.out))
+    folder = save_dashboards(dashboards, out)
     for name, dash in dashboards.items():
         alive = int((dash.fire_counts > 0).sum())
         print(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
+from sparsecircuits.cli.common import add_overwrite_argument, at_least, prepare_out
 from sparsecircuits.config import torch_dtype
 from sparsecircuits.evaluation import evaluate_dictionaries
 from sparsecircuits.models import load_model
@@ -23,21 +23,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dictionaries", nargs="+", help="dictionary folders, or folders holding several")
     p.add_argument("--model", default="embedded")
     p.add_argument("--dataset", default="embedded")
-    p.add_argument("--context-size", type=int, default=128)
-    p.add_argument("--contexts", type=int, default=64, help="number of held-out contexts")
+    p.add_argument("--context-size", type=at_least(2), default=128)
+    p.add_argument("--contexts", type=at_least(1), default=64, help="number of held-out contexts")
     p.add_argument("--device")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--out", default="runs/eval")
+    add_overwrite_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write the report; print the metrics JSON."""
+    out = prepare_out(args.out, ("metrics.json", "frontier.png", "summary.md"), args.overwrite)
     adapter = load_model(args.model, device=args.device, dtype=torch_dtype(args.dtype))
     dictionaries = load_dictionaries(args.dictionaries, device=adapter.device)
     check_compatible(adapter, dictionaries)
     batches = eval_batches(adapter, args.dataset, args.context_size, args.contexts)
     records = evaluate_dictionaries(adapter, dictionaries, batches)
-    write_report(Path(args.out), records, title=f"Dictionaries on {adapter.name}")
+    write_report(out, records, title=f"Dictionaries on {adapter.name}")
     print(json.dumps(records, indent=2))
     return 0

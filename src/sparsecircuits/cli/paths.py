@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
+from sparsecircuits.cli.common import add_overwrite_argument, at_least, check_prompt, prepare_out
 from sparsecircuits.cli.targets import TARGET_SPEC_HELP, parse_target_spec, target_from_spec
 
 
@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--pos", type=int, default=None, help="target position (default: each prompt's last token)"
     )
     p.add_argument("--row", type=int, default=0, help="which prompt to search paths for")
-    p.add_argument("--num-iters", type=int, default=3)
-    p.add_argument("--num-branches", type=int, default=15)
+    p.add_argument("--num-iters", type=at_least(1), default=3)
+    p.add_argument("--num-branches", type=at_least(1), default=15)
     p.add_argument(
         "--min-contrib", type=float, default=0.0, help="drop children below this contribution"
     )
@@ -60,10 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--keep-bos", action="store_true", help="also consider position 0")
     p.add_argument(
-        "--verify-top", type=int, default=10, help="ablate this many top nodes to verify"
+        "--verify-top", type=at_least(0), default=10, help="ablate this many top nodes to verify"
     )
     p.add_argument("--device")
     p.add_argument("--out", default="runs/paths")
+    add_overwrite_argument(p)
     p.set_defaults(func=run)
 
 
@@ -75,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     from sparsecircuits.errors import SparseCircuitsError
 
     parse_target_spec(args.target)  # fail fast on a bad spec
+    for text in args.prompt or []:
+        check_prompt(text, "--prompt")
+    writes = ("graph.json", "graph.png", "paths.txt", "verification.json")
+    out = prepare_out(args.out, writes, args.overwrite)
     model = ReplacementModel.load(args.model, args.transcoders, device=args.device)
     adapter = model.adapter
     texts = args.prompt
@@ -116,7 +121,6 @@ def run(args: argparse.Namespace) -> int:
             "target_spec": args.target,
         },
     )
-    out = Path(args.out)
     graph.save_json(out / "graph.json")
     P.plot_graph(graph, out / "graph.png", tokens=tokens, n_layers=model.n_layers)
     lines = P.path_strings(result)

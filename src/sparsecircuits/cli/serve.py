@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from sparsecircuits.cli.common import port_number
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `serve` subcommand."""
@@ -17,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--transcoders, at http://HOST:PORT/. Works offline; binds 127.0.0.1 unless told otherwise.",
     )
     p.add_argument("dir", help="folder with graph JSON files (e.g. a `trace --out` folder)")
-    p.add_argument("--port", type=int, default=8041)
+    p.add_argument("--port", type=port_number, default=8041)
     p.add_argument(
         "--host",
         default="127.0.0.1",

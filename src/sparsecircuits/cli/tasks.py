@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from sparsecircuits.cli.common import at_least
 from sparsecircuits.models import load_model
 
 
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="embedded")
     p.add_argument("--device")
-    p.add_argument("--n", type=int, default=200, help="prompts per task")
+    p.add_argument("--n", type=at_least(1), default=200, help="prompts per task")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)

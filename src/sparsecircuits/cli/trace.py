@@ -30,6 +30,8 @@ SUMMARY_KEYS = (
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `trace` subcommand: its own flags plus one per `GraphConfig` field."""
+    from sparsecircuits.cli.common import add_overwrite_argument, port_number
+
     p = sub.add_parser(
         "trace",
         help="build the attribution graph of a prompt (Neuronpedia graph JSON)",
@@ -53,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--slug", help="graph name inside the JSON (default: from the prompt)")
     add_config_flags(p, GraphConfig)
-    p.add_argument("--port", type=int, default=8041, help="port printed in the viewer URL")
+    p.add_argument("--port", type=port_number, default=8041, help="port printed in the viewer URL")
+    add_overwrite_argument(p)
     p.set_defaults(func=run)
 
 
@@ -97,6 +100,12 @@ def peak_rss_mb() -> float:
 
 def run(args: argparse.Namespace) -> int:
     """Trace, write graph.json + trace.json, print a summary and the viewer URL."""
+    from sparsecircuits.cli.common import check_prompt, prepare_out
+    from sparsecircuits.hub import model_id
+
+    check_prompt(args.prompt)  # the input and --out are checked before the model loads
+    config_from_args(args, GraphConfig).check()
+    prepare_out(args.out, ("graph.json", "trace.json"), args.overwrite)
     start = time.perf_counter()
     from sparsecircuits.circuits.graph.build import build_graph
     from sparsecircuits.circuits.graph.neuronpedia import save_graph, to_neuronpedia
@@ -114,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         graph,
         pruned,
         slug=args.slug or slugify(args.prompt),
-        scan=adapter.name,
+        scan=model_id(adapter.name),
         node_threshold=config.node_threshold,
         edge_threshold=config.edge_threshold,
     )

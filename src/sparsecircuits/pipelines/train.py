@@ -187,6 +187,20 @@ class RunConfig:
     data_epochs: int = 1
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Raise `SparseCircuitsError` naming the first size below its minimum."""
+        for name, least in (
+            ("context_size", 2),
+            ("contexts_per_forward", 1),
+            ("buffer_tokens", 1),
+            ("eval_contexts", 0),
+            ("data_epochs", 1),
+        ):
+            if getattr(self, name) < least:
+                raise SparseCircuitsError(
+                    f"{name}={getattr(self, name)!r} is out of range; it must be at least {least}"
+                )
+
     def specs(self) -> list[DictionarySpec]:
         """Return the dictionary specs, each validated against `DictionarySpec`'s fields."""
         if not self.dictionaries:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from sparsecircuits.errors import SparseCircuitsError
 
 
 @dataclass
@@ -37,3 +40,26 @@ class TrainConfig:
     def total_steps(self) -> int:
         """Number of optimiser steps: `total_tokens // batch_tokens` (at least 1)."""
         return max(1, self.total_tokens // self.batch_tokens)
+
+    def __post_init__(self) -> None:
+        """Raise `SparseCircuitsError` naming the first setting out of its range."""
+        lr_ok = self.lr is None or (math.isfinite(self.lr) and self.lr > 0)
+        checks = (
+            ("total_tokens", self.total_tokens >= 1, "at least 1"),
+            ("batch_tokens", self.batch_tokens >= 1, "at least 1"),
+            ("lr", lr_ok, "a positive number (or unset for the width's default)"),
+            ("warmup_steps", self.warmup_steps >= 0, "0 or more"),
+            ("decay_start", 0 <= self.decay_start <= 1, "a fraction in [0, 1]"),
+            ("final_lr_fraction", 0 <= self.final_lr_fraction <= 1, "a fraction in [0, 1]"),
+            ("adam_beta1", 0 <= self.adam_beta1 < 1, "in [0, 1)"),
+            ("adam_beta2", 0 <= self.adam_beta2 < 1, "in [0, 1)"),
+            ("grad_clip", self.grad_clip >= 0, "0 (off) or more"),
+            ("dead_tokens", self.dead_tokens >= 0, "0 or more"),
+            ("checkpoint_every", self.checkpoint_every >= 0, "0 (off) or more"),
+            ("log_every", self.log_every >= 1, "at least 1"),
+        )
+        for name, ok, wanted in checks:
+            if not ok:
+                raise SparseCircuitsError(
+                    f"training setting {name}={getattr(self, name)!r} is out of range; it must be {wanted}"
+                )
