@@ -56,6 +56,8 @@ class TrainConfig:
             ("grad_clip", self.grad_clip >= 0, "0 (off) or more"),
             ("dead_tokens", self.dead_tokens >= 0, "0 or more"),
             ("checkpoint_every", self.checkpoint_every >= 0, "0 (off) or more"),
+            ("checkpoint_minutes", self.checkpoint_minutes >= 0, "0 (off) or more"),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, "at least 1"),
             ("log_every", self.log_every >= 1, "at least 1"),
         )
         for name, ok, wanted in checks:
