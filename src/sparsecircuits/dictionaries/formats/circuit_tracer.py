@@ -148,12 +148,14 @@ def _listed_files(folder: Path, config: dict[str, Any]) -> list[Path]:
     return files
 
 
+def _numbers(folder: Path, prefix: str) -> list[int]:
+    """The `i` of every `{prefix}_{i}.safetensors` in `folder`, ascending."""
+    names = (re.fullmatch(rf"{prefix}_(\d+)\.safetensors", p.name) for p in folder.iterdir())
+    return sorted(int(m.group(1)) for m in names if m)
+
+
 def _layer_files(folder: Path) -> list[Path]:
-    numbers = sorted(
-        int(m.group(1))
-        for p in folder.glob("layer_*.safetensors")
-        if (m := re.fullmatch(r"layer_(\d+)\.safetensors", p.name))
-    )
+    numbers = _numbers(folder, "layer")
     if not numbers:
         raise SparseCircuitsError(f"{folder} has no layer_{{i}}.safetensors files")
     if numbers != list(range(len(numbers))):
@@ -229,11 +231,7 @@ def read_layer_file(
 def _read_clt(
     folder: Path, config: dict[str, Any], device: str | torch.device | None
 ) -> CrossLayerTranscoder:
-    numbers = sorted(
-        int(m.group(1))
-        for p in folder.glob("W_enc_*.safetensors")
-        if (m := re.fullmatch(r"W_enc_(\d+)\.safetensors", p.name))
-    )
+    numbers = _numbers(folder, "W_enc")
     if not numbers or numbers != list(range(len(numbers))):
         raise SparseCircuitsError(
             f"{folder}: a circuit-tracer cross-layer transcoder needs W_enc_0..W_enc_{{L-1}}.safetensors (found {numbers})"
