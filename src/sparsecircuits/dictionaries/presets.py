@@ -118,6 +118,36 @@ def _circuit_tracer(
     )
 
 
+# circuit-tracer sets: name, repository, model, kind, layers
+_CIRCUIT_TRACER_SETS = (
+    ("gemma-2-2b-clt-426k", "mntss/clt-gemma-2-2b-426k", "google/gemma-2-2b", "clt", 26),
+    ("gemma-2-2b-clt-2.5m", "mntss/clt-gemma-2-2b-2.5M", "google/gemma-2-2b", "clt", 26),
+    (
+        "llama-3.2-1b-transcoders",
+        "mntss/transcoder-Llama-3.2-1B",
+        "meta-llama/Llama-3.2-1B",
+        "transcoders",
+        16,
+    ),
+    ("llama-3.2-1b-clt", "mntss/clt-llama-3.2-1b-524k", "meta-llama/Llama-3.2-1B", "clt", 16),
+    (
+        "qwen3-0.6b-transcoders",
+        "mwhanna/qwen3-0.6b-transcoders-lowl0",
+        "Qwen/Qwen3-0.6B",
+        "transcoders",
+        28,
+    ),
+    (
+        "qwen3-1.7b-transcoders",
+        "mwhanna/qwen3-1.7b-transcoders-lowl0",
+        "Qwen/Qwen3-1.7B",
+        "transcoders",
+        28,
+    ),
+    ("qwen3-4b-transcoders", "mwhanna/qwen3-4b-transcoders", "Qwen/Qwen3-4B", "transcoders", 36),
+    ("qwen3-8b-transcoders", "mwhanna/qwen3-8b-transcoders", "Qwen/Qwen3-8B", "transcoders", 36),
+)
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -162,50 +192,7 @@ PRESETS: dict[str, Preset] = {
                 for i in range(12)
             ),
         ),
-        _circuit_tracer(
-            "gemma-2-2b-clt-426k", "mntss/clt-gemma-2-2b-426k", "google/gemma-2-2b", "clt", 26
-        ),
-        _circuit_tracer(
-            "gemma-2-2b-clt-2.5m", "mntss/clt-gemma-2-2b-2.5M", "google/gemma-2-2b", "clt", 26
-        ),
-        _circuit_tracer(
-            "llama-3.2-1b-transcoders",
-            "mntss/transcoder-Llama-3.2-1B",
-            "meta-llama/Llama-3.2-1B",
-            "transcoders",
-            16,
-        ),
-        _circuit_tracer(
-            "llama-3.2-1b-clt", "mntss/clt-llama-3.2-1b-524k", "meta-llama/Llama-3.2-1B", "clt", 16
-        ),
-        _circuit_tracer(
-            "qwen3-0.6b-transcoders",
-            "mwhanna/qwen3-0.6b-transcoders-lowl0",
-            "Qwen/Qwen3-0.6B",
-            "transcoders",
-            28,
-        ),
-        _circuit_tracer(
-            "qwen3-1.7b-transcoders",
-            "mwhanna/qwen3-1.7b-transcoders-lowl0",
-            "Qwen/Qwen3-1.7B",
-            "transcoders",
-            28,
-        ),
-        _circuit_tracer(
-            "qwen3-4b-transcoders",
-            "mwhanna/qwen3-4b-transcoders",
-            "Qwen/Qwen3-4B",
-            "transcoders",
-            36,
-        ),
-        _circuit_tracer(
-            "qwen3-8b-transcoders",
-            "mwhanna/qwen3-8b-transcoders",
-            "Qwen/Qwen3-8B",
-            "transcoders",
-            36,
-        ),
+        *(_circuit_tracer(*row) for row in _CIRCUIT_TRACER_SETS),
         _circuit_tracer(
             "qwen3-14b-transcoders",
             "mwhanna/qwen3-14b-transcoders-lowl0",

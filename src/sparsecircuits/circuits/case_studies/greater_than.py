@@ -469,20 +469,15 @@ def _ablate(
     mean attribution in every prompt vs k random active features per prompt, and per ranking target
     its top-k in every prompt and each prompt's own top-k."""
     rng = random.Random(cfg.seed)
+
+    def drop(edits: Edits) -> float:
+        return _drop_fraction(model, state, prompts, edits, pd_clean)
+
     random_drops = [
-        _drop_fraction(
-            model, state, prompts, _per_prompt_random_edits(state, cfg.n_random, rng), pd_clean
-        )
-        for _ in range(cfg.random_draws)
+        drop(_per_prompt_random_edits(state, cfg.n_random, rng)) for _ in range(cfg.random_draws)
     ]
     global_random = [
-        _drop_fraction(
-            model,
-            state,
-            prompts,
-            _feature_edits(_random_active_features(state, cfg.n_random, rng)),
-            pd_clean,
-        )
+        drop(_feature_edits(_random_active_features(state, cfg.n_random, rng)))
         for _ in range(cfg.random_draws)
     ]
     variants: dict[str, dict[str, float]] = {}
@@ -501,12 +496,8 @@ def _ablate(
         )
         kind_top = [n for n, _ in _top_features(_mean_feature_scores(kind_attr), cfg.top_k)]
         variants[kind] = {
-            "same_features_every_prompt": _drop_fraction(
-                model, state, prompts, _feature_edits(kind_top), pd_clean
-            ),
-            "each_prompts_own_top": _drop_fraction(
-                model, state, prompts, _per_prompt_top_edits(kind_attr, cfg.top_k), pd_clean
-            ),
+            "same_features_every_prompt": drop(_feature_edits(kind_top)),
+            "each_prompts_own_top": drop(_per_prompt_top_edits(kind_attr, cfg.top_k)),
         }
     return {
         "top10_ablation_drop": variants[cfg.target]["same_features_every_prompt"],

@@ -127,7 +127,8 @@ def read_dictionary(path: Path, fmt: str, device: str | torch.device | None) -> 
     if fmt == "circuit-tracer" and path.is_file():
         config_path = path.parent / circuit_tracer.CONFIG_FILENAME
         config = read_mapping(config_path) if config_path.is_file() else {}
-        layer = _trailing_number(path.stem)
+        digits = path.stem[len(path.stem.rstrip("0123456789")) :]
+        layer = int(digits) if digits else 0
         return circuit_tracer.read_layer_file(path, layer, config, None, device)
     found = read_set(path, fmt, device)
     if isinstance(found, CrossLayerTranscoder):
@@ -137,15 +138,6 @@ def read_dictionary(path: Path, fmt: str, device: str | torch.device | None) -> 
             f"{path} holds a set of {len(found)} transcoders; load it with load_transcoders"
         )
     return next(iter(found.values()))
-
-
-def _trailing_number(stem: str) -> int:
-    digits = ""
-    for char in reversed(stem):
-        if not char.isdigit():
-            break
-        digits = char + digits
-    return int(digits) if digits else 0
 
 
 def read_set(path: Path, fmt: str, device: str | torch.device | None) -> TranscoderSet:

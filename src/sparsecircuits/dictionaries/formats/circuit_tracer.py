@@ -148,12 +148,14 @@ def _listed_files(folder: Path, config: dict[str, Any]) -> list[Path]:
     return files
 
 
+def _numbers(folder: Path, prefix: str) -> list[int]:
+    """The `i` of every `{prefix}_{i}.safetensors` in `folder`, ascending."""
+    names = (re.fullmatch(rf"{prefix}_(\d+)\.safetensors", p.name) for p in folder.iterdir())
+    return sorted(int(m.group(1)) for m in names if m)
+
+
 def _layer_files(folder: Path) -> list[Path]:
-    numbers = sorted(
-        int(m.group(1))
-        for p in folder.glob("layer_*.safetensors")
-        if (m := re.fullmatch(r"layer_(\d+)\.safetensors", p.name))
-    )
+    numbers = _numbers(folder, "layer")
     if not numbers:
         raise SparseCircuitsError(f"{folder} has no layer_{{i}}.safetensors files")
     if numbers != list(range(len(numbers))):
@@ -195,21 +197,14 @@ def read_layer_file(
             f"{where}: not a circuit-tracer transcoder file (missing {missing or 'none'}, "
             f"unknown {unknown or 'none'}; expected {', '.join(sorted(known))})"
         )
-    W_enc = raw["W_enc"].T.contiguous()
-    d_in, d_sae = W_enc.shape
     tensors: dict[str, Tensor] = {
-        "W_enc": W_enc,
+        "W_enc": raw["W_enc"].T.contiguous(),
         "b_enc": raw["b_enc"],
-        "b_in": torch.zeros(d_in, dtype=raw["W_dec"].dtype),
+        "b_in": torch.zeros(raw["W_enc"].shape[1], dtype=raw["W_dec"].dtype),
         "W_dec": raw["W_dec"],
         "b_dec": raw["b_dec"],
     }
-    fields: dict[str, Any] = {
-        **site,
-        "d_in": int(d_in),
-        "d_sae": int(d_sae),
-        "d_out": int(raw["W_dec"].shape[1]),
-    }
+    fields: dict[str, Any] = dict(site)
     if config.get("activation") == "topk" or "k" in raw:
         k = config.get("k", int(raw["k"]) if "k" in raw else None)
         if k is None:
@@ -236,11 +231,7 @@ def read_layer_file(
 def _read_clt(
     folder: Path, config: dict[str, Any], device: str | torch.device | None
 ) -> CrossLayerTranscoder:
-    numbers = sorted(
-        int(m.group(1))
-        for p in folder.glob("W_enc_*.safetensors")
-        if (m := re.fullmatch(r"W_enc_(\d+)\.safetensors", p.name))
-    )
+    numbers = _numbers(folder, "W_enc")
     if not numbers or numbers != list(range(len(numbers))):
         raise SparseCircuitsError(
             f"{folder}: a circuit-tracer cross-layer transcoder needs W_enc_0..W_enc_{{L-1}}.safetensors (found {numbers})"
@@ -274,9 +265,6 @@ def _read_clt(
         "architecture": "jumprelu" if jumprelu else "relu",
         "kind": "clt",
         "n_layers": n_layers,
-        "d_in": int(W_enc.shape[1]),
-        "d_sae": int(W_enc.shape[2]),
-        "d_out": int(tensors["b_dec"].shape[1]),
         "hook_in": _our_hook(hook_in, "{layer}"),
         "hook_out": _our_hook(hook_out, "{layer}"),
         "model_name": str(config.get("model_name") or ""),

@@ -29,12 +29,15 @@ def build(
     device: str | torch.device | None,
 ) -> Dictionary | CrossLayerTranscoder:
     """Our dictionary from config `fields` and a complete state dict `tensors` in our naming
-    (`W_enc [d_in, d_sae]`, `b_in`, `b_enc`, `W_dec`, `b_dec`, ...; a CLT's family state
-    stacked). dtype is that of `W_dec`; `device` defaults to the CPU.
+    (`W_enc [d_in, d_sae]`, `b_in`, `b_enc`, `W_dec [d_sae, d_out]`, `b_dec`, ...; a CLT's
+    family state stacked). `d_in`, `d_sae` and `d_out` are those of `W_enc` and `W_dec`, dtype
+    that of `W_dec`; `device` defaults to the CPU.
 
     Raises `SparseCircuitsError` naming `where` when the tensors do not fit the config.
     """
-    fields = {"dtype": dtype_name(_decoder(tensors).dtype), **fields}
+    decoder, (d_in, d_sae) = _decoder(tensors), tensors["W_enc"].shape[-2:]
+    fields = {"dtype": dtype_name(decoder.dtype), **fields, "d_in": d_in, "d_sae": d_sae}
+    fields["d_out"] = decoder.shape[-1]
     fields["device"] = _resolve_device(device, "cpu")
     try:
         cfg = DictionaryConfig(**fields)

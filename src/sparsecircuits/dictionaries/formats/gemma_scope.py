@@ -125,22 +125,18 @@ def _jumprelu(
     W_enc, W_dec = tensors["W_enc"], tensors["W_dec"]
     if W_enc.ndim != 2 or W_dec.ndim != 2:
         raise SparseCircuitsError(f"{where}: expected 2-D encoder and decoder matrices")
-    d_in, d_sae = W_enc.shape
     kind = "skip_transcoder" if "W_skip" in tensors else fields["kind"]
     ours = {
         "W_enc": W_enc,
         "b_enc": tensors["b_enc"],
-        "b_in": torch.zeros(d_in, dtype=W_dec.dtype),
+        "b_in": torch.zeros(W_enc.shape[0], dtype=W_dec.dtype),
         "W_dec": W_dec,
         "b_dec": tensors["b_dec"],
         "activation.log_threshold": log_threshold(tensors["threshold"], where),
     }
     if "W_skip" in tensors:
         ours["W_skip"] = tensors["W_skip"]
-    config = {**fields, "architecture": "jumprelu", "kind": kind, "d_in": d_in, "d_sae": d_sae}
-    if kind != "sae":
-        config["d_out"] = W_dec.shape[1]
-    built = build(config, ours, where, device)
+    built = build({**fields, "architecture": "jumprelu", "kind": kind}, ours, where, device)
     assert isinstance(built, Dictionary)
     return built
 
@@ -263,14 +259,15 @@ def read_gemma_scope_2_clt(
                 f"{file}: w_dec has shape {tuple(raw['w_dec'].shape)}; a {n_layers}-layer "
                 "cross-layer transcoder needs [d_sae, n_layers, d_out] (are files missing?)"
             )
-    d_in, d_sae = per_layer[0]["w_enc"].shape
     tensors: dict[str, Tensor] = {
         "W_enc": torch.stack([raw["w_enc"] for raw in per_layer]),
         "b_enc": torch.stack([raw["b_enc"] for raw in per_layer]),
         "b_dec": torch.stack([raw["b_dec"] for raw in per_layer]),
         "log_threshold": log_threshold(torch.stack([raw["threshold"] for raw in per_layer]), where),
     }
-    tensors["b_in"] = torch.zeros(n_layers, d_in, dtype=tensors["b_dec"].dtype)
+    tensors["b_in"] = torch.zeros(
+        n_layers, per_layer[0]["w_enc"].shape[0], dtype=tensors["b_dec"].dtype
+    )
     for layer, raw in enumerate(per_layer):
         tensors[f"W_dec.{layer}"] = raw["w_dec"][:, layer:, :].contiguous()
     site = _gemma_scope_2_fields(files[0], transcoder=True)
@@ -278,9 +275,6 @@ def read_gemma_scope_2_clt(
         "architecture": "jumprelu",
         "kind": "clt",
         "n_layers": n_layers,
-        "d_in": int(d_in),
-        "d_sae": int(d_sae),
-        "d_out": int(tensors["b_dec"].shape[1]),
         "hook_in": hooks.layer_template(site["hook_in"]),
         "hook_out": hooks.layer_template(site["hook_out"] or site["hook_in"]),
         "model_name": site["model_name"],

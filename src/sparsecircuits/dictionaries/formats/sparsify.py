@@ -83,7 +83,6 @@ def read(folder: Path, device: str | torch.device | None) -> Dictionary:
     missing = sorted({"encoder.weight", "encoder.bias", "W_dec", "b_dec"} - set(raw))
     if missing:
         raise SparseCircuitsError(f"{folder / WEIGHTS_FILENAME}: lacks {', '.join(missing)}")
-    d_sae, d_in = raw["encoder.weight"].shape
     transcode, early = _transcode(cfg, folder)
     if not transcode and "W_skip" in raw:
         raise SparseCircuitsError(f"{where}: an SAE with a skip connection is not supported")
@@ -105,14 +104,10 @@ def read(folder: Path, device: str | torch.device | None) -> Dictionary:
     fields: dict[str, Any] = {
         "architecture": "topk",
         "kind": kind,
-        "d_in": int(d_in),
-        "d_sae": int(d_sae),
         "k": int(cfg.get("k", 32)),
         "model_name": _model_name(folder),
         **_hooks(folder.name, transcode),
     }
-    if transcode:
-        fields["d_out"] = int(raw["W_dec"].shape[1])
     built = build(combine(fields, stored_config(cfg)), tensors, where, device)
     assert isinstance(built, Dictionary)
     return built

@@ -76,12 +76,11 @@ def read(path: Path, device: str | torch.device | None) -> Dictionary:
         raise SparseCircuitsError(f"{where}: state_dict lacks {', '.join(missing)}")
     tensors: dict[str, Tensor] = {name: t for name, t in state.items() if isinstance(t, Tensor)}
     transcoder = bool(cfg.get("is_transcoder")) or "b_dec_out" in tensors
-    W_enc, W_dec = tensors["W_enc"], tensors["W_dec"]
     ours = {
-        "W_enc": W_enc,
+        "W_enc": tensors["W_enc"],
         "b_enc": tensors["b_enc"],
         "b_in": tensors["b_dec"],
-        "W_dec": W_dec,
+        "W_dec": tensors["W_dec"],
         "b_dec": tensors["b_dec_out"] if transcoder else tensors["b_dec"],
     }
     if transcoder and "b_dec_out" not in tensors:
@@ -90,13 +89,10 @@ def read(path: Path, device: str | torch.device | None) -> Dictionary:
     fields: dict[str, Any] = {
         "architecture": "relu",
         "kind": "transcoder" if transcoder else "sae",
-        "d_in": int(W_enc.shape[0]),
-        "d_sae": int(W_enc.shape[1]),
         "hook_in": hook_in,
         "model_name": str(cfg.get("model_name") or ""),
     }
     if transcoder:
-        fields["d_out"] = int(W_dec.shape[1])
         fields["hook_out"] = str(cfg.get("out_hook_point") or "")
     if "l1_coefficient" in cfg:
         fields["l1_coefficient"] = float(cfg["l1_coefficient"])
