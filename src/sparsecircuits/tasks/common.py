@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,13 +34,6 @@ class TaskPrompts:
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
-
-
-def word_list(name: str) -> list[str]:
-    """Return the words of the shipped pool `tasks/words/<name>.txt`, one per line, in file order."""
-    return (
-        (Path(__file__).parent / "words" / f"{name}.txt").read_text(encoding="utf-8").splitlines()
-    )
 
 
 def check_split(split: str) -> None:
