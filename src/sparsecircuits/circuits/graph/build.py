@@ -44,12 +44,14 @@ normalisation. No N x N matrix is ever built, and past the budget storage grows 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from sparsecircuits.circuits.graph.budget import budget_edges
 from sparsecircuits.circuits.graph.prune import (
     PruneResult,
     SparseAdjacency,
@@ -65,9 +67,19 @@ from sparsecircuits.circuits.graph.rows import (
     salient_logits,
     sparsify_rows,
 )
+from sparsecircuits.circuits.graph.targets import GraphTarget, salient_targets, target_arrays
 from sparsecircuits.errors import SparseCircuitsError
 
-__all__ = ["STORES", "AttributionGraph", "GraphConfig", "build_graph", "salient_logits"]
+__all__ = [
+    "STORES",
+    "AttributionGraph",
+    "GraphConfig",
+    "GraphTarget",
+    "build_graph",
+    "salient_logits",
+]
+# budget mode: re-rank the remaining features after this many batches (circuit-tracer's default)
+UPDATE_INTERVAL = 4
 
 if TYPE_CHECKING:
     from sparsecircuits.circuits.replacement import ReplacementModel
@@ -118,6 +130,20 @@ class GraphConfig:
     skip_bos: bool = field(
         default=True, metadata={"help": "no feature or error nodes at position 0 (the BOS)"}
     )
+    max_feature_nodes: int | None = field(
+        default=None,
+        metadata={
+            "help": "keep only this many features, the most influential by an estimate updated "
+            "as rows are computed (circuit-tracer's max_feature_nodes; None: every active feature)"
+        },
+    )
+    max_links: int | None = field(
+        default=100_000,
+        metadata={
+            "help": "most links written to graph.json after pruning, the strongest by "
+            "influence-weighted score (about 70 bytes each; None: every kept link)"
+        },
+    )
     # "influential" (step 4 of the module docstring) costs one more backward per kept target,
     # and pruning at a higher node threshold then needs a rebuild.
     store: str = field(
@@ -142,6 +168,10 @@ class GraphConfig:
             raise SparseCircuitsError("max_edges_per_row must be at least 1 (or None for no cap)")
         if self.edge_budget is not None and self.edge_budget < 1:
             raise SparseCircuitsError("edge_budget must be at least 1 (or None for no budget)")
+        if self.max_feature_nodes is not None and self.max_feature_nodes < 1:
+            raise SparseCircuitsError("max_feature_nodes must be at least 1 (or None for all)")
+        if self.max_links is not None and self.max_links < 1:
+            raise SparseCircuitsError("max_links must be at least 1 (or None for all)")
         if self.store not in STORES:
             raise SparseCircuitsError(f'store must be "all" or "influential", got {self.store!r}')
         if not 0.0 <= self.node_threshold <= 1.0 or not 0.0 <= self.edge_threshold <= 1.0:
@@ -169,6 +199,9 @@ class AttributionGraph:
     passed `stored_node_threshold`, and `full_influence` / `full_scores` hold the full graph's
     node influence `[n_nodes]` and `(replacement, completeness)` scores, computed while
     streaming; pruning at that threshold or a lower one gives the full graph's result.
+    `n_active_features` counts the prompt's active features; with `max_feature_nodes` the graph
+    keeps `n_features` of them. `logit_ids` past the vocabulary are targets without a token
+    (`graph.targets`); `logit_probs` are the targets' influence weights.
     """
 
     prompt: str
@@ -185,6 +218,7 @@ class AttributionGraph:
     timings: dict[str, float] = field(default_factory=dict)
     full_influence: Tensor | None = None
     full_scores: tuple[float, float] | None = None
+    n_active_features: int | None = None
     _node_influence: Tensor | None = field(default=None, init=False, repr=False)
 
     @property
@@ -272,10 +306,14 @@ class AttributionGraph:
 
 
 def build_graph(
-    replacement: ReplacementModel, prompt: str | Tensor, config: GraphConfig | None = None
+    replacement: ReplacementModel,
+    prompt: str | Tensor,
+    config: GraphConfig | None = None,
+    targets: Sequence[GraphTarget] | None = None,
 ) -> AttributionGraph:
     """Return the unpruned `AttributionGraph` of `prompt` (text, or input_ids `[T]` / `[1, T]`),
-    built in the steps of the module docstring."""
+    built in the steps of the module docstring. `targets` are its output nodes (default: the
+    salient logits of `config`; see `graph.targets`)."""
     cfg = replace(config) if config else GraphConfig()  # a copy: the graph keeps it
     cfg.check()
     timings: dict[str, float] = {}
@@ -285,18 +323,28 @@ def build_graph(
     state = replacement.run(input_ids)
     timings["clean_run"] = time.perf_counter() - start
     # 2. nodes
-    nodes = graph_nodes(
-        replacement,
-        state,
-        cfg.skip_bos,
-        cfg.max_n_logits,
-        cfg.desired_logit_prob,
-        int(input_ids.shape[1]),
-    )
+    if targets is None:
+        targets = salient_targets(
+            replacement, state.logits[0, -1], cfg.max_n_logits, cfg.desired_logit_prob
+        )
+    logit_ids, logit_weights, directions, labels = target_arrays(replacement, targets)
+    nodes = graph_nodes(replacement, state, cfg.skip_bos, logit_ids, logit_weights)
     # 3. targets
-    rows = RowMaker.for_targets(replacement, input_ids, state, nodes, cfg.batch_size, timings)
+    rows = RowMaker.for_targets(
+        replacement, input_ids, state, nodes, cfg.batch_size, timings, directions
+    )
     # 4. edge rows
-    adjacency, streamed = _edges(rows, cfg)
+    streamed: _Streamed | None = None
+    active, activations = nodes.active, nodes.activations
+    if cfg.max_feature_nodes is not None:
+        row_cap = cfg.row_cap(cfg.max_feature_nodes + nodes.n_logits, nodes.n_nodes)
+        adjacency, kept = budget_edges(
+            rows, cfg.max_feature_nodes, UPDATE_INTERVAL, cfg.row_mass, row_cap
+        )
+        active, activations = active[kept], activations[kept]
+        cfg.store = "all"  # every computed row is stored
+    else:
+        adjacency, streamed = _edges(rows, cfg)
     timings["edges"] = time.perf_counter() - start - timings["clean_run"]
     # 5. the graph
     tokenizer = replacement.adapter.tokenizer
@@ -306,16 +354,17 @@ def build_graph(
         input_ids=ids,
         prompt_tokens=[tokenizer.decode([i]) for i in ids.tolist()],
         n_layers=replacement.n_layers,
-        active_features=nodes.active,
-        activations=nodes.activations,
+        active_features=active,
+        activations=activations,
         logit_ids=nodes.logit_ids,
         logit_probs=nodes.logit_probs,
-        logit_tokens=[tokenizer.decode([i]) for i in nodes.logit_ids.tolist()],
+        logit_tokens=labels,
         adjacency=adjacency,
         config=cfg,
         timings=timings,
         full_influence=None if streamed is None else streamed.influence,
         full_scores=None if streamed is None else streamed.scores,
+        n_active_features=nodes.n_features,
     )
 
 

@@ -96,14 +96,14 @@ def graph_nodes(
     replacement: ReplacementModel,
     state: ReplacementState,
     skip_bos: bool,
-    max_n_logits: int,
-    desired_logit_prob: float,
-    n_pos: int,
+    logit_ids: Tensor,
+    logit_probs: Tensor,
 ) -> Nodes:
-    """Step 2: the nodes of the clean run `state` of a `n_pos`-token prompt."""
+    """Step 2: the nodes of the clean run `state` of one prompt, with output nodes
+    `logit_ids [K]` weighted `logit_probs [K]`."""
+    n_pos = int(state.n_pos)
     first = 1 if skip_bos and n_pos > 1 else 0
     active, activations, decoders = _feature_nodes(replacement, state, first, n_pos)
-    logit_ids, logit_probs = salient_logits(state.logits[0, -1], max_n_logits, desired_logit_prob)
     error_vectors = []
     for layer in range(replacement.n_layers):
         err = (
