@@ -397,3 +397,26 @@ def test_export_caps_links_and_says_so(replacement):
     assert len(data["links"]) <= 25
     extra = data["metadata"]["pruning_settings"]  # `extra` keys are written inline
     assert extra["max_links"] == 25 and extra["links_before_cap"] > 25
+
+
+def test_autograd_fallback_when_the_transposed_model_does_not_match(replacement, monkeypatch):
+    """A model the adjoint does not describe is caught by its probe; autograd then builds the
+    same graph."""
+    from sparsecircuits.circuits.graph import adjoint, rows
+
+    config = GraphConfig(row_mass=1.0, store="all", batch_size=16)
+    fast = build_graph(replacement, PROMPT, config)
+    original = adjoint.FrozenAdjoint._attention
+    monkeypatch.setattr(
+        adjoint.FrozenAdjoint,
+        "_attention",
+        lambda self, layer, g, out: original(self, layer, g, out) * 1.01,
+    )
+    assert not adjoint.matches_autograd(replacement, replacement.tokenize(PROMPT))
+    monkeypatch.setattr(adjoint.FrozenAdjoint, "_attention", original)
+    monkeypatch.setattr(rows, "matches_autograd", lambda *_: False)
+    with pytest.warns(UserWarning, match="autograd"):
+        slow = build_graph(replacement, PROMPT, config)
+    torch.testing.assert_close(
+        slow.adjacency.to_dense(), fast.adjacency.to_dense(), atol=2e-5, rtol=1e-4
+    )

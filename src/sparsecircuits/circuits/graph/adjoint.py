@@ -167,7 +167,7 @@ def autograd_grads(
     retain: bool,
 ) -> list[Tensor | None]:
     """The same gradients as `FrozenAdjoint.grads` (`[T, B, d]`, full prompt) by autograd
-    through a frozen forward (`read_points`/`sources` of `graph.build._frozen_forward`), with
+    through a frozen forward (`read_points`/`sources` of `frozen_forward`), with
     `vectors` in read-point space (before the norm pull-back)."""
     batch = int(layers.numel())
     outputs, grad_outputs = [], []
@@ -189,3 +189,68 @@ def autograd_grads(
         allow_unused=True,
     )
     return [None if g is None else g[:, 0].transpose(0, 1) for g in raw]
+
+
+def frozen_forward(
+    replacement: ReplacementModel, input_ids: Tensor, state: ReplacementState | None = None
+) -> tuple[dict[int, Tensor], list[Tensor]]:
+    """One frozen forward pass of `input_ids [1, T]` (clean `state` given or computed) kept for
+    many backward passes.
+
+    Returns the read points (`{layer: transcoder input}`, `{n_layers: final norm output}`) where
+    targets inject their gradient, and the sources (every MLP output, then the embedding) where
+    edges are read.
+    """
+    from sparsecircuits.circuits.replacement import Multipliers
+
+    n_pos, n_layers = int(input_ids.shape[1]), replacement.n_layers
+
+    def unit() -> Tensor:
+        return torch.ones(
+            (1, n_pos, 1), dtype=replacement.dtype, device=replacement.device, requires_grad=True
+        )
+
+    state = replacement.run(input_ids) if state is None else state
+    mults = Multipliers(embed=unit(), errors={layer: unit() for layer in range(n_layers)})
+    with torch.enable_grad():
+        out = replacement.run_with_multipliers(state, mults, features="frozen")
+    read_points = {layer: out.tc_in[layer] for layer in replacement.feature_layers}
+    read_points[n_layers] = out.final_normed
+    return read_points, [out.mlp_out[layer] for layer in range(n_layers)] + [out.embed]
+
+
+def matches_autograd(replacement: ReplacementModel, input_ids: Tensor, n_tokens: int = 8) -> bool:
+    """Whether `FrozenAdjoint.grads` equals autograd through the model's own frozen forward on
+    the first `n_tokens` of `input_ids [1, T]`, for random vectors injected at the final norm,
+    the highest and the lowest transcoder layer (float precision of the model's dtype)."""
+    ids = input_ids[:, : min(n_tokens, int(input_ids.shape[1]))]
+    n_pos = int(ids.shape[1])
+    state = replacement.run(ids)
+    adjoint = FrozenAdjoint(replacement, state)
+    read_points, sources = frozen_forward(replacement, ids, state)
+    gen = torch.Generator().manual_seed(0)
+    kinds = sorted(
+        {replacement.n_layers, *replacement.feature_layers[:1], *replacement.feature_layers[-1:]}
+    )
+    layers = torch.tensor(kinds).repeat_interleave(2)
+    pos = torch.randint(0, n_pos, (layers.numel(),), generator=gen)
+    pos[::2] = n_pos - 1
+    vectors = torch.randn(layers.numel(), replacement.d_model, generator=gen)
+    device, dtype = replacement.device, replacement.dtype
+    layers, pos, vectors = layers.to(device), pos.to(device), vectors.to(device, dtype)
+    resid = torch.empty_like(vectors)
+    for layer in kinds:
+        hit = layers == layer
+        resid[hit] = adjoint.resid_vectors(layer, pos[hit], vectors[hit])
+    ours = adjoint.grads(layers, pos, resid, n_pos)
+    with torch.enable_grad():
+        theirs = autograd_grads(replacement, read_points, sources, layers, pos, vectors, False)
+    tol = 1e-4 if dtype in (torch.float32, torch.float64) else 3e-2
+    for a, b in zip(ours, theirs, strict=True):
+        if a is None and b is None:
+            continue
+        reference = (torch.zeros_like(a) if b is None else b).double()  # type: ignore[arg-type]
+        mine = (torch.zeros_like(reference) if a is None else a).double()
+        if (mine - reference).abs().max() > tol * max(float(reference.abs().max()), 1e-6):
+            return False
+    return True

@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from sparsecircuits.circuits.graph.adjoint import FrozenAdjoint, autograd_grads
+from sparsecircuits.circuits.graph.adjoint import (
+    FrozenAdjoint,
+    autograd_grads,
+    frozen_forward,
+    matches_autograd,
+)
 
 if TYPE_CHECKING:
     from sparsecircuits.circuits.replacement import ReplacementModel, ReplacementState
@@ -238,36 +243,20 @@ class RowMaker:
         return int(self.target_node.numel())
 
     def choose_engine(self) -> None:
-        """Use the autograd-free `FrozenAdjoint` when its gradients equal autograd's on a probe
-        batch of this prompt (the logits and some features of the lowest and highest layers);
-        otherwise keep a frozen forward for autograd and warn."""
+        """Use the autograd-free `FrozenAdjoint` when it equals autograd on this model
+        (`adjoint.matches_autograd`, on the prompt's first tokens); otherwise keep a frozen
+        forward for autograd and warn."""
         tick = time.perf_counter()
-        adjoint = FrozenAdjoint(self.replacement, self.state)
-        layers = self.target_layer
-        probe = [(layers == layers.max()).nonzero(as_tuple=True)[0]]
-        features = (layers < self.replacement.n_layers).nonzero(as_tuple=True)[0]
-        if features.numel():
-            lowest = features[layers[features] == layers[features].min()]
-            highest = features[layers[features] == layers[features].max()]
-            probe += [lowest[:4], highest[:4]]
-        n_pos = int(self.input_ids.shape[1])
-        self.frozen = _frozen_forward(self.replacement, self.input_ids, self.state)
-        matches = True
-        for batch in probe:
-            if batch.numel() == 0:
-                continue
-            ours = self._adjoint_grads(adjoint, batch, n_pos)
-            theirs = self._autograd_grads(batch, retain=True)
-            matches = matches and _same_grads(ours, theirs)
-        self.timings["engine_check"] = time.perf_counter() - tick
-        if matches:
-            self.adjoint, self.frozen = adjoint, None
+        if matches_autograd(self.replacement, self.input_ids):
+            self.adjoint = FrozenAdjoint(self.replacement, self.state)
         else:
             warnings.warn(
                 "the transposed frozen model does not match autograd for this model; building "
                 "the graph with autograd (slower)",
                 stacklevel=3,
             )
+            self.frozen = frozen_forward(self.replacement, self.input_ids, self.state)
+        self.timings["engine_check"] = time.perf_counter() - tick
 
     def _adjoint_grads(
         self, adjoint: FrozenAdjoint, batch: Tensor, prefix: int
@@ -370,48 +359,6 @@ class RowMaker:
         if not pieces:
             return torch.zeros(batch, 0), torch.zeros(0, dtype=torch.long)
         return torch.cat(pieces, 1), torch.cat(columns)
-
-
-def _same_grads(ours: list[Tensor | None], theirs: list[Tensor | None]) -> bool:
-    """Whether two gradient lists agree (None where the other is zero), to float precision."""
-    for a, b in zip(ours, theirs, strict=True):
-        if a is None and b is None:
-            continue
-        a = torch.zeros_like(b) if a is None else a
-        b = torch.zeros_like(a) if b is None else b
-        a, b = a.double(), b[: a.shape[0]].double()
-        tol = 1e-4 if ours[-1] is None or ours[-1].dtype == torch.float32 else 3e-2
-        if (a - b).abs().max() > tol * max(float(b.abs().max()), 1e-6):
-            return False
-    return True
-
-
-def _frozen_forward(
-    replacement: ReplacementModel, input_ids: Tensor, state: ReplacementState | None = None
-) -> tuple[dict[int, Tensor], list[Tensor]]:
-    """One frozen forward pass of `input_ids [1, T]` (clean `state` given or computed) kept for
-    many backward passes.
-
-    Returns the read points (`{layer: transcoder input}`, `{n_layers: final norm output}`) where
-    targets inject their gradient, and the sources (every MLP output, then the embedding) where
-    edges are read.
-    """
-    from sparsecircuits.circuits.replacement import Multipliers
-
-    n_pos, n_layers = int(input_ids.shape[1]), replacement.n_layers
-
-    def unit() -> Tensor:
-        return torch.ones(
-            (1, n_pos, 1), dtype=replacement.dtype, device=replacement.device, requires_grad=True
-        )
-
-    state = replacement.run(input_ids) if state is None else state
-    mults = Multipliers(embed=unit(), errors={layer: unit() for layer in range(n_layers)})
-    with torch.enable_grad():
-        out = replacement.run_with_multipliers(state, mults, features="frozen")
-    read_points = {layer: out.tc_in[layer] for layer in replacement.feature_layers}
-    read_points[n_layers] = out.final_normed
-    return read_points, [out.mlp_out[layer] for layer in range(n_layers)] + [out.embed]
 
 
 def _position_groups(pos: Tensor, rows: Tensor, n_pos: int) -> tuple[Tensor, Tensor, Tensor]:
