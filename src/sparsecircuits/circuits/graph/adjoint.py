@@ -84,16 +84,32 @@ class FrozenAdjoint:
             vectors, rm.layer_weights(layer).ln2, scale, gain=kind == "hook_mlp_in"
         )
 
-    def _attention(self, layer: int, g: Tensor, out: Tensor) -> Tensor:
-        """`out + (gradient through attention `layer` of g)`, both `[P, B, d]`."""
+    def _attention(
+        self, layer: int, g: Tensor, out: Tensor, single: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """`out + (gradient through attention `layer` of g)`, both `[P, B, d]`.
+
+        `single = (pos [B], vectors [B, d])` says that g is `vectors[r]` at `(pos[r], r)` and
+        zero elsewhere (a batch's first layer): then `g W_O^T` is B rows, not P*B, and the
+        pattern spreads each row with one product instead of a matmul."""
         a = self.layers[layer]
         n_pos, batch, d_model = g.shape
         n_heads = a.mix.shape[0]
-        u = g.reshape(n_pos * batch, d_model) @ a.w_o_t  # [P*B, H*dh]
-        d_head = u.shape[1] // n_heads
-        u = u.view(n_pos, batch, n_heads, d_head).permute(2, 0, 1, 3).reshape(n_heads, n_pos, -1)
-        v = torch.bmm(a.mix[:, :n_pos, :n_pos], u)  # [H, P(src), B*dh]
-        v = v.view(n_heads, n_pos, batch, d_head).permute(1, 2, 0, 3).reshape(n_pos * batch, -1)
+        if single is not None:
+            pos, vectors = single
+            u = (vectors @ a.w_o_t).view(batch, n_heads, -1)  # [B, H, dh]
+            weights = a.mix[:, :n_pos, :][:, :, pos].permute(1, 2, 0)  # [P(src), B, H]
+            v = (weights[..., None] * u[None]).reshape(n_pos * batch, -1)
+        else:
+            u = g.reshape(n_pos * batch, d_model) @ a.w_o_t  # [P*B, H*dh]
+            d_head = u.shape[1] // n_heads
+            u = (
+                u.view(n_pos, batch, n_heads, d_head)
+                .permute(2, 0, 1, 3)
+                .reshape(n_heads, n_pos, -1)
+            )
+            v = torch.bmm(a.mix[:, :n_pos, :n_pos], u)  # [H, P(src), B*dh]
+            v = v.view(n_heads, n_pos, batch, d_head).permute(1, 2, 0, 3).reshape(n_pos * batch, -1)
         return torch.addmm(out.reshape(n_pos * batch, d_model), v, a.m_v).view(n_pos, batch, -1)
 
     def _skip(self, layer: int, g: Tensor) -> Tensor | None:
@@ -141,18 +157,30 @@ class FrozenAdjoint:
             return fresh
 
         g = inject(None, n)
+        # while g is the injection alone (every row at one position), the next attention is cheap
+        single = (pos, vectors) if bool((layers == n).all()) else None
         for layer in reversed(range(n)):
             if g is not None:
                 out[layer] = g  # gradient at resid_post[layer] = at the MLP output
             skip = None if g is None else self._skip(layer, g)
+            if skip is not None:
+                single = None
             read = g if skip is None else (skip if g is None else g + skip)
+            if g is None and bool((layers == layer).all()):
+                single = (pos, vectors)
+            elif bool((layers == layer).any()):
+                single = None
             read = inject(read, layer)
             if read is None:
                 continue
             if self.parallel:  # attention and MLP both read resid_pre
-                g = read if g is None else self._attention(layer, g, read)
+                if g is None:
+                    g = read
+                    continue
+                g = self._attention(layer, g, read, single)
             else:
-                g = self._attention(layer, read, read)
+                g = self._attention(layer, read, read, single)
+            single = None
         out[n] = g
         return out
 

@@ -179,6 +179,10 @@ class RowMaker:
     # features at positions < P, and positions holding features < P
     features_before: list[Tensor] | None = None
     positions_before: list[Tensor] | None = None
+    # per transcoder layer: the first position when its feature positions are consecutive (else
+    # -1), and whether its padded decoder slots hold exactly its features in order (TopK)
+    position_runs: list[int] | None = None
+    dense_columns: list[bool] | None = None
 
     @classmethod
     def for_targets(
@@ -207,12 +211,19 @@ class RowMaker:
             layer_feats = active[active[:, 0] == layer, 2].to(replacement.device)
             injections.append(replacement.encoder(layer).W_enc[:, layer_feats].T)
         feature_counts = [int(nodes.decoders[k][0][3].numel()) for k in sorted(nodes.decoders)]
-        features_before, positions_before = [], []
+        features_before, positions_before, position_runs, dense_columns = [], [], [], []
         for layer in sorted(nodes.decoders):
             pos = active[active[:, 0] == layer, 1]
             bounds = torch.arange(n_pos + 1)
+            _, positions, _, columns = nodes.decoders[layer][0]
+            positions = positions.cpu()
             features_before.append(torch.searchsorted(pos, bounds))
-            positions_before.append(torch.searchsorted(nodes.decoders[layer][0][1].cpu(), bounds))
+            positions_before.append(torch.searchsorted(positions, bounds))
+            run = positions.numel() > 0 and bool(
+                (positions == torch.arange(positions.numel()) + positions[0]).all()
+            )
+            position_runs.append(int(positions[0]) if run else -1)
+            dense_columns.append(bool((columns.cpu() == torch.arange(columns.numel())).all()))
         rows = cls(
             replacement=replacement,
             input_ids=input_ids,
@@ -233,6 +244,8 @@ class RowMaker:
             timings=timings,
             features_before=features_before,
             positions_before=positions_before,
+            position_runs=position_runs,
+            dense_columns=dense_columns,
         )
         rows.choose_engine()
         return rows
@@ -328,6 +341,7 @@ class RowMaker:
         """Edge rows `[batch, W]` (float32) of one batch from its gradients at the sources
         (`[prefix, batch, d]` or None, see `FrozenAdjoint.grads`), and their node columns `[W]`."""
         assert self.features_before is not None and self.positions_before is not None
+        assert self.position_runs is not None and self.dense_columns is not None
         decoders, offsets = self.nodes.decoders, self.feature_offsets
         n_feat, n_pos, n_layers = offsets[-1], self.nodes.n_pos, self.replacement.n_layers
         pieces: list[Tensor] = []
@@ -341,12 +355,17 @@ class RowMaker:
                 if g is None or count == 0:
                     continue
                 # [pos, batch, d] x [pos, d, features per position] -> the feature columns
-                written = torch.bmm(g[positions[:inside]], dec_padded[:inside].transpose(1, 2))
-                per_pos = written if per_pos is None else per_pos + written
+                first = int(self.position_runs[i])  # positions first.. are consecutive, or -1
+                at = g[first : first + inside] if first >= 0 else g[positions[:inside]]
+                written = torch.bmm(at, dec_padded[:inside].transpose(1, 2))
+                per_pos = written if per_pos is None else per_pos.add_(written)
             if per_pos is None:
                 continue
             flat = per_pos.permute(1, 0, 2).reshape(batch, -1)
-            pieces.append(flat[:, decoders[layer][0][3][:count]].float())
+            dense = bool(self.dense_columns[i])  # every slot a feature, in order
+            pieces.append(
+                (flat[:, :count] if dense else flat[:, decoders[layer][0][3][:count]]).float()
+            )
             columns.append(torch.arange(offsets[i], offsets[i] + count))
         sources = [(layer, self.nodes.error_vectors[layer]) for layer in range(n_layers)]
         for layer, vectors in [*sources, (n_layers, self.nodes.embed)]:
