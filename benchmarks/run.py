@@ -27,7 +27,7 @@ import torch
 
 from benchmarks import common
 
-GROUPS = ("harvest", "train_step", "breakdown", "end_to_end", "graph")
+GROUPS = ("harvest", "train_step", "breakdown", "end_to_end", "graph", "graph_scale")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", default=None, help="scratch folder (default: a new temp folder)")
     p.add_argument("--out", default=None, help="also write the JSON lines to this file")
     # internal: one graph measurement in a fresh process
-    p.add_argument("--worker", choices=("graph",), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("graph", "graph_scale"), help=argparse.SUPPRESS)
+    p.add_argument("--max-feature-nodes", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--library", help=argparse.SUPPRESS)
     p.add_argument("--n-tokens", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -99,6 +100,15 @@ def main(argv: list[str] | None = None) -> int:
 
         with common.redirect_library_output():
             result = bench_graph.worker(options, args.library, args.n_tokens, args.graph_k)
+        print(json.dumps(result), flush=True)
+        return 0
+    if args.worker == "graph_scale":
+        from benchmarks import bench_graph_scale
+
+        with common.redirect_library_output():
+            result = bench_graph_scale.worker(
+                options, args.library, args.n_tokens, args.max_feature_nodes or None
+            )
         print(json.dumps(result), flush=True)
         return 0
 
@@ -146,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import bench_graph
 
             bench_graph.run(options, args.graph_k, adapter.max_context, args.graph_theirs_max)
+        if "graph_scale" in groups and not options.quick:
+            from benchmarks import bench_graph_scale
+
+            bench_graph_scale.run(options)
         common.emit(
             {
                 "name": "total",
