@@ -29,11 +29,19 @@ def ensure_scale_model(
     from sparsecircuits.models.tiny import build_tiny_model
 
     shape = {**SCALE_SHAPE, "n_layers": n_layers}
-    name = f"{SCALE_MODEL}-{n_layers}l"
+    name = f"{SCALE_MODEL}-{n_layers}l-mlp{4 * shape['d_model']}"
     model_dir = workdir / name
     tc_dir = workdir / f"{name}-tc{d_sae}-k{k}"
     if not (model_dir / "config.json").is_file():
-        build_tiny_model("gpt2", model_dir, max_context=1024, **shape)
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        build_tiny_model("gpt2", model_dir, max_context=1024, **shape)  # tokenizer and config
+        config = AutoConfig.from_pretrained(model_dir)
+        config.n_inner = 4 * shape["d_model"]  # GPT-2 small's d_mlp 3072 (tiny models use 2x)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.save_pretrained(model_dir)
     if not (tc_dir / f"layer_{n_layers - 1:02d}" / "cfg.json").is_file():
         from benchmarks.bench_graph import make_transcoders
 
