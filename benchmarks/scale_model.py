@@ -10,6 +10,7 @@ graph benchmark and `python -m benchmarks.scale_model` (which prints the two fol
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -42,6 +43,12 @@ def ensure_scale_model(
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.save_pretrained(model_dir)
+        # transformers 5 names its tokenizer class "TokenizersBackend", which the transformers
+        # 4.x of circuit-tracer's environment cannot import; both read the fast-tokenizer name
+        tok_cfg = model_dir / "tokenizer_config.json"
+        tok = json.loads(tok_cfg.read_text())
+        tok["tokenizer_class"] = "PreTrainedTokenizerFast"
+        tok_cfg.write_text(json.dumps(tok, indent=2))
     if not (tc_dir / f"layer_{n_layers - 1:02d}" / "cfg.json").is_file():
         from benchmarks.bench_graph import make_transcoders
 

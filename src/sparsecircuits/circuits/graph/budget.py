@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class _StoredRows:
-    """Rows computed so far, grouped by target layer: `(targets, sources, weights)` int64/float32,
-    and every node's exact row |sum|."""
+    """Rows computed so far, grouped by target layer: `(targets, sources, weights)` int32/float32
+    (12 bytes an edge), and every node's exact row |sum|."""
 
     n_nodes: int
     by_layer: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = field(default_factory=dict)
@@ -51,7 +51,7 @@ class _StoredRows:
                 if first < rows.nodes.n_features
                 else rows.replacement.n_layers
             )
-            self.by_layer.setdefault(layer, []).append((t_idx.long(), s_idx.long(), w))
+            self.by_layer.setdefault(layer, []).append((t_idx, s_idx, w))
 
     def influence(self, logit_weights: Tensor) -> Tensor:
         """`[n_nodes]` influence on the logits of the stored rows (module docstring)."""
@@ -59,18 +59,20 @@ class _StoredRows:
         sums = self.row_abs_sums.clamp_min(1e-10)
         reach = influence + logit_weights
         for layer in sorted(self.by_layer, reverse=True):
-            for t, s, w in self.by_layer[layer]:
-                influence.index_add_(0, s, w.abs().double() / sums[t] * reach[t])
+            for t32, s32, w in self.by_layer[layer]:
+                t = t32.long()
+                influence.index_add_(0, s32.long(), w.abs().double() / sums[t] * reach[t])
             reach = influence + logit_weights
         return influence
 
     def adjacency(self) -> SparseAdjacency:
         """Every stored edge as one adjacency over all nodes."""
         parts = [p for layer in sorted(self.by_layer, reverse=True) for p in self.by_layer[layer]]
+        self.by_layer = {}  # the adjacency takes over the edges
         return SparseAdjacency(
             n_nodes=self.n_nodes,
-            targets=torch.cat([t for t, _, _ in parts]).int(),
-            sources=torch.cat([s for _, s, _ in parts]).int(),
+            targets=torch.cat([t for t, _, _ in parts]),
+            sources=torch.cat([s for _, s, _ in parts]),
             weights=torch.cat([w for _, _, w in parts]),
             row_abs_sums=self.row_abs_sums,
         )
