@@ -149,6 +149,14 @@ def worker(options: BenchOptions, contender: str, n_tokens: int, k: int) -> dict
     make = _ours if library == "sparsecircuits" else _theirs
     build, _keep = make(adapter, transcoders, store)
     ids = text_contexts(adapter, 1, n_tokens)[0].to(adapter.device)
+    return {**measure_build(options, build, ids), "n_layers": adapter.n_layers}
+
+
+def measure_build(options: BenchOptions, build: Any, ids: torch.Tensor) -> dict[str, Any]:
+    """Warm `build` up on the first 8 tokens of `ids`, then time `build(ids)`; return its
+    seconds, the peak RSS growth over the build, the process's whole peak RSS and `build`'s
+    own fields (and the peak GPU allocation growth on CUDA)."""
+    n_tokens = int(ids.numel())
     build(ids[: min(8, n_tokens)])  # warm-up
     synchronize(options.device)
     before_mb = current_rss_mb()
@@ -167,7 +175,6 @@ def worker(options: BenchOptions, contender: str, n_tokens: int, k: int) -> dict
         "seconds": seconds,
         "graph_peak_delta_mb": build_peak_mb - before_mb,
         "process_peak_rss_mb": max(setup_peak_mb, build_peak_mb),
-        "n_layers": adapter.n_layers,
         **info,
     }
     if options.device.startswith("cuda"):

@@ -3,6 +3,7 @@
     python benchmarks/run.py --json            # full suite (< 30 min on 2 CPU cores)
     python benchmarks/run.py --json --quick    # d_sae 4k, a 17-token graph (< 5 min)
     python benchmarks/run.py --json --only train_step,graph --device cuda --dtype bfloat16
+    python benchmarks/run.py --json --only graph_scale   # GPT-2-small-sized graphs (an hour+)
 
 Records: `{"name", "library", "config", "tokens_per_s" | "seconds", "peak_rss_mb", ...}`, then
 `{"kind": "ratio", "what", "vs", "config", "ratio"}` lines (ours/theirs for speed, theirs/ours
@@ -27,7 +28,10 @@ import torch
 
 from benchmarks import common
 
-GROUPS = ("harvest", "train_step", "breakdown", "end_to_end", "graph")
+GROUPS = ("harvest", "train_step", "breakdown", "end_to_end", "graph", "graph_scale")
+# graph_scale (GPT-2-small-sized graphs, ours and circuit-tracer's) takes an hour or more on 2
+# cores, so it runs only when asked for: --only graph_scale
+DEFAULT_GROUPS = GROUPS[:-1]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,7 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print JSON lines only (the default format)")
     p.add_argument("--quick", action="store_true", help="d_sae 4k and a 17-token graph only")
-    p.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated subset of {GROUPS}")
+    p.add_argument(
+        "--only",
+        default=",".join(DEFAULT_GROUPS),
+        help=f"comma-separated subset of {GROUPS} (default: all but graph_scale)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (CUDA)")
@@ -63,7 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", default=None, help="scratch folder (default: a new temp folder)")
     p.add_argument("--out", default=None, help="also write the JSON lines to this file")
     # internal: one graph measurement in a fresh process
-    p.add_argument("--worker", choices=("graph",), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("graph", "graph_scale"), help=argparse.SUPPRESS)
+    p.add_argument("--max-feature-nodes", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--library", help=argparse.SUPPRESS)
     p.add_argument("--n-tokens", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -99,6 +108,15 @@ def main(argv: list[str] | None = None) -> int:
 
         with common.redirect_library_output():
             result = bench_graph.worker(options, args.library, args.n_tokens, args.graph_k)
+        print(json.dumps(result), flush=True)
+        return 0
+    if args.worker == "graph_scale":
+        from benchmarks import bench_graph_scale
+
+        with common.redirect_library_output():
+            result = bench_graph_scale.worker(
+                options, args.library, args.n_tokens, args.max_feature_nodes or None
+            )
         print(json.dumps(result), flush=True)
         return 0
 
@@ -146,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import bench_graph
 
             bench_graph.run(options, args.graph_k, adapter.max_context, args.graph_theirs_max)
+        if "graph_scale" in groups and not options.quick:
+            from benchmarks import bench_graph_scale
+
+            bench_graph_scale.run(options)
         common.emit(
             {
                 "name": "total",

@@ -291,11 +291,18 @@ def circuit_tracer_model(adapter: Any, transcoders: dict[int, Any]) -> Any:
     return model
 
 
-def circuit_tracer_attribute(model: Any, input_ids: Tensor, batch_size: int) -> Any:
-    """circuit-tracer's `attribute` on one prompt, every active feature, default logit targets."""
+def circuit_tracer_attribute(
+    model: Any, input_ids: Tensor, batch_size: int, max_feature_nodes: int | None = None
+) -> Any:
+    """circuit-tracer's `attribute` on one prompt, default logit targets, every active feature
+    (or its `max_feature_nodes` most influential)."""
     with redirect_library_output():
         from circuit_tracer import attribute
 
         return attribute(
-            input_ids, model, batch_size=batch_size, max_feature_nodes=None, verbose=False
+            input_ids,
+            model,
+            batch_size=batch_size,
+            max_feature_nodes=max_feature_nodes,
+            verbose=False,
         )

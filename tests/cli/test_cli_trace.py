@@ -70,7 +70,7 @@ def test_trace_writes_graph_and_report(saved, tmp_path, capsys):
     out = capsys.readouterr().out
     summary = json.loads(out.splitlines()[0])  # the printed line repeats trace.json's numbers
     assert summary["n_nodes"] == report["n_nodes"] and summary.items() <= report.items()
-    assert "http://127.0.0.1:8041/#graph=graph.json" in out
+    assert "sparsecircuits serve" in out and "--port 8041" in out
 
 
 @pytest.mark.parametrize(
@@ -191,3 +191,60 @@ def test_serve_arguments():
         "embedded",
         False,
     )
+
+
+def test_trace_dtype_budget_and_targets(saved, tmp_path, capsys):
+    """--dtype bf16, --max-feature-nodes and a logit-difference plus a direction target."""
+    import torch
+
+    model, transcoders = saved
+    direction = tmp_path / "direction.pt"
+    torch.save(torch.ones(32), direction)
+    args = parser().parse_args(
+        [
+            "trace",
+            "The cat saw the house in the year 17",
+            "--model",
+            str(model),
+            "--transcoders",
+            str(transcoders),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--dtype",
+            "bf16",
+            "--max-feature-nodes",
+            "6",
+            "--target",
+            "logit-diff:5,9",
+            "--target",
+            f"direction:{direction}",
+        ]
+    )
+    assert args.func(args) == 0
+    report = json.loads((tmp_path / "out" / "trace.json").read_text())
+    assert report["dtype"] == "bfloat16" and report["n_active_features"] > 6
+    data = json.loads((tmp_path / "out" / "graph.json").read_text())
+    validate_graph_json(data)
+    logits = [n for n in data["nodes"] if n["feature_type"] == "logit"]
+    assert len(logits) == 2 and "logit(" in logits[0]["clerp"]
+    assert data["metadata"]["generation_settings"]["max_feature_nodes"] == 6
+    features = {
+        n["node_id"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"
+    }
+    assert len(features) <= 6
+    bad = parser().parse_args(
+        [
+            "trace",
+            "x",
+            "--model",
+            str(model),
+            "--transcoders",
+            str(transcoders),
+            "--target",
+            "feature:0:1",
+        ]
+    )
+    with pytest.raises(Exception, match="not a graph target"):
+        bad.func(bad)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from sparsecircuits.circuits.attribution import Target
+    from sparsecircuits.circuits.graph.targets import GraphTarget
     from sparsecircuits.circuits.replacement import ReplacementModel, ReplacementState
 
 TARGET_SPEC_HELP = (
@@ -39,6 +40,8 @@ def parse_target_spec(spec: str) -> tuple[str, list[int | str]]:
     kind, _, rest = spec.partition(":")
     if kind in ("greater-than", "greater-than-logits") and not rest:
         return kind, []
+    if kind == "direction" and rest:
+        return kind, [rest]
     if kind == "feature":
         parts = rest.split(":")
         if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
@@ -91,3 +94,62 @@ def target_from_spec(
         "prob_diff" if kind == "greater-than" else "logit_diff"
     )
     return greater_than_target(model, state, torch.tensor(years), year_ids, pos, kind=gt_kind)
+
+
+GRAPH_TARGET_HELP = (
+    "logit:TOKEN (its de-meaned logit) | logit-diff:GOOD,BAD | direction:FILE (a .pt, .npy or "
+    ".safetensors file holding one d_model vector, read against the final norm's output), where "
+    'a token is a JSON string (" 40") or an integer id'
+)
+
+
+def graph_target_from_spec(
+    model: ReplacementModel, state: ReplacementState, spec: str
+) -> GraphTarget:
+    """The attribution-graph output node a spec names (see `GRAPH_TARGET_HELP`), at the last
+    position of the one prompt of `state`."""
+    from sparsecircuits.circuits.graph.targets import (
+        direction_target,
+        logit_diff_target,
+        token_target,
+    )
+
+    kind, args = parse_target_spec(spec)
+    if kind == "logit":
+        return token_target(model, state.logits[0, -1], args[0])
+    if kind == "logit-diff":
+        return logit_diff_target(model, args[0], args[1])
+    if kind == "direction":
+        return direction_target(model, _read_vector(str(args[0])), f"direction {args[0]}")
+    raise SparseCircuitsError(f"{spec!r} is not a graph target; use {GRAPH_TARGET_HELP}")
+
+
+def _read_vector(path: str) -> Tensor:
+    """The one tensor stored in a .pt, .npy or .safetensors file."""
+    from pathlib import Path
+
+    import torch
+
+    file = Path(path)
+    if not file.is_file():
+        raise SparseCircuitsError(
+            f"no direction file at {path}; give a .pt, .npy or .safetensors file"
+        )
+    try:
+        if file.suffix == ".npy":
+            import numpy as np
+
+            return torch.from_numpy(np.load(file))
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = list(load_file(str(file)).values())
+            if len(tensors) != 1:
+                raise SparseCircuitsError(f"{path} holds {len(tensors)} tensors; keep one")
+            return tensors[0]
+        loaded = torch.load(file, weights_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise SparseCircuitsError(f"cannot read the direction in {path} ({exc})") from None
+    if not isinstance(loaded, torch.Tensor):
+        raise SparseCircuitsError(f"{path} does not hold a tensor; save one with torch.save")
+    return loaded

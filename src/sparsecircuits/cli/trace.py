@@ -10,10 +10,15 @@ import resource
 import sys
 import time
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sparsecircuits.circuits.graph.build import GraphConfig
+from sparsecircuits.cli.targets import GRAPH_TARGET_HELP, graph_target_from_spec
+
+if TYPE_CHECKING:
+    from sparsecircuits.circuits.replacement import ReplacementModel
 
 C = TypeVar("C")
 DEFAULT_OUT = "runs/trace"
@@ -53,6 +58,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         'a preset (sparsecircuits presets), or "embedded"',
     )
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        help="compute dtype of the model, transcoders and graph: fp32, bf16 or fp16 (default fp32)",
+    )
+    p.add_argument(
+        "--target",
+        action="append",
+        default=None,
+        help="what the graph explains instead of the most likely next tokens (repeatable): "
+        + GRAPH_TARGET_HELP,
+    )
     p.add_argument("--slug", help="graph name inside the JSON (default: from the prompt)")
     add_config_flags(p, GraphConfig)
     p.add_argument("--port", type=port_number, default=8041, help="port printed in the viewer URL")
@@ -98,6 +115,25 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def load_replacement(
+    model: str, transcoders: str, device: str | None, dtype: str
+) -> ReplacementModel:
+    """The replacement model of `model` and `transcoders`, all weights in `dtype` (a name of
+    the project's dtype table, e.g. "bf16")."""
+    from sparsecircuits.circuits.replacement import ReplacementModel
+    from sparsecircuits.config import torch_dtype
+    from sparsecircuits.dictionaries import load_transcoders
+    from sparsecircuits.models import load_model
+
+    compute = torch_dtype(dtype)
+    adapter = load_model(model, device=device, dtype=compute)
+    tc_set = load_transcoders(transcoders, device=adapter.device)
+    modules = tc_set.values() if isinstance(tc_set, Mapping) else [tc_set]
+    for module in modules:
+        module.to(compute)
+    return ReplacementModel(adapter, tc_set, dtype=compute)
+
+
 def run(args: argparse.Namespace) -> int:
     """Trace, write graph.json + trace.json, print a summary and the viewer URL."""
     from sparsecircuits.cli.common import check_prompt, prepare_out
@@ -109,13 +145,16 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     from sparsecircuits.circuits.graph.build import build_graph
     from sparsecircuits.circuits.graph.neuronpedia import save_graph, to_neuronpedia
-    from sparsecircuits.circuits.replacement import ReplacementModel
 
-    replacement = ReplacementModel.load(args.model, args.transcoders, device=args.device)
+    replacement = load_replacement(args.model, args.transcoders, args.device, args.dtype)
     adapter = replacement.adapter
     loaded = time.perf_counter()
     config = config_from_args(args, GraphConfig)
-    graph = build_graph(replacement, args.prompt, config)
+    targets = None
+    if args.target:
+        state = replacement.run(replacement.tokenize(args.prompt))
+        targets = [graph_target_from_spec(replacement, state, spec) for spec in args.target]
+    graph = build_graph(replacement, args.prompt, config, targets)
     built = time.perf_counter()
     pruned = graph.prune(config.node_threshold, config.edge_threshold)
     replacement_score, completeness_score = graph.scores()
@@ -141,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
         "n_nodes": len(model.nodes),
         "n_edges": len(model.links),
         "n_nodes_unpruned": graph.n_nodes,
-        "n_active_features": graph.n_features,
+        "n_active_features": graph.n_active_features,
+        "n_feature_nodes": graph.n_features,
         "n_edges_stored": graph.adjacency.nnz,
         "replacement_score": replacement_score,
         "completeness_score": completeness_score,
@@ -153,10 +193,9 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         report["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(adapter.device) / 2**20, 1)
+    report["dtype"] = str(replacement.dtype).removeprefix("torch.")
     (out / "trace.json").write_text(json.dumps(report, indent=2))
     print(json.dumps({k: report[k] for k in SUMMARY_KEYS}))
     print(f"wrote {out / 'graph.json'}")
-    print(
-        f"view: sparsecircuits serve {out} --port {args.port}  ->  http://127.0.0.1:{args.port}/#graph=graph.json"
-    )
+    print(f"view: sparsecircuits serve {out} --port {args.port}  (open the URL it prints)")
     return 0

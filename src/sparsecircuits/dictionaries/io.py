@@ -33,18 +33,19 @@ skip_transcoder; an SAE's `apply_b_dec_to_input: true` becomes `b_in = b_dec`), 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from sparsecircuits.config import from_dict, to_dict
 from sparsecircuits.dictionaries.base import Dictionary
 from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
 from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
+from sparsecircuits.dictionaries.lazy import map_safetensors
 from sparsecircuits.dictionaries.presets import resolve_source
 from sparsecircuits.dictionaries.transcoders import PerLayerTranscoders
 from sparsecircuits.dictionaries.validate import check_parameters
@@ -178,15 +179,23 @@ def save_dictionary(dictionary: Dictionary | CrossLayerTranscoder, folder: str |
         ) from None
     folder.mkdir(parents=True, exist_ok=True)
     weights = saelens_weights(dictionary)
-    save_file(weights, str(folder / WEIGHTS_FILENAME), metadata={"format": "pt"})
+    _replace_file(weights, folder / WEIGHTS_FILENAME)
     extra = _extra_weights(dictionary, weights)
     extra_path = folder / EXTRA_WEIGHTS_FILENAME
     if extra:
-        save_file(extra, str(extra_path), metadata={"format": "pt"})
+        _replace_file(extra, extra_path)
     elif extra_path.exists():  # a stale file from an earlier save would override these weights
         extra_path.unlink()
     (folder / CFG_FILENAME).write_text(text + "\n")
     return folder
+
+
+def _replace_file(tensors: dict[str, Tensor], path: Path) -> None:
+    """Write a safetensors file beside `path`, then rename it over `path`: a dictionary loaded
+    from `path` maps the old file (dictionaries/lazy.py), which must not change under it."""
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, str(partial), metadata={"format": "pt"})
+    os.replace(partial, path)
 
 
 def _read_cfg(folder: Path) -> dict[str, Any]:
@@ -264,12 +273,8 @@ def _resolve_device(requested: str | torch.device | None, saved: str) -> str:
 
 
 def _load_tensors(path: Path) -> dict[str, Tensor]:
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SparseCircuitsError(
-            f"cannot read {path} ({exc}); the file is corrupt, re-save the dictionary"
-        ) from None
+    # memory-mapped: the parameters become views of the file (see dictionaries/lazy.py)
+    return map_safetensors(path)
 
 
 def _complete_saelens_tensors(
@@ -352,7 +357,10 @@ def load(
             raise SparseCircuitsError(
                 f"{weights_path}: {name} has shape {tuple(tensor.shape)}, config implies {tuple(expected[name].shape)}"
             )
-    dictionary.load_state_dict({name: t.to(cfg.device) for name, t in tensors.items()})
+    dictionary.load_state_dict(
+        {name: t.to(cfg.device, expected[name].dtype) for name, t in tensors.items()},
+        assign=True,  # the (mapped) tensors become the parameters: no second copy
+    )
     return dictionary
 
 

@@ -32,6 +32,9 @@ _selection = os.environ.get("SPARSECIRCUITS_TOPK_SELECTION", "auto")
 # selection, both with the numba top-k): d_sae 4k k 32 +36 %, 16k k 32 +65 %, 64k k 32 +57 %;
 # k 128 -2 % (4k) / -8 % (16k).
 _BF16_MIN_D_SAE = 4096
+# Its per-call setup reads W_enc three times (norms, a transposed copy), which a batch of a few
+# prompt positions (a trace's clean run) does not pay back: "auto" keeps those in fp32.
+_BF16_MIN_ROWS = 512
 _BF16_MAX_K = 64
 _dense_reference = False
 
@@ -84,6 +87,8 @@ def selection_for(
 def _bf16_selection(x_in: Tensor, W_enc: Tensor, k: int, signed: bool) -> bool:
     """Whether `_encode_select` uses the verified bf16 selection for these inputs."""
     if x_in.dtype != W_enc.dtype:
+        return False
+    if _selection == "auto" and x_in.reshape(-1, x_in.shape[-1]).shape[0] < _BF16_MIN_ROWS:
         return False
     return selection_for(W_enc.shape[1], k, x_in.device.type, x_in.dtype, signed) == "bf16"
 

@@ -316,3 +316,116 @@ def test_streamed_graph_prunes_exactly_like_the_full_graph(replacement, row_mass
         streamed.prune(0.9, 0.98)
     with pytest.raises(SparseCircuitsError, match="store must be"):
         GraphConfig(store="some").check()
+
+
+def test_every_family_uses_the_transposed_model_and_stays_exact(tiny_models, variant):
+    """Every tiny family (parallel residual, GQA, skip transcoders, ln2.hook_normalized inputs,
+    a layer without a transcoder) passes the adjoint's probe, and sampled edges equal ablations."""
+    import warnings
+
+    rm, input_ids = tiny_models[variant]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to autograd warns
+        graph = build_graph(rm, input_ids[0], GraphConfig(row_mass=1.0, batch_size=5, store="all"))
+    assert graph.timings["transpose"] > 0
+    state = rm.run(graph.input_ids[None])
+    clean = _target_values(rm, graph, state)
+    dense = graph.adjacency.to_dense().double()
+    gen = torch.Generator().manual_seed(1)
+    n_sources = graph.n_nodes - graph.logit_ids.numel()
+    bos_errors = {graph.error_index(layer, 0) for layer in range(rm.n_layers)}
+    picks = [
+        i for i in torch.randperm(n_sources, generator=gen)[:12].tolist() if i not in bos_errors
+    ]
+    for source in picks:
+        change = clean - _target_values(rm, graph, _ablated(rm, state, graph, source))
+        torch.testing.assert_close(change, dense[:, source], atol=2e-5, rtol=1e-4)
+
+
+def test_feature_budget_keeps_exact_rows_of_the_chosen_features(replacement):
+    full = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0, store="all"))
+    everything = build_graph(
+        replacement, PROMPT, GraphConfig(row_mass=1.0, max_feature_nodes=10**6)
+    )
+    torch.testing.assert_close(everything.adjacency.to_dense(), full.adjacency.to_dense())
+    budget = full.n_features // 3
+    small = build_graph(replacement, PROMPT, GraphConfig(row_mass=1.0, max_feature_nodes=budget))
+    assert small.n_features == budget and small.n_active_features == full.n_features
+    # every kept feature is an active feature; its row and its edges to kept nodes are the full graph's
+    index = [full.feature_index(*f) for f in small.active_features.tolist()]
+    non_features = list(range(full.n_features, full.n_nodes))
+    nodes = torch.tensor(index + non_features)
+    expected = full.adjacency.to_dense()[nodes][:, nodes]
+    rows = torch.tensor(
+        list(range(budget)) + list(range(small.n_nodes - small.logit_ids.numel(), small.n_nodes))
+    )
+    torch.testing.assert_close(small.adjacency.to_dense()[rows], expected[rows])
+    # the first features chosen are the logits' strongest direct sources
+    logit_rows = full.adjacency.to_dense()[-full.logit_ids.numel() :, : full.n_features]
+    direct = logit_rows.abs() / full.adjacency.row_abs_sums[-full.logit_ids.numel() :, None].float()
+    strongest = (full.logit_probs[:, None] * direct).sum(0).argmax()
+    assert int(strongest) in index
+
+
+def test_token_logit_difference_and_direction_targets(replacement):
+    from sparsecircuits.circuits.graph.targets import (
+        direction_target,
+        logit_diff_target,
+        token_target,
+    )
+
+    rm = replacement
+    state = rm.run(rm.tokenize(PROMPT))
+    good, bad = 5, 9
+    diff = logit_diff_target(rm, good, bad)
+    direction = direction_target(rm, rm.W_U[:, good] - rm.W_U[:, bad], "same")
+    token = token_target(rm, state.logits[0, -1], good)
+    config = GraphConfig(row_mass=1.0, store="all")
+    graph = build_graph(rm, PROMPT, config, [diff, direction, token])
+    assert graph.logit_ids.tolist() == [rm.W_U.shape[1], rm.W_U.shape[1] + 1, good]
+    dense = graph.adjacency.to_dense().double()
+    k0 = graph.logit_index(0)
+    torch.testing.assert_close(dense[k0], dense[k0 + 1])
+    # the logit-difference row equals ablations of the raw logit difference
+    clean_logits = state.logits[0, -1].double()
+    n_sources = graph.n_nodes - graph.logit_ids.numel()
+    for source in range(0, n_sources, 7):
+        if source in {graph.error_index(layer, 0) for layer in range(rm.n_layers)}:
+            continue
+        logits = _ablated(rm, state, graph, source).logits[0, -1].double()
+        change = (clean_logits[good] - clean_logits[bad]) - (logits[good] - logits[bad])
+        torch.testing.assert_close(change, dense[k0, source], atol=2e-5, rtol=1e-4)
+    with pytest.raises(SparseCircuitsError, match="d_model"):
+        direction_target(rm, torch.ones(3))
+
+
+def test_export_caps_links_and_says_so(replacement):
+    graph = build_graph(replacement, PROMPT, GraphConfig(store="all", max_links=25))
+    data = export_graph(to_neuronpedia(graph, node_threshold=0.8, edge_threshold=0.98))
+    validate_graph_json(data)
+    assert len(data["links"]) <= 25
+    extra = data["metadata"]["pruning_settings"]  # `extra` keys are written inline
+    assert extra["max_links"] == 25 and extra["links_before_cap"] > 25
+
+
+def test_autograd_fallback_when_the_transposed_model_does_not_match(replacement, monkeypatch):
+    """A model the adjoint does not describe is caught by its probe; autograd then builds the
+    same graph."""
+    from sparsecircuits.circuits.graph import adjoint, rows
+
+    config = GraphConfig(row_mass=1.0, store="all", batch_size=16)
+    fast = build_graph(replacement, PROMPT, config)
+    original = adjoint.FrozenAdjoint._attention
+    monkeypatch.setattr(
+        adjoint.FrozenAdjoint,
+        "_attention",
+        lambda self, *args: original(self, *args) * 1.01,
+    )
+    assert not adjoint.matches_autograd(replacement, replacement.tokenize(PROMPT))
+    monkeypatch.setattr(adjoint.FrozenAdjoint, "_attention", original)
+    monkeypatch.setattr(rows, "matches_autograd", lambda *_: False)
+    with pytest.warns(UserWarning, match="autograd"):
+        slow = build_graph(replacement, PROMPT, config)
+    torch.testing.assert_close(
+        slow.adjacency.to_dense(), fast.adjacency.to_dense(), atol=2e-5, rtol=1e-4
+    )

@@ -414,13 +414,18 @@ def to_neuronpedia(
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
     info: dict[str, Any] | None = None,
+    max_links: int | None = -1,
 ) -> NeuronpediaGraph:
     """Return the pruned `graph` in Neuronpedia's graph JSON model (pruned with the thresholds
     when `pruned` is not given): the kept nodes with a kept link, every token and logit node, and
-    the kept links between them; the metadata records `graph.config` and the thresholds."""
+    the kept links between them, at most `max_links` of them (default `graph.config.max_links`;
+    None: all), the strongest by `|normalised weight| x (target influence + logit weight)`; the
+    metadata records `graph.config`, the thresholds and the link cap."""
     pruned = pruned or graph.prune(node_threshold, edge_threshold)
+    cap = graph.config.max_links if max_links == -1 else max_links
     nodes = _kept_nodes(graph, pruned)
-    links, connected = _kept_links(graph, pruned, nodes)
+    n_kept = int(pruned.edge_mask.sum())
+    links, connected = _kept_links(graph, pruned, nodes, cap)
     used = [
         node
         for i, node in sorted(nodes.items())
@@ -442,17 +447,21 @@ def to_neuronpedia(
             max_n_logits=gen.max_n_logits,
             desired_logit_prob=gen.desired_logit_prob,
             batch_size=gen.batch_size,
-            max_feature_nodes=graph.n_features,
+            max_feature_nodes=graph.config.max_feature_nodes,
             extra={
                 "row_mass": gen.row_mass,
                 "max_edges_per_row": gen.max_edges_per_row,
                 "edge_budget": gen.edge_budget,
                 "skip_bos": gen.skip_bos,
                 "store": gen.store,
+                "n_active_features": graph.n_active_features,
+                "n_feature_nodes": graph.n_features,
             },
         ),
         pruning_settings=PruningSettings(
-            node_threshold=node_threshold, edge_threshold=edge_threshold
+            node_threshold=node_threshold,
+            edge_threshold=edge_threshold,
+            extra={"max_links": cap, "links_before_cap": n_kept, "links_written": len(links)},
         ),
         schema_version=1,
     )
@@ -503,11 +512,19 @@ def _kept_nodes(graph: AttributionGraph, pruned: PruneResult) -> dict[int, Graph
 
 
 def _kept_links(
-    graph: AttributionGraph, pruned: PruneResult, nodes: dict[int, GraphNode]
+    graph: AttributionGraph, pruned: PruneResult, nodes: dict[int, GraphNode], cap: int | None
 ) -> tuple[list[GraphLink], set[int]]:
-    """The links of the edges `pruned` keeps between `nodes`, and the node indices they touch."""
+    """The links of the edges `pruned` keeps between `nodes` (the `cap` strongest), and the
+    node indices they touch."""
     adj = graph.adjacency
     kept = pruned.edge_mask.nonzero(as_tuple=True)[0]
+    if cap is not None and kept.numel() > cap:
+        t = adj.targets[kept].long()
+        reach = pruned.node_influence.clone()
+        n_logits = int(graph.logit_probs.numel())
+        reach[reach.numel() - n_logits :] += graph.logit_probs.double()
+        score = adj.weights[kept].abs().double() / adj.row_abs_sums[t].clamp_min(1e-10) * reach[t]
+        kept = kept[score.topk(cap).indices.sort().values]
     links = []
     connected: set[int] = set()
     for t, s, w in zip(
