@@ -226,6 +226,12 @@ CASES = [
     Case("paths-target-unparsable", [*PATHS, "--target", "logit", "--out", "{tmp}/o"], "target"),
     Case("serve-port-out-of-range", ["serve", "{graphs}", "--port", "70000"], "port"),
     Case("presets-unknown-flag", ["presets", "--yaml"], "--yaml"),
+    Case("identify-unknown-task", ["identify", "sorting", "--out", "{tmp}/o"], "sorting"),
+    Case(
+        "identify-model-missing-folder",
+        ["identify", "ioi", "--model", MISSING, "--out", "{tmp}/o"],
+        "no-such-thing",
+    ),
     Case("unknown-command", ["fly"], "fly"),
     # config files
     Case(

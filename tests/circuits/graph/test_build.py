@@ -386,13 +386,18 @@ def test_token_logit_difference_and_direction_targets(replacement):
     dense = graph.adjacency.to_dense().double()
     k0 = graph.logit_index(0)
     torch.testing.assert_close(dense[k0], dense[k0 + 1])
-    # the logit-difference row equals ablations of the raw logit difference
-    clean_logits = state.logits[0, -1].double()
+
+    # the logit-difference row equals ablations of the raw logit difference (before a final
+    # soft-cap, as every logit target)
+    def raw_logits(run):  # type: ignore[no-untyped-def]
+        return (run.final_normed[0, -1] @ rm.W_U + rm.b_U).double()
+
+    clean_logits = raw_logits(state)
     n_sources = graph.n_nodes - graph.logit_ids.numel()
     for source in range(0, n_sources, 7):
         if source in {graph.error_index(layer, 0) for layer in range(rm.n_layers)}:
             continue
-        logits = _ablated(rm, state, graph, source).logits[0, -1].double()
+        logits = raw_logits(_ablated(rm, state, graph, source))
         change = (clean_logits[good] - clean_logits[bad]) - (logits[good] - logits[bad])
         torch.testing.assert_close(change, dense[k0, source], atol=2e-5, rtol=1e-4)
     with pytest.raises(SparseCircuitsError, match="d_model"):

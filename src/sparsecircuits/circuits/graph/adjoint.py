@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from sparsecircuits.models.architectures import pull_back_norm
+from sparsecircuits.models.architectures import NormParams, pull_back_norm
 
 if TYPE_CHECKING:
     from sparsecircuits.circuits.replacement import ReplacementModel, ReplacementState
@@ -44,6 +44,8 @@ class _AttentionAdjoint:
     w_o_t: Tensor
     m_v: Tensor
     mix: Tensor
+    post: NormParams | None = None  # Gemma's post-attention norm, frozen at `post_scale [T, 1]`
+    post_scale: Tensor | None = None
 
 
 class FrozenAdjoint:
@@ -66,7 +68,12 @@ class FrozenAdjoint:
             pattern = state.patterns[layer][0]  # [H, q, k]
             scale = state.ln1_scale[layer][0, :, 0]  # [k]
             mix = (pattern / scale[None, None, :]).transpose(1, 2).contiguous()
-            self.layers.append(_AttentionAdjoint(w_o_t, m_v, mix))
+            post_scale = state.ln1_post_scale[layer] if w.ln1_post is not None else None
+            self.layers.append(
+                _AttentionAdjoint(
+                    w_o_t, m_v, mix, w.ln1_post, None if post_scale is None else post_scale[0]
+                )
+            )
 
     def resid_vectors(self, layer: int, pos: Tensor, vectors: Tensor) -> Tensor:
         """Return the residual-stream form `[n, d]` of target vectors `[n, d]` injected at
@@ -93,6 +100,11 @@ class FrozenAdjoint:
         a = self.layers[layer]
         n_pos, batch, d_model = g.shape
         n_heads = a.mix.shape[0]
+        if a.post is not None and a.post_scale is not None:  # back through the frozen post-norm
+            if single is not None:
+                single = (single[0], pull_back_norm(single[1], a.post, a.post_scale[single[0]]))
+            else:
+                g = pull_back_norm(g, a.post, a.post_scale[:n_pos, None, :])
         if single is not None:
             pos, vectors = single
             u = (vectors @ a.w_o_t).view(batch, n_heads, -1)  # [B, H, dh]

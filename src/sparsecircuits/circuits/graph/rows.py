@@ -330,17 +330,16 @@ class RowMaker:
     def blocks(self, groups: list[Tensor]) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """Yield `(nodes [B], rows [B, W] on the CPU, columns [W])` for each batch of
         `schedule(groups)`, in order: rows over the node columns `columns` a batch can reach."""
-        batches = self.schedule(groups)
-        for step, batch in enumerate(batches):
+        for batch in self.schedule(groups):
             tick = time.perf_counter()
             prefix = int(self.target_pos[batch].max()) + 1
             if self.adjoint is not None:
                 grads = self._adjoint_grads(self.adjoint, batch, prefix)
             else:
-                last = step == len(batches) - 1
+                # the frozen graph is kept: a streamed build reads rows in more than one pass
                 grads = [
                     None if g is None else g[:prefix]
-                    for g in self._autograd_grads(batch, retain=not last)
+                    for g in self._autograd_grads(batch, retain=True)
                 ]
             self.timings["transpose"] = self.timings.get("transpose", 0.0) + (
                 time.perf_counter() - tick
