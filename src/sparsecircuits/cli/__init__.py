@@ -18,6 +18,7 @@ COMMANDS = [
     "tasks",
     "paths",
     "case-study",
+    "adapters",
     "trace",
     "dashboards",
     "serve",
