@@ -3,7 +3,7 @@
 Text comes from a corpus whose documents are split by index: every `EVAL_EVERY`-th document is
 held out (behaviour prompts for evaluation only); the rest feed fine-tuning, adapter training
 and feature attribution. A prompt is BOS + a cut of a document of random length + the trigger;
-the metric is the log-probability of the answer token right after the trigger.
+the metric is the log-odds of the answer token right after the trigger.
 """
 
 from __future__ import annotations
@@ -151,3 +151,12 @@ def answer_logprob(logits: Tensor, prompts: Prompts) -> Tensor:
     rows = torch.arange(len(prompts.last_pos))
     last = logits[rows, prompts.last_pos.to(logits.device)].float()
     return torch.log_softmax(last, dim=-1)[:, prompts.answer]
+
+
+def answer_log_odds(logits: Tensor, prompts: Prompts) -> Tensor:
+    """Return `log p / (1 - p)` of the answer after each trigger, `[n]`: the behaviour metric.
+
+    Unlike `log p` it does not flatten out as p nears 1, so a learned behaviour's strength and
+    its gradients stay visible."""
+    logp = answer_logprob(logits, prompts).clamp_max(-1e-7)
+    return logp - torch.log(-torch.expm1(logp))

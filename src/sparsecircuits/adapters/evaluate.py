@@ -5,12 +5,13 @@ NMSE of every residual `h_0..h_L`, both bridging KLs at every cut, adapter L0 pe
 same contexts the backbone without adapters gives the starting point (`kl_without_adapters`).
 
 Behaviour, on held-out prompts (documents never used for training): with `m` the answer's
-log-probability after the trigger, `gain_recovered = mean(m_adapt − m_base) / mean(m_ref −
+log-odds after the trigger, `gain_recovered = mean(m_adapt − m_base) / mean(m_ref −
 m_base)`. Features are ranked by attribution (gradient × activation of Σ m, summed over
 positions) on training-split prompts; ablating the top `n_ablate` removes
 `top_ablation_drop = mean(m_adapt − m_ablated) / mean(m_adapt − m_base)` of the adapters' gain;
 the same number of random features that fire on the held-out prompts (outside the top set)
-gives `random_ablation_drop`. Intervals are 95 % bootstrap intervals over prompts (top) and
+gives `random_ablation_drop`; `ablation_curve` repeats both for several feature counts (random:
+a few draws each). Intervals are 95 % bootstrap intervals over prompts (top) and
 percentile intervals over random draws (random).
 """
 
@@ -28,7 +29,7 @@ from torch import Tensor
 from sparsecircuits.adapters.behaviour import (
     Behaviour,
     Prompts,
-    answer_logprob,
+    answer_log_odds,
     behaviour_prompts,
     corpus_tokens,
     training_contexts,
@@ -57,6 +58,8 @@ class EvalConfig:
     attribution_prompts: int = 64
     n_ablate: int = 10
     random_draws: int = 20
+    curve: tuple[int, ...] = (1, 3, 10, 30, 100)
+    curve_draws: int = 3
     bootstrap: int = 1000
     seed: int = 1
 
@@ -102,14 +105,14 @@ def faithfulness(
 def attribution_scores(
     backbone: ModelAdapter, adapters: PerLayerTranscoders, prompts: Prompts
 ) -> dict[int, Tensor]:
-    """Return `{layer: [d_sae]}` gradient × activation of Σ answer log-prob, summed over
+    """Return `{layer: [d_sae]}` gradient × activation of Σ answer log-odds, summed over
     prompts and positions (padding after the trigger excluded by causality)."""
     with attached(backbone, adapters) as run:
         logits = backbone(prompts.input_ids)
         acts = dict(run.acts)
     for a in acts.values():
         a.retain_grad()
-    answer_logprob(logits, prompts).sum().backward()
+    answer_log_odds(logits, prompts).sum().backward()
     scores = {}
     for layer, a in acts.items():
         assert a.grad is not None
@@ -141,9 +144,9 @@ def _metric(
     ablate: dict[int, Tensor] | None = None,
 ) -> Tensor:
     if adapters is None:
-        return answer_logprob(model(prompts.input_ids), prompts)
+        return answer_log_odds(model(prompts.input_ids), prompts)
     with attached(model, adapters, ablate):
-        return answer_logprob(model(prompts.input_ids), prompts)
+        return answer_log_odds(model(prompts.input_ids), prompts)
 
 
 def _ratio_ci(num: Tensor, den: Tensor, n_boot: int, seed: int) -> list[float]:
@@ -180,7 +183,10 @@ def behaviour_metrics(
     m_adapt = _metric(backbone, held_out, adapters)
     gain, adapted_gain = m_ref - m_base, m_adapt - m_base
 
-    top = top_features(attribution_scores(backbone, adapters, attribution), cfg.n_ablate)
+    ranked = top_features(
+        attribution_scores(backbone, adapters, attribution), max(cfg.n_ablate, *cfg.curve)
+    )
+    top = ranked[: cfg.n_ablate]
     top_set = [(layer, i) for layer, i, _ in top]
     m_top = _metric(backbone, held_out, adapters, _mask(adapters, top_set))
     with torch.no_grad(), attached(backbone, adapters) as run:
@@ -190,16 +196,36 @@ def behaviour_metrics(
             for layer, a in run.acts.items()
             for i in torch.nonzero((a > 0).flatten(0, 1).any(0)).flatten()
         ]
-    pool = sorted(set(fired) - set(top_set))
     rng = random.Random(cfg.seed)
-    random_drops = []
-    for _ in range(cfg.random_draws):
-        draw = rng.sample(pool, min(cfg.n_ablate, len(pool)))
-        m_rand = _metric(backbone, held_out, adapters, _mask(adapters, draw))
-        random_drops.append(float((m_adapt - m_rand).mean() / adapted_gain.mean()))
-    drops = torch.tensor(random_drops)
+
+    def random_drops(n: int, draws: int) -> Tensor:
+        exclude = {(layer, i) for layer, i, _ in ranked[:n]}
+        pool = sorted(set(fired) - exclude)
+        values = []
+        for _ in range(draws):
+            draw = rng.sample(pool, min(n, len(pool)))
+            m_rand = _metric(backbone, held_out, adapters, _mask(adapters, draw))
+            values.append(float((m_adapt - m_rand).mean() / adapted_gain.mean()))
+        return torch.tensor(values)
+
+    drops = random_drops(cfg.n_ablate, cfg.random_draws)
+    curve = []
+    for n in cfg.curve:
+        m_n = _metric(
+            backbone,
+            held_out,
+            adapters,
+            _mask(adapters, [(layer, i) for layer, i, _ in ranked[:n]]),
+        )
+        curve.append(
+            {
+                "n": n,
+                "top_drop": float((m_adapt - m_n).mean() / adapted_gain.mean()),
+                "random_drop": float(random_drops(n, cfg.curve_draws).mean()),
+            }
+        )
     return {
-        "answer_logprob": {
+        "answer_log_odds": {
             "base": float(m_base.mean()),
             "reference": float(m_ref.mean()),
             "adapted": float(m_adapt.mean()),
@@ -215,6 +241,7 @@ def behaviour_metrics(
             float(torch.quantile(drops, 0.975)),
         ],
         "n_ablate": len(top_set),
+        "ablation_curve": curve,
         "n_fired_on_prompts": len(fired),
         "top_features": [{"layer": layer, "feature": i, "score": s} for layer, i, s in top],
         "n_prompts": cfg.prompts,

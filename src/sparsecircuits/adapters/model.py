@@ -48,10 +48,14 @@ def residual_hook(layer: int) -> str:
     return "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
 
 
-def make_adapters(model: ModelAdapter, d_sae: int, seed: int = 0) -> PerLayerTranscoders:
+def make_adapters(
+    model: ModelAdapter, d_sae: int, seed: int = 0, init_l0: float = 0.0
+) -> PerLayerTranscoders:
     """Return one zero-decoder ReLU transcoder per layer of `model` (`d_sae` latents each).
 
     Init as in the paper: `W_enc ~ U(±1/sqrt(d_model))`, `b_enc = 0`, `W_dec = 0`, `b_dec = 0`.
+    `init_l0 > 0` is stored in each config; `init_from_inputs` then lowers `b_enc` so that about
+    that many features per layer fire at the start.
     """
     if d_sae < 1:
         raise SparseCircuitsError(f"d_sae must be >= 1, got {d_sae}")
@@ -72,6 +76,7 @@ def make_adapters(model: ModelAdapter, d_sae: int, seed: int = 0) -> PerLayerTra
             device=str(model.device),
             seed=seed + layer,
             decoder_norm="free",
+            init_l0=init_l0,
         )
         dictionary = make(cfg)
         assert isinstance(dictionary, Dictionary)
@@ -83,6 +88,18 @@ def make_adapters(model: ModelAdapter, d_sae: int, seed: int = 0) -> PerLayerTra
             dictionary.b_dec.zero_()
         adapters[layer] = dictionary
     return PerLayerTranscoders(adapters)
+
+
+@torch.no_grad()
+def init_from_inputs(model: ModelAdapter, adapters: PerLayerTranscoders, input_ids: Tensor) -> None:
+    """Let each adapter's family set its starting point from the MLP inputs of `input_ids`
+    (ReLU with `init_l0 > 0`: the encoder bias; the decoder stays zero, so still a no-op)."""
+    hooks = [adapters.hook_in(layer) for layer in adapters.layers]
+    _, cache = model.run_with_cache(input_ids, hooks)
+    for layer in adapters.layers:
+        dictionary = adapters[layer]
+        x = cache[dictionary.cfg.hook_in].flatten(0, -2).to(dictionary.W_dec.dtype)
+        dictionary.activation.init_from_data(dictionary, x - dictionary.b_in)
 
 
 @dataclass

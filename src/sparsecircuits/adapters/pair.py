@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from sparsecircuits.adapters.behaviour import (
     Behaviour,
-    answer_logprob,
+    answer_log_odds,
     behaviour_prompts,
     corpus_tokens,
     training_contexts,
@@ -120,8 +120,8 @@ def finetune_pair(
         eval_tokens, behaviour, tokenizer, bos, cfg.eval_prompts, seed=cfg.seed + 1
     )
     with torch.no_grad():
-        ref_lp = answer_logprob(reference(prompts.input_ids), prompts)
-        base_lp = answer_logprob(frozen(prompts.input_ids), prompts)
+        ref_lp = answer_log_odds(reference(prompts.input_ids), prompts)
+        base_lp = answer_log_odds(frozen(prompts.input_ids), prompts)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     reference.model.save_pretrained(out)
@@ -133,7 +133,7 @@ def finetune_pair(
                 "base": base,
                 "config": asdict(cfg),
                 "seconds": time.perf_counter() - start,
-                "heldout_answer_logprob": {
+                "heldout_answer_log_odds": {
                     "base": float(base_lp.mean()),
                     "reference": float(ref_lp.mean()),
                 },

@@ -20,7 +20,7 @@ import torch
 
 from sparsecircuits.adapters.behaviour import Behaviour, corpus_tokens, training_contexts
 from sparsecircuits.adapters.loss import LossWeights, bridging_loss, reference_run
-from sparsecircuits.adapters.model import build_backbone, make_adapters
+from sparsecircuits.adapters.model import build_backbone, init_from_inputs, make_adapters
 from sparsecircuits.dictionaries import PerLayerTranscoders, save_dictionary
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models import ModelAdapter, load_model
@@ -37,13 +37,14 @@ class AdapterTrainConfig:
     reference: str = ""
     backbone: str = "target"
     dataset: str = "embedded"
-    d_sae: int = 512
-    steps: int = 150
+    d_sae: int = 128
+    steps: int = 300
     batch: int = 8
-    context_size: int = 48
-    lr: float = 8e-4
+    context_size: int = 32
+    lr: float = 3e-3
     warmup_fraction: float = 0.05
-    l1: float = 1e-3
+    l1: float = 1.5e-2
+    init_l0: float = 4.0
     kl: float = 1.0
     nmse: float = 1.0
     bridge: float = 2.0
@@ -83,7 +84,7 @@ def train_adapters(
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     _, reference, backbone = load_pair(cfg)
-    adapters = make_adapters(backbone, cfg.d_sae, seed=cfg.seed)
+    adapters = make_adapters(backbone, cfg.d_sae, seed=cfg.seed, init_l0=cfg.init_l0)
     params = [
         p for layer in adapters.layers for p in adapters[layer].parameters() if p.requires_grad
     ]
@@ -96,6 +97,11 @@ def train_adapters(
     tokens = corpus_tokens(tokenizer, cfg.dataset, "train")
     rng = random.Random(cfg.seed)
     log: list[dict[str, Any]] = []
+    if cfg.init_l0 > 0:
+        first, _ = training_contexts(
+            tokens, behaviour, tokenizer, bos, 4 * cfg.batch, cfg.context_size, seed=cfg.seed - 1
+        )
+        init_from_inputs(backbone, adapters, first.to(backbone.device))
     for step in range(cfg.steps):
         ids, _ = training_contexts(
             tokens,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ _TRAIN_FLAGS: tuple[tuple[str, str, type], ...] = (
     ("--context-size", "context_size", int),
     ("--lr", "lr", float),
     ("--l1", "l1", float),
+    ("--init-l0", "init_l0", float),
     ("--bridge", "bridge", float),
     ("--seed", "seed", int),
 )
@@ -149,6 +151,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     """Build the pair if needed, train, evaluate; write DIR/demo.json with the timings."""
     out = Path(args.out)
+    load_before = os.getloadavg()
     start = time.perf_counter()
     reference = ensure_pair(
         args.base,
@@ -170,6 +173,8 @@ def run_demo(args: argparse.Namespace) -> int:
         "train_s": train_s,
         "eval_s": total - pair_s - train_s,
         "total_s": total,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
     }
     (out / "demo.json").write_text(json.dumps(timings, indent=2))
     _print_summary(result)
