@@ -43,7 +43,7 @@ class AdapterTrainConfig:
     context_size: int = 32
     lr: float = 3e-3
     warmup_fraction: float = 0.05
-    l1: float = 1.5e-2
+    l1: float = 7e-3
     init_l0: float = 4.0
     kl: float = 1.0
     nmse: float = 1.0
