@@ -19,6 +19,7 @@ COMMANDS = [
     "tasks",
     "paths",
     "case-study",
+    "adapters",
     "trace",
     "identify",
     "dashboards",
