@@ -226,6 +226,12 @@ CASES = [
     Case("paths-target-unparsable", [*PATHS, "--target", "logit", "--out", "{tmp}/o"], "target"),
     Case("serve-port-out-of-range", ["serve", "{graphs}", "--port", "70000"], "port"),
     Case("presets-unknown-flag", ["presets", "--yaml"], "--yaml"),
+    Case("adapters-eval-missing-folder", ["adapters", "eval", MISSING], "no-such-thing"),
+    Case(
+        "adapters-train-reference-missing",
+        ["adapters", "train", "--reference", MISSING, "--out", "{tmp}/o"],
+        "no-such-thing",
+    ),
     Case("identify-unknown-task", ["identify", "sorting", "--out", "{tmp}/o"], "sorting"),
     Case(
         "identify-model-missing-folder",
