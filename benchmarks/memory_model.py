@@ -1,7 +1,7 @@
 """Memory model of `sparsecircuits trace`: what a graph of a given model and transcoder set needs.
 
     python benchmarks/memory_model.py                       # Gemma-2-2B, 16k transcoders
-    python benchmarks/memory_model.py --check WORKDIR       # measure a random Llama-style model
+    python benchmarks/memory_model.py --check WORKDIR       # measure a random Gemma-2
 
 Components (bytes; `s` the compute dtype's size):
 
@@ -17,7 +17,7 @@ Components (bytes; `s` the compute dtype's size):
 * the graph: 12 bytes per stored edge (`store="influential"`: the kept rows only; with
   `max_feature_nodes` N: N rows of about `row_nnz` edges each).
 
-`--check` builds a random Llama-style model of Gemma-2-2B's width (d 2304, 8 heads of 256 with
+`--check` builds a random Gemma-2 of Gemma-2-2B's width (d 2304, 8 heads of 256 with
 4 key/value heads, d_mlp 9216, vocab 256,000; fewer layers so it fits this machine), TopK
 transcoders of 16,384 features, traces one prompt with a feature budget and prints the measured
 peak RSS beside the model's prediction.
@@ -82,10 +82,10 @@ def predict(
 
 
 def check(workdir: Path, n_layers: int, tokens: int, budget: int) -> dict:
-    """Build (once) and trace a random Llama-style model of Gemma-2-2B's width; return the
+    """Build (once) and trace a random Gemma-2 of Gemma-2-2B's width (fewer layers); return the
     measured peak RSS beside the prediction."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM, Gemma2Config
 
     from benchmarks.bench_graph import make_transcoders
     from sparsecircuits.circuits.graph.build import GraphConfig, build_graph
@@ -96,13 +96,13 @@ def check(workdir: Path, n_layers: int, tokens: int, budget: int) -> dict:
     from sparsecircuits.models.tiny import build_tiny_model
 
     g = GEMMA_2_2B
-    model_dir = workdir / f"llama-gemma2-width-{n_layers}l"
-    tc_dir = workdir / f"llama-gemma2-width-{n_layers}l-tc{g.d_sae}"
+    model_dir = workdir / f"gemma2-2b-width-{n_layers}l"
+    tc_dir = workdir / f"gemma2-2b-width-{n_layers}l-tc{g.d_sae}"
     if not (model_dir / "model.safetensors").is_file() and not list(
         model_dir.glob("*.safetensors")
     ):
-        build_tiny_model("llama", model_dir, vocab_size=512, n_layers=1, d_model=32, n_heads=4)
-        config = LlamaConfig(
+        build_tiny_model("gemma2", model_dir, vocab_size=512, n_layers=1, d_model=32, n_heads=4)
+        config = Gemma2Config(  # gemma-2-2b's config.json, fewer layers
             num_hidden_layers=n_layers,
             hidden_size=g.d_model,
             num_attention_heads=g.n_heads,
@@ -110,10 +110,15 @@ def check(workdir: Path, n_layers: int, tokens: int, budget: int) -> dict:
             head_dim=g.d_head,
             intermediate_size=g.d_mlp,
             vocab_size=g.vocab,
-            max_position_embeddings=1024,
+            query_pre_attn_scalar=g.d_head,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            sliding_window=4096,
+            max_position_embeddings=8192,
             tie_word_embeddings=True,
             bos_token_id=0,
             eos_token_id=0,
+            pad_token_id=0,
         )
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(model_dir)
