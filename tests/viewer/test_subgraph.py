@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sparsecircuits.circuits.graph.neuronpedia import validate_graph_json
 from sparsecircuits.circuits.graph.scores import graph_scores, node_roles
 
 from .test_server import fetch
@@ -144,6 +145,33 @@ def test_subgraph_state_saves_beside_the_graph_and_reloads(viewer_server, viewer
         # not listed as a graph; no temporary files left
         assert all(g["id"] != path.name for g in json.loads(fetch(viewer_server, "/api/graphs")[2]))
         assert not list(viewer_data.dir.glob(".subgraph-*"))
+        # the graph with this subgraph, as one Neuronpedia graph JSON
+        graph = json.loads((viewer_data.dir / "graph.json").read_text())
+        feature = next(
+            n for n in graph["nodes"] if n.get("feature_type", "").endswith("transcoder")
+        )
+        layer, index = feature["node_id"].split("_")[:2]
+        labelled = {
+            **state,
+            "pinnedIds": [feature["node_id"]],
+            "clerps": {f"{layer}_{index}": "<b>label</b>"},
+        }
+        assert (
+            fetch(
+                viewer_server,
+                "/api/subgraph?graph=graph.json",
+                json.dumps(labelled).encode(),
+                "POST",
+            )[0]
+            == 200
+        )
+        exported = json.loads(fetch(viewer_server, "/api/export?graph=graph.json")[2])
+        validate_graph_json(exported)
+        assert exported["qParams"]["pinnedIds"] == [feature["node_id"]]
+        assert exported["qParams"]["supernodes"] == state["supernodes"]
+        clerps = {n["node_id"]: n["clerp"] for n in exported["nodes"]}
+        assert clerps[feature["node_id"]] == "<b>label</b>"
+        assert len(exported["nodes"]) == len(graph["nodes"]) and exported["links"] == graph["links"]
         for bad in (b"[1]", b'{"pinnedIds": [1]}', b'{"supernodes": [[]]}', b"not json"):
             assert fetch(viewer_server, "/api/subgraph?graph=graph.json", bad, "POST")[0] == 400
         assert fetch(viewer_server, "/api/subgraph?graph=../x", b"{}", "POST")[0] == 404

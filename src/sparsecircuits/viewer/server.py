@@ -215,6 +215,13 @@ class ViewerApp:
         atomic_write_text(path, json.dumps(state, indent=1, allow_nan=False))
         return {"saved": path.name}
 
+    def export_neuronpedia(self, gid: str) -> dict[str, Any]:
+        """Graph `gid` as one Neuronpedia graph JSON holding its saved subgraph (pins,
+        supernodes, edited labels) in `qParams` and the nodes' `clerp`s."""
+        from sparsecircuits.circuits.graph.neuronpedia import with_subgraph
+
+        return with_subgraph(json.loads(self.graph_bytes(gid)), self.load_subgraph(gid))
+
     def labels(self, gid: str) -> dict[str, str]:
         """`{"<layer>_<feature>": label}` for every feature node of graph `gid` with dashboards."""
         if self._store is None:
@@ -538,7 +545,7 @@ def _handler(app: ViewerApp, guard: RequestGuard) -> type[BaseHTTPRequestHandler
             if len(route) >= 2 and route[0] == "graphs":
                 body = app.graph_bytes("/".join(route[1:]))
                 return self._send(HTTPStatus.OK, body, "application/json; charset=utf-8")
-            if route in (["labels"], ["scores"], ["subgraph"]):
+            if route in (["labels"], ["scores"], ["subgraph"], ["export"]):
                 return self._json(_subgraph_get(app, route[0], query))
             if route == ["dashboards"]:
                 return self._json(app.list_dashboards())
@@ -628,13 +635,16 @@ def _graph_arg(query: dict[str, list[str]]) -> str:
 
 
 def _subgraph_get(app: ViewerApp, what: str, query: dict[str, list[str]]) -> Any:
-    """The answer to GET /api/labels, /api/scores or /api/subgraph."""
+    """The answer to GET /api/labels, /api/scores, /api/subgraph or /api/export (the graph with
+    its saved subgraph, in Neuronpedia's format)."""
     gid = _graph_arg(query)
     if what == "labels":
         return app.labels(gid)
     if what == "scores":
         pinned = [p for p in query.get("pinned", [""])[0].split(",") if p]
         return app.scores(gid, pinned)
+    if what == "export":
+        return app.export_neuronpedia(gid)
     return app.load_subgraph(gid)
 
 

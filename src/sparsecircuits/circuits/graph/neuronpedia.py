@@ -289,6 +289,29 @@ def validate_graph_json(data: dict[str, Any]) -> None:
         )
 
 
+def with_subgraph(data: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of graph JSON `data` carrying a saved subgraph `state` the way Neuronpedia
+    stores one: `qParams` gets its `pinnedIds`, `supernodes` (`[label, node_id, ...]` lists) and
+    `clickedId`, and every feature node whose `"<layer>_<feature>"` key has a label in
+    `state["clerps"]` gets it as its `clerp`."""
+    out = json.loads(json.dumps(data))
+    out["qParams"] = {
+        **out.get("qParams", {}),
+        "pinnedIds": list(state.get("pinnedIds", [])),
+        "supernodes": [list(group) for group in state.get("supernodes", [])],
+        "linkType": "both",
+        "clickedId": str(state.get("clickedId", "") or ""),
+        "sg_pos": "",
+    }
+    labels = state.get("clerps", {})
+    for node in out["nodes"]:
+        layer, _, rest = str(node.get("node_id", "")).partition("_")
+        key = f"{layer}_{rest.split('_')[0]}" if rest else ""
+        if key in labels:
+            node["clerp"] = labels[key]
+    return out
+
+
 def cantor_pair(layer: int, feature: int) -> int:
     """Return Neuronpedia's `feature` number for (layer, feature index): (l+f)(l+f+1)/2 + f."""
     s = layer + feature
