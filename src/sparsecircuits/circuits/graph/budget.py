@@ -65,16 +65,37 @@ class _StoredRows:
             reach = influence + logit_weights
         return influence
 
-    def adjacency(self) -> SparseAdjacency:
-        """Every stored edge as one adjacency over all nodes."""
-        parts = [p for layer in sorted(self.by_layer, reverse=True) for p in self.by_layer[layer]]
-        self.by_layer = {}  # the adjacency takes over the edges
+    def kept_adjacency(self, kept: Tensor, n_feat: int) -> SparseAdjacency:
+        """The stored edges restricted to the feature nodes `kept` (and every non-feature node),
+        renumbered over `[kept features | errors | tokens | logits]`; each row's |sum| loses the
+        dropped edges. Rows are mapped part by part, so no index array spans every stored edge."""
+        new_index = torch.full((self.n_nodes,), -1, dtype=torch.int32)
+        n_kept = int(kept.numel())
+        new_index[kept] = torch.arange(n_kept, dtype=torch.int32)
+        new_index[n_feat:] = torch.arange(n_feat, self.n_nodes, dtype=torch.int32) - n_feat + n_kept
+        dropped = torch.zeros(self.n_nodes, dtype=torch.float64)
+        targets, sources, weights = [], [], []
+        for layer in sorted(self.by_layer, reverse=True):
+            parts, self.by_layer[layer] = self.by_layer[layer], []
+            for t32, s32, w in parts:
+                s_new, t_new = new_index[s32.long()], new_index[t32.long()]
+                keep = s_new >= 0
+                dropped.index_add_(0, t32[~keep].long(), w[~keep].abs().double())
+                targets.append(t_new[keep])
+                sources.append(s_new[keep])
+                weights.append(w[keep])
+        self.by_layer = {}
+        sums = (self.row_abs_sums - dropped).clamp_min(0.0)
+        n_nodes = self.n_nodes - n_feat + n_kept
+        row_abs_sums = torch.zeros(n_nodes, dtype=torch.float64)
+        present = new_index >= 0
+        row_abs_sums[new_index[present].long()] = sums[present]
         return SparseAdjacency(
-            n_nodes=self.n_nodes,
-            targets=torch.cat([t for t, _, _ in parts]),
-            sources=torch.cat([s for _, s, _ in parts]),
-            weights=torch.cat([w for _, _, w in parts]),
-            row_abs_sums=self.row_abs_sums,
+            n_nodes=n_nodes,
+            targets=torch.cat(targets),
+            sources=torch.cat(sources),
+            weights=torch.cat(weights),
+            row_abs_sums=row_abs_sums,
         )
 
 
@@ -105,30 +126,4 @@ def budget_edges(
         visited[chosen] = True
         n_visited += queue
     kept = visited.nonzero(as_tuple=True)[0]
-    return _keep_features(stored.adjacency(), kept, n_feat), kept
-
-
-def _keep_features(adj: SparseAdjacency, kept: Tensor, n_feat: int) -> SparseAdjacency:
-    """`adj` restricted to the feature nodes `kept` (and every non-feature node), renumbered;
-    each row's |sum| loses the dropped edges."""
-    new_index = torch.full((adj.n_nodes,), -1, dtype=torch.long)
-    new_index[kept] = torch.arange(kept.numel())
-    n_kept = int(kept.numel())
-    new_index[n_feat:] = torch.arange(n_feat, adj.n_nodes) - n_feat + n_kept
-    sources, targets = new_index[adj.sources.long()], new_index[adj.targets.long()]
-    keep = sources >= 0
-    dropped = torch.zeros(adj.n_nodes, dtype=torch.float64).index_add_(
-        0, adj.targets[~keep].long(), adj.weights[~keep].abs().double()
-    )
-    sums = (adj.row_abs_sums - dropped).clamp_min(0.0)
-    n_nodes = adj.n_nodes - n_feat + n_kept
-    row_abs_sums = torch.zeros(n_nodes, dtype=torch.float64)
-    present = new_index >= 0
-    row_abs_sums[new_index[present]] = sums[present]
-    return SparseAdjacency(
-        n_nodes=n_nodes,
-        targets=targets[keep].int(),
-        sources=sources[keep].int(),
-        weights=adj.weights[keep],
-        row_abs_sums=row_abs_sums,
-    )
+    return stored.kept_adjacency(kept, n_feat), kept
