@@ -111,12 +111,27 @@ def _spawn(
     return result, ""
 
 
-def run(options: BenchOptions, timeout_s: float = 3600) -> None:
+def parse_cases(text: str | None) -> tuple[tuple[int, int | None], ...]:
+    """`CASES`, or the cases of `TOKENS:MAX_FEATURE_NODES,...` (0: every feature a target)."""
+    if not text:
+        return CASES
+    cases = []
+    for item in text.split(","):
+        tokens, _, budget = item.partition(":")
+        cases.append((int(tokens), int(budget or 0) or None))
+    return tuple(cases)
+
+
+def run(
+    options: BenchOptions,
+    timeout_s: float = 3600,
+    cases: tuple[tuple[int, int | None], ...] = CASES,
+) -> None:
     """Emit one graph record per case and library, and the ratio lines per case."""
     log("graph_scale: writing the GPT-2-small-sized model and transcoders (once)")
     ensure_scale_model(options.workdir)
     why = {c: why_unavailable(c) for c in CONTENDERS}
-    for n_tokens, budget in CASES:
+    for n_tokens, budget in cases:
         config = {
             **options.base_config(),
             "model": SCALE_MODEL,

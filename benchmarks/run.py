@@ -68,6 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="longest prompt circuit-tracer's graph is built for (default 65: its 256-token "
         "graph alone takes ~10 minutes on 2 cores; pass 256 to include it)",
     )
+    p.add_argument(
+        "--graph-scale-cases",
+        default=None,
+        help="graph_scale cases as TOKENS:MAX_FEATURE_NODES,... (0: every feature a target; "
+        "default 32:0,32:8192,128:8192)",
+    )
     p.add_argument("--workdir", default=None, help="scratch folder (default: a new temp folder)")
     p.add_argument("--out", default=None, help="also write the JSON lines to this file")
     # internal: one graph measurement in a fresh process
@@ -167,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         if "graph_scale" in groups and not options.quick:
             from benchmarks import bench_graph_scale
 
-            bench_graph_scale.run(options)
+            bench_graph_scale.run(
+                options, cases=bench_graph_scale.parse_cases(args.graph_scale_cases)
+            )
         common.emit(
             {
                 "name": "total",
