@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,7 @@ class EncoderWeights:
     b_in: Tensor
 
 
-class CoderBase(nn.Module):
+class CoderBase(nn.Module, ABC):
     """What `Dictionary` and `CrossLayerTranscoder` share: the widths, the decoder-norm policy
     and its training hooks (a CLT latent's decoder row is its concatenated decoder vectors)."""
 
@@ -55,13 +56,13 @@ class CoderBase(nn.Module):
         """Output width (per layer; `d_in` for an SAE)."""
         return self.cfg.d_out
 
+    @abstractmethod
     def decoder_weights(self) -> list[Tensor]:
         """The decoder matrices whose rows (everything after the first axis) are latents."""
-        raise NotImplementedError
 
+    @abstractmethod
     def family_views(self) -> list[tuple[Activation, Any]]:
         """`(activation, the owner it sees)` per layer."""
-        raise NotImplementedError
 
     def before_optimizer_step(self) -> None:
         """Call after `backward()`, before `optimizer.step()`: under "unit" decoder norm, remove parallel grads."""
