@@ -339,27 +339,37 @@ def load(
     extra_path = folder / EXTRA_WEIGHTS_FILENAME
     if extra_path.is_file():
         tensors.update(_load_tensors(extra_path))
-    check_parameters(tensors, where=str(weights_path))
-
+    check_parameters(tensors, where=str(weights_path))  # before completion: raw thresholds
     dictionary = make(cfg, init=False)
     if isinstance(dictionary, Dictionary):
         _complete_saelens_tensors(dictionary, raw, tensors)
+    return load_weights(dictionary, tensors, str(weights_path))
+
+
+def load_weights(
+    dictionary: Dictionary | CrossLayerTranscoder, tensors: dict[str, Tensor], where: str
+) -> Dictionary | CrossLayerTranscoder:
+    """Check `tensors`' names and shapes against `dictionary`'s state dict (`SparseCircuitsError`
+    naming `where` otherwise) and make them its parameters, cast to its dtype and device
+    (`load_state_dict(assign=True)`: a memory-mapped tensor is not copied again); return
+    `dictionary`. Their values are checked by `validate.check_parameters` before."""
+    cfg = dictionary.cfg
     expected = dictionary.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise SparseCircuitsError(
-            f"{weights_path}: tensors do not match architecture {cfg.architecture!r}/{cfg.kind!r} "
-            f"(missing {missing or 'none'}, unexpected {unexpected or 'none'}); re-save the dictionary"
+            f"{where}: tensors do not match architecture {cfg.architecture!r}/{cfg.kind!r} "
+            f"(missing {missing or 'none'}, unexpected {unexpected or 'none'})"
         )
     for name, tensor in tensors.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise SparseCircuitsError(
-                f"{weights_path}: {name} has shape {tuple(tensor.shape)}, config implies {tuple(expected[name].shape)}"
+                f"{where}: {name} has shape {tuple(tensor.shape)}, config implies {tuple(expected[name].shape)}"
             )
     dictionary.load_state_dict(
         {name: t.to(cfg.device, expected[name].dtype) for name, t in tensors.items()},
-        assign=True,  # the (mapped) tensors become the parameters: no second copy
+        assign=True,
     )
     return dictionary
 

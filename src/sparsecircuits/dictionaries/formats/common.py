@@ -43,26 +43,12 @@ def build(
         cfg = DictionaryConfig(**fields)
     except TypeError as exc:  # pragma: no cover - fields are ours
         raise SparseCircuitsError(f"{where}: {exc}") from None
-    dictionary: Dictionary | CrossLayerTranscoder = (
-        CrossLayerTranscoder(cfg, init=False) if cfg.kind == "clt" else Dictionary(cfg, init=False)
-    )
-    expected = dictionary.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise SparseCircuitsError(
-            f"{where}: tensors do not match a {cfg.architecture} {cfg.kind} "
-            f"(missing {missing or 'none'}, unexpected {unexpected or 'none'})"
-        )
-    for name, tensor in tensors.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise SparseCircuitsError(
-                f"{where}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}"
-            )
-    dictionary.load_state_dict(
-        {name: t.to(device=cfg.device, dtype=expected[name].dtype) for name, t in tensors.items()}
-    )
-    return dictionary
+    from sparsecircuits.dictionaries import make
+    from sparsecircuits.dictionaries.io import load_weights
+    from sparsecircuits.dictionaries.validate import check_parameters
+
+    check_parameters(tensors, where=where)
+    return load_weights(make(cfg, init=False), tensors, where)
 
 
 def _decoder(tensors: dict[str, Tensor]) -> Tensor:
