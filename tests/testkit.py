@@ -192,3 +192,29 @@ def train_killed_inside(args: list[str], where: str, call: int) -> None:
 
     setattr(trainer, where, killing)
     main(args)
+
+
+def save_topk_transcoders(
+    folder,
+    n_layers: int = 3,
+    d_model: int = 32,
+    hook_in: str = "mlp.hook_in",
+    hook_out: str = "hook_mlp_out",
+):  # type: ignore[no-untyped-def]
+    """Save random per-layer TopK transcoders (d_sae 40, k 4) reading `blocks.L.<hook_in>` and
+    writing `blocks.L.<hook_out>` with our writer, one sub-folder a layer; return `folder`."""
+    from sparsecircuits.dictionaries import save_dictionary
+
+    for layer in range(n_layers):
+        cfg = DictionaryConfig(
+            architecture="topk",
+            kind="transcoder",
+            d_in=d_model,
+            d_sae=40,
+            k=4,
+            hook_in=f"blocks.{layer}.{hook_in}",
+            hook_out=f"blocks.{layer}.{hook_out}",
+            seed=layer,
+        )
+        save_dictionary(make(cfg), folder / f"layer{layer}")
+    return folder

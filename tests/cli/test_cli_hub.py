@@ -17,6 +17,7 @@ from sparsecircuits.circuits.graph.neuronpedia import validate_graph_json
 from sparsecircuits.cli import main
 from sparsecircuits.dictionaries import DictionaryConfig, make, save_dictionary
 from sparsecircuits.dictionaries.presets import PRESETS
+from testkit import save_topk_transcoders
 
 PROMPT = "The cat saw the house in the year 17"
 
@@ -26,18 +27,7 @@ def saved_sets(tiny_model_dir, tmp_path_factory):
     """The tiny GPT-2 and two transcoder sets for it saved in our format: per-layer and a CLT."""
     model = tiny_model_dir("gpt2")
     root = tmp_path_factory.mktemp("hub-sets")
-    for layer in range(3):
-        cfg = DictionaryConfig(
-            architecture="topk",
-            kind="transcoder",
-            d_in=32,
-            d_sae=40,
-            k=4,
-            hook_in=f"blocks.{layer}.hook_mlp_in",
-            hook_out=f"blocks.{layer}.hook_mlp_out",
-            seed=layer,
-        )
-        save_dictionary(make(cfg), root / "plt" / f"layer{layer}")
+    save_topk_transcoders(root / "plt", hook_in="hook_mlp_in", hook_out="hook_mlp_out")
     clt = DictionaryConfig(
         architecture="topk",
         kind="clt",

@@ -12,7 +12,7 @@ from sparsecircuits.circuits.graph.neuronpedia import validate_graph_json
 from sparsecircuits.cli import dashboards as dashboards_cli
 from sparsecircuits.cli import serve as serve_cli
 from sparsecircuits.cli import trace as trace_cli
-from sparsecircuits.dictionaries import DictionaryConfig, make, save_dictionary
+from testkit import save_topk_transcoders
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,18 +27,7 @@ def parser() -> argparse.ArgumentParser:
 def saved(tiny_model_dir, tmp_path_factory):
     model = tiny_model_dir("gpt2")
     folder = tmp_path_factory.mktemp("transcoders")
-    for layer in range(3):
-        cfg = DictionaryConfig(
-            architecture="topk",
-            kind="transcoder",
-            d_in=32,
-            d_sae=40,
-            k=4,
-            hook_in=f"blocks.{layer}.mlp.hook_in",
-            hook_out=f"blocks.{layer}.hook_mlp_out",
-            seed=layer,
-        )
-        save_dictionary(make(cfg), folder / f"layer{layer}")
+    save_topk_transcoders(folder, hook_in="mlp.hook_in", hook_out="hook_mlp_out")
     return model, folder
 
 
@@ -82,18 +71,7 @@ def test_trace_on_every_new_family_writes_a_valid_graph(tiny_model_dir, tmp_path
     name, _, hook_out = family.partition("-")
     model = tiny_model_dir(name)
     transcoders = tmp_path / "transcoders"
-    for layer in range(3):
-        cfg = DictionaryConfig(
-            architecture="topk",
-            kind="transcoder",
-            d_in=32,
-            d_sae=40,
-            k=4,
-            hook_in=f"blocks.{layer}.mlp.hook_in",
-            hook_out=f"blocks.{layer}.{hook_out or 'hook_mlp_out'}",
-            seed=layer,
-        )
-        save_dictionary(make(cfg), transcoders / f"layer{layer}")
+    save_topk_transcoders(transcoders, hook_in="mlp.hook_in", hook_out=hook_out or "hook_mlp_out")
     args = parser().parse_args(
         [
             "trace",
