@@ -94,10 +94,15 @@ bench-quick: bench-env
 # on tiny random GPT-2, GPT-NeoX, Llama and Gemma-2 models against TransformerLens's hook of the
 # same name (unprocessed weights, max abs difference <= 1e-5 in fp32); ours are dumped here,
 # TransformerLens runs in the circuit-tracer environment, which pins its transformers.
+# Attributions: our graphs against circuit-tracer's `attribute` on tiny random GPT-2 and Llama
+# models with the same transcoder files, entry by entry, pruning and scores; one JSON line per
+# model and prompt (docs/validation.md).
 CROSSCHECK := out/crosscheck
 crosscheck: $(STAMP) $(BENCH_CT)/.installed
 	$(BIN)/python scripts/crosscheck/hooks_vs_transformer_lens.py dump --out $(CROSSCHECK)/hooks
 	$(BENCH_CT)/bin/python scripts/crosscheck/hooks_vs_transformer_lens.py compare --dir $(CROSSCHECK)/hooks
+	$(BIN)/python scripts/crosscheck/attributions_vs_circuit_tracer.py dump --out $(CROSSCHECK)/attributions
+	$(BENCH_CT)/bin/python scripts/crosscheck/attributions_vs_circuit_tracer.py compare --dir $(CROSSCHECK)/attributions
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
