@@ -13,9 +13,11 @@ de-meaned logit target — with the edge weight.
     python scripts/crosscheck/attribution_faithfulness.py [--sources 32] [--json OUT]
 
 prints one JSON line per edge type (feature->feature, feature->logit) and layer distance
-(target layer - source layer; logits count as layer n_layers) with the number of edges, the
-Pearson and Spearman correlations of attribution vs live effect, the least-squares slope of
-effect on attribution, and the same comparison against the frozen ablation (which must be
+(target layer - source layer; logits count as layer n_layers; an edge with a zero weight,
+such as a last-layer feature's to a logit from an earlier position, is not an edge) with the number of edges, the
+Pearson and Spearman correlations of attribution vs live effect (over all edges, and over the
+tenth with the largest |attribution|), the least-squares slope of effect on attribution, the
+share of edges whose sign the live effect shares, and the same comparison against the frozen ablation (which must be
 exact: `frozen_max_rel_err`, relative to the largest effect).
 """
 
@@ -120,12 +122,15 @@ def measure(
         layer, pos = int(active[s, 0]), int(active[s, 1])
         reachable = (target_layer > layer) & (target_pos >= pos)
         for j in reachable.nonzero(as_tuple=True)[0].tolist():
+            weight = float(adjacency[int(target_nodes[j]), s])
+            if weight == 0.0:  # no edge (a last-layer feature before the last position)
+                continue
             is_logit = j >= n_features
             edges.append(
                 {
                     "kind": "feature->logit" if is_logit else "feature->feature",
                     "distance": int(target_layer[j]) - layer,
-                    "attribution": float(adjacency[int(target_nodes[j]), s]),
+                    "attribution": weight,
                     "live": float(live_effect[k, j]),
                     "frozen": float(frozen_effect[k, j]),
                 }
@@ -145,6 +150,7 @@ def summarise(edges: list[dict[str, Any]]) -> list[dict[str, Any]]:
         live = torch.tensor([e["live"] for e in members], dtype=torch.float64)
         frozen = torch.tensor([e["frozen"] for e in members], dtype=torch.float64)
         slope = float((a * live).sum() / (a * a).sum()) if float((a * a).sum()) > 0 else None
+        top = a.abs() >= a.abs().quantile(0.9)  # the strongest tenth, what a pruned graph keeps
         records.append(
             {
                 "edge_type": kind,
@@ -154,6 +160,9 @@ def summarise(edges: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "spearman": round(spearman(a, live), 4),
                 "slope_live_on_attribution": None if slope is None else round(slope, 4),
                 "sign_agreement": round(float(((a > 0) == (live > 0)).double().mean()), 4),
+                "n_top_decile": int(top.sum()),
+                "pearson_top_decile": round(pearson(a[top], live[top]), 4),
+                "spearman_top_decile": round(spearman(a[top], live[top]), 4),
                 "frozen_pearson": round(pearson(a, frozen), 6),
                 "frozen_max_rel_err": float(f"{max_relative_error(a, frozen):.2e}"),
             }
@@ -177,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{kind} prompt {index}: {len(found)} edges", file=sys.stderr)
         edges += found
     records = summarise(edges)
-    lines = [
-        json.dumps({"model": "embedded", "n_prompts": 3 * args.prompts, **r}) for r in records
-    ]
+    lines = [json.dumps({"model": "embedded", "n_prompts": 3 * args.prompts, **r}) for r in records]
     print("\n".join(lines))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

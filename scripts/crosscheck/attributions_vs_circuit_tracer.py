@@ -55,9 +55,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-# (case, tiny family, transcoder architecture, skip transcoder)
-CASES = (("gpt2-jumprelu", "gpt2", "jumprelu", False), ("llama-relu-skip", "llama", "relu", True))
+# (case, tiny family, activation, kind: per-layer "transcoder" / "skip_transcoder", or "clt")
+CASES = (
+    ("gpt2-jumprelu", "gpt2", "jumprelu", "transcoder"),
+    ("llama-relu-skip", "llama", "relu", "skip_transcoder"),
+    ("gpt2-clt-relu", "gpt2", "relu", "clt"),
+)
 PROMPTS = (
     "the cat saw the house and then",
     "Mary gave a letter to John because",
@@ -82,11 +87,8 @@ TOKEN_FILE = "tokens.json"
 # ---------------------------------------------------------------- dump (sparsecircuits' side)
 
 
-def _transcoders(adapter: Any, architecture: str, skip: bool) -> dict[int, Any]:
-    """One transcoder per layer `mlp.hook_in -> hook_mlp_out`, biases centred on real
-    activations, JumpReLU thresholds at a quantile of the pre-activations, random skip weights."""
-    from sparsecircuits.dictionaries import DictionaryConfig, make
-
+def _activations(adapter: Any) -> tuple[list[Tensor], list[Tensor]]:
+    """Per layer, `mlp.hook_in` and `hook_mlp_out` activations `[n, d]` on the prompts' text."""
     texts = [f"{p} {q}" for p in PROMPTS for q in PROMPTS]
     ids = adapter.tokenize(texts)
     hooks = [
@@ -96,23 +98,36 @@ def _transcoders(adapter: Any, architecture: str, skip: bool) -> dict[int, Any]:
     ]
     with torch.no_grad():
         _, cache = adapter.run_with_cache(ids, hooks, stop_after_last=False)
+    d = adapter.d_model
+    ins = [cache[f"blocks.{i}.mlp.hook_in"].reshape(-1, d).float() for i in range(adapter.n_layers)]
+    outs = [
+        cache[f"blocks.{i}.hook_mlp_out"].reshape(-1, d).float() for i in range(adapter.n_layers)
+    ]
+    return ins, outs
+
+
+def _transcoders(adapter: Any, architecture: str, kind: str) -> dict[int, Any]:
+    """One transcoder per layer `mlp.hook_in -> hook_mlp_out`, biases centred on real
+    activations, JumpReLU thresholds above a quantile of the pre-activations, random skip
+    weights."""
+    from sparsecircuits.dictionaries import DictionaryConfig, make
+
+    ins, outs = _activations(adapter)
     gen = torch.Generator().manual_seed(7)
     result = {}
     for layer in range(adapter.n_layers):
-        hook_in, hook_out = f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.hook_mlp_out"
         cfg = DictionaryConfig(
             architecture=architecture,
-            kind="skip_transcoder" if skip else "transcoder",
+            kind=kind,
             d_in=adapter.d_model,
             d_sae=D_SAE,
             d_out=adapter.d_model,
-            hook_in=hook_in,
-            hook_out=hook_out,
+            hook_in=f"blocks.{layer}.mlp.hook_in",
+            hook_out=f"blocks.{layer}.hook_mlp_out",
             seed=100 + layer,
         )
         tc = make(cfg)
-        x = cache[hook_in].reshape(-1, adapter.d_model).float()
-        y = cache[hook_out].reshape(-1, adapter.d_model).float()
+        x, y = ins[layer], outs[layer]
         tc.init_biases_from_data(x, y)
         with torch.no_grad():
             tc.W_dec.mul_(5.0)  # decoder rows big enough that features matter downstream
@@ -129,6 +144,32 @@ def _transcoders(adapter: Any, architecture: str, skip: bool) -> dict[int, Any]:
     return result
 
 
+def _clt(adapter: Any, architecture: str) -> Any:
+    """A ReLU (or JumpReLU) cross-layer transcoder over every layer, `mlp.hook_in ->
+    hook_mlp_out`, biases centred on real activations, random encoder biases and decoders."""
+    from sparsecircuits.dictionaries import CrossLayerTranscoder, DictionaryConfig
+
+    ins, outs = _activations(adapter)
+    cfg = DictionaryConfig(
+        architecture=architecture,
+        kind="clt",
+        n_layers=adapter.n_layers,
+        d_in=adapter.d_model,
+        d_sae=D_SAE // 2,
+        hook_in="blocks.{layer}.mlp.hook_in",
+        hook_out="blocks.{layer}.hook_mlp_out",
+        seed=100,
+    )
+    clt = CrossLayerTranscoder(cfg)
+    clt.init_biases_from_data(torch.stack(ins, 1), torch.stack(outs, 1))
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        clt.b_enc.copy_(0.1 * torch.randn(clt.b_enc.shape, generator=gen))
+        for W_dec in clt.W_dec:
+            W_dec.copy_(0.5 * torch.randn(W_dec.shape, generator=gen))
+    return clt
+
+
 def dump(out: Path) -> None:
     """Write DIR/<case>/{model/, transcoders/, <prompt>.safetensors, <prompt>.json}."""
     from safetensors.torch import save_file
@@ -140,16 +181,19 @@ def dump(out: Path) -> None:
     from sparsecircuits.models import load_model
     from sparsecircuits.models.tiny import build_tiny_model
 
-    for case, family, architecture, skip in CASES:
+    for case, family, architecture, kind in CASES:
         folder = out / case
         model_dir = build_tiny_model(family, folder / "model")
         adapter = load_model(model_dir, device="cpu")
-        made = _transcoders(adapter, architecture, skip)
         tc_dir = folder / "transcoders"
         if tc_dir.exists():
             for stale in tc_dir.iterdir():
                 stale.unlink()
-        formats.write(PerLayerTranscoders(made), "circuit-tracer", tc_dir)
+        if kind == "clt":
+            formats.write(_clt(adapter, architecture), "circuit-tracer", tc_dir)
+        else:
+            made = _transcoders(adapter, architecture, kind)
+            formats.write(PerLayerTranscoders(made), "circuit-tracer", tc_dir)
         transcoders = load_transcoders(tc_dir)  # both tools read the same files
         replacement = ReplacementModel(adapter, transcoders)
         config = GraphConfig(store="all", row_mass=1.0, batch_size=32)
@@ -162,9 +206,9 @@ def dump(out: Path) -> None:
             name = f"prompt{index}"
             edge_mask = torch.zeros(graph.n_nodes, graph.n_nodes, dtype=torch.bool)
             adj = graph.adjacency
-            edge_mask[adj.targets[pruned.edge_mask].long(), adj.sources[pruned.edge_mask].long()] = (
-                True
-            )
+            edge_mask[
+                adj.targets[pruned.edge_mask].long(), adj.sources[pruned.edge_mask].long()
+            ] = True
             save_file(
                 {
                     "input_ids": graph.input_ids.contiguous(),
@@ -186,7 +230,7 @@ def dump(out: Path) -> None:
             }
             (folder / f"{name}.json").write_text(json.dumps(info, indent=2) + "\n")
             prompts.append(name)
-        status = {"case": case, "family": family, "architecture": architecture, "skip": skip}
+        status = {"case": case, "family": family, "architecture": architecture, "kind": kind}
         (folder / "case.json").write_text(json.dumps({**status, "prompts": prompts}) + "\n")
         print(f"{case}: {len(prompts)} graphs written", file=sys.stderr)
 
@@ -217,6 +261,7 @@ def circuit_tracer_model(model_dir: Path, transcoder_dir: Path) -> tuple[Any, An
     import transformers
     import yaml
     from circuit_tracer import ReplacementModel
+    from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
     from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
@@ -249,19 +294,33 @@ def circuit_tracer_model(model_dir: Path, transcoder_dir: Path) -> tuple[Any, An
         fold_value_biases=False,
     )
     config = yaml.safe_load((transcoder_dir / "config.yaml").read_text())
-    paths = {
-        int(p.stem.split("_")[1]): str(p) for p in sorted(transcoder_dir.glob("layer_*.safetensors"))
-    }
-    transcoders = load_transcoder_set(
-        paths,
-        scan="sparsecircuits-crosscheck",
-        feature_input_hook=config["feature_input_hook"],
-        feature_output_hook=config["feature_output_hook"],
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-        lazy_encoder=False,
-        lazy_decoder=False,
-    )
+    transcoders: Any
+    if config["model_kind"] == "cross_layer_transcoder":
+        transcoders = load_clt(
+            str(transcoder_dir),
+            feature_input_hook=config["feature_input_hook"],
+            feature_output_hook=config["feature_output_hook"],
+            scan="sparsecircuits-crosscheck",
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            lazy_decoder=False,
+            lazy_encoder=False,
+        )
+    else:
+        paths = {
+            int(p.stem.split("_")[1]): str(p)
+            for p in sorted(transcoder_dir.glob("layer_*.safetensors"))
+        }
+        transcoders = load_transcoder_set(
+            paths,
+            scan="sparsecircuits-crosscheck",
+            feature_input_hook=config["feature_input_hook"],
+            feature_output_hook=config["feature_output_hook"],
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            lazy_encoder=False,
+            lazy_decoder=False,
+        )
     model = ReplacementModel.from_config(
         cfg, transcoders, backend="transformerlens", tokenizer=_tokenizer(model_dir)
     )
