@@ -5,9 +5,10 @@ environments, one step each:
 
     python scripts/crosscheck/attributions_vs_circuit_tracer.py dump --out DIR
         (sparsecircuits' environment) builds tiny random GPT-2 and Llama models (the test
-        models of `sparsecircuits.models.tiny`), one transcoder per layer (GPT-2: JumpReLU
-        transcoders; Llama: ReLU skip transcoders; biases centred on real activations, random
-        thresholds and skip weights), writes them in circuit-tracer's layout with our writer,
+        models of `sparsecircuits.models.tiny`) with transcoders (`CASES`: JumpReLU, ReLU skip,
+        sign-keeping TopK, and a ReLU cross-layer transcoder; biases centred on real
+        activations, random thresholds and skip weights), writes them in circuit-tracer's
+        layout with our writer,
         reads them back with our reader, and for each prompt builds our full graph (every
         edge, no row truncation) and prunes it. DIR/<case>/ holds the model, the transcoder
         folder and per prompt the dense adjacency, nodes, pruning masks and scores.
@@ -26,8 +27,9 @@ circuit-tracer"):
   token vectors are converted to ours (`W_pos` added) before `attribute` runs; on a rotary
   model (Llama) the two agree without conversion.
 * activation: circuit-tracer's TopK keeps negative values where fewer than k pre-activations are
-  positive (ours zeroes them); the check uses JumpReLU and ReLU transcoders, which both libraries
-  define alike.
+  positive (ours zeroes them unless `topk_relu=False`); the TopK case uses `topk_relu=False`.
+  circuit-tracer 0.5.0's loader reads a TopK set's files as ReLU, so its transcoders get its own
+  `TopK(k)` module after loading. JumpReLU and ReLU are defined alike in both.
 * everything else is the same definition in both: features and errors at the BOS are not
   nodes; feature targets are transcoder pre-activations; logit targets are de-meaned logits at
   the final norm output, the most likely tokens up to 0.95 cumulative probability (at most
@@ -62,7 +64,9 @@ CASES = (
     ("gpt2-jumprelu", "gpt2", "jumprelu", "transcoder"),
     ("llama-relu-skip", "llama", "relu", "skip_transcoder"),
     ("gpt2-clt-relu", "gpt2", "relu", "clt"),
+    ("llama-topk-signed", "llama", "topk", "transcoder"),
 )
+TOPK_K = 8
 PROMPTS = (
     "the cat saw the house and then",
     "Mary gave a letter to John because",
@@ -108,8 +112,8 @@ def _activations(adapter: Any) -> tuple[list[Tensor], list[Tensor]]:
 
 def _transcoders(adapter: Any, architecture: str, kind: str) -> dict[int, Any]:
     """One transcoder per layer `mlp.hook_in -> hook_mlp_out`, biases centred on real
-    activations, JumpReLU thresholds above a quantile of the pre-activations, random skip
-    weights."""
+    activations, JumpReLU thresholds above a quantile of the pre-activations, TopK encoder biases
+    that leave fewer than k pre-activations positive, random skip weights."""
     from sparsecircuits.dictionaries import DictionaryConfig, make
 
     ins, outs = _activations(adapter)
@@ -125,6 +129,8 @@ def _transcoders(adapter: Any, architecture: str, kind: str) -> dict[int, Any]:
             hook_in=f"blocks.{layer}.mlp.hook_in",
             hook_out=f"blocks.{layer}.hook_mlp_out",
             seed=100 + layer,
+            # circuit-tracer's TopK: the k largest pre-activations, negative ones kept
+            **({"k": TOPK_K, "topk_relu": False} if architecture == "topk" else {}),
         )
         tc = make(cfg)
         x, y = ins[layer], outs[layer]
@@ -138,6 +144,10 @@ def _transcoders(adapter: Any, architecture: str, kind: str) -> dict[int, Any]:
                 # or not on a rounding (ours keep log thresholds, 1 ulp from the stored value)
                 threshold = 1.01 * pre.quantile(0.75, dim=0).clamp_min(1e-3)
                 tc.activation.log_threshold.copy_(threshold.log())
+            if architecture == "topk":  # about 5 of 96 positive per token: TopK keeps negatives
+                # (off the sample's own values, so no pre-activation is exactly 0: one tool
+                # would count it active on a rounding)
+                tc.b_enc.sub_(pre.quantile(0.95, dim=0) + 0.01)
             if tc.W_skip is not None:
                 tc.W_skip.copy_(0.1 * torch.randn(tc.W_skip.shape, generator=gen))
         result[layer] = tc
@@ -261,6 +271,7 @@ def circuit_tracer_model(model_dir: Path, transcoder_dir: Path) -> tuple[Any, An
     import transformers
     import yaml
     from circuit_tracer import ReplacementModel
+    from circuit_tracer.transcoder.activation_functions import TopK
     from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
     from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
     from transformer_lens import HookedTransformer
@@ -321,6 +332,11 @@ def circuit_tracer_model(model_dir: Path, transcoder_dir: Path) -> tuple[Any, An
             lazy_encoder=False,
             lazy_decoder=False,
         )
+        if config.get("activation") == "topk":
+            # circuit-tracer 0.5.0's loader reads every layer file as ReLU (or JumpReLU), whatever
+            # config.yaml says; a TopK set gets its own TopK module here
+            for transcoder in transcoders:
+                transcoder.activation_function = TopK(int(config["k"]))
     model = ReplacementModel.from_config(
         cfg, transcoders, backend="transformerlens", tokenizer=_tokenizer(model_dir)
     )
