@@ -140,8 +140,9 @@ def _transcoders(adapter: Any, architecture: str, kind: str) -> dict[int, Any]:
             tc.b_enc.copy_(0.1 * torch.randn(tc.b_enc.shape, generator=gen))
             pre = (x - tc.b_in) @ tc.W_enc + tc.b_enc
             if architecture == "jumprelu":  # about a quarter of the features fire per token
-                # off the sample's own values: a pre-activation exactly at a threshold would fire
-                # or not on a rounding (ours keep log thresholds, 1 ulp from the stored value)
+                # off the sample's own values: the tools round pre-activations differently (ours
+                # subtract b_in, theirs fold it into b_enc), so one exactly at a threshold would
+                # fire in one tool only
                 threshold = 1.01 * pre.quantile(0.75, dim=0).clamp_min(1e-3)
                 tc.activation.log_threshold.copy_(threshold.log())
             if architecture == "topk":  # about 5 of 96 positive per token: TopK keeps negatives
