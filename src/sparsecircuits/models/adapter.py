@@ -332,12 +332,20 @@ class ModelAdapter:
     @property
     def W_E(self) -> Tensor:
         """Return the token embedding matrix [vocab, d_model]: what a token adds to the residual
-        stream (Gemma's `embed_scale`, sqrt(d_model) cast to the model dtype, included)."""
+        stream (Gemma's `embed_scale`, sqrt(d_model) cast to the model dtype, included). For
+        Gemma this is a scaled copy of the whole vocabulary; `embed_tokens` avoids it."""
+        return self.embed_tokens(None)
+
+    def embed_tokens(self, input_ids: Tensor | None, dtype: torch.dtype | None = None) -> Tensor:
+        """Return `W_E[input_ids]` `[*input_ids.shape, d_model]` (all of `W_E` for None), scaled
+        as the model scales it and only then cast to `dtype`, so the rows equal those of `W_E`
+        bit for bit without a scaled copy of the vocabulary."""
         weight = self._parts.embed.weight.detach()
+        rows = weight if input_ids is None else weight[input_ids]
         scale = getattr(self._parts.embed, "embed_scale", None)
-        if scale is None:
-            return weight
-        return weight * scale.to(weight.dtype)
+        if scale is not None:
+            rows = rows * scale.to(weight.dtype)
+        return rows if dtype is None else rows.to(dtype)
 
     @property
     def W_pos(self) -> Tensor | None:
