@@ -340,6 +340,16 @@ def test_supernodes_save_reload_and_url_state(page, viewer_data, viewer_server):
     page.wait_for_function("document.getElementById('save-status').textContent.startsWith('saved')")
     state = page.evaluate("window.viewer.currentState()")
     assert json.loads(saved.read_text()) == state
+    # the export button downloads the graph with this subgraph as one valid Neuronpedia graph JSON
+    from sparsecircuits.circuits.graph.neuronpedia import validate_graph_json
+
+    with page.expect_download() as download:
+        page.click("#export-neuronpedia")
+    exported = json.loads(Path(download.value.path()).read_text())
+    validate_graph_json(exported)
+    assert download.value.suggested_filename.endswith(".neuronpedia.json")
+    assert sorted(exported["qParams"]["pinnedIds"]) == sorted(state["pinnedIds"])
+    assert exported["qParams"]["supernodes"] == state["supernodes"]
     url = page.url
     assert "pinnedIds=" in url and "supernodes=" in url
     page.screenshot(path=str(ARTIFACTS / "viewer-supernodes.png"))

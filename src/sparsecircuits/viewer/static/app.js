@@ -614,8 +614,29 @@
         method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(s),
       });
       $("save-status").textContent = "saved to " + r.saved;
+      return true;
     } catch (err) {
       $("save-status").textContent = "not saved: " + err.message;
+      return false;
+    }
+  }
+
+  // The export is built by the server from the saved subgraph, so the current state is saved first.
+  async function exportNeuronpedia() {
+    if (!(await saveSubgraph())) return;
+    try {
+      const data = await api("/api/export?graph=" + encodeURIComponent(state.graphId));
+      const blob = new Blob([JSON.stringify(data)], { type: "application/json" });
+      const link = document.createElement("a");
+      link.href = URL.createObjectURL(blob);
+      link.download = (data.metadata && data.metadata.slug ? data.metadata.slug : "graph") + ".neuronpedia.json";
+      document.body.appendChild(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 0);
+      $("save-status").textContent = "exported " + link.download;
+    } catch (err) {
+      $("save-status").textContent = "not exported: " + err.message;
     }
   }
 
@@ -946,6 +967,7 @@
     });
     $("group-selected").addEventListener("click", () => { groupSelected($("supernode-name").value); $("supernode-name").value = ""; });
     $("save-subgraph").addEventListener("click", saveSubgraph);
+    $("export-neuronpedia").addEventListener("click", exportNeuronpedia);
     $("fit").addEventListener("click", () => cy && cy.fit(cy.elements().not(".hidden"), 20));
     $("graph-select").addEventListener("change", (e) => { state.autoLabels = {}; openGraph(e.target.value, {}); });
     $("browser-go").addEventListener("click", () => { state.browser.offset = 0; loadBrowser(); });
