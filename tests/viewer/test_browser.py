@@ -335,7 +335,9 @@ def test_supernodes_save_reload_and_url_state(page, viewer_data, viewer_server):
         source = "super:0" if link["source"] in members else link["source"]
         target = "super:0" if link["target"] in members else link["target"]
         if source != target and "super:0" in (source, target):
-            expected_sums[source, target] = expected_sums.get((source, target), 0.0) + link["weight"]
+            expected_sums[source, target] = (
+                expected_sums.get((source, target), 0.0) + link["weight"]
+            )
     assert expected_sums
     page.check("#collapse-supernodes")
     drawn = page.evaluate(

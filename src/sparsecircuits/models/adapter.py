@@ -229,6 +229,23 @@ class ModelAdapter:
         with self._attached(pairs):
             yield self
 
+    def splice_points(self, hook_in: str, hook_out: str) -> tuple[HookPoint, HookPoint]:
+        """Return the hook points of a splice reading `hook_in` and writing `hook_out`; raise
+        unless both are model hooks other than an attention pattern, the input no later."""
+        point_in, point_out = self.hook_point(hook_in), self.hook_point(hook_out)
+        for point in (point_in, point_out):
+            if point.kind == "attn.hook_pattern":
+                raise SparseCircuitsError(
+                    f"cannot splice at {point.name}; use residual, MLP or attention-output hooks "
+                    "(hooks() edits attention patterns)"
+                )
+        if point_in.order > point_out.order:
+            raise SparseCircuitsError(
+                f"a splice reads {hook_in} after it writes {hook_out}; "
+                "each hook_in must come before its hook_out"
+            )
+        return point_in, point_out
+
     @contextlib.contextmanager
     def splice(
         self, hook_in: str, hook_out: str, fn: Callable[[Tensor], Tensor]
@@ -239,16 +256,7 @@ class ModelAdapter:
         `hook_in` may equal `hook_out` (an SAE) or come earlier in the forward pass
         (a transcoder: `blocks.L.mlp.hook_in` -> `blocks.L.mlp.hook_out`).
         """
-        point_in, point_out = self.hook_point(hook_in), self.hook_point(hook_out)
-        for point in (point_in, point_out):
-            if point.kind == "attn.hook_pattern":
-                raise SparseCircuitsError(
-                    f"cannot splice at {point.name}; use hooks() to edit attention patterns"
-                )
-        if point_in.order > point_out.order:
-            raise SparseCircuitsError(
-                f"splice input {hook_in} comes after its output {hook_out}; swap them"
-            )
+        point_in, point_out = self.splice_points(hook_in, hook_out)
 
         def flat(act: Tensor) -> Tensor:
             return act.flatten(-2) if act.ndim == 4 else act
