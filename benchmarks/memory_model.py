@@ -6,8 +6,8 @@
 Components (bytes; `s` the compute dtype's size):
 
 * weights: the Hugging Face model (`n_params * s`) plus the replacement model's per-head copies
-  of the attention weights (`4 * L * d * H * d_head * s`; K and V expanded to every query head)
-  and, for Gemma, its copy of the embedding scaled by sqrt(d) (`vocab * d * s`);
+  of the attention weights (`4 * L * d * H * d_head * s`; K and V expanded to every query head);
+  Gemma's sqrt(d) embedding scale is applied to the prompt's rows only, so it adds no copy;
 * transcoders: `L * 2 * d * d_sae * s`, memory-mapped from their files (one copy: the file's
   pages; the clean run reads every encoder and decoder row once);
 * clean run: per layer about `10 * T * d + 3 * T * d_sae` numbers (residuals, errors, values,
@@ -50,10 +50,9 @@ class Shape:
     vocab: int
     d_sae: int
     n_params: float
-    scaled_embedding: bool = False  # Gemma: the replacement model keeps W_E * sqrt(d) as a copy
 
 
-GEMMA_2_2B = Shape(26, 2304, 8, 256, 9216, 256_000, 16_384, 2.61e9, scaled_embedding=True)
+GEMMA_2_2B = Shape(26, 2304, 8, 256, 9216, 256_000, 16_384, 2.61e9)
 GIB = 2**30
 
 
@@ -68,8 +67,6 @@ def predict(
     """Predicted GiB per component (module docstring) for a `tokens`-token prompt."""
     L, d, s, T = shape.n_layers, shape.d_model, dtype_bytes, tokens
     weights = shape.n_params * s + 4 * L * d * shape.n_heads * shape.d_head * s
-    if shape.scaled_embedding:
-        weights += shape.vocab * d * s
     transcoders = L * 2 * d * shape.d_sae * s
     clean = L * ((10 * T * d + 3 * T * shape.d_sae) * s + shape.n_heads * T * T * s)
     width = min(shape.d_sae * L, 64 * L * T) + (L + 1) * T

@@ -127,7 +127,7 @@ def test_bad_inputs_raise(tiny_adapter):
 
 
 def test_splice_rejects_reversed_hooks_and_patterns(tiny_adapter):
-    with pytest.raises(SparseCircuitsError, match="comes after"):
+    with pytest.raises(SparseCircuitsError, match="after it writes"):
         tiny_adapter.splice(
             "blocks.1.hook_mlp_out", "blocks.1.hook_mlp_in", lambda a: a
         ).__enter__()

@@ -327,6 +327,34 @@ def test_supernodes_save_reload_and_url_state(page, viewer_data, viewer_server):
     assert page.locator("#supernode-list b").count() == 0 and name in page.inner_text(
         "#supernode-list"
     )
+    # collapsed, the supernode is one node whose edges sum its members' edges
+    graph = json.loads((viewer_data.dir / "graph.json").read_text())
+    members = set(features[:2])
+    expected_sums: dict[tuple[str, str], float] = {}
+    for link in graph["links"]:
+        source = "super:0" if link["source"] in members else link["source"]
+        target = "super:0" if link["target"] in members else link["target"]
+        if source != target and "super:0" in (source, target):
+            expected_sums[source, target] = (
+                expected_sums.get((source, target), 0.0) + link["weight"]
+            )
+    assert expected_sums
+    page.check("#collapse-supernodes")
+    drawn = page.evaluate(
+        """() => window.viewer.cy.edges('.super-edge').map((e) => [e.source().id(), e.target().id(), e.data('weight')])"""
+    )
+    assert {(a, b): w for a, b, w in drawn} == pytest.approx(expected_sums, rel=1e-6)
+    assert page.evaluate(
+        """(ids) => ids.every((id) => window.viewer.cy.getElementById(id).hasClass('hidden'))
+              && !window.viewer.cy.getElementById('super:0').isParent()
+              && !window.viewer.cy.getElementById('super:0').hasClass('hidden')""",
+        features[:2],
+    )
+    page.uncheck("#collapse-supernodes")
+    assert page.evaluate("() => window.viewer.cy.edges('.super-edge').length") == 0
+    assert page.evaluate(
+        "(id) => window.viewer.cy.getElementById(id).parent().id()", features[0]
+    ) == ("super:0")
     page.evaluate("(id) => window.viewer.togglePin(id)", features[2])
     # the subgraph scores equal the library's for the same nodes
     from sparsecircuits.circuits.graph.scores import graph_scores
@@ -340,6 +368,16 @@ def test_supernodes_save_reload_and_url_state(page, viewer_data, viewer_server):
     page.wait_for_function("document.getElementById('save-status').textContent.startsWith('saved')")
     state = page.evaluate("window.viewer.currentState()")
     assert json.loads(saved.read_text()) == state
+    # the export button downloads the graph with this subgraph as one valid Neuronpedia graph JSON
+    from sparsecircuits.circuits.graph.neuronpedia import validate_graph_json
+
+    with page.expect_download() as download:
+        page.click("#export-neuronpedia")
+    exported = json.loads(Path(download.value.path()).read_text())
+    validate_graph_json(exported)
+    assert download.value.suggested_filename.endswith(".neuronpedia.json")
+    assert sorted(exported["qParams"]["pinnedIds"]) == sorted(state["pinnedIds"])
+    assert exported["qParams"]["supernodes"] == state["supernodes"]
     url = page.url
     assert "pinnedIds=" in url and "supernodes=" in url
     page.screenshot(path=str(ARTIFACTS / "viewer-supernodes.png"))

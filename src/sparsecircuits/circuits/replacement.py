@@ -236,7 +236,6 @@ class ReplacementModel:
                 self._post_mlp[layer] = post
         self.ln_final = adapter.norm("ln_final").to(dtype)
         self.logit_softcap = adapter.logit_softcap
-        self.W_E = adapter.W_E.to(dtype)
         W_pos = adapter.W_pos
         self.W_pos = None if W_pos is None else W_pos.to(dtype)
         self.W_U = adapter.W_U.to(dtype)
@@ -542,8 +541,14 @@ class ReplacementModel:
         `logits` unchanged."""
         return logits if self.logit_softcap is None else softcap(logits, self.logit_softcap)
 
+    @property
+    def W_E(self) -> Tensor:
+        """Return the token embedding matrix `[vocab, d_model]` in this model's dtype (for Gemma a
+        scaled copy, made on each call; the forward pass embeds only the prompt's rows)."""
+        return self.adapter.embed_tokens(None, self.dtype)
+
     def _embed(self, input_ids: Tensor) -> Tensor:
-        embed = self.W_E[input_ids]
+        embed = self.adapter.embed_tokens(input_ids, self.dtype)
         if self.W_pos is not None:
             embed = embed + self.W_pos[: input_ids.shape[1]][None]
         return embed

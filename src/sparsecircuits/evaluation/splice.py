@@ -67,25 +67,14 @@ def check_splice_hooks(
     """Raise unless a dictionary reading `hooks_in` and writing `hooks_out` (one pair per layer)
     can be spliced: model hooks (no attention pattern), distinct across layers, each input no later
     than its output."""
-    points_in = [adapter.hook_point(hook) for hook in hooks_in]
-    points_out = [adapter.hook_point(hook) for hook in hooks_out]
     per_layer = [{hook_in, hook_out} for hook_in, hook_out in zip(hooks_in, hooks_out, strict=True)]
     if sum(len(hooks) for hooks in per_layer) != len(set().union(*per_layer)):
         raise SparseCircuitsError(
             "a dictionary spanning several layers needs distinct hooks per layer; "
             f"got inputs {list(hooks_in)} and outputs {list(hooks_out)}"
         )
-    for point_in, point_out in zip(points_in, points_out, strict=True):
-        for point in (point_in, point_out):
-            if point.kind == "attn.hook_pattern":
-                raise SparseCircuitsError(
-                    f"cannot splice a dictionary at {point.name}; use residual, MLP or attention-output hooks"
-                )
-        if point_in.order > point_out.order:
-            raise SparseCircuitsError(
-                f"a dictionary reads {point_in.name} after it writes {point_out.name}; "
-                "each layer's hook_in must come before its hook_out"
-            )
+    for hook_in, hook_out in zip(hooks_in, hooks_out, strict=True):
+        adapter.splice_points(hook_in, hook_out)
 
 
 @contextlib.contextmanager

@@ -229,6 +229,23 @@ class ModelAdapter:
         with self._attached(pairs):
             yield self
 
+    def splice_points(self, hook_in: str, hook_out: str) -> tuple[HookPoint, HookPoint]:
+        """Return the hook points of a splice reading `hook_in` and writing `hook_out`; raise
+        unless both are model hooks other than an attention pattern, the input no later."""
+        point_in, point_out = self.hook_point(hook_in), self.hook_point(hook_out)
+        for point in (point_in, point_out):
+            if point.kind == "attn.hook_pattern":
+                raise SparseCircuitsError(
+                    f"cannot splice at {point.name}; use residual, MLP or attention-output hooks "
+                    "(hooks() edits attention patterns)"
+                )
+        if point_in.order > point_out.order:
+            raise SparseCircuitsError(
+                f"a splice reads {hook_in} after it writes {hook_out}; "
+                "each hook_in must come before its hook_out"
+            )
+        return point_in, point_out
+
     @contextlib.contextmanager
     def splice(
         self, hook_in: str, hook_out: str, fn: Callable[[Tensor], Tensor]
@@ -239,16 +256,7 @@ class ModelAdapter:
         `hook_in` may equal `hook_out` (an SAE) or come earlier in the forward pass
         (a transcoder: `blocks.L.mlp.hook_in` -> `blocks.L.mlp.hook_out`).
         """
-        point_in, point_out = self.hook_point(hook_in), self.hook_point(hook_out)
-        for point in (point_in, point_out):
-            if point.kind == "attn.hook_pattern":
-                raise SparseCircuitsError(
-                    f"cannot splice at {point.name}; use hooks() to edit attention patterns"
-                )
-        if point_in.order > point_out.order:
-            raise SparseCircuitsError(
-                f"splice input {hook_in} comes after its output {hook_out}; swap them"
-            )
+        point_in, point_out = self.splice_points(hook_in, hook_out)
 
         def flat(act: Tensor) -> Tensor:
             return act.flatten(-2) if act.ndim == 4 else act
@@ -332,12 +340,20 @@ class ModelAdapter:
     @property
     def W_E(self) -> Tensor:
         """Return the token embedding matrix [vocab, d_model]: what a token adds to the residual
-        stream (Gemma's `embed_scale`, sqrt(d_model) cast to the model dtype, included)."""
+        stream (Gemma's `embed_scale`, sqrt(d_model) cast to the model dtype, included). For
+        Gemma this is a scaled copy of the whole vocabulary; `embed_tokens` avoids it."""
+        return self.embed_tokens(None)
+
+    def embed_tokens(self, input_ids: Tensor | None, dtype: torch.dtype | None = None) -> Tensor:
+        """Return `W_E[input_ids]` `[*input_ids.shape, d_model]` (all of `W_E` for None), scaled
+        as the model scales it and only then cast to `dtype`, so the rows equal those of `W_E`
+        bit for bit without a scaled copy of the vocabulary."""
         weight = self._parts.embed.weight.detach()
+        rows = weight if input_ids is None else weight[input_ids]
         scale = getattr(self._parts.embed, "embed_scale", None)
-        if scale is None:
-            return weight
-        return weight * scale.to(weight.dtype)
+        if scale is not None:
+            rows = rows * scale.to(weight.dtype)
+        return rows if dtype is None else rows.to(dtype)
 
     @property
     def W_pos(self) -> Tensor | None:

@@ -41,7 +41,7 @@
     hovered: null, dashboards: [], browser: { offset: 0, limit: 25 }, edgeWeights: [],
     dashboardCache: new Map(), inLinks: new Map(), outLinks: new Map(),
     autoLabels: {}, clerps: {}, supernodes: [], grouping: new Set(), layoutInfo: null,
-    scores: null, focus: null, overlayEdges: 0,
+    scores: null, focus: null, overlayEdges: 0, maxWeight: 1,
   };
 
   let cy = null;
@@ -127,7 +127,7 @@
     return out;
   }
 
-  const COLORS = { feature: "#f6ad55", error: "#a0aec0", embedding: "#68d391", logit: "#63b3ed" };
+  const COLORS = { feature: "#f6ad55", error: "#a0aec0", embedding: "#68d391", logit: "#63b3ed", supernode: "#f6e05e" };
 
   // ------------------------------------------------------------------ layout
   // One column per prompt token, one row per layer (embeddings at the bottom, logits on top);
@@ -229,6 +229,7 @@
     const { positions, columns, rows } = layout(graph.nodes, tokens.length);
     state.layoutInfo = { columns, rows };
     const maxW = Math.max(1e-12, ...graph.links.map((l) => Math.abs(l.weight)));
+    state.maxWeight = maxW;
     const elements = [];
     for (const n of graph.nodes) {
       const kind = nodeKind(n);
@@ -285,6 +286,8 @@
         { selector: ":parent", style: { "background-color": "#fefcbf", "background-opacity": 0.35, "border-color": "#b7791f",
           "border-width": 1, "label": "data(label)", "text-valign": "top", "font-size": 10, "font-weight": "bold",
           "text-max-width": 400, "padding": 6, "shape": "round-rectangle" } },
+        { selector: "node.collapsed-super", style: { "shape": "round-rectangle", "width": 26, "height": 16,
+          "border-color": "#b7791f", "border-width": 2, "font-size": 9, "font-weight": "bold", "text-max-width": 160 } },
         { selector: "node.pinned", style: { "border-width": 3, "border-color": "#d69e2e" } },
         { selector: "node.grouping", style: { "border-width": 3, "border-color": "#805ad5", "border-style": "dashed" } },
         { selector: "node:selected", style: { "border-width": 3, "border-color": "#1a202c" } },
@@ -356,6 +359,7 @@
         if ((kind === "feature" || kind === "error") && n.influence !== null && n.influence !== undefined && n.influence > nodeThr) hide = true;
         if (subgraphOnly && !inSubgraph.has(n.node_id)) hide = true;
         if (inSubgraph.has(n.node_id)) hide = false;
+        if (node.hasClass("collapsed")) hide = true;
         node.toggleClass("hidden", hide);
       });
       cy.edges().forEach((edge) => {
@@ -491,20 +495,49 @@
     applyFilters();
   }
 
-  // Supernodes are drawn as boxes (compound parents) around their members, which keep their places.
+  // Supernodes are drawn as boxes (compound parents) around their members, which keep their places;
+  // collapsed, each is one node at its members' mean position whose edge to any other node (or
+  // supernode) carries the sum of its members' edge weights, edges inside a supernode left out.
   function applySupernodes() {
     if (!cy) return;
+    const collapse = $("collapse-supernodes").checked;
     cy.batch(() => {
       cy.nodes().filter((n) => n.isChild()).move({ parent: null });
-      cy.nodes(".supernode").remove();
+      cy.remove(".supernode, .super-edge");
+      cy.nodes(".collapsed").removeClass("collapsed");
       state.supernodes.forEach((g, i) => {
         const pid = "super:" + i;
-        cy.add({ group: "nodes", data: { id: pid, label: g[0], kind: "supernode" }, classes: "supernode" });
-        for (const id of g.slice(1)) {
-          const node = cy.getElementById(id);
-          if (node.nonempty()) node.move({ parent: pid });
+        const members = cy.collection(g.slice(1).map((id) => cy.getElementById(id)).filter((n) => n.nonempty()));
+        const data = { id: pid, label: g[0], kind: "supernode", color: COLORS.supernode };
+        if (!collapse) {
+          cy.add({ group: "nodes", data: data, classes: "supernode" });
+          members.move({ parent: pid });
+          return;
         }
+        const x = members.map((n) => n.position("x")), y = members.map((n) => n.position("y"));
+        const mean = (v) => v.reduce((a, b) => a + b, 0) / Math.max(1, v.length);
+        cy.add({ group: "nodes", data: data, position: { x: mean(x), y: mean(y) }, classes: "supernode collapsed-super" });
+        members.addClass("collapsed");
       });
+      if (collapse) cy.add(supernodeEdges());
+    });
+  }
+
+  function supernodeEdges() {
+    const owner = new Map();
+    state.supernodes.forEach((g, i) => { for (const id of g.slice(1)) owner.set(id, "super:" + i); });
+    const sums = new Map();
+    for (const l of state.graph.links) {
+      const source = owner.get(l.source) ?? l.source, target = owner.get(l.target) ?? l.target;
+      if (source === target || (source === l.source && target === l.target)) continue;
+      if (!cy.getElementById(source).nonempty() || !cy.getElementById(target).nonempty()) continue;
+      const key = source + "\u0000" + target;
+      sums.set(key, (sums.get(key) || 0) + l.weight);
+    }
+    return Array.from(sums, ([key, weight]) => {
+      const [source, target] = key.split("\u0000");
+      const s = edgeStyle(weight, state.maxWeight);
+      return { group: "edges", data: { id: "se:" + key, source, target, weight, width: s.width, color: s.color }, classes: "super-edge" };
     });
   }
 
@@ -614,8 +647,29 @@
         method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(s),
       });
       $("save-status").textContent = "saved to " + r.saved;
+      return true;
     } catch (err) {
       $("save-status").textContent = "not saved: " + err.message;
+      return false;
+    }
+  }
+
+  // The export is built by the server from the saved subgraph, so the current state is saved first.
+  async function exportNeuronpedia() {
+    if (!(await saveSubgraph())) return;
+    try {
+      const data = await api("/api/export?graph=" + encodeURIComponent(state.graphId));
+      const blob = new Blob([JSON.stringify(data)], { type: "application/json" });
+      const link = document.createElement("a");
+      link.href = URL.createObjectURL(blob);
+      link.download = (data.metadata && data.metadata.slug ? data.metadata.slug : "graph") + ".neuronpedia.json";
+      document.body.appendChild(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 0);
+      $("save-status").textContent = "exported " + link.download;
+    } catch (err) {
+      $("save-status").textContent = "not exported: " + err.message;
     }
   }
 
@@ -946,6 +1000,8 @@
     });
     $("group-selected").addEventListener("click", () => { groupSelected($("supernode-name").value); $("supernode-name").value = ""; });
     $("save-subgraph").addEventListener("click", saveSubgraph);
+    $("collapse-supernodes").addEventListener("change", () => { applySupernodes(); applyFilters(); });
+    $("export-neuronpedia").addEventListener("click", exportNeuronpedia);
     $("fit").addEventListener("click", () => cy && cy.fit(cy.elements().not(".hidden"), 20));
     $("graph-select").addEventListener("change", (e) => { state.autoLabels = {}; openGraph(e.target.value, {}); });
     $("browser-go").addEventListener("click", () => { state.browser.offset = 0; loadBrowser(); });
