@@ -280,7 +280,7 @@ def _step_variants(
 
 def selection_check(d_sae: int, k: int, x: torch.Tensor) -> dict[str, Any]:
     """The verified bf16 selection on a real batch: share of rows that needed the fp32
-    fallback, and agreement of its top-k with the fp32 top-k (1.0 = every row identical)."""
+    fallback, share verified again on more candidates (per widening), and agreement of its top-k with the fp32 top-k (1.0 = every row identical)."""
     from sparsecircuits.dictionaries import DictionaryConfig, kernels, make
 
     cfg = DictionaryConfig(
@@ -292,7 +292,7 @@ def selection_check(d_sae: int, k: int, x: torch.Tensor) -> dict[str, Any]:
         x_in = (x - sae.b_in).contiguous()
         W, b = sae.W_enc.detach(), sae.b_enc.detach()
         selector = kernels._Bf16Selector(W, b, k, W.t().contiguous())
-        rows = kernels.encode_rows(x_in.shape[0], d_sae)
+        rows = kernels.selection_rows(x_in.shape[0], d_sae)
         fast = torch.cat([selector(part)[1] for part in x_in.split(rows)])
         exact = torch.cat(
             [torch.addmm(b, part, W).topk(k, dim=-1).indices for part in x_in.split(rows)]
@@ -300,6 +300,7 @@ def selection_check(d_sae: int, k: int, x: torch.Tensor) -> dict[str, Any]:
     same = (fast.sort(1).values == exact.sort(1).values).all(1).float().mean()
     return {
         "fallback_row_share": round(selector.fallback_rows / x_in.shape[0], 4),
+        "widened_row_share": round(selector.widened_rows / x_in.shape[0], 4),
         "rows_identical_to_fp32": round(float(same), 4),
         "margin": kernels._margin(k),
     }
