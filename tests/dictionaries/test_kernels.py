@@ -167,6 +167,11 @@ def test_selection_modes() -> None:
         assert not kernels._bf16_selection(x.double(), W.double(), 2, signed=False)
         kernels.set_topk_selection("fp32")
         assert not kernels._bf16_selection(x, W, 2, signed=False)
+        kernels.set_topk_selection("auto")
+        if kernels.cpu_has_fast_bf16():  # k 128 only pays at d_sae 65536 and wider
+            assert kernels.selection_for(65536, 128, "cpu", torch.float32) == "bf16"
+            assert kernels.selection_for(16384, 128, "cpu", torch.float32) == "fp32"
+            assert kernels.selection_for(65536, 256, "cpu", torch.float32) == "fp32"
         with pytest.raises(ValueError, match="topk selection"):
             kernels.set_topk_selection("int8")
         kernels._selection = "int8"  # as from a mistyped SPARSECIRCUITS_TOPK_SELECTION

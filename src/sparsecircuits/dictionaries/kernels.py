@@ -36,13 +36,18 @@ _BF16_MIN_D_SAE = 4096
 # prompt positions (a trace's clean run) does not pay back: "auto" keeps those in fp32.
 _BF16_MIN_ROWS = 512
 _BF16_MAX_K = 64
+# At d_sae 65k the GEMM is most of the step and k 128 pays too (the selector widens its
+# candidates where k + margin cannot certify a row): 65k k 128 transcoder step +13 % over fp32
+_BF16_WIDE_D_SAE = 65536
+_BF16_WIDE_MAX_K = 128
 _dense_reference = False
 
 
 def set_topk_selection(mode: str) -> str:
     """Set how TopK encoders select (`auto` | `fp32` | `bf16`); returns the previous mode. `auto`
     (default, also from `SPARSECIRCUITS_TOPK_SELECTION`) uses the verified bf16 selection on CPUs
-    with native bf16, `d_sae >= 4096` and `k <= 64`; all modes give the same top-k."""
+    with native bf16, `d_sae >= 4096` and `k <= 64` (`k <= 128` from `d_sae` 65536); all modes
+    give the same top-k."""
     global _selection
     if mode not in SELECTION_MODES:
         raise ValueError(f"topk selection must be one of {SELECTION_MODES}, got {mode!r}")
@@ -78,7 +83,8 @@ def selection_for(
         and dtype == torch.float32
         and k + _margin(k) < d_sae
     )
-    pays = d_sae >= _BF16_MIN_D_SAE and k <= _BF16_MAX_K and cpu_has_fast_bf16()
+    max_k = _BF16_WIDE_MAX_K if d_sae >= _BF16_WIDE_D_SAE else _BF16_MAX_K
+    pays = d_sae >= _BF16_MIN_D_SAE and k <= max_k and cpu_has_fast_bf16()
     if eligible and (mode == "bf16" or pays):
         return "bf16"
     return "fp32"
@@ -129,7 +135,7 @@ class _Bf16Selector:
         d_in = W_enc.shape[0]
         self.W_bf, self.b_bf = W_enc.to(torch.bfloat16), b_enc.to(torch.bfloat16)
         self.W, self.b, self.W_t, self.k = W_enc, b_enc, W_t, k
-        self.n_max = float(W_enc.norm(dim=0).max())
+        self.n_max = float(W_t.norm(dim=1).max())  # max ‖W_enc[:, j]‖ over contiguous rows
         self.b_max = float(b_enc.abs().max())
         gamma = d_in * 2.0**-24 / (1 - d_in * 2.0**-24)  # fp32 dot-product rounding
         u = self.U
