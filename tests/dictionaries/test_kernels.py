@@ -364,3 +364,28 @@ def test_verified_selection_widens_before_falling_back() -> None:
     expected = torch.addmm(b_enc, x, W_enc).topk(k, dim=-1)
     assert torch.equal(indices.sort(1).values, expected.indices.sort(1).values)
     torch.testing.assert_close(values.sort(1).values, expected.values.sort(1).values)
+
+
+def test_decoder_row_kernels_equal_torch_reference() -> None:
+    """The one-pass numba row kernels behind `remove_parallel_grad` and `normalize_rows` give
+    the torch formulas' results to fp32 precision (a zero row included: its norm counts as eps)."""
+    from sparsecircuits.dictionaries import base
+
+    gen = torch.Generator().manual_seed(2)
+    weight = torch.randn(1000, 48, generator=gen)
+    weight[7] = 0.0
+    grad = torch.randn(1000, 48, generator=gen)
+    assert cpu_topk.supports_rows(weight, grad)
+    eps = torch.finfo(torch.float32).eps
+    w64, g64 = weight.double(), grad.double()
+    unit = w64 / w64.norm(dim=1, keepdim=True).clamp_min(eps)
+    expected_grad = g64 - (g64 * unit).sum(1, keepdim=True) * unit
+    param = torch.nn.Parameter(weight.clone())
+    param.grad = grad.clone()
+    base.remove_parallel_grad(param)
+    assert_close_relative(param.grad.double(), expected_grad, tol=1e-6)
+    assert float((param.grad.double() * unit).sum(1).abs().max()) < 1e-5  # orthogonal to rows
+    base.normalize_rows(param.data)
+    expected = w64 / w64.norm(dim=1, keepdim=True).clamp_min(eps)
+    assert_close_relative(param.data.double(), expected, tol=1e-6)
+    assert bool((param.data[7] == 0).all())

@@ -188,3 +188,35 @@ def scatter_outer(
         else:
             for b in range(width):
                 out[j0 + b] = acc[b]
+
+
+@njit(parallel=True, fastmath=_NO_NAN_ASSUMPTION, boundscheck=False, nogil=True, cache=True)
+def remove_parallel_rows(weight: Any, grad: Any, eps: float) -> None:
+    """`grad[i] -= (grad[i] · u) u` with `u = weight[i] / max(‖weight[i]‖, eps)`, for
+    `weight, grad [rows, d]`, in one pass per row."""
+    n, d = weight.shape
+    for i in prange(n):
+        w, g = weight[i], grad[i]
+        sq = np.float32(0.0)
+        dot = np.float32(0.0)
+        for t in range(d):
+            sq += w[t] * w[t]
+            dot += g[t] * w[t]
+        norm = max(np.sqrt(sq), eps)
+        coef = dot / norm / norm
+        for t in range(d):
+            g[t] -= coef * w[t]
+
+
+@njit(parallel=True, fastmath=_NO_NAN_ASSUMPTION, boundscheck=False, nogil=True, cache=True)
+def normalize_rows(weight: Any, eps: float) -> None:
+    """`weight[i] /= max(‖weight[i]‖, eps)` for `weight [rows, d]`, in place."""
+    n, d = weight.shape
+    for i in prange(n):
+        w = weight[i]
+        sq = np.float32(0.0)
+        for t in range(d):
+            sq += w[t] * w[t]
+        norm = max(np.sqrt(sq), eps)
+        for t in range(d):
+            w[t] /= norm

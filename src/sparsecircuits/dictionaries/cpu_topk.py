@@ -142,3 +142,33 @@ def scatter_outer(
             out,
         )
     return torch.from_numpy(out)
+
+
+def supports_rows(*tensors: Tensor) -> bool:
+    """Whether the row kernels (`remove_parallel_rows`, `normalize_rows`) can take these
+    tensors: CPU, fp32, 2-D, contiguous, one shape."""
+    first = tensors[0]
+    return all(
+        t.device.type == "cpu"
+        and t.dtype == torch.float32
+        and t.dim() == 2
+        and t.is_contiguous()
+        and t.shape == first.shape
+        for t in tensors
+    )
+
+
+def remove_parallel_rows(weight: Tensor, grad: Tensor) -> None:
+    """Project out of each row of `grad [rows, d]` its component along the same row of
+    `weight [rows, d]`, in place, in one pass (fp32, CPU). Call `supports_rows` first."""
+    eps = float(torch.finfo(torch.float32).eps)
+    with _launch() as kernels:
+        kernels.remove_parallel_rows(weight.detach().numpy(), grad.detach().numpy(), eps)
+
+
+def normalize_rows(weight: Tensor) -> None:
+    """Rescale each row of `weight [rows, d]` to unit L2 norm (norms below fp32 eps count as
+    eps), in place, in one pass (fp32, CPU). Call `supports_rows` first."""
+    eps = float(torch.finfo(torch.float32).eps)
+    with _launch() as kernels:
+        kernels.normalize_rows(weight.detach().numpy(), eps)
