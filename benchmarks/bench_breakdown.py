@@ -1,8 +1,10 @@
 """Where a TopK train step spends its time: a torch.profiler breakdown plus kernel alternatives.
 
-For our TopK transcoder step (the same `Trainer` step as `bench_train_step`), records the
-self time of the heaviest operators over a few profiled steps (`train_step_breakdown`), and
-times candidate replacements of the hot kernels side by side on the same tensors
+For our TopK transcoder step (the same `Trainer` step as `bench_train_step`), records where
+the step's time goes by phase (`train_step_phases`: encoder GEMM, top-k selection, sparse
+decode, encoder and decoder backward, gradient clipping, Adam, decoder-norm handling, the rest)
+at d_sae 4k, 16k and 65k, k 32 and 128, the self time of the heaviest operators over a few
+profiled steps (`train_step_breakdown`), and times candidate replacements of the hot kernels side by side on the same tensors
 (`kernel_alternative`), so a kernel change can be argued from numbers:
 
 * top-k selection: `torch.topk(sorted=False)` vs a threshold from `kthvalue`;
@@ -22,6 +24,7 @@ rate and its agreement with the fp32 top-k on the real batch.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +67,122 @@ def profile_step(step: Callable[[], None], n_steps: int) -> list[dict[str, Any]]
         r["self_cpu_ms"] = round(r["self_cpu_ms"], 3)
         r["self_device_ms"] = round(r["self_device_ms"], 3)
     return rows[:TOP_OPS]
+
+
+# Phases of `train_step_phases`: (phase, how it is found in the profile). The trainer's own
+# calls are wrapped in `record_function` labels by `_label_step`; autograd Functions and
+# operators are matched by name; `encode: GEMM` is every `addmm`/`mm` inside `_TopKEncode`.
+PHASES = (
+    "encode: GEMM",
+    "encode: top-k selection and rescoring",
+    "decode (sparse, embedding bag)",
+    "loss and metrics (forward)",
+    "backward: encoder (sparse W_enc, b_enc grads)",
+    "backward: decoder (sparse W_dec grad, gather-dot)",
+    "backward: loss and gradient accumulation",
+    "decoder: remove parallel grads",
+    "grad clip",
+    "Adam",
+    "decoder: renormalise rows",
+    "zero_grad",
+    "other (dead-latent counter, schedule, batch)",
+)
+
+
+def _label_step(trainer: Any) -> Callable[..., Any]:
+    """Wrap the trainer's per-step calls on its one dictionary in `record_function` labels
+    (instance attributes; the trainer's code is unchanged); returns the labelled
+    `clip_grad_norm_` to install while profiling."""
+    from torch.autograd.profiler import record_function
+
+    def labelled(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with record_function(label):
+                return fn(*args, **kwargs)
+
+        return run
+
+    (dictionary,) = trainer.dictionaries.values()
+    (optimizer,) = trainer.optimizers.values()
+    dictionary.loss = labelled("phase:loss", dictionary.loss)
+    dictionary.before_optimizer_step = labelled(
+        "decoder: remove parallel grads", dictionary.before_optimizer_step
+    )
+    dictionary.after_optimizer_step = labelled(
+        "decoder: renormalise rows", dictionary.after_optimizer_step
+    )
+    optimizer.step = labelled("Adam", optimizer.step)
+    optimizer.zero_grad = labelled("zero_grad", optimizer.zero_grad)
+    return labelled("grad clip", torch.nn.utils.clip_grad_norm_)
+
+
+def _sum_named(event: Any, names: tuple[str, ...]) -> float:
+    """CPU time (µs) of the outermost descendants of `event` whose name is in `names`."""
+    total = 0.0
+    for child in event.cpu_children:
+        if child.name in names:
+            total += child.cpu_time_total
+        else:
+            total += _sum_named(child, names)
+    return total
+
+
+def _find(events: list[Any], name: str) -> list[Any]:
+    """The outermost events called `name` in the trees under `events`."""
+    found = []
+    for event in events:
+        if event.name == name:
+            found.append(event)
+        else:
+            found.extend(_find(event.cpu_children, name))
+    return found
+
+
+def phase_times(trainer: Any, step: Callable[[], None], n_steps: int) -> dict[str, float]:
+    """Milliseconds per step in each of `PHASES` (plus `"step"`, the wall time of a profiled
+    step) over `n_steps` profiled calls of `step`, a one-step closure of `trainer`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    labelled_clip = _label_step(trainer)
+    original_clip = torch.nn.utils.clip_grad_norm_
+    torch.nn.utils.clip_grad_norm_ = labelled_clip
+    try:
+        step()
+        start = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(n_steps):
+                step()
+        wall = (time.perf_counter() - start) * 1e6
+    finally:
+        torch.nn.utils.clip_grad_norm_ = original_clip  # type: ignore[assignment]
+    roots = [e for e in prof.events() if e.cpu_parent is None]
+    us = dict.fromkeys(PHASES, 0.0)
+    gemm = ("aten::addmm", "aten::mm")
+    for event in roots:
+        name = event.name
+        if name == "phase:loss":
+            encodes = _find([event], "_TopKEncode")
+            decodes = _find([event], "_SparseDecode")
+            encode = sum(e.cpu_time_total for e in encodes)
+            encode_gemm = sum(_sum_named(e, gemm) for e in encodes)
+            decode = sum(e.cpu_time_total for e in decodes)
+            us["encode: GEMM"] += encode_gemm
+            us["encode: top-k selection and rescoring"] += encode - encode_gemm
+            us["decode (sparse, embedding bag)"] += decode
+            us["loss and metrics (forward)"] += event.cpu_time_total - encode - decode
+        elif name.startswith("autograd::engine::evaluate_function"):
+            if "_TopKEncodeBackward" in name:
+                us["backward: encoder (sparse W_enc, b_enc grads)"] += event.cpu_time_total
+            elif "_SparseDecodeBackward" in name:
+                us["backward: decoder (sparse W_dec grad, gather-dot)"] += event.cpu_time_total
+            else:
+                us["backward: loss and gradient accumulation"] += event.cpu_time_total
+        elif name in us:
+            us[name] += event.cpu_time_total
+    us["other (dead-latent counter, schedule, batch)"] = max(0.0, wall - sum(us.values()))
+    out = {phase: round(t / 1000 / n_steps, 2) for phase, t in us.items()}
+    out["step"] = round(wall / 1000 / n_steps, 2)
+    return out
 
 
 def _coo_outer(
@@ -280,7 +399,7 @@ def _step_variants(
 
 def selection_check(d_sae: int, k: int, x: torch.Tensor) -> dict[str, Any]:
     """The verified bf16 selection on a real batch: share of rows that needed the fp32
-    fallback, and agreement of its top-k with the fp32 top-k (1.0 = every row identical)."""
+    fallback, share verified again on more candidates (per widening), and agreement of its top-k with the fp32 top-k (1.0 = every row identical)."""
     from sparsecircuits.dictionaries import DictionaryConfig, kernels, make
 
     cfg = DictionaryConfig(
@@ -292,7 +411,7 @@ def selection_check(d_sae: int, k: int, x: torch.Tensor) -> dict[str, Any]:
         x_in = (x - sae.b_in).contiguous()
         W, b = sae.W_enc.detach(), sae.b_enc.detach()
         selector = kernels._Bf16Selector(W, b, k, W.t().contiguous())
-        rows = kernels.encode_rows(x_in.shape[0], d_sae)
+        rows = kernels.selection_rows(x_in.shape[0], d_sae)
         fast = torch.cat([selector(part)[1] for part in x_in.split(rows)])
         exact = torch.cat(
             [torch.addmm(b, part, W).topk(k, dim=-1).indices for part in x_in.split(rows)]
@@ -300,6 +419,7 @@ def selection_check(d_sae: int, k: int, x: torch.Tensor) -> dict[str, Any]:
     same = (fast.sort(1).values == exact.sort(1).values).all(1).float().mean()
     return {
         "fallback_row_share": round(selector.fallback_rows / x_in.shape[0], 4),
+        "widened_row_share": round(selector.widened_rows / x_in.shape[0], 4),
         "rows_identical_to_fp32": round(float(same), 4),
         "margin": kernels._margin(k),
     }
@@ -310,39 +430,55 @@ def _one_step(trainer: Any) -> None:
 
 
 def run(adapter: Any, options: BenchOptions) -> None:
-    """Emit the step breakdown and kernel alternatives for TopK at d_sae 4k (and 16k)."""
+    """Emit the per-phase step times (4k, 16k, 65k; k 32 and 128), the top operators and
+    selection-mode variants of the step, and kernel alternatives at 4k."""
     batch = {
         h: t.to(options.device) for h, t in harvest_batch(adapter, BATCH_TOKENS, LAYER).items()
     }
-    widths = [4096] if options.quick else [4096, 16384]
+    widths = [4096] if options.quick else [4096, 16384, 65536]
+    x = batch[f"blocks.{LAYER}.mlp.hook_in"]
     for d_sae in widths:
-        spec = {"kind": "transcoder", "architecture": "topk", "d_sae": d_sae, "k": 32}
-        log(f"breakdown {spec}")
-        rows = profile_step(our_step(spec, batch, options), n_steps=3)
-        emit(
-            {
-                "name": "train_step_breakdown",
-                "library": "sparsecircuits",
-                "config": {**options.base_config(), **spec, "batch_tokens": BATCH_TOKENS},
-                "top_ops": rows,
-            }
-        )
-        x = batch[f"blocks.{LAYER}.mlp.hook_in"]
-        if options.device == "cpu" and options.dtype == "float32":
-            seconds = time_interleaved(
-                _step_variants(spec, batch, options),
-                options.device,
-                options.repeats,
-                options.min_time_s,
-            )
+        for k in (32, 128):
+            spec = {"kind": "transcoder", "architecture": "topk", "d_sae": d_sae, "k": k}
+            config = {**options.base_config(), **spec, "batch_tokens": BATCH_TOKENS}
+            log(f"breakdown {spec}")
+            step = our_step(spec, batch, options)
+            phases = phase_times(step.trainer, step, n_steps=2 if d_sae >= 65536 else 3)  # type: ignore[attr-defined]
             emit(
                 {
-                    "name": "train_step_variant",
+                    "name": "train_step_phases",
                     "library": "sparsecircuits",
-                    "config": {**options.base_config(), **spec, "batch_tokens": BATCH_TOKENS},
-                    "tokens_per_s": {n: round(BATCH_TOKENS / t, 1) for n, t in seconds.items()},
-                    "bf16_selection": selection_check(d_sae, 32, x),
+                    "config": {**config, "selection": _selection_of(spec, options)},
+                    "ms": phases,
                 }
             )
-        if d_sae == widths[0]:
-            alternatives(d_sae, 32, x, options)
+            if k == 32 and d_sae <= 16384:
+                rows = profile_step(our_step(spec, batch, options), n_steps=3)
+                emit({"name": "train_step_breakdown", "library": "sparsecircuits",
+                      "config": config, "top_ops": rows})  # fmt: skip
+            variants = k == 32 or d_sae >= 65536
+            if variants and options.device == "cpu" and options.dtype == "float32":
+                seconds = time_interleaved(
+                    _step_variants(spec, batch, options),
+                    options.device,
+                    options.repeats if d_sae < 65536 else min(options.repeats, 3),
+                    options.min_time_s,
+                )
+                emit(
+                    {
+                        "name": "train_step_variant",
+                        "library": "sparsecircuits",
+                        "config": config,
+                        "tokens_per_s": {n: round(BATCH_TOKENS / t, 1) for n, t in seconds.items()},
+                        "bf16_selection": selection_check(d_sae, k, x),
+                    }
+                )
+    alternatives(widths[0], 32, x, options)
+
+
+def _selection_of(spec: dict[str, Any], options: BenchOptions) -> str:
+    from sparsecircuits.dictionaries import kernels
+
+    return kernels.selection_for(
+        spec["d_sae"], spec["k"], options.device.split(":")[0], options.torch_dtype
+    )

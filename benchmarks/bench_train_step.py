@@ -117,6 +117,7 @@ def our_step(
     def step() -> None:
         trainer.train(stop_at_step=trainer.step + 1)
 
+    step.trainer = trainer  # type: ignore[attr-defined]  # for bench_breakdown's phase labels
     return step
 
 

@@ -167,6 +167,11 @@ def test_selection_modes() -> None:
         assert not kernels._bf16_selection(x.double(), W.double(), 2, signed=False)
         kernels.set_topk_selection("fp32")
         assert not kernels._bf16_selection(x, W, 2, signed=False)
+        kernels.set_topk_selection("auto")
+        if kernels.cpu_has_fast_bf16():  # k 128 only pays at d_sae 65536 and wider
+            assert kernels.selection_for(65536, 128, "cpu", torch.float32) == "bf16"
+            assert kernels.selection_for(16384, 128, "cpu", torch.float32) == "fp32"
+            assert kernels.selection_for(65536, 256, "cpu", torch.float32) == "fp32"
         with pytest.raises(ValueError, match="topk selection"):
             kernels.set_topk_selection("int8")
         kernels._selection = "int8"  # as from a mistyped SPARSECIRCUITS_TOPK_SELECTION
@@ -291,3 +296,96 @@ def test_dense_reference_runs_topk_encode_and_sparse_decode_densely() -> None:
     assert not kernels._dense_reference
     sparse = kernels.topk_encode(x, W_enc, b_enc, 5)
     assert "TopKEncode" in type(sparse.values.grad_fn).__name__
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize(("n", "c", "d_sae", "d"), [(300, 8, 1000, 24), (64, 3, 37, 5)])
+def test_scatter_outer_kernel_equals_dense_product(
+    transposed: bool, n: int, c: int, d_sae: int, d: int
+) -> None:
+    """The numba weight-gradient kernel is `S.T @ rows` for the sparse codes `S [n, d_sae]`
+    (repeated latents in a row summed; latents that never occur give zero rows; widths that
+    are not a multiple of its 16-latent tiles), fp32 against a float64 dense product."""
+    gen = torch.Generator().manual_seed(n + c)
+    indices = torch.randint(0, d_sae - 3, (n, c), generator=gen)  # the last 3 latents unused
+    indices[:, -1] = indices[:, 0]  # a latent twice in each row (main + AuxK codes can overlap)
+    weights = torch.randn(n, c, generator=gen)
+    rows = torch.randn(n, d, generator=gen)
+    assert cpu_topk.supports_scatter(indices, weights, rows)
+    out = kernels._scatter_outer(indices, weights, rows, d_sae, transposed=transposed)
+    dense = kernels.to_dense(weights.double(), indices, d_sae)
+    expected = dense.t() @ rows.double()
+    if transposed:
+        expected = expected.t()
+        assert out.is_contiguous()
+    assert out.shape == expected.shape
+    assert_close_relative(out.double(), expected, tol=1e-6)
+    assert bool((out.reshape(-1) if not transposed else out.t().reshape(-1)).isfinite().all())
+    unused = out[-3:] if not transposed else out[:, -3:]
+    assert bool((unused == 0).all())
+
+
+def test_scatter_outer_rejects_out_of_range_indices() -> None:
+    with pytest.raises(ValueError, match="must lie in"):
+        cpu_topk.scatter_outer(torch.tensor([[0, 5]]), torch.ones(1, 2), torch.ones(1, 3), 5)
+
+
+def test_addmm_into_reused_buffer_gives_addmm_bits() -> None:
+    """The encoder chunks' GEMM into a reused buffer equals `torch.addmm` bit for bit (the
+    dense reference allocates), for fp32 and bf16 and a shorter last chunk."""
+    gen = torch.Generator().manual_seed(3)
+    W, b = torch.randn(40, 700, generator=gen), torch.randn(700, generator=gen)
+    buffers: list[torch.Tensor] = []
+    for dtype in (torch.float32, torch.bfloat16):
+        buffers.clear()
+        for rows in (64, 64, 17):
+            x = torch.randn(rows, 40, generator=gen).to(dtype)
+            got = kernels._addmm_into(b.to(dtype), x, W.to(dtype), buffers)
+            assert torch.equal(got, torch.addmm(b.to(dtype), x, W.to(dtype)))
+        assert buffers[0].shape[0] == 64  # allocated once, reused
+
+
+def test_verified_selection_widens_before_falling_back() -> None:
+    """When the first `k + margin` bf16 candidates cannot certify a row, the selector verifies
+    it again on twice as many (then more) candidates; the result is the fp32 top-k either way,
+    and rows need the fp32 recomputation only beyond the widest candidate set."""
+    gen = torch.Generator().manual_seed(11)
+    d_in, d_sae, k = 16, 4096, 4
+    base = torch.randn(d_in, 1, generator=gen)
+    cluster = base + 1e-2 * torch.randn(d_in, 50, generator=gen)  # 50 latents within bf16 error
+    W_enc = torch.cat([cluster, 0.1 * torch.randn(d_in, d_sae - 50, generator=gen)], 1)
+    b_enc = torch.zeros(d_sae)
+    x = base.t() + 0.1 * torch.randn(64, d_in, generator=gen)
+    selector = kernels._Bf16Selector(W_enc, b_enc, k, W_enc.t().contiguous())
+    assert selector.n_candidates < 50 < 2 * selector.n_candidates
+    values, indices = selector(x)
+    assert selector.widened_rows == 64  # no row certified by 37 candidates, all by 74
+    assert selector.fallback_rows == 0
+    expected = torch.addmm(b_enc, x, W_enc).topk(k, dim=-1)
+    assert torch.equal(indices.sort(1).values, expected.indices.sort(1).values)
+    torch.testing.assert_close(values.sort(1).values, expected.values.sort(1).values)
+
+
+def test_decoder_row_kernels_equal_torch_reference() -> None:
+    """The one-pass numba row kernels behind `remove_parallel_grad` and `normalize_rows` give
+    the torch formulas' results to fp32 precision (a zero row included: its norm counts as eps)."""
+    from sparsecircuits.dictionaries import base
+
+    gen = torch.Generator().manual_seed(2)
+    weight = torch.randn(1000, 48, generator=gen)
+    weight[7] = 0.0
+    grad = torch.randn(1000, 48, generator=gen)
+    assert cpu_topk.supports_rows(weight, grad)
+    eps = torch.finfo(torch.float32).eps
+    w64, g64 = weight.double(), grad.double()
+    unit = w64 / w64.norm(dim=1, keepdim=True).clamp_min(eps)
+    expected_grad = g64 - (g64 * unit).sum(1, keepdim=True) * unit
+    param = torch.nn.Parameter(weight.clone())
+    param.grad = grad.clone()
+    base.remove_parallel_grad(param)
+    assert_close_relative(param.grad.double(), expected_grad, tol=1e-6)
+    assert float((param.grad.double() * unit).sum(1).abs().max()) < 1e-5  # orthogonal to rows
+    base.normalize_rows(param.data)
+    expected = w64 / w64.norm(dim=1, keepdim=True).clamp_min(eps)
+    assert_close_relative(param.data.double(), expected, tol=1e-6)
+    assert bool((param.data[7] == 0).all())

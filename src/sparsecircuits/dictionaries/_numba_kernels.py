@@ -135,3 +135,88 @@ def gather_dot_bias(table: Any, idx: Any, rows: Any, bias: Any, out: Any) -> Non
             for t in range(d):
                 acc += w[t] * x[t]
             out[r, j] = acc + bias[idx[r, j]] if with_bias else acc
+
+
+@njit(boundscheck=False, nogil=True, cache=True)
+def entries_by_latent(idx: Any, d_sae: int, start: Any, entry: Any) -> None:
+    """Counting sort of the flat entries of `idx [n, c]` by latent: entries of latent j are
+    `entry[start[j]:start[j + 1]]` (flat positions `r·c + s`, ascending), `start [d_sae + 1]`."""
+    flat = idx.reshape(-1)
+    start[:] = 0
+    for e in range(flat.shape[0]):
+        start[flat[e] + 1] += 1
+    for j in range(d_sae):
+        start[j + 1] += start[j]
+    fill = start[:-1].copy()
+    for e in range(flat.shape[0]):
+        j = flat[e]
+        entry[fill[j]] = e
+        fill[j] += 1
+
+
+_BLOCK = 16  # latents per tile: a transposed write of 16 fp32 is one 64-byte line
+
+
+@njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)
+def scatter_outer(
+    start: Any, entry: Any, weights: Any, rows: Any, c: int, transposed: bool, out: Any
+) -> None:
+    """`Σ_e weights[e] · rows[e // c]` over the entries `e` of each latent j (`start`, `entry`
+    from `entries_by_latent`), written to `out[j]` (`[d_sae, d]`) or, `transposed`, to
+    `out[:, j]` (`[d, d_sae]`); every element of `out` is written once (zeros for latents
+    without entries). Latents go in tiles of `_BLOCK`."""
+    d = rows.shape[1]
+    d_sae = start.shape[0] - 1
+    flat_w = weights.reshape(-1)
+    n_tiles = (d_sae + _BLOCK - 1) // _BLOCK
+    for tile in prange(n_tiles):
+        j0 = tile * _BLOCK
+        width = min(_BLOCK, d_sae - j0)
+        acc = np.zeros((_BLOCK, d), rows.dtype)
+        for b in range(width):
+            a = acc[b]
+            for p in range(start[j0 + b], start[j0 + b + 1]):
+                e = entry[p]
+                w = flat_w[e]
+                x = rows[e // c]
+                for t in range(d):
+                    a[t] += w * x[t]
+        if transposed:
+            for t in range(d):
+                for b in range(width):
+                    out[t, j0 + b] = acc[b, t]
+        else:
+            for b in range(width):
+                out[j0 + b] = acc[b]
+
+
+@njit(parallel=True, fastmath=_NO_NAN_ASSUMPTION, boundscheck=False, nogil=True, cache=True)
+def remove_parallel_rows(weight: Any, grad: Any, eps: float) -> None:
+    """`grad[i] -= (grad[i] · u) u` with `u = weight[i] / max(‖weight[i]‖, eps)`, for
+    `weight, grad [rows, d]`, in one pass per row."""
+    n, d = weight.shape
+    for i in prange(n):
+        w, g = weight[i], grad[i]
+        sq = np.float32(0.0)
+        dot = np.float32(0.0)
+        for t in range(d):
+            sq += w[t] * w[t]
+            dot += g[t] * w[t]
+        norm = max(np.sqrt(sq), eps)
+        coef = dot / norm / norm
+        for t in range(d):
+            g[t] -= coef * w[t]
+
+
+@njit(parallel=True, fastmath=_NO_NAN_ASSUMPTION, boundscheck=False, nogil=True, cache=True)
+def normalize_rows(weight: Any, eps: float) -> None:
+    """`weight[i] /= max(‖weight[i]‖, eps)` for `weight [rows, d]`, in place."""
+    n, d = weight.shape
+    for i in prange(n):
+        w = weight[i]
+        sq = np.float32(0.0)
+        for t in range(d):
+            sq += w[t] * w[t]
+        norm = max(np.sqrt(sq), eps)
+        for t in range(d):
+            w[t] /= norm

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from sparsecircuits.dictionaries import kernels
+from sparsecircuits.dictionaries import cpu_topk, kernels
 from sparsecircuits.dictionaries.activations import Activation, make_activation
 from sparsecircuits.dictionaries.activations.base import ForwardOutput
 from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
@@ -365,6 +365,9 @@ def remove_parallel_grad(weight: Tensor) -> None:
     if weight.grad is None:
         return
     rows, grad = weight.flatten(1), weight.grad.flatten(1)
+    if cpu_topk.supports_rows(rows, grad):  # one pass per row instead of five [rows, d] temps
+        cpu_topk.remove_parallel_rows(rows, grad)
+        return
     unit = rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(rows.dtype).eps)
     grad.sub_((grad * unit).sum(dim=1, keepdim=True) * unit)
 
@@ -372,6 +375,9 @@ def remove_parallel_grad(weight: Tensor) -> None:
 @torch.no_grad()
 def normalize_rows(weight: Tensor) -> None:
     """Rescale each row of `weight` (`[rows, ...]`, a row is everything after the first axis) to unit norm, in place."""
+    if cpu_topk.supports_rows(weight.flatten(1)):
+        cpu_topk.normalize_rows(weight.flatten(1))
+        return
     norms = weight.flatten(1).norm(dim=1).clamp_min(torch.finfo(weight.dtype).eps)
     weight.div_(norms.view(-1, *([1] * (weight.ndim - 1))))
 

@@ -100,3 +100,75 @@ def gather_dot(table: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | None
             out,
         )
     return torch.from_numpy(out)
+
+
+def supports_scatter(indices: Tensor, weights: Tensor, rows: Tensor) -> bool:
+    """Whether `scatter_outer` can take these tensors (CPU, fp32 weights and rows, int64
+    indices `[n, c]` with `c >= 1`)."""
+    return (
+        rows.device.type == "cpu"
+        and weights.dtype == rows.dtype == torch.float32
+        and indices.dtype == torch.int64
+        and indices.dim() == 2
+        and indices.shape[1] > 0
+        and weights.shape == indices.shape
+        and rows.dim() == 2
+        and rows.shape[0] == indices.shape[0]
+    )
+
+
+def scatter_outer(
+    indices: Tensor, weights: Tensor, rows: Tensor, d_sae: int, transposed: bool = False
+) -> Tensor:
+    """`out[j] = Σ_{(r, s): indices[r, s] = j} weights[r, s] · rows[r]`: `[d_sae, d]` (fp32,
+    CPU) from `indices, weights [n, c]` and `rows [n, d]`, or its transpose `[d, d_sae]`
+    (contiguous) with `transposed`. Call `supports_scatter` first. No autograd."""
+    idx = indices.contiguous().numpy()
+    if idx.size and (idx.min() < 0 or idx.max() >= d_sae):
+        raise ValueError(f"scatter_outer: indices must lie in [0, {d_sae})")
+    start = np.empty(d_sae + 1, np.int64)
+    entry = np.empty(idx.size, np.int64)
+    d = rows.shape[1]
+    out = np.empty((d, d_sae) if transposed else (d_sae, d), np.float32)
+    with _launch() as kernels:
+        kernels.entries_by_latent(idx, d_sae, start, entry)
+        kernels.scatter_outer(
+            start,
+            entry,
+            weights.detach().contiguous().numpy(),
+            rows.detach().contiguous().numpy(),
+            idx.shape[1],
+            transposed,
+            out,
+        )
+    return torch.from_numpy(out)
+
+
+def supports_rows(*tensors: Tensor) -> bool:
+    """Whether the row kernels (`remove_parallel_rows`, `normalize_rows`) can take these
+    tensors: CPU, fp32, 2-D, contiguous, one shape."""
+    first = tensors[0]
+    return all(
+        t.device.type == "cpu"
+        and t.dtype == torch.float32
+        and t.dim() == 2
+        and t.is_contiguous()
+        and t.shape == first.shape
+        for t in tensors
+    )
+
+
+def remove_parallel_rows(weight: Tensor, grad: Tensor) -> None:
+    """Project out of each row of `grad [rows, d]` its component along the same row of
+    `weight [rows, d]`, in place, in one pass (fp32, CPU). Call `supports_rows` first."""
+    eps = float(torch.finfo(torch.float32).eps)
+    with _launch() as kernels:
+        kernels.remove_parallel_rows(weight.detach().numpy(), grad.detach().numpy(), eps)
+
+
+def normalize_rows(weight: Tensor) -> None:
+    """Rescale each row of `weight [rows, d]` to unit L2 norm (norms below fp32 eps count as
+    eps), in place, in one pass (fp32, CPU). Call `supports_rows` first."""
+    eps = float(torch.finfo(torch.float32).eps)
+    with _launch() as kernels:
+        kernels.normalize_rows(weight.detach().numpy(), eps)

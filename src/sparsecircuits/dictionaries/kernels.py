@@ -36,13 +36,18 @@ _BF16_MIN_D_SAE = 4096
 # prompt positions (a trace's clean run) does not pay back: "auto" keeps those in fp32.
 _BF16_MIN_ROWS = 512
 _BF16_MAX_K = 64
+# At d_sae 65k the GEMM is most of the step and k 128 pays too (the selector widens its
+# candidates where k + margin cannot certify a row): 65k k 128 transcoder step +13 % over fp32
+_BF16_WIDE_D_SAE = 65536
+_BF16_WIDE_MAX_K = 128
 _dense_reference = False
 
 
 def set_topk_selection(mode: str) -> str:
     """Set how TopK encoders select (`auto` | `fp32` | `bf16`); returns the previous mode. `auto`
     (default, also from `SPARSECIRCUITS_TOPK_SELECTION`) uses the verified bf16 selection on CPUs
-    with native bf16, `d_sae >= 4096` and `k <= 64`; all modes give the same top-k."""
+    with native bf16, `d_sae >= 4096` and `k <= 64` (`k <= 128` from `d_sae` 65536); all modes
+    give the same top-k."""
     global _selection
     if mode not in SELECTION_MODES:
         raise ValueError(f"topk selection must be one of {SELECTION_MODES}, got {mode!r}")
@@ -78,7 +83,8 @@ def selection_for(
         and dtype == torch.float32
         and k + _margin(k) < d_sae
     )
-    pays = d_sae >= _BF16_MIN_D_SAE and k <= _BF16_MAX_K and cpu_has_fast_bf16()
+    max_k = _BF16_WIDE_MAX_K if d_sae >= _BF16_WIDE_D_SAE else _BF16_MAX_K
+    pays = d_sae >= _BF16_MIN_D_SAE and k <= max_k and cpu_has_fast_bf16()
     if eligible and (mode == "bf16" or pays):
         return "bf16"
     return "fp32"
@@ -129,20 +135,45 @@ class _Bf16Selector:
         d_in = W_enc.shape[0]
         self.W_bf, self.b_bf = W_enc.to(torch.bfloat16), b_enc.to(torch.bfloat16)
         self.W, self.b, self.W_t, self.k = W_enc, b_enc, W_t, k
-        self.n_max = float(W_enc.norm(dim=0).max())
+        self.n_max = float(W_t.norm(dim=1).max())  # max ‖W_enc[:, j]‖ over contiguous rows
         self.b_max = float(b_enc.abs().max())
         gamma = d_in * 2.0**-24 / (1 - d_in * 2.0**-24)  # fp32 dot-product rounding
         u = self.U
         # |score - exact| <= c_x·|x|·max|W_j| + 2u·max|b| + 2.05u·|score|: input roundings of
         # x and W (2u + u²), fp32 accumulation (γ, twice: the bf16 GEMM and our fp32 rescoring)
         self.c_x = (2 * u + u * u + 2 * gamma) * (1 + u) ** 2 * 1.01
-        self.fallback_rows = 0
+        self.fallback_rows = 0  # rows recomputed in fp32
+        self.widened_rows = 0  # rows verified again on more candidates (counted per widening)
+        self._buffers: list[Tensor] = []  # the bf16 scores, reused across chunks
+        self.n_candidates = k + _margin(k)  # per row, before any widening
 
     def __call__(self, part: Tensor) -> tuple[Tensor, Tensor]:
         """`(values, indices) [rows, k]` of `part [rows, d_in]`: exact fp32 top-k (un-ReLU'd)."""
+        k, widest = self.k, _widest(self.W.shape[1], self.k)
+        scores = _addmm_into(self.b_bf, part.to(torch.bfloat16), self.W_bf, self._buffers)
+        values, indices, failed = self._verified(scores, part, self.n_candidates)
+        # rows whose candidates were too few: twice as many bf16 candidates, still verified
+        wider = 2 * self.n_candidates
+        if 2 * failed.numel() > part.shape[0] and wider <= widest:
+            self.n_candidates = wider  # most rows needed more: the next chunks start wider
+        while failed.numel() and wider <= widest:
+            self.widened_rows += int(failed.numel())
+            v, i, still = self._verified(scores[failed], part[failed], wider)
+            values[failed], indices[failed] = v, i
+            failed, wider = failed[still], 2 * wider
+        if failed.numel():
+            self.fallback_rows += int(failed.numel())
+            pre = torch.addmm(self.b, part[failed], self.W)
+            values[failed], indices[failed] = row_topk(pre, k)
+        return values, indices
+
+    def _verified(
+        self, scores: Tensor, part: Tensor, n_candidates: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Top k of the `n_candidates` best bf16 `scores [rows, d_sae]` rescored in fp32:
+        `(values, indices) [rows, k]` and the positions of the rows whose check failed."""
         u, k = self.U, self.k
-        scores = torch.addmm(self.b_bf, part.to(torch.bfloat16), self.W_bf)
-        cand_scores, cand = row_topk(scores, k + _margin(k))
+        cand_scores, cand = row_topk(scores, n_candidates)
         exact = gather_dot(self.W_t, cand, part, self.b)
         values, pos = exact.topk(k, dim=-1, sorted=False)
         indices = cand.gather(1, pos)
@@ -153,14 +184,27 @@ class _Bf16Selector:
             + 2 * u * self.b_max
             + 2.05 * u * last.abs()
         )
-        failed = ~(values.min(dim=1).values > beyond)
-        if bool(failed.any()):
-            rows = failed.nonzero(as_tuple=True)[0]
-            self.fallback_rows += int(rows.numel())
-            pre = torch.addmm(self.b, part[rows], self.W)
-            redo_values, redo_indices = row_topk(pre, k)
-            values[rows], indices[rows] = redo_values, redo_indices
-        return values, indices
+        failed = (~(values.min(dim=1).values > beyond)).nonzero(as_tuple=True)[0]
+        return values, indices, failed
+
+
+def _widest(d_sae: int, k: int) -> int:
+    """The most bf16 candidates per row the verified selection widens to before recomputing
+    a row in fp32: `8 (k + margin)`, at most `d_sae / 32` (the numba top-k's limit) and
+    `d_sae / 2`."""
+    return min(8 * (k + _margin(k)), d_sae // cpu_topk.SEGMENT, d_sae // 2)
+
+
+def _addmm_into(bias: Tensor, rows: Tensor, W: Tensor, buffers: list[Tensor]) -> Tensor:
+    """`torch.addmm(bias, rows, W)` (the same bits) written into the leading rows of a buffer
+    kept in `buffers` across the chunks of one call: a fresh `[rows, d_sae]` output would be
+    page-faulted in on every chunk (at d_sae 65k a quarter of the fp32 step's GEMM time)."""
+    n, width = rows.shape[0], W.shape[1]
+    if not buffers or buffers[0].shape[0] < n or rows.device.type != "cpu":
+        if rows.device.type != "cpu":
+            return torch.addmm(bias, rows, W)
+        buffers[:] = [torch.empty(n, width, dtype=rows.dtype, device=rows.device)]
+    return torch.addmm(bias, rows, W, out=buffers[0][:n])
 
 
 def _groups(width: int, k: int) -> int:
@@ -281,9 +325,10 @@ def _encode_select(
     use_aux = aux_mask is not None and aux_k > 0
     dead = aux_mask.nonzero().squeeze(1) if use_aux and selector is not None else None  # type: ignore[union-attr]
     parts: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
+    buffers: list[Tensor] = []
     for part in x_in.split(rows):
         if selector is None:
-            pre_acts = torch.addmm(b_enc, part, W_enc)
+            pre_acts = _addmm_into(b_enc, part, W_enc, buffers)
             values, indices = _select(pre_acts, k, signed)
             aux = _select_aux(pre_acts, aux_mask, aux_k, signed) if use_aux else (None, None)  # type: ignore[arg-type]
         else:
@@ -358,7 +403,9 @@ class _TopKEncode(torch.autograd.Function):
             W_t = ctx.W_t if ctx.W_t is not None else W_enc.t().contiguous()
             grad_x = F.embedding_bag(all_indices, W_t, per_sample_weights=all_grads, mode="sum")
         if need_w:
-            grad_W_enc = _scatter_outer(all_indices, all_grads, x_in, W_enc.shape[1]).t()
+            grad_W_enc = _scatter_outer(
+                all_indices, all_grads, x_in, W_enc.shape[1], transposed=True
+            )
         if need_b or need_b_in:
             grad_b_enc = W_enc.new_zeros(W_enc.shape[1]).index_add_(
                 0, all_indices.reshape(-1), all_grads.reshape(-1)
@@ -419,9 +466,15 @@ def topk_encode_dense(
     return TopKCodes(values, indices, aux_values, aux_indices)
 
 
-def _scatter_outer(indices: Tensor, weights: Tensor, rows: Tensor, d_sae: int) -> Tensor:
+def _scatter_outer(
+    indices: Tensor, weights: Tensor, rows: Tensor, d_sae: int, transposed: bool = False
+) -> Tensor:
     """`Σ_{r,s} weights[r, s] · rows[r]` into row `indices[r, s]` of `[d_sae, d]`: `S.T @ rows` for
-    the sparse `S [n, d_sae]`, as a COO sparse-dense matmul (3-5x faster on CPU than alternatives)."""
+    the sparse `S [n, d_sae]`; with `transposed`, `[d, d_sae]` (`rows.T @ S`, the encoder's
+    layout). On CPU (fp32) the numba kernel, which writes each output element once (transposed
+    in tiles); elsewhere a COO sparse-dense matmul."""
+    if cpu_topk.supports_scatter(indices, weights, rows):
+        return cpu_topk.scatter_outer(indices, weights, rows, d_sae, transposed)
     n, k = indices.shape
     token = torch.arange(n, device=indices.device).repeat_interleave(k)
     sparse = torch.sparse_coo_tensor(
@@ -430,7 +483,8 @@ def _scatter_outer(indices: Tensor, weights: Tensor, rows: Tensor, d_sae: int) -
         (d_sae, n),
         check_invariants=False,
     )
-    return torch.sparse.mm(sparse, rows)
+    out = torch.sparse.mm(sparse, rows)
+    return out.t() if transposed else out
 
 
 class _SparseDecode(torch.autograd.Function):
