@@ -9,13 +9,16 @@ from sparsecircuits.models.embedded import embedded_dir
 from sparsecircuits.tasks import run_tasks
 
 
-def test_run_tasks_on_tiny_random_model(tokenizer):
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_run_tasks_on_tiny_random_model(tokenizer, split):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=16, n_layer=1, n_head=2)
     model = GPT2LMHeadModel(cfg).eval()
-    res = run_tasks(lambda x: model(input_ids=x).logits, tokenizer, n=8, prose_contexts=4)
+    res = run_tasks(
+        lambda x: model(input_ids=x).logits, tokenizer, n=8, split=split, prose_contexts=4
+    )
     assert set(res) == {"greater_than", "ioi", "docstring", "prose_loss"}
     assert set(res["greater_than"]) == {"prob_diff", "n"}
     assert set(res["ioi"]) == {"logit_diff", "accuracy", "n"}
