@@ -5,9 +5,11 @@ teaches the rules instead of the instances: IOI sentences from the compositional
 (thousands of templates, none using a held-out template's wording, place or object), half of
 them with arbitrary words in the name, place and object slots (so the circuit copies any token,
 not the training names), docstrings whose parameter names are drawn half of the time from every
-identifier-like token of the tokenizer (held-out names excluded), plus greater-than and the
-neutral vocabulary sentences that keep held-out words' embeddings trained. Needs the shipped
-tokenizer (build_tokenizer.py runs first).
+identifier-like token of the tokenizer (dev and test names excluded), plus greater-than and the
+neutral vocabulary sentences that keep dev words' embeddings trained. Every generator draws from
+the train split only: no dev or test template, name, place, object, noun or parameter name, and
+no test year ending (`tests/tasks/test_splits.py`). Needs the shipped tokenizer
+(build_tokenizer.py runs first).
 
 Usage: python scripts/embedded/build_task_stream.py [--mb 12] [--seed 2]
 """
@@ -36,8 +38,9 @@ WORD_SHARE = 0.5
 
 
 def identifier_tokens(tok: Tokenizer) -> list[str]:
-    """Return lowercase alphabetic single-token words (" name" form, 3+ letters), held-out excluded."""
-    held = set(docstring.PARAMS_HELDOUT)
+    """Return lowercase alphabetic single-token words (" name" form, 3+ letters), dev and test
+    parameter names excluded."""
+    held = set(docstring.PARAMS_HELDOUT) | set(docstring.PARAMS_TEST)
     words = []
     for piece in tok.get_vocab():
         word = piece[1:]
@@ -45,6 +48,14 @@ def identifier_tokens(tok: Tokenizer) -> list[str]:
         if is_word and word not in held:
             words.append(word)
     return sorted(words)
+
+
+def ioi_word_pool(words: list[str]) -> list[str]:
+    """Return `words` without the dev and test places, objects, nouns and names (lowercased)."""
+    held = ioi.PLACES_HELDOUT + ioi.OBJECTS_HELDOUT + ioi.PLACES_TEST + ioi.OBJECTS_TEST
+    held += greater_than.NOUNS_HELDOUT + greater_than.NOUNS_TEST + ioi.NAMES_TEST
+    held_words = {w.lower() for w in held}
+    return [w for w in words if w not in held_words]
 
 
 def main() -> None:
@@ -55,9 +66,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     tok = Tokenizer.from_file(str(SHIP / "tokenizer.json"))
     extra = identifier_tokens(tok)
-    held_words = {w.lower() for w in ioi.PLACES_HELDOUT + ioi.OBJECTS_HELDOUT}
-    held_words |= set(greater_than.NOUNS_HELDOUT)
-    word_pool = [w for w in extra if w not in held_words]
+    word_pool = ioi_word_pool(extra)
     generators = {
         "ioi": (
             lambda r: ioi.ioi_training_text(r, 0.85, word_pool=word_pool, word_share=WORD_SHARE),

@@ -32,10 +32,11 @@ EOS = "<|endoftext|>"
 
 def task_words() -> list[str]:
     """Return every task word with its leading space, as the tasks tokenize them."""
-    words = ioi.NAMES_TRAIN + ioi.NAMES_HELDOUT + ioi.PLACES + ioi.OBJECTS
+    words = ioi.NAMES_TRAIN + ioi.NAMES_HELDOUT + ioi.NAMES_TEST + ioi.PLACES + ioi.OBJECTS
     words += greater_than.NOUNS_TRAIN + greater_than.NOUNS_HELDOUT
-    words += docstring.PARAMS_TRAIN + docstring.PARAMS_HELDOUT
-    return [" " + w for w in words] + [f" {c}" for c in greater_than.CENTURIES]
+    words += docstring.PARAMS_TRAIN + docstring.PARAMS_HELDOUT + docstring.PARAMS_TEST
+    centuries = greater_than.CENTURIES + greater_than.TEST_CENTURIES
+    return [" " + w for w in words] + [f" {c}" for c in centuries]
 
 
 def training_texts() -> Iterator[str]:

@@ -1,7 +1,9 @@
-"""Measure the shipped embedded model with `sparsecircuits.tasks.run_tasks`.
+"""Measure the shipped embedded model with `sparsecircuits.tasks.run_tasks` on the dev and test
+splits (each with its documented prompt seed).
 
-Writes src/sparsecircuits/models/embedded/eval_results.json and prints it.
-Usage: python scripts/embedded/eval_model.py [--model DIR] [--n 200] [--seed 0] [--split heldout]
+Writes src/sparsecircuits/models/embedded/eval_results.json (`{"dev": ..., "test": ...,
+"settings": ...}`, the model card's task table) and prints it.
+Usage: python scripts/embedded/eval_model.py [--model DIR] [--n 200]
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -20,14 +23,13 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sparsecircuits.models.embedded import embedded_dir  # noqa: E402
 from sparsecircuits.tasks import run_tasks  # noqa: E402
+from sparsecircuits.tasks.common import DEFAULT_SEEDS  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", type=Path, default=embedded_dir())
     p.add_argument("--n", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", default="heldout")
     p.add_argument("--prose-contexts", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-write", action="store_true")
@@ -36,18 +38,19 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     tok = AutoTokenizer.from_pretrained(embedded_dir())
     t0 = time.time()
-    res = run_tasks(
-        lambda x: model(input_ids=x).logits,
-        tok,
-        n=args.n,
-        seed=args.seed,
-        split=args.split,
-        prose_contexts=args.prose_contexts,
-    )
+    res: dict[str, Any] = {
+        split: run_tasks(
+            lambda x: model(input_ids=x).logits,
+            tok,
+            n=args.n,
+            split=split,
+            prose_contexts=args.prose_contexts,
+        )
+        for split in ("dev", "test")
+    }
     res["settings"] = {
         "n": args.n,
-        "seed": args.seed,
-        "split": args.split,
+        "seeds": {split: DEFAULT_SEEDS[split] for split in ("dev", "test")},
         "prose_contexts": args.prose_contexts,
         "seconds": round(time.time() - t0, 1),
     }

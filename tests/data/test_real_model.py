@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from sparsecircuits import models
 from sparsecircuits.data import (
     ActivationStore,
     ActivationStoreConfig,
@@ -16,9 +17,7 @@ from sparsecircuits.data import (
     harvest_to_disk,
 )
 from sparsecircuits.errors import SparseCircuitsError
-
-tiny = pytest.importorskip("sparsecircuits.models.tiny")
-models = pytest.importorskip("sparsecircuits.models")
+from sparsecircuits.models import tiny
 
 MLP_IN, MLP_OUT = "blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"
 CTX = 16

@@ -142,14 +142,17 @@ def test_load_transcoders_by_layer(tmp_path: Path) -> None:  # type: ignore[no-u
         load_transcoders(tmp_path / "bare")
 
 
-def test_load_transcoders_embedded_is_guarded() -> None:
-    try:
-        from sparsecircuits.models.embedded import embedded_dir  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        with pytest.raises(SparseCircuitsError, match="embedded"):
-            load_transcoders("embedded")
-        return
-    pytest.skip("the embedded model exists; its transcoders are tested with it")
+def test_load_transcoders_embedded_loads_the_shipped_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sparsecircuits.dictionaries.io as io_module
+
+    loaded = load_transcoders("embedded")
+    assert list(loaded) == [0, 1, 2, 3]
+    assert all(loaded[layer].cfg.hook_out.startswith(f"blocks.{layer}.") for layer in loaded)
+    monkeypatch.setattr(io_module, "embedded_dir", lambda: tmp_path)
+    with pytest.raises(SparseCircuitsError, match="no transcoder folder"):
+        load_transcoders("embedded")
 
 
 def test_unserialisable_training_config_is_rejected_before_writing(tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latents", type=int, default=200)
     p.add_argument("--l1", type=float, help="L1 coefficient (default 0.02; docstring 0.05)")
     p.add_argument("--epochs", type=int, default=500)
-    p.add_argument("--split", choices=["heldout", "train"], default="heldout")
+    p.add_argument("--split", choices=["dev", "heldout", "train"], default="dev")
     p.add_argument("--device")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)

@@ -68,7 +68,7 @@ class IdentifyConfig:
     n_latents: int = 200
     l1: float | None = None  # None: DEFAULT_L1[task]
     epochs: int = 500
-    split: str = "heldout"
+    split: str = "dev"
     prompt_seed: int = 0
     device: str | None = None
 

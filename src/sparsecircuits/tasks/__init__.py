@@ -117,14 +117,15 @@ def run_tasks(
     model_forward: ModelForward,
     tokenizer: Any,
     n: int = 200,
-    seed: int = 0,
-    split: str = "heldout",
+    seed: int | None = None,
+    split: str = "dev",
     prose_contexts: int = 200,
     batch_size: int = 64,
 ) -> dict[str, Any]:
-    """Evaluate the three circuit tasks and the held-out prose loss: `{"greater_than":
-    {"prob_diff", "n"}, "ioi": {"logit_diff", "accuracy", "n"}, "docstring": {"accuracy", "n"},
-    "prose_loss"}` (inputs move to the device of a module's bound `model_forward`)."""
+    """Evaluate the three circuit tasks on `split` ("dev" or "test"; `seed` None: the split's
+    documented seed) and the held-out prose loss: `{"greater_than": {"prob_diff", "n"}, "ioi":
+    {"logit_diff", "accuracy", "n"}, "docstring": {"accuracy", "n"}, "prose_loss"}` (inputs move
+    to the device of a module's bound `model_forward`)."""
     device = _device_of(model_forward)
 
     def forward(ids: torch.Tensor) -> torch.Tensor:

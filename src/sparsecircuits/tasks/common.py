@@ -11,7 +11,13 @@ import torch
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models.tokens import bos_token_id
 
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "dev", "test")
+# "heldout" names the dev split (the prompts the shipped embedded model was developed on).
+SPLIT_ALIASES = {"heldout": "dev"}
+# The prompt-drawing seed each split uses when none is given. The test split has its own, so no
+# test prompt is a dev prompt drawn again; only the final report (`sparsecircuits tasks`, the
+# embedded model's card) reads the test split.
+DEFAULT_SEEDS = {"train": 0, "dev": 0, "test": 1729}
 
 
 @dataclass
@@ -36,10 +42,25 @@ class TaskPrompts:
         return int(self.input_ids.shape[0])
 
 
-def check_split(split: str) -> None:
-    """Raise unless `split` is "train" or "heldout"."""
-    if split not in SPLITS:
+def check_split(split: str) -> str:
+    """Return the canonical name of `split` ("train", "dev" or "test"; "heldout" means "dev");
+    raise a SparseCircuitsError for any other name."""
+    canonical = SPLIT_ALIASES.get(split, split)
+    if canonical not in SPLITS:
         raise SparseCircuitsError(f"unknown split {split!r}; use one of {SPLITS}")
+    return canonical
+
+
+def split_seed(split: str, seed: int | None) -> int:
+    """Return `seed`, or the split's documented default (`DEFAULT_SEEDS`) when it is None."""
+    return DEFAULT_SEEDS[check_split(split)] if seed is None else seed
+
+
+def pool_for(
+    split: str, train: Sequence[str], dev: Sequence[str], test: Sequence[str]
+) -> list[str]:
+    """Return the word pool of `split` among the three given."""
+    return list({"train": train, "dev": dev, "test": test}[check_split(split)])
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:

@@ -1,8 +1,15 @@
 """Greater-than task (Hanna, Liu, Variengien 2023): "The war lasted from the year 1732 to the year 17".
 
-The model should put its probability on two-digit years larger than the start year.
-Held-out evaluation uses nouns and (century, start-year) pairs that the training text generator
-never emits; the tokens themselves (" 17", "32") are shared, as they must be.
+The model should put its probability on two-digit years larger than the start year; the answer
+depends on the start year's two-digit ending. Three splits:
+
+* train: the training text generator; nouns `NOUNS_TRAIN`, centuries 11-19, start years with
+  `(7*XX + YY) % 5 != 0`, never a `TEST_ENDINGS` ending (as start or end year);
+* dev: nouns `NOUNS_HELDOUT`, the (century, start-year) pairs the training text skips, in
+  `EVAL_TEMPLATE`, the first training frame's prefix: new start years, not new endings or frames;
+* test: nouns `NOUNS_TEST`, centuries `TEST_CENTURIES` (never in task text), start-year endings
+  `TEST_ENDINGS` (never in the training text or the dev split) and frames `TEST_TEMPLATES` whose
+  wording no training sentence has.
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ from sparsecircuits.tasks.common import (
     build_prompts,
     check_split,
     encode,
+    pool_for,
     require_pool,
     single_token_id,
     single_token_words,
+    split_seed,
 )
 
 NOUNS_TRAIN = [
@@ -96,7 +105,25 @@ NOUNS_HELDOUT = [
     "feud",
     "migration",
 ]
+NOUNS_TEST = [
+    "exhibition",
+    "excavation",
+    "restoration",
+    "construction",
+    "survey",
+    "census",
+    "tournament",
+    "inquiry",
+    "experiment",
+    "tradition",
+    "concert",
+    "competition",
+]
 CENTURIES = list(range(11, 20))
+TEST_CENTURIES = [10, 20]
+# Start-year endings reserved for the test split: never a start or end year of the training text,
+# never a dev start year. One per eight-year band of 02..97, so both halves of the range are tested.
+TEST_ENDINGS = [5, 11, 23, 28, 36, 44, 50, 61, 67, 78, 84, 93]
 TRAIN_TEMPLATES = [
     "The {noun} lasted from the year {xx}{yy} to the year {xx}{zz}.",
     "The {noun} lasted from {xx}{yy} to {xx}{zz}.",
@@ -107,24 +134,40 @@ TRAIN_TEMPLATES = [
     "The {noun} lasted from the year {xx}{yy} until the year {xx}{zz}.",
 ]
 EVAL_TEMPLATE = "The {noun} lasted from the year {xx}{yy} to the year {xx}"
+# Test frames: clause shapes and verbs of no training sentence; each ends at the end year's century.
+TEST_TEMPLATES = [
+    "Historians date the {noun} between {xx}{yy} and {xx}",
+    "In {xx}{yy} the {noun} opened, and it was finally closed in {xx}",
+    "Records of the {noun} cover every year from {xx}{yy} through {xx}",
+    "Nobody had heard of the {noun} before {xx}{yy}, yet it had faded by {xx}",
+    "The {noun}, first held in {xx}{yy}, was held for the last time in {xx}",
+]
 
 
 def is_heldout_year(xx: int, yy: int) -> bool:
-    """Return True for (century, start-year) pairs reserved for evaluation (about 1 in 5)."""
+    """Return True for (century, start-year) pairs the training text skips (about 1 in 5)."""
     return (xx * 7 + yy) % 5 == 0
 
 
 def _year_pool(split: str) -> list[tuple[int, int]]:
     """Return the (century, start-year) pairs of a split; YY runs over 02..97 as in Hanna."""
-    held = split == "heldout"
-    return [(xx, yy) for xx in CENTURIES for yy in range(2, 98) if is_heldout_year(xx, yy) == held]
+    split = check_split(split)
+    if split == "test":
+        return [(xx, yy) for xx in TEST_CENTURIES for yy in TEST_ENDINGS]
+    held = split == "dev"
+    return [
+        (xx, yy)
+        for xx in CENTURIES
+        for yy in range(2, 98)
+        if is_heldout_year(xx, yy) == held and yy not in TEST_ENDINGS
+    ]
 
 
 def greater_than_training_text(rng: random.Random) -> str:
     """Return one training sentence (training nouns and start years) whose end year is uniform on
-    YY+1..99 of the same century."""
+    YY+1..99 of the same century, test endings excluded."""
     xx, yy = rng.choice(_year_pool("train"))
-    zz = rng.randint(yy + 1, 99)
+    zz = rng.choice([z for z in range(yy + 1, 100) if z not in TEST_ENDINGS])
     template = rng.choice(TRAIN_TEMPLATES)
     return template.format(noun=rng.choice(NOUNS_TRAIN), xx=xx, yy=f"{yy:02d}", zz=f"{zz:02d}")
 
@@ -147,23 +190,38 @@ def _splits_as_century_and_year(tokenizer: Any, xx: int, yy: int) -> bool:
 
 
 def make_greater_than_prompts(
-    tokenizer: Any, n: int, seed: int = 0, split: str = "heldout", prepend_bos: bool = True
+    tokenizer: Any,
+    n: int,
+    seed: int | None = None,
+    split: str = "dev",
+    prepend_bos: bool = True,
 ) -> TaskPrompts:
-    """Return `n` prompts "The {noun} lasted from the year XXYY to the year XX" answered at the
-    final " XX", with `yy [n]` (start year within the century) and `year_ids [100]`."""
-    check_split(split)
-    nouns = single_token_words(tokenizer, NOUNS_HELDOUT if split == "heldout" else NOUNS_TRAIN)
+    """Return `n` prompts answered at their final century token " XX", with `yy [n]` (start
+    year within the century) and `year_ids [100]`.
+
+    train/dev: "The {noun} lasted from the year XXYY to the year XX" (one token length); test:
+    the `TEST_TEMPLATES` frames, test nouns (any tokenization), centuries and endings. `seed`
+    defaults to the split's documented seed (`common.DEFAULT_SEEDS`).
+    """
+    split = check_split(split)
+    if split == "test":
+        nouns = list(NOUNS_TEST)
+        templates = TEST_TEMPLATES
+    else:
+        nouns = single_token_words(tokenizer, pool_for(split, NOUNS_TRAIN, NOUNS_HELDOUT, []))
+        templates = [EVAL_TEMPLATE]
     require_pool(nouns, 1, "greater-than nouns")
     years = [
         (xx, yy) for xx, yy in _year_pool(split) if _splits_as_century_and_year(tokenizer, xx, yy)
     ]
     require_pool(years, 1, "start years")
     year_ids = year_token_ids(tokenizer)
-    rng = random.Random(seed)
+    rng = random.Random(split_seed(split, seed))
     texts, yys, answers = [], [], []
     for _ in range(n):
         xx, yy = rng.choice(years)
-        texts.append(EVAL_TEMPLATE.format(noun=rng.choice(nouns), xx=xx, yy=f"{yy:02d}"))
+        template = templates[0] if len(templates) == 1 else rng.choice(templates)
+        texts.append(template.format(noun=rng.choice(nouns), xx=xx, yy=f"{yy:02d}"))
         yys.append(yy)
         answers.append(f">{yy:02d}")
     meta = {"task": "greater_than", "split": split}

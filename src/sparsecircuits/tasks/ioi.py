@@ -2,12 +2,19 @@
 
 "When Mary and John went to the store, John gave a drink to" -> " Mary". The answer (IO) is
 the name that is not repeated; S is the repeated subject. ABBA and BABA orders are both used.
-Held-out evaluation uses names and templates that the IOI training generator never emits.
+Three splits, each with its own names, templates, places and objects:
+
+* train: `NAMES_TRAIN`, `TEMPLATES_TRAIN` and the compositional grammar (`compositional_template`),
+  all of the shape "{B} and {A} <activity>, {B} <gives> a {OBJECT} to {A}";
+* dev: `NAMES_HELDOUT` and `TEMPLATES_HELDOUT`, two- or three-word edits of that shape;
+* test: `NAMES_TEST`, names no task text contains, and `TEMPLATES_TEST`, whose first mentions are
+  not "{B} and {A}" and whose verbs (`TEST_TEMPLATE_VERBS`) no training sentence uses.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,9 +24,11 @@ from sparsecircuits.tasks.common import (
     TaskPrompts,
     build_prompts,
     check_split,
+    pool_for,
     require_pool,
     single_token_id,
     single_token_words,
+    split_seed,
 )
 
 NAMES_TRAIN = [  # fmt: skip
@@ -249,6 +258,9 @@ NAMES_HELDOUT = [
     "Louis",
     "Eva",
 ]
+# Names of no task text and no neutral training sentence that the embedded tokenizer still keeps
+# as single tokens (the metric compares the IO and S tokens); the only such real names it has.
+NAMES_TEST = ["Andre", "Don", "Jan", "Norm"]
 PLACES = ["store", "garden", "restaurant", "school", "hospital", "office", "house", "station"]
 OBJECTS = ["ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack"]
 # Held-out prompts use places and objects that no IOI training sentence contains.
@@ -273,6 +285,26 @@ TEMPLATES_HELDOUT = [
     "After the lunch, {B} and {A} went to the {PLACE}. {B} gave a {OBJECT} to {A}",
     "Then, {B} and {A} were working at the {PLACE}. {B} decided to give a {OBJECT} to {A}",
 ]
+# Test templates: the two names first meet in other clause shapes than "{B} and {A}", and the
+# final act is a verb of no training template. `{B}` is mentioned first; ABBA swaps the first two
+# mentions (`ioi_sentence`).
+TEMPLATES_TEST = [
+    "{B} kept waiting for {A} outside the {PLACE}, so {B} wrote a short note to {A}",
+    "It was {B} who found {A} near the {PLACE}; afterwards {B} explained the whole story to {A}",
+    "{B} phoned {A} about the {OBJECT}. The next morning, {B} delivered it to {A}",
+    "Since {B} owed {A} a favour, {B} promised a {OBJECT} to {A}",
+    "{B} smiled at {A} across the {PLACE} before {B} sang a song to {A}",
+    "The {OBJECT} that {B} bought for {A} at the {PLACE} was heavy, so {B} carried it over to {A}",
+    "Whenever {B} visits {A} at the {PLACE}, {B} reads the news aloud to {A}",
+    "Although {B} disagreed with {A} about the {OBJECT}, {B} apologised to {A}",
+]
+TEST_TEMPLATE_VERBS = [
+    "waiting", "wrote", "found", "explained", "phoned", "delivered", "owed", "promised",
+    "smiled", "sang", "bought", "carried", "visits", "reads", "disagreed", "apologised",
+]  # fmt: skip
+PLACES_TEST = ["kitchen", "cinema", "airport", "farm", "lake", "stadium", "zoo", "forest"]
+OBJECTS_TEST = ["map", "coin", "cup", "lamp", "scarf", "guitar", "wallet", "candle", "umbrella"]
+
 # Words of the held-out templates that the compositional training grammar never uses, so a
 # held-out template is new in its wording as well as in its whole.
 HELDOUT_TEMPLATE_WORDS = ["busy", "offered", "lunch", "working", "decided to give a"]
@@ -338,13 +370,19 @@ def compositional_template(rng: random.Random) -> str:
     return f"{opening} {rng.choice(_MIDS)}{give}"
 
 
+_NAME_SLOT = re.compile(r"\{[AB]\}")
+
+
 def _fill(template: str, io: str, s: str, place: str, obj: str, order: str) -> str:
-    """Fill a BABA template; for ABBA the first two name slots are swapped."""
+    """Fill a BABA template (first name slot {B}, second {A}); for ABBA the first two name slots
+    are swapped."""
     first, second = (s, io) if order == "BABA" else (io, s)
-    head, tail = template.split(" and ", 1)
-    head = head.replace("{B}", first)
-    tail = tail.replace("{A}", second, 1) if order == "ABBA" else tail
-    text = (head + " and " + tail).replace("{B}", s).replace("{A}", io)
+    names = iter([first, second])
+
+    def name(slot: re.Match[str]) -> str:
+        return next(names, s if slot.group() == "{B}" else io)
+
+    text = _NAME_SLOT.sub(name, template)
     return text.replace("{PLACE}", place).replace("{OBJECT}", obj)
 
 
@@ -372,6 +410,7 @@ def ioi_training_text(
     )
     if word_pool and rng.random() < word_share:
         held = set(NAMES_HELDOUT) | set(PLACES_HELDOUT) | set(OBJECTS_HELDOUT)
+        held |= set(NAMES_TEST) | set(PLACES_TEST) | set(OBJECTS_TEST)
         # four distinct words: a place or object equal to a name would break the task
         io, s, place, obj = rng.sample([w for w in word_pool if w not in held], 4)
     else:
@@ -381,19 +420,28 @@ def ioi_training_text(
     return text + "."
 
 
+def ioi_names(tokenizer: Any, split: str) -> list[str]:
+    """Return the names of `split` that are one token (with a leading space) for `tokenizer`."""
+    return single_token_words(tokenizer, pool_for(split, NAMES_TRAIN, NAMES_HELDOUT, NAMES_TEST))
+
+
 def make_ioi_prompts(
-    tokenizer: Any, n: int, seed: int = 0, split: str = "heldout", prepend_bos: bool = True
+    tokenizer: Any,
+    n: int,
+    seed: int | None = None,
+    split: str = "dev",
+    prepend_bos: bool = True,
 ) -> TaskPrompts:
     """Return `n` IOI prompts ending just before the indirect object (half ABBA, half BABA):
-    `io_ids`, `s_ids [n]` (ids of " IO", " S"), `last_pos [n]` at the final " to"."""
-    check_split(split)
-    names = single_token_words(tokenizer, NAMES_HELDOUT if split == "heldout" else NAMES_TRAIN)
+    `io_ids`, `s_ids [n]` (ids of " IO", " S"), `last_pos [n]` at the final " to". `seed`
+    defaults to the split's documented seed (`common.DEFAULT_SEEDS`)."""
+    split = check_split(split)
+    names = ioi_names(tokenizer, split)
     require_pool(names, 2, "IOI names")
-    held = split == "heldout"
-    places = PLACES_HELDOUT if held else PLACES
-    objects = OBJECTS_HELDOUT if held else OBJECTS
-    templates = TEMPLATES_HELDOUT if held else TEMPLATES_TRAIN
-    rng = random.Random(seed)
+    places = pool_for(split, PLACES, PLACES_HELDOUT, PLACES_TEST)
+    objects = pool_for(split, OBJECTS, OBJECTS_HELDOUT, OBJECTS_TEST)
+    templates = pool_for(split, TEMPLATES_TRAIN, TEMPLATES_HELDOUT, TEMPLATES_TEST)
+    rng = random.Random(split_seed(split, seed))
     texts, answers, io_ids, s_ids = [], [], [], []
     for i in range(n):
         io, s = rng.sample(names, 2)

@@ -23,15 +23,9 @@ from typing import Any
 
 import torch
 
-from sparsecircuits.tasks.common import (
-    TaskPrompts,
-    batch_token_lists,
-    encode,
-    require_pool,
-    single_token_words,
-)
-from sparsecircuits.tasks.docstring import PARAMS_HELDOUT, PARAMS_TRAIN
-from sparsecircuits.tasks.ioi import NAMES_HELDOUT, NAMES_TRAIN
+from sparsecircuits.tasks.common import TaskPrompts, batch_token_lists, encode, require_pool
+from sparsecircuits.tasks.docstring import docstring_params
+from sparsecircuits.tasks.ioi import ioi_names
 
 
 def _retokenized(tokenizer: Any, prompts: TaskPrompts, texts: list[str], task: str) -> TaskPrompts:
@@ -72,8 +66,7 @@ def ioi_negatives(tokenizer: Any, prompts: TaskPrompts, seed: int = 0) -> TaskPr
     The third name is drawn (seeded) from the same split's single-token names.
     """
     assert prompts.io_ids is not None and prompts.s_ids is not None
-    split = prompts.meta.get("split", "heldout")
-    names = single_token_words(tokenizer, NAMES_HELDOUT if split == "heldout" else NAMES_TRAIN)
+    names = ioi_names(tokenizer, prompts.meta.get("split", "dev"))
     require_pool(names, 3, "IOI names")
     rng = random.Random(seed)
     texts = []
@@ -108,8 +101,7 @@ def docstring_negatives(tokenizer: Any, prompts: TaskPrompts, seed: int = 0) -> 
     The signature's arguments and the documented `:param` names are redrawn (seeded) from the
     split's single-token parameter names, the documented ones disjoint from the signature.
     """
-    split = prompts.meta.get("split", "heldout")
-    pool = single_token_words(tokenizer, PARAMS_HELDOUT if split == "heldout" else PARAMS_TRAIN)
+    pool = docstring_params(tokenizer, prompts.meta.get("split", "dev"))
     rng = random.Random(seed)
     texts = []
     for text in prompts.texts:

@@ -88,7 +88,7 @@ def _metric(task: str, prompts: TaskPrompts) -> Callable[[Tensor, Tensor], Tenso
 
 
 def make_task_pairs(
-    task: str, tokenizer: Any, n: int, seed: int = 0, split: str = "heldout"
+    task: str, tokenizer: Any, n: int, seed: int = 0, split: str = "dev"
 ) -> TaskPairs:
     """Return up to `n` positive/negative pairs of `task` ("ioi", "greater-than", "docstring").
 
