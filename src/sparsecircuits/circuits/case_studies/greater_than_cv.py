@@ -153,14 +153,14 @@ def feature_edits(nodes: Sequence[FeatureNode]) -> Edits:
 
 
 def baseline_drops(
-    model: ReplacementModel, half: EvalHalf, draws: list[list[FeatureNode]]
+    model: ReplacementModel, half: EvalHalf, draws: list[list[FeatureNode]], seed: int = 0
 ) -> dict[str, Any]:
     """Mean PD drop over random feature sets `draws` in the real model, with a bootstrap interval
     over evaluation prompts and draws jointly, and each draw's drop. Also returns the per-draw
     per-prompt PDs `pds [draws, n]` for paired comparisons."""
     pds = torch.stack([half.pd_with(model, feature_edits(d)) for d in draws])  # [draws, n]
     drops = 1 - pds.mean(1) / half.pd_clean.mean()
-    generator = torch.Generator().manual_seed(len(draws))
+    generator = torch.Generator().manual_seed(seed)  # which draws each resample takes
     pick = torch.randint(0, len(draws), (len(half.boot), len(draws)), generator=generator)
     boot = torch.stack(
         [
@@ -191,7 +191,7 @@ def slot_baseline(
         candidates = slot_candidates(selection, nodes, active=kind == "active")
         rng = random.Random(seed + offset)
         draws = [draw_at_slots(nodes, candidates, rng) for _ in range(n_draws)]
-        out[kind] = baseline_drops(model, half, draws)
+        out[kind] = baseline_drops(model, half, draws, seed)
     return out
 
 
