@@ -2,7 +2,9 @@
 
 `run_greater_than` runs the steps (one function each: PD, attribution, ablations, attribution vs
 intervention, feature and head descriptions, features vs neurons, path search) and writes the
-summary, report and plots (docs/internals.md)."""
+summary, report and plots (docs/internals.md). Choices are made on one half of the prompts and
+effects measured on the other in the real model (`greater_than_cv`); `_in_sample` repeats the
+study with both on all prompts in the replacement model, for comparison."""
 
 from __future__ import annotations
 
