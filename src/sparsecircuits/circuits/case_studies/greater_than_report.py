@@ -103,7 +103,7 @@ def _attribution_section(s: dict[str, Any]) -> list[str]:
         "",
         f"* frozen attention/norms/errors, linear features, same target: Pearson r = "
         f"{_fmt(s['attribution_vs_intervention']['pearson'])}, max relative error = "
-        f"{_fmt(s['attribution_vs_intervention']['max_rel_error'])} "
+        f"{s['attribution_vs_intervention']['max_rel_error']:.2e} "
         f"{_ci(s['attribution_vs_intervention']['max_rel_error_ci'], '.2e')}",
         f"* live model (attention, norms and features recomputed), same target: Pearson r = "
         f"{_fmt(s['attribution_vs_live']['pearson'])} {_ci(s['attribution_vs_live']['pearson_ci'], '.3f')}",
