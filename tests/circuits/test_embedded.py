@@ -46,6 +46,36 @@ def test_replacement_is_exact_and_attribution_equals_ablation(embedded):
     assert all(isinstance(n, (FeatureNode, HeadNode)) for n in nodes)
 
 
+# Numbers of the summary without an interval: settings and counts, the empirical share of random
+# draws reaching the top drop, and the per-draw drops (themselves the baseline's distribution).
+NO_INTERVAL = {
+    "n_prompts",
+    "n_selection_prompts",
+    "n_evaluation_prompts",
+    "features_vs_neurons_layer",
+    "random10_at_least_top10",
+    "runtime_s",
+}
+# Descriptive parts (selection half, one prompt's path graph) and the in-sample block.
+NOT_MEASURED = {"top_features", "top_heads", "node_checks", "graph_verification", "top_paths"}
+
+
+def _numbers_without_interval(value, path=""):
+    """Paths of floats in `value` with no sibling `<key>_ci = [low, high]`."""
+    missing = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in NO_INTERVAL or key in NOT_MEASURED or key in ("config", "in_sample"):
+                continue
+            if isinstance(item, float) and not key.endswith("_ci"):
+                ci = value.get(f"{key}_ci")
+                if not (isinstance(ci, list) and len(ci) == 2):
+                    missing.append(f"{path}{key}")
+            elif isinstance(item, dict):
+                missing += _numbers_without_interval(item, f"{path}{key}.")
+    return missing
+
+
 @pytest.mark.slow
 def test_greater_than_case_study_runs(embedded, tmp_path):
     import json
@@ -57,20 +87,40 @@ def test_greater_than_case_study_runs(embedded, tmp_path):
 
     model, _ = embedded
     cfg = GreaterThanConfig(
-        n_prompts=16, max_k=3, corpus_contexts=4, random_draws=1, path_iters=2, path_branches=5
+        n_prompts=16,
+        max_k=2,
+        corpus_contexts=4,
+        random_draws=4,
+        neuron_random_draws=2,
+        bootstrap=50,
+        in_sample_random_draws=1,
+        path_iters=2,
+        path_branches=5,
     )
     summary = run_greater_than(
         cfg, tmp_path, adapter=model.adapter, transcoders=model.transcoders, quiet=True
     )
     saved = json.loads((tmp_path / "summary.json").read_text())
-    for key in (
+    headline = (
         "prob_diff_clean",
         "prob_diff_replacement",
         "top10_ablation_drop",
         "random10_ablation_drop",
-    ):
+    )
+    for key in headline:
         assert isinstance(saved[key], float)
+        low, high = saved[f"{key}_ci"]
+        assert low <= saved[key] <= high
+        assert isinstance(saved["in_sample"][key], float)
+    assert _numbers_without_interval(saved) == []
+    assert saved["n_selection_prompts"] + saved["n_evaluation_prompts"] == 16
     assert saved["attribution_vs_intervention"]["max_rel_error"] < 1e-3
-    assert set(saved["features_vs_neurons"]) == {"1", "2", "3"}
+    assert saved["in_sample"]["attribution_vs_intervention"]["max_rel_error"] < 1e-3
+    assert set(saved["features_vs_neurons"]) == {"1", "2"}
+    assert {"features_ci", "neurons_ci", "random_features", "random_neurons"} <= set(
+        saved["features_vs_neurons"]["2"]
+    )
+    assert len(saved["random10_drops"]) == 4
+    assert "top10_ablation_drop_ci" in saved["swapped_halves"]
     assert (tmp_path / "report.md").read_text().startswith("# Greater-than")
     assert summary["top10_ablation_drop"] > summary["random10_ablation_drop"]

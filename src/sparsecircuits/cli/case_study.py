@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from sparsecircuits.cli.common import add_overwrite_argument, at_least, prepare_out
 
@@ -20,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "greater-than",
         help="the greater-than circuit: attributions, ablations, features vs neurons, paths",
         description="Find the features and heads behind the greater-than probability difference on "
-        "held-out prompts; writes summary.json, report.md, plots and graph.json to --out.",
+        "one half of the held-out prompts and measure their effects on the other half in the real "
+        "model, with 95 %% bootstrap intervals; writes summary.json, report.md, plots and "
+        "graph.json to --out.",
     )
     gt.add_argument("--model", default="embedded")
     gt.add_argument("--transcoders", default="embedded")
@@ -30,6 +33,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--corpus-contexts", type=at_least(1), default=48, help="held-out contexts for top examples"
     )
     gt.add_argument("--seed", type=int, default=0)
+    gt.add_argument(
+        "--random-draws",
+        type=at_least(1),
+        default=100,
+        help="random feature sets per baseline (same layers and positions as the selected features)",
+    )
+    gt.add_argument(
+        "--bootstrap",
+        type=at_least(10),
+        default=1000,
+        help="bootstrap resamples of the evaluation prompts for the 95 %% intervals",
+    )
+    gt.add_argument("--no-swap", action="store_true", help="skip the second fold (halves swapped)")
     gt.add_argument(
         "--target",
         choices=["logit_diff", "prob_diff"],
@@ -59,6 +75,9 @@ def run_greater_than_cli(args: argparse.Namespace) -> int:
         max_k=args.max_k,
         corpus_contexts=args.corpus_contexts,
         seed=args.seed,
+        random_draws=args.random_draws,
+        bootstrap=args.bootstrap,
+        swap_halves=not args.no_swap,
         target=args.target,
         device=args.device,
     )
@@ -68,9 +87,10 @@ def run_greater_than_cli(args: argparse.Namespace) -> int:
         "prob_diff_replacement",
         "top10_ablation_drop",
         "random10_ablation_drop",
-        "attribution_vs_intervention",
-        "features_vs_neurons_layer",
+        "top10_minus_random10_drop",
     )
-    print(json.dumps({k: summary[k] for k in keys}, indent=1))
+    headline: dict[str, Any] = {k: [summary[k], summary[f"{k}_ci"]] for k in keys}
+    headline["in_sample"] = {k: summary["in_sample"][k] for k in keys[:4]}
+    print(json.dumps(headline, indent=1))
     print(f"report: {args.out}/report.md")
     return 0

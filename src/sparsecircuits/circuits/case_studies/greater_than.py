@@ -2,7 +2,9 @@
 
 `run_greater_than` runs the steps (one function each: PD, attribution, ablations, attribution vs
 intervention, feature and head descriptions, features vs neurons, path search) and writes the
-summary, report and plots (docs/internals.md)."""
+summary, report and plots (docs/internals.md). Choices are made on one half of the prompts and
+effects measured on the other in the real model (`greater_than_cv`); `_in_sample` repeats the
+study with both on all prompts in the replacement model, for comparison."""
 
 from __future__ import annotations
 
@@ -27,6 +29,19 @@ from sparsecircuits.circuits.attribution import (
     decompose,
     metric_gradient_target,
     pull_back_head,
+)
+from sparsecircuits.circuits.case_studies.greater_than_cv import (
+    EvalHalf,
+    cross_validated_checks,
+    eval_half,
+    feature_edits,
+    features_vs_neurons_cv,
+    mean_with_ci,
+    paired_difference,
+    prob_diff,
+    slot_baseline,
+    split_prompts,
+    subset_prompts,
 )
 from sparsecircuits.circuits.case_studies.greater_than_report import write_results
 from sparsecircuits.circuits.nodes import FeatureNode, HeadNode, Node
@@ -55,7 +70,8 @@ from sparsecircuits.tasks.greater_than import greater_than_prob_diff, make_great
 
 @dataclass
 class GreaterThanConfig:
-    """Settings of the greater-than case study (defaults run in about a minute on 2 CPU cores)."""
+    """Settings of the greater-than case study (`n_prompts` are split into a selection and an
+    evaluation half; `bootstrap` resamples of the evaluation prompts give every interval)."""
 
     model: str = "embedded"
     transcoders: str = "embedded"
@@ -63,7 +79,13 @@ class GreaterThanConfig:
     seed: int = 0
     top_k: int = 10
     n_random: int = 10
-    random_draws: int = 3
+    # random feature sets per baseline (cross-validated: per slot kind; in-sample: per variant)
+    random_draws: int = 100
+    # random sets per k (powers of two) in the cross-validated features-vs-neurons baseline
+    neuron_random_draws: int = 10
+    bootstrap: int = 1000
+    in_sample_random_draws: int = 3
+    swap_halves: bool = True
     max_k: int = 32
     corpus_contexts: int = 32
     context_size: int = 64
@@ -586,6 +608,13 @@ def _describe_heads(
     return rows
 
 
+def _neuron_layer(scores: dict[int, Tensor], last: int) -> int:
+    """The layer whose features at the answer position `last` carry the most positive attribution
+    (the paper's MLP10 in GPT-2)."""
+    layer_totals = {layer: float(t[last].clamp_min(0).sum()) for layer, t in scores.items()}
+    return max(layer_totals, key=lambda layer: layer_totals[layer])
+
+
 def _compare_with_neurons(
     model: ReplacementModel,
     state: ReplacementState,
@@ -593,11 +622,8 @@ def _compare_with_neurons(
     scores: dict[int, Tensor],
     max_k: int,
 ) -> dict[str, Any]:
-    """Step 6: `features_vs_neurons` at the layer whose features at the answer position carry the
-    most positive attribution (the paper's MLP10 in GPT-2), the position the edit acts on."""
-    last = int(prompts.last_pos[0])
-    layer_totals = {layer: float(t[last].clamp_min(0).sum()) for layer, t in scores.items()}
-    layer = max(layer_totals, key=lambda layer: layer_totals[layer])
+    """Step 6 (in-sample): `features_vs_neurons` at `_neuron_layer`, the position the edit acts on."""
+    layer = _neuron_layer(scores, int(prompts.last_pos[0]))
     kept = features_vs_neurons(model, state, prompts, layer, max_k)
     return {
         "features_vs_neurons_layer": layer,
@@ -630,6 +656,158 @@ def _search_paths(
     return {"graph_verification": check.to_dict(), "top_paths": path_strings(result, 15)}
 
 
+def _in_sample(
+    model: ReplacementModel, prompts: TaskPrompts, cfg: GreaterThanConfig
+) -> dict[str, Any]:
+    """In-sample numbers: features chosen and effects measured on all the prompts, ablations in
+    the replacement model (errors fixed from the clean run, attention, norms and features live)."""
+    state = model.run(prompts.input_ids)
+    pd = _measure_prob_diff(model, state, prompts)
+    found = _attribute(model, state, prompts, cfg)
+    draws = dataclasses.replace(cfg, random_draws=cfg.in_sample_random_draws)
+    ablations = _ablate(model, state, prompts, draws, found.attribution, pd["prob_diff_clean"])
+    checks = _node_checks(model, state, prompts, found.attribution, found.nodes)
+    neurons = _compare_with_neurons(model, state, prompts, found.scores, cfg.max_k)
+    return {"n_prompts": len(prompts), **pd, **ablations, **checks, **neurons}
+
+
+def _cv_prob_diff(model: ReplacementModel, half: EvalHalf) -> dict[str, Any]:
+    """PD on the evaluation half: the model's, and the replacement model's with every error
+    dropped (live), each with its interval."""
+    clean, clean_ci = mean_with_ci(half.pd_clean, half)
+    edits = Edits(drop_errors=set(model.feature_layers))
+    replacement = prob_diff(model.forward_with(half.state, edits, freeze=False), half.prompts)
+    value, value_ci = mean_with_ci(replacement, half)
+    return {
+        "prob_diff_clean": clean,
+        "prob_diff_clean_ci": clean_ci,
+        "prob_diff_replacement": value,
+        "prob_diff_replacement_ci": value_ci,
+    }
+
+
+def _cv_top_ablation(
+    model: ReplacementModel,
+    half: EvalHalf,
+    selection: ReplacementState,
+    nodes: list[FeatureNode],
+    cfg: GreaterThanConfig,
+) -> dict[str, Any]:
+    """PD drop on the evaluation half, in the real model, from zeroing the selected features in
+    every prompt, against random features at the same slots (active there in the selection half,
+    or any), and the paired top-minus-random difference."""
+    top_pd = half.pd_with(model, feature_edits(nodes))
+    top, top_ci = half.drop(top_pd)
+    base = slot_baseline(model, half, selection, nodes, cfg.random_draws, cfg.seed)
+    active, uniform = base["active"], base["uniform"]
+    diff, diff_ci = paired_difference(half, top_pd, active["pds"])
+    return {
+        "top10_ablation_drop": top,
+        "top10_ablation_drop_ci": top_ci,
+        "random10_ablation_drop": active["drop"],
+        "random10_ablation_drop_ci": active["drop_ci"],
+        "random10_drops": active["drops"],
+        "random10_uniform_ablation_drop": uniform["drop"],
+        "random10_uniform_ablation_drop_ci": uniform["drop_ci"],
+        "top10_minus_random10_drop": diff,
+        "top10_minus_random10_drop_ci": diff_ci,
+        "random10_at_least_top10": sum(d >= top for d in active["drops"]) / len(active["drops"]),
+    }
+
+
+def _cv_ablation_variants(
+    model: ReplacementModel,
+    half: EvalHalf,
+    selection: tuple[ReplacementState, TaskPrompts],
+    cfg: GreaterThanConfig,
+    found: _Attributions,
+) -> dict[str, Any]:
+    """Per ranking target: PD drop on the evaluation half from its top features on the selection
+    half, zeroed in every prompt (real model)."""
+    state, prompts = selection
+    variants: dict[str, dict[str, Any]] = {}
+    for kind in dict.fromkeys([cfg.target, "prob_diff", "logit_diff"]):
+        top = found.top_features
+        if kind != cfg.target:
+            target = _gt_target(model, state, prompts, kind)
+            attr = attribute(model, state, target, mode="linear", patterns=False, batch_size=16)
+            top = _top_features(_mean_feature_scores(attr), cfg.top_k)
+        drop, ci = half.drop(half.pd_with(model, feature_edits([n for n, _ in top])))
+        variants[kind] = {"same_features_every_prompt": drop, "same_features_every_prompt_ci": ci}
+    return {"ablation_variants": {"top10_by_target": variants}}
+
+
+def _cv_neurons(
+    model: ReplacementModel,
+    half: EvalHalf,
+    selection: tuple[ReplacementState, TaskPrompts],
+    scores: dict[int, Tensor],
+    cfg: GreaterThanConfig,
+) -> dict[str, Any]:
+    """Features vs neurons at the layer chosen on the selection half (`features_vs_neurons_cv`)."""
+    layer = _neuron_layer(scores, int(selection[1].last_pos[0]))
+    kept = features_vs_neurons_cv(
+        model, half, selection, layer, cfg.max_k, cfg.neuron_random_draws, cfg.seed
+    )
+    return {"features_vs_neurons_layer": layer, "features_vs_neurons": kept}
+
+
+def _select(
+    model: ReplacementModel, selection: TaskPrompts, cfg: GreaterThanConfig
+) -> tuple[ReplacementState, _Attributions]:
+    """Run and attribute the selection half."""
+    state = model.run(selection.input_ids)
+    return state, _attribute(model, state, selection, cfg)
+
+
+def _swapped_fold(
+    model: ReplacementModel, selection: TaskPrompts, evaluation: TaskPrompts, cfg: GreaterThanConfig
+) -> dict[str, Any]:
+    """The headline ablation with the halves' roles swapped (a second fold)."""
+    state, found = _select(model, selection, cfg)
+    half = eval_half(model, evaluation, cfg.bootstrap, cfg.seed + 1)
+    nodes = [n for n, _ in found.top_features]
+    result = _cv_top_ablation(model, half, state, nodes, cfg)
+    keys = ("top10_ablation_drop", "random10_ablation_drop", "top10_minus_random10_drop")
+    return {
+        "top_features": [n.label for n in nodes],
+        **{k: result[k] for k in keys},
+        **{f"{k}_ci": result[f"{k}_ci"] for k in keys},
+    }
+
+
+def _cross_validate(
+    model: ReplacementModel,
+    selection: TaskPrompts,
+    evaluation: TaskPrompts,
+    cfg: GreaterThanConfig,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], _Attributions, ReplacementState]:
+    """Select on `selection`, measure on `evaluation` (real model, intervals); return the numbers,
+    the selection's attributions and its state."""
+    state, found = _select(model, selection, cfg)
+    half = eval_half(model, evaluation, cfg.bootstrap, cfg.seed)
+    nodes = [n for n, _ in found.top_features]
+    results = {**_cv_prob_diff(model, half), **_cv_top_ablation(model, half, state, nodes, cfg)}
+    log(
+        f"held-out: top-{cfg.top_k} removes {results['top10_ablation_drop']:.1%} "
+        f"{_ci_text(results['top10_ablation_drop_ci'])}, random at the same slots "
+        f"{results['random10_ablation_drop']:.1%} {_ci_text(results['random10_ablation_drop_ci'])}"
+    )
+    results |= _cv_ablation_variants(model, half, (state, selection), cfg, found)
+    target = _gt_target(model, half.state, evaluation, cfg.target)
+    results |= cross_validated_checks(model, half, target, found.nodes)
+    results |= _cv_neurons(model, half, (state, selection), found.scores, cfg)
+    log(f"features vs neurons at layer {results['features_vs_neurons_layer']} done")
+    if cfg.swap_halves:
+        results["swapped_halves"] = _swapped_fold(model, evaluation, selection, cfg)
+    return results, found, state
+
+
+def _ci_text(ci: list[float]) -> str:
+    return f"[{ci[0]:.1%}, {ci[1]:.1%}]"
+
+
 def run_greater_than(
     cfg: GreaterThanConfig,
     out: str | Path,
@@ -637,7 +815,8 @@ def run_greater_than(
     transcoders: TranscoderSet | Mapping[int, Dictionary] | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Run the case study, write `out`/summary.json, report.md, plots and graph.json; return the summary."""
+    """Run the case study, write `out`/summary.json, report.md, plots and graph.json; return the
+    summary: cross-validated real-model numbers with `<key>_ci` intervals, and `in_sample`."""
     from sparsecircuits.dictionaries import load_transcoders
     from sparsecircuits.models import load_model
 
@@ -654,44 +833,28 @@ def run_greater_than(
         transcoders = load_transcoders(cfg.transcoders, device=adapter.device)
     model = ReplacementModel(adapter, transcoders)
     prompts = _prompts(adapter, cfg.n_prompts, cfg.seed)
-    state = model.run(prompts.input_ids)
-
-    pd = _measure_prob_diff(model, state, prompts)
-    log(f"PD clean {pd['prob_diff_clean']:.4f}, replacement {pd['prob_diff_replacement']:.4f}")
-    found = _attribute(model, state, prompts, cfg)
-    (top, value), top_head = found.top_features[0], found.top_heads[0][0]
-    log(f"attributed: top feature {top.label} ({value:.4f}), top head {top_head.label}")
-    ablations = _ablate(model, state, prompts, cfg, found.attribution, pd["prob_diff_clean"])
-    log(
-        f"ablation: top-{cfg.top_k} removes {ablations['top10_ablation_drop']:.1%}, {cfg.n_random} "
-        f"random active per prompt {ablations['random10_ablation_drop']:.1%}; "
-        f"variants {ablations['ablation_variants']['top10_by_target']}"
-    )
-    checks = _node_checks(model, state, prompts, found.attribution, found.nodes)
-    log(f"attribution vs intervention (frozen): {checks['attribution_vs_intervention']}")
-    features, profiles = _describe_features(model, state, prompts, cfg, found.top_features)
-    heads = _describe_heads(model, state, prompts, found)
-    neurons = _compare_with_neurons(model, state, prompts, found.scores, cfg.max_k)
-    kept = neurons["features_vs_neurons"]
-    log(
-        f"features vs neurons at layer {neurons['features_vs_neurons_layer']}: "
-        f"k=1 {kept['1']}, k={cfg.max_k} {kept[str(cfg.max_k)]}"
-    )
-    paths = _search_paths(model, state, prompts, cfg, found.attribution.target, out)
-
+    selection_rows, evaluation_rows = split_prompts(prompts, cfg.seed)
+    selection = subset_prompts(prompts, selection_rows)
+    evaluation = subset_prompts(prompts, evaluation_rows)
+    in_sample = _in_sample(model, prompts, cfg)
+    log(f"in-sample: top-{cfg.top_k} removes {in_sample['top10_ablation_drop']:.1%}")
+    measured, found, state = _cross_validate(model, selection, evaluation, cfg, log)
+    features, profiles = _describe_features(model, state, selection, cfg, found.top_features)
+    heads = _describe_heads(model, state, selection, found)
+    paths = _search_paths(model, state, selection, cfg, found.attribution.target, out)
     summary = {
         "model": adapter.name,
         "transcoder_layers": model.feature_layers,
         "n_prompts": len(prompts),
-        "example_prompt": prompts.texts[0],
-        **pd,
-        **ablations,
-        **checks,
+        "n_selection_prompts": len(selection),
+        "n_evaluation_prompts": len(evaluation),
+        "example_prompt": selection.texts[0],
+        **measured,
         "top_features": features,
         "top_heads": heads,
-        **neurons,
         **paths,
         "target": found.attribution.target.label,
+        "in_sample": in_sample,
         "config": asdict(cfg),
         "runtime_s": time.time() - started,
     }

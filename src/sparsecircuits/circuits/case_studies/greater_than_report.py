@@ -10,14 +10,14 @@ from sparsecircuits.evaluation.plots import saved_figure
 
 
 def write_results(summary: dict[str, Any], profiles: dict[str, dict[str, Any]], out: Path) -> None:
-    """Write the plots, `out`/summary.json (NaN as null) and `out`/report.md."""
+    """Write `out`/summary.json (NaN as null), the plots and `out`/report.md."""
+    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1))
     neurons = {int(k): v for k, v in summary["features_vs_neurons"].items()}
     _plot_features_vs_neurons(
         neurons, summary["features_vs_neurons_layer"], out / "features_vs_neurons.png"
     )
     _plot_top(summary["top_features"], summary["top_heads"], out / "top_attributions.png")
     _plot_year_profiles(profiles, out / "year_profiles.png")
-    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1))
     (out / "report.md").write_text(report_markdown(summary))
 
 
@@ -33,36 +33,61 @@ def report_markdown(summary: dict[str, Any]) -> str:
 
 
 def _prob_diff_section(s: dict[str, Any]) -> list[str]:
-    """The title and the probability-difference / ablation section."""
+    """The title and the probability-difference / ablation section (held-out, real model)."""
+    cfg, ins = s["config"], s["in_sample"]
     return [
         "# Greater-than circuit with transcoders",
         "",
         f"Model `{s['model']}`, transcoders at layers {s['transcoder_layers']}, {s['n_prompts']} held-out prompts "
-        f'(e.g. "{s["example_prompt"]}"). Runtime {s["runtime_s"]:.0f} s.',
+        f'(e.g. "{s["example_prompt"]}") split into {s["n_selection_prompts"]} selection and '
+        f"{s['n_evaluation_prompts']} evaluation prompts with no text in both. Runtime {s['runtime_s']:.0f} s.",
+        "",
+        "Features and heads are chosen on the selection half; every effect below is measured on the "
+        "evaluation half in the real model (transcoders spliced where an edit acts, their error terms "
+        "fixed from the clean run; attention, norms and the other MLPs live). Brackets: 95 % "
+        f"percentile bootstrap intervals over evaluation prompts ({cfg['bootstrap']} resamples).",
         "",
         "## Probability difference",
         "",
-        f"* clean model: **{s['prob_diff_clean']:.4f}**",
-        f"* all MLPs replaced by transcoders (no error terms): **{s['prob_diff_replacement']:.4f}**",
-        f"* ablating the {s['config']['top_k']} features with the largest mean attribution (same features in "
-        f"every prompt) removes **{s['top10_ablation_drop']:.1%}** of the clean PD",
-        f"* ablating, in each prompt, {s['config']['n_random']} random features active in that prompt removes "
-        f"**{s['random10_ablation_drop']:.1%}** (mean of {len(s['random10_drops'])} draws: "
-        f"{', '.join(f'{d:.1%}' for d in s['random10_drops'])})",
+        f"* clean model: **{s['prob_diff_clean']:.4f}** {_ci(s['prob_diff_clean_ci'], '.4f')}",
+        f"* all MLPs replaced by transcoders (no error terms): **{s['prob_diff_replacement']:.4f}** "
+        f"{_ci(s['prob_diff_replacement_ci'], '.4f')}",
+        f"* zeroing the {cfg['top_k']} features with the largest mean attribution on the selection half "
+        f"removes **{s['top10_ablation_drop']:.1%}** {_ci(s['top10_ablation_drop_ci'])} of the clean PD",
+        f"* {cfg['top_k']} random features at the same (layer, position) slots, active there in the selection "
+        f"half: **{s['random10_ablation_drop']:.1%}** {_ci(s['random10_ablation_drop_ci'])} (mean of "
+        f"{len(s['random10_drops'])} draws; {s['random10_at_least_top10']:.0%} of draws remove as much as "
+        "the top features)",
+        f"* any feature of those layers at those slots: {s['random10_uniform_ablation_drop']:.1%} "
+        f"{_ci(s['random10_uniform_ablation_drop_ci'])}",
+        f"* top minus random (paired over prompts): {s['top10_minus_random10_drop']:.1%} "
+        f"{_ci(s['top10_minus_random10_drop_ci'])}",
+        *_swapped_lines(s),
         "",
-        "| ranking target | same top features in every prompt | each prompt's own top features |",
-        "|---|---|---|",
+        "| ranking target | top features zeroed in every prompt |",
+        "|---|---|",
         *[
-            f"| {kind} | {v['same_features_every_prompt']:.1%} | {v['each_prompts_own_top']:.1%} |"
+            f"| {kind} | {v['same_features_every_prompt']:.1%} {_ci(v['same_features_every_prompt_ci'])} |"
             for kind, v in s["ablation_variants"]["top10_by_target"].items()
         ],
         "",
-        f"{s['config']['n_random']} random features active in some prompt, ablated everywhere: "
-        f"{s['ablation_variants']['random10_active_somewhere_every_prompt']:.1%}.",
+        f"In-sample, for comparison ({ins['n_prompts']} prompts both choosing and measuring, replacement "
+        f"model with errors fixed): clean PD {ins['prob_diff_clean']:.4f}, top-{cfg['top_k']} removes "
+        f"{ins['top10_ablation_drop']:.1%}, {cfg['n_random']} random active features per prompt "
+        f"{ins['random10_ablation_drop']:.1%}.",
         "",
-        "Ablations zero feature activations; attention, norms and all later transcoders are recomputed "
-        "(live model), error terms stay at their clean values.",
-        "",
+    ]
+
+
+def _swapped_lines(s: dict[str, Any]) -> list[str]:
+    """The second fold (halves swapped), if it ran."""
+    fold = s.get("swapped_halves")
+    if not fold:
+        return []
+    return [
+        f"* halves swapped: top removes {fold['top10_ablation_drop']:.1%} "
+        f"{_ci(fold['top10_ablation_drop_ci'])}, random at the same slots "
+        f"{fold['random10_ablation_drop']:.1%} {_ci(fold['random10_ablation_drop_ci'])}",
     ]
 
 
@@ -73,12 +98,18 @@ def _attribution_section(s: dict[str, Any]) -> list[str]:
         "",
         f"Attribution target: {s['target']}.",
         "",
+        "Nodes chosen on the selection half; attributions and ablations (replacement model) on the "
+        "evaluation half.",
+        "",
         f"* frozen attention/norms/errors, linear features, same target: Pearson r = "
-        f"{_fmt(s['attribution_vs_intervention']['pearson'])}, max relative error = {_fmt(s['attribution_vs_intervention']['max_rel_error'])}",
+        f"{_fmt(s['attribution_vs_intervention']['pearson'])}, max relative error = "
+        f"{s['attribution_vs_intervention']['max_rel_error']:.2e} "
+        f"{_ci(s['attribution_vs_intervention']['max_rel_error_ci'], '.2e')}",
         f"* live model (attention, norms and features recomputed), same target: Pearson r = "
-        f"{_fmt(s['attribution_vs_live']['pearson'])}, max relative error = {_fmt(s['attribution_vs_live']['max_rel_error'])}",
+        f"{_fmt(s['attribution_vs_live']['pearson'])} {_ci(s['attribution_vs_live']['pearson_ci'], '.3f')}",
         f"* live model, true PD: Pearson r = {_fmt(s['attribution_vs_live_pd']['pearson'])} "
-        "(PD effects are in probability units and saturate: PD is near 1)",
+        f"{_ci(s['attribution_vs_live_pd']['pearson_ci'], '.3f')} (PD effects are in probability units "
+        "and saturate: PD is near 1)",
         "",
         "| node | attribution | frozen effect | live effect | live PD effect |",
         "|---|---|---|---|---|",
@@ -128,13 +159,16 @@ def _neurons_and_paths_section(s: dict[str, Any]) -> list[str]:
         "",
         f"## Features vs neurons (layer {s['features_vs_neurons_layer']})",
         "",
-        "Keep the top-k (by variance over prompts) transcoder features or MLP neurons at the answer position, "
-        "mean-ablate the rest; fraction of clean PD kept:",
+        "Keep the top-k (by variance over the selection half) transcoder features or MLP neurons at the "
+        "answer position, set the rest to their selection-half means (the transcoder's error removed "
+        "there), both in the real model; fraction of clean PD kept on the evaluation half. Random: k "
+        "random features active at that slot in the selection half, or k random neurons.",
         "",
-        "| k | features | neurons |",
-        "|---|---|---|",
+        "| k | features | neurons | random features | random neurons |",
+        "|---|---|---|---|---|",
         *[
-            f"| {k} | {fvn[str(k)]['features']:.3f} | {fvn[str(k)]['neurons']:.3f} |"
+            f"| {k} | {_kept(fvn[str(k)], 'features')} | {_kept(fvn[str(k)], 'neurons')} | "
+            f"{_kept(fvn[str(k)], 'random_features')} | {_kept(fvn[str(k)], 'random_neurons')} |"
             for k in (1, 2, 4, 8, 16, 32)
             if str(k) in fvn
         ],
@@ -154,19 +188,49 @@ def _neurons_and_paths_section(s: dict[str, Any]) -> list[str]:
     ]
 
 
+def _kept(row: dict[str, Any], key: str) -> str:
+    """`value [low, high]` of one features-vs-neurons entry, or "-" when not measured."""
+    if key not in row:
+        return "-"
+    return f"{row[key]:.3f} {_ci(row[f'{key}_ci'], '.3f')}"
+
+
+def _ci(interval: list[float | None], spec: str = ".1%") -> str:
+    """An interval as `[low, high]` in format `spec`."""
+    low, high = interval
+    if low is None or high is None or low != low or high != high:
+        return "[n/a]"
+    return f"[{low:{spec}}, {high:{spec}}]"
+
+
 def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
-def _plot_features_vs_neurons(results: dict[int, dict[str, float]], layer: int, path: Path) -> None:
+def _plot_features_vs_neurons(results: dict[int, dict[str, Any]], layer: int, path: Path) -> None:
     ks = sorted(results)
     with saved_figure(path, figsize=(6, 4), dpi=110) as (_, ax):
         features = [results[k]["features"] for k in ks]
         ax.plot(ks, features, marker="o", label=f"transcoder {layer} features")
         ax.plot(ks, [results[k]["neurons"] for k in ks], marker="s", label=f"MLP {layer} neurons")
+        for arm, marker in (("features", "^"), ("neurons", "v")):
+            rows = [(k, results[k]) for k in ks if f"random_{arm}" in results[k]]
+            if rows:
+                ax.plot(
+                    [k for k, _ in rows],
+                    [r[f"random_{arm}"] for _, r in rows],
+                    marker=marker,
+                    linestyle=":",
+                    label=f"random {arm}",
+                )
+        for arm in ("features", "neurons"):
+            if all(f"{arm}_ci" in results[k] for k in ks):
+                low = [results[k][f"{arm}_ci"][0] for k in ks]
+                high = [results[k][f"{arm}_ci"][1] for k in ks]
+                ax.fill_between(ks, low, high, alpha=0.15)
         ax.axhline(1.0, color="gray", linestyle="--", linewidth=0.8)
         ax.set_xlabel("k kept (rest mean-ablated at the answer position)")
-        ax.set_ylabel("fraction of clean prob. diff.")
+        ax.set_ylabel("fraction of clean prob. diff. (held-out)")
         ax.set_title("greater-than: features vs neurons")
         ax.legend()
 
