@@ -427,7 +427,8 @@ def run(
                     samples[contender].append(result)
                     if result is None:
                         library, store = library_of(contender)
-                        skipped("graph", library, {**config, "store": store}, error)
+                        where = {"competition": options.compete} if beside else {}
+                        skipped("graph", library, {**config, "store": store, **where}, error)
                     elif beside is None:
                         peaks[contender] = max(peaks.get(contender, 0.0), peak)
         summary = {}

@@ -214,7 +214,7 @@ def run(adapter: Any, options: BenchOptions) -> None:
             ceilings[d_sae] = measure_ceilings(mlp_in, d_sae, options)
             ceiling_fns = {}
             for precision, name in ceilings[d_sae].items():
-                ceiling_fns[precision] = ceiling.variants(mlp_in, d_sae, precision)[name]
+                ceiling_fns[precision] = ceiling.variants(mlp_in, d_sae, precision, only=name)[name]
         config = {
             **options.base_config(),
             "kind": spec["kind"],

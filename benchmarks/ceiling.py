@@ -66,9 +66,12 @@ def _candidates(x: Tensor, W: Tensor, precision: str) -> dict[str, Callable[[], 
     return fns
 
 
-def variants(x: Tensor, d_sae: int, precision: str, seed: int = 0) -> dict[str, Callable[[], Any]]:
-    """`{name: closure}` computing `x @ W` (`W`: random `[d_in, d_sae]`) at `precision`, each
-    checked against `torch.mm` at that precision (failing or inexact ones are left out)."""
+def variants(
+    x: Tensor, d_sae: int, precision: str, seed: int = 0, only: str | None = None
+) -> dict[str, Callable[[], Any]]:
+    """`{"PRECISION:NAME": closure}` computing `x @ W` (`W`: random `[d_in, d_sae]`) at
+    `precision`, each checked against `torch.mm` at that precision (failing or inexact ones are
+    left out); `only` keeps just the variant of that full name."""
     dtype = PRECISIONS[precision]
     generator = torch.Generator().manual_seed(seed)
     W = torch.randn(x.shape[1], d_sae, generator=generator).to(x.device, dtype)
@@ -77,6 +80,8 @@ def variants(x: Tensor, d_sae: int, precision: str, seed: int = 0) -> dict[str, 
     scale = float(reference.abs().max()) or 1.0
     checked = {}
     for name, fn in _candidates(xs, W, precision).items():
+        if only is not None and f"{precision}:{name}" != only:
+            continue
         try:
             got = fn().float()
         except Exception:  # noqa: BLE001 - a backend missing here is not a ceiling

@@ -7,6 +7,7 @@ points `sys.stdout` at stderr while benchmarks run, so the JSON stream stays par
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -313,6 +314,7 @@ class Competitor:
         if ready.strip() != "ready":
             self.close()
             raise RuntimeError(f"the competing process did not start (got {ready!r})")
+        atexit.register(self.close)
         self.pause()
 
     def pause(self) -> None:

@@ -29,6 +29,17 @@ def gemm() -> None:
         np.matmul(a, b, out=out)
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the benchmark dies (even while stopped)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> None:
     """Start the loop named on the command line."""
     loops = {"spin": spin, "gemm": gemm}
@@ -39,6 +50,7 @@ def main() -> None:
     if kind == "gemm":
         import numpy  # noqa: F401 - import before "ready", so the loop starts at once
 
+    die_with_parent()
     print("ready", flush=True)
     loops[kind]()
 

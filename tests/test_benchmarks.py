@@ -156,6 +156,12 @@ def test_ceiling_variants_compute_the_encoder_product(precision: str) -> None:
         assert (got.float() - expected).abs().max() <= tol * expected.abs().max(), name
 
 
+def test_ceiling_variant_by_name() -> None:
+    assert list(ceiling.variants(torch.randn(64, 8), 32, "bf16", only="bf16:mm_out")) == [
+        "bf16:mm_out"
+    ]
+
+
 def test_ceiling_leaves_out_a_variant_that_is_not_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     real = ceiling._candidates
 
