@@ -95,14 +95,17 @@ def run(adapter: Any, options: BenchOptions) -> None:
         "context_size": CONTEXT_SIZE,
     }
     log(f"end_to_end {config}")
+    computes = {
+        "sparsecircuits": f"embeddings + blocks 0..{LAYER} (stops after the hooked layer), "
+        "no logits",
+        "eai-sparsify": "embeddings + every block + final LayerNorm (AutoModel as its CLI "
+        f"loads it, dtype {third_party.sparsify_cli_model_dtype(options.device)}), no logits",
+    }
     fits = {"sparsecircuits": lambda: our_fit(adapter, ours_contexts, steps, options)}
     why = third_party.available_sparsify()
     if why is None and options.dtype == "float32":
         save_dir = tempfile.mkdtemp(prefix="sparsify-e2e-", dir=options.workdir)
         n_ctx = steps * CONTEXTS_PER_STEP
-        config["sparsify_model"] = (
-            f"AutoModel (no LM head), dtype {third_party.sparsify_cli_model_dtype(options.device)}"
-        )
         fits["eai-sparsify"] = third_party.sparsify_fit(
             model_source(options),
             LAYER,
@@ -142,6 +145,7 @@ def run(adapter: Any, options: BenchOptions) -> None:
                 "seconds": round(seconds, 3),
                 "tokens": tokens[name],
                 "tokens_per_s_spread": spread([tokens[name] / t for t in times], 1),
+                "model_forward": computes[name],
                 **mem,
             }
         )
@@ -156,5 +160,5 @@ def run(adapter: Any, options: BenchOptions) -> None:
             "eai-sparsify",
             {"d_sae": D_SAE, "k": K, "layer": LAYER},
             per_round,
-            sparsify_model=config.get("sparsify_model"),
+            sparsify_model_forward=computes["eai-sparsify"],
         )

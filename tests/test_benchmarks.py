@@ -359,3 +359,46 @@ def test_report_shows_median_min_max_competition_and_sweeps() -> None:
     # a ratio line from before the repetition fields still renders
     old = {"kind": "ratio", "what": "x", "vs": "y", "config": {}, "ratio": 1.5}
     assert "| x | y |  | 1.50 | 1 |" in report.tables([old])
+
+
+def test_graph_scale_pairs_three_rounds_at_the_swept_batch(
+    monkeypatch: pytest.MonkeyPatch, emitted: Emitted
+) -> None:
+    from benchmarks import bench_graph_scale
+
+    calls: list[tuple[str, Any, Any]] = []
+    ours_seconds = iter([2.0, 4.0, 6.0])
+
+    def fake_spawn(
+        options: Any, contender: str, n_tokens: int, budget: Any, timeout_s: float, **kw
+    ):
+        calls.append((contender, kw.get("batch_size"), kw.get("sweep")))
+        if kw.get("sweep"):
+            return {
+                "sweep": [{"batch_size": 256, "seconds": 9.0}, {"batch_size": 512, "seconds": 7.0}]
+            }, ""
+        ours = contender == "sparsecircuits"
+        seconds = next(ours_seconds) if ours else 10.0
+        result = {"seconds": seconds, "graph_peak_delta_mb": 100.0 if ours else 400.0}
+        result.update(process_peak_rss_mb=1000.0 if ours else 3000.0, n_features=5, n_edges=7)
+        return result, ""
+
+    monkeypatch.setattr(bench_graph_scale, "_spawn", fake_spawn)
+    monkeypatch.setattr(bench_graph_scale, "ensure_scale_model", lambda workdir: None)
+    monkeypatch.setattr(bench_graph_scale, "why_unavailable", lambda contender: None)
+    bench_graph_scale.run(common.BenchOptions(), cases=((32, 8192),), theirs_batch_sizes=[256, 512])
+    assert calls[0] == ("circuit-tracer", None, [256, 512])
+    measured = calls[1:]
+    assert [c for c, _, _ in measured] == ["sparsecircuits", "circuit-tracer"] * 3
+    assert {b for c, b, _ in measured if c == "circuit-tracer"} == {512}
+    records = emitted()
+    time_line = next(r for r in records if r.get("what") == "graph_time")
+    # ours took 2, 4, 6 s against 10 s: per-round ratios 5, 2.5, 1.67
+    assert time_line["repeats"] == 3 and time_line["theirs_batch_size"] == 512
+    assert (time_line["ratio"], time_line["ratio_min"], time_line["ratio_max"]) == (2.5, 1.667, 5.0)
+    sweep = next(r for r in records if r.get("name") == "graph_batch_sweep")
+    assert sweep["best_batch_size"] == 512
+    theirs = next(
+        r for r in records if r.get("name") == "graph" and r["library"] == "circuit-tracer"
+    )
+    assert theirs["config"]["batch_size"] == 512
