@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest browser-deps compat-deps bench-env bench bench-quick crosscheck embedded clean
+.PHONY: setup demo test lint typecheck pytest browser-deps compat-deps bench-env bench bench-quick bench-compete crosscheck embedded clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -89,6 +89,14 @@ bench: bench-env
 bench-quick: bench-env
 	mkdir -p out/bench
 	$(BENCH)/bin/python benchmarks/run.py --json --quick --out out/bench/quick.jsonl
+
+# The train-step and graph pairs, each side timed alone and beside one competing CPU-bound
+# process (COMPETE=spin: a Python busy loop; COMPETE=gemm: a 1-thread numpy matmul loop)
+COMPETE ?= spin
+bench-compete: bench-env
+	mkdir -p out/bench
+	$(BENCH)/bin/python benchmarks/run.py --json --quick --only train_step,graph \
+		--compete $(COMPETE) --out out/bench/compete-$(COMPETE).jsonl
 
 # Cross-checks against independent implementations on the same weights. Hooks: every hook of ours
 # on tiny random GPT-2, GPT-NeoX, Llama and Gemma-2 models against TransformerLens's hook of the

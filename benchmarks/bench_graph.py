@@ -2,9 +2,17 @@
 
 Both build the full unpruned graph of one prompt — every active feature a target, logit
 targets up to 0.95 cumulative probability (at most 10) — on the same model and the same
-per-layer TopK transcoders (random init, biases centred on real activations), each library at
-its default targets-per-backward batch (ours 64, circuit-tracer 512). Model and transcoder
-loading are not timed.
+per-layer TopK transcoders (random init, biases centred on real activations). Ours runs at its
+default targets-per-backward batch (64); circuit-tracer at the fastest batch of a small sweep
+of `attribute(batch_size=...)` (128, 256, 512 — its default — and 1024 unless
+`--graph-theirs-batch-sizes` says otherwise), run per prompt length in one worker before the
+measured builds and recorded as a `graph_batch_sweep` record. Model and transcoder loading are
+not timed.
+
+Where both libraries run, the contenders alternate for 3 rounds (ours, ours streamed,
+circuit-tracer, then again), each build in a fresh worker; every ratio line is the median (and
+min, max) of the per-round ratios. With `options.compete` each build is also run beside a
+competing CPU-bound process, and `competition` ratio lines give each side's slowdown.
 
 Every measurement runs in its own worker process (`run.py --worker graph ...`), so peaks do
 not mask each other: the worker warms up on an 8-token prompt, resets the kernel's peak-RSS mark
@@ -15,6 +23,7 @@ process's whole peak RSS from `os.wait4`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,15 +38,19 @@ import torch
 from benchmarks import third_party
 from benchmarks.common import (
     BenchOptions,
+    Competitor,
     current_rss_mb,
     emit,
     load_adapter,
     log,
     model_source,
+    paired_ratios,
     peak_rss_mb,
     ratio,
     reset_peak_rss,
     skipped,
+    slowdowns,
+    spread,
     synchronize,
     text_contexts,
 )
@@ -116,9 +129,14 @@ def _ours(adapter: Any, transcoders: dict[int, Any], store: str) -> tuple[Any, A
     return build, replacement
 
 
-def _theirs(adapter: Any, transcoders: dict[int, Any], _store: str) -> tuple[Any, Any]:
+DEFAULT_THEIRS_BATCH = 512  # attribute()'s default
+THEIRS_BATCH_SWEEP = (128, 256, 512, 1024)
+
+
+def _theirs(
+    adapter: Any, transcoders: dict[int, Any], _store: str, batch_size: int = DEFAULT_THEIRS_BATCH
+) -> tuple[Any, Any]:
     model = third_party.circuit_tracer_model(adapter, transcoders)
-    batch_size = 512  # attribute()'s default
     probe = text_contexts(adapter, 1, 16).to(adapter.device)
     with torch.no_grad():
         diff = (model(probe) - adapter.forward(probe)).abs().max().item()
@@ -140,16 +158,51 @@ def _theirs(adapter: Any, transcoders: dict[int, Any], _store: str) -> tuple[Any
     return build, model
 
 
-def worker(options: BenchOptions, contender: str, n_tokens: int, k: int) -> dict[str, Any]:
-    """Build one graph in this process; return its measurements (run in a child process)."""
+def worker(
+    options: BenchOptions,
+    contender: str,
+    n_tokens: int,
+    k: int,
+    batch_size: int | None = None,
+    sweep: list[int] | None = None,
+) -> dict[str, Any]:
+    """Build one graph in this process; return its measurements (run in a child process).
+
+    circuit-tracer builds at `batch_size` (default: its own). With `sweep` it instead builds
+    the graph once per batch size in `sweep`, after one warm-up, and returns
+    `{"sweep": [{"batch_size", "seconds"}, ...]}`."""
     torch.manual_seed(0)
     adapter = load_adapter(options)
     transcoders = make_transcoders(adapter, k, D_SAE)
     library, store = library_of(contender)
-    make = _ours if library == "sparsecircuits" else _theirs
-    build, _keep = make(adapter, transcoders, store)
     ids = text_contexts(adapter, 1, n_tokens)[0].to(adapter.device)
+    if library == "sparsecircuits":
+        build, _keep = _ours(adapter, transcoders, store)
+    elif sweep:
+        return {"sweep": sweep_batch_sizes(options, adapter, transcoders, ids, sweep)}
+    else:
+        build, _keep = _theirs(adapter, transcoders, store, batch_size or DEFAULT_THEIRS_BATCH)
     return {**measure_build(options, build, ids), "n_layers": adapter.n_layers}
+
+
+def sweep_batch_sizes(
+    options: BenchOptions,
+    adapter: Any,
+    transcoders: dict[int, Any],
+    ids: torch.Tensor,
+    batch_sizes: list[int],
+) -> list[dict[str, Any]]:
+    """Seconds of circuit-tracer's graph of `ids` at each batch size (one model, one warm-up)."""
+    model = third_party.circuit_tracer_model(adapter, transcoders)
+    third_party.circuit_tracer_attribute(model, ids[: min(8, int(ids.numel()))], batch_sizes[0])
+    out = []
+    for batch_size in batch_sizes:
+        synchronize(options.device)
+        start = time.perf_counter()
+        third_party.circuit_tracer_attribute(model, ids, batch_size)
+        synchronize(options.device)
+        out.append({"batch_size": batch_size, "seconds": time.perf_counter() - start})
+    return out
 
 
 def measure_build(options: BenchOptions, build: Any, ids: torch.Tensor) -> dict[str, Any]:
@@ -219,7 +272,13 @@ def why_unavailable(contender: str) -> str | None:
 
 
 def _spawn(
-    options: BenchOptions, contender: str, n_tokens: int, k: int, timeout_s: float
+    options: BenchOptions,
+    contender: str,
+    n_tokens: int,
+    k: int,
+    timeout_s: float,
+    batch_size: int | None = None,
+    sweep: list[int] | None = None,
 ) -> tuple[dict[str, Any] | None, float, str]:
     """Run one worker; return (its result or None, its peak RSS in MiB, error text)."""
     cmd = (
@@ -246,6 +305,8 @@ def _spawn(
         ]
         + (["--tf32"] if options.tf32 else [])
         + (["--threads", str(options.threads)] if options.threads else [])
+        + (["--batch-size", str(batch_size)] if batch_size else [])
+        + (["--sweep-batch-sizes", ",".join(map(str, sweep))] if sweep else [])
     )
     env = {
         **os.environ,
@@ -271,13 +332,51 @@ def _spawn(
     return result, float(result.get("process_peak_rss_mb", 0.0)), ""
 
 
-def run(options: BenchOptions, k: int, max_context: int, theirs_max_tokens: int) -> None:
+def best_batch_size(
+    options: BenchOptions, n_tokens: int, k: int, batch_sizes: list[int], config: dict[str, Any]
+) -> int:
+    """circuit-tracer's fastest batch size for this prompt length from one sweep worker;
+    emits the sweep as a `graph_batch_sweep` record (its default when the sweep fails)."""
+    if len(batch_sizes) == 1:
+        return batch_sizes[0]
+    log(f"graph circuit-tracer batch sweep {batch_sizes} n_tokens={n_tokens}")
+    result, _, error = _spawn(
+        options, "circuit-tracer", n_tokens, k, timeout_s=900 * len(batch_sizes), sweep=batch_sizes
+    )
+    if result is None:
+        skipped("graph_batch_sweep", "circuit-tracer", config, error)
+        return DEFAULT_THEIRS_BATCH
+    points = result["sweep"]
+    best = min(points, key=lambda p: p["seconds"])
+    emit(
+        {
+            "name": "graph_batch_sweep",
+            "library": "circuit-tracer",
+            "config": config,
+            "seconds_by_batch_size": {str(p["batch_size"]): round(p["seconds"], 3) for p in points},
+            "best_batch_size": best["batch_size"],
+            "seconds": round(best["seconds"], 3),
+        }
+    )
+    return int(best["batch_size"])
+
+
+def run(
+    options: BenchOptions,
+    k: int,
+    max_context: int,
+    theirs_max_tokens: int,
+    theirs_batch_sizes: list[int] | None = None,
+) -> None:
     """Emit graph records (seconds, memory) per contender and length, and their ratios.
 
     circuit-tracer runs only up to `theirs_max_tokens` (its 256-token graph alone takes ~10
-    minutes on 2 CPU cores); ours runs at every length, in both storage modes."""
+    minutes on 2 CPU cores), at the fastest of `theirs_batch_sizes` (swept per length); ours
+    runs at every length, in both storage modes."""
+    sweep = list(theirs_batch_sizes or THEIRS_BATCH_SWEEP)
     why = {c: why_unavailable(c) for c in CONTENDERS}
     deltas: dict[str, list[tuple[int, float]]] = {c: [] for c in CONTENDERS if why[c] is None}
+    competitor = Competitor(options.compete) if options.compete else None
     for n_tokens in lengths(options.quick, max_context):
         config = {
             **options.base_config(),
@@ -299,25 +398,45 @@ def run(options: BenchOptions, k: int, max_context: int, theirs_max_tokens: int)
                 skipped("graph", library, {**config, "store": store}, reason)
             else:
                 contenders.append(contender)
-        samples: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
+        batch_size = {c: None for c in contenders}
+        if "circuit-tracer" in contenders:
+            batch_size["circuit-tracer"] = best_batch_size(options, n_tokens, k, sweep, config)
+        # every ratio line pairs at least 3 rounds; a length with no ratio line runs once
+        paired = "circuit-tracer" in contenders and len(contenders) > 1
+        repeats = 3 if paired else 1
+        alone: dict[str, list[dict[str, Any] | None]] = {c: [] for c in contenders}
+        contested: dict[str, list[dict[str, Any] | None]] = {c: [] for c in contenders}
         peaks: dict[str, float] = {}
-        repeats = 1 if n_tokens > 20 or options.quick else 2
         for _ in range(repeats):
             for contender in contenders:
-                log(f"graph {contender} n_tokens={n_tokens}")
-                result, peak, error = _spawn(options, contender, n_tokens, k, timeout_s=900)
-                if result is None:
-                    library, store = library_of(contender)
-                    skipped("graph", library, {**config, "store": store}, error)
-                    continue
-                samples[contender].append(result)
-                peaks[contender] = max(peaks.get(contender, 0.0), peak)
+                runs = [(alone, None)]
+                if competitor is not None and paired:
+                    runs.append((contested, competitor))
+                for samples, beside in runs:
+                    label = " beside a competitor" if beside else ""
+                    log(f"graph {contender} n_tokens={n_tokens}{label}")
+                    with beside.running() if beside else contextlib.nullcontext():
+                        result, peak, error = _spawn(
+                            options,
+                            contender,
+                            n_tokens,
+                            k,
+                            timeout_s=900,
+                            batch_size=batch_size[contender],
+                        )
+                    samples[contender].append(result)
+                    if result is None:
+                        library, store = library_of(contender)
+                        where = {"competition": options.compete} if beside else {}
+                        skipped("graph", library, {**config, "store": store, **where}, error)
+                    elif beside is None:
+                        peaks[contender] = max(peaks.get(contender, 0.0), peak)
         summary = {}
-        for contender, results in samples.items():
-            if not results:
+        for contender, results in alone.items():
+            done = [r for r in results if r is not None]
+            if not done:
                 continue
-            results.sort(key=lambda r: r["seconds"])
-            median = results[len(results) // 2]
+            median = sorted(done, key=lambda r: r["seconds"])[len(done) // 2]
             summary[contender] = median
             deltas[contender].append((n_tokens, float(median["graph_peak_delta_mb"])))
             library, store = library_of(contender)
@@ -333,6 +452,7 @@ def run(options: BenchOptions, k: int, max_context: int, theirs_max_tokens: int)
                     "library": library,
                     "config": cfg,
                     "seconds": round(median["seconds"], 3),
+                    "seconds_spread": spread([r["seconds"] for r in done]),
                     "graph_peak_delta_mb": round(median["graph_peak_delta_mb"], 1),
                     **(
                         {"graph_peak_gpu_delta_mb": round(median["graph_peak_gpu_delta_mb"], 1)}
@@ -345,10 +465,17 @@ def run(options: BenchOptions, k: int, max_context: int, theirs_max_tokens: int)
                     "n_edges": median["n_edges"],
                 }
             )
-        theirs = summary.get("circuit-tracer")
+        if "circuit-tracer" not in summary:
+            continue
         for contender in ("sparsecircuits", "sparsecircuits:influential"):
-            ours = summary.get(contender)
-            if theirs is None or ours is None:
+            if contender not in summary:
+                continue
+            pairs = [
+                (ours, theirs)
+                for ours, theirs in zip(alone[contender], alone["circuit-tracer"], strict=True)
+                if ours is not None and theirs is not None
+            ]
+            if not pairs:
                 continue
             short = {
                 "n_tokens": n_tokens,
@@ -356,26 +483,81 @@ def run(options: BenchOptions, k: int, max_context: int, theirs_max_tokens: int)
                 "d_sae": D_SAE,
                 "store": library_of(contender)[1],
             }
-            ratio("graph_time", "circuit-tracer", short, theirs["seconds"] / ours["seconds"])
+            sweep_extra = {"theirs_batch_size": batch_size["circuit-tracer"]}
+            ratio(
+                "graph_time",
+                "circuit-tracer",
+                short,
+                [theirs["seconds"] / ours["seconds"] for ours, theirs in pairs],
+                **sweep_extra,
+            )
             key = (
                 "graph_peak_gpu_delta_mb"
-                if "graph_peak_gpu_delta_mb" in ours
+                if "graph_peak_gpu_delta_mb" in summary[contender]
                 else "graph_peak_delta_mb"
             )
             ratio(
                 "graph_memory",
                 "circuit-tracer",
                 {**short, "measure": key},
-                max(theirs[key], 1.0) / max(ours[key], 1.0),
+                [max(theirs[key], 1.0) / max(ours[key], 1.0) for ours, theirs in pairs],
+                **sweep_extra,
             )
             ratio(
                 "graph_memory",
                 "circuit-tracer",
                 {**short, "measure": "process_peak_rss_mb"},
-                peaks["circuit-tracer"] / peaks[contender],
+                [
+                    theirs["process_peak_rss_mb"] / ours["process_peak_rss_mb"]
+                    for ours, theirs in pairs
+                ],
+                **sweep_extra,
             )
+            if competitor is not None:
+                emit_graph_competition(
+                    short, alone, contested, contender, options.compete or "", sweep_extra
+                )
+    if competitor is not None:
+        competitor.close()
     for contender, points in deltas.items():
         emit_growth(contender, points)
+
+
+def emit_graph_competition(
+    config: dict[str, Any],
+    alone: dict[str, list[dict[str, Any] | None]],
+    contested: dict[str, list[dict[str, Any] | None]],
+    ours: str,
+    kind: str,
+    extra: dict[str, Any],
+) -> None:
+    """Emit the graph-time ratio beside a competitor and each side's slowdown, round by round."""
+    theirs = "circuit-tracer"
+    rounds = [
+        (a_ours, c_ours, a_theirs, c_theirs)
+        for a_ours, c_ours, a_theirs, c_theirs in zip(
+            alone[ours], contested[ours], alone[theirs], contested[theirs], strict=True
+        )
+        if None not in (a_ours, c_ours, a_theirs, c_theirs)
+    ]
+    if not rounds:
+        return
+
+    def seconds(rows: list[Any], i: int) -> list[float]:
+        return [float(row[i]["seconds"]) for row in rows]
+
+    ratio(
+        "graph_time",
+        theirs,
+        {**config, "competition": kind},
+        paired_ratios(seconds(rounds, 3), seconds(rounds, 1)),
+        slowdown={
+            library_of(ours)[0]: slowdowns(seconds(rounds, 0), seconds(rounds, 1)),
+            theirs: slowdowns(seconds(rounds, 2), seconds(rounds, 3)),
+        },
+        ratio_alone=spread(paired_ratios(seconds(rounds, 2), seconds(rounds, 0))),
+        **extra,
+    )
 
 
 def emit_growth(contender: str, points: list[tuple[int, float]]) -> None:

@@ -10,7 +10,10 @@ libraries trace the same prompt on the same weights: circuit-tracer's worker (in
 (`third_party.circuit_tracer_model`). Each build runs in its own worker process, measured like
 `bench_graph.worker` (warm-up on 8 tokens, peak RSS growth over the build, whole-process peak).
 Records carry `config.model = "gpt2-small-size"`; the ratio lines compare the two libraries
-case by case within one run.
+case by case within one run: the two alternate for 3 rounds and each ratio line is the median
+(and min, max) of the per-round ratios. circuit-tracer builds at `attribute`'s default batch
+of 512 targets unless `--graph-theirs-batch-sizes` names a sweep (then the fastest, per case,
+from one sweep worker: a `graph_batch_sweep` record; each point costs one build, minutes here).
 """
 
 from __future__ import annotations
@@ -18,22 +21,43 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from typing import Any
 
 import torch
 
 from benchmarks import third_party
 from benchmarks.bench_graph import REPO, measure_build, why_unavailable, worker_python
-from benchmarks.common import BenchOptions, emit, log, ratio, skipped, text_contexts
+from benchmarks.common import (
+    BenchOptions,
+    emit,
+    log,
+    ratio,
+    skipped,
+    spread,
+    synchronize,
+    text_contexts,
+)
 from benchmarks.scale_model import SCALE_D_SAE, SCALE_K, SCALE_MODEL, ensure_scale_model
 
 CASES = ((32, None), (32, 8192), (128, 8192))  # (prompt tokens, max_feature_nodes)
 CONTENDERS = ("sparsecircuits", "circuit-tracer")
 BATCH_SIZE = {"sparsecircuits": 64, "circuit-tracer": 512}  # each library's default
+REPEATS = 3
 
 
-def worker(options: BenchOptions, contender: str, n_tokens: int, budget: int | None) -> dict:
-    """Build one graph of the scale model in this process; return its measurements."""
+def worker(
+    options: BenchOptions,
+    contender: str,
+    n_tokens: int,
+    budget: int | None,
+    batch_size: int | None = None,
+    sweep: list[int] | None = None,
+) -> dict:
+    """Build one graph of the scale model in this process; return its measurements.
+
+    circuit-tracer builds at `batch_size` (default 512, its own); with `sweep` it builds once
+    per batch size after one warm-up and returns `{"sweep": [{"batch_size", "seconds"}]}`."""
     from sparsecircuits.dictionaries import load_transcoders
     from sparsecircuits.models import load_model
 
@@ -54,10 +78,14 @@ def worker(options: BenchOptions, contender: str, n_tokens: int, budget: int | N
     else:
         model = third_party.circuit_tracer_model(adapter, dict(transcoders.items()))
         del transcoders  # circuit-tracer holds its own copy
+        theirs_batch = batch_size or BATCH_SIZE[contender]
+        if sweep:
+            ids = text_contexts(adapter, 1, n_tokens)[0].to(adapter.device)
+            return {"sweep": _sweep(options, model, ids, budget, sweep)}
 
         def build(ids: torch.Tensor) -> dict[str, Any]:
             graph = third_party.circuit_tracer_attribute(
-                model, ids, BATCH_SIZE[contender], max_feature_nodes=budget
+                model, ids, theirs_batch, max_feature_nodes=budget
             )
             return {
                 "n_features": int(graph.selected_features.numel()),
@@ -68,8 +96,29 @@ def worker(options: BenchOptions, contender: str, n_tokens: int, budget: int | N
     return {**measure_build(options, build, ids), "n_layers": adapter.n_layers}
 
 
+def _sweep(
+    options: BenchOptions, model: Any, ids: torch.Tensor, budget: int | None, sweep: list[int]
+) -> list[dict[str, Any]]:
+    """Seconds of circuit-tracer's graph of `ids` at each batch size in `sweep`."""
+    third_party.circuit_tracer_attribute(model, ids[:8], sweep[0], max_feature_nodes=budget)
+    out = []
+    for batch_size in sweep:
+        synchronize(options.device)
+        start = time.perf_counter()
+        third_party.circuit_tracer_attribute(model, ids, batch_size, max_feature_nodes=budget)
+        synchronize(options.device)
+        out.append({"batch_size": batch_size, "seconds": time.perf_counter() - start})
+    return out
+
+
 def _spawn(
-    options: BenchOptions, contender: str, n_tokens: int, budget: int | None, timeout_s: float
+    options: BenchOptions,
+    contender: str,
+    n_tokens: int,
+    budget: int | None,
+    timeout_s: float,
+    batch_size: int | None = None,
+    sweep: list[int] | None = None,
 ) -> tuple[dict[str, Any] | None, str]:
     """Run one worker; return (its result or None, error text)."""
     cmd = [
@@ -88,7 +137,10 @@ def _spawn(
         options.device,
         "--workdir",
         str(options.workdir),
-    ] + (["--threads", str(options.threads)] if options.threads else [])
+    ]
+    cmd += ["--threads", str(options.threads)] if options.threads else []
+    cmd += ["--batch-size", str(batch_size)] if batch_size else []
+    cmd += ["--sweep-batch-sizes", ",".join(map(str, sweep))] if sweep else []
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
@@ -126,11 +178,13 @@ def run(
     options: BenchOptions,
     timeout_s: float = 3600,
     cases: tuple[tuple[int, int | None], ...] = CASES,
+    theirs_batch_sizes: list[int] | None = None,
 ) -> None:
     """Emit one graph record per case and library, and the ratio lines per case."""
     log("graph_scale: writing the GPT-2-small-sized model and transcoders (once)")
     ensure_scale_model(options.workdir)
     why = {c: why_unavailable(c) for c in CONTENDERS}
+    sweep = list(theirs_batch_sizes or [BATCH_SIZE["circuit-tracer"]])
     for n_tokens, budget in cases:
         config = {
             **options.base_config(),
@@ -140,38 +194,108 @@ def run(
             "d_sae": SCALE_D_SAE,
             "k": SCALE_K,
         }
-        results: dict[str, dict[str, Any]] = {}
+        contenders = []
         for contender in CONTENDERS:
             if why[contender] is not None:
                 skipped("graph", contender, config, why[contender] or "")
+            else:
+                contenders.append(contender)
+        batch = dict(BATCH_SIZE)
+        if "circuit-tracer" in contenders and len(sweep) > 1:
+            batch["circuit-tracer"] = _best_batch(options, n_tokens, budget, sweep, config)
+        elif "circuit-tracer" in contenders:
+            batch["circuit-tracer"] = sweep[0]
+        repeats = REPEATS if len(contenders) > 1 else 1
+        samples: dict[str, list[dict[str, Any] | None]] = {c: [] for c in contenders}
+        for _ in range(repeats):
+            for contender in contenders:
+                log(f"graph_scale {contender} tokens={n_tokens} max_feature_nodes={budget}")
+                result, error = _spawn(
+                    options,
+                    contender,
+                    n_tokens,
+                    budget,
+                    timeout_s,
+                    batch_size=batch[contender] if contender == "circuit-tracer" else None,
+                )
+                if result is None:
+                    skipped("graph", contender, config, error)
+                samples[contender].append(result)
+        medians: dict[str, dict[str, Any]] = {}
+        for contender, results in samples.items():
+            done = [r for r in results if r is not None]
+            if not done:
                 continue
-            log(f"graph_scale {contender} tokens={n_tokens} max_feature_nodes={budget}")
-            result, error = _spawn(options, contender, n_tokens, budget, timeout_s)
-            if result is None:
-                skipped("graph", contender, config, error)
-                continue
-            results[contender] = result
+            result = sorted(done, key=lambda r: r["seconds"])[len(done) // 2]
+            medians[contender] = result
             emit(
                 {
                     "name": "graph",
                     "library": contender,
-                    "config": {**config, "batch_size": BATCH_SIZE[contender]},
+                    "config": {**config, "batch_size": batch[contender]},
                     "seconds": round(result["seconds"], 3),
+                    "seconds_spread": spread([r["seconds"] for r in done]),
                     "graph_peak_delta_mb": round(result["graph_peak_delta_mb"], 1),
-                    "peak_rss_mb": round(result["process_peak_rss_mb"], 1),
+                    "peak_rss_mb": round(max(r["process_peak_rss_mb"] for r in done), 1),
                     "n_features": result["n_features"],
                     "n_edges": result["n_edges"],
                 }
             )
-        ours, theirs = results.get("sparsecircuits"), results.get("circuit-tracer")
-        if ours is None or theirs is None:
+        if len(medians) < 2:
             continue
+        pairs = [
+            (ours, theirs)
+            for ours, theirs in zip(
+                samples["sparsecircuits"], samples["circuit-tracer"], strict=True
+            )
+            if ours is not None and theirs is not None
+        ]
         short = {"model": SCALE_MODEL, "tokens": n_tokens, "max_feature_nodes": budget}
-        ratio("graph_time", "circuit-tracer", short, theirs["seconds"] / ours["seconds"])
+        extra = {"theirs_batch_size": batch["circuit-tracer"]}
+        ratio(
+            "graph_time",
+            "circuit-tracer",
+            short,
+            [theirs["seconds"] / ours["seconds"] for ours, theirs in pairs],
+            **extra,
+        )
         for measure in ("graph_peak_delta_mb", "process_peak_rss_mb"):
             ratio(
                 "graph_memory",
                 "circuit-tracer",
                 {**short, "measure": measure},
-                max(theirs[measure], 1.0) / max(ours[measure], 1.0),
+                [max(theirs[measure], 1.0) / max(ours[measure], 1.0) for ours, theirs in pairs],
+                **extra,
             )
+
+
+def _best_batch(
+    options: BenchOptions,
+    n_tokens: int,
+    budget: int | None,
+    sweep: list[int],
+    config: dict[str, Any],
+) -> int:
+    """circuit-tracer's fastest batch size of `sweep` for this case (one sweep worker);
+    emits a `graph_batch_sweep` record (its default batch when the sweep fails)."""
+    log(f"graph_scale circuit-tracer batch sweep {sweep} tokens={n_tokens}")
+    result, error = _spawn(
+        options, "circuit-tracer", n_tokens, budget, 3600.0 * len(sweep), sweep=sweep
+    )
+    if result is None:
+        skipped("graph_batch_sweep", "circuit-tracer", config, error)
+        return BATCH_SIZE["circuit-tracer"]
+    best = min(result["sweep"], key=lambda p: p["seconds"])
+    emit(
+        {
+            "name": "graph_batch_sweep",
+            "library": "circuit-tracer",
+            "config": config,
+            "seconds_by_batch_size": {
+                str(p["batch_size"]): round(p["seconds"], 3) for p in result["sweep"]
+            },
+            "best_batch_size": best["batch_size"],
+            "seconds": round(best["seconds"], 3),
+        }
+    )
+    return int(best["batch_size"])

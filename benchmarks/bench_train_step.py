@@ -7,14 +7,16 @@ returns the same batch, so every per-step cost of our trainer is counted (loss p
 latent counter, grad clipping, the lr schedule, the decoder renormalisation).
 
 Also measured: the encoder GEMM alone (`[batch, d_in] @ [d_in, d_sae]`), the ceiling any
-dense-encoder step is bounded by, expressed as tokens/s.
+dense-encoder step is bounded by, expressed as tokens/s: the fastest exact way to compute it at
+the precision the step selects from (`benchmarks/ceiling.py`), timed in the same interleaved
+rounds as the step it bounds.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import torch
@@ -22,16 +24,20 @@ import torch
 from benchmarks import third_party
 from benchmarks.common import (
     BenchOptions,
+    Competitor,
     emit,
     log,
     memory_fields,
+    paired_ratios,
     peak_rss_mb,
     ratio,
     reset_peak_device_memory,
     reset_peak_rss,
     skipped,
+    slowdowns,
+    spread,
     synchronize,
-    time_interleaved,
+    time_rounds,
 )
 
 BATCH_TOKENS = 4096
@@ -138,19 +144,78 @@ def step_memory(step: Callable[[], None], device: str) -> float:
     return peak_rss_mb() - before
 
 
+def measure_ceilings(x: torch.Tensor, d_sae: int, options: BenchOptions) -> dict[str, str]:
+    """Time every exact way to compute `x @ W_enc` at both precisions (interleaved rounds),
+    emit one `matmul_ceiling` record per precision, and return `{precision: fastest variant}`.
+    """
+    from benchmarks import ceiling
+
+    fns: dict[str, Callable[[], Any]] = {}
+    for precision in ceiling.PRECISIONS:
+        fns.update(ceiling.variants(x, d_sae, precision))
+    # 3 rounds rank the variants; the chosen one is timed again beside every step it bounds
+    samples, _ = time_rounds(fns, options.device, 3, options.min_time_s)
+    n, d_in = x.shape
+    flop = 2 * n * d_in * d_sae
+    fastest = {}
+    for precision in ceiling.PRECISIONS:
+        mine = {name: s for name, s in samples.items() if name.startswith(precision + ":")}
+        if not mine:
+            continue
+        best = min(mine, key=lambda name: statistics.median(mine[name]))
+        fastest[precision] = best
+        seconds = statistics.median(mine[best])
+        emit(
+            {
+                "name": "matmul_ceiling",
+                "library": "torch",
+                "config": {
+                    **options.base_config(),
+                    "shape": [n, d_in, d_sae],
+                    "precision": precision,
+                    "variant": best.partition(":")[2],
+                },
+                "tokens_per_s": round(n / seconds, 1),
+                "tflops": round(flop / seconds / 1e12, 3),
+                "tokens_per_s_spread": spread([n / t for t in mine[best]], 1),
+                "variants_tokens_per_s": {
+                    name.partition(":")[2]: round(n / statistics.median(t), 1)
+                    for name, t in sorted(mine.items(), key=lambda item: statistics.median(item[1]))
+                },
+                **memory_fields(options.device),
+            }
+        )
+    return fastest
+
+
 def run(adapter: Any, options: BenchOptions) -> None:
-    """Emit train-step records for our trainer, sparsify, SAELens, and the GEMM ceiling."""
+    """Emit train-step records for our trainer, sparsify, SAELens, and the GEMM ceiling.
+
+    Every contender of a config, the ceiling included, is timed in the same interleaved rounds;
+    each ratio line is the median (and min, max) of the per-round ratios. With
+    `options.compete`, every contender is also timed beside a competing CPU-bound process in
+    each round, and `competition` records give each side's slowdown.
+    """
+    from benchmarks import ceiling
+
     batch = harvest_batch(adapter, BATCH_TOKENS, LAYER)
     batch = {h: t.to(options.device) for h, t in batch.items()}
     mlp_in, mlp_out = batch[f"blocks.{LAYER}.mlp.hook_in"], batch[f"blocks.{LAYER}.hook_mlp_out"]
     d_in = mlp_in.shape[1]
     why_sparsify = third_party.available_sparsify()
     why_saelens = third_party.available_saelens()
+    competitor = Competitor(options.compete) if options.compete else None
 
-    ceilings: dict[int, float] = {}
-    ceilings_out: dict[int, float] = {}
+    ceilings: dict[int, dict[str, str]] = {}
+    ceiling_fns: dict[str, Callable[[], Any]] = {}
     for spec in configs(options.quick):
         d_sae, k = spec["d_sae"], spec["k"]
+        if d_sae not in ceilings:
+            log(f"train_step ceiling d_sae={d_sae}")
+            ceilings[d_sae] = measure_ceilings(mlp_in, d_sae, options)
+            ceiling_fns = {}
+            for precision, name in ceilings[d_sae].items():
+                ceiling_fns[precision] = ceiling.variants(mlp_in, d_sae, precision, only=name)[name]
         config = {
             **options.base_config(),
             "kind": spec["kind"],
@@ -160,12 +225,15 @@ def run(adapter: Any, options: BenchOptions) -> None:
             "k": k,
             "batch_tokens": BATCH_TOKENS,
         }
+        selection = None
         if spec["architecture"] == "topk":
             from sparsecircuits.dictionaries import kernels
 
-            config["selection"] = kernels.selection_for(
+            selection = kernels.selection_for(
                 d_sae, k, options.device.split(":")[0], options.torch_dtype
             )
+            config["selection"] = selection
+        precision = ceiling.step_precision(options.dtype, selection)
         log(f"train_step {config}")
         reset_peak_rss()
         lr = 2e-4 / math.sqrt(d_sae / 2**14)
@@ -181,7 +249,7 @@ def run(adapter: Any, options: BenchOptions) -> None:
         relu_65k = spec["architecture"] == "relu" and d_sae >= 65536
         if spec["kind"] == "sae" and why_saelens is None and relu_65k and not options.quick:
             # SAELens' ReLU step at 65k costs minutes on a CPU and is no target; keeps the full
-            # run under 30 minutes (its 4k/16k ReLU steps are measured).
+            # run near 30 minutes (its 4k/16k ReLU steps are measured).
             skipped("train_step", "sae-lens", config, "ReLU at d_sae 65536 not run (time budget)")
         elif spec["kind"] == "sae" and why_saelens is None:
             autocast = options.dtype == "bfloat16"
@@ -202,14 +270,8 @@ def run(adapter: Any, options: BenchOptions) -> None:
                 config,
                 "SAELens has no transcoder training (its transcoders are load/inference only)",
             )
-        if d_sae not in ceilings:
-            W = torch.randn(d_in, d_sae, device=options.device, dtype=options.torch_dtype)
-            xs = mlp_in.to(options.torch_dtype)
-            fns["ceiling"] = partial(torch.matmul, xs, W)
-            # the same GEMM into a preallocated output (no page faults on a fresh [n, d_sae]
-            # buffer): reported beside the ceiling, which is the matmul as a step calls it
-            out = torch.empty(xs.shape[0], d_sae, device=options.device, dtype=xs.dtype)
-            fns["ceiling_out"] = partial(torch.mm, xs, W, out=out)
+        if precision in ceiling_fns:
+            fns["ceiling"] = ceiling_fns[precision]
         deltas = {}
         for name in list(fns):
             try:
@@ -226,59 +288,74 @@ def run(adapter: Any, options: BenchOptions) -> None:
                     f"{type(exc).__name__} in its train step: {first}",
                 )
                 del fns[name]
-        # A 65k step takes seconds on a CPU: fewer rounds, and the memory step was the warm-up.
-        repeats = options.repeats if d_sae < 65536 else min(options.repeats, 2)
-        seconds = time_interleaved(fns, options.device, repeats, options.min_time_s, warm=True)
+        # A 65k step takes seconds on a CPU: the minimum of 3 rounds (every ratio line has at
+        # least 3 pairs), and the memory step was the warm-up.
+        repeats = max(3, options.repeats if d_sae < 65536 else 3)
+        alone, contested = time_rounds(
+            fns, options.device, repeats, options.min_time_s, warm=True, competitor=competitor
+        )
         mem = memory_fields(options.device)
-        if "ceiling" in seconds:
-            ceilings[d_sae] = BATCH_TOKENS / seconds.pop("ceiling")
-            ceilings_out[d_sae] = BATCH_TOKENS / seconds.pop("ceiling_out")
-            flop = 2 * BATCH_TOKENS * d_in * d_sae
-            emit(
-                {
-                    "name": "matmul_ceiling",
-                    "library": "torch",
-                    "config": {**options.base_config(), "shape": [BATCH_TOKENS, d_in, d_sae]},
-                    "tokens_per_s": round(ceilings[d_sae], 1),
-                    "tflops": round(flop / (BATCH_TOKENS / ceilings[d_sae]) / 1e12, 3),
-                    "preallocated_out_tokens_per_s": round(ceilings_out[d_sae], 1),
-                    "preallocated_out_tflops": round(
-                        flop / (BATCH_TOKENS / ceilings_out[d_sae]) / 1e12, 3
-                    ),
-                    **mem,
-                }
-            )
-        speeds = {name: BATCH_TOKENS / s for name, s in seconds.items()}
+        seconds = {name: statistics.median(values) for name, values in alone.items()}
         for name, s in seconds.items():
+            if name == "ceiling":
+                continue
             library, _, option = name.partition(":")
             emit(
                 {
                     "name": "train_step",
                     "library": library,
                     "config": {**config, **({"option": option} if option else {})},
-                    "tokens_per_s": round(speeds[name], 1),
+                    "tokens_per_s": round(BATCH_TOKENS / s, 1),
                     "seconds": round(s, 5),
+                    "tokens_per_s_spread": spread([BATCH_TOKENS / t for t in alone[name]], 1),
                     "step_peak_delta_mb": round(deltas[name], 1),
                     **mem,
                 }
             )
-        ours = speeds["sparsecircuits"]
         short = {"kind": spec["kind"], "architecture": spec["architecture"], "d_sae": d_sae, "k": k}
-        for name, theirs in speeds.items():
+        for name in alone:
             if name == "sparsecircuits":
                 continue
             library, _, option = name.partition(":")
+            # speeds: ours/theirs = their seconds / our seconds, round by round
+            extra: dict[str, Any] = {}
+            cfg = {**short, **({"option": option} if option else {})}
+            if name == "ceiling":
+                extra = {"ceiling": ceilings[d_sae][precision], "ceiling_precision": precision}
             ratio(
                 "train_step",
                 library,
-                {**short, **({"option": option} if option else {})},
-                ours / theirs,
+                cfg,
+                paired_ratios(alone[name], alone["sparsecircuits"]),
+                **extra,
             )
-        ratio(
-            "train_step",
-            "ceiling",
-            short,
-            ours / ceilings[d_sae],
-            ratio_vs_preallocated_out=round(ours / ceilings_out[d_sae], 3),
-        )
+            if contested:
+                emit_competition("train_step", library, cfg, alone, contested, name, options)
         del fns
+    if competitor is not None:
+        competitor.close()
+
+
+def emit_competition(
+    what: str,
+    vs: str,
+    config: dict[str, Any],
+    alone: dict[str, list[float]],
+    contested: dict[str, list[float]],
+    theirs: str,
+    options: BenchOptions,
+    ours: str = "sparsecircuits",
+) -> dict[str, Any]:
+    """Emit one pair's ratio under competition (ours/theirs speed, round by round) with each
+    side's slowdown (seconds beside the competitor / seconds alone, round by round)."""
+    return ratio(
+        what,
+        vs,
+        {**config, "competition": options.compete},
+        paired_ratios(contested[theirs], contested[ours]),
+        slowdown={
+            ours: slowdowns(alone[ours], contested[ours]),
+            vs: slowdowns(alone[theirs], contested[theirs]),
+        },
+        ratio_alone=spread(paired_ratios(alone[theirs], alone[ours])),
+    )

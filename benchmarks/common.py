@@ -7,16 +7,18 @@ points `sys.stdout` at stderr while benchmarks run, so the JSON stream stays par
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ class BenchOptions:
     min_time_s: float = 0.4
     model: str = "auto"  # "auto" | "embedded" | "tiny" | a local model folder
     threads: int | None = None
+    compete: str | None = None  # a `Competitor` kind: measure each pair alone and beside it
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sc-bench-")))
 
     @property
@@ -77,15 +80,43 @@ def skipped(name: str, library: str, config: dict[str, Any], reason: str) -> dic
     return emit({"name": name, "library": library, "config": config, "skipped": reason})
 
 
-def ratio(what: str, vs: str, config: dict[str, Any], value: float, **extra: Any) -> dict[str, Any]:
-    """Emit a ratio record: ours/theirs for speeds, theirs/ours for memory (>1 = we win)."""
+def spread(values: Sequence[float], digits: int = 3) -> dict[str, float]:
+    """`{"median", "min", "max"}` of `values`, rounded to `digits` decimals."""
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
+def paired_ratios(numerator: Sequence[float], denominator: Sequence[float]) -> list[float]:
+    """`numerator[i] / denominator[i]` for each repetition `i` (the pairs of one round)."""
+    if len(numerator) != len(denominator):
+        raise ValueError(f"unpaired samples: {len(numerator)} vs {len(denominator)}")
+    return [a / b for a, b in zip(numerator, denominator, strict=True)]
+
+
+def ratio(
+    what: str, vs: str, config: dict[str, Any], values: float | Sequence[float], **extra: Any
+) -> dict[str, Any]:
+    """Emit a ratio record: ours/theirs for speeds, theirs/ours for memory (>1 = we win).
+
+    `values` are the per-repetition ratios, each from one interleaved pair (ours and theirs
+    measured back to back in the same round); the record's `ratio` is their median, with
+    `ratio_min`, `ratio_max` and `repeats` beside it. A single float is one repetition.
+    """
+    samples = [float(values)] if isinstance(values, int | float) else [float(v) for v in values]
+    stats = spread(samples)
     return emit(
         {
             "kind": "ratio",
             "what": what,
             "vs": vs,
             "config": config,
-            "ratio": round(value, 3),
+            "ratio": stats["median"],
+            "ratio_min": stats["min"],
+            "ratio_max": stats["max"],
+            "repeats": len(samples),
             **extra,
         }
     )
@@ -198,6 +229,45 @@ def _iterations_for(fn: Callable[[], Any], device: str, min_time_s: float, warm:
     return max(1, int(min_time_s / once))
 
 
+def time_rounds(
+    fns: dict[str, Callable[[], Any]],
+    device: str,
+    repeats: int,
+    min_time_s: float,
+    warm: bool = False,
+    competitor: Competitor | None = None,
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds per call of each function in each of `repeats` interleaved rounds.
+
+    Each function is warmed up and calibrated to about `min_time_s` per round; then every
+    round times each function in turn (A, B, A, B, ...), so slow drifts of the machine's load
+    hit all of them alike and round `i` of A pairs with round `i` of B. `warm=True` skips the
+    warm-up call (the caller already ran each function). With a `competitor`, each function is
+    timed twice per round, alone and then with the competing process running. Returns
+    `({name: [seconds per call, one per round]}, {name: [... under competition]})`; the
+    second dict is empty without a competitor.
+    """
+    iterations = {name: _iterations_for(fn, device, min_time_s, warm) for name, fn in fns.items()}
+    alone: dict[str, list[float]] = {name: [] for name in fns}
+    contested: dict[str, list[float]] = {name: [] for name in fns} if competitor else {}
+
+    def once(fn: Callable[[], Any], n: int) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        synchronize(device)
+        return (time.perf_counter() - start) / n
+
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            alone[name].append(once(fn, iterations[name]))
+            if competitor is not None:
+                with competitor.running():
+                    contested[name].append(once(fn, iterations[name]))
+    return alone, contested
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], Any]],
     device: str,
@@ -205,24 +275,86 @@ def time_interleaved(
     min_time_s: float,
     warm: bool = False,
 ) -> dict[str, float]:
-    """Median seconds per call of each function, measured in interleaved rounds.
+    """Median seconds per call of each function over `time_rounds`' interleaved rounds."""
+    alone, _ = time_rounds(fns, device, repeats, min_time_s, warm)
+    return {name: statistics.median(values) for name, values in alone.items()}
 
-    Each function is warmed up and calibrated to about `min_time_s` per round; then every
-    round times each function in turn, so slow drifts of the machine's load hit all of them
-    alike. `warm=True` skips the warm-up call (the caller already ran each function). Returns
-    `{name: median seconds per call}`.
+
+# ------------------------------------------------------------------------------------ competition
+
+
+class Competitor:
+    """One CPU-bound process (`python -m benchmarks.compete KIND`) beside the benchmark.
+
+    It starts once, pinned to no core, and is stopped (SIGSTOP) except inside `running()`
+    (SIGCONT), so "alone" and "under competition" measurements can alternate round by round
+    without paying a process start each time. `kind` is "spin" (a pure-Python busy loop) or
+    "gemm" (a single-threaded numpy matrix-multiply loop).
     """
-    iterations = {name: _iterations_for(fn, device, min_time_s, warm) for name, fn in fns.items()}
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(iterations[name]):
-                fn()
-            synchronize(device)
-            samples[name].append((time.perf_counter() - start) / iterations[name])
-    return {name: statistics.median(values) for name, values in samples.items()}
+
+    def __init__(self, kind: str = "spin"):
+        import subprocess
+
+        if kind not in COMPETITOR_KINDS:
+            raise ValueError(f"competitor kind must be one of {COMPETITOR_KINDS}, got {kind!r}")
+        self.kind = kind
+        repo = Path(__file__).resolve().parent.parent
+        env = {**os.environ, **{var: "1" for var in _THREAD_VARS}}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.compete", kind],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=repo,
+            env=env,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        ready = self.proc.stdout.readline()  # the loop starts right after this line
+        if ready.strip() != "ready":
+            self.close()
+            raise RuntimeError(f"the competing process did not start (got {ready!r})")
+        atexit.register(self.close)
+        self.pause()
+
+    def pause(self) -> None:
+        """Stop the competing process."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let the competing process run."""
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Run the competitor for the duration of the `with` block."""
+        self.resume()
+        time.sleep(0.02)  # let the scheduler put it on a core before the timing starts
+        try:
+            yield
+        finally:
+            self.pause()
+
+    def close(self) -> None:
+        """End the competing process."""
+        if self.proc.poll() is None:
+            self.proc.kill()  # SIGKILL ends a stopped process too
+            self.proc.wait()
+
+    def __enter__(self) -> Competitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+COMPETITOR_KINDS = ("spin", "gemm")
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def slowdowns(alone: Sequence[float], contested: Sequence[float]) -> dict[str, float]:
+    """`spread` of the per-round slowdowns `contested[i] / alone[i]` (above 1: slower)."""
+    return spread(paired_ratios(contested, alone))
 
 
 # ------------------------------------------------------------------------------------ environment

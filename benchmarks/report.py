@@ -33,8 +33,21 @@ def _cfg(config: dict[str, Any], skip: tuple[str, ...] = ("device", "dtype", "tf
     return ", ".join(f"{k}={v}" for k, v in config.items() if k not in skip and v is not None)
 
 
+def ratio_cell(record: dict[str, Any]) -> str:
+    """A ratio record's value as "median [min, max]" (just the value for a single sample)."""
+    low, high = record.get("ratio_min"), record.get("ratio_max")
+    if low is None or high is None:
+        return f"{record['ratio']:.2f}"
+    return f"{record['ratio']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _spread_cell(stats: dict[str, float]) -> str:
+    return f"{stats['median']:.2f} [{stats['min']:.2f}, {stats['max']:.2f}]"
+
+
 def tables(records: list[dict[str, Any]]) -> str:
-    """Markdown: measurements, then ratios, then skipped measurements."""
+    """Markdown: measurements, ratios (median [min, max] over the interleaved repetitions),
+    ratios beside a competing process, circuit-tracer's batch sweeps, skipped measurements."""
     lines = [
         "| benchmark | library | config | tokens/s | seconds | peak RSS MiB | extra |",
         "|---|---|---|---|---|---|---|",
@@ -43,7 +56,14 @@ def tables(records: list[dict[str, Any]]) -> str:
         if (
             r.get("kind") == "ratio"
             or "skipped" in r
-            or r["name"] in ("machine", "total", "train_step_breakdown", "kernel_alternative")
+            or r["name"]
+            in (
+                "machine",
+                "total",
+                "train_step_breakdown",
+                "kernel_alternative",
+                "graph_batch_sweep",
+            )
         ):
             continue
         extra: dict[str, Any] = {
@@ -58,15 +78,60 @@ def tables(records: list[dict[str, Any]]) -> str:
             )
             if k in r
         }
+        if "variants_tokens_per_s" in r:
+            extra["variants tok/s"] = "; ".join(
+                f"{name} {_fmt(float(v))}" for name, v in r["variants_tokens_per_s"].items()
+            )
         lines.append(
             f"| {r['name']} | {r['library']} | {_cfg(r['config'])} | "
             f"{_fmt(r.get('tokens_per_s'))} | {_fmt(r.get('seconds'))} | "
             f"{_fmt(r.get('peak_rss_mb'))} | {_cfg(extra)} |"
         )
-    lines += ["", "| what | vs | config | ratio (>1: sparsecircuits ahead) |", "|---|---|---|---|"]
-    for r in records:
-        if r.get("kind") == "ratio":
-            lines.append(f"| {r['what']} | {r['vs']} | {_cfg(r['config'])} | {r['ratio']:.2f} |")
+    lines += [
+        "",
+        "| what | vs | config | ratio (>1: sparsecircuits ahead), median [min, max] | n |",
+        "|---|---|---|---|---|",
+    ]
+    ratios = [r for r in records if r.get("kind") == "ratio"]
+    for r in ratios:
+        if "competition" in r["config"]:
+            continue
+        note = {k: r[k] for k in ("ceiling", "ceiling_precision", "theirs_batch_size") if k in r}
+        cfg = ", ".join(filter(None, [_cfg(r["config"]), _cfg(note)]))
+        lines.append(
+            f"| {r['what']} | {r['vs']} | {cfg} | {ratio_cell(r)} | {r.get('repeats', 1)} |"
+        )
+    contested = [r for r in ratios if "competition" in r["config"]]
+    if contested:
+        lines += [
+            "",
+            "Beside one competing CPU-bound process (slowdown = seconds beside it / seconds "
+            "alone, per round; median [min, max]):",
+            "",
+            "| what | vs | config | ratio beside it | ratio alone | slowdown ours | "
+            "slowdown theirs |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in contested:
+            slow = r.get("slowdown", {})
+            ours = next((v for k, v in slow.items() if k == "sparsecircuits"), None)
+            theirs = next((v for k, v in slow.items() if k != "sparsecircuits"), None)
+            lines.append(
+                f"| {r['what']} | {r['vs']} | {_cfg(r['config'])} | {ratio_cell(r)} | "
+                f"{_spread_cell(r['ratio_alone']) if 'ratio_alone' in r else '–'} | "
+                f"{_spread_cell(ours) if ours else '–'} | "
+                f"{_spread_cell(theirs) if theirs else '–'} |"
+            )
+    sweeps = [r for r in records if r.get("name") == "graph_batch_sweep" and "skipped" not in r]
+    if sweeps:
+        lines += [
+            "",
+            "| circuit-tracer batch sweep | seconds by batch size | best |",
+            "|---|---|---|",
+        ]
+        for r in sweeps:
+            by_size = ", ".join(f"{b}: {sec:g}" for b, sec in r["seconds_by_batch_size"].items())
+            lines.append(f"| {_cfg(r['config'])} | {by_size} | {r['best_batch_size']} |")
     skipped = [r for r in records if "skipped" in r]
     if skipped:
         lines += ["", "| skipped | library | config | why |", "|---|---|---|---|"]

@@ -3,11 +3,16 @@
     python benchmarks/run.py --json            # full suite (< 30 min on 2 CPU cores)
     python benchmarks/run.py --json --quick    # d_sae 4k, a 17-token graph (< 5 min)
     python benchmarks/run.py --json --only train_step,graph --device cuda --dtype bfloat16
-    python benchmarks/run.py --json --only graph_scale   # GPT-2-small-sized graphs (an hour+)
+    python benchmarks/run.py --json --only graph_scale   # GPT-2-small-sized graphs (hours)
+    python benchmarks/run.py --json --quick --only train_step,graph --compete spin
 
 Records: `{"name", "library", "config", "tokens_per_s" | "seconds", "peak_rss_mb", ...}`, then
-`{"kind": "ratio", "what", "vs", "config", "ratio"}` lines (ours/theirs for speed, theirs/ours
-for memory: above 1 means sparsecircuits is ahead). The first line describes the machine.
+`{"kind": "ratio", "what", "vs", "config", "ratio", "ratio_min", "ratio_max", "repeats"}`
+lines (ours/theirs for speed, theirs/ours for memory: above 1 means sparsecircuits is ahead;
+`ratio` is the median over at least 3 interleaved repetitions, each ratio taken within one
+round). With `--compete KIND` the train-step and graph pairs are also measured beside one
+competing CPU-bound process, in lines whose config carries `"competition": KIND` and that give
+each side's `slowdown`. The first line describes the machine.
 eai-sparsify, SAELens and circuit-tracer are compared when importable (`make bench-env`);
 otherwise their lines say "skipped" and why. See docs/performance.md.
 """
@@ -47,7 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (CUDA)")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="interleaved timing rounds (at least 3)"
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -69,6 +76,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "graph alone takes ~10 minutes on 2 cores; pass 256 to include it)",
     )
     p.add_argument(
+        "--graph-theirs-batch-sizes",
+        default=None,
+        help="circuit-tracer attribute() batch sizes swept per prompt length; the fastest is "
+        "compared (default 128,256,512,1024 for graph; 512 for graph_scale)",
+    )
+    p.add_argument(
+        "--compete",
+        choices=common.COMPETITOR_KINDS,
+        default=None,
+        help="also time each train-step and graph pair beside one competing CPU-bound process "
+        "('spin': a Python busy loop; 'gemm': a 1-thread numpy matmul loop) and report the "
+        "slowdown of each side",
+    )
+    p.add_argument(
         "--graph-scale-cases",
         default=None,
         help="graph_scale cases as TOKENS:MAX_FEATURE_NODES,... (0: every feature a target; "
@@ -81,7 +102,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-feature-nodes", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--library", help=argparse.SUPPRESS)
     p.add_argument("--n-tokens", type=int, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--sweep-batch-sizes", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.repeats is not None and args.repeats < 3:
+        p.error("--repeats must be at least 3 (every ratio line pairs at least 3 rounds)")
+    return args
+
+
+def batch_sizes(text: str | None) -> list[int] | None:
+    """The integers of a comma-separated list (None for an empty one)."""
+    if not text:
+        return None
+    return [int(item) for item in text.split(",") if item.strip()]
 
 
 def options_from(args: argparse.Namespace) -> common.BenchOptions:
@@ -93,6 +126,7 @@ def options_from(args: argparse.Namespace) -> common.BenchOptions:
         tf32=args.tf32,
         model=args.model,
         threads=args.threads,
+        compete=args.compete,
     )
     if args.repeats is not None:
         opts.repeats = args.repeats
@@ -113,7 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import bench_graph
 
         with common.redirect_library_output():
-            result = bench_graph.worker(options, args.library, args.n_tokens, args.graph_k)
+            result = bench_graph.worker(
+                options,
+                args.library,
+                args.n_tokens,
+                args.graph_k,
+                batch_size=args.batch_size,
+                sweep=batch_sizes(args.sweep_batch_sizes),
+            )
         print(json.dumps(result), flush=True)
         return 0
     if args.worker == "graph_scale":
@@ -121,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
 
         with common.redirect_library_output():
             result = bench_graph_scale.worker(
-                options, args.library, args.n_tokens, args.max_feature_nodes or None
+                options,
+                args.library,
+                args.n_tokens,
+                args.max_feature_nodes or None,
+                batch_size=args.batch_size,
+                sweep=batch_sizes(args.sweep_batch_sizes),
             )
         print(json.dumps(result), flush=True)
         return 0
@@ -145,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": common.machine_summary(),
                 "versions": common.library_versions(),
                 "quick": options.quick,
+                "repeats": options.repeats,
+                "compete": options.compete,
                 "model": common.model_label(common.model_source(options)),
                 "peak_rss_mb": round(common.peak_rss_mb(), 1),
             }
@@ -169,12 +217,20 @@ def main(argv: list[str] | None = None) -> int:
         if "graph" in groups:
             from benchmarks import bench_graph
 
-            bench_graph.run(options, args.graph_k, adapter.max_context, args.graph_theirs_max)
+            bench_graph.run(
+                options,
+                args.graph_k,
+                adapter.max_context,
+                args.graph_theirs_max,
+                theirs_batch_sizes=batch_sizes(args.graph_theirs_batch_sizes),
+            )
         if "graph_scale" in groups and not options.quick:
             from benchmarks import bench_graph_scale
 
             bench_graph_scale.run(
-                options, cases=bench_graph_scale.parse_cases(args.graph_scale_cases)
+                options,
+                cases=bench_graph_scale.parse_cases(args.graph_scale_cases),
+                theirs_batch_sizes=batch_sizes(args.graph_theirs_batch_sizes),
             )
         common.emit(
             {

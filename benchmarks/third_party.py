@@ -3,7 +3,8 @@
 * eai-sparsify: `sparsify.SparseCoder` forward (FVU) + backward + `torch.optim.Adam` — what its
   `Trainer` does per step with `optimizer="adam"` when bitsandbytes is absent, including the
   decoder renormalisation / parallel-gradient removal for SAEs and the fired-latent mask.
-  End to end: `sparsify.Trainer(TrainConfig, dataset, model).fit()`.
+  End to end: `sparsify.Trainer(TrainConfig, dataset, model).fit()` on the model as its CLI
+  loads it (`AutoModel`, no LM head).
 * SAELens: `SAETrainer.step(batch)` — its public per-step seam (training forward, backward,
   grad-norm clip 1.0, Adam, LR scheduler, firing statistics) — on a `TopKTrainingSAE` (default
   config, or `use_sparse_activations=True`) or a `StandardTrainingSAE` (ReLU + L1).
@@ -94,6 +95,14 @@ def sparsify_step(
     return step
 
 
+def sparsify_cli_model_dtype(device: str) -> torch.dtype | str:
+    """The dtype sparsify's CLI loads the model in: bf16 where CUDA supports it, else the
+    checkpoint's own ("auto"), as `sparsify.__main__.load_artifacts` decides."""
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return "auto"
+
+
 def sparsify_fit(
     model_dir: str,
     hook_layer: int,
@@ -104,13 +113,19 @@ def sparsify_fit(
     save_dir: str,
     device: str,
 ) -> Callable[[], int]:
-    """A closure running sparsify's `Trainer.fit()` over `contexts`; returns tokens trained."""
+    """A closure running sparsify's `Trainer.fit()` over `contexts`; returns tokens trained.
+
+    The model is loaded the way `python -m sparsify` loads it for its default `loss_fn="fvu"`:
+    `AutoModel` (the base model, no LM head, so no logits are computed), in
+    `sparsify_cli_model_dtype`. Its trainer then runs that base model's full forward per batch
+    with the transcoder trained in a forward hook on `h.{hook_layer}.mlp`.
+    """
     with redirect_library_output():
         import datasets
         from sparsify import SparseCoderConfig, TrainConfig, Trainer
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModel
 
-    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model: Any = AutoModel.from_pretrained(model_dir, dtype=sparsify_cli_model_dtype(device))
     model = model.to(device)
     dataset = datasets.Dataset.from_dict({"input_ids": contexts.tolist()}).with_format("torch")
 
