@@ -11,30 +11,31 @@ from numba import njit, prange
 
 # No fastmath: the kept set is decided by exact comparisons, and NaN must be kept (so a NaN
 # pre-activation reaches the loss, as on the dense path).
+# The pre-activation is `dot[r, j] + bias[j]` in fp32, the bits of torch's `(x @ W).add_(b)`.
 @njit(parallel=True, boundscheck=False, nogil=True, cache=True)
-def count_above(pre: Any, cutoff: Any, counts: Any) -> None:
-    """`counts[r]` = number of `j` with `pre[r, j] > cutoff[j]` or `pre[r, j]` NaN."""
-    n, w = pre.shape
+def count_above(dot: Any, bias: Any, cutoff: Any, counts: Any) -> None:
+    """`counts[r]` = number of `j` with `dot[r, j] + bias[j] > cutoff[j]` (or NaN)."""
+    n, w = dot.shape
     for r in prange(n):
-        row = pre[r]
+        row = dot[r]
         c = 0
         for j in range(w):
-            v = row[j]
+            v = row[j] + bias[j]
             c += (v > cutoff[j]) | (v != v)
         counts[r] = c
 
 
 @njit(parallel=True, boundscheck=False, nogil=True, cache=True)
-def fill_above(pre: Any, cutoff: Any, offsets: Any, cols: Any, values: Any) -> None:
-    """Write row `r`'s kept entries (as `count_above`) at `offsets[r]..`: latent in `cols`, value
-    in `values`, latents increasing."""
-    n, w = pre.shape
+def fill_above(dot: Any, bias: Any, cutoff: Any, offsets: Any, cols: Any, values: Any) -> None:
+    """Write row `r`'s kept entries (as `count_above`) at `offsets[r]..`: latent in `cols`,
+    pre-activation in `values`, latents increasing."""
+    n, w = dot.shape
     for r in prange(n):
-        row = pre[r]
+        row = dot[r]
         p = offsets[r]
         for j in range(w):
-            v = row[j]
-            if v > cutoff[j] or v != v:
+            v = row[j] + bias[j]
+            if (v > cutoff[j]) | (v != v):
                 cols[p] = j
                 values[p] = v
                 p += 1

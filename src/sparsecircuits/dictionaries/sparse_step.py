@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -61,8 +62,9 @@ def step_mode_of(coder: Any) -> str | None:
 def _numba() -> Iterator[Any]:
     """The kernels module on torch's thread count, one launch at a time (shared with the TopK
     kernels: numba's fallback threading layer aborts on concurrent launches)."""
-    from sparsecircuits.dictionaries import _numba_sparse
+    from sparsecircuits.dictionaries import _numba_sparse, numba_threads
 
+    numba_threads.prefer_workqueue()
     _numba_sparse.use_threads(torch.get_num_threads())
     with cpu_topk._LAUNCH:
         yield _numba_sparse
@@ -94,41 +96,61 @@ class RowPattern:
         return torch.sparse.mm(sparse, dense_rows)
 
 
-def _extract(pre: Tensor, cutoff: Tensor, counts: np.ndarray | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """`(counts [rows], cols [nnz], values [nnz])`: the entries of `pre [rows, d_sae]` above
-    `cutoff [d_sae]` (or NaN), by row, latents increasing."""
-    pre_np = pre.detach().contiguous().numpy()
-    cut_np = cutoff.detach().contiguous().numpy()
+def _extract(
+    dot: Tensor, bias: Tensor, cutoff: Tensor, counts: np.ndarray | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`(counts [rows], cols [nnz], pre [nnz])`: the entries of `dot [rows, d_sae] + bias [d_sae]`
+    above `cutoff [d_sae]` (or NaN), by row, latents increasing (`counts` when already known)."""
+    dot_np, bias_np, cut_np = (t.detach().contiguous().numpy() for t in (dot, bias, cutoff))
     with _numba() as nb:
         if counts is None:
-            counts = np.empty(pre_np.shape[0], np.int64)
-            nb.count_above(pre_np, cut_np, counts)
-        offsets = np.zeros(pre_np.shape[0] + 1, np.int64)
+            counts = np.empty(dot_np.shape[0], np.int64)
+            nb.count_above(dot_np, bias_np, cut_np, counts)
+        offsets = np.zeros(dot_np.shape[0] + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
         cols = np.empty(int(offsets[-1]), np.int64)
         values = np.empty(int(offsets[-1]), np.float32)
-        nb.fill_above(pre_np, cut_np, offsets, cols, values)
+        nb.fill_above(dot_np, bias_np, cut_np, offsets, cols, values)
     return torch.from_numpy(counts), torch.from_numpy(cols), torch.from_numpy(values)
 
 
-def _count(pre: Tensor, cutoff: Tensor) -> np.ndarray:
-    """Kept entries per row of `pre [rows, d_sae]` (as `_extract`), int64 `[rows]`."""
-    counts = np.empty(pre.shape[0], np.int64)
+def _count(dot: Tensor, bias: Tensor, cutoff: Tensor) -> np.ndarray:
+    """Kept entries per row of `dot [rows, d_sae] + bias` (as `_extract`), int64 `[rows]`."""
+    counts = np.empty(dot.shape[0], np.int64)
+    arrays = (t.detach().contiguous().numpy() for t in (dot, bias, cutoff))
     with _numba() as nb:
-        nb.count_above(pre.detach().contiguous().numpy(), cutoff.detach().contiguous().numpy(), counts)
+        nb.count_above(*arrays, counts)
     return counts
+
+
+_scratch = threading.local()
+
+
+def _chunk_buffer(rows: int, width: int) -> Tensor:
+    """A `[rows, width]` fp32 buffer for the encoder GEMM's chunks, kept between steps (per
+    thread): a fresh one would page-fault on every step."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.shape[0] < rows or buffer.shape[1] != width:
+        buffer = _scratch.buffer = torch.empty(rows, width)
+    return buffer[:rows]
+
+
+def pre_activations(x_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
+    """`(x_in @ W_enc).add_(b_enc)` `[n, d_sae]`: the dense path's pre-activations, the same bits
+    as the sparse path's (whose kernels add the bias to each GEMM chunk's `x_in @ W_enc`)."""
+    return (x_in @ W_enc).add_(b_enc)
 
 
 @dataclass
 class _Probe:
-    """The first rows' pre-activations `[rows, d_sae]` and kept counts per row."""
+    """The first rows' `x_in @ W_enc` `[rows, d_sae]` and kept counts per row."""
 
-    pre: Tensor
+    dot: Tensor
     counts: np.ndarray
 
 
 class _RowSparsePreActs(torch.autograd.Function):
-    """`u = (x - b_in) @ W_enc + b_enc` at the entries above `cutoff` only: `(u [nnz], cols [nnz],
+    """`u = (x - b_in) @ W_enc + b_enc` (`pre_activations`) at the entries above `cutoff` only: `(u [nnz], cols [nnz],
     offsets [n + 1])`. The GEMM is dense (chunks of rows, never `[n, d_sae]` at once); the
     backward is sparse: `grad_W_enc = x_in.T @ G`, `grad_b_enc = Σ_rows G`, `grad_b_in =
     -W_enc @ grad_b_enc` for the sparse `G [n, d_sae]` holding `grad_u`."""
@@ -144,11 +166,12 @@ class _RowSparsePreActs(torch.autograd.Function):
         probe: _Probe,
     ) -> tuple[Tensor, Tensor, Tensor]:
         x_in = (x - b_in).contiguous()
-        first = probe.pre.shape[0]
+        first = probe.dot.shape[0]
         rows = kernels.encode_rows(max(x_in.shape[0] - first, 1), W_enc.shape[1])
-        pieces = [_extract(probe.pre, cutoff, probe.counts)]
+        pieces = [_extract(probe.dot, b_enc, cutoff, probe.counts)]
         for part in x_in[first:].split(rows):
-            pieces.append(_extract(torch.addmm(b_enc, part, W_enc), cutoff))
+            dot = torch.mm(part, W_enc, out=_chunk_buffer(part.shape[0], W_enc.shape[1]))
+            pieces.append(_extract(dot, b_enc, cutoff))
         counts, cols, values = (torch.cat(c) for c in zip(*pieces, strict=True))
         offsets = torch.zeros(x_in.shape[0] + 1, dtype=torch.int64)
         torch.cumsum(counts, 0, out=offsets[1:])
@@ -297,14 +320,14 @@ def switched_encode(
         activation.step_mode = "dense"
         return dense(x - b_in)
     with torch.no_grad():
-        probe_pre = torch.addmm(b_enc, x[:PROBE_ROWS] - b_in, W_enc)
-        counts = _count(probe_pre, cutoff)
-    density = float(counts.sum()) / max(probe_pre.numel(), 1)
+        probe_dot = (x[:PROBE_ROWS] - b_in) @ W_enc
+        counts = _count(probe_dot, b_enc, cutoff)
+    density = float(counts.sum()) / max(probe_dot.numel(), 1)
     if mode == "auto" and density > MAX_DENSITY:
         activation.step_mode = "dense"
         return dense(x - b_in)
     values, cols, offsets = _RowSparsePreActs.apply(
-        x, b_in, W_enc, b_enc, cutoff, _Probe(probe_pre, counts)
+        x, b_in, W_enc, b_enc, cutoff, _Probe(probe_dot, counts)
     )
     activation.step_mode = "sparse"
     return sparse(values, RowPattern(cols, offsets, W_enc.shape[1]))

@@ -141,7 +141,7 @@ class JumpReLUActivation(Activation):
 
     def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Dense codes `u · H(u - θ)`; `pre_acts` kept for the L0 / pre-activation losses."""
-        pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
+        pre_acts = sparse_step.pre_activations(x_in, dictionary.W_enc, dictionary.b_enc)
         acts = jumprelu(pre_acts, self.threshold, self.params.jumprelu_bandwidth)
         return ForwardOutput(pre_acts=pre_acts, dense_acts=acts, d_sae=self.cfg.d_sae)
 

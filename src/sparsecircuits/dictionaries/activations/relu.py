@@ -49,7 +49,7 @@ class ReLUActivation(Activation):
     def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Dense codes `relu(x_in @ W_enc + b_enc)` (pre-activations not kept: the ReLU's
         backward needs only its output, so `[n, d_sae]` of memory is freed at once)."""
-        pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
+        pre_acts = sparse_step.pre_activations(x_in, dictionary.W_enc, dictionary.b_enc)
         return ForwardOutput(dense_acts=torch.relu(pre_acts), d_sae=self.cfg.d_sae)
 
     def encode_input(self, dictionary: Owner, x: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
