@@ -154,7 +154,10 @@ class JumpReLUActivation(Activation):
         needs_all = (
             params.pre_act_loss_coefficient > 0 and dead_mask is not None and bool(dead_mask.any())
         )
-        if needs_all or not sparse_step.applies(dictionary, x):
+        if not sparse_step.applies(dictionary, x):
+            return super().encode_input(dictionary, x, dead_mask)
+        if needs_all:
+            self.step_mode = "dense"
             return super().encode_input(dictionary, x, dead_mask)
         threshold = self.threshold
         bandwidth = params.jumprelu_bandwidth
