@@ -61,7 +61,9 @@ def _step(dictionary, x, target, dead_mask=None):  # type: ignore[no-untyped-def
     out = dictionary.forward(x, dead_mask=dead_mask).out.detach()
     loss, parts = dictionary.loss(x, target, dead_mask=dead_mask)
     loss.backward()
-    grads = {name: p.grad.clone() for name, p in dictionary.named_parameters() if p.grad is not None}
+    grads = {
+        name: p.grad.clone() for name, p in dictionary.named_parameters() if p.grad is not None
+    }
     return out, loss.detach(), parts, grads
 
 
@@ -115,7 +117,9 @@ def test_jumprelu_window_entries_carry_the_threshold_gradient(sparsity: str, ste
     dictionary = _dictionary("jumprelu", "transcoder", 16.0, x, target, jumprelu_sparsity=sparsity)
     with torch.no_grad():
         pre = (x - dictionary.b_in) @ dictionary.W_enc + dictionary.b_enc
-        z = (pre - dictionary.activation.threshold) / dictionary.activation.params.jumprelu_bandwidth
+        z = (
+            pre - dictionary.activation.threshold
+        ) / dictionary.activation.params.jumprelu_bandwidth
         inactive_in_window = (_rectangle(z) > 0) & (pre <= dictionary.activation.threshold)
     assert int(inactive_in_window.sum()) > 10
     _compare("jumprelu", "transcoder", 16.0, 200, step_mode, jumprelu_sparsity=sparsity)

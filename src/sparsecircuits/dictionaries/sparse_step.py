@@ -21,7 +21,7 @@ from sparsecircuits.dictionaries.activations.base import ForwardOutput
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
-    from sparsecircuits.dictionaries.activations.base import Activation, Owner
+    from sparsecircuits.dictionaries.activations.base import Owner
 
 STEP_MODES = ("auto", "dense", "sparse")
 _mode = os.environ.get("SPARSECIRCUITS_SPARSE_STEP", "auto")
@@ -52,7 +52,7 @@ def _current_mode() -> str:
 
 
 def step_mode_of(coder: Any) -> str | None:
-    """"sparse" or "dense": how `coder`'s last switched forward ran; None for families (or
+    """ "sparse" or "dense": how `coder`'s last switched forward ran; None for families (or
     owners) without the switch."""
     activation = getattr(coder, "activation", None)
     return getattr(activation, "step_mode", None)
@@ -303,34 +303,31 @@ def applies(owner: Owner, x: Tensor) -> bool:
 
 
 def switched_encode(
-    activation: Activation,
     owner: Owner,
     x: Tensor,
     cutoff: Tensor,
     dense: Callable[[Tensor], ForwardOutput],
     sparse: Callable[[Tensor, RowPattern], RowSparseOutput],
-) -> ForwardOutput:
-    """Encode `x [n, d_in]` densely (`dense(x - b_in)`) or row-sparsely (`sparse(kept pre-acts,
-    pattern)`), keeping the pre-activations above `cutoff [d_sae]` (the entries with a nonzero
-    activation or gradient). `auto` goes sparse when at most `MAX_DENSITY` of the first
-    `PROBE_ROWS` rows' pre-activations are kept; sets `activation.step_mode`. Call `applies` first."""
+) -> tuple[ForwardOutput, str]:
+    """`(codes, "dense" | "sparse")`: `x [n, d_in]` encoded densely (`dense(x - b_in)`) or
+    row-sparsely (`sparse(kept pre-acts, pattern)`), keeping the pre-activations above `cutoff
+    [d_sae]` (the entries with a nonzero activation or gradient). `auto` goes sparse when at most
+    `MAX_DENSITY` of the first `PROBE_ROWS` rows' pre-activations are kept. Call `applies` first."""
+    assert owner.W_enc is not None
     W_enc, b_enc, b_in = owner.W_enc, owner.b_enc, owner.b_in
     mode = _current_mode()
     if mode == "dense":
-        activation.step_mode = "dense"
-        return dense(x - b_in)
+        return dense(x - b_in), "dense"
     with torch.no_grad():
         probe_dot = (x[:PROBE_ROWS] - b_in) @ W_enc
         counts = _count(probe_dot, b_enc, cutoff)
     density = float(counts.sum()) / max(probe_dot.numel(), 1)
     if mode == "auto" and density > MAX_DENSITY:
-        activation.step_mode = "dense"
-        return dense(x - b_in)
+        return dense(x - b_in), "dense"
     values, cols, offsets = _RowSparsePreActs.apply(
         x, b_in, W_enc, b_enc, cutoff, _Probe(probe_dot, counts)
     )
-    activation.step_mode = "sparse"
-    return sparse(values, RowPattern(cols, offsets, W_enc.shape[1]))
+    return sparse(values, RowPattern(cols, offsets, W_enc.shape[1])), "sparse"
 
 
 def jumprelu_cutoffs(threshold: Tensor, bandwidth: float) -> Tensor:

@@ -268,7 +268,10 @@ class Trainer:
             if "sparse_step" in first:
                 mode["step"] = "sparse" if first["sparse_step"] else "dense"
             bar.set_postfix(
-                loss=f"{first['loss']:.4g}", l0=f"{first['l0']:.1f}", fvu=f"{first['fvu']:.3f}", **mode
+                loss=f"{first['loss']:.4g}",
+                l0=f"{first['l0']:.1f}",
+                fvu=f"{first['fvu']:.3f}",
+                **mode,
             )
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -172,14 +172,14 @@ class JumpReLUActivation(Activation):
                 d_sae=self.cfg.d_sae,
             )
 
-        return sparse_step.switched_encode(
-            self,
+        codes, self.step_mode = sparse_step.switched_encode(
             dictionary,
             x,
             sparse_step.jumprelu_cutoffs(threshold, bandwidth),
             dense=lambda x_in: self.encode(dictionary, x_in, dead_mask),
             sparse=sparse,
         )
+        return codes
 
     def sparsity_loss(
         self, dictionary: Owner, codes: ForwardOutput, dead_mask: Tensor | None

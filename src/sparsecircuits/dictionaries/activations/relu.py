@@ -57,8 +57,7 @@ class ReLUActivation(Activation):
         (`sparse_step`: the kept entries are the positive pre-activations)."""
         if not sparse_step.applies(dictionary, x):
             return super().encode_input(dictionary, x, dead_mask)
-        return sparse_step.switched_encode(
-            self,
+        codes, self.step_mode = sparse_step.switched_encode(
             dictionary,
             x,
             dictionary.b_enc.new_zeros(self.cfg.d_sae),
@@ -67,6 +66,7 @@ class ReLUActivation(Activation):
                 acts=torch.relu(pre), pattern=pattern, kept_pre=pre, d_sae=self.cfg.d_sae
             ),
         )
+        return codes
 
     @torch.no_grad()
     def init_from_data(self, dictionary: Owner, x_in: Tensor) -> None:
