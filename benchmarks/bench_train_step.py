@@ -79,8 +79,14 @@ def harvest_batch(adapter: Any, n_tokens: int, layer: int) -> dict[str, torch.Te
 WARM_L0 = 32
 
 
-def configs(quick: bool) -> list[dict[str, Any]]:
-    """The (kind, architecture, d_sae, k) grid."""
+def configs(quick: bool, cases: str | None = None) -> list[dict[str, Any]]:
+    """The (kind, architecture, d_sae, k) grid; `cases` ("relu:4096,topk:16384") keeps only
+    those architectures at those widths (both kinds, every k)."""
+    if cases:
+        wanted = {
+            (arch, int(width)) for arch, _, width in (c.partition(":") for c in cases.split(","))
+        }
+        return [c for c in configs(False) if (c["architecture"], c["d_sae"]) in wanted]
     widths = [4096] if quick else [4096, 16384, 65536]
     grid = []
     for d_sae in widths:
@@ -155,7 +161,7 @@ def run(adapter: Any, options: BenchOptions) -> None:
 
     ceilings: dict[int, float] = {}
     ceilings_out: dict[int, float] = {}
-    for spec in configs(options.quick):
+    for spec in configs(options.quick, options.train_cases):
         d_sae, k = spec["d_sae"], spec["k"]
         config = {
             **options.base_config(),

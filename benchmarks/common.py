@@ -39,6 +39,7 @@ class BenchOptions:
     min_time_s: float = 0.4
     model: str = "auto"  # "auto" | "embedded" | "tiny" | a local model folder
     threads: int | None = None
+    train_cases: str | None = None  # "ARCHITECTURE:D_SAE,...": the train_step cases to run
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sc-bench-")))
 
     @property
