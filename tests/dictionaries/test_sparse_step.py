@@ -218,3 +218,22 @@ def test_trainer_sparse_run_equals_dense_run(arch: str, step_mode) -> None:  # t
     assert torch.equal(counter_s, counter_d)
     for name, value in weights_d.items():
         torch.testing.assert_close(weights_s[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["relu", "jumprelu"])
+def test_encode_with_autograd_gives_the_dense_feature_acts(arch: str, step_mode) -> None:  # type: ignore[no-untyped-def]
+    """`Dictionary.encode` under autograd (e.g. attribution through features) runs the sparse
+    path too: the same dense `[n, d_sae]` activations and input gradient."""
+    x, target = _data(120, "transcoder")
+    dictionary = _dictionary(arch, "transcoder", 8.0, x, target)
+    weights = torch.randn(D_SAE, generator=torch.Generator().manual_seed(5))
+    results = {}
+    for mode in ("dense", "sparse"):
+        step_mode(mode)
+        leaf = x.clone().requires_grad_(True)
+        acts = dictionary.encode(leaf)
+        (grad,) = torch.autograd.grad((acts * weights).sum(), leaf)
+        results[mode] = (acts.detach(), grad)
+        assert dictionary.activation.step_mode == mode
+    torch.testing.assert_close(results["sparse"][0], results["dense"][0], rtol=0, atol=0)
+    _assert_relative(results["sparse"][1], results["dense"][1], "grad x")
