@@ -79,13 +79,26 @@ def harvest_batch(adapter: Any, n_tokens: int, layer: int) -> dict[str, torch.Te
     return {h: torch.cat(v)[:n_tokens].contiguous() for h, v in out.items()}
 
 
-def configs(quick: bool) -> list[dict[str, Any]]:
-    """The (kind, architecture, d_sae, k) grid."""
+# ReLU and JumpReLU dictionaries start at this L0 (`init_l0`: encoder biases / thresholds from
+# the batch's pre-activation quantiles), the sparsity of a trained dictionary after its first
+# steps; their records carry the L0 and step mode of the last timed step.
+WARM_L0 = 32
+
+
+def configs(quick: bool, cases: str | None = None) -> list[dict[str, Any]]:
+    """The (kind, architecture, d_sae, k) grid; `cases` ("relu:4096,topk:16384") keeps only
+    those architectures at those widths (both kinds, every k)."""
+    if cases:
+        wanted = {
+            (arch, int(width)) for arch, _, width in (c.partition(":") for c in cases.split(","))
+        }
+        return [c for c in configs(False) if (c["architecture"], c["d_sae"]) in wanted]
     widths = [4096] if quick else [4096, 16384, 65536]
     grid = []
     for d_sae in widths:
         for kind in ("transcoder", "sae"):
-            grid.append({"kind": kind, "architecture": "relu", "d_sae": d_sae, "k": None})
+            for arch in ("relu", "jumprelu"):
+                grid.append({"kind": kind, "architecture": arch, "d_sae": d_sae, "k": None})
             for k in (32, 128):
                 grid.append({"kind": kind, "architecture": "topk", "d_sae": d_sae, "k": k})
     return grid
@@ -110,9 +123,9 @@ def our_step(
         d_out=batch[hook_out].shape[1],
         hook_in=hook_in,
         hook_out=hook_out,
-        k=spec["k"] or 32,
         dtype=options.dtype,
         device=options.device,
+        **({"k": spec["k"]} if spec["k"] else {"init_l0": WARM_L0}),
     )
     dictionary = make(cfg)
     train_cfg = TrainConfig(
@@ -120,8 +133,8 @@ def our_step(
     )
     trainer = Trainer(RepeatBatch(batch), {"d": dictionary}, train_cfg)
 
-    def step() -> None:
-        trainer.train(stop_at_step=trainer.step + 1)
+    def step() -> dict[str, float]:
+        return trainer.train(stop_at_step=trainer.step + 1).metrics["d"]
 
     step.trainer = trainer  # type: ignore[attr-defined]  # for bench_breakdown's phase labels
     return step
@@ -208,7 +221,7 @@ def run(adapter: Any, options: BenchOptions) -> None:
 
     ceilings: dict[int, dict[str, str]] = {}
     ceiling_fns: dict[str, Callable[[], Any]] = {}
-    for spec in configs(options.quick):
+    for spec in configs(options.quick, options.train_cases):
         d_sae, k = spec["d_sae"], spec["k"]
         if d_sae not in ceilings:
             log(f"train_step ceiling d_sae={d_sae}")
@@ -246,11 +259,13 @@ def run(adapter: Any, options: BenchOptions) -> None:
                 )
             else:
                 skipped("train_step", "eai-sparsify", config, why_sparsify)
-        relu_65k = spec["architecture"] == "relu" and d_sae >= 65536
+        relu_65k = spec["architecture"] in ("relu", "jumprelu") and d_sae >= 65536
         if spec["kind"] == "sae" and why_saelens is None and relu_65k and not options.quick:
             # SAELens' ReLU step at 65k costs minutes on a CPU and is no target; keeps the full
             # run near 30 minutes (its 4k/16k ReLU steps are measured).
-            skipped("train_step", "sae-lens", config, "ReLU at d_sae 65536 not run (time budget)")
+            skipped(
+                "train_step", "sae-lens", config, "(Jump)ReLU at d_sae 65536 not run (time budget)"
+            )
         elif spec["kind"] == "sae" and why_saelens is None:
             autocast = options.dtype == "bfloat16"
             saelens_dtype = "float32"  # SAELens trains fp32 weights; bf16 is its autocast
@@ -296,6 +311,10 @@ def run(adapter: Any, options: BenchOptions) -> None:
         )
         mem = memory_fields(options.device)
         seconds = {name: statistics.median(values) for name, values in alone.items()}
+        last = fns["sparsecircuits"]()  # one more step: the L0 and mode the timed steps had
+        ours_fields: dict[str, Any] = {"l0": round(last["l0"], 2)}
+        if "sparse_step" in last:
+            ours_fields["step_mode"] = "sparse" if last["sparse_step"] else "dense"
         for name, s in seconds.items():
             if name == "ceiling":
                 continue
@@ -309,6 +328,7 @@ def run(adapter: Any, options: BenchOptions) -> None:
                     "seconds": round(s, 5),
                     "tokens_per_s_spread": spread([BATCH_TOKENS / t for t in alone[name]], 1),
                     "step_peak_delta_mb": round(deltas[name], 1),
+                    **(ours_fields if name == "sparsecircuits" else {}),
                     **mem,
                 }
             )

@@ -42,6 +42,7 @@ class BenchOptions:
     model: str = "auto"  # "auto" | "embedded" | "tiny" | a local model folder
     threads: int | None = None
     compete: str | None = None  # a `Competitor` kind: measure each pair alone and beside it
+    train_cases: str | None = None  # "ARCHITECTURE:D_SAE,...": the train_step cases to run
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sc-bench-")))
 
     @property

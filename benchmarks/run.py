@@ -95,6 +95,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="graph_scale cases as TOKENS:MAX_FEATURE_NODES,... (0: every feature a target; "
         "default 32:0,32:8192,128:8192)",
     )
+    p.add_argument(
+        "--train-cases",
+        default=None,
+        help="train_step cases as ARCHITECTURE:D_SAE,... (e.g. relu:4096,jumprelu:16384; "
+        "default: the whole grid)",
+    )
     p.add_argument("--workdir", default=None, help="scratch folder (default: a new temp folder)")
     p.add_argument("--out", default=None, help="also write the JSON lines to this file")
     # internal: one graph measurement in a fresh process
@@ -127,6 +133,7 @@ def options_from(args: argparse.Namespace) -> common.BenchOptions:
         model=args.model,
         threads=args.threads,
         compete=args.compete,
+        train_cases=args.train_cases,
     )
     if args.repeats is not None:
         opts.repeats = args.repeats

@@ -162,10 +162,12 @@ def saelens_step(
     l1_coefficient: float = 1e-3,
     autocast: bool = False,
 ) -> Callable[[], None]:
-    """One `SAETrainer.step` of a SAELens TopK (or standard ReLU) training SAE, as a closure."""
+    """One `SAETrainer.step` of a SAELens TopK, standard (ReLU) or JumpReLU training SAE, as a
+    closure."""
     with redirect_library_output():
         from sae_lens import SAETrainer, StandardTrainingSAE, TopKTrainingSAE
         from sae_lens.config import SAETrainerConfig
+        from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
         from sae_lens.saes.standard_sae import StandardTrainingSAEConfig
         from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
 
@@ -182,6 +184,10 @@ def saelens_step(
                 device=device,
                 use_sparse_activations=sparse_activations,
             )
+        )
+    elif architecture == "jumprelu":
+        sae = JumpReLUTrainingSAE(
+            JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, dtype=dtype, device=device)
         )
     else:
         sae = StandardTrainingSAE(

@@ -15,6 +15,7 @@ from sparsecircuits.dictionaries import cpu_topk, kernels
 from sparsecircuits.dictionaries.activations import Activation, make_activation
 from sparsecircuits.dictionaries.activations.base import ForwardOutput
 from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
+from sparsecircuits.dictionaries.sparse_step import RowSparseOutput
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
@@ -219,7 +220,9 @@ class Dictionary(CoderBase):
         if dead_mask is not None and dead_mask.shape != (self.d_sae,):
             raise SparseCircuitsError(f"dead_mask must be a bool tensor of shape [{self.d_sae}]")
         codes = self.activation.encode_input(self, x, dead_mask)
-        if codes.is_sparse:
+        if isinstance(codes, RowSparseOutput):  # a ReLU / JumpReLU step run row-sparsely
+            out = codes.decode(self.W_dec) + self.b_dec
+        elif codes.is_sparse:
             assert codes.values is not None and codes.indices is not None
             out = self.decode_sparse(codes.values, codes.indices)
         else:

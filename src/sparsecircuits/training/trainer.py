@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from sparsecircuits.config import to_dict
 from sparsecircuits.dictionaries import SparseCoder, save_dictionary
+from sparsecircuits.dictionaries.sparse_step import step_mode_of
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.files import fsync_folder, fsync_tree
 from sparsecircuits.training.checkpoints import (
@@ -255,13 +256,22 @@ class Trainer:
             }
             if "aux" in parts:
                 metrics[name]["aux"] = float(parts["aux"])
+            mode = step_mode_of(dictionary)
+            if mode is not None:  # ReLU / JumpReLU: 1.0 when the step ran row-sparsely
+                metrics[name]["sparse_step"] = float(mode == "sparse")
         return metrics
 
     def _log(self, metrics: dict[str, dict[str, float]], bar: tqdm) -> None:
         first = next(iter(metrics.values()), None)
         if first is not None:
+            mode = {}
+            if "sparse_step" in first:
+                mode["step"] = "sparse" if first["sparse_step"] else "dense"
             bar.set_postfix(
-                loss=f"{first['loss']:.4g}", l0=f"{first['l0']:.1f}", fvu=f"{first['fvu']:.3f}"
+                loss=f"{first['loss']:.4g}",
+                l0=f"{first['l0']:.1f}",
+                fvu=f"{first['fvu']:.3f}",
+                **mode,
             )
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)

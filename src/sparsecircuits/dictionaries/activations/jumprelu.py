@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from sparsecircuits.dictionaries import sparse_step
 from sparsecircuits.dictionaries.activations.base import (
     Activation,
     ActivationParams,
@@ -116,6 +117,7 @@ class JumpReLUActivation(Activation):
     name = "jumprelu"
     Params = JumpReLUParams
     params: JumpReLUParams
+    step_mode: str | None = None  # "sparse" | "dense": how the last train step ran
 
     def __init__(self, cfg: DictionaryConfig) -> None:
         super().__init__(cfg)
@@ -139,14 +141,52 @@ class JumpReLUActivation(Activation):
 
     def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Dense codes `u · H(u - θ)`; `pre_acts` kept for the L0 / pre-activation losses."""
-        pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
+        pre_acts = sparse_step.pre_activations(x_in, dictionary.W_enc, dictionary.b_enc)
         acts = jumprelu(pre_acts, self.threshold, self.params.jumprelu_bandwidth)
         return ForwardOutput(pre_acts=pre_acts, dense_acts=acts, d_sae=self.cfg.d_sae)
+
+    def encode_input(self, dictionary: Owner, x: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
+        """`encode(x - b_in)`; in a train step, row-sparse once few latents are active
+        (`sparse_step`: the kept entries are the active ones and those in the threshold's
+        gradient window). The dead-latent pre-activation loss reads every pre-activation of
+        the dead latents, so while it is on and latents are dead the step stays dense."""
+        params = self.params
+        needs_all = (
+            params.pre_act_loss_coefficient > 0 and dead_mask is not None and bool(dead_mask.any())
+        )
+        if not sparse_step.applies(dictionary, x):
+            return super().encode_input(dictionary, x, dead_mask)
+        if needs_all:
+            self.step_mode = "dense"
+            return super().encode_input(dictionary, x, dead_mask)
+        threshold = self.threshold
+        bandwidth = params.jumprelu_bandwidth
+
+        def sparse(pre: Tensor, pattern: sparse_step.RowPattern) -> sparse_step.RowSparseOutput:
+            kept_threshold = threshold[pattern.cols]
+            return sparse_step.RowSparseOutput(
+                acts=jumprelu(pre, kept_threshold, bandwidth),
+                pattern=pattern,
+                kept_pre=pre,
+                kept_threshold=kept_threshold,
+                d_sae=self.cfg.d_sae,
+            )
+
+        codes, self.step_mode = sparse_step.switched_encode(
+            dictionary,
+            x,
+            sparse_step.jumprelu_cutoffs(threshold, bandwidth),
+            dense=lambda x_in: self.encode(dictionary, x_in, dead_mask),
+            sparse=sparse,
+        )
+        return codes
 
     def sparsity_loss(
         self, dictionary: Owner, codes: ForwardOutput, dead_mask: Tensor | None
     ) -> Tensor:
         """Step-L0 or tanh penalty (docs/internals.md), plus the dead-latent pre-activation loss."""
+        if isinstance(codes, sparse_step.RowSparseOutput):
+            return self._sparse_sparsity_loss(dictionary, codes)
         assert codes.pre_acts is not None
         params = self.params
         threshold = self.threshold
@@ -160,6 +200,22 @@ class JumpReLUActivation(Activation):
             shortfall = (threshold - codes.pre_acts).relu() * dead_mask * norms
             loss = loss + params.pre_act_loss_coefficient * shortfall.sum(dim=1).mean()
         return loss
+
+    def _sparse_sparsity_loss(
+        self, dictionary: Owner, codes: sparse_step.RowSparseOutput
+    ) -> Tensor:
+        """`sparsity_loss` over the kept entries: the others add 0 and no gradient (their
+        activation is 0 and they lie outside the threshold's window)."""
+        assert codes.pattern is not None and codes.acts is not None
+        assert codes.kept_pre is not None and codes.kept_threshold is not None
+        params = self.params
+        n = max(codes.pattern.n_rows, 1)
+        if params.jumprelu_sparsity == "tanh":
+            norms = dictionary.W_dec.norm(dim=1)[codes.pattern.cols]
+            per_entry = torch.tanh(params.tanh_scale * codes.acts.abs() * norms)
+        else:
+            per_entry = step(codes.kept_pre, codes.kept_threshold, params.jumprelu_bandwidth)
+        return params.l0_coefficient * per_entry.sum() / n
 
     def saelens_architecture(self) -> str | None:
         """ "jumprelu" / "jumprelu_transcoder" / "jumprelu_skip_transcoder"."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from sparsecircuits.dictionaries import sparse_step
 from sparsecircuits.dictionaries.activations.base import (
     Activation,
     ActivationParams,
@@ -43,12 +44,29 @@ class ReLUActivation(Activation):
     name = "relu"
     Params = ReLUParams
     params: ReLUParams
+    step_mode: str | None = None  # "sparse" | "dense": how the last train step ran
 
     def encode(self, dictionary: Owner, x_in: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         """Dense codes `relu(x_in @ W_enc + b_enc)` (pre-activations not kept: the ReLU's
         backward needs only its output, so `[n, d_sae]` of memory is freed at once)."""
-        pre_acts = torch.addmm(dictionary.b_enc, x_in, dictionary.W_enc)
+        pre_acts = sparse_step.pre_activations(x_in, dictionary.W_enc, dictionary.b_enc)
         return ForwardOutput(dense_acts=torch.relu(pre_acts), d_sae=self.cfg.d_sae)
+
+    def encode_input(self, dictionary: Owner, x: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
+        """`encode(x - b_in)`; in a train step, row-sparse once few latents are active
+        (`sparse_step`: the kept entries are the positive pre-activations)."""
+        if not sparse_step.applies(dictionary, x):
+            return super().encode_input(dictionary, x, dead_mask)
+        codes, self.step_mode = sparse_step.switched_encode(
+            dictionary,
+            x,
+            dictionary.b_enc.new_zeros(self.cfg.d_sae),
+            dense=lambda x_in: self.encode(dictionary, x_in, dead_mask),
+            sparse=lambda pre, pattern: sparse_step.RowSparseOutput(
+                acts=torch.relu(pre), pattern=pattern, kept_pre=pre, d_sae=self.cfg.d_sae
+            ),
+        )
+        return codes
 
     @torch.no_grad()
     def init_from_data(self, dictionary: Owner, x_in: Tensor) -> None:

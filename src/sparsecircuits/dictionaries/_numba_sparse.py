@@ -1,0 +1,66 @@
+"""The numba kernels behind `sparse_step` (imported on first use; compiled code cached on disk):
+row-sparse extraction of pre-activations above per-latent cutoffs, and the CSR gather-dot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+
+# No fastmath: the kept set is decided by exact comparisons, and NaN must be kept (so a NaN
+# pre-activation reaches the loss, as on the dense path).
+# The pre-activation is `dot[r, j] + bias[j]` in fp32, the bits of torch's `(x @ W).add_(b)`.
+@njit(parallel=True, boundscheck=False, nogil=True, cache=True)
+def count_above(dot: Any, bias: Any, cutoff: Any, counts: Any) -> None:
+    """`counts[r]` = number of `j` with `dot[r, j] + bias[j] > cutoff[j]` (or NaN)."""
+    n, w = dot.shape
+    for r in prange(n):
+        row = dot[r]
+        c = 0
+        for j in range(w):
+            v = row[j] + bias[j]
+            c += (v > cutoff[j]) | (v != v)
+        counts[r] = c
+
+
+@njit(parallel=True, boundscheck=False, nogil=True, cache=True)
+def fill_above(dot: Any, bias: Any, cutoff: Any, offsets: Any, cols: Any, values: Any) -> None:
+    """Write row `r`'s kept entries (as `count_above`) at `offsets[r]..`: latent in `cols`,
+    pre-activation in `values`, latents increasing."""
+    n, w = dot.shape
+    for r in prange(n):
+        row = dot[r]
+        p = offsets[r]
+        for j in range(w):
+            v = row[j] + bias[j]
+            if (v > cutoff[j]) | (v != v):
+                cols[p] = j
+                values[p] = v
+                p += 1
+
+
+@njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)
+def csr_gather_dot(table: Any, cols: Any, offsets: Any, rows: Any, out: Any) -> None:
+    """`out[p] = table[cols[p]] . rows[r]` for every entry `p` of row `r` (`offsets[r] <= p <
+    offsets[r + 1]`)."""
+    n = rows.shape[0]
+    d = rows.shape[1]
+    for r in prange(n):
+        x = rows[r]
+        for p in range(offsets[r], offsets[r + 1]):
+            w = table[cols[p]]
+            acc = np.float32(0.0)
+            for t in range(d):
+                acc += w[t] * x[t]
+            out[p] = acc
+
+
+def use_threads(n: int) -> None:
+    """Run the parallel kernels on `n` threads (capped at numba's pool size)."""
+    import numba
+
+    want = min(n, numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+    if numba.get_num_threads() != want:
+        numba.set_num_threads(want)
