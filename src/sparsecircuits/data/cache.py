@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -313,14 +314,21 @@ class CachedRows:
             )
         self.position = position
 
+    can_rewind = True
+
     def fill(
-        self, buffers: dict[str, Tensor], max_rows: int, token_ids: Tensor | None = None
+        self,
+        buffers: dict[str, Tensor],
+        max_rows: int,
+        token_ids: Tensor | None = None,
+        stop: threading.Event | None = None,
     ) -> int:
-        """Copy the next up to `max_rows` rows into rows ``[0, n)`` of `buffers`; return n."""
+        """Copy the next up to `max_rows` rows into rows ``[0, n)`` of `buffers`; return n (one
+        read, which `stop` does not interrupt)."""
         targets = {hook: buffers[hook] for hook in self.hooks}
         if token_ids is not None:
             targets[TOKEN_IDS_KEY] = token_ids
-        stop = min(self.position + max_rows, self.source.n_tokens)
-        rows = self.source._read_into(targets, self.position, stop)
+        end = min(self.position + max_rows, self.source.n_tokens)
+        rows = self.source._read_into(targets, self.position, end)
         self.position += rows
         return rows
