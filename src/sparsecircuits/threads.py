@@ -68,13 +68,15 @@ def set_threads(n: int | None = None) -> int:
 
 def harvest_threads() -> int:
     """Intra-op threads of the background harvester on CPU: `SPARSECIRCUITS_HARVEST_THREADS`, else
-    half of the trainer's (at least 1), so the two share the cores without oversubscribing them."""
+    the trainer's count. Where harvesting is the slower half the trainer waits for it (the store
+    keeps pace) and its threads sleep, so the harvester then has every core; while both run, the
+    passive wait policy keeps the two teams from spinning against each other."""
     import torch
 
     value = os.environ.get("SPARSECIRCUITS_HARVEST_THREADS")
     if value:
         return _positive("SPARSECIRCUITS_HARVEST_THREADS", value)
-    return max(1, torch.get_num_threads() // 2)
+    return torch.get_num_threads()
 
 
 def summary() -> dict[str, object]:

@@ -88,6 +88,18 @@ def test_next_fill_is_ready_before_it_is_needed(helpers):
     assert ahead.wait_seconds - waited < 0.5  # swapped in, not harvested here
 
 
+def test_batches_keep_pace_with_a_slower_background_fill(helpers):
+    ahead, _, _ = stores(helpers, delay=0.01)
+    next(ahead)
+    for _ in range(5):  # the rest of fill 0's whole batches, fill 1 harvested meanwhile
+        next(ahead)
+        pending = ahead._pending
+        assert pending is not None and ahead._rows_filled
+        share = ahead._rows_served / ahead._rows_filled
+        # each batch returns only once the next fill is as far along as this one is used up
+        assert pending.done() or pending.control.rows >= int(share * ahead.capacity)
+
+
 def test_prefetch_off_for_a_one_shot_iterator(helpers):
     adapter = helpers.FakeAdapter(helpers.make_tokenizer())
     contexts = iter(helpers.synthetic_contexts(60, CTX))

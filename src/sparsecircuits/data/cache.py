@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ from sparsecircuits.data.tokenize import TokenSource
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
+    from sparsecircuits.data.prefetch import FillControl
     from sparsecircuits.models import ModelAdapter
 
 __all__ = ["CachedActivationSource", "MANIFEST_NAME", "harvest_to_disk"]
@@ -321,14 +321,16 @@ class CachedRows:
         buffers: dict[str, Tensor],
         max_rows: int,
         token_ids: Tensor | None = None,
-        stop: threading.Event | None = None,
+        control: FillControl | None = None,
     ) -> int:
         """Copy the next up to `max_rows` rows into rows ``[0, n)`` of `buffers`; return n (one
-        read, which `stop` does not interrupt)."""
+        read, which `control` does not interrupt; it hears the rows at the end)."""
         targets = {hook: buffers[hook] for hook in self.hooks}
         if token_ids is not None:
             targets[TOKEN_IDS_KEY] = token_ids
         end = min(self.position + max_rows, self.source.n_tokens)
         rows = self.source._read_into(targets, self.position, end)
         self.position += rows
+        if control is not None:
+            control.advance(rows)
         return rows

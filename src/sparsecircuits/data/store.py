@@ -4,7 +4,6 @@ scheme and its memory in docs/internals.md)."""
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import torch
 from torch import Tensor
 
 from sparsecircuits.config import torch_dtype
-from sparsecircuits.data.prefetch import BackgroundFill, FillResult
+from sparsecircuits.data.prefetch import BackgroundFill, FillControl, FillResult
 from sparsecircuits.data.tokenize import TokenSource, check_context_size
 from sparsecircuits.errors import SparseCircuitsError
 
@@ -34,7 +33,9 @@ class ActivationStoreConfig:
     the buffer dtype, the shuffle seed, a `harvest_to_disk` folder to read instead of running the
     model, the device (default: the model's; "cpu" for a cache), and whether to harvest the next
     fill in a background thread while the current one is consumed (`prefetch`: same batches,
-    twice the buffer memory; only where the stream can be replayed)."""
+    twice the buffer memory; only where the stream can be replayed), and whether batches then
+    wait for the background fill to keep pace (`pace`: where harvesting is slower than training,
+    each step waits a little instead of the step at the refill waiting for all of it)."""
 
     context_size: int = 128
     contexts_per_forward: int = 32
@@ -46,6 +47,7 @@ class ActivationStoreConfig:
     cache_dir: str | None = None
     device: str | None = None
     prefetch: bool = True
+    pace: bool = True
 
 
 def _as_context_rows(contexts: Iterable[Tensor]) -> Iterator[Tensor]:
@@ -163,16 +165,17 @@ class ModelRows:
         buffers: dict[str, Tensor],
         max_rows: int,
         token_ids: Tensor | None = None,
-        stop: threading.Event | None = None,
+        control: FillControl | None = None,
     ) -> int:
         """Write the activations of the next ``max_rows // rows_per_context`` contexts (fewer
         at the end of the stream) into rows ``[0, n)`` of each buffer ``[>= max_rows, d]``;
-        also their token ids into `token_ids` ``[>= max_rows]`` when given. Returns n. When
-        `stop` is set it returns after the current forward (the rows are then incomplete)."""
+        also their token ids into `token_ids` ``[>= max_rows]`` when given. Returns n. A
+        `control` hears the rows written after each forward, and when it asks to stop the fill
+        returns after the current forward (the rows are then incomplete)."""
         wanted = max_rows // self.rows_per_context
         rows_written = 0
         done = 0
-        while done < wanted and not (stop is not None and stop.is_set()):
+        while done < wanted and not (control is not None and control.stop_requested()):
             requested = min(self.contexts_per_forward, wanted - done)
             contexts = self._next_contexts(requested)
             if not contexts:
@@ -180,6 +183,8 @@ class ModelRows:
             input_ids = self._stack(contexts)
             rows_written += self._forward_into(input_ids, buffers, rows_written, token_ids)
             done += len(contexts)
+            if control is not None:
+                control.advance(rows_written)
             if len(contexts) < requested:
                 break  # the stream is exhausted
         return rows_written
@@ -372,10 +377,22 @@ class ActivationStore:
             needed -= take
         if self._rows_served == self._rows_filled and self._rows_filled == self.capacity:
             self._next_fill()  # keeps state_dict from pointing at a spent fill
+        elif self._pending is not None and self.cfg.pace and not self._pending.done():
+            self._keep_pace()
         self.tokens_served += self.cfg.batch_tokens
         if len(parts) == 1:
             return parts[0]
         return {hook: torch.cat([part[hook] for part in parts]) for hook in self.hooks}
+
+    def _keep_pace(self) -> None:
+        """Wait until the background fill has harvested the share of its rows that this fill has
+        served: when harvesting is slower than training, the wait is spread over the steps
+        instead of falling on the step where the buffer runs out."""
+        assert self._pending is not None and self._rows_filled
+        start = time.perf_counter()
+        share = self._rows_served / self._rows_filled
+        self._pending.keep_pace(int(share * self.capacity))
+        self.wait_seconds += time.perf_counter() - start
 
     def _next_fill(self) -> None:
         assert self._fill_end is not None
@@ -423,11 +440,11 @@ class ActivationStore:
         buffers: dict[str, Tensor],
         fill_index: int,
         start: int,
-        stop: threading.Event | None,
+        control: FillControl | None,
     ) -> FillResult:
         """Harvest fill `fill_index` from stream position `start` into `buffers`."""
         self.producer.seek(start)
-        rows = self.producer.fill(buffers, self.capacity, stop=stop)
+        rows = self.producer.fill(buffers, self.capacity, control=control)
         permutation = None
         if rows:
             generator = _fill_generator(self.cfg.seed, fill_index)
@@ -442,7 +459,7 @@ class ActivationStore:
         self._pending = BackgroundFill(
             index,
             start,
-            lambda stop: self._fill(spare, index, start, stop),
+            lambda control: self._fill(spare, index, start, control),
             self.device,
         )
 
