@@ -6,13 +6,15 @@ measurement). The work is `sparsecircuits demo`'s: the embedded model's layer 1,
 transcoder and a TopK SAE (d_sae 2048, k 32) trained from one forward, 4096 tokens per step,
 a 65,536-token shuffle buffer (a refill every 16 steps).
 
-* `harvest_only`: `ActivationStore.next_batch()` alone (model forward, buffer copy, shuffled
-  gather), prefetch off.
+* `harvest_only`: `ActivationStore.next_batch()` alone for the run's steps (model forward,
+  buffer copy, shuffled gather), prefetch off; tokens/s counts the rows harvested (whole fills).
 * `train_only`: `Trainer` steps on batches already in memory.
 * `end_to_end`: `Trainer` on an `ActivationStore`, prefetch off and on, interleaved rounds.
-  `ideal_serial` is `1 / (1/harvest + 1/train)`, what harvesting then training each batch
-  costs; `vs_ideal_serial` the measured end-to-end over it. Per step: the median step time and
-  the stalls (steps longer than twice the median, with the seconds they add over the median).
+  `ideal_serial` is the trained tokens over harvest-only seconds plus train-only seconds (for
+  equal harvested and trained tokens, `1 / (1/harvest + 1/train)`): harvesting then training
+  with nothing overlapped; `vs_ideal_serial` the measured end-to-end over it. Per step: the
+  median step time and the stalls (steps longer than twice the median, with the seconds they
+  add over the median).
 """
 
 from __future__ import annotations
@@ -192,16 +194,27 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(steps):
             store.next_batch()
         samples["harvest_only"].append(time.perf_counter() - start)
+        harvested = store.producer.position * store.producer.rows_per_context
         samples["train_only"].append(train(adapter, FixedBatches(batches), steps))
         for mode in ("off", "on"):
             timed = TimedStore(make_store(adapter, contexts, prefetch=mode == "on"))
             seconds = train(adapter, timed, steps)
             samples.setdefault(f"end_to_end_prefetch_{mode}", []).append(seconds)
             stalls[mode].append(step_stalls(timed.times, timed.times[0] + seconds))
-    speed = {name: tokens / statistics.median(s) for name, s in samples.items()}
-    ideal = 1 / (1 / speed["harvest_only"] + 1 / speed["train_only"])
+    seconds = {name: statistics.median(s) for name, s in samples.items()}
+    speed = {name: tokens / s for name, s in seconds.items()}
+    speed["harvest_only"] = harvested / seconds["harvest_only"]
+    ideal = tokens / (seconds["harvest_only"] + seconds["train_only"])
     for name in ("harvest_only", "train_only"):
-        emit({"name": f"overlap_{name}", "config": config, "tokens_per_s": round(speed[name], 1)})
+        emit(
+            {
+                "name": f"overlap_{name}",
+                "config": config,
+                "tokens_per_s": round(speed[name], 1),
+                "seconds": round(seconds[name], 3),
+                "tokens": harvested if name == "harvest_only" else tokens,
+            }
+        )
     for mode in ("off", "on"):
         name = f"end_to_end_prefetch_{mode}"
         emit(
@@ -209,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 "name": f"overlap_{name}",
                 "config": config,
                 "tokens_per_s": round(speed[name], 1),
+                "seconds": round(seconds[name], 3),
                 "ideal_serial_tokens_per_s": round(ideal, 1),
                 "vs_ideal_serial": round(speed[name] / ideal, 3),
                 "steps": stalls[mode],

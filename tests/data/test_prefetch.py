@@ -213,3 +213,14 @@ def test_interrupt_in_training_leaves_no_fill_thread(helpers):
     with pytest.raises(KeyboardInterrupt):
         Trainer(ahead, {"tc": transcoder}, train_cfg(25)).train()
     assert not fill_threads()
+
+
+def test_prefetch_is_not_part_of_a_runs_identity():
+    from sparsecircuits.config import to_dict
+    from sparsecircuits.pipelines.train import RunConfig
+    from sparsecircuits.training.checkpoints import fingerprint, run_settings
+
+    on, off = to_dict(RunConfig()), to_dict(RunConfig(prefetch=False))
+    assert on != off  # recorded in run_config.json
+    # a run may be resumed with prefetch switched: it does not change the batches
+    assert fingerprint(run_settings({}, on)) == fingerprint(run_settings({}, off))
