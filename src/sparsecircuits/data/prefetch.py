@@ -75,6 +75,11 @@ class BackgroundFill:
         self._result: FillResult | None = None
         self._error: BaseException | None = None
         self._intra_op = threads.harvest_threads() if device.type == "cpu" else None
+        self._ready = None
+        if device.type == "cuda":
+            # the trainer's stream may still read the spare buffers (batches already queued)
+            self._ready = torch.cuda.Event()
+            self._ready.record(torch.cuda.current_stream(device))
         self._thread = threading.Thread(
             target=self._run, name=f"sparsecircuits-fill-{fill_index}", daemon=True
         )
@@ -103,6 +108,8 @@ class BackgroundFill:
             yield None
             return
         stream = torch.cuda.Stream(device=self._device)
+        assert self._ready is not None
+        stream.wait_event(self._ready)
         with torch.cuda.stream(stream):
             yield stream
         stream.synchronize()

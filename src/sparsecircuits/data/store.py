@@ -429,7 +429,8 @@ class ActivationStore:
                     "the data yielded no activations; check the dataset and context_size"
                 )
             raise StopIteration
-        self._permutation = result.permutation
+        assert result.permutation is not None
+        self._permutation = result.permutation.to(self.device)
         self._rows_filled = result.rows
         self._fill_end = result.end
         if self.prefetch and result.rows == self.capacity:  # a partial fill ends the stream
@@ -448,7 +449,7 @@ class ActivationStore:
         permutation = None
         if rows:
             generator = _fill_generator(self.cfg.seed, fill_index)
-            permutation = torch.randperm(rows, generator=generator).to(self.device)
+            permutation = torch.randperm(rows, generator=generator)  # moved by the consumer
         return FillResult(rows, self.producer.position, permutation)
 
     def _start_prefetch(self) -> None:
@@ -456,11 +457,16 @@ class ActivationStore:
             self._spare = self._new_buffers()
         index, start, spare = self._fill_index + 1, self._fill_end, self._spare
         assert start is not None
+        # where the forwards run: the model's device (a CUDA model may fill a CPU buffer)
+        model_device = torch.device(
+            getattr(getattr(self.producer, "adapter", None), "device", "cpu")
+        )
+        harvest_device = model_device if model_device.type == "cuda" else self.device
         self._pending = BackgroundFill(
             index,
             start,
             lambda control: self._fill(spare, index, start, control),
-            self.device,
+            harvest_device,
         )
 
     def close(self) -> None:
