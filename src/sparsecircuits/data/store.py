@@ -4,7 +4,9 @@ scheme and its memory in docs/internals.md)."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -48,6 +50,22 @@ class ActivationStoreConfig:
     device: str | None = None
     prefetch: bool = True
     pace: bool = True
+
+
+# A model runs one hooked forward at a time: run_with_cache installs hooks on its modules, so a
+# background fill and another store's (or the same store's foreground) fill over one adapter
+# take turns, forward by forward.
+_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(adapter: Any) -> threading.Lock:
+    """The lock that serialises hooked forwards of `adapter` across activation stores."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(adapter)
+        if lock is None:
+            lock = _MODEL_LOCKS[adapter] = threading.Lock()
+        return lock
 
 
 def _as_context_rows(contexts: Iterable[Tensor]) -> Iterator[Tensor]:
@@ -210,7 +228,7 @@ class ModelRows:
         n_contexts = input_ids.shape[0]
         first = 1 if self.exclude_bos else 0
         n_rows = n_contexts * self.rows_per_context
-        with torch.no_grad():
+        with torch.no_grad(), model_lock(self.adapter):
             _, cache = self.adapter.run_with_cache(
                 input_ids.to(self.adapter.device), self.hooks, stop_after_last=True
             )
