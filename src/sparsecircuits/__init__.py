@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits import threads as _threads
+
+# Before torch or numba load their OpenMP runtimes, which read the wait policy once.
+_threads.configure_environment()
+
+from sparsecircuits.errors import SparseCircuitsError  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -77,19 +77,28 @@ def test_bos_kept_when_not_excluded(helpers):
 
 
 def test_memory_bound(helpers):
-    store, _ = store_over(helpers, hooks=(MLP_IN, MLP_OUT, RESID), buffer_tokens=203)
+    hooks = (MLP_IN, MLP_OUT, RESID)
+    store, _ = store_over(helpers, hooks=hooks, buffer_tokens=203, prefetch=False)
     assert store.capacity == 200  # whole contexts of 8 rows
     assert store.memory_bytes() == 200 * (4 + 3 + 5) * 4
     assert store.memory_bytes() <= 203 * (4 + 3 + 5) * 4
     held = sum(buffer.numel() * buffer.element_size() for buffer in store.buffers.values())
     assert held == store.memory_bytes()
-    half, _ = store_over(helpers, dtype="bfloat16")
+    half, _ = store_over(helpers, dtype="bfloat16", prefetch=False)
     assert half.memory_bytes() == 200 * 7 * 2
     assert next(half)[MLP_IN].dtype == torch.bfloat16
+    # prefetch: the fill being consumed and the one being harvested, never more
+    ahead, _ = store_over(helpers, hooks=hooks, buffer_tokens=203)
+    assert ahead.memory_bytes() == 2 * 200 * (4 + 3 + 5) * 4
+    for _ in ahead:
+        spare = ahead._spare or {}
+        held = sum(b.numel() * b.element_size() for b in [*ahead.buffers.values(), *spare.values()])
+        assert held <= ahead.memory_bytes()
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
 @pytest.mark.parametrize("steps_before", [0, 1, 6, 7, 9])
-def test_resume_matches_uninterrupted_run(helpers, tokenizer, tmp_path, steps_before):
+def test_resume_matches_uninterrupted_run(helpers, tokenizer, tmp_path, steps_before, prefetch):
     # buffer 200 rows / batch 32: fills end mid-batch, so some resumes straddle two fills
     (tmp_path / "a.txt").write_text(
         "\n\n".join(helpers.words(13 * i, 5 + i % 17) for i in range(80))
@@ -99,12 +108,12 @@ def test_resume_matches_uninterrupted_run(helpers, tokenizer, tmp_path, steps_be
     uninterrupted = list(ActivationStore(adapter, source, [MLP_IN, MLP_OUT], config()))
     assert len(uninterrupted) > 12
 
-    first = ActivationStore(adapter, source, [MLP_IN, MLP_OUT], config())
+    first = ActivationStore(adapter, source, [MLP_IN, MLP_OUT], config(prefetch=prefetch))
     for step in range(steps_before):
         assert torch.equal(next(first)[MLP_IN], uninterrupted[step][MLP_IN])
     state = json.loads(json.dumps(first.state_dict()))
 
-    resumed = ActivationStore(adapter, source, [MLP_IN, MLP_OUT], config())
+    resumed = ActivationStore(adapter, source, [MLP_IN, MLP_OUT], config(prefetch=prefetch))
     resumed.load_state_dict(state)
     rest = list(resumed)
     assert len(rest) == len(uninterrupted) - steps_before

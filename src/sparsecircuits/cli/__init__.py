@@ -9,6 +9,7 @@ import typing
 
 from sparsecircuits import __version__
 from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.threads import set_threads
 
 # Subcommand modules under sparsecircuits.cli, in the order `--help` lists them.
 COMMANDS = [
@@ -45,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train transcoders and SAEs, trace circuits through them, and look at them.",
     )
     parser.add_argument("--version", action="version", version=f"sparsecircuits {__version__}")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch and the numba kernels (default: SPARSECIRCUITS_THREADS, "
+        "else one per core); goes before the command",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"sparsecircuits.cli.{name.replace('-', '_')}").register(sub)
@@ -78,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_third_party()
     args = parser.parse_args(argv)
     try:
+        set_threads(args.threads)
         return int(args.func(args) or 0)
     except SparseCircuitsError as exc:
         print(f"error: {exc}", file=sys.stderr)

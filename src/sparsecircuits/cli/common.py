@@ -71,6 +71,17 @@ RUN_FLAGS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
         {"type": float, "help": "minutes between checkpoints (default 10; 0: off)"},
     ),
     ("--seed", "run", "seed", {"type": int}),
+    (
+        "--no-prefetch",
+        "run",
+        "prefetch",
+        {
+            "action": "store_const",
+            "const": False,
+            "help": "harvest each shuffle-buffer fill between steps, not in a background thread "
+            "while training (halves the buffer memory; the same batches)",
+        },
+    ),
 )
 
 

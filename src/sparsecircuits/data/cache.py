@@ -23,6 +23,7 @@ from sparsecircuits.data.tokenize import TokenSource
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
+    from sparsecircuits.data.prefetch import FillControl
     from sparsecircuits.models import ModelAdapter
 
 __all__ = ["CachedActivationSource", "MANIFEST_NAME", "harvest_to_disk"]
@@ -313,14 +314,23 @@ class CachedRows:
             )
         self.position = position
 
+    can_rewind = True
+
     def fill(
-        self, buffers: dict[str, Tensor], max_rows: int, token_ids: Tensor | None = None
+        self,
+        buffers: dict[str, Tensor],
+        max_rows: int,
+        token_ids: Tensor | None = None,
+        control: FillControl | None = None,
     ) -> int:
-        """Copy the next up to `max_rows` rows into rows ``[0, n)`` of `buffers`; return n."""
+        """Copy the next up to `max_rows` rows into rows ``[0, n)`` of `buffers`; return n (one
+        read, which `control` does not interrupt; it hears the rows at the end)."""
         targets = {hook: buffers[hook] for hook in self.hooks}
         if token_ids is not None:
             targets[TOKEN_IDS_KEY] = token_ids
-        stop = min(self.position + max_rows, self.source.n_tokens)
-        rows = self.source._read_into(targets, self.position, stop)
+        end = min(self.position + max_rows, self.source.n_tokens)
+        rows = self.source._read_into(targets, self.position, end)
         self.position += rows
+        if control is not None:
+            control.advance(rows)
         return rows

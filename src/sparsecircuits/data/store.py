@@ -4,6 +4,9 @@ scheme and its memory in docs/internals.md)."""
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -12,6 +15,7 @@ import torch
 from torch import Tensor
 
 from sparsecircuits.config import torch_dtype
+from sparsecircuits.data.prefetch import BackgroundFill, FillControl, FillResult
 from sparsecircuits.data.tokenize import TokenSource, check_context_size
 from sparsecircuits.errors import SparseCircuitsError
 
@@ -29,7 +33,11 @@ class ActivationStoreConfig:
     """Settings of an `ActivationStore`: tokens per context (BOS included), contexts per model
     forward, rows per batch, rows in the shuffle buffer (whole contexts), whether to drop position 0,
     the buffer dtype, the shuffle seed, a `harvest_to_disk` folder to read instead of running the
-    model, and the device (default: the model's; "cpu" for a cache)."""
+    model, the device (default: the model's; "cpu" for a cache), and whether to harvest the next
+    fill in a background thread while the current one is consumed (`prefetch`: same batches,
+    twice the buffer memory; only where the stream can be replayed), and whether batches then
+    wait for the background fill to keep pace (`pace`: where harvesting is slower than training,
+    each step waits a little instead of the step at the refill waiting for all of it)."""
 
     context_size: int = 128
     contexts_per_forward: int = 32
@@ -40,6 +48,24 @@ class ActivationStoreConfig:
     seed: int = 0
     cache_dir: str | None = None
     device: str | None = None
+    prefetch: bool = True
+    pace: bool = True
+
+
+# A model runs one hooked forward at a time: run_with_cache installs hooks on its modules, so a
+# background fill and another store's (or the same store's foreground) fill over one adapter
+# take turns, forward by forward.
+_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(adapter: Any) -> threading.Lock:
+    """The lock that serialises hooked forwards of `adapter` across activation stores."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(adapter)
+        if lock is None:
+            lock = _MODEL_LOCKS[adapter] = threading.Lock()
+        return lock
 
 
 def _as_context_rows(contexts: Iterable[Tensor]) -> Iterator[Tensor]:
@@ -106,6 +132,11 @@ class ModelRows:
     def _reiterable(self) -> bool:
         return not isinstance(self.contexts, Iterator)
 
+    @property
+    def can_rewind(self) -> bool:
+        """Whether `seek` can go back (a re-iterable stream, not a one-shot iterator)."""
+        return self._reiterable
+
     def capacity(self, buffer_tokens: int) -> int:
         """Return the buffer rows: the whole contexts that fit in `buffer_tokens`, times rows each."""
         n_contexts = buffer_tokens // self.rows_per_context
@@ -148,15 +179,21 @@ class ModelRows:
         return taken
 
     def fill(
-        self, buffers: dict[str, Tensor], max_rows: int, token_ids: Tensor | None = None
+        self,
+        buffers: dict[str, Tensor],
+        max_rows: int,
+        token_ids: Tensor | None = None,
+        control: FillControl | None = None,
     ) -> int:
         """Write the activations of the next ``max_rows // rows_per_context`` contexts (fewer
         at the end of the stream) into rows ``[0, n)`` of each buffer ``[>= max_rows, d]``;
-        also their token ids into `token_ids` ``[>= max_rows]`` when given. Returns n."""
+        also their token ids into `token_ids` ``[>= max_rows]`` when given. Returns n. A
+        `control` hears the rows written after each forward, and when it asks to stop the fill
+        returns after the current forward (the rows are then incomplete)."""
         wanted = max_rows // self.rows_per_context
         rows_written = 0
         done = 0
-        while done < wanted:
+        while done < wanted and not (control is not None and control.stop_requested()):
             requested = min(self.contexts_per_forward, wanted - done)
             contexts = self._next_contexts(requested)
             if not contexts:
@@ -164,6 +201,8 @@ class ModelRows:
             input_ids = self._stack(contexts)
             rows_written += self._forward_into(input_ids, buffers, rows_written, token_ids)
             done += len(contexts)
+            if control is not None:
+                control.advance(rows_written)
             if len(contexts) < requested:
                 break  # the stream is exhausted
         return rows_written
@@ -189,7 +228,7 @@ class ModelRows:
         n_contexts = input_ids.shape[0]
         first = 1 if self.exclude_bos else 0
         n_rows = n_contexts * self.rows_per_context
-        with torch.no_grad():
+        with torch.no_grad(), model_lock(self.adapter):
             _, cache = self.adapter.run_with_cache(
                 input_ids.to(self.adapter.device), self.hooks, stop_after_last=True
             )
@@ -289,18 +328,29 @@ class ActivationStore:
         model_device = getattr(getattr(self.producer, "adapter", None), "device", "cpu")
         # Pinned host memory makes the model's device-to-host copies several times faster.
         pin = self.device.type == "cpu" and torch.device(model_device).type == "cuda"
-        self.buffers = {
-            hook: torch.empty(
-                self.capacity, d, dtype=self.dtype, device=self.device, pin_memory=pin
-            )
-            for hook, d in self.dims.items()
-        }
+        self._pin = pin
+        self.buffers = self._new_buffers()
+        # Prefetch needs a stream it can seek back in: a cancelled fill moved it past the spot
+        # the next synchronous fill starts from.
+        self.prefetch = bool(cfg.prefetch) and bool(getattr(self.producer, "can_rewind", False))
+        self._spare: dict[str, Tensor] | None = None  # the background fill's buffers
+        self._pending: BackgroundFill | None = None
         self._fill_index = 0
         self._fill_start = 0
+        self._fill_end: int | None = None  # stream position after the fill in the buffers
         self._rows_served = 0
         self._rows_filled: int | None = None  # None: the buffer does not hold fill _fill_index
         self._permutation: Tensor | None = None
         self.tokens_served = 0
+        self.wait_seconds = 0.0  # time next_batch spent waiting for fills (foreground or not)
+
+    def _new_buffers(self) -> dict[str, Tensor]:
+        return {
+            hook: torch.empty(
+                self.capacity, d, dtype=self.dtype, device=self.device, pin_memory=self._pin
+            )
+            for hook, d in self.dims.items()
+        }
 
     def __repr__(self) -> str:
         return (
@@ -309,9 +359,11 @@ class ActivationStore:
         )
 
     def memory_bytes(self) -> int:
-        """Return the bytes of the shuffle buffers: capacity * sum(dims) * element size."""
+        """Return the bytes of the shuffle buffers: capacity * sum(dims) * element size, twice
+        with `prefetch` (the fill being consumed and the one being harvested)."""
         element = torch.empty((), dtype=self.dtype).element_size()
-        return self.capacity * sum(self.dims.values()) * element
+        copies = 2 if self.prefetch else 1
+        return copies * self.capacity * sum(self.dims.values()) * element
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         return self
@@ -343,30 +395,104 @@ class ActivationStore:
             needed -= take
         if self._rows_served == self._rows_filled and self._rows_filled == self.capacity:
             self._next_fill()  # keeps state_dict from pointing at a spent fill
+        elif self._pending is not None and self.cfg.pace and not self._pending.done():
+            self._keep_pace()
         self.tokens_served += self.cfg.batch_tokens
         if len(parts) == 1:
             return parts[0]
         return {hook: torch.cat([part[hook] for part in parts]) for hook in self.hooks}
 
+    def _keep_pace(self) -> None:
+        """Wait until the background fill has harvested the share of its rows that this fill has
+        served: when harvesting is slower than training, the wait is spread over the steps
+        instead of falling on the step where the buffer runs out."""
+        assert self._pending is not None and self._rows_filled
+        start = time.perf_counter()
+        share = self._rows_served / self._rows_filled
+        self._pending.keep_pace(int(share * self.capacity))
+        self.wait_seconds += time.perf_counter() - start
+
     def _next_fill(self) -> None:
+        assert self._fill_end is not None
         self._fill_index += 1
-        self._fill_start = self.producer.position
+        self._fill_start = self._fill_end
+        self._fill_end = None
         self._rows_served = 0
         self._rows_filled = None
         self._permutation = None
 
     def _load_fill(self) -> None:
-        self.producer.seek(self._fill_start)
-        rows = self.producer.fill(self.buffers, self.capacity)
-        if rows == 0:
+        """Put fill `_fill_index` (starting at `_fill_start`) in the buffers: the background
+        fill's when it is that one, else harvested here; then start harvesting the next."""
+        start = time.perf_counter()
+        pending, self._pending = self._pending, None
+        result = None
+        if pending is not None:
+            if (pending.fill_index, pending.start) == (self._fill_index, self._fill_start):
+                try:
+                    result = pending.result()
+                except BaseException:
+                    self._spare = None  # the thread may have left it half-written
+                    raise
+                assert self._spare is not None
+                self.buffers, self._spare = self._spare, self.buffers
+            else:
+                pending.cancel()
+        if result is None:
+            result = self._fill(self.buffers, self._fill_index, self._fill_start, None)
+        self.wait_seconds += time.perf_counter() - start
+        if result.rows == 0:
             if self._fill_index == 0:
                 raise SparseCircuitsError(
                     "the data yielded no activations; check the dataset and context_size"
                 )
             raise StopIteration
-        generator = _fill_generator(self.cfg.seed, self._fill_index)
-        self._permutation = torch.randperm(rows, generator=generator).to(self.device)
-        self._rows_filled = rows
+        assert result.permutation is not None
+        self._permutation = result.permutation.to(self.device)
+        self._rows_filled = result.rows
+        self._fill_end = result.end
+        if self.prefetch and result.rows == self.capacity:  # a partial fill ends the stream
+            self._start_prefetch()
+
+    def _fill(
+        self,
+        buffers: dict[str, Tensor],
+        fill_index: int,
+        start: int,
+        control: FillControl | None,
+    ) -> FillResult:
+        """Harvest fill `fill_index` from stream position `start` into `buffers`."""
+        self.producer.seek(start)
+        rows = self.producer.fill(buffers, self.capacity, control=control)
+        permutation = None
+        if rows:
+            generator = _fill_generator(self.cfg.seed, fill_index)
+            permutation = torch.randperm(rows, generator=generator)  # moved by the consumer
+        return FillResult(rows, self.producer.position, permutation)
+
+    def _start_prefetch(self) -> None:
+        if self._spare is None:
+            self._spare = self._new_buffers()
+        index, start, spare = self._fill_index + 1, self._fill_end, self._spare
+        assert start is not None
+        # where the forwards run: the model's device (a CUDA model may fill a CPU buffer)
+        model_device = torch.device(
+            getattr(getattr(self.producer, "adapter", None), "device", "cpu")
+        )
+        harvest_device = model_device if model_device.type == "cuda" else self.device
+        self._pending = BackgroundFill(
+            index,
+            start,
+            lambda control: self._fill(spare, index, start, control),
+            harvest_device,
+        )
+
+    def close(self) -> None:
+        """Stop a background fill (after its current forward) and wait for its thread; the store
+        stays usable: the next batch harvests what it needs in the foreground."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
 
     def _fingerprint(self) -> dict[str, Any]:
         return {
@@ -405,8 +531,10 @@ class ActivationStore:
                     f"cannot resume the activation store: it was saved with {key}={saved!r} but "
                     f"this store has {key}={value!r}; use the original settings"
                 )
+        self.close()
         self._fill_index = int(state["fill_index"])
         self._fill_start = int(state["fill_start"])
+        self._fill_end = None
         self._rows_served = int(state["rows_served"])
         self._rows_filled = None
         self._permutation = None

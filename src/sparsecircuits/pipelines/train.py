@@ -171,7 +171,9 @@ class DictionarySpec:
 
 @dataclass
 class RunConfig:
-    """Everything a `train` run needs; saved beside its outputs as `run_config.json`."""
+    """Everything a `train` run needs; saved beside its outputs as `run_config.json`. `prefetch`:
+    harvest the next shuffle-buffer fill in a background thread while training on the current
+    one (the same batches; twice the buffer memory)."""
 
     model: str = "embedded"
     dataset: str = "embedded"
@@ -186,6 +188,7 @@ class RunConfig:
     eval_contexts: int = 64
     data_epochs: int = 1
     seed: int = 0
+    prefetch: bool = True
 
     def __post_init__(self) -> None:
         """Raise `SparseCircuitsError` naming the first size below its minimum."""
@@ -343,6 +346,7 @@ def train_run(
         batch_tokens=_local_batch_tokens(train_cfg.batch_tokens, world),
         buffer_tokens=max(1, cfg.buffer_tokens // world),
         seed=cfg.seed,
+        prefetch=cfg.prefetch,
     )
     # The first `eval_contexts` contexts are held out for evaluation (see `eval_batches`).
     contexts: Iterable[torch.Tensor] = TrainingContexts(

@@ -27,8 +27,9 @@ CADENCE_KEYS = frozenset(
     {"checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every", "quiet"}
     | {"wandb_project"}
 )
-# RunConfig keys that do not change the weights (`train` is replaced by the resolved TrainConfig)
-PLACE_KEYS = frozenset({"out", "device", "train"})
+# RunConfig keys that do not change the weights (`train` is replaced by the resolved TrainConfig;
+# `prefetch` only moves the harvest to a background thread)
+PLACE_KEYS = frozenset({"out", "device", "train", "prefetch"})
 
 
 def run_settings(train_config: dict[str, Any], run_config: dict[str, Any]) -> dict[str, Any]:

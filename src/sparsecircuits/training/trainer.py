@@ -151,7 +151,7 @@ class Trainer:
         """Run until `cfg.total_steps` (or `stop_at_step`); return a `TrainResult`. SIGINT/SIGTERM or
         a NaN/inf loss raise `TrainingStopped` after a checkpoint (of the last good weights)."""
         start = time.perf_counter()
-        metrics: dict[str, dict[str, float]] = {}
+        self._last_metrics: dict[str, dict[str, float]] = {}
         self._start_wandb()
         bar = tqdm(
             total=self.cfg.total_steps,
@@ -161,30 +161,17 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
-        with self._signal_guard():
-            last = min(self.cfg.total_steps, stop_at_step or self.cfg.total_steps)
-            while self.step < last:
-                try:
-                    batch = self.store.next_batch()
-                except StopIteration:
-                    bar.write("data exhausted before total_tokens; stopping early")
-                    break
-                metrics = self._train_step(batch)
-                self.step += 1
-                self.tokens_seen += next(iter(batch.values())).shape[0]
-                bar.update(1)
-                if self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps:
-                    self._log(metrics, bar)
-                if self._checkpoint_due():
-                    self.save_checkpoint()
-                if self._stop_signal is not None:
-                    path = self.save_checkpoint()
-                    bar.close()
-                    raise TrainingStopped(
-                        f"{self._stop_signal} received at step {self.step}; checkpoint saved to "
-                        f"{path}; continue with --resume",
-                        path,
-                    )
+        finished = False  # the run is over: the store's background fill is no longer needed
+        try:
+            with self._signal_guard():
+                finished = self._train_loop(stop_at_step, bar)
+        except BaseException:
+            finished = True
+            raise
+        finally:
+            close = getattr(self.store, "close", None)
+            if finished and close is not None:
+                close()
         bar.close()
         final = self.save_checkpoint() if self.out_dir is not None else None
         if self._wandb is not None:
@@ -194,8 +181,36 @@ class Trainer:
             tokens=self.tokens_seen,
             seconds=time.perf_counter() - start,
             final_checkpoint=final,
-            metrics=metrics,
+            metrics=self._last_metrics,
         )
+
+    def _train_loop(self, stop_at_step: int | None, bar: tqdm) -> bool:
+        """Step until `stop_at_step` or the end; return whether the run is over (all steps done
+        or the data exhausted). Raises `TrainingStopped` on a signal."""
+        last = min(self.cfg.total_steps, stop_at_step or self.cfg.total_steps)
+        while self.step < last:
+            try:
+                batch = self.store.next_batch()
+            except StopIteration:
+                bar.write("data exhausted before total_tokens; stopping early")
+                return True
+            self._last_metrics = self._train_step(batch)
+            self.step += 1
+            self.tokens_seen += next(iter(batch.values())).shape[0]
+            bar.update(1)
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps:
+                self._log(self._last_metrics, bar)
+            if self._checkpoint_due():
+                self.save_checkpoint()
+            if self._stop_signal is not None:
+                path = self.save_checkpoint()
+                bar.close()
+                raise TrainingStopped(
+                    f"{self._stop_signal} received at step {self.step}; checkpoint saved to "
+                    f"{path}; continue with --resume",
+                    path,
+                )
+        return self.step >= self.cfg.total_steps
 
     def _checkpoint_due(self) -> bool:
         """Whether a periodic checkpoint is due: every `checkpoint_every` steps, or when
