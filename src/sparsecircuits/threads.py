@@ -1,13 +1,14 @@
 """Thread pools on CPU: one place that sizes and configures torch's intra-op pool, the numba
 kernels' pool and the background harvester (docs/performance.md, "Threads").
 
-Two OpenMP runtimes live in one process: torch's bundled libgomp (intra-op pool, MKL, oneDNN)
-and the one numba's `omp` layer loads for the TopK kernels. By default both spin for ~300,000
-iterations after every parallel region before sleeping, so next to another CPU-bound process
-(or next to each other) the spinning threads take the cores the working ones need. Each
-runtime reads its wait policy from the environment once, when it loads, so
-`configure_environment` runs when `sparsecircuits` is imported, before it imports torch or
-numba: it sets `OMP_WAIT_POLICY=PASSIVE` (sleep at once) unless the user set a policy.
+torch's bundled libgomp (intra-op pool, MKL, oneDNN) spins for ~300,000 iterations after every
+parallel region before sleeping by default, and so does the OpenMP layer numba would load for its
+kernels, so next to another CPU-bound process (or next to each other) the spinning threads take
+the cores the working ones need. An OpenMP runtime reads its wait policy from the environment
+once, when it loads, so `configure_environment` runs when `sparsecircuits` is imported, before it
+imports torch or numba: it sets `OMP_WAIT_POLICY=PASSIVE` (sleep at once) unless the user set a
+policy. The numba kernels run on numba's workqueue layer (`prefer_numba_workqueue`), whose idle
+workers sleep.
 
 Environment overrides: `OMP_WAIT_POLICY`, `GOMP_SPINCOUNT` or `KMP_BLOCKTIME` set by the user
 are left alone; `SPARSECIRCUITS_THREADS=N` sets the intra-op threads (the CLI's `--threads`),
@@ -23,6 +24,7 @@ __all__ = [
     "WAIT_POLICY_VARIABLES",
     "configure_environment",
     "harvest_threads",
+    "prefer_numba_workqueue",
     "set_threads",
     "summary",
 ]
@@ -38,6 +40,19 @@ def configure_environment() -> bool:
     if not any(name in os.environ for name in WAIT_POLICY_VARIABLES):
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return "torch" not in sys.modules
+
+
+def prefer_numba_workqueue() -> None:
+    """Put numba's parallel kernels on its "workqueue" threading layer unless
+    `NUMBA_THREADING_LAYER` says otherwise; call before the first parallel kernel runs (later
+    calls change nothing). Its idle workers sleep, whereas the OpenMP layer's keep spinning after
+    a kernel and take the cores from torch's next operations (measured: small torch ops 25x
+    slower after one numba kernel)."""
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        return
+    import numba
+
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
 
 def _positive(name: str, value: str) -> int:

@@ -45,9 +45,9 @@ def _launch() -> Iterator[Any]:
     """The kernels module, on torch's thread count, one launch at a time (see `_LAUNCH`).
     Imported here, on first use: importing numba is slow."""
     from sparsecircuits.dictionaries import _numba_kernels as kernels
-    from sparsecircuits.dictionaries.numba_threads import prefer_workqueue
+    from sparsecircuits.threads import prefer_numba_workqueue
 
-    prefer_workqueue()
+    prefer_numba_workqueue()
     kernels.use_threads(torch.get_num_threads())
     with _LAUNCH:
         yield kernels

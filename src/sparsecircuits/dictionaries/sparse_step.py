@@ -64,9 +64,10 @@ def step_mode_of(coder: Any) -> str | None:
 def _numba() -> Iterator[Any]:
     """The kernels module on torch's thread count, one launch at a time (shared with the TopK
     kernels: numba's fallback threading layer aborts on concurrent launches)."""
-    from sparsecircuits.dictionaries import _numba_sparse, numba_threads
+    from sparsecircuits import threads
+    from sparsecircuits.dictionaries import _numba_sparse
 
-    numba_threads.prefer_workqueue()
+    threads.prefer_numba_workqueue()
     _numba_sparse.use_threads(torch.get_num_threads())
     with cpu_topk._LAUNCH:
         yield _numba_sparse
