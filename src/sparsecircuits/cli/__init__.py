@@ -16,6 +16,7 @@ COMMANDS = [
     "train",
     "eval",
     "sweep",
+    "tc-vs-sae",
     "tasks",
     "paths",
     "case-study",

@@ -1,0 +1,201 @@
+"""The report of a transcoder-vs-SAE convergence sweep: per-configuration summaries with 95 %
+Student-t intervals over seeds, matched-L0 pairs, a markdown table and a frontier plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sparsecircuits.circuits.identify.metrics import mean_ci
+from sparsecircuits.evaluation.plots import KIND_MARKER, saved_figure
+from sparsecircuits.pipelines.convergence import (
+    KINDS,
+    ConvergenceConfig,
+    criterion_value,
+    iter_configs,
+    relative_improvement,
+    seed_means,
+    stopped_at,
+)
+
+SUMMARY_METRICS = ("l0", "fvu", "ce_increase", "ce_loss_recovered", "kl_div", "ce_loss_spliced")
+
+
+def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[str, Any]]:
+    """Return one summary per configuration at its last evaluated budget: `name, kind, layer, k,
+    budget, converged` (whether the stopping rule fired there), `last_improvement` (the
+    criterion's relative improvement over the doubling before it; None after one budget),
+    `seeds`, and `{metric: {mean, low, high}}` (95 % Student-t interval over seeds)."""
+    stops = stopped_at(rows, cfg)
+    means = seed_means([{**r, "_v": criterion_value(r, cfg.criterion)} for r in rows], "_v")
+    summaries = []
+    for name, config_rows in iter_configs(rows):
+        budgets = sorted({r["budget"] for r in config_rows})
+        # A budget counts once every seed reached it; report the furthest such budget.
+        complete = [
+            b for b in budgets if sum(r["budget"] == b for r in config_rows) >= len(cfg.seeds)
+        ]
+        budget = (complete or budgets)[-1]
+        at_budget = [r for r in config_rows if r["budget"] == budget]
+        first = at_budget[0]
+        earlier = [b for b in budgets if b < budget]
+        summary: dict[str, Any] = {
+            "name": name,
+            "kind": first["kind"],
+            "layer": first["layer"],
+            "k": first["k"],
+            "budget": budget,
+            "converged": stops.get(name) == budget,
+            "last_improvement": (
+                relative_improvement(means[(name, earlier[-1])], means[(name, budget)])
+                if earlier
+                else None
+            ),
+            "seeds": len(at_budget),
+        }
+        for metric in SUMMARY_METRICS:
+            mean, _, low, high = mean_ci([float(r[metric]) for r in at_budget])
+            summary[metric] = {"mean": mean, "low": low, "high": high}
+        summaries.append(summary)
+    return summaries
+
+
+def matched_pairs(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[str, Any]]:
+    """Pair each layer's transcoder and SAE of the same k at their final budgets: the
+    transcoder-minus-SAE difference of the CE increase and of KL over the seeds both have (a
+    seed is one data order for both kinds), with its 95 % t-interval, and a verdict: `transcoder`
+    or `sae` when the interval of the CE-increase difference excludes 0, else `tie`."""
+    summaries = {s["name"]: s for s in summarise(rows, cfg)}
+    final = {
+        (row["name"], row["seed"]): row
+        for row in rows
+        if row["budget"] == summaries[row["name"]]["budget"]
+    }
+    pairs = []
+    for tc in (s for s in summaries.values() if s["kind"] == "transcoder"):
+        sae_name = tc["name"].replace("transcoder-", "sae-", 1)
+        if sae_name not in summaries:
+            continue
+        seeds = sorted(
+            seed for (name, seed) in final if name == tc["name"] and (sae_name, seed) in final
+        )
+        diffs: dict[str, dict[str, float]] = {}
+        for metric in ("ce_increase", "kl_div"):
+            values = [
+                float(final[(tc["name"], s)][metric]) - float(final[(sae_name, s)][metric])
+                for s in seeds
+            ]
+            mean, _, low, high = mean_ci(values)
+            diffs[metric] = {"mean": mean, "low": low, "high": high}
+        d = diffs["ce_increase"]
+        verdict = "transcoder" if d["high"] < 0 else "sae" if d["low"] > 0 else "tie"
+        if len(seeds) < 2:
+            verdict = "transcoder" if d["mean"] < 0 else "sae" if d["mean"] > 0 else "tie"
+        pairs.append(
+            {
+                "layer": tc["layer"],
+                "k": tc["k"],
+                "transcoder": tc,
+                "sae": summaries[sae_name],
+                "diff": diffs,
+                "seeds": len(seeds),
+                "better": verdict,
+            }
+        )
+    return sorted(pairs, key=lambda p: (p["layer"], p["k"]))
+
+
+def _ci(stat: dict[str, float], fmt: str, scale: float = 1.0) -> str:
+    mean, low, high = (scale * stat[key] for key in ("mean", "low", "high"))
+    if low == high:
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} [{format(low, fmt)}, {format(high, fmt)}]"
+
+
+def table_markdown(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> str:
+    """Return the report table: one line per (layer, k) with both kinds' budget, L0, CE
+    increase, KL and CE recovered (mean [95 % t-interval over seeds]) and the verdict."""
+    lines = [
+        "| layer | k | kind | budget (tokens) | converged | L0 | CE increase (nats) | KL | "
+        "CE recovered | FVU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summarise(rows, cfg):
+        improvement = s["last_improvement"]
+        status = "yes" if s["converged"] else "no"
+        if improvement is not None:
+            status += f" ({100 * improvement:+.1f} %)"
+        lines.append(
+            f"| {s['layer']} | {s['k']} | {s['kind']} | {s['budget'] / 1e6:g}M | {status} | "
+            f"{s['l0']['mean']:.1f} | {_ci(s['ce_increase'], '.4f')} | {_ci(s['kl_div'], '.4f')} | "
+            f"{_ci(s['ce_loss_recovered'], '.1f', 100)} % | {s['fvu']['mean']:.3f} |"
+        )
+    lines += [
+        "",
+        "| layer | k | transcoder − SAE: CE increase | transcoder − SAE: KL | seeds | lower loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in matched_pairs(rows, cfg):
+        lines.append(
+            f"| {p['layer']} | {p['k']} | {_ci(p['diff']['ce_increase'], '+.4f')} | "
+            f"{_ci(p['diff']['kl_div'], '+.4f')} | {p['seeds']} | {p['better']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_matched_frontier(rows: list[dict[str, Any]], cfg: ConvergenceConfig, path: Path) -> Path:
+    """Draw, per layer (columns), L0 against the CE increase (top) and KL (bottom) for the
+    transcoders and the SAEs at their final budgets, with 95 % t-intervals over seeds."""
+    summaries = summarise(rows, cfg)
+    layers = sorted({s["layer"] for s in summaries})
+    with saved_figure(
+        path, 2, len(layers), figsize=(3.2 * len(layers), 5.6), dpi=120, squeeze=False
+    ) as (_, axes):
+        for col, layer in enumerate(layers):
+            for row_i, (metric, label) in enumerate(
+                (("ce_increase", "CE increase (nats)"), ("kl_div", "KL(clean ‖ spliced)"))
+            ):
+                ax = axes[row_i][col]
+                for kind in KINDS:
+                    points = sorted(
+                        (s for s in summaries if s["layer"] == layer and s["kind"] == kind),
+                        key=lambda s: s["l0"]["mean"],
+                    )
+                    if not points:
+                        continue
+                    xs = [s["l0"]["mean"] for s in points]
+                    ys = [s[metric]["mean"] for s in points]
+                    err = [
+                        [s[metric]["mean"] - s[metric]["low"] for s in points],
+                        [s[metric]["high"] - s[metric]["mean"] for s in points],
+                    ]
+                    ax.errorbar(xs, ys, yerr=err, marker=KIND_MARKER[kind], capsize=3, label=kind)
+                ax.set_xscale("log", base=2)
+                ax.grid(True, which="both", alpha=0.3)
+                if row_i == 0:
+                    ax.set_title(f"layer {layer}")
+                else:
+                    ax.set_xlabel("L0")
+                if col == 0:
+                    ax.set_ylabel(label)
+                    ax.legend(fontsize=8)
+    return path
+
+
+def write_report(out: Path, rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> None:
+    """Write `summary.json` (summaries and pairs), `table.md` and `frontier.png` into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "stopping_rule": (
+            f"a configuration stops at the first budget where the seed-mean "
+            f"{'CE increase (spliced − clean)' if cfg.criterion == 'ce_increase' else 'spliced CE'} "
+            f"improved by less than {100 * cfg.tolerance:g} % of the previous budget's"
+        ),
+        "intervals": "95% Student-t interval of the mean over seeds",
+        "summaries": summarise(rows, cfg),
+        "pairs": matched_pairs(rows, cfg),
+    }
+    (out / "summary.json").write_text(json.dumps(record, indent=2))
+    (out / "table.md").write_text(table_markdown(rows, cfg))
+    plot_matched_frontier(rows, cfg, out / "frontier.png")
