@@ -16,6 +16,7 @@ the same 1 % on the spliced CE itself (which the increase is a small part of); c
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -96,6 +97,8 @@ class ConvergenceConfig:
             ("tolerance", 0 < self.tolerance < 1, "a fraction in (0, 1)"),
             ("criterion", self.criterion in CRITERIA, f"one of {', '.join(CRITERIA)}"),
             ("eval_contexts", self.eval_contexts >= 1, "at least 1"),
+            ("lr", math.isfinite(self.lr) and self.lr > 0, "a positive number"),
+            ("batch_tokens", self.batch_tokens >= 1, "at least 1"),
         )
         for name, ok, wanted in checks:
             if not ok:
