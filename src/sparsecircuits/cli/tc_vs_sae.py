@@ -73,10 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=at_least(1), default=len(defaults.seeds), help="seeds (3)")
     p.add_argument("--d-sae", type=at_least(1), default=defaults.d_sae, help="latents (2048)")
     p.add_argument(
-        "--first-budget", type=at_least(1), default=defaults.first_budget, help="tokens (250000)"
+        "--first-budget", type=at_least(1), default=defaults.first_budget, help="tokens (262144)"
     )
     p.add_argument(
-        "--max-budget", type=at_least(1), default=defaults.max_budget, help="tokens (16000000)"
+        "--max-budget", type=at_least(1), default=defaults.max_budget, help="tokens (16777216)"
     )
     p.add_argument(
         "--tolerance",

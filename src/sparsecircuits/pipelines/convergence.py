@@ -78,8 +78,8 @@ class ConvergenceConfig:
     contexts_per_forward: int = 32
     buffer_tokens: int = 65536
     eval_contexts: int = 64
-    first_budget: int = 250_000
-    max_budget: int = 16_000_000
+    first_budget: int = 2**18
+    max_budget: int = 2**24
     tolerance: float = 0.01
     criterion: str = "ce_increase"
     batch_tokens: int = 4096
@@ -213,9 +213,9 @@ def stopped_at(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> dict[str, 
         per_config[name].append((budget, mean))
     out = {}
     for name, points in per_config.items():
-        budget = converged_budget(points, cfg.tolerance)
-        if budget is not None:
-            out[name] = budget
+        stop = converged_budget(points, cfg.tolerance)
+        if stop is not None:
+            out[name] = stop
     return out
 
 
