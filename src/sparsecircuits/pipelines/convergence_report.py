@@ -127,7 +127,7 @@ def table_markdown(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> str:
         if improvement is not None:
             status += f" ({100 * improvement:+.1f} %)"
         lines.append(
-            f"| {s['layer']} | {s['k']} | {s['kind']} | {s['budget'] / 1e6:g}M | {status} | "
+            f"| {s['layer']} | {s['k']} | {s['kind']} | {s['budget']:,} | {status} | "
             f"{s['l0']['mean']:.1f} | {_ci(s['ce_increase'], '.4f')} | {_ci(s['kl_div'], '.4f')} | "
             f"{_ci(s['ce_loss_recovered'], '.1f', 100)} % | {s['fvu']['mean']:.3f} |"
         )
@@ -141,6 +141,34 @@ def table_markdown(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> str:
             f"| {p['layer']} | {p['k']} | {_ci(p['diff']['ce_increase'], '+.4f')} | "
             f"{_ci(p['diff']['kl_div'], '+.4f')} | {p['seeds']} | {p['better']} |"
         )
+    return "\n".join(lines + ["", trajectory_markdown(rows, cfg)])
+
+
+def trajectory_markdown(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> str:
+    """Return a table of the seed-mean stopping criterion of every configuration at every budget
+    it was evaluated at, with the relative improvement over the budget before."""
+    means = seed_means([{**r, "_v": criterion_value(r, cfg.criterion)} for r in rows], "_v")
+    budgets = sorted({budget for _, budget in means})
+    what = "CE increase" if cfg.criterion == "ce_increase" else "spliced CE"
+    lines = [
+        f"Seed-mean {what} per budget (tokens), and its improvement on the budget before:",
+        "",
+        "| configuration | " + " | ".join(f"{b:,}" for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
+    for name, _ in iter_configs(rows):
+        cells, previous = [], None
+        for budget in budgets:
+            value = means.get((name, budget))
+            if value is None:
+                cells.append("")
+                continue
+            cell = f"{value:.4f}"
+            if previous is not None:
+                cell += f" ({100 * relative_improvement(previous, value):+.1f} %)"
+            cells.append(cell)
+            previous = value
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -150,8 +178,13 @@ def plot_matched_frontier(rows: list[dict[str, Any]], cfg: ConvergenceConfig, pa
     summaries = summarise(rows, cfg)
     layers = sorted({s["layer"] for s in summaries})
     with saved_figure(
-        path, 2, len(layers), figsize=(3.2 * len(layers), 5.6), dpi=120, squeeze=False
-    ) as (_, axes):
+        path, 2, len(layers), figsize=(3.2 * len(layers) + 0.6, 5.8), dpi=120, squeeze=False
+    ) as (fig, axes):
+        seeds = max(s["seeds"] for s in summaries)
+        fig.suptitle(
+            f"mean of {seeds} seeds, 95 % t-interval",
+            fontsize=8,
+        )
         for col, layer in enumerate(layers):
             for row_i, (metric, label) in enumerate(
                 (("ce_increase", "CE increase (nats)"), ("kl_div", "KL(clean ‖ spliced)"))
@@ -164,7 +197,9 @@ def plot_matched_frontier(rows: list[dict[str, Any]], cfg: ConvergenceConfig, pa
                     )
                     if not points:
                         continue
-                    xs = [s["l0"]["mean"] for s in points]
+                    # matched L0 puts both kinds at one x: nudge them apart to see both bars
+                    nudge = 0.96 if kind == "transcoder" else 1.04
+                    xs = [s["l0"]["mean"] * nudge for s in points]
                     ys = [s[metric]["mean"] for s in points]
                     err = [
                         [s[metric]["mean"] - s[metric]["low"] for s in points],
@@ -172,11 +207,15 @@ def plot_matched_frontier(rows: list[dict[str, Any]], cfg: ConvergenceConfig, pa
                     ]
                     ax.errorbar(xs, ys, yerr=err, marker=KIND_MARKER[kind], capsize=3, label=kind)
                 ax.set_xscale("log", base=2)
+                ticks = sorted({s["k"] for s in summaries})
+                ax.set_xticks(ticks, [str(t) for t in ticks])
+                ax.minorticks_off()
+                ax.set_xlim(min(ticks) / 1.25, max(ticks) * 1.25)
                 ax.grid(True, which="both", alpha=0.3)
                 if row_i == 0:
                     ax.set_title(f"layer {layer}")
                 else:
-                    ax.set_xlabel("L0")
+                    ax.set_xlabel("L0 (= k)")
                 if col == 0:
                     ax.set_ylabel(label)
                     ax.legend(fontsize=8)
