@@ -19,7 +19,11 @@ from sparsecircuits.pipelines.convergence import (
     relative_improvement,
     stopped_at,
 )
-from sparsecircuits.pipelines.convergence_report import matched_pairs, summarise
+from sparsecircuits.pipelines.convergence_report import (
+    matched_pairs,
+    summarise,
+    trajectory_markdown,
+)
 
 
 def test_relative_improvement_is_the_fraction_removed() -> None:
@@ -147,3 +151,22 @@ def test_matched_pairs_verdict_needs_the_interval_to_exclude_zero() -> None:
     (tc, sae) = summarise(clear, cfg)
     assert tc["kind"] == "transcoder" and sae["kind"] == "sae"
     assert tc["ce_increase"]["low"] < tc["ce_increase"]["mean"] < tc["ce_increase"]["high"]
+
+
+def test_a_budget_counts_once_every_seed_reached_it() -> None:
+    cfg = ConvergenceConfig(seeds=[0, 1, 2], first_budget=4096, max_budget=8192)
+
+    def row(seed: int, budget: int, increase: float) -> dict:
+        return {"name": "sae-L0-k8", "kind": "sae", "layer": 0, "k": 8, "seed": seed,
+                "budget": budget, "l0": 8.0, "fvu": 0.1, "ce_increase": increase,
+                "ce_loss_spliced": 2 + increase, "ce_loss_recovered": 0.9, "kl_div": 0.1}  # fmt: skip
+
+    rows = [row(s, 4096, 0.2) for s in range(3)] + [row(0, 8192, 0.1), row(1, 8192, 0.1)]
+    (summary,) = summarise(rows, cfg)
+    assert summary["budget"] == 4096 and summary["seeds"] == 3
+    assert summary["last_improvement"] is None and not summary["converged"]
+    trajectory = trajectory_markdown(rows, cfg)
+    assert "4,096" in trajectory and "8,192" not in trajectory
+    rows.append(row(2, 8192, 0.1))
+    (summary,) = summarise(rows, cfg)
+    assert summary["budget"] == 8192 and summary["last_improvement"] == pytest.approx(0.5)

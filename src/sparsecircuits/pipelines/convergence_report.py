@@ -22,13 +22,25 @@ from sparsecircuits.pipelines.convergence import (
 SUMMARY_METRICS = ("l0", "fvu", "ce_increase", "ce_loss_recovered", "kl_div", "ce_loss_spliced")
 
 
+def complete_seed_means(
+    rows: list[dict[str, Any]], cfg: ConvergenceConfig
+) -> dict[tuple[str, int], float]:
+    """`{(config name, budget): seed-mean stopping criterion}` over the budgets every seed of
+    `cfg` reached."""
+    counts: dict[tuple[str, int], int] = {}
+    for r in rows:
+        counts[(r["name"], r["budget"])] = counts.get((r["name"], r["budget"]), 0) + 1
+    means = seed_means([{**r, "_v": criterion_value(r, cfg.criterion)} for r in rows], "_v")
+    return {key: v for key, v in means.items() if counts[key] >= len(cfg.seeds)}
+
+
 def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[str, Any]]:
     """Return one summary per configuration at its last evaluated budget: `name, kind, layer, k,
     budget, converged` (whether the stopping rule fired there), `last_improvement` (the
     criterion's relative improvement over the doubling before it; None after one budget),
     `seeds`, and `{metric: {mean, low, high}}` (95 % Student-t interval over seeds)."""
     stops = stopped_at(rows, cfg)
-    means = seed_means([{**r, "_v": criterion_value(r, cfg.criterion)} for r in rows], "_v")
+    means = complete_seed_means(rows, cfg)
     summaries = []
     for name, config_rows in iter_configs(rows):
         budgets = sorted({r["budget"] for r in config_rows})
@@ -39,7 +51,7 @@ def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[s
         budget = (complete or budgets)[-1]
         at_budget = [r for r in config_rows if r["budget"] == budget]
         first = at_budget[0]
-        earlier = [b for b in budgets if b < budget]
+        earlier = [b for b in complete if b < budget]
         summary: dict[str, Any] = {
             "name": name,
             "kind": first["kind"],
@@ -146,8 +158,8 @@ def table_markdown(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> str:
 
 def trajectory_markdown(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> str:
     """Return a table of the seed-mean stopping criterion of every configuration at every budget
-    it was evaluated at, with the relative improvement over the budget before."""
-    means = seed_means([{**r, "_v": criterion_value(r, cfg.criterion)} for r in rows], "_v")
+    every seed was evaluated at, with the relative improvement over the budget before."""
+    means = complete_seed_means(rows, cfg)
     budgets = sorted({budget for _, budget in means})
     what = "CE increase" if cfg.criterion == "ce_increase" else "spliced CE"
     lines = [
