@@ -107,7 +107,7 @@ def test_tc_vs_sae_runs_stops_resumes_and_reports(
         assert all(sum(r["budget"] == b and r["name"] == name for r in rows) == 2 for b in budgets)
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["summaries"]) == 4 and len(summary["pairs"]) == 2
-    assert (out / "frontier.png").stat().st_size > 0
+    assert (out / "frontier.png").stat().st_size > 0 and (out / "budgets.png").stat().st_size > 0
     table = (out / "table.md").read_text()
     assert "KL" in table and "CE recovered" in table and "CE increase" in table
     assert table in capsys.readouterr().out

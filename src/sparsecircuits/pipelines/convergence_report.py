@@ -234,8 +234,45 @@ def plot_matched_frontier(rows: list[dict[str, Any]], cfg: ConvergenceConfig, pa
     return path
 
 
+def plot_budget_curves(rows: list[dict[str, Any]], cfg: ConvergenceConfig, path: Path) -> Path:
+    """Draw, per layer, the CE increase against training tokens for every configuration (mean
+    over seeds with its 95 % t-interval, budgets every seed reached): how far from flat each is."""
+    complete = complete_seed_means(rows, cfg)
+    layers = sorted({r["layer"] for r in rows})
+    with saved_figure(
+        path, 1, len(layers), figsize=(3.4 * len(layers) + 0.6, 3.4), dpi=120, squeeze=False
+    ) as (_, axes):
+        for col, layer in enumerate(layers):
+            ax = axes[0][col]
+            for name, config_rows in iter_configs([r for r in rows if r["layer"] == layer]):
+                budgets = sorted({b for (n, b) in complete if n == name})
+                stats = [
+                    mean_ci([r["ce_increase"] for r in config_rows if r["budget"] == b])
+                    for b in budgets
+                ]
+                kind = config_rows[0]["kind"]
+                ax.errorbar(
+                    budgets,
+                    [m for m, _, _, _ in stats],
+                    yerr=[[m - lo for m, _, lo, _ in stats], [hi - m for m, _, _, hi in stats]],
+                    marker=KIND_MARKER[kind],
+                    capsize=3,
+                    label=f"{kind} k={config_rows[0]['k']}",
+                )
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(f"layer {layer}")
+            ax.set_xlabel("training tokens")
+            ax.grid(True, which="both", alpha=0.3)
+            if col == 0:
+                ax.set_ylabel("CE increase (nats)")
+                ax.legend(fontsize=7)
+    return path
+
+
 def write_report(out: Path, rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> None:
-    """Write `summary.json` (summaries and pairs), `table.md` and `frontier.png` into `out`."""
+    """Write `summary.json` (summaries and pairs), `table.md`, `frontier.png` and `budgets.png`
+    into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "stopping_rule": (
@@ -250,3 +287,4 @@ def write_report(out: Path, rows: list[dict[str, Any]], cfg: ConvergenceConfig) 
     (out / "summary.json").write_text(json.dumps(record, indent=2))
     (out / "table.md").write_text(table_markdown(rows, cfg))
     plot_matched_frontier(rows, cfg, out / "frontier.png")
+    plot_budget_curves(rows, cfg, out / "budgets.png")
