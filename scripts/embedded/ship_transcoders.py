@@ -61,7 +61,9 @@ def main() -> None:
     (SHIP / "metrics.json").write_text(json.dumps(table, indent=2) + "\n")
     for r in table:
         print(
-            f"{r['name']}: L0 {r['l0']:.1f}  FVU {r['fvu']:.3f}  CE recovered {100 * r['ce_loss_recovered']:.1f}%"
+            f"{r['name']}: L0 {r['l0']:.1f}  FVU {r['fvu']:.3f}  "
+            f"CE increase {r['ce_loss_spliced'] - r['ce_loss_clean']:.4f}  KL {r['kl_div']:.4f}  "
+            f"CE recovered {100 * r['ce_loss_recovered']:.1f}%"
         )
 
 

@@ -214,6 +214,23 @@ CASES = [
     Case("train-unknown-flag", [*TRAIN_OUT, "--learning-rate", "1"], "--learning-rate"),
     Case("demo-d-sae-negative", ["demo", "--out", "{tmp}/out", "--d-sae", "-8"], "d_sae"),
     Case("sweep-lr-negative", ["sweep", "--out", "{tmp}/out", "--lr", "-1"], "lr"),
+    Case("tc-vs-sae-ks-not-ints", ["tc-vs-sae", "--out", "{tmp}/o", "--ks", "16,x"], "--ks"),
+    Case(
+        "tc-vs-sae-tolerance-above-1",
+        ["tc-vs-sae", "--out", "{tmp}/o", "--tolerance", "2"],
+        "--tolerance",
+    ),
+    Case(
+        "tc-vs-sae-budget-below-batch",
+        ["tc-vs-sae", "--out", "{tmp}/o", "--first-budget", "100"],
+        "first_budget",
+    ),
+    Case("tc-vs-sae-lr-negative", ["tc-vs-sae", "--out", "{tmp}/o", "--lr", "-1"], "lr"),
+    Case(
+        "tc-vs-sae-report-without-results",
+        ["tc-vs-sae", "--out", "{tmp}/o", "--report-only"],
+        "no results",
+    ),
     Case("eval-contexts-zero", [*EVAL, "--contexts", "0", "--out", "{tmp}/out"], "--contexts"),
     Case("eval-context-size-neg", [*EVAL, "--context-size", "-3", "--out", "{tmp}/o"], "context"),
     Case("trace-node-threshold-above-1", [*TRACE, "--node-threshold", "1.5"], "node"),

@@ -17,6 +17,7 @@ COMMANDS = [
     "train",
     "eval",
     "sweep",
+    "tc-vs-sae",
     "tasks",
     "paths",
     "case-study",

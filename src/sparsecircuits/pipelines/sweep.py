@@ -74,6 +74,8 @@ def matched_l0_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]
                     "sae_ce_spliced": sae["ce_loss_spliced"],
                     "transcoder_ce_recovered": tc["ce_loss_recovered"],
                     "sae_ce_recovered": sae["ce_loss_recovered"],
+                    "transcoder_kl": tc["kl_div"],
+                    "sae_kl": sae["kl_div"],
                     "transcoder_better": tc["ce_loss_spliced"] < sae["ce_loss_spliced"],
                 }
             )
@@ -98,13 +100,14 @@ def write_sweep_report(out: Path, records: list[dict[str, Any]], seconds: float)
             path = out / f"frontier_{short}_{label}.png"
             plot_frontier(group, path, y=y, clean_key=None, title=f"L0 vs {what} ({label})")
     lines = [
-        "| name | kind | architecture | L0 | FVU | CE recovered | CE spliced | dead |",
-        "|---|---|---|---|---|---|---|---|",
+        "| name | kind | architecture | L0 | FVU | CE spliced | CE increase | KL | CE recovered | dead |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: (r["kind"], r["architecture"], r["l0"])):
         lines.append(
             f"| {r['name']} | {r['kind']} | {r['architecture']} | {r['l0']:.1f} | {r['fvu']:.3f} | "
-            f"{100 * r['ce_loss_recovered']:.1f}% | {r['ce_loss_spliced']:.3f} | {100 * r['dead_frac']:.0f}% |"
+            f"{r['ce_loss_spliced']:.3f} | {r['ce_loss_spliced'] - r['ce_loss_clean']:.4f} | "
+            f"{r['kl_div']:.4f} | {100 * r['ce_loss_recovered']:.1f}% | {100 * r['dead_frac']:.0f}% |"
         )
     pairs = matched_l0_comparison(records)
     if pairs:
@@ -112,12 +115,14 @@ def write_sweep_report(out: Path, records: list[dict[str, Any]], seconds: float)
             "",
             "Matched L0 (TopK, same k): spliced CE loss, transcoder vs SAE on the MLP output.",
             "",
-            "| k | transcoder CE | SAE CE | transcoder recovered | SAE recovered | transcoder better |",
-            "|---|---|---|---|---|---|",
+            "| k | transcoder CE | SAE CE | transcoder KL | SAE KL | transcoder recovered | "
+            "SAE recovered | transcoder better |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for p in pairs:
             lines.append(
                 f"| {p['k']} | {p['transcoder_ce_spliced']:.3f} | {p['sae_ce_spliced']:.3f} | "
+                f"{p['transcoder_kl']:.4f} | {p['sae_kl']:.4f} | "
                 f"{100 * p['transcoder_ce_recovered']:.1f}% | {100 * p['sae_ce_recovered']:.1f}% | "
                 f"{'yes' if p['transcoder_better'] else 'no'} |"
             )

@@ -1,0 +1,395 @@
+"""Transcoders vs SAEs at matched L0, each trained until its spliced loss stops improving.
+
+The paper's central claim (Dunefsky et al. 2024, §3) is that a transcoder replacing an MLP costs
+no more next-token loss than an SAE reconstructing that MLP's output at the same sparsity. This
+pipeline tests it at convergence: TopK transcoders (`mlp.hook_in → mlp.hook_out`) and TopK SAEs
+(`mlp.hook_out → mlp.hook_out`, the very tensor the transcoder writes) for each k, layer and seed,
+trained on doubling token budgets and evaluated after each on a fixed held-out token set.
+
+The stopping rule (`converged_budget`): a configuration (layer, kind, k) stops at the first
+budget whose seed-mean *CE increase* (spliced CE − clean CE) is less than `tolerance` (1 %)
+below the previous budget's, relative to it. The rule on the increase is far stricter than
+the same 1 % on the spliced CE itself (which the increase is a small part of); criterion
+"ce" selects that looser rule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparsecircuits.config import to_dict, torch_dtype
+from sparsecircuits.data import ActivationStore, ActivationStoreConfig
+from sparsecircuits.dictionaries import SparseCoder
+from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.evaluation import evaluate_dictionaries
+from sparsecircuits.models import ModelAdapter, load_model
+from sparsecircuits.pipelines.train import (
+    DictionarySpec,
+    TrainingContexts,
+    build_dictionaries,
+    context_stream,
+    eval_batches,
+    store_hooks,
+)
+from sparsecircuits.training import TrainConfig, Trainer
+from sparsecircuits.training.checkpoints import latest_checkpoint
+
+CRITERIA = ("ce_increase", "ce")
+KINDS = ("transcoder", "sae")
+RESULTS_FILE = "results.jsonl"
+# The metrics each evaluation row keeps (beside the configuration and budget).
+ROW_METRICS = (
+    "l0",
+    "fvu",
+    "dead_frac",
+    "ce_loss_clean",
+    "ce_loss_spliced",
+    "ce_increase",
+    "ce_loss_recovered",
+    "ce_loss_zero_ablated",
+    "kl_div",
+)
+
+
+@dataclass
+class ConvergenceConfig:
+    """A transcoder-vs-SAE convergence sweep. `layers` None: every layer of the model. Budgets
+    are `first_budget · 2^i` tokens up to `max_budget`; each seed is its own activation stream
+    (shuffle order) and initialisation. `dataset` trains, the first `eval_contexts` contexts of
+    `eval_dataset` evaluate (skipped in training when the two are the same)."""
+
+    model: str = "embedded"
+    dataset: str = "runs/embedded/corpus_train.jsonl"
+    eval_dataset: str = "embedded"
+    out: str = "out/tc-vs-sae"
+    device: str | None = None
+    dtype: str = "float32"
+    layers: list[int] | None = None
+    ks: list[int] = field(default_factory=lambda: [16, 32, 64])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    d_sae: int = 2048
+    context_size: int = 128
+    contexts_per_forward: int = 32
+    buffer_tokens: int = 65536
+    eval_contexts: int = 64
+    first_budget: int = 2**18
+    max_budget: int = 2**24
+    tolerance: float = 0.01
+    criterion: str = "ce_increase"
+    batch_tokens: int = 4096
+    lr: float = 3e-3
+    warmup_steps: int = 20
+
+    def __post_init__(self) -> None:
+        """Raise `SparseCircuitsError` naming the first setting out of range."""
+        checks = (
+            ("ks", bool(self.ks) and all(k >= 1 for k in self.ks), "one or more k of at least 1"),
+            ("seeds", len(set(self.seeds)) == len(self.seeds) >= 1, "one or more distinct seeds"),
+            ("d_sae", self.d_sae >= max(self.ks or [1]), "at least the largest k"),
+            ("first_budget", self.first_budget >= self.batch_tokens, "at least batch_tokens"),
+            ("max_budget", self.max_budget >= self.first_budget, "at least first_budget"),
+            ("tolerance", 0 < self.tolerance < 1, "a fraction in (0, 1)"),
+            ("criterion", self.criterion in CRITERIA, f"one of {', '.join(CRITERIA)}"),
+            ("eval_contexts", self.eval_contexts >= 1, "at least 1"),
+            ("lr", math.isfinite(self.lr) and self.lr > 0, "a positive number"),
+            ("batch_tokens", self.batch_tokens >= 1, "at least 1"),
+        )
+        for name, ok, wanted in checks:
+            if not ok:
+                raise SparseCircuitsError(
+                    f"{name}={getattr(self, name)!r} is out of range; it must be {wanted}"
+                )
+
+    def budgets(self) -> list[int]:
+        """Return the token budgets evaluated: `first_budget` doubled up to `max_budget`."""
+        out = [self.first_budget]
+        while out[-1] * 2 <= self.max_budget:
+            out.append(out[-1] * 2)
+        return out
+
+    def train_config(self) -> TrainConfig:
+        """Adam at `lr` after a linear warmup, then constant: a state at any budget is the same
+        as a run stopped there, so one run gives every budget. `total_tokens` is the first budget;
+        `SeedRun.train_to` moves it to each budget in turn. Checkpoints come from the sweep."""
+        return TrainConfig(
+            total_tokens=self.first_budget,
+            batch_tokens=self.batch_tokens,
+            lr=self.lr,
+            warmup_steps=self.warmup_steps,
+            decay="constant",
+            checkpoint_every=0,
+            checkpoint_minutes=0,
+            keep_checkpoints=1,
+        )
+
+
+def config_key(kind: str, layer: int, k: int) -> str:
+    """The dictionary name of one configuration, e.g. `transcoder-L2-k32`."""
+    return f"{kind}-L{layer}-k{k}"
+
+
+def grid_specs(cfg: ConvergenceConfig, n_layers: int) -> list[DictionarySpec]:
+    """Return one TopK spec per (layer, kind, k): transcoders read `mlp.hook_in`, SAEs
+    reconstruct `mlp.hook_out`, and both write `mlp.hook_out`, so they splice in the same place."""
+    layers = list(range(n_layers)) if cfg.layers is None else cfg.layers
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad or not layers:
+        raise SparseCircuitsError(
+            f"layers {bad or layers} are out of range for a model of {n_layers} layers; use 0..{n_layers - 1}"
+        )
+    specs = []
+    for layer in layers:
+        for k in cfg.ks:
+            for kind in KINDS:
+                hook_out = f"blocks.{layer}.mlp.hook_out"
+                hook_in = f"blocks.{layer}.mlp.hook_in" if kind == "transcoder" else hook_out
+                specs.append(
+                    DictionarySpec(
+                        kind=kind,
+                        architecture="topk",
+                        layer=layer,
+                        d_sae=cfg.d_sae,
+                        k=k,
+                        hook_in=hook_in,
+                        hook_out=hook_out,
+                        name=config_key(kind, layer, k),
+                    )
+                )
+    return specs
+
+
+def relative_improvement(previous: float, current: float) -> float:
+    """`(previous − current) / previous`: the fraction of `previous` one doubling removed
+    (negative when it got worse); 0 when `previous` is not positive (nothing left to remove)."""
+    return (previous - current) / previous if previous > 0 else 0.0
+
+
+def converged_budget(points: Iterable[tuple[int, float]], tolerance: float) -> int | None:
+    """Return the first budget whose value (a loss, lower is better) improved on the previous
+    budget's by less than `tolerance`, relative to it; None if every doubling improved more.
+    `points` are `(budget, value)`; they are taken in budget order."""
+    ordered = sorted(points)
+    for (_, previous), (budget, current) in zip(ordered, ordered[1:], strict=False):
+        if relative_improvement(previous, current) < tolerance:
+            return budget
+    return None
+
+
+def criterion_value(row: dict[str, Any], criterion: str) -> float:
+    """The loss the stopping rule watches in an evaluation row."""
+    return float(row["ce_increase"] if criterion == "ce_increase" else row["ce_loss_spliced"])
+
+
+def seed_means(rows: list[dict[str, Any]], metric: str) -> dict[tuple[str, int], float]:
+    """Return `{(config name, budget): mean of metric over the seeds evaluated there}`."""
+    values: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for row in rows:
+        values[(row["name"], row["budget"])].append(float(row[metric]))
+    return {key: sum(v) / len(v) for key, v in values.items()}
+
+
+def stopped_at(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> dict[str, int]:
+    """Return `{config name: budget where it converged}` for the configurations that have, from
+    the evaluation rows so far (a budget counts once every seed was evaluated at it)."""
+    n_seeds = len(cfg.seeds)
+    counts: dict[tuple[str, int], int] = defaultdict(int)
+    for row in rows:
+        counts[(row["name"], row["budget"])] += 1
+    means = {
+        key: mean
+        for key, mean in seed_means(
+            [{**r, "_v": criterion_value(r, cfg.criterion)} for r in rows], "_v"
+        ).items()
+        if counts[key] >= n_seeds
+    }
+    per_config: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for (name, budget), mean in means.items():
+        per_config[name].append((budget, mean))
+    out = {}
+    for name, points in per_config.items():
+        stop = converged_budget(points, cfg.tolerance)
+        if stop is not None:
+            out[name] = stop
+    return out
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Return the evaluation rows of a results JSONL file (none when it does not exist); a row
+    written twice for one (configuration, seed, budget), as after an interrupted run, counts once."""
+    if not path.is_file():
+        return []
+    rows: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[(row["name"], row["seed"], row["budget"])] = row
+    return list(rows.values())
+
+
+def _row(
+    record: dict[str, Any], spec: DictionarySpec, seed: int, budget: int, tokens: int
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "name": spec.name,
+        "kind": spec.kind,
+        "layer": spec.layer,
+        "k": spec.settings["k"],
+        "d_sae": spec.d_sae,
+        "seed": seed,
+        "budget": budget,
+        "tokens": tokens,
+    }
+    record = {**record, "ce_increase": record["ce_loss_spliced"] - record["ce_loss_clean"]}
+    row.update({metric: float(record[metric]) for metric in ROW_METRICS})
+    return row
+
+
+class SeedRun:
+    """One seed's stream and trainer over the configurations still training."""
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        cfg: ConvergenceConfig,
+        specs: list[DictionarySpec],
+        seed: int,
+        active: set[str],
+        quiet: bool,
+    ):
+        self.seed = seed
+        self.specs = {spec.name: spec for spec in specs}
+        # Distinct initialisation seeds across the sweep's seeds and configurations.
+        built = build_dictionaries(adapter, specs, seed * len(specs))
+        self.dictionaries: dict[str, SparseCoder] = {
+            name: d for name, d in built.items() if name in active
+        }
+        store_cfg = ActivationStoreConfig(
+            context_size=cfg.context_size,
+            contexts_per_forward=cfg.contexts_per_forward,
+            batch_tokens=cfg.batch_tokens,
+            buffer_tokens=cfg.buffer_tokens,
+            seed=seed,
+        )
+        held_out = cfg.eval_contexts if cfg.dataset == cfg.eval_dataset else 0
+        contexts = TrainingContexts(
+            context_stream(adapter, cfg.dataset, cfg.context_size), held_out, epochs=1000
+        )
+        store = ActivationStore(adapter, contexts, store_hooks(self.dictionaries), store_cfg)
+        train_cfg = cfg.train_config()
+        train_cfg.seed = seed
+        train_cfg.quiet = quiet
+        # The run's identity for checkpoints: the whole grid, not the configurations left.
+        # (max_budget left out: with a constant learning rate it does not change the training,
+        # so a finished sweep can be extended.)
+        run_record = {**to_dict(cfg), "seed_run": seed, "out": None, "device": None}
+        run_record.pop("max_budget")
+        self.out = Path(cfg.out) / f"seed{seed}"
+        self.trainer = Trainer(
+            store, self.dictionaries, train_cfg, out_dir=self.out, run_config=run_record
+        )
+        found = latest_checkpoint(self.out, self.trainer.fingerprint)
+        if found is not None:
+            self.trainer.load_checkpoint(found)
+
+    def drop(self, names: Iterable[str]) -> None:
+        """Stop training the named configurations (they converged)."""
+        for name in names:
+            if name in self.dictionaries:
+                for table in (
+                    self.trainer.dictionaries,
+                    self.trainer.optimizers,
+                    self.trainer.base_lrs,
+                    self.trainer.tokens_since_fired,
+                ):
+                    table.pop(name, None)
+
+    def train_to(self, tokens: int) -> None:
+        """Train every remaining configuration up to `tokens` tokens (a checkpoint at the end)."""
+        # The horizon is the budget trained to (a constant learning rate does not depend on it).
+        self.trainer.cfg.total_tokens = tokens
+        if self.trainer.step < self.trainer.cfg.total_steps and self.dictionaries:
+            self.trainer.train()
+
+
+# Settings that may change between a sweep and its continuation.
+FREE_SETTINGS = ("out", "device", "max_budget")
+
+
+def _check_same_sweep(path: Path, cfg: ConvergenceConfig, rows: list[dict[str, Any]]) -> None:
+    """Raise when `path` (a sweep's config.json) holds results of a sweep with other settings."""
+    if not rows or not path.is_file():
+        return
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in FREE_SETTINGS}
+    new = {k: v for k, v in to_dict(cfg).items() if k not in FREE_SETTINGS}
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+        raise SparseCircuitsError(
+            f"{path.parent} holds results of a sweep with other settings ({', '.join(differ)}); "
+            "use the same settings to continue it, another --out, or --overwrite"
+        )
+
+
+def run_convergence(
+    cfg: ConvergenceConfig, quiet: bool = False, log: Any = print
+) -> list[dict[str, Any]]:
+    """Run (or resume) the sweep: for each budget, train each seed's remaining configurations to
+    it, evaluate them, append the rows to `cfg.out/results.jsonl`, and drop the configurations
+    that converged. Rows and per-seed checkpoints already in `cfg.out` are continued from.
+    Return every evaluation row."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / RESULTS_FILE
+    rows = read_rows(results)
+    adapter = load_model(cfg.model, device=cfg.device, dtype=torch_dtype(cfg.dtype))
+    specs = grid_specs(cfg, adapter.n_layers)
+    names = [spec.name for spec in specs if spec.name is not None]
+    _check_same_sweep(out / "config.json", cfg, rows)
+    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    batches = eval_batches(adapter, cfg.eval_dataset, cfg.context_size, cfg.eval_contexts)
+    done = {(r["name"], r["seed"], r["budget"]) for r in rows}
+    runs: dict[int, SeedRun] = {}
+    for budget in cfg.budgets():
+        stopped = {name for name, at in stopped_at(rows, cfg).items() if at < budget}
+        active = [name for name in names if name not in stopped]
+        if not active:
+            break
+        for seed in cfg.seeds:
+            if all((name, seed, budget) in done for name in active):
+                continue
+            if seed not in runs:
+                runs[seed] = SeedRun(adapter, cfg, specs, seed, set(active), quiet)
+            run = runs[seed]
+            run.drop(stopped)
+            run.train_to(budget)
+            records = evaluate_dictionaries(adapter, run.dictionaries, batches)
+            tokens = run.trainer.tokens_seen
+            new = [_row(rec, run.specs[rec["name"]], seed, budget, tokens) for rec in records]
+            with open(results, "a") as fh:
+                for row in new:
+                    fh.write(json.dumps(row) + "\n")
+            rows += new
+            done |= {(r["name"], seed, budget) for r in new}
+            log(f"seed {seed}: {len(new)} configurations evaluated at {budget:,} tokens")
+        newly = [name for name, at in stopped_at(rows, cfg).items() if at == budget]
+        if newly:
+            log(f"converged at {budget:,} tokens: {', '.join(sorted(newly))}")
+    return rows
+
+
+def iter_configs(rows: list[dict[str, Any]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Yield `(config name, its rows)` in (layer, k, kind) order."""
+    by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_name[row["name"]].append(row)
+    for name in sorted(by_name, key=lambda n: _order(by_name[n][0])):
+        yield name, by_name[name]
+
+
+def _order(row: dict[str, Any]) -> tuple[int, int, int]:
+    return row["layer"], row["k"], KINDS.index(row["kind"])

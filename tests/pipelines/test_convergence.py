@@ -1,0 +1,172 @@
+"""The transcoder-vs-SAE convergence sweep: the stopping rule, and the whole command end to end
+on a tiny random model (rows per budget, stopping, resume, report)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sparsecircuits.cli import main
+from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.models.tiny import tokenizer_corpus
+from sparsecircuits.pipelines.convergence import (
+    ConvergenceConfig,
+    converged_budget,
+    read_rows,
+    relative_improvement,
+    stopped_at,
+)
+from sparsecircuits.pipelines.convergence_report import (
+    matched_pairs,
+    summarise,
+    trajectory_markdown,
+)
+
+
+def test_relative_improvement_is_the_fraction_removed() -> None:
+    assert relative_improvement(0.2, 0.15) == pytest.approx(0.25)
+    assert relative_improvement(0.2, 0.22) == pytest.approx(-0.1)  # worse
+    assert relative_improvement(0.0, 0.1) == 0.0  # nothing left to improve
+
+
+def test_converged_budget_is_the_first_doubling_below_tolerance() -> None:
+    # 10 %, 5 %, 2 %, then 0.5 %: stops at the 0.5 % doubling, not before
+    points = [(1, 1.0), (2, 0.9), (4, 0.855), (8, 0.8379), (16, 0.8337), (32, 0.5)]
+    assert converged_budget(points, 0.01) == 16
+    assert converged_budget(list(reversed(points)), 0.01) == 16  # order of the input is free
+    assert converged_budget(points, 0.03) == 8  # 2 % < 3 %
+    # a doubling that makes it worse counts as converged; a single budget cannot be
+    assert converged_budget([(1, 1.0), (2, 1.01)], 0.01) == 2
+    assert converged_budget([(1, 1.0)], 0.01) is None
+    assert converged_budget([(1, 1.0), (2, 0.98), (4, 0.9)], 0.01) is None
+
+
+def _row(name: str, seed: int, budget: int, increase: float) -> dict:
+    return {"name": name, "seed": seed, "budget": budget, "ce_increase": increase,
+            "ce_loss_spliced": 2.0 + increase}  # fmt: skip
+
+
+def test_stopped_at_uses_the_seed_mean_and_waits_for_every_seed() -> None:
+    cfg = ConvergenceConfig(seeds=[0, 1], first_budget=4096, max_budget=16384)
+    rows = [_row("a", 0, 4096, 0.10), _row("a", 1, 4096, 0.12)]
+    rows += [_row("a", 0, 8192, 0.0995), _row("a", 1, 8192, 0.1195)]  # 0.45 % better
+    rows += [_row("b", 0, 4096, 0.10), _row("b", 1, 4096, 0.10)]
+    rows += [_row("b", 0, 8192, 0.05)]  # seed 1 not yet evaluated at 8192
+    assert stopped_at(rows, cfg) == {"a": 8192}
+    # b: CE increase 0.10 -> 0.085 (15 % better) but spliced CE 2.100 -> 2.085 (0.7 %): only
+    # the looser rule on the spliced CE itself stops it, once its second seed is in
+    loose = ConvergenceConfig(seeds=[0, 1], first_budget=4096, max_budget=16384, criterion="ce")
+    assert stopped_at([*rows, _row("b", 1, 8192, 0.12)], loose) == {"a": 8192, "b": 8192}
+
+
+def test_bad_settings_are_clear_errors() -> None:
+    with pytest.raises(SparseCircuitsError, match="criterion"):
+        ConvergenceConfig(criterion="loss")
+    with pytest.raises(SparseCircuitsError, match="first_budget"):
+        ConvergenceConfig(first_budget=1000, batch_tokens=4096)
+    assert ConvergenceConfig(first_budget=250_000, max_budget=1_000_000).budgets() == [
+        250_000,
+        500_000,
+        1_000_000,
+    ]
+
+
+def test_tc_vs_sae_runs_stops_resumes_and_reports(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data.txt"
+    data.write_text("\n\n".join(tokenizer_corpus(400, seed=3)))
+    out = tmp_path / "sweep"
+
+    def args_for(max_budget: int) -> list[str]:
+        return ["tc-vs-sae", "--model", str(tiny_model_dir("gpt2")), "--dataset", str(data),
+            "--eval-dataset", str(data), "--out", str(out), "--layers", "1", "--ks", "2,4",
+            "--seeds", "2", "--d-sae", "16", "--context-size", "16", "--eval-contexts", "2",
+            "--batch-tokens", "64", "--buffer-tokens", "256", "--first-budget", "128",
+            "--max-budget", str(max_budget), "--tolerance", "0.5", "--device", "cpu",
+            "--quiet"]  # fmt: skip
+
+    args = args_for(512)
+    assert main(args) == 0
+    rows = read_rows(out / "results.jsonl")
+    names = {r["name"] for r in rows}
+    assert names == {f"{kind}-L1-k{k}" for kind in ("transcoder", "sae") for k in (2, 4)}
+    for r in rows:
+        assert r["ce_increase"] == pytest.approx(r["ce_loss_spliced"] - r["ce_loss_clean"])
+        assert r["l0"] <= r["k"] + 1e-6 and r["kl_div"] >= 0
+        assert r["tokens"] == r["budget"]
+    cfg = ConvergenceConfig(seeds=[0, 1], first_budget=128, max_budget=512, batch_tokens=64,
+                            tolerance=0.5)  # fmt: skip
+    stops = stopped_at(rows, cfg)
+    for name in names:  # each configuration runs until it stops, and not a budget further
+        budgets = sorted({r["budget"] for r in rows if r["name"] == name})
+        assert budgets == [b for b in (128, 256, 512) if b <= stops.get(name, 512)]
+        assert all(sum(r["budget"] == b and r["name"] == name for r in rows) == 2 for b in budgets)
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["summaries"]) == 4 and len(summary["pairs"]) == 2
+    assert (out / "frontier.png").stat().st_size > 0 and (out / "budgets.png").stat().st_size > 0
+    table = (out / "table.md").read_text()
+    assert "KL" in table and "CE recovered" in table and "CE increase" in table
+    assert table in capsys.readouterr().out
+
+    # Rerunning the finished sweep trains nothing more and writes no new rows.
+    before = (out / "results.jsonl").read_text()
+    assert main(args) == 0
+    assert (out / "results.jsonl").read_text() == before
+    # Extending it to a larger budget continues the unconverged from their checkpoints.
+    assert main(args_for(1024)) == 0
+    extended = read_rows(out / "results.jsonl")
+    assert len(extended) >= len(rows)
+    for r in extended:
+        if r["budget"] == 1024:
+            assert r["tokens"] == 1024
+    # Other settings in the same folder are refused; --report-only rewrites the report.
+    assert main([*args, "--lr", "0.01"]) == 2
+    assert "other settings (lr)" in capsys.readouterr().err
+    (out / "table.md").unlink()
+    assert main([*args, "--report-only"]) == 0
+    assert (out / "table.md").is_file()
+
+
+def test_matched_pairs_verdict_needs_the_interval_to_exclude_zero() -> None:
+    cfg = ConvergenceConfig(seeds=[0, 1, 2], first_budget=4096, max_budget=4096)
+
+    def row(kind: str, seed: int, increase: float, kl: float) -> dict:
+        return {"name": f"{kind}-L0-k8", "kind": kind, "layer": 0, "k": 8, "seed": seed,
+                "budget": 4096, "l0": 8.0, "fvu": 0.1, "ce_increase": increase,
+                "ce_loss_spliced": 2 + increase, "ce_loss_recovered": 0.9, "kl_div": kl}  # fmt: skip
+
+    clear = [row("transcoder", s, 0.10 + 0.001 * s, 0.1) for s in range(3)]
+    clear += [row("sae", s, 0.20 + 0.001 * s, 0.2) for s in range(3)]
+    (pair,) = matched_pairs(clear, cfg)
+    assert pair["better"] == "transcoder" and pair["diff"]["ce_increase"]["mean"] == pytest.approx(
+        -0.1
+    )
+    noisy = [row("transcoder", s, [0.1, 0.3, 0.2][s], 0.1) for s in range(3)]
+    noisy += [row("sae", s, [0.25, 0.15, 0.21][s], 0.1) for s in range(3)]
+    assert matched_pairs(noisy, cfg)[0]["better"] == "tie"
+    (tc, sae) = summarise(clear, cfg)
+    assert tc["kind"] == "transcoder" and sae["kind"] == "sae"
+    assert tc["ce_increase"]["low"] < tc["ce_increase"]["mean"] < tc["ce_increase"]["high"]
+
+
+def test_a_budget_counts_once_every_seed_reached_it() -> None:
+    cfg = ConvergenceConfig(seeds=[0, 1, 2], first_budget=4096, max_budget=8192)
+
+    def row(seed: int, budget: int, increase: float) -> dict:
+        return {"name": "sae-L0-k8", "kind": "sae", "layer": 0, "k": 8, "seed": seed,
+                "budget": budget, "l0": 8.0, "fvu": 0.1, "ce_increase": increase,
+                "ce_loss_spliced": 2 + increase, "ce_loss_recovered": 0.9, "kl_div": 0.1}  # fmt: skip
+
+    rows = [row(s, 4096, 0.2) for s in range(3)] + [row(0, 8192, 0.1), row(1, 8192, 0.1)]
+    (summary,) = summarise(rows, cfg)
+    assert summary["budget"] == 4096 and summary["seeds"] == 3
+    assert summary["last_improvement"] is None and not summary["converged"]
+    trajectory = trajectory_markdown(rows, cfg)
+    assert "4,096" in trajectory and "8,192" not in trajectory
+    rows.append(row(2, 8192, 0.1))
+    (summary,) = summarise(rows, cfg)
+    assert summary["budget"] == 8192 and summary["last_improvement"] == pytest.approx(0.5)
