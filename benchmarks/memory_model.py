@@ -135,7 +135,7 @@ def check(workdir: Path, n_layers: int, tokens: int, budget: int) -> dict:
     ids = torch.randint(1, 500, (tokens,), generator=torch.Generator().manual_seed(0))
     ids[0] = 0
     graph = build_graph(replacement, ids, GraphConfig(max_feature_nodes=budget))
-    shape = Shape(n_layers, g.d_model, g.n_heads, g.d_head, g.d_mlp, g.vocab, g.d_sae, 0.0, True)
+    shape = Shape(n_layers, g.d_model, g.n_heads, g.d_head, g.d_mlp, g.vocab, g.d_sae, 0.0)
     shape.n_params = float(sum(p.numel() for p in adapter.model.parameters()))
     row_nnz = graph.adjacency.nnz / max(graph.n_features, 1)
     return {
