@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -218,3 +219,10 @@ def save_topk_transcoders(
         )
         save_dictionary(make(cfg), folder / f"layer{layer}")
     return folder
+
+
+def circuit_tracer_python() -> Path:
+    """The interpreter of circuit-tracer's environment: `SC_BENCH_CT_PYTHON`, else the one
+    `make bench-env` / `make crosscheck` builds in this checkout (`.venv-bench-ct`)."""
+    repo = Path(__file__).resolve().parents[1]
+    return Path(os.environ.get("SC_BENCH_CT_PYTHON") or repo / ".venv-bench-ct" / "bin" / "python")

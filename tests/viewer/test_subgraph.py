@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from sparsecircuits.circuits.graph.neuronpedia import validate_graph_json
 from sparsecircuits.circuits.graph.scores import graph_scores, node_roles
+from testkit import circuit_tracer_python
 
 from .test_server import fetch
 
-CT_PYTHON = Path("/work/main/.venv-bench-ct/bin/python")
+CT_PYTHON = circuit_tracer_python()
 
 # Runs in circuit-tracer's environment: reads {adjacency, roles, logit_probs} on stdin, orders the
 # nodes as circuit-tracer's Graph does (features, errors padded to n_tokens * n_layers, tokens,

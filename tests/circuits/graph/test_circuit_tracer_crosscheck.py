@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from testkit import circuit_tracer_python
+
 REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "scripts" / "crosscheck" / "attributions_vs_circuit_tracer.py"
-# make's circuit-tracer environment in this checkout, else the one SC_BENCH_CT_PYTHON names
-CT_PYTHON = Path(os.environ.get("SC_BENCH_CT_PYTHON") or REPO / ".venv-bench-ct" / "bin" / "python")
-if not CT_PYTHON.is_file():
-    CT_PYTHON = Path("/work/main/.venv-bench-ct/bin/python")
+CT_PYTHON = circuit_tracer_python()
 
 
 def _script():  # type: ignore[no-untyped-def]
