@@ -29,7 +29,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch
+# Before torch: importing sparsecircuits sets the OpenMP wait policy (idle threads sleep) that
+# torch's runtime reads when it loads, as under the sparsecircuits CLI. Every contender in this
+# process shares that runtime, and worker processes (circuit-tracer's too) inherit the setting.
+import sparsecircuits  # noqa: E402, F401, I001
+import torch  # noqa: E402
 
 from benchmarks import common
 
