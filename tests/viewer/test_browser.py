@@ -339,6 +339,9 @@ def test_supernodes_save_reload_and_url_state(page, viewer_data, viewer_server):
                 expected_sums.get((source, target), 0.0) + link["weight"]
             )
     assert expected_sums
+    # the selected node is a member: focusing it must not bring the collapsed members back
+    page.evaluate("(id) => window.viewer.selectNode(id)", features[0])
+    page.click("#tabs button[data-tab=subgraph]")
     page.check("#collapse-supernodes")
     drawn = page.evaluate(
         """() => window.viewer.cy.edges('.super-edge').map((e) => [e.source().id(), e.target().id(), e.data('weight')])"""

@@ -388,9 +388,11 @@
     const all = node.closedNeighborhood();
     // in the subgraph-only view, only edges between shown nodes
     const onlySubgraph = $("subgraph-only").checked && subgraphIds().size > 0;
-    const unhidden = onlySubgraph
+    // members of a collapsed supernode stay hidden, and so do their own edges
+    const open = (e) => !e.hasClass("collapsed") && (e.isNode() || (!e.source().hasClass("collapsed") && !e.target().hasClass("collapsed")));
+    const unhidden = (onlySubgraph
       ? all.edges(".hidden").filter((e) => !e.source().hasClass("hidden") && !e.target().hasClass("hidden"))
-      : all.filter(".hidden");
+      : all.filter(".hidden")).filter(open);
     unhidden.removeClass("hidden");
     all.addClass("focus");
     state.focus = { all, unhidden };
