@@ -81,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     for r in records:
+        increase = r["ce_loss_spliced"] - r["ce_loss_clean"]
         print(
-            f"{r['name']:<36} L0 {r['l0']:6.1f}  FVU {r['fvu']:.3f}  CE recovered {100 * r['ce_loss_recovered']:5.1f}%"
+            f"{r['name']:<36} L0 {r['l0']:6.1f}  FVU {r['fvu']:.3f}  CE +{increase:.3f}  "
+            f"KL {r['kl_div']:.3f}  CE recovered {100 * r['ce_loss_recovered']:5.1f}%"
         )
     print(f"report: {out}/summary.md  ({seconds:.0f} s)")
     return 0
