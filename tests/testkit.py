@@ -4,6 +4,7 @@ weight copies between equivalent dictionaries."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 from pathlib import Path
@@ -226,3 +227,13 @@ def circuit_tracer_python() -> Path:
     `make bench-env` / `make crosscheck` builds in this checkout (`.venv-bench-ct`)."""
     repo = Path(__file__).resolve().parents[1]
     return Path(os.environ.get("SC_BENCH_CT_PYTHON") or repo / ".venv-bench-ct" / "bin" / "python")
+
+
+def load_script(path: Path) -> Any:
+    """The Python file at `path` (a script under scripts/, not a package module) imported as a
+    module, so tests can call its functions."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,13 +4,14 @@ by SPARSECIRCUITS_TRANSFORMER_LENS_PYTHON."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from testkit import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "crosscheck" / "hooks_vs_transformer_lens.py"
@@ -29,10 +30,7 @@ def test_every_shared_hook_equals_transformer_lens(tmp_path: Path) -> None:
     python = _transformer_lens_python()
     if python is None:
         pytest.skip("no TransformerLens environment (make bench-env builds .venv-bench-ct)")
-    spec = importlib.util.spec_from_file_location("crosscheck_hooks", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(SCRIPT)
     script.dump(tmp_path)
     # the TransformerLens side imports nothing of ours: a clean environment without PYTHONPATH
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

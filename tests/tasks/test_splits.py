@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
@@ -24,6 +23,7 @@ from sparsecircuits.tasks import (
 )
 from sparsecircuits.tasks.common import DEFAULT_SEEDS, check_split
 from sparsecircuits.tasks.vocabulary import vocabulary_text
+from testkit import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 MAKERS = [make_greater_than_prompts, make_ioi_prompts, make_docstring_prompts]
@@ -36,12 +36,7 @@ def _words(text: str) -> set[str]:
 
 def _task_stream_script():
     """The embedded model's task-stream builder (its word pools are what the train split draws)."""
-    path = ROOT / "scripts" / "embedded" / "build_task_stream.py"
-    spec = importlib.util.spec_from_file_location("build_task_stream", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "embedded" / "build_task_stream.py")
 
 
 def _frame_phrases(template: str) -> list[str]:

@@ -4,12 +4,12 @@ correlations would measure the script rather than the model."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from sparsecircuits.models.embedded import embedded_dir
+from testkit import load_script
 
 EMBEDDED = embedded_dir()
 HAVE = (EMBEDDED / "model.safetensors").is_file() and (EMBEDDED / "transcoders").is_dir()
@@ -18,20 +18,12 @@ SCRIPT = (
 )
 
 
-def _script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("attribution_faithfulness", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE, reason="embedded model or its transcoders not built yet")
 def test_frozen_ablations_reproduce_the_edges_and_live_effects_follow_them():
     from sparsecircuits.circuits.replacement import ReplacementModel
 
-    script = _script()
+    script = load_script(SCRIPT)
     replacement = ReplacementModel.load("embedded", "embedded", device="cpu")
     (kind, ids), *_ = script.heldout_prompts(replacement, 1)
     assert kind == "greater_than"
@@ -50,7 +42,7 @@ def test_frozen_ablations_reproduce_the_edges_and_live_effects_follow_them():
 def test_spearman_ranks():
     import torch
 
-    script = _script()
+    script = load_script(SCRIPT)
     x = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert script.spearman(x, x**3) == pytest.approx(1.0)
     assert script.spearman(x, -x) == pytest.approx(-1.0)

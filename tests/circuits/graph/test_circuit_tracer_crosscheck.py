@@ -4,7 +4,6 @@ attributions_vs_circuit_tracer.py; circuit-tracer runs in its own environment)."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,19 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from testkit import circuit_tracer_python
+from testkit import circuit_tracer_python, load_script
 
 REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "scripts" / "crosscheck" / "attributions_vs_circuit_tracer.py"
 CT_PYTHON = circuit_tracer_python()
-
-
-def _script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("attributions_vs_circuit_tracer", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -39,7 +30,7 @@ def test_graphs_equal_circuit_tracers_entry_by_entry(tmp_path: Path) -> None:
     )
     if check.returncode != 0:
         pytest.skip(f"circuit-tracer does not import in {CT_PYTHON}")
-    script = _script()
+    script = load_script(SCRIPT)
     script.dump(tmp_path)
     done = subprocess.run(
         [str(CT_PYTHON), str(SCRIPT), "compare", "--dir", str(tmp_path)],
