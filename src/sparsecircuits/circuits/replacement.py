@@ -60,6 +60,7 @@ layer L reads at `2L`, its MLP at `2L + 1` (`2L` with a parallel residual), the 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -541,10 +542,11 @@ class ReplacementModel:
         `logits` unchanged."""
         return logits if self.logit_softcap is None else softcap(logits, self.logit_softcap)
 
-    @property
+    @functools.cached_property
     def W_E(self) -> Tensor:
-        """Return the token embedding matrix `[vocab, d_model]` in this model's dtype (for Gemma a
-        scaled copy, made on each call; the forward pass embeds only the prompt's rows)."""
+        """Return the token embedding matrix `[vocab, d_model]` in this model's dtype. For Gemma it
+        is a scaled copy, made on first use (de-embeddings) and kept; the forward pass embeds only
+        the prompt's rows and never makes it."""
         return self.adapter.embed_tokens(None, self.dtype)
 
     def _embed(self, input_ids: Tensor) -> Tensor:
