@@ -237,3 +237,35 @@ def load_script(path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_run_config(
+    root: Path,
+    model: Path,
+    dictionaries: list[dict[str, Any]],
+    train: dict[str, Any],
+    texts: int = 200,
+    seed: int = 3,
+    **sizes: int,
+) -> dict[str, Any]:
+    """A run config (the `train` command's keys) over `model` and a text file of `texts` synthetic
+    documents written to `root/data.txt`; `sizes` override the small defaults (context_size 16,
+    buffer_tokens 256, contexts_per_forward 4, eval_contexts 2)."""
+    from sparsecircuits.models.tiny import tokenizer_corpus
+
+    data = root / "data.txt"
+    data.write_text("\n\n".join(tokenizer_corpus(texts, seed=seed)))
+    shape = {
+        "context_size": 16,
+        "buffer_tokens": 256,
+        "contexts_per_forward": 4,
+        "eval_contexts": 2,
+    }
+    return {
+        "model": str(model),
+        "dataset": str(data),
+        **shape,
+        **sizes,
+        "dictionaries": dictionaries,
+        "train": train,
+    }

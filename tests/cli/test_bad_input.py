@@ -24,7 +24,7 @@ import yaml
 import sparsecircuits
 from sparsecircuits.cli import main
 from sparsecircuits.dictionaries import DictionaryConfig, make, save_dictionary
-from sparsecircuits.models.tiny import tokenizer_corpus
+from testkit import tiny_run_config
 
 D_MODEL = 32  # the tiny gpt2's width
 N_LAYERS = 3
@@ -48,18 +48,13 @@ def shared(tiny_model_dir: Callable[[str], Path], tmp_path_factory: pytest.TempP
     """The valid inputs the cases spoil one at a time: a tiny model, a text file, a run config,
     per-layer transcoders, one saved SAE and a folder with a graph."""
     root = tmp_path_factory.mktemp("bad-input")
-    data = root / "data.txt"
-    data.write_text("\n\n".join(tokenizer_corpus(200, seed=3)))
-    config = {
-        "model": str(tiny_model_dir("gpt2")),
-        "dataset": str(data),
-        "context_size": 16,
-        "buffer_tokens": 256,
-        "contexts_per_forward": 4,
-        "eval_contexts": 2,
-        "dictionaries": [{"kind": "sae", "architecture": "topk", "layer": 1, "d_sae": 16, "k": 2}],
-        "train": {"total_tokens": 128, "batch_tokens": 64, "lr": 1e-3},
-    }
+    config = tiny_run_config(
+        root,
+        tiny_model_dir("gpt2"),
+        [{"kind": "sae", "architecture": "topk", "layer": 1, "d_sae": 16, "k": 2}],
+        {"total_tokens": 128, "batch_tokens": 64, "lr": 1e-3},
+    )
+    data = Path(config["dataset"])
     (root / "run.yaml").write_text(yaml.safe_dump(config))
     for layer in range(N_LAYERS):
         save_dictionary(make(transcoder(layer)), root / "transcoders" / f"layer{layer}")

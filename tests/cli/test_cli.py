@@ -11,27 +11,27 @@ import pytest
 import yaml
 
 from sparsecircuits.cli import COMMANDS, main
-from sparsecircuits.models.tiny import tokenizer_corpus
+from testkit import tiny_run_config
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("cli")
-    data = root / "data.txt"
-    data.write_text("\n\n".join(tokenizer_corpus(600, seed=3)))
-    config = {
-        "model": str(tiny_model_dir("gpt2")),
-        "dataset": str(data),
-        "context_size": 32,
-        "buffer_tokens": 2048,
-        "contexts_per_forward": 8,
-        "eval_contexts": 4,
-        "dictionaries": [
+    config = tiny_run_config(
+        root,
+        tiny_model_dir("gpt2"),
+        [
             {"kind": "transcoder", "architecture": "topk", "layer": 1, "d_sae": 64, "k": 4},
             {"kind": "sae", "architecture": "topk", "layer": 1, "d_sae": 64, "k": 4},
         ],
-        "train": {"total_tokens": 4096, "batch_tokens": 256, "lr": 3e-3},
-    }
+        {"total_tokens": 4096, "batch_tokens": 256, "lr": 3e-3},
+        texts=600,
+        context_size=32,
+        buffer_tokens=2048,
+        contexts_per_forward=8,
+        eval_contexts=4,
+    )
+    data = Path(config["dataset"])
     path = root / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     return {"root": root, "config": path, "data": data, "model": config["model"]}

@@ -23,10 +23,9 @@ from safetensors.torch import load_file
 
 from sparsecircuits.cli import main
 from sparsecircuits.dictionaries import load
-from sparsecircuits.models.tiny import tokenizer_corpus
 from sparsecircuits.training import latest_checkpoint
 from sparsecircuits.training.state_io import load_state
-from testkit import train_killed_inside
+from testkit import tiny_run_config, train_killed_inside
 
 pytestmark = pytest.mark.slow
 RANDOM_TRIALS = 8
@@ -36,26 +35,14 @@ STEPS = 8
 @pytest.fixture(scope="module")
 def trial_config(tiny_model_dir: Callable[[str], Path], tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("kill")
-    data = root / "data.txt"
-    data.write_text("\n\n".join(tokenizer_corpus(200, seed=11)))
-    config = {
-        "model": str(tiny_model_dir("gpt2")),
-        "dataset": str(data),
-        "context_size": 16,
-        "buffer_tokens": 256,
-        "contexts_per_forward": 4,
-        "eval_contexts": 2,
-        "dictionaries": [
-            {"kind": "transcoder", "architecture": "topk", "layer": 0, "d_sae": 32, "k": 4}
-        ],
+    config = tiny_run_config(
+        root,
+        tiny_model_dir("gpt2"),
+        [{"kind": "transcoder", "architecture": "topk", "layer": 0, "d_sae": 32, "k": 4}],
         # a checkpoint every step: much of a run is spent writing them, so kills land there
-        "train": {
-            "total_tokens": 32 * STEPS,
-            "batch_tokens": 32,
-            "lr": 3e-3,
-            "checkpoint_every": 1,
-        },
-    }
+        {"total_tokens": 32 * STEPS, "batch_tokens": 32, "lr": 3e-3, "checkpoint_every": 1},
+        seed=11,
+    )
     path = root / "run.json"
     path.write_text(json.dumps(config))
     return path
