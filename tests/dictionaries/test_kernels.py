@@ -188,8 +188,8 @@ def test_selection_modes() -> None:
 def test_row_topk_equals_torch_topk(width: int, k: int, numba: bool) -> None:
     """Both CPU top-k paths (`row_topk`: the numba segment kernel where it applies; the
     strided-block torch ops it falls back to) return exactly torch.topk's elements (random
-    rows: no ties)."""
-    scores = torch.randn(40, width, generator=torch.Generator().manual_seed(width + k))
+    rows: no ties; 150 rows: the kernel's scratch is reused across rows and split into tasks)."""
+    scores = torch.randn(150, width, generator=torch.Generator().manual_seed(width + k))
     if numba:
         values, indices = kernels.row_topk(scores, k)
         numba_ran = cpu_topk.supports(scores, k)
@@ -211,10 +211,11 @@ def test_numba_topk_on_bf16_bits_and_ties(k: int) -> None:
     zeros included) keeps torch.topk's values; with many equal values it still returns k
     distinct positions holding the k largest values."""
     g = torch.Generator().manual_seed(k)
-    scores = (torch.randn(64, 2048, generator=g) * 3).to(torch.bfloat16)  # bf16: many ties
+    scores = (torch.randn(130, 2048, generator=g) * 3).to(torch.bfloat16)  # bf16: many ties
     scores[0] = -scores[0].abs()  # an all-negative row
     scores[1, :] = 0.0
     scores[1, 5] = -0.0
+    scores[70] = -scores[70].abs()  # the same in the kernel's second task of rows
     values, indices = cpu_topk.row_topk(scores, k)
     assert values.dtype == torch.float32
     expected = scores.float().topk(k, dim=-1).values
@@ -323,6 +324,26 @@ def test_scatter_outer_kernel_equals_dense_product(
     assert bool((out.reshape(-1) if not transposed else out.t().reshape(-1)).isfinite().all())
     unused = out[-3:] if not transposed else out[:, -3:]
     assert bool((unused == 0).all())
+
+
+def test_scatter_outer_flat_entries_equal_dense_product() -> None:
+    """With flat (CSR) entries and `row_of`, as the row-sparse ReLU/JumpReLU step calls it: rows
+    with different numbers of entries, empty rows, zero weights (JumpReLU's window entries),
+    fp32 against a float64 dense product."""
+    gen = torch.Generator().manual_seed(5)
+    n, d_sae, d = 90, 300, 17
+    counts = torch.randint(0, 12, (n,), generator=gen)
+    counts[::7] = 0
+    row_of = torch.repeat_interleave(torch.arange(n), counts)
+    cols = torch.randint(0, d_sae, (int(counts.sum()),), generator=gen)
+    weights = torch.randn(cols.shape[0], generator=gen)
+    weights[::3] = 0.0
+    rows = torch.randn(n, d, generator=gen)
+    out = cpu_topk.scatter_outer(cols, weights, rows, d_sae, row_of=row_of)
+    dense = torch.zeros(n, d_sae, dtype=torch.float64).index_put_(
+        (row_of, cols), weights.double(), accumulate=True
+    )
+    assert_close_relative(out.double(), dense.t() @ rows.double(), tol=1e-6)
 
 
 def test_scatter_outer_rejects_out_of_range_indices() -> None:

@@ -71,54 +71,60 @@ def _select_top(v: Any, ix: Any, count: int, k: int) -> None:
             break
 
 
+# Rows per scratch allocation of `topk_rows` (per-row allocations cost as much as the search).
+_ROWS_PER_TASK = 64
+
+
 @njit(parallel=True, fastmath=_NO_NAN_ASSUMPTION, boundscheck=False, nogil=True, cache=True)
 def topk_rows(scores: Any, k: int, seg: int, out_keys: Any, out_idx: Any) -> None:
     """Top `k` keys of each row of `scores [n, w]` into `out_keys, out_idx [n, k]` (unsorted);
     segments of `seg` strided elements (`w % seg == 0`, `k <= w / seg`)."""
     n, w = scores.shape
     nseg = w // seg
-    for r in prange(n):
-        row = scores[r]
-        # segment s = elements s, s + nseg, s + 2·nseg, ...: its maximum is an elementwise
-        # max of `seg` contiguous slices (vectorises)
-        seg_max = np.full(nseg, order_key(row[0]))
-        for s in range(nseg):
-            seg_max[s] = order_key(row[s])
-        for j in range(1, seg):
-            base = j * nseg
+    for task in prange((n + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        key0 = order_key(scores[0, 0])
+        seg_max = np.full(nseg, key0)
+        ranked = np.full(nseg, key0)
+        order = np.empty(nseg, np.int64)
+        cand = np.full(w, key0)
+        cand_idx = np.empty(w, np.int64)
+        for r in range(task * _ROWS_PER_TASK, min(n, (task + 1) * _ROWS_PER_TASK)):
+            row = scores[r]
+            # segment s = elements s, s + nseg, s + 2·nseg, ...: its maximum is an elementwise
+            # max of `seg` contiguous slices (slices, not `row[j·nseg + s]`, let LLVM vectorise)
+            first = row[:nseg]
             for s in range(nseg):
-                seg_max[s] = max(seg_max[s], order_key(row[base + s]))
-        ranked = seg_max.copy()
-        order = np.arange(nseg)
-        _select_top(ranked, order, nseg, k)
-        tau = ranked[0]
-        for a in range(1, k):
-            tau = min(tau, ranked[a])
-        # every top-k element is >= tau and sits in a segment whose maximum is >= tau
-        cap = 0
-        for s in range(nseg):
-            if seg_max[s] >= tau:
-                cap += seg
-        cand = np.empty(cap, seg_max.dtype)
-        cand_idx = np.empty(cap, np.int64)
-        c = 0
-        for s in range(nseg):
-            if seg_max[s] >= tau:
-                for t in range(s, w, nseg):
-                    x = order_key(row[t])
-                    if x >= tau:
-                        cand[c] = x
-                        cand_idx[c] = t
-                        c += 1
-        if c >= k:
-            _select_top(cand, cand_idx, c, k)
-            for a in range(k):
-                out_keys[r, a] = cand[a]
-                out_idx[r, a] = cand_idx[a]
-        else:  # only NaNs (every comparison false) get here: valid indices, NaN values
-            for a in range(k):
-                out_keys[r, a] = order_key(row[a])
-                out_idx[r, a] = a
+                seg_max[s] = order_key(first[s])
+            for j in range(1, seg):
+                block = row[j * nseg : (j + 1) * nseg]
+                for s in range(nseg):
+                    seg_max[s] = max(seg_max[s], order_key(block[s]))
+            for s in range(nseg):
+                ranked[s] = seg_max[s]
+                order[s] = s
+            _select_top(ranked, order, nseg, k)
+            tau = ranked[0]
+            for a in range(1, k):
+                tau = min(tau, ranked[a])
+            # every top-k element is >= tau and sits in a segment whose maximum is >= tau
+            c = 0
+            for s in range(nseg):
+                if seg_max[s] >= tau:
+                    for t in range(s, w, nseg):
+                        x = order_key(row[t])
+                        if x >= tau:
+                            cand[c] = x
+                            cand_idx[c] = t
+                            c += 1
+            if c >= k:
+                _select_top(cand, cand_idx, c, k)
+                for a in range(k):
+                    out_keys[r, a] = cand[a]
+                    out_idx[r, a] = cand_idx[a]
+            else:  # only NaNs (every comparison false) get here: valid indices, NaN values
+                for a in range(k):
+                    out_keys[r, a] = order_key(row[a])
+                    out_idx[r, a] = a
 
 
 @njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)
@@ -159,12 +165,20 @@ _BLOCK = 16  # latents per tile: a transposed write of 16 fp32 is one 64-byte li
 
 @njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)
 def scatter_outer(
-    start: Any, entry: Any, weights: Any, rows: Any, c: int, transposed: bool, out: Any
+    start: Any,
+    entry: Any,
+    weights: Any,
+    rows: Any,
+    c: int,
+    row_of: Any,
+    transposed: bool,
+    out: Any,
 ) -> None:
-    """`Σ_e weights[e] · rows[e // c]` over the entries `e` of each latent j (`start`, `entry`
+    """`Σ_e weights[e] · rows[row of e]` over the entries `e` of each latent j (`start`, `entry`
     from `entries_by_latent`), written to `out[j]` (`[d_sae, d]`) or, `transposed`, to
     `out[:, j]` (`[d, d_sae]`); every element of `out` is written once (zeros for latents
-    without entries). Latents go in tiles of `_BLOCK`."""
+    without entries). An entry's row is `e // c` for `c > 0` (entries `[n, c]`), else
+    `row_of[e]` (CSR entries). Latents go in tiles of `_BLOCK`."""
     d = rows.shape[1]
     d_sae = start.shape[0] - 1
     flat_w = weights.reshape(-1)
@@ -178,7 +192,9 @@ def scatter_outer(
             for p in range(start[j0 + b], start[j0 + b + 1]):
                 e = entry[p]
                 w = flat_w[e]
-                x = rows[e // c]
+                if w == 0:  # inactive kept entries (ReLU'd top-k values, JumpReLU's window)
+                    continue
+                x = rows[e // c] if c > 0 else rows[row_of[e]]
                 for t in range(d):
                     a[t] += w * x[t]
         if transposed:

@@ -120,11 +120,19 @@ def supports_scatter(indices: Tensor, weights: Tensor, rows: Tensor) -> bool:
 
 
 def scatter_outer(
-    indices: Tensor, weights: Tensor, rows: Tensor, d_sae: int, transposed: bool = False
+    indices: Tensor,
+    weights: Tensor,
+    rows: Tensor,
+    d_sae: int,
+    transposed: bool = False,
+    row_of: Tensor | None = None,
 ) -> Tensor:
-    """`out[j] = Σ_{(r, s): indices[r, s] = j} weights[r, s] · rows[r]`: `[d_sae, d]` (fp32,
-    CPU) from `indices, weights [n, c]` and `rows [n, d]`, or its transpose `[d, d_sae]`
-    (contiguous) with `transposed`. Call `supports_scatter` first. No autograd."""
+    """`out[j] = Σ_{e: indices[e] = j} weights[e] · rows[row of e]`: `[d_sae, d]` (fp32, CPU), or
+    its transpose `[d, d_sae]` (contiguous) with `transposed`. Entries are `indices, weights
+    [n, c]` (entry `(r, s)` in row `r` of `rows [n, d]`) or, with `row_of`, flat `[nnz]` (entry
+    `e` in row `row_of[e]`). Call `supports_scatter` first (flat entries: CPU, fp32, int64).
+    Each latent's entries are summed in entry order, so the result is deterministic. No
+    autograd."""
     idx = indices.contiguous().numpy()
     if idx.size and (idx.min() < 0 or idx.max() >= d_sae):
         raise ValueError(f"scatter_outer: indices must lie in [0, {d_sae})")
@@ -132,6 +140,7 @@ def scatter_outer(
     entry = np.empty(idx.size, np.int64)
     d = rows.shape[1]
     out = np.empty((d, d_sae) if transposed else (d_sae, d), np.float32)
+    flat = row_of is not None
     with _launch() as kernels:
         kernels.entries_by_latent(idx, d_sae, start, entry)
         kernels.scatter_outer(
@@ -139,7 +148,8 @@ def scatter_outer(
             entry,
             weights.detach().contiguous().numpy(),
             rows.detach().contiguous().numpy(),
-            idx.shape[1],
+            0 if flat else idx.shape[1],
+            row_of.contiguous().numpy() if flat else np.empty(0, np.int64),  # type: ignore[union-attr]
             transposed,
             out,
         )

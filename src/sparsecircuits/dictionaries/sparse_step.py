@@ -88,15 +88,9 @@ class RowPattern:
         return torch.repeat_interleave(torch.arange(self.n_rows), counts)
 
     def scatter_outer(self, weights: Tensor, dense_rows: Tensor) -> Tensor:
-        """`Σ_p weights[p] · dense_rows[row p]` into row `cols[p]` of `[d_sae, d]`: `S.T @ dense_rows`
-        for the sparse `S [n, d_sae]` holding `weights`, as a COO sparse-dense product."""
-        sparse = torch.sparse_coo_tensor(
-            torch.stack([self.cols, self.rows]),
-            weights,
-            (self.d_sae, self.n_rows),
-            check_invariants=False,
-        )
-        return torch.sparse.mm(sparse, dense_rows)
+        """`S.T @ dense_rows` `[d_sae, d]` for the sparse `S [n, d_sae]` holding `weights [nnz]`
+        at the pattern's entries: row `cols[p]` gets `Σ_p weights[p] · dense_rows[row p]`."""
+        return cpu_topk.scatter_outer(self.cols, weights, dense_rows, self.d_sae, row_of=self.rows)
 
 
 def _extract(
