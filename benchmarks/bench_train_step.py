@@ -83,6 +83,11 @@ def harvest_batch(adapter: Any, n_tokens: int, layer: int) -> dict[str, torch.Te
 # the batch's pre-activation quantiles), the sparsity of a trained dictionary after its first
 # steps; their records carry the L0 and step mode of the last timed step.
 WARM_L0 = 32
+# Their learning rate: small enough that the timed steps stay at WARM_L0. At the width's default
+# rate, a hundred steps on the one repeated batch fit that batch and drift L0 (to 80-117 at d_sae
+# 4096), so the measured sparsity would depend on how many rounds a width happens to run. A
+# step's cost does not depend on the rate, only on how many latents it keeps.
+HOLD_L0_LR = 1e-7
 
 
 def configs(quick: bool, cases: str | None = None) -> list[dict[str, Any]]:
@@ -129,7 +134,11 @@ def our_step(
     )
     dictionary = make(cfg)
     train_cfg = TrainConfig(
-        total_tokens=10**15, batch_tokens=BATCH_TOKENS, quiet=True, log_every=10**9
+        total_tokens=10**15,
+        batch_tokens=BATCH_TOKENS,
+        quiet=True,
+        log_every=10**9,
+        lr=None if spec["k"] else HOLD_L0_LR,
     )
     trainer = Trainer(RepeatBatch(batch), {"d": dictionary}, train_cfg)
 
