@@ -22,6 +22,7 @@ from sparsecircuits.pipelines.convergence import (
 from sparsecircuits.pipelines.convergence_report import (
     matched_pairs,
     summarise,
+    table_markdown,
     trajectory_markdown,
 )
 
@@ -170,3 +171,24 @@ def test_a_budget_counts_once_every_seed_reached_it() -> None:
     rows.append(row(2, 8192, 0.1))
     (summary,) = summarise(rows, cfg)
     assert summary["budget"] == 8192 and summary["last_improvement"] == pytest.approx(0.5)
+    assert summary["converged"] is False and summary["got_worse"] is False
+    assert summary["best_budget"] == 8192
+
+
+def test_a_doubling_that_got_worse_is_reported_as_a_degradation() -> None:
+    """The stopping rule fires when a doubling makes the loss worse; the summary and the table say
+    so, with the budget where it was best, instead of calling it converged."""
+    cfg = ConvergenceConfig(seeds=[0, 1], first_budget=4096, max_budget=16384)
+
+    def row(seed: int, budget: int, increase: float) -> dict:
+        return {"name": "sae-L0-k8", "kind": "sae", "layer": 0, "k": 8, "seed": seed,
+                "budget": budget, "l0": 8.0, "fvu": 0.1, "ce_increase": increase,
+                "ce_loss_spliced": 2 + increase, "ce_loss_recovered": 0.9, "kl_div": 0.1}  # fmt: skip
+
+    curve = {4096: 0.3, 8192: 0.2, 16384: 0.25}
+    rows = [row(s, b, v) for b, v in curve.items() for s in (0, 1)]
+    (summary,) = summarise(rows, cfg)
+    assert summary["converged"] and summary["got_worse"]
+    assert summary["best_budget"] == 8192
+    assert summary["last_improvement"] == pytest.approx(-0.25)
+    assert "worse (-25.0 %; best at 8,192)" in table_markdown(rows, cfg)

@@ -38,7 +38,9 @@ def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[s
     """Return one summary per configuration at its last evaluated budget: `name, kind, layer, k,
     budget, converged` (whether the stopping rule fired there), `last_improvement` (the
     criterion's relative improvement over the doubling before it; None after one budget),
-    `seeds`, and `{metric: {mean, low, high}}` (95 % Student-t interval over seeds)."""
+    `got_worse` (that doubling made the criterion worse: the rule fired on a degradation, not a
+    plateau), `best_budget` (the complete budget with the lowest seed-mean criterion), `seeds`,
+    and `{metric: {mean, low, high}}` (95 % Student-t interval over seeds)."""
     stops = stopped_at(rows, cfg)
     means = complete_seed_means(rows, cfg)
     summaries = []
@@ -52,6 +54,11 @@ def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[s
         at_budget = [r for r in config_rows if r["budget"] == budget]
         first = at_budget[0]
         earlier = [b for b in complete if b < budget]
+        improvement = (
+            relative_improvement(means[(name, earlier[-1])], means[(name, budget)])
+            if earlier
+            else None
+        )
         summary: dict[str, Any] = {
             "name": name,
             "kind": first["kind"],
@@ -59,10 +66,12 @@ def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[s
             "k": first["k"],
             "budget": budget,
             "converged": stops.get(name) == budget,
-            "last_improvement": (
-                relative_improvement(means[(name, earlier[-1])], means[(name, budget)])
-                if earlier
-                else None
+            "last_improvement": improvement,
+            "got_worse": improvement is not None and improvement < 0,
+            "best_budget": min(
+                (b for b in complete if (name, b) in means),
+                key=lambda b: means[(name, b)],
+                default=budget,
             ),
             "seeds": len(at_budget),
         }
@@ -138,6 +147,8 @@ def table_markdown(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> str:
         status = "yes" if s["converged"] else "no"
         if improvement is not None:
             status += f" ({100 * improvement:+.1f} %)"
+        if s["got_worse"]:  # the rule fired on a degradation: say where it was best
+            status = f"worse ({100 * improvement:+.1f} %; best at {s['best_budget']:,})"
         lines.append(
             f"| {s['layer']} | {s['k']} | {s['kind']} | {s['budget']:,} | {status} | "
             f"{s['l0']['mean']:.1f} | {_ci(s['ce_increase'], '.4f')} | {_ci(s['kl_div'], '.4f')} | "
