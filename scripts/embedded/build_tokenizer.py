@@ -6,7 +6,7 @@ are appended to the TOKENIZER's training text (not the model's) so they are sing
 Writes tokenizer.json, tokenizer_config.json, special_tokens_map.json into the shipped folder
 and runs/embedded/train_tokens.npy (uint16 token stream, documents separated by EOS).
 
-Usage: python scripts/embedded/build_tokenizer.py [--vocab 4096] [--ship DIR]
+Usage: python scripts/embedded/build_tokenizer.py [--vocab 4096] [--ship DIR] [--encode-only]
 """
 
 from __future__ import annotations
@@ -107,13 +107,27 @@ def main() -> None:
         default=SHIP,
         help="folder for the tokenizer files (default: the package's embedded model folder)",
     )
+    parser.add_argument(
+        "--encode-only",
+        action="store_true",
+        help="encode the corpus with the tokenizer already in --ship (no training)",
+    )
     args = parser.parse_args()
     ship: Path = args.ship
-    tok = build(args.vocab)
+    tok = (
+        Tokenizer.from_file(str(ship / "tokenizer.json")) if args.encode_only else build(args.vocab)
+    )
     problems = verify(tok)
     print("tokenizer problems:", problems or "none")
     if problems:
         raise SystemExit(f"error: task tokens that are not single tokens: {problems}")
+    if not args.encode_only:
+        write_tokenizer(tok, ship)
+    encode_corpus(tok, problems)
+
+
+def write_tokenizer(tok: Tokenizer, ship: Path) -> None:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `ship`."""
     ship.mkdir(parents=True, exist_ok=True)
     tok.save(str(ship / "tokenizer.json"))
     (ship / "tokenizer_config.json").write_text(
@@ -137,6 +151,10 @@ def main() -> None:
         )
     )
 
+
+def encode_corpus(tok: Tokenizer, problems: list[str]) -> None:
+    """Write runs/embedded/train_tokens.npy and synthetic_tokens.npy; record the counts in
+    runs/embedded/corpus_stats.json."""
     eos_id = tok.token_to_id(EOS)
     with open(BUILD / "corpus_train.jsonl", encoding="utf-8") as f:
         docs = [json.loads(line) for line in f]
