@@ -81,7 +81,9 @@ def test_device_run_at_toy_size_on_the_cpu():
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     stages = [
         json.loads(line)
-        for line in (REPO / "out" / "device-dryrun" / "stages.jsonl").read_text().splitlines()
+        for line in (REPO / "out" / "device-dryrun" / "results" / "stages.jsonl")
+        .read_text()
+        .splitlines()
     ]
     assert [s["stage"] for s in stages] == [
         "model",

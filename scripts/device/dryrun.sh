@@ -24,10 +24,11 @@ export SC_BENCH_CT_PYTHON=${SC_BENCH_CT_PYTHON:-$MAIN/.venv-bench-ct/bin/python}
 export STAGES=${1:-model tests transcoders train_step graph train_step_bf16 end_to_end}
 mkdir -p "$OUT"
 bash "$SCRATCH/repo/scripts/device/run.sh"
+cp -r "$WORK/results" "$OUT/results"
 python3 - "$OUT" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-stages = [json.loads(l) for l in (out / "stages.jsonl").read_text().splitlines()]
+stages = [json.loads(l) for l in (out / "results" / "stages.jsonl").read_text().splitlines()]
 failed = [s["stage"] for s in stages if s["rc"] != 0]
 print("dry run:", ", ".join(f"{s['stage']} rc={s['rc']} {s['seconds']}s" for s in stages))
 sys.exit(1 if failed else 0)

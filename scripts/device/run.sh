@@ -22,8 +22,10 @@
 #   train_step_tf32  (optional) the fp32 lines with TF32 matmuls allowed
 #   end_to_end  harvest + training on that model, vs sparsify and SAELens
 # Budgets (seconds) BUDGET_<STAGE> cut a stage that runs long; what it wrote so far is kept.
-# Everything that must come back is under $OUT: log, summary.json, bench-*.jsonl, and
-# v3-embedded.tar split into parts of at most 15 MiB (v3-embedded.tar.part-00, -01, ...).
+# What comes back, under $OUT: log, summary.json (stages, task numbers, test counts, ratio lines)
+# and device-results.tar in parts of at most 15 MiB (device-results.tar.part-00, -01, ...):
+# results/ (stages.jsonl, tasks_*.json, pytest-*.xml, device_check.json, bench-*.jsonl) and,
+# after the model or transcoders stage, v3-embedded/ (the model folder to ship).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
@@ -37,6 +39,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$([ "$DEVICE" = cpu ] && echo 1 || ech
 SITE=${SITE:-/tmp/site}
 SITE_CT=${SITE_CT:-/tmp/site-ct}
 WORK=${WORK:-/tmp/sc-device}
+RES=$WORK/results  # everything but the log and summary.json; packed into $OUT at the end
+mkdir -p "$RES"
 GEMMA_LAYERS=${GEMMA_LAYERS:-6}  # Gemma-2-2B's width; 26 layers would not fit the budget
 SHIP=src/sparsecircuits/models/embedded
 declare -A BUDGET=([model]=${BUDGET_MODEL:-420} [tests]=${BUDGET_TESTS:-150}
@@ -46,6 +50,7 @@ declare -A BUDGET=([model]=${BUDGET_MODEL:-420} [tests]=${BUDGET_TESTS:-150}
   [end_to_end]=${BUDGET_END_TO_END:-100})
 if [ "$DEVICE" = cpu ]; then  # toy sizes: every command line once, in minutes on 2 cores
   TOY=1
+  for stage in "${!BUDGET[@]}"; do BUDGET[$stage]=$((BUDGET[$stage] * 3)); done
   PRETRAIN=(--steps 2)
   FINETUNE=(--finetune-steps 2 --finetune-stream-mb 0.05)
   EVAL=(--eval-n 8 --eval-prose-contexts 4)
@@ -86,7 +91,7 @@ run_stage() {  # run_stage NAME: the stage's function under its budget
   kill -TERM -- "-$watchdog" 2>/dev/null
   wait "$watchdog" 2>/dev/null
   say "$name end rc=$rc after $((SECONDS - start)) s"
-  echo "{\"stage\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - start))}" >> "$OUT/stages.jsonl"
+  echo "{\"stage\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - start))}" >> "$RES/stages.jsonl"
 }
 
 install_site() {  # install_site ARCHIVE... TARGET: unpack carried package trees into TARGET
@@ -130,8 +135,8 @@ stage_model() {
     --skip-pretrain "${FINETUNE[@]}" "${EVAL[@]}"
   for split in dev test; do
     $PY -m sparsecircuits tasks --model embedded --device "$DEVICE" --split $split --json \
-      "${TASK_N[@]}" > "$OUT/tasks_$split.json"
-    cat "$OUT/tasks_$split.json"
+      "${TASK_N[@]}" > "$RES/tasks_$split.json"
+    cat "$RES/tasks_$split.json"
   done
 }
 
@@ -139,11 +144,11 @@ stage_tests() {
   local files=(tests/models/test_cuda.py tests/dictionaries/test_dtypes.py
     tests/dictionaries/test_kernels.py tests/models/test_loading.py)
   [ -n "$TOY" ] && files=(tests/models/test_cuda.py tests/models/test_loading.py)
-  $PY -m pytest -q -p no:cacheprovider -rs "${files[@]}" --junitxml="$OUT/pytest-cuda.xml"
+  $PY -m pytest -q -p no:cacheprovider -rs "${files[@]}" --junitxml="$RES/pytest-cuda.xml"
   local rc=$?
-  if [ -z "$TOY" ]; then OUT=$OUT $PY benchmarks/device_check.py || rc=1; fi
+  if [ -z "$TOY" ]; then OUT=$RES $PY benchmarks/device_check.py || rc=1; fi
   if [ -n "${FULL_SUITE:-}" ]; then
-    $PY -m pytest -q -p no:cacheprovider -m "not browser" -n 8 --junitxml="$OUT/pytest-all.xml" || rc=1
+    $PY -m pytest -q -p no:cacheprovider -m "not browser" -n 8 --junitxml="$RES/pytest-all.xml" || rc=1
   fi
   return $rc
 }
@@ -199,11 +204,11 @@ print('circuit-tracer; transformers', transformers.__version__)"
   return 0
 }
 
-bench() {  # bench NAME ARGS...: one benchmarks/run.py call, JSON lines to $OUT/bench-NAME.jsonl
+bench() {  # bench NAME ARGS...: one benchmarks/run.py call, JSON lines to $RES/bench-NAME.jsonl
   local name=$1
   shift
   $BENCH_PY benchmarks/run.py --json --device "$DEVICE" "${BENCH_MODEL[@]}" \
-    --workdir "$WORK/bench" --out "$OUT/bench-$name.jsonl" "$@"
+    --workdir "$WORK/bench" --out "$RES/bench-$name.jsonl" "$@"
 }
 
 stage_train_step() {
@@ -238,48 +243,54 @@ stage_end_to_end() {
   bench end_to_end --only end_to_end $([ -n "$TOY" ] && echo --quick)
 }
 
-pack_results() {  # model, transcoders, evaluations, test reports -> $OUT, at most 15 MiB a file
-  local stage_dir=$WORK/pack/v3-embedded
-  rm -rf "$WORK/pack"
-  mkdir -p "$stage_dir"
-  if grep -q '"stage": "model"' "$OUT/stages.jsonl" 2>/dev/null ||
-    grep -q '"stage": "transcoders"' "$OUT/stages.jsonl" 2>/dev/null; then
+pack_results() {  # results (and the v3 model) -> one tar in parts of 15 MiB, summary.json, log
+  local pack=$WORK/pack
+  rm -rf "$pack"
+  mkdir -p "$pack/v3-embedded"
+  cp -r "$RES" "$pack/results"
+  if grep -q -E '"stage": "(model|transcoders)"' "$RES/stages.jsonl" 2>/dev/null; then
     for f in model.safetensors config.json generation_config.json tokenizer.json \
       tokenizer_config.json special_tokens_map.json train_info.json train_info_pretrain.json \
       eval_results.json eval_results_pretrain.json; do
-      [ -f "$SHIP/$f" ] && cp "$SHIP/$f" "$stage_dir/"
+      [ -f "$SHIP/$f" ] && cp "$SHIP/$f" "$pack/v3-embedded/"
     done
-    [ -d "$SHIP/transcoders" ] && cp -r "$SHIP/transcoders" "$stage_dir/"
-    [ -f runs/embedded/corpus_stats.json ] && cp runs/embedded/corpus_stats.json "$stage_dir/"
-    tar -C "$WORK/pack" -cf - v3-embedded | split -b 15M -d - "$OUT/v3-embedded.tar.part-"
+    [ -d "$SHIP/transcoders" ] && cp -r "$SHIP/transcoders" "$pack/v3-embedded/"
+    [ -f runs/embedded/corpus_stats.json ] && cp runs/embedded/corpus_stats.json "$pack/v3-embedded/"
   fi
-  $PY - "$OUT" <<'EOF'
+  tar -C "$pack" -cf - results v3-embedded | split -b 15M -d - "$OUT/device-results.tar.part-"
+  $PY - "$RES" "$OUT/summary.json" <<'EOF'
 import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-summary = {"stages": [json.loads(l) for l in (out / "stages.jsonl").read_text().splitlines()]}
+import xml.etree.ElementTree as ET
+
+res, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+summary = {"stages": [json.loads(l) for l in (res / "stages.jsonl").read_text().splitlines()]}
 for split in ("dev", "test"):
-    f = out / f"tasks_{split}.json"
+    f = res / f"tasks_{split}.json"
     if f.is_file() and f.stat().st_size:
         summary[f"tasks_{split}"] = json.loads(f.read_text())
-for name in ("device_check.json",):
-    if (out / name).is_file():
-        summary[name.removesuffix(".json")] = json.loads((out / name).read_text())
-ratios = []
-for f in sorted(out.glob("bench-*.jsonl")):
-    for line in f.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "ratio":
-            ratios.append(record)
-summary["ratios"] = ratios
-(out / "summary.json").write_text(json.dumps(summary, indent=1))
+if (res / "device_check.json").is_file():
+    summary["device_check"] = json.loads((res / "device_check.json").read_text())
+for report in sorted(res.glob("pytest-*.xml")):
+    suite = ET.parse(report).getroot()
+    suite = suite if suite.tag == "testsuite" else suite[0]
+    summary[report.stem] = {k: suite.get(k) for k in ("tests", "failures", "errors", "skipped")}
+summary["ratios"] = [
+    record
+    for f in sorted(res.glob("bench-*.jsonl"))
+    for record in map(json.loads, f.read_text().splitlines())
+    if record.get("kind") == "ratio"
+]
+target.write_text(json.dumps(summary, indent=1))
 print(json.dumps({k: v for k, v in summary.items() if k != "ratios"}, indent=1))
-print(len(ratios), "ratio lines")
+print(len(summary["ratios"]), "ratio lines")
 EOF
   ls -la "$OUT"
 }
 
 main() {
-  : > "$OUT/stages.jsonl"
+  rm -rf "$RES"
+  mkdir -p "$RES"
+  : > "$RES/stages.jsonl"
   if [ -z "$TOY" ] && [ -f .device/site-core.tar.xz ]; then
     install_site .device/site-core.tar.xz "$SITE"  # what sparsecircuits imports, every call
   fi
