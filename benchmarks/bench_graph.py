@@ -58,13 +58,14 @@ from benchmarks.common import (
 # contenders: our exact full graph, our streamed pruned graph (`store="influential"`: same
 # pruned graph and scores, linear memory), circuit-tracer's dense `attribute`
 CONTENDERS = ("sparsecircuits", "sparsecircuits:influential", "circuit-tracer")
-D_SAE = 4096
+D_SAE = 4096  # the graph transcoders' width; `run.py --graph-d-sae` sets it (workers too)
 REPO = Path(__file__).resolve().parent.parent
 
 
-def lengths(quick: bool, max_context: int) -> list[int]:
-    """Prompt lengths (BOS included): 17 (and 65, 256 in the full run)."""
-    wanted = [17] if quick else [17, 65, 256]
+def lengths(quick: bool, max_context: int, wanted: list[int] | None = None) -> list[int]:
+    """Prompt lengths (BOS included): `wanted`, else 17 (and 65, 256 in the full run)."""
+    if not wanted:
+        wanted = [17] if quick else [17, 65, 256]
     return [min(n, max_context) for n in wanted]
 
 
@@ -294,6 +295,8 @@ def _spawn(
             str(n_tokens),
             "--graph-k",
             str(k),
+            "--graph-d-sae",
+            str(D_SAE),
             "--device",
             options.device,
             "--dtype",
@@ -367,8 +370,10 @@ def run(
     max_context: int,
     theirs_max_tokens: int,
     theirs_batch_sizes: list[int] | None = None,
+    n_tokens_list: list[int] | None = None,
 ) -> None:
-    """Emit graph records (seconds, memory) per contender and length, and their ratios.
+    """Emit graph records (seconds, memory) per contender and length (`n_tokens_list`, default
+    `lengths`), and their ratios.
 
     circuit-tracer runs only up to `theirs_max_tokens` (its 256-token graph alone takes ~10
     minutes on 2 CPU cores), at the fastest of `theirs_batch_sizes` (swept per length); ours
@@ -377,7 +382,7 @@ def run(
     why = {c: why_unavailable(c) for c in CONTENDERS}
     deltas: dict[str, list[tuple[int, float]]] = {c: [] for c in CONTENDERS if why[c] is None}
     competitor = Competitor(options.compete) if options.compete else None
-    for n_tokens in lengths(options.quick, max_context):
+    for n_tokens in lengths(options.quick, max_context, n_tokens_list):
         config = {
             **options.base_config(),
             "n_tokens": n_tokens,

@@ -91,13 +91,25 @@ HOLD_L0_LR = 1e-7
 
 
 def configs(quick: bool, cases: str | None = None) -> list[dict[str, Any]]:
-    """The (kind, architecture, d_sae, k) grid; `cases` ("relu:4096,topk:16384") keeps only
-    those architectures at those widths (both kinds, every k)."""
+    """The (kind, architecture, d_sae, k) grid; `cases` ("relu:4096,topk:16384,topk:16384:64")
+    keeps only those architectures at those widths, both kinds, every k of the grid or the k
+    given (any k for TopK)."""
     if cases:
-        wanted = {
-            (arch, int(width)) for arch, _, width in (c.partition(":") for c in cases.split(","))
-        }
-        return [c for c in configs(False) if (c["architecture"], c["d_sae"]) in wanted]
+        grid = []
+        for case in cases.split(","):
+            arch, width, *k = case.strip().split(":")
+            if k:
+                for kind in ("transcoder", "sae"):
+                    grid.append(
+                        {"kind": kind, "architecture": arch, "d_sae": int(width), "k": int(k[0])}
+                    )
+            else:
+                grid += [
+                    c
+                    for c in configs(False)
+                    if (c["architecture"], c["d_sae"]) == (arch, int(width))
+                ]
+        return grid
     widths = [4096] if quick else [4096, 16384, 65536]
     grid = []
     for d_sae in widths:

@@ -442,6 +442,7 @@ def apply_precision(options: BenchOptions) -> None:
 
 def tiny_gpt2_folder(workdir: Path) -> Path:
     """A random-init GPT-2 of the embedded model's shape (4 layers, d_model 256, vocab 4096)."""
+    from benchmarks.scale_model import fast_tokenizer_class
     from sparsecircuits.models.tiny import build_tiny_model
 
     folder = workdir / "tiny-gpt2-256"
@@ -449,6 +450,7 @@ def tiny_gpt2_folder(workdir: Path) -> Path:
         build_tiny_model(
             "gpt2", folder, d_model=256, n_layers=4, n_heads=4, vocab_size=4096, max_context=256
         )
+        fast_tokenizer_class(folder)  # circuit-tracer's transformers 4.x reads it too
     return folder
 
 

@@ -86,43 +86,18 @@ def check(workdir: Path, n_layers: int, tokens: int, budget: int) -> dict:
     """Build (once) and trace a random Gemma-2 of Gemma-2-2B's width (fewer layers); return the
     measured peak RSS beside the prediction."""
     import torch
-    from transformers import AutoModelForCausalLM, Gemma2Config
 
     from benchmarks.bench_graph import make_transcoders
+    from benchmarks.scale_model import ensure_gemma2_width_model
     from sparsecircuits.circuits.graph.build import GraphConfig, build_graph
     from sparsecircuits.circuits.replacement import ReplacementModel
     from sparsecircuits.dictionaries import load_transcoders
     from sparsecircuits.dictionaries.io import save_dictionary
     from sparsecircuits.models import load_model
-    from sparsecircuits.models.tiny import build_tiny_model
 
     g = GEMMA_2_2B
-    model_dir = workdir / f"gemma2-2b-width-{n_layers}l"
+    model_dir = ensure_gemma2_width_model(workdir, n_layers)
     tc_dir = workdir / f"gemma2-2b-width-{n_layers}l-tc{g.d_sae}"
-    if not (model_dir / "model.safetensors").is_file() and not list(
-        model_dir.glob("*.safetensors")
-    ):
-        build_tiny_model("gemma2", model_dir, vocab_size=512, n_layers=1, d_model=32, n_heads=4)
-        config = Gemma2Config(  # gemma-2-2b's config.json, fewer layers
-            num_hidden_layers=n_layers,
-            hidden_size=g.d_model,
-            num_attention_heads=g.n_heads,
-            num_key_value_heads=g.n_heads // 2,
-            head_dim=g.d_head,
-            intermediate_size=g.d_mlp,
-            vocab_size=g.vocab,
-            query_pre_attn_scalar=g.d_head,
-            attn_logit_softcapping=50.0,
-            final_logit_softcapping=30.0,
-            sliding_window=4096,
-            max_position_embeddings=8192,
-            tie_word_embeddings=True,
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=0,
-        )
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(model_dir)
     if not tc_dir.is_dir():
         adapter = load_model(model_dir, device="cpu")
         for layer, tc in make_transcoders(adapter, 64, g.d_sae).items():

@@ -73,6 +73,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--graph-k", type=int, default=32, help="TopK k of the graph transcoders")
     p.add_argument(
+        "--graph-d-sae", type=int, default=4096, help="features per graph transcoder (default 4096)"
+    )
+    p.add_argument(
+        "--graph-lengths",
+        default=None,
+        help="comma-separated prompt lengths of the graph group (default 17,65,256; --quick 17)",
+    )
+    p.add_argument(
         "--graph-theirs-max",
         type=int,
         default=65,
@@ -102,8 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--train-cases",
         default=None,
-        help="train_step cases as ARCHITECTURE:D_SAE,... (e.g. relu:4096,jumprelu:16384; "
-        "default: the whole grid)",
+        help="train_step cases as ARCHITECTURE:D_SAE[:K],... (e.g. relu:4096,topk:16384:64; "
+        "without K every k of the grid; default: the whole grid)",
     )
     p.add_argument("--workdir", default=None, help="scratch folder (default: a new temp folder)")
     p.add_argument("--out", default=None, help="also write the JSON lines to this file")
@@ -154,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = options_from(args)
     common.apply_precision(options)
-    if args.worker == "graph":
-        from benchmarks import bench_graph
+    from benchmarks import bench_graph
 
+    bench_graph.D_SAE = args.graph_d_sae
+    if args.worker == "graph":
         with common.redirect_library_output():
             result = bench_graph.worker(
                 options,
@@ -226,14 +235,13 @@ def main(argv: list[str] | None = None) -> int:
 
             bench_end_to_end.run(adapter, options)
         if "graph" in groups:
-            from benchmarks import bench_graph
-
             bench_graph.run(
                 options,
                 args.graph_k,
                 adapter.max_context,
                 args.graph_theirs_max,
                 theirs_batch_sizes=batch_sizes(args.graph_theirs_batch_sizes),
+                n_tokens_list=batch_sizes(args.graph_lengths),
             )
         if "graph_scale" in groups and not options.quick:
             from benchmarks import bench_graph_scale

@@ -1,7 +1,8 @@
 """Rebuild the embedded model end to end: corpus -> tokenizer -> model -> fine-tune -> task numbers.
 
 Usage: python scripts/embedded/build_all.py [--device cuda|cpu] [--steps N | --minutes M]
-                                           [--skip-corpus] [--skip-tokenizer] [--skip-finetune]
+                                           [--skip-corpus] [--skip-tokenizer] [--skip-pretrain] [--skip-finetune]
+                                           [--finetune-steps N] [--finetune-stream-mb MB]
 Needs the Debian package python3.11-doc (apt-get install -y python3.11-doc) for the prose.
 Everything is seeded. On cuda the run is step-based (9000 steps, the shipped recipe). On CPU
 the default schedule runs on wall-clock time (--minutes), so the exact weights depend on the
@@ -41,6 +42,19 @@ def main() -> None:
         "--skip-finetune",
         action="store_true",
         help="stop after pretraining (no task-stream fine-tune)",
+    )
+    p.add_argument(
+        "--skip-pretrain",
+        action="store_true",
+        help="fine-tune the model already in the package folder (after a --skip-finetune run)",
+    )
+    p.add_argument("--finetune-steps", type=int, default=FINETUNE[2], help="fine-tune steps")
+    p.add_argument(
+        "--finetune-stream-mb", type=float, default=12.0, help="megabytes of fine-tune task text"
+    )
+    p.add_argument("--eval-n", type=int, default=200, help="prompts per task in the evaluation")
+    p.add_argument(
+        "--eval-prose-contexts", type=int, default=200, help="held-out prose contexts (evaluation)"
     )
     args = p.parse_args()
     if args.device is None:
@@ -85,27 +99,32 @@ def main() -> None:
             "--threads",
             "2",
         ]
-    run("train_model.py", *budget, *train)
+    if not args.skip_pretrain:
+        run("train_model.py", *budget, *train)
     if not args.skip_finetune:
-        finetune()
-    run("eval_model.py", "--n", "200", "--seed", "0")
+        finetune(args.device, args.finetune_steps, args.finetune_stream_mb)
+    run(
+        "eval_model.py",
+        *("--n", str(args.eval_n), "--prose-contexts", str(args.eval_prose_contexts)),
+        *("--threads", "8" if args.device == "cuda" else "2"),
+    )
 
 
-# The shipped fine-tune: (task-stream seed, train seed, steps, lr, warmup) on one CPU.
+# The shipped fine-tune: (task-stream seed, train seed, steps, lr, warmup).
 FINETUNE = (4, 5, 1100, "5e-4", 30)
 
 
-def finetune() -> None:
+def finetune(device: str, steps: int, stream_mb: float) -> None:
     """Fine-tune the freshly trained model (in the package folder) in place on the task stream."""
     ship = HERE.parents[1] / "src" / "sparsecircuits" / "models" / "embedded"
-    stream_seed, seed, steps, lr, warmup = FINETUNE
-    run("build_task_stream.py", "--mb", "12", "--seed", str(stream_seed))
+    stream_seed, seed, _, lr, warmup = FINETUNE
+    run("build_task_stream.py", "--mb", str(stream_mb), "--seed", str(stream_seed))
     run(
         "train_model.py",
         *("--steps", str(steps), "--batch", "32", "--synthetic-extra", "16"),
         *("--synthetic-file", "task_stream_tokens.npy", "--resume", str(ship)),
         *("--lr", lr, "--warmup", str(warmup), "--seed", str(seed), "--threads", "2"),
-        *("--ckpt-minutes", "30", "--ship-dir", str(ship)),
+        *("--ckpt-minutes", "30", "--ship-dir", str(ship), "--device", device),
     )
 
 

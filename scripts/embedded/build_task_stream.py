@@ -1,14 +1,15 @@
 """Write runs/embedded/task_stream_tokens.npy: generated task text for the embedded model's fine-tune.
 
-The pretraining corpus has 10 fixed IOI templates and 262 docstring parameter names. This stream
-teaches the rules instead of the instances: IOI sentences from the compositional grammar
+A task-only stream that teaches the rules rather than the instances: IOI sentences from the
+compositional grammar
 (thousands of templates, none using a held-out template's wording, place or object), half of
 them with arbitrary words in the name, place and object slots (so the circuit copies any token,
 not the training names), docstrings whose parameter names are drawn half of the time from every
 identifier-like token of the tokenizer (dev and test names excluded), plus greater-than and the
 neutral vocabulary sentences that keep dev words' embeddings trained. Every generator draws from
 the train split only: no dev or test template, name, place, object, noun or parameter name, and
-no test year ending (`tests/tasks/test_splits.py`). Needs the shipped tokenizer
+no test year ending (`tests/tasks/test_splits.py`; the build fails if
+`sparsecircuits.tasks.contamination` finds a test-split item in the text). Needs the shipped tokenizer
 (build_tokenizer.py runs first).
 
 Usage: python scripts/embedded/build_task_stream.py [--mb 12] [--seed 2]
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from sparsecircuits.tasks import docstring, greater_than, ioi  # noqa: E402
+from sparsecircuits.tasks.contamination import count_test_items  # noqa: E402
 from sparsecircuits.tasks.vocabulary import vocabulary_text  # noqa: E402
 
 BUILD = ROOT / "runs" / "embedded"
@@ -90,6 +92,9 @@ def main() -> None:
             docs.append((kind, text))
             made += len(text)
     rng.shuffle(docs)
+    leaks = count_test_items(text for _, text in docs)
+    if leaks:
+        raise SystemExit(f"error: test-split items in the task stream: {leaks}")
     eos_id = tok.token_to_id("<|endoftext|>")
     stream: list[int] = []
     per_kind: dict[str, int] = {}

@@ -6,7 +6,7 @@ are appended to the TOKENIZER's training text (not the model's) so they are sing
 Writes tokenizer.json, tokenizer_config.json, special_tokens_map.json into the shipped folder
 and runs/embedded/train_tokens.npy (uint16 token stream, documents separated by EOS).
 
-Usage: python scripts/embedded/build_tokenizer.py [--vocab 4096]
+Usage: python scripts/embedded/build_tokenizer.py [--vocab 4096] [--ship DIR] [--encode-only]
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ def training_texts() -> Iterator[str]:
         for line in f:
             yield json.loads(line)["text"]
     digits = " ".join(f"{y:02d}" for y in range(100))
+    # and once more without spaces: a year's ending ("1732" -> " 17", "32") follows no space, and
+    # test endings occur in no year of the training text
+    bare = "".join(f"{y:02d}" for y in range(100))
     for _ in range(1500):
-        yield digits + " " + " ".join(task_words())
+        yield digits + " " + bare + " " + " ".join(task_words())
 
 
 def build(vocab: int) -> Tokenizer:
@@ -98,13 +101,36 @@ def write_synthetic_stream(tok: Tokenizer) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument(
+        "--ship",
+        type=Path,
+        default=SHIP,
+        help="folder for the tokenizer files (default: the package's embedded model folder)",
+    )
+    parser.add_argument(
+        "--encode-only",
+        action="store_true",
+        help="encode the corpus with the tokenizer already in --ship (no training)",
+    )
     args = parser.parse_args()
-    tok = build(args.vocab)
+    ship: Path = args.ship
+    tok = (
+        Tokenizer.from_file(str(ship / "tokenizer.json")) if args.encode_only else build(args.vocab)
+    )
     problems = verify(tok)
     print("tokenizer problems:", problems or "none")
-    SHIP.mkdir(parents=True, exist_ok=True)
-    tok.save(str(SHIP / "tokenizer.json"))
-    (SHIP / "tokenizer_config.json").write_text(
+    if problems:
+        raise SystemExit(f"error: task tokens that are not single tokens: {problems}")
+    if not args.encode_only:
+        write_tokenizer(tok, ship)
+    encode_corpus(tok, problems)
+
+
+def write_tokenizer(tok: Tokenizer, ship: Path) -> None:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `ship`."""
+    ship.mkdir(parents=True, exist_ok=True)
+    tok.save(str(ship / "tokenizer.json"))
+    (ship / "tokenizer_config.json").write_text(
         json.dumps(
             {
                 "tokenizer_class": "PreTrainedTokenizerFast",
@@ -119,12 +145,16 @@ def main() -> None:
             indent=2,
         )
     )
-    (SHIP / "special_tokens_map.json").write_text(
+    (ship / "special_tokens_map.json").write_text(
         json.dumps(
             {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}, indent=2
         )
     )
 
+
+def encode_corpus(tok: Tokenizer, problems: list[str]) -> None:
+    """Write runs/embedded/train_tokens.npy and synthetic_tokens.npy; record the counts in
+    runs/embedded/corpus_stats.json."""
     eos_id = tok.token_to_id(EOS)
     with open(BUILD / "corpus_train.jsonl", encoding="utf-8") as f:
         docs = [json.loads(line) for line in f]
