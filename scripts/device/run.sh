@@ -21,6 +21,9 @@
 #   train_step_bf16  the train_step lines in bf16
 #   train_step_tf32  (optional) the fp32 lines with TF32 matmuls allowed
 #   end_to_end  harvest + training on that model, vs sparsify and SAELens
+#   tc_vs_sae   (optional, issue 17) sparsecircuits tc-vs-sae on the embedded model in the tree
+#               (v3 after the model stage): k 16/32/64, every layer, 3 seeds, budgets doubling
+#               to 16.8M tokens or the 1 %-per-doubling stop
 # Budgets (seconds) BUDGET_<STAGE> cut a stage that runs long; what it wrote so far is kept.
 # What comes back, under $OUT: log, summary.json (stages, task numbers, test counts, ratio lines)
 # and device-results.tar in parts of at most 15 MiB (device-results.tar.part-00, -01, ...):
@@ -47,7 +50,7 @@ declare -A BUDGET=([model]=${BUDGET_MODEL:-420} [tests]=${BUDGET_TESTS:-150}
   [transcoders]=${BUDGET_TRANSCODERS:-150} [train_step]=${BUDGET_TRAIN_STEP:-150}
   [graph]=${BUDGET_GRAPH:-180} [train_step_bf16]=${BUDGET_TRAIN_STEP_BF16:-100}
   [train_step_tf32]=${BUDGET_TRAIN_STEP_TF32:-100}
-  [end_to_end]=${BUDGET_END_TO_END:-100})
+  [end_to_end]=${BUDGET_END_TO_END:-100} [tc_vs_sae]=${BUDGET_TC_VS_SAE:-300})
 if [ "$DEVICE" = cpu ]; then  # toy sizes: every command line once, in minutes on 2 cores
   TOY=1
   for stage in "${!BUDGET[@]}"; do BUDGET[$stage]=$((BUDGET[$stage] * 3)); done
@@ -241,6 +244,18 @@ stage_graph() {
 stage_end_to_end() {
   bench_setup || return 1
   bench end_to_end --only end_to_end $([ -n "$TOY" ] && echo --quick)
+}
+
+stage_tc_vs_sae() {  # results.jsonl is appended per budget: a budget cut keeps what finished
+  corpus_ready
+  local sizes=(--max-budget 16777216)
+  [ -n "$TOY" ] && sizes=(--layers 0 --ks 8 --seeds 2 --d-sae 64 --first-budget 4096
+    --max-budget 8192 --eval-contexts 4 --buffer-tokens 4096 --batch-tokens 1024)
+  $PY -m sparsecircuits tc-vs-sae --out "$RES/tc-vs-sae" --device "$DEVICE" \
+    --dataset runs/embedded/corpus_train.jsonl --quiet "${sizes[@]}"
+  local rc=$?
+  rm -rf "$RES"/tc-vs-sae/seed*  # checkpoints: too large to bring back, not needed for the report
+  return $rc
 }
 
 pack_results() {  # results (and the v3 model) -> one tar in parts of 15 MiB, summary.json, log
