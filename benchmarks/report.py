@@ -5,6 +5,7 @@ python benchmarks/report.py out/bench/results.jsonl > table.md
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -83,7 +84,7 @@ def tables(records: list[dict[str, Any]]) -> str:
                 f"{name} {_fmt(float(v))}" for name, v in r["variants_tokens_per_s"].items()
             )
         lines.append(
-            f"| {r['name']} | {r['library']} | {_cfg(r['config'])} | "
+            f"| {r['name']} | {r.get('library', '-')} | {_cfg(r['config'])} | "
             f"{_fmt(r.get('tokens_per_s'))} | {_fmt(r.get('seconds'))} | "
             f"{_fmt(r.get('peak_rss_mb'))} | {_cfg(extra)} |"
         )
@@ -163,11 +164,12 @@ def tables(records: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the tables for the results file named on the command line."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python benchmarks/report.py RESULTS.jsonl", file=sys.stderr)
-        return 2
-    sys.stdout.write(tables(load(args[0])))
+    parser = argparse.ArgumentParser(description="Markdown tables of a `run.py --json` file.")
+    parser.add_argument("results", type=Path, help="a results .jsonl file")
+    args = parser.parse_args(argv)
+    if not args.results.is_file():
+        parser.error(f"{args.results} is not a file: give the .jsonl that run.py --json wrote")
+    sys.stdout.write(tables(load(args.results)))
     return 0
 
 
