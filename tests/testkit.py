@@ -60,6 +60,22 @@ class SyntheticStore:
         self.position = int(state["position"])
 
 
+class RepeatBatch:
+    """A `Trainer` batch source serving the same in-memory `batch` every step."""
+
+    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
+        self.batch = batch
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        return self.batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
 def build_dictionary(
     architecture: str = "topk",
     kind: str = "sae",

@@ -79,15 +79,8 @@ def docstring_cell(tok, forward: Callable, test_shape: bool, params, n: int, see
     for _ in range(n):
         args = rng.sample(params, 6)
         matching = args[2:5]
-        if test_shape:
-            lines = docstring.annotated_function_lines(rng, args, matching[:-1])
-        else:
-            lines = [
-                f"def {docstring._method_name(rng)}(self, {', '.join(args)}):",
-                f'    """{docstring._desc(rng, 3)}',
-                "",
-            ]
-            lines += [f"    :param {a}: {docstring._arg_desc(rng)}" for a in matching[:-1]]
+        shape = docstring.annotated_function_lines if test_shape else docstring.method_lines
+        lines = shape(rng, args, matching[:-1])
         texts.append("\n".join([*lines, "    :param"]))
         correct.append(single_token_id(tok, " " + matching[-1]))
     p = build_prompts(tok, texts, texts, True, {}, correct_ids=correct)

@@ -16,23 +16,7 @@ from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.evaluation.splice import splice
 from sparsecircuits.models import load_model
 from sparsecircuits.training import TrainConfig, Trainer
-
-
-class Batches:
-    """The same `(x, y)` batch every step, for `Trainer`."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.batch = {"blocks.0.hook_mlp_in": x, "blocks.0.hook_mlp_out": y}
-
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        return self.batch
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
+from testkit import RepeatBatch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -71,7 +55,7 @@ def test_half_precision_dictionaries_train_save_load_and_splice(
     g = torch.Generator().manual_seed(0)
     x = torch.randn(96, width, generator=g).to(device, half)
     y = torch.tanh(x.float() @ torch.randn(width, width, generator=g).to(device)).to(half)
-    batches = Batches(x, y)
+    batches = RepeatBatch({"blocks.0.hook_mlp_in": x, "blocks.0.hook_mlp_out": y})
     train = TrainConfig(total_tokens=96 * 4, batch_tokens=96, lr=1e-3, quiet=True, warmup_steps=1)
     before = dictionary.W_dec.detach().clone()
     if dtype == "float16":

@@ -12,6 +12,7 @@ import torch
 from sparsecircuits.dictionaries import DictionaryConfig, make, sparse_step
 from sparsecircuits.dictionaries.activations.jumprelu import _rectangle
 from sparsecircuits.training import TrainConfig, Trainer
+from testkit import RepeatBatch
 
 D_IN, D_SAE, D_OUT = 24, 256, 20
 
@@ -183,20 +184,6 @@ def test_pre_activation_loss_on_dead_latents_keeps_the_step_dense(step_mode) -> 
     assert dictionary.activation.step_mode == "dense"
 
 
-class _Repeat:
-    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
-        self.batch = batch
-
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        return self.batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
 @pytest.mark.parametrize("arch", ["relu", "jumprelu"])
 def test_trainer_sparse_run_equals_dense_run(arch: str, step_mode) -> None:  # type: ignore[no-untyped-def]
     """Four trainer steps (Adam, clipping, dead-latent counter) give the same weights and
@@ -209,7 +196,7 @@ def test_trainer_sparse_run_equals_dense_run(arch: str, step_mode) -> None:  # t
         cfg = TrainConfig(
             total_tokens=800, batch_tokens=200, lr=1e-3, quiet=True, dead_tokens=200, log_every=1
         )
-        trainer = Trainer(_Repeat({"in": x, "out": target}), {"d": dictionary}, cfg)
+        trainer = Trainer(RepeatBatch({"in": x, "out": target}), {"d": dictionary}, cfg)
         trainer.biases_initialised = True
         result = trainer.train()
         assert result.metrics["d"]["sparse_step"] == float(mode == "sparse")

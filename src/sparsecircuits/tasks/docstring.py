@@ -457,6 +457,13 @@ def docstring_training_text(
     return "\n".join(lines) + "\n"
 
 
+def method_lines(rng: random.Random, args: Sequence[str], documented: Sequence[str]) -> list[str]:
+    """Return the lines of a train/dev-shape method of `args` up to its `documented` `:param`
+    lines: `def verb_word(self, a, b, ...):`, a one-line summary, a blank line."""
+    lines = [f"def {_method_name(rng)}(self, {', '.join(args)}):", f'    """{_desc(rng, 3)}', ""]
+    return lines + [f"    :param {a}: {_arg_desc(rng)}" for a in documented]
+
+
 def annotated_function_lines(
     rng: random.Random, args: Sequence[str], documented: Sequence[str]
 ) -> list[str]:
@@ -506,15 +513,8 @@ def make_docstring_prompts(
     for _ in range(n):
         args = rng.sample(params, n_args)
         matching = args[n_def_prefix_args : n_def_prefix_args + n_matching_args]
-        if split == "test":
-            lines = annotated_function_lines(rng, args, matching[:-1])
-        else:
-            lines = [
-                f"def {_method_name(rng)}(self, {', '.join(args)}):",
-                f'    """{_desc(rng, 3)}',
-                "",
-            ]
-            lines += [f"    :param {a}: {_arg_desc(rng)}" for a in matching[:-1]]
+        shape = annotated_function_lines if split == "test" else method_lines
+        lines = shape(rng, args, matching[:-1])
         lines.append("    :param")
         answer = matching[-1]
         texts.append("\n".join(lines))
