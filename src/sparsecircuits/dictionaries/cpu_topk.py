@@ -119,6 +119,21 @@ def supports_scatter(indices: Tensor, weights: Tensor, rows: Tensor) -> bool:
     )
 
 
+def latent_order(indices: Tensor, d_sae: int) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of `indices` (`[n, c]` or flat `[nnz]`, int64) grouped by latent, for
+    `scatter_outer`: `(start [d_sae + 1], entry [nnz])`, latent j's entries being
+    `entry[start[j]:start[j + 1]]` in ascending flat order. Raises on an index outside
+    `[0, d_sae)`."""
+    idx = indices.contiguous().numpy()
+    if idx.size and (idx.min() < 0 or idx.max() >= d_sae):
+        raise ValueError(f"scatter_outer: indices must lie in [0, {d_sae})")
+    start = np.empty(d_sae + 1, np.int64)
+    entry = np.empty(idx.size, np.int64)
+    with _launch() as kernels:
+        kernels.entries_by_latent(idx, d_sae, start, entry)
+    return start, entry
+
+
 def scatter_outer(
     indices: Tensor,
     weights: Tensor,
@@ -126,29 +141,25 @@ def scatter_outer(
     d_sae: int,
     transposed: bool = False,
     row_of: Tensor | None = None,
+    order: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Tensor:
     """`out[j] = Σ_{e: indices[e] = j} weights[e] · rows[row of e]`: `[d_sae, d]` (fp32, CPU), or
     its transpose `[d, d_sae]` (contiguous) with `transposed`. Entries are `indices, weights
     [n, c]` (entry `(r, s)` in row `r` of `rows [n, d]`) or, with `row_of`, flat `[nnz]` (entry
-    `e` in row `row_of[e]`). Call `supports_scatter` first (flat entries: CPU, fp32, int64).
-    Each latent's entries are summed in entry order, so the result is deterministic. No
-    autograd."""
-    idx = indices.contiguous().numpy()
-    if idx.size and (idx.min() < 0 or idx.max() >= d_sae):
-        raise ValueError(f"scatter_outer: indices must lie in [0, {d_sae})")
-    start = np.empty(d_sae + 1, np.int64)
-    entry = np.empty(idx.size, np.int64)
+    `e` in row `row_of[e]`). `order` is `latent_order(indices, d_sae)` when the caller already
+    has it. Call `supports_scatter` first (flat entries: CPU, fp32, int64). Each latent's
+    entries are summed in entry order, so the result is deterministic. No autograd."""
+    start, entry = latent_order(indices, d_sae) if order is None else order
     d = rows.shape[1]
     out = np.empty((d, d_sae) if transposed else (d_sae, d), np.float32)
     flat = row_of is not None
     with _launch() as kernels:
-        kernels.entries_by_latent(idx, d_sae, start, entry)
         kernels.scatter_outer(
             start,
             entry,
             weights.detach().contiguous().numpy(),
             rows.detach().contiguous().numpy(),
-            0 if flat else idx.shape[1],
+            0 if flat else indices.shape[1],
             row_of.contiguous().numpy() if flat else np.empty(0, np.int64),  # type: ignore[union-attr]
             transposed,
             out,

@@ -87,10 +87,18 @@ class RowPattern:
         counts = self.offsets.diff()
         return torch.repeat_interleave(torch.arange(self.n_rows), counts)
 
+    @functools.cached_property
+    def latent_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """The entries grouped by latent (`cpu_topk.latent_order`), shared by the encoder's and
+        the decoder's weight gradients."""
+        return cpu_topk.latent_order(self.cols, self.d_sae)
+
     def scatter_outer(self, weights: Tensor, dense_rows: Tensor) -> Tensor:
         """`S.T @ dense_rows` `[d_sae, d]` for the sparse `S [n, d_sae]` holding `weights [nnz]`
         at the pattern's entries: row `cols[p]` gets `Σ_p weights[p] · dense_rows[row p]`."""
-        return cpu_topk.scatter_outer(self.cols, weights, dense_rows, self.d_sae, row_of=self.rows)
+        return cpu_topk.scatter_outer(
+            self.cols, weights, dense_rows, self.d_sae, row_of=self.rows, order=self.latent_order
+        )
 
 
 def _extract(
@@ -140,10 +148,13 @@ def pre_activations(x_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
 
 @dataclass
 class _Probe:
-    """The first rows' `x_in @ W_enc` `[rows, d_sae]` and kept counts per row."""
+    """The first rows' `x_in @ W_enc` `[rows, d_sae]` and kept counts per row; the forward
+    leaves the batch's `RowPattern` here (one object for the encoder's and decoder's backward,
+    so the entries are grouped by latent once)."""
 
     dot: Tensor
     counts: np.ndarray
+    pattern: RowPattern | None = None
 
 
 class _RowSparsePreActs(torch.autograd.Function):
@@ -174,6 +185,7 @@ class _RowSparsePreActs(torch.autograd.Function):
         torch.cumsum(counts, 0, out=offsets[1:])
         ctx.save_for_backward(x_in, W_enc, cols, offsets)
         ctx.mark_non_differentiable(cols, offsets)
+        ctx.pattern = probe.pattern = RowPattern(cols, offsets, W_enc.shape[1])
         return values, cols, offsets
 
     @staticmethod
@@ -181,7 +193,7 @@ class _RowSparsePreActs(torch.autograd.Function):
         ctx: Any, grad_u: Tensor, _grad_cols: Any, _grad_offsets: Any
     ) -> tuple[Tensor | None, ...]:
         x_in, W_enc, cols, offsets = ctx.saved_tensors
-        pattern = RowPattern(cols, offsets, W_enc.shape[1])
+        pattern: RowPattern = ctx.pattern
         grad_u = grad_u.contiguous()
         need_x, need_b_in, need_w, need_b = ctx.needs_input_grad[:4]
         grad_x = grad_b_in = grad_W_enc = grad_b_enc = None
@@ -321,10 +333,10 @@ def switched_encode(
     density = float(counts.sum()) / max(probe_dot.numel(), 1)
     if mode == "auto" and density > MAX_DENSITY:
         return dense(x - b_in), "dense"
-    values, cols, offsets = _RowSparsePreActs.apply(
-        x, b_in, W_enc, b_enc, cutoff, _Probe(probe_dot, counts)
-    )
-    return sparse(values, RowPattern(cols, offsets, W_enc.shape[1])), "sparse"
+    probe = _Probe(probe_dot, counts)
+    values, _, _ = _RowSparsePreActs.apply(x, b_in, W_enc, b_enc, cutoff, probe)
+    assert probe.pattern is not None
+    return sparse(values, probe.pattern), "sparse"
 
 
 def jumprelu_cutoffs(threshold: Tensor, bandwidth: float) -> Tensor:
