@@ -224,3 +224,24 @@ def test_encode_with_autograd_gives_the_dense_feature_acts(arch: str, step_mode)
         assert dictionary.activation.step_mode == mode
     torch.testing.assert_close(results["sparse"][0], results["dense"][0], rtol=0, atol=0)
     _assert_relative(results["sparse"][1], results["dense"][1], "grad x")
+
+
+@pytest.mark.parametrize("width", [203, 197, 256])
+def test_extract_keeps_exactly_the_entries_above_the_cutoff(width: int) -> None:
+    """The kept entries (widths off a multiple of 8 too, one after another so a reused mark
+    buffer is exercised) are those of `dot + bias > cutoff` or NaN, by row, latents increasing."""
+    gen = torch.Generator().manual_seed(width)
+    dot = torch.randn(37, width, generator=gen)
+    dot[3, width - 1] = float("nan")
+    dot[5, 0] = float("nan")
+    bias = 0.1 * torch.randn(width, generator=gen)
+    cutoff = 1.0 + 0.5 * torch.rand(width, generator=gen)
+    cutoff[width - 1] = -10.0  # the last column is always kept: the padding must not leak
+    counts, cols, values = sparse_step._extract(dot, bias, cutoff)
+    pre = dot + bias
+    keep = (pre > cutoff) | pre.isnan()
+    rows, expected_cols = keep.nonzero(as_tuple=True)
+    assert torch.equal(counts, keep.sum(1))
+    assert torch.equal(cols, expected_cols)
+    # bit-equal, NaN included
+    assert torch.allclose(values, pre[rows, expected_cols], equal_nan=True, rtol=0, atol=0)

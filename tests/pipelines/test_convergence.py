@@ -51,15 +51,17 @@ def _row(name: str, seed: int, budget: int, increase: float) -> dict:
 
 
 def test_stopped_at_uses_the_seed_mean_and_waits_for_every_seed() -> None:
-    cfg = ConvergenceConfig(seeds=[0, 1], first_budget=4096, max_budget=16384)
+    cfg = ConvergenceConfig(
+        seeds=[0, 1], first_budget=4096, max_budget=16384, criterion="ce_increase"
+    )
     rows = [_row("a", 0, 4096, 0.10), _row("a", 1, 4096, 0.12)]
     rows += [_row("a", 0, 8192, 0.0995), _row("a", 1, 8192, 0.1195)]  # 0.45 % better
     rows += [_row("b", 0, 4096, 0.10), _row("b", 1, 4096, 0.10)]
     rows += [_row("b", 0, 8192, 0.05)]  # seed 1 not yet evaluated at 8192
     assert stopped_at(rows, cfg) == {"a": 8192}
     # b: CE increase 0.10 -> 0.085 (15 % better) but spliced CE 2.100 -> 2.085 (0.7 %): only
-    # the looser rule on the spliced CE itself stops it, once its second seed is in
-    loose = ConvergenceConfig(seeds=[0, 1], first_budget=4096, max_budget=16384, criterion="ce")
+    # the default rule on the spliced CE itself stops it, once its second seed is in
+    loose = ConvergenceConfig(seeds=[0, 1], first_budget=4096, max_budget=16384)
     assert stopped_at([*rows, _row("b", 1, 8192, 0.12)], loose) == {"a": 8192, "b": 8192}
 
 
@@ -170,7 +172,8 @@ def test_a_budget_counts_once_every_seed_reached_it() -> None:
     assert "4,096" in trajectory and "8,192" not in trajectory
     rows.append(row(2, 8192, 0.1))
     (summary,) = summarise(rows, cfg)
-    assert summary["budget"] == 8192 and summary["last_improvement"] == pytest.approx(0.5)
+    assert summary["budget"] == 8192 and summary["last_improvement"] == pytest.approx(0.1 / 2.2)
+    assert summary["last_increase_improvement"] == pytest.approx(0.5)
     assert summary["converged"] is False and summary["got_worse"] is False
     assert summary["best_budget"] == 8192
 
@@ -178,7 +181,9 @@ def test_a_budget_counts_once_every_seed_reached_it() -> None:
 def test_a_doubling_that_got_worse_is_reported_as_a_degradation() -> None:
     """The stopping rule fires when a doubling makes the loss worse; the summary and the table say
     so, with the budget where it was best, instead of calling it converged."""
-    cfg = ConvergenceConfig(seeds=[0, 1], first_budget=4096, max_budget=16384)
+    cfg = ConvergenceConfig(
+        seeds=[0, 1], first_budget=4096, max_budget=16384, criterion="ce_increase"
+    )
 
     def row(seed: int, budget: int, increase: float) -> dict:
         return {"name": "sae-L0-k8", "kind": "sae", "layer": 0, "k": 8, "seed": seed,
@@ -192,3 +197,24 @@ def test_a_doubling_that_got_worse_is_reported_as_a_degradation() -> None:
     assert summary["best_budget"] == 8192
     assert summary["last_improvement"] == pytest.approx(-0.25)
     assert "worse (-25.0 %; best at 8,192)" in table_markdown(rows, cfg)
+
+
+def test_a_configuration_is_reported_where_its_rule_stopped_it() -> None:
+    """Rows a stricter sweep trained past the stop stay in the trajectory, but the summary (and so
+    the verdict) is at the budget where the rule fired, with both criteria's last improvement."""
+    cfg = ConvergenceConfig(seeds=[0, 1], first_budget=4096, max_budget=16384)
+
+    def row(seed: int, budget: int, increase: float) -> dict:
+        return {"name": "sae-L0-k8", "kind": "sae", "layer": 0, "k": 8, "seed": seed,
+                "budget": budget, "l0": 8.0, "fvu": 0.1, "ce_increase": increase,
+                "ce_loss_spliced": 2 + increase, "ce_loss_recovered": 0.9, "kl_div": 0.1}  # fmt: skip
+
+    # spliced CE 2.5 -> 2.1 (16 %) -> 2.09 (0.48 %, stops) -> 2.08
+    curve = {4096: 0.5, 8192: 0.1, 16384: 0.09, 32768: 0.08}
+    rows = [row(s, b, v) for b, v in curve.items() for s in (0, 1)]
+    (summary,) = summarise(rows, cfg)
+    assert summary["converged"] and summary["budget"] == 16384 and summary["trained_to"] == 32768
+    assert summary["ce_increase"]["mean"] == pytest.approx(0.09)
+    assert summary["last_improvement"] == pytest.approx(0.01 / 2.1)
+    assert summary["last_increase_improvement"] == pytest.approx(0.1)
+    assert "32,768" in trajectory_markdown(rows, cfg)

@@ -49,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a TopK transcoder (MLP input -> output) and a TopK SAE (on the MLP "
         "output) for every k, layer and seed on doubling token budgets; after each budget evaluate "
         "spliced CE, CE increase, CE recovered, KL, FVU and L0 on held-out contexts, and stop a "
-        "configuration (layer, kind, k) once its seed-mean CE increase improves by less than "
-        "--tolerance per doubling. Writes results.jsonl (one row per configuration, seed and "
+        "configuration (layer, kind, k) once its seed-mean spliced CE improves by less than "
+        "--tolerance per doubling (--criterion ce_increase: the CE increase instead). Writes results.jsonl (one row per configuration, seed and "
         "budget, appended as they come; rerun the same command to resume), summary.json, "
         "table.md and frontier.png.",
     )
@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--criterion",
         choices=CRITERIA,
         default=defaults.criterion,
-        help="ce_increase: spliced CE − clean CE (default, strict); ce: spliced CE",
+        help="ce: spliced CE (default); ce_increase: spliced CE − clean CE (far stricter)",
     )
     p.add_argument("--batch-tokens", type=at_least(1), default=defaults.batch_tokens)
     p.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (0.003)")

@@ -26,19 +26,43 @@ def count_above(dot: Any, bias: Any, cutoff: Any, counts: Any) -> None:
 
 
 @njit(parallel=True, boundscheck=False, nogil=True, cache=True)
-def fill_above(dot: Any, bias: Any, cutoff: Any, offsets: Any, cols: Any, values: Any) -> None:
-    """Write row `r`'s kept entries (as `count_above`) at `offsets[r]..`: latent in `cols`,
-    pre-activation in `values`, latents increasing."""
+def mark_above(dot: Any, bias: Any, cutoff: Any, keep: Any, counts: Any) -> None:
+    """`keep[r, j]` = 1 where `dot[r, j] + bias[j]` is kept (as `count_above`), else 0, for `j <
+    w` (columns past `w` are left alone); `counts[r]` as `count_above`."""
     n, w = dot.shape
     for r in prange(n):
         row = dot[r]
-        p = offsets[r]
+        mark = keep[r]
+        c = 0
         for j in range(w):
             v = row[j] + bias[j]
-            if (v > cutoff[j]) | (v != v):
-                cols[p] = j
-                values[p] = v
-                p += 1
+            m = (v > cutoff[j]) | (v != v)
+            mark[j] = m
+            c += m
+        counts[r] = c
+
+
+@njit(parallel=True, boundscheck=False, nogil=True, cache=True)
+def fill_marked(
+    dot: Any, bias: Any, keep: Any, words: Any, offsets: Any, cols: Any, values: Any
+) -> None:
+    """Write row `r`'s entries marked in `keep [n, w8]` (uint8; `words` is the same memory as
+    uint64 `[n, w8 / 8]`, zero past `w`) at `offsets[r]..`: latent in `cols`, pre-activation
+    `dot + bias` in `values`, latents increasing. Eight marks are tested at once, so a sparse
+    row costs about one branch per eight latents."""
+    n = dot.shape[0]
+    for r in prange(n):
+        row = dot[r]
+        mark = keep[r]
+        word = words[r]
+        p = offsets[r]
+        for q in range(word.shape[0]):
+            if word[q] != 0:
+                for j in range(8 * q, 8 * q + 8):
+                    if mark[j]:
+                        cols[p] = j
+                        values[p] = row[j] + bias[j]
+                        p += 1
 
 
 @njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)

@@ -101,22 +101,34 @@ class RowPattern:
         )
 
 
-def _extract(
-    dot: Tensor, bias: Tensor, cutoff: Tensor, counts: np.ndarray | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
+_scratch = threading.local()
+
+
+def _extract(dot: Tensor, bias: Tensor, cutoff: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """`(counts [rows], cols [nnz], pre [nnz])`: the entries of `dot [rows, d_sae] + bias [d_sae]`
-    above `cutoff [d_sae]` (or NaN), by row, latents increasing (`counts` when already known)."""
+    above `cutoff [d_sae]` (or NaN), by row, latents increasing."""
     dot_np, bias_np, cut_np = (t.detach().contiguous().numpy() for t in (dot, bias, cutoff))
+    keep = _mark_buffer(*dot_np.shape)
     with _numba() as nb:
-        if counts is None:
-            counts = np.empty(dot_np.shape[0], np.int64)
-            nb.count_above(dot_np, bias_np, cut_np, counts)
+        counts = np.empty(dot_np.shape[0], np.int64)
+        nb.mark_above(dot_np, bias_np, cut_np, keep, counts)
         offsets = np.zeros(dot_np.shape[0] + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
         cols = np.empty(int(offsets[-1]), np.int64)
         values = np.empty(int(offsets[-1]), np.float32)
-        nb.fill_above(dot_np, bias_np, cut_np, offsets, cols, values)
+        nb.fill_marked(dot_np, bias_np, keep, keep.view(np.uint64), offsets, cols, values)
     return torch.from_numpy(counts), torch.from_numpy(cols), torch.from_numpy(values)
+
+
+def _mark_buffer(rows: int, width: int) -> np.ndarray:
+    """A `[rows, width rounded up to 8]` uint8 buffer of keep marks, zero past `width`, kept
+    between steps (per thread) like `_chunk_buffer`."""
+    padded = -(-width // 8) * 8
+    buffer = getattr(_scratch, "marks", None)
+    if buffer is None or buffer.shape[0] < rows or buffer.shape[1] != padded:
+        buffer = _scratch.marks = np.zeros((rows, padded), np.uint8)
+    buffer[:rows, width:] = 0  # another width with the same padding may have marked these
+    return buffer[:rows]
 
 
 def _count(dot: Tensor, bias: Tensor, cutoff: Tensor) -> np.ndarray:
@@ -126,9 +138,6 @@ def _count(dot: Tensor, bias: Tensor, cutoff: Tensor) -> np.ndarray:
     with _numba() as nb:
         nb.count_above(*arrays, counts)
     return counts
-
-
-_scratch = threading.local()
 
 
 def _chunk_buffer(rows: int, width: int) -> Tensor:
@@ -176,7 +185,7 @@ class _RowSparsePreActs(torch.autograd.Function):
         x_in = (x - b_in).contiguous()
         first = probe.dot.shape[0]
         rows = kernels.encode_rows(max(x_in.shape[0] - first, 1), W_enc.shape[1])
-        pieces = [_extract(probe.dot, b_enc, cutoff, probe.counts)]
+        pieces = [_extract(probe.dot, b_enc, cutoff)]
         for part in x_in[first:].split(rows):
             dot = torch.mm(part, W_enc, out=_chunk_buffer(part.shape[0], W_enc.shape[1]))
             pieces.append(_extract(dot, b_enc, cutoff))

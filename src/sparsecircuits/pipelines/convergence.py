@@ -7,10 +7,9 @@ pipeline tests it at convergence: TopK transcoders (`mlp.hook_in → mlp.hook_ou
 trained on doubling token budgets and evaluated after each on a fixed held-out token set.
 
 The stopping rule (`converged_budget`): a configuration (layer, kind, k) stops at the first
-budget whose seed-mean *CE increase* (spliced CE − clean CE) is less than `tolerance` (1 %)
-below the previous budget's, relative to it. The rule on the increase is far stricter than
-the same 1 % on the spliced CE itself (which the increase is a small part of); criterion
-"ce" selects that looser rule.
+budget whose seed-mean *spliced CE* is less than `tolerance` (1 %) below the previous budget's,
+relative to it. Criterion "ce_increase" applies the same rule to the CE increase (spliced CE −
+clean CE) instead: far stricter, since the increase is a small part of the spliced CE.
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ class ConvergenceConfig:
     first_budget: int = 2**18
     max_budget: int = 2**24
     tolerance: float = 0.01
-    criterion: str = "ce_increase"
+    criterion: str = "ce"
     batch_tokens: int = 4096
     lr: float = 3e-3
     warmup_steps: int = 20

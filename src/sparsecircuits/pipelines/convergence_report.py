@@ -35,11 +35,13 @@ def complete_seed_means(
 
 
 def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[str, Any]]:
-    """Return one summary per configuration at its last evaluated budget: `name, kind, layer, k,
-    budget, converged` (whether the stopping rule fired there), `last_improvement` (the
-    criterion's relative improvement over the doubling before it; None after one budget),
-    `got_worse` (that doubling made the criterion worse: the rule fired on a degradation, not a
-    plateau), `best_budget` (the complete budget with the lowest seed-mean criterion), `seeds`,
+    """Return one summary per configuration at the budget where the stopping rule fired, else at
+    its last budget every seed reached: `name, kind, layer, k, budget, converged` (whether the
+    rule fired), `last_improvement` (the criterion's relative improvement over the doubling
+    before it; None after one budget), `got_worse` (that doubling made the criterion worse: the
+    rule fired on a degradation, not a plateau), `last_increase_improvement` (the same for the
+    CE increase, which falls faster in relative terms than the spliced CE), `trained_to` (the
+    last budget every seed reached, past `budget` when a stricter sweep went on), `best_budget` (the complete budget with the lowest seed-mean criterion), `seeds`,
     and `{metric: {mean, low, high}}` (95 % Student-t interval over seeds)."""
     stops = stopped_at(rows, cfg)
     means = complete_seed_means(rows, cfg)
@@ -50,15 +52,19 @@ def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[s
         complete = [
             b for b in budgets if sum(r["budget"] == b for r in config_rows) >= len(cfg.seeds)
         ]
-        budget = (complete or budgets)[-1]
+        # A configuration is reported where the rule stopped it, even when a sweep with a
+        # stricter rule trained it further (those budgets stay in the trajectory table).
+        budget = stops.get(name, (complete or budgets)[-1])
         at_budget = [r for r in config_rows if r["budget"] == budget]
         first = at_budget[0]
         earlier = [b for b in complete if b < budget]
-        improvement = (
-            relative_improvement(means[(name, earlier[-1])], means[(name, budget)])
-            if earlier
-            else None
-        )
+        improvement = increase_improvement = None
+        if earlier:
+            improvement = relative_improvement(means[(name, earlier[-1])], means[(name, budget)])
+            increase = seed_means(config_rows, "ce_increase")
+            increase_improvement = relative_improvement(
+                increase[(name, earlier[-1])], increase[(name, budget)]
+            )
         summary: dict[str, Any] = {
             "name": name,
             "kind": first["kind"],
@@ -68,6 +74,8 @@ def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[s
             "converged": stops.get(name) == budget,
             "last_improvement": improvement,
             "got_worse": improvement is not None and improvement < 0,
+            "last_increase_improvement": increase_improvement,
+            "trained_to": (complete or budgets)[-1],
             "best_budget": min(
                 (b for b in complete if (name, b) in means),
                 key=lambda b: means[(name, b)],
