@@ -15,6 +15,7 @@ from sparsecircuits.models.tiny import tokenizer_corpus
 from sparsecircuits.pipelines.convergence import (
     ConvergenceConfig,
     converged_budget,
+    partner_name,
     read_rows,
     relative_improvement,
     stopped_at,
@@ -218,3 +219,18 @@ def test_a_configuration_is_reported_where_its_rule_stopped_it() -> None:
     assert summary["last_improvement"] == pytest.approx(0.01 / 2.1)
     assert summary["last_increase_improvement"] == pytest.approx(0.1)
     assert "32,768" in trajectory_markdown(rows, cfg)
+
+
+def test_a_transcoder_and_its_sae_stop_together_once_both_converged() -> None:
+    cfg = ConvergenceConfig(seeds=[0], first_budget=4096, max_budget=32768)
+    # the SAE converges at 8,192 (0.5 %), the transcoder only at 16,384
+    sae = {4096: 2.5, 8192: 2.4875, 16384: 2.48, 32768: 2.47}
+    tc = {4096: 3.0, 8192: 2.8, 16384: 2.79}
+    rows = [_row("sae-L0-k8", 0, b, v - 2) for b, v in sae.items()]
+    rows += [_row("transcoder-L0-k8", 0, b, v - 2) for b, v in tc.items()]
+    assert stopped_at(rows, cfg, pairs=False) == {"sae-L0-k8": 8192, "transcoder-L0-k8": 16384}
+    assert stopped_at(rows, cfg) == {"sae-L0-k8": 16384, "transcoder-L0-k8": 16384}
+    # until the transcoder converges, the SAE trains on
+    early = [r for r in rows if r["budget"] <= 8192]
+    assert stopped_at(early, cfg) == {}
+    assert partner_name("sae-L0-k8") == "transcoder-L0-k8" and partner_name("a") is None

@@ -6,9 +6,10 @@ pipeline tests it at convergence: TopK transcoders (`mlp.hook_in → mlp.hook_ou
 (`mlp.hook_out → mlp.hook_out`, the very tensor the transcoder writes) for each k, layer and seed,
 trained on doubling token budgets and evaluated after each on a fixed held-out token set.
 
-The stopping rule (`converged_budget`): a configuration (layer, kind, k) stops at the first
-budget whose seed-mean *spliced CE* is less than `tolerance` (1 %) below the previous budget's,
-relative to it. Criterion "ce_increase" applies the same rule to the CE increase (spliced CE −
+The stopping rule (`converged_budget`): a configuration (layer, kind, k) has converged at the
+first budget whose seed-mean *spliced CE* is less than `tolerance` (1 %) below the previous
+budget's, relative to it; a transcoder and its SAE (same layer and k) stop training together
+once both have converged, and are compared there. Criterion "ce_increase" applies the same rule to the CE increase (spliced CE −
 clean CE) instead: far stricter, since the increase is a small part of the spliced CE.
 """
 
@@ -193,9 +194,12 @@ def seed_means(rows: list[dict[str, Any]], metric: str) -> dict[tuple[str, int],
     return {key: sum(v) / len(v) for key, v in values.items()}
 
 
-def stopped_at(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> dict[str, int]:
-    """Return `{config name: budget where it converged}` for the configurations that have, from
-    the evaluation rows so far (a budget counts once every seed was evaluated at it)."""
+def stopped_at(
+    rows: list[dict[str, Any]], cfg: ConvergenceConfig, pairs: bool = True
+) -> dict[str, int]:
+    """Return `{config name: budget where it stopped}` for the configurations that have, from
+    the evaluation rows so far (a budget counts once every seed was evaluated at it): where it
+    and its partner of the other kind have both converged (`pairs=False`: where it converged)."""
     n_seeds = len(cfg.seeds)
     counts: dict[tuple[str, int], int] = defaultdict(int)
     for row in rows:
@@ -210,12 +214,32 @@ def stopped_at(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> dict[str, 
     per_config: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for (name, budget), mean in means.items():
         per_config[name].append((budget, mean))
-    out = {}
+    own = {}
     for name, points in per_config.items():
         stop = converged_budget(points, cfg.tolerance)
         if stop is not None:
+            own[name] = stop
+    # A transcoder and the SAE of its layer and k stop together, once both have converged, so
+    # the pair is compared at one budget with neither side under-trained.
+    if not pairs:
+        return own
+    out = {}
+    for name, stop in own.items():
+        partner = partner_name(name)
+        if partner not in per_config:
             out[name] = stop
+        elif partner in own:
+            out[name] = max(stop, own[partner])
     return out
+
+
+def partner_name(name: str) -> str | None:
+    """The configuration of the other kind at the same layer and k (`transcoder-L1-k32` <->
+    `sae-L1-k32`); None for a name that does not start with a kind."""
+    kind, _, rest = name.partition("-")
+    if kind not in KINDS or not rest:
+        return None
+    return f"{KINDS[1 - KINDS.index(kind)]}-{rest}"
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

@@ -35,15 +35,16 @@ def complete_seed_means(
 
 
 def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[str, Any]]:
-    """Return one summary per configuration at the budget where the stopping rule fired, else at
-    its last budget every seed reached: `name, kind, layer, k, budget, converged` (whether the
-    rule fired), `last_improvement` (the criterion's relative improvement over the doubling
+    """Return one summary per configuration at the budget where it stopped (it and its partner of
+    the other kind had converged), else at its last budget every seed reached: `name, kind,
+    layer, k, budget, converged` (whether its own rule had fired by then), `converged_at` (the
+    budget where it did, None if not yet), `last_improvement` (the criterion's relative improvement over the doubling
     before it; None after one budget), `got_worse` (that doubling made the criterion worse: the
     rule fired on a degradation, not a plateau), `last_increase_improvement` (the same for the
     CE increase, which falls faster in relative terms than the spliced CE), `trained_to` (the
     last budget every seed reached, past `budget` when a stricter sweep went on), `best_budget` (the complete budget with the lowest seed-mean criterion), `seeds`,
     and `{metric: {mean, low, high}}` (95 % Student-t interval over seeds)."""
-    stops = stopped_at(rows, cfg)
+    stops, own = stopped_at(rows, cfg), stopped_at(rows, cfg, pairs=False)
     means = complete_seed_means(rows, cfg)
     summaries = []
     for name, config_rows in iter_configs(rows):
@@ -52,8 +53,8 @@ def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[s
         complete = [
             b for b in budgets if sum(r["budget"] == b for r in config_rows) >= len(cfg.seeds)
         ]
-        # A configuration is reported where the rule stopped it, even when a sweep with a
-        # stricter rule trained it further (those budgets stay in the trajectory table).
+        # A configuration is reported where the rule stopped it (with its partner), even when a
+        # sweep with a stricter rule trained it further (those budgets stay in the trajectory).
         budget = stops.get(name, (complete or budgets)[-1])
         at_budget = [r for r in config_rows if r["budget"] == budget]
         first = at_budget[0]
@@ -71,7 +72,8 @@ def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[s
             "layer": first["layer"],
             "k": first["k"],
             "budget": budget,
-            "converged": stops.get(name) == budget,
+            "converged": name in own and own[name] <= budget,
+            "converged_at": own.get(name),
             "last_improvement": improvement,
             "got_worse": improvement is not None and improvement < 0,
             "last_increase_improvement": increase_improvement,
