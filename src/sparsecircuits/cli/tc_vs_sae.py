@@ -50,9 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "output) for every k, layer and seed on doubling token budgets; after each budget evaluate "
         "spliced CE, CE increase, CE recovered, KL, FVU and L0 on held-out contexts, and stop a "
         "configuration (layer, kind, k) once its seed-mean spliced CE improves by less than "
-        "--tolerance per doubling (--criterion ce_increase: the CE increase instead). Writes results.jsonl (one row per configuration, seed and "
-        "budget, appended as they come; rerun the same command to resume), summary.json, "
-        "table.md and frontier.png.",
+        "--tolerance per doubling (--criterion ce_increase: the CE increase instead); a "
+        "transcoder and its SAE stop together once both have. Writes results.jsonl (one row per "
+        "configuration, seed and budget, appended as they come; rerun the same command to "
+        "resume), summary.json, table.md and frontier.png.",
     )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--model", default=defaults.model, help="model (default: embedded)")

@@ -9,8 +9,9 @@ trained on doubling token budgets and evaluated after each on a fixed held-out t
 The stopping rule (`converged_budget`): a configuration (layer, kind, k) has converged at the
 first budget whose seed-mean *spliced CE* is less than `tolerance` (1 %) below the previous
 budget's, relative to it; a transcoder and its SAE (same layer and k) stop training together
-once both have converged, and are compared there. Criterion "ce_increase" applies the same rule to the CE increase (spliced CE −
-clean CE) instead: far stricter, since the increase is a small part of the spliced CE.
+once both have converged, and are compared there. Criterion "ce_increase" applies the same
+rule to the CE increase (spliced CE − clean CE) instead: far stricter, since the increase is a
+small part of the spliced CE.
 """
 
 from __future__ import annotations

@@ -38,12 +38,14 @@ def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[s
     """Return one summary per configuration at the budget where it stopped (it and its partner of
     the other kind had converged), else at its last budget every seed reached: `name, kind,
     layer, k, budget, converged` (whether its own rule had fired by then), `converged_at` (the
-    budget where it did, None if not yet), `last_improvement` (the criterion's relative improvement over the doubling
-    before it; None after one budget), `got_worse` (that doubling made the criterion worse: the
-    rule fired on a degradation, not a plateau), `last_increase_improvement` (the same for the
-    CE increase, which falls faster in relative terms than the spliced CE), `trained_to` (the
-    last budget every seed reached, past `budget` when a stricter sweep went on), `best_budget` (the complete budget with the lowest seed-mean criterion), `seeds`,
-    and `{metric: {mean, low, high}}` (95 % Student-t interval over seeds)."""
+    budget where it did, None if not yet), `last_improvement` (the criterion's relative
+    improvement over the doubling before it; None after one budget), `got_worse` (that doubling
+    made the criterion worse: the rule fired on a degradation, not a plateau),
+    `last_increase_improvement` (the same for the CE increase, which falls faster in relative
+    terms than the spliced CE), `trained_to` (the last budget every seed reached, past `budget`
+    when a stricter sweep went on), `best_budget` (the complete budget with the lowest seed-mean
+    criterion), `seeds`, and `{metric: {mean, low, high}}` (95 % Student-t interval over
+    seeds)."""
     stops, own = stopped_at(rows, cfg), stopped_at(rows, cfg, pairs=False)
     means = complete_seed_means(rows, cfg)
     summaries = []
