@@ -147,12 +147,13 @@ def _ci(stat: dict[str, float], fmt: str, scale: float = 1.0) -> str:
 
 
 def table_markdown(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> str:
-    """Return the report table: one line per (layer, k) with both kinds' budget, L0, CE
-    increase, KL and CE recovered (mean [95 % t-interval over seeds]) and the verdict."""
+    """Return the report table: one line per (layer, k) with both kinds' budget, whether each
+    converged (with the criterion's and the CE increase's improvement over the last doubling),
+    L0, CE increase, KL and CE recovered (mean [95 % t-interval over seeds]) and the verdict."""
     lines = [
-        "| layer | k | kind | budget (tokens) | converged | L0 | CE increase (nats) | KL | "
-        "CE recovered | FVU |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| layer | k | kind | budget (tokens) | converged | CE increase, last doubling | L0 | "
+        "CE increase (nats) | KL | CE recovered | FVU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summarise(rows, cfg):
         improvement = s["last_improvement"]
@@ -161,9 +162,11 @@ def table_markdown(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> str:
             status += f" ({100 * improvement:+.1f} %)"
         if s["got_worse"]:  # the rule fired on a degradation: say where it was best
             status = f"worse ({100 * improvement:+.1f} %; best at {s['best_budget']:,})"
+        increase = s["last_increase_improvement"]
+        increase_cell = "–" if increase is None else f"{100 * increase:+.1f} %"
         lines.append(
             f"| {s['layer']} | {s['k']} | {s['kind']} | {s['budget']:,} | {status} | "
-            f"{s['l0']['mean']:.1f} | {_ci(s['ce_increase'], '.4f')} | {_ci(s['kl_div'], '.4f')} | "
+            f"{increase_cell} | {s['l0']['mean']:.1f} | {_ci(s['ce_increase'], '.4f')} | {_ci(s['kl_div'], '.4f')} | "
             f"{_ci(s['ce_loss_recovered'], '.1f', 100)} % | {s['fvu']['mean']:.3f} |"
         )
     lines += [
