@@ -234,3 +234,28 @@ def test_a_transcoder_and_its_sae_stop_together_once_both_converged() -> None:
     early = [r for r in rows if r["budget"] <= 8192]
     assert stopped_at(early, cfg) == {}
     assert partner_name("sae-L0-k8") == "transcoder-L0-k8" and partner_name("a") is None
+
+
+def test_pairs_also_compare_each_side_at_its_best_budget() -> None:
+    """An SAE that got worse before its transcoder converged: the headline pair is at the shared
+    stop budget; `at_best` takes the SAE where it was best."""
+    cfg = ConvergenceConfig(seeds=[0, 1, 2], first_budget=4096, max_budget=16384)
+
+    def row(kind: str, seed: int, budget: int, increase: float) -> dict:
+        return {"name": f"{kind}-L0-k8", "kind": kind, "layer": 0, "k": 8, "seed": seed,
+                "budget": budget, "l0": 8.0, "fvu": 0.1, "ce_increase": increase + 0.001 * seed,
+                "ce_loss_spliced": 2 + increase + 0.001 * seed, "ce_loss_recovered": 0.9,
+                "kl_div": 0.1}  # fmt: skip
+
+    sae = {4096: 0.30, 8192: 0.10, 16384: 0.13}  # best at 8,192, worse after
+    tc = {4096: 0.50, 8192: 0.20, 16384: 0.12}  # 2.20 -> 2.12: 3.6 %, not converged
+    rows = [row("sae", s, b, v) for b, v in sae.items() for s in range(3)]
+    rows += [row("transcoder", s, b, v) for b, v in tc.items() for s in range(3)]
+    (pair,) = matched_pairs(rows, cfg)
+    assert pair["sae"]["budget"] == pair["transcoder"]["budget"] == 16384
+    assert pair["diff"]["ce_increase"]["mean"] == pytest.approx(-0.01)
+    assert pair["better"] == "transcoder"
+    assert pair["sae"]["best_budget"] == 8192
+    assert pair["at_best"]["ce_increase"]["mean"] == pytest.approx(0.02)
+    assert pair["at_best"]["better"] == "sae"
+    assert "each at its best budget" in table_markdown(rows, cfg)
