@@ -146,9 +146,25 @@ def test_resume_refuses_different_settings(helpers):
         other, _ = store_over(helpers, **change)
         with pytest.raises(SparseCircuitsError, match="cannot resume"):
             other.load_state_dict(state)
-    other, _ = store_over(helpers, hooks=(MLP_IN,))
+    subset, _ = store_over(helpers, hooks=(MLP_IN,))
+    subset.load_state_dict(state)  # fewer hooks: the same data order (next test)
+    state_one = subset.state_dict()
+    both, _ = store_over(helpers)
     with pytest.raises(SparseCircuitsError, match="hooks"):
-        other.load_state_dict(state)
+        both.load_state_dict(state_one)
+
+
+def test_resume_with_a_subset_of_the_hooks_continues_the_same_rows(helpers):
+    uninterrupted = [b[MLP_IN] for b in store_over(helpers)[0]]
+    first, _ = store_over(helpers)
+    for _ in range(5):
+        next(first)
+    resumed, _ = store_over(helpers, hooks=(MLP_IN,))
+    resumed.load_state_dict(first.state_dict())
+    rest = list(resumed)
+    assert len(rest) == len(uninterrupted) - 5
+    assert all(set(b) == {MLP_IN} for b in rest)
+    assert all(torch.equal(a[MLP_IN], b) for a, b in zip(rest, uninterrupted[5:], strict=True))
 
 
 def test_exhaustion_stops_and_empty_data_raises(helpers, tokenizer, tmp_path):
