@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchmarks.bench_train_step import RepeatBatch  # noqa: F401  (re-exported for tests)
 
 from sparsecircuits.dictionaries import DictionaryConfig, make
 
@@ -58,22 +59,6 @@ class SyntheticStore:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.position = int(state["position"])
-
-
-class RepeatBatch:
-    """A `Trainer` batch source serving the same in-memory `batch` every step."""
-
-    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
-        self.batch = batch
-
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        return self.batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 def build_dictionary(
