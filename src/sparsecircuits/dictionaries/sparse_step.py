@@ -167,9 +167,9 @@ class _Probe:
 
 
 class _RowSparsePreActs(torch.autograd.Function):
-    """`u = (x - b_in) @ W_enc + b_enc` (`pre_activations`) at the entries above `cutoff` only: `(u [nnz], cols [nnz],
-    offsets [n + 1])`. The GEMM is dense (chunks of rows, never `[n, d_sae]` at once); the
-    backward is sparse: `grad_W_enc = x_in.T @ G`, `grad_b_enc = Σ_rows G`, `grad_b_in =
+    """`u = (x - b_in) @ W_enc + b_enc` (`pre_activations`) at the entries above `cutoff` only,
+    `u [nnz]`; which entries those are is left as `probe.pattern`. The GEMM is dense (chunks of
+    rows, never `[n, d_sae]` at once); the backward is sparse: `grad_W_enc = x_in.T @ G`, `grad_b_enc = Σ_rows G`, `grad_b_in =
     -W_enc @ grad_b_enc` for the sparse `G [n, d_sae]` holding `grad_u`."""
 
     @staticmethod
@@ -181,7 +181,7 @@ class _RowSparsePreActs(torch.autograd.Function):
         b_enc: Tensor,
         cutoff: Tensor,
         probe: _Probe,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> Tensor:
         x_in = (x - b_in).contiguous()
         first = probe.dot.shape[0]
         rows = kernels.encode_rows(max(x_in.shape[0] - first, 1), W_enc.shape[1])
@@ -192,17 +192,15 @@ class _RowSparsePreActs(torch.autograd.Function):
         counts, cols, values = (torch.cat(c) for c in zip(*pieces, strict=True))
         offsets = torch.zeros(x_in.shape[0] + 1, dtype=torch.int64)
         torch.cumsum(counts, 0, out=offsets[1:])
-        ctx.save_for_backward(x_in, W_enc, cols, offsets)
-        ctx.mark_non_differentiable(cols, offsets)
+        ctx.save_for_backward(x_in, W_enc)
         ctx.pattern = probe.pattern = RowPattern(cols, offsets, W_enc.shape[1])
-        return values, cols, offsets
+        return values
 
     @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any, grad_u: Tensor, _grad_cols: Any, _grad_offsets: Any
-    ) -> tuple[Tensor | None, ...]:
-        x_in, W_enc, cols, offsets = ctx.saved_tensors
+    def backward(ctx: Any, grad_u: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x_in, W_enc = ctx.saved_tensors
         pattern: RowPattern = ctx.pattern
+        cols, offsets = pattern.cols, pattern.offsets
         grad_u = grad_u.contiguous()
         need_x, need_b_in, need_w, need_b = ctx.needs_input_grad[:4]
         grad_x = grad_b_in = grad_W_enc = grad_b_enc = None
@@ -343,7 +341,7 @@ def switched_encode(
     if mode == "auto" and density > MAX_DENSITY:
         return dense(x - b_in), "dense"
     probe = _Probe(probe_dot, counts)
-    values, _, _ = _RowSparsePreActs.apply(x, b_in, W_enc, b_enc, cutoff, probe)
+    values = _RowSparsePreActs.apply(x, b_in, W_enc, b_enc, cutoff, probe)
     assert probe.pattern is not None
     return sparse(values, probe.pattern), "sparse"
 
