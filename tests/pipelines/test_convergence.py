@@ -14,6 +14,7 @@ from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models.tiny import tokenizer_corpus
 from sparsecircuits.pipelines.convergence import (
     ConvergenceConfig,
+    converged_at,
     converged_budget,
     partner_name,
     read_rows,
@@ -228,7 +229,7 @@ def test_a_transcoder_and_its_sae_stop_together_once_both_converged() -> None:
     tc = {4096: 3.0, 8192: 2.8, 16384: 2.79}
     rows = [_row("sae-L0-k8", 0, b, v - 2) for b, v in sae.items()]
     rows += [_row("transcoder-L0-k8", 0, b, v - 2) for b, v in tc.items()]
-    assert stopped_at(rows, cfg, pairs=False) == {"sae-L0-k8": 8192, "transcoder-L0-k8": 16384}
+    assert converged_at(rows, cfg) == {"sae-L0-k8": 8192, "transcoder-L0-k8": 16384}
     assert stopped_at(rows, cfg) == {"sae-L0-k8": 16384, "transcoder-L0-k8": 16384}
     # until the transcoder converges, the SAE trains on
     early = [r for r in rows if r["budget"] <= 8192]

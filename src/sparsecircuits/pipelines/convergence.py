@@ -195,39 +195,43 @@ def seed_means(rows: list[dict[str, Any]], metric: str) -> dict[tuple[str, int],
     return {key: sum(v) / len(v) for key, v in values.items()}
 
 
-def stopped_at(
-    rows: list[dict[str, Any]], cfg: ConvergenceConfig, pairs: bool = True
-) -> dict[str, int]:
-    """Return `{config name: budget where it stopped}` for the configurations that have, from
-    the evaluation rows so far (a budget counts once every seed was evaluated at it): where it
-    and its partner of the other kind have both converged (`pairs=False`: where it converged)."""
-    n_seeds = len(cfg.seeds)
+def complete_seed_means(
+    rows: list[dict[str, Any]], cfg: ConvergenceConfig
+) -> dict[tuple[str, int], float]:
+    """`{(config name, budget): seed-mean stopping criterion}` over the budgets every seed of
+    `cfg` reached."""
     counts: dict[tuple[str, int], int] = defaultdict(int)
     for row in rows:
         counts[(row["name"], row["budget"])] += 1
-    means = {
-        key: mean
-        for key, mean in seed_means(
-            [{**r, "_v": criterion_value(r, cfg.criterion)} for r in rows], "_v"
-        ).items()
-        if counts[key] >= n_seeds
-    }
+    means = seed_means([{**r, "_v": criterion_value(r, cfg.criterion)} for r in rows], "_v")
+    return {key: v for key, v in means.items() if counts[key] >= len(cfg.seeds)}
+
+
+def converged_at(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> dict[str, int]:
+    """Return `{config name: budget where it converged}` (`converged_budget` over the budgets
+    every seed reached) for the configurations that have, from the evaluation rows so far."""
     per_config: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for (name, budget), mean in means.items():
+    for (name, budget), mean in complete_seed_means(rows, cfg).items():
         per_config[name].append((budget, mean))
-    own = {}
+    out = {}
     for name, points in per_config.items():
         stop = converged_budget(points, cfg.tolerance)
         if stop is not None:
-            own[name] = stop
-    # A transcoder and the SAE of its layer and k stop together, once both have converged, so
-    # the pair is compared at one budget with neither side under-trained.
-    if not pairs:
-        return own
+            out[name] = stop
+    return out
+
+
+def stopped_at(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> dict[str, int]:
+    """Return `{config name: budget where it stopped training}`: where it and its partner of the
+    other kind (when the rows have one) have both converged (`converged_at`)."""
+    own = converged_at(rows, cfg)
+    names = {row["name"] for row in rows}
+    # A transcoder and the SAE of its layer and k stop together, so the pair is compared at one
+    # budget with neither side under-trained.
     out = {}
     for name, stop in own.items():
         partner = partner_name(name)
-        if partner not in per_config:
+        if partner not in names:
             out[name] = stop
         elif partner in own:
             out[name] = max(stop, own[partner])

@@ -12,7 +12,8 @@ from sparsecircuits.evaluation.plots import KIND_MARKER, saved_figure
 from sparsecircuits.pipelines.convergence import (
     KINDS,
     ConvergenceConfig,
-    criterion_value,
+    complete_seed_means,
+    converged_at,
     iter_configs,
     relative_improvement,
     seed_means,
@@ -20,18 +21,6 @@ from sparsecircuits.pipelines.convergence import (
 )
 
 SUMMARY_METRICS = ("l0", "fvu", "ce_increase", "ce_loss_recovered", "kl_div", "ce_loss_spliced")
-
-
-def complete_seed_means(
-    rows: list[dict[str, Any]], cfg: ConvergenceConfig
-) -> dict[tuple[str, int], float]:
-    """`{(config name, budget): seed-mean stopping criterion}` over the budgets every seed of
-    `cfg` reached."""
-    counts: dict[tuple[str, int], int] = {}
-    for r in rows:
-        counts[(r["name"], r["budget"])] = counts.get((r["name"], r["budget"]), 0) + 1
-    means = seed_means([{**r, "_v": criterion_value(r, cfg.criterion)} for r in rows], "_v")
-    return {key: v for key, v in means.items() if counts[key] >= len(cfg.seeds)}
 
 
 def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[str, Any]]:
@@ -46,7 +35,7 @@ def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[s
     when a stricter sweep went on), `best_budget` (the complete budget with the lowest seed-mean
     criterion), `seeds`, and `{metric: {mean, low, high}}` (95 % Student-t interval over
     seeds)."""
-    stops, own = stopped_at(rows, cfg), stopped_at(rows, cfg, pairs=False)
+    stops, own = stopped_at(rows, cfg), converged_at(rows, cfg)
     means = complete_seed_means(rows, cfg)
     summaries = []
     for name, config_rows in iter_configs(rows):
