@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,12 +15,9 @@ from typing import Any
 
 import pytest
 import torch
+from benchmarks import bench_graph, ceiling, common, report
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import bench_graph, ceiling, common, report  # noqa: E402
 
 Emitted = Callable[[], list[dict[str, Any]]]
 

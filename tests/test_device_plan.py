@@ -7,16 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from benchmarks import bench_graph, bench_train_step, scale_model
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import bench_graph, bench_train_step, scale_model  # noqa: E402
 
 
 def test_gemma2_width_model_is_written_once_and_loads(tmp_path, monkeypatch):
