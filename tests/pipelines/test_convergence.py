@@ -14,6 +14,7 @@ from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.models.tiny import tokenizer_corpus
 from sparsecircuits.pipelines.convergence import (
     ConvergenceConfig,
+    _check_not_resumed_past_stop,
     converged_at,
     converged_budget,
     partner_name,
@@ -27,6 +28,7 @@ from sparsecircuits.pipelines.convergence_report import (
     table_markdown,
     trajectory_markdown,
 )
+from sparsecircuits.training.trainer import Trainer
 
 
 def test_relative_improvement_is_the_fraction_removed() -> None:
@@ -79,6 +81,15 @@ def test_bad_settings_are_clear_errors() -> None:
     ]
 
 
+def _sweep_args(model: Path, data: Path, out: Path, ks: str, seeds: int) -> list[str]:
+    """A tc-vs-sae command line on the tiny model: layer 1, 64-token batches from 128 tokens."""
+    return ["tc-vs-sae", "--model", str(model), "--dataset", str(data),
+            "--eval-dataset", str(data), "--out", str(out), "--layers", "1", "--ks", ks,
+            "--seeds", str(seeds), "--d-sae", "16", "--context-size", "16", "--eval-contexts", "2",
+            "--batch-tokens", "64", "--buffer-tokens", "256", "--first-budget", "128",
+            "--device", "cpu", "--quiet"]  # fmt: skip
+
+
 def test_tc_vs_sae_runs_stops_resumes_and_reports(
     tiny_model_dir: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -87,12 +98,8 @@ def test_tc_vs_sae_runs_stops_resumes_and_reports(
     out = tmp_path / "sweep"
 
     def args_for(max_budget: int) -> list[str]:
-        return ["tc-vs-sae", "--model", str(tiny_model_dir("gpt2")), "--dataset", str(data),
-            "--eval-dataset", str(data), "--out", str(out), "--layers", "1", "--ks", "2,4",
-            "--seeds", "2", "--d-sae", "16", "--context-size", "16", "--eval-contexts", "2",
-            "--batch-tokens", "64", "--buffer-tokens", "256", "--first-budget", "128",
-            "--max-budget", str(max_budget), "--tolerance", "0.5", "--device", "cpu",
-            "--quiet"]  # fmt: skip
+        return [*_sweep_args(tiny_model_dir("gpt2"), data, out, "2,4", 2),
+                "--max-budget", str(max_budget), "--tolerance", "0.5"]  # fmt: skip
 
     args = args_for(512)
     assert main(args) == 0
@@ -260,3 +267,38 @@ def test_pairs_also_compare_each_side_at_its_best_budget() -> None:
     assert pair["at_best"]["ce_increase"]["mean"] == pytest.approx(0.02)
     assert pair["at_best"]["better"] == "sae"
     assert "each at its best budget" in table_markdown(rows, cfg)
+
+
+def test_tc_vs_sae_continues_under_another_stopping_rule(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data.txt"
+    data.write_text("\n\n".join(tokenizer_corpus(200, seed=4)))
+    out = tmp_path / "sweep"
+    base = _sweep_args(tiny_model_dir("gpt2"), data, out, "2", 1)
+    # One budget: nothing can have stopped, so every configuration goes on under any rule.
+    assert main([*base, "--max-budget", "128"]) == 0
+    loaded: list[str] = []
+    load = Trainer.load_checkpoint
+
+    def spy(trainer: Trainer, folder: str | Path) -> None:
+        loaded.append(Path(folder).name)
+        load(trainer, folder)
+
+    monkeypatch.setattr(Trainer, "load_checkpoint", spy)
+    rule = ["--criterion", "ce_increase", "--tolerance", "0.2", "--max-budget", "256"]
+    assert main([*base, *rule]) == 0
+    assert loaded == ["step_000000002"]  # trained on from the 128-token state (2 steps)
+    rows = read_rows(out / "results.jsonl")
+    assert sorted({r["budget"] for r in rows}) == [128, 256]
+    assert all(r["tokens"] == r["budget"] for r in rows)
+
+
+def test_a_configuration_stopped_under_an_earlier_rule_cannot_train_again() -> None:
+    rows = [_row(name, 0, budget, 0.1) for name in ("a", "b") for budget in (1, 2)]
+    rows += [_row("b", 0, 4, 0.1)]  # a stopped at 2; b went on to 4
+    _check_not_resumed_past_stop(rows, ["b", "new"], 4)  # b was trained at 4; new has no rows
+    _check_not_resumed_past_stop(rows, ["a", "b"], 2)  # a was trained at 2 as well
+    _check_not_resumed_past_stop(rows, ["a", "b"], None)
+    with pytest.raises(SparseCircuitsError, match="a stopped training at 2 tokens"):
+        _check_not_resumed_past_stop(rows, ["a", "b"], 4)

@@ -44,6 +44,8 @@ from sparsecircuits.training.checkpoints import latest_checkpoint
 CRITERIA = ("ce_increase", "ce")
 KINDS = ("transcoder", "sae")
 RESULTS_FILE = "results.jsonl"
+# Settings that decide only where configurations stop training, never how they train.
+STOPPING_SETTINGS = ("max_budget", "tolerance", "criterion")
 # The metrics each evaluation row keeps (beside the configuration and budget).
 ROW_METRICS = (
     "l0",
@@ -312,11 +314,12 @@ class SeedRun:
         train_cfg = cfg.train_config()
         train_cfg.seed = seed
         train_cfg.quiet = quiet
-        # The run's identity for checkpoints: the whole grid, not the configurations left.
-        # (max_budget left out: with a constant learning rate it does not change the training,
-        # so a finished sweep can be extended.)
+        # The run's identity for checkpoints: the whole grid, not the configurations left, and
+        # not the stopping settings: they decide which configurations go on, not how any is
+        # trained (the learning rate is constant), so a sweep can be extended or its rule changed.
         run_record = {**to_dict(cfg), "seed_run": seed, "out": None, "device": None}
-        run_record.pop("max_budget")
+        for key in STOPPING_SETTINGS:
+            run_record.pop(key)
         self.out = Path(cfg.out) / f"seed{seed}"
         self.trainer = Trainer(
             store, self.dictionaries, train_cfg, out_dir=self.out, run_config=run_record
@@ -346,7 +349,7 @@ class SeedRun:
 
 
 # Settings that may change between a sweep and its continuation.
-FREE_SETTINGS = ("out", "device", "max_budget")
+FREE_SETTINGS = ("out", "device", *STOPPING_SETTINGS)
 
 
 def _check_same_sweep(path: Path, cfg: ConvergenceConfig, rows: list[dict[str, Any]]) -> None:
@@ -360,6 +363,28 @@ def _check_same_sweep(path: Path, cfg: ConvergenceConfig, rows: list[dict[str, A
         raise SparseCircuitsError(
             f"{path.parent} holds results of a sweep with other settings ({', '.join(differ)}); "
             "use the same settings to continue it, another --out, or --overwrite"
+        )
+
+
+def _check_not_resumed_past_stop(
+    rows: list[dict[str, Any]], active: list[str], previous: int | None
+) -> None:
+    """Raise when a configuration the rows show stopped before `previous` (the budget before the
+    one about to be trained) would train again: its state was not kept past its stop, as happens
+    when a sweep is continued with a stricter --tolerance or another --criterion."""
+    if previous is None:
+        return
+    last: dict[str, int] = {}
+    for row in rows:
+        last[row["name"]] = max(last.get(row["name"], 0), int(row["budget"]))
+    behind = sorted(name for name in active if last.get(name, previous) < previous)
+    if behind:
+        raise SparseCircuitsError(
+            f"{', '.join(behind)} stopped training at "
+            f"{min(last[name] for name in behind):,} tokens under this sweep's earlier stopping "
+            "settings and would train further under these; their state was not kept past the "
+            "stop, so continue with the earlier --tolerance/--criterion, or apply these to the "
+            "existing rows with --report-only"
         )
 
 
@@ -382,11 +407,13 @@ def run_convergence(
     batches = eval_batches(adapter, cfg.eval_dataset, cfg.context_size, cfg.eval_contexts)
     done = {(r["name"], r["seed"], r["budget"]) for r in rows}
     runs: dict[int, SeedRun] = {}
-    for budget in cfg.budgets():
+    budgets = cfg.budgets()
+    for previous, budget in zip([None, *budgets], budgets, strict=False):
         stopped = {name for name, at in stopped_at(rows, cfg).items() if at < budget}
         active = [name for name in names if name not in stopped]
         if not active:
             break
+        _check_not_resumed_past_stop(rows, active, previous)
         for seed in cfg.seeds:
             if all((name, seed, budget) in done for name in active):
                 continue
