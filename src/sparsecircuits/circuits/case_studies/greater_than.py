@@ -87,7 +87,7 @@ class GreaterThanConfig:
     in_sample_random_draws: int = 3
     swap_halves: bool = True
     max_k: int = 32
-    corpus_contexts: int = 32
+    corpus_contexts: int = 48
     context_size: int = 64
     examples_per_feature: int = 5
     path_iters: int = 3
