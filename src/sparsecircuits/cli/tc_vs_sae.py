@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--tolerance per doubling (--criterion ce_increase: the CE increase instead); a "
         "transcoder and its SAE stop together once both have. Writes results.jsonl (one row per "
         "configuration, seed and budget, appended as they come; rerun the same command to "
-        "resume), summary.json, table.md and frontier.png.",
+        "resume, or with a larger --max-budget or another --tolerance/--criterion to continue "
+        "from the checkpoints), summary.json, table.md, frontier.png and budgets.png.",
     )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--model", default=defaults.model, help="model (default: embedded)")
@@ -100,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--report-only",
         action="store_true",
-        help="only rewrite summary.json, table.md and frontier.png from --out's results.jsonl",
+        help="only rewrite summary.json, table.md and the plots from --out's results.jsonl",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="delete --out's results and checkpoints first"
