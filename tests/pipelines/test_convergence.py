@@ -205,7 +205,7 @@ def test_a_doubling_that_got_worse_is_reported_as_a_degradation() -> None:
     assert summary["converged"] and summary["got_worse"]
     assert summary["best_budget"] == 8192
     assert summary["last_improvement"] == pytest.approx(-0.25)
-    assert "worse (-25.0 %; best at 8,192)" in table_markdown(rows, cfg)
+    assert "| 16,384 | 16,384 | -25.0 % (best at 8,192) |" in table_markdown(rows, cfg)
 
 
 def test_a_configuration_is_reported_where_its_rule_stopped_it() -> None:
@@ -241,6 +241,14 @@ def test_a_transcoder_and_its_sae_stop_together_once_both_converged() -> None:
     # until the transcoder converges, the SAE trains on
     early = [r for r in rows if r["budget"] <= 8192]
     assert stopped_at(early, cfg) == {}
+    # The table reports both at 16,384 and says where each side's own rule fired.
+    for r in rows:
+        r.update(kind=r["name"].split("-")[0], layer=0, k=8, l0=8.0, fvu=0.1, kl_div=0.1,
+                 ce_loss_recovered=0.9)  # fmt: skip
+    table = table_markdown(rows, cfg)
+    assert "| spliced CE, last doubling | CE increase, last doubling |" in table
+    assert "| 0 | 8 | sae | 16,384 | 8,192 | +0.3 % | +1.5 % |" in table
+    assert "| 0 | 8 | transcoder | 16,384 | 16,384 | +0.4 % | +1.2 % |" in table
     assert partner_name("sae-L0-k8") == "transcoder-L0-k8" and partner_name("a") is None
 
 
@@ -266,7 +274,10 @@ def test_pairs_also_compare_each_side_at_its_best_budget() -> None:
     assert pair["sae"]["best_budget"] == 8192
     assert pair["at_best"]["ce_increase"]["mean"] == pytest.approx(0.02)
     assert pair["at_best"]["better"] == "sae"
-    assert "each at its best budget" in table_markdown(rows, cfg)
+    table = table_markdown(rows, cfg)
+    assert "each at its best budget" in table
+    assert "| 0 | 8 | sae | 16,384 | 16,384 | -1.4 % (best at 8,192) |" in table
+    assert "| 0 | 8 | transcoder | 16,384 | no | +3.6 % |" in table
 
 
 def test_tc_vs_sae_continues_under_another_stopping_rule(

@@ -159,27 +159,32 @@ def _ci(stat: dict[str, float], fmt: str, scale: float = 1.0) -> str:
 
 
 def table_markdown(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> str:
-    """Return the report table: one line per (layer, k) with both kinds' budget, whether each
-    converged (with the criterion's and the CE increase's improvement over the last doubling),
+    """Return the report table: one line per (layer, k) with both kinds' budget, the budget where
+    each side's own rule fired (a side that converged first trains on with its partner), the
+    criterion's and the CE increase's improvement over the doubling before the reported budget,
     L0, CE increase, KL and CE recovered (mean [95 % t-interval over seeds]) and the verdict."""
+    criterion = "spliced CE" if cfg.criterion == "ce" else "CE increase"
+    extra = cfg.criterion == "ce"  # the CE increase's own column, unless it is the criterion
     lines = [
-        "| layer | k | kind | budget (tokens) | converged | CE increase, last doubling | L0 | "
-        "CE increase (nats) | KL | CE recovered | FVU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| layer | k | kind | budget (tokens) | converged at | {criterion}, last doubling | "
+        + ("CE increase, last doubling | " if extra else "")
+        + "L0 | CE increase (nats) | KL | CE recovered | FVU |",
+        "|---|---|---|---|---|---|" + ("---|" if extra else "") + "---|---|---|---|---|",
     ]
     for s in summarise(rows, cfg):
+        status = "no" if s["converged_at"] is None else f"{s['converged_at']:,}"
         improvement = s["last_improvement"]
-        status = "yes" if s["converged"] else "no"
-        if improvement is not None:
-            status += f" ({100 * improvement:+.1f} %)"
-        if s["got_worse"]:  # the rule fired on a degradation: say where it was best
-            status = f"worse ({100 * improvement:+.1f} %; best at {s['best_budget']:,})"
+        cell = "–" if improvement is None else f"{100 * improvement:+.1f} %"
+        if s["got_worse"]:  # the last doubling made it worse: say where it was best
+            cell += f" (best at {s['best_budget']:,})"
         increase = s["last_increase_improvement"]
         increase_cell = "–" if increase is None else f"{100 * increase:+.1f} %"
         lines.append(
-            f"| {s['layer']} | {s['k']} | {s['kind']} | {s['budget']:,} | {status} | "
-            f"{increase_cell} | {s['l0']['mean']:.1f} | {_ci(s['ce_increase'], '.4f')} | {_ci(s['kl_div'], '.4f')} | "
-            f"{_ci(s['ce_loss_recovered'], '.1f', 100)} % | {s['fvu']['mean']:.3f} |"
+            f"| {s['layer']} | {s['k']} | {s['kind']} | {s['budget']:,} | {status} | {cell} | "
+            + (f"{increase_cell} | " if extra else "")
+            + f"{s['l0']['mean']:.1f} | {_ci(s['ce_increase'], '.4f')} | "
+            f"{_ci(s['kl_div'], '.4f')} | {_ci(s['ce_loss_recovered'], '.1f', 100)} % | "
+            f"{s['fvu']['mean']:.3f} |"
         )
     lines += [
         "",
