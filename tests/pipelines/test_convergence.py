@@ -4,6 +4,7 @@ on a tiny random model (rows per budget, stopping, resume, report)."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -281,7 +282,10 @@ def test_pairs_also_compare_each_side_at_its_best_budget() -> None:
 
 
 def test_tc_vs_sae_continues_under_another_stopping_rule(
-    tiny_model_dir: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     data = tmp_path / "data.txt"
     data.write_text("\n\n".join(tokenizer_corpus(200, seed=4)))
@@ -289,6 +293,8 @@ def test_tc_vs_sae_continues_under_another_stopping_rule(
     base = _sweep_args(tiny_model_dir("gpt2"), data, out, "2", 1)
     # One budget: nothing can have stopped, so every configuration goes on under any rule.
     assert main([*base, "--max-budget", "128"]) == 0
+    first = tmp_path / "first"
+    shutil.copytree(out, first)
     loaded: list[str] = []
     load = Trainer.load_checkpoint
 
@@ -303,6 +309,20 @@ def test_tc_vs_sae_continues_under_another_stopping_rule(
     rows = read_rows(out / "results.jsonl")
     assert sorted({r["budget"] for r in rows}) == [128, 256]
     assert all(r["tokens"] == r["budget"] for r in rows)
+
+
+    # A seed whose checkpoints record other settings starts again, says so, and keeps them.
+    other = tmp_path / "other"
+    shutil.copytree(first, other)
+    run_json = other / "seed0" / "checkpoints" / "step_000000002" / "run.json"
+    record = json.loads(run_json.read_text())
+    record["settings"]["run"]["lr"], record["fingerprint"] = 1.0, "another run"
+    run_json.write_text(json.dumps(record))
+    loaded.clear()
+    capsys.readouterr()
+    assert main([*_sweep_args(tiny_model_dir("gpt2"), data, other, "2", 1), *rule]) == 0
+    assert loaded == [] and run_json.is_file()
+    assert "written with other settings (run.lr: 1.0 there, 0.003 here)" in capsys.readouterr().out
 
 
 def test_a_configuration_stopped_under_an_earlier_rule_cannot_train_again() -> None:

@@ -39,7 +39,11 @@ from sparsecircuits.pipelines.train import (
     store_hooks,
 )
 from sparsecircuits.training import TrainConfig, Trainer
-from sparsecircuits.training.checkpoints import latest_checkpoint
+from sparsecircuits.training.checkpoints import (
+    latest_checkpoint,
+    list_checkpoints,
+    settings_difference,
+)
 
 CRITERIA = ("ce_increase", "ce")
 KINDS = ("transcoder", "sae")
@@ -325,8 +329,16 @@ class SeedRun:
             store, self.dictionaries, train_cfg, out_dir=self.out, run_config=run_record
         )
         found = latest_checkpoint(self.out, self.trainer.fingerprint)
+        # Said when the seed starts again although checkpoints of other settings are there (kept).
+        self.restart_note: str | None = None
         if found is not None:
             self.trainer.load_checkpoint(found)
+        elif others := list_checkpoints(self.out):
+            difference = settings_difference(others[-1].settings, self.trainer.settings)
+            self.restart_note = (
+                f"seed {seed}: the checkpoints in {self.out} were written with other settings "
+                f"({difference}); training from the start (they are kept)"
+            )
 
     def drop(self, names: Iterable[str]) -> None:
         """Stop training the named configurations (they converged)."""
@@ -419,6 +431,8 @@ def run_convergence(
                 continue
             if seed not in runs:
                 runs[seed] = SeedRun(adapter, cfg, specs, seed, set(active), quiet)
+                if runs[seed].restart_note:
+                    log(runs[seed].restart_note)
             run = runs[seed]
             run.drop(stopped)
             run.train_to(budget)
