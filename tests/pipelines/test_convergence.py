@@ -310,7 +310,6 @@ def test_tc_vs_sae_continues_under_another_stopping_rule(
     assert sorted({r["budget"] for r in rows}) == [128, 256]
     assert all(r["tokens"] == r["budget"] for r in rows)
 
-
     # A seed whose checkpoints record other settings starts again, says so, and keeps them.
     other = tmp_path / "other"
     shutil.copytree(first, other)
