@@ -29,7 +29,7 @@ def summarise(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> list[dict[s
     layer, k, budget, converged` (whether its own rule had fired by then), `converged_at` (the
     budget where it did, None if not yet), `last_improvement` (the criterion's relative
     improvement over the doubling before it; None after one budget), `got_worse` (that doubling
-    made the criterion worse: the rule fired on a degradation, not a plateau),
+    made the criterion worse),
     `last_increase_improvement` (the same for the CE increase, which falls faster in relative
     terms than the spliced CE), `trained_to` (the last budget every seed reached, past `budget`
     when a stricter sweep went on), `best_budget` (the complete budget with the lowest seed-mean
