@@ -25,6 +25,7 @@ from sparsecircuits.pipelines.convergence import (
 )
 from sparsecircuits.pipelines.convergence_report import (
     matched_pairs,
+    set_log_or_symlog_y,
     summarise,
     table_markdown,
     trajectory_markdown,
@@ -332,3 +333,14 @@ def test_a_configuration_stopped_under_an_earlier_rule_cannot_train_again() -> N
     _check_not_resumed_past_stop(rows, ["a", "b"], None)
     with pytest.raises(SparseCircuitsError, match="a stopped training at 2 tokens"):
         _check_not_resumed_past_stop(rows, ["a", "b"], 4)
+
+
+def test_budget_axis_turns_symlog_when_an_interval_reaches_zero() -> None:
+    from matplotlib.figure import Figure
+
+    positive, crossing = Figure().subplots(1, 2)
+    set_log_or_symlog_y(positive, lows=[0.01, 0.2], means=[0.02, 0.3])
+    set_log_or_symlog_y(crossing, lows=[-0.0001, 0.2], means=[0.0047, 0.3])
+    assert positive.get_yscale() == "log"
+    assert crossing.get_yscale() == "symlog"
+    assert crossing.yaxis.get_transform().linthresh == pytest.approx(1e-3)

@@ -4,6 +4,7 @@ Student-t intervals over seeds, matched-L0 pairs, a markdown table and a frontie
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +280,20 @@ def plot_matched_frontier(rows: list[dict[str, Any]], cfg: ConvergenceConfig, pa
     return path
 
 
+def set_log_or_symlog_y(ax: Any, lows: list[float], means: list[float]) -> None:
+    """Give `ax` a log y-axis, or a symmetric-log one (linear below the decade of the smallest
+    positive mean) when an interval or a mean reaches zero or below, which a log axis would hide."""
+    if all(lo > 0 for lo in lows if not math.isnan(lo)):
+        ax.set_yscale("log")
+        return
+    positive = [m for m in means if m > 0]
+    linthresh = 10.0 ** math.floor(math.log10(min(positive))) if positive else 1e-3
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.axhline(0.0, color="0.5", linewidth=0.6)
+    lowest = min(lo for lo in lows if not math.isnan(lo))
+    ax.set_ylim(bottom=lowest - 0.5 * linthresh if lowest > -linthresh else None)
+
+
 def plot_budget_curves(rows: list[dict[str, Any]], cfg: ConvergenceConfig, path: Path) -> Path:
     """Draw, per layer, the CE increase against training tokens for every configuration (mean
     over seeds with its 95 % t-interval, budgets every seed reached): how far from flat each is."""
@@ -289,12 +304,15 @@ def plot_budget_curves(rows: list[dict[str, Any]], cfg: ConvergenceConfig, path:
     ) as (_, axes):
         for col, layer in enumerate(layers):
             ax = axes[0][col]
+            lows, means = [], []
             for name, config_rows in iter_configs([r for r in rows if r["layer"] == layer]):
                 budgets = sorted({b for (n, b) in complete if n == name})
                 stats = [
                     mean_ci([r["ce_increase"] for r in config_rows if r["budget"] == b])
                     for b in budgets
                 ]
+                lows += [lo for _, _, lo, _ in stats]
+                means += [m for m, _, _, _ in stats]
                 kind = config_rows[0]["kind"]
                 ax.errorbar(
                     budgets,
@@ -305,7 +323,7 @@ def plot_budget_curves(rows: list[dict[str, Any]], cfg: ConvergenceConfig, path:
                     label=f"{kind} k={config_rows[0]['k']}",
                 )
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
+            set_log_or_symlog_y(ax, lows, means)
             ax.set_title(f"layer {layer}")
             ax.set_xlabel("training tokens")
             ax.grid(True, which="both", alpha=0.3)
