@@ -361,13 +361,22 @@ def slowdowns(alone: Sequence[float], contested: Sequence[float]) -> dict[str, f
 # ------------------------------------------------------------------------------------ environment
 
 
+# CPU features that change which GEMM kernels run (AMX makes the bf16 ceiling ~4x the AVX-512 one)
+GEMM_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
 def machine_summary() -> dict[str, Any]:
-    """CPU model, core count, memory, torch build and threads, GPU name if any."""
+    """CPU model and its GEMM-relevant features (`GEMM_FEATURES` present), core count, memory,
+    torch build and threads, GPU name if any."""
     cpu = platform.processor() or platform.machine()
+    features: list[str] = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                features = [f for f in GEMM_FEATURES if f in flags]
                 break
     except OSError:
         pass
@@ -380,6 +389,7 @@ def machine_summary() -> dict[str, Any]:
         pass
     info: dict[str, Any] = {
         "cpu": cpu,
+        "cpu_features": features,
         "cpus": os.cpu_count(),
         "mem_gb": mem_gb,
         "torch": torch.__version__,
