@@ -199,6 +199,19 @@ def _coo_outer(
     return torch.sparse.mm(sparse, rows)
 
 
+def _quickselect_bf16(scores: torch.Tensor, k: int) -> None:
+    """The fp32 kernel's quickselect thresholds on bf16 bits: the alternative to the histogram
+    thresholds `cpu_topk.row_topk` uses for bf16 rows."""
+    import numpy as np
+
+    from sparsecircuits.dictionaries import cpu_topk
+
+    bits = scores.contiguous().view(torch.int16).numpy().view(np.uint16)
+    keys, idx = np.empty((scores.shape[0], k), np.int32), np.empty((scores.shape[0], k), np.int64)
+    with cpu_topk._launch() as numba_kernels:
+        numba_kernels.topk_rows(bits, k, cpu_topk.segment_length(scores.shape[1], k), keys, idx)
+
+
 def _csr_by_latent(
     indices: torch.Tensor, d_sae: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -302,6 +315,7 @@ def alternatives(d_sae: int, k: int, x: torch.Tensor, options: BenchOptions) -> 
                 {
                     "numba_segments": lambda: cpu_topk.row_topk(pre, k),
                     "numba_segments_bf16_input": lambda: cpu_topk.row_topk(pre_bf16, k),
+                    "numba_quickselect_bf16_input": lambda: _quickselect_bf16(pre_bf16, k),
                 }
                 if cpu_topk.supports(pre, k)
                 else {}

@@ -274,6 +274,9 @@ def test_numba_topk_rows_of_nans_give_valid_indices() -> None:
     values, indices = cpu_topk.row_topk(scores, 8)
     assert int(indices.min()) >= 0 and int(indices.max()) < 1024
     assert torch.equal(values[0].sort().values, scores[0].topk(8).values.sort().values)
+    values, indices = cpu_topk.row_topk(scores.to(torch.bfloat16), 8)  # the bf16 kernel
+    assert int(indices.min()) >= 0 and int(indices.max()) < 1024
+    assert len(set(indices[2].tolist())) == 8
 
 
 def test_encoder_chunks_follow_d_sae() -> None:

@@ -75,10 +75,40 @@ def _select_top(v: Any, ix: Any, count: int, k: int) -> None:
 _ROWS_PER_TASK = 64
 
 
+@njit(inline="always", boundscheck=False, cache=True)
+def _segment_maxima(row: Any, seg: int, seg_max: Any) -> None:
+    # segment s = elements s, s + nseg, s + 2·nseg, ...: its maximum is an elementwise max of
+    # `seg` contiguous slices (slices, not `row[j·nseg + s]`, let LLVM vectorise)
+    nseg = seg_max.shape[0]
+    first = row[:nseg]
+    for s in range(nseg):
+        seg_max[s] = order_key(first[s])
+    for j in range(1, seg):
+        block = row[j * nseg : (j + 1) * nseg]
+        for s in range(nseg):
+            seg_max[s] = max(seg_max[s], order_key(block[s]))
+
+
+@njit(inline="always", boundscheck=False, cache=True)
+def _candidates(row: Any, seg_max: Any, tau: Any, cand: Any, cand_idx: Any) -> int:
+    # every element >= tau (they all sit in segments whose maximum is >= tau): their count
+    nseg, w = seg_max.shape[0], row.shape[0]
+    c = 0
+    for s in range(nseg):
+        if seg_max[s] >= tau:
+            for t in range(s, w, nseg):
+                x = order_key(row[t])
+                if x >= tau:
+                    cand[c] = x
+                    cand_idx[c] = t
+                    c += 1
+    return c
+
+
 @njit(parallel=True, fastmath=_NO_NAN_ASSUMPTION, boundscheck=False, nogil=True, cache=True)
 def topk_rows(scores: Any, k: int, seg: int, out_keys: Any, out_idx: Any) -> None:
-    """Top `k` keys of each row of `scores [n, w]` into `out_keys, out_idx [n, k]` (unsorted);
-    segments of `seg` strided elements (`w % seg == 0`, `k <= w / seg`)."""
+    """Top `k` keys of each row of fp32 `scores [n, w]` into `out_keys, out_idx [n, k]`
+    (unsorted); segments of `seg` strided elements (`w % seg == 0`, `k <= w / seg`)."""
     n, w = scores.shape
     nseg = w // seg
     for task in prange((n + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
@@ -90,15 +120,7 @@ def topk_rows(scores: Any, k: int, seg: int, out_keys: Any, out_idx: Any) -> Non
         cand_idx = np.empty(w, np.int64)
         for r in range(task * _ROWS_PER_TASK, min(n, (task + 1) * _ROWS_PER_TASK)):
             row = scores[r]
-            # segment s = elements s, s + nseg, s + 2·nseg, ...: its maximum is an elementwise
-            # max of `seg` contiguous slices (slices, not `row[j·nseg + s]`, let LLVM vectorise)
-            first = row[:nseg]
-            for s in range(nseg):
-                seg_max[s] = order_key(first[s])
-            for j in range(1, seg):
-                block = row[j * nseg : (j + 1) * nseg]
-                for s in range(nseg):
-                    seg_max[s] = max(seg_max[s], order_key(block[s]))
+            _segment_maxima(row, seg, seg_max)
             for s in range(nseg):
                 ranked[s] = seg_max[s]
                 order[s] = s
@@ -106,16 +128,7 @@ def topk_rows(scores: Any, k: int, seg: int, out_keys: Any, out_idx: Any) -> Non
             tau = ranked[0]
             for a in range(1, k):
                 tau = min(tau, ranked[a])
-            # every top-k element is >= tau and sits in a segment whose maximum is >= tau
-            c = 0
-            for s in range(nseg):
-                if seg_max[s] >= tau:
-                    for t in range(s, w, nseg):
-                        x = order_key(row[t])
-                        if x >= tau:
-                            cand[c] = x
-                            cand_idx[c] = t
-                            c += 1
+            c = _candidates(row, seg_max, tau, cand, cand_idx)
             if c >= k:
                 _select_top(cand, cand_idx, c, k)
                 for a in range(k):
@@ -127,6 +140,61 @@ def topk_rows(scores: Any, k: int, seg: int, out_keys: Any, out_idx: Any) -> Non
                     out_idx[r, a] = a
 
 
+@njit(inline="always", boundscheck=False, cache=True)
+def _kth_largest_key16(keys: Any, count: int, k: int, hist: Any) -> int:
+    # the k-th largest of the 16-bit keys `keys[:count]` (count >= k): a 256-bin histogram of
+    # the high bytes finds its bin, a second one of the low bytes within that bin finds it
+    hist[:] = 0
+    for i in range(count):
+        hist[keys[i] >> 8] += 1
+    above, high = 0, 255
+    while above + hist[high] < k:
+        above += hist[high]
+        high -= 1
+    hist[:] = 0
+    for i in range(count):
+        if keys[i] >> 8 == high:
+            hist[keys[i] & 255] += 1
+    need, low = k - above, 255
+    while hist[low] < need:
+        need -= hist[low]
+        low -= 1
+    return (high << 8) | low
+
+
+@njit(parallel=True, boundscheck=False, nogil=True, cache=True)
+def topk_rows_bf16(scores: Any, k: int, seg: int, out_keys: Any, out_idx: Any) -> None:
+    """`topk_rows` for the uint16 bits of bf16 `scores [n, w]`: int32 order keys into `out_keys`.
+    16-bit keys let histograms find the thresholds that `topk_rows` finds by quickselect."""
+    n, w = scores.shape
+    nseg = w // seg
+    for task in prange((n + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        seg_max = np.empty(nseg, np.int32)
+        hist = np.empty(256, np.int64)
+        cand = np.empty(w, np.int32)
+        cand_idx = np.empty(w, np.int64)
+        for r in range(task * _ROWS_PER_TASK, min(n, (task + 1) * _ROWS_PER_TASK)):
+            row = scores[r]
+            _segment_maxima(row, seg, seg_max)
+            c = _candidates(
+                row, seg_max, _kth_largest_key16(seg_max, nseg, k, hist), cand, cand_idx
+            )
+            kth = _kth_largest_key16(cand, c, k, hist)
+            a = 0
+            for i in range(c):  # the keys above the k-th, then ties with it in index order
+                if cand[i] > kth:
+                    out_keys[r, a] = cand[i]
+                    out_idx[r, a] = cand_idx[i]
+                    a += 1
+            for i in range(c):
+                if a == k:
+                    break
+                if cand[i] == kth:
+                    out_keys[r, a] = cand[i]
+                    out_idx[r, a] = cand_idx[i]
+                    a += 1
+
+
 @njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)
 def gather_dot_bias(table: Any, idx: Any, rows: Any, bias: Any, out: Any) -> None:
     """`out[r, c] = table[idx[r, c]] . rows[r] (+ bias[idx[r, c]] when `bias` is non-empty)`."""
@@ -135,12 +203,29 @@ def gather_dot_bias(table: Any, idx: Any, rows: Any, bias: Any, out: Any) -> Non
     with_bias = bias.shape[0] > 0
     for r in prange(n):
         x = rows[r]
-        for j in range(c):
-            w = table[idx[r, j]]
+        j = 0
+        # four dot products per pass over `x`: four independent accumulators instead of one
+        # dependent chain (1.1-1.3x at d 256 on 2 cores)
+        while j + 4 <= c:
+            w0, w1 = table[idx[r, j]], table[idx[r, j + 1]]
+            w2, w3 = table[idx[r, j + 2]], table[idx[r, j + 3]]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for t in range(d):
+                a0 += w0[t] * x[t]
+                a1 += w1[t] * x[t]
+                a2 += w2[t] * x[t]
+                a3 += w3[t] * x[t]
+            out[r, j], out[r, j + 1], out[r, j + 2], out[r, j + 3] = a0, a1, a2, a3
+            j += 4
+        for jj in range(j, c):
+            w = table[idx[r, jj]]
             acc = np.float32(0.0)
             for t in range(d):
                 acc += w[t] * x[t]
-            out[r, j] = acc + bias[idx[r, j]] if with_bias else acc
+            out[r, jj] = acc
+        if with_bias:
+            for jj in range(c):
+                out[r, jj] += bias[idx[r, jj]]
 
 
 @njit(boundscheck=False, nogil=True, cache=True)

@@ -69,7 +69,7 @@ def row_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if s.dtype == torch.bfloat16:
         keys = np.empty((n, k), np.int32)
         with _launch() as kernels:
-            kernels.topk_rows(s.view(torch.int16).numpy().view(np.uint16), k, seg, keys, idx)
+            kernels.topk_rows_bf16(s.view(torch.int16).numpy().view(np.uint16), k, seg, keys, idx)
         return _bf16_from_keys(keys), torch.from_numpy(idx)
     values = np.empty((n, k), np.float32)
     with _launch() as kernels:
