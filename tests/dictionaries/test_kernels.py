@@ -140,6 +140,33 @@ def test_verified_bf16_selection_equals_the_fp32_top_k(bf16_selection, with_aux:
         assert_close_relative(fast_grad, ref_grad)
 
 
+@pytest.mark.parametrize("selection", ["fp32", "bf16"])
+@pytest.mark.parametrize("every", [4, 5])  # 128 dead latents, or 103 (padded to 128 in bf16)
+def test_auxk_selection_takes_the_dense_references_latents(selection: str, every: int) -> None:
+    """AuxK's fast selection (the numba top-k over the dead columns, padded with -inf columns on
+    the bf16 path) picks the dense reference's latents with its values, on both selection paths,
+    where the dead count fills the numba kernel's segments and where it does not."""
+    previous = kernels.set_topk_selection(selection)
+    try:
+        gen = torch.Generator().manual_seed(every)
+        x = torch.randn(600, 32, generator=gen)
+        W_enc, b_enc = torch.randn(32, 512, generator=gen) / 6, torch.randn(512, generator=gen)
+        aux_mask = torch.arange(512) % every == 0
+        assert kernels._bf16_selection(x, W_enc, 8, signed=False) == (selection == "bf16")
+        fast = kernels.topk_encode(x, W_enc, b_enc, 8, aux_mask=aux_mask, aux_k=3)
+        ref = kernels.topk_encode_dense(x, W_enc, b_enc, 8, aux_mask=aux_mask, aux_k=3)
+    finally:
+        kernels.set_topk_selection(previous)
+    assert fast.aux_indices is not None and ref.aux_indices is not None
+    assert fast.aux_values is not None and ref.aux_values is not None
+    assert bool(aux_mask[fast.aux_indices].all())
+    order_fast, order_ref = fast.aux_indices.argsort(1), ref.aux_indices.argsort(1)
+    assert torch.equal(fast.aux_indices.gather(1, order_fast), ref.aux_indices.gather(1, order_ref))
+    torch.testing.assert_close(
+        fast.aux_values.gather(1, order_fast), ref.aux_values.gather(1, order_ref)
+    )
+
+
 def test_verified_selection_falls_back_to_fp32_on_near_ties() -> None:
     """Columns equal up to 1e-4 cannot be ordered in bf16: the bound check fails those rows,
     they are recomputed in fp32, and the result is still the fp32 top-k."""

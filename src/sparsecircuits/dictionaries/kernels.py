@@ -269,13 +269,33 @@ def _select_aux(
     return _select_dead(pre_acts.index_select(-1, dead), dead, aux_k, signed)
 
 
-def _select_dead(dead_pre: Tensor, dead: Tensor, aux_k: int, signed: bool) -> tuple[Tensor, Tensor]:
-    """Top-`aux_k` of the dead latents' pre-activations `dead_pre [n, #dead]` (columns of the
-    latents `dead [#dead]`): values (ReLU'd unless `signed`) and latent indices `[n, aux_k]`."""
+def _select_dead(
+    dead_pre: Tensor, dead: Tensor, aux_k: int, signed: bool, fast: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Top-`aux_k` of the dead latents' pre-activations `dead_pre [n, >= #dead]` (columns of the
+    latents `dead [#dead]`, then any `-inf` padding): values (ReLU'd unless `signed`) and latent
+    indices `[n, aux_k]`. `fast` selects with `row_topk` (the numba kernel where the width
+    allows) instead of `torch.topk`, which the dense reference keeps."""
     scores = dead_pre.abs() if signed else dead_pre
-    chosen = scores.topk(aux_k, dim=-1, sorted=False).indices
+    if fast:
+        chosen = row_topk(scores.detach(), aux_k)[1]
+    else:
+        chosen = scores.topk(aux_k, dim=-1, sorted=False).indices
     values = dead_pre.gather(-1, chosen)
     return (values if signed else values.relu()), dead[chosen]
+
+
+def _dead_columns(W_enc: Tensor, b_enc: Tensor, dead: Tensor) -> tuple[Tensor, Tensor]:
+    """The dead latents' encoder columns and biases, `[d_in, m]` and `[m]`, padded to `m`, a
+    multiple of `cpu_topk.SEGMENT`, with zero columns and `-inf` biases: the numba top-k then
+    takes the AuxK selection (2.6x `torch.topk`), and a padded column never wins, as AuxK asks
+    for at most `#dead` latents."""
+    pad = -dead.numel() % cpu_topk.SEGMENT
+    W_dead, b_dead = W_enc[:, dead], b_enc[dead]
+    if pad:
+        W_dead = torch.cat([W_dead, W_dead.new_zeros(W_dead.shape[0], pad)], 1)
+        b_dead = torch.cat([b_dead, b_dead.new_full((pad,), float("-inf"))])
+    return W_dead, b_dead
 
 
 def encode_rows(n_rows: int, d_sae: int, device_type: str = "cpu") -> int:
@@ -322,22 +342,24 @@ def _encode_select(
         rows = encode_rows(x_in.shape[0], W_enc.shape[1], x_in.device.type)
     else:
         rows = selection_rows(x_in.shape[0], W_enc.shape[1])
-    use_aux = aux_mask is not None and aux_k > 0
-    dead = aux_mask.nonzero().squeeze(1) if use_aux and selector is not None else None  # type: ignore[union-attr]
+    dead = aux_mask.nonzero().squeeze(1) if aux_mask is not None and aux_k > 0 else None
+    if dead is not None and selector is not None:  # once per call, not per chunk
+        W_dead, b_dead = _dead_columns(W_enc, b_enc, dead)
     parts: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
     buffers: list[Tensor] = []
     for part in x_in.split(rows):
+        aux: tuple[Tensor | None, Tensor | None] = (None, None)
         if selector is None:
             pre_acts = _addmm_into(b_enc, part, W_enc, buffers)
             values, indices = _select(pre_acts, k, signed)
-            aux = _select_aux(pre_acts, aux_mask, aux_k, signed) if use_aux else (None, None)  # type: ignore[arg-type]
+            if dead is not None:
+                aux = _select_dead(pre_acts[:, dead], dead, aux_k, signed, fast=True)
         else:
             values, indices = selector(part)
             values = values.relu()
-            aux = (None, None)
             if dead is not None:  # fp32 GEMM over the dead columns only
-                dead_pre = torch.addmm(b_enc[dead], part, W_enc[:, dead])
-                aux = _select_dead(dead_pre, dead, aux_k, signed=False)
+                dead_pre = torch.addmm(b_dead, part, W_dead)
+                aux = _select_dead(dead_pre, dead, aux_k, signed=False, fast=True)
         parts.append((values, indices, *aux))
     if len(parts) == 1:
         return parts[0]
