@@ -121,6 +121,15 @@ def configs(quick: bool, cases: str | None = None) -> list[dict[str, Any]]:
     return grid
 
 
+def held_dead(d_sae: int, dead_frac: float) -> torch.Tensor | None:
+    """The latents `--dead-frac` holds dead `[round(dead_frac · d_sae)]`, the same for every
+    library (a seeded permutation), or None when none are."""
+    n_dead = round(dead_frac * d_sae)
+    if n_dead == 0:
+        return None
+    return torch.randperm(d_sae, generator=torch.Generator().manual_seed(0))[:n_dead]
+
+
 def our_step(
     spec: dict[str, Any], batch: dict[str, torch.Tensor], options: BenchOptions
 ) -> Callable[[], None]:
@@ -153,8 +162,13 @@ def our_step(
         lr=None if spec["k"] else HOLD_L0_LR,
     )
     trainer = Trainer(RepeatBatch(batch), {"d": dictionary}, train_cfg)
+    dead = held_dead(spec["d_sae"], options.dead_frac) if spec["k"] else None
 
     def step() -> dict[str, float]:
+        if dead is not None:  # the trainer's own counter decides what is dead: hold it
+            counter = torch.zeros(spec["d_sae"], dtype=torch.long, device=options.device)
+            counter[dead] = train_cfg.dead_tokens
+            trainer.tokens_since_fired["d"] = counter
         return trainer.train(stop_at_step=trainer.step + 1).metrics["d"]
 
     step.trainer = trainer  # type: ignore[attr-defined]  # for bench_breakdown's phase labels
@@ -258,6 +272,7 @@ def run(adapter: Any, options: BenchOptions) -> None:
             "d_sae": d_sae,
             "k": k,
             "batch_tokens": BATCH_TOKENS,
+            **({"dead_frac": options.dead_frac} if options.dead_frac and k else {}),
         }
         selection = None
         if spec["architecture"] == "topk":
@@ -276,7 +291,15 @@ def run(adapter: Any, options: BenchOptions) -> None:
         if spec["architecture"] == "topk":
             if why_sparsify is None:
                 fns["eai-sparsify"] = third_party.sparsify_step(
-                    spec["kind"], d_in, d_sae, k, x, mlp_out, options.torch_dtype, lr
+                    spec["kind"],
+                    d_in,
+                    d_sae,
+                    k,
+                    x,
+                    mlp_out,
+                    options.torch_dtype,
+                    lr,
+                    dead=held_dead(d_sae, options.dead_frac),
                 )
             else:
                 skipped("train_step", "eai-sparsify", config, why_sparsify)
@@ -287,6 +310,8 @@ def run(adapter: Any, options: BenchOptions) -> None:
             skipped(
                 "train_step", "sae-lens", config, "(Jump)ReLU at d_sae 65536 not run (time budget)"
             )
+        elif spec["kind"] == "sae" and why_saelens is None and options.dead_frac > 0:
+            skipped("train_step", "sae-lens", config, "not run with --dead-frac")
         elif spec["kind"] == "sae" and why_saelens is None:
             autocast = options.dtype == "bfloat16"
             saelens_dtype = "float32"  # SAELens trains fp32 weights; bf16 is its autocast

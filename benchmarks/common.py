@@ -43,6 +43,8 @@ class BenchOptions:
     threads: int | None = None
     compete: str | None = None  # a `Competitor` kind: measure each pair alone and beside it
     train_cases: str | None = None  # "ARCHITECTURE:D_SAE,...": the train_step cases to run
+    # TopK train steps: this fraction of the latents held dead, so AuxK runs on both sides
+    dead_frac: float = 0.0
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sc-bench-")))
 
     @property

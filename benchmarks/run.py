@@ -113,6 +113,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="train_step cases as ARCHITECTURE:D_SAE[:K],... (e.g. relu:4096,topk:16384:64; "
         "without K every k of the grid; default: the whole grid)",
     )
+    p.add_argument(
+        "--dead-frac",
+        type=float,
+        default=0.0,
+        help="TopK train steps with this fraction of latents held dead (AuxK on, for us and "
+        "sparsify at auxk_alpha 1/32, our coefficient; SAELens not run); default 0: none dead, "
+        "as in a run's first steps",
+    )
     p.add_argument("--workdir", default=None, help="scratch folder (default: a new temp folder)")
     p.add_argument("--out", default=None, help="also write the JSON lines to this file")
     # internal: one graph measurement in a fresh process
@@ -125,6 +133,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeats is not None and args.repeats < 3:
         p.error("--repeats must be at least 3 (every ratio line pairs at least 3 rounds)")
+    if not 0.0 <= args.dead_frac < 1.0:
+        p.error("--dead-frac must be at least 0 and below 1")
     return args
 
 
@@ -146,6 +156,7 @@ def options_from(args: argparse.Namespace) -> common.BenchOptions:
         threads=args.threads,
         compete=args.compete,
         train_cases=args.train_cases,
+        dead_frac=args.dead_frac,
     )
     if args.repeats is not None:
         opts.repeats = args.repeats

@@ -57,6 +57,11 @@ def available_circuit_tracer() -> str | None:
 # ------------------------------------------------------------------------------ sparsify
 
 
+# sparsify's AuxK weight when a step has dead latents: our `aux_k_coefficient` default (its own
+# `auxk_alpha` default, 0, turns AuxK off)
+AUXK_ALPHA = 1 / 32
+
+
 def sparsify_step(
     kind: str,
     d_in: int,
@@ -66,8 +71,11 @@ def sparsify_step(
     target: Tensor,
     dtype: torch.dtype,
     lr: float,
+    dead: Tensor | None = None,
 ) -> Callable[[], None]:
-    """One sparsify training step on the in-memory batch, as a closure."""
+    """One sparsify training step on the in-memory batch, as a closure. With `dead` (latent
+    indices) those latents are dead in every step and the loss adds AuxK at `AUXK_ALPHA`, as
+    its trainer does when `auxk_alpha > 0` (its default is 0: no AuxK)."""
     with redirect_library_output():
         from sparsify import SparseCoder, SparseCoderConfig
 
@@ -79,13 +87,18 @@ def sparsify_step(
     did_fire = torch.zeros(d_sae, dtype=torch.bool, device=x.device)
     x = x.to(dtype)
     y = target.to(dtype) if transcode else x
+    dead_mask = None
+    if dead is not None:
+        dead_mask = torch.zeros(d_sae, dtype=torch.bool, device=x.device)
+        dead_mask[dead.to(x.device)] = True
 
     def step() -> None:
         if cfg.normalize_decoder and not transcode:
             coder.set_decoder_norm_to_unit_norm()
-        out = coder(x=x, y=y)
+        out = coder(x=x, y=y, dead_mask=dead_mask)
         did_fire[out.latent_indices.flatten()] = True
-        out.fvu.backward()
+        loss = out.fvu if dead_mask is None else out.fvu + AUXK_ALPHA * out.auxk_loss
+        loss.backward()
         float(out.fvu.detach())  # the trainer logs the FVU every step
         if cfg.normalize_decoder and not transcode:
             coder.remove_gradient_parallel_to_decoder_directions()

@@ -398,3 +398,25 @@ def test_graph_scale_pairs_three_rounds_at_the_swept_batch(
         r for r in records if r.get("name") == "graph" and r["library"] == "circuit-tracer"
     )
     assert theirs["config"]["batch_size"] == 512
+
+
+def test_dead_frac_holds_that_share_of_our_latents_dead_every_step() -> None:
+    """`--dead-frac` holds the same seeded latents dead before each of our steps, so AuxK runs
+    on every timed step however the latents fire (and sparsify gets the same latents)."""
+    from benchmarks.bench_train_step import LAYER, held_dead, our_step
+
+    gen = torch.Generator().manual_seed(0)
+    batch = {
+        f"blocks.{LAYER}.mlp.hook_in": torch.randn(512, 16, generator=gen),
+        f"blocks.{LAYER}.hook_mlp_out": torch.randn(512, 16, generator=gen),
+    }
+    options = common.BenchOptions(dead_frac=0.25)
+    step = our_step(
+        {"kind": "transcoder", "architecture": "topk", "d_sae": 64, "k": 4}, batch, options
+    )
+    shares = [step()["dead_frac"] for _ in range(3)]
+    assert shares == [0.25, 0.25, 0.25]
+    dead = held_dead(64, 0.25)
+    assert dead is not None and len(set(dead.tolist())) == 16
+    assert torch.equal(dead, held_dead(64, 0.25))
+    assert held_dead(64, 0.0) is None
