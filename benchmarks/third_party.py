@@ -57,11 +57,6 @@ def available_circuit_tracer() -> str | None:
 # ------------------------------------------------------------------------------ sparsify
 
 
-# sparsify's AuxK weight when a step has dead latents: our `aux_k_coefficient` default (its own
-# `auxk_alpha` default, 0, turns AuxK off)
-AUXK_ALPHA = 1 / 32
-
-
 def sparsify_step(
     kind: str,
     d_in: int,
@@ -74,10 +69,15 @@ def sparsify_step(
     dead: Tensor | None = None,
 ) -> Callable[[], None]:
     """One sparsify training step on the in-memory batch, as a closure. With `dead` (latent
-    indices) those latents are dead in every step and the loss adds AuxK at `AUXK_ALPHA`, as
-    its trainer does when `auxk_alpha > 0` (its default is 0: no AuxK)."""
+    indices) those latents are dead in every step and the loss adds AuxK weighted by our
+    `DictionaryConfig.aux_k_coefficient` default, as its trainer does when `auxk_alpha > 0` (its
+    default is 0: no AuxK)."""
     with redirect_library_output():
         from sparsify import SparseCoder, SparseCoderConfig
+
+    from sparsecircuits.dictionaries import DictionaryConfig
+
+    auxk_alpha = DictionaryConfig.__dataclass_fields__["aux_k_coefficient"].default
 
     transcode = kind != "sae"
     cfg = SparseCoderConfig(num_latents=d_sae, k=k, transcode=transcode)
@@ -97,7 +97,7 @@ def sparsify_step(
             coder.set_decoder_norm_to_unit_norm()
         out = coder(x=x, y=y, dead_mask=dead_mask)
         did_fire[out.latent_indices.flatten()] = True
-        loss = out.fvu if dead_mask is None else out.fvu + AUXK_ALPHA * out.auxk_loss
+        loss = out.fvu if dead_mask is None else out.fvu + auxk_alpha * out.auxk_loss
         loss.backward()
         float(out.fvu.detach())  # the trainer logs the FVU every step
         if cfg.normalize_decoder and not transcode:

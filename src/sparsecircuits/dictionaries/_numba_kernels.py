@@ -107,8 +107,9 @@ def _candidates(row: Any, seg_max: Any, tau: Any, cand: Any, cand_idx: Any) -> i
 
 @njit(parallel=True, fastmath=_NO_NAN_ASSUMPTION, boundscheck=False, nogil=True, cache=True)
 def topk_rows(scores: Any, k: int, seg: int, out_keys: Any, out_idx: Any) -> None:
-    """Top `k` keys of each row of fp32 `scores [n, w]` into `out_keys, out_idx [n, k]`
-    (unsorted); segments of `seg` strided elements (`w % seg == 0`, `k <= w / seg`)."""
+    """Top `k` keys of each row of `scores [n, w]` into `out_keys, out_idx [n, k]` (unsorted);
+    segments of `seg` strided elements (`w % seg == 0`, `k <= w / seg`). Any keyed dtype; the
+    library sends it fp32 rows (bf16 bits go to `topk_rows_bf16`)."""
     n, w = scores.shape
     nseg = w // seg
     for task in prange((n + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):

@@ -283,14 +283,14 @@ def plot_matched_frontier(rows: list[dict[str, Any]], cfg: ConvergenceConfig, pa
 def set_log_or_symlog_y(ax: Any, lows: list[float], means: list[float]) -> None:
     """Give `ax` a log y-axis, or a symmetric-log one (linear below the decade of the smallest
     positive mean) when an interval or a mean reaches zero or below, which a log axis would hide."""
-    if all(lo > 0 for lo in lows if not math.isnan(lo)):
+    lowest = min((lo for lo in lows if not math.isnan(lo)), default=math.inf)
+    if lowest > 0:
         ax.set_yscale("log")
         return
     positive = [m for m in means if m > 0]
     linthresh = 10.0 ** math.floor(math.log10(min(positive))) if positive else 1e-3
     ax.set_yscale("symlog", linthresh=linthresh)
     ax.axhline(0.0, color="0.5", linewidth=0.6)
-    lowest = min(lo for lo in lows if not math.isnan(lo))
     ax.set_ylim(bottom=lowest - 0.5 * linthresh if lowest > -linthresh else None)
 
 
