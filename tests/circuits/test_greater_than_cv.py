@@ -13,8 +13,8 @@ from sparsecircuits.circuits.case_studies.greater_than_cv import (
     draw_at_slots,
     slot_candidates,
     split_prompts,
-    subset_prompts,
 )
+from sparsecircuits.circuits.identify.task_pairs import take
 from sparsecircuits.circuits.nodes import FeatureNode
 from sparsecircuits.evaluation.intervals import (
     bootstrap_indices,
@@ -45,7 +45,7 @@ def test_split_is_disjoint_by_text_and_covers_every_prompt():
         assert sorted(selection + evaluation) == list(range(40))
         assert not {texts[i] for i in selection} & {texts[i] for i in evaluation}
         assert abs(len({texts[i] for i in selection}) - len({texts[i] for i in evaluation})) <= 1
-        half = subset_prompts(prompts, evaluation)
+        half = take(prompts, torch.tensor(evaluation))
         assert half.texts == [texts[i] for i in evaluation]
         assert torch.equal(half.yy, prompts.yy[evaluation])
         assert torch.equal(half.input_ids, prompts.input_ids[evaluation])

@@ -36,14 +36,15 @@ from sparsecircuits.circuits.case_studies.greater_than_cv import (
     eval_half,
     feature_edits,
     features_vs_neurons_cv,
+    keep_top,
     mean_with_ci,
     paired_difference,
     prob_diff,
     slot_baseline,
     split_prompts,
-    subset_prompts,
 )
 from sparsecircuits.circuits.case_studies.greater_than_report import write_results
+from sparsecircuits.circuits.identify.task_pairs import take
 from sparsecircuits.circuits.nodes import FeatureNode, HeadNode, Node
 from sparsecircuits.circuits.paths import (
     graph_tokens,
@@ -52,6 +53,7 @@ from sparsecircuits.circuits.paths import (
     plot_graph,
     search_paths,
 )
+from sparsecircuits.circuits.real_model import neuron_activations, neuron_logits
 from sparsecircuits.circuits.replacement import (
     Edits,
     ErrorEdit,
@@ -140,17 +142,7 @@ def _prompts(adapter: ModelAdapter, n: int, seed: int) -> TaskPrompts:
     prompts = make_greater_than_prompts(adapter.tokenizer, n, seed=seed, split="heldout")
     lengths = prompts.last_pos.tolist()
     common = Counter(lengths).most_common(1)[0][0]
-    keep = torch.tensor([i for i, p in enumerate(lengths) if p == common])
-    if len(keep) < len(lengths):
-        prompts = dataclasses.replace(
-            prompts,
-            input_ids=prompts.input_ids[keep][:, : common + 1],
-            last_pos=prompts.last_pos[keep],
-            texts=[prompts.texts[i] for i in keep.tolist()],
-            answers=[prompts.answers[i] for i in keep.tolist()],
-            yy=prompts.yy[keep] if prompts.yy is not None else None,
-        )
-    return prompts
+    return take(prompts, torch.tensor([i for i, p in enumerate(lengths) if p == common]))
 
 
 def _pd(logits: Tensor, prompts: TaskPrompts) -> Tensor:
@@ -158,10 +150,6 @@ def _pd(logits: Tensor, prompts: TaskPrompts) -> Tensor:
     return greater_than_prob_diff(
         logits_at_last(logits, prompts.last_pos), prompts.yy, prompts.year_ids
     )
-
-
-def _feature_edits(nodes: list[FeatureNode]) -> Edits:
-    return Edits(features=[FeatureEdit(n.layer, n.pos, n.feature) for n in nodes])
 
 
 def _mean_feature_scores(attr: Attribution) -> dict[int, Tensor]:
@@ -183,17 +171,6 @@ def _top_features(scores: dict[int, Tensor], k: int) -> list[tuple[FeatureNode, 
 
 def _token(adapter: ModelAdapter, token_id: int) -> str:
     return adapter.tokenizer.decode([int(token_id)])
-
-
-def _drop_fraction(
-    model: ReplacementModel,
-    state: ReplacementState,
-    prompts: TaskPrompts,
-    edits: Edits,
-    pd_clean: float,
-) -> float:
-    pd = float(_pd(model.forward_with(state, edits, freeze=False), prompts).mean())
-    return (pd_clean - pd) / pd_clean
 
 
 def _active_features(state: ReplacementState, prompt: int | None) -> list[tuple[int, int, int]]:
@@ -284,25 +261,6 @@ def _node_checks(
     }
 
 
-@torch.no_grad()
-def _with_neurons(
-    adapter: ModelAdapter, input_ids: Tensor, layer: int, hook: Callable[[Tensor], Tensor | None]
-) -> Tensor:
-    """Logits of `input_ids` with `hook` run on (and, if it returns a tensor, replacing) the
-    neuron activations of `layer` (the input of the MLP's output projection)."""
-
-    def pre_hook(_module: torch.nn.Module, args: tuple) -> tuple | None:
-        hidden = hook(args[0])
-        return None if hidden is None else (hidden, *args[1:])
-
-    proj = adapter.blocks[layer].get_submodule(adapter.spec.mlp_out_proj)
-    handle = proj.register_forward_pre_hook(pre_hook)
-    try:
-        return adapter.forward(input_ids)
-    finally:
-        handle.remove()
-
-
 def features_vs_neurons(
     model: ReplacementModel, state: ReplacementState, prompts: TaskPrompts, layer: int, max_k: int
 ) -> dict[int, dict[str, float]]:
@@ -313,33 +271,20 @@ def features_vs_neurons(
     pd_clean = float(_pd(state.logits, prompts).mean())
     acts = state.feature_acts[layer][:, last]
     f_mean, f_order = acts.mean(0), torch.argsort(acts.var(0), descending=True)
-    seen: list[Tensor] = []
-    _with_neurons(
-        model.adapter, prompts.input_ids, layer, lambda h: seen.append(h[:, last].clone())
-    )
-    neurons = seen[0].float()
+    neurons = neuron_activations(model.adapter, prompts.input_ids, layer)[:, last].float()
     n_mean, n_order = neurons.mean(0), torch.argsort(neurons.var(0), descending=True)
     results: dict[int, dict[str, float]] = {}
     for k in range(1, max_k + 1):
-        keep_f = torch.zeros_like(f_mean, dtype=torch.bool)
-        keep_f[f_order[:k]] = True
 
-        def mean_ablate(a: Tensor, keep: Tensor = keep_f) -> Tensor:
-            a = a.clone()
-            a[:, last] = torch.where(keep, a[:, last], f_mean)
-            return a
+        def keep_features(a: Tensor, keep: Tensor = f_order[:k]) -> Tensor:
+            return keep_top(a, f_mean, keep, last)
 
-        edits = Edits(feature_fns={layer: mean_ablate}, errors=[ErrorEdit(layer, pos=last)])
+        def keep_neurons(hidden: Tensor, keep: Tensor = n_order[:k]) -> Tensor:
+            return keep_top(hidden, n_mean, keep, last)
+
+        edits = Edits(feature_fns={layer: keep_features}, errors=[ErrorEdit(layer, pos=last)])
         pd_f = float(_pd(model.forward_with(state, edits, freeze=False), prompts).mean())
-        keep_n = torch.zeros_like(n_mean, dtype=torch.bool)
-        keep_n[n_order[:k]] = True
-
-        def keep_neurons(hidden: Tensor, keep: Tensor = keep_n) -> Tensor:
-            hidden = hidden.clone()
-            hidden[:, last] = torch.where(keep, hidden[:, last], n_mean.to(hidden.dtype))
-            return hidden
-
-        logits = _with_neurons(model.adapter, prompts.input_ids, layer, keep_neurons)
+        logits = neuron_logits(model.adapter, prompts.input_ids, {layer: keep_neurons})
         pd_n = float(_pd(logits, prompts).mean())
         results[k] = {"features": pd_f / pd_clean, "neurons": pd_n / pd_clean}
     return results
@@ -479,6 +424,30 @@ def _attribute(
     return _Attributions(attr, scores, _top_features(scores, cfg.top_k), top_heads)
 
 
+def _by_target(
+    model: ReplacementModel,
+    state: ReplacementState,
+    prompts: TaskPrompts,
+    cfg: GreaterThanConfig,
+    attr: Attribution,
+) -> dict[str, Attribution]:
+    """Per ranking target, the configured one first: its attribution, `attr` for the configured
+    target and a fresh one ("linear" features, no patterns) for the others."""
+    return {
+        kind: attr
+        if kind == cfg.target
+        else attribute(
+            model,
+            state,
+            _gt_target(model, state, prompts, kind),
+            mode="linear",
+            patterns=False,
+            batch_size=16,
+        )
+        for kind in dict.fromkeys([cfg.target, "prob_diff", "logit_diff"])
+    }
+
+
 def _ablate(
     model: ReplacementModel,
     state: ReplacementState,
@@ -493,32 +462,21 @@ def _ablate(
     rng = random.Random(cfg.seed)
 
     def drop(edits: Edits) -> float:
-        return _drop_fraction(model, state, prompts, edits, pd_clean)
+        pd = float(_pd(model.forward_with(state, edits, freeze=False), prompts).mean())
+        return (pd_clean - pd) / pd_clean
 
     random_drops = [
         drop(_per_prompt_random_edits(state, cfg.n_random, rng)) for _ in range(cfg.random_draws)
     ]
     global_random = [
-        drop(_feature_edits(_random_active_features(state, cfg.n_random, rng)))
+        drop(feature_edits(_random_active_features(state, cfg.n_random, rng)))
         for _ in range(cfg.random_draws)
     ]
     variants: dict[str, dict[str, float]] = {}
-    for kind in dict.fromkeys([cfg.target, "prob_diff", "logit_diff"]):
-        kind_attr = (
-            attr
-            if kind == cfg.target
-            else attribute(
-                model,
-                state,
-                _gt_target(model, state, prompts, kind),
-                mode="linear",
-                patterns=False,
-                batch_size=16,
-            )
-        )
+    for kind, kind_attr in _by_target(model, state, prompts, cfg, attr).items():
         kind_top = [n for n, _ in _top_features(_mean_feature_scores(kind_attr), cfg.top_k)]
         variants[kind] = {
-            "same_features_every_prompt": drop(_feature_edits(kind_top)),
+            "same_features_every_prompt": drop(feature_edits(kind_top)),
             "each_prompts_own_top": drop(_per_prompt_top_edits(kind_attr, cfg.top_k)),
         }
     return {
@@ -726,12 +684,8 @@ def _cv_ablation_variants(
     half, zeroed in every prompt (real model)."""
     state, prompts = selection
     variants: dict[str, dict[str, Any]] = {}
-    for kind in dict.fromkeys([cfg.target, "prob_diff", "logit_diff"]):
-        top = found.top_features
-        if kind != cfg.target:
-            target = _gt_target(model, state, prompts, kind)
-            attr = attribute(model, state, target, mode="linear", patterns=False, batch_size=16)
-            top = _top_features(_mean_feature_scores(attr), cfg.top_k)
+    for kind, attr in _by_target(model, state, prompts, cfg, found.attribution).items():
+        top = _top_features(_mean_feature_scores(attr), cfg.top_k)
         drop, ci = half.drop(half.pd_with(model, feature_edits([n for n, _ in top])))
         variants[kind] = {"same_features_every_prompt": drop, "same_features_every_prompt_ci": ci}
     return {"ablation_variants": {"top10_by_target": variants}}
@@ -833,9 +787,9 @@ def run_greater_than(
         transcoders = load_transcoders(cfg.transcoders, device=adapter.device)
     model = ReplacementModel(adapter, transcoders)
     prompts = _prompts(adapter, cfg.n_prompts, cfg.seed)
-    selection_rows, evaluation_rows = split_prompts(prompts, cfg.seed)
-    selection = subset_prompts(prompts, selection_rows)
-    evaluation = subset_prompts(prompts, evaluation_rows)
+    selection, evaluation = (
+        take(prompts, torch.tensor(r)) for r in split_prompts(prompts, cfg.seed)
+    )
     in_sample = _in_sample(model, prompts, cfg)
     log(f"in-sample: top-{cfg.top_k} removes {in_sample['top10_ablation_drop']:.1%}")
     measured, found, state = _cross_validate(model, selection, evaluation, cfg, log)

@@ -10,7 +10,6 @@ at the same (layer, position) slots as the selected ones.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,19 +54,6 @@ def split_prompts(prompts: TaskPrompts, seed: int) -> tuple[list[int], list[int]
     selection = [i for i, t in enumerate(prompts.texts) if t in selected]
     evaluation = [i for i, t in enumerate(prompts.texts) if t not in selected]
     return selection, evaluation
-
-
-def subset_prompts(prompts: TaskPrompts, rows: Sequence[int]) -> TaskPrompts:
-    """Return the prompts at `rows` (tensor fields indexed on their first axis, `year_ids` kept)."""
-    index = torch.tensor(list(rows), dtype=torch.long)
-    return dataclasses.replace(
-        prompts,
-        input_ids=prompts.input_ids[index],
-        last_pos=prompts.last_pos[index],
-        texts=[prompts.texts[i] for i in rows],
-        answers=[prompts.answers[i] for i in rows],
-        yy=None if prompts.yy is None else prompts.yy[index],
-    )
 
 
 def prob_diff(logits: Tensor, prompts: TaskPrompts) -> Tensor:
