@@ -78,14 +78,12 @@ def test_graph_balances_at_every_expanded_node(searched):
         )
 
 
-def test_graph_json_round_trip_and_png(searched, tmp_path):
+def test_graph_json_and_png(searched, tmp_path):
     rm, state, _, result = searched
     graph = P.paths_to_graph(result, meta={"n_layers": rm.n_layers})
     path = graph.save_json(tmp_path / "graph.json")
     data = json.loads(path.read_text())
     assert {"nodes", "edges", "metadata"} <= set(data) and data["metadata"]["num_branches"] == 6
-    again = P.CircuitGraph.load_json(path)
-    assert again.edges == graph.edges and set(again.nodes) == set(graph.nodes)
     png = P.plot_graph(graph, tmp_path / "graph.png", tokens=P.graph_tokens(rm, state, 1))
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert P.path_strings(result, 3)[0].endswith(")")

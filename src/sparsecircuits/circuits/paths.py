@@ -68,25 +68,19 @@ class PathSearchResult:
 
 
 def _children(
-    model: ReplacementModel,
     state: ReplacementState,
-    node: PathNode,
     dec: Decomposition,
     k: int,
     rank: Literal["value", "abs"],
     ignore_bos: bool,
 ) -> list[PathNode]:
+    """The `k` largest one-hop contributions of `dec` (features, heads, embedding, skips) as
+    path nodes."""
     pos = int(dec.source.pos[0])
     batch = int(dec.source.batch[0])
-    candidates = [
-        c
-        for c in dec.contributions(0, ignore_bos=ignore_bos)
-        if c.kind in ("feature", "head", "embed", "skip")
-    ]
-    key_fn = (lambda c: c.value) if rank == "value" else (lambda c: abs(c.value))
-    candidates = sorted(candidates, key=key_fn, reverse=True)[:k]
+    kinds = ("feature", "head", "embed", "skip")
     out = []
-    for c in candidates:
+    for c in dec.top(k, by=rank, kinds=kinds, ignore_bos=ignore_bos):
         n = c.node
         if isinstance(n, FeatureNode):
             act = float(state.feature_acts[n.layer][batch, pos, n.feature])
@@ -153,7 +147,7 @@ def search_paths(
             node = path[-1]
             assert node.vector is not None
             dec = decompose(model, state, node.vector)
-            children = _children(model, state, node, dec, num_branches, rank, ignore_bos)
+            children = _children(state, dec, num_branches, rank, ignore_bos)
             expansions[tuple(p.key for p in path)] = Expansion(
                 contrib=node.contrib,
                 error=float(dec.error_total[0]),
@@ -228,14 +222,6 @@ class CircuitGraph:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_json(), indent=1))
         return path
-
-    @classmethod
-    def load_json(cls, path: str | Path) -> CircuitGraph:
-        """Read a graph written by `save_json`."""
-        data = json.loads(Path(path).read_text())
-        nodes = {n["key"]: GraphNode(**n) for n in data["nodes"]}
-        edges = {(e["source"], e["target"]): float(e["weight"]) for e in data["edges"]}
-        return cls(nodes, edges, data.get("metadata", {}))
 
     def top_nodes(
         self, k: int = 10, kinds: Sequence[str] = ("feature", "head", "embed")

@@ -18,7 +18,7 @@ class BlockRecord:
     """What one block computed: residuals, attention and MLP outputs `[b,p,d]`, norm scales
     `[b,p,1]`, values `[b,p,h,d_head]`, pattern `[b,h,q,k]`, the post-attention norm's scale
     `[b,p,1]` and the post-MLP norm's where it is outside the transcoder (else None) (see
-    `ReplacementState`)."""
+    `ReplacementState`; each field is named as the state's list it joins)."""
 
     resid_pre: Tensor
     resid_mid: Tensor
@@ -29,7 +29,7 @@ class BlockRecord:
     ln1_scale: Tensor
     ln2_scale: Tensor
     values: Tensor
-    pattern: Tensor
+    patterns: Tensor
     ln1_post_scale: Tensor | None = None
     ln2_post_scale: Tensor | None = None
 
@@ -37,14 +37,14 @@ class BlockRecord:
 @dataclass(frozen=True)
 class TranscoderRecord:
     """What one transcoder layer computed: `tc_in [b,p,d]`, `feature_pre`, `feature_acts`,
-    `feature_gain [b,p,d_sae]`, `tc_out`, `error [b,p,d]`."""
+    `feature_gain [b,p,d_sae]`, `tc_out`, `errors [b,p,d]` (named as the state's dicts)."""
 
     tc_in: Tensor
     feature_pre: Tensor
     feature_acts: Tensor
     feature_gain: Tensor
     tc_out: Tensor
-    error: Tensor
+    errors: Tensor
 
 
 @dataclass
@@ -106,31 +106,22 @@ class ReplacementState:
         parallel_residual: bool,
     ) -> ReplacementState:
         """The state of one run from its per-block and per-transcoder-layer records."""
+        per_block: dict[str, Any] = {
+            f.name: [getattr(b, f.name) for b in blocks] for f in fields(BlockRecord)
+        }
+        per_layer: dict[str, Any] = {
+            f.name: {layer: getattr(t, f.name) for layer, t in transcoders.items()}
+            for f in fields(TranscoderRecord)
+        }
         return cls(
             input_ids=input_ids,
             embed=embed,
-            resid_pre=[b.resid_pre for b in blocks],
-            resid_mid=[b.resid_mid for b in blocks],
-            resid_post=[b.resid_post for b in blocks],
-            attn_out=[b.attn_out for b in blocks],
-            mlp_in=[b.mlp_in for b in blocks],
-            mlp_out=[b.mlp_out for b in blocks],
-            ln1_scale=[b.ln1_scale for b in blocks],
-            ln2_scale=[b.ln2_scale for b in blocks],
-            values=[b.values for b in blocks],
-            patterns=[b.pattern for b in blocks],
-            tc_in={layer: t.tc_in for layer, t in transcoders.items()},
-            feature_pre={layer: t.feature_pre for layer, t in transcoders.items()},
-            feature_acts={layer: t.feature_acts for layer, t in transcoders.items()},
-            feature_gain={layer: t.feature_gain for layer, t in transcoders.items()},
-            tc_out={layer: t.tc_out for layer, t in transcoders.items()},
-            errors={layer: t.error for layer, t in transcoders.items()},
             ln_final_scale=ln_final_scale,
             final_normed=final_normed,
             logits=logits,
-            ln1_post_scale=[b.ln1_post_scale for b in blocks],
-            ln2_post_scale=[b.ln2_post_scale for b in blocks],
             parallel_residual=parallel_residual,
+            **per_block,
+            **per_layer,
         )
 
     @property
@@ -175,17 +166,4 @@ class ReplacementState:
                 values[f.name] = [None if t is None else t.index_select(0, index) for t in value]
             elif isinstance(value, dict):
                 values[f.name] = {k: t.index_select(0, index) for k, t in value.items()}
-        return replace(self, **values)
-
-    def detach(self) -> ReplacementState:
-        """Return the same state with every tensor detached from autograd."""
-        values: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Tensor):
-                values[f.name] = value.detach()
-            elif isinstance(value, list):
-                values[f.name] = [None if t is None else t.detach() for t in value]
-            elif isinstance(value, dict):
-                values[f.name] = {k: t.detach() for k, t in value.items()}
         return replace(self, **values)
