@@ -29,12 +29,13 @@ the heads' output space (`attn_output_vector`), before the `W_O` pull-back.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from sparsecircuits.circuits.graph.targets import token_id
 from sparsecircuits.circuits.nodes import EmbedNode, ErrorNode, FeatureNode, HeadNode, Node
 from sparsecircuits.circuits.replacement import (
     Multipliers,
@@ -259,17 +260,6 @@ def unembed_target(
     return Target("unembed", label, b, p, direction=direction, constant=constant)
 
 
-def _token_id(model: ReplacementModel, token: int | str) -> int:
-    if isinstance(token, int):
-        return token
-    ids = model.adapter.tokenizer.encode(token, add_special_tokens=False)
-    if len(ids) != 1:
-        raise SparseCircuitsError(
-            f"{token!r} is {len(ids)} tokens for this tokenizer; give a single-token string or an id"
-        )
-    return int(ids[0])
-
-
 def logit_target(
     model: ReplacementModel,
     state: ReplacementState,
@@ -278,7 +268,7 @@ def logit_target(
     batch: Sequence[int] | Tensor | None = None,
 ) -> Target:
     """Target: the logit of `token` (id or single-token string) at `pos`."""
-    tid = _token_id(model, token)
+    tid = token_id(model, token)
     coeffs = torch.zeros(model.W_U.shape[1], dtype=model.dtype, device=model.device)
     coeffs[tid] = 1.0
     return unembed_target(model, state, coeffs, f"logit[{token!r}]", pos, batch)
@@ -293,7 +283,7 @@ def logit_diff_target(
     batch: Sequence[int] | Tensor | None = None,
 ) -> Target:
     """Target: `logit(good) - logit(bad)` at `pos`."""
-    g, w = _token_id(model, good), _token_id(model, bad)
+    g, w = token_id(model, good), token_id(model, bad)
     coeffs = torch.zeros(model.W_U.shape[1], dtype=model.dtype, device=model.device)
     coeffs[g] += 1.0
     coeffs[w] -= 1.0
@@ -706,15 +696,5 @@ def target_rows(target: Target, row: int, copies: int) -> Target:
 
     Used to evaluate one prompt's target on a batch of edited copies of that prompt.
     """
-    device = target.batch.device
-    return Target(
-        target.kind,
-        target.label,
-        torch.arange(copies, device=device),
-        target.pos[row].expand(copies).clone(),
-        layer=target.layer,
-        feature=target.feature,
-        direction=None if target.direction is None else target.direction[row].expand(copies, -1),
-        constant=None if target.constant is None else target.constant[row].expand(copies).clone(),
-        meta=target.meta,
-    )
+    copied = target.take(torch.full((copies,), row, device=target.batch.device))
+    return replace(copied, batch=torch.arange(copies, device=target.batch.device))
