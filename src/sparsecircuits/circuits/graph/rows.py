@@ -208,19 +208,14 @@ class RowMaker:
         nodes: Nodes,
         batch_size: int,
         timings: dict[str, float],
-        logit_directions: Tensor | None = None,
+        logit_directions: Tensor,
     ) -> RowMaker:
-        """The targets: logits (the de-meaned unembedding columns of `nodes.logit_ids`, or the
-        given `logit_directions [K, d]` at the final norm output), then features by layer; the
-        transposed-pass engine is chosen by `choose_engine`."""
+        """The targets: the output nodes (`logit_directions [K, d]` at the final norm output,
+        `graph.targets`), then features by layer; the transposed-pass engine is chosen by
+        `choose_engine`."""
         n_layers, n_pos = replacement.n_layers, nodes.n_pos
         n_feat, n_logits, n_nodes = nodes.n_features, nodes.n_logits, nodes.n_nodes
         active = nodes.active
-        if logit_directions is None:
-            W_U = replacement.W_U
-            logit_directions = (
-                W_U[:, nodes.logit_ids.to(W_U.device)] - W_U.mean(1, keepdim=True)
-            ).T
         injections = [logit_directions.to(replacement.device, replacement.dtype)]  # [K, d]
         for layer in replacement.feature_layers:
             layer_feats = active[active[:, 0] == layer, 2].to(replacement.device)

@@ -22,11 +22,6 @@ def z_hooks(adapter: ModelAdapter) -> list[str]:
     return [f"blocks.{layer}.attn.hook_z" for layer in range(adapter.n_layers)]
 
 
-def position_mask(prompts: TaskPrompts, width: int) -> Tensor:
-    """Return `[n, width]` floats: 1 at real positions (up to each `last_pos`), 0 at padding."""
-    return (torch.arange(width)[None, :] <= prompts.last_pos[:, None]).float()
-
-
 @torch.no_grad()
 def head_outputs(adapter: ModelAdapter, prompts: TaskPrompts, batch_size: int = 64) -> Tensor:
     """Return every head's residual write averaged over each prompt's real positions:
@@ -35,9 +30,8 @@ def head_outputs(adapter: ModelAdapter, prompts: TaskPrompts, batch_size: int = 
     out = []
     for start in range(0, len(prompts), batch_size):
         ids = prompts.input_ids[start : start + batch_size]
-        mask = position_mask(
-            TaskPrompts(ids, prompts.last_pos[start : start + batch_size], [], []), ids.shape[1]
-        )
+        last = prompts.last_pos[start : start + batch_size]
+        mask = (torch.arange(ids.shape[1])[None, :] <= last[:, None]).float()  # 0 at padding
         _, cache = adapter.run_with_cache(ids.to(adapter.device), z_hooks(adapter))
         z = torch.stack([cache[name].float().cpu() for name in z_hooks(adapter)], dim=2)
         writes = torch.einsum("bplhd,lhdm->bplhm", z, w_o.cpu())  # [b, p, L, H, d_model]

@@ -27,16 +27,21 @@ def _check(scores: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
     return scores, truth
 
 
-def roc_curve(scores: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
-    """Return `(fpr [k], tpr [k])` from (0, 0) to (1, 1), one point per distinct score (ties
-    move together)."""
-    scores, truth = _check(scores, truth)
+def _sweep(scores: Tensor, truth: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thresholds from the highest score down, one per distinct score (ties move together):
+    `truth` as float64 `[n]`, and the true positives and the predicted count `[k]` at each."""
     order = torch.argsort(scores, descending=True)
     s, t = scores[order], truth[order].double()
     last_of_tie = torch.ones_like(s, dtype=torch.bool)
     last_of_tie[:-1] = s[1:] != s[:-1]
-    tp = torch.cumsum(t, 0)[last_of_tie]
-    fp = torch.cumsum(1 - t, 0)[last_of_tie]
+    return t, torch.cumsum(t, 0)[last_of_tie], torch.cumsum(torch.ones_like(t), 0)[last_of_tie]
+
+
+def roc_curve(scores: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
+    """Return `(fpr [k], tpr [k])` from (0, 0) to (1, 1), one point per distinct score (ties
+    move together)."""
+    t, tp, predicted = _sweep(*_check(scores, truth))
+    fp = predicted - tp
     n_pos, n_neg = max(float(t.sum()), 1e-12), max(float((1 - t).sum()), 1e-12)
     zero = torch.zeros(1, dtype=torch.float64)
     return torch.cat([zero, fp / n_neg]), torch.cat([zero, tp / n_pos])
@@ -61,12 +66,7 @@ def pr_auc(scores: Tensor, truth: Tensor) -> float:
     scores, truth = _check(scores, truth)
     if not bool(truth.any()):
         return math.nan
-    order = torch.argsort(scores, descending=True)
-    s, t = scores[order], truth[order].double()
-    last_of_tie = torch.ones_like(s, dtype=torch.bool)
-    last_of_tie[:-1] = s[1:] != s[:-1]
-    tp = torch.cumsum(t, 0)[last_of_tie]
-    predicted = torch.cumsum(torch.ones_like(t), 0)[last_of_tie]
+    t, tp, predicted = _sweep(scores, truth)
     precision = tp / predicted
     recall = tp / t.sum()
     steps = torch.diff(torch.cat([torch.zeros(1, dtype=torch.float64), recall]))
