@@ -66,33 +66,6 @@ def edited_layers(model: ReplacementModel, edits: Edits) -> tuple[int, ...]:
     return tuple(sorted(targets))
 
 
-def _writers(model: ReplacementModel, layers: Iterable[int]) -> dict[int, list[tuple[int, Tensor]]]:
-    """`{target: [(source, W_dec block [d_sae, d])]}` for each spliced target layer."""
-    wanted = set(layers)
-    writers: dict[int, list[tuple[int, Tensor]]] = {t: [] for t in wanted}
-    for source in model.feature_layers:
-        for target, block in model.decoders(source):
-            if target in wanted:
-                writers[target].append((source, block))
-    return writers
-
-
-def _transcoder_out(
-    model: ReplacementModel,
-    target: int,
-    acts: Mapping[int, Tensor],
-    tc_in: Tensor,
-    writers: list[tuple[int, Tensor]],
-) -> Tensor:
-    """Transcoder output `[b, p, d]` of `target` from the sources' activations (and its input for a
-    skip transcoder)."""
-    out = model.output_bias(target).expand(*tc_in.shape[:-1], -1)
-    for source, block in writers:
-        out = out + acts[source] @ block
-    skip = model.skip_weight(target)
-    return out if skip is None else out + tc_in @ skip.T
-
-
 @torch.no_grad()
 def _spliced_pass(
     model: ReplacementModel,
@@ -103,8 +76,7 @@ def _spliced_pass(
 ) -> tuple[Tensor, dict[int, Tensor], dict[int, Tensor]]:
     """One HF forward with `layers` spliced; returns logits and the (true MLP, transcoder) outputs
     of the spliced layers. Without `clean` nothing is replaced (this is the clean run)."""
-    writers = _writers(model, layers)
-    sources = sorted({s for w in writers.values() for s, _ in w})
+    sources = [s for s in model.feature_layers if any(t in layers for t, _ in model.decoders(s))]
     acts: dict[int, Tensor] = {}
     tc_ins: dict[int, Tensor] = {}
     mlp_outs: dict[int, Tensor] = {}
@@ -123,7 +95,7 @@ def _spliced_pass(
 
     def write(layer: int) -> Callable[[Tensor], Tensor | None]:
         def fn(act: Tensor) -> Tensor | None:
-            tc = _transcoder_out(model, layer, acts, tc_ins[layer], writers[layer])
+            tc = model.transcoder_output(layer, acts, tc_ins[layer])
             mlp_outs[layer], tc_outs[layer] = act.to(model.dtype), tc
             if clean is None:
                 return None

@@ -63,8 +63,8 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -89,7 +89,7 @@ from sparsecircuits.dictionaries import (
     load_transcoders,
 )
 from sparsecircuits.errors import SparseCircuitsError
-from sparsecircuits.models import ModelAdapter, NormParams
+from sparsecircuits.models import AttentionWeights, ModelAdapter, NormParams
 from sparsecircuits.models.architectures import apply_gain, norm_scale, normalize_with_scale
 from sparsecircuits.models.hooks import NormStage, pre_mlp_norm_stage, softcap
 
@@ -122,15 +122,9 @@ TRANSCODER_OUTPUTS = ("hook_mlp_out", "mlp.hook_out")
 
 
 @dataclass(frozen=True)
-class _Layer:
-    W_Q: Tensor
-    W_K: Tensor
-    W_V: Tensor
-    W_O: Tensor
-    b_Q: Tensor
-    b_K: Tensor
-    b_V: Tensor
-    b_O: Tensor
+class _Layer(AttentionWeights):
+    """One layer's attention weights (cast to the model's dtype), norms and attention settings."""
+
     ln1: NormParams
     ln2: NormParams
     attn_scale: float
@@ -247,17 +241,11 @@ class ReplacementModel:
         """Attention weights and norms of `layer`, cast to `dtype`."""
         adapter, dtype = self.adapter, self.dtype
         w = adapter.attention_weights(layer)
+        weights: dict[str, Any] = {f.name: getattr(w, f.name).to(dtype) for f in fields(w)}
         qk = adapter.qk_norms(layer)
         ln1_post, ln2_post = adapter.post_norm("attn", layer), adapter.post_norm("mlp", layer)
         return _Layer(
-            W_Q=w.W_Q.to(dtype),
-            W_K=w.W_K.to(dtype),
-            W_V=w.W_V.to(dtype),
-            W_O=w.W_O.to(dtype),
-            b_Q=w.b_Q.to(dtype),
-            b_K=w.b_K.to(dtype),
-            b_V=w.b_V.to(dtype),
-            b_O=w.b_O.to(dtype),
+            **weights,
             ln1=adapter.norm("ln1", layer).to(dtype),
             ln2=adapter.norm("ln2", layer).to(dtype),
             attn_scale=adapter.attn_scale(layer),
@@ -417,6 +405,17 @@ class ReplacementModel:
         out = blocks[0][index]
         for block in blocks[1:]:
             out = out + block[index]
+        return out
+
+    def transcoder_output(self, layer: int, acts: Mapping[int, Tensor], tc_in: Tensor) -> Tensor:
+        """Return what the transcoders write into transcoder layer `layer`'s MLP output `[b, p, d]`
+        (before a post-MLP norm): `b_dec` plus every source layer's activations `acts[source]
+        [b, p, d_sae]` times its decoder block into `layer`, plus the skip term of `tc_in`."""
+        out = self._output_bias[layer]
+        for source, block in self._writers[layer]:
+            out = out + acts[source] @ block
+        if layer in self._skip:
+            out = out + tc_in @ self._skip[layer].T
         return out
 
     def skip_weight(self, layer: int) -> Tensor | None:
@@ -708,11 +707,7 @@ class ReplacementModel:
         if layer in mults.features:
             acts = acts * mults.features[layer]
         run.feature_acts[layer] = acts  # sources before `layer` (a CLT's) are already there, edited
-        tc_out = self._output_bias[layer]
-        for source, block in self._writers[layer]:
-            tc_out = tc_out + run.feature_acts[source] @ block
-        if layer in self._skip:
-            tc_out = tc_out + tc_in @ self._skip[layer].T
+        tc_out = self.transcoder_output(layer, run.feature_acts, tc_in)
         if clean is None:
             error = self._mlp(layer, mlp_in) - tc_out
             safe_pre = torch.where(pre != 0, pre, torch.ones_like(pre))
