@@ -186,24 +186,13 @@ def _active_features(state: ReplacementState, prompt: int | None) -> list[tuple[
     ]
 
 
-def _random_active_features(
-    state: ReplacementState, n: int, rng: random.Random
-) -> list[FeatureNode]:
-    candidates = _active_features(state, None)
-    if len(candidates) < n:
-        raise SparseCircuitsError(
-            f"only {len(candidates)} active features on these prompts; need {n}"
-        )
-    return [FeatureNode(*c) for c in rng.sample(candidates, n)]
-
-
 def _per_prompt_top_edits(attr: Attribution, k: int) -> Edits:
     """Zero, in each prompt, that prompt's own `k` features with the largest attribution."""
-    edits: list[FeatureEdit] = []
-    for row in range(len(attr.target)):
-        prompt = int(attr.target.batch[row])
-        for node, _ in attr.top_features(k, row=row, by="value"):
-            edits.append(FeatureEdit(node.layer, node.pos, node.feature, batch=prompt))
+    edits = [
+        FeatureEdit(node.layer, node.pos, node.feature, batch=int(attr.target.batch[row]))
+        for row in range(len(attr.target))
+        for node, _ in attr.top_features(k, row=row, by="value")
+    ]
     return Edits(features=edits)
 
 
@@ -468,8 +457,13 @@ def _ablate(
     random_drops = [
         drop(_per_prompt_random_edits(state, cfg.n_random, rng)) for _ in range(cfg.random_draws)
     ]
+    candidates = _active_features(state, None)
+    if len(candidates) < cfg.n_random:
+        raise SparseCircuitsError(
+            f"only {len(candidates)} active features on these prompts; need {cfg.n_random}"
+        )
     global_random = [
-        drop(feature_edits(_random_active_features(state, cfg.n_random, rng)))
+        drop(feature_edits([FeatureNode(*c) for c in rng.sample(candidates, cfg.n_random)]))
         for _ in range(cfg.random_draws)
     ]
     variants: dict[str, dict[str, float]] = {}

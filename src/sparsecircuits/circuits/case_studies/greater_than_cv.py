@@ -82,8 +82,8 @@ class EvalHalf:
 
     def drop(self, pd: Tensor) -> tuple[float, list[float]]:
         """Fraction of clean PD removed, `1 - mean(pd) / mean(pd_clean)`, and its interval."""
-        low, high = ratio_interval(pd, self.pd_clean, self.boot)
-        return 1 - float(pd.mean() / self.pd_clean.mean()), [1 - high, 1 - low]
+        kept, (low, high) = self.kept(pd)
+        return 1 - kept, [1 - high, 1 - low]
 
     def kept(self, pd: Tensor) -> tuple[float, list[float]]:
         """Fraction of clean PD kept, `mean(pd) / mean(pd_clean)`, and its interval."""

@@ -318,15 +318,6 @@ def cantor_pair(layer: int, feature: int) -> int:
     return s * (s + 1) // 2 + feature
 
 
-def cantor_unpair(number: int) -> tuple[int, int]:
-    """Return (layer, feature index) from a Cantor-paired `feature` number."""
-    import math
-
-    w = (math.isqrt(8 * number + 1) - 1) // 2
-    feature = number - w * (w + 1) // 2
-    return w - feature, feature
-
-
 def _node(
     node_id: str,
     feature: int,
