@@ -231,12 +231,9 @@ class CircuitGraph:
         return sorted(nodes, key=lambda n: abs(n.contrib), reverse=True)[:k]
 
 
-def paths_to_graph(
-    result: PathSearchResult,
-    error_nodes: bool = True,
-    meta: dict[str, Any] | None = None,
-) -> CircuitGraph:
-    """Merge the search's paths into a `CircuitGraph` (paper Alg. 2), with error nodes when asked."""
+def paths_to_graph(result: PathSearchResult, meta: dict[str, Any] | None = None) -> CircuitGraph:
+    """Merge the search's paths into a `CircuitGraph` (paper Alg. 2), with an error, a bias and a
+    pruned-rest node under every expanded node."""
     nodes: dict[str, GraphNode] = {}
     edges: dict[tuple[str, str], float] = {}
     seen: set[tuple[str, ...]] = set()
@@ -266,28 +263,25 @@ def paths_to_graph(
                 g.dests.append(child.dest)
             edges[(child.key, parent.key)] = edges.get((child.key, parent.key), 0.0) + child.contrib
             kept_children[prefix[:-1]] = kept_children.get(prefix[:-1], 0.0) + child.contrib
-    if error_nodes:
-        for prefix, exp in result.expansions.items():
-            parent_key = prefix[-1]
-            if parent_key not in nodes:
-                continue
-            prune = exp.contrib - exp.error - exp.bias - kept_children.get(prefix, 0.0)
-            for kind, value in (("err", exp.error), ("bias", exp.bias), ("prune", prune)):
-                key = f"{kind}:{parent_key}"
-                owner = nodes[parent_key]
-                if key not in nodes:
-                    nodes[key] = GraphNode(
-                        key, kind, 0.0, owner.layer, owner.pos, parent=parent_key
-                    )
-                nodes[key].contrib += value
-                edges[(key, parent_key)] = edges.get((key, parent_key), 0.0) + value
+    for prefix, exp in result.expansions.items():
+        parent_key = prefix[-1]
+        if parent_key not in nodes:
+            continue
+        prune = exp.contrib - exp.error - exp.bias - kept_children.get(prefix, 0.0)
+        for kind, value in (("err", exp.error), ("bias", exp.bias), ("prune", prune)):
+            key = f"{kind}:{parent_key}"
+            owner = nodes[parent_key]
+            if key not in nodes:
+                nodes[key] = GraphNode(key, kind, 0.0, owner.layer, owner.pos, parent=parent_key)
+            nodes[key].contrib += value
+            edges[(key, parent_key)] = edges.get((key, parent_key), 0.0) + value
     info = {
         "target": result.target_label,
         "row": result.row,
         "prompt_index": result.prompt_index,
         **result.params,
+        **(meta or {}),
     }
-    info.update(meta or {})
     return CircuitGraph(nodes, edges, info)
 
 

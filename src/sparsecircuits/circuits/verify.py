@@ -76,22 +76,21 @@ def ablation_effects(
     row: int = 0,
     freeze: bool = True,
     features: Literal["frozen", "linear", "live"] = "linear",
-    base: Edits | None = None,
 ) -> Tensor:
     """Return `[len(nodes)]`: minus the change of target row `row` when each node alone is ablated.
 
-    One batched forward over copies of the prompt; `base` edits apply to every copy.
+    One batched forward over copies of the prompt.
     """
     if not nodes:
         return torch.zeros(0)
     prompt = int(target.batch[row])
     copies = len(nodes)
     sub = state.select([prompt] * copies)
-    edits = base or Edits()
+    edits = Edits()
     for k, node in enumerate(nodes):
         edits = edits + node.ablation(batch=k)
     rows_target = target_rows(target, row, copies)
-    clean = rows_target.evaluate(model.run_with(sub, base, freeze=freeze, features=features))
+    clean = rows_target.evaluate(model.run_with(sub, freeze=freeze, features=features))
     ablated = rows_target.evaluate(model.run_with(sub, edits, freeze=freeze, features=features))
     return (clean - ablated).detach().cpu()
 
