@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +98,8 @@ def saelens_cfg(dictionary: Dictionary | CrossLayerTranscoder) -> dict[str, Any]
         "hook_name": cfg.hook_in,
         "hook_name_out": cfg.hook_out,
         "hook_head_index": None,
+        **{key: cfg.training[key] for key in _METADATA_FROM_TRAINING if key in cfg.training},
     }
-    for key in _METADATA_FROM_TRAINING:
-        if key in cfg.training:
-            metadata[key] = cfg.training[key]
     from sparsecircuits import __version__
 
     return {
@@ -272,11 +271,6 @@ def _resolve_device(requested: str | torch.device | None, saved: str) -> str:
     return saved
 
 
-def _load_tensors(path: Path) -> dict[str, Tensor]:
-    # memory-mapped: the parameters become views of the file (see dictionaries/lazy.py)
-    return map_safetensors(path)
-
-
 def _complete_saelens_tensors(
     dictionary: Dictionary, raw: dict[str, Any], tensors: dict[str, Tensor]
 ) -> None:
@@ -335,10 +329,10 @@ def load(
     weights_path = folder / WEIGHTS_FILENAME
     if not weights_path.is_file():
         raise SparseCircuitsError(f"{folder} has no {WEIGHTS_FILENAME}; re-save the dictionary")
-    tensors = _load_tensors(weights_path)
+    tensors = map_safetensors(weights_path)  # the parameters become views of the file
     extra_path = folder / EXTRA_WEIGHTS_FILENAME
     if extra_path.is_file():
-        tensors.update(_load_tensors(extra_path))
+        tensors.update(map_safetensors(extra_path))
     check_parameters(tensors, where=str(weights_path))  # before completion: raw thresholds
     dictionary = make(cfg, init=False)
     if isinstance(dictionary, Dictionary):
@@ -439,13 +433,9 @@ def _layer_of(dictionary: Dictionary, folder: Path) -> int:
     layer = hook_layer(dictionary.cfg.hook_in)
     if layer is not None:
         return layer
-    digits = ""
-    for char in reversed(folder.name):
-        if not char.isdigit():
-            break
-        digits = char + digits
-    if not digits:
+    digits = re.search(r"\d+\Z", folder.name)
+    if digits is None:
         raise SparseCircuitsError(
             f"cannot tell the layer of {folder}: its hook_in {dictionary.cfg.hook_in!r} has no blocks.L and its name no digits"
         )
-    return int(digits)
+    return int(digits.group())
