@@ -26,6 +26,7 @@ from sparsecircuits.training.checkpoints import (
     RUN_FILE,
     fingerprint,
     prune_checkpoints,
+    read_run_record,
     run_record,
     run_settings,
     settings_difference,
@@ -77,10 +78,6 @@ class TrainResult:
             "tokens_per_s": round(self.tokens_per_s, 1),
             **self.metrics.get(name, {}),
         }
-
-
-def _device_of(dictionary: SparseCoder) -> torch.device:
-    return next(dictionary.parameters()).device
 
 
 def _fused_adam_ok(dictionary: torch.nn.Module) -> bool:
@@ -380,10 +377,7 @@ class Trainer:
             raise SparseCircuitsError(
                 f"{folder} is not a sparsecircuits checkpoint (no trainer_state.json)"
             )
-        try:
-            record = json.loads((folder / RUN_FILE).read_text())
-        except (OSError, ValueError):
-            record = {}
+        record = read_run_record(folder)
         if record.get("fingerprint") != self.fingerprint:
             raise SparseCircuitsError(
                 f"checkpoint {folder} belongs to a run with other settings "
@@ -405,7 +399,7 @@ class Trainer:
             self.optimizers[name].load_state_dict(state["optimizers"][name])
             counter = state["tokens_since_fired"][name]
             self.tokens_since_fired[name] = (
-                None if counter is None else counter.to(_device_of(dictionary))
+                None if counter is None else counter.to(next(dictionary.parameters()).device)
             )
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
