@@ -143,12 +143,11 @@ def pre_activations(x_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
 
 @dataclass
 class _Probe:
-    """The first rows' `x_in @ W_enc` `[rows, d_sae]` and kept counts per row; the forward
-    leaves the batch's `RowPattern` here (one object for the encoder's and decoder's backward,
-    so the entries are grouped by latent once)."""
+    """The first rows' `x_in @ W_enc` `[rows, d_sae]`; the forward leaves the batch's
+    `RowPattern` here (one object for the encoder's and decoder's backward, so the entries are
+    grouped by latent once)."""
 
     dot: Tensor
-    counts: np.ndarray
     pattern: RowPattern | None = None
 
 
@@ -326,7 +325,7 @@ def switched_encode(
     density = float(counts.sum()) / max(probe_dot.numel(), 1)
     if mode == "auto" and density > MAX_DENSITY:
         return dense(x - b_in), "dense"
-    probe = _Probe(probe_dot, counts)
+    probe = _Probe(probe_dot)
     values = _RowSparsePreActs.apply(x, b_in, W_enc, b_enc, cutoff, probe)
     assert probe.pattern is not None
     return sparse(values, probe.pattern), "sparse"

@@ -265,9 +265,8 @@ class Trainer:
                 "l0": float(parts["l0"]),
                 "dead_frac": 0.0 if dead_mask is None else float(dead_mask.float().mean()),
                 "lr": self.base_lrs[name] * factor,
+                "aux": float(parts["aux"]),
             }
-            if "aux" in parts:
-                metrics[name]["aux"] = float(parts["aux"])
             mode = step_mode_of(dictionary)
             if mode is not None:  # ReLU / JumpReLU: 1.0 when the step ran row-sparsely
                 metrics[name]["sparse_step"] = float(mode == "sparse")
