@@ -156,12 +156,11 @@ def claim_folder(out_dir: Path, fp: str, settings: dict[str, Any], overwrite: bo
     """Before a fresh (not resumed) run writes `out_dir`: with `overwrite`, delete the checkpoints
     and training log there; else raise `SparseCircuitsError` when it holds another run's
     checkpoints. Checkpoints of this very run (same settings) may stay: they are states of it."""
-    checkpoints = list_checkpoints(out_dir)
     if overwrite:
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         (out_dir / "train_log.jsonl").unlink(missing_ok=True)
         return
-    others = [c for c in checkpoints if c.fingerprint != fp]
+    others = [c for c in list_checkpoints(out_dir) if c.fingerprint != fp]
     if others:
         newest = max(others, key=lambda c: c.saved_at)
         raise SparseCircuitsError(

@@ -273,17 +273,16 @@ class Trainer:
         return metrics
 
     def _log(self, metrics: dict[str, dict[str, float]], bar: tqdm) -> None:
-        first = next(iter(metrics.values()), None)
-        if first is not None:
-            mode = {}
-            if "sparse_step" in first:
-                mode["step"] = "sparse" if first["sparse_step"] else "dense"
-            bar.set_postfix(
-                loss=f"{first['loss']:.4g}",
-                l0=f"{first['l0']:.1f}",
-                fvu=f"{first['fvu']:.3f}",
-                **mode,
-            )
+        first = next(iter(metrics.values()))  # a trainer has at least one dictionary
+        mode = {}
+        if "sparse_step" in first:
+            mode["step"] = "sparse" if first["sparse_step"] else "dense"
+        bar.set_postfix(
+            loss=f"{first['loss']:.4g}",
+            l0=f"{first['l0']:.1f}",
+            fvu=f"{first['fvu']:.3f}",
+            **mode,
+        )
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             record = {"step": self.step, "tokens": self.tokens_seen, "metrics": metrics}
