@@ -175,12 +175,10 @@ class DictionaryConfig:
     def as_dict(self) -> dict[str, Any]:
         """The config as flat JSON-ready keys, as YAML writes it: the shared fields and the
         family's settings (what `DictionaryConfig(**...)` rebuilds)."""
-        shared = {name: getattr(self, name) for name in _SHARED if name != "training"}
-        return {
-            **shared,
-            **dataclasses.asdict(self.params),
-            "training": copy.deepcopy(self.training),
-        }
+        out = {name: getattr(self, name) for name in _SHARED if name != "training"}
+        out.update(dataclasses.asdict(self.params))
+        out["training"] = copy.deepcopy(self.training)
+        return out
 
     @property
     def torch_dtype(self) -> torch.dtype:
