@@ -4,17 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
-
-
-def use_threads(n: int) -> None:
-    """Run the parallel kernels on `n` threads (capped at numba's pool size)."""
-    want = min(n, numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
-    if numba.get_num_threads() != want:
-        numba.set_num_threads(want)
 
 
 def order_key(v):  # type: ignore[no-untyped-def]  # numba matches the overloads' bare signature

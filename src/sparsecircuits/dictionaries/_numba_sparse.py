@@ -79,12 +79,3 @@ def csr_gather_dot(table: Any, cols: Any, offsets: Any, rows: Any, out: Any) -> 
             for t in range(d):
                 acc += w[t] * x[t]
             out[p] = acc
-
-
-def use_threads(n: int) -> None:
-    """Run the parallel kernels on `n` threads (capped at numba's pool size)."""
-    import numba
-
-    want = min(n, numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
-    if numba.get_num_threads() != want:
-        numba.set_num_threads(want)

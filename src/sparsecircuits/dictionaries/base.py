@@ -68,7 +68,8 @@ class CoderBase(nn.Module, ABC):
     def before_optimizer_step(self) -> None:
         """Call after `backward()`, before `optimizer.step()`: under "unit" decoder norm, remove parallel grads."""
         if self.cfg.decoder_norm == "unit":
-            self.remove_parallel_grads()
+            for weight in self.decoder_weights():
+                remove_parallel_grad(weight)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
@@ -77,12 +78,6 @@ class CoderBase(nn.Module, ABC):
             self.normalize_decoder()
         for activation, owner in self.family_views():
             activation.after_step(owner)
-
-    @torch.no_grad()
-    def remove_parallel_grads(self) -> None:
-        """Project out of each decoder row's gradient the component parallel to that row."""
-        for weight in self.decoder_weights():
-            remove_parallel_grad(weight)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -41,14 +42,19 @@ def segment_length(width: int, k: int) -> int:
 
 
 @contextlib.contextmanager
-def _launch() -> Iterator[Any]:
-    """The kernels module, on torch's thread count, one launch at a time (see `_LAUNCH`).
-    Imported here, on first use: importing numba is slow."""
-    from sparsecircuits.dictionaries import _numba_kernels as kernels
+def _launch(module: str = "_numba_kernels") -> Iterator[Any]:
+    """The kernels module `module` of this package (`_numba_kernels`, or `_numba_sparse` for
+    `sparse_step`), its parallel kernels on torch's thread count (capped at numba's pool size),
+    one launch at a time (see `_LAUNCH`). Imported here, on first use: importing numba is slow."""
+    import numba
+
     from sparsecircuits.threads import prefer_numba_workqueue
 
+    kernels = importlib.import_module(f"sparsecircuits.dictionaries.{module}")
     prefer_numba_workqueue()
-    kernels.use_threads(torch.get_num_threads())
+    want = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+    if numba.get_num_threads() != want:
+        numba.set_num_threads(want)
     with _LAUNCH:
         yield kernels
 

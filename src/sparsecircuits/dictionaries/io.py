@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,16 +93,13 @@ def saelens_cfg(dictionary: Dictionary | CrossLayerTranscoder) -> dict[str, Any]
     """The `cfg.json` mapping for `dictionary` (see module docstring)."""
     cfg = dictionary.cfg
     architecture, loadable = saelens_architecture(dictionary)
+    site = {"model_name": cfg.model_name, "hook_name": cfg.hook_in, "hook_name_out": cfg.hook_out}
     metadata: dict[str, Any] = {
         "sae_lens_version": SAELENS_FORMAT_VERSION,
-        "model_name": cfg.model_name,
-        "hook_name": cfg.hook_in,
-        "hook_name_out": cfg.hook_out,
+        **site,
         "hook_head_index": None,
+        **{key: cfg.training[key] for key in _METADATA_FROM_TRAINING if key in cfg.training},
     }
-    for key in _METADATA_FROM_TRAINING:
-        if key in cfg.training:
-            metadata[key] = cfg.training[key]
     from sparsecircuits import __version__
 
     return {
@@ -118,9 +117,7 @@ def saelens_cfg(dictionary: Dictionary | CrossLayerTranscoder) -> dict[str, Any]
             if isinstance(dictionary, CrossLayerTranscoder)
             else dictionary.activation.extra_cfg()
         ),
-        "model_name": cfg.model_name,
-        "hook_name": cfg.hook_in,
-        "hook_name_out": cfg.hook_out,
+        **site,
         "metadata": metadata,
         "sparsecircuits": {
             "format_version": FORMAT_VERSION,
@@ -138,9 +135,7 @@ def saelens_weights(dictionary: Dictionary | CrossLayerTranscoder) -> dict[str, 
     A cross-layer transcoder has no SAELens view: its whole state dict is returned.
     """
     if isinstance(dictionary, CrossLayerTranscoder):
-        return {
-            name: t.detach().to("cpu").contiguous() for name, t in dictionary.state_dict().items()
-        }
+        return _on_cpu(dictionary.state_dict())
     with torch.no_grad():
         tensors: dict[str, Tensor] = {"W_dec": dictionary.W_dec, "b_dec": dictionary.b_dec}
         if dictionary.W_enc is not None:  # tied (matching pursuit) dictionaries have no encoder
@@ -149,19 +144,24 @@ def saelens_weights(dictionary: Dictionary | CrossLayerTranscoder) -> dict[str, 
         if dictionary.W_skip is not None:
             tensors["W_skip"] = dictionary.W_skip
         tensors.update(dictionary.activation.saelens_weights())
-        return {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+        return _on_cpu(tensors)
+
+
+def _on_cpu(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """`tensors` detached, contiguous, on the CPU (what safetensors writes)."""
+    return {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
 
 
 def _extra_weights(
     dictionary: Dictionary | CrossLayerTranscoder, saelens_view: dict[str, Tensor]
 ) -> dict[str, Tensor]:
     """Our state-dict tensors that the SAELens view lacks or stores differently."""
-    extra = {}
-    for name, tensor in dictionary.state_dict().items():
-        tensor = tensor.detach().to("cpu").contiguous()
-        if name not in saelens_view or not torch.equal(saelens_view[name], tensor):
-            extra[name] = tensor
-    return extra
+    ours = _on_cpu(dictionary.state_dict())
+    return {
+        name: tensor
+        for name, tensor in ours.items()
+        if name not in saelens_view or not torch.equal(saelens_view[name], tensor)
+    }
 
 
 def save_dictionary(dictionary: Dictionary | CrossLayerTranscoder, folder: str | Path) -> Path:
@@ -272,11 +272,6 @@ def _resolve_device(requested: str | torch.device | None, saved: str) -> str:
     return saved
 
 
-def _load_tensors(path: Path) -> dict[str, Tensor]:
-    # memory-mapped: the parameters become views of the file (see dictionaries/lazy.py)
-    return map_safetensors(path)
-
-
 def _complete_saelens_tensors(
     dictionary: Dictionary, raw: dict[str, Any], tensors: dict[str, Tensor]
 ) -> None:
@@ -335,10 +330,10 @@ def load(
     weights_path = folder / WEIGHTS_FILENAME
     if not weights_path.is_file():
         raise SparseCircuitsError(f"{folder} has no {WEIGHTS_FILENAME}; re-save the dictionary")
-    tensors = _load_tensors(weights_path)
+    tensors = map_safetensors(weights_path)  # the parameters become views of the file
     extra_path = folder / EXTRA_WEIGHTS_FILENAME
     if extra_path.is_file():
-        tensors.update(_load_tensors(extra_path))
+        tensors.update(map_safetensors(extra_path))
     check_parameters(tensors, where=str(weights_path))  # before completion: raw thresholds
     dictionary = make(cfg, init=False)
     if isinstance(dictionary, Dictionary):
@@ -439,13 +434,9 @@ def _layer_of(dictionary: Dictionary, folder: Path) -> int:
     layer = hook_layer(dictionary.cfg.hook_in)
     if layer is not None:
         return layer
-    digits = ""
-    for char in reversed(folder.name):
-        if not char.isdigit():
-            break
-        digits = char + digits
-    if not digits:
+    digits = re.search(r"\d+\Z", folder.name)
+    if digits is None:
         raise SparseCircuitsError(
             f"cannot tell the layer of {folder}: its hook_in {dictionary.cfg.hook_in!r} has no blocks.L and its name no digits"
         )
-    return int(digits)
+    return int(digits.group())

@@ -3,11 +3,10 @@ math and the whole backward touch only the kept pre-activations (docs/internals.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -60,19 +59,6 @@ def step_mode_of(coder: Any) -> str | None:
     return getattr(activation, "step_mode", None)
 
 
-@contextlib.contextmanager
-def _numba() -> Iterator[Any]:
-    """The kernels module on torch's thread count, one launch at a time (shared with the TopK
-    kernels: numba's fallback threading layer aborts on concurrent launches)."""
-    from sparsecircuits import threads
-    from sparsecircuits.dictionaries import _numba_sparse
-
-    threads.prefer_numba_workqueue()
-    _numba_sparse.use_threads(torch.get_num_threads())
-    with cpu_topk._LAUNCH:
-        yield _numba_sparse
-
-
 class RowPattern:
     """Which pre-activations a step keeps, CSR by token: `cols [nnz]` (latents, increasing within
     a row) and `offsets [n + 1]` (row r is `offsets[r]:offsets[r + 1]`), int64."""
@@ -109,7 +95,7 @@ def _extract(dot: Tensor, bias: Tensor, cutoff: Tensor) -> tuple[Tensor, Tensor,
     above `cutoff [d_sae]` (or NaN), by row, latents increasing."""
     dot_np, bias_np, cut_np = (t.detach().contiguous().numpy() for t in (dot, bias, cutoff))
     keep = _mark_buffer(*dot_np.shape)
-    with _numba() as nb:
+    with cpu_topk._launch("_numba_sparse") as nb:
         counts = np.empty(dot_np.shape[0], np.int64)
         nb.mark_above(dot_np, bias_np, cut_np, keep, counts)
         offsets = np.zeros(dot_np.shape[0] + 1, np.int64)
@@ -135,7 +121,7 @@ def _count(dot: Tensor, bias: Tensor, cutoff: Tensor) -> np.ndarray:
     """Kept entries per row of `dot [rows, d_sae] + bias` (as `_extract`), int64 `[rows]`."""
     counts = np.empty(dot.shape[0], np.int64)
     arrays = (t.detach().contiguous().numpy() for t in (dot, bias, cutoff))
-    with _numba() as nb:
+    with cpu_topk._launch("_numba_sparse") as nb:
         nb.count_above(*arrays, counts)
     return counts
 
@@ -157,12 +143,11 @@ def pre_activations(x_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
 
 @dataclass
 class _Probe:
-    """The first rows' `x_in @ W_enc` `[rows, d_sae]` and kept counts per row; the forward
-    leaves the batch's `RowPattern` here (one object for the encoder's and decoder's backward,
-    so the entries are grouped by latent once)."""
+    """The first rows' `x_in @ W_enc` `[rows, d_sae]`; the forward leaves the batch's
+    `RowPattern` here (one object for the encoder's and decoder's backward, so the entries are
+    grouped by latent once)."""
 
     dot: Tensor
-    counts: np.ndarray
     pattern: RowPattern | None = None
 
 
@@ -246,7 +231,7 @@ class _RowSparseDecode(torch.autograd.Function):
 def _gather_dot(table: Tensor, pattern: RowPattern, rows: Tensor) -> Tensor:
     """`out[p] = table[cols[p]] · rows[row p]`, `[nnz]` (fp32, CPU)."""
     out = np.empty(pattern.cols.shape[0], np.float32)
-    with _numba() as nb:
+    with cpu_topk._launch("_numba_sparse") as nb:
         nb.csr_gather_dot(
             table.detach().contiguous().numpy(),
             pattern.cols.numpy(),
@@ -340,7 +325,7 @@ def switched_encode(
     density = float(counts.sum()) / max(probe_dot.numel(), 1)
     if mode == "auto" and density > MAX_DENSITY:
         return dense(x - b_in), "dense"
-    probe = _Probe(probe_dot, counts)
+    probe = _Probe(probe_dot)
     values = _RowSparsePreActs.apply(x, b_in, W_enc, b_enc, cutoff, probe)
     assert probe.pattern is not None
     return sparse(values, probe.pattern), "sparse"

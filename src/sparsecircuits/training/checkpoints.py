@@ -64,6 +64,14 @@ def run_record(fp: str, settings: dict[str, Any], step: int) -> str:
     return json.dumps(record, indent=1, default=str)
 
 
+def read_run_record(folder: Path) -> dict[str, Any]:
+    """The `run.json` of checkpoint `folder` ({} when it has none or it is unreadable)."""
+    try:
+        return json.loads((folder / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def list_checkpoints(out_dir: str | Path) -> list[CheckpointInfo]:
     """Every complete `step_*` checkpoint under `out_dir/checkpoints`, lowest step first.
 
@@ -72,10 +80,7 @@ def list_checkpoints(out_dir: str | Path) -> list[CheckpointInfo]:
     for path in sorted((Path(out_dir) / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")):
         if not (path / "trainer_state.json").is_file():
             continue
-        try:
-            record = json.loads((path / RUN_FILE).read_text())
-        except (OSError, ValueError):
-            record = {}
+        record = read_run_record(path)
         try:
             step = int(path.name[len(CHECKPOINT_PREFIX) :])
         except ValueError:
@@ -151,12 +156,11 @@ def claim_folder(out_dir: Path, fp: str, settings: dict[str, Any], overwrite: bo
     """Before a fresh (not resumed) run writes `out_dir`: with `overwrite`, delete the checkpoints
     and training log there; else raise `SparseCircuitsError` when it holds another run's
     checkpoints. Checkpoints of this very run (same settings) may stay: they are states of it."""
-    checkpoints = list_checkpoints(out_dir)
     if overwrite:
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         (out_dir / "train_log.jsonl").unlink(missing_ok=True)
         return
-    others = [c for c in checkpoints if c.fingerprint != fp]
+    others = [c for c in list_checkpoints(out_dir) if c.fingerprint != fp]
     if others:
         newest = max(others, key=lambda c: c.saved_at)
         raise SparseCircuitsError(

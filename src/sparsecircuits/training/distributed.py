@@ -204,10 +204,8 @@ class DistributedTrainer(Trainer):
             self._stop_signal = "SIGTERM (on another rank)"
 
     def _average_metrics(self, metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        names = sorted(metrics)
-        keys = [k for k in ("loss", "fvu", "l0", "aux") if all(k in metrics[n] for n in names)]
-        if not names or not keys:
-            return metrics
+        names = sorted(metrics)  # never empty: a trainer has at least one dictionary
+        keys = ("loss", "fvu", "l0", "aux")
         values = torch.tensor(
             [[metrics[n][k] for k in keys] for n in names],
             dtype=torch.float64,

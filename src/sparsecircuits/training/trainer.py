@@ -26,6 +26,7 @@ from sparsecircuits.training.checkpoints import (
     RUN_FILE,
     fingerprint,
     prune_checkpoints,
+    read_run_record,
     run_record,
     run_settings,
     settings_difference,
@@ -77,10 +78,6 @@ class TrainResult:
             "tokens_per_s": round(self.tokens_per_s, 1),
             **self.metrics.get(name, {}),
         }
-
-
-def _device_of(dictionary: SparseCoder) -> torch.device:
-    return next(dictionary.parameters()).device
 
 
 def _fused_adam_ok(dictionary: torch.nn.Module) -> bool:
@@ -268,26 +265,24 @@ class Trainer:
                 "l0": float(parts["l0"]),
                 "dead_frac": 0.0 if dead_mask is None else float(dead_mask.float().mean()),
                 "lr": self.base_lrs[name] * factor,
+                "aux": float(parts["aux"]),
             }
-            if "aux" in parts:
-                metrics[name]["aux"] = float(parts["aux"])
             mode = step_mode_of(dictionary)
             if mode is not None:  # ReLU / JumpReLU: 1.0 when the step ran row-sparsely
                 metrics[name]["sparse_step"] = float(mode == "sparse")
         return metrics
 
     def _log(self, metrics: dict[str, dict[str, float]], bar: tqdm) -> None:
-        first = next(iter(metrics.values()), None)
-        if first is not None:
-            mode = {}
-            if "sparse_step" in first:
-                mode["step"] = "sparse" if first["sparse_step"] else "dense"
-            bar.set_postfix(
-                loss=f"{first['loss']:.4g}",
-                l0=f"{first['l0']:.1f}",
-                fvu=f"{first['fvu']:.3f}",
-                **mode,
-            )
+        first = next(iter(metrics.values()))  # a trainer has at least one dictionary
+        mode = {}
+        if "sparse_step" in first:
+            mode["step"] = "sparse" if first["sparse_step"] else "dense"
+        bar.set_postfix(
+            loss=f"{first['loss']:.4g}",
+            l0=f"{first['l0']:.1f}",
+            fvu=f"{first['fvu']:.3f}",
+            **mode,
+        )
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             record = {"step": self.step, "tokens": self.tokens_seen, "metrics": metrics}
@@ -380,10 +375,7 @@ class Trainer:
             raise SparseCircuitsError(
                 f"{folder} is not a sparsecircuits checkpoint (no trainer_state.json)"
             )
-        try:
-            record = json.loads((folder / RUN_FILE).read_text())
-        except (OSError, ValueError):
-            record = {}
+        record = read_run_record(folder)
         if record.get("fingerprint") != self.fingerprint:
             raise SparseCircuitsError(
                 f"checkpoint {folder} belongs to a run with other settings "
@@ -405,7 +397,7 @@ class Trainer:
             self.optimizers[name].load_state_dict(state["optimizers"][name])
             counter = state["tokens_since_fired"][name]
             self.tokens_since_fired[name] = (
-                None if counter is None else counter.to(_device_of(dictionary))
+                None if counter is None else counter.to(next(dictionary.parameters()).device)
             )
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])

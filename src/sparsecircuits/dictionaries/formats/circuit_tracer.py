@@ -44,8 +44,8 @@ from sparsecircuits.dictionaries.formats.common import (
     log_threshold,
     own_block,
     read_mapping,
-    read_tensors,
 )
+from sparsecircuits.dictionaries.lazy import map_safetensors
 from sparsecircuits.dictionaries.transcoders import PerLayerTranscoders
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.hub import local_file
@@ -117,11 +117,12 @@ def read(
         )
     files = _listed_files(folder, config) if "transcoders" in config else _layer_files(folder)
     stored_layers = (config.get(OWN_KEY) or {}).get("layers") or {}
-    result: dict[int, Dictionary] = {}
-    for layer, file in enumerate(files):
-        stored = stored_layers.get(str(layer))
-        result[layer] = read_layer_file(file, layer, config, stored, device)
-    return PerLayerTranscoders(result)
+    return PerLayerTranscoders(
+        {
+            layer: read_layer_file(file, layer, config, stored_layers.get(str(layer)), device)
+            for layer, file in enumerate(files)
+        }
+    )
 
 
 def _listed_files(folder: Path, config: dict[str, Any]) -> list[Path]:
@@ -176,18 +177,14 @@ def read_layer_file(
     hooks from the set's `config`."""
     hook_in = _our_hook(str(config.get("feature_input_hook", "mlp.hook_in")), layer)
     hook_out = _our_hook(str(config.get("feature_output_hook", "mlp.hook_out")), layer)
-    site = {
-        "hook_in": hook_in,
-        "hook_out": hook_out,
-        "model_name": str(config.get("model_name") or ""),
-    }
+    model_name = str(config.get("model_name") or "")
     if file.suffix == ".npz" or gemma_scope.is_gemma_scope_2_file(file):
         read_one = gemma_scope.read_npz if file.suffix == ".npz" else gemma_scope.read_gemma_scope_2
         dictionary = read_one(file, device)
         dictionary.cfg.hook_in, dictionary.cfg.hook_out = hook_in, hook_out
-        dictionary.cfg.model_name = site["model_name"] or dictionary.cfg.model_name
+        dictionary.cfg.model_name = model_name or dictionary.cfg.model_name
         return dictionary
-    raw = read_tensors(file)
+    raw = map_safetensors(file)
     where = str(file)
     known = {"W_enc", "W_dec", "b_enc", "b_dec", THRESHOLD_KEY, "W_skip", "k"}
     unknown = sorted(set(raw) - known)
@@ -200,11 +197,10 @@ def read_layer_file(
     tensors: dict[str, Tensor] = {
         "W_enc": raw["W_enc"].T.contiguous(),
         "b_enc": raw["b_enc"],
-        "b_in": torch.zeros(raw["W_enc"].shape[1], dtype=raw["W_dec"].dtype),
         "W_dec": raw["W_dec"],
         "b_dec": raw["b_dec"],
     }
-    fields: dict[str, Any] = dict(site)
+    fields: dict[str, Any] = {"hook_in": hook_in, "hook_out": hook_out, "model_name": model_name}
     if config.get("activation") == "topk" or "k" in raw:
         k = config.get("k", int(raw["k"]) if "k" in raw else None)
         if k is None:
@@ -237,23 +233,17 @@ def _read_clt(
             f"{folder}: a circuit-tracer cross-layer transcoder needs W_enc_0..W_enc_{{L-1}}.safetensors (found {numbers})"
         )
     n_layers = len(numbers)
-    enc = [read_tensors(folder / f"W_enc_{i}.safetensors") for i in numbers]
-    decoders = []
+    enc = [map_safetensors(folder / f"W_enc_{i}.safetensors") for i in numbers]
+    tensors: dict[str, Tensor] = {}
     for i in numbers:
         path = folder / f"W_dec_{i}.safetensors"
         if not path.is_file():
             raise SparseCircuitsError(f"{folder} lacks W_dec_{i}.safetensors")
-        decoders.append(read_tensors(path)[f"W_dec_{i}"])
+        tensors[f"W_dec.{i}"] = map_safetensors(path)[f"W_dec_{i}"]
+    tensors["W_enc"] = torch.stack([e[f"W_enc_{i}"].T for i, e in enumerate(enc)])
+    for name in ("b_enc", "b_dec"):
+        tensors[name] = torch.stack([e[f"{name}_{i}"] for i, e in enumerate(enc)])
     jumprelu = "threshold_0" in enc[0]
-    W_enc = torch.stack([e[f"W_enc_{i}"].T for i, e in enumerate(enc)])
-    tensors: dict[str, Tensor] = {
-        "W_enc": W_enc,
-        "b_enc": torch.stack([e[f"b_enc_{i}"] for i, e in enumerate(enc)]),
-        "b_dec": torch.stack([e[f"b_dec_{i}"] for i, e in enumerate(enc)]),
-        "b_in": torch.zeros(n_layers, W_enc.shape[1], dtype=W_enc.dtype),
-    }
-    for i, W_dec in enumerate(decoders):
-        tensors[f"W_dec.{i}"] = W_dec
     if jumprelu:
         thresholds = torch.stack([e[f"threshold_{i}"].reshape(-1) for i, e in enumerate(enc)])
         tensors["log_threshold"] = log_threshold(thresholds, str(folder))

@@ -15,7 +15,7 @@ from sparsecircuits.config import dtype_name
 from sparsecircuits.dictionaries.base import Dictionary
 from sparsecircuits.dictionaries.clt import CrossLayerTranscoder
 from sparsecircuits.dictionaries.config import DictionaryConfig
-from sparsecircuits.dictionaries.io import _load_tensors, _resolve_device
+from sparsecircuits.dictionaries.io import _resolve_device
 from sparsecircuits.errors import SparseCircuitsError
 
 # the key under which writers store our own config beside a library's (ignored by the library)
@@ -30,12 +30,16 @@ def build(
 ) -> Dictionary | CrossLayerTranscoder:
     """Our dictionary from config `fields` and a complete state dict `tensors` in our naming
     (`W_enc [d_in, d_sae]`, `b_in`, `b_enc`, `W_dec [d_sae, d_out]`, `b_dec`, ...; a CLT's
-    family state stacked). `d_in`, `d_sae` and `d_out` are those of `W_enc` and `W_dec`, dtype
-    that of `W_dec`; `device` defaults to the CPU.
+    family state stacked). A missing `b_in` is zero (the libraries' formats have no input
+    bias). `d_in`, `d_sae` and `d_out` are those of `W_enc` and `W_dec`, dtype that of
+    `W_dec`; `device` defaults to the CPU.
 
     Raises `SparseCircuitsError` naming `where` when the tensors do not fit the config.
     """
-    decoder, (d_in, d_sae) = _decoder(tensors), tensors["W_enc"].shape[-2:]
+    decoder = tensors["W_dec"] if "W_dec" in tensors else tensors["W_dec.0"]
+    W_enc = tensors["W_enc"]
+    d_in, d_sae = W_enc.shape[-2:]
+    tensors.setdefault("b_in", torch.zeros(W_enc.shape[:-1], dtype=decoder.dtype))
     fields = {"dtype": dtype_name(decoder.dtype), **fields, "d_in": d_in, "d_sae": d_sae}
     fields["d_out"] = decoder.shape[-1]
     fields["device"] = _resolve_device(device, "cpu")
@@ -49,10 +53,6 @@ def build(
 
     check_parameters(tensors, where=where)
     return load_weights(make(cfg, init=False), tensors, where)
-
-
-def _decoder(tensors: dict[str, Tensor]) -> Tensor:
-    return tensors["W_dec"] if "W_dec" in tensors else tensors["W_dec.0"]
 
 
 def log_threshold(threshold: Tensor, where: str) -> Tensor:
@@ -71,11 +71,6 @@ def log_threshold(threshold: Tensor, where: str) -> Tensor:
         )
     tiny = torch.finfo(threshold.dtype).tiny
     return threshold.clamp_min(tiny).log()
-
-
-def read_tensors(path: Path) -> dict[str, Tensor]:
-    """All tensors of a safetensors file on the CPU (`SparseCircuitsError` when unreadable)."""
-    return _load_tensors(path)
 
 
 def read_mapping(path: Path) -> dict[str, Any]:

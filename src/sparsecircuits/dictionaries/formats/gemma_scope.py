@@ -33,8 +33,8 @@ from sparsecircuits.dictionaries.formats.common import (
     build,
     log_threshold,
     read_mapping,
-    read_tensors,
 )
+from sparsecircuits.dictionaries.lazy import map_safetensors
 from sparsecircuits.dictionaries.transcoders import PerLayerTranscoders
 from sparsecircuits.errors import SparseCircuitsError
 
@@ -122,20 +122,11 @@ def _jumprelu(
 ) -> Dictionary:
     """A JumpReLU `Dictionary` from `W_enc [d_in, d_sae]`, `W_dec`, `b_enc`, `b_dec`,
     `threshold` and optional `W_skip [d_out, d_in]` (no input bias)."""
-    W_enc, W_dec = tensors["W_enc"], tensors["W_dec"]
-    if W_enc.ndim != 2 or W_dec.ndim != 2:
+    if tensors["W_enc"].ndim != 2 or tensors["W_dec"].ndim != 2:
         raise SparseCircuitsError(f"{where}: expected 2-D encoder and decoder matrices")
     kind = "skip_transcoder" if "W_skip" in tensors else fields["kind"]
-    ours = {
-        "W_enc": W_enc,
-        "b_enc": tensors["b_enc"],
-        "b_in": torch.zeros(W_enc.shape[0], dtype=W_dec.dtype),
-        "W_dec": W_dec,
-        "b_dec": tensors["b_dec"],
-        "activation.log_threshold": log_threshold(tensors["threshold"], where),
-    }
-    if "W_skip" in tensors:
-        ours["W_skip"] = tensors["W_skip"]
+    ours = {name: t for name, t in tensors.items() if name != "threshold"}
+    ours["activation.log_threshold"] = log_threshold(tensors["threshold"], where)
     built = build({**fields, "architecture": "jumprelu", "kind": kind}, ours, where, device)
     assert isinstance(built, Dictionary)
     return built
@@ -195,7 +186,7 @@ def _gemma_scope_2_fields(path: Path, transcoder: bool = False) -> dict[str, Any
 
 def read_gemma_scope_2(path: Path, device: str | torch.device | None) -> Dictionary:
     """The Gemma Scope 2 SAE or (skip) transcoder in `path` (a `params.safetensors`)."""
-    raw = read_tensors(path)
+    raw = map_safetensors(path)
     missing = sorted({"w_enc", "w_dec", "b_enc", "b_dec", "threshold"} - set(raw))
     if missing:
         raise SparseCircuitsError(f"{path}: not a Gemma Scope 2 file (lacks {', '.join(missing)})")
@@ -203,12 +194,9 @@ def read_gemma_scope_2(path: Path, device: str | torch.device | None) -> Diction
         raise SparseCircuitsError(
             f"{path} is one layer of a Gemma Scope 2 cross-layer transcoder; pass its folder to load_transcoders"
         )
+    # Gemma Scope 2 spells our names in lower case
     tensors = {
-        "W_enc": raw["w_enc"],
-        "W_dec": raw["w_dec"],
-        "b_enc": raw["b_enc"],
-        "b_dec": raw["b_dec"],
-        "threshold": raw["threshold"],
+        name: raw[name.lower()] for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
     }
     if "affine_skip_connection" in raw:
         tensors["W_skip"] = raw["affine_skip_connection"].T.contiguous()
@@ -235,7 +223,7 @@ def read_gemma_scope_2_folder(
     files = gemma_scope_2_clt_files(folder)
     if not files:
         raise SparseCircuitsError(f"{folder} holds no Gemma Scope 2 layer files")
-    first = read_tensors(files[0])
+    first = map_safetensors(files[0])
     if first["w_dec"].ndim == 3:
         return read_gemma_scope_2_clt(files, device, str(folder))
     coders = [read_gemma_scope_2(file, device) for file in files]
@@ -246,7 +234,7 @@ def read_gemma_scope_2_clt(
     files: list[Path], device: str | torch.device | None, where: str
 ) -> CrossLayerTranscoder:
     """The Gemma Scope 2 cross-layer transcoder whose per-layer files are `files` (layer order)."""
-    per_layer = [read_tensors(file) for file in files]
+    per_layer = [map_safetensors(file) for file in files]
     n_layers = len(per_layer)
     for file, raw in zip(files, per_layer, strict=True):
         if "affine_skip_connection" in raw:
@@ -259,15 +247,12 @@ def read_gemma_scope_2_clt(
                 f"{file}: w_dec has shape {tuple(raw['w_dec'].shape)}; a {n_layers}-layer "
                 "cross-layer transcoder needs [d_sae, n_layers, d_out] (are files missing?)"
             )
-    tensors: dict[str, Tensor] = {
-        "W_enc": torch.stack([raw["w_enc"] for raw in per_layer]),
-        "b_enc": torch.stack([raw["b_enc"] for raw in per_layer]),
-        "b_dec": torch.stack([raw["b_dec"] for raw in per_layer]),
-        "log_threshold": log_threshold(torch.stack([raw["threshold"] for raw in per_layer]), where),
+    tensors = {
+        name: torch.stack([raw[name.lower()] for raw in per_layer])
+        for name in ("W_enc", "b_enc", "b_dec")
     }
-    tensors["b_in"] = torch.zeros(
-        n_layers, per_layer[0]["w_enc"].shape[0], dtype=tensors["b_dec"].dtype
-    )
+    thresholds = torch.stack([raw["threshold"] for raw in per_layer])
+    tensors["log_threshold"] = log_threshold(thresholds, where)
     for layer, raw in enumerate(per_layer):
         tensors[f"W_dec.{layer}"] = raw["w_dec"][:, layer:, :].contiguous()
     site = _gemma_scope_2_fields(files[0], transcoder=True)

@@ -56,8 +56,6 @@ HOOK_TABLE: tuple[HookRow, ...] = (
             ("model.layers.{L}.output",), ("res",)),
 )  # fmt: skip
 
-LIBRARIES = ("circuit_tracer", "sparsify", "huggingface", "gemma_scope")
-
 
 def _pattern(name: str) -> re.Pattern[str]:
     return re.compile(re.escape(name).replace(re.escape("{L}"), r"(\d+)") + r"\Z")

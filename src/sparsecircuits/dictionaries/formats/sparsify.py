@@ -39,9 +39,9 @@ from sparsecircuits.dictionaries.formats.common import (
     cpu,
     own_block,
     read_mapping,
-    read_tensors,
     stored_config,
 )
+from sparsecircuits.dictionaries.lazy import map_safetensors
 from sparsecircuits.dictionaries.transcoders import PerLayerTranscoders
 from sparsecircuits.errors import SparseCircuitsError
 
@@ -79,15 +79,19 @@ def read(folder: Path, device: str | torch.device | None) -> Dictionary:
         raise SparseCircuitsError(
             f"{where}: sparsify activation {activation!r} has no counterpart here (only topk is read)"
         )
-    raw = read_tensors(folder / WEIGHTS_FILENAME)
+    raw = map_safetensors(folder / WEIGHTS_FILENAME)
     missing = sorted({"encoder.weight", "encoder.bias", "W_dec", "b_dec"} - set(raw))
     if missing:
         raise SparseCircuitsError(f"{folder / WEIGHTS_FILENAME}: lacks {', '.join(missing)}")
-    transcode, early = _transcode(cfg, folder)
+    run_path = folder.parent / RUN_CONFIG_FILENAME
+    run = read_mapping(run_path) if run_path.is_file() else {}
+    transcode = bool(cfg["transcode"] if "transcode" in cfg else run.get("transcode", False))
     if not transcode and "W_skip" in raw:
         raise SparseCircuitsError(f"{where}: an SAE with a skip connection is not supported")
     b_dec = raw["b_dec"]
-    # an SAE (and an early transcoder) encodes x - b_dec: that is our input bias
+    # an SAE (and an early transcoder, whose cfg.json lacks `transcode`: module docstring)
+    # encodes x - b_dec: that is our input bias
+    early = "transcode" not in cfg
     b_in = b_dec.clone() if (not transcode or early) else torch.zeros_like(b_dec)
     tensors: dict[str, Tensor] = {
         "W_enc": raw["encoder.weight"].T.contiguous(),
@@ -105,28 +109,12 @@ def read(folder: Path, device: str | torch.device | None) -> Dictionary:
         "architecture": "topk",
         "kind": kind,
         "k": int(cfg.get("k", 32)),
-        "model_name": _model_name(folder),
+        "model_name": str(run.get("model") or ""),
         **_hooks(folder.name, transcode),
     }
     built = build(combine(fields, stored_config(cfg)), tensors, where, device)
     assert isinstance(built, Dictionary)
     return built
-
-
-def _transcode(cfg: dict[str, Any], folder: Path) -> tuple[bool, bool]:
-    """`(transcoder?, early transcoder that encodes x - b_dec?)` of a coder's `cfg.json`."""
-    if "transcode" in cfg:
-        return bool(cfg["transcode"]), False
-    run = folder.parent / RUN_CONFIG_FILENAME
-    transcode = bool(read_mapping(run).get("transcode", False)) if run.is_file() else False
-    return transcode, transcode
-
-
-def _model_name(folder: Path) -> str:
-    run = folder.parent / RUN_CONFIG_FILENAME
-    if not run.is_file():
-        return ""
-    return str(read_mapping(run).get("model") or "")
 
 
 def _hooks(hookpoint: str, transcode: bool) -> dict[str, str]:

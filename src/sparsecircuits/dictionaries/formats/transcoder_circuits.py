@@ -76,6 +76,8 @@ def read(path: Path, device: str | torch.device | None) -> Dictionary:
         raise SparseCircuitsError(f"{where}: state_dict lacks {', '.join(missing)}")
     tensors: dict[str, Tensor] = {name: t for name, t in state.items() if isinstance(t, Tensor)}
     transcoder = bool(cfg.get("is_transcoder")) or "b_dec_out" in tensors
+    if transcoder and "b_dec_out" not in tensors:
+        raise SparseCircuitsError(f"{where}: a transcoder checkpoint without b_dec_out")
     ours = {
         "W_enc": tensors["W_enc"],
         "b_enc": tensors["b_enc"],
@@ -83,13 +85,10 @@ def read(path: Path, device: str | torch.device | None) -> Dictionary:
         "W_dec": tensors["W_dec"],
         "b_dec": tensors["b_dec_out"] if transcoder else tensors["b_dec"],
     }
-    if transcoder and "b_dec_out" not in tensors:
-        raise SparseCircuitsError(f"{where}: a transcoder checkpoint without b_dec_out")
-    hook_in = str(cfg.get("hook_point") or "")
     fields: dict[str, Any] = {
         "architecture": "relu",
         "kind": "transcoder" if transcoder else "sae",
-        "hook_in": hook_in,
+        "hook_in": str(cfg.get("hook_point") or ""),
         "model_name": str(cfg.get("model_name") or ""),
     }
     if transcoder:
