@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from pathlib import Path
 
 from sparsecircuits.cli.common import at_least, check_out_folder, config_from_args
 from sparsecircuits.errors import SparseCircuitsError
@@ -124,6 +123,6 @@ def run(args: argparse.Namespace) -> int:
             for seed_dir in out.glob("seed*"):
                 shutil.rmtree(seed_dir, ignore_errors=True)
         rows = run_convergence(cfg, quiet=args.quiet)
-    write_report(Path(out), rows, cfg)
+    write_report(out, rows, cfg)
     print((out / "table.md").read_text())
     return 0
