@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-TASK_CHOICES = ("ioi", "greater-than", "docstring")
+from sparsecircuits.circuits.identify.task_pairs import TASKS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "precision/recall/F1) against a per-head activation-patching ground truth next to "
         "attribution patching and transcoder attributions; writes summary.json and roc.png.",
     )
-    p.add_argument("task", choices=TASK_CHOICES)
+    p.add_argument("task", choices=TASKS)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default="embedded")
     p.add_argument(
