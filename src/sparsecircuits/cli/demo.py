@@ -52,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = run_config_from_args(args, default_out=DEFAULT_OUT, base=DEMO_RUN)
     out = Path(cfg.out)
     dictionaries, result, adapter = train_run(cfg, quiet=args.quiet, overwrite=args.overwrite)
-    for d in dictionaries.values():
-        d.eval()
     batches = eval_batches(adapter, cfg.dataset, cfg.context_size, cfg.eval_contexts)
     evaluated = dict(dictionaries)
     if cfg.model == "embedded":
