@@ -68,16 +68,12 @@ def run(args: argparse.Namespace) -> int:
         f"dictionaries), {seconds:.0f} s wall clock in all.\n"
     )
     write_report(out, records, title=f"sparsecircuits demo on {adapter.name}", extra_md=extra)
-    (out / "run.json").write_text(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "train_tokens": result.tokens,
-                "train_tokens_per_s": result.tokens_per_s,
-            },
-            indent=2,
-        )
-    )
+    timings = {
+        "seconds": seconds,
+        "train_tokens": result.tokens,
+        "train_tokens_per_s": result.tokens_per_s,
+    }
+    (out / "run.json").write_text(json.dumps(timings, indent=2))
     for r in records:
         increase = r["ce_loss_spliced"] - r["ce_loss_clean"]
         print(
