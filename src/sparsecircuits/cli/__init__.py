@@ -63,17 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_third_party() -> None:
     """Silence Hugging Face loading bars and advisory warnings; our own progress bars remain."""
+    from datasets.utils import logging as ds_logging
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        from datasets.utils import logging as ds_logging
-
-        ds_logging.set_verbosity_error()
-        ds_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        pass
+    for library_logging in (hf_logging, ds_logging):
+        library_logging.set_verbosity_error()
+        library_logging.disable_progress_bar()
 
 
 def os_error_line(exc: OSError) -> str:

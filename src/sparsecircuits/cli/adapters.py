@@ -20,38 +20,28 @@ from sparsecircuits.adapters import (
     evaluate_adapters,
     train_adapters,
 )
+from sparsecircuits.cli.common import config_from_args
 
 REFERENCE_DIR = "reference"
-_TRAIN_FLAGS: tuple[tuple[str, str, type], ...] = (
-    ("--d-sae", "d_sae", int),
-    ("--steps", "steps", int),
-    ("--batch", "batch", int),
-    ("--context-size", "context_size", int),
-    ("--lr", "lr", float),
-    ("--l1", "l1", float),
-    ("--init-l0", "init_l0", float),
-    ("--bridge", "bridge", float),
-    ("--seed", "seed", int),
+_TRAIN_FLAGS: tuple[tuple[str, type], ...] = (
+    ("--d-sae", int),
+    ("--steps", int),
+    ("--batch", int),
+    ("--context-size", int),
+    ("--lr", float),
+    ("--l1", float),
+    ("--init-l0", float),
+    ("--bridge", float),
+    ("--seed", int),
 )
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", choices=BACKBONES, help="target (default): reference + base MLPs")
     p.add_argument("--dataset", help='"embedded" (default) or a .txt/.jsonl/.parquet file')
-    for flag, _, kind in _TRAIN_FLAGS:
+    for flag, kind in _TRAIN_FLAGS:
         p.add_argument(flag, type=kind, metavar=flag.lstrip("-").replace("-", "_").upper())
     p.add_argument("--quiet", action="store_true")
-
-
-def _train_config(args: argparse.Namespace, **given: Any) -> AdapterTrainConfig:
-    values = dict(given)
-    for name in ("backbone", "dataset"):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    for _, name, _ in _TRAIN_FLAGS:
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    return AdapterTrainConfig(**values)
 
 
 def _add_eval_flags(p: argparse.ArgumentParser) -> None:
@@ -60,6 +50,7 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_config(args: argparse.Namespace) -> EvalConfig:
+    # not `config_from_args`: `demo`'s --seed is the training seed, not `EvalConfig.seed`
     values = {
         name: getattr(args, name)
         for name in ("prompts", "n_ablate")
@@ -134,8 +125,7 @@ def _print_summary(result: dict[str, Any]) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train the adapters and print where they are."""
-    cfg = _train_config(args, base=args.base, reference=args.reference)
-    train_adapters(cfg, args.out, quiet=args.quiet)
+    train_adapters(config_from_args(args, AdapterTrainConfig), args.out, quiet=args.quiet)
     print(f"adapters: {Path(args.out) / 'adapters'}")
     return 0
 
@@ -163,7 +153,7 @@ def run_demo(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     pair_s = time.perf_counter() - start
-    cfg = _train_config(args, base=args.base, reference=str(reference))
+    cfg = config_from_args(args, AdapterTrainConfig, reference=str(reference))
     train_adapters(cfg, out, quiet=args.quiet)
     train_s = time.perf_counter() - start - pair_s
     result = evaluate_adapters(out, _eval_config(args))

@@ -6,7 +6,12 @@ import argparse
 import json
 from typing import Any
 
-from sparsecircuits.cli.common import add_overwrite_argument, at_least, prepare_out
+from sparsecircuits.cli.common import (
+    add_overwrite_argument,
+    at_least,
+    config_from_args,
+    prepare_out,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,19 +73,7 @@ def run_greater_than_cli(args: argparse.Namespace) -> int:
 
     writes = ("summary.json", "report.md", "graph.json")
     prepare_out(args.out, writes, args.overwrite)
-    cfg = GreaterThanConfig(
-        model=args.model,
-        transcoders=args.transcoders,
-        n_prompts=args.n_prompts,
-        max_k=args.max_k,
-        corpus_contexts=args.corpus_contexts,
-        seed=args.seed,
-        random_draws=args.random_draws,
-        bootstrap=args.bootstrap,
-        swap_halves=not args.no_swap,
-        target=args.target,
-        device=args.device,
-    )
+    cfg = config_from_args(args, GreaterThanConfig, swap_halves=not args.no_swap)
     summary = run_greater_than(cfg, args.out, quiet=args.quiet)
     keys = (
         "prob_diff_clean",

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sparsecircuits.config import from_dict, read_config_file
 from sparsecircuits.dictionaries.config import KINDS
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.pipelines import RunConfig
+
+C = TypeVar("C")
 
 # The flags that override a `RunConfig`: (flag, the config it sets: "run" for `RunConfig`,
 # "train" for its `TrainConfig`, "dictionary" for every `DictionarySpec`; the key there;
@@ -124,6 +127,14 @@ def run_config_from_args(
     cfg = from_dict(RunConfig, data, where=args.config or "flags")
     check_out_folder(cfg.out)
     return cfg
+
+
+def config_from_args(args: argparse.Namespace, config_class: type[C], **given: Any) -> C:
+    """Return the `config_class` instance (a dataclass) of the flags named like its fields (a flag
+    left at None keeps the field's default), with `given` values over them."""
+    fields = dataclasses.fields(config_class)  # type: ignore[arg-type]  # C is a dataclass
+    values = {f.name: getattr(args, f.name, None) for f in fields}
+    return config_class(**{k: v for k, v in values.items() if v is not None} | given)
 
 
 def at_least(least: int) -> Any:

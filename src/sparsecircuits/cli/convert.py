@@ -41,11 +41,8 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise SparseCircuitsError(f"{out} exists and is not empty; pass a new folder")
     fmt = formats.detect(src)
-    single = (
-        src.is_file()
-        or (src / "cfg.json").is_file()
-        or (src / "params.npz").is_file()
-        or (src / "params.safetensors").is_file()
+    single = src.is_file() or any(
+        (src / name).is_file() for name in ("cfg.json", "params.npz", "params.safetensors")
     )
     coder = load(src) if single else load_transcoders(src)
     with warnings.catch_warnings(record=True) as caught:

@@ -92,11 +92,8 @@ def run(args: argparse.Namespace) -> int:
     folder = save_dashboards(dashboards, out)
     for name, dash in dashboards.items():
         alive = int((dash.fire_counts > 0).sum())
-        print(
-            json.dumps(
-                {"name": name, "d_sae": dash.d_sae, "n_tokens": dash.n_tokens, "alive": alive}
-            )
-        )
+        record = {"name": name, "d_sae": dash.d_sae, "n_tokens": dash.n_tokens, "alive": alive}
+        print(json.dumps(record))
     if args.circuit_tracer_features:
         from sparsecircuits.interpret import load_dashboards
         from sparsecircuits.interpret.feature_files import write_feature_files

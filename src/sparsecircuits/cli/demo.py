@@ -52,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = run_config_from_args(args, default_out=DEFAULT_OUT, base=DEMO_RUN)
     out = Path(cfg.out)
     dictionaries, result, adapter = train_run(cfg, quiet=args.quiet, overwrite=args.overwrite)
-    for d in dictionaries.values():
-        d.eval()
     batches = eval_batches(adapter, cfg.dataset, cfg.context_size, cfg.eval_contexts)
     evaluated = dict(dictionaries)
     if cfg.model == "embedded":
@@ -70,16 +68,12 @@ def run(args: argparse.Namespace) -> int:
         f"dictionaries), {seconds:.0f} s wall clock in all.\n"
     )
     write_report(out, records, title=f"sparsecircuits demo on {adapter.name}", extra_md=extra)
-    (out / "run.json").write_text(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "train_tokens": result.tokens,
-                "train_tokens_per_s": result.tokens_per_s,
-            },
-            indent=2,
-        )
-    )
+    timings = {
+        "seconds": seconds,
+        "train_tokens": result.tokens,
+        "train_tokens_per_s": result.tokens_per_s,
+    }
+    (out / "run.json").write_text(json.dumps(timings, indent=2))
     for r in records:
         increase = r["ce_loss_spliced"] - r["ce_loss_clean"]
         print(

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-TASK_CHOICES = ("ioi", "greater-than", "docstring")
+from sparsecircuits.circuits.identify.task_pairs import TASKS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "precision/recall/F1) against a per-head activation-patching ground truth next to "
         "attribution patching and transcoder attributions; writes summary.json and roc.png.",
     )
-    p.add_argument("task", choices=TASK_CHOICES)
+    p.add_argument("task", choices=TASKS)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default="embedded")
     p.add_argument(
@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the identification and print the headline numbers."""
+    from sparsecircuits.cli.common import config_from_args
     from sparsecircuits.pipelines.identify import IdentifyConfig, run_identify
 
     transcoders = args.transcoders
@@ -56,19 +57,12 @@ def run(args: argparse.Namespace) -> int:
         transcoders = "embedded" if args.model == "embedded" else None
     elif transcoders.lower() == "none":
         transcoders = None
-    cfg = IdentifyConfig(
-        task=args.task,
-        model=args.model,
+    cfg = config_from_args(
+        args,
+        IdentifyConfig,
         transcoders=transcoders,
-        n_prompts=args.n_prompts,
-        seeds=args.seeds,
-        threshold=args.threshold,
         n_train_prompts=args.train_prompts,
         n_latents=args.latents,
-        l1=args.l1,
-        epochs=args.epochs,
-        split=args.split,
-        device=args.device,
     )
     log = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     summary = run_identify(cfg, args.out, log=log)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from pathlib import Path
 
-from sparsecircuits.cli.common import at_least, check_out_folder
+from sparsecircuits.cli.common import at_least, check_out_folder, config_from_args
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.pipelines.convergence import (
     CRITERIA,
@@ -110,33 +109,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace) -> ConvergenceConfig:
-    """Return the `ConvergenceConfig` the flags describe."""
-    return ConvergenceConfig(
-        model=args.model,
-        dataset=args.dataset,
-        eval_dataset=args.eval_dataset,
-        out=args.out,
-        device=args.device,
-        layers=args.layers,
-        ks=args.ks,
-        seeds=list(range(args.seeds)),
-        d_sae=args.d_sae,
-        context_size=args.context_size,
-        buffer_tokens=args.buffer_tokens,
-        eval_contexts=args.eval_contexts,
-        first_budget=args.first_budget,
-        max_budget=args.max_budget,
-        tolerance=args.tolerance,
-        criterion=args.criterion,
-        batch_tokens=args.batch_tokens,
-        lr=args.lr,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     """Run or resume the sweep (or only its report); print the table."""
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, ConvergenceConfig, seeds=list(range(args.seeds)))
     out = check_out_folder(cfg.out)
     if args.report_only:
         rows = read_rows(out / RESULTS_FILE)
@@ -148,6 +123,6 @@ def run(args: argparse.Namespace) -> int:
             for seed_dir in out.glob("seed*"):
                 shutil.rmtree(seed_dir, ignore_errors=True)
         rows = run_convergence(cfg, quiet=args.quiet)
-    write_report(Path(out), rows, cfg)
+    write_report(out, rows, cfg)
     print((out / "table.md").read_text())
     return 0

@@ -12,15 +12,21 @@ import time
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from sparsecircuits.circuits.graph.build import GraphConfig
+from sparsecircuits.cli.common import (
+    add_overwrite_argument,
+    check_prompt,
+    config_from_args,
+    port_number,
+    prepare_out,
+)
 from sparsecircuits.cli.targets import GRAPH_TARGET_HELP, graph_target_from_spec
 
 if TYPE_CHECKING:
     from sparsecircuits.circuits.replacement import ReplacementModel
 
-C = TypeVar("C")
 DEFAULT_OUT = "runs/trace"
 SUMMARY_KEYS = (
     "n_tokens",
@@ -35,8 +41,6 @@ SUMMARY_KEYS = (
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `trace` subcommand: its own flags plus one per `GraphConfig` field."""
-    from sparsecircuits.cli.common import add_overwrite_argument, port_number
-
     p = sub.add_parser(
         "trace",
         help="build the attribution graph of a prompt (Neuronpedia graph JSON)",
@@ -97,12 +101,6 @@ def add_config_flags(p: argparse.ArgumentParser, config_class: type) -> None:
         )
 
 
-def config_from_args(args: argparse.Namespace, config_class: type[C]) -> C:
-    """The `config_class` instance of the flags `add_config_flags` added."""
-    fields = dataclasses.fields(config_class)  # type: ignore[arg-type]  # C is a dataclass
-    return config_class(**{f.name: getattr(args, f.name) for f in fields})
-
-
 def slugify(text: str) -> str:
     """A short file-system and URL safe name for a prompt."""
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
@@ -136,11 +134,11 @@ def load_replacement(
 
 def run(args: argparse.Namespace) -> int:
     """Trace, write graph.json + trace.json, print a summary and the viewer URL."""
-    from sparsecircuits.cli.common import check_prompt, prepare_out
     from sparsecircuits.hub import model_id
 
     check_prompt(args.prompt)  # the input and --out are checked before the model loads
-    config_from_args(args, GraphConfig).check()
+    config = config_from_args(args, GraphConfig)
+    config.check()
     prepare_out(args.out, ("graph.json", "trace.json"), args.overwrite)
     start = time.perf_counter()
     from sparsecircuits.circuits.graph.build import build_graph
@@ -149,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
     replacement = load_replacement(args.model, args.transcoders, args.device, args.dtype)
     adapter = replacement.adapter
     loaded = time.perf_counter()
-    config = config_from_args(args, GraphConfig)
     targets = None
     if args.target:
         state = replacement.run(replacement.tokenize(args.prompt))

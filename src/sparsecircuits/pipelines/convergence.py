@@ -136,11 +136,6 @@ class ConvergenceConfig:
         )
 
 
-def config_key(kind: str, layer: int, k: int) -> str:
-    """The dictionary name of one configuration, e.g. `transcoder-L2-k32`."""
-    return f"{kind}-L{layer}-k{k}"
-
-
 def grid_specs(cfg: ConvergenceConfig, n_layers: int) -> list[DictionarySpec]:
     """Return one TopK spec per (layer, kind, k): transcoders read `mlp.hook_in`, SAEs
     reconstruct `mlp.hook_out`, and both write `mlp.hook_out`, so they splice in the same place."""
@@ -165,7 +160,7 @@ def grid_specs(cfg: ConvergenceConfig, n_layers: int) -> list[DictionarySpec]:
                         k=k,
                         hook_in=hook_in,
                         hook_out=hook_out,
-                        name=config_key(kind, layer, k),
+                        name=f"{kind}-L{layer}-k{k}",  # e.g. transcoder-L2-k32
                     )
                 )
     return specs
@@ -188,11 +183,6 @@ def converged_budget(points: Iterable[tuple[int, float]], tolerance: float) -> i
     return None
 
 
-def criterion_value(row: dict[str, Any], criterion: str) -> float:
-    """The loss the stopping rule watches in an evaluation row."""
-    return float(row["ce_increase"] if criterion == "ce_increase" else row["ce_loss_spliced"])
-
-
 def seed_means(rows: list[dict[str, Any]], metric: str) -> dict[tuple[str, int], float]:
     """Return `{(config name, budget): mean of metric over the seeds evaluated there}`."""
     values: dict[tuple[str, int], list[float]] = defaultdict(list)
@@ -209,7 +199,9 @@ def complete_seed_means(
     counts: dict[tuple[str, int], int] = defaultdict(int)
     for row in rows:
         counts[(row["name"], row["budget"])] += 1
-    means = seed_means([{**r, "_v": criterion_value(r, cfg.criterion)} for r in rows], "_v")
+    # the loss the stopping rule watches
+    metric = "ce_increase" if cfg.criterion == "ce_increase" else "ce_loss_spliced"
+    means = seed_means(rows, metric)
     return {key: v for key, v in means.items() if counts[key] >= len(cfg.seeds)}
 
 
@@ -219,12 +211,8 @@ def converged_at(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> dict[str
     per_config: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for (name, budget), mean in complete_seed_means(rows, cfg).items():
         per_config[name].append((budget, mean))
-    out = {}
-    for name, points in per_config.items():
-        stop = converged_budget(points, cfg.tolerance)
-        if stop is not None:
-            out[name] = stop
-    return out
+    stops = {name: converged_budget(points, cfg.tolerance) for name, points in per_config.items()}
+    return {name: stop for name, stop in stops.items() if stop is not None}
 
 
 def stopped_at(rows: list[dict[str, Any]], cfg: ConvergenceConfig) -> dict[str, int]:

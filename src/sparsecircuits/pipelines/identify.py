@@ -178,12 +178,10 @@ def run_identify(
         edges = pair_matrix[candidates[:, 0], candidates[:, 1]]
         edge_nodes = edge_node_scores(pair_matrix)
         seconds = time.perf_counter() - t0
+        seed_extra: dict[str, float] = {}
         if canonical_truth is not None:
-            seed_extra = {
-                "canonical_node_roc_auc": ranking_metrics(nodes, canonical_truth)["roc_auc"]
-            }
-        else:
-            seed_extra = {}
+            canonical_auc = ranking_metrics(nodes, canonical_truth)["roc_auc"]
+            seed_extra["canonical_node_roc_auc"] = canonical_auc
         per_seed.append(
             {
                 **_prefixed("node", ranking_metrics(nodes, gt_heads)),

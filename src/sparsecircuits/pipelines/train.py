@@ -294,11 +294,9 @@ def eval_batches(
 
     These are the first `n_contexts` contexts of the dataset, which `train_run` skips.
     """
-    contexts = []
-    for ctx in context_stream(adapter, dataset, context_size):
-        contexts.append(ctx)
-        if len(contexts) >= n_contexts:
-            break
+    # at least one context, even with n_contexts 0
+    stream = context_stream(adapter, dataset, context_size)
+    contexts = list(itertools.islice(stream, max(n_contexts, 1)))
     if not contexts:
         raise SparseCircuitsError(f"dataset {dataset!r} yielded no tokens to evaluate on")
     ids = torch.stack(contexts).to(adapter.device)
@@ -416,16 +414,11 @@ def check_compatible(adapter: ModelAdapter, dictionaries: Mapping[str, SparseCod
                 f"model has {adapter.n_layers}; use the model it was trained on"
             )
         check_splice_hooks(adapter, hooks_in, hooks_out)
-        for hook in hooks_in:
-            _check_width(adapter, name, hook, d.cfg.d_in)
-        for hook in hooks_out:
-            _check_width(adapter, name, hook, d.cfg.d_out)
-
-
-def _check_width(adapter: ModelAdapter, name: str, hook: str, dim: int) -> None:
-    model_dim = adapter.hook_dim(hook)
-    if model_dim != dim:
-        raise SparseCircuitsError(
-            f"dictionary {name} expects width {dim} at {hook} but the model has {model_dim}; "
-            "use the model it was trained on"
-        )
+        widths = [(h, d.cfg.d_in) for h in hooks_in] + [(h, d.cfg.d_out) for h in hooks_out]
+        for hook, dim in widths:
+            model_dim = adapter.hook_dim(hook)
+            if model_dim != dim:
+                raise SparseCircuitsError(
+                    f"dictionary {name} expects width {dim} at {hook} but the model has "
+                    f"{model_dim}; use the model it was trained on"
+                )

@@ -373,24 +373,18 @@ def compositional_template(rng: random.Random) -> str:
 _NAME_SLOT = re.compile(r"\{[AB]\}")
 
 
-def _fill(template: str, io: str, s: str, place: str, obj: str, order: str) -> str:
-    """Fill a BABA template (first name slot {B}, second {A}); for ABBA the first two name slots
-    are swapped."""
-    first, second = (s, io) if order == "BABA" else (io, s)
-    names = iter([first, second])
+def ioi_sentence(template: str, io: str, s: str, place: str, obj: str, order: str) -> str:
+    """Return the full IOI sentence (ending with the IO name) for a BABA-form template (first
+    name slot {B}, second {A}); for ABBA the first two name slots are swapped."""
+    if order not in ("ABBA", "BABA"):
+        raise ValueError(order)
+    names = iter([s, io] if order == "BABA" else [io, s])
 
     def name(slot: re.Match[str]) -> str:
         return next(names, s if slot.group() == "{B}" else io)
 
     text = _NAME_SLOT.sub(name, template)
     return text.replace("{PLACE}", place).replace("{OBJECT}", obj)
-
-
-def ioi_sentence(template: str, io: str, s: str, place: str, obj: str, order: str) -> str:
-    """Return the full IOI sentence (ending with the IO name) for a BABA-form template."""
-    if order not in ("ABBA", "BABA"):
-        raise ValueError(order)
-    return _fill(template, io, s, place, obj, order)
 
 
 def ioi_training_text(
