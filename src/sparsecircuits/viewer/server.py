@@ -719,10 +719,3 @@ class ViewerServer:
         self.httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-
-def graph_url(base: str, graph_id: str) -> str:
-    """The viewer URL that opens `graph_id`."""
-    from urllib.parse import quote
-
-    return f"{base}#graph={quote(graph_id)}"
