@@ -419,13 +419,9 @@ def output_logit_tables(
     W_U = adapter.W_U.float()
     n = min(n, W_U.shape[1])
     outs: list[list[Tensor]] = [[], [], [], []]
-    for start in range(0, dictionary.d_sae, _chunk_size(W_U.shape[1])):
-        rows = (
-            dictionary.W_dec[start : start + _chunk_size(W_U.shape[1])]
-            .detach()
-            .float()
-            .to(W_U.device)
-        )
+    step = _chunk_size(W_U.shape[1])
+    for start in range(0, dictionary.d_sae, step):
+        rows = dictionary.W_dec[start : start + step].detach().float().to(W_U.device)
         if final.kind == "layernorm":
             rows = rows - rows.mean(-1, keepdim=True)
         scores = (rows * final.gain.float()) @ W_U

@@ -8,6 +8,7 @@ import json
 import re
 import secrets
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,9 @@ class DashboardStore:
     def _text(self, token_id: int) -> str:
         return self.tokens.get(int(token_id), f"<{int(token_id)}>")
 
+    def _label_text(self, token_id: int) -> str:
+        return self._text(token_id).strip() or repr(self._text(token_id))
+
     def _examples(
         self, ids: Tensor, window_acts: Tensor, centre_acts: Tensor, left: int
     ) -> list[dict[str, Any]]:
@@ -266,6 +270,7 @@ class DashboardStore:
             order = self._matching(name, order, query.lower())
         page = order[offset : offset + max(0, min(limit, 500))].tolist()
         rows = []
+        left = self.config(name).context_left
         with self._open(name) as f:
             keys = set(f.keys())
             for i in page:
@@ -273,7 +278,6 @@ class DashboardStore:
                     f.get_slice("top_logit_ids")[i][:5].tolist() if "top_logit_ids" in keys else []
                 )
                 ids = f.get_slice("top_token_ids")[i][0].tolist()
-                left = self.config(name).context_left
                 rows.append(
                     {
                         "index": i,
@@ -304,16 +308,16 @@ class DashboardStore:
                 if summ["fire_counts"][i] <= 0:
                     out[i] = "dead"
                     continue
-                counts: dict[str, int] = {}
-                for ids in f.get_slice("top_token_ids")[i].tolist():
-                    if ids[centre] >= 0:
-                        text = self._text(ids[centre]).strip() or repr(self._text(ids[centre]))
-                        counts[text] = counts.get(text, 0) + 1
-                fires = sorted(counts, key=lambda t: -counts[t])[:n_tokens]
+                counts = Counter(
+                    self._label_text(ids[centre])
+                    for ids in f.get_slice("top_token_ids")[i].tolist()
+                    if ids[centre] >= 0
+                )
+                fires = [text for text, _ in counts.most_common(n_tokens)]
                 logits: list[str] = []
                 if "top_logit_ids" in keys:
                     ids = f.get_slice("top_logit_ids")[i][:n_tokens].tolist()
-                    logits = [self._text(t).strip() or repr(self._text(t)) for t in ids]
+                    logits = [self._label_text(t) for t in ids]
                 label = " · ".join(fires)
                 if logits:
                     label += " → " + " · ".join(logits)
