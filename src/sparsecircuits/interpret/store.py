@@ -32,6 +32,8 @@ _TENSORS = tuple(
     if f.type in ("Tensor", "Tensor | None") and f.name != "hist_edges"
 )
 _SUMMARY = ("fire_counts", "max_acts", "act_sums")
+# the `FeatureDashboards` fields a dictionary's index entry copies
+_INDEX_KEYS = ("hook_in", "hook_out", "layer", "kind", "d_sae", "n_tokens", "model_name")
 _COPY = re.compile(r".+\.[0-9a-f]{8}\.safetensors")  # a file written beside one the index named
 
 
@@ -68,13 +70,7 @@ def save_dashboards(dashboards: dict[str, FeatureDashboards], folder: str | Path
             save_file(tensors, str(temporary))
         index["dictionaries"][name] = {
             "file": file,
-            "hook_in": dash.hook_in,
-            "hook_out": dash.hook_out,
-            "layer": dash.layer,
-            "kind": dash.kind,
-            "d_sae": dash.d_sae,
-            "n_tokens": dash.n_tokens,
-            "model_name": dash.model_name,
+            **{key: getattr(dash, key) for key in _INDEX_KEYS},
             "config": dataclasses.asdict(dash.config),
         }
         index["tokens"].update({str(i): text for i, text in dash.token_strings.items()})
