@@ -188,13 +188,10 @@ class ViewerApp:
         return root in path.resolve().parents and path.is_file()
 
     # ------------------------------------------------------------------ subgraphs
-    def _graph_path(self, gid: str) -> Path:
-        self.graph_bytes(gid)  # 404 for unknown ids
-        return self._graphs[gid].path
-
     def subgraph_path(self, gid: str) -> Path:
         """Where the subgraph state of graph `gid` is saved: `<graph stem>.subgraph.json` beside it."""
-        path = self._graph_path(gid)
+        self.graph_bytes(gid)  # 404 for unknown ids
+        path = self._graphs[gid].path
         return path.with_name(path.stem + SUBGRAPH_SUFFIX)
 
     def load_subgraph(self, gid: str) -> dict[str, Any]:
