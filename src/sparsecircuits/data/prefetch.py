@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,13 +45,13 @@ class FillControl:
                 self._changed.wait(timeout=0.05)
 
 
-@dataclass
 class FillResult:
     """A finished fill: its rows, the stream position after it and its permutation."""
 
-    rows: int
-    end: int
-    permutation: Tensor | None
+    def __init__(self, rows: int, end: int, permutation: Tensor | None) -> None:
+        self.rows = rows
+        self.end = end
+        self.permutation = permutation
 
 
 class BackgroundFill:
