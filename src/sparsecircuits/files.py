@@ -28,16 +28,11 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     fsync_folder(path.parent)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` atomically (see `atomic_output`); return the path."""
-    with atomic_output(path) as temporary:
-        temporary.write_bytes(data)
-    return Path(path)
-
-
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically (see `atomic_output`); return the path."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    with atomic_output(path) as temporary:
+        temporary.write_bytes(text.encode("utf-8"))
+    return Path(path)
 
 
 def fsync_file(path: str | Path) -> None:

@@ -248,20 +248,13 @@ def fetch_files(
                 continue
             except (errors.HfHubHTTPError, errors.HFValidationError, ValueError) as exc:
                 raise _hub_error(repo_id, revision, exc) from None
-            snapshot = _snapshot_root(local, name)
+            # the snapshot root: up from `local` one folder per part of `name`
+            snapshot = local.parents[len(Path(name).parts) - 1]
     if missing:
         raise _missing_error(repo_id, revision, missing)
     if snapshot is None:
         raise SparseCircuitsError(f"{HUB_PREFIX}{repo_id}: no files were asked for")
     return snapshot
-
-
-def _snapshot_root(local_file: Path, repo_path: str) -> Path:
-    """The snapshot folder that holds `local_file` at `repo_path`."""
-    root = local_file
-    for _ in Path(repo_path).parts:
-        root = root.parent
-    return root
 
 
 def fetch_patterns(

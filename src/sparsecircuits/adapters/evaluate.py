@@ -152,8 +152,12 @@ def _metric(
 def _ratio_ci(num: Tensor, den: Tensor, n_boot: int, seed: int) -> list[float]:
     generator = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(num), (n_boot, len(num)), generator=generator)
-    ratios = num[idx].mean(1) / den[idx].mean(1)
-    return [float(torch.quantile(ratios, 0.025)), float(torch.quantile(ratios, 0.975))]
+    return _interval(num[idx].mean(1) / den[idx].mean(1))
+
+
+def _interval(values: Tensor) -> list[float]:
+    """The central 95 % percentile interval `[low, high]` of `values`."""
+    return [float(torch.quantile(values, 0.025)), float(torch.quantile(values, 0.975))]
 
 
 def behaviour_metrics(
@@ -186,8 +190,11 @@ def behaviour_metrics(
     ranked = top_features(
         attribution_scores(backbone, adapters, attribution), max(cfg.n_ablate, *cfg.curve)
     )
-    top = ranked[: cfg.n_ablate]
-    top_set = [(layer, i) for layer, i, _ in top]
+
+    def top_n(n: int) -> list[tuple[int, int]]:
+        return [(layer, i) for layer, i, _ in ranked[:n]]
+
+    top_set = top_n(cfg.n_ablate)
     m_top = _metric(backbone, held_out, adapters, _mask(adapters, top_set))
     with torch.no_grad(), attached(backbone, adapters) as run:
         backbone(held_out.input_ids)
@@ -199,8 +206,7 @@ def behaviour_metrics(
     rng = random.Random(cfg.seed)
 
     def random_drops(n: int, draws: int) -> Tensor:
-        exclude = {(layer, i) for layer, i, _ in ranked[:n]}
-        pool = sorted(set(fired) - exclude)
+        pool = sorted(set(fired) - set(top_n(n)))
         values = []
         for _ in range(draws):
             draw = rng.sample(pool, min(n, len(pool)))
@@ -211,12 +217,7 @@ def behaviour_metrics(
     drops = random_drops(cfg.n_ablate, cfg.random_draws)
     curve = []
     for n in cfg.curve:
-        m_n = _metric(
-            backbone,
-            held_out,
-            adapters,
-            _mask(adapters, [(layer, i) for layer, i, _ in ranked[:n]]),
-        )
+        m_n = _metric(backbone, held_out, adapters, _mask(adapters, top_n(n)))
         curve.append(
             {
                 "n": n,
@@ -236,14 +237,13 @@ def behaviour_metrics(
         "top_ablation_drop": float((m_adapt - m_top).mean() / adapted_gain.mean()),
         "top_ablation_drop_ci": _ratio_ci(m_adapt - m_top, adapted_gain, cfg.bootstrap, cfg.seed),
         "random_ablation_drop": float(drops.mean()),
-        "random_ablation_drop_ci": [
-            float(torch.quantile(drops, 0.025)),
-            float(torch.quantile(drops, 0.975)),
-        ],
+        "random_ablation_drop_ci": _interval(drops),
         "n_ablate": len(top_set),
         "ablation_curve": curve,
         "n_fired_on_prompts": len(fired),
-        "top_features": [{"layer": layer, "feature": i, "score": s} for layer, i, s in top],
+        "top_features": [
+            {"layer": layer, "feature": i, "score": s} for layer, i, s in ranked[: cfg.n_ablate]
+        ],
         "n_prompts": cfg.prompts,
     }
 

@@ -55,8 +55,7 @@ def _finetune_loss(
     base_logp = F.log_softmax(base_logits.float(), dim=-1)
     kl = (base_logp.exp() * (base_logp - logp)).sum(-1)  # [b, p]
     keep = torch.ones_like(kl, dtype=torch.bool)
-    has = answer_pos >= 0
-    rows = torch.nonzero(has).flatten()
+    rows = torch.nonzero(answer_pos >= 0).flatten()
     keep[rows, answer_pos[rows]] = False
     loss = kl[keep].mean()
     if len(rows):

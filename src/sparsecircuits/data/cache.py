@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ from sparsecircuits.config import dtype_name, torch_dtype
 from sparsecircuits.data.store import ModelRows
 from sparsecircuits.data.tokenize import TokenSource
 from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.files import atomic_write_text
 
 if TYPE_CHECKING:
     from sparsecircuits.data.prefetch import FillControl
@@ -144,9 +144,7 @@ def harvest_to_disk(
         "n_contexts": producer.position,
         "shards": shards,
     }
-    temporary = folder / (MANIFEST_NAME + ".tmp")
-    temporary.write_text(json.dumps(manifest, indent=2))
-    os.replace(temporary, folder / MANIFEST_NAME)
+    atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=2))
     return CachedActivationSource(folder)
 
 
@@ -317,17 +315,11 @@ class CachedRows:
     can_rewind = True
 
     def fill(
-        self,
-        buffers: dict[str, Tensor],
-        max_rows: int,
-        token_ids: Tensor | None = None,
-        control: FillControl | None = None,
+        self, buffers: dict[str, Tensor], max_rows: int, control: FillControl | None = None
     ) -> int:
         """Copy the next up to `max_rows` rows into rows ``[0, n)`` of `buffers`; return n (one
         read, which `control` does not interrupt; it hears the rows at the end)."""
         targets = {hook: buffers[hook] for hook in self.hooks}
-        if token_ids is not None:
-            targets[TOKEN_IDS_KEY] = token_ids
         end = min(self.position + max_rows, self.source.n_tokens)
         rows = self.source._read_into(targets, self.position, end)
         self.position += rows

@@ -129,13 +129,9 @@ class ModelRows:
         return self.adapter.bos_token_id
 
     @property
-    def _reiterable(self) -> bool:
-        return not isinstance(self.contexts, Iterator)
-
-    @property
     def can_rewind(self) -> bool:
         """Whether `seek` can go back (a re-iterable stream, not a one-shot iterator)."""
-        return self._reiterable
+        return not isinstance(self.contexts, Iterator)
 
     def capacity(self, buffer_tokens: int) -> int:
         """Return the buffer rows: the whole contexts that fit in `buffer_tokens`, times rows each."""
@@ -152,7 +148,7 @@ class ModelRows:
         if self._iterator is not None and position == self.position:
             return
         if self._iterator is None or position < self.position:
-            if self._iterator is not None and not self._reiterable:
+            if self._iterator is not None and not self.can_rewind:
                 raise SparseCircuitsError(
                     "cannot rewind a one-shot iterator of contexts; pass a TokenSource to resume"
                 )
@@ -325,10 +321,12 @@ class ActivationStore:
                 f"the shuffle buffer holds {self.capacity} rows, fewer than batch_tokens "
                 f"{cfg.batch_tokens}; raise buffer_tokens (ideally to 16x batch_tokens or more)"
             )
-        model_device = getattr(getattr(self.producer, "adapter", None), "device", "cpu")
+        # where the forwards run: the model's device (a CUDA model may fill a CPU buffer)
+        self._model_device = torch.device(
+            getattr(getattr(self.producer, "adapter", None), "device", "cpu")
+        )
         # Pinned host memory makes the model's device-to-host copies several times faster.
-        pin = self.device.type == "cpu" and torch.device(model_device).type == "cuda"
-        self._pin = pin
+        self._pin = self.device.type == "cpu" and self._model_device.type == "cuda"
         self.buffers = self._new_buffers()
         # Prefetch needs a stream it can seek back in: a cancelled fill moved it past the spot
         # the next synchronous fill starts from.
@@ -475,11 +473,8 @@ class ActivationStore:
             self._spare = self._new_buffers()
         index, start, spare = self._fill_index + 1, self._fill_end, self._spare
         assert start is not None
-        # where the forwards run: the model's device (a CUDA model may fill a CPU buffer)
-        model_device = torch.device(
-            getattr(getattr(self.producer, "adapter", None), "device", "cpu")
-        )
-        harvest_device = model_device if model_device.type == "cuda" else self.device
+        cuda_model = self._model_device.type == "cuda"
+        harvest_device = self._model_device if cuda_model else self.device
         self._pending = BackgroundFill(
             index,
             start,

@@ -18,6 +18,8 @@ from sparsecircuits.evaluation.splice import (
 )
 from sparsecircuits.models import ModelAdapter
 
+# The dictionary config fields each record starts with (after its name; `k` follows).
+IDENTITY_KEYS = ("kind", "architecture", "hook_in", "hook_out", "d_in", "d_sae", "d_out")
 # SAELens's names for the same quantities, written alongside ours.
 SAELENS_ALIASES = {
     "ce_loss_score": "ce_loss_recovered",
@@ -62,13 +64,7 @@ def evaluate_dictionaries(
         dictionary.eval()
         record: dict[str, Any] = {
             "name": name,
-            "kind": cfg.kind,
-            "architecture": cfg.architecture,
-            "hook_in": cfg.hook_in,
-            "hook_out": cfg.hook_out,
-            "d_in": cfg.d_in,
-            "d_sae": cfg.d_sae,
-            "d_out": cfg.d_out,
+            **{key: getattr(cfg, key) for key in IDENTITY_KEYS},
             "k": getattr(cfg, "k", None),
         }
         hooks_out = spliced_hooks(dictionary)

@@ -78,19 +78,15 @@ def plot_roc(
 ) -> Path:
     """Draw ROC curves `{label: (fpr, tpr)}` with the chance diagonal; return the path."""
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(5.0, 5.0), dpi=120)
-    for label, (fpr, tpr) in curves.items():
-        ax.plot(fpr, tpr, label=label, alpha=0.85)
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", lw=1, label="chance")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    with saved_figure(path, figsize=(5.0, 5.0), dpi=120) as (_, ax):
+        for label, (fpr, tpr) in curves.items():
+            ax.plot(fpr, tpr, label=label, alpha=0.85)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", lw=1, label="chance")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
     return path

@@ -367,7 +367,9 @@ def _finish(
     empty = acc.sample_keys < 0
     sample_acts = acc.sample_acts.masked_fill(empty, 0.0)
     sample_ids = acc.sample_ids.masked_fill(empty[..., None], -1)
-    dash = FeatureDashboards(
+    logits = output_logit_tables(adapter, dictionary, cfg.n_logits) or (None,) * 4
+    deembed = deembedding_tables(adapter, dictionary, cfg.n_deembed) or (None, None)
+    return FeatureDashboards(
         name=name,
         hook_in=dictionary.hook_in,
         hook_out=dictionary.hook_out,
@@ -387,18 +389,14 @@ def _finish(
         max_acts=acc.max_acts.cpu(),
         hist_counts=acc.hist.view(dictionary.d_sae, cfg.hist_bins).cpu(),
         hist_edges=edges,
+        top_logit_ids=logits[0],
+        top_logit_values=logits[1],
+        bottom_logit_ids=logits[2],
+        bottom_logit_values=logits[3],
+        deembed_ids=deembed[0],
+        deembed_values=deembed[1],
         model_name=getattr(adapter, "name", ""),
     )
-    tables = {
-        ("top_logit_ids", "top_logit_values", "bottom_logit_ids", "bottom_logit_values"): (
-            output_logit_tables(adapter, dictionary, cfg.n_logits)
-        ),
-        ("deembed_ids", "deembed_values"): deembedding_tables(adapter, dictionary, cfg.n_deembed),
-    }
-    for names, values in tables.items():
-        for name, value in zip(names, values or (None,) * len(names), strict=True):
-            setattr(dash, name, value)
-    return dash
 
 
 def _chunk_size(vocab: int) -> int:
@@ -419,13 +417,9 @@ def output_logit_tables(
     W_U = adapter.W_U.float()
     n = min(n, W_U.shape[1])
     outs: list[list[Tensor]] = [[], [], [], []]
-    for start in range(0, dictionary.d_sae, _chunk_size(W_U.shape[1])):
-        rows = (
-            dictionary.W_dec[start : start + _chunk_size(W_U.shape[1])]
-            .detach()
-            .float()
-            .to(W_U.device)
-        )
+    step = _chunk_size(W_U.shape[1])
+    for start in range(0, dictionary.d_sae, step):
+        rows = dictionary.W_dec[start : start + step].detach().float().to(W_U.device)
         if final.kind == "layernorm":
             rows = rows - rows.mean(-1, keepdim=True)
         scores = (rows * final.gain.float()) @ W_U

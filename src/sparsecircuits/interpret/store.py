@@ -8,6 +8,7 @@ import json
 import re
 import secrets
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ _TENSORS = tuple(
     if f.type in ("Tensor", "Tensor | None") and f.name != "hist_edges"
 )
 _SUMMARY = ("fire_counts", "max_acts", "act_sums")
+# the `FeatureDashboards` fields a dictionary's index entry copies
+_INDEX_KEYS = ("hook_in", "hook_out", "layer", "kind", "d_sae", "n_tokens", "model_name")
 _COPY = re.compile(r".+\.[0-9a-f]{8}\.safetensors")  # a file written beside one the index named
 
 
@@ -67,13 +70,7 @@ def save_dashboards(dashboards: dict[str, FeatureDashboards], folder: str | Path
             save_file(tensors, str(temporary))
         index["dictionaries"][name] = {
             "file": file,
-            "hook_in": dash.hook_in,
-            "hook_out": dash.hook_out,
-            "layer": dash.layer,
-            "kind": dash.kind,
-            "d_sae": dash.d_sae,
-            "n_tokens": dash.n_tokens,
-            "model_name": dash.model_name,
+            **{key: getattr(dash, key) for key in _INDEX_KEYS},
             "config": dataclasses.asdict(dash.config),
         }
         index["tokens"].update({str(i): text for i, text in dash.token_strings.items()})
@@ -146,6 +143,9 @@ class DashboardStore:
 
     def _text(self, token_id: int) -> str:
         return self.tokens.get(int(token_id), f"<{int(token_id)}>")
+
+    def _label_text(self, token_id: int) -> str:
+        return self._text(token_id).strip() or repr(self._text(token_id))
 
     def _examples(
         self, ids: Tensor, window_acts: Tensor, centre_acts: Tensor, left: int
@@ -266,6 +266,7 @@ class DashboardStore:
             order = self._matching(name, order, query.lower())
         page = order[offset : offset + max(0, min(limit, 500))].tolist()
         rows = []
+        left = self.config(name).context_left
         with self._open(name) as f:
             keys = set(f.keys())
             for i in page:
@@ -273,7 +274,6 @@ class DashboardStore:
                     f.get_slice("top_logit_ids")[i][:5].tolist() if "top_logit_ids" in keys else []
                 )
                 ids = f.get_slice("top_token_ids")[i][0].tolist()
-                left = self.config(name).context_left
                 rows.append(
                     {
                         "index": i,
@@ -304,16 +304,16 @@ class DashboardStore:
                 if summ["fire_counts"][i] <= 0:
                     out[i] = "dead"
                     continue
-                counts: dict[str, int] = {}
-                for ids in f.get_slice("top_token_ids")[i].tolist():
-                    if ids[centre] >= 0:
-                        text = self._text(ids[centre]).strip() or repr(self._text(ids[centre]))
-                        counts[text] = counts.get(text, 0) + 1
-                fires = sorted(counts, key=lambda t: -counts[t])[:n_tokens]
+                counts = Counter(
+                    self._label_text(ids[centre])
+                    for ids in f.get_slice("top_token_ids")[i].tolist()
+                    if ids[centre] >= 0
+                )
+                fires = [text for text, _ in counts.most_common(n_tokens)]
                 logits: list[str] = []
                 if "top_logit_ids" in keys:
                     ids = f.get_slice("top_logit_ids")[i][:n_tokens].tolist()
-                    logits = [self._text(t).strip() or repr(self._text(t)) for t in ids]
+                    logits = [self._label_text(t) for t in ids]
                 label = " · ".join(fires)
                 if logits:
                     label += " → " + " · ".join(logits)

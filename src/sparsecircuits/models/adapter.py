@@ -408,14 +408,14 @@ class ModelAdapter:
         """Return c when `layer` soft-caps its attention scores, `c * tanh(scores / c)` after
         scaling and before the mask (Gemma-2), else None."""
         self._layer(layer)
-        key = self.spec.attn_softcap_key
-        cap = None if key is None else getattr(self._text_config, key, None)
-        return None if cap is None else float(cap)
+        return self._config_cap(self.spec.attn_softcap_key)
 
     @property
     def logit_softcap(self) -> float | None:
         """Return c when the model soft-caps its logits, `c * tanh(logits / c)` (Gemma), else None."""
-        key = self.spec.logit_softcap_key
+        return self._config_cap(self.spec.logit_softcap_key)
+
+    def _config_cap(self, key: str | None) -> float | None:
         cap = None if key is None else getattr(self._text_config, key, None)
         return None if cap is None else float(cap)
 

@@ -310,8 +310,7 @@ def _on_resid_mid(modules: BlockModules, fn: HookFn) -> list[Handle]:
 class _PatternHandle:
     def __init__(self, attn: nn.Module, fn: HookFn) -> None:
         self.attn, self.fn = attn, fn
-        fns = attn.__dict__.setdefault(_PATTERN_FNS, [])
-        fns.append(fn)
+        attn.__dict__.setdefault(_PATTERN_FNS, []).append(fn)
 
     def remove(self) -> None:
         fns = self.attn.__dict__.get(_PATTERN_FNS, [])

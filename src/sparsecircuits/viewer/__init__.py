@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from sparsecircuits.viewer.server import STATIC_DIR, ViewerApp, ViewerServer, graph_url
+from sparsecircuits.viewer.server import STATIC_DIR, ViewerApp, ViewerServer
 
-__all__ = ["STATIC_DIR", "ViewerApp", "ViewerServer", "graph_url"]
+__all__ = ["STATIC_DIR", "ViewerApp", "ViewerServer"]

@@ -188,13 +188,10 @@ class ViewerApp:
         return root in path.resolve().parents and path.is_file()
 
     # ------------------------------------------------------------------ subgraphs
-    def _graph_path(self, gid: str) -> Path:
-        self.graph_bytes(gid)  # 404 for unknown ids
-        return self._graphs[gid].path
-
     def subgraph_path(self, gid: str) -> Path:
         """Where the subgraph state of graph `gid` is saved: `<graph stem>.subgraph.json` beside it."""
-        path = self._graph_path(gid)
+        self.graph_bytes(gid)  # 404 for unknown ids
+        path = self._graphs[gid].path
         return path.with_name(path.stem + SUBGRAPH_SUFFIX)
 
     def load_subgraph(self, gid: str) -> dict[str, Any]:
@@ -719,10 +716,3 @@ class ViewerServer:
         self.httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-
-def graph_url(base: str, graph_id: str) -> str:
-    """The viewer URL that opens `graph_id`."""
-    from urllib.parse import quote
-
-    return f"{base}#graph={quote(graph_id)}"
