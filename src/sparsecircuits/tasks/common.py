@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Any
 
 import torch
@@ -40,6 +41,11 @@ class TaskPrompts:
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+
+def word_pool(name: str) -> list[str]:
+    """The word pool `tasks/words/{name}.txt` (one word per line, in order) as a list."""
+    return (files("sparsecircuits.tasks") / "words" / f"{name}.txt").read_text().split()
 
 
 def check_split(split: str) -> str:
