@@ -66,3 +66,23 @@ def test_docstring_negatives_document_no_signature_argument(tokenizer) -> None:
         documented = re.findall(r":param (\w+):", text)
         assert len(documented) == 2 and not set(documented) & set(args)
     assert len(same_length_pairs(pos, neg)) == 10
+
+
+@pytest.mark.parametrize("prepend_bos", [True, False])
+@pytest.mark.parametrize(
+    "make, negatives",
+    [
+        (make_ioi_prompts, ioi_negatives),
+        (make_greater_than_prompts, greater_than_negatives),
+        (make_docstring_prompts, docstring_negatives),
+    ],
+)
+def test_negatives_tokenize_like_their_prompts(tokenizer, make, negatives, prepend_bos) -> None:
+    from sparsecircuits.models.tokens import bos_token_id
+
+    pos = make(tokenizer, 8, seed=0, prepend_bos=prepend_bos)
+    neg = negatives(tokenizer, pos)
+    bos = bos_token_id(tokenizer)
+    assert bool((pos.input_ids[:, 0] == bos).all()) is prepend_bos
+    assert bool((neg.input_ids[:, 0] == bos).all()) is prepend_bos
+    assert len(same_length_pairs(pos, neg)) > 0

@@ -126,13 +126,15 @@ def build_prompts(
     **fields: Any,
 ) -> TaskPrompts:
     """Return the `TaskPrompts` of `texts` (tokenized, right-padded); the task `fields` (ids or
-    lists of ids, turned into long tensors) are set as given."""
+    lists of ids, turned into long tensors) are set as given, and `meta` records `prepend_bos`
+    (so negatives built from these prompts tokenize the same way)."""
     token_lists = [encode(tokenizer, text) for text in texts]
     input_ids, last_pos = batch_token_lists(tokenizer, token_lists, prepend_bos)
     tensors = {
         name: value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.long)
         for name, value in fields.items()
     }
+    meta = {**meta, "prepend_bos": prepend_bos}
     return TaskPrompts(input_ids, last_pos, texts, answers, meta=meta, **tensors)
 
 
