@@ -74,6 +74,9 @@ def test_training_killed_at_random_moments_resumes_bit_identically(
     trial_config: Path, tmp_path: Path, capsys
 ) -> None:
     base = ["train", "--config", str(trial_config), "--quiet"]
+    # the fork server's own start (importing torch and the project) is not a run's start-up
+    warm = start(int)
+    warm.join(300)
     began = time.monotonic()
     reference = start(main, [*base, "--out", str(tmp_path / "reference")])
     wait_for_checkpoints(reference, tmp_path / "reference")
