@@ -14,7 +14,6 @@ from sparsecircuits.circuits.case_studies.greater_than_cv import (
     slot_candidates,
     split_prompts,
 )
-from sparsecircuits.circuits.identify.task_pairs import take
 from sparsecircuits.circuits.nodes import FeatureNode
 from sparsecircuits.evaluation.intervals import (
     bootstrap_indices,
@@ -45,7 +44,7 @@ def test_split_is_disjoint_by_text_and_covers_every_prompt():
         assert sorted(selection + evaluation) == list(range(40))
         assert not {texts[i] for i in selection} & {texts[i] for i in evaluation}
         assert abs(len({texts[i] for i in selection}) - len({texts[i] for i in evaluation})) <= 1
-        half = take(prompts, torch.tensor(evaluation))
+        half = prompts.take(torch.tensor(evaluation))
         assert half.texts == [texts[i] for i in evaluation]
         assert torch.equal(half.yy, prompts.yy[evaluation])
         assert torch.equal(half.input_ids, prompts.input_ids[evaluation])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from importlib.resources import files
 from typing import Any
 
@@ -41,6 +41,27 @@ class TaskPrompts:
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+    def take(self, index: torch.Tensor) -> TaskPrompts:
+        """Return the prompts at `index [k]` (per-prompt fields indexed, shared ones such as
+        `year_ids` kept), their padding cropped to the longest kept prompt."""
+        n = len(self)
+        picked: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if (
+                isinstance(value, torch.Tensor)
+                and value.ndim >= 1
+                and value.shape[0] == n
+                and f.name != "year_ids"
+            ):
+                picked[f.name] = value[index]
+            elif isinstance(value, list):
+                picked[f.name] = [value[i] for i in index.tolist()]
+        ids = picked["input_ids"]
+        width = int(picked["last_pos"].max()) + 1 if len(index) else ids.shape[1]
+        picked["input_ids"] = ids[:, :width]
+        return replace(self, **picked)
 
 
 def word_pool(name: str) -> list[str]:

@@ -44,7 +44,6 @@ from sparsecircuits.circuits.case_studies.greater_than_cv import (
     split_prompts,
 )
 from sparsecircuits.circuits.case_studies.greater_than_report import write_results
-from sparsecircuits.circuits.identify.task_pairs import take
 from sparsecircuits.circuits.nodes import FeatureNode, HeadNode, Node
 from sparsecircuits.circuits.paths import (
     graph_tokens,
@@ -142,7 +141,7 @@ def _prompts(adapter: ModelAdapter, n: int, seed: int) -> TaskPrompts:
     prompts = make_greater_than_prompts(adapter.tokenizer, n, seed=seed, split="heldout")
     lengths = prompts.last_pos.tolist()
     common = Counter(lengths).most_common(1)[0][0]
-    return take(prompts, torch.tensor([i for i, p in enumerate(lengths) if p == common]))
+    return prompts.take(torch.tensor([i for i, p in enumerate(lengths) if p == common]))
 
 
 def _pd(logits: Tensor, prompts: TaskPrompts) -> Tensor:
@@ -782,7 +781,7 @@ def run_greater_than(
     model = ReplacementModel(adapter, transcoders)
     prompts = _prompts(adapter, cfg.n_prompts, cfg.seed)
     selection, evaluation = (
-        take(prompts, torch.tensor(r)) for r in split_prompts(prompts, cfg.seed)
+        prompts.take(torch.tensor(r)) for r in split_prompts(prompts, cfg.seed)
     )
     in_sample = _in_sample(model, prompts, cfg)
     log(f"in-sample: top-{cfg.top_k} removes {in_sample['top10_ablation_drop']:.1%}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,27 +52,6 @@ class TaskPairs:
         return len(self.positives)
 
 
-def take(prompts: TaskPrompts, index: Tensor) -> TaskPrompts:
-    """Return the prompts at `index [k]` (per-prompt fields indexed, shared ones kept)."""
-    n = len(prompts)
-    picked: dict[str, Any] = {}
-    for f in fields(prompts):
-        value = getattr(prompts, f.name)
-        if (
-            isinstance(value, Tensor)
-            and value.ndim >= 1
-            and value.shape[0] == n
-            and f.name != "year_ids"
-        ):
-            picked[f.name] = value[index]
-        elif isinstance(value, list):
-            picked[f.name] = [value[i] for i in index.tolist()]
-    ids = picked["input_ids"]
-    width = int(picked["last_pos"].max()) + 1 if len(index) else ids.shape[1]
-    picked["input_ids"] = ids[:, :width]
-    return replace(prompts, **picked)
-
-
 def _metric(task: str, prompts: TaskPrompts) -> Callable[[Tensor, Tensor], Tensor]:
     if task == "ioi":
         io, s = prompts.io_ids, prompts.s_ids
@@ -111,7 +90,7 @@ def make_task_pairs(
         raise SparseCircuitsError(
             f"fewer than 2 {task} prompt pairs tokenize to equal lengths with this tokenizer"
         )
-    pos, neg = take(pos, keep), take(neg, keep)
+    pos, neg = pos.take(keep), neg.take(keep)
     return TaskPairs(task, pos, neg, _metric(task, pos))
 
 

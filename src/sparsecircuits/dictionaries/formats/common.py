@@ -39,7 +39,8 @@ def build(
     decoder = tensors["W_dec"] if "W_dec" in tensors else tensors["W_dec.0"]
     W_enc = tensors["W_enc"]
     d_in, d_sae = W_enc.shape[-2:]
-    tensors.setdefault("b_in", torch.zeros(W_enc.shape[:-1], dtype=decoder.dtype))
+    if "b_in" not in tensors:  # a new mapping: the caller's stays as it was
+        tensors = {**tensors, "b_in": torch.zeros(W_enc.shape[:-1], dtype=decoder.dtype)}
     fields = {"dtype": dtype_name(decoder.dtype), **fields, "d_in": d_in, "d_sae": d_sae}
     fields["d_out"] = decoder.shape[-1]
     fields["device"] = _resolve_device(device, "cpu")
