@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 20's GPU work in stages, each with a time budget, for the device machine (one H200).
+# Issue 20's GPU work in stages, each with a time budget, for the device machine (one H100 or H200).
 # Prepared here by scripts/device/prepare.sh; the plan, the calls and what to do with the results
 # are in scripts/device/README.md.
 #
