@@ -167,6 +167,28 @@ def test_auxk_zero_without_dead_and_positive_with_dead(gen: torch.Generator) -> 
     assert float(dictionary.W_enc.grad[:, :20].abs().sum()) > 0  # AuxK trains dead encoders too
 
 
+@pytest.mark.parametrize("architecture", ["topk", "batchtopk", "abstopk"])
+def test_auxk_coefficient_zero_skips_the_aux_selection(
+    architecture: str, gen: torch.Generator
+) -> None:
+    """With `aux_k_coefficient` 0 no AuxK latents are selected (the loss would weight them by
+    zero), and the gradients are those of the same loss without a dead mask."""
+    x = torch.randn(30, 12, generator=gen)
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[:20] = True
+    grads = []
+    for coefficient, mask in ((0.0, dead), (0.0, None), (1 / 32, dead)):
+        torch.manual_seed(0)
+        dictionary = build_dictionary(architecture, aux_k_coefficient=coefficient)
+        randomize_parameters(dictionary)
+        assert (dictionary.forward(x, dead_mask=mask).aux_values is None) == (coefficient == 0)
+        loss, parts = dictionary.loss(x, dead_mask=mask)
+        loss.backward()
+        grads.append([p.grad.clone() for p in dictionary.parameters() if p.grad is not None])
+        assert (float(parts["aux"]) == 0.0) == (coefficient == 0)
+    assert all(torch.equal(a, b) for a, b in zip(grads[0], grads[1], strict=True))
+
+
 def test_init_biases_from_data(gen: torch.Generator) -> None:
     transcoder = build_dictionary("topk", "transcoder", d_out=9)
     x = torch.randn(200, 12, generator=gen) + 3.0

@@ -112,8 +112,11 @@ class TopKActivation(Activation):
         )
 
     def _aux_k(self, dead_mask: Tensor | None) -> int:
-        """AuxK latents per token this step: `min(aux_k, #dead)`, 0 without a dead mask."""
-        return 0 if dead_mask is None else min(self.params.aux_k, int(dead_mask.sum()))
+        """AuxK latents per token this step: `min(aux_k, #dead)`; 0 without a dead mask or with
+        `aux_k_coefficient` 0 (the loss would weight the selection by zero: skip its work)."""
+        if dead_mask is None or self.cfg.aux_k_coefficient == 0:
+            return 0
+        return min(self.params.aux_k, int(dead_mask.sum()))
 
     def _with_dense_aux(
         self, codes: ForwardOutput, pre_acts: Tensor, dead_mask: Tensor | None
