@@ -1,10 +1,13 @@
 """Overlapped harvest and training: end-to-end tokens/s against harvest-only and train-only, and
 the per-step stalls a refill causes, with and without the store's background fill.
 
-`python -m benchmarks.bench_overlap [--quick] [--threads N] [--steps N]` (one JSON line per
-measurement). The work is `sparsecircuits demo`'s: the embedded model's layer 1, a TopK
-transcoder and a TopK SAE (d_sae 2048, k 32) trained from one forward, 4096 tokens per step,
-a 65,536-token shuffle buffer (a refill every 16 steps).
+`python -m benchmarks.bench_overlap [--quick] [--threads N] [--steps N] [--device cuda]
+[--model FOLDER] [--d-sae N]` (one JSON line per measurement). The work is `sparsecircuits
+demo`'s: the embedded model's layer 1, a TopK transcoder and a TopK SAE (d_sae 2048, k 32)
+trained from one forward, 4096 tokens per step, a 65,536-token shuffle buffer (a refill every
+16 steps). `--device cuda` runs the model, the store and the training on the GPU (the background
+fill then harvests on a side stream); `--model` takes any local model folder (the device plan
+passes its random Gemma-2 of Gemma-2-2B's width) and `--d-sae` the dictionaries' width.
 
 * `harvest_only`: `ActivationStore.next_batch()` alone for the run's steps (model forward,
   buffer copy, shuffled gather), prefetch off; tokens/s counts the rows harvested (whole fills).
@@ -49,8 +52,8 @@ def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
-def dictionaries(adapter: Any) -> dict[str, Any]:
-    """The demo's TopK transcoder and TopK SAE on layer `LAYER`."""
+def dictionaries(adapter: Any, d_sae: int = D_SAE) -> dict[str, Any]:
+    """The demo's TopK transcoder and TopK SAE on layer `LAYER`, on the model's device."""
     from sparsecircuits.dictionaries import DictionaryConfig, make
 
     hook_in, hook_out, sae_hook = HOOKS
@@ -60,12 +63,13 @@ def dictionaries(adapter: Any) -> dict[str, Any]:
             architecture="topk",
             kind=kind,
             d_in=adapter.hook_dim(h_in),
-            d_sae=D_SAE,
+            d_sae=d_sae,
             d_out=adapter.hook_dim(h_out),
             hook_in=h_in,
             hook_out=h_out,
             k=K,
             seed=0,
+            device=str(adapter.device),
         )
         made[kind] = make(cfg)
     return made
@@ -124,15 +128,24 @@ class FixedBatches:
         pass
 
 
-def train(adapter: Any, store: Any, steps: int) -> float:
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device` (a no-op on the CPU), so the clock covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train(adapter: Any, store: Any, steps: int, d_sae: int = D_SAE) -> float:
     """Train the demo dictionaries for `steps` steps from `store`; return the seconds."""
     from sparsecircuits.training import TrainConfig, Trainer
 
     cfg = TrainConfig(
         total_tokens=steps * BATCH_TOKENS, batch_tokens=BATCH_TOKENS, quiet=True, log_every=10**9
     )
+    made = dictionaries(adapter, d_sae)
+    synchronize(adapter.device)
     start = time.perf_counter()
-    Trainer(store, dictionaries(adapter), cfg).train()
+    Trainer(store, made, cfg).train()
+    synchronize(adapter.device)
     return time.perf_counter() - start
 
 
@@ -155,23 +168,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=48, help="steps per run (default 48)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch/numba CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--model",
+        default="embedded",
+        help="'embedded' (default), 'tiny' (a random GPT-2 of its shape) or a local model folder",
+    )
+    parser.add_argument(
+        "--d-sae", type=int, default=D_SAE, help=f"dictionary width (default {D_SAE})"
+    )
     args = parser.parse_args(argv)
     from sparsecircuits.models import load_model
     from sparsecircuits.threads import set_threads, summary
 
     set_threads(args.threads)
     steps, rounds = (20, 1) if args.quick else (args.steps, args.rounds)
-    adapter = load_model("embedded", device="cpu")
     sys.path.insert(0, ".")
-    from benchmarks.common import text_contexts
+    from benchmarks.common import BenchOptions, model_label, model_source, text_contexts
+
+    adapter = load_model(model_source(BenchOptions(model=args.model)), device=args.device)
+    d_sae = args.d_sae
 
     n_contexts = steps * BATCH_TOKENS // (CONTEXT_SIZE - 1) + BUFFER_TOKENS // CONTEXT_SIZE + 2
     contexts = list(text_contexts(adapter, n_contexts, CONTEXT_SIZE).unbind(0))
     config = {
-        "model": "embedded",
+        "device": str(adapter.device),
+        "model": model_label(model_source(BenchOptions(model=args.model))),
         "layer": LAYER,
         "dictionaries": "topk transcoder + topk sae",
-        "d_sae": D_SAE,
+        "d_sae": d_sae,
         "k": K,
         "batch_tokens": BATCH_TOKENS,
         "buffer_tokens": BUFFER_TOKENS,
@@ -184,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     # warm-up: thread pools, numba compilation, first-call allocations
     warm = make_store(adapter, contexts, prefetch=False)
     batches = [warm.next_batch() for _ in range(4)]
-    train(adapter, FixedBatches(batches), 4)
+    train(adapter, FixedBatches(batches), 4, d_sae)
 
     samples: dict[str, list[float]] = {"harvest_only": [], "train_only": []}
     stalls: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
@@ -193,12 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         for _ in range(steps):
             store.next_batch()
+        synchronize(adapter.device)
         samples["harvest_only"].append(time.perf_counter() - start)
         harvested = store.producer.position * store.producer.rows_per_context
-        samples["train_only"].append(train(adapter, FixedBatches(batches), steps))
+        samples["train_only"].append(train(adapter, FixedBatches(batches), steps, d_sae))
         for mode in ("off", "on"):
             timed = TimedStore(make_store(adapter, contexts, prefetch=mode == "on"))
-            seconds = train(adapter, timed, steps)
+            seconds = train(adapter, timed, steps, d_sae)
             samples.setdefault(f"end_to_end_prefetch_{mode}", []).append(seconds)
             stalls[mode].append(step_stalls(timed.times, timed.times[0] + seconds))
     seconds = {name: statistics.median(s) for name, s in samples.items()}

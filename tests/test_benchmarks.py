@@ -420,3 +420,32 @@ def test_dead_frac_holds_that_share_of_our_latents_dead_every_step() -> None:
     assert dead is not None and len(set(dead.tolist())) == 16
     assert torch.equal(dead, held_dead(64, 0.25))
     assert held_dead(64, 0.0) is None
+
+
+def test_overlap_takes_a_model_folder_and_width_and_reports_every_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`bench_overlap --model tiny --d-sae N` (what the device plan runs with its own model and
+    `--device cuda`): four records on that model and width, end to end against the ideal."""
+    from benchmarks import bench_overlap
+
+    assert (
+        bench_overlap.main(["--steps", "4", "--rounds", "1", "--model", "tiny", "--d-sae", "64"])
+        == 0
+    )
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["name"] for r in records] == [
+        "overlap_harvest_only",
+        "overlap_train_only",
+        "overlap_end_to_end_prefetch_off",
+        "overlap_end_to_end_prefetch_on",
+    ]
+    for r in records:
+        assert r["config"]["device"] == "cpu" and r["config"]["model"] == "tiny-gpt2-256"
+        assert r["config"]["d_sae"] == 64 and r["config"]["steps"] == 4
+        assert r["tokens_per_s"] > 0
+    for r in records[2:]:
+        assert r["vs_ideal_serial"] == pytest.approx(
+            r["tokens_per_s"] / r["ideal_serial_tokens_per_s"], rel=1e-2
+        )
+        assert len(r["steps"]) == 1 and r["steps"][0]["stalls"] >= 0

@@ -89,5 +89,6 @@ def test_device_run_at_toy_size_on_the_cpu():
         "graph",
         "train_step_bf16",
         "end_to_end",
+        "overlap",
     ]
     assert all(s["rc"] == 0 for s in stages)

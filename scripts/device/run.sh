@@ -5,7 +5,7 @@
 #
 #   STAGES="model tests transcoders" bash scripts/device/run.sh   # call 1 (carry .device/v3,
 #                                                                  #  .device/site-core.tar.xz)
-#   STAGES="train_step graph train_step_bf16 end_to_end" bash scripts/device/run.sh
+#   STAGES="train_step graph train_step_bf16 end_to_end overlap" bash scripts/device/run.sh
 #                                     # call 2 (carry the three .device/site-*.tar.xz)
 #   DEVICE=cpu bash scripts/device/dryrun.sh                       # every stage at toy size here
 #
@@ -21,6 +21,8 @@
 #   train_step_bf16  the train_step lines in bf16
 #   train_step_tf32  (optional) the fp32 lines with TF32 matmuls allowed
 #   end_to_end  harvest + training on that model, vs sparsify and SAELens
+#   overlap     benchmarks/bench_overlap on that model (issue 21): harvest-only, train-only and
+#               end-to-end tokens/s with the background fill on a side stream and without it
 #   tc_vs_sae   (optional, issue 17) sparsecircuits tc-vs-sae on the embedded model in the tree
 #               (v3 after the model stage): k 16/32/64, every layer, 3 seeds, budgets doubling
 #               to 16.8M tokens or the 1 %-per-doubling stop
@@ -50,7 +52,8 @@ declare -A BUDGET=([model]=${BUDGET_MODEL:-420} [tests]=${BUDGET_TESTS:-150}
   [transcoders]=${BUDGET_TRANSCODERS:-150} [train_step]=${BUDGET_TRAIN_STEP:-150}
   [graph]=${BUDGET_GRAPH:-180} [train_step_bf16]=${BUDGET_TRAIN_STEP_BF16:-100}
   [train_step_tf32]=${BUDGET_TRAIN_STEP_TF32:-100}
-  [end_to_end]=${BUDGET_END_TO_END:-100} [tc_vs_sae]=${BUDGET_TC_VS_SAE:-300})
+  [end_to_end]=${BUDGET_END_TO_END:-100} [overlap]=${BUDGET_OVERLAP:-120}
+  [tc_vs_sae]=${BUDGET_TC_VS_SAE:-300})
 if [ "$DEVICE" = cpu ]; then  # toy sizes: every command line once, in minutes on 2 cores
   TOY=1
   for stage in "${!BUDGET[@]}"; do BUDGET[$stage]=$((BUDGET[$stage] * 3)); done
@@ -246,6 +249,14 @@ stage_end_to_end() {
   bench end_to_end --only end_to_end $([ -n "$TOY" ] && echo --quick)
 }
 
+stage_overlap() {  # the harvest and training overlap on the device, d_sae 16k, the same model
+  bench_setup || return 1
+  local size=(--steps 64 --rounds 2 --d-sae 16384)
+  [ -n "$TOY" ] && size=(--quick --d-sae 512)
+  $BENCH_PY -m benchmarks.bench_overlap --device "$DEVICE" "${BENCH_MODEL[@]}" "${size[@]}" \
+    > "$RES/bench-overlap.jsonl"
+}
+
 stage_tc_vs_sae() {  # results.jsonl is appended per budget: a budget cut keeps what finished
   corpus_ready
   local sizes=(--max-budget 16777216)
@@ -289,6 +300,9 @@ for report in sorted(res.glob("pytest-*.xml")):
     suite = ET.parse(report).getroot()
     suite = suite if suite.tag == "testsuite" else suite[0]
     summary[report.stem] = {k: suite.get(k) for k in ("tests", "failures", "errors", "skipped")}
+overlap = res / "bench-overlap.jsonl"
+if overlap.is_file():
+    summary["overlap"] = [json.loads(l) for l in overlap.read_text().splitlines() if l.strip()]
 summary["ratios"] = [
     record
     for f in sorted(res.glob("bench-*.jsonl"))
