@@ -87,8 +87,8 @@ def test_device_run_at_toy_size_on_the_cpu():
         "transcoders",
         "train_step",
         "graph",
-        "train_step_bf16",
         "end_to_end",
         "overlap",
+        "train_step_bf16",
     ]
     assert all(s["rc"] == 0 for s in stages)

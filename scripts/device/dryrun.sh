@@ -21,7 +21,7 @@ export DEVICE=cpu OUT=$SCRATCH/out WORK=$SCRATCH/work
 export PY=${PY:-$MAIN/.venv/bin/python}
 export BENCH_PY=${BENCH_PY:-$MAIN/.venv-bench/bin/python}
 export SC_BENCH_CT_PYTHON=${SC_BENCH_CT_PYTHON:-$MAIN/.venv-bench-ct/bin/python}
-export STAGES=${1:-model tests transcoders train_step graph train_step_bf16 end_to_end overlap}
+export STAGES=${1:-model tests transcoders train_step graph end_to_end overlap train_step_bf16}
 mkdir -p "$OUT"
 bash "$SCRATCH/repo/scripts/device/run.sh"
 cp -r "$WORK/results" "$OUT/results"

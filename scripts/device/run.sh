@@ -5,7 +5,7 @@
 #
 #   STAGES="model tests transcoders" bash scripts/device/run.sh   # call 1 (carry .device/v3,
 #                                                                  #  .device/site-core.tar.xz)
-#   STAGES="train_step graph train_step_bf16 end_to_end overlap" bash scripts/device/run.sh
+#   STAGES="train_step graph end_to_end overlap train_step_bf16" bash scripts/device/run.sh
 #                                     # call 2 (carry the three .device/site-*.tar.xz)
 #   DEVICE=cpu bash scripts/device/dryrun.sh                       # every stage at toy size here
 #
