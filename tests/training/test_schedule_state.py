@@ -31,6 +31,13 @@ def test_cosine_and_unknown_decay() -> None:
         lr_multiplier(0, TrainConfig(decay="zigzag"))
 
 
+def test_dead_tokens_zero_is_refused_with_the_way_to_turn_auxk_off() -> None:
+    """`dead_tokens` 0 would count every latent dead on every step, the one that just fired too."""
+    with pytest.raises(SparseCircuitsError, match="dead_tokens=0 .*aux_k_coefficient 0"):
+        TrainConfig(dead_tokens=0)
+    assert TrainConfig(dead_tokens=1).dead_tokens == 1
+
+
 def test_state_round_trip_keeps_types(tmp_path: Path) -> None:
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(model.parameters())

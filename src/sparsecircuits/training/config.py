@@ -54,7 +54,12 @@ class TrainConfig:
             ("adam_beta1", 0 <= self.adam_beta1 < 1, "in [0, 1)"),
             ("adam_beta2", 0 <= self.adam_beta2 < 1, "in [0, 1)"),
             ("grad_clip", self.grad_clip >= 0, "0 (off) or more"),
-            ("dead_tokens", self.dead_tokens >= 0, "0 or more"),
+            # 0 would count a latent dead in the step it fired (`tokens since fired >= 0`)
+            (
+                "dead_tokens",
+                self.dead_tokens >= 1,
+                "at least 1 (aux_k_coefficient 0 turns AuxK off)",
+            ),
             ("checkpoint_every", self.checkpoint_every >= 0, "0 (off) or more"),
             ("checkpoint_minutes", self.checkpoint_minutes >= 0, "0 (off) or more"),
             ("keep_checkpoints", self.keep_checkpoints >= 1, "at least 1"),
