@@ -128,25 +128,20 @@ class FixedBatches:
         pass
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the work queued on `device` (a no-op on the CPU), so the clock covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train(adapter: Any, store: Any, steps: int, d_sae: int = D_SAE) -> float:
     """Train the demo dictionaries for `steps` steps from `store`; return the seconds (the
     dictionaries are built before the clock starts)."""
+    from benchmarks.common import synchronize
     from sparsecircuits.training import TrainConfig, Trainer
 
     cfg = TrainConfig(
         total_tokens=steps * BATCH_TOKENS, batch_tokens=BATCH_TOKENS, quiet=True, log_every=10**9
     )
     made = dictionaries(adapter, d_sae)
-    synchronize(adapter.device)
+    synchronize(str(adapter.device))
     start = time.perf_counter()
     Trainer(store, made, cfg).train()
-    synchronize(adapter.device)
+    synchronize(str(adapter.device))
     return time.perf_counter() - start
 
 
@@ -185,7 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     steps, rounds = (20, 1) if args.quick else (args.steps, args.rounds)
     sys.path.insert(0, ".")
-    from benchmarks.common import BenchOptions, model_label, model_source, text_contexts
+    from benchmarks.common import (
+        BenchOptions,
+        model_label,
+        model_source,
+        synchronize,
+        text_contexts,
+    )
 
     source = model_source(BenchOptions(model=args.model))  # "tiny" builds a model: once
     adapter = load_model(source, device=args.device)
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         for _ in range(steps):
             store.next_batch()
-        synchronize(adapter.device)
+        synchronize(str(adapter.device))
         samples["harvest_only"].append(time.perf_counter() - start)
         harvested = store.producer.position * store.producer.rows_per_context
         samples["train_only"].append(train(adapter, FixedBatches(batches), steps, d_sae))

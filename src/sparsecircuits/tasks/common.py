@@ -25,14 +25,15 @@ DEFAULT_SEEDS = {"train": 0, "dev": 0, "test": 1729}
 class TaskPrompts:
     """A batch of right-padded task prompts: `input_ids [n, pos]` and `last_pos [n]`, where the answer
     is predicted. Task fields (None elsewhere): greater-than `yy [n]`, `year_ids [100]`; IOI
-    `io_ids`, `s_ids [n]`; docstring `correct_ids [n]`, `wrong_ids [n, k]`."""
+    `io_ids`, `s_ids [n]`; docstring `correct_ids [n]`, `wrong_ids [n, k]`. A field whose
+    metadata says `shared` belongs to the whole batch, not to one prompt (`take` keeps it)."""
 
     input_ids: torch.Tensor
     last_pos: torch.Tensor
     texts: list[str]
     answers: list[str]
     yy: torch.Tensor | None = None
-    year_ids: torch.Tensor | None = None
+    year_ids: torch.Tensor | None = field(default=None, metadata={"shared": True})
     io_ids: torch.Tensor | None = None
     s_ids: torch.Tensor | None = None
     correct_ids: torch.Tensor | None = None
@@ -43,18 +44,15 @@ class TaskPrompts:
         return int(self.input_ids.shape[0])
 
     def take(self, index: torch.Tensor) -> TaskPrompts:
-        """Return the prompts at `index [k]` (per-prompt fields indexed, shared ones such as
-        `year_ids` kept), their padding cropped to the longest kept prompt."""
+        """Return the prompts at `index [k]` (per-prompt fields indexed, `shared` ones kept),
+        their padding cropped to the longest kept prompt."""
         n = len(self)
         picked: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if (
-                isinstance(value, torch.Tensor)
-                and value.ndim >= 1
-                and value.shape[0] == n
-                and f.name != "year_ids"
-            ):
+            if f.metadata.get("shared"):
+                continue
+            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n:
                 picked[f.name] = value[index]
             elif isinstance(value, list):
                 picked[f.name] = [value[i] for i in index.tolist()]
