@@ -30,6 +30,7 @@ from sparsecircuits.circuits.identify.discrete import (
 )
 from sparsecircuits.circuits.identify.ground_truth import (
     CANONICAL_HEADS,
+    PatchingResult,
     canonical_applies,
     canonical_mask,
     ground_truth_edges,
@@ -44,7 +45,12 @@ from sparsecircuits.circuits.identify.scores import (
     layer_ordered_pairs,
     node_scores,
 )
-from sparsecircuits.circuits.identify.task_pairs import METRIC_NAMES, TASKS, make_task_pairs
+from sparsecircuits.circuits.identify.task_pairs import (
+    METRIC_NAMES,
+    TASKS,
+    TaskPairs,
+    make_task_pairs,
+)
 from sparsecircuits.dictionaries import Dictionary, TranscoderSet
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.evaluation.plots import plot_roc
@@ -106,6 +112,158 @@ def _curve(scores: Tensor, truth: Tensor) -> tuple[list[float], list[float]]:
     return fpr.tolist(), tpr.tolist()
 
 
+Curves = dict[str, tuple[list[float], list[float]]]
+
+
+@dataclass
+class _Truth:
+    """The patching ground truth: per-head effects, the heads at or above the threshold
+    (bool `[layers · heads]`), the layer-ordered candidate pairs `[n_pairs, 2]` and which of them
+    join two ground-truth heads (bool `[n_pairs]`)."""
+
+    patching: PatchingResult
+    heads: Tensor
+    candidates: Tensor
+    edges: Tensor
+
+
+def _ground_truth(
+    adapter: ModelAdapter,
+    pairs: TaskPairs,
+    task: str,
+    threshold: float,
+    say: Callable[[str], None],
+) -> _Truth:
+    """Patch every head and keep those whose normalised effect reaches `threshold`; raises a
+    `SparseCircuitsError` naming the largest effects when that keeps no head or every head."""
+    n_heads = adapter.n_heads
+    say(f"{len(pairs)} {task} prompt pairs; patching {adapter.n_layers * n_heads} heads")
+    patching = patch_heads(adapter, pairs)
+    heads = ground_truth_heads(patching, threshold)
+    if not bool(heads.any()) or bool(heads.all()):
+        effects = patching.normalised_kl()
+        top = torch.argsort(effects, descending=True)[:5].tolist()
+        listed = ", ".join(f"{head_label(i, n_heads)}: {float(effects[i]):.3f}" for i in top)
+        raise SparseCircuitsError(
+            f"the patching ground truth at --threshold {threshold} holds "
+            f"{int(heads.sum())} of {heads.numel()} heads; choose a --threshold that "
+            f"separates heads (largest normalised effects: {listed})"
+        )
+    candidates = layer_ordered_pairs(adapter.n_layers, n_heads)
+    edges = ground_truth_edges(heads, candidates)
+    if not bool(edges.any()):
+        say("the ground truth has no layer-ordered head pair: edge metrics will be NaN")
+    say(f"ground truth: {int(heads.sum())} heads ({patching.seconds:.1f} s); head outputs")
+    return _Truth(patching, heads, candidates, edges)
+
+
+def _score_seed(
+    seed: int,
+    pool: Tensor,
+    pos_out: Tensor,
+    neg_out: Tensor,
+    truth: _Truth,
+    code_cfg: CodeConfig,
+    canonical_truth: Tensor | None,
+) -> tuple[dict[str, float], Curves, Curves]:
+    """Train the shared SAE of `seed` on rows of `pool` and score heads and head pairs by its
+    codes: `(metrics, node curves, edge curves)`; `metrics["seconds"]` is training + scoring."""
+    t0 = time.perf_counter()
+    rows = sae_training_rows(len(pool), code_cfg.n_train_prompts, seed)
+    sae = train_shared_sae(pool[rows], code_cfg, seed)
+    pos_codes, neg_codes = discrete_codes(sae, pos_out), discrete_codes(sae, neg_out)
+    nodes = node_scores(pos_codes, neg_codes)
+    pair_matrix = edge_scores(pos_codes, neg_codes)
+    edges = pair_matrix[truth.candidates[:, 0], truth.candidates[:, 1]]
+    edge_nodes = edge_node_scores(pair_matrix)
+    metrics = {
+        **_prefixed("node", ranking_metrics(nodes, truth.heads)),
+        **_prefixed("edge", ranking_metrics(edges, truth.edges)),
+        "edge_node_roc_auc": ranking_metrics(edge_nodes, truth.heads)["roc_auc"],
+        "distinct_codes": float(
+            len(set(pos_codes.flatten().tolist()) | set(neg_codes.flatten().tolist()))
+        ),
+        "seconds": time.perf_counter() - t0,
+    }
+    if canonical_truth is not None:
+        metrics["canonical_node_roc_auc"] = ranking_metrics(nodes, canonical_truth)["roc_auc"]
+    node_curves = {
+        f"SAE codes: node score (seed {seed})": _curve(nodes, truth.heads),
+        f"SAE codes: edge-derived node score (seed {seed})": _curve(edge_nodes, truth.heads),
+    }
+    return (
+        metrics,
+        node_curves,
+        {f"SAE codes: edge score (seed {seed})": _curve(edges, truth.edges)},
+    )
+
+
+def _baselines(
+    scorers: Mapping[str, Callable[[], Tensor]],
+    truth: _Truth,
+    n_heads: int,
+    say: Callable[[str], None],
+) -> tuple[dict[str, Any], Curves, Curves]:
+    """Run each head scorer (`[layers · heads]` scores) and rank heads by `|score|` and pairs by
+    `|s1|·|s2|`: `({name: metrics and head scores}, node curves, edge curves)`."""
+    results: dict[str, Any] = {}
+    node_curves: Curves = {}
+    edge_curves: Curves = {}
+    for name, scorer in scorers.items():
+        say(f"baseline {name}")
+        t0 = time.perf_counter()
+        values = scorer()
+        seconds = time.perf_counter() - t0
+        edge_values = _edge_candidates(values, truth.candidates)
+        results[name] = {
+            **_prefixed("node", ranking_metrics(values.abs(), truth.heads)),
+            **_prefixed("edge", ranking_metrics(edge_values, truth.edges)),
+            "seconds": seconds,
+            "head_scores": {head_label(i, n_heads): float(v) for i, v in enumerate(values)},
+        }
+        label = name.replace("_", " ")
+        node_curves[label] = _curve(values.abs(), truth.heads)
+        edge_curves[label + " (|s1|·|s2|)"] = _curve(edge_values, truth.edges)
+    return results, node_curves, edge_curves
+
+
+def _truth_summary(truth: _Truth, task: str, threshold: float, n_heads: int) -> dict[str, Any]:
+    """The `ground_truth` block of `summary.json`: criterion, heads, edges and every head's effect."""
+    patching = truth.patching
+    drop = patching.full_metric_drop
+    return {
+        "criterion": "per-head activation patching positive <- negative (z at every "
+        "position); effect = mean KL(clean || patched) at the final position divided by "
+        "the KL of the whole negative prompt",
+        "threshold": threshold,
+        "heads": [head_label(i, n_heads) for i in torch.nonzero(truth.heads).flatten().tolist()],
+        "edges": "layer-ordered pairs (h1 in an earlier layer than h2) of ground-truth heads; "
+        "candidates: every layer-ordered pair",
+        "n_edges": int(truth.edges.sum()),
+        "effects_kl": {
+            head_label(i, n_heads): float(v) for i, v in enumerate(patching.normalised_kl())
+        },
+        "effects_metric": {
+            head_label(i, n_heads): float(v / drop) if drop else float("nan")
+            for i, v in enumerate(patching.metric_drop)
+        },
+        "task_metric": METRIC_NAMES[task],
+        "clean_metric": patching.clean_metric,
+        "full_corruption_metric_drop": drop,
+        "full_corruption_kl": patching.full_kl,
+        "seconds": patching.seconds,
+    }
+
+
+_METRIC_NOTES = {
+    "roc_auc_ci": "95% Student-t interval of the mean over seeds (SAE init and training prompts)",
+    "precision/recall/f1": "standard, for the top |G| candidates (G = ground truth)",
+    "f1_specificity": "O'Neill & Bui's 'F1': harmonic mean of recall and specificity",
+    "edge_node_roc_auc": "the paper's edge column: pair scores turned into head scores",
+    "seconds": "per seed: head outputs (shared) + SAE training + scoring",
+}
+
+
 def run_identify(
     cfg: IdentifyConfig,
     out: str | Path,
@@ -129,25 +287,8 @@ def run_identify(
         transcoders = load_transcoders(cfg.transcoders, device=adapter.device)
     n_layers, n_heads = adapter.n_layers, adapter.n_heads
     pairs = make_task_pairs(cfg.task, adapter.tokenizer, cfg.n_prompts, cfg.prompt_seed, cfg.split)
+    truth = _ground_truth(adapter, pairs, cfg.task, cfg.threshold, say)
 
-    say(f"{len(pairs)} {cfg.task} prompt pairs; patching {n_layers * n_heads} heads")
-    patching = patch_heads(adapter, pairs)
-    gt_heads = ground_truth_heads(patching, cfg.threshold)
-    if not bool(gt_heads.any()) or bool(gt_heads.all()):
-        effects = patching.normalised_kl()
-        top = torch.argsort(effects, descending=True)[:5].tolist()
-        listed = ", ".join(f"{head_label(i, n_heads)}: {float(effects[i]):.3f}" for i in top)
-        raise SparseCircuitsError(
-            f"the patching ground truth at --threshold {cfg.threshold} holds "
-            f"{int(gt_heads.sum())} of {gt_heads.numel()} heads; choose a --threshold that "
-            f"separates heads (largest normalised effects: {listed})"
-        )
-    candidates = layer_ordered_pairs(n_layers, n_heads)
-    gt_edges = ground_truth_edges(gt_heads, candidates)
-    if not bool(gt_edges.any()):
-        say("the ground truth has no layer-ordered head pair: edge metrics will be NaN")
-
-    say(f"ground truth: {int(gt_heads.sum())} heads ({patching.seconds:.1f} s); head outputs")
     t0 = time.perf_counter()
     pos_out = head_outputs(adapter, pairs.positives)
     neg_out = head_outputs(adapter, pairs.negatives)
@@ -165,106 +306,46 @@ def run_identify(
         canonical_mask(cfg.task, n_layers, n_heads) if canonical["applies_to_this_model"] else None
     )
     per_seed: list[dict[str, float]] = []
-    curves: dict[str, tuple[list[float], list[float]]] = {}
-    edge_curves: dict[str, tuple[list[float], list[float]]] = {}
+    curves: Curves = {}
+    edge_curves: Curves = {}
     for seed in range(cfg.seeds):
-        t0 = time.perf_counter()
-        sae = train_shared_sae(
-            pool[sae_training_rows(len(pool), cfg.n_train_prompts, seed)], code_cfg, seed
+        metrics, node_curves, pair_curves = _score_seed(
+            seed, pool, pos_out, neg_out, truth, code_cfg, canonical_truth
         )
-        pos_codes, neg_codes = discrete_codes(sae, pos_out), discrete_codes(sae, neg_out)
-        nodes = node_scores(pos_codes, neg_codes)
-        pair_matrix = edge_scores(pos_codes, neg_codes)
-        edges = pair_matrix[candidates[:, 0], candidates[:, 1]]
-        edge_nodes = edge_node_scores(pair_matrix)
-        seconds = time.perf_counter() - t0
-        seed_extra: dict[str, float] = {}
-        if canonical_truth is not None:
-            canonical_auc = ranking_metrics(nodes, canonical_truth)["roc_auc"]
-            seed_extra["canonical_node_roc_auc"] = canonical_auc
-        per_seed.append(
-            {
-                **_prefixed("node", ranking_metrics(nodes, gt_heads)),
-                **_prefixed("edge", ranking_metrics(edges, gt_edges)),
-                "edge_node_roc_auc": ranking_metrics(edge_nodes, gt_heads)["roc_auc"],
-                "distinct_codes": float(
-                    len(set(pos_codes.flatten().tolist()) | set(neg_codes.flatten().tolist()))
-                ),
-                "seconds": seconds + outputs_seconds,
-                **seed_extra,
-            }
-        )
-        say(f"seed {seed}: node ROC-AUC {per_seed[-1]['node_roc_auc']:.3f} ({seconds:.1f} s)")
-        if seed == 0:
-            curves["SAE codes: node score (seed 0)"] = _curve(nodes, gt_heads)
-            curves["SAE codes: edge-derived node score (seed 0)"] = _curve(edge_nodes, gt_heads)
-            edge_curves["SAE codes: edge score (seed 0)"] = _curve(edges, gt_edges)
+        seconds = metrics["seconds"]
+        metrics["seconds"] = seconds + outputs_seconds
+        per_seed.append(metrics)
+        say(f"seed {seed}: node ROC-AUC {metrics['node_roc_auc']:.3f} ({seconds:.1f} s)")
+        if seed == 0:  # the plots show one seed's curves
+            curves |= node_curves
+            edge_curves |= pair_curves
 
-    baselines: dict[str, Any] = {}
-    scorers: dict[str, Any] = {"attribution_patching": lambda: attribution_patching(adapter, pairs)}
+    scorers: dict[str, Callable[[], Tensor]] = {
+        "attribution_patching": lambda: attribution_patching(adapter, pairs)
+    }
     if transcoders is not None:
         scorers["transcoder_attribution"] = lambda: transcoder_head_attribution(
             adapter, transcoders, pairs
         )
-    for name, scorer in scorers.items():
-        say(f"baseline {name}")
-        t0 = time.perf_counter()
-        values = scorer()
-        seconds = time.perf_counter() - t0
-        edge_values = _edge_candidates(values, candidates)
-        baselines[name] = {
-            **_prefixed("node", ranking_metrics(values.abs(), gt_heads)),
-            **_prefixed("edge", ranking_metrics(edge_values, gt_edges)),
-            "seconds": seconds,
-            "head_scores": {head_label(i, n_heads): float(v) for i, v in enumerate(values)},
-        }
-        curves[name.replace("_", " ")] = _curve(values.abs(), gt_heads)
-        edge_curves[name.replace("_", " ") + " (|s1|·|s2|)"] = _curve(edge_values, gt_edges)
+    baselines, node_curves, pair_curves = _baselines(scorers, truth, n_heads, say)
+    curves |= node_curves
+    edge_curves |= pair_curves
 
     summary: dict[str, Any] = {
         "task": cfg.task,
         "model": cfg.model,
         "n_pairs": len(pairs),
         "n_heads": n_layers * n_heads,
-        "n_candidate_edges": int(candidates.shape[0]),
+        "n_candidate_edges": int(truth.candidates.shape[0]),
         **_summarise_seeds(per_seed),
         "per_seed": per_seed,
         "baselines": baselines,
-        "ground_truth": {
-            "criterion": "per-head activation patching positive <- negative (z at every "
-            "position); effect = mean KL(clean || patched) at the final position divided by "
-            "the KL of the whole negative prompt",
-            "threshold": cfg.threshold,
-            "heads": [head_label(i, n_heads) for i in torch.nonzero(gt_heads).flatten().tolist()],
-            "edges": "layer-ordered pairs (h1 in an earlier layer than h2) of ground-truth heads; "
-            "candidates: every layer-ordered pair",
-            "n_edges": int(gt_edges.sum()),
-            "effects_kl": {
-                head_label(i, n_heads): float(v) for i, v in enumerate(patching.normalised_kl())
-            },
-            "effects_metric": {
-                head_label(i, n_heads): float(v / patching.full_metric_drop)
-                if patching.full_metric_drop
-                else float("nan")
-                for i, v in enumerate(patching.metric_drop)
-            },
-            "task_metric": METRIC_NAMES[cfg.task],
-            "clean_metric": patching.clean_metric,
-            "full_corruption_metric_drop": patching.full_metric_drop,
-            "full_corruption_kl": patching.full_kl,
-            "seconds": patching.seconds,
-        },
+        "ground_truth": _truth_summary(truth, cfg.task, cfg.threshold, n_heads),
         "canonical_gpt2_heads": canonical,
         "settings": asdict(cfg) | {"l1": code_cfg.l1},
         "seconds_head_outputs": outputs_seconds,
         "seconds_total": time.perf_counter() - started,
-        "metric_notes": {
-            "roc_auc_ci": "95% Student-t interval of the mean over seeds (SAE init and training prompts)",
-            "precision/recall/f1": "standard, for the top |G| candidates (G = ground truth)",
-            "f1_specificity": "O'Neill & Bui's 'F1': harmonic mean of recall and specificity",
-            "edge_node_roc_auc": "the paper's edge column: pair scores turned into head scores",
-            "seconds": "per seed: head outputs (shared) + SAE training + scoring",
-        },
+        "metric_notes": _METRIC_NOTES,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
