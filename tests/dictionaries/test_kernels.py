@@ -167,6 +167,26 @@ def test_auxk_selection_takes_the_dense_references_latents(selection: str, every
     )
 
 
+@pytest.mark.parametrize("d_in", [31, 32])
+def test_verified_selection_takes_the_bias_inside_its_bf16_gemm(d_in: int) -> None:
+    """The bf16 GEMM gets the bias as one more input row (`[x, 1, 0…] @ [W; b; 0…]`, an even
+    inner width): its scores are `x @ W + b` to bf16 rounding, and with a bias that decides most
+    of the ranking the selection is still the fp32 top-k."""
+    gen = torch.Generator().manual_seed(d_in)
+    x = torch.randn(300, d_in, generator=gen)
+    W_enc = torch.randn(d_in, 1024, generator=gen) / 6
+    b_enc = 2 * torch.randn(1024, generator=gen)
+    selector = kernels._Bf16Selector(W_enc, b_enc, 8, W_enc.t().contiguous())
+    assert selector.W_aug.shape[0] % 2 == 0 and selector.W_aug.shape[0] > d_in
+    exact = torch.addmm(b_enc, x, W_enc)
+    scores = (selector._augmented(x) @ selector.W_aug).float()
+    assert float((scores - exact).abs().max()) < 2.0**-7 * float(exact.abs().max())
+    values, indices = selector(x)
+    expected = exact.topk(8, dim=-1)
+    assert torch.equal(indices.sort(1).values, expected.indices.sort(1).values)
+    torch.testing.assert_close(values.sort(1).values, expected.values.sort(1).values)
+
+
 def test_verified_selection_falls_back_to_fp32_on_near_ties() -> None:
     """Columns equal up to 1e-4 cannot be ordered in bf16: the bound check fails those rows,
     they are recomputed in fp32, and the result is still the fp32 top-k."""
