@@ -402,18 +402,53 @@ def test_scatter_outer_rejects_out_of_range_indices() -> None:
 
 
 def test_addmm_into_reused_buffer_gives_addmm_bits() -> None:
-    """The encoder chunks' GEMM into a reused buffer equals `torch.addmm` bit for bit (the
-    dense reference allocates), for fp32 and bf16 and a shorter last chunk."""
+    """The encoder chunks' GEMM into a reused scratch buffer equals `torch.addmm` (or `mm`
+    without a bias) bit for bit (the dense reference allocates), for fp32 and bf16 and a
+    shorter last chunk."""
     gen = torch.Generator().manual_seed(3)
     W, b = torch.randn(40, 700, generator=gen), torch.randn(700, generator=gen)
-    buffers: list[torch.Tensor] = []
     for dtype in (torch.float32, torch.bfloat16):
-        buffers.clear()
+        name = f"test.addmm_into.{dtype}"
+        pointers = set()
         for rows in (64, 64, 17):
             x = torch.randn(rows, 40, generator=gen).to(dtype)
-            got = kernels._addmm_into(b.to(dtype), x, W.to(dtype), buffers)
+            got = kernels._addmm_into(b.to(dtype), x, W.to(dtype), name)
             assert torch.equal(got, torch.addmm(b.to(dtype), x, W.to(dtype)))
-        assert buffers[0].shape[0] == 64  # allocated once, reused
+            pointers.add(got.data_ptr())
+            got = kernels._addmm_into(None, x, W.to(dtype), name)
+            assert torch.equal(got, x @ W.to(dtype))
+        assert len(pointers) == 1  # allocated once, reused
+
+
+def test_scratch_buffers_are_kept_per_name_and_thread() -> None:
+    """`scratch` hands back the same memory for the same name while the shape fits (the leading
+    rows when fewer are asked for), new memory for another name, width or dtype, and other
+    memory on another thread; `release` drops this thread's buffers."""
+    import threading
+    import weakref
+
+    from sparsecircuits.dictionaries.scratch import release, scratch
+
+    first = scratch("test.a", (8, 5))
+    assert scratch("test.a", (3, 5)).data_ptr() == first.data_ptr()
+    assert scratch("test.a", (3, 5)).shape == (3, 5)
+    assert scratch("test.b", (8, 5)).data_ptr() != first.data_ptr()
+    wider = scratch("test.a", (8, 6))
+    assert wider.shape == (8, 6) and scratch("test.a", (8, 6)).data_ptr() == wider.data_ptr()
+    assert scratch("test.a", (8, 6), torch.bfloat16).dtype == torch.bfloat16
+    taller = scratch("test.a", (16, 6), torch.bfloat16)
+    assert taller.shape == (16, 6)
+    other: list[int] = []
+    thread = threading.Thread(
+        target=lambda: other.append(scratch("test.a", (16, 6), torch.bfloat16).data_ptr())
+    )
+    thread.start()
+    thread.join()
+    assert other[0] != taller.data_ptr()
+    held = weakref.ref(taller.untyped_storage())
+    del first, wider, taller
+    release()
+    assert held() is None  # nothing keeps the freed buffers
 
 
 def test_verified_selection_widens_before_falling_back() -> None:

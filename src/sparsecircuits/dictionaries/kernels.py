@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sparsecircuits.dictionaries import cpu_topk
+from sparsecircuits.dictionaries.scratch import scratch
 from sparsecircuits.errors import SparseCircuitsError
 
 
@@ -134,7 +135,6 @@ class _Bf16Selector:
     def __init__(self, W_enc: Tensor, b_enc: Tensor, k: int, W_t: Tensor):
         d_in = W_enc.shape[0]
         self.W_aug = _bias_row_appended(W_enc, b_enc)  # [d_in + pad, d_sae] bf16
-        self._x_aug: Tensor | None = None  # [rows, d_in + pad] bf16, reused across chunks
         self.W, self.b, self.W_t, self.k = W_enc, b_enc, W_t, k
         self.n_max = float(W_t.norm(dim=1).max())  # max ‖W_enc[:, j]‖ over contiguous rows
         self.b_max = float(b_enc.abs().max())
@@ -147,13 +147,12 @@ class _Bf16Selector:
         self.c_x = (2 * u + u * u + 2 * gamma) * (1 + u) ** 2 * 1.01
         self.fallback_rows = 0  # rows recomputed in fp32
         self.widened_rows = 0  # rows verified again on more candidates (counted per widening)
-        self._buffers: list[Tensor] = []  # the bf16 scores, reused across chunks
         self.n_candidates = k + _margin(k)  # per row, before any widening
 
     def __call__(self, part: Tensor) -> tuple[Tensor, Tensor]:
         """`(values, indices) [rows, k]` of `part [rows, d_in]`: exact fp32 top-k (un-ReLU'd)."""
         k, widest = self.k, _widest(self.W.shape[1], self.k)
-        scores = _addmm_into(None, self._augmented(part), self.W_aug, self._buffers)
+        scores = _addmm_into(None, self._augmented(part), self.W_aug, "topk.scores")
         values, indices, failed = self._verified(scores, part, self.n_candidates)
         # rows whose candidates were too few: twice as many bf16 candidates, still verified
         wider = 2 * self.n_candidates
@@ -173,11 +172,10 @@ class _Bf16Selector:
     def _augmented(self, part: Tensor) -> Tensor:
         """`[part, 1, 0…]` in bf16, `[rows, d_in + pad]`: the rows that meet `W_aug`'s bias row."""
         rows, d_in = part.shape
-        if self._x_aug is None or self._x_aug.shape[0] < rows:
-            self._x_aug = part.new_zeros(rows, self.W_aug.shape[0], dtype=torch.bfloat16)
-            self._x_aug[:, d_in] = 1.0
-        x_aug = self._x_aug[:rows]
+        x_aug = scratch("topk.x_aug", (rows, self.W_aug.shape[0]), torch.bfloat16)
         x_aug[:, :d_in].copy_(part)
+        x_aug[:, d_in] = 1.0
+        x_aug[:, d_in + 1 :] = 0.0
         return x_aug
 
     def _verified(
@@ -201,6 +199,14 @@ class _Bf16Selector:
         return values, indices, failed
 
 
+def _rows_of(W_enc: Tensor, keep: bool) -> Tensor:
+    """`W_enc.T` as contiguous rows `[d_sae, d_in]`: a fresh tensor when the caller `keep`s it
+    (the backward's input gradient reads it), else the `scratch` buffer, valid for this forward."""
+    if keep or W_enc.device.type != "cpu":
+        return W_enc.t().contiguous()
+    return scratch("topk.w_t", (W_enc.shape[1], W_enc.shape[0]), W_enc.dtype).copy_(W_enc.t())
+
+
 def _widest(d_sae: int, k: int) -> int:
     """The most bf16 candidates per row the verified selection widens to before recomputing
     a row in fp32: `8 (k + margin)`, at most `d_sae / 32` (the numba top-k's limit) and
@@ -208,19 +214,17 @@ def _widest(d_sae: int, k: int) -> int:
     return min(8 * (k + _margin(k)), d_sae // cpu_topk.SEGMENT, d_sae // 2)
 
 
-def _addmm_into(bias: Tensor | None, rows: Tensor, W: Tensor, buffers: list[Tensor]) -> Tensor:
+def _addmm_into(bias: Tensor | None, rows: Tensor, W: Tensor, name: str) -> Tensor:
     """`torch.addmm(bias, rows, W)` (or `rows @ W` without a bias; the same bits) written into
-    the leading rows of a buffer kept in `buffers` across the chunks of one call: a fresh
-    `[rows, d_sae]` output would be page-faulted in on every chunk (at d_sae 65k a quarter of
-    the fp32 step's GEMM time)."""
-    n, width = rows.shape[0], W.shape[1]
+    the `scratch` buffer `name` on CPU: a fresh `[rows, d_sae]` output would be page-faulted in
+    on every chunk (at d_sae 65k a quarter of the fp32 step's GEMM time). Valid until the next
+    call with that name."""
     if rows.device.type != "cpu":
         return rows @ W if bias is None else torch.addmm(bias, rows, W)
-    if not buffers or buffers[0].shape[0] < n:
-        buffers[:] = [torch.empty(n, width, dtype=rows.dtype, device=rows.device)]
+    out = scratch(name, (rows.shape[0], W.shape[1]), rows.dtype)
     if bias is None:
-        return torch.mm(rows, W, out=buffers[0][:n])
-    return torch.addmm(bias, rows, W, out=buffers[0][:n])
+        return torch.mm(rows, W, out=out)
+    return torch.addmm(bias, rows, W, out=out)
 
 
 def _bias_row_appended(W: Tensor, b: Tensor) -> Tensor:
@@ -229,7 +233,7 @@ def _bias_row_appended(W: Tensor, b: Tensor) -> Tensor:
     (an `addmm` first copies the bias into its whole `[rows, d_sae]` output: 13-18 % of the bf16
     GEMM's time at d_sae 4k-65k, d_in 256, 2 cores). bf16 pairs its inputs, hence the even width."""
     d_in, d_sae = W.shape
-    W_aug = W.new_empty(d_in + 2 - d_in % 2, d_sae, dtype=torch.bfloat16)
+    W_aug = scratch("topk.w_aug", (d_in + 2 - d_in % 2, d_sae), torch.bfloat16)
     W_aug[:d_in].copy_(W)
     W_aug[d_in].copy_(b)
     W_aug[d_in + 1 :].zero_()
@@ -375,11 +379,10 @@ def _encode_select(
     if dead is not None and selector is not None:  # once per call, not per chunk
         W_dead, b_dead = _dead_columns(W_enc, b_enc, dead)
     parts: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
-    buffers: list[Tensor] = []
     for part in x_in.split(rows):
         aux: tuple[Tensor | None, Tensor | None] = (None, None)
         if selector is None:
-            pre_acts = _addmm_into(b_enc, part, W_enc, buffers)
+            pre_acts = _addmm_into(b_enc, part, W_enc, "topk.pre_acts")
             values, indices = _select(pre_acts, k, signed)
             if dead is not None:
                 aux = _select_dead(pre_acts[:, dead], dead, aux_k, signed, fast=True)
@@ -413,7 +416,7 @@ class _TopKEncode(torch.autograd.Function):
         selector = None
         W_t = None
         if _bf16_selection(x_in, W_enc, k, signed):
-            W_t = W_enc.t().contiguous()  # [d_sae, d_in] rows for the gather-dots (and backward)
+            W_t = _rows_of(W_enc, keep=x.requires_grad)  # [d_sae, d_in] for the gather-dots
             selector = _Bf16Selector(W_enc, b_enc, k, W_t)
         values, indices, aux_v, aux_i = _encode_select(
             x_in, W_enc, b_enc, k, aux_mask, aux_k, signed, selector
@@ -421,7 +424,7 @@ class _TopKEncode(torch.autograd.Function):
         aux_values = aux_v if aux_v is not None else values.new_zeros(values.shape[0], 0)
         aux_indices = aux_i if aux_i is not None else indices.new_zeros(indices.shape[0], 0)
         ctx.save_for_backward(x_in, W_enc, indices, aux_indices, values, aux_values)
-        ctx.W_t = W_t
+        ctx.W_t = W_t if x.requires_grad else None  # the input gradient's table
         ctx.signed = signed
         ctx.mark_non_differentiable(indices, aux_indices)
         return values, indices, aux_values, aux_indices

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from torch import Tensor
 
 from sparsecircuits.dictionaries import cpu_topk, kernels
 from sparsecircuits.dictionaries.activations.base import ForwardOutput
+from sparsecircuits.dictionaries.scratch import scratch
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
@@ -87,9 +87,6 @@ class RowPattern:
         )
 
 
-_scratch = threading.local()
-
-
 def _extract(dot: Tensor, bias: Tensor, cutoff: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """`(counts [rows], cols [nnz], pre [nnz])`: the entries of `dot [rows, d_sae] + bias [d_sae]`
     above `cutoff [d_sae]` (or NaN), by row, latents increasing."""
@@ -107,14 +104,12 @@ def _extract(dot: Tensor, bias: Tensor, cutoff: Tensor) -> tuple[Tensor, Tensor,
 
 
 def _mark_buffer(rows: int, width: int) -> np.ndarray:
-    """A `[rows, width rounded up to 8]` uint8 buffer of keep marks, zero past `width`, kept
-    between steps (per thread) like `_chunk_buffer`."""
+    """A `[rows, width rounded up to 8]` uint8 buffer of keep marks, zero past `width` (a
+    `scratch` buffer: the marks are written and read within one `_extract`)."""
     padded = -(-width // 8) * 8
-    buffer = getattr(_scratch, "marks", None)
-    if buffer is None or buffer.shape[0] < rows or buffer.shape[1] != padded:
-        buffer = _scratch.marks = np.zeros((rows, padded), np.uint8)
-    buffer[:rows, width:] = 0  # another width with the same padding may have marked these
-    return buffer[:rows]
+    buffer = scratch("sparse_step.marks", (rows, padded), torch.uint8).numpy()
+    buffer[:, width:] = 0
+    return buffer
 
 
 def _count(dot: Tensor, bias: Tensor, cutoff: Tensor) -> np.ndarray:
@@ -124,15 +119,6 @@ def _count(dot: Tensor, bias: Tensor, cutoff: Tensor) -> np.ndarray:
     with cpu_topk._launch("_numba_sparse") as nb:
         nb.count_above(*arrays, counts)
     return counts
-
-
-def _chunk_buffer(rows: int, width: int) -> Tensor:
-    """A `[rows, width]` fp32 buffer for the encoder GEMM's chunks, kept between steps (per
-    thread): a fresh one would page-fault on every step."""
-    buffer = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.shape[0] < rows or buffer.shape[1] != width:
-        buffer = _scratch.buffer = torch.empty(rows, width)
-    return buffer[:rows]
 
 
 def pre_activations(x_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
@@ -172,7 +158,8 @@ class _RowSparsePreActs(torch.autograd.Function):
         rows = kernels.encode_rows(max(x_in.shape[0] - first, 1), W_enc.shape[1])
         pieces = [_extract(probe.dot, b_enc, cutoff)]
         for part in x_in[first:].split(rows):
-            dot = torch.mm(part, W_enc, out=_chunk_buffer(part.shape[0], W_enc.shape[1]))
+            buffer = scratch("sparse_step.chunk", (part.shape[0], W_enc.shape[1]))
+            dot = torch.mm(part, W_enc, out=buffer)
             pieces.append(_extract(dot, b_enc, cutoff))
         counts, cols, values = (torch.cat(c) for c in zip(*pieces, strict=True))
         offsets = torch.zeros(x_in.shape[0] + 1, dtype=torch.int64)
