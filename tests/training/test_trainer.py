@@ -72,6 +72,19 @@ def test_training_reduces_fvu(tmp_path: Path) -> None:
     assert result.metrics["tc"]["l0"] <= 4 + 1e-6
 
 
+def test_step_temporaries_are_kept_between_steps_and_freed_when_the_run_ends() -> None:
+    """The steps' scratch buffers outlive a `train(stop_at_step=…)` call (the next steps reuse
+    them) and are released once the run has done all its steps."""
+    from sparsecircuits.dictionaries import scratch
+
+    scratch.release()
+    trainer = Trainer(SyntheticStore(d=D), make_dicts(), cfg(4))
+    trainer.train(stop_at_step=2)
+    assert scratch._local.__dict__.get("pool")
+    trainer.train()
+    assert not scratch._local.__dict__.get("pool")
+
+
 def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     full = make_dicts()
     Trainer(SyntheticStore(d=D), full, cfg(20), out_dir=tmp_path / "full").train()

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from sparsecircuits.config import to_dict
-from sparsecircuits.dictionaries import SparseCoder, save_dictionary
+from sparsecircuits.dictionaries import SparseCoder, save_dictionary, scratch
 from sparsecircuits.dictionaries.sparse_step import step_mode_of
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.files import fsync_folder, fsync_tree
@@ -169,6 +169,8 @@ class Trainer:
             close = getattr(self.store, "close", None)
             if finished and close is not None:
                 close()
+            if finished:  # the steps' kept temporaries (hundreds of MB at d_sae 65k)
+                scratch.release()
         bar.close()
         final = self.save_checkpoint() if self.out_dir is not None else None
         if self._wandb is not None:
