@@ -144,10 +144,23 @@ def test_input_gradient_matches_dense(step_mode) -> None:  # type: ignore[no-unt
     _assert_relative(grads["sparse"], grads["dense"], "grad x")
 
 
-def test_jumprelu_cutoffs_keep_exactly_the_active_and_window_entries() -> None:
+@pytest.mark.parametrize(
+    ("scale", "bandwidth"),
+    [
+        (2.0, 0.05),
+        (1.0, 1e-3),
+        # the window's lower edge near zero, where floats crowd: the wide bracket
+        (0.0, 0.05),
+        # ε under a quarter of θ's float spacing: θ - 2ε rounds back to θ
+        (1e4, 1e-6),
+    ],
+)
+def test_jumprelu_cutoffs_keep_exactly_the_active_and_window_entries(
+    scale: float, bandwidth: float
+) -> None:
     gen = torch.Generator().manual_seed(0)
-    threshold = torch.rand(64, generator=gen) * 2 + 1e-3
-    bandwidth = 0.05
+    threshold = torch.rand(64, generator=gen) * scale + 1e-3
+    threshold[:4] = torch.tensor([bandwidth / 2, 0.0, -bandwidth, 2 * bandwidth])
     cutoff = sparse_step.jumprelu_cutoffs(threshold, bandwidth)
     # floats at and next to every boundary, plus random ones
     edges = torch.stack([threshold - bandwidth / 2, threshold, cutoff])

@@ -322,16 +322,37 @@ def jumprelu_cutoffs(threshold: Tensor, bandwidth: float) -> Tensor:
     """Per latent, the largest fp32 `t` with `(t - θ) / ε <= -1/2` as the dense JumpReLU computes
     it, `[d_sae]`: `u > t` exactly when `u` is active (`u > θ`) or inside the threshold's
     rectangle window (`|u - θ| / ε < 1/2`), the entries with a nonzero output or gradient.
-    Found by bisection on the floats' order (the quotient is monotone in `u`)."""
+    Found by bisection on the floats' order (the quotient is monotone in `u`), from a bracket
+    of `_NEAR` floats either side of `θ - ε/2` where that brackets the boundary (8 halvings),
+    else from `[θ - 2ε, θ]` (33): the same float either way."""
     theta = threshold.detach().float()
-    lo = _order(theta - 2 * bandwidth)  # (lo - θ)/ε <= -1/2 for any rounding
-    hi = _order(theta)  # (θ - θ)/ε = 0 > -1/2
-    for _ in range(33):  # the key range is < 2**32
+    guess = _order(theta - bandwidth / 2)
+    lo, hi = guess - _NEAR, guess + _NEAR
+    lo_ok = ~_inside_window(lo, theta, bandwidth)
+    hi_ok = _inside_window(hi, theta, bandwidth)
+    # (θ - 2ε - θ)/ε <= -1/2, and the float below θ where θ - 2ε rounds back up to θ (ε under
+    # a quarter of θ's spacing)
+    wide_lo = torch.minimum(_order(theta - 2 * bandwidth), _order(theta) - 1)
+    lo = torch.where(lo_ok, lo, wide_lo)
+    hi = torch.where(hi_ok, hi, _order(theta))  # (θ - θ)/ε = 0 > -1/2
+    span = int((hi - lo).max()) if hi.numel() else 1
+    for _ in range(max(span - 1, 1).bit_length()):  # until hi - lo == 1 in every row
         mid = lo + (hi - lo) // 2
-        inside = (_from_order(mid) - theta) / bandwidth > -0.5
+        inside = _inside_window(mid, theta, bandwidth)
         hi = torch.where(inside, mid, hi)
         lo = torch.where(inside, lo, mid)
     return _from_order(lo)
+
+
+# Order keys either side of `θ - ε/2` in the cutoffs' first bracket: the boundary lies within a
+# few floats of it unless `θ - ε/2` is near zero, where the floats crowd (the wide bracket then).
+_NEAR = 64
+
+
+def _inside_window(keys: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+    """Whether the floats of order `keys` are above the window's lower edge, `(t - θ)/ε > -1/2`,
+    as the dense JumpReLU computes the quotient."""
+    return (_from_order(keys) - theta) / bandwidth > -0.5
 
 
 def _order(values: Tensor) -> Tensor:
