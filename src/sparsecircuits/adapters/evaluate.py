@@ -44,6 +44,11 @@ from sparsecircuits.adapters.model import attached, residual_from
 from sparsecircuits.adapters.train import ADAPTERS_DIR, load_pair, read_run_config
 from sparsecircuits.dictionaries import PerLayerTranscoders, load_transcoders
 from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.evaluation.intervals import (
+    bootstrap_indices,
+    percentile_interval,
+    ratio_interval,
+)
 from sparsecircuits.models import ModelAdapter
 
 EVAL_FILE = "eval.json"
@@ -149,17 +154,6 @@ def _metric(
         return answer_log_odds(model(prompts.input_ids), prompts)
 
 
-def _ratio_ci(num: Tensor, den: Tensor, n_boot: int, seed: int) -> list[float]:
-    generator = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(num), (n_boot, len(num)), generator=generator)
-    return _interval(num[idx].mean(1) / den[idx].mean(1))
-
-
-def _interval(values: Tensor) -> list[float]:
-    """The central 95 % percentile interval `[low, high]` of `values`."""
-    return [float(torch.quantile(values, 0.025)), float(torch.quantile(values, 0.975))]
-
-
 def behaviour_metrics(
     base: ModelAdapter,
     reference: ModelAdapter,
@@ -225,6 +219,7 @@ def behaviour_metrics(
                 "random_drop": float(random_drops(n, cfg.curve_draws).mean()),
             }
         )
+    resamples = bootstrap_indices(len(gain), cfg.bootstrap, cfg.seed)  # one draw for both ratios
     return {
         "answer_log_odds": {
             "base": float(m_base.mean()),
@@ -233,11 +228,11 @@ def behaviour_metrics(
             "top_ablated": float(m_top.mean()),
         },
         "gain_recovered": float(adapted_gain.mean() / gain.mean()),
-        "gain_recovered_ci": _ratio_ci(adapted_gain, gain, cfg.bootstrap, cfg.seed),
+        "gain_recovered_ci": ratio_interval(adapted_gain, gain, resamples),
         "top_ablation_drop": float((m_adapt - m_top).mean() / adapted_gain.mean()),
-        "top_ablation_drop_ci": _ratio_ci(m_adapt - m_top, adapted_gain, cfg.bootstrap, cfg.seed),
+        "top_ablation_drop_ci": ratio_interval(m_adapt - m_top, adapted_gain, resamples),
         "random_ablation_drop": float(drops.mean()),
-        "random_ablation_drop_ci": _interval(drops),
+        "random_ablation_drop_ci": percentile_interval(drops),
         "n_ablate": len(top_set),
         "ablation_curve": curve,
         "n_fired_on_prompts": len(fired),
