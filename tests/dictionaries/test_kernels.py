@@ -420,6 +420,23 @@ def test_addmm_into_reused_buffer_gives_addmm_bits() -> None:
         assert len(pointers) == 1  # allocated once, reused
 
 
+def test_scratch_buffers_made_under_inference_mode_serve_a_later_train_step() -> None:
+    """A TopK forward under `torch.inference_mode()` makes the step buffers; the train step
+    after it, outside inference mode, writes into the same ones."""
+    from sparsecircuits.dictionaries.scratch import release
+
+    release()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(300, 16, generator=gen)
+    W_enc = torch.randn(16, 256, generator=gen).requires_grad_(True)
+    b_enc = torch.zeros(256, requires_grad=True)
+    with torch.inference_mode():
+        kernels.topk_encode(x, W_enc, b_enc, 4)
+    codes = kernels.topk_encode(x, W_enc, b_enc, 4)
+    codes.values.sum().backward()
+    assert W_enc.grad is not None and not W_enc.grad.is_inference()
+
+
 def test_scratch_buffers_are_kept_per_name_and_thread() -> None:
     """`scratch` hands back the same memory for the same name while the shape fits (the leading
     rows when fewer are asked for), new memory for another name, width or dtype, and other

@@ -29,7 +29,10 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float3
         or held.shape[1:] != shape[1:]
         or held.shape[0] < shape[0]
     ):
-        held = pool[name] = torch.empty(shape, dtype=dtype)
+        # a normal tensor even under `torch.inference_mode()`: an inference tensor could not be
+        # written to by a later call outside it (a train step after an evaluation)
+        with torch.inference_mode(False):
+            held = pool[name] = torch.empty(shape, dtype=dtype)
     return held[: shape[0]]
 
 
