@@ -417,10 +417,11 @@ class _TopKEncode(torch.autograd.Function):
         signed: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         x_in = x if b_in is None else (x - b_in).contiguous()
+        need_x = ctx.needs_input_grad[0]  # the backward then reads W_t for the input gradient
         selector = None
         W_t = None
         if _bf16_selection(x_in, W_enc, k, signed):
-            W_t = _rows_of(W_enc, keep=x.requires_grad)  # [d_sae, d_in] for the gather-dots
+            W_t = _rows_of(W_enc, keep=need_x)  # [d_sae, d_in] for the gather-dots
             selector = _Bf16Selector(W_enc, b_enc, k, W_t)
         values, indices, aux_v, aux_i = _encode_select(
             x_in, W_enc, b_enc, k, aux_mask, aux_k, signed, selector
@@ -428,7 +429,7 @@ class _TopKEncode(torch.autograd.Function):
         aux_values = aux_v if aux_v is not None else values.new_zeros(values.shape[0], 0)
         aux_indices = aux_i if aux_i is not None else indices.new_zeros(indices.shape[0], 0)
         ctx.save_for_backward(x_in, W_enc, indices, aux_indices, values, aux_values)
-        ctx.W_t = W_t if x.requires_grad else None  # the input gradient's table
+        ctx.W_t = W_t if need_x else None
         ctx.signed = signed
         ctx.mark_non_differentiable(indices, aux_indices)
         return values, indices, aux_values, aux_indices

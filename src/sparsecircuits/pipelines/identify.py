@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -157,6 +157,15 @@ def _ground_truth(
     return _Truth(patching, heads, candidates, edges)
 
 
+class _SeedScores(NamedTuple):
+    """One seed's scores: heads `[layers · heads]`, heads from the pair scores, and the
+    candidate pairs `[n_pairs]`."""
+
+    nodes: Tensor
+    edge_nodes: Tensor
+    edges: Tensor
+
+
 def _score_seed(
     seed: int,
     pool: Tensor,
@@ -164,38 +173,27 @@ def _score_seed(
     neg_out: Tensor,
     truth: _Truth,
     code_cfg: CodeConfig,
-    canonical_truth: Tensor | None,
-) -> tuple[dict[str, float], Curves, Curves]:
+) -> tuple[dict[str, float], _SeedScores]:
     """Train the shared SAE of `seed` on rows of `pool` and score heads and head pairs by its
-    codes: `(metrics, node curves, edge curves)`; `metrics["seconds"]` is training + scoring."""
-    t0 = time.perf_counter()
+    codes: `(ranking metrics against the ground truth, the scores)`."""
     rows = sae_training_rows(len(pool), code_cfg.n_train_prompts, seed)
     sae = train_shared_sae(pool[rows], code_cfg, seed)
     pos_codes, neg_codes = discrete_codes(sae, pos_out), discrete_codes(sae, neg_out)
-    nodes = node_scores(pos_codes, neg_codes)
     pair_matrix = edge_scores(pos_codes, neg_codes)
-    edges = pair_matrix[truth.candidates[:, 0], truth.candidates[:, 1]]
-    edge_nodes = edge_node_scores(pair_matrix)
+    scores = _SeedScores(
+        nodes=node_scores(pos_codes, neg_codes),
+        edge_nodes=edge_node_scores(pair_matrix),
+        edges=pair_matrix[truth.candidates[:, 0], truth.candidates[:, 1]],
+    )
     metrics = {
-        **_prefixed("node", ranking_metrics(nodes, truth.heads)),
-        **_prefixed("edge", ranking_metrics(edges, truth.edges)),
-        "edge_node_roc_auc": ranking_metrics(edge_nodes, truth.heads)["roc_auc"],
+        **_prefixed("node", ranking_metrics(scores.nodes, truth.heads)),
+        **_prefixed("edge", ranking_metrics(scores.edges, truth.edges)),
+        "edge_node_roc_auc": ranking_metrics(scores.edge_nodes, truth.heads)["roc_auc"],
         "distinct_codes": float(
             len(set(pos_codes.flatten().tolist()) | set(neg_codes.flatten().tolist()))
         ),
-        "seconds": time.perf_counter() - t0,
     }
-    if canonical_truth is not None:
-        metrics["canonical_node_roc_auc"] = ranking_metrics(nodes, canonical_truth)["roc_auc"]
-    node_curves = {
-        f"SAE codes: node score (seed {seed})": _curve(nodes, truth.heads),
-        f"SAE codes: edge-derived node score (seed {seed})": _curve(edge_nodes, truth.heads),
-    }
-    return (
-        metrics,
-        node_curves,
-        {f"SAE codes: edge score (seed {seed})": _curve(edges, truth.edges)},
-    )
+    return metrics, scores
 
 
 def _baselines(
@@ -309,16 +307,21 @@ def run_identify(
     curves: Curves = {}
     edge_curves: Curves = {}
     for seed in range(cfg.seeds):
-        metrics, node_curves, pair_curves = _score_seed(
-            seed, pool, pos_out, neg_out, truth, code_cfg, canonical_truth
-        )
-        seconds = metrics["seconds"]
+        t0 = time.perf_counter()
+        metrics, scores = _score_seed(seed, pool, pos_out, neg_out, truth, code_cfg)
+        seconds = time.perf_counter() - t0
         metrics["seconds"] = seconds + outputs_seconds
+        if canonical_truth is not None:
+            canonical_auc = ranking_metrics(scores.nodes, canonical_truth)["roc_auc"]
+            metrics["canonical_node_roc_auc"] = canonical_auc
         per_seed.append(metrics)
         say(f"seed {seed}: node ROC-AUC {metrics['node_roc_auc']:.3f} ({seconds:.1f} s)")
         if seed == 0:  # the plots show one seed's curves
-            curves |= node_curves
-            edge_curves |= pair_curves
+            curves["SAE codes: node score (seed 0)"] = _curve(scores.nodes, truth.heads)
+            curves["SAE codes: edge-derived node score (seed 0)"] = _curve(
+                scores.edge_nodes, truth.heads
+            )
+            edge_curves["SAE codes: edge score (seed 0)"] = _curve(scores.edges, truth.edges)
 
     scorers: dict[str, Callable[[], Tensor]] = {
         "attribution_patching": lambda: attribution_patching(adapter, pairs)
