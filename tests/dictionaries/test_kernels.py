@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
 from sparsecircuits.dictionaries import cpu_topk, kernels
+from sparsecircuits.dictionaries.squared_error import squared_sum
 from sparsecircuits.errors import SparseCircuitsError
 
 
@@ -512,3 +515,44 @@ def test_decoder_row_kernels_equal_torch_reference() -> None:
     expected = w64 / w64.norm(dim=1, keepdim=True).clamp_min(eps)
     assert_close_relative(param.data.double(), expected, tol=1e-6)
     assert bool((param.data[7] == 0).all())
+
+
+def test_take_gathers_like_indexing_with_a_backward_that_repeats_bit_for_bit() -> None:
+    """`kernels.take(values, index)` is `values[index]`; its gradient (summed over 140,000
+    entries into 2,048 latents, on two threads) has the same bits on every run."""
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(2048, generator=gen, requires_grad=True)
+    index = torch.randint(0, 2048, (1000, 140), generator=gen)
+    weights = torch.randn(1000, 140, generator=gen)
+    assert torch.equal(kernels.take(values, index), values[index])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(5):
+            values.grad = None
+            (kernels.take(values, index) * weights).sum().backward()
+            grads.append(values.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    expected = torch.zeros(2048, dtype=torch.float64).index_add_(
+        0, index.reshape(-1), weights.reshape(-1).double()
+    )
+    torch.testing.assert_close(grads[0].double(), expected, rtol=1e-5, atol=1e-4)
+    assert all(torch.equal(g, grads[0]) for g in grads[1:])
+
+
+@pytest.mark.parametrize("dim", [None, (0, 2), (1,)])
+def test_squared_sum_has_the_bits_of_pow_sum_forward_and_backward(dim: Any) -> None:
+    """`squared_sum` computes `error.pow(2).sum(dim)` and, in one pass, autograd's gradient of
+    it: the same bits for an upstream gradient that is not a power of two."""
+    gen = torch.Generator().manual_seed(1)
+    error = torch.randn(64, 3, 40, generator=gen) * 7
+    mine, reference = error.clone().requires_grad_(), error.clone().requires_grad_()
+    out = squared_sum(mine, dim)
+    expected = reference.pow(2).sum() if dim is None else reference.pow(2).sum(dim=dim)
+    assert torch.equal(out, expected)
+    upstream = torch.rand(out.shape, generator=gen) / 3 + 0.1
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    assert torch.equal(mine.grad, reference.grad)

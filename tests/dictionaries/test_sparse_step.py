@@ -258,3 +258,33 @@ def test_extract_keeps_exactly_the_entries_above_the_cutoff(width: int) -> None:
     assert torch.equal(cols, expected_cols)
     # bit-equal, NaN included
     assert torch.allclose(values, pre[rows, expected_cols], equal_nan=True, rtol=0, atol=0)
+
+
+def _grads_on_two_threads(dictionary: Any, x: torch.Tensor, target: Any, runs: int) -> list[Any]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        return [_step(dictionary, x, target)[3] for _ in range(runs)]
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    ("arch", "extra"),
+    [("jumprelu", {}), ("jumprelu", {"jumprelu_sparsity": "tanh"}), ("relu", {})],
+)
+def test_sparse_step_gradients_are_the_same_bits_on_every_run(
+    arch: str, extra: Any, step_mode
+) -> None:  # type: ignore[no-untyped-def]
+    """The kept entries read per-latent values (thresholds, decoder norms) through a gather whose
+    backward adds in index order: indexing `values[cols]` would add them with atomics across
+    threads, and the gradients' last bits would change from run to run. 3,000 rows keep more
+    entries than torch's grain (32,768), where its threaded accumulation starts."""
+    step_mode("sparse")
+    x, target = _data(3000, "sae")
+    dictionary = _dictionary(arch, "sae", 16.0, x, target, **extra)
+    first, *others = _grads_on_two_threads(dictionary, x, target, runs=6)
+    assert dictionary.activation.step_mode == "sparse"
+    for grads in others:
+        for name, grad in first.items():
+            assert torch.equal(grads[name], grad), f"grad {name} differs between runs"

@@ -16,6 +16,7 @@ from sparsecircuits.dictionaries.activations import Activation, make_activation
 from sparsecircuits.dictionaries.activations.base import ForwardOutput
 from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
 from sparsecircuits.dictionaries.sparse_step import RowSparseOutput
+from sparsecircuits.dictionaries.squared_error import squared_sum
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
@@ -291,15 +292,15 @@ class Dictionary(CoderBase):
         fo = self.forward(x, dead_mask=dead_mask)
         assert fo.out is not None
         error = fo.out - target
-        squared_error = error.pow(2).sum()
+        squared_error = squared_sum(error)
         total_variance = (
-            (target - target.mean(dim=0)).pow(2).sum().clamp_min(torch.finfo(target.dtype).tiny)
+            (target - target.mean(dim=0)).pow_(2).sum().clamp_min(torch.finfo(target.dtype).tiny)
         )
         fvu = squared_error / total_variance
         mse = squared_error / x.shape[0]
         recon = fvu if self.cfg.recon_loss == "fvu" else mse
         sparsity = self.activation.sparsity_loss(self, fo, dead_mask)
-        aux = self.activation.aux_loss(self, fo, (-error).detach(), total_variance, dead_mask)
+        aux = self.activation.aux_loss(self, fo, error.detach(), total_variance, dead_mask)
         if self.training:
             self.activation.observe(self, fo)
         loss = recon + sparsity + self.cfg.aux_k_coefficient * aux

@@ -21,6 +21,7 @@ from sparsecircuits.dictionaries.base import (
     shrink_untrained_output,
 )
 from sparsecircuits.dictionaries.config import DictionaryConfig, hook_layer
+from sparsecircuits.dictionaries.squared_error import squared_sum
 from sparsecircuits.errors import SparseCircuitsError
 
 
@@ -294,13 +295,13 @@ class CrossLayerTranscoder(CoderBase):
         fo = self._output(codes, x.shape[0])
         assert fo.out is not None
         error = fo.out - target
-        squared_error = error.pow(2).sum(dim=(0, 2))  # [L]
+        squared_error = squared_sum(error, dim=(0, 2))  # [L]
         tiny = torch.finfo(target.dtype).tiny
-        total_variance = (target - target.mean(dim=0)).pow(2).sum(dim=(0, 2)).clamp_min(tiny)
+        total_variance = (target - target.mean(dim=0)).pow_(2).sum(dim=(0, 2)).clamp_min(tiny)
         fvu = (squared_error / total_variance).mean()
         mse = squared_error.sum() / x.shape[0]
         recon = fvu if self.cfg.recon_loss == "fvu" else mse
-        residual = (-error).detach()
+        detached_error = error.detach()
         sparsity = fo.out.new_zeros(())
         aux = fo.out.new_zeros(())
         for layer, (activation, layer_codes) in enumerate(zip(self.family, codes, strict=True)):
@@ -310,7 +311,7 @@ class CrossLayerTranscoder(CoderBase):
             aux = aux + activation.aux_loss(
                 view,
                 layer_codes,
-                residual[:, layer:].flatten(1),
+                detached_error[:, layer:].flatten(1),
                 total_variance[layer:].sum(),
                 dead,
             )

@@ -107,6 +107,14 @@ def _margin(k: int) -> int:
     return 32 + k // 4
 
 
+def take(values: Tensor, index: Tensor) -> Tensor:
+    """`values[index]` for a 1-D `values [m]` and an int64 `index` of any shape (the result has
+    `index`'s shape), with a deterministic backward. `values[index]`'s backward accumulates with
+    `index_put_`, which on CPU with more than one thread adds floats atomically in thread order,
+    so the gradient's last bits change from run to run; `index_select`'s adds in index order."""
+    return values.index_select(0, index.reshape(-1)).view(index.shape)
+
+
 def gather_dot(table: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | None = None) -> Tensor:
     """`out[r, c] = table[indices[r, c]] · rows[r] (+ bias[indices[r, c]])`: `[n, c]` from
     `table [m, d]`, `indices [n, c]`, `rows [n, d]`, `bias [m]`, without materialising the
@@ -115,7 +123,7 @@ def gather_dot(table: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | None
     if cpu_topk.supports_gather(table, indices, rows):
         return cpu_topk.gather_dot(table, indices, rows, bias)
     dots = _gather_dot_torch(table, indices, rows)
-    return dots if bias is None else dots + bias[indices]
+    return dots if bias is None else dots + take(bias, indices)
 
 
 def _gather_dot_torch(table: Tensor, indices: Tensor, rows: Tensor) -> Tensor:

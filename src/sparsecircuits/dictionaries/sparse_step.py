@@ -272,7 +272,9 @@ class RowSparseOutput(ForwardOutput):
     def weighted_l1(self, decoder_norms: Tensor) -> Tensor:
         """Mean over tokens of `Σ_i |f_i| · ||W_dec[i]||` (0-dim, differentiable)."""
         acts, pattern = self._parts()
-        return (acts.abs() * decoder_norms[pattern.cols]).sum() / max(pattern.n_rows, 1)
+        return (acts.abs() * kernels.take(decoder_norms, pattern.cols)).sum() / max(
+            pattern.n_rows, 1
+        )
 
 
 def applies(owner: Owner, x: Tensor) -> bool:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 import torch
 from torch import Tensor, nn
 
-from sparsecircuits.dictionaries.kernels import to_dense
+from sparsecircuits.dictionaries.kernels import take, to_dense
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class ForwardOutput:
         A second call with equal norms (the logged metric after the loss term) returns the first
         result instead of another pass over the dense activations."""
         if self.values is not None and self.indices is not None:
-            return (self.values.abs() * decoder_norms[self.indices]).sum(dim=1).mean()
+            return (self.values.abs() * take(decoder_norms, self.indices)).sum(dim=1).mean()
         cached = self._l1_cache
         if cached is not None and torch.equal(cached[0], decoder_norms.detach()):
             return cached[1] if torch.is_grad_enabled() else cached[1].detach()
@@ -167,11 +167,12 @@ class Activation(nn.Module, ABC):
         self,
         dictionary: Owner,
         codes: ForwardOutput,
-        residual: Tensor,
+        error: Tensor,
         total_variance: Tensor,
         dead_mask: Tensor | None,
     ) -> Tensor:
-        """Unscaled auxiliary loss (0-dim); `residual = target - out` is detached. Zero by default."""
+        """Unscaled auxiliary loss (0-dim); `error = out - target` is detached (the residual left
+        to explain is `-error`). Zero by default."""
         return dictionary.W_dec.new_zeros(())
 
     @torch.no_grad()

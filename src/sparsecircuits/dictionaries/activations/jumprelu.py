@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from sparsecircuits.dictionaries import sparse_step
+from sparsecircuits.dictionaries import kernels, sparse_step
 from sparsecircuits.dictionaries.activations.base import (
     Activation,
     ActivationParams,
@@ -163,7 +163,7 @@ class JumpReLUActivation(Activation):
         bandwidth = params.jumprelu_bandwidth
 
         def sparse(pre: Tensor, pattern: sparse_step.RowPattern) -> sparse_step.RowSparseOutput:
-            kept_threshold = threshold[pattern.cols]
+            kept_threshold = kernels.take(threshold, pattern.cols)
             return sparse_step.RowSparseOutput(
                 acts=jumprelu(pre, kept_threshold, bandwidth),
                 pattern=pattern,
@@ -211,7 +211,7 @@ class JumpReLUActivation(Activation):
         params = self.params
         n = max(codes.pattern.n_rows, 1)
         if params.jumprelu_sparsity == "tanh":
-            norms = dictionary.W_dec.norm(dim=1)[codes.pattern.cols]
+            norms = kernels.take(dictionary.W_dec.norm(dim=1), codes.pattern.cols)
             per_entry = torch.tanh(params.tanh_scale * codes.acts.abs() * norms)
         else:
             per_entry = step(codes.kept_pre, codes.kept_threshold, params.jumprelu_bandwidth)

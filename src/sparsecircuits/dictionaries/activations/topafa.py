@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from sparsecircuits.dictionaries import kernels
 from sparsecircuits.dictionaries.activations.base import ForwardOutput, Owner
 from sparsecircuits.dictionaries.activations.topk import TopKActivation, TopKParams
 
@@ -62,7 +63,7 @@ class TopAFAActivation(TopKActivation):
     ) -> Tensor:
         """`afa_coefficient · mean_tokens (||f ⊙ ||W_dec|| || - ||x - b_in||)²`."""
         assert codes.values is not None and codes.indices is not None
-        norms = dictionary.W_dec.norm(dim=1)[codes.indices]
+        norms = kernels.take(dictionary.W_dec.norm(dim=1), codes.indices)
         code_norm = (codes.values * norms).norm(dim=1)
         target_norm = codes.extras["target_norm"]
         return self.params.afa_coefficient * (code_norm - target_norm).pow(2).mean()

@@ -16,6 +16,7 @@ from sparsecircuits.dictionaries.activations.base import (
     ForwardOutput,
     Owner,
 )
+from sparsecircuits.dictionaries.squared_error import squared_sum
 from sparsecircuits.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
@@ -134,17 +135,19 @@ class TopKActivation(Activation):
         self,
         dictionary: Owner,
         codes: ForwardOutput,
-        residual: Tensor,
+        error: Tensor,
         total_variance: Tensor,
         dead_mask: Tensor | None,
     ) -> Tensor:
-        """AuxK loss (unscaled by `aux_k_coefficient`); zero when no latent is dead."""
+        """AuxK loss (unscaled by `aux_k_coefficient`): how well the dead latents' codes
+        reconstruct the residual `-error`; zero when no latent is dead."""
         if codes.aux_values is None or codes.aux_indices is None or dead_mask is None:
             return dictionary.W_dec.new_zeros(())
         n_dead = float(dead_mask.sum())
         scale = min(n_dead / float(self.params.aux_k or 1), 1.0)
         residual_hat = dictionary.decode_sparse(codes.aux_values, codes.aux_indices, bias=False)
-        return scale * (residual_hat - residual).pow(2).sum() / total_variance
+        # residual_hat - (-error), written as the sum: the same bits, no negated copy
+        return scale * squared_sum(residual_hat + error) / total_variance
 
     def saelens_architecture(self) -> str | None:
         """ "topk" for SAEs and for plain transcoders with `d_in == d_out` (same math: SAELens'
