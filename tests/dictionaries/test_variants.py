@@ -131,6 +131,29 @@ def test_matching_pursuit_residuals(gen: torch.Generator) -> None:
         assert float((r * atoms[index]).sum(dim=1).abs().max()) < 1e-12
 
 
+def test_matching_pursuit_atom_gradient_repeats_bit_for_bit_on_two_threads(
+    gen: torch.Generator,
+) -> None:
+    """Every step gathers one atom per row; the atoms' gradient (4,000 rows x 24 wide, more than
+    torch's grain of 32,768) has the same bits on every run, which a `atoms[index]` gather, whose
+    backward adds with atomics across threads, does not give."""
+    atoms = torch.randn(64, 24, generator=gen)
+    atoms = (atoms / atoms.norm(dim=1, keepdim=True)).requires_grad_()
+    x = torch.randn(4000, 24, generator=gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(5):
+            atoms.grad = None
+            codes, residual, _, _ = matching_pursuit(x, atoms, 4)
+            (residual.pow(2).sum() + codes.sum()).backward()
+            grads.append(atoms.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(g, grads[0]) for g in grads[1:])
+
+
 def test_mp_dictionary_train_and_inference_modes(gen: torch.Generator) -> None:
     cfg = DictionaryConfig(
         architecture="mp", d_in=8, d_sae=32, k=3, hook_in="h", mp_residual_threshold=1e-3

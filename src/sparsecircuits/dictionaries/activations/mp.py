@@ -42,7 +42,7 @@ def matching_pursuit(
     for _ in range(n_steps):
         with torch.no_grad():
             index = (residual @ atoms.T).argmax(dim=1)
-        atom = atoms[index]
+        atom = atoms.index_select(0, index)  # not atoms[index]: see kernels.take
         alpha = (residual * atom).sum(dim=1, keepdim=True).relu() * (~done)[:, None]
         codes = codes.scatter_add(1, index[:, None], alpha)
         residual = residual - alpha * atom
