@@ -449,3 +449,23 @@ def test_overlap_takes_a_model_folder_and_width_and_reports_every_run(
             r["tokens_per_s"] / r["ideal_serial_tokens_per_s"], rel=1e-2
         )
         assert len(r["steps"]) == 1 and r["steps"][0]["stalls"] >= 0
+
+
+def test_step_floor_times_each_kernel_and_bounds_the_ratio(
+    emitted: Emitted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One line per kernel a TopK step cannot skip, then the floor: their summed medians and the
+    GEMM's share of that sum (the best ratio to the ceiling any step could reach)."""
+    from benchmarks import step_floor
+
+    monkeypatch.setattr(step_floor, "N_TOKENS", 256)
+    step_floor.main(["--d-sae", "256", "--k", "4", "--repeats", "1"])
+    lines = emitted()
+    kernels = [r for r in lines if r["name"] == "step_floor_kernel"]
+    assert [r["kernel"] for r in kernels] == list(step_floor.kernels_of_a_step(256, 4))
+    assert all(r["ms"]["median"] > 0 for r in kernels)
+    (floor,) = [r for r in lines if r["name"] == "step_floor"]
+    total = sum(r["ms"]["median"] for r in kernels)
+    assert floor["ms"] == pytest.approx(total, abs=0.05)
+    assert floor["best_ratio_to_ceiling"] == pytest.approx(floor["gemm_ms"] / floor["ms"], abs=2e-3)
+    assert 0 < floor["best_ratio_to_ceiling"] < 1
