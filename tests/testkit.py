@@ -4,9 +4,11 @@ weight copies between equivalent dictionaries."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +272,15 @@ def tiny_run_config(
         "dictionaries": dictionaries,
         "train": train,
     }
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with torch's intra-op pool at `n` threads (the suite runs at 1: conftest.py),
+    restoring the count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

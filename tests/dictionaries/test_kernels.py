@@ -10,6 +10,7 @@ import torch
 from sparsecircuits.dictionaries import cpu_topk, kernels
 from sparsecircuits.dictionaries.squared_error import squared_sum
 from sparsecircuits.errors import SparseCircuitsError
+from testkit import torch_threads
 
 
 def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
@@ -525,16 +526,12 @@ def test_take_gathers_like_indexing_with_a_backward_that_repeats_bit_for_bit() -
     index = torch.randint(0, 2048, (1000, 140), generator=gen)
     weights = torch.randn(1000, 140, generator=gen)
     assert torch.equal(kernels.take(values, index), values[index])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        grads = []
+    grads = []
+    with torch_threads(2):
         for _ in range(5):
             values.grad = None
             (kernels.take(values, index) * weights).sum().backward()
             grads.append(values.grad.clone())
-    finally:
-        torch.set_num_threads(threads)
     expected = torch.zeros(2048, dtype=torch.float64).index_add_(
         0, index.reshape(-1), weights.reshape(-1).double()
     )

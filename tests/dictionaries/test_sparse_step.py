@@ -12,7 +12,7 @@ import torch
 from sparsecircuits.dictionaries import DictionaryConfig, make, sparse_step
 from sparsecircuits.dictionaries.activations.jumprelu import _rectangle
 from sparsecircuits.training import TrainConfig, Trainer
-from testkit import RepeatBatch
+from testkit import RepeatBatch, torch_threads
 
 D_IN, D_SAE, D_OUT = 24, 256, 20
 
@@ -260,15 +260,6 @@ def test_extract_keeps_exactly_the_entries_above_the_cutoff(width: int) -> None:
     assert torch.allclose(values, pre[rows, expected_cols], equal_nan=True, rtol=0, atol=0)
 
 
-def _grads_on_two_threads(dictionary: Any, x: torch.Tensor, target: Any, runs: int) -> list[Any]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        return [_step(dictionary, x, target)[3] for _ in range(runs)]
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(
     ("arch", "extra"),
     [("jumprelu", {}), ("jumprelu", {"jumprelu_sparsity": "tanh"}), ("relu", {})],
@@ -283,7 +274,8 @@ def test_sparse_step_gradients_are_the_same_bits_on_every_run(
     step_mode("sparse")
     x, target = _data(3000, "sae")
     dictionary = _dictionary(arch, "sae", 16.0, x, target, **extra)
-    first, *others = _grads_on_two_threads(dictionary, x, target, runs=6)
+    with torch_threads(2):
+        first, *others = [_step(dictionary, x, target)[3] for _ in range(6)]
     assert dictionary.activation.step_mode == "sparse"
     for grads in others:
         for name, grad in first.items():

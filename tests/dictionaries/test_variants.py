@@ -21,7 +21,7 @@ from sparsecircuits.dictionaries import (
 from sparsecircuits.dictionaries.activations.mp import matching_pursuit
 from sparsecircuits.dictionaries.activations.topafa import afa_choose_k
 from sparsecircuits.errors import SparseCircuitsError
-from testkit import copy_one_layer_clt
+from testkit import copy_one_layer_clt, torch_threads
 
 ALL_SAE_ARCHITECTURES = ["relu", "topk", "batchtopk", "jumprelu", "abstopk", "topafa", "mp"]
 
@@ -140,17 +140,13 @@ def test_matching_pursuit_atom_gradient_repeats_bit_for_bit_on_two_threads(
     atoms = torch.randn(64, 24, generator=gen)
     atoms = (atoms / atoms.norm(dim=1, keepdim=True)).requires_grad_()
     x = torch.randn(4000, 24, generator=gen)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        grads = []
+    grads = []
+    with torch_threads(2):
         for _ in range(5):
             atoms.grad = None
             codes, residual, _, _ = matching_pursuit(x, atoms, 4)
             (residual.pow(2).sum() + codes.sum()).backward()
             grads.append(atoms.grad.clone())
-    finally:
-        torch.set_num_threads(threads)
     assert all(torch.equal(g, grads[0]) for g in grads[1:])
 
 
