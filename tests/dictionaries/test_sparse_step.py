@@ -127,9 +127,21 @@ def test_jumprelu_window_entries_carry_the_threshold_gradient(sparsity: str, ste
 
 
 @pytest.mark.parametrize("arch", ["relu", "jumprelu"])
-def test_sparse_step_over_several_encoder_chunks(arch: str, step_mode) -> None:  # type: ignore[no-untyped-def]
-    """1,500 rows: the probe's 256 rows, then chunks of the remaining rows."""
+def test_sparse_step_over_several_encoder_chunks(
+    arch: str, step_mode, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """1,500 rows: the probe's 256 rows, then chunks of 300 rows (the buffer cap lowered to 300
+    rows' worth), the last one shorter."""
+    monkeypatch.setattr(sparse_step, "_CHUNK_BYTES", 4 * D_SAE * 300)
+    assert sparse_step.chunk_rows(1500 - sparse_step.PROBE_ROWS, D_SAE) == 300
     _compare(arch, "transcoder", 8.0, 1500, step_mode)
+
+
+def test_chunk_rows_fill_the_buffer_cap() -> None:
+    """A whole 4096-token batch at d_sae 4k, 2048 rows at 16k, 512 at 65k, never under 256."""
+    rows = [sparse_step.chunk_rows(4096, d) for d in (4096, 16384, 65536, 2**20)]
+    assert rows == [4096, 2048, 512, 256]
+    assert sparse_step.chunk_rows(100, 4096) == 100
 
 
 def test_input_gradient_matches_dense(step_mode) -> None:  # type: ignore[no-untyped-def]
