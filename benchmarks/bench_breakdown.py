@@ -472,22 +472,36 @@ def run(adapter: Any, options: BenchOptions) -> None:
                       "config": config, "top_ops": rows})  # fmt: skip
             variants = k == 32 or d_sae >= 65536
             if variants and options.device == "cpu" and options.dtype == "float32":
-                seconds = time_interleaved(
-                    _step_variants(spec, batch, options),
-                    options.device,
-                    options.repeats if d_sae < 65536 else min(options.repeats, 3),
-                    options.min_time_s,
-                )
-                emit(
-                    {
-                        "name": "train_step_variant",
-                        "library": "sparsecircuits",
-                        "config": config,
-                        "tokens_per_s": {n: round(BATCH_TOKENS / t, 1) for n, t in seconds.items()},
-                        "bf16_selection": selection_check(d_sae, k, x),
-                    }
-                )
+                emit(_variant_record(spec, config, batch, x, options))
     alternatives(widths[0], 32, x, options)
+
+
+def _variant_record(
+    spec: dict[str, Any],
+    config: dict[str, Any],
+    batch: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    options: BenchOptions,
+) -> dict[str, Any]:
+    """The `train_step_variant` record: our step's tokens/s with each selection mode and the bf16
+    selection's check on the batch, or why it was skipped."""
+    from sparsecircuits.dictionaries import kernels
+
+    record = {"name": "train_step_variant", "library": "sparsecircuits", "config": config}
+    if not kernels.cpu_has_fast_bf16():
+        # an emulated bf16 GEMM runs at a few per cent of fp32's speed or less
+        return record | {"skipped": "no native bf16 on this CPU: auto never selects bf16"}
+    d_sae, k = spec["d_sae"], spec["k"]
+    seconds = time_interleaved(
+        _step_variants(spec, batch, options),
+        options.device,
+        options.repeats if d_sae < 65536 else min(options.repeats, 3),
+        options.min_time_s,
+    )
+    return record | {
+        "tokens_per_s": {n: round(BATCH_TOKENS / t, 1) for n, t in seconds.items()},
+        "bf16_selection": selection_check(d_sae, k, x),
+    }
 
 
 def _selection_of(spec: dict[str, Any], options: BenchOptions) -> str:

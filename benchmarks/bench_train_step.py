@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -192,21 +192,40 @@ def step_memory(step: Callable[[], None], device: str) -> float:
     return peak_rss_mb() - before
 
 
-def measure_ceilings(x: torch.Tensor, d_sae: int, options: BenchOptions) -> dict[str, str]:
-    """Time every exact way to compute `x @ W_enc` at both precisions (interleaved rounds),
+def selection_and_precision(spec: dict[str, Any], options: BenchOptions) -> tuple[str | None, str]:
+    """For one grid entry: the selection our TopK step uses (None for other architectures) and
+    the precision of the GEMM it selects from ("bf16" or "fp32"), which its ceiling is timed at."""
+    from benchmarks import ceiling
+
+    selection = None
+    if spec["architecture"] == "topk":
+        from sparsecircuits.dictionaries import kernels
+
+        selection = kernels.selection_for(
+            spec["d_sae"], spec["k"], options.device.split(":")[0], options.torch_dtype
+        )
+    return selection, ceiling.step_precision(options.dtype, selection)
+
+
+def measure_ceilings(
+    x: torch.Tensor, d_sae: int, options: BenchOptions, precisions: Iterable[str]
+) -> dict[str, str]:
+    """Time every exact way to compute `x @ W_enc` at each of `precisions` (interleaved rounds),
     emit one `matmul_ceiling` record per precision, and return `{precision: fastest variant}`.
     """
     from benchmarks import ceiling
 
+    wanted = set(precisions)
+    timed = [p for p in ceiling.PRECISIONS if p in wanted]
     fns: dict[str, Callable[[], Any]] = {}
-    for precision in ceiling.PRECISIONS:
+    for precision in timed:
         fns.update(ceiling.variants(x, d_sae, precision))
     # 3 rounds rank the variants; the chosen one is timed again beside every step it bounds
     samples, _ = time_rounds(fns, options.device, 3, options.min_time_s)
     n, d_in = x.shape
     flop = 2 * n * d_in * d_sae
     fastest = {}
-    for precision in ceiling.PRECISIONS:
+    for precision in timed:
         mine = {name: s for name, s in samples.items() if name.startswith(precision + ":")}
         if not mine:
             continue
@@ -256,11 +275,17 @@ def run(adapter: Any, options: BenchOptions) -> None:
 
     ceilings: dict[int, dict[str, str]] = {}
     ceiling_fns: dict[str, Callable[[], Any]] = {}
-    for spec in configs(options.quick, options.train_cases):
+    grid = configs(options.quick, options.train_cases)
+    for spec in grid:
         d_sae, k = spec["d_sae"], spec["k"]
         if d_sae not in ceilings:
             log(f"train_step ceiling d_sae={d_sae}")
-            ceilings[d_sae] = measure_ceilings(mlp_in, d_sae, options)
+            # fp32 always (the reference); bf16 only where a step at this width selects from it,
+            # since a CPU without native bf16 emulates it at a small fraction of fp32's speed
+            needed = {"fp32"} | {
+                selection_and_precision(s, options)[1] for s in grid if s["d_sae"] == d_sae
+            }
+            ceilings[d_sae] = measure_ceilings(mlp_in, d_sae, options, needed)
             ceiling_fns = {}
             for precision, name in ceilings[d_sae].items():
                 ceiling_fns[precision] = ceiling.variants(mlp_in, d_sae, precision, only=name)[name]
@@ -274,15 +299,9 @@ def run(adapter: Any, options: BenchOptions) -> None:
             "batch_tokens": BATCH_TOKENS,
             **({"dead_frac": options.dead_frac} if options.dead_frac and k else {}),
         }
-        selection = None
-        if spec["architecture"] == "topk":
-            from sparsecircuits.dictionaries import kernels
-
-            selection = kernels.selection_for(
-                d_sae, k, options.device.split(":")[0], options.torch_dtype
-            )
+        selection, precision = selection_and_precision(spec, options)
+        if selection is not None:
             config["selection"] = selection
-        precision = ceiling.step_precision(options.dtype, selection)
         log(f"train_step {config}")
         reset_peak_rss()
         lr = 2e-4 / math.sqrt(d_sae / 2**14)

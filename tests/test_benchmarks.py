@@ -179,6 +179,58 @@ def test_ceiling_precision_follows_the_step() -> None:
     assert ceiling.step_precision("bfloat16", None) == "bf16"
 
 
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_ceilings_are_timed_at_the_precisions_the_steps_select_from(
+    emitted: Emitted, monkeypatch: pytest.MonkeyPatch, fast_bf16: bool
+) -> None:
+    """bf16 ceilings only where a TopK step at that width selects from bf16: a CPU without native
+    bf16 would spend minutes per width timing an emulated GEMM no step uses."""
+    from benchmarks import bench_train_step
+
+    from sparsecircuits.dictionaries import kernels
+
+    monkeypatch.setattr(kernels, "cpu_has_fast_bf16", lambda: fast_bf16)
+    options = common.BenchOptions(repeats=1, min_time_s=0.0)
+    grid = bench_train_step.configs(False, "relu:4096,topk:4096:32,topk:4096:128")
+    chosen = {
+        (s["architecture"], s["k"]): bench_train_step.selection_and_precision(s, options)
+        for s in grid
+    }
+    assert chosen[("relu", None)] == (None, "fp32")
+    assert chosen[("topk", 128)] == ("fp32", "fp32")
+    assert chosen[("topk", 32)] == (("bf16", "bf16") if fast_bf16 else ("fp32", "fp32"))
+
+    needed = {"fp32"} | {precision for _, precision in chosen.values()}
+    x = torch.randn(64, 32)
+    fastest = bench_train_step.measure_ceilings(x, 96, options, needed)
+    records = [r for r in emitted() if r["name"] == "matmul_ceiling"]
+    precisions = ["fp32", "bf16"] if fast_bf16 else ["fp32"]
+    assert [r["config"]["precision"] for r in records] == precisions
+    assert list(fastest) == precisions
+
+
+def test_selection_variants_are_skipped_without_native_bf16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without native bf16 the breakdown records why it skips the bf16 selection variant and
+    times nothing (each emulated bf16 step would take seconds to minutes)."""
+    from benchmarks import bench_breakdown
+
+    from sparsecircuits.dictionaries import kernels
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("timed a step")
+
+    monkeypatch.setattr(kernels, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(bench_breakdown, "time_interleaved", never)
+    spec = {"kind": "transcoder", "architecture": "topk", "d_sae": 4096, "k": 32}
+    record = bench_breakdown._variant_record(
+        spec, {"d_sae": 4096}, {}, torch.zeros(1, 1), common.BenchOptions()
+    )
+    assert record["name"] == "train_step_variant" and "native bf16" in record["skipped"]
+    assert "tokens_per_s" not in record
+
+
 # ------------------------------------------------------------------------------ graph sweep
 
 
@@ -451,21 +503,30 @@ def test_overlap_takes_a_model_folder_and_width_and_reports_every_run(
         assert len(r["steps"]) == 1 and r["steps"][0]["stalls"] >= 0
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_step_floor_times_each_kernel_and_bounds_the_ratio(
-    emitted: Emitted, monkeypatch: pytest.MonkeyPatch
+    emitted: Emitted, monkeypatch: pytest.MonkeyPatch, precision: str
 ) -> None:
     """One line per kernel a TopK step cannot skip, then the floor: their summed medians and the
-    GEMM's share of that sum (the best ratio to the ceiling any step could reach)."""
+    GEMM's share of that sum (the best ratio to the ceiling any step could reach). Only the bf16
+    selection rescores its candidates."""
     from benchmarks import step_floor
 
     monkeypatch.setattr(step_floor, "N_TOKENS", 256)
-    step_floor.main(["--d-sae", "256", "--k", "4", "--repeats", "1"])
+    step_floor.main(["--d-sae", "256", "--k", "4", "--repeats", "1", "--precision", precision])
     lines = emitted()
     kernels = [r for r in lines if r["name"] == "step_floor_kernel"]
-    assert [r["kernel"] for r in kernels] == list(step_floor.kernels_of_a_step(256, 4))
+    names = list(step_floor.kernels_of_a_step(256, 4, precision=precision))
+    assert [r["kernel"] for r in kernels] == names
+    assert names[0] == f"{precision} GEMM (the ceiling)"
+    assert any("rescoring" in name for name in names) == (precision == "bf16")
+    assert all(r["config"]["precision"] == precision for r in kernels)
     assert all(r["ms"]["median"] > 0 for r in kernels)
     (floor,) = [r for r in lines if r["name"] == "step_floor"]
     total = sum(r["ms"]["median"] for r in kernels)
     assert floor["ms"] == pytest.approx(total, abs=0.05)
-    assert floor["best_ratio_to_ceiling"] == pytest.approx(floor["gemm_ms"] / floor["ms"], abs=2e-3)
+    # both milliseconds are rounded to 0.01 ms, which at these tiny shapes moves their quotient
+    gemm, ms = floor["gemm_ms"], floor["ms"]
+    rounding = 0.005 * (1 / ms + gemm / ms**2)
+    assert floor["best_ratio_to_ceiling"] == pytest.approx(gemm / ms, abs=rounding + 1e-3)
     assert 0 < floor["best_ratio_to_ceiling"] < 1
