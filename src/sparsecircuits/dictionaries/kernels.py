@@ -4,7 +4,6 @@ verified bf16 selection (docs/internals.md, docs/performance.md)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sparsecircuits.cpu import has_fast_bf16 as cpu_has_fast_bf16
 from sparsecircuits.dictionaries import cpu_topk
 from sparsecircuits.dictionaries.scratch import scratch
 from sparsecircuits.errors import SparseCircuitsError
@@ -54,17 +54,6 @@ def set_topk_selection(mode: str) -> str:
         raise ValueError(f"topk selection must be one of {SELECTION_MODES}, got {mode!r}")
     previous, _selection = _selection, mode
     return previous
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """True when this CPU multiplies bf16 natively (AVX-512 BF16 or AMX flags in /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def selection_for(

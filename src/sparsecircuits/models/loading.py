@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from sparsecircuits.cpu import warn_if_slow_bf16
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.hub import is_hub_ref, model_folder, parse_hub_id
 from sparsecircuits.models.adapter import ModelAdapter
@@ -91,6 +92,7 @@ def load_model(
     else:
         source = model_folder(parse_hub_id(name))
     target = resolve_device(device)
+    warn_if_slow_bf16(f"model {name}", dtype, target)
 
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=True)

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from sparsecircuits.config import to_dict
+from sparsecircuits.cpu import warn_if_slow_bf16
 from sparsecircuits.dictionaries import SparseCoder, save_dictionary, scratch
 from sparsecircuits.dictionaries.sparse_step import step_mode_of
 from sparsecircuits.errors import SparseCircuitsError
@@ -115,6 +116,8 @@ class Trainer:
                     "underflow to 0 and the first step gives NaN); train in bfloat16 or float32 "
                     "(dtype in the dictionary's settings) and convert afterwards"
                 )
+            param = next(d.parameters())
+            warn_if_slow_bf16(f"dictionary {name}", param.dtype, param.device)
         self.store = store
         self.dictionaries = dictionaries
         self.cfg = cfg

@@ -55,7 +55,9 @@ def test_graphs_equal_circuit_tracers_entry_by_entry(tmp_path: Path) -> None:
             "error->logit",
         }
         assert all(n > 0 for n in record["n_compared"].values()), where
-        assert max(record["max_rel_err"].values()) <= script.REL_TOLERANCE, where
+        assert set(record["tolerance_share"]) == set(record["max_rel_err"]), where
+        assert max(record["tolerance_share"].values()) <= 1.0, where
+        assert max(record["max_abs_err_rel_row"].values()) <= script.ROW_TOLERANCE, where
         assert record["replacement_score_diff"] <= script.SCORE_TOLERANCE, where
         assert record["completeness_score_diff"] <= script.SCORE_TOLERANCE, where
         assert record["pruned_jaccard"] == 1.0, where
