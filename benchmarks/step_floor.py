@@ -6,9 +6,10 @@ A TopK transcoder step with the verified bf16 selection must at least: compute t
 (the ceiling's GEMM, in the step's row chunks), read those scores once, rescore its candidates
 in fp32, decode, form the two sparse weight gradients and the codes' gradient, and take an Adam
 step. With `--precision fp32` (the step on a CPU without fast bf16, or at k 128) the scores are
-the fp32 GEMM's and need no rescoring. Each is timed on its own, at the benchmark's shapes (4096 tokens, d_in 256), on random
-data, in interleaved rounds (`common.time_rounds`). The sum, before any ranking, loss, clipping or
-renormalisation, bounds the step's ratio to its ceiling: `GEMM / sum`. One JSON line per kernel
+the fp32 GEMM's and need no rescoring. Each is timed on its own, at the benchmark's shapes (4096
+tokens, d_in 256), on random data, in interleaved rounds (`common.time_rounds`). The sum, before
+any ranking, loss, clipping or renormalisation, bounds the step's ratio to its ceiling: `GEMM /
+sum`. One JSON line per kernel
 (milliseconds per call: median, min and max over the rounds) and a `"floor"` line with the bound.
 """
 
