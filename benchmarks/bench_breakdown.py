@@ -31,7 +31,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.bench_train_step import BATCH_TOKENS, LAYER, harvest_batch, our_step
+from benchmarks.bench_train_step import (
+    BATCH_TOKENS,
+    LAYER,
+    harvest_batch,
+    our_step,
+    selection_and_precision,
+)
 from benchmarks.common import BenchOptions, emit, log, time_interleaved
 
 TOP_OPS = 12
@@ -462,7 +468,7 @@ def run(adapter: Any, options: BenchOptions) -> None:
                 {
                     "name": "train_step_phases",
                     "library": "sparsecircuits",
-                    "config": {**config, "selection": _selection_of(spec, options)},
+                    "config": {**config, "selection": selection_and_precision(spec, options)[0]},
                     "ms": phases,
                 }
             )
@@ -502,11 +508,3 @@ def _variant_record(
         "tokens_per_s": {n: round(BATCH_TOKENS / t, 1) for n, t in seconds.items()},
         "bf16_selection": selection_check(d_sae, k, x),
     }
-
-
-def _selection_of(spec: dict[str, Any], options: BenchOptions) -> str:
-    from sparsecircuits.dictionaries import kernels
-
-    return kernels.selection_for(
-        spec["d_sae"], spec["k"], options.device.split(":")[0], options.torch_dtype
-    )

@@ -17,7 +17,9 @@ SAPPHIRE_RAPIDS = "flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n"
 @pytest.fixture
 def flags(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """Set what `/proc/cpuinfo` reads as (None: not a Linux x86 machine)."""
-    return lambda text: monkeypatch.setattr(cpu, "_cpu_flags", lambda: text)
+    return lambda text: monkeypatch.setattr(
+        cpu, "_cpu_flags", lambda: None if text is None else cpu._flags_of(text)
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,14 +14,23 @@ __all__ = ["has_fast_bf16", "slow_bf16_warning", "warn_if_slow_bf16"]
 _log = logging.getLogger("sparsecircuits")
 
 
+def _flags_of(cpuinfo: str) -> frozenset[str]:
+    """The flags on the first `flags` line of a /proc/cpuinfo text (every core lists the same)."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
 @functools.lru_cache(maxsize=1)
-def _cpu_flags() -> str | None:
-    """The flags of /proc/cpuinfo on Linux x86, else None (unknown)."""
+def _cpu_flags() -> frozenset[str] | None:
+    """This CPU's flags from /proc/cpuinfo on Linux x86, else None (unknown); read once, since
+    the TopK step asks on every encoder call and the file grows with the core count."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     try:
         with open("/proc/cpuinfo") as f:
-            return f.read()
+            return _flags_of(f.read())
     except OSError:
         return None
 

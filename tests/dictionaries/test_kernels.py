@@ -526,6 +526,8 @@ def test_take_gathers_like_indexing_with_a_backward_that_repeats_bit_for_bit() -
     index = torch.randint(0, 2048, (1000, 140), generator=gen)
     weights = torch.randn(1000, 140, generator=gen)
     assert torch.equal(kernels.take(values, index), values[index])
+    rows = torch.randn(2048, 3, generator=gen)  # rows of a table, as matching pursuit's atoms
+    assert torch.equal(kernels.take(rows, index), rows[index])
     grads = []
     with torch_threads(2):
         for _ in range(5):

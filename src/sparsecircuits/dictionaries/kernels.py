@@ -97,11 +97,12 @@ def _margin(k: int) -> int:
 
 
 def take(values: Tensor, index: Tensor) -> Tensor:
-    """`values[index]` for a 1-D `values [m]` and an int64 `index` of any shape (the result has
-    `index`'s shape), with a deterministic backward. `values[index]`'s backward accumulates with
-    `index_put_`, which on CPU with more than one thread adds floats atomically in thread order,
-    so the gradient's last bits change from run to run; `index_select`'s adds in index order."""
-    return values.index_select(0, index.reshape(-1)).view(index.shape)
+    """`values[index]` for `values [m, ...]` and an int64 `index` of any shape (the result is
+    `[*index.shape, ...]`), with a deterministic backward. `values[index]`'s backward accumulates
+    with `index_put_`, which on CPU with more than one thread adds floats atomically in thread
+    order, so the gradient's last bits change from run to run; `index_select`'s adds in index
+    order."""
+    return values.index_select(0, index.reshape(-1)).view(*index.shape, *values.shape[1:])
 
 
 def gather_dot(table: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | None = None) -> Tensor:

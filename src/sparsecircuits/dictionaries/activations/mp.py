@@ -16,6 +16,7 @@ from sparsecircuits.dictionaries.activations.base import (
     Owner,
 )
 from sparsecircuits.dictionaries.activations.topk import check_k
+from sparsecircuits.dictionaries.kernels import take
 
 if TYPE_CHECKING:
     from sparsecircuits.dictionaries.base import Dictionary
@@ -42,7 +43,7 @@ def matching_pursuit(
     for _ in range(n_steps):
         with torch.no_grad():
             index = (residual @ atoms.T).argmax(dim=1)
-        atom = atoms.index_select(0, index)  # not atoms[index]: see kernels.take
+        atom = take(atoms, index)
         alpha = (residual * atom).sum(dim=1, keepdim=True).relu() * (~done)[:, None]
         codes = codes.scatter_add(1, index[:, None], alpha)
         residual = residual - alpha * atom
