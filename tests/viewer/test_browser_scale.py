@@ -1,8 +1,13 @@
-"""A 128-token, 5,130-node graph in Chromium: hover (40) and zoom (20) latency measured.
+"""A 128-token, 5,130-node graph in Chromium: hover, zoom, wheel and pan latency measured.
 
-The numbers are written to test-artifacts/viewer-latency.json and printed; the test fails when
-the median hover or zoom step, from the event to the frame after it is drawn, takes 100 ms or
-more.
+Each interaction is timed from the event to the frame after it is drawn. Cytoscape draws a zoom
+level it has not drawn before directly, element by element, and builds per-level textures in the
+frames that follow; once they are built a zoom or pan step is a few texture copies. So the zoom
+step is measured twice at the same two levels: cold (their first visit) and warm (after the
+renderer's texture queues have drained). Hover is measured once the page has drawn its first
+textures (`textures_drawn_ms`, from navigation). The numbers go to test-artifacts/viewer-latency.json;
+the test fails when the median hover, warm zoom, wheel or pan step takes 100 ms or more, or the
+median cold step takes a second or more.
 """
 
 from __future__ import annotations
@@ -100,19 +105,55 @@ def _big_graph() -> dict:
     }
 
 
-# one zoom step (about the mouse wheel's), timed to the frame after it
+# one zoom step (between the fitted view and 1.2x it), timed to the frame after it
 ZOOM_JS = """async (n) => {
+    const cy = window.viewer.cy;
+    const frame = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+    const base = cy.zoom(), times = [];
+    for (let i = 0; i < n; i++) {
+        await frame();
+        const t0 = performance.now();
+        cy.zoom({level: i % 2 ? base : base * 1.2, renderedPosition: {x: 400, y: 300}});
+        await frame();
+        times.push(performance.now() - t0);
+    }
+    return times;
+}"""
+
+# one pan step of 40 px, alternately right and left
+PAN_JS = """async (n) => {
     const cy = window.viewer.cy;
     const frame = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
     const times = [];
     for (let i = 0; i < n; i++) {
         await frame();
         const t0 = performance.now();
-        cy.zoom({level: cy.zoom() * (i % 2 ? 1 / 1.2 : 1.2), renderedPosition: {x: 400, y: 300}});
+        cy.panBy({x: i % 2 ? -40 : 40, y: 0});
         await frame();
         times.push(performance.now() - t0);
     }
     return times;
+}"""
+
+# arms a timer for the next wheel event: from the event to the frame after the viewport moved
+ARM_WHEEL_JS = """() => {
+    window.__wheelStep = new Promise((resolve) => {
+        window.addEventListener("wheel", () => {
+            const t0 = performance.now();
+            window.viewer.cy.one("viewport", () =>
+                requestAnimationFrame(() => requestAnimationFrame(() => resolve(performance.now() - t0))));
+        }, {once: true, capture: true});
+    });
+}"""
+
+# whether cytoscape (3.35) has drawn every texture it queued; null if its internals moved
+TEXTURES_DRAWN_JS = """() => {
+    const d = window.viewer.cy.renderer().data;
+    const queues = [d.lyrTxrCache && d.lyrTxrCache.layersQueue].concat(
+        ["eleTxrCache", "lblTxrCache", "slbTxrCache", "tlbTxrCache"].map(
+            (k) => d[k] && d[k].getElementQueue && d[k].getElementQueue()));
+    if (queues.some((q) => !q || typeof q.empty !== "function")) return null;
+    return queues.every((q) => q.empty());
 }"""
 
 HOVER_JS = """async (n) => {
@@ -133,7 +174,34 @@ HOVER_JS = """async (n) => {
 }"""
 
 
-def test_five_thousand_node_graph_hovers_under_100ms(tmp_path):
+def _wait_for_textures(page) -> None:
+    """Wait until cytoscape has drawn every texture it queued (the viewer is idle)."""
+    drawn = page.evaluate(TEXTURES_DRAWN_JS)
+    assert drawn is not None, "cytoscape's texture queues moved: update TEXTURES_DRAWN_JS"
+    page.wait_for_function(TEXTURES_DRAWN_JS, timeout=120_000)
+
+
+def _wheel_steps(page, n: int) -> list[float]:
+    """`n` mouse-wheel notches over the graph (real input events), each timed to its frame."""
+    box = page.locator("#cy").bounding_box()
+    page.mouse.move(box["x"] + 400, box["y"] + 300)
+    times = []
+    for i in range(n):
+        page.evaluate(ARM_WHEEL_JS)
+        page.mouse.wheel(0, -300 if i % 2 == 0 else 300)
+        times.append(page.evaluate("window.__wheelStep"))
+    return times
+
+
+def _summary(times: list[float]) -> dict:
+    return {
+        "median_ms": round(statistics.median(times), 1),
+        "max_ms": round(max(times), 1),
+        "steps": len(times),
+    }
+
+
+def test_five_thousand_node_graph_stays_interactive(tmp_path):
     from sparsecircuits.viewer import ViewerApp, ViewerServer
 
     graph = _big_graph()
@@ -151,21 +219,34 @@ def test_five_thousand_node_graph_hovers_under_100ms(tmp_path):
             page.wait_for_function("window.viewer && window.viewer.ready === true", timeout=120_000)
             assert page.evaluate("window.viewer.state.graph.nodes.length") == len(graph["nodes"])
             load_ms = page.evaluate("performance.now()")
-            times = page.evaluate(HOVER_JS, 40)
-            zooms = page.evaluate(ZOOM_JS, 20)
+            _wait_for_textures(page)
+            drawn_ms = page.evaluate("performance.now()")
+            hover = page.evaluate(HOVER_JS, 40)
+            zoom_before = page.evaluate("window.viewer.cy.zoom()")
+            cold = page.evaluate(ZOOM_JS, 20)
+            _wait_for_textures(page)
+            warm = page.evaluate(ZOOM_JS, 20)
+            wheel = _wheel_steps(page, 20)
+            zoom_after = page.evaluate("window.viewer.cy.zoom()")
+            pan = page.evaluate(PAN_JS, 20)
             page.screenshot(path=str(ARTIFACTS / "viewer-5000-nodes.png"))
             browser.close()
     finally:
         server.stop()
+    assert zoom_after != zoom_before  # the wheel zoomed the graph
     result = {
         "nodes": len(graph["nodes"]),
         "links": len(graph["links"]),
         "page_ready_ms": round(load_ms),
-        "hover_median_ms": round(statistics.median(times), 1),
-        "hover_max_ms": round(max(times), 1),
-        "zoom_median_ms": round(statistics.median(zooms), 1),
+        "textures_drawn_ms": round(drawn_ms),
+        "hover": _summary(hover),
+        "zoom_cold": _summary(cold),
+        "zoom_warm": _summary(warm),
+        "wheel": _summary(wheel),
+        "pan": _summary(pan),
     }
     (ARTIFACTS / "viewer-latency.json").write_text(json.dumps(result, indent=1))
     print("viewer latency:", result)
-    assert result["hover_median_ms"] < 100, result
-    assert result["zoom_median_ms"] < 100, result
+    for name in ("hover", "zoom_warm", "wheel", "pan"):
+        assert result[name]["median_ms"] < 100, (name, result)
+    assert result["zoom_cold"]["median_ms"] < 1000, result
