@@ -23,7 +23,6 @@ passes its random Gemma-2 of Gemma-2-2B's width) and `--d-sae` the dictionaries'
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -33,6 +32,8 @@ import sparsecircuits  # noqa: F401  # first: its OpenMP wait policy must preced
 
 # isort: split
 import torch
+
+from benchmarks.common import emit
 
 LAYER = 1
 D_SAE = 2048
@@ -45,11 +46,6 @@ HOOKS = [
     f"blocks.{LAYER}.mlp.hook_out",
     f"blocks.{LAYER}.hook_mlp_out",
 ]
-
-
-def emit(record: dict[str, Any]) -> None:
-    """One JSON line on stdout."""
-    print(json.dumps(record), flush=True)
 
 
 def dictionaries(adapter: Any, d_sae: int = D_SAE) -> dict[str, Any]:

@@ -475,7 +475,7 @@ def test_dead_frac_holds_that_share_of_our_latents_dead_every_step() -> None:
 
 
 def test_overlap_takes_a_model_folder_and_width_and_reports_every_run(
-    capsys: pytest.CaptureFixture[str],
+    emitted: Emitted,
 ) -> None:
     """`bench_overlap --model tiny --d-sae N` (what the device plan runs with its own model and
     `--device cuda`): four records on that model and width, end to end against the ideal."""
@@ -485,7 +485,7 @@ def test_overlap_takes_a_model_folder_and_width_and_reports_every_run(
         bench_overlap.main(["--steps", "4", "--rounds", "1", "--model", "tiny", "--d-sae", "64"])
         == 0
     )
-    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    records = emitted()
     assert [r["name"] for r in records] == [
         "overlap_harvest_only",
         "overlap_train_only",
