@@ -136,8 +136,10 @@ PAN_JS = """async (n) => {
 }"""
 
 # arms a timer for the next wheel event: from the event to the frame after the viewport moved
+# (null if the viewport has not moved 10 s after the call)
 ARM_WHEEL_JS = """() => {
     window.__wheelStep = new Promise((resolve) => {
+        setTimeout(() => resolve(null), 10000);
         window.addEventListener("wheel", () => {
             const t0 = performance.now();
             window.viewer.cy.one("viewport", () =>
@@ -189,7 +191,9 @@ def _wheel_steps(page, n: int) -> list[float]:
     for i in range(n):
         page.evaluate(ARM_WHEEL_JS)
         page.mouse.wheel(0, -300 if i % 2 == 0 else 300)
-        times.append(page.evaluate("window.__wheelStep"))
+        step = page.evaluate("window.__wheelStep")
+        assert step is not None, f"wheel notch {i} did not move the graph"
+        times.append(step)
     return times
 
 

@@ -268,7 +268,8 @@
       minZoom: 0.02,
       maxZoom: 6,
       // No textureOnViewport: its whole-graph texture is redrawn at each wheel step, which cost a
-      // 5,000-node graph 300-500 ms a step on a slow CPU; the layered per-level caches cost 20-30.
+      // 5,000-node graph 300-500 ms a step with the main thread slowed 6x; the layered per-level
+      // caches cost 20-30 ms there.
       hideEdgesOnViewport: graph.links.length > 20000,
       style: [
         { selector: "node", style: {
