@@ -276,19 +276,20 @@ def run(adapter: Any, options: BenchOptions) -> None:
     ceilings: dict[int, dict[str, str]] = {}
     ceiling_fns: dict[str, Callable[[], Any]] = {}
     grid = configs(options.quick, options.train_cases)
-    for spec in grid:
+    chosen = [selection_and_precision(spec, options) for spec in grid]
+    for spec, (selection, precision) in zip(grid, chosen, strict=True):
         d_sae, k = spec["d_sae"], spec["k"]
         if d_sae not in ceilings:
             log(f"train_step ceiling d_sae={d_sae}")
             # fp32 always (the reference); bf16 only where a step at this width selects from it,
             # since a CPU without native bf16 emulates it at a small fraction of fp32's speed
             needed = {"fp32"} | {
-                selection_and_precision(s, options)[1] for s in grid if s["d_sae"] == d_sae
+                p for s, (_, p) in zip(grid, chosen, strict=True) if s["d_sae"] == d_sae
             }
             ceilings[d_sae] = measure_ceilings(mlp_in, d_sae, options, needed)
             ceiling_fns = {}
-            for precision, name in ceilings[d_sae].items():
-                ceiling_fns[precision] = ceiling.variants(mlp_in, d_sae, precision, only=name)[name]
+            for timed, name in ceilings[d_sae].items():
+                ceiling_fns[timed] = ceiling.variants(mlp_in, d_sae, timed, only=name)[name]
         config = {
             **options.base_config(),
             "kind": spec["kind"],
@@ -299,7 +300,6 @@ def run(adapter: Any, options: BenchOptions) -> None:
             "batch_tokens": BATCH_TOKENS,
             **({"dead_frac": options.dead_frac} if options.dead_frac and k else {}),
         }
-        selection, precision = selection_and_precision(spec, options)
         if selection is not None:
             config["selection"] = selection
         log(f"train_step {config}")

@@ -101,9 +101,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     fns = kernels_of_a_step(args.d_sae, args.k, precision=args.precision)
     seconds, _ = time_rounds(fns, "cpu", args.repeats, min_time_s=0.2)
-    config = {"d_sae": args.d_sae, "k": args.k, "precision": args.precision}
-    config |= {"n_tokens": N_TOKENS, "d_in": D_IN}
-    config["threads"] = torch.get_num_threads()
+    config = {
+        "d_sae": args.d_sae,
+        "k": args.k,
+        "precision": args.precision,
+        "n_tokens": N_TOKENS,
+        "d_in": D_IN,
+        "threads": torch.get_num_threads(),
+    }
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     for name, values in seconds.items():
         ms = [1000 * v for v in values]

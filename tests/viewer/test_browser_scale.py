@@ -105,35 +105,44 @@ def _big_graph() -> dict:
     }
 
 
-# one zoom step (between the fitted view and 1.2x it), timed to the frame after it
-ZOOM_JS = """async (n) => {
-    const cy = window.viewer.cy;
+def _timed_steps_js(step: str, before: str = "", after: str = "", setup: str = "") -> str:
+    """A page function of `n` that runs `n` steps, each `step` (JS, may use `i`, `cy`, `v`)
+    timed from just before it to the frame after it is drawn; `before` and `after` run untimed
+    around each step, `setup` once. It returns the `n` times in ms."""
+    return f"""async (n) => {{
+    const v = window.viewer, cy = v.cy;
     const frame = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
-    const base = cy.zoom(), times = [];
-    for (let i = 0; i < n; i++) {
+    {setup}
+    const times = [];
+    for (let i = 0; i < n; i++) {{
+        {before}
         await frame();
         const t0 = performance.now();
-        cy.zoom({level: i % 2 ? base : base * 1.2, renderedPosition: {x: 400, y: 300}});
+        {step}
         await frame();
         times.push(performance.now() - t0);
-    }
+        {after}
+    }}
     return times;
-}"""
+}}"""
+
+
+# one zoom step, between the fitted view and 1.2x it
+ZOOM_JS = _timed_steps_js(
+    "cy.zoom({level: i % 2 ? base : base * 1.2, renderedPosition: {x: 400, y: 300}});",
+    setup="const base = cy.zoom();",
+)
 
 # one pan step of 40 px, alternately right and left
-PAN_JS = """async (n) => {
-    const cy = window.viewer.cy;
-    const frame = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
-    const times = [];
-    for (let i = 0; i < n; i++) {
-        await frame();
-        const t0 = performance.now();
-        cy.panBy({x: i % 2 ? -40 : 40, y: 0});
-        await frame();
-        times.push(performance.now() - t0);
-    }
-    return times;
-}"""
+PAN_JS = _timed_steps_js("cy.panBy({x: i % 2 ? -40 : 40, y: 0});")
+
+# hover over a feature node (a different one each step), then leave it
+HOVER_JS = _timed_steps_js(
+    "node.emit('mouseover');",
+    before="const node = cy.getElementById(ids[(i * 7919) % ids.length]);",
+    after="node.emit('mouseout');",
+    setup="const ids = cy.nodes().filter((x) => x.data('kind') === 'feature').map((x) => x.id());",
+)
 
 # arms a timer for the next wheel event: from the event to the frame after the viewport moved
 # (null if the viewport has not moved 10 s after the call)
@@ -156,23 +165,6 @@ TEXTURES_DRAWN_JS = """() => {
             (k) => d[k] && d[k].getElementQueue && d[k].getElementQueue()));
     if (queues.some((q) => !q || typeof q.empty !== "function")) return null;
     return queues.every((q) => q.empty());
-}"""
-
-HOVER_JS = """async (n) => {
-    const v = window.viewer, cy = v.cy;
-    const ids = cy.nodes().filter((x) => x.data('kind') === 'feature').map((x) => x.id());
-    const frame = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
-    const times = [];
-    for (let i = 0; i < n; i++) {
-        const node = cy.getElementById(ids[(i * 7919) % ids.length]);
-        await frame();
-        const t0 = performance.now();
-        node.emit('mouseover');
-        await frame();
-        times.push(performance.now() - t0);
-        node.emit('mouseout');
-    }
-    return times;
 }"""
 
 
